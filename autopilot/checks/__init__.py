@@ -1,0 +1,8 @@
+"""The list of checks: importing this package registers each one in ``registry.REGISTRY``.
+
+One explicit import per check module; adding a check means adding its module and one line here.
+"""
+
+from autopilot.checks import dcgm, gpumem, gpupower, pciebw, remapped
+
+__all__ = ["dcgm", "gpumem", "gpupower", "pciebw", "remapped"]

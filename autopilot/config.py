@@ -1,0 +1,202 @@
+"""Settings: every ``AUTOPILOT_*`` environment variable, read once into a frozen object.
+
+``Settings.from_env(os.environ)`` is called by each entry point at process start; nothing else
+reads the environment. Upstream's variable names are accepted as aliases (ARCHITECTURE.md 4.4),
+and every value is validated here, so a bad setting stops the process at start with a message
+naming the variable instead of surfacing hours later in a periodic loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import socket
+from collections.abc import Mapping
+from typing import Any
+
+from autopilot import errors
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(text: str, *, field: str = "duration") -> float:
+    """``"1h"`` -> 3600.0, ``"30m"``, ``"15s"``, ``"250ms"``, bare numbers are seconds; ``0`` disables."""
+    match = _DURATION.match(text)
+    if not match:
+        raise errors.BadParameter(field, f"not a duration: {text!r} (use e.g. 1h, 30m, 15s)")
+    return float(match.group(1)) * _UNIT_S[match.group(2)]
+
+
+def parse_list(text: str) -> tuple[str, ...]:
+    """A comma-separated list, items stripped, empty items dropped (``"a, b,"`` -> ``("a", "b")``)."""
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def parse_bool(text: str, *, field: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise errors.BadParameter(field, f"not a boolean: {text!r}")
+
+
+def parse_float(text: str, *, field: str, minimum: float | None = None) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise errors.BadParameter(field, f"not a number: {text!r}") from None
+    if value != value or (minimum is not None and value < minimum):  # NaN, or below range
+        raise errors.BadParameter(field, f"must be a number >= {minimum}: {text!r}")
+    return value
+
+
+def parse_mapping(text: str, *, field: str) -> dict[str, float]:
+    """``"dcgm=900, pciebw=120"`` -> ``{"dcgm": 900.0, "pciebw": 120.0}``."""
+    out: dict[str, float] = {}
+    for item in parse_list(text):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise errors.BadParameter(field, f"expected key=value, got {item!r}")
+        out[key.strip()] = parse_float(value.strip(), field=f"{field}.{key.strip()}", minimum=0)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Process-wide configuration. Field docstrings double as the configuration reference."""
+
+    node_name: str = dataclasses.field(default_factory=socket.gethostname)
+    """This node's name (``NODE_NAME``; default: the hostname)."""
+
+    redis_url: str = ""
+    """Broker and results store (``AUTOPILOT_REDIS_URL``); empty: ``autopilot up`` starts its own."""
+
+    periodic_checks: tuple[str, ...] = ("pciebw", "remapped", "dcgm", "ping", "gpupower")
+    """Checks run every periodic interval (``AUTOPILOT_PERIODIC_CHECKS``, alias ``PERIODIC_CHECKS``)."""
+
+    periodic_interval_s: float = 3600.0
+    """Seconds between periodic runs (``AUTOPILOT_PERIODIC_INTERVAL``: ``1h``, ``30m``; ``0`` disables)."""
+
+    invasive_interval_s: float = 4 * 3600.0
+    """Seconds between invasive DCGM level-3 runs (``AUTOPILOT_INVASIVE_INTERVAL``; ``0`` disables)."""
+
+    invasive_job_ttl_s: int = 30
+    """TTL of finished invasive Jobs (``AUTOPILOT_INVASIVE_JOB_TTLSEC``, alias ``INVASIVE_JOB_TTLSEC``)."""
+
+    pvc_storage_class: str = ""
+    """Storage class the ``pvc`` check provisions (``PVC_TEST_STORAGE_CLASS``); empty: ``pvc`` is skipped."""
+
+    dcgm_fatal_errors: tuple[str, ...] = ("PCIe", "NVLink", "ECC", "GPU Memory")
+    """DCGM test categories whose failure evicts the node (``DCGM_FATAL_ERRORS``, comma-separated)."""
+
+    dcgm_level: int = 1
+    """``dcgmi diag -r`` level of the periodic ``dcgm`` check (``AUTOPILOT_DCGM_LEVEL``, 1..4)."""
+
+    pciebw_threshold_gbps: float = 4.0
+    """Minimum host-to-device bandwidth in GB/s, gigabytes per second (``AUTOPILOT_PCIEBW_THRESHOLD_GBPS``)."""
+
+    gpumem_thresholds: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    """Override of the per-model ``gpumem`` thresholds: ``h2d_gbps=4,daxpy_gbps=1300,dgemm_tflops=16``."""
+
+    cuda_bin_dir: str = "/usr/local/lib/autopilot"
+    """Where the ``cuda_src`` programs (``ap-bandwidth``, ``ap-gpumem``) are installed."""
+
+    bandwidthtest_path: str = ""
+    """Optional NVIDIA ``bandwidthTest`` binary; when set ``pciebw`` uses it instead of ``ap-bandwidth``."""
+
+    check_timeouts: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    """Per-check timeout overrides in seconds: ``dcgm=900,pciebw=120`` (``AUTOPILOT_CHECK_TIMEOUTS``)."""
+
+    api_token: str = ""
+    """Bearer token the API requires when set (``AUTOPILOT_API_TOKEN``)."""
+
+    api_host: str = ""
+    """Address the API binds (``AUTOPILOT_API_HOST``); empty: 127.0.0.1 without a token, 0.0.0.0 with one."""
+
+    api_port: int = 3333
+    """API port (``AUTOPILOT_API_PORT``)."""
+
+    history_len: int = 100
+    """Results kept per node in the history list (``AUTOPILOT_HISTORY_LEN``)."""
+
+    run_ttl_s: float = 86400.0
+    """How long run records live in Redis (``AUTOPILOT_RUN_TTL``)."""
+
+    node_deadline_s: float = 60.0
+    """Default deadline for one node's answer in an API gather (``AUTOPILOT_NODE_DEADLINE``)."""
+
+    @property
+    def stale_after_s(self) -> float:
+        """Results older than three periodic intervals no longer count (ARCHITECTURE.md 4.2)."""
+        return 3 * self.periodic_interval_s if self.periodic_interval_s > 0 else float("inf")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Build settings from an environment mapping; raises ``ConfigError`` naming the variable."""
+        return cls(**_read(environ))
+
+
+# (field, primary variable, aliases, parser). The parser gets (text, variable name).
+def _int_in(lo: int, hi: int) -> Any:
+    def parse(text: str, var: str) -> int:
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise errors.BadParameter(var, f"not an integer: {text!r}") from None
+        if not lo <= value <= hi:
+            raise errors.BadParameter(var, f"must be between {lo} and {hi}: {value}")
+        return value
+
+    return parse
+
+
+def _duration(text: str, var: str) -> float:
+    value = parse_duration(text, field=var)
+    return value
+
+
+_FIELDS: list[tuple[str, str, tuple[str, ...], Any]] = [
+    ("node_name", "AUTOPILOT_NODE_NAME", ("NODE_NAME",), lambda t, v: t.strip()),
+    ("redis_url", "AUTOPILOT_REDIS_URL", (), lambda t, v: t.strip()),
+    ("periodic_checks", "AUTOPILOT_PERIODIC_CHECKS", ("PERIODIC_CHECKS",), lambda t, v: parse_list(t)),
+    ("periodic_interval_s", "AUTOPILOT_PERIODIC_INTERVAL", (), _duration),
+    ("invasive_interval_s", "AUTOPILOT_INVASIVE_INTERVAL", (), _duration),
+    ("invasive_job_ttl_s", "AUTOPILOT_INVASIVE_JOB_TTLSEC", ("INVASIVE_JOB_TTLSEC",), _int_in(0, 7 * 86400)),
+    ("pvc_storage_class", "AUTOPILOT_PVC_TEST_STORAGE_CLASS", ("PVC_TEST_STORAGE_CLASS",), lambda t, v: t.strip()),
+    ("dcgm_fatal_errors", "AUTOPILOT_DCGM_FATAL_ERRORS", ("DCGM_FATAL_ERRORS",), lambda t, v: parse_list(t)),
+    ("dcgm_level", "AUTOPILOT_DCGM_LEVEL", (), _int_in(1, 4)),
+    ("pciebw_threshold_gbps", "AUTOPILOT_PCIEBW_THRESHOLD_GBPS", (), lambda t, v: parse_float(t, field=v, minimum=0)),
+    ("gpumem_thresholds", "AUTOPILOT_GPUMEM_THRESHOLDS", (), lambda t, v: parse_mapping(t, field=v)),
+    ("cuda_bin_dir", "AUTOPILOT_CUDA_BIN_DIR", (), lambda t, v: t.strip()),
+    ("bandwidthtest_path", "AUTOPILOT_BANDWIDTHTEST_PATH", (), lambda t, v: t.strip()),
+    ("check_timeouts", "AUTOPILOT_CHECK_TIMEOUTS", (), lambda t, v: parse_mapping(t, field=v)),
+    ("api_token", "AUTOPILOT_API_TOKEN", (), lambda t, v: t.strip()),
+    ("api_host", "AUTOPILOT_API_HOST", (), lambda t, v: t.strip()),
+    ("api_port", "AUTOPILOT_API_PORT", (), _int_in(1, 65535)),
+    ("history_len", "AUTOPILOT_HISTORY_LEN", (), _int_in(1, 100_000)),
+    ("run_ttl_s", "AUTOPILOT_RUN_TTL", (), _duration),
+    ("node_deadline_s", "AUTOPILOT_NODE_DEADLINE", (), _duration),
+]
+
+
+def variables() -> list[tuple[str, str, tuple[str, ...]]]:
+    """(field, variable, aliases) for every setting: used by the docs generator and its test."""
+    return [(f, var, aliases) for f, var, aliases, _ in _FIELDS]
+
+
+def _read(environ: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for field, var, aliases, parse in _FIELDS:
+        for name in (var, *aliases):
+            text = environ.get(name)
+            if text is not None and (text.strip() or field == "pvc_storage_class"):
+                values[field] = parse(text, name)
+                break
+    if not values.get("node_name", "x"):
+        values.pop("node_name")
+    if "dcgm_fatal_errors" in values and not values["dcgm_fatal_errors"]:
+        # An empty DCGM_FATAL_ERRORS means "use the defaults", as upstream documents.
+        values.pop("dcgm_fatal_errors")
+    return values

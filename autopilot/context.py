@@ -1,0 +1,33 @@
+"""``CheckContext``: the node, the settings and the seams a check may touch. Nothing else."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from autopilot import clock, cluster, commands, config, gpus
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckContext:
+    """Everything a check's collect step may use. Built once per process by the entry point."""
+
+    node: str
+    settings: config.Settings
+    commands: commands.CommandRunner
+    gpus: gpus.GpuTelemetry
+    clock: clock.Clock = dataclasses.field(default_factory=clock.SystemClock)
+    cluster: cluster.ClusterClient | None = None
+
+    @classmethod
+    def default(cls, settings: config.Settings) -> CheckContext:
+        """The production context: real subprocesses, real NVML, the system clock."""
+        return cls(
+            node=settings.node_name,
+            settings=settings,
+            commands=commands.SubprocessRunner(),
+            gpus=gpus.NvmlTelemetry(),
+        )
+
+    def timeout_for(self, check: str, default: float) -> float:
+        """A check's timeout: the ``AUTOPILOT_CHECK_TIMEOUTS`` override, else the registered one."""
+        return float(self.settings.check_timeouts.get(check, default))

@@ -1,0 +1,89 @@
+"""The one exception tree of the core.
+
+    AutopilotError
+     +-- ConfigError            bad setting or parameter (the caller's fault; never retried)
+     |    +-- BadParameter      one request/CLI parameter, names the field
+     |    +-- UnknownCheck      a check name that is not registered
+     +-- ToolError              an external program could not give an answer
+     |    +-- ToolNotFound      the binary is not on PATH
+     |    +-- ToolTimeout       it ran past its deadline and was killed with its children
+     +-- GpuError               NVML said no (carries the NVML code when there is one)
+     |    +-- GpuUnavailable    no driver / no GPU on this machine: checks are skipped
+     +-- ClusterError           the Kubernetes API said no
+          +-- NotFound, Conflict, Transient
+
+Third-party exceptions are translated in the seam that meets them (``raise ... from exc``),
+so nothing from pynvml, kubernetes or subprocess leaks past ``gpus``, ``cluster`` or
+``commands``.
+"""
+
+from __future__ import annotations
+
+
+class AutopilotError(Exception):
+    """Root of every error the core raises on purpose."""
+
+
+class ConfigError(AutopilotError):
+    """A setting or parameter is invalid."""
+
+
+class BadParameter(ConfigError):
+    """One named parameter is invalid; ``field`` is what a 4xx body or CLI error names."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class UnknownCheck(BadParameter):
+    """A check name that the registry does not hold."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        super().__init__("check", f"unknown check {name!r} (known: {', '.join(known)})")
+        self.name = name
+
+
+class ToolError(AutopilotError):
+    """An external program could not produce an answer."""
+
+
+class ToolNotFound(ToolError):
+    """The program is not installed or not on PATH."""
+
+
+class ToolTimeout(ToolError):
+    """The program ran past its timeout and was killed together with its process group."""
+
+    def __init__(self, argv0: str, timeout_s: float) -> None:
+        super().__init__(f"{argv0} timed out after {timeout_s:g} s")
+        self.timeout_s = timeout_s
+
+
+class GpuError(AutopilotError):
+    """NVML refused a query; ``code`` is the NVML return code when known."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class GpuUnavailable(GpuError):
+    """There is no NVIDIA driver or no GPU here: GPU checks are skipped, not failed."""
+
+
+class ClusterError(AutopilotError):
+    """The cluster API refused or failed a request."""
+
+
+class NotFound(ClusterError):
+    """The object does not exist."""
+
+
+class Conflict(ClusterError):
+    """The object changed underneath us (409) or already exists."""
+
+
+class Transient(ClusterError):
+    """A retryable failure (429, 5xx, connection reset)."""

@@ -1,0 +1,173 @@
+"""The result model of ARCHITECTURE.md section 4.1, and its JSON form.
+
+One ``CheckResult`` is what every part of the system passes around: the CLI prints it, the
+worker stores it in Redis, the API serves it. Only this module knows its JSON layout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+
+class Status(enum.StrEnum):
+    """Outcome of a check or of one device within it."""
+
+    OK = "ok"
+    WARN = "warn"
+    FAIL = "fail"
+    ERROR = "error"
+    SKIPPED = "skipped"
+
+
+# Severity order used to fold device statuses into a check status. An error ranks above warn:
+# a check that could not look is more urgent than one that saw something mildly off, but below
+# fail, which is a positive finding of bad hardware.
+_SEVERITY = {Status.SKIPPED: 0, Status.OK: 1, Status.WARN: 2, Status.ERROR: 3, Status.FAIL: 4}
+
+
+def worst(statuses: Iterable[Status], default: Status = Status.OK) -> Status:
+    """The most severe of ``statuses`` (``default`` when there are none)."""
+    found = list(statuses)
+    if not found:
+        return default
+    return max(found, key=_SEVERITY.__getitem__)
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceResult:
+    """The finding for one device (a GPU, a remote node/interface pair, ...)."""
+
+    id: str
+    status: Status
+    value: float | int | str | None = None
+    unit: str | None = None
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "status": self.status.value,
+            "value": self.value,
+            "unit": self.unit,
+            "detail": self.detail,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> DeviceResult:
+        return cls(
+            id=str(raw["id"]),
+            status=Status(raw["status"]),
+            value=raw.get("value"),
+            unit=raw.get("unit"),
+            detail=str(raw.get("detail") or ""),
+        )
+
+
+def utc_now_iso(now: datetime | None = None) -> str:
+    """``2026-11-29T22:00:00Z``: the one timestamp format of results."""
+    moment = (now or datetime.now(UTC)).astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_iso(text: str) -> datetime:
+    """Inverse of :func:`utc_now_iso` (also accepts fractional seconds and offsets)."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckResult:
+    """What one check found on one node (ARCHITECTURE.md 4.1).
+
+    Checks fill ``status``, ``summary``, ``devices``, ``data`` and ``fatal``; the execution
+    engine fills ``check``, ``node``, ``params``, ``started_at`` and ``duration_s``.
+    """
+
+    check: str
+    status: Status
+    summary: str = ""
+    node: str = ""
+    fatal: bool = False
+    devices: tuple[DeviceResult, ...] = ()
+    data: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    started_at: str = ""
+    duration_s: float = 0.0
+
+    @property
+    def is_bad(self) -> bool:
+        """True for warn, fail and error: anything that keeps a node from ``PASS``."""
+        return self.status in (Status.WARN, Status.FAIL, Status.ERROR)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "check": self.check,
+            "node": self.node,
+            "status": self.status.value,
+            "fatal": self.fatal,
+            "summary": self.summary,
+            "devices": [d.to_dict() for d in self.devices],
+            "data": dict(self.data),
+            "params": dict(self.params),
+            "started_at": self.started_at,
+            "duration_s": round(self.duration_s, 3),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=False, default=str)
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> CheckResult:
+        return cls(
+            check=str(raw["check"]),
+            node=str(raw.get("node") or ""),
+            status=Status(raw["status"]),
+            fatal=bool(raw.get("fatal", False)),
+            summary=str(raw.get("summary") or ""),
+            devices=tuple(DeviceResult.from_dict(d) for d in raw.get("devices") or ()),
+            data=dict(raw.get("data") or {}),
+            params=dict(raw.get("params") or {}),
+            started_at=str(raw.get("started_at") or ""),
+            duration_s=float(raw.get("duration_s") or 0.0),
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> CheckResult:
+        return cls.from_dict(json.loads(text))
+
+
+def from_devices(
+    check: str,
+    devices: Iterable[DeviceResult],
+    *,
+    ok_summary: str,
+    fatal: bool = False,
+    data: Mapping[str, Any] | None = None,
+    what: str = "GPU",
+) -> CheckResult:
+    """Fold per-device findings into one result whose summary names the bad devices.
+
+    The check status is the worst device status; with no devices at all the check is an
+    ``error`` (we looked and found nothing to judge, which is never a pass).
+    """
+    devs = tuple(devices)
+    if not devs:
+        return CheckResult(check, Status.ERROR, f"no {what} results", data=dict(data or {}))
+    status = worst(d.status for d in devs)
+    bad = [d for d in devs if d.status in (Status.WARN, Status.FAIL, Status.ERROR)]
+    if not bad:
+        summary = ok_summary
+    else:
+        summary = "; ".join(f"{what} {d.id}: {d.detail or d.status.value}" for d in bad)
+    return CheckResult(
+        check,
+        status,
+        summary,
+        fatal=fatal and status is Status.FAIL,
+        devices=devs,
+        data=dict(data or {}),
+    )
