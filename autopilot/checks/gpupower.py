@@ -1,0 +1,300 @@
+"""gpupower: is any GPU's clock being cut by a hardware slowdown (power brake, overheating)?
+
+NVML reports why each GPU runs below its maximum clock as a set of "clock event reasons"
+(formerly "throttle reasons"). Without NVML we ask nvidia-smi for the same bits::
+
+    $ nvidia-smi --query-gpu=index,pci.bus_id,clocks_event_reasons.gpu_idle,...
+          clocks_event_reasons.display_clock_setting --format=csv,noheader
+    0, 00000000:19:00.0, Not Active, Not Active, Not Active, Active, Not Active, Not Active, Not Active, Active, ...
+
+(drivers before 535 call the fields ``clocks_throttle_reasons.*`` and reject the new names with
+``Field "clocks_event_reasons.gpu_idle" is not a valid field to query.``; we then ask again with
+the old names). A saved ``nvidia-smi -q`` report is read from its block::
+
+    Clocks Event Reasons
+        Idle                              : Not Active
+        SW Power Cap                      : Not Active
+        HW Slowdown                       : Active
+            HW Thermal Slowdown           : Not Active
+            HW Power Brake Slowdown       : Active
+        SW Thermal Slowdown               : Not Active
+
+Verdict per GPU (never fatal: the GPU works, only slower, and the cause is often outside it):
+
+- ``HW Slowdown`` or ``HW Thermal Slowdown`` active -> ``fail``. HW slowdown halves the clocks
+  or worse; it is what upstream checked (``clocks_event_reasons.hw_slowdown``) and what its
+  ``power-slowdown`` gauge reports. Its sub-reasons (thermal, power brake) go into the detail.
+- ``SW Thermal Slowdown`` active, or ``HW Power Brake Slowdown`` active while ``HW Slowdown`` is
+  not -> ``warn``. The driver is trading clocks for temperature, or the board's power-brake
+  input is asserted without the hardware slowdown engaging (seen on H100 together with SW
+  power cap and SW thermal slowdown): worth a look at cooling and power delivery, not a fault.
+- anything else (idle, SW power cap, application clocks, sync boost, display clock) -> ``ok``;
+  these are normal operation and are listed in the detail and ``data``.
+- an unreadable answer (an unknown label, ``[Unknown Error]``, or ``HW Slowdown`` N/A) -> ``error``.
+
+Device ``value`` keeps upstream's ``power-slowdown`` gauge meaning: ``1`` HW slowdown, else ``0``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from autopilot import errors, gpus, nvsmi, registry
+from autopilot.context import CheckContext
+from autopilot.results import CheckResult, DeviceResult, Status, from_devices
+
+NAME = "gpupower"
+NVIDIA_SMI = "nvidia-smi"
+NVSMI_TIMEOUT_S = 30.0
+EVENT_PREFIX, THROTTLE_PREFIX = nvsmi.CSV_REASON_PREFIXES
+
+FAIL_REASONS = frozenset({"hw_slowdown", "hw_thermal_slowdown"})
+WARN_REASONS = frozenset({"sw_thermal_slowdown", "hw_power_brake_slowdown"})
+# Sub-reasons named in a fail's detail, after "HW slowdown".
+HW_CAUSES = ("hw_thermal_slowdown", "hw_power_brake_slowdown")
+
+# One GPU's reading: its reasons, or a result already decided (error) when there are none.
+Reading = nvsmi.ClockReasons | DeviceResult
+
+
+def query_fields(prefix: str = EVENT_PREFIX) -> tuple[str, ...]:
+    """The fields of the nvidia-smi fallback query, with the newer or the older reason names."""
+    return ("index", "pci.bus_id", *(prefix + name for name in gpus.REASON_BITS))
+
+
+def query_argv(prefix: str = EVENT_PREFIX) -> list[str]:
+    return [NVIDIA_SMI, "--query-gpu=" + ",".join(query_fields(prefix)), "--format=csv,noheader"]
+
+
+# ---------------------------------------------------------------- evaluate (pure)
+
+
+def _titles(names: frozenset[str] | Sequence[str]) -> str:
+    order = list(gpus.REASON_BITS)
+    return ", ".join(nvsmi.REASON_LABELS[n] for n in sorted(names, key=order.index))
+
+
+def judge(gpu: str, reasons: nvsmi.ClockReasons) -> DeviceResult:
+    """The verdict for one GPU's clock event reasons (see the module docstring)."""
+    on = reasons.active
+    if on & FAIL_REASONS:
+        causes = [n for n in HW_CAUSES if n in on]
+        because = f" ({_titles(causes)})" if causes else ""
+        return DeviceResult(gpu, Status.FAIL, 1, detail=f"HW slowdown active{because}: clocks cut by hardware")
+    if "hw_slowdown" in reasons.unknown:
+        return DeviceResult(gpu, Status.ERROR, detail="HW Slowdown state unreadable (N/A)")
+    if on & WARN_REASONS:
+        parts = []
+        if "sw_thermal_slowdown" in on:
+            parts.append("SW thermal slowdown active")
+        if "hw_power_brake_slowdown" in on:
+            parts.append("HW power brake asserted (no HW slowdown)")
+        return DeviceResult(gpu, Status.WARN, 0, detail="; ".join(parts))
+    if on:
+        return DeviceResult(gpu, Status.OK, 0, detail=f"clocks limited by: {_titles(on)}")
+    return DeviceResult(gpu, Status.OK, 0, detail="no clock event reason active")
+
+
+def evaluate(
+    readings: Mapping[int, Reading],
+    *,
+    data: Mapping[int, Mapping[str, Any]] | None = None,
+    source: str = "nvml",
+) -> CheckResult:
+    """Fold the readings of every GPU (index -> reasons or decided result) into the check result."""
+    if not readings:
+        return CheckResult(NAME, Status.SKIPPED, "no GPUs on this node", data={"source": source, "gpus": {}})
+    devices: list[DeviceResult] = []
+    per_gpu: dict[str, dict[str, Any]] = {}
+    for index in sorted(readings):
+        reading = readings[index]
+        facts: dict[str, Any] = dict((data or {}).get(index, {}))
+        if isinstance(reading, nvsmi.ClockReasons):
+            devices.append(judge(str(index), reading))
+            facts["active"] = sorted(reading.active)
+            if reading.unknown:
+                facts["unknown"] = sorted(reading.unknown)
+        else:
+            devices.append(reading)
+        per_gpu[str(index)] = facts
+    ok_summary = f"no HW slowdown on {len(devices)} GPUs"
+    return from_devices(NAME, devices, ok_summary=ok_summary, data={"source": source, "gpus": per_gpu})
+
+
+def parse_text(text: str) -> tuple[dict[int, Reading], dict[int, dict[str, Any]], str]:
+    """Readings from saved nvidia-smi output: a ``-q`` report, or a ``--query-gpu`` CSV answer.
+
+    CSV is accepted with a header naming ``clocks_event_reasons.*``/``clocks_throttle_reasons.*``
+    fields, or without one when it has the columns of our own fallback query. Raises
+    ``nvsmi.ParseError`` when the text is none of these or is corrupted as a whole.
+    """
+    if nvsmi.looks_like_q(text):
+        report = nvsmi.parse_q(text)
+        if not report.full and all(
+            g.error is None and all(g.find(name) is None for name in nvsmi.REASON_SECTIONS) for g in report.gpus
+        ):
+            raise nvsmi.ParseError("no 'Clocks Event Reasons' block in this report (not -q or -q -d PERFORMANCE)")
+        readings: dict[int, Reading] = {}
+        facts: dict[int, dict[str, Any]] = {}
+        for section in report.gpus:
+            facts[section.index] = {"bus_id": section.bus_id}
+            try:
+                readings[section.index] = nvsmi.clock_reasons_from_q(section)
+            except nvsmi.ParseError as exc:
+                readings[section.index] = DeviceResult(str(section.index), Status.ERROR, detail=f"unreadable: {exc}")
+        return readings, facts, "nvidia-smi -q"
+    nvsmi.raise_for_invalid_field(text)
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    if any(prefix in first for prefix in nvsmi.CSV_REASON_PREFIXES):
+        readings, facts = _from_rows(nvsmi.parse_csv(text))
+        return readings, facts, "nvidia-smi --query-gpu"
+    try:
+        rows = nvsmi.parse_csv(text, query_fields())
+    except nvsmi.ParseError:
+        raise nvsmi.ParseError(f"not nvidia-smi clock event reasons output: {first.strip()[:80]!r}") from None
+    readings, facts = _from_rows(rows)
+    return readings, facts, "nvidia-smi --query-gpu"
+
+
+def _from_rows(rows: Sequence[Mapping[str, str]]) -> tuple[dict[int, Reading], dict[int, dict[str, Any]]]:
+    readings: dict[int, Reading] = {}
+    facts: dict[int, dict[str, Any]] = {}
+    for position, row in enumerate(rows):
+        index = position
+        if "index" in row:
+            raw = row["index"].strip()
+            if not raw.isdigit():
+                raise nvsmi.ParseError(f"CSV row {position + 1}: GPU index is not a number: {raw[:40]!r}")
+            index = int(raw)
+        if index in readings:
+            raise nvsmi.ParseError(f"CSV lists GPU {index} twice")
+        facts[index] = {"bus_id": row["pci.bus_id"]} if "pci.bus_id" in row else {}
+        try:
+            readings[index] = nvsmi.clock_reasons_from_csv_row(row)
+        except nvsmi.ParseError as exc:
+            readings[index] = DeviceResult(str(index), Status.ERROR, detail=f"unreadable: {exc}")
+    return readings, facts
+
+
+def evaluate_text(text: str, params: Mapping[str, Any], settings: Any) -> CheckResult:
+    """``autopilot evaluate gpupower FILE``: the verdict for saved nvidia-smi output."""
+    try:
+        readings, facts, source = parse_text(text)
+    except nvsmi.ParseError as exc:
+        return CheckResult(NAME, Status.ERROR, f"unreadable nvidia-smi output: {exc}")
+    return evaluate(readings, data=facts, source=source)
+
+
+# ---------------------------------------------------------------- collect (I/O)
+
+
+class _NvidiaSmi:
+    """The ``--query-gpu`` fallback, run at most once per check run (twice on drivers before 535)."""
+
+    def __init__(self, ctx: CheckContext) -> None:
+        self._ctx = ctx
+        self._answer: tuple[dict[int, Reading], dict[int, dict[str, Any]]] | str | None = None
+        self.no_driver = False
+
+    def installed(self) -> bool:
+        return self._ctx.commands.which(NVIDIA_SMI) is not None
+
+    def read_all(self) -> tuple[dict[int, Reading], dict[int, dict[str, Any]]] | str:
+        """Readings of every GPU, or why nvidia-smi gave none (a one-line reason)."""
+        if self._answer is None:
+            self._answer = self._run()
+        return self._answer
+
+    def _run(self) -> tuple[dict[int, Reading], dict[int, dict[str, Any]]] | str:
+        for prefix in nvsmi.CSV_REASON_PREFIXES:
+            try:
+                out = self._ctx.commands.run(query_argv(prefix), timeout=NVSMI_TIMEOUT_S)
+            except errors.ToolError as exc:
+                return str(exc)
+            said = out.stdout + out.stderr
+            if nvsmi.NO_DEVICES in said:
+                return {}, {}
+            try:
+                nvsmi.raise_for_invalid_field(said)
+            except nvsmi.InvalidField as exc:
+                if exc.field.startswith(prefix):
+                    continue  # a driver that predates (or dropped) these names: try the other spelling
+                return str(exc)
+            if out.returncode != 0:
+                self.no_driver = nvsmi.NO_DRIVER in said
+                first = (said.strip() or "no output").splitlines()[0]
+                return f"nvidia-smi exited {out.returncode}: {first[:200]}"
+            try:
+                return _from_rows(nvsmi.parse_csv(out.stdout, query_fields(prefix)))
+            except nvsmi.ParseError as exc:
+                return f"unreadable nvidia-smi output: {exc}"
+        return "nvidia-smi knows neither clocks_event_reasons.* nor clocks_throttle_reasons.* fields"
+
+
+def collect(ctx: CheckContext) -> tuple[dict[int, Reading], dict[int, dict[str, Any]], str]:
+    """Read every GPU through NVML; ask nvidia-smi for what NVML could not answer.
+
+    Raises ``GpuUnavailable`` (the engine reports ``skipped``) when there is neither NVML nor
+    nvidia-smi, and ``ToolError`` when NVML is unusable and nvidia-smi gives no answer either.
+    """
+    smi = _NvidiaSmi(ctx)
+    try:
+        count = ctx.gpus.count()
+    except errors.GpuError as exc:
+        # As in the remapped check: an installed nvidia-smi may answer where NVML cannot.
+        if not smi.installed():
+            raise
+        answer = smi.read_all()
+        if isinstance(answer, str):
+            if smi.no_driver and isinstance(exc, errors.GpuUnavailable):
+                raise
+            raise errors.ToolError(f"NVML: {exc}; {answer}") from None
+        smi_readings, smi_facts = answer
+        for fact in smi_facts.values():
+            fact["source"] = NVIDIA_SMI
+        return smi_readings, smi_facts, NVIDIA_SMI
+
+    readings: dict[int, Reading] = {}
+    facts: dict[int, dict[str, Any]] = {}
+    used_smi = False
+    for index in range(count):
+        try:
+            readings[index] = nvsmi.ClockReasons.from_active(ctx.gpus.clock_event_reasons(index))
+            facts[index] = {"source": "nvml"}
+            continue
+        except errors.GpuError as exc:
+            nvml_error = exc
+        readings[index], facts[index] = _fallback(smi, index, nvml_error)
+        used_smi = used_smi or facts[index].get("source") == NVIDIA_SMI
+    return readings, facts, "nvml+nvidia-smi" if used_smi else "nvml"
+
+
+def _fallback(smi: _NvidiaSmi, index: int, nvml_error: errors.GpuError) -> tuple[Reading, dict[str, Any]]:
+    gpu = str(index)
+    if not smi.installed():
+        return DeviceResult(gpu, Status.ERROR, detail=f"NVML: {nvml_error}"), {"source": "nvml"}
+    answer = smi.read_all()
+    if isinstance(answer, str):
+        return DeviceResult(gpu, Status.ERROR, detail=f"NVML: {nvml_error}; {answer}"), {"source": NVIDIA_SMI}
+    readings, facts = answer
+    if index not in readings:
+        detail = f"NVML: {nvml_error}; nvidia-smi lists no GPU {index}"
+        return DeviceResult(gpu, Status.ERROR, detail=detail), {"source": NVIDIA_SMI}
+    return readings[index], {**facts.get(index, {}), "source": NVIDIA_SMI, "nvml_error": str(nvml_error)}
+
+
+@registry.check(
+    NAME,
+    description="Hardware clock slowdown (power brake, HW thermal) per GPU; SW thermal slowdown warns",
+    timeout_s=60.0,
+    uses_gpu=True,
+    evaluate_text=evaluate_text,
+)
+def run(ctx: CheckContext, params: Mapping[str, Any]) -> CheckResult:
+    try:
+        readings, facts, source = collect(ctx)
+    except errors.ToolError as exc:
+        # GpuUnavailable propagates: the engine reports "skipped" for a machine without a driver.
+        return CheckResult(NAME, Status.ERROR, f"no reading of clock event reasons: {exc}")
+    return evaluate(readings, data=facts, source=source)

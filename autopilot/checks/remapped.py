@@ -1,0 +1,302 @@
+"""remapped: GPU memory row remapping state of every GPU (Ampere and later).
+
+When HBM/GDDR cells fail, the GPU remaps the affected row to a spare one. A remap found at
+run time is *pending* until the GPU is reset; a remap that could not be done (no spare row
+left in that bank) sets *Remapping Failure Occurred*. NVML gives the four figures directly;
+without NVML we read the same block from ``nvidia-smi -q -d ROW_REMAPPER``::
+
+    GPU 00000000:07:00.0
+        Remapped Rows
+            Correctable Error                 : 0
+            Uncorrectable Error               : 4
+            Pending                           : Yes
+            Remapping Failure Occurred        : No
+            Bank Remap Availability Histogram
+                Max                           : 192 bank(s)
+                High                          : 0 bank(s)
+
+or from ``nvidia-smi --query-remapped-rows=gpu_uuid,remapped_rows.correctable,...  --format=csv``::
+
+    gpu_uuid, remapped_rows.correctable, remapped_rows.uncorrectable, remapped_rows.pending, remapped_rows.failure
+    GPU-455e672a-..., 0, 1, No, No
+
+Verdict per GPU (upstream looked at ``Pending`` only and ignored a failed remap):
+
+- ``Remapping Failure Occurred`` -> ``fail``, fatal: the memory has an error that could not be
+  repaired; the node must not take work and the GPU needs replacing (NVIDIA: RMA).
+- ``Pending`` -> ``warn``: a remap waits for a GPU reset; until then the bad row is still in use
+  (and may keep raising Xid 63/64). Usable, but drain and reset soon.
+- otherwise ``ok``, also with uncorrectable remaps counted: those rows were already swapped for
+  spares at an earlier reset, which is row remapping working as designed (no page retirement,
+  no capacity lost). The counts stay visible in the device detail and ``data`` so a GPU that
+  keeps accumulating remaps can be spotted; correctable remaps are preventive and reported only.
+- a GPU without a row remapper (pre-Ampere: NVML NotSupported, nvidia-smi ``N/A`` or no block)
+  -> that device ``skipped``; no GPUs at all -> the check is ``skipped``.
+
+Device ``value`` keeps upstream's ``remapped`` gauge meaning: ``1`` when a remap is pending or
+has failed (the GPU needs attention), else ``0``. ``data["gpus"][<index>]`` carries the counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from autopilot import errors, gpus, nvsmi, registry
+from autopilot.context import CheckContext
+from autopilot.results import CheckResult, DeviceResult, Status, from_devices
+
+NAME = "remapped"
+NVIDIA_SMI = "nvidia-smi"
+NVSMI_TIMEOUT_S = 30.0
+ROW_REMAPPER_ARGV = (NVIDIA_SMI, "-q", "-d", "ROW_REMAPPER")
+# NVML_ERROR_NOT_SUPPORTED: the GPU has no row remapper (Volta, Turing).
+NVML_NOT_SUPPORTED = 3
+_UNSUPPORTED = "row remapping not supported on this GPU"
+
+# One GPU's reading: the figures, or a result already decided (skipped/error) when there are none.
+Reading = gpus.RemappedRows | DeviceResult
+
+
+# ---------------------------------------------------------------- evaluate (pure)
+
+
+def judge(gpu: str, rows: gpus.RemappedRows) -> DeviceResult:
+    """The verdict for one GPU's remapped-rows figures (see the module docstring)."""
+    counts = f"{rows.uncorrectable} uncorrectable, {rows.correctable} correctable remapped rows"
+    needs_attention = int(rows.pending or rows.failure_occurred)
+    if rows.failure_occurred:
+        pending = "; a remap is also pending" if rows.pending else ""
+        detail = f"row remapping failed: an uncorrectable memory error could not be repaired ({counts}{pending})"
+        return DeviceResult(gpu, Status.FAIL, needs_attention, detail=detail)
+    if rows.pending:
+        return DeviceResult(gpu, Status.WARN, needs_attention, detail=f"row remap pending: reset the GPU ({counts})")
+    if rows.uncorrectable or rows.correctable:
+        return DeviceResult(gpu, Status.OK, needs_attention, detail=f"{counts}, all applied")
+    return DeviceResult(gpu, Status.OK, needs_attention, detail="no remapped rows")
+
+
+def evaluate(
+    readings: Mapping[int, Reading],
+    *,
+    data: Mapping[int, Mapping[str, Any]] | None = None,
+    source: str = "nvml",
+) -> CheckResult:
+    """Fold the readings of every GPU (index -> figures or decided result) into the check result.
+
+    ``data`` adds per-GPU facts (bus id, histogram, which source answered) to ``data["gpus"]``.
+    """
+    if not readings:
+        return CheckResult(NAME, Status.SKIPPED, "no GPUs on this node", data={"source": source, "gpus": {}})
+    devices: list[DeviceResult] = []
+    per_gpu: dict[str, dict[str, Any]] = {}
+    for index in sorted(readings):
+        reading = readings[index]
+        facts: dict[str, Any] = dict((data or {}).get(index, {}))
+        if isinstance(reading, gpus.RemappedRows):
+            devices.append(judge(str(index), reading))
+            facts.update(
+                correctable=reading.correctable,
+                uncorrectable=reading.uncorrectable,
+                pending=reading.pending,
+                failure_occurred=reading.failure_occurred,
+            )
+        else:
+            devices.append(reading)
+        per_gpu[str(index)] = facts
+    fatal = any(isinstance(r, gpus.RemappedRows) and r.failure_occurred for r in readings.values())
+    return from_devices(
+        NAME, devices, ok_summary=_ok_summary(devices), fatal=fatal, data={"source": source, "gpus": per_gpu}
+    )
+
+
+def _ok_summary(devices: list[DeviceResult]) -> str:
+    judged = [d for d in devices if d.status is not Status.SKIPPED]
+    if not judged:
+        return f"row remapping not supported on any of {len(devices)} GPUs"
+    summary = f"no pending or failed row remaps on {len(judged)} GPUs"
+    counted = [f"GPU {d.id}: {d.detail}" for d in judged if d.detail != "no remapped rows"]
+    skipped = len(devices) - len(judged)
+    if skipped:
+        summary += f" ({skipped} without row remapping)"
+    if counted:
+        summary += "; " + "; ".join(counted)
+    return summary
+
+
+def parse_text(text: str) -> tuple[dict[int, Reading], dict[int, dict[str, Any]], str]:
+    """Readings from saved nvidia-smi output: ``-q`` (full or ``-d ROW_REMAPPER``) or the CSV query.
+
+    Returns (readings, per-GPU facts, a name for the format). Raises ``nvsmi.ParseError`` when
+    the text is neither, or is truncated/corrupted as a whole; a GPU whose own block is
+    unreadable becomes an ``error`` device.
+    """
+    if nvsmi.looks_like_q(text):
+        return _parse_q(text)
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    if "remapped_rows." in first:
+        return _parse_csv(text)
+    nvsmi.raise_for_invalid_field(text)
+    raise nvsmi.ParseError(f"not nvidia-smi remapped-rows output: {first.strip()[:80]!r}")
+
+
+def _parse_q(text: str) -> tuple[dict[int, Reading], dict[int, dict[str, Any]], str]:
+    report = nvsmi.parse_q(text)
+    if not report.full and all(g.error is None and g.find("Remapped Rows") is None for g in report.gpus):
+        raise nvsmi.ParseError("no 'Remapped Rows' block in this report (not nvidia-smi -q -d ROW_REMAPPER)")
+    readings: dict[int, Reading] = {}
+    facts: dict[int, dict[str, Any]] = {}
+    for section in report.gpus:
+        gpu = str(section.index)
+        facts[section.index] = {"bus_id": section.bus_id}
+        try:
+            rows = nvsmi.remapped_rows_from_q(section)
+        except nvsmi.ParseError as exc:
+            readings[section.index] = DeviceResult(gpu, Status.ERROR, detail=f"unreadable: {exc}")
+            continue
+        if rows is None:
+            readings[section.index] = DeviceResult(gpu, Status.SKIPPED, detail=_UNSUPPORTED)
+            continue
+        readings[section.index] = rows
+        histogram = nvsmi.remap_histogram_from_q(section)
+        if histogram:
+            facts[section.index]["bank_remap_availability"] = histogram
+    return readings, facts, "nvidia-smi -q" if report.full else "nvidia-smi -q -d ROW_REMAPPER"
+
+
+def _parse_csv(text: str) -> tuple[dict[int, Reading], dict[int, dict[str, Any]], str]:
+    readings: dict[int, Reading] = {}
+    facts: dict[int, dict[str, Any]] = {}
+    # The remapped-rows query has no index field; rows come in nvidia-smi index order.
+    for index, row in enumerate(nvsmi.parse_csv(text)):
+        facts[index] = {k: row[k] for k in ("gpu_bus_id", "gpu_uuid", "gpu_name") if k in row}
+        try:
+            rows = nvsmi.remapped_rows_from_csv_row(row)
+        except nvsmi.ParseError as exc:
+            readings[index] = DeviceResult(str(index), Status.ERROR, detail=f"unreadable: {exc}")
+            continue
+        readings[index] = rows if rows is not None else DeviceResult(str(index), Status.SKIPPED, detail=_UNSUPPORTED)
+    return readings, facts, "nvidia-smi --query-remapped-rows"
+
+
+def evaluate_text(text: str, params: Mapping[str, Any], settings: Any) -> CheckResult:
+    """``autopilot evaluate remapped FILE``: the verdict for saved nvidia-smi output."""
+    try:
+        readings, facts, source = parse_text(text)
+    except nvsmi.ParseError as exc:
+        return CheckResult(NAME, Status.ERROR, f"unreadable nvidia-smi output: {exc}")
+    return evaluate(readings, data=facts, source=source)
+
+
+# ---------------------------------------------------------------- collect (I/O)
+
+
+class _NvidiaSmi:
+    """``nvidia-smi -q -d ROW_REMAPPER``, run at most once per check run, for GPUs NVML could not read."""
+
+    def __init__(self, ctx: CheckContext) -> None:
+        self._ctx = ctx
+        self._answer: tuple[dict[int, Reading], dict[int, dict[str, Any]]] | str | None = None
+        self.no_driver = False
+
+    def installed(self) -> bool:
+        return self._ctx.commands.which(NVIDIA_SMI) is not None
+
+    def read_all(self) -> tuple[dict[int, Reading], dict[int, dict[str, Any]]] | str:
+        """Readings of every GPU, or why nvidia-smi gave none (a one-line reason)."""
+        if self._answer is None:
+            self._answer = self._run()
+        return self._answer
+
+    def _run(self) -> tuple[dict[int, Reading], dict[int, dict[str, Any]]] | str:
+        try:
+            out = self._ctx.commands.run(list(ROW_REMAPPER_ARGV), timeout=NVSMI_TIMEOUT_S)
+        except errors.ToolError as exc:
+            return str(exc)
+        text = out.stdout
+        said_all = text + out.stderr
+        if nvsmi.NO_DEVICES in said_all:
+            return {}, {}
+        self.no_driver = nvsmi.NO_DRIVER in said_all
+        if out.returncode != 0:
+            said = (text.strip() or out.stderr.strip() or "no output").splitlines()[0]
+            return f"nvidia-smi exited {out.returncode}: {said[:200]}"
+        try:
+            readings, facts, _ = _parse_q(text)
+        except nvsmi.ParseError as exc:
+            return f"unreadable nvidia-smi output: {exc}"
+        return readings, facts
+
+
+def collect(ctx: CheckContext) -> tuple[dict[int, Reading], dict[int, dict[str, Any]], str]:
+    """Read every GPU through NVML; ask nvidia-smi for what NVML could not answer.
+
+    Raises ``GpuUnavailable`` (the engine reports ``skipped``) when there is neither NVML nor
+    nvidia-smi; returns an empty mapping when nvidia-smi finds no GPU.
+    """
+    smi = _NvidiaSmi(ctx)
+    try:
+        count = ctx.gpus.count()
+    except errors.GpuError as exc:
+        # No usable NVML (library missing from the image, or a driver/library mismatch): nvidia-smi
+        # may still answer, and an installed nvidia-smi that cannot is itself a finding, unless
+        # it agrees with NVML that there is no driver here at all.
+        if not smi.installed():
+            raise
+        answer = smi.read_all()
+        if isinstance(answer, str):
+            if smi.no_driver and isinstance(exc, errors.GpuUnavailable):
+                raise
+            raise errors.ToolError(f"NVML: {exc}; {answer}") from None
+        smi_readings, smi_facts = answer
+        for fact in smi_facts.values():
+            fact["source"] = NVIDIA_SMI
+        return smi_readings, smi_facts, NVIDIA_SMI
+
+    readings: dict[int, Reading] = {}
+    facts: dict[int, dict[str, Any]] = {}
+    used_smi = False
+    for index in range(count):
+        try:
+            readings[index] = ctx.gpus.remapped_rows(index)
+            facts[index] = {"source": "nvml"}
+            continue
+        except errors.GpuError as exc:
+            nvml_error = exc
+        if nvml_error.code == NVML_NOT_SUPPORTED:
+            readings[index] = DeviceResult(str(index), Status.SKIPPED, detail=_UNSUPPORTED)
+            facts[index] = {"source": "nvml"}
+            continue
+        readings[index], facts[index] = _fallback(smi, index, nvml_error)
+        used_smi = used_smi or facts[index].get("source") == NVIDIA_SMI
+    return readings, facts, "nvml+nvidia-smi" if used_smi else "nvml"
+
+
+def _fallback(smi: _NvidiaSmi, index: int, nvml_error: errors.GpuError) -> tuple[Reading, dict[str, Any]]:
+    gpu = str(index)
+    if not smi.installed():
+        return DeviceResult(gpu, Status.ERROR, detail=f"NVML: {nvml_error}"), {"source": "nvml"}
+    answer = smi.read_all()
+    if isinstance(answer, str):
+        return DeviceResult(gpu, Status.ERROR, detail=f"NVML: {nvml_error}; {answer}"), {"source": NVIDIA_SMI}
+    readings, facts = answer
+    if index not in readings:
+        detail = f"NVML: {nvml_error}; nvidia-smi lists no GPU {index}"
+        return DeviceResult(gpu, Status.ERROR, detail=detail), {"source": NVIDIA_SMI}
+    return readings[index], {**facts.get(index, {}), "source": NVIDIA_SMI, "nvml_error": str(nvml_error)}
+
+
+@registry.check(
+    NAME,
+    description="GPU memory row remapping: pending remaps warn, a failed remap fails fatally",
+    timeout_s=60.0,
+    uses_gpu=True,
+    evaluate_text=evaluate_text,
+)
+def run(ctx: CheckContext, params: Mapping[str, Any]) -> CheckResult:
+    try:
+        readings, facts, source = collect(ctx)
+    except errors.ToolError as exc:
+        # GpuUnavailable propagates: the engine reports "skipped" for a machine without a driver.
+        return CheckResult(NAME, Status.ERROR, f"no reading of row remapping: {exc}")
+    return evaluate(readings, data=facts, source=source)

@@ -1,0 +1,564 @@
+"""Pure parsers of ``nvidia-smi`` output: the ``-q`` report and ``--format=csv`` queries.
+
+No I/O and no judgement here: text in, plain records out. The checks decide what a reading
+means; this module only promises that what it returns was really in the text, and raises
+``ParseError`` for anything it cannot read with confidence (truncated or corrupted reports,
+unknown words, CSV rows of the wrong width), because an unreadable answer must never pass.
+
+The ``-q`` report (drivers 510 to 570, Volta to Blackwell) is a header followed by one section
+per GPU, in nvidia-smi index order, each a tree of ``Key : Value`` lines nested by indentation::
+
+    ==============NVSMI LOG==============
+
+    Timestamp                                 : Wed Sep 25 10:40:24 2024
+    Driver Version                            : 535.129.03
+    Attached GPUs                             : 1
+    GPU 00000000:07:00.0
+        Product Name                          : NVIDIA A10
+        Clocks Event Reasons
+            Idle                              : Active
+            HW Slowdown                       : Not Active
+                HW Thermal Slowdown           : Not Active
+        Remapped Rows
+            Correctable Error                 : 0
+            Uncorrectable Error               : 4
+            Pending                           : Yes
+            Remapping Failure Occurred        : No
+
+``-q -d ROW_REMAPPER`` (and other ``-d`` filters) print the same layout with fewer keys; copies
+quoted in reports sometimes lack the header or elide lines as ``[...]``, which is tolerated and
+marks the report as an excerpt. CSV queries print ``name [unit], ...`` headers (unless
+``noheader``) and one row per GPU; a field the driver does not know is answered with
+``Field "x" is not a valid field to query.``, raised here as ``InvalidField``.
+
+The readers of one GPU's block (``remapped_rows_from_q``, ``clock_reasons_from_q``,
+``pcie_link_from_q``) do not name the GPU in their messages; the caller knows which it asked for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterator, Mapping, Sequence
+
+from autopilot import errors, gpus
+
+
+class ParseError(errors.AutopilotError):
+    """nvidia-smi output that cannot be read with confidence (truncated, corrupted, unknown words)."""
+
+
+class InvalidField(ParseError):
+    """The driver rejected a ``--query-*`` field name (older and newer drivers name some fields differently)."""
+
+    def __init__(self, field: str) -> None:
+        super().__init__(f'nvidia-smi does not know the field "{field}"')
+        self.field = field
+
+
+# What nvidia-smi prints (and exits non-zero with) on a machine without GPUs / without a loaded driver.
+NO_DEVICES = "No devices were found"
+NO_DRIVER = "couldn't communicate with the NVIDIA driver"
+
+
+# ---------------------------------------------------------------- the -q report
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One line of a ``-q`` report: ``key : value`` (``value`` None for a heading) and the lines under it."""
+
+    key: str
+    value: str | None = None
+    children: tuple[Entry, ...] = ()
+    line: int = 0
+
+    def get(self, key: str) -> Entry | None:
+        """The first child called ``key`` (case and inner spacing ignored); keys repeat under ``Processes``."""
+        wanted = _norm(key)
+        return next((c for c in self.children if _norm(c.key) == wanted), None)
+
+    def find(self, *path: str) -> Entry | None:
+        """The entry at ``path`` below this one, or None."""
+        node: Entry | None = self
+        for key in path:
+            node = node.get(key) if node is not None else None
+        return node
+
+    def value_at(self, *path: str) -> str | None:
+        found = self.find(*path)
+        return found.value if found is not None else None
+
+    def walk(self) -> Iterator[Entry]:
+        """Every entry below this one, depth first, in report order."""
+        for child in self.children:
+            yield child
+            yield from child.walk()
+
+
+@dataclasses.dataclass(frozen=True)
+class GpuSection:
+    """One ``GPU <bus id>`` section. ``index`` is its position, which is nvidia-smi's (and NVML's) index.
+
+    ``error`` is set instead of a tree when nvidia-smi could not open the GPU
+    (``Unable to determine the device handle for ...``), so later GPUs keep their index.
+    """
+
+    index: int
+    bus_id: str
+    root: Entry
+    error: str | None = None
+
+    def find(self, *path: str) -> Entry | None:
+        return self.root.find(*path)
+
+
+@dataclasses.dataclass(frozen=True)
+class QReport:
+    """A parsed ``nvidia-smi -q`` report (full, ``-d`` filtered, or a quoted excerpt)."""
+
+    header: Mapping[str, str]
+    gpus: tuple[GpuSection, ...]
+    attached: int | None = None
+    excerpt: bool = False
+
+    @property
+    def driver_version(self) -> str | None:
+        return self.header.get("Driver Version")
+
+    @property
+    def full(self) -> bool:
+        """True for a plain ``-q`` report (every section), False for a ``-d`` filtered one."""
+        return any(g.find("Product Name") is not None for g in self.gpus)
+
+
+_GPU_LINE = re.compile(r"^GPU\s+(?P<bus>[0-9A-Fa-f]{4,8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.[0-9A-Fa-f])\s*$")
+_NO_HANDLE = re.compile(
+    r"^Unable to determine the device handle for (?:gpu\s*)?(?P<bus>[0-9A-Fa-f]{4,8}:[0-9A-Fa-f]{2}:"
+    r"[0-9A-Fa-f]{2}\.[0-9A-Fa-f])\s*:\s*(?P<why>.*)$",
+    re.IGNORECASE,
+)
+# A key never contains ':'; the value starts after ':' and at least one blank, so bus ids such as
+# ``GPU 00000000:07:00.0`` (no blank after their colons) are headings, not key/value lines.
+_KEY_VALUE = re.compile(r"^(?P<key>[^:\s][^:]*?)\s*:(?:\s+(?P<value>.*?))?\s*$")
+_BANNER = re.compile(r"^=+\s*NVSMI LOG\s*=+$")
+_ELISION = frozenset({"[...]", "...", "\u2026", "[ ... ]"})
+
+
+@dataclasses.dataclass
+class _Building:
+    key: str
+    value: str | None
+    line: int
+    indent: int
+    children: list[_Building] = dataclasses.field(default_factory=list)
+
+    def freeze(self) -> Entry:
+        return Entry(self.key, self.value, tuple(c.freeze() for c in self.children), self.line)
+
+
+def looks_like_q(text: str) -> bool:
+    """Whether ``text`` holds at least one ``GPU <bus id>`` section heading of a ``-q`` report."""
+    return any(_GPU_LINE.match(line.rstrip()) for line in text.splitlines())
+
+
+def parse_q(text: str) -> QReport:
+    """Parse a ``nvidia-smi -q`` report (any ``-d`` filter). Raises ``ParseError`` when it is not one.
+
+    Corruption checks: a report that announces ``Attached GPUs : N`` must hold N sections, and
+    the last section of a full report must reach its ``Processes`` entry (nvidia-smi prints it
+    for every GPU); otherwise the report was cut short. Both are relaxed for quoted excerpts.
+    """
+    header: dict[str, str] = {}
+    sections: list[tuple[str, _Building, str | None]] = []
+    stack: list[_Building] = []
+    excerpt = False
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.expandtabs(4).rstrip()
+        stripped = line.strip()
+        if not stripped or _BANNER.match(stripped):
+            continue
+        if stripped in _ELISION:
+            excerpt = True
+            continue
+        indent = len(line) - len(line.lstrip(" "))
+        if indent == 0:
+            gpu = _GPU_LINE.match(line)
+            if gpu:
+                root = _Building("GPU", gpu.group("bus"), number, 0)
+                sections.append((gpu.group("bus").upper(), root, None))
+                stack = [root]
+                continue
+            lost = _NO_HANDLE.match(line)
+            if lost:
+                sections.append((lost.group("bus").upper(), _Building("GPU", None, number, 0), stripped))
+                stack = []
+                continue
+            kv = _KEY_VALUE.match(line)
+            if kv and not sections:
+                header[kv.group("key")] = kv.group("value") or ""
+                continue
+            where = "after the GPU sections" if sections else "before any GPU section"
+            raise ParseError(f"line {number}: unexpected text {where}: {stripped[:80]!r}")
+        if not stack:
+            raise ParseError(f"line {number}: indented line outside a GPU section: {stripped[:80]!r}")
+        while len(stack) > 1 and stack[-1].indent >= indent:
+            stack.pop()
+        kv = _KEY_VALUE.match(stripped)
+        node = (
+            _Building(kv.group("key"), kv.group("value") or "", number, indent)
+            if kv
+            else _Building(stripped, None, number, indent)
+        )
+        stack[-1].children.append(node)
+        stack.append(node)
+
+    if not sections:
+        raise ParseError("no 'GPU <bus id>' section: not nvidia-smi -q output")
+    report = QReport(
+        header=header,
+        gpus=tuple(GpuSection(index, bus, root.freeze(), error) for index, (bus, root, error) in enumerate(sections)),
+        attached=_attached(header),
+        excerpt=excerpt,
+    )
+    if not excerpt:
+        if report.attached is not None and report.attached != len(report.gpus):
+            raise ParseError(
+                f"report announces {report.attached} GPUs but holds {len(report.gpus)} sections: truncated or corrupted"
+            )
+        last = report.gpus[-1]
+        if report.full and last.error is None and last.find("Processes") is None:
+            raise ParseError(f"section of GPU {last.index} ({last.bus_id}) ends early: truncated output")
+    return report
+
+
+def _attached(header: Mapping[str, str]) -> int | None:
+    raw = header.get("Attached GPUs")
+    if raw is None:
+        return None
+    try:
+        return int(raw.strip())
+    except ValueError:
+        raise ParseError(f"Attached GPUs: not a number: {raw[:40]!r}") from None
+
+
+# ---------------------------------------------------------------- words
+
+
+_NA = frozenset({"n/a", "[n/a]", "not supported", "[not supported]", "not available", "[not available]"})
+_YES = frozenset({"yes", "true", "1"})
+_NO = frozenset({"no", "false", "0"})
+
+
+def is_na(value: str | None) -> bool:
+    """True for nvidia-smi's "no such reading here" words (``N/A``, ``[Not Supported]``)."""
+    return value is not None and value.strip().lower() in _NA
+
+
+def flag(value: str | None, what: str) -> bool | None:
+    """``Yes``/``No`` (also ``1``/``0``, as some CSV fields print) -> bool; N/A -> None; else ``ParseError``."""
+    word = _word(value, what)
+    if word is None:
+        return None
+    if word in _YES:
+        return True
+    if word in _NO:
+        return False
+    raise ParseError(f"{what}: unreadable value {value!r}")
+
+
+def active(value: str | None, what: str) -> bool | None:
+    """``Active``/``Not Active`` -> bool; N/A -> None; anything else (``[Unknown Error]``) -> ``ParseError``."""
+    word = _word(value, what)
+    if word is None:
+        return None
+    if word == "active":
+        return True
+    if word in ("not active", "inactive"):
+        return False
+    raise ParseError(f"{what}: unreadable value {value!r}")
+
+
+def integer(value: str | None, what: str, *, suffix: str = "") -> int | None:
+    """A whole number (optionally followed by ``suffix``, e.g. ``x`` in ``16x``); N/A -> None."""
+    word = _word(value, what)
+    if word is None:
+        return None
+    if suffix and word.endswith(suffix.lower()):
+        word = word[: -len(suffix)].strip()
+    try:
+        return int(word)
+    except ValueError:
+        raise ParseError(f"{what}: not a number: {value!r}") from None
+
+
+def _word(value: str | None, what: str) -> str | None:
+    if value is None:
+        raise ParseError(f"{what}: no value")
+    word = " ".join(value.split()).lower()
+    if not word:
+        raise ParseError(f"{what}: empty value")
+    return None if word in _NA else word
+
+
+def _norm(key: str) -> str:
+    return " ".join(key.split()).lower()
+
+
+# ---------------------------------------------------------------- CSV queries
+
+
+_INVALID_FIELD = re.compile(r'Field "(?P<field>[^"]+)" is not a valid field to query', re.IGNORECASE)
+_UNIT = re.compile(r"\s*\[[^\]]*\]\s*$")
+
+
+def raise_for_invalid_field(text: str) -> None:
+    """Raise ``InvalidField`` when nvidia-smi rejected a query field name in ``text`` (stdout or stderr)."""
+    match = _INVALID_FIELD.search(text)
+    if match:
+        raise InvalidField(match.group("field"))
+
+
+def parse_csv(text: str, fields: Sequence[str] | None = None) -> list[dict[str, str]]:
+    """Rows of a ``--format=csv`` answer as dicts keyed by field name, in output (= GPU index) order.
+
+    With ``fields`` None the first line is the header (units such as `` [MiB]`` dropped from the
+    names); pass the queried ``fields`` for ``--format=csv,noheader``. Every row must have one
+    value per field.
+    """
+    raise_for_invalid_field(text)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if fields is None:
+        if not lines:
+            raise ParseError("empty CSV answer: no header")
+        names = [_UNIT.sub("", name).strip() for name in lines[0].split(",")]
+        lines = lines[1:]
+    else:
+        names = list(fields)
+    rows: list[dict[str, str]] = []
+    for number, line in enumerate(lines, start=1):
+        values = [v.strip() for v in line.split(",")]
+        if len(values) != len(names):
+            raise ParseError(f"CSV row {number} has {len(values)} values for {len(names)} fields: {line[:80]!r}")
+        rows.append(dict(zip(names, values, strict=True)))
+    return rows
+
+
+# ---------------------------------------------------------------- readings of one GPU
+
+
+def remapped_rows_from_q(section: GpuSection) -> gpus.RemappedRows | None:
+    """The ``Remapped Rows`` block of one GPU; None where the GPU has no row remapper.
+
+    None means "not supported": the block says ``N/A`` (pre-Ampere GPUs such as the TITAN V
+    with driver 560) or is absent from a full report. ``ParseError`` for a block that is there
+    but unreadable or incomplete.
+    """
+    if section.error is not None:
+        raise ParseError(section.error)
+    block = section.find("Remapped Rows")
+    if block is None:
+        return None
+    if not block.children:
+        if block.value is None or not block.value.strip() or is_na(block.value):
+            return None
+        raise ParseError(f"Remapped Rows: unreadable value {block.value!r}")
+    what = "Remapped Rows"
+    entries = {
+        "correctable": block.get("Correctable Error"),
+        "uncorrectable": block.get("Uncorrectable Error"),
+        "pending": block.get("Pending"),
+        "failure_occurred": block.get("Remapping Failure Occurred"),
+    }
+    missing = [name for name, entry in entries.items() if entry is None]
+    if missing:
+        raise ParseError(f"{what}: missing {', '.join(missing)}")
+    values = {name: entry.value for name, entry in entries.items() if entry is not None}
+    return _remapped_rows(values, what)
+
+
+def remapped_rows_from_csv_row(row: Mapping[str, str]) -> gpus.RemappedRows | None:
+    """One row of ``--query-remapped-rows=...remapped_rows.{correctable,uncorrectable,pending,failure}``."""
+    names = {
+        "correctable": "remapped_rows.correctable",
+        "uncorrectable": "remapped_rows.uncorrectable",
+        "pending": "remapped_rows.pending",
+        "failure_occurred": "remapped_rows.failure",
+    }
+    missing = [field for field in names.values() if field not in row]
+    if missing:
+        raise ParseError(f"remapped rows CSV lacks {', '.join(missing)}")
+    return _remapped_rows({name: row[field] for name, field in names.items()}, "remapped rows CSV")
+
+
+def _remapped_rows(values: Mapping[str, str | None], what: str) -> gpus.RemappedRows | None:
+    correctable = integer(values["correctable"], f"{what} correctable")
+    uncorrectable = integer(values["uncorrectable"], f"{what} uncorrectable")
+    pending = flag(values["pending"], f"{what} pending")
+    failure = flag(values["failure_occurred"], f"{what} failure occurred")
+    readings = (correctable, uncorrectable, pending, failure)
+    if all(r is None for r in readings):
+        return None
+    if correctable is None or uncorrectable is None or pending is None or failure is None:
+        raise ParseError(f"{what}: some values are N/A: {dict(values)}")
+    return gpus.RemappedRows(correctable, uncorrectable, pending, failure)
+
+
+def remap_histogram_from_q(section: GpuSection) -> dict[str, int]:
+    """``Bank Remap Availability Histogram`` as ``{"max": 192, "high": 0, ...}`` (banks per level of spare rows).
+
+    Best effort: absent or unreadable levels are left out; nothing here decides a status.
+    """
+    block = section.find("Remapped Rows", "Bank Remap Availability Histogram")
+    out: dict[str, int] = {}
+    for entry in block.children if block is not None else ():
+        value = (entry.value or "").replace("bank(s)", "").strip()
+        if value.isdigit():
+            out[_norm(entry.key)] = int(value)
+    return out
+
+
+# nvidia-smi's label of each NVML clock event reason (gpus.REASON_BITS names).
+REASON_LABELS: dict[str, str] = {
+    "gpu_idle": "Idle",
+    "applications_clocks_setting": "Applications Clocks Setting",
+    "sw_power_cap": "SW Power Cap",
+    "hw_slowdown": "HW Slowdown",
+    "sync_boost": "Sync Boost",
+    "sw_thermal_slowdown": "SW Thermal Slowdown",
+    "hw_thermal_slowdown": "HW Thermal Slowdown",
+    "hw_power_brake_slowdown": "HW Power Brake Slowdown",
+    "display_clock_setting": "Display Clock Setting",
+}
+_REASON_BY_LABEL = {_norm(label): name for name, label in REASON_LABELS.items()}
+# Old drivers printed an always-"Not Active" catch-all; it names no NVML bit.
+_IGNORED_REASON_LABELS = frozenset({"unknown"})
+# "Clocks Event Reasons" since driver 535; "Clocks Throttle Reasons" before; "Clocks Reasons" in some
+# intermediate builds. "Clocks Event Reasons Counters" (550+) holds cumulative microseconds and is
+# a different section: matching keys by name alone would read "0 us" as a reason state.
+REASON_SECTIONS = ("Clocks Event Reasons", "Clocks Throttle Reasons", "Clocks Reasons")
+CSV_REASON_PREFIXES = ("clocks_event_reasons.", "clocks_throttle_reasons.")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClockReasons:
+    """Clock event reasons of one GPU: which are active, inactive, or unknown (N/A / not reported)."""
+
+    active: frozenset[str]
+    inactive: frozenset[str] = frozenset()
+    unknown: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_active(cls, names: frozenset[str]) -> ClockReasons:
+        """From a complete reading such as NVML's bit mask: every reason not named is inactive."""
+        return cls(active=names, inactive=frozenset(gpus.REASON_BITS) - names)
+
+
+def clock_reasons_from_q(section: GpuSection) -> ClockReasons:
+    """The ``Clocks Event Reasons`` (or older ``Clocks Throttle Reasons``) block of one GPU.
+
+    ``HW Thermal Slowdown`` and ``HW Power Brake Slowdown`` are nested under ``HW Slowdown`` and
+    read like the others. An unknown label or a word other than Active/Not Active/N/A raises
+    ``ParseError``; reasons the block does not mention are ``unknown``.
+    """
+    if section.error is not None:
+        raise ParseError(section.error)
+    block = next((b for b in (section.find(name) for name in REASON_SECTIONS) if b is not None), None)
+    if block is None or not block.children:
+        raise ParseError("no Clocks Event Reasons section")
+    states: dict[str, bool | None] = {}
+    for entry in block.walk():
+        label = _norm(entry.key)
+        if label in _IGNORED_REASON_LABELS:
+            continue
+        name = _REASON_BY_LABEL.get(label)
+        if name is None:
+            raise ParseError(f"unknown clock event reason {entry.key!r}")
+        if entry.value is None:
+            # A bare heading (``HW Slowdown`` over its sub-reasons, no value of its own).
+            states.setdefault(name, None)
+            continue
+        states[name] = active(entry.value, REASON_LABELS[name])
+    return _reasons(states)
+
+
+def clock_reasons_from_csv_row(row: Mapping[str, str]) -> ClockReasons:
+    """One row of ``--query-gpu=clocks_event_reasons.*`` (or ``clocks_throttle_reasons.*``).
+
+    ``*.active`` (a hex bit mask) is decoded with ``gpus.decode_reasons``; other reason fields are
+    ``Active``/``Not Active``. Fields that are not reasons (``index``, ``pci.bus_id``) are ignored.
+    """
+    states: dict[str, bool | None] = {}
+    for field, value in row.items():
+        prefix = next((p for p in CSV_REASON_PREFIXES if field.startswith(p)), None)
+        if prefix is None:
+            continue
+        name = field[len(prefix) :]
+        if name == "active":
+            mask = _word(value, field)
+            if mask is None:
+                continue
+            try:
+                bits = int(mask, 16) if mask.startswith("0x") else int(mask)
+            except ValueError:
+                raise ParseError(f"{field}: unreadable mask {value!r}") from None
+            for reason in gpus.REASON_BITS:
+                states.setdefault(reason, reason in gpus.decode_reasons(bits))
+            continue
+        if name == "supported":
+            continue
+        if name not in gpus.REASON_BITS:
+            raise ParseError(f"unknown clock event reason field {field!r}")
+        states[name] = active(value, field)
+    if not states:
+        raise ParseError("no clock event reason fields in the CSV row")
+    return _reasons(states)
+
+
+def _reasons(states: Mapping[str, bool | None]) -> ClockReasons:
+    return ClockReasons(
+        active=frozenset(n for n, s in states.items() if s is True),
+        inactive=frozenset(n for n, s in states.items() if s is False),
+        unknown=frozenset(n for n in gpus.REASON_BITS if states.get(n) is None),
+    )
+
+
+def pcie_link_from_q(section: GpuSection) -> dict[str, int | None]:
+    """PCIe link generation and width of one GPU, from ``PCI > GPU Link Info`` of a ``-q`` report.
+
+    Returns ``current_gen``, ``max_gen``, ``current_width``, ``max_width`` (the names of
+    ``gpus.PcieLink``), plus ``device_current_gen``, ``device_max_gen`` and ``host_max_gen``
+    where the driver prints them (535+); a value the report gives as N/A is None. ``max_gen`` is
+    what nvidia-smi calls ``Max`` (on 535+ the lower of device and host maximum). Note that an
+    idle GPU may downtrain its link (an idle RTX 4090 reads Current 1, Max 4): a low
+    ``current_gen`` at idle is power saving, not a fault. ``ParseError`` when the block is
+    missing or a value is not a number.
+    """
+    if section.error is not None:
+        raise ParseError(section.error)
+    info = section.find("PCI", "GPU Link Info")
+    if info is None:
+        raise ParseError("no PCI > GPU Link Info section")
+    gen = info.get("PCIe Generation")
+    width = info.get("Link Width")
+    if gen is None or width is None:
+        raise ParseError("PCIe Generation or Link Width missing")
+    what = "PCIe"
+
+    def read(block: Entry, key: str, *, required: bool, suffix: str = "") -> int | None:
+        entry = block.get(key)
+        if entry is None:
+            if required:
+                raise ParseError(f"{what} {block.key} {key}: missing")
+            return None
+        return integer(entry.value, f"{what} {block.key} {key}", suffix=suffix)
+
+    return {
+        "current_gen": read(gen, "Current", required=True),
+        "max_gen": read(gen, "Max", required=True),
+        "current_width": read(width, "Current", required=True, suffix="x"),
+        "max_width": read(width, "Max", required=True, suffix="x"),
+        "device_current_gen": read(gen, "Device Current", required=False),
+        "device_max_gen": read(gen, "Device Max", required=False),
+        "host_max_gen": read(gen, "Host Max", required=False),
+    }

@@ -1,0 +1,351 @@
+"""The nvidia-smi parsers: -q report trees, corruption detection, CSV queries, per-GPU readers."""
+
+from __future__ import annotations
+
+import pytest
+
+from autopilot import gpus, nvsmi
+from tests.conftest import sample_text
+
+# Handwritten, shaped like a driver 550 report of two GPUs (values invented).
+TWO_GPUS = """\
+==============NVSMI LOG==============
+
+Timestamp                                 : Sun Nov 29 22:00:00 2026
+Driver Version                            : 550.90.07
+CUDA Version                              : 12.4
+
+Attached GPUs                             : 2
+GPU 00000000:1A:00.0
+    Product Name                          : NVIDIA H100 80GB HBM3
+    PCI
+        Bus Id                            : 00000000:1A:00.0
+        GPU Link Info
+            PCIe Generation
+                Max                       : 5
+                Current                   : 5
+                Device Current            : 5
+                Device Max                : 5
+                Host Max                  : 5
+            Link Width
+                Max                       : 16x
+                Current                   : 8x
+    Clocks Event Reasons
+        Idle                              : Not Active
+        SW Power Cap                      : Active
+        HW Slowdown                       : Not Active
+            HW Thermal Slowdown           : Not Active
+            HW Power Brake Slowdown       : Not Active
+        SW Thermal Slowdown               : Not Active
+    Clocks Event Reasons Counters
+        SW Power Capping                  : 123456 us
+        HW Thermal Slowdown               : 0 us
+    Remapped Rows
+        Correctable Error                 : 2
+        Uncorrectable Error               : 0
+        Pending                           : No
+        Remapping Failure Occurred        : No
+        Bank Remap Availability Histogram
+            Max                           : 2559 bank(s)
+            High                          : 1 bank(s)
+    Processes
+        Process ID                        : 11
+            Name                          : /usr/bin/python3
+        Process ID                        : 12
+            Name                          : /usr/bin/time
+GPU 00000000:2B:00.0
+    Product Name                          : NVIDIA H100 80GB HBM3
+    Clocks Throttle Reasons
+        Idle                              : Active
+        HW Slowdown                       : N/A
+    Remapped Rows                         : N/A
+    Processes                             : None
+"""
+
+
+def test_report_splits_into_gpu_sections_in_index_order() -> None:
+    report = nvsmi.parse_q(TWO_GPUS)
+    assert report.driver_version == "550.90.07"
+    assert report.header["Timestamp"] == "Sun Nov 29 22:00:00 2026"  # colons inside a value are kept
+    assert report.attached == 2
+    assert report.full and not report.excerpt
+    assert [(g.index, g.bus_id) for g in report.gpus] == [(0, "00000000:1A:00.0"), (1, "00000000:2B:00.0")]
+
+
+def test_entries_nest_by_indentation_and_repeat_keys_stay_in_order() -> None:
+    gpu0 = nvsmi.parse_q(TWO_GPUS).gpus[0]
+    assert gpu0.root.value_at("PCI", "Bus Id") == "00000000:1A:00.0"
+    assert gpu0.root.value_at("PCI", "GPU Link Info", "Link Width", "Current") == "8x"
+    processes = gpu0.find("Processes")
+    assert processes is not None and processes.value is None
+    assert [(c.key, c.value, c.children[0].value) for c in processes.children] == [
+        ("Process ID", "11", "/usr/bin/python3"),
+        ("Process ID", "12", "/usr/bin/time"),
+    ]
+    # lookups ignore case and inner spacing
+    assert gpu0.root.value_at("remapped  rows", "PENDING") == "No"
+
+
+def test_report_announcing_more_gpus_than_it_holds_is_truncated() -> None:
+    text = TWO_GPUS.replace("Attached GPUs                             : 2", "Attached GPUs : 3")
+    with pytest.raises(nvsmi.ParseError, match="announces 3 GPUs but holds 2"):
+        nvsmi.parse_q(text)
+
+
+def test_full_report_cut_before_the_last_processes_entry_is_truncated() -> None:
+    cut = TWO_GPUS[: TWO_GPUS.rindex("    Processes")]
+    with pytest.raises(nvsmi.ParseError, match="GPU 1 .* ends early"):
+        nvsmi.parse_q(cut)
+
+
+def test_quoted_excerpt_with_elisions_is_tolerated() -> None:
+    text = """\
+Driver Version                            : 510.73.08
+Attached GPUs                             : 8
+GPU 00000000:10:1C.0
+    Product Name                          : NVIDIA A100-SXM4-80GB
+    [...]
+    Remapped Rows
+        Pending                           : Yes
+[...]
+"""
+    report = nvsmi.parse_q(text)
+    assert report.excerpt and report.attached == 8 and len(report.gpus) == 1
+    assert report.gpus[0].root.value_at("Remapped Rows", "Pending") == "Yes"
+
+
+@pytest.mark.parametrize("lost", ["GPU0000:1A:00.0", "gpu 0000:1A:00.0"])
+def test_gpu_without_a_handle_keeps_its_index_and_carries_the_error(lost: str) -> None:
+    text = f"""\
+Attached GPUs                             : 2
+Unable to determine the device handle for {lost}: Unknown Error
+GPU 00000000:2B:00.0
+    Remapped Rows
+        Correctable Error                 : 0
+        Uncorrectable Error               : 0
+        Pending                           : No
+        Remapping Failure Occurred        : No
+"""
+    report = nvsmi.parse_q(text)
+    assert [(g.index, g.bus_id, g.error is not None) for g in report.gpus] == [
+        (0, "0000:1A:00.0", True),
+        (1, "00000000:2B:00.0", False),
+    ]
+    with pytest.raises(nvsmi.ParseError, match="Unknown Error"):
+        nvsmi.remapped_rows_from_q(report.gpus[0])
+    assert nvsmi.remapped_rows_from_q(report.gpus[1]) == gpus.RemappedRows(0, 0, False, False)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.\n",
+        "gpu_uuid, remapped_rows.pending\nGPU-1, No\n",
+        "    Pending : Yes\n",  # indented line before any GPU section
+        TWO_GPUS + "Timestamp : again\n",  # a second report glued on
+    ],
+)
+def test_text_that_is_not_a_report_raises(text: str) -> None:
+    with pytest.raises(nvsmi.ParseError):
+        nvsmi.parse_q(text)
+
+
+def test_words() -> None:
+    assert nvsmi.flag("Yes", "x") is True and nvsmi.flag(" no ", "x") is False and nvsmi.flag("1", "x") is True
+    assert nvsmi.flag("[N/A]", "x") is None and nvsmi.active("N/A", "x") is None
+    assert nvsmi.active("Active", "x") is True and nvsmi.active("Not  Active", "x") is False
+    assert nvsmi.integer("177", "x") == 177 and nvsmi.integer("16x", "x", suffix="x") == 16
+    for bad in ("[Unknown Error]", "Maybe", ""):
+        with pytest.raises(nvsmi.ParseError):
+            nvsmi.active(bad, "x")
+    with pytest.raises(nvsmi.ParseError):
+        nvsmi.integer("many", "x")
+
+
+def test_csv_with_header_drops_units() -> None:
+    text = "index, memory.used [MiB], remapped_rows.pending\n0, 12 MiB, No\n1, 3 MiB, Yes\n"
+    assert nvsmi.parse_csv(text) == [
+        {"index": "0", "memory.used": "12 MiB", "remapped_rows.pending": "No"},
+        {"index": "1", "memory.used": "3 MiB", "remapped_rows.pending": "Yes"},
+    ]
+
+
+def test_csv_without_header_takes_the_queried_fields() -> None:
+    assert nvsmi.parse_csv("0, Active\n1, Not Active\n", ["index", "x"]) == [
+        {"index": "0", "x": "Active"},
+        {"index": "1", "x": "Not Active"},
+    ]
+
+
+def test_csv_row_of_the_wrong_width_raises() -> None:
+    with pytest.raises(nvsmi.ParseError, match="row 2 has 1 values for 2 fields"):
+        nvsmi.parse_csv("0, Active\ngarbage\n", ["index", "x"])
+
+
+def test_csv_rejected_field_raises_invalid_field() -> None:
+    text = 'Field "clocks_event_reasons.hw_slowdown" is not a valid field to query.\n\n'
+    with pytest.raises(nvsmi.InvalidField) as caught:
+        nvsmi.parse_csv(text, ["index", "clocks_event_reasons.hw_slowdown"])
+    assert caught.value.field == "clocks_event_reasons.hw_slowdown"
+    assert isinstance(caught.value, nvsmi.ParseError)
+
+
+def test_clock_reasons_read_nested_hw_reasons_and_ignore_the_counters() -> None:
+    reasons = nvsmi.clock_reasons_from_q(nvsmi.parse_q(TWO_GPUS).gpus[0])
+    assert reasons.active == {"sw_power_cap"}
+    assert reasons.inactive == {
+        "gpu_idle",
+        "hw_slowdown",
+        "hw_thermal_slowdown",
+        "hw_power_brake_slowdown",
+        "sw_thermal_slowdown",
+    }
+    # not printed by this (invented) report: unknown, not assumed inactive
+    assert reasons.unknown == {"applications_clocks_setting", "sync_boost", "display_clock_setting"}
+
+
+def test_clock_reasons_under_the_older_throttle_heading_with_na() -> None:
+    reasons = nvsmi.clock_reasons_from_q(nvsmi.parse_q(TWO_GPUS).gpus[1])
+    assert reasons.active == {"gpu_idle"}
+    assert "hw_slowdown" in reasons.unknown
+
+
+@pytest.mark.parametrize(
+    ("line", "match"),
+    [
+        ("        Invalid HW Slowdown               : Not Active", "unknown clock event reason"),
+        ("        HW Slowdown                       : [Unknown Error]", "unreadable value"),
+    ],
+)
+def test_clock_reasons_unreadable(line: str, match: str) -> None:
+    text = TWO_GPUS.replace("        HW Slowdown                       : Not Active", line, 1)
+    with pytest.raises(nvsmi.ParseError, match=match):
+        nvsmi.clock_reasons_from_q(nvsmi.parse_q(text).gpus[0])
+
+
+def test_clock_reasons_from_csv_rows() -> None:
+    row = {
+        "index": "0",
+        "clocks_throttle_reasons.hw_slowdown": "Active",
+        "clocks_throttle_reasons.sw_thermal_slowdown": "Not Active",
+    }
+    reasons = nvsmi.clock_reasons_from_csv_row(row)
+    assert reasons.active == {"hw_slowdown"} and reasons.inactive == {"sw_thermal_slowdown"}
+    mask = nvsmi.clock_reasons_from_csv_row({"clocks_event_reasons.active": "0x0000000000000084"})
+    assert mask.active == {"sw_power_cap", "hw_power_brake_slowdown"} and not mask.unknown
+    with pytest.raises(nvsmi.ParseError):
+        nvsmi.clock_reasons_from_csv_row({"clocks_event_reasons.hw_slowdown": "[Unknown Error]"})
+    with pytest.raises(nvsmi.ParseError):
+        nvsmi.clock_reasons_from_csv_row({"index": "0"})
+
+
+def test_remapped_rows_from_q() -> None:
+    report = nvsmi.parse_q(TWO_GPUS)
+    assert nvsmi.remapped_rows_from_q(report.gpus[0]) == gpus.RemappedRows(2, 0, False, False)
+    assert nvsmi.remap_histogram_from_q(report.gpus[0]) == {"max": 2559, "high": 1}
+    assert nvsmi.remapped_rows_from_q(report.gpus[1]) is None  # "Remapped Rows : N/A"
+    no_block = TWO_GPUS.replace("    Remapped Rows                         : N/A\n", "")
+    assert nvsmi.remapped_rows_from_q(nvsmi.parse_q(no_block).gpus[1]) is None
+
+
+def test_remapped_rows_incomplete_block_raises() -> None:
+    partial = TWO_GPUS.replace("        Pending                           : No\n", "", 1)
+    with pytest.raises(nvsmi.ParseError, match="missing pending"):
+        nvsmi.remapped_rows_from_q(nvsmi.parse_q(partial).gpus[0])
+    half_na = TWO_GPUS.replace("Pending                           : No", "Pending : N/A", 1)
+    with pytest.raises(nvsmi.ParseError, match="N/A"):
+        nvsmi.remapped_rows_from_q(nvsmi.parse_q(half_na).gpus[0])
+
+
+def test_remapped_rows_from_csv_row_accepts_yes_no_and_digits() -> None:
+    row = {
+        "remapped_rows.correctable": "0",
+        "remapped_rows.uncorrectable": "1",
+        "remapped_rows.pending": "No",
+        "remapped_rows.failure": "1",
+    }
+    assert nvsmi.remapped_rows_from_csv_row(row) == gpus.RemappedRows(0, 1, False, True)
+    assert nvsmi.remapped_rows_from_csv_row({k: "[N/A]" for k in row}) is None
+
+
+def test_pcie_link_from_q() -> None:
+    assert nvsmi.pcie_link_from_q(nvsmi.parse_q(TWO_GPUS).gpus[0]) == {
+        "current_gen": 5,
+        "max_gen": 5,
+        "current_width": 8,
+        "max_width": 16,
+        "device_current_gen": 5,
+        "device_max_gen": 5,
+        "host_max_gen": 5,
+    }
+    with pytest.raises(nvsmi.ParseError, match="no PCI"):
+        nvsmi.pcie_link_from_q(nvsmi.parse_q(TWO_GPUS).gpus[1])
+
+
+# ---------------------------------------------------------------- public samples
+
+
+@pytest.mark.parametrize(
+    ("name", "count", "driver"),
+    [
+        ("nvidia-smi-q_h100x8_drv535.161.08_hw-power-brake-slowdown-active.txt", 8, "535.161.08"),
+        ("nvidia-smi-q_h100x8_drv535.183.01_sw-thermal-slowdown-active.txt", 8, "535.183.01"),
+        ("nvidia-smi-q_rtx4090x8_drv535.154.05_pcie-idle-downtrained-gen1.txt", 8, "535.154.05"),
+        ("nvidia-smi-q_a10_drv535.129.03_remapped-rows-pending.txt", 1, "535.129.03"),
+        ("nvidia-smi-q_titanv_drv560.35.03.txt", 1, "560.35.03"),
+    ],
+)
+def test_full_sample_reports_parse(name: str, count: int, driver: str) -> None:
+    report = nvsmi.parse_q(sample_text(name))
+    assert report.full and not report.excerpt
+    assert report.driver_version == driver
+    assert len(report.gpus) == report.attached == count
+    assert [g.index for g in report.gpus] == list(range(count))
+    for section in report.gpus:
+        assert section.find("Product Name") is not None
+        nvsmi.clock_reasons_from_q(section)  # every GPU's block is readable
+
+
+def test_titan_v_driver_560_layout() -> None:
+    gpu = nvsmi.parse_q(sample_text("nvidia-smi-q_titanv_drv560.35.03.txt")).gpus[0]
+    assert gpu.bus_id == "00000000:01:00.0"
+    assert gpu.root.value_at("Product Architecture") == "Volta"
+    assert nvsmi.remapped_rows_from_q(gpu) is None  # "Remapped Rows : N/A": no row remapper on Volta
+    processes = gpu.find("Processes")
+    assert processes is not None
+    assert [c.value for c in processes.children if c.key == "Process ID"] == ["100607", "100838", "101815"]
+    assert nvsmi.pcie_link_from_q(gpu)["current_gen"] == 1
+
+
+def test_rtx4090_idle_link_reads_downtrained() -> None:
+    report = nvsmi.parse_q(sample_text("nvidia-smi-q_rtx4090x8_drv535.154.05_pcie-idle-downtrained-gen1.txt"))
+    link = nvsmi.pcie_link_from_q(report.gpus[0])
+    assert (link["current_gen"], link["max_gen"], link["current_width"], link["max_width"]) == (1, 4, 16, 16)
+
+
+def test_corrupted_h100_sample_is_rejected() -> None:
+    with pytest.raises(nvsmi.ParseError, match="announces 8 GPUs but holds 1"):
+        nvsmi.parse_q(sample_text("nvidia-smi-q_h100_drv535.183.01_corrupted-invalid.txt"))
+
+
+def test_a100_excerpt_and_blackwell_row_remapper_parse() -> None:
+    a100 = nvsmi.parse_q(sample_text("nvidia-smi-q_excerpt_a100_drv510_remap-pending-after-xid63.txt"))
+    assert a100.excerpt and a100.driver_version == "510.73.08"
+    assert nvsmi.remapped_rows_from_q(a100.gpus[0]) == gpus.RemappedRows(1, 0, True, False)
+    blackwell = nvsmi.parse_q(sample_text("nvidia-smi-q-d-ROW_REMAPPER_blackwell_pending-yes.txt"))
+    assert not blackwell.full and blackwell.attached is None
+    assert nvsmi.remapped_rows_from_q(blackwell.gpus[0]) == gpus.RemappedRows(0, 1, True, False)
+    assert nvsmi.remap_histogram_from_q(blackwell.gpus[0])["max"] == 511
+
+
+def test_remapped_rows_csv_sample_parses_per_gpu() -> None:
+    rows = nvsmi.parse_csv(sample_text("nvidia-smi-query-remapped-rows_csv_4gpu_after-reset.txt"))
+    uuids = ["GPU-a895322e-...", "GPU-455e672a-...", "GPU-d66f99e9-...", "GPU-cd616af2-..."]
+    assert [r["gpu_uuid"] for r in rows] == uuids
+    assert [nvsmi.remapped_rows_from_csv_row(r) for r in rows] == [
+        gpus.RemappedRows(0, 0, False, False),
+        gpus.RemappedRows(0, 1, False, False),
+        gpus.RemappedRows(0, 0, False, False),
+        gpus.RemappedRows(0, 0, False, False),
+    ]

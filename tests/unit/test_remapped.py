@@ -1,0 +1,299 @@
+"""remapped: NVML readings, the nvidia-smi fallback, and saved outputs judged by evaluate_text."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from autopilot import errors, execution, gpus, registry
+from autopilot.checks import remapped
+from autopilot.context import CheckContext
+from autopilot.results import CheckResult, Status
+from autopilot.testing import FakeGpu, FakeRunner, FakeTelemetry
+from tests.conftest import sample_text
+
+MakeCtx = Callable[..., CheckContext]
+ARGV = ["nvidia-smi", "-q", "-d", "ROW_REMAPPER"]
+
+
+def rows(correctable: int = 0, uncorrectable: int = 0, pending: bool = False, failure: bool = False) -> FakeGpu:
+    return FakeGpu(remapped=gpus.RemappedRows(correctable, uncorrectable, pending, failure))
+
+
+def row_remapper_report(*blocks: str) -> str:
+    """A handwritten ``nvidia-smi -q -d ROW_REMAPPER`` answer, one block per GPU."""
+    head = (
+        "\n==============NVSMI LOG==============\n\n"
+        "Timestamp                                 : Sun Nov 29 22:00:00 2026\n"
+        "Driver Version                            : 550.90.07\n"
+        "CUDA Version                              : 12.4\n\n"
+        f"Attached GPUs                             : {len(blocks)}\n"
+    )
+    return head + "".join(blocks)
+
+
+def block(bus: str, pending: str = "No", failure: str = "No", uncorrectable: int = 0) -> str:
+    return (
+        f"GPU {bus}\n"
+        "    Remapped Rows\n"
+        "        Correctable Error                 : 0\n"
+        f"        Uncorrectable Error               : {uncorrectable}\n"
+        f"        Pending                           : {pending}\n"
+        f"        Remapping Failure Occurred        : {failure}\n"
+    )
+
+
+# ---------------------------------------------------------------- judging one GPU
+
+
+def test_failed_remap_fails_and_counts_as_needing_attention() -> None:
+    d = remapped.judge("3", gpus.RemappedRows(0, 5, False, True))
+    assert (d.status, d.value) == (Status.FAIL, 1)
+    assert "row remapping failed" in d.detail and "5 uncorrectable" in d.detail
+
+
+def test_pending_remap_warns() -> None:
+    d = remapped.judge("0", gpus.RemappedRows(0, 4, True, False))
+    assert (d.status, d.value) == (Status.WARN, 1)
+    assert d.detail == "row remap pending: reset the GPU (4 uncorrectable, 0 correctable remapped rows)"
+
+
+def test_applied_uncorrectable_remaps_are_ok_but_reported() -> None:
+    d = remapped.judge("1", gpus.RemappedRows(2, 1, False, False))
+    assert (d.status, d.value) == (Status.OK, 0)
+    assert d.detail == "1 uncorrectable, 2 correctable remapped rows, all applied"
+
+
+# ---------------------------------------------------------------- NVML path
+
+
+def test_failure_occurred_is_a_fatal_fail(make_ctx: MakeCtx) -> None:
+    ctx = make_ctx(gpus=FakeTelemetry([rows(), rows(uncorrectable=9, failure=True), rows()]))
+    result = execution.run_check("remapped", ctx)
+    assert result.status is Status.FAIL and result.fatal
+    assert [(d.id, d.status) for d in result.devices] == [("0", Status.OK), ("1", Status.FAIL), ("2", Status.OK)]
+    assert result.summary.startswith("GPU 1: row remapping failed")
+    assert result.data["gpus"]["1"] == {
+        "source": "nvml",
+        "correctable": 0,
+        "uncorrectable": 9,
+        "pending": False,
+        "failure_occurred": True,
+    }
+
+
+def test_pending_is_a_warning_not_fatal(make_ctx: MakeCtx) -> None:
+    ctx = make_ctx(gpus=FakeTelemetry([rows(), rows(correctable=1, pending=True)]))
+    result = remapped.run(ctx, {})
+    assert result.status is Status.WARN and not result.fatal
+    assert [d.value for d in result.devices] == [0, 1]
+    assert result.summary == "GPU 1: row remap pending: reset the GPU (0 uncorrectable, 1 correctable remapped rows)"
+
+
+def test_all_clean_gpus_pass_and_name_applied_remaps(make_ctx: MakeCtx) -> None:
+    ctx = make_ctx(gpus=FakeTelemetry([rows(), rows(uncorrectable=2)]))
+    result = remapped.run(ctx, {})
+    assert result.status is Status.OK
+    assert result.summary == (
+        "no pending or failed row remaps on 2 GPUs; GPU 1: 2 uncorrectable, 0 correctable remapped rows, all applied"
+    )
+    assert result.data["source"] == "nvml"
+
+
+def test_nvml_error_on_one_gpu_without_nvidia_smi_errors_that_gpu_only(make_ctx: MakeCtx) -> None:
+    lost = FakeGpu(raises=errors.GpuError("GPU is lost", 15))
+    ctx = make_ctx(commands=FakeRunner(), gpus=FakeTelemetry([rows(pending=True), lost, rows()]))
+    result = remapped.run(ctx, {})
+    assert [(d.id, d.status) for d in result.devices] == [("0", Status.WARN), ("1", Status.ERROR), ("2", Status.OK)]
+    assert result.devices[1].detail == "NVML: GPU is lost"
+    assert result.status is Status.ERROR  # an error ranks above a warning
+
+
+def test_nvml_error_on_one_gpu_falls_back_to_nvidia_smi(make_ctx: MakeCtx) -> None:
+    runner = FakeRunner()
+    report = row_remapper_report(
+        block("00000000:1A:00.0"), block("00000000:2B:00.0", pending="Yes", uncorrectable=1), block("00000000:3C:00.0")
+    )
+    runner.add(ARGV, report)
+    lost = FakeGpu(raises=errors.GpuError("Unknown Error", 999))
+    ctx = make_ctx(commands=runner, gpus=FakeTelemetry([FakeGpu(), lost, FakeGpu()]))
+    result = remapped.run(ctx, {})
+    assert runner.calls == [tuple(ARGV)]
+    assert [(d.id, d.status) for d in result.devices] == [("0", Status.OK), ("1", Status.WARN), ("2", Status.OK)]
+    assert result.data["source"] == "nvml+nvidia-smi"
+    assert result.data["gpus"]["1"]["source"] == "nvidia-smi"
+    assert result.data["gpus"]["1"]["bus_id"] == "00000000:2B:00.0"
+    assert result.data["gpus"]["1"]["nvml_error"] == "Unknown Error"
+
+
+def test_nvidia_smi_fallback_runs_once_for_several_gpus(make_ctx: MakeCtx) -> None:
+    runner = FakeRunner()
+    runner.add(ARGV, row_remapper_report(block("00000000:1A:00.0"), block("00000000:2B:00.0", failure="Yes")))
+    broken = [FakeGpu(raises=errors.GpuError("Unknown Error", 999)) for _ in range(2)]
+    result = remapped.run(make_ctx(commands=runner, gpus=FakeTelemetry(broken)), {})
+    assert len(runner.calls) == 1
+    assert result.status is Status.FAIL and result.fatal
+
+
+def test_nvidia_smi_failing_too_leaves_the_gpu_in_error(make_ctx: MakeCtx) -> None:
+    runner = FakeRunner()
+    runner.add(ARGV, "Unable to determine the device handle for GPU0000:2B:00.0: Unknown Error\n", returncode=15)
+    ctx = make_ctx(commands=runner, gpus=FakeTelemetry([FakeGpu(), FakeGpu(raises=errors.GpuError("lost", 15))]))
+    result = remapped.run(ctx, {})
+    assert [d.status for d in result.devices] == [Status.OK, Status.ERROR]
+    assert result.devices[1].detail.startswith("NVML: lost; nvidia-smi exited 15: Unable to determine")
+
+
+def test_gpu_without_row_remapper_is_skipped(make_ctx: MakeCtx) -> None:
+    volta = FakeGpu(name="NVIDIA TITAN V", raises=errors.GpuError("Not Supported", remapped.NVML_NOT_SUPPORTED))
+    result = remapped.run(make_ctx(commands=FakeRunner(installed=["nvidia-smi"]), gpus=FakeTelemetry([volta])), {})
+    assert result.status is Status.SKIPPED
+    assert result.summary == "row remapping not supported on any of 1 GPUs"
+    assert result.devices[0].detail == "row remapping not supported on this GPU"
+
+
+def test_mixed_supported_and_unsupported_gpus_judge_the_supported(make_ctx: MakeCtx) -> None:
+    volta = FakeGpu(raises=errors.GpuError("Not Supported", 3))
+    result = remapped.run(make_ctx(gpus=FakeTelemetry([rows(), volta])), {})
+    assert result.status is Status.OK
+    assert result.summary == "no pending or failed row remaps on 1 GPUs (1 without row remapping)"
+
+
+def test_no_gpus_is_skipped(make_ctx: MakeCtx) -> None:
+    result = remapped.run(make_ctx(gpus=FakeTelemetry([])), {})
+    assert result.status is Status.SKIPPED and result.summary == "no GPUs on this node"
+
+
+def test_no_driver_and_no_nvidia_smi_is_skipped_by_the_engine(make_ctx: MakeCtx) -> None:
+    ctx = make_ctx(commands=FakeRunner(), gpus=FakeTelemetry(unavailable="no NVIDIA driver"))
+    with pytest.raises(errors.GpuUnavailable):
+        remapped.run(ctx, {})
+    assert execution.run_check("remapped", ctx).status is Status.SKIPPED
+
+
+def test_nvml_unavailable_but_nvidia_smi_answers(make_ctx: MakeCtx) -> None:
+    runner = FakeRunner()
+    runner.add(ARGV, row_remapper_report(block("00000000:1A:00.0", pending="Yes"), block("00000000:2B:00.0")))
+    ctx = make_ctx(commands=runner, gpus=FakeTelemetry(unavailable="nvidia-ml-py is not installed"))
+    result = remapped.run(ctx, {})
+    assert runner.calls == [tuple(ARGV)]
+    assert result.status is Status.WARN
+    assert result.data["source"] == "nvidia-smi"
+    assert result.data["gpus"]["0"]["bus_id"] == "00000000:1A:00.0"
+
+
+def test_nvml_unavailable_and_nvidia_smi_finds_no_gpu_is_skipped(make_ctx: MakeCtx) -> None:
+    runner = FakeRunner()
+    runner.add(ARGV, "No devices were found\n", returncode=6)
+    result = remapped.run(make_ctx(commands=runner, gpus=FakeTelemetry(unavailable="no GPU")), {})
+    assert result.status is Status.SKIPPED
+
+
+def test_nvml_unavailable_and_nvidia_smi_without_driver_agrees_no_driver(make_ctx: MakeCtx) -> None:
+    runner = FakeRunner()
+    said = "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. Make sure ...\n"
+    runner.add(ARGV, said, returncode=9)
+    with pytest.raises(errors.GpuUnavailable):
+        remapped.run(make_ctx(commands=runner, gpus=FakeTelemetry(unavailable="no driver")), {})
+
+
+def test_nvml_unavailable_and_nvidia_smi_garbled_is_an_error(make_ctx: MakeCtx) -> None:
+    runner = FakeRunner()
+    whole = row_remapper_report(block("00000000:1A:00.0"), block("00000000:2B:00.0"))
+    runner.add(ARGV, whole[: whole.index("GPU 00000000:2B")])  # cut short: announces 2 GPUs, holds 1
+    result = remapped.run(make_ctx(commands=runner, gpus=FakeTelemetry(unavailable="no NVML")), {})
+    assert result.status is Status.ERROR
+    assert result.summary.startswith("no reading of row remapping: NVML: no NVML; unreadable nvidia-smi output:")
+
+
+def test_nvidia_smi_timeout_is_an_error(make_ctx: MakeCtx) -> None:
+    runner = FakeRunner()
+    runner.add(ARGV, raises="timeout")
+    result = remapped.run(make_ctx(commands=runner, gpus=FakeTelemetry(unavailable="no NVML")), {})
+    assert result.status is Status.ERROR and "timed out" in result.summary
+
+
+# ---------------------------------------------------------------- evaluate_text
+
+
+def evaluate(text: str) -> CheckResult:
+    return remapped.evaluate_text(text, {}, None)
+
+
+def test_handwritten_failure_report_is_fatal() -> None:
+    result = evaluate(row_remapper_report(block("00000000:1A:00.0", failure="Yes", pending="Yes", uncorrectable=3)))
+    assert result.status is Status.FAIL and result.fatal
+    assert result.devices[0].detail.endswith("; a remap is also pending)")
+
+
+def test_unknown_text_is_an_error() -> None:
+    result = evaluate("Mon Jan 20 10:18:26 2025\n+------+\n")
+    assert result.status is Status.ERROR and result.summary.startswith("unreadable nvidia-smi output")
+
+
+def test_sample_a10_full_report_pending_warns() -> None:
+    result = evaluate(sample_text("nvidia-smi-q_a10_drv535.129.03_remapped-rows-pending.txt"))
+    assert result.status is Status.WARN and not result.fatal
+    assert [(d.id, d.status, d.value) for d in result.devices] == [("0", Status.WARN, 1)]
+    assert result.data["gpus"]["0"]["uncorrectable"] == 4
+    assert result.data["gpus"]["0"]["bus_id"] == "00000000:07:00.0"
+    assert result.data["source"] == "nvidia-smi -q"
+
+
+def test_sample_a100_excerpt_after_xid63_warns() -> None:
+    result = evaluate(sample_text("nvidia-smi-q_excerpt_a100_drv510_remap-pending-after-xid63.txt"))
+    assert result.status is Status.WARN
+    assert result.data["gpus"]["0"]["correctable"] == 1 and result.data["gpus"]["0"]["pending"] is True
+
+
+def test_sample_blackwell_row_remapper_pending_warns() -> None:
+    result = evaluate(sample_text("nvidia-smi-q-d-ROW_REMAPPER_blackwell_pending-yes.txt"))
+    assert result.status is Status.WARN
+    assert result.data["source"] == "nvidia-smi -q -d ROW_REMAPPER"
+    assert result.data["gpus"]["0"]["bank_remap_availability"]["high"] == 1
+
+
+def test_sample_query_remapped_rows_csv_per_gpu() -> None:
+    result = evaluate(sample_text("nvidia-smi-query-remapped-rows_csv_4gpu_after-reset.txt"))
+    assert result.status is Status.OK
+    assert [(d.id, d.status, d.value) for d in result.devices] == [(str(i), Status.OK, 0) for i in range(4)]
+    assert [result.data["gpus"][str(i)]["uncorrectable"] for i in range(4)] == [0, 1, 0, 0]
+    assert result.data["gpus"]["1"]["gpu_uuid"] == "GPU-455e672a-..."
+    assert "GPU 1: 1 uncorrectable, 0 correctable remapped rows, all applied" in result.summary
+
+
+def test_sample_corrupted_h100_is_an_error() -> None:
+    result = evaluate(sample_text("nvidia-smi-q_h100_drv535.183.01_corrupted-invalid.txt"))
+    assert result.status is Status.ERROR
+    assert "truncated or corrupted" in result.summary
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "nvidia-smi-q_rtx4090x8_drv535.154.05_pcie-idle-downtrained-gen1.txt",
+        "nvidia-smi-q_h100x8_drv535.161.08_hw-power-brake-slowdown-active.txt",
+        "nvidia-smi-q_h100x8_drv535.183.01_sw-thermal-slowdown-active.txt",
+    ],
+)
+def test_samples_of_healthy_memory_pass(name: str) -> None:
+    result = evaluate(sample_text(name))
+    assert result.status is Status.OK
+    assert [d.status for d in result.devices] == [Status.OK] * 8
+
+
+def test_sample_titan_v_has_no_row_remapper() -> None:
+    result = evaluate(sample_text("nvidia-smi-q_titanv_drv560.35.03.txt"))
+    assert result.status is Status.SKIPPED
+    assert [(d.id, d.status) for d in result.devices] == [("0", Status.SKIPPED)]
+
+
+def test_filtered_report_without_remapped_rows_is_an_error() -> None:
+    result = evaluate(sample_text("nvidia-smi-q-d-PAGE_RETIREMENT_8gpu_clean.txt"))
+    assert result.status is Status.ERROR and "no 'Remapped Rows' block" in result.summary
+
+
+def test_registered_with_evaluate_text() -> None:
+    spec = registry.REGISTRY.get("remapped")
+    assert spec.uses_gpu and spec.evaluate_text is remapped.evaluate_text
