@@ -1,0 +1,151 @@
+"""What ``pciebw`` and ``gpumem`` share about the ``cuda_src`` programs they run.
+
+- ``parse_tool_json``: the one JSON line each program prints;
+- ``same_gpu``: CUDA's and NVML's spelling of a PCI bus id compared;
+- ``Sampler``: telemetry of one GPU sampled in the background while a program runs on it. A
+  bandwidth figure means little without the temperature, power and SM clock the GPU ran at,
+  since a hot or power-capped GPU measures low for reasons that are neither link nor memory.
+  Samples go through ``ctx.gpus`` (the NVML seam) only.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
+
+from autopilot import errors, gpus
+
+_FIELDS = ("temperature_c", "power_w", "sm_clock_mhz")
+
+
+class ParseError(errors.AutopilotError):
+    """Tool output that cannot be read with confidence."""
+
+
+def parse_tool_json(text: str, tool: str) -> dict[str, Any]:
+    """The JSON line a ``cuda_src`` program printed (the last line that parses and names ``tool``)."""
+    for line in reversed(text.strip().splitlines()):
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(doc, dict) and doc.get("tool") == tool:
+            devices = doc.get("devices", [])
+            if not isinstance(devices, list) or not all(isinstance(d, dict) for d in devices):
+                raise ParseError(f"{tool}: 'devices' is not a list of objects")
+            return doc
+    raise ParseError(f"no {tool} JSON line in the output: {tail(text)!r}")
+
+
+def number_field(device: Mapping[str, Any], field: str) -> float:
+    """A finite non-negative number from a device entry, or ``ParseError``."""
+    value = device.get(field)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value or not 0 <= value < float("inf"):
+        raise ParseError(f"device {device.get('index')}: {field} is not a non-negative number: {value!r}")
+    return float(value)
+
+
+def _bus_key(bus_id: str) -> tuple[int, ...] | None:
+    match = re.fullmatch(r"\s*([0-9A-Fa-f]+):([0-9A-Fa-f]+):([0-9A-Fa-f]+)\.([0-9A-Fa-f])\s*", bus_id or "")
+    return tuple(int(g, 16) for g in match.groups()) if match else None
+
+
+def same_gpu(cuda_bus_id: str, nvml_bus_id: str) -> bool:
+    """CUDA prints ``0000:19:00.0`` where NVML prints ``00000000:19:00.0``; unreadable ids never mismatch."""
+    a, b = _bus_key(cuda_bus_id), _bus_key(nvml_bus_id)
+    return a is None or b is None or a == b
+
+
+def identity_mismatch(telemetry: gpus.GpuTelemetry, index: int, cuda_bus_id: str) -> str | None:
+    """Why CUDA device ``index`` is not NVML GPU ``index`` (None when they agree or NVML cannot tell)."""
+    if not cuda_bus_id:
+        return None
+    try:
+        nvml_bus = telemetry.identity(index).pci_bus_id
+    except errors.GpuUnavailable:
+        raise
+    except errors.GpuError:
+        return None
+    if same_gpu(cuda_bus_id, nvml_bus):
+        return None
+    return f"CUDA device {index} is {cuda_bus_id} but NVML GPU {index} is {nvml_bus}"
+
+
+def tail(text: str, limit: int = 200) -> str:
+    text = text.strip()
+    return text if len(text) <= limit else "..." + text[-limit:]
+
+
+def stderr_note(stderr: str) -> str:
+    return f" (stderr: {tail(stderr)})" if stderr.strip() else ""
+
+
+class Sampler:
+    """``with Sampler(ctx.gpus, i) as s: run(...)``, then ``s.summary()``.
+
+    One sample is taken on entry and one on exit, so even a program shorter than the interval
+    has readings; a failed NVML query loses that sample and is counted, never raised.
+    """
+
+    def __init__(self, telemetry: gpus.GpuTelemetry, index: int, *, interval_s: float = 0.2) -> None:
+        self._telemetry = telemetry
+        self._index = index
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.samples: list[gpus.GpuSample] = []
+        self.failures = 0
+
+    def _take(self) -> None:
+        try:
+            sample = self._telemetry.sample(self._index)
+        except errors.GpuError:
+            with self._lock:
+                self.failures += 1
+            return
+        with self._lock:
+            self.samples.append(sample)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            self._take()
+
+    def __enter__(self) -> Sampler:
+        self._take()
+        self._thread = threading.Thread(target=self._loop, name=f"gpu-sampler-{self._index}", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(self._interval_s + 5.0)
+        self._take()
+
+    def summary(self) -> dict[str, Any]:
+        """``{"samples": n, "temperature_c": {"min", "max", "mean"}, ...}``; fields never read are left out."""
+        with self._lock:
+            samples = list(self.samples)
+            failures = self.failures
+        out: dict[str, Any] = {"samples": len(samples)}
+        if failures:
+            out["failed_samples"] = failures
+        for field in _FIELDS:
+            values = [v for v in (getattr(s, field) for s in samples) if v is not None]
+            if values:
+                out[field] = {
+                    "min": round(min(values), 1),
+                    "max": round(max(values), 1),
+                    "mean": round(sum(values) / len(values), 1),
+                }
+        return out

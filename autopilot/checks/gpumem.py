@@ -1,0 +1,352 @@
+"""gpumem: HBM bandwidth (DAXPY), FP64 compute (cuBLAS DGEMM) and pinned H2D bandwidth per GPU.
+
+The tool is ``ap-gpumem`` from ``cuda_src/`` (in ``settings.cuda_bin_dir``), run once per GPU::
+
+    $ ap-gpumem --device 0 --elements 134217728 --daxpy-iters 20 --dgemm-n 8192 --dgemm-iters 50
+    {"tool":"ap-gpumem","version":1,"cuda_runtime_version":13000,"cuda_driver_version":13000,
+     "elements":134217728,"daxpy_iterations":20,"dgemm_n":8192,"dgemm_iterations":50,
+     "devices":[{"index":0,"name":"NVIDIA H100 80GB HBM3","pci_bus_id":"00000000:19:00.0",
+     "h2d_pinned_gbps":53.201,"daxpy_gbps":2981.540,"daxpy_mismatches":0,"dgemm_tflops":52.310}],
+     "errors":[]}
+
+GB/s are 1e9 bytes/s; DAXPY counts 24 bytes per element; TFLOPS are 1e12 FP64 operations/s.
+A GPU fails (not fatal) when any figure is strictly below its threshold, or when DAXPY produced
+wrong values (``daxpy_mismatches`` > 0, whatever the model). A CUDA/cuBLAS error, a missing
+figure or unreadable output is an ``error`` for that GPU.
+
+Thresholds, most specific first: the check's parameters (``h2d_gbps``, ``daxpy_gbps``,
+``dgemm_tflops``), then ``AUTOPILOT_GPUMEM_THRESHOLDS`` (``settings.gpumem_thresholds``, same
+keys, applied to every model), then the model table below; ``h2d_gbps`` otherwise defaults to
+the ``pciebw`` floor (``settings.pciebw_threshold_gbps``, 4 GB/s, as upstream's ``gpucheck``).
+
+Model table (matched on the NVML name, most specific pattern first). Upstream used one pair,
+1300 GB/s and 16 TFLOPS, for every GPU, which fails every non-A100/H100 GPU and is tight for
+an A100 40GB. Here each threshold is about 75-80% of what a healthy GPU of that model
+typically measures with this kind of kernel (STREAM-like DAXPY reaches ~85-90% of the HBM peak,
+cuBLAS DGEMM ~75-90% of the FP64 tensor-core peak), so a hot or slightly slow but healthy GPU
+passes and a GPU with a memory or clock fault does not. Peaks are NVIDIA's datasheet figures;
+typical measured values are from public STREAM/HPL-style reports and upstream's 1300/16 for
+A100. They are estimates to be tightened from our own recordings (scripts/gpu-check.sh):
+
+=============  ===============  ==============  =============================================
+model          daxpy GB/s >=    dgemm TFLOPS >=  basis (peak HBM / FP64 tensor; typical)
+=============  ===============  ==============  =============================================
+A100 40GB      1050             15               1555 GB/s / 19.5; ~1350-1400 GB/s, ~18.5
+A100 80GB      1300             15               1935-2039 GB/s / 19.5; ~1700-1800, ~18.5
+H100 PCIe      1300             26               2000 GB/s / 51 (350 W); ~1700, ~35-40
+H100 NVL       2400             32               3900 GB/s / 60; ~3300, ~45
+H100 (SXM)     2300             40               3350 GB/s / 67; ~2900-3000, ~50-55
+H200 NVL       3200             35               4800 GB/s / 60; ~4100, ~45-50
+H200 (SXM)     3200             40               4800 GB/s / 67; ~4000-4300, ~50-55
+GH200          2800             40               4000-4900 GB/s / 67; ~3600+, ~50-55
+B200 / GB200   5000             25               8000 GB/s / 37-45; ~6500-7000, ~30-36
+=============  ===============  ==============  =============================================
+
+Any other model (L40S, RTX, B300 with its cut FP64, ...) has no DAXPY/DGEMM thresholds: its
+figures are reported, only H2D is judged (a link below the floor is broken on any GPU), and the
+summary says "no thresholds for model X". It never fails on DAXPY/DGEMM unless thresholds are
+given through parameters or settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from autopilot import errors, registry
+from autopilot.checks._cuda import (
+    ParseError,
+    Sampler,
+    identity_mismatch,
+    number_field,
+    parse_tool_json,
+    stderr_note,
+)
+from autopilot.context import CheckContext
+from autopilot.results import CheckResult, DeviceResult, Status, from_devices
+
+NAME = "gpumem"
+KEYS = ("h2d_gbps", "daxpy_gbps", "dgemm_tflops")
+# Output field of ap-gpumem for each threshold key, and its unit.
+FIELDS = {
+    "h2d_gbps": ("h2d_pinned_gbps", "GB/s"),
+    "daxpy_gbps": ("daxpy_gbps", "GB/s"),
+    "dgemm_tflops": ("dgemm_tflops", "TFLOPS"),
+}
+DEFAULT_ELEMENTS = 128 * 1024 * 1024
+DEFAULT_DAXPY_ITERS = 20
+DEFAULT_DGEMM_N = 8192
+DEFAULT_DGEMM_ITERS = 50
+RUN_TIMEOUT_S = 300.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelThresholds:
+    model: str
+    pattern: re.Pattern[str]
+    daxpy_gbps: float
+    dgemm_tflops: float
+
+
+def _model(model: str, pattern: str, daxpy: float, dgemm: float) -> ModelThresholds:
+    return ModelThresholds(model, re.compile(pattern, re.IGNORECASE), daxpy, dgemm)
+
+
+# First match wins: "GH200" contains "H200" and "GB200" contains "B200", so order matters.
+MODEL_TABLE: tuple[ModelThresholds, ...] = (
+    _model("GB200", r"\bGB200\b", 5000, 25),
+    _model("B200", r"\bB200\b", 5000, 25),
+    _model("GH200", r"\bGH200\b", 2800, 40),
+    _model("H200 NVL", r"\bH200\s+NVL\b", 3200, 35),
+    _model("H200", r"\bH200\b", 3200, 40),
+    _model("H100 NVL", r"\bH100\s+NVL\b", 2400, 32),
+    _model("H100 PCIe", r"\bH100\b.*\bPCIE\b", 1300, 26),
+    _model("H100", r"\bH100\b", 2300, 40),
+    _model("A100 80GB", r"\bA100\b.*\b80\s*GB\b", 1300, 15),
+    _model("A100 40GB", r"\bA100\b", 1050, 15),
+)
+
+
+def model_thresholds(name: str) -> ModelThresholds | None:
+    """The table entry for an NVML/CUDA device name, or None for a model we have no figures for."""
+    return next((m for m in MODEL_TABLE if m.pattern.search(name)), None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Thresholds:
+    """What one GPU is judged against; None: that figure is reported, not judged."""
+
+    h2d_gbps: float | None
+    daxpy_gbps: float | None
+    dgemm_tflops: float | None
+    model: str | None  # the table entry used, None when the model is unknown
+
+    def get(self, key: str) -> float | None:
+        value: float | None = getattr(self, key)
+        return value
+
+
+def thresholds_for(
+    name: str, params: Mapping[str, Any], overrides: Mapping[str, float], h2d_default: float
+) -> Thresholds:
+    """Params over settings overrides over the model table (see the module docstring)."""
+    entry = model_thresholds(name)
+    table: dict[str, float | None] = {
+        "h2d_gbps": h2d_default,
+        "daxpy_gbps": entry.daxpy_gbps if entry else None,
+        "dgemm_tflops": entry.dgemm_tflops if entry else None,
+    }
+    chosen: dict[str, float | None] = {}
+    for key in KEYS:
+        if params.get(key) is not None:
+            chosen[key] = float(params[key])
+        elif key in overrides:
+            chosen[key] = float(overrides[key])
+        else:
+            chosen[key] = table[key]
+    return Thresholds(chosen["h2d_gbps"], chosen["daxpy_gbps"], chosen["dgemm_tflops"], entry.model if entry else None)
+
+
+def unknown_override_keys(overrides: Mapping[str, float]) -> list[str]:
+    return sorted(set(overrides) - set(KEYS))
+
+
+# ---------------------------------------------------------------- parsing and judgement (pure)
+
+
+@dataclasses.dataclass(frozen=True)
+class GpuReading:
+    index: int
+    device: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # the ap-gpumem entry
+    error: str | None = None
+    telemetry: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def argv_for(path: str, index: int, params: Mapping[str, Any]) -> list[str]:
+    return [
+        path,
+        "--device",
+        str(index),
+        "--elements",
+        str(params.get("elements", DEFAULT_ELEMENTS)),
+        "--daxpy-iters",
+        str(params.get("daxpy_iterations", DEFAULT_DAXPY_ITERS)),
+        "--dgemm-n",
+        str(params.get("dgemm_n", DEFAULT_DGEMM_N)),
+        "--dgemm-iters",
+        str(params.get("dgemm_iterations", DEFAULT_DGEMM_ITERS)),
+    ]
+
+
+def reading_from_run(returncode: int, stdout: str, stderr: str, index: int) -> GpuReading:
+    """One ``ap-gpumem --device index`` run (exit codes: see cuda_src/README.md)."""
+    try:
+        doc = parse_tool_json(stdout, "ap-gpumem")
+    except ParseError as exc:
+        return GpuReading(index, error=f"ap-gpumem exited {returncode}: {exc}{stderr_note(stderr)}")
+    top_error = str(doc.get("error") or "")
+    if returncode == 3:
+        return GpuReading(index, error=f"CUDA sees no device although NVML lists GPU {index}: {top_error}")
+    if returncode == 2:
+        return GpuReading(index, error=f"ap-gpumem usage error: {top_error}")
+    device = next((d for d in doc.get("devices", []) if d.get("index") == index), None)
+    if device is None:
+        return GpuReading(index, error=f"ap-gpumem exited {returncode} without GPU {index}: {top_error or 'no entry'}")
+    if device.get("error"):
+        return GpuReading(index, device, error=f"CUDA error: {device['error']}")
+    if returncode != 0:
+        return GpuReading(index, device, error=f"ap-gpumem exited {returncode}: {top_error or 'no error text'}")
+    return GpuReading(index, device)
+
+
+def judge_gpu(reading: GpuReading, limits: Thresholds) -> DeviceResult:
+    gpu_id = str(reading.index)
+    if reading.error is not None:
+        return DeviceResult(gpu_id, Status.ERROR, None, None, reading.error)
+    figures: dict[str, float] = {}
+    try:
+        for key, (field, _unit) in FIELDS.items():
+            figures[key] = number_field(reading.device, field)
+        mismatches = (
+            int(number_field(reading.device, "daxpy_mismatches")) if "daxpy_mismatches" in reading.device else 0
+        )
+    except ParseError as exc:
+        return DeviceResult(gpu_id, Status.ERROR, None, None, str(exc))
+    daxpy = round(figures["daxpy_gbps"], 1)
+    shown = (
+        f"H2D {figures['h2d_gbps']:.1f} GB/s, DAXPY {figures['daxpy_gbps']:.0f} GB/s, "
+        f"DGEMM {figures['dgemm_tflops']:.1f} TFLOPS"
+    )
+    low: list[str] = []
+    for key, (_field, unit) in FIELDS.items():
+        limit = limits.get(key)
+        if limit is not None and figures[key] < limit:
+            low.append(f"{key.split('_')[0].upper()} {figures[key]:.1f} {unit} < {limit:g}")
+    if mismatches:
+        low.insert(0, f"DAXPY wrote {mismatches} wrong value(s)")
+    if low:
+        return DeviceResult(gpu_id, Status.FAIL, daxpy, "GB/s", "; ".join(low))
+    unjudged = limits.daxpy_gbps is None or limits.dgemm_tflops is None
+    note = " (no DAXPY/DGEMM thresholds for this model: reported only)" if unjudged else ""
+    return DeviceResult(gpu_id, Status.OK, daxpy, "GB/s", shown + note)
+
+
+def evaluate(
+    readings: Sequence[GpuReading],
+    params: Mapping[str, Any],
+    overrides: Mapping[str, float],
+    h2d_default: float,
+) -> CheckResult:
+    """Per-GPU judgement folded into one result (pure)."""
+    bad_keys = unknown_override_keys(overrides)
+    if bad_keys:
+        return CheckResult(
+            NAME,
+            Status.ERROR,
+            f"AUTOPILOT_GPUMEM_THRESHOLDS: unknown key(s) {', '.join(bad_keys)} (allowed: {', '.join(KEYS)})",
+        )
+    devices: list[DeviceResult] = []
+    per_gpu: dict[str, Any] = {}
+    unknown_models: set[str] = set()
+    for r in readings:
+        name = str(r.device.get("name") or "")
+        limits = thresholds_for(name, params, overrides, h2d_default)
+        if name and (limits.daxpy_gbps is None or limits.dgemm_tflops is None):
+            unknown_models.add(name)
+        devices.append(judge_gpu(r, limits))
+        entry: dict[str, Any] = {k: v for k, v in r.device.items() if k != "index"}
+        entry["thresholds"] = {k: limits.get(k) for k in KEYS}
+        entry["threshold_model"] = limits.model
+        if r.error:
+            entry["error"] = r.error
+        if r.telemetry:
+            entry["telemetry"] = dict(r.telemetry)
+        per_gpu[str(r.index)] = entry
+    summary = f"{len(readings)} GPU(s): H2D, DAXPY and DGEMM at or above thresholds"
+    if unknown_models:
+        summary = (
+            f"{len(readings)} GPU(s) ok; no thresholds for model {', '.join(sorted(unknown_models))} "
+            "(DAXPY/DGEMM reported only, H2D judged)"
+        )
+    data = {"units": {"h2d_gbps": "GB/s", "daxpy_gbps": "GB/s", "dgemm_tflops": "TFLOPS"}, "gpus": per_gpu}
+    result = from_devices(NAME, devices, ok_summary=summary, data=data)
+    if unknown_models and result.status is not Status.OK:
+        result = dataclasses.replace(
+            result, summary=f"{result.summary}; no thresholds for model {', '.join(sorted(unknown_models))}"
+        )
+    return result
+
+
+def evaluate_text(text: str, params: Mapping[str, Any], settings: Any) -> CheckResult:
+    """Judge a saved ``ap-gpumem`` JSON line."""
+    try:
+        doc = parse_tool_json(text, "ap-gpumem")
+    except ParseError as exc:
+        return CheckResult(NAME, Status.ERROR, str(exc))
+    readings: list[GpuReading] = []
+    for device in doc.get("devices", []):
+        index = device.get("index")
+        if isinstance(index, bool) or not isinstance(index, int):
+            return CheckResult(NAME, Status.ERROR, f"ap-gpumem device without an index: {device!r}"[:200])
+        error = f"CUDA error: {device['error']}" if device.get("error") else None
+        readings.append(GpuReading(index, device, error=error))
+    if not readings:
+        return CheckResult(NAME, Status.ERROR, f"ap-gpumem measured no GPU: {doc.get('error') or 'no devices'}")
+    return evaluate(readings, params, settings.gpumem_thresholds, float(settings.pciebw_threshold_gbps))
+
+
+# ---------------------------------------------------------------- collect
+
+
+def _measure(ctx: CheckContext, path: str, index: int, params: Mapping[str, Any]) -> GpuReading:
+    with Sampler(ctx.gpus, index) as sampler:
+        try:
+            result = ctx.commands.run(argv_for(path, index, params), timeout=RUN_TIMEOUT_S)
+        except errors.ToolTimeout as exc:
+            return GpuReading(index, error=str(exc), telemetry=sampler.summary())
+    reading = reading_from_run(result.returncode, result.stdout, result.stderr, index)
+    if reading.error is None:
+        mismatch = identity_mismatch(ctx.gpus, index, str(reading.device.get("pci_bus_id") or ""))
+        if mismatch is not None:
+            reading = dataclasses.replace(reading, error=mismatch)
+    return dataclasses.replace(reading, telemetry=sampler.summary())
+
+
+def _threshold_param(key: str, help_text: str) -> registry.Param:
+    return registry.Param(key, float, None, help_text, minimum=0)
+
+
+@registry.check(
+    NAME,
+    description="DAXPY HBM bandwidth (GB/s), FP64 DGEMM TFLOPS and pinned H2D GB/s per GPU, vs per-model thresholds",
+    params=(
+        _threshold_param("h2d_gbps", "minimum pinned H2D GB/s (1e9 bytes/s); default: the pciebw threshold"),
+        _threshold_param("daxpy_gbps", "minimum DAXPY GB/s (24 bytes/element); default: per-model table"),
+        _threshold_param("dgemm_tflops", "minimum FP64 DGEMM TFLOPS; default: per-model table"),
+        registry.Param("elements", int, DEFAULT_ELEMENTS, "doubles per DAXPY vector", minimum=1 << 20, maximum=1 << 31),
+        registry.Param("daxpy_iterations", int, DEFAULT_DAXPY_ITERS, "timed DAXPY launches", minimum=1, maximum=10_000),
+        registry.Param("dgemm_n", int, DEFAULT_DGEMM_N, "DGEMM matrix size N (N x N x N)", minimum=256, maximum=32768),
+        registry.Param("dgemm_iterations", int, DEFAULT_DGEMM_ITERS, "timed DGEMM calls", minimum=1, maximum=10_000),
+    ),
+    timeout_s=900.0,
+    uses_gpu=True,
+    evaluate_text=evaluate_text,
+)
+def run(ctx: CheckContext, params: Mapping[str, Any]) -> CheckResult:
+    count = ctx.gpus.count()
+    if count == 0:
+        return CheckResult(NAME, Status.SKIPPED, "no GPU on this node")
+    overrides = ctx.settings.gpumem_thresholds
+    bad_keys = unknown_override_keys(overrides)
+    if bad_keys:
+        return evaluate([], params, overrides, ctx.settings.pciebw_threshold_gbps)
+    path = os.path.join(ctx.settings.cuda_bin_dir, "ap-gpumem")
+    if ctx.commands.which(path) is None:
+        return CheckResult(
+            NAME, Status.ERROR, f"ap-gpumem not found at {path} (set AUTOPILOT_CUDA_BIN_DIR, or build cuda_src)"
+        )
+    readings = [_measure(ctx, path, i, params) for i in range(count)]
+    return evaluate(readings, params, overrides, float(ctx.settings.pciebw_threshold_gbps))

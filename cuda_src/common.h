@@ -1,0 +1,217 @@
+// Shared by ap-bandwidth and ap-gpumem: CUDA error handling, RAII buffers, argument parsing
+// and the tiny JSON writer that produces each program's one line of output.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace ap {
+
+enum ExitCode { EXIT_OK = 0, EXIT_CUDA = 1, EXIT_USAGE = 2, EXIT_NO_DEVICE = 3 };
+
+// A failed CUDA call. Thrown, caught per device, and reported in that device's "error" field so
+// one broken GPU does not hide the figures of the others.
+struct CudaFailure : std::runtime_error {
+    explicit CudaFailure(const std::string& what) : std::runtime_error(what) {}
+};
+
+inline void check(cudaError_t err, const char* call, int line) {
+    if (err != cudaSuccess) {
+        throw CudaFailure(std::string(call) + ": " + cudaGetErrorString(err) + " (" + cudaGetErrorName(err) +
+                          " = " + std::to_string(static_cast<int>(err)) + ", line " + std::to_string(line) + ")");
+    }
+}
+
+#define AP_CK(call) ::ap::check((call), #call, __LINE__)
+
+struct DeviceBuffer {
+    void* ptr = nullptr;
+    explicit DeviceBuffer(size_t bytes) { AP_CK(cudaMalloc(&ptr, bytes)); }
+    ~DeviceBuffer() {
+        if (ptr) cudaFree(ptr);
+    }
+    DeviceBuffer(const DeviceBuffer&) = delete;
+    DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+};
+
+struct PinnedBuffer {
+    void* ptr = nullptr;
+    explicit PinnedBuffer(size_t bytes) { AP_CK(cudaMallocHost(&ptr, bytes)); }
+    ~PinnedBuffer() {
+        if (ptr) cudaFreeHost(ptr);
+    }
+    PinnedBuffer(const PinnedBuffer&) = delete;
+    PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+};
+
+struct PageableBuffer {
+    void* ptr = nullptr;
+    explicit PageableBuffer(size_t bytes) {
+        ptr = std::malloc(bytes);
+        if (!ptr) throw CudaFailure("malloc of pageable host buffer failed: " + std::string(std::strerror(errno)));
+        // Touch every page now so the first timed copy does not pay for page faults.
+        std::memset(ptr, 1, bytes);
+    }
+    ~PageableBuffer() { std::free(ptr); }
+    PageableBuffer(const PageableBuffer&) = delete;
+    PageableBuffer& operator=(const PageableBuffer&) = delete;
+};
+
+struct Event {
+    cudaEvent_t ev = nullptr;
+    Event() { AP_CK(cudaEventCreate(&ev)); }
+    ~Event() {
+        if (ev) cudaEventDestroy(ev);
+    }
+    Event(const Event&) = delete;
+    Event& operator=(const Event&) = delete;
+};
+
+// Milliseconds between two events recorded on the legacy default stream around `work`.
+template <typename F>
+float time_ms(F work) {
+    Event start, stop;
+    AP_CK(cudaEventRecord(start.ev, 0));
+    work();
+    AP_CK(cudaEventRecord(stop.ev, 0));
+    AP_CK(cudaEventSynchronize(stop.ev));
+    float ms = 0.0f;
+    AP_CK(cudaEventElapsedTime(&ms, start.ev, stop.ev));
+    return ms;
+}
+
+// Bytes per second / 1e9: GB/s are decimal gigabytes throughout.
+inline double gbps(double bytes, double ms) { return ms > 0.0 ? bytes / (ms * 1e-3) / 1e9 : 0.0; }
+
+inline std::string json_string(const std::string& s) {
+    std::string out = "\"";
+    for (unsigned char c : s) {
+        switch (c) {
+            case '"': out += "\\\""; break;
+            case '\\': out += "\\\\"; break;
+            case '\n': out += "\\n"; break;
+            case '\r': out += "\\r"; break;
+            case '\t': out += "\\t"; break;
+            default:
+                if (c < 0x20) {
+                    char buf[8];
+                    std::snprintf(buf, sizeof buf, "\\u%04x", c);
+                    out += buf;
+                } else {
+                    out += static_cast<char>(c);
+                }
+        }
+    }
+    return out + "\"";
+}
+
+inline std::string json_number(double v) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%.3f", v);
+    return buf;
+}
+
+// "key": value pairs appended in order; values are already JSON text.
+struct JsonObject {
+    std::vector<std::pair<std::string, std::string>> fields;
+    void raw(const std::string& key, const std::string& json) { fields.emplace_back(key, json); }
+    void str(const std::string& key, const std::string& v) { raw(key, json_string(v)); }
+    void num(const std::string& key, double v) { raw(key, json_number(v)); }
+    void integer(const std::string& key, long long v) { raw(key, std::to_string(v)); }
+    std::string text() const {
+        std::string out = "{";
+        for (size_t i = 0; i < fields.size(); ++i) {
+            if (i) out += ",";
+            out += json_string(fields[i].first) + ":" + fields[i].second;
+        }
+        return out + "}";
+    }
+};
+
+inline std::string json_array(const std::vector<std::string>& items) {
+    std::string out = "[";
+    for (size_t i = 0; i < items.size(); ++i) {
+        if (i) out += ",";
+        out += items[i];
+    }
+    return out + "]";
+}
+
+struct UsageFailure : std::runtime_error {
+    explicit UsageFailure(const std::string& what) : std::runtime_error(what) {}
+};
+
+// "--name VALUE" or "--name=VALUE" as an integer within [lo, hi].
+inline bool int_option(int argc, char** argv, int& i, const char* name, long long lo, long long hi, long long& out) {
+    const std::string arg = argv[i];
+    const std::string flag = name;
+    std::string value;
+    if (arg == flag) {
+        if (i + 1 >= argc) throw UsageFailure(flag + " needs a value");
+        value = argv[++i];
+    } else if (arg.rfind(flag + "=", 0) == 0) {
+        value = arg.substr(flag.size() + 1);
+    } else {
+        return false;
+    }
+    char* end = nullptr;
+    errno = 0;
+    const long long v = std::strtoll(value.c_str(), &end, 10);
+    if (value.empty() || *end != '\0' || errno != 0 || v < lo || v > hi) {
+        throw UsageFailure(flag + ": expected an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) +
+                           "], got '" + value + "'");
+    }
+    out = v;
+    return true;
+}
+
+// CUDA numbers devices fastest-first by default while NVML (and nvidia-smi) number them by PCI
+// bus id; forcing bus-id order makes "--device N" the same GPU as NVML index N on mixed nodes.
+inline void use_pci_bus_order() { setenv("CUDA_DEVICE_ORDER", "PCI_BUS_ID", 1); }
+
+// Returns the number of CUDA devices, or throws: EXIT_NO_DEVICE situations are reported through
+// `no_device` so the caller can print its JSON line with the right exit code.
+inline int device_count(std::string& no_device) {
+    int driver = 0;
+    cudaDriverGetVersion(&driver);
+    if (driver == 0) {
+        no_device = "no CUDA driver installed (libcuda not found)";
+        return 0;
+    }
+    int count = 0;
+    const cudaError_t err = cudaGetDeviceCount(&count);
+    if (err == cudaErrorNoDevice || (err == cudaSuccess && count == 0)) {
+        no_device = "no CUDA device visible";
+        return 0;
+    }
+    AP_CK(err);
+    return count;
+}
+
+inline void common_header(JsonObject& out, const char* tool) {
+    out.str("tool", tool);
+    out.integer("version", 1);
+    int runtime = 0, driver = 0;
+    cudaRuntimeGetVersion(&runtime);
+    cudaDriverGetVersion(&driver);
+    out.integer("cuda_runtime_version", runtime);
+    out.integer("cuda_driver_version", driver);
+}
+
+inline void device_identity(JsonObject& dev, int index) {
+    cudaDeviceProp prop;
+    AP_CK(cudaGetDeviceProperties(&prop, index));
+    char bus[32] = {0};
+    AP_CK(cudaDeviceGetPCIBusId(bus, sizeof bus, index));
+    dev.str("name", prop.name);
+    dev.str("pci_bus_id", bus);
+}
+
+}  // namespace ap

@@ -1,0 +1,69 @@
+"""cuda_src builds (and links against cuBLAS) wherever nvcc exists, so build breaks show up in CI.
+
+The programs need a GPU to measure anything; without one they must still start (every shared
+library resolves) and say so in their JSON line with exit code 3.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = ROOT / "cuda_src" / "bin"
+
+pytestmark = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH")
+
+
+@pytest.fixture(scope="module")
+def built() -> Path:
+    env = dict(os.environ)
+    env.setdefault("PIP", str(ROOT / ".venv" / "bin" / "pip"))
+    proc = subprocess.run(  # noqa: S603 - fixed argv, no shell
+        ["bash", str(ROOT / "scripts" / "build-cuda.sh")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, f"build-cuda.sh failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return BIN
+
+
+@pytest.mark.timeout(900)
+def test_both_binaries_are_built(built: Path) -> None:
+    for name in ("ap-bandwidth", "ap-gpumem"):
+        path = built / name
+        assert path.is_file() and os.access(path, os.X_OK), f"{path} missing"
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("name", ["ap-bandwidth", "ap-gpumem"])
+def test_binaries_start_and_print_one_json_line(built: Path, name: str) -> None:
+    # Small sizes: on a GPU machine this really measures, and should be quick.
+    small = (
+        ["--size-mib", "8", "--runs", "1"] if name == "ap-bandwidth" else ["--elements", "1048576", "--dgemm-n", "256"]
+    )
+    proc = subprocess.run([str(built / name), *small], capture_output=True, text=True, timeout=240)  # noqa: S603
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1, proc.stdout + proc.stderr
+    doc = json.loads(lines[0])
+    assert doc["tool"] == name and doc["version"] == 1
+    if proc.returncode == 3:
+        assert doc["devices"] == [] and doc["error"]
+    else:
+        assert proc.returncode == 0, doc
+        assert doc["devices"] and "error" not in doc["devices"][0]
+
+
+@pytest.mark.timeout(300)
+def test_usage_error_exits_2_with_json(built: Path) -> None:
+    proc = subprocess.run([str(built / "ap-bandwidth"), "--runs", "0"], capture_output=True, text=True, timeout=60)  # noqa: S603
+    assert proc.returncode == 2
+    assert json.loads(proc.stdout)["error"].startswith("usage: --runs")
