@@ -35,9 +35,7 @@ class CommandResult:
 class CommandRunner(Protocol):
     """Runs argv lists. Raises ``ToolNotFound`` and ``ToolTimeout``; a non-zero exit is not an error."""
 
-    def run(
-        self, argv: Sequence[str], *, timeout: float, env: Mapping[str, str] | None = None
-    ) -> CommandResult: ...
+    def run(self, argv: Sequence[str], *, timeout: float, env: Mapping[str, str] | None = None) -> CommandResult: ...
 
     def which(self, name: str) -> str | None:
         """Full path of ``name`` if it can be run, else None."""
@@ -95,9 +93,7 @@ class SubprocessRunner:
     def which(self, name: str) -> str | None:
         return shutil.which(name, path=self.path)
 
-    def run(
-        self, argv: Sequence[str], *, timeout: float, env: Mapping[str, str] | None = None
-    ) -> CommandResult:
+    def run(self, argv: Sequence[str], *, timeout: float, env: Mapping[str, str] | None = None) -> CommandResult:
         if isinstance(argv, str) or not argv:
             raise TypeError("argv must be a non-empty list of strings, never a shell string")
         args = [str(a) for a in argv]

@@ -127,6 +127,21 @@ class Settings:
     node_deadline_s: float = 60.0
     """Default deadline for one node's answer in an API gather (``AUTOPILOT_NODE_DEADLINE``)."""
 
+    heartbeat_interval_s: float = 15.0
+    """How often a worker writes its node record (``AUTOPILOT_HEARTBEAT_INTERVAL``); a node unseen for
+    three intervals is not live."""
+
+    reconcile_interval_s: float = 30.0
+    """How often beat recomputes verdicts and labels and sweeps stale results (``AUTOPILOT_RECONCILE_INTERVAL``)."""
+
+    worker_concurrency: int = 4
+    """Threads per worker (``AUTOPILOT_WORKER_CONCURRENCY``); GPU checks still run one at a time per node."""
+
+    @property
+    def live_after_s(self) -> float:
+        """A node whose last heartbeat is older than this is not live."""
+        return 3 * self.heartbeat_interval_s
+
     @property
     def stale_after_s(self) -> float:
         """Results older than three periodic intervals no longer count (ARCHITECTURE.md 4.2)."""
@@ -153,8 +168,7 @@ def _int_in(lo: int, hi: int) -> Any:
 
 
 def _duration(text: str, var: str) -> float:
-    value = parse_duration(text, field=var)
-    return value
+    return parse_duration(text, field=var)
 
 
 _FIELDS: list[tuple[str, str, tuple[str, ...], Any]] = [
@@ -178,6 +192,9 @@ _FIELDS: list[tuple[str, str, tuple[str, ...], Any]] = [
     ("history_len", "AUTOPILOT_HISTORY_LEN", (), _int_in(1, 100_000)),
     ("run_ttl_s", "AUTOPILOT_RUN_TTL", (), _duration),
     ("node_deadline_s", "AUTOPILOT_NODE_DEADLINE", (), _duration),
+    ("heartbeat_interval_s", "AUTOPILOT_HEARTBEAT_INTERVAL", (), _duration),
+    ("reconcile_interval_s", "AUTOPILOT_RECONCILE_INTERVAL", (), _duration),
+    ("worker_concurrency", "AUTOPILOT_WORKER_CONCURRENCY", (), _int_in(1, 64)),
 ]
 
 

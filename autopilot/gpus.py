@@ -154,9 +154,9 @@ class NvmlTelemetry:
     def clock_event_reasons(self, index: int) -> frozenset[str]:
         def read(n: Any) -> frozenset[str]:
             h = self._handle(n, index)
-            getter = getattr(n, "nvmlDeviceGetCurrentClocksEventReasons", None) or getattr(
-                n, "nvmlDeviceGetCurrentClocksThrottleReasons"
-            )
+            # Older nvidia-ml-py releases only have the "throttle reasons" name of the same call.
+            getter = getattr(n, "nvmlDeviceGetCurrentClocksEventReasons", None)
+            getter = getter or n.nvmlDeviceGetCurrentClocksThrottleReasons
             return decode_reasons(int(getter(h)))
 
         return self._call(f"GPU {index} clock event reasons", read)

@@ -66,7 +66,9 @@ class FakeRunner:
         recs = [Recording.from_dict(json.loads(p.read_text())) for p in sorted(Path(path).glob("*.json"))]
         return cls(recs, **kwargs)
 
-    def add(self, argv: Sequence[str], stdout: str = "", *, returncode: int = 0, stderr: str = "", raises: str | None = None) -> None:
+    def add(
+        self, argv: Sequence[str], stdout: str = "", *, returncode: int = 0, stderr: str = "", raises: str | None = None
+    ) -> None:
         rec = Recording(tuple(argv), returncode, stdout, stderr, raises)
         self._by_argv[rec.argv] = rec
         self.installed.add(os.path.basename(rec.argv[0]))
@@ -123,7 +125,9 @@ class RecordingRunner:
             record["raises"] = "not_found"
             self._write(record)
             raise
-        record.update(returncode=result.returncode, stdout=self._clean(result.stdout), stderr=self._clean(result.stderr))
+        record.update(
+            returncode=result.returncode, stdout=self._clean(result.stdout), stderr=self._clean(result.stderr)
+        )
         self._write(record)
         return result
 
@@ -160,7 +164,9 @@ class FakeGpu:
 class FakeTelemetry:
     """``GpuTelemetry`` over a list of ``FakeGpu``; ``unavailable`` simulates a machine with no driver."""
 
-    def __init__(self, devices: Sequence[FakeGpu] = (), *, driver: str = "550.90.07", unavailable: str | None = None) -> None:
+    def __init__(
+        self, devices: Sequence[FakeGpu] = (), *, driver: str = "550.90.07", unavailable: str | None = None
+    ) -> None:
         self.devices = list(devices)
         self.driver = driver
         self.unavailable = unavailable
@@ -173,7 +179,9 @@ class FakeTelemetry:
                 name=g.get("name", "NVIDIA H100 80GB HBM3"),
                 uuid=g.get("uuid", ""),
                 pci_bus_id=g.get("pci_bus_id", ""),
-                remapped=gpus.RemappedRows(**g["remapped_rows"]) if "remapped_rows" in g else gpus.RemappedRows(0, 0, False, False),
+                remapped=gpus.RemappedRows(**g["remapped_rows"])
+                if "remapped_rows" in g
+                else gpus.RemappedRows(0, 0, False, False),
                 reasons=frozenset(g.get("clock_event_reasons", ())),
                 link=gpus.PcieLink(**g["pcie_link"]) if "pcie_link" in g else gpus.PcieLink(5, 5, 16, 16),
                 sample=gpus.GpuSample(**g["sample"]) if "sample" in g else gpus.GpuSample(35.0, 70.0, 1980.0),
@@ -204,7 +212,9 @@ class FakeTelemetry:
 
     def identity(self, index: int) -> gpus.GpuIdentity:
         g = self._gpu(index)
-        return gpus.GpuIdentity(index, g.name, g.uuid or f"GPU-fake-{index}", g.pci_bus_id or f"00000000:{index:02X}:00.0")
+        return gpus.GpuIdentity(
+            index, g.name, g.uuid or f"GPU-fake-{index}", g.pci_bus_id or f"00000000:{index:02X}:00.0"
+        )
 
     def remapped_rows(self, index: int) -> gpus.RemappedRows:
         return self._gpu(index).remapped
@@ -303,7 +313,13 @@ class FakeCluster:
 
     def nodes_running(self, namespace: str, label_selector: str) -> list[str]:
         wanted = _parse_equality_selector(label_selector)
-        return sorted({node for ns, node, labels in self.pods if ns == namespace and all(labels.get(k) == v for k, v in wanted.items())})
+        return sorted(
+            {
+                node
+                for ns, node, labels in self.pods
+                if ns == namespace and all(labels.get(k) == v for k, v in wanted.items())
+            }
+        )
 
 
 def _parse_equality_selector(selector: str) -> dict[str, str]:

@@ -1,0 +1,66 @@
+"""Validation of every name that reaches a queue, a label selector or a command line.
+
+Node names are DNS-1123 subdomains (what Kubernetes accepts for a Node); label keys and values
+follow the Kubernetes label syntax; ``job`` is ``namespace:key=value``. Anything else is rejected
+with ``BadParameter`` naming the field, before it is used anywhere.
+"""
+
+from __future__ import annotations
+
+import re
+
+from autopilot import errors
+
+_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
+
+QUEUE_PREFIX = "autopilot.node."
+
+
+def node_name(name: str, *, field: str = "host") -> str:
+    """``name`` if it is a DNS-1123 subdomain (lowercase, at most 253 characters)."""
+    if not isinstance(name, str) or not 0 < len(name) <= 253 or not _DNS1123_SUBDOMAIN.match(name):
+        raise errors.BadParameter(field, f"not a valid node name (DNS-1123 subdomain): {str(name)[:80]!r}")
+    return name
+
+
+def node_queue(node: str) -> str:
+    """The Celery queue of ``node``: ``autopilot.node.<node>``."""
+    return QUEUE_PREFIX + node_name(node)
+
+
+def label_key(key: str, *, field: str) -> str:
+    """A label key: optional DNS-1123 prefix and ``/``, then a name of at most 63 characters."""
+    prefix, slash, name = key.rpartition("/")
+    if slash and (len(prefix) > 253 or not _DNS1123_SUBDOMAIN.match(prefix)):
+        raise errors.BadParameter(field, f"invalid label key prefix: {key[:80]!r}")
+    if not 0 < len(name) <= 63 or not _LABEL_NAME.match(name):
+        raise errors.BadParameter(field, f"invalid label key: {key[:80]!r}")
+    return key
+
+
+def label_value(value: str, *, field: str) -> str:
+    if len(value) > 63 or not _LABEL_VALUE.match(value):
+        raise errors.BadParameter(field, f"invalid label value: {value[:80]!r}")
+    return value
+
+
+def label_selector(text: str, *, field: str = "nodelabel") -> tuple[str, str]:
+    """``key=value`` (one equality requirement, as upstream's ``nodelabel``) -> (key, value)."""
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise errors.BadParameter(field, f"expected key=value, got {text[:80]!r}")
+    return label_key(key.strip(), field=field), label_value(value.strip(), field=field)
+
+
+def job_selector(text: str, *, field: str = "job") -> tuple[str, str, str]:
+    """``namespace:key=value`` -> (namespace, key, value)."""
+    namespace, sep, selector = text.partition(":")
+    if not sep:
+        raise errors.BadParameter(field, f"expected namespace:key=value, got {text[:80]!r}")
+    if len(namespace) > 63 or not _DNS1123_LABEL.match(namespace):
+        raise errors.BadParameter(field, f"invalid namespace: {namespace[:80]!r}")
+    key, value = label_selector(selector, field=field)
+    return namespace, key, value

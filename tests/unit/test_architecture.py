@@ -1,0 +1,68 @@
+"""The import rules of ARCHITECTURE.md section 2, and no shell anywhere.
+
+- ``autopilot`` imports none of celery, flask, redis, workers, api;
+- inside ``autopilot``, pynvml only in gpus.py, kubernetes only in cluster.py, subprocess only
+  in commands.py;
+- ``workers`` never imports ``api``;
+- no ``shell=True``, ``os.system`` or ``os.popen`` in any of our Python files.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+OURS = ["autopilot", "workers", "api", "scripts", "bench", "tests"]
+
+
+def python_files(*packages: str) -> Iterator[Path]:
+    for pkg in packages:
+        yield from (p for p in (ROOT / pkg).rglob("*.py") if ".venv" not in p.parts)
+
+
+def imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_core_imports_no_framework() -> None:
+    offenders = {
+        str(p.relative_to(ROOT)): sorted(imports(p) & {"celery", "flask", "redis", "workers", "api", "kombu"})
+        for p in python_files("autopilot")
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_each_outside_system_has_one_door() -> None:
+    doors = {"pynvml": "autopilot/gpus.py", "kubernetes": "autopilot/cluster.py", "subprocess": "autopilot/commands.py"}
+    for module, door in doors.items():
+        users = sorted(str(p.relative_to(ROOT)) for p in python_files("autopilot") if module in imports(p))
+        assert users in ([door], []), f"{module} imported outside {door}: {users}"
+
+
+def test_workers_do_not_import_api() -> None:
+    assert [str(p) for p in python_files("workers") if "api" in imports(p)] == []
+
+
+def test_no_shell_anywhere() -> None:
+    bad: list[str] = []
+    for path in python_files(*OURS):
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call):
+                func = node.func
+                name = ast.unparse(func)
+                if name in ("os.system", "os.popen"):
+                    bad.append(f"{path}:{node.lineno} {name}")
+                for kw in node.keywords:
+                    if kw.arg == "shell" and not (isinstance(kw.value, ast.Constant) and kw.value.value is False):
+                        bad.append(f"{path}:{node.lineno} shell=")
+    assert bad == []

@@ -1,0 +1,117 @@
+"""The `autopilot` command as a user meets it: tables, JSON, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from autopilot import cli
+from autopilot.results import CheckResult, Status
+from tests.conftest import SAMPLES
+
+GPU_CHECKS = {"pciebw", "remapped", "gpumem", "dcgm", "gpupower"}
+HAS_DRIVER = Path("/proc/driver/nvidia/version").exists()
+
+
+def autopilot(
+    *args: str, stdin: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the real command in a child process, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "autopilot.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+@pytest.mark.skipif(HAS_DRIVER, reason="this machine has an NVIDIA driver")
+def test_run_without_gpus_skips_every_gpu_check_with_reason() -> None:
+    proc = autopilot("run", "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    by_check = {r["check"]: r for r in report["results"]}
+    assert GPU_CHECKS <= set(by_check)
+    for name in GPU_CHECKS:
+        assert by_check[name]["status"] == "skipped", by_check[name]
+        assert "NVIDIA" in by_check[name]["summary"] or "GPU" in by_check[name]["summary"]
+
+
+@pytest.mark.skipif(HAS_DRIVER, reason="this machine has an NVIDIA driver")
+def test_run_prints_a_table() -> None:
+    proc = autopilot("run", "remapped")
+    assert proc.returncode == 0
+    assert "remapped" in proc.stdout and "SKIPPED" in proc.stdout
+
+
+def test_checks_catalog_lists_every_gpu_check_with_parameters() -> None:
+    proc = autopilot("checks", "--json")
+    assert proc.returncode == 0
+    catalog = {c["name"]: c for c in json.loads(proc.stdout)}
+    assert GPU_CHECKS <= set(catalog)
+    assert [p["name"] for p in catalog["dcgm"]["params"]] == ["r"]
+    assert "Traceback" not in autopilot("checks").stderr
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["run", "nosuch"], "unknown check 'nosuch'"),
+        (["run", "dcgm", "--param", "r=9"], "r: must be <= 4"),
+        (["run", "remapped", "--param", "r=2"], "none of remapped takes a parameter 'r'"),
+        (["run", "--param", "oops"], "expected NAME=VALUE"),
+        (["evaluate", "dcgm", "/nonexistent/file"], "cannot read /nonexistent/file"),
+        (["bogus-command"], "invalid choice"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(args: list[str], words: str) -> None:
+    proc = autopilot(*args)
+    assert proc.returncode == 2
+    assert words in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_setting_is_a_usage_error_naming_the_variable() -> None:
+    proc = autopilot("run", "remapped", env={"AUTOPILOT_PERIODIC_INTERVAL": "soon"})
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "autopilot: error: AUTOPILOT_PERIODIC_INTERVAL: not a duration: 'soon' (use e.g. 1h, 30m, 15s)"
+    ]
+
+
+def test_evaluate_reads_stdin_and_sets_exit_code() -> None:
+    text = SAMPLES / "nvidia-smi-q_h100x8_drv535.161.08_hw-power-brake-slowdown-active.txt"
+    if not text.is_file():
+        pytest.skip("samples absent")
+    proc = autopilot("evaluate", "gpupower", "-", "--json", stdin=text.read_text())
+    assert proc.returncode == 1, proc.stderr
+    result = json.loads(proc.stdout)["results"][0]
+    assert result["check"] == "gpupower" and result["status"] == "fail"
+
+
+def test_evaluate_garbage_is_an_error_exit_3() -> None:
+    proc = autopilot("evaluate", "remapped", "-", stdin="this is not nvidia-smi output\n")
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "ERROR" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "statuses, code",
+    [
+        ([Status.OK, Status.SKIPPED], 0),
+        ([Status.OK, Status.WARN], 1),
+        ([Status.FAIL, Status.ERROR], 1),
+        ([Status.OK, Status.ERROR], 3),
+        ([], 0),
+    ],
+)
+def test_exit_codes(statuses: list[Status], code: int) -> None:
+    assert cli.exit_code([CheckResult("x", s) for s in statuses]) == code

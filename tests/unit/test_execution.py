@@ -1,0 +1,163 @@
+"""The engine's promises: nothing escapes, nothing hangs, a hung tool dies with its children."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from autopilot import commands, config, errors, execution, registry
+from autopilot.context import CheckContext
+from autopilot.results import CheckResult, Status
+from autopilot.testing import FakeClock, FakeRunner, FakeTelemetry
+
+
+@pytest.fixture
+def reg() -> registry.CheckRegistry:
+    return registry.CheckRegistry()
+
+
+def ctx_with(runner: Any, **kw: Any) -> CheckContext:
+    settings = kw.pop("settings", config.Settings(node_name="node-a"))
+    return CheckContext(
+        node="node-a", settings=settings, commands=runner, gpus=FakeTelemetry(), clock=FakeClock(), **kw
+    )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is dead for our purposes
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split(")")[-1].split()[0] != "Z"
+
+
+def test_hung_tool_and_its_children_are_killed_and_reported_within_timeout(
+    reg: registry.CheckRegistry, tmp_path: Any
+) -> None:
+    pidfile = tmp_path / "child.pid"
+
+    @registry.check("hang", description="sleeps", timeout_s=1.0, registry=reg)
+    def hang(ctx: CheckContext, params: Mapping[str, Any]) -> CheckResult:
+        # The tool forks a grandchild that would outlive a naive kill of the direct child.
+        ctx.commands.run(
+            ["sh", "-c", f"sleep 60 & echo $! > {pidfile}; wait"],
+            timeout=60,
+        )
+        return CheckResult("hang", Status.OK)
+
+    start = time.monotonic()
+    result = execution.run_check("hang", ctx_with(commands.SubprocessRunner()), checks=reg)
+    elapsed = time.monotonic() - start
+    assert result.status is Status.ERROR
+    assert result.summary == "timed out after 1 s"
+    assert elapsed < 1.0 + 2.0
+    child = int(pidfile.read_text())
+    deadline = time.monotonic() + 2
+    while _pid_alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _pid_alive(child), "the tool's child survived the watchdog"
+
+
+def test_command_timeout_kills_process_group_and_becomes_error(reg: registry.CheckRegistry) -> None:
+    @registry.check("slow", description="slow tool", timeout_s=30, registry=reg)
+    def slow(ctx: CheckContext, params: Mapping[str, Any]) -> CheckResult:
+        ctx.commands.run(["sleep", "30"], timeout=0.5)
+        return CheckResult("slow", Status.OK)
+
+    start = time.monotonic()
+    result = execution.run_check("slow", ctx_with(commands.SubprocessRunner()), checks=reg)
+    assert result.status is Status.ERROR
+    assert "timed out after 0.5 s" in result.summary
+    assert time.monotonic() - start < 2.5
+
+
+def test_check_timeout_override_from_settings(reg: registry.CheckRegistry) -> None:
+    @registry.check("slow", description="slow", timeout_s=30, registry=reg)
+    def slow(ctx: CheckContext, params: Mapping[str, Any]) -> CheckResult:
+        ctx.commands.run(["sleep", "30"], timeout=30)
+        return CheckResult("slow", Status.OK)
+
+    settings = config.Settings(node_name="node-a", check_timeouts={"slow": 0.5})
+    result = execution.run_check("slow", ctx_with(commands.SubprocessRunner(), settings=settings), checks=reg)
+    assert result.summary == "timed out after 0.5 s"
+
+
+@pytest.mark.parametrize(
+    "exc, status, words",
+    [
+        (RuntimeError("boom"), Status.ERROR, "check crashed: RuntimeError: boom"),
+        (errors.ToolNotFound("dcgmi: not found on PATH"), Status.ERROR, "ToolNotFound"),
+        (errors.GpuError("NVML: Unknown Error", 999), Status.ERROR, "GpuError"),
+        (errors.GpuUnavailable("no NVIDIA driver"), Status.SKIPPED, "no NVIDIA driver"),
+    ],
+)
+def test_exceptions_become_results(reg: registry.CheckRegistry, exc: Exception, status: Status, words: str) -> None:
+    @registry.check("boom", description="raises", registry=reg)
+    def boom(ctx: CheckContext, params: Mapping[str, Any]) -> CheckResult:
+        raise exc
+
+    result = execution.run_check("boom", ctx_with(FakeRunner()), checks=reg)
+    assert result.status is status
+    assert words in result.summary
+    assert result.node == "node-a" and result.check == "boom"
+
+
+def test_unknown_check_and_bad_params_are_errors_not_exceptions(reg: registry.CheckRegistry) -> None:
+    @registry.check(
+        "p", description="param", params=(registry.Param("r", int, 1, "level", minimum=1, maximum=4),), registry=reg
+    )
+    def p(ctx: CheckContext, params: Mapping[str, Any]) -> CheckResult:
+        return CheckResult("p", Status.OK, f"r={params['r']}")
+
+    assert "unknown check 'nope'" in execution.run_check("nope", ctx_with(FakeRunner()), checks=reg).summary
+    bad = execution.run_check("p", ctx_with(FakeRunner()), {"r": "9"}, checks=reg)
+    assert bad.status is Status.ERROR and bad.summary.startswith("r: must be <= 4")
+    good = execution.run_check("p", ctx_with(FakeRunner()), {"r": "3"}, checks=reg)
+    assert good.status is Status.OK and good.params == {"r": 3} and good.summary == "r=3"
+
+
+def test_results_are_stamped_and_fatal_only_with_fail(reg: registry.CheckRegistry) -> None:
+    @registry.check("w", description="warns", registry=reg)
+    def w(ctx: CheckContext, params: Mapping[str, Any]) -> CheckResult:
+        ctx.clock.sleep(2.5)
+        return CheckResult("w", Status.WARN, "meh", fatal=True)
+
+    result = execution.run_check("w", ctx_with(FakeRunner()), checks=reg)
+    assert result.fatal is False
+    assert result.started_at == "2026-11-29T22:00:00Z"
+    assert result.duration_s == pytest.approx(2.5)
+
+
+def test_a_failing_check_does_not_skip_the_rest(reg: registry.CheckRegistry) -> None:
+    @registry.check("a", description="a", registry=reg)
+    def a(ctx: CheckContext, params: Mapping[str, Any]) -> CheckResult:
+        raise ValueError("bad")
+
+    @registry.check("b", description="b", registry=reg)
+    def b(ctx: CheckContext, params: Mapping[str, Any]) -> CheckResult:
+        return CheckResult("b", Status.OK)
+
+    out = execution.run_checks(["a", "b"], ctx_with(FakeRunner()), checks=reg)
+    assert [(r.check, r.status) for r in out] == [("a", Status.ERROR), ("b", Status.OK)]
+
+
+def test_duplicate_registration_is_an_error(reg: registry.CheckRegistry) -> None:
+    registry.check("x", description="x", registry=reg)(lambda ctx, p: CheckResult("x", Status.OK))
+    with pytest.raises(errors.ConfigError, match="already registered"):
+        registry.check("x", description="x", registry=reg)(lambda ctx, p: CheckResult("x", Status.OK))
+
+
+def test_runner_rejects_shell_strings_and_reports_missing_tools() -> None:
+    runner = commands.SubprocessRunner()
+    with pytest.raises(TypeError):
+        runner.run("echo hi; rm -rf /", timeout=1)  # type: ignore[arg-type]
+    with pytest.raises(errors.ToolNotFound, match="not found on PATH"):
+        runner.run(["definitely-not-a-tool-xyz"], timeout=1)
+    out = runner.run(["sh", "-c", "echo out; echo err >&2; exit 3"], timeout=5)
+    assert (out.returncode, out.stdout, out.stderr) == (3, "out\n", "err\n")
