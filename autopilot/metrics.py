@@ -1,0 +1,299 @@
+"""Prometheus metrics built from a snapshot of the results store (ARCHITECTURE.md 4.3).
+
+One scrape of the API shows every node: :class:`ResultsCollector` asks a snapshot function for
+the node records, each node's latest result per check and each node's verdict, and rebuilds
+every series from it on each scrape. Nothing is kept between scrapes, so a node or check that
+disappears from the store disappears from ``/metrics`` too (upstream's gauges were never
+deleted and went stale).
+
+Two families of series:
+
+- ``autopilot_health_checks{health,node,cpumodel,gpumodel,deviceid}``: upstream's gauge, with
+  upstream's ``health`` values and meaning, so existing dashboards and alerts keep working
+  (see :func:`upstream_samples`). A result whose status is ``error`` or ``skipped`` exports
+  nothing here: upstream's 0 means "healthy", and a check that could not look is not healthy.
+- our own ``autopilot_check_*``, ``autopilot_node_*`` and ``autopilot_nodes`` series, which do
+  show errors and skips, durations, last-run times and verdicts.
+
+This module is pure: it reads no store itself (the API passes ``snapshot_fn``), so tests run it
+on a fresh ``CollectorRegistry`` over handmade results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from autopilot import results
+from autopilot.results import CheckResult, Status
+from autopilot.verdict import Verdict
+
+log = logging.getLogger(__name__)
+
+HEALTH_NAMES: Mapping[str, str] = {
+    "pciebw": "pciebw",
+    "remapped": "remapped",
+    "gpupower": "power-slowdown",  # upstream exported the gpupower check under this name
+    "gpumem": "gpumem",
+    "dcgm": "dcgm",
+    "ping": "ping",
+    "pvc": "pvc",
+}
+"""Check name -> upstream ``health`` label value. Checks not listed (iperf) have no upstream series."""
+
+STATUSES: tuple[str, ...] = tuple(s.value for s in Status)
+VERDICTS: tuple[str, ...] = tuple(v.value for v in Verdict)
+NODE_STATES: tuple[str, ...] = ("live", "stale")
+
+# Statuses that are a judgement of the hardware; error and skipped are not, and export nothing
+# on the upstream gauge.
+_JUDGED = (Status.OK, Status.WARN, Status.FAIL)
+_PCIEBW_UNIT = "GB/s"  # pciebw's link-only mode stores lane counts instead: those are no bandwidth
+
+HEALTH_CHECKS = "autopilot_health_checks"
+HEALTH_HELP = "Summary of the health checks measurements on compute nodes. Gauge Vector version"
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeInfo:
+    """What the metrics need of a node record."""
+
+    name: str
+    cpu_model: str = ""
+    gpu_model: str = ""
+    last_seen: float = 0.0
+    """Epoch seconds of the node's last heartbeat (0: never)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """Everything one scrape exports, read from the results store in one go."""
+
+    nodes: Sequence[NodeInfo] = ()
+    latest: Mapping[str, Mapping[str, CheckResult]] = dataclasses.field(default_factory=dict)
+    """node -> check -> latest result."""
+    verdicts: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """node -> stored verdict (``PASS`` ...); a node without one is ``UNKNOWN``."""
+    taken_at: float = dataclasses.field(default_factory=time.time)
+    """Epoch seconds the snapshot was read: the reference for live and stale."""
+    live_after_s: float = 45.0
+    """A node whose last heartbeat is older than this (relative to ``taken_at``) is stale."""
+
+
+def upstream_samples(result: CheckResult) -> dict[str, float]:
+    """``deviceid -> value`` of ``autopilot_health_checks`` for one result (upstream section 4.4).
+
+    - ``pciebw``: per GPU, the measured host-to-device bandwidth in GB/s;
+    - ``remapped``: per GPU, 1 when a row remap is pending or has failed, else 0;
+    - ``gpupower`` (health ``power-slowdown``): per GPU, 1 when HW slowdown is active, else 0;
+    - ``gpumem``: per GPU, 1 on failure, else 0 (upstream reported device 0 only);
+    - ``dcgm``, ``pvc``: deviceid ``""``, 1 on failure, else 0;
+    - ``ping``: deviceid = remote node (the part of a device id before ``/``), 1 when any of
+      that node's addresses was unreachable.
+
+    Empty for ``error``/``skipped`` results, for checks without an upstream series, and per
+    device for devices that are themselves ``error``/``skipped`` or carry no usable value.
+    """
+    if result.status not in _JUDGED or result.check not in HEALTH_NAMES:
+        return {}
+    judged = [d for d in result.devices if d.status in _JUDGED]
+    check = result.check
+    out: dict[str, float] = {}
+    if check == "pciebw":
+        for d in judged:
+            value = _number(d.value)
+            if value is not None and d.unit == _PCIEBW_UNIT:
+                out[d.id] = value
+    elif check in ("remapped", "gpupower"):
+        # Their device value is already upstream's 0/1; the status is the fallback when absent.
+        bad = (Status.WARN, Status.FAIL) if check == "remapped" else (Status.FAIL,)
+        for d in judged:
+            value = _number(d.value)
+            out[d.id] = (1.0 if value else 0.0) if value is not None else _flag(d.status in bad)
+    elif check == "gpumem":
+        for d in judged:
+            out[d.id] = _flag(d.status is Status.FAIL)
+        if not result.devices:
+            out[""] = _flag(result.status is Status.FAIL)
+    elif check == "ping":
+        for d in judged:
+            remote = d.id.split("/", 1)[0]
+            out[remote] = max(out.get(remote, 0.0), _flag(d.status is Status.FAIL))
+    else:  # dcgm, pvc: one node-wide series
+        out[""] = _flag(result.status is Status.FAIL)
+    return out
+
+
+class ResultsCollector(Collector):
+    """A custom collector: every series is rebuilt from ``snapshot_fn()`` on each scrape.
+
+    If ``snapshot_fn`` raises (the store is down), the scrape still succeeds with
+    ``autopilot_results_store_up 0`` and none of the other series, so the API's own metrics stay
+    visible and an alert can fire on the store.
+    """
+
+    def __init__(self, snapshot_fn: Callable[[], Snapshot]) -> None:
+        self._snapshot_fn = snapshot_fn
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        # Names only, for the registry's collision check; must not touch the store.
+        yield _store_up()
+        yield from _Families().all()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        up = _store_up()
+        try:
+            snapshot = self._snapshot_fn()
+        except Exception:  # any store failure: report it as a metric rather than fail the scrape
+            log.exception("metrics: reading the results store failed")
+            up.add_metric([], 0.0)
+            yield up
+            return
+        up.add_metric([], 1.0)
+        yield up
+        yield from build(snapshot)
+
+
+def build(snapshot: Snapshot) -> list[GaugeMetricFamily]:
+    """The metric families of one snapshot (what :class:`ResultsCollector` yields besides ``up``)."""
+    fam = _Families()
+    infos = {n.name: n for n in snapshot.nodes}
+    names = sorted(set(infos) | set(snapshot.latest))
+    counts = dict.fromkeys(NODE_STATES, 0)
+    for node in names:
+        info = infos.get(node, NodeInfo(node))
+        live = info.last_seen > 0 and snapshot.taken_at - info.last_seen <= snapshot.live_after_s
+        counts["live" if live else "stale"] += 1
+        if info.last_seen > 0:
+            fam.last_seen.add_metric([node], info.last_seen)
+        verdict = snapshot.verdicts.get(node, Verdict.UNKNOWN.value)
+        if verdict not in VERDICTS:  # keep the label set bounded whatever the store holds
+            verdict = Verdict.UNKNOWN.value
+        for v in VERDICTS:
+            fam.verdict.add_metric([node, v], _flag(v == verdict))
+        for check, result in sorted(snapshot.latest.get(node, {}).items()):
+            _add_result(fam, info, check, result)
+    for state in NODE_STATES:
+        fam.nodes.add_metric([state], float(counts[state]))
+    return fam.all()
+
+
+def _add_result(fam: _Families, info: NodeInfo, check: str, result: CheckResult) -> None:
+    node = info.name
+    # The store's key is the authority on which check this is; a result's own name should agree.
+    if result.check != check:
+        result = dataclasses.replace(result, check=check)
+    for s in STATUSES:
+        fam.status.add_metric([node, check, s], _flag(s == result.status.value))
+    fam.fatal.add_metric([node, check], _flag(result.fatal))
+    fam.duration.add_metric([node, check], max(0.0, float(result.duration_s)))
+    started = _epoch(result.started_at)
+    if started is not None:
+        fam.last_run.add_metric([node, check], started)
+    health = HEALTH_NAMES.get(check)
+    if health is not None:
+        for device, value in sorted(upstream_samples(result).items()):
+            fam.health.add_metric([health, node, str(info.cpu_model), str(info.gpu_model), device], value)
+
+
+class _Families:
+    """A fresh, empty family per metric name (one set per scrape)."""
+
+    def __init__(self) -> None:
+        self.health = GaugeMetricFamily(
+            HEALTH_CHECKS, HEALTH_HELP, labels=["health", "node", "cpumodel", "gpumodel", "deviceid"]
+        )
+        self.status = GaugeMetricFamily(
+            "autopilot_check_status",
+            "Status of the latest result of a check on a node: 1 for the current status "
+            "(ok, warn, fail, error, skipped), 0 for the others",
+            labels=["node", "check", "status"],
+        )
+        self.fatal = GaugeMetricFamily(
+            "autopilot_check_fatal",
+            "1 if the latest result of a check on a node is a fatal failure (the node must not take work), else 0",
+            labels=["node", "check"],
+        )
+        self.duration = GaugeMetricFamily(
+            "autopilot_check_duration_seconds",
+            "Duration of the latest run of a check on a node, in seconds",
+            labels=["node", "check"],
+        )
+        self.last_run = GaugeMetricFamily(
+            "autopilot_check_last_run_timestamp_seconds",
+            "Start time of the latest run of a check on a node, in seconds since the Unix epoch",
+            labels=["node", "check"],
+        )
+        self.verdict = GaugeMetricFamily(
+            "autopilot_node_verdict",
+            "Health verdict of a node: 1 for the current verdict "
+            "(PASS, WARN, EVICT, TESTING, UNKNOWN), 0 for the others",
+            labels=["node", "verdict"],
+        )
+        self.last_seen = GaugeMetricFamily(
+            "autopilot_node_last_seen_timestamp_seconds",
+            "Time of the node's last worker heartbeat, in seconds since the Unix epoch",
+            labels=["node"],
+        )
+        self.nodes = GaugeMetricFamily(
+            "autopilot_nodes",
+            "Number of known nodes by state: live (heartbeat recent) or stale",
+            labels=["state"],
+        )
+
+    def all(self) -> list[GaugeMetricFamily]:
+        return [
+            self.health,
+            self.status,
+            self.fatal,
+            self.duration,
+            self.last_run,
+            self.verdict,
+            self.last_seen,
+            self.nodes,
+        ]
+
+
+def _store_up() -> GaugeMetricFamily:
+    return GaugeMetricFamily(
+        "autopilot_results_store_up",
+        "1 if this scrape read the results store, 0 if reading it failed (the other autopilot series are then absent)",
+    )
+
+
+def _flag(condition: bool) -> float:
+    return 1.0 if condition else 0.0
+
+
+def _number(value: float | int | str | None) -> float | None:
+    """A finite float from a device value, or None (strings, NaN, missing)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def _epoch(started_at: str) -> float | None:
+    if not started_at:
+        return None
+    try:
+        return results.parse_iso(started_at).timestamp()
+    except ValueError:
+        return None
+
+
+__all__ = [
+    "HEALTH_CHECKS",
+    "HEALTH_NAMES",
+    "NodeInfo",
+    "ResultsCollector",
+    "Snapshot",
+    "build",
+    "upstream_samples",
+]

@@ -1,0 +1,123 @@
+"""api.metrics: /metrics over a fakeredis results store, and the API's own request metrics."""
+
+from __future__ import annotations
+
+import fakeredis
+import flask
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from autopilot import config
+from tests.metrics_data import make_app, populate
+from workers.store import ResultsStore
+
+NODES = ["gpu-a", "gpu-b", "gpu-c"]
+
+
+@pytest.fixture
+def store() -> ResultsStore:
+    return ResultsStore(fakeredis.FakeRedis())
+
+
+@pytest.fixture
+def app(store: ResultsStore) -> flask.Flask:
+    populate(store, NODES)
+    return make_app(store, config.Settings(node_name="api"))
+
+
+def scrape(client: flask.testing.FlaskClient) -> dict[str, list[tuple[dict[str, str], float]]]:
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.mimetype == "text/plain"
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(response.get_data(as_text=True)):
+        for s in family.samples:
+            out.setdefault(s.name, []).append((s.labels, s.value))
+    return out
+
+
+def test_metrics_shows_every_node_of_the_store(app: flask.Flask) -> None:
+    series = scrape(app.test_client())
+    health = {(lb["health"], lb["node"], lb["deviceid"]): v for lb, v in series["autopilot_health_checks"]}
+    assert {node for _, node, _ in health} == set(NODES)
+    assert health[("pciebw", "gpu-a", "1")] == 25.0
+    assert health[("remapped", "gpu-c", "1")] == 1.0
+    assert health[("power-slowdown", "gpu-b", "0")] == 0.0
+    assert not any(h == "dcgm" for h, _, _ in health)  # dcgm errored everywhere: no fake pass
+    assert {lb["cpumodel"] for lb, _ in series["autopilot_health_checks"]} == {"Intel(R) Xeon(R) Platinum 8480+"}
+    verdicts = {lb["node"]: lb["verdict"] for lb, v in series["autopilot_node_verdict"] if v == 1.0}
+    assert verdicts == {"gpu-a": "PASS", "gpu-b": "PASS", "gpu-c": "EVICT"}
+    assert dict((lb["state"], v) for lb, v in series["autopilot_nodes"]) == {"live": 3.0, "stale": 0.0}
+    assert series["autopilot_results_store_up"] == [({}, 1.0)]
+
+
+def test_forgotten_node_disappears(app: flask.Flask, store: ResultsStore) -> None:
+    client = app.test_client()
+    scrape(client)
+    store.forget_node("gpu-b")
+    series = scrape(client)
+    assert {lb["node"] for lb, _ in series["autopilot_health_checks"]} == {"gpu-a", "gpu-c"}
+    assert {lb["node"] for lb, _ in series["autopilot_node_verdict"]} == {"gpu-a", "gpu-c"}
+
+
+def test_request_metrics_use_the_route_not_the_path(app: flask.Flask) -> None:
+    client = app.test_client()
+    for name in ("x1", "x2", "x3"):
+        assert client.get(f"/api/v1/nodes/{name}").status_code == 200
+    assert client.get("/no/such/path").status_code == 404
+    assert client.open("/api/v1/nodes/x1", method="BREW").status_code == 405
+    assert client.get("/boom").status_code == 500
+    series = scrape(client)
+    counts = {(lb["method"], lb["endpoint"], lb["code"]): v for lb, v in series["autopilot_api_requests_total"]}
+    assert counts[("GET", "/api/v1/nodes/<name>", "200")] == 3.0
+    assert counts[("GET", "<unmatched>", "404")] == 1.0
+    assert counts[("OTHER", "<unmatched>", "405")] == 1.0
+    assert counts[("GET", "/boom", "500")] == 1.0
+    assert not any("x1" in endpoint for _, endpoint, _ in counts)
+    durations = {(lb["method"], lb["endpoint"]): v for lb, v in series["autopilot_api_request_duration_seconds_count"]}
+    assert durations[("GET", "/api/v1/nodes/<name>")] == 3.0
+
+
+def test_requests_answered_by_an_earlier_hook_are_still_timed(store: ResultsStore) -> None:
+    app = flask.Flask("auth-first")
+
+    @app.before_request
+    def deny() -> tuple[dict[str, str], int] | None:
+        if flask.request.path != "/metrics":
+            return {"error": "unauthorized"}, 401
+        return None
+
+    @app.get("/secret")
+    def secret() -> str:
+        return "no"
+
+    import api.metrics
+
+    api.metrics.init_app(app, store, config.Settings(node_name="api"))
+    client = app.test_client()
+    assert client.get("/secret").status_code == 401
+    series = scrape(client)
+    counts = {(lb["endpoint"], lb["code"]): v for lb, v in series["autopilot_api_requests_total"]}
+    assert counts[("/secret", "401")] == 1.0
+    durations = {lb["endpoint"]: v for lb, v in series["autopilot_api_request_duration_seconds_count"]}
+    assert durations["/secret"] == 1.0
+
+
+def test_two_apps_do_not_share_a_registry(store: ResultsStore) -> None:
+    first = make_app(store, config.Settings(node_name="api"))
+    second = make_app(store, config.Settings(node_name="api"))
+    first.test_client().get("/api/v1/nodes/a")
+    series = scrape(second.test_client())
+    assert not any(lb["endpoint"] == "/api/v1/nodes/<name>" for lb, _ in series.get("autopilot_api_requests_total", []))
+
+
+def test_store_outage_keeps_metrics_up(store: ResultsStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    app = make_app(store, config.Settings(node_name="api"))
+
+    def down(*_: object, **__: object) -> list[str]:
+        raise ConnectionError("redis is down")
+
+    monkeypatch.setattr(store, "node_names", down)
+    series = scrape(app.test_client())
+    assert series["autopilot_results_store_up"] == [({}, 0.0)]
+    assert "autopilot_health_checks" not in series
