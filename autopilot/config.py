@@ -127,6 +127,10 @@ class Settings:
     node_deadline_s: float = 60.0
     """Default deadline for one node's answer in an API gather (``AUTOPILOT_NODE_DEADLINE``)."""
 
+    network_interfaces: tuple[str, ...] = ()
+    """Interfaces the network checks use (``AUTOPILOT_NETWORK_INTERFACES``, comma-separated; empty: every one
+    a node reports except loopback)."""
+
     heartbeat_interval_s: float = 15.0
     """How often a worker writes its node record (``AUTOPILOT_HEARTBEAT_INTERVAL``); a node unseen for
     three intervals is not live."""
@@ -192,6 +196,7 @@ _FIELDS: list[tuple[str, str, tuple[str, ...], Any]] = [
     ("history_len", "AUTOPILOT_HISTORY_LEN", (), _int_in(1, 100_000)),
     ("run_ttl_s", "AUTOPILOT_RUN_TTL", (), _duration),
     ("node_deadline_s", "AUTOPILOT_NODE_DEADLINE", (), _duration),
+    ("network_interfaces", "AUTOPILOT_NETWORK_INTERFACES", (), lambda t, v: parse_list(t)),
     ("heartbeat_interval_s", "AUTOPILOT_HEARTBEAT_INTERVAL", (), _duration),
     ("reconcile_interval_s", "AUTOPILOT_RECONCILE_INTERVAL", (), _duration),
     ("worker_concurrency", "AUTOPILOT_WORKER_CONCURRENCY", (), _int_in(1, 64)),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from autopilot import clock, cluster, commands, config, gpus
+from autopilot import clock, cluster, commands, config, gpus, peers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -17,6 +17,7 @@ class CheckContext:
     gpus: gpus.GpuTelemetry
     clock: clock.Clock = dataclasses.field(default_factory=clock.SystemClock)
     cluster: cluster.ClusterClient | None = None
+    peers: peers.PeerDirectory | None = None
 
     @classmethod
     def default(cls, settings: config.Settings) -> CheckContext:

@@ -4,6 +4,7 @@
      +-- ConfigError            bad setting or parameter (the caller's fault; never retried)
      |    +-- BadParameter      one request/CLI parameter, names the field
      |    +-- UnknownCheck      a check name that is not registered
+     +-- ParseError             a tool's output cannot be read with confidence
      +-- ToolError              an external program could not give an answer
      |    +-- ToolNotFound      the binary is not on PATH
      |    +-- ToolTimeout       it ran past its deadline and was killed with its children
@@ -43,6 +44,10 @@ class UnknownCheck(BadParameter):
     def __init__(self, name: str, known: list[str]) -> None:
         super().__init__("check", f"unknown check {name!r} (known: {', '.join(known)})")
         self.name = name
+
+
+class ParseError(AutopilotError):
+    """Tool output that cannot be read with confidence (truncated, corrupted, unknown layout)."""
 
 
 class ToolError(AutopilotError):

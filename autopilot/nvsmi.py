@@ -44,8 +44,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from autopilot import errors, gpus
 
 
-class ParseError(errors.AutopilotError):
-    """nvidia-smi output that cannot be read with confidence (truncated, corrupted, unknown words)."""
+# One parse error for every reader of tool output (kept under this name for callers).
+ParseError = errors.ParseError
 
 
 class InvalidField(ParseError):

@@ -22,8 +22,8 @@ from autopilot import errors, gpus
 _FIELDS = ("temperature_c", "power_w", "sm_clock_mhz")
 
 
-class ParseError(errors.AutopilotError):
-    """Tool output that cannot be read with confidence."""
+# One parse error for every reader of tool output (kept under this name for callers).
+ParseError = errors.ParseError
 
 
 def parse_tool_json(text: str, tool: str) -> dict[str, Any]:

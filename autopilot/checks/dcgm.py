@@ -86,7 +86,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
-from autopilot import registry
+from autopilot import errors, registry
 from autopilot.context import CheckContext
 from autopilot.results import CheckResult, DeviceResult, Status
 
@@ -101,8 +101,8 @@ CHECK_TIMEOUT_S = LEVEL_TIMEOUT_S[4] + 300.0
 _EXCERPT = 500
 
 
-class ParseError(ValueError):
-    """The output is not a DCGM report we can read."""
+# One parse error for every reader of tool output (kept under this name for callers).
+ParseError = errors.ParseError
 
 
 class Outcome(enum.StrEnum):

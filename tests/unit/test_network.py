@@ -1,0 +1,150 @@
+"""Network parsers, the ring schedule, localisation, and the ping check over fakes."""
+
+from __future__ import annotations
+
+import pytest
+
+from autopilot import errors, execution, network
+from autopilot.checks import ping
+from autopilot.peers import Peer, StaticPeers
+from autopilot.results import Status
+from autopilot.testing import FakeRunner
+from tests.conftest import sample_text
+
+OK_PING = """PING 192.0.2.2 (192.0.2.2) 56(84) bytes of data.
+
+--- 192.0.2.2 ping statistics ---
+3 packets transmitted, 3 received, 0% packet loss, time 2041ms
+rtt min/avg/max/mdev = 0.045/0.061/0.082/0.015 ms
+"""
+LOSSY_PING = """--- 192.0.2.3 ping statistics ---
+3 packets transmitted, 2 received, 33.3333% packet loss, time 2003ms
+rtt min/avg/max/mdev = 0.050/0.070/0.090/0.020 ms
+"""
+DEAD_PING = """--- 192.0.2.4 ping statistics ---
+3 packets transmitted, 0 received, 100% packet loss, time 2050ms
+"""
+BUSYBOX_PING = """--- 192.0.2.5 ping statistics ---
+3 packets transmitted, 3 packets received, 0% packet loss
+round-trip min/avg/max = 0.1/0.2/0.3 ms
+"""
+
+
+def test_parse_ping_variants() -> None:
+    assert network.parse_ping(OK_PING) == network.PingStats(3, 3, 0.0, 0.061, 0.082)
+    assert network.parse_ping(LOSSY_PING).loss_pct == pytest.approx(33.3333)
+    assert network.parse_ping(DEAD_PING).received == 0
+    assert network.parse_ping(BUSYBOX_PING).received == 3
+    with pytest.raises(errors.ParseError):
+        network.parse_ping("ping: connect: Network is unreachable\n")
+
+
+def test_iperf3_tcp_and_udp_samples_are_read_in_bits_per_second() -> None:
+    tcp = network.parse_iperf3(sample_text("iperf3-J_tcp_success_iperf3.9.json.txt"))
+    assert tcp.protocol == "TCP"
+    assert tcp.received_bps == pytest.approx(141609919.74312118)
+    assert tcp.gbps == pytest.approx(0.1416, abs=1e-4)
+    assert tcp.retransmits == 1264
+    udp = network.parse_iperf3(sample_text("iperf3-J_udp_success_iperf3.9.json.txt"))
+    assert udp.protocol == "UDP" and udp.lost_percent == 0
+    assert udp.sent_bps == pytest.approx(1048569.7085817485)
+
+
+@pytest.mark.parametrize(
+    "sample, words",
+    [
+        ("iperf3-J_error_connection-refused.json.txt", "unable to connect to server: Connection refused"),
+        ("iperf3-J_error_auth-failed.json.txt", "test authorization failed"),
+    ],
+)
+def test_iperf3_errors_carry_iperf3_message(sample: str, words: str) -> None:
+    with pytest.raises(errors.ToolError, match=words):
+        network.parse_iperf3(sample_text(sample))
+
+
+def test_iperf3_garbage_is_a_parse_error() -> None:
+    for text in ("", "iperf3: error - unable to connect", "[]", '{"start": {}, "end": {}}'):
+        with pytest.raises(errors.ParseError):
+            network.parse_iperf3(text)
+
+
+def test_ring_steps_match_upstream() -> None:
+    assert network.ring_steps(["a", "b", "c"]) == [
+        [("a", "b"), ("b", "c"), ("c", "a")],
+        [("a", "c"), ("b", "a"), ("c", "b")],
+    ]
+    assert network.ring_steps(["a"]) == []
+
+
+def pairs_with(bad: set[tuple[str, str]], nodes: str = "abcd") -> list[network.PairResult]:
+    return [network.PairResult(s, t, "eth0", (s, t) in bad) for s in nodes for t in nodes if s != t]
+
+
+def test_localise_names_the_node_whose_every_pair_fails() -> None:
+    bad = {(s, t) for s in "abcd" for t in "abcd" if s != t and "c" in (s, t)}
+    assert network.localise(pairs_with(bad)).nodes == ("c",)
+
+
+def test_localise_falls_back_to_pairs() -> None:
+    found = network.localise(pairs_with({("a", "b")}))
+    assert found.nodes == () and found.pairs == (("a", "b", "eth0"),)
+    assert network.localise(pairs_with(set())).describe() == "no suspect"
+    # two nodes: a bad pair cannot tell its ends apart
+    assert network.localise(pairs_with({("a", "b"), ("b", "a")}, "ab")).nodes == ()
+
+
+PEERS = [
+    Peer("node-a", "eth0", "192.0.2.1"),
+    Peer("node-b", "eth0", "192.0.2.2"),
+    Peer("node-c", "eth0", "192.0.2.3"),
+    Peer("node-c", "net1", "198.51.100.3"),
+    Peer("node-d", "eth0", "192.0.2.4"),
+]
+
+
+def runner_for(outputs: dict[str, tuple[int, str, str]]) -> FakeRunner:
+    runner = FakeRunner()
+    for address, (rc, out, err) in outputs.items():
+        runner.add(ping.ping_argv(address, 3, 1.0), out, returncode=rc, stderr=err)
+    return runner
+
+
+def test_ping_check_judges_each_peer_and_interface(make_ctx) -> None:  # type: ignore[no-untyped-def]
+    runner = runner_for(
+        {
+            "192.0.2.2": (0, OK_PING, ""),
+            "192.0.2.3": (1, LOSSY_PING, ""),
+            "198.51.100.3": (1, DEAD_PING, ""),
+            "192.0.2.4": (2, "", "ping: connect: Network is unreachable"),
+        }
+    )
+    ctx = make_ctx(commands=runner, peers=StaticPeers(PEERS))
+    result = execution.run_check("ping", ctx)
+    by_id = {d.id: d for d in result.devices}
+    assert {k: v.status for k, v in by_id.items()} == {
+        "node-b/eth0": Status.OK,
+        "node-c/eth0": Status.WARN,
+        "node-c/net1": Status.FAIL,
+        "node-d/eth0": Status.FAIL,
+    }
+    assert result.status is Status.FAIL and not result.fatal
+    assert result.data["unreachable"] == ["node-c", "node-d"]
+    # its own address is never pinged, and every argv is bounded in count and time
+    assert all(call[0] == "ping" and "-c" in call and "-w" in call for call in runner.calls)
+    assert ping.ping_argv("192.0.2.1", 3, 1.0) not in [list(c) for c in runner.calls]
+
+
+def test_ping_check_honours_node_selection_and_errors(make_ctx) -> None:  # type: ignore[no-untyped-def]
+    runner = runner_for({"192.0.2.2": (2, "", "ping: socket: Operation not permitted")})
+    ctx = make_ctx(commands=runner, peers=StaticPeers(PEERS))
+    result = execution.run_check("ping", ctx, {"nodes": "node-b"})
+    assert [(d.id, d.status) for d in result.devices] == [("node-b/eth0", Status.ERROR)]
+    assert "Operation not permitted" in result.summary
+    bad = execution.run_check("ping", ctx, {"nodes": "node-b;reboot"})
+    assert bad.status is Status.ERROR and "nodes" in bad.summary
+
+
+def test_ping_without_peers_is_skipped(make_ctx) -> None:  # type: ignore[no-untyped-def]
+    assert execution.run_check("ping", make_ctx()).status is Status.SKIPPED
+    alone = make_ctx(peers=StaticPeers([Peer("node-a", "eth0", "192.0.2.1")]))
+    assert execution.run_check("ping", alone).summary == "no other node to ping"
