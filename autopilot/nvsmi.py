@@ -43,7 +43,6 @@ from collections.abc import Iterator, Mapping, Sequence
 
 from autopilot import errors, gpus
 
-
 # One parse error for every reader of tool output (kept under this name for callers).
 ParseError = errors.ParseError
 
