@@ -1,0 +1,79 @@
+"""``create_app``: the Flask application factory.
+
+Services (settings, results store, dispatcher, cluster seam, check registry) are built once and
+kept in ``app.extensions["autopilot"]``; tests pass their own (fakeredis, ``FakeDispatcher``).
+With ``settings.api_token`` set, every path but ``/healthz``, ``/readyz`` and ``/metrics`` needs
+``Authorization: Bearer <token>``. ``/metrics`` belongs to ``api.metrics`` when that module is
+present.
+"""
+
+from __future__ import annotations
+
+import hmac
+import importlib
+import importlib.util
+import logging
+import os
+
+from flask import Flask, request
+
+from api import errors as api_errors
+from api.errors import ApiError
+from api.routes import bp
+from api.services import EXTENSION, Services
+from autopilot import config, registry
+from autopilot.cluster import ClusterClient
+from workers.dispatch import CeleryDispatcher, Dispatcher
+from workers.store import ResultsStore
+
+log = logging.getLogger(__name__)
+
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+def create_app(
+    settings: config.Settings | None = None,
+    *,
+    store: ResultsStore | None = None,
+    dispatcher: Dispatcher | None = None,
+    cluster: ClusterClient | None = None,
+    checks: registry.CheckRegistry | None = None,
+) -> Flask:
+    """The API. Anything not given is built from ``settings`` (default: the environment)."""
+    settings = settings or config.Settings.from_env(os.environ)
+    if checks is None:
+        importlib.import_module("autopilot.checks")  # registers every check in REGISTRY
+        checks = registry.REGISTRY
+    if store is None or dispatcher is None:
+        from workers import app as celery_app  # Celery is only needed when nothing is injected
+
+        store = store or celery_app.make_store(settings)
+        dispatcher = dispatcher or CeleryDispatcher(celery_app.create_celery(settings))
+
+    app = Flask(__name__, static_folder=None)
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # keep reports in their logical order
+    app.extensions[EXTENSION] = Services(
+        settings=settings, store=store, dispatcher=dispatcher, checks=checks, cluster=cluster
+    )
+    api_errors.register(app)
+    _install_auth(app, settings.api_token)
+    app.register_blueprint(bp)
+    if importlib.util.find_spec("api.metrics") is not None:
+        metrics = importlib.import_module("api.metrics")
+        metrics.init_app(app, store, settings)
+    return app
+
+
+def _install_auth(app: Flask, token: str) -> None:
+    if not token:
+        return
+    expected = f"Bearer {token}".encode()
+
+    @app.before_request
+    def require_token() -> None:
+        if request.path in OPEN_PATHS:
+            return
+        given = request.headers.get("Authorization", "").encode()
+        # constant-time comparison: the token must not leak through response timing
+        if not hmac.compare_digest(given, expected):
+            raise ApiError(401, "unauthorized", "missing or wrong bearer token (Authorization: Bearer <token>)")

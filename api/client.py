@@ -1,0 +1,317 @@
+"""``autopilot status`` and ``autopilot nodes``: the command-line client of the API.
+
+``status`` creates a run (``POST /api/v1/runs``), then long-polls it (``GET ...?wait=1``) with a
+progress bar on stderr while nodes answer, and prints a table or the JSON report. Exit codes are
+those of ``autopilot run``: 0 all ok, 1 a warn or fail, 3 an error, an unreachable or unknown
+node, or no API; 2 a usage error (including a request the API rejects as bad).
+
+Plain ``urllib`` with timeouts: the client needs no dependency beyond the package's own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from autopilot import config
+
+EXIT_OK, EXIT_BAD, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
+DEFAULT_URL = "http://127.0.0.1:3333"
+HTTP_TIMEOUT_S = 15.0
+POLL_WAIT_S = 1
+# How long past the run's own deadline the client keeps asking before it gives up.
+GRACE_S = 30.0
+
+_STYLE = {
+    "ok": "green",
+    "skipped": "dim",
+    "warn": "yellow",
+    "fail": "bold red",
+    "error": "magenta",
+    "unreachable": "magenta",
+    "unknown": "magenta",
+    "pending": "dim",
+}
+
+
+class ClientError(Exception):
+    """The API could not be reached or said no; ``code`` is the exit code to use."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ApiClient:
+    def __init__(self, base_url: str, token: str = "", timeout_s: float = HTTP_TIMEOUT_S) -> None:
+        parsed = urllib.parse.urlsplit(base_url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise ClientError(f"--url must be http(s)://host:port, got {base_url!r}", EXIT_USAGE)
+        self.base = base_url.rstrip("/")
+        self.token = token
+        self.timeout_s = timeout_s
+
+    def call(self, method: str, path: str, body: Any = None, *, timeout_s: float | None = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Accept": "application/json"}
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        req = urllib.request.Request(self.base + path, data=data, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout_s or self.timeout_s) as response:
+                return json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            raise _http_error(exc) from None
+        except urllib.error.URLError as exc:
+            reason = exc.reason
+            what = "connection refused" if isinstance(reason, ConnectionRefusedError) else str(reason)
+            raise ClientError(
+                f"cannot reach the API at {self.base}: {what} (is `autopilot api` or `autopilot up` running?)",
+                EXIT_ERROR,
+            ) from None
+        except (TimeoutError, OSError) as exc:
+            raise ClientError(f"the API at {self.base} did not answer: {exc}", EXIT_ERROR) from None
+        except ValueError:
+            raise ClientError(f"the API at {self.base} sent something that is not JSON", EXIT_ERROR) from None
+
+
+def _http_error(exc: urllib.error.HTTPError) -> ClientError:
+    try:
+        body = json.loads(exc.read() or b"{}")
+    except ValueError:
+        body = {}
+    body = body if isinstance(body, dict) else {}
+    detail = str(body.get("detail") or exc.reason)
+    field = body.get("field")
+    message = f"{field}: {detail}" if field else detail
+    if exc.code == 401:
+        return ClientError(f"unauthorized: {message} (set --token or AUTOPILOT_API_TOKEN)", EXIT_USAGE)
+    if exc.code == 400:
+        return ClientError(f"rejected: {message}", EXIT_USAGE)
+    if exc.code == 404 and body.get("error") == "no_nodes":
+        return ClientError(f"no nodes: {message}", EXIT_ERROR)
+    return ClientError(f"API answered {exc.code}: {message}", EXIT_ERROR)
+
+
+# ------------------------------------------------------------------ autopilot status
+
+
+def status_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="autopilot status", description="Ask the Autopilot API for a cluster status.")
+    p.add_argument("--check", action="append", default=[], help="check(s) to run (repeatable, comma lists)")
+    p.add_argument("--host", action="append", default=[], help="node(s) to run on (repeatable, comma lists)")
+    p.add_argument("--nodelabel", help="select nodes labeled key=value")
+    p.add_argument("--job", help="select the nodes running namespace:key=value")
+    p.add_argument("--param", action="append", default=[], help="NAME=VALUE or CHECK.NAME=VALUE (repeatable)")
+    p.add_argument("--deadline", type=float, help="seconds each node has to answer")
+    p.add_argument("--batch", type=int, help="nodes in flight at once")
+    p.add_argument("--json", action="store_true", help="print the JSON report")
+    p.add_argument(
+        "--url", default=os.environ.get("AUTOPILOT_API_URL") or None, help=f"API URL (default {DEFAULT_URL})"
+    )
+    p.add_argument("--token", default=None, help="bearer token (default AUTOPILOT_API_TOKEN)")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: when stderr is a terminal)",
+    )
+    return p
+
+
+def _items(values: Sequence[str]) -> list[str]:
+    return [item for value in values for item in config.parse_list(value)]
+
+
+def build_params(pairs: Sequence[str], checks: Sequence[str], catalogue: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``CHECK.NAME=VALUE`` goes to that check; a bare ``NAME=VALUE`` to every selected check that
+    takes it (the API's catalogue says which; with no --check, its default checks)."""
+    out: dict[str, dict[str, str]] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ClientError(f"--param {pair!r}: expected NAME=VALUE or CHECK.NAME=VALUE", EXIT_USAGE)
+        target, dot, name = key.rpartition(".")
+        if dot:
+            out.setdefault(target, {})[name] = value
+            continue
+        assert catalogue is not None
+        selected = list(checks) or list(catalogue.get("default", []))
+        takers = [
+            spec["name"]
+            for spec in catalogue.get("checks", [])
+            if spec["name"] in selected and any(p["name"] == key for p in spec.get("params", []))
+        ]
+        if not takers:
+            raise ClientError(f"--param {pair!r}: none of {', '.join(selected)} takes a parameter {key!r}", EXIT_USAGE)
+        for check in takers:
+            out.setdefault(check, {})[key] = value
+    return out
+
+
+def status_main(argv: Sequence[str]) -> int:
+    args = status_parser().parse_args(list(argv))
+    err = Console(file=sys.stderr, highlight=False)
+    try:
+        client = _client(args.url, args.token)
+        checks = _items(args.check)
+        catalogue = None
+        if any("." not in pair.partition("=")[0] for pair in args.param):
+            catalogue = client.call("GET", "/api/v1/checks")
+        body: dict[str, Any] = {"checks": checks, "hosts": _items(args.host)}
+        params = build_params(args.param, checks, catalogue)
+        if params:
+            body["params"] = params
+            # a parameter's check is part of the run even when --check did not name it
+            if checks:
+                body["checks"] = list(dict.fromkeys([*checks, *params]))
+        for key in ("nodelabel", "job", "deadline", "batch"):
+            if getattr(args, key) is not None:
+                body[key] = getattr(args, key)
+        created = client.call("POST", "/api/v1/runs", body)
+        report = _follow(client, created, err, show=args.progress if args.progress is not None else err.is_terminal)
+    except ClientError as exc:
+        print(f"autopilot status: {exc}", file=sys.stderr)
+        return exc.code
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+        out.print(report_table(report))
+        out.print(totals_line(report), markup=False)
+    return report_exit_code(report)
+
+
+def _client(url: str | None, token: str | None) -> ApiClient:
+    return ApiClient(url or DEFAULT_URL, token if token is not None else os.environ.get("AUTOPILOT_API_TOKEN", ""))
+
+
+def _follow(client: ApiClient, created: Mapping[str, Any], err: Console, *, show: bool) -> dict[str, Any]:
+    """Long-poll the run until it is complete, updating the progress bar."""
+    url = f"{created['status_url']}?wait={POLL_WAIT_S}"
+    total = len(created.get("nodes", []))
+    give_up = time.monotonic() + float(created.get("deadline_s", 3600)) + GRACE_S
+    with Progress(
+        TextColumn("[bold]nodes answered"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=not show,
+    ) as progress:
+        task = progress.add_task("gather", total=total)
+        while True:
+            report: dict[str, Any] = client.call("GET", url, timeout_s=POLL_WAIT_S + HTTP_TIMEOUT_S)
+            progress.update(task, completed=report["totals"]["answered"])
+            if report.get("complete"):
+                return report
+            if time.monotonic() > give_up:
+                raise ClientError(f"run {created['id']} did not complete in time", EXIT_ERROR)
+
+
+def report_rows(report: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
+    rows: list[tuple[str, str, str, str]] = []
+    for node, entry in report["nodes"].items():
+        if not entry["results"]:
+            rows.append((node, "-", entry["status"], entry.get("detail", "")))
+        for r in entry["results"]:
+            status = r["status"] + (" (fatal)" if r.get("fatal") else "")
+            rows.append((node, r["check"], status, " ".join(str(r.get("summary", "")).split())))
+    return rows
+
+
+def report_table(report: Mapping[str, Any]) -> Table:
+    table = Table(title=f"run {report['id']}", title_justify="left")
+    for column in ("NODE", "CHECK", "STATUS", "SUMMARY"):
+        table.add_column(column, overflow="fold")
+    for node, check, status, summary in report_rows(report):
+        style = _STYLE.get(status.split(" ")[0], "")
+        shown = f"[{style}]{escape(status)}[/]" if style else escape(status)
+        table.add_row(escape(node), escape(check), shown, escape(summary))
+    return table
+
+
+def totals_line(report: Mapping[str, Any]) -> str:
+    totals = report["totals"]
+    parts = [f"{totals[s]} {s}" for s in ("ok", "warn", "fail", "error", "unreachable", "unknown") if totals.get(s)]
+    return f"{totals['nodes']} node(s): {', '.join(parts) or 'none'}; {report['runtime_s']:.2f} s"
+
+
+def report_exit_code(report: Mapping[str, Any]) -> int:
+    """0 all ok; 1 a warn or fail (a finding beats an inability to look); 3 an error or a silent node."""
+    totals = report["totals"]
+    if totals.get("warn") or totals.get("fail"):
+        return EXIT_BAD
+    if any(totals.get(s) for s in ("error", "unreachable", "unknown", "pending")):
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------ autopilot nodes
+
+
+def nodes_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="autopilot nodes", description="List the nodes the Autopilot API knows.")
+    p.add_argument("--json", action="store_true", help="print the JSON answer")
+    p.add_argument(
+        "--url", default=os.environ.get("AUTOPILOT_API_URL") or None, help=f"API URL (default {DEFAULT_URL})"
+    )
+    p.add_argument("--token", default=None, help="bearer token (default AUTOPILOT_API_TOKEN)")
+    return p
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m ago"
+    return f"{seconds / 3600:.1f}h ago"
+
+
+def nodes_table(answer: Mapping[str, Any], now: float) -> Table:
+    table = Table(title=f"{answer['total']} node(s), {answer['live']} live", title_justify="left")
+    for column in ("NODE", "VERDICT", "LIVE", "LAST SEEN", "GPUS", "REASONS"):
+        table.add_column(column, overflow="fold")
+    colours = {"PASS": "green", "WARN": "yellow", "EVICT": "bold red", "TESTING": "cyan", "UNKNOWN": "dim"}
+    for n in answer["nodes"]:
+        verdict = n.get("verdict") or "UNKNOWN"
+        gpus = f"{n.get('gpu_count', 0)} x {n['gpu_model']}" if n.get("gpu_model") else str(n.get("gpu_count", 0))
+        table.add_row(
+            escape(n["name"]),
+            f"[{colours.get(verdict, 'default')}]{escape(verdict)}[/]",
+            "yes" if n.get("live") else "[magenta]no[/]",
+            _age(max(0.0, now - float(n.get("last_seen") or 0))) if n.get("last_seen") else "never",
+            escape(gpus),
+            escape("; ".join(n.get("reasons") or [])),
+        )
+    return table
+
+
+def nodes_main(argv: Sequence[str]) -> int:
+    args = nodes_parser().parse_args(list(argv))
+    try:
+        answer = _client(args.url, args.token).call("GET", "/api/v1/nodes")
+    except ClientError as exc:
+        print(f"autopilot nodes: {exc}", file=sys.stderr)
+        return exc.code
+    if args.json:
+        print(json.dumps(answer, indent=2))
+    else:
+        Console(highlight=False, width=None if sys.stdout.isatty() else 160).print(nodes_table(answer, time.time()))
+    return EXIT_OK

@@ -1,0 +1,285 @@
+"""Fan a run out to its nodes and gather the answers from the results store, with deadlines.
+
+``create_run`` records a run; ``Gather`` sends one ``Envelope`` per node through the dispatcher,
+at most ``batch`` nodes in flight at once (the next node is sent when one finishes), and polls
+the store until every (node, check) pair is in or the node's deadline has passed. Each node's
+deadline counts from when it was sent, so a node never waits behind another's slow answer, and a
+node that says nothing by its deadline frees its slot and is reported ``unreachable``: a gather
+never hangs. Polling sleeps 20 ms at first and backs off to 200 ms, and reads only the run's
+field names (no JSON) until the end.
+
+``report`` turns a run and its results into the structured answer shared by ``/status?format=json``
+and ``/api/v1/runs/<id>``.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import math
+import threading
+from collections.abc import Collection, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from api.inputs import RunRequest
+from api.selection import Selection
+from api.services import Services
+from autopilot import results
+from autopilot.results import CheckResult, Status
+from workers.dispatch import Envelope
+from workers.store import ResultsStore, Run
+
+log = logging.getLogger(__name__)
+
+POLL_FIRST_S = 0.02
+POLL_MAX_S = 0.2
+POLL_GROWTH = 1.5
+# Time a freed slot may wait for the poll that notices it; added per wave to the run's deadline.
+WAVE_SLACK_S = POLL_MAX_S + 0.05
+
+# Node statuses in the answer, least to most severe for the totals' "status".
+NODE_STATUSES = ("ok", "pending", "unknown", "unreachable", "error", "warn", "fail")
+
+
+def run_deadline_s(nodes: int, batch: int | None, node_deadline_s: float) -> float:
+    """Upper bound of a run: with B slots and N nodes each taking at most D, greedy sending ends
+    by ceil(N/B) * D (node i is sent by floor(i/B) * D)."""
+    waves = 1 if not batch or batch >= nodes else math.ceil(nodes / batch)
+    return waves * (node_deadline_s + WAVE_SLACK_S)
+
+
+def create_run(svc: Services, req: RunRequest, selection: Selection, *, source: str = "api") -> Run:
+    run = Run.new(
+        req.checks,
+        selection.nodes,
+        {c: dict(p) for c, p in req.params.items()},
+        run_deadline_s(len(selection.nodes), req.batch, req.deadline_s),
+        source=source,
+        now=svc.clock(),
+    )
+    svc.store.create_run(run)
+    return run
+
+
+def answered(store: ResultsStore, run_id: str) -> set[tuple[str, str]]:
+    """The (node, check) pairs a run holds (cheap: field names only)."""
+    return store.run_answered(run_id)
+
+
+class Gather:
+    """Drives one run: sends envelopes as slots free up and notices answers and expired nodes."""
+
+    def __init__(self, svc: Services, run: Run, *, node_deadline_s: float, batch: int | None) -> None:
+        self.svc = svc
+        self.run = run
+        self.node_deadline_s = node_deadline_s
+        self.batch = batch
+        self.waiting: collections.deque[str] = collections.deque(run.nodes)
+        self.in_flight: dict[str, float] = {}  # node -> its deadline (epoch s)
+        self.done: set[str] = set()
+        self.expired: set[str] = set()
+        self._seen = -1
+
+    @property
+    def finished(self) -> bool:
+        return not self.waiting and not self.in_flight
+
+    def send_ready(self) -> None:
+        """Send nodes while a slot is free."""
+        while self.waiting and (self.batch is None or len(self.in_flight) < self.batch):
+            node = self.waiting.popleft()
+            deadline = self.svc.clock() + self.node_deadline_s
+            self.in_flight[node] = deadline
+            self.svc.dispatcher.send(Envelope(self.run.id, node, self.run.checks, self.run.params, deadline))
+
+    def poll(self) -> bool:
+        """One look at the store; frees the slots of finished nodes and fills them. True when all are done."""
+        progress = self.svc.store.run_progress(self.run.id)
+        if progress != self._seen:
+            self._seen = progress
+            have = collections.Counter(
+                node for node, check in answered(self.svc.store, self.run.id) if check in self.run.checks
+            )
+            for node in [n for n in self.in_flight if have[n] >= len(self.run.checks)]:
+                del self.in_flight[node]
+                self.done.add(node)
+        now = self.svc.clock()
+        for node in [n for n, deadline in self.in_flight.items() if now >= deadline]:
+            del self.in_flight[node]
+            self.expired.add(node)
+        self.send_ready()
+        return self.finished
+
+    def wait(self) -> None:
+        """Send and poll until every node has answered or run out of time."""
+        self.send_ready()
+        delay = POLL_FIRST_S
+        while not self.poll():
+            # Never sleep past the next node deadline: its slot should be freed on time.
+            until_next = min(self.in_flight.values(), default=self.svc.clock()) - self.svc.clock()
+            self.svc.sleep(max(0.001, min(delay, until_next)))
+            delay = min(POLL_MAX_S, delay * POLL_GROWTH)
+
+
+def gather(svc: Services, req: RunRequest, selection: Selection) -> dict[str, Any]:
+    """Run ``req`` on the selected nodes and wait for the answer (``/status``)."""
+    run = create_run(svc, req, selection)
+    g = Gather(svc, run, node_deadline_s=req.deadline_s, batch=req.batch)
+    g.wait()
+    found = _results(svc.store, run.id)
+    return report(svc, run, found, timed_out=g.expired, unknown=selection.unknown, complete=True)
+
+
+def start(svc: Services, req: RunRequest, selection: Selection) -> Run:
+    """Create the run and send it; a batched run keeps sending from a background thread.
+
+    The first wave is sent before this returns, so a broker failure reaches the caller.
+    """
+    run = create_run(svc, req, selection)
+    g = Gather(svc, run, node_deadline_s=req.deadline_s, batch=req.batch)
+    g.send_ready()
+    if not g.finished and g.waiting:
+        thread = threading.Thread(target=_continue, args=(g,), name=f"gather-{run.id[:8]}", daemon=True)
+        thread.start()
+    return run
+
+
+def _continue(g: Gather) -> None:
+    try:
+        g.wait()
+    except Exception:  # a background thread has nobody to raise to: log it, the run times out
+        log.exception("gather of run %s failed", g.run.id)
+
+
+def read(svc: Services, run_id: str, *, wait_s: float = 0.0) -> dict[str, Any] | None:
+    """The report of a stored run; with ``wait_s``, wait up to that long for it to complete."""
+    got = svc.store.get_run(run_id)
+    if got is None:
+        return None
+    run, found = got
+    expected = len(run.nodes) * len(run.checks)
+    if wait_s > 0 and len(found) < expected:
+        # Never past the run's deadline: by then the answer is complete whatever is missing.
+        give_up = min(svc.clock() + wait_s, run.deadline)
+        delay = POLL_FIRST_S
+        while svc.clock() < give_up and svc.store.run_progress(run_id) < expected:
+            svc.sleep(max(0.001, min(delay, give_up - svc.clock())))
+            delay = min(POLL_MAX_S, delay * POLL_GROWTH)
+        found = _results(svc.store, run_id)
+    return report(svc, run, found)
+
+
+def _results(store: ResultsStore, run_id: str) -> dict[tuple[str, str], CheckResult]:
+    got = store.get_run(run_id)
+    return got[1] if got else {}
+
+
+# ------------------------------------------------------------------ the answer
+
+
+def iso_time(epoch: float) -> str:
+    return results.utc_now_iso(datetime.fromtimestamp(epoch, UTC))
+
+
+def node_status(found: Sequence[CheckResult]) -> str:
+    """The worst status of a node's results; ``skipped`` counts as ``ok`` (nothing is wrong)."""
+    worst = results.worst((r.status for r in found), default=Status.OK)
+    return "ok" if worst is Status.SKIPPED else worst.value
+
+
+def report(
+    svc: Services,
+    run: Run,
+    found: Mapping[tuple[str, str], CheckResult],
+    *,
+    timed_out: Collection[str] | None = None,
+    unknown: Sequence[str] = (),
+    complete: bool | None = None,
+) -> dict[str, Any]:
+    """The structured answer for ``run``.
+
+    A node is ``pending`` while it may still answer, ``unreachable`` when it said nothing by its
+    deadline, and ``unknown`` when no worker has registered it. A node that answered some checks
+    but not all by its deadline gets an ``error`` result for each missing one. Without
+    ``timed_out`` (reading a stored run), every node runs out of time at the run's deadline.
+    """
+    now = svc.clock()
+    expected = len(run.nodes) * len(run.checks)
+    have = sum(1 for n in run.nodes for c in run.checks if (n, c) in found)
+    if complete is None:
+        complete = have >= expected or now >= run.deadline
+    if timed_out is None:
+        timed_out = run.nodes if now >= run.deadline else ()
+    late = set(timed_out)
+    states = svc.store.states(list(run.nodes)) if run.nodes else {}
+    nodes: dict[str, dict[str, Any]] = {}
+    for node in run.nodes:
+        got = [found[(node, c)] for c in run.checks if (node, c) in found]
+        missing = [c for c in run.checks if (node, c) not in found]
+        entry: dict[str, Any]
+        if not missing:
+            entry = {"status": node_status(got)}
+        elif node not in late:
+            entry = {"status": "pending"}
+        elif not got:
+            entry = {"status": "unreachable", "detail": "no answer within the deadline"}
+        else:
+            got += [
+                CheckResult(c, Status.ERROR, "no answer within the deadline", node=node, params=run.params.get(c, {}))
+                for c in missing
+            ]
+            entry = {"status": node_status(got)}
+        state = states.get(node, {})
+        entry["verdict"] = state.get("verdict")
+        entry["reasons"] = parse_reasons(state.get("reasons"))
+        entry["results"] = [r.to_dict() for r in got]
+        nodes[node] = entry
+    for node in unknown:
+        nodes[node] = {
+            "status": "unknown",
+            "detail": "no worker has registered this node",
+            "verdict": None,
+            "reasons": [],
+            "results": [],
+        }
+    totals = {s: 0 for s in NODE_STATUSES}
+    for entry in nodes.values():
+        totals[entry["status"]] += 1
+    answered_nodes = sum(1 for n in run.nodes if nodes[n]["status"] not in ("pending", "unreachable"))
+    return {
+        "id": run.id,
+        "checks": list(run.checks),
+        "params": {c: dict(p) for c, p in run.params.items()},
+        "source": run.source,
+        "created_at": iso_time(run.created_at),
+        "deadline": iso_time(run.deadline),
+        "runtime_s": round(max(0.0, min(now, run.deadline) - run.created_at), 3),
+        "complete": complete,
+        "status": overall(totals, complete=complete),
+        "totals": {"nodes": len(nodes), "answered": answered_nodes, "results": have, "expected": expected, **totals},
+        "nodes": nodes,
+    }
+
+
+def overall(totals: Mapping[str, int], *, complete: bool) -> str:
+    """One word for the whole run: a finding (fail, warn) beats an inability to look (error)."""
+    for status in ("fail", "warn"):
+        if totals.get(status):
+            return status
+    if not complete:
+        return "pending"
+    if any(totals.get(s) for s in ("error", "unreachable", "unknown")):
+        return "error"
+    return "ok"
+
+
+def parse_reasons(raw: str | None) -> list[str]:
+    if not raw:
+        return []
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return [raw]
+    return [str(v) for v in value] if isinstance(value, list) else [str(value)]

@@ -1,0 +1,257 @@
+"""Request validation: query strings and JSON bodies into a checked ``RunRequest``.
+
+Everything a request carries is validated here, before a node is selected or a task enqueued:
+check names against the registry, node names as DNS-1123 subdomains, ``nodelabel`` and ``job``
+selectors, ``batch``, ``deadline``, ``r`` and every check parameter through its ``CheckSpec``.
+A bad value raises ``BadParameter`` naming the field, which the error handlers turn into a 400.
+
+Query strings keep upstream's habits: the first value counts, an empty value means the default,
+``host=all`` and ``check=all`` mean "not given". ``host`` and ``check`` may also be repeated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from werkzeug.datastructures import MultiDict
+
+from autopilot import config, errors, names
+from autopilot.registry import CheckRegistry
+
+MAX_NODES = 10_000
+MAX_BATCH = 10_000
+DEADLINE_RANGE = (1.0, 7200.0)
+R_RANGE = (1, 4)
+FORMATS = ("text", "json")
+
+# Query parameters of /status itself; any other name must be a parameter of a selected check.
+STATUS_QUERY = ("host", "check", "job", "nodelabel", "batch", "r", "deadline", "format")
+RUN_BODY = ("checks", "hosts", "nodelabel", "job", "params", "deadline", "batch")
+
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRequest:
+    """A validated request to run ``checks`` on a selection of nodes."""
+
+    checks: tuple[str, ...]
+    hosts: tuple[str, ...] = ()
+    nodelabel: tuple[str, str] | None = None
+    job: tuple[str, str, str] | None = None
+    params: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    deadline_s: float = 60.0
+    batch: int | None = None  # None: every selected node at once
+
+    @property
+    def explicit(self) -> bool:
+        """True when the request names its nodes (otherwise: every live node)."""
+        return bool(self.hosts or self.nodelabel or self.job)
+
+
+# ------------------------------------------------------------------ scalar parsers
+
+
+def parse_int(raw: Any, *, field: str, lo: int, hi: int) -> int:
+    if isinstance(raw, bool):
+        raise errors.BadParameter(field, f"expected an integer, got {raw!r}")
+    try:
+        value = int(str(raw).strip())
+    except ValueError:
+        raise errors.BadParameter(field, f"expected an integer, got {str(raw)[:64]!r}") from None
+    if not lo <= value <= hi:
+        raise errors.BadParameter(field, f"must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def parse_seconds(raw: Any, *, field: str, lo: float, hi: float) -> float:
+    """Seconds as a number or a duration (``90``, ``1.5``, ``30s``, ``2m``), within [lo, hi]."""
+    if isinstance(raw, bool):
+        raise errors.BadParameter(field, f"expected seconds, got {raw!r}")
+    value = config.parse_duration(str(raw)[:32], field=field)
+    if not lo <= value <= hi:
+        raise errors.BadParameter(field, f"must be between {lo:g} and {hi:g} seconds, got {value:g}")
+    return value
+
+
+def parse_batch(raw: Any, *, field: str = "batch") -> int | None:
+    """``batch``: nodes in flight at once, 1..10000; upstream's ``0`` means "all at once"."""
+    value = parse_int(raw, field=field, lo=0, hi=MAX_BATCH)
+    return value or None
+
+
+def run_id(raw: str) -> str:
+    if not _RUN_ID.match(raw):
+        raise errors.BadParameter("id", "a run id is 32 lowercase hex digits")
+    return raw
+
+
+def _items(values: Iterable[Any], *, field: str) -> list[str]:
+    out: list[str] = []
+    for value in values:
+        if not isinstance(value, str):
+            raise errors.BadParameter(field, f"expected strings, got {type(value).__name__}")
+        out.extend(config.parse_list(value))
+    return out
+
+
+# ------------------------------------------------------------------ lists
+
+
+def check_names(requested: Sequence[str], reg: CheckRegistry, settings: config.Settings) -> tuple[str, ...]:
+    """Registered check names, deduplicated in order; nothing or ``all`` means the periodic checks."""
+    if not requested or "all" in requested:
+        default = tuple(c for c in settings.periodic_checks if c in reg)
+        if not default:
+            raise errors.BadParameter("check", "no check given and none of the periodic checks is registered")
+        return default
+    out: list[str] = []
+    for name in requested:
+        spec = reg.get(name)  # UnknownCheck names the field "check"
+        if spec.name not in out:
+            out.append(spec.name)
+    return tuple(out)
+
+
+def host_names(requested: Sequence[str]) -> tuple[str, ...]:
+    if "all" in requested:
+        return ()
+    if len(requested) > MAX_NODES:
+        raise errors.BadParameter("host", f"at most {MAX_NODES} hosts per request")
+    out: list[str] = []
+    for name in requested:
+        if names.node_name(name, field="host") not in out:
+            out.append(name)
+    return tuple(out)
+
+
+def check_params(
+    raw: Mapping[str, Mapping[str, Any]], checks: Sequence[str], reg: CheckRegistry, *, prefix: str
+) -> dict[str, dict[str, Any]]:
+    """Every selected check's typed parameters (defaults filled in by its spec).
+
+    ``prefix`` is prepended to the field of a bad value (``params.dcgm.`` for a JSON body, empty
+    for a query string where the parameter name is the field).
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for check in checks:
+        spec = reg.get(check)
+        try:
+            out[check] = spec.validate(raw.get(check, {}))
+        except errors.BadParameter as exc:
+            raise errors.BadParameter(f"{prefix}{check}.{exc.field}" if prefix else exc.field, exc.reason) from None
+    return out
+
+
+# ------------------------------------------------------------------ query strings
+
+
+def from_query(
+    args: MultiDict[str, str], reg: CheckRegistry, settings: config.Settings, *, fixed_check: str | None = None
+) -> tuple[RunRequest, str]:
+    """A ``/status`` (or per-check path) query -> (request, output format)."""
+    allowed = [q for q in STATUS_QUERY if not (fixed_check and q == "check")]
+
+    def first(name: str) -> str | None:
+        value = args.get(name)
+        return value.strip() if value is not None and value.strip() else None
+
+    fmt = first("format") or "text"
+    if fmt not in FORMATS:
+        raise errors.BadParameter("format", f"must be one of {', '.join(FORMATS)}, got {fmt[:32]!r}")
+    checks = (fixed_check,) if fixed_check else check_names(_items(args.getlist("check"), field="check"), reg, settings)
+    hosts = host_names(_items(args.getlist("host"), field="host"))
+    nodelabel = names.label_selector(text) if (text := first("nodelabel")) else None
+    job = names.job_selector(text) if (text := first("job")) else None
+    batch = parse_batch(text) if (text := first("batch")) else None
+    deadline = (
+        parse_seconds(text, field="deadline", lo=DEADLINE_RANGE[0], hi=DEADLINE_RANGE[1])
+        if (text := first("deadline"))
+        else settings.node_deadline_s
+    )
+    r = parse_int(text, field="r", lo=R_RANGE[0], hi=R_RANGE[1]) if (text := first("r")) else None
+
+    # The rest of the query must be parameters that one of the selected checks declares.
+    raw: dict[str, dict[str, Any]] = {c: {} for c in checks}
+    for name in args:
+        if name in allowed:
+            continue
+        takers = [c for c in checks if any(p.name == name for p in reg.get(c).params)]
+        if not takers:
+            raise errors.BadParameter(
+                name[:64], f"unknown query parameter (not a parameter of {', '.join(checks)} nor of /status)"
+            )
+        value = first(name)
+        for check in takers:
+            if value is not None:
+                raw[check][name] = value
+    if r is not None:
+        # upstream passes r along whatever the checks; it only means something to those that take it
+        for check in checks:
+            if any(p.name == "r" for p in reg.get(check).params):
+                raw[check]["r"] = r
+    params = check_params(raw, checks, reg, prefix="")
+    return RunRequest(checks, hosts, nodelabel, job, params, deadline, batch), fmt
+
+
+# ------------------------------------------------------------------ JSON bodies
+
+
+def from_json(body: Any, reg: CheckRegistry, settings: config.Settings) -> RunRequest:
+    """A ``POST /api/v1/runs`` body -> request."""
+    if body is None:
+        body = {}
+    if not isinstance(body, Mapping):
+        raise errors.BadParameter("body", "expected a JSON object")
+    for key in body:
+        if key not in RUN_BODY:
+            raise errors.BadParameter(str(key)[:64], f"unknown field (allowed: {', '.join(RUN_BODY)})")
+
+    def text_or_none(key: str) -> str | None:
+        value = body.get(key)
+        if value is None or value == "":
+            return None
+        if not isinstance(value, str):
+            raise errors.BadParameter(key, f"expected a string, got {type(value).__name__}")
+        return value.strip()
+
+    def string_list(key: str) -> list[str]:
+        value = body.get(key)
+        if value is None:
+            return []
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise errors.BadParameter(key, f"expected a list of strings, got {type(value).__name__}")
+        return _items(value, field=key)
+
+    checks = check_names(string_list("checks"), reg, settings)
+    hosts = host_names(string_list("hosts"))
+    nodelabel = names.label_selector(text) if (text := text_or_none("nodelabel")) else None
+    job = names.job_selector(text) if (text := text_or_none("job")) else None
+    batch = parse_batch(body["batch"]) if body.get("batch") is not None else None
+    deadline = (
+        parse_seconds(body["deadline"], field="deadline", lo=DEADLINE_RANGE[0], hi=DEADLINE_RANGE[1])
+        if body.get("deadline") is not None
+        else settings.node_deadline_s
+    )
+    raw_params = body.get("params")
+    if raw_params is None:
+        raw_params = {}
+    if not isinstance(raw_params, Mapping):
+        raise errors.BadParameter("params", "expected an object: {check: {name: value}}")
+    for check, values in raw_params.items():
+        if check not in checks:
+            raise errors.BadParameter(
+                f"params.{str(check)[:64]}", f"not among the selected checks ({', '.join(checks)})"
+            )
+        if not isinstance(values, Mapping):
+            raise errors.BadParameter(f"params.{check}", "expected an object: {name: value}")
+        for name, value in values.items():
+            if not isinstance(value, str | int | float | bool):
+                raise errors.BadParameter(f"params.{check}.{str(name)[:64]}", "expected a string, number or boolean")
+    params = check_params(raw_params, checks, reg, prefix="params.")
+    return RunRequest(checks, hosts, nodelabel, job, params, deadline, batch)

@@ -1,0 +1,111 @@
+"""``autopilot api``: serve the API with gunicorn (threads, so long-polls do not block others).
+
+The bind address is ``--host``, else ``AUTOPILOT_API_HOST``, else 127.0.0.1 when no token is
+configured (an open API must not face the network by accident) and 0.0.0.0 when one is. The port
+is ``--port``, else ``AUTOPILOT_API_PORT`` (3333). ``--dev`` uses Flask's development server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from flask import Flask
+from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
+
+from autopilot import config, errors
+
+log = logging.getLogger("autopilot.api")
+
+DEFAULT_THREADS = 32
+
+
+def bind_host(settings: config.Settings, requested: str | None) -> tuple[str, str]:
+    """(address, why) for the listening socket."""
+    if requested:
+        return requested, "--host"
+    if settings.api_host:
+        return settings.api_host, "AUTOPILOT_API_HOST"
+    if settings.api_token:
+        return "0.0.0.0", "a token is set (AUTOPILOT_API_TOKEN), so the API may face the network"
+    return "127.0.0.1", "no AUTOPILOT_API_TOKEN: an unauthenticated API listens on loopback only"
+
+
+class GunicornServer(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type hints
+    """gunicorn run in-process; each worker builds its own app after the fork (no shared sockets)."""
+
+    def __init__(self, factory: Callable[[], Flask], options: dict[str, Any]) -> None:
+        self.factory = factory
+        self.options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Flask:
+        return self.factory()
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="autopilot api", description="Serve the Autopilot HTTP API.")
+    p.add_argument("--port", type=int, default=None, help="port (default AUTOPILOT_API_PORT, 3333)")
+    p.add_argument("--host", default=None, help="bind address (default: see `autopilot api --help` text)")
+    p.add_argument("--workers", type=int, default=2, help="gunicorn worker processes (default 2)")
+    p.add_argument(
+        "--threads", type=int, default=DEFAULT_THREADS, help=f"threads per worker (default {DEFAULT_THREADS})"
+    )
+    p.add_argument("--dev", action="store_true", help="Flask's development server instead of gunicorn")
+    return p
+
+
+def main(argv: Sequence[str]) -> int:
+    args = parser().parse_args(list(argv))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = config.Settings.from_env(os.environ)
+        if not settings.redis_url:
+            raise errors.ConfigError("AUTOPILOT_REDIS_URL is not set (or use `autopilot up`)")
+        port = args.port if args.port is not None else settings.api_port
+        if not 1 <= port <= 65535:
+            raise errors.BadParameter("--port", f"must be 1..65535, got {port}")
+        if not 1 <= args.workers <= 64 or not 1 <= args.threads <= 1024:
+            raise errors.BadParameter("--workers", "workers must be 1..64 and threads 1..1024")
+    except errors.ConfigError as exc:
+        print(f"autopilot api: {exc}", file=sys.stderr)
+        return 2
+    host, why = bind_host(settings, args.host)
+    # Printed, not logged: where an API listens, and why, must show whatever the log level.
+    print(f"autopilot api: listening on {host}:{port} ({why})", file=sys.stderr, flush=True)
+
+    def factory() -> Flask:
+        from api.app import create_app
+
+        return create_app(settings)
+
+    if args.dev:
+        factory().run(host=host, port=port, threaded=True)
+        return 0
+    GunicornServer(
+        factory,
+        {
+            "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+            "workers": args.workers,
+            "worker_class": "gthread",
+            "threads": args.threads,
+            # gthread workers heartbeat from their main loop, so a long /status does not count
+            # against this; it only bounds a worker that is truly stuck.
+            "timeout": 60,
+            "graceful_timeout": 15,
+            "keepalive": 5,
+            "accesslog": "-",
+            "errorlog": "-",
+            "loglevel": "info",
+            "proc_name": "autopilot-api",
+        },
+    ).run()
+    return 0

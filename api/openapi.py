@@ -1,0 +1,358 @@
+"""The OpenAPI 3.1 description of the API, written by hand.
+
+Check parameters (``r``, iperf's ``workload``...) come from the registry, so the document always
+matches the checks this build has; everything else is spelled out here. A test holds every Flask
+route to an entry in ``paths``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autopilot import __version__
+from autopilot.registry import CheckRegistry, Param
+
+CHECK_PATHS = ("pciebw", "remapped", "gpumem", "dcgm", "gpupower", "ping", "iperf", "pvc")
+
+_TYPES = {int: "integer", float: "number", bool: "boolean", str: "string"}
+
+
+def _q(name: str, description: str, schema: dict[str, Any], *, required: bool = False) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": required, "description": description, "schema": schema}
+
+
+def _path_param(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "description": description, "schema": schema}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+
+
+def _json(description: str, ref: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}},
+    }
+
+
+SELECTION_PARAMS = [
+    _q("host", "comma-separated node names (DNS-1123); `all` or absent: every live node", {"type": "string"}),
+    _q("nodelabel", "node label selector `key=value`", {"type": "string"}),
+    _q("job", "workload selector `namespace:key=value`: the nodes running its pods", {"type": "string"}),
+    _q("batch", "nodes in flight at once (0: all)", {"type": "integer", "minimum": 0, "maximum": 10000}),
+    _q(
+        "deadline",
+        "per-node deadline in seconds (or 30s, 2m); default AUTOPILOT_NODE_DEADLINE",
+        {"type": "string", "examples": ["60", "2m"]},
+    ),
+    _q("r", "DCGM diagnostic level, passed to dcgm as its `r`", {"type": "integer", "minimum": 1, "maximum": 4}),
+    _q(
+        "format",
+        "`text` (upstream-like, default) or `json` (the run report)",
+        {"type": "string", "enum": ["text", "json"]},
+    ),
+]
+
+STATUS_RESPONSES = {
+    "200": {
+        "description": "the answer of every selected node (also when checks fail)",
+        "content": {
+            "text/plain": {"schema": {"type": "string"}},
+            "application/json": {"schema": {"$ref": "#/components/schemas/RunReport"}},
+        },
+    },
+    "400": _error("a bad parameter; `field` names it; nothing was enqueued"),
+    "401": _error("missing or wrong bearer token"),
+    "404": _error("no node matched the selection, or the check is not in this build"),
+    "503": _error("Redis (store and broker) unreachable"),
+}
+
+
+def _param_schema(p: Param) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": _TYPES.get(p.kind, "string")}
+    if p.minimum is not None:
+        schema["minimum"] = p.minimum
+    if p.maximum is not None:
+        schema["maximum"] = p.maximum
+    if p.choices:
+        schema["enum"] = list(p.choices)
+    if p.default is not None:
+        schema["default"] = p.default
+    return schema
+
+
+def _check_params(checks: CheckRegistry, only: str | None = None) -> list[dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for spec in checks:
+        if only is not None and spec.name != only:
+            continue
+        for p in spec.params:
+            if p.name not in out and p.name != "r":
+                out[p.name] = _q(p.name, f"{spec.name}: {p.help}", _param_schema(p))
+    return list(out.values())
+
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error", "detail"],
+        "properties": {
+            "error": {"type": "string", "examples": ["bad_request", "unauthorized", "not_found", "no_nodes"]},
+            "field": {"type": "string", "description": "the parameter at fault"},
+            "detail": {"type": "string"},
+        },
+    },
+    "CheckResult": {
+        "type": "object",
+        "description": "ARCHITECTURE.md 4.1",
+        "properties": {
+            "check": {"type": "string"},
+            "node": {"type": "string"},
+            "status": {"type": "string", "enum": ["ok", "warn", "fail", "error", "skipped"]},
+            "fatal": {"type": "boolean"},
+            "summary": {"type": "string"},
+            "devices": {"type": "array", "items": {"type": "object"}},
+            "data": {"type": "object"},
+            "params": {"type": "object"},
+            "started_at": {"type": "string", "format": "date-time"},
+            "duration_s": {"type": "number"},
+        },
+    },
+    "NodeAnswer": {
+        "type": "object",
+        "properties": {
+            "status": {"type": "string", "enum": ["ok", "warn", "fail", "error", "pending", "unreachable", "unknown"]},
+            "detail": {"type": "string"},
+            "verdict": {"type": ["string", "null"], "enum": ["PASS", "WARN", "EVICT", "TESTING", "UNKNOWN", None]},
+            "reasons": {"type": "array", "items": {"type": "string"}},
+            "results": {"type": "array", "items": {"$ref": "#/components/schemas/CheckResult"}},
+        },
+    },
+    "RunReport": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+            "checks": {"type": "array", "items": {"type": "string"}},
+            "params": {"type": "object"},
+            "source": {"type": "string"},
+            "created_at": {"type": "string", "format": "date-time"},
+            "deadline": {"type": "string", "format": "date-time"},
+            "runtime_s": {"type": "number"},
+            "complete": {"type": "boolean"},
+            "status": {"type": "string", "enum": ["ok", "warn", "fail", "error", "pending"]},
+            "totals": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "nodes": {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/NodeAnswer"}},
+        },
+    },
+    "RunRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "checks": {"type": "array", "items": {"type": "string"}, "description": "default: the periodic checks"},
+            "hosts": {"type": "array", "items": {"type": "string"}},
+            "nodelabel": {"type": "string", "description": "key=value"},
+            "job": {"type": "string", "description": "namespace:key=value"},
+            "params": {
+                "type": "object",
+                "additionalProperties": {"type": "object"},
+                "description": "{check: {param: value}}",
+            },
+            "deadline": {"type": "number", "minimum": 1, "maximum": 7200},
+            "batch": {"type": "integer", "minimum": 0, "maximum": 10000},
+        },
+    },
+    "RunCreated": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "status_url": {"type": "string"},
+            "checks": {"type": "array", "items": {"type": "string"}},
+            "nodes": {"type": "array", "items": {"type": "string"}},
+            "unknown": {"type": "array", "items": {"type": "string"}},
+            "deadline": {"type": "string", "format": "date-time"},
+            "deadline_s": {"type": "number", "description": "seconds from creation to the run's deadline"},
+        },
+    },
+    "Node": {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "addresses": {"type": "object"},
+            "cpu_model": {"type": "string"},
+            "gpu_model": {"type": "string"},
+            "gpu_count": {"type": "integer"},
+            "labels": {"type": "object"},
+            "version": {"type": "string"},
+            "last_seen": {"type": "number"},
+            "last_seen_at": {"type": ["string", "null"]},
+            "simulated": {"type": "boolean"},
+            "live": {"type": "boolean"},
+            "verdict": {"type": "string"},
+            "reasons": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+}
+
+
+def document(checks: CheckRegistry) -> dict[str, Any]:
+    """The whole document for a build whose checks are ``checks``."""
+    name_param = _path_param("name", "node name (DNS-1123 subdomain)", {"type": "string"})
+    paths: dict[str, Any] = {
+        "/status": {
+            "get": {
+                "summary": "run checks on the selected nodes and wait for their answers",
+                "parameters": [
+                    _q(
+                        "check", "comma-separated check names; `all` or absent: the periodic checks", {"type": "string"}
+                    ),
+                    *SELECTION_PARAMS,
+                    *_check_params(checks),
+                ],
+                "responses": STATUS_RESPONSES,
+            }
+        },
+        "/api/v1/runs": {
+            "post": {
+                "summary": "start a run; answers at once with its id",
+                "requestBody": {
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/RunRequest"}}}
+                },
+                "responses": {
+                    "202": _json("run created and sent", "RunCreated"),
+                    "400": _error("a bad field; nothing was enqueued"),
+                    "401": _error("missing or wrong bearer token"),
+                    "404": _error("no node matched the selection"),
+                },
+            }
+        },
+        "/api/v1/runs/{run_id}": {
+            "get": {
+                "summary": "a run's report",
+                "parameters": [
+                    _path_param("run_id", "run id: 32 hex digits", {"type": "string", "pattern": "^[0-9a-f]{32}$"}),
+                    _q(
+                        "wait",
+                        "wait up to this many seconds for the run to complete",
+                        {"type": "number", "minimum": 0, "maximum": 300},
+                    ),
+                ],
+                "responses": {
+                    "200": _json("the report (complete or not)", "RunReport"),
+                    "400": _error("malformed id or wait"),
+                    "404": _error("unknown or expired run"),
+                },
+            }
+        },
+        "/api/v1/nodes": {
+            "get": {
+                "summary": "every node that ever heartbeated, with verdict, last seen and liveness",
+                "responses": {
+                    "200": {
+                        "description": "nodes",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "nodes": {"type": "array", "items": {"$ref": "#/components/schemas/Node"}},
+                                        "total": {"type": "integer"},
+                                        "live": {"type": "integer"},
+                                    },
+                                }
+                            }
+                        },
+                    }
+                },
+            }
+        },
+        "/api/v1/nodes/{name}": {
+            "get": {
+                "summary": "one node: verdict, reasons, labels, latest results, history",
+                "parameters": [
+                    name_param,
+                    _q(
+                        "limit",
+                        "history entries, newest first",
+                        {"type": "integer", "minimum": 1, "maximum": 1000, "default": 20},
+                    ),
+                ],
+                "responses": {
+                    "200": {"description": "the node"},
+                    "400": _error("bad name or limit"),
+                    "404": _error("unknown node"),
+                },
+            }
+        },
+        "/api/v1/nodes/{name}/clear": {
+            "post": {
+                "summary": "clear a sticky EVICT; the verdict is recomputed from fresh results",
+                "parameters": [name_param],
+                "responses": {"200": {"description": "the new verdict"}, "404": _error("unknown node")},
+            }
+        },
+        "/api/v1/checks": {
+            "get": {
+                "summary": "the checks of this build, their parameters, and the default set",
+                "responses": {"200": {"description": "checks"}},
+            }
+        },
+        "/openapi.json": {"get": {"summary": "this document", "responses": {"200": {"description": "OpenAPI 3.1"}}}},
+        "/healthz": {
+            "get": {
+                "summary": "liveness (no token needed)",
+                "security": [],
+                "responses": {"200": {"description": "alive"}},
+            }
+        },
+        "/readyz": {
+            "get": {
+                "summary": "readiness: Redis answers (no token needed)",
+                "security": [],
+                "responses": {"200": {"description": "ready"}, "503": _error("Redis unreachable")},
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics (no token needed)",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "text exposition format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+    }
+    for check in CHECK_PATHS:
+        paths[f"/{check}"] = {
+            "get": {
+                "summary": f"/status?check={check}" + ("" if check in checks else " (not in this build: 404)"),
+                "parameters": [*SELECTION_PARAMS, *_check_params(checks, only=check)],
+                "responses": STATUS_RESPONSES,
+            }
+        }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Autopilot API",
+            "version": __version__,
+            "description": "GPU cluster health checks: run checks on nodes, read verdicts and results.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "required when AUTOPILOT_API_TOKEN is set",
+                }
+            },
+        },
+        "security": [{"bearer": []}],
+    }

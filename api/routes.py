@@ -1,0 +1,221 @@
+"""The HTTP routes: thin handlers that validate, select, gather and render.
+
+Upstream-compatible: ``/status`` and the per-check paths (``/pciebw``, ``/remapped``, ``/gpumem``,
+``/dcgm``, ``/gpupower``, ``/ping``, ``/iperf``, ``/pvc``; each is ``/status?check=<it>``; unlike
+upstream, ``/gpumem`` runs gpumem). Structured: ``/api/v1/runs``, ``/api/v1/nodes``,
+``/api/v1/checks``. Operations: ``/openapi.json``, ``/healthz``, ``/readyz``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request, url_for
+
+from api import gather, inputs, openapi, selection, text
+from api.errors import ApiError, json_error
+from api.services import services
+from autopilot import errors, names
+from workers import reconcile
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("autopilot", __name__)
+
+CHECK_PATHS = ("pciebw", "remapped", "gpumem", "dcgm", "gpupower", "ping", "iperf", "pvc")
+HISTORY_LIMIT = (1, 1000)
+HISTORY_DEFAULT = 20
+MAX_WAIT_S = 300.0
+
+
+def _only(*allowed: str) -> None:
+    """Reject query parameters a path does not take: a typo should not be silently ignored."""
+    for name in request.args:
+        if name not in allowed:
+            raise errors.BadParameter(name[:64], f"unknown query parameter (allowed: {', '.join(allowed) or 'none'})")
+
+
+# ------------------------------------------------------------------ upstream-compatible
+
+
+def _status(fixed_check: str | None) -> Response:
+    svc = services()
+    if fixed_check is not None and fixed_check not in svc.checks:
+        return json_error(404, "not_found", f"check {fixed_check!r} is not available in this build")
+    req, fmt = inputs.from_query(request.args, svc.checks, svc.settings, fixed_check=fixed_check)
+    chosen = selection.select(svc, req, now=svc.clock())
+    report = gather.gather(svc, req, chosen)
+    if fmt == "json":
+        return jsonify(report)
+    return Response(text.render(report), mimetype="text/plain")
+
+
+@bp.get("/status")
+def status() -> Response:
+    return _status(None)
+
+
+def _check_view(name: str) -> Callable[[], Response]:
+    def view() -> Response:
+        return _status(name)
+
+    view.__name__ = f"status_{name}"
+    return view
+
+
+for _name in CHECK_PATHS:
+    bp.add_url_rule(f"/{_name}", endpoint=f"status_{_name}", view_func=_check_view(_name), methods=["GET"])
+
+
+# ------------------------------------------------------------------ runs
+
+
+@bp.post("/api/v1/runs")
+def create_run() -> tuple[Response, int, dict[str, str]]:
+    _only()
+    svc = services()
+    raw = request.get_data(cache=True)
+    body = request.get_json(force=True, silent=True) if raw.strip() else {}
+    if body is None:
+        raise errors.BadParameter("body", "not valid JSON")
+    req = inputs.from_json(body, svc.checks, svc.settings)
+    chosen = selection.select(svc, req, now=svc.clock())
+    run = gather.start(svc, req, chosen)
+    location = url_for("autopilot.get_run", run_id=run.id)
+    answer = {
+        "id": run.id,
+        "status_url": location,
+        "checks": list(run.checks),
+        "nodes": list(run.nodes),
+        "unknown": list(chosen.unknown),
+        "deadline": gather.iso_time(run.deadline),
+        "deadline_s": round(run.deadline - run.created_at, 3),
+    }
+    return jsonify(answer), 202, {"Location": location}
+
+
+@bp.get("/api/v1/runs/<run_id>")
+def get_run(run_id: str) -> Response:
+    _only("wait")
+    svc = services()
+    inputs.run_id(run_id)
+    wait = request.args.get("wait", "").strip()
+    wait_s = inputs.parse_seconds(wait, field="wait", lo=0, hi=MAX_WAIT_S) if wait else 0.0
+    report = gather.read(svc, run_id, wait_s=wait_s)
+    if report is None:
+        raise ApiError(404, "not_found", f"no run {run_id} (unknown or expired)", field="id")
+    return jsonify(report)
+
+
+# ------------------------------------------------------------------ nodes
+
+
+def _node_entry(record: Any, state: dict[str, str], now: float, live_after_s: float) -> dict[str, Any]:
+    return {
+        **record.to_dict(),
+        "verdict": state.get("verdict", "UNKNOWN"),
+        "reasons": gather.parse_reasons(state.get("reasons")),
+        "live": record.last_seen >= now - live_after_s,
+        "last_seen_at": gather.iso_time(record.last_seen) if record.last_seen else None,
+    }
+
+
+@bp.get("/api/v1/nodes")
+def list_nodes() -> Response:
+    _only()
+    svc = services()
+    now = svc.clock()
+    records = svc.store.nodes()
+    states = svc.store.states([r.name for r in records]) if records else {}
+    items = [_node_entry(r, states.get(r.name, {}), now, svc.settings.live_after_s) for r in records]
+    return jsonify({"nodes": items, "total": len(items), "live": sum(1 for i in items if i["live"])})
+
+
+@bp.get("/api/v1/nodes/<name>")
+def get_node(name: str) -> Response:
+    _only("limit")
+    svc = services()
+    names.node_name(name, field="name")
+    limit_raw = request.args.get("limit", "").strip()
+    limit = (
+        inputs.parse_int(limit_raw, field="limit", lo=HISTORY_LIMIT[0], hi=HISTORY_LIMIT[1])
+        if limit_raw
+        else HISTORY_DEFAULT
+    )
+    record = svc.store.node(name)
+    latest = svc.store.latest(name)
+    if record is None and not latest:
+        raise ApiError(404, "not_found", f"no node {name}", field="name")
+    state = svc.store.state(name)
+    labels = svc.store.labels(name)
+    if svc.cluster is not None:
+        try:
+            labels = dict(svc.cluster.get_node(name).labels)
+        except errors.ClusterError as exc:
+            log.info("labels of %s from the local store: cluster said %s", name, exc)
+    return jsonify(
+        {
+            "name": name,
+            "record": record.to_dict() if record else None,
+            "live": bool(record and record.last_seen >= svc.clock() - svc.settings.live_after_s),
+            "last_seen_at": gather.iso_time(record.last_seen) if record and record.last_seen else None,
+            "verdict": state.get("verdict", "UNKNOWN"),
+            "reasons": gather.parse_reasons(state.get("reasons")),
+            "state": {k: v for k, v in state.items() if k != "reasons"},
+            "labels": labels,
+            "latest": {check: r.to_dict() for check, r in sorted(latest.items())},
+            "history": [r.to_dict() for r in svc.store.history(name, limit)],
+        }
+    )
+
+
+@bp.post("/api/v1/nodes/<name>/clear")
+def clear_node(name: str) -> Response:
+    _only()
+    svc = services()
+    names.node_name(name, field="name")
+    if svc.store.node(name) is None and not svc.store.latest(name) and not svc.store.state(name):
+        raise ApiError(404, "not_found", f"no node {name}", field="name")
+    decision = reconcile.clear_evict(svc.store, name, svc.settings, by=f"api:{request.remote_addr or '?'}")
+    log.info("eviction of %s cleared by %s: now %s", name, request.remote_addr, decision.verdict.value)
+    return jsonify({"name": name, "verdict": decision.verdict.value, "reasons": list(decision.reasons)})
+
+
+# ------------------------------------------------------------------ catalogue and operations
+
+
+@bp.get("/api/v1/checks")
+def list_checks() -> Response:
+    _only()
+    svc = services()
+    return jsonify(
+        {
+            "checks": [spec.describe() for spec in svc.checks],
+            "default": [c for c in svc.settings.periodic_checks if c in svc.checks],
+        }
+    )
+
+
+@bp.get("/openapi.json")
+def openapi_document() -> Response:
+    return jsonify(openapi.document(services().checks))
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    return jsonify({"status": "ok"})
+
+
+@bp.get("/readyz")
+def readyz() -> Response:
+    started = time.monotonic()
+    try:
+        ok = services().store.ping()
+    except Exception as exc:  # any failure to reach Redis means "not ready", never a 500
+        return json_error(503, "unavailable", f"results store unreachable: {type(exc).__name__}")
+    if not ok:
+        return json_error(503, "unavailable", "results store did not answer PING")
+    return jsonify({"status": "ready", "store_ms": round((time.monotonic() - started) * 1000, 1)})

@@ -1,0 +1,103 @@
+"""Node selection: which nodes a request runs on.
+
+The selection is the union of ``host`` (node names), ``nodelabel`` (``key=value``) and ``job``
+(``namespace:key=value``: the nodes running that workload's pods), as upstream documents; with
+none of them, every live node (a heartbeat within ``settings.live_after_s``).
+
+``nodelabel`` and ``job`` resolve through the cluster seam when a cluster is configured. Without
+one (``autopilot up``, a single server) there are no Node objects or pods to ask, so both match
+the labels the store knows for each node: the labels its worker announced (``autopilot worker
+--label k=v``) overlaid with the local label store (``autopilot.ibm.com/gpuhealth`` and friends).
+For ``job`` the namespace is then ignored: label the nodes that run the workload instead.
+
+A named node that has no record in the store (no worker ever heartbeated it) cannot answer; it
+is reported as ``unknown`` instead of being enqueued into a queue nobody consumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from api.errors import ApiError
+from api.inputs import RunRequest
+from api.services import Services
+from autopilot import errors, names
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    nodes: tuple[str, ...]  # known nodes, in request order: these are dispatched
+    unknown: tuple[str, ...] = ()  # named, but no worker has registered them
+
+
+def select(svc: Services, req: RunRequest, *, now: float) -> Selection:
+    """Resolve ``req``'s selection; raises ``ApiError`` (404) naming the field when it is empty."""
+    if not req.explicit:
+        live = svc.store.node_names(seen_since=now - svc.settings.live_after_s)
+        if not live:
+            raise ApiError(
+                404,
+                "no_nodes",
+                f"no live nodes: no worker heartbeat in the last {svc.settings.live_after_s:g} s",
+                field="host",
+            )
+        return Selection(tuple(live))
+
+    wanted: list[str] = list(req.hosts)
+    if req.nodelabel is not None:
+        found = _by_label(svc, *req.nodelabel)
+        if not found:
+            key, value = req.nodelabel
+            raise ApiError(404, "no_nodes", f"no node is labeled with {key}={value}", field="nodelabel")
+        wanted.extend(found)
+    if req.job is not None:
+        found = _by_job(svc, *req.job)
+        if not found:
+            ns, key, value = req.job
+            raise ApiError(404, "no_nodes", f"no workload labeled with {key}={value} in namespace {ns}", field="job")
+        wanted.extend(found)
+    ordered = list(dict.fromkeys(wanted))
+    known = {record.name for record in svc.store.nodes(ordered)}
+    selection = Selection(tuple(n for n in ordered if n in known), tuple(n for n in ordered if n not in known))
+    if not selection.nodes:
+        field = "host" if req.hosts else ("nodelabel" if req.nodelabel else "job")
+        raise ApiError(
+            404,
+            "no_nodes",
+            f"no worker has registered node(s): {', '.join(selection.unknown[:20])}",
+            field=field,
+            unknown=list(selection.unknown),
+        )
+    return selection
+
+
+def _valid(found: list[str], source: str) -> list[str]:
+    # Names from the cluster are about to become queue names: hold them to the same rule as
+    # names from a request, and drop (with a log line) anything that is not a node name.
+    out: list[str] = []
+    for name in found:
+        try:
+            out.append(names.node_name(name))
+        except errors.BadParameter:
+            log.warning("%s returned an invalid node name %r; ignored", source, name[:80])
+    return out
+
+
+def _store_labels(svc: Services) -> dict[str, dict[str, str]]:
+    records = svc.store.nodes()
+    return {r.name: {**r.labels, **svc.store.labels(r.name)} for r in records}
+
+
+def _by_label(svc: Services, key: str, value: str) -> list[str]:
+    if svc.cluster is not None:
+        return _valid([n.name for n in svc.cluster.list_nodes(f"{key}={value}")], "cluster.list_nodes")
+    return sorted(n for n, labels in _store_labels(svc).items() if labels.get(key) == value)
+
+
+def _by_job(svc: Services, namespace: str, key: str, value: str) -> list[str]:
+    if svc.cluster is not None:
+        return _valid(list(svc.cluster.nodes_running(namespace, f"{key}={value}")), "cluster.nodes_running")
+    return sorted(n for n, labels in _store_labels(svc).items() if labels.get(key) == value)

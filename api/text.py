@@ -1,0 +1,90 @@
+"""The plain-text answer of ``/status``, shaped like upstream's remote-path response.
+
+One block per node (``Autopilot Endpoint``, ``Node``, ``Response:`` with one
+``[[ CHECK ]] SUCCESS|WARN|FAIL|ABORT|SKIPPED: summary`` line per check, ``Node Status: ...``, a
+dashed separator), then ``Node Summary:`` with one line per node and ``runtime: <s> sec``. The
+check tags are upstream's (``PCIEBW``, ``REMAPPED ROWS``, ``GPU POWER``...) so scripts that grep
+for ``FAIL`` or ``ABORT`` next to a tag keep working; unlike upstream, a node summary is plain
+lines, not a Python dict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from autopilot import names
+
+SEPARATOR = "-" * 67
+
+TAGS = {
+    "pciebw": "PCIEBW",
+    "remapped": "REMAPPED ROWS",
+    "dcgm": "DCGM",
+    "gpupower": "GPU POWER",
+    "gpumem": "GPU-MEM",
+    "ping": "PING",
+    "pvc": "PVC",
+    "iperf": "IPERF",
+}
+
+WORDS = {"ok": "SUCCESS", "warn": "WARN", "fail": "FAIL", "error": "ABORT", "skipped": "SKIPPED"}
+PROBLEM = {"warn": "Warning", "fail": "Failed", "error": "Aborted"}
+
+
+def tag(check: str) -> str:
+    return TAGS.get(check, check.upper())
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def node_status_line(entry: Mapping[str, Any]) -> str:
+    status = entry["status"]
+    if status == "unreachable":
+        return "Unreachable: no answer within the deadline"
+    if status == "unknown":
+        return "Unknown node: no worker has registered it"
+    if status == "pending":
+        return "Pending"
+    problems = [
+        f"{tag(r['check'])} {PROBLEM[r['status']]}" + (" (fatal)" if r.get("fatal") else "")
+        for r in entry["results"]
+        if r["status"] in PROBLEM
+    ]
+    return ", ".join(problems) or "OK"
+
+
+def render(report: Mapping[str, Any]) -> str:
+    lines: list[str] = []
+    nodes: Mapping[str, Mapping[str, Any]] = report["nodes"]
+    lines.append(
+        f"Autopilot status: checks {', '.join(report['checks'])} on {len(nodes)} node(s)  (run {report['id']})"
+    )
+    lines.append("")
+    for node, entry in nodes.items():
+        endpoint = names.QUEUE_PREFIX + node
+        lines.append(f"Autopilot Endpoint: {endpoint}")
+        lines.append(f"Node: {node}")
+        lines.append("Response:")
+        for r in entry["results"]:
+            fatal = " (fatal)" if r.get("fatal") else ""
+            lines.append(
+                f"[[ {tag(r['check'])} ]] {WORDS.get(r['status'], r['status'].upper())}{fatal}: "
+                f"{_one_line(r.get('summary', ''))}"
+            )
+        if not entry["results"]:
+            lines.append(f"({entry.get('detail', 'no results')})")
+        lines.append(f"Node Status: {node_status_line(entry)}")
+        if entry.get("verdict"):
+            lines.append(f"Verdict: {entry['verdict']}")
+        lines.append(SEPARATOR)
+    lines.append("")
+    lines.append("Node Summary:")
+    width = max((len(n) for n in nodes), default=0)
+    for node, entry in nodes.items():
+        lines.append(f"  {node.ljust(width)}  {node_status_line(entry)}")
+    lines.append("")
+    lines.append(f"runtime: {report['runtime_s']:.2f} sec")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,1 @@
+"""The Celery adapter: per-node queues, tasks, the results store, beat's schedule. Thin over ``autopilot``."""

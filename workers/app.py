@@ -1,0 +1,116 @@
+"""``create_celery(settings)``: the Celery app, its routing, limits and beat schedule.
+
+Every node's tasks go to its own queue ``autopilot.node.<node>``; beat's ticks go to
+``autopilot.control``, which every worker also consumes (the first to take a tick does it, the
+store's claim makes a second copy a no-op). Acks are late and a task whose worker dies is
+rejected back to the queue, so a killed worker's task is redelivered, and a run that waits on it
+reports the node unreachable at its deadline meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis
+from celery import Celery, Task
+
+from autopilot import config, registry
+from workers import host as hosting
+from workers import tasks
+from workers.dispatch import RUN_TASK, CeleryDispatcher
+from workers.store import ResultsStore
+
+CONTROL_QUEUE = "autopilot.control"
+log = logging.getLogger(__name__)
+
+
+def make_store(settings: config.Settings) -> ResultsStore:
+    client = redis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=10,
+        socket_connect_timeout=5,
+        health_check_interval=30,
+        retry_on_timeout=True,
+    )
+    return ResultsStore(client, history_len=settings.history_len, run_ttl_s=settings.run_ttl_s)
+
+
+def beat_schedule(settings: config.Settings) -> dict[str, dict[str, Any]]:
+    """Beat entries; an interval of 0 leaves its entry out (disabled, not a crash)."""
+    schedule: dict[str, dict[str, Any]] = {}
+    if settings.periodic_interval_s > 0:
+        schedule["periodic-checks"] = {
+            "task": "autopilot.fanout",
+            "schedule": settings.periodic_interval_s,
+            "kwargs": {"kind": "periodic"},
+            "options": {"queue": CONTROL_QUEUE, "expires": settings.periodic_interval_s},
+        }
+    if settings.invasive_interval_s > 0:
+        schedule["invasive-checks"] = {
+            "task": "autopilot.fanout",
+            "schedule": settings.invasive_interval_s,
+            "kwargs": {"kind": "invasive"},
+            "options": {"queue": CONTROL_QUEUE, "expires": settings.invasive_interval_s},
+        }
+    if settings.reconcile_interval_s > 0:
+        schedule["reconcile"] = {
+            "task": "autopilot.reconcile",
+            "schedule": settings.reconcile_interval_s,
+            "options": {"queue": CONTROL_QUEUE, "expires": settings.reconcile_interval_s},
+        }
+    return schedule
+
+
+def create_celery(settings: config.Settings) -> Celery:
+    if not settings.redis_url:
+        raise config.errors.ConfigError("AUTOPILOT_REDIS_URL is not set")
+    app = Celery("autopilot", broker=settings.redis_url, set_as_current=False)
+    longest = max((spec.timeout_s for spec in registry.REGISTRY), default=3600.0)
+    app.conf.update(
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue=CONTROL_QUEUE,
+        task_serializer="json",
+        accept_content=["json"],
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        broker_channel_error_retry=True,
+        # Unacked messages return to their queue after this long; it must outlast the longest
+        # check, or a slow DCGM run would be handed to a second worker while the first runs it.
+        broker_transport_options={"visibility_timeout": int(longest + 600)},
+        worker_hijack_root_logger=False,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        beat_schedule=beat_schedule(settings),
+        timezone="UTC",
+    )
+    store = make_store(settings)
+    dispatcher = CeleryDispatcher(app)
+
+    @app.task(name=RUN_TASK, bind=True, max_retries=None, acks_late=True)
+    def run_checks_task(
+        self: Task, *, run_id: str, node: str, checks: list[str], params: dict[str, Any], deadline: float
+    ) -> list[dict[str, Any]]:
+        try:
+            done = tasks.run_checks(
+                hosting.current(), run_id=run_id, node=node, checks=checks, params=params, deadline=deadline
+            )
+        except tasks.GpusBusy:
+            raise self.retry(countdown=2) from None
+        return [r.to_dict() for r in done]
+
+    @app.task(name="autopilot.fanout")
+    def fanout_task(kind: str) -> str | None:
+        run = tasks.fanout(store, dispatcher, settings, kind=kind)
+        return run.id if run else None
+
+    @app.task(name="autopilot.reconcile")
+    def reconcile_task() -> dict[str, str]:
+        return tasks.reconcile(store, settings)
+
+    app.conf.autopilot_store = store
+    return app

@@ -1,0 +1,258 @@
+"""The results store in Redis: latest result per node and check, history, runs, node records.
+
+Keys (all prefixed ``ap:``):
+
+- ``node:<n>``       JSON node record (heartbeat); ``nodes`` sorted set node -> last seen (epoch s)
+- ``latest:<n>``     hash check -> latest result JSON
+- ``history:<n>``    list of result JSON, newest first, trimmed to ``history_len``
+- ``run:<id>``       hash ``meta`` -> run JSON, ``<node>|<check>`` -> result JSON; expires after ``run_ttl_s``
+- ``state:<n>``      hash: ``verdict``, ``evicted_at``, ``testing_since``, ``reasons``
+- ``labels:<n>``     hash: the local label store used when there is no Kubernetes cluster
+- ``tick:<name>:<slot>`` set-once marker so a second beat (or a redelivered tick) does no work twice
+
+Every write that belongs together goes in one MULTI pipeline, so a reader never sees a result in
+``latest`` that is missing from its run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import redis
+
+from autopilot.results import CheckResult
+
+P = "ap:"
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeRecord:
+    """What a worker says about its node in each heartbeat."""
+
+    name: str
+    addresses: Mapping[str, Sequence[str]] = dataclasses.field(default_factory=dict)  # interface -> addresses
+    cpu_model: str = ""
+    gpu_model: str = ""
+    gpu_count: int = 0
+    labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    version: str = ""
+    last_seen: float = 0.0
+    simulated: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self) | {"addresses": {k: list(v) for k, v in self.addresses.items()}}
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> NodeRecord:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in fields})
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One request to run checks on nodes. ``deadline`` is epoch seconds."""
+
+    id: str
+    checks: tuple[str, ...]
+    nodes: tuple[str, ...]
+    params: Mapping[str, Mapping[str, Any]]
+    created_at: float
+    deadline: float
+    source: str = "api"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "checks": list(self.checks),
+            "nodes": list(self.nodes),
+            "params": {k: dict(v) for k, v in self.params.items()},
+            "created_at": self.created_at,
+            "deadline": self.deadline,
+            "source": self.source,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> Run:
+        return cls(
+            id=raw["id"],
+            checks=tuple(raw["checks"]),
+            nodes=tuple(raw["nodes"]),
+            params=raw.get("params") or {},
+            created_at=float(raw["created_at"]),
+            deadline=float(raw["deadline"]),
+            source=raw.get("source", "api"),
+        )
+
+    @classmethod
+    def new(
+        cls,
+        checks: Sequence[str],
+        nodes: Sequence[str],
+        params: Mapping[str, Mapping[str, Any]],
+        deadline_s: float,
+        *,
+        source: str = "api",
+        now: float | None = None,
+    ) -> Run:
+        created = time.time() if now is None else now
+        return cls(uuid.uuid4().hex, tuple(checks), tuple(nodes), params, created, created + deadline_s, source)
+
+
+class ResultsStore:
+    """Typed access to the keys above. ``client`` is a ``redis.Redis`` (or fakeredis) with bytes replies."""
+
+    def __init__(self, client: redis.Redis, *, history_len: int = 100, run_ttl_s: float = 86400) -> None:
+        self.r = client
+        self.history_len = history_len
+        self.run_ttl_s = int(run_ttl_s)
+
+    # ------------------------------------------------------------------ results
+
+    def save_result(self, result: CheckResult, run_id: str | None = None) -> None:
+        """Record ``result`` as the node's latest for its check, in its history, and in its run."""
+        blob = result.to_json()
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(f"{P}latest:{result.node}", result.check, blob)
+        pipe.lpush(f"{P}history:{result.node}", blob)
+        pipe.ltrim(f"{P}history:{result.node}", 0, self.history_len - 1)
+        if run_id:
+            pipe.hset(f"{P}run:{run_id}", f"{result.node}|{result.check}", blob)
+            pipe.expire(f"{P}run:{run_id}", self.run_ttl_s)
+        pipe.execute()
+
+    def latest(self, node: str) -> dict[str, CheckResult]:
+        raw = self.r.hgetall(f"{P}latest:{node}")
+        return {_s(k): CheckResult.from_json(v) for k, v in raw.items()}
+
+    def latest_many(self, nodes: Sequence[str]) -> dict[str, dict[str, CheckResult]]:
+        pipe = self.r.pipeline(transaction=False)
+        for n in nodes:
+            pipe.hgetall(f"{P}latest:{n}")
+        return {
+            n: {_s(k): CheckResult.from_json(v) for k, v in raw.items()}
+            for n, raw in zip(nodes, pipe.execute(), strict=True)
+        }
+
+    def history(self, node: str, limit: int = 50) -> list[CheckResult]:
+        return [CheckResult.from_json(v) for v in self.r.lrange(f"{P}history:{node}", 0, max(0, limit - 1))]
+
+    # ------------------------------------------------------------------ runs
+
+    def create_run(self, run: Run) -> None:
+        key = f"{P}run:{run.id}"
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(key, "meta", json.dumps(run.to_dict()))
+        pipe.expire(key, self.run_ttl_s)
+        pipe.execute()
+
+    def get_run(self, run_id: str) -> tuple[Run, dict[tuple[str, str], CheckResult]] | None:
+        raw = self.r.hgetall(f"{P}run:{run_id}")
+        if b"meta" not in raw:
+            return None
+        run = Run.from_dict(json.loads(raw.pop(b"meta")))
+        found: dict[tuple[str, str], CheckResult] = {}
+        for k, v in raw.items():
+            node, _, check = _s(k).partition("|")
+            found[(node, check)] = CheckResult.from_json(v)
+        return run, found
+
+    def run_answered(self, run_id: str) -> set[tuple[str, str]]:
+        """The (node, check) pairs a run holds, read from field names without decoding results.
+
+        Polled many times during a large gather, so it must stay cheap.
+        """
+        out: set[tuple[str, str]] = set()
+        for field in self.r.hkeys(f"{P}run:{run_id}"):
+            text = _s(field)
+            if text != "meta":
+                node, _, check = text.partition("|")
+                out.add((node, check))
+        return out
+
+    def run_progress(self, run_id: str) -> int:
+        """How many results a run has (the hash holds ``meta`` plus one field per result)."""
+        return max(0, int(self.r.hlen(f"{P}run:{run_id}")) - 1)
+
+    # ------------------------------------------------------------------ nodes
+
+    def heartbeat(self, record: NodeRecord) -> None:
+        pipe = self.r.pipeline(transaction=True)
+        pipe.set(f"{P}node:{record.name}", json.dumps(record.to_dict()))
+        pipe.zadd(f"{P}nodes", {record.name: record.last_seen})
+        pipe.execute()
+
+    def heartbeat_many(self, records: Iterable[NodeRecord]) -> None:
+        pipe = self.r.pipeline(transaction=False)
+        for record in records:
+            pipe.set(f"{P}node:{record.name}", json.dumps(record.to_dict()))
+            pipe.zadd(f"{P}nodes", {record.name: record.last_seen})
+        pipe.execute()
+
+    def node_names(self, *, seen_since: float | None = None) -> list[str]:
+        low = "-inf" if seen_since is None else seen_since
+        return sorted(_s(n) for n in self.r.zrangebyscore(f"{P}nodes", low, "+inf"))
+
+    def nodes(self, names: Sequence[str] | None = None) -> list[NodeRecord]:
+        wanted = list(names) if names is not None else self.node_names()
+        if not wanted:
+            return []
+        raws = self.r.mget([f"{P}node:{n}" for n in wanted])
+        return [NodeRecord.from_dict(json.loads(raw)) for raw in raws if raw]
+
+    def node(self, name: str) -> NodeRecord | None:
+        raw = self.r.get(f"{P}node:{name}")
+        return NodeRecord.from_dict(json.loads(raw)) if raw else None
+
+    def forget_node(self, name: str) -> None:
+        self.r.delete(f"{P}node:{name}", f"{P}latest:{name}", f"{P}history:{name}", f"{P}state:{name}")
+        self.r.zrem(f"{P}nodes", name)
+
+    # ------------------------------------------------------------------ verdict state and labels
+
+    def state(self, node: str) -> dict[str, str]:
+        return {_s(k): _s(v) for k, v in self.r.hgetall(f"{P}state:{node}").items()}
+
+    def states(self, nodes: Sequence[str]) -> dict[str, dict[str, str]]:
+        pipe = self.r.pipeline(transaction=False)
+        for n in nodes:
+            pipe.hgetall(f"{P}state:{n}")
+        return {n: {_s(k): _s(v) for k, v in raw.items()} for n, raw in zip(nodes, pipe.execute(), strict=True)}
+
+    def set_state(self, node: str, values: Mapping[str, str | None]) -> None:
+        pipe = self.r.pipeline(transaction=True)
+        for k, v in values.items():
+            if v is None:
+                pipe.hdel(f"{P}state:{node}", k)
+            else:
+                pipe.hset(f"{P}state:{node}", k, v)
+        pipe.execute()
+
+    def labels(self, node: str) -> dict[str, str]:
+        return {_s(k): _s(v) for k, v in self.r.hgetall(f"{P}labels:{node}").items()}
+
+    def set_labels(self, node: str, labels: Mapping[str, str | None]) -> None:
+        pipe = self.r.pipeline(transaction=True)
+        for k, v in labels.items():
+            if v is None:
+                pipe.hdel(f"{P}labels:{node}", k)
+            else:
+                pipe.hset(f"{P}labels:{node}", k, v)
+        pipe.execute()
+
+    # ------------------------------------------------------------------ de-duplication
+
+    def claim(self, name: str, ttl_s: float) -> bool:
+        """True for the first caller to claim ``name`` within ``ttl_s`` (beat ticks, invasive runs)."""
+        return bool(self.r.set(f"{P}tick:{name}", str(time.time()), nx=True, ex=max(1, int(ttl_s))))
+
+    def ping(self) -> bool:
+        return bool(self.r.ping())
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

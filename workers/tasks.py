@@ -1,0 +1,111 @@
+"""Task bodies as plain functions (the Celery wrappers in ``workers.app`` only decode and retry).
+
+``run_checks``  run a group of checks for one hosted node, save each result into the store
+                (latest, history, run) and recompute the node's verdict;
+``fanout``      beat's periodic/invasive tick: one run over every live node, done once per tick
+                however many beats sent it;
+``reconcile``   beat's verdict/label tick and stale sweep over every known node.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from autopilot import config, execution, registry
+from autopilot.results import CheckResult, Status
+from workers import reconcile as reconciling
+from workers.dispatch import Dispatcher, Envelope
+from workers.host import NodeHost
+from workers.store import ResultsStore, Run
+
+log = logging.getLogger(__name__)
+
+
+class GpusBusy(Exception):
+    """Another GPU check holds this node's GPUs; the task is retried shortly."""
+
+
+def run_checks(
+    host: NodeHost,
+    *,
+    run_id: str,
+    node: str,
+    checks: Sequence[str],
+    params: Mapping[str, Mapping[str, Any]],
+    deadline: float,
+) -> list[CheckResult]:
+    ctx = host.context(node)
+    if ctx is None:
+        # A message for a node this process does not host: answer it so the run is not left
+        # waiting, and say why (a mis-routed message is a deployment bug worth seeing).
+        results = [CheckResult(c, Status.ERROR, f"worker does not host node {node}", node=node) for c in checks]
+        for r in results:
+            host.store.save_result(r, run_id)
+        return results
+    uses_gpu = any(registry.REGISTRY.get(c).uses_gpu for c in checks if c in registry.REGISTRY)
+    lock = host.gpu_lock(node) if uses_gpu else None
+    if lock is not None and not lock.acquire(blocking=False):
+        if time.time() + 1 < deadline:
+            raise GpusBusy(node)
+        results = [
+            CheckResult(c, Status.ERROR, "GPUs busy with another check until the deadline", node=node) for c in checks
+        ]
+        for r in results:
+            host.store.save_result(r, run_id)
+        return results
+    try:
+        done: list[CheckResult] = []
+        for check in checks:
+            result = execution.run_check(check, ctx, params.get(check))
+            host.store.save_result(result, run_id)
+            done.append(result)
+        return done
+    finally:
+        if lock is not None:
+            lock.release()
+        reconciling.reconcile_node(host.store, node, host.settings)
+
+
+def fanout(
+    store: ResultsStore,
+    dispatcher: Dispatcher,
+    settings: config.Settings,
+    *,
+    kind: str,
+    now: float | None = None,
+) -> Run | None:
+    """One tick of periodic (or invasive) work over every live node; None if already done."""
+    moment = time.time() if now is None else now
+    interval = settings.periodic_interval_s if kind == "periodic" else settings.invasive_interval_s
+    if interval <= 0:
+        return None
+    # Two beats, or one tick delivered twice, claim the same key: only the first does the work.
+    if not store.claim(f"fanout:{kind}", interval / 2):
+        log.info("fanout %s: already done for this interval", kind)
+        return None
+    nodes = store.node_names(seen_since=moment - settings.live_after_s)
+    if kind == "periodic":
+        checks = reconciling.periodic_checks(settings)
+        params: dict[str, dict[str, Any]] = {}
+    else:
+        checks = ["dcgm"]
+        params = {"dcgm": {"r": 3}}
+    if not nodes or not checks:
+        return None
+    timeout = max(registry.REGISTRY.get(c).timeout_s for c in checks)
+    run = Run.new(checks, nodes, params, deadline_s=min(interval, timeout + 60), source=kind, now=moment)
+    store.create_run(run)
+    for node in nodes:
+        dispatcher.send(Envelope(run.id, node, run.checks, params, run.deadline))
+    log.info("fanout %s: run %s over %d nodes", kind, run.id, len(nodes))
+    return run
+
+
+def reconcile(store: ResultsStore, settings: config.Settings) -> dict[str, str]:
+    """Recompute every known node's verdict; returns node -> verdict."""
+    if not store.claim("reconcile", max(1.0, settings.reconcile_interval_s / 2)):
+        return {}
+    return {n: reconciling.reconcile_node(store, n, settings).verdict.value for n in store.node_names()}
