@@ -68,3 +68,14 @@ def make_ctx(settings: config.Settings) -> Callable[..., CheckContext]:
         return CheckContext(**base)
 
     return make
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``gpu`` tests run only where an NVIDIA driver is loaded; ``e2e`` only with a kubeconfig given."""
+    has_gpu = Path("/proc/driver/nvidia/version").exists() or os.environ.get("AUTOPILOT_GPU_TESTS") == "1"
+    has_cluster = bool(os.environ.get("AUTOPILOT_E2E_KUBECONFIG"))
+    for item in items:
+        if "gpu" in item.keywords and not has_gpu:
+            item.add_marker(pytest.mark.skip(reason="needs NVIDIA GPUs (marker gpu)"))
+        if "e2e" in item.keywords and not has_cluster:
+            item.add_marker(pytest.mark.skip(reason="needs AUTOPILOT_E2E_KUBECONFIG (marker e2e)"))
