@@ -1,0 +1,108 @@
+{{/* Names, labels and the environment every Autopilot container shares. */}}
+
+{{- define "autopilot.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "autopilot.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "autopilot.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "autopilot.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{/* Selector labels of one component: include "autopilot.selector" (list . "api") */}}
+{{- define "autopilot.selector" -}}
+{{- $root := index . 0 -}}
+app.kubernetes.io/name: {{ include "autopilot.name" $root }}
+app.kubernetes.io/instance: {{ $root.Release.Name }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end -}}
+
+{{- define "autopilot.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "autopilot.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "autopilot.apiImage" -}}
+{{- printf "%s:%s" .Values.image.api.repository (default .Chart.AppVersion .Values.image.api.tag) -}}
+{{- end -}}
+
+{{- define "autopilot.workerImage" -}}
+{{- printf "%s:%s" .Values.image.worker.repository (default .Chart.AppVersion .Values.image.worker.tag) -}}
+{{- end -}}
+
+{{- define "autopilot.tokenSecret" -}}
+{{- default (printf "%s-api-token" (include "autopilot.fullname" .)) .Values.apiToken.existingSecret -}}
+{{- end -}}
+
+{{/* Environment of every Autopilot container: settings, Redis URL, token, namespace. */}}
+{{- define "autopilot.env" -}}
+- name: POD_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+- name: AUTOPILOT_IMAGE
+  value: {{ include "autopilot.workerImage" . | quote }}
+{{- if .Values.redis.enabled }}
+- name: AUTOPILOT_REDIS_URL
+  value: {{ printf "redis://%s-redis:6379/0" (include "autopilot.fullname" .) | quote }}
+{{- else if .Values.redis.existingSecret }}
+- name: AUTOPILOT_REDIS_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.redis.existingSecret }}
+      key: url
+{{- else }}
+- name: AUTOPILOT_REDIS_URL
+  value: {{ required "redis.externalUrl is required when redis.enabled is false" .Values.redis.externalUrl | quote }}
+{{- end }}
+- name: AUTOPILOT_API_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "autopilot.tokenSecret" . }}
+      key: token
+{{- end -}}
+
+{{- define "autopilot.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+fsGroup: 10001
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "autopilot.containerSecurityContext" -}}
+privileged: false
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: [ALL]
+{{- end -}}
+
+{{/* A map as "k=v,k=v" in key order (AUTOPILOT_GPUMEM_THRESHOLDS, AUTOPILOT_CHECK_TIMEOUTS). */}}
+{{- define "autopilot.kv" -}}
+{{- $out := list -}}
+{{- range $k, $v := . -}}
+{{- $out = append $out (printf "%s=%v" $k $v) -}}
+{{- end -}}
+{{- join "," $out -}}
+{{- end -}}
