@@ -1,15 +1,82 @@
 """The cluster seam: what Autopilot reads from and writes to Kubernetes, behind a Protocol.
 
 Only this module imports ``kubernetes``. The in-memory ``FakeCluster`` in ``autopilot.testing``
-implements the same Protocol; the real client translates ``ApiException`` by status code into
-``NotFound``, ``Conflict`` and ``Transient``.
+implements the same Protocol; the real client, ``KubeClusterClient``, translates ``ApiException``
+by status code into ``NotFound`` (404), ``Conflict`` (409) and ``Transient`` (429, 5xx, connection
+errors), retries ``Transient`` and ``Conflict`` a bounded number of times with backoff, and gives
+every call a ``_request_timeout``.
+
+Writes carry only what they mean to change: label patches name only our keys (a JSON merge patch
+in which ``null`` removes a key), the condition patch names only our condition type (a strategic
+merge patch on ``nodes/<n>/status``, whose merge key for ``conditions`` is ``type``). Objects are
+exchanged as plain Kubernetes JSON (``dict``), never as the client's generated models, so what we
+send is exactly what the API documentation shows and what the stand-in server of the tests checks.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
-from typing import Protocol
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Protocol, TypeVar
+
+from autopilot import errors
+
+log = logging.getLogger(__name__)
+
+GPU_RESOURCE = "nvidia.com/gpu"
+CONDITION_TYPE = "autopilot.ibm.com/GpuHealth"
+FINISHED_PHASES = frozenset({"Succeeded", "Failed"})
+# Enough for a JSON result of a few hundred DCGM tests; a runaway log is cut, not loaded whole.
+LOG_LIMIT_BYTES = 1 << 20
+
+T = TypeVar("T")
+
+
+# ---------------------------------------------------------------- value types
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeCondition:
+    """One entry of ``node.status.conditions``; times are RFC 3339 (``2026-11-29T22:00:00Z``)."""
+
+    type: str
+    status: str  # "True" | "False" | "Unknown"
+    reason: str = ""
+    message: str = ""
+    last_transition_time: str = ""
+    last_heartbeat_time: str = ""
+
+    def to_json(self) -> dict[str, str]:
+        out = {"type": self.type, "status": self.status, "reason": self.reason, "message": self.message}
+        if self.last_transition_time:
+            out["lastTransitionTime"] = self.last_transition_time
+        if self.last_heartbeat_time:
+            out["lastHeartbeatTime"] = self.last_heartbeat_time
+        return out
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> NodeCondition:
+        return cls(
+            type=str(raw.get("type") or ""),
+            status=str(raw.get("status") or "Unknown"),
+            reason=str(raw.get("reason") or ""),
+            message=str(raw.get("message") or ""),
+            last_transition_time=str(raw.get("lastTransitionTime") or ""),
+            last_heartbeat_time=str(raw.get("lastHeartbeatTime") or ""),
+        )
+
+    def same_state(self, other: NodeCondition | None) -> bool:
+        """Same status, reason and message: writing this again would change nothing that matters."""
+        return other is not None and (self.status, self.reason, self.message) == (
+            other.status,
+            other.reason,
+            other.message,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,11 +85,76 @@ class NodeInfo:
     labels: Mapping[str, str]
     annotations: Mapping[str, str] = dataclasses.field(default_factory=dict)
     allocatable_gpus: int = 0
+    conditions: tuple[NodeCondition, ...] = ()
+    uid: str = ""
+
+    def condition(self, type_: str = CONDITION_TYPE) -> NodeCondition | None:
+        return next((c for c in self.conditions if c.type == type_), None)
+
+
+@dataclasses.dataclass(frozen=True)
+class PodInfo:
+    """What the seam tells about a pod: enough to judge GPU use and a Job pod's fate."""
+
+    name: str
+    namespace: str
+    node: str = ""
+    phase: str = "Pending"
+    gpus: int = 0  # largest nvidia.com/gpu request or limit of any (init) container
+    reason: str = ""  # status.reason, e.g. UnexpectedAdmissionError, OutOfnvidia.com/gpu
+    message: str = ""
+    unschedulable: str = ""  # the scheduler's message when PodScheduled is False/Unschedulable
+    waiting: tuple[str, ...] = ()  # waiting reasons of its containers (ImagePullBackOff, ...)
+    exit_codes: tuple[int, ...] = ()  # exit codes of terminated containers
+    labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class JobInfo:
+    """A Job's identity and status, reduced to what deciding its outcome needs."""
+
+    name: str
+    namespace: str
+    labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    annotations: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    active: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    complete: bool = False  # condition Complete=True
+    failed_reason: str = ""  # reason of condition Failed=True (DeadlineExceeded, BackoffLimitExceeded)
+    message: str = ""
+    created_at: str = ""
+
+    @property
+    def finished(self) -> bool:
+        return self.complete or bool(self.failed_reason)
+
+
+@dataclasses.dataclass(frozen=True)
+class EventInfo:
+    """A core/v1 Event as read back: whom it is about, why, what it says."""
+
+    namespace: str
+    kind: str
+    name: str
+    reason: str
+    message: str
+    type: str = "Normal"
+    count: int = 1
+
+
+# ---------------------------------------------------------------- the Protocol
 
 
 class ClusterClient(Protocol):
-    """Nodes, labels and selection. Jobs, PVCs, conditions and events join it with the Kubernetes work."""
+    """Everything Autopilot does with a cluster. Implemented by ``KubeClusterClient`` and ``FakeCluster``.
 
+    Errors: ``errors.NotFound`` (no such object), ``errors.Conflict`` (exists already, or changed
+    underneath us after the retries), ``errors.Transient`` (the API is unavailable after the
+    retries), ``errors.ClusterError`` (anything else the API refused, e.g. 403, 422).
+    """
+
+    # nodes ----------------------------------------------------------------
     def list_nodes(self, label_selector: str | None = None) -> list[NodeInfo]: ...
 
     def get_node(self, name: str) -> NodeInfo: ...
@@ -33,6 +165,573 @@ class ClusterClient(Protocol):
         """Set (value) or remove (None) only the given keys; others are left alone."""
         ...
 
+    def set_node_condition(self, name: str, condition: NodeCondition) -> NodeCondition:
+        """Write one condition on ``nodes/<name>/status``; other conditions are left alone.
+
+        ``lastTransitionTime`` is kept from the stored condition when the status is unchanged and
+        set to ``condition.last_transition_time`` (or now) when it changes. Returns what is stored.
+        """
+        ...
+
+    def create_node_event(self, node: str, *, reason: str, message: str, type_: str, namespace: str) -> None:
+        """A core/v1 Event about Node ``node`` (``kubectl describe node`` shows it)."""
+        ...
+
     def nodes_running(self, namespace: str, label_selector: str) -> list[str]:
         """Names of nodes with a running pod in ``namespace`` matching ``label_selector``."""
         ...
+
+    def gpu_pods_on_node(self, node: str) -> list[PodInfo]:
+        """Pods on ``node``, in every namespace, not finished, that request or limit ``nvidia.com/gpu``."""
+        ...
+
+    # jobs -----------------------------------------------------------------
+    def create_job(self, namespace: str, manifest: Mapping[str, Any]) -> str:
+        """Create a batch/v1 Job; returns its name. ``Conflict`` when one of that name exists."""
+        ...
+
+    def get_job(self, namespace: str, name: str) -> JobInfo: ...
+
+    def delete_job(self, namespace: str, name: str) -> bool:
+        """Delete the Job and (in the background) its pods; False when it was already gone."""
+        ...
+
+    def job_pods(self, namespace: str, job_name: str) -> list[PodInfo]: ...
+
+    def job_events(self, namespace: str, job_name: str) -> list[EventInfo]:
+        """Events about the Job itself (``FailedCreate`` when its pod was refused)."""
+        ...
+
+    def pod_log(self, namespace: str, pod: str, container: str | None = None) -> str: ...
+
+    # pods and volumes -------------------------------------------------------
+    def create_pod(self, namespace: str, manifest: Mapping[str, Any]) -> str: ...
+
+    def delete_pod(self, namespace: str, name: str) -> bool: ...
+
+    def create_pvc(self, namespace: str, manifest: Mapping[str, Any]) -> str: ...
+
+    def pvc_phase(self, namespace: str, name: str) -> str:
+        """``Pending``, ``Bound`` or ``Lost``."""
+        ...
+
+    def delete_pvc(self, namespace: str, name: str) -> bool: ...
+
+    def storage_class_binding_mode(self, name: str) -> str:
+        """``Immediate`` or ``WaitForFirstConsumer`` (``NotFound`` when the class does not exist)."""
+        ...
+
+
+# ---------------------------------------------------------------- JSON -> value types (shared with the fake)
+
+
+def parse_quantity_int(value: object) -> int:
+    """An integer resource quantity (``"8"``, ``8``); extended resources such as GPUs are whole numbers."""
+    try:
+        return int(str(value).strip())
+    except (TypeError, ValueError):
+        try:
+            return int(float(str(value).strip()))
+        except ValueError:
+            return 0
+
+
+def node_from_json(raw: Mapping[str, Any]) -> NodeInfo:
+    meta = raw.get("metadata") or {}
+    status = raw.get("status") or {}
+    return NodeInfo(
+        name=str(meta.get("name") or ""),
+        labels=dict(meta.get("labels") or {}),
+        annotations=dict(meta.get("annotations") or {}),
+        allocatable_gpus=parse_quantity_int((status.get("allocatable") or {}).get(GPU_RESOURCE, 0)),
+        conditions=tuple(NodeCondition.from_json(c) for c in status.get("conditions") or ()),
+        uid=str(meta.get("uid") or ""),
+    )
+
+
+def pod_gpus(spec: Mapping[str, Any]) -> int:
+    """The largest ``nvidia.com/gpu`` request or limit of any container, init container included."""
+    most = 0
+    for container in [*(spec.get("containers") or ()), *(spec.get("initContainers") or ())]:
+        resources = container.get("resources") or {}
+        for part in ("requests", "limits"):
+            most = max(most, parse_quantity_int((resources.get(part) or {}).get(GPU_RESOURCE, 0)))
+    return most
+
+
+def pod_from_json(raw: Mapping[str, Any]) -> PodInfo:
+    meta = raw.get("metadata") or {}
+    spec = raw.get("spec") or {}
+    status = raw.get("status") or {}
+    unschedulable = ""
+    for cond in status.get("conditions") or ():
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+            if cond.get("reason") == "Unschedulable":
+                unschedulable = str(cond.get("message") or "Unschedulable")
+    waiting: list[str] = []
+    exit_codes: list[int] = []
+    for cs in [*(status.get("initContainerStatuses") or ()), *(status.get("containerStatuses") or ())]:
+        state = cs.get("state") or {}
+        if "waiting" in state and (state["waiting"] or {}).get("reason"):
+            waiting.append(str(state["waiting"]["reason"]))
+        if "terminated" in state and state["terminated"] is not None:
+            exit_codes.append(int(state["terminated"].get("exitCode", 0)))
+    return PodInfo(
+        name=str(meta.get("name") or ""),
+        namespace=str(meta.get("namespace") or ""),
+        node=str(spec.get("nodeName") or ""),
+        phase=str(status.get("phase") or "Pending"),
+        gpus=pod_gpus(spec),
+        reason=str(status.get("reason") or ""),
+        message=str(status.get("message") or ""),
+        unschedulable=unschedulable,
+        waiting=tuple(waiting),
+        exit_codes=tuple(exit_codes),
+        labels=dict(meta.get("labels") or {}),
+    )
+
+
+def job_from_json(raw: Mapping[str, Any]) -> JobInfo:
+    meta = raw.get("metadata") or {}
+    status = raw.get("status") or {}
+    complete = False
+    failed_reason = ""
+    message = ""
+    for cond in status.get("conditions") or ():
+        if cond.get("status") != "True":
+            continue
+        if cond.get("type") == "Complete":
+            complete = True
+        elif cond.get("type") == "Failed":
+            failed_reason = str(cond.get("reason") or "Failed")
+            message = str(cond.get("message") or "")
+    return JobInfo(
+        name=str(meta.get("name") or ""),
+        namespace=str(meta.get("namespace") or ""),
+        labels=dict(meta.get("labels") or {}),
+        annotations=dict(meta.get("annotations") or {}),
+        active=int(status.get("active") or 0),
+        succeeded=int(status.get("succeeded") or 0),
+        failed=int(status.get("failed") or 0),
+        complete=complete,
+        failed_reason=failed_reason,
+        message=message,
+        created_at=str(meta.get("creationTimestamp") or ""),
+    )
+
+
+def event_from_json(raw: Mapping[str, Any]) -> EventInfo:
+    meta = raw.get("metadata") or {}
+    involved = raw.get("involvedObject") or {}
+    return EventInfo(
+        namespace=str(meta.get("namespace") or ""),
+        kind=str(involved.get("kind") or ""),
+        name=str(involved.get("name") or ""),
+        reason=str(raw.get("reason") or ""),
+        message=str(raw.get("message") or ""),
+        type=str(raw.get("type") or "Normal"),
+        count=int(raw.get("count") or 1),
+    )
+
+
+def rfc3339(moment: datetime | None = None) -> str:
+    return (moment or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def event_manifest(
+    node: NodeInfo, *, reason: str, message: str, type_: str, namespace: str, now: datetime | None = None
+) -> dict[str, Any]:
+    """A core/v1 Event about a Node, as the kubelet and node-problem-detector write them."""
+    stamp = rfc3339(now)
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        # The API server fills in a unique name from generateName; kubectl shows reason and message.
+        "metadata": {"generateName": f"{node.name[:200]}.", "namespace": namespace},
+        "involvedObject": {"apiVersion": "v1", "kind": "Node", "name": node.name, "uid": node.uid or node.name},
+        "reason": reason,
+        "message": message[:1024],
+        "type": type_,
+        "source": {"component": "autopilot", "host": node.name},
+        "reportingComponent": "autopilot.ibm.com/autopilot",
+        "reportingInstance": node.name[:128],
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+    }
+
+
+def merge_condition(
+    existing: NodeCondition | None, wanted: NodeCondition, now: datetime | None = None
+) -> NodeCondition:
+    """The condition to store: ``lastTransitionTime`` kept unless the status changes."""
+    if existing is not None and existing.status == wanted.status and existing.last_transition_time:
+        transition = existing.last_transition_time
+    else:
+        transition = wanted.last_transition_time or rfc3339(now)
+    return dataclasses.replace(wanted, last_transition_time=transition, last_heartbeat_time=rfc3339(now))
+
+
+# ---------------------------------------------------------------- retries
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded retries with exponential backoff and jitter; ``Retry-After`` of a 429 is honoured (capped)."""
+
+    attempts: int = 4
+    base_s: float = 0.2
+    max_s: float = 5.0
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.max_s)
+        backoff: float = min(self.base_s * 2.0**attempt, self.max_s)
+        # Jitter spreads the retries of many workers hit by one API hiccup.
+        return backoff * (0.5 + random.random() / 2)
+
+
+def with_retries(
+    fn: Callable[[], T],
+    *,
+    policy: RetryPolicy,
+    sleep: Callable[[float], None],
+    what: str,
+    retry_conflict: bool = True,
+) -> T:
+    """Call ``fn``; on ``Transient`` (and ``Conflict`` when ``retry_conflict``) retry after a backoff."""
+    for attempt in range(policy.attempts):
+        try:
+            return fn()
+        except (errors.Transient, errors.Conflict) as exc:
+            if isinstance(exc, errors.Conflict) and not retry_conflict:
+                raise
+            if attempt + 1 >= policy.attempts:
+                raise
+            pause = policy.delay(attempt, getattr(exc, "retry_after", None))
+            log.info("%s: %s; retry %d/%d in %.2f s", what, exc, attempt + 1, policy.attempts - 1, pause)
+            sleep(pause)
+    raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+
+# ---------------------------------------------------------------- the real client
+
+
+class _RetryableTransient(errors.Transient):
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class KubeClusterClient:
+    """``ClusterClient`` over the official ``kubernetes`` client (raw JSON through ``ApiClient.call_api``).
+
+    Build it with ``from_config()`` (in-cluster service account, else a kubeconfig), or pass an
+    ``ApiClient`` (the tests point one at a stand-in API server).
+    """
+
+    def __init__(
+        self,
+        api_client: Any,
+        *,
+        timeout_s: float = 10.0,
+        retry: RetryPolicy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._api = api_client
+        self.timeout_s = timeout_s
+        self.retry = retry or RetryPolicy()
+        self._sleep = sleep
+
+    @classmethod
+    def from_config(
+        cls, kubeconfig: str | None = None, *, context: str | None = None, **kwargs: Any
+    ) -> KubeClusterClient:
+        """In-cluster configuration when running in a pod (and no ``kubeconfig`` is given), else the kubeconfig."""
+        from kubernetes import client, config
+
+        cfg = client.Configuration()
+        if kubeconfig is None:
+            try:
+                config.load_incluster_config(client_configuration=cfg)
+            except config.ConfigException:
+                config.load_kube_config(context=context, client_configuration=cfg)
+        else:
+            config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=cfg)
+        # Our own loop retries (with backoff and error mapping); urllib3's silent retries would multiply it.
+        cfg.retries = 0
+        return cls(client.ApiClient(cfg), **kwargs)
+
+    @classmethod
+    def for_host(cls, host: str, **kwargs: Any) -> KubeClusterClient:
+        """A client for an unauthenticated API URL (tests, ``kubectl proxy``)."""
+        from kubernetes import client
+
+        cfg = client.Configuration()
+        cfg.host = host
+        cfg.retries = 0
+        return cls(client.ApiClient(cfg), **kwargs)
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._api.close()
+
+    # ---------------------------------------------------------- transport
+
+    def _once(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Sequence[tuple[str, str]] = (),
+        body: Any = None,
+        content_type: str = "application/json",
+        raw: bool = False,
+    ) -> Any:
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        what = f"{method} {path}"
+        try:
+            resp = self._api.call_api(
+                path,
+                method,
+                query_params=list(query),
+                header_params={"Content-Type": content_type, "Accept": "application/json"},
+                body=body,
+                auth_settings=["BearerToken"],
+                _preload_content=False,
+                _return_http_data_only=True,
+                _request_timeout=self.timeout_s,
+            )
+        except ApiException as exc:
+            raise _translate(exc, what) from exc
+        except (HTTPError, OSError) as exc:
+            raise _RetryableTransient(f"{what}: {type(exc).__name__}: {exc}") from exc
+        data: bytes = resp.data
+        if raw:
+            return data.decode("utf-8", errors="replace")
+        try:
+            return json.loads(data) if data else {}
+        except ValueError as exc:
+            raise errors.ClusterError(f"{what}: the API answered something that is not JSON") from exc
+
+    def _call(self, method: str, path: str, *, retry_conflict: bool = True, **kwargs: Any) -> Any:
+        return with_retries(
+            lambda: self._once(method, path, **kwargs),
+            policy=self.retry,
+            sleep=self._sleep,
+            what=f"{method} {path}",
+            retry_conflict=retry_conflict,
+        )
+
+    # ---------------------------------------------------------- nodes
+
+    def list_nodes(self, label_selector: str | None = None) -> list[NodeInfo]:
+        query = [("labelSelector", label_selector)] if label_selector else []
+        data = self._call("GET", "/api/v1/nodes", query=query)
+        return [node_from_json(item) for item in data.get("items") or ()]
+
+    def get_node(self, name: str) -> NodeInfo:
+        return node_from_json(self._call("GET", f"/api/v1/nodes/{_seg(name)}"))
+
+    def patch_node_labels(
+        self, name: str, labels: Mapping[str, str | None], annotations: Mapping[str, str | None] | None = None
+    ) -> None:
+        meta: dict[str, Any] = {}
+        if labels:
+            meta["labels"] = dict(labels)
+        if annotations:
+            meta["annotations"] = dict(annotations)
+        if not meta:
+            return
+        # A JSON merge patch names only our keys (null removes one); no resourceVersion, so it
+        # cannot conflict with the kubelet or other controllers writing other keys.
+        self._call(
+            "PATCH",
+            f"/api/v1/nodes/{_seg(name)}",
+            body={"metadata": meta},
+            content_type="application/merge-patch+json",
+        )
+
+    def set_node_condition(self, name: str, condition: NodeCondition) -> NodeCondition:
+        def attempt() -> NodeCondition:
+            raw = self._once("GET", f"/api/v1/nodes/{_seg(name)}")
+            node = node_from_json(raw)
+            stored = merge_condition(node.condition(condition.type), condition)
+            version = str((raw.get("metadata") or {}).get("resourceVersion") or "")
+            body: dict[str, Any] = {"status": {"conditions": [stored.to_json()]}}
+            if version:
+                # Optimistic concurrency: the kept lastTransitionTime was read at this version;
+                # if the node changed since, the API answers 409 and we read again.
+                body["metadata"] = {"resourceVersion": version}
+            self._once(
+                "PATCH",
+                f"/api/v1/nodes/{_seg(name)}/status",
+                body=body,
+                content_type="application/strategic-merge-patch+json",
+            )
+            return stored
+
+        return with_retries(attempt, policy=self.retry, sleep=self._sleep, what=f"condition of node {name}")
+
+    def create_node_event(self, node: str, *, reason: str, message: str, type_: str, namespace: str) -> None:
+        info = self.get_node(node)
+        body = event_manifest(info, reason=reason, message=message, type_=type_, namespace=namespace)
+        self._call("POST", f"/api/v1/namespaces/{_seg(namespace)}/events", body=body, retry_conflict=False)
+
+    def nodes_running(self, namespace: str, label_selector: str) -> list[str]:
+        data = self._call(
+            "GET",
+            f"/api/v1/namespaces/{_seg(namespace)}/pods",
+            query=[("labelSelector", label_selector), ("fieldSelector", "status.phase=Running")],
+        )
+        return sorted({p.node for p in (pod_from_json(i) for i in data.get("items") or ()) if p.node})
+
+    def gpu_pods_on_node(self, node: str) -> list[PodInfo]:
+        # Pending, Running and Unknown pods count: a pod admitted to the node holds its GPUs.
+        selector = f"spec.nodeName={node},status.phase!=Succeeded,status.phase!=Failed"
+        data = self._call("GET", "/api/v1/pods", query=[("fieldSelector", selector)])
+        pods = [pod_from_json(i) for i in data.get("items") or ()]
+        return [p for p in pods if p.gpus > 0 and p.phase not in FINISHED_PHASES]
+
+    # ---------------------------------------------------------- jobs
+
+    def create_job(self, namespace: str, manifest: Mapping[str, Any]) -> str:
+        # A 409 means the Job exists: not retried, the caller decides what that means.
+        data = self._call(
+            "POST", f"/apis/batch/v1/namespaces/{_seg(namespace)}/jobs", body=dict(manifest), retry_conflict=False
+        )
+        return str((data.get("metadata") or {}).get("name") or manifest["metadata"]["name"])
+
+    def get_job(self, namespace: str, name: str) -> JobInfo:
+        return job_from_json(self._call("GET", f"/apis/batch/v1/namespaces/{_seg(namespace)}/jobs/{_seg(name)}"))
+
+    def delete_job(self, namespace: str, name: str) -> bool:
+        return self._delete(f"/apis/batch/v1/namespaces/{_seg(namespace)}/jobs/{_seg(name)}", propagation="Background")
+
+    def job_pods(self, namespace: str, job_name: str) -> list[PodInfo]:
+        data = self._call(
+            "GET", f"/api/v1/namespaces/{_seg(namespace)}/pods", query=[("labelSelector", f"job-name={job_name}")]
+        )
+        return [pod_from_json(i) for i in data.get("items") or ()]
+
+    def job_events(self, namespace: str, job_name: str) -> list[EventInfo]:
+        selector = f"involvedObject.kind=Job,involvedObject.name={job_name}"
+        data = self._call("GET", f"/api/v1/namespaces/{_seg(namespace)}/events", query=[("fieldSelector", selector)])
+        return [event_from_json(i) for i in data.get("items") or ()]
+
+    def pod_log(self, namespace: str, pod: str, container: str | None = None) -> str:
+        query = [("limitBytes", str(LOG_LIMIT_BYTES))]
+        if container:
+            query.append(("container", container))
+        text: str = self._call(
+            "GET", f"/api/v1/namespaces/{_seg(namespace)}/pods/{_seg(pod)}/log", query=query, raw=True
+        )
+        return text
+
+    # ---------------------------------------------------------- pods and volumes
+
+    def create_pod(self, namespace: str, manifest: Mapping[str, Any]) -> str:
+        data = self._call(
+            "POST", f"/api/v1/namespaces/{_seg(namespace)}/pods", body=dict(manifest), retry_conflict=False
+        )
+        return str((data.get("metadata") or {}).get("name") or "")
+
+    def delete_pod(self, namespace: str, name: str) -> bool:
+        return self._delete(f"/api/v1/namespaces/{_seg(namespace)}/pods/{_seg(name)}", grace_s=0)
+
+    def create_pvc(self, namespace: str, manifest: Mapping[str, Any]) -> str:
+        data = self._call(
+            "POST",
+            f"/api/v1/namespaces/{_seg(namespace)}/persistentvolumeclaims",
+            body=dict(manifest),
+            retry_conflict=False,
+        )
+        return str((data.get("metadata") or {}).get("name") or "")
+
+    def pvc_phase(self, namespace: str, name: str) -> str:
+        data = self._call("GET", f"/api/v1/namespaces/{_seg(namespace)}/persistentvolumeclaims/{_seg(name)}")
+        return str((data.get("status") or {}).get("phase") or "Pending")
+
+    def delete_pvc(self, namespace: str, name: str) -> bool:
+        return self._delete(f"/api/v1/namespaces/{_seg(namespace)}/persistentvolumeclaims/{_seg(name)}")
+
+    def storage_class_binding_mode(self, name: str) -> str:
+        data = self._call("GET", f"/apis/storage.k8s.io/v1/storageclasses/{_seg(name)}")
+        return str(data.get("volumeBindingMode") or "Immediate")
+
+    def _delete(self, path: str, *, propagation: str | None = None, grace_s: int | None = None) -> bool:
+        body: dict[str, Any] = {"apiVersion": "v1", "kind": "DeleteOptions"}
+        if propagation:
+            body["propagationPolicy"] = propagation
+        if grace_s is not None:
+            body["gracePeriodSeconds"] = grace_s
+        try:
+            self._call("DELETE", path, body=body)
+        except errors.NotFound:
+            return False
+        return True
+
+
+def _seg(name: str) -> str:
+    """A path segment: names reaching the API were validated, but never let one add a path element."""
+    if not name or "/" in name or name in (".", "..") or "?" in name or "#" in name or "%" in name:
+        raise errors.BadParameter("name", f"not a valid object name: {name[:80]!r}")
+    return name
+
+
+def _translate(exc: Any, what: str) -> errors.ClusterError:
+    """``ApiException`` -> our errors, by HTTP status (0/None: no answer at all)."""
+    status = int(getattr(exc, "status", 0) or 0)
+    detail = _api_message(getattr(exc, "body", None)) or str(getattr(exc, "reason", "") or "")
+    message = f"{what}: {status} {detail}".strip()
+    if status == 404:
+        return errors.NotFound(message)
+    if status == 409:
+        return errors.Conflict(message)
+    if status in (0, 429) or status >= 500:
+        return _RetryableTransient(message, _retry_after(getattr(exc, "headers", None)))
+    return errors.ClusterError(message)
+
+
+def _api_message(body: object) -> str:
+    """The ``message`` of a Kubernetes ``Status`` body, when there is one."""
+    if not body:
+        return ""
+    try:
+        parsed = json.loads(body if isinstance(body, str | bytes) else str(body))
+    except ValueError:
+        return str(body)[:200]
+    return str(parsed.get("message") or "")[:500] if isinstance(parsed, dict) else ""
+
+
+def _retry_after(headers: object) -> float | None:
+    if not isinstance(headers, Mapping):
+        return None
+    for key, value in headers.items():
+        if str(key).lower() == "retry-after":
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                return None
+    return None
+
+
+def selector_matches(selector: str, labels: Mapping[str, str]) -> bool:
+    """Equality-based label selectors (``a=b,c==d,e!=f``, bare ``key`` for existence) over ``labels``."""
+    for part in filter(None, (p.strip() for p in selector.split(","))):
+        if "!=" in part:
+            key, _, value = part.partition("!=")
+            if labels.get(key.strip()) == value.strip():
+                return False
+        elif "=" in part:
+            key, _, value = part.replace("==", "=").partition("=")
+            if labels.get(key.strip()) != value.strip():
+                return False
+        elif part.startswith("!"):
+            if part[1:].strip() in labels:
+                return False
+        elif part not in labels:
+            return False
+    return True

@@ -9,6 +9,7 @@ naming the variable instead of surfacing hours later in a periodic loop.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import socket
 from collections.abc import Mapping
@@ -131,6 +132,10 @@ class Settings:
     """Interfaces the network checks use (``AUTOPILOT_NETWORK_INTERFACES``, comma-separated; empty: every one
     a node reports except loopback)."""
 
+    podinfo_annotations: str = "/etc/podinfo/annotations"
+    """Downward-API file of the worker pod's annotations (``AUTOPILOT_PODINFO_ANNOTATIONS``): its Multus
+    ``k8s.v1.cni.cncf.io/network-status`` names the secondary interfaces; a missing file is ignored."""
+
     heartbeat_interval_s: float = 15.0
     """How often a worker writes its node record (``AUTOPILOT_HEARTBEAT_INTERVAL``); a node unseen for
     three intervals is not live."""
@@ -140,6 +145,33 @@ class Settings:
 
     worker_concurrency: int = 4
     """Threads per worker (``AUTOPILOT_WORKER_CONCURRENCY``); GPU checks still run one at a time per node."""
+
+    namespace: str = "autopilot"
+    """Namespace of Autopilot's own objects: invasive Jobs and node Events (``AUTOPILOT_NAMESPACE``, alias
+    ``POD_NAMESPACE``, which the chart sets from the downward API)."""
+
+    image: str = ""
+    """Autopilot's container image (``AUTOPILOT_IMAGE``, set by the chart): runs the invasive DCGM Job and the
+    ``pvc`` check's consumer pod; empty: neither can be started (the outcome says so)."""
+
+    invasive_tolerations: tuple[Mapping[str, Any], ...] = (
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+    )
+    """Tolerations of the invasive Job's pod, a JSON list (``AUTOPILOT_INVASIVE_TOLERATIONS``); default tolerates
+    the ``nvidia.com/gpu`` NoSchedule taint of GPU nodes."""
+
+    invasive_deadline_s: float = 3600.0
+    """``activeDeadlineSeconds`` of the invasive Job (``AUTOPILOT_INVASIVE_DEADLINE``): image pull, start and a
+    DCGM level-3 run (at most 40 min) must fit; past it the Job fails and the node leaves ``TESTING``."""
+
+    pvc_namespace: str = ""
+    """Namespace where the ``pvc`` check creates its claim (``AUTOPILOT_PVC_NAMESPACE``); empty: ``namespace``."""
+
+    pvc_deadline_s: float = 120.0
+    """How long the ``pvc`` check waits for Bound (``AUTOPILOT_PVC_DEADLINE``; upstream waited about 2 min)."""
+
+    pvc_access_mode: str = "ReadWriteOnce"
+    """Access mode of the ``pvc`` check's claim (``AUTOPILOT_PVC_ACCESS_MODE``; upstream hard-coded ReadWriteMany)."""
 
     @property
     def live_after_s(self) -> float:
@@ -175,6 +207,37 @@ def _duration(text: str, var: str) -> float:
     return parse_duration(text, field=var)
 
 
+def _namespace(text: str, var: str) -> str:
+    value = text.strip()
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", value):
+        raise errors.BadParameter(var, f"not a valid namespace (DNS-1123 label): {value[:80]!r}")
+    return value
+
+
+def _choice(text: str, var: str, allowed: tuple[str, ...]) -> str:
+    value = text.strip()
+    if value not in allowed:
+        raise errors.BadParameter(var, f"must be one of {', '.join(allowed)}: {value[:80]!r}")
+    return value
+
+
+def _tolerations(text: str, var: str) -> tuple[dict[str, Any], ...]:
+    """A JSON list of Kubernetes tolerations; only their documented keys, with string/int values."""
+    try:
+        raw = json.loads(text) if text.strip() else []
+    except ValueError as exc:
+        raise errors.BadParameter(var, f"not JSON: {exc}") from None
+    allowed = {"key", "operator", "value", "effect", "tolerationSeconds"}
+    if not isinstance(raw, list) or not all(isinstance(t, dict) and set(t) <= allowed for t in raw):
+        raise errors.BadParameter(var, f"expected a JSON list of tolerations with keys {sorted(allowed)}")
+    for tol in raw:
+        if tol.get("operator", "Equal") not in ("Equal", "Exists"):
+            raise errors.BadParameter(var, f"toleration operator must be Equal or Exists: {tol!r}")
+        if tol.get("effect", "") not in ("", "NoSchedule", "PreferNoSchedule", "NoExecute"):
+            raise errors.BadParameter(var, f"toleration effect is not a Kubernetes taint effect: {tol!r}")
+    return tuple(raw)
+
+
 _FIELDS: list[tuple[str, str, tuple[str, ...], Any]] = [
     ("node_name", "AUTOPILOT_NODE_NAME", ("NODE_NAME",), lambda t, v: t.strip()),
     ("redis_url", "AUTOPILOT_REDIS_URL", (), lambda t, v: t.strip()),
@@ -197,9 +260,22 @@ _FIELDS: list[tuple[str, str, tuple[str, ...], Any]] = [
     ("run_ttl_s", "AUTOPILOT_RUN_TTL", (), _duration),
     ("node_deadline_s", "AUTOPILOT_NODE_DEADLINE", (), _duration),
     ("network_interfaces", "AUTOPILOT_NETWORK_INTERFACES", (), lambda t, v: parse_list(t)),
+    ("podinfo_annotations", "AUTOPILOT_PODINFO_ANNOTATIONS", (), lambda t, v: t.strip()),
     ("heartbeat_interval_s", "AUTOPILOT_HEARTBEAT_INTERVAL", (), _duration),
     ("reconcile_interval_s", "AUTOPILOT_RECONCILE_INTERVAL", (), _duration),
     ("worker_concurrency", "AUTOPILOT_WORKER_CONCURRENCY", (), _int_in(1, 64)),
+    ("namespace", "AUTOPILOT_NAMESPACE", ("POD_NAMESPACE",), lambda t, v: _namespace(t, v)),
+    ("image", "AUTOPILOT_IMAGE", (), lambda t, v: t.strip()),
+    ("invasive_tolerations", "AUTOPILOT_INVASIVE_TOLERATIONS", (), lambda t, v: _tolerations(t, v)),
+    ("invasive_deadline_s", "AUTOPILOT_INVASIVE_DEADLINE", (), _duration),
+    ("pvc_namespace", "AUTOPILOT_PVC_NAMESPACE", (), lambda t, v: _namespace(t, v) if t.strip() else ""),
+    ("pvc_deadline_s", "AUTOPILOT_PVC_DEADLINE", (), _duration),
+    (
+        "pvc_access_mode",
+        "AUTOPILOT_PVC_ACCESS_MODE",
+        (),
+        lambda t, v: _choice(t, v, ("ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod", "ReadOnlyMany")),
+    ),
 ]
 
 

@@ -15,13 +15,26 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from autopilot import errors, gpus
-from autopilot.cluster import NodeInfo
+from autopilot.cluster import (
+    FINISHED_PHASES,
+    EventInfo,
+    JobInfo,
+    NodeCondition,
+    NodeInfo,
+    PodInfo,
+    RetryPolicy,
+    merge_condition,
+    pod_gpus,
+    rfc3339,
+    selector_matches,
+    with_retries,
+)
 from autopilot.commands import CommandResult, CommandRunner
 
 # ---------------------------------------------------------------- commands
@@ -60,6 +73,9 @@ class FakeRunner:
         self._by_argv: dict[tuple[str, ...], Recording] = {r.argv: r for r in recordings}
         self.installed = set(installed) | {os.path.basename(a[0]) for a in self._by_argv}
         self.calls: list[tuple[str, ...]] = []
+        self.spawned: list[FakeProcess] = []
+        # argv -> (exit status, output) of a spawned program that ends at once (a server that cannot bind)
+        self.exits: dict[tuple[str, ...], tuple[int | None, str]] = {}
 
     @classmethod
     def from_dir(cls, path: str | os.PathLike[str], **kwargs: Any) -> FakeRunner:
@@ -91,6 +107,39 @@ class FakeRunner:
         if rec.raises == "not_found":
             raise errors.ToolNotFound(f"{key[0]}: not found on PATH")
         return CommandResult(key, rec.returncode, rec.stdout, rec.stderr)
+
+    def spawn(self, argv: Sequence[str], *, lifetime_s: float, env: Mapping[str, str] | None = None) -> FakeProcess:
+        """A pretend background program: running until stopped, or exited at once when ``exits`` says so."""
+        key = tuple(str(a) for a in argv)
+        if self.which(key[0]) is None:
+            raise errors.ToolNotFound(f"{key[0]}: not found on PATH")
+        code, output = self.exits.get(key, (None, ""))
+        proc = FakeProcess(key, lifetime_s, code, output)
+        self.spawned.append(proc)
+        return proc
+
+
+@dataclasses.dataclass
+class FakeProcess:
+    """What ``FakeRunner.spawn`` returns: records whether (and how) it was stopped."""
+
+    argv: tuple[str, ...]
+    lifetime_s: float
+    returncode: int | None = None
+    printed: str = ""
+    terminated: bool = False
+    pid: int = 0
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def output(self) -> str:
+        return self.printed
+
+    def terminate(self, grace_s: float = 2.0) -> None:
+        self.terminated = True
+        if self.returncode is None:
+            self.returncode = -15
 
 
 class RecordingRunner:
@@ -277,54 +326,426 @@ class FakeClock:
 # ---------------------------------------------------------------- cluster
 
 
-class FakeCluster:
-    """An in-memory cluster that records every write in ``writes``."""
+@dataclasses.dataclass
+class _FakePod:
+    info: PodInfo
+    claims: tuple[str, ...] = ()
+    log: str = ""
+    job: str = ""
 
-    def __init__(self, nodes: Iterable[NodeInfo] = (), pods: Iterable[tuple[str, str, Mapping[str, str]]] = ()) -> None:
+
+@dataclasses.dataclass
+class _FakePvc:
+    storage_class: str
+    phase: str = "Pending"
+    reads: int = 0
+    manifest: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class FakeCluster:
+    """An in-memory cluster that implements ``ClusterClient`` and records every write in ``writes``.
+
+    It behaves as the API server and controllers do where our code can tell: objects keep their
+    labels we do not own, a second Job of one name is a ``Conflict``, a Job gets a pending pod on
+    its node, a PVC binds after ``binds_after`` reads (a ``WaitForFirstConsumer`` class only once
+    a pod mounts it). Tests drive what controllers would do next (``finish_job``,
+    ``refuse_job_pod``, ...), and ``fail_next`` injects API errors that go through the same
+    bounded retries as the real client.
+    """
+
+    def __init__(
+        self,
+        nodes: Iterable[NodeInfo] = (),
+        pods: Iterable[tuple[str, str, Mapping[str, str]]] = (),
+        *,
+        retry: RetryPolicy | None = None,
+        clock: Any = None,
+    ) -> None:
         self.nodes: dict[str, NodeInfo] = {n.name: n for n in nodes}
-        # (namespace, node, pod labels) of running pods
-        self.pods = list(pods)
+        self._pods: dict[tuple[str, str], _FakePod] = {}
+        for i, (ns, node, labels) in enumerate(pods):
+            # (namespace, node, pod labels) of running pods, the shape of the first version
+            self.add_pod(ns, f"pod-{i}", node, labels=labels)
+        self.jobs: dict[tuple[str, str], JobInfo] = {}
+        self.job_manifests: dict[tuple[str, str], dict[str, Any]] = {}
+        self.pvcs: dict[tuple[str, str], _FakePvc] = {}
+        self.storage_classes: dict[str, tuple[str, int | None]] = {}
+        self.events: list[EventInfo] = []
         self.writes: list[tuple[str, str, dict[str, Any]]] = []
+        self.retry = retry or RetryPolicy(attempts=4, base_s=0.0)
+        self.clock = clock
+        self._faults: dict[str, list[int]] = {}
+        self._seq = 0
+
+    # ---------------------------------------------------------- test controls
+
+    def add_node(
+        self,
+        name: str,
+        labels: Mapping[str, str] | None = None,
+        *,
+        gpus: int = 0,
+        annotations: Mapping[str, str] | None = None,
+    ) -> None:
+        self.nodes[name] = NodeInfo(
+            name, dict(labels or {}), dict(annotations or {}), allocatable_gpus=gpus, uid=f"uid-{name}"
+        )
+
+    def add_pod(
+        self,
+        namespace: str,
+        name: str,
+        node: str,
+        *,
+        phase: str = "Running",
+        gpus: int = 0,
+        labels: Mapping[str, str] | None = None,
+    ) -> None:
+        info = PodInfo(name, namespace, node, phase, gpus, labels=dict(labels or {}))
+        self._pods[(namespace, name)] = _FakePod(info)
+
+    def add_storage_class(self, name: str, mode: str = "Immediate", *, binds_after: int | None = 1) -> None:
+        """``binds_after``: reads of the claim's phase until it is Bound (None: the provisioner never binds)."""
+        self.storage_classes[name] = (mode, binds_after)
+
+    def fail_next(self, op: str, status: int, times: int = 1) -> None:
+        """The next ``times`` attempts of ``op`` (a Protocol method name) fail as the API would with ``status``."""
+        self._faults.setdefault(op, []).extend([status] * times)
+
+    def finish_job(self, namespace: str, name: str, *, succeeded: bool, log: str = "", exit_code: int = 0) -> None:
+        """The Job's pod ran to the end: phase, log and the Job's Complete/Failed condition."""
+        job = self.jobs[(namespace, name)]
+        for pod in self._job_pods(namespace, name):
+            pod.info = dataclasses.replace(
+                pod.info,
+                phase="Succeeded" if succeeded else "Failed",
+                exit_codes=(exit_code if not succeeded else 0,),
+            )
+            pod.log = log
+        self.jobs[(namespace, name)] = dataclasses.replace(
+            job,
+            active=0,
+            succeeded=int(succeeded),
+            failed=int(not succeeded),
+            complete=succeeded,
+            failed_reason="" if succeeded else "BackoffLimitExceeded",
+            message="" if succeeded else "Job has reached the specified backoff limit",
+        )
+
+    def refuse_job_pod(self, namespace: str, name: str, message: str) -> None:
+        """The Job controller could not create the pod (quota, admission webhook): no pod, a FailedCreate event."""
+        for pod in self._job_pods(namespace, name):
+            del self._pods[(pod.info.namespace, pod.info.name)]
+        self.jobs[(namespace, name)] = dataclasses.replace(self.jobs[(namespace, name)], active=0)
+        self.events.append(EventInfo(namespace, "Job", name, "FailedCreate", message, "Warning"))
+
+    def reject_job_pod(self, namespace: str, name: str, reason: str, message: str) -> None:
+        """The kubelet refused the pod at admission (e.g. ``UnexpectedAdmissionError``): pod Failed."""
+        for pod in self._job_pods(namespace, name):
+            pod.info = dataclasses.replace(pod.info, phase="Failed", reason=reason, message=message)
+
+    def unschedulable_job_pod(self, namespace: str, name: str, message: str) -> None:
+        for pod in self._job_pods(namespace, name):
+            pod.info = dataclasses.replace(pod.info, unschedulable=message)
+
+    def job_past_deadline(self, namespace: str, name: str) -> None:
+        """``activeDeadlineSeconds`` passed: the controller kills the pod and fails the Job."""
+        for pod in self._job_pods(namespace, name):
+            pod.info = dataclasses.replace(pod.info, phase="Failed", reason="DeadlineExceeded")
+        self.jobs[(namespace, name)] = dataclasses.replace(
+            self.jobs[(namespace, name)],
+            active=0,
+            failed=1,
+            failed_reason="DeadlineExceeded",
+            message="Job was active longer than specified deadline",
+        )
+
+    def pods(self, namespace: str | None = None) -> list[PodInfo]:
+        return [p.info for p in self._pods.values() if namespace is None or p.info.namespace == namespace]
+
+    def events_for(self, kind: str, name: str) -> list[EventInfo]:
+        return [e for e in self.events if e.kind == kind and e.name == name]
+
+    # ---------------------------------------------------------- plumbing
+
+    def _do(self, op: str, fn: Callable[[], _T]) -> _T:
+        def attempt() -> _T:
+            queue = self._faults.get(op)
+            if queue:
+                raise _fault(op, queue.pop(0))
+            return fn()
+
+        return with_retries(
+            attempt, policy=self.retry, sleep=lambda s: None, what=op, retry_conflict=op not in _CREATES
+        )
+
+    def _record(self, op: str, target: str, payload: Mapping[str, Any]) -> None:
+        self.writes.append((op, target, dict(payload)))
+
+    def _name(self, meta: Mapping[str, Any]) -> str:
+        if meta.get("name"):
+            return str(meta["name"])
+        self._seq += 1
+        return f"{meta.get('generateName', 'obj-')}{self._seq:05x}"
+
+    def _now(self) -> datetime:
+        return self.clock.now() if self.clock is not None else datetime.now(UTC)
+
+    def _job_pods(self, namespace: str, job: str) -> list[_FakePod]:
+        return [p for p in self._pods.values() if p.info.namespace == namespace and p.job == job]
+
+    # ---------------------------------------------------------- nodes
 
     def list_nodes(self, label_selector: str | None = None) -> list[NodeInfo]:
-        wanted = _parse_equality_selector(label_selector or "")
-        return [n for n in self.nodes.values() if all(n.labels.get(k) == v for k, v in wanted.items())]
+        return self._do(
+            "list_nodes",
+            lambda: [n for n in self.nodes.values() if selector_matches(label_selector or "", n.labels)],
+        )
 
     def get_node(self, name: str) -> NodeInfo:
-        try:
-            return self.nodes[name]
-        except KeyError:
-            raise errors.NotFound(f"node {name} not found") from None
+        def get() -> NodeInfo:
+            try:
+                return self.nodes[name]
+            except KeyError:
+                raise errors.NotFound(f"node {name} not found") from None
+
+        return self._do("get_node", get)
 
     def patch_node_labels(
         self, name: str, labels: Mapping[str, str | None], annotations: Mapping[str, str | None] | None = None
     ) -> None:
-        node = self.get_node(name)
-        new_labels = {**node.labels}
-        new_ann = {**node.annotations}
-        for target, patch in ((new_labels, labels), (new_ann, annotations or {})):
-            for key, value in patch.items():
-                if value is None:
-                    target.pop(key, None)
-                else:
-                    target[key] = value
-        self.nodes[name] = dataclasses.replace(node, labels=new_labels, annotations=new_ann)
-        self.writes.append(("patch_node", name, {"labels": dict(labels), "annotations": dict(annotations or {})}))
+        def patch() -> None:
+            node = self.get_node(name)
+            new_labels = {**node.labels}
+            new_ann = {**node.annotations}
+            for target, changes in ((new_labels, labels), (new_ann, annotations or {})):
+                for key, value in changes.items():
+                    if value is None:
+                        target.pop(key, None)
+                    else:
+                        target[key] = value
+            self.nodes[name] = dataclasses.replace(node, labels=new_labels, annotations=new_ann)
+            self._record("patch_node", name, {"labels": dict(labels), "annotations": dict(annotations or {})})
+
+        if labels or annotations:
+            self._do("patch_node_labels", patch)
+
+    def set_node_condition(self, name: str, condition: NodeCondition) -> NodeCondition:
+        def write() -> NodeCondition:
+            node = self.get_node(name)
+            stored = merge_condition(node.condition(condition.type), condition, self._now())
+            others = tuple(c for c in node.conditions if c.type != condition.type)
+            self.nodes[name] = dataclasses.replace(node, conditions=(*others, stored))
+            self._record("set_node_condition", name, stored.to_json())
+            return stored
+
+        return self._do("set_node_condition", write)
+
+    def create_node_event(self, node: str, *, reason: str, message: str, type_: str, namespace: str) -> None:
+        def create() -> None:
+            self.get_node(node)
+            event = EventInfo(namespace, "Node", node, reason, message[:1024], type_)
+            self.events.append(event)
+            self._record("create_node_event", node, dataclasses.asdict(event))
+
+        self._do("create_node_event", create)
 
     def nodes_running(self, namespace: str, label_selector: str) -> list[str]:
-        wanted = _parse_equality_selector(label_selector)
-        return sorted(
-            {
-                node
-                for ns, node, labels in self.pods
-                if ns == namespace and all(labels.get(k) == v for k, v in wanted.items())
-            }
+        return self._do(
+            "nodes_running",
+            lambda: sorted(
+                {
+                    p.info.node
+                    for p in self._pods.values()
+                    if p.info.namespace == namespace
+                    and p.info.phase == "Running"
+                    and p.info.node
+                    and selector_matches(label_selector, p.info.labels)
+                }
+            ),
         )
 
+    def gpu_pods_on_node(self, node: str) -> list[PodInfo]:
+        return self._do(
+            "gpu_pods_on_node",
+            lambda: [
+                p.info
+                for p in self._pods.values()
+                if p.info.node == node and p.info.gpus > 0 and p.info.phase not in FINISHED_PHASES
+            ],
+        )
 
-def _parse_equality_selector(selector: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for part in filter(None, (p.strip() for p in selector.split(","))):
-        key, _, value = part.partition("=")
-        out[key.strip()] = value.strip()
-    return out
+    # ---------------------------------------------------------- jobs
+
+    def create_job(self, namespace: str, manifest: Mapping[str, Any]) -> str:
+        def create() -> str:
+            meta = manifest.get("metadata") or {}
+            name = self._name(meta)
+            if (namespace, name) in self.jobs:
+                raise errors.Conflict(f"jobs.batch {name!r} already exists")
+            self.jobs[(namespace, name)] = JobInfo(
+                name,
+                namespace,
+                labels=dict(meta.get("labels") or {}),
+                annotations=dict(meta.get("annotations") or {}),
+                active=1,
+                created_at=rfc3339(self._now()),
+            )
+            self.job_manifests[(namespace, name)] = json.loads(json.dumps(manifest))
+            spec = ((manifest.get("spec") or {}).get("template") or {}).get("spec") or {}
+            self._seq += 1
+            pod = f"{name[:57]}-{self._seq:05x}"
+            info = PodInfo(pod, namespace, pod_node(spec), "Pending", pod_gpus(spec), labels={"job-name": name})
+            self._pods[(namespace, pod)] = _FakePod(info, job=name)
+            self._record("create_job", f"{namespace}/{name}", dict(manifest))
+            return name
+
+        return self._do("create_job", create)
+
+    def get_job(self, namespace: str, name: str) -> JobInfo:
+        def get() -> JobInfo:
+            try:
+                return self.jobs[(namespace, name)]
+            except KeyError:
+                raise errors.NotFound(f"jobs.batch {name!r} not found") from None
+
+        return self._do("get_job", get)
+
+    def delete_job(self, namespace: str, name: str) -> bool:
+        def delete() -> bool:
+            if self.jobs.pop((namespace, name), None) is None:
+                return False
+            for pod in self._job_pods(namespace, name):
+                del self._pods[(namespace, pod.info.name)]
+            self._record("delete_job", f"{namespace}/{name}", {})
+            return True
+
+        return self._do("delete_job", delete)
+
+    def job_pods(self, namespace: str, job_name: str) -> list[PodInfo]:
+        return self._do("job_pods", lambda: [p.info for p in self._job_pods(namespace, job_name)])
+
+    def job_events(self, namespace: str, job_name: str) -> list[EventInfo]:
+        return self._do(
+            "job_events",
+            lambda: [e for e in self.events if e.namespace == namespace and e.kind == "Job" and e.name == job_name],
+        )
+
+    def pod_log(self, namespace: str, pod: str, container: str | None = None) -> str:
+        def read() -> str:
+            try:
+                return self._pods[(namespace, pod)].log
+            except KeyError:
+                raise errors.NotFound(f"pods {pod!r} not found") from None
+
+        return self._do("pod_log", read)
+
+    # ---------------------------------------------------------- pods and volumes
+
+    def create_pod(self, namespace: str, manifest: Mapping[str, Any]) -> str:
+        def create() -> str:
+            meta = manifest.get("metadata") or {}
+            name = self._name(meta)
+            if (namespace, name) in self._pods:
+                raise errors.Conflict(f"pods {name!r} already exists")
+            spec = manifest.get("spec") or {}
+            claims = tuple(
+                str((v.get("persistentVolumeClaim") or {}).get("claimName"))
+                for v in spec.get("volumes") or ()
+                if v.get("persistentVolumeClaim")
+            )
+            info = PodInfo(
+                name, namespace, pod_node(spec), "Pending", pod_gpus(spec), labels=dict(meta.get("labels") or {})
+            )
+            self._pods[(namespace, name)] = _FakePod(info, claims=claims)
+            self._record("create_pod", f"{namespace}/{name}", dict(manifest))
+            return name
+
+        return self._do("create_pod", create)
+
+    def delete_pod(self, namespace: str, name: str) -> bool:
+        def delete() -> bool:
+            if self._pods.pop((namespace, name), None) is None:
+                return False
+            self._record("delete_pod", f"{namespace}/{name}", {})
+            return True
+
+        return self._do("delete_pod", delete)
+
+    def create_pvc(self, namespace: str, manifest: Mapping[str, Any]) -> str:
+        def create() -> str:
+            meta = manifest.get("metadata") or {}
+            name = self._name(meta)
+            if (namespace, name) in self.pvcs:
+                raise errors.Conflict(f"persistentvolumeclaims {name!r} already exists")
+            storage_class = str((manifest.get("spec") or {}).get("storageClassName") or "")
+            self.pvcs[(namespace, name)] = _FakePvc(storage_class, manifest=json.loads(json.dumps(manifest)))
+            self._record("create_pvc", f"{namespace}/{name}", dict(manifest))
+            return name
+
+        return self._do("create_pvc", create)
+
+    def pvc_phase(self, namespace: str, name: str) -> str:
+        def read() -> str:
+            pvc = self.pvcs.get((namespace, name))
+            if pvc is None:
+                raise errors.NotFound(f"persistentvolumeclaims {name!r} not found")
+            pvc.reads += 1
+            mode, binds_after = self.storage_classes.get(pvc.storage_class, ("Immediate", None))
+            consumed = any(name in p.claims for p in self._pods.values() if p.info.namespace == namespace)
+            if binds_after is not None and pvc.reads >= binds_after and (mode != "WaitForFirstConsumer" or consumed):
+                pvc.phase = "Bound"
+            return pvc.phase
+
+        return self._do("pvc_phase", read)
+
+    def delete_pvc(self, namespace: str, name: str) -> bool:
+        def delete() -> bool:
+            if self.pvcs.pop((namespace, name), None) is None:
+                return False
+            self._record("delete_pvc", f"{namespace}/{name}", {})
+            return True
+
+        return self._do("delete_pvc", delete)
+
+    def storage_class_binding_mode(self, name: str) -> str:
+        def read() -> str:
+            try:
+                return self.storage_classes[name][0]
+            except KeyError:
+                raise errors.NotFound(f"storageclasses {name!r} not found") from None
+
+        return self._do("storage_class_binding_mode", read)
+
+
+_T = TypeVar("_T")
+# Creates are not retried on 409: "already exists" is an answer, not a race.
+_CREATES = frozenset({"create_job", "create_pod", "create_pvc", "create_node_event"})
+
+
+def _fault(op: str, status: int) -> errors.ClusterError:
+    message = f"{op}: injected {status}"
+    if status == 404:
+        return errors.NotFound(message)
+    if status == 409:
+        return errors.Conflict(message)
+    if status == 429 or status >= 500:
+        return errors.Transient(message)
+    return errors.ClusterError(message)
+
+
+def pod_node(spec: Mapping[str, Any]) -> str:
+    """The node a pod spec is pinned to: ``nodeName``, else a required affinity on ``metadata.name`` or hostname."""
+    if spec.get("nodeName"):
+        return str(spec["nodeName"])
+    required = ((spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ) or {}
+    for term in required.get("nodeSelectorTerms") or ():
+        for field in term.get("matchFields") or ():
+            if field.get("key") == "metadata.name" and field.get("operator") == "In" and field.get("values"):
+                return str(field["values"][0])
+        for expr in term.get("matchExpressions") or ():
+            if expr.get("key") == "kubernetes.io/hostname" and expr.get("operator") == "In" and expr.get("values"):
+                return str(expr["values"][0])
+    return ""

@@ -3,6 +3,6 @@
 One explicit import per check module; adding a check means adding its module and one line here.
 """
 
-from autopilot.checks import dcgm, gpumem, gpupower, pciebw, ping, remapped
+from autopilot.checks import dcgm, gpumem, gpupower, iperf, pciebw, ping, pvc, remapped
 
-__all__ = ["dcgm", "gpumem", "gpupower", "pciebw", "ping", "remapped"]
+__all__ = ["dcgm", "gpumem", "gpupower", "iperf", "pciebw", "ping", "pvc", "remapped"]

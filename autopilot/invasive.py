@@ -1,0 +1,405 @@
+"""The invasive DCGM level-3 run: a Kubernetes Job that takes every GPU of one node.
+
+Functions over the cluster seam, for the worker (which sets ``TESTING`` and stores results) to
+call:
+
+- ``gpus_free(cluster, node)``: the node has allocatable GPUs and no unfinished pod requests or
+  limits ``nvidia.com/gpu`` (upstream's rule, which also counts pending pods: they hold GPUs
+  once admitted).
+- ``start(cluster, node, settings)``: busy -> no Job; free -> the Job of ``job_spec``; refused ->
+  an outcome carrying an ``error`` result, so the node's verdict moves on.
+- ``poll(cluster, job_name, namespace=...)``: running, or a terminal outcome that always carries
+  a ``CheckResult`` (the Job's own result read from its pod log, or an ``error`` saying why there
+  is none). Terminal Jobs are deleted, so a node never stays ``TESTING`` and the next run can
+  start: creation refused, pod refused by admission or the scheduler, deadline, a Job deleted
+  underneath us (``GONE``) all end in a result.
+
+At most one invasive Job per node, whoever asks: its name is a function of the node
+(``job_name``), so a second create is a 409 and means "already running".
+
+Differences from upstream (reference 6.4, 13): pinned with a required node affinity on the
+node's ``metadata.name`` (what the DaemonSet controller uses; the scheduler, taints, quotas and
+admission apply, unlike ``nodeName``), requests the node's allocatable GPU count instead of 8,
+has a deadline, configurable tolerations and image, runs as non-root with no service-account
+token (its result goes to stdout, not to the API), and the worker reads its result instead of
+the Job labelling the node itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from autopilot import errors, results
+from autopilot.cluster import GPU_RESOURCE, ClusterClient, JobInfo, NodeInfo, PodInfo
+from autopilot.config import Settings
+from autopilot.results import CheckResult, Status
+
+log = logging.getLogger(__name__)
+
+LEVEL = 3
+JOB_PREFIX = "autopilot-dcgm3-"
+CONTAINER = "main"
+NODE_ANNOTATION = "autopilot.ibm.com/node"
+LABELS = {"app.kubernetes.io/name": "autopilot", "app.kubernetes.io/component": "dcgm-level3"}
+COMMAND = ("autopilot", "run", "dcgm", "--param", f"r={LEVEL}", "--json")
+# Non-root user of the Autopilot image; DCGM diagnostics talk to the host engine and need no root.
+RUN_AS_USER = 1000
+# Kubelet admission rejections and pod states that never recover on their own.
+_STUCK_WAITING = frozenset({"ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull", "CreateContainerConfigError"})
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+def job_name(node: str) -> str:
+    """``autopilot-dcgm3-<node>``; a node name that does not fit a 63-character label is cut and hashed."""
+    plain = JOB_PREFIX + node
+    if len(plain) <= 63 and _DNS1123_LABEL.match(plain):
+        return plain
+    digest = hashlib.sha256(node.encode()).hexdigest()[:10]
+    stem = re.sub(r"[^a-z0-9-]+", "-", node.lower())[: 63 - len(JOB_PREFIX) - 11].strip("-")
+    return f"{JOB_PREFIX}{stem}-{digest}" if stem else f"{JOB_PREFIX}{digest}"
+
+
+# ---------------------------------------------------------------- GPU availability
+
+
+def gpus_free(cluster: ClusterClient, node: str, info: NodeInfo | None = None) -> tuple[bool, str]:
+    """(free, why): free when the node has allocatable GPUs and no unfinished pod uses any."""
+    info = info or cluster.get_node(node)
+    if info.allocatable_gpus <= 0:
+        return False, f"node {node} has no allocatable {GPU_RESOURCE}"
+    busy = cluster.gpu_pods_on_node(node)
+    if busy:
+        return False, _busy_reason(busy)
+    return True, f"{info.allocatable_gpus} GPUs free"
+
+
+def _busy_reason(busy: Sequence[PodInfo]) -> str:
+    listed = ", ".join(f"{p.namespace}/{p.name} ({p.gpus} GPU, {p.phase})" for p in busy[:5])
+    more = f" and {len(busy) - 5} more" if len(busy) > 5 else ""
+    return f"GPUs in use by {listed}{more}"
+
+
+# ---------------------------------------------------------------- the Job
+
+
+def job_spec(
+    node: str,
+    gpu_count: int,
+    settings: Settings,
+    *,
+    image: str | None = None,
+    tolerations: Sequence[Mapping[str, Any]] | None = None,
+    ttl_s: int | None = None,
+    deadline_s: float | None = None,
+) -> dict[str, Any]:
+    """The batch/v1 Job that runs ``autopilot run dcgm --param r=3 --json`` on ``node`` with all its GPUs."""
+    if gpu_count <= 0:
+        raise errors.BadParameter("gpu_count", f"must be at least 1, got {gpu_count}")
+    gpus = str(int(gpu_count))
+    name = job_name(node)
+    env = [
+        {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+        # The Job judges with the fatal categories this deployment uses.
+        {"name": "AUTOPILOT_DCGM_FATAL_ERRORS", "value": ",".join(settings.dcgm_fatal_errors)},
+    ]
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "affinity": {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [
+                        {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}
+                    ]
+                }
+            }
+        },
+        "tolerations": [dict(t) for t in (settings.invasive_tolerations if tolerations is None else tolerations)],
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS_USER,
+            "runAsGroup": RUN_AS_USER,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [
+            {
+                "name": CONTAINER,
+                "image": image if image is not None else settings.image,
+                "imagePullPolicy": "IfNotPresent",
+                "command": [COMMAND[0]],
+                "args": list(COMMAND[1:]),
+                "env": env,
+                "resources": {"requests": {GPU_RESOURCE: gpus}, "limits": {GPU_RESOURCE: gpus}},
+                "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+            }
+        ],
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": settings.namespace,
+            "labels": dict(LABELS),
+            "annotations": {NODE_ANNOTATION: node},
+        },
+        "spec": {
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": max(1, int(settings.invasive_deadline_s if deadline_s is None else deadline_s)),
+            "ttlSecondsAfterFinished": int(settings.invasive_job_ttl_s if ttl_s is None else ttl_s),
+            "template": {
+                "metadata": {"labels": dict(LABELS), "annotations": {NODE_ANNOTATION: node}},
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+# ---------------------------------------------------------------- start
+
+
+class StartState(enum.StrEnum):
+    STARTED = "started"  # the Job was created: the node is TESTING
+    ALREADY_RUNNING = "already_running"  # our Job of this node exists: poll it
+    BUSY = "busy"  # GPUs in use: no Job, nothing changes
+    NO_GPUS = "no_gpus"  # the node has no allocatable GPU: nothing to test
+    REFUSED = "refused"  # could not create the Job: ``result`` is the error to store
+
+
+@dataclasses.dataclass(frozen=True)
+class StartOutcome:
+    state: StartState
+    node: str
+    job_name: str
+    namespace: str
+    reason: str
+    result: CheckResult | None = None
+
+    @property
+    def testing(self) -> bool:
+        """True while the node is held by the Job: the worker keeps ``TESTING`` and polls."""
+        return self.state in (StartState.STARTED, StartState.ALREADY_RUNNING)
+
+
+def start(
+    cluster: ClusterClient,
+    node: str,
+    settings: Settings,
+    *,
+    before_create: Callable[[], None] | None = None,
+    now: datetime | None = None,
+) -> StartOutcome:
+    """Create the node's level-3 Job if its GPUs are free.
+
+    ``before_create`` runs after the GPUs were found free and before the Job is created: the
+    worker sets ``TESTING`` there, so the label is up before the Job can take the GPUs.
+    """
+    name = job_name(node)
+    namespace = settings.namespace
+
+    def outcome(state: StartState, reason: str, *, error: bool = False) -> StartOutcome:
+        result = error_result(node, reason, job=name, now=now) if error else None
+        return StartOutcome(state, node, name, namespace, reason, result)
+
+    if not settings.image:
+        return outcome(StartState.REFUSED, "no image for the invasive Job (set AUTOPILOT_IMAGE)", error=True)
+    try:
+        info = cluster.get_node(node)
+        if info.allocatable_gpus <= 0:
+            return outcome(StartState.NO_GPUS, f"node {node} has no allocatable {GPU_RESOURCE}")
+        busy = cluster.gpu_pods_on_node(node)
+    except errors.ClusterError as exc:
+        return outcome(StartState.REFUSED, f"cannot read node {node}: {exc}", error=True)
+    if any(_job_of(p) == name for p in busy):
+        return outcome(StartState.ALREADY_RUNNING, f"Job {namespace}/{name} holds the GPUs")
+    if busy:
+        return outcome(StartState.BUSY, _busy_reason(busy))
+    if before_create is not None:
+        before_create()
+    manifest = job_spec(node, info.allocatable_gpus, settings)
+    try:
+        cluster.create_job(namespace, manifest)
+    except errors.Conflict:
+        return outcome(StartState.ALREADY_RUNNING, f"Job {namespace}/{name} exists")
+    except errors.ClusterError as exc:
+        return outcome(StartState.REFUSED, f"the API refused Job {namespace}/{name}: {exc}", error=True)
+    log.info(
+        "invasive DCGM level %d on %s: Job %s/%s with %d GPUs", LEVEL, node, namespace, name, info.allocatable_gpus
+    )
+    return outcome(StartState.STARTED, f"Job {namespace}/{name} created with {info.allocatable_gpus} GPUs")
+
+
+def _job_of(pod: PodInfo) -> str:
+    return str(pod.labels.get("job-name") or pod.labels.get("batch.kubernetes.io/job-name") or "")
+
+
+# ---------------------------------------------------------------- poll
+
+
+class JobState(enum.StrEnum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"  # the Job completed; ``result`` is what it found
+    FAILED = "failed"  # the Job failed; ``result`` is its finding (a failing DCGM exits non-zero) or an error
+    ADMISSION_FAILED = "admission_failed"  # pod refused: quota/webhook, kubelet admission, unschedulable, no image
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    GONE = "gone"  # the Job no longer exists (deleted, TTL) and its result was never read
+
+
+@dataclasses.dataclass(frozen=True)
+class JobOutcome:
+    state: JobState
+    job_name: str
+    node: str
+    reason: str
+    result: CheckResult | None = None  # set for every state but RUNNING
+
+    @property
+    def finished(self) -> bool:
+        return self.state is not JobState.RUNNING
+
+
+def poll(
+    cluster: ClusterClient,
+    job_name: str,
+    *,
+    namespace: str,
+    node: str = "",
+    deadline_s: float | None = None,
+    now: datetime | None = None,
+    cleanup: bool = True,
+) -> JobOutcome:
+    """Where the Job stands. A terminal outcome carries a result; with ``cleanup`` the Job is then deleted.
+
+    ``deadline_s`` (the Job's ``activeDeadlineSeconds``) lets a Job the controller has not yet
+    failed count as past its deadline 60 s after it (a stuck controller must not hold the node).
+    """
+    moment = now or datetime.now(UTC)
+    try:
+        job = cluster.get_job(namespace, job_name)
+    except errors.NotFound:
+        reason = (
+            f"invasive Job {namespace}/{job_name} is gone (deleted, or removed by its TTL) before its result was read"
+        )
+        return JobOutcome(JobState.GONE, job_name, node, reason, error_result(node, reason, job=job_name, now=now))
+    node = job.annotations.get(NODE_ANNOTATION) or node
+    pods = cluster.job_pods(namespace, job_name)
+    outcome = _judge(cluster, job, pods, node, deadline_s, moment)
+    if outcome.finished and cleanup:
+        try:
+            cluster.delete_job(namespace, job_name)
+        except errors.ClusterError as exc:
+            # The TTL removes it later; the outcome stands either way.
+            log.warning("invasive Job %s/%s not deleted: %s", namespace, job_name, exc)
+    return outcome
+
+
+def _judge(
+    cluster: ClusterClient,
+    job: JobInfo,
+    pods: list[PodInfo],
+    node: str,
+    deadline_s: float | None,
+    moment: datetime,
+) -> JobOutcome:
+    name, namespace = job.name, job.namespace
+
+    def done(state: JobState, reason: str, result: CheckResult | None = None) -> JobOutcome:
+        return JobOutcome(state, name, node, reason, result or error_result(node, reason, job=name, now=moment))
+
+    if job.complete:
+        found, why = _result_from_pods(cluster, namespace, pods, node)
+        if found is None:
+            return done(JobState.FAILED, f"Job {name} completed but {why}")
+        return done(JobState.SUCCEEDED, f"Job {name} completed: {found.status.value}", found)
+    if job.failed_reason == "DeadlineExceeded":
+        return done(JobState.DEADLINE_EXCEEDED, f"Job {name} did not finish before its deadline: {job.message}".strip())
+    refused = _admission_failure(cluster, namespace, name, pods)
+    if refused:
+        return done(JobState.ADMISSION_FAILED, f"the pod of Job {name} could not run: {refused}")
+    if job.failed_reason:
+        found, why = _result_from_pods(cluster, namespace, pods, node)
+        if found is not None:
+            return done(JobState.FAILED, f"Job {name} failed: {found.status.value}: {found.summary}", found)
+        return done(JobState.FAILED, f"Job {name} failed ({job.failed_reason}) and {why}")
+    if deadline_s is not None and job.created_at:
+        age = (moment - results.parse_iso(job.created_at)).total_seconds()
+        if age > deadline_s + 60:
+            return done(JobState.DEADLINE_EXCEEDED, f"Job {name} still not finished {age:.0f} s after creation")
+    return JobOutcome(JobState.RUNNING, name, node, f"Job {name} running ({len(pods)} pod(s))")
+
+
+def _admission_failure(cluster: ClusterClient, namespace: str, job: str, pods: list[PodInfo]) -> str:
+    for pod in pods:
+        if pod.phase == "Failed" and pod.reason and not pod.exit_codes:
+            return f"{pod.reason}: {pod.message}".rstrip(": ")
+        if pod.unschedulable:
+            return f"unschedulable: {pod.unschedulable}"
+        stuck = [w for w in pod.waiting if w in _STUCK_WAITING]
+        if stuck:
+            return f"{stuck[0]} ({pod.name})"
+    if not pods:
+        refused = [e for e in cluster.job_events(namespace, job) if e.reason == "FailedCreate"]
+        if refused:
+            return f"FailedCreate: {refused[-1].message}"
+    return ""
+
+
+def _result_from_pods(
+    cluster: ClusterClient, namespace: str, pods: list[PodInfo], node: str
+) -> tuple[CheckResult | None, str]:
+    ran = [p for p in pods if p.phase in ("Succeeded", "Failed")] or pods
+    if not ran:
+        return None, "its pod is gone"
+    pod = ran[-1]
+    try:
+        text = cluster.pod_log(namespace, pod.name, CONTAINER)
+    except errors.ClusterError as exc:
+        return None, f"its log could not be read: {exc}"
+    found = parse_result_log(text, node)
+    return (found, "") if found is not None else (None, "its log holds no DCGM result JSON")
+
+
+# ---------------------------------------------------------------- results
+
+
+def parse_result_log(text: str, node: str = "") -> CheckResult | None:
+    """The ``dcgm`` result in the log of ``autopilot run dcgm --json`` (stderr lines may surround it)."""
+    decoder = json.JSONDecoder()
+    found: CheckResult | None = None
+    for match in re.finditer(r"(?m)^\{", text):
+        try:
+            doc, _ = decoder.raw_decode(text, match.start())
+        except ValueError:
+            continue
+        candidates = doc.get("results") if isinstance(doc, dict) and "results" in doc else [doc]
+        for raw in candidates if isinstance(candidates, list) else ():
+            if isinstance(raw, dict) and raw.get("check") == "dcgm":
+                try:
+                    found = CheckResult.from_dict(raw)
+                except (KeyError, ValueError):
+                    continue
+    if found is None:
+        return None
+    params = {**found.params, "r": int(found.params.get("r") or LEVEL)}
+    return dataclasses.replace(found, node=found.node or node, params=params)
+
+
+def error_result(node: str, reason: str, *, job: str = "", now: datetime | None = None) -> CheckResult:
+    """The ``dcgm`` level-3 ``error`` stored when the invasive run could not produce a result."""
+    return CheckResult(
+        "dcgm",
+        Status.ERROR,
+        reason,
+        node=node,
+        params={"r": LEVEL},
+        data={"invasive": True, "job": job, "level": LEVEL},
+        started_at=results.utc_now_iso(now),
+    )

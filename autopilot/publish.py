@@ -1,0 +1,143 @@
+"""Publish a node's verdict into the cluster: labels, annotations, our NodeCondition, an Event.
+
+Two steps. ``desired`` is pure: from the verdict decision and the latest DCGM results it computes
+what the Node should carry (labels and annotations from ``labeling``, the condition below).
+``apply`` reads the Node once and writes only what differs, through the cluster seam, so that
+calling it every reconcile tick costs one GET and no write when nothing changed.
+
+The condition (type ``autopilot.ibm.com/GpuHealth``) reads like the kubelet's own conditions,
+``True`` meaning healthy:
+
+=========  ===========  ================================================
+verdict    status       reason
+=========  ===========  ================================================
+PASS       ``True``     ``AutopilotPass``
+WARN       ``False``    ``AutopilotWarn``
+EVICT      ``False``    ``AutopilotEvict``
+TESTING    ``Unknown``  ``AutopilotTesting``
+UNKNOWN    ``Unknown``  ``AutopilotUnknown``
+=========  ===========  ================================================
+
+Its message names the failing checks and their GPUs (the decision's reasons). The seam keeps
+``lastTransitionTime`` while the status stays the same. An Event (``GpuHealthChanged``, type
+``Warning`` for WARN/EVICT) is emitted only when the verdict changes; Events are best effort:
+a refused Event is logged and never undoes or blocks the labels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterable, Mapping
+
+from autopilot import errors, labeling, results
+from autopilot.cluster import CONDITION_TYPE, ClusterClient, NodeCondition
+from autopilot.results import CheckResult
+from autopilot.verdict import Decision, Verdict
+
+log = logging.getLogger(__name__)
+
+EVENT_REASON = "GpuHealthChanged"
+MESSAGE_LIMIT = 1024
+
+_STATUS = {
+    Verdict.PASS: "True",
+    Verdict.WARN: "False",
+    Verdict.EVICT: "False",
+    Verdict.TESTING: "Unknown",
+    Verdict.UNKNOWN: "Unknown",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class NodePublication:
+    """What a Node should carry for its verdict. Keys not named here are never touched."""
+
+    verdict: Verdict
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+    condition: NodeCondition
+
+
+def condition_for(decision: Decision) -> NodeCondition:
+    verdict = decision.verdict
+    if decision.reasons:
+        message = "; ".join(decision.reasons)
+    elif verdict is Verdict.PASS:
+        message = "all periodic checks pass"
+    else:
+        message = verdict.value
+    if len(message) > MESSAGE_LIMIT:
+        message = message[: MESSAGE_LIMIT - 3] + "..."
+    return NodeCondition(
+        type=CONDITION_TYPE,
+        status=_STATUS[verdict],
+        reason=f"Autopilot{verdict.value.title()}",
+        message=message,
+    )
+
+
+def desired(
+    decision: Decision,
+    dcgm: CheckResult | Iterable[CheckResult] | None = None,
+) -> NodePublication:
+    """Labels, annotations and condition for ``decision`` and the latest DCGM result(s) of any level.
+
+    Of several DCGM results of one level the most recent (``started_at``) wins; an ``error`` or
+    ``skipped`` DCGM result writes no ``dcgm.level`` label (``labeling.dcgm_labels``).
+    """
+    found = [dcgm] if isinstance(dcgm, CheckResult) else list(dcgm or ())
+    labels: dict[str, str] = dict(labeling.verdict_labels(decision.verdict))
+    annotations: dict[str, str] = {}
+    for result in sorted(found, key=_started):
+        dcgm_labels, dcgm_annotations = labeling.dcgm_labels(result)
+        labels.update(dcgm_labels)
+        annotations.update(dcgm_annotations)
+    return NodePublication(decision.verdict, labels, annotations, condition_for(decision))
+
+
+def _started(result: CheckResult) -> float:
+    return results.parse_iso(result.started_at).timestamp() if result.started_at else 0.0
+
+
+def apply(
+    cluster: ClusterClient,
+    node: str,
+    publication: NodePublication,
+    previous_verdict: Verdict | str | None = None,
+    *,
+    namespace: str = "autopilot",
+) -> bool:
+    """Make the Node carry ``publication``; True when anything was written.
+
+    ``previous_verdict`` is the verdict last published (from the results store); None means
+    "not known", and the Node's current ``gpuhealth`` label stands in for it. The Event goes to
+    ``namespace`` (``kubectl describe node`` finds Node events in any namespace).
+    """
+    info = cluster.get_node(node)
+    wrote = False
+    label_changes: dict[str, str | None] = {k: v for k, v in publication.labels.items() if info.labels.get(k) != v}
+    annotation_changes: dict[str, str | None] = {
+        k: v for k, v in publication.annotations.items() if info.annotations.get(k) != v
+    }
+    if label_changes or annotation_changes:
+        cluster.patch_node_labels(node, label_changes, annotation_changes)
+        wrote = True
+    if not publication.condition.same_state(info.condition(publication.condition.type)):
+        cluster.set_node_condition(node, publication.condition)
+        wrote = True
+    before = str(previous_verdict) if previous_verdict is not None else info.labels.get(labeling.GPUHEALTH)
+    if before != publication.verdict.value:
+        wrote = _event(cluster, node, before, publication, namespace) or wrote
+    return wrote
+
+
+def _event(cluster: ClusterClient, node: str, before: str | None, pub: NodePublication, namespace: str) -> bool:
+    kind = "Warning" if pub.verdict in (Verdict.WARN, Verdict.EVICT) else "Normal"
+    message = f"{labeling.GPUHEALTH} {before or '(none)'} -> {pub.verdict.value}: {pub.condition.message}"
+    try:
+        cluster.create_node_event(node, reason=EVENT_REASON, message=message, type_=kind, namespace=namespace)
+    except errors.ClusterError as exc:
+        log.warning("event for node %s not created (labels are written): %s", node, exc)
+        return False
+    return True

@@ -1,0 +1,585 @@
+"""A stand-in Kubernetes API server, in the test process, for ``KubeClusterClient``.
+
+It serves the real JSON shapes (NodeList, Node, Pod, Job, PersistentVolumeClaim, Event,
+StorageClass, Status) for the paths the cluster seam uses, applies merge and strategic-merge
+patches the way the API server does for the fields we touch (labels, annotations, conditions
+merged by ``type``, ``metadata.resourceVersion`` precondition -> 409), plays the parts of the Job
+controller, scheduler and provisioner that our code can observe, and records every request
+(verb, path, query, content type, body).
+
+Its test controls have the same names and meaning as ``FakeCluster``'s (``add_node``,
+``add_pod``, ``add_storage_class``, ``fail_next``, ``finish_job``, ...), so one behaviour test
+drives either backend.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import itertools
+import json
+import re
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from autopilot.cluster import (
+    EventInfo,
+    KubeClusterClient,
+    PodInfo,
+    RetryPolicy,
+    event_from_json,
+    pod_from_json,
+    selector_matches,
+)
+from autopilot.testing import FakeCluster, pod_node
+
+# The first HTTP request each Protocol method makes: where ``fail_next(op, ...)`` strikes.
+OP_ROUTES: dict[str, tuple[str, str]] = {
+    "list_nodes": ("GET", r"^/api/v1/nodes$"),
+    "get_node": ("GET", r"^/api/v1/nodes/[^/]+$"),
+    "patch_node_labels": ("PATCH", r"^/api/v1/nodes/[^/]+$"),
+    "set_node_condition": ("PATCH", r"^/api/v1/nodes/[^/]+/status$"),
+    "create_node_event": ("POST", r"/events$"),
+    "nodes_running": ("GET", r"^/api/v1/namespaces/[^/]+/pods$"),
+    "gpu_pods_on_node": ("GET", r"^/api/v1/pods$"),
+    "create_job": ("POST", r"/jobs$"),
+    "get_job": ("GET", r"/jobs/[^/]+$"),
+    "delete_job": ("DELETE", r"/jobs/[^/]+$"),
+    "job_pods": ("GET", r"^/api/v1/namespaces/[^/]+/pods$"),
+    "job_events": ("GET", r"/events$"),
+    "pod_log": ("GET", r"/log$"),
+    "create_pod": ("POST", r"/pods$"),
+    "delete_pod": ("DELETE", r"/pods/[^/]+$"),
+    "create_pvc": ("POST", r"/persistentvolumeclaims$"),
+    "pvc_phase": ("GET", r"/persistentvolumeclaims/[^/]+$"),
+    "delete_pvc": ("DELETE", r"/persistentvolumeclaims/[^/]+$"),
+    "storage_class_binding_mode": ("GET", r"/storageclasses/[^/]+$"),
+}
+STAMP = "2026-11-29T22:00:00Z"
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    query: dict[str, str]
+    content_type: str
+    body: Any
+
+
+def status_body(code: int, reason: str, message: str) -> dict[str, Any]:
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
+
+
+_REASONS = {404: "NotFound", 409: "Conflict", 429: "TooManyRequests", 500: "InternalError", 403: "Forbidden"}
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merge_patch(out.get(key), value)
+    return out
+
+
+class StandInApi:
+    """State of the stand-in cluster plus its HTTP server (``url``); ``close()`` stops it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.requests: list[Request] = []
+        self.nodes: dict[str, dict[str, Any]] = {}
+        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}  # (kind, namespace, name)
+        self.logs: dict[tuple[str, str], str] = {}
+        self.storage_classes: dict[str, tuple[str, int | None]] = {}
+        self.pvc_reads: dict[tuple[str, str], int] = {}
+        self.hooks: list[Callable[[str, str], None]] = []
+        self._faults: list[tuple[str, str, int]] = []
+        self._seq = itertools.count(1)
+        self._rv = itertools.count(100)
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, name="standin-api", daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+    # ---------------------------------------------------------- test controls (as FakeCluster's)
+
+    def add_node(
+        self,
+        name: str,
+        labels: Mapping[str, str] | None = None,
+        *,
+        gpus: int = 0,
+        annotations: Mapping[str, str] | None = None,
+    ) -> None:
+        allocatable = {"cpu": "96", "memory": "2113389860Ki", "pods": "110"}
+        if gpus:
+            allocatable["nvidia.com/gpu"] = str(gpus)
+        with self.lock:
+            self.nodes[name] = {
+                "kind": "Node",
+                "apiVersion": "v1",
+                "metadata": {
+                    "name": name,
+                    "uid": f"uid-{name}",
+                    "resourceVersion": str(next(self._rv)),
+                    "creationTimestamp": STAMP,
+                    "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", **(labels or {})},
+                    "annotations": {"node.alpha.kubernetes.io/ttl": "0", **(annotations or {})},
+                },
+                "spec": {"podCIDR": "10.244.1.0/24"},
+                "status": {
+                    "capacity": dict(allocatable),
+                    "allocatable": allocatable,
+                    "conditions": [
+                        {
+                            "type": "Ready",
+                            "status": "True",
+                            "reason": "KubeletReady",
+                            "message": "kubelet is posting ready status",
+                            "lastHeartbeatTime": STAMP,
+                            "lastTransitionTime": STAMP,
+                        }
+                    ],
+                    "nodeInfo": {"kubeletVersion": "v1.31.2"},
+                },
+            }
+
+    def add_pod(
+        self,
+        namespace: str,
+        name: str,
+        node: str,
+        *,
+        phase: str = "Running",
+        gpus: int = 0,
+        labels: Mapping[str, str] | None = None,
+    ) -> None:
+        resources: dict[str, Any] = {"requests": {"cpu": "1"}}
+        if gpus:
+            resources = {"requests": {"nvidia.com/gpu": str(gpus)}, "limits": {"nvidia.com/gpu": str(gpus)}}
+        spec = {"nodeName": node, "containers": [{"name": "c", "image": "busybox", "resources": resources}]}
+        with self.lock:
+            self.objects[("Pod", namespace, name)] = self._pod(namespace, name, spec, dict(labels or {}), phase)
+
+    def add_storage_class(self, name: str, mode: str = "Immediate", *, binds_after: int | None = 1) -> None:
+        with self.lock:
+            self.storage_classes[name] = (mode, binds_after)
+
+    def fail_next(self, op: str, status: int, times: int = 1) -> None:
+        method, pattern = OP_ROUTES[op]
+        with self.lock:
+            self._faults.extend([(method, pattern, status)] * times)
+
+    def finish_job(self, namespace: str, name: str, *, succeeded: bool, log: str = "", exit_code: int = 0) -> None:
+        with self.lock:
+            job = self.objects[("Job", namespace, name)]
+            for pod in self._job_pods(namespace, name):
+                pod["status"] = {
+                    "phase": "Succeeded" if succeeded else "Failed",
+                    "containerStatuses": [
+                        {
+                            "name": "main",
+                            "ready": False,
+                            "restartCount": 0,
+                            "state": {
+                                "terminated": {
+                                    "exitCode": 0 if succeeded else exit_code,
+                                    "reason": "Completed" if succeeded else "Error",
+                                }
+                            },
+                        }
+                    ],
+                }
+                self.logs[(namespace, pod["metadata"]["name"])] = log
+            if succeeded:
+                conditions = [
+                    {"type": "SuccessCriteriaMet", "status": "True", "lastTransitionTime": STAMP},
+                    {"type": "Complete", "status": "True", "lastTransitionTime": STAMP},
+                ]
+                job["status"] = {"succeeded": 1, "conditions": conditions, "completionTime": STAMP}
+            else:
+                conditions = [
+                    {"type": "FailureTarget", "status": "True", "reason": "BackoffLimitExceeded"},
+                    {
+                        "type": "Failed",
+                        "status": "True",
+                        "reason": "BackoffLimitExceeded",
+                        "message": "Job has reached the specified backoff limit",
+                    },
+                ]
+                job["status"] = {"failed": 1, "conditions": conditions}
+
+    def refuse_job_pod(self, namespace: str, name: str, message: str) -> None:
+        with self.lock:
+            for pod in self._job_pods(namespace, name):
+                del self.objects[("Pod", namespace, pod["metadata"]["name"])]
+            self.objects[("Job", namespace, name)]["status"] = {"active": 0}
+            self._event(namespace, "Job", name, "FailedCreate", message, "Warning")
+
+    def reject_job_pod(self, namespace: str, name: str, reason: str, message: str) -> None:
+        with self.lock:
+            for pod in self._job_pods(namespace, name):
+                pod["status"] = {"phase": "Failed", "reason": reason, "message": message}
+
+    def unschedulable_job_pod(self, namespace: str, name: str, message: str) -> None:
+        with self.lock:
+            for pod in self._job_pods(namespace, name):
+                pod["status"] = {
+                    "phase": "Pending",
+                    "conditions": [
+                        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message}
+                    ],
+                }
+
+    def job_past_deadline(self, namespace: str, name: str) -> None:
+        with self.lock:
+            for pod in self._job_pods(namespace, name):
+                pod["status"] = {"phase": "Failed", "reason": "DeadlineExceeded"}
+            self.objects[("Job", namespace, name)]["status"] = {
+                "failed": 1,
+                "conditions": [
+                    {
+                        "type": "Failed",
+                        "status": "True",
+                        "reason": "DeadlineExceeded",
+                        "message": "Job was active longer than specified deadline",
+                    }
+                ],
+            }
+
+    def pods(self, namespace: str | None = None) -> list[PodInfo]:
+        with self.lock:
+            return [
+                pod_from_json(o)
+                for (kind, ns, _), o in self.objects.items()
+                if kind == "Pod" and (namespace is None or ns == namespace)
+            ]
+
+    def events_for(self, kind: str, name: str) -> list[EventInfo]:
+        with self.lock:
+            found = [event_from_json(o) for (k, _, _), o in self.objects.items() if k == "Event"]
+        return [e for e in found if e.kind == kind and e.name == name]
+
+    def writes(self) -> list[Request]:
+        return [r for r in self.requests if r.method != "GET"]
+
+    # ---------------------------------------------------------- controllers
+
+    def _pod(
+        self, namespace: str, name: str, spec: dict[str, Any], labels: dict[str, str], phase: str
+    ) -> dict[str, Any]:
+        return {
+            "kind": "Pod",
+            "apiVersion": "v1",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "uid": f"uid-{name}",
+                "resourceVersion": str(next(self._rv)),
+                "labels": labels,
+                "creationTimestamp": STAMP,
+            },
+            "spec": spec,
+            "status": {"phase": phase, "qosClass": "BestEffort"},
+        }
+
+    def _job_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
+        return [
+            o
+            for (kind, ns, _), o in self.objects.items()
+            if kind == "Pod" and ns == namespace and o["metadata"]["labels"].get("job-name") == job
+        ]
+
+    def _event(self, namespace: str, kind: str, name: str, reason: str, message: str, type_: str) -> None:
+        event_name = f"{name}.{next(self._seq):016x}"
+        self.objects[("Event", namespace, event_name)] = {
+            "kind": "Event",
+            "apiVersion": "v1",
+            "metadata": {"name": event_name, "namespace": namespace},
+            "involvedObject": {"kind": kind, "name": name, "namespace": namespace},
+            "reason": reason,
+            "message": message,
+            "type": type_,
+            "count": 1,
+            "source": {"component": "job-controller"},
+        }
+
+    # ---------------------------------------------------------- HTTP
+
+    def handle(self, method: str, path: str, query: dict[str, str], ctype: str, body: Any) -> tuple[int, Any]:
+        with self.lock:
+            self.requests.append(Request(method, path, query, ctype, body))
+            for hook in list(self.hooks):
+                hook(method, path)
+            for i, (fmethod, pattern, status) in enumerate(self._faults):
+                if fmethod == method and re.search(pattern, path):
+                    del self._faults[i]
+                    return status, status_body(status, _REASONS.get(status, "Unknown"), f"injected {status}")
+            try:
+                return self._route(method, path, query, ctype, body)
+            except KeyError as exc:
+                return 404, status_body(404, "NotFound", f"{exc.args[0]} not found")
+
+    def _route(self, method: str, path: str, query: dict[str, str], ctype: str, body: Any) -> tuple[int, Any]:
+        parts = path.strip("/").split("/")
+        if parts[:3] == ["api", "v1", "nodes"]:
+            return self._nodes(method, parts[3:], query, ctype, body)
+        if path == "/api/v1/pods" and method == "GET":
+            return 200, self._list("Pod", None, query)
+        if parts[:4] == ["apis", "storage.k8s.io", "v1", "storageclasses"] and len(parts) == 5 and method == "GET":
+            mode, _ = self._sc(parts[4])
+            return 200, {
+                "kind": "StorageClass",
+                "apiVersion": "storage.k8s.io/v1",
+                "metadata": {"name": parts[4]},
+                "provisioner": "csi.example.com",
+                "reclaimPolicy": "Delete",
+                "volumeBindingMode": mode,
+            }
+        if parts[:3] == ["api", "v1", "namespaces"] and len(parts) >= 5:
+            kind = {"pods": "Pod", "events": "Event", "persistentvolumeclaims": "PersistentVolumeClaim"}[parts[4]]
+            return self._namespaced(kind, "v1", method, parts[3], parts[5:], query, body)
+        if parts[:4] == ["apis", "batch", "v1", "namespaces"] and len(parts) >= 6 and parts[5] == "jobs":
+            return self._namespaced("Job", "batch/v1", method, parts[4], parts[6:], query, body)
+        return 404, status_body(404, "NotFound", f"the server could not find the requested resource ({path})")
+
+    def _sc(self, name: str) -> tuple[str, int | None]:
+        if name not in self.storage_classes:
+            raise KeyError(f'storageclasses.storage.k8s.io "{name}"')
+        return self.storage_classes[name]
+
+    def _nodes(self, method: str, rest: list[str], query: dict[str, str], ctype: str, body: Any) -> tuple[int, Any]:
+        if not rest and method == "GET":
+            items = [
+                n
+                for n in self.nodes.values()
+                if selector_matches(query.get("labelSelector", ""), n["metadata"]["labels"])
+            ]
+            return 200, {"kind": "NodeList", "apiVersion": "v1", "metadata": {"resourceVersion": "1"}, "items": items}
+        name = rest[0]
+        if name not in self.nodes:
+            raise KeyError(f'nodes "{name}"')
+        node = self.nodes[name]
+        if method == "GET" and len(rest) == 1:
+            return 200, node
+        if method == "PATCH":
+            if ctype not in ("application/merge-patch+json", "application/strategic-merge-patch+json"):
+                return 415, status_body(415, "UnsupportedMediaType", f"unsupported patch type {ctype}")
+            wanted_rv = ((body or {}).get("metadata") or {}).get("resourceVersion")
+            if wanted_rv and wanted_rv != node["metadata"]["resourceVersion"]:
+                return 409, status_body(
+                    409,
+                    "Conflict",
+                    f'Operation cannot be fulfilled on nodes "{name}": the object has been modified; '
+                    "please apply your changes to the latest version and try again",
+                )
+            patch = copy.deepcopy(body)
+            patch.get("metadata", {}).pop("resourceVersion", None)
+            if len(rest) == 2 and rest[1] == "status":
+                patch = {"status": patch.get("status", {}), "metadata": {}}  # /status ignores everything else
+                conditions = patch["status"].pop("conditions", None)
+                if conditions is not None and ctype == "application/strategic-merge-patch+json":
+                    merged = {c["type"]: c for c in node["status"].get("conditions", [])}
+                    for cond in conditions:
+                        merged[cond["type"]] = merge_patch(merged.get(cond["type"], {}), cond)
+                    node["status"]["conditions"] = list(merged.values())
+                elif conditions is not None:
+                    node["status"]["conditions"] = conditions  # a merge patch replaces the list
+            else:
+                patch.pop("status", None)  # the main resource ignores status
+            updated = merge_patch(node, patch)
+            updated["metadata"]["resourceVersion"] = str(next(self._rv))
+            self.nodes[name] = updated
+            return 200, updated
+        return 405, status_body(405, "MethodNotAllowed", method)
+
+    def bump_node(self, name: str) -> None:
+        """Another writer (the kubelet) updated the node: a new resourceVersion and heartbeat."""
+        with self.lock:
+            node = self.nodes[name]
+            node["metadata"]["resourceVersion"] = str(next(self._rv))
+            for cond in node["status"]["conditions"]:
+                if cond["type"] == "Ready":
+                    cond["lastHeartbeatTime"] = "2026-11-29T22:00:10Z"
+
+    def _list(self, kind: str, namespace: str | None, query: dict[str, str]) -> dict[str, Any]:
+        items = [
+            o
+            for (k, ns, _), o in self.objects.items()
+            if k == kind
+            and (namespace is None or ns == namespace)
+            and selector_matches(query.get("labelSelector", ""), o["metadata"].get("labels") or {})
+            and _fields_match(query.get("fieldSelector", ""), o)
+        ]
+        return {"kind": f"{kind}List", "apiVersion": "v1", "metadata": {"resourceVersion": "1"}, "items": items}
+
+    def _namespaced(
+        self, kind: str, api: str, method: str, ns: str, rest: list[str], query: dict[str, str], body: Any
+    ) -> tuple[int, Any]:
+        plural = {
+            "Pod": "pods",
+            "Event": "events",
+            "PersistentVolumeClaim": "persistentvolumeclaims",
+            "Job": "jobs.batch",
+        }
+        if not rest:
+            if method == "GET":
+                return 200, self._list(kind, ns, query)
+            if method == "POST":
+                return self._create(kind, api, ns, body, plural[kind])
+        name = rest[0]
+        key = (kind, ns, name)
+        if key not in self.objects:
+            raise KeyError(f'{plural[kind]} "{name}"')
+        obj = self.objects[key]
+        if len(rest) == 2 and rest[1] == "log" and method == "GET":
+            return 200, self.logs.get((ns, name), "")
+        if method == "GET":
+            if kind == "PersistentVolumeClaim":
+                self._provision(ns, name, obj)
+            return 200, obj
+        if method == "DELETE":
+            del self.objects[key]
+            if kind == "Job" and (body or {}).get("propagationPolicy") in ("Background", "Foreground"):
+                for pod in self._job_pods(ns, name):
+                    del self.objects[("Pod", ns, pod["metadata"]["name"])]
+            return 200, {"kind": "Status", "apiVersion": "v1", "status": "Success", "details": {"name": name}}
+        return 405, status_body(405, "MethodNotAllowed", method)
+
+    def _create(self, kind: str, api: str, ns: str, body: Any, plural: str) -> tuple[int, Any]:
+        if not isinstance(body, dict) or body.get("kind") != kind or body.get("apiVersion") != api:
+            return 400, status_body(400, "BadRequest", f"expected a {api} {kind}")
+        body = copy.deepcopy(body)  # the recorded request stays as it was sent
+        meta = body.setdefault("metadata", {})
+        name = meta.get("name") or f"{meta.get('generateName', '')}{next(self._seq):05x}"
+        if (kind, ns, name) in self.objects:
+            return 409, status_body(409, "AlreadyExists", f'{plural} "{name}" already exists')
+        meta.update(name=name, namespace=ns, uid=f"uid-{name}", resourceVersion=str(next(self._rv)))
+        meta["creationTimestamp"] = STAMP
+        obj = copy.deepcopy(body)
+        if kind == "Job":
+            obj["status"] = {"active": 1, "startTime": STAMP}
+            template = obj["spec"]["template"]
+            spec = copy.deepcopy(template["spec"])
+            spec["nodeName"] = pod_node(spec)  # the scheduler's part
+            labels = {**(template.get("metadata") or {}).get("labels", {}), "job-name": name}
+            labels["batch.kubernetes.io/job-name"] = name
+            pod_name = f"{name[:57]}-{next(self._seq):05x}"
+            self.objects[("Pod", ns, pod_name)] = self._pod(ns, pod_name, spec, labels, "Pending")
+        elif kind == "PersistentVolumeClaim":
+            obj["status"] = {"phase": "Pending"}
+        elif kind == "Pod":
+            obj["spec"]["nodeName"] = pod_node(obj["spec"])
+            obj["status"] = {"phase": "Pending"}
+        self.objects[(kind, ns, name)] = obj
+        return 201, obj
+
+    def _provision(self, ns: str, name: str, pvc: dict[str, Any]) -> None:
+        reads = self.pvc_reads[(ns, name)] = self.pvc_reads.get((ns, name), 0) + 1
+        mode, binds_after = self.storage_classes.get(pvc["spec"].get("storageClassName", ""), ("Immediate", None))
+        consumed = any(
+            (v.get("persistentVolumeClaim") or {}).get("claimName") == name
+            for (k, pns, _), o in self.objects.items()
+            if k == "Pod" and pns == ns
+            for v in o["spec"].get("volumes") or ()
+        )
+        if binds_after is not None and reads >= binds_after and (mode != "WaitForFirstConsumer" or consumed):
+            pvc["status"] = {"phase": "Bound", "accessModes": pvc["spec"]["accessModes"]}
+            pvc["spec"]["volumeName"] = f"pvc-{name}"
+
+
+def _fields_match(selector: str, obj: Mapping[str, Any]) -> bool:
+    for part in filter(None, selector.split(",")):
+        negate = "!=" in part
+        path, _, value = part.partition("!=" if negate else "=")
+        current: Any = obj
+        for key in path.split("."):
+            current = current.get(key) if isinstance(current, dict) else None
+        if (str(current or "") == value) == negate:
+            return False
+    return True
+
+
+def _handler(api: StandInApi) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
+            pass
+
+        def _serve(self) -> None:
+            url = urlsplit(self.path)
+            query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip()
+            body = json.loads(raw) if raw else None
+            status, answer = api.handle(self.command, url.path, query, ctype, body)
+            if isinstance(answer, str):
+                data, out_type = answer.encode(), "text/plain"
+            else:
+                data, out_type = json.dumps(answer).encode(), "application/json"
+            self.send_response(status)
+            self.send_header("Content-Type", out_type)
+            self.send_header("Content-Length", str(len(data)))
+            if status == 429:
+                self.send_header("Retry-After", "0")
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = _serve
+
+    return Handler
+
+
+@dataclasses.dataclass
+class Backend:
+    """One implementation of the seam under test and the controls of the cluster behind it."""
+
+    name: str
+    client: Any  # ClusterClient
+    control: Any  # FakeCluster or StandInApi: add_node, add_pod, fail_next, finish_job, ...
+    sleeps: list[float]
+
+    @property
+    def standin(self) -> StandInApi | None:
+        return self.control if isinstance(self.control, StandInApi) else None
+
+
+def make_backend(name: str, clock: Any = None) -> Iterator[Backend]:
+    """``fake``: a ``FakeCluster``; ``kube``: ``KubeClusterClient`` over HTTP to a ``StandInApi``."""
+    if name == "fake":
+        fake = FakeCluster(clock=clock)
+        yield Backend("fake", fake, fake, [])
+        return
+    api = StandInApi()
+    sleeps: list[float] = []
+    client = KubeClusterClient.for_host(api.url, retry=RetryPolicy(attempts=4, base_s=0.0), sleep=sleeps.append)
+    try:
+        yield Backend("kube", client, api, sleeps)
+    finally:
+        client.close()
+        api.close()

@@ -1,0 +1,187 @@
+"""What ``KubeClusterClient`` sends over HTTP: paths, verbs, content types, patch bodies, retries.
+
+Against the stand-in API server of tests/unit/cluster_standin.py, which records every request.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from autopilot import errors
+from autopilot.cluster import CONDITION_TYPE, KubeClusterClient, NodeCondition, RetryPolicy
+from tests.unit.cluster_standin import Backend, StandInApi, make_backend
+
+OURS = "autopilot.ibm.com/gpuhealth"
+
+
+@pytest.fixture
+def kube() -> Iterator[Backend]:
+    yield from make_backend("kube")
+
+
+def api(b: Backend) -> StandInApi:
+    assert b.standin is not None
+    return b.standin
+
+
+def test_label_patch_is_a_merge_patch_with_only_our_keys(kube: Backend) -> None:
+    api(kube).add_node("gpu-1", {"team": "ml"})
+    kube.client.patch_node_labels("gpu-1", {OURS: "WARN", "autopilot.ibm.com/dcgm.level.1": None}, {"x/y": "z"})
+    [req] = api(kube).writes()
+    assert (req.method, req.path, req.content_type) == ("PATCH", "/api/v1/nodes/gpu-1", "application/merge-patch+json")
+    assert req.body == {
+        "metadata": {"labels": {OURS: "WARN", "autopilot.ibm.com/dcgm.level.1": None}, "annotations": {"x/y": "z"}}
+    }
+    assert api(kube).nodes["gpu-1"]["metadata"]["labels"]["team"] == "ml"
+
+
+def test_an_empty_label_patch_sends_nothing(kube: Backend) -> None:
+    api(kube).add_node("gpu-1")
+    kube.client.patch_node_labels("gpu-1", {}, {})
+    assert api(kube).requests == []
+
+
+def test_condition_is_a_strategic_merge_patch_on_status(kube: Backend) -> None:
+    api(kube).add_node("gpu-1")
+    kube.client.set_node_condition(
+        "gpu-1", NodeCondition(CONDITION_TYPE, "False", "AutopilotWarn", "gpumem: GPU 1 slow")
+    )
+    get, patch = api(kube).requests
+    assert (get.method, get.path) == ("GET", "/api/v1/nodes/gpu-1")
+    assert (patch.method, patch.path) == ("PATCH", "/api/v1/nodes/gpu-1/status")
+    assert patch.content_type == "application/strategic-merge-patch+json"
+    assert set(patch.body) == {"metadata", "status"}
+    assert set(patch.body["metadata"]) == {"resourceVersion"}
+    [cond] = patch.body["status"]["conditions"]
+    assert cond["type"] == CONDITION_TYPE and cond["status"] == "False" and cond["lastTransitionTime"]
+    types = [c["type"] for c in api(kube).nodes["gpu-1"]["status"]["conditions"]]
+    assert types == ["Ready", CONDITION_TYPE]  # the kubelet's condition is untouched
+
+
+def test_condition_write_rereads_after_a_concurrent_node_update(kube: Backend) -> None:
+    standin = api(kube)
+    standin.add_node("gpu-1")
+    bumped: list[str] = []
+
+    def kubelet(method: str, path: str) -> None:
+        # The kubelet's heartbeat lands between our read and our patch, once.
+        if method == "PATCH" and path.endswith("/status") and not bumped:
+            bumped.append(path)
+            standin.bump_node("gpu-1")
+
+    standin.hooks.append(kubelet)
+    kube.client.set_node_condition("gpu-1", NodeCondition(CONDITION_TYPE, "True", "AutopilotPass", "ok"))
+    verbs = [(r.method, r.path.rsplit("/", 1)[-1]) for r in standin.requests]
+    assert verbs == [("GET", "gpu-1"), ("PATCH", "status"), ("GET", "gpu-1"), ("PATCH", "status")]
+    conditions = {c["type"]: c for c in standin.nodes["gpu-1"]["status"]["conditions"]}
+    assert conditions["Ready"]["lastHeartbeatTime"] == "2026-11-29T22:00:10Z"
+    assert conditions[CONDITION_TYPE]["status"] == "True"
+
+
+def test_event_names_the_node_it_is_about(kube: Backend) -> None:
+    api(kube).add_node("gpu-1")
+    kube.client.create_node_event(
+        "gpu-1", reason="GpuHealthChanged", message="PASS -> WARN", type_="Warning", namespace="ap"
+    )
+    post = api(kube).writes()[0]
+    assert (post.method, post.path) == ("POST", "/api/v1/namespaces/ap/events")
+    assert post.body["involvedObject"] == {"apiVersion": "v1", "kind": "Node", "name": "gpu-1", "uid": "uid-gpu-1"}
+    assert post.body["metadata"] == {"generateName": "gpu-1.", "namespace": "ap"}
+    assert post.body["type"] == "Warning" and post.body["source"]["component"] == "autopilot"
+
+
+def test_gpu_pods_query_every_namespace_by_node_and_phase(kube: Backend) -> None:
+    kube.client.gpu_pods_on_node("gpu-1")
+    [req] = api(kube).requests
+    assert req.path == "/api/v1/pods"
+    assert req.query == {"fieldSelector": "spec.nodeName=gpu-1,status.phase!=Succeeded,status.phase!=Failed"}
+
+
+def test_job_calls(kube: Backend) -> None:
+    manifest: dict[str, Any] = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "j"},
+        "spec": {"template": {"spec": {"nodeName": "gpu-1", "containers": [{"name": "main", "image": "i"}]}}},
+    }
+    kube.client.create_job("ap", manifest)
+    kube.client.get_job("ap", "j")
+    pod = kube.client.job_pods("ap", "j")[0].name
+    kube.client.pod_log("ap", pod, "main")
+    kube.client.job_events("ap", "j")
+    kube.client.delete_job("ap", "j")
+    seen = [(r.method, r.path, r.query) for r in api(kube).requests]
+    assert seen == [
+        ("POST", "/apis/batch/v1/namespaces/ap/jobs", {}),
+        ("GET", "/apis/batch/v1/namespaces/ap/jobs/j", {}),
+        ("GET", "/api/v1/namespaces/ap/pods", {"labelSelector": "job-name=j"}),
+        ("GET", f"/api/v1/namespaces/ap/pods/{pod}/log", {"limitBytes": "1048576", "container": "main"}),
+        ("GET", "/api/v1/namespaces/ap/events", {"fieldSelector": "involvedObject.kind=Job,involvedObject.name=j"}),
+        ("DELETE", "/apis/batch/v1/namespaces/ap/jobs/j", {}),
+    ]
+    assert api(kube).requests[-1].body["propagationPolicy"] == "Background"
+
+
+def test_retries_back_off_and_count(kube: Backend) -> None:
+    api(kube).add_node("gpu-1")
+    api(kube).fail_next("patch_node_labels", 503, times=2)
+    kube.client.patch_node_labels("gpu-1", {OURS: "PASS"})
+    assert [r.method for r in api(kube).requests] == ["PATCH", "PATCH", "PATCH"]
+    assert len(kube.sleeps) == 2
+
+
+def test_429_honours_retry_after(kube: Backend) -> None:
+    api(kube).fail_next("list_nodes", 429)
+    kube.client.list_nodes()
+    assert kube.sleeps == [0.0]  # the stand-in says Retry-After: 0
+
+
+def test_a_create_conflict_is_sent_once(kube: Backend) -> None:
+    api(kube).fail_next("create_job", 409)
+    with pytest.raises(errors.Conflict):
+        kube.client.create_job("ap", {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "j"}})
+    assert len(api(kube).requests) == 1
+
+
+def test_connection_refused_is_transient_after_retries() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sleeps: list[float] = []
+    client = KubeClusterClient.for_host(
+        f"http://127.0.0.1:{port}", retry=RetryPolicy(attempts=3, base_s=0.0), sleep=sleeps.append
+    )
+    try:
+        with pytest.raises(errors.Transient):
+            client.list_nodes()
+    finally:
+        client.close()
+    assert len(sleeps) == 2
+
+
+def test_every_call_has_a_request_timeout(kube: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    api(kube).add_node("gpu-1")
+    api(kube).add_storage_class("fast")
+    inner = kube.client._api
+    timeouts: list[object] = []
+    original = inner.call_api
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        timeouts.append(kwargs.get("_request_timeout"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(inner, "call_api", spy)
+    kube.client.get_node("gpu-1")
+    kube.client.storage_class_binding_mode("fast")
+    kube.client.gpu_pods_on_node("gpu-1")
+    assert timeouts == [kube.client.timeout_s] * 3
+
+
+def test_names_cannot_add_path_elements(kube: Backend) -> None:
+    with pytest.raises(errors.BadParameter):
+        kube.client.get_node("../namespaces")
+    assert api(kube).requests == []

@@ -1,0 +1,211 @@
+"""The invasive DCGM level-3 Job: GPU availability, the Job spec, start and poll, on both backends."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from autopilot import invasive
+from autopilot.config import Settings
+from autopilot.invasive import JobState, StartState
+from autopilot.results import CheckResult, Status
+from tests.unit.cluster_standin import Backend, make_backend
+
+NS = "autopilot"
+SETTINGS = Settings(node_name="gpu-1", image="quay.io/autopilot/autopilot:v1", invasive_job_ttl_s=45)
+JOB = "autopilot-dcgm3-gpu-1"
+
+
+@pytest.fixture(params=["fake", "kube"])
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    yield from make_backend(request.param)
+
+
+def log_with(result: CheckResult) -> str:
+    doc = json.dumps({"node": "gpu-1", "results": [result.to_dict()]}, indent=2)
+    return f"2026-11-29 22:00:00 INFO starting dcgm\n{doc}\nwarning: something on stderr\n"
+
+
+PASSED = CheckResult(
+    "dcgm", Status.OK, "all tests pass", node="gpu-1", params={"r": 3}, started_at="2026-11-29T22:00:00Z"
+)
+FATAL = dataclasses.replace(PASSED, status=Status.FAIL, fatal=True, summary="pcie failed on GPU 3")
+
+
+# ---------------------------------------------------------------- pure parts
+
+
+def test_job_name_is_deterministic_and_fits_a_label() -> None:
+    assert invasive.job_name("gpu-1") == JOB
+    long = "node-" + "x" * 80 + ".cluster.example.com"
+    name = invasive.job_name(long)
+    assert len(name) <= 63 and name == invasive.job_name(long) and name.startswith("autopilot-dcgm3-node-x")
+    assert invasive.job_name("a.b") != invasive.job_name("a-b")
+
+
+def test_job_spec() -> None:
+    spec = invasive.job_spec("gpu-1", 4, SETTINGS)
+    assert spec["metadata"]["name"] == JOB and spec["metadata"]["namespace"] == "autopilot"
+    assert spec["metadata"]["annotations"] == {"autopilot.ibm.com/node": "gpu-1"}
+    job = spec["spec"]
+    assert (job["backoffLimit"], job["ttlSecondsAfterFinished"], job["activeDeadlineSeconds"]) == (0, 45, 3600)
+    pod = job["template"]["spec"]
+    assert pod["restartPolicy"] == "Never" and pod["automountServiceAccountToken"] is False
+    term = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]
+    assert term == {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["gpu-1"]}]}
+    assert "nodeName" not in pod  # the scheduler, taints and quotas apply
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    [main] = pod["containers"]
+    assert [main["command"][0], *main["args"]] == ["autopilot", "run", "dcgm", "--param", "r=3", "--json"]
+    assert main["image"] == "quay.io/autopilot/autopilot:v1"
+    assert main["resources"] == {"requests": {"nvidia.com/gpu": "4"}, "limits": {"nvidia.com/gpu": "4"}}
+    assert main["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+def test_job_spec_overrides() -> None:
+    tol = [{"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoExecute"}]
+    spec = invasive.job_spec("gpu-1", 8, SETTINGS, image="img:2", tolerations=tol, ttl_s=0, deadline_s=600)
+    pod = spec["spec"]["template"]["spec"]
+    assert pod["tolerations"] == tol and pod["containers"][0]["image"] == "img:2"
+    assert (spec["spec"]["ttlSecondsAfterFinished"], spec["spec"]["activeDeadlineSeconds"]) == (0, 600)
+
+
+def test_result_is_read_from_a_log_with_other_lines() -> None:
+    found = invasive.parse_result_log(log_with(FATAL), "gpu-1")
+    assert found is not None and found.status is Status.FAIL and found.fatal and found.params["r"] == 3
+    assert invasive.parse_result_log("Traceback (most recent call last):\n  boom\n") is None
+    assert invasive.parse_result_log('{"not": "a result"}\n{broken') is None
+
+
+# ---------------------------------------------------------------- start
+
+
+def test_busy_gpus_mean_no_job(backend: Backend) -> None:
+    backend.control.add_node("gpu-1", gpus=8)
+    backend.control.add_pod("team", "train-0", "gpu-1", gpus=8)
+    assert invasive.gpus_free(backend.client, "gpu-1") == (False, "GPUs in use by team/train-0 (8 GPU, Running)")
+    outcome = invasive.start(backend.client, "gpu-1", SETTINGS)
+    assert outcome.state is StartState.BUSY and not outcome.testing and outcome.result is None
+    assert backend.client.gpu_pods_on_node("gpu-1")[0].name == "train-0"
+    with pytest.raises(Exception, match="not found"):
+        backend.client.get_job(NS, JOB)
+
+
+def test_a_node_without_gpus_is_not_tested(backend: Backend) -> None:
+    backend.control.add_node("cpu-1")
+    assert invasive.start(backend.client, "cpu-1", SETTINGS).state is StartState.NO_GPUS
+
+
+def test_free_gpus_start_one_job_with_the_allocatable_count(backend: Backend) -> None:
+    backend.control.add_node("gpu-1", gpus=4)
+    backend.control.add_pod("team", "done", "gpu-1", gpus=4, phase="Succeeded")
+    seen: list[bool] = []
+
+    def mark_testing() -> None:  # the worker sets TESTING here; the Job must not exist yet
+        seen.append(any(p.name.startswith(JOB) for p in backend.control.pods(NS)))
+
+    outcome = invasive.start(backend.client, "gpu-1", SETTINGS, before_create=mark_testing)
+    assert outcome.state is StartState.STARTED and outcome.testing and seen == [False]
+    [pod] = backend.client.job_pods(NS, JOB)
+    assert (pod.node, pod.gpus) == ("gpu-1", 4)
+    again = invasive.start(backend.client, "gpu-1", SETTINGS)
+    assert again.state is StartState.ALREADY_RUNNING and again.job_name == JOB
+
+
+def test_a_finished_job_not_yet_collected_counts_as_running(backend: Backend) -> None:
+    backend.control.add_node("gpu-1", gpus=8)
+    invasive.start(backend.client, "gpu-1", SETTINGS)
+    backend.control.finish_job(NS, JOB, succeeded=True, log=log_with(PASSED))
+    assert invasive.start(backend.client, "gpu-1", SETTINGS).state is StartState.ALREADY_RUNNING  # 409
+    assert invasive.poll(backend.client, JOB, namespace=NS).state is JobState.SUCCEEDED
+
+
+def test_refused_creation_ends_with_an_error_result(backend: Backend) -> None:
+    backend.control.add_node("gpu-1", gpus=8)
+    backend.control.fail_next("create_job", 403)
+    outcome = invasive.start(backend.client, "gpu-1", SETTINGS)
+    assert outcome.state is StartState.REFUSED and not outcome.testing
+    assert outcome.result is not None and outcome.result.status is Status.ERROR
+    assert outcome.result.params == {"r": 3} and outcome.result.node == "gpu-1"
+
+
+def test_no_image_refuses(backend: Backend) -> None:
+    backend.control.add_node("gpu-1", gpus=8)
+    outcome = invasive.start(backend.client, "gpu-1", dataclasses.replace(SETTINGS, image=""))
+    assert outcome.state is StartState.REFUSED and "AUTOPILOT_IMAGE" in outcome.reason
+
+
+# ---------------------------------------------------------------- poll
+
+
+def started(backend: Backend) -> None:
+    backend.control.add_node("gpu-1", gpus=8)
+    assert invasive.start(backend.client, "gpu-1", SETTINGS).state is StartState.STARTED
+
+
+def gone(backend: Backend) -> bool:
+    try:
+        backend.client.get_job(NS, JOB)
+    except Exception:
+        return True
+    return False
+
+
+def test_running_then_passed(backend: Backend) -> None:
+    started(backend)
+    running = invasive.poll(backend.client, JOB, namespace=NS)
+    assert running.state is JobState.RUNNING and not running.finished and running.result is None
+    backend.control.finish_job(NS, JOB, succeeded=True, log=log_with(PASSED))
+    done = invasive.poll(backend.client, JOB, namespace=NS)
+    assert done.state is JobState.SUCCEEDED and done.node == "gpu-1"
+    assert done.result is not None and done.result.status is Status.OK and done.result.params["r"] == 3
+    assert gone(backend)
+
+
+def test_a_failing_dcgm_exits_non_zero_and_its_finding_is_kept(backend: Backend) -> None:
+    started(backend)
+    backend.control.finish_job(NS, JOB, succeeded=False, log=log_with(FATAL), exit_code=1)
+    done = invasive.poll(backend.client, JOB, namespace=NS)
+    assert done.state is JobState.FAILED
+    assert done.result is not None and done.result.status is Status.FAIL and done.result.fatal
+
+
+def test_a_crash_without_a_result_is_an_error(backend: Backend) -> None:
+    started(backend)
+    backend.control.finish_job(NS, JOB, succeeded=False, log="Traceback: boom\n", exit_code=2)
+    done = invasive.poll(backend.client, JOB, namespace=NS)
+    assert done.state is JobState.FAILED
+    assert done.result is not None and done.result.status is Status.ERROR and "no DCGM result" in done.result.summary
+
+
+@pytest.mark.parametrize("how", ["rejected", "unschedulable", "refused"])
+def test_pod_admission_failures_end_the_job(backend: Backend, how: str) -> None:
+    started(backend)
+    if how == "rejected":
+        backend.control.reject_job_pod(NS, JOB, "UnexpectedAdmissionError", "Allocate failed: requested 8, have 4")
+    elif how == "unschedulable":
+        backend.control.unschedulable_job_pod(NS, JOB, "0/3 nodes are available: 1 Insufficient nvidia.com/gpu.")
+    else:
+        backend.control.refuse_job_pod(NS, JOB, "exceeded quota: gpu-quota")
+    done = invasive.poll(backend.client, JOB, namespace=NS)
+    assert done.state is JobState.ADMISSION_FAILED and done.finished
+    assert done.result is not None and done.result.status is Status.ERROR
+    assert gone(backend)  # deleted, so a pending pod can never start later
+
+
+def test_deadline(backend: Backend) -> None:
+    started(backend)
+    backend.control.job_past_deadline(NS, JOB)
+    done = invasive.poll(backend.client, JOB, namespace=NS)
+    assert done.state is JobState.DEADLINE_EXCEEDED and done.result is not None
+    assert done.result.status is Status.ERROR
+
+
+def test_a_job_that_vanished_ends_in_an_error(backend: Backend) -> None:
+    done = invasive.poll(backend.client, JOB, namespace=NS, node="gpu-1")
+    assert done.state is JobState.GONE and done.result is not None
+    assert done.result.status is Status.ERROR and done.result.node == "gpu-1"

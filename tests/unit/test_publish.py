@@ -1,0 +1,118 @@
+"""Verdict publishing: the pure ``desired`` and the idempotent ``apply``, on both cluster backends."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from autopilot import publish
+from autopilot.cluster import CONDITION_TYPE
+from autopilot.results import CheckResult, Status
+from autopilot.verdict import Decision, Verdict
+from tests.unit.cluster_standin import Backend, make_backend
+
+HEALTH = "autopilot.ibm.com/gpuhealth"
+L3 = "autopilot.ibm.com/dcgm.level.3"
+
+
+@pytest.fixture(params=["fake", "kube"])
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    yield from make_backend(request.param)
+
+
+def dcgm(level: int, status: Status, started: str, failure: str = "") -> CheckResult:
+    data = {"failure_string": failure} if failure else {}
+    return CheckResult("dcgm", status, "", node="gpu-1", params={"r": level}, started_at=started, data=data)
+
+
+EVICT = Decision(Verdict.EVICT, ("dcgm: pcie failed on GPU 3",))
+
+
+def test_desired_for_an_eviction() -> None:
+    pub = publish.desired(EVICT, [dcgm(3, Status.FAIL, "2026-11-29T22:00:00Z", "pcie.3")])
+    assert pub.labels == {HEALTH: "EVICT", L3: "ERR_2026-11-29_22.00.00UTC"}
+    assert pub.annotations == {L3 + ".output": "pcie.3"}
+    assert (pub.condition.type, pub.condition.status, pub.condition.reason) == (
+        CONDITION_TYPE,
+        "False",
+        "AutopilotEvict",
+    )
+    assert pub.condition.message == "dcgm: pcie failed on GPU 3"
+
+
+@pytest.mark.parametrize(
+    ("verdict", "status"),
+    [(Verdict.PASS, "True"), (Verdict.WARN, "False"), (Verdict.TESTING, "Unknown"), (Verdict.UNKNOWN, "Unknown")],
+)
+def test_condition_status_per_verdict(verdict: Verdict, status: str) -> None:
+    assert publish.desired(Decision(verdict, ())).condition.status == status
+
+
+def test_the_latest_dcgm_result_of_a_level_wins_and_errors_write_nothing() -> None:
+    results = [
+        dcgm(1, Status.OK, "2026-11-29T23:00:00Z"),
+        dcgm(1, Status.FAIL, "2026-11-29T22:00:00Z", "pcie.0"),
+        dcgm(3, Status.ERROR, "2026-11-29T23:30:00Z"),
+    ]
+    pub = publish.desired(Decision(Verdict.PASS, ()), results)
+    assert pub.labels == {HEALTH: "PASS", "autopilot.ibm.com/dcgm.level.1": "PASS_2026-11-29_23.00.00UTC"}
+    assert pub.annotations == {"autopilot.ibm.com/dcgm.level.1.output": ""}
+
+
+def test_long_messages_are_cut() -> None:
+    pub = publish.desired(Decision(Verdict.WARN, tuple(f"check{i}: bad" for i in range(500))))
+    assert len(pub.condition.message) == publish.MESSAGE_LIMIT
+
+
+def writes(b: Backend) -> int:
+    return len(b.standin.writes()) if b.standin is not None else len(b.control.writes)
+
+
+def test_apply_writes_once_then_nothing(backend: Backend) -> None:
+    backend.control.add_node("gpu-1", {"team": "ml"}, gpus=8)
+    pub = publish.desired(EVICT, [dcgm(3, Status.FAIL, "2026-11-29T22:00:00Z", "pcie.3")])
+    assert publish.apply(backend.client, "gpu-1", pub, namespace="ap") is True
+    node = backend.client.get_node("gpu-1")
+    assert node.labels[HEALTH] == "EVICT" and node.labels["team"] == "ml"
+    assert node.annotations[L3 + ".output"] == "pcie.3"
+    cond = node.condition()
+    assert cond is not None and cond.reason == "AutopilotEvict"
+    [event] = backend.control.events_for("Node", "gpu-1")
+    assert event.type == "Warning" and "(none) -> EVICT" in event.message and event.namespace == "ap"
+    before = writes(backend)
+    assert publish.apply(backend.client, "gpu-1", pub, Verdict.EVICT, namespace="ap") is False
+    assert publish.apply(backend.client, "gpu-1", pub, namespace="ap") is False
+    assert writes(backend) == before
+    assert len(backend.control.events_for("Node", "gpu-1")) == 1
+
+
+def test_a_new_message_updates_the_condition_without_an_event(backend: Backend) -> None:
+    backend.control.add_node("gpu-1", gpus=8)
+    publish.apply(backend.client, "gpu-1", publish.desired(Decision(Verdict.WARN, ("gpumem: GPU 1 slow",))))
+    first = backend.client.get_node("gpu-1").condition()
+    changed = publish.desired(Decision(Verdict.WARN, ("gpumem: GPU 1 slow", "pciebw: GPU 2 slow")))
+    assert publish.apply(backend.client, "gpu-1", changed, Verdict.WARN) is True
+    second = backend.client.get_node("gpu-1").condition()
+    assert first is not None and second is not None
+    assert second.message == "gpumem: GPU 1 slow; pciebw: GPU 2 slow"
+    assert second.last_transition_time == first.last_transition_time
+    assert len(backend.control.events_for("Node", "gpu-1")) == 1
+
+
+def test_a_verdict_change_emits_one_event(backend: Backend) -> None:
+    backend.control.add_node("gpu-1", {HEALTH: "PASS"}, gpus=8)
+    publish.apply(backend.client, "gpu-1", publish.desired(Decision(Verdict.PASS, ())), Verdict.PASS)
+    assert backend.control.events_for("Node", "gpu-1") == []
+    publish.apply(backend.client, "gpu-1", publish.desired(Decision(Verdict.TESTING, ("dcgm level 3",))), Verdict.PASS)
+    [event] = backend.control.events_for("Node", "gpu-1")
+    assert event.type == "Normal" and "PASS -> TESTING" in event.message
+    assert backend.client.get_node("gpu-1").labels[HEALTH] == "TESTING"
+
+
+def test_a_refused_event_does_not_undo_the_labels(backend: Backend) -> None:
+    backend.control.add_node("gpu-1", gpus=8)
+    backend.control.fail_next("create_node_event", 403)
+    assert publish.apply(backend.client, "gpu-1", publish.desired(EVICT)) is True
+    assert backend.client.get_node("gpu-1").labels[HEALTH] == "EVICT"
+    assert backend.control.events_for("Node", "gpu-1") == []

@@ -1,0 +1,141 @@
+"""The ``pvc`` check on both cluster backends: bound, never bound, WaitForFirstConsumer, refusals, cleanup."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from autopilot import config, execution
+from autopilot.checks import pvc
+from autopilot.context import CheckContext
+from autopilot.results import CheckResult, Status
+from autopilot.testing import FakeClock
+from tests.unit.cluster_standin import Backend, make_backend
+
+NS = "autopilot"
+
+
+@pytest.fixture(params=["fake", "kube"])
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    yield from make_backend(request.param)
+
+
+def run(
+    make_ctx: Callable[..., CheckContext], backend: Backend | None, **settings: Any
+) -> tuple[CheckResult, FakeClock]:
+    clock = FakeClock()
+    base = {"node_name": "gpu-1", "pvc_storage_class": "fast", **settings}
+    ctx = make_ctx(
+        settings=config.Settings(**base), cluster=backend.client if backend else None, clock=clock, node="gpu-1"
+    )
+    return execution.run_check("pvc", ctx), clock
+
+
+def leftovers(backend: Backend) -> list[str]:
+    if backend.standin is not None:
+        return [name for (kind, _, name) in backend.standin.objects if kind in ("PersistentVolumeClaim", "Pod")]
+    return [name for (_, name) in backend.control.pvcs] + [p.name for p in backend.control.pods()]
+
+
+def test_claim_names_are_unique_and_valid() -> None:
+    names = {pvc.claim_name("gpu-1.example.com") for _ in range(20)}
+    assert len(names) == 20
+    assert all(len(n) <= 63 and n.startswith("autopilot-pvc-gpu-1-example-com-") for n in names)
+
+
+def test_skipped_without_a_storage_class(make_ctx: Callable[..., CheckContext], backend: Backend) -> None:
+    result, _ = run(make_ctx, backend, pvc_storage_class="")
+    assert result.status is Status.SKIPPED and "PVC_TEST_STORAGE_CLASS" in result.summary
+
+
+def test_skipped_without_a_cluster(make_ctx: Callable[..., CheckContext]) -> None:
+    result, _ = run(make_ctx, None)
+    assert result.status is Status.SKIPPED and "cluster" in result.summary
+
+
+def test_bound_claim_passes_and_is_deleted(make_ctx: Callable[..., CheckContext], backend: Backend) -> None:
+    backend.control.add_storage_class("fast", binds_after=3)
+    result, clock = run(make_ctx, backend)
+    assert result.status is Status.OK, result.summary
+    assert result.data["bound_after_s"] == 4.0 and clock.sleeps == [2.0, 2.0]
+    assert result.data["deleted"] is True and leftovers(backend) == []
+
+
+def test_a_claim_that_never_binds_fails_at_the_deadline(
+    make_ctx: Callable[..., CheckContext], backend: Backend
+) -> None:
+    backend.control.add_storage_class("fast", binds_after=None)
+    result, clock = run(make_ctx, backend, pvc_deadline_s=10.0)
+    assert result.status is Status.FAIL and "still Pending after 10 s" in result.summary
+    assert sum(clock.sleeps) == 10.0
+    assert leftovers(backend) == []
+
+
+def test_wait_for_first_consumer_uses_a_pod_on_this_node(
+    make_ctx: Callable[..., CheckContext], backend: Backend
+) -> None:
+    backend.control.add_storage_class("fast", "WaitForFirstConsumer", binds_after=1)
+    pods_seen: list[str] = []
+    original = backend.client.pvc_phase
+
+    def spy(namespace: str, name: str) -> str:
+        pods_seen.extend(p.node for p in backend.control.pods(namespace))
+        return original(namespace, name)
+
+    backend.client.pvc_phase = spy  # type: ignore[method-assign]
+    result, _ = run(make_ctx, backend, image="autopilot:test")
+    assert result.status is Status.OK, result.summary
+    assert result.data["binding_mode"] == "WaitForFirstConsumer"
+    assert pods_seen == ["gpu-1"]
+    assert leftovers(backend) == []
+
+
+def test_wait_for_first_consumer_without_an_image_is_skipped(
+    make_ctx: Callable[..., CheckContext], backend: Backend
+) -> None:
+    backend.control.add_storage_class("fast", "WaitForFirstConsumer")
+    result, _ = run(make_ctx, backend)
+    assert result.status is Status.SKIPPED and "WaitForFirstConsumer" in result.summary
+    assert leftovers(backend) == []
+
+
+def test_a_missing_storage_class_is_an_error(make_ctx: Callable[..., CheckContext], backend: Backend) -> None:
+    result, _ = run(make_ctx, backend)
+    assert result.status is Status.ERROR and "does not exist" in result.summary
+
+
+def test_a_refused_claim_is_an_error(make_ctx: Callable[..., CheckContext], backend: Backend) -> None:
+    backend.control.add_storage_class("fast")
+    backend.control.fail_next("create_pvc", 403)
+    result, _ = run(make_ctx, backend)
+    assert result.status is Status.ERROR and "refused" in result.summary
+    assert leftovers(backend) == []
+
+
+def test_a_failed_delete_is_an_error(make_ctx: Callable[..., CheckContext], backend: Backend) -> None:
+    backend.control.add_storage_class("fast")
+    backend.control.fail_next("delete_pvc", 403)
+    result, _ = run(make_ctx, backend)
+    assert result.status is Status.ERROR and "cleanup failed" in result.summary
+    assert result.data["deleted"] is False
+
+
+def test_the_claim_asks_for_the_configured_class_and_mode(
+    make_ctx: Callable[..., CheckContext], backend: Backend
+) -> None:
+    backend.control.add_storage_class("fast")
+    run(make_ctx, backend, pvc_access_mode="ReadWriteMany", pvc_namespace="storage-test")
+    if backend.standin is not None:
+        [post] = [r for r in backend.standin.requests if r.method == "POST"]
+        assert post.path == "/api/v1/namespaces/storage-test/persistentvolumeclaims"
+        body = post.body
+    else:
+        [(_, target, body)] = [w for w in backend.control.writes if w[0] == "create_pvc"]
+        assert target.startswith("storage-test/")
+    assert body["spec"] == {
+        "storageClassName": "fast",
+        "accessModes": ["ReadWriteMany"],
+        "resources": {"requests": {"storage": "100Mi"}},
+    }
