@@ -218,6 +218,101 @@ def test_rbac_has_no_wildcards() -> None:
                 assert "*" not in line, f"{path.relative_to(ROOT)}: wildcard in {line.strip()!r}"
 
 
+Permission = tuple[str, str, str, str | None]  # (apiGroup, resource, verb, namespace; None: cluster-wide)
+
+
+def _render_rbac(namespace: str, pvc_namespace: str, fullname: str = "autopilot") -> list[dict[str, Any]]:
+    """rbac.yaml with its few template expressions substituted (no helm binary here): the chart
+    keeps rbac.yaml free of loops so that this stays a faithful rendering."""
+    text = re.sub(r"\{\{-?\s*/\*.*?\*/\s*-?\}\}", "", (TEMPLATES / "rbac.yaml").read_text(), flags=re.S)
+    subs = {
+        r'\{\{ include "autopilot\.fullname" \. \}\}': fullname,
+        r'\{\{ include "autopilot\.serviceAccountName" \(list \. "(\w+)"\) \}\}': fullname + r"-\1",
+        r"\{\{ \.Release\.Namespace \}\}": namespace,
+        r'\{\{ include "autopilot\.pvcNamespace" \. \}\}': pvc_namespace,
+    }
+    for pattern, replacement in subs.items():
+        text = re.sub(pattern, replacement, text)
+    lines = [line for line in text.splitlines() if not re.fullmatch(r"\s*\{\{-?\s*(if|end|include)\b.*\}\}\s*", line)]
+    rendered = "\n".join(lines)
+    assert "{{" not in rendered, f"rbac.yaml uses a template expression this rendering does not know:\n{rendered}"
+    return [d for d in yaml.safe_load_all(rendered) if d]
+
+
+def _permissions(docs: list[dict[str, Any]], account: str) -> set[Permission]:
+    """What the ServiceAccount ``account`` may do, as RBAC evaluates the bindings of ``docs``."""
+    roles = {(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]): d for d in docs if "rules" in d}
+    out: set[Permission] = set()
+    for binding in (d for d in docs if d["kind"] in ("ClusterRoleBinding", "RoleBinding")):
+        if not any(s["kind"] == "ServiceAccount" and s["name"] == account for s in binding["subjects"]):
+            continue
+        ref = binding["roleRef"]
+        scope = binding["metadata"].get("namespace")
+        role = roles[(ref["kind"], scope if ref["kind"] == "Role" else None, ref["name"])]
+        for rule in role["rules"]:
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    for verb in rule["verbs"]:
+                        out.add((group, resource, verb, scope))
+    return out
+
+
+def _deploy_rbac() -> list[dict[str, Any]]:
+    paths = sorted((ROOT / "deploy" / "rbac").glob("*.yaml"))
+    return [d for p in paths for d in yaml.safe_load_all(p.read_text()) if d]
+
+
+@pytest.mark.parametrize("process", ["worker", "api", "beat"])
+def test_chart_rbac_grants_each_process_what_deploy_rbac_grants(process: str) -> None:
+    """deploy/rbac is the measured minimum (test_cluster_rbac); the chart binds the same rules."""
+    chart = _permissions(_render_rbac("autopilot", "autopilot"), f"autopilot-{process}")
+    assert chart == _permissions(_deploy_rbac(), f"autopilot-{process}")
+    assert all(p[3] in (None, "autopilot") for p in chart), "namespaced rules belong to the release namespace"
+
+
+def test_chart_rbac_follows_the_release_and_pvc_namespaces() -> None:
+    worker = _permissions(_render_rbac("ops", "storage-test", fullname="ap"), "ap-worker")
+    assert ("", "persistentvolumeclaims", "create", "storage-test") in worker
+    assert ("", "pods", "create", "storage-test") in worker and ("", "pods", "delete", "storage-test") in worker
+    assert ("batch", "jobs", "create", "ops") in worker and ("", "events", "list", "ops") in worker
+    assert not any(p[1] == "persistentvolumeclaims" and p[3] != "storage-test" for p in worker)
+    assert not any(p[1] == "jobs" and p[2] == "list" for p in worker), "the code never lists Jobs"
+    for process in ("api", "beat"):
+        others = _permissions(_render_rbac("ops", "storage-test", fullname="ap"), f"ap-{process}")
+        assert ("", "events", "create", "ops") in others
+        assert not any(p[1] in ("jobs", "persistentvolumeclaims", "pods/log", "storageclasses") for p in others)
+    for doc in _render_rbac("ops", "storage-test"):
+        if doc["kind"] in ("Role", "RoleBinding"):
+            assert doc["metadata"]["namespace"] in ("ops", "storage-test")
+        for subject in doc.get("subjects", ()):
+            assert subject["namespace"] == "ops"
+
+
+def test_each_process_runs_under_its_own_service_account() -> None:
+    accounts = (TEMPLATES / "serviceaccount.yaml").read_text()
+    assert 'list "worker" "api" "beat"' in accounts and "kind: ServiceAccount" in accounts
+    pods = {"worker": "worker-daemonset.yaml", "api": "api.yaml", "beat": "beat-deployment.yaml"}
+    for process, template in pods.items():
+        text = (TEMPLATES / template).read_text()
+        assert f'serviceAccountName: {{{{ include "autopilot.serviceAccountName" (list . "{process}") }}}}' in text
+    flower = (TEMPLATES / "flower.yaml").read_text()
+    assert "serviceAccountName" not in flower and "automountServiceAccountToken: false" in flower
+
+
+def test_worker_mounts_its_annotations_where_the_setting_points() -> None:
+    text = (TEMPLATES / "worker-daemonset.yaml").read_text()
+    assert re.search(r"name: podinfo, mountPath: \{\{ dir \.Values\.config\.podinfoAnnotations", text)
+    assert re.search(
+        r"- name: podinfo\s+downwardAPI:\s+items:\s+- path: \{\{ base \.Values\.config\.podinfoAnnotations"
+        r"[^\n]*\n\s+fieldRef:\s+fieldPath: metadata\.annotations",
+        text,
+    )
+    assert _values()["config"]["podinfoAnnotations"] == config.Settings().podinfo_annotations
+    helpers = (TEMPLATES / "_helpers.tpl").read_text()
+    assert re.search(r"name: AUTOPILOT_NAMESPACE\s+value: \{\{ \.Release\.Namespace", helpers)
+    assert re.search(r'name: AUTOPILOT_IMAGE\s+value: \{\{ include "autopilot\.workerImage"', helpers)
+
+
 def _plain_manifests() -> list[Path]:
     """Non-templated YAML files that hold Kubernetes objects (apiVersion and kind)."""
     found = []

@@ -33,12 +33,22 @@ app.kubernetes.io/instance: {{ $root.Release.Name }}
 app.kubernetes.io/component: {{ index . 1 }}
 {{- end -}}
 
+{{/* ServiceAccount of one process: include "autopilot.serviceAccountName" (list . "worker").
+worker, api and beat each have their own, bound to only what that process calls (rbac.yaml). */}}
 {{- define "autopilot.serviceAccountName" -}}
-{{- if .Values.serviceAccount.create -}}
-{{- default (include "autopilot.fullname" .) .Values.serviceAccount.name -}}
+{{- $root := index . 0 -}}
+{{- $component := index . 1 -}}
+{{- $name := index $root.Values.serviceAccount.names $component -}}
+{{- if $root.Values.serviceAccount.create -}}
+{{- default (printf "%s-%s" (include "autopilot.fullname" $root) $component) $name -}}
 {{- else -}}
-{{- default "default" .Values.serviceAccount.name -}}
+{{- default "default" $name -}}
 {{- end -}}
+{{- end -}}
+
+{{/* Where the pvc check creates its claim and consumer pod (AUTOPILOT_PVC_NAMESPACE). */}}
+{{- define "autopilot.pvcNamespace" -}}
+{{- default .Release.Namespace .Values.config.pvcNamespace -}}
 {{- end -}}
 
 {{- define "autopilot.apiImage" -}}
@@ -53,8 +63,13 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- default (printf "%s-api-token" (include "autopilot.fullname" .)) .Values.apiToken.existingSecret -}}
 {{- end -}}
 
-{{/* Environment of every Autopilot container: settings, Redis URL, token, namespace. */}}
+{{/* Environment of every Autopilot container: settings, Redis URL, token, namespace, image.
+AUTOPILOT_NAMESPACE is the release namespace because rbac.yaml grants Jobs and Events there
+(POD_NAMESPACE, its alias, is the same from the downward API, for tools that read it);
+AUTOPILOT_IMAGE (the invasive Job and the pvc check's consumer pod) is the worker image. */}}
 {{- define "autopilot.env" -}}
+- name: AUTOPILOT_NAMESPACE
+  value: {{ .Release.Namespace | quote }}
 - name: POD_NAMESPACE
   valueFrom:
     fieldRef:
