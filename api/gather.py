@@ -9,7 +9,14 @@ never hangs. Polling sleeps 20 ms at first and backs off to 200 ms, and reads on
 field names (no JSON) until the end.
 
 ``report`` turns a run and its results into the structured answer shared by ``/status?format=json``
-and ``/api/v1/runs/<id>``.
+and ``/api/v1/runs/<id>``; for the network checks it adds ``network``: the suspects that
+``network.localise`` names from the run's pair results, and iperf's per-interface summary.
+
+``iperf`` is not sent to the nodes like the other checks: its ring needs them all at once, so
+when the dispatcher can send named tasks the gather runs the ring coordinator
+(``workers.ring``) after the other checks, and the run's deadline grows by the ring's bound.
+``ping`` over an explicit selection is told the selection (its ``nodes``), so each node pings
+only the other selected nodes.
 """
 
 from __future__ import annotations
@@ -26,9 +33,11 @@ from typing import Any
 from api.inputs import RunRequest
 from api.selection import Selection
 from api.services import Services
-from autopilot import results
+from autopilot import network, results
+from autopilot.checks import iperf
 from autopilot.results import CheckResult, Status
-from workers.dispatch import Envelope
+from workers import ring
+from workers.dispatch import Envelope, TaskSender, task_sender
 from workers.store import ResultsStore, Run
 
 log = logging.getLogger(__name__)
@@ -41,6 +50,7 @@ WAVE_SLACK_S = POLL_MAX_S + 0.05
 
 # Node statuses in the answer, least to most severe for the totals' "status".
 NODE_STATUSES = ("ok", "pending", "unknown", "unreachable", "error", "warn", "fail")
+RING_CHECK = "iperf"
 
 
 def run_deadline_s(nodes: int, batch: int | None, node_deadline_s: float) -> float:
@@ -50,17 +60,48 @@ def run_deadline_s(nodes: int, batch: int | None, node_deadline_s: float) -> flo
     return waves * (node_deadline_s + WAVE_SLACK_S)
 
 
+def ring_sender(svc: Services, checks: Collection[str]) -> TaskSender | None:
+    """The sender the ring coordinator uses, when ``checks`` has iperf and the dispatcher can send
+    named tasks; otherwise None (iperf then goes out like any check, and a worker skips it)."""
+    return task_sender(svc.dispatcher) if RING_CHECK in checks else None
+
+
+def run_params(svc: Services, req: RunRequest, selection: Selection) -> dict[str, dict[str, Any]]:
+    """The request's parameters, with ``ping``'s ``nodes`` set to an explicit selection."""
+    params = {c: dict(p) for c, p in req.params.items()}
+    ping = params.get("ping")
+    if (
+        ping is not None
+        and req.explicit
+        and not ping.get("nodes")
+        and "ping" in svc.checks
+        and any(p.name == "nodes" for p in svc.checks.get("ping").params)
+    ):
+        ping["nodes"] = ",".join(selection.nodes)
+    return params
+
+
 def create_run(svc: Services, req: RunRequest, selection: Selection, *, source: str = "api") -> Run:
-    run = Run.new(
-        req.checks,
-        selection.nodes,
-        {c: dict(p) for c, p in req.params.items()},
-        run_deadline_s(len(selection.nodes), req.batch, req.deadline_s),
-        source=source,
-        now=svc.clock(),
-    )
+    params = run_params(svc, req, selection)
+    deadline_s = run_deadline_s(len(selection.nodes), req.batch, req.deadline_s)
+    if ring_sender(svc, req.checks) is not None:
+        deadline_s += ring.estimate_s(svc.store, svc.settings, selection.nodes, params.get(RING_CHECK, {}))
+    run = Run.new(req.checks, selection.nodes, params, deadline_s, source=source, now=svc.clock())
     svc.store.create_run(run)
     return run
+
+
+def run_ring(svc: Services, run: Run, sender: TaskSender) -> None:
+    ring.run_ring(
+        svc.store,
+        sender,
+        svc.settings,
+        run.id,
+        run.nodes,
+        run.params.get(RING_CHECK, {}),
+        clock=svc.clock,
+        sleep=svc.sleep,
+    )
 
 
 def answered(store: ResultsStore, run_id: str) -> set[tuple[str, str]]:
@@ -71,12 +112,16 @@ def answered(store: ResultsStore, run_id: str) -> set[tuple[str, str]]:
 class Gather:
     """Drives one run: sends envelopes as slots free up and notices answers and expired nodes."""
 
-    def __init__(self, svc: Services, run: Run, *, node_deadline_s: float, batch: int | None) -> None:
+    def __init__(
+        self, svc: Services, run: Run, *, node_deadline_s: float, batch: int | None, without: Collection[str] = ()
+    ) -> None:
         self.svc = svc
         self.run = run
         self.node_deadline_s = node_deadline_s
         self.batch = batch
-        self.waiting: collections.deque[str] = collections.deque(run.nodes)
+        # The checks sent to the nodes (the ring's check is run by the coordinator instead).
+        self.checks = tuple(c for c in run.checks if c not in without)
+        self.waiting: collections.deque[str] = collections.deque(run.nodes if self.checks else ())
         self.in_flight: dict[str, float] = {}  # node -> its deadline (epoch s)
         self.done: set[str] = set()
         self.expired: set[str] = set()
@@ -92,7 +137,8 @@ class Gather:
             node = self.waiting.popleft()
             deadline = self.svc.clock() + self.node_deadline_s
             self.in_flight[node] = deadline
-            self.svc.dispatcher.send(Envelope(self.run.id, node, self.run.checks, self.run.params, deadline))
+            params = {c: p for c, p in self.run.params.items() if c in self.checks}
+            self.svc.dispatcher.send(Envelope(self.run.id, node, self.checks, params, deadline))
 
     def poll(self) -> bool:
         """One look at the store; frees the slots of finished nodes and fills them. True when all are done."""
@@ -100,9 +146,9 @@ class Gather:
         if progress != self._seen:
             self._seen = progress
             have = collections.Counter(
-                node for node, check in answered(self.svc.store, self.run.id) if check in self.run.checks
+                node for node, check in answered(self.svc.store, self.run.id) if check in self.checks
             )
-            for node in [n for n in self.in_flight if have[n] >= len(self.run.checks)]:
+            for node in [n for n in self.in_flight if have[n] >= len(self.checks)]:
                 del self.in_flight[node]
                 self.done.add(node)
         now = self.svc.clock()
@@ -126,8 +172,11 @@ class Gather:
 def gather(svc: Services, req: RunRequest, selection: Selection) -> dict[str, Any]:
     """Run ``req`` on the selected nodes and wait for the answer (``/status``)."""
     run = create_run(svc, req, selection)
-    g = Gather(svc, run, node_deadline_s=req.deadline_s, batch=req.batch)
+    sender = ring_sender(svc, run.checks)
+    g = Gather(svc, run, node_deadline_s=req.deadline_s, batch=req.batch, without=(RING_CHECK,) if sender else ())
     g.wait()
+    if sender is not None:
+        run_ring(svc, run, sender)
     found = _results(svc.store, run.id)
     return report(svc, run, found, timed_out=g.expired, unknown=selection.unknown, complete=True)
 
@@ -138,17 +187,20 @@ def start(svc: Services, req: RunRequest, selection: Selection) -> Run:
     The first wave is sent before this returns, so a broker failure reaches the caller.
     """
     run = create_run(svc, req, selection)
-    g = Gather(svc, run, node_deadline_s=req.deadline_s, batch=req.batch)
+    sender = ring_sender(svc, run.checks)
+    g = Gather(svc, run, node_deadline_s=req.deadline_s, batch=req.batch, without=(RING_CHECK,) if sender else ())
     g.send_ready()
-    if not g.finished and g.waiting:
-        thread = threading.Thread(target=_continue, args=(g,), name=f"gather-{run.id[:8]}", daemon=True)
+    if sender is not None or (not g.finished and g.waiting):
+        thread = threading.Thread(target=_continue, args=(g, sender), name=f"gather-{run.id[:8]}", daemon=True)
         thread.start()
     return run
 
 
-def _continue(g: Gather) -> None:
+def _continue(g: Gather, sender: TaskSender | None = None) -> None:
     try:
         g.wait()
+        if sender is not None:
+            run_ring(g.svc, g.run, sender)
     except Exception:  # a background thread has nobody to raise to: log it, the run times out
         log.exception("gather of run %s failed", g.run.id)
 
@@ -248,7 +300,7 @@ def report(
     for entry in nodes.values():
         totals[entry["status"]] += 1
     answered_nodes = sum(1 for n in run.nodes if nodes[n]["status"] not in ("pending", "unreachable"))
-    return {
+    answer = {
         "id": run.id,
         "checks": list(run.checks),
         "params": {c: dict(p) for c, p in run.params.items()},
@@ -260,6 +312,57 @@ def report(
         "status": overall(totals, complete=complete),
         "totals": {"nodes": len(nodes), "answered": answered_nodes, "results": have, "expected": expected, **totals},
         "nodes": nodes,
+    }
+    net = network_report(run, found, late)
+    if net:
+        answer["network"] = net
+    return answer
+
+
+def _silent_pairs(node: str, others: Sequence[str], interfaces: Collection[str]) -> list[network.PairResult]:
+    """A node that could not answer at all: every pair on its side counts as bad."""
+    return [network.PairResult(node, other, i, True) for other in others if other != node for i in interfaces]
+
+
+def network_report(run: Run, found: Mapping[tuple[str, str], CheckResult], late: Collection[str]) -> dict[str, Any]:
+    """``report["network"]``: per network check of the run, the pairs counted and the suspects.
+
+    A node with no result by its deadline, or whose result holds no pair (it could not ping at
+    all), counts as bad pairs towards every other node on every interface seen in the run.
+    """
+    out: dict[str, Any] = {}
+    if "ping" in run.checks:
+        pairs: list[network.PairResult] = []
+        silent: list[str] = []
+        for node in run.nodes:
+            result = found.get((node, "ping"))
+            if result is None:
+                if node in late:
+                    silent.append(node)
+                continue
+            measured = [p for p in result.data.get("pairs", []) if p.get("status") in ("ok", "warn", "fail")]
+            if not measured and result.status is Status.ERROR:
+                silent.append(node)
+            pairs += [network.PairResult(node, p["target"], p["interface"], p["status"] != "ok") for p in measured]
+        interfaces = sorted({p.interface for p in pairs}) or ["any"]
+        for node in silent:
+            pairs += _silent_pairs(node, run.nodes, interfaces)
+        out["ping"] = _suspects(pairs)
+    if RING_CHECK in run.checks:
+        ring_pairs: list[dict[str, Any]] = []
+        for node in run.nodes:
+            result = found.get((node, RING_CHECK))
+            if result is not None:
+                ring_pairs += [dict(p) for p in result.data.get("pairs", [])]
+        out["iperf"] = {**_suspects(iperf.pair_results(ring_pairs)), "interfaces": iperf.summarize(ring_pairs)}
+    return out
+
+
+def _suspects(pairs: Sequence[network.PairResult]) -> dict[str, Any]:
+    return {
+        "pairs": len(pairs),
+        "bad_pairs": sum(1 for p in pairs if p.bad),
+        "suspects": network.localise(pairs).to_dict(),
     }
 
 

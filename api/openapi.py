@@ -146,6 +146,32 @@ SCHEMAS: dict[str, Any] = {
             "status": {"type": "string", "enum": ["ok", "warn", "fail", "error", "pending"]},
             "totals": {"type": "object", "additionalProperties": {"type": "integer"}},
             "nodes": {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/NodeAnswer"}},
+            "network": {
+                "type": "object",
+                "description": "runs with ping or iperf: per check, the pairs counted and the suspects "
+                "(a node whose every pair is bad while the others are fine, else the bad pairs); "
+                "iperf adds per interface the pair matrix, per-node means and the mean in Gb/s",
+                "additionalProperties": {"$ref": "#/components/schemas/NetworkFindings"},
+            },
+        },
+    },
+    "NetworkFindings": {
+        "type": "object",
+        "properties": {
+            "pairs": {"type": "integer"},
+            "bad_pairs": {"type": "integer"},
+            "suspects": {
+                "type": "object",
+                "properties": {
+                    "nodes": {"type": "array", "items": {"type": "string"}},
+                    "pairs": {"type": "array", "items": {"type": "object"}},
+                    "summary": {"type": "string"},
+                },
+            },
+            "interfaces": {
+                "type": "object",
+                "description": "iperf only: interface -> {pairs, bad_pairs, mean_gbps, median_gbps, matrix, nodes}",
+            },
         },
     },
     "RunRequest": {

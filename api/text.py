@@ -5,7 +5,8 @@ One block per node (``Autopilot Endpoint``, ``Node``, ``Response:`` with one
 dashed separator), then ``Node Summary:`` with one line per node and ``runtime: <s> sec``. The
 check tags are upstream's (``PCIEBW``, ``REMAPPED ROWS``, ``GPU POWER``...) so scripts that grep
 for ``FAIL`` or ``ABORT`` next to a tag keep working; unlike upstream, a node summary is plain
-lines, not a Python dict.
+lines, not a Python dict. A run with ``ping`` or ``iperf`` ends with a ``Network:`` block: the
+suspects of each, and per iperf interface the mean bandwidth and the pair matrix in Gb/s.
 """
 
 from __future__ import annotations
@@ -85,6 +86,34 @@ def render(report: Mapping[str, Any]) -> str:
     width = max((len(n) for n in nodes), default=0)
     for node, entry in nodes.items():
         lines.append(f"  {node.ljust(width)}  {node_status_line(entry)}")
+    if report.get("network"):
+        lines.append("")
+        lines.extend(network_lines(report["network"]))
     lines.append("")
     lines.append(f"runtime: {report['runtime_s']:.2f} sec")
     return "\n".join(lines) + "\n"
+
+
+def _gbps(value: Any) -> str:
+    return "N/A" if value is None else f"{value:.2f}"
+
+
+def network_lines(net: Mapping[str, Any]) -> list[str]:
+    lines = ["Network:"]
+    for check in ("ping", "iperf"):
+        if check not in net:
+            continue
+        entry = net[check]
+        lines.append(
+            f"  {tag(check)}: {entry['suspects']['summary']} ({entry['bad_pairs']} of {entry['pairs']} pairs bad)"
+        )
+    for lane, info in net.get("iperf", {}).get("interfaces", {}).items():
+        lines.append(f"  {lane} Average Bandwidth Gb/s: {_gbps(info['mean_gbps'])} over {info['pairs']} pairs")
+        names_ = sorted(info["nodes"])
+        width = max([len(n) for n in names_] + [8])
+        lines.append("    " + " " * width + "".join(f"  {n[:width].rjust(width)}" for n in names_))
+        for src in names_:
+            row = info["matrix"].get(src, {})
+            cells = "".join(f"  {(_gbps(row[dst]) if dst in row else '-').rjust(width)}" for dst in names_)
+            lines.append(f"    {src.ljust(width)}{cells}")
+    return lines

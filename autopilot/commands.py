@@ -3,7 +3,8 @@
 This is the only module of the core that imports ``subprocess``. Each program starts in a
 session of its own, so that on a timeout (its own, or the check's watchdog through a
 ``ProcessScope``) the whole process group is killed: a ``dcgmi`` that forked a helper does not
-outlive the check that started it.
+outlive the check that started it. ``spawn`` leaves a program running in the background (the
+``iperf`` servers) with a lifetime after which its group is killed whatever else happens.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import IO, Protocol
 
 from autopilot import errors
 
@@ -40,6 +42,31 @@ class CommandRunner(Protocol):
     def which(self, name: str) -> str | None:
         """Full path of ``name`` if it can be run, else None."""
         ...
+
+
+class Background(Protocol):
+    """A program left running in the background (``spawn``): a server for a later client."""
+
+    @property
+    def pid(self) -> int: ...
+
+    def poll(self) -> int | None:
+        """Its exit status once it has ended, else None."""
+        ...
+
+    def output(self) -> str:
+        """What it printed so far (stdout and stderr together), for error messages."""
+        ...
+
+    def terminate(self, grace_s: float = 2.0) -> None:
+        """SIGTERM its process group, SIGKILL after ``grace_s``; idempotent."""
+        ...
+
+
+class Spawner(Protocol):
+    """A runner that can also leave a program running (the ``iperf`` servers)."""
+
+    def spawn(self, argv: Sequence[str], *, lifetime_s: float, env: Mapping[str, str] | None = None) -> Background: ...
 
 
 class ProcessScope:
@@ -133,3 +160,89 @@ class SubprocessRunner:
         if self.scope is not None and self.scope.cancelled:
             raise errors.ToolTimeout(os.path.basename(args[0]), timeout)
         return CommandResult(tuple(args), proc.returncode, stdout, stderr, time.monotonic() - start)
+
+    def spawn(self, argv: Sequence[str], *, lifetime_s: float, env: Mapping[str, str] | None = None) -> Process:
+        """A background program (not part of any check's scope: it outlives the task that started it)."""
+        if self.path is not None and argv and not os.path.isabs(str(argv[0])):
+            found = self.which(str(argv[0]))
+            if found is None:
+                raise errors.ToolNotFound(f"{argv[0]}: not found on PATH ({self.path})")
+            argv = [found, *list(argv)[1:]]
+        return spawn(argv, lifetime_s=lifetime_s, env=env)
+
+
+class Process:
+    """A background program in a session of its own, with output in an unnamed temporary file.
+
+    A file, not a pipe: a server that prints a line per test would block on a full pipe that
+    nobody reads. A lifetime timer kills the whole group if nobody stops it first, so a lost
+    stop message cannot leave a server behind.
+    """
+
+    def __init__(self, proc: subprocess.Popen[bytes], out: IO[bytes], lifetime_s: float) -> None:
+        self._proc = proc
+        self._out = out
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(lifetime_s, self.terminate, kwargs={"grace_s": 0.0})
+        self._timer.daemon = True
+        self._timer.start()
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    def poll(self) -> int | None:
+        return self._proc.poll()
+
+    def output(self) -> str:
+        with self._lock:
+            if self._out.closed:
+                return ""
+            self._out.seek(0)
+            return self._out.read()[-4096:].decode(errors="replace")
+
+    def terminate(self, grace_s: float = 2.0) -> None:
+        self._timer.cancel()
+        if self._proc.poll() is None:
+            try:
+                os.killpg(self._proc.pid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
+            try:
+                self._proc.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                pass
+        # Whatever is left in the group (the program, or children it forked) goes now.
+        _killpg(self._proc.pid)
+        try:
+            self._proc.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+        with self._lock:
+            self._out.close()
+
+
+def spawn(argv: Sequence[str], *, lifetime_s: float, env: Mapping[str, str] | None = None) -> Process:
+    """Start ``argv`` in the background, in its own session; killed after ``lifetime_s`` at the latest."""
+    if isinstance(argv, str) or not argv:
+        raise TypeError("argv must be a non-empty list of strings, never a shell string")
+    if lifetime_s <= 0:
+        raise ValueError("a background program needs a positive lifetime")
+    args = [str(a) for a in argv]
+    out = tempfile.TemporaryFile()
+    try:
+        proc = subprocess.Popen(  # noqa: S603 - argv list, no shell
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=dict(env) if env is not None else None,
+            start_new_session=True,
+        )
+    except FileNotFoundError as exc:
+        out.close()
+        raise errors.ToolNotFound(f"{args[0]}: not found on PATH") from exc
+    except PermissionError as exc:
+        out.close()
+        raise errors.ToolNotFound(f"{args[0]}: not executable ({exc.strerror})") from exc
+    return Process(proc, out, lifetime_s)

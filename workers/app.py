@@ -13,16 +13,26 @@ import logging
 from typing import Any
 
 import redis
-from celery import Celery, Task
+from celery import Celery, Task, signals
 
 from autopilot import config, registry
 from workers import host as hosting
-from workers import tasks
+from workers import ring, tasks
 from workers.dispatch import RUN_TASK, CeleryDispatcher
 from workers.store import ResultsStore
 
 CONTROL_QUEUE = "autopilot.control"
 log = logging.getLogger(__name__)
+
+
+def _stop_iperf_servers(**_: Any) -> None:
+    """On worker shutdown no iperf3 server of an unfinished ring stays behind."""
+    stopped = ring.SERVERS.stop_all()
+    if stopped:
+        log.info("stopped %d iperf3 server(s) at shutdown", stopped)
+
+
+signals.worker_shutdown.connect(_stop_iperf_servers)
 
 
 def make_store(settings: config.Settings) -> ResultsStore:
@@ -111,6 +121,29 @@ def create_celery(settings: config.Settings) -> Celery:
     @app.task(name="autopilot.reconcile")
     def reconcile_task() -> dict[str, str]:
         return tasks.reconcile(store, settings)
+
+    # The iperf ring's parts on one node (workers.ring). Not retried: the coordinator has a
+    # deadline per phase and reports a node that did not answer; acked early so a worker that
+    # dies mid-run does not get the same servers started again by a redelivery.
+    @app.task(name=ring.SERVERS_TASK, acks_late=False)
+    def iperf_servers_task(
+        *, run_id: str, node: str, binds: list[str], ports: list[int], lifetime_s: float
+    ) -> dict[str, Any]:
+        return tasks.iperf_servers(
+            hosting.current(), run_id=run_id, node=node, binds=binds, ports=ports, lifetime_s=lifetime_s
+        )
+
+    @app.task(name=ring.CLIENTS_TASK, acks_late=False)
+    def iperf_clients_task(
+        *, run_id: str, node: str, phase: int, jobs: list[dict[str, Any]], duration_s: int
+    ) -> list[dict[str, Any]]:
+        return tasks.iperf_clients(
+            hosting.current(), run_id=run_id, node=node, phase=phase, jobs=jobs, duration_s=duration_s
+        )
+
+    @app.task(name=ring.STOP_TASK, acks_late=False)
+    def iperf_stop_task(*, run_id: str, node: str) -> int:
+        return tasks.iperf_stop(hosting.current(), run_id=run_id, node=node)
 
     app.conf.autopilot_store = store
     return app

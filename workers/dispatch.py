@@ -3,6 +3,10 @@
 ``Dispatcher`` is what ``api`` may use; ``CeleryDispatcher`` sends real tasks, ``FakeDispatcher``
 records what would have been sent. Each node gets at most two messages per run: one for its
 light checks and one for its GPU checks, so a long GPU check never holds up a light one.
+
+A dispatcher may also send named tasks to a node's queue (``send_task``; the ``iperf`` ring's
+server, client and stop tasks). ``task_sender(d)`` says whether ``d`` can: ``CeleryDispatcher``
+always, ``FakeDispatcher`` when it was given ``on_task`` to answer them.
 """
 
 from __future__ import annotations
@@ -41,9 +45,32 @@ class Dispatcher(Protocol):
     def send(self, envelope: Envelope) -> None: ...
 
 
+class TaskSender(Protocol):
+    """Sends one named task to one node's queue; dropped unconsumed after ``expires`` (epoch s)."""
+
+    def send_task(self, task: str, node: str, kwargs: Mapping[str, Any], *, expires: float) -> None: ...
+
+
+def task_sender(dispatcher: Any) -> TaskSender | None:
+    """``dispatcher`` as a ``TaskSender`` when it can send named tasks, else None."""
+    return dispatcher if getattr(dispatcher, "supports_tasks", False) else None
+
+
 class CeleryDispatcher:
+    supports_tasks = True
+
     def __init__(self, app: Celery) -> None:
         self.app = app
+
+    def send_task(self, task: str, node: str, kwargs: Mapping[str, Any], *, expires: float) -> None:
+        queue = names.node_queue(node)
+        self.app.send_task(
+            task,
+            kwargs=dict(kwargs),
+            queue=queue,
+            routing_key=queue,
+            expires=datetime.fromtimestamp(expires, UTC),
+        )
 
     def send(self, envelope: Envelope) -> None:
         queue = names.node_queue(envelope.node)
@@ -67,11 +94,26 @@ class CeleryDispatcher:
 
 
 class FakeDispatcher:
-    """Records envelopes; ``on_send`` lets a test answer them (e.g. run the task inline)."""
+    """Records envelopes; ``on_send`` lets a test answer them (e.g. run the task inline).
 
-    def __init__(self, on_send: Any = None) -> None:
+    With ``on_task`` it also takes named tasks (``tasks`` records them as (task, node, kwargs)).
+    """
+
+    def __init__(self, on_send: Any = None, on_task: Any = None) -> None:
         self.sent: list[Envelope] = []
         self.on_send = on_send
+        self.on_task = on_task
+        self.tasks: list[tuple[str, str, dict[str, Any]]] = []
+
+    @property
+    def supports_tasks(self) -> bool:
+        return self.on_task is not None
+
+    def send_task(self, task: str, node: str, kwargs: Mapping[str, Any], *, expires: float) -> None:
+        names.node_queue(node)  # the same validation a real send does
+        self.tasks.append((task, node, dict(kwargs)))
+        if self.on_task is not None:
+            self.on_task(task, node, dict(kwargs))
 
     def send(self, envelope: Envelope) -> None:
         self.sent.append(envelope)

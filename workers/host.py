@@ -3,15 +3,19 @@
 A ``NodeHost`` maps node names to their ``CheckContext`` and keeps one GPU lock per node, so
 checks that use the GPUs never overlap on a node while light checks run beside them. The worker
 entry point builds it once and installs it with ``install()`` before the Celery worker starts.
+Every hosted context without a peer directory gets one over the store's node records, so the
+network checks (``ping``) find the other nodes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Mapping
 
 from autopilot import config
 from autopilot.context import CheckContext
+from workers.peers import StorePeers
 from workers.store import ResultsStore
 
 
@@ -19,7 +23,11 @@ class NodeHost:
     def __init__(self, settings: config.Settings, store: ResultsStore, contexts: Mapping[str, CheckContext]) -> None:
         self.settings = settings
         self.store = store
-        self.contexts = dict(contexts)
+        directory = StorePeers(store, settings)
+        self.contexts = {
+            name: ctx if ctx.peers is not None else dataclasses.replace(ctx, peers=directory)
+            for name, ctx in contexts.items()
+        }
         self._gpu_locks = {name: threading.Lock() for name in self.contexts}
 
     def context(self, node: str) -> CheckContext | None:

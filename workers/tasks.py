@@ -4,7 +4,10 @@
                 (latest, history, run) and recompute the node's verdict;
 ``fanout``      beat's periodic/invasive tick: one run over every live node, done once per tick
                 however many beats sent it;
-``reconcile``   beat's verdict/label tick and stale sweep over every known node.
+``reconcile``   beat's verdict/label tick and stale sweep over every known node;
+``iperf_servers``, ``iperf_clients``, ``iperf_stop``
+                one node's part of the ``iperf`` ring (``workers.ring``), answered into the
+                ring's hash in the store.
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from autopilot import config, execution, registry
+from autopilot.checks import iperf
 from autopilot.results import CheckResult, Status
 from workers import reconcile as reconciling
+from workers import ring
 from workers.dispatch import Dispatcher, Envelope
 from workers.host import NodeHost
 from workers.store import ResultsStore, Run
@@ -109,3 +114,34 @@ def reconcile(store: ResultsStore, settings: config.Settings) -> dict[str, str]:
     if not store.claim("reconcile", max(1.0, settings.reconcile_interval_s / 2)):
         return {}
     return {n: reconciling.reconcile_node(store, n, settings).verdict.value for n in store.node_names()}
+
+
+def iperf_servers(
+    host: NodeHost, *, run_id: str, node: str, binds: Sequence[str], ports: Sequence[int], lifetime_s: float
+) -> dict[str, Any]:
+    ctx = host.context(node)
+    if ctx is None:
+        reply: dict[str, Any] = {"ok": False, "started": 0, "error": f"worker does not host node {node}"}
+    else:
+        reply = ring.SERVERS.start(ctx.commands, run_id, binds, [int(p) for p in ports], float(lifetime_s), node)
+    ring.post(host.store, run_id, f"servers|{node}", reply, ttl_s=lifetime_s)
+    return reply
+
+
+def iperf_clients(
+    host: NodeHost, *, run_id: str, node: str, phase: int, jobs: Sequence[Mapping[str, Any]], duration_s: int
+) -> list[dict[str, Any]]:
+    ctx = host.context(node)
+    if ctx is None:
+        why = iperf.Measure(Status.ERROR, None, f"worker does not host node {node}")
+        pairs = [iperf.pair(j["source"], j["target"], j["interface"], j["address"], why) for j in jobs]
+    else:
+        pairs = ring.run_clients(ctx.commands, jobs, int(duration_s))
+    ring.post(host.store, run_id, f"clients|{phase}|{node}", {"pairs": pairs})
+    return pairs
+
+
+def iperf_stop(host: NodeHost, *, run_id: str, node: str) -> int:
+    stopped = ring.SERVERS.stop(run_id, node)
+    ring.post(host.store, run_id, f"stopped|{node}", {"stopped": stopped})
+    return stopped

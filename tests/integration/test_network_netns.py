@@ -1,0 +1,252 @@
+"""``ping`` and ``iperf`` across real network stacks: four network namespaces, a real worker in
+each, the API in this process with the real Celery dispatcher.
+
+Needs root, ``ip``, ``tc``, ``ping``, ``iperf3`` and ``redis-server``: skipped locally when one is
+missing, a failure under CI=true. Every address lives on the lab's bridges and namespaces only
+(``tests/integration/netns.py``); everything is torn down in finalizers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import redis
+
+from autopilot import config
+from tests.conftest import ROOT, require_binary
+from tests.integration.netns import BROKER_ADDRESS, DATA_IF, NetLab
+
+pytestmark = pytest.mark.integration
+
+NODES = ("node-a", "node-b", "node-c", "node-d")
+T = TypeVar("T")
+READY_S = 60.0
+DURATION_S = 2
+
+
+def wait_until(predicate: Callable[[], T | None], timeout_s: float, what: str) -> T:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
+        time.sleep(0.2)
+
+
+def iperf3_processes() -> list[int]:
+    """PIDs of every running ``iperf3`` on this machine (any namespace: /proc sees them all)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (entry / "comm").read_text().strip() == "iperf3":
+                    found.append(int(entry.name))
+    return found
+
+
+def kill_group(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def tools() -> dict[str, str]:
+    found = {name: require_binary(name) for name in ("ip", "tc", "ping", "iperf3", "redis-server")}
+    if os.geteuid() != 0:
+        message = "network namespaces need root"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message + " (CI runs these tests as root)")
+        pytest.skip(message)
+    return found
+
+
+@pytest.fixture(scope="module")
+def lab(tools: dict[str, str]) -> Iterator[NetLab]:
+    net = NetLab(NODES)
+    try:
+        net.setup()
+        yield net
+    finally:
+        net.teardown()
+
+
+@pytest.fixture(scope="module")
+def broker(lab: NetLab, tools: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A redis-server of this module on the control bridge (and loopback)."""
+    workdir = tmp_path_factory.mktemp("netns-redis")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    argv = [tools["redis-server"], "--port", str(port), "--bind", f"{BROKER_ADDRESS} 127.0.0.1",
+            "--save", "", "--appendonly", "no", "--protected-mode", "no", "--dir", str(workdir)]  # fmt: skip
+    with open(workdir / "redis.log", "ab") as log:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, process_group=0)
+    url = f"redis://{BROKER_ADDRESS}:{port}/0"
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+
+        def answers() -> bool:
+            try:
+                return bool(client.ping())
+            except redis.RedisError:
+                return False
+
+        wait_until(answers, 10, "redis-server")
+        client.close()
+        yield url
+    finally:
+        kill_group(proc)
+
+
+@pytest.fixture(scope="module")
+def workers(lab: NetLab, broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    logs = tmp_path_factory.mktemp("netns-workers")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTOPILOT_") and k != "NODE_NAME"}
+    env.update(
+        AUTOPILOT_REDIS_URL=broker,
+        AUTOPILOT_NETWORK_INTERFACES=DATA_IF,
+        AUTOPILOT_HEARTBEAT_INTERVAL="1s",
+        AUTOPILOT_PODINFO_ANNOTATIONS=str(logs / "no-annotations"),
+        AUTOPILOT_PERIODIC_INTERVAL="0",
+        AUTOPILOT_INVASIVE_INTERVAL="0",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")])),
+    )
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for node in NODES:
+            argv = lab.exec_argv(node, [sys.executable, "-m", "autopilot.cli", "worker", "--node", node])
+            with open(logs / f"{node}.log", "ab") as out:
+                procs.append(
+                    subprocess.Popen(
+                        argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out, process_group=0
+                    )
+                )
+        client = redis.Redis.from_url(broker)
+
+        def all_registered() -> bool:
+            for proc in procs:
+                assert proc.poll() is None, f"a worker exited {proc.returncode}; logs in {logs}"
+            members = {m.decode() for m in client.zrange("ap:nodes", 0, -1)}
+            # the broker connection is up once a worker has consumed its queue: the heartbeat
+            # shows the worker process is up, and Celery's banner the consumer
+            return members >= set(NODES) and all(b"ready." in (logs / f"{n}.log").read_bytes() for n in NODES)
+
+        wait_until(all_registered, READY_S, f"workers to register (logs in {logs})")
+        client.close()
+        yield
+    finally:
+        for proc in procs:
+            kill_group(proc)
+
+
+@pytest.fixture(scope="module")
+def api(broker: str, workers: None) -> Any:
+    from api.app import create_app
+
+    settings = config.Settings(node_name="api", redis_url=broker, network_interfaces=(DATA_IF,), heartbeat_interval_s=1)
+    return create_app(settings).test_client()
+
+
+@pytest.fixture
+def healthy(lab: NetLab) -> Iterator[NetLab]:
+    """The lab, with every data link restored afterwards whatever the test did."""
+    try:
+        yield lab
+    finally:
+        for node in NODES:
+            lab.unshape_data_link(node)
+            lab.set_data_link(node, up=True)
+
+
+def get(api: Any, path: str) -> dict[str, Any]:
+    response = api.get(path)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    report: dict[str, Any] = response.get_json()
+    assert report["complete"] is True
+    return report
+
+
+def pairs_of(report: dict[str, Any], check: str) -> dict[tuple[str, str], dict[str, Any]]:
+    out = {}
+    for node, entry in report["nodes"].items():
+        for result in entry["results"]:
+            if result["check"] == check:
+                for pair in result["data"].get("pairs", []):
+                    out[(node, pair["target"])] = pair
+    return out
+
+
+EVERY_PAIR = {(s, t) for s in NODES for t in NODES if s != t}
+
+
+def print_matrix(title: str, report: dict[str, Any]) -> None:
+    lane = report["network"]["iperf"]["interfaces"][DATA_IF]
+    print(f"\n{title}: mean {lane['mean_gbps']} Gb/s, median {lane['median_gbps']} Gb/s")
+    for src, row in lane["matrix"].items():
+        print(f"  {src}: " + ", ".join(f"{dst} {gbps}" for dst, gbps in row.items()))
+
+
+def test_every_pair_reachable_and_iperf_measures_every_ring_pair(api: Any, healthy: NetLab) -> None:
+    ping = get(api, "/ping?format=json")
+    pairs = pairs_of(ping, "ping")
+    assert set(pairs) == EVERY_PAIR
+    assert {p["status"] for p in pairs.values()} == {"ok"}, pairs
+    assert {p["address"] for p in pairs.values()} == {healthy.data_address(n) for n in NODES}
+    assert ping["network"]["ping"]["suspects"]["nodes"] == []
+
+    report = get(api, f"/iperf?duration_s={DURATION_S}&format=json")
+    print_matrix("iperf, healthy", report)
+    ring = pairs_of(report, "iperf")
+    assert set(ring) == EVERY_PAIR  # every ring step's pairs (n-1 steps of n pairs)
+    assert {p["status"] for p in ring.values()} == {"ok"}, ring
+    assert all(p["gbps"] > 0 for p in ring.values())
+    assert report["network"]["iperf"]["suspects"]["nodes"] == []
+    assert iperf3_processes() == []
+
+
+def test_a_down_link_fails_exactly_its_pairs_and_names_the_node(api: Any, healthy: NetLab) -> None:
+    healthy.set_data_link("node-c", up=False)
+    report = get(api, "/ping?host=node-a,node-b,node-c,node-d&format=json")
+    pairs = pairs_of(report, "ping")
+    failed = {k for k, p in pairs.items() if p["status"] == "fail"}
+    assert failed == {k for k in EVERY_PAIR if "node-c" in k}
+    assert {p["status"] for k, p in pairs.items() if k not in failed} == {"ok"}, pairs
+    assert report["network"]["ping"]["suspects"]["nodes"] == ["node-c"]
+    assert report["nodes"]["node-a"]["status"] == "fail"
+
+
+def test_a_slow_link_is_flagged_by_iperf_and_no_server_is_left(api: Any, healthy: NetLab) -> None:
+    healthy.shape_data_link("node-b")
+    report = get(api, f"/iperf?duration_s={DURATION_S}&format=json")
+    print_matrix("iperf, node-b shaped to 20 Mbit/s", report)
+    ring = pairs_of(report, "iperf")
+    assert set(ring) == EVERY_PAIR
+    slow = {k for k, p in ring.items() if p["status"] == "warn"}
+    assert slow == {k for k in EVERY_PAIR if "node-b" in k}, ring
+    assert report["network"]["iperf"]["suspects"]["nodes"] == ["node-b"]
+    assert iperf3_processes() == []
+    # Three nodes, the absolute floor: node-b is in 4 of the 6 pairs, so the run's median is slow
+    # itself and only a floor in Gb/s can flag them.
+    query = "duration_s=1&host=node-a,node-b,node-c&threshold_gbps=1"
+    text = api.get(f"/iperf?{query}").get_data(as_text=True)
+    assert "IPERF: suspect node(s): node-b" in text, text
+    assert f"{DATA_IF} Average Bandwidth Gb/s" in text
+    assert iperf3_processes() == []

@@ -1,0 +1,61 @@
+"""``StorePeers``: the peers seam over the node records workers heartbeat into the store.
+
+Each worker reports its interfaces and addresses in its node record (``nodeinfo.collect``);
+network checks ask this directory for the addresses of the other nodes. Loopback is never a
+peer address: pinging 127.0.0.1 "on node b" would only ever reach ourselves.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Callable, Sequence
+
+from autopilot import config
+from autopilot.peers import Peer
+from workers.store import NodeRecord, ResultsStore
+
+LOOPBACK_INTERFACES = frozenset({"lo"})
+
+
+def is_loopback(interface: str, address: str) -> bool:
+    if interface in LOOPBACK_INTERFACES:
+        return True
+    try:
+        return ipaddress.ip_address(address.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def record_peers(records: Sequence[NodeRecord]) -> list[Peer]:
+    """Every (node, interface, address) of ``records``, in record order, loopback left out."""
+    out: list[Peer] = []
+    for record in records:
+        for interface, addresses in record.addresses.items():
+            for address in addresses:
+                if address and not is_loopback(interface, address):
+                    out.append(Peer(record.name, interface, address))
+    return out
+
+
+class StorePeers:
+    """``PeerDirectory`` over live node records.
+
+    ``peers(None)`` is every node heard from within ``settings.live_after_s``; named nodes are
+    returned when they have a record at all, live or not, so that pinging a dead node that was
+    asked for shows up as a failure instead of silently disappearing.
+    """
+
+    def __init__(
+        self, store: ResultsStore, settings: config.Settings, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.clock = clock
+
+    def peers(self, nodes: Sequence[str] | None = None) -> list[Peer]:
+        if nodes is None:
+            names = self.store.node_names(seen_since=self.clock() - self.settings.live_after_s)
+        else:
+            names = list(dict.fromkeys(nodes))
+        return record_peers(self.store.nodes(names))
