@@ -3,24 +3,25 @@
 Services (settings, results store, dispatcher, cluster seam, check registry) are built once and
 kept in ``app.extensions["autopilot"]``; tests pass their own (fakeredis, ``FakeDispatcher``).
 With ``settings.api_token`` set, every path but ``/healthz``, ``/readyz`` and ``/metrics`` needs
-``Authorization: Bearer <token>``. ``/metrics`` belongs to ``api.metrics`` when that module is
-present.
+``Authorization: Bearer <token>``. ``/metrics`` is served by ``api.metrics``. In a cluster (or
+with a kubeconfig) the cluster seam resolves ``job``/``nodelabel`` and publishes operator clears.
 """
 
 from __future__ import annotations
 
 import hmac
 import importlib
-import importlib.util
 import logging
 import os
 
 from flask import Flask, request
 
 from api import errors as api_errors
+from api import metrics
 from api.errors import ApiError
 from api.routes import bp
 from api.services import EXTENSION, Services
+from autopilot import cluster as cluster_mod
 from autopilot import config, registry
 from autopilot.cluster import ClusterClient
 from workers.dispatch import CeleryDispatcher, Dispatcher
@@ -50,6 +51,9 @@ def create_app(
         store = store or celery_app.make_store(settings)
         dispatcher = dispatcher or CeleryDispatcher(celery_app.create_celery(settings))
 
+    if cluster is None:
+        cluster = cluster_mod.from_settings(settings)  # None without Kubernetes: labels stay local
+
     app = Flask(__name__, static_folder=None)
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep reports in their logical order
     app.extensions[EXTENSION] = Services(
@@ -58,9 +62,7 @@ def create_app(
     api_errors.register(app)
     _install_auth(app, settings.api_token)
     app.register_blueprint(bp)
-    if importlib.util.find_spec("api.metrics") is not None:
-        metrics = importlib.import_module("api.metrics")
-        metrics.init_app(app, store, settings)
+    metrics.init_app(app, store, settings)
     return app
 
 

@@ -179,7 +179,9 @@ def clear_node(name: str) -> Response:
     names.node_name(name, field="name")
     if svc.store.node(name) is None and not svc.store.latest(name) and not svc.store.state(name):
         raise ApiError(404, "not_found", f"no node {name}", field="name")
-    decision = reconcile.clear_evict(svc.store, name, svc.settings, by=f"api:{request.remote_addr or '?'}")
+    decision = reconcile.clear_evict(
+        svc.store, name, svc.settings, by=f"api:{request.remote_addr or '?'}", cluster=svc.cluster
+    )
     log.info("eviction of %s cleared by %s: now %s", name, request.remote_addr, decision.verdict.value)
     return jsonify({"name": name, "verdict": decision.verdict.value, "reasons": list(decision.reasons)})
 

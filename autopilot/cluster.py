@@ -735,3 +735,16 @@ def selector_matches(selector: str, labels: Mapping[str, str]) -> bool:
         elif part not in labels:
             return False
     return True
+
+
+def from_settings(settings: Any) -> ClusterClient | None:
+    """The cluster client a process should use, or None to keep the local label store.
+
+    ``settings`` is ``config.Settings`` (typed loosely to keep this seam free of the config module).
+    """
+    if not settings.uses_cluster:
+        return None
+    try:
+        return KubeClusterClient.from_config(settings.kubeconfig or None)
+    except Exception as exc:  # noqa: BLE001 - kubernetes raises several unrelated types here
+        raise errors.ConfigError(f"cannot configure the Kubernetes client: {exc}") from exc

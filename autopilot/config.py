@@ -146,6 +146,16 @@ class Settings:
     worker_concurrency: int = 4
     """Threads per worker (``AUTOPILOT_WORKER_CONCURRENCY``); GPU checks still run one at a time per node."""
 
+    cluster: str = "auto"
+    """Use a Kubernetes cluster (``AUTOPILOT_CLUSTER``): ``auto`` (in a pod, or with a kubeconfig given), ``on``,
+    ``off`` (labels go to the local label store in Redis)."""
+
+    kubeconfig: str = ""
+    """Kubeconfig file (``AUTOPILOT_KUBECONFIG``, alias ``KUBECONFIG``); empty: in-cluster configuration."""
+
+    in_cluster: bool = False
+    """Whether this process runs in a pod (read from ``KUBERNETES_SERVICE_HOST``, which Kubernetes sets)."""
+
     namespace: str = "autopilot"
     """Namespace of Autopilot's own objects: invasive Jobs and node Events (``AUTOPILOT_NAMESPACE``, alias
     ``POD_NAMESPACE``, which the chart sets from the downward API)."""
@@ -172,6 +182,13 @@ class Settings:
 
     pvc_access_mode: str = "ReadWriteOnce"
     """Access mode of the ``pvc`` check's claim (``AUTOPILOT_PVC_ACCESS_MODE``; upstream hard-coded ReadWriteMany)."""
+
+    @property
+    def uses_cluster(self) -> bool:
+        """Whether labels, conditions, events and Jobs go to Kubernetes."""
+        if self.cluster == "auto":
+            return self.in_cluster or bool(self.kubeconfig)
+        return self.cluster == "on"
 
     @property
     def live_after_s(self) -> float:
@@ -264,6 +281,9 @@ _FIELDS: list[tuple[str, str, tuple[str, ...], Any]] = [
     ("heartbeat_interval_s", "AUTOPILOT_HEARTBEAT_INTERVAL", (), _duration),
     ("reconcile_interval_s", "AUTOPILOT_RECONCILE_INTERVAL", (), _duration),
     ("worker_concurrency", "AUTOPILOT_WORKER_CONCURRENCY", (), _int_in(1, 64)),
+    ("cluster", "AUTOPILOT_CLUSTER", (), lambda t, v: _choice(t, v, ("auto", "on", "off"))),
+    ("kubeconfig", "AUTOPILOT_KUBECONFIG", ("KUBECONFIG",), lambda t, v: t.strip()),
+    ("in_cluster", "KUBERNETES_SERVICE_HOST", (), lambda t, v: bool(t.strip())),
     ("namespace", "AUTOPILOT_NAMESPACE", ("POD_NAMESPACE",), lambda t, v: _namespace(t, v)),
     ("image", "AUTOPILOT_IMAGE", (), lambda t, v: t.strip()),
     ("invasive_tolerations", "AUTOPILOT_INVASIVE_TOLERATIONS", (), lambda t, v: _tolerations(t, v)),

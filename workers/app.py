@@ -15,7 +15,9 @@ from typing import Any
 import redis
 from celery import Celery, Task, signals
 
+from autopilot import cluster as cluster_mod
 from autopilot import config, registry
+from autopilot.cluster import ClusterClient
 from workers import host as hosting
 from workers import ring, tasks
 from workers.dispatch import RUN_TASK, CeleryDispatcher
@@ -100,6 +102,13 @@ def create_celery(settings: config.Settings) -> Celery:
     )
     store = make_store(settings)
     dispatcher = CeleryDispatcher(app)
+    clusters: list[ClusterClient | None] = []
+
+    def _cluster() -> ClusterClient | None:
+        # Built on first use, in the process that runs beat's ticks, not at import or in the API.
+        if not clusters:
+            clusters.append(cluster_mod.from_settings(settings))
+        return clusters[0]
 
     @app.task(name=RUN_TASK, bind=True, max_retries=None, acks_late=True)
     def run_checks_task(
@@ -120,7 +129,7 @@ def create_celery(settings: config.Settings) -> Celery:
 
     @app.task(name="autopilot.reconcile")
     def reconcile_task() -> dict[str, str]:
-        return tasks.reconcile(store, settings)
+        return tasks.reconcile(store, settings, _cluster())
 
     # The iperf ring's parts on one node (workers.ring). Not retried: the coordinator has a
     # deadline per phase and reports a node that did not answer; acked early so a worker that

@@ -1,17 +1,23 @@
-"""Verdict reconciliation: from a node's latest results to its stored verdict and labels.
+"""Verdict reconciliation: from a node's latest results to its stored verdict and its labels.
 
 Runs after every result a worker saves and on beat's reconcile tick (which is also the stale
 sweep: a node whose results aged out becomes ``UNKNOWN`` there). ``EVICT`` is sticky: the time it
 was first decided is kept in the node's state until a level-3 DCGM pass or an operator clears it.
+The verdict is published to the Node (labels, condition, event) when a cluster is configured,
+and always to the local label store in Redis, which the API and ``autopilot up`` read.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from datetime import UTC, datetime
 
-from autopilot import config, labeling, registry, results, verdict
+from autopilot import config, errors, publish, registry, results, verdict
+from autopilot.cluster import ClusterClient
 from workers.store import ResultsStore
+
+log = logging.getLogger(__name__)
 
 
 def periodic_checks(settings: config.Settings) -> list[str]:
@@ -20,7 +26,12 @@ def periodic_checks(settings: config.Settings) -> list[str]:
 
 
 def reconcile_node(
-    store: ResultsStore, node: str, settings: config.Settings, now: datetime | None = None
+    store: ResultsStore,
+    node: str,
+    settings: config.Settings,
+    now: datetime | None = None,
+    *,
+    cluster: ClusterClient | None = None,
 ) -> verdict.Decision:
     moment = now or datetime.now(UTC)
     latest = store.latest(node)
@@ -41,18 +52,24 @@ def reconcile_node(
         new_state["evicted_at"] = None
     if state.get("verdict") != decision.verdict.value:
         new_state["changed_at"] = results.utc_now_iso(moment)
+    dcgm = [r for r in latest.values() if r.check == "dcgm"]
+    publication = publish.desired(decision, dcgm)
+    if cluster is not None:
+        try:
+            publish.apply(cluster, node, publication, state.get("published_verdict"), namespace=settings.namespace)
+            new_state["published_verdict"] = decision.verdict.value
+        except errors.ClusterError as exc:
+            # The next reconcile (after the next result, or beat's tick) tries again.
+            log.warning("publishing the verdict of %s failed: %s", node, exc)
     store.set_state(node, new_state)
-    labels: dict[str, str | None] = dict(labeling.verdict_labels(decision.verdict))
-    dcgm = latest.get("dcgm")
-    if dcgm is not None:
-        dcgm_labels, annotations = labeling.dcgm_labels(dcgm)
-        labels.update(dcgm_labels)
-        labels.update(annotations)  # the local label store keeps annotations beside labels
-    store.set_labels(node, labels)
+    labels: dict[str, str | None] = {**publication.labels, **publication.annotations}
+    store.set_labels(node, labels)  # the local label store keeps annotations beside labels
     return decision
 
 
-def clear_evict(store: ResultsStore, node: str, settings: config.Settings, *, by: str) -> verdict.Decision:
+def clear_evict(
+    store: ResultsStore, node: str, settings: config.Settings, *, by: str, cluster: ClusterClient | None = None
+) -> verdict.Decision:
     """An operator's clear: forget the eviction, then recompute from the fresh results."""
     store.set_state(node, {"evicted_at": None, "cleared_by": by, "cleared_at": results.utc_now_iso()})
-    return reconcile_node(store, node, settings)
+    return reconcile_node(store, node, settings, cluster=cluster)

@@ -113,13 +113,17 @@ class ResultsStore:
 
     # ------------------------------------------------------------------ results
 
-    def save_result(self, result: CheckResult, run_id: str | None = None) -> None:
-        """Record ``result`` as the node's latest for its check, in its history, and in its run."""
+    def save_result(self, result: CheckResult, run_id: str | None = None, *, latest: bool = True) -> None:
+        """Record ``result`` as the node's latest for its check, in its history, and in its run.
+
+        ``latest=False`` records it in its run only (an answer that says nothing about the node).
+        """
         blob = result.to_json()
         pipe = self.r.pipeline(transaction=True)
-        pipe.hset(f"{P}latest:{result.node}", result.check, blob)
-        pipe.lpush(f"{P}history:{result.node}", blob)
-        pipe.ltrim(f"{P}history:{result.node}", 0, self.history_len - 1)
+        if latest:
+            pipe.hset(f"{P}latest:{result.node}", result.check, blob)
+            pipe.lpush(f"{P}history:{result.node}", blob)
+            pipe.ltrim(f"{P}history:{result.node}", 0, self.history_len - 1)
         if run_id:
             pipe.hset(f"{P}run:{run_id}", f"{result.node}|{result.check}", blob)
             pipe.expire(f"{P}run:{run_id}", self.run_ttl_s)

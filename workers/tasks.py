@@ -12,16 +12,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
-from autopilot import config, execution, registry
+from autopilot import config, execution, invasive, registry, results
 from autopilot.checks import iperf
+from autopilot.cluster import ClusterClient
 from autopilot.results import CheckResult, Status
+from workers import invasive_flow, ring
 from workers import reconcile as reconciling
-from workers import ring
 from workers.dispatch import Dispatcher, Envelope
 from workers.host import NodeHost
 from workers.store import ResultsStore, Run
@@ -64,14 +67,29 @@ def run_checks(
     try:
         done: list[CheckResult] = []
         for check in checks:
-            result = execution.run_check(check, ctx, params.get(check))
-            host.store.save_result(result, run_id)
+            if _invasive(check, params.get(check) or {}, host.settings) and ctx.cluster is not None:
+                # Level 3 in a cluster runs as a Job; the GPU lock stays held meanwhile, so no
+                # other GPU check touches GPUs the Job is testing.
+                result = _stamped(invasive_flow.run(host, node, ctx.cluster), ctx.clock.now())
+                # "GPUs busy, no Job" answers the run but must not replace the node's latest dcgm result.
+                host.store.save_result(result, run_id, latest=result.status is not Status.SKIPPED)
+            else:
+                result = execution.run_check(check, ctx, params.get(check))
+                host.store.save_result(result, run_id)
             done.append(result)
         return done
     finally:
         if lock is not None:
             lock.release()
-        reconciling.reconcile_node(host.store, node, host.settings)
+        reconciling.reconcile_node(host.store, node, host.settings, cluster=ctx.cluster)
+
+
+def _invasive(check: str, params: Mapping[str, Any], settings: config.Settings) -> bool:
+    return check == "dcgm" and int(params.get("r") or settings.dcgm_level) >= invasive.LEVEL
+
+
+def _stamped(result: CheckResult, now: datetime) -> CheckResult:
+    return result if result.started_at else dataclasses.replace(result, started_at=results.utc_now_iso(now))
 
 
 def fanout(
@@ -109,11 +127,13 @@ def fanout(
     return run
 
 
-def reconcile(store: ResultsStore, settings: config.Settings) -> dict[str, str]:
-    """Recompute every known node's verdict; returns node -> verdict."""
+def reconcile(store: ResultsStore, settings: config.Settings, cluster: ClusterClient | None = None) -> dict[str, str]:
+    """Recompute every known node's verdict (and publish it); returns node -> verdict."""
     if not store.claim("reconcile", max(1.0, settings.reconcile_interval_s / 2)):
         return {}
-    return {n: reconciling.reconcile_node(store, n, settings).verdict.value for n in store.node_names()}
+    return {
+        n: reconciling.reconcile_node(store, n, settings, cluster=cluster).verdict.value for n in store.node_names()
+    }
 
 
 def iperf_servers(

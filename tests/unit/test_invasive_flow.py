@@ -1,0 +1,227 @@
+"""Issue 5's scenarios end to end: API -> worker task -> cluster seam (FakeCluster), store in fakeredis.
+
+busy GPUs -> no Job; free GPUs -> TESTING, a Job, then PASS_<ts>, or ERR_<ts> + annotation + EVICT
+for a fatal category; Job creation refused -> the node leaves TESTING; a periodic pass after EVICT
+leaves EVICT; a worker restart mid-Job ends TESTING; the clear endpoint needs the token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import fakeredis
+import pytest
+from flask.testing import FlaskClient
+
+import autopilot.checks  # noqa: F401 - registers the real checks
+from api.app import create_app
+from autopilot import config, invasive
+from autopilot.context import CheckContext
+from autopilot.results import CheckResult, Status
+from autopilot.testing import FakeClock, FakeCluster, FakeGpu, FakeRunner, FakeTelemetry
+from workers import invasive_flow, tasks
+from workers.dispatch import Envelope, FakeDispatcher
+from workers.host import NodeHost
+from workers.store import NodeRecord, ResultsStore
+
+NODE = "gpu-1"
+NS = "autopilot"
+JOB = invasive.job_name(NODE)
+TOKEN = "s3cret-token"
+GPUHEALTH = "autopilot.ibm.com/gpuhealth"
+LEVEL3 = "autopilot.ibm.com/dcgm.level.3"
+
+
+class HookClock(FakeClock):
+    """A manual clock whose sleep lets the test act (finish the Job) while the worker waits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.on_sleep: Callable[[], None] = lambda: None
+
+    def sleep(self, seconds: float) -> None:
+        super().sleep(seconds)
+        self.on_sleep()
+
+
+def dcgm_json(status: str) -> str:
+    results = [{"entity_group": "GPU", "entity_group_id": 1, "entity_id": i, "status": status} for i in range(2)]
+    return json.dumps(
+        {
+            "DCGM Diagnostic": {
+                "test_categories": [{"category": "Hardware", "tests": [{"name": "pcie", "results": results}]}]
+            }
+        }
+    )
+
+
+def pod_log(status: Status, *, fatal: bool = False) -> str:
+    result = CheckResult(
+        "dcgm",
+        status,
+        "pcie failed on GPU 1" if status is Status.FAIL else "all tests pass",
+        node=NODE,
+        fatal=fatal,
+        params={"r": 3},
+        started_at="2099-01-01T00:00:00Z",  # after any eviction the test makes
+        data={"failure_string": "pcie.1"} if status is Status.FAIL else {},
+    )
+    return json.dumps({"node": NODE, "results": [result.to_dict()]})
+
+
+@dataclasses.dataclass
+class World:
+    client: FlaskClient
+    store: ResultsStore
+    cluster: FakeCluster
+    clock: HookClock
+    host: NodeHost
+    sent: FakeDispatcher
+
+    def run(self, checks: list[str], params: dict[str, Any] | None = None) -> dict[str, Any]:
+        body = {"checks": checks, "hosts": [NODE], "params": params or {}, "deadline": 30}
+        created = self.client.post("/api/v1/runs", json=body, headers=auth())
+        assert created.status_code == 202, created.get_json()
+        answer = self.client.get(f"/api/v1/runs/{created.get_json()['id']}?wait=5", headers=auth())
+        return answer.get_json()  # type: ignore[no-any-return]
+
+    def labels(self) -> dict[str, str]:
+        return dict(self.cluster.get_node(NODE).labels)
+
+    def verdict(self) -> str:
+        return self.store.state(NODE).get("verdict", "")
+
+
+def auth() -> dict[str, str]:
+    return {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+def world() -> World:
+    settings = config.Settings(
+        node_name=NODE,
+        api_token=TOKEN,
+        image="registry.example/autopilot:test",
+        periodic_checks=("dcgm",),
+        cluster="on",
+    )
+    store = ResultsStore(fakeredis.FakeRedis())
+    cluster = FakeCluster()
+    cluster.add_node(NODE, {"nvidia.com/gpu.present": "true", "team": "ml"}, gpus=2)
+    clock = HookClock()
+    runner = FakeRunner()
+    runner.add(["dcgmi", "diag", "-r", "1", "-j"], dcgm_json("Pass"))
+    ctx = CheckContext(NODE, settings, runner, FakeTelemetry([FakeGpu(), FakeGpu()]), clock, cluster=cluster)
+    host = NodeHost(settings, store, {NODE: ctx})
+    store.heartbeat(NodeRecord(NODE, last_seen=time.time()))
+
+    def worker(env: Envelope) -> None:  # the worker task body, run inline
+        tasks.run_checks(
+            host, run_id=env.run_id, node=env.node, checks=env.checks, params=env.params, deadline=env.deadline
+        )
+
+    sent = FakeDispatcher(on_send=worker)
+    app = create_app(settings, store=store, dispatcher=sent, cluster=cluster)
+    return World(app.test_client(), store, cluster, clock, host, sent)
+
+
+def dcgm_result(report: dict[str, Any]) -> dict[str, Any]:
+    return next(r for r in report["nodes"][NODE]["results"] if r["check"] == "dcgm")
+
+
+def test_busy_gpus_start_no_job(world: World) -> None:
+    world.cluster.add_pod("ml", "trainer-0", NODE, gpus=2)
+    report = world.run(["dcgm"], {"dcgm": {"r": 3}})
+    result = dcgm_result(report)
+    assert result["status"] == "skipped" and "trainer-0" in result["summary"]
+    assert world.cluster.jobs == {}
+    assert world.labels().get(GPUHEALTH) != "TESTING"
+
+
+def test_free_gpus_testing_then_pass(world: World) -> None:
+    seen: list[tuple[str, str | None]] = []
+
+    def finish() -> None:
+        seen.append((world.verdict(), world.labels().get(GPUHEALTH)))
+        world.cluster.finish_job(NS, JOB, succeeded=True, log=pod_log(Status.OK))
+
+    world.clock.on_sleep = finish
+    report = world.run(["dcgm"], {"dcgm": {"r": 3}})
+    assert seen[0] == ("TESTING", "TESTING")  # held while the Job ran
+    manifest = world.cluster.job_manifests[(NS, JOB)]
+    requests = manifest["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert requests["nvidia.com/gpu"] == "2"  # the node's allocatable count, not a fixed 8
+    assert dcgm_result(report)["status"] == "ok"
+    labels = world.labels()
+    assert labels[LEVEL3].startswith("PASS_2099-01-01_00.00.00UTC")
+    assert labels[GPUHEALTH] == "PASS"
+    assert world.store.state(NODE).get("testing_since") is None
+
+
+def test_fatal_level3_failure_evicts_and_a_periodic_pass_keeps_it(world: World) -> None:
+    world.clock.on_sleep = lambda: world.cluster.finish_job(
+        NS, JOB, succeeded=False, exit_code=1, log=pod_log(Status.FAIL, fatal=True)
+    )
+    world.run(["dcgm"], {"dcgm": {"r": 3}})
+    node = world.cluster.get_node(NODE)
+    assert node.labels[LEVEL3].startswith("ERR_")
+    assert node.annotations[LEVEL3 + ".output"] == "pcie.1"
+    assert node.labels[GPUHEALTH] == "EVICT" and world.verdict() == "EVICT"
+    condition = node.condition("autopilot.ibm.com/GpuHealth")
+    assert condition is not None and condition.status == "False"
+    # a later periodic level-1 pass does not lift EVICT
+    periodic = world.run(["dcgm"], {"dcgm": {"r": 1}})
+    assert dcgm_result(periodic)["status"] == "ok"
+    assert world.labels()[GPUHEALTH] == "EVICT"
+    # clearing needs the token ...
+    assert world.client.post(f"/api/v1/nodes/{NODE}/clear").status_code == 401
+    # ... and with it, the fresh periodic pass decides
+    cleared = world.client.post(f"/api/v1/nodes/{NODE}/clear", headers=auth())
+    assert cleared.status_code == 200, cleared.get_json()
+    assert world.labels()[GPUHEALTH] == "PASS"
+
+
+def test_refused_job_leaves_testing(world: World) -> None:
+    world.cluster.fail_next("create_job", 403)
+    report = world.run(["dcgm"], {"dcgm": {"r": 3}})
+    result = dcgm_result(report)
+    assert result["status"] == "error" and "refused" in result["summary"]
+    assert world.store.state(NODE).get("testing_since") is None
+    assert world.labels()[GPUHEALTH] != "TESTING"
+
+
+def test_admission_failure_ends_testing(world: World) -> None:
+    world.clock.on_sleep = lambda: world.cluster.refuse_job_pod(NS, JOB, "exceeded quota: gpu-quota")
+    report = world.run(["dcgm"], {"dcgm": {"r": 3}})
+    result = dcgm_result(report)
+    assert result["status"] == "error" and "quota" in result["summary"]
+    assert world.labels()[GPUHEALTH] != "TESTING"
+
+
+def test_worker_restart_mid_job_resumes_and_ends_testing(world: World) -> None:
+    # a previous worker set TESTING and created the Job, then died
+    world.store.set_state(NODE, {"testing_since": "2026-11-29T22:00:00Z", "testing_job": JOB})
+    world.cluster.create_job(NS, invasive.job_spec(NODE, 2, world.host.settings))
+    world.clock.on_sleep = lambda: world.cluster.finish_job(NS, JOB, succeeded=True, log=pod_log(Status.OK))
+    invasive_flow.resume(world.host, NODE, world.cluster)
+    assert world.store.state(NODE).get("testing_since") is None
+    assert world.store.latest(NODE)["dcgm"].status is Status.OK
+    # and a Job that vanished while nobody watched ends TESTING with an error
+    world.store.set_state(NODE, {"testing_since": "2026-11-29T22:00:00Z", "testing_job": JOB})
+    invasive_flow.resume(world.host, NODE, world.cluster)
+    assert world.store.state(NODE).get("testing_since") is None
+    assert world.store.latest(NODE)["dcgm"].status is Status.ERROR
+
+
+def test_one_job_per_node_whoever_asks(world: World) -> None:
+    world.cluster.create_job(NS, invasive.job_spec(NODE, 2, world.host.settings))
+    world.clock.on_sleep = lambda: world.cluster.finish_job(NS, JOB, succeeded=True, log=pod_log(Status.OK))
+    report = world.run(["dcgm"], {"dcgm": {"r": 3}})
+    assert dcgm_result(report)["status"] == "ok"
+    assert len(world.cluster.jobs) <= 1
+    creates = [w for w in world.cluster.writes if w[0] == "create_job"]
+    assert len(creates) == 1  # the test's own; the second asker watched the running Job
