@@ -40,3 +40,7 @@ unit: $(STAMP)
 
 clean:
 	rm -rf $(VENV) cuda_src/bin .deps .mypy_cache .ruff_cache
+
+.PHONY: demo
+demo: $(STAMP)
+	PYTHON=$(BIN)/python scripts/demo.sh

@@ -201,8 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    runtime = _split_runtime(args_list)
     try:
-        args = parser.parse_args(args_list)
+        args = parser.parse_args(args_list if runtime is None else runtime[0])
     except SystemExit as exc:  # argparse already printed its one-line usage error
         return EXIT_USAGE if exc.code not in (0, None) else EXIT_OK
     _setup_logging(args.log_level)
@@ -211,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         if args.func is None:
-            return _run_runtime(args.runtime, args.rest)
+            return _run_runtime(args.runtime, args.rest if runtime is None else runtime[1])
         settings = config.Settings.from_env(os.environ)
         code: int = args.func(args, settings)
         return code
@@ -226,6 +227,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return EXIT_OK
+
+
+def _split_runtime(args_list: Sequence[str]) -> tuple[list[str], list[str]] | None:
+    """(arguments for our parser, arguments for the runtime command) when one is named.
+
+    argparse's REMAINDER loses a subcommand's leading options (``worker --node x``), so a runtime
+    command's own arguments are cut off before parsing and handed to it whole.
+    """
+    i = 0
+    while i < len(args_list) and args_list[i].startswith("--log-level"):
+        i += 1 if "=" in args_list[i] else 2
+    if i < len(args_list) and args_list[i] in RUNTIME_COMMANDS:
+        return list(args_list[: i + 1]), list(args_list[i + 1 :])
+    return None
 
 
 def _run_runtime(name: str, rest: Sequence[str]) -> int:

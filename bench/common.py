@@ -1,0 +1,124 @@
+"""What the benchmarks share: a private redis-server, runtime processes, and their cleanup.
+
+Every process a benchmark starts is a child in its own process group, stopped (SIGTERM, then
+SIGKILL) when the ``Bench`` context exits, however the benchmark ended.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import TypeVar
+
+import redis
+
+from workers import up
+
+__all__ = ["ROOT", "Bench", "group_rss_kib", "rss_kib", "up", "wait_until"]
+
+ROOT = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
+
+
+def wait_until(predicate: Callable[[], T | None], timeout_s: float, what: str, interval_s: float = 0.1) -> T:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s:g} s waiting for {what}")
+        time.sleep(interval_s)
+
+
+class Bench:
+    """``with Bench() as b``: ``b.redis_url``, ``b.start(name, args, env)``, ``b.stop(proc)``."""
+
+    def __init__(self) -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix="autopilot-bench-"))
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.redis: subprocess.Popen[bytes] | None = None
+        self.redis_url = ""
+
+    def __enter__(self) -> Bench:
+        port = up.free_port()
+        (self.tmp / "redis").mkdir()
+        argv = up.redis_argv(up.redis_executable(), port, str(self.tmp / "redis"))
+        self.redis = self._spawn(argv, self.tmp / "redis.log", os.environ)
+        self.redis_url = f"redis://127.0.0.1:{port}/0"
+        up.wait_for_redis(self.redis_url, self.redis, 10)
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for proc in reversed(self.procs):
+            self.stop(proc)
+        if self.redis is not None:
+            self.stop(self.redis)
+
+    def client(self) -> redis.Redis[bytes]:
+        return redis.Redis.from_url(self.redis_url)
+
+    def env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AUTOPILOT_") and k != "NODE_NAME"}
+        env.update(AUTOPILOT_REDIS_URL=self.redis_url, PYTHONPATH=str(ROOT))
+        env.update(extra or {})
+        return env
+
+    def start(self, name: str, args: list[str], extra_env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+        argv = [sys.executable, "-m", "autopilot.cli", *args]
+        proc = self._spawn(argv, self.tmp / f"{name}.log", self.env(extra_env))
+        self.procs.append(proc)
+        return proc
+
+    def _spawn(self, argv: list[str], log: Path, env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+        with open(log, "ab") as out:
+            return subprocess.Popen(  # noqa: S603 - argv list
+                argv, cwd=ROOT, env=dict(env), stdin=subprocess.DEVNULL, stdout=out, stderr=out, process_group=0
+            )
+
+    def stop(self, proc: subprocess.Popen[bytes]) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(5)
+        if proc in self.procs:
+            self.procs.remove(proc)
+
+    def log(self, name: str) -> str:
+        path = self.tmp / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+def rss_kib(pid: int) -> int:
+    """VmRSS of ``pid`` in KiB (``/proc/<pid>/status``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def group_rss_kib(pid: int) -> int:
+    """VmRSS of ``pid`` and its children (gunicorn workers, for instance)."""
+    total = rss_kib(pid)
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        for child in children.read_text().split():
+            with contextlib.suppress(OSError, RuntimeError):
+                total += group_rss_kib(int(child))
+    return total

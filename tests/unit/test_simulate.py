@@ -1,0 +1,142 @@
+"""Simulated nodes: the real checks over the replayed seam, every fault kind, validation, sharing."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+from autopilot import commands, config, errors, execution
+from autopilot.results import Status
+from workers import simulate
+
+importlib.import_module("autopilot.checks")
+
+# Short check timeouts so that ``hang`` faults end quickly (the engine's watchdog cuts them).
+SETTINGS = config.Settings(node_name="sim-host", check_timeouts={c: 0.5 for c in simulate.FAULTS})
+
+# (check, kind) -> (status, fatal) the real check reports for it
+EXPECTED = {
+    ("pciebw", "low"): (Status.FAIL, False),
+    ("pciebw", "narrow"): (Status.WARN, False),
+    ("remapped", "pending"): (Status.WARN, False),
+    ("remapped", "fatal"): (Status.FAIL, True),
+    ("dcgm", "persistence"): (Status.FAIL, False),
+    ("dcgm", "fatal"): (Status.FAIL, True),
+    ("gpupower", "brake"): (Status.FAIL, False),
+    ("gpupower", "thermal"): (Status.WARN, False),
+    ("gpumem", "slow"): (Status.FAIL, False),
+    ("gpumem", "mismatch"): (Status.FAIL, False),
+}
+
+
+def test_every_check_passes_on_a_healthy_simulated_node() -> None:
+    ctx = simulate.contexts(SETTINGS, 1, [])["sim-0"]
+    for check in simulate.FAULTS:
+        result = execution.run_check(check, ctx)
+        assert (check, result.status, result.node) == (check, Status.OK, "sim-0"), result.summary
+
+
+@pytest.mark.parametrize("check,kind", sorted(EXPECTED))
+def test_a_fault_changes_only_its_node_and_check(check: str, kind: str) -> None:
+    ctxs = simulate.contexts(SETTINGS, 2, [f"sim-1:{check}:{kind}"])
+    faulty = execution.run_check(check, ctxs["sim-1"])
+    assert (faulty.status, faulty.fatal) == EXPECTED[(check, kind)], faulty.summary
+    assert execution.run_check(check, ctxs["sim-0"]).status is Status.OK
+    others = [c for c in simulate.FAULTS if c != check]
+    assert all(execution.run_check(c, ctxs["sim-1"]).status is Status.OK for c in others)
+
+
+@pytest.mark.parametrize("check", sorted(simulate.FAULTS))
+@pytest.mark.parametrize("kind", simulate.GENERIC_KINDS)
+def test_hang_and_error_faults_give_error_results(check: str, kind: str) -> None:
+    ctx = simulate.contexts(SETTINGS, 1, [f"sim-0:{check}:{kind}"])["sim-0"]
+    result = execution.run_check(check, ctx)
+    assert result.status is Status.ERROR, result.summary
+    if kind == "hang":
+        assert "timed out" in result.summary
+
+
+def test_the_default_kind_is_the_first_listed() -> None:
+    assert simulate.parse_fault("sim-0:remapped") == simulate.Fault("sim-0", "remapped", "pending")
+    assert simulate.parse_fault("sim-2:dcgm:fatal").kind == "fatal"
+
+
+@pytest.mark.parametrize(
+    "spec,says",
+    [
+        ("sim-9:remapped", "unknown simulated node 'sim-9'"),
+        ("sim-0:nope", "unknown check 'nope'"),
+        ("sim-0:pciebw:fatal", "pciebw has no fatal failure"),
+        ("sim-0:dcgm:melt", "unknown kind 'melt' for dcgm"),
+        ("sim-0", "expected NODE:CHECK[:KIND]"),
+        ("sim-0::", "expected NODE:CHECK[:KIND]"),
+        ("sim-0:dcgm:fatal:x", "expected NODE:CHECK[:KIND]"),
+        ("sim-0;rm -rf /:dcgm", "unknown simulated node"),
+    ],
+)
+def test_bad_fault_specs_are_rejected_naming_the_option(spec: str, says: str) -> None:
+    with pytest.raises(errors.BadParameter) as caught:
+        simulate.contexts(SETTINGS, 3, [spec])
+    assert caught.value.field == "--fault"
+    assert says in str(caught.value)
+
+
+def test_two_faults_for_one_check_of_a_node_are_rejected() -> None:
+    with pytest.raises(errors.BadParameter, match="two faults for sim-0:dcgm"):
+        simulate.parse_faults(["sim-0:dcgm", "sim-0:dcgm:fatal"], simulate.node_names(1))
+
+
+@pytest.mark.parametrize("n", [0, -1, simulate.MAX_NODES + 1])
+def test_node_count_is_bounded(n: int) -> None:
+    with pytest.raises(errors.BadParameter) as caught:
+        simulate.contexts(SETTINGS, n, [])
+    assert caught.value.field == "--simulate"
+
+
+def test_offset_names_the_nodes_and_bounds_the_faults() -> None:
+    ctxs = simulate.contexts(SETTINGS, 3, ["sim-11:gpupower"], offset=10)
+    assert list(ctxs) == ["sim-10", "sim-11", "sim-12"]
+    assert execution.run_check("gpupower", ctxs["sim-11"]).status is Status.FAIL
+    with pytest.raises(errors.BadParameter):
+        simulate.contexts(SETTINGS, 3, ["sim-0:gpupower"], offset=10)
+
+
+def test_nodes_with_the_same_faults_share_one_seam() -> None:
+    ctxs = simulate.contexts(SETTINGS, 1000, ["sim-7:dcgm:fatal"])
+    healthy = {id(c.commands) for n, c in ctxs.items() if n != "sim-7"}
+    assert len(healthy) == 1 and len({id(c.gpus) for n, c in ctxs.items() if n != "sim-7"}) == 1
+    assert id(ctxs["sim-7"].commands) not in healthy
+    assert len({id(c.settings) for c in ctxs.values()}) == 1
+
+
+def test_replay_ignores_sizes_but_not_the_device_or_level() -> None:
+    runner = simulate.contexts(SETTINGS, 1, [])["sim-0"].commands
+    default = runner.run(["/opt/ap-bandwidth", "--device", "2", "--size-mib", "256", "--runs", "5"], timeout=5)
+    other = runner.run(["/opt/ap-bandwidth", "--device", "2", "--size-mib", "64", "--runs", "1"], timeout=5)
+    assert default.returncode == 0 and default.stdout == other.stdout
+    assert runner.run(["dcgmi", "diag", "-r", "3", "-j"], timeout=5).stdout != runner.run(
+        ["dcgmi", "diag", "-r", "1", "-j"], timeout=5
+    ).stdout
+    assert runner.run(["ap-bandwidth", "--device", "8"], timeout=5).returncode == 2  # no GPU 8
+    with pytest.raises(errors.ToolNotFound):
+        runner.run(["nvidia-smi"], timeout=5)
+    with pytest.raises(TypeError):
+        runner.run("dcgmi diag -r 1", timeout=5)
+
+
+def test_a_hanging_tool_ends_when_the_watchdog_cancels_its_scope() -> None:
+    runner = simulate.contexts(SETTINGS, 1, ["sim-0:dcgm:hang"])["sim-0"].commands
+    scope = commands.ProcessScope()
+    scope.cancel()
+    with pytest.raises(errors.ToolTimeout):
+        runner.bind(scope).run(["dcgmi", "diag", "-r", "1", "-j"], timeout=3600)
+
+
+def test_every_recording_is_marked_synthetic() -> None:
+    import json
+
+    files = sorted(simulate.SIMDATA.glob("*.json"))
+    assert files
+    for path in files:
+        assert json.loads(path.read_text())["synthetic"].startswith("synthetic"), path.name

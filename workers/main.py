@@ -1,0 +1,191 @@
+"""Entry points of the worker, beat and Flower processes (``autopilot worker|beat|flower``)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import logging
+import os
+import re
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+from celery import concurrency
+
+from autopilot import __version__, config, errors, names, nodeinfo
+from autopilot.context import CheckContext
+from workers import host as hosting
+from workers.app import CONTROL_QUEUE, create_celery, make_store
+from workers.store import NodeRecord, ResultsStore
+
+log = logging.getLogger(__name__)
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def _settings() -> config.Settings:
+    settings = config.Settings.from_env(os.environ)
+    if not settings.redis_url:
+        raise errors.ConfigError(
+            "AUTOPILOT_REDIS_URL is not set (e.g. redis://localhost:6379/0); `autopilot up` starts one"
+        )
+    return settings
+
+
+def load_checks(environ: Mapping[str, str] | None = None) -> None:
+    """Register the built-in checks, plus the modules named in ``AUTOPILOT_EXTRA_CHECKS``.
+
+    ``AUTOPILOT_EXTRA_CHECKS`` (comma-separated module names, e.g.
+    ``tests.integration.checks_for_tests``) is for tests: it lets integration tests give real
+    worker processes checks whose timing they control. Production leaves it unset.
+    """
+    importlib.import_module("autopilot.checks")
+    env = os.environ if environ is None else environ
+    for module in config.parse_list(env.get("AUTOPILOT_EXTRA_CHECKS", "")):
+        if not _MODULE.fullmatch(module):
+            raise errors.BadParameter("AUTOPILOT_EXTRA_CHECKS", f"not a module name: {module[:80]!r}")
+        importlib.import_module(module)
+
+
+def parse_labels(pairs: Sequence[str]) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for pair in pairs:
+        key, value = names.label_selector(pair, field="--label")
+        labels[key] = value
+    return labels
+
+
+def heartbeat_loop(
+    store: ResultsStore,
+    records: Callable[[], list[NodeRecord]],
+    interval_s: float,
+    stop: threading.Event,
+) -> None:
+    """Write node records every ``interval_s`` until ``stop``; a Redis outage is logged, not fatal."""
+    while not stop.is_set():
+        try:
+            store.heartbeat_many(records())
+        except Exception as exc:  # noqa: BLE001 - keep beating through broker restarts
+            log.warning("heartbeat failed (will retry): %s", exc)
+        stop.wait(interval_s)
+
+
+def worker_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="autopilot worker", description="Run the Celery worker of a node.")
+    parser.add_argument("--node", default=None, help="node name (default: NODE_NAME, then the hostname)")
+    parser.add_argument("--label", action="append", default=[], metavar="K=V", help="label of this node (repeatable)")
+    parser.add_argument(
+        "--concurrency", type=int, default=None, help="worker threads (default AUTOPILOT_WORKER_CONCURRENCY)"
+    )
+    parser.add_argument("--no-control", action="store_true", help="do not take beat's ticks from autopilot.control")
+    parser.add_argument(
+        "--simulate", type=int, default=0, metavar="N", help="host N simulated GPU nodes sim-0..sim-<N-1>"
+    )
+    parser.add_argument("--simulate-offset", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--fault", action="append", default=[], metavar="NODE:CHECK[:KIND]", help="simulated fault")
+    parser.add_argument(
+        "--without-task-events",
+        action="store_true",
+        help="send no task events (Flower then shows this worker but not its tasks); `autopilot up` uses it for "
+        "simulators, whose thousands of nodes would flood Flower",
+    )
+    parser.add_argument("--loglevel", default="INFO")
+    args = parser.parse_args(list(argv))
+
+    settings = _settings()
+    load_checks()
+    labels = parse_labels(args.label)
+    store = make_store(settings)
+    contexts: dict[str, CheckContext]
+    if args.simulate:
+        from workers import simulate
+
+        contexts = simulate.contexts(settings, args.simulate, args.fault, offset=args.simulate_offset)
+    else:
+        node = names.node_name(args.node or settings.node_name, field="--node")
+        settings = dataclasses.replace(settings, node_name=node)
+        contexts = {node: CheckContext.default(settings)}
+    hosting.install(hosting.NodeHost(settings, store, contexts))
+
+    if args.simulate:
+        # Simulated nodes share one machine's CPU and the same fake GPUs: read the facts once.
+        first_ctx = next(iter(contexts.values()))
+        shared = nodeinfo.collect(first_ctx.commands, first_ctx.gpus)
+        facts = dict.fromkeys(contexts, shared)
+    else:
+        facts = {n: nodeinfo.collect(c.commands, c.gpus) for n, c in contexts.items()}
+
+    def records() -> list[NodeRecord]:
+        now = time.time()
+        return [
+            NodeRecord(
+                name=n,
+                addresses=f.addresses,
+                cpu_model=f.cpu_model,
+                gpu_model=f.gpu_model,
+                gpu_count=f.gpu_count,
+                labels=labels,
+                version=__version__,
+                last_seen=now,
+                simulated=bool(args.simulate),
+            )
+            for n, f in facts.items()
+        ]
+
+    stop = threading.Event()
+    threading.Thread(
+        target=heartbeat_loop, args=(store, records, settings.heartbeat_interval_s, stop), daemon=True, name="heartbeat"
+    ).start()
+    queues = [names.node_queue(n) for n in contexts]
+    if not args.no_control:
+        queues.append(CONTROL_QUEUE)
+    app = create_celery(settings)
+    first = next(iter(contexts))
+    nodename = f"{first}@autopilot" if len(contexts) == 1 else f"sim-{args.simulate_offset}-{len(contexts)}@autopilot"
+    # The worker is built directly rather than through Celery's command line, which imports
+    # every installed `celery` CLI plugin (Flower with Tornado, the REPL with prompt_toolkit):
+    # about 400 modules a worker never uses, and most of its idle memory beyond the 60 MiB target.
+    worker = app.Worker(
+        hostname=nodename,
+        queues=queues,
+        pool_cls=concurrency.get_implementation("threads"),
+        concurrency=args.concurrency or settings.worker_concurrency,
+        loglevel=args.loglevel,
+        without_gossip=True,
+        without_mingle=True,
+        task_events=False if args.without_task_events else None,
+        # A simulator's banner would list every one of its (up to thousands of) queues.
+        quiet=bool(args.simulate),
+    )
+    try:
+        worker.start()
+    finally:
+        stop.set()
+    return int(worker.exitcode or 0)
+
+
+def beat_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="autopilot beat", description="Run celery beat (one replica).")
+    parser.add_argument("--schedule-file", default=os.path.join(tempfile.gettempdir(), f"autopilot-beat-{os.getuid()}"))
+    parser.add_argument("--loglevel", default="INFO")
+    args = parser.parse_args(list(argv))
+    settings = _settings()
+    load_checks()
+    app = create_celery(settings)
+    app.start(["beat", "--schedule", args.schedule_file, "--loglevel", args.loglevel])
+    return 0
+
+
+def flower_main(argv: Sequence[str]) -> int:
+    """Flower against the same broker; extra arguments go to Flower (e.g. ``--port=5555``)."""
+    settings = _settings()
+    app = create_celery(settings)
+    app.start(["flower", *argv])
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(worker_main(sys.argv[1:]))
