@@ -17,8 +17,10 @@ from collections.abc import Callable, Mapping, Sequence
 from celery import concurrency
 
 from autopilot import __version__, config, errors, names, nodeinfo
+from autopilot import cluster as cluster_mod
 from autopilot.context import CheckContext
 from workers import host as hosting
+from workers import invasive_flow
 from workers.app import CONTROL_QUEUE, create_celery, make_store
 from workers.store import NodeRecord, ResultsStore
 
@@ -73,6 +75,17 @@ def heartbeat_loop(
         stop.wait(interval_s)
 
 
+def _resume_invasive(host: hosting.NodeHost) -> None:
+    """A node left ``TESTING`` by a previous worker gets its Job watched to the end, in the background."""
+    for node, ctx in host.contexts.items():
+        if ctx.cluster is None or not host.store.state(node).get("testing_since"):
+            continue
+        log.warning("node %s was TESTING when the last worker stopped: watching its Job", node)
+        threading.Thread(
+            target=invasive_flow.resume, args=(host, node, ctx.cluster), daemon=True, name=f"resume-{node}"
+        ).start()
+
+
 def worker_main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="autopilot worker", description="Run the Celery worker of a node.")
     parser.add_argument("--node", default=None, help="node name (default: NODE_NAME, then the hostname)")
@@ -107,8 +120,11 @@ def worker_main(argv: Sequence[str]) -> int:
     else:
         node = names.node_name(args.node or settings.node_name, field="--node")
         settings = dataclasses.replace(settings, node_name=node)
-        contexts = {node: CheckContext.default(settings)}
-    hosting.install(hosting.NodeHost(settings, store, contexts))
+        cluster = cluster_mod.from_settings(settings)
+        contexts = {node: dataclasses.replace(CheckContext.default(settings), cluster=cluster)}
+    host = hosting.NodeHost(settings, store, contexts)
+    hosting.install(host)
+    _resume_invasive(host)
 
     if args.simulate:
         # Simulated nodes share one machine's CPU and the same fake GPUs: read the facts once.
@@ -116,7 +132,10 @@ def worker_main(argv: Sequence[str]) -> int:
         shared = nodeinfo.collect(first_ctx.commands, first_ctx.gpus)
         facts = dict.fromkeys(contexts, shared)
     else:
-        facts = {n: nodeinfo.collect(c.commands, c.gpus) for n, c in contexts.items()}
+        facts = {
+            n: nodeinfo.collect(c.commands, c.gpus, annotations_path=settings.podinfo_annotations)
+            for n, c in contexts.items()
+        }
 
     def records() -> list[NodeRecord]:
         now = time.time()
