@@ -84,7 +84,7 @@ def parse_batch(raw: Any, *, field: str = "batch") -> int | None:
 
 
 def run_id(raw: str) -> str:
-    if not _RUN_ID.match(raw):
+    if not _RUN_ID.fullmatch(raw):
         raise errors.BadParameter("id", "a run id is 32 lowercase hex digits")
     return raw
 

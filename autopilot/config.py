@@ -71,7 +71,8 @@ class Settings:
     node_name: str = dataclasses.field(default_factory=socket.gethostname)
     """This node's name (``NODE_NAME``; default: the hostname)."""
 
-    redis_url: str = ""
+    # repr=False: the URL may carry a password, and a logged or printed Settings must not show it.
+    redis_url: str = dataclasses.field(default="", repr=False)
     """Broker and results store (``AUTOPILOT_REDIS_URL``); empty: ``autopilot up`` starts its own."""
 
     periodic_checks: tuple[str, ...] = ("pciebw", "remapped", "dcgm", "ping", "gpupower")
@@ -110,7 +111,7 @@ class Settings:
     check_timeouts: Mapping[str, float] = dataclasses.field(default_factory=dict)
     """Per-check timeout overrides in seconds: ``dcgm=900,pciebw=120`` (``AUTOPILOT_CHECK_TIMEOUTS``)."""
 
-    api_token: str = ""
+    api_token: str = dataclasses.field(default="", repr=False)  # a secret: never in a repr or a log
     """Bearer token the API requires when set (``AUTOPILOT_API_TOKEN``)."""
 
     api_host: str = ""

@@ -11,6 +11,8 @@ import re
 
 from autopilot import errors
 
+# Always applied with fullmatch: "$" alone also matches before a trailing newline, which would let
+# "node-a\n" through into a queue name or a selector.
 _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
@@ -21,7 +23,7 @@ QUEUE_PREFIX = "autopilot.node."
 
 def node_name(name: str, *, field: str = "host") -> str:
     """``name`` if it is a DNS-1123 subdomain (lowercase, at most 253 characters)."""
-    if not isinstance(name, str) or not 0 < len(name) <= 253 or not _DNS1123_SUBDOMAIN.match(name):
+    if not isinstance(name, str) or not 0 < len(name) <= 253 or not _DNS1123_SUBDOMAIN.fullmatch(name):
         raise errors.BadParameter(field, f"not a valid node name (DNS-1123 subdomain): {str(name)[:80]!r}")
     return name
 
@@ -34,15 +36,15 @@ def node_queue(node: str) -> str:
 def label_key(key: str, *, field: str) -> str:
     """A label key: optional DNS-1123 prefix and ``/``, then a name of at most 63 characters."""
     prefix, slash, name = key.rpartition("/")
-    if slash and (len(prefix) > 253 or not _DNS1123_SUBDOMAIN.match(prefix)):
+    if slash and (len(prefix) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(prefix)):
         raise errors.BadParameter(field, f"invalid label key prefix: {key[:80]!r}")
-    if not 0 < len(name) <= 63 or not _LABEL_NAME.match(name):
+    if not 0 < len(name) <= 63 or not _LABEL_NAME.fullmatch(name):
         raise errors.BadParameter(field, f"invalid label key: {key[:80]!r}")
     return key
 
 
 def label_value(value: str, *, field: str) -> str:
-    if len(value) > 63 or not _LABEL_VALUE.match(value):
+    if len(value) > 63 or not _LABEL_VALUE.fullmatch(value):
         raise errors.BadParameter(field, f"invalid label value: {value[:80]!r}")
     return value
 
@@ -60,7 +62,7 @@ def job_selector(text: str, *, field: str = "job") -> tuple[str, str, str]:
     namespace, sep, selector = text.partition(":")
     if not sep:
         raise errors.BadParameter(field, f"expected namespace:key=value, got {text[:80]!r}")
-    if len(namespace) > 63 or not _DNS1123_LABEL.match(namespace):
+    if len(namespace) > 63 or not _DNS1123_LABEL.fullmatch(namespace):
         raise errors.BadParameter(field, f"invalid namespace: {namespace[:80]!r}")
     key, value = label_selector(selector, field=field)
     return namespace, key, value

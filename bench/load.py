@@ -1,0 +1,193 @@
+"""Load benchmark: concurrent ``/status`` requests over simulated nodes while beat runs.
+
+Starts a private redis-server, simulator workers for ``--nodes`` nodes (``sim-0..``), beat with
+short periodic, invasive (DCGM level 3) and reconcile intervals, and the real API (gunicorn).
+Then ``--clients`` threads each send one ``GET /status?format=json`` at once (every live node,
+the periodic checks), while beat keeps ticking. Printed:
+
+- how many requests were answered (HTTP 200, ``complete``), and their latency p50/p90/p99/max;
+- per request, how many nodes answered and how many were ``unreachable``;
+- duplicated work, counted from the store after the load: for every node and check, the number
+  of results in the node's history must equal the number of runs holding a result of that node
+  and check (a task run twice leaves one more history entry than runs); invasive DCGM level-3
+  results per node must not outnumber the invasive runs; periodic runs must be one per tick.
+
+    python -m bench.load                       # 50 clients, 100 nodes
+    python -m bench.load --clients 50 --nodes 100 --checks remapped,gpupower --deadline 120
+
+Exit status 0 when every request was answered and nothing was duplicated, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import statistics
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from typing import Any
+
+from bench.common import Bench, up, wait_until
+from workers.store import ResultsStore
+
+
+def get_json(url: str, timeout: float) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - our own loopback API
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+
+def one_request(url: str, timeout: float) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    try:
+        code, body = get_json(url, timeout)
+    except OSError as exc:
+        return {"ok": False, "error": type(exc).__name__, "s": time.perf_counter() - t0}
+    totals = body.get("totals", {})
+    return {
+        "ok": code == 200 and body.get("complete") is True,
+        "code": code,
+        "s": time.perf_counter() - t0,
+        "answered": totals.get("answered", 0),
+        "unreachable": totals.get("unreachable", 0),
+    }
+
+
+def duplicates(store: ResultsStore, nodes: Sequence[str]) -> dict[str, Any]:
+    """Count work done twice, from the runs and histories in the store.
+
+    Histories are read before runs: a result enters its node's history and its run's hash in one
+    MULTI, so a result that lands between the two reads adds a run field, never a history entry.
+    """
+    histories = {node: store.history(node, 100_000) for node in nodes}
+    runs: list[tuple[dict[str, Any], set[str]]] = []
+    for key in store.r.scan_iter("ap:run:*", count=1000):
+        fields = {f.decode() for f in store.r.hkeys(key)}
+        meta = store.r.hget(key, "meta")
+        if meta:
+            runs.append((json.loads(meta), fields - {"meta"}))
+    held: dict[tuple[str, str], int] = {}
+    for _, fields in runs:
+        for field in fields:
+            node, _, check = field.partition("|")
+            held[(node, check)] = held.get((node, check), 0) + 1
+    extra = 0
+    examples: list[str] = []
+    invasive_extra = 0
+    invasive_runs = sum(1 for meta, _ in runs if meta["source"] == "invasive")
+    for node in nodes:
+        history = histories[node]
+        counts: dict[str, int] = {}
+        for result in history:
+            counts[result.check] = counts.get(result.check, 0) + 1
+        for check, count in counts.items():
+            over = max(0, count - held.get((node, check), 0))
+            extra += over
+            if over and len(examples) < 5:
+                runs_of = [r.started_at for r in history if r.check == check]
+                examples.append(f"{node}/{check}: {count} results, {held.get((node, check), 0)} runs; {runs_of[:6]}")
+        level3 = sum(1 for r in history if r.check == "dcgm" and int(r.params.get("r", 0) or 0) >= 3)
+        invasive_extra += max(0, level3 - invasive_runs)
+    periodic = sorted(meta["created_at"] for meta, _ in runs if meta["source"] == "periodic")
+    gaps = [b - a for a, b in zip(periodic, periodic[1:], strict=False)]
+    return {
+        "runs": len(runs),
+        "periodic_runs": len(periodic),
+        "periodic_min_gap_s": round(min(gaps), 2) if gaps else None,
+        "invasive_runs": invasive_runs,
+        "duplicated_results": extra,
+        "duplicated_invasive": invasive_extra,
+        "examples": examples,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, default=50, help="concurrent /status requests")
+    parser.add_argument("--nodes", type=int, default=100, help="simulated nodes")
+    parser.add_argument("--checks", default="", help="checks of each request (default: the periodic checks)")
+    parser.add_argument("--deadline", type=float, default=120.0, help="node deadline of each request (s)")
+    parser.add_argument("--periodic", default="5s", help="beat's periodic interval")
+    parser.add_argument("--invasive", default="10s", help="beat's invasive (DCGM level 3) interval")
+    parser.add_argument("--settle", type=float, default=12.0, help="seconds of beat alone before the load")
+    args = parser.parse_args(argv)
+
+    env = {
+        "AUTOPILOT_PERIODIC_INTERVAL": args.periodic,
+        "AUTOPILOT_INVASIVE_INTERVAL": args.invasive,
+        "AUTOPILOT_RECONCILE_INTERVAL": "5s",
+        "AUTOPILOT_HEARTBEAT_INTERVAL": "5s",
+        "AUTOPILOT_HISTORY_LEN": "100000",
+    }
+    with Bench() as bench:
+        for offset, count in up.split_simulation(args.nodes, None):
+            sim_args = ["worker", "--simulate", str(count), "--simulate-offset", str(offset)]
+            bench.start(f"sim-{offset}", [*sim_args, "--loglevel", "WARNING", "--without-task-events"], env)
+        store = ResultsStore(bench.client())
+        wait_until(lambda: len(store.node_names()) >= args.nodes, 120, f"{args.nodes} nodes", 0.25)
+        nodes = store.node_names()
+        port = up.free_port()
+        bench.start("api", ["api", "--port", str(port), "--workers", "2"], env)
+        base = f"http://127.0.0.1:{port}"
+        wait_until(lambda: _ready(base), 60, "the API")
+        beat = bench.start(
+            "beat", ["beat", "--schedule-file", str(bench.tmp / "beat-schedule"), "--loglevel", "INFO"], env
+        )
+        time.sleep(args.settle)  # beat's first ticks, the first invasive run
+
+        query = f"format=json&deadline={args.deadline:g}" + (f"&check={args.checks}" if args.checks else "")
+        url = f"{base}/status?{query}"
+        t0 = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(args.clients) as pool:
+            answers = list(pool.map(lambda _: one_request(url, args.deadline * 2 + 60), range(args.clients)))
+        wall = time.perf_counter() - t0
+        # Stop beat and let the last tick's tasks land before counting: a result that lands
+        # between reading the runs and reading the histories would count as a duplicate.
+        bench.stop(beat)
+        wait_until(lambda: _quiet(store), 60, "the last tick's results", 0.5)
+        found = duplicates(store, nodes)
+
+    times = [a["s"] for a in answers]
+    ok = sum(1 for a in answers if a["ok"])
+    unreachable = [a.get("unreachable", 0) for a in answers]
+    print(f"{args.clients} concurrent /status over {len(nodes)} simulated nodes while beat runs "
+          f"(periodic {args.periodic}, invasive {args.invasive}); checks: {args.checks or 'periodic'}")  # fmt: skip
+    print(f"answered {ok}/{args.clients} (HTTP 200, complete) in {wall:.2f} s wall")
+    print(f"latency s: p50 {percentile(times, 50):.2f}, p90 {percentile(times, 90):.2f}, "
+          f"p99 {percentile(times, 99):.2f}, max {max(times):.2f}, mean {statistics.mean(times):.2f}")  # fmt: skip
+    print(f"nodes answered per request: min {min(a.get('answered', 0) for a in answers)}, "
+          f"unreachable per request: max {max(unreachable)}, total {sum(unreachable)}")  # fmt: skip
+    print(f"store: {json.dumps(found)}")
+    failed = [a for a in answers if not a["ok"]]
+    if failed:
+        print(f"failed requests: {failed[:5]}")
+    clean = not failed and found["duplicated_results"] == 0 and found["duplicated_invasive"] == 0
+    return 0 if clean else 1
+
+
+def _quiet(store: ResultsStore) -> bool:
+    """No result written in the last two seconds (every queued task has run)."""
+    before = sum(int(store.r.llen(f"ap:history:{n}")) for n in store.node_names())
+    time.sleep(2)
+    return before == sum(int(store.r.llen(f"ap:history:{n}")) for n in store.node_names())
+
+
+def _ready(base: str) -> bool:
+    try:
+        return get_json(f"{base}/readyz", 2)[0] == 200
+    except OSError:
+        return False
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
