@@ -229,6 +229,13 @@ def spawn(argv: Sequence[str], *, lifetime_s: float, env: Mapping[str, str] | No
     if lifetime_s <= 0:
         raise ValueError("a background program needs a positive lifetime")
     args = [str(a) for a in argv]
+    # The lifetime timer lives in this process and dies with it; coreutils `timeout` enforces the
+    # same lifetime from outside, so a SIGKILLed worker cannot leave a server holding its port.
+    if shutil.which(args[0]) is None:  # checked here: behind `timeout` a missing program is only exit 127
+        raise errors.ToolNotFound(f"{args[0]}: not found on PATH or not executable")
+    guard = shutil.which("timeout")
+    if guard is not None:
+        args = [guard, "--kill-after=2", f"{lifetime_s + 1:g}", *args]
     out = tempfile.TemporaryFile()
     try:
         proc = subprocess.Popen(  # noqa: S603 - argv list, no shell

@@ -4,11 +4,10 @@ The full ring runs between network namespaces (test_network_netns.py), which nee
 address range; this test takes the part a kill can break, in isolation: a worker process starts
 its ring servers the way the ``autopilot.iperf_servers`` task does (``ring.SERVERS.start`` over
 the real ``SubprocessRunner``, real ``iperf3 -s``), and is SIGKILLed before the ring's stop
-message. Servers are spawned in their own session with an in-process lifetime timer, so they
-survive their worker: inside a container the kernel ends them with the container's PID 1, but
-under ``autopilot up`` (or any supervisor that kills only the main pid) they keep the ring's
-ports bound, and the next ring on that node fails to start its servers. ``--idle-timeout``
-restarts an idle iperf3 server rather than ending it.
+message. Servers run in their own session, so the worker's death does not reach them; their
+lifetime is enforced twice: by a timer in the worker and, from outside it, by coreutils
+``timeout``, so a dead worker's servers end at their lifetime and free the ring's ports.
+(``--idle-timeout`` alone would not do: it restarts an idle iperf3 server rather than ending it.)
 """
 
 from __future__ import annotations
@@ -59,11 +58,6 @@ def _servers_on(port: int) -> list[int]:
     return found
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="iperf3 ring servers are spawned in their own session and ended only by an in-process timer: "
-    "a SIGKILLed worker leaves them running (outside a container) and their ports bound",
-)
 def test_sigkilled_worker_leaves_no_iperf3_server(tmp_path: Path) -> None:
     require_binary("iperf3")
     port = free_port()
