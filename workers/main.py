@@ -15,6 +15,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 from celery import concurrency
+from celery import signals as celery_signals
+from celery.worker import state as worker_state
+from celery.worker.worker import WorkController
 
 from autopilot import __version__, config, errors, names, nodeinfo
 from autopilot import cluster as cluster_mod
@@ -25,6 +28,8 @@ from workers.app import CONTROL_QUEUE, create_celery, make_store
 from workers.store import NodeRecord, ResultsStore
 
 log = logging.getLogger(__name__)
+
+RESTART_PAUSE_S = 2.0
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
@@ -164,26 +169,62 @@ def worker_main(argv: Sequence[str]) -> int:
     app = create_celery(settings)
     first = next(iter(contexts))
     nodename = f"{first}@autopilot" if len(contexts) == 1 else f"sim-{args.simulate_offset}-{len(contexts)}@autopilot"
+
     # The worker is built directly rather than through Celery's command line, which imports
     # every installed `celery` CLI plugin (Flower with Tornado, the REPL with prompt_toolkit):
     # about 400 modules a worker never uses, and most of its idle memory beyond the 60 MiB target.
-    worker = app.Worker(
-        hostname=nodename,
-        queues=queues,
-        pool_cls=concurrency.get_implementation("threads"),
-        concurrency=args.concurrency or settings.worker_concurrency,
-        loglevel=args.loglevel,
-        without_gossip=True,
-        without_mingle=True,
-        task_events=False if args.without_task_events else None,
-        # A simulator's banner would list every one of its (up to thousands of) queues.
-        quiet=bool(args.simulate),
-    )
+    def build() -> WorkController:
+        return app.Worker(
+            hostname=nodename,
+            queues=queues,
+            pool_cls=concurrency.get_implementation("threads"),
+            concurrency=args.concurrency or settings.worker_concurrency,
+            loglevel=args.loglevel,
+            without_gossip=True,
+            without_mingle=True,
+            task_events=False if args.without_task_events else None,
+            # A simulator's banner would list every one of its (up to thousands of) queues.
+            quiet=bool(args.simulate),
+        )
+
     try:
-        worker.start()
+        exitcode = run_until_shutdown(build)
     finally:
         stop.set()
-    return int(worker.exitcode or 0)
+    return exitcode
+
+
+def run_until_shutdown(build: Callable[[], WorkController], *, pause_s: float = RESTART_PAUSE_S) -> int:
+    """Run Celery workers until a shutdown is asked for (a signal), starting a new one after a crash.
+
+    A Redis outage while a task is in flight can end Celery's consumer for good: kombu restores
+    the unacknowledged message over the connection that just died, and Celery logs
+    "Unrecoverable error" and stops. A node must not sit there heartbeating while it takes no
+    work, so a worker that stops without being asked to is built and started again.
+    """
+    requested = threading.Event()
+
+    def on_shutdown(**_: object) -> None:
+        requested.set()
+
+    celery_signals.worker_shutting_down.connect(on_shutdown, weak=False)
+    try:
+        while True:
+            worker = build()
+            worker.start()
+            if requested.is_set():
+                return int(worker.exitcode or 0)
+            log.error(
+                "the Celery worker stopped without a shutdown request (exit %s): starting it again in %g s",
+                worker.exitcode,
+                pause_s,
+            )
+            # A stopped worker leaves process-wide flags that would stop the next one at once.
+            worker_state.should_stop = None
+            worker_state.should_terminate = None
+            time.sleep(pause_s)
+    finally:
+        celery_signals.worker_shutting_down.disconnect(on_shutdown)
 
 
 def beat_main(argv: Sequence[str]) -> int:
