@@ -1,6 +1,7 @@
 """Fan a run out to its nodes and gather the answers from the results store, with deadlines.
 
-``create_run`` records a run; ``Gather`` sends one ``Envelope`` per node through the dispatcher,
+``create_run`` records a run; ``Gather`` sends one ``Envelope`` per node through the dispatcher
+(all the nodes that fit in the free slots in one batch: ``dispatch.send_all``),
 at most ``batch`` nodes in flight at once (the next node is sent when one finishes), and polls
 the store until every (node, check) pair is in or the node's deadline has passed. Each node's
 deadline counts from when it was sent, so a node never waits behind another's slow answer, and a
@@ -37,7 +38,7 @@ from autopilot import network, results
 from autopilot.checks import iperf
 from autopilot.results import CheckResult, Status
 from workers import ring
-from workers.dispatch import Envelope, TaskSender, task_sender
+from workers.dispatch import Envelope, TaskSender, send_all, task_sender
 from workers.store import ResultsStore, Run
 
 log = logging.getLogger(__name__)
@@ -133,12 +134,17 @@ class Gather:
 
     def send_ready(self) -> None:
         """Send nodes while a slot is free."""
-        while self.waiting and (self.batch is None or len(self.in_flight) < self.batch):
-            node = self.waiting.popleft()
-            deadline = self.svc.clock() + self.node_deadline_s
+        free = len(self.waiting) if self.batch is None else max(0, self.batch - len(self.in_flight))
+        if not free or not self.waiting:
+            return
+        nodes = [self.waiting.popleft() for _ in range(min(free, len(self.waiting)))]
+        # Each node's deadline counts from before its publish (never later than it was sent).
+        deadline = self.svc.clock() + self.node_deadline_s
+        params = {c: p for c, p in self.run.params.items() if c in self.checks}
+        for node in nodes:
             self.in_flight[node] = deadline
-            params = {c: p for c, p in self.run.params.items() if c in self.checks}
-            self.svc.dispatcher.send(Envelope(self.run.id, node, self.checks, params, deadline))
+        # One batch for all the free slots: one producer and one Redis pipeline for the lot.
+        send_all(self.svc.dispatcher, [Envelope(self.run.id, n, self.checks, params, deadline) for n in nodes])
 
     def poll(self) -> bool:
         """One look at the store; frees the slots of finished nodes and fills them. True when all are done."""

@@ -18,8 +18,8 @@ from celery import Celery, Task, signals
 from autopilot import cluster as cluster_mod
 from autopilot import config, registry
 from autopilot.cluster import ClusterClient
+from workers import broker, ring, tasks
 from workers import host as hosting
-from workers import ring, tasks
 from workers.dispatch import RUN_TASK, CeleryDispatcher
 from workers.store import ResultsStore
 
@@ -35,6 +35,20 @@ def _stop_iperf_servers(**_: Any) -> None:
 
 
 signals.worker_shutdown.connect(_stop_iperf_servers)
+
+
+def _worker_broker(conf: Any = None, **_: Any) -> None:
+    """In a worker, kombu's Redis transport with one shared client per channel (``workers.broker``).
+
+    Only workers take it: their per-message bookkeeping is what it saves, while the API publishes
+    in batches and Flower reads the broker by its ``redis://`` address, which a custom transport
+    would rename. Other schemes (``rediss://``, ``sentinel://``) keep their own transports.
+    """
+    if conf is not None and str(conf.broker_url or "").startswith("redis://"):
+        conf.broker_transport = broker.TRANSPORT
+
+
+signals.celeryd_init.connect(_worker_broker)
 
 
 def make_store(settings: config.Settings) -> ResultsStore:
@@ -93,10 +107,15 @@ def create_celery(settings: config.Settings) -> Celery:
         broker_channel_error_retry=True,
         # Unacked messages return to their queue after this long; it must outlast the longest
         # check, or a slow DCGM run would be handed to a second worker while the first runs it.
-        broker_transport_options={"visibility_timeout": int(longest + 600)},
+        # One priority level: every task is sent at priority 0, so each broker fetch (a BRPOP over
+        # every queue a worker consumes) names each queue once instead of four times. A simulator
+        # consumes hundreds of queues, and building that command was a third of its CPU.
+        broker_transport_options={"visibility_timeout": int(longest + 600), "priority_steps": [0]},
         worker_hijack_root_logger=False,
         worker_send_task_events=True,
-        task_send_sent_event=True,
+        # Workers still send task-received/started/succeeded events, which is what Flower shows;
+        # a task-sent event per publish doubled the API's Redis writes during a fan-out.
+        task_send_sent_event=False,
         beat_schedule=beat_schedule(settings),
         timezone="UTC",
     )
@@ -113,14 +132,16 @@ def create_celery(settings: config.Settings) -> Celery:
     @app.task(name=RUN_TASK, bind=True, max_retries=None, acks_late=True)
     def run_checks_task(
         self: Task, *, run_id: str, node: str, checks: list[str], params: dict[str, Any], deadline: float
-    ) -> list[dict[str, Any]]:
+    ) -> dict[str, str]:
         try:
             done = tasks.run_checks(
                 hosting.current(), run_id=run_id, node=node, checks=checks, params=params, deadline=deadline
             )
         except tasks.GpusBusy:
             raise self.retry(countdown=2) from None
-        return [r.to_dict() for r in done]
+        # The results are in the store; the return value is only logged and shown by Flower, and
+        # Celery formats it after every task, so it is the summary, not every result's data.
+        return {r.check: r.status.value for r in done}
 
     @app.task(name="autopilot.fanout")
     def fanout_task(kind: str) -> str | None:

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 from autopilot import config, errors, publish, registry, results, verdict
 from autopilot.cluster import ClusterClient
-from workers.store import ResultsStore
+from workers.store import NodeView, ResultsStore
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +32,17 @@ def reconcile_node(
     now: datetime | None = None,
     *,
     cluster: ClusterClient | None = None,
+    view: NodeView | None = None,
 ) -> verdict.Decision:
+    """Recompute ``node``'s verdict and store it with its labels (one MULTI).
+
+    ``view`` is the node's latest results and state when the caller has just read them (a task
+    reads them in the same MULTI that saves its last result); otherwise they are read here.
+    """
     moment = now or datetime.now(UTC)
-    latest = store.latest(node)
-    state = store.state(node)
+    if view is None:
+        view = store.view(node)
+    latest, state = view.latest, view.state
     evicted_at = results.parse_iso(state["evicted_at"]) if state.get("evicted_at") else None
     decision = verdict.decide(
         latest,
@@ -61,9 +68,9 @@ def reconcile_node(
         except errors.ClusterError as exc:
             # The next reconcile (after the next result, or beat's tick) tries again.
             log.warning("publishing the verdict of %s failed: %s", node, exc)
-    store.set_state(node, new_state)
     labels: dict[str, str | None] = {**publication.labels, **publication.annotations}
-    store.set_labels(node, labels)  # the local label store keeps annotations beside labels
+    # The local label store keeps annotations beside labels.
+    store.set_state_and_labels(node, new_state, labels)
     return decision
 
 

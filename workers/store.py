@@ -103,6 +103,14 @@ class Run:
         return cls(uuid.uuid4().hex, tuple(checks), tuple(nodes), params, created, created + deadline_s, source)
 
 
+@dataclasses.dataclass(frozen=True)
+class NodeView:
+    """What a verdict is computed from: a node's latest result per check and its state hash."""
+
+    latest: dict[str, CheckResult]
+    state: dict[str, str]
+
+
 class ResultsStore:
     """Typed access to the keys above. ``client`` is a ``redis.Redis`` (or fakeredis) with bytes replies."""
 
@@ -118,8 +126,25 @@ class ResultsStore:
 
         ``latest=False`` records it in its run only (an answer that says nothing about the node).
         """
-        blob = result.to_json()
         pipe = self.r.pipeline(transaction=True)
+        self._queue_save(pipe, result, run_id, latest)
+        pipe.execute()
+
+    def save_and_view(self, result: CheckResult, run_id: str | None = None, *, latest: bool = True) -> NodeView:
+        """``save_result``, then the node's latest results and state as they are after it.
+
+        One MULTI, so the reconcile that follows a task's last result costs no extra round trip
+        and reads exactly what was written.
+        """
+        pipe = self.r.pipeline(transaction=True)
+        self._queue_save(pipe, result, run_id, latest)
+        pipe.hgetall(f"{P}latest:{result.node}")
+        pipe.hgetall(f"{P}state:{result.node}")
+        *_, raw_latest, raw_state = pipe.execute()
+        return NodeView(_latest(raw_latest), _state(raw_state))
+
+    def _queue_save(self, pipe: Any, result: CheckResult, run_id: str | None, latest: bool) -> None:
+        blob = result.to_json()
         if latest:
             pipe.hset(f"{P}latest:{result.node}", result.check, blob)
             pipe.lpush(f"{P}history:{result.node}", blob)
@@ -127,11 +152,17 @@ class ResultsStore:
         if run_id:
             pipe.hset(f"{P}run:{run_id}", f"{result.node}|{result.check}", blob)
             pipe.expire(f"{P}run:{run_id}", self.run_ttl_s)
-        pipe.execute()
+
+    def view(self, node: str) -> NodeView:
+        """The node's latest results and verdict state, read in one round trip."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hgetall(f"{P}latest:{node}")
+        pipe.hgetall(f"{P}state:{node}")
+        raw_latest, raw_state = pipe.execute()
+        return NodeView(_latest(raw_latest), _state(raw_state))
 
     def latest(self, node: str) -> dict[str, CheckResult]:
-        raw = self.r.hgetall(f"{P}latest:{node}")
-        return {_s(k): CheckResult.from_json(v) for k, v in raw.items()}
+        return _latest(self.r.hgetall(f"{P}latest:{node}"))
 
     def latest_many(self, nodes: Sequence[str]) -> dict[str, dict[str, CheckResult]]:
         pipe = self.r.pipeline(transaction=False)
@@ -219,7 +250,7 @@ class ResultsStore:
     # ------------------------------------------------------------------ verdict state and labels
 
     def state(self, node: str) -> dict[str, str]:
-        return {_s(k): _s(v) for k, v in self.r.hgetall(f"{P}state:{node}").items()}
+        return _state(self.r.hgetall(f"{P}state:{node}"))
 
     def states(self, nodes: Sequence[str]) -> dict[str, dict[str, str]]:
         pipe = self.r.pipeline(transaction=False)
@@ -234,6 +265,15 @@ class ResultsStore:
                 pipe.hdel(f"{P}state:{node}", k)
             else:
                 pipe.hset(f"{P}state:{node}", k, v)
+        pipe.execute()
+
+    def set_state_and_labels(
+        self, node: str, values: Mapping[str, str | None], labels: Mapping[str, str | None]
+    ) -> None:
+        """``set_state`` and ``set_labels`` in one MULTI (a reader never sees one without the other)."""
+        pipe = self.r.pipeline(transaction=True)
+        _queue_hash_update(pipe, f"{P}state:{node}", values)
+        _queue_hash_update(pipe, f"{P}labels:{node}", labels)
         pipe.execute()
 
     def labels(self, node: str) -> dict[str, str]:
@@ -260,3 +300,21 @@ class ResultsStore:
 
 def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _latest(raw: Mapping[Any, Any]) -> dict[str, CheckResult]:
+    return {_s(k): CheckResult.from_json(v) for k, v in raw.items()}
+
+
+def _state(raw: Mapping[Any, Any]) -> dict[str, str]:
+    return {_s(k): _s(v) for k, v in raw.items()}
+
+
+def _queue_hash_update(pipe: Any, key: str, values: Mapping[str, str | None]) -> None:
+    """Set the fields of ``values`` with a value and delete those that are None (two commands at most)."""
+    gone = [k for k, v in values.items() if v is None]
+    kept = {k: v for k, v in values.items() if v is not None}
+    if gone:
+        pipe.hdel(key, *gone)
+    if kept:
+        pipe.hset(key, mapping=kept)

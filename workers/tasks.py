@@ -1,7 +1,8 @@
 """Task bodies as plain functions (the Celery wrappers in ``workers.app`` only decode and retry).
 
 ``run_checks``  run a group of checks for one hosted node, save each result into the store
-                (latest, history, run) and recompute the node's verdict;
+                (latest, history, run) as it is known and recompute the node's verdict after
+                the group (three round trips for a one-check group);
 ``fanout``      beat's periodic/invasive tick: one run over every live node, done once per tick
                 however many beats sent it;
 ``reconcile``   beat's verdict/label tick and stale sweep over every known node;
@@ -27,7 +28,7 @@ from workers import invasive_flow, ring
 from workers import reconcile as reconciling
 from workers.dispatch import Dispatcher, Envelope
 from workers.host import NodeHost
-from workers.store import ResultsStore, Run
+from workers.store import NodeView, ResultsStore, Run
 
 log = logging.getLogger(__name__)
 
@@ -64,24 +65,32 @@ def run_checks(
         for r in results:
             host.store.save_result(r, run_id)
         return results
+    view: NodeView | None = None
     try:
         done: list[CheckResult] = []
-        for check in checks:
+        for i, check in enumerate(checks):
             if _invasive(check, params.get(check) or {}, host.settings) and ctx.cluster is not None:
                 # Level 3 in a cluster runs as a Job; the GPU lock stays held meanwhile, so no
                 # other GPU check touches GPUs the Job is testing.
                 result = _stamped(invasive_flow.run(host, node, ctx.cluster), ctx.clock.now())
                 # "GPUs busy, no Job" answers the run but must not replace the node's latest dcgm result.
-                host.store.save_result(result, run_id, latest=result.status is not Status.SKIPPED)
+                latest = result.status is not Status.SKIPPED
             else:
                 result = execution.run_check(check, ctx, params.get(check))
-                host.store.save_result(result, run_id)
+                latest = True
+            # Each result is saved as soon as it is known (a gather sees it, and a worker that
+            # dies later loses nothing). The last one's MULTI also reads what the verdict is
+            # recomputed from, which saves the reconcile below a round trip.
+            if i == len(checks) - 1:
+                view = host.store.save_and_view(result, run_id, latest=latest)
+            else:
+                host.store.save_result(result, run_id, latest=latest)
             done.append(result)
         return done
     finally:
         if lock is not None:
             lock.release()
-        reconciling.reconcile_node(host.store, node, host.settings, cluster=ctx.cluster)
+        reconciling.reconcile_node(host.store, node, host.settings, cluster=ctx.cluster, view=view)
 
 
 def _invasive(check: str, params: Mapping[str, Any], settings: config.Settings) -> bool:

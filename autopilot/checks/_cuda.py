@@ -2,7 +2,8 @@
 
 - ``parse_tool_json``: the one JSON line each program prints;
 - ``same_gpu``: CUDA's and NVML's spelling of a PCI bus id compared;
-- ``Sampler``: telemetry of one GPU sampled in the background while a program runs on it. A
+- ``Sampler``: telemetry of one GPU sampled in the background while a program runs on it (by
+  one thread per process for all GPUs). A
   bandwidth figure means little without the temperature, power and SM clock the GPU ran at,
   since a hot or power-capped GPU measures low for reasons that are neither link nor memory.
   Samples go through ``ctx.gpus`` (the NVML seam) only.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
@@ -87,24 +89,93 @@ def stderr_note(stderr: str) -> str:
     return f" (stderr: {tail(stderr)})" if stderr.strip() else ""
 
 
+class _SamplingThread:
+    """The one background thread that samples every open ``Sampler``, each every its interval.
+
+    Started on first use and kept for the life of the process (it waits without a timeout while
+    no sampler is open). Entering a sampler registers it and wakes the thread only when it sleeps
+    longer than the new sampler's first interval; a program that ends within that interval is
+    never sampled here. ``remove`` returns only once the thread is not sampling that sampler, so
+    no sample lands after its exit sample.
+    """
+
+    def __init__(self) -> None:
+        lock = threading.Lock()
+        self._wakeup = threading.Condition(lock)  # the thread waits here for the next due sample
+        self._sampled = threading.Condition(lock)  # ``remove`` waits here for a sample in progress
+        self._due: dict[Sampler, float] = {}  # open sampler -> when its next sample is due (monotonic)
+        self._busy: frozenset[Sampler] = frozenset()
+        self._wake_at: float | None = None  # when the sleeping thread looks again; None: idle or busy
+        self._thread: threading.Thread | None = None
+
+    def add(self, sampler: Sampler) -> None:
+        with self._wakeup:
+            due = time.monotonic() + sampler.interval_s
+            self._due[sampler] = due
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="gpu-sampler", daemon=True)
+                self._thread.start()
+            elif self._wake_at is None or due < self._wake_at:
+                self._wakeup.notify()
+
+    def remove(self, sampler: Sampler) -> None:
+        with self._wakeup:
+            self._due.pop(sampler, None)
+            while sampler in self._busy:
+                self._sampled.wait()
+
+    def _loop(self) -> None:
+        with self._wakeup:
+            while True:
+                if not self._due:
+                    self._wake_at = None
+                    self._wakeup.wait()
+                    continue
+                now = time.monotonic()
+                next_due = min(self._due.values())
+                if next_due > now:
+                    self._wake_at = next_due
+                    self._wakeup.wait(next_due - now)
+                    continue
+                self._wake_at = None
+                busy = frozenset(s for s, due in self._due.items() if due <= now)
+                for s in busy:
+                    self._due[s] = now + s.interval_s
+                self._busy = busy
+                self._wakeup.release()
+                try:
+                    # NVML is slow only when something is wrong; the lock is free meanwhile, so
+                    # samplers open and close without waiting for it.
+                    for s in busy:
+                        s.take()
+                finally:
+                    self._wakeup.acquire()
+                    self._busy = frozenset()
+                    self._sampled.notify_all()
+
+
+_SAMPLING = _SamplingThread()
+
+
 class Sampler:
     """``with Sampler(ctx.gpus, i) as s: run(...)``, then ``s.summary()``.
 
     One sample is taken on entry and one on exit, so even a program shorter than the interval
-    has readings; a failed NVML query loses that sample and is counted, never raised.
+    has readings; while the program runs, the process's one sampling thread takes one every
+    ``interval_s`` (one thread for every GPU and every check, not one per GPU). A failed NVML
+    query loses that sample and is counted, never raised.
     """
 
     def __init__(self, telemetry: gpus.GpuTelemetry, index: int, *, interval_s: float = 0.2) -> None:
         self._telemetry = telemetry
         self._index = index
-        self._interval_s = interval_s
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.interval_s = interval_s
         self._lock = threading.Lock()
         self.samples: list[gpus.GpuSample] = []
         self.failures = 0
 
-    def _take(self) -> None:
+    def take(self) -> None:
+        """One sample now (a failure is counted, never raised)."""
         try:
             sample = self._telemetry.sample(self._index)
         except errors.GpuError:
@@ -114,23 +185,16 @@ class Sampler:
         with self._lock:
             self.samples.append(sample)
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self._interval_s):
-            self._take()
-
     def __enter__(self) -> Sampler:
-        self._take()
-        self._thread = threading.Thread(target=self._loop, name=f"gpu-sampler-{self._index}", daemon=True)
-        self._thread.start()
+        self.take()
+        _SAMPLING.add(self)
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(self._interval_s + 5.0)
-        self._take()
+        _SAMPLING.remove(self)
+        self.take()
 
     def summary(self) -> dict[str, Any]:
         """``{"samples": n, "temperature_c": {"min", "max", "mean"}, ...}``; fields never read are left out."""
