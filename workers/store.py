@@ -294,6 +294,31 @@ class ResultsStore:
         """True for the first caller to claim ``name`` within ``ttl_s`` (beat ticks, invasive runs)."""
         return bool(self.r.set(f"{P}tick:{name}", str(time.time()), nx=True, ex=max(1, int(ttl_s))))
 
+    def claim_tick(self, name: str, now: float, interval_s: float) -> bool:
+        """True for the one caller that may do periodic work ``name`` at ``now``.
+
+        At most once per interval slot (``floor(now / interval)``) and never within half an
+        interval of the last time, so two beats, in phase or not, or a tick delivered twice,
+        never double the work. Compare-and-set under WATCH, with the caller's clock.
+        """
+        key = f"{P}tick:{name}"
+        slot = int(now // interval_s)
+        with self.r.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    raw = {_s(k): _s(v) for k, v in pipe.hgetall(key).items()}
+                    if slot <= int(raw.get("slot", -1)) or now - float(raw.get("at", "-inf")) < interval_s / 2:
+                        pipe.unwatch()
+                        return False
+                    pipe.multi()
+                    pipe.hset(key, mapping={"slot": slot, "at": repr(now)})
+                    pipe.expire(key, int(3 * interval_s) + 1)
+                    pipe.execute()
+                    return True
+                except redis.WatchError:
+                    continue
+
     def ping(self) -> bool:
         return bool(self.r.ping())
 

@@ -114,8 +114,8 @@ def fanout(
     interval = settings.periodic_interval_s if kind == "periodic" else settings.invasive_interval_s
     if interval <= 0:
         return None
-    # Two beats, or one tick delivered twice, claim the same key: only the first does the work.
-    if not store.claim(f"fanout:{kind}", interval / 2):
+    # Two beats, or one tick delivered twice, claim the same tick: only the first does the work.
+    if not store.claim_tick(f"fanout:{kind}", moment, interval):
         log.info("fanout %s: already done for this interval", kind)
         return None
     nodes = store.node_names(seen_since=moment - settings.live_after_s)
@@ -138,7 +138,7 @@ def fanout(
 
 def reconcile(store: ResultsStore, settings: config.Settings, cluster: ClusterClient | None = None) -> dict[str, str]:
     """Recompute every known node's verdict (and publish it); returns node -> verdict."""
-    if not store.claim("reconcile", max(1.0, settings.reconcile_interval_s / 2)):
+    if not store.claim_tick("reconcile", time.time(), max(1.0, settings.reconcile_interval_s)):
         return {}
     return {
         n: reconciling.reconcile_node(store, n, settings, cluster=cluster).verdict.value for n in store.node_names()

@@ -1,0 +1,48 @@
+"""A second beat (in phase or not) or a tick delivered twice never doubles the periodic work."""
+
+from __future__ import annotations
+
+import fakeredis
+import pytest
+
+import autopilot.checks  # noqa: F401 - the periodic checks must be registered
+from autopilot import config
+from workers import tasks
+from workers.dispatch import FakeDispatcher
+from workers.store import NodeRecord, ResultsStore
+
+INTERVAL = 60.0
+
+
+@pytest.mark.parametrize("offset_s", [0.0, 0.4, 17.0, 29.9, 30.1, 45.0, 59.9])
+def test_two_beats_at_any_phase_make_one_run_per_interval(offset_s: float) -> None:
+    store = ResultsStore(fakeredis.FakeRedis())
+    settings = config.Settings(periodic_interval_s=INTERVAL, periodic_checks=("remapped",))
+    start = 1_800_000_000.0
+    sent = FakeDispatcher()
+    runs: list[float] = []
+    ticks = sorted([start + i * INTERVAL for i in range(20)] + [start + offset_s + i * INTERVAL for i in range(20)])
+    for t in ticks:
+        store.heartbeat(NodeRecord("node-a", last_seen=t))
+        if tasks.fanout(store, sent, settings, kind="periodic", now=t) is not None:
+            runs.append(t)
+    span = ticks[-1] - ticks[0]
+    assert len(runs) <= span // INTERVAL + 1
+    assert len(runs) >= 18  # the work still happens every interval (one slot may be skipped once)
+    assert min(b - a for a, b in zip(runs, runs[1:], strict=False)) >= INTERVAL / 2
+    assert len(sent.sent) == len(runs)
+
+
+def test_a_tick_delivered_twice_runs_once() -> None:
+    store = ResultsStore(fakeredis.FakeRedis())
+    settings = config.Settings(periodic_interval_s=INTERVAL, periodic_checks=("remapped",))
+    store.heartbeat(NodeRecord("node-a", last_seen=1_800_000_000.0))
+    first = tasks.fanout(store, FakeDispatcher(), settings, kind="periodic", now=1_800_000_000.0)
+    again = tasks.fanout(store, FakeDispatcher(), settings, kind="periodic", now=1_800_000_000.5)
+    assert first is not None and again is None
+
+
+def test_interval_zero_disables_without_crashing() -> None:
+    store = ResultsStore(fakeredis.FakeRedis())
+    settings = config.Settings(periodic_interval_s=60, invasive_interval_s=0)
+    assert tasks.fanout(store, FakeDispatcher(), settings, kind="invasive") is None
