@@ -41,12 +41,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from autopilot import errors, gpus, nvsmi, registry
+from autopilot.checks import _nvml_fallback
 from autopilot.context import CheckContext
 from autopilot.results import CheckResult, DeviceResult, Status, from_devices
 
 NAME = "gpupower"
-NVIDIA_SMI = "nvidia-smi"
-NVSMI_TIMEOUT_S = 30.0
+NVIDIA_SMI = _nvml_fallback.NVIDIA_SMI
+NVSMI_TIMEOUT_S = _nvml_fallback.NVSMI_TIMEOUT_S
 EVENT_PREFIX, THROTTLE_PREFIX = nvsmi.CSV_REASON_PREFIXES
 
 FAIL_REASONS = frozenset({"hw_slowdown", "hw_thermal_slowdown"})
@@ -189,27 +190,13 @@ def evaluate_text(text: str, params: Mapping[str, Any], settings: Any) -> CheckR
 # ---------------------------------------------------------------- collect (I/O)
 
 
-class _NvidiaSmi:
+class _NvidiaSmi(_nvml_fallback.SmiQuery[Reading]):
     """The ``--query-gpu`` fallback, run at most once per check run (twice on drivers before 535)."""
 
-    def __init__(self, ctx: CheckContext) -> None:
-        self._ctx = ctx
-        self._answer: tuple[dict[int, Reading], dict[int, dict[str, Any]]] | str | None = None
-        self.no_driver = False
-
-    def installed(self) -> bool:
-        return self._ctx.commands.which(NVIDIA_SMI) is not None
-
-    def read_all(self) -> tuple[dict[int, Reading], dict[int, dict[str, Any]]] | str:
-        """Readings of every GPU, or why nvidia-smi gave none (a one-line reason)."""
-        if self._answer is None:
-            self._answer = self._run()
-        return self._answer
-
-    def _run(self) -> tuple[dict[int, Reading], dict[int, dict[str, Any]]] | str:
+    def run(self) -> tuple[dict[int, Reading], dict[int, dict[str, Any]]] | str:
         for prefix in nvsmi.CSV_REASON_PREFIXES:
             try:
-                out = self._ctx.commands.run(query_argv(prefix), timeout=NVSMI_TIMEOUT_S)
+                out = self.ctx.commands.run(query_argv(prefix), timeout=NVSMI_TIMEOUT_S)
             except errors.ToolError as exc:
                 return str(exc)
             said = out.stdout + out.stderr
@@ -238,50 +225,11 @@ def collect(ctx: CheckContext) -> tuple[dict[int, Reading], dict[int, dict[str, 
     Raises ``GpuUnavailable`` (the engine reports ``skipped``) when there is neither NVML nor
     nvidia-smi, and ``ToolError`` when NVML is unusable and nvidia-smi gives no answer either.
     """
-    smi = _NvidiaSmi(ctx)
-    try:
-        count = ctx.gpus.count()
-    except errors.GpuError as exc:
-        # As in the remapped check: an installed nvidia-smi may answer where NVML cannot.
-        if not smi.installed():
-            raise
-        answer = smi.read_all()
-        if isinstance(answer, str):
-            if smi.no_driver and isinstance(exc, errors.GpuUnavailable):
-                raise
-            raise errors.ToolError(f"NVML: {exc}; {answer}") from None
-        smi_readings, smi_facts = answer
-        for fact in smi_facts.values():
-            fact["source"] = NVIDIA_SMI
-        return smi_readings, smi_facts, NVIDIA_SMI
 
-    readings: dict[int, Reading] = {}
-    facts: dict[int, dict[str, Any]] = {}
-    used_smi = False
-    for index in range(count):
-        try:
-            readings[index] = nvsmi.ClockReasons.from_active(ctx.gpus.clock_event_reasons(index))
-            facts[index] = {"source": "nvml"}
-            continue
-        except errors.GpuError as exc:
-            nvml_error = exc
-        readings[index], facts[index] = _fallback(smi, index, nvml_error)
-        used_smi = used_smi or facts[index].get("source") == NVIDIA_SMI
-    return readings, facts, "nvml+nvidia-smi" if used_smi else "nvml"
+    def read(index: int) -> Reading:
+        return nvsmi.ClockReasons.from_active(ctx.gpus.clock_event_reasons(index))
 
-
-def _fallback(smi: _NvidiaSmi, index: int, nvml_error: errors.GpuError) -> tuple[Reading, dict[str, Any]]:
-    gpu = str(index)
-    if not smi.installed():
-        return DeviceResult(gpu, Status.ERROR, detail=f"NVML: {nvml_error}"), {"source": "nvml"}
-    answer = smi.read_all()
-    if isinstance(answer, str):
-        return DeviceResult(gpu, Status.ERROR, detail=f"NVML: {nvml_error}; {answer}"), {"source": NVIDIA_SMI}
-    readings, facts = answer
-    if index not in readings:
-        detail = f"NVML: {nvml_error}; nvidia-smi lists no GPU {index}"
-        return DeviceResult(gpu, Status.ERROR, detail=detail), {"source": NVIDIA_SMI}
-    return readings[index], {**facts.get(index, {}), "source": NVIDIA_SMI, "nvml_error": str(nvml_error)}
+    return _nvml_fallback.collect(ctx, _NvidiaSmi(ctx), read)
 
 
 @registry.check(

@@ -39,16 +39,17 @@ has failed (the GPU needs attention), else ``0``. ``data["gpus"][<index>]`` carr
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from autopilot import errors, gpus, nvsmi, registry
+from autopilot.checks import _nvml_fallback
 from autopilot.context import CheckContext
 from autopilot.results import CheckResult, DeviceResult, Status, from_devices
 
 NAME = "remapped"
-NVIDIA_SMI = "nvidia-smi"
-NVSMI_TIMEOUT_S = 30.0
+NVIDIA_SMI = _nvml_fallback.NVIDIA_SMI
+NVSMI_TIMEOUT_S = _nvml_fallback.NVSMI_TIMEOUT_S
 ROW_REMAPPER_ARGV = (NVIDIA_SMI, "-q", "-d", "ROW_REMAPPER")
 # NVML_ERROR_NOT_SUPPORTED: the GPU has no row remapper (Volta, Turing).
 NVML_NOT_SUPPORTED = 3
@@ -191,26 +192,12 @@ def evaluate_text(text: str, params: Mapping[str, Any], settings: Any) -> CheckR
 # ---------------------------------------------------------------- collect (I/O)
 
 
-class _NvidiaSmi:
+class _NvidiaSmi(_nvml_fallback.SmiQuery[Reading]):
     """``nvidia-smi -q -d ROW_REMAPPER``, run at most once per check run, for GPUs NVML could not read."""
 
-    def __init__(self, ctx: CheckContext) -> None:
-        self._ctx = ctx
-        self._answer: tuple[dict[int, Reading], dict[int, dict[str, Any]]] | str | None = None
-        self.no_driver = False
-
-    def installed(self) -> bool:
-        return self._ctx.commands.which(NVIDIA_SMI) is not None
-
-    def read_all(self) -> tuple[dict[int, Reading], dict[int, dict[str, Any]]] | str:
-        """Readings of every GPU, or why nvidia-smi gave none (a one-line reason)."""
-        if self._answer is None:
-            self._answer = self._run()
-        return self._answer
-
-    def _run(self) -> tuple[dict[int, Reading], dict[int, dict[str, Any]]] | str:
+    def run(self) -> tuple[dict[int, Reading], dict[int, dict[str, Any]]] | str:
         try:
-            out = self._ctx.commands.run(list(ROW_REMAPPER_ARGV), timeout=NVSMI_TIMEOUT_S)
+            out = self.ctx.commands.run(list(ROW_REMAPPER_ARGV), timeout=NVSMI_TIMEOUT_S)
         except errors.ToolError as exc:
             return str(exc)
         text = out.stdout
@@ -234,56 +221,12 @@ def collect(ctx: CheckContext) -> tuple[dict[int, Reading], dict[int, dict[str, 
     Raises ``GpuUnavailable`` (the engine reports ``skipped``) when there is neither NVML nor
     nvidia-smi; returns an empty mapping when nvidia-smi finds no GPU.
     """
-    smi = _NvidiaSmi(ctx)
-    try:
-        count = ctx.gpus.count()
-    except errors.GpuError as exc:
-        # No usable NVML (library missing from the image, or a driver/library mismatch): nvidia-smi
-        # may still answer, and an installed nvidia-smi that cannot is itself a finding, unless
-        # it agrees with NVML that there is no driver here at all.
-        if not smi.installed():
-            raise
-        answer = smi.read_all()
-        if isinstance(answer, str):
-            if smi.no_driver and isinstance(exc, errors.GpuUnavailable):
-                raise
-            raise errors.ToolError(f"NVML: {exc}; {answer}") from None
-        smi_readings, smi_facts = answer
-        for fact in smi_facts.values():
-            fact["source"] = NVIDIA_SMI
-        return smi_readings, smi_facts, NVIDIA_SMI
 
-    readings: dict[int, Reading] = {}
-    facts: dict[int, dict[str, Any]] = {}
-    used_smi = False
-    for index in range(count):
-        try:
-            readings[index] = ctx.gpus.remapped_rows(index)
-            facts[index] = {"source": "nvml"}
-            continue
-        except errors.GpuError as exc:
-            nvml_error = exc
-        if nvml_error.code == NVML_NOT_SUPPORTED:
-            readings[index] = DeviceResult(str(index), Status.SKIPPED, detail=_UNSUPPORTED)
-            facts[index] = {"source": "nvml"}
-            continue
-        readings[index], facts[index] = _fallback(smi, index, nvml_error)
-        used_smi = used_smi or facts[index].get("source") == NVIDIA_SMI
-    return readings, facts, "nvml+nvidia-smi" if used_smi else "nvml"
+    def unsupported(index: int, exc: errors.GpuError) -> DeviceResult | None:
+        return DeviceResult(str(index), Status.SKIPPED, detail=_UNSUPPORTED) if exc.code == NVML_NOT_SUPPORTED else None
 
-
-def _fallback(smi: _NvidiaSmi, index: int, nvml_error: errors.GpuError) -> tuple[Reading, dict[str, Any]]:
-    gpu = str(index)
-    if not smi.installed():
-        return DeviceResult(gpu, Status.ERROR, detail=f"NVML: {nvml_error}"), {"source": "nvml"}
-    answer = smi.read_all()
-    if isinstance(answer, str):
-        return DeviceResult(gpu, Status.ERROR, detail=f"NVML: {nvml_error}; {answer}"), {"source": NVIDIA_SMI}
-    readings, facts = answer
-    if index not in readings:
-        detail = f"NVML: {nvml_error}; nvidia-smi lists no GPU {index}"
-        return DeviceResult(gpu, Status.ERROR, detail=detail), {"source": NVIDIA_SMI}
-    return readings[index], {**facts.get(index, {}), "source": NVIDIA_SMI, "nvml_error": str(nvml_error)}
+    read: Callable[[int], Reading] = ctx.gpus.remapped_rows
+    return _nvml_fallback.collect(ctx, _NvidiaSmi(ctx), read, on_nvml_error=unsupported)
 
 
 @registry.check(

@@ -1,0 +1,105 @@
+"""Per-GPU readings from NVML, with ``nvidia-smi`` answering for what NVML could not read.
+
+Shared by ``remapped`` and ``gpupower``. NVML is asked first, GPU by GPU; a GPU that NVML cannot
+read is looked up in one ``nvidia-smi`` query (run at most once per check run); if NVML cannot
+start at all, ``nvidia-smi`` answers for every GPU. A GPU neither can read becomes an ``error``
+device, never a pass. ``GpuUnavailable`` propagates when there is no driver at all (the engine
+then reports ``skipped``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from autopilot import errors
+from autopilot.context import CheckContext
+from autopilot.results import DeviceResult, Status
+
+NVIDIA_SMI = "nvidia-smi"
+NVSMI_TIMEOUT_S = 30.0
+
+R = TypeVar("R")
+Facts = dict[int, dict[str, Any]]
+# What an nvidia-smi query gives: (readings, facts) per GPU index, or a one-line reason it gave none.
+Answer = tuple[dict[int, R], Facts] | str
+
+
+class SmiQuery(Generic[R]):
+    """One ``nvidia-smi`` query run at most once per check run. Subclasses implement ``run``."""
+
+    def __init__(self, ctx: CheckContext) -> None:
+        self.ctx = ctx
+        self._answer: Answer[R] | None = None
+        self.no_driver = False  # set by ``run`` when nvidia-smi says there is no driver
+
+    def installed(self) -> bool:
+        return self.ctx.commands.which(NVIDIA_SMI) is not None
+
+    def read_all(self) -> Answer[R]:
+        if self._answer is None:
+            self._answer = self.run()
+        return self._answer
+
+    def run(self) -> Answer[R]:
+        raise NotImplementedError
+
+
+def collect(
+    ctx: CheckContext,
+    smi: SmiQuery[R],
+    read_nvml: Callable[[int], R],
+    *,
+    on_nvml_error: Callable[[int, errors.GpuError], DeviceResult | None] | None = None,
+) -> tuple[dict[int, R | DeviceResult], Facts, str]:
+    """(readings, facts, source) for every GPU; ``on_nvml_error`` may settle a GPU without nvidia-smi."""
+    try:
+        count = ctx.gpus.count()
+    except errors.GpuError as exc:
+        # No usable NVML (library missing from the image, or a driver/library mismatch): nvidia-smi
+        # may still answer, and an installed nvidia-smi that cannot is itself a finding, unless it
+        # agrees with NVML that there is no driver here at all.
+        if not smi.installed():
+            raise
+        answer = smi.read_all()
+        if isinstance(answer, str):
+            if smi.no_driver and isinstance(exc, errors.GpuUnavailable):
+                raise
+            raise errors.ToolError(f"NVML: {exc}; {answer}") from None
+        smi_readings, smi_facts = answer
+        for fact in smi_facts.values():
+            fact["source"] = NVIDIA_SMI
+        return dict(smi_readings), smi_facts, NVIDIA_SMI
+
+    readings: dict[int, R | DeviceResult] = {}
+    facts: Facts = {}
+    used_smi = False
+    for index in range(count):
+        try:
+            readings[index] = read_nvml(index)
+            facts[index] = {"source": "nvml"}
+            continue
+        except errors.GpuError as exc:
+            nvml_error = exc
+        settled = on_nvml_error(index, nvml_error) if on_nvml_error is not None else None
+        if settled is not None:
+            readings[index], facts[index] = settled, {"source": "nvml"}
+            continue
+        pair = _fallback(smi, index, nvml_error)
+        readings[index], facts[index] = pair
+        used_smi = used_smi or pair[1].get("source") == NVIDIA_SMI
+    return readings, facts, "nvml+nvidia-smi" if used_smi else "nvml"
+
+
+def _fallback(smi: SmiQuery[R], index: int, nvml_error: errors.GpuError) -> tuple[R | DeviceResult, dict[str, Any]]:
+    gpu = str(index)
+    if not smi.installed():
+        return DeviceResult(gpu, Status.ERROR, detail=f"NVML: {nvml_error}"), {"source": "nvml"}
+    answer = smi.read_all()
+    if isinstance(answer, str):
+        return DeviceResult(gpu, Status.ERROR, detail=f"NVML: {nvml_error}; {answer}"), {"source": NVIDIA_SMI}
+    readings, facts = answer
+    if index not in readings:
+        detail = f"NVML: {nvml_error}; nvidia-smi lists no GPU {index}"
+        return DeviceResult(gpu, Status.ERROR, detail=detail), {"source": NVIDIA_SMI}
+    return readings[index], {**facts.get(index, {}), "source": NVIDIA_SMI, "nvml_error": str(nvml_error)}
