@@ -80,6 +80,28 @@ def identity_mismatch(telemetry: gpus.GpuTelemetry, index: int, cuda_bus_id: str
     return f"CUDA device {index} is {cuda_bus_id} but NVML GPU {index} is {nvml_bus}"
 
 
+def device_entry(tool: str, returncode: int, stdout: str, stderr: str, index: int) -> tuple[dict[str, Any], str]:
+    """GPU ``index``'s entry of a ``cuda_src`` program's JSON line, and the run's error text ("" if none).
+
+    Exit codes (cuda_src/README.md): 0 ok, 1 CUDA error (JSON still printed), 2 usage, 3 no CUDA
+    device. Raises ``ParseError`` with the reason when there is no entry to judge.
+    """
+    try:
+        doc = parse_tool_json(stdout, tool)
+    except ParseError as exc:
+        raise ParseError(f"{tool} exited {returncode}: {exc}{stderr_note(stderr)}") from None
+    top_error = str(doc.get("error") or "")
+    if returncode == 3:
+        raise ParseError(f"CUDA sees no device although NVML lists GPU {index}: {top_error}")
+    if returncode == 2:
+        raise ParseError(f"{tool} usage error: {top_error}")
+    device = next((d for d in doc.get("devices", []) if d.get("index") == index), None)
+    if device is None:
+        raise ParseError(f"{tool} exited {returncode} without GPU {index}: {top_error or 'no entry'}")
+    run_error = f"{tool} exited {returncode}: {top_error or 'no error text'}" if returncode != 0 else ""
+    return device, run_error
+
+
 def tail(text: str, limit: int = 200) -> str:
     text = text.strip()
     return text if len(text) <= limit else "..." + text[-limit:]

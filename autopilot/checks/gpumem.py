@@ -60,10 +60,10 @@ from autopilot import errors, registry
 from autopilot.checks._cuda import (
     ParseError,
     Sampler,
+    device_entry,
     identity_mismatch,
     number_field,
     parse_tool_json,
-    stderr_note,
 )
 from autopilot.context import CheckContext
 from autopilot.results import CheckResult, DeviceResult, Status, from_devices
@@ -184,22 +184,12 @@ def argv_for(path: str, index: int, params: Mapping[str, Any]) -> list[str]:
 def reading_from_run(returncode: int, stdout: str, stderr: str, index: int) -> GpuReading:
     """One ``ap-gpumem --device index`` run (exit codes: see cuda_src/README.md)."""
     try:
-        doc = parse_tool_json(stdout, "ap-gpumem")
+        device, run_error = device_entry("ap-gpumem", returncode, stdout, stderr, index)
     except ParseError as exc:
-        return GpuReading(index, error=f"ap-gpumem exited {returncode}: {exc}{stderr_note(stderr)}")
-    top_error = str(doc.get("error") or "")
-    if returncode == 3:
-        return GpuReading(index, error=f"CUDA sees no device although NVML lists GPU {index}: {top_error}")
-    if returncode == 2:
-        return GpuReading(index, error=f"ap-gpumem usage error: {top_error}")
-    device = next((d for d in doc.get("devices", []) if d.get("index") == index), None)
-    if device is None:
-        return GpuReading(index, error=f"ap-gpumem exited {returncode} without GPU {index}: {top_error or 'no entry'}")
+        return GpuReading(index, error=str(exc))
     if device.get("error"):
         return GpuReading(index, device, error=f"CUDA error: {device['error']}")
-    if returncode != 0:
-        return GpuReading(index, device, error=f"ap-gpumem exited {returncode}: {top_error or 'no error text'}")
-    return GpuReading(index, device)
+    return GpuReading(index, device, error=run_error or None)
 
 
 def judge_gpu(reading: GpuReading, limits: Thresholds) -> DeviceResult:

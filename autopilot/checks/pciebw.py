@@ -56,6 +56,7 @@ from autopilot import errors, gpus, nvsmi, registry
 from autopilot.checks._cuda import (
     ParseError,
     Sampler,
+    device_entry,
     identity_mismatch,
     number_field,
     parse_tool_json,
@@ -102,22 +103,12 @@ def bandwidthtest_argv(path: str, index: int) -> list[str]:
 def reading_from_ap_bandwidth(returncode: int, stdout: str, stderr: str, index: int) -> GpuReading:
     """Turn one ``ap-bandwidth --device index`` run into a reading (exit codes: see cuda_src/README.md)."""
     try:
-        doc = parse_tool_json(stdout, "ap-bandwidth")
+        device, run_error = device_entry("ap-bandwidth", returncode, stdout, stderr, index)
     except ParseError as exc:
-        return GpuReading(index, error=f"ap-bandwidth exited {returncode}: {exc}{stderr_note(stderr)}")
-    top_error = str(doc.get("error") or "")
-    if returncode == 3:
-        return GpuReading(index, error=f"CUDA sees no device although NVML lists GPU {index}: {top_error}")
-    if returncode == 2:
-        return GpuReading(index, error=f"ap-bandwidth usage error: {top_error}")
-    device = next((d for d in doc.get("devices", []) if d.get("index") == index), None)
-    if device is None:
-        return GpuReading(
-            index, error=f"ap-bandwidth exited {returncode} without GPU {index}: {top_error or 'no entry'}"
-        )
+        return GpuReading(index, error=str(exc))
     reading = reading_from_device(device, index)
-    if reading.error is None and returncode != 0:
-        return GpuReading(index, error=f"ap-bandwidth exited {returncode}: {top_error or 'no error text'}")
+    if reading.error is None and run_error:
+        return GpuReading(index, error=run_error)
     return reading
 
 
