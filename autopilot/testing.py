@@ -749,3 +749,21 @@ def pod_node(spec: Mapping[str, Any]) -> str:
             if expr.get("key") == "kubernetes.io/hostname" and expr.get("operator") == "In" and expr.get("values"):
                 return str(expr["values"][0])
     return ""
+
+
+# ---------------------------------------------------------------- waiting
+
+
+def wait_until(predicate: Callable[[], _T | None], timeout_s: float, what: str, interval_s: float = 0.1) -> _T:
+    """The first truthy value of ``predicate()``; ``TimeoutError`` naming ``what`` after ``timeout_s``.
+
+    For tests and benchmarks that wait on real processes: never a bare sleep, always a bound.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s:g} s waiting for {what}")
+        time.sleep(interval_s)

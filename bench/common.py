@@ -12,31 +12,20 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
 import redis
 
+from autopilot.testing import wait_until
 from workers import up
 
 __all__ = ["ROOT", "Bench", "group_rss_kib", "rss_kib", "up", "wait_until"]
 
 ROOT = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
-
-
-def wait_until(predicate: Callable[[], T | None], timeout_s: float, what: str, interval_s: float = 0.1) -> T:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout_s:g} s waiting for {what}")
-        time.sleep(interval_s)
 
 
 class Bench:

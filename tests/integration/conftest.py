@@ -16,10 +16,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TypeVar
@@ -29,32 +27,16 @@ import pytest
 import redis
 
 from autopilot import config
+from autopilot.testing import wait_until
 from tests.conftest import ROOT, require_binary
 from workers.store import ResultsStore
+from workers.up import free_port
 
 T = TypeVar("T")
 START_S = 10.0  # bound on a redis-server answering PING
 STOP_S = 5.0  # grace between SIGTERM and SIGKILL
 WORKER_READY_S = 30.0  # bound on a worker's first heartbeat
 EXTRA_CHECKS = "tests.integration.checks_for_tests"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until(predicate: Callable[[], T | None], timeout_s: float, what: str, interval_s: float = 0.1) -> T:
-    """The first truthy value of ``predicate()``; ``AssertionError`` naming ``what`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
-        time.sleep(interval_s)
 
 
 def kill_group(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:

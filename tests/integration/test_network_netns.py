@@ -14,8 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,6 +22,7 @@ import pytest
 import redis
 
 from autopilot import config
+from autopilot.testing import wait_until
 from tests.conftest import ROOT, require_binary
 from tests.integration.netns import BROKER_ADDRESS, DATA_IF, NetLab
 
@@ -32,17 +32,6 @@ NODES = ("node-a", "node-b", "node-c", "node-d")
 T = TypeVar("T")
 READY_S = 60.0
 DURATION_S = 2
-
-
-def wait_until(predicate: Callable[[], T | None], timeout_s: float, what: str) -> T:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
-        time.sleep(0.2)
 
 
 def iperf3_processes() -> list[int]:
