@@ -137,8 +137,17 @@ def create_celery(settings: config.Settings) -> Celery:
             done = tasks.run_checks(
                 hosting.current(), run_id=run_id, node=node, checks=checks, params=params, deadline=deadline
             )
-        except tasks.GpusBusy:
-            raise self.retry(countdown=2) from None
+        except tasks.GpusBusy as busy:
+            # Only the GPU checks go back to the node's queue (same expiry: the run's deadline);
+            # the light checks are answered and saved already.
+            again = {
+                "run_id": run_id,
+                "node": node,
+                "checks": list(busy.checks),
+                "params": {c: params[c] for c in busy.checks if c in params},
+                "deadline": deadline,
+            }
+            raise self.retry(kwargs=again, countdown=2) from None
         # The results are in the store; the return value is only logged and shown by Flower, and
         # Celery formats it after every task, so it is the summary, not every result's data.
         return {r.check: r.status.value for r in done}

@@ -5,6 +5,12 @@ callbacks) for every operation outside the consume loop: the bookkeeping of each
 message under late acks, each ack, each publish. In a simulator that hosts hundreds of nodes that
 was a tenth of its CPU. A ``redis.Redis`` client is thread-safe (every command checks a
 connection out of the pool), so the channel keeps one per connection pool and hands it out.
+
+It also packs the consume loop's ``BRPOP`` from a per-queue cache: kombu rebuilds and re-encodes
+the whole command (every queue the worker consumes, hundreds in a simulator) before each fetch,
+and the order of the queues changes after every delivery (the queue just served goes last, for
+fairness), so the command itself cannot be cached, but each queue's encoded part can.
+
 Nothing else changes: the same commands, pipelines and connection pool.
 
 ``TRANSPORT`` is what ``workers.app`` sets as Celery's ``broker_transport``.
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from time import monotonic
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
@@ -23,6 +30,7 @@ TRANSPORT = "workers.broker:Transport"
 
 class Channel(kombu_redis.Channel):
     _shared_client: Any = None
+    _packed_keys: dict[str, bytes] | None = None
 
     @contextmanager
     def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
@@ -35,6 +43,38 @@ class Channel(kombu_redis.Channel):
             # A channel that reconnected has a new pool: the client follows it.
             shared = self._shared_client = self._create_client()  # type: ignore[no-untyped-call]
         yield shared
+
+    def _brpop_start(self, timeout: Any = None) -> None:
+        """kombu's ``_brpop_start``: one BRPOP over every consumed queue, in the cycle's order."""
+        if self.global_keyprefix or list(self.priority_steps) != [0]:
+            # Prefixed keys or several priority levels: kombu's own packing.
+            super()._brpop_start(timeout)  # type: ignore[no-untyped-call]
+            return
+        if timeout is None:
+            timeout = self.brpop_timeout
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        if not queues:
+            return
+        conn = self.client.connection
+        encode = conn.encoder.encode
+        packed = self._packed_keys
+        if packed is None:
+            packed = self._packed_keys = {}
+        parts = [b"*%d\r\n$5\r\nBRPOP\r\n" % (len(queues) + 2)]
+        for queue in queues:
+            part = packed.get(queue)
+            if part is None:
+                part = packed[queue] = _bulk(encode(queue))
+            parts.append(part)
+        parts.append(_bulk(encode(timeout or 0)))
+        self._in_poll = conn
+        self._brpop_sent_at = monotonic()  # type: ignore[assignment]  # kombu declares it None
+        conn.send_packed_command([b"".join(parts)])  # a list of chunks, as a packer returns
+
+
+def _bulk(value: bytes) -> bytes:
+    """One RESP bulk string: ``$<length>\\r\\n<bytes>\\r\\n``."""
+    return b"$%d\r\n%s\r\n" % (len(value), value)
 
 
 class Transport(kombu_redis.Transport):

@@ -1,8 +1,9 @@
 """Task bodies as plain functions (the Celery wrappers in ``workers.app`` only decode and retry).
 
-``run_checks``  run a group of checks for one hosted node, save each result into the store
-                (latest, history, run) as it is known and recompute the node's verdict after
-                the group (three round trips for a one-check group);
+``run_checks``  run one node's checks of a run (light ones first, then the GPU ones under the
+                node's GPU lock, handed back for a retry while another run holds it), save each
+                result into the store (latest, history, run) as it is known and recompute the
+                node's verdict after the task;
 ``fanout``      beat's periodic/invasive tick: one run over every live node, done once per tick
                 however many beats sent it;
 ``reconcile``   beat's verdict/label tick and stale sweep over every known node;
@@ -23,10 +24,11 @@ from typing import Any
 from autopilot import config, execution, invasive, registry, results
 from autopilot.checks import iperf
 from autopilot.cluster import ClusterClient
+from autopilot.context import CheckContext
 from autopilot.results import CheckResult, Status
 from workers import invasive_flow, ring
 from workers import reconcile as reconciling
-from workers.dispatch import Dispatcher, Envelope
+from workers.dispatch import Dispatcher, Envelope, partition
 from workers.host import NodeHost
 from workers.store import NodeView, ResultsStore, Run
 
@@ -34,7 +36,15 @@ log = logging.getLogger(__name__)
 
 
 class GpusBusy(Exception):
-    """Another GPU check holds this node's GPUs; the task is retried shortly."""
+    """Another GPU check holds this node's GPUs; ``checks`` (the task's GPU checks) are retried shortly.
+
+    The task's light checks are done and saved by then: only the GPU checks go back to the queue.
+    """
+
+    def __init__(self, node: str, checks: Sequence[str]) -> None:
+        super().__init__(node)
+        self.node = node
+        self.checks = tuple(checks)
 
 
 def run_checks(
@@ -46,6 +56,13 @@ def run_checks(
     params: Mapping[str, Mapping[str, Any]],
     deadline: float,
 ) -> list[CheckResult]:
+    """Run one node's checks of a run: the light ones first, then the GPU ones under the node's GPU lock.
+
+    Light checks never wait for the lock, so a long GPU check of another run does not hold them
+    up. When the lock is busy the GPU checks are handed back (``GpusBusy``) to be retried until
+    shortly before ``deadline``, then answered ``error``. The verdict is recomputed after the task
+    from what it saved, also when it hands its GPU checks back.
+    """
     ctx = host.context(node)
     if ctx is None:
         # A message for a node this process does not host: answer it so the run is not left
@@ -54,43 +71,74 @@ def run_checks(
         for r in results:
             host.store.save_result(r, run_id)
         return results
-    uses_gpu = any(registry.REGISTRY.get(c).uses_gpu for c in checks if c in registry.REGISTRY)
-    lock = host.gpu_lock(node) if uses_gpu else None
-    if lock is not None and not lock.acquire(blocking=False):
-        if time.time() + 1 < deadline:
-            raise GpusBusy(node)
-        results = [
-            CheckResult(c, Status.ERROR, "GPUs busy with another check until the deadline", node=node) for c in checks
-        ]
-        for r in results:
-            host.store.save_result(r, run_id)
-        return results
+    light, gpu = partition(checks)
+    lock = host.gpu_lock(node) if gpu else None
+    held = handed_back = False
+    done: list[CheckResult] = []
     view: NodeView | None = None
     try:
-        done: list[CheckResult] = []
-        for i, check in enumerate(checks):
-            if _invasive(check, params.get(check) or {}, host.settings) and ctx.cluster is not None:
-                # Level 3 in a cluster runs as a Job; the GPU lock stays held meanwhile, so no
-                # other GPU check touches GPUs the Job is testing.
-                result = _stamped(invasive_flow.run(host, node, ctx.cluster), ctx.clock.now())
-                # "GPUs busy, no Job" answers the run but must not replace the node's latest dcgm result.
-                latest = result.status is not Status.SKIPPED
-            else:
-                result = execution.run_check(check, ctx, params.get(check))
-                latest = True
-            # Each result is saved as soon as it is known (a gather sees it, and a worker that
-            # dies later loses nothing). The last one's MULTI also reads what the verdict is
-            # recomputed from, which saves the reconcile below a round trip.
-            if i == len(checks) - 1:
-                view = host.store.save_and_view(result, run_id, latest=latest)
-            else:
-                host.store.save_result(result, run_id, latest=latest)
-            done.append(result)
+        view = _run_group(host, ctx, run_id, light, params, done, last=lock is None)
+        if lock is None:
+            return done
+        held = lock.acquire(blocking=False)
+        if not held:
+            if time.time() + 1 < deadline:
+                handed_back = True
+                raise GpusBusy(node, gpu)
+            busy = [
+                CheckResult(c, Status.ERROR, "GPUs busy with another check until the deadline", node=node) for c in gpu
+            ]
+            for i, result in enumerate(busy):
+                view = _save(host, run_id, result, latest=True, last=i == len(busy) - 1)
+                done.append(result)
+            return done
+        view = _run_group(host, ctx, run_id, gpu, params, done, last=True)
         return done
     finally:
-        if lock is not None:
-            lock.release()
-        reconciling.reconcile_node(host.store, node, host.settings, cluster=ctx.cluster, view=view)
+        if held:
+            lock.release()  # type: ignore[union-attr]
+        # A retry that ran nothing (only GPU checks, lock still busy) changed nothing to judge.
+        if done or not handed_back:
+            reconciling.reconcile_node(host.store, node, host.settings, cluster=ctx.cluster, view=view)
+
+
+def _run_group(
+    host: NodeHost,
+    ctx: CheckContext,
+    run_id: str,
+    checks: Sequence[str],
+    params: Mapping[str, Mapping[str, Any]],
+    done: list[CheckResult],
+    *,
+    last: bool,
+) -> NodeView | None:
+    """Run ``checks`` in order, saving each result as soon as it is known (appended to ``done``).
+
+    With ``last`` (nothing else is saved by the task after this group), the last save's MULTI
+    also reads back what the verdict is recomputed from, which saves the reconcile a round trip.
+    """
+    view: NodeView | None = None
+    for i, check in enumerate(checks):
+        if _invasive(check, params.get(check) or {}, host.settings) and ctx.cluster is not None:
+            # Level 3 in a cluster runs as a Job; the GPU lock stays held meanwhile, so no
+            # other GPU check touches GPUs the Job is testing.
+            result = _stamped(invasive_flow.run(host, ctx.node, ctx.cluster), ctx.clock.now())
+            # "GPUs busy, no Job" answers the run but must not replace the node's latest dcgm result.
+            latest = result.status is not Status.SKIPPED
+        else:
+            result = execution.run_check(check, ctx, params.get(check))
+            latest = True
+        # Saved at once: a gather sees it, and a worker that dies later loses nothing.
+        view = _save(host, run_id, result, latest=latest, last=last and i == len(checks) - 1)
+        done.append(result)
+    return view
+
+
+def _save(host: NodeHost, run_id: str, result: CheckResult, *, latest: bool, last: bool) -> NodeView | None:
+    if last:
+        return host.store.save_and_view(result, run_id, latest=latest)
+    host.store.save_result(result, run_id, latest=latest)
+    return None
 
 
 def _invasive(check: str, params: Mapping[str, Any], settings: config.Settings) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -145,6 +146,31 @@ def test_a_failing_check_does_not_skip_the_rest(reg: registry.CheckRegistry) -> 
 
     out = execution.run_checks(["a", "b"], ctx_with(FakeRunner()), checks=reg)
     assert [(r.check, r.status) for r in out] == [("a", Status.ERROR), ("b", Status.OK)]
+
+
+def test_checks_reuse_an_idle_thread_and_a_hung_check_never_delays_the_next(reg: registry.CheckRegistry) -> None:
+    release = threading.Event()
+
+    @registry.check("stuck", description="blocks until released", timeout_s=0.2, registry=reg)
+    def stuck(ctx: CheckContext, params: Mapping[str, Any]) -> CheckResult:
+        release.wait(30)
+        return CheckResult("stuck", Status.OK)
+
+    @registry.check("who", description="names its thread", timeout_s=5.0, registry=reg)
+    def who(ctx: CheckContext, params: Mapping[str, Any]) -> CheckResult:
+        return CheckResult("who", Status.OK, data={"thread": threading.get_ident()})
+
+    ctx = ctx_with(FakeRunner())
+    first, second = (execution.run_check("who", ctx, checks=reg) for _ in range(2))
+    assert first.data["thread"] == second.data["thread"] != threading.get_ident()
+    try:
+        hung = execution.run_check("stuck", ctx, checks=reg)
+        assert (hung.status, hung.summary) == (Status.ERROR, "timed out after 0.2 s")
+        # The hung check keeps its thread; the next runs on another (behind it, it would time out).
+        after = execution.run_check("who", ctx, checks=reg)
+        assert after.status is Status.OK
+    finally:
+        release.set()
 
 
 def test_duplicate_registration_is_an_error(reg: registry.CheckRegistry) -> None:

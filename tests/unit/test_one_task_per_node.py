@@ -1,0 +1,158 @@
+"""One message per node per run: light checks first, GPU checks under the node's lock, and only the
+GPU checks handed back while another run holds the lock."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import fakeredis
+import pytest
+from celery import Celery
+from celery import _state as celery_state
+from celery.exceptions import Retry
+
+from autopilot import config
+from autopilot.results import Status
+from workers import host as hosting
+from workers import simulate, tasks
+from workers.app import create_celery
+from workers.dispatch import RUN_TASK, CeleryDispatcher, Envelope, partition
+from workers.host import NodeHost
+from workers.store import ResultsStore, Run
+
+NODE = "sim-0"
+CHECKS = ("remapped", "ping", "gpupower")  # ping is light; the others use the GPUs
+
+
+@pytest.fixture
+def host() -> NodeHost:
+    settings = config.Settings(node_name="test", redis_url="", periodic_checks=CHECKS)
+    return NodeHost(settings, ResultsStore(fakeredis.FakeRedis()), simulate.contexts(settings, 1, []))
+
+
+def new_run(host: NodeHost, deadline_s: float = 60) -> Run:
+    run = Run.new(CHECKS, [NODE], {}, deadline_s)
+    host.store.create_run(run)
+    return run
+
+
+def run_task(host: NodeHost, run: Run, checks: tuple[str, ...] = CHECKS) -> list[Any]:
+    return tasks.run_checks(host, run_id=run.id, node=NODE, checks=checks, params={}, deadline=run.deadline)
+
+
+def answered(host: NodeHost, run: Run) -> set[str]:
+    return {check for _, check in host.store.run_answered(run.id)}
+
+
+def test_partition_keeps_the_order_within_each_group() -> None:
+    assert partition(CHECKS) == (("ping",), ("remapped", "gpupower"))
+    assert partition(("ping",)) == (("ping",), ())
+    assert partition(("no-such-check",)) == (("no-such-check",), ())  # unknown here: light
+
+
+def test_one_task_runs_the_light_checks_and_then_the_gpu_checks(host: NodeHost) -> None:
+    run = new_run(host)
+    done = run_task(host, run)
+    assert [r.check for r in done] == ["ping", "remapped", "gpupower"]
+    assert answered(host, run) == set(CHECKS)
+    assert host.store.state(NODE)["verdict"]  # recomputed after the task
+    assert not host.gpu_lock(NODE).locked()
+
+
+def test_a_busy_gpu_lock_hands_back_only_the_gpu_checks_after_the_light_ones_ran(host: NodeHost) -> None:
+    run = new_run(host)
+    lock = host.gpu_lock(NODE)
+    lock.acquire()  # another run's GPU check
+    try:
+        with pytest.raises(tasks.GpusBusy) as busy:
+            run_task(host, run)
+        assert busy.value.checks == ("remapped", "gpupower")
+        assert answered(host, run) == {"ping"}  # the light check did not wait
+        assert host.store.state(NODE)["verdict"]  # and its result was judged
+        # The retry of the GPU part alone, lock still busy: handed back again, nothing saved.
+        host.store.set_state(NODE, {"verdict": "sentinel"})
+        with pytest.raises(tasks.GpusBusy):
+            run_task(host, run, busy.value.checks)
+        assert host.store.state(NODE)["verdict"] == "sentinel"
+    finally:
+        lock.release()
+    done = run_task(host, run, busy.value.checks)
+    assert [r.check for r in done] == ["remapped", "gpupower"]
+    assert answered(host, run) == set(CHECKS)
+    assert host.store.state(NODE)["verdict"] != "sentinel"
+
+
+def test_gpu_checks_still_blocked_at_the_deadline_are_answered_as_errors(host: NodeHost) -> None:
+    run = new_run(host, deadline_s=0.5)
+    with host.gpu_lock(NODE):
+        done = run_task(host, run)
+    assert {r.check: r.status for r in done} == {
+        "ping": Status.SKIPPED,
+        "remapped": Status.ERROR,
+        "gpupower": Status.ERROR,
+    }
+    assert "GPUs busy" in done[1].summary
+    assert answered(host, run) == set(CHECKS)
+
+
+@pytest.fixture
+def app(host: NodeHost, monkeypatch: pytest.MonkeyPatch) -> Iterator[Celery]:
+    # Celery registers every ``@app.task`` of every app built in this process on each app it
+    # finalizes; this app gets only its own (the others' would collide by name and warn).
+    monkeypatch.setattr(celery_state, "_on_app_finalizers", set())
+    # The broker is never reached: the task is called directly and its retry is recorded.
+    celery = create_celery(config.Settings(node_name="test", redis_url="redis://127.0.0.1:1/0"))
+    hosting.install(host)
+    yield celery
+    hosting.install(None)
+    celery.close()
+
+
+def test_the_celery_task_retries_the_gpu_checks_only_with_their_params(
+    app: Celery, host: NodeHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task = app.tasks[RUN_TASK]
+    retried: list[dict[str, Any]] = []
+
+    def retry(**options: Any) -> Retry:
+        retried.append(options)
+        return Retry("again")
+
+    monkeypatch.setattr(task, "retry", retry)
+    run = new_run(host)
+    params: dict[str, dict[str, Any]] = {"ping": {}, "gpupower": {}}
+    with host.gpu_lock(NODE), pytest.raises(Retry):
+        task(run_id=run.id, node=NODE, checks=list(CHECKS), params=params, deadline=run.deadline)
+    (options,) = retried
+    assert options["kwargs"] == {
+        "run_id": run.id,
+        "node": NODE,
+        "checks": ["remapped", "gpupower"],
+        "params": {"gpupower": {}},
+        "deadline": run.deadline,
+    }
+    assert options["countdown"] > 0
+    assert answered(host, run) == {"ping"}
+    summary = task(run_id=run.id, node=NODE, checks=["remapped", "gpupower"], params={}, deadline=run.deadline)
+    assert summary.keys() == {"remapped", "gpupower"}
+
+
+def test_the_dispatcher_publishes_one_message_per_node_with_every_check() -> None:
+    app = Celery("dispatch-test", broker="memory://", set_as_current=False)
+    deadline = time.time() + 60
+    params = {"ping": {"count": 2}}
+    envelopes = [Envelope("run-1", node, CHECKS, params, deadline) for node in ("node-a", "node-b")]
+    CeleryDispatcher(app).send_many(envelopes)
+    with app.connection_for_read() as conn:
+        for node in ("node-a", "node-b"):
+            queue = conn.SimpleQueue(f"autopilot.node.{node}")
+            message = queue.get(timeout=1)
+            kwargs = message.payload[1]
+            assert kwargs["node"] == node and kwargs["checks"] == list(CHECKS)
+            assert kwargs["params"] == {"remapped": {}, "ping": {"count": 2}, "gpupower": {}}
+            message.ack()
+            assert queue.qsize() == 0  # one message for the node, not one per group
+            queue.close()
+    app.close()
