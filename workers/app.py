@@ -5,6 +5,11 @@ Every node's tasks go to its own queue ``autopilot.node.<node>``; beat's ticks g
 store's claim makes a second copy a no-op). Acks are late and a task whose worker dies is
 rejected back to the queue, so a killed worker's task is redelivered, and a run that waits on it
 reports the node unreachable at its deadline meanwhile.
+
+Time limits come from the check timeouts: workers use Celery's thread pool, which cannot enforce
+Celery's own ``time_limit``, so every check runs under the engine's watchdog
+(``autopilot.execution``) for its registered timeout (or ``AUTOPILOT_CHECK_TIMEOUTS``), which
+kills the tool's process group; and a message still queued at its run's deadline expires unrun.
 """
 
 from __future__ import annotations
