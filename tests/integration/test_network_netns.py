@@ -14,6 +14,8 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -106,7 +108,9 @@ def broker(lab: NetLab, tools: dict[str, str], tmp_path_factory: pytest.TempPath
 
 
 @pytest.fixture(scope="module")
-def workers(lab: NetLab, broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+def workers(
+    lab: NetLab, broker: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
     logs = tmp_path_factory.mktemp("netns-workers")
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUTOPILOT_") and k != "NODE_NAME"}
     env.update(
@@ -140,14 +144,14 @@ def workers(lab: NetLab, broker: str, tmp_path_factory: pytest.TempPathFactory) 
 
         wait_until(all_registered, READY_S, f"workers to register (logs in {logs})")
         client.close()
-        yield
+        yield dict(zip(NODES, procs, strict=True))
     finally:
         for proc in procs:
             kill_group(proc)
 
 
 @pytest.fixture(scope="module")
-def api(broker: str, workers: None) -> Any:
+def api(broker: str, workers: dict[str, subprocess.Popen[bytes]]) -> Any:
     from api.app import create_app
 
     settings = config.Settings(node_name="api", redis_url=broker, network_interfaces=(DATA_IF,), heartbeat_interval_s=1)
@@ -239,3 +243,51 @@ def test_a_slow_link_is_flagged_by_iperf_and_no_server_is_left(api: Any, healthy
     assert "IPERF: suspect node(s): node-b" in text, text
     assert f"{DATA_IF} Average Bandwidth Gb/s" in text
     assert iperf3_processes() == []
+
+
+def iperf3_binds() -> dict[int, str]:
+    """pid -> the address an ``iperf3`` is bound to (``-B``), for every running iperf3."""
+    found = {}
+    for pid in iperf3_processes():
+        with contextlib.suppress(OSError):
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+            found[pid] = argv[argv.index("-B") + 1] if "-B" in argv else ""
+    return found
+
+
+# Last in the module: it kills node-d's worker for good.
+def test_a_worker_sigkilled_mid_ring_is_named_and_the_others_stop_their_servers(
+    api: Any, healthy: NetLab, workers: dict[str, subprocess.Popen[bytes]]
+) -> None:
+    answer: dict[str, Any] = {}
+
+    def run_ring() -> None:
+        answer["report"] = api.get(f"/iperf?duration_s={DURATION_S}&format=json").get_json()
+
+    ring = threading.Thread(target=run_ring, daemon=True)
+    ring.start()
+    victim = healthy.data_address("node-d")
+    # Once every node's servers listen, the ring is under way: kill node-d's worker, group and all.
+    wait_until(lambda: victim in iperf3_binds().values(), 30, "node-d's iperf3 servers")
+    time.sleep(DURATION_S / 2)
+    os.killpg(workers["node-d"].pid, signal.SIGKILL)
+    ring.join(180)
+    assert not ring.is_alive(), "the ring never answered after a worker was killed"
+    report = answer["report"]
+    assert report["complete"] is True
+    # the coordinator answers for the dead node too: its pairs could not run
+    assert report["nodes"]["node-d"]["status"] in ("unreachable", "error", "fail"), report["nodes"]["node-d"]
+    # Pairs measured before the kill were fine, so node-d is not bad on every pair: the suspects
+    # are the pairs that failed, and every one of them involves node-d.
+    suspects = report["network"]["iperf"]["suspects"]
+    blamed = suspects["nodes"] or [p for pair in suspects["pairs"] for p in (pair["source"], pair["target"])]
+    assert blamed and all("node-d" in (pair["source"], pair["target"]) for pair in suspects["pairs"]), suspects
+    for node in ("node-a", "node-b", "node-c"):
+        assert report["nodes"][node]["status"] in ("ok", "warn", "fail"), report["nodes"][node]
+    # Every live node stopped its servers; only the dead worker's may remain, and those end at
+    # their lifetime under coreutils timeout (tests/integration/test_fault_ring.py waits for that).
+    left = iperf3_binds()
+    assert set(left.values()) <= {victim}, left
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
