@@ -10,25 +10,19 @@ query that does not parse fails here rather than in Grafana.
 
 from __future__ import annotations
 
-import json
 import subprocess
-import threading
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import fakeredis
 import pytest
 import yaml
-from werkzeug.serving import BaseWSGIServer, make_server
+from werkzeug.serving import BaseWSGIServer
 
 from autopilot import config
 from tests.conftest import ROOT, require_binary
-from tests.integration.test_prometheus import free_port, query
+from tests.integration import prometheus as prom
+from tests.integration.prometheus import query, query_error
 from tests.metrics_data import make_app, populate
 from tests.unit import deploy_helpers as dh
 from workers.store import ResultsStore
@@ -64,27 +58,8 @@ def test_chart_prometheus_rule_copy_passes_promtool() -> None:
 def metrics_server() -> Iterator[BaseWSGIServer]:
     store = ResultsStore(fakeredis.FakeRedis())
     populate(store, NODES)
-    app = make_app(store, config.Settings(node_name="api"))
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="alerts-metrics", daemon=True)
-    thread.start()
-    try:
+    with prom.serve(make_app(store, config.Settings(node_name="api"))) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
-
-
-def query_error(port: int, promql: str) -> str:
-    """Prometheus' error for an instant query, or "" when it ran (the shared helper hides HTTP 400s)."""
-    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            body = json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        body = json.loads(exc.read() or b"{}")
-    return "" if body.get("status") == "success" else str(body.get("error", body))
 
 
 def immediate_rules(tmp_path: Path) -> Path:
@@ -101,46 +76,14 @@ def immediate_rules(tmp_path: Path) -> Path:
 
 
 def test_prometheus_fires_evict_for_the_evicted_node(metrics_server: BaseWSGIServer, tmp_path: Path) -> None:
-    prometheus = require_binary("prometheus")
-    port = free_port()
-    config_file = tmp_path / "prometheus.yml"
-    config_file.write_text(
-        yaml.safe_dump(
-            {
-                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                "rule_files": [str(immediate_rules(tmp_path))],
-                "scrape_configs": [
-                    {
-                        "job_name": "autopilot",
-                        "metrics_path": "/metrics",
-                        "static_configs": [{"targets": [f"127.0.0.1:{metrics_server.server_port}"]}],
-                    }
-                ],
-            }
-        )
-    )
-    log_path = tmp_path / "prometheus.log"
-    argv = [
-        prometheus,
-        f"--config.file={config_file}",
-        f"--storage.tsdb.path={tmp_path / 'data'}",
-        f"--web.listen-address=127.0.0.1:{port}",
-    ]
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    try:
-        firing: list[dict[str, Any]] = []
-        deadline = time.monotonic() + ALERT_WAIT_S
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                pytest.fail(f"prometheus exited with {proc.returncode}:\n{log_path.read_text(errors='replace')}")
-            firing = query(port, 'ALERTS{alertname="AutopilotNodeEvicted", alertstate="firing"}')
-            if firing:
-                break
-            time.sleep(0.5)
-        assert firing, (
-            f"AutopilotNodeEvicted did not fire within {ALERT_WAIT_S:g} s\n"
-            + log_path.read_text(errors="replace")[-4000:]
+    rules = [immediate_rules(tmp_path)]
+    with prom.Prometheus(require_binary("prometheus"), tmp_path, metrics_server.server_port, rules) as prometheus:
+        port = prometheus.port
+        firing = prometheus.wait_for(
+            'ALERTS{alertname="AutopilotNodeEvicted", alertstate="firing"}',
+            bool,
+            ALERT_WAIT_S,
+            "AutopilotNodeEvicted firing",
         )
         assert [s["metric"]["node"] for s in firing] == ["gpu-c"]
         assert firing[0]["metric"]["severity"] == "critical"
@@ -152,10 +95,3 @@ def test_prometheus_fires_evict_for_the_evicted_node(metrics_server: BaseWSGISer
             assert error == "", f"dashboard {where}: {error}"
         pcie = query(port, dh.grafana_placeholders(next(e for w, e in dh.dashboard_exprs() if "PCIe" in w)))
         assert {s["metric"]["node"] for s in pcie} == set(NODES)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)

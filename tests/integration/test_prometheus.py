@@ -8,25 +8,18 @@ the store. Prometheus runs as a child process on a free loopback port with its s
 
 from __future__ import annotations
 
-import json
-import socket
 import subprocess
-import threading
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import fakeredis
 import flask
 import pytest
-from werkzeug.serving import BaseWSGIServer, make_server
+from werkzeug.serving import BaseWSGIServer
 
 from autopilot import config
 from tests.conftest import require_binary
+from tests.integration import prometheus as prom
 from tests.metrics_data import make_app, populate
 from workers.store import ResultsStore
 
@@ -45,16 +38,8 @@ def app() -> flask.Flask:
 
 @pytest.fixture
 def api_server(app: flask.Flask) -> Iterator[BaseWSGIServer]:
-    """The app served over HTTP on a free loopback port (port 0: the kernel picks it)."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="metrics-api", daemon=True)
-    thread.start()
-    try:
+    with prom.serve(app) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
 
 
 def test_promtool_accepts_the_metrics_page(app: flask.Flask) -> None:
@@ -71,61 +56,13 @@ def test_promtool_accepts_the_metrics_page(app: flask.Flask) -> None:
     assert done.stdout.strip() == "" and done.stderr.strip() == ""
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def query(port: int, promql: str) -> list[dict[str, Any]]:
-    """Instant query through Prometheus' HTTP API; [] while it is not ready yet."""
-    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            body = json.loads(response.read())
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return []
-    assert body["status"] == "success", body
-    return list(body["data"]["result"])
-
-
 def test_prometheus_scrapes_every_node(api_server: BaseWSGIServer, tmp_path: Path) -> None:
-    prometheus = require_binary("prometheus")
-    port = free_port()
-    config_file = tmp_path / "prometheus.yml"
-    config_file.write_text(
-        "global:\n"
-        "  scrape_interval: 1s\n"
-        "  evaluation_interval: 1s\n"
-        "scrape_configs:\n"
-        "  - job_name: autopilot\n"
-        "    metrics_path: /metrics\n"
-        "    static_configs:\n"
-        f"      - targets: ['127.0.0.1:{api_server.server_port}']\n"
-    )
-    log_path = tmp_path / "prometheus.log"
-    argv = [
-        prometheus,
-        f"--config.file={config_file}",
-        f"--storage.tsdb.path={tmp_path / 'data'}",
-        f"--web.listen-address=127.0.0.1:{port}",
-    ]
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    try:
-        found: list[dict[str, Any]] = []
-        deadline = time.monotonic() + SCRAPE_WAIT_S
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                pytest.fail(f"prometheus exited with {proc.returncode}:\n{log_path.read_text(errors='replace')}")
-            found = query(port, "autopilot_health_checks")
-            if {s["metric"].get("node") for s in found} >= set(NODES):
-                break
-            time.sleep(0.5)
-        nodes = {s["metric"].get("node") for s in found}
-        assert nodes == set(NODES), (
-            f"no autopilot_health_checks for {sorted(set(NODES) - nodes)} within {SCRAPE_WAIT_S:g} s\n"
-            + log_path.read_text(errors="replace")[-4000:]
+    with prom.Prometheus(require_binary("prometheus"), tmp_path, api_server.server_port) as prometheus:
+        found = prometheus.wait_for(
+            "autopilot_health_checks",
+            lambda got: {s["metric"].get("node") for s in got} >= set(NODES),
+            SCRAPE_WAIT_S,
+            "autopilot_health_checks for every node",
         )
         sample = next(
             s
@@ -134,14 +71,7 @@ def test_prometheus_scrapes_every_node(api_server: BaseWSGIServer, tmp_path: Pat
         )
         assert float(sample["value"][1]) == 1.0
         assert {s["metric"]["job"] for s in found} == {"autopilot"}
-        up = query(port, 'up{job="autopilot"}')
+        up = prom.query(prometheus.port, 'up{job="autopilot"}')
         assert [float(s["value"][1]) for s in up] == [1.0]
-        evicted = query(port, 'autopilot_node_verdict{verdict="EVICT"} == 1')
+        evicted = prom.query(prometheus.port, 'autopilot_node_verdict{verdict="EVICT"} == 1')
         assert [s["metric"]["node"] for s in evicted] == ["gpu-c"]
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
