@@ -11,6 +11,7 @@ import dataclasses
 import json
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import fakeredis
@@ -40,7 +41,9 @@ class HookClock(FakeClock):
     """A manual clock whose sleep lets the test act (finish the Job) while the worker waits."""
 
     def __init__(self) -> None:
-        super().__init__()
+        # Real now: the API and the reconcile judge freshness against the wall clock, so results
+        # stamped by a clock stuck on a fixed date would go stale once that date is 3 h past.
+        super().__init__(datetime.now(UTC))
         self.on_sleep: Callable[[], None] = lambda: None
 
     def sleep(self, seconds: float) -> None:
