@@ -127,50 +127,5 @@ int main(int argc, char** argv) {
     out.integer("runs", o.runs);
     if (o.plain) out.raw("plain", "true");
 
-    std::vector<std::string> devices, errors;
-    int code = ap::EXIT_OK;
-    try {
-        std::string no_device;
-        const int count = ap::device_count(no_device);
-        if (count == 0) {
-            out.raw("devices", "[]");
-            out.str("error", no_device);
-            std::printf("%s\n", out.text().c_str());
-            return ap::EXIT_NO_DEVICE;
-        }
-        if (o.device >= count) {
-            std::fprintf(stderr, "ap-bandwidth: --device %lld: only %d device(s)\n", o.device, count);
-            out.raw("devices", "[]");
-            out.str("error", "usage: --device " + std::to_string(o.device) + " out of range (" +
-                                 std::to_string(count) + " device(s))");
-            std::printf("%s\n", out.text().c_str());
-            return ap::EXIT_USAGE;
-        }
-        for (int i = 0; i < count; ++i) {
-            if (o.device >= 0 && i != o.device) continue;
-            ap::JsonObject dev;
-            dev.integer("index", i);
-            try {
-                measure(i, o, dev);
-            } catch (const ap::CudaFailure& e) {
-                dev.str("error", e.what());
-                errors.push_back(ap::json_string("device " + std::to_string(i) + ": " + e.what()));
-                code = ap::EXIT_CUDA;
-            }
-            devices.push_back(dev.text());
-            // Frees whatever a failed measurement left behind before the next device.
-            cudaDeviceReset();
-        }
-    } catch (const ap::CudaFailure& e) {
-        out.str("error", e.what());
-        code = ap::EXIT_CUDA;
-    }
-    out.raw("devices", ap::json_array(devices));
-    out.raw("errors", ap::json_array(errors));
-    // The documented contract: a CUDA error always shows in a top-level "error".
-    bool has_error = false;
-    for (const auto& f : out.fields) has_error = has_error || f.first == "error";
-    if (code == ap::EXIT_CUDA && !has_error) out.str("error", std::to_string(errors.size()) + " device(s) failed");
-    std::printf("%s\n", out.text().c_str());
-    return code;
+    return ap::run_devices("ap-bandwidth", out, o.device, [&](int i, ap::JsonObject& dev) { measure(i, o, dev); });
 }

@@ -214,4 +214,57 @@ inline void device_identity(JsonObject& dev, int index) {
     dev.str("pci_bus_id", bus);
 }
 
+// Measures each GPU (or only `device`, when >= 0) with `measure(index, dev)`, prints `out` with its
+// "devices" and "errors" as the one JSON line, and returns the exit code (see README.md). A CUDA
+// error on one GPU is recorded on that GPU and the others are still measured.
+template <typename Measure>
+int run_devices(const char* tool, JsonObject& out, long long device, Measure measure) {
+    std::vector<std::string> devices, errors;
+    int code = EXIT_OK;
+    try {
+        std::string no_device;
+        const int count = device_count(no_device);
+        if (count == 0) {
+            out.raw("devices", "[]");
+            out.str("error", no_device);
+            std::printf("%s\n", out.text().c_str());
+            return EXIT_NO_DEVICE;
+        }
+        if (device >= count) {
+            std::fprintf(stderr, "%s: --device %lld: only %d device(s)\n", tool, device, count);
+            out.raw("devices", "[]");
+            out.str("error", "usage: --device " + std::to_string(device) + " out of range (" +
+                                 std::to_string(count) + " device(s))");
+            std::printf("%s\n", out.text().c_str());
+            return EXIT_USAGE;
+        }
+        for (int i = 0; i < count; ++i) {
+            if (device >= 0 && i != device) continue;
+            JsonObject dev;
+            dev.integer("index", i);
+            try {
+                measure(i, dev);
+            } catch (const CudaFailure& e) {
+                dev.str("error", e.what());
+                errors.push_back(json_string("device " + std::to_string(i) + ": " + e.what()));
+                code = EXIT_CUDA;
+            }
+            devices.push_back(dev.text());
+            // Frees whatever a failed measurement left behind before the next device.
+            cudaDeviceReset();
+        }
+    } catch (const CudaFailure& e) {
+        out.str("error", e.what());
+        code = EXIT_CUDA;
+    }
+    out.raw("devices", json_array(devices));
+    out.raw("errors", json_array(errors));
+    // The documented contract: a CUDA error always shows in a top-level "error".
+    bool has_error = false;
+    for (const auto& f : out.fields) has_error = has_error || f.first == "error";
+    if (code == EXIT_CUDA && !has_error) out.str("error", std::to_string(errors.size()) + " device(s) failed");
+    std::printf("%s\n", out.text().c_str());
+    return code;
+}
+
 }  // namespace ap
