@@ -4,7 +4,7 @@
 - inside ``autopilot``, pynvml only in gpus.py, kubernetes only in cluster.py, subprocess only
   in commands.py;
 - ``workers`` never imports ``api``;
-- no ``shell=True``, ``os.system`` or ``os.popen`` in any of our Python files.
+- no subprocess call with the shell option set, and no ``os.system`` or ``os.popen``, in any of our Python files.
 """
 
 from __future__ import annotations
