@@ -18,6 +18,7 @@ from flask import Flask, request
 
 from api import errors as api_errors
 from api import metrics
+from api.encoding import FastJSONProvider
 from api.errors import ApiError
 from api.routes import bp
 from api.services import EXTENSION, Services
@@ -55,6 +56,7 @@ def create_app(
         cluster = cluster_mod.from_settings(settings)  # None without Kubernetes: labels stay local
 
     app = Flask(__name__, static_folder=None)
+    app.json = FastJSONProvider(app)
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep reports in their logical order
     app.extensions[EXTENSION] = Services(
         settings=settings, store=store, dispatcher=dispatcher, checks=checks, cluster=cluster

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import json
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
+
+from autopilot import jsoncodec
 
 
 class Status(enum.StrEnum):
@@ -118,7 +119,11 @@ class CheckResult:
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=False, default=str)
+        return self.to_json_bytes().decode()
+
+    def to_json_bytes(self) -> bytes:
+        """``to_json`` as UTF-8, what the results store writes."""
+        return jsoncodec.dumps(self.to_dict())
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> CheckResult:
@@ -137,7 +142,7 @@ class CheckResult:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> CheckResult:
-        return cls.from_dict(json.loads(text))
+        return cls.from_dict(jsoncodec.loads(text))
 
 
 def from_devices(

@@ -1,0 +1,37 @@
+"""JSON for the hot paths (results in Redis, the API's answers): orjson, with the standard library
+behind it for what orjson refuses.
+
+orjson encodes and decodes several times faster than ``json`` (a 1,000-node status decodes and
+encodes 5,000 results). It refuses a few things ``json`` accepts: integers past 64 bits, strings
+with lone surrogates, and ``NaN``/``Infinity`` literals in text written by ``json`` earlier. Those
+go through ``json`` instead, so nothing that used to round-trip is lost. Output is compact
+(no spaces) and UTF-8 (no ``\\u`` escapes, but for the fallback); both are the same JSON to
+every reader.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+_OPTIONS = orjson.OPT_NON_STR_KEYS
+
+
+def dumps(obj: Any, *, default: Callable[[Any], Any] = str) -> bytes:
+    """``obj`` as UTF-8 JSON; ``default`` turns what JSON has no type for into something it has."""
+    try:
+        return orjson.dumps(obj, default=default, option=_OPTIONS)
+    except orjson.JSONEncodeError:
+        # ASCII escapes: a lone surrogate has no UTF-8 form, but "\\udc80" is valid JSON.
+        return json.dumps(obj, default=default, separators=(",", ":")).encode()
+
+
+def loads(data: str | bytes) -> Any:
+    """Decode JSON text. Raises ``json.JSONDecodeError`` (orjson's is a subclass) for what is not JSON."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
