@@ -6,8 +6,9 @@ at most ``batch`` nodes in flight at once (the next node is sent when one finish
 the store until every (node, check) pair is in or the node's deadline has passed. Each node's
 deadline counts from when it was sent, so a node never waits behind another's slow answer, and a
 node that says nothing by its deadline frees its slot and is reported ``unreachable``: a gather
-never hangs. Polling sleeps 20 ms at first and backs off to 200 ms, and reads only the run's
-field names (no JSON) until the end.
+never hangs. Each poll reads only what was written since the last one (the run's write log), so
+the answers are decoded while the nodes still work, not all at the end. Polling sleeps 20 ms
+while answers arrive and backs off to 200 ms while none do.
 
 ``report`` turns a run and its results into the structured answer shared by ``/status?format=json``
 and ``/api/v1/runs/<id>``; for the network checks it adds ``network``: the suspects that
@@ -126,6 +127,14 @@ class Gather:
         self.in_flight: dict[str, float] = {}  # node -> its deadline (epoch s)
         self.done: set[str] = set()
         self.expired: set[str] = set()
+        # The run's results as read so far (from the run's write log, a little at each poll).
+        self.found: dict[tuple[str, str], CheckResult] = {}
+        self._have: collections.Counter[str] = collections.Counter()  # node -> checks of self.checks in found
+        self._cursor = 0
+        self._news = False  # the last poll found something new
+        # Set when results arrive that the log does not name (a worker of an older version):
+        # answers are then counted from the run's field names and read in full at the end.
+        self._by_keys = False
         self._seen = -1
 
     @property
@@ -148,15 +157,10 @@ class Gather:
 
     def poll(self) -> bool:
         """One look at the store; frees the slots of finished nodes and fills them. True when all are done."""
-        progress = self.svc.store.run_progress(self.run.id)
-        if progress != self._seen:
-            self._seen = progress
-            have = collections.Counter(
-                node for node, check in answered(self.svc.store, self.run.id) if check in self.checks
-            )
-            for node in [n for n in self.in_flight if have[n] >= len(self.checks)]:
-                del self.in_flight[node]
-                self.done.add(node)
+        have = self._read_keys() if self._by_keys else self._read_news()
+        for node in [n for n in self.in_flight if have[n] >= len(self.checks)]:
+            del self.in_flight[node]
+            self.done.add(node)
         now = self.svc.clock()
         for node in [n for n, deadline in self.in_flight.items() if now >= deadline]:
             del self.in_flight[node]
@@ -164,13 +168,49 @@ class Gather:
         self.send_ready()
         return self.finished
 
+    def _read_news(self) -> collections.Counter[str]:
+        news = self.svc.store.run_news(self.run.id, self._cursor)
+        self._cursor = news.cursor
+        self._news = bool(news.found)
+        for key, result in news.found.items():
+            if key not in self.found and key[1] in self.checks:
+                self._have[key[0]] += 1
+            self.found[key] = result
+        if news.total > len(self.found):
+            log.info("run %s has results its write log does not name: counting field names", self.run.id)
+            self._by_keys = True
+            return self._read_keys()
+        return self._have
+
+    def _read_keys(self) -> collections.Counter[str]:
+        progress = self.svc.store.run_progress(self.run.id)
+        self._news = progress != self._seen
+        if self._news:
+            self._seen = progress
+            self._have = collections.Counter(
+                node for node, check in answered(self.svc.store, self.run.id) if check in self.checks
+            )
+        return self._have
+
+    def results(self) -> dict[tuple[str, str], CheckResult]:
+        """Everything the run holds now (the last news, or the whole run when counting by keys)."""
+        if not self._by_keys:
+            self._read_news()
+        return _results(self.svc.store, self.run.id) if self._by_keys else self.found
+
     def wait(self) -> None:
-        """Send and poll until every node has answered or run out of time."""
+        """Send and poll until every node has answered or run out of time.
+
+        Polls come quickly while answers arrive and back off while none do, so the last answer
+        is noticed within ``POLL_FIRST_S`` of a busy spell and an idle wait costs little.
+        """
         self.send_ready()
         delay = POLL_FIRST_S
         while not self.poll():
             # Never sleep past the next node deadline: its slot should be freed on time.
             until_next = min(self.in_flight.values(), default=self.svc.clock()) - self.svc.clock()
+            if self._news:
+                delay = POLL_FIRST_S
             self.svc.sleep(max(0.001, min(delay, until_next)))
             delay = min(POLL_MAX_S, delay * POLL_GROWTH)
 
@@ -183,8 +223,7 @@ def gather(svc: Services, req: RunRequest, selection: Selection) -> dict[str, An
     g.wait()
     if sender is not None:
         run_ring(svc, run, sender)
-    found = _results(svc.store, run.id)
-    return report(svc, run, found, timed_out=g.expired, unknown=selection.unknown, complete=True)
+    return report(svc, run, g.results(), timed_out=g.expired, unknown=selection.unknown, complete=True)
 
 
 def start(svc: Services, req: RunRequest, selection: Selection) -> Run:

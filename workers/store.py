@@ -6,6 +6,7 @@ Keys (all prefixed ``ap:``):
 - ``latest:<n>``     hash check -> latest result JSON
 - ``history:<n>``    list of result JSON, newest first, trimmed to ``history_len``
 - ``run:<id>``       hash ``meta`` -> run JSON, ``<node>|<check>`` -> result JSON; expires after ``run_ttl_s``
+- ``runlog:<id>``    list of the ``<node>|<check>`` fields written to ``run:<id>``, in order (same expiry)
 - ``state:<n>``      hash: ``verdict``, ``evicted_at``, ``testing_since``, ``reasons``
 - ``labels:<n>``     hash: the local label store used when there is no Kubernetes cluster
 - ``tick:<name>:<slot>`` set-once marker so a second beat (or a redelivered tick) does no work twice
@@ -104,11 +105,22 @@ class Run:
 
 
 @dataclasses.dataclass(frozen=True)
+class RunNews:
+    """``ResultsStore.run_news``: the next cursor, the new results, and how many fields the run has."""
+
+    cursor: int
+    found: dict[tuple[str, str], CheckResult]
+    total: int
+
+
+@dataclasses.dataclass(frozen=True)
 class NodeView:
-    """What a verdict is computed from: a node's latest result per check and its state hash."""
+    """What a verdict is computed from (a node's latest result per check and its state hash), and the
+    labels it last published. ``labels`` None: not read, so a reconcile writes every label it wants."""
 
     latest: dict[str, CheckResult]
     state: dict[str, str]
+    labels: dict[str, str] | None = None
 
 
 class ResultsStore:
@@ -126,40 +138,62 @@ class ResultsStore:
 
         ``latest=False`` records it in its run only (an answer that says nothing about the node).
         """
-        pipe = self.r.pipeline(transaction=True)
-        self._queue_save(pipe, result, run_id, latest)
-        pipe.execute()
+        self.save_many([(result, latest)], run_id)
 
     def save_and_view(self, result: CheckResult, run_id: str | None = None, *, latest: bool = True) -> NodeView:
-        """``save_result``, then the node's latest results and state as they are after it.
+        """``save_result``, then the node's latest results and state as they are after it (one MULTI)."""
+        view = self.save_many([(result, latest)], run_id, view=result.node)
+        assert view is not None
+        return view
 
-        One MULTI, so the reconcile that follows a task's last result costs no extra round trip
-        and reads exactly what was written.
+    def save_many(
+        self, items: Sequence[tuple[CheckResult, bool]], run_id: str | None = None, *, view: str | None = None
+    ) -> NodeView | None:
+        """Record several results in one MULTI, each as ``save_result(result, run_id, latest=flag)`` would.
+
+        Later items count as newer (history, and the latest of a check named twice). With
+        ``view`` (a node name), the same MULTI also reads that node's latest results, state and
+        labels as they are after the writes: the reconcile that follows a task costs no extra
+        round trip and judges exactly what was written. Results this call wrote are not decoded
+        again.
         """
         pipe = self.r.pipeline(transaction=True)
-        self._queue_save(pipe, result, run_id, latest)
-        pipe.hgetall(f"{P}latest:{result.node}")
-        pipe.hgetall(f"{P}state:{result.node}")
-        *_, raw_latest, raw_state = pipe.execute()
-        return NodeView(_latest(raw_latest), _state(raw_state))
-
-    def _queue_save(self, pipe: Any, result: CheckResult, run_id: str | None, latest: bool) -> None:
-        blob = result.to_json()
-        if latest:
-            pipe.hset(f"{P}latest:{result.node}", result.check, blob)
-            pipe.lpush(f"{P}history:{result.node}", blob)
-            pipe.ltrim(f"{P}history:{result.node}", 0, self.history_len - 1)
-        if run_id:
-            pipe.hset(f"{P}run:{run_id}", f"{result.node}|{result.check}", blob)
+        written: dict[bytes, CheckResult] = {}
+        latest: dict[str, dict[str, bytes]] = {}  # node -> check -> newest blob
+        history: dict[str, list[bytes]] = {}  # node -> blobs, oldest first (LPUSH puts the last at the head)
+        in_run: dict[str, bytes] = {}
+        for result, is_latest in items:
+            blob = result.to_json_bytes()
+            written[blob] = result
+            if is_latest:
+                latest.setdefault(result.node, {})[result.check] = blob
+                history.setdefault(result.node, []).append(blob)
+            if run_id:
+                in_run[f"{result.node}|{result.check}"] = blob
+        for node, by_check in latest.items():
+            pipe.hset(f"{P}latest:{node}", mapping=by_check)  # type: ignore[arg-type]
+            pipe.lpush(f"{P}history:{node}", *history[node])
+            pipe.ltrim(f"{P}history:{node}", 0, self.history_len - 1)
+        if in_run:
+            pipe.hset(f"{P}run:{run_id}", mapping=in_run)  # type: ignore[arg-type]
             pipe.expire(f"{P}run:{run_id}", self.run_ttl_s)
+            # Every field written, in order: a gather reads only what is new (``run_news``).
+            pipe.rpush(f"{P}runlog:{run_id}", *(f"{r.node}|{r.check}" for r, _ in items))
+            pipe.expire(f"{P}runlog:{run_id}", self.run_ttl_s)
+        if view is None:
+            if len(pipe):
+                pipe.execute()
+            return None
+        _queue_view(pipe, view)
+        *_, raw_latest, raw_state, raw_labels = pipe.execute()
+        return NodeView(_latest(raw_latest, written), _state(raw_state), _state(raw_labels))
 
     def view(self, node: str) -> NodeView:
         """The node's latest results and verdict state, read in one round trip."""
         pipe = self.r.pipeline(transaction=False)
-        pipe.hgetall(f"{P}latest:{node}")
-        pipe.hgetall(f"{P}state:{node}")
-        raw_latest, raw_state = pipe.execute()
-        return NodeView(_latest(raw_latest), _state(raw_state))
+        _queue_view(pipe, node)
+        raw_latest, raw_state, raw_labels = pipe.execute()
+        return NodeView(_latest(raw_latest), _state(raw_state), _state(raw_labels))
 
     def latest(self, node: str) -> dict[str, CheckResult]:
         return _latest(self.r.hgetall(f"{P}latest:{node}"))
@@ -208,6 +242,26 @@ class ResultsStore:
                 node, _, check = text.partition("|")
                 out.add((node, check))
         return out
+
+    def run_news(self, run_id: str, cursor: int) -> RunNews:
+        """What was written to a run after its first ``cursor`` writes, read in one MULTI (and one
+        HMGET when there is news): each new field's current result, decoded once.
+
+        ``total`` counts the run's fields, to tell a writer that bypassed the log (a worker of an
+        older version) from news not read yet: a gather falls back to ``run_answered`` then.
+        """
+        pipe = self.r.pipeline(transaction=True)
+        pipe.lrange(f"{P}runlog:{run_id}", cursor, -1)
+        pipe.hlen(f"{P}run:{run_id}")
+        names, hlen = pipe.execute()
+        fields = list(dict.fromkeys(names))  # a field written twice is read once, as it is now
+        found: dict[tuple[str, str], CheckResult] = {}
+        if fields:
+            for field, blob in zip(fields, self.r.hmget(f"{P}run:{run_id}", fields), strict=True):
+                if blob is not None:
+                    node, _, check = _s(field).partition("|")
+                    found[(node, check)] = CheckResult.from_json(blob)
+        return RunNews(cursor + len(names), found, max(0, int(hlen) - 1))
 
     def run_progress(self, run_id: str) -> int:
         """How many results a run has (the hash holds ``meta`` plus one field per result)."""
@@ -327,8 +381,17 @@ def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _latest(raw: Mapping[Any, Any]) -> dict[str, CheckResult]:
-    return {_s(k): CheckResult.from_json(v) for k, v in raw.items()}
+def _latest(raw: Mapping[Any, Any], known: Mapping[bytes, CheckResult] | None = None) -> dict[str, CheckResult]:
+    """Decode a ``latest`` hash; a blob found in ``known`` (just written by this process) is not parsed again."""
+    seen = known or {}
+    return {_s(k): seen.get(v) or CheckResult.from_json(v) for k, v in raw.items()}
+
+
+def _queue_view(pipe: Any, node: str) -> None:
+    """What ``NodeView`` is made of, queued on ``pipe`` in the order it unpacks."""
+    pipe.hgetall(f"{P}latest:{node}")
+    pipe.hgetall(f"{P}state:{node}")
+    pipe.hgetall(f"{P}labels:{node}")
 
 
 def _state(raw: Mapping[Any, Any]) -> dict[str, str]:

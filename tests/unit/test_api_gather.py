@@ -1,6 +1,8 @@
-"""The gather loop on a manual clock: batching, per-node deadlines, poll back-off."""
+"""The gather loop on a manual clock: batching, per-node deadlines, poll back-off, reading each answer once."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import fakeredis
 
@@ -12,7 +14,7 @@ from autopilot import config
 from autopilot.results import CheckResult, Status
 from tests.unit.api_helpers import stand_in_checks
 from workers.dispatch import Envelope, FakeDispatcher
-from workers.store import ResultsStore
+from workers.store import ResultsStore, RunNews
 
 
 class Cluster:
@@ -102,3 +104,53 @@ def test_overall_status_prefers_findings() -> None:
     assert gather.overall({"ok": 2}, complete=False) == "pending"
     assert gather.overall({"ok": 2, "unknown": 1}, complete=True) == "error"
     assert gather.overall({"ok": 2}, complete=True) == "ok"
+
+
+class Counting(ResultsStore):
+    """Counts result decodes done by ``run_news`` and ``get_run``."""
+
+    def __init__(self) -> None:
+        super().__init__(fakeredis.FakeRedis())
+        self.decoded = 0
+
+    def run_news(self, run_id: str, cursor: int) -> RunNews:
+        news = super().run_news(run_id, cursor)
+        self.decoded += len(news.found)
+        return news
+
+    def get_run(self, run_id: str) -> Any:
+        got = super().get_run(run_id)
+        self.decoded += len(got[1]) if got else 0
+        return got
+
+
+def test_each_answer_is_read_once_while_the_nodes_work() -> None:
+    nodes = tuple(f"n{i}" for i in range(8))
+    c = Cluster({n: 0.05 * (i + 1) for i, n in enumerate(nodes)})
+    c.store = Counting()
+    report = gather.gather(c.services(), RunRequest(("ping", "remapped"), nodes, deadline_s=5), Selection(nodes))
+    assert report["totals"]["ok"] == 8 and report["totals"]["results"] == 16
+    assert c.store.decoded == 16  # no full read of the run at the end
+
+
+def test_polls_stay_quick_while_answers_arrive() -> None:
+    nodes = tuple(f"n{i}" for i in range(6))
+    c = Cluster({n: 0.4 + 0.02 * i for i, n in enumerate(nodes)})
+    gather.gather(c.services(), RunRequest(("ping",), nodes, deadline_s=5), Selection(nodes))
+    # Backed off while nothing came, then back to the first delay once answers did.
+    assert max(c.sleeps) > gather.POLL_FIRST_S and c.sleeps[-1] == gather.POLL_FIRST_S
+
+
+def test_answers_written_without_the_log_are_still_counted() -> None:
+    """A worker of an older version writes the run's hash only: the gather counts field names."""
+    nodes = ("a", "b")
+    c = Cluster({})
+    old = c.store
+
+    def save_like_an_old_worker(result: CheckResult, run_id: str | None = None, *, latest: bool = True) -> None:
+        old.r.hset(f"ap:run:{run_id}", f"{result.node}|{result.check}", result.to_json())
+
+    c.store.save_result = save_like_an_old_worker  # type: ignore[method-assign]
+    report = gather.gather(c.services(), RunRequest(("ping",), nodes, deadline_s=5), Selection(nodes))
+    assert report["totals"]["ok"] == 2 and report["complete"]
+    assert c.now < 1_000_000.0 + 5  # answered, not timed out

@@ -1,10 +1,11 @@
-"""Fewer round trips without weaker guarantees: batched sends, a task's last save that reads the
-node back in the same MULTI, and the verdict state written with its labels."""
+"""Fewer round trips without weaker guarantees: batched sends, a task's results saved in one MULTI
+that also reads the node back, and the verdict state written with its labels, only when it changed."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import fakeredis
 import pytest
@@ -13,7 +14,7 @@ from autopilot import config, errors
 from autopilot.results import CheckResult, Status
 from workers import reconcile
 from workers.dispatch import Envelope, FakeDispatcher, send_all
-from workers.store import ResultsStore, Run
+from workers.store import NodeView, ResultsStore, Run
 
 
 def envelopes(n: int) -> list[Envelope]:
@@ -103,3 +104,104 @@ def test_reconcile_from_a_view_matches_reconcile_that_reads() -> None:
     b = reconcile.reconcile_node(given, "node-a", settings, now, view=view)
     assert a == b
     assert read.state("node-a") == given.state("node-a") and read.labels("node-a") == given.labels("node-a")
+
+
+def test_save_many_writes_like_one_save_result_per_item_in_order() -> None:
+    one, many = ResultsStore(fakeredis.FakeRedis()), ResultsStore(fakeredis.FakeRedis())
+    items = [
+        (result("ping"), True),
+        (result("remapped", Status.WARN), True),
+        (result("dcgm", Status.SKIPPED), False),  # an answer for the run only
+        (result("ping", Status.FAIL), True),  # the same check again: the later one is the latest
+    ]
+    for store in (one, many):
+        store.create_run(Run("run-1", ("ping", "remapped", "dcgm"), ("node-a",), {}, 0.0, 1e12))
+    for r, latest in items:
+        one.save_result(r, "run-1", latest=latest)
+    assert many.save_many(items, "run-1") is None
+    for store in (one, many):
+        latest = {c: r.status for c, r in store.latest("node-a").items()}
+        assert latest == {"ping": Status.FAIL, "remapped": Status.WARN}
+        assert [(r.check, r.status) for r in store.history("node-a")] == [
+            ("ping", Status.FAIL),
+            ("remapped", Status.WARN),
+            ("ping", Status.OK),
+        ]
+    assert one.get_run("run-1") == many.get_run("run-1")
+
+
+def test_save_many_reads_the_node_back_without_decoding_what_it_wrote() -> None:
+    store = ResultsStore(fakeredis.FakeRedis())
+    old = result("dcgm")
+    store.save_result(old)
+    store.set_labels("node-a", {"autopilot.ibm.com/gpuhealth": "PASS"})
+    mine = [result("ping"), result("remapped", Status.WARN)]
+    view = store.save_many([(r, True) for r in mine], "run-1", view="node-a")
+    assert view is not None
+    assert view.latest["ping"] is mine[0] and view.latest["remapped"] is mine[1]  # not parsed again
+    assert view.latest["dcgm"] == old  # parsed from the store
+    assert view.labels == {"autopilot.ibm.com/gpuhealth": "PASS"}
+    assert store.view("node-a") == view
+
+
+class CountingStore(ResultsStore):
+    """Counts the verdict-state writes."""
+
+    def __init__(self) -> None:
+        super().__init__(fakeredis.FakeRedis())
+        self.writes: list[tuple[dict[str, str | None], dict[str, str | None]]] = []
+
+    def set_state_and_labels(self, node: str, values: Any, labels: Any) -> None:
+        self.writes.append((dict(values), dict(labels)))
+        super().set_state_and_labels(node, values, labels)
+
+
+def test_reconcile_writes_only_what_changed_and_nothing_in_steady_state() -> None:
+    settings = config.Settings(node_name="node-a", redis_url="", periodic_checks=("ping", "remapped"))
+    now = datetime(2026, 11, 29, 12, 0, 5, tzinfo=UTC)
+    store = CountingStore()
+    first = store.save_many([(result("ping"), True), (result("remapped"), True)], view="node-a")
+    assert reconcile.reconcile_node(store, "node-a", settings, now, view=first).verdict.value == "PASS"
+    assert len(store.writes) == 1
+    # Same results again: same verdict, same labels, nothing to write.
+    again = store.save_many([(result("ping"), True)], view="node-a")
+    reconcile.reconcile_node(store, "node-a", settings, now, view=again)
+    assert len(store.writes) == 1
+    # A warning: only the changed fields go out, and the stored state is what a full write gives.
+    changed = store.save_many([(result("remapped", Status.WARN), True)], view="node-a")
+    later = datetime(2026, 11, 29, 12, 0, 9, tzinfo=UTC)
+    reconcile.reconcile_node(store, "node-a", settings, later, view=changed)
+    state_written, labels_written = store.writes[-1]
+    assert state_written["verdict"] == "WARN" and "changed_at" in state_written
+    assert labels_written == {"autopilot.ibm.com/gpuhealth": "WARN"}
+    full = ResultsStore(fakeredis.FakeRedis())
+    full.save_many([(result("ping"), True), (result("remapped", Status.WARN), True)])
+    reconcile.reconcile_node(full, "node-a", settings, later)
+    assert store.state("node-a")["verdict"] == full.state("node-a")["verdict"] == "WARN"
+    assert store.labels("node-a") == full.labels("node-a")
+
+
+def test_a_view_without_labels_makes_reconcile_write_every_label() -> None:
+    settings = config.Settings(node_name="node-a", redis_url="", periodic_checks=("ping",))
+    store = CountingStore()
+    store.save_result(result("ping"))
+    store.set_labels("node-a", {"autopilot.ibm.com/gpuhealth": "PASS"})
+    store.set_state("node-a", {"verdict": "PASS"})
+    view = store.view("node-a")
+    now = datetime(2026, 11, 29, 12, 0, 5, tzinfo=UTC)
+    reconcile.reconcile_node(store, "node-a", settings, now, view=NodeView(view.latest, view.state))
+    assert store.writes and store.writes[-1][1]["autopilot.ibm.com/gpuhealth"] == "PASS"
+
+
+def test_run_news_reads_only_what_was_written_since_the_cursor() -> None:
+    store = ResultsStore(fakeredis.FakeRedis())
+    store.create_run(Run("run-1", ("ping", "remapped"), ("node-a", "node-b"), {}, 0.0, 1e12))
+    assert store.run_news("run-1", 0) == store.run_news("run-1", 0) and store.run_news("run-1", 0).cursor == 0
+    store.save_many([(result("ping"), True), (result("remapped"), True)], "run-1")
+    first = store.run_news("run-1", 0)
+    assert set(first.found) == {("node-a", "ping"), ("node-a", "remapped")} and first.total == 2
+    store.save_many([(result("ping", Status.FAIL, node="node-b"), True)], "run-1")
+    store.save_many([(result("ping", Status.FAIL, node="node-b"), True)], "run-1")  # a redelivered task
+    second = store.run_news("run-1", first.cursor)
+    assert list(second.found) == [("node-b", "ping")] and second.found[("node-b", "ping")].status is Status.FAIL
+    assert second.total == 3 and store.run_news("run-1", second.cursor).found == {}
