@@ -1,29 +1,33 @@
 """The execution engine: run registered checks so that nothing escapes and nothing hangs.
 
-``run_check`` validates parameters, runs the check in a worker thread under a watchdog, and
-always returns a ``CheckResult``:
+``run_check`` (one check) and ``run_checks`` (several, one after another) validate parameters,
+run the checks in a check thread while the calling thread watches their deadlines, and always
+return a ``CheckResult`` per check:
 
 - the check's own result, stamped with node, params, start time and duration;
 - ``error`` "timed out after N s" when the check outlives its timeout: the watchdog kills
   every process group the check started (through the ``ProcessScope`` bound to its runner);
-- ``error`` for any exception, ``skipped`` when the machine has no GPU or driver.
+- ``error`` for any exception or bad parameter, ``skipped`` when the machine has no GPU or driver.
 
-The worker threads are reused (``_CheckThreads``): a check goes to an idle one, or to a new one
-when none is idle, so a hung check never delays another, and a simulator running thousands of
-checks a second does not start a thread for each (starting one was about 5% of its CPU). A
-thread whose check hung is abandoned until the check returns, as before; idle ones end after
-``_IDLE_S``.
+The checks of one ``run_checks`` call share one check thread and hand back to the caller once
+(``_Sequence``). Check threads are reused (``_CheckThreads``): a sequence goes to an idle one, or
+to a new one when none is idle, so a hung check never delays another, and a simulator running
+thousands of checks a second neither starts a thread nor wakes its caller per check. A thread
+whose check hung is abandoned until the check returns; idle ones end after ``_IDLE_S``.
 """
 
 from __future__ import annotations
 
 import _thread
 import dataclasses
+import functools
 import logging
+import math
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterable, Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from autopilot import commands, errors, registry, results
@@ -38,6 +42,9 @@ _UNWIND_S = 1.0
 # How long an idle check thread waits for its next check before it ends.
 _IDLE_S = 30.0
 
+# (every_s, fn): while checks still run, fn(results finished since the last call) every every_s.
+Progress = tuple[float, Callable[[Sequence[CheckResult]], None]]
+
 
 def run_check(
     name: str,
@@ -47,50 +54,164 @@ def run_check(
     checks: registry.CheckRegistry | None = None,
 ) -> CheckResult:
     """Run one check by name. Never raises (except ``KeyboardInterrupt``/``SystemExit``)."""
-    reg = checks or registry.REGISTRY
-    started = results.utc_now_iso(ctx.clock.now())
-    t0 = ctx.clock.monotonic()
-    raw_params = dict(params or {})
-    try:
-        spec = reg.get(name)
-        typed = spec.validate(raw_params)
-    except errors.BadParameter as exc:
-        return _stamp(CheckResult(name, Status.ERROR, str(exc)), ctx, raw_params, started, t0)
-    timeout = ctx.timeout_for(name, spec.timeout_s)
-    result = _run_with_watchdog(spec, ctx, typed, timeout)
-    _log(result)
-    return _stamp(result, ctx, typed, started, t0)
+    return run_checks([name], ctx, {name: params or {}}, checks=checks)[0]
 
 
 def run_checks(
-    names: Iterable[str],
+    names: Sequence[str],
     ctx: CheckContext,
     params: Mapping[str, Mapping[str, Any]] | None = None,
     *,
     checks: registry.CheckRegistry | None = None,
+    progress: Progress | None = None,
 ) -> list[CheckResult]:
-    """Run several checks one after another; a failing or erroring check never skips the rest."""
+    """Run several checks one after another, each under its own timeout; a failing, erroring or
+    hung check never skips the rest. Never raises.
+
+    The checks run in one check thread, which hands back to the caller once, at the end (a
+    thread hand-off per check was about a fifth of a simulator's CPU). ``progress=(every_s, fn)``:
+    while checks still run, ``fn(new_results)`` is called in the calling thread every ``every_s``
+    with the results finished since the last call (a task writes them to the store). An
+    exception from ``fn`` is logged, never raised: the checks stay under watch.
+    """
+    reg = checks or registry.REGISTRY
     by_check = params or {}
-    return [run_check(n, ctx, by_check.get(n), checks=checks) for n in names]
+    jobs = [_job(name, ctx, by_check.get(name), reg) for name in names]
+    return _Sequence(jobs, ctx).watch(progress) if jobs else []
 
 
-def _run_with_watchdog(
-    spec: registry.CheckSpec, ctx: CheckContext, params: Mapping[str, Any], timeout: float
-) -> CheckResult:
-    scope = commands.ProcessScope()
-    bind = getattr(ctx.commands, "bind", None)
-    bound_ctx = dataclasses.replace(ctx, commands=bind(scope)) if callable(bind) else ctx
-    box: list[CheckResult] = []
+@dataclasses.dataclass
+class _Job:
+    """One check of a sequence. ``decided``: its result without running (bad parameters)."""
 
-    def target() -> None:
-        box.append(_guarded(spec, bound_ctx, params))
+    name: str
+    spec: registry.CheckSpec | None
+    params: Mapping[str, Any]
+    timeout: float
+    decided: CheckResult | None = None
+    scope: commands.ProcessScope = dataclasses.field(default_factory=commands.ProcessScope)
+    started: str = ""  # stamped on the result (the context's clock)
+    t0: float = 0.0  # the context's monotonic clock when it started, for its duration
 
-    done = _THREADS.run(target)
-    if not done.acquire(timeout=timeout):
-        scope.cancel()
-        done.acquire(timeout=_UNWIND_S)
-        return CheckResult(spec.name, Status.ERROR, f"timed out after {timeout:g} s", data={"timeout_s": timeout})
-    return box[0]
+
+def _job(name: str, ctx: CheckContext, params: Mapping[str, Any] | None, reg: registry.CheckRegistry) -> _Job:
+    raw = dict(params or {})
+    try:
+        spec = reg.get(name)
+        typed = spec.validate(raw)
+    except errors.BadParameter as exc:
+        return _Job(name, None, raw, math.inf, decided=CheckResult(name, Status.ERROR, str(exc)))
+    return _Job(name, spec, typed, ctx.timeout_for(name, spec.timeout_s))
+
+
+class _Sequence:
+    """The checks of one ``run_checks`` call: run by a check thread, watched by the caller's.
+
+    The check thread moves ``index`` on after each check and wakes the watcher only at the end,
+    or when the watcher waits for a check it timed out. The watcher sleeps until the running
+    check's deadline, the next progress call, or the earliest deadline a later check could
+    have. At a deadline it kills the check's processes (its ``ProcessScope``), gives it
+    ``_UNWIND_S`` to return, answers it "timed out", and when it is still stuck abandons its
+    thread (a new ``generation``) and runs the rest on another.
+    """
+
+    def __init__(self, jobs: list[_Job], ctx: CheckContext) -> None:
+        self.jobs = jobs
+        self.ctx = ctx
+        bind = getattr(ctx.commands, "bind", None)
+        self._bind = bind if callable(bind) else None
+        self.results: list[CheckResult | None] = [None] * len(jobs)
+        self.cond = threading.Condition(threading.Lock())
+        self.index = 0  # the check running now; len(jobs) once all are done
+        self.since = 0.0  # real monotonic time it started (the watchdog's clock)
+        self.generation = 0  # bumped when the watcher abandons a hung check's thread
+        self.watched = -1  # a timed-out check whose end the watcher waits for
+        # _shortest_after[i]: the shortest timeout among the checks after check i.
+        self._shortest_after = [math.inf] * len(jobs)
+        for i in range(len(jobs) - 2, -1, -1):
+            self._shortest_after[i] = min(jobs[i + 1].timeout, self._shortest_after[i + 1])
+
+    def watch(self, progress: Progress | None) -> list[CheckResult]:
+        n = len(self.jobs)
+        every, report = progress if progress is not None else (math.inf, None)
+        reported = 0
+        next_report = time.monotonic() + every
+        with self.cond:
+            self._begin(0)
+            _THREADS.run(functools.partial(self._serve, 0, self.generation))
+        while True:
+            with self.cond:
+                while True:
+                    if self.index >= n:
+                        return [r for r in self.results if r is not None]
+                    running, now = self.index, time.monotonic()
+                    deadline = self.since + self.jobs[running].timeout
+                    if now >= deadline or now >= next_report:
+                        break
+                    # The check thread moves on without waking us: a later check with a shorter
+                    # timeout may start any moment, so never sleep past now + its timeout.
+                    wake = min(deadline, next_report, now + self._shortest_after[running])
+                    self.cond.wait(min(wake - now, threading.TIMEOUT_MAX))
+                new = [r for r in self.results[reported:running] if r is not None]
+            if now >= deadline:
+                self._time_out(running)
+                continue
+            reported = running
+            next_report = now + every
+            if new and report is not None:
+                try:
+                    report(new)
+                except Exception:  # noqa: BLE001 - the caller's work must not end the watch
+                    log.exception("progress of checks %s failed", ",".join(j.name for j in self.jobs))
+
+    def _begin(self, i: int) -> None:
+        """Check ``i`` starts now (called with ``cond`` held)."""
+        self.index = i
+        self.since = time.monotonic()
+        if i < len(self.jobs):
+            self.jobs[i].started = results.utc_now_iso(self.ctx.clock.now())
+            self.jobs[i].t0 = self.ctx.clock.monotonic()
+
+    def _serve(self, first: int, generation: int) -> None:
+        """The check thread: run checks from ``first`` on, until done or abandoned."""
+        for i in range(first, len(self.jobs)):
+            job = self.jobs[i]
+            if job.decided is not None:
+                raw = job.decided
+            else:
+                assert job.spec is not None
+                ctx = self.ctx if self._bind is None else dataclasses.replace(self.ctx, commands=self._bind(job.scope))
+                raw = _guarded(job.spec, ctx, job.params)
+                _log(raw)
+            result = _stamp(raw, self.ctx, job)
+            with self.cond:
+                if self.generation != generation:
+                    return  # the watcher gave up on this thread's check: its answer is "timed out"
+                self.results[i] = result
+                self._begin(i + 1)
+                if self.watched == i or i + 1 == len(self.jobs):
+                    self.cond.notify_all()
+
+    def _time_out(self, i: int) -> None:
+        job = self.jobs[i]
+        job.scope.cancel()  # kills every process group the check started
+        with self.cond:
+            self.watched = i
+            give_up = time.monotonic() + _UNWIND_S
+            while self.index == i and (left := give_up - time.monotonic()) > 0:
+                self.cond.wait(left)
+            self.watched = -1
+            # Whatever the check answered while unwinding: it ran past its time.
+            timed_out = CheckResult(
+                job.name, Status.ERROR, f"timed out after {job.timeout:g} s", data={"timeout_s": job.timeout}
+            )
+            _log(timed_out)
+            self.results[i] = _stamp(timed_out, self.ctx, job)
+            if self.index == i:  # still stuck: its thread is abandoned, the rest run on another
+                self.generation += 1
+                self._begin(i + 1)
+                if i + 1 < len(self.jobs):
+                    _THREADS.run(functools.partial(self._serve, i + 1, self.generation))
 
 
 class _CheckThreads:
@@ -173,13 +294,13 @@ def _guarded(spec: registry.CheckSpec, ctx: CheckContext, params: Mapping[str, A
     return result
 
 
-def _stamp(result: CheckResult, ctx: CheckContext, params: Mapping[str, Any], started: str, t0: float) -> CheckResult:
+def _stamp(result: CheckResult, ctx: CheckContext, job: _Job) -> CheckResult:
     return dataclasses.replace(
         result,
         node=ctx.node,
-        params=dict(params),
-        started_at=started,
-        duration_s=max(0.0, ctx.clock.monotonic() - t0),
+        params=dict(job.params),
+        started_at=job.started,
+        duration_s=max(0.0, ctx.clock.monotonic() - job.t0),
         # fatal only ever accompanies a fail, whatever a check set
         fatal=result.fatal and result.status is Status.FAIL,
     )

@@ -1,9 +1,9 @@
 """Task bodies as plain functions (the Celery wrappers in ``workers.app`` only decode and retry).
 
 ``run_checks``  run one node's checks of a run (light ones first, then the GPU ones under the
-                node's GPU lock, handed back for a retry while another run holds it), save each
-                result into the store (latest, history, run) as it is known and recompute the
-                node's verdict after the task;
+                node's GPU lock, handed back for a retry while another run holds it), save the
+                results into the store (latest, history, run) within moments of being known, and
+                recompute the node's verdict after the task;
 ``fanout``      beat's periodic/invasive tick: one run over every live node, done once per tick
                 however many beats sent it;
 ``reconcile``   beat's verdict/label tick and stale sweep over every known node;
@@ -20,6 +20,8 @@ import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
+
+import redis
 
 from autopilot import config, execution, invasive, registry, results
 from autopilot.checks import iperf
@@ -60,85 +62,126 @@ def run_checks(
 
     Light checks never wait for the lock, so a long GPU check of another run does not hold them
     up. When the lock is busy the GPU checks are handed back (``GpusBusy``) to be retried until
-    shortly before ``deadline``, then answered ``error``. The verdict is recomputed after the task
-    from what it saved, also when it hands its GPU checks back.
+    shortly before ``deadline``, then answered ``error``. Results are written as ``_Writer``
+    says; the verdict is recomputed after the task from what it saved, also when it hands its
+    GPU checks back.
     """
+    writer = _Writer(host.store, run_id)
     ctx = host.context(node)
     if ctx is None:
         # A message for a node this process does not host: answer it so the run is not left
         # waiting, and say why (a mis-routed message is a deployment bug worth seeing).
-        results = [CheckResult(c, Status.ERROR, f"worker does not host node {node}", node=node) for c in checks]
-        for r in results:
-            host.store.save_result(r, run_id)
-        return results
+        for c in checks:
+            writer.add(CheckResult(c, Status.ERROR, f"worker does not host node {node}", node=node))
+        writer.flush()
+        return writer.done
     light, gpu = partition(checks)
     lock = host.gpu_lock(node) if gpu else None
     held = handed_back = False
-    done: list[CheckResult] = []
-    view: NodeView | None = None
     try:
-        view = _run_group(host, ctx, run_id, light, params, done, last=lock is None)
+        _run_group(host, ctx, light, params, writer)
         if lock is None:
-            return done
+            return writer.done
         held = lock.acquire(blocking=False)
         if not held:
             if time.time() + 1 < deadline:
                 handed_back = True
                 raise GpusBusy(node, gpu)
-            busy = [
-                CheckResult(c, Status.ERROR, "GPUs busy with another check until the deadline", node=node) for c in gpu
-            ]
-            for i, result in enumerate(busy):
-                view = _save(host, run_id, result, latest=True, last=i == len(busy) - 1)
-                done.append(result)
-            return done
-        view = _run_group(host, ctx, run_id, gpu, params, done, last=True)
-        return done
+            for c in gpu:
+                writer.add(CheckResult(c, Status.ERROR, "GPUs busy with another check until the deadline", node=node))
+            return writer.done
+        _run_group(host, ctx, gpu, params, writer)
+        return writer.done
     finally:
         if held:
             lock.release()  # type: ignore[union-attr]
         # A retry that ran nothing (only GPU checks, lock still busy) changed nothing to judge.
-        if done or not handed_back:
+        if writer.done or not handed_back:
+            # What is still held, and in the same MULTI what the verdict is computed from.
+            view = writer.flush(view=node)
             reconciling.reconcile_node(host.store, node, host.settings, cluster=ctx.cluster, view=view)
+
+
+class _Writer:
+    """A task's results on their way to the store: held back briefly, then written together.
+
+    While checks run, what finished is written every ``HOLD_S``; the rest is written when the
+    task ends, in one MULTI with the read-back its reconcile needs. A simulated node's
+    checks take milliseconds, so its task writes once instead of once per check. A real node's
+    checks take seconds, so each result is still in the store (where a gather sees it, and
+    where it survives a worker killed during the next check) a moment after it is known.
+    """
+
+    HOLD_S = 0.2
+
+    def __init__(self, store: ResultsStore, run_id: str) -> None:
+        self.store = store
+        self.run_id = run_id
+        self.done: list[CheckResult] = []  # every result of the task, written or held
+        self._held: list[tuple[CheckResult, bool]] = []
+
+    def add(self, result: CheckResult, *, latest: bool = True) -> None:
+        """``latest=False``: an answer for the run only, that says nothing about the node."""
+        self._held.append((result, latest))
+        self.done.append(result)
+
+    def flush(self, *, view: str | None = None) -> NodeView | None:
+        """Write what is held (one MULTI); with ``view``, also read that node back (``ResultsStore.save_many``)."""
+        if not self._held and view is None:
+            return None
+        out = self.store.save_many(self._held, self.run_id, view=view)
+        self._held = []
+        return out
+
+    def progress(self) -> execution.Progress:
+        """For ``execution.run_checks``: while its checks run, write their results every ``HOLD_S``."""
+        return (self.HOLD_S, self._write_now)
+
+    def _write_now(self, new: Sequence[CheckResult]) -> None:
+        for result in new:
+            self.add(result)
+        try:
+            self.flush()
+        except redis.RedisError as exc:
+            # Kept: the task's last flush writes it, or fails the task (and the message is redelivered).
+            log.warning("writing results of run %s while checks run failed: %s", self.run_id, exc)
 
 
 def _run_group(
     host: NodeHost,
     ctx: CheckContext,
-    run_id: str,
     checks: Sequence[str],
     params: Mapping[str, Mapping[str, Any]],
-    done: list[CheckResult],
-    *,
-    last: bool,
-) -> NodeView | None:
-    """Run ``checks`` in order, saving each result as soon as it is known (appended to ``done``).
+    writer: _Writer,
+) -> None:
+    """Run ``checks`` in order; each result goes to ``writer``.
 
-    With ``last`` (nothing else is saved by the task after this group), the last save's MULTI
-    also reads back what the verdict is recomputed from, which saves the reconcile a round trip.
+    Consecutive checks run in one ``execution.run_checks`` call; a level-3 DCGM in a cluster
+    runs as a Job between them.
     """
-    view: NodeView | None = None
-    for i, check in enumerate(checks):
-        if _invasive(check, params.get(check) or {}, host.settings) and ctx.cluster is not None:
-            # Level 3 in a cluster runs as a Job; the GPU lock stays held meanwhile, so no
-            # other GPU check touches GPUs the Job is testing.
+    pending: list[str] = []
+    for check in [*checks, None]:
+        if check is not None and not _as_job(check, ctx, params, host.settings):
+            pending.append(check)
+            continue
+        if pending:
+            before = len(writer.done)
+            done = execution.run_checks(pending, ctx, params, progress=writer.progress())
+            for result in done[len(writer.done) - before :]:
+                writer.add(result)  # those not already written while the rest ran
+            pending = []
+        if check is not None and ctx.cluster is not None:
+            # Level 3 in a cluster runs as a Job (minutes): what is held is written first. The
+            # GPU lock stays held meanwhile, so no other GPU check touches GPUs the Job is testing.
+            writer.flush()
             result = _stamped(invasive_flow.run(host, ctx.node, ctx.cluster), ctx.clock.now())
             # "GPUs busy, no Job" answers the run but must not replace the node's latest dcgm result.
-            latest = result.status is not Status.SKIPPED
-        else:
-            result = execution.run_check(check, ctx, params.get(check))
-            latest = True
-        # Saved at once: a gather sees it, and a worker that dies later loses nothing.
-        view = _save(host, run_id, result, latest=latest, last=last and i == len(checks) - 1)
-        done.append(result)
-    return view
+            writer.add(result, latest=result.status is not Status.SKIPPED)
 
 
-def _save(host: NodeHost, run_id: str, result: CheckResult, *, latest: bool, last: bool) -> NodeView | None:
-    if last:
-        return host.store.save_and_view(result, run_id, latest=latest)
-    host.store.save_result(result, run_id, latest=latest)
-    return None
+def _as_job(check: str, ctx: CheckContext, params: Mapping[str, Mapping[str, Any]], settings: config.Settings) -> bool:
+    """Level-3 DCGM with a cluster: run as a Kubernetes Job, not by the engine."""
+    return ctx.cluster is not None and _invasive(check, params.get(check) or {}, settings)
 
 
 def _invasive(check: str, params: Mapping[str, Any], settings: config.Settings) -> bool:

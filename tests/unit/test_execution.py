@@ -187,3 +187,105 @@ def test_runner_rejects_shell_strings_and_reports_missing_tools() -> None:
         runner.run(["definitely-not-a-tool-xyz"], timeout=1)
     out = runner.run(["sh", "-c", "echo out; echo err >&2; exit 3"], timeout=5)
     assert (out.returncode, out.stdout, out.stderr) == (3, "out\n", "err\n")
+
+
+def test_the_checks_of_one_call_run_in_order_on_one_thread(reg: registry.CheckRegistry) -> None:
+    for name in ("a", "b", "c"):
+
+        @registry.check(name, description=name, registry=reg)
+        def who(ctx: CheckContext, params: Mapping[str, Any], name: str = name) -> CheckResult:
+            return CheckResult(name, Status.OK, data={"thread": threading.get_ident()})
+
+    out = execution.run_checks(["c", "a", "b"], ctx_with(FakeRunner()), checks=reg)
+    assert [r.check for r in out] == ["c", "a", "b"]
+    threads = {r.data["thread"] for r in out}
+    assert len(threads) == 1 and threading.get_ident() not in threads
+
+
+def test_a_hung_check_in_a_sequence_times_out_and_the_rest_still_run_in_order(reg: registry.CheckRegistry) -> None:
+    release = threading.Event()
+
+    @registry.check("before", description="fine", registry=reg)
+    def before(ctx: CheckContext, params: Mapping[str, Any]) -> CheckResult:
+        return CheckResult("before", Status.OK, data={"thread": threading.get_ident()})
+
+    @registry.check("stuck", description="blocks in Python: nothing to kill", timeout_s=0.3, registry=reg)
+    def stuck(ctx: CheckContext, params: Mapping[str, Any]) -> CheckResult:
+        release.wait(30)
+        return CheckResult("stuck", Status.OK)
+
+    @registry.check("after", description="fine", timeout_s=5, registry=reg)
+    def after(ctx: CheckContext, params: Mapping[str, Any]) -> CheckResult:
+        return CheckResult("after", Status.OK, data={"thread": threading.get_ident()})
+
+    start = time.monotonic()
+    try:
+        out = execution.run_checks(["before", "stuck", "after", "stuck", "after"], ctx_with(FakeRunner()), checks=reg)
+    finally:
+        release.set()
+    elapsed = time.monotonic() - start
+    assert [(r.check, r.status, r.summary) for r in out] == [
+        ("before", Status.OK, ""),
+        ("stuck", Status.ERROR, "timed out after 0.3 s"),
+        ("after", Status.OK, ""),
+        ("stuck", Status.ERROR, "timed out after 0.3 s"),
+        ("after", Status.OK, ""),
+    ]
+    # Each hang costs its timeout plus the unwind allowance, no more.
+    assert elapsed < 2 * (0.3 + 1.0) + 1.0
+    # The abandoned threads stay with their hung checks: the rest ran on others.
+    assert len({out[0].data["thread"], out[2].data["thread"], out[4].data["thread"]}) == 3
+
+
+def test_progress_hands_over_finished_results_while_a_slow_check_runs(reg: registry.CheckRegistry) -> None:
+    finished = threading.Event()
+    handed: list[tuple[list[str], bool]] = []
+
+    @registry.check("quick", description="fast", registry=reg)
+    def quick(ctx: CheckContext, params: Mapping[str, Any]) -> CheckResult:
+        return CheckResult("quick", Status.OK)
+
+    @registry.check("slow", description="takes a while", timeout_s=10, registry=reg)
+    def slow(ctx: CheckContext, params: Mapping[str, Any]) -> CheckResult:
+        time.sleep(0.5)
+        finished.set()
+        return CheckResult("slow", Status.OK)
+
+    def progress(new: Any) -> None:
+        handed.append(([r.check for r in new], finished.is_set()))
+
+    out = execution.run_checks(["quick", "quick", "slow"], ctx_with(FakeRunner()), checks=reg, progress=(0.1, progress))
+    assert [r.check for r in out] == ["quick", "quick", "slow"]
+    # The quick results came out once, while the slow check was still running; the slow one is
+    # only in the return value (the caller writes it with the rest).
+    assert handed == [(["quick", "quick"], False)]
+
+
+def test_no_progress_call_when_every_check_is_quick(reg: registry.CheckRegistry) -> None:
+    @registry.check("quick", description="fast", registry=reg)
+    def quick(ctx: CheckContext, params: Mapping[str, Any]) -> CheckResult:
+        return CheckResult("quick", Status.OK)
+
+    calls: list[Any] = []
+    out = execution.run_checks(["quick"] * 5, ctx_with(FakeRunner()), checks=reg, progress=(5.0, calls.append))
+    assert len(out) == 5 and calls == []
+
+
+def test_a_failing_progress_call_is_logged_and_the_checks_go_on(
+    reg: registry.CheckRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    @registry.check("quick", description="fast", registry=reg)
+    def quick(ctx: CheckContext, params: Mapping[str, Any]) -> CheckResult:
+        return CheckResult("quick", Status.OK)
+
+    @registry.check("slow", description="takes a while", timeout_s=10, registry=reg)
+    def slow(ctx: CheckContext, params: Mapping[str, Any]) -> CheckResult:
+        time.sleep(0.3)
+        return CheckResult("slow", Status.OK)
+
+    def broken(new: Any) -> None:
+        raise ConnectionError("store down")
+
+    out = execution.run_checks(["quick", "slow"], ctx_with(FakeRunner()), checks=reg, progress=(0.05, broken))
+    assert [(r.check, r.status) for r in out] == [("quick", Status.OK), ("slow", Status.OK)]
+    assert "progress of checks quick,slow failed" in caplog.text

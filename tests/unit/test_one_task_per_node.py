@@ -3,6 +3,7 @@ GPU checks handed back while another run holds the lock."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -13,7 +14,7 @@ from celery import Celery
 from celery import _state as celery_state
 from celery.exceptions import Retry
 
-from autopilot import config
+from autopilot import config, registry
 from autopilot.results import Status
 from workers import host as hosting
 from workers import simulate, tasks
@@ -156,3 +157,48 @@ def test_the_dispatcher_publishes_one_message_per_node_with_every_check() -> Non
             assert queue.qsize() == 0  # one message for the node, not one per group
             queue.close()
     app.close()
+
+
+class CountingStore(ResultsStore):
+    """Records each ``save_many`` call: how many results it wrote, and whether it read the node back."""
+
+    def __init__(self) -> None:
+        super().__init__(fakeredis.FakeRedis())
+        self.saves: list[tuple[list[str], bool]] = []
+
+    def save_many(self, items: Any, run_id: str | None = None, *, view: str | None = None) -> Any:
+        self.saves.append(([r.check for r, _ in items], view is not None))
+        return super().save_many(items, run_id, view=view)
+
+
+def counting_host() -> NodeHost:
+    settings = config.Settings(node_name="test", redis_url="", periodic_checks=CHECKS)
+    return NodeHost(settings, CountingStore(), simulate.contexts(settings, 1, []))
+
+
+def test_a_task_of_quick_checks_writes_its_results_and_reads_the_node_in_one_multi() -> None:
+    host = counting_host()
+    run = new_run(host)
+    run_task(host, run)
+    assert host.store.saves == [(["ping", "remapped", "gpupower"], True)]  # type: ignore[attr-defined]
+    assert answered(host, run) == set(CHECKS)
+    assert host.store.state(NODE)["verdict"]
+
+
+def test_a_result_is_in_the_store_while_a_slow_check_after_it_still_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    host = counting_host()
+    run = new_run(host)
+    seen_during: list[set[str]] = []
+    spec = registry.REGISTRY.get("gpupower")
+
+    def slow(ctx: Any, params: Any) -> Any:
+        time.sleep(tasks._Writer.HOLD_S * 3)
+        seen_during.append(answered(host, run))
+        return spec.run(ctx, params)
+
+    monkeypatch.setitem(registry.REGISTRY._specs, "gpupower", dataclasses.replace(spec, run=slow))
+    run_task(host, run)
+    # ping and remapped were written while gpupower ran; gpupower with the task's last MULTI.
+    assert seen_during == [{"ping", "remapped"}]
+    assert host.store.saves == [(["ping", "remapped"], False), (["gpupower"], True)]  # type: ignore[attr-defined]
+    assert answered(host, run) == set(CHECKS)
