@@ -128,7 +128,7 @@ class Gather:
         self.done: set[str] = set()
         self.expired: set[str] = set()
         # The run's results as read so far (from the run's write log, a little at each poll).
-        self.found: dict[tuple[str, str], CheckResult] = {}
+        self.found: dict[tuple[str, str], dict[str, Any]] = {}
         self._have: collections.Counter[str] = collections.Counter()  # node -> checks of self.checks in found
         self._cursor = 0
         self._news = False  # the last poll found something new
@@ -192,7 +192,7 @@ class Gather:
             )
         return self._have
 
-    def results(self) -> dict[tuple[str, str], CheckResult]:
+    def results(self) -> dict[tuple[str, str], dict[str, Any]]:
         """Everything the run holds now (the last news, or the whole run when counting by keys)."""
         if not self._by_keys:
             self._read_news()
@@ -252,7 +252,7 @@ def _continue(g: Gather, sender: TaskSender | None = None) -> None:
 
 def read(svc: Services, run_id: str, *, wait_s: float = 0.0) -> dict[str, Any] | None:
     """The report of a stored run; with ``wait_s``, wait up to that long for it to complete."""
-    got = svc.store.get_run(run_id)
+    got = svc.store.get_run_dicts(run_id)
     if got is None:
         return None
     run, found = got
@@ -268,8 +268,8 @@ def read(svc: Services, run_id: str, *, wait_s: float = 0.0) -> dict[str, Any] |
     return report(svc, run, found)
 
 
-def _results(store: ResultsStore, run_id: str) -> dict[tuple[str, str], CheckResult]:
-    got = store.get_run(run_id)
+def _results(store: ResultsStore, run_id: str) -> dict[tuple[str, str], dict[str, Any]]:
+    got = store.get_run_dicts(run_id)
     return got[1] if got else {}
 
 
@@ -280,22 +280,22 @@ def iso_time(epoch: float) -> str:
     return results.utc_now_iso(datetime.fromtimestamp(epoch, UTC))
 
 
-def node_status(found: Sequence[CheckResult]) -> str:
-    """The worst status of a node's results; ``skipped`` counts as ``ok`` (nothing is wrong)."""
-    worst = results.worst((r.status for r in found), default=Status.OK)
+def node_status(found: Sequence[Mapping[str, Any]]) -> str:
+    """The worst status of a node's results (as dicts); ``skipped`` counts as ``ok`` (nothing is wrong)."""
+    worst = results.worst((Status(r["status"]) for r in found), default=Status.OK)
     return "ok" if worst is Status.SKIPPED else worst.value
 
 
 def report(
     svc: Services,
     run: Run,
-    found: Mapping[tuple[str, str], CheckResult],
+    found: Mapping[tuple[str, str], Mapping[str, Any]],
     *,
     timed_out: Collection[str] | None = None,
     unknown: Sequence[str] = (),
     complete: bool | None = None,
 ) -> dict[str, Any]:
-    """The structured answer for ``run``.
+    """The structured answer for ``run``, from its results as dicts (``CheckResult.to_dict``).
 
     A node is ``pending`` while it may still answer, ``unreachable`` when it said nothing by its
     deadline, and ``unknown`` when no worker has registered it. A node that answered some checks
@@ -324,14 +324,16 @@ def report(
             entry = {"status": "unreachable", "detail": "no answer within the deadline"}
         else:
             got += [
-                CheckResult(c, Status.ERROR, "no answer within the deadline", node=node, params=run.params.get(c, {}))
+                CheckResult(
+                    c, Status.ERROR, "no answer within the deadline", node=node, params=run.params.get(c, {})
+                ).to_dict()
                 for c in missing
             ]
             entry = {"status": node_status(got)}
         state = states.get(node, {})
         entry["verdict"] = state.get("verdict")
         entry["reasons"] = parse_reasons(state.get("reasons"))
-        entry["results"] = [r.to_dict() for r in got]
+        entry["results"] = got
         nodes[node] = entry
     for node in unknown:
         nodes[node] = {
@@ -369,7 +371,9 @@ def _silent_pairs(node: str, others: Sequence[str], interfaces: Collection[str])
     return [network.PairResult(node, other, i, True) for other in others if other != node for i in interfaces]
 
 
-def network_report(run: Run, found: Mapping[tuple[str, str], CheckResult], late: Collection[str]) -> dict[str, Any]:
+def network_report(
+    run: Run, found: Mapping[tuple[str, str], Mapping[str, Any]], late: Collection[str]
+) -> dict[str, Any]:
     """``report["network"]``: per network check of the run, the pairs counted and the suspects.
 
     A node with no result by its deadline, or whose result holds no pair (it could not ping at
@@ -385,8 +389,8 @@ def network_report(run: Run, found: Mapping[tuple[str, str], CheckResult], late:
                 if node in late:
                     silent.append(node)
                 continue
-            measured = [p for p in result.data.get("pairs", []) if p.get("status") in ("ok", "warn", "fail")]
-            if not measured and result.status is Status.ERROR:
+            measured = [p for p in result["data"].get("pairs", []) if p.get("status") in ("ok", "warn", "fail")]
+            if not measured and result["status"] == Status.ERROR.value:
                 silent.append(node)
             pairs += [network.PairResult(node, p["target"], p["interface"], p["status"] != "ok") for p in measured]
         interfaces = sorted({p.interface for p in pairs}) or ["any"]
@@ -398,7 +402,7 @@ def network_report(run: Run, found: Mapping[tuple[str, str], CheckResult], late:
         for node in run.nodes:
             result = found.get((node, RING_CHECK))
             if result is not None:
-                ring_pairs += [dict(p) for p in result.data.get("pairs", [])]
+                ring_pairs += [dict(p) for p in result["data"].get("pairs", [])]
         out["iperf"] = {**_suspects(iperf.pair_results(ring_pairs)), "interfaces": iperf.summarize(ring_pairs)}
     return out
 

@@ -144,6 +144,27 @@ class CheckResult:
     def from_json(cls, text: str | bytes) -> CheckResult:
         return cls.from_dict(jsoncodec.loads(text))
 
+    @classmethod
+    def dict_from_json(cls, text: str | bytes) -> dict[str, Any]:
+        """``from_json(text).to_dict()``, without building the objects when ``text`` is already in
+        the layout ``to_dict`` writes (what the store holds): an API answer of 5,000 results
+        spent a third of its CPU building and unbuilding them. Raises as ``from_json`` does."""
+        raw = jsoncodec.loads(text)
+        if (
+            isinstance(raw, dict)
+            and raw.keys() == _DICT_KEYS
+            and raw["status"] in _STATUS_VALUES
+            and isinstance(raw["devices"], list)
+            and isinstance(raw["data"], dict)
+            and isinstance(raw["params"], dict)
+        ):
+            return raw
+        return cls.from_dict(raw).to_dict()
+
+
+_DICT_KEYS = frozenset(CheckResult("", Status.OK).to_dict())
+_STATUS_VALUES = frozenset(s.value for s in Status)
+
 
 def from_devices(
     check: str,

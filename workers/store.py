@@ -21,14 +21,15 @@ import dataclasses
 import json
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import redis
 
 from autopilot.results import CheckResult
 
 P = "ap:"
+T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,7 +110,7 @@ class RunNews:
     """``ResultsStore.run_news``: the next cursor, the new results, and how many fields the run has."""
 
     cursor: int
-    found: dict[tuple[str, str], CheckResult]
+    found: dict[tuple[str, str], dict[str, Any]]
     total: int
 
 
@@ -220,14 +221,21 @@ class ResultsStore:
         pipe.execute()
 
     def get_run(self, run_id: str) -> tuple[Run, dict[tuple[str, str], CheckResult]] | None:
+        return self._run(run_id, CheckResult.from_json)
+
+    def get_run_dicts(self, run_id: str) -> tuple[Run, dict[tuple[str, str], dict[str, Any]]] | None:
+        """``get_run`` with each result as the dict ``CheckResult.to_dict`` gives (what an API answer holds)."""
+        return self._run(run_id, CheckResult.dict_from_json)
+
+    def _run(self, run_id: str, decode: Callable[[bytes], T]) -> tuple[Run, dict[tuple[str, str], T]] | None:
         raw = self.r.hgetall(f"{P}run:{run_id}")
         if b"meta" not in raw:
             return None
         run = Run.from_dict(json.loads(raw.pop(b"meta")))
-        found: dict[tuple[str, str], CheckResult] = {}
+        found: dict[tuple[str, str], T] = {}
         for k, v in raw.items():
             node, _, check = _s(k).partition("|")
-            found[(node, check)] = CheckResult.from_json(v)
+            found[(node, check)] = decode(v)
         return run, found
 
     def run_answered(self, run_id: str) -> set[tuple[str, str]]:
@@ -245,7 +253,8 @@ class ResultsStore:
 
     def run_news(self, run_id: str, cursor: int) -> RunNews:
         """What was written to a run after its first ``cursor`` writes, read in one MULTI (and one
-        HMGET when there is news): each new field's current result, decoded once.
+        HMGET when there is news): each new field's current result, decoded once, as the dict
+        ``CheckResult.to_dict`` gives.
 
         ``total`` counts the run's fields, to tell a writer that bypassed the log (a worker of an
         older version) from news not read yet: a gather falls back to ``run_answered`` then.
@@ -255,12 +264,12 @@ class ResultsStore:
         pipe.hlen(f"{P}run:{run_id}")
         names, hlen = pipe.execute()
         fields = list(dict.fromkeys(names))  # a field written twice is read once, as it is now
-        found: dict[tuple[str, str], CheckResult] = {}
+        found: dict[tuple[str, str], dict[str, Any]] = {}
         if fields:
             for field, blob in zip(fields, self.r.hmget(f"{P}run:{run_id}", fields), strict=True):
                 if blob is not None:
                     node, _, check = _s(field).partition("|")
-                    found[(node, check)] = CheckResult.from_json(blob)
+                    found[(node, check)] = CheckResult.dict_from_json(blob)
         return RunNews(cursor + len(names), found, max(0, int(hlen) - 1))
 
     def run_progress(self, run_id: str) -> int:

@@ -203,5 +203,5 @@ def test_run_news_reads_only_what_was_written_since_the_cursor() -> None:
     store.save_many([(result("ping", Status.FAIL, node="node-b"), True)], "run-1")
     store.save_many([(result("ping", Status.FAIL, node="node-b"), True)], "run-1")  # a redelivered task
     second = store.run_news("run-1", first.cursor)
-    assert list(second.found) == [("node-b", "ping")] and second.found[("node-b", "ping")].status is Status.FAIL
+    assert list(second.found) == [("node-b", "ping")] and second.found[("node-b", "ping")]["status"] == "fail"
     assert second.total == 3 and store.run_news("run-1", second.cursor).found == {}

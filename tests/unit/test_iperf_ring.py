@@ -408,7 +408,7 @@ def test_gather_network_report_from_stored_results() -> None:
             {"target": "a", "interface": "net1", "status": "fail"},
             {"target": "b", "interface": "net1", "status": "ok"}]}),
     }  # fmt: skip
-    net = gather.network_report(run, found, late=())
+    net = gather.network_report(run, {k: r.to_dict() for k, r in found.items()}, late=())
     assert net["ping"]["suspects"]["nodes"] == ["a"]
     assert net["ping"]["pairs"] == 6 and net["ping"]["bad_pairs"] == 4
 

@@ -83,3 +83,16 @@ def test_the_api_answers_the_same_json_as_flask_s_own_provider(path: str) -> Non
 def test_debug_answers_stay_indented() -> None:
     body = app_with(True, debug=True).test_client().get("/x").get_data(as_text=True)
     assert body.startswith('{\n  "b": 1')
+
+
+def test_dict_from_json_is_from_json_then_to_dict() -> None:
+    stored = CheckResult(
+        "dcgm", Status.FAIL, "GPU 3 PCIe", node="n", fatal=True, devices=(DeviceResult("3", Status.FAIL),)
+    )
+    for blob in (stored.to_json_bytes(), json.dumps(stored.to_dict())):  # ours, and as json wrote it
+        assert CheckResult.dict_from_json(blob) == CheckResult.from_json(blob).to_dict()
+    # Another layout (a field missing, one more) is normalised the long way.
+    odd = {"check": "ping", "status": "ok", "extra": 1}
+    assert CheckResult.dict_from_json(json.dumps(odd)) == CheckResult.from_dict(odd).to_dict()
+    with pytest.raises(ValueError):
+        CheckResult.dict_from_json(json.dumps({**stored.to_dict(), "status": "bogus"}))
