@@ -1,15 +1,20 @@
-"""The worker's broker channel packs the same BRPOP that kombu would, in the cycle's current order."""
+"""The worker's broker channel sends what kombu would: the same BRPOP in the cycle's current order,
+the same late-ack copy of each message, over the queues it consumes now."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import SimpleNamespace
 from typing import Any
 
+from kombu.transport import redis as kombu_redis
+from kombu.utils import json as kombu_json
 from kombu.utils.scheduling import round_robin_cycle
 from redis._parsers.encoders import Encoder
 from redis.connection import PythonRespSerializer
 
-from workers.broker import Channel
+from workers.broker import Channel, QoS
 
 QUEUES = ["autopilot.node.sim-0", "autopilot.node.sim-1", "autopilot.control"]
 
@@ -63,3 +68,78 @@ def test_no_queues_sends_nothing() -> None:
     chan._queue_cycle = round_robin_cycle([])
     Channel._brpop_start(chan)
     assert chan.client.connection.sent == [] and chan._in_poll is None
+
+
+class Pipe:
+    """Records what a late-ack bookkeeping pipeline would send."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+
+    def zadd(self, *args: Any) -> Pipe:
+        self.calls.append(("zadd", args))
+        return self
+
+    def hset(self, *args: Any) -> Pipe:
+        self.calls.append(("hset", args))
+        return self
+
+    def execute(self) -> None:
+        self.calls.append(("execute", ()))
+
+
+def qos(cls: type) -> Any:
+    q = cls.__new__(cls)
+    q.unacked_index_key, q.unacked_key = "unacked_index", "unacked"
+    q._dirty, q._delivered = set(), {}
+    q._quick_append = q._delivered.__setitem__
+    q.pipe = Pipe()
+
+    @contextmanager
+    def pipe_or_acquire(pipe: Any = None, client: Any = None) -> Iterator[Pipe]:
+        yield q.pipe
+
+    q.pipe_or_acquire = pipe_or_acquire
+    return q
+
+
+def test_the_late_ack_copy_of_a_message_is_what_kombu_would_store() -> None:
+    raw = {
+        "body": "W1tdLCB7InJ1bl9pZCI6ICJyIn1d",
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {"id": "t-1", "task": "autopilot.run_checks", "expires": "2026-11-30T01:00:00+00:00", "retries": 0},
+        "properties": {"delivery_tag": "tag-1", "priority": 0, "delivery_info": {"routing_key": "q"}},
+    }
+    message = SimpleNamespace(_raw=raw, delivery_info={"exchange": "", "routing_key": "autopilot.node.a"})
+    ours, kombus = qos(QoS), qos(kombu_redis.QoS)
+    ours.append(message, "tag-1")
+    kombus.append(message, "tag-1")
+    (name, (key, tag, blob)) = ours.pipe.calls[1]
+    (_, (_, _, expected)) = kombus.pipe.calls[1]
+    assert (name, key, tag) == ("hset", "unacked", "tag-1")
+    assert kombu_json.loads(blob) == kombu_json.loads(expected)  # restore reads back the same message
+    assert [c[0] for c in ours.pipe.calls] == [c[0] for c in kombus.pipe.calls] == ["zadd", "hset", "execute"]
+    assert ours._delivered == kombus._delivered == {"tag-1": message}
+
+
+def test_consumed_queues_are_recomputed_when_consuming_changes(monkeypatch: Any) -> None:
+    chan = Channel.__new__(Channel)
+    chan._active_queues = ["autopilot.node.a"]
+    chan.active_fanout_queues = set()
+    assert chan.active_queues == ["autopilot.node.a"]
+    assert chan.active_queues is chan.active_queues  # not rebuilt per poll
+
+    def consume(self: Any, queue: str, *args: Any, **kwargs: Any) -> str:
+        self._active_queues.append(queue)
+        return queue
+
+    def cancel(self: Any, queue: str) -> None:
+        self._active_queues.remove(queue)
+
+    monkeypatch.setattr(kombu_redis.Channel, "basic_consume", consume)
+    monkeypatch.setattr(kombu_redis.Channel, "basic_cancel", cancel)
+    Channel.basic_consume(chan, "autopilot.node.b")
+    assert chan.active_queues == ["autopilot.node.a", "autopilot.node.b"]
+    Channel.basic_cancel(chan, "autopilot.node.a")
+    assert chan.active_queues == ["autopilot.node.b"]
