@@ -75,16 +75,16 @@ class Channel(kombu_redis.Channel):
         return active
 
     def basic_consume(self, *args: Any, **kwargs: Any) -> Any:
-        self._active = None
-        try:
-            return super().basic_consume(*args, **kwargs)  # type: ignore[no-untyped-call]
-        finally:
-            self._active = None
+        return self._changing_queues(super().basic_consume, *args, **kwargs)
 
     def basic_cancel(self, *args: Any, **kwargs: Any) -> Any:
+        return self._changing_queues(super().basic_cancel, *args, **kwargs)
+
+    def _changing_queues(self, change: Any, *args: Any, **kwargs: Any) -> Any:
+        """Call kombu's ``change`` of the consumed queues; ``active_queues`` is recomputed after it."""
         self._active = None
         try:
-            return super().basic_cancel(*args, **kwargs)  # type: ignore[no-untyped-call]
+            return change(*args, **kwargs)
         finally:
             self._active = None
 
