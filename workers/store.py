@@ -322,13 +322,8 @@ class ResultsStore:
         return {n: {_s(k): _s(v) for k, v in raw.items()} for n, raw in zip(nodes, pipe.execute(), strict=True)}
 
     def set_state(self, node: str, values: Mapping[str, str | None]) -> None:
-        pipe = self.r.pipeline(transaction=True)
-        for k, v in values.items():
-            if v is None:
-                pipe.hdel(f"{P}state:{node}", k)
-            else:
-                pipe.hset(f"{P}state:{node}", k, v)
-        pipe.execute()
+        """Set the state fields of ``values`` with a value, delete those that are None (one MULTI)."""
+        self.set_state_and_labels(node, values, {})
 
     def set_state_and_labels(
         self, node: str, values: Mapping[str, str | None], labels: Mapping[str, str | None]
@@ -343,13 +338,8 @@ class ResultsStore:
         return {_s(k): _s(v) for k, v in self.r.hgetall(f"{P}labels:{node}").items()}
 
     def set_labels(self, node: str, labels: Mapping[str, str | None]) -> None:
-        pipe = self.r.pipeline(transaction=True)
-        for k, v in labels.items():
-            if v is None:
-                pipe.hdel(f"{P}labels:{node}", k)
-            else:
-                pipe.hset(f"{P}labels:{node}", k, v)
-        pipe.execute()
+        """Set the labels of ``labels`` with a value, delete those that are None (one MULTI)."""
+        self.set_state_and_labels(node, {}, labels)
 
     # ------------------------------------------------------------------ de-duplication
 
