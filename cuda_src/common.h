@@ -214,6 +214,31 @@ inline void device_identity(JsonObject& dev, int index) {
     dev.str("pci_bus_id", bus);
 }
 
+// The start both programs share: PCI bus order, then `parse(argc, argv, help)` into `o`. Returns
+// -1 to go on, with the common header already in `out`; otherwise the exit code to return at once:
+// EXIT_USAGE after printing the usage error (to stderr, and as the one JSON line), EXIT_OK after
+// printing the usage for --help.
+template <typename Options, typename Parse>
+int start(const char* tool, const char* usage, int argc, char** argv, Parse parse, Options& o, JsonObject& out) {
+    use_pci_bus_order();
+    bool help = false;
+    try {
+        o = parse(argc, argv, help);
+    } catch (const UsageFailure& e) {
+        std::fprintf(stderr, "%s: %s\n%s", tool, e.what(), usage);
+        common_header(out, tool);
+        out.str("error", std::string("usage: ") + e.what());
+        std::printf("%s\n", out.text().c_str());
+        return EXIT_USAGE;
+    }
+    if (help) {
+        std::fprintf(stderr, "%s", usage);
+        return EXIT_OK;
+    }
+    common_header(out, tool);
+    return -1;
+}
+
 // Measures each GPU (or only `device`, when >= 0) with `measure(index, dev)`, prints `out` with its
 // "devices" and "errors" as the one JSON line, and returns the exit code (see README.md). A CUDA
 // error on one GPU is recorded on that GPU and the others are still measured.

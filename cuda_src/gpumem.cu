@@ -195,24 +195,9 @@ void measure(int index, const Options& o, ap::JsonObject& dev) {
 }  // namespace
 
 int main(int argc, char** argv) {
-    ap::use_pci_bus_order();
     ap::JsonObject out;
-    bool help = false;
     Options o;
-    try {
-        o = parse(argc, argv, help);
-    } catch (const ap::UsageFailure& e) {
-        std::fprintf(stderr, "ap-gpumem: %s\n%s", e.what(), kUsage);
-        ap::common_header(out, "ap-gpumem");
-        out.str("error", std::string("usage: ") + e.what());
-        std::printf("%s\n", out.text().c_str());
-        return ap::EXIT_USAGE;
-    }
-    if (help) {
-        std::fprintf(stderr, "%s", kUsage);
-        return ap::EXIT_OK;
-    }
-    ap::common_header(out, "ap-gpumem");
+    if (int code = ap::start("ap-gpumem", kUsage, argc, argv, parse, o, out); code >= 0) return code;
     out.integer("elements", o.elements);
     out.integer("daxpy_iterations", o.daxpy_iters);
     out.integer("dgemm_n", o.dgemm_n);
