@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from autopilot import errors
+from autopilot import errors, nvsmi
 from autopilot.context import CheckContext
-from autopilot.results import DeviceResult, Status
+from autopilot.results import CheckResult, DeviceResult, Status
 
 NVIDIA_SMI = "nvidia-smi"
 NVSMI_TIMEOUT_S = 30.0
@@ -23,6 +23,33 @@ R = TypeVar("R")
 Facts = dict[int, dict[str, Any]]
 # What an nvidia-smi query gives: (readings, facts) per GPU index, or a one-line reason it gave none.
 Answer = tuple[dict[int, R], Facts] | str
+# What a check judges: (readings, facts, source), from ``collect`` or from saved output.
+Readings = tuple[dict[int, Any], Facts, str]
+# The check's ``evaluate(readings, data=facts, source=source)``.
+Evaluate = Callable[..., CheckResult]
+
+
+def judge_collected(
+    name: str, what: str, ctx: CheckContext, collect: Callable[[CheckContext], Readings], evaluate: Evaluate
+) -> CheckResult:
+    """A check run: ``evaluate`` over ``collect(ctx)``; no reading of ``what`` at all is an ``error``.
+
+    ``GpuUnavailable`` propagates: the engine reports ``skipped`` for a machine without a driver.
+    """
+    try:
+        readings, facts, source = collect(ctx)
+    except errors.ToolError as exc:
+        return CheckResult(name, Status.ERROR, f"no reading of {what}: {exc}")
+    return evaluate(readings, data=facts, source=source)
+
+
+def judge_saved(name: str, text: str, parse_text: Callable[[str], Readings], evaluate: Evaluate) -> CheckResult:
+    """``autopilot evaluate NAME FILE``: ``evaluate`` over saved nvidia-smi output; unreadable is ``error``."""
+    try:
+        readings, facts, source = parse_text(text)
+    except nvsmi.ParseError as exc:
+        return CheckResult(name, Status.ERROR, f"unreadable nvidia-smi output: {exc}")
+    return evaluate(readings, data=facts, source=source)
 
 
 class SmiQuery(Generic[R]):

@@ -182,11 +182,7 @@ def _parse_csv(text: str) -> tuple[dict[int, Reading], dict[int, dict[str, Any]]
 
 def evaluate_text(text: str, params: Mapping[str, Any], settings: Any) -> CheckResult:
     """``autopilot evaluate remapped FILE``: the verdict for saved nvidia-smi output."""
-    try:
-        readings, facts, source = parse_text(text)
-    except nvsmi.ParseError as exc:
-        return CheckResult(NAME, Status.ERROR, f"unreadable nvidia-smi output: {exc}")
-    return evaluate(readings, data=facts, source=source)
+    return _nvml_fallback.judge_saved(NAME, text, parse_text, evaluate)
 
 
 # ---------------------------------------------------------------- collect (I/O)
@@ -237,9 +233,4 @@ def collect(ctx: CheckContext) -> tuple[dict[int, Reading], dict[int, dict[str, 
     evaluate_text=evaluate_text,
 )
 def run(ctx: CheckContext, params: Mapping[str, Any]) -> CheckResult:
-    try:
-        readings, facts, source = collect(ctx)
-    except errors.ToolError as exc:
-        # GpuUnavailable propagates: the engine reports "skipped" for a machine without a driver.
-        return CheckResult(NAME, Status.ERROR, f"no reading of row remapping: {exc}")
-    return evaluate(readings, data=facts, source=source)
+    return _nvml_fallback.judge_collected(NAME, "row remapping", ctx, collect, evaluate)
