@@ -338,6 +338,17 @@ def rfc3339(moment: datetime | None = None) -> str:
     return (moment or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def pinned_to(node: str) -> dict[str, Any]:
+    """A pod's ``affinity`` that schedules it on ``node`` only (by name, so no label is needed)."""
+    return {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}]
+            }
+        }
+    }
+
+
 def event_manifest(
     node: NodeInfo, *, reason: str, message: str, type_: str, namespace: str, now: datetime | None = None
 ) -> dict[str, Any]:

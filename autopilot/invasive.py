@@ -38,7 +38,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from autopilot import errors, results
-from autopilot.cluster import GPU_RESOURCE, ClusterClient, JobInfo, NodeInfo, PodInfo
+from autopilot.cluster import GPU_RESOURCE, ClusterClient, JobInfo, NodeInfo, PodInfo, pinned_to
 from autopilot.config import Settings
 from autopilot.results import CheckResult, Status
 
@@ -113,15 +113,7 @@ def job_spec(
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
-        "affinity": {
-            "nodeAffinity": {
-                "requiredDuringSchedulingIgnoredDuringExecution": {
-                    "nodeSelectorTerms": [
-                        {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}
-                    ]
-                }
-            }
-        },
+        "affinity": pinned_to(node),
         "tolerations": [dict(t) for t in (settings.invasive_tolerations if tolerations is None else tolerations)],
         "securityContext": {
             "runAsNonRoot": True,

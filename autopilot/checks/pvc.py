@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from autopilot import errors, registry
-from autopilot.cluster import ClusterClient
+from autopilot.cluster import ClusterClient, pinned_to
 from autopilot.context import CheckContext
 from autopilot.results import CheckResult, Status
 
@@ -85,15 +85,7 @@ def consumer_pod_manifest(claim: str, namespace: str, node: str, image: str, tol
         "spec": {
             "restartPolicy": "Never",
             "automountServiceAccountToken": False,
-            "affinity": {
-                "nodeAffinity": {
-                    "requiredDuringSchedulingIgnoredDuringExecution": {
-                        "nodeSelectorTerms": [
-                            {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}
-                        ]
-                    }
-                }
-            },
+            "affinity": pinned_to(node),
             "tolerations": [dict(t) for t in tolerations],
             "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
             "containers": [
