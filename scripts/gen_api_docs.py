@@ -11,7 +11,6 @@ The document is built over the checks of this build (``autopilot.checks``), exac
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import sys
@@ -22,6 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 OUTPUT = ROOT / "docs" / "API.md"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from scripts import docgen  # noqa: E402 - after the path set-up, so the script runs from a checkout
 
 HEADER = """# HTTP API reference
 
@@ -98,18 +99,8 @@ def render(doc: dict[str, Any] | None = None) -> str:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if docs/API.md is out of date")
-    args = parser.parse_args(argv)
-    text = render()
-    if args.check:
-        current = OUTPUT.read_text() if OUTPUT.exists() else ""
-        if current != text:
-            print(f"{OUTPUT.relative_to(ROOT)} is out of date: run scripts/gen_api_docs.py", file=sys.stderr)
-            return 1
-        return 0
-    OUTPUT.write_text(text)
-    return 0
+    description = __doc__.splitlines()[0]
+    return docgen.main(argv, description=description, output=OUTPUT, render=render, script="gen_api_docs.py")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ not do. ``--check`` exits 1 when the file on disk differs (tests/unit/test_deplo
 
 from __future__ import annotations
 
-import argparse
 import ast
 import dataclasses
 import inspect
@@ -25,6 +24,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from autopilot import config  # noqa: E402 - after the path set-up, so the script runs from a checkout
+from scripts import docgen  # noqa: E402
 
 HEADER = """# Configuration reference
 
@@ -97,18 +97,8 @@ def render() -> str:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if docs/CONFIGURATION.md is out of date")
-    args = parser.parse_args(argv)
-    text = render()
-    if args.check:
-        current = OUTPUT.read_text() if OUTPUT.exists() else ""
-        if current != text:
-            print(f"{OUTPUT.relative_to(ROOT)} is out of date: run scripts/gen_config_docs.py", file=sys.stderr)
-            return 1
-        return 0
-    OUTPUT.write_text(text)
-    return 0
+    description = __doc__.splitlines()[0]
+    return docgen.main(argv, description=description, output=OUTPUT, render=render, script="gen_config_docs.py")
 
 
 if __name__ == "__main__":
