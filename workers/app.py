@@ -69,27 +69,23 @@ def make_store(settings: config.Settings) -> ResultsStore:
 
 def beat_schedule(settings: config.Settings) -> dict[str, dict[str, Any]]:
     """Beat entries; an interval of 0 leaves its entry out (disabled, not a crash)."""
+    entries = {
+        "periodic-checks": ("autopilot.fanout", settings.periodic_interval_s, {"kind": "periodic"}),
+        "invasive-checks": ("autopilot.fanout", settings.invasive_interval_s, {"kind": "invasive"}),
+        "reconcile": ("autopilot.reconcile", settings.reconcile_interval_s, None),
+    }
     schedule: dict[str, dict[str, Any]] = {}
-    if settings.periodic_interval_s > 0:
-        schedule["periodic-checks"] = {
-            "task": "autopilot.fanout",
-            "schedule": settings.periodic_interval_s,
-            "kwargs": {"kind": "periodic"},
-            "options": {"queue": CONTROL_QUEUE, "expires": settings.periodic_interval_s},
-        }
-    if settings.invasive_interval_s > 0:
-        schedule["invasive-checks"] = {
-            "task": "autopilot.fanout",
-            "schedule": settings.invasive_interval_s,
-            "kwargs": {"kind": "invasive"},
-            "options": {"queue": CONTROL_QUEUE, "expires": settings.invasive_interval_s},
-        }
-    if settings.reconcile_interval_s > 0:
-        schedule["reconcile"] = {
-            "task": "autopilot.reconcile",
-            "schedule": settings.reconcile_interval_s,
-            "options": {"queue": CONTROL_QUEUE, "expires": settings.reconcile_interval_s},
-        }
+    for name, (task, interval, kwargs) in entries.items():
+        if interval > 0:
+            # A tick not consumed within its interval is dropped: the next one does the same work.
+            entry: dict[str, Any] = {
+                "task": task,
+                "schedule": interval,
+                "options": {"queue": CONTROL_QUEUE, "expires": interval},
+            }
+            if kwargs is not None:
+                entry["kwargs"] = kwargs
+            schedule[name] = entry
     return schedule
 
 
