@@ -46,3 +46,25 @@ def test_interval_zero_disables_without_crashing() -> None:
     store = ResultsStore(fakeredis.FakeRedis())
     settings = config.Settings(periodic_interval_s=60, invasive_interval_s=0)
     assert tasks.fanout(store, FakeDispatcher(), settings, kind="invasive") is None
+
+
+def test_beat_entries_go_to_the_control_queue_and_expire_with_their_interval() -> None:
+    from workers.app import CONTROL_QUEUE, beat_schedule
+
+    settings = config.Settings(
+        node_name="x", periodic_interval_s=3600, invasive_interval_s=14400, reconcile_interval_s=60
+    )
+    schedule = beat_schedule(settings)
+    assert schedule["periodic-checks"] == {
+        "task": "autopilot.fanout",
+        "schedule": 3600,
+        "options": {"queue": CONTROL_QUEUE, "expires": 3600},
+        "kwargs": {"kind": "periodic"},
+    }
+    assert schedule["invasive-checks"]["kwargs"] == {"kind": "invasive"}
+    assert schedule["invasive-checks"]["options"]["expires"] == 14400
+    assert schedule["reconcile"] == {
+        "task": "autopilot.reconcile",
+        "schedule": 60,
+        "options": {"queue": CONTROL_QUEUE, "expires": 60},
+    }
