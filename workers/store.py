@@ -141,12 +141,6 @@ class ResultsStore:
         """
         self.save_many([(result, latest)], run_id)
 
-    def save_and_view(self, result: CheckResult, run_id: str | None = None, *, latest: bool = True) -> NodeView:
-        """``save_result``, then the node's latest results and state as they are after it (one MULTI)."""
-        view = self.save_many([(result, latest)], run_id, view=result.node)
-        assert view is not None
-        return view
-
     def save_many(
         self, items: Sequence[tuple[CheckResult, bool]], run_id: str | None = None, *, view: str | None = None
     ) -> NodeView | None:

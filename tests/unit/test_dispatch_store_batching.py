@@ -62,13 +62,14 @@ def result(check: str, status: Status = Status.OK, node: str = "node-a") -> Chec
     return CheckResult(check, status, "fine", node=node, started_at="2026-11-29T12:00:00Z")
 
 
-def test_save_and_view_saves_like_save_result_and_reads_the_node_after_it() -> None:
+def test_a_save_with_view_saves_like_save_result_and_reads_the_node_after_it() -> None:
     store = ResultsStore(fakeredis.FakeRedis())
     run = Run.new(["ping", "remapped"], ["node-a"], {}, 60)
     store.create_run(run)
     store.set_state("node-a", {"verdict": "PASS"})
     store.save_result(result("ping"), run.id)
-    view = store.save_and_view(result("remapped", Status.WARN), run.id)
+    view = store.save_many([(result("remapped", Status.WARN), True)], run.id, view="node-a")
+    assert view is not None
     assert {c: r.status for c, r in view.latest.items()} == {"ping": Status.OK, "remapped": Status.WARN}
     assert view.state == {"verdict": "PASS"}
     assert store.latest("node-a").keys() == {"ping", "remapped"}
@@ -77,10 +78,10 @@ def test_save_and_view_saves_like_save_result_and_reads_the_node_after_it() -> N
     assert store.view("node-a") == view
 
 
-def test_save_and_view_of_a_run_only_answer_leaves_latest_alone() -> None:
+def test_a_save_with_view_of_a_run_only_answer_leaves_latest_alone() -> None:
     store = ResultsStore(fakeredis.FakeRedis())
-    view = store.save_and_view(result("dcgm", Status.SKIPPED), "run-1", latest=False)
-    assert view.latest == {} and store.history("node-a") == []
+    view = store.save_many([(result("dcgm", Status.SKIPPED), False)], "run-1", view="node-a")
+    assert view is not None and view.latest == {} and store.history("node-a") == []
     assert store.run_answered("run-1") == {("node-a", "dcgm")}
 
 
@@ -98,7 +99,7 @@ def test_reconcile_from_a_view_matches_reconcile_that_reads() -> None:
     read, given = ResultsStore(fakeredis.FakeRedis()), ResultsStore(fakeredis.FakeRedis())
     for store in (read, given):
         store.save_result(result("ping"))
-    view = given.save_and_view(result("remapped", Status.FAIL))
+    view = given.save_many([(result("remapped", Status.FAIL), True)], view="node-a")
     read.save_result(result("remapped", Status.FAIL))
     a = reconcile.reconcile_node(read, "node-a", settings, now)
     b = reconcile.reconcile_node(given, "node-a", settings, now, view=view)
