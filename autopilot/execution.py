@@ -18,7 +18,6 @@ whose check hung is abandoned until the check returns; idle ones end after ``_ID
 
 from __future__ import annotations
 
-import _thread
 import dataclasses
 import functools
 import logging
@@ -138,7 +137,7 @@ class _Sequence:
         next_report = time.monotonic() + every
         with self.cond:
             self._begin(0)
-            _THREADS.run(functools.partial(self._serve, 0, self.generation))
+            _THREADS.run(functools.partial(self._serve, 0, self.generation), then=self._wake)
         while True:
             with self.cond:
                 while True:
@@ -189,8 +188,14 @@ class _Sequence:
                     return  # the watcher gave up on this thread's check: its answer is "timed out"
                 self.results[i] = result
                 self._begin(i + 1)
-                if self.watched == i or i + 1 == len(self.jobs):
+                if self.watched == i:
                     self.cond.notify_all()
+        # After the last check the watcher is woken by ``_wake``, once this thread is idle again:
+        # the caller's next checks then find it idle instead of starting another thread.
+
+    def _wake(self) -> None:
+        with self.cond:
+            self.cond.notify_all()
 
     def _time_out(self, i: int) -> None:
         job = self.jobs[i]
@@ -211,7 +216,11 @@ class _Sequence:
                 self.generation += 1
                 self._begin(i + 1)
                 if i + 1 < len(self.jobs):
-                    _THREADS.run(functools.partial(self._serve, i + 1, self.generation))
+                    _THREADS.run(functools.partial(self._serve, i + 1, self.generation), then=self._wake)
+
+
+# What a check thread is handed: the work, and what to call once it is idle again.
+_Work = tuple[Callable[[], None], Callable[[], None] | None]
 
 
 class _CheckThreads:
@@ -224,17 +233,13 @@ class _CheckThreads:
     def __init__(self, idle_s: float) -> None:
         self._idle_s = idle_s
         self._lock = threading.Lock()
-        self._idle: list[queue.SimpleQueue[tuple[Callable[[], None], _thread.LockType]]] = []
+        self._idle: list[queue.SimpleQueue[_Work]] = []
         self._started = 0
 
-    def run(self, target: Callable[[], None]) -> _thread.LockType:
-        """Start ``target`` on an idle thread (or a new one); the lock returned is released when it ends.
-
-        The thread is idle again before the lock is released, so checks run one after another
-        reuse one thread.
-        """
-        done = _thread.allocate_lock()
-        done.acquire()
+    def run(self, target: Callable[[], None], *, then: Callable[[], None] | None = None) -> None:
+        """Start ``target`` on an idle thread (or a new one); ``then()`` is called on that thread when
+        ``target`` has ended, after the thread is idle again, so work handed over right after
+        ``then`` reuses it."""
         with self._lock:
             inbox = self._idle.pop() if self._idle else None
         if inbox is None:
@@ -243,13 +248,12 @@ class _CheckThreads:
                 self._started += 1
                 name = f"check-{self._started}"
             threading.Thread(target=self._serve, args=(inbox,), name=name, daemon=True).start()
-        inbox.put((target, done))
-        return done
+        inbox.put((target, then))
 
-    def _serve(self, inbox: queue.SimpleQueue[tuple[Callable[[], None], _thread.LockType]]) -> None:
+    def _serve(self, inbox: queue.SimpleQueue[_Work]) -> None:
         while True:
             try:
-                target, done = inbox.get(timeout=self._idle_s)
+                target, then = inbox.get(timeout=self._idle_s)
             except queue.Empty:
                 with self._lock:
                     if inbox in self._idle:
@@ -263,7 +267,8 @@ class _CheckThreads:
                 with self._lock:
                     self._idle.append(inbox)
             finally:
-                done.release()
+                if then is not None:
+                    then()
 
     def reset(self) -> None:
         """After a fork: the parent's threads do not exist in the child."""
