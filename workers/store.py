@@ -194,13 +194,14 @@ class ResultsStore:
         return _latest(self.r.hgetall(f"{P}latest:{node}"))
 
     def latest_many(self, nodes: Sequence[str]) -> dict[str, dict[str, CheckResult]]:
+        return {n: _latest(raw) for n, raw in self._hashes("latest", nodes).items()}
+
+    def _hashes(self, kind: str, nodes: Sequence[str]) -> dict[str, Any]:
+        """Node -> its ``<kind>:<node>`` hash, every node in one pipeline."""
         pipe = self.r.pipeline(transaction=False)
         for n in nodes:
-            pipe.hgetall(f"{P}latest:{n}")
-        return {
-            n: {_s(k): CheckResult.from_json(v) for k, v in raw.items()}
-            for n, raw in zip(nodes, pipe.execute(), strict=True)
-        }
+            pipe.hgetall(f"{P}{kind}:{n}")
+        return dict(zip(nodes, pipe.execute(), strict=True))
 
     def history(self, node: str, limit: int = 50) -> list[CheckResult]:
         return [CheckResult.from_json(v) for v in self.r.lrange(f"{P}history:{node}", 0, max(0, limit - 1))]
@@ -310,10 +311,7 @@ class ResultsStore:
         return _state(self.r.hgetall(f"{P}state:{node}"))
 
     def states(self, nodes: Sequence[str]) -> dict[str, dict[str, str]]:
-        pipe = self.r.pipeline(transaction=False)
-        for n in nodes:
-            pipe.hgetall(f"{P}state:{n}")
-        return {n: {_s(k): _s(v) for k, v in raw.items()} for n, raw in zip(nodes, pipe.execute(), strict=True)}
+        return {n: _state(raw) for n, raw in self._hashes("state", nodes).items()}
 
     def set_state(self, node: str, values: Mapping[str, str | None]) -> None:
         """Set the state fields of ``values`` with a value, delete those that are None (one MULTI)."""
