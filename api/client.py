@@ -191,7 +191,7 @@ def status_main(argv: Sequence[str]) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+        out = _stdout()
         out.print(report_table(report))
         out.print(totals_line(report), markup=False)
     return report_exit_code(report)
@@ -303,6 +303,11 @@ def nodes_table(answer: Mapping[str, Any], now: float) -> Table:
     return table
 
 
+def _stdout() -> Console:
+    """Tables on stdout: as wide as the terminal, or 160 columns into a pipe or a file."""
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+
+
 def nodes_main(argv: Sequence[str]) -> int:
     args = nodes_parser().parse_args(list(argv))
     try:
@@ -313,5 +318,5 @@ def nodes_main(argv: Sequence[str]) -> int:
     if args.json:
         print(json.dumps(answer, indent=2))
     else:
-        Console(highlight=False, width=None if sys.stdout.isatty() else 160).print(nodes_table(answer, time.time()))
+        _stdout().print(nodes_table(answer, time.time()))
     return EXIT_OK
