@@ -9,7 +9,7 @@ then reports ``skipped``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar
 
 from autopilot import errors, nvsmi
@@ -27,6 +27,29 @@ Answer = tuple[dict[int, R], Facts] | str
 Readings = tuple[dict[int, Any], Facts, str]
 # The check's ``evaluate(readings, data=facts, source=source)``.
 Evaluate = Callable[..., CheckResult]
+
+
+def no_gpus(name: str, source: str) -> CheckResult:
+    """The answer for a node where the source found no GPU at all."""
+    return CheckResult(name, Status.SKIPPED, "no GPUs on this node", data={"source": source, "gpus": {}})
+
+
+def fold(
+    readings: Mapping[int, R | DeviceResult],
+    data: Mapping[int, Mapping[str, Any]] | None,
+    kind: type[R],
+    judge: Callable[[int, R, dict[str, Any]], DeviceResult],
+) -> tuple[list[DeviceResult], dict[str, dict[str, Any]]]:
+    """Every GPU in index order: ``judge(index, reading, facts)`` for a reading of ``kind`` (it may
+    add to ``facts``), an already decided ``DeviceResult`` as it is; facts start from ``data``."""
+    devices: list[DeviceResult] = []
+    per_gpu: dict[str, dict[str, Any]] = {}
+    for index in sorted(readings):
+        reading = readings[index]
+        facts: dict[str, Any] = dict((data or {}).get(index, {}))
+        devices.append(judge(index, reading, facts) if isinstance(reading, kind) else reading)  # type: ignore[arg-type]
+        per_gpu[str(index)] = facts
+    return devices, per_gpu
 
 
 def judge_collected(

@@ -105,22 +105,17 @@ def evaluate(
 ) -> CheckResult:
     """Fold the readings of every GPU (index -> reasons or decided result) into the check result."""
     if not readings:
-        return CheckResult(NAME, Status.SKIPPED, "no GPUs on this node", data={"source": source, "gpus": {}})
-    devices: list[DeviceResult] = []
-    per_gpu: dict[str, dict[str, Any]] = {}
-    for index in sorted(readings):
-        reading = readings[index]
-        facts: dict[str, Any] = dict((data or {}).get(index, {}))
-        if isinstance(reading, nvsmi.ClockReasons):
-            devices.append(judge(str(index), reading))
-            facts["active"] = sorted(reading.active)
-            if reading.unknown:
-                facts["unknown"] = sorted(reading.unknown)
-        else:
-            devices.append(reading)
-        per_gpu[str(index)] = facts
+        return _nvml_fallback.no_gpus(NAME, source)
+    devices, per_gpu = _nvml_fallback.fold(readings, data, nvsmi.ClockReasons, _judge_gpu)
     ok_summary = f"no HW slowdown on {len(devices)} GPUs"
     return from_devices(NAME, devices, ok_summary=ok_summary, data={"source": source, "gpus": per_gpu})
+
+
+def _judge_gpu(index: int, reading: nvsmi.ClockReasons, facts: dict[str, Any]) -> DeviceResult:
+    facts["active"] = sorted(reading.active)
+    if reading.unknown:
+        facts["unknown"] = sorted(reading.unknown)
+    return judge(str(index), reading)
 
 
 def parse_text(text: str) -> tuple[dict[int, Reading], dict[int, dict[str, Any]], str]:

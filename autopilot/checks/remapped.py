@@ -88,27 +88,22 @@ def evaluate(
     ``data`` adds per-GPU facts (bus id, histogram, which source answered) to ``data["gpus"]``.
     """
     if not readings:
-        return CheckResult(NAME, Status.SKIPPED, "no GPUs on this node", data={"source": source, "gpus": {}})
-    devices: list[DeviceResult] = []
-    per_gpu: dict[str, dict[str, Any]] = {}
-    for index in sorted(readings):
-        reading = readings[index]
-        facts: dict[str, Any] = dict((data or {}).get(index, {}))
-        if isinstance(reading, gpus.RemappedRows):
-            devices.append(judge(str(index), reading))
-            facts.update(
-                correctable=reading.correctable,
-                uncorrectable=reading.uncorrectable,
-                pending=reading.pending,
-                failure_occurred=reading.failure_occurred,
-            )
-        else:
-            devices.append(reading)
-        per_gpu[str(index)] = facts
+        return _nvml_fallback.no_gpus(NAME, source)
+    devices, per_gpu = _nvml_fallback.fold(readings, data, gpus.RemappedRows, _judge_gpu)
     fatal = any(isinstance(r, gpus.RemappedRows) and r.failure_occurred for r in readings.values())
     return from_devices(
         NAME, devices, ok_summary=_ok_summary(devices), fatal=fatal, data={"source": source, "gpus": per_gpu}
     )
+
+
+def _judge_gpu(index: int, reading: gpus.RemappedRows, facts: dict[str, Any]) -> DeviceResult:
+    facts.update(
+        correctable=reading.correctable,
+        uncorrectable=reading.uncorrectable,
+        pending=reading.pending,
+        failure_occurred=reading.failure_occurred,
+    )
+    return judge(str(index), reading)
 
 
 def _ok_summary(devices: list[DeviceResult]) -> str:
