@@ -108,6 +108,11 @@ class Settings:
     bandwidthtest_path: str = ""
     """Optional NVIDIA ``bandwidthTest`` binary; when set ``pciebw`` uses it instead of ``ap-bandwidth``."""
 
+    expect_gpus: int = 0
+    """GPUs this node must have (``AUTOPILOT_EXPECT_GPUS``); 0: only the Node's allocatable ``nvidia.com/gpu``,
+    NVIDIA PCI functions in sysfs and ``/dev/nvidia<N>`` say. A node expected to have GPUs gets ``error`` (not
+    ``skipped``) on every GPU check when NVML cannot start, and a fatal ``fail`` when GPUs are missing."""
+
     check_timeouts: Mapping[str, float] = dataclasses.field(default_factory=dict)
     """Per-check timeout overrides in seconds: ``dcgm=900,pciebw=120`` (``AUTOPILOT_CHECK_TIMEOUTS``)."""
 
@@ -270,6 +275,7 @@ _FIELDS: list[tuple[str, str, tuple[str, ...], Any]] = [
     ("gpumem_thresholds", "AUTOPILOT_GPUMEM_THRESHOLDS", (), lambda t, v: parse_mapping(t, field=v)),
     ("cuda_bin_dir", "AUTOPILOT_CUDA_BIN_DIR", (), lambda t, v: t.strip()),
     ("bandwidthtest_path", "AUTOPILOT_BANDWIDTHTEST_PATH", (), lambda t, v: t.strip()),
+    ("expect_gpus", "AUTOPILOT_EXPECT_GPUS", (), _int_in(0, 1024)),
     ("check_timeouts", "AUTOPILOT_CHECK_TIMEOUTS", (), lambda t, v: parse_mapping(t, field=v)),
     ("api_token", "AUTOPILOT_API_TOKEN", (), lambda t, v: t.strip()),
     ("api_host", "AUTOPILOT_API_HOST", (), lambda t, v: t.strip()),

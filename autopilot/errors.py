@@ -9,7 +9,8 @@
      |    +-- ToolNotFound      the binary is not on PATH
      |    +-- ToolTimeout       it ran past its deadline and was killed with its children
      +-- GpuError               NVML said no (carries the NVML code when there is one)
-     |    +-- GpuUnavailable    no driver / no GPU on this machine: checks are skipped
+     |    +-- GpuUnavailable    NVML could not start: skipped where no GPU is expected, else error
+     |    +-- GpuLost           one GPU answered NVML_ERROR_GPU_IS_LOST: a fatal fail for it
      +-- ClusterError           the Kubernetes API said no
           +-- NotFound, Conflict, Transient
 
@@ -75,7 +76,18 @@ class GpuError(AutopilotError):
 
 
 class GpuUnavailable(GpuError):
-    """There is no NVIDIA driver or no GPU here: GPU checks are skipped, not failed."""
+    """NVML could not start (no driver, no library, a driver/library mismatch); the message names why.
+
+    On a node expected to have GPUs that is an ``error`` of every GPU check; elsewhere ``skipped``.
+    """
+
+
+class GpuLost(GpuError):
+    """GPU ``index`` answered ``NVML_ERROR_GPU_IS_LOST``: it fell off the bus (a fatal ``fail`` for it)."""
+
+    def __init__(self, index: int, message: str) -> None:
+        super().__init__(message, 15)  # NVML_ERROR_GPU_IS_LOST
+        self.index = index
 
 
 class ClusterError(AutopilotError):

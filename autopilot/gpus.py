@@ -1,9 +1,13 @@
 """The GPU seam: what the checks ask NVML, behind a Protocol with one real implementation.
 
 Only this module imports ``pynvml`` (nvidia-ml-py). Every NVML error is translated into
-``GpuError`` (with the NVML code) or, when there is no driver or no GPU, ``GpuUnavailable`` so
-that GPU checks report ``skipped`` quickly on a CPU-only machine. The records returned here are
-plain dataclasses, which the fake in ``autopilot.testing`` fills from recorded snapshots.
+``GpuError`` (with the NVML code and its cause in words), ``GpuLost`` for a GPU that answers
+``NVML_ERROR_GPU_IS_LOST``, or, when NVML cannot start, ``GpuUnavailable`` naming why (library
+not found, driver not loaded, driver/library mismatch, ...). Whether that is "no GPU here"
+(``skipped``) or a broken GPU node (``error``) is decided by the engine from the node's expected
+GPUs (``autopilot.gpucensus``), not here. A failed start is never remembered: the next call tries
+again, so a driver that comes back is seen on the next run. The records returned here are plain
+dataclasses, which the fake in ``autopilot.testing`` fills from recorded snapshots.
 """
 
 from __future__ import annotations
@@ -88,39 +92,70 @@ class GpuTelemetry(Protocol):
     def sample(self, index: int) -> GpuSample: ...
 
 
+# What each pynvml error class means for an operator (pynvml makes one NVMLError subclass per
+# NVML_ERROR_* code). The causes a broken GPU node shows most come first.
+NVML_CAUSES: dict[str, str] = {
+    "NVMLError_LibraryNotFound": "NVML library not found (libnvidia-ml.so.1 is not installed or not mounted)",
+    "NVMLError_DriverNotLoaded": "NVIDIA driver not loaded",
+    "NVMLError_LibRmVersionMismatch": "driver/library version mismatch (NVML and the kernel driver differ; reboot "
+    "or reload the driver)",
+    "NVMLError_GpuIsLost": "GPU is lost (fell off the bus; reset or reboot needed)",
+    "NVMLError_NoPermission": "no permission to use the GPUs",
+    "NVMLError_InsufficientPower": "insufficient external power",
+    "NVMLError_IrqIssue": "interrupt request issue with the kernel driver",
+    "NVMLError_FunctionNotFound": "NVML function not found (library older than the call)",
+    "NVMLError_CorruptedInforom": "corrupted infoROM",
+    "NVMLError_ResetRequired": "GPU requires a reset",
+    "NVMLError_OperatingSystem": "the operating system blocked the request",
+    "NVMLError_Timeout": "NVML timed out",
+    "NVMLError_Uninitialized": "NVML is not initialised",
+    "NVMLError_Memory": "NVML ran out of memory",
+    "NVMLError_GpuNotFound": "GPU not found",
+    "NVMLError_Unknown": "unknown NVML error",
+}
+
+
+def nvml_cause(exc: BaseException) -> str:
+    """The cause of a pynvml error in words: its class's entry in ``NVML_CAUSES``, else NVML's own text."""
+    return NVML_CAUSES.get(type(exc).__name__) or f"{exc} (NVML code {getattr(exc, 'value', '?')})"
+
+
 class NvmlTelemetry:
-    """The real telemetry, through nvidia-ml-py. NVML is initialised lazily, once per process."""
+    """The real telemetry, through nvidia-ml-py.
+
+    NVML is started on first use and kept once it started. A start that fails is not kept: every
+    call tries again (a failed ``nvmlInit`` costs a failed ``dlopen`` or driver open, well under
+    a millisecond), so a worker that started before the driver finished loading, or whose driver
+    was reinstalled, sees the GPUs on its next run instead of calling the node GPU-less for life.
+    """
 
     _init_lock = threading.Lock()
 
     def __init__(self) -> None:
         self._nvml: Any = None
-        self._unavailable: str | None = None
 
     def _lib(self) -> Any:
         with self._init_lock:
-            if self._unavailable is not None:
-                raise errors.GpuUnavailable(self._unavailable)
             if self._nvml is None:
                 try:
                     import pynvml
                 except ImportError as exc:  # pragma: no cover - it is a dependency
-                    self._unavailable = f"nvidia-ml-py is not installed ({exc})"
-                    raise errors.GpuUnavailable(self._unavailable) from exc
+                    raise errors.GpuUnavailable(f"NVML could not start: nvidia-ml-py is not installed ({exc})") from exc
                 try:
                     pynvml.nvmlInit()
                 except pynvml.NVMLError as exc:
-                    self._unavailable = f"no NVIDIA driver: NVML could not start ({exc})"
-                    raise errors.GpuUnavailable(self._unavailable) from exc
+                    raise errors.GpuUnavailable(f"NVML could not start: {nvml_cause(exc)}", exc.value) from exc
                 self._nvml = pynvml
             return self._nvml
 
-    def _call(self, what: str, fn: Callable[[Any], T]) -> T:
+    def _call(self, what: str, fn: Callable[[Any], T], index: int | None = None) -> T:
         nvml = self._lib()
         try:
             return fn(nvml)
         except nvml.NVMLError as exc:
             code = getattr(exc, "value", None)
+            if isinstance(exc, nvml.NVMLError_GpuIsLost) and index is not None:
+                raise errors.GpuLost(index, f"{what}: {nvml_cause(exc)}") from exc
             raise errors.GpuError(f"{what}: {exc}", code) from exc
 
     def _handle(self, nvml: Any, index: int) -> Any:
@@ -142,14 +177,14 @@ class NvmlTelemetry:
                 pci_bus_id=_text(n.nvmlDeviceGetPciInfo(h).busId),
             )
 
-        return self._call(f"GPU {index} identity", read)
+        return self._call(f"GPU {index} identity", read, index)
 
     def remapped_rows(self, index: int) -> RemappedRows:
         def read(n: Any) -> RemappedRows:
             corr, unc, pending, failure = n.nvmlDeviceGetRemappedRows(self._handle(n, index))
             return RemappedRows(int(corr), int(unc), bool(pending), bool(failure))
 
-        return self._call(f"GPU {index} remapped rows", read)
+        return self._call(f"GPU {index} remapped rows", read, index)
 
     def clock_event_reasons(self, index: int) -> frozenset[str]:
         def read(n: Any) -> frozenset[str]:
@@ -159,7 +194,7 @@ class NvmlTelemetry:
             getter = getter or n.nvmlDeviceGetCurrentClocksThrottleReasons
             return decode_reasons(int(getter(h)))
 
-        return self._call(f"GPU {index} clock event reasons", read)
+        return self._call(f"GPU {index} clock event reasons", read, index)
 
     def pcie_link(self, index: int) -> PcieLink:
         def read(n: Any) -> PcieLink:
@@ -171,7 +206,7 @@ class NvmlTelemetry:
                 max_width=int(n.nvmlDeviceGetMaxPcieLinkWidth(h)),
             )
 
-        return self._call(f"GPU {index} PCIe link", read)
+        return self._call(f"GPU {index} PCIe link", read, index)
 
     def sample(self, index: int) -> GpuSample:
         def read(n: Any) -> GpuSample:
@@ -182,7 +217,7 @@ class NvmlTelemetry:
                 sm_clock_mhz=_maybe(lambda: float(n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_SM)), n),
             )
 
-        return self._call(f"GPU {index} sample", read)
+        return self._call(f"GPU {index} sample", read, index)
 
 
 def _maybe(fn: Callable[[], float], nvml: Any) -> float | None:

@@ -1,4 +1,11 @@
-"""What a node is: CPU model, GPU model and count, interface addresses. Read through the seams.
+"""What a node is: CPU model, GPU model and count, interface addresses, expected GPUs. Read through the seams.
+
+Expected GPUs (``expected_gpus``, ``GpuProbe``) are what the node *should* have, whatever NVML
+says: the Node's allocatable ``nvidia.com/gpu`` (cluster seam), NVIDIA display-class PCI
+functions in sysfs (vendor ``0x10de``, class ``0x03xxxx``), ``/dev/nvidia<N>`` device nodes, and
+``AUTOPILOT_EXPECT_GPUS``. The largest count wins; sysfs also gives the bus ids, so a GPU
+missing from NVML can be named. The sysfs and /dev roots are parameters, so tests use a tree
+in a temporary directory.
 
 Addresses come from ``ip -j addr show``. In Kubernetes with Multus, the pod's
 ``k8s.v1.cni.cncf.io/network-status`` annotation (read from a downward-API annotations file)
@@ -13,12 +20,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import re
 from pathlib import Path
 
 from autopilot import config, errors
+from autopilot.cluster import ClusterClient
 from autopilot.commands import CommandRunner
 from autopilot.gpus import GpuTelemetry
+
+log = logging.getLogger(__name__)
+
+NVIDIA_VENDOR = 0x10DE
+DISPLAY_CLASS = 0x03  # PCI base class "display controller": VGA (0x0300) and 3D (0x0302) GPUs
+_DEV_NODE = re.compile(r"nvidia[0-9]+")
+_BUS_ID = re.compile(r"([0-9A-Fa-f]{4,8}):([0-9A-Fa-f]{2}):([0-9A-Fa-f]{2})\.([0-7])")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,3 +185,95 @@ def collect(
     if annotated:
         addresses = merge_addresses(addresses, annotated)
     return NodeFacts(cpu, model, count, addresses)
+
+
+def bus_id(text: str) -> str:
+    """A PCI address in one spelling, ``0000:3b:00.0``: NVML writes ``00000000:3B:00.0``, sysfs the
+    former. Text that is no PCI address comes back stripped and lower-cased."""
+    match = _BUS_ID.fullmatch(text.strip())
+    if not match:
+        return text.strip().lower()
+    domain, bus, dev, fn = match.groups()
+    return f"{int(domain, 16):04x}:{bus.lower()}:{dev.lower()}.{fn}"
+
+
+def nvidia_pci_functions(sys_root: str = "/sys") -> tuple[str, ...]:
+    """Bus ids of the NVIDIA GPUs the kernel enumerated (``<sys_root>/bus/pci/devices/*``), sorted.
+
+    Only display-class functions count: an NVSwitch (bridge class) or a GPU's audio function is
+    no GPU. Unreadable entries are left out; a missing tree (not Linux, no sysfs) gives ().
+    """
+    found: list[str] = []
+    try:
+        entries = sorted(Path(sys_root, "bus", "pci", "devices").iterdir())
+    except OSError:
+        return ()
+    for entry in entries:
+        try:
+            vendor = int(entry.joinpath("vendor").read_text().strip(), 16)
+            klass = int(entry.joinpath("class").read_text().strip(), 16)
+        except (OSError, ValueError):
+            continue
+        if vendor == NVIDIA_VENDOR and klass >> 16 == DISPLAY_CLASS:
+            found.append(bus_id(entry.name))
+    return tuple(found)
+
+
+def nvidia_device_nodes(dev_root: str = "/dev") -> int:
+    """How many ``/dev/nvidia<N>`` GPU device nodes exist (``nvidiactl``, ``nvidia-uvm`` are not GPUs)."""
+    try:
+        return sum(1 for p in Path(dev_root).iterdir() if _DEV_NODE.fullmatch(p.name))
+    except OSError:
+        return 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpectedGpus:
+    """The GPUs a node should have. ``count`` 0: nothing says it has any."""
+
+    count: int = 0
+    bus_ids: tuple[str, ...] = ()
+    """Bus ids (``bus_id`` spelling) of the NVIDIA GPUs in sysfs; may be fewer than ``count``."""
+    sources: tuple[str, ...] = ()
+    """What said so, in words: ``Node allocatable nvidia.com/gpu=8``, ``8 NVIDIA PCI functions``."""
+
+    def describe(self) -> str:
+        return "; ".join(self.sources) or "nothing"
+
+
+def expected_gpus(
+    *, setting: int = 0, allocatable: int | None = None, sys_root: str = "/sys", dev_root: str = "/dev"
+) -> ExpectedGpus:
+    """What every source says about this node's GPUs, folded: the largest count wins."""
+    pci = nvidia_pci_functions(sys_root)
+    nodes = nvidia_device_nodes(dev_root)
+    said = [
+        (allocatable or 0, f"Node allocatable nvidia.com/gpu={allocatable}"),
+        (len(pci), f"{len(pci)} NVIDIA PCI functions in {sys_root}/bus/pci/devices"),
+        (nodes, f"{nodes} {dev_root}/nvidia<N> device nodes"),
+        (setting, f"AUTOPILOT_EXPECT_GPUS={setting}"),
+    ]
+    counted = [(n, why) for n, why in said if n > 0]
+    return ExpectedGpus(max((n for n, _ in counted), default=0), pci, tuple(why for _, why in counted))
+
+
+@dataclasses.dataclass(frozen=True)
+class GpuProbe:
+    """Where a node's expected GPUs are read from; ``read`` reads them again on every call."""
+
+    setting: int = 0
+    sys_root: str = "/sys"
+    dev_root: str = "/dev"
+
+    def read(self, cluster: ClusterClient | None, node: str) -> ExpectedGpus:
+        """Expected GPUs now; the Node object is asked when there is a cluster (a failed read there
+        only drops that source: the others still count)."""
+        allocatable: int | None = None
+        if cluster is not None:
+            try:
+                allocatable = cluster.get_node(node).allocatable_gpus
+            except errors.ClusterError as exc:
+                log.warning("expected GPUs: reading Node %s failed, allocatable not counted: %s", node, exc)
+        return expected_gpus(
+            setting=self.setting, allocatable=allocatable, sys_root=self.sys_root, dev_root=self.dev_root
+        )
