@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from autopilot import clock, cluster, commands, config, gpus, peers
+from autopilot import clock, cluster, commands, config, gpus, nodeinfo, peers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,15 +18,20 @@ class CheckContext:
     clock: clock.Clock = dataclasses.field(default_factory=clock.SystemClock)
     cluster: cluster.ClusterClient | None = None
     peers: peers.PeerDirectory | None = None
+    gpu_probe: nodeinfo.GpuProbe | None = None
+    """Where the GPUs this node should have are read (``autopilot.gpucensus``); None: GPU checks are
+    not held to an expectation (simulated nodes, tests)."""
 
     @classmethod
     def default(cls, settings: config.Settings) -> CheckContext:
-        """The production context: real subprocesses, real NVML, the system clock."""
+        """The production context: real subprocesses, real NVML, the system clock, expected GPUs read
+        from this machine (and from its Node, once a cluster client is set)."""
         return cls(
             node=settings.node_name,
             settings=settings,
             commands=commands.SubprocessRunner(),
             gpus=gpus.NvmlTelemetry(),
+            gpu_probe=nodeinfo.GpuProbe(setting=settings.expect_gpus),
         )
 
     def timeout_for(self, check: str, default: float) -> float:

@@ -7,7 +7,11 @@ return a ``CheckResult`` per check:
 - the check's own result, stamped with node, params, start time and duration;
 - ``error`` "timed out after N s" when the check outlives its timeout: the watchdog kills
   every process group the check started (through the ``ProcessScope`` bound to its runner);
-- ``error`` for any exception or bad parameter, ``skipped`` when the machine has no GPU or driver.
+- ``error`` for any exception or bad parameter; ``skipped`` when NVML cannot start on a machine
+  that nothing says has GPUs; a fatal ``fail`` for a GPU that NVML calls lost;
+- for the GPU checks of a context with a ``gpu_probe``, the result as ``gpucensus.judge`` corrects
+  it against the census the sequence takes before its first GPU check (NVML down on a node that
+  should have GPUs is ``error``; missing or lost GPUs are a fatal ``fail``).
 
 The checks of one ``run_checks`` call share one check thread and hand back to the caller once
 (``_Sequence``). Check threads are reused (``_CheckThreads``): a sequence goes to an idle one, or
@@ -29,7 +33,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from autopilot import commands, errors, registry, results
+from autopilot import commands, errors, gpucensus, registry, results
 from autopilot.context import CheckContext
 from autopilot.results import CheckResult, Status
 
@@ -129,6 +133,8 @@ class _Sequence:
         self._shortest_after = [math.inf] * len(jobs)
         for i in range(len(jobs) - 2, -1, -1):
             self._shortest_after[i] = min(jobs[i + 1].timeout, self._shortest_after[i + 1])
+        self._census: gpucensus.Census | None = None
+        self._census_taken = False
 
     def watch(self, progress: Progress | None) -> list[CheckResult]:
         n = len(self.jobs)
@@ -181,6 +187,9 @@ class _Sequence:
                 assert job.spec is not None
                 ctx = self.ctx if self._bind is None else dataclasses.replace(self.ctx, commands=self._bind(job.scope))
                 raw = _guarded(job.spec, ctx, job.params)
+                census = self._gpu_census() if job.spec.uses_gpu else None
+                if census is not None:
+                    raw = gpucensus.judge(census, raw)
                 _log(raw)
             result = _stamp(raw, self.ctx, job)
             with self.cond:
@@ -192,6 +201,19 @@ class _Sequence:
                     self.cond.notify_all()
         # After the last check the watcher is woken by ``_wake``, once this thread is idle again:
         # the caller's next checks then find it idle instead of starting another thread.
+
+    def _gpu_census(self) -> gpucensus.Census | None:
+        """The sequence's census, taken once, in the check thread (under the first GPU check's
+        deadline: NVML or the API server may hang); None without a probe or when it failed."""
+        if self.ctx.gpu_probe is None or self._census_taken:
+            return self._census
+        self._census_taken = True
+        try:
+            expected = self.ctx.gpu_probe.read(self.ctx.cluster, self.ctx.node)
+            self._census = gpucensus.take(self.ctx.gpus, expected)
+        except Exception:  # noqa: BLE001 - a census that breaks must not take the checks with it
+            log.exception("GPU census of %s failed: GPU checks are not held to expected GPUs", self.ctx.node)
+        return self._census
 
     def _wake(self) -> None:
         with self.cond:
@@ -286,7 +308,10 @@ def _guarded(spec: registry.CheckSpec, ctx: CheckContext, params: Mapping[str, A
         # typed as object: a check is user code and may break its contract
         result: object = spec.run(ctx, params)
     except errors.GpuUnavailable as exc:
+        # Where GPUs are expected, gpucensus.judge turns this into an error naming the cause.
         return CheckResult(spec.name, Status.SKIPPED, f"no GPU here: {exc}")
+    except errors.GpuLost as exc:
+        return gpucensus.lost_result(spec.name, exc)
     except errors.ToolTimeout as exc:
         return CheckResult(spec.name, Status.ERROR, str(exc), data={"timeout_s": exc.timeout_s})
     except errors.AutopilotError as exc:

@@ -3,16 +3,18 @@
 Shared by ``remapped`` and ``gpupower``. NVML is asked first, GPU by GPU; a GPU that NVML cannot
 read is looked up in one ``nvidia-smi`` query (run at most once per check run); if NVML cannot
 start at all, ``nvidia-smi`` answers for every GPU. A GPU neither can read becomes an ``error``
-device, never a pass. ``GpuUnavailable`` propagates when there is no driver at all (the engine
-then reports ``skipped``).
+device, never a pass. A GPU that NVML calls lost (``GpuLost``) is not asked again: it is a
+``fail`` device and the check a fatal ``fail``. ``GpuUnavailable`` propagates when there is no
+driver at all (the engine then reports ``skipped``, or ``error`` where GPUs are expected).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar
 
-from autopilot import errors, nvsmi
+from autopilot import errors, gpucensus, nvsmi
 from autopilot.context import CheckContext
 from autopilot.results import CheckResult, DeviceResult, Status
 
@@ -57,13 +59,17 @@ def judge_collected(
 ) -> CheckResult:
     """A check run: ``evaluate`` over ``collect(ctx)``; no reading of ``what`` at all is an ``error``.
 
-    ``GpuUnavailable`` propagates: the engine reports ``skipped`` for a machine without a driver.
+    ``GpuUnavailable`` propagates: the engine reports ``skipped`` for a machine without a driver
+    (``error`` where GPUs are expected). A lost GPU makes the check a fatal ``fail``.
     """
     try:
         readings, facts, source = collect(ctx)
     except errors.ToolError as exc:
         return CheckResult(name, Status.ERROR, f"no reading of {what}: {exc}")
-    return evaluate(readings, data=facts, source=source)
+    result = evaluate(readings, data=facts, source=source)
+    if any(f.get("lost") for f in facts.values()):
+        return dataclasses.replace(result, status=Status.FAIL, fatal=True)
+    return result
 
 
 def judge_saved(name: str, text: str, parse_text: Callable[[str], Readings], evaluate: Evaluate) -> CheckResult:
@@ -128,6 +134,11 @@ def collect(
         try:
             readings[index] = read_nvml(index)
             facts[index] = {"source": "nvml"}
+            continue
+        except errors.GpuLost as exc:
+            # nvidia-smi would only say the same about a GPU off the bus, after a long wait.
+            readings[index] = gpucensus.lost_device(index, str(exc))
+            facts[index] = {"source": "nvml", "lost": True}
             continue
         except errors.GpuError as exc:
             nvml_error = exc

@@ -1,0 +1,137 @@
+"""Whether a node's GPUs are all there: the rules that keep a GPU node without working GPUs from passing.
+
+Before the first GPU check of a sequence, the engine takes a ``Census``: the GPUs the node should
+have (``nodeinfo.GpuProbe``: Node allocatable, sysfs, ``/dev/nvidia<N>``, ``AUTOPILOT_EXPECT_GPUS``)
+and what NVML sees (count, bus ids, GPUs that answer ``NVML_ERROR_GPU_IS_LOST``). ``judge`` then
+corrects each GPU check's result:
+
+- NVML could not start or count on a node expected to have GPUs: ``error``, the summary naming the
+  cause (library not found, driver not loaded, driver/library mismatch, ...) and what said the node
+  has GPUs; a ``fail`` the check found anyway stays a ``fail``. On a node nothing says has GPUs, the
+  engine's ``skipped`` ("no GPU here") stands.
+- fewer GPUs visible to NVML than expected: a fatal ``fail``, with one ``fail`` device per missing
+  bus id ("fell off the bus"), or the shortfall in words when no bus ids are known.
+- a GPU answering ``NVML_ERROR_GPU_IS_LOST``: a fatal ``fail``, with a ``fail`` device for that GPU.
+
+The census is read again for every sequence (never cached across runs), so a driver that comes
+back, or a GPU that falls off, shows on the next run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+from autopilot import errors
+from autopilot.gpus import GpuTelemetry
+from autopilot.nodeinfo import ExpectedGpus, bus_id
+from autopilot.results import CheckResult, DeviceResult, Status, worst
+
+FELL_OFF = "expected but not visible to NVML (fell off the bus?)"
+
+
+@dataclasses.dataclass(frozen=True)
+class Census:
+    """Expected GPUs against what NVML sees at one moment."""
+
+    expected: ExpectedGpus
+    visible: int | None
+    """GPUs NVML counts (lost ones included); None when NVML could not start or count."""
+    nvml_error: str = ""
+    """Why NVML could not start or count (the ``GpuError`` text, naming the cause)."""
+    bus_ids: tuple[str, ...] = ()
+    """Bus ids (``nodeinfo.bus_id`` spelling) of the GPUs NVML identified."""
+    lost: Mapping[int, str] = dataclasses.field(default_factory=dict)
+    """GPU index -> NVML's words, for GPUs that answered ``NVML_ERROR_GPU_IS_LOST``."""
+
+    @property
+    def shortfall(self) -> int:
+        """How many expected GPUs NVML does not count (0 when it could not count at all)."""
+        return max(0, self.expected.count - self.visible) if self.visible is not None else 0
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        """Expected bus ids (from sysfs) that NVML did not identify; empty when none are short."""
+        if not self.shortfall:
+            return ()
+        seen = set(self.bus_ids)
+        return tuple(b for b in self.expected.bus_ids if b not in seen)
+
+
+def take(telemetry: GpuTelemetry, expected: ExpectedGpus) -> Census:
+    """Count and identify the GPUs through NVML, next to ``expected``. Never raises a ``GpuError``."""
+    try:
+        count = telemetry.count()
+    except errors.GpuError as exc:
+        return Census(expected, None, str(exc))
+    found: list[str] = []
+    lost: dict[int, str] = {}
+    for index in range(count):
+        try:
+            found.append(bus_id(telemetry.identity(index).pci_bus_id))
+        except errors.GpuLost as exc:
+            lost[index] = str(exc)
+        except errors.GpuError:
+            continue  # an identity NVML will not give: the check itself says what it can of that GPU
+    return Census(expected, count, "", tuple(found), lost)
+
+
+def lost_device(index: int, words: str) -> DeviceResult:
+    return DeviceResult(str(index), Status.FAIL, detail=f"GPU is lost, fell off the bus: {words}")
+
+
+def lost_result(check: str, exc: errors.GpuLost) -> CheckResult:
+    """What a check that met a lost GPU answers: a fatal ``fail`` for that GPU."""
+    return CheckResult(
+        check, Status.FAIL, f"GPU {exc.index} is lost: {exc}", fatal=True, devices=(lost_device(exc.index, str(exc)),)
+    )
+
+
+def judge(census: Census, result: CheckResult) -> CheckResult:
+    """``result`` of a GPU check, corrected by what ``census`` says (the rules above)."""
+    expected = census.expected
+    if census.visible is None:
+        if not expected.count:
+            return result  # no GPU expected, none working: the engine's skipped (or the check's answer) stands
+        why = f"{census.nvml_error} (this node should have {expected.count} GPUs: {expected.describe()})"
+        return dataclasses.replace(
+            result,
+            status=worst([Status.ERROR, result.status]),
+            # A skip here only repeats NVML's failure ("no GPU here: ..."), which ``why`` already says.
+            summary=why if result.status is Status.SKIPPED else _joined(why, result),
+            data={**result.data, "gpus_expected": expected.count, "nvml_error": census.nvml_error},
+        )
+    if not census.shortfall and not census.lost:
+        return result
+    findings: list[str] = []
+    added = [lost_device(i, words) for i, words in sorted(census.lost.items())]
+    if census.lost:
+        findings.append(f"GPU {', '.join(str(i) for i in sorted(census.lost))} lost (NVML_ERROR_GPU_IS_LOST)")
+    if census.shortfall:
+        shown = expected.count - census.shortfall
+        names = census.missing
+        which = f"missing {', '.join(names)}" if names else "bus ids unknown"
+        findings.append(
+            f"{shown} of {expected.count} expected GPUs visible to NVML ({which}: fell off the bus?; "
+            f"expected from {expected.describe()})"
+        )
+        added += [DeviceResult(b, Status.FAIL, detail=FELL_OFF) for b in names]
+    replaced = {d.id for d in added}
+    return dataclasses.replace(
+        result,
+        status=Status.FAIL,
+        fatal=True,
+        summary=_joined("; ".join(findings), result),
+        devices=(*(d for d in result.devices if d.id not in replaced), *added),
+        data={
+            **result.data,
+            "gpus_expected": expected.count,
+            "gpus_visible": census.visible,
+            "gpus_missing": list(census.missing),
+            "gpus_lost": sorted(census.lost),
+        },
+    )
+
+
+def _joined(finding: str, result: CheckResult) -> str:
+    return f"{finding}; {result.check}: {result.summary}" if result.summary else finding
