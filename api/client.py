@@ -38,6 +38,7 @@ GRACE_S = 30.0
 _STYLE = {
     "ok": "green",
     "skipped": "dim",
+    "busy": "dim",
     "warn": "yellow",
     "fail": "bold red",
     "error": "magenta",
@@ -249,16 +250,19 @@ def report_table(report: Mapping[str, Any]) -> Table:
 
 def totals_line(report: Mapping[str, Any]) -> str:
     totals = report["totals"]
-    parts = [f"{totals[s]} {s}" for s in ("ok", "warn", "fail", "error", "unreachable", "unknown") if totals.get(s)]
+    parts = [
+        f"{totals[s]} {s}" for s in ("ok", "busy", "warn", "fail", "error", "unreachable", "unknown") if totals.get(s)
+    ]
     return f"{totals['nodes']} node(s): {', '.join(parts) or 'none'}; {report['runtime_s']:.2f} s"
 
 
 def report_exit_code(report: Mapping[str, Any]) -> int:
-    """0 all ok; 1 a warn or fail (a finding beats an inability to look); 3 an error or a silent node."""
+    """0 all ok; 1 a warn or fail (a finding beats an inability to look); 3 an error, a silent node,
+    or checks that never started because the GPUs were busy (nothing was looked at there)."""
     totals = report["totals"]
     if totals.get("warn") or totals.get("fail"):
         return EXIT_BAD
-    if any(totals.get(s) for s in ("error", "unreachable", "unknown", "pending")):
+    if any(totals.get(s) for s in ("error", "unreachable", "unknown", "pending", "busy")):
         return EXIT_ERROR
     return EXIT_OK
 

@@ -50,8 +50,9 @@ POLL_GROWTH = 1.5
 # Time a freed slot may wait for the poll that notices it; added per wave to the run's deadline.
 WAVE_SLACK_S = POLL_MAX_S + 0.05
 
-# Node statuses in the answer, least to most severe for the totals' "status".
-NODE_STATUSES = ("ok", "pending", "unknown", "unreachable", "error", "warn", "fail")
+# Node statuses in the answer, least to most severe for the totals' "status". "busy": some checks
+# never started (another GPU check held the GPUs until the deadline) and the rest were ok.
+NODE_STATUSES = ("ok", "busy", "pending", "unknown", "unreachable", "error", "warn", "fail")
 RING_CHECK = "iperf"
 
 
@@ -416,7 +417,8 @@ def _suspects(pairs: Sequence[network.PairResult]) -> dict[str, Any]:
 
 
 def overall(totals: Mapping[str, int], *, complete: bool) -> str:
-    """One word for the whole run: a finding (fail, warn) beats an inability to look (error)."""
+    """One word for the whole run: a finding (fail, warn) beats an inability to look (error), which
+    beats checks that did not start because the GPUs were busy (busy)."""
     for status in ("fail", "warn"):
         if totals.get(status):
             return status
@@ -424,7 +426,7 @@ def overall(totals: Mapping[str, int], *, complete: bool) -> str:
         return "pending"
     if any(totals.get(s) for s in ("error", "unreachable", "unknown")):
         return "error"
-    return "ok"
+    return "busy" if totals.get("busy") else "ok"
 
 
 def parse_reasons(raw: str | None) -> list[str]:

@@ -5,7 +5,7 @@ into a private ``CollectorRegistry`` kept in ``app.extensions["autopilot_metrics
 process-global default registry, so several apps (tests, ``autopilot up``) never collide.
 
 - ``autopilot.metrics.ResultsCollector`` reads one snapshot of the results store per scrape
-  (four pipelined Redis round trips whatever the node count), so one scrape shows every node.
+  (five pipelined Redis round trips whatever the node count), so one scrape shows every node.
 - ``autopilot_api_requests_total{method,endpoint,code}`` and
   ``autopilot_api_request_duration_seconds{method,endpoint}``: ``endpoint`` is the Flask URL
   rule (``/api/v1/nodes/<name>``), never the raw path, and unknown methods fold into ``OTHER``,
@@ -58,6 +58,7 @@ def snapshot_from_store(store: ResultsStore, settings: config.Settings) -> Snaps
         nodes=[NodeInfo(r.name, r.cpu_model or "", r.gpu_model or "", float(r.last_seen or 0.0)) for r in records],
         latest=store.latest_many(names),
         verdicts={n: s["verdict"] for n, s in states.items() if s.get("verdict")},
+        busy=store.busy_counts(names),
         taken_at=taken_at,
         live_after_s=settings.live_after_s,
     )

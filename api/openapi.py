@@ -112,7 +112,7 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "check": {"type": "string"},
             "node": {"type": "string"},
-            "status": {"type": "string", "enum": ["ok", "warn", "fail", "error", "skipped"]},
+            "status": {"type": "string", "enum": ["ok", "warn", "fail", "error", "skipped", "busy"]},
             "fatal": {"type": "boolean"},
             "summary": {"type": "string"},
             "devices": {"type": "array", "items": {"type": "object"}},
@@ -125,7 +125,10 @@ SCHEMAS: dict[str, Any] = {
     "NodeAnswer": {
         "type": "object",
         "properties": {
-            "status": {"type": "string", "enum": ["ok", "warn", "fail", "error", "pending", "unreachable", "unknown"]},
+            "status": {
+                "type": "string",
+                "enum": ["ok", "warn", "fail", "error", "busy", "pending", "unreachable", "unknown"],
+            },
             "detail": {"type": "string"},
             "verdict": {"type": ["string", "null"], "enum": ["PASS", "WARN", "EVICT", "TESTING", "UNKNOWN", None]},
             "reasons": {"type": "array", "items": {"type": "string"}},
@@ -143,7 +146,7 @@ SCHEMAS: dict[str, Any] = {
             "deadline": {"type": "string", "format": "date-time"},
             "runtime_s": {"type": "number"},
             "complete": {"type": "boolean"},
-            "status": {"type": "string", "enum": ["ok", "warn", "fail", "error", "pending"]},
+            "status": {"type": "string", "enum": ["ok", "warn", "fail", "error", "busy", "pending"]},
             "totals": {"type": "object", "additionalProperties": {"type": "integer"}},
             "nodes": {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/NodeAnswer"}},
             "network": {

@@ -29,8 +29,8 @@ TAGS = {
     "iperf": "IPERF",
 }
 
-WORDS = {"ok": "SUCCESS", "warn": "WARN", "fail": "FAIL", "error": "ABORT", "skipped": "SKIPPED"}
-PROBLEM = {"warn": "Warning", "fail": "Failed", "error": "Aborted"}
+WORDS = {"ok": "SUCCESS", "warn": "WARN", "fail": "FAIL", "error": "ABORT", "skipped": "SKIPPED", "busy": "BUSY"}
+PROBLEM = {"warn": "Warning", "fail": "Failed", "error": "Aborted", "busy": "Busy (not run)"}
 
 
 def tag(check: str) -> str:

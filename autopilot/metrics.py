@@ -13,7 +13,9 @@ Two families of series:
   (see :func:`upstream_samples`). A result whose status is ``error`` or ``skipped`` exports
   nothing here: upstream's 0 means "healthy", and a check that could not look is not healthy.
 - our own ``autopilot_check_*``, ``autopilot_node_*`` and ``autopilot_nodes`` series, which do
-  show errors and skips, durations, last-run times and verdicts.
+  show errors and skips, durations, last-run times and verdicts, and the counter
+  ``autopilot_checks_busy_total{node,check}``: checks that never started because another GPU
+  check held the node's GPUs until the deadline (kept in the store, so it survives scrapes).
 
 This module is pure: it reads no store itself (the API passes ``snapshot_fn``), so tests run it
 on a fresh ``CollectorRegistry`` over handmade results.
@@ -27,7 +29,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from autopilot import results
@@ -47,7 +49,8 @@ HEALTH_NAMES: Mapping[str, str] = {
 }
 """Check name -> upstream ``health`` label value. Checks not listed (iperf) have no upstream series."""
 
-STATUSES: tuple[str, ...] = tuple(s.value for s in Status)
+# Statuses a latest result can have: busy never is one (it is counted on its own).
+STATUSES: tuple[str, ...] = tuple(s.value for s in Status if s is not Status.BUSY)
 VERDICTS: tuple[str, ...] = tuple(v.value for v in Verdict)
 NODE_STATES: tuple[str, ...] = ("live", "stale")
 
@@ -80,6 +83,8 @@ class Snapshot:
     """node -> check -> latest result."""
     verdicts: Mapping[str, str] = dataclasses.field(default_factory=dict)
     """node -> stored verdict (``PASS`` ...); a node without one is ``UNKNOWN``."""
+    busy: Mapping[str, Mapping[str, int]] = dataclasses.field(default_factory=dict)
+    """node -> check -> how many times it was answered ``busy`` (a counter, from the store)."""
     taken_at: float = dataclasses.field(default_factory=time.time)
     """Epoch seconds the snapshot was read: the reference for live and stale."""
     live_after_s: float = 45.0
@@ -141,12 +146,12 @@ class ResultsCollector(Collector):
     def __init__(self, snapshot_fn: Callable[[], Snapshot]) -> None:
         self._snapshot_fn = snapshot_fn
 
-    def describe(self) -> Iterator[GaugeMetricFamily]:
+    def describe(self) -> Iterator[Metric]:
         # Names only, for the registry's collision check; must not touch the store.
         yield _store_up()
         yield from _Families().all()
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         up = _store_up()
         try:
             snapshot = self._snapshot_fn()
@@ -160,7 +165,7 @@ class ResultsCollector(Collector):
         yield from build(snapshot)
 
 
-def build(snapshot: Snapshot) -> list[GaugeMetricFamily]:
+def build(snapshot: Snapshot) -> list[Metric]:
     """The metric families of one snapshot (what :class:`ResultsCollector` yields besides ``up``)."""
     fam = _Families()
     infos = {n.name: n for n in snapshot.nodes}
@@ -179,6 +184,8 @@ def build(snapshot: Snapshot) -> list[GaugeMetricFamily]:
             fam.verdict.add_metric([node, v], _flag(v == verdict))
         for check, result in sorted(snapshot.latest.get(node, {}).items()):
             _add_result(fam, info, check, result)
+        for check, times in sorted(snapshot.busy.get(node, {}).items()):
+            fam.busy.add_metric([node, check], float(times))
     for state in NODE_STATES:
         fam.nodes.add_metric([state], float(counts[state]))
     return fam.all()
@@ -241,13 +248,19 @@ class _Families:
             "Time of the node's last worker heartbeat, in seconds since the Unix epoch",
             labels=["node"],
         )
+        self.busy = CounterMetricFamily(
+            "autopilot_checks_busy",
+            "Checks on a node that never started because another GPU check held its GPUs until the run's "
+            "deadline (answered busy in the run; no finding, the latest result and the verdict are unchanged)",
+            labels=["node", "check"],
+        )
         self.nodes = GaugeMetricFamily(
             "autopilot_nodes",
             "Number of known nodes by state: live (heartbeat recent) or stale",
             labels=["state"],
         )
 
-    def all(self) -> list[GaugeMetricFamily]:
+    def all(self) -> list[Metric]:
         return [
             self.health,
             self.status,
@@ -256,6 +269,7 @@ class _Families:
             self.last_run,
             self.verdict,
             self.last_seen,
+            self.busy,
             self.nodes,
         ]
 

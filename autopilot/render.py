@@ -17,6 +17,7 @@ _STYLE = {
     Status.FAIL: "bold red",
     Status.ERROR: "magenta",
     Status.SKIPPED: "dim",
+    Status.BUSY: "dim",
 }
 
 

@@ -16,19 +16,25 @@ from autopilot import jsoncodec
 
 
 class Status(enum.StrEnum):
-    """Outcome of a check or of one device within it."""
+    """Outcome of a check or of one device within it.
+
+    ``BUSY`` is no finding: the check never started because another GPU check held the node's
+    GPUs until the run's deadline. It appears in a run's answers only, never as a node's latest
+    result or in its history (the store refuses it there), so it never moves a verdict.
+    """
 
     OK = "ok"
     WARN = "warn"
     FAIL = "fail"
     ERROR = "error"
     SKIPPED = "skipped"
+    BUSY = "busy"
 
 
 # Severity order used to fold device statuses into a check status. An error ranks above warn:
 # a check that could not look is more urgent than one that saw something mildly off, but below
-# fail, which is a positive finding of bad hardware.
-_SEVERITY = {Status.SKIPPED: 0, Status.OK: 1, Status.WARN: 2, Status.ERROR: 3, Status.FAIL: 4}
+# fail, which is a positive finding of bad hardware. Busy says only "not looked at this time".
+_SEVERITY = {Status.SKIPPED: 0, Status.OK: 1, Status.BUSY: 2, Status.WARN: 3, Status.ERROR: 4, Status.FAIL: 5}
 
 
 def worst(statuses: Iterable[Status], default: Status = Status.OK) -> Status:

@@ -8,6 +8,8 @@ Keys (all prefixed ``ap:``):
 - ``run:<id>``       hash ``meta`` -> run JSON, ``<node>|<check>`` -> result JSON; expires after ``run_ttl_s``
 - ``runlog:<id>``    list of the ``<node>|<check>`` fields written to ``run:<id>``, in order (same expiry)
 - ``state:<n>``      hash: ``verdict``, ``evicted_at``, ``testing_since``, ``reasons``
+- ``busy:<n>``       hash check -> how many times that check was answered ``busy`` (GPUs held by another
+                     check until the deadline); counted here, never written to ``latest`` or ``history``
 - ``labels:<n>``     hash: the local label store used when there is no Kubernetes cluster
 - ``tick:<name>:<slot>`` set-once marker so a second beat (or a redelivered tick) does no work twice
 
@@ -26,7 +28,7 @@ from typing import Any, TypeVar
 
 import redis
 
-from autopilot.results import CheckResult
+from autopilot.results import CheckResult, Status
 
 P = "ap:"
 T = TypeVar("T")
@@ -146,7 +148,9 @@ class ResultsStore:
     ) -> NodeView | None:
         """Record several results in one MULTI, each as ``save_result(result, run_id, latest=flag)`` would.
 
-        Later items count as newer (history, and the latest of a check named twice). With
+        Later items count as newer (history, and the latest of a check named twice). A ``busy``
+        result is never a latest result nor history, whatever its flag: it goes to its run and is
+        counted in ``busy:<node>``. With
         ``view`` (a node name), the same MULTI also reads that node's latest results, state and
         labels as they are after the writes: the reconcile that follows a task costs no extra
         round trip and judges exactly what was written. Results this call wrote are not decoded
@@ -160,7 +164,9 @@ class ResultsStore:
         for result, is_latest in items:
             blob = result.to_json_bytes()
             written[blob] = result
-            if is_latest:
+            if result.status is Status.BUSY:
+                pipe.hincrby(f"{P}busy:{result.node}", result.check, 1)
+            elif is_latest:
                 latest.setdefault(result.node, {})[result.check] = blob
                 history.setdefault(result.node, []).append(blob)
             if run_id:
@@ -202,6 +208,10 @@ class ResultsStore:
         for n in nodes:
             pipe.hgetall(f"{P}{kind}:{n}")
         return dict(zip(nodes, pipe.execute(), strict=True))
+
+    def busy_counts(self, nodes: Sequence[str]) -> dict[str, dict[str, int]]:
+        """Node -> check -> how many times it was answered ``busy`` (one pipeline for every node)."""
+        return {n: {_s(k): int(v) for k, v in raw.items()} for n, raw in self._hashes("busy", nodes).items()}
 
     def history(self, node: str, limit: int = 50) -> list[CheckResult]:
         return [CheckResult.from_json(v) for v in self.r.lrange(f"{P}history:{node}", 0, max(0, limit - 1))]
@@ -302,7 +312,9 @@ class ResultsStore:
         return NodeRecord.from_dict(json.loads(raw)) if raw else None
 
     def forget_node(self, name: str) -> None:
-        self.r.delete(f"{P}node:{name}", f"{P}latest:{name}", f"{P}history:{name}", f"{P}state:{name}")
+        self.r.delete(
+            f"{P}node:{name}", f"{P}latest:{name}", f"{P}history:{name}", f"{P}state:{name}", f"{P}busy:{name}"
+        )
         self.r.zrem(f"{P}nodes", name)
 
     # ------------------------------------------------------------------ verdict state and labels

@@ -62,7 +62,8 @@ def run_checks(
 
     Light checks never wait for the lock, so a long GPU check of another run does not hold them
     up. When the lock is busy the GPU checks are handed back (``GpusBusy``) to be retried until
-    shortly before ``deadline``, then answered ``error``. Results are written as ``_Writer``
+    shortly before ``deadline``, then answered ``busy``: in the run only, never as the node's
+    latest result (it is no finding about the node), and counted. Results are written as ``_Writer``
     says; the verdict is recomputed after the task from what it saved, also when it hands its
     GPU checks back.
     """
@@ -88,7 +89,15 @@ def run_checks(
                 handed_back = True
                 raise GpusBusy(node, gpu)
             for c in gpu:
-                writer.add(CheckResult(c, Status.ERROR, "GPUs busy with another check until the deadline", node=node))
+                # No started_at: it never started.
+                busy = CheckResult(
+                    c,
+                    Status.BUSY,
+                    "not run: another GPU check held the GPUs until the deadline",
+                    node=node,
+                    params=dict(params.get(c) or {}),
+                )
+                writer.add(busy, latest=False)
             return writer.done
         _run_group(host, ctx, gpu, params, writer)
         return writer.done
