@@ -3,7 +3,8 @@
 Expected GPUs (``expected_gpus``, ``GpuProbe``) are what the node *should* have, whatever NVML
 says: the Node's allocatable ``nvidia.com/gpu`` (cluster seam), NVIDIA display-class PCI
 functions in sysfs (vendor ``0x10de``, class ``0x03xxxx``), ``/dev/nvidia<N>`` device nodes, and
-``AUTOPILOT_EXPECT_GPUS``. The largest count wins; sysfs also gives the bus ids, so a GPU
+``AUTOPILOT_EXPECT_GPUS``. The Node's count is of physical GPUs (shared GPUs and MIG devices are
+not counted as GPUs). The largest count wins; sysfs also gives the bus ids, so a GPU
 missing from NVML can be named. The sysfs and /dev roots are parameters, so tests use a tree
 in a temporary directory.
 
@@ -25,7 +26,7 @@ import re
 from pathlib import Path
 
 from autopilot import config, errors
-from autopilot.cluster import ClusterClient
+from autopilot.cluster import ClusterClient, NodeInfo
 from autopilot.commands import CommandRunner
 from autopilot.gpus import GpuTelemetry
 
@@ -242,19 +243,56 @@ class ExpectedGpus:
 
 
 def expected_gpus(
-    *, setting: int = 0, allocatable: int | None = None, sys_root: str = "/sys", dev_root: str = "/dev"
+    *, setting: int = 0, node: tuple[int, str] = (0, ""), sys_root: str = "/sys", dev_root: str = "/dev"
 ) -> ExpectedGpus:
-    """What every source says about this node's GPUs, folded: the largest count wins."""
+    """What every source says about this node's GPUs, folded: the largest count wins.
+
+    ``node``: (physical GPUs, in words) from the Node object (``node_gpus``); (0, "") without one.
+    """
     pci = nvidia_pci_functions(sys_root)
     nodes = nvidia_device_nodes(dev_root)
     said = [
-        (allocatable or 0, f"Node allocatable nvidia.com/gpu={allocatable}"),
+        node,
         (len(pci), f"{len(pci)} NVIDIA PCI functions in {sys_root}/bus/pci/devices"),
         (nodes, f"{nodes} {dev_root}/nvidia<N> device nodes"),
         (setting, f"AUTOPILOT_EXPECT_GPUS={setting}"),
     ]
     counted = [(n, why) for n, why in said if n > 0]
     return ExpectedGpus(max((n for n, _ in counted), default=0), pci, tuple(why for _, why in counted))
+
+
+# GPU Feature Discovery's labels: with time-slicing or MPS the device plugin advertises
+# physical GPUs x replicas, and with the MIG "single" strategy one nvidia.com/gpu per MIG device.
+REPLICAS_LABEL = "nvidia.com/gpu.replicas"
+MIG_STRATEGY_LABEL = "nvidia.com/mig.strategy"
+COUNT_LABEL = "nvidia.com/gpu.count"
+
+
+def node_gpus(info: NodeInfo) -> tuple[int, str]:
+    """Physical GPUs the Node advertises, in words: allocatable ``nvidia.com/gpu``, divided by
+    ``nvidia.com/gpu.replicas`` when GPUs are shared; under the MIG ``single`` strategy
+    (allocatable counts MIG devices) GFD's ``nvidia.com/gpu.count``, else just "at least 1"."""
+    allocatable = info.allocatable_gpus
+    words = f"Node allocatable nvidia.com/gpu={allocatable}"
+    if allocatable <= 0:
+        return 0, ""
+    if info.labels.get(MIG_STRATEGY_LABEL) == "single":
+        count = _positive(info.labels.get(COUNT_LABEL))
+        if count:
+            return count, f"{words} (MIG single; {COUNT_LABEL}={count})"
+        return 1, f"{words} (MIG single: at least 1 GPU)"
+    replicas = _positive(info.labels.get(REPLICAS_LABEL)) or 1
+    if replicas > 1:
+        return max(1, allocatable // replicas), f"{words} / {REPLICAS_LABEL}={replicas}"
+    return allocatable, words
+
+
+def _positive(text: str | None) -> int:
+    try:
+        value = int(str(text or "").strip())
+    except ValueError:
+        return 0
+    return max(0, value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,12 +306,10 @@ class GpuProbe:
     def read(self, cluster: ClusterClient | None, node: str) -> ExpectedGpus:
         """Expected GPUs now; the Node object is asked when there is a cluster (a failed read there
         only drops that source: the others still count)."""
-        allocatable: int | None = None
+        said: tuple[int, str] = (0, "")
         if cluster is not None:
             try:
-                allocatable = cluster.get_node(node).allocatable_gpus
+                said = node_gpus(cluster.get_node(node))
             except errors.ClusterError as exc:
-                log.warning("expected GPUs: reading Node %s failed, allocatable not counted: %s", node, exc)
-        return expected_gpus(
-            setting=self.setting, allocatable=allocatable, sys_root=self.sys_root, dev_root=self.dev_root
-        )
+                log.warning("expected GPUs: reading Node %s failed, its allocatable GPUs not counted: %s", node, exc)
+        return expected_gpus(setting=self.setting, node=said, sys_root=self.sys_root, dev_root=self.dev_root)

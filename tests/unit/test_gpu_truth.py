@@ -79,7 +79,8 @@ def test_expected_gpus_come_from_nvidia_display_functions_device_nodes_and_setti
     for name in ("nvidia0", "nvidia1", "nvidiactl", "nvidia-uvm", "nvidia-caps"):
         (dev / name).touch()
     assert nodeinfo.nvidia_device_nodes(str(dev)) == 2
-    got = nodeinfo.expected_gpus(setting=0, allocatable=4, sys_root=eight_gpus, dev_root=str(dev))
+    node = (4, "Node allocatable nvidia.com/gpu=4")
+    got = nodeinfo.expected_gpus(setting=0, node=node, sys_root=eight_gpus, dev_root=str(dev))
     assert got.count == 8 and got.bus_ids == tuple(BUS)
     assert "Node allocatable nvidia.com/gpu=4" in got.sources
     nothing = nodeinfo.expected_gpus(sys_root=str(tmp_path / "none"), dev_root=str(tmp_path / "none"))
@@ -98,6 +99,23 @@ def test_the_probe_reads_the_node_allocatable_and_survives_an_api_failure(tmp_pa
     assert probe.read(fake, "gpu-1").count == 8
     assert probe.read(fake, "not-there").count == 0  # NotFound: that source says nothing
     assert probe.read(None, "gpu-1").count == 0
+
+
+@pytest.mark.parametrize(
+    "allocatable, labels, count",
+    [
+        (8, {}, 8),
+        (32, {"nvidia.com/gpu.replicas": "4", "nvidia.com/gpu.sharing-strategy": "time-slicing"}, 8),
+        (56, {"nvidia.com/mig.strategy": "single", "nvidia.com/gpu.count": "8"}, 8),
+        (56, {"nvidia.com/mig.strategy": "single"}, 1),
+        (0, {"nvidia.com/gpu.count": "8"}, 0),
+    ],
+)
+def test_the_node_counts_physical_gpus_not_shares_or_mig_devices(
+    allocatable: int, labels: dict[str, str], count: int
+) -> None:
+    info = cluster_mod.NodeInfo("gpu-1", labels, allocatable_gpus=allocatable)
+    assert nodeinfo.node_gpus(info)[0] == count
 
 
 def test_expect_gpus_setting_is_validated() -> None:
