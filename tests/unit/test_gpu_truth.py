@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +19,9 @@ import pynvml
 import pytest
 
 from autopilot import cluster as cluster_mod
-from autopilot import config, errors, execution, gpucensus, gpus, nodeinfo
+from autopilot import config, errors, execution, gpus, nodeinfo, registry
 from autopilot.context import CheckContext
-from autopilot.results import Status
+from autopilot.results import CheckResult, Status
 from autopilot.testing import FakeCluster, FakeGpu, FakeRunner, FakeTelemetry
 from tests.unit.cluster_standin import StandInApi
 from workers import tasks
@@ -234,9 +234,16 @@ def test_a_lost_gpu_is_a_fatal_fail_for_that_gpu(eight_gpus: str, no_dev: str) -
     assert alone.status is Status.FAIL and alone.fatal
 
 
-def test_a_check_that_meets_a_lost_gpu_answers_a_fatal_fail() -> None:
-    got = gpucensus.lost_result("pciebw", errors.GpuLost(2, "GPU 2 PCIe link: GPU is lost"))
-    assert got.status is Status.FAIL and got.fatal and got.devices[0].id == "2"
+def test_a_check_that_meets_a_lost_gpu_answers_a_fatal_fail_for_it() -> None:
+    reg = registry.CheckRegistry()
+
+    @registry.check("probe", description="reads a PCIe link", uses_gpu=True, registry=reg)
+    def probe(ctx: CheckContext, params: Mapping[str, Any]) -> CheckResult:
+        raise errors.GpuLost(2, "GPU 2 PCIe link: GPU is lost")
+
+    got = execution.run_check("probe", ctx_for(FakeTelemetry(h100s(4)), None), checks=reg)
+    assert got.status is Status.FAIL and got.fatal
+    assert [(d.id, d.status) for d in got.devices] == [("2", Status.FAIL)]
 
 
 def test_the_census_is_taken_again_on_every_run(eight_gpus: str, no_dev: str) -> None:
