@@ -186,8 +186,8 @@ class _Sequence:
             else:
                 assert job.spec is not None
                 ctx = self.ctx if self._bind is None else dataclasses.replace(self.ctx, commands=self._bind(job.scope))
-                raw = _guarded(job.spec, ctx, job.params)
                 census = self._gpu_census() if job.spec.uses_gpu else None
+                raw = _guarded(job.spec, ctx, job.params)
                 if census is not None:
                     raw = gpucensus.judge(census, raw)
                 _log(raw)
