@@ -134,12 +134,13 @@ def parse_text(text: str) -> tuple[dict[int, Reading], dict[int, dict[str, Any]]
         readings: dict[int, Reading] = {}
         facts: dict[int, dict[str, Any]] = {}
         for section in report.gpus:
-            facts[section.index] = {"bus_id": section.bus_id}
+            facts[section.index] = _nvml_fallback.section_facts(report, section)
             try:
                 readings[section.index] = nvsmi.clock_reasons_from_q(section)
             except nvsmi.ParseError as exc:
-                readings[section.index] = DeviceResult(str(section.index), Status.ERROR, detail=f"unreadable: {exc}")
-        return readings, facts, "nvidia-smi -q"
+                gpu = report.device_id(section)
+                readings[section.index] = DeviceResult(gpu, Status.ERROR, detail=f"unreadable: {exc}")
+        return readings, facts, _nvml_fallback.source_of(report, "nvidia-smi -q")
     nvsmi.raise_for_invalid_field(text)
     first = next((line for line in text.splitlines() if line.strip()), "")
     if any(prefix in first for prefix in nvsmi.CSV_REASON_PREFIXES):
