@@ -27,12 +27,26 @@ per GPU, in nvidia-smi index order, each a tree of ``Key : Value`` lines nested 
 
 ``-q -d ROW_REMAPPER`` (and other ``-d`` filters) print the same layout with fewer keys; copies
 quoted in reports sometimes lack the header or elide lines as ``[...]``, which is tolerated and
-marks the report as an excerpt. CSV queries print ``name [unit], ...`` headers (unless
+marks the report as an excerpt. Also read, into the same tree:
+
+- ``-q -i <id>``: the system's ``Attached GPUs : 8`` above one complete GPU section. Its position
+  (0) is not the GPU's index, which nvidia-smi does not print, so ``QReport.device_id`` names such
+  a GPU by its bus id;
+- a copy whose indentation was lost (pasted into a form or chat): every line at column 0. It is
+  nested again from the known headings of the report (``_FLAT_PARENT``) and the keys of the blocks
+  the checks read (``_FLAT_MEMBERS``);
+- ``-q -x`` (XML, ``nvsmi_device_v11.dtd`` of driver 470 to ``v12`` of 535-580): parsed with
+  ``xml.etree``, defused (a document that declares entities or has an internal DTD subset is
+  refused, and its size is bounded by ``MAX_XML_CHARS``), its elements renamed to the labels of
+  the text form (``remapped_row_pending`` -> ``Remapped Rows > Pending``,
+  ``clocks_throttle_reason_hw_slowdown`` -> ``HW Slowdown``), so one set of readers serves both.
+ CSV queries print ``name [unit], ...`` headers (unless
 ``noheader``) and one row per GPU; a field the driver does not know is answered with
 ``Field "x" is not a valid field to query.``, raised here as ``InvalidField``.
 
 The readers of one GPU's block (``remapped_rows_from_q``, ``clock_reasons_from_q``,
-``pcie_link_from_q``) do not name the GPU in their messages; the caller knows which it asked for.
+``pcie_link_from_q``, ``retired_pages_from_q``) do not name the GPU in their messages; the caller
+knows which it asked for.
 """
 
 from __future__ import annotations

@@ -9,7 +9,9 @@ NVML reports why each GPU runs below its maximum clock as a set of "clock event 
 
 (drivers before 535 call the fields ``clocks_throttle_reasons.*`` and reject the new names with
 ``Field "clocks_event_reasons.gpu_idle" is not a valid field to query.``; we then ask again with
-the old names). A saved ``nvidia-smi -q`` report is read from its block::
+the old names). A saved ``nvidia-smi -q`` report (also ``-q -d PERFORMANCE``, ``-q -i N``, ``-q -x``
+XML with ``clocks_event_reasons`` or, before 535, ``clocks_throttle_reasons``, or a copy without
+indentation; see ``nvsmi``) is read from its block::
 
     Clocks Event Reasons
         Idle                              : Not Active

@@ -15,6 +15,8 @@ without NVML we read the same block from ``nvidia-smi -q -d ROW_REMAPPER``::
                 Max                           : 192 bank(s)
                 High                          : 0 bank(s)
 
+(``autopilot evaluate`` also reads the block from a full ``-q``, ``-q -x`` XML, a one-GPU ``-q -i N``
+or a pasted copy without indentation, see ``nvsmi``; a report without the block is an ``error``)
 or from ``nvidia-smi --query-remapped-rows=gpu_uuid,remapped_rows.correctable,...  --format=csv``::
 
     gpu_uuid, remapped_rows.correctable, remapped_rows.uncorrectable, remapped_rows.pending, remapped_rows.failure
@@ -34,7 +36,9 @@ Verdict per GPU (upstream looked at ``Pending`` only and ignored a failed remap)
   -> that device ``skipped``; no GPUs at all -> the check is ``skipped``.
 
 Device ``value`` keeps upstream's ``remapped`` gauge meaning: ``1`` when a remap is pending or
-has failed (the GPU needs attention), else ``0``. ``data["gpus"][<index>]`` carries the counts.
+has failed (the GPU needs attention), else ``0``. ``data["gpus"][<index>]`` carries the counts,
+and, from saved nvidia-smi output, the page retirement counts of GPUs that retire pages instead
+(``retired_pages``, informational).
 """
 
 from __future__ import annotations
