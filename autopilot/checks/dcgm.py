@@ -284,6 +284,9 @@ COULD_NOT_RUN = re.compile(
             r"aborted early due to user signal",
             r"does not have permissions to create a file",
             r"cannot allocate \d+ bytes on the host",
+            r"cannot get pointer to \S+ from lib",  # DCGM_FR_NVML_LIB_BAD
+            r"no valid GPUs passed to plugin",  # DCGM_FR_EMPTY_GPU_LIST
+            r"unable to get field information for field",  # DCGM_FR_CANNOT_GET_FIELD_TAG
         )
     ),
     re.IGNORECASE,
