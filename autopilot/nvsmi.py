@@ -27,12 +27,26 @@ per GPU, in nvidia-smi index order, each a tree of ``Key : Value`` lines nested 
 
 ``-q -d ROW_REMAPPER`` (and other ``-d`` filters) print the same layout with fewer keys; copies
 quoted in reports sometimes lack the header or elide lines as ``[...]``, which is tolerated and
-marks the report as an excerpt. CSV queries print ``name [unit], ...`` headers (unless
+marks the report as an excerpt. Also read, into the same tree:
+
+- ``-q -i <id>``: the system's ``Attached GPUs : 8`` above one complete GPU section. Its position
+  (0) is not the GPU's index, which nvidia-smi does not print, so ``QReport.device_id`` names such
+  a GPU by its bus id;
+- a copy whose indentation was lost (pasted into a form or chat): every line at column 0. It is
+  nested again from the known headings of the report (``_FLAT_PARENT``) and the keys of the blocks
+  the checks read (``_FLAT_MEMBERS``);
+- ``-q -x`` (XML, ``nvsmi_device_v11.dtd`` of driver 470 to ``v12`` of 535-580): parsed with
+  ``xml.etree``, defused (a document that declares entities or has an internal DTD subset is
+  refused, and its size is bounded by ``MAX_XML_CHARS``), its elements renamed to the labels of
+  the text form (``remapped_row_pending`` -> ``Remapped Rows > Pending``,
+  ``clocks_throttle_reason_hw_slowdown`` -> ``HW Slowdown``), so one set of readers serves both.
+ CSV queries print ``name [unit], ...`` headers (unless
 ``noheader``) and one row per GPU; a field the driver does not know is answered with
 ``Field "x" is not a valid field to query.``, raised here as ``InvalidField``.
 
 The readers of one GPU's block (``remapped_rows_from_q``, ``clock_reasons_from_q``,
-``pcie_link_from_q``) do not name the GPU in their messages; the caller knows which it asked for.
+``pcie_link_from_q``, ``retired_pages_from_q``) do not name the GPU in their messages; the caller
+knows which it asked for.
 """
 
 from __future__ import annotations
@@ -40,6 +54,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Iterator, Mapping, Sequence
+from xml.etree import ElementTree
 
 from autopilot import errors, gpus
 
@@ -120,6 +135,7 @@ class QReport:
     gpus: tuple[GpuSection, ...]
     attached: int | None = None
     excerpt: bool = False
+    xml: bool = False  # read from ``nvidia-smi -q -x``
 
     @property
     def driver_version(self) -> str | None:
@@ -129,6 +145,19 @@ class QReport:
     def full(self) -> bool:
         """True for a plain ``-q`` report (every section), False for a ``-d`` filtered one."""
         return any(g.find("Product Name") is not None for g in self.gpus)
+
+    @property
+    def partial(self) -> bool:
+        """A capture of fewer GPUs than the system has: ``nvidia-smi -q -i N`` (``Attached GPUs`` counts
+        the system) or a quoted excerpt. Positions in it are not nvidia-smi indexes."""
+        return self.attached is not None and len(self.gpus) < self.attached
+
+    def device_id(self, section: GpuSection) -> str:
+        """The id to report ``section`` under: its index, or its bus id in a partial capture.
+
+        ``-q -i N`` does not print N, and the section's position (0) is not the GPU's index.
+        """
+        return section.bus_id if self.partial else str(section.index)
 
 
 _GPU_LINE = re.compile(r"^GPU\s+(?P<bus>[0-9A-Fa-f]{4,8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.[0-9A-Fa-f])\s*$")
@@ -157,23 +186,30 @@ class _Building:
 
 
 def looks_like_q(text: str) -> bool:
-    """Whether ``text`` holds at least one ``GPU <bus id>`` section heading of a ``-q`` report."""
-    return any(_GPU_LINE.match(line.rstrip()) for line in text.splitlines())
+    """Whether ``text`` is a ``-q`` report: a ``GPU <bus id>`` section heading, or the ``-q -x`` XML."""
+    return _looks_like_xml(text) or any(_GPU_LINE.match(line.rstrip()) for line in text.splitlines())
 
 
-def parse_q(text: str) -> QReport:
-    """Parse a ``nvidia-smi -q`` report (any ``-d`` filter). Raises ``ParseError`` when it is not one.
+def parse_q(text: str, *, whole: bool = False) -> QReport:
+    """Parse a ``nvidia-smi -q`` report (any ``-d`` filter, text or ``-x`` XML). Raises ``ParseError``.
 
     Corruption checks: a report that announces ``Attached GPUs : N`` must hold N sections, and
     the last section of a full report must reach its ``Processes`` entry (nvidia-smi prints it
     for every GPU); otherwise the report was cut short. Both are relaxed for quoted excerpts.
+    One section under ``Attached GPUs : N`` is a capture of one GPU (``-q -i <id>``, which prints
+    the system's count) when that section is complete; ``whole=True`` (our own query of every GPU)
+    refuses it. A copy whose indentation was lost (pasted) is nested again from the report's
+    known headings (``_FLAT_PARENT``).
     """
+    if _looks_like_xml(text):
+        return _checked(_parse_xml(text), whole=whole)
     header: dict[str, str] = {}
     sections: list[tuple[str, _Building, str | None]] = []
     stack: list[_Building] = []
     excerpt = False
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.expandtabs(4).rstrip()
+    lines = [raw.expandtabs(4).rstrip() for raw in text.splitlines()]
+    flat = _indentation_lost(lines)
+    for number, line in enumerate(lines, start=1):
         stripped = line.strip()
         if not stripped or _BANNER.match(stripped):
             continue
@@ -196,6 +232,9 @@ def parse_q(text: str) -> QReport:
             kv = _KEY_VALUE.match(line)
             if kv and not sections:
                 header[kv.group("key")] = kv.group("value") or ""
+                continue
+            if flat and stack:
+                _place_flat(stack, kv, stripped, number)
                 continue
             where = "after the GPU sections" if sections else "before any GPU section"
             raise ParseError(f"line {number}: unexpected text {where}: {stripped[:80]!r}")
@@ -220,25 +259,25 @@ def parse_q(text: str) -> QReport:
         attached=_attached(header),
         excerpt=excerpt,
     )
-    if not excerpt:
-        if report.attached is not None and report.attached != len(report.gpus):
+    return _checked(report, whole=whole)
+
+
+def _checked(report: QReport, *, whole: bool) -> QReport:
+    """``report`` if it is complete (or a complete one-GPU capture); else ``ParseError`` (``parse_q``)."""
+    if report.excerpt:
+        return report
+    last = report.gpus[-1]
+    cut = report.full and last.error is None and last.find("Processes") is None
+    count = len(report.gpus)
+    if report.attached is not None and report.attached != count:
+        one_gpu_capture = count == 1 and report.attached > 1 and not cut and not whole
+        if not one_gpu_capture:
             raise ParseError(
-                f"report announces {report.attached} GPUs but holds {len(report.gpus)} sections: truncated or corrupted"
+                f"report announces {report.attached} GPUs but holds {count} sections: truncated or corrupted"
             )
-        last = report.gpus[-1]
-        if report.full and last.error is None and last.find("Processes") is None:
-            raise ParseError(f"section of GPU {last.index} ({last.bus_id}) ends early: truncated output")
+    if cut:
+        raise ParseError(f"section of GPU {last.index} ({last.bus_id}) ends early: truncated output")
     return report
-
-
-def _attached(header: Mapping[str, str]) -> int | None:
-    raw = header.get("Attached GPUs")
-    if raw is None:
-        return None
-    try:
-        return int(raw.strip())
-    except ValueError:
-        raise ParseError(f"Attached GPUs: not a number: {raw[:40]!r}") from None
 
 
 # ---------------------------------------------------------------- words
@@ -561,3 +600,232 @@ def pcie_link_from_q(section: GpuSection) -> dict[str, int | None]:
         "device_max_gen": read(gen, "Device Max", required=False),
         "host_max_gen": read(gen, "Host Max", required=False),
     }
+
+
+# ---------------------------------------------------------------- pasted reports (indentation lost)
+
+# The parent heading of each nested heading of the -q report; any other heading is a GPU's own.
+_FLAT_PARENT: Mapping[str, str] = {
+    "gpu link info": "pci",
+    "pcie generation": "gpu link info",
+    "link width": "gpu link info",
+    "bridge chip": "pci",
+    "bank remap availability histogram": "remapped rows",
+    "volatile": "ecc errors",
+    "aggregate": "ecc errors",
+    "aggregate uncorrectable sram sources": "ecc errors",
+}
+# The key/value lines of the blocks the checks read; a line that is not one of them closes the
+# block (``Sparse Operation Mode`` after ``Clocks Event Reasons``). Other blocks take any line.
+_REASON_KEYS = frozenset(_norm(label) for label in (*REASON_LABELS.values(), "Unknown"))
+_FLAT_MEMBERS: Mapping[str, frozenset[str]] = {
+    **{_norm(name): _REASON_KEYS for name in ("Clocks Event Reasons", "Clocks Throttle Reasons", "Clocks Reasons")},
+    # Cumulative microseconds per reason (550+): a different block, whose names overlap the reasons'.
+    "clocks event reasons counters": frozenset(
+        {"sw power capping", "sync boost", "sw thermal slowdown", "hw thermal slowdown", "hw power braking"}
+    ),
+    "remapped rows": frozenset({"correctable error", "uncorrectable error", "pending", "remapping failure occurred"}),
+    "bank remap availability histogram": frozenset({"max", "high", "partial", "low", "none"}),
+    "gpu link info": frozenset(),
+    "pcie generation": frozenset({"max", "current", "device current", "device max", "host max"}),
+    "link width": frozenset({"max", "current"}),
+    "retired pages": frozenset(
+        {"single bit ecc", "double bit ecc", "pending page blacklist", "pending page retirement"}
+    ),
+}
+# Key/value lines that always belong to the GPU itself (the truncation check looks for them there).
+_FLAT_ROOT_KEYS = frozenset({"product name", "processes"})
+
+
+def _indentation_lost(lines: Sequence[str]) -> bool:
+    """Whether no line after the first GPU heading is indented although there are lines under it."""
+    inside = False
+    body = False
+    for line in lines:
+        if not line.strip():
+            continue
+        if _GPU_LINE.match(line) or _NO_HANDLE.match(line):
+            inside = True
+            continue
+        if not inside or line.strip() in _ELISION or _BANNER.match(line.strip()):
+            continue
+        if line[:1] == " ":
+            return False
+        body = True
+    return body
+
+
+def _place_flat(stack: list[_Building], kv: re.Match[str] | None, stripped: str, number: int) -> None:
+    """Add one line of an unindented report under the block it belongs to (``_FLAT_PARENT``)."""
+    if kv is None:  # a heading
+        parent = _FLAT_PARENT.get(_norm(stripped))
+        depth = next((d for d in range(len(stack) - 1, 0, -1) if _norm(stack[d].key) == parent), 0)
+        del stack[depth + 1 :]
+        node = _Building(stripped, None, number, len(stack))
+        stack[-1].children.append(node)
+        stack.append(node)
+        return
+    key = _norm(kv.group("key"))
+    if key in _FLAT_ROOT_KEYS:
+        del stack[1:]
+    while len(stack) > 1:
+        members = _FLAT_MEMBERS.get(_norm(stack[-1].key))
+        if members is None or key in members:
+            break
+        stack.pop()
+    stack[-1].children.append(_Building(kv.group("key"), kv.group("value") or "", number, len(stack)))
+
+
+def _attached(header: Mapping[str, str]) -> int | None:
+    raw = header.get("Attached GPUs")
+    if raw is None:
+        return None
+    try:
+        return int(raw.strip())
+    except ValueError:
+        raise ParseError(f"Attached GPUs: not a number: {raw[:40]!r}") from None
+
+
+# ---------------------------------------------------------------- the -q -x (XML) report
+
+# Bigger than any real report (8 GPUs with every supported clock listed are a few MB): a bound on
+# what we hand to the XML parser.
+MAX_XML_CHARS = 32 * 1024 * 1024
+# Defused: expat expands internal entities (the "billion laughs") and an internal DTD subset can
+# declare them; nvidia-smi's own output has neither (only ``<!DOCTYPE nvidia_smi_log SYSTEM
+# "nvsmi_device_vNN.dtd">``, which ElementTree never fetches), so any such document is refused.
+_XML_REFUSED = re.compile(r"<!ENTITY|<!DOCTYPE[^>\[]*\[", re.IGNORECASE)
+_XML_HEADER = {
+    "timestamp": "Timestamp",
+    "driver_version": "Driver Version",
+    "cuda_version": "CUDA Version",
+    "attached_gpus": "Attached GPUs",
+}
+# XML element -> the label of the same field in the text report (nvsmi_device_v10-v12.dtd, drivers
+# 470-580), so that one set of readers serves both forms. Elements not listed keep their tag.
+_XML_LABELS: Mapping[str, str] = {
+    "product_name": "Product Name",
+    "product_architecture": "Product Architecture",
+    "minor_number": "Minor Number",
+    "uuid": "GPU UUID",
+    "processes": "Processes",
+    "performance_state": "Performance State",
+    "pci": "PCI",
+    "pci_bus_id": "Bus Id",
+    "pci_gpu_link_info": "GPU Link Info",
+    "pcie_gen": "PCIe Generation",
+    "max_link_gen": "Max",
+    "current_link_gen": "Current",
+    "device_current_link_gen": "Device Current",
+    "max_device_link_gen": "Device Max",
+    "max_host_link_gen": "Host Max",
+    "link_widths": "Link Width",
+    "max_link_width": "Max",
+    "current_link_width": "Current",
+    "pci_bridge_chip": "Bridge Chip",
+    "clocks_event_reasons": "Clocks Event Reasons",
+    "clocks_throttle_reasons": "Clocks Throttle Reasons",
+    "clocks_event_reasons_counters": "Clocks Event Reasons Counters",
+    "remapped_rows": "Remapped Rows",
+    "remapped_row_corr": "Correctable Error",
+    "remapped_row_unc": "Uncorrectable Error",
+    "remapped_row_pending": "Pending",
+    "remapped_row_failure": "Remapping Failure Occurred",
+    "row_remapper_histogram": "Bank Remap Availability Histogram",
+    "row_remapper_histogram_max": "Max",
+    "row_remapper_histogram_high": "High",
+    "row_remapper_histogram_partial": "Partial",
+    "row_remapper_histogram_low": "Low",
+    "row_remapper_histogram_none": "None",
+    "retired_pages": "Retired Pages",
+    "multiple_single_bit_retirement": "Single Bit ECC",
+    "double_bit_retirement": "Double Bit ECC",
+    "pending_blacklist": "Pending Page Blacklist",
+    "pending_retirement": "Pending Page Retirement",
+    "ecc_mode": "ECC Mode",
+    "ecc_errors": "ECC Errors",
+    "volatile": "Volatile",
+    "aggregate": "Aggregate",
+}
+# Children of <clocks_event_reasons> / <clocks_throttle_reasons>: a prefix and the NVML reason name
+# (``display_clocks_setting`` in XML is the text form's ``Display Clock Setting``).
+_XML_REASON_PREFIXES = ("clocks_event_reason_", "clocks_throttle_reason_")
+_XML_REASON_NAMES = {**{name: name for name in REASON_LABELS}, "display_clocks_setting": "display_clock_setting"}
+# Blocks whose XML holds a count under <retired_count> where the text form prints the count itself.
+_XML_COUNTED = frozenset({"multiple_single_bit_retirement", "double_bit_retirement"})
+
+
+def _looks_like_xml(text: str) -> bool:
+    head = text.lstrip()[:512]
+    return head.startswith("<?xml") or "<nvidia_smi_log" in head
+
+
+def _parse_xml(text: str) -> QReport:
+    """``nvidia-smi -q -x``: the same ``QReport`` as the text form, with the text form's labels."""
+    if len(text) > MAX_XML_CHARS:
+        raise ParseError(f"XML report larger than {MAX_XML_CHARS} characters: refused")
+    if _XML_REFUSED.search(text):
+        raise ParseError("XML with entity declarations or an internal DTD subset: refused (not nvidia-smi output)")
+    try:
+        root = ElementTree.fromstring(text.strip())
+    except ElementTree.ParseError as exc:
+        raise ParseError(f"invalid XML: {exc}") from None
+    if root.tag != "nvidia_smi_log":
+        raise ParseError(f"XML root is <{root.tag}>, not <nvidia_smi_log>: not nvidia-smi -q -x output")
+    header = {
+        label: (root.findtext(tag) or "").strip() for tag, label in _XML_HEADER.items() if root.find(tag) is not None
+    }
+    sections = []
+    for index, gpu in enumerate(root.findall("gpu")):
+        bus = (gpu.get("id") or gpu.findtext("pci/pci_bus_id") or "").strip().upper()
+        if not bus:
+            raise ParseError(f"<gpu> number {index} has no id (bus id)")
+        children = tuple(_xml_entry(child, gpu.tag) for child in gpu)
+        sections.append(GpuSection(index, bus, Entry("GPU", bus, children)))
+    if not sections:
+        raise ParseError("no <gpu> element: not nvidia-smi -q -x output")
+    return QReport(header=header, gpus=tuple(sections), attached=_attached(header), xml=True)
+
+
+def _xml_entry(element: ElementTree.Element, parent: str) -> Entry:
+    tag = element.tag
+    label = _XML_LABELS.get(tag, tag)
+    if parent in ("clocks_event_reasons", "clocks_throttle_reasons"):
+        prefix = next((p for p in _XML_REASON_PREFIXES if tag.startswith(p)), None)
+        name = _XML_REASON_NAMES.get(tag[len(prefix) :]) if prefix else None
+        # An element we cannot name keeps its tag, which the reader reports as an unknown reason.
+        label = REASON_LABELS[name] if name else ("Unknown" if tag.endswith("_unknown") else tag)
+    children = tuple(_xml_entry(child, tag) for child in element)
+    if tag in _XML_COUNTED:
+        return Entry(label, (element.findtext("retired_count") or "").strip(), children)
+    if children:
+        return Entry(label, None, children)
+    return Entry(label, (element.text or "").strip())
+
+
+def retired_pages_from_q(section: GpuSection) -> dict[str, int | bool | None] | None:
+    """``Retired Pages`` of one GPU (pre-Ampere page retirement): counts and the pending flag.
+
+    None where the block is absent or N/A throughout (GPUs with row remapping instead). Best
+    effort, for ``data``: ``ParseError`` for a value that is there but unreadable.
+    """
+    if section.error is not None:
+        raise ParseError(section.error)
+    block = section.find("Retired Pages")
+    if block is None or not block.children:
+        return None
+    pending_entry = block.get("Pending Page Retirement") or block.get("Pending Page Blacklist")
+    values: dict[str, int | bool | None] = {
+        "single_bit_ecc": _count_of(block.get("Single Bit ECC"), "Retired Pages Single Bit ECC"),
+        "double_bit_ecc": _count_of(block.get("Double Bit ECC"), "Retired Pages Double Bit ECC"),
+        "pending": flag(pending_entry.value, "Retired Pages pending") if pending_entry is not None else None,
+    }
+    return None if all(v is None for v in values.values()) else values
+
+
+def _count_of(entry: Entry | None, what: str) -> int | None:
+    if entry is None:
+        return None
+    # Some drivers print the count under the heading (``Retired Count``) rather than beside it.
+    value = entry.value if entry.value else entry.value_at("Retired Count")
+    return integer(value, what) if value is not None else None

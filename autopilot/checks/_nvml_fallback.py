@@ -20,6 +20,8 @@ from autopilot.results import CheckResult, DeviceResult, Status
 
 NVIDIA_SMI = "nvidia-smi"
 NVSMI_TIMEOUT_S = 30.0
+# Key of a per-GPU fact naming the id to report the GPU under, when its index is not known.
+DEVICE_ID = "device_id"
 
 R = TypeVar("R")
 Facts = dict[int, dict[str, Any]]
@@ -49,9 +51,41 @@ def fold(
     for index in sorted(readings):
         reading = readings[index]
         facts: dict[str, Any] = dict((data or {}).get(index, {}))
-        devices.append(judge(index, reading, facts) if isinstance(reading, kind) else reading)  # type: ignore[arg-type]
-        per_gpu[str(index)] = facts
+        if isinstance(reading, kind):
+            device = judge(index, reading, facts)
+        elif isinstance(reading, DeviceResult):
+            device = reading
+        else:
+            raise TypeError(f"GPU {index}: neither a {kind.__name__} nor a DeviceResult: {reading!r}")
+        # A one-GPU capture (``-q -i N``) does not say N: the GPU is named by its bus id instead.
+        device_id = str(facts.pop(DEVICE_ID, device.id))
+        devices.append(dataclasses.replace(device, id=device_id))
+        per_gpu[device_id] = facts
     return devices, per_gpu
+
+
+def section_facts(report: nvsmi.QReport, section: nvsmi.GpuSection) -> dict[str, Any]:
+    """The facts every reader of a ``-q`` section starts from: bus id, the id to report it under
+    (``fold`` applies it) and, best effort, the page retirement counts of GPUs that have them."""
+    facts: dict[str, Any] = {"bus_id": section.bus_id}
+    if report.partial:
+        facts[DEVICE_ID] = report.device_id(section)
+    try:
+        retired = nvsmi.retired_pages_from_q(section)
+    except nvsmi.ParseError:
+        retired = None
+    if retired is not None:
+        facts["retired_pages"] = retired
+    return facts
+
+
+def source_of(report: nvsmi.QReport, source: str) -> str:
+    """``source`` plus the form (XML) and what was captured (one GPU of N) when it is not the usual."""
+    if report.xml:
+        source = source.replace("nvidia-smi -q", "nvidia-smi -q -x", 1)
+    if report.partial:
+        source += f" (1 of {report.attached} GPUs)"
+    return source
 
 
 def judge_collected(

@@ -45,15 +45,27 @@ Judgement (``evaluate``):
 - any failing test -> ``fail``; ``fatal`` when one of them is in a fatal category (below);
 - else any ``unknown`` -> ``error``; else any ``warn`` -> ``warn`` (upstream ignored warnings);
 - ``skip`` / ``not run`` are ignored (they stay in ``data``); if nothing at all ran -> ``error``;
+- a failing test with no GPU at fault (no GPU result ``Fail``, e.g. the test ``Fail`` with every
+  GPU ``Pass``) whose DCGM message says the test itself could not run (``COULD_NOT_RUN``: "There
+  was an internal error during the test", a plugin's child process that exited non-zero, output
+  that couldn't be parsed, a missing plugin, library or helper binary, ``cuInit`` failing or the
+  fabric manager down, no host engine) is not a finding about the hardware: it is left out of the
+  failures and the failure string, and the result is ``error`` ("DCGM could not test: <test>
+  (<message>)") unless a real failure makes it ``fail``. A failure attributed to a GPU keeps the
+  rules above, whatever its message;
 - a non-zero exit is still judged from its output (upstream reported those runs as passes); if
   no failing test explains it the result is at least ``error``. No parseable output -> ``error``
   with an excerpt of stderr/stdout.
 
 Fatal categories (``Settings.dcgm_fatal_errors``, default ``PCIe, NVLink, ECC, GPU Memory``) are
 matched by exact comparison of normalised names (lowercase, each run of non-alphanumerics -> ``_``),
-never by substring and never character by character as upstream did. An entry matches a test when
-it equals the test's name, the test's category (``Hardware`` makes that whole category fatal), or
-an alias of the entry:
+never by substring and never character by character as upstream did. Names that DCGM 1.x/2.x (or
+the text table) give to the same test are compared as one (``CANONICAL_NAMES``): ``Blacklist`` is
+``Denylist``, ``Page Retirement`` is ``Page Retirement/Row Remap``, ``GPU Memory`` is ``memory``,
+the ``Performance`` category is ``Stress``; ``SM Stress``/``sm_stress``, ``Targeted Power``,
+``Memory Bandwidth``, ``Diagnostic``, ``PCIe`` match in any case, spacing or underscores. An entry
+matches a test when it equals the test's name, the test's category (``Hardware`` makes that whole
+category fatal), or an alias of the entry:
 
 =============  ==========================================================================
 entry          also matches these tests
@@ -64,7 +76,7 @@ GPU Memory     ``GPU Memory`` / ``memory``, and ``Memtest`` / ``memtest``: tests
 NVLink         ``nvlink`` only. DCGM has no test by that name today (NVLink is exercised by
                ``pcie``), so the entry guards a future test; ``nvbandwidth`` is a performance
                test and is not included.
-ECC            ``ecc`` and ``Page Retirement/Row Remap``: the test that fails on what
+ECC            ``ecc`` and ``Page Retirement/Row Remap`` (1.x ``Page Retirement``): the test that fails on what
                uncorrectable ECC errors leave behind (pending retirement or row remap). In
                DCGM 4.x that check runs inside ``software``, which is not fatal as a whole
                (it also fails on persistence mode); the ``remapped`` check covers that case.
@@ -185,6 +197,7 @@ class TestOutcome:
             "info": list(self.info),
             "warnings": list(self.warnings),
             "fatal_category": fatal,
+            "could_not_run": could_not_run(self),
         }
 
 
@@ -205,20 +218,37 @@ def _key(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
 
-# Keys of fatal entries -> keys of the tests they also stand for (see the module docstring).
+# Names that older DCGM releases (1.x/2.x), or the text table rather than the JSON, give to the same
+# test or category -> the one key they are compared under. ``GPU Memory`` (text, 1.x-3.x) is the
+# JSON ``memory`` test; 1.x ``Page Retirement`` became ``Page Retirement/Row Remap``; ``Blacklist``
+# became ``Denylist``; 1.x put the stress tests under ``Performance``, later ``Stress``.
+CANONICAL_NAMES: Mapping[str, str] = {
+    "gpu_memory": "memory",
+    "page_retirement": "page_retirement_row_remap",
+    "blacklist": "denylist",
+    "performance": "stress",
+}
+
+# Canonical keys of fatal entries -> canonical keys of the tests they also stand for (module docstring).
 FATAL_ALIASES: Mapping[str, frozenset[str]] = {
     "pcie": frozenset({"pcie"}),
-    "gpu_memory": frozenset({"gpu_memory", "memory", "memtest"}),
+    "memory": frozenset({"memory", "memtest"}),
     "nvlink": frozenset({"nvlink"}),
     "ecc": frozenset({"ecc", "page_retirement_row_remap"}),
 }
 
 
+def canonical_name(name: str) -> str:
+    """The key a test, category or fatal entry is compared under, the same for every DCGM version."""
+    key = _key(name)
+    return CANONICAL_NAMES.get(key, key)
+
+
 def is_fatal(test: TestOutcome, fatal_categories: Iterable[str]) -> bool:
     """Whether ``test`` belongs to one of ``fatal_categories`` (exact, normalised names)."""
-    name, category = _key(test.name), _key(test.category)
+    name, category = canonical_name(test.name), canonical_name(test.category)
     for entry in fatal_categories:
-        wanted = _key(entry)
+        wanted = canonical_name(entry)
         if not wanted:
             continue
         if name == wanted or category == wanted or name in FATAL_ALIASES.get(wanted, frozenset()):
@@ -226,11 +256,55 @@ def is_fatal(test: TestOutcome, fatal_categories: Iterable[str]) -> bool:
     return False
 
 
+# What DCGM says when a test could not run at all, as opposed to a finding about a GPU. From
+# dcgm_errors.h (DCGM_FR_INTERNAL, _HOSTENGINE_CONN, _CANNOT_OPEN_LIB, _DCGM_API, _CANNOT_SET_WATCHES,
+# _ABORTED, _FILE_CREATE_PERMISSIONS, _MEMORY_ALLOC_HOST, _EUD_SPAWN_FAILURE/_NON_ZERO_EXIT_CODE)
+# and from nvvs when a plugin's child process dies, prints what it cannot parse, or a plugin or
+# helper binary is missing; and CUDA that cannot start on the node (``cuInit`` failing, e.g.
+# CUDA_ERROR_SYSTEM_NOT_READY while the fabric manager is down). Only ever applied to a failing
+# test that names no failing GPU: a failure attributed to a GPU keeps its category rules.
+_CANNOT = r"(?:couldn'?t|could not|cannot|can'?t|unable to|failed to)"
+COULD_NOT_RUN = re.compile(
+    "|".join(
+        (
+            r"internal error during the test",
+            r"\b(?:child|sub-?process|process|plugin|helper|binary)\b[^.]{0,80}?"
+            r"\b(?:exited|terminated|crashed|killed|died|non-?zero exit|returned non-?zero)",
+            _CANNOT + r" (?:be )?pars",
+            _CANNOT + r" (?:open|load|find|locate|spawn|execute|exec|launch|start)\b[^.]{0,60}?"
+            r"\b(?:plugin|library|lib\S*\.so\S*|binary|helper|executable|process)",
+            r"\b(?:plugin|library|binary|helper|executable)\b[^.]{0,60}?"
+            r"\b(?:not found|is missing|missing|no such file)",
+            r"\bcuInit\b",
+            r"CUDA_ERROR_SYSTEM_NOT_READY|system not yet initiali[sz]ed",
+            r"fabric ?manager[^.]{0,40}?\b(?:not running|not started|down|not initiali[sz]ed|failed)",
+            r"could not connect to the host ?engine",
+            r"error using DCGM API",
+            r"unable to add field watches",
+            r"aborted early due to user signal",
+            r"does not have permissions to create a file",
+            r"cannot allocate \d+ bytes on the host",
+            r"cannot get pointer to \S+ from lib",  # DCGM_FR_NVML_LIB_BAD
+            r"no valid GPUs passed to plugin",  # DCGM_FR_EMPTY_GPU_LIST
+            r"unable to get field information for field",  # DCGM_FR_CANNOT_GET_FIELD_TAG
+        )
+    ),
+    re.IGNORECASE,
+)
+
+
+def could_not_run(test: TestOutcome) -> bool:
+    """A failing test with no GPU at fault whose DCGM message says the test itself could not run."""
+    if test.status is not Outcome.FAIL or test.failing_gpus():
+        return False
+    return any(COULD_NOT_RUN.search(message) for message in (*test.warnings, *test.info))
+
+
 def failure_string(tests: Iterable[TestOutcome]) -> str:
     """``memory_bandwidth.0.1.2.3,pcie.1``: failing tests with their failing GPUs (module docstring)."""
     parts = []
     for test in tests:
-        if test.status is Outcome.FAIL:
+        if test.status is Outcome.FAIL and not could_not_run(test):
             parts.append("".join([normalise_test_name(test.name), *(f".{g}" for g in test.failing_gpus())]))
     return ",".join(parts)
 
@@ -291,10 +365,13 @@ def _json_test(raw: Mapping[str, Any], category: str) -> TestOutcome:
             gpus[gpu] = worst_outcome([gpus[gpu], outcome]) if gpu in gpus else outcome
         info.extend(_texts(res.get("info")))
         warnings.extend(_texts(res.get("warnings")) + _texts(res.get("errors")) + _texts(res.get("error")))
+    # Messages about the test as a whole (no entity): where nvvs reports that a plugin could not run.
+    warnings.extend(_texts(raw.get("warnings")) + _texts(raw.get("errors")))
     summary = raw.get("test_summary")
     if isinstance(summary, dict) and "status" in summary:
         outcomes.append(outcome_of(summary["status"]))
         info.extend(_texts(summary.get("info")))
+        warnings.extend(_texts(summary.get("warnings")) + _texts(summary.get("errors")))
     return TestOutcome(
         name=str(raw.get("name") or "?"),
         category=category,
@@ -440,8 +517,11 @@ def _parse_text(text: str) -> tuple[list[TestOutcome], dict[str, str]]:
         status = worst_outcome([*t.outcomes, *t.gpus.values()], Outcome.UNKNOWN)
         gpus = dict(t.gpus)
         if not gpus and status in (Outcome.FAIL, Outcome.WARN):
-            # 3.x Deployment rows name no GPU; their messages do ("... for GPU 3 ...").
+            # 3.x Deployment rows name no GPU; their messages do ("... for GPU 3 ..."). A message
+            # saying the test could not run names no GPU at fault, whatever GPU it mentions.
             for message in t.warnings:
+                if COULD_NOT_RUN.search(message):
+                    continue
                 for gpu in _GPU_IN_TEXT.findall(message):
                     gpus[gpu] = status
         out.append(TestOutcome(t.name, t.category, status, gpus, tuple(t.info), tuple(t.warnings)))
@@ -502,7 +582,8 @@ def evaluate(
 
     devices = _devices(tests, fatal_of)
     ran = [t for t in tests if t.status not in _IGNORED]
-    failed = [t for t in tests if t.status is Outcome.FAIL]
+    not_run = [t for t in tests if could_not_run(t)]
+    failed = [t for t in tests if t.status is Outcome.FAIL and not could_not_run(t)]
     unknown = [t for t in tests if t.status is Outcome.UNKNOWN]
     warned = [t for t in tests if t.status is Outcome.WARN]
     fatal = any(fatal_of[id(t)] for t in failed)
@@ -510,6 +591,12 @@ def evaluate(
     if failed:
         status = Status.FAIL
         summary = "DCGM failed: " + "; ".join(_describe(t, fatal_of[id(t)], "failed") for t in failed)
+        if not_run:
+            summary += "; " + _could_not_test(not_run)
+    elif not_run:
+        # The tool failed, not the hardware: could not test, never a (fatal) fail.
+        status = Status.ERROR
+        summary = _could_not_test(not_run)
     elif unknown:
         status = Status.ERROR
         summary = "DCGM result unreadable: " + "; ".join(
@@ -535,6 +622,15 @@ def evaluate(
         if stderr.strip():
             summary += f": {_excerpt(stderr, 200)}"
     return CheckResult(NAME, status, summary, fatal=fatal and status is Status.FAIL, devices=devices, data=data)
+
+
+def _could_not_test(tests: Sequence[TestOutcome]) -> str:
+    """``DCGM could not test: pcie (There was an internal error during the test: '...')``."""
+    parts = []
+    for test in tests:
+        messages = [m for m in (*test.warnings, *test.info) if COULD_NOT_RUN.search(m)]
+        parts.append(f"{test.name} ({_excerpt('; '.join(messages), 200)})")
+    return "DCGM could not test: " + "; ".join(parts)
 
 
 def _describe(test: TestOutcome, fatal: bool, verb: str) -> str:

@@ -9,7 +9,9 @@ NVML reports why each GPU runs below its maximum clock as a set of "clock event 
 
 (drivers before 535 call the fields ``clocks_throttle_reasons.*`` and reject the new names with
 ``Field "clocks_event_reasons.gpu_idle" is not a valid field to query.``; we then ask again with
-the old names). A saved ``nvidia-smi -q`` report is read from its block::
+the old names). A saved ``nvidia-smi -q`` report (also ``-q -d PERFORMANCE``, ``-q -i N``, ``-q -x``
+XML with ``clocks_event_reasons`` or, before 535, ``clocks_throttle_reasons``, or a copy without
+indentation; see ``nvsmi``) is read from its block::
 
     Clocks Event Reasons
         Idle                              : Not Active
@@ -134,12 +136,13 @@ def parse_text(text: str) -> tuple[dict[int, Reading], dict[int, dict[str, Any]]
         readings: dict[int, Reading] = {}
         facts: dict[int, dict[str, Any]] = {}
         for section in report.gpus:
-            facts[section.index] = {"bus_id": section.bus_id}
+            facts[section.index] = _nvml_fallback.section_facts(report, section)
             try:
                 readings[section.index] = nvsmi.clock_reasons_from_q(section)
             except nvsmi.ParseError as exc:
-                readings[section.index] = DeviceResult(str(section.index), Status.ERROR, detail=f"unreadable: {exc}")
-        return readings, facts, "nvidia-smi -q"
+                gpu = report.device_id(section)
+                readings[section.index] = DeviceResult(gpu, Status.ERROR, detail=f"unreadable: {exc}")
+        return readings, facts, _nvml_fallback.source_of(report, "nvidia-smi -q")
     nvsmi.raise_for_invalid_field(text)
     first = next((line for line in text.splitlines() if line.strip()), "")
     if any(prefix in first for prefix in nvsmi.CSV_REASON_PREFIXES):

@@ -290,8 +290,11 @@ def evaluate(readings: Sequence[GpuReading], threshold_gbps: float, *, tool: str
     return from_devices(NAME, devices, ok_summary=ok_summary, data=data)
 
 
-def evaluate_links(links: Sequence[tuple[int, gpus.PcieLink | None, str | None]]) -> CheckResult:
-    """Link state only (from a saved ``nvidia-smi -q``): ok unless a link's width is below its maximum."""
+def evaluate_links(links: Sequence[tuple[int | str, gpus.PcieLink | None, str | None]]) -> CheckResult:
+    """Link state only (from a saved ``nvidia-smi -q``): ok unless a link's width is below its maximum.
+
+    A GPU is named by its index, or by its bus id in a one-GPU capture (``nvsmi.QReport.device_id``).
+    """
     devices: list[DeviceResult] = []
     per_gpu: dict[str, Any] = {}
     for index, link, error in links:
@@ -348,18 +351,19 @@ def evaluate_text(text: str, params: Mapping[str, Any], settings: Any) -> CheckR
             report = nvsmi.parse_q(text)
         except nvsmi.ParseError as exc:
             return CheckResult(NAME, Status.ERROR, f"unreadable nvidia-smi -q report: {exc}")
-        links: list[tuple[int, gpus.PcieLink | None, str | None]] = []
+        links: list[tuple[int | str, gpus.PcieLink | None, str | None]] = []
         for section in report.gpus:
+            gpu = report.device_id(section)
             try:
                 raw = nvsmi.pcie_link_from_q(section)
             except nvsmi.ParseError as exc:
-                links.append((section.index, None, str(exc)))
+                links.append((gpu, None, str(exc)))
                 continue
             values = [raw["current_gen"], raw["max_gen"], raw["current_width"], raw["max_width"]]
             if any(v is None for v in values):
-                links.append((section.index, None, f"PCIe link values N/A: {raw}"))
+                links.append((gpu, None, f"PCIe link values N/A: {raw}"))
                 continue
-            links.append((section.index, gpus.PcieLink(*(int(v or 0) for v in values)), None))
+            links.append((gpu, gpus.PcieLink(*(int(v or 0) for v in values)), None))
         return evaluate_links(links)
     if "bandwidthTest" in text or "Bandwidth Test" in text:
         try:

@@ -15,6 +15,8 @@ without NVML we read the same block from ``nvidia-smi -q -d ROW_REMAPPER``::
                 Max                           : 192 bank(s)
                 High                          : 0 bank(s)
 
+(``autopilot evaluate`` also reads the block from a full ``-q``, ``-q -x`` XML, a one-GPU ``-q -i N``
+or a pasted copy without indentation, see ``nvsmi``; a report without the block is an ``error``)
 or from ``nvidia-smi --query-remapped-rows=gpu_uuid,remapped_rows.correctable,...  --format=csv``::
 
     gpu_uuid, remapped_rows.correctable, remapped_rows.uncorrectable, remapped_rows.pending, remapped_rows.failure
@@ -34,7 +36,9 @@ Verdict per GPU (upstream looked at ``Pending`` only and ignored a failed remap)
   -> that device ``skipped``; no GPUs at all -> the check is ``skipped``.
 
 Device ``value`` keeps upstream's ``remapped`` gauge meaning: ``1`` when a remap is pending or
-has failed (the GPU needs attention), else ``0``. ``data["gpus"][<index>]`` carries the counts.
+has failed (the GPU needs attention), else ``0``. ``data["gpus"][<index>]`` carries the counts,
+and, from saved nvidia-smi output, the page retirement counts of GPUs that retire pages instead
+(``retired_pages``, informational).
 """
 
 from __future__ import annotations
@@ -136,15 +140,16 @@ def parse_text(text: str) -> tuple[dict[int, Reading], dict[int, dict[str, Any]]
     raise nvsmi.ParseError(f"not nvidia-smi remapped-rows output: {first.strip()[:80]!r}")
 
 
-def _parse_q(text: str) -> tuple[dict[int, Reading], dict[int, dict[str, Any]], str]:
-    report = nvsmi.parse_q(text)
+def _parse_q(text: str, *, whole: bool = False) -> tuple[dict[int, Reading], dict[int, dict[str, Any]], str]:
+    """Readings from a ``-q`` report (text or XML); ``whole``: it must answer for every GPU (our own query)."""
+    report = nvsmi.parse_q(text, whole=whole)
     if not report.full and all(g.error is None and g.find("Remapped Rows") is None for g in report.gpus):
         raise nvsmi.ParseError("no 'Remapped Rows' block in this report (not nvidia-smi -q -d ROW_REMAPPER)")
     readings: dict[int, Reading] = {}
     facts: dict[int, dict[str, Any]] = {}
     for section in report.gpus:
-        gpu = str(section.index)
-        facts[section.index] = {"bus_id": section.bus_id}
+        gpu = report.device_id(section)
+        facts[section.index] = _nvml_fallback.section_facts(report, section)
         try:
             rows = nvsmi.remapped_rows_from_q(section)
         except nvsmi.ParseError as exc:
@@ -157,7 +162,8 @@ def _parse_q(text: str) -> tuple[dict[int, Reading], dict[int, dict[str, Any]], 
         histogram = nvsmi.remap_histogram_from_q(section)
         if histogram:
             facts[section.index]["bank_remap_availability"] = histogram
-    return readings, facts, "nvidia-smi -q" if report.full else "nvidia-smi -q -d ROW_REMAPPER"
+    source = "nvidia-smi -q" if report.full else "nvidia-smi -q -d ROW_REMAPPER"
+    return readings, facts, _nvml_fallback.source_of(report, source)
 
 
 def _parse_csv(text: str) -> tuple[dict[int, Reading], dict[int, dict[str, Any]], str]:
@@ -200,7 +206,7 @@ class _NvidiaSmi(_nvml_fallback.SmiQuery[Reading]):
             said = (text.strip() or out.stderr.strip() or "no output").splitlines()[0]
             return f"nvidia-smi exited {out.returncode}: {said[:200]}"
         try:
-            readings, facts, _ = _parse_q(text)
+            readings, facts, _ = _parse_q(text, whole=True)
         except nvsmi.ParseError as exc:
             return f"unreadable nvidia-smi output: {exc}"
         return readings, facts

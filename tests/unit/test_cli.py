@@ -97,6 +97,21 @@ def test_evaluate_reads_stdin_and_sets_exit_code() -> None:
     assert result["check"] == "gpupower" and result["status"] == "fail"
 
 
+@pytest.mark.parametrize(
+    ("check", "name", "status", "code"),
+    [
+        ("remapped", "q-x_drv535.129.03_h100x2_remap-failure_width-x8.xml", "fail", 1),
+        ("gpupower", "q-x_drv470.82.01_a100x2_throttle-hw-slowdown_remap-pending.xml", "fail", 1),
+        ("remapped", "q-d-ECC_drv535.129.03_h100x2.txt", "error", 3),
+    ],
+)
+def test_evaluate_reads_nvidia_smi_xml_and_section_captures(check: str, name: str, status: str, code: int) -> None:
+    path = Path(__file__).resolve().parents[1] / "data" / "nvsmi" / name
+    proc = autopilot("evaluate", check, str(path), "--json")
+    assert proc.returncode == code, proc.stdout + proc.stderr
+    assert json.loads(proc.stdout)["results"][0]["status"] == status
+
+
 def test_evaluate_garbage_is_an_error_exit_3() -> None:
     proc = autopilot("evaluate", "remapped", "-", stdin="this is not nvidia-smi output\n")
     assert proc.returncode == 3, proc.stdout + proc.stderr

@@ -458,6 +458,7 @@ def test_fixture_dcgm4_fatal_pcie_through_the_engine() -> None:
         "info": [],
         "warnings": ["synthetic: GPU 1 PCIe replay rate too high"],
         "fatal_category": True,
+        "could_not_run": False,
     }
     json.dumps(result.to_dict())
 
@@ -662,3 +663,153 @@ def test_fixture_files_are_recordings() -> None:
         raw = json.loads(path.read_text())
         assert raw["argv"][:2] == ["dcgmi", "diag"], path
         assert "synthetic" in raw["stdout"] + raw["stderr"], path
+
+
+# ---------------------------------------------------------------- a tool failure is not a hardware failure
+
+SHAPES = DATA / "dcgm-shapes"
+
+
+def shape(name: str) -> str:
+    return (SHAPES / name).read_text()
+
+
+@pytest.mark.parametrize(
+    ("name", "test", "message"),
+    [
+        ("dcgm3x-text_targeted-stress-cuinit.txt", "Targeted Stress", "CUDA_ERROR_SYSTEM_NOT_READY"),
+        ("dcgm4x-text_memory-child-exited.txt", "memory", "child process exited with a non-zero code (139)"),
+        ("dcgm4x-json_pcie-cuinit-fabric-manager.json", "pcie", "Error using CUDA API cuInit"),
+    ],
+)
+def test_test_that_could_not_run_is_an_error_not_a_fatal_fail(name: str, test: str, message: str) -> None:
+    result = dcgm.evaluate_text(shape(name), {}, Settings())
+    assert result.status is Status.ERROR and result.fatal is False
+    assert result.summary.startswith(f"DCGM could not test: {test} (")
+    assert message in result.summary
+    assert result.data["failure_string"] == ""
+    assert by_name(result)[test]["could_not_run"] is True
+    # no GPU is blamed for it, not even the one the message mentions
+    assert all(d.status is Status.OK for d in result.devices)
+
+
+def test_could_not_run_beside_a_real_gpu_failure_keeps_the_failure() -> None:
+    result = dcgm.evaluate_text(shape("dcgm2x-json_diagnostic-internal-error_sm-stress-fail.json"), {}, Settings())
+    assert result.status is Status.FAIL and result.fatal is False
+    assert result.data["failure_string"] == "sm_stress.1"
+    assert "SM Stress failed on GPU 1" in result.summary
+    assert "could not test: Diagnostic (There was an internal error during the test" in result.summary
+    assert [(d.id, d.status) for d in result.devices] == [("0", Status.OK), ("1", Status.FAIL)]
+
+
+def test_internal_error_attributed_to_a_gpu_keeps_its_category_rules() -> None:
+    failing = dcgm.TestOutcome(
+        "pcie", "Integration", F, {"0": F, "1": P}, warnings=("There was an internal error during the test: 'x'",)
+    )
+    result = dcgm.evaluate([failing], DEFAULT_FATAL)
+    assert (result.status, result.fatal) == (Status.FAIL, True)
+
+
+def test_a_gpu_free_failure_without_a_tool_message_still_fails() -> None:
+    failing = dcgm.TestOutcome(
+        "pcie", "Integration", F, {"0": P}, warnings=("Only 3 NvLinks are up out of the expected 12",)
+    )
+    result = dcgm.evaluate([failing], DEFAULT_FATAL)
+    assert (result.status, result.fatal) == (Status.FAIL, True)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "There was an internal error during the test: 'Failed to initialize the plugin.'",
+        "The plugin's child process exited with code 1",
+        "Child process terminated by signal 9",
+        "The output of the memtest plugin couldn't be parsed",
+        "Could not parse the plugin output",
+        "Cannot open library libcuda.so.1: 'libcuda.so.1: cannot open shared object file'",
+        "Couldn't find plugin directory /usr/libexec/datacenter-gpu-manager-4/plugins/cuda12",
+        "The helper binary dcgmproftester12 is missing",
+        "Error using CUDA API cuInit",
+        "cuda error 802: system not yet initialized",
+        "Could not connect to the host engine: 'Host engine connection invalid/disconnected'",
+        "Error using DCGM API dcgmGetDeviceAttributes",
+        "Unable to add field watches to DCGM: error",
+        "Test was aborted early due to user signal",
+        "Cannot get pointer to nvmlDeviceGetCount_v2 from libnvidia-ml.so",
+        "No valid GPUs passed to plugin",
+        "Unable to get field information for field id 155",
+    ],
+)
+def test_could_not_run_messages(message: str) -> None:
+    assert dcgm.could_not_run(dcgm.TestOutcome("diagnostic", "Hardware", F, {"0": P}, warnings=(message,)))
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "Found 12 faulty memory elements on GPU 0",
+        "GPU 0 had memory errors and row remappings are pending",
+        "Persistence mode for GPU 1 is disabled.",
+        "Only 3 NvLinks are up out of the expected 12",
+        "GPU 0 only achieved a memory bandwidth of 1200.00 GB/s, failing to meet 1500.00 GB/s for test 0",
+        "NVVS has detected processes with graphics contexts open running on at least one GPU.",
+    ],
+)
+def test_findings_are_not_tool_failures(message: str) -> None:
+    assert not dcgm.could_not_run(dcgm.TestOutcome("diagnostic", "Hardware", F, {}, warnings=(message,)))
+
+
+def test_could_not_run_through_the_engine() -> None:
+    runner = FakeRunner()
+    runner.add(["dcgmi", "diag", "-r", "1", "-j"], shape("dcgm4x-json_pcie-cuinit-fabric-manager.json"), returncode=226)
+    result = execution.run_check("dcgm", ctx_for(runner, gpus=2), {"r": 1})
+    assert result.status is Status.ERROR and result.fatal is False
+    assert "could not test: pcie" in result.summary and "dcgmi exited 226" in result.summary
+
+
+# ---------------------------------------------------------------- DCGM 1.x/2.x names
+
+
+@pytest.mark.parametrize(
+    ("name", "failing"),
+    [
+        ("dcgm1x-json_page-retirement-fail.json", "page_retirement.2"),
+        ("dcgm1x-text_page-retirement-fail.txt", "page_retirement.3"),
+    ],
+)
+def test_dcgm1_page_retirement_is_in_the_ecc_category(name: str, failing: str) -> None:
+    result = dcgm.evaluate_text(shape(name), {}, Settings())
+    assert (result.status, result.fatal) == (Status.FAIL, True)
+    assert result.data["failure_string"] == failing
+
+
+@pytest.mark.parametrize(
+    ("entry", "test_name", "category"),
+    [
+        ("Page Retirement", "Page Retirement/Row Remap", "Deployment"),
+        ("page_retirement_row_remap", "Page Retirement", "Deployment"),
+        ("Blacklist", "Denylist", "Deployment"),
+        ("denylist", "BLACKLIST", "Deployment"),
+        ("Diagnostic", "diagnostic", "Hardware"),
+        ("SM Stress", "sm_stress", "Stress"),
+        ("sm_stress", "SM  Stress", "Performance"),
+        ("Targeted Stress", "targeted_stress", "Stress"),
+        ("targeted power", "Targeted Power", "Performance"),
+        ("MEMORY_BANDWIDTH", "Memory Bandwidth", "Performance"),
+        ("PCIe", "PCIe", "Integration"),
+        ("pcie", "PCIe", "Integration"),
+        ("memory", "GPU Memory", "Hardware"),
+        ("GPU Memory", "memory", "Hardware"),
+        ("Stress", "SM Stress", "Performance"),
+        ("Performance", "sm_stress", "Stress"),
+    ],
+)
+def test_old_and_new_test_names_match_the_same_entries(entry: str, test_name: str, category: str) -> None:
+    assert dcgm.is_fatal(outcome(test_name, F, category=category), [entry])
+
+
+@pytest.mark.parametrize(
+    ("test_name", "fatal"), [("Page Retirement", True), ("Blacklist", False), ("Memory Bandwidth", False)]
+)
+def test_default_fatal_list_over_old_names(test_name: str, fatal: bool) -> None:
+    assert dcgm.is_fatal(outcome(test_name, F, category="Deployment"), DEFAULT_FATAL) is fatal

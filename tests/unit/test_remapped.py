@@ -244,7 +244,10 @@ def test_sample_a10_full_report_pending_warns() -> None:
 def test_sample_a100_excerpt_after_xid63_warns() -> None:
     result = evaluate(sample_text("nvidia-smi-q_excerpt_a100_drv510_remap-pending-after-xid63.txt"))
     assert result.status is Status.WARN
-    assert result.data["gpus"]["0"]["correctable"] == 1 and result.data["gpus"]["0"]["pending"] is True
+    # one GPU quoted from a report of 8: its index is unknown, so it is named by its bus id
+    assert [d.id for d in result.devices] == ["00000000:10:1C.0"]
+    gpu = result.data["gpus"]["00000000:10:1C.0"]
+    assert gpu["correctable"] == 1 and gpu["pending"] is True
 
 
 def test_sample_blackwell_row_remapper_pending_warns() -> None:
