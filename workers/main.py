@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import logging
 import os
-import re
 import sys
 import tempfile
 import threading
@@ -30,7 +28,6 @@ from workers.store import NodeRecord, ResultsStore
 log = logging.getLogger(__name__)
 
 RESTART_PAUSE_S = 2.0
-_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
 def _settings() -> config.Settings:
@@ -43,18 +40,9 @@ def _settings() -> config.Settings:
 
 
 def load_checks(environ: Mapping[str, str] | None = None) -> None:
-    """Register the built-in checks, plus the modules named in ``AUTOPILOT_EXTRA_CHECKS``.
-
-    ``AUTOPILOT_EXTRA_CHECKS`` (comma-separated module names, e.g.
-    ``tests.integration.checks_for_tests``) is for tests: it lets integration tests give real
-    worker processes checks whose timing they control. Production leaves it unset.
-    """
-    importlib.import_module("autopilot.checks")
-    env = os.environ if environ is None else environ
-    for module in config.parse_list(env.get("AUTOPILOT_EXTRA_CHECKS", "")):
-        if not _MODULE.fullmatch(module):
-            raise errors.BadParameter("AUTOPILOT_EXTRA_CHECKS", f"not a module name: {module[:80]!r}")
-        importlib.import_module(module)
+    """Register the built-in checks, plus the modules named in ``AUTOPILOT_EXTRA_CHECKS``
+    (``config.load_checks``; e.g. ``tests.integration.checks_for_tests``, for tests)."""
+    config.load_checks(os.environ if environ is None else environ)
 
 
 def parse_labels(pairs: Sequence[str]) -> dict[str, str]:
