@@ -40,7 +40,11 @@ def _json(description: str, ref: str) -> dict[str, Any]:
 
 
 SELECTION_PARAMS = [
-    _q("host", "comma-separated node names (DNS-1123); `all` or absent: every live node", {"type": "string"}),
+    _q(
+        "host",
+        "comma-separated node names (DNS-1123; an empty entry is a 400); `all`, blank or absent: every live node",
+        {"type": "string"},
+    ),
     _q("nodelabel", "node label selector `key=value`", {"type": "string"}),
     _q("job", "workload selector `namespace:key=value`: the nodes running its pods", {"type": "string"}),
     _q("batch", "nodes in flight at once (0: all)", {"type": "integer", "minimum": 0, "maximum": 10000}),
@@ -233,7 +237,9 @@ def document(checks: CheckRegistry) -> dict[str, Any]:
                 "summary": "run checks on the selected nodes and wait for their answers",
                 "parameters": [
                     _q(
-                        "check", "comma-separated check names; `all` or absent: the periodic checks", {"type": "string"}
+                        "check",
+                        "comma-separated check names (no empty entry); `all`, blank or absent: the periodic checks",
+                        {"type": "string"},
                     ),
                     *SELECTION_PARAMS,
                     *_check_params(checks),
