@@ -23,6 +23,7 @@ from autopilot.context import CheckContext
 from workers import host as hosting
 from workers import invasive_flow
 from workers.app import CONTROL_QUEUE, create_celery, make_store
+from workers.peers import StorePeers
 from workers.store import NodeRecord, ResultsStore
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,8 @@ def worker_main(argv: Sequence[str]) -> int:
     )
     parser.add_argument("--simulate-offset", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--fault", action="append", default=[], metavar="NODE:CHECK[:KIND]", help="simulated fault")
+    # Network faults of simulated nodes hosted by other processes (`autopilot up` passes them).
+    parser.add_argument("--link-fault", action="append", default=[], help=argparse.SUPPRESS)
     parser.add_argument(
         "--without-task-events",
         action="store_true",
@@ -109,7 +112,14 @@ def worker_main(argv: Sequence[str]) -> int:
     if args.simulate:
         from workers import simulate
 
-        contexts = simulate.contexts(settings, args.simulate, args.fault, offset=args.simulate_offset)
+        contexts = simulate.contexts(
+            settings,
+            args.simulate,
+            args.fault,
+            offset=args.simulate_offset,
+            peer_directory=StorePeers(store, settings, simulated=True),
+            link_faults=args.link_fault,
+        )
     else:
         node = names.node_name(args.node or settings.node_name, field="--node")
         settings = dataclasses.replace(settings, node_name=node)
@@ -123,7 +133,8 @@ def worker_main(argv: Sequence[str]) -> int:
         # Simulated nodes share one machine's CPU and the same fake GPUs: read the facts once.
         first_ctx = next(iter(contexts.values()))
         shared = nodeinfo.collect(first_ctx.commands, first_ctx.gpus)
-        facts = dict.fromkeys(contexts, shared)
+        # ...but each has its own address on the simulated network, where ping and iperf find it.
+        facts = {n: dataclasses.replace(shared, addresses=simulate.addresses(n)) for n in contexts}
     else:
         facts = {
             n: nodeinfo.collect(c.commands, c.gpus, annotations_path=settings.podinfo_annotations)
