@@ -26,6 +26,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from api import text
 from autopilot import config
 
 EXIT_OK, EXIT_BAD, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
@@ -194,6 +195,8 @@ def status_main(argv: Sequence[str]) -> int:
         out = _stdout()
         out.print(report_table(report))
         out.print(totals_line(report), markup=False)
+        if report.get("network"):  # who the network checks' pairs point at (ping, the iperf ring)
+            out.print("\n".join(text.network_lines(report["network"])), markup=False)
     return report_exit_code(report)
 
 
@@ -249,7 +252,11 @@ def report_table(report: Mapping[str, Any]) -> Table:
 
 def totals_line(report: Mapping[str, Any]) -> str:
     totals = report["totals"]
-    parts = [f"{totals[s]} {s}" for s in ("ok", "warn", "fail", "error", "unreachable", "unknown") if totals.get(s)]
+    parts = [
+        f"{totals[s]} {s}"
+        for s in ("ok", "skipped", "warn", "fail", "error", "unreachable", "unknown")
+        if totals.get(s)
+    ]
     return f"{totals['nodes']} node(s): {', '.join(parts) or 'none'}; {report['runtime_s']:.2f} s"
 
 
