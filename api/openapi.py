@@ -129,7 +129,11 @@ SCHEMAS: dict[str, Any] = {
     "NodeAnswer": {
         "type": "object",
         "properties": {
-            "status": {"type": "string", "enum": ["ok", "warn", "fail", "error", "pending", "unreachable", "unknown"]},
+            "status": {
+                "type": "string",
+                "enum": ["ok", "skipped", "warn", "fail", "error", "pending", "unreachable", "unknown"],
+                "description": "the worst of its results; skipped: every check was skipped (not ok: nothing looked)",
+            },
             "detail": {"type": "string"},
             "verdict": {"type": ["string", "null"], "enum": ["PASS", "WARN", "EVICT", "TESTING", "UNKNOWN", None]},
             "reasons": {"type": "array", "items": {"type": "string"}},
@@ -147,7 +151,7 @@ SCHEMAS: dict[str, Any] = {
             "deadline": {"type": "string", "format": "date-time"},
             "runtime_s": {"type": "number"},
             "complete": {"type": "boolean"},
-            "status": {"type": "string", "enum": ["ok", "warn", "fail", "error", "pending"]},
+            "status": {"type": "string", "enum": ["ok", "skipped", "warn", "fail", "error", "pending"]},
             "totals": {"type": "object", "additionalProperties": {"type": "integer"}},
             "nodes": {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/NodeAnswer"}},
             "network": {

@@ -94,7 +94,8 @@ FAULTS: dict[str, dict[str, str]] = {
         "the gather names the node as the suspect)",
     },
     "iperf": {
-        "slow": f"every link of the node carries {SLOW_GBPS:g} of {LINK_GBPS:g} Gb/s (warn; the ring names the node)",
+        "slow": f"every link of the node carries {SLOW_GBPS:g} of {LINK_GBPS:g} Gb/s (the ring's pairs with it warn "
+        "below threshold_gbps, or below half the median when most pairs are fast; the ring names the node)",
     },
 }
 _GENERIC_HELP = {"hang": "the tool (or NVML call) sleeps past its timeout (error)", "error": "the tool fails (error)"}
