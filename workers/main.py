@@ -23,7 +23,6 @@ from autopilot.context import CheckContext
 from workers import host as hosting
 from workers import invasive_flow
 from workers.app import CONTROL_QUEUE, create_celery, make_store
-from workers.peers import StorePeers
 from workers.store import NodeRecord, ResultsStore
 
 log = logging.getLogger(__name__)
@@ -117,7 +116,7 @@ def worker_main(argv: Sequence[str]) -> int:
             args.simulate,
             args.fault,
             offset=args.simulate_offset,
-            peer_directory=StorePeers(store, settings, simulated=True),
+            live_nodes=lambda: store.node_names(seen_since=time.time() - settings.live_after_s),
             link_faults=args.link_fault,
         )
     else:

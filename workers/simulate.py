@@ -12,15 +12,16 @@ Faults (``--fault NODE:CHECK[:KIND]``) change what one node's seam answers for o
 - ``error``: the tool fails (or NVML answers an error), so the check reports ``error``.
 
 The simulated network: each node has one address on interface ``sim0`` in 198.18.0.0/15 (the
-RFC 2544 benchmarking range, never a real peer), ``sim-<i>`` at 198.18.0.0 + i + 1, which its
-worker heartbeats as its node record, so ``ping`` and the ``iperf`` ring find their peers and
-run their real code; the command seam answers ``ping`` and ``iperf3`` from a link matrix
-(``SimNetwork``): every link is up at ``LINK_GBPS`` except those touching a node with a
-network fault. ``NODE:ping:down``: NODE answers nothing and sends nothing (every pair with it
-loses all packets, and iperf3 cannot connect); ``NODE:iperf:slow``: every link of NODE carries
-``SLOW_GBPS``. The gather's localisation then names NODE, as it would on a real fleet. A fault
-on a link touches both ends, so every simulator process must know every network fault: ``autopilot
-up`` hands each process the network faults of the others as ``link_faults``.
+RFC 2544 benchmarking range, never a real peer), ``sim-<i>`` at 198.18.0.0 + i + 1. Its worker
+heartbeats it in the node record, where the ``iperf`` ring finds it; ``ping`` finds its peers
+through ``SimPeers`` (the live simulated nodes, or its next ``NEIGHBOURS`` of them in a large
+simulation). Both run their real code; the command seam answers ``ping`` and ``iperf3`` from a
+link matrix (``SimNetwork``): every link is up at ``LINK_GBPS`` except those touching a node
+with a network fault. ``NODE:ping:down``: NODE answers nothing and sends nothing (every pair
+with it loses all packets, and iperf3 cannot connect); ``NODE:iperf:slow``: every link of NODE
+carries ``SLOW_GBPS``. The gather's localisation then names NODE, as it would on a real fleet.
+A fault on a link touches both ends, so every simulator process must know every network fault:
+``autopilot up`` hands each process the network faults of the others (``link_faults``).
 
 Memory: a process may host 1,000 nodes, so nodes with the same faults share one runner and one
 telemetry (both immutable), and every node shares the settings, the clock and the recordings. A
@@ -40,7 +41,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from autopilot import clock, commands, config, errors, gpus, peers, registry
@@ -65,6 +66,7 @@ INTERFACE = "sim0"
 FABRIC = ipaddress.IPv4Network("198.18.0.0/15")
 LINK_GBPS = 100.0
 SLOW_GBPS = 8.0  # far below half the median, so the ring grades every pair of a slow node ``warn``
+NEIGHBOURS = 16  # peers a simulated node pings when no node list is given (see SimPeers)
 RTT_MS = (0.041, 0.052, 0.067, 0.009)  # min/avg/max/mdev of a healthy simulated link
 
 # check -> kind -> what it simulates. The first kind is the check's default (its typical failure).
@@ -153,9 +155,9 @@ def parse_fault(spec: str, nodes: Sequence[str] | None = None) -> Fault:
 
 def address(node: str, *, field: str = "node") -> str:
     """The simulated address of ``sim-<i>``: 198.18.0.0 + i + 1."""
-    if not _SIM_NAME.fullmatch(node) or int(node[len(PREFIX) :]) >= MAX_NODES:
+    if not _is_sim(node):
         raise errors.BadParameter(field, f"not a simulated node: {node[:64]!r}")
-    return str(FABRIC[int(node[len(PREFIX) :]) + 1])
+    return str(FABRIC[_index(node) + 1])
 
 
 def node_at(addr: str) -> str | None:
@@ -196,15 +198,15 @@ def contexts(
     faults: Sequence[str],
     offset: int = 0,
     *,
-    peer_directory: peers.PeerDirectory | None = None,
+    live_nodes: Callable[[], Sequence[str]] | None = None,
     link_faults: Sequence[str] = (),
 ) -> dict[str, CheckContext]:
     """Contexts of ``sim-<offset>`` .. ``sim-<offset+n-1>``, with ``faults`` applied.
 
     ``link_faults``: network faults of simulated nodes hosted by other processes (any ``sim-<i>``),
-    which change only what this process's nodes measure towards them. ``peer_directory``: where
-    ``ping`` finds the other simulated nodes (the worker gives one over the store's simulated node
-    records); without one, ``ping`` has no peers and says ``skipped``.
+    which change only what this process's nodes measure towards them. ``live_nodes``: the names
+    of the live nodes (the worker reads them from the store), where ``ping`` finds the other
+    simulated nodes (``SimPeers``); without it, ``ping`` has no peers and says ``skipped``.
     """
     if not 1 <= n <= MAX_NODES:
         raise errors.BadParameter("--simulate", f"must be between 1 and {MAX_NODES}, got {n}")
@@ -221,7 +223,7 @@ def contexts(
     # The simulated seam answers ap-bandwidth, not NVIDIA's bandwidthTest.
     sim_settings = dataclasses.replace(settings, bandwidthtest_path="")
     shared_clock = clock.SystemClock()
-    directory = peer_directory if peer_directory is not None else peers.StaticPeers(())
+    live = _Cached(live_nodes, settings.heartbeat_interval_s) if live_nodes is not None else None
     seams: dict[frozenset[tuple[str, str]], tuple[SimRunner, SimTelemetry]] = {}
     out: dict[str, CheckContext] = {}
     for name in names:
@@ -229,8 +231,61 @@ def contexts(
         if profile not in seams:
             seams[profile] = build_seam(sim_settings, dict(profile), network)
         runner, telemetry = seams[profile]
+        directory = SimPeers(name, live) if live is not None else peers.StaticPeers(())
         out[name] = CheckContext(name, sim_settings, runner, telemetry, shared_clock, peers=directory)
     return out
+
+
+class _Cached:
+    """``fetch()``'s answer, fetched again once ``ttl_s`` has passed: every node of a simulator
+    asks for the live nodes on every ping, and one store read per heartbeat serves them all."""
+
+    def __init__(self, fetch: Callable[[], Sequence[str]], ttl_s: float) -> None:
+        self._fetch = fetch
+        self._ttl_s = ttl_s
+        self._lock = threading.Lock()
+        self._value: tuple[str, ...] = ()
+        self._at = float("-inf")
+
+    def __call__(self) -> tuple[str, ...]:
+        with self._lock:
+            if time.monotonic() - self._at >= self._ttl_s:
+                self._value = tuple(self._fetch())
+                self._at = time.monotonic()
+            return self._value
+
+
+class SimPeers:
+    """The peer directory of one simulated node: simulated nodes at their simulated addresses.
+
+    Named nodes (an explicit selection) are all returned. Without names, the node's ``NEIGHBOURS``
+    next live simulated nodes in ring order (all of them in a small simulation): a real fleet
+    pings every node, but N simulated nodes pinging each other in one or a few processes is
+    O(N^2) work (a million pings per round at 1,000 nodes) for no more insight, and a bounded
+    ring still puts every node in 2 x NEIGHBOURS pairs, enough for localisation to single out a
+    node whose every pair is bad. Real nodes are never peers: they cannot reach this fabric.
+    """
+
+    def __init__(self, node: str, live: Callable[[], Sequence[str]]) -> None:
+        self.node = node
+        self._live = live
+
+    def peers(self, nodes: Sequence[str] | None = None) -> list[peers.Peer]:
+        if nodes is not None:
+            chosen = [n for n in dict.fromkeys(nodes) if _is_sim(n)]
+        else:
+            ring = sorted({*filter(_is_sim, self._live()), self.node}, key=_index)
+            at = ring.index(self.node)
+            chosen = [ring[(at + k) % len(ring)] for k in range(1, min(NEIGHBOURS, len(ring) - 1) + 1)]
+        return [peers.Peer(n, INTERFACE, address(n)) for n in chosen]
+
+
+def _is_sim(node: str) -> bool:
+    return bool(_SIM_NAME.fullmatch(node)) and _index(node) < MAX_NODES
+
+
+def _index(node: str) -> int:
+    return int(node[len(PREFIX) :])
 
 
 def build_seam(

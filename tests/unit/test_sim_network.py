@@ -35,11 +35,12 @@ def _store() -> ResultsStore:
 
 def _fleet(store: ResultsStore, n: int, faults: list[str], **kw: Any) -> dict[str, Any]:
     """``n`` simulated nodes heartbeating their simulated addresses, as the worker does."""
-    ctxs = simulate.contexts(SETTINGS, n, faults, peer_directory=StorePeers(store, SETTINGS, simulated=True), **kw)
+    ctxs = simulate.contexts(SETTINGS, n, faults, live_nodes=store.node_names, **kw)
     now = time.time()
     store.heartbeat_many(
         NodeRecord(name, addresses=simulate.addresses(name), simulated=True, last_seen=now) for name in ctxs
     )
+    store.heartbeat_many([NodeRecord("gpu-real", addresses={"eth0": ["10.0.0.5"]}, last_seen=now)])
     return ctxs
 
 
@@ -152,6 +153,36 @@ def test_a_down_node_cannot_be_reached_by_iperf_either() -> None:
     }
     (pair,) = ring.run_clients(ctxs["sim-0"].commands, [job], duration_s=1)
     assert pair["status"] == "fail" and "unable to connect" in pair["detail"]
+
+
+def test_a_large_simulation_pings_a_bounded_ring_of_neighbours_and_still_localises() -> None:
+    store = _store()
+    ctxs = _fleet(store, 40, ["sim-7:ping:down"])
+    pairs: list[network.PairResult] = []
+    for name, ctx in ctxs.items():
+        result = execution.run_check("ping", ctx)
+        assert len(result.devices) == simulate.NEIGHBOURS
+        pairs += [
+            network.PairResult(name, p["target"], p["interface"], p["status"] != "ok") for p in result.data["pairs"]
+        ]
+    assert {p.target for p in pairs if p.source == "sim-39"} == {f"sim-{i}" for i in range(16)}  # the ring wraps
+    assert network.localise(pairs).nodes == ("sim-7",)
+    # an explicit list is pinged whole, real nodes left out (they cannot reach the fabric)
+    named = ctxs["sim-0"].peers.peers(["sim-1", "sim-39", "gpu-real"])
+    assert [(p.node, p.address) for p in named] == [("sim-1", "198.18.0.2"), ("sim-39", "198.18.0.40")]
+
+
+def test_simulated_nodes_read_the_live_nodes_once_per_heartbeat_not_once_per_ping() -> None:
+    calls: list[int] = []
+
+    def live() -> list[str]:
+        calls.append(1)
+        return ["sim-0", "sim-1", "sim-2"]
+
+    ctxs = simulate.contexts(SETTINGS, 3, [], live_nodes=live)
+    for ctx in ctxs.values():
+        assert execution.run_check("ping", ctx).status is Status.OK
+    assert len(calls) == 1
 
 
 def test_real_and_simulated_nodes_never_ping_each_other() -> None:
