@@ -27,7 +27,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from api import text
-from autopilot import config
 
 EXIT_OK, EXIT_BAD, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
 DEFAULT_URL = "http://127.0.0.1:3333"
@@ -136,7 +135,9 @@ def status_parser() -> argparse.ArgumentParser:
 
 
 def _items(values: Sequence[str]) -> list[str]:
-    return [item for value in values for item in config.parse_list(value)]
+    """Comma-separated option values, entries stripped but kept even when empty: the API answers
+    ``--host ,,,`` with a 400 naming the field, where dropping them would ask for every node."""
+    return [item.strip() for value in values for item in value.split(",")]
 
 
 def build_params(pairs: Sequence[str], checks: Sequence[str], catalogue: Mapping[str, Any] | None) -> dict[str, Any]:
