@@ -26,7 +26,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from autopilot import config
+from api import text
 
 EXIT_OK, EXIT_BAD, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
 DEFAULT_URL = "http://127.0.0.1:3333"
@@ -136,7 +136,9 @@ def status_parser() -> argparse.ArgumentParser:
 
 
 def _items(values: Sequence[str]) -> list[str]:
-    return [item for value in values for item in config.parse_list(value)]
+    """Comma-separated option values, entries stripped but kept even when empty: the API answers
+    ``--host ,,,`` with a 400 naming the field, where dropping them would ask for every node."""
+    return [item.strip() for value in values for item in value.split(",")]
 
 
 def build_params(pairs: Sequence[str], checks: Sequence[str], catalogue: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -195,6 +197,8 @@ def status_main(argv: Sequence[str]) -> int:
         out = _stdout()
         out.print(report_table(report))
         out.print(totals_line(report), markup=False)
+        if report.get("network"):  # who the network checks' pairs point at (ping, the iperf ring)
+            out.print("\n".join(text.network_lines(report["network"])), markup=False)
     return report_exit_code(report)
 
 
@@ -251,7 +255,9 @@ def report_table(report: Mapping[str, Any]) -> Table:
 def totals_line(report: Mapping[str, Any]) -> str:
     totals = report["totals"]
     parts = [
-        f"{totals[s]} {s}" for s in ("ok", "busy", "warn", "fail", "error", "unreachable", "unknown") if totals.get(s)
+        f"{totals[s]} {s}"
+        for s in ("ok", "skipped", "busy", "warn", "fail", "error", "unreachable", "unknown")
+        if totals.get(s)
     ]
     return f"{totals['nodes']} node(s): {', '.join(parts) or 'none'}; {report['runtime_s']:.2f} s"
 

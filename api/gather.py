@@ -52,7 +52,7 @@ WAVE_SLACK_S = POLL_MAX_S + 0.05
 
 # Node statuses in the answer, least to most severe for the totals' "status". "busy": some checks
 # never started (another GPU check held the GPUs until the deadline) and the rest were ok.
-NODE_STATUSES = ("ok", "busy", "pending", "unknown", "unreachable", "error", "warn", "fail")
+NODE_STATUSES = ("ok", "skipped", "busy", "pending", "unknown", "unreachable", "error", "warn", "fail")
 RING_CHECK = "iperf"
 
 
@@ -282,7 +282,11 @@ def iso_time(epoch: float) -> str:
 
 
 def node_status(found: Sequence[Mapping[str, Any]]) -> str:
-    """The worst status of a node's results (as dicts); ``skipped`` counts as ``ok`` (nothing is wrong)."""
+    """The worst status of a node's results (as dicts). ``skipped`` beside other results counts as
+    ``ok`` (nothing is wrong); a node whose every check was skipped is ``skipped``, never ``ok``:
+    nothing was looked at, so nothing says it is healthy."""
+    if found and all(r["status"] == Status.SKIPPED.value for r in found):
+        return Status.SKIPPED.value
     worst = results.worst((Status(r["status"]) for r in found), default=Status.OK)
     return "ok" if worst is Status.SKIPPED else worst.value
 
@@ -426,7 +430,11 @@ def overall(totals: Mapping[str, int], *, complete: bool) -> str:
         return "pending"
     if any(totals.get(s) for s in ("error", "unreachable", "unknown")):
         return "error"
-    return "busy" if totals.get("busy") else "ok"
+    if totals.get("busy"):
+        return "busy"
+    if totals.get("skipped") and not totals.get("ok"):
+        return "skipped"  # not one node was looked at
+    return "ok"
 
 
 def parse_reasons(raw: str | None) -> list[str]:

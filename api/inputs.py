@@ -56,12 +56,10 @@ class RunRequest:
 
 
 def parse_int(raw: Any, *, field: str, lo: int, hi: int) -> int:
-    if isinstance(raw, bool):
-        raise errors.BadParameter(field, f"expected an integer, got {raw!r}")
-    try:
-        value = int(str(raw).strip())
-    except ValueError:
-        raise errors.BadParameter(field, f"expected an integer, got {str(raw)[:64]!r}") from None
+    """A JSON integer, or a string of ASCII digits: ``r=0_3``, ``+3``, `` 3`` or ``３`` are not 3."""
+    if isinstance(raw, bool) or not isinstance(raw, int | str):
+        raise errors.BadParameter(field, f"expected an integer, got {str(raw)[:64]!r}")
+    value = raw if isinstance(raw, int) else config.parse_int(raw, field=field)
     if not lo <= value <= hi:
         raise errors.BadParameter(field, f"must be between {lo} and {hi}, got {value}")
     return value
@@ -89,21 +87,40 @@ def run_id(raw: str) -> str:
     return raw
 
 
-def _items(values: Iterable[Any], *, field: str) -> list[str]:
+def _items(values: Iterable[Any], *, field: str, skip_blank: bool = True) -> list[str]:
+    """The entries of comma-separated values. A blank query value means "not given" (upstream's
+    habit; ``skip_blank``); an empty entry otherwise (``host=,,,``, ``host=a,,b``, ``["a", ""]``)
+    is a 400: dropping it could turn a request that names nothing into one that runs everywhere."""
     out: list[str] = []
     for value in values:
         if not isinstance(value, str):
             raise errors.BadParameter(field, f"expected strings, got {type(value).__name__}")
-        out.extend(config.parse_list(value))
+        if skip_blank and not value.strip():
+            continue
+        entries = [item.strip() for item in value.split(",")]
+        if "" in entries:
+            raise errors.BadParameter(field, f"empty entry in {value[:64]!r}")
+        out.extend(entries)
     return out
+
+
+def _all_alone(requested: Sequence[str], *, field: str) -> bool:
+    """Whether the list is ``all``; ``all`` beside names is ambiguous, so a 400."""
+    if "all" not in requested:
+        return False
+    if len(set(requested)) > 1:
+        raise errors.BadParameter(field, "'all' cannot be combined with names")
+    return True
 
 
 # ------------------------------------------------------------------ lists
 
 
-def check_names(requested: Sequence[str], reg: CheckRegistry, settings: config.Settings) -> tuple[str, ...]:
+def check_names(
+    requested: Sequence[str], reg: CheckRegistry, settings: config.Settings, *, field: str = "check"
+) -> tuple[str, ...]:
     """Registered check names, deduplicated in order; nothing or ``all`` means the periodic checks."""
-    if not requested or "all" in requested:
+    if not requested or _all_alone(requested, field=field):
         default = tuple(c for c in settings.periodic_checks if c in reg)
         if not default:
             raise errors.BadParameter("check", "no check given and none of the periodic checks is registered")
@@ -116,16 +133,12 @@ def check_names(requested: Sequence[str], reg: CheckRegistry, settings: config.S
     return tuple(out)
 
 
-def host_names(requested: Sequence[str]) -> tuple[str, ...]:
-    if "all" in requested:
+def host_names(requested: Sequence[str], *, field: str = "host") -> tuple[str, ...]:
+    if _all_alone(requested, field=field):
         return ()
     if len(requested) > MAX_NODES:
-        raise errors.BadParameter("host", f"at most {MAX_NODES} hosts per request")
-    out: list[str] = []
-    for name in requested:
-        if names.node_name(name, field="host") not in out:
-            out.append(name)
-    return tuple(out)
+        raise errors.BadParameter(field, f"at most {MAX_NODES} hosts per request")
+    return tuple(dict.fromkeys(names.node_name(name, field=field) for name in requested))
 
 
 def check_params(
@@ -156,8 +169,9 @@ def from_query(
     allowed = [q for q in STATUS_QUERY if not (fixed_check and q == "check")]
 
     def first(name: str) -> str | None:
+        # Blank means "not given"; otherwise the value as sent, so that " 3" is not read as 3.
         value = args.get(name)
-        return value.strip() if value is not None and value.strip() else None
+        return value if value is not None and value.strip() else None
 
     fmt = first("format") or "text"
     if fmt not in FORMATS:
@@ -223,10 +237,10 @@ def from_json(body: Any, reg: CheckRegistry, settings: config.Settings) -> RunRe
         if value is None:
             return []
         if isinstance(value, str):
-            value = [value]
+            return _items([value], field=key)  # "a,b" as in a query; "" is "not given"
         if not isinstance(value, list):
             raise errors.BadParameter(key, f"expected a list of strings, got {type(value).__name__}")
-        return _items(value, field=key)
+        return _items(value, field=key, skip_blank=False)
 
     checks = check_names(string_list("checks"), reg, settings)
     hosts = host_names(string_list("hosts"))

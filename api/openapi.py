@@ -40,7 +40,11 @@ def _json(description: str, ref: str) -> dict[str, Any]:
 
 
 SELECTION_PARAMS = [
-    _q("host", "comma-separated node names (DNS-1123); `all` or absent: every live node", {"type": "string"}),
+    _q(
+        "host",
+        "comma-separated node names (DNS-1123; an empty entry is a 400); `all`, blank or absent: every live node",
+        {"type": "string"},
+    ),
     _q("nodelabel", "node label selector `key=value`", {"type": "string"}),
     _q("job", "workload selector `namespace:key=value`: the nodes running its pods", {"type": "string"}),
     _q("batch", "nodes in flight at once (0: all)", {"type": "integer", "minimum": 0, "maximum": 10000}),
@@ -127,7 +131,8 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "status": {
                 "type": "string",
-                "enum": ["ok", "warn", "fail", "error", "busy", "pending", "unreachable", "unknown"],
+                "enum": ["ok", "skipped", "warn", "fail", "error", "busy", "pending", "unreachable", "unknown"],
+                "description": "the worst of its results; skipped: every check was skipped (not ok: nothing looked)",
             },
             "detail": {"type": "string"},
             "verdict": {"type": ["string", "null"], "enum": ["PASS", "WARN", "EVICT", "TESTING", "UNKNOWN", None]},
@@ -146,7 +151,7 @@ SCHEMAS: dict[str, Any] = {
             "deadline": {"type": "string", "format": "date-time"},
             "runtime_s": {"type": "number"},
             "complete": {"type": "boolean"},
-            "status": {"type": "string", "enum": ["ok", "warn", "fail", "error", "busy", "pending"]},
+            "status": {"type": "string", "enum": ["ok", "skipped", "warn", "fail", "error", "busy", "pending"]},
             "totals": {"type": "object", "additionalProperties": {"type": "integer"}},
             "nodes": {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/NodeAnswer"}},
             "network": {
@@ -236,7 +241,9 @@ def document(checks: CheckRegistry) -> dict[str, Any]:
                 "summary": "run checks on the selected nodes and wait for their answers",
                 "parameters": [
                     _q(
-                        "check", "comma-separated check names; `all` or absent: the periodic checks", {"type": "string"}
+                        "check",
+                        "comma-separated check names (no empty entry); `all`, blank or absent: the periodic checks",
+                        {"type": "string"},
                     ),
                     *SELECTION_PARAMS,
                     *_check_params(checks),

@@ -139,10 +139,10 @@ def get_node(name: str) -> Response:
     _only("limit")
     svc = services()
     names.node_name(name, field="name")
-    limit_raw = request.args.get("limit", "").strip()
+    limit_raw = request.args.get("limit", "")  # not stripped: " 5" is not a canonical integer
     limit = (
         inputs.parse_int(limit_raw, field="limit", lo=HISTORY_LIMIT[0], hi=HISTORY_LIMIT[1])
-        if limit_raw
+        if limit_raw.strip()
         else HISTORY_DEFAULT
     )
     record = svc.store.node(name)

@@ -49,6 +49,8 @@ def node_status_line(entry: Mapping[str, Any]) -> str:
         return "Unknown node: no worker has registered it"
     if status == "pending":
         return "Pending"
+    if status == "skipped":
+        return "Skipped: no check applied to this node, so nothing says it is healthy"
     problems = [
         f"{tag(r['check'])} {PROBLEM[r['status']]}" + (" (fatal)" if r.get("fatal") else "")
         for r in entry["results"]

@@ -147,7 +147,10 @@ def _evaluate(spec: registry.CheckSpec, text: str, params: Mapping[str, Any], se
 def _check_names(requested: Sequence[str], reg: registry.CheckRegistry) -> list[str]:
     names: list[str] = []
     for item in requested or []:
-        names.extend(config.parse_list(item))
+        entries = [entry.strip() for entry in item.split(",")]
+        if "" in entries:  # dropped, `run ,,,` would run every check
+            raise UsageError(f"empty check name in {item[:64]!r}")
+        names.extend(entries)
     if not names:
         # Every check except the invasive ones; those that do not apply here say `skipped` and why.
         names = [s.name for s in reg if not s.invasive]

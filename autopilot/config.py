@@ -12,12 +12,17 @@ import dataclasses
 import json
 import re
 import socket
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from autopilot import errors
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+# ASCII digits only: ``\d`` would also take "３" or "٣", which ``float`` then reads as a number.
+_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)?\s*$")
+# Canonical numbers: what ``int``/``float`` accept beyond these ("0_3", "+3", " 3", "３", "1e400",
+# "nan") is a typo or an attack, never a value someone meant.
+_INT = re.compile(r"-?[0-9]+")
+_FLOAT = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
@@ -34,6 +39,23 @@ def parse_list(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
+def parse_int(text: str, *, field: str) -> int:
+    """A canonical decimal integer: ASCII digits, "-" for a negative (no "+", underscore or whitespace)."""
+    if not isinstance(text, str) or len(text) > 32 or not _INT.fullmatch(text):
+        raise errors.BadParameter(field, f"expected an integer (ASCII digits only), got {str(text)[:64]!r}")
+    return int(text)
+
+
+def parse_number(text: str, *, field: str) -> float:
+    """A canonical finite decimal number (``1``, ``-0.5``, ``2e3``); ``BadParameter`` otherwise."""
+    if not isinstance(text, str) or len(text) > 64 or not _FLOAT.fullmatch(text):
+        raise errors.BadParameter(field, f"expected a number, got {str(text)[:64]!r}")
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise errors.BadParameter(field, f"out of range: {text[:64]!r}")
+    return value
+
+
 def parse_bool(text: str, *, field: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -45,21 +67,24 @@ def parse_bool(text: str, *, field: str) -> bool:
 
 def parse_float(text: str, *, field: str, minimum: float | None = None) -> float:
     try:
-        value = float(text)
-    except ValueError:
+        value = parse_number(text.strip(), field=field)
+    except errors.BadParameter:
         raise errors.BadParameter(field, f"not a number: {text!r}") from None
-    if value != value or (minimum is not None and value < minimum):  # NaN, or below range
+    if minimum is not None and value < minimum:
         raise errors.BadParameter(field, f"must be a number >= {minimum}: {text!r}")
     return value
 
 
-def parse_mapping(text: str, *, field: str) -> dict[str, float]:
-    """``"dcgm=900, pciebw=120"`` -> ``{"dcgm": 900.0, "pciebw": 120.0}``."""
+def parse_mapping(text: str, *, field: str, keys: Collection[str] | None = None) -> dict[str, float]:
+    """``"dcgm=900, pciebw=120"`` -> ``{"dcgm": 900.0, "pciebw": 120.0}``; a key outside ``keys``
+    (when given) is an error naming it, not an override that silently never applies."""
     out: dict[str, float] = {}
     for item in parse_list(text):
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise errors.BadParameter(field, f"expected key=value, got {item!r}")
+        if keys is not None and key.strip() not in keys:
+            raise errors.BadParameter(field, f"unknown key {key.strip()[:64]!r} (known: {', '.join(sorted(keys))})")
         out[key.strip()] = parse_float(value.strip(), field=f"{field}.{key.strip()}", minimum=0)
     return out
 
@@ -76,7 +101,8 @@ class Settings:
     """Broker and results store (``AUTOPILOT_REDIS_URL``); empty: ``autopilot up`` starts its own."""
 
     periodic_checks: tuple[str, ...] = ("pciebw", "remapped", "dcgm", "ping", "gpupower")
-    """Checks run every periodic interval (``AUTOPILOT_PERIODIC_CHECKS``, alias ``PERIODIC_CHECKS``)."""
+    """Checks run every periodic interval (``AUTOPILOT_PERIODIC_CHECKS``, alias ``PERIODIC_CHECKS``); a name that
+    is not a check stops the process."""
 
     periodic_interval_s: float = 3600.0
     """Seconds between periodic runs (``AUTOPILOT_PERIODIC_INTERVAL``: ``1h``, ``30m``; ``0`` disables)."""
@@ -100,7 +126,8 @@ class Settings:
     """Minimum host-to-device bandwidth in GB/s, gigabytes per second (``AUTOPILOT_PCIEBW_THRESHOLD_GBPS``)."""
 
     gpumem_thresholds: Mapping[str, float] = dataclasses.field(default_factory=dict)
-    """Override of the per-model ``gpumem`` thresholds: ``h2d_gbps=4,daxpy_gbps=1300,dgemm_tflops=16``."""
+    """Override of the per-model ``gpumem`` thresholds: ``h2d_gbps=4,daxpy_gbps=1300,dgemm_tflops=16``; another
+    key stops the process."""
 
     cuda_bin_dir: str = "/usr/local/lib/autopilot"
     """Where the ``cuda_src`` programs (``ap-bandwidth``, ``ap-gpumem``) are installed."""
@@ -114,7 +141,8 @@ class Settings:
     ``skipped``) on every GPU check when NVML cannot start, and a fatal ``fail`` when GPUs are missing."""
 
     check_timeouts: Mapping[str, float] = dataclasses.field(default_factory=dict)
-    """Per-check timeout overrides in seconds: ``dcgm=900,pciebw=120`` (``AUTOPILOT_CHECK_TIMEOUTS``)."""
+    """Per-check timeout overrides in seconds: ``dcgm=900,pciebw=120`` (``AUTOPILOT_CHECK_TIMEOUTS``); a key that
+    is not a check stops the process."""
 
     api_token: str = dataclasses.field(default="", repr=False)  # a secret: never in a repr or a log
     """Bearer token the API requires when set (``AUTOPILOT_API_TOKEN``)."""
@@ -216,14 +244,17 @@ class Settings:
 def _int_in(lo: int, hi: int) -> Any:
     def parse(text: str, var: str) -> int:
         try:
-            value = int(text.strip())
-        except ValueError:
+            value = parse_int(text.strip(), field=var)
+        except errors.BadParameter:
             raise errors.BadParameter(var, f"not an integer: {text!r}") from None
         if not lo <= value <= hi:
             raise errors.BadParameter(var, f"must be between {lo} and {hi}: {value}")
         return value
 
     return parse
+
+
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
 def _duration(text: str, var: str) -> float:
@@ -261,6 +292,46 @@ def _tolerations(text: str, var: str) -> tuple[dict[str, Any], ...]:
     return tuple(raw)
 
 
+def load_checks(environ: Mapping[str, str]) -> list[str]:
+    """Register the checks and return their names: the built-in ones, plus those of the modules
+    named in ``AUTOPILOT_EXTRA_CHECKS`` (comma-separated; tests give worker processes checks whose
+    timing they control that way; production leaves it unset).
+
+    Imported when called, not at the top: the checks import this module.
+    """
+    import importlib
+
+    from autopilot import registry
+
+    importlib.import_module("autopilot.checks")
+    for module in parse_list(environ.get("AUTOPILOT_EXTRA_CHECKS", "")):
+        if not _MODULE.fullmatch(module):
+            raise errors.BadParameter("AUTOPILOT_EXTRA_CHECKS", f"not a module name: {module[:80]!r}")
+        importlib.import_module(module)
+    return registry.REGISTRY.names()
+
+
+def _known_checks(values: Mapping[str, Any], used: Mapping[str, str], environ: Mapping[str, str]) -> None:
+    """A check name that no check has, in a list or as a map key, stops the process: it would
+    otherwise never run (or never apply) without a word."""
+    if "periodic_checks" not in values and "check_timeouts" not in values:
+        return  # the defaults name built-in checks: no need to import every check to know it
+    known = load_checks(environ)
+    for field, names in (
+        ("periodic_checks", values.get("periodic_checks", ())),
+        ("check_timeouts", values.get("check_timeouts", {})),
+    ):
+        for name in names:
+            if name not in known:
+                raise errors.BadParameter(used[field], f"unknown check {name[:64]!r} (known: {', '.join(known)})")
+
+
+def _gpumem_thresholds(text: str, var: str) -> dict[str, float]:
+    from autopilot.checks import gpumem  # see _checks: the checks import this module
+
+    return parse_mapping(text, field=var, keys=gpumem.KEYS)
+
+
 _FIELDS: list[tuple[str, str, tuple[str, ...], Any]] = [
     ("node_name", "AUTOPILOT_NODE_NAME", ("NODE_NAME",), lambda t, v: t.strip()),
     ("redis_url", "AUTOPILOT_REDIS_URL", (), lambda t, v: t.strip()),
@@ -272,7 +343,7 @@ _FIELDS: list[tuple[str, str, tuple[str, ...], Any]] = [
     ("dcgm_fatal_errors", "AUTOPILOT_DCGM_FATAL_ERRORS", ("DCGM_FATAL_ERRORS",), lambda t, v: parse_list(t)),
     ("dcgm_level", "AUTOPILOT_DCGM_LEVEL", (), _int_in(1, 4)),
     ("pciebw_threshold_gbps", "AUTOPILOT_PCIEBW_THRESHOLD_GBPS", (), lambda t, v: parse_float(t, field=v, minimum=0)),
-    ("gpumem_thresholds", "AUTOPILOT_GPUMEM_THRESHOLDS", (), lambda t, v: parse_mapping(t, field=v)),
+    ("gpumem_thresholds", "AUTOPILOT_GPUMEM_THRESHOLDS", (), lambda t, v: _gpumem_thresholds(t, v)),
     ("cuda_bin_dir", "AUTOPILOT_CUDA_BIN_DIR", (), lambda t, v: t.strip()),
     ("bandwidthtest_path", "AUTOPILOT_BANDWIDTHTEST_PATH", (), lambda t, v: t.strip()),
     ("expect_gpus", "AUTOPILOT_EXPECT_GPUS", (), _int_in(0, 1024)),
@@ -313,12 +384,15 @@ def variables() -> list[tuple[str, str, tuple[str, ...]]]:
 
 def _read(environ: Mapping[str, str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
+    used: dict[str, str] = {}  # field -> the variable it was read from (primary or alias)
     for field, var, aliases, parse in _FIELDS:
         for name in (var, *aliases):
             text = environ.get(name)
             if text is not None and (text.strip() or field == "pvc_storage_class"):
                 values[field] = parse(text, name)
+                used[field] = name
                 break
+    _known_checks(values, used, environ)
     if not values.get("node_name", "x"):
         values.pop("node_name")
     if "dcgm_fatal_errors" in values and not values["dcgm_fatal_errors"]:

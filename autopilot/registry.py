@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from autopilot import errors
+from autopilot import config, errors, names
 
 if TYPE_CHECKING:
     from autopilot.context import CheckContext
@@ -21,6 +21,7 @@ RunFn = Callable[["CheckContext", Mapping[str, Any]], "CheckResult"]
 # evaluate_text(text, params, settings) -> result: a saved tool output judged without running it.
 EvaluateTextFn = Callable[[str, Mapping[str, Any], Any], "CheckResult"]
 
+MAX_LIST_ITEMS = 10_000
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
@@ -50,16 +51,19 @@ class Param:
                         raise ValueError
                     value = word in _TRUE
             elif self.kind is int:
-                if isinstance(raw, bool):
+                if isinstance(raw, bool) or not isinstance(raw, int | str):
                     raise ValueError
-                value = int(str(raw).strip())
+                # canonical digits only: "0_3", "+3", " 3" or "３" are not 3
+                value = raw if isinstance(raw, int) else config.parse_int(raw, field=field)
             elif self.kind is float:
-                value = float(str(raw).strip())
+                if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+                    raise ValueError
+                value = float(raw) if not isinstance(raw, str) else config.parse_number(raw, field=field)
                 if value != value or value in (float("inf"), float("-inf")):
                     raise ValueError
             else:
                 value = str(raw)
-        except ValueError:
+        except (ValueError, errors.BadParameter):
             raise errors.BadParameter(field, f"expected {self.kind.__name__}, got {str(raw)[:64]!r}") from None
         if self.minimum is not None and value < self.minimum:
             raise errors.BadParameter(field, f"must be >= {self.minimum:g}, got {value}")
@@ -79,6 +83,25 @@ class Param:
             "maximum": self.maximum,
             "choices": list(self.choices) if self.choices else None,
         }
+
+
+class NodeList(Param):
+    """Comma-separated node names (``nodes`` of ``ping`` and ``iperf``), canonicalised to
+    ``"a,b"``: every name a DNS-1123 subdomain, no empty entry. A bad one is rejected where the
+    request is validated, so it never reaches a queue and never turns every node's result into
+    an ``error``. ``""`` (the default) means "no narrowing"."""
+
+    def parse(self, raw: Any) -> Any:
+        if not isinstance(raw, str):
+            raise errors.BadParameter(self.name, f"expected comma-separated node names, got {type(raw).__name__}")
+        if not raw.strip():
+            return ""
+        entries = [item.strip() for item in raw.split(",")]
+        if len(entries) > MAX_LIST_ITEMS:
+            raise errors.BadParameter(self.name, f"at most {MAX_LIST_ITEMS} nodes")
+        if "" in entries:
+            raise errors.BadParameter(self.name, f"empty entry in {raw[:64]!r}: a list of node names has none")
+        return ",".join(dict.fromkeys(names.node_name(item, field=self.name) for item in entries))
 
 
 @dataclasses.dataclass(frozen=True)

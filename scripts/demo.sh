@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# The README's main job: a simulated cluster with one broken node, asked for its health.
+# The README's main job: a simulated cluster with broken nodes, asked for its health.
 #
-#   1. `autopilot up --simulate 3 --fault sim-1:remapped:fatal` in the background: a private Redis,
-#      the API, a worker for this machine, three simulated 8-GPU nodes (sim-1 with a failed row
-#      remap) and beat;
-#   2. waits for the API's /readyz and for the three simulated nodes to register;
-#   3. `autopilot status`: the cluster-wide status (every node runs the periodic checks);
+#   1. `autopilot up --simulate 4 --fault sim-1:remapped:fatal --fault sim-3:ping:down
+#      --fault sim-2:iperf:slow` in the background: a private Redis, the API, a worker for this
+#      machine, four simulated 8-GPU nodes (sim-1 with a failed row remap, sim-3 whose link is
+#      down, sim-2 whose link is slow) and beat;
+#   2. waits for the API's /readyz and for the four simulated nodes to register;
+#   3. `autopilot status`: the cluster-wide status (every node runs the periodic checks, ping
+#      among them: every simulated node fails its pairs with sim-3, and the localisation below
+#      the table names sim-3 as the suspect);
 #   4. sim-1's verdict and labels from /api/v1/nodes/sim-1;
-#   5. stops the stack (SIGINT, as Ctrl-C would).
+#   5. the iperf ring over sim-0..sim-2 (/iperf, a pair below 50 Gb/s warns): the slow pairs
+#      point at sim-2;
+#   6. stops the stack (SIGINT, as Ctrl-C would).
 #
 # Environment: PYTHON (default .venv/bin/python, else python3), AUTOPILOT_DEMO_PORT (default 3333).
 set -euo pipefail
@@ -17,11 +22,13 @@ PY=${PYTHON:-.venv/bin/python}
 [ -x "$PY" ] || PY=$(command -v python3)
 PORT=${AUTOPILOT_DEMO_PORT:-3333}
 URL="http://127.0.0.1:${PORT}"
-FAULT="sim-1:remapped:fatal"
+FAULTS=(sim-1:remapped:fatal sim-3:ping:down sim-2:iperf:slow)
+FAULT_ARGS=()
+for f in "${FAULTS[@]}"; do FAULT_ARGS+=(--fault "$f"); done
 LOG=$(mktemp "${TMPDIR:-/tmp}/autopilot-demo.XXXXXX")
 unset AUTOPILOT_REDIS_URL # the demo brings its own Redis
 
-"$PY" -m autopilot.cli up --port "$PORT" --simulate 3 --fault "$FAULT" >"$LOG" 2>&1 &
+"$PY" -m autopilot.cli up --port "$PORT" --simulate 4 "${FAULT_ARGS[@]}" >"$LOG" 2>&1 &
 UP_PID=$!
 
 stop_stack() {
@@ -33,7 +40,7 @@ stop_stack() {
 }
 trap stop_stack EXIT
 
-echo "== autopilot up --simulate 3 --fault $FAULT   (log: $LOG)"
+echo "== autopilot up --simulate 4 ${FAULT_ARGS[*]}   (log: $LOG)"
 # Poll the API from Python (no curl needed): ready, and every simulated node registered.
 if ! "$PY" - "$URL" "$UP_PID" <<'PYEOF'; then
 import json, os, sys, time, urllib.request
@@ -49,7 +56,7 @@ while time.monotonic() < deadline:
             pass
         with urllib.request.urlopen(url + "/api/v1/nodes", timeout=5) as resp:
             names = {n["name"] for n in json.load(resp)["nodes"]}
-        if {"sim-0", "sim-1", "sim-2"} <= names:
+        if {"sim-0", "sim-1", "sim-2", "sim-3"} <= names:
             sys.exit(0)
     except OSError:
         pass
@@ -79,6 +86,24 @@ for reason in node.get("reasons", []):
 print("labels:")
 for key, value in sorted(node.get("labels", {}).items()):
     print(f"  {key}={value}")
+PYEOF
+
+echo
+echo "== which node the network checks point at: ping (GET /ping), the iperf ring over sim-0..sim-2 (GET /iperf)"
+"$PY" - "$URL" <<'PYEOF'
+import json, sys, urllib.request
+url = sys.argv[1]
+for check, query in (("ping", "format=json"), ("iperf", "host=sim-0,sim-1,sim-2&duration_s=1&threshold_gbps=50&format=json")):
+    with urllib.request.urlopen(f"{url}/{check}?{query}", timeout=120) as resp:
+        report = json.load(resp)
+    net = report.get("network", {}).get(check)
+    if net is None:
+        print(f"{check}: no network report ({report['status']})")
+        continue
+    print(f"{check}: {net['suspects']['summary']} ({net['bad_pairs']} of {net['pairs']} pairs bad)")
+    for node, entry in sorted(report["nodes"].items()):
+        for result in entry["results"]:
+            print(f"  {node:8} {result['status']:7} {result['summary']}")
 PYEOF
 
 echo

@@ -3,8 +3,8 @@
 A ``NodeHost`` maps node names to their ``CheckContext`` and keeps one GPU lock per node, so
 checks that use the GPUs never overlap on a node while light checks run beside them. The worker
 entry point builds it once and installs it with ``install()`` before the Celery worker starts.
-Every hosted context without a peer directory gets one over the store's node records, so the
-network checks (``ping``) find the other nodes.
+Every hosted context without a peer directory gets one over the store's records of real nodes,
+so the network checks (``ping``) find the other nodes (simulated nodes bring their own).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ class NodeHost:
     def __init__(self, settings: config.Settings, store: ResultsStore, contexts: Mapping[str, CheckContext]) -> None:
         self.settings = settings
         self.store = store
-        directory = StorePeers(store, settings)
+        directory = StorePeers(store, settings, simulated=False)
         self.contexts = {
             name: ctx if ctx.peers is not None else dataclasses.replace(ctx, peers=directory)
             for name, ctx in contexts.items()

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import logging
 import os
-import re
 import sys
 import tempfile
 import threading
@@ -30,7 +28,6 @@ from workers.store import NodeRecord, ResultsStore
 log = logging.getLogger(__name__)
 
 RESTART_PAUSE_S = 2.0
-_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
 def _settings() -> config.Settings:
@@ -43,18 +40,9 @@ def _settings() -> config.Settings:
 
 
 def load_checks(environ: Mapping[str, str] | None = None) -> None:
-    """Register the built-in checks, plus the modules named in ``AUTOPILOT_EXTRA_CHECKS``.
-
-    ``AUTOPILOT_EXTRA_CHECKS`` (comma-separated module names, e.g.
-    ``tests.integration.checks_for_tests``) is for tests: it lets integration tests give real
-    worker processes checks whose timing they control. Production leaves it unset.
-    """
-    importlib.import_module("autopilot.checks")
-    env = os.environ if environ is None else environ
-    for module in config.parse_list(env.get("AUTOPILOT_EXTRA_CHECKS", "")):
-        if not _MODULE.fullmatch(module):
-            raise errors.BadParameter("AUTOPILOT_EXTRA_CHECKS", f"not a module name: {module[:80]!r}")
-        importlib.import_module(module)
+    """Register the built-in checks, plus the modules named in ``AUTOPILOT_EXTRA_CHECKS``
+    (``config.load_checks``; e.g. ``tests.integration.checks_for_tests``, for tests)."""
+    config.load_checks(os.environ if environ is None else environ)
 
 
 def parse_labels(pairs: Sequence[str]) -> dict[str, str]:
@@ -104,6 +92,8 @@ def worker_main(argv: Sequence[str]) -> int:
     )
     parser.add_argument("--simulate-offset", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--fault", action="append", default=[], metavar="NODE:CHECK[:KIND]", help="simulated fault")
+    # Network faults of simulated nodes hosted by other processes (`autopilot up` passes them).
+    parser.add_argument("--link-fault", action="append", default=[], help=argparse.SUPPRESS)
     parser.add_argument(
         "--without-task-events",
         action="store_true",
@@ -121,7 +111,14 @@ def worker_main(argv: Sequence[str]) -> int:
     if args.simulate:
         from workers import simulate
 
-        contexts = simulate.contexts(settings, args.simulate, args.fault, offset=args.simulate_offset)
+        contexts = simulate.contexts(
+            settings,
+            args.simulate,
+            args.fault,
+            offset=args.simulate_offset,
+            live_nodes=lambda: store.node_names(seen_since=time.time() - settings.live_after_s),
+            link_faults=args.link_fault,
+        )
     else:
         node = names.node_name(args.node or settings.node_name, field="--node")
         settings = dataclasses.replace(settings, node_name=node)
@@ -135,7 +132,8 @@ def worker_main(argv: Sequence[str]) -> int:
         # Simulated nodes share one machine's CPU and the same fake GPUs: read the facts once.
         first_ctx = next(iter(contexts.values()))
         shared = nodeinfo.collect(first_ctx.commands, first_ctx.gpus)
-        facts = dict.fromkeys(contexts, shared)
+        # ...but each has its own address on the simulated network, where ping and iperf find it.
+        facts = {n: dataclasses.replace(shared, addresses=simulate.addresses(n)) for n in contexts}
     else:
         facts = {
             n: nodeinfo.collect(c.commands, c.gpus, annotations_path=settings.podinfo_annotations)

@@ -44,18 +44,31 @@ class StorePeers:
     ``peers(None)`` is every node heard from within ``settings.live_after_s``; named nodes are
     returned when they have a record at all, live or not, so that pinging a dead node that was
     asked for shows up as a failure instead of silently disappearing.
+
+    ``simulated`` (when not None) keeps only the records of simulated nodes (True) or of real
+    ones (False): a real node cannot reach a simulated address, nor a simulated node a real one,
+    so a pair across the two would only ever be a false failure.
     """
 
     def __init__(
-        self, store: ResultsStore, settings: config.Settings, *, clock: Callable[[], float] = time.time
+        self,
+        store: ResultsStore,
+        settings: config.Settings,
+        *,
+        clock: Callable[[], float] = time.time,
+        simulated: bool | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self.clock = clock
+        self.simulated = simulated
 
     def peers(self, nodes: Sequence[str] | None = None) -> list[Peer]:
         if nodes is None:
             names = self.store.node_names(seen_since=self.clock() - self.settings.live_after_s)
         else:
             names = list(dict.fromkeys(nodes))
-        return record_peers(self.store.nodes(names))
+        records = self.store.nodes(names)
+        if self.simulated is not None:
+            records = [r for r in records if r.simulated == self.simulated]
+        return record_peers(records)

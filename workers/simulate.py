@@ -11,8 +11,17 @@ Faults (``--fault NODE:CHECK[:KIND]``) change what one node's seam answers for o
 - ``hang``: the tool (or the NVML call) sleeps past its timeout;
 - ``error``: the tool fails (or NVML answers an error), so the check reports ``error``.
 
-Simulated nodes have no network: their peer directory is empty, so ``ping`` and ``iperf`` report
-``skipped`` ("no other node") rather than reading every node's record on every run.
+The simulated network: each node has one address on interface ``sim0`` in 198.18.0.0/15 (the
+RFC 2544 benchmarking range, never a real peer), ``sim-<i>`` at 198.18.0.0 + i + 1. Its worker
+heartbeats it in the node record, where the ``iperf`` ring finds it; ``ping`` finds its peers
+through ``SimPeers`` (the live simulated nodes, or its next ``NEIGHBOURS`` of them in a large
+simulation). Both run their real code; the command seam answers ``ping`` and ``iperf3`` from a
+link matrix (``SimNetwork``): every link is up at ``LINK_GBPS`` except those touching a node
+with a network fault. ``NODE:ping:down``: NODE answers nothing and sends nothing (every pair
+with it loses all packets, and iperf3 cannot connect); ``NODE:iperf:slow``: every link of NODE
+carries ``SLOW_GBPS``. The gather's localisation then names NODE, as it would on a real fleet.
+A fault on a link touches both ends, so every simulator process must know every network fault:
+``autopilot up`` hands each process the network faults of the others (``link_faults``).
 
 Memory: a process may host 1,000 nodes, so nodes with the same faults share one runner and one
 telemetry (both immutable), and every node shares the settings, the clock and the recordings. A
@@ -26,10 +35,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import ipaddress
 import json
 import os
+import re
+import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from autopilot import clock, commands, config, errors, gpus, peers, registry
@@ -42,10 +54,20 @@ GPU_NAME = "NVIDIA H100 80GB HBM3"
 PREFIX = "sim-"
 MAX_NODES = 100_000
 GENERIC_KINDS = ("hang", "error")
+_SIM_NAME = re.compile(re.escape(PREFIX) + r"(0|[1-9][0-9]{0,5})")
 
 # Where each check meets the seam: the program it runs, or the NVML call it makes.
 TOOL_OF = {"pciebw": "ap-bandwidth", "gpumem": "ap-gpumem", "dcgm": "dcgmi"}
 NVML_OF = {"remapped": "remapped_rows", "gpupower": "clock_event_reasons"}
+# The network checks' programs: answered from the link matrix, not from recordings.
+NET_TOOL_OF = {"ping": "ping", "iperf": "iperf3"}
+
+INTERFACE = "sim0"
+FABRIC = ipaddress.IPv4Network("198.18.0.0/15")
+LINK_GBPS = 100.0
+SLOW_GBPS = 8.0  # far below half the median, so the ring grades every pair of a slow node ``warn``
+NEIGHBOURS = 16  # peers a simulated node pings when no node list is given (see SimPeers)
+RTT_MS = (0.041, 0.052, 0.067, 0.009)  # min/avg/max/mdev of a healthy simulated link
 
 # check -> kind -> what it simulates. The first kind is the check's default (its typical failure).
 FAULTS: dict[str, dict[str, str]] = {
@@ -68,6 +90,14 @@ FAULTS: dict[str, dict[str, str]] = {
     "gpumem": {
         "slow": "GPU 2 DGEMM at 9.7 TFLOPS (below the floor)",
         "mismatch": "GPU 2 DAXPY computed wrong numbers (4096 mismatches; fail)",
+    },
+    "ping": {
+        "down": "the node's link is down: no ping to or from it is answered, iperf3 cannot connect (fail; "
+        "the gather names the node as the suspect)",
+    },
+    "iperf": {
+        "slow": f"every link of the node carries {SLOW_GBPS:g} of {LINK_GBPS:g} Gb/s (the ring's pairs with it warn "
+        "below threshold_gbps, or below half the median when most pairs are fast; the ring names the node)",
     },
 }
 _GENERIC_HELP = {"hang": "the tool (or NVML call) sleeps past its timeout (error)", "error": "the tool fails (error)"}
@@ -123,6 +153,29 @@ def parse_fault(spec: str, nodes: Sequence[str] | None = None) -> Fault:
     return Fault(node, check, kind)
 
 
+def address(node: str, *, field: str = "node") -> str:
+    """The simulated address of ``sim-<i>``: 198.18.0.0 + i + 1."""
+    if not _is_sim(node):
+        raise errors.BadParameter(field, f"not a simulated node: {node[:64]!r}")
+    return str(FABRIC[_index(node) + 1])
+
+
+def node_at(addr: str) -> str | None:
+    """The simulated node answering on ``addr``, or None for an address off the simulated fabric."""
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return None
+    if ip not in FABRIC or not 1 <= int(ip) - int(FABRIC.network_address) <= MAX_NODES:
+        return None
+    return f"{PREFIX}{int(ip) - int(FABRIC.network_address) - 1}"
+
+
+def addresses(node: str) -> dict[str, list[str]]:
+    """What a simulated node reports as its interfaces in its node record."""
+    return {INTERFACE: [address(node)]}
+
+
 def parse_faults(specs: Iterable[str], nodes: Sequence[str] | None = None) -> dict[str, dict[str, str]]:
     """node -> check -> kind; a second fault for the same node and check is an error."""
     out: dict[str, dict[str, str]] = {}
@@ -134,43 +187,126 @@ def parse_faults(specs: Iterable[str], nodes: Sequence[str] | None = None) -> di
     return out
 
 
-def contexts(settings: config.Settings, n: int, faults: Sequence[str], offset: int = 0) -> dict[str, CheckContext]:
-    """Contexts of ``sim-<offset>`` .. ``sim-<offset+n-1>``, with ``faults`` applied."""
+def network_faults(specs: Iterable[str]) -> list[str]:
+    """The specs of ``specs`` that fault a link (``ping``/``iperf``): every process needs them."""
+    return [s for s in specs if s.split(":")[1:2] and s.split(":")[1] in NET_TOOL_OF]
+
+
+def contexts(
+    settings: config.Settings,
+    n: int,
+    faults: Sequence[str],
+    offset: int = 0,
+    *,
+    live_nodes: Callable[[], Sequence[str]] | None = None,
+    link_faults: Sequence[str] = (),
+) -> dict[str, CheckContext]:
+    """Contexts of ``sim-<offset>`` .. ``sim-<offset+n-1>``, with ``faults`` applied.
+
+    ``link_faults``: network faults of simulated nodes hosted by other processes (any ``sim-<i>``),
+    which change only what this process's nodes measure towards them. ``live_nodes``: the names
+    of the live nodes (the worker reads them from the store), where ``ping`` finds the other
+    simulated nodes (``SimPeers``); without it, ``ping`` has no peers and says ``skipped``.
+    """
     if not 1 <= n <= MAX_NODES:
         raise errors.BadParameter("--simulate", f"must be between 1 and {MAX_NODES}, got {n}")
     if offset < 0:
         raise errors.BadParameter("--simulate-offset", f"must be >= 0, got {offset}")
     names = node_names(n, offset)
     by_node = parse_faults(faults, names)
+    remote = parse_faults(link_faults)
+    for node, checks in remote.items():
+        address(node, field="--link-fault")
+        if any(check not in NET_TOOL_OF for check in checks):
+            raise errors.BadParameter("--link-fault", f"only {' and '.join(NET_TOOL_OF)} faults touch other nodes")
+    network = SimNetwork.of({**remote, **by_node})
     # The simulated seam answers ap-bandwidth, not NVIDIA's bandwidthTest.
     sim_settings = dataclasses.replace(settings, bandwidthtest_path="")
     shared_clock = clock.SystemClock()
-    # Simulated nodes have no network: an empty peer directory makes ``ping`` and ``iperf`` say
-    # "no other node" at once, instead of every node reading every other node's record (O(N^2)).
-    no_peers = peers.StaticPeers(())
+    live = _Cached(live_nodes, settings.heartbeat_interval_s) if live_nodes is not None else None
     seams: dict[frozenset[tuple[str, str]], tuple[SimRunner, SimTelemetry]] = {}
     out: dict[str, CheckContext] = {}
     for name in names:
         profile = frozenset(by_node.get(name, {}).items())
         if profile not in seams:
-            seams[profile] = build_seam(sim_settings, dict(profile))
+            seams[profile] = build_seam(sim_settings, dict(profile), network)
         runner, telemetry = seams[profile]
-        out[name] = CheckContext(name, sim_settings, runner, telemetry, shared_clock, peers=no_peers)
+        directory = SimPeers(name, live) if live is not None else peers.StaticPeers(())
+        out[name] = CheckContext(name, sim_settings, runner, telemetry, shared_clock, peers=directory)
     return out
 
 
-def build_seam(settings: config.Settings, faults: Mapping[str, str]) -> tuple[SimRunner, SimTelemetry]:
-    """The runner and telemetry of a node with ``faults`` (check -> kind)."""
+class _Cached:
+    """``fetch()``'s answer, fetched again once ``ttl_s`` has passed: every node of a simulator
+    asks for the live nodes on every ping, and one store read per heartbeat serves them all."""
+
+    def __init__(self, fetch: Callable[[], Sequence[str]], ttl_s: float) -> None:
+        self._fetch = fetch
+        self._ttl_s = ttl_s
+        self._lock = threading.Lock()
+        self._value: tuple[str, ...] = ()
+        self._at = float("-inf")
+
+    def __call__(self) -> tuple[str, ...]:
+        with self._lock:
+            if time.monotonic() - self._at >= self._ttl_s:
+                self._value = tuple(self._fetch())
+                self._at = time.monotonic()
+            return self._value
+
+
+class SimPeers:
+    """The peer directory of one simulated node: simulated nodes at their simulated addresses.
+
+    Named nodes (an explicit selection) are all returned. Without names, the node's ``NEIGHBOURS``
+    next live simulated nodes in ring order (all of them in a small simulation): a real fleet
+    pings every node, but N simulated nodes pinging each other in one or a few processes is
+    O(N^2) work (a million pings per round at 1,000 nodes) for no more insight, and a bounded
+    ring still puts every node in 2 x NEIGHBOURS pairs, enough for localisation to single out a
+    node whose every pair is bad. Real nodes are never peers: they cannot reach this fabric.
+    """
+
+    def __init__(self, node: str, live: Callable[[], Sequence[str]]) -> None:
+        self.node = node
+        self._live = live
+
+    def peers(self, nodes: Sequence[str] | None = None) -> list[peers.Peer]:
+        if nodes is not None:
+            chosen = [n for n in dict.fromkeys(nodes) if _is_sim(n)]
+        else:
+            ring = sorted({*filter(_is_sim, self._live()), self.node}, key=_index)
+            at = ring.index(self.node)
+            chosen = [ring[(at + k) % len(ring)] for k in range(1, min(NEIGHBOURS, len(ring) - 1) + 1)]
+        return [peers.Peer(n, INTERFACE, address(n)) for n in chosen]
+
+
+def _is_sim(node: str) -> bool:
+    return bool(_SIM_NAME.fullmatch(node)) and _index(node) < MAX_NODES
+
+
+def _index(node: str) -> int:
+    return int(node[len(PREFIX) :])
+
+
+def build_seam(
+    settings: config.Settings, faults: Mapping[str, str], network: SimNetwork | None = None
+) -> tuple[SimRunner, SimTelemetry]:
+    """The runner and telemetry of a node with ``faults`` (check -> kind) on ``network``."""
     table: dict[tuple[str, ...], Recording] = {}
     for name in TOOL_OF.values():
         table.update(_recordings(name, "ok"))
     hang_tools: set[str] = set()
+    broken_tools: set[str] = set()
     devices: dict[int, dict[str, object]] = {i: {"name": GPU_NAME} for i in range(GPU_COUNT)}
     nvml_faults: dict[str, tuple[str, float]] = {}
     for check, kind in faults.items():
-        tool = TOOL_OF.get(check)
+        tool = TOOL_OF.get(check) or NET_TOOL_OF.get(check)
         if kind == "hang" and tool:
             hang_tools.add(tool)
+        elif check in NET_TOOL_OF:
+            if kind == "error":
+                broken_tools.add(NET_TOOL_OF[check])
+            # down and slow live in the network's link matrix, which knows every node's faults
         elif kind == "hang":
             nvml_faults[NVML_OF[check]] = ("hang", _timeout(settings, check) + 2.0)
         elif tool:
@@ -180,7 +316,10 @@ def build_seam(settings: config.Settings, faults: Mapping[str, str]) -> tuple[Si
         for index, fields in _TELEMETRY.get((check, kind), {}).items():
             devices[index].update(fields)
     gpu_list = [FakeGpu(**fields, pci_bus_id=f"00000000:{i:02X}:00.0") for i, fields in devices.items()]  # type: ignore[arg-type]
-    return SimRunner(table, frozenset(hang_tools)), SimTelemetry(gpu_list, nvml_faults)
+    down = faults.get("ping") == "down"
+    slow = faults.get("iperf") == "slow"
+    links = NetworkSeam(network or SimNetwork(), frozenset(broken_tools), down=down, slow=slow)
+    return SimRunner(table, frozenset(hang_tools), links=links), SimTelemetry(gpu_list, nvml_faults)
 
 
 def _timeout(settings: config.Settings, check: str) -> float:
@@ -209,23 +348,137 @@ def replay_key(argv: Sequence[str]) -> tuple[str, ...]:
     return tuple(key)
 
 
+@dataclasses.dataclass(frozen=True)
+class SimNetwork:
+    """The link matrix of the simulated fabric: which nodes are down and which are slow.
+
+    A link is down when either end is down, and slow when either end is slow; every other link
+    answers pings at ``RTT_MS`` and carries ``LINK_GBPS``.
+    """
+
+    down: frozenset[str] = frozenset()
+    slow: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, faults: Mapping[str, Mapping[str, str]]) -> SimNetwork:
+        """From node -> check -> kind (the parsed faults of every simulated node)."""
+        return cls(
+            frozenset(n for n, f in faults.items() if f.get("ping") == "down"),
+            frozenset(n for n, f in faults.items() if f.get("iperf") == "slow"),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkSeam:
+    """What one node (or the nodes sharing its faults) measures on ``network``: its own faults
+    (``down``, ``slow``, ``broken`` tools) and the far end's, which the matrix knows."""
+
+    network: SimNetwork
+    broken: frozenset[str] = frozenset()
+    down: bool = False
+    slow: bool = False
+
+    def answer(self, argv: tuple[str, ...]) -> commands.CommandResult:
+        tool = os.path.basename(argv[0])
+        if tool in self.broken:
+            said = f"{tool}: socket: Operation not permitted (simulated error)\n"
+            return commands.CommandResult(argv, 2, "", said)
+        target = node_at(argv[-1] if tool == "ping" else _flag(argv, "-c"))
+        if target is None:
+            return commands.CommandResult(argv, 2, "", f"{tool}: connect: Network is unreachable\n")
+        cut = self.down or target in self.network.down
+        if tool == "ping":
+            return _ping_output(argv, int(_flag(argv, "-c") or 1), answered=not cut)
+        if cut:
+            error = "unable to connect to server - server may have stopped running: Connection timed out"
+            return commands.CommandResult(argv, 1, json.dumps({"start": {}, "end": {}, "error": error}), "")
+        gbps = SLOW_GBPS if self.slow or target in self.network.slow else LINK_GBPS
+        return commands.CommandResult(argv, 0, _iperf_output(gbps, int(_flag(argv, "-t") or 5)), "")
+
+
+def _flag(argv: Sequence[str], flag: str) -> str:
+    return str(argv[argv.index(flag) + 1]) if flag in argv[:-1] else ""
+
+
+def _ping_output(argv: tuple[str, ...], count: int, *, answered: bool) -> commands.CommandResult:
+    """What iputils ``ping -n -q -c COUNT`` prints for a link that answers or not."""
+    addr = argv[-1]
+    head = f"PING {addr} ({addr}) 56(84) bytes of data.\n\n--- {addr} ping statistics ---\n"
+    if not answered:
+        stats = f"{count} packets transmitted, 0 received, 100% packet loss, time {max(0, count - 1) * 1000}ms\n"
+        return commands.CommandResult(argv, 1, head + stats, "")
+    lo, avg, hi, mdev = RTT_MS
+    stats = (
+        f"{count} packets transmitted, {count} received, 0% packet loss, time {max(0, count - 1) * 1000}ms\n"
+        f"rtt min/avg/max/mdev = {lo:.3f}/{avg:.3f}/{hi:.3f}/{mdev:.3f} ms\n"
+    )
+    return commands.CommandResult(argv, 0, head + stats, "")
+
+
+def _iperf_output(gbps: float, duration_s: int) -> str:
+    """The parts of ``iperf3 -c ... -J`` that ``network.parse_iperf3`` reads."""
+    bps = gbps * 1e9
+    return json.dumps(
+        {
+            "start": {"test_start": {"protocol": "TCP", "duration": duration_s}},
+            "end": {
+                "sum_sent": {"seconds": duration_s, "bits_per_second": bps * 1.002, "retransmits": 0},
+                "sum_received": {"seconds": duration_s, "bits_per_second": bps},
+            },
+        }
+    )
+
+
+class SimServer:
+    """A simulated ``iperf3 -s``: runs until terminated or its lifetime ends; never a process."""
+
+    pid = 0
+
+    def __init__(self, lifetime_s: float) -> None:
+        self._end = time.monotonic() + lifetime_s
+        self._stopped = threading.Event()
+
+    def poll(self) -> int | None:
+        return 0 if self._stopped.is_set() or time.monotonic() >= self._end else None
+
+    def output(self) -> str:
+        return ""
+
+    def terminate(self, grace_s: float = 2.0) -> None:
+        self._stopped.set()
+
+
 class SimRunner:
-    """The command seam of simulated nodes: answers from an immutable table of recordings."""
+    """The command seam of simulated nodes: answers from an immutable table of recordings, and
+    ``ping``/``iperf3`` from the simulated network."""
 
     def __init__(
         self,
         table: Mapping[tuple[str, ...], Recording],
         hang_tools: frozenset[str] = frozenset(),
         scope: commands.ProcessScope | None = None,
+        *,
+        links: NetworkSeam | None = None,
     ) -> None:
         self._table = table
-        self._tools = frozenset(k[0] for k in table)
+        self._links = links
+        self._tools = frozenset(k[0] for k in table) | (frozenset(NET_TOOL_OF.values()) if links else frozenset())
         self._hang = hang_tools
         self._scope = scope
 
     def bind(self, scope: commands.ProcessScope) -> SimRunner:
         """This runner inside a check run, so the watchdog's cancel ends a ``hang``."""
-        return SimRunner(self._table, self._hang, scope)
+        return SimRunner(self._table, self._hang, scope, links=self._links)
+
+    def spawn(
+        self, argv: Sequence[str], *, lifetime_s: float, env: Mapping[str, str] | None = None
+    ) -> commands.Background:
+        """An ``iperf3`` server of the ring: nothing to start, the link matrix answers the clients."""
+        if isinstance(argv, str) or not argv:
+            raise TypeError("argv must be a non-empty list of strings, never a shell string")
+        if self._links is None or os.path.basename(str(argv[0])) != NET_TOOL_OF["iperf"]:
+            raise errors.ToolNotFound(f"{argv[0]}: cannot be started on a simulated node")
+        return SimServer(lifetime_s)
 
     def which(self, name: str) -> str | None:
         return name if os.path.basename(name) in self._tools else None
@@ -242,6 +495,8 @@ class SimRunner:
         if tool in self._hang:
             self._sleep(timeout)
             raise errors.ToolTimeout(tool, timeout)
+        if self._links is not None and tool in NET_TOOL_OF.values():
+            return self._links.answer(tuple(str(a) for a in argv))
         rec = self._table.get(key)
         if rec is None:
             # A GPU or level the node does not have: the usage error the real program gives.

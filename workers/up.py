@@ -135,6 +135,13 @@ def faults_for(specs: Sequence[str], offset: int, count: int) -> list[str]:
     return [s for s in specs if s.split(":", 1)[0] in mine]
 
 
+def link_faults_for(specs: Sequence[str], offset: int, count: int) -> list[str]:
+    """The network faults of nodes outside the slice: a link has two ends, so the process hosting
+    one end must know that the other end is down or slow."""
+    mine = set(simulate.node_names(count, offset))
+    return [s for s in simulate.network_faults(specs) if s.split(":", 1)[0] not in mine]
+
+
 def local_node(name: str) -> str:
     """This machine's node name: the configured one, made a valid DNS-1123 name if it is not one
     (a laptop called ``My_Laptop`` still gets a worker, as ``my-laptop``)."""
@@ -339,6 +346,7 @@ def _run(
     for offset, count in split_simulation(args.simulate, args.sim_processes):
         mine = faults_for(args.fault, offset, count)
         fault_args = [a for spec in mine for a in ("--fault", spec)]
+        fault_args += [a for spec in link_faults_for(args.fault, offset, count) for a in ("--link-fault", spec)]
         sim = stack.add(
             f"simulator sim-{offset}..sim-{offset + count - 1}",
             cli_argv(

@@ -74,7 +74,12 @@ PARAMS = (
         minimum=0,
         maximum=1,
     ),
-    registry.Param("nodes", str, "", "comma-separated ring members (default: every selected node)"),
+    registry.NodeList(
+        "nodes",
+        str,
+        "",
+        "comma-separated ring members, DNS-1123 node names, no empty entry (default: every selected node)",
+    ),
 )
 
 

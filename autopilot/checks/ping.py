@@ -131,7 +131,9 @@ registry.check(
     "ping",
     description="reachability of every other node on each interface address (concurrent, bounded)",
     params=(
-        registry.Param("nodes", str, "", "comma-separated nodes to ping (default: every live node)"),
+        registry.NodeList(
+            "nodes", str, "", "comma-separated node names to ping, DNS-1123, no empty entry (default: every live node)"
+        ),
         registry.Param("count", int, 3, "echo requests per address", minimum=1, maximum=20),
         registry.Param("wait_s", float, 1.0, "seconds to wait for each reply", minimum=0.1, maximum=10),
     ),

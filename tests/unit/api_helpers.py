@@ -121,6 +121,7 @@ def make_api(
     labels: Mapping[str, Mapping[str, str]] | None = None,
     cluster: Any = None,  # a ClusterClient (FakeCluster in tests)
     deadline_s: float = 2.0,
+    checks: CheckRegistry | None = None,  # default: stand_in_checks()
 ) -> Api:
     settings = config.Settings(
         node_name="api-host",
@@ -136,5 +137,5 @@ def make_api(
     )
     workers = FakeWorkers(store)
     dispatcher = FakeDispatcher(on_send=workers)
-    app = create_app(settings, store=store, dispatcher=dispatcher, cluster=cluster, checks=stand_in_checks())
+    app = create_app(settings, store=store, dispatcher=dispatcher, cluster=cluster, checks=checks or stand_in_checks())
     return Api(app, store, dispatcher, workers, settings)

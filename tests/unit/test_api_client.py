@@ -128,3 +128,13 @@ def test_exit_codes_follow_autopilot_run() -> None:
     assert client.report_exit_code(report(ok=1, warn=1, unreachable=1)) == 1
     assert client.report_exit_code(report(ok=1, error=1)) == 3
     assert client.report_exit_code(report(ok=1, unknown=1)) == 3
+
+
+@pytest.mark.parametrize("hosts", [",,,", "node-a,,node-b", "node-a,"])
+def test_status_with_an_empty_host_entry_asks_for_nothing(
+    served: Served, capsys: pytest.CaptureFixture[str], hosts: str
+) -> None:
+    # before: the empty entries were dropped client-side, and ",,," ran on every live node
+    assert client.status_main(["--url", served.url, "--host", hosts, "--check", "ping"]) == 2
+    assert "hosts" in capsys.readouterr().err
+    assert served.api.dispatcher.sent == []

@@ -65,6 +65,7 @@ def test_checks_catalog_lists_every_gpu_check_with_parameters() -> None:
     "args, words",
     [
         (["run", "nosuch"], "unknown check 'nosuch'"),
+        (["run", ",,,"], "empty check name"),  # before: dropped to nothing, which meant every check
         (["run", "dcgm", "--param", "r=9"], "r: must be <= 4"),
         (["run", "remapped", "--param", "r=2"], "none of remapped takes a parameter 'r'"),
         (["run", "--param", "oops"], "expected NAME=VALUE"),

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from autopilot import config, errors
@@ -70,3 +74,78 @@ def test_settings_are_frozen() -> None:
     s = config.Settings()
     with pytest.raises(AttributeError):
         s.redis_url = "x"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "env, var, entry",
+    [
+        ({"AUTOPILOT_PERIODIC_CHECKS": "pciebw,pciebww"}, "AUTOPILOT_PERIODIC_CHECKS", "pciebww"),
+        ({"PERIODIC_CHECKS": "remapped, gpu-power"}, "PERIODIC_CHECKS", "gpu-power"),
+        ({"AUTOPILOT_CHECK_TIMEOUTS": "dcgm=900,dcmg=60"}, "AUTOPILOT_CHECK_TIMEOUTS", "dcmg"),
+        ({"AUTOPILOT_GPUMEM_THRESHOLDS": "daxpy_gbps=1300,dgemm=16"}, "AUTOPILOT_GPUMEM_THRESHOLDS", "dgemm"),
+    ],
+)
+def test_an_unknown_check_or_map_key_stops_start_naming_variable_and_entry(
+    env: dict[str, str], var: str, entry: str
+) -> None:
+    # before: accepted, and the misspelt check never ran / the override never applied
+    with pytest.raises(errors.BadParameter) as info:
+        config.Settings.from_env(env)
+    assert info.value.field == var
+    assert repr(entry) in info.value.reason
+
+
+@pytest.mark.parametrize("value", ["0_3", "+3", "\uff13", "3.0"])
+def test_integer_settings_take_canonical_digits_only(value: str) -> None:
+    with pytest.raises(errors.BadParameter) as info:
+        config.Settings.from_env({"AUTOPILOT_DCGM_LEVEL": value})
+    assert info.value.field == "AUTOPILOT_DCGM_LEVEL"
+
+
+@pytest.mark.parametrize("env", [{"AUTOPILOT_PERIODIC_INTERVAL": "\uff11h"}, {"AUTOPILOT_CHECK_TIMEOUTS": "dcgm=9_0"}])
+def test_numbers_in_durations_and_maps_are_ascii(env: dict[str, str]) -> None:
+    with pytest.raises(errors.BadParameter):
+        config.Settings.from_env(env)
+
+
+def test_known_names_in_lists_and_maps_are_kept() -> None:
+    s = config.Settings.from_env(
+        {
+            "AUTOPILOT_CHECK_TIMEOUTS": "dcgm=900",
+            "AUTOPILOT_GPUMEM_THRESHOLDS": "dgemm_tflops=16",
+            "AUTOPILOT_DCGM_LEVEL": " 3 ",
+        }
+    )
+    assert s.check_timeouts == {"dcgm": 900.0} and s.gpumem_thresholds == {"dgemm_tflops": 16.0}
+    assert s.dcgm_level == 3
+
+
+def test_a_process_with_an_unknown_periodic_check_exits_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from autopilot import cli
+
+    monkeypatch.setenv("PERIODIC_CHECKS", "remapped,nosuch")
+    assert cli.main(["checks"]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "PERIODIC_CHECKS" in err[0] and "'nosuch'" in err[0], err
+
+
+def test_checks_of_extra_modules_are_known_to_the_settings() -> None:
+    # In a child: the extra module registers its checks in the process-wide registry.
+    code = (
+        "from autopilot import config;"
+        "s = config.Settings.from_env({'AUTOPILOT_EXTRA_CHECKS': 'tests.integration.checks_for_tests',"
+        " 'AUTOPILOT_PERIODIC_CHECKS': 'echo,remapped'}); print(','.join(s.periodic_checks))"
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(  # noqa: S603 - argv list
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=root,
+        env={"PYTHONPATH": str(root)},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "echo,remapped"

@@ -14,6 +14,8 @@ importlib.import_module("autopilot.checks")
 
 # Short check timeouts so that ``hang`` faults end quickly (the engine's watchdog cuts them).
 SETTINGS = config.Settings(node_name="sim-host", check_timeouts={c: 0.5 for c in simulate.FAULTS})
+# The checks one node runs alone (ping and iperf need other nodes: tests/unit/test_sim_network.py).
+NODE_CHECKS = [c for c in simulate.FAULTS if c not in simulate.NET_TOOL_OF]
 
 # (check, kind) -> (status, fatal) the real check reports for it
 EXPECTED = {
@@ -32,7 +34,7 @@ EXPECTED = {
 
 def test_every_check_passes_on_a_healthy_simulated_node() -> None:
     ctx = simulate.contexts(SETTINGS, 1, [])["sim-0"]
-    for check in simulate.FAULTS:
+    for check in NODE_CHECKS:
         result = execution.run_check(check, ctx)
         assert (check, result.status, result.node) == (check, Status.OK, "sim-0"), result.summary
 
@@ -43,11 +45,11 @@ def test_a_fault_changes_only_its_node_and_check(check: str, kind: str) -> None:
     faulty = execution.run_check(check, ctxs["sim-1"])
     assert (faulty.status, faulty.fatal) == EXPECTED[(check, kind)], faulty.summary
     assert execution.run_check(check, ctxs["sim-0"]).status is Status.OK
-    others = [c for c in simulate.FAULTS if c != check]
+    others = [c for c in NODE_CHECKS if c != check]
     assert all(execution.run_check(c, ctxs["sim-1"]).status is Status.OK for c in others)
 
 
-@pytest.mark.parametrize("check", sorted(simulate.FAULTS))
+@pytest.mark.parametrize("check", sorted(NODE_CHECKS))
 @pytest.mark.parametrize("kind", simulate.GENERIC_KINDS)
 def test_hang_and_error_faults_give_error_results(check: str, kind: str) -> None:
     ctx = simulate.contexts(SETTINGS, 1, [f"sim-0:{check}:{kind}"])["sim-0"]
@@ -115,9 +117,10 @@ def test_replay_ignores_sizes_but_not_the_device_or_level() -> None:
     default = runner.run(["/opt/ap-bandwidth", "--device", "2", "--size-mib", "256", "--runs", "5"], timeout=5)
     other = runner.run(["/opt/ap-bandwidth", "--device", "2", "--size-mib", "64", "--runs", "1"], timeout=5)
     assert default.returncode == 0 and default.stdout == other.stdout
-    assert runner.run(["dcgmi", "diag", "-r", "3", "-j"], timeout=5).stdout != runner.run(
-        ["dcgmi", "diag", "-r", "1", "-j"], timeout=5
-    ).stdout
+    assert (
+        runner.run(["dcgmi", "diag", "-r", "3", "-j"], timeout=5).stdout
+        != runner.run(["dcgmi", "diag", "-r", "1", "-j"], timeout=5).stdout
+    )
     assert runner.run(["ap-bandwidth", "--device", "8"], timeout=5).returncode == 2  # no GPU 8
     with pytest.raises(errors.ToolNotFound):
         runner.run(["nvidia-smi"], timeout=5)
