@@ -191,6 +191,8 @@ class Follower:
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self.last_seq: int | None = None
+        self._since_us: int | None = None  # monotonic µs of the first open, while no record was read
+        self._processing: int | None = None  # the record being handled: if it crashes us, skipped on retry
         self._overrun = False
         self._seeded = False
 
@@ -292,8 +294,13 @@ class Follower:
             saved = self.sink.kmsg_position(self.node)
             if saved is not None and boot and saved[0] == boot:
                 self.last_seq = saved[1]
-        # Resume after what was read (this thread or an earlier worker); nothing read yet: the end.
-        device.open(at_end=self.last_seq is None)
+        # Resume after what was read (this thread or an earlier worker). Nothing read yet: the end the
+        # first time; after a crash, from the oldest record, skipping those older than the first start.
+        if self.last_seq is None and self._since_us is None:
+            self._since_us = int(time.monotonic() * 1e6)
+            device.open(at_end=True)
+        else:
+            device.open(at_end=False)
         saved_seq, saved_at = self.last_seq, time.monotonic()
         try:
             while not self.stop_event.is_set():
@@ -325,17 +332,25 @@ class Follower:
         last = self.last_seq
         if last is not None and record.seq <= last:
             return  # read before this restart
+        if last is None and self._since_us is not None and record.seq != self._processing:
+            if record.ts_us < self._since_us:
+                return  # older than the first start (reopened from the oldest record after a crash)
+        if record.seq == self._processing:
+            # Handling this record crashed the follower once (reported as source.restart): skip it.
+            self.last_seq, self._processing = record.seq, None
+            return
+        self._processing = record.seq
         if last is not None and record.seq > last + 1:
             lost = record.seq - last - 1
             found.append(self._follower_event("kmsg.gap", "kmsg", f"{lost} kernel-log records lost", lost))
         elif self._overrun:
             found.append(self._follower_event("kmsg.gap", "kmsg", "kernel-log records lost (count unknown)"))
         self._overrun = False
-        self.last_seq = record.seq
         # The record's monotonic timestamp, on the wall clock: when the kernel wrote it.
         age = max(0.0, time.monotonic() - record.ts_us / 1e6)
         found.extend(kmsg.classify(record.message, written_at=self._clock() - age))
         self.submit(found)
+        self.last_seq, self._processing = record.seq, None
 
     def _run_nvml(self) -> None:
         source = self.nvml
