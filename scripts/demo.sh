@@ -7,7 +7,8 @@
 #   2. waits for the API's /readyz and for the three simulated nodes to register;
 #   3. `autopilot status`: the cluster-wide status (every node runs the periodic checks);
 #   4. sim-1's verdict and labels from /api/v1/nodes/sim-1;
-#   5. stops the stack (SIGINT, as Ctrl-C would).
+#   5. `autopilot inject sim-2 xid 79 --gpu 3`: the follower puts sim-2 in EVICT at once;
+#   6. stops the stack (SIGINT, as Ctrl-C would).
 #
 # Environment: PYTHON (default .venv/bin/python, else python3), AUTOPILOT_DEMO_PORT (default 3333).
 set -euo pipefail
@@ -80,6 +81,26 @@ print("labels:")
 for key, value in sorted(node.get("labels", {}).items()):
     print(f"  {key}={value}")
 PYEOF
+
+# ---- passive detection (issue 14): an Xid on a running node, on its labels within a second.
+echo
+echo "== autopilot inject sim-2 xid 79 --gpu 3   (GPU 3 of sim-2 falls off the bus)"
+REDIS_URL=$(sed -n 's/.*AUTOPILOT_REDIS_URL=\([^ ]*\) autopilot flower.*/\1/p' "$LOG" | head -n 1)
+AUTOPILOT_REDIS_URL="$REDIS_URL" "$PY" -m autopilot.cli inject sim-2 xid 79 --gpu 3
+"$PY" - "$URL" <<'PYEOF'
+import json, sys, time, urllib.request
+start, node = time.monotonic(), {}
+while time.monotonic() - start < 10:
+    with urllib.request.urlopen(sys.argv[1] + "/api/v1/nodes/sim-2", timeout=5) as resp:
+        node = json.load(resp)
+    if node["verdict"] == "EVICT":
+        break
+    time.sleep(0.05)
+print(f"sim-2 verdict {node['verdict']} after {time.monotonic() - start:.2f} s (as seen by polling the API)")
+for reason in node.get("reasons", []):
+    print(f"  reason: {reason}")
+PYEOF
+# ---- end of passive detection
 
 echo
 echo "== stopping the stack"
