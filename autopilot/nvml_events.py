@@ -14,6 +14,7 @@ A counter a GPU does not support reads as None. Errors become ``GpuError``/``Gpu
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import threading
 from collections.abc import Callable
@@ -139,7 +140,7 @@ class NvmlEvents:
                 if getattr(exc, "value", None) == n.NVML_ERROR_TIMEOUT:
                     return None
                 raise
-            bus = self._bus.get(_key(data.device), "")
+            bus = self._bus.get(_key(data.device)) or _text(n.nvmlDeviceGetPciInfo(data.device).busId)
             if data.eventType & n.nvmlEventTypeXidCriticalError:
                 return NvmlEvent(XID, bus, int(data.eventData))
             if data.eventType & n.nvmlEventTypeDoubleBitEccError:
@@ -159,12 +160,11 @@ class NvmlEvents:
 
 
 def _key(handle: Any) -> int:
-    """A handle's identity: NVML gives the same device pointer for the same GPU."""
+    """A handle's identity: NVML gives the same device pointer for the same GPU (read from the
+    pointer, not asked of the GPU, which may be the one that just fell off the bus)."""
     try:
-        import ctypes
-
         return int(ctypes.cast(handle, ctypes.c_void_p).value or 0)
-    except (TypeError, ValueError):  # a fake handle in tests
+    except (TypeError, ValueError, ctypes.ArgumentError):  # not a ctypes pointer (a stand-in)
         return id(handle)
 
 
