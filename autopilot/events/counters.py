@@ -13,13 +13,17 @@ InfiniBand ports are read from sysfs (``/sys/class/infiniband/<dev>/ports/<n>/st
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
+from autopilot import errors
 from autopilot.events import catalogue
 from autopilot.events.model import Event, bus_id
 from autopilot.nvml_events import GpuCounters
+
+log = logging.getLogger(__name__)
 
 IB_ROOT = "/sys/class/infiniband"
 IB_COUNTERS = ("link_downed", "symbol_error", "port_rcv_errors", "link_error_recovery")
@@ -91,7 +95,13 @@ class CounterPoller:
         out: list[Event] = []
         at = self._now()
         if self._gpus is not None:
-            for gpu in self._gpus():
+            try:
+                found = self._gpus()
+            except errors.GpuUnavailable as exc:
+                # No driver or no GPU here: nothing to poll on that side, ever; the ports still are.
+                log.warning("counters: no GPU counters on this node: %s", exc)
+                self._gpus, found = None, []
+            for gpu in found:
                 out.extend(self._gpu(gpu, at))
         if self._ib is not None:
             for port in self._ib():

@@ -278,6 +278,16 @@ def test_a_bad_state_is_reported_once_until_it_clears() -> None:
     assert found == [["remap.pending"], [], [], ["remap.pending"]]
 
 
+def test_a_node_without_gpus_still_polls_its_infiniband_ports() -> None:
+    def no_driver() -> list[GpuCounters]:
+        raise errors.GpuUnavailable("NVML Shared Library Not Found")
+
+    states = iter(["ACTIVE", "DOWN"])
+    poller = CounterPoller(no_driver, lambda: [IbPort("mlx5_0/1", next(states), {})])
+    assert poller.poll() == []
+    assert [(e.code, e.device) for e in poller.poll()] == [("ib.down", "mlx5_0/1")]
+
+
 def _ibstat_ports(text: str) -> list[IbPort]:
     ports, ca = [], ""
     for line in text.splitlines():
