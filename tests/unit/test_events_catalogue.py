@@ -182,3 +182,22 @@ def test_the_samples_verdicts() -> None:
     assert {e.code for e in burst} == {"xid.13", "xid.43"}
     assert {e.action for e in burst} == {Action.IGNORE}
     assert {e.pid for e in burst if e.code == "xid.43"} == {"2924364"}
+
+
+def test_the_device_plugins_nvml_xid_maps_to_the_gpu_the_kernel_log_names() -> None:
+    """The device plugin logs the NVML event (Xid=48 on a GPU UUID); the kernel's "GPU at PCI:<bus>:
+    GPU-<uuid>" line of the same incident gives its bus id, and the NVML path classifies it as the
+    kernel line does."""
+    from autopilot.events.follower import nvml_event
+    from autopilot.nvml_events import NvmlEvent
+
+    plugin = sample_text("k8s-device-plugin_log_xid48-marking-unhealthy.log")
+    kernel = sample_text("kernel-xid_48_171_63_154_blackwell-dbe-chain_journalctl.log")
+    found = re.search(r"XidCriticalError: Xid=(\d+) on Device=(GPU-[0-9a-f-]+)", plugin)
+    assert found
+    code, uuid = int(found.group(1)), found.group(2)
+    bus_of = {u: b for b, u in re.findall(r"NVRM: GPU at PCI:([0-9a-f:]+): (GPU-[0-9a-f-]+)", kernel)}
+    event = nvml_event(NvmlEvent("xid", bus_of[uuid], code), 0.0)
+    kernel_event = next(e for m in kmsg.messages_from_text(kernel) for e in kmsg.classify(m) if e.code == "xid.48")
+    assert (event.code, event.device, event.action) == (kernel_event.code, kernel_event.device, kernel_event.action)
+    assert (event.device, event.action) == ("0000:55:00.0", Action.RESET)
