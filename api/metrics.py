@@ -25,7 +25,9 @@ import flask
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 from autopilot import config
+from autopilot.events.metrics import EventsCollector
 from autopilot.metrics import NodeInfo, ResultsCollector, Snapshot
+from workers import follower
 from workers.store import ResultsStore
 
 EXTENSION = "autopilot_metrics"
@@ -69,6 +71,7 @@ def init_app(app: flask.Flask, store: ResultsStore, settings: config.Settings) -
     registry = CollectorRegistry()
     collector = ResultsCollector(lambda: snapshot_from_store(store, settings))
     registry.register(collector)
+    registry.register(EventsCollector(lambda: follower.read_metrics(store)))
     requests = Counter(
         "autopilot_api_requests",
         "HTTP requests answered by the Autopilot API, by method, route and status code",

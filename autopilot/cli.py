@@ -35,6 +35,7 @@ RUNTIME_COMMANDS: dict[str, tuple[str, str]] = {
     "api": ("api.main:main", "serve the HTTP API"),
     "status": ("api.client:status_main", "ask the API for a cluster status"),
     "nodes": ("api.client:nodes_main", "list the nodes the API knows"),
+    "inject": ("workers.follower:inject_main", "inject a GPU event (Xid) into a simulated node's follower"),
 }
 
 

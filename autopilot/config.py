@@ -217,6 +217,24 @@ class Settings:
     pvc_access_mode: str = "ReadWriteOnce"
     """Access mode of the ``pvc`` check's claim (``AUTOPILOT_PVC_ACCESS_MODE``; upstream hard-coded ReadWriteMany)."""
 
+    events_follower: bool = True
+    """Follow the kernel log, NVML events and error counters in every worker and turn faults into ``events``
+    results at once (``AUTOPILOT_EVENTS_FOLLOWER``); ``false`` leaves only the periodic checks."""
+
+    events_poll_interval_s: float = 5.0
+    """How often the follower polls the error counters (ECC, row remap, NVLink, PCIe replay, InfiniBand)
+    (``AUTOPILOT_EVENTS_POLL_INTERVAL``); 0 disables the polling."""
+
+    events_storm_window_s: float = 60.0
+    """The same code on the same device within this window is one finding with a count
+    (``AUTOPILOT_EVENTS_STORM_WINDOW``)."""
+
+    kmsg_path: str = "/dev/kmsg"
+    """The kernel log the follower reads (``AUTOPILOT_KMSG_PATH``)."""
+
+    infiniband_sysfs: str = "/sys/class/infiniband"
+    """Where the follower reads InfiniBand port state and counters (``AUTOPILOT_INFINIBAND_SYSFS``)."""
+
     @property
     def uses_cluster(self) -> bool:
         """Whether labels, conditions, events and Jobs go to Kubernetes."""
@@ -374,6 +392,11 @@ _FIELDS: list[tuple[str, str, tuple[str, ...], Any]] = [
         (),
         lambda t, v: _choice(t, v, ("ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod", "ReadOnlyMany")),
     ),
+    ("events_follower", "AUTOPILOT_EVENTS_FOLLOWER", (), lambda t, v: parse_bool(t, field=v)),
+    ("events_poll_interval_s", "AUTOPILOT_EVENTS_POLL_INTERVAL", (), _duration),
+    ("events_storm_window_s", "AUTOPILOT_EVENTS_STORM_WINDOW", (), _duration),
+    ("kmsg_path", "AUTOPILOT_KMSG_PATH", (), lambda t, v: t.strip()),
+    ("infiniband_sysfs", "AUTOPILOT_INFINIBAND_SYSFS", (), lambda t, v: t.strip()),
 ]
 
 

@@ -10,9 +10,10 @@
 #      among them: every simulated node fails its pairs with sim-3, and the localisation below
 #      the table names sim-3 as the suspect);
 #   4. sim-1's verdict and labels from /api/v1/nodes/sim-1;
-#   5. the iperf ring over sim-0..sim-2 (/iperf, a pair below 50 Gb/s warns): the slow pairs
+#   5. `autopilot inject sim-2 xid 79 --gpu 3`: the follower puts sim-2 in EVICT at once;
+#   6. the iperf ring over sim-0..sim-2 (/iperf, a pair below 50 Gb/s warns): the slow pairs
 #      point at sim-2;
-#   6. stops the stack (SIGINT, as Ctrl-C would).
+#   7. stops the stack (SIGINT, as Ctrl-C would).
 #
 # Environment: PYTHON (default .venv/bin/python, else python3), AUTOPILOT_DEMO_PORT (default 3333).
 set -euo pipefail
@@ -87,6 +88,26 @@ print("labels:")
 for key, value in sorted(node.get("labels", {}).items()):
     print(f"  {key}={value}")
 PYEOF
+
+# ---- passive detection (issue 14): an Xid on a running node, on its labels within a second.
+echo
+echo "== autopilot inject sim-2 xid 79 --gpu 3   (GPU 3 of sim-2 falls off the bus)"
+REDIS_URL=$(sed -n 's/.*AUTOPILOT_REDIS_URL=\([^ ]*\) autopilot flower.*/\1/p' "$LOG" | head -n 1)
+AUTOPILOT_REDIS_URL="$REDIS_URL" "$PY" -m autopilot.cli inject sim-2 xid 79 --gpu 3
+"$PY" - "$URL" <<'PYEOF'
+import json, sys, time, urllib.request
+start, node = time.monotonic(), {}
+while time.monotonic() - start < 10:
+    with urllib.request.urlopen(sys.argv[1] + "/api/v1/nodes/sim-2", timeout=5) as resp:
+        node = json.load(resp)
+    if node["verdict"] == "EVICT":
+        break
+    time.sleep(0.05)
+print(f"sim-2 verdict {node['verdict']} after {time.monotonic() - start:.2f} s (as seen by polling the API)")
+for reason in node.get("reasons", []):
+    print(f"  reason: {reason}")
+PYEOF
+# ---- end of passive detection
 
 echo
 echo "== which node the network checks point at: ping (GET /ping), the iperf ring over sim-0..sim-2 (GET /iperf)"

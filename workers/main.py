@@ -127,6 +127,11 @@ def worker_main(argv: Sequence[str]) -> int:
     host = hosting.NodeHost(settings, store, contexts)
     hosting.install(host)
     _resume_invasive(host)
+    from workers import follower
+    from workers import simulate as simulator
+
+    xid_faults = simulator.xid_faults(args.fault) if args.simulate else []
+    following = follower.start(store, settings, contexts, simulated=bool(args.simulate), xid_faults=xid_faults)
 
     if args.simulate:
         # Simulated nodes share one machine's CPU and the same fake GPUs: read the facts once.
@@ -189,6 +194,8 @@ def worker_main(argv: Sequence[str]) -> int:
         exitcode = run_until_shutdown(build)
     finally:
         stop.set()
+        if following is not None:
+            following.stop()
     return exitcode
 
 

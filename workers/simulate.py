@@ -180,11 +180,67 @@ def parse_faults(specs: Iterable[str], nodes: Sequence[str] | None = None) -> di
     """node -> check -> kind; a second fault for the same node and check is an error."""
     out: dict[str, dict[str, str]] = {}
     for spec in specs:
+        if is_xid_fault(spec):
+            parse_xid_fault(spec, nodes)  # validated here, injected by the follower (workers/follower.py)
+            continue
         fault = parse_fault(spec, nodes)
         if fault.check in out.get(fault.node, {}):
             raise errors.BadParameter("--fault", f"two faults for {fault.node}:{fault.check}")
         out.setdefault(fault.node, {})[fault.check] = fault.kind
     return out
+
+
+# ---------------------------------------------------------------- passive events (--fault NODE:xid:CODE[@WHEN])
+# An Xid fault is no seam change: the worker's follower gets the driver's line for it, at once or
+# WHEN (a duration, e.g. 30s) after the worker started, as `autopilot inject` does while it runs.
+
+XID_MAX = 65535
+
+
+@dataclasses.dataclass(frozen=True)
+class XidFault:
+    node: str
+    code: int
+    gpu: int = 0
+    after_s: float = 0.0
+
+
+def is_xid_fault(spec: str) -> bool:
+    return spec.split(":")[1:2] == ["xid"]
+
+
+def parse_xid_code(text: str, *, field: str) -> int:
+    if not text.strip().isdigit() or not 0 <= int(text) <= XID_MAX:
+        raise errors.BadParameter(field, f"an Xid code is a number 0..{XID_MAX}, got {text[:20]!r}")
+    return int(text)
+
+
+def parse_gpu(text: str, *, field: str) -> int:
+    if not text.strip().isdigit() or not 0 <= int(text) < GPU_COUNT:
+        raise errors.BadParameter(field, f"a simulated GPU is 0..{GPU_COUNT - 1}, got {text[:20]!r}")
+    return int(text)
+
+
+def parse_xid_fault(spec: str, nodes: Sequence[str] | None = None) -> XidFault:
+    """``NODE:xid:CODE[:GPU][@WHEN]`` -> ``XidFault``; ``BadParameter("--fault")`` naming what is wrong."""
+    body, _, when = spec.partition("@")
+    parts = body.split(":")
+    if len(parts) not in (3, 4) or parts[1] != "xid":
+        raise errors.BadParameter("--fault", f"expected NODE:xid:CODE[:GPU][@WHEN], got {spec[:80]!r}")
+    if nodes is not None and parts[0] not in nodes:
+        raise errors.BadParameter("--fault", f"unknown simulated node {parts[0][:64]!r}")
+    gpu = parse_gpu(parts[3], field="--fault") if len(parts) == 4 else 0
+    after = config.parse_duration(when, field="--fault") if when else 0.0
+    return XidFault(parts[0], parse_xid_code(parts[2], field="--fault"), gpu, after)
+
+
+def xid_faults(specs: Iterable[str], nodes: Sequence[str] | None = None) -> list[XidFault]:
+    return [parse_xid_fault(s, nodes) for s in specs if is_xid_fault(s)]
+
+
+def xid_message(code: int, gpu: int) -> str:
+    """The kernel line the driver prints for Xid ``code`` on simulated GPU ``gpu`` (bus ``0000:<gpu>:00``)."""
+    return f"NVRM: Xid (PCI:0000:{gpu:02x}:00): {code}, pid='<unknown>', name=<unknown>, simulated Xid {code}"
 
 
 def network_faults(specs: Iterable[str]) -> list[str]:
@@ -545,4 +601,5 @@ def help_text() -> str:
     for check in FAULTS:
         for i, (kind, what) in enumerate(kinds(check).items()):
             lines.append(f"{check}:{kind}{' (default)' if i == 0 else ''}  {what}")
+    lines.append("xid:CODE[:GPU][@WHEN]  the driver logs Xid CODE on GPU (default 0), now or WHEN (30s) after start")
     return "\n".join(lines)

@@ -1,0 +1,275 @@
+"""The kernel log: ``/dev/kmsg`` records, the GPU lines in them, and the reader behind a seam.
+
+A record is ``PRI,SEQ,TS_USEC,FLAGS[,...];MESSAGE`` followed by optional indented ``KEY=VALUE``
+lines (Linux ``Documentation/ABI/testing/dev-kmsg``); non-printable bytes in MESSAGE are escaped
+as ``\\xNN`` (a multi-line printk keeps its newlines as ``\\x0a``). One ``read()`` returns one
+record; when the reader fell behind and its next record was overwritten, ``read()`` fails with
+``EPIPE`` once and then goes on from the oldest record left. ``SEEK_END`` starts at the end.
+
+Lines classified (``classify``):
+
+- ``NVRM: Xid (PCI:0000:9b:00): 79, pid=..., ...``: an Xid (the catalogue decides);
+- ``NVRM: GPU 0000:91:00.0: GPU has fallen off the bus.`` and the open driver's
+  ``NVRM: The NVIDIA GPU 0000:b3:00.0 ... has fallen off the bus``: Xid 79 for that GPU;
+- ``nvidia-nvswitch0: SXid (PCI:0000:05:00.0): 20034, Fatal, ...``: an NVSwitch SXid;
+- ``pcieport 0000:00:01.0: AER: Uncorrected (Fatal) error received: 0000:01:00.0``: PCIe AER, for
+  the device it names (the reporting port when it names none).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import os
+import re
+import select
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from typing import Protocol
+
+from autopilot.events import catalogue
+from autopilot.events.model import Event, bus_id
+
+DEFAULT_PATH = "/dev/kmsg"
+_READ_SIZE = 8192  # the kernel's record limit (CONSOLE_EXT_LOG_MAX) fits
+
+_ADDR = r"(?:PCI:)?[0-9a-fA-F]{4,8}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}(?:\.[0-7])?"
+_XID = re.compile(rf"NVRM: Xid \((?P<bus>{_ADDR})\): (?P<code>\d+)(?:,(?P<rest>.*))?")
+_PID = re.compile(r"pid=(?P<pid>'?[^,\s']+'?)")
+_FALLEN = re.compile(
+    rf"NVRM: (?:GPU at |The NVIDIA GPU |GPU )(?P<bus>{_ADDR})\b.*?fallen off the bus", re.IGNORECASE | re.DOTALL
+)
+_SXID = re.compile(rf"SXid \((?P<bus>{_ADDR})\): (?P<code>\d+)(?:,(?P<rest>.*))?")
+_DEV = r"[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]"
+_AER = re.compile(rf"(?P<dev>{_DEV}): AER: (?P<text>.*)")
+_AER_TARGET = re.compile(rf"(?:error received|error message received from)[: ]+(?:id=)?(?P<dev>{_DEV})")
+_AER_FATAL = re.compile(r"Uncorrect\w* \(Fatal\)|severity=Uncorrected \(Fatal\)")
+_AER_NONFATAL = re.compile(r"Uncorrect\w* \(Non-Fatal\)|severity=Uncorrected \(Non-Fatal\)")
+_AER_CORRECTED = re.compile(r"\bCorrect(?:ed|able)\b|severity=Correct")
+_ESCAPE = re.compile(r"\\x([0-9a-fA-F]{2})")
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """One ``/dev/kmsg`` record: its sequence number, monotonic timestamp (µs) and message."""
+
+    seq: int
+    ts_us: int
+    message: str
+    priority: int = 6
+
+
+def parse_record(raw: bytes | str) -> Record | None:
+    """``PRI,SEQ,TS,FLAGS;MESSAGE`` -> ``Record``; None for anything that is not a record."""
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    head, sep, rest = text.partition(";")
+    if not sep:
+        return None
+    fields = head.split(",")
+    if len(fields) < 3:
+        return None
+    try:
+        pri, seq, ts = int(fields[0]), int(fields[1]), int(fields[2])
+    except ValueError:
+        return None
+    message = rest.split("\n", 1)[0]  # what follows the first newline is KEY=VALUE dictionary lines
+    message = _ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), message)
+    return Record(seq, ts, message, pri & 7)
+
+
+def classify(message: str, *, written_at: float = 0.0) -> list[Event]:
+    """The GPU, NVSwitch and PCIe events in one kernel message (usually none)."""
+    text = " ".join(part.strip() for part in message.splitlines())
+    if "NVRM" in text:
+        found = _XID.search(text)
+        if found:
+            code = int(found.group("code"))
+            rest = found.group("rest") or ""
+            pid = _PID.search(rest)
+            entry = catalogue.classify_xid(code, rest)
+            return [Event("kmsg", entry, bus_id(found.group("bus")), text, written_at, pid=_pid(pid))]
+        fallen = _FALLEN.search(text)
+        if fallen:
+            entry = catalogue.classify_xid(79, text)
+            return [Event("kmsg", entry, bus_id(fallen.group("bus")), text, written_at)]
+        return []
+    sxid = _SXID.search(text)
+    if sxid:
+        entry = catalogue.classify_sxid(int(sxid.group("code")), sxid.group("rest") or "")
+        return [Event("kmsg", entry, bus_id(sxid.group("bus")), text, written_at)]
+    aer = _AER.search(text)
+    if aer:
+        body = aer.group("text")
+        if _AER_FATAL.search(body):
+            kind = "fatal"
+        elif _AER_NONFATAL.search(body):
+            kind = "nonfatal"
+        elif _AER_CORRECTED.search(body):
+            kind = "corrected"
+        else:
+            return []  # detail lines ("device [10de:2330] error status/mask=...") repeat the headline
+        target = _AER_TARGET.search(body)
+        device = bus_id(target.group("dev") if target else aer.group("dev"))
+        return [Event("kmsg", catalogue.lookup("aer", kind), device, text, written_at)]
+    return []
+
+
+def _pid(found: re.Match[str] | None) -> str:
+    if not found:
+        return ""
+    pid = found.group("pid").strip("'")
+    return "" if pid == "<unknown>" else pid
+
+
+_PREFIXES = (
+    re.compile(r"^\d+,\d+,\d+,[^;]*;"),  # raw /dev/kmsg
+    re.compile(r"^\[\s*[\d.]+\]\s?"),  # dmesg
+    re.compile(r"^\[[A-Z][a-z]{2} [A-Z][a-z]{2} [ \d]\d [\d:]{8} \d{4}\]\s?"),  # dmesg -T
+    re.compile(r"^\w+\s*:\s*\w+\s*: \d{4}-\d\d-\d\dT[\d:,.]+[+-]\d\d:\d\d\s"),  # dmesg --decode --time-format=iso
+    re.compile(r"^[A-Z][a-z]{2} [ \d]\d [\d:]{8} \S+ kernel: "),  # journalctl -k / syslog
+    re.compile(r"^[A-Z][a-z]{2} [ \d]\d [\d:]{8} \S+ \S+: "),  # syslog, other programs
+)
+
+
+def messages_from_text(text: str) -> Iterator[str]:
+    """Kernel messages from a saved log (raw kmsg, dmesg in its formats, journalctl -k, syslog).
+
+    An indented line continues the message before it (how dmesg prints a multi-line printk).
+    Lines starting with ``#`` are comments.
+    """
+    current: list[str] = []
+    for line in text.splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        if line[:1].isspace() and current:
+            current.append(line.strip())
+            continue
+        if current:
+            yield "\n".join(current)
+        body = line
+        for prefix in _PREFIXES:
+            stripped = prefix.sub("", body, count=1)
+            if stripped != body:
+                body = stripped
+                break
+        current = [body]
+    if current:
+        yield "\n".join(current)
+
+
+class Overrun(Exception):
+    """The reader fell behind: records were overwritten before it read them (``EPIPE``)."""
+
+
+class KmsgDevice(Protocol):
+    """The kernel log as a stream of records (the seam: a real ``/dev/kmsg`` or ``FakeKmsg``)."""
+
+    def open(self, *, at_end: bool) -> None:
+        """Open; ``at_end`` starts after the newest record, else at the oldest one kept."""
+
+    def read(self, timeout_s: float) -> bytes | None:
+        """The next record, or None when none came within ``timeout_s``; raises ``Overrun``."""
+
+    def close(self) -> None: ...
+
+
+class DevKmsg:
+    """The real ``/dev/kmsg``: non-blocking reads, ``poll`` for the wait, ``EPIPE`` as ``Overrun``."""
+
+    def __init__(self, path: str = DEFAULT_PATH) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self._poll = select.poll()
+
+    def open(self, *, at_end: bool) -> None:
+        self.close()
+        fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        if at_end:
+            os.lseek(fd, 0, os.SEEK_END)
+        self._fd = fd
+        self._poll = select.poll()
+        self._poll.register(fd, select.POLLIN)
+
+    def read(self, timeout_s: float) -> bytes | None:
+        if self._fd is None:
+            raise OSError(errno.EBADF, "kmsg is not open")
+        try:
+            return os.read(self._fd, _READ_SIZE)
+        except BlockingIOError:
+            pass
+        except BrokenPipeError as exc:
+            raise Overrun(str(exc)) from None
+        if not self._poll.poll(max(0, int(timeout_s * 1000))):
+            return None
+        try:
+            return os.read(self._fd, _READ_SIZE)
+        except BlockingIOError:
+            return None
+        except BrokenPipeError as exc:
+            raise Overrun(str(exc)) from None
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class FakeKmsg:
+    """An in-memory kernel log of ``capacity`` records with the real one's semantics (for tests and
+    the simulator): ``write`` appends a record with the next sequence number; a reader whose next
+    record was pushed out gets ``Overrun`` once, then reads on from the oldest record kept."""
+
+    def __init__(self, capacity: int = 1024, *, first_seq: int = 0) -> None:
+        self.capacity = capacity
+        self._records: deque[tuple[int, bytes]] = deque()
+        self._next_seq = first_seq
+        self._pos: int | None = None  # sequence number of the next record to read
+        self._cond = threading.Condition()
+        self.opened = 0
+
+    def write(self, message: str, *, priority: int = 4) -> int:
+        """Append ``message`` as the kernel would; returns its sequence number."""
+        escaped = message.replace("\n", "\\x0a")
+        with self._cond:
+            seq = self._next_seq
+            ts_us = int(time.monotonic() * 1e6)
+            self._records.append((seq, f"{priority},{seq},{ts_us},-;{escaped}\n".encode()))
+            self._next_seq += 1
+            while len(self._records) > self.capacity:
+                self._records.popleft()
+            self._cond.notify_all()
+            return seq
+
+    def open(self, *, at_end: bool) -> None:
+        with self._cond:
+            self.opened += 1
+            self._pos = self._next_seq if at_end else (self._records[0][0] if self._records else self._next_seq)
+
+    def read(self, timeout_s: float) -> bytes | None:
+        with self._cond:
+            if self._pos is None:
+                raise OSError(errno.EBADF, "kmsg is not open")
+            if not self._cond.wait_for(lambda: self._pos is not None and self._pos < self._next_seq, timeout_s):
+                return None
+            oldest = self._records[0][0]
+            if self._pos < oldest:
+                self._pos = oldest
+                raise Overrun("records were overwritten")
+            record = self._records[self._pos - oldest][1]
+            self._pos += 1
+            return record
+
+    def close(self) -> None:
+        with self._cond:
+            self._pos = None
+
+
+def boot_id(path: str = "/proc/sys/kernel/random/boot_id") -> str:
+    """This boot's id: kmsg sequence numbers restart at each boot, so a saved position names its boot."""
+    try:
+        with open(path, encoding="ascii") as fh:
+            return fh.read().strip()
+    except OSError:
+        return ""

@@ -1,0 +1,217 @@
+"""The NVML event and counter seam of the passive follower: the second module that imports pynvml.
+
+``gpus.py`` answers what the periodic checks ask; this module answers what the follower waits
+for and polls, and owns its own NVML session so neither blocks the other:
+
+- ``NvmlEvents``: ``nvmlEventSetCreate``, ``nvmlDeviceRegisterEvents`` for Xid critical errors
+  and single/double-bit ECC on every GPU (each GPU only for the types it supports), and
+  ``nvmlEventSetWait_v2`` with a timeout so the waiting thread can stop;
+- ``NvmlCounters``: cheap per-GPU counters (volatile uncorrectable ECC, remapped rows pending and
+  failed, retired pages pending, PCIe replays, NVLink CRC/replay/recovery and link state).
+
+A counter a GPU does not support reads as None. Errors become ``GpuError``/``GpuUnavailable``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import threading
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
+from autopilot import errors
+
+T = TypeVar("T")
+
+XID = "xid"
+ECC_DBE = "ecc.dbe"
+ECC_SBE = "ecc.sbe"
+
+
+@dataclasses.dataclass(frozen=True)
+class NvmlEvent:
+    """One NVML event: its kind (``xid``, ``ecc.dbe``, ``ecc.sbe``), the GPU's PCI bus id and, for an
+    Xid, its code (``eventData``)."""
+
+    kind: str
+    bus_id: str
+    data: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class GpuCounters:
+    """One poll of one GPU; None where the GPU does not support the counter."""
+
+    bus_id: str
+    ecc_uncorrected_volatile: int | None = None
+    remap_pending: bool | None = None
+    remap_failure: bool | None = None
+    retired_pages_pending: bool | None = None
+    pcie_replay: int | None = None
+    nvlink_up: tuple[bool, ...] = ()
+    nvlink_crc: int | None = None
+    nvlink_replay: int | None = None
+    nvlink_recovery: int | None = None
+
+
+class EventSource(Protocol):
+    def open(self) -> None: ...
+
+    def wait(self, timeout_s: float) -> NvmlEvent | None: ...
+
+    def close(self) -> None: ...
+
+
+class CounterSource(Protocol):
+    def read(self) -> list[GpuCounters]: ...
+
+
+class _Session:
+    """An NVML session of its own (nvmlInit is reference counted, so it never ends gpus.py's)."""
+
+    def __init__(self) -> None:
+        self._nvml: Any = None
+        self._lock = threading.Lock()
+
+    def lib(self) -> Any:
+        with self._lock:
+            if self._nvml is None:
+                try:
+                    import pynvml
+                except ImportError as exc:
+                    raise errors.GpuUnavailable(f"nvidia-ml-py is not installed: {exc}") from None
+                try:
+                    pynvml.nvmlInit()
+                except pynvml.NVMLError as exc:
+                    raise errors.GpuUnavailable(f"NVML could not start: {exc}") from None
+                self._nvml = pynvml
+            return self._nvml
+
+    def call(self, what: str, fn: Callable[[Any], T]) -> T:
+        nvml = self.lib()
+        try:
+            return fn(nvml)
+        except nvml.NVMLError as exc:
+            raise errors.GpuError(f"{what}: {exc}", int(getattr(exc, "value", 0) or 0)) from None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._nvml is not None:
+                try:
+                    self._nvml.nvmlShutdown()
+                except self._nvml.NVMLError:
+                    pass
+                self._nvml = None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class NvmlEvents:
+    """The real event source."""
+
+    def __init__(self) -> None:
+        self._s = _Session()
+        self._set: Any = None
+        self._bus: dict[int, str] = {}  # handle address -> bus id
+
+    def open(self) -> None:
+        def register(n: Any) -> None:
+            self._set = n.nvmlEventSetCreate()
+            wanted = (
+                n.nvmlEventTypeXidCriticalError | n.nvmlEventTypeDoubleBitEccError | n.nvmlEventTypeSingleBitEccError
+            )
+            for i in range(n.nvmlDeviceGetCount()):
+                handle = n.nvmlDeviceGetHandleByIndex(i)
+                self._bus[_key(handle)] = _text(n.nvmlDeviceGetPciInfo(handle).busId)
+                supported = n.nvmlDeviceGetSupportedEventTypes(handle) & wanted
+                if supported:
+                    n.nvmlDeviceRegisterEvents(handle, supported, self._set)
+
+        self._s.call("registering NVML events", register)
+
+    def wait(self, timeout_s: float) -> NvmlEvent | None:
+        def wait(n: Any) -> NvmlEvent | None:
+            try:
+                data = n.nvmlEventSetWait_v2(self._set, max(1, int(timeout_s * 1000)))
+            except n.NVMLError as exc:
+                if getattr(exc, "value", None) == n.NVML_ERROR_TIMEOUT:
+                    return None
+                raise
+            bus = self._bus.get(_key(data.device)) or _text(n.nvmlDeviceGetPciInfo(data.device).busId)
+            if data.eventType & n.nvmlEventTypeXidCriticalError:
+                return NvmlEvent(XID, bus, int(data.eventData))
+            if data.eventType & n.nvmlEventTypeDoubleBitEccError:
+                return NvmlEvent(ECC_DBE, bus)
+            return NvmlEvent(ECC_SBE, bus)
+
+        return self._s.call("waiting for NVML events", wait)
+
+    def close(self) -> None:
+        if self._set is not None:
+            event_set, self._set = self._set, None
+            try:
+                self._s.call("freeing the NVML event set", lambda n: n.nvmlEventSetFree(event_set))
+            except errors.GpuError:
+                pass
+        self._s.close()
+
+
+def _key(handle: Any) -> int:
+    """A handle's identity: NVML gives the same device pointer for the same GPU (read from the
+    pointer, not asked of the GPU, which may be the one that just fell off the bus)."""
+    try:
+        return int(ctypes.cast(handle, ctypes.c_void_p).value or 0)
+    except (TypeError, ValueError, ctypes.ArgumentError):  # not a ctypes pointer (a stand-in)
+        return id(handle)
+
+
+class NvmlCounters:
+    """The real counter source."""
+
+    def __init__(self) -> None:
+        self._s = _Session()
+
+    def read(self) -> list[GpuCounters]:
+        def read_all(n: Any) -> list[GpuCounters]:
+            return [_read_one(n, n.nvmlDeviceGetHandleByIndex(i)) for i in range(n.nvmlDeviceGetCount())]
+
+        return self._s.call("reading GPU counters", read_all)
+
+
+def _maybe(n: Any, fn: Callable[..., T], *args: Any) -> T | None:
+    try:
+        return fn(*args)
+    except n.NVMLError:  # not supported on this GPU (or this link): the counter is absent
+        return None
+
+
+def _read_one(n: Any, h: Any) -> GpuCounters:
+    remap = _maybe(n, lambda: n.nvmlDeviceGetRemappedRows(h))
+    links: list[bool] = []
+    crc = replay = recovery = 0
+    for link in range(n.NVML_NVLINK_MAX_LINKS):
+        state = _maybe(n, n.nvmlDeviceGetNvLinkState, h, link)
+        if state is None:
+            break
+        links.append(bool(state))
+        crc += _maybe(n, n.nvmlDeviceGetNvLinkErrorCounter, h, link, n.NVML_NVLINK_ERROR_DL_CRC_FLIT) or 0
+        replay += _maybe(n, n.nvmlDeviceGetNvLinkErrorCounter, h, link, n.NVML_NVLINK_ERROR_DL_REPLAY) or 0
+        recovery += _maybe(n, n.nvmlDeviceGetNvLinkErrorCounter, h, link, n.NVML_NVLINK_ERROR_DL_RECOVERY) or 0
+    pending = _maybe(n, lambda: n.nvmlDeviceGetRetiredPagesPendingStatus(h))
+    return GpuCounters(
+        bus_id=_text(n.nvmlDeviceGetPciInfo(h).busId),
+        ecc_uncorrected_volatile=_maybe(
+            n, lambda: n.nvmlDeviceGetTotalEccErrors(h, n.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, n.NVML_VOLATILE_ECC)
+        ),
+        remap_pending=bool(remap[2]) if remap is not None else None,
+        remap_failure=bool(remap[3]) if remap is not None else None,
+        retired_pages_pending=bool(pending) if pending is not None else None,
+        pcie_replay=_maybe(n, lambda: n.nvmlDeviceGetPcieReplayCounter(h)),
+        nvlink_up=tuple(links),
+        nvlink_crc=crc if links else None,
+        nvlink_replay=replay if links else None,
+        nvlink_recovery=recovery if links else None,
+    )

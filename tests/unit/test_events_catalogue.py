@@ -1,0 +1,203 @@
+"""The event catalogue and the kernel-log classification, over hand-written lines and every public sample."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from autopilot.events import catalogue, kmsg
+from autopilot.events.catalogue import Action
+from autopilot.events.model import bus_id
+from tests.conftest import ROOT, SAMPLES, sample_text
+
+# ---------------------------------------------------------------- the catalogue
+
+
+def test_every_published_xid_is_listed_with_an_action_and_an_owner() -> None:
+    xids = catalogue.all_xids()
+    # NVIDIA's Xid Catalog numbers its rows 1..172 without holes.
+    assert sorted(xids) == list(range(1, 173))
+    for code, entry in xids.items():
+        assert entry.owner in catalogue.OWNERS, code
+        assert entry.mnemonic, code
+    assert "docs.nvidia.com" in catalogue.data()["xid"]["source"]
+
+
+@pytest.mark.parametrize("code", [13, 31, 43, 45])
+def test_application_xids_never_evict(code: int) -> None:
+    entry = catalogue.classify_xid(code, "pid=1234, name=python")
+    assert entry.owner == "application"
+    assert entry.action is Action.IGNORE
+
+
+@pytest.mark.parametrize(
+    ("code", "action"),
+    [(48, "reset"), (63, "ignore"), (64, "reset"), (74, "reset"), (79, "evict"), (92, "ignore"), (94, "warn"),
+     (95, "reset"), (119, "reset"), (120, "reset")],
+)  # fmt: skip
+def test_named_xids_follow_nvidias_immediate_action(code: int, action: str) -> None:
+    assert catalogue.classify_xid(code).action.value == action
+
+
+@pytest.mark.parametrize(
+    ("text", "action"),
+    [
+        ("GPU recovery action changed from 0x0 (None) to 0x4 (Drain and Reset)", "reset"),
+        ("GPU recovery action changed from 0x0 (None) to 0x2 (Node Reboot Required)", "evict"),
+        ("GPU recovery action changed from 0x4 (Drain and Reset) to 0x0 (None)", "ignore"),
+        ("GPU recovery action changed from 0x0 (None) to 0x3 (Drain P2P)", "warn"),
+        ("something the driver never printed", "warn"),
+    ],
+)
+def test_xid_154_takes_the_recovery_action_it_names(text: str, action: str) -> None:
+    assert catalogue.classify_xid(154, text).action.value == action
+
+
+def test_nvlink5_xids_reset_only_when_the_message_says_fatal() -> None:
+    assert catalogue.classify_xid(149, " NETIR_LINK_EVT Fatal XC0 i0 Link 03 (0x0000e111 ...)").action is Action.RESET
+    assert catalogue.classify_xid(149, " NETIR_BER_EVENT Nonfatal XC0 i0 Link 03").action is Action.WARN
+
+
+def test_an_unknown_code_warns_with_its_number() -> None:
+    entry = catalogue.classify_xid(4242)
+    assert (entry.action, entry.known, entry.code) == (Action.WARN, False, "xid.4242")
+    assert "4242" in entry.meaning
+    assert catalogue.classify_sxid(11111, "Non-fatal, Link 3").action is Action.WARN
+    assert catalogue.classify_sxid(22222, "Fatal, Link 3").action is Action.RESET
+
+
+def test_the_catalogue_is_installed_with_the_package() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["autopilot"]
+    assert any(Path("data/events.json").match(p) for p in patterns)
+
+
+# ---------------------------------------------------------------- kmsg records and lines
+
+
+def test_a_kmsg_record_is_parsed_and_its_escapes_undone() -> None:
+    raw = b"4,1021,5001234,-;NVRM: The NVIDIA GPU 0000:b3:00.0\\x0aNVRM: has fallen off the bus.\n SUBSYSTEM=pci\n"
+    record = kmsg.parse_record(raw)
+    assert record is not None
+    assert (record.seq, record.ts_us, record.priority) == (1021, 5001234, 4)
+    assert record.message == "NVRM: The NVIDIA GPU 0000:b3:00.0\nNVRM: has fallen off the bus."
+    assert kmsg.parse_record(b"not a record") is None
+    assert kmsg.parse_record(b"x,y,z;text") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("PCI:0000:9b:00", "0000:9b:00.0"), ("00000000:9B:00.0", "0000:9b:00.0"), ("0000:05:00.1", "0000:05:00.1"),
+     ("mlx5_0/1", "mlx5_0/1")],
+)  # fmt: skip
+def test_bus_ids_from_the_driver_nvml_and_kernel_are_one_form(text: str, expected: str) -> None:
+    assert bus_id(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("line", "code", "device", "action"),
+    [
+        ("pcieport 0000:00:01.0: AER: Uncorrected (Fatal) error received: 0000:01:00.0", "aer.fatal", "0000:01:00.0",
+         "evict"),
+        ("pcieport 0000:00:03.1: AER: Uncorrected (Non-Fatal) error received: 0000:17:00.0", "aer.nonfatal",
+         "0000:17:00.0", "warn"),
+        ("pcieport 0000:00:03.1: AER: Correctable error message received from 0000:17:00.0", "aer.corrected",
+         "0000:17:00.0", "ignore"),
+        ("nvidia 0000:3b:00.0: AER: PCIe Bus Error: severity=Uncorrected (Fatal), type=Transaction Layer",
+         "aer.fatal", "0000:3b:00.0", "evict"),
+        ("NVRM: Xid (0000:03:00): 14, Channel 00000001", "xid.14", "0000:03:00.0", "ignore"),
+    ],
+)  # fmt: skip
+def test_aer_and_old_style_xid_lines(line: str, code: str, device: str, action: str) -> None:
+    [event] = kmsg.classify(line)
+    assert (event.code, event.device, event.action.value) == (code, device, action)
+
+
+def test_aer_detail_lines_and_other_kernel_lines_are_no_events() -> None:
+    assert kmsg.classify("pcieport 0000:00:01.0: AER:   device [8086:2030] error status/mask=00000001/00002000") == []
+    assert kmsg.classify("NVRM: GPU at PCI:0000:9b:00: GPU-509665ad-b600-ac93-3616-d754b23d636d") == []
+    assert kmsg.classify("oom-kill:constraint=CONSTRAINT_MEMCG") == []
+
+
+# ---------------------------------------------------------------- every public kernel-log sample
+
+KERNEL_SAMPLES = ["kernel-*.log", "kmsg-raw_*.log", "fabricmanager-log_*.log", "k8s-device-plugin_log_*.log",
+                  "syslog_ib-link-flap_*.log"]  # fmt: skip
+_XID_LINE = re.compile(r"(?<!S)Xid \((?:PCI:)?([0-9a-fA-F:.]+)\): (\d+)")
+_SXID_LINE = re.compile(r"SXid \(PCI:([0-9a-fA-F:.]+)\): (\d+)")
+
+
+def _sample_names() -> list[str]:
+    return sorted(p.name for pattern in KERNEL_SAMPLES for p in SAMPLES.glob(pattern)) or ["(samples absent)"]
+
+
+def _expected(message: str) -> tuple[str, str, Action] | None:
+    """What the line says, read independently of ``kmsg.classify``: (code, bus, catalogue action)."""
+    if m := _XID_LINE.search(message):
+        return f"xid.{m.group(2)}", _bus(m.group(1)), catalogue.classify_xid(int(m.group(2)), message).action
+    if m := _SXID_LINE.search(message):
+        return f"sxid.{m.group(2)}", _bus(m.group(1)), catalogue.classify_sxid(int(m.group(2)), message).action
+    if "fallen off the bus" in message:
+        bus = re.search(r"(?:GPU|PCI:)\s*([0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}(?:\.\d)?)", message)
+        assert bus is not None, message
+        return "xid.79", _bus(bus.group(1)), catalogue.lookup("xid", "79").action
+    if " AER: " in message:
+        raise AssertionError(f"no AER sample was expected: {message}")
+    return None
+
+
+def _bus(text: str) -> str:
+    parts = text.split(":")
+    dev, _, fn = parts[-1].partition(".")
+    return f"{int(parts[-3], 16):04x}:{int(parts[-2], 16):02x}:{int(dev, 16):02x}.{fn or '0'}"
+
+
+@pytest.mark.parametrize("name", _sample_names())
+def test_every_sample_line_gets_the_catalogues_action_for_the_right_device(name: str) -> None:
+    text = sample_text(name) if name != "(samples absent)" else pytest.skip("samples absent")
+    seen = 0
+    for message in kmsg.messages_from_text(text):
+        expected = _expected(message)
+        events = kmsg.classify(message)
+        if expected is None:
+            assert events == [], message
+            continue
+        seen += 1
+        assert [(e.code, e.device, e.action) for e in events] == [expected], message
+    fault_samples = ("kernel-",)
+    if name.startswith(fault_samples):
+        assert seen > 0, f"{name}: no fault line found"
+
+
+def test_the_samples_verdicts() -> None:
+    """The sample's own story: Xid 79 evicts GPU 0000:91:00.0, the Xid 13/43 burst is an application's."""
+    events = [e for m in kmsg.messages_from_text(sample_text("kernel-xid_79_sxid_20034_nvswitch.log"))
+              for e in kmsg.classify(m)]  # fmt: skip
+    assert {(e.device, e.action) for e in events if e.code == "xid.79"} == {("0000:91:00.0", Action.EVICT)}
+    burst = [e for m in kmsg.messages_from_text(sample_text("kernel-xid_13_43_dmesg-iso-decode.log"))
+             for e in kmsg.classify(m)]  # fmt: skip
+    assert {e.code for e in burst} == {"xid.13", "xid.43"}
+    assert {e.action for e in burst} == {Action.IGNORE}
+    assert {e.pid for e in burst if e.code == "xid.43"} == {"2924364"}
+
+
+def test_the_device_plugins_nvml_xid_maps_to_the_gpu_the_kernel_log_names() -> None:
+    """The device plugin logs the NVML event (Xid=48 on a GPU UUID); the kernel's "GPU at PCI:<bus>:
+    GPU-<uuid>" line of the same incident gives its bus id, and the NVML path classifies it as the
+    kernel line does."""
+    from autopilot.events.follower import nvml_event
+    from autopilot.nvml_events import NvmlEvent
+
+    plugin = sample_text("k8s-device-plugin_log_xid48-marking-unhealthy.log")
+    kernel = sample_text("kernel-xid_48_171_63_154_blackwell-dbe-chain_journalctl.log")
+    found = re.search(r"XidCriticalError: Xid=(\d+) on Device=(GPU-[0-9a-f-]+)", plugin)
+    assert found
+    code, uuid = int(found.group(1)), found.group(2)
+    bus_of = {u: b for b, u in re.findall(r"NVRM: GPU at PCI:([0-9a-f:]+): (GPU-[0-9a-f-]+)", kernel)}
+    event = nvml_event(NvmlEvent("xid", bus_of[uuid], code), 0.0)
+    kernel_event = next(e for m in kmsg.messages_from_text(kernel) for e in kmsg.classify(m) if e.code == "xid.48")
+    assert (event.code, event.device, event.action) == (kernel_event.code, kernel_event.device, kernel_event.action)
+    assert (event.device, event.action) == ("0000:55:00.0", Action.RESET)

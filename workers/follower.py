@@ -1,0 +1,258 @@
+"""The follower in the worker: starts it with the worker and writes what it finds (``autopilot.events``).
+
+- ``StoreSink``: an ``events`` result goes to the store and the node is reconciled at once (labels and
+  condition on the Node), in the follower's thread, not at beat's next tick; event counts and the
+  event-to-label latency go to ``ap:events:counts`` / ``ap:events:latency`` for the API's /metrics;
+  the kernel log's position to ``ap:kmsg:<node>`` so a restarted worker reads on where it stopped.
+- ``start``: a real node gets the kernel log, NVML events and counters; simulated nodes get one
+  thread that takes injected kernel messages from ``ap:inject:<node>`` (``--fault NODE:xid:CODE``
+  and ``autopilot inject``) and feeds them through the real classification.
+- ``inject_main``: ``autopilot inject NODE xid CODE [--gpu N]``, simulated nodes only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import redis
+
+from autopilot import config, errors, names
+from autopilot import gpus as gpus_mod
+from autopilot.context import CheckContext
+from autopilot.events import counters as counters_mod
+from autopilot.events import follower as follower_mod
+from autopilot.events import kmsg
+from autopilot.events.metrics import BUCKETS, EventsSnapshot, bucket_of
+from autopilot.events.model import Event
+from autopilot.nvml_events import EventSource, GpuCounters
+from autopilot.results import CheckResult
+from workers import reconcile
+from workers import simulate as simulate_mod
+from workers.store import P, ResultsStore
+
+log = logging.getLogger(__name__)
+
+COUNTS = f"{P}events:counts"
+LATENCY = f"{P}events:latency"
+_FLUSH_S = 1.0
+_INBOX_WAIT_S = 1
+
+
+def inbox(node: str) -> str:
+    return f"{P}inject:{node}"
+
+
+class StoreSink:
+    """The follower's sink in a worker: results store, reconcile, metrics counts."""
+
+    def __init__(self, store: ResultsStore, settings: config.Settings, contexts: Mapping[str, CheckContext]) -> None:
+        self.store = store
+        self.settings = settings
+        self.contexts = contexts
+
+    def emit(self, node: str, result: CheckResult | None, counted: Sequence[Event], timed: Sequence[Event]) -> None:
+        if result is not None:
+            view = self.store.save_many([(result, True)], view=node)
+            ctx = self.contexts.get(node)
+            reconcile.reconcile_node(self.store, node, self.settings, cluster=ctx.cluster if ctx else None, view=view)
+        if not counted and not timed:
+            return
+        done = time.time()
+        pipe = self.store.r.pipeline(transaction=False)
+        for e in counted:
+            pipe.hincrby(COUNTS, "|".join((node, e.device, e.source, e.code, e.action.value)), e.count)
+        for e in timed:
+            seconds = max(0.0, done - e.written_at)
+            pipe.hincrby(LATENCY, bucket_of(seconds), 1)
+            pipe.hincrbyfloat(LATENCY, "sum", seconds)
+        pipe.execute()
+
+    def last_result(self, node: str) -> CheckResult | None:
+        return self.store.latest(node).get(follower_mod.CHECK)
+
+    def kmsg_position(self, node: str) -> tuple[str, int] | None:
+        raw = self.store.r.hgetall(f"{P}kmsg:{node}")
+        try:
+            return raw[b"boot"].decode(), int(raw[b"seq"])
+        except (KeyError, ValueError):
+            return None
+
+    def save_kmsg_position(self, node: str, boot: str, seq: int) -> None:
+        self.store.r.hset(f"{P}kmsg:{node}", mapping={"boot": boot, "seq": str(seq)})
+
+
+def read_metrics(store: ResultsStore) -> EventsSnapshot:
+    """What ``autopilot.events.metrics`` exports, read in one round trip."""
+    pipe = store.r.pipeline(transaction=False)
+    pipe.hgetall(COUNTS)
+    pipe.hgetall(LATENCY)
+    raw_counts, raw_latency = pipe.execute()
+    counts: dict[tuple[str, str, str, str, str], float] = {}
+    for field, value in raw_counts.items():
+        parts = field.decode().split("|")
+        if len(parts) == 5:
+            counts[(parts[0], parts[1], parts[2], parts[3], parts[4])] = float(value)
+    latency = {k.decode(): float(v) for k, v in raw_latency.items()}
+    total = latency.pop("sum", 0.0)
+    valid = {*map(repr, BUCKETS), "+Inf"}
+    return EventsSnapshot(counts, {k: v for k, v in latency.items() if k in valid}, total)
+
+
+def _gpu_index(ctx: CheckContext) -> dict[str, str]:
+    """Bus id -> GPU index of a node's GPUs (empty without GPUs: events then name the bus id)."""
+    try:
+        return {ctx.gpus.identity(i).pci_bus_id: str(i) for i in range(ctx.gpus.count())}
+    except (errors.GpuUnavailable, errors.GpuError) as exc:
+        log.info("events: no GPU list for %s (%s): events name bus ids", ctx.node, exc)
+        return {}
+
+
+@dataclasses.dataclass
+class Running:
+    """What ``start`` started; ``stop()`` ends it."""
+
+    followers: dict[str, follower_mod.Follower]
+    stop_event: threading.Event
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        for f in self.followers.values():
+            f.stop(timeout_s=2.0)
+
+
+def start(
+    store: ResultsStore,
+    settings: config.Settings,
+    contexts: Mapping[str, CheckContext],
+    *,
+    simulated: bool,
+    xid_faults: Sequence[simulate_mod.XidFault] = (),
+) -> Running | None:
+    """Start the follower of every node this worker hosts (None when ``AUTOPILOT_EVENTS_FOLLOWER`` is off)."""
+    if not settings.events_follower:
+        log.info("events: the follower is off (AUTOPILOT_EVENTS_FOLLOWER)")
+        return None
+    sink = StoreSink(store, settings, contexts)
+    common = {"storm_window_s": settings.events_storm_window_s, "hold_s": settings.stale_after_s}
+    followers: dict[str, follower_mod.Follower] = {}
+    stop = threading.Event()
+    if simulated:
+        index = _gpu_index(next(iter(contexts.values())))
+        for node in contexts:
+            followers[node] = follower_mod.Follower(node, sink, gpu_index=index, **common)  # type: ignore[arg-type]
+        threading.Thread(target=_inbox_loop, args=(store, followers, stop), daemon=True, name="events-inbox").start()
+        for fault in xid_faults:
+            timer = threading.Timer(fault.after_s, inject, args=(store, fault.node, fault.code, fault.gpu))
+            timer.daemon = True
+            timer.start()
+    else:
+        for node, ctx in contexts.items():
+            f = follower_mod.Follower(
+                node,
+                sink,
+                gpu_index=_gpu_index(ctx),
+                kmsg_device=kmsg.DevKmsg(settings.kmsg_path),
+                nvml=_nvml_events(ctx),
+                poller=counters_mod.CounterPoller(
+                    _nvml_counters(ctx), lambda: counters_mod.read_infiniband(settings.infiniband_sysfs)
+                ),
+                poll_interval_s=settings.events_poll_interval_s,
+                **common,  # type: ignore[arg-type]
+            )
+            f.start()
+            followers[node] = f
+    threading.Thread(target=_flush_loop, args=(followers, stop), daemon=True, name="events-flush").start()
+    return Running(followers, stop)
+
+
+def _nvml_events(ctx: CheckContext) -> EventSource | None:
+    """NVML events only where the GPU seam is NVML (a fake seam has no driver to wait on)."""
+    if not isinstance(ctx.gpus, gpus_mod.NvmlTelemetry):
+        return None
+    from autopilot import nvml_events
+
+    return nvml_events.NvmlEvents()
+
+
+def _nvml_counters(ctx: CheckContext) -> Callable[[], list[GpuCounters]] | None:
+    if not isinstance(ctx.gpus, gpus_mod.NvmlTelemetry):
+        return None
+    from autopilot import nvml_events
+
+    return nvml_events.NvmlCounters().read
+
+
+def _flush_loop(followers: Mapping[str, follower_mod.Follower], stop: threading.Event) -> None:
+    while not stop.wait(_FLUSH_S):
+        for f in followers.values():
+            try:
+                f.flush()
+            except Exception as exc:  # noqa: BLE001 - a store outage: the next flush tries again
+                log.warning("events of %s: flush failed: %s", f.node, exc)
+
+
+def _inbox_loop(store: ResultsStore, followers: Mapping[str, follower_mod.Follower], stop: threading.Event) -> None:
+    """Simulated nodes: one BLPOP over every node's inbox feeds the injected kernel messages."""
+    keys = [inbox(n) for n in followers]
+    while not stop.is_set():
+        try:
+            got = store.r.blpop(keys, timeout=_INBOX_WAIT_S)
+        except redis.RedisError as exc:
+            log.warning("events: reading injected events failed (retrying): %s", exc)
+            stop.wait(1.0)
+            continue
+        if not got:
+            continue
+        key, raw = got
+        node = key.decode().removeprefix(f"{P}inject:")
+        try:
+            item = json.loads(raw)
+            followers[node].feed_kmsg(str(item["message"]), float(item["written_at"]))
+        except Exception as exc:  # noqa: BLE001 - one bad message must not end the loop
+            log.warning("events: injected event for %s not taken: %s", node, exc)
+
+
+def inject(store: ResultsStore, node: str, code: int, gpu: int = 0) -> None:
+    """Queue an Xid for a simulated node's follower, as the driver would print it."""
+    message = simulate_mod.xid_message(code, gpu)
+    store.r.rpush(inbox(node), json.dumps({"message": message, "written_at": time.time()}))
+
+
+def inject_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="autopilot inject", description="Inject a GPU event into a simulated node's follower (simulated only)."
+    )
+    parser.add_argument("node", help="a simulated node (sim-<i>)")
+    parser.add_argument("kind", choices=["xid"], help="what to inject")
+    parser.add_argument("code", help="the Xid code (any, e.g. 79; an unknown code is warn)")
+    parser.add_argument("--gpu", default="0", help=f"GPU index 0..{simulate_mod.GPU_COUNT - 1} (default 0)")
+    args = parser.parse_args(list(argv))
+    try:
+        node = names.node_name(args.node, field="node")
+        code = simulate_mod.parse_xid_code(args.code, field="code")
+        gpu = simulate_mod.parse_gpu(args.gpu, field="--gpu")
+        settings = config.Settings.from_env(os.environ)
+        if not settings.redis_url:
+            raise errors.ConfigError(
+                "AUTOPILOT_REDIS_URL is not set (the stack's Redis, e.g. redis://localhost:6379/0)"
+            )
+        store = ResultsStore(redis.Redis.from_url(settings.redis_url, socket_timeout=10))
+        record = store.node(node)
+        if record is None:
+            raise errors.BadParameter("node", f"no node {node!r} has sent a heartbeat")
+        if not record.simulated:
+            raise errors.BadParameter("node", f"{node!r} is a real node: only simulated nodes take injected events")
+        inject(store, node, code, gpu)
+    except (errors.AutopilotError, redis.RedisError) as exc:
+        print(f"autopilot inject: {exc}", file=sys.stderr)
+        return 2
+    print(f"injected Xid {code} on {node} GPU {gpu}")
+    return 0
