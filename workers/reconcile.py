@@ -63,8 +63,10 @@ def reconcile_node(
     publication = publish.desired(decision, dcgm)
     if cluster is not None:
         try:
-            publish.apply(cluster, node, publication, state.get("published_verdict"), namespace=settings.namespace)
+            applied = publish.apply(cluster, node, publication, state.get("published_verdict"))
             new_state["published_verdict"] = decision.verdict.value
+            if applied.event_error is not None:
+                log.warning("node %s: the Event for its verdict change was refused: %s", node, applied.event_error)
         except errors.ClusterError as exc:
             # The next reconcile (after the next result, or beat's tick) tries again.
             log.warning("publishing the verdict of %s failed: %s", node, exc)
