@@ -69,6 +69,8 @@ def condition_for(decision: Decision) -> NodeCondition:
         message = "all periodic checks pass"
     else:
         message = verdict.value
+    if decision.notes:  # after the reasons: what the verdict is comes first
+        message = "; ".join((message, *decision.notes))
     if len(message) > MESSAGE_LIMIT:
         message = message[: MESSAGE_LIMIT - 3] + "..."
     return NodeCondition(

@@ -7,7 +7,10 @@ Keys (all prefixed ``ap:``):
 - ``history:<n>``    list of result JSON, newest first, trimmed to ``history_len``
 - ``run:<id>``       hash ``meta`` -> run JSON, ``<node>|<check>`` -> result JSON; expires after ``run_ttl_s``
 - ``runlog:<id>``    list of the ``<node>|<check>`` fields written to ``run:<id>``, in order (same expiry)
-- ``state:<n>``      hash: ``verdict``, ``evicted_at``, ``testing_since``, ``reasons``
+- ``state:<n>``      hash: ``verdict``, ``reasons``, ``changed_at``, ``testing_since``, ``published_verdict``;
+                     ``evicted_at`` and ``evict_cause`` while evicted, ``cleared_by``/``cleared_at``/``cleared_cause``
+                     after a clear, ``event_error``/``event_failures`` while a verdict change is unannounced,
+                     ``node_gone_at`` once the cluster has no Node of that name
 - ``labels:<n>``     hash: the local label store used when there is no Kubernetes cluster
 - ``tick:<name>:<slot>`` set-once marker so a second beat (or a redelivered tick) does no work twice
 
@@ -122,6 +125,8 @@ class NodeView:
     latest: dict[str, CheckResult]
     state: dict[str, str]
     labels: dict[str, str] | None = None
+    last_seen: float | None = None
+    """The node's last heartbeat (epoch s); None: it never heartbeated (or it was not read)."""
 
 
 class ResultsStore:
@@ -180,15 +185,15 @@ class ResultsStore:
                 pipe.execute()
             return None
         _queue_view(pipe, view)
-        *_, raw_latest, raw_state, raw_labels = pipe.execute()
-        return NodeView(_latest(raw_latest, written), _state(raw_state), _state(raw_labels))
+        *_, raw_latest, raw_state, raw_labels, seen = pipe.execute()
+        return NodeView(_latest(raw_latest, written), _state(raw_state), _state(raw_labels), _score(seen))
 
     def view(self, node: str) -> NodeView:
         """The node's latest results and verdict state, read in one round trip."""
         pipe = self.r.pipeline(transaction=False)
         _queue_view(pipe, node)
-        raw_latest, raw_state, raw_labels = pipe.execute()
-        return NodeView(_latest(raw_latest), _state(raw_state), _state(raw_labels))
+        raw_latest, raw_state, raw_labels, seen = pipe.execute()
+        return NodeView(_latest(raw_latest), _state(raw_state), _state(raw_labels), _score(seen))
 
     def latest(self, node: str) -> dict[str, CheckResult]:
         return _latest(self.r.hgetall(f"{P}latest:{node}"))
@@ -301,9 +306,17 @@ class ResultsStore:
         raw = self.r.get(f"{P}node:{name}")
         return NodeRecord.from_dict(json.loads(raw)) if raw else None
 
+    def last_seen(self) -> dict[str, float]:
+        """Every node that ever heartbeated -> its last heartbeat (epoch s), in one read."""
+        return {_s(n): float(score) for n, score in self.r.zrange(f"{P}nodes", 0, -1, withscores=True)}
+
     def forget_node(self, name: str) -> None:
-        self.r.delete(f"{P}node:{name}", f"{P}latest:{name}", f"{P}history:{name}", f"{P}state:{name}")
-        self.r.zrem(f"{P}nodes", name)
+        """Drop everything the store holds about ``name`` (one MULTI)."""
+        pipe = self.r.pipeline(transaction=True)
+        kinds = ("node", "latest", "history", "state", "labels")
+        pipe.delete(*(f"{P}{kind}:{name}" for kind in kinds))
+        pipe.zrem(f"{P}nodes", name)
+        pipe.execute()
 
     # ------------------------------------------------------------------ verdict state and labels
 
@@ -383,6 +396,11 @@ def _queue_view(pipe: Any, node: str) -> None:
     pipe.hgetall(f"{P}latest:{node}")
     pipe.hgetall(f"{P}state:{node}")
     pipe.hgetall(f"{P}labels:{node}")
+    pipe.zscore(f"{P}nodes", node)
+
+
+def _score(raw: Any) -> float | None:
+    return None if raw is None else float(raw)
 
 
 def _state(raw: Mapping[Any, Any]) -> dict[str, str]:

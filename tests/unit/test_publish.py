@@ -129,3 +129,13 @@ def test_the_event_about_a_node_is_posted_where_the_api_server_accepts_it(backen
     if backend.standin is not None:
         [post] = [r for r in backend.standin.writes() if r.path.endswith("/events")]
         assert post.path == "/api/v1/namespaces/default/events"
+
+
+def test_condition_message_carries_notes_after_the_reasons() -> None:
+    note = "eviction (dcgm on GPU 3: pcie (2026-11-29T22:00:00Z)) cleared by api:10.0.0.1 at 2026-11-30T08:00:00Z"
+    assert publish.condition_for(Decision(Verdict.PASS, (), notes=(note,))).message == (
+        f"all periodic checks pass; {note}"
+    )
+    assert publish.condition_for(Decision(Verdict.WARN, ("gpumem: slow",), notes=(note,))).message == (
+        f"gpumem: slow; {note}"
+    )
