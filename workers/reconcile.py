@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 from autopilot import config, errors, publish, registry, results, verdict
@@ -46,6 +46,22 @@ def lost_since(last_seen: float | None, now: datetime, settings: config.Settings
     if last_seen is None or now.timestamp() - last_seen <= settings.live_after_s:
         return None
     return datetime.fromtimestamp(last_seen, UTC)
+
+
+def shown(
+    stored: str | None, reasons: Sequence[str], last_seen: float | None, now: float, settings: config.Settings
+) -> tuple[str | None, list[str]]:
+    """The verdict and reasons to show for a node at ``now`` (API answers, metrics): the stored ones (None: none
+    stored), except that a lost node is ``UNKNOWN`` (or its sticky ``EVICT``) with "no heartbeat since" even
+    before beat's next reconcile has stored that (a reconcile interval of 0 never does)."""
+    said = list(reasons)
+    since = lost_since(last_seen, datetime.fromtimestamp(now, UTC), settings)
+    if since is None:
+        return stored, said
+    why = verdict.lost_reason(since)
+    if stored == verdict.Verdict.EVICT.value:
+        return stored, said if why in said else [*said, why]
+    return verdict.Verdict.UNKNOWN.value, [why]
 
 
 def reconcile_node(
@@ -88,7 +104,8 @@ def reconcile_node(
         # Only a level-3 DCGM pass gets here (an operator's clear removed ``evicted_at`` already).
         new_state.update(_cleared(state, by="a passing DCGM level-3 run", at=_clearing_pass(latest, evicted_at)))
     if decision.verdict is not verdict.Verdict.EVICT:
-        decision = _with_clear_note(decision, {**state, **new_state})
+        merged = {k: v for k, v in {**state, **new_state}.items() if v is not None}  # None: deleted
+        decision = _with_clear_note(decision, merged)
     new_state["reasons"] = json.dumps([*decision.reasons, *decision.notes])
     if state.get("verdict") != decision.verdict.value:
         new_state["changed_at"] = results.utc_now_iso(moment)

@@ -306,9 +306,17 @@ class ResultsStore:
         raw = self.r.get(f"{P}node:{name}")
         return NodeRecord.from_dict(json.loads(raw)) if raw else None
 
-    def last_seen(self) -> dict[str, float]:
-        """Every node that ever heartbeated -> its last heartbeat (epoch s), in one read."""
-        return {_s(n): float(score) for n, score in self.r.zrange(f"{P}nodes", 0, -1, withscores=True)}
+    def last_seen(self, names: Sequence[str] | None = None) -> dict[str, float]:
+        """Node -> its last heartbeat (epoch s), in one read: every node that ever heartbeated, or those of
+        ``names`` that did."""
+        if names is None:
+            return {_s(n): float(score) for n, score in self.r.zrange(f"{P}nodes", 0, -1, withscores=True)}
+        if not names:
+            return {}
+        pipe = self.r.pipeline(transaction=False)
+        for n in names:
+            pipe.zscore(f"{P}nodes", n)
+        return {n: float(score) for n, score in zip(names, pipe.execute(), strict=True) if score is not None}
 
     def forget_node(self, name: str) -> None:
         """Drop everything the store holds about ``name`` (one MULTI)."""

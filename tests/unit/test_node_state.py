@@ -9,15 +9,18 @@ the local labels, the Node's label, condition and Events).
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime, timedelta
 
 import fakeredis
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from autopilot import config, errors, verdict
 from autopilot.cluster import CONDITION_TYPE
 from autopilot.results import CheckResult, DeviceResult, Status, utc_now_iso
 from autopilot.testing import FakeCluster
+from tests.unit.api_helpers import make_api
 from workers import reconcile
 from workers.store import NodeRecord, ResultsStore
 
@@ -306,3 +309,57 @@ def test_node_events_go_to_default_whatever_autopilots_namespace(namespace_setti
     reconcile.reconcile_node(store, "gpu-1", settings, NOW, cluster=cluster)
     [event] = cluster.events_for("Node", "gpu-1")
     assert event.namespace == "default" and "event_error" not in store.state("gpu-1")
+
+
+# ---------------------------------------------------------------- what the API shows
+
+
+def test_the_node_list_shows_a_lost_node_unknown_before_any_reconcile() -> None:
+    api = make_api()
+    old = time.time() - 3600
+    api.store.heartbeat(NodeRecord("node-b", gpu_count=8, last_seen=old))
+    api.store.set_state("node-b", {"verdict": "PASS", "reasons": "[]"})
+    listed = {n["name"]: n for n in api.client.get("/api/v1/nodes").get_json()["nodes"]}
+    since = utc_now_iso(datetime.fromtimestamp(old, UTC))
+    assert (listed["node-b"]["verdict"], listed["node-b"]["reasons"]) == ("UNKNOWN", [f"no heartbeat since {since}"])
+    assert listed["node-b"]["live"] is False
+    one = api.client.get("/api/v1/nodes/node-b").get_json()
+    assert (one["verdict"], one["reasons"]) == ("UNKNOWN", [f"no heartbeat since {since}"])
+
+
+def test_metrics_show_a_lost_node_unknown() -> None:
+    api = make_api()
+    api.store.heartbeat(NodeRecord("node-b", gpu_count=8, last_seen=time.time() - 3600))
+    for node in ("node-a", "node-b"):
+        api.store.set_state(node, {"verdict": "PASS"})
+    text = api.client.get("/metrics").get_data(as_text=True)
+    verdicts = {
+        (s.labels["node"], s.labels["verdict"])
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "autopilot_node_verdict" and s.value == 1.0
+    }
+    assert ("node-b", "UNKNOWN") in verdicts and ("node-a", "PASS") in verdicts
+
+
+def test_the_node_view_keeps_the_eviction_and_then_the_clear() -> None:
+    api = make_api()
+    store, settings = api.store, api.settings
+    at = datetime.now(UTC) - timedelta(minutes=5)
+    store.save_result(fatal("node-a", at))
+    reconcile.reconcile_node(store, "node-a", settings)
+    store.save_result(ok("node-a", "remapped", datetime.now(UTC)))
+    reconcile.reconcile_node(store, "node-a", settings)
+    view = api.client.get("/api/v1/nodes/node-a").get_json()
+    assert view["verdict"] == "EVICT" and "remapped on GPU 3: GPU 3 has a row remapping failure" in view["reasons"][0]
+    assert view["eviction"]["causes"] == [
+        {"check": "remapped", "summary": "GPU 3 has a row remapping failure", "at": utc_now_iso(at), "gpus": ["3"]}
+    ]
+    assert view["cleared"] is None
+    listed = {n["name"]: n for n in api.client.get("/api/v1/nodes").get_json()["nodes"]}
+    assert "remapped on GPU 3" in listed["node-a"]["reasons"][0]
+    assert api.client.post("/api/v1/nodes/node-a/clear").status_code == 200
+    view = api.client.get("/api/v1/nodes/node-a").get_json()
+    assert view["eviction"] is None and view["cleared"]["by"].startswith("api:")
+    assert "remapped on GPU 3" in view["cleared"]["cause"]
+    assert any("cleared by api:" in r for r in view["reasons"])
