@@ -40,7 +40,7 @@ def _json(description: str, ref: str) -> dict[str, Any]:
 
 
 SELECTION_PARAMS = [
-    _q("host", "comma-separated node names (DNS-1123); `all` or absent: every live node", {"type": "string"}),
+    _q("host", "comma-separated node names (DNS-1123); `all` or absent: every registered node (a lost one is `unreachable`)", {"type": "string"}),
     _q("nodelabel", "node label selector `key=value`", {"type": "string"}),
     _q("job", "workload selector `namespace:key=value`: the nodes running its pods", {"type": "string"}),
     _q("batch", "nodes in flight at once (0: all)", {"type": "integer", "minimum": 0, "maximum": 10000}),
@@ -275,7 +275,8 @@ def document(checks: CheckRegistry) -> dict[str, Any]:
         },
         "/api/v1/nodes": {
             "get": {
-                "summary": "every node that ever heartbeated, with verdict, last seen and liveness",
+                "summary": "every node that ever heartbeated, with verdict, last seen and liveness "
+                "(a lost node is UNKNOWN: no heartbeat since <time>)",
                 "responses": {
                     "200": {
                         "description": "nodes",
@@ -297,7 +298,8 @@ def document(checks: CheckRegistry) -> dict[str, Any]:
         },
         "/api/v1/nodes/{name}": {
             "get": {
-                "summary": "one node: verdict, reasons, labels, latest results, history",
+                "summary": "one node: verdict, reasons, eviction (since, causes) and last clear (by, at, cause), "
+                "labels, latest results, history",
                 "parameters": [
                     name_param,
                     _q(
