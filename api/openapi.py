@@ -40,7 +40,11 @@ def _json(description: str, ref: str) -> dict[str, Any]:
 
 
 SELECTION_PARAMS = [
-    _q("host", "comma-separated node names (DNS-1123); `all` or absent: every registered node (a lost one is `unreachable`)", {"type": "string"}),
+    _q(
+        "host",
+        "comma-separated node names (DNS-1123); `all` or absent: every registered node (a lost one is `unreachable`)",
+        {"type": "string"},
+    ),
     _q("nodelabel", "node label selector `key=value`", {"type": "string"}),
     _q("job", "workload selector `namespace:key=value`: the nodes running its pods", {"type": "string"}),
     _q("batch", "nodes in flight at once (0: all)", {"type": "integer", "minimum": 0, "maximum": 10000}),
