@@ -319,13 +319,25 @@ def report(
     now = svc.clock()
     expected = len(run.nodes) * len(run.checks)
     have = sum(1 for n in run.nodes for c in run.checks if (n, c) in found)
+    seen = svc.store.last_seen(run.nodes)
+    moment = datetime.fromtimestamp(now, UTC)
+    if timed_out is None:
+        # A stored run: every node is out of time at the deadline, and a silent lost node at once
+        # (it was sent nothing, or its worker is gone).
+        silent_lost = [
+            n
+            for n in run.nodes
+            if not any((n, c) in found for c in run.checks)
+            and reconcile.lost_since(seen.get(n), moment, svc.settings) is not None
+        ]
+        timed_out = run.nodes if now >= run.deadline else silent_lost
+        if complete is None:
+            owed = sum(1 for n in run.nodes for c in run.checks if n not in silent_lost)
+            complete = now >= run.deadline or have >= owed
     if complete is None:
         complete = have >= expected or now >= run.deadline
-    if timed_out is None:
-        timed_out = run.nodes if now >= run.deadline else ()
     late = set(timed_out)
     states = svc.store.states(list(run.nodes)) if run.nodes else {}
-    seen = svc.store.last_seen(run.nodes)
     nodes: dict[str, dict[str, Any]] = {}
     for node in run.nodes:
         got = [found[(node, c)] for c in run.checks if (node, c) in found]
@@ -336,7 +348,7 @@ def report(
         elif node not in late:
             entry = {"status": "pending"}
         elif not got:
-            since = reconcile.lost_since(seen.get(node), datetime.fromtimestamp(now, UTC), svc.settings)
+            since = reconcile.lost_since(seen.get(node), moment, svc.settings)
             why = verdict.lost_reason(since) if since is not None else "no answer within the deadline"
             entry = {"status": "unreachable", "detail": why}
         else:

@@ -363,3 +363,15 @@ def test_the_node_view_keeps_the_eviction_and_then_the_clear() -> None:
     assert view["eviction"] is None and view["cleared"]["by"].startswith("api:")
     assert "remapped on GPU 3" in view["cleared"]["cause"]
     assert any("cleared by api:" in r for r in view["reasons"])
+
+
+def test_a_stored_run_reports_a_lost_node_unreachable_at_once_and_completes_without_it() -> None:
+    api = make_api()
+    api.store.heartbeat(NodeRecord("node-b", gpu_count=8, last_seen=time.time() - 3600))
+    created = api.client.post("/api/v1/runs", json={"checks": ["pciebw"], "hosts": ["node-a", "node-b"]}).get_json()
+    assert created["nodes"] == ["node-a", "node-b"]
+    report = api.client.get(created["status_url"]).get_json()
+    assert report["nodes"]["node-b"]["status"] == "unreachable"
+    assert report["nodes"]["node-b"]["detail"].startswith("no heartbeat since ")
+    assert report["nodes"]["node-a"]["status"] == "ok" and report["complete"] is True
+    assert [e.node for e in api.dispatcher.sent] == ["node-a"]
