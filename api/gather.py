@@ -88,7 +88,7 @@ def create_run(svc: Services, req: RunRequest, selection: Selection, *, source: 
     deadline_s = run_deadline_s(len(selection.nodes), req.batch, req.deadline_s)
     if ring_sender(svc, req.checks) is not None:
         deadline_s += ring.estimate_s(svc.store, svc.settings, selection.nodes, params.get(RING_CHECK, {}))
-    run = Run.new(req.checks, selection.nodes, params, deadline_s, source=source, now=svc.clock())
+    run = Run.new(req.checks, selection.nodes, params, deadline_s, source=source, now=svc.clock(), lost=selection.lost)
     svc.store.create_run(run)
     return run
 
@@ -322,17 +322,11 @@ def report(
     seen = svc.store.last_seen(run.nodes)
     moment = datetime.fromtimestamp(now, UTC)
     if timed_out is None:
-        # A stored run: every node is out of time at the deadline, and a silent lost node at once
-        # (it was sent nothing, or its worker is gone).
-        silent_lost = [
-            n
-            for n in run.nodes
-            if not any((n, c) in found for c in run.checks)
-            and reconcile.lost_since(seen.get(n), moment, svc.settings) is not None
-        ]
-        timed_out = run.nodes if now >= run.deadline else silent_lost
+        # A stored run: every node is out of time at the deadline, and a node lost when the run
+        # was made at once (it was sent nothing); the run is complete once the others answered.
+        timed_out = run.nodes if now >= run.deadline else run.lost
         if complete is None:
-            owed = sum(1 for n in run.nodes for c in run.checks if n not in silent_lost)
+            owed = sum(1 for n in run.nodes for c in run.checks if n not in run.lost)
             complete = now >= run.deadline or have >= owed
     if complete is None:
         complete = have >= expected or now >= run.deadline

@@ -2,9 +2,11 @@
 
 The selection is the union of ``host`` (node names), ``nodelabel`` (``key=value``) and ``job``
 (``namespace:key=value``: the nodes running that workload's pods), as upstream documents; with
-none of them (``host=all``), every node a worker ever registered. A selected node that is lost
-(no heartbeat within ``settings.live_after_s``) is in the selection but in ``lost`` too: it is not
-sent anything (nobody would answer) and the answer lists it as ``unreachable``, never leaves it out.
+none of them (``host=all``), every node a worker ever registered. A node of that selection that
+is lost (no heartbeat within ``settings.live_after_s``) is in ``lost`` too: it is sent nothing
+(nobody would answer) and the answer lists it as ``unreachable``, never leaves it out. A lost node
+named explicitly is sent its work all the same (its worker may be restarting); if it does not
+answer by its deadline it is ``unreachable`` with "no heartbeat since <time>".
 
 ``nodelabel`` and ``job`` resolve through the cluster seam when a cluster is configured. Without
 one (``autopilot up``, a single server) there are no Node objects or pods to ask, so both match
@@ -33,7 +35,7 @@ log = logging.getLogger(__name__)
 class Selection:
     nodes: tuple[str, ...]  # known nodes, in request order: these are dispatched, except the lost ones
     unknown: tuple[str, ...] = ()  # named, but no worker has registered them
-    lost: tuple[str, ...] = ()  # of ``nodes``: registered, but no heartbeat for ``settings.live_after_s``
+    lost: tuple[str, ...] = ()  # of ``nodes`` (host=all only): no heartbeat for ``settings.live_after_s``
 
 
 def select(svc: Services, req: RunRequest, *, now: float) -> Selection:
@@ -60,9 +62,7 @@ def select(svc: Services, req: RunRequest, *, now: float) -> Selection:
         wanted.extend(found)
     ordered = list(dict.fromkeys(wanted))
     known = {record.name for record in svc.store.nodes(ordered)}
-    chosen = tuple(n for n in ordered if n in known)
-    lost = _lost(svc, chosen, svc.store.last_seen(chosen), now)
-    selection = Selection(chosen, tuple(n for n in ordered if n not in known), lost)
+    selection = Selection(tuple(n for n in ordered if n in known), tuple(n for n in ordered if n not in known))
     if not selection.nodes:
         field = "host" if req.hosts else ("nodelabel" if req.nodelabel else "job")
         raise ApiError(

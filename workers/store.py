@@ -69,6 +69,7 @@ class Run:
     created_at: float
     deadline: float
     source: str = "api"
+    lost: tuple[str, ...] = ()  # of ``nodes``: lost when the run was made, so sent nothing
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -79,6 +80,7 @@ class Run:
             "created_at": self.created_at,
             "deadline": self.deadline,
             "source": self.source,
+            "lost": list(self.lost),
         }
 
     @classmethod
@@ -91,6 +93,7 @@ class Run:
             created_at=float(raw["created_at"]),
             deadline=float(raw["deadline"]),
             source=raw.get("source", "api"),
+            lost=tuple(raw.get("lost") or ()),
         )
 
     @classmethod
@@ -103,9 +106,11 @@ class Run:
         *,
         source: str = "api",
         now: float | None = None,
+        lost: Sequence[str] = (),
     ) -> Run:
         created = time.time() if now is None else now
-        return cls(uuid.uuid4().hex, tuple(checks), tuple(nodes), params, created, created + deadline_s, source)
+        run_id = uuid.uuid4().hex
+        return cls(run_id, tuple(checks), tuple(nodes), params, created, created + deadline_s, source, tuple(lost))
 
 
 @dataclasses.dataclass(frozen=True)
