@@ -131,9 +131,10 @@ def _publish(
     try:
         applied = publish.apply(cluster, node, publication, state.get("published_verdict"))
     except errors.NotFound as exc:
-        # The Node object is gone (the node left the cluster): remembered for the retention sweep.
-        log.warning("publishing the verdict of %s: no such Node: %s", node, exc)
+        # The Node object is gone (the node left the cluster): remembered for the retention sweep,
+        # and said once (beat's tick meets it again every interval until the node is forgotten).
         if not state.get("node_gone_at"):
+            log.warning("publishing the verdict of %s: no such Node (%s); kept until the retention", node, exc)
             out["node_gone_at"] = results.utc_now_iso(moment)
         return out
     except errors.ClusterError as exc:
