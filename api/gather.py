@@ -35,10 +35,10 @@ from typing import Any
 from api.inputs import RunRequest
 from api.selection import Selection
 from api.services import Services
-from autopilot import network, results
+from autopilot import network, results, verdict
 from autopilot.checks import iperf
 from autopilot.results import CheckResult, Status
-from workers import ring
+from workers import reconcile, ring
 from workers.dispatch import Envelope, TaskSender, send_all, task_sender
 from workers.store import ResultsStore, Run
 
@@ -89,7 +89,7 @@ def create_run(svc: Services, req: RunRequest, selection: Selection, *, source: 
     deadline_s = run_deadline_s(len(selection.nodes), req.batch, req.deadline_s)
     if ring_sender(svc, req.checks) is not None:
         deadline_s += ring.estimate_s(svc.store, svc.settings, selection.nodes, params.get(RING_CHECK, {}))
-    run = Run.new(req.checks, selection.nodes, params, deadline_s, source=source, now=svc.clock())
+    run = Run.new(req.checks, selection.nodes, params, deadline_s, source=source, now=svc.clock(), lost=selection.lost)
     svc.store.create_run(run)
     return run
 
@@ -116,7 +116,14 @@ class Gather:
     """Drives one run: sends envelopes as slots free up and notices answers and expired nodes."""
 
     def __init__(
-        self, svc: Services, run: Run, *, node_deadline_s: float, batch: int | None, without: Collection[str] = ()
+        self,
+        svc: Services,
+        run: Run,
+        *,
+        node_deadline_s: float,
+        batch: int | None,
+        without: Collection[str] = (),
+        lost: Collection[str] = (),
     ) -> None:
         self.svc = svc
         self.run = run
@@ -124,10 +131,13 @@ class Gather:
         self.batch = batch
         # The checks sent to the nodes (the ring's check is run by the coordinator instead).
         self.checks = tuple(c for c in run.checks if c not in without)
-        self.waiting: collections.deque[str] = collections.deque(run.nodes if self.checks else ())
+        # A lost node (no heartbeat) is sent nothing: it is out of time from the start.
+        self.waiting: collections.deque[str] = collections.deque(
+            n for n in (run.nodes if self.checks else ()) if n not in lost
+        )
         self.in_flight: dict[str, float] = {}  # node -> its deadline (epoch s)
         self.done: set[str] = set()
-        self.expired: set[str] = set()
+        self.expired: set[str] = set(lost)
         # The run's results as read so far (from the run's write log, a little at each poll).
         self.found: dict[tuple[str, str], dict[str, Any]] = {}
         self._have: collections.Counter[str] = collections.Counter()  # node -> checks of self.checks in found
@@ -220,7 +230,8 @@ def gather(svc: Services, req: RunRequest, selection: Selection) -> dict[str, An
     """Run ``req`` on the selected nodes and wait for the answer (``/status``)."""
     run = create_run(svc, req, selection)
     sender = ring_sender(svc, run.checks)
-    g = Gather(svc, run, node_deadline_s=req.deadline_s, batch=req.batch, without=(RING_CHECK,) if sender else ())
+    without = (RING_CHECK,) if sender else ()
+    g = Gather(svc, run, node_deadline_s=req.deadline_s, batch=req.batch, without=without, lost=selection.lost)
     g.wait()
     if sender is not None:
         run_ring(svc, run, sender)
@@ -234,7 +245,8 @@ def start(svc: Services, req: RunRequest, selection: Selection) -> Run:
     """
     run = create_run(svc, req, selection)
     sender = ring_sender(svc, run.checks)
-    g = Gather(svc, run, node_deadline_s=req.deadline_s, batch=req.batch, without=(RING_CHECK,) if sender else ())
+    without = (RING_CHECK,) if sender else ()
+    g = Gather(svc, run, node_deadline_s=req.deadline_s, batch=req.batch, without=without, lost=selection.lost)
     g.send_ready()
     if sender is not None or (not g.finished and g.waiting):
         thread = threading.Thread(target=_continue, args=(g, sender), name=f"gather-{run.id[:8]}", daemon=True)
@@ -303,17 +315,26 @@ def report(
     """The structured answer for ``run``, from its results as dicts (``CheckResult.to_dict``).
 
     A node is ``pending`` while it may still answer, ``unreachable`` when it said nothing by its
-    deadline, and ``unknown`` when no worker has registered it. A node that answered some checks
-    but not all by its deadline gets an ``error`` result for each missing one. Without
-    ``timed_out`` (reading a stored run), every node runs out of time at the run's deadline.
+    deadline ("no heartbeat since <time>" when it is lost: such a node is sent nothing and is
+    ``unreachable`` at once), and ``unknown`` when no worker has registered it. A node that
+    answered some checks but not all by its deadline gets an ``error`` result for each missing
+    one. Without ``timed_out`` (reading a stored run), every node runs out of time at the run's
+    deadline. A node's ``verdict`` and ``reasons`` are as ``reconcile.shown`` says.
     """
     now = svc.clock()
     expected = len(run.nodes) * len(run.checks)
     have = sum(1 for n in run.nodes for c in run.checks if (n, c) in found)
+    seen = svc.store.last_seen(run.nodes)
+    moment = datetime.fromtimestamp(now, UTC)
+    if timed_out is None:
+        # A stored run: every node is out of time at the deadline, and a node lost when the run
+        # was made at once (it was sent nothing); the run is complete once the others answered.
+        timed_out = run.nodes if now >= run.deadline else run.lost
+        if complete is None:
+            owed = sum(1 for n in run.nodes for c in run.checks if n not in run.lost)
+            complete = now >= run.deadline or have >= owed
     if complete is None:
         complete = have >= expected or now >= run.deadline
-    if timed_out is None:
-        timed_out = run.nodes if now >= run.deadline else ()
     late = set(timed_out)
     states = svc.store.states(list(run.nodes)) if run.nodes else {}
     nodes: dict[str, dict[str, Any]] = {}
@@ -326,7 +347,9 @@ def report(
         elif node not in late:
             entry = {"status": "pending"}
         elif not got:
-            entry = {"status": "unreachable", "detail": "no answer within the deadline"}
+            since = reconcile.lost_since(seen.get(node), moment, svc.settings)
+            why = verdict.lost_reason(since) if since is not None else "no answer within the deadline"
+            entry = {"status": "unreachable", "detail": why}
         else:
             got += [
                 CheckResult(
@@ -336,8 +359,9 @@ def report(
             ]
             entry = {"status": node_status(got)}
         state = states.get(node, {})
-        entry["verdict"] = state.get("verdict")
-        entry["reasons"] = parse_reasons(state.get("reasons"))
+        entry["verdict"], entry["reasons"] = reconcile.shown(
+            state.get("verdict"), parse_reasons(state.get("reasons")), seen.get(node), now, svc.settings
+        )
         entry["results"] = got
         nodes[node] = entry
     for node in unknown:

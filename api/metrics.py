@@ -27,7 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from autopilot import config
 from autopilot.events.metrics import EventsCollector
 from autopilot.metrics import NodeInfo, ResultsCollector, Snapshot
-from workers import follower
+from workers import follower, reconcile
 from workers.store import ResultsStore
 
 EXTENSION = "autopilot_metrics"
@@ -56,10 +56,13 @@ def snapshot_from_store(store: ResultsStore, settings: config.Settings) -> Snaps
     names = store.node_names()
     records = store.nodes(names)
     states = store.states(names)
+    seen = {r.name: r.last_seen for r in records if r.last_seen}
+    # A lost node is UNKNOWN here as soon as it is lost, not only after beat's next reconcile.
+    shown = {n: reconcile.shown(s.get("verdict"), (), seen.get(n), taken_at, settings)[0] for n, s in states.items()}
     return Snapshot(
         nodes=[NodeInfo(r.name, r.cpu_model or "", r.gpu_model or "", float(r.last_seen or 0.0)) for r in records],
         latest=store.latest_many(names),
-        verdicts={n: s["verdict"] for n, s in states.items() if s.get("verdict")},
+        verdicts={n: v for n, v in shown.items() if v},
         busy=store.busy_counts(names),
         taken_at=taken_at,
         live_after_s=settings.live_after_s,

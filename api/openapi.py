@@ -42,7 +42,8 @@ def _json(description: str, ref: str) -> dict[str, Any]:
 SELECTION_PARAMS = [
     _q(
         "host",
-        "comma-separated node names (DNS-1123; an empty entry is a 400); `all`, blank or absent: every live node",
+        "comma-separated node names (DNS-1123; an empty entry is a 400); `all`, blank or absent: every "
+        "registered node (a lost one is `unreachable`)",
         {"type": "string"},
     ),
     _q("nodelabel", "node label selector `key=value`", {"type": "string"}),
@@ -285,7 +286,8 @@ def document(checks: CheckRegistry) -> dict[str, Any]:
         },
         "/api/v1/nodes": {
             "get": {
-                "summary": "every node that ever heartbeated, with verdict, last seen and liveness",
+                "summary": "every node that ever heartbeated, with verdict, last seen and liveness "
+                "(a lost node is UNKNOWN: no heartbeat since <time>)",
                 "responses": {
                     "200": {
                         "description": "nodes",
@@ -307,7 +309,8 @@ def document(checks: CheckRegistry) -> dict[str, Any]:
         },
         "/api/v1/nodes/{name}": {
             "get": {
-                "summary": "one node: verdict, reasons, labels, latest results, history",
+                "summary": "one node: verdict, reasons, eviction (since, causes) and last clear (by, at, cause), "
+                "labels, latest results, history",
                 "parameters": [
                     name_param,
                     _q(

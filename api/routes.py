@@ -18,7 +18,7 @@ from flask import Blueprint, Response, jsonify, request, url_for
 from api import gather, inputs, openapi, selection, text
 from api.errors import ApiError, json_error
 from api.services import services
-from autopilot import errors, names
+from autopilot import config, errors, names, verdict
 from workers import reconcile
 
 log = logging.getLogger(__name__)
@@ -113,14 +113,35 @@ def get_run(run_id: str) -> Response:
 # ------------------------------------------------------------------ nodes
 
 
-def _node_entry(record: Any, state: dict[str, str], now: float, live_after_s: float) -> dict[str, Any]:
+def _verdict(state: dict[str, str], record: Any, now: float, settings: config.Settings) -> dict[str, Any]:
+    """``verdict`` and ``reasons`` as ``reconcile.shown`` says (a lost node is UNKNOWN, "no heartbeat since")."""
+    last_seen = (record.last_seen or None) if record is not None else None
+    shown, reasons = reconcile.shown(
+        state.get("verdict"), gather.parse_reasons(state.get("reasons")), last_seen, now, settings
+    )
+    return {"verdict": shown or "UNKNOWN", "reasons": reasons}
+
+
+def _node_entry(record: Any, state: dict[str, str], now: float, settings: config.Settings) -> dict[str, Any]:
     return {
         **record.to_dict(),
-        "verdict": state.get("verdict", "UNKNOWN"),
-        "reasons": gather.parse_reasons(state.get("reasons")),
-        "live": record.last_seen >= now - live_after_s,
+        **_verdict(state, record, now, settings),
+        "live": record.last_seen >= now - settings.live_after_s,
         "last_seen_at": gather.iso_time(record.last_seen) if record.last_seen else None,
     }
+
+
+def _eviction(state: dict[str, str]) -> dict[str, Any]:
+    """The node view's ``eviction`` (while one holds: since when, and its causes) and ``cleared`` (the last clear:
+    by whom, when, and what it cleared)."""
+    evicted = None
+    if state.get("evicted_at"):
+        causes = [c.to_dict() for c in verdict.causes_from_json(state.get("evict_cause"))]
+        evicted = {"since": state["evicted_at"], "causes": causes}
+    cleared = None
+    if state.get("cleared_by"):
+        cleared = {"by": state["cleared_by"], "at": state.get("cleared_at"), "cause": state.get("cleared_cause")}
+    return {"eviction": evicted, "cleared": cleared}
 
 
 @bp.get("/api/v1/nodes")
@@ -130,7 +151,7 @@ def list_nodes() -> Response:
     now = svc.clock()
     records = svc.store.nodes()
     states = svc.store.states([r.name for r in records]) if records else {}
-    items = [_node_entry(r, states.get(r.name, {}), now, svc.settings.live_after_s) for r in records]
+    items = [_node_entry(r, states.get(r.name, {}), now, svc.settings) for r in records]
     return jsonify({"nodes": items, "total": len(items), "live": sum(1 for i in items if i["live"])})
 
 
@@ -162,8 +183,8 @@ def get_node(name: str) -> Response:
             "record": record.to_dict() if record else None,
             "live": bool(record and record.last_seen >= svc.clock() - svc.settings.live_after_s),
             "last_seen_at": gather.iso_time(record.last_seen) if record and record.last_seen else None,
-            "verdict": state.get("verdict", "UNKNOWN"),
-            "reasons": gather.parse_reasons(state.get("reasons")),
+            **_verdict(state, record, svc.clock(), svc.settings),
+            **_eviction(state),
             "state": {k: v for k, v in state.items() if k != "reasons"},
             "labels": labels,
             "latest": {check: r.to_dict() for check, r in sorted(latest.items())},

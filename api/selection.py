@@ -2,7 +2,11 @@
 
 The selection is the union of ``host`` (node names), ``nodelabel`` (``key=value``) and ``job``
 (``namespace:key=value``: the nodes running that workload's pods), as upstream documents; with
-none of them, every live node (a heartbeat within ``settings.live_after_s``).
+none of them (``host=all``), every node a worker ever registered. A node of that selection that
+is lost (no heartbeat within ``settings.live_after_s``) is in ``lost`` too: it is sent nothing
+(nobody would answer) and the answer lists it as ``unreachable``, never leaves it out. A lost node
+named explicitly is sent its work all the same (its worker may be restarting); if it does not
+answer by its deadline it is ``unreachable`` with "no heartbeat since <time>".
 
 ``nodelabel`` and ``job`` resolve through the cluster seam when a cluster is configured. Without
 one (``autopilot up``, a single server) there are no Node objects or pods to ask, so both match
@@ -29,22 +33,19 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class Selection:
-    nodes: tuple[str, ...]  # known nodes, in request order: these are dispatched
+    nodes: tuple[str, ...]  # known nodes, in request order: these are dispatched, except the lost ones
     unknown: tuple[str, ...] = ()  # named, but no worker has registered them
+    lost: tuple[str, ...] = ()  # of ``nodes`` (host=all only): no heartbeat for ``settings.live_after_s``
 
 
 def select(svc: Services, req: RunRequest, *, now: float) -> Selection:
     """Resolve ``req``'s selection; raises ``ApiError`` (404) naming the field when it is empty."""
     if not req.explicit:
-        live = svc.store.node_names(seen_since=now - svc.settings.live_after_s)
-        if not live:
-            raise ApiError(
-                404,
-                "no_nodes",
-                f"no live nodes: no worker heartbeat in the last {svc.settings.live_after_s:g} s",
-                field="host",
-            )
-        return Selection(tuple(live))
+        seen = svc.store.last_seen()
+        if not seen:
+            raise ApiError(404, "no_nodes", "no nodes: no worker has registered a node", field="host")
+        everyone = tuple(sorted(seen))
+        return Selection(everyone, lost=_lost(svc, everyone, seen, now))
 
     wanted: list[str] = list(req.hosts)
     if req.nodelabel is not None:
@@ -72,6 +73,11 @@ def select(svc: Services, req: RunRequest, *, now: float) -> Selection:
             unknown=list(selection.unknown),
         )
     return selection
+
+
+def _lost(svc: Services, nodes: tuple[str, ...], seen: dict[str, float], now: float) -> tuple[str, ...]:
+    """The nodes not heard from within ``settings.live_after_s`` (a record without a heartbeat counts as heard)."""
+    return tuple(n for n in nodes if n in seen and now - seen[n] > svc.settings.live_after_s)
 
 
 def _valid(found: list[str], source: str) -> list[str]:

@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 
 GPU_RESOURCE = "nvidia.com/gpu"
 CONDITION_TYPE = "autopilot.ibm.com/GpuHealth"
+# The API server accepts an Event about a cluster-scoped object (a Node) only in this namespace
+# (legacyValidateEvent, k8s.io/kubernetes pkg/apis/core/validation/events.go); anywhere else it
+# answers 422. The kubelet and node-problem-detector post their Node events here too.
+NODE_EVENT_NAMESPACE = "default"
 FINISHED_PHASES = frozenset({"Succeeded", "Failed"})
 # Enough for a JSON result of a few hundred DCGM tests; a runaway log is cut, not loaded whole.
 LOG_LIMIT_BYTES = 1 << 20
@@ -174,7 +178,11 @@ class ClusterClient(Protocol):
         ...
 
     def create_node_event(self, node: str, *, reason: str, message: str, type_: str, namespace: str) -> None:
-        """A core/v1 Event about Node ``node`` (``kubectl describe node`` shows it)."""
+        """A core/v1 Event about Node ``node`` (``kubectl describe node`` shows it).
+
+        ``namespace`` must be ``NODE_EVENT_NAMESPACE``: the API server refuses a Node event
+        anywhere else (``ClusterError``, 422), and so does ``FakeCluster``.
+        """
         ...
 
     def nodes_running(self, namespace: str, label_selector: str) -> list[str]:

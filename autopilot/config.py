@@ -172,7 +172,16 @@ class Settings:
 
     heartbeat_interval_s: float = 15.0
     """How often a worker writes its node record (``AUTOPILOT_HEARTBEAT_INTERVAL``); a node unseen for
-    three intervals is not live."""
+    three intervals is lost (``AUTOPILOT_NODE_LOST_AFTER``)."""
+
+    node_lost_after_s: float = 0.0
+    """A node whose worker has not heartbeated for this long is lost (``AUTOPILOT_NODE_LOST_AFTER``): its verdict
+    is ``UNKNOWN`` ("no heartbeat since <time>") unless it is evicted, and cluster-wide answers list it as
+    ``unreachable``; ``0``: three heartbeat intervals."""
+
+    node_retention_s: float = 86400.0
+    """How long a lost node whose Node object is gone from the cluster (without a cluster: any lost node) is kept
+    before its results and state are forgotten (``AUTOPILOT_NODE_RETENTION``; ``0``: at the first reconcile)."""
 
     reconcile_interval_s: float = 30.0
     """How often beat recomputes verdicts and labels and sweeps stale results (``AUTOPILOT_RECONCILE_INTERVAL``)."""
@@ -191,8 +200,9 @@ class Settings:
     """Whether this process runs in a pod (read from ``KUBERNETES_SERVICE_HOST``, which Kubernetes sets)."""
 
     namespace: str = "autopilot"
-    """Namespace of Autopilot's own objects: invasive Jobs and node Events (``AUTOPILOT_NAMESPACE``, alias
-    ``POD_NAMESPACE``, which the chart sets from the downward API)."""
+    """Namespace of Autopilot's own objects: invasive Jobs (``AUTOPILOT_NAMESPACE``, alias ``POD_NAMESPACE``, which
+    the chart sets from the downward API). Node Events go to ``default``, the only namespace the API server
+    accepts them in."""
 
     image: str = ""
     """Autopilot's container image (``AUTOPILOT_IMAGE``, set by the chart): runs the invasive DCGM Job and the
@@ -244,8 +254,8 @@ class Settings:
 
     @property
     def live_after_s(self) -> float:
-        """A node whose last heartbeat is older than this is not live."""
-        return 3 * self.heartbeat_interval_s
+        """A node whose last heartbeat is older than this is not live: it is lost (``node_lost_after_s``)."""
+        return self.node_lost_after_s if self.node_lost_after_s > 0 else 3 * self.heartbeat_interval_s
 
     @property
     def stale_after_s(self) -> float:
@@ -375,6 +385,8 @@ _FIELDS: list[tuple[str, str, tuple[str, ...], Any]] = [
     ("network_interfaces", "AUTOPILOT_NETWORK_INTERFACES", (), lambda t, v: parse_list(t)),
     ("podinfo_annotations", "AUTOPILOT_PODINFO_ANNOTATIONS", (), lambda t, v: t.strip()),
     ("heartbeat_interval_s", "AUTOPILOT_HEARTBEAT_INTERVAL", (), _duration),
+    ("node_lost_after_s", "AUTOPILOT_NODE_LOST_AFTER", (), _duration),
+    ("node_retention_s", "AUTOPILOT_NODE_RETENTION", (), _duration),
     ("reconcile_interval_s", "AUTOPILOT_RECONCILE_INTERVAL", (), _duration),
     ("worker_concurrency", "AUTOPILOT_WORKER_CONCURRENCY", (), _int_in(1, 64)),
     ("cluster", "AUTOPILOT_CLUSTER", (), lambda t, v: _choice(t, v, ("auto", "on", "off"))),

@@ -20,8 +20,10 @@ UNKNOWN    ``Unknown``  ``AutopilotUnknown``
 
 Its message names the failing checks and their GPUs (the decision's reasons). The seam keeps
 ``lastTransitionTime`` while the status stays the same. An Event (``GpuHealthChanged``, type
-``Warning`` for WARN/EVICT) is emitted only when the verdict changes; Events are best effort:
-a refused Event is logged and never undoes or blocks the labels.
+``Warning`` for WARN/EVICT) is emitted only when the verdict changes, in namespace ``default``
+(``cluster.NODE_EVENT_NAMESPACE``: the only one where the API server accepts an Event about a
+Node). A refused Event never undoes or blocks the labels: ``apply`` reports it in its outcome
+(``event_error``), and the caller keeps the change unannounced so the next reconcile tries again.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import logging
 from collections.abc import Iterable, Mapping
 
 from autopilot import errors, labeling, results
-from autopilot.cluster import CONDITION_TYPE, ClusterClient, NodeCondition
+from autopilot.cluster import CONDITION_TYPE, NODE_EVENT_NAMESPACE, ClusterClient, NodeCondition
 from autopilot.results import CheckResult
 from autopilot.verdict import Decision, Verdict
 
@@ -67,6 +69,8 @@ def condition_for(decision: Decision) -> NodeCondition:
         message = "all periodic checks pass"
     else:
         message = verdict.value
+    if decision.notes:  # after the reasons: what the verdict is comes first
+        message = "; ".join((message, *decision.notes))
     if len(message) > MESSAGE_LIMIT:
         message = message[: MESSAGE_LIMIT - 3] + "..."
     return NodeCondition(
@@ -100,19 +104,28 @@ def _started(result: CheckResult) -> float:
     return results.parse_iso(result.started_at).timestamp() if result.started_at else 0.0
 
 
+@dataclasses.dataclass(frozen=True)
+class Applied:
+    """What ``apply`` did: ``wrote`` anything; ``before``, the verdict the Event announced a change
+    from (None: no Event was due); ``event_error``, why a due Event was not created (None: it was,
+    or none was due)."""
+
+    wrote: bool
+    before: str | None = None
+    event_error: str | None = None
+
+
 def apply(
     cluster: ClusterClient,
     node: str,
     publication: NodePublication,
     previous_verdict: Verdict | str | None = None,
-    *,
-    namespace: str = "autopilot",
-) -> bool:
-    """Make the Node carry ``publication``; True when anything was written.
+) -> Applied:
+    """Make the Node carry ``publication`` and announce a verdict change with an Event.
 
-    ``previous_verdict`` is the verdict last published (from the results store); None means
-    "not known", and the Node's current ``gpuhealth`` label stands in for it. The Event goes to
-    ``namespace`` (``kubectl describe node`` finds Node events in any namespace).
+    ``previous_verdict`` is the verdict last announced (from the results store); None means
+    "not known", and the Node's current ``gpuhealth`` label stands in for it. Labels and the
+    condition errors raise (``ClusterError``); a refused Event does not, it is in the outcome.
     """
     info = cluster.get_node(node)
     wrote = False
@@ -127,17 +140,21 @@ def apply(
         cluster.set_node_condition(node, publication.condition)
         wrote = True
     before = str(previous_verdict) if previous_verdict is not None else info.labels.get(labeling.GPUHEALTH)
-    if before != publication.verdict.value:
-        wrote = _event(cluster, node, before, publication, namespace) or wrote
-    return wrote
+    if before == publication.verdict.value:
+        return Applied(wrote)
+    error = _event(cluster, node, before, publication)
+    return Applied(wrote or error is None, before or "", error)
 
 
-def _event(cluster: ClusterClient, node: str, before: str | None, pub: NodePublication, namespace: str) -> bool:
+def _event(cluster: ClusterClient, node: str, before: str | None, pub: NodePublication) -> str | None:
+    """Create the verdict-change Event; None when created, else why not (the seam already retried
+    what a retry can fix)."""
     kind = "Warning" if pub.verdict in (Verdict.WARN, Verdict.EVICT) else "Normal"
     message = f"{labeling.GPUHEALTH} {before or '(none)'} -> {pub.verdict.value}: {pub.condition.message}"
     try:
-        cluster.create_node_event(node, reason=EVENT_REASON, message=message, type_=kind, namespace=namespace)
+        cluster.create_node_event(
+            node, reason=EVENT_REASON, message=message, type_=kind, namespace=NODE_EVENT_NAMESPACE
+        )
     except errors.ClusterError as exc:
-        log.warning("event for node %s not created (labels are written): %s", node, exc)
-        return False
-    return True
+        return f"{type(exc).__name__}: {exc}"
+    return None

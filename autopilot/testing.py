@@ -29,6 +29,7 @@ from autopilot.cluster import (
     NodeInfo,
     PodInfo,
     RetryPolicy,
+    event_manifest,
     merge_condition,
     pod_gpus,
     rfc3339,
@@ -543,7 +544,11 @@ class FakeCluster:
 
     def create_node_event(self, node: str, *, reason: str, message: str, type_: str, namespace: str) -> None:
         def create() -> None:
-            self.get_node(node)
+            info = self.get_node(node)
+            manifest = event_manifest(info, reason=reason, message=message, type_=type_, namespace=namespace)
+            refusal = event_refusal(manifest)
+            if refusal is not None:  # the real API server's 422, which no retry changes
+                raise errors.ClusterError(f"create_node_event: 422 {refusal}")
             event = EventInfo(namespace, "Node", node, reason, message[:1024], type_)
             self.events.append(event)
             self._record("create_node_event", node, dataclasses.asdict(event))
@@ -732,6 +737,45 @@ def _fault(op: str, status: int) -> errors.ClusterError:
     if status == 429 or status >= 500:
         return errors.Transient(message)
     return errors.ClusterError(message)
+
+
+_DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def event_refusal(event: Mapping[str, Any]) -> str | None:
+    """Why a real API server answers 422 to creating the core/v1 Event ``event``, or None if it accepts it.
+
+    The rules of ``legacyValidateEvent`` (k8s.io/kubernetes pkg/apis/core/validation/events.go),
+    which every Event created through core/v1 must pass; ``metadata.namespace`` is the namespace
+    of the request's path (the server fills it in from there). An Event about a cluster-scoped
+    object (a Node: ``involvedObject.namespace`` empty) is accepted only in ``default`` (or
+    ``kube-system`` for a new-style Event with ``eventTime``); any other must be in its object's
+    namespace. ``FakeCluster`` and the tests' stand-in API server both refuse with this.
+    """
+    namespace = str((event.get("metadata") or {}).get("namespace") or "")
+    involved = str((event.get("involvedObject") or {}).get("namespace") or "")
+    problems: list[str] = []
+    mismatch = f'involvedObject.namespace: Invalid value: "{involved}": does not match event.namespace'
+    if not event.get("eventTime"):
+        if (not involved and namespace not in ("", "default")) or (involved and namespace != involved):
+            problems.append(mismatch)
+    else:
+        if not involved and namespace not in ("default", "kube-system"):
+            problems.append(mismatch)
+        for name, limit in (("reportingController", 0), ("reportingInstance", 128), ("action", 128), ("reason", 128)):
+            value = str(event.get(name) or "")
+            if not value:
+                problems.append(f"{name}: Required value")
+            elif limit and len(value) > limit:
+                problems.append(f'{name}: Invalid value: "": can have at most {limit} characters')
+        if len(str(event.get("message") or "")) > 1024:
+            problems.append('message: Invalid value: "": can have at most 1024 characters')
+    if len(namespace) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(namespace):
+        problems.append(f'metadata.namespace: Invalid value: "{namespace}": a lowercase RFC 1123 subdomain')
+    if not problems:
+        return None
+    name = (event.get("metadata") or {}).get("name") or (event.get("metadata") or {}).get("generateName") or ""
+    return f'Event "{name}" is invalid: ' + ", ".join(problems)
 
 
 def pod_node(spec: Mapping[str, Any]) -> str:

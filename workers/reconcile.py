@@ -1,16 +1,24 @@
 """Verdict reconciliation: from a node's latest results to its stored verdict and its labels.
 
-Runs after every result a worker saves and on beat's reconcile tick (which is also the stale
-sweep: a node whose results aged out becomes ``UNKNOWN`` there). ``EVICT`` is sticky: the time it
-was first decided is kept in the node's state until a level-3 DCGM pass or an operator clears it.
-The verdict is published to the Node (labels, condition, event) when a cluster is configured,
-and always to the local label store in Redis, which the API and ``autopilot up`` read.
+Runs after every result a worker saves and on beat's reconcile tick (``reconcile_all``), which is
+also the sweep for what no worker can report itself: a node whose results aged out becomes
+``UNKNOWN``, a node whose worker stopped heartbeating is lost (``UNKNOWN``, "no heartbeat since
+<time>", written to its labels by this tick since its own worker cannot), and a lost node whose
+Node object is gone (without a cluster: any lost node) is forgotten after
+``AUTOPILOT_NODE_RETENTION``. ``EVICT`` is sticky: the time and causes (check, GPUs, summary,
+time of the result) of an eviction are kept in the node's state until a level-3 DCGM pass or an
+operator clears it; who cleared it, when, and what was cleared stay after that. The verdict is
+published to the Node (labels, condition, event) when a cluster is configured, and always to
+the local label store in Redis, which the API and ``autopilot up`` read. A verdict change whose
+Event the API server refused stays unannounced (``event_error`` in the state) and is announced
+again at the next reconcile, at most ``EVENT_ATTEMPTS`` times.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 from autopilot import config, errors, publish, registry, results, verdict
@@ -19,10 +27,41 @@ from workers.store import NodeView, ResultsStore
 
 log = logging.getLogger(__name__)
 
+# Announcing one verdict change is given up after this many refused Events (a refusal that
+# outlasts the seam's retries is mostly RBAC or validation, which the next tick will not fix).
+EVENT_ATTEMPTS = 5
+# State fields that describe one eviction, and those that describe the last clear.
+_EVICTION = ("evicted_at", "evict_cause")
+_CLEAR = ("cleared_by", "cleared_at", "cleared_cause")
+
 
 def periodic_checks(settings: config.Settings) -> list[str]:
     """The configured periodic checks that exist in this build (others cannot produce results)."""
     return [c for c in settings.periodic_checks if c in registry.REGISTRY]
+
+
+def lost_since(last_seen: float | None, now: datetime, settings: config.Settings) -> datetime | None:
+    """The last heartbeat of a lost node (not heard from for ``settings.live_after_s``); None while it is
+    heard from, and for a node that never heartbeated (results saved by ``autopilot run``, tests)."""
+    if last_seen is None or now.timestamp() - last_seen <= settings.live_after_s:
+        return None
+    return datetime.fromtimestamp(last_seen, UTC)
+
+
+def shown(
+    stored: str | None, reasons: Sequence[str], last_seen: float | None, now: float, settings: config.Settings
+) -> tuple[str | None, list[str]]:
+    """The verdict and reasons to show for a node at ``now`` (API answers, metrics): the stored ones (None: none
+    stored), except that a lost node is ``UNKNOWN`` (or its sticky ``EVICT``) with "no heartbeat since" even
+    before beat's next reconcile has stored that (a reconcile interval of 0 never does)."""
+    said = list(reasons)
+    since = lost_since(last_seen, datetime.fromtimestamp(now, UTC), settings)
+    if since is None:
+        return stored, said
+    why = verdict.lost_reason(since)
+    if stored == verdict.Verdict.EVICT.value:
+        return stored, said if why in said else [*said, why]
+    return verdict.Verdict.UNKNOWN.value, [why]
 
 
 def reconcile_node(
@@ -36,8 +75,9 @@ def reconcile_node(
 ) -> verdict.Decision:
     """Recompute ``node``'s verdict and store it with its labels (one MULTI).
 
-    ``view`` is the node's latest results and state when the caller has just read them (a task
-    reads them in the same MULTI that saves its last result); otherwise they are read here.
+    ``view`` is the node's latest results, state and last heartbeat when the caller has just
+    read them (a task reads them in the same MULTI that saves its last result); otherwise they
+    are read here.
     """
     moment = now or datetime.now(UTC)
     if view is None:
@@ -51,23 +91,28 @@ def reconcile_node(
         max_age_s=settings.stale_after_s,
         evicted_at=evicted_at,
         testing=bool(state.get("testing_since")),
+        lost_since=lost_since(view.last_seen, moment, settings),
+        evict_causes=verdict.causes_from_json(state.get("evict_cause")),
     )
-    new_state: dict[str, str | None] = {"verdict": decision.verdict.value, "reasons": json.dumps(decision.reasons)}
+    new_state: dict[str, str | None] = {"verdict": decision.verdict.value}
     if decision.verdict is verdict.Verdict.EVICT and evicted_at is None:
+        # A new eviction: its causes are kept until it is cleared; an older clear is history.
+        new_state.update(dict.fromkeys(_CLEAR))
         new_state["evicted_at"] = results.utc_now_iso(moment)
+        new_state["evict_cause"] = verdict.causes_to_json(decision.causes)
     elif decision.verdict is not verdict.Verdict.EVICT and evicted_at is not None:
-        new_state["evicted_at"] = None
+        # Only a level-3 DCGM pass gets here (an operator's clear removed ``evicted_at`` already).
+        new_state.update(_cleared(state, by="a passing DCGM level-3 run", at=_clearing_pass(latest, evicted_at)))
+    if decision.verdict is not verdict.Verdict.EVICT:
+        merged = {k: v for k, v in {**state, **new_state}.items() if v is not None}  # None: deleted
+        decision = _with_clear_note(decision, merged)
+    new_state["reasons"] = json.dumps([*decision.reasons, *decision.notes])
     if state.get("verdict") != decision.verdict.value:
         new_state["changed_at"] = results.utc_now_iso(moment)
     dcgm = [r for r in latest.values() if r.check == "dcgm"]
     publication = publish.desired(decision, dcgm)
     if cluster is not None:
-        try:
-            publish.apply(cluster, node, publication, state.get("published_verdict"), namespace=settings.namespace)
-            new_state["published_verdict"] = decision.verdict.value
-        except errors.ClusterError as exc:
-            # The next reconcile (after the next result, or beat's tick) tries again.
-            log.warning("publishing the verdict of %s failed: %s", node, exc)
+        new_state.update(_publish(cluster, node, publication, state, moment))
     labels: dict[str, str | None] = {**publication.labels, **publication.annotations}
     # The local label store keeps annotations beside labels. Only what differs from the view is
     # written: in steady state (most reconciles) nothing is, which saves a MULTI per task.
@@ -78,14 +123,115 @@ def reconcile_node(
     return decision
 
 
-def _changes(current: dict[str, str], wanted: dict[str, str | None]) -> dict[str, str | None]:
+def _publish(
+    cluster: ClusterClient, node: str, publication: publish.NodePublication, state: Mapping[str, str], moment: datetime
+) -> dict[str, str | None]:
+    """Publish to the Node; the state fields that record how it went."""
+    out: dict[str, str | None] = {}
+    try:
+        applied = publish.apply(cluster, node, publication, state.get("published_verdict"))
+    except errors.NotFound as exc:
+        # The Node object is gone (the node left the cluster): remembered for the retention sweep,
+        # and said once (beat's tick meets it again every interval until the node is forgotten).
+        if not state.get("node_gone_at"):
+            log.warning("publishing the verdict of %s: no such Node (%s); kept until the retention", node, exc)
+            out["node_gone_at"] = results.utc_now_iso(moment)
+        return out
+    except errors.ClusterError as exc:
+        # The next reconcile (after the next result, or beat's tick) tries again.
+        log.warning("publishing the verdict of %s failed: %s", node, exc)
+        return out
+    out.update(node_gone_at=None, published_verdict=publication.verdict.value)
+    if applied.before is None:  # no change to announce: a given-up Event's error stays on record
+        return out
+    if applied.event_error is None:
+        out.update(event_error=None, event_failures=None)
+        return out
+    failures = int(state.get("event_failures") or 0) + 1
+    out["event_error"] = f"{results.utc_now_iso(moment)}: {applied.event_error}"[:1024]
+    change = f"{applied.before or '(none)'} -> {publication.verdict.value}"
+    if failures >= EVENT_ATTEMPTS:
+        log.error("node %s: Event %s refused %d times, given up: %s", node, change, failures, applied.event_error)
+        out["event_failures"] = None
+    else:
+        log.warning(
+            "node %s: Event %s refused (attempt %d of %d; again at the next reconcile): %s",
+            node,
+            change,
+            failures,
+            EVENT_ATTEMPTS,
+            applied.event_error,
+        )
+        # Announced from the verdict it was refused for, so the retry says the same thing.
+        out.update(published_verdict=applied.before or "", event_failures=str(failures))
+    return out
+
+
+def _clearing_pass(latest: Mapping[str, results.CheckResult], evicted_at: datetime) -> str:
+    found = [r.started_at for r in latest.values() if verdict.clears_evict(r, evicted_at)]
+    return max(found, default="")
+
+
+def _cleared(state: Mapping[str, str], *, by: str, at: str) -> dict[str, str | None]:
+    """State changes that lift the eviction in ``state``, recording who cleared it, when, and what it was."""
+    causes = verdict.causes_from_json(state.get("evict_cause"))
+    what = "; ".join(c.text() for c in causes) or f"evicted since {state.get('evicted_at') or 'an unknown time'}"
+    return {**dict.fromkeys(_EVICTION), "cleared_by": by, "cleared_at": at, "cleared_cause": what}
+
+
+def _with_clear_note(decision: verdict.Decision, state: Mapping[str, str]) -> verdict.Decision:
+    if not state.get("cleared_by"):
+        return decision
+    note = f"eviction ({state.get('cleared_cause') or 'cause not recorded'}) cleared by {state['cleared_by']}"
+    note += f" at {state.get('cleared_at') or 'an unknown time'}"
+    return verdict.Decision(decision.verdict, decision.reasons, decision.causes, (*decision.notes, note))
+
+
+def _changes(current: Mapping[str, str], wanted: Mapping[str, str | None]) -> dict[str, str | None]:
     """The entries of ``wanted`` that ``current`` does not already have (None: delete, if present)."""
     return {k: v for k, v in wanted.items() if current.get(k) != v}
+
+
+def reconcile_all(
+    store: ResultsStore, settings: config.Settings, cluster: ClusterClient | None = None, now: datetime | None = None
+) -> dict[str, str]:
+    """Beat's tick: reconcile every known node, then forget the lost nodes past their retention.
+
+    Returns node -> verdict for the nodes kept.
+    """
+    moment = now or datetime.now(UTC)
+    out: dict[str, str] = {}
+    for node, seen in sorted(store.last_seen().items()):
+        view = store.view(node)
+        out[node] = reconcile_node(store, node, settings, moment, cluster=cluster, view=view).verdict.value
+        if _expired(store, node, seen, moment, settings, cluster is not None):
+            last = results.utc_now_iso(datetime.fromtimestamp(seen, UTC))
+            log.warning("forgetting node %s: lost past its retention (no heartbeat since %s)", node, last)
+            store.forget_node(node)
+            del out[node]
+    return out
+
+
+def _expired(
+    store: ResultsStore, node: str, seen: float, moment: datetime, settings: config.Settings, with_cluster: bool
+) -> bool:
+    """A lost node to forget: its Node object has been gone (with a cluster), or it has been lost (without one),
+    for ``settings.node_retention_s``."""
+    if lost_since(seen, moment, settings) is None:
+        return False
+    if with_cluster:
+        gone = store.state(node).get("node_gone_at")
+        since = results.parse_iso(gone).timestamp() if gone else None
+    else:
+        since = seen
+    return since is not None and moment.timestamp() - since >= settings.node_retention_s
 
 
 def clear_evict(
     store: ResultsStore, node: str, settings: config.Settings, *, by: str, cluster: ClusterClient | None = None
 ) -> verdict.Decision:
-    """An operator's clear: forget the eviction, then recompute from the fresh results."""
-    store.set_state(node, {"evicted_at": None, "cleared_by": by, "cleared_at": results.utc_now_iso()})
+    """An operator's clear: forget the eviction (keeping who cleared what, and when), then recompute."""
+    state = store.state(node)
+    if state.get("evicted_at"):
+        store.set_state(node, _cleared(state, by=by, at=results.utc_now_iso()))
     return reconcile_node(store, node, settings, cluster=cluster)

@@ -7,7 +7,10 @@ Keys (all prefixed ``ap:``):
 - ``history:<n>``    list of result JSON, newest first, trimmed to ``history_len``
 - ``run:<id>``       hash ``meta`` -> run JSON, ``<node>|<check>`` -> result JSON; expires after ``run_ttl_s``
 - ``runlog:<id>``    list of the ``<node>|<check>`` fields written to ``run:<id>``, in order (same expiry)
-- ``state:<n>``      hash: ``verdict``, ``evicted_at``, ``testing_since``, ``reasons``
+- ``state:<n>``      hash: ``verdict``, ``reasons``, ``changed_at``, ``testing_since``, ``published_verdict``;
+                     ``evicted_at`` and ``evict_cause`` while evicted, ``cleared_by``/``cleared_at``/``cleared_cause``
+                     after a clear, ``event_error``/``event_failures`` while a verdict change is unannounced,
+                     ``node_gone_at`` once the cluster has no Node of that name
 - ``busy:<n>``       hash check -> how many times that check was answered ``busy`` (GPUs held by another
                      check until the deadline); counted here, never written to ``latest`` or ``history``
 - ``labels:<n>``     hash: the local label store used when there is no Kubernetes cluster
@@ -68,6 +71,7 @@ class Run:
     created_at: float
     deadline: float
     source: str = "api"
+    lost: tuple[str, ...] = ()  # of ``nodes``: lost when the run was made, so sent nothing
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -78,6 +82,7 @@ class Run:
             "created_at": self.created_at,
             "deadline": self.deadline,
             "source": self.source,
+            "lost": list(self.lost),
         }
 
     @classmethod
@@ -90,6 +95,7 @@ class Run:
             created_at=float(raw["created_at"]),
             deadline=float(raw["deadline"]),
             source=raw.get("source", "api"),
+            lost=tuple(raw.get("lost") or ()),
         )
 
     @classmethod
@@ -102,9 +108,11 @@ class Run:
         *,
         source: str = "api",
         now: float | None = None,
+        lost: Sequence[str] = (),
     ) -> Run:
         created = time.time() if now is None else now
-        return cls(uuid.uuid4().hex, tuple(checks), tuple(nodes), params, created, created + deadline_s, source)
+        run_id = uuid.uuid4().hex
+        return cls(run_id, tuple(checks), tuple(nodes), params, created, created + deadline_s, source, tuple(lost))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +132,8 @@ class NodeView:
     latest: dict[str, CheckResult]
     state: dict[str, str]
     labels: dict[str, str] | None = None
+    last_seen: float | None = None
+    """The node's last heartbeat (epoch s); None: it never heartbeated (or it was not read)."""
 
 
 class ResultsStore:
@@ -186,15 +196,15 @@ class ResultsStore:
                 pipe.execute()
             return None
         _queue_view(pipe, view)
-        *_, raw_latest, raw_state, raw_labels = pipe.execute()
-        return NodeView(_latest(raw_latest, written), _state(raw_state), _state(raw_labels))
+        *_, raw_latest, raw_state, raw_labels, seen = pipe.execute()
+        return NodeView(_latest(raw_latest, written), _state(raw_state), _state(raw_labels), _score(seen))
 
     def view(self, node: str) -> NodeView:
         """The node's latest results and verdict state, read in one round trip."""
         pipe = self.r.pipeline(transaction=False)
         _queue_view(pipe, node)
-        raw_latest, raw_state, raw_labels = pipe.execute()
-        return NodeView(_latest(raw_latest), _state(raw_state), _state(raw_labels))
+        raw_latest, raw_state, raw_labels, seen = pipe.execute()
+        return NodeView(_latest(raw_latest), _state(raw_state), _state(raw_labels), _score(seen))
 
     def latest(self, node: str) -> dict[str, CheckResult]:
         return _latest(self.r.hgetall(f"{P}latest:{node}"))
@@ -311,11 +321,25 @@ class ResultsStore:
         raw = self.r.get(f"{P}node:{name}")
         return NodeRecord.from_dict(json.loads(raw)) if raw else None
 
+    def last_seen(self, names: Sequence[str] | None = None) -> dict[str, float]:
+        """Node -> its last heartbeat (epoch s), in one read: every node that ever heartbeated, or those of
+        ``names`` that did."""
+        if names is None:
+            return {_s(n): float(score) for n, score in self.r.zrange(f"{P}nodes", 0, -1, withscores=True)}
+        if not names:
+            return {}
+        pipe = self.r.pipeline(transaction=False)
+        for n in names:
+            pipe.zscore(f"{P}nodes", n)
+        return {n: float(score) for n, score in zip(names, pipe.execute(), strict=True) if score is not None}
+
     def forget_node(self, name: str) -> None:
-        self.r.delete(
-            f"{P}node:{name}", f"{P}latest:{name}", f"{P}history:{name}", f"{P}state:{name}", f"{P}busy:{name}"
-        )
-        self.r.zrem(f"{P}nodes", name)
+        """Drop everything the store holds about ``name`` (one MULTI)."""
+        pipe = self.r.pipeline(transaction=True)
+        kinds = ("node", "latest", "history", "state", "labels", "busy", "kmsg", "inject")
+        pipe.delete(*(f"{P}{kind}:{name}" for kind in kinds))
+        pipe.zrem(f"{P}nodes", name)
+        pipe.execute()
 
     # ------------------------------------------------------------------ verdict state and labels
 
@@ -395,6 +419,11 @@ def _queue_view(pipe: Any, node: str) -> None:
     pipe.hgetall(f"{P}latest:{node}")
     pipe.hgetall(f"{P}state:{node}")
     pipe.hgetall(f"{P}labels:{node}")
+    pipe.zscore(f"{P}nodes", node)
+
+
+def _score(raw: Any) -> float | None:
+    return None if raw is None else float(raw)
 
 
 def _state(raw: Mapping[Any, Any]) -> dict[str, str]:

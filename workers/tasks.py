@@ -6,7 +6,7 @@
                 recompute the node's verdict after the task;
 ``fanout``      beat's periodic/invasive tick: one run over every live node, done once per tick
                 however many beats sent it;
-``reconcile``   beat's verdict/label tick and stale sweep over every known node;
+``reconcile``   beat's verdict/label tick and stale/lost sweep over every known node;
 ``iperf_servers``, ``iperf_clients``, ``iperf_stop``
                 one node's part of the ``iperf`` ring (``workers.ring``), answered into the
                 ring's hash in the store.
@@ -237,12 +237,11 @@ def fanout(
 
 
 def reconcile(store: ResultsStore, settings: config.Settings, cluster: ClusterClient | None = None) -> dict[str, str]:
-    """Recompute every known node's verdict (and publish it); returns node -> verdict."""
+    """Recompute every known node's verdict (and publish it), lost nodes included, and forget those past their
+    retention (``reconcile.reconcile_all``); returns node -> verdict."""
     if not store.claim_tick("reconcile", time.time(), max(1.0, settings.reconcile_interval_s)):
         return {}
-    return {
-        n: reconciling.reconcile_node(store, n, settings, cluster=cluster).verdict.value for n in store.node_names()
-    }
+    return reconciling.reconcile_all(store, settings, cluster)
 
 
 def iperf_servers(

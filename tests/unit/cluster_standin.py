@@ -34,7 +34,7 @@ from autopilot.cluster import (
     pod_from_json,
     selector_matches,
 )
-from autopilot.testing import FakeCluster, pod_node
+from autopilot.testing import FakeCluster, event_refusal, pod_node
 
 # The first HTTP request each Protocol method makes: where ``fail_next(op, ...)`` strikes.
 OP_ROUTES: dict[str, tuple[str, str]] = {
@@ -82,7 +82,14 @@ def status_body(code: int, reason: str, message: str) -> dict[str, Any]:
     }
 
 
-_REASONS = {404: "NotFound", 409: "Conflict", 429: "TooManyRequests", 500: "InternalError", 403: "Forbidden"}
+_REASONS = {
+    404: "NotFound",
+    409: "Conflict",
+    422: "Invalid",
+    429: "TooManyRequests",
+    500: "InternalError",
+    403: "Forbidden",
+}
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -474,6 +481,16 @@ class StandInApi:
             return 400, status_body(400, "BadRequest", f"expected a {api} {kind}")
         body = copy.deepcopy(body)  # the recorded request stays as it was sent
         meta = body.setdefault("metadata", {})
+        if meta.get("namespace") and meta["namespace"] != ns:
+            return 400, status_body(
+                400,
+                "BadRequest",
+                "the namespace of the provided object does not match the namespace sent on the request",
+            )
+        if kind == "Event":
+            refusal = event_refusal({**body, "metadata": {**meta, "namespace": ns}})
+            if refusal is not None:
+                return 422, status_body(422, "Invalid", refusal)
         name = meta.get("name") or f"{meta.get('generateName', '')}{next(self._seq):05x}"
         if (kind, ns, name) in self.objects:
             return 409, status_body(409, "AlreadyExists", f'{plural} "{name}" already exists')

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -47,12 +48,41 @@ def test_status_over_three_nodes_returns_all_three(api: Api) -> None:
     assert all(e.checks == ("pciebw", "remapped") for e in api.dispatcher.sent)
 
 
-def test_no_selection_means_every_live_node_and_default_checks(api: Api) -> None:
-    api.store.heartbeat(NodeRecord("node-old", last_seen=time.time() - 3600))
+def test_no_selection_means_every_node_and_default_checks_and_a_lost_one_is_listed(api: Api) -> None:
+    old = time.time() - 3600
+    api.store.heartbeat(NodeRecord("node-old", last_seen=old))
+    api.store.set_state("node-old", {"verdict": "PASS", "reasons": "[]"})
     report = status_json(api, "")
-    assert list(report["nodes"]) == list(NODES)  # node-old stopped heartbeating: not live
+    # node-old stopped heartbeating: sent nothing, and listed as unreachable rather than left out
+    assert list(report["nodes"]) == [*NODES, "node-old"]
+    since = datetime.fromtimestamp(old, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    lost = report["nodes"]["node-old"]
+    assert lost["status"] == "unreachable" and lost["detail"].startswith(f"no heartbeat since {since}")
+    assert lost["verdict"] == "UNKNOWN" and lost["reasons"] == [lost["detail"]]
+    assert "node-old" not in {e.node for e in api.dispatcher.sent}
+    assert report["totals"]["unreachable"] == 1 and report["status"] == "error"
     assert report["checks"] == ["pciebw", "remapped", "dcgm", "ping", "gpupower"]
     assert status_json(api, "host=all&check=all")["checks"] == report["checks"]
+
+
+def test_only_lost_nodes_are_still_answered_not_refused(api: Api) -> None:
+    api.store.forget_node("node-a")
+    api.store.forget_node("node-b")
+    api.store.heartbeat(NodeRecord("node-c", last_seen=time.time() - 3600))
+    report = status_json(api, "host=all&check=pciebw")
+    assert list(report["nodes"]) == ["node-c"] and report["nodes"]["node-c"]["status"] == "unreachable"
+    assert api.dispatcher.sent == []
+
+
+def test_a_named_lost_node_is_still_asked_and_unreachable_says_since_when() -> None:
+    api = make_api(deadline_s=1)
+    api.store.heartbeat(NodeRecord("node-b", last_seen=time.time() - 3600))
+    api.workers.silent.add("node-b")
+    report = status_json(api, "host=node-a,node-b&check=pciebw")
+    assert [e.node for e in api.dispatcher.sent] == ["node-a", "node-b"]  # its worker may be restarting
+    assert report["nodes"]["node-a"]["status"] == "ok"
+    assert report["nodes"]["node-b"]["status"] == "unreachable"
+    assert report["nodes"]["node-b"]["detail"].startswith("no heartbeat since ")
 
 
 def test_silent_node_is_unreachable_within_deadline_and_the_rest_is_intact() -> None:

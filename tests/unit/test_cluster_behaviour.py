@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from autopilot import errors
-from autopilot.cluster import CONDITION_TYPE, NodeCondition
+from autopilot.cluster import CONDITION_TYPE, NODE_EVENT_NAMESPACE, NodeCondition
 from tests.unit.cluster_standin import Backend, make_backend
 
 NS = "autopilot"
@@ -127,15 +127,30 @@ def test_condition_keeps_its_transition_time_while_the_status_holds(backend: Bac
 def test_node_events_are_created_about_the_node(backend: Backend) -> None:
     backend.control.add_node("gpu-1", gpus=8)
     backend.client.create_node_event(
-        "gpu-1", reason="GpuHealthChanged", message="PASS -> EVICT", type_="Warning", namespace=NS
+        "gpu-1", reason="GpuHealthChanged", message="PASS -> EVICT", type_="Warning", namespace=NODE_EVENT_NAMESPACE
     )
     [event] = backend.control.events_for("Node", "gpu-1")
     assert (event.reason, event.message, event.type, event.namespace) == (
         "GpuHealthChanged",
         "PASS -> EVICT",
         "Warning",
-        NS,
+        "default",
     )
+
+
+@pytest.mark.parametrize("namespace", [NS, "kube-system"])
+def test_a_node_event_outside_default_is_refused_as_the_api_server_does(backend: Backend, namespace: str) -> None:
+    """legacyValidateEvent: an Event about a cluster-scoped object (no involvedObject.namespace) must be in
+    ``default``; elsewhere the API server answers 422 Invalid, which no retry changes."""
+    backend.control.add_node("gpu-1", gpus=8)
+    with pytest.raises(errors.ClusterError) as refused:
+        backend.client.create_node_event(
+            "gpu-1", reason="GpuHealthChanged", message="PASS -> EVICT", type_="Warning", namespace=namespace
+        )
+    assert not isinstance(refused.value, errors.NotFound | errors.Conflict | errors.Transient)
+    assert "422" in str(refused.value) and "involvedObject.namespace" in str(refused.value)
+    assert backend.control.events_for("Node", "gpu-1") == []
+    assert backend.sleeps == []  # not retried
 
 
 # ---------------------------------------------------------------- pods

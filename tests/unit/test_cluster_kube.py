@@ -85,12 +85,12 @@ def test_condition_write_rereads_after_a_concurrent_node_update(kube: Backend) -
 def test_event_names_the_node_it_is_about(kube: Backend) -> None:
     api(kube).add_node("gpu-1")
     kube.client.create_node_event(
-        "gpu-1", reason="GpuHealthChanged", message="PASS -> WARN", type_="Warning", namespace="ap"
+        "gpu-1", reason="GpuHealthChanged", message="PASS -> WARN", type_="Warning", namespace="default"
     )
     post = api(kube).writes()[0]
-    assert (post.method, post.path) == ("POST", "/api/v1/namespaces/ap/events")
+    assert (post.method, post.path) == ("POST", "/api/v1/namespaces/default/events")
     assert post.body["involvedObject"] == {"apiVersion": "v1", "kind": "Node", "name": "gpu-1", "uid": "uid-gpu-1"}
-    assert post.body["metadata"] == {"generateName": "gpu-1.", "namespace": "ap"}
+    assert post.body["metadata"] == {"generateName": "gpu-1.", "namespace": "default"}
     assert post.body["type"] == "Warning" and post.body["source"]["component"] == "autopilot"
 
 
@@ -185,3 +185,55 @@ def test_names_cannot_add_path_elements(kube: Backend) -> None:
     with pytest.raises(errors.BadParameter):
         kube.client.get_node("../namespaces")
     assert api(kube).requests == []
+
+
+def _event(namespace: str, involved: dict[str, str], **extra: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": "x.", "namespace": namespace},
+        "involvedObject": involved,
+        "reason": "Test",
+        "message": "m",
+        **extra,
+    }
+
+
+@pytest.mark.parametrize(
+    ("namespace", "involved", "extra", "accepted"),
+    [
+        ("default", {"kind": "Node", "name": "gpu-1"}, {}, True),
+        ("autopilot", {"kind": "Node", "name": "gpu-1"}, {}, False),
+        ("train", {"kind": "Pod", "name": "p", "namespace": "train"}, {}, True),
+        ("autopilot", {"kind": "Pod", "name": "p", "namespace": "train"}, {}, False),
+        # a new-style Event (eventTime) about a Node may also be in kube-system, and needs its reporting fields
+        ("kube-system", {"kind": "Node", "name": "gpu-1"}, {"eventTime": "2026-11-29T22:00:00.000000Z"}, False),
+        (
+            "kube-system",
+            {"kind": "Node", "name": "gpu-1"},
+            {
+                "eventTime": "2026-11-29T22:00:00.000000Z",
+                "reportingController": "autopilot.ibm.com/autopilot",
+                "reportingInstance": "gpu-1",
+                "action": "Check",
+            },
+            True,
+        ),
+    ],
+)
+def test_the_standin_validates_events_as_legacy_validate_event_does(
+    kube: Backend, namespace: str, involved: dict[str, str], extra: dict[str, Any], accepted: bool
+) -> None:
+    status, body = api(kube).handle(
+        "POST", f"/api/v1/namespaces/{namespace}/events", {}, "application/json", _event(namespace, involved, **extra)
+    )
+    assert (status == 201) is accepted
+    if not accepted:
+        assert status == 422 and body["reason"] == "Invalid"
+
+
+def test_the_standin_refuses_a_body_namespace_that_is_not_the_paths(kube: Backend) -> None:
+    status, body = api(kube).handle(
+        "POST", "/api/v1/namespaces/default/events", {}, "application/json", _event("autopilot", {"kind": "Node"})
+    )
+    assert status == 400 and "does not match the namespace" in body["message"]

@@ -78,7 +78,8 @@ def kube() -> Iterator[Backend]:
 
 def publish_scenario(kube: Backend) -> None:
     decision = Decision(Verdict.EVICT, ("dcgm: pcie failed on GPU 3",))
-    publish.apply(kube.client, "gpu-1", publish.desired(decision), namespace=NS)
+    applied = publish.apply(kube.client, "gpu-1", publish.desired(decision))
+    assert applied.event_error is None  # the Event is accepted where it is posted
 
 
 def worker_scenario(kube: Backend, make_ctx: Callable[..., CheckContext]) -> None:
@@ -123,6 +124,15 @@ def test_the_api_and_beat_may_publish_and_select(kube: Backend) -> None:
     kube.client.nodes_running("train", "job=llm")
     rules = allowed("autopilot-api")
     assert [needed(r) for r in api.requests if not permits(rules, needed(r))] == []
+
+
+def test_events_are_granted_in_default_only_to_create_and_patch() -> None:
+    """Node events live in ``default`` (the only namespace the API server accepts them in): the three
+    processes may create (and patch, to bump a repeated one) events there, and nothing else there."""
+    for account in ("autopilot-worker", "autopilot-api", "autopilot-beat"):
+        in_default = {p for p in allowed(account) if p[3] == "default"}
+        assert in_default == {("", "events", "create", "default"), ("", "events", "patch", "default")}
+        assert ("", "events", "create", NS) not in allowed(account)
 
 
 def test_beat_and_api_cannot_run_jobs() -> None:

@@ -267,7 +267,10 @@ def test_chart_rbac_grants_each_process_what_deploy_rbac_grants(process: str) ->
     """deploy/rbac is the measured minimum (test_cluster_rbac); the chart binds the same rules."""
     chart = _permissions(_render_rbac("autopilot", "autopilot"), f"autopilot-{process}")
     assert chart == _permissions(_deploy_rbac(), f"autopilot-{process}")
-    assert all(p[3] in (None, "autopilot") for p in chart), "namespaced rules belong to the release namespace"
+    assert all(p[3] in (None, "autopilot") for p in chart if p[1] != "events" or p[2] == "list"), (
+        "namespaced rules belong to the release namespace"
+    )
+    assert {p for p in chart if p[3] == "default"} == {("", "events", v, "default") for v in ("create", "patch")}
 
 
 def test_chart_rbac_follows_the_release_and_pvc_namespaces() -> None:
@@ -279,11 +282,13 @@ def test_chart_rbac_follows_the_release_and_pvc_namespaces() -> None:
     assert not any(p[1] == "jobs" and p[2] == "list" for p in worker), "the code never lists Jobs"
     for process in ("api", "beat"):
         others = _permissions(_render_rbac("ops", "storage-test", fullname="ap"), f"ap-{process}")
-        assert ("", "events", "create", "ops") in others
+        # Node events are posted in default whatever the release namespace (legacyValidateEvent)
+        assert ("", "events", "create", "default") in others and ("", "events", "create", "ops") not in others
         assert not any(p[1] in ("jobs", "persistentvolumeclaims", "pods/log", "storageclasses") for p in others)
     for doc in _render_rbac("ops", "storage-test"):
         if doc["kind"] in ("Role", "RoleBinding"):
-            assert doc["metadata"]["namespace"] in ("ops", "storage-test")
+            assert doc["metadata"]["namespace"] in ("ops", "storage-test", "default")
+            assert doc["metadata"]["namespace"] != "default" or doc["metadata"]["name"].endswith("-events")
         for subject in doc.get("subjects", ()):
             assert subject["namespace"] == "ops"
 

@@ -72,17 +72,17 @@ def writes(b: Backend) -> int:
 def test_apply_writes_once_then_nothing(backend: Backend) -> None:
     backend.control.add_node("gpu-1", {"team": "ml"}, gpus=8)
     pub = publish.desired(EVICT, [dcgm(3, Status.FAIL, "2026-11-29T22:00:00Z", "pcie.3")])
-    assert publish.apply(backend.client, "gpu-1", pub, namespace="ap") is True
+    assert publish.apply(backend.client, "gpu-1", pub).wrote is True
     node = backend.client.get_node("gpu-1")
     assert node.labels[HEALTH] == "EVICT" and node.labels["team"] == "ml"
     assert node.annotations[L3 + ".output"] == "pcie.3"
     cond = node.condition()
     assert cond is not None and cond.reason == "AutopilotEvict"
     [event] = backend.control.events_for("Node", "gpu-1")
-    assert event.type == "Warning" and "(none) -> EVICT" in event.message and event.namespace == "ap"
+    assert event.type == "Warning" and "(none) -> EVICT" in event.message and event.namespace == "default"
     before = writes(backend)
-    assert publish.apply(backend.client, "gpu-1", pub, Verdict.EVICT, namespace="ap") is False
-    assert publish.apply(backend.client, "gpu-1", pub, namespace="ap") is False
+    assert publish.apply(backend.client, "gpu-1", pub, Verdict.EVICT).wrote is False
+    assert publish.apply(backend.client, "gpu-1", pub).wrote is False
     assert writes(backend) == before
     assert len(backend.control.events_for("Node", "gpu-1")) == 1
 
@@ -92,7 +92,7 @@ def test_a_new_message_updates_the_condition_without_an_event(backend: Backend) 
     publish.apply(backend.client, "gpu-1", publish.desired(Decision(Verdict.WARN, ("gpumem: GPU 1 slow",))))
     first = backend.client.get_node("gpu-1").condition()
     changed = publish.desired(Decision(Verdict.WARN, ("gpumem: GPU 1 slow", "pciebw: GPU 2 slow")))
-    assert publish.apply(backend.client, "gpu-1", changed, Verdict.WARN) is True
+    assert publish.apply(backend.client, "gpu-1", changed, Verdict.WARN).wrote is True
     second = backend.client.get_node("gpu-1").condition()
     assert first is not None and second is not None
     assert second.message == "gpumem: GPU 1 slow; pciebw: GPU 2 slow"
@@ -110,9 +110,32 @@ def test_a_verdict_change_emits_one_event(backend: Backend) -> None:
     assert backend.client.get_node("gpu-1").labels[HEALTH] == "TESTING"
 
 
-def test_a_refused_event_does_not_undo_the_labels(backend: Backend) -> None:
+def test_a_refused_event_does_not_undo_the_labels_and_is_reported(backend: Backend) -> None:
     backend.control.add_node("gpu-1", gpus=8)
     backend.control.fail_next("create_node_event", 403)
-    assert publish.apply(backend.client, "gpu-1", publish.desired(EVICT)) is True
+    applied = publish.apply(backend.client, "gpu-1", publish.desired(EVICT))
+    assert applied.wrote is True and applied.before == ""
+    assert applied.event_error is not None and "403" in applied.event_error
     assert backend.client.get_node("gpu-1").labels[HEALTH] == "EVICT"
     assert backend.control.events_for("Node", "gpu-1") == []
+
+
+def test_the_event_about_a_node_is_posted_where_the_api_server_accepts_it(backend: Backend) -> None:
+    backend.control.add_node("gpu-1", {HEALTH: "PASS"}, gpus=8)
+    applied = publish.apply(backend.client, "gpu-1", publish.desired(EVICT), Verdict.PASS)
+    assert applied.event_error is None and applied.before == "PASS"
+    [event] = backend.control.events_for("Node", "gpu-1")
+    assert event.namespace == "default"
+    if backend.standin is not None:
+        [post] = [r for r in backend.standin.writes() if r.path.endswith("/events")]
+        assert post.path == "/api/v1/namespaces/default/events"
+
+
+def test_condition_message_carries_notes_after_the_reasons() -> None:
+    note = "eviction (dcgm on GPU 3: pcie (2026-11-29T22:00:00Z)) cleared by api:10.0.0.1 at 2026-11-30T08:00:00Z"
+    assert publish.condition_for(Decision(Verdict.PASS, (), notes=(note,))).message == (
+        f"all periodic checks pass; {note}"
+    )
+    assert publish.condition_for(Decision(Verdict.WARN, ("gpumem: slow",), notes=(note,))).message == (
+        f"gpumem: slow; {note}"
+    )
