@@ -142,7 +142,7 @@ def _tokens(text: str) -> list[tuple[str, str]]:
     while pos < len(text):
         match = _TOKEN.match(text, pos)
         if not match or match.end() == pos:
-            raise TemplateError(f"cannot read {text[pos:pos + 40]!r} in {{{{ {text} }}}}")
+            raise TemplateError(f"cannot read {text[pos : pos + 40]!r} in {{{{ {text} }}}}")
         kind = match.lastgroup or ""
         value = match.group(kind)
         if kind == "field" and text[pos - 1 : pos] == ")" and match.group(0) == value != ".":
@@ -282,7 +282,8 @@ def _go_str(value: Any) -> str:
 
 
 def _to_yaml(value: Any) -> str:
-    return str(yaml.safe_dump(value, default_flow_style=False, sort_keys=True, width=10_000)).rstrip("\n").removesuffix("\n...")
+    text = str(yaml.safe_dump(value, default_flow_style=False, sort_keys=True, width=10_000))
+    return text.rstrip("\n").removesuffix("\n...")
 
 
 def _printf(fmt: str, *args: Any) -> str:
@@ -475,7 +476,9 @@ class _Renderer:
         if kind == "num":
             return float(op[1]) if "." in op[1] else int(op[1])
         if kind == "ident":
-            return {"true": True, "false": False, "nil": None}.get(op[1]) if op[1] in ("true", "false", "nil") else self.call(op[1], [])
+            if op[1] in ("true", "false", "nil"):
+                return {"true": True, "false": False}.get(op[1])
+            return self.call(op[1], [])
         if kind == "sub":
             value = None
             for i, cmd in enumerate(op[1]):
