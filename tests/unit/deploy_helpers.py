@@ -312,6 +312,7 @@ def _indent(n: int, text: str) -> str:
 
 _FUNCS: dict[str, Any] = {
     "list": lambda *a: list(a),
+    "until": lambda n: list(range(n)),
     "dict": lambda *a: dict(zip(a[::2], a[1::2], strict=True)),
     "append": lambda lst, v: [*lst, v],
     "quote": lambda *a: " ".join(json.dumps(_go_str(v)) for v in a if v is not None),
