@@ -21,6 +21,8 @@ from urllib.parse import urlsplit
 
 import redis
 import redis.sentinel
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 from celery import Celery, Task, signals
 
 from autopilot import cluster as cluster_mod
@@ -104,7 +106,11 @@ def redis_client(settings: config.Settings) -> redis.Redis:
             socket_timeout=_CLIENT_OPTIONS["socket_timeout"],
         )
         options = {k: v for k, v in _CLIENT_OPTIONS.items() if k != "socket_timeout"}
-        return watcher.master_for(settings.redis_sentinel_master, db=db, password=password, **options)
+        # Retries that outlast a failover (Sentinel needs its down-after time plus an election,
+        # a few seconds): each retry asks the Sentinels for the master again, so a result saved
+        # while the old master is gone lands on the new one instead of being dropped.
+        failover = Retry(ExponentialBackoff(cap=2.0, base=0.25), 10)
+        return watcher.master_for(settings.redis_sentinel_master, db=db, password=password, retry=failover, **options)
     extra = _tls_options(settings) if url.startswith("rediss://") else {}
     # A password in the URL wins over AUTOPILOT_REDIS_PASSWORD (redis-py lets the URL override).
     return redis.Redis.from_url(url, password=password, **_CLIENT_OPTIONS, **extra)
