@@ -21,9 +21,9 @@ from urllib.parse import urlsplit
 
 import redis
 import redis.sentinel
+from celery import Celery, Task, signals
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
-from celery import Celery, Task, signals
 
 from autopilot import cluster as cluster_mod
 from autopilot import config, registry
