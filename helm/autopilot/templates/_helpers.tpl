@@ -122,6 +122,13 @@ AUTOPILOT_IMAGE (the invasive Job and the pvc check's consumer pod) is the worke
       name: {{ include "autopilot.redisSecret" . }}
       key: password
 {{- end }}
+{{- if .Values.redis.auth.sentinel }}
+- name: AUTOPILOT_REDIS_SENTINEL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "autopilot.redisSecret" . }}
+      key: password
+{{- end }}
 - name: AUTOPILOT_REDIS_SENTINEL_MASTER
   value: {{ (index .Values "redis-ha").redis.masterGroupName | quote }}
 {{- with .Values.redis.tls.caSecret }}
