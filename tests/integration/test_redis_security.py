@@ -5,9 +5,9 @@ against a real ``redis-server`` with a throwaway CA made at test time.
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
+import base64
 import re
+import socket
 import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -39,8 +39,6 @@ class Server:
             if self.proc.poll() is not None:
                 raise AssertionError(f"redis-server exited {self.proc.returncode}:\n{self.log.read_text()}")
             try:
-                import socket
-
                 with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                     return True
             except OSError:
@@ -64,8 +62,6 @@ def _expand(args: Sequence[str], env: Mapping[str, str]) -> list[str]:
 
 def _container_env(container: Mapping[str, Any], objects: list[dict[str, Any]]) -> dict[str, str]:
     """A container's env with secretKeyRef values read from the rendered Secrets (as the kubelet does)."""
-    import base64
-
     out: dict[str, str] = {}
     for item in container.get("env", ()):
         if "value" in item:
@@ -173,50 +169,12 @@ def test_compose_requires_the_secrets_and_its_redis_refuses_a_client_without_the
 
 def _certificates(directory: Path, *, name: str) -> tuple[Path, Path, Path]:
     """A throwaway CA and a server certificate for 127.0.0.1/localhost it signed: (ca, cert, key)."""
-    crypto = pytest.importorskip("cryptography")
-    del crypto
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    pytest.importorskip("cryptography")
+    from tests.unit.test_security import _certificates as make
 
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{name} test CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    paths = directory / f"{name}-ca.crt", directory / f"{name}.crt", directory / f"{name}.key"
-    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return paths
+    workdir = directory / name
+    workdir.mkdir()
+    return make(workdir)
 
 
 @pytest.fixture
