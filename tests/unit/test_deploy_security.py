@@ -335,3 +335,34 @@ def test_rendered_objects_validate_strictly(values: dict[str, Any], tmp_path: Pa
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+# ------------------------------------------------------------------ the template reader itself
+
+
+def _render(source: str, values: dict[str, Any]) -> str:
+    defines: dict[str, Any] = {}
+    tree = dh._parse(source, defines)
+    root = {"Values": values, "Release": {"Name": "r", "Namespace": "ns"}}
+    return dh._Renderer(defines, root).render(tree, root, [{"$": root}])
+
+
+def test_the_reader_follows_go_templates_where_the_chart_relies_on_them() -> None:
+    source = (
+        '{{- define "x" -}}<{{ . }}>{{- end -}}\n'
+        "a:\n  {{- if .Values.off }} no{{ else if .Values.on }} yes{{ else }} never{{ end }}\n"
+        'b: {{ and .Values.missing .Values.missing.deeper }}|{{ or .Values.empty "dflt" }}\n'
+        "c: {{ range $k, $v := .Values.m }}{{ $k }}={{ $v }},{{ end }}\n"
+        'd: {{ include "x" "in" | quote }} {{ (list 1 2) | toJson }} {{ printf "%s-%d" $.Release.Name 3 }}\n'
+    )
+    out = _render(source, {"on": True, "off": False, "m": {"z": 1, "a": 2}, "empty": ""})
+    assert out == 'a: yes\nb: |dflt\nc: a=2,z=1,\nd: "<in>" [1,2] r-3\n'
+
+
+def test_the_reader_refuses_what_it_does_not_know() -> None:
+    with pytest.raises(dh.TemplateError, match="does not know"):
+        _render("{{ frobnicate 1 }}", {})
+    with pytest.raises(dh.TemplateError, match="nil pointer"):
+        _render("{{ .Values.a.b }}", {})
+    with pytest.raises(dh.TemplateError, match="required"):
+        _render('{{ required "x is required" .Values.x }}', {})
