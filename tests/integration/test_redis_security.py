@@ -9,10 +9,11 @@ import base64
 import re
 import socket
 import subprocess
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import flask.testing
 import pytest
 import redis
 import yaml
@@ -20,7 +21,7 @@ import yaml
 from autopilot import config
 from autopilot.testing import wait_until
 from tests.conftest import ROOT, require_binary
-from tests.integration.conftest import START_S, stop_process
+from tests.integration.conftest import START_S, Procs, stop_process
 from tests.unit import deploy_helpers as dh
 from workers import app as celery_app
 from workers.up import free_port
@@ -107,7 +108,9 @@ def _assert_autopilot_connects(environ: Mapping[str, str], url: str) -> None:
     assert celery_app.redis_client(settings).llen("autopilot.node.gpu-1") == before + 1
 
 
-def test_the_charts_redis_refuses_a_client_without_the_password(servers: list[Server], tmp_path: Path) -> None:
+def test_the_charts_redis_refuses_a_client_without_the_password(
+    servers: list[Server], tmp_path: Path, procs: Procs, api_factory: Callable[..., flask.testing.FlaskClient]
+) -> None:
     binary = require_binary("redis-server")
     objects = dh.chart_objects()  # no values at all
     redis_pod = dh.find(objects, "StatefulSet", "autopilot-redis")["spec"]["template"]["spec"]
@@ -120,9 +123,22 @@ def test_the_charts_redis_refuses_a_client_without_the_password(servers: list[Se
     _assert_refuses_anonymous(port, env["REDIS_PASSWORD"])
     # The readiness probe (redis-cli ping) authenticates through REDISCLI_AUTH.
     assert container["readinessProbe"]["exec"]["command"] == ["redis-cli", "ping"] and "REDISCLI_AUTH" in env
+    url = f"redis://127.0.0.1:{port}/0"
     for kind, name in (("Deployment", "autopilot-api"), ("DaemonSet", "autopilot-worker")):
         pod = dh.find(objects, kind, name)["spec"]["template"]["spec"]
-        _assert_autopilot_connects(_container_env(pod["containers"][0], objects), f"redis://127.0.0.1:{port}/0")
+        _assert_autopilot_connects(_container_env(pod["containers"][0], objects), url)
+
+    # End to end: a real worker process (the worker's own broker transport) and the API, given the
+    # password only through AUTOPILOT_REDIS_PASSWORD, answer a run.
+    password = env["REDIS_PASSWORD"]
+    worker = procs.worker("node-a", url, {"AUTOPILOT_REDIS_PASSWORD": password})
+    store = celery_app.make_store(config.Settings(redis_url=url, redis_password=password))
+    wait_until(lambda: store.node("node-a") is not None, 60, "node-a's heartbeat")
+    api = api_factory(url, redis_password=password)
+    answer = api.get("/status?format=json&check=echo&host=node-a&deadline=30")
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    report = answer.get_json()["nodes"]["node-a"]
+    assert report["status"] == "ok" and report["results"][0]["data"]["pid"] == worker.pid
 
 
 def _compose_value(text: str, env: Mapping[str, str]) -> str:
