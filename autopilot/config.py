@@ -98,7 +98,23 @@ class Settings:
 
     # repr=False: the URL may carry a password, and a logged or printed Settings must not show it.
     redis_url: str = dataclasses.field(default="", repr=False)
-    """Broker and results store (``AUTOPILOT_REDIS_URL``); empty: ``autopilot up`` starts its own."""
+    """Broker and results store (``AUTOPILOT_REDIS_URL``: ``redis://``, ``rediss://`` with TLS, or Sentinels as
+    ``sentinel://h1:26379;sentinel://h2:26379/0``); empty: ``autopilot up`` starts its own."""
+
+    redis_password: str = dataclasses.field(default="", repr=False)  # a secret: never in a repr or a log
+    """Redis password (``AUTOPILOT_REDIS_PASSWORD``), used when the URL has none; the chart sets it from a Secret."""
+
+    redis_tls_ca: str = ""
+    """CA bundle of the Redis server's certificate, ``rediss://`` (``AUTOPILOT_REDIS_TLS_CA``); empty: the system's."""
+
+    redis_sentinel_master: str = "mymaster"
+    """Name of the Sentinel-monitored master, for ``sentinel://`` URLs (``AUTOPILOT_REDIS_SENTINEL_MASTER``)."""
+
+    redis_sentinel_password: str = dataclasses.field(default="", repr=False)
+    """Password of the Sentinel processes themselves (``AUTOPILOT_REDIS_SENTINEL_PASSWORD``); empty: none."""
+
+    flower_basic_auth: str = dataclasses.field(default="", repr=False)
+    """Flower's logins, ``user:password[,user2:password2]`` (``AUTOPILOT_FLOWER_BASIC_AUTH``); empty: loopback only."""
 
     periodic_checks: tuple[str, ...] = ("pciebw", "remapped", "dcgm", "ping", "gpupower")
     """Checks run every periodic interval (``AUTOPILOT_PERIODIC_CHECKS``, alias ``PERIODIC_CHECKS``); a name that
@@ -296,6 +312,24 @@ def _namespace(text: str, var: str) -> str:
     return value
 
 
+def _sentinel_master(text: str, var: str) -> str:
+    value = text.strip()
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", value):
+        raise errors.BadParameter(var, f"not a Sentinel master name: {value[:80]!r}")
+    return value
+
+
+def _logins(text: str, var: str) -> str:
+    """``user:password`` pairs, comma-separated, as Flower's ``--basic-auth`` takes them."""
+    value = text.strip()
+    for login in value.split(","):
+        user, sep, password = login.partition(":")
+        if not (sep and user and password) or any(c.isspace() for c in login):
+            # The value itself is a secret: the message names the variable, never the text.
+            raise errors.BadParameter(var, "expected user:password[,user:password] without spaces")
+    return value
+
+
 def _choice(text: str, var: str, allowed: tuple[str, ...]) -> str:
     value = text.strip()
     if value not in allowed:
@@ -363,6 +397,11 @@ def _gpumem_thresholds(text: str, var: str) -> dict[str, float]:
 _FIELDS: list[tuple[str, str, tuple[str, ...], Any]] = [
     ("node_name", "AUTOPILOT_NODE_NAME", ("NODE_NAME",), lambda t, v: t.strip()),
     ("redis_url", "AUTOPILOT_REDIS_URL", (), lambda t, v: t.strip()),
+    ("redis_password", "AUTOPILOT_REDIS_PASSWORD", (), lambda t, v: t.strip()),
+    ("redis_tls_ca", "AUTOPILOT_REDIS_TLS_CA", (), lambda t, v: t.strip()),
+    ("redis_sentinel_master", "AUTOPILOT_REDIS_SENTINEL_MASTER", (), lambda t, v: _sentinel_master(t, v)),
+    ("redis_sentinel_password", "AUTOPILOT_REDIS_SENTINEL_PASSWORD", (), lambda t, v: t.strip()),
+    ("flower_basic_auth", "AUTOPILOT_FLOWER_BASIC_AUTH", (), lambda t, v: _logins(t, v)),
     ("periodic_checks", "AUTOPILOT_PERIODIC_CHECKS", ("PERIODIC_CHECKS",), lambda t, v: parse_list(t)),
     ("periodic_interval_s", "AUTOPILOT_PERIODIC_INTERVAL", (), _duration),
     ("invasive_interval_s", "AUTOPILOT_INVASIVE_INTERVAL", (), _duration),

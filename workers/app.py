@@ -15,10 +15,15 @@ kills the tool's process group; and a message still queued at its run's deadline
 from __future__ import annotations
 
 import logging
+import ssl
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
+import redis.sentinel
 from celery import Celery, Task, signals
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from autopilot import cluster as cluster_mod
 from autopilot import config, registry
@@ -56,15 +61,77 @@ def _worker_broker(conf: Any = None, **_: Any) -> None:
 signals.celeryd_init.connect(_worker_broker)
 
 
+_CLIENT_OPTIONS: dict[str, Any] = {
+    "socket_timeout": 10,
+    "socket_connect_timeout": 5,
+    "health_check_interval": 30,
+    "retry_on_timeout": True,
+}
+
+
+def sentinels(url: str) -> tuple[list[tuple[str, int]], int]:
+    """``sentinel://h1:26379;sentinel://h2:26379/0`` -> ([(h1, 26379), (h2, 26379)], db 0), as kombu reads it."""
+    hosts: list[tuple[str, int]] = []
+    db = 0
+    for part in url.split(";"):
+        parts = urlsplit(part.strip())
+        if parts.scheme != "sentinel" or not parts.hostname:
+            raise config.errors.ConfigError(f"AUTOPILOT_REDIS_URL: not a sentinel://host:port address: {parts.netloc}")
+        hosts.append((parts.hostname, parts.port or 26379))
+        if parts.path.strip("/"):
+            if not parts.path.strip("/").isdigit():
+                raise config.errors.ConfigError("AUTOPILOT_REDIS_URL: the database must be a number")
+            db = int(parts.path.strip("/"))
+    return hosts, db
+
+
+def _tls_options(settings: config.Settings) -> dict[str, Any]:
+    """rediss://: the server's certificate is always verified, against AUTOPILOT_REDIS_TLS_CA if set."""
+    options: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    if settings.redis_tls_ca:
+        options["ssl_ca_certs"] = settings.redis_tls_ca
+    return options
+
+
+def redis_client(settings: config.Settings) -> redis.Redis:
+    """The results store's client: a plain or TLS URL, or the master that Sentinel names (followed
+    across a failover: the Sentinel pool asks again on a connection error)."""
+    url = settings.redis_url
+    password = settings.redis_password or None
+    if url.startswith("sentinel://"):
+        hosts, db = sentinels(url)
+        watcher = redis.sentinel.Sentinel(
+            hosts,
+            sentinel_kwargs={"password": settings.redis_sentinel_password or None, "socket_timeout": 5},
+            socket_timeout=_CLIENT_OPTIONS["socket_timeout"],
+        )
+        options = {k: v for k, v in _CLIENT_OPTIONS.items() if k != "socket_timeout"}
+        # Retries that outlast a failover (Sentinel needs its down-after time plus an election,
+        # a few seconds): each retry asks the Sentinels for the master again, so a result saved
+        # while the old master is gone lands on the new one instead of being dropped.
+        failover = Retry(ExponentialBackoff(cap=2.0, base=0.25), 10)
+        return watcher.master_for(settings.redis_sentinel_master, db=db, password=password, retry=failover, **options)
+    extra = _tls_options(settings) if url.startswith("rediss://") else {}
+    # A password in the URL wins over AUTOPILOT_REDIS_PASSWORD (redis-py lets the URL override).
+    return redis.Redis.from_url(url, password=password, **_CLIENT_OPTIONS, **extra)
+
+
 def make_store(settings: config.Settings) -> ResultsStore:
-    client = redis.Redis.from_url(
-        settings.redis_url,
-        socket_timeout=10,
-        socket_connect_timeout=5,
-        health_check_interval=30,
-        retry_on_timeout=True,
-    )
-    return ResultsStore(client, history_len=settings.history_len, run_ttl_s=settings.run_ttl_s)
+    return ResultsStore(redis_client(settings), history_len=settings.history_len, run_ttl_s=settings.run_ttl_s)
+
+
+def broker_settings(settings: config.Settings) -> dict[str, Any]:
+    """Celery's broker options for the URL's scheme: password, TLS, Sentinel master."""
+    url = settings.redis_url
+    out: dict[str, Any] = {"broker_password": settings.redis_password or None}
+    if url.startswith("rediss://"):
+        out["broker_use_ssl"] = _tls_options(settings)
+    transport: dict[str, Any] = {}
+    if url.startswith("sentinel://"):
+        sentinels(url)  # refuse a malformed list at start, not at the first publish
+        transport["master_name"] = settings.redis_sentinel_master
+        transport["sentinel_kwargs"] = {"password": settings.redis_sentinel_password or None, "socket_timeout": 5}
+    return {**out, "transport": transport}
 
 
 def beat_schedule(settings: config.Settings) -> dict[str, dict[str, Any]]:
@@ -94,6 +161,9 @@ def create_celery(settings: config.Settings) -> Celery:
         raise config.errors.ConfigError("AUTOPILOT_REDIS_URL is not set")
     app = Celery("autopilot", broker=settings.redis_url, set_as_current=False)
     longest = max((spec.timeout_s for spec in registry.REGISTRY), default=3600.0)
+    broker_conf = broker_settings(settings)
+    transport = broker_conf.pop("transport")
+    app.conf.update(broker_conf)
     app.conf.update(
         task_ignore_result=True,
         task_acks_late=True,
@@ -111,7 +181,7 @@ def create_celery(settings: config.Settings) -> Celery:
         # One priority level: every task is sent at priority 0, so each broker fetch (a BRPOP over
         # every queue a worker consumes) names each queue once instead of four times. A simulator
         # consumes hundreds of queues, and building that command was a third of its CPU.
-        broker_transport_options={"visibility_timeout": int(longest + 600), "priority_steps": [0]},
+        broker_transport_options={"visibility_timeout": int(longest + 600), "priority_steps": [0], **transport},
         worker_hijack_root_logger=False,
         worker_send_task_events=True,
         # Workers still send task-received/started/succeeded events, which is what Flower shows;

@@ -244,11 +244,47 @@ def beat_main(argv: Sequence[str]) -> int:
     return 0
 
 
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+_FLOWER_AUTH = ("--basic-auth", "--basic_auth", "--auth", "--auth_provider", "--auth-provider")
+
+
+def flower_args(
+    settings: config.Settings, argv: Sequence[str], environ: Mapping[str, str]
+) -> tuple[list[str], dict[str, str]]:
+    """Flower's arguments and extra environment: never reachable beyond loopback without a login.
+
+    AUTOPILOT_FLOWER_BASIC_AUTH becomes Flower's own ``FLOWER_BASIC_AUTH`` (its environment, not
+    its argv, so the password is not in the process list); an ``--auth``/``--auth_provider``
+    argument (OAuth or an auth proxy) or FLOWER_BASIC_AUTH/FLOWER_AUTH also count. Without any,
+    Flower binds 127.0.0.1 and an ``--address`` elsewhere is refused.
+    """
+    args = list(argv)
+    extra: dict[str, str] = {}
+    if settings.flower_basic_auth:
+        extra["FLOWER_BASIC_AUTH"] = settings.flower_basic_auth
+    authenticated = bool(extra) or any(environ.get(k) for k in ("FLOWER_BASIC_AUTH", "FLOWER_AUTH"))
+    authenticated = authenticated or any(a.split("=", 1)[0] in _FLOWER_AUTH for a in args)
+    addresses = [a.split("=", 1)[1] for a in args if a.startswith("--address=")]
+    if "--address" in args:
+        raise errors.ConfigError("give Flower's address as --address=HOST")
+    if not authenticated:
+        if any(a not in _LOOPBACK for a in addresses):
+            raise errors.ConfigError(
+                "Flower has no login: set AUTOPILOT_FLOWER_BASIC_AUTH=user:password (or pass --auth/--auth_provider) "
+                "before binding it beyond 127.0.0.1"
+            )
+        if not addresses:
+            args.append("--address=127.0.0.1")  # Flower's own default is every interface
+    return args, extra
+
+
 def flower_main(argv: Sequence[str]) -> int:
     """Flower against the same broker; extra arguments go to Flower (e.g. ``--port=5555``)."""
     settings = _settings()
+    args, extra = flower_args(settings, argv, os.environ)
+    os.environ.update(extra)
     app = create_celery(settings)
-    app.start(["flower", *argv])
+    app.start(["flower", *args])
     return 0
 
 

@@ -221,22 +221,15 @@ def test_rbac_has_no_wildcards() -> None:
 Permission = tuple[str, str, str, str | None]  # (apiGroup, resource, verb, namespace; None: cluster-wide)
 
 
-def _render_rbac(namespace: str, pvc_namespace: str, fullname: str = "autopilot") -> list[dict[str, Any]]:
-    """rbac.yaml with its few template expressions substituted (no helm binary here): the chart
-    keeps rbac.yaml free of loops so that this stays a faithful rendering."""
-    text = re.sub(r"\{\{-?\s*/\*.*?\*/\s*-?\}\}", "", (TEMPLATES / "rbac.yaml").read_text(), flags=re.S)
-    subs = {
-        r'\{\{ include "autopilot\.fullname" \. \}\}': fullname,
-        r'\{\{ include "autopilot\.serviceAccountName" \(list \. "(\w+)"\) \}\}': fullname + r"-\1",
-        r"\{\{ \.Release\.Namespace \}\}": namespace,
-        r'\{\{ include "autopilot\.pvcNamespace" \. \}\}': pvc_namespace,
+def _render_rbac(
+    namespace: str, pvc_namespace: str, fullname: str = "autopilot", storage_class: str = "local"
+) -> list[dict[str, Any]]:
+    """rbac.yaml as Helm renders it for a release ``fullname`` in ``namespace`` (the chart's reader)."""
+    values = {
+        "fullnameOverride": fullname,
+        "config": {"pvcNamespace": pvc_namespace, "pvcTestStorageClass": storage_class},
     }
-    for pattern, replacement in subs.items():
-        text = re.sub(pattern, replacement, text)
-    lines = [line for line in text.splitlines() if not re.fullmatch(r"\s*\{\{-?\s*(if|end|include)\b.*\}\}\s*", line)]
-    rendered = "\n".join(lines)
-    assert "{{" not in rendered, f"rbac.yaml uses a template expression this rendering does not know:\n{rendered}"
-    return [d for d in yaml.safe_load_all(rendered) if d]
+    return [d for d in yaml.safe_load_all(dh.render_chart(values, namespace=namespace)["rbac.yaml"]) if d]
 
 
 def _permissions(docs: list[dict[str, Any]], account: str) -> set[Permission]:
@@ -270,7 +263,7 @@ def test_chart_rbac_grants_each_process_what_deploy_rbac_grants(process: str) ->
     assert all(p[3] in (None, "autopilot") for p in chart if p[1] != "events" or p[2] == "list"), (
         "namespaced rules belong to the release namespace"
     )
-    assert {p for p in chart if p[3] == "default"} == {("", "events", v, "default") for v in ("create", "patch")}
+    assert {p for p in chart if p[3] == "default"} == {("", "events", "create", "default")}
 
 
 def test_chart_rbac_follows_the_release_and_pvc_namespaces() -> None:
@@ -291,6 +284,18 @@ def test_chart_rbac_follows_the_release_and_pvc_namespaces() -> None:
             assert doc["metadata"]["namespace"] != "default" or doc["metadata"]["name"].endswith("-events")
         for subject in doc.get("subjects", ()):
             assert subject["namespace"] == "ops"
+
+
+def test_without_a_storage_class_the_worker_can_create_no_pod_and_read_no_class() -> None:
+    """The pvc check is skipped without a class: its Role and the storage-class read are not rendered."""
+    worker = _permissions(_render_rbac("ops", "ops", fullname="ap", storage_class=""), "ap-worker")
+    assert not any(p[1] in ("pods", "persistentvolumeclaims", "storageclasses") and p[2] != "list" for p in worker)
+    assert ("", "pods", "list", None) in worker  # "are this node's GPUs free" stays
+    narrowed = _render_rbac("ops", "ops", fullname="ap", storage_class="fast-ssd")
+    (rule,) = next(d for d in narrowed if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "ap-storageclasses")[
+        "rules"
+    ]
+    assert rule["resourceNames"] == ["fast-ssd"], "the worker reads only its configured class"
 
 
 def test_each_process_runs_under_its_own_service_account() -> None:

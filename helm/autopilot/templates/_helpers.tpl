@@ -63,6 +63,27 @@ worker, api and beat each have their own, bound to only what that process calls 
 {{- default (printf "%s-api-token" (include "autopilot.fullname" .)) .Values.apiToken.existingSecret -}}
 {{- end -}}
 
+{{/* Secret with key `password`: the Redis password (secret.yaml, or redis.auth.existingSecret). */}}
+{{- define "autopilot.redisSecret" -}}
+{{- default (printf "%s-redis-auth" .Release.Name) .Values.redis.auth.existingSecret -}}
+{{- end -}}
+
+{{/* Secret with key `basic-auth` ("user:password"): Flower's login. */}}
+{{- define "autopilot.flowerSecret" -}}
+{{- default (printf "%s-flower-auth" (include "autopilot.fullname" .)) .Values.flower.auth.existingSecret -}}
+{{- end -}}
+
+{{/* The redis-ha dependency's Sentinels: one address per replica's announce Service. */}}
+{{- define "autopilot.sentinelUrl" -}}
+{{- $ha := index .Values "redis-ha" -}}
+{{- $base := printf "%s-redis-ha" .Release.Name -}}
+{{- $out := list -}}
+{{- range $i, $_ := until (int $ha.replicas) -}}
+{{- $out = append $out (printf "sentinel://%s-announce-%d:26379" $base $i) -}}
+{{- end -}}
+{{- printf "%s/0" (join ";" $out) -}}
+{{- end -}}
+
 {{/* Environment of every Autopilot container: settings, Redis URL, token, namespace, image.
 AUTOPILOT_NAMESPACE is the release namespace because rbac.yaml grants Jobs and Events there
 (POD_NAMESPACE, its alias, is the same from the downward API, for tools that read it);
@@ -76,9 +97,14 @@ AUTOPILOT_IMAGE (the invasive Job and the pvc check's consumer pod) is the worke
       fieldPath: metadata.namespace
 - name: AUTOPILOT_IMAGE
   value: {{ include "autopilot.workerImage" . | quote }}
-{{- if .Values.redis.enabled }}
+{{- if and .Values.redis.enabled (index .Values "redis-ha").enabled }}
+{{- fail "redis.enabled and redis-ha.enabled exclude each other: choose the single Redis or the Sentinel set" }}
+{{- else if .Values.redis.enabled }}
 - name: AUTOPILOT_REDIS_URL
   value: {{ printf "redis://%s-redis:6379/0" (include "autopilot.fullname" .) | quote }}
+{{- else if (index .Values "redis-ha").enabled }}
+- name: AUTOPILOT_REDIS_URL
+  value: {{ include "autopilot.sentinelUrl" . | quote }}
 {{- else if .Values.redis.existingSecret }}
 - name: AUTOPILOT_REDIS_URL
   valueFrom:
@@ -89,11 +115,47 @@ AUTOPILOT_IMAGE (the invasive Job and the pvc check's consumer pod) is the worke
 - name: AUTOPILOT_REDIS_URL
   value: {{ required "redis.externalUrl is required when redis.enabled is false" .Values.redis.externalUrl | quote }}
 {{- end }}
+{{- if or .Values.redis.enabled (index .Values "redis-ha").enabled .Values.redis.auth.existingSecret }}
+- name: AUTOPILOT_REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "autopilot.redisSecret" . }}
+      key: password
+{{- end }}
+{{- if .Values.redis.auth.sentinel }}
+- name: AUTOPILOT_REDIS_SENTINEL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "autopilot.redisSecret" . }}
+      key: password
+{{- end }}
+- name: AUTOPILOT_REDIS_SENTINEL_MASTER
+  value: {{ (index .Values "redis-ha").redis.masterGroupName | quote }}
+{{- with .Values.redis.tls.caSecret }}
+- name: AUTOPILOT_REDIS_TLS_CA
+  value: /etc/autopilot/redis-ca/ca.crt
+{{- end }}
 - name: AUTOPILOT_API_TOKEN
   valueFrom:
     secretKeyRef:
       name: {{ include "autopilot.tokenSecret" . }}
       key: token
+{{- end -}}
+
+{{/* The Redis CA volume and mount (redis.tls.caSecret) of every Autopilot container. */}}
+{{- define "autopilot.redisCaMount" -}}
+{{- with .Values.redis.tls.caSecret }}
+- {name: redis-ca, mountPath: /etc/autopilot/redis-ca, readOnly: true}
+{{- end }}
+{{- end -}}
+
+{{- define "autopilot.redisCaVolume" -}}
+{{- with .Values.redis.tls.caSecret }}
+- name: redis-ca
+  secret:
+    secretName: {{ . }}
+    items: [{key: ca.crt, path: ca.crt}]
+{{- end }}
 {{- end -}}
 
 {{- define "autopilot.podSecurityContext" -}}
