@@ -48,13 +48,15 @@ def test_both_binaries_are_built(built: Path) -> None:
 def test_binaries_start_and_print_one_json_line(built: Path, name: str) -> None:
     # Small sizes: on a GPU machine this really measures, and should be quick.
     small = (
-        ["--size-mib", "8", "--runs", "1"] if name == "ap-bandwidth" else ["--elements", "1048576", "--dgemm-n", "256"]
+        ["--size-mib", "8", "--samples", "10"]
+        if name == "ap-bandwidth"
+        else ["--elements", "67108864", "--dgemm-n", "256", "--samples", "10"]
     )
     proc = subprocess.run([str(built / name), *small], capture_output=True, text=True, timeout=240)  # noqa: S603
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 1, proc.stdout + proc.stderr
     doc = json.loads(lines[0])
-    assert doc["tool"] == name and doc["version"] == 1
+    assert doc["tool"] == name and doc["version"] == 2
     if proc.returncode == 3:
         assert doc["devices"] == [] and doc["error"]
     else:
@@ -64,6 +66,25 @@ def test_binaries_start_and_print_one_json_line(built: Path, name: str) -> None:
 
 @pytest.mark.timeout(300)
 def test_usage_error_exits_2_with_json(built: Path) -> None:
-    proc = subprocess.run([str(built / "ap-bandwidth"), "--runs", "0"], capture_output=True, text=True, timeout=60)  # noqa: S603
+    proc = subprocess.run([str(built / "ap-bandwidth"), "--samples", "9"], capture_output=True, text=True, timeout=60)  # noqa: S603
     assert proc.returncode == 2
-    assert json.loads(proc.stdout)["error"].startswith("usage: --runs")
+    assert json.loads(proc.stdout)["error"].startswith("usage: --samples")
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(
+    ("name", "argv", "message"),
+    [
+        ("ap-bandwidth", ["--warmup-ms", "199"], "usage: --warmup-ms"),
+        ("ap-gpumem", ["--warmup-ms", "100"], "usage: --warmup-ms"),
+        ("ap-gpumem", ["--pci-bus-id", "00:19;rm"], "usage: --pci-bus-id"),
+        ("ap-bandwidth", ["--device", "0", "--pci-bus-id", "0000:19:00.0"], "usage: --device and --pci-bus-id"),
+    ],
+)
+def test_measurement_rules_are_refused_below_their_minimum(
+    built: Path, name: str, argv: list[str], message: str
+) -> None:
+    # Warm-up of at least 200 ms, at least 10 samples, one way to name the GPU.
+    proc = subprocess.run([str(built / name), *argv], capture_output=True, text=True, timeout=60)  # noqa: S603
+    assert proc.returncode == 2
+    assert json.loads(proc.stdout)["error"].startswith(message)
