@@ -153,9 +153,9 @@ class Telemetry {
     }
 
   private:
-    static constexpr int kFields = 7;
-    static constexpr const char* kNames[kFields] = {"pcie_gen",     "pcie_width", "sm_clock_mhz", "mem_clock_mhz",
-                                                    "power_w",      "temperature_c", "pcie_max_gen"};
+    static constexpr int kFields = 8;
+    static constexpr const char* kNames[kFields] = {"pcie_gen", "pcie_width",    "sm_clock_mhz", "mem_clock_mhz",
+                                                    "power_w",  "temperature_c", "pcie_max_gen", "pcie_max_width"};
     void loop() {
         while (!stop_.load()) {
             take();
@@ -177,6 +177,7 @@ class Telemetry {
         if (n.power && n.power(dev_, &v) == 0) put(4, v / 1000.0);
         if (n.temperature && n.temperature(dev_, 0, &v) == 0) put(5, v);
         if (n.max_gen && n.max_gen(dev_, &v) == 0) put(6, v);
+        if (n.max_width && n.max_width(dev_, &v) == 0) put(7, v);
         unsigned long long mask = 0;
         if (n.reasons && n.reasons(dev_, &mask) == 0) {
             reasons_ |= mask;
@@ -195,8 +196,8 @@ class Telemetry {
     std::atomic<bool> stop_{false};
     long long samples_ = 0, busy_ = 0;
     unsigned long long reasons_ = 0;
-    double lo_[kFields] = {1e300, 1e300, 1e300, 1e300, 1e300, 1e300, 1e300};
-    double hi_[kFields] = {-1e300, -1e300, -1e300, -1e300, -1e300, -1e300, -1e300};
+    double lo_[kFields] = {1e300, 1e300, 1e300, 1e300, 1e300, 1e300, 1e300, 1e300};
+    double hi_[kFields] = {-1e300, -1e300, -1e300, -1e300, -1e300, -1e300, -1e300, -1e300};
 };
 
 // ------------------------------------------------------------------ NUMA placement
