@@ -402,6 +402,8 @@ def evaluate_text(text: str, params: Mapping[str, Any], settings: Any) -> CheckR
         doc = parse_tool_json(text, "ap-gpumem")
     except ParseError as exc:
         return CheckResult(NAME, Status.ERROR, str(exc))
+    if doc.get("cache_sweep") or doc.get("daxpy_only"):
+        return CheckResult(NAME, Status.ERROR, "an ap-gpumem size sweep (--allow-cache/--daxpy-only) is not judged")
     readings: list[GpuReading] = []
     for device in doc.get("devices", []):
         index = device.get("index")

@@ -309,6 +309,14 @@ def test_working_set_under_4x_l2_is_an_error_not_a_figure() -> None:
     assert "DAXPY working set 16777216 bytes < 4x L2 (52428800 bytes)" in result.devices[0].detail
 
 
+def test_a_cache_sweep_line_is_never_judged() -> None:
+    doc = json.loads(line())
+    doc["cache_sweep"] = True
+    result = gpumem.evaluate_text(json.dumps(doc), {}, settings())
+    assert result.status is Status.ERROR
+    assert "not judged" in result.summary
+
+
 def test_program_refusing_the_working_set_is_an_error() -> None:
     text = line(error="--elements 1048576: DAXPY working set 16777216 bytes is below 4x the L2", kind="usage")
     assert gpumem.evaluate_text(text, {}, settings()).status is Status.ERROR
