@@ -100,7 +100,7 @@ class Settings:
     """Minimum host-to-device bandwidth in GB/s, gigabytes per second (``AUTOPILOT_PCIEBW_THRESHOLD_GBPS``)."""
 
     gpu_cv_threshold_pct: float = 5.0
-    """Coefficient of variation (percent) of a figure's samples above which ``pciebw``/``gpumem`` warn."""
+    """Coefficient of variation (%) of samples above which GPU figures warn (``AUTOPILOT_GPU_CV_THRESHOLD_PCT``)."""
 
     gpumem_thresholds: Mapping[str, float] = dataclasses.field(default_factory=dict)
     """Override of the per-model ``gpumem`` thresholds: ``h2d_gbps=4,daxpy_gbps=1300,dgemm_tflops=16``."""

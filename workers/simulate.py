@@ -51,7 +51,7 @@ NVML_OF = {"remapped": "remapped_rows", "gpupower": "clock_event_reasons"}
 FAULTS: dict[str, dict[str, str]] = {
     "pciebw": {
         "low": "GPU 3 measures 2.1 GB/s host-to-device (below the floor: fail)",
-        "narrow": "GPU 3 link trained at x8 of x16, 26 GB/s (warn)",
+        "narrow": "GPU 3 link trained at x8 of x16, 26 GB/s (under the Gen5 x16 floor: fail)",
     },
     "remapped": {
         "pending": "GPU 2 has a pending row remap (warn)",
@@ -67,7 +67,7 @@ FAULTS: dict[str, dict[str, str]] = {
     },
     "gpumem": {
         "slow": "GPU 2 DGEMM at 9.7 TFLOPS (below the floor)",
-        "mismatch": "GPU 2 DAXPY computed wrong numbers (4096 mismatches; fail)",
+        "mismatch": "GPU 2 DAXPY computed wrong numbers (4096 mismatches; fatal fail: EVICT)",
     },
 }
 _GENERIC_HELP = {"hang": "the tool (or NVML call) sleeps past its timeout (error)", "error": "the tool fails (error)"}
@@ -196,14 +196,15 @@ def _recordings(tool: str, scenario: str) -> dict[tuple[str, ...], Recording]:
 
 
 def replay_key(argv: Sequence[str]) -> tuple[str, ...]:
-    """What an answer depends on: the program and the GPU (``--device``) or level (``-r``) asked for.
+    """What an answer depends on: the program and the GPU (``--device``, ``--pci-bus-id``) or level
+    (``-r``) asked for.
 
-    Sizes and repeat counts (``--size-mib``, ``--runs``) only change how long a real run takes,
+    Sizes and repeat counts (``--size-mib``, ``--samples``) only change how long a real run takes,
     so a request with other values still gets the recorded answer.
     """
     args = [str(a) for a in argv]
     key = [os.path.basename(args[0])]
-    for flag in ("--device", "-r"):
+    for flag in ("--device", "--pci-bus-id", "-r"):
         if flag in args[:-1]:
             key += [flag, args[args.index(flag) + 1]]
     return tuple(key)

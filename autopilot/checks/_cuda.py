@@ -2,6 +2,7 @@
 
 - ``parse_tool_json``: the one JSON line each program prints;
 - ``same_gpu``: CUDA's and NVML's spelling of a PCI bus id compared;
+- ``pcie_floor``: the H2D floor for a PCIe generation and width (docs/THRESHOLDS.md);
 - ``series``, ``hardware_finding``, ``counter_findings``, ``under_load``, ``cv_note``,
   ``peer_outliers``: the rules both checks apply to a device entry of the programs' JSON
   (samples judged on their median, CUDA errors that are hardware findings, PCIe replay and ECC
@@ -228,6 +229,19 @@ def link_under_load(device: Mapping[str, Any], section: str) -> gpus.PcieLink | 
         return None
     gen, max_gen, width, max_width = (span for span in spans if span is not None)
     return gpus.PcieLink(int(gen[1]), int(max_gen[1]), int(width[0]), int(max_width[1]))
+
+
+# Pinned host-to-device floor of an x16 link per PCIe generation, about 0.7 of what a healthy
+# link typically measures (docs/THRESHOLDS.md names the source of every number). Narrower links
+# scale by width; generations above the table use its last row.
+PCIE_FLOOR_X16_GBPS: Mapping[int, float] = {1: 2.2, 2: 4.5, 3: 9.0, 4: 18.0, 5: 38.0}
+
+
+def pcie_floor(link: gpus.PcieLink) -> float:
+    """The floor for a link that should run at ``max_gen`` x ``max_width``."""
+    gen = min(max(link.max_gen, 1), max(PCIE_FLOOR_X16_GBPS))
+    width = link.max_width if link.max_width > 0 else 16
+    return round(PCIE_FLOOR_X16_GBPS[gen] * width / 16, 2)
 
 
 def numa(device: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,17 +1,35 @@
-"""pciebw: pinned host-to-device PCIe bandwidth of every GPU, against a floor in GB/s.
+"""pciebw: pinned host-to-device PCIe bandwidth of every GPU, judged on the median of its samples.
 
 GB/s means gigabytes per second (1e9 bytes/s) in every name, parameter and message of this check;
-upstream mixed Gb/s and GB/s. A GPU whose pinned H2D bandwidth is strictly below
-``threshold_gbps`` (default ``settings.pciebw_threshold_gbps``, 4 GB/s) fails (not fatal); equal
-passes. Each GPU is measured in its own run, so one broken GPU errors alone.
+upstream mixed Gb/s and GB/s. Each GPU is measured in its own run, named by its NVML PCI bus id
+(never by CUDA's index), so one broken GPU errors alone. The rules (docs/RESULTS.md, figures and
+their sources in docs/THRESHOLDS.md):
 
-The tool is ``ap-bandwidth`` from ``cuda_src/`` (in ``settings.cuda_bin_dir``), run once per GPU::
+- the median of at least 10 samples is judged; every sample, the minimum, maximum and coefficient
+  of variation are kept, and a variation above ``settings.gpu_cv_threshold_pct`` (5%) warns;
+- the floor is 0.7 of what a healthy link of the GPU's maximum PCIe generation typically measures,
+  scaled by its maximum width (Gen3 x16 9, Gen4 18, Gen5 38 GB/s); the ``threshold_gbps``
+  parameter replaces it for every GPU, ``settings.pciebw_threshold_gbps`` is used when NVML cannot
+  tell the link. Strictly below fails (not fatal); equal passes;
+- a link narrower than its maximum, or below its maximum generation *while the copies ran*,
+  warns (an idle link at Gen1 is normal power saving); a GPU under 90% of the median of the
+  identical GPUs of the node warns;
+- PCIe replays or uncorrectable ECC errors that grew during the run fail (ECC fatal), corrected
+  ECC errors warn; a hardware CUDA error fails (a lost GPU and uncorrectable ECC fatal), a set-up
+  error (memory, driver, permissions) is an ``error``;
+- a GPU whose pod has no CPU local to it is reported and not judged (``skipped``): every copy
+  would cross the socket link; a GPU in MIG mode is skipped with the reason.
 
-    $ ap-bandwidth --device 0 --size-mib 256 --runs 5
-    {"tool":"ap-bandwidth","version":1,"cuda_runtime_version":13000,"cuda_driver_version":13000,
-     "size_bytes":268435456,"runs":5,"devices":[{"index":0,"name":"NVIDIA H100 80GB HBM3",
-     "pci_bus_id":"00000000:19:00.0","h2d_pinned_gbps":53.112,"d2h_pinned_gbps":54.020,
-     "h2d_pageable_gbps":21.436,"d2h_pageable_gbps":19.880,"d2d_gbps":2788.301}],"errors":[]}
+The tool is ``ap-bandwidth`` from ``cuda_src/`` (in ``settings.cuda_bin_dir``), run once per GPU;
+its output (cuda_src/README.md) carries every sample, the NUMA nodes of the GPU and of the pinned
+buffer, NVML telemetry sampled while the copies ran, and the counters before and after::
+
+    $ ap-bandwidth --pci-bus-id 00000000:19:00.0 --size-mib 256 --samples 20 --warmup-ms 250
+    {"tool":"ap-bandwidth","version":2,...,"devices":[{"index":0,"name":"NVIDIA H100 80GB HBM3",
+     "pci_bus_id":"0000:19:00.0","numa":{"gpu_node":0,"host_node":0,"cpu_local":true,"notes":[]},
+     "h2d":{"samples":[53.1,...],"median":53.1,"min":52.9,"max":53.2,"cv":0.001},"d2h":{...},
+     "d2d":{...},"telemetry":{"h2d":{"pcie_gen":{"min":5,"max":5},...}},
+     "counters":{"before":{"pcie_replay":0,...},"after":{...}}}],"errors":[]}
 
 or, when ``settings.bandwidthtest_path`` is set, NVIDIA's CUDA-samples ``bandwidthTest``, run
 once per GPU with ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` (through ``env``, no shell) so that CUDA's
@@ -30,14 +48,11 @@ itself)::
 
 Its human-readable table (without ``--csv``) is read too; old releases printed MB/s, converted.
 
-PCIe link (NVML, read after the transfer, reported in each GPU's data and detail): a current
-*generation* below the maximum is never a fault by itself, because NVIDIA GPUs drop to Gen1 when
-idle to save power and train back up under load (an idle RTX 4090 reads Gen1 of Gen4). A current
-*width* below the maximum does not recover at idle: it is a seating, riser or slot fault. It is a
-``warn`` even when the bandwidth is above the (deliberately low) floor, since an x8 link halves
-throughput and the 4 GB/s floor would not notice; with bandwidth below the floor the GPU fails
-and the detail names the narrow link as the likely cause. A GPU placed in a narrower slot by
-design will therefore warn.
+PCIe link: the program's NVML samples during the copies (highest generation and narrowest width
+reached); without them, NVML read after the run, where a generation below the maximum is never a
+fault (GPUs drop to Gen1 at idle and train back up under load). A width below the maximum does
+not recover at idle: it is a seating, riser or slot fault, and a GPU placed in a narrower slot by
+design therefore warns.
 
 ``evaluate_text`` reads a saved ``ap-bandwidth`` line, a ``bandwidthTest`` output (text or CSV),
 or an ``nvidia-smi -q`` report, for which it reports the link state of each GPU (ok unless the
@@ -65,6 +80,7 @@ from autopilot.checks._cuda import (
     numa,
     number_field,
     parse_tool_json,
+    pcie_floor,
     peer_outliers,
     selected_entry,
     series,
@@ -117,18 +133,6 @@ class Rules:
 
 
 # ---------------------------------------------------------------- thresholds
-
-# Pinned host-to-device floor of an x16 link per PCIe generation, about 0.7 of what a healthy
-# link typically measures (docs/THRESHOLDS.md names the source of every number). Narrower links
-# scale by width; generations above the table use its last row.
-PCIE_FLOOR_X16_GBPS: Mapping[int, float] = {1: 2.2, 2: 4.5, 3: 9.0, 4: 18.0, 5: 38.0}
-
-
-def pcie_floor(link: gpus.PcieLink) -> float:
-    """The floor for a link that should run at ``max_gen`` x ``max_width``."""
-    gen = min(max(link.max_gen, 1), max(PCIE_FLOOR_X16_GBPS))
-    width = link.max_width if link.max_width > 0 else 16
-    return round(PCIE_FLOOR_X16_GBPS[gen] * width / 16, 2)
 
 
 def floor_for(reading: GpuReading, rules: Rules) -> tuple[float, str]:

@@ -123,7 +123,7 @@ def test_exact_argv_per_gpu_by_bus_id_and_ok_result() -> None:
     assert result.status is Status.OK
     assert [(d.id, d.value, d.unit) for d in result.devices] == [("0", 2900.0, "GB/s"), ("1", 2900.0, "GB/s")]
     entry = result.data["gpus"]["0"]
-    assert entry["thresholds"] == {"h2d_gbps": 4.0, "daxpy_gbps": 2300.0, "dgemm_tflops": 40.0}
+    assert entry["thresholds"] == {"h2d_gbps": 4.0, "daxpy_gbps": 2320.0, "dgemm_tflops": 40.0}
     assert entry["threshold_model"] == "H100"
     assert entry["sampler"]["samples"] >= 2
     assert result.data["cublas_version"] == 130100
@@ -164,15 +164,15 @@ def test_recorded_fixture_slow_hbm_fails_that_gpu() -> None:
     result = gpumem.run(ctx_for(runner, telemetry), params())
     assert result.status is Status.FAIL and result.fatal is False
     assert [d.status for d in result.devices] == [Status.OK, Status.FAIL]
-    assert result.summary == "GPU 1: DAXPY median 1612.2 GB/s < 2300"
+    assert result.summary == "GPU 1: DAXPY median 1612.2 GB/s < 2320"
     assert result.data["gpus"]["1"]["under_load"]["daxpy"]["mem_clock_mhz"] == {"min": 2619.0, "max": 2619.0}
 
 
 @pytest.mark.parametrize(
     ("field", "value", "expected"),
     [
-        ("daxpy", 2300.0, Status.OK),
-        ("daxpy", 2299.99, Status.FAIL),
+        ("daxpy", 2320.0, Status.OK),
+        ("daxpy", 2319.99, Status.FAIL),
         ("dgemm", 40.0, Status.OK),
         ("dgemm", 39.99, Status.FAIL),
         ("h2d", 4.0, Status.OK),
@@ -392,7 +392,7 @@ def test_timeout_is_an_error_for_that_gpu() -> None:
 def test_evaluate_text_reads_our_json() -> None:
     result = gpumem.evaluate_text(line(daxpy=1000.0), {}, settings())
     assert result.status is Status.FAIL
-    assert result.devices[0].detail == "DAXPY median 1000.0 GB/s < 2300"
+    assert result.devices[0].detail == "DAXPY median 1000.0 GB/s < 2320"
     assert gpumem.evaluate_text("not json", {}, settings()).status is Status.ERROR
     assert (
         gpumem.evaluate_text(
