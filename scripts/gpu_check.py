@@ -30,6 +30,7 @@ Exit codes: 0 every step ran or was skipped for a stated reason; 1 a step failed
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -38,7 +39,7 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -218,11 +219,45 @@ def build(run: Run, step: Step) -> None:
         step.status, step.reason = "failed", f"not built: {', '.join(missing)} (build/build.log)"
 
 
+@contextlib.contextmanager
+def beside(run: Run, step: Step, argv: list[str], out: str) -> Iterator[None]:
+    """Runs the monitor ``argv`` in the background while the block runs, its output into ``out``."""
+    path = run.work / out
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as sink:
+        try:
+            proc: subprocess.Popen[str] | None = subprocess.Popen(  # noqa: S603 - argv list, no shell
+                argv, stdout=sink, stderr=subprocess.STDOUT, text=True
+            )
+        except FileNotFoundError:
+            proc = None
+            run.notes.append(f"{argv[0]} not available for {out}")
+        try:
+            yield
+        finally:
+            if proc is not None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                step.files.append(out)
+
+
+# The link and clocks as nvidia-smi sees them while the copies run: an independent look at the
+# link state under load beside the programs' own NVML telemetry.
+LINK_QUERY = (
+    "--query-gpu=timestamp,pcie.link.gen.current,pcie.link.gen.max,pcie.link.width.current,"
+    "pcie.link.width.max,clocks.sm,clocks.mem,power.draw,clocks_event_reasons.active"
+)
+
+
 def h2d_sweep(run: Run, step: Step) -> None:
-    for mib in SWEEP_MIB:
-        copies = max(1, 256 // mib)
-        argv = [str(BIN / "ap-bandwidth"), "--device", "0", "--size-mib", str(mib), "--samples", "10"]
-        run.cmd(step, [*argv, "--copies", str(copies)], f"sweep/ap-bandwidth-{mib}MiB.txt", timeout=120)
+    with beside(run, step, ["nvidia-smi", LINK_QUERY, "--format=csv", "-lms", "200"], "sweep/link-under-load.csv"):
+        for mib in SWEEP_MIB:
+            copies = max(1, 256 // mib)
+            argv = [str(BIN / "ap-bandwidth"), "--device", "0", "--size-mib", str(mib), "--samples", "10"]
+            run.cmd(step, [*argv, "--copies", str(copies)], f"sweep/ap-bandwidth-{mib}MiB.txt", timeout=120)
 
 
 def daxpy_sweep(run: Run, step: Step) -> None:
@@ -230,37 +265,15 @@ def daxpy_sweep(run: Run, step: Step) -> None:
     while elements <= 1 << 28:
         argv = [str(BIN / "ap-gpumem"), "--device", "0", "--daxpy-only", "--allow-cache", "--samples", "10"]
         iters = str(max(1, (1 << 26) // elements))
-        run.cmd(
-            step,
-            [*argv, "--elements", str(elements), "--daxpy-iters", iters],
-            f"sweep/daxpy-{elements}.txt",
-            timeout=120,
-        )
+        out = f"sweep/daxpy-{elements}.txt"
+        run.cmd(step, [*argv, "--elements", str(elements), "--daxpy-iters", iters], out, timeout=120)
         elements *= 4
 
 
 def dgemm_sustained(run: Run, step: Step) -> None:
-    dmon_path = run.work / "dgemm" / "nvidia-smi-dmon.txt"
-    dmon_path.parent.mkdir(parents=True, exist_ok=True)
-    with dmon_path.open("w") as sink:
-        try:
-            dmon: subprocess.Popen[str] | None = subprocess.Popen(  # noqa: S603 - argv list
-                ["nvidia-smi", "dmon", "-s", "pucm", "-d", "1"], stdout=sink, stderr=subprocess.STDOUT, text=True
-            )
-        except FileNotFoundError:
-            dmon = None
-            run.notes.append("nvidia-smi dmon not available")
-        try:
-            argv = [str(BIN / "ap-gpumem"), "--device", "0", "--dgemm-seconds", "15", "--samples", "10"]
-            run.cmd(step, argv, "dgemm/ap-gpumem-sustained.txt", timeout=180)
-        finally:
-            if dmon is not None:
-                dmon.terminate()
-                try:
-                    dmon.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    dmon.kill()
-    step.files.append("dgemm/nvidia-smi-dmon.txt")
+    with beside(run, step, ["nvidia-smi", "dmon", "-s", "pucm", "-d", "1"], "dgemm/nvidia-smi-dmon.txt"):
+        argv = [str(BIN / "ap-gpumem"), "--device", "0", "--dgemm-seconds", "15", "--samples", "10"]
+        run.cmd(step, argv, "dgemm/ap-gpumem-sustained.txt", timeout=180)
 
 
 def checks_env(run: Run) -> dict[str, str]:
