@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the CUDA programs of cuda_src/ (ap-bandwidth, ap-gpumem) into cuda_src/bin/.
+# Build the CUDA programs of cuda_src/ (ap-bandwidth, ap-gpumem, ap-selftest) into cuda_src/bin/.
 #
 # Without nvcc this is a no-op that exits 0 (most developer machines and CI have no CUDA).
 # With nvcc it finds cuBLAS, in this order: $CUBLAS_HOME; the CUDA toolkit's own; a wheel already

@@ -38,7 +38,7 @@ def built() -> Path:
 
 @pytest.mark.timeout(900)
 def test_both_binaries_are_built(built: Path) -> None:
-    for name in ("ap-bandwidth", "ap-gpumem"):
+    for name in ("ap-bandwidth", "ap-gpumem", "ap-selftest"):
         path = built / name
         assert path.is_file() and os.access(path, os.X_OK), f"{path} missing"
 
@@ -88,3 +88,31 @@ def test_measurement_rules_are_refused_below_their_minimum(
     proc = subprocess.run([str(built / name), *argv], capture_output=True, text=True, timeout=60)  # noqa: S603
     assert proc.returncode == 2
     assert json.loads(proc.stdout)["error"].startswith(message)
+
+
+@pytest.mark.timeout(300)
+def test_host_side_rules_of_the_programs(built: Path) -> None:
+    # The parts of cuda_src that need no GPU, run here: which CUDA errors are hardware findings,
+    # the sample statistics (the same as the checks recompute), cpulist and bus-id parsing.
+    from autopilot.checks._cuda import series_of
+
+    proc = subprocess.run([str(built / "ap-selftest")], capture_output=True, text=True, timeout=60)  # noqa: S603
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["error_kinds"] == {
+        "cudaErrorECCUncorrectable": "hardware",
+        "cudaErrorLaunchFailure": "hardware",
+        "cudaErrorIllegalAddress": "hardware",
+        "cudaErrorMemoryAllocation": "setup",
+        "cudaErrorInsufficientDriver": "setup",
+        "cudaErrorNoKernelImageForDevice": "setup",
+        "cudaErrorInvalidValue": "cuda",
+    }
+    assert doc["failure"] == {"kind": "hardware", "name": "cudaErrorECCUncorrectable"}
+    expected = series_of([10.0, 12.0, 11.0, 30.0])
+    assert doc["series"]["median"] == expected.median == 11.5
+    assert (doc["series"]["min"], doc["series"]["max"]) == (10.0, 30.0)
+    assert doc["series"]["cv"] == pytest.approx(expected.cv, abs=1e-5)
+    assert doc["series_one"]["cv"] == 0.0
+    assert doc["cpulist"] == [0, 1, 2, 3, 8, 10, 11] and doc["cpulist_bad"] == []
+    assert doc["sysfs_bus_nvml"] == doc["sysfs_bus_cuda"] == "0000:3b:00.0"
