@@ -28,6 +28,7 @@ from types import TracebackType
 from typing import Any
 
 from autopilot import errors, gpus
+from autopilot.results import CheckResult, Status
 
 _FIELDS = ("temperature_c", "power_w", "sm_clock_mhz")
 
@@ -270,6 +271,13 @@ def peer_outliers(values: Mapping[int, tuple[str, float]], ratio: float = 0.9) -
                 f"GPUs here (< {ratio:.0%})"
             )
     return out
+
+
+def skipped_summary(result: CheckResult) -> CheckResult:
+    """A result whose every GPU was skipped says why, GPU by GPU, instead of the ok summary."""
+    if result.status is not Status.SKIPPED or not result.devices:
+        return result
+    return dataclasses.replace(result, summary="; ".join(f"GPU {d.id}: {d.detail}" for d in result.devices))
 
 
 def _bus_key(bus_id: str) -> tuple[int, ...] | None:

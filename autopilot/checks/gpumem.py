@@ -78,6 +78,7 @@ from autopilot.checks._cuda import (
     selected_entry,
     series,
     series_of,
+    skipped_summary,
     under_load,
 )
 from autopilot.context import CheckContext
@@ -393,7 +394,9 @@ def evaluate(
         "cublas_version": cublas_version,
         "gpus": per_gpu,
     }
-    result = from_devices(NAME, devices, ok_summary=summary, data=data, fatal=any(j.fatal for j in results))
+    result = skipped_summary(
+        from_devices(NAME, devices, ok_summary=summary, data=data, fatal=any(j.fatal for j in results))
+    )
     if unknown_models and result.status is not Status.OK:
         result = dataclasses.replace(
             result, summary=f"{result.summary}; no thresholds for model {', '.join(sorted(unknown_models))}"

@@ -85,6 +85,7 @@ from autopilot.checks._cuda import (
     selected_entry,
     series,
     series_of,
+    skipped_summary,
     stderr_note,
     tail,
     under_load,
@@ -436,7 +437,7 @@ def evaluate(readings: Sequence[GpuReading], rules: Rules, *, tool: str) -> Chec
         "tool": tool,
         "gpus": per_gpu,
     }
-    return from_devices(NAME, devices, ok_summary=ok_summary, data=data, fatal=fatal)
+    return skipped_summary(from_devices(NAME, devices, ok_summary=ok_summary, data=data, fatal=fatal))
 
 
 def evaluate_links(links: Sequence[tuple[int, gpus.PcieLink | None, str | None]]) -> CheckResult:

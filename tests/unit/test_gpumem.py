@@ -299,6 +299,7 @@ def test_mig_gpu_is_skipped() -> None:
     result = gpumem.evaluate_text(json.dumps(doc), {}, settings())
     assert result.status is Status.SKIPPED
     assert result.devices[0].detail == "MIG mode is enabled: x"
+    assert result.summary == "GPU 0: MIG mode is enabled: x"
 
 
 def test_working_set_under_4x_l2_is_an_error_not_a_figure() -> None:

@@ -262,6 +262,7 @@ def test_pcie_floor_table_scales_by_width_and_caps_at_the_last_generation() -> N
 def test_no_local_cpu_in_the_cpuset_reports_but_does_not_judge_h2d() -> None:
     result = run_lines(ap_line(0, 3.8, cpu_local=False))
     assert result.status is Status.SKIPPED
+    assert result.summary.startswith("GPU 0: H2D 3.8 GB/s not judged")
     assert (
         "not judged: no CPU of this pod's cpuset is local to the GPU (GPU on NUMA node 0)" in result.devices[0].detail
     )
