@@ -3,7 +3,7 @@
 - ``parse_tool_json``: the one JSON line each program prints;
 - ``same_gpu``: CUDA's and NVML's spelling of a PCI bus id compared;
 - ``pcie_floor``: the H2D floor for a PCIe generation and width (docs/THRESHOLDS.md);
-- ``series``, ``hardware_finding``, ``counter_findings``, ``under_load``, ``cv_note``,
+- ``series``, ``hardware_finding``, ``counter_findings``, ``under_load``, ``slowdown_note``, ``cv_note``,
   ``peer_outliers``: the rules both checks apply to a device entry of the programs' JSON
   (samples judged on their median, CUDA errors that are hardware findings, PCIe replay and ECC
   counters that grew during the run, the link and clocks under load, a GPU far below its
@@ -220,6 +220,18 @@ def under_load(device: Mapping[str, Any], section: str) -> dict[str, Any]:
     if isinstance(mask, int) and not isinstance(mask, bool):
         out["clock_event_reasons"] = sorted(gpus.decode_reasons(mask))
     return out
+
+
+# Clock-event reasons that lower a figure (idle, application clocks and the like do not).
+_SLOWDOWNS = frozenset(
+    {"sw_power_cap", "hw_slowdown", "sw_thermal_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown"}
+)
+
+
+def slowdown_note(device: Mapping[str, Any], section: str) -> str:
+    """`` (clock events while measuring: sw_power_cap)`` when NVML saw a slowdown during ``section``."""
+    reasons = [r for r in under_load(device, section).get("clock_event_reasons", []) if r in _SLOWDOWNS]
+    return f" (clock events while measuring: {', '.join(reasons)})" if reasons else ""
 
 
 def link_under_load(device: Mapping[str, Any], section: str) -> gpus.PcieLink | None:

@@ -79,6 +79,7 @@ from autopilot.checks._cuda import (
     series,
     series_of,
     skipped_summary,
+    slowdown_note,
     under_load,
 )
 from autopilot.context import CheckContext
@@ -302,7 +303,8 @@ def judge_gpu(
             warns.append("H2D not judged: no CPU of this pod's cpuset is local to the GPU")
             continue
         if limit is not None and medians[key] < limit:
-            fails.append(f"{key.split('_')[0].upper()} median {medians[key]:.1f} {unit} < {limit:g}")
+            why = slowdown_note(device, SERIES[key])
+            fails.append(f"{key.split('_')[0].upper()} median {medians[key]:.1f} {unit} < {limit:g}{why}")
         note = cv_note(key.split("_")[0].upper(), figures[key], cv_limit_pct)
         if note:
             warns.append(note)

@@ -310,6 +310,13 @@ def test_working_set_under_4x_l2_is_an_error_not_a_figure() -> None:
     assert "DAXPY working set 16777216 bytes < 4x L2 (52428800 bytes)" in result.devices[0].detail
 
 
+def test_a_low_figure_names_the_slowdown_nvml_saw_while_measuring() -> None:
+    hot = {"telemetry": {"dgemm": {"clock_event_reasons_mask": 0x4 | 0x1, "sm_clock_mhz": {"min": 1200, "max": 1980}}}}
+    result = gpumem.evaluate_text(line(dgemm=30.0, extra=hot), {}, settings())
+    assert result.devices[0].detail == "DGEMM median 30.0 TFLOPS < 40 (clock events while measuring: sw_power_cap)"
+    assert result.data["gpus"]["0"]["under_load"]["dgemm"]["sm_clock_mhz"] == {"min": 1200.0, "max": 1980.0}
+
+
 def test_a_cache_sweep_line_is_never_judged() -> None:
     doc = json.loads(line())
     doc["cache_sweep"] = True
