@@ -347,6 +347,12 @@ int run_devices(const char* tool, JsonObject& out, long long device, const std::
                 if (!e.name.empty()) dev.str("error_name", e.name);
                 errors.push_back(json_string("device " + std::to_string(i) + ": " + e.what()));
                 code = EXIT_CUDA;
+            } catch (const std::exception& e) {
+                // Not CUDA's (a host allocation, a thread that would not start): still one JSON line.
+                dev.str("error", std::string("host: ") + e.what());
+                dev.str("error_kind", "setup");
+                errors.push_back(json_string("device " + std::to_string(i) + ": host: " + e.what()));
+                code = EXIT_CUDA;
             }
             devices.push_back(dev.text());
             // Frees whatever a failed measurement left behind before the next device.

@@ -58,7 +58,8 @@ struct Nvml {
     Nvml() {
         lib = dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_LOCAL);
         if (!lib) {
-            why = std::string("libnvidia-ml.so.1 not loadable: ") + dlerror();
+            const char* err = dlerror();
+            why = std::string("libnvidia-ml.so.1 not loadable: ") + (err ? err : "unknown reason");
             return;
         }
         sym(init, "nvmlInit_v2");
@@ -273,6 +274,7 @@ class NumaPlacement {
             // nvbandwidth's way; binds to the GPU's CPUs (NVML does not look at the cpuset first).
             if (nvml().set_affinity && dev && nvml().set_affinity(dev) == 0) {
                 cpu_local = 1;
+                bound_ = true;  // NVML changed this thread's affinity: restore it afterwards too
                 notes.push_back("bound with nvmlDeviceSetCpuAffinity");
             } else {
                 notes.push_back("local CPUs of the GPU unknown: not bound");
