@@ -89,19 +89,6 @@ struct PinnedBuffer {
     PinnedBuffer& operator=(const PinnedBuffer&) = delete;
 };
 
-struct PageableBuffer {
-    void* ptr = nullptr;
-    explicit PageableBuffer(size_t bytes) {
-        ptr = std::malloc(bytes);
-        if (!ptr) throw CudaFailure("malloc of pageable host buffer failed: " + std::string(std::strerror(errno)));
-        // Touch every page now so the first timed copy does not pay for page faults.
-        std::memset(ptr, 1, bytes);
-    }
-    ~PageableBuffer() { std::free(ptr); }
-    PageableBuffer(const PageableBuffer&) = delete;
-    PageableBuffer& operator=(const PageableBuffer&) = delete;
-};
-
 struct Event {
     cudaEvent_t ev = nullptr;
     Event() { AP_CK(cudaEventCreate(&ev)); }

@@ -18,7 +18,7 @@ Memory: a process may host 1,000 nodes, so nodes with the same faults share one 
 telemetry (both immutable), and every node shares the settings, the clock and the recordings. A
 node costs its ``CheckContext`` and little else. ``SimRunner`` is written here rather than reusing
 ``testing.FakeRunner`` because a long-running simulator must not keep a log of every call, must
-answer whatever parameters a request carries (``--runs 3``, ``-r 2``), and must make ``hang``
+answer whatever parameters a request carries (``--samples 30``, ``-r 2``), and must make ``hang``
 cancellable by the engine's watchdog.
 """
 
