@@ -79,3 +79,21 @@ def test_without_a_gpu_the_gpu_steps_are_skipped_for_that_reason(tmp_path: Path)
     run = gc.Run(tmp_path, dry_run=False, no_gpu="nvidia-smi not found", budget_s=60)
     step = run.step("h2d-sweep", lambda s: None)
     assert (step.status, step.reason) == ("skipped", "no GPU: nvidia-smi not found")
+
+
+def test_a_command_past_its_timeout_fails_its_step_and_keeps_what_it_printed(tmp_path: Path) -> None:
+    gc = load()
+    run = gc.Run(tmp_path, dry_run=False, no_gpu="", budget_s=60)
+    code = "import sys, time; print('partial', flush=True); time.sleep(30)"
+    step = run.step("slow", lambda s: run.cmd(s, [sys.executable, "-c", code], "slow.txt", timeout=1), needs_gpu=False)
+    assert step.status == "failed" and step.reason.endswith("timed out")
+    text = (tmp_path / "slow.txt").read_text()
+    assert "(timed out after 1 s)" in text and "partial" in text
+
+
+def test_no_step_starts_once_the_budget_is_spent(tmp_path: Path) -> None:
+    gc = load()
+    run = gc.Run(tmp_path, dry_run=False, no_gpu="", budget_s=60)
+    run.deadline = 0.0  # as if the budget had run out
+    step = run.step("environment", lambda s: None, needs_gpu=False)
+    assert (step.status, step.reason) == ("skipped", "time budget spent")
