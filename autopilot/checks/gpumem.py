@@ -260,7 +260,9 @@ def judge_gpu(
     reading: GpuReading, limits: Thresholds, *, cv_limit_pct: float = 5.0, elements: int | None = None
 ) -> Judged:
     """skipped (MIG) / fail (hardware error, wrong values: fatal; counters grew; a median below its
-    threshold) / warn (samples vary, H2D unjudged off-node) / error (no figures) / ok."""
+    threshold) / warn (samples vary) / error (no figures) / ok. Without a CPU local to the GPU the
+    H2D figure is reported, not judged, and the detail says so: that is the pod's placement, not
+    the GPU's health."""
     gpu_id = str(reading.index)
     device = reading.device
     if device.get("skipped"):
@@ -300,7 +302,6 @@ def judge_gpu(
     for key, (_field, unit) in FIELDS.items():
         limit = limits.get(key)
         if key == "h2d_gbps" and off_node:
-            warns.append("H2D not judged: no CPU of this pod's cpuset is local to the GPU")
             continue
         if limit is not None and medians[key] < limit:
             why = slowdown_note(device, SERIES[key])
@@ -320,6 +321,8 @@ def judge_gpu(
         )
     unjudged = limits.daxpy_gbps is None or limits.dgemm_tflops is None
     note = " (no DAXPY/DGEMM thresholds for this model: reported only)" if unjudged else ""
+    if off_node:
+        note += " (H2D not judged: no CPU of this pod's cpuset is local to the GPU)"
     return Judged(DeviceResult(gpu_id, Status.OK, daxpy, "GB/s", shown + note), False, medians)
 
 

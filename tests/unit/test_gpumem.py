@@ -333,8 +333,10 @@ def test_program_refusing_the_working_set_is_an_error() -> None:
 def test_off_node_h2d_is_not_judged_but_the_rest_is() -> None:
     off = {"numa": {"gpu_node": 1, "host_node": 0, "cpu_local": False, "notes": []}}
     result = gpumem.evaluate_text(line(h2d=1.0, extra=off), {}, settings())
-    assert result.status is Status.WARN
-    assert result.devices[0].detail.startswith("H2D not judged: no CPU of this pod's cpuset is local to the GPU")
+    assert result.status is Status.OK
+    assert result.devices[0].detail.endswith("(H2D not judged: no CPU of this pod's cpuset is local to the GPU)")
+    slow = gpumem.evaluate_text(line(h2d=1.0, dgemm=10.0, extra=off), {}, settings())
+    assert slow.status is Status.FAIL and slow.devices[0].detail == "DGEMM median 10.0 TFLOPS < 40"
 
 
 def test_h2d_floor_follows_the_link_seen_under_load() -> None:
