@@ -72,6 +72,7 @@ class Run:
         self.steps: list[Step] = []
         self.notes: list[str] = []
         self.env = dict(os.environ)
+        self.no_programs = ""  # why the cuda_src programs cannot run ("" when they were built)
 
     def skip_reason(self, needs_gpu: bool) -> str:
         if self.dry_run and needs_gpu:
@@ -82,10 +83,13 @@ class Run:
             return "time budget spent"
         return ""
 
-    def step(self, name: str, fn: Callable[[Step], None], *, needs_gpu: bool = True, plan: str = "") -> Step:
+    def step(
+        self, name: str, fn: Callable[[Step], None], *, needs_gpu: bool = True, programs: bool = False, plan: str = ""
+    ) -> Step:
+        """Runs ``fn`` as step ``name``, or skips it with the reason; ``programs``: it runs cuda_src's."""
         step = Step(name)
         self.steps.append(step)
-        why = self.skip_reason(needs_gpu)
+        why = self.skip_reason(needs_gpu) or (self.no_programs if programs else "")
         if why:
             step.status, step.reason = "skipped", f"{why}; would run: {plan}" if plan else why
             print(f"--- {name}: skipped ({step.reason})", flush=True)
@@ -129,7 +133,7 @@ class Run:
             step.files.append(out)
             return ""
         path.write_text(f"$ {' '.join(argv)}\n(exit {proc.returncode})\n{proc.stdout}\n--- stderr\n{proc.stderr}")
-        step.files.append(out)
+        step.files.append(f"{out} (exit {proc.returncode})")
         return proc.stdout
 
 
@@ -365,6 +369,15 @@ def ratios(run: Run, step: Step) -> dict[str, Any]:
 # ---------------------------------------------------------------- main
 
 
+def commands(step: Step) -> str:
+    """``5 commands, 2 exited non-zero; `` for the summary line of a step that ran commands."""
+    ran = [f for f in step.files if f.endswith(")") and "(exit " in f]
+    bad = [f for f in ran if not f.endswith("(exit 0)")]
+    if not ran:
+        return ""
+    return f"{len(ran)} command(s), {len(bad)} exited non-zero; " if bad else f"{len(ran)} command(s); "
+
+
 def detect_gpu() -> str:
     """Why there is no GPU to measure here ("" when nvidia-smi lists one)."""
     if shutil.which("nvidia-smi") is None:
@@ -395,12 +408,22 @@ def main(argv: list[str] | None = None) -> int:
     run.step("environment", lambda s: environment(run, s), needs_gpu=False, plan="nvidia-smi -q/topo -m, nvcc, lscpu")
     run.step("imports", lambda s: imports(run, s), needs_gpu=False)
     run.step("build", lambda s: build(run, s), plan="scripts/build-cuda.sh (CUBLAS_HOME from nvidia-cublas)")
-    built = (BIN / "ap-bandwidth").is_file() and (BIN / "ap-gpumem").is_file()
-    if not built and not run.skip_reason(True):
-        run.no_gpu = "cuda_src programs not built"
-    run.step("h2d-sweep", lambda s: h2d_sweep(run, s), plan=f"ap-bandwidth --size-mib {list(SWEEP_MIB)}")
-    run.step("daxpy-sweep", lambda s: daxpy_sweep(run, s), plan="ap-gpumem --daxpy-only --allow-cache, 1 MiB-4 GiB")
-    run.step("dgemm", lambda s: dgemm_sustained(run, s), plan="ap-gpumem --dgemm-seconds 15 + nvidia-smi dmon")
+    if not ((BIN / "ap-bandwidth").is_file() and (BIN / "ap-gpumem").is_file()):
+        run.no_programs = "cuda_src programs not built (see the build step)"
+    run.step("h2d-sweep", lambda s: h2d_sweep(run, s), programs=True, plan=f"ap-bandwidth --size-mib {list(SWEEP_MIB)}")
+    run.step(
+        "daxpy-sweep",
+        lambda s: daxpy_sweep(run, s),
+        programs=True,
+        plan="ap-gpumem --daxpy-only --allow-cache, 1 MiB-4 GiB",
+    )
+    run.step(
+        "dgemm",
+        lambda s: dgemm_sustained(run, s),
+        programs=True,
+        plan="ap-gpumem --dgemm-seconds 15 + nvidia-smi dmon",
+    )
+    # Without the programs the checks still run (and report their error), as on a node.
     run.step("checks", lambda s: checks(run, s), plan="record_fixtures.py (every GPU check), 3 times")
     run.step("references", lambda s: references(run, s), plan="gpu_reference.py (PyTorch)")
     compared: dict[str, Any] = {}
@@ -420,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     with tarfile.open(out / "gpu-check.tar.gz", "w:gz") as tar:
         tar.add(work, arcname="gpu-check")
     lines = [f"gpu-check {'(dry run) ' if args.dry_run else ''}{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"]
-    lines += [f"{s.name:12} {s.status:8} {s.seconds:6.1f}s {s.reason}" for s in run.steps]
+    lines += [f"{s.name:12} {s.status:8} {s.seconds:6.1f}s {commands(s)}{s.reason}" for s in run.steps]
     lines += [f"note: {n}" for n in run.notes]
     for name, figure in compared.get("figures", {}).items():
         lines.append(f"figure {name}: {figure}")

@@ -97,3 +97,13 @@ def test_no_step_starts_once_the_budget_is_spent(tmp_path: Path) -> None:
     run.deadline = 0.0  # as if the budget had run out
     step = run.step("environment", lambda s: None, needs_gpu=False)
     assert (step.status, step.reason) == ("skipped", "time budget spent")
+
+
+def test_without_the_programs_only_their_steps_are_skipped(tmp_path: Path) -> None:
+    gc = load()
+    run = gc.Run(tmp_path, dry_run=False, no_gpu="", budget_s=60)
+    run.no_programs = "cuda_src programs not built (see the build step)"
+    sweep = run.step("h2d-sweep", lambda s: None, programs=True)
+    torch = run.step("references", lambda s: None)
+    assert (sweep.status, sweep.reason) == ("skipped", "cuda_src programs not built (see the build step)")
+    assert torch.status == "ran"
