@@ -257,6 +257,20 @@ def pcie_floor(link: gpus.PcieLink) -> float:
     return round(PCIE_FLOOR_X16_GBPS[gen] * width / 16, 2)
 
 
+def stored_entry(device: Mapping[str, Any], judged: Sequence[str]) -> dict[str, Any]:
+    """A device entry as kept in the result's data, which lives in Redis history: every sample of
+    the ``judged`` series, statistics only for the others, and the raw telemetry left out (its
+    summary is ``under_load``)."""
+    out: dict[str, Any] = {}
+    for key, value in device.items():
+        if key in ("index", "telemetry"):
+            continue
+        if isinstance(value, Mapping) and "samples" in value and key not in judged:
+            value = {k: v for k, v in value.items() if k != "samples"}
+        out[key] = value
+    return out
+
+
 def numa(device: Mapping[str, Any]) -> dict[str, Any]:
     """The program's ``numa`` entry (``gpu_node``, ``host_node``, ``cpu_local``, ``notes``), or {}."""
     raw = device.get("numa")

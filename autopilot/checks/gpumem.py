@@ -80,6 +80,7 @@ from autopilot.checks._cuda import (
     series_of,
     skipped_summary,
     slowdown_note,
+    stored_entry,
     under_load,
 )
 from autopilot.context import CheckContext
@@ -366,7 +367,7 @@ def evaluate(
         judged[r.index] = judge_gpu(
             r, limits, cv_limit_pct=cv_limit_pct, elements=int(elements) if elements is not None else None
         )
-        entry: dict[str, Any] = {k: v for k, v in r.device.items() if k != "index"}
+        entry: dict[str, Any] = stored_entry(r.device, tuple(SERIES.values()))
         entry["thresholds"] = {k: limits.get(k) for k in KEYS}
         entry["threshold_model"] = limits.model
         loaded = {section: under_load(r.device, section) for section in ("h2d", "daxpy", "dgemm", "dgemm_sustained")}

@@ -87,6 +87,7 @@ from autopilot.checks._cuda import (
     series_of,
     skipped_summary,
     stderr_note,
+    stored_entry,
     tail,
     under_load,
 )
@@ -404,7 +405,7 @@ def evaluate(readings: Sequence[GpuReading], rules: Rules, *, tool: str) -> Chec
     fatal = any(f for _d, f in verdicts)
     per_gpu: dict[str, Any] = {}
     for r in readings:
-        entry: dict[str, Any] = {**r.figures, "h2d_pinned_gbps": r.h2d_gbps}
+        entry: dict[str, Any] = {**stored_entry(r.figures, ("h2d",)), "h2d_pinned_gbps": r.h2d_gbps}
         if r.h2d is not None:
             entry["h2d"] = r.h2d.to_dict()
         if r.error:

@@ -130,6 +130,14 @@ def test_runs_ap_bandwidth_once_per_gpu_named_by_its_nvml_bus_id() -> None:
     assert set(entry["sampler"]) >= {"samples", "temperature_c", "power_w", "sm_clock_mhz"}
 
 
+def test_stored_data_keeps_every_judged_sample_and_only_the_statistics_of_the_rest() -> None:
+    # Results live in Redis history: the raw telemetry is summarised in under_load.
+    entry = pciebw.evaluate_text(ap_line(0, 50.0), {}, settings()).data["gpus"]["0"]
+    assert entry["h2d"]["samples"] == [50.0] * 10
+    assert "samples" not in entry["d2h"] and "telemetry" not in entry
+    assert entry["under_load"]["pcie_gen"] == {"min": 1.0, "max": 5.0}
+
+
 def test_the_median_is_judged_not_the_best_sample() -> None:
     # Best of these is 60 (old rule: ok); the median is 30, below the Gen5 x16 floor of 38.
     samples = [60.0, 30.0, 30.0, 30.0, 30.0, 30.0, 30.0, 30.0, 30.0, 30.0, 30.0]
