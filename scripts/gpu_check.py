@@ -152,6 +152,16 @@ def last_json(text: str) -> dict[str, Any]:
 # ---------------------------------------------------------------- steps
 
 
+def sysfs(path: Path) -> str:
+    """A sysfs value, or why there is none (gVisor and containers hide much of /sys)."""
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        return "(absent)"
+    except OSError as exc:
+        return f"(unreadable: {exc.strerror})"
+
+
 def environment(run: Run, step: Step) -> None:
     for argv, out in (
         (["nvidia-smi", "-L"], "env/nvidia-smi-L.txt"),
@@ -163,25 +173,28 @@ def environment(run: Run, step: Step) -> None:
         ),
         (["nvcc", "--version"], "env/nvcc.txt"),
         (["lscpu"], "env/lscpu.txt"),
+        (["numactl", "--hardware"], "env/numactl-hardware.txt"),
         (["uname", "-a"], "env/uname.txt"),
         ([PY, "-m", "pip", "list", "--disable-pip-version-check"], "env/pip-list.txt"),
     ):
         run.cmd(step, argv, out, timeout=60)
     numa = []
     for dev in sorted(Path("/sys/bus/pci/devices").glob("*")) if Path("/sys/bus/pci/devices").is_dir() else []:
-        vendor = dev / "vendor"
-        if vendor.exists() and vendor.read_text().strip() == "0x10de":
+        if sysfs(dev / "vendor") == "0x10de":
             for f in ("numa_node", "local_cpulist", "current_link_speed", "current_link_width"):
                 p = dev / f
-                numa.append(f"{dev.name} {f}: {p.read_text().strip() if p.exists() else '(absent)'}")
+                numa.append(f"{dev.name} {f}: {sysfs(p)}")
     if not numa:
         run.notes.append("no NVIDIA device under /sys/bus/pci/devices (gVisor has no sysfs PCI tree): NUMA unknown")
     (run.work / "env" / "numa.txt").write_text("\n".join(numa) + "\n")
     if not os.access("/dev/kmsg", os.R_OK):
         run.notes.append("/dev/kmsg not readable here (gVisor): no kernel log (Xid) recorded")
-    online = Path("/sys/devices/system/node/online")
-    if not online.exists():
-        run.notes.append("/sys/devices/system/node absent: one NUMA node assumed")
+    nodes = sorted(Path("/sys/devices/system/node").glob("node[0-9]*"))
+    if nodes:
+        lines = [f"{n.name} cpulist: {sysfs(n / 'cpulist')}" for n in nodes]
+        (run.work / "env" / "numa-nodes.txt").write_text("\n".join(lines) + "\n")
+    else:
+        run.notes.append("/sys/devices/system/node absent: NUMA topology unknown")
 
 
 def imports(run: Run, step: Step) -> None:
