@@ -141,6 +141,9 @@ class Settings:
     pciebw_threshold_gbps: float = 4.0
     """Minimum host-to-device bandwidth in GB/s, gigabytes per second (``AUTOPILOT_PCIEBW_THRESHOLD_GBPS``)."""
 
+    gpu_cv_threshold_pct: float = 5.0
+    """Coefficient of variation (%) of samples above which GPU figures warn (``AUTOPILOT_GPU_CV_THRESHOLD_PCT``)."""
+
     gpumem_thresholds: Mapping[str, float] = dataclasses.field(default_factory=dict)
     """Override of the per-model ``gpumem`` thresholds: ``h2d_gbps=4,daxpy_gbps=1300,dgemm_tflops=16``; another
     key stops the process."""
@@ -410,6 +413,12 @@ _FIELDS: list[tuple[str, str, tuple[str, ...], Any]] = [
     ("dcgm_fatal_errors", "AUTOPILOT_DCGM_FATAL_ERRORS", ("DCGM_FATAL_ERRORS",), lambda t, v: parse_list(t)),
     ("dcgm_level", "AUTOPILOT_DCGM_LEVEL", (), _int_in(1, 4)),
     ("pciebw_threshold_gbps", "AUTOPILOT_PCIEBW_THRESHOLD_GBPS", (), lambda t, v: parse_float(t, field=v, minimum=0)),
+    (
+        "gpu_cv_threshold_pct",
+        "AUTOPILOT_GPU_CV_THRESHOLD_PCT",
+        (),
+        lambda t, v: parse_float(t, field=v, minimum=0),
+    ),
     ("gpumem_thresholds", "AUTOPILOT_GPUMEM_THRESHOLDS", (), lambda t, v: _gpumem_thresholds(t, v)),
     ("cuda_bin_dir", "AUTOPILOT_CUDA_BIN_DIR", (), lambda t, v: t.strip()),
     ("bandwidthtest_path", "AUTOPILOT_BANDWIDTHTEST_PATH", (), lambda t, v: t.strip()),

@@ -18,14 +18,52 @@ enum ExitCode { EXIT_OK = 0, EXIT_CUDA = 1, EXIT_USAGE = 2, EXIT_NO_DEVICE = 3 }
 
 // A failed CUDA call. Thrown, caught per device, and reported in that device's "error" field so
 // one broken GPU does not hide the figures of the others.
+// `kind` says whose fault it is, for the checks: "hardware" (the GPU misbehaved: an uncorrectable
+// ECC error, our known-good kernel faulting), "lost" (NVML lists the GPU, CUDA cannot open it),
+// "setup" (driver, library, memory or permissions), "usage" (a bad request) or "cuda" (other).
 struct CudaFailure : std::runtime_error {
-    explicit CudaFailure(const std::string& what) : std::runtime_error(what) {}
+    std::string kind = "cuda";
+    std::string name;  // cudaGetErrorName, or the cuBLAS status name
+    explicit CudaFailure(const std::string& what, std::string k = "cuda", std::string n = "")
+        : std::runtime_error(what), kind(std::move(k)), name(std::move(n)) {}
 };
+
+// Errors that only a faulty GPU produces while running our own kernels and copies, which are
+// known to be correct. (cudaErrorAssert is absent: our kernels assert nothing.)
+inline const char* error_kind(cudaError_t err) {
+    switch (err) {
+        case cudaErrorECCUncorrectable:
+        case cudaErrorLaunchFailure:
+        case cudaErrorIllegalAddress:
+        case cudaErrorHardwareStackError:
+        case cudaErrorIllegalInstruction:
+        case cudaErrorMisalignedAddress:
+        case cudaErrorInvalidPc:
+        case cudaErrorLaunchTimeout:
+        case cudaErrorNvlinkUncorrectable:
+            return "hardware";
+        case cudaErrorInsufficientDriver:
+        case cudaErrorNoDevice:
+        case cudaErrorInitializationError:
+        case cudaErrorMemoryAllocation:
+        case cudaErrorDevicesUnavailable:
+        case cudaErrorNoKernelImageForDevice:
+        case cudaErrorUnsupportedPtxVersion:
+        case cudaErrorSystemDriverMismatch:
+        case cudaErrorCompatNotSupportedOnDevice:
+        case cudaErrorNotPermitted:
+        case cudaErrorNotSupported:
+            return "setup";
+        default:
+            return "cuda";
+    }
+}
 
 inline void check(cudaError_t err, const char* call, int line) {
     if (err != cudaSuccess) {
         throw CudaFailure(std::string(call) + ": " + cudaGetErrorString(err) + " (" + cudaGetErrorName(err) +
-                          " = " + std::to_string(static_cast<int>(err)) + ", line " + std::to_string(line) + ")");
+                              " = " + std::to_string(static_cast<int>(err)) + ", line " + std::to_string(line) + ")",
+                          error_kind(err), cudaGetErrorName(err));
     }
 }
 
@@ -51,19 +89,6 @@ struct PinnedBuffer {
     PinnedBuffer& operator=(const PinnedBuffer&) = delete;
 };
 
-struct PageableBuffer {
-    void* ptr = nullptr;
-    explicit PageableBuffer(size_t bytes) {
-        ptr = std::malloc(bytes);
-        if (!ptr) throw CudaFailure("malloc of pageable host buffer failed: " + std::string(std::strerror(errno)));
-        // Touch every page now so the first timed copy does not pay for page faults.
-        std::memset(ptr, 1, bytes);
-    }
-    ~PageableBuffer() { std::free(ptr); }
-    PageableBuffer(const PageableBuffer&) = delete;
-    PageableBuffer& operator=(const PageableBuffer&) = delete;
-};
-
 struct Event {
     cudaEvent_t ev = nullptr;
     Event() { AP_CK(cudaEventCreate(&ev)); }
@@ -74,13 +99,26 @@ struct Event {
     Event& operator=(const Event&) = delete;
 };
 
-// Milliseconds between two events recorded on the legacy default stream around `work`.
+struct Stream {
+    cudaStream_t s = nullptr;
+    // Non-blocking: no implicit synchronisation with the legacy default stream, so nothing
+    // another library queues there lands between our events.
+    Stream() { AP_CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking)); }
+    ~Stream() {
+        if (s) cudaStreamDestroy(s);
+    }
+    Stream(const Stream&) = delete;
+    Stream& operator=(const Stream&) = delete;
+};
+
+// Milliseconds between two events recorded on `stream` around `work`, which only queues work on
+// that stream: the host waits once, after the stop event, so no host latency is inside.
 template <typename F>
-float time_ms(F work) {
+float time_ms(F work, cudaStream_t stream = 0) {
     Event start, stop;
-    AP_CK(cudaEventRecord(start.ev, 0));
+    AP_CK(cudaEventRecord(start.ev, stream));
     work();
-    AP_CK(cudaEventRecord(stop.ev, 0));
+    AP_CK(cudaEventRecord(stop.ev, stream));
     AP_CK(cudaEventSynchronize(stop.ev));
     float ms = 0.0f;
     AP_CK(cudaEventElapsedTime(&ms, start.ev, stop.ev));
@@ -197,7 +235,7 @@ inline int device_count(std::string& no_device) {
 
 inline void common_header(JsonObject& out, const char* tool) {
     out.str("tool", tool);
-    out.integer("version", 1);
+    out.integer("version", 2);
     int runtime = 0, driver = 0;
     cudaRuntimeGetVersion(&runtime);
     cudaDriverGetVersion(&driver);
@@ -239,11 +277,12 @@ int start(const char* tool, const char* usage, int argc, char** argv, Parse pars
     return -1;
 }
 
-// Measures each GPU (or only `device`, when >= 0) with `measure(index, dev)`, prints `out` with its
-// "devices" and "errors" as the one JSON line, and returns the exit code (see README.md). A CUDA
-// error on one GPU is recorded on that GPU and the others are still measured.
+// Measures each GPU (or only `device`, when >= 0, or only the GPU at `pci_bus_id`, when set) with
+// `measure(index, dev)`, prints `out` with its "devices" and "errors" as the one JSON line, and
+// returns the exit code (see README.md). A CUDA error on one GPU is recorded on that GPU, with its
+// "error_kind" and "error_name", and the others are still measured.
 template <typename Measure>
-int run_devices(const char* tool, JsonObject& out, long long device, Measure measure) {
+int run_devices(const char* tool, JsonObject& out, long long device, const std::string& pci_bus_id, Measure measure) {
     std::vector<std::string> devices, errors;
     int code = EXIT_OK;
     try {
@@ -254,6 +293,26 @@ int run_devices(const char* tool, JsonObject& out, long long device, Measure mea
             out.str("error", no_device);
             std::printf("%s\n", out.text().c_str());
             return EXIT_NO_DEVICE;
+        }
+        if (!pci_bus_id.empty()) {
+            // The GPU NVML knows by this bus id; CUDA's own numbering is never trusted to match.
+            int found = -1;
+            const cudaError_t err = cudaDeviceGetByPCIBusId(&found, pci_bus_id.c_str());
+            if (err != cudaSuccess) {
+                JsonObject dev;
+                dev.str("pci_bus_id", pci_bus_id);
+                const std::string what = std::string("CUDA cannot open the GPU at ") + pci_bus_id + ": " +
+                                         cudaGetErrorName(err) + " (" + cudaGetErrorString(err) + ")";
+                dev.str("error", what);
+                dev.str("error_kind", "lost");
+                dev.str("error_name", cudaGetErrorName(err));
+                out.raw("devices", json_array({dev.text()}));
+                out.raw("errors", json_array({json_string(what)}));
+                out.str("error", what);
+                std::printf("%s\n", out.text().c_str());
+                return EXIT_CUDA;
+            }
+            device = found;
         }
         if (device >= count) {
             std::fprintf(stderr, "%s: --device %lld: only %d device(s)\n", tool, device, count);
@@ -271,7 +330,15 @@ int run_devices(const char* tool, JsonObject& out, long long device, Measure mea
                 measure(i, dev);
             } catch (const CudaFailure& e) {
                 dev.str("error", e.what());
+                dev.str("error_kind", e.kind);
+                if (!e.name.empty()) dev.str("error_name", e.name);
                 errors.push_back(json_string("device " + std::to_string(i) + ": " + e.what()));
+                code = EXIT_CUDA;
+            } catch (const std::exception& e) {
+                // Not CUDA's (a host allocation, a thread that would not start): still one JSON line.
+                dev.str("error", std::string("host: ") + e.what());
+                dev.str("error_kind", "setup");
+                errors.push_back(json_string("device " + std::to_string(i) + ": host: " + e.what()));
                 code = EXIT_CUDA;
             }
             devices.push_back(dev.text());
@@ -280,6 +347,7 @@ int run_devices(const char* tool, JsonObject& out, long long device, Measure mea
         }
     } catch (const CudaFailure& e) {
         out.str("error", e.what());
+        out.str("error_kind", e.kind);
         code = EXIT_CUDA;
     }
     out.raw("devices", json_array(devices));
@@ -291,5 +359,27 @@ int run_devices(const char* tool, JsonObject& out, long long device, Measure mea
     std::printf("%s\n", out.text().c_str());
     return code;
 }
+
+// "--name VALUE" or "--name=VALUE" as a string matching `allowed` characters, at most 64 long.
+inline bool str_option(int argc, char** argv, int& i, const char* name, const char* allowed, std::string& out) {
+    const std::string arg = argv[i];
+    const std::string flag = name;
+    std::string value;
+    if (arg == flag) {
+        if (i + 1 >= argc) throw UsageFailure(flag + " needs a value");
+        value = argv[++i];
+    } else if (arg.rfind(flag + "=", 0) == 0) {
+        value = arg.substr(flag.size() + 1);
+    } else {
+        return false;
+    }
+    if (value.empty() || value.size() > 64 || value.find_first_not_of(allowed) != std::string::npos) {
+        throw UsageFailure(flag + ": unexpected value '" + value + "'");
+    }
+    out = value;
+    return true;
+}
+
+inline constexpr const char* kBusIdChars = "0123456789abcdefABCDEF:.";
 
 }  // namespace ap

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the CUDA programs of cuda_src/ (ap-bandwidth, ap-gpumem) into cuda_src/bin/.
+# Build the CUDA programs of cuda_src/ (ap-bandwidth, ap-gpumem, ap-selftest) into cuda_src/bin/.
 #
 # Without nvcc this is a no-op that exits 0 (most developer machines and CI have no CUDA).
 # With nvcc it finds cuBLAS, in this order: $CUBLAS_HOME; the CUDA toolkit's own; a wheel already
@@ -7,7 +7,8 @@
 # .deps/cublas with $PIP (default: the project venv's pip). Then it runs make; a build break
 # fails the script.
 #
-# Environment: NVCC (default nvcc), CUBLAS_HOME, PIP, BIN_DIR (default cuda_src/bin).
+# Environment: NVCC (default nvcc), CUBLAS_HOME, PIP, BIN_DIR (default cuda_src/bin), GENCODE (nvcc
+# -gencode flags; default: every architecture the Makefile lists; one is quicker on a known GPU).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -54,4 +55,4 @@ else
 fi
 
 echo "build-cuda: nvcc $major ($toolkit), cuBLAS from $CUBLAS_HOME"
-make -C "$root/cuda_src" NVCC="$NVCC" CUBLAS_HOME="$CUBLAS_HOME" ${BIN_DIR:+BIN_DIR="$BIN_DIR"}
+make -C "$root/cuda_src" NVCC="$NVCC" CUBLAS_HOME="$CUBLAS_HOME" ${BIN_DIR:+BIN_DIR="$BIN_DIR"} ${GENCODE:+GENCODE="$GENCODE"}

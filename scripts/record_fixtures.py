@@ -4,10 +4,11 @@
 
 Writes, under DIR: ``<check>/NN-<argv>.json`` (one ``Recording`` per command, the format
 ``FakeRunner.from_dir`` replays), ``<check>.result.json`` (the check's result, kept beside the
-folder so that ``from_dir`` sees only recordings), ``nvml-snapshot.json`` (``FakeTelemetry.from_json``
-loads it) and ``reference/`` (an ``ap-bandwidth --plain`` run per GPU).
-Prints one result JSON line per check, then a table comparing the measured PCIe and memory
-figures with a plain pinned cudaMemcpy loop and a device-to-device copy on the same GPU.
+folder so that ``from_dir`` sees only recordings) and ``nvml-snapshot.json``
+(``FakeTelemetry.from_json`` loads it). Prints one result JSON line per check, then a table of
+the measured medians per GPU (the independent references are scripts/gpu_reference.py's).
+Runs with the standard library and nvidia-ml-py alone (scripts/gpu_check.py adds an orjson
+stand-in where orjson is missing).
 
 Exit codes: 0 all checks ran (whatever they found); 3 no GPU / no NVML; 2 usage.
 """
@@ -68,52 +69,34 @@ def main(argv: list[str] | None = None) -> int:
         (out / f"{name}.result.json").write_text(json.dumps(result.to_dict(), indent=1) + "\n")
         print(result.to_json(), flush=True)
 
-    reference = reference_runs(settings, telemetry, count, out / "reference")
-    print_comparison(results, reference, count)
+    print_comparison(results, count)
     return 0
 
 
-def reference_runs(settings: config.Settings, telemetry: gpus.GpuTelemetry, count: int, where: Path) -> dict[int, Any]:
-    """``ap-bandwidth --plain`` per GPU: the plain pinned cudaMemcpy loop beside the event-timed figures."""
-    runner = testing.RecordingRunner(SubprocessRunner(), where)
-    path = os.path.join(settings.cuda_bin_dir, "ap-bandwidth")
-    found: dict[int, Any] = {}
-    for i in range(count):
-        try:
-            res = runner.run([path, "--device", str(i), "--plain"], timeout=120)
-            doc = json.loads(res.stdout.strip().splitlines()[-1])
-            found[i] = doc["devices"][0]
-        except (errors.ToolError, ValueError, IndexError, KeyError) as exc:
-            found[i] = {"error": f"{type(exc).__name__}: {exc}"}
-    return found
-
-
-def print_comparison(results: dict[str, CheckResult], reference: dict[int, Any], count: int) -> None:
+def print_comparison(results: dict[str, CheckResult], count: int) -> None:
     def gpu_data(check: str, i: int) -> dict[str, Any]:
         result = results.get(check)
         return dict(result.data.get("gpus", {}).get(str(i), {})) if result else {}
 
-    def fmt(value: Any, digits: int = 1) -> str:
+    def med(entry: dict[str, Any], key: str, digits: int = 1) -> str:
+        value = entry.get(key, {}).get("median") if isinstance(entry.get(key), dict) else None
         return f"{value:.{digits}f}" if isinstance(value, int | float) else "-"
 
-    print("\n# measured vs reference on the same GPU (GB/s = 1e9 bytes/s; d2d counts read + write)")
-    header = ("GPU", "pciebw H2D", "plain loop H2D", "D2H pinned", "D2D copy", "gpumem H2D", "DAXPY", "DGEMM TFLOPS")
-    print("  ".join(f"{h:>14}" for h in header))
+    print("\n# medians per GPU (GB/s = 1e9 bytes/s; d2d counts read + write; DGEMM in TFLOPS)")
+    header = ("GPU", "pciebw H2D", "pciebw D2H", "D2D copy", "gpumem H2D", "DAXPY", "DGEMM")
+    print("  ".join(f"{h:>12}" for h in header))
     for i in range(count):
-        bw, mem, ref = gpu_data("pciebw", i), gpu_data("gpumem", i), reference.get(i, {})
+        bw, mem = gpu_data("pciebw", i), gpu_data("gpumem", i)
         row = (
             str(i),
-            fmt(bw.get("h2d_pinned_gbps")),
-            fmt(ref.get("h2d_plain_gbps")),
-            fmt(ref.get("d2h_pinned_gbps")),
-            fmt(ref.get("d2d_gbps"), 0),
-            fmt(mem.get("h2d_pinned_gbps")),
-            fmt(mem.get("daxpy_gbps"), 0),
-            fmt(mem.get("dgemm_tflops")),
+            med(bw, "h2d"),
+            med(bw, "d2h"),
+            med(bw, "d2d", 0),
+            med(mem, "h2d"),
+            med(mem, "daxpy", 0),
+            med(mem, "dgemm"),
         )
-        print("  ".join(f"{c:>14}" for c in row))
-        if "error" in ref:
-            print(f"   reference run of GPU {i} failed: {ref['error']}")
+        print("  ".join(f"{c:>12}" for c in row))
     for name, result in results.items():
         print(f"# {name}: {result.status.value}: {result.summary}")
 

@@ -27,7 +27,7 @@ Memory: a process may host 1,000 nodes, so nodes with the same faults share one 
 telemetry (both immutable), and every node shares the settings, the clock and the recordings. A
 node costs its ``CheckContext`` and little else. ``SimRunner`` is written here rather than reusing
 ``testing.FakeRunner`` because a long-running simulator must not keep a log of every call, must
-answer whatever parameters a request carries (``--runs 3``, ``-r 2``), and must make ``hang``
+answer whatever parameters a request carries (``--samples 30``, ``-r 2``), and must make ``hang``
 cancellable by the engine's watchdog.
 """
 
@@ -73,7 +73,7 @@ RTT_MS = (0.041, 0.052, 0.067, 0.009)  # min/avg/max/mdev of a healthy simulated
 FAULTS: dict[str, dict[str, str]] = {
     "pciebw": {
         "low": "GPU 3 measures 2.1 GB/s host-to-device (below the floor: fail)",
-        "narrow": "GPU 3 link trained at x8 of x16, 26 GB/s (warn)",
+        "narrow": "GPU 3 link trained at x8 of x16, 26 GB/s (under the Gen5 x16 floor: fail)",
     },
     "remapped": {
         "pending": "GPU 2 has a pending row remap (warn)",
@@ -89,7 +89,7 @@ FAULTS: dict[str, dict[str, str]] = {
     },
     "gpumem": {
         "slow": "GPU 2 DGEMM at 9.7 TFLOPS (below the floor)",
-        "mismatch": "GPU 2 DAXPY computed wrong numbers (4096 mismatches; fail)",
+        "mismatch": "GPU 2 DAXPY computed wrong numbers (4096 mismatches; fatal fail: EVICT)",
     },
     "ping": {
         "down": "the node's link is down: no ping to or from it is answered, iperf3 cannot connect (fail; "
@@ -391,14 +391,15 @@ def _recordings(tool: str, scenario: str) -> dict[tuple[str, ...], Recording]:
 
 
 def replay_key(argv: Sequence[str]) -> tuple[str, ...]:
-    """What an answer depends on: the program and the GPU (``--device``) or level (``-r``) asked for.
+    """What an answer depends on: the program and the GPU (``--device``, ``--pci-bus-id``) or level
+    (``-r``) asked for.
 
-    Sizes and repeat counts (``--size-mib``, ``--runs``) only change how long a real run takes,
+    Sizes and repeat counts (``--size-mib``, ``--samples``) only change how long a real run takes,
     so a request with other values still gets the recorded answer.
     """
     args = [str(a) for a in argv]
     key = [os.path.basename(args[0])]
-    for flag in ("--device", "-r"):
+    for flag in ("--device", "--pci-bus-id", "-r"):
         if flag in args[:-1]:
             key += [flag, args[args.index(flag) + 1]]
     return tuple(key)

@@ -2,6 +2,12 @@
 
 - ``parse_tool_json``: the one JSON line each program prints;
 - ``same_gpu``: CUDA's and NVML's spelling of a PCI bus id compared;
+- ``pcie_floor``: the H2D floor for a PCIe generation and width (docs/THRESHOLDS.md);
+- ``series``, ``hardware_finding``, ``counter_findings``, ``under_load``, ``slowdown_note``, ``cv_note``,
+  ``peer_outliers``: the rules both checks apply to a device entry of the programs' JSON
+  (samples judged on their median, CUDA errors that are hardware findings, PCIe replay and ECC
+  counters that grew during the run, the link and clocks under load, a GPU far below its
+  identical neighbours);
 - ``Sampler``: telemetry of one GPU sampled in the background while a program runs on it (by
   one thread per process for all GPUs). A
   bandwidth figure means little without the temperature, power and SM clock the GPU ran at,
@@ -11,15 +17,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
+import statistics
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
 from autopilot import errors, gpus
+from autopilot.results import CheckResult, Status
 
 _FIELDS = ("temperature_c", "power_w", "sm_clock_mhz")
 
@@ -54,6 +63,249 @@ def number_field(device: Mapping[str, Any], field: str) -> float:
     return float(value)
 
 
+@dataclasses.dataclass(frozen=True)
+class Series:
+    """Every timed sample of one figure and the statistics judged on (recomputed here, not trusted)."""
+
+    samples: tuple[float, ...]
+    median: float
+    minimum: float
+    maximum: float
+    cv: float  # sample standard deviation / mean; 0 for a single sample
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "samples": list(self.samples),
+            "median": round(self.median, 3),
+            "min": round(self.minimum, 3),
+            "max": round(self.maximum, 3),
+            "cv": round(self.cv, 5),
+        }
+
+
+def series_of(values: Sequence[float]) -> Series:
+    """The statistics of ``values`` (at least one)."""
+    mean = statistics.fmean(values)
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return Series(tuple(values), statistics.median(values), min(values), max(values), sd / mean if mean > 0 else 0.0)
+
+
+def series(device: Mapping[str, Any], field: str) -> Series:
+    """``device[field]``'s samples (``{"samples": [...], ...}``) as a ``Series``, or ``ParseError``."""
+    raw = device.get(field)
+    samples = raw.get("samples") if isinstance(raw, Mapping) else None
+    if not isinstance(samples, list) or not samples:
+        raise ParseError(f"device {device.get('index')}: {field} has no samples")
+    values = [number_field({"index": device.get("index"), field: v}, field) for v in samples]
+    return series_of(values)
+
+
+def cv_note(name: str, s: Series, limit_pct: float) -> str | None:
+    """A note when the samples vary more than ``limit_pct`` percent (a flaky or still-training link)."""
+    if s.cv * 100.0 <= limit_pct:
+        return None
+    return (
+        f"{name} varies {s.cv * 100:.1f}% (> {limit_pct:g}%) over {len(s.samples)} samples "
+        f"({s.minimum:.1f}-{s.maximum:.1f})"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    """A hardware finding from the program's output: always ``fail``; ``fatal`` evicts the node."""
+
+    detail: str
+    fatal: bool
+
+
+# CUDA errors only a faulty GPU produces while it runs our own known-good kernels and copies; the
+# program classifies them too (``error_kind``), the names are checked here in case it did not.
+HARDWARE_ERRORS = frozenset(
+    {
+        "cudaErrorECCUncorrectable",
+        "cudaErrorLaunchFailure",
+        "cudaErrorIllegalAddress",
+        "cudaErrorHardwareStackError",
+        "cudaErrorIllegalInstruction",
+        "cudaErrorMisalignedAddress",
+        "cudaErrorInvalidPc",
+        "cudaErrorLaunchTimeout",
+        "cudaErrorNvlinkUncorrectable",
+    }
+)
+FATAL_ERRORS = frozenset({"cudaErrorECCUncorrectable"})
+
+
+def hardware_finding(device: Mapping[str, Any]) -> Finding | None:
+    """The device's CUDA error as a hardware finding (None when it is a set-up problem or no error).
+
+    ``lost`` (NVML lists the GPU, CUDA cannot open it) and an uncorrectable ECC error are fatal;
+    a faulting launch of our own kernel is a (non-fatal) ``fail``.
+    """
+    if not device.get("error"):
+        return None
+    kind = str(device.get("error_kind") or "")
+    name = str(device.get("error_name") or "")
+    text = str(device["error"])
+    if kind == "lost":
+        return Finding(f"GPU lost: {text}", True)
+    if kind == "hardware" or name in HARDWARE_ERRORS:
+        return Finding(f"hardware error: {text}", name in FATAL_ERRORS)
+    return None
+
+
+_COUNTERS = (
+    # name, what it means, status when it grew, fatal
+    ("ecc_uncorrected", "uncorrectable ECC errors", "fail", True),
+    ("pcie_replay", "PCIe replays", "fail", False),
+    ("ecc_corrected", "corrected ECC errors", "warn", False),
+)
+
+
+def counter_findings(device: Mapping[str, Any]) -> list[tuple[str, str, bool]]:
+    """``(status, detail, fatal)`` for each NVML counter that grew between before and after the run.
+
+    Uncorrectable ECC errors and PCIe replays are ``fail`` (ECC fatal); corrected ECC errors are a
+    ``warn``: HBM corrects single-bit errors routinely, one during a run is a sign, not a fault.
+    """
+    counters = device.get("counters")
+    if not isinstance(counters, Mapping):
+        return []
+    before, after = counters.get("before"), counters.get("after")
+    if not isinstance(before, Mapping) or not isinstance(after, Mapping):
+        return []
+    out: list[tuple[str, str, bool]] = []
+    for key, what, status, fatal in _COUNTERS:
+        b, a = before.get(key), after.get(key)
+        if isinstance(b, bool) or isinstance(a, bool) or not isinstance(b, int) or not isinstance(a, int):
+            continue
+        if a > b:
+            out.append((status, f"{a - b} {what} during the run ({b} -> {a})", fatal))
+    return out
+
+
+def telemetry_range(device: Mapping[str, Any], section: str, field: str) -> tuple[float, float] | None:
+    """``(min, max)`` of an NVML field the program sampled during ``section`` (None: not read)."""
+    telemetry = device.get("telemetry")
+    part = telemetry.get(section) if isinstance(telemetry, Mapping) else None
+    value = part.get(field) if isinstance(part, Mapping) else None
+    if not isinstance(value, Mapping):
+        return None
+    low, high = value.get("min"), value.get("max")
+    if isinstance(low, bool) or isinstance(high, bool) or not isinstance(low, int | float):
+        return None
+    if not isinstance(high, int | float):
+        return None
+    return float(low), float(high)
+
+
+def under_load(device: Mapping[str, Any], section: str) -> dict[str, Any]:
+    """The link and clocks NVML saw while ``section`` ran, and the clock-event reasons it named."""
+    out: dict[str, Any] = {}
+    for field in (
+        "pcie_gen",
+        "pcie_width",
+        "pcie_max_gen",
+        "pcie_max_width",
+        "sm_clock_mhz",
+        "mem_clock_mhz",
+        "power_w",
+    ):
+        span = telemetry_range(device, section, field)
+        if span is not None:
+            out[field] = {"min": span[0], "max": span[1]}
+    telemetry = device.get("telemetry")
+    part = telemetry.get(section) if isinstance(telemetry, Mapping) else None
+    mask = part.get("clock_event_reasons_mask") if isinstance(part, Mapping) else None
+    if isinstance(mask, int) and not isinstance(mask, bool):
+        out["clock_event_reasons"] = sorted(gpus.decode_reasons(mask))
+    return out
+
+
+# Clock-event reasons that lower a figure (idle, application clocks and the like do not).
+_SLOWDOWNS = frozenset(
+    {"sw_power_cap", "hw_slowdown", "sw_thermal_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown"}
+)
+
+
+def slowdown_note(device: Mapping[str, Any], section: str) -> str:
+    """`` (clock events while measuring: sw_power_cap)`` when NVML saw a slowdown during ``section``."""
+    reasons = [r for r in under_load(device, section).get("clock_event_reasons", []) if r in _SLOWDOWNS]
+    return f" (clock events while measuring: {', '.join(reasons)})" if reasons else ""
+
+
+def link_under_load(device: Mapping[str, Any], section: str) -> gpus.PcieLink | None:
+    """The PCIe link NVML saw while ``section`` ran: the highest generation and narrowest width
+    reached, against the maximum the GPU and its slot allow (None when NVML was not read)."""
+    spans = [telemetry_range(device, section, f) for f in ("pcie_gen", "pcie_max_gen", "pcie_width", "pcie_max_width")]
+    if any(span is None for span in spans):
+        return None
+    gen, max_gen, width, max_width = (span for span in spans if span is not None)
+    return gpus.PcieLink(int(gen[1]), int(max_gen[1]), int(width[0]), int(max_width[1]))
+
+
+# Pinned host-to-device floor of an x16 link per PCIe generation, about 0.7 of what a healthy
+# link typically measures (docs/THRESHOLDS.md names the source of every number). Narrower links
+# scale by width; generations above the table use its last row.
+PCIE_FLOOR_X16_GBPS: Mapping[int, float] = {1: 2.2, 2: 4.5, 3: 9.0, 4: 18.0, 5: 38.0}
+
+
+def pcie_floor(link: gpus.PcieLink) -> float:
+    """The floor for a link that should run at ``max_gen`` x ``max_width``."""
+    gen = min(max(link.max_gen, 1), max(PCIE_FLOOR_X16_GBPS))
+    width = link.max_width if link.max_width > 0 else 16
+    return round(PCIE_FLOOR_X16_GBPS[gen] * width / 16, 2)
+
+
+def stored_entry(device: Mapping[str, Any], judged: Sequence[str]) -> dict[str, Any]:
+    """A device entry as kept in the result's data, which lives in Redis history: every sample of
+    the ``judged`` series, statistics only for the others, and the raw telemetry left out (its
+    summary is ``under_load``)."""
+    out: dict[str, Any] = {}
+    for key, value in device.items():
+        if key in ("index", "telemetry"):
+            continue
+        if isinstance(value, Mapping) and "samples" in value and key not in judged:
+            value = {k: v for k, v in value.items() if k != "samples"}
+        out[key] = value
+    return out
+
+
+def numa(device: Mapping[str, Any]) -> dict[str, Any]:
+    """The program's ``numa`` entry (``gpu_node``, ``host_node``, ``cpu_local``, ``notes``), or {}."""
+    raw = device.get("numa")
+    return dict(raw) if isinstance(raw, Mapping) else {}
+
+
+def peer_outliers(values: Mapping[int, tuple[str, float]], ratio: float = 0.9) -> dict[int, str]:
+    """GPUs below ``ratio`` x the median of the identical GPUs (same model name) of this node.
+
+    ``values``: GPU index -> (model name, figure). Needs at least two GPUs of a model.
+    """
+    models: dict[str, list[float]] = {}
+    for name, value in values.values():
+        models.setdefault(name, []).append(value)
+    out: dict[int, str] = {}
+    for index, (name, value) in values.items():
+        peers = models[name]
+        if len(peers) < 2:
+            continue
+        median = statistics.median(peers)
+        if median > 0 and value < ratio * median:
+            out[index] = (
+                f"{value:.1f} is {value / median:.0%} of the median {median:.1f} of the {len(peers)} {name} "
+                f"GPUs here (< {ratio:.0%})"
+            )
+    return out
+
+
+def skipped_summary(result: CheckResult) -> CheckResult:
+    """A result whose every GPU was skipped says why, GPU by GPU, instead of the ok summary."""
+    if result.status is not Status.SKIPPED or not result.devices:
+        return result
+    return dataclasses.replace(result, summary="; ".join(f"GPU {d.id}: {d.detail}" for d in result.devices))
+
+
 def _bus_key(bus_id: str) -> tuple[int, ...] | None:
     match = re.fullmatch(r"\s*([0-9A-Fa-f]+):([0-9A-Fa-f]+):([0-9A-Fa-f]+)\.([0-9A-Fa-f])\s*", bus_id or "")
     return tuple(int(g, 16) for g in match.groups()) if match else None
@@ -65,26 +317,14 @@ def same_gpu(cuda_bus_id: str, nvml_bus_id: str) -> bool:
     return a is None or b is None or a == b
 
 
-def identity_mismatch(telemetry: gpus.GpuTelemetry, index: int, cuda_bus_id: str) -> str | None:
-    """Why CUDA device ``index`` is not NVML GPU ``index`` (None when they agree or NVML cannot tell)."""
-    if not cuda_bus_id:
-        return None
-    try:
-        nvml_bus = telemetry.identity(index).pci_bus_id
-    except errors.GpuUnavailable:
-        raise
-    except errors.GpuError:
-        return None
-    if same_gpu(cuda_bus_id, nvml_bus):
-        return None
-    return f"CUDA device {index} is {cuda_bus_id} but NVML GPU {index} is {nvml_bus}"
-
-
-def device_entry(tool: str, returncode: int, stdout: str, stderr: str, index: int) -> tuple[dict[str, Any], str]:
-    """GPU ``index``'s entry of a ``cuda_src`` program's JSON line, and the run's error text ("" if none).
+def selected_entry(
+    tool: str, returncode: int, stdout: str, stderr: str, index: int, nvml_bus_id: str = ""
+) -> tuple[dict[str, Any], str]:
+    """The entry of a run that named one GPU by ``--pci-bus-id``, and the run's error text ("" if none).
 
     Exit codes (cuda_src/README.md): 0 ok, 1 CUDA error (JSON still printed), 2 usage, 3 no CUDA
-    device. Raises ``ParseError`` with the reason when there is no entry to judge.
+    device. Raises ``ParseError`` with the reason when there is no entry to judge, or when the
+    entry is another GPU than NVML's (``nvml_bus_id``).
     """
     try:
         doc = parse_tool_json(stdout, tool)
@@ -95,9 +335,15 @@ def device_entry(tool: str, returncode: int, stdout: str, stderr: str, index: in
         raise ParseError(f"CUDA sees no device although NVML lists GPU {index}: {top_error}")
     if returncode == 2:
         raise ParseError(f"{tool} usage error: {top_error}")
-    device = next((d for d in doc.get("devices", []) if d.get("index") == index), None)
-    if device is None:
-        raise ParseError(f"{tool} exited {returncode} without GPU {index}: {top_error or 'no entry'}")
+    devices = doc.get("devices", [])
+    if len(devices) != 1:
+        raise ParseError(
+            f"{tool} exited {returncode} with {len(devices)} entries for GPU {index}: {top_error or 'no entry'}"
+        )
+    device = dict(devices[0])
+    cuda_bus = str(device.get("pci_bus_id") or "")
+    if nvml_bus_id and cuda_bus and not same_gpu(cuda_bus, nvml_bus_id):
+        raise ParseError(f"{tool} measured {cuda_bus}, not NVML GPU {index} at {nvml_bus_id}")
     run_error = f"{tool} exited {returncode}: {top_error or 'no error text'}" if returncode != 0 else ""
     return device, run_error
 

@@ -1,17 +1,35 @@
-"""pciebw: pinned host-to-device PCIe bandwidth of every GPU, against a floor in GB/s.
+"""pciebw: pinned host-to-device PCIe bandwidth of every GPU, judged on the median of its samples.
 
 GB/s means gigabytes per second (1e9 bytes/s) in every name, parameter and message of this check;
-upstream mixed Gb/s and GB/s. A GPU whose pinned H2D bandwidth is strictly below
-``threshold_gbps`` (default ``settings.pciebw_threshold_gbps``, 4 GB/s) fails (not fatal); equal
-passes. Each GPU is measured in its own run, so one broken GPU errors alone.
+upstream mixed Gb/s and GB/s. Each GPU is measured in its own run, named by its NVML PCI bus id
+(never by CUDA's index), so one broken GPU errors alone. The rules (docs/RESULTS.md, figures and
+their sources in docs/THRESHOLDS.md):
 
-The tool is ``ap-bandwidth`` from ``cuda_src/`` (in ``settings.cuda_bin_dir``), run once per GPU::
+- the median of at least 10 samples is judged; every sample, the minimum, maximum and coefficient
+  of variation are kept, and a variation above ``settings.gpu_cv_threshold_pct`` (5%) warns;
+- the floor is 0.7 of what a healthy link of the GPU's maximum PCIe generation typically measures,
+  scaled by its maximum width (Gen3 x16 9, Gen4 18, Gen5 38 GB/s); the ``threshold_gbps``
+  parameter replaces it for every GPU, ``settings.pciebw_threshold_gbps`` is used when NVML cannot
+  tell the link. Strictly below fails (not fatal); equal passes;
+- a link narrower than its maximum, or below its maximum generation *while the copies ran*,
+  warns (an idle link at Gen1 is normal power saving); a GPU under 90% of the median of the
+  identical GPUs of the node warns;
+- PCIe replays or uncorrectable ECC errors that grew during the run fail (ECC fatal), corrected
+  ECC errors warn; a hardware CUDA error fails (a lost GPU and uncorrectable ECC fatal), a set-up
+  error (memory, driver, permissions) is an ``error``;
+- a GPU whose pod has no CPU local to it is reported and not judged (``skipped``): every copy
+  would cross the socket link; a GPU in MIG mode is skipped with the reason.
 
-    $ ap-bandwidth --device 0 --size-mib 256 --runs 5
-    {"tool":"ap-bandwidth","version":1,"cuda_runtime_version":13000,"cuda_driver_version":13000,
-     "size_bytes":268435456,"runs":5,"devices":[{"index":0,"name":"NVIDIA H100 80GB HBM3",
-     "pci_bus_id":"00000000:19:00.0","h2d_pinned_gbps":53.112,"d2h_pinned_gbps":54.020,
-     "h2d_pageable_gbps":21.436,"d2h_pageable_gbps":19.880,"d2d_gbps":2788.301}],"errors":[]}
+The tool is ``ap-bandwidth`` from ``cuda_src/`` (in ``settings.cuda_bin_dir``), run once per GPU;
+its output (cuda_src/README.md) carries every sample, the NUMA nodes of the GPU and of the pinned
+buffer, NVML telemetry sampled while the copies ran, and the counters before and after::
+
+    $ ap-bandwidth --pci-bus-id 00000000:19:00.0 --size-mib 256 --samples 20 --warmup-ms 250
+    {"tool":"ap-bandwidth","version":2,...,"devices":[{"index":0,"name":"NVIDIA H100 80GB HBM3",
+     "pci_bus_id":"0000:19:00.0","numa":{"gpu_node":0,"host_node":0,"cpu_local":true,"notes":[]},
+     "h2d":{"samples":[53.1,...],"median":53.1,"min":52.9,"max":53.2,"cv":0.001},"d2h":{...},
+     "d2d":{...},"telemetry":{"h2d":{"pcie_gen":{"min":5,"max":5},...}},
+     "counters":{"before":{"pcie_replay":0,...},"after":{...}}}],"errors":[]}
 
 or, when ``settings.bandwidthtest_path`` is set, NVIDIA's CUDA-samples ``bandwidthTest``, run
 once per GPU with ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` (through ``env``, no shell) so that CUDA's
@@ -30,14 +48,11 @@ itself)::
 
 Its human-readable table (without ``--csv``) is read too; old releases printed MB/s, converted.
 
-PCIe link (NVML, read after the transfer, reported in each GPU's data and detail): a current
-*generation* below the maximum is never a fault by itself, because NVIDIA GPUs drop to Gen1 when
-idle to save power and train back up under load (an idle RTX 4090 reads Gen1 of Gen4). A current
-*width* below the maximum does not recover at idle: it is a seating, riser or slot fault. It is a
-``warn`` even when the bandwidth is above the (deliberately low) floor, since an x8 link halves
-throughput and the 4 GB/s floor would not notice; with bandwidth below the floor the GPU fails
-and the detail names the narrow link as the likely cause. A GPU placed in a narrower slot by
-design will therefore warn.
+PCIe link: the program's NVML samples during the copies (highest generation and narrowest width
+reached); without them, NVML read after the run, where a generation below the maximum is never a
+fault (GPUs drop to Gen1 at idle and train back up under load). A width below the maximum does
+not recover at idle: it is a seating, riser or slot fault, and a GPU placed in a narrower slot by
+design therefore warns.
 
 ``evaluate_text`` reads a saved ``ap-bandwidth`` line, a ``bandwidthTest`` output (text or CSV),
 or an ``nvidia-smi -q`` report, for which it reports the link state of each GPU (ok unless the
@@ -54,14 +69,27 @@ from typing import Any
 
 from autopilot import errors, gpus, nvsmi, registry
 from autopilot.checks._cuda import (
+    Finding,
     ParseError,
     Sampler,
-    device_entry,
-    identity_mismatch,
+    Series,
+    counter_findings,
+    cv_note,
+    hardware_finding,
+    link_under_load,
+    numa,
     number_field,
     parse_tool_json,
+    pcie_floor,
+    peer_outliers,
+    selected_entry,
+    series,
+    series_of,
+    skipped_summary,
     stderr_note,
+    stored_entry,
     tail,
+    under_load,
 )
 from autopilot.context import CheckContext
 from autopilot.results import CheckResult, DeviceResult, Status, from_devices
@@ -69,13 +97,19 @@ from autopilot.results import CheckResult, DeviceResult, Status, from_devices
 NAME = "pciebw"
 UNIT = "GB/s"
 DEFAULT_SIZE_MIB = 256
-DEFAULT_RUNS = 5
+DEFAULT_SAMPLES = 20
+DEFAULT_WARMUP_MS = 250
 RUN_TIMEOUT_S = 120.0
 
 
 @dataclasses.dataclass(frozen=True)
 class GpuReading:
-    """What was measured on one GPU (``error`` instead of ``h2d_gbps`` when nothing usable came back)."""
+    """What was measured on one GPU (``error`` instead of ``h2d_gbps`` when nothing usable came back).
+
+    ``h2d`` holds every sample (``h2d_gbps`` is their median); ``device`` is the program's whole
+    entry for the GPU (NUMA nodes, counters, telemetry), ``finding`` a hardware fault it reported,
+    ``skipped`` why the GPU was not measured (MIG mode).
+    """
 
     index: int
     h2d_gbps: float | None = None
@@ -84,13 +118,56 @@ class GpuReading:
     link_error: str | None = None
     figures: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     telemetry: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    h2d: Series | None = None
+    finding: Finding | None = None
+    skipped: str | None = None
+    link_loaded: bool = False  # ``link`` was read during the copies (else after: idle Gen1 is normal)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rules:
+    """How readings are judged: a fixed floor (``threshold_gbps``) or the PCIe table by link."""
+
+    threshold_gbps: float | None = None  # the check's parameter: one floor for every GPU
+    fallback_gbps: float = 4.0  # AUTOPILOT_PCIEBW_THRESHOLD_GBPS: the floor when the link is unknown
+    cv_limit_pct: float = 5.0  # AUTOPILOT_GPU_CV_THRESHOLD_PCT
+    peer_ratio: float = 0.9
+
+
+# ---------------------------------------------------------------- thresholds
+
+
+def floor_for(reading: GpuReading, rules: Rules) -> tuple[float, str]:
+    """The floor for one GPU and where it came from."""
+    if rules.threshold_gbps is not None:
+        return rules.threshold_gbps, "threshold_gbps parameter"
+    if reading.link is not None and reading.link.max_gen > 0:
+        return pcie_floor(reading.link), f"PCIe Gen{reading.link.max_gen} x{reading.link.max_width} table"
+    return rules.fallback_gbps, "AUTOPILOT_PCIEBW_THRESHOLD_GBPS (link unknown)"
 
 
 # ---------------------------------------------------------------- argv
 
 
-def ap_bandwidth_argv(path: str, index: int, size_mib: int = DEFAULT_SIZE_MIB, runs: int = DEFAULT_RUNS) -> list[str]:
-    return [path, "--device", str(index), "--size-mib", str(size_mib), "--runs", str(runs)]
+def ap_bandwidth_argv(
+    path: str,
+    pci_bus_id: str,
+    size_mib: int = DEFAULT_SIZE_MIB,
+    samples: int = DEFAULT_SAMPLES,
+    warmup_ms: int = DEFAULT_WARMUP_MS,
+) -> list[str]:
+    """The GPU is named by its NVML bus id: CUDA's numbering is never assumed to match NVML's."""
+    return [
+        path,
+        "--pci-bus-id",
+        pci_bus_id,
+        "--size-mib",
+        str(size_mib),
+        "--samples",
+        str(samples),
+        "--warmup-ms",
+        str(warmup_ms),
+    ]
 
 
 def bandwidthtest_argv(path: str, index: int) -> list[str]:
@@ -100,27 +177,37 @@ def bandwidthtest_argv(path: str, index: int) -> list[str]:
 # ---------------------------------------------------------------- parsing (pure)
 
 
-def reading_from_ap_bandwidth(returncode: int, stdout: str, stderr: str, index: int) -> GpuReading:
-    """Turn one ``ap-bandwidth --device index`` run into a reading (exit codes: see cuda_src/README.md)."""
+# ---------------------------------------------------------------- parsing (pure)
+
+
+def reading_from_ap_bandwidth(
+    returncode: int, stdout: str, stderr: str, index: int, nvml_bus_id: str = ""
+) -> GpuReading:
+    """One ``ap-bandwidth --pci-bus-id B`` run as GPU ``index``'s reading (exit codes: cuda_src/README.md)."""
     try:
-        device, run_error = device_entry("ap-bandwidth", returncode, stdout, stderr, index)
+        device, run_error = selected_entry("ap-bandwidth", returncode, stdout, stderr, index, nvml_bus_id)
     except ParseError as exc:
         return GpuReading(index, error=str(exc))
     reading = reading_from_device(device, index)
-    if reading.error is None and run_error:
-        return GpuReading(index, error=run_error)
+    if reading.error is None and reading.skipped is None and run_error:
+        return dataclasses.replace(reading, h2d_gbps=None, error=run_error)
     return reading
 
 
 def reading_from_device(device: Mapping[str, Any], index: int) -> GpuReading:
-    """One entry of an ``ap-bandwidth`` "devices" list."""
+    """One entry of an ``ap-bandwidth`` "devices" list (version 2 with samples, or version 1)."""
+    figures = _figures(device)
+    link = link_under_load(device, "h2d")
+    if device.get("skipped"):
+        return GpuReading(index, skipped=str(device["skipped"]), figures=figures)
     if device.get("error"):
-        return GpuReading(index, error=f"CUDA error: {device['error']}", figures=_figures(device))
+        finding = hardware_finding(device)
+        return GpuReading(index, error=f"CUDA error: {device['error']}", figures=figures, finding=finding, link=link)
     try:
-        h2d = number_field(device, "h2d_pinned_gbps")
+        h2d = series(device, "h2d") if "h2d" in device else series_of([number_field(device, "h2d_pinned_gbps")])
     except ParseError as exc:
-        return GpuReading(index, error=str(exc))
-    return GpuReading(index, h2d_gbps=h2d, figures=_figures(device))
+        return GpuReading(index, error=str(exc), figures=figures)
+    return GpuReading(index, h2d_gbps=h2d.median, figures=figures, h2d=h2d, link=link, link_loaded=link is not None)
 
 
 def _figures(device: Mapping[str, Any]) -> dict[str, Any]:
@@ -217,7 +304,7 @@ def reading_from_bandwidthtest(returncode: int, stdout: str, stderr: str, index:
     figures: dict[str, Any] = {"h2d_pinned_gbps": parsed.h2d_gbps, "size_bytes": parsed.size_bytes}
     if parsed.device_name:
         figures["name"] = parsed.device_name
-    return GpuReading(index, h2d_gbps=parsed.h2d_gbps, figures=figures)
+    return GpuReading(index, h2d_gbps=parsed.h2d_gbps, figures=figures, h2d=series_of([parsed.h2d_gbps]))
 
 
 # ---------------------------------------------------------------- judgement (pure)
@@ -245,49 +332,113 @@ def link_data(link: gpus.PcieLink | None, link_error: str | None) -> dict[str, A
     }
 
 
-def judge_gpu(reading: GpuReading, threshold_gbps: float) -> DeviceResult:
-    """ok / warn (narrow link) / fail (below the floor) / error (no figure) for one GPU."""
+def judge_gpu(reading: GpuReading, rules: Rules, peer_note: str | None = None) -> tuple[DeviceResult, bool]:
+    """One GPU's finding, and whether it is fatal.
+
+    skipped (MIG; no CPU local to the GPU, so H2D is not judged) / fail (hardware error, counters
+    grew, median below the floor) / warn (narrow or down-trained link, unstable samples, far
+    below identical GPUs) / error (no figure) / ok.
+    """
     gpu_id = str(reading.index)
-    link = f"; PCIe {link_note(reading.link)}" if reading.link is not None else ""
+    if reading.skipped is not None:
+        return DeviceResult(gpu_id, Status.SKIPPED, None, UNIT, reading.skipped), False
+    counters = counter_findings(reading.figures)
+    fatal = any(f for _s, _d, f in counters)
+    if reading.finding is not None:
+        detail = "; ".join([reading.finding.detail, *(d for _s, d, _f in counters)])
+        return DeviceResult(gpu_id, Status.FAIL, None, UNIT, detail), reading.finding.fatal or fatal
     if reading.h2d_gbps is None:
-        return DeviceResult(gpu_id, Status.ERROR, None, UNIT, reading.error or "no measurement")
+        return DeviceResult(gpu_id, Status.ERROR, None, UNIT, reading.error or "no measurement"), False
     value = round(reading.h2d_gbps, 2)
-    if reading.h2d_gbps < threshold_gbps:
+    floor, _source = floor_for(reading, rules)
+    link = f"; PCIe {link_note(reading.link)}" if reading.link is not None else ""
+    fails = [d for s, d, _f in counters if s == "fail"]
+    warns = [d for s, d, _f in counters if s == "warn"]
+    place = numa(reading.figures)
+    if place.get("cpu_local") is False:
+        # Every copy crosses the socket link: the figure says nothing about this GPU's PCIe.
+        detail = (
+            f"H2D {value:g} GB/s not judged: no CPU of this pod's cpuset is local to the GPU "
+            f"(GPU on NUMA node {place.get('gpu_node')})"
+        )
+        if fails or warns:
+            return DeviceResult(
+                gpu_id, Status.FAIL if fails else Status.WARN, value, UNIT, "; ".join([*fails, *warns, detail])
+            ), fatal
+        return DeviceResult(gpu_id, Status.SKIPPED, value, UNIT, detail), False
+    if reading.h2d_gbps < floor:
         cause = ""
         if reading.link is not None and width_degraded(reading.link):
             cause = f" (link trained to x{reading.link.current_width} of x{reading.link.max_width})"
-        detail = f"H2D {value:g} GB/s < threshold {threshold_gbps:g} GB/s{cause}{link}"
-        return DeviceResult(gpu_id, Status.FAIL, value, UNIT, detail)
+        elif reading.link is not None and reading.link_loaded and 0 < reading.link.current_gen < reading.link.max_gen:
+            cause = f" (link at Gen{reading.link.current_gen} of Gen{reading.link.max_gen} under load)"
+        fails.append(f"H2D median {value:g} GB/s < threshold {floor:g} GB/s{cause}")
     if reading.link is not None and width_degraded(reading.link):
-        detail = (
-            f"PCIe link width x{reading.link.current_width} of x{reading.link.max_width} "
-            f"(H2D {value:g} GB/s, threshold {threshold_gbps:g} GB/s)"
-        )
-        return DeviceResult(gpu_id, Status.WARN, value, UNIT, detail)
-    return DeviceResult(gpu_id, Status.OK, value, UNIT, f"H2D {value:g} GB/s{link}")
+        warns.append(f"PCIe link width x{reading.link.current_width} of x{reading.link.max_width}")
+    if reading.link is not None and reading.link_loaded and 0 < reading.link.current_gen < reading.link.max_gen:
+        warns.append(f"PCIe link at Gen{reading.link.current_gen} of Gen{reading.link.max_gen} under load")
+    if reading.h2d is not None:
+        note = cv_note("H2D", reading.h2d, rules.cv_limit_pct)
+        if note:
+            warns.append(note)
+    if peer_note:
+        warns.append(f"H2D {peer_note}")
+    if fails:
+        return DeviceResult(gpu_id, Status.FAIL, value, UNIT, "; ".join([*fails, *warns]) + link), fatal
+    if warns:
+        return DeviceResult(
+            gpu_id, Status.WARN, value, UNIT, "; ".join(warns) + f" (H2D {value:g} GB/s, threshold {floor:g} GB/s)"
+        ), False
+    return DeviceResult(gpu_id, Status.OK, value, UNIT, f"H2D {value:g} GB/s{link}"), False
 
 
-def evaluate(readings: Sequence[GpuReading], threshold_gbps: float, *, tool: str) -> CheckResult:
+def evaluate(readings: Sequence[GpuReading], rules: Rules, *, tool: str) -> CheckResult:
     """Fold per-GPU readings into the check result (pure)."""
-    devices = [judge_gpu(r, threshold_gbps) for r in readings]
+    judged = {
+        r.index: (str(r.figures.get("name") or ""), r.h2d_gbps)
+        for r in readings
+        if r.h2d_gbps is not None and numa(r.figures).get("cpu_local") is not False
+    }
+    peers = peer_outliers({i: (n, v) for i, (n, v) in judged.items() if v is not None}, rules.peer_ratio)
+    verdicts = [judge_gpu(r, rules, peers.get(r.index)) for r in readings]
+    devices = [d for d, _f in verdicts]
+    fatal = any(f for _d, f in verdicts)
     per_gpu: dict[str, Any] = {}
     for r in readings:
-        entry: dict[str, Any] = {**r.figures, "h2d_pinned_gbps": r.h2d_gbps}
+        entry: dict[str, Any] = {**stored_entry(r.figures, ("h2d",)), "h2d_pinned_gbps": r.h2d_gbps}
+        if r.h2d is not None:
+            entry["h2d"] = r.h2d.to_dict()
         if r.error:
             entry["error"] = r.error
+        if r.skipped:
+            entry["skipped"] = r.skipped
+        if r.h2d_gbps is not None:
+            entry["threshold_gbps"], entry["threshold_source"] = floor_for(r, rules)
         if r.link is not None or r.link_error is not None:
             entry["pcie_link"] = link_data(r.link, r.link_error)
+        loaded = under_load(r.figures, "h2d")
+        if loaded:
+            entry["under_load"] = loaded
         if r.telemetry:
-            entry["telemetry"] = dict(r.telemetry)
+            entry["sampler"] = dict(r.telemetry)
         per_gpu[str(r.index)] = entry
     values = [r.h2d_gbps for r in readings if r.h2d_gbps is not None]
     span = "n/a"
     if values:
         low, high = min(values), max(values)
         span = f"{low:.1f}" if f"{low:.1f}" == f"{high:.1f}" else f"{low:.1f}-{high:.1f}"
-    ok_summary = f"{len(readings)} GPU(s): H2D pinned {span} GB/s, threshold {threshold_gbps:g} GB/s"
-    data = {"threshold_gbps": threshold_gbps, "unit": "GB/s (1e9 bytes/s)", "tool": tool, "gpus": per_gpu}
-    return from_devices(NAME, devices, ok_summary=ok_summary, data=data)
+    floors = sorted({floor_for(r, rules)[0] for r in readings if r.h2d_gbps is not None})
+    shown = "/".join(f"{f:g}" for f in floors) or "n/a"
+    ok_summary = f"{len(readings)} GPU(s): H2D pinned median {span} GB/s, threshold {shown} GB/s"
+    data = {
+        "threshold_gbps": rules.threshold_gbps,
+        "fallback_threshold_gbps": rules.fallback_gbps,
+        "cv_limit_pct": rules.cv_limit_pct,
+        "unit": "GB/s (1e9 bytes/s)",
+        "tool": tool,
+        "gpus": per_gpu,
+    }
+    return skipped_summary(from_devices(NAME, devices, ok_summary=ok_summary, data=data, fatal=fatal))
 
 
 def evaluate_links(links: Sequence[tuple[int | str, gpus.PcieLink | None, str | None]]) -> CheckResult:
@@ -324,14 +475,18 @@ def evaluate_links(links: Sequence[tuple[int | str, gpus.PcieLink | None, str | 
     )
 
 
-def _threshold(params: Mapping[str, Any], settings: Any) -> float:
+def rules_for(params: Mapping[str, Any], settings: Any) -> Rules:
     raw = params.get("threshold_gbps")
-    return float(raw) if raw is not None else float(settings.pciebw_threshold_gbps)
+    return Rules(
+        threshold_gbps=float(raw) if raw is not None else None,
+        fallback_gbps=float(settings.pciebw_threshold_gbps),
+        cv_limit_pct=float(settings.gpu_cv_threshold_pct),
+    )
 
 
 def evaluate_text(text: str, params: Mapping[str, Any], settings: Any) -> CheckResult:
     """Judge a saved ``ap-bandwidth`` line, ``bandwidthTest`` output or ``nvidia-smi -q`` report."""
-    threshold = _threshold(params, settings)
+    rules = rules_for(params, settings)
     if '"ap-bandwidth"' in text:
         try:
             doc = parse_tool_json(text, "ap-bandwidth")
@@ -345,7 +500,7 @@ def evaluate_text(text: str, params: Mapping[str, Any], settings: Any) -> CheckR
             readings.append(reading_from_device(device, index))
         if not readings:
             return CheckResult(NAME, Status.ERROR, f"ap-bandwidth measured no GPU: {doc.get('error') or 'no devices'}")
-        return evaluate(readings, threshold, tool="ap-bandwidth")
+        return evaluate(readings, rules, tool="ap-bandwidth")
     if nvsmi.looks_like_q(text):
         try:
             report = nvsmi.parse_q(text)
@@ -371,20 +526,17 @@ def evaluate_text(text: str, params: Mapping[str, Any], settings: Any) -> CheckR
         except ParseError as exc:
             return CheckResult(NAME, Status.ERROR, str(exc))
         index = parsed.device_index if parsed.device_index is not None else 0
-        reading = GpuReading(index, h2d_gbps=parsed.h2d_gbps, figures={"name": parsed.device_name, "form": parsed.form})
-        return evaluate([reading], threshold, tool="bandwidthTest")
+        reading = GpuReading(
+            index,
+            h2d_gbps=parsed.h2d_gbps,
+            figures={"name": parsed.device_name, "form": parsed.form},
+            h2d=series_of([parsed.h2d_gbps]),
+        )
+        return evaluate([reading], rules, tool="bandwidthTest")
     return CheckResult(NAME, Status.ERROR, "not ap-bandwidth, bandwidthTest or nvidia-smi -q output")
 
 
 # ---------------------------------------------------------------- collect
-
-
-def check_identity(ctx: CheckContext, reading: GpuReading) -> GpuReading:
-    """Error a reading whose CUDA device is not the NVML GPU of the same index."""
-    if reading.error:
-        return reading
-    mismatch = identity_mismatch(ctx.gpus, reading.index, str(reading.figures.get("pci_bus_id") or ""))
-    return reading if mismatch is None else dataclasses.replace(reading, h2d_gbps=None, error=mismatch)
 
 
 def read_link(ctx: CheckContext, index: int) -> tuple[gpus.PcieLink | None, str | None]:
@@ -400,8 +552,18 @@ def _measure(ctx: CheckContext, tool: str, path: str, index: int, params: Mappin
     if tool == "bandwidthTest":
         argv = bandwidthtest_argv(path, index)
     else:
+        try:
+            bus = ctx.gpus.identity(index).pci_bus_id
+        except errors.GpuUnavailable:
+            raise
+        except errors.GpuError as exc:
+            return GpuReading(index, error=f"NVML has no PCI bus id for GPU {index}: {exc}")
         argv = ap_bandwidth_argv(
-            path, index, int(params.get("size_mib", DEFAULT_SIZE_MIB)), int(params.get("runs", DEFAULT_RUNS))
+            path,
+            bus,
+            int(params.get("size_mib", DEFAULT_SIZE_MIB)),
+            int(params.get("samples", DEFAULT_SAMPLES)),
+            int(params.get("warmup_ms", DEFAULT_WARMUP_MS)),
         )
     with Sampler(ctx.gpus, index) as sampler:
         try:
@@ -411,7 +573,10 @@ def _measure(ctx: CheckContext, tool: str, path: str, index: int, params: Mappin
     if tool == "bandwidthTest":
         reading = reading_from_bandwidthtest(result.returncode, result.stdout, result.stderr, index)
     else:
-        reading = check_identity(ctx, reading_from_ap_bandwidth(result.returncode, result.stdout, result.stderr, index))
+        reading = reading_from_ap_bandwidth(result.returncode, result.stdout, result.stderr, index, bus)
+    if reading.link is not None:
+        return dataclasses.replace(reading, telemetry=sampler.summary())
+    # The program could not read NVML under load: the link as NVML reads it now.
     link, link_error = read_link(ctx, index)
     return dataclasses.replace(reading, link=link, link_error=link_error, telemetry=sampler.summary())
 
@@ -424,14 +589,28 @@ def _measure(ctx: CheckContext, tool: str, path: str, index: int, params: Mappin
             "threshold_gbps",
             float,
             None,
-            "minimum pinned H2D bandwidth in GB/s (1e9 bytes/s); default: AUTOPILOT_PCIEBW_THRESHOLD_GBPS (4)",
+            "minimum median pinned H2D bandwidth in GB/s (1e9 bytes/s) for every GPU; default: per PCIe "
+            "generation and width (docs/THRESHOLDS.md), AUTOPILOT_PCIEBW_THRESHOLD_GBPS when the link is unknown",
             minimum=0,
         ),
         registry.Param(
-            "size_mib", int, DEFAULT_SIZE_MIB, "bytes per ap-bandwidth transfer, in MiB", minimum=1, maximum=4096
+            "size_mib", int, DEFAULT_SIZE_MIB, "bytes per ap-bandwidth copy, in MiB", minimum=1, maximum=4096
         ),
         registry.Param(
-            "runs", int, DEFAULT_RUNS, "ap-bandwidth copies per figure (the best counts)", minimum=1, maximum=100
+            "samples",
+            int,
+            DEFAULT_SAMPLES,
+            "timed ap-bandwidth samples per direction (median judged)",
+            minimum=10,
+            maximum=1000,
+        ),
+        registry.Param(
+            "warmup_ms",
+            int,
+            DEFAULT_WARMUP_MS,
+            "ap-bandwidth warm-up before the samples, in ms",
+            minimum=200,
+            maximum=60_000,
         ),
     ),
     timeout_s=600.0,
@@ -442,7 +621,7 @@ def run(ctx: CheckContext, params: Mapping[str, Any]) -> CheckResult:
     count = ctx.gpus.count()
     if count == 0:
         return CheckResult(NAME, Status.SKIPPED, "no GPU on this node")
-    threshold = _threshold(params, ctx.settings)
+    rules = rules_for(params, ctx.settings)
     if ctx.settings.bandwidthtest_path:
         tool, path = "bandwidthTest", ctx.settings.bandwidthtest_path
     else:
@@ -451,4 +630,4 @@ def run(ctx: CheckContext, params: Mapping[str, Any]) -> CheckResult:
         where = "AUTOPILOT_BANDWIDTHTEST_PATH" if tool == "bandwidthTest" else "AUTOPILOT_CUDA_BIN_DIR"
         return CheckResult(NAME, Status.ERROR, f"{tool} not found at {path} (set {where}, or build cuda_src)")
     readings = [_measure(ctx, tool, path, i, params) for i in range(count)]
-    return evaluate(readings, threshold, tool=tool)
+    return evaluate(readings, rules, tool=tool)

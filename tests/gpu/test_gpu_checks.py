@@ -43,3 +43,22 @@ def test_dcgm_level1_for_real(ctx: CheckContext) -> None:
         pytest.skip("dcgmi not installed")
     result = execution.run_check("dcgm", ctx, {"r": 1})
     assert result.status is not Status.SKIPPED, result.to_json()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tool", ["ap-bandwidth", "ap-gpumem"])
+def test_programs_emit_every_sample_numa_and_counters(tool: str) -> None:
+    import json
+    import subprocess
+
+    if not (BIN / tool).exists():
+        pytest.skip("cuda_src not built (scripts/build-cuda.sh)")
+    small = ["--size-mib", "64"] if tool == "ap-bandwidth" else ["--dgemm-n", "2048"]
+    proc = subprocess.run([str(BIN / tool), "--device", "0", *small], capture_output=True, text=True, timeout=300)  # noqa: S603
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    device = json.loads(proc.stdout)["devices"][0]
+    assert len(device["h2d"]["samples"]) >= 10
+    assert {"gpu_node", "host_node", "cpu_local"} <= set(device["numa"])
+    assert {"before", "after"} <= set(device["counters"])
+    if tool == "ap-gpumem":
+        assert device["dgemm_mismatches"] == 0 and device["daxpy_mismatches"] == 0

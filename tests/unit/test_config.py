@@ -42,6 +42,11 @@ def test_upstream_aliases_and_lists() -> None:
     assert s.check_timeouts == {"dcgm": 900.0, "pciebw": 120.0}
 
 
+def test_gpu_cv_threshold_defaults_to_5_percent_and_is_read_from_the_environment() -> None:
+    assert config.Settings.from_env({}).gpu_cv_threshold_pct == 5.0
+    assert config.Settings.from_env({"AUTOPILOT_GPU_CV_THRESHOLD_PCT": "2.5"}).gpu_cv_threshold_pct == 2.5
+
+
 def test_primary_name_wins_over_alias() -> None:
     s = config.Settings.from_env({"AUTOPILOT_PERIODIC_CHECKS": "remapped", "PERIODIC_CHECKS": "ping"})
     assert s.periodic_checks == ("remapped",)
@@ -54,6 +59,7 @@ def test_primary_name_wins_over_alias() -> None:
         ({"AUTOPILOT_DCGM_LEVEL": "9"}, "AUTOPILOT_DCGM_LEVEL"),
         ({"AUTOPILOT_API_PORT": "http"}, "AUTOPILOT_API_PORT"),
         ({"AUTOPILOT_PCIEBW_THRESHOLD_GBPS": "-1"}, "AUTOPILOT_PCIEBW_THRESHOLD_GBPS"),
+        ({"AUTOPILOT_GPU_CV_THRESHOLD_PCT": "-5"}, "AUTOPILOT_GPU_CV_THRESHOLD_PCT"),
         ({"AUTOPILOT_CHECK_TIMEOUTS": "dcgm"}, "AUTOPILOT_CHECK_TIMEOUTS"),
     ],
 )

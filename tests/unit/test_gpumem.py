@@ -32,22 +32,55 @@ def params(**raw: Any) -> dict[str, Any]:
     return registry.REGISTRY.get("gpumem").validate(raw)
 
 
+BUS = ("00000000:19:00.0", "00000000:3B:00.0", "00000000:5D:00.0")
+QUIET = {"pcie_replay": 0, "ecc_corrected": 0, "ecc_uncorrected": 0}
+
+
 def line(
     index: int = 0,
     *,
     name: str = H100,
-    h2d: float = 50.0,
-    daxpy: float = 2900.0,
-    dgemm: float = 50.0,
+    h2d: float | list[float] = 50.0,
+    daxpy: float | list[float] = 2900.0,
+    dgemm: float | list[float] = 50.0,
     mismatches: int = 0,
+    dgemm_mismatches: int = 0,
     error: str | None = None,
+    kind: str = "cuda",
+    error_name: str = "",
+    extra: dict[str, Any] | None = None,
 ) -> str:
-    device: dict[str, Any] = {"index": index, "name": name, "pci_bus_id": f"0000:{index:02X}:00.0"}
+    """A hand-written ap-gpumem version-2 line for one GPU (every figure a series of samples)."""
+
+    def series(v: float | list[float]) -> dict[str, Any]:
+        return {"samples": v if isinstance(v, list) else [v] * 10}
+
+    device: dict[str, Any] = {"index": index, "name": name, "pci_bus_id": BUS[index], "l2_bytes": 52428800}
     if error:
-        device["error"] = error
+        device.update(error=error, error_kind=kind, error_name=error_name)
     else:
-        device.update(h2d_pinned_gbps=h2d, daxpy_gbps=daxpy, daxpy_mismatches=mismatches, dgemm_tflops=dgemm)
-    doc: dict[str, Any] = {"tool": "ap-gpumem", "version": 1, "elements": 134217728, "devices": [device], "errors": []}
+        device.update(
+            numa={"gpu_node": 0, "host_node": 0, "cpu_local": True, "notes": []},
+            h2d=series(h2d),
+            daxpy=series(daxpy),
+            daxpy_variant="vector",
+            daxpy_mismatches=mismatches,
+            dgemm=series(dgemm),
+            dgemm_mismatches=dgemm_mismatches,
+            h2d_pinned_gbps=0.0,  # the series win over these summary figures
+            daxpy_gbps=0.0,
+            dgemm_tflops=0.0,
+        )
+    device["counters"] = {"before": QUIET, "after": QUIET}
+    device.update(extra or {})
+    doc: dict[str, Any] = {
+        "tool": "ap-gpumem",
+        "version": 2,
+        "cublas_version": 130100,
+        "elements": 268435456,
+        "devices": [device],
+        "errors": [],
+    }
     if error:
         doc["error"] = "1 device(s) failed"
     return json.dumps(doc) + "\n"
@@ -55,70 +88,91 @@ def line(
 
 def one_gpu(stdout: str, *, returncode: int = 0, name: str = H100, **kw: Any) -> tuple[FakeRunner, CheckContext]:
     runner = FakeRunner()
-    runner.add(gpumem.argv_for(TOOL, 0, params()), stdout, returncode=returncode)
-    return runner, ctx_for(runner, FakeTelemetry([FakeGpu(name=name)]), **kw)
+    runner.add(gpumem.argv_for(TOOL, BUS[0], params()), stdout, returncode=returncode)
+    return runner, ctx_for(runner, FakeTelemetry([FakeGpu(name=name, pci_bus_id=BUS[0])]), **kw)
 
 
-def test_exact_argv_per_gpu_and_ok_result() -> None:
+def test_exact_argv_per_gpu_by_bus_id_and_ok_result() -> None:
     runner = FakeRunner()
     for i in range(2):
-        runner.add(gpumem.argv_for(TOOL, i, params()), line(i))
-    result = gpumem.run(ctx_for(runner, FakeTelemetry([FakeGpu(), FakeGpu()])), params())
+        runner.add(gpumem.argv_for(TOOL, BUS[i], params()), line(i))
+    telemetry = FakeTelemetry([FakeGpu(pci_bus_id=BUS[0]), FakeGpu(pci_bus_id=BUS[1])])
+    result = gpumem.run(ctx_for(runner, telemetry), params())
     assert runner.calls == [
         (
             TOOL,
-            "--device",
-            str(i),
+            "--pci-bus-id",
+            BUS[i],
             "--elements",
-            "134217728",
-            "--daxpy-iters",
+            "268435456",
+            "--samples",
             "20",
+            "--warmup-ms",
+            "250",
+            "--daxpy-iters",
+            "5",
             "--dgemm-n",
             "8192",
             "--dgemm-iters",
-            "50",
+            "2",
+            "--dgemm-seconds",
+            "0",
         )
         for i in range(2)
     ]
     assert result.status is Status.OK
     assert [(d.id, d.value, d.unit) for d in result.devices] == [("0", 2900.0, "GB/s"), ("1", 2900.0, "GB/s")]
     entry = result.data["gpus"]["0"]
-    assert entry["thresholds"] == {"h2d_gbps": 4.0, "daxpy_gbps": 2300.0, "dgemm_tflops": 40.0}
+    assert entry["thresholds"] == {"h2d_gbps": 4.0, "daxpy_gbps": 2320.0, "dgemm_tflops": 40.0}
     assert entry["threshold_model"] == "H100"
-    assert entry["telemetry"]["samples"] >= 2
+    assert entry["sampler"]["samples"] >= 2
+    assert result.data["cublas_version"] == 130100
 
 
 def test_params_change_the_argv() -> None:
-    p = params(elements=1 << 20, daxpy_iterations=3, dgemm_n=1024, dgemm_iterations=2)
-    assert gpumem.argv_for(TOOL, 3, p) == [
+    p = params(elements=1 << 26, daxpy_iterations=3, dgemm_n=1024, dgemm_iterations=4, samples=12, dgemm_seconds=15)
+    assert gpumem.argv_for(TOOL, BUS[1], p) == [
         TOOL,
-        "--device",
-        "3",
+        "--pci-bus-id",
+        BUS[1],
         "--elements",
-        "1048576",
+        str(1 << 26),
+        "--samples",
+        "12",
+        "--warmup-ms",
+        "250",
         "--daxpy-iters",
         "3",
         "--dgemm-n",
         "1024",
         "--dgemm-iters",
-        "2",
+        "4",
+        "--dgemm-seconds",
+        "15",
     ]
+
+
+@pytest.mark.parametrize("raw", [{"elements": (1 << 25) - 1}, {"samples": 9}, {"warmup_ms": 199}])
+def test_params_refuse_cache_sized_working_sets_few_samples_and_short_warm_ups(raw: dict[str, int]) -> None:
+    with pytest.raises(errors.BadParameter):
+        params(**raw)
 
 
 def test_recorded_fixture_slow_hbm_fails_that_gpu() -> None:
     runner = FakeRunner.from_dir(DATA / "h100x2-gpu1-slow-hbm")
-    telemetry = FakeTelemetry([FakeGpu(pci_bus_id="00000000:19:00.0"), FakeGpu(pci_bus_id="00000000:3B:00.0")])
+    telemetry = FakeTelemetry([FakeGpu(pci_bus_id=BUS[0]), FakeGpu(pci_bus_id=BUS[1])])
     result = gpumem.run(ctx_for(runner, telemetry), params())
     assert result.status is Status.FAIL and result.fatal is False
     assert [d.status for d in result.devices] == [Status.OK, Status.FAIL]
-    assert result.summary == "GPU 1: DAXPY 1612.2 GB/s < 2300"
+    assert result.summary == "GPU 1: DAXPY median 1612.2 GB/s < 2320"
+    assert result.data["gpus"]["1"]["under_load"]["daxpy"]["mem_clock_mhz"] == {"min": 2619.0, "max": 2619.0}
 
 
 @pytest.mark.parametrize(
     ("field", "value", "expected"),
     [
-        ("daxpy", 2300.0, Status.OK),
-        ("daxpy", 2299.99, Status.FAIL),
+        ("daxpy", 2320.0, Status.OK),
+        ("daxpy", 2319.99, Status.FAIL),
         ("dgemm", 40.0, Status.OK),
         ("dgemm", 39.99, Status.FAIL),
         ("h2d", 4.0, Status.OK),
@@ -181,11 +235,124 @@ def test_unknown_settings_key_is_an_error_before_running() -> None:
     assert runner.calls == []
 
 
-def test_wrong_daxpy_values_fail_whatever_the_model() -> None:
+def test_wrong_daxpy_values_fail_fatal_whatever_the_model() -> None:
     _, ctx = one_gpu(line(name="NVIDIA L40S", mismatches=3), name="NVIDIA L40S")
     result = gpumem.run(ctx, params())
-    assert result.status is Status.FAIL
+    assert result.status is Status.FAIL and result.fatal is True
     assert result.devices[0].detail == "DAXPY wrote 3 wrong value(s)"
+
+
+def test_one_wrong_dgemm_element_is_fatal_silent_data_corruption() -> None:
+    result = gpumem.evaluate_text(line(dgemm_mismatches=1), {}, settings())
+    assert result.status is Status.FAIL and result.fatal is True
+    assert result.devices[0].detail == "DGEMM wrote 1 wrong value(s)"
+
+
+def test_missing_dgemm_verification_is_not_invented() -> None:
+    doc = json.loads(line())
+    del doc["devices"][0]["dgemm_mismatches"]
+    assert gpumem.evaluate_text(json.dumps(doc), {}, settings()).status is Status.OK
+
+
+def test_medians_are_judged_and_spread_warns() -> None:
+    samples = [2900.0] * 8 + [2000.0, 2100.0]
+    result = gpumem.evaluate_text(line(daxpy=samples), {}, settings())
+    assert result.status is Status.WARN
+    assert result.devices[0].value == 2900.0
+    assert result.devices[0].detail.startswith("DAXPY varies ")
+    assert result.data["gpus"]["0"]["daxpy"]["samples"] == samples
+
+
+def test_a_gpu_far_below_identical_neighbours_warns_on_dgemm() -> None:
+    text = "".join(line(i, dgemm=v) for i, v in enumerate([50.0, 51.0, 44.0]))
+    doc = [json.loads(t) for t in text.splitlines()]
+    merged = {**doc[0], "devices": [d["devices"][0] for d in doc]}
+    result = gpumem.evaluate_text(json.dumps(merged), {}, settings())
+    assert [d.status for d in result.devices] == [Status.OK, Status.OK, Status.WARN]
+    assert result.devices[2].detail.startswith("DGEMM 44.0 is 88% of the median 50.0 of the 3 NVIDIA H100")
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "fatal"),
+    [
+        ("cudaErrorLaunchFailure", "hardware", False),
+        ("cudaErrorECCUncorrectable", "hardware", True),
+        ("", "lost", True),
+    ],
+)
+def test_hardware_errors_are_fail(name: str, kind: str, fatal: bool) -> None:
+    _, ctx = one_gpu(line(error=f"daxpy: {name or 'cannot open'}", kind=kind, error_name=name), returncode=1)
+    result = gpumem.run(ctx, params())
+    assert result.status is Status.FAIL and result.fatal is fatal
+
+
+def test_counters_that_grew_fail() -> None:
+    grew = {"counters": {"before": QUIET, "after": {**QUIET, "ecc_uncorrected": 2}}}
+    result = gpumem.evaluate_text(line(extra=grew), {}, settings())
+    assert result.status is Status.FAIL and result.fatal is True
+    assert "2 uncorrectable ECC errors during the run (0 -> 2)" in result.devices[0].detail
+
+
+def test_mig_gpu_is_skipped() -> None:
+    skipped = {"index": 0, "name": H100, "pci_bus_id": BUS[0], "mig": True, "skipped": "MIG mode is enabled: x"}
+    doc = {"tool": "ap-gpumem", "version": 2, "devices": [skipped], "errors": []}
+    result = gpumem.evaluate_text(json.dumps(doc), {}, settings())
+    assert result.status is Status.SKIPPED
+    assert result.devices[0].detail == "MIG mode is enabled: x"
+    assert result.summary == "GPU 0: MIG mode is enabled: x"
+
+
+def test_working_set_under_4x_l2_is_an_error_not_a_figure() -> None:
+    doc = json.loads(line(daxpy=9000.0))
+    doc["elements"] = 1 << 20  # 16 MiB working set against a 50 MiB L2
+    result = gpumem.evaluate_text(json.dumps(doc), {}, settings())
+    assert result.status is Status.ERROR
+    assert "DAXPY working set 16777216 bytes < 4x L2 (52428800 bytes)" in result.devices[0].detail
+
+
+def test_a_low_figure_names_the_slowdown_nvml_saw_while_measuring() -> None:
+    hot = {"telemetry": {"dgemm": {"clock_event_reasons_mask": 0x4 | 0x1, "sm_clock_mhz": {"min": 1200, "max": 1980}}}}
+    result = gpumem.evaluate_text(line(dgemm=30.0, extra=hot), {}, settings())
+    assert result.devices[0].detail == "DGEMM median 30.0 TFLOPS < 40 (clock events while measuring: sw_power_cap)"
+    assert result.data["gpus"]["0"]["under_load"]["dgemm"]["sm_clock_mhz"] == {"min": 1200.0, "max": 1980.0}
+
+
+def test_a_cache_sweep_line_is_never_judged() -> None:
+    doc = json.loads(line())
+    doc["cache_sweep"] = True
+    result = gpumem.evaluate_text(json.dumps(doc), {}, settings())
+    assert result.status is Status.ERROR
+    assert "not judged" in result.summary
+
+
+def test_program_refusing_the_working_set_is_an_error() -> None:
+    text = line(error="--elements 1048576: DAXPY working set 16777216 bytes is below 4x the L2", kind="usage")
+    assert gpumem.evaluate_text(text, {}, settings()).status is Status.ERROR
+
+
+def test_off_node_h2d_is_not_judged_but_the_rest_is() -> None:
+    off = {"numa": {"gpu_node": 1, "host_node": 0, "cpu_local": False, "notes": []}}
+    result = gpumem.evaluate_text(line(h2d=1.0, extra=off), {}, settings())
+    assert result.status is Status.OK
+    assert result.devices[0].detail.endswith("(H2D not judged: no CPU of this pod's cpuset is local to the GPU)")
+    slow = gpumem.evaluate_text(line(h2d=1.0, dgemm=10.0, extra=off), {}, settings())
+    assert slow.status is Status.FAIL and slow.devices[0].detail == "DGEMM median 10.0 TFLOPS < 40"
+
+
+def test_h2d_floor_follows_the_link_seen_under_load() -> None:
+    link = {
+        "telemetry": {
+            "h2d": {
+                "pcie_gen": {"min": 5, "max": 5},
+                "pcie_max_gen": {"min": 5, "max": 5},
+                "pcie_width": {"min": 16, "max": 16},
+                "pcie_max_width": {"min": 16, "max": 16},
+            }
+        }
+    }
+    result = gpumem.evaluate_text(line(h2d=30.0, extra=link), {}, settings())
+    assert result.status is Status.FAIL
+    assert result.data["gpus"]["0"]["thresholds"]["h2d_gbps"] == 38.0
 
 
 def test_missing_binary_is_an_error_naming_the_path() -> None:
@@ -208,8 +375,8 @@ def test_garbage_output_is_an_error(stdout: str) -> None:
     assert "exited 134" in result.devices[0].detail
 
 
-def test_cublas_error_with_json_error_field_is_an_error() -> None:
-    _, ctx = one_gpu(line(error="cublasCreate(&h): the library was not initialized"), returncode=1)
+def test_cublas_setup_error_is_an_error() -> None:
+    _, ctx = one_gpu(line(error="cublasCreate(&h): the library was not initialized", kind="setup"), returncode=1)
     result = gpumem.run(ctx, params())
     assert result.status is Status.ERROR
     assert "not initialized" in result.devices[0].detail
@@ -217,7 +384,7 @@ def test_cublas_error_with_json_error_field_is_an_error() -> None:
 
 def test_missing_figure_is_an_error() -> None:
     doc = json.loads(line())
-    del doc["devices"][0]["dgemm_tflops"]
+    del doc["devices"][0]["dgemm_tflops"], doc["devices"][0]["dgemm"]
     _, ctx = one_gpu(json.dumps(doc))
     result = gpumem.run(ctx, params())
     assert result.status is Status.ERROR
@@ -226,8 +393,8 @@ def test_missing_figure_is_an_error() -> None:
 
 def test_timeout_is_an_error_for_that_gpu() -> None:
     runner = FakeRunner()
-    runner.add(gpumem.argv_for(TOOL, 0, params()), raises="timeout")
-    result = gpumem.run(ctx_for(runner, FakeTelemetry([FakeGpu()])), params())
+    runner.add(gpumem.argv_for(TOOL, BUS[0], params()), raises="timeout")
+    result = gpumem.run(ctx_for(runner, FakeTelemetry([FakeGpu(pci_bus_id=BUS[0])])), params())
     assert result.status is Status.ERROR
     assert "timed out" in result.devices[0].detail
 
@@ -235,7 +402,7 @@ def test_timeout_is_an_error_for_that_gpu() -> None:
 def test_evaluate_text_reads_our_json() -> None:
     result = gpumem.evaluate_text(line(daxpy=1000.0), {}, settings())
     assert result.status is Status.FAIL
-    assert result.devices[0].detail == "DAXPY 1000.0 GB/s < 2300"
+    assert result.devices[0].detail == "DAXPY median 1000.0 GB/s < 2320"
     assert gpumem.evaluate_text("not json", {}, settings()).status is Status.ERROR
     assert (
         gpumem.evaluate_text(

@@ -39,86 +39,324 @@ def params(**raw: Any) -> dict[str, Any]:
     return registry.REGISTRY.get("pciebw").validate(raw)
 
 
-def ap_line(index: int, h2d: float, *, bus: str | None = None, error: str | None = None) -> str:
+BUS = ("00000000:19:00.0", "00000000:3B:00.0", "00000000:5D:00.0")
+
+
+def ap_line(
+    index: int,
+    h2d: float | list[float],
+    *,
+    bus: str | None = None,
+    error: str | None = None,
+    kind: str = "cuda",
+    name: str = "cudaErrorMemoryAllocation",
+    link: tuple[int, int, int, int] | None = (5, 5, 16, 16),
+    cpu_local: bool | None = True,
+    counters: tuple[dict[str, int], dict[str, int]] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> str:
+    """A hand-written ap-bandwidth version-2 line for one GPU; ``link``: (gen, max gen, width, max width)."""
     device: dict[str, Any] = {
         "index": index,
         "name": "NVIDIA H100 80GB HBM3",
-        "pci_bus_id": bus or f"0000:{index:02X}:00.0",
+        "pci_bus_id": bus or BUS[index],
+        "numa": {"gpu_node": index % 2, "host_node": index % 2, "cpu_local": cpu_local, "notes": []},
     }
     if error:
-        device["error"] = error
+        device.update(error=error, error_kind=kind, error_name=name)
     else:
-        device.update(
-            h2d_pinned_gbps=h2d, d2h_pinned_gbps=h2d, h2d_pageable_gbps=20.0, d2h_pageable_gbps=19.0, d2d_gbps=2800.0
-        )
-    doc: dict[str, Any] = {
-        "tool": "ap-bandwidth",
-        "version": 1,
-        "size_bytes": 268435456,
-        "runs": 5,
-        "devices": [device],
-    }
+        samples = h2d if isinstance(h2d, list) else [h2d] * 10
+        device["h2d"] = {"samples": samples}
+        device["d2h"] = {"samples": samples}
+        device["h2d_pinned_gbps"] = samples[0]
+        device["d2d_gbps"] = 2800.0
+    if link is not None:
+        gen, max_gen, width, max_width = link
+        device["telemetry"] = {
+            "h2d": {
+                "samples": 20,
+                "pcie_gen": {"min": 1, "max": gen},
+                "pcie_max_gen": {"min": max_gen, "max": max_gen},
+                "pcie_width": {"min": width, "max": width},
+                "pcie_max_width": {"min": max_width, "max": max_width},
+                "clock_event_reasons_mask": 0,
+            }
+        }
+    quiet = {"pcie_replay": 0, "ecc_corrected": 0, "ecc_uncorrected": 0}
+    before, after = counters or (quiet, quiet)
+    device["counters"] = {"before": before, "after": after}
+    device.update(extra or {})
+    doc: dict[str, Any] = {"tool": "ap-bandwidth", "version": 2, "size_bytes": 268435456, "devices": [device]}
     doc["errors"] = [f"device {index}: {error}"] if error else []
     if error:
         doc["error"] = "1 device(s) failed"
     return json.dumps(doc) + "\n"
 
 
-FULL_LINK = gpus.PcieLink(5, 5, 16, 16)
+def gpu(index: int = 0) -> FakeGpu:
+    return FakeGpu(pci_bus_id=BUS[index])
 
 
-def gpu(link: gpus.PcieLink = FULL_LINK) -> FakeGpu:
-    return FakeGpu(link=link)
+def argv(index: int) -> list[str]:
+    return pciebw.ap_bandwidth_argv(TOOL, BUS[index])
 
 
-# ---------------------------------------------------------------- run: argv and thresholds
+def run_lines(*lines: str, returncodes: tuple[int, ...] = (), **kw: Any) -> Any:
+    runner = FakeRunner()
+    for i, line in enumerate(lines):
+        runner.add(argv(i), line, returncode=returncodes[i] if i < len(returncodes) else 0)
+    return pciebw.run(ctx_for(runner, FakeTelemetry([gpu(i) for i in range(len(lines))])), params(**kw))
 
 
-def test_runs_ap_bandwidth_once_per_gpu_with_exact_argv() -> None:
+# ---------------------------------------------------------------- run: argv, samples, median
+
+
+def test_runs_ap_bandwidth_once_per_gpu_named_by_its_nvml_bus_id() -> None:
     runner = FakeRunner()
     for i in range(2):
-        runner.add(pciebw.ap_bandwidth_argv(TOOL, i), ap_line(i, 25.0))
-    result = pciebw.run(ctx_for(runner, FakeTelemetry([gpu(), gpu()])), params())
+        runner.add(argv(i), ap_line(i, 50.0))
+    result = pciebw.run(ctx_for(runner, FakeTelemetry([gpu(0), gpu(1)])), params())
     assert runner.calls == [
-        (TOOL, "--device", "0", "--size-mib", "256", "--runs", "5"),
-        (TOOL, "--device", "1", "--size-mib", "256", "--runs", "5"),
+        (TOOL, "--pci-bus-id", BUS[0], "--size-mib", "256", "--samples", "20", "--warmup-ms", "250"),
+        (TOOL, "--pci-bus-id", BUS[1], "--size-mib", "256", "--samples", "20", "--warmup-ms", "250"),
     ]
     assert result.status is Status.OK
-    assert [(d.id, d.value, d.unit) for d in result.devices] == [("0", 25.0, "GB/s"), ("1", 25.0, "GB/s")]
-    assert result.data["threshold_gbps"] == 4.0
-    assert result.data["gpus"]["0"]["d2d_gbps"] == 2800.0
-    assert result.data["gpus"]["0"]["pcie_link"]["current_width"] == 16
-    assert set(result.data["gpus"]["0"]["telemetry"]) >= {"samples", "temperature_c", "power_w", "sm_clock_mhz"}
+    assert [(d.id, d.value, d.unit) for d in result.devices] == [("0", 50.0, "GB/s"), ("1", 50.0, "GB/s")]
+    entry = result.data["gpus"]["0"]
+    assert entry["d2d_gbps"] == 2800.0
+    assert entry["h2d"]["samples"] == [50.0] * 10
+    assert (entry["numa"]["gpu_node"], entry["numa"]["host_node"]) == (0, 0)
+    assert entry["threshold_gbps"] == 38.0 and entry["threshold_source"] == "PCIe Gen5 x16 table"
+    assert set(entry["sampler"]) >= {"samples", "temperature_c", "power_w", "sm_clock_mhz"}
+
+
+def test_stored_data_keeps_every_judged_sample_and_only_the_statistics_of_the_rest() -> None:
+    # Results live in Redis history: the raw telemetry is summarised in under_load.
+    entry = pciebw.evaluate_text(ap_line(0, 50.0), {}, settings()).data["gpus"]["0"]
+    assert entry["h2d"]["samples"] == [50.0] * 10
+    assert "samples" not in entry["d2h"] and "telemetry" not in entry
+    assert entry["under_load"]["pcie_gen"] == {"min": 1.0, "max": 5.0}
+
+
+def test_the_median_is_judged_not_the_best_sample() -> None:
+    # Best of these is 60 (old rule: ok); the median is 30, below the Gen5 x16 floor of 38.
+    samples = [60.0, 30.0, 30.0, 30.0, 30.0, 30.0, 30.0, 30.0, 30.0, 30.0, 30.0]
+    result = pciebw.evaluate_text(ap_line(0, samples), {}, settings())
+    assert result.status is Status.FAIL
+    assert result.devices[0].value == 30.0
+    assert result.devices[0].detail.startswith("H2D median 30 GB/s < threshold 38 GB/s")
+    assert result.data["gpus"]["0"]["h2d"] == {
+        "samples": samples,
+        "median": 30.0,
+        "min": 30.0,
+        "max": 60.0,
+        "cv": pytest.approx(0.2764, abs=0.0001),  # sample sd 9.045 / mean 32.73
+    }
+
+
+def test_a_few_low_samples_do_not_fail_but_their_spread_warns() -> None:
+    samples = [50.0] * 8 + [35.0, 36.0]
+    result = pciebw.evaluate_text(ap_line(0, samples), {}, settings())
+    assert result.status is Status.WARN
+    assert result.devices[0].value == 50.0
+    assert "H2D varies 13.0% (> 5%) over 10 samples (35.0-50.0)" in result.devices[0].detail
+
+
+def test_the_cv_limit_is_a_setting() -> None:
+    samples = [50.0] * 8 + [35.0, 36.0]
+    result = pciebw.evaluate_text(ap_line(0, samples), {}, settings(gpu_cv_threshold_pct=15.0))
+    assert result.status is Status.OK
 
 
 def test_recorded_fixture_gpu1_below_floor_fails_not_fatal() -> None:
     runner = FakeRunner.from_dir(DATA / "two-gpus-gpu1-slow")
-    telemetry = FakeTelemetry([FakeGpu(pci_bus_id="00000000:19:00.0"), FakeGpu(pci_bus_id="00000000:3B:00.0")])
+    telemetry = FakeTelemetry([gpu(0), gpu(1)])
     result = pciebw.run(ctx_for(runner, telemetry), params())
     assert result.status is Status.FAIL
     assert result.fatal is False
     assert [d.status for d in result.devices] == [Status.OK, Status.FAIL]
-    assert result.summary.startswith("GPU 1: H2D 3.5 GB/s < threshold 4 GB/s")
+    assert result.summary.startswith(
+        "GPU 1: H2D median 13.5 GB/s < threshold 38 GB/s (link at Gen3 of Gen5 under load)"
+    )
+
+
+# ---------------------------------------------------------------- thresholds by link
 
 
 @pytest.mark.parametrize(
-    ("value", "threshold", "expected"),
-    [(3.99, 4.0, Status.FAIL), (4.0, 4.0, Status.OK), (4.01, 4.0, Status.OK), (0.0, 0.5, Status.FAIL)],
+    ("link", "value", "expected"),
+    [
+        ((5, 5, 16, 16), 38.0, Status.OK),
+        ((5, 5, 16, 16), 37.9, Status.FAIL),
+        ((4, 4, 16, 16), 18.0, Status.OK),
+        ((4, 4, 16, 16), 17.9, Status.FAIL),
+        ((3, 3, 16, 16), 9.0, Status.OK),
+        ((3, 3, 16, 16), 8.9, Status.FAIL),
+        ((4, 4, 8, 8), 9.0, Status.OK),  # an x8 slot by design: half the x16 floor
+        ((4, 4, 8, 8), 8.9, Status.FAIL),
+    ],
 )
-def test_strictly_below_threshold_fails_equal_passes(value: float, threshold: float, expected: Status) -> None:
-    runner = FakeRunner()
-    runner.add(pciebw.ap_bandwidth_argv(TOOL, 0), ap_line(0, value))
-    result = pciebw.run(ctx_for(runner, FakeTelemetry([gpu()])), params(threshold_gbps=threshold))
-    assert result.status is expected
-    assert result.devices[0].value == value
+def test_floor_by_pcie_generation_and_width(link: tuple[int, int, int, int], value: float, expected: Status) -> None:
+    assert run_lines(ap_line(0, value, link=link)).status is expected
 
 
-def test_threshold_defaults_to_settings() -> None:
+def test_gen5_trained_down_to_gen3_under_load_fails_at_13_gbps() -> None:
+    result = run_lines(ap_line(0, 13.0, link=(3, 5, 16, 16)))
+    assert result.status is Status.FAIL
+    detail = result.devices[0].detail
+    assert "H2D median 13 GB/s < threshold 38 GB/s (link at Gen3 of Gen5 under load)" in detail
+
+
+def test_down_trained_under_load_warns_even_above_the_floor() -> None:
+    result = run_lines(ap_line(0, 40.0, link=(4, 5, 16, 16)))
+    assert result.status is Status.WARN
+    assert result.devices[0].detail.startswith("PCIe link at Gen4 of Gen5 under load")
+
+
+def test_parameter_threshold_overrides_the_table() -> None:
+    assert run_lines(ap_line(0, 13.0, link=(5, 5, 16, 16)), threshold_gbps=12.0).status is Status.OK
+    assert run_lines(ap_line(0, 13.0, link=(5, 5, 16, 16)), threshold_gbps=13.5).status is Status.FAIL
+
+
+def test_unknown_link_falls_back_to_the_setting() -> None:
+    class NoLink(FakeTelemetry):
+        def pcie_link(self, index: int) -> gpus.PcieLink:
+            raise errors.GpuError("Not Supported", 3)
+
     runner = FakeRunner()
-    runner.add(pciebw.ap_bandwidth_argv(TOOL, 0), ap_line(0, 20.0))
-    result = pciebw.run(ctx_for(runner, FakeTelemetry([gpu()]), pciebw_threshold_gbps=24.0), params())
+    runner.add(argv(0), ap_line(0, 20.0, link=None))
+    result = pciebw.run(ctx_for(runner, NoLink([gpu(0)]), pciebw_threshold_gbps=24.0), params())
     assert result.status is Status.FAIL
     assert "threshold 24 GB/s" in result.devices[0].detail
+    assert "Not Supported" in result.data["gpus"]["0"]["pcie_link"]["error"]
+
+
+def test_without_program_telemetry_the_nvml_link_is_read_after_the_run() -> None:
+    runner = FakeRunner()
+    runner.add(argv(0), ap_line(0, 20.0, link=None))
+    telemetry = FakeTelemetry([FakeGpu(pci_bus_id=BUS[0], link=gpus.PcieLink(1, 4, 16, 16))])
+    result = pciebw.run(ctx_for(runner, telemetry), params())
+    assert result.status is Status.OK  # Gen4 x16 floor 18; Gen1 read at idle is no fault
+    assert result.data["gpus"]["0"]["pcie_link"]["gen_below_max"] is True
+
+
+def test_narrow_link_warns_even_above_the_floor() -> None:
+    result = run_lines(ap_line(0, 26.0, link=(4, 4, 8, 16)))
+    assert result.status is Status.WARN
+    assert result.devices[0].detail.startswith("PCIe link width x8 of x16")
+
+
+def test_narrow_link_with_low_bandwidth_fails_and_names_the_cause() -> None:
+    result = run_lines(ap_line(0, 1.5, link=(4, 4, 1, 16)))
+    assert result.status is Status.FAIL
+    assert "link trained to x1 of x16" in result.devices[0].detail
+
+
+def test_a_gpu_far_below_its_identical_neighbours_warns() -> None:
+    result = run_lines(ap_line(0, 50.0), ap_line(1, 50.0), ap_line(2, 43.0))
+    assert [d.status for d in result.devices] == [Status.OK, Status.OK, Status.WARN]
+    assert "86% of the median 50.0 of the 3 NVIDIA H100 80GB HBM3 GPUs" in result.devices[2].detail
+
+
+def test_pcie_floor_table_scales_by_width_and_caps_at_the_last_generation() -> None:
+    assert pciebw.pcie_floor(gpus.PcieLink(1, 5, 16, 16)) == 38.0
+    assert pciebw.pcie_floor(gpus.PcieLink(4, 4, 4, 4)) == 4.5
+    assert pciebw.pcie_floor(gpus.PcieLink(6, 6, 16, 16)) == 38.0
+
+
+# ---------------------------------------------------------------- NUMA
+
+
+def test_no_local_cpu_in_the_cpuset_reports_but_does_not_judge_h2d() -> None:
+    result = run_lines(ap_line(0, 3.8, cpu_local=False))
+    assert result.status is Status.SKIPPED
+    assert result.summary.startswith("GPU 0: H2D 3.8 GB/s not judged")
+    assert (
+        "not judged: no CPU of this pod's cpuset is local to the GPU (GPU on NUMA node 0)" in result.devices[0].detail
+    )
+    assert result.data["gpus"]["0"]["numa"]["cpu_local"] is False
+
+
+def test_off_node_gpus_are_left_out_of_the_peer_median() -> None:
+    result = run_lines(ap_line(0, 50.0), ap_line(1, 12.0, cpu_local=False), ap_line(2, 47.0))
+    assert [d.status for d in result.devices] == [Status.OK, Status.SKIPPED, Status.OK]
+
+
+# ---------------------------------------------------------------- counters, hardware errors, MIG
+
+
+def test_pcie_replays_during_the_run_fail_not_fatal() -> None:
+    grew = ({"pcie_replay": 3, "ecc_uncorrected": 0}, {"pcie_replay": 40, "ecc_uncorrected": 0})
+    result = run_lines(ap_line(0, 50.0, counters=grew))
+    assert result.status is Status.FAIL and result.fatal is False
+    assert "37 PCIe replays during the run (3 -> 40)" in result.devices[0].detail
+
+
+def test_uncorrectable_ecc_during_the_run_is_fatal() -> None:
+    grew = ({"ecc_uncorrected": 0}, {"ecc_uncorrected": 1})
+    result = run_lines(ap_line(0, 50.0, counters=grew))
+    assert result.status is Status.FAIL and result.fatal is True
+
+
+def test_corrected_ecc_during_the_run_warns() -> None:
+    grew = ({"ecc_corrected": 5}, {"ecc_corrected": 6})
+    result = run_lines(ap_line(0, 50.0, counters=grew))
+    assert result.status is Status.WARN
+    assert "1 corrected ECC errors during the run" in result.devices[0].detail
+
+
+def test_unchanged_or_unreadable_counters_are_no_finding() -> None:
+    same = ({"pcie_replay": 7, "ecc_uncorrected": None}, {"pcie_replay": 7, "ecc_uncorrected": None})
+    assert run_lines(ap_line(0, 50.0, counters=same)).status is Status.OK  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kind", "name", "fatal"),
+    [
+        ("hardware", "cudaErrorLaunchFailure", False),
+        ("hardware", "cudaErrorECCUncorrectable", True),
+        ("lost", "cudaErrorInvalidDevice", True),
+        ("cuda", "cudaErrorIllegalAddress", False),  # known by name even if the program did not say
+    ],
+)
+def test_hardware_errors_are_fail_not_error(kind: str, name: str, fatal: bool) -> None:
+    line = ap_line(0, 0, error=f"copy: {name}", kind=kind, name=name)
+    result = run_lines(line, returncodes=(1,))
+    assert result.status is Status.FAIL
+    assert result.fatal is fatal
+    assert name in result.devices[0].detail
+
+
+def test_setup_errors_are_error_for_that_gpu_only() -> None:
+    line = ap_line(0, 0, error="cudaMallocHost: out of memory", kind="setup")
+    result = run_lines(line, ap_line(1, 50.0), returncodes=(1, 0))
+    assert result.status is Status.ERROR
+    assert [d.status for d in result.devices] == [Status.ERROR, Status.OK]
+    assert "out of memory" in result.devices[0].detail
+
+
+def test_a_gpu_in_mig_mode_is_skipped_with_the_reason() -> None:
+    doc = {
+        "tool": "ap-bandwidth",
+        "version": 2,
+        "devices": [
+            {
+                "index": 0,
+                "name": "NVIDIA H100 80GB HBM3",
+                "pci_bus_id": BUS[0],
+                "mig": True,
+                "skipped": "MIG mode is enabled: whole-GPU figures do not apply to an instance",
+            }
+        ],
+        "errors": [],
+    }
+    result = run_lines(json.dumps(doc), ap_line(1, 50.0))
+    assert [d.status for d in result.devices] == [Status.SKIPPED, Status.OK]
+    assert result.status is Status.OK
+    assert result.devices[0].detail.startswith("MIG mode is enabled")
+
+
+# ---------------------------------------------------------------- errors
 
 
 def test_no_gpu_is_skipped_and_runs_nothing() -> None:
@@ -141,90 +379,32 @@ def test_missing_binary_is_an_error_naming_the_path() -> None:
 
 @pytest.mark.parametrize("stdout", ["", "Segmentation fault\n", "{not json\n", '{"tool":"other","devices":[]}\n'])
 def test_garbage_output_is_an_error(stdout: str) -> None:
-    runner = FakeRunner()
-    runner.add(pciebw.ap_bandwidth_argv(TOOL, 0), stdout, returncode=139)
-    result = pciebw.run(ctx_for(runner, FakeTelemetry([gpu()])), params())
+    result = run_lines(stdout, returncodes=(139,))
     assert result.status is Status.ERROR
     assert result.devices[0].status is Status.ERROR
     assert "exited 139" in result.devices[0].detail
 
 
-def test_cuda_error_with_json_error_field_is_an_error_for_that_gpu_only() -> None:
-    runner = FakeRunner()
-    runner.add(pciebw.ap_bandwidth_argv(TOOL, 0), ap_line(0, 0, error="cudaMalloc: out of memory"), returncode=1)
-    runner.add(pciebw.ap_bandwidth_argv(TOOL, 1), ap_line(1, 25.0))
-    result = pciebw.run(ctx_for(runner, FakeTelemetry([gpu(), gpu()])), params())
-    assert result.status is Status.ERROR
-    assert [d.status for d in result.devices] == [Status.ERROR, Status.OK]
-    assert "out of memory" in result.devices[0].detail
-
-
 def test_exit_3_no_cuda_device_is_an_error() -> None:
-    runner = FakeRunner()
-    doc = {"tool": "ap-bandwidth", "version": 1, "devices": [], "error": "no CUDA device visible"}
-    runner.add(pciebw.ap_bandwidth_argv(TOOL, 0), json.dumps(doc), returncode=3)
-    result = pciebw.run(ctx_for(runner, FakeTelemetry([gpu()])), params())
+    doc = {"tool": "ap-bandwidth", "version": 2, "devices": [], "error": "no CUDA device visible"}
+    result = run_lines(json.dumps(doc), returncodes=(3,))
     assert result.status is Status.ERROR
     assert "CUDA sees no device" in result.devices[0].detail
 
 
 def test_timeout_of_one_gpu_errors_that_gpu_and_goes_on() -> None:
     runner = FakeRunner()
-    runner.add(pciebw.ap_bandwidth_argv(TOOL, 0), raises="timeout")
-    runner.add(pciebw.ap_bandwidth_argv(TOOL, 1), ap_line(1, 25.0))
-    result = pciebw.run(ctx_for(runner, FakeTelemetry([gpu(), gpu()])), params())
+    runner.add(argv(0), raises="timeout")
+    runner.add(argv(1), ap_line(1, 50.0))
+    result = pciebw.run(ctx_for(runner, FakeTelemetry([gpu(0), gpu(1)])), params())
     assert [d.status for d in result.devices] == [Status.ERROR, Status.OK]
     assert "timed out" in result.devices[0].detail
 
 
-def test_cuda_and_nvml_disagreeing_on_the_gpu_is_an_error() -> None:
-    runner = FakeRunner()
-    runner.add(pciebw.ap_bandwidth_argv(TOOL, 0), ap_line(0, 25.0, bus="0000:3B:00.0"))
-    telemetry = FakeTelemetry([FakeGpu(pci_bus_id="00000000:19:00.0")])
-    result = pciebw.run(ctx_for(runner, telemetry), params())
+def test_an_entry_for_another_gpu_than_nvmls_is_an_error() -> None:
+    result = run_lines(ap_line(0, 50.0, bus="0000:3B:00.0"))
     assert result.devices[0].status is Status.ERROR
-    assert "NVML GPU 0 is 00000000:19:00.0" in result.devices[0].detail
-
-
-# ---------------------------------------------------------------- PCIe link
-
-
-def test_idle_downtrained_generation_is_not_a_fault() -> None:
-    runner = FakeRunner()
-    runner.add(pciebw.ap_bandwidth_argv(TOOL, 0), ap_line(0, 24.0))
-    result = pciebw.run(ctx_for(runner, FakeTelemetry([gpu(gpus.PcieLink(1, 4, 16, 16))])), params())
-    assert result.status is Status.OK
-    assert result.data["gpus"]["0"]["pcie_link"]["gen_below_max"] is True
-    assert "Gen1 (max 4) x16" in result.devices[0].detail
-
-
-def test_narrow_link_warns_even_above_the_floor() -> None:
-    runner = FakeRunner()
-    runner.add(pciebw.ap_bandwidth_argv(TOOL, 0), ap_line(0, 12.0))
-    result = pciebw.run(ctx_for(runner, FakeTelemetry([gpu(gpus.PcieLink(4, 4, 8, 16))])), params())
-    assert result.status is Status.WARN
-    assert result.devices[0].detail.startswith("PCIe link width x8 of x16")
-
-
-def test_narrow_link_with_low_bandwidth_fails_and_names_the_cause() -> None:
-    runner = FakeRunner()
-    runner.add(pciebw.ap_bandwidth_argv(TOOL, 0), ap_line(0, 1.5))
-    result = pciebw.run(ctx_for(runner, FakeTelemetry([gpu(gpus.PcieLink(1, 4, 1, 16))])), params())
-    assert result.status is Status.FAIL
-    assert "link trained to x1 of x16" in result.devices[0].detail
-
-
-def test_nvml_link_error_is_reported_but_not_judged() -> None:
-    runner = FakeRunner()
-    runner.add(pciebw.ap_bandwidth_argv(TOOL, 0), ap_line(0, 25.0))
-
-    class NoLink(FakeTelemetry):
-        def pcie_link(self, index: int) -> gpus.PcieLink:
-            raise errors.GpuError("Not Supported", 3)
-
-    result = pciebw.run(ctx_for(runner, NoLink([gpu()])), params())
-    assert result.status is Status.OK
-    assert "Not Supported" in result.data["gpus"]["0"]["pcie_link"]["error"]
+    assert "measured 0000:3B:00.0, not NVML GPU 0 at 00000000:19:00.0" in result.devices[0].detail
 
 
 # ---------------------------------------------------------------- bandwidthTest
@@ -236,7 +416,8 @@ def test_bandwidthtest_argv_forces_pci_bus_order() -> None:
     runner.add(
         pciebw.bandwidthtest_argv("/opt/bw/bandwidthTest", 0), " Device 0: NVIDIA A100\n" + text + "Result = PASS\n"
     )
-    result = pciebw.run(ctx_for(runner, FakeTelemetry([gpu()]), bandwidthtest_path="/opt/bw/bandwidthTest"), params())
+    a100 = FakeGpu(name="NVIDIA A100-SXM4-40GB", link=gpus.PcieLink(4, 4, 16, 16))
+    result = pciebw.run(ctx_for(runner, FakeTelemetry([a100]), bandwidthtest_path="/opt/bw/bandwidthTest"), params())
     assert runner.calls == [
         (
             "env",
@@ -248,7 +429,7 @@ def test_bandwidthtest_argv_forces_pci_bus_order() -> None:
             "--csv",
         )
     ]
-    assert result.status is Status.OK
+    assert result.status is Status.OK  # Gen4 x16 floor (18) from the NVML link
     assert result.devices[0].value == 24.6
     assert result.data["tool"] == "bandwidthTest"
 
@@ -307,8 +488,9 @@ def test_bandwidthtest_failures_are_errors(text: str) -> None:
 # ---------------------------------------------------------------- evaluate_text
 
 
-def test_evaluate_text_ap_bandwidth_line() -> None:
-    text = ap_line(0, 3.0)
+def test_evaluate_text_ap_bandwidth_version_1_line_is_one_sample() -> None:
+    doc = {"tool": "ap-bandwidth", "version": 1, "devices": [{"index": 0, "h2d_pinned_gbps": 3.0}], "errors": []}
+    text = json.dumps(doc)
     result = pciebw.evaluate_text(text, {}, settings())
     assert result.status is Status.FAIL
     assert result.devices[0].value == 3.0

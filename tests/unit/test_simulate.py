@@ -20,7 +20,7 @@ NODE_CHECKS = [c for c in simulate.FAULTS if c not in simulate.NET_TOOL_OF]
 # (check, kind) -> (status, fatal) the real check reports for it
 EXPECTED = {
     ("pciebw", "low"): (Status.FAIL, False),
-    ("pciebw", "narrow"): (Status.WARN, False),
+    ("pciebw", "narrow"): (Status.FAIL, False),  # 26 GB/s at x8 is under the Gen5 x16 floor (38)
     ("remapped", "pending"): (Status.WARN, False),
     ("remapped", "fatal"): (Status.FAIL, True),
     ("dcgm", "persistence"): (Status.FAIL, False),
@@ -28,7 +28,7 @@ EXPECTED = {
     ("gpupower", "brake"): (Status.FAIL, False),
     ("gpupower", "thermal"): (Status.WARN, False),
     ("gpumem", "slow"): (Status.FAIL, False),
-    ("gpumem", "mismatch"): (Status.FAIL, False),
+    ("gpumem", "mismatch"): (Status.FAIL, True),  # wrong values: silent data corruption
 }
 
 
@@ -114,14 +114,15 @@ def test_nodes_with_the_same_faults_share_one_seam() -> None:
 
 def test_replay_ignores_sizes_but_not_the_device_or_level() -> None:
     runner = simulate.contexts(SETTINGS, 1, [])["sim-0"].commands
-    default = runner.run(["/opt/ap-bandwidth", "--device", "2", "--size-mib", "256", "--runs", "5"], timeout=5)
-    other = runner.run(["/opt/ap-bandwidth", "--device", "2", "--size-mib", "64", "--runs", "1"], timeout=5)
+    bus = ["--pci-bus-id", "00000000:02:00.0"]
+    default = runner.run(["/opt/ap-bandwidth", *bus, "--size-mib", "256", "--samples", "20"], timeout=5)
+    other = runner.run(["/opt/ap-bandwidth", *bus, "--size-mib", "64", "--samples", "10"], timeout=5)
     assert default.returncode == 0 and default.stdout == other.stdout
     assert (
         runner.run(["dcgmi", "diag", "-r", "3", "-j"], timeout=5).stdout
         != runner.run(["dcgmi", "diag", "-r", "1", "-j"], timeout=5).stdout
     )
-    assert runner.run(["ap-bandwidth", "--device", "8"], timeout=5).returncode == 2  # no GPU 8
+    assert runner.run(["ap-bandwidth", "--pci-bus-id", "00000000:08:00.0"], timeout=5).returncode == 2  # no GPU 8
     with pytest.raises(errors.ToolNotFound):
         runner.run(["nvidia-smi"], timeout=5)
     with pytest.raises(TypeError):
