@@ -9,12 +9,14 @@ and always to the local label store in Redis, which the API and ``autopilot up``
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from datetime import UTC, datetime
 
 from autopilot import config, errors, publish, registry, results, verdict
 from autopilot.cluster import ClusterClient
+from workers import gpureconcile
 from workers.store import NodeView, ResultsStore
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,14 @@ def reconcile_node(
         new_state["changed_at"] = results.utc_now_iso(moment)
     dcgm = [r for r in latest.values() if r.check == "dcgm"]
     publication = publish.desired(decision, dcgm)
+    # Per-GPU verdicts, history and device taints (issue 15): their labels ride with the node's.
+    gpu = gpureconcile.reconcile_gpus(store, node, settings, latest, state, moment, cluster)
+    new_state.update(gpu.state)
+    publication = dataclasses.replace(
+        publication,
+        labels={**publication.labels, **gpu.labels},
+        annotations={**publication.annotations, **gpu.annotations},
+    )
     if cluster is not None:
         try:
             publish.apply(cluster, node, publication, state.get("published_verdict"), namespace=settings.namespace)
