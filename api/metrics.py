@@ -25,6 +25,7 @@ import flask
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 from autopilot import config
+from autopilot.gpumetrics import GpuCollector
 from autopilot.metrics import NodeInfo, ResultsCollector, Snapshot
 from workers.store import ResultsStore
 
@@ -69,6 +70,8 @@ def init_app(app: flask.Flask, store: ResultsStore, settings: config.Settings) -
     registry = CollectorRegistry()
     collector = ResultsCollector(lambda: snapshot_from_store(store, settings))
     registry.register(collector)
+    # Per-GPU series (issue 15): one more pipelined read of the nodes' state hashes per scrape.
+    registry.register(GpuCollector(lambda: {n: s.get("gpus") for n, s in store.states(store.node_names()).items()}))
     requests = Counter(
         "autopilot_api_requests",
         "HTTP requests answered by the Autopilot API, by method, route and status code",

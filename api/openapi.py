@@ -279,6 +279,9 @@ def document(checks: CheckRegistry) -> dict[str, Any]:
         "/api/v1/nodes": {
             "get": {
                 "summary": "every node that ever heartbeated, with verdict, last seen and liveness",
+                "parameters": [
+                    _q("gpus", "true: add each node's per-GPU verdicts (`gpus`)", {"type": "boolean", "default": False})
+                ],
                 "responses": {
                     "200": {
                         "description": "nodes",
@@ -300,7 +303,7 @@ def document(checks: CheckRegistry) -> dict[str, Any]:
         },
         "/api/v1/nodes/{name}": {
             "get": {
-                "summary": "one node: verdict, reasons, labels, latest results, history",
+                "summary": "one node: verdict, reasons, labels, per-GPU verdicts, latest results, history",
                 "parameters": [
                     name_param,
                     _q(
@@ -313,6 +316,23 @@ def document(checks: CheckRegistry) -> dict[str, Any]:
                     "200": {"description": "the node"},
                     "400": _error("bad name or limit"),
                     "404": _error("unknown node"),
+                },
+            }
+        },
+        "/api/v1/gpus/{uuid}": {
+            "get": {
+                "summary": "one GPU's history: identity, last node, incidents (also under its board serial), verdict",
+                "parameters": [
+                    _path_param(
+                        "uuid",
+                        "the GPU's UUID as NVML writes it",
+                        {"type": "string", "pattern": "^GPU-[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}$"},
+                    )
+                ],
+                "responses": {
+                    "200": {"description": "the GPU"},
+                    "400": _error("not a GPU UUID"),
+                    "404": _error("no history for that GPU"),
                 },
             }
         },
