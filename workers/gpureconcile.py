@@ -48,7 +48,12 @@ def reconcile_gpus(
     previous = gpuverdict.loads(state.get("gpus"))
     cleared_at = results.parse_iso(state["cleared_at"]) if state.get("cleared_at") else None
     uuids = {s.uuid for s in previous.values()} | {d.uuid for r in latest.values() for d in r.devices}
-    history = gpustore.incidents_many(store.r, uuids, now=now, retention_s=settings.gpu_history_retention_s)
+    # One pipelined read per reconcile, skipped when the repeat-offender rule is off.
+    history = (
+        gpustore.incidents_many(store.r, uuids, now=now, retention_s=settings.gpu_history_retention_s)
+        if settings.gpu_repeat_count > 0
+        else {}
+    )
     flags = {
         uuid: reason
         for uuid, found in history.items()
