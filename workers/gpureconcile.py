@@ -47,32 +47,19 @@ def reconcile_gpus(
 ) -> GpuOutcome:
     previous = gpuverdict.loads(state.get("gpus"))
     cleared_at = results.parse_iso(state["cleared_at"]) if state.get("cleared_at") else None
-    uuids = {s.uuid for s in previous.values()} | {d.uuid for r in latest.values() for d in r.devices}
-    # One pipelined read per reconcile, skipped when the repeat-offender rule is off.
-    history = (
-        gpustore.incidents_many(store.r, uuids, now=now, retention_s=settings.gpu_history_retention_s)
-        if settings.gpu_repeat_count > 0
-        else {}
-    )
-    flags = {
-        uuid: reason
-        for uuid, found in history.items()
-        if (
-            reason := gpuhistory.offender_reason(
-                found, now=now, count=settings.gpu_repeat_count, window_s=settings.gpu_repeat_window_s
-            )
-        )
-    }
-    states = gpuverdict.decide(
-        latest, previous, now=now, max_age_s=settings.stale_after_s, cleared_at=cleared_at, flags=flags
-    )
+    states = gpuverdict.decide(latest, previous, now=now, max_age_s=settings.stale_after_s, cleared_at=cleared_at)
     judged_until = state.get("gpus_at", "")
     new_results = [r for r in latest.values() if r.started_at and r.started_at > judged_until]
     found = gpuhistory.incidents(
         node, previous, states, now=now, new_results=new_results, periodic=settings.periodic_checks
     )
-    text = gpuverdict.dumps(states)
     day = results.utc_now_iso(now)[:10]
+    flags = _offenders(store, settings, previous, states, found, now=now, fresh_day=state.get("gpus_day") != day)
+    if flags:
+        states = gpuverdict.decide(
+            latest, previous, now=now, max_age_s=settings.stale_after_s, cleared_at=cleared_at, flags=flags
+        )
+    text = gpuverdict.dumps(states)
     fields: dict[str, str | None] = {"gpus": text}
     # Incidents are written when they happen; the sightings (and the keys' expiry) when the GPUs
     # changed, and once a day: a steady-state reconcile writes nothing.
@@ -93,6 +80,41 @@ def reconcile_gpus(
         fields.update(_taints(cluster, node, settings, states, state.get("gpu_taints")))
     labels, annotations = gpuverdict.publication(states)
     return GpuOutcome(states, fields, labels, annotations)
+
+
+def _offenders(
+    store: ResultsStore,
+    settings: config.Settings,
+    previous: Mapping[str, GpuState],
+    states: Mapping[str, GpuState],
+    found: list[gpuhistory.Incident],
+    *,
+    now: datetime,
+    fresh_day: bool,
+) -> dict[str, str]:
+    """UUID -> repeat-offender reason. The history is read (one pipeline) only when this reconcile
+    found incidents, or once a day (the window slides); otherwise the flags stand as last judged,
+    so a steady-state reconcile reads nothing more."""
+    if settings.gpu_repeat_count <= 0:
+        return {}
+    if not found and not fresh_day:
+        return {
+            s.uuid: reason
+            for s in previous.values()
+            for reason in s.reasons
+            if reason.startswith("repeat offender") and s.key in states
+        }
+    uuids = [s.uuid for s in states.values() if s.uuid]
+    history = gpustore.incidents_many(store.r, uuids, now=now, retention_s=settings.gpu_history_retention_s)
+    flags: dict[str, str] = {}
+    for uuid in uuids:
+        known = [*history.get(uuid, []), *(i for i in found if i.uuid == uuid)]
+        reason = gpuhistory.offender_reason(
+            known, now=now, count=settings.gpu_repeat_count, window_s=settings.gpu_repeat_window_s
+        )
+        if reason:
+            flags[uuid] = reason
+    return flags
 
 
 def _taints(
