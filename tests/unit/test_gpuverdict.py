@@ -227,3 +227,29 @@ def test_annotation_is_bounded_and_keeps_every_gpu() -> None:
     assert [g["index"] for g in parsed["gpus"]] == [str(i) for i in range(16)]
     assert all(g["verdict"] == "WARN" for g in parsed["gpus"])
     assert len(gpuverdict.annotation(states).encode()) <= gpuverdict.ANNOTATION_LIMIT
+
+
+def test_nvml_identity_reads_the_serial_and_tolerates_boards_without_one(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import pynvml
+
+    from autopilot import gpus
+
+    class Pci:
+        busId = b"00000000:3B:00.0"
+
+    def serial(handle: int) -> bytes:
+        if handle == 1:  # a consumer board: NVML answers NOT_SUPPORTED
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return b"1652922012345"
+
+    monkeypatch.setattr(pynvml, "nvmlInit", lambda: None)
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetHandleByIndex", lambda i: i)
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetName", lambda h: b"NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetUUID", lambda h: uuid(h).encode())
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetPciInfo", lambda h: Pci())
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetSerial", serial)
+    telemetry = gpus.NvmlTelemetry()
+    assert telemetry.identity(0) == gpus.GpuIdentity(
+        0, "NVIDIA H100 80GB HBM3", uuid(0), "00000000:3B:00.0", "1652922012345"
+    )
+    assert telemetry.identity(1).serial == "" and telemetry.identity(1).uuid == uuid(1)
