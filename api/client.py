@@ -279,6 +279,7 @@ def report_exit_code(report: Mapping[str, Any]) -> int:
 def nodes_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="autopilot nodes", description="List the nodes the Autopilot API knows.")
     p.add_argument("--json", action="store_true", help="print the JSON answer")
+    p.add_argument("--gpus", action="store_true", help="one row per GPU: its verdict, since when and why")
     p.add_argument(
         "--url", default=os.environ.get("AUTOPILOT_API_URL") or None, help=f"API URL (default {DEFAULT_URL})"
     )
@@ -313,6 +314,28 @@ def nodes_table(answer: Mapping[str, Any], now: float) -> Table:
     return table
 
 
+def gpus_table(answer: Mapping[str, Any]) -> Table:
+    """``autopilot nodes --gpus``: a row per GPU of every node, worst-first within a node by index."""
+    count = sum(len(n.get("gpus") or ()) for n in answer["nodes"])
+    table = Table(title=f"{count} GPU(s) on {answer['total']} node(s)", title_justify="left")
+    for column in ("NODE", "GPU", "UUID", "BUS ID", "VERDICT", "SINCE", "REASONS"):
+        table.add_column(column, overflow="fold")
+    colours = {"PASS": "green", "WARN": "yellow", "EVICT": "bold red", "UNKNOWN": "dim"}
+    for n in answer["nodes"]:
+        for g in n.get("gpus") or ():
+            verdict = str(g.get("verdict") or "UNKNOWN")
+            table.add_row(
+                escape(n["name"]),
+                escape(str(g.get("index") or "?")),
+                escape(str(g.get("uuid") or "")),
+                escape(str(g.get("bus_id") or "")),
+                f"[{colours.get(verdict, 'default')}]{escape(verdict)}[/]",
+                escape(str(g.get("since") or "")),
+                escape("; ".join(g.get("reasons") or [])),
+            )
+    return table
+
+
 def _stdout() -> Console:
     """Tables on stdout: as wide as the terminal, or 160 columns into a pipe or a file."""
     return Console(highlight=False, width=None if sys.stdout.isatty() else 160)
@@ -321,12 +344,14 @@ def _stdout() -> Console:
 def nodes_main(argv: Sequence[str]) -> int:
     args = nodes_parser().parse_args(list(argv))
     try:
-        answer = _client(args.url, args.token).call("GET", "/api/v1/nodes")
+        answer = _client(args.url, args.token).call("GET", "/api/v1/nodes?gpus=true" if args.gpus else "/api/v1/nodes")
     except ClientError as exc:
         print(f"autopilot nodes: {exc}", file=sys.stderr)
         return exc.code
     if args.json:
         print(json.dumps(answer, indent=2))
+    elif args.gpus:
+        _stdout().print(gpus_table(answer))
     else:
         _stdout().print(nodes_table(answer, time.time()))
     return EXIT_OK

@@ -18,7 +18,7 @@ from typing import Any
 
 from werkzeug.datastructures import MultiDict
 
-from autopilot import config, errors, names
+from autopilot import config, errors, gpuident, names
 from autopilot.registry import CheckRegistry
 
 MAX_NODES = 10_000
@@ -85,6 +85,21 @@ def run_id(raw: str) -> str:
     if not _RUN_ID.fullmatch(raw):
         raise errors.BadParameter("id", "a run id is 32 lowercase hex digits")
     return raw
+
+
+def gpu_uuid(raw: str) -> str:
+    """A GPU UUID as NVML writes it (``GPU-`` and 8-4-4-4-12 hex digits), before it reaches a store key."""
+    if not gpuident.valid_uuid(raw):
+        raise errors.BadParameter("uuid", "a GPU UUID is GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx (hex digits)")
+    return raw
+
+
+def gpus_flag(raw: str) -> bool:
+    """``gpus`` of ``GET /api/v1/nodes``: ``true``/``1`` adds every node's per-GPU verdicts."""
+    value = raw.strip().lower()
+    if value not in ("", "true", "false", "1", "0"):
+        raise errors.BadParameter("gpus", "expected true or false")
+    return value in ("true", "1")
 
 
 def _items(values: Iterable[Any], *, field: str, skip_blank: bool = True) -> list[str]:

@@ -26,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 
 from autopilot import config
 from autopilot.events.metrics import EventsCollector
+from autopilot.gpumetrics import GpuCollector
 from autopilot.metrics import NodeInfo, ResultsCollector, Snapshot
 from workers import follower, reconcile
 from workers.store import ResultsStore
@@ -75,6 +76,8 @@ def init_app(app: flask.Flask, store: ResultsStore, settings: config.Settings) -
     collector = ResultsCollector(lambda: snapshot_from_store(store, settings))
     registry.register(collector)
     registry.register(EventsCollector(lambda: follower.read_metrics(store)))
+    # Per-GPU series (issue 15): one more pipelined read of the nodes' state hashes per scrape.
+    registry.register(GpuCollector(lambda: {n: s.get("gpus") for n, s in store.states(store.node_names()).items()}))
     requests = Counter(
         "autopilot_api_requests",
         "HTTP requests answered by the Autopilot API, by method, route and status code",

@@ -288,6 +288,9 @@ def document(checks: CheckRegistry) -> dict[str, Any]:
             "get": {
                 "summary": "every node that ever heartbeated, with verdict, last seen and liveness "
                 "(a lost node is UNKNOWN: no heartbeat since <time>)",
+                "parameters": [
+                    _q("gpus", "true: add each node's per-GPU verdicts (`gpus`)", {"type": "boolean", "default": False})
+                ],
                 "responses": {
                     "200": {
                         "description": "nodes",
@@ -310,7 +313,7 @@ def document(checks: CheckRegistry) -> dict[str, Any]:
         "/api/v1/nodes/{name}": {
             "get": {
                 "summary": "one node: verdict, reasons, eviction (since, causes) and last clear (by, at, cause), "
-                "labels, latest results, history",
+                "labels, per-GPU verdicts, latest results, history",
                 "parameters": [
                     name_param,
                     _q(
@@ -323,6 +326,23 @@ def document(checks: CheckRegistry) -> dict[str, Any]:
                     "200": {"description": "the node"},
                     "400": _error("bad name or limit"),
                     "404": _error("unknown node"),
+                },
+            }
+        },
+        "/api/v1/gpus/{uuid}": {
+            "get": {
+                "summary": "one GPU's history: identity, last node, incidents (also under its board serial), verdict",
+                "parameters": [
+                    _path_param(
+                        "uuid",
+                        "the GPU's UUID as NVML writes it",
+                        {"type": "string", "pattern": "^GPU-[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}$"},
+                    )
+                ],
+                "responses": {
+                    "200": {"description": "the GPU"},
+                    "400": _error("not a GPU UUID"),
+                    "404": _error("no history for that GPU"),
                 },
             }
         },

@@ -3,7 +3,7 @@
 Upstream-compatible: ``/status`` and the per-check paths (``/pciebw``, ``/remapped``, ``/gpumem``,
 ``/dcgm``, ``/gpupower``, ``/ping``, ``/iperf``, ``/pvc``; each is ``/status?check=<it>``; unlike
 upstream, ``/gpumem`` runs gpumem). Structured: ``/api/v1/runs``, ``/api/v1/nodes``,
-``/api/v1/checks``. Operations: ``/openapi.json``, ``/healthz``, ``/readyz``.
+``/api/v1/checks``, ``/api/v1/gpus/<uuid>``. Operations: ``/openapi.json``, ``/healthz``, ``/readyz``.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, url_for
@@ -18,8 +19,8 @@ from flask import Blueprint, Response, jsonify, request, url_for
 from api import gather, inputs, openapi, selection, text
 from api.errors import ApiError, json_error
 from api.services import services
-from autopilot import config, errors, names, verdict
-from workers import reconcile
+from autopilot import config, errors, gpuverdict, names, verdict
+from workers import gpustore, reconcile
 
 log = logging.getLogger(__name__)
 
@@ -146,12 +147,17 @@ def _eviction(state: dict[str, str]) -> dict[str, Any]:
 
 @bp.get("/api/v1/nodes")
 def list_nodes() -> Response:
-    _only()
+    _only("gpus")
     svc = services()
+    with_gpus = inputs.gpus_flag(request.args.get("gpus", ""))
     now = svc.clock()
     records = svc.store.nodes()
     states = svc.store.states([r.name for r in records]) if records else {}
     items = [_node_entry(r, states.get(r.name, {}), now, svc.settings) for r in records]
+    if with_gpus:
+        for item in items:
+            found = gpuverdict.loads(states.get(item["name"], {}).get("gpus"))
+            item["gpus"] = [g.to_dict() for g in gpuverdict.ordered(found)]
     return jsonify({"nodes": items, "total": len(items), "live": sum(1 for i in items if i["live"])})
 
 
@@ -185,7 +191,8 @@ def get_node(name: str) -> Response:
             "last_seen_at": gather.iso_time(record.last_seen) if record and record.last_seen else None,
             **_verdict(state, record, svc.clock(), svc.settings),
             **_eviction(state),
-            "state": {k: v for k, v in state.items() if k != "reasons"},
+            "state": {k: v for k, v in state.items() if k not in ("reasons", "gpus")},
+            "gpus": [g.to_dict() for g in gpuverdict.ordered(gpuverdict.loads(state.get("gpus")))],
             "labels": labels,
             "latest": {check: r.to_dict() for check, r in sorted(latest.items())},
             "history": [r.to_dict() for r in svc.store.history(name, limit)],
@@ -205,6 +212,24 @@ def clear_node(name: str) -> Response:
     )
     log.info("eviction of %s cleared by %s: now %s", name, request.remote_addr, decision.verdict.value)
     return jsonify({"name": name, "verdict": decision.verdict.value, "reasons": list(decision.reasons)})
+
+
+@bp.get("/api/v1/gpus/<uuid>")
+def get_gpu(uuid: str) -> Response:
+    """One GPU's history, wherever it ran: incidents under its UUID (and its board serial's)."""
+    _only()
+    svc = services()
+    found = gpustore.gpu(
+        svc.store.r,
+        inputs.gpu_uuid(uuid),
+        now=datetime.fromtimestamp(svc.clock(), UTC),
+        retention_s=svc.settings.gpu_history_retention_s,
+    )
+    if found is None:
+        raise ApiError(404, "not_found", f"no history for GPU {uuid}", field="uuid")
+    current = gpuverdict.loads(svc.store.state(found["node"]).get("gpus")).get(uuid) if found["node"] else None
+    found["verdict"] = current.to_dict() if current is not None else None
+    return jsonify(found)
 
 
 # ------------------------------------------------------------------ catalogue and operations

@@ -147,6 +147,59 @@ class EventInfo:
     count: int = 1
 
 
+@dataclasses.dataclass(frozen=True)
+class DeviceTaintRuleInfo:
+    """A ``resource.k8s.io`` DeviceTaintRule (cluster-scoped): one taint on the devices its selector names.
+
+    Autopilot selects one device exactly (``driver``, ``pool`` and ``device``); ``effect`` is
+    ``NoSchedule``, ``NoExecute`` or ``None`` (informational, Kubernetes 1.35 and later).
+    """
+
+    name: str
+    driver: str
+    pool: str
+    device: str
+    key: str
+    value: str
+    effect: str
+    labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    annotations: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    def to_json(self, version: str) -> dict[str, Any]:
+        return {
+            "apiVersion": f"{DRA_GROUP}/{version}",
+            "kind": "DeviceTaintRule",
+            "metadata": {"name": self.name, "labels": dict(self.labels), "annotations": dict(self.annotations)},
+            "spec": {
+                "deviceSelector": {"driver": self.driver, "pool": self.pool, "device": self.device},
+                "taint": {"key": self.key, "value": self.value, "effect": self.effect},
+            },
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> DeviceTaintRuleInfo:
+        meta = raw.get("metadata") or {}
+        spec = raw.get("spec") or {}
+        selector = spec.get("deviceSelector") or {}
+        taint = spec.get("taint") or {}
+        return cls(
+            name=str(meta.get("name") or ""),
+            driver=str(selector.get("driver") or ""),
+            pool=str(selector.get("pool") or ""),
+            device=str(selector.get("device") or ""),
+            key=str(taint.get("key") or ""),
+            value=str(taint.get("value") or ""),
+            effect=str(taint.get("effect") or ""),
+            labels=dict(meta.get("labels") or {}),
+            annotations=dict(meta.get("annotations") or {}),
+        )
+
+
+DRA_GROUP = "resource.k8s.io"
+# Taint effects of a DeviceTaint ("None", informational, from Kubernetes 1.35 on).
+DEVICE_TAINT_EFFECTS = ("None", "NoSchedule", "NoExecute")
+
+
 # ---------------------------------------------------------------- the Protocol
 
 
@@ -227,6 +280,22 @@ class ClusterClient(Protocol):
 
     def storage_class_binding_mode(self, name: str) -> str:
         """``Immediate`` or ``WaitForFirstConsumer`` (``NotFound`` when the class does not exist)."""
+        ...
+
+    # DRA device taints --------------------------------------------------------
+    def device_taint_api(self) -> str | None:
+        """The ``resource.k8s.io`` version that serves ``devicetaintrules`` (``v1beta2``, ``v1alpha3``, ...), or
+        None where the cluster serves none (older Kubernetes, or the DRADeviceTaints feature off)."""
+        ...
+
+    def list_device_taint_rules(self, label_selector: str) -> list[DeviceTaintRuleInfo]: ...
+
+    def create_device_taint_rule(self, rule: DeviceTaintRuleInfo) -> str:
+        """Create ``rule``; ``Conflict`` when one of that name exists. ``NotFound`` when none is served."""
+        ...
+
+    def delete_device_taint_rule(self, name: str) -> bool:
+        """Delete the rule; False when it was already gone."""
         ...
 
 
@@ -461,6 +530,7 @@ class KubeClusterClient:
         self.timeout_s = timeout_s
         self.retry = retry or RetryPolicy()
         self._sleep = sleep
+        self._dra_version: str | None = None  # "" once discovery found no DeviceTaintRule
 
     @classmethod
     def from_config(
@@ -679,6 +749,48 @@ class KubeClusterClient:
     def storage_class_binding_mode(self, name: str) -> str:
         data = self._call("GET", f"/apis/storage.k8s.io/v1/storageclasses/{_seg(name)}")
         return str(data.get("volumeBindingMode") or "Immediate")
+
+    # ---------------------------------------------------------- DRA device taints
+
+    def device_taint_api(self) -> str | None:
+        if self._dra_version is not None:
+            return self._dra_version or None
+        try:
+            group = self._call("GET", f"/apis/{DRA_GROUP}")
+        except errors.NotFound:
+            self._dra_version = ""
+            return None
+        versions = [str(v.get("version") or "") for v in group.get("versions") or ()]
+        preferred = str((group.get("preferredVersion") or {}).get("version") or "")
+        for version in sorted(filter(None, versions), key=lambda v: v != preferred):
+            try:
+                listing = self._call("GET", f"/apis/{DRA_GROUP}/{_seg(version)}")
+            except errors.NotFound:
+                continue
+            if any(r.get("name") == "devicetaintrules" for r in listing.get("resources") or ()):
+                self._dra_version = version
+                return version
+        self._dra_version = ""
+        return None
+
+    def _dra_path(self) -> str:
+        version = self.device_taint_api()
+        if version is None:
+            raise errors.NotFound(f"this cluster serves no {DRA_GROUP} DeviceTaintRule")
+        return f"/apis/{DRA_GROUP}/{version}/devicetaintrules"
+
+    def list_device_taint_rules(self, label_selector: str) -> list[DeviceTaintRuleInfo]:
+        data = self._call("GET", self._dra_path(), query=[("labelSelector", label_selector)])
+        return [DeviceTaintRuleInfo.from_json(i) for i in data.get("items") or ()]
+
+    def create_device_taint_rule(self, rule: DeviceTaintRuleInfo) -> str:
+        path = self._dra_path()
+        body = rule.to_json(path.split("/")[3])
+        data = self._call("POST", path, body=body, retry_conflict=False)
+        return str((data.get("metadata") or {}).get("name") or rule.name)
+
+    def delete_device_taint_rule(self, name: str) -> bool:
+        return self._delete(f"{self._dra_path()}/{_seg(name)}")
 
     def _delete(self, path: str, *, propagation: str | None = None, grace_s: int | None = None) -> bool:
         body: dict[str, Any] = {"apiVersion": "v1", "kind": "DeleteOptions"}

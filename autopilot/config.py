@@ -264,6 +264,32 @@ class Settings:
     infiniband_sysfs: str = "/sys/class/infiniband"
     """Where the follower reads InfiniBand port state and counters (``AUTOPILOT_INFINIBAND_SYSFS``)."""
 
+    device_taints: str = "off"
+    """One DRA DeviceTaintRule per bad GPU (``AUTOPILOT_DEVICE_TAINTS``): ``off``, ``dry-run`` (only logs what it would
+    create or delete) or ``on``; effect ``NoSchedule`` for an EVICT GPU, ``None`` for a WARN one. Needs a cluster that
+    serves ``resource.k8s.io`` DeviceTaintRule and RBAC on ``deviceTaintRules``."""
+
+    device_taint_driver: str = "gpu.nvidia.com"
+    """DRA driver whose devices the rules select (``AUTOPILOT_DEVICE_TAINT_DRIVER``); the pool is the node's name."""
+
+    device_taint_device: str = "gpu-{index}"
+    """Name of a GPU's DRA device (``AUTOPILOT_DEVICE_TAINT_DEVICE``), ``{index}`` standing for its index: NVIDIA's DRA
+    driver publishes ``gpu-0``, ``gpu-1``, ..."""
+
+    gpu_history_len: int = 500
+    """Incidents kept per GPU (``AUTOPILOT_GPU_HISTORY_LEN``); older ones are dropped first."""
+
+    gpu_history_retention_s: float = 90 * 86400.0
+    """How long a GPU's incidents are kept (``AUTOPILOT_GPU_HISTORY_RETENTION``); a GPU not heard of for this long is
+    forgotten."""
+
+    gpu_repeat_count: int = 3
+    """Fault incidents within ``AUTOPILOT_GPU_REPEAT_WINDOW`` that make a GPU a repeat offender
+    (``AUTOPILOT_GPU_REPEAT_COUNT``; 0: never)."""
+
+    gpu_repeat_window_s: float = 7 * 86400.0
+    """The window of ``AUTOPILOT_GPU_REPEAT_COUNT`` (``AUTOPILOT_GPU_REPEAT_WINDOW``, e.g. ``7d``)."""
+
     @property
     def uses_cluster(self) -> bool:
         """Whether labels, conditions, events and Jobs go to Kubernetes."""
@@ -330,6 +356,21 @@ def _logins(text: str, var: str) -> str:
         if not (sep and user and password) or any(c.isspace() for c in login):
             # The value itself is a secret: the message names the variable, never the text.
             raise errors.BadParameter(var, "expected user:password[,user:password] without spaces")
+    return value
+
+
+def _dns_subdomain(text: str, var: str) -> str:
+    value = text.strip()
+    if len(value) > 253 or not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*", value):
+        raise errors.BadParameter(var, f"not a DNS-1123 subdomain: {value[:80]!r}")
+    return value
+
+
+def _device_template(text: str, var: str) -> str:
+    """A DRA device name with ``{index}``: what is left once it is filled must be a DNS-1123 label."""
+    value = text.strip()
+    if "{index}" not in value or not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,50}[a-z0-9])?", value.replace("{index}", "0")):
+        raise errors.BadParameter(var, f"must name the device with {{index}}, e.g. gpu-{{index}}: {value[:80]!r}")
     return value
 
 
@@ -457,6 +498,13 @@ _FIELDS: list[tuple[str, str, tuple[str, ...], Any]] = [
     ("events_storm_window_s", "AUTOPILOT_EVENTS_STORM_WINDOW", (), _duration),
     ("kmsg_path", "AUTOPILOT_KMSG_PATH", (), lambda t, v: t.strip()),
     ("infiniband_sysfs", "AUTOPILOT_INFINIBAND_SYSFS", (), lambda t, v: t.strip()),
+    ("device_taints", "AUTOPILOT_DEVICE_TAINTS", (), lambda t, v: _choice(t, v, ("off", "dry-run", "on"))),
+    ("device_taint_driver", "AUTOPILOT_DEVICE_TAINT_DRIVER", (), lambda t, v: _dns_subdomain(t, v)),
+    ("device_taint_device", "AUTOPILOT_DEVICE_TAINT_DEVICE", (), lambda t, v: _device_template(t, v)),
+    ("gpu_history_len", "AUTOPILOT_GPU_HISTORY_LEN", (), _int_in(1, 100_000)),
+    ("gpu_history_retention_s", "AUTOPILOT_GPU_HISTORY_RETENTION", (), _duration),
+    ("gpu_repeat_count", "AUTOPILOT_GPU_REPEAT_COUNT", (), _int_in(0, 10_000)),
+    ("gpu_repeat_window_s", "AUTOPILOT_GPU_REPEAT_WINDOW", (), _duration),
 ]
 
 

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from autopilot import commands, errors, gpucensus, registry, results
+from autopilot import commands, errors, gpucensus, gpuident, gpus, registry, results
 from autopilot.context import CheckContext
 from autopilot.results import CheckResult, Status
 
@@ -135,6 +135,7 @@ class _Sequence:
             self._shortest_after[i] = min(jobs[i + 1].timeout, self._shortest_after[i + 1])
         self._census: gpucensus.Census | None = None
         self._census_taken = False
+        self._identities: dict[int, gpus.GpuIdentity] | None = None
 
     def watch(self, progress: Progress | None) -> list[CheckResult]:
         n = len(self.jobs)
@@ -190,6 +191,8 @@ class _Sequence:
                 raw = _guarded(job.spec, ctx, job.params)
                 if census is not None:
                     raw = gpucensus.judge(census, raw)
+                if job.spec.uses_gpu:
+                    raw = gpuident.attach(raw, self._gpu_identities())
                 _log(raw)
             result = _stamp(raw, self.ctx, job)
             with self.cond:
@@ -214,6 +217,16 @@ class _Sequence:
         except Exception:  # noqa: BLE001 - a census that breaks must not take the checks with it
             log.exception("GPU census of %s failed: GPU checks are not held to expected GPUs", self.ctx.node)
         return self._census
+
+    def _gpu_identities(self) -> dict[int, gpus.GpuIdentity]:
+        """Index -> UUID and bus id, read once per sequence (in the check thread, like the census)."""
+        if self._identities is None:
+            try:
+                self._identities = gpuident.read(self.ctx.gpus)
+            except Exception:  # noqa: BLE001 - devices then keep their ids; the checks' results stand
+                log.exception("GPU identities of %s unreadable", self.ctx.node)
+                self._identities = {}
+        return self._identities
 
     def _wake(self) -> None:
         with self.cond:

@@ -72,6 +72,8 @@ class GpuIdentity:
     name: str
     uuid: str
     pci_bus_id: str
+    serial: str = ""
+    """The board serial (``nvmlDeviceGetSerial``); empty where the board does not report one."""
 
 
 class GpuTelemetry(Protocol):
@@ -175,6 +177,7 @@ class NvmlTelemetry:
                 name=_text(n.nvmlDeviceGetName(h)),
                 uuid=_text(n.nvmlDeviceGetUUID(h)),
                 pci_bus_id=_text(n.nvmlDeviceGetPciInfo(h).busId),
+                serial=_maybe_text(lambda: n.nvmlDeviceGetSerial(h), n),
             )
 
         return self._call(f"GPU {index} identity", read, index)
@@ -226,6 +229,14 @@ def _maybe(fn: Callable[[], float], nvml: Any) -> float | None:
         return fn()
     except nvml.NVMLError:
         return None
+
+
+def _maybe_text(fn: Callable[[], bytes | str], nvml: Any) -> str:
+    # Consumer boards answer NOT_SUPPORTED for the serial: the GPU is still identified by its UUID.
+    try:
+        return _text(fn())
+    except nvml.NVMLError:
+        return ""
 
 
 def _text(value: bytes | str) -> str:

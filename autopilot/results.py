@@ -47,22 +47,37 @@ def worst(statuses: Iterable[Status], default: Status = Status.OK) -> Status:
 
 @dataclasses.dataclass(frozen=True)
 class DeviceResult:
-    """The finding for one device (a GPU, a remote node/interface pair, ...)."""
+    """The finding for one device (a GPU, a remote node/interface pair, ...).
+
+    For a GPU, ``id`` is what the tool calls it (its index, or its bus id when NVML cannot see
+    it); ``uuid``, ``bus_id`` and ``serial`` (the board's) are its identity, filled in by the
+    engine (``gpuident.attach``), and appear in the JSON only when known.
+    """
 
     id: str
     status: Status
     value: float | int | str | None = None
     unit: str | None = None
     detail: str = ""
+    uuid: str = ""
+    bus_id: str = ""
+    serial: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "id": self.id,
             "status": self.status.value,
             "value": self.value,
             "unit": self.unit,
             "detail": self.detail,
         }
+        if self.uuid:
+            out["uuid"] = self.uuid
+        if self.bus_id:
+            out["bus_id"] = self.bus_id
+        if self.serial:
+            out["serial"] = self.serial
+        return out
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> DeviceResult:
@@ -72,6 +87,9 @@ class DeviceResult:
             value=raw.get("value"),
             unit=raw.get("unit"),
             detail=str(raw.get("detail") or ""),
+            uuid=str(raw.get("uuid") or ""),
+            bus_id=str(raw.get("bus_id") or ""),
+            serial=str(raw.get("serial") or ""),
         )
 
 

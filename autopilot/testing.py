@@ -22,7 +22,9 @@ from typing import Any, TypeVar
 
 from autopilot import errors, gpus
 from autopilot.cluster import (
+    DEVICE_TAINT_EFFECTS,
     FINISHED_PHASES,
+    DeviceTaintRuleInfo,
     EventInfo,
     JobInfo,
     NodeCondition,
@@ -204,6 +206,7 @@ class FakeGpu:
     name: str = "NVIDIA H100 80GB HBM3"
     uuid: str = ""
     pci_bus_id: str = ""
+    serial: str = ""
     remapped: gpus.RemappedRows = gpus.RemappedRows(0, 0, False, False)
     reasons: frozenset[str] = frozenset()
     link: gpus.PcieLink = gpus.PcieLink(5, 5, 16, 16)
@@ -229,6 +232,7 @@ class FakeTelemetry:
                 name=g.get("name", "NVIDIA H100 80GB HBM3"),
                 uuid=g.get("uuid", ""),
                 pci_bus_id=g.get("pci_bus_id", ""),
+                serial=g.get("serial", ""),
                 remapped=gpus.RemappedRows(**g["remapped_rows"])
                 if "remapped_rows" in g
                 else gpus.RemappedRows(0, 0, False, False),
@@ -263,7 +267,7 @@ class FakeTelemetry:
     def identity(self, index: int) -> gpus.GpuIdentity:
         g = self._gpu(index)
         return gpus.GpuIdentity(
-            index, g.name, g.uuid or f"GPU-fake-{index}", g.pci_bus_id or f"00000000:{index:02X}:00.0"
+            index, g.name, g.uuid or f"GPU-fake-{index}", g.pci_bus_id or f"00000000:{index:02X}:00.0", g.serial
         )
 
     def remapped_rows(self, index: int) -> gpus.RemappedRows:
@@ -289,6 +293,7 @@ def snapshot(telemetry: gpus.GpuTelemetry) -> dict[str, Any]:
                 "name": ident.name,
                 "uuid": ident.uuid,
                 "pci_bus_id": ident.pci_bus_id,
+                "serial": ident.serial,
                 "remapped_rows": dataclasses.asdict(telemetry.remapped_rows(i)),
                 "clock_event_reasons": sorted(telemetry.clock_event_reasons(i)),
                 "pcie_link": dataclasses.asdict(telemetry.pcie_link(i)),
@@ -722,10 +727,110 @@ class FakeCluster:
 
         return self._do("storage_class_binding_mode", read)
 
+    # ---------------------------------------------------------- DRA device taints
+
+    # Test control: the resource.k8s.io version serving DeviceTaintRule (None: not served), and
+    # the taint effects that version accepts (``None`` only from Kubernetes 1.35).
+    device_taint_version: str | None = None
+    device_taint_effects: tuple[str, ...] = DEVICE_TAINT_EFFECTS
+
+    def serve_device_taints(self, version: str = "v1beta2", effects: tuple[str, ...] = DEVICE_TAINT_EFFECTS) -> None:
+        self.device_taint_version = version
+        self.device_taint_effects = effects
+        self.device_taint_rules: dict[str, DeviceTaintRuleInfo] = {}
+
+    def _served(self) -> str:
+        if self.device_taint_version is None:
+            raise errors.NotFound("this cluster serves no resource.k8s.io DeviceTaintRule")
+        return self.device_taint_version
+
+    def device_taint_api(self) -> str | None:
+        return self.device_taint_version
+
+    def list_device_taint_rules(self, label_selector: str) -> list[DeviceTaintRuleInfo]:
+        def read() -> list[DeviceTaintRuleInfo]:
+            self._served()
+            return [r for r in self.device_taint_rules.values() if selector_matches(label_selector, r.labels)]
+
+        return self._do("list_device_taint_rules", read)
+
+    def create_device_taint_rule(self, rule: DeviceTaintRuleInfo) -> str:
+        def create() -> str:
+            version = self._served()
+            problems = device_taint_rule_problems(rule.to_json(version), version, self.device_taint_effects)
+            if problems:
+                raise errors.ClusterError(f"DeviceTaintRule {rule.name!r} is invalid: {'; '.join(problems)}")
+            if rule.name in self.device_taint_rules:
+                raise errors.Conflict(f"devicetaintrules {rule.name!r} already exists")
+            self.device_taint_rules[rule.name] = rule
+            self._record("create_device_taint_rule", rule.name, rule.to_json(version))
+            return rule.name
+
+        return self._do("create_device_taint_rule", create)
+
+    def delete_device_taint_rule(self, name: str) -> bool:
+        def delete() -> bool:
+            self._served()
+            if self.device_taint_rules.pop(name, None) is None:
+                return False
+            self._record("delete_device_taint_rule", name, {})
+            return True
+
+        return self._do("delete_device_taint_rule", delete)
+
+
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_LABEL_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9]")
+_LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?")
+
+
+def device_taint_rule_problems(body: Any, version: str, effects: Sequence[str] = DEVICE_TAINT_EFFECTS) -> list[str]:
+    """Why the API server would refuse ``body`` as a DeviceTaintRule of ``resource.k8s.io/<version>`` (422).
+
+    The rules of the API's validation that our rules can break: the name is a DNS-1123 subdomain,
+    the selector's fields are ones the version has (driver a DNS subdomain, device a DNS label),
+    the taint key is a qualified label name, its value a label value, its effect one the version knows.
+    """
+    if not isinstance(body, dict):
+        return ["not an object"]
+    problems: list[str] = []
+    if body.get("apiVersion") != f"resource.k8s.io/{version}" or body.get("kind") != "DeviceTaintRule":
+        problems.append(f"expected apiVersion resource.k8s.io/{version}, kind DeviceTaintRule")
+    name = str((body.get("metadata") or {}).get("name") or "")
+    if len(name) > 253 or not _DNS_SUBDOMAIN.fullmatch(name):
+        problems.append(f"metadata.name: Invalid value: {name!r}: a lowercase RFC 1123 subdomain")
+    spec = body.get("spec") or {}
+    selector = spec.get("deviceSelector")
+    if not isinstance(selector, dict):
+        problems.append("spec.deviceSelector: Required value")
+        selector = {}
+    allowed = {"driver", "pool", "device"} | ({"deviceClassName", "selectors"} if version == "v1alpha3" else set())
+    for field in sorted(set(selector) - allowed):
+        problems.append(f"spec.deviceSelector.{field}: unknown field")
+    driver = str(selector.get("driver") or "")
+    if driver and (len(driver) > 63 or not _DNS_SUBDOMAIN.fullmatch(driver)):
+        problems.append(f"spec.deviceSelector.driver: Invalid value: {driver!r}")
+    device = str(selector.get("device") or "")
+    if device and not _DNS_LABEL.fullmatch(device):
+        problems.append(f"spec.deviceSelector.device: Invalid value: {device!r}")
+    taint = spec.get("taint") or {}
+    key = str(taint.get("key") or "")
+    prefix, _, bare = key.rpartition("/")
+    if not bare or not _LABEL_NAME.fullmatch(bare) or (prefix and not _DNS_SUBDOMAIN.fullmatch(prefix)):
+        problems.append(f"spec.taint.key: Invalid value: {key!r}: a qualified name")
+    value = str(taint.get("value") or "")
+    if not _LABEL_VALUE.fullmatch(value):
+        problems.append(f"spec.taint.value: Invalid value: {value!r}")
+    effect = str(taint.get("effect") or "")
+    if effect not in effects:
+        problems.append(f"spec.taint.effect: Unsupported value: {effect!r}: supported values: {', '.join(effects)}")
+    return problems
+
 
 _T = TypeVar("_T")
 # Creates are not retried on 409: "already exists" is an answer, not a race.
-_CREATES = frozenset({"create_job", "create_pod", "create_pvc", "create_node_event"})
+_CREATES = frozenset({"create_job", "create_pod", "create_pvc", "create_node_event", "create_device_taint_rule"})
 
 
 def _fault(op: str, status: int) -> errors.ClusterError:

@@ -16,6 +16,7 @@ again at the next reconcile, at most ``EVENT_ATTEMPTS`` times.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -23,6 +24,7 @@ from datetime import UTC, datetime
 
 from autopilot import config, errors, publish, registry, results, verdict
 from autopilot.cluster import ClusterClient
+from workers import gpureconcile
 from workers.store import NodeView, ResultsStore
 
 log = logging.getLogger(__name__)
@@ -111,6 +113,14 @@ def reconcile_node(
         new_state["changed_at"] = results.utc_now_iso(moment)
     dcgm = [r for r in latest.values() if r.check == "dcgm"]
     publication = publish.desired(decision, dcgm)
+    # Per-GPU verdicts, history and device taints (issue 15): their labels ride with the node's.
+    gpu = gpureconcile.reconcile_gpus(store, node, settings, latest, state, moment, cluster)
+    new_state.update(gpu.state)
+    publication = dataclasses.replace(
+        publication,
+        labels={**publication.labels, **gpu.labels},
+        annotations={**publication.annotations, **gpu.annotations},
+    )
     if cluster is not None:
         new_state.update(_publish(cluster, node, publication, state, moment))
     labels: dict[str, str | None] = {**publication.labels, **publication.annotations}

@@ -33,6 +33,7 @@ cancellable by the engine's watchdog.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import ipaddress
@@ -44,7 +45,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
-from autopilot import clock, commands, config, errors, gpus, peers, registry
+from autopilot import clock, commands, config, errors, gpuident, gpus, peers, registry
 from autopilot.context import CheckContext
 from autopilot.testing import FakeGpu, FakeTelemetry, Recording
 
@@ -288,7 +289,7 @@ def contexts(
             seams[profile] = build_seam(sim_settings, dict(profile), network)
         runner, telemetry = seams[profile]
         directory = SimPeers(name, live) if live is not None else peers.StaticPeers(())
-        out[name] = CheckContext(name, sim_settings, runner, telemetry, shared_clock, peers=directory)
+        out[name] = CheckContext(name, sim_settings, runner, telemetry.for_node(name), shared_clock, peers=directory)
     return out
 
 
@@ -575,6 +576,21 @@ class SimTelemetry(FakeTelemetry):
     def __init__(self, devices: Sequence[FakeGpu], faults: Mapping[str, tuple[str, float]] | None = None) -> None:
         super().__init__(devices)
         self._faults = dict(faults or {})
+        self._node = ""
+
+    def for_node(self, node: str) -> SimTelemetry:
+        """This telemetry (devices and faults shared) with the stable fake UUIDs and serials of ``node``'s GPUs."""
+        mine = copy.copy(self)
+        mine._node = node
+        return mine
+
+    def identity(self, index: int) -> gpus.GpuIdentity:
+        ident = super().identity(index)
+        if not self._node:
+            return ident
+        return dataclasses.replace(
+            ident, uuid=gpuident.sim_uuid(self._node, index), serial=gpuident.sim_serial(self._node, index)
+        )
 
     def _maybe_fail(self, method: str, index: int) -> None:
         fault = self._faults.get(method)

@@ -34,7 +34,7 @@ from autopilot.cluster import (
     pod_from_json,
     selector_matches,
 )
-from autopilot.testing import FakeCluster, event_refusal, pod_node
+from autopilot.testing import DEVICE_TAINT_EFFECTS, FakeCluster, device_taint_rule_problems, event_refusal, pod_node
 
 # The first HTTP request each Protocol method makes: where ``fail_next(op, ...)`` strikes.
 OP_ROUTES: dict[str, tuple[str, str]] = {
@@ -57,6 +57,9 @@ OP_ROUTES: dict[str, tuple[str, str]] = {
     "pvc_phase": ("GET", r"/persistentvolumeclaims/[^/]+$"),
     "delete_pvc": ("DELETE", r"/persistentvolumeclaims/[^/]+$"),
     "storage_class_binding_mode": ("GET", r"/storageclasses/[^/]+$"),
+    "list_device_taint_rules": ("GET", r"/devicetaintrules$"),
+    "create_device_taint_rule": ("POST", r"/devicetaintrules$"),
+    "delete_device_taint_rule": ("DELETE", r"/devicetaintrules/[^/]+$"),
 }
 STAMP = "2026-11-29T22:00:00Z"
 
@@ -118,6 +121,8 @@ class StandInApi:
         self.pvc_reads: dict[tuple[str, str], int] = {}
         self.hooks: list[Callable[[str, str], None]] = []
         self._faults: list[tuple[str, str, int]] = []
+        self.device_taint_version: str | None = None
+        self.device_taint_effects: tuple[str, ...] = DEVICE_TAINT_EFFECTS
         self._seq = itertools.count(1)
         self._rv = itertools.count(100)
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
@@ -290,6 +295,16 @@ class StandInApi:
             found = [event_from_json(o) for (k, _, _), o in self.objects.items() if k == "Event"]
         return [e for e in found if e.kind == kind and e.name == name]
 
+    def serve_device_taints(self, version: str = "v1beta2", effects: tuple[str, ...] = DEVICE_TAINT_EFFECTS) -> None:
+        """Serve ``resource.k8s.io/<version>`` DeviceTaintRule (off by default, as on clusters before 1.33)."""
+        self.device_taint_version = version
+        self.device_taint_effects = effects
+
+    @property
+    def device_taint_rules(self) -> dict[str, Any]:
+        with self.lock:
+            return {name: o for (k, _, name), o in self.objects.items() if k == "DeviceTaintRule"}
+
     def writes(self) -> list[Request]:
         return [r for r in self.requests if r.method != "GET"]
 
@@ -371,7 +386,56 @@ class StandInApi:
             return self._namespaced(kind, "v1", method, parts[3], parts[5:], query, body)
         if parts[:4] == ["apis", "batch", "v1", "namespaces"] and len(parts) >= 6 and parts[5] == "jobs":
             return self._namespaced("Job", "batch/v1", method, parts[4], parts[6:], query, body)
+        if parts[:2] == ["apis", "resource.k8s.io"] and self.device_taint_version is not None:
+            return self._dra(method, parts[2:], query, body)
         return 404, status_body(404, "NotFound", f"the server could not find the requested resource ({path})")
+
+    def _dra(self, method: str, rest: list[str], query: dict[str, str], body: Any) -> tuple[int, Any]:
+        """Discovery of ``resource.k8s.io`` and its cluster-scoped DeviceTaintRules."""
+        version = self.device_taint_version
+        group_version = f"resource.k8s.io/{version}"
+        if not rest and method == "GET":
+            entry = {"groupVersion": group_version, "version": version}
+            return 200, {
+                "kind": "APIGroup",
+                "apiVersion": "v1",
+                "name": "resource.k8s.io",
+                "versions": [entry],
+                "preferredVersion": entry,
+            }
+        if rest[0] != version:
+            return 404, status_body(404, "NotFound", "the server could not find the requested resource")
+        if len(rest) == 1 and method == "GET":
+            names = ["deviceclasses", "resourceclaims", "resourceclaimtemplates", "resourceslices", "devicetaintrules"]
+            resources = [{"name": n, "namespaced": n.startswith("resourceclaim"), "kind": n} for n in names]
+            return 200, {
+                "kind": "APIResourceList",
+                "apiVersion": "v1",
+                "groupVersion": group_version,
+                "resources": resources,
+            }
+        if rest[1] != "devicetaintrules":
+            return 404, status_body(404, "NotFound", "the server could not find the requested resource")
+        if len(rest) == 2 and method == "GET":
+            listing = self._list("DeviceTaintRule", None, query)
+            return 200, {**listing, "apiVersion": group_version}
+        if len(rest) == 2 and method == "POST":
+            problems = device_taint_rule_problems(body, str(version), self.device_taint_effects)
+            if problems:
+                name = str(((body or {}).get("metadata") or {}).get("name") or "")
+                return 422, status_body(
+                    422, "Invalid", f'DeviceTaintRule.resource.k8s.io "{name}" is invalid: ' + "; ".join(problems)
+                )
+            return self._create("DeviceTaintRule", group_version, "", body, "devicetaintrules.resource.k8s.io")
+        key = ("DeviceTaintRule", "", rest[2])
+        if key not in self.objects:
+            raise KeyError(f'devicetaintrules.resource.k8s.io "{rest[2]}"')
+        if method == "GET":
+            return 200, self.objects[key]
+        if method == "DELETE":
+            del self.objects[key]
+            return 200, {"kind": "Status", "apiVersion": "v1", "status": "Success", "details": {"name": rest[2]}}
+        return 405, status_body(405, "MethodNotAllowed", method)
 
     def _sc(self, name: str) -> tuple[str, int | None]:
         if name not in self.storage_classes:
@@ -495,6 +559,8 @@ class StandInApi:
         if (kind, ns, name) in self.objects:
             return 409, status_body(409, "AlreadyExists", f'{plural} "{name}" already exists')
         meta.update(name=name, namespace=ns, uid=f"uid-{name}", resourceVersion=str(next(self._rv)))
+        if not ns:
+            del meta["namespace"]  # a cluster-scoped object has none
         meta["creationTimestamp"] = STAMP
         obj = copy.deepcopy(body)
         if kind == "Job":

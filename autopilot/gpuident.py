@@ -1,0 +1,78 @@
+"""Which physical GPU a device finding is about: UUID and bus id on every GPU device of a result.
+
+Checks name a GPU as their tool does (its index, ``"3"``; or its bus id when NVML cannot see it).
+Indexes move when a GPU falls off the bus or the node is re-imaged; the UUID does not. After each
+GPU check the engine reads the identities once per sequence (``read``) and ``attach`` stamps the
+UUID and bus id on every device it can match, so per-GPU verdicts and history (``gpuverdict``,
+``gpuhistory``) are keyed by the GPU itself. A device that matches nothing keeps its id only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+from collections.abc import Mapping
+
+from autopilot import errors
+from autopilot.gpus import GpuIdentity, GpuTelemetry
+from autopilot.nodeinfo import bus_id
+from autopilot.results import CheckResult
+
+# NVML's UUID: "GPU-" then 8-4-4-4-12 hex digits (MIG devices say "MIG-"; they are not GPUs here).
+UUID_RE = re.compile(r"^GPU-[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+def valid_uuid(text: str) -> bool:
+    """Whether ``text`` is a GPU UUID as NVML writes it (what may reach a store key)."""
+    return bool(UUID_RE.fullmatch(text))
+
+
+def read(telemetry: GpuTelemetry) -> dict[int, GpuIdentity]:
+    """Index -> identity of every GPU NVML will identify now; empty when NVML cannot start or count."""
+    try:
+        count = telemetry.count()
+    except errors.GpuError:
+        return {}
+    found: dict[int, GpuIdentity] = {}
+    for index in range(count):
+        try:
+            found[index] = telemetry.identity(index)
+        except errors.GpuError:
+            continue  # a lost GPU: the census reports it; its device keeps its index only
+    return found
+
+
+def attach(result: CheckResult, identities: Mapping[int, GpuIdentity]) -> CheckResult:
+    """``result`` with ``uuid``, ``bus_id`` and ``serial`` on each device whose id is a known index or bus id."""
+    if not result.devices:
+        return result
+    by_bus = {bus_id(i.pci_bus_id): i for i in identities.values()}
+    devices = []
+    changed = False
+    for device in result.devices:
+        ident = identities.get(int(device.id)) if device.id.isdigit() else by_bus.get(bus_id(device.id))
+        if device.uuid or (ident is None and ":" not in device.id):
+            devices.append(device)
+            continue
+        if ident is None:
+            # A bus id NVML does not see (fell off the bus): the address is all that names it.
+            devices.append(dataclasses.replace(device, bus_id=bus_id(device.id)))
+            changed = True
+            continue
+        devices.append(
+            dataclasses.replace(device, uuid=ident.uuid, bus_id=bus_id(ident.pci_bus_id), serial=ident.serial)
+        )
+        changed = True
+    return dataclasses.replace(result, devices=tuple(devices)) if changed else result
+
+
+def sim_uuid(node: str, index: int) -> str:
+    """A stable, well-formed fake UUID for GPU ``index`` of simulated node ``node``."""
+    digest = hashlib.sha256(f"{node}/{index}".encode()).hexdigest()
+    return f"GPU-{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}"
+
+
+def sim_serial(node: str, index: int) -> str:
+    """A stable fake board serial (13 digits, as NVIDIA prints them) for a simulated GPU."""
+    return str(int(hashlib.sha256(f"serial/{node}/{index}".encode()).hexdigest()[:12], 16) % 10**13).zfill(13)

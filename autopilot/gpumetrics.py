@@ -1,0 +1,67 @@
+"""Prometheus series per GPU, rebuilt on each scrape from the nodes' stored GPU states. Pure.
+
+- ``autopilot_gpu_verdict{node,gpu,uuid,verdict}``: 1, one series per GPU, labelled with its
+  current verdict (not one series per possible verdict: 8,000 GPUs make 8,000 series, not 32,000;
+  ``gpu`` is the index, ``uuid`` the identity that survives moves).
+- ``autopilot_gpu_repeat_offender{node,gpu,uuid}``: 1 for each GPU flagged a repeat offender
+  (absent for the others).
+- ``autopilot_gpus{verdict}``: GPUs per verdict over the cluster (four series).
+
+Like ``autopilot.metrics``, nothing is kept between scrapes: a GPU gone from the store is gone here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from autopilot import gpuverdict
+from autopilot.verdict import Verdict
+
+VERDICTS = (Verdict.PASS.value, Verdict.WARN.value, Verdict.EVICT.value, Verdict.UNKNOWN.value)
+OFFENDER = "repeat offender"
+
+
+def build(gpu_states: Mapping[str, str | None]) -> list[Metric]:
+    """Families from node -> its ``gpus`` state field (JSON, as ``gpuverdict.dumps`` writes it)."""
+    per_gpu = GaugeMetricFamily(
+        "autopilot_gpu_verdict",
+        "Health verdict of one GPU: 1, labelled with the current verdict (PASS, WARN, EVICT, UNKNOWN)",
+        labels=["node", "gpu", "uuid", "verdict"],
+    )
+    offenders = GaugeMetricFamily(
+        "autopilot_gpu_repeat_offender",
+        "1 for a GPU with repeated incidents within the configured window (AUTOPILOT_GPU_REPEAT_*)",
+        labels=["node", "gpu", "uuid"],
+    )
+    totals = dict.fromkeys(VERDICTS, 0)
+    for node in sorted(gpu_states):
+        for state in gpuverdict.ordered(gpuverdict.loads(gpu_states[node])):
+            value = state.verdict.value if state.verdict.value in totals else Verdict.UNKNOWN.value
+            totals[value] += 1
+            per_gpu.add_metric([node, state.index, state.uuid, value], 1.0)
+            if any(r.startswith(OFFENDER) for r in state.reasons):
+                offenders.add_metric([node, state.index, state.uuid], 1.0)
+    counts = GaugeMetricFamily("autopilot_gpus", "GPUs per verdict over every node", labels=["verdict"])
+    for verdict, count in totals.items():
+        counts.add_metric([verdict], float(count))
+    return [per_gpu, offenders, counts]
+
+
+class GpuCollector(Collector):
+    """Calls ``states_fn`` (node -> ``gpus`` field) on each scrape; a failing read exports nothing."""
+
+    def __init__(self, states_fn: Callable[[], Mapping[str, str | None]]) -> None:
+        self._states = states_fn
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(build({}))
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            found = self._states()
+        except Exception:  # noqa: BLE001 - the results collector reports the store's health
+            return iter(())
+        return iter(build(found))

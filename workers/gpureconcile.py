@@ -1,0 +1,135 @@
+"""The per-GPU half of a node's reconcile: GPU verdicts, their history, labels and device taints.
+
+Called by ``reconcile.reconcile_node`` with the node's latest results and state. It judges each
+GPU (``gpuverdict``), flags repeat offenders from their history (``gpuhistory``, ``gpustore``),
+records what changed as incidents, and returns what the node should carry next to its verdict:
+the node-state fields (``gpus``: every GPU's state as JSON, ``gpus_at``: the newest result
+judged, ``gpus_day``: the day the GPUs' sightings were last written), the count labels and the
+annotation. With ``AUTOPILOT_DEVICE_TAINTS`` on (or ``dry-run``) and a cluster, it also keeps
+one DeviceTaintRule per bad GPU, re-syncing only when the set of wanted rules changed since the
+last successful sync (``gpu_taints`` in the node state).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Mapping
+from datetime import datetime
+
+from autopilot import config, devicetaints, errors, gpuhistory, gpuverdict, results
+from autopilot.cluster import ClusterClient
+from autopilot.gpuverdict import GpuState
+from autopilot.results import CheckResult
+from workers import gpustore
+from workers.store import ResultsStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class GpuOutcome:
+    states: dict[str, GpuState]
+    state: dict[str, str | None]
+    labels: dict[str, str]
+    annotations: dict[str, str]
+
+
+def reconcile_gpus(
+    store: ResultsStore,
+    node: str,
+    settings: config.Settings,
+    latest: Mapping[str, CheckResult],
+    state: Mapping[str, str],
+    now: datetime,
+    cluster: ClusterClient | None = None,
+) -> GpuOutcome:
+    previous = gpuverdict.loads(state.get("gpus"))
+    cleared_at = results.parse_iso(state["cleared_at"]) if state.get("cleared_at") else None
+    states = gpuverdict.decide(latest, previous, now=now, max_age_s=settings.stale_after_s, cleared_at=cleared_at)
+    judged_until = state.get("gpus_at", "")
+    new_results = [r for r in latest.values() if r.started_at and r.started_at > judged_until]
+    found = gpuhistory.incidents(
+        node, previous, states, now=now, new_results=new_results, periodic=settings.periodic_checks
+    )
+    day = results.utc_now_iso(now)[:10]
+    flags = _offenders(store, settings, previous, states, found, now=now, fresh_day=state.get("gpus_day") != day)
+    if flags:
+        states = gpuverdict.decide(
+            latest, previous, now=now, max_age_s=settings.stale_after_s, cleared_at=cleared_at, flags=flags
+        )
+    text = gpuverdict.dumps(states)
+    fields: dict[str, str | None] = {"gpus": text}
+    # Incidents are written when they happen; the sightings (and the keys' expiry) when the GPUs
+    # changed, and once a day: a steady-state reconcile writes nothing.
+    if found or text != state.get("gpus") or state.get("gpus_day") != day:
+        gpustore.record(
+            store.r,
+            node,
+            states,
+            found,
+            now=now,
+            history_len=settings.gpu_history_len,
+            retention_s=settings.gpu_history_retention_s,
+        )
+        fields["gpus_day"] = day
+    newest = max((r.started_at for r in latest.values() if r.started_at), default=judged_until)
+    fields["gpus_at"] = max(newest, judged_until) or None
+    if cluster is not None and settings.device_taints != "off":
+        fields.update(_taints(cluster, node, settings, states, state.get("gpu_taints")))
+    labels, annotations = gpuverdict.publication(states)
+    return GpuOutcome(states, fields, labels, annotations)
+
+
+def _offenders(
+    store: ResultsStore,
+    settings: config.Settings,
+    previous: Mapping[str, GpuState],
+    states: Mapping[str, GpuState],
+    found: list[gpuhistory.Incident],
+    *,
+    now: datetime,
+    fresh_day: bool,
+) -> dict[str, str]:
+    """UUID -> repeat-offender reason. The history is read (one pipeline) only when this reconcile
+    found incidents, or once a day (the window slides); otherwise the flags stand as last judged,
+    so a steady-state reconcile reads nothing more."""
+    if settings.gpu_repeat_count <= 0:
+        return {}
+    if not found and not fresh_day:
+        return {
+            s.uuid: reason
+            for s in previous.values()
+            for reason in s.reasons
+            if reason.startswith("repeat offender") and s.key in states
+        }
+    uuids = [s.uuid for s in states.values() if s.uuid]
+    history = gpustore.incidents_many(store.r, uuids, now=now, retention_s=settings.gpu_history_retention_s)
+    flags: dict[str, str] = {}
+    for uuid in uuids:
+        known = [*history.get(uuid, []), *(i for i in found if i.uuid == uuid)]
+        reason = gpuhistory.offender_reason(
+            known, now=now, count=settings.gpu_repeat_count, window_s=settings.gpu_repeat_window_s
+        )
+        if reason:
+            flags[uuid] = reason
+    return flags
+
+
+def _taints(
+    cluster: ClusterClient, node: str, settings: config.Settings, states: Mapping[str, GpuState], synced: str | None
+) -> dict[str, str | None]:
+    wanted = devicetaints.desired(
+        node, states, driver=settings.device_taint_driver, device_template=settings.device_taint_device
+    )
+    dry_run = settings.device_taints == "dry-run"
+    mark = json.dumps({"dry_run": dry_run, "rules": {n: r.effect for n, r in sorted(wanted.items())}}, sort_keys=True)
+    if mark == synced:
+        return {}
+    try:
+        outcome = devicetaints.sync(cluster, node, wanted, dry_run=dry_run)
+    except errors.ClusterError as exc:
+        log.warning("device taint rules of %s not synced (the next reconcile retries): %s", node, exc)
+        return {}
+    return {"gpu_taints": mark} if outcome.served else {}

@@ -1,0 +1,134 @@
+"""GPU history in Redis: each GPU's incidents under its UUID, bounded by count and age.
+
+Keys (prefix ``ap:``), none of them named after a node, so a GPU's history survives its node
+being renamed, re-imaged or forgotten:
+
+- ``gpu:<uuid>``          list of incident JSON, newest first, trimmed to ``gpu_history_len``
+- ``gpuinfo:<uuid>``      hash: ``serial``, ``node`` (last seen on), ``index``, ``bus_id``, ``last_seen``
+- ``gpuserial:<serial>``  set of UUIDs that board serial was seen with
+
+Every key expires ``gpu_history_retention`` after its GPU's last incident or sighting, and
+incidents older than that are dropped when read, so storage stays bounded by GPUs x count.
+UUIDs reaching a key are validated here (``gpuident.valid_uuid``), whatever the caller checked.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import redis
+
+from autopilot import errors, gpuhistory, gpuident, results
+from autopilot.gpuhistory import Incident
+from autopilot.gpuverdict import GpuState
+
+P = "ap:"
+_SERIAL_CHARS = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz-_")
+
+
+def _uuid(uuid: str) -> str:
+    if not gpuident.valid_uuid(uuid):
+        raise errors.BadParameter("uuid", f"not a GPU UUID (GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx): {uuid[:80]!r}")
+    return uuid
+
+
+def _serial_ok(serial: str) -> bool:
+    return 0 < len(serial) <= 64 and set(serial) <= _SERIAL_CHARS
+
+
+def record(
+    client: redis.Redis,
+    node: str,
+    states: Mapping[str, GpuState],
+    found: Sequence[Incident],
+    *,
+    now: datetime,
+    history_len: int,
+    retention_s: float,
+) -> None:
+    """Write ``found`` and refresh the sighting of every GPU of ``states`` (one pipeline)."""
+    ttl = max(1, int(retention_s))
+    stamp = results.utc_now_iso(now)
+    pipe = client.pipeline(transaction=False)
+    for incident in found:
+        if not gpuident.valid_uuid(incident.uuid):
+            continue
+        key = f"{P}gpu:{incident.uuid}"
+        pipe.lpush(key, json.dumps(incident.to_dict(), separators=(",", ":")))
+        pipe.ltrim(key, 0, history_len - 1)
+        pipe.expire(key, ttl)
+    for state in states.values():
+        if not gpuident.valid_uuid(state.uuid):
+            continue
+        info = {"node": node, "index": state.index, "bus_id": state.bus_id, "last_seen": stamp}
+        if _serial_ok(state.serial):
+            info["serial"] = state.serial
+            pipe.sadd(f"{P}gpuserial:{state.serial}", state.uuid)
+            pipe.expire(f"{P}gpuserial:{state.serial}", ttl)
+        pipe.hset(f"{P}gpuinfo:{state.uuid}", mapping=info)  # type: ignore[arg-type]
+        pipe.expire(f"{P}gpuinfo:{state.uuid}", ttl)
+        pipe.expire(f"{P}gpu:{state.uuid}", ttl)
+    if len(pipe):
+        pipe.execute()
+
+
+def incidents_many(
+    client: redis.Redis, uuids: Iterable[str], *, now: datetime, retention_s: float
+) -> dict[str, list[Incident]]:
+    """UUID -> its retained incidents, newest first (one pipeline; invalid UUIDs are left out)."""
+    wanted = [u for u in dict.fromkeys(uuids) if gpuident.valid_uuid(u)]
+    if not wanted:
+        return {}
+    pipe = client.pipeline(transaction=False)
+    for uuid in wanted:
+        pipe.lrange(f"{P}gpu:{uuid}", 0, -1)
+    out: dict[str, list[Incident]] = {}
+    for uuid, raws in zip(wanted, pipe.execute(), strict=True):
+        out[uuid] = gpuhistory.retained(_decode(raws), now=now, retention_s=retention_s)
+    return out
+
+
+def _decode(raws: Iterable[bytes | str]) -> list[Incident]:
+    found = []
+    for raw in raws:
+        try:
+            found.append(Incident.from_dict(json.loads(raw)))
+        except (ValueError, TypeError, AttributeError):
+            continue  # a damaged entry is skipped, never the whole history
+    return found
+
+
+def gpu(client: redis.Redis, uuid: str, *, now: datetime, retention_s: float) -> dict[str, Any] | None:
+    """What ``GET /api/v1/gpus/<uuid>`` serves: identity, last sighting, incidents (and those of the
+    other UUIDs its board serial was seen with); None when the GPU is unknown."""
+    uuid = _uuid(uuid)
+    info = {_s(k): _s(v) for k, v in client.hgetall(f"{P}gpuinfo:{uuid}").items()}
+    own = incidents_many(client, [uuid], now=now, retention_s=retention_s).get(uuid, [])
+    if not info and not own:
+        return None
+    serial = info.get("serial", "") or next((i.serial for i in own if i.serial), "")
+    others: list[str] = []
+    if _serial_ok(serial):
+        others = sorted(u for u in (_s(m) for m in client.smembers(f"{P}gpuserial:{serial}")) if u != uuid)
+    merged = list(own)
+    if others:
+        for found in incidents_many(client, others, now=now, retention_s=retention_s).values():
+            merged.extend(found)
+        merged.sort(key=lambda i: i.at, reverse=True)
+    return {
+        "uuid": uuid,
+        "serial": serial,
+        "node": info.get("node", ""),
+        "index": info.get("index", ""),
+        "bus_id": info.get("bus_id", ""),
+        "last_seen": info.get("last_seen", ""),
+        "same_serial": others,
+        "incidents": [i.to_dict() for i in merged],
+    }
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
