@@ -17,13 +17,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import kombu.exceptions
 import redis
 from celery import Celery, Task, signals
 
 from autopilot import cluster as cluster_mod
 from autopilot import config, registry
 from autopilot.cluster import ClusterClient
-from workers import broker, ring, tasks
+from workers import broker, confirming, ring, tasks
 from workers import host as hosting
 from workers.dispatch import RUN_TASK, CeleryDispatcher
 from workers.store import ResultsStore
@@ -149,6 +150,11 @@ def create_celery(settings: config.Settings) -> Celery:
                 "deadline": deadline,
             }
             raise self.retry(kwargs=again, countdown=2) from None
+        try:
+            confirming.after_task(store, dispatcher, settings, node, done)
+        except (redis.RedisError, kombu.exceptions.KombuError) as exc:
+            # The results and the verdict are saved; only an early re-run (or a counter) is lost.
+            log.warning("confirmation after the task on %s failed: %s", node, exc)
         # The results are in the store; the return value is only logged and shown by Flower, and
         # Celery formats it after every task, so it is the summary, not every result's data.
         return {r.check: r.status.value for r in done}
