@@ -195,12 +195,12 @@ def build(snapshot: Snapshot) -> list[Metric]:
             fam.busy.add_metric([node, check], float(times))
         for key, times in sorted(snapshot.confirmations.get(node, {}).items()):
             kind, _, check = key.partition("|")
-            family = {"runs": fam.confirmation_runs, "prevented": fam.flaps_prevented}.get(kind)
-            if family is not None and check:
-                family.add_metric([node, check], float(times))
-    for key, family in (("budget", fam.remediation_budget), ("held", fam.remediation_held)):
+            counter = {"runs": fam.confirmation_runs, "prevented": fam.flaps_prevented}.get(kind)
+            if counter is not None and check:
+                counter.add_metric([node, check], float(times))
+    for key, gauge in (("budget", fam.remediation_budget), ("held", fam.remediation_held)):
         if key in snapshot.remediation:
-            family.add_metric([], snapshot.remediation[key])
+            gauge.add_metric([], snapshot.remediation[key])
     if snapshot.remediation:
         fam.remediation_deferred.add_metric([], snapshot.remediation.get("deferred", 0.0))
     for state in NODE_STATES:

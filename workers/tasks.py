@@ -6,7 +6,8 @@
                 recompute the node's verdict after the task;
 ``fanout``      beat's periodic/invasive tick: one run over every live node, done once per tick
                 however many beats sent it;
-``reconcile``   beat's verdict/label tick and stale sweep over every known node;
+``reconcile``   beat's verdict/label tick and stale sweep over every known node, then the
+                remediation pass (``workers.remediating``, opt-in);
 ``iperf_servers``, ``iperf_clients``, ``iperf_stop``
                 one node's part of the ``iperf`` ring (``workers.ring``), answered into the
                 ring's hash in the store.
@@ -28,7 +29,7 @@ from autopilot.checks import iperf
 from autopilot.cluster import ClusterClient
 from autopilot.context import CheckContext
 from autopilot.results import CheckResult, Status
-from workers import invasive_flow, ring
+from workers import invasive_flow, remediating, ring
 from workers import reconcile as reconciling
 from workers.dispatch import Dispatcher, Envelope, partition
 from workers.host import NodeHost
@@ -240,9 +241,13 @@ def reconcile(store: ResultsStore, settings: config.Settings, cluster: ClusterCl
     """Recompute every known node's verdict (and publish it); returns node -> verdict."""
     if not store.claim_tick("reconcile", time.time(), max(1.0, settings.reconcile_interval_s)):
         return {}
-    return {
+    verdicts = {
         n: reconciling.reconcile_node(store, n, settings, cluster=cluster).verdict.value for n in store.node_names()
     }
+    if cluster is not None:
+        # After the verdicts, in the one process that claimed this tick: the budget is never raced.
+        remediating.run(store, cluster, settings)
+    return verdicts
 
 
 def iperf_servers(
