@@ -15,6 +15,7 @@ kills the tool's process group; and a message still queued at its run's deadline
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import kombu.exceptions
@@ -24,6 +25,7 @@ from celery import Celery, Task, signals
 from autopilot import cluster as cluster_mod
 from autopilot import config, registry
 from autopilot.cluster import ClusterClient
+from autopilot.results import CheckResult
 from workers import broker, confirming, ring, tasks
 from workers import host as hosting
 from workers.dispatch import RUN_TASK, CeleryDispatcher
@@ -131,6 +133,13 @@ def create_celery(settings: config.Settings) -> Celery:
             clusters.append(cluster_mod.from_settings(settings))
         return clusters[0]
 
+    def _confirm(node: str, done: Sequence[CheckResult]) -> None:
+        try:
+            confirming.after_task(store, dispatcher, settings, node, done)
+        except (redis.RedisError, kombu.exceptions.KombuError) as exc:
+            # The results and the verdict are saved; only an early re-run (or a counter) is lost.
+            log.warning("confirmation after the task on %s failed: %s", node, exc)
+
     @app.task(name=RUN_TASK, bind=True, max_retries=None, acks_late=True)
     def run_checks_task(
         self: Task, *, run_id: str, node: str, checks: list[str], params: dict[str, Any], deadline: float
@@ -140,6 +149,7 @@ def create_celery(settings: config.Settings) -> Celery:
                 hosting.current(), run_id=run_id, node=node, checks=checks, params=params, deadline=deadline
             )
         except tasks.GpusBusy as busy:
+            _confirm(node, busy.done)
             # Only the GPU checks go back to the node's queue (same expiry: the run's deadline);
             # the light checks are answered and saved already.
             again = {
@@ -150,11 +160,7 @@ def create_celery(settings: config.Settings) -> Celery:
                 "deadline": deadline,
             }
             raise self.retry(kwargs=again, countdown=2) from None
-        try:
-            confirming.after_task(store, dispatcher, settings, node, done)
-        except (redis.RedisError, kombu.exceptions.KombuError) as exc:
-            # The results and the verdict are saved; only an early re-run (or a counter) is lost.
-            log.warning("confirmation after the task on %s failed: %s", node, exc)
+        _confirm(node, done)
         # The results are in the store; the return value is only logged and shown by Flower, and
         # Celery formats it after every task, so it is the summary, not every result's data.
         return {r.check: r.status.value for r in done}

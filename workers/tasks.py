@@ -44,10 +44,11 @@ class GpusBusy(Exception):
     The task's light checks are done and saved by then: only the GPU checks go back to the queue.
     """
 
-    def __init__(self, node: str, checks: Sequence[str]) -> None:
+    def __init__(self, node: str, checks: Sequence[str], done: Sequence[CheckResult] = ()) -> None:
         super().__init__(node)
         self.node = node
         self.checks = tuple(checks)
+        self.done = tuple(done)  # the light checks' results, saved already
 
 
 def run_checks(
@@ -88,7 +89,7 @@ def run_checks(
         if not held:
             if time.time() + 1 < deadline:
                 handed_back = True
-                raise GpusBusy(node, gpu)
+                raise GpusBusy(node, gpu, writer.done)
             for c in gpu:
                 # No started_at: it never started.
                 busy = CheckResult(
