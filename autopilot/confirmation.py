@@ -29,6 +29,8 @@ NOISY_CHECKS = frozenset({"pciebw", "gpumem", "ping", "iperf", "dcgm"})
 """Checks whose non-fatal failures can be noise (a bandwidth sample, a dropped packet, a flaky diag)."""
 
 VALIDATION_LEVEL = 3
+HOLDING_VERDICTS = frozenset({"WARN", "TESTING", "EVICT"})
+"""Stored verdicts under which a check may be recovering (so its passes are judged against its history)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,13 +161,13 @@ def _same(a: CheckResult, b: CheckResult) -> bool:
 def needs_history(latest: Mapping[str, CheckResult], previous_verdict: str | None, policy: Policy) -> bool:
     """Whether judging ``latest`` can differ from taking it as it is (so the history must be read).
 
-    Only a bad latest result (pending or confirmed) or a node whose last verdict was ``WARN``
-    (a check may be recovering) can judge differently; a node that passes in steady state costs
-    no extra read.
+    Only a bad latest result (pending or confirmed) or a node whose last verdict was ``WARN`` (or
+    one that hid a ``WARN``: ``TESTING``, ``EVICT``), where a check may be recovering, can judge
+    differently; a node that passes in steady state costs no extra read.
     """
     if policy.acts_at_once:
         return False
-    return previous_verdict == "WARN" or any(r.is_bad for r in latest.values())
+    return previous_verdict in HOLDING_VERDICTS or any(r.is_bad for r in latest.values())
 
 
 def effective(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 
-from autopilot import config, confirmation, registry
+from autopilot import config, confirmation, invasive, registry
 from autopilot.confirmation import Policy, State
 from autopilot.results import CheckResult, Status
 from workers.dispatch import Dispatcher, Envelope
@@ -66,7 +66,8 @@ def after_task(
         return None
     verdict, pending = store.confirmation_marks(node)
     # Steady state (every saved result passes, nothing pending, the node not WARN) costs no history read.
-    if verdict != "WARN" and not pending & set(saved) and not any(r.is_bad for r in saved.values()):
+    calm = verdict not in confirmation.HOLDING_VERDICTS
+    if calm and not pending & set(saved) and not any(r.is_bad for r in saved.values()):
         return None
     history = store.history(node, limit=_history(store, settings, pol, len(registry.REGISTRY.names())))
     judged = {c: confirmation.judge(confirmation.series_for(c, r, history), pol) for c, r in saved.items()}
@@ -80,6 +81,13 @@ def after_task(
     return run
 
 
+def _invasive(result: CheckResult) -> bool:
+    try:
+        return result.check == "dcgm" and int(result.params.get("r", 0) or 0) >= invasive.LEVEL
+    except (TypeError, ValueError):
+        return False
+
+
 def _send(
     store: ResultsStore,
     dispatcher: Dispatcher,
@@ -87,7 +95,9 @@ def _send(
     found: Sequence[tuple[str, CheckResult]],
     now: float | None,
 ) -> Run | None:
-    checks = [c for c, _ in found if c in registry.REGISTRY]
+    # An invasive DCGM run takes its node's GPUs for up to 40 minutes as a Job: it is confirmed by N of
+    # M over the invasive runs to come, never re-run at once.
+    checks = [c for c, r in found if c in registry.REGISTRY and not _invasive(r)]
     if not checks:
         return None
     params = {c: dict(r.params) for c, r in found if c in checks and r.params}

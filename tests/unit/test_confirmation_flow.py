@@ -108,3 +108,20 @@ def test_the_counters_reach_prometheus(node: Node) -> None:
 def test_confirm_need_above_window_is_refused_at_start() -> None:
     with pytest.raises(config.errors.BadParameter, match="AUTOPILOT_CONFIRM_NEED"):
         config.Settings.from_env({"AUTOPILOT_CONFIRM_NEED": "4", "AUTOPILOT_CONFIRM_WINDOW": "3"})
+
+
+def test_a_pending_invasive_dcgm_failure_waits_for_n_of_m_and_is_not_re_run_at_once(node: Node) -> None:
+    node.result("dcgm", "ok", r=3)
+    assert node.result("dcgm", "fail", r=3) == "PASS"  # a software test failed: can be noise
+    assert node.dispatcher.sent == []
+    assert node.store.confirmation_marks(NODE)[1] == frozenset({"dcgm"})
+
+
+def test_a_check_recovering_under_testing_still_needs_k_passes() -> None:
+    n = Node()
+    n.result("remapped", "ok")
+    n.result("pciebw", "ok")
+    n.result("pciebw", "fail")
+    assert n.result("pciebw", "fail") == "WARN"
+    n.store.set_state(NODE, {"verdict": "TESTING"})  # an invasive Job held the node meanwhile
+    assert n.result("pciebw", "ok") == "WARN"
