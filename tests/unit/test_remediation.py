@@ -13,12 +13,14 @@ from datetime import UTC, datetime, timedelta
 import fakeredis
 import pytest
 
+from api.metrics import snapshot_from_store
 from autopilot import config, errors, remediation, results
 from autopilot.cluster import NodeTaint
 from autopilot.remediation import OWNER, TAINT
 from autopilot.results import CheckResult, Status
 from tests.unit.cluster_standin import Backend, StandInApi, make_backend
 from tests.unit.test_cluster_rbac import allowed, needed, permits
+from tests.unit.test_metrics import scrape
 from workers import remediating, tasks
 from workers.store import NodeRecord, ResultsStore
 
@@ -159,6 +161,11 @@ def test_budget_holds_when_30_percent_of_20_nodes_fail_at_once(kube: Backend) ->
     assert sorted(e.name for e in events if e.reason == remediation.EVENT_DEFERRED) == failing[2:]
     assert sorted(e.name for e in events if e.reason == remediation.EVENT_APPLIED) == failing[:2]
     assert store.remediation_summary() == {"budget": 2.0, "held": 2.0, "deferred": 4.0, "dry_run": 0.0}
+    series = scrape(snapshot_from_store(store, config.Settings(node_name="api")))
+    # What AutopilotRemediationBudgetExhausted reads (alerts/tests.yaml tests the rule itself).
+    assert series["autopilot_remediation_deferred_nodes"] == {(): 4.0}
+    assert series["autopilot_remediation_held_nodes"] == {(): 2.0}
+    assert series["autopilot_remediation_budget_nodes"] == {(): 2.0}
 
 
 def test_a_number_budget_and_taint_only(kube: Backend) -> None:
