@@ -41,6 +41,9 @@ APPLIED, DEFERRED = "applied", "deferred"
 EVENT_APPLIED = "AutopilotRemediated"
 EVENT_DEFERRED = "AutopilotRemediationDeferred"
 EVENT_RELEASED = "AutopilotRemediationReleased"
+EVENT_NAMESPACE = "default"
+"""Where its Node Events go: the API server accepts an Event about a cluster-scoped object (a Node) only
+in ``default`` (event validation: an involvedObject without a namespace needs event namespace default)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,7 +182,7 @@ def plan(policy: Policy, nodes: Sequence[NodeInfo], health: Mapping[str, Health]
 
 
 def apply(
-    cluster: ClusterClient, policy: Policy, the_plan: Plan, *, namespace: str, now: str | None = None
+    cluster: ClusterClient, policy: Policy, the_plan: Plan, *, namespace: str = EVENT_NAMESPACE, now: str | None = None
 ) -> list[Action]:
     """Carry out ``the_plan`` (dry run: log it); returns the actions done. A refused node is logged and
     skipped: the next pass tries again."""

@@ -69,7 +69,7 @@ def run(store: ResultsStore, cluster: ClusterClient, settings: config.Settings) 
         log.warning("remediation: listing nodes failed, nothing done this tick: %s", exc)
         return None
     the_plan = remediation.plan(pol, nodes, health(store, [n.name for n in nodes], settings))
-    remediation.apply(cluster, pol, the_plan, namespace=settings.namespace)
+    remediation.apply(cluster, pol, the_plan)
     if the_plan.deferred:
         log.warning(
             "remediation budget exhausted: %d evicted nodes labelled only (%d of %d held)",

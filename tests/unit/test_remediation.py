@@ -158,6 +158,7 @@ def test_budget_holds_when_30_percent_of_20_nodes_fail_at_once(kube: Backend) ->
     assert deferred == failing[2:]
     assert not any(api.nodes[n]["spec"].get("taints") for n in deferred)
     events = [e for n in failing for e in api.events_for("Node", n)]
+    assert {e.namespace for e in events} == {"default"}  # the only namespace that takes a Node's Events
     assert sorted(e.name for e in events if e.reason == remediation.EVENT_DEFERRED) == failing[2:]
     assert sorted(e.name for e in events if e.reason == remediation.EVENT_APPLIED) == failing[:2]
     assert store.remediation_summary() == {"budget": 2.0, "held": 2.0, "deferred": 4.0, "dry_run": 0.0}
