@@ -6,8 +6,8 @@
                 recompute the node's verdict after the task;
 ``fanout``      beat's periodic/invasive tick: one run over every live node, done once per tick
                 however many beats sent it;
-``reconcile``   beat's verdict/label tick and stale sweep over every known node, then the
-                remediation pass (``workers.remediating``, opt-in);
+``reconcile``   beat's verdict/label tick and stale sweep over every known node (and with
+                ``reconcile_and_remediate``, the remediation pass after it);
 ``iperf_servers``, ``iperf_clients``, ``iperf_stop``
                 one node's part of the ``iperf`` ring (``workers.ring``), answered into the
                 ring's hash in the store.
@@ -242,13 +242,9 @@ def reconcile(store: ResultsStore, settings: config.Settings, cluster: ClusterCl
     """Recompute every known node's verdict (and publish it); returns node -> verdict."""
     if not store.claim_tick("reconcile", time.time(), max(1.0, settings.reconcile_interval_s)):
         return {}
-    verdicts = {
+    return {
         n: reconciling.reconcile_node(store, n, settings, cluster=cluster).verdict.value for n in store.node_names()
     }
-    if cluster is not None:
-        # After the verdicts, in the one process that claimed this tick: the budget is never raced.
-        remediating.run(store, cluster, settings)
-    return verdicts
 
 
 def iperf_servers(
@@ -280,3 +276,17 @@ def iperf_stop(host: NodeHost, *, run_id: str, node: str) -> int:
     stopped = ring.SERVERS.stop(run_id, node)
     ring.post(host.store, run_id, f"stopped|{node}", {"stopped": stopped})
     return stopped
+
+
+def reconcile_and_remediate(
+    store: ResultsStore, settings: config.Settings, cluster: ClusterClient | None = None
+) -> dict[str, str]:
+    """Beat's reconcile tick: ``reconcile``, then the remediation pass (``workers.remediating``, opt-in).
+
+    The pass runs only in the process that claimed the tick (``reconcile`` answers nothing otherwise),
+    after the verdicts are fresh, so two passes never race for the budget.
+    """
+    verdicts = reconcile(store, settings, cluster)
+    if verdicts and cluster is not None:
+        remediating.run(store, cluster, settings)
+    return verdicts

@@ -289,7 +289,7 @@ def test_beats_reconcile_tick_runs_the_pass(kube: Backend) -> None:
         CheckResult("remapped", Status.FAIL, "row remap failed", node="gpu-1", fatal=True, started_at=when)
     )
     store.heartbeat(NodeRecord("gpu-1", last_seen=datetime.now(UTC).timestamp()))
-    verdicts = tasks.reconcile(store, settings(periodic_checks=("remapped",)), kube.client)
+    verdicts = tasks.reconcile_and_remediate(store, settings(periodic_checks=("remapped",)), kube.client)
     assert verdicts == {"gpu-1": "EVICT"}
     assert api.nodes["gpu-1"]["spec"]["unschedulable"] is True
 
