@@ -6,11 +6,12 @@
                 recompute the node's verdict after the task;
 ``fanout``      beat's periodic/invasive tick: one run over every live node, done once per tick
                 however many beats sent it;
-``reconcile``   beat's verdict/label tick and stale sweep over every known node (and with
-                ``reconcile_and_remediate``, the remediation pass after it);
+``reconcile``   beat's verdict/label tick and stale sweep over every known node;
 ``iperf_servers``, ``iperf_clients``, ``iperf_stop``
                 one node's part of the ``iperf`` ring (``workers.ring``), answered into the
                 ring's hash in the store.
+
+Beat's reconcile task runs ``reconcile_and_remediate``: the tick, then the remediation pass.
 """
 
 from __future__ import annotations
