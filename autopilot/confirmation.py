@@ -8,9 +8,10 @@ the check's last good result. Signals that are never noise (any fatal ``fail``: 
 uncorrectable ECC, a lost GPU, an evicting Xid; any ``error``; a bad result of a check not in
 ``NOISY_CHECKS``) act at once.
 
-Recovery is hysteretic: once a check's failure counted, the verdict keeps judging that failure
-until ``recover`` consecutive passes follow it (*recovering*). A DCGM pass of level 3 or more is a
-validation, not a sample, and recovers at once (it is also what lifts a sticky ``EVICT``).
+Recovery is hysteretic: once a check's non-fatal failure counted, the verdict keeps judging that
+failure until ``recover`` consecutive passes follow it (*recovering*): WARN to PASS. A DCGM pass of
+level 3 or more is a validation, not a sample, and recovers at once. A fatal failure is not held
+here: the sticky ``EVICT`` (until a level-3 pass or an operator's clear) already governs it.
 
 Everything here is a pure function of one check's results on one node, newest first (the
 results store's history), so a restarted process judges exactly as before. ``need=1`` and
@@ -126,7 +127,9 @@ def judge(series: Sequence[CheckResult], policy: Policy) -> Judgement:
                 last_good = result
                 continue
             passes += 1
-            if passes >= policy.recover or _is_validation(result):
+            # A fatal failure is EVICT's business: sticky until a level-3 pass or an operator's clear,
+            # which must then judge the repaired node's fresh pass as it is.
+            if passes >= policy.recover or _is_validation(result) or counted.fatal:
                 counted, passes, last_good = None, 0, result
             continue
         if counted is not None:

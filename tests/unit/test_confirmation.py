@@ -94,6 +94,12 @@ def test_signals_that_are_never_noise_act_at_once(check: str, status: str, fatal
     assert j.state is State.CONFIRMED and j.effective.status is Status(status)
 
 
+def test_a_fatal_failure_is_not_held_by_hysteresis_the_sticky_evict_governs_it() -> None:
+    # After repair, one fresh pass is what an operator's clear must see (docs/OPERATIONS.md).
+    j = confirmation.judge(seq("remapped", "ok", "fail", "ok", fatal_at=1), POLICY)
+    assert j.state is State.CLEAN and j.effective.status is Status.OK
+
+
 def test_a_dcgm_level_3_pass_recovers_at_once() -> None:
     history = seq("dcgm", "fail", "fail", "ok", r=3)
     assert confirmation.judge(history, POLICY).state is State.CLEAN
