@@ -15,7 +15,6 @@ kills the tool's process group; and a message still queued at its run's deadline
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from typing import Any
 
 import kombu.exceptions
@@ -133,7 +132,7 @@ def create_celery(settings: config.Settings) -> Celery:
             clusters.append(cluster_mod.from_settings(settings))
         return clusters[0]
 
-    def _confirm(node: str, done: Sequence[CheckResult]) -> None:
+    def _confirm(node: str, done: list[CheckResult] | tuple[CheckResult, ...]) -> None:
         try:
             confirming.after_task(store, dispatcher, settings, node, done)
         except (redis.RedisError, kombu.exceptions.KombuError) as exc:
