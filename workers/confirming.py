@@ -23,6 +23,7 @@ from workers.store import ResultsStore, Run
 log = logging.getLogger(__name__)
 
 SOURCE = "confirm"
+NOT_RERUN = frozenset({"iperf"})
 
 
 def policy(settings: config.Settings) -> Policy:
@@ -95,9 +96,10 @@ def _send(
     found: Sequence[tuple[str, CheckResult]],
     now: float | None,
 ) -> Run | None:
-    # An invasive DCGM run takes its node's GPUs for up to 40 minutes as a Job: it is confirmed by N of
-    # M over the invasive runs to come, never re-run at once.
-    checks = [c for c, r in found if c in registry.REGISTRY and not _invasive(r)]
+    # An invasive DCGM run takes its node's GPUs for up to 40 minutes as a Job, and iperf is a ring over
+    # many nodes that only the API's coordinator runs: both are confirmed by N of M over the runs to
+    # come, never re-run at once on one node.
+    checks = [c for c, r in found if c in registry.REGISTRY and c not in NOT_RERUN and not _invasive(r)]
     if not checks:
         return None
     params = {c: dict(r.params) for c, r in found if c in checks and r.params}

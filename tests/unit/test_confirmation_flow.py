@@ -125,3 +125,10 @@ def test_a_check_recovering_under_testing_still_needs_k_passes() -> None:
     assert n.result("pciebw", "fail") == "WARN"
     n.store.set_state(NODE, {"verdict": "TESTING"})  # an invasive Job held the node meanwhile
     assert n.result("pciebw", "ok") == "WARN"
+
+
+def test_an_iperf_failure_waits_for_n_of_m_its_ring_is_never_re_run_on_one_node(node: Node) -> None:
+    node.result("iperf", "ok")
+    assert node.result("iperf", "fail") == "PASS"
+    assert node.dispatcher.sent == []
+    assert node.result("iperf", "fail") == "WARN"
