@@ -65,6 +65,8 @@ def snapshot_from_store(store: ResultsStore, settings: config.Settings) -> Snaps
         latest=store.latest_many(names),
         verdicts={n: v for n, v in shown.items() if v},
         busy=store.busy_counts(names),
+        confirmations=store.confirmation_counts(names),
+        remediation=store.remediation_summary(),
         taken_at=taken_at,
         live_after_s=settings.live_after_s,
     )

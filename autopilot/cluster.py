@@ -83,6 +83,28 @@ class NodeCondition:
         )
 
 
+TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeTaint:
+    """One entry of ``node.spec.taints``; a Node holds at most one taint per (key, effect)."""
+
+    key: str
+    effect: str
+    value: str = ""
+
+    def to_json(self) -> dict[str, str]:
+        out = {"key": self.key, "effect": self.effect}
+        if self.value:
+            out["value"] = self.value
+        return out
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> NodeTaint:
+        return cls(str(raw.get("key") or ""), str(raw.get("effect") or ""), str(raw.get("value") or ""))
+
+
 @dataclasses.dataclass(frozen=True)
 class NodeInfo:
     name: str
@@ -91,6 +113,8 @@ class NodeInfo:
     allocatable_gpus: int = 0
     conditions: tuple[NodeCondition, ...] = ()
     uid: str = ""
+    unschedulable: bool = False  # spec.unschedulable: cordoned
+    taints: tuple[NodeTaint, ...] = ()
 
     def condition(self, type_: str = CONDITION_TYPE) -> NodeCondition | None:
         return next((c for c in self.conditions if c.type == type_), None)
@@ -238,6 +262,15 @@ class ClusterClient(Protocol):
         """
         ...
 
+    def set_node_unschedulable(self, name: str, unschedulable: bool) -> None:
+        """Cordon (True) or uncordon (False) the node: ``spec.unschedulable``, nothing else."""
+        ...
+
+    def set_node_taint(self, name: str, taint: NodeTaint, present: bool) -> bool:
+        """Add (``present``) or remove the taint of ``taint.key`` and ``taint.effect``; other taints are left
+        alone. True when the Node changed."""
+        ...
+
     def nodes_running(self, namespace: str, label_selector: str) -> list[str]:
         """Names of nodes with a running pod in ``namespace`` matching ``label_selector``."""
         ...
@@ -323,7 +356,16 @@ def node_from_json(raw: Mapping[str, Any]) -> NodeInfo:
         allocatable_gpus=parse_quantity_int((status.get("allocatable") or {}).get(GPU_RESOURCE, 0)),
         conditions=tuple(NodeCondition.from_json(c) for c in status.get("conditions") or ()),
         uid=str(meta.get("uid") or ""),
+        unschedulable=bool((raw.get("spec") or {}).get("unschedulable")),
+        taints=tuple(NodeTaint.from_json(t) for t in (raw.get("spec") or {}).get("taints") or ()),
     )
+
+
+def with_taint(taints: Sequence[NodeTaint], taint: NodeTaint, present: bool) -> tuple[NodeTaint, ...] | None:
+    """``taints`` with ``taint`` added or removed (matched on key and effect); None when nothing changes."""
+    others = tuple(t for t in taints if (t.key, t.effect) != (taint.key, taint.effect))
+    wanted = (*others, taint) if present else others
+    return None if wanted == tuple(taints) else wanted
 
 
 def pod_gpus(spec: Mapping[str, Any]) -> int:
@@ -668,6 +710,36 @@ class KubeClusterClient:
         info = self.get_node(node)
         body = event_manifest(info, reason=reason, message=message, type_=type_, namespace=namespace)
         self._call("POST", f"/api/v1/namespaces/{_seg(namespace)}/events", body=body, retry_conflict=False)
+
+    def set_node_unschedulable(self, name: str, unschedulable: bool) -> None:
+        # What ``kubectl cordon``/``uncordon`` send: only spec.unschedulable (null removes it, as false would).
+        self._call(
+            "PATCH",
+            f"/api/v1/nodes/{_seg(name)}",
+            body={"spec": {"unschedulable": True if unschedulable else None}},
+            content_type="application/strategic-merge-patch+json",
+        )
+
+    def set_node_taint(self, name: str, taint: NodeTaint, present: bool) -> bool:
+        if taint.effect not in TAINT_EFFECTS:
+            raise errors.BadParameter("effect", f"not a taint effect: {taint.effect!r}")
+
+        def attempt() -> bool:
+            raw = self._once("GET", f"/api/v1/nodes/{_seg(name)}")
+            wanted = with_taint(node_from_json(raw).taints, taint, present)
+            if wanted is None:
+                return False
+            # spec.taints has no patch merge key: any patch replaces the whole list, so it is sent with
+            # the resourceVersion it was read at, and a taint another controller added meanwhile is a 409
+            # (read again) instead of being lost.
+            version = str((raw.get("metadata") or {}).get("resourceVersion") or "")
+            body: dict[str, Any] = {"spec": {"taints": [t.to_json() for t in wanted]}}
+            if version:
+                body["metadata"] = {"resourceVersion": version}
+            self._once("PATCH", f"/api/v1/nodes/{_seg(name)}", body=body, content_type="application/merge-patch+json")
+            return True
+
+        return with_retries(attempt, policy=self.retry, sleep=self._sleep, what=f"taints of node {name}")
 
     def nodes_running(self, namespace: str, label_selector: str) -> list[str]:
         data = self._call(

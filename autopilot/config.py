@@ -205,6 +205,34 @@ class Settings:
     reconcile_interval_s: float = 30.0
     """How often beat recomputes verdicts and labels and sweeps stale results (``AUTOPILOT_RECONCILE_INTERVAL``)."""
 
+    confirm_need: int = 2
+    """Bad results among the last ``confirm_window`` that confirm a failure that can be noise
+    (``AUTOPILOT_CONFIRM_NEED``; ``1`` acts on the first). Never-noise signals (fatal fails, errors) act at once."""
+
+    confirm_window: int = 3
+    """How many of a check's latest results ``confirm_need`` counts over (``AUTOPILOT_CONFIRM_WINDOW``)."""
+
+    recover_passes: int = 2
+    """Consecutive passes that take a check's counted failure back to good, WARN to PASS (``AUTOPILOT_RECOVER_PASSES``;
+    ``1``: the first pass)."""
+
+    confirm_runs: bool = True
+    """Re-run a pending or recovering check on its node at once instead of waiting for the next periodic run
+    (``AUTOPILOT_CONFIRM_RUNS``)."""
+
+    remediate_cordon: bool = False
+    """On ``EVICT``, cordon the node (``AUTOPILOT_REMEDIATE_CORDON``; beat does it, within the budget)."""
+
+    remediate_taint: bool = False
+    """On ``EVICT``, add the taint ``autopilot.ibm.com/gpuhealth=EVICT:NoSchedule`` (``AUTOPILOT_REMEDIATE_TAINT``)."""
+
+    remediate_max_unavailable: str = "1"
+    """Most nodes Autopilot keeps cordoned or tainted at once, a number or a percent of the GPU nodes rounded down
+    (``AUTOPILOT_REMEDIATE_MAX_UNAVAILABLE``: ``2``, ``10%``); past it an evicted node is labelled only."""
+
+    remediate_dry_run: bool = False
+    """Log what remediation would do and change nothing (``AUTOPILOT_REMEDIATE_DRY_RUN``)."""
+
     worker_concurrency: int = 4
     """Threads per worker (``AUTOPILOT_WORKER_CONCURRENCY``); GPU checks still run one at a time per node."""
 
@@ -381,6 +409,15 @@ def _choice(text: str, var: str, allowed: tuple[str, ...]) -> str:
     return value
 
 
+def _max_unavailable(text: str, var: str) -> str:
+    """A count (``2``) or a percent (``10%``, at most 100) of nodes."""
+    value = text.strip()
+    match = re.fullmatch(r"(\d{1,6})(%?)", value)
+    if not match or (match.group(2) and int(match.group(1)) > 100):
+        raise errors.BadParameter(var, f"expected a number of nodes or a percent up to 100%: {value[:80]!r}")
+    return value
+
+
 def _tolerations(text: str, var: str) -> tuple[dict[str, Any], ...]:
     """A JSON list of Kubernetes tolerations; only their documented keys, with string/int values."""
     try:
@@ -477,6 +514,14 @@ _FIELDS: list[tuple[str, str, tuple[str, ...], Any]] = [
     ("node_lost_after_s", "AUTOPILOT_NODE_LOST_AFTER", (), _duration),
     ("node_retention_s", "AUTOPILOT_NODE_RETENTION", (), _duration),
     ("reconcile_interval_s", "AUTOPILOT_RECONCILE_INTERVAL", (), _duration),
+    ("confirm_need", "AUTOPILOT_CONFIRM_NEED", (), _int_in(1, 50)),
+    ("confirm_window", "AUTOPILOT_CONFIRM_WINDOW", (), _int_in(1, 50)),
+    ("recover_passes", "AUTOPILOT_RECOVER_PASSES", (), _int_in(1, 50)),
+    ("confirm_runs", "AUTOPILOT_CONFIRM_RUNS", (), lambda t, v: parse_bool(t, field=v)),
+    ("remediate_cordon", "AUTOPILOT_REMEDIATE_CORDON", (), lambda t, v: parse_bool(t, field=v)),
+    ("remediate_taint", "AUTOPILOT_REMEDIATE_TAINT", (), lambda t, v: parse_bool(t, field=v)),
+    ("remediate_max_unavailable", "AUTOPILOT_REMEDIATE_MAX_UNAVAILABLE", (), lambda t, v: _max_unavailable(t, v)),
+    ("remediate_dry_run", "AUTOPILOT_REMEDIATE_DRY_RUN", (), lambda t, v: parse_bool(t, field=v)),
     ("worker_concurrency", "AUTOPILOT_WORKER_CONCURRENCY", (), _int_in(1, 64)),
     ("cluster", "AUTOPILOT_CLUSTER", (), lambda t, v: _choice(t, v, ("auto", "on", "off"))),
     ("kubeconfig", "AUTOPILOT_KUBECONFIG", ("KUBECONFIG",), lambda t, v: t.strip()),
@@ -526,6 +571,10 @@ def _read(environ: Mapping[str, str]) -> dict[str, Any]:
     _known_checks(values, used, environ)
     if not values.get("node_name", "x"):
         values.pop("node_name")
+    if values.get("confirm_need", 2) > values.get("confirm_window", 3):
+        raise errors.BadParameter(
+            "AUTOPILOT_CONFIRM_NEED", "cannot exceed AUTOPILOT_CONFIRM_WINDOW (N of the last M results)"
+        )
     if "dcgm_fatal_errors" in values and not values["dcgm_fatal_errors"]:
         # An empty DCGM_FATAL_ERRORS means "use the defaults", as upstream documents.
         values.pop("dcgm_fatal_errors")

@@ -15,7 +15,10 @@ Two families of series:
 - our own ``autopilot_check_*``, ``autopilot_node_*`` and ``autopilot_nodes`` series, which do
   show errors and skips, durations, last-run times and verdicts, and the counter
   ``autopilot_checks_busy_total{node,check}``: checks that never started because another GPU
-  check held the node's GPUs until the deadline (kept in the store, so it survives scrapes).
+  check held the node's GPUs until the deadline (kept in the store, so it survives scrapes);
+  ``autopilot_confirmation_runs_total`` and ``autopilot_verdict_flaps_prevented_total{node,check}``
+  (confirmation, docs/RESULTS.md) and the ``autopilot_remediation_*_nodes`` gauges of beat's last
+  remediation pass (docs/OPERATIONS.md).
 
 This module is pure: it reads no store itself (the API passes ``snapshot_fn``), so tests run it
 on a fresh ``CollectorRegistry`` over handmade results.
@@ -85,6 +88,10 @@ class Snapshot:
     """node -> stored verdict (``PASS`` ...); a node without one is ``UNKNOWN``."""
     busy: Mapping[str, Mapping[str, int]] = dataclasses.field(default_factory=dict)
     """node -> check -> how many times it was answered ``busy`` (a counter, from the store)."""
+    confirmations: Mapping[str, Mapping[str, int]] = dataclasses.field(default_factory=dict)
+    """node -> ``runs|<check>`` / ``prevented|<check>`` -> count (counters, from the store)."""
+    remediation: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    """beat's last remediation pass: ``budget``, ``held``, ``deferred`` nodes (empty: remediation never ran)."""
     taken_at: float = dataclasses.field(default_factory=time.time)
     """Epoch seconds the snapshot was read: the reference for live and stale."""
     live_after_s: float = 45.0
@@ -186,6 +193,16 @@ def build(snapshot: Snapshot) -> list[Metric]:
             _add_result(fam, info, check, result)
         for check, times in sorted(snapshot.busy.get(node, {}).items()):
             fam.busy.add_metric([node, check], float(times))
+        for key, times in sorted(snapshot.confirmations.get(node, {}).items()):
+            kind, _, check = key.partition("|")
+            counter = {"runs": fam.confirmation_runs, "prevented": fam.flaps_prevented}.get(kind)
+            if counter is not None and check:
+                counter.add_metric([node, check], float(times))
+    for key, gauge in (("budget", fam.remediation_budget), ("held", fam.remediation_held)):
+        if key in snapshot.remediation:
+            gauge.add_metric([], snapshot.remediation[key])
+    if snapshot.remediation:
+        fam.remediation_deferred.add_metric([], snapshot.remediation.get("deferred", 0.0))
     for state in NODE_STATES:
         fam.nodes.add_metric([state], float(counts[state]))
     return fam.all()
@@ -254,6 +271,30 @@ class _Families:
             "deadline (answered busy in the run; no finding, the latest result and the verdict are unchanged)",
             labels=["node", "check"],
         )
+        self.confirmation_runs = CounterMetricFamily(
+            "autopilot_confirmation_runs",
+            "Confirmation runs sent: a check re-run on its node at once because its latest failure was not yet "
+            "confirmed, or its recovery not yet complete",
+            labels=["node", "check"],
+        )
+        self.flaps_prevented = CounterMetricFamily(
+            "autopilot_verdict_flaps_prevented",
+            "Verdict flaps that confirmation held back: a failure not confirmed before a pass, or a failure "
+            "during recovery",
+            labels=["node", "check"],
+        )
+        self.remediation_budget = GaugeMetricFamily(
+            "autopilot_remediation_budget_nodes",
+            "Most nodes remediation may keep cordoned or tainted at once (max_unavailable over the GPU nodes)",
+        )
+        self.remediation_held = GaugeMetricFamily(
+            "autopilot_remediation_held_nodes",
+            "Nodes Autopilot holds cordoned or tainted now (its ownership annotation is on the Node)",
+        )
+        self.remediation_deferred = GaugeMetricFamily(
+            "autopilot_remediation_deferred_nodes",
+            "Evicted nodes remediation left schedulable because the budget was spent (labelled EVICT only)",
+        )
         self.nodes = GaugeMetricFamily(
             "autopilot_nodes",
             "Number of known nodes by state: live (heartbeat recent) or stale",
@@ -270,6 +311,11 @@ class _Families:
             self.verdict,
             self.last_seen,
             self.busy,
+            self.confirmation_runs,
+            self.flaps_prevented,
+            self.remediation_budget,
+            self.remediation_held,
+            self.remediation_deferred,
             self.nodes,
         ]
 

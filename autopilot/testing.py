@@ -24,11 +24,13 @@ from autopilot import errors, gpus
 from autopilot.cluster import (
     DEVICE_TAINT_EFFECTS,
     FINISHED_PHASES,
+    TAINT_EFFECTS,
     DeviceTaintRuleInfo,
     EventInfo,
     JobInfo,
     NodeCondition,
     NodeInfo,
+    NodeTaint,
     PodInfo,
     RetryPolicy,
     event_manifest,
@@ -37,6 +39,7 @@ from autopilot.cluster import (
     rfc3339,
     selector_matches,
     with_retries,
+    with_taint,
 )
 from autopilot.commands import CommandResult, CommandRunner
 
@@ -559,6 +562,29 @@ class FakeCluster:
             self._record("create_node_event", node, dataclasses.asdict(event))
 
         self._do("create_node_event", create)
+
+    def set_node_unschedulable(self, name: str, unschedulable: bool) -> None:
+        def write() -> None:
+            node = self.get_node(name)
+            self.nodes[name] = dataclasses.replace(node, unschedulable=unschedulable)
+            self._record("set_node_unschedulable", name, {"unschedulable": unschedulable})
+
+        self._do("set_node_unschedulable", write)
+
+    def set_node_taint(self, name: str, taint: NodeTaint, present: bool) -> bool:
+        if taint.effect not in TAINT_EFFECTS:
+            raise errors.BadParameter("effect", f"not a taint effect: {taint.effect!r}")
+
+        def write() -> bool:
+            node = self.get_node(name)
+            wanted = with_taint(node.taints, taint, present)
+            if wanted is None:
+                return False
+            self.nodes[name] = dataclasses.replace(node, taints=wanted)
+            self._record("set_node_taint", name, {"taints": [t.to_json() for t in wanted]})
+            return True
+
+        return self._do("set_node_taint", write)
 
     def nodes_running(self, namespace: str, label_selector: str) -> list[str]:
         return self._do(

@@ -19,6 +19,7 @@ import ssl
 from typing import Any
 from urllib.parse import urlsplit
 
+import kombu.exceptions
 import redis
 import redis.sentinel
 from celery import Celery, Task, signals
@@ -28,7 +29,8 @@ from redis.retry import Retry
 from autopilot import cluster as cluster_mod
 from autopilot import config, registry
 from autopilot.cluster import ClusterClient
-from workers import broker, ring, tasks
+from autopilot.results import CheckResult
+from workers import broker, confirming, ring, tasks
 from workers import host as hosting
 from workers.dispatch import RUN_TASK, CeleryDispatcher
 from workers.store import ResultsStore
@@ -200,6 +202,13 @@ def create_celery(settings: config.Settings) -> Celery:
             clusters.append(cluster_mod.from_settings(settings))
         return clusters[0]
 
+    def _confirm(node: str, done: list[CheckResult] | tuple[CheckResult, ...]) -> None:
+        try:
+            confirming.after_task(store, dispatcher, settings, node, done)
+        except (redis.RedisError, kombu.exceptions.KombuError) as exc:
+            # The results and the verdict are saved; only an early re-run (or a counter) is lost.
+            log.warning("confirmation after the task on %s failed: %s", node, exc)
+
     @app.task(name=RUN_TASK, bind=True, max_retries=None, acks_late=True)
     def run_checks_task(
         self: Task, *, run_id: str, node: str, checks: list[str], params: dict[str, Any], deadline: float
@@ -209,6 +218,7 @@ def create_celery(settings: config.Settings) -> Celery:
                 hosting.current(), run_id=run_id, node=node, checks=checks, params=params, deadline=deadline
             )
         except tasks.GpusBusy as busy:
+            _confirm(node, busy.done)
             # Only the GPU checks go back to the node's queue (same expiry: the run's deadline);
             # the light checks are answered and saved already.
             again = {
@@ -219,6 +229,7 @@ def create_celery(settings: config.Settings) -> Celery:
                 "deadline": deadline,
             }
             raise self.retry(kwargs=again, countdown=2) from None
+        _confirm(node, done)
         # The results are in the store; the return value is only logged and shown by Flower, and
         # Celery formats it after every task, so it is the summary, not every result's data.
         return {r.check: r.status.value for r in done}
@@ -230,7 +241,7 @@ def create_celery(settings: config.Settings) -> Celery:
 
     @app.task(name="autopilot.reconcile")
     def reconcile_task() -> dict[str, str]:
-        return tasks.reconcile(store, settings, _cluster())
+        return tasks.reconcile_and_remediate(store, settings, _cluster())
 
     # The iperf ring's parts on one node (workers.ring). Not retried: the coordinator has a
     # deadline per phase and reports a node that did not answer; acked early so a worker that

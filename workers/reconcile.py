@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 
 from autopilot import config, errors, publish, registry, results, verdict
 from autopilot.cluster import ClusterClient
-from workers import gpureconcile
+from workers import confirming, gpureconcile
 from workers.store import NodeView, ResultsStore
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,8 @@ def reconcile_node(
     latest, state = view.latest, view.state
     evicted_at = results.parse_iso(state["evicted_at"]) if state.get("evicted_at") else None
     decision = verdict.decide(
-        latest,
+        # What confirmation lets count: pending failures wait, recovering checks keep their failure.
+        confirming.effective_latest(store, node, latest, state, settings),
         periodic=periodic_checks(settings),
         now=moment,
         max_age_s=settings.stale_after_s,

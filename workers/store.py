@@ -14,6 +14,9 @@ Keys (all prefixed ``ap:``):
 - ``busy:<n>``       hash check -> how many times that check was answered ``busy`` (GPUs held by another
                      check until the deadline); counted here, never written to ``latest`` or ``history``
 - ``labels:<n>``     hash: the local label store used when there is no Kubernetes cluster
+- ``confirm:<n>``    hash: ``runs|<check>`` confirmation runs sent, ``prevented|<check>`` verdict flaps that
+                     confirmation held back (counters), ``pending`` checks whose latest failure awaits confirmation
+- ``remediation``    hash: beat's last remediation pass over the fleet (``budget``, ``held``, ``deferred``, ...)
 - ``tick:<name>:<slot>`` set-once marker so a second beat (or a redelivered tick) does no work twice
 
 Every write that belongs together goes in one MULTI pipeline, so a reader never sees a result in
@@ -368,6 +371,45 @@ class ResultsStore:
     def set_labels(self, node: str, labels: Mapping[str, str | None]) -> None:
         """Set the labels of ``labels`` with a value, delete those that are None (one MULTI)."""
         self.set_state_and_labels(node, {}, labels)
+
+    # ------------------------------------------------------------------ confirmation and remediation
+
+    def confirmation_marks(self, node: str) -> tuple[str, frozenset[str]]:
+        """The node's stored verdict and the checks whose latest failure was pending (one round trip)."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hget(f"{P}state:{node}", "verdict")
+        pipe.hget(f"{P}confirm:{node}", "pending")
+        verdict, pending = pipe.execute()
+        return (_s(verdict) if verdict else ""), frozenset(filter(None, _s(pending or b"").split(",")))
+
+    def record_confirmations(
+        self, node: str, *, runs: Iterable[str], prevented: Iterable[str], pending: Iterable[str]
+    ) -> None:
+        """Count confirmation runs and prevented flaps per check, and remember the pending checks (one MULTI)."""
+        pipe = self.r.pipeline(transaction=True)
+        for check in runs:
+            pipe.hincrby(f"{P}confirm:{node}", f"runs|{check}", 1)
+        for check in prevented:
+            pipe.hincrby(f"{P}confirm:{node}", f"prevented|{check}", 1)
+        waiting = ",".join(sorted(set(pending)))
+        if waiting:
+            pipe.hset(f"{P}confirm:{node}", "pending", waiting)
+        else:
+            pipe.hdel(f"{P}confirm:{node}", "pending")
+        pipe.execute()
+
+    def confirmation_counts(self, nodes: Sequence[str]) -> dict[str, dict[str, int]]:
+        """Node -> ``runs|<check>`` / ``prevented|<check>`` -> count (one pipeline for every node)."""
+        return {
+            n: {_s(k): int(v) for k, v in raw.items() if _s(k) != "pending"}
+            for n, raw in self._hashes("confirm", nodes).items()
+        }
+
+    def set_remediation_summary(self, values: Mapping[str, float]) -> None:
+        self.r.hset(f"{P}remediation", mapping={k: str(v) for k, v in values.items()})  # type: ignore[arg-type]
+
+    def remediation_summary(self) -> dict[str, float]:
+        return {_s(k): float(v) for k, v in self.r.hgetall(f"{P}remediation").items()}
 
     # ------------------------------------------------------------------ de-duplication
 

@@ -10,6 +10,8 @@
 ``iperf_servers``, ``iperf_clients``, ``iperf_stop``
                 one node's part of the ``iperf`` ring (``workers.ring``), answered into the
                 ring's hash in the store.
+
+Beat's reconcile task runs ``reconcile_and_remediate``: the tick, then the remediation pass.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from autopilot.checks import iperf
 from autopilot.cluster import ClusterClient
 from autopilot.context import CheckContext
 from autopilot.results import CheckResult, Status
-from workers import invasive_flow, ring
+from workers import invasive_flow, remediating, ring
 from workers import reconcile as reconciling
 from workers.dispatch import Dispatcher, Envelope, partition
 from workers.host import NodeHost
@@ -43,10 +45,11 @@ class GpusBusy(Exception):
     The task's light checks are done and saved by then: only the GPU checks go back to the queue.
     """
 
-    def __init__(self, node: str, checks: Sequence[str]) -> None:
+    def __init__(self, node: str, checks: Sequence[str], done: Sequence[CheckResult] = ()) -> None:
         super().__init__(node)
         self.node = node
         self.checks = tuple(checks)
+        self.done = tuple(done)  # the light checks' results, saved already
 
 
 def run_checks(
@@ -87,7 +90,7 @@ def run_checks(
         if not held:
             if time.time() + 1 < deadline:
                 handed_back = True
-                raise GpusBusy(node, gpu)
+                raise GpusBusy(node, gpu, writer.done)
             for c in gpu:
                 # No started_at: it never started.
                 busy = CheckResult(
@@ -273,3 +276,17 @@ def iperf_stop(host: NodeHost, *, run_id: str, node: str) -> int:
     stopped = ring.SERVERS.stop(run_id, node)
     ring.post(host.store, run_id, f"stopped|{node}", {"stopped": stopped})
     return stopped
+
+
+def reconcile_and_remediate(
+    store: ResultsStore, settings: config.Settings, cluster: ClusterClient | None = None
+) -> dict[str, str]:
+    """Beat's reconcile tick: ``reconcile``, then the remediation pass (``workers.remediating``, opt-in).
+
+    The pass runs only in the process that claimed the tick (``reconcile`` answers nothing otherwise),
+    after the verdicts are fresh, so two passes never race for the budget.
+    """
+    verdicts = reconcile(store, settings, cluster)
+    if verdicts and cluster is not None:
+        remediating.run(store, cluster, settings)
+    return verdicts

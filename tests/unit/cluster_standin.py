@@ -3,7 +3,9 @@
 It serves the real JSON shapes (NodeList, Node, Pod, Job, PersistentVolumeClaim, Event,
 StorageClass, Status) for the paths the cluster seam uses, applies merge and strategic-merge
 patches the way the API server does for the fields we touch (labels, annotations, conditions
-merged by ``type``, ``metadata.resourceVersion`` precondition -> 409), plays the parts of the Job
+merged by ``type``, ``spec.unschedulable``, ``spec.taints`` replaced whole,
+``metadata.resourceVersion`` precondition -> 409), validates a patched Node as the API server
+does for those fields (422 ``Invalid``: taint effects, keys and values, duplicate taints), plays the parts of the Job
 controller, scheduler and provisioner that our code can observe, and records every request
 (verb, path, query, content type, body).
 
@@ -43,6 +45,8 @@ OP_ROUTES: dict[str, tuple[str, str]] = {
     "patch_node_labels": ("PATCH", r"^/api/v1/nodes/[^/]+$"),
     "set_node_condition": ("PATCH", r"^/api/v1/nodes/[^/]+/status$"),
     "create_node_event": ("POST", r"/events$"),
+    "set_node_unschedulable": ("PATCH", r"^/api/v1/nodes/[^/]+$"),
+    "set_node_taint": ("GET", r"^/api/v1/nodes/[^/]+$"),
     "nodes_running": ("GET", r"^/api/v1/namespaces/[^/]+/pods$"),
     "gpu_pods_on_node": ("GET", r"^/api/v1/pods$"),
     "create_job": ("POST", r"/jobs$"),
@@ -106,6 +110,42 @@ def merge_patch(target: Any, patch: Any) -> Any:
         else:
             out[key] = merge_patch(out.get(key), value)
     return out
+
+
+_QUALIFIED = re.compile(r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+
+
+def node_invalid(node: Mapping[str, Any]) -> str:
+    """What the API server's Node validation refuses in the fields we write (empty: valid)."""
+    meta = node.get("metadata") or {}
+    for key, value in (meta.get("labels") or {}).items():
+        if not _QUALIFIED.match(key) or not isinstance(value, str) or not _LABEL_VALUE.match(value):
+            return f"metadata.labels: Invalid value: {key!r}: {value!r}"
+    annotations = meta.get("annotations") or {}
+    if not all(isinstance(v, str) for v in annotations.values()):
+        return "metadata.annotations: Invalid value: annotation values must be strings"
+    if sum(len(k) + len(v) for k, v in annotations.items()) > 256 * 1024:
+        return "metadata.annotations: Too long: must have at most 262144 bytes"
+    spec = node.get("spec") or {}
+    if "unschedulable" in spec and not isinstance(spec["unschedulable"], bool):
+        return f"spec.unschedulable: Invalid value: {spec['unschedulable']!r}: must be a boolean"
+    seen: set[tuple[str, str]] = set()
+    for i, taint in enumerate(spec.get("taints") or ()):
+        key, effect, value = taint.get("key", ""), taint.get("effect", ""), taint.get("value", "")
+        if not isinstance(key, str) or not _QUALIFIED.match(key):
+            return f"spec.taints[{i}].key: Invalid value: {key!r}"
+        if effect not in ("NoSchedule", "PreferNoSchedule", "NoExecute"):
+            return (
+                f'spec.taints[{i}].effect: Unsupported value: "{effect}": supported values: '
+                '"NoExecute", "NoSchedule", "PreferNoSchedule"'
+            )
+        if not isinstance(value, str) or not _LABEL_VALUE.match(value):
+            return f"spec.taints[{i}].value: Invalid value: {value!r}"
+        if (key, effect) in seen:
+            return f"spec.taints: Duplicate value: taints must be unique by key and effect pair ({key}:{effect})"
+        seen.add((key, effect))
+    return ""
 
 
 class StandInApi:
@@ -482,6 +522,9 @@ class StandInApi:
             else:
                 patch.pop("status", None)  # the main resource ignores status
             updated = merge_patch(node, patch)
+            invalid = node_invalid(updated)
+            if invalid:
+                return 422, status_body(422, "Invalid", f'Node "{name}" is invalid: {invalid}')
             updated["metadata"]["resourceVersion"] = str(next(self._rv))
             self.nodes[name] = updated
             return 200, updated

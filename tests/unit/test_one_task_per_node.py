@@ -70,6 +70,7 @@ def test_a_busy_gpu_lock_hands_back_only_the_gpu_checks_after_the_light_ones_ran
         with pytest.raises(tasks.GpusBusy) as busy:
             run_task(host, run)
         assert busy.value.checks == ("remapped", "gpupower")
+        assert [r.check for r in busy.value.done] == ["ping"]  # what the confirmation glue judges
         assert answered(host, run) == {"ping"}  # the light check did not wait
         assert host.store.state(NODE)["verdict"]  # and its result was judged
         # The retry of the GPU part alone, lock still busy: handed back again, nothing saved.

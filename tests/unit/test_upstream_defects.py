@@ -101,7 +101,10 @@ def test_evict_is_sticky_under_a_periodic_pass() -> None:
 def test_ping_failure_never_sets_another_checks_result() -> None:
     """Upstream: a ping failure set the ``pciebw`` flag."""
     store = ResultsStore(fakeredis.FakeRedis())
-    settings = config.Settings(node_name="node-a", periodic_checks=PERIODIC)
+    # Confirmation off (it is tested in test_confirmation): one ping failure moves the verdict at once.
+    settings = config.Settings(
+        node_name="node-a", periodic_checks=PERIODIC, confirm_need=1, confirm_window=1, recover_passes=1
+    )
     now = datetime.now(UTC)
     for r in _all_ok(now):
         store.save_result(r)

@@ -1,0 +1,181 @@
+"""Confirm before acting: which of a node's latest results the verdict may act on.
+
+A failure that can be noise (a bandwidth below its floor, a failed ping or iperf pair, a DCGM
+failure outside the fatal categories, a gpumem miss: a non-fatal ``fail`` or ``warn`` of a check in
+``NOISY_CHECKS``) moves the verdict only once it is confirmed: ``need`` of the check's last
+``window`` results on that node are bad. Until then it is *pending* and the verdict keeps judging
+the check's last good result. Signals that are never noise (any fatal ``fail``: row-remap failure,
+uncorrectable ECC, a lost GPU, an evicting Xid; any ``error``; a bad result of a check not in
+``NOISY_CHECKS``) act at once.
+
+Recovery is hysteretic: once a check's non-fatal failure counted, the verdict keeps judging that
+failure until ``recover`` consecutive passes follow it (*recovering*): WARN to PASS. A DCGM pass of
+level 3 or more is a validation, not a sample, and recovers at once. A fatal failure is not held
+here: the sticky ``EVICT`` (until a level-3 pass or an operator's clear) already governs it.
+
+Everything here is a pure function of one check's results on one node, newest first (the
+results store's history), so a restarted process judges exactly as before. ``need=1`` and
+``recover=1`` give today's behaviour: every result acts at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Mapping, Sequence
+
+from autopilot.results import CheckResult, Status
+
+NOISY_CHECKS = frozenset({"pciebw", "gpumem", "ping", "iperf", "dcgm"})
+"""Checks whose non-fatal failures can be noise (a bandwidth sample, a dropped packet, a flaky diag)."""
+
+VALIDATION_LEVEL = 3
+HOLDING_VERDICTS = frozenset({"WARN", "TESTING", "EVICT"})
+"""Stored verdicts under which a check may be recovering (so its passes are judged against its history)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """N of M and K: ``need`` bad of the last ``window`` results confirm; ``recover`` passes recover."""
+
+    need: int = 2
+    window: int = 3
+    recover: int = 2
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.need <= self.window:
+            raise ValueError(f"confirmation needs 1 <= need <= window, got {self.need} of {self.window}")
+        if self.recover < 1:
+            raise ValueError(f"recovery needs at least one pass, got {self.recover}")
+
+    @property
+    def acts_at_once(self) -> bool:
+        return self.need == 1 and self.recover == 1
+
+    @property
+    def depth(self) -> int:
+        """How many of a check's results a judgement reads (enough for both rules to see back)."""
+        return max(self.window, self.recover) * 4
+
+
+class State(enum.StrEnum):
+    CLEAN = "clean"  # the latest result counts as it is
+    PENDING = "pending"  # the latest result is a failure that is not confirmed yet
+    CONFIRMED = "confirmed"  # the latest result is a failure that counts
+    RECOVERING = "recovering"  # the latest result passes, but too few passes followed a counted failure
+
+
+@dataclasses.dataclass(frozen=True)
+class Judgement:
+    """What the verdict should see of one check, and why."""
+
+    check: str
+    effective: CheckResult
+    state: State
+    flap_prevented: bool = False
+    """The latest result ends a flap that confirmation held back: a pending failure followed by a pass, or
+    a failure during recovery (the verdict would have gone back and forth without confirmation)."""
+    bad: int = 0
+    """Bad results among the last ``window`` (N of M)."""
+    passes: int = 0
+    """Consecutive passes since the counted failure (while recovering)."""
+
+    @property
+    def wants_confirmation_run(self) -> bool:
+        """A re-run of the check would settle it now instead of at the next periodic run."""
+        return self.state in (State.PENDING, State.RECOVERING)
+
+
+def is_noise_candidate(result: CheckResult) -> bool:
+    """A failure that can be noise and is confirmed before it counts."""
+    return result.check in NOISY_CHECKS and result.status in (Status.FAIL, Status.WARN) and not result.fatal
+
+
+def _is_validation(result: CheckResult) -> bool:
+    if result.check != "dcgm" or result.status is not Status.OK:
+        return False
+    try:
+        return int(result.params.get("r", 0) or 0) >= VALIDATION_LEVEL
+    except (TypeError, ValueError):
+        return False
+
+
+def judge(series: Sequence[CheckResult], policy: Policy) -> Judgement:
+    """Judge one check on one node from its results, newest first (``series[0]`` is the latest).
+
+    ``skipped`` results say nothing about the hardware and are passed over.
+    """
+    if not series:
+        raise ValueError("judge needs at least the latest result")
+    latest = series[0]
+    ordered = [r for r in reversed(series[: policy.depth]) if r.status is not Status.SKIPPED]
+    if latest.status is Status.SKIPPED or policy.acts_at_once:
+        return Judgement(latest.check, latest, State.CLEAN)
+    counted: CheckResult | None = None  # the failure the verdict judges (None: the check is good)
+    last_good: CheckResult | None = None
+    passes = 0
+    prevented = False
+    bad = 0
+    for i, result in enumerate(ordered):
+        prevented = False
+        window = ordered[max(0, i - policy.window + 1) : i + 1]
+        bad = sum(1 for r in window if r.is_bad)
+        if not result.is_bad:
+            if counted is None:
+                # A pass right after a pending failure: without confirmation the verdict flapped.
+                prevented = i > 0 and ordered[i - 1].is_bad
+                last_good = result
+                continue
+            passes += 1
+            # A fatal failure is EVICT's business: sticky until a level-3 pass or an operator's clear,
+            # which must then judge the repaired node's fresh pass as it is.
+            if passes >= policy.recover or _is_validation(result) or counted.fatal:
+                counted, passes, last_good = None, 0, result
+            continue
+        if counted is not None:
+            # A failure while recovering: without hysteresis the verdict had gone back to PASS.
+            prevented = passes > 0
+            counted, passes = result, 0
+        elif not is_noise_candidate(result) or bad >= policy.need:
+            counted, passes = result, 0
+    if counted is not None:
+        if latest.is_bad:
+            return Judgement(latest.check, latest, State.CONFIRMED, prevented, bad)
+        return Judgement(latest.check, counted, State.RECOVERING, prevented, bad, passes)
+    if latest.is_bad and last_good is not None:
+        return Judgement(latest.check, last_good, State.PENDING, prevented, bad)
+    # A pending failure with no earlier pass to keep judging: there is no PASS to protect from a
+    # flap, and judging nothing would be no truer, so it counts as it is.
+    return Judgement(latest.check, latest, State.CLEAN, prevented, bad)
+
+
+def series_for(check: str, latest: CheckResult, history: Sequence[CheckResult]) -> list[CheckResult]:
+    """``check``'s results newest first: ``latest`` then its earlier ones in ``history`` (newest first)."""
+    earlier = [r for r in history if r.check == check]
+    if earlier and _same(earlier[0], latest):
+        return earlier
+    return [latest, *earlier]
+
+
+def _same(a: CheckResult, b: CheckResult) -> bool:
+    return (a.started_at, a.status, a.summary, a.node) == (b.started_at, b.status, b.summary, b.node)
+
+
+def needs_history(latest: Mapping[str, CheckResult], previous_verdict: str | None, policy: Policy) -> bool:
+    """Whether judging ``latest`` can differ from taking it as it is (so the history must be read).
+
+    Only a bad latest result (pending or confirmed) or a node whose last verdict was ``WARN`` (or
+    one that hid a ``WARN``: ``TESTING``, ``EVICT``), where a check may be recovering, can judge
+    differently; a node that passes in steady state costs no extra read.
+    """
+    if policy.acts_at_once:
+        return False
+    return previous_verdict in HOLDING_VERDICTS or any(r.is_bad for r in latest.values())
+
+
+def effective(
+    latest: Mapping[str, CheckResult], history: Sequence[CheckResult], policy: Policy
+) -> tuple[dict[str, CheckResult], dict[str, Judgement]]:
+    """Each check's result as the verdict should see it, and each check's judgement."""
+    judgements = {check: judge(series_for(check, r, history), policy) for check, r in latest.items()}
+    return {check: j.effective for check, j in judgements.items()}, judgements

@@ -1,0 +1,111 @@
+"""Glue of confirmation (``autopilot.confirmation``) to the results store and the queues.
+
+``effective_latest`` is what the verdict reconciliation judges instead of the raw latest results
+(it reads the node's history only when the judgement can differ). ``after_task`` runs after each
+task that saved results: for every check the task saved, it counts a flap the confirmation
+prevented and, for a failure still pending (or a check still recovering), sends a *confirmation
+run* of that check, with the same parameters, to that node's queue at once. A confirmation run's
+own result is judged the same way, so a pending failure triggers at most ``need - 1`` runs in a
+row and a recovery at most ``recover - 1``: the loop ends on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+
+from autopilot import config, confirmation, invasive, registry
+from autopilot.confirmation import Policy, State
+from autopilot.results import CheckResult, Status
+from workers.dispatch import Dispatcher, Envelope
+from workers.store import ResultsStore, Run
+
+log = logging.getLogger(__name__)
+
+SOURCE = "confirm"
+NOT_RERUN = frozenset({"iperf"})
+
+
+def policy(settings: config.Settings) -> Policy:
+    return Policy(need=settings.confirm_need, window=settings.confirm_window, recover=settings.recover_passes)
+
+
+def _history(store: ResultsStore, settings: config.Settings, pol: Policy, checks: int) -> int:
+    # The history mixes every check of the node: enough entries for each to show ``depth`` results.
+    return min(settings.history_len, max(1, checks) * pol.depth)
+
+
+def effective_latest(
+    store: ResultsStore,
+    node: str,
+    latest: Mapping[str, CheckResult],
+    state: Mapping[str, str],
+    settings: config.Settings,
+) -> dict[str, CheckResult]:
+    """The node's latest result per check as the verdict should judge it (``confirmation.effective``)."""
+    pol = policy(settings)
+    if not confirmation.needs_history(latest, state.get("verdict"), pol):
+        return dict(latest)
+    history = store.history(node, limit=_history(store, settings, pol, len(latest)))
+    found, _ = confirmation.effective(latest, history, pol)
+    return found
+
+
+def after_task(
+    store: ResultsStore,
+    dispatcher: Dispatcher,
+    settings: config.Settings,
+    node: str,
+    done: Sequence[CheckResult],
+    *,
+    now: float | None = None,
+) -> Run | None:
+    """Count prevented flaps and send the confirmation run a task's results call for; returns that run."""
+    pol = policy(settings)
+    saved = {r.check: r for r in done if r.node == node and r.started_at and r.status is not Status.BUSY}
+    if pol.acts_at_once or not saved:
+        return None
+    verdict, pending = store.confirmation_marks(node)
+    # Steady state (every saved result passes, nothing pending, the node not WARN) costs no history read.
+    calm = verdict not in confirmation.HOLDING_VERDICTS
+    if calm and not pending & set(saved) and not any(r.is_bad for r in saved.values()):
+        return None
+    history = store.history(node, limit=_history(store, settings, pol, len(registry.REGISTRY.names())))
+    judged = {c: confirmation.judge(confirmation.series_for(c, r, history), pol) for c, r in saved.items()}
+    prevented = [c for c, j in judged.items() if j.flap_prevented]
+    still = {c for c in pending if c not in saved} | {c for c, j in judged.items() if j.state is State.PENDING}
+    rerun = [c for c, j in judged.items() if j.wants_confirmation_run] if settings.confirm_runs else []
+    run = _send(store, dispatcher, node, [(c, saved[c]) for c in rerun], now) if rerun else None
+    store.record_confirmations(node, runs=rerun if run else [], prevented=prevented, pending=still)
+    for check in prevented:
+        log.info("node %s: %s flap prevented (%s)", node, check, judged[check].state.value)
+    return run
+
+
+def _invasive(result: CheckResult) -> bool:
+    try:
+        return result.check == "dcgm" and int(result.params.get("r", 0) or 0) >= invasive.LEVEL
+    except (TypeError, ValueError):
+        return False
+
+
+def _send(
+    store: ResultsStore,
+    dispatcher: Dispatcher,
+    node: str,
+    found: Sequence[tuple[str, CheckResult]],
+    now: float | None,
+) -> Run | None:
+    # An invasive DCGM run takes its node's GPUs for up to 40 minutes as a Job, and iperf is a ring over
+    # many nodes that only the API's coordinator runs: both are confirmed by N of M over the runs to
+    # come, never re-run at once on one node.
+    checks = [c for c, r in found if c in registry.REGISTRY and c not in NOT_RERUN and not _invasive(r)]
+    if not checks:
+        return None
+    params = {c: dict(r.params) for c, r in found if c in checks and r.params}
+    timeout = max(registry.REGISTRY.get(c).timeout_s for c in checks)
+    run = Run.new(checks, [node], params, deadline_s=timeout + 60, source=SOURCE, now=now)
+    store.create_run(run)
+    dispatcher.send(Envelope(run.id, node, run.checks, params, run.deadline))
+    log.info("node %s: confirmation run %s of %s", node, run.id, ", ".join(checks))
+    return run

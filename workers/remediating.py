@@ -1,0 +1,86 @@
+"""Beat's glue of remediation (``autopilot.remediation``): read the fleet, plan, act, report.
+
+Runs once per reconcile tick, after the verdicts are recomputed, in the one process that claimed
+the tick, so two passes never race for the budget. The summary of the pass (budget, nodes held,
+nodes deferred) goes to the results store, where ``/metrics`` reads it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from autopilot import config, errors, remediation
+from autopilot.cluster import ClusterClient
+from autopilot.remediation import Health, Plan
+from autopilot.results import CheckResult, Status
+from workers.store import ResultsStore
+
+log = logging.getLogger(__name__)
+
+
+def policy(settings: config.Settings) -> remediation.Policy:
+    return remediation.Policy(
+        cordon=settings.remediate_cordon,
+        taint=settings.remediate_taint,
+        max_unavailable=settings.remediate_max_unavailable,
+        dry_run=settings.remediate_dry_run,
+    )
+
+
+def _validated_at(found: Sequence[CheckResult]) -> str:
+    """Start of the newest passing DCGM run of level 3 or more among ``found`` ("" if none)."""
+    passes = [
+        r.started_at
+        for r in found
+        if r.check == "dcgm" and r.status is Status.OK and r.started_at and int(r.params.get("r", 0) or 0) >= 3
+    ]
+    return max(passes, default="")
+
+
+def health(store: ResultsStore, names: Sequence[str], settings: config.Settings) -> dict[str, Health]:
+    states = store.states(names)
+    latest = store.latest_many(names)
+    out: dict[str, Health] = {}
+    for name in names:
+        state = states.get(name, {})
+        validated = _validated_at(list(latest.get(name, {}).values()))
+        if not validated and state.get("cleared_at"):
+            # Only a node an operator cleared can pass the gate: then a level-3 pass that a later
+            # level-1 run replaced as the latest dcgm result is looked for in the history.
+            validated = _validated_at(store.history(name, limit=settings.history_len))
+        out[name] = Health(
+            verdict=state.get("verdict", ""),
+            evicted_at=state.get("evicted_at", ""),
+            cleared_at=state.get("cleared_at", ""),
+            validated_at=validated,
+        )
+    return out
+
+
+def run(store: ResultsStore, cluster: ClusterClient, settings: config.Settings) -> Plan | None:
+    """One remediation pass over the fleet; None when remediation is off or the cluster could not be read."""
+    pol = policy(settings)
+    if not pol.enabled:
+        return None
+    try:
+        nodes = cluster.list_nodes()
+    except errors.ClusterError as exc:
+        log.warning("remediation: listing nodes failed, nothing done this tick: %s", exc)
+        return None
+    the_plan = remediation.plan(pol, nodes, health(store, [n.name for n in nodes], settings))
+    remediation.apply(cluster, pol, the_plan)
+    if the_plan.deferred:
+        log.warning(
+            "remediation budget exhausted: %d evicted nodes labelled only (%d of %d held)",
+            the_plan.deferred, the_plan.held, the_plan.budget,
+        )  # fmt: skip
+    store.set_remediation_summary(
+        {
+            "budget": the_plan.budget,
+            "held": the_plan.held,
+            "deferred": the_plan.deferred,
+            "dry_run": float(pol.dry_run),
+        }
+    )
+    return the_plan
