@@ -85,10 +85,12 @@ def reconcile_node(
     if view is None:
         view = store.view(node)
     latest, state = view.latest, view.state
+    # What confirmation lets count: pending failures wait, recovering checks keep their failure. The
+    # node's verdict and its GPUs' verdicts judge the same view, so a noise sample moves neither.
+    confirmed = confirming.effective_latest(store, node, latest, state, settings)
     evicted_at = results.parse_iso(state["evicted_at"]) if state.get("evicted_at") else None
     decision = verdict.decide(
-        # What confirmation lets count: pending failures wait, recovering checks keep their failure.
-        confirming.effective_latest(store, node, latest, state, settings),
+        confirmed,
         periodic=periodic_checks(settings),
         now=moment,
         max_age_s=settings.stale_after_s,
@@ -115,7 +117,7 @@ def reconcile_node(
     dcgm = [r for r in latest.values() if r.check == "dcgm"]
     publication = publish.desired(decision, dcgm)
     # Per-GPU verdicts, history and device taints (issue 15): their labels ride with the node's.
-    gpu = gpureconcile.reconcile_gpus(store, node, settings, latest, state, moment, cluster)
+    gpu = gpureconcile.reconcile_gpus(store, node, settings, confirmed, state, moment, cluster)
     new_state.update(gpu.state)
     publication = dataclasses.replace(
         publication,

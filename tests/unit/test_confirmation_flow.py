@@ -9,7 +9,7 @@ import pytest
 
 from api.metrics import snapshot_from_store
 from autopilot import checks, config, results  # noqa: F401 - checks: registers them, as a worker does
-from autopilot.results import CheckResult, Status
+from autopilot.results import CheckResult, DeviceResult, Status
 from tests.unit.test_metrics import scrape
 from workers import confirming, reconcile
 from workers.dispatch import FakeDispatcher
@@ -132,3 +132,24 @@ def test_an_iperf_failure_waits_for_n_of_m_its_ring_is_never_re_run_on_one_node(
     assert node.result("iperf", "fail") == "PASS"
     assert node.dispatcher.sent == []
     assert node.result("iperf", "fail") == "WARN"
+
+
+def test_a_gpu_is_judged_on_the_confirmed_results_as_its_node_is(node: Node) -> None:
+    """One noisy sample on GPU 2 moves neither the node nor GPU 2 (its count labels); a second one moves both."""
+    uuid = "GPU-00000000-0000-0000-0000-000000000002"
+
+    def pciebw(status: Status) -> str:
+        node.minutes += 5
+        at = T0 + timedelta(minutes=node.minutes)
+        device = DeviceResult("2", status, 3.1, "GB/s", uuid=uuid, bus_id="0000:02:00.0")
+        found = CheckResult(
+            "pciebw", status, f"pciebw {status}", node=NODE, started_at=results.utc_now_iso(at), devices=(device,)
+        )
+        node.store.save_result(found)
+        return reconcile.reconcile_node(node.store, NODE, node.settings, at + timedelta(seconds=30)).verdict.value
+
+    assert pciebw(Status.OK) == "PASS"
+    assert pciebw(Status.FAIL) == "PASS"
+    assert node.store.labels(NODE).get("autopilot.ibm.com/gpus-warn", "0") == "0"
+    assert pciebw(Status.FAIL) == "WARN"
+    assert node.store.labels(NODE)["autopilot.ibm.com/gpus-warn"] == "1"
