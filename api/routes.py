@@ -3,11 +3,12 @@
 Upstream-compatible: ``/status`` and the per-check paths (``/pciebw``, ``/remapped``, ``/gpumem``,
 ``/dcgm``, ``/gpupower``, ``/ping``, ``/iperf``, ``/pvc``; each is ``/status?check=<it>``; unlike
 upstream, ``/gpumem`` runs gpumem). Structured: ``/api/v1/runs``, ``/api/v1/nodes``,
-``/api/v1/checks``. Operations: ``/openapi.json``, ``/healthz``, ``/readyz``.
+``/api/v1/checks``, ``/api/v1/baselines``. Operations: ``/openapi.json``, ``/healthz``, ``/readyz``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -18,8 +19,8 @@ from flask import Blueprint, Response, jsonify, request, url_for
 from api import gather, inputs, openapi, selection, text
 from api.errors import ApiError, json_error
 from api.services import services
-from autopilot import errors, names
-from workers import reconcile
+from autopilot import baseline, errors, names
+from workers import fleet, reconcile
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +185,15 @@ def clear_node(name: str) -> Response:
     )
     log.info("eviction of %s cleared by %s: now %s", name, request.remote_addr, decision.verdict.value)
     return jsonify({"name": name, "verdict": decision.verdict.value, "reasons": list(decision.reasons)})
+
+
+@bp.get("/api/v1/baselines")
+def list_baselines() -> Response:
+    _only()
+    svc = services()
+    found = fleet.FleetBaselines(svc.store.r, svc.settings).all()
+    policy = dataclasses.asdict(baseline.policy_of(svc.settings))
+    return jsonify({"baselines": found, "settings": policy})
 
 
 # ------------------------------------------------------------------ catalogue and operations
