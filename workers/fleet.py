@@ -40,7 +40,7 @@ class FleetBaselines:
     """``baseline.Source`` over Redis, for one process (thread-safe)."""
 
     def __init__(
-        self, client: redis.Redis, settings: config.Settings, *, clock: Callable[[], float] = time.time
+        self, client: redis.Redis[bytes], settings: config.Settings, *, clock: Callable[[], float] = time.time
     ) -> None:
         self.r = client
         self.policy = baseline.policy_of(settings)
