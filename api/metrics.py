@@ -26,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 
 from autopilot import config
 from autopilot.metrics import NodeInfo, ResultsCollector, Snapshot
+from workers import fleet
 from workers.store import ResultsStore
 
 EXTENSION = "autopilot_metrics"
@@ -61,6 +62,7 @@ def snapshot_from_store(store: ResultsStore, settings: config.Settings) -> Snaps
         busy=store.busy_counts(names),
         taken_at=taken_at,
         live_after_s=settings.live_after_s,
+        baselines=fleet.FleetBaselines(store.r, settings).all(),
     )
 
 

@@ -87,3 +87,18 @@ def test_get_baselines_serves_every_cohort() -> None:
     ]
     assert body["settings"]["min_samples"] == 50
     assert api.client.get("/api/v1/baselines?x=1").status_code == 400
+
+
+def test_metrics_export_each_cohorts_median_spread_and_size() -> None:
+    api = make_api()
+    fleets = fleet.FleetBaselines(api.store.r, api.settings)
+    fleets.add(Sample("0", PCIE, 50.0 + i % 3) for i in range(60))
+    fleets.add(Sample("0", Cohort(H100, "550", "gpumem", "dgemm_tflops"), 52.0) for _ in range(10))
+    text = api.client.get("/metrics").get_data(as_text=True)
+    labels = f'check="pciebw",driver="550",metric="h2d_gbps",model="{H100}"'
+    assert f"autopilot_baseline_median{{{labels}}} 51.0" in text
+    assert f"autopilot_baseline_mad{{{labels}}} 1.4826" in text
+    assert f"autopilot_baseline_samples{{{labels}}} 60.0" in text
+    # Too few figures: its size is exported, no median.
+    assert 'autopilot_baseline_samples{check="gpumem",driver="550",metric="dgemm_tflops"' in text
+    assert 'autopilot_baseline_median{check="gpumem"' not in text
