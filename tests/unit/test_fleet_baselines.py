@@ -8,12 +8,13 @@ import fakeredis
 
 from autopilot import baseline, config, nodeinfo
 from autopilot.baseline import Cohort, Sample
+from autopilot.checks import iperf
 from autopilot.results import Status
 from autopilot.testing import FakeGpu, FakeRunner, FakeTelemetry
 from tests.unit.api_helpers import make_api
 from workers import fleet, simulate, tasks
 from workers.host import NodeHost
-from workers.store import ResultsStore, Run
+from workers.store import NodeRecord, ResultsStore, Run
 
 NODE = "sim-0"
 H100 = simulate.GPU_NAME
@@ -102,3 +103,24 @@ def test_metrics_export_each_cohorts_median_spread_and_size() -> None:
     # Too few figures: its size is exported, no median.
     assert 'autopilot_baseline_samples{check="gpumem",driver="550",metric="dgemm_tflops"' in text
     assert 'autopilot_baseline_median{check="gpumem"' not in text
+
+
+def test_an_iperf_pair_is_judged_against_the_fleets_pairs_with_the_nodes_heartbeat() -> None:
+    fleets = fleet.FleetBaselines(fakeredis.FakeRedis(), config.Settings())
+    cohort = Cohort("NVIDIA H100 80GB HBM3", "535", "iperf", "pair_gbps")
+    fleets.add(Sample("x/eth0", cohort, 98.0 + i % 5) for i in range(100))
+
+    def measured(gbps: float) -> iperf.Measure:
+        return iperf.Measure(Status.OK, gbps, f"{gbps:.2f} Gb/s")
+
+    pairs = [
+        iperf.pair("a", "b", "eth0", "10.0.0.2", measured(100.0)),
+        iperf.pair("a", "c", "eth0", "10.0.0.3", measured(70.0)),
+    ]
+    result = iperf.evaluate("a", iperf.grade(pairs, threshold_gbps=0, min_fraction=0.5))
+    assert result.status is Status.OK  # the ring's own median of two pairs sees nothing
+    record = NodeRecord("a", gpu_model="NVIDIA H100 80GB HBM3", driver_version="535.129.03")
+    judged = fleet.judge_for_record(fleets, result, record)
+    assert judged.status is Status.WARN
+    assert [d.id for d in judged.devices if d.status is Status.WARN] == ["c/eth0"]
+    assert "pair_gbps 70 is 70% of the median of 100" in judged.summary
