@@ -188,7 +188,7 @@ def judge(
             )
     devices = tuple(_slower(d, slow.get(d.id)) for d in result.devices)
     data = {**result.data, "fleet_baseline": {c.key: b.to_dict() for c, b in used.items()}}
-    changed = [d for d in devices if d.id in slow and d.status is Status.WARN]
+    changed = [new for old, new in zip(result.devices, devices, strict=True) if new is not old]
     if not changed:
         return dataclasses.replace(result, devices=devices, data=data)
     what = "GPU " if result.check in GPU_FIELDS else ""

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from autopilot import baseline, config, errors
+from autopilot import baseline, config, errors, gpus
 from autopilot.baseline import Cohort, Policy, Window
 from autopilot.checks import gpumem, pciebw
 from autopilot.results import CheckResult, Status
@@ -135,3 +135,17 @@ def test_settings_are_validated() -> None:
         config.Settings.from_env({"AUTOPILOT_BASELINE_MIN_DROP_PCT": "100"})
     with pytest.raises(errors.BadParameter, match="AUTOPILOT_BASELINE_MIN_SAMPLES"):
         config.Settings.from_env({"AUTOPILOT_BASELINE_MIN_SAMPLES": "1"})
+
+
+def test_a_device_already_warned_by_its_check_keeps_its_own_finding() -> None:
+    window = Window(1000)
+    fleet(window, 200, 50.0)
+    narrow = pciebw.GpuReading(
+        0, h2d_gbps=26.0, figures={"name": H100, "h2d_pinned_gbps": 26.0}, link=gpus.PcieLink(5, 5, 8, 16)
+    )
+    result = pciebw.evaluate([narrow], 4.0, tool="ap-bandwidth")
+    assert result.status is Status.WARN
+    judged = baseline.assess(result, model="", driver="535", source=window, policy=POLICY)
+    assert judged.devices == result.devices
+    assert judged.summary == result.summary
+    assert f"{H100}|535|pciebw|h2d_gbps" in judged.data["fleet_baseline"]
