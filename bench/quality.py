@@ -101,7 +101,7 @@ def plan(n: int, seed: int, per_case: int | None = None) -> dict[str, Case | Non
     each = per_case if per_case is not None else max(1, n // 250)
     wanted = [c for c in all_cases for _ in range(each)]
     if len(wanted) > n // 2:
-        raise SystemExit(f"{len(wanted)} faulty nodes do not fit in a fleet of {n} (at most half): more --nodes")
+        raise ValueError(f"{len(wanted)} faulty nodes do not fit in a fleet of {n} (at most half): more --nodes")
     chosen = random.Random(f"{seed}:plan").sample(names, len(wanted))
     out: dict[str, Case | None] = dict.fromkeys(names)
     out.update(zip(chosen, wanted, strict=True))
@@ -342,8 +342,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 10 <= args.nodes <= simulate.MAX_NODES or not 2 <= args.rounds <= 100:
         parser.error("--nodes must be 10..100000 and --rounds 2..100")
+    if args.per_case is not None and args.per_case < 0:
+        parser.error("--per-case must be >= 0")
     logging.disable(logging.WARNING)  # the engine logs every failing check: thousands of lines here
-    fleet_plan = plan(args.nodes, args.seed, args.per_case)
+    try:
+        fleet_plan = plan(args.nodes, args.seed, args.per_case)
+    except ValueError as exc:
+        parser.error(str(exc))
     outcome = run(args.nodes, args.rounds, args.seed, fleet_plan=fleet_plan)
     faulty = sum(1 for c in fleet_plan.values() if c is not None)
     print(
