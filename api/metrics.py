@@ -28,7 +28,7 @@ from autopilot import config
 from autopilot.events.metrics import EventsCollector
 from autopilot.gpumetrics import GpuCollector
 from autopilot.metrics import NodeInfo, ResultsCollector, Snapshot
-from workers import follower, reconcile
+from workers import fleet, follower, reconcile
 from workers.store import ResultsStore
 
 EXTENSION = "autopilot_metrics"
@@ -69,6 +69,7 @@ def snapshot_from_store(store: ResultsStore, settings: config.Settings) -> Snaps
         remediation=store.remediation_summary(),
         taken_at=taken_at,
         live_after_s=settings.live_after_s,
+        baselines=fleet.FleetBaselines(store.r, settings).all(),
     )
 
 

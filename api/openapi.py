@@ -212,6 +212,20 @@ SCHEMAS: dict[str, Any] = {
             "deadline_s": {"type": "number", "description": "seconds from creation to the run's deadline"},
         },
     },
+    "Baseline": {
+        "type": "object",
+        "description": "a cohort's robust baseline; median and mad are null below the minimum sample size",
+        "properties": {
+            "model": {"type": "string"},
+            "driver": {"type": "string", "description": "driver major version, e.g. 535"},
+            "check": {"type": "string"},
+            "metric": {"type": "string", "description": "h2d_gbps, daxpy_gbps, dgemm_tflops, pair_gbps, ..."},
+            "count": {"type": "integer", "description": "figures in the window"},
+            "median": {"type": ["number", "null"]},
+            "mad": {"type": ["number", "null"], "description": "median absolute deviation x 1.4826"},
+            "judging": {"type": "boolean", "description": "count reached the minimum: devices are judged"},
+        },
+    },
     "Node": {
         "type": "object",
         "properties": {
@@ -351,6 +365,30 @@ def document(checks: CheckRegistry) -> dict[str, Any]:
                 "summary": "clear a sticky EVICT; the verdict is recomputed from fresh results",
                 "parameters": [name_param],
                 "responses": {"200": {"description": "the new verdict"}, "404": _error("unknown node")},
+            }
+        },
+        "/api/v1/baselines": {
+            "get": {
+                "summary": "the fleet's baselines: median and MAD of each cohort's recent figures",
+                "responses": {
+                    "200": {
+                        "description": "cohorts (GPU model, driver major, check, metric), most judged first",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "baselines": {
+                                            "type": "array",
+                                            "items": {"$ref": "#/components/schemas/Baseline"},
+                                        },
+                                        "settings": {"type": "object"},
+                                    },
+                                }
+                            }
+                        },
+                    }
+                },
             }
         },
         "/api/v1/checks": {

@@ -3,11 +3,13 @@
 Upstream-compatible: ``/status`` and the per-check paths (``/pciebw``, ``/remapped``, ``/gpumem``,
 ``/dcgm``, ``/gpupower``, ``/ping``, ``/iperf``, ``/pvc``; each is ``/status?check=<it>``; unlike
 upstream, ``/gpumem`` runs gpumem). Structured: ``/api/v1/runs``, ``/api/v1/nodes``,
-``/api/v1/checks``, ``/api/v1/gpus/<uuid>``. Operations: ``/openapi.json``, ``/healthz``, ``/readyz``.
+``/api/v1/checks``, ``/api/v1/gpus/<uuid>``, ``/api/v1/baselines``. Operations: ``/openapi.json``, ``/healthz``,
+``/readyz``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -19,8 +21,8 @@ from flask import Blueprint, Response, jsonify, request, url_for
 from api import gather, inputs, openapi, selection, text
 from api.errors import ApiError, json_error
 from api.services import services
-from autopilot import config, errors, gpuverdict, names, verdict
-from workers import gpustore, reconcile
+from autopilot import baseline, config, errors, gpuverdict, names, verdict
+from workers import fleet, gpustore, reconcile
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +232,15 @@ def get_gpu(uuid: str) -> Response:
     current = gpuverdict.loads(svc.store.state(found["node"]).get("gpus")).get(uuid) if found["node"] else None
     found["verdict"] = current.to_dict() if current is not None else None
     return jsonify(found)
+
+
+@bp.get("/api/v1/baselines")
+def list_baselines() -> Response:
+    _only()
+    svc = services()
+    found = fleet.FleetBaselines(svc.store.r, svc.settings).all()
+    policy = dataclasses.asdict(baseline.policy_of(svc.settings))
+    return jsonify({"baselines": found, "settings": policy})
 
 
 # ------------------------------------------------------------------ catalogue and operations

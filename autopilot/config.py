@@ -148,6 +148,25 @@ class Settings:
     """Override of the per-model ``gpumem`` thresholds: ``h2d_gbps=4,daxpy_gbps=1300,dgemm_tflops=16``; another
     key stops the process."""
 
+    baseline_window: int = 1000
+    """Figures kept per fleet cohort (GPU model, driver major, check, metric) for its baseline
+    (``AUTOPILOT_BASELINE_WINDOW``; ``0`` turns fleet-relative judgement off)."""
+
+    baseline_min_samples: int = 50
+    """Figures a cohort needs before its baseline judges anyone (``AUTOPILOT_BASELINE_MIN_SAMPLES``); below it
+    only the fixed floors do."""
+
+    baseline_deviations: float = 4.0
+    """How many robust deviations (scaled MAD) below the cohort's median a figure must be to be slow
+    (``AUTOPILOT_BASELINE_DEVIATIONS``)."""
+
+    baseline_min_drop_pct: float = 10.0
+    """How many percent below the cohort's median a figure must also be to be slow
+    (``AUTOPILOT_BASELINE_MIN_DROP_PCT``)."""
+
+    baseline_max_cohorts: int = 1000
+    """Cohorts kept in Redis; the one updated longest ago is dropped first (``AUTOPILOT_BASELINE_MAX_COHORTS``)."""
+
     cuda_bin_dir: str = "/usr/local/lib/autopilot"
     """Where the ``cuda_src`` programs (``ap-bandwidth``, ``ap-gpumem``) are installed."""
 
@@ -342,6 +361,13 @@ class Settings:
 
 
 # (field, primary variable, aliases, parser). The parser gets (text, variable name).
+def _pct(text: str, var: str) -> float:
+    value = parse_float(text, field=var, minimum=0)
+    if value >= 100:
+        raise errors.BadParameter(var, f"must be a percentage below 100: {text!r}")
+    return value
+
+
 def _int_in(lo: int, hi: int) -> Any:
     def parse(text: str, var: str) -> int:
         try:
@@ -498,6 +524,11 @@ _FIELDS: list[tuple[str, str, tuple[str, ...], Any]] = [
         lambda t, v: parse_float(t, field=v, minimum=0),
     ),
     ("gpumem_thresholds", "AUTOPILOT_GPUMEM_THRESHOLDS", (), lambda t, v: _gpumem_thresholds(t, v)),
+    ("baseline_window", "AUTOPILOT_BASELINE_WINDOW", (), _int_in(0, 100_000)),
+    ("baseline_min_samples", "AUTOPILOT_BASELINE_MIN_SAMPLES", (), _int_in(3, 100_000)),
+    ("baseline_deviations", "AUTOPILOT_BASELINE_DEVIATIONS", (), lambda t, v: parse_float(t, field=v, minimum=0)),
+    ("baseline_min_drop_pct", "AUTOPILOT_BASELINE_MIN_DROP_PCT", (), lambda t, v: _pct(t, v)),
+    ("baseline_max_cohorts", "AUTOPILOT_BASELINE_MAX_COHORTS", (), _int_in(1, 100_000)),
     ("cuda_bin_dir", "AUTOPILOT_CUDA_BIN_DIR", (), lambda t, v: t.strip()),
     ("bandwidthtest_path", "AUTOPILOT_BANDWIDTHTEST_PATH", (), lambda t, v: t.strip()),
     ("expect_gpus", "AUTOPILOT_EXPECT_GPUS", (), _int_in(0, 1024)),

@@ -31,6 +31,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -62,6 +63,7 @@ NODE_STATES: tuple[str, ...] = ("live", "stale")
 _JUDGED = (Status.OK, Status.WARN, Status.FAIL)
 _PCIEBW_UNIT = "GB/s"  # pciebw's link-only mode stores lane counts instead: those are no bandwidth
 
+BASELINE_LABELS = ("model", "driver", "check", "metric")
 HEALTH_CHECKS = "autopilot_health_checks"
 HEALTH_HELP = "Summary of the health checks measurements on compute nodes. Gauge Vector version"
 
@@ -96,6 +98,8 @@ class Snapshot:
     """Epoch seconds the snapshot was read: the reference for live and stale."""
     live_after_s: float = 45.0
     """A node whose last heartbeat is older than this (relative to ``taken_at``) is stale."""
+    baselines: Sequence[Mapping[str, Any]] = ()
+    """The fleet's cohorts (``workers.fleet.FleetBaselines.all``): model, driver, check, metric, count, median, mad."""
 
 
 def upstream_samples(result: CheckResult) -> dict[str, float]:
@@ -205,6 +209,12 @@ def build(snapshot: Snapshot) -> list[Metric]:
         fam.remediation_deferred.add_metric([], snapshot.remediation.get("deferred", 0.0))
     for state in NODE_STATES:
         fam.nodes.add_metric([state], float(counts[state]))
+    for cohort in snapshot.baselines:
+        labels = [str(cohort[k]) for k in BASELINE_LABELS]
+        fam.baseline_samples.add_metric(labels, float(cohort["count"]))
+        if cohort.get("median") is not None and cohort.get("mad") is not None:
+            fam.baseline_median.add_metric(labels, float(cohort["median"]))
+            fam.baseline_mad.add_metric(labels, float(cohort["mad"]))
     return fam.all()
 
 
@@ -300,6 +310,21 @@ class _Families:
             "Number of known nodes by state: live (heartbeat recent) or stale",
             labels=["state"],
         )
+        self.baseline_median = GaugeMetricFamily(
+            "autopilot_baseline_median",
+            "Median of a fleet cohort's recent figures (GPU model, driver major, check, metric; unit of the metric)",
+            labels=list(BASELINE_LABELS),
+        )
+        self.baseline_mad = GaugeMetricFamily(
+            "autopilot_baseline_mad",
+            "Median absolute deviation (x 1.4826, a robust standard deviation) of a fleet cohort's recent figures",
+            labels=list(BASELINE_LABELS),
+        )
+        self.baseline_samples = GaugeMetricFamily(
+            "autopilot_baseline_samples",
+            "Figures in a fleet cohort's window (below the minimum sample size its baseline judges nobody)",
+            labels=list(BASELINE_LABELS),
+        )
 
     def all(self) -> list[Metric]:
         return [
@@ -317,6 +342,9 @@ class _Families:
             self.remediation_held,
             self.remediation_deferred,
             self.nodes,
+            self.baseline_median,
+            self.baseline_mad,
+            self.baseline_samples,
         ]
 
 

@@ -44,6 +44,7 @@ class NodeFacts:
     gpu_model: str
     gpu_count: int
     addresses: dict[str, list[str]]
+    driver_version: str = ""
 
 
 def cpu_model(cpuinfo: str) -> str:
@@ -174,6 +175,10 @@ def collect(
         model = gpus.identity(0).name if count else ""
     except errors.GpuError:
         count, model = 0, ""
+    try:
+        driver = gpus.driver_version() if count else ""
+    except errors.GpuError:
+        driver = ""
     addresses: dict[str, list[str]] = {}
     if commands.which("ip"):
         try:
@@ -185,7 +190,7 @@ def collect(
     annotated = read_network_status(annotations_path) if annotations_path else {}
     if annotated:
         addresses = merge_addresses(addresses, annotated)
-    return NodeFacts(cpu, model, count, addresses)
+    return NodeFacts(cpu, model, count, addresses, driver)
 
 
 def bus_id(text: str) -> str:

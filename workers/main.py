@@ -154,6 +154,7 @@ def worker_main(argv: Sequence[str]) -> int:
                 cpu_model=f.cpu_model,
                 gpu_model=f.gpu_model,
                 gpu_count=f.gpu_count,
+                driver_version=f.driver_version,
                 labels=labels,
                 version=__version__,
                 last_seen=now,

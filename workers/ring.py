@@ -36,6 +36,7 @@ from autopilot import config, errors, network, peers, results
 from autopilot.checks import iperf
 from autopilot.commands import Background, CommandResult, CommandRunner
 from autopilot.results import CheckResult, Status
+from workers import fleet
 from workers.dispatch import TaskSender
 from workers.peers import StorePeers
 from workers.store import P, ResultsStore
@@ -283,6 +284,7 @@ class Coordinator:
         self.settings = settings
         self.clock = clock
         self.sleep = sleep
+        self.fleet = fleet.FleetBaselines(store.r, settings)
 
     def wait_for(self, run_id: str, prefix: str, nodes: Sequence[str], deadline: float) -> dict[str, dict[str, Any]]:
         """The answers of ``nodes`` under ``prefix``, polling until all are in or ``deadline``."""
@@ -428,6 +430,7 @@ class Coordinator:
         stamp = results.utc_now_iso()
         duration = round(self.clock() - started, 3)
         done: dict[str, CheckResult] = {}
+        records = {r.name: r for r in self.store.nodes(list(nodes))}
         for node in nodes:
             mine = [p for p in graded if p["source"] == node]
             note = notes.get(node, "")
@@ -439,6 +442,7 @@ class Coordinator:
             else:
                 result = iperf.evaluate(node, graded, note=note)
             result = dataclasses.replace(result, node=node, params=dict(params), started_at=stamp, duration_s=duration)
+            result = fleet.judge_for_record(self.fleet, result, records.get(node))
             self.store.save_result(result, run_id)
             done[node] = result
         summary = iperf.summarize(graded)

@@ -49,6 +49,7 @@ class NodeRecord:
     cpu_model: str = ""
     gpu_model: str = ""
     gpu_count: int = 0
+    driver_version: str = ""  # NVIDIA driver (``535.129.03``): with gpu_model, the node's fleet cohort
     labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
     version: str = ""
     last_seen: float = 0.0

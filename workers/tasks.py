@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -30,7 +30,7 @@ from autopilot.checks import iperf
 from autopilot.cluster import ClusterClient
 from autopilot.context import CheckContext
 from autopilot.results import CheckResult, Status
-from workers import invasive_flow, remediating, ring
+from workers import fleet, invasive_flow, remediating, ring
 from workers import reconcile as reconciling
 from workers.dispatch import Dispatcher, Envelope, partition
 from workers.host import NodeHost
@@ -70,8 +70,8 @@ def run_checks(
     says; the verdict is recomputed after the task from what it saved, also when it hands its
     GPU checks back.
     """
-    writer = _Writer(host.store, run_id)
     ctx = host.context(node)
+    writer = _Writer(host.store, run_id, judge=fleet.judge_in(host.fleet, ctx) if ctx is not None else None)
     if ctx is None:
         # A message for a node this process does not host: answer it so the run is not left
         # waiting, and say why (a mis-routed message is a deployment bug worth seeing).
@@ -126,14 +126,19 @@ class _Writer:
 
     HOLD_S = 0.2
 
-    def __init__(self, store: ResultsStore, run_id: str) -> None:
+    def __init__(
+        self, store: ResultsStore, run_id: str, *, judge: Callable[[CheckResult], CheckResult] | None = None
+    ) -> None:
         self.store = store
         self.run_id = run_id
+        self.judge = judge  # the fleet's judgement (workers.fleet) of a result about the node
         self.done: list[CheckResult] = []  # every result of the task, written or held
         self._held: list[tuple[CheckResult, bool]] = []
 
     def add(self, result: CheckResult, *, latest: bool = True) -> None:
         """``latest=False``: an answer for the run only, that says nothing about the node."""
+        if latest and self.judge is not None:
+            result = self.judge(result)
         self._held.append((result, latest))
         self.done.append(result)
 

@@ -1,0 +1,372 @@
+"""Detection quality: how often the verdict is right on a simulated fleet with labelled faults.
+
+A fleet of simulated nodes (``workers.simulate``: 8 H100s each, replayed tool outputs) with the
+spread of a real fleet (``workers.simnoise``: per-device variation and run noise from a published
+study) and a labelled fault mix: every fault kind the simulator has for the periodic checks,
+GPUs at 95/90/80/50% of normal PCIe, DAXPY and DGEMM figures, some faults transient (one round)
+and the rest permanent. Several periodic rounds run in this process, no Redis and no workers:
+each node's checks run for real through the engine on its simulated seams, each result is judged
+against the fleet's baseline (``autopilot.baseline``, the worker's judgement, with an in-process
+``Window`` for Redis), and ``verdict_step`` turns the node's latest results into its verdict.
+
+Printed: per fault kind and overall, precision and recall of WARN/EVICT over node-rounds, false
+EVICTs, false WARNs, and the time to detection in rounds. Every figure follows from ``--seed``.
+
+    python -m bench.quality --nodes 1000 --rounds 6 --seed 1
+
+Scoring, per node and round (after the round's checks): the truth is "faulty" while a fault is
+active (a permanent fault from round 1 on; a transient one in round 2 only), the prediction is
+"faulty" when the verdict is WARN or EVICT. A false EVICT is an EVICT without an active fatal
+fault; a false WARN a WARN without any active fault. The targets (0 false EVICTs; precision and
+recall >= 0.95) hold for faults at 80% of normal or worse: node-rounds with a milder fault (95%,
+90%) count in their own rows, and in neither side of the "in scope" line.
+
+``verdict_step``: the one place the verdict is made. It is ``autopilot.verdict.decide`` with the
+sticky EVICT of ``workers.reconcile`` today; the confirmation logic (N of M, hysteresis) plugs in
+there, with the node's history at hand (``NodeTrack``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import logging
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+
+import autopilot.checks  # noqa: F401 - registers the checks
+from autopilot import baseline, config, execution, results, verdict
+from autopilot.context import CheckContext
+from autopilot.results import CheckResult
+from workers import simnoise, simulate
+
+CHECKS = ("pciebw", "gpumem", "remapped", "dcgm", "gpupower", "ping")
+ONSET = 1  # round in which permanent faults start (round 0: every node healthy, the fleet warms up)
+TRANSIENT_ROUND = 2
+SEVERITIES = (0.95, 0.90, 0.80, 0.50)
+SCOPE = 0.80  # the targets hold for faults at this fraction of normal or worse
+FIGURES = {"pciebw": "h2d_pinned_gbps", "daxpy": "daxpy_gbps", "dgemm": "dgemm_tflops"}
+HANG_TIMEOUT_S = 0.05  # a hung tool is cut at this check timeout (instead of minutes) to keep rounds fast
+FATAL = {("remapped", "fatal"), ("dcgm", "fatal")}
+PARALLEL = 32  # nodes whose checks run at once
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One labelled fault: a simulator fault (``check:kind``) or a slow GPU figure, permanent or transient."""
+
+    label: str
+    faults: tuple[tuple[str, str], ...] = ()  # (check, kind) of workers.simulate
+    slow: tuple[simnoise.Slowdown, ...] = ()
+    severity: float | None = None  # fraction of normal, for slow figures
+    transient: bool = False
+
+    @property
+    def fatal(self) -> bool:
+        return any(f in FATAL for f in self.faults)
+
+    @property
+    def in_scope(self) -> bool:
+        return self.severity is None or self.severity <= SCOPE
+
+    def active(self, round_: int) -> bool:
+        return round_ == TRANSIENT_ROUND if self.transient else round_ >= ONSET
+
+
+def cases() -> list[Case]:
+    """Every fault kind of the simulator that a periodic check sees, and the slow figures at each severity."""
+    out: list[Case] = []
+    for check in CHECKS:
+        for kind in simulate.kinds(check):
+            out.append(Case(f"{check}:{kind}", ((check, kind),)))
+            if (check, kind) not in FATAL and kind not in simulate.GENERIC_KINDS:
+                out.append(Case(f"{check}:{kind} (transient)", ((check, kind),), transient=True))
+    for name, figure in FIGURES.items():
+        for severity in SEVERITIES:
+            slow = (simnoise.Slowdown(figure, 3, severity),)
+            out.append(Case(f"{name} at {severity:.0%}", slow=slow, severity=severity))
+            if severity == min(SEVERITIES):
+                out.append(Case(f"{name} at {severity:.0%} (transient)", slow=slow, severity=severity, transient=True))
+    return out
+
+
+def plan(n: int, seed: int, per_case: int | None = None) -> dict[str, Case | None]:
+    """node -> its case (None: healthy); faulty nodes spread over the fleet by the seed."""
+    import random
+
+    names = simulate.node_names(n)
+    all_cases = cases()
+    each = per_case if per_case is not None else max(1, n // 250)
+    wanted = [c for c in all_cases for _ in range(each)]
+    if len(wanted) > n // 2:
+        raise ValueError(f"{len(wanted)} faulty nodes do not fit in a fleet of {n} (at most half): more --nodes")
+    chosen = random.Random(f"{seed}:plan").sample(names, len(wanted))
+    out: dict[str, Case | None] = dict.fromkeys(names)
+    out.update(zip(chosen, wanted, strict=True))
+    return out
+
+
+@dataclasses.dataclass
+class NodeTrack:
+    """What the verdict step keeps about a node between rounds (the store's ``state`` hash, and history)."""
+
+    node: str
+    state: dict[str, str] = dataclasses.field(default_factory=dict)
+    history: list[Mapping[str, CheckResult]] = dataclasses.field(default_factory=list)
+
+
+VerdictStep = Callable[[NodeTrack, Mapping[str, CheckResult], datetime, config.Settings], verdict.Verdict]
+
+
+def verdict_step(
+    track: NodeTrack, latest: Mapping[str, CheckResult], now: datetime, settings: config.Settings
+) -> verdict.Verdict:
+    """The node's verdict after a round: ``verdict.decide`` with the sticky EVICT of ``workers.reconcile``."""
+    evicted_at = results.parse_iso(track.state["evicted_at"]) if "evicted_at" in track.state else None
+    decision = verdict.decide(
+        latest, periodic=settings.periodic_checks, now=now, max_age_s=settings.stale_after_s, evicted_at=evicted_at
+    )
+    if decision.verdict is verdict.Verdict.EVICT and evicted_at is None:
+        track.state["evicted_at"] = results.utc_now_iso(now)
+    track.history.append(dict(latest))
+    return decision.verdict
+
+
+@dataclasses.dataclass
+class Fleet:
+    """The simulated fleet: per node, its case and its contexts (healthy and faulty seams)."""
+
+    settings: config.Settings
+    seed: int
+    cases: dict[str, Case | None]
+    _seams: dict[
+        tuple[frozenset[tuple[str, str]], simulate.SimNetwork], tuple[simulate.SimRunner, simulate.SimTelemetry]
+    ] = dataclasses.field(default_factory=dict)
+
+    def context(self, node: str, round_: int, network: simulate.SimNetwork) -> CheckContext:
+        case = self.cases[node]
+        on = case is not None and case.active(round_)
+        faults = frozenset(case.faults) if on and case is not None else frozenset()
+        key = (faults, network)
+        if key not in self._seams:
+            self._seams[key] = simulate.build_seam(self.settings, dict(faults), network)
+        runner, telemetry = self._seams[key]
+        slow = case.slow if on and case is not None else ()
+        noisy = simnoise.NoisyRunner(runner, node, self.seed, slow)
+        settings = self.settings
+        if any(kind == "hang" for _, kind in faults):
+            settings = dataclasses.replace(settings, check_timeouts=dict.fromkeys(CHECKS, HANG_TIMEOUT_S))
+        directory = simulate.SimPeers(node, lambda: tuple(self.cases))
+        return CheckContext(node, settings, noisy, telemetry, peers=directory)
+
+    def network(self, round_: int) -> simulate.SimNetwork:
+        faults = {n: dict(c.faults) for n, c in self.cases.items() if c is not None and c.active(round_)}
+        return simulate.SimNetwork.of(faults)
+
+
+@dataclasses.dataclass
+class Tally:
+    tp: int = 0
+    fn: int = 0
+    fp: int = 0
+    tn: int = 0
+    false_evict: int = 0
+    false_warn: int = 0
+    delays: list[int] = dataclasses.field(default_factory=list)
+    missed: int = 0  # permanent faults never detected
+    collateral: int = 0  # false WARNs whose only findings are pings to a node whose link is down
+
+    def add(self, other: Tally) -> None:
+        for f in ("tp", "fn", "fp", "tn", "false_evict", "false_warn", "missed", "collateral"):
+            setattr(self, f, getattr(self, f) + getattr(other, f))
+        self.delays += other.delays
+
+    @property
+    def precision(self) -> float | None:
+        return self.tp / (self.tp + self.fp) if self.tp + self.fp else None
+
+    @property
+    def local_precision(self) -> float | None:
+        """Precision without the false WARNs that ping collateral causes (``collateral``)."""
+        fp = self.fp - self.collateral
+        return self.tp / (self.tp + fp) if self.tp + fp else None
+
+    @property
+    def recall(self) -> float | None:
+        return self.tp / (self.tp + self.fn) if self.tp + self.fn else None
+
+
+@dataclasses.dataclass
+class Outcome:
+    rows: dict[str, Tally]
+    in_scope: Tally
+    overall: Tally
+    verdicts: dict[str, list[verdict.Verdict]]  # node -> verdict after each round
+    collateral: dict[str, list[bool]]  # node -> per round: its only findings were pings to a down node
+    latest: dict[str, dict[str, CheckResult]]  # node -> its latest results after the last round
+
+
+def run(
+    n: int,
+    rounds: int,
+    seed: int,
+    *,
+    fleet_plan: Mapping[str, Case | None] | None = None,
+    checks: Sequence[str] = CHECKS,
+    step: VerdictStep = verdict_step,
+    settings: config.Settings | None = None,
+) -> Outcome:
+    """Run ``rounds`` periodic rounds over the fleet and score every node-round."""
+    base = settings or config.Settings(node_name="bench", periodic_checks=tuple(checks))
+    sim_settings = dataclasses.replace(base, bandwidthtest_path="")
+    the_plan = dict(fleet_plan) if fleet_plan is not None else plan(n, seed)
+    fleet = Fleet(sim_settings, seed, the_plan)
+    policy = baseline.policy_of(sim_settings)
+    window = baseline.Window(policy.window, sim_settings.baseline_max_cohorts)
+    tracks = {node: NodeTrack(node) for node in the_plan}
+    verdicts: dict[str, list[verdict.Verdict]] = {node: [] for node in the_plan}
+    collateral: dict[str, list[bool]] = {node: [] for node in the_plan}
+    latest: dict[str, dict[str, CheckResult]] = {}
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    for round_ in range(rounds):
+        now = start + timedelta(seconds=round_ * sim_settings.periodic_interval_s)
+        network = fleet.network(round_)
+        contexts = [fleet.context(node, round_, network) for node in the_plan]
+        # Checks run side by side (a hung tool waits, it does not compute); every node's noise has
+        # its own generator, and the fleet judges in node order, so the figures do not depend on it.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=PARALLEL) as pool:
+            answers = list(pool.map(lambda ctx: execution.run_checks(list(checks), ctx), contexts))
+        for node, found in zip(the_plan, answers, strict=True):
+            stamp = results.utc_now_iso(now)
+            judged = {}
+            for r in found:
+                r = dataclasses.replace(r, node=node, started_at=stamp)
+                judged[r.check] = baseline.assess(
+                    r, model=simulate.GPU_NAME, driver="550.90.07", source=window, policy=policy
+                )
+            latest[node] = judged
+            collateral[node].append(_only_pings_to(judged, network.down))
+            verdicts[node].append(step(tracks[node], judged, now, sim_settings))
+    rows, in_scope, overall = score(the_plan, verdicts, collateral)
+    return Outcome(rows, in_scope, overall, verdicts, collateral, latest)
+
+
+def _only_pings_to(latest: Mapping[str, CheckResult], down: frozenset[str]) -> bool:
+    """Whether the node's only findings are pings that a peer with its link down did not answer."""
+    bad = [r for r in latest.values() if r.is_bad]
+    if not bad or any(r.check != "ping" for r in bad):
+        return False
+    failed = [d.id.split("/")[0] for r in bad for d in r.devices if d.status is not results.Status.OK]
+    return bool(failed) and all(peer in down for peer in failed)
+
+
+def score(
+    the_plan: Mapping[str, Case | None],
+    verdicts: Mapping[str, Sequence[verdict.Verdict]],
+    collateral: Mapping[str, Sequence[bool]],
+) -> tuple[dict[str, Tally], Tally, Tally]:
+    rows: dict[str, Tally] = {}
+    in_scope, overall = Tally(), Tally()
+    for node, case in the_plan.items():
+        tally = Tally()
+        first: int | None = None
+        for round_, v in enumerate(verdicts[node]):
+            truth = case is not None and case.active(round_)
+            said = v in (verdict.Verdict.WARN, verdict.Verdict.EVICT)
+            if truth and said:
+                tally.tp += 1
+                first = round_ if first is None else first
+            elif truth:
+                tally.fn += 1
+            elif said:
+                tally.fp += 1
+            else:
+                tally.tn += 1
+            if v is verdict.Verdict.EVICT and not (truth and case is not None and case.fatal):
+                tally.false_evict += 1
+            elif v is verdict.Verdict.WARN and not truth:
+                tally.false_warn += 1
+                tally.collateral += collateral[node][round_]
+        if case is not None and not case.transient and len(verdicts[node]) > ONSET:
+            if first is None:
+                tally.missed += 1
+            else:
+                tally.delays.append(first - ONSET)
+        label = case.label if case is not None else "healthy"
+        rows.setdefault(label, Tally()).add(tally)
+        overall.add(tally)
+        if case is None or case.in_scope:
+            in_scope.add(tally)
+    return rows, in_scope, overall
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def _delay(t: Tally) -> str:
+    if not t.delays and not t.missed:
+        return "-"
+    shown = f"{sum(t.delays) / len(t.delays):.1f} (max {max(t.delays)})" if t.delays else "never"
+    return shown + (f", {t.missed} missed" if t.missed and t.delays else "")
+
+
+def table(outcome: Outcome) -> str:
+    head = (
+        "| fault | node-rounds faulty | TP | FN | FP | precision | precision without ping collateral | recall "
+        "| false EVICT | false WARN (ping collateral) | rounds to detect |"
+    )
+    lines = [head, "|" + "---|" * 11]
+
+    def line(name: str, t: Tally) -> str:
+        return (
+            f"| {name} | {t.tp + t.fn} | {t.tp} | {t.fn} | {t.fp} | {_fmt(t.precision)} | {_fmt(t.local_precision)} | "
+            f"{_fmt(t.recall)} | {t.false_evict} | {t.false_warn} ({t.collateral}) | {_delay(t)} |"
+        )
+
+    for name in sorted(outcome.rows, key=lambda k: (k == "healthy", k)):
+        lines.append(line(name, outcome.rows[name]))
+    lines.append(line(f"**in scope** (faults at {SCOPE:.0%} of normal or worse)", outcome.in_scope))
+    lines.append(line("**overall** (every fault)", outcome.overall))
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--nodes", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--per-case", type=int, default=None, help="faulty nodes per case (default: nodes / 250)")
+    args = parser.parse_args(argv)
+    if not 10 <= args.nodes <= simulate.MAX_NODES or not 2 <= args.rounds <= 100:
+        parser.error("--nodes must be 10..100000 and --rounds 2..100")
+    if args.per_case is not None and args.per_case < 0:
+        parser.error("--per-case must be >= 0")
+    logging.disable(logging.WARNING)  # the engine logs every failing check: thousands of lines here
+    try:
+        fleet_plan = plan(args.nodes, args.seed, args.per_case)
+    except ValueError as exc:
+        parser.error(str(exc))
+    outcome = run(args.nodes, args.rounds, args.seed, fleet_plan=fleet_plan)
+    faulty = sum(1 for c in fleet_plan.values() if c is not None)
+    print(
+        f"nodes {args.nodes} ({faulty} with a fault), rounds {args.rounds}, seed {args.seed}, "
+        f"checks {', '.join(CHECKS)}"
+    )
+    print()
+    print(table(outcome))
+    scope = outcome.in_scope
+    print()
+    for name, precision in (("with", scope.precision), ("without", scope.local_precision)):
+        ok = scope.false_evict == 0 and all(x is not None and x >= 0.95 for x in (precision, scope.recall))
+        print(
+            f"targets (0 false EVICTs, precision and recall >= 0.95 in scope), {name} ping collateral: "
+            f"{'met' if ok else 'NOT met'}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""Detection quality on a simulated fleet (bench/quality.py), and the simulator's spread (workers/simnoise.py)."""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from collections.abc import Iterator
+
+import pytest
+
+from autopilot import config
+from autopilot.verdict import Verdict
+from bench import quality
+from workers import simnoise, simulate
+
+TARGET = 0.95
+
+
+@pytest.fixture(autouse=True)
+def quiet() -> Iterator[None]:
+    logging.disable(logging.WARNING)  # every failing simulated check logs a line
+    yield
+    logging.disable(logging.NOTSET)
+
+
+def test_a_small_fleet_meets_the_targets() -> None:
+    """The small version of docs/QUALITY.md: 100 nodes, every fault kind, seed 1."""
+    outcome = quality.run(100, 4, seed=1)
+    scope = outcome.in_scope
+    assert outcome.overall.false_evict == 0
+    assert scope.recall is not None and scope.recall >= TARGET
+    # Ping collateral (peers of a node whose link is down WARN too) is reported, not yet fixed: see QUALITY.md.
+    assert scope.local_precision is not None and scope.local_precision >= TARGET
+    assert scope.tp + scope.fn >= 90  # every in-scope case was there, in every round it was active
+
+
+def test_one_node_at_85_percent_of_its_fleets_pcie_bandwidth_is_the_only_warn() -> None:
+    slow = tuple(simnoise.Slowdown("h2d_pinned_gbps", gpu, 0.85) for gpu in range(simulate.GPU_COUNT))
+    plan: dict[str, quality.Case | None] = dict.fromkeys(simulate.node_names(100))
+    plan["sim-7"] = quality.Case("pciebw at 85%", slow=slow, severity=0.85)
+    settings = config.Settings(periodic_checks=("pciebw",))
+    outcome = quality.run(100, 3, seed=5, fleet_plan=plan, checks=("pciebw",), settings=settings)
+    after = {node: v[-1] for node, v in outcome.verdicts.items()}
+    assert after["sim-7"] is Verdict.WARN
+    assert {n for n, v in after.items() if v is not Verdict.PASS} == {"sim-7"}
+    result = outcome.latest["sim-7"]["pciebw"]
+    assert result.summary.count("slow against its fleet") == simulate.GPU_COUNT
+    assert "% of the median of " in result.summary
+    # No fixed floor saw it: every GPU is far above the 4 GB/s floor.
+    assert all(float(d.value or 0) > 40 for d in result.devices)
+
+
+def test_the_figures_are_reproducible_with_a_seed() -> None:
+    first = quality.table(quality.run(60, 3, seed=3, fleet_plan=quality.plan(60, 3, per_case=0)))
+    again = quality.table(quality.run(60, 3, seed=3, fleet_plan=quality.plan(60, 3, per_case=0)))
+    assert first == again
+
+
+def test_every_fault_kind_of_the_periodic_checks_is_in_the_mix() -> None:
+    labels = {c.label for c in quality.cases()}
+    for check in quality.CHECKS:
+        for kind in simulate.kinds(check):
+            assert f"{check}:{kind}" in labels
+    for figure in ("pciebw", "daxpy", "dgemm"):
+        for severity in ("95%", "90%", "80%", "50%"):
+            assert f"{figure} at {severity}" in labels
+    assert any(c.transient for c in quality.cases())
+
+
+def test_the_simulator_spread_matches_its_stated_source() -> None:
+    runner = simnoise.NoisyRunner(None, "sim-0", seed=1)
+    for figure, spread in simnoise.SPREADS.items():
+        draws = [simnoise.NoisyRunner(None, f"sim-{i}", seed=1).device_factor(0, figure) for i in range(2000)]
+        assert statistics.median(draws) == pytest.approx(1.0, abs=0.01)
+        assert statistics.stdev(draws) == pytest.approx(spread.device_cv, rel=0.1)
+        assert "arXiv:2208.11035" in spread.source
+    assert runner.device_factor(3, "dgemm_tflops") == simnoise.NoisyRunner(None, "sim-0", seed=1).device_factor(
+        3, "dgemm_tflops"
+    )
+    assert runner.device_factor(3, "dgemm_tflops") != simnoise.NoisyRunner(None, "sim-0", seed=2).device_factor(
+        3, "dgemm_tflops"
+    )
+
+
+def test_a_slowdown_scales_one_gpus_figure() -> None:
+    settings = config.Settings(bandwidthtest_path="")
+    runner, _ = simulate.build_seam(settings, {})
+    argv = ["ap-bandwidth", "--device", "3", "--size-mib", "256", "--runs", "5"]
+    plain = simnoise.NoisyRunner(runner, "sim-0", 1, spreads={})
+    slow = simnoise.NoisyRunner(runner, "sim-0", 1, [simnoise.Slowdown("h2d_pinned_gbps", 3, 0.5)], spreads={})
+    assert '"h2d_pinned_gbps": 53.4' in plain.run(argv, timeout=5).stdout
+    assert '"h2d_pinned_gbps": 26.7' in slow.run(argv, timeout=5).stdout

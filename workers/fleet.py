@@ -1,0 +1,169 @@
+"""The fleet's baselines in Redis: where a result is judged against its cohort before it is stored.
+
+Keys (prefix ``ap:``, beside the results store's):
+
+- ``baseline:<cohort key>``  list of the cohort's latest figures, newest first, trimmed to
+                             ``baseline_window``
+- ``baselines``              sorted set cohort key -> when it was last added to (epoch s); at most
+                             ``baseline_max_cohorts`` cohorts, the one updated longest ago is dropped
+
+A worker judges each result of a check with fleet figures (``autopilot.baseline``) just before it
+is saved: ``FleetBaselines.judge``. Baselines are read at most once per ``CACHE_S`` per process
+(a simulator hosts 1,000 nodes: one read per cohort serves them all); figures are added at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import redis
+
+from autopilot import baseline, config, errors
+from autopilot.baseline import Baseline, Cohort, Sample
+from autopilot.context import CheckContext
+from autopilot.results import CheckResult, Status
+from workers.store import NodeRecord, P
+
+INDEX = f"{P}baselines"
+CACHE_S = 30.0
+
+
+def _key(cohort: Cohort) -> str:
+    return f"{P}baseline:{cohort.key}"
+
+
+class FleetBaselines:
+    """``baseline.Source`` over Redis, for one process (thread-safe)."""
+
+    def __init__(
+        self, client: redis.Redis[bytes], settings: config.Settings, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.r = client
+        self.policy = baseline.policy_of(settings)
+        self.max_cohorts = settings.baseline_max_cohorts
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._cache: dict[Cohort, tuple[float, Baseline | None]] = {}
+
+    # ------------------------------------------------------------------ baseline.Source
+
+    def baselines(self, cohorts: Iterable[Cohort], min_samples: int) -> dict[Cohort, Baseline]:
+        now = self._clock()
+        wanted = set(cohorts)
+        with self._lock:
+            stale = [c for c in wanted if c not in self._cache or now - self._cache[c][0] >= CACHE_S]
+        if stale:
+            pipe = self.r.pipeline(transaction=False)
+            for c in stale:
+                pipe.lrange(_key(c), 0, self.policy.window - 1)
+            fresh = {
+                c: baseline.summarize(c, _floats(raw), min_samples)
+                for c, raw in zip(stale, pipe.execute(), strict=True)
+            }
+            with self._lock:
+                self._cache.update({c: (now, b) for c, b in fresh.items()})
+        with self._lock:
+            found = {c: self._cache[c][1] for c in wanted if c in self._cache}
+        return {c: b for c, b in found.items() if b is not None}
+
+    def add(self, found: Iterable[Sample]) -> None:
+        by_cohort: dict[Cohort, list[float]] = {}
+        for s in found:
+            by_cohort.setdefault(s.cohort, []).append(s.value)
+        if not by_cohort:
+            return
+        pipe = self.r.pipeline(transaction=True)
+        for cohort, values in by_cohort.items():
+            pipe.lpush(_key(cohort), *(repr(v) for v in values))
+            pipe.ltrim(_key(cohort), 0, self.policy.window - 1)
+        pipe.zadd(INDEX, {c.key: self._clock() for c in by_cohort})
+        pipe.zcard(INDEX)
+        *_, count = pipe.execute()
+        if int(count) > self.max_cohorts:
+            self._drop_oldest(int(count) - self.max_cohorts)
+
+    def _drop_oldest(self, n: int) -> None:
+        old = [_s(k) for k in self.r.zrange(INDEX, 0, n - 1)]
+        if old:
+            pipe = self.r.pipeline(transaction=True)
+            pipe.zrem(INDEX, *old)
+            pipe.delete(*(f"{P}baseline:{k}" for k in old))
+            pipe.execute()
+
+    # ------------------------------------------------------------------ use
+
+    def judge(self, result: CheckResult, *, model: str, driver: str) -> CheckResult:
+        """``result`` judged against its fleet (``baseline.assess``), its figures added to the fleet's."""
+        if result.status is Status.BUSY or not self.policy.enabled:
+            return result
+        return baseline.assess(result, model=model, driver=driver, source=self, policy=self.policy)
+
+    def all(self) -> list[dict[str, Any]]:
+        """Every kept cohort: its baseline (median and MAD; None below the minimum sample size)."""
+        keys = [_s(k) for k in self.r.zrange(INDEX, 0, -1)]
+        if not keys:
+            return []
+        pipe = self.r.pipeline(transaction=False)
+        for k in keys:
+            pipe.lrange(f"{P}baseline:{k}", 0, self.policy.window - 1)
+        out: list[dict[str, Any]] = []
+        for key, raw in zip(keys, pipe.execute(), strict=True):
+            cohort = Cohort.from_key(key)
+            values = _floats(raw)
+            base = baseline.summarize(cohort, values, self.policy.min_samples)
+            entry: dict[str, Any] = {**dataclasses.asdict(cohort), "count": len(values), "judging": base is not None}
+            entry["median"] = round(base.median, 4) if base else None
+            entry["mad"] = round(base.mad, 4) if base else None
+            out.append(entry)
+        return sorted(out, key=lambda e: (e["check"], e["metric"], e["model"], e["driver"]))
+
+
+def judge_in(fleet: FleetBaselines, ctx: CheckContext) -> Callable[[CheckResult], CheckResult]:
+    """``fleet.judge`` for the results of ``ctx``'s node: its GPU model and driver read once, when first needed."""
+    known: list[tuple[str, str]] = []
+
+    def judge(result: CheckResult) -> CheckResult:
+        if not known:
+            known.append(gpu_of(ctx))
+        model, driver = known[0]
+        return fleet.judge(result, model=model, driver=driver)
+
+    return judge
+
+
+def gpu_of(ctx: CheckContext) -> tuple[str, str]:
+    """The node's GPU model and driver version from NVML; ``""``/``unknown`` when it cannot say."""
+    try:
+        model = ctx.gpus.identity(0).name if ctx.gpus.count() else ""
+    except errors.AutopilotError:
+        model = ""
+    try:
+        driver = ctx.gpus.driver_version()
+    except errors.AutopilotError:
+        driver = "unknown"
+    return model, driver
+
+
+def judge_for_record(fleet: FleetBaselines, result: CheckResult, record: NodeRecord | None) -> CheckResult:
+    """``fleet.judge`` for a result written for another node (the iperf ring), from its heartbeat record."""
+    if record is None:
+        return fleet.judge(result, model="", driver="unknown")
+    return fleet.judge(result, model=record.gpu_model, driver=record.driver_version or "unknown")
+
+
+def _floats(raw: Iterable[bytes | str]) -> list[float]:
+    out: list[float] = []
+    for item in raw:
+        try:
+            out.append(float(_s(item)))
+        except ValueError:
+            continue  # written by something else: not a figure
+    return out
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
