@@ -10,6 +10,11 @@ never hangs. Each poll reads only what was written since the last one (the run's
 the answers are decoded while the nodes still work, not all at the end. Polling sleeps 20 ms
 while answers arrive and backs off to 200 ms while none do.
 
+Requests coalesce (``workers.dispatch.Flights``): a (node, check, parameters) already queued or
+running for another run, and not answered yet, is joined instead of sent again; each poll copies
+the joined executions' results that have landed into this run (as answers of the run only, so a
+node's history holds each execution once), where they are read like any other.
+
 ``report`` turns a run and its results into the structured answer shared by ``/status?format=json``
 and ``/api/v1/runs/<id>``; for the network checks it adds ``network``: the suspects that
 ``network.localise`` names from the run's pair results, and iperf's per-interface summary.
@@ -39,8 +44,8 @@ from autopilot import network, results
 from autopilot.checks import iperf
 from autopilot.results import CheckResult, Status
 from workers import ring
-from workers.dispatch import Envelope, TaskSender, send_all, task_sender
-from workers.store import ResultsStore, Run
+from workers.dispatch import Envelope, Flights, Joined, TaskSender, send_all, task_sender
+from workers.store import P, ResultsStore, Run
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +58,7 @@ WAVE_SLACK_S = POLL_MAX_S + 0.05
 # Node statuses in the answer, least to most severe for the totals' "status".
 NODE_STATUSES = ("ok", "pending", "unknown", "unreachable", "error", "warn", "fail")
 RING_CHECK = "iperf"
+RUN_KEY = f"{P}run:"
 
 
 def run_deadline_s(nodes: int, batch: int | None, node_deadline_s: float) -> float:
@@ -136,6 +142,8 @@ class Gather:
         # answers are then counted from the run's field names and read in full at the end.
         self._by_keys = False
         self._seen = -1
+        self.flights = Flights(svc.store.r)
+        self.joined: dict[tuple[str, str], Joined] = {}  # (node, check) -> the execution it waits on
 
     @property
     def finished(self) -> bool:
@@ -152,11 +160,16 @@ class Gather:
         params = {c: p for c, p in self.run.params.items() if c in self.checks}
         for node in nodes:
             self.in_flight[node] = deadline
+        envelopes = [Envelope(self.run.id, n, self.checks, params, deadline) for n in nodes]
+        envelopes, joined = self.flights.claim(envelopes, now=self.svc.clock())
+        self.joined.update(joined)
         # One batch for all the free slots: one producer and one Redis pipeline for the lot.
-        send_all(self.svc.dispatcher, [Envelope(self.run.id, n, self.checks, params, deadline) for n in nodes])
+        send_all(self.svc.dispatcher, envelopes)
 
     def poll(self) -> bool:
         """One look at the store; frees the slots of finished nodes and fills them. True when all are done."""
+        if self.joined:
+            self._copy_joined()
         have = self._read_keys() if self._by_keys else self._read_news()
         for node in [n for n in self.in_flight if have[n] >= len(self.checks)]:
             del self.in_flight[node]
@@ -165,8 +178,24 @@ class Gather:
         for node in [n for n, deadline in self.in_flight.items() if now >= deadline]:
             del self.in_flight[node]
             self.expired.add(node)
+        if self.joined:
+            self.joined = {k: j for k, j in self.joined.items() if k[0] in self.in_flight}
         self.send_ready()
         return self.finished
+
+    def _copy_joined(self) -> None:
+        """Copy the results of joined executions that have landed into this run (one round trip to read)."""
+        pairs = list(self.joined.items())
+        store = self.svc.store
+        pipe = store.r.pipeline(transaction=False)
+        for (node, check), j in pairs:
+            pipe.hget(f"{RUN_KEY}{j.run_id}", f"{node}|{check}")
+        landed = [(pair, blob) for (pair, _), blob in zip(pairs, pipe.execute(), strict=True) if blob is not None]
+        if landed:
+            # An answer of this run only: the node's latest and history already hold this execution.
+            store.save_many([(CheckResult.from_json(blob), False) for _, blob in landed], self.run.id)
+            for pair, _ in landed:
+                del self.joined[pair]
 
     def _read_news(self) -> collections.Counter[str]:
         news = self.svc.store.run_news(self.run.id, self._cursor)
@@ -235,7 +264,8 @@ def start(svc: Services, req: RunRequest, selection: Selection) -> Run:
     sender = ring_sender(svc, run.checks)
     g = Gather(svc, run, node_deadline_s=req.deadline_s, batch=req.batch, without=(RING_CHECK,) if sender else ())
     g.send_ready()
-    if sender is not None or (not g.finished and g.waiting):
+    # Joined executions are copied into the run by the gather, so it goes on in the background.
+    if sender is not None or (not g.finished and (g.waiting or g.joined)):
         thread = threading.Thread(target=_continue, args=(g, sender), name=f"gather-{run.id[:8]}", daemon=True)
         thread.start()
     return run

@@ -11,6 +11,14 @@ light and GPU; one message halves the broker work of a fan-out, which is most of
 them through one producer in one Redis pipeline (a 1,000-node gather costs one round trip per
 thousand messages, not one per message); a dispatcher without ``send_many`` gets them one by one.
 
+``Flights`` makes check requests coalesce (single flight): before a gather sends, it claims each
+(node, check, parameters) in Redis. A request for one already queued or running, and not yet
+answered, joins that execution instead of queueing another, and copies its result into its own
+run when it lands (``api.gather``). The claim lives until the execution's deadline, and only a
+request whose own deadline ends no more than ``FLIGHT_SLACK_S`` after it joins: a more patient
+request sends its own. Fifty requests over the same nodes so cost one check per node, not fifty
+(and fifty turns of each node's GPU lock).
+
 A dispatcher may also send named tasks to a node's queue (``send_task``; the ``iperf`` ring's
 server, client and stop tasks). ``task_sender(d)`` says whether ``d`` can: ``CeleryDispatcher``
 always, ``FakeDispatcher`` when it was given ``on_task`` to answer them.
@@ -19,14 +27,18 @@ always, ``FakeDispatcher`` when it was given ``on_task`` to answer them.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import kombu.exceptions
+import redis
 from celery import Celery
 
 from autopilot import names, registry
+from workers.store import P
 
 RUN_TASK = "autopilot.run_checks"
 # Redis commands buffered before a publish batch is flushed mid-gather (one LPUSH per task).
@@ -49,6 +61,92 @@ def partition(checks: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     gpu = tuple(c for c in checks if c in registry.REGISTRY and registry.REGISTRY.get(c).uses_gpu)
     light = tuple(c for c in checks if c not in gpu)
     return light, gpu
+
+
+FLIGHT_SLACK_S = 5.0
+
+@dataclasses.dataclass(frozen=True)
+class Joined:
+    """An execution a request joined: the run that sent it, and that run's deadline for the node."""
+
+    run_id: str
+    deadline: float
+
+
+def flight_key(node: str, check: str, params: Mapping[str, Any]) -> str:
+    """The single-flight key of one check on one node with these parameters (order-insensitive)."""
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:20]
+    return f"{P}flight:{node}|{check}|{digest}"
+
+
+class Flights:
+    """Claims (node, check, parameters) executions in Redis so that equal requests coalesce.
+
+    At most three pipelined round trips per wave: ``SET NX GET`` claims each key or reads who
+    holds it (one atomic step, so two requests never both see it free); ``HEXISTS`` asks
+    whether the holder's run has its answer already (then the execution is over, not joinable);
+    ``SET`` takes over the keys not joined. Two requests taking over the same finished key at
+    once both send: a rare duplicate, never a request left without an execution.
+    """
+
+    def __init__(self, client: redis.Redis, *, slack_s: float = FLIGHT_SLACK_S) -> None:
+        self.client = client
+        self.slack_s = slack_s
+
+    def claim(
+        self, envelopes: Sequence[Envelope], *, now: float
+    ) -> tuple[list[Envelope], dict[tuple[str, str], Joined]]:
+        """The envelopes to send (each with the checks this run leads) and the (node, check) pairs joined."""
+        pairs = [(e, c, flight_key(e.node, c, e.params.get(c, {}))) for e in envelopes for c in e.checks]
+        if not pairs:
+            return [], {}
+        pipe = self.client.pipeline(transaction=False)
+        for e, _, key in pairs:
+            pipe.set(key, _holder(e.run_id, e.deadline), nx=True, get=True, px=_ttl_ms(e.deadline, now))
+        held = [_parse_holder(v) for v in pipe.execute()]
+        # A holder whose deadline ends well before ours may give up on the node before we would.
+        candidates = [
+            (i, h) for i, h in enumerate(held) if h is not None and h.deadline + self.slack_s >= pairs[i][0].deadline
+        ]
+        joined: dict[tuple[str, str], Joined] = {}
+        if candidates:
+            pipe = self.client.pipeline(transaction=False)
+            for i, h in candidates:
+                pipe.hexists(f"{P}run:{h.run_id}", f"{pairs[i][0].node}|{pairs[i][1]}")
+            for (i, h), answered in zip(candidates, pipe.execute(), strict=True):
+                if not answered:
+                    joined[(pairs[i][0].node, pairs[i][1])] = h
+        take_over = [i for i, h in enumerate(held) if h is not None and (pairs[i][0].node, pairs[i][1]) not in joined]
+        if take_over:
+            pipe = self.client.pipeline(transaction=False)
+            for i in take_over:
+                e, _, key = pairs[i]
+                pipe.set(key, _holder(e.run_id, e.deadline), px=_ttl_ms(e.deadline, now))
+            pipe.execute()
+        send = []
+        for e in envelopes:
+            led = tuple(c for c in e.checks if (e.node, c) not in joined)
+            if led:
+                send.append(e if led == e.checks else dataclasses.replace(e, checks=led))
+        return send, joined
+
+
+def _holder(run_id: str, deadline: float) -> str:
+    return f"{run_id} {deadline:.3f}"
+
+
+def _parse_holder(raw: bytes | str | None) -> Joined | None:
+    if raw is None:
+        return None
+    run_id, _, deadline = (raw.decode() if isinstance(raw, bytes) else raw).partition(" ")
+    try:
+        return Joined(run_id, float(deadline))
+    except ValueError:  # not written by us: treat as free (it is overwritten)
+        return Joined(run_id, float("-inf"))
+
+
+def _ttl_ms(deadline: float, now: float) -> int:
+    return max(1, int((deadline - now) * 1000))
 
 
 class Dispatcher(Protocol):

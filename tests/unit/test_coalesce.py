@@ -1,0 +1,107 @@
+"""Requests that coalesce: a (node, check, parameters) already queued or running is joined, not sent again."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import fakeredis
+
+from api import gather
+from api.inputs import RunRequest
+from api.selection import Selection
+from api.services import Services
+from autopilot import config
+from autopilot.results import CheckResult, Status
+from tests.unit.api_helpers import stand_in_checks
+from workers.dispatch import FakeDispatcher, Flights
+from workers.store import ResultsStore
+
+NODES = ("n1", "n2")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def services(store: ResultsStore, dispatcher: FakeDispatcher, clock: Clock) -> Services:
+    return Services(
+        settings=config.Settings(node_name="x"),
+        store=store,
+        dispatcher=dispatcher,
+        checks=stand_in_checks(),
+        clock=lambda: clock.now,
+        sleep=clock.sleep,
+    )
+
+
+def started(
+    svc: Services, checks: tuple[str, ...] = ("remapped",), params: Mapping[str, Mapping[str, Any]] | None = None
+) -> gather.Gather:
+    req = RunRequest(checks, NODES, params=dict(params or {}), deadline_s=30)
+    run = gather.create_run(svc, req, Selection(NODES))
+    g = gather.Gather(svc, run, node_deadline_s=req.deadline_s, batch=None)
+    g.send_ready()
+    return g
+
+
+def answer(store: ResultsStore, run_id: str, node: str, check: str = "remapped") -> None:
+    store.save_result(CheckResult(check, Status.OK, f"{check} on {node}", node=node), run_id)
+
+
+def test_an_equal_request_joins_the_queued_execution_and_gets_its_answer() -> None:
+    store, dispatcher, clock = ResultsStore(fakeredis.FakeRedis()), FakeDispatcher(), Clock()
+    svc = services(store, dispatcher, clock)
+    first = started(svc)
+    second = started(svc)
+
+    assert [(e.run_id, e.node) for e in dispatcher.sent] == [(first.run.id, "n1"), (first.run.id, "n2")]
+    for node in NODES:
+        answer(store, first.run.id, node)
+    assert second.poll() and first.poll()
+    got = second.results()
+    assert {k: r["summary"] for k, r in got.items()} == {("n1", "remapped"): "remapped on n1", ("n2", "remapped"): "remapped on n2"}
+    # The joined answer is in the second run too (GET /api/v1/runs/<id>), and once in the node's history.
+    assert set(store.run_answered(second.run.id)) == {("n1", "remapped"), ("n2", "remapped")}
+    assert [r.summary for r in store.history("n1")] == ["remapped on n1"]
+
+
+def test_a_request_after_the_answer_landed_runs_the_check_again() -> None:
+    store, dispatcher, clock = ResultsStore(fakeredis.FakeRedis()), FakeDispatcher(), Clock()
+    svc = services(store, dispatcher, clock)
+    first = started(svc)
+    answer(store, first.run.id, "n1")
+
+    later = started(svc)
+
+    assert [(e.run_id, e.node) for e in dispatcher.sent[2:]] == [(later.run.id, "n1")]
+    assert set(later.joined) == {("n2", "remapped")}
+
+
+def test_other_parameters_or_other_checks_are_sent_and_only_the_shared_check_is_joined() -> None:
+    store, dispatcher, clock = ResultsStore(fakeredis.FakeRedis()), FakeDispatcher(), Clock()
+    svc = services(store, dispatcher, clock)
+    started(svc, ("dcgm",), {"dcgm": {"r": 1}})
+    other_params = started(svc, ("dcgm",), {"dcgm": {"r": 2}})
+    more_checks = started(svc, ("dcgm", "remapped"), {"dcgm": {"r": 1}})
+
+    assert len([e for e in dispatcher.sent if e.run_id == other_params.run.id]) == 2
+    sent = [e for e in dispatcher.sent if e.run_id == more_checks.run.id]
+    assert [(e.node, e.checks) for e in sent] == [("n1", ("remapped",)), ("n2", ("remapped",))]
+
+
+def test_a_request_does_not_join_an_execution_whose_deadline_ends_much_earlier() -> None:
+    client = fakeredis.FakeRedis()
+    store, dispatcher, clock = ResultsStore(client), FakeDispatcher(), Clock()
+    svc = services(store, dispatcher, clock)
+    started(svc)
+    clock.now += Flights(client).slack_s + 1  # the first run's deadline is now that much earlier than a new one's
+
+    patient = started(svc)
+
+    assert patient.joined == {}
+    assert [e.run_id for e in dispatcher.sent[2:]] == [patient.run.id, patient.run.id]
