@@ -18,8 +18,7 @@ import pytest
 import redis
 
 from autopilot import names
-from tests.integration.conftest import Procs, settings_for, wait_for_nodes, wait_until
-from workers import app as celery_app
+from tests.integration.conftest import Procs, wait_for_nodes, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -53,7 +52,9 @@ def bad_messages() -> dict[str, bytes]:
         "garbage": b"\x00\xffnot json at all",
         "broken envelope": b'{"body": 12, "headers": "nope"}',
         "unknown task": _envelope(celery_body, "application/json", "autopilot.no_such_task"),
-        "pickle payload": _envelope(pickle.dumps(([], {}, {})), "application/x-python-serialize", "autopilot.run_checks"),
+        "pickle payload": _envelope(
+            pickle.dumps(([], {}, {})), "application/x-python-serialize", "autopilot.run_checks"
+        ),
     }
 
 
@@ -64,7 +65,9 @@ def test_bad_messages_are_skipped_and_the_next_task_is_answered_at_once(
     wait_for_nodes(redis_url, [NODE])
     api = api_factory(redis_url)
     # A long check in flight: a consumer that restarts would wait for it before taking more work.
-    started = api.post("/api/v1/runs", json={"checks": ["sleepy"], "hosts": [NODE], "params": {"sleepy": {"seconds": 60}}})
+    started = api.post(
+        "/api/v1/runs", json={"checks": ["sleepy"], "hosts": [NODE], "params": {"sleepy": {"seconds": 60}}}
+    )
     assert started.status_code == 202, started.get_data(as_text=True)
     wait_until(lambda: "sleepy: started on" in worker.output(), 30, "the sleepy check to start")
 

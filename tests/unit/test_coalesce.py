@@ -64,7 +64,10 @@ def test_an_equal_request_joins_the_queued_execution_and_gets_its_answer() -> No
         answer(store, first.run.id, node)
     assert second.poll() and first.poll()
     got = second.results()
-    assert {k: r["summary"] for k, r in got.items()} == {("n1", "remapped"): "remapped on n1", ("n2", "remapped"): "remapped on n2"}
+    assert {k: r["summary"] for k, r in got.items()} == {
+        ("n1", "remapped"): "remapped on n1",
+        ("n2", "remapped"): "remapped on n2",
+    }
     # The joined answer is in the second run too (GET /api/v1/runs/<id>), and once in the node's history.
     assert set(store.run_answered(second.run.id)) == {("n1", "remapped"), ("n2", "remapped")}
     assert [r.summary for r in store.history("n1")] == ["remapped on n1"]
