@@ -3,6 +3,10 @@
 The bind address is ``--host``, else ``AUTOPILOT_API_HOST``, else 127.0.0.1 when no token is
 configured (an open API must not face the network by accident) and 0.0.0.0 when one is. The port
 is ``--port``, else ``AUTOPILOT_API_PORT`` (3333). ``--dev`` uses Flask's development server.
+
+Each worker process runs ``--threads`` threads, by default ``AUTOPILOT_API_MAX_WAITS`` plus
+``SPARE_THREADS``: requests that wait on nodes take at most ``api_max_waits`` of them
+(``api.limits``), so the spare ones always answer ``/healthz``, ``/readyz`` and short requests.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from autopilot import config, errors
 
 log = logging.getLogger("autopilot.api")
 
-DEFAULT_THREADS = 32
+SPARE_THREADS = 8  # threads no waiting request may take
 
 
 def bind_host(settings: config.Settings, requested: str | None) -> tuple[str, str]:
@@ -57,7 +61,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default=None, help="bind address (default: see `autopilot api --help` text)")
     p.add_argument("--workers", type=int, default=2, help="gunicorn worker processes (default 2)")
     p.add_argument(
-        "--threads", type=int, default=DEFAULT_THREADS, help=f"threads per worker (default {DEFAULT_THREADS})"
+        "--threads",
+        type=int,
+        default=None,
+        help=f"threads per worker, more than AUTOPILOT_API_MAX_WAITS (default: it plus {SPARE_THREADS})",
     )
     p.add_argument("--dev", action="store_true", help="Flask's development server instead of gunicorn")
     return p
@@ -73,8 +80,15 @@ def main(argv: Sequence[str]) -> int:
         port = args.port if args.port is not None else settings.api_port
         if not 1 <= port <= 65535:
             raise errors.BadParameter("--port", f"must be 1..65535, got {port}")
-        if not 1 <= args.workers <= 64 or not 1 <= args.threads <= 1024:
+        threads = args.threads if args.threads is not None else settings.api_max_waits + SPARE_THREADS
+        if not 1 <= args.workers <= 64 or not 1 <= threads <= 1024:
             raise errors.BadParameter("--workers", "workers must be 1..64 and threads 1..1024")
+        if threads <= settings.api_max_waits:
+            raise errors.BadParameter(
+                "--threads",
+                f"{threads} threads leave none for /healthz while {settings.api_max_waits} requests wait "
+                "(AUTOPILOT_API_MAX_WAITS): give more threads or a lower AUTOPILOT_API_MAX_WAITS",
+            )
     except errors.ConfigError as exc:
         print(f"autopilot api: {exc}", file=sys.stderr)
         return 2
@@ -96,7 +110,7 @@ def main(argv: Sequence[str]) -> int:
             "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
             "workers": args.workers,
             "worker_class": "gthread",
-            "threads": args.threads,
+            "threads": threads,
             # gthread workers heartbeat from their main loop, so a long /status does not count
             # against this; it only bounds a worker that is truly stuck.
             "timeout": 60,

@@ -65,6 +65,7 @@ def partition(checks: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 FLIGHT_SLACK_S = 5.0
 
+
 @dataclasses.dataclass(frozen=True)
 class Joined:
     """An execution a request joined: the run that sent it, and that run's deadline for the node."""
