@@ -7,6 +7,9 @@ is ``--port``, else ``AUTOPILOT_API_PORT`` (3333). ``--dev`` uses Flask's develo
 Each worker process runs ``--threads`` threads, by default ``AUTOPILOT_API_MAX_WAITS`` plus
 ``SPARE_THREADS``: requests that wait on nodes take at most ``api_max_waits`` of them
 (``api.limits``), so the spare ones always answer ``/healthz``, ``/readyz`` and short requests.
+
+Before gunicorn forks, ``PROMETHEUS_MULTIPROC_DIR`` is pointed at a fresh directory, so every
+worker process writes its request metrics there and ``/metrics`` sums them (``api.metrics``).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import argparse
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -53,6 +57,23 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]  # gunicorn ships n
 
     def load(self) -> Flask:
         return self.factory()
+
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess_metrics_dir() -> str:
+    """Point prometheus_client's multiprocess mode at a fresh directory, for the processes to come.
+
+    Fresh at every start: files a previous API left would count its requests again. It must be set
+    before prometheus_client is first imported (it picks its value class then); nothing on the way
+    to here imports it, and the check below says so loudly if that ever changes.
+    """
+    if "prometheus_client.values" in sys.modules:
+        raise errors.ConfigError("prometheus_client was imported before autopilot api could set multiprocess mode")
+    path = tempfile.mkdtemp(prefix="autopilot-metrics-")
+    os.environ[MULTIPROC_ENV] = path
+    return path
 
 
 def parser() -> argparse.ArgumentParser:
@@ -104,6 +125,11 @@ def main(argv: Sequence[str]) -> int:
     if args.dev:
         factory().run(host=host, port=port, threaded=True)
         return 0
+    try:
+        multiprocess_metrics_dir()
+    except errors.ConfigError as exc:
+        print(f"autopilot api: {exc}", file=sys.stderr)
+        return 2
     GunicornServer(
         factory,
         {

@@ -1,28 +1,37 @@
 """``/metrics`` on the API: the cluster's results (from the store) and the API's own request metrics.
 
 ``init_app(app, store, settings)`` registers the route and the request hooks. Everything goes
-into a private ``CollectorRegistry`` kept in ``app.extensions["autopilot_metrics"]``, never the
-process-global default registry, so several apps (tests, ``autopilot up``) never collide.
+into private ``CollectorRegistry`` objects kept in ``app.extensions["autopilot_metrics"]``, never
+the process-global default registry, so several apps (tests, ``autopilot up``) never collide.
 
-- ``autopilot.metrics.ResultsCollector`` reads one snapshot of the results store per scrape
-  (four pipelined Redis round trips whatever the node count), so one scrape shows every node.
+- ``autopilot.metrics.ResultsCollector`` reads one snapshot of the results store (four
+  pipelined Redis round trips whatever the node count), so one scrape shows every node. Its
+  exposition is rendered at most once per ``metrics_interval_s`` and every scrape within the
+  interval gets the same bytes (``SharedExposition``): at 1,000 nodes a rendering is several MB
+  and most of a second, and concurrent scrapers each rendering their own slowed every other
+  request of the process.
 - ``autopilot_api_requests_total{method,endpoint,code}`` and
   ``autopilot_api_request_duration_seconds{method,endpoint}``: ``endpoint`` is the Flask URL
   rule (``/api/v1/nodes/<name>``), never the raw path, and unknown methods fold into ``OTHER``,
   so a scanner cannot blow up the label cardinality.
 
 ``/metrics`` needs no token (ARCHITECTURE.md 4.5): the app's auth hook must exempt it.
-Under gunicorn with several worker processes the request metrics are per process (the results
-metrics are not: they come from Redis).
+Under gunicorn (``autopilot api``) prometheus_client runs in multiprocess mode
+(``PROMETHEUS_MULTIPROC_DIR``, set by ``api.main`` before any metric exists): each process writes
+its request metrics to a file there and a scrape through any process sums them all, so the
+counters never go backwards from one scrape to the next, whichever process answers.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
+from collections.abc import Callable
 
 import flask
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest, values
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from autopilot import config
 from autopilot.metrics import NodeInfo, ResultsCollector, Snapshot
@@ -38,14 +47,49 @@ _START = "_autopilot_metrics_start"
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
+class SharedExposition:
+    """A registry's exposition, rendered at most once per ``interval_s`` and shared by every caller.
+
+    The first caller after the interval renders while the others wait for it and get its bytes:
+    however many scrapers arrive together, one reads the store. ``interval_s`` 0: every call renders.
+    """
+
+    def __init__(
+        self, registry: CollectorRegistry, interval_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.registry = registry
+        self.interval_s = interval_s
+        self.clock = clock
+        self.renders = 0
+        self._lock = threading.Lock()
+        self._body = b""
+        self._until = float("-inf")
+
+    def render(self) -> bytes:
+        with self._lock:
+            now = self.clock()
+            if now >= self._until:
+                self._body = generate_latest(self.registry)
+                self._until = now + self.interval_s
+                self.renders += 1
+            return self._body
+
+
+def multiprocess_mode() -> bool:
+    """Whether prometheus_client keeps metric values in per-process files (``PROMETHEUS_MULTIPROC_DIR``
+    was set before it was imported)."""
+    return values.ValueClass is not values.MutexValue
+
+
 @dataclasses.dataclass(frozen=True)
 class ApiMetrics:
     """What ``init_app`` registered (reachable as ``app.extensions["autopilot_metrics"]``)."""
 
-    registry: CollectorRegistry
+    registry: CollectorRegistry  # the request metrics of this process
     requests: Counter
     duration: Histogram
     collector: ResultsCollector
+    nodes: SharedExposition  # the results collector's exposition, shared by scrapers
 
 
 def snapshot_from_store(store: ResultsStore, settings: config.Settings) -> Snapshot:
@@ -67,7 +111,9 @@ def init_app(app: flask.Flask, store: ResultsStore, settings: config.Settings) -
     """Register ``GET /metrics`` and the request-metric hooks on ``app``; returns the registry and metrics."""
     registry = CollectorRegistry()
     collector = ResultsCollector(lambda: snapshot_from_store(store, settings))
-    registry.register(collector)
+    results_registry = CollectorRegistry()
+    results_registry.register(collector)
+    nodes = SharedExposition(results_registry, settings.metrics_interval_s)
     requests = Counter(
         "autopilot_api_requests",
         "HTTP requests answered by the Autopilot API, by method, route and status code",
@@ -81,7 +127,13 @@ def init_app(app: flask.Flask, store: ResultsStore, settings: config.Settings) -
         buckets=BUCKETS,
         registry=registry,
     )
-    metrics = ApiMetrics(registry, requests, duration, collector)
+    metrics = ApiMetrics(registry, requests, duration, collector, nodes)
+    if multiprocess_mode():
+        # Every process's files, summed; this process's own values are among them.
+        served = CollectorRegistry()
+        MultiProcessCollector(served)
+    else:
+        served = registry
     app.extensions[EXTENSION] = metrics
 
     def start_timer() -> None:
@@ -102,7 +154,8 @@ def init_app(app: flask.Flask, store: ResultsStore, settings: config.Settings) -
     app.after_request(record)
 
     def serve_metrics() -> flask.Response:
-        return flask.Response(generate_latest(registry), status=200, content_type=CONTENT_TYPE_LATEST)
+        body = nodes.render() + generate_latest(served)
+        return flask.Response(body, status=200, content_type=CONTENT_TYPE_LATEST)
 
     app.add_url_rule(PATH, endpoint="metrics", view_func=serve_metrics, methods=["GET"])
     return metrics
