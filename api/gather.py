@@ -13,7 +13,9 @@ while answers arrive and backs off to 200 ms while none do.
 Requests coalesce (``workers.dispatch.Flights``): a (node, check, parameters) already queued or
 running for another run, and not answered yet, is joined instead of sent again; each poll copies
 the joined executions' results that have landed into this run (as answers of the run only, so a
-node's history holds each execution once), where they are read like any other.
+node's history holds each execution once), where they are read like any other. A joined
+execution whose own deadline passes unanswered is replaced: the node's missing checks are sent
+(or joined) again, under this run's deadline for the node.
 
 ``report`` turns a run and its results into the structured answer shared by ``/status?format=json``
 and ``/api/v1/runs/<id>``; for the network checks it adds ``network``: the suspects that
@@ -45,7 +47,7 @@ from autopilot.checks import iperf
 from autopilot.results import CheckResult, Status
 from workers import ring
 from workers.dispatch import Envelope, Flights, Joined, TaskSender, send_all, task_sender
-from workers.store import P, ResultsStore, Run
+from workers.store import ResultsStore, Run
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +60,6 @@ WAVE_SLACK_S = POLL_MAX_S + 0.05
 # Node statuses in the answer, least to most severe for the totals' "status".
 NODE_STATUSES = ("ok", "pending", "unknown", "unreachable", "error", "warn", "fail")
 RING_CHECK = "iperf"
-RUN_KEY = f"{P}run:"
 
 
 def run_deadline_s(nodes: int, batch: int | None, node_deadline_s: float) -> float:
@@ -144,6 +145,7 @@ class Gather:
         self._seen = -1
         self.flights = Flights(svc.store.r)
         self.joined: dict[tuple[str, str], Joined] = {}  # (node, check) -> the execution it waits on
+        self._leader_cursors: dict[str, int] = {}  # joined run -> entries of its write log read
 
     @property
     def finished(self) -> bool:
@@ -170,6 +172,7 @@ class Gather:
         """One look at the store; frees the slots of finished nodes and fills them. True when all are done."""
         if self.joined:
             self._copy_joined()
+            self._replace_lapsed()
         have = self._read_keys() if self._by_keys else self._read_news()
         for node in [n for n in self.in_flight if have[n] >= len(self.checks)]:
             del self.in_flight[node]
@@ -184,18 +187,48 @@ class Gather:
         return self.finished
 
     def _copy_joined(self) -> None:
-        """Copy the results of joined executions that have landed into this run (one round trip to read)."""
-        pairs = list(self.joined.items())
+        """Copy the results of joined executions that have landed into this run.
+
+        Each joined run's write log is read from where the last poll stopped (``run_news``), so a
+        poll costs a round trip per joined run, not one read per (node, check) waited on.
+        """
         store = self.svc.store
-        pipe = store.r.pipeline(transaction=False)
-        for (node, check), j in pairs:
-            pipe.hget(f"{RUN_KEY}{j.run_id}", f"{node}|{check}")
-        landed = [(pair, blob) for (pair, _), blob in zip(pairs, pipe.execute(), strict=True) if blob is not None]
+        landed: list[CheckResult] = []
+        for leader in {j.run_id for j in self.joined.values()}:
+            news = store.run_news(leader, self._leader_cursors.get(leader, 0))
+            self._leader_cursors[leader] = news.cursor
+            for key, result in news.found.items():
+                joined = self.joined.get(key)
+                if joined is not None and joined.run_id == leader:
+                    landed.append(CheckResult.from_dict(result))
+                    del self.joined[key]
         if landed:
             # An answer of this run only: the node's latest and history already hold this execution.
-            store.save_many([(CheckResult.from_json(blob), False) for _, blob in landed], self.run.id)
-            for pair, _ in landed:
-                del self.joined[pair]
+            store.save_many([(r, False) for r in landed], self.run.id)
+
+    def _replace_lapsed(self) -> None:
+        """Send again, under this run's deadlines, what joined executions gave up on unanswered."""
+        now = self.svc.clock()
+        lapsed: dict[str, list[str]] = {}
+        for (node, check), joined in list(self.joined.items()):
+            if now >= joined.deadline and node in self.in_flight:
+                lapsed.setdefault(node, []).append(check)
+                del self.joined[(node, check)]
+        if not lapsed:
+            return
+        envelopes = [
+            Envelope(
+                self.run.id,
+                node,
+                tuple(checks),
+                {c: p for c, p in self.run.params.items() if c in checks},
+                self.in_flight[node],
+            )
+            for node, checks in lapsed.items()
+        ]
+        envelopes, joined = self.flights.claim(envelopes, now=now)
+        self.joined.update(joined)
+        send_all(self.svc.dispatcher, envelopes)
 
     def _read_news(self) -> collections.Counter[str]:
         news = self.svc.store.run_news(self.run.id, self._cursor)

@@ -14,10 +14,12 @@ thousand messages, not one per message); a dispatcher without ``send_many`` gets
 ``Flights`` makes check requests coalesce (single flight): before a gather sends, it claims each
 (node, check, parameters) in Redis. A request for one already queued or running, and not yet
 answered, joins that execution instead of queueing another, and copies its result into its own
-run when it lands (``api.gather``). The claim lives until the execution's deadline, and only a
-request whose own deadline ends no more than ``FLIGHT_SLACK_S`` after it joins: a more patient
-request sends its own. Fifty requests over the same nodes so cost one check per node, not fifty
-(and fifty turns of each node's GPU lock).
+run when it lands (``api.gather``). The claim lives until the execution's deadline; a request
+that joined one whose deadline passes unanswered (its message may have expired unrun) sends its
+own then. Beat's fan-out claims its executions too (``Flights.lead``), so a request during a
+tick joins the tick's checks instead of queueing behind them for the node's GPU lock. Fifty
+requests over the same nodes so cost one check per node, not fifty (and fifty turns of each
+node's GPU lock).
 
 A dispatcher may also send named tasks to a node's queue (``send_task``; the ``iperf`` ring's
 server, client and stop tasks). ``task_sender(d)`` says whether ``d`` can: ``CeleryDispatcher``
@@ -63,9 +65,6 @@ def partition(checks: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return light, gpu
 
 
-FLIGHT_SLACK_S = 5.0
-
-
 @dataclasses.dataclass(frozen=True)
 class Joined:
     """An execution a request joined: the run that sent it, and that run's deadline for the node."""
@@ -90,9 +89,22 @@ class Flights:
     once both send: a rare duplicate, never a request left without an execution.
     """
 
-    def __init__(self, client: redis.Redis, *, slack_s: float = FLIGHT_SLACK_S) -> None:
+    def __init__(self, client: redis.Redis) -> None:
         self.client = client
-        self.slack_s = slack_s
+
+    def lead(self, envelopes: Sequence[Envelope], *, now: float) -> None:
+        """Claim every (node, check) of ``envelopes`` for their run, joinable until their deadline
+        (beat's fan-out: it always sends, and requests meanwhile join it)."""
+        pipe = self.client.pipeline(transaction=False)
+        for e in envelopes:
+            for c in e.checks:
+                pipe.set(
+                    flight_key(e.node, c, e.params.get(c, {})),
+                    _holder(e.run_id, e.deadline),
+                    px=_ttl_ms(e.deadline, now),
+                )
+        if len(pipe):
+            pipe.execute()
 
     def claim(
         self, envelopes: Sequence[Envelope], *, now: float
@@ -105,10 +117,8 @@ class Flights:
         for e, _, key in pairs:
             pipe.set(key, _holder(e.run_id, e.deadline), nx=True, get=True, px=_ttl_ms(e.deadline, now))
         held = [_parse_holder(v) for v in pipe.execute()]
-        # A holder whose deadline ends well before ours may give up on the node before we would.
-        candidates = [
-            (i, h) for i, h in enumerate(held) if h is not None and h.deadline + self.slack_s >= pairs[i][0].deadline
-        ]
+        # A holder past its deadline gave up (the key outlived it only by the clocks' skew).
+        candidates = [(i, h) for i, h in enumerate(held) if h is not None and h.deadline > now]
         joined: dict[tuple[str, str], Joined] = {}
         if candidates:
             pipe = self.client.pipeline(transaction=False)

@@ -14,8 +14,9 @@ from api.services import Services
 from autopilot import config
 from autopilot.results import CheckResult, Status
 from tests.unit.api_helpers import stand_in_checks
-from workers.dispatch import FakeDispatcher, Flights
-from workers.store import ResultsStore
+from workers import tasks
+from workers.dispatch import Envelope, FakeDispatcher, Flights
+from workers.store import NodeRecord, ResultsStore
 
 NODES = ("n1", "n2")
 
@@ -97,14 +98,33 @@ def test_other_parameters_or_other_checks_are_sent_and_only_the_shared_check_is_
     assert [(e.node, e.checks) for e in sent] == [("n1", ("remapped",)), ("n2", ("remapped",))]
 
 
-def test_a_request_does_not_join_an_execution_whose_deadline_ends_much_earlier() -> None:
-    client = fakeredis.FakeRedis()
-    store, dispatcher, clock = ResultsStore(client), FakeDispatcher(), Clock()
+def test_when_a_joined_execution_lapses_unanswered_the_request_sends_its_own() -> None:
+    store, dispatcher, clock = ResultsStore(fakeredis.FakeRedis()), FakeDispatcher(), Clock()
     svc = services(store, dispatcher, clock)
-    started(svc)
-    clock.now += Flights(client).slack_s + 1  # the first run's deadline is now that much earlier than a new one's
+    # Beat's tick: a short deadline, claimed for requests to join.
+    Flights(store.r).lead([Envelope("tick", n, ("remapped",), {}, clock.now + 5) for n in NODES], now=clock.now)
+    patient = started(svc)  # deadline 30 s
+    assert dispatcher.sent == [] and set(patient.joined) == {(n, "remapped") for n in NODES}
+    answer(store, "tick", "n1")  # the tick answered n1 only
 
-    patient = started(svc)
+    clock.now += 5  # the tick's deadline: n2's message expired unrun
+    assert not patient.poll()
 
-    assert patient.joined == {}
-    assert [e.run_id for e in dispatcher.sent[2:]] == [patient.run.id, patient.run.id]
+    assert [(e.run_id, e.node, e.checks) for e in dispatcher.sent] == [(patient.run.id, "n2", ("remapped",))]
+    assert dispatcher.sent[0].deadline == patient.in_flight["n2"]
+    assert ("n1", "remapped") in patient.results()
+
+
+def test_a_request_during_a_beat_tick_joins_the_ticks_checks() -> None:
+    store, dispatcher, clock = ResultsStore(fakeredis.FakeRedis()), FakeDispatcher(), Clock()
+    svc = services(store, dispatcher, clock)
+    for node in NODES:
+        store.heartbeat(NodeRecord(node, last_seen=clock.now))
+    settings = config.Settings(node_name="beat", periodic_checks=("remapped",), periodic_interval_s=300)
+    tick = tasks.fanout(store, dispatcher, settings, kind="periodic", now=clock.now)
+    assert tick is not None and len(dispatcher.sent) == 2
+
+    request = started(svc)
+
+    assert len(dispatcher.sent) == 2  # nothing more queued
+    assert {k: j.run_id for k, j in request.joined.items()} == {(n, "remapped"): tick.id for n in NODES}
