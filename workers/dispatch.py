@@ -14,12 +14,13 @@ thousand messages, not one per message); a dispatcher without ``send_many`` gets
 ``Flights`` makes check requests coalesce (single flight): before a gather sends, it claims each
 (node, check, parameters) in Redis. A request for one already queued or running, and not yet
 answered, joins that execution instead of queueing another, and copies its result into its own
-run when it lands (``api.gather``). The claim lives until the execution's deadline; a request
-that joined one whose deadline passes unanswered (its message may have expired unrun) sends its
-own then. Beat's fan-out claims its executions too (``Flights.lead``), so a request during a
-tick joins the tick's checks instead of queueing behind them for the node's GPU lock. Fifty
-requests over the same nodes so cost one check per node, not fifty (and fifty turns of each
-node's GPU lock).
+run when it lands (``api.gather``). The claim lives until the execution's deadline, and only a
+request whose own deadline ends no more than ``FLIGHT_SLACK_S`` after it joins; a request that
+joined one whose deadline passes unanswered (its message may have expired unrun) sends its own
+then. Beat's fan-out claims its executions too (``Flights.lead``), so a request of a similar
+deadline during a tick joins the tick's checks instead of queueing behind them for the node's
+GPU lock. Fifty requests over the same nodes so cost one check per node, not fifty (and fifty
+turns of each node's GPU lock).
 
 A dispatcher may also send named tasks to a node's queue (``send_task``; the ``iperf`` ring's
 server, client and stop tasks). ``task_sender(d)`` says whether ``d`` can: ``CeleryDispatcher``
@@ -65,6 +66,9 @@ def partition(checks: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return light, gpu
 
 
+FLIGHT_SLACK_S = 5.0
+
+
 @dataclasses.dataclass(frozen=True)
 class Joined:
     """An execution a request joined: the run that sent it, and that run's deadline for the node."""
@@ -85,29 +89,27 @@ class Flights:
     At most three pipelined round trips per wave: ``SET NX GET`` claims each key or reads who
     holds it (one atomic step, so two requests never both see it free); ``HEXISTS`` asks
     whether the holder's run has its answer already (then the execution is over, not joinable);
-    ``SET`` takes over the keys not joined. Two requests taking over the same finished key at
-    once both send: a rare duplicate, never a request left without an execution.
+    ``SET`` takes over the keys not joined from a holder that is answered, past its deadline, or
+    less patient than this run (later requests then join the execution most likely to answer
+    them). Two requests taking over the same key at once both send: a rare duplicate, never a
+    request left without an execution.
+
+    A holder is joined only when its deadline ends at most ``slack_s`` before the joiner's: a
+    beat tick that gives up on a node after 5 s is no execution for a request that waits 2 min
+    (its message may expire unrun while the node works through its queue).
     """
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, *, slack_s: float = FLIGHT_SLACK_S) -> None:
         self.client = client
+        self.slack_s = slack_s
 
     def lead(self, envelopes: Sequence[Envelope], *, now: float) -> None:
-        """Claim every (node, check) of ``envelopes`` for their run, joinable until their deadline
-        (beat's fan-out: it always sends, and requests meanwhile join it)."""
-        pipe = self.client.pipeline(transaction=False)
-        for e in envelopes:
-            for c in e.checks:
-                pipe.set(
-                    flight_key(e.node, c, e.params.get(c, {})),
-                    _holder(e.run_id, e.deadline),
-                    px=_ttl_ms(e.deadline, now),
-                )
-        if len(pipe):
-            pipe.execute()
+        """Claim the (node, check) pairs of ``envelopes`` without joining anything (beat's fan-out
+        always sends): requests meanwhile may join them."""
+        self.claim(envelopes, now=now, join=False)
 
     def claim(
-        self, envelopes: Sequence[Envelope], *, now: float
+        self, envelopes: Sequence[Envelope], *, now: float, join: bool = True
     ) -> tuple[list[Envelope], dict[tuple[str, str], Joined]]:
         """The envelopes to send (each with the checks this run leads) and the (node, check) pairs joined."""
         pairs = [(e, c, flight_key(e.node, c, e.params.get(c, {}))) for e in envelopes for c in e.checks]
@@ -118,16 +120,24 @@ class Flights:
             pipe.set(key, _holder(e.run_id, e.deadline), nx=True, get=True, px=_ttl_ms(e.deadline, now))
         held = [_parse_holder(v) for v in pipe.execute()]
         # A holder past its deadline gave up (the key outlived it only by the clocks' skew).
-        candidates = [(i, h) for i, h in enumerate(held) if h is not None and h.deadline > now]
-        joined: dict[tuple[str, str], Joined] = {}
-        if candidates:
+        live = [(i, h) for i, h in enumerate(held) if h is not None and h.deadline > now]
+        answered: set[int] = set()
+        if live:
             pipe = self.client.pipeline(transaction=False)
-            for i, h in candidates:
+            for i, h in live:
                 pipe.hexists(f"{P}run:{h.run_id}", f"{pairs[i][0].node}|{pairs[i][1]}")
-            for (i, h), answered in zip(candidates, pipe.execute(), strict=True):
-                if not answered:
-                    joined[(pairs[i][0].node, pairs[i][1])] = h
-        take_over = [i for i, h in enumerate(held) if h is not None and (pairs[i][0].node, pairs[i][1]) not in joined]
+            answered = {i for (i, _), done in zip(live, pipe.execute(), strict=True) if done}
+        joined: dict[tuple[str, str], Joined] = {}
+        take_over: list[int] = []
+        for i, h in enumerate(held):
+            if h is None:
+                continue  # ours already (SET NX)
+            e, c, _ = pairs[i]
+            unanswered = h.deadline > now and i not in answered
+            if join and unanswered and h.deadline + self.slack_s >= e.deadline:
+                joined[(e.node, c)] = h
+            elif not unanswered or h.deadline < e.deadline:
+                take_over.append(i)
         if take_over:
             pipe = self.client.pipeline(transaction=False)
             for i in take_over:

@@ -101,13 +101,13 @@ def test_other_parameters_or_other_checks_are_sent_and_only_the_shared_check_is_
 def test_when_a_joined_execution_lapses_unanswered_the_request_sends_its_own() -> None:
     store, dispatcher, clock = ResultsStore(fakeredis.FakeRedis()), FakeDispatcher(), Clock()
     svc = services(store, dispatcher, clock)
-    # Beat's tick: a short deadline, claimed for requests to join.
-    Flights(store.r).lead([Envelope("tick", n, ("remapped",), {}, clock.now + 5) for n in NODES], now=clock.now)
+    # Another request's execution, with a deadline close enough to ours to join.
+    Flights(store.r).lead([Envelope("tick", n, ("remapped",), {}, clock.now + 26) for n in NODES], now=clock.now)
     patient = started(svc)  # deadline 30 s
     assert dispatcher.sent == [] and set(patient.joined) == {(n, "remapped") for n in NODES}
     answer(store, "tick", "n1")  # the tick answered n1 only
 
-    clock.now += 5  # the tick's deadline: n2's message expired unrun
+    clock.now += 26  # the other run's deadline: n2's message expired unrun
     assert not patient.poll()
 
     assert [(e.run_id, e.node, e.checks) for e in dispatcher.sent] == [(patient.run.id, "n2", ("remapped",))]
@@ -120,7 +120,8 @@ def test_a_request_during_a_beat_tick_joins_the_ticks_checks() -> None:
     svc = services(store, dispatcher, clock)
     for node in NODES:
         store.heartbeat(NodeRecord(node, last_seen=clock.now))
-    settings = config.Settings(node_name="beat", periodic_checks=("remapped",), periodic_interval_s=300)
+    # A tick whose deadline is close to the request's (30 s): min(interval, check timeout + 60).
+    settings = config.Settings(node_name="beat", periodic_checks=("remapped",), periodic_interval_s=28)
     tick = tasks.fanout(store, dispatcher, settings, kind="periodic", now=clock.now)
     assert tick is not None and len(dispatcher.sent) == 2
 
@@ -128,3 +129,19 @@ def test_a_request_during_a_beat_tick_joins_the_ticks_checks() -> None:
 
     assert len(dispatcher.sent) == 2  # nothing more queued
     assert {k: j.run_id for k, j in request.joined.items()} == {(n, "remapped"): tick.id for n in NODES}
+
+
+def test_a_request_does_not_join_an_execution_whose_deadline_ends_much_earlier() -> None:
+    client = fakeredis.FakeRedis()
+    store, dispatcher, clock = ResultsStore(client), FakeDispatcher(), Clock()
+    svc = services(store, dispatcher, clock)
+    hasty = [Envelope("hasty", n, ("remapped",), {}, clock.now + 30 - Flights(client).slack_s - 1) for n in NODES]
+    Flights(client).lead(hasty, now=clock.now)
+
+    patient = started(svc)
+    later = started(svc)
+
+    assert patient.joined == {}
+    assert [e.run_id for e in dispatcher.sent] == [patient.run.id, patient.run.id]
+    # The more patient request took the claim over: the next one joins it.
+    assert {j.run_id for j in later.joined.values()} == {patient.run.id}
