@@ -187,24 +187,21 @@ class Gather:
         return self.finished
 
     def _copy_joined(self) -> None:
-        """Copy the results of joined executions that have landed into this run.
+        """Take the results of joined executions that have landed, and copy them into this run.
 
-        Each joined run's write log is read from where the last poll stopped (``run_news``), so a
-        poll costs a round trip per joined run, not one read per (node, check) waited on.
+        Each joined run's write log is read from where the last poll stopped, so a poll costs two
+        round trips however many (node, check) pairs it waits on. Each result is decoded once and
+        copied as stored, outside this run's write log (this gather holds it already).
         """
-        store = self.svc.store
-        landed: list[CheckResult] = []
-        for leader in {j.run_id for j in self.joined.values()}:
-            news = store.run_news(leader, self._leader_cursors.get(leader, 0))
-            self._leader_cursors[leader] = news.cursor
-            for key, result in news.found.items():
-                joined = self.joined.get(key)
-                if joined is not None and joined.run_id == leader:
-                    landed.append(CheckResult.from_dict(result))
-                    del self.joined[key]
-        if landed:
-            # An answer of this run only: the node's latest and history already hold this execution.
-            store.save_many([(r, False) for r in landed], self.run.id)
+        landed = self.flights.landed(self.joined, self._leader_cursors)
+        if not landed:
+            return
+        self.flights.copy(self.run.id, landed, self.svc.store.run_ttl_s)
+        for key, blob in landed.items():
+            del self.joined[key]
+            if key not in self.found and key[1] in self.checks:
+                self._have[key[0]] += 1
+            self.found[key] = CheckResult.dict_from_json(blob)
 
     def _replace_lapsed(self) -> None:
         """Send again, under this run's deadlines, what joined executions gave up on unanswered."""

@@ -151,6 +151,42 @@ class Flights:
                 send.append(e if led == e.checks else dataclasses.replace(e, checks=led))
         return send, joined
 
+    def landed(self, joined: Mapping[tuple[str, str], Joined], cursors: dict[str, int]) -> dict[tuple[str, str], bytes]:
+        """The results of ``joined`` executions written since the last call, as stored (bytes).
+
+        ``cursors`` (joined run -> entries of its write log already read) is updated: each call
+        reads only what each joined run wrote since, in two pipelined round trips in all.
+        """
+        leaders = sorted({j.run_id for j in joined.values()})
+        pipe = self.client.pipeline(transaction=False)
+        for leader in leaders:
+            pipe.lrange(f"{P}runlog:{leader}", cursors.get(leader, 0), -1)
+        wanted: list[tuple[str, str, tuple[str, str]]] = []
+        for leader, written in zip(leaders, pipe.execute(), strict=True):
+            cursors[leader] = cursors.get(leader, 0) + len(written)
+            for raw in dict.fromkeys(written):
+                field = raw.decode() if isinstance(raw, bytes) else str(raw)
+                node, _, check = field.partition("|")
+                holder = joined.get((node, check))
+                if holder is not None and holder.run_id == leader:
+                    wanted.append((leader, field, (node, check)))
+        if not wanted:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        for leader, field, _ in wanted:
+            pipe.hget(f"{P}run:{leader}", field)
+        return {key: blob for (_, _, key), blob in zip(wanted, pipe.execute(), strict=True) if blob is not None}
+
+    def copy(self, run_id: str, results: Mapping[tuple[str, str], bytes], ttl_s: float) -> None:
+        """Write joined results into ``run_id``'s hash as they are (not into its write log: the
+        gather that copies them already holds them)."""
+        if not results:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(f"{P}run:{run_id}", mapping={f"{n}|{c}": blob for (n, c), blob in results.items()})
+        pipe.expire(f"{P}run:{run_id}", int(ttl_s))
+        pipe.execute()
+
 
 def _holder(run_id: str, deadline: float) -> str:
     return f"{run_id} {deadline:.3f}"
