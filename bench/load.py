@@ -5,7 +5,8 @@ short periodic, invasive (DCGM level 3) and reconcile intervals, and the real AP
 Then ``--clients`` threads each send one ``GET /status?format=json`` at once (every live node,
 the periodic checks), while beat keeps ticking. Printed:
 
-- how many requests were answered (HTTP 200, ``complete``), and their latency p50/p90/p99/max;
+- how many requests were answered (HTTP 200, ``complete``), and their latency p50/p90/p99/max,
+  and the part of it between the run's creation and its answer (``runtime_s``);
 - per request, how many nodes answered and how many were ``unreachable``;
 - check executions: results written into the nodes' histories while the requests ran (one per
   check actually run on a node), against the (node, check) pairs the requests asked for;
@@ -69,6 +70,7 @@ def one_request(url: str, timeout: float) -> dict[str, Any]:
         "s": time.perf_counter() - t0,
         "answered": totals.get("answered", 0),
         "unreachable": totals.get("unreachable", 0),
+        "runtime_s": body.get("runtime_s", 0.0),  # from the run's creation to its answer, in the API
     }
 
 
@@ -199,6 +201,9 @@ def measure(args: argparse.Namespace, name: str, root: Path) -> bool:
     print(f"{label}answered {ok}/{args.clients} (HTTP 200, complete) in {wall:.2f} s wall")
     print(f"{label}latency s: p50 {percentile(times, 50):.2f}, p90 {percentile(times, 90):.2f}, "
           f"p99 {percentile(times, 99):.2f}, max {max(times):.2f}, mean {statistics.mean(times):.2f}")  # fmt: skip
+    runtimes = [a.get("runtime_s", 0.0) for a in answers]
+    print(f"{label}run time in the API (run created to answered) s: p50 {percentile(runtimes, 50):.2f}, "
+          f"p99 {percentile(runtimes, 99):.2f}")  # fmt: skip
     print(f"{label}nodes answered per request: min {min(a.get('answered', 0) for a in answers)}, "
           f"unreachable per request: max {max(unreachable)}, total {sum(unreachable)}")  # fmt: skip
     print(f"{label}check executions while the requests ran (beat's included): {ran}, "
