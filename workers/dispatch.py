@@ -88,7 +88,9 @@ class Flights:
 
     At most three pipelined round trips per wave: ``SET NX GET`` claims each key or reads who
     holds it (one atomic step, so two requests never both see it free); ``HEXISTS`` asks
-    whether the holder's run has its answer already (then the execution is over, not joinable);
+    whether the holder's run has its answer already (then the execution is over, not joinable,
+    unless the holder's task on that node still runs other checks of this request: the whole
+    task is joined, answered checks included);
     ``SET`` takes over the keys not joined from a holder that is answered, past its deadline, or
     less patient than this run (later requests then join the execution most likely to answer
     them). Two requests taking over the same key at once both send: a rare duplicate, never a
@@ -127,6 +129,10 @@ class Flights:
             for i, h in live:
                 pipe.hexists(f"{P}run:{h.run_id}", f"{pairs[i][0].node}|{pairs[i][1]}")
             answered = {i for (i, _), done in zip(live, pipe.execute(), strict=True) if done}
+        # A holder's task on a node still runs while any of its checks there is unanswered: the
+        # checks it already answered are joined too (their results are in its run), or this run
+        # would queue a task for them that waits behind the running one for the node's GPU lock.
+        running = {(pairs[i][0].node, h.run_id) for i, h in live if i not in answered}
         joined: dict[tuple[str, str], Joined] = {}
         take_over: list[int] = []
         for i, h in enumerate(held):
@@ -134,7 +140,8 @@ class Flights:
                 continue  # ours already (SET NX)
             e, c, _ = pairs[i]
             unanswered = h.deadline > now and i not in answered
-            if join and unanswered and h.deadline + self.slack_s >= e.deadline:
+            task_running = h.deadline > now and (e.node, h.run_id) in running
+            if join and task_running and h.deadline + self.slack_s >= e.deadline:
                 joined[(e.node, c)] = h
             elif not unanswered or h.deadline < e.deadline:
                 take_over.append(i)

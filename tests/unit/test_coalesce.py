@@ -145,3 +145,25 @@ def test_a_request_does_not_join_an_execution_whose_deadline_ends_much_earlier()
     assert [e.run_id for e in dispatcher.sent] == [patient.run.id, patient.run.id]
     # The more patient request took the claim over: the next one joins it.
     assert {j.run_id for j in later.joined.values()} == {patient.run.id}
+
+
+def test_a_request_joins_a_running_task_whole_including_its_checks_already_answered() -> None:
+    store, dispatcher, clock = ResultsStore(fakeredis.FakeRedis()), FakeDispatcher(), Clock()
+    svc = services(store, dispatcher, clock)
+    first = started(svc, ("remapped", "pciebw"))
+    answer(store, first.run.id, "n1", "remapped")  # n1's task is still running pciebw
+    answer(store, first.run.id, "n2", "remapped")
+    answer(store, first.run.id, "n2", "pciebw")  # n2's task is over
+
+    second = started(svc, ("remapped", "pciebw"))
+
+    assert {k: j.run_id for k, j in second.joined.items()} == {
+        ("n1", "remapped"): first.run.id,
+        ("n1", "pciebw"): first.run.id,
+    }
+    assert [(e.run_id, e.node, e.checks) for e in dispatcher.sent[2:]] == [
+        (second.run.id, "n2", ("remapped", "pciebw"))
+    ]
+    answer(store, first.run.id, "n1", "pciebw")
+    second.poll()
+    assert {("n1", "remapped"), ("n1", "pciebw")} <= set(second.results())
