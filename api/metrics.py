@@ -19,19 +19,26 @@ the process-global default registry, so several apps (tests, ``autopilot up``) n
 Under gunicorn (``autopilot api``) prometheus_client runs in multiprocess mode
 (``PROMETHEUS_MULTIPROC_DIR``, set by ``api.main`` before any metric exists): each process writes
 its request metrics to a file there and a scrape through any process sums them all, so the
-counters never go backwards from one scrape to the next, whichever process answers.
+counters never go backwards from one scrape to the next, whichever process answers. Files of
+under 8 bytes are left out of the sum (``ProcessFiles``): prometheus_client creates a process's
+file before sizing it, and reading one in that moment raised ``struct.error`` and failed the
+scrape (prometheus/client_python#1199; for good when a process died in that moment).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import glob
+import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import flask
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest, values
+from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 from autopilot import config
 from autopilot.metrics import NodeInfo, ResultsCollector, Snapshot
@@ -73,6 +80,28 @@ class SharedExposition:
                 self._until = now + self.interval_s
                 self.renders += 1
             return self._body
+
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's own variable (set by api.main)
+FILE_HEADER = 8  # bytes a process's metric file holds before its first value
+
+
+class ProcessFiles(Collector):
+    """Every process's metric files summed (``MultiProcessCollector.merge``), less any not sized yet."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def collect(self) -> Iterable[Metric]:
+        files = []
+        for name in glob.glob(os.path.join(self.path, "*.db")):
+            try:
+                if os.path.getsize(name) >= FILE_HEADER:
+                    files.append(name)
+            except OSError:  # gone since the glob (a process's file removed)
+                continue
+        merged: Iterable[Metric] = MultiProcessCollector.merge(files, accumulate=True)  # type: ignore[no-untyped-call]
+        return merged
 
 
 def multiprocess_mode() -> bool:
@@ -131,7 +160,7 @@ def init_app(app: flask.Flask, store: ResultsStore, settings: config.Settings) -
     if multiprocess_mode():
         # Every process's files, summed; this process's own values are among them.
         served = CollectorRegistry()
-        MultiProcessCollector(served)
+        served.register(ProcessFiles(os.environ[MULTIPROC_ENV]))
     else:
         served = registry
     app.extensions[EXTENSION] = metrics

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import concurrent.futures
+import struct
+from pathlib import Path
 from typing import Any
 
 import fakeredis
 import flask
 import pytest
 from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from api.metrics import SharedExposition, snapshot_from_store
+from api.metrics import ProcessFiles, SharedExposition, snapshot_from_store
 from autopilot import config
 from autopilot.metrics import ResultsCollector
 from tests.metrics_data import make_app, populate
@@ -169,3 +172,20 @@ def test_node_gauges_are_computed_again_after_the_interval(store: ResultsStore) 
     now[0] = 15.0
     assert b'node="gpu-b"' in before and b'node="gpu-b"' not in shared.render()
     assert shared.renders == 2
+
+
+def test_a_process_file_not_sized_yet_does_not_fail_the_scrape(tmp_path: Path) -> None:
+    from prometheus_client.mmap_dict import MmapedDict, mmap_key
+
+    live = MmapedDict(str(tmp_path / "counter_1.db"))
+    live.write_value(mmap_key("requests", "requests_total", ("code",), ("200",), "help"), 3.0, 0.0)
+    live.close()
+    (tmp_path / "counter_2.db").touch()  # created, not sized yet (or its process died right then)
+
+    collected = list(ProcessFiles(str(tmp_path)).collect())
+
+    assert [(s.name, s.labels, s.value) for m in collected for s in m.samples] == [
+        ("requests_total", {"code": "200"}, 3.0)
+    ]
+    with pytest.raises(struct.error):  # what the stock collector does with it
+        MultiProcessCollector(None, path=str(tmp_path)).collect()
