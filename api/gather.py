@@ -14,8 +14,9 @@ Requests coalesce (``workers.dispatch.Flights``): a (node, check, parameters) al
 running for another run, and not answered yet, is joined instead of sent again; each poll copies
 the joined executions' results that have landed into this run (as answers of the run only, so a
 node's history holds each execution once), where they are read like any other. A joined
-execution whose own deadline passes unanswered is replaced: the node's missing checks are sent
-(or joined) again, under this run's deadline for the node.
+execution that gives up sooner than this run is replaced: when its deadline passes unanswered,
+or when it answers ``error`` and its deadline was earlier than this run's for the node, the
+node's missing checks are sent (or joined) again, under this run's deadline for the node.
 
 ``report`` turns a run and its results into the structured answer shared by ``/status?format=json``
 and ``/api/v1/runs/<id>``; for the network checks it adds ``network``: the suspects that
@@ -146,6 +147,7 @@ class Gather:
         self.flights = Flights(svc.store.r)
         self.joined: dict[tuple[str, str], Joined] = {}  # (node, check) -> the execution it waits on
         self._leader_cursors: dict[str, int] = {}  # joined run -> entries of its write log read
+        self._gave_up: set[tuple[str, str]] = set()  # joined, answered error by a less patient run
 
     @property
     def finished(self) -> bool:
@@ -191,26 +193,38 @@ class Gather:
 
         Each joined run's write log is read from where the last poll stopped, so a poll costs two
         round trips however many (node, check) pairs it waits on. Each result is decoded once and
-        copied as stored, outside this run's write log (this gather holds it already).
+        copied as stored, outside this run's write log (this gather holds it already). An
+        ``error`` from an execution less patient than this run is not taken: the check is sent
+        again (``_replace_lapsed``), as if that execution had never answered.
         """
         landed = self.flights.landed(self.joined, self._leader_cursors)
         if not landed:
             return
-        self.flights.copy(self.run.id, landed, self.svc.store.run_ttl_s)
+        taken: dict[tuple[str, str], bytes] = {}
         for key, blob in landed.items():
-            del self.joined[key]
+            result = CheckResult.dict_from_json(blob)
+            joined = self.joined.pop(key)
+            if result["status"] == Status.ERROR.value and joined.deadline < self.in_flight.get(key[0], 0.0):
+                self._gave_up.add(key)
+                continue
+            taken[key] = blob
             if key not in self.found and key[1] in self.checks:
                 self._have[key[0]] += 1
-            self.found[key] = CheckResult.dict_from_json(blob)
+            self.found[key] = result
+        self.flights.copy(self.run.id, taken, self.svc.store.run_ttl_s)
 
     def _replace_lapsed(self) -> None:
-        """Send again, under this run's deadlines, what joined executions gave up on unanswered."""
+        """Send again, under this run's deadlines, what joined executions gave up on."""
         now = self.svc.clock()
         lapsed: dict[str, list[str]] = {}
         for (node, check), joined in list(self.joined.items()):
             if now >= joined.deadline and node in self.in_flight:
                 lapsed.setdefault(node, []).append(check)
                 del self.joined[(node, check)]
+        for node, check in self._gave_up:
+            if node in self.in_flight:
+                lapsed.setdefault(node, []).append(check)
+        self._gave_up.clear()
         if not lapsed:
             return
         envelopes = [

@@ -14,11 +14,12 @@ thousand messages, not one per message); a dispatcher without ``send_many`` gets
 ``Flights`` makes check requests coalesce (single flight): before a gather sends, it claims each
 (node, check, parameters) in Redis. A request for one already queued or running, and not yet
 answered, joins that execution instead of queueing another, and copies its result into its own
-run when it lands (``api.gather``). The claim lives until the execution's deadline, and only a
-request whose own deadline ends no more than ``FLIGHT_SLACK_S`` after it joins; a request that
-joined one whose deadline passes unanswered (its message may have expired unrun) sends its own
-then. Beat's fan-out claims its executions too (``Flights.lead``), so a request of a similar
-deadline during a tick joins the tick's checks instead of queueing behind them for the node's
+run when it lands (``api.gather``). The claim lives until the execution's deadline. An
+execution that gives up sooner than the request that joined it is no loss to that request: when
+its deadline passes unanswered (its message may have expired unrun), or when it answers
+``error`` (it could not run in its time, e.g. the GPUs stayed busy), the request sends its own
+then, under its own deadline. Beat's fan-out claims its executions too (``Flights.lead``), so a
+request during a tick joins the tick's checks instead of queueing behind them for the node's
 GPU lock. Fifty requests over the same nodes so cost one check per node, not fifty (and fifty
 turns of each node's GPU lock).
 
@@ -66,9 +67,6 @@ def partition(checks: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return light, gpu
 
 
-FLIGHT_SLACK_S = 5.0
-
-
 @dataclasses.dataclass(frozen=True)
 class Joined:
     """An execution a request joined: the run that sent it, and that run's deadline for the node."""
@@ -95,15 +93,10 @@ class Flights:
     less patient than this run (later requests then join the execution most likely to answer
     them). Two requests taking over the same key at once both send: a rare duplicate, never a
     request left without an execution.
-
-    A holder is joined only when its deadline ends at most ``slack_s`` before the joiner's: a
-    beat tick that gives up on a node after 5 s is no execution for a request that waits 2 min
-    (its message may expire unrun while the node works through its queue).
     """
 
-    def __init__(self, client: redis.Redis, *, slack_s: float = FLIGHT_SLACK_S) -> None:
+    def __init__(self, client: redis.Redis) -> None:
         self.client = client
-        self.slack_s = slack_s
 
     def lead(self, envelopes: Sequence[Envelope], *, now: float) -> None:
         """Claim the (node, check) pairs of ``envelopes`` without joining anything (beat's fan-out
@@ -141,7 +134,7 @@ class Flights:
             e, c, _ = pairs[i]
             unanswered = h.deadline > now and i not in answered
             task_running = h.deadline > now and (e.node, h.run_id) in running
-            if join and task_running and h.deadline + self.slack_s >= e.deadline:
+            if join and task_running:
                 joined[(e.node, c)] = h
             elif not unanswered or h.deadline < e.deadline:
                 take_over.append(i)

@@ -131,20 +131,22 @@ def test_a_request_during_a_beat_tick_joins_the_ticks_checks() -> None:
     assert {k: j.run_id for k, j in request.joined.items()} == {(n, "remapped"): tick.id for n in NODES}
 
 
-def test_a_request_does_not_join_an_execution_whose_deadline_ends_much_earlier() -> None:
+def test_an_error_from_a_less_patient_execution_is_not_taken_the_check_is_sent_again() -> None:
     client = fakeredis.FakeRedis()
     store, dispatcher, clock = ResultsStore(client), FakeDispatcher(), Clock()
     svc = services(store, dispatcher, clock)
-    hasty = [Envelope("hasty", n, ("remapped",), {}, clock.now + 30 - Flights(client).slack_s - 1) for n in NODES]
+    hasty = [Envelope("hasty", n, ("remapped",), {}, clock.now + 5) for n in NODES]
     Flights(client).lead(hasty, now=clock.now)
+    patient = started(svc)  # deadline 30 s: joins the hasty run's executions
+    assert dispatcher.sent == [] and {j.run_id for j in patient.joined.values()} == {"hasty"}
+    store.save_result(CheckResult("remapped", Status.ERROR, "GPUs busy until the deadline", node="n1"), "hasty")
+    answer(store, "hasty", "n2")
 
-    patient = started(svc)
-    later = started(svc)
+    patient.poll()
 
-    assert patient.joined == {}
-    assert [e.run_id for e in dispatcher.sent] == [patient.run.id, patient.run.id]
-    # The more patient request took the claim over: the next one joins it.
-    assert {j.run_id for j in later.joined.values()} == {patient.run.id}
+    assert [(e.run_id, e.node, e.checks) for e in dispatcher.sent] == [(patient.run.id, "n1", ("remapped",))]
+    assert set(patient.results()) == {("n2", "remapped")}
+    assert "n1" in patient.in_flight  # still waiting for its own execution
 
 
 def test_a_request_joins_a_running_task_whole_including_its_checks_already_answered() -> None:
