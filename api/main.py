@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -126,7 +127,7 @@ def main(argv: Sequence[str]) -> int:
         factory().run(host=host, port=port, threaded=True)
         return 0
     try:
-        multiprocess_metrics_dir()
+        metrics_dir = multiprocess_metrics_dir()
     except errors.ConfigError as exc:
         print(f"autopilot api: {exc}", file=sys.stderr)
         return 2
@@ -148,4 +149,5 @@ def main(argv: Sequence[str]) -> int:
             "proc_name": "autopilot-api",
         },
     ).run()
+    shutil.rmtree(metrics_dir, ignore_errors=True)  # the processes that wrote there are gone
     return 0
