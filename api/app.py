@@ -2,6 +2,9 @@
 
 Services (settings, results store, dispatcher, cluster seam, check registry) are built once and
 kept in ``app.extensions["autopilot"]``; tests pass their own (fakeredis, ``FakeDispatcher``).
+What the app builds itself is bounded (``api.limits``): Redis and broker sockets time out after
+``api_redis_timeout_s`` without retries, at most ``api_max_waits`` requests wait on nodes at once,
+and a body over ``api_max_body`` is answered 413 before it is read.
 With ``settings.api_token`` set, every path but ``/healthz``, ``/readyz`` and ``/metrics`` needs
 ``Authorization: Bearer <token>``. ``/metrics`` is served by ``api.metrics``. In a cluster (or
 with a kubeconfig) the cluster seam resolves ``job``/``nodelabel`` and publishes operator clears.
@@ -17,7 +20,7 @@ import os
 from flask import Flask, request
 
 from api import errors as api_errors
-from api import metrics
+from api import limits, metrics
 from api.encoding import FastJSONProvider
 from api.errors import ApiError
 from api.routes import bp
@@ -49,19 +52,30 @@ def create_app(
     if store is None or dispatcher is None:
         from workers import app as celery_app  # Celery is only needed when nothing is injected
 
-        store = store or celery_app.make_store(settings)
-        dispatcher = dispatcher or CeleryDispatcher(celery_app.create_celery(settings))
+        if store is None:
+            store = celery_app.make_store(settings)
+            limits.bound_store_client(store.r, settings)
+        if dispatcher is None:
+            publisher = celery_app.create_celery(settings)
+            limits.bound_publisher(publisher, settings)
+            dispatcher = CeleryDispatcher(publisher)
 
     if cluster is None:
         cluster = cluster_mod.from_settings(settings)  # None without Kubernetes: labels stay local
 
     app = Flask(__name__, static_folder=None)
+    # werkzeug stops reading a chunked body one byte past the limit, so that a body over it is
+    # told from one at it (``limits.body_limit`` answers a declared Content-Length over it
+    # before anything is read).
+    app.config["MAX_CONTENT_LENGTH"] = settings.api_max_body + 1
+    app.extensions[limits.EXTENSION] = limits.Waits(settings.api_max_waits)
     app.json = FastJSONProvider(app)
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep reports in their logical order
     app.extensions[EXTENSION] = Services(
         settings=settings, store=store, dispatcher=dispatcher, checks=checks, cluster=cluster
     )
     api_errors.register(app)
+    app.before_request(lambda: limits.body_limit(settings.api_max_body))
     _install_auth(app, settings.api_token)
     app.register_blueprint(bp)
     metrics.init_app(app, store, settings)

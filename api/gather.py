@@ -10,6 +10,14 @@ never hangs. Each poll reads only what was written since the last one (the run's
 the answers are decoded while the nodes still work, not all at the end. Polling sleeps 20 ms
 while answers arrive and backs off to 200 ms while none do.
 
+Requests coalesce (``workers.dispatch.Flights``): a (node, check, parameters) already queued or
+running for another run, and not answered yet, is joined instead of sent again; each poll copies
+the joined executions' results that have landed into this run (as answers of the run only, so a
+node's history holds each execution once), where they are read like any other. A joined
+execution that gives up sooner than this run is replaced: when its deadline passes unanswered,
+or when it answers ``error`` and its deadline was earlier than this run's for the node, the
+node's missing checks are sent (or joined) again, under this run's deadline for the node.
+
 ``report`` turns a run and its results into the structured answer shared by ``/status?format=json``
 and ``/api/v1/runs/<id>``; for the network checks it adds ``network``: the suspects that
 ``network.localise`` names from the run's pair results, and iperf's per-interface summary.
@@ -39,7 +47,7 @@ from autopilot import network, results, verdict
 from autopilot.checks import iperf
 from autopilot.results import CheckResult, Status
 from workers import reconcile, ring
-from workers.dispatch import Envelope, TaskSender, send_all, task_sender
+from workers.dispatch import Envelope, Flights, Joined, TaskSender, send_all, task_sender
 from workers.store import ResultsStore, Run
 
 log = logging.getLogger(__name__)
@@ -147,6 +155,10 @@ class Gather:
         # answers are then counted from the run's field names and read in full at the end.
         self._by_keys = False
         self._seen = -1
+        self.flights = Flights(svc.store.r)
+        self.joined: dict[tuple[str, str], Joined] = {}  # (node, check) -> the execution it waits on
+        self._leader_cursors: dict[str, int] = {}  # joined run -> entries of its write log read
+        self._gave_up: set[tuple[str, str]] = set()  # joined, answered error by a less patient run
 
     @property
     def finished(self) -> bool:
@@ -163,11 +175,17 @@ class Gather:
         params = {c: p for c, p in self.run.params.items() if c in self.checks}
         for node in nodes:
             self.in_flight[node] = deadline
+        envelopes = [Envelope(self.run.id, n, self.checks, params, deadline) for n in nodes]
+        envelopes, joined = self.flights.claim(envelopes, now=self.svc.clock())
+        self.joined.update(joined)
         # One batch for all the free slots: one producer and one Redis pipeline for the lot.
-        send_all(self.svc.dispatcher, [Envelope(self.run.id, n, self.checks, params, deadline) for n in nodes])
+        send_all(self.svc.dispatcher, envelopes)
 
     def poll(self) -> bool:
         """One look at the store; frees the slots of finished nodes and fills them. True when all are done."""
+        if self.joined:
+            self._copy_joined()
+            self._replace_lapsed()
         have = self._read_keys() if self._by_keys else self._read_news()
         for node in [n for n in self.in_flight if have[n] >= len(self.checks)]:
             del self.in_flight[node]
@@ -176,8 +194,63 @@ class Gather:
         for node in [n for n, deadline in self.in_flight.items() if now >= deadline]:
             del self.in_flight[node]
             self.expired.add(node)
+        if self.joined:
+            self.joined = {k: j for k, j in self.joined.items() if k[0] in self.in_flight}
         self.send_ready()
         return self.finished
+
+    def _copy_joined(self) -> None:
+        """Take the results of joined executions that have landed, and copy them into this run.
+
+        Each joined run's write log is read from where the last poll stopped, so a poll costs two
+        round trips however many (node, check) pairs it waits on. Each result is decoded once and
+        copied as stored, outside this run's write log (this gather holds it already). An
+        ``error`` from an execution less patient than this run is not taken: the check is sent
+        again (``_replace_lapsed``), as if that execution had never answered.
+        """
+        landed = self.flights.landed(self.joined, self._leader_cursors)
+        if not landed:
+            return
+        taken: dict[tuple[str, str], bytes] = {}
+        for key, blob in landed.items():
+            result = CheckResult.dict_from_json(blob)
+            joined = self.joined.pop(key)
+            if result["status"] == Status.ERROR.value and joined.deadline < self.in_flight.get(key[0], 0.0):
+                self._gave_up.add(key)
+                continue
+            taken[key] = blob
+            if key not in self.found and key[1] in self.checks:
+                self._have[key[0]] += 1
+            self.found[key] = result
+        self.flights.copy(self.run.id, taken, self.svc.store.run_ttl_s)
+
+    def _replace_lapsed(self) -> None:
+        """Send again, under this run's deadlines, what joined executions gave up on."""
+        now = self.svc.clock()
+        lapsed: dict[str, list[str]] = {}
+        for (node, check), joined in list(self.joined.items()):
+            if now >= joined.deadline and node in self.in_flight:
+                lapsed.setdefault(node, []).append(check)
+                del self.joined[(node, check)]
+        for node, check in self._gave_up:
+            if node in self.in_flight:
+                lapsed.setdefault(node, []).append(check)
+        self._gave_up.clear()
+        if not lapsed:
+            return
+        envelopes = [
+            Envelope(
+                self.run.id,
+                node,
+                tuple(checks),
+                {c: p for c, p in self.run.params.items() if c in checks},
+                self.in_flight[node],
+            )
+            for node, checks in lapsed.items()
+        ]
+        envelopes, joined = self.flights.claim(envelopes, now=now)
+        self.joined.update(joined)
+        send_all(self.svc.dispatcher, envelopes)
 
     def _read_news(self) -> collections.Counter[str]:
         news = self.svc.store.run_news(self.run.id, self._cursor)
@@ -248,7 +321,8 @@ def start(svc: Services, req: RunRequest, selection: Selection) -> Run:
     without = (RING_CHECK,) if sender else ()
     g = Gather(svc, run, node_deadline_s=req.deadline_s, batch=req.batch, without=without, lost=selection.lost)
     g.send_ready()
-    if sender is not None or (not g.finished and g.waiting):
+    # Joined executions are copied into the run by the gather, so it goes on in the background.
+    if sender is not None or (not g.finished and (g.waiting or g.joined)):
         thread = threading.Thread(target=_continue, args=(g, sender), name=f"gather-{run.id[:8]}", daemon=True)
         thread.start()
     return run

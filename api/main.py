@@ -3,6 +3,13 @@
 The bind address is ``--host``, else ``AUTOPILOT_API_HOST``, else 127.0.0.1 when no token is
 configured (an open API must not face the network by accident) and 0.0.0.0 when one is. The port
 is ``--port``, else ``AUTOPILOT_API_PORT`` (3333). ``--dev`` uses Flask's development server.
+
+Each worker process runs ``--threads`` threads, by default ``AUTOPILOT_API_MAX_WAITS`` plus
+``SPARE_THREADS``: requests that wait on nodes take at most ``api_max_waits`` of them
+(``api.limits``), so the spare ones always answer ``/healthz``, ``/readyz`` and short requests.
+
+Before gunicorn forks, ``PROMETHEUS_MULTIPROC_DIR`` is pointed at a fresh directory, so every
+worker process writes its request metrics there and ``/metrics`` sums them (``api.metrics``).
 """
 
 from __future__ import annotations
@@ -10,7 +17,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,7 +30,7 @@ from autopilot import config, errors
 
 log = logging.getLogger("autopilot.api")
 
-DEFAULT_THREADS = 32
+SPARE_THREADS = 8  # threads no waiting request may take
 
 
 def bind_host(settings: config.Settings, requested: str | None) -> tuple[str, str]:
@@ -51,13 +60,33 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]  # gunicorn ships n
         return self.factory()
 
 
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess_metrics_dir() -> str:
+    """Point prometheus_client's multiprocess mode at a fresh directory, for the processes to come.
+
+    Fresh at every start: files a previous API left would count its requests again. It must be set
+    before prometheus_client is first imported (it picks its value class then); nothing on the way
+    to here imports it, and the check below says so loudly if that ever changes.
+    """
+    if "prometheus_client.values" in sys.modules:
+        raise errors.ConfigError("prometheus_client was imported before autopilot api could set multiprocess mode")
+    path = tempfile.mkdtemp(prefix="autopilot-metrics-")
+    os.environ[MULTIPROC_ENV] = path
+    return path
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="autopilot api", description="Serve the Autopilot HTTP API.")
     p.add_argument("--port", type=int, default=None, help="port (default AUTOPILOT_API_PORT, 3333)")
     p.add_argument("--host", default=None, help="bind address (default: see `autopilot api --help` text)")
     p.add_argument("--workers", type=int, default=2, help="gunicorn worker processes (default 2)")
     p.add_argument(
-        "--threads", type=int, default=DEFAULT_THREADS, help=f"threads per worker (default {DEFAULT_THREADS})"
+        "--threads",
+        type=int,
+        default=None,
+        help=f"threads per worker, more than AUTOPILOT_API_MAX_WAITS (default: it plus {SPARE_THREADS})",
     )
     p.add_argument("--dev", action="store_true", help="Flask's development server instead of gunicorn")
     return p
@@ -73,8 +102,15 @@ def main(argv: Sequence[str]) -> int:
         port = args.port if args.port is not None else settings.api_port
         if not 1 <= port <= 65535:
             raise errors.BadParameter("--port", f"must be 1..65535, got {port}")
-        if not 1 <= args.workers <= 64 or not 1 <= args.threads <= 1024:
+        threads = args.threads if args.threads is not None else settings.api_max_waits + SPARE_THREADS
+        if not 1 <= args.workers <= 64 or not 1 <= threads <= 1024:
             raise errors.BadParameter("--workers", "workers must be 1..64 and threads 1..1024")
+        if threads <= settings.api_max_waits:
+            raise errors.BadParameter(
+                "--threads",
+                f"{threads} threads leave none for /healthz while {settings.api_max_waits} requests wait "
+                "(AUTOPILOT_API_MAX_WAITS): give more threads or a lower AUTOPILOT_API_MAX_WAITS",
+            )
     except errors.ConfigError as exc:
         print(f"autopilot api: {exc}", file=sys.stderr)
         return 2
@@ -90,13 +126,18 @@ def main(argv: Sequence[str]) -> int:
     if args.dev:
         factory().run(host=host, port=port, threaded=True)
         return 0
+    try:
+        metrics_dir = multiprocess_metrics_dir()
+    except errors.ConfigError as exc:
+        print(f"autopilot api: {exc}", file=sys.stderr)
+        return 2
     GunicornServer(
         factory,
         {
             "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
             "workers": args.workers,
             "worker_class": "gthread",
-            "threads": args.threads,
+            "threads": threads,
             # gthread workers heartbeat from their main loop, so a long /status does not count
             # against this; it only bounds a worker that is truly stuck.
             "timeout": 60,
@@ -108,4 +149,5 @@ def main(argv: Sequence[str]) -> int:
             "proc_name": "autopilot-api",
         },
     ).run()
+    shutil.rmtree(metrics_dir, ignore_errors=True)  # the processes that wrote there are gone
     return 0

@@ -16,9 +16,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from flask import Blueprint, Response, jsonify, request, url_for
 
-from api import gather, inputs, openapi, selection, text
+from api import gather, inputs, limits, openapi, selection, text
 from api.errors import ApiError, json_error
 from api.services import services
 from autopilot import baseline, config, errors, gpuverdict, names, verdict
@@ -49,8 +50,9 @@ def _status(fixed_check: str | None) -> Response:
     if fixed_check is not None and fixed_check not in svc.checks:
         return json_error(404, "not_found", f"check {fixed_check!r} is not available in this build")
     req, fmt = inputs.from_query(request.args, svc.checks, svc.settings, fixed_check=fixed_check)
-    chosen = selection.select(svc, req, now=svc.clock())
-    report = gather.gather(svc, req, chosen)
+    with limits.waits().slot():
+        chosen = selection.select(svc, req, now=svc.clock())
+        report = gather.gather(svc, req, chosen)
     if fmt == "json":
         return jsonify(report)
     return Response(text.render(report), mimetype="text/plain")
@@ -80,11 +82,7 @@ for _name in CHECK_PATHS:
 def create_run() -> tuple[Response, int, dict[str, str]]:
     _only()
     svc = services()
-    raw = request.get_data(cache=True)
-    body = request.get_json(force=True, silent=True) if raw.strip() else {}
-    if body is None:
-        raise errors.BadParameter("body", "not valid JSON")
-    req = inputs.from_json(body, svc.checks, svc.settings)
+    req = inputs.from_json(_json_body(), svc.checks, svc.settings)
     chosen = selection.select(svc, req, now=svc.clock())
     run = gather.start(svc, req, chosen)
     location = url_for("autopilot.get_run", run_id=run.id)
@@ -100,6 +98,23 @@ def create_run() -> tuple[Response, int, dict[str, str]]:
     return jsonify(answer), 202, {"Location": location}
 
 
+def _json_body() -> Any:
+    """The request's JSON body (``{}`` when empty). Parsed by orjson, which stops at 1,024 levels
+    without recursing in Python (the standard library's parser raised RecursionError, a 500, on a
+    body nested 100,000 deep); then held to ``limits.MAX_JSON_DEPTH``."""
+    raw = request.get_data(cache=True)
+    limits.body_limit(services().settings.api_max_body, len(raw))
+    if not raw.strip():
+        return {}
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise errors.BadParameter("body", "not valid JSON") from None
+    if limits.json_depth(body) > limits.MAX_JSON_DEPTH:
+        raise errors.BadParameter("body", f"JSON nested deeper than {limits.MAX_JSON_DEPTH} levels")
+    return body
+
+
 @bp.get("/api/v1/runs/<run_id>")
 def get_run(run_id: str) -> Response:
     _only("wait")
@@ -107,7 +122,11 @@ def get_run(run_id: str) -> Response:
     inputs.run_id(run_id)
     wait = request.args.get("wait", "").strip()
     wait_s = inputs.parse_seconds(wait, field="wait", lo=0, hi=MAX_WAIT_S) if wait else 0.0
-    report = gather.read(svc, run_id, wait_s=wait_s)
+    if wait_s > 0:
+        with limits.waits().slot():
+            report = gather.read(svc, run_id, wait_s=wait_s)
+    else:
+        report = gather.read(svc, run_id)
     if report is None:
         raise ApiError(404, "not_found", f"no run {run_id} (unknown or expired)", field="id")
     return jsonify(report)

@@ -191,6 +191,23 @@ class Settings:
     api_port: int = 3333
     """API port (``AUTOPILOT_API_PORT``)."""
 
+    api_max_waits: int = 24
+    """Requests that wait on nodes (``/status``, a run read with ``wait``) one API process serves at once
+    (``AUTOPILOT_API_MAX_WAITS``); more are answered ``503`` with ``Retry-After``, so threads stay free for the
+    rest (``/healthz``, ``/readyz``). ``autopilot api`` runs at least this many threads plus 8."""
+
+    api_redis_timeout_s: float = 0.5
+    """Socket and connect timeout of the API's Redis connections (``AUTOPILOT_API_REDIS_TIMEOUT``), without
+    retries: a Redis that stops answering costs a request at most this long past its deadline (then ``503``)."""
+
+    api_max_body: int = 1024 * 1024
+    """Largest request body the API reads, in bytes (``AUTOPILOT_API_MAX_BODY``); a larger one is answered
+    ``413`` before it is read."""
+
+    metrics_interval_s: float = 15.0
+    """The node gauges of ``/metrics`` are computed at most once per this interval per API process and shared
+    by every scrape within it (``AUTOPILOT_METRICS_INTERVAL``; ``0``: on every scrape)."""
+
     history_len: int = 100
     """Results kept per node in the history list (``AUTOPILOT_HISTORY_LEN``)."""
 
@@ -388,6 +405,13 @@ def _duration(text: str, var: str) -> float:
     return parse_duration(text, field=var)
 
 
+def _positive_duration(text: str, var: str) -> float:
+    value = parse_duration(text, field=var)
+    if value <= 0:
+        raise errors.BadParameter(var, f"must be more than 0: {text!r}")
+    return value
+
+
 def _namespace(text: str, var: str) -> str:
     value = text.strip()
     if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", value):
@@ -536,6 +560,10 @@ _FIELDS: list[tuple[str, str, tuple[str, ...], Any]] = [
     ("api_token", "AUTOPILOT_API_TOKEN", (), lambda t, v: t.strip()),
     ("api_host", "AUTOPILOT_API_HOST", (), lambda t, v: t.strip()),
     ("api_port", "AUTOPILOT_API_PORT", (), _int_in(1, 65535)),
+    ("api_max_waits", "AUTOPILOT_API_MAX_WAITS", (), _int_in(1, 1000)),
+    ("api_redis_timeout_s", "AUTOPILOT_API_REDIS_TIMEOUT", (), _positive_duration),
+    ("api_max_body", "AUTOPILOT_API_MAX_BODY", (), _int_in(1024, 1024**3)),
+    ("metrics_interval_s", "AUTOPILOT_METRICS_INTERVAL", (), _duration),
     ("history_len", "AUTOPILOT_HISTORY_LEN", (), _int_in(1, 100_000)),
     ("run_ttl_s", "AUTOPILOT_RUN_TTL", (), _duration),
     ("node_deadline_s", "AUTOPILOT_NODE_DEADLINE", (), _duration),

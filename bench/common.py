@@ -29,9 +29,14 @@ T = TypeVar("T")
 
 
 class Bench:
-    """``with Bench() as b``: ``b.redis_url``, ``b.start(name, args, env)``, ``b.stop(proc)``."""
+    """``with Bench() as b``: ``b.redis_url``, ``b.start(name, args, env)``, ``b.stop(proc)``.
 
-    def __init__(self) -> None:
+    ``root``: the source tree the runtime processes run from (another checkout, to measure the
+    code before a change against it in the same run).
+    """
+
+    def __init__(self, root: Path = ROOT) -> None:
+        self.root = root
         self.tmp = Path(tempfile.mkdtemp(prefix="autopilot-bench-"))
         self.procs: list[subprocess.Popen[bytes]] = []
         self.redis: subprocess.Popen[bytes] | None = None
@@ -59,7 +64,7 @@ class Bench:
 
     def env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AUTOPILOT_") and k != "NODE_NAME"}
-        env.update(AUTOPILOT_REDIS_URL=self.redis_url, PYTHONPATH=str(ROOT))
+        env.update(AUTOPILOT_REDIS_URL=self.redis_url, PYTHONPATH=str(self.root))
         env.update(extra or {})
         return env
 
@@ -72,7 +77,7 @@ class Bench:
     def _spawn(self, argv: list[str], log: Path, env: Mapping[str, str]) -> subprocess.Popen[bytes]:
         with open(log, "ab") as out:
             return subprocess.Popen(  # noqa: S603 - argv list
-                argv, cwd=ROOT, env=dict(env), stdin=subprocess.DEVNULL, stdout=out, stderr=out, process_group=0
+                argv, cwd=self.root, env=dict(env), stdin=subprocess.DEVNULL, stdout=out, stderr=out, process_group=0
             )
 
     def stop(self, proc: subprocess.Popen[bytes]) -> None:

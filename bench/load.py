@@ -5,14 +5,23 @@ short periodic, invasive (DCGM level 3) and reconcile intervals, and the real AP
 Then ``--clients`` threads each send one ``GET /status?format=json`` at once (every live node,
 the periodic checks), while beat keeps ticking. Printed:
 
-- how many requests were answered (HTTP 200, ``complete``), and their latency p50/p90/p99/max;
+- how many requests were answered (HTTP 200, ``complete``), and their latency p50/p90/p99/max,
+  and the part of it between the run's creation and its answer (``runtime_s``);
 - per request, how many nodes answered and how many were ``unreachable``;
-- duplicated work, counted from the store after the load: for every node and check, the number
-  of results in the node's history must equal the number of runs holding a result of that node
-  and check (a task run twice leaves one more history entry than runs); invasive DCGM level-3
-  results per node must not outnumber the invasive runs; periodic runs must be one per tick.
+- check executions: results written into the nodes' histories while the requests ran (one per
+  check actually run on a node), against the (node, check) pairs the requests asked for;
+- duplicated work, counted from the store after the load as before coalescing: for every node
+  and check, the number of results in the node's history must not exceed the number of runs
+  holding a result of that node and check (a task run twice leaves one more history entry than
+  runs; a request that joined another's execution holds a copy, and its node's history none);
+  invasive DCGM level-3 results per node must not outnumber the invasive runs; periodic runs
+  must be one per tick.
+
+With ``--baseline DIR`` (another checkout, e.g. ``git worktree add /tmp/main main``) the same
+load runs first on the processes of DIR, then on this tree's, back to back, and both are printed.
 
     python -m bench.load                       # 50 clients, 100 nodes
+    python -m bench.load --baseline /tmp/main  # before and after, in one run
     python -m bench.load --clients 50 --nodes 100 --checks remapped,gpupower --deadline 120
 
 Exit status 0 when every request was answered and nothing was duplicated, 1 otherwise.
@@ -28,9 +37,10 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from bench.common import Bench, up, wait_until
+from bench.common import ROOT, Bench, up, wait_until
 from workers.store import ResultsStore
 
 
@@ -60,6 +70,7 @@ def one_request(url: str, timeout: float) -> dict[str, Any]:
         "s": time.perf_counter() - t0,
         "answered": totals.get("answered", 0),
         "unreachable": totals.get("unreachable", 0),
+        "runtime_s": body.get("runtime_s", 0.0),  # from the run's creation to its answer, in the API
     }
 
 
@@ -111,6 +122,14 @@ def duplicates(store: ResultsStore, nodes: Sequence[str]) -> dict[str, Any]:
     }
 
 
+def executions(store: ResultsStore, nodes: Sequence[str]) -> int:
+    """Results in every node's history: one per check run (the history is kept whole here)."""
+    pipe = store.r.pipeline(transaction=False)
+    for node in nodes:
+        pipe.llen(f"ap:history:{node}")
+    return sum(int(n) for n in pipe.execute())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=50, help="concurrent /status requests")
@@ -120,16 +139,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--periodic", default="5s", help="beat's periodic interval")
     parser.add_argument("--invasive", default="10s", help="beat's invasive (DCGM level 3) interval")
     parser.add_argument("--settle", type=float, default=12.0, help="seconds of beat alone before the load")
+    parser.add_argument("--baseline", type=Path, default=None, help="another checkout to measure first")
     args = parser.parse_args(argv)
 
+    print(f"{args.clients} concurrent /status over {args.nodes} simulated nodes while beat runs "
+          f"(periodic {args.periodic}, invasive {args.invasive}); checks: {args.checks or 'periodic'}")  # fmt: skip
+    clean = True
+    trees = ([("before", args.baseline.resolve())] if args.baseline else []) + [("after", ROOT)]
+    for name, root in trees:
+        clean = measure(args, name if args.baseline else "", root) and clean
+    return 0 if clean else 1
+
+
+def measure(args: argparse.Namespace, name: str, root: Path) -> bool:
+    """One load over a fresh stack running from ``root``; prints its figures, True when clean."""
     env = {
         "AUTOPILOT_PERIODIC_INTERVAL": args.periodic,
         "AUTOPILOT_INVASIVE_INTERVAL": args.invasive,
         "AUTOPILOT_RECONCILE_INTERVAL": "5s",
         "AUTOPILOT_HEARTBEAT_INTERVAL": "5s",
         "AUTOPILOT_HISTORY_LEN": "100000",
+        # Every client waits at once (this API process's default is 24 per process).
+        "AUTOPILOT_API_MAX_WAITS": str(max(24, args.clients)),
     }
-    with Bench() as bench:
+    with Bench(root) as bench:
         for offset, count in up.split_simulation(args.nodes, None):
             sim_args = ["worker", "--simulate", str(count), "--simulate-offset", str(offset)]
             bench.start(f"sim-{offset}", [*sim_args, "--loglevel", "WARNING", "--without-task-events"], env)
@@ -147,10 +180,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         query = f"format=json&deadline={args.deadline:g}" + (f"&check={args.checks}" if args.checks else "")
         url = f"{base}/status?{query}"
+        ran_before = executions(store, nodes)
         t0 = time.perf_counter()
         with concurrent.futures.ThreadPoolExecutor(args.clients) as pool:
             answers = list(pool.map(lambda _: one_request(url, args.deadline * 2 + 60), range(args.clients)))
         wall = time.perf_counter() - t0
+        ran = executions(store, nodes) - ran_before
         # Stop beat and let the last tick's tasks land before counting: a result that lands
         # between reading the runs and reading the histories would count as a duplicate.
         bench.stop(beat)
@@ -160,19 +195,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     times = [a["s"] for a in answers]
     ok = sum(1 for a in answers if a["ok"])
     unreachable = [a.get("unreachable", 0) for a in answers]
-    print(f"{args.clients} concurrent /status over {len(nodes)} simulated nodes while beat runs "
-          f"(periodic {args.periodic}, invasive {args.invasive}); checks: {args.checks or 'periodic'}")  # fmt: skip
-    print(f"answered {ok}/{args.clients} (HTTP 200, complete) in {wall:.2f} s wall")
-    print(f"latency s: p50 {percentile(times, 50):.2f}, p90 {percentile(times, 90):.2f}, "
+    checks = len(args.checks.split(",")) if args.checks else 5
+    label = f"[{name}] " if name else ""
+    print(f"{label}code: {root}")
+    print(f"{label}answered {ok}/{args.clients} (HTTP 200, complete) in {wall:.2f} s wall")
+    print(f"{label}latency s: p50 {percentile(times, 50):.2f}, p90 {percentile(times, 90):.2f}, "
           f"p99 {percentile(times, 99):.2f}, max {max(times):.2f}, mean {statistics.mean(times):.2f}")  # fmt: skip
-    print(f"nodes answered per request: min {min(a.get('answered', 0) for a in answers)}, "
+    runtimes = [a.get("runtime_s", 0.0) for a in answers]
+    print(f"{label}run time in the API (run created to answered) s: p50 {percentile(runtimes, 50):.2f}, "
+          f"p99 {percentile(runtimes, 99):.2f}")  # fmt: skip
+    print(f"{label}nodes answered per request: min {min(a.get('answered', 0) for a in answers)}, "
           f"unreachable per request: max {max(unreachable)}, total {sum(unreachable)}")  # fmt: skip
-    print(f"store: {json.dumps(found)}")
+    print(f"{label}check executions while the requests ran (beat's included): {ran}, "
+          f"for {args.clients * len(nodes) * checks} (node, check) pairs asked for")  # fmt: skip
+    print(f"{label}store: {json.dumps(found)}")
     failed = [a for a in answers if not a["ok"]]
     if failed:
-        print(f"failed requests: {failed[:5]}")
-    clean = not failed and found["duplicated_results"] == 0 and found["duplicated_invasive"] == 0
-    return 0 if clean else 1
+        print(f"{label}failed requests: {failed[:5]}")
+    return not failed and found["duplicated_results"] == 0 and found["duplicated_invasive"] == 0
 
 
 def _quiet(store: ResultsStore) -> bool:

@@ -14,6 +14,17 @@ fairness), so the command itself cannot be cached, but each queue's encoded part
 It also computes the list of consumed queues when it changes, not on every poll, and encodes
 the late-ack copy of each delivered message with orjson (``QoS``).
 
+And it skips a message it cannot read. kombu decodes each message popped from a queue inside the
+event loop's read handler, so bytes that are not JSON, or JSON that is not a kombu envelope, raised
+out of the loop and Celery stopped the whole consumer ("Unrecoverable error"): the node took no
+new work until its in-flight check ended and the worker restarted. Now bytes that are not JSON
+are logged once by ``Transport.on_readable`` (the loop's public read callback) and dropped (the
+message is already off the queue); JSON that is not a kombu envelope becomes a stand-in message
+without a task header, in a content type no serializer accepts (``Message``), which Celery
+logs once ("Can't decode message body") and drops. An envelope
+that names an unknown task, or a payload in a content type the worker does not accept (pickle),
+is rejected and logged by Celery itself.
+
 Nothing else changes: the same commands, pipelines and connection pool.
 
 ``TRANSPORT`` is what ``workers.app`` sets as Celery's ``broker_transport``.
@@ -21,7 +32,10 @@ Nothing else changes: the same commands, pipelines and connection pool.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import base64
+import logging
+import uuid
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from time import monotonic, time
 from typing import Any
@@ -31,6 +45,51 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual as kombu_virtual
 
 TRANSPORT = "workers.broker:Transport"
+log = logging.getLogger(__name__)
+
+# Content type of the stand-in for an envelope kombu cannot read: no serializer knows it.
+UNREADABLE_TYPE = "application/x-autopilot-unreadable"
+
+
+def readable_envelope(payload: object) -> bool:
+    """Whether ``payload`` has the shape kombu's ``Message`` and our ``QoS.append`` read."""
+    if not isinstance(payload, Mapping):
+        return False
+    props = payload.get("properties")
+    if not isinstance(props, Mapping) or "delivery_tag" not in props:
+        return False
+    info = props.get("delivery_info")
+    if not isinstance(info, Mapping) or not {"exchange", "routing_key"} <= info.keys():
+        return False
+    return isinstance(payload.get("headers"), Mapping | None) and isinstance(payload.get("body"), str | None)
+
+
+def stand_in(payload: object) -> dict[str, Any]:
+    """An envelope kombu can read in place of ``payload``: no task header and a body in a content
+    type no serializer accepts (what came in, abridged), so Celery logs it once and drops it."""
+    return {
+        "body": base64.b64encode(repr(payload)[:200].encode()).decode(),
+        "content-type": UNREADABLE_TYPE,
+        "content-encoding": "binary",
+        "headers": None,
+        "properties": {
+            "delivery_tag": str(uuid.uuid4()),
+            "delivery_info": {"exchange": "", "routing_key": ""},
+            "body_encoding": "base64",
+        },
+    }
+
+
+class Message(kombu_virtual.Message):
+    """kombu's message, built from a stand-in when the envelope read from Redis is malformed."""
+
+    def __init__(self, payload: Any, channel: Any = None, **kwargs: Any) -> None:
+        if not readable_envelope(payload):
+            payload = stand_in(payload)
+        try:
+            super().__init__(payload, channel=channel, **kwargs)  # type: ignore[no-untyped-call]
+        except ValueError:  # a body that is not valid in its declared encoding (base64)
+            super().__init__(stand_in(payload), channel=channel, **kwargs)  # type: ignore[no-untyped-call]
 
 
 class QoS(kombu_redis.QoS):
@@ -59,6 +118,7 @@ class QoS(kombu_redis.QoS):
 
 class Channel(kombu_redis.Channel):
     QoS = QoS
+    Message = Message
     _shared_client: Any = None
     _packed_keys: dict[str, bytes] | None = None
     _active: list[str] | None = None
@@ -135,3 +195,16 @@ def _bulk(value: bytes) -> bytes:
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+    def on_readable(self, fileno: int) -> None:
+        """kombu's read handler; a message that cannot be decoded is logged and skipped.
+
+        A broken connection still raises (Celery reconnects): only a message that is not JSON
+        (``ValueError``: json's ``JSONDecodeError``, ``UnicodeDecodeError``) is caught.
+        """
+        try:
+            super().on_readable(fileno)  # type: ignore[no-untyped-call]
+        except tuple(self.connection_errors) + tuple(self.channel_errors):
+            raise
+        except ValueError as exc:
+            log.error("skipped a message that is not JSON in a queue (%s: %.200s)", type(exc).__name__, exc)

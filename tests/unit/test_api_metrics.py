@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import struct
+from pathlib import Path
+from typing import Any
+
 import fakeredis
 import flask
 import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
+from api.metrics import ProcessFiles, SharedExposition, snapshot_from_store
 from autopilot import config
+from autopilot.metrics import ResultsCollector
 from tests.metrics_data import make_app, populate
 from workers.store import ResultsStore
 
@@ -22,7 +31,7 @@ def store() -> ResultsStore:
 @pytest.fixture
 def app(store: ResultsStore) -> flask.Flask:
     populate(store, NODES)
-    return make_app(store, config.Settings(node_name="api"))
+    return make_app(store, config.Settings(node_name="api", metrics_interval_s=0))
 
 
 def scrape(client: flask.testing.FlaskClient) -> dict[str, list[tuple[dict[str, str], float]]]:
@@ -121,3 +130,62 @@ def test_store_outage_keeps_metrics_up(store: ResultsStore, monkeypatch: pytest.
     series = scrape(app.test_client())
     assert series["autopilot_results_store_up"] == [({}, 0.0)]
     assert "autopilot_health_checks" not in series
+
+
+def test_node_gauges_are_computed_once_per_interval_and_shared_by_scrapers(store: ResultsStore) -> None:
+    populate(store, NODES)
+    app = make_app(store, config.Settings(node_name="api", metrics_interval_s=3600))
+    client = app.test_client()
+    first = scrape(client)
+    store.forget_node("gpu-b")
+    reads: list[int] = []
+    real = store.node_names
+
+    def counted(*args: Any, **kwargs: Any) -> list[str]:
+        reads.append(1)
+        return real(*args, **kwargs)
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        scrapes = list(pool.map(lambda _: scrape(app.test_client()), range(16)))
+    client.get("/api/v1/nodes/a")
+    after = scrape(client)
+
+    assert reads == []  # within the interval nobody read the store again
+    assert all(s["autopilot_health_checks"] == first["autopilot_health_checks"] for s in scrapes)
+    assert app.extensions["autopilot_metrics"].nodes.renders == 1
+    # The request metrics are not cached: they count up at every scrape.
+    counts = {(lb["endpoint"], lb["code"]): v for lb, v in after["autopilot_api_requests_total"]}
+    assert counts[("/api/v1/nodes/<name>", "200")] == 1.0
+    assert counts[("/metrics", "200")] == 17.0
+
+
+def test_node_gauges_are_computed_again_after_the_interval(store: ResultsStore) -> None:
+    populate(store, NODES)
+    registry = CollectorRegistry()
+    registry.register(ResultsCollector(lambda: snapshot_from_store(store, config.Settings(node_name="api"))))
+    now = [0.0]
+    shared = SharedExposition(registry, 15.0, clock=lambda: now[0])
+    before = shared.render()
+    store.forget_node("gpu-b")
+    now[0] = 14.9
+    assert shared.render() == before
+    now[0] = 15.0
+    assert b'node="gpu-b"' in before and b'node="gpu-b"' not in shared.render()
+    assert shared.renders == 2
+
+
+def test_a_process_file_not_sized_yet_does_not_fail_the_scrape(tmp_path: Path) -> None:
+    from prometheus_client.mmap_dict import MmapedDict, mmap_key
+
+    live = MmapedDict(str(tmp_path / "counter_1.db"))
+    live.write_value(mmap_key("requests", "requests_total", ("code",), ("200",), "help"), 3.0, 0.0)
+    live.close()
+    (tmp_path / "counter_2.db").touch()  # created, not sized yet (or its process died right then)
+
+    collected = list(ProcessFiles(str(tmp_path)).collect())
+
+    assert [(s.name, s.labels, s.value) for m in collected for s in m.samples] == [
+        ("requests_total", {"code": "200"}, 3.0)
+    ]
+    with pytest.raises(struct.error):  # what the stock collector does with it
+        MultiProcessCollector(None, path=str(tmp_path)).collect()

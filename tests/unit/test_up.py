@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import pytest
 
 from autopilot import errors
@@ -82,3 +85,39 @@ def test_printed_urls_hide_passwords() -> None:
 )
 def test_the_local_worker_gets_a_valid_node_name(hostname: str, node: str) -> None:
     assert up.local_node(hostname) == node
+
+
+def test_an_unreachable_redis_stops_up_before_anything_starts_naming_the_url_without_its_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    port = up.free_port()  # nothing listens there
+    monkeypatch.setenv("AUTOPILOT_REDIS_URL", f"redis://:s3cret@127.0.0.1:{port}/0")
+    monkeypatch.setattr(up.Stack, "__init__", lambda *a, **k: pytest.fail("nothing may start"))
+    with pytest.raises(up.StartError) as caught:
+        up.main(["--no-local-worker"])
+    assert f"redis://***@127.0.0.1:{port}/0" in str(caught.value)
+    assert "s3cret" not in str(caught.value)
+
+
+def test_a_child_that_dies_is_started_again_after_a_pause_that_grows() -> None:
+    stack = up.Stack({"PATH": os.environ.get("PATH", "")})
+    try:
+        child = stack.add("crasher", [sys.executable, "-c", "raise SystemExit(3)"])
+        first_pid = child.proc.pid
+        child.proc.wait(30)
+        t0 = child.started_at
+
+        assert stack.supervise(t0 + 1) == ["crasher exited unexpectedly (code 3); starting it again in 1 s"]
+        assert stack.supervise(t0 + 1.5) == []  # still pausing
+        assert stack.supervise(t0 + 2) == [f"crasher started again, pid {child.proc.pid}"]
+        assert child.proc.pid != first_pid
+        child.proc.wait(30)
+        # Dead again soon after its start: the pause doubles.
+        assert stack.supervise(t0 + 3) == ["crasher exited unexpectedly (code 3); starting it again in 2 s"]
+        assert stack.supervise(t0 + 5)[0].startswith("crasher started again")
+        child.proc.wait(30)
+        # Dead after running longer than RESTART_RESET_S: back to the first pause.
+        later = child.started_at + up.RESTART_RESET_S
+        assert stack.supervise(later) == ["crasher exited unexpectedly (code 3); starting it again in 1 s"]
+    finally:
+        stack.stop()

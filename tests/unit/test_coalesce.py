@@ -1,0 +1,171 @@
+"""Requests that coalesce: a (node, check, parameters) already queued or running is joined, not sent again."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import fakeredis
+
+from api import gather
+from api.inputs import RunRequest
+from api.selection import Selection
+from api.services import Services
+from autopilot import config
+from autopilot.results import CheckResult, Status
+from tests.unit.api_helpers import stand_in_checks
+from workers import tasks
+from workers.dispatch import Envelope, FakeDispatcher, Flights
+from workers.store import NodeRecord, ResultsStore
+
+NODES = ("n1", "n2")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def services(store: ResultsStore, dispatcher: FakeDispatcher, clock: Clock) -> Services:
+    return Services(
+        settings=config.Settings(node_name="x"),
+        store=store,
+        dispatcher=dispatcher,
+        checks=stand_in_checks(),
+        clock=lambda: clock.now,
+        sleep=clock.sleep,
+    )
+
+
+def started(
+    svc: Services, checks: tuple[str, ...] = ("remapped",), params: Mapping[str, Mapping[str, Any]] | None = None
+) -> gather.Gather:
+    req = RunRequest(checks, NODES, params=dict(params or {}), deadline_s=30)
+    run = gather.create_run(svc, req, Selection(NODES))
+    g = gather.Gather(svc, run, node_deadline_s=req.deadline_s, batch=None)
+    g.send_ready()
+    return g
+
+
+def answer(store: ResultsStore, run_id: str, node: str, check: str = "remapped") -> None:
+    store.save_result(CheckResult(check, Status.OK, f"{check} on {node}", node=node), run_id)
+
+
+def test_an_equal_request_joins_the_queued_execution_and_gets_its_answer() -> None:
+    store, dispatcher, clock = ResultsStore(fakeredis.FakeRedis()), FakeDispatcher(), Clock()
+    svc = services(store, dispatcher, clock)
+    first = started(svc)
+    second = started(svc)
+
+    assert [(e.run_id, e.node) for e in dispatcher.sent] == [(first.run.id, "n1"), (first.run.id, "n2")]
+    for node in NODES:
+        answer(store, first.run.id, node)
+    assert second.poll() and first.poll()
+    got = second.results()
+    assert {k: r["summary"] for k, r in got.items()} == {
+        ("n1", "remapped"): "remapped on n1",
+        ("n2", "remapped"): "remapped on n2",
+    }
+    # The joined answer is in the second run too (GET /api/v1/runs/<id>), and once in the node's history.
+    assert set(store.run_answered(second.run.id)) == {("n1", "remapped"), ("n2", "remapped")}
+    assert [r.summary for r in store.history("n1")] == ["remapped on n1"]
+
+
+def test_a_request_after_the_answer_landed_runs_the_check_again() -> None:
+    store, dispatcher, clock = ResultsStore(fakeredis.FakeRedis()), FakeDispatcher(), Clock()
+    svc = services(store, dispatcher, clock)
+    first = started(svc)
+    answer(store, first.run.id, "n1")
+
+    later = started(svc)
+
+    assert [(e.run_id, e.node) for e in dispatcher.sent[2:]] == [(later.run.id, "n1")]
+    assert set(later.joined) == {("n2", "remapped")}
+
+
+def test_other_parameters_or_other_checks_are_sent_and_only_the_shared_check_is_joined() -> None:
+    store, dispatcher, clock = ResultsStore(fakeredis.FakeRedis()), FakeDispatcher(), Clock()
+    svc = services(store, dispatcher, clock)
+    started(svc, ("dcgm",), {"dcgm": {"r": 1}})
+    other_params = started(svc, ("dcgm",), {"dcgm": {"r": 2}})
+    more_checks = started(svc, ("dcgm", "remapped"), {"dcgm": {"r": 1}})
+
+    assert len([e for e in dispatcher.sent if e.run_id == other_params.run.id]) == 2
+    sent = [e for e in dispatcher.sent if e.run_id == more_checks.run.id]
+    assert [(e.node, e.checks) for e in sent] == [("n1", ("remapped",)), ("n2", ("remapped",))]
+
+
+def test_when_a_joined_execution_lapses_unanswered_the_request_sends_its_own() -> None:
+    store, dispatcher, clock = ResultsStore(fakeredis.FakeRedis()), FakeDispatcher(), Clock()
+    svc = services(store, dispatcher, clock)
+    # Another request's execution, with a deadline close enough to ours to join.
+    Flights(store.r).lead([Envelope("tick", n, ("remapped",), {}, clock.now + 26) for n in NODES], now=clock.now)
+    patient = started(svc)  # deadline 30 s
+    assert dispatcher.sent == [] and set(patient.joined) == {(n, "remapped") for n in NODES}
+    answer(store, "tick", "n1")  # the tick answered n1 only
+
+    clock.now += 26  # the other run's deadline: n2's message expired unrun
+    assert not patient.poll()
+
+    assert [(e.run_id, e.node, e.checks) for e in dispatcher.sent] == [(patient.run.id, "n2", ("remapped",))]
+    assert dispatcher.sent[0].deadline == patient.in_flight["n2"]
+    assert ("n1", "remapped") in patient.results()
+
+
+def test_a_request_during_a_beat_tick_joins_the_ticks_checks() -> None:
+    store, dispatcher, clock = ResultsStore(fakeredis.FakeRedis()), FakeDispatcher(), Clock()
+    svc = services(store, dispatcher, clock)
+    for node in NODES:
+        store.heartbeat(NodeRecord(node, last_seen=clock.now))
+    # A tick whose deadline is close to the request's (30 s): min(interval, check timeout + 60).
+    settings = config.Settings(node_name="beat", periodic_checks=("remapped",), periodic_interval_s=28)
+    tick = tasks.fanout(store, dispatcher, settings, kind="periodic", now=clock.now)
+    assert tick is not None and len(dispatcher.sent) == 2
+
+    request = started(svc)
+
+    assert len(dispatcher.sent) == 2  # nothing more queued
+    assert {k: j.run_id for k, j in request.joined.items()} == {(n, "remapped"): tick.id for n in NODES}
+
+
+def test_an_error_from_a_less_patient_execution_is_not_taken_the_check_is_sent_again() -> None:
+    client = fakeredis.FakeRedis()
+    store, dispatcher, clock = ResultsStore(client), FakeDispatcher(), Clock()
+    svc = services(store, dispatcher, clock)
+    hasty = [Envelope("hasty", n, ("remapped",), {}, clock.now + 5) for n in NODES]
+    Flights(client).lead(hasty, now=clock.now)
+    patient = started(svc)  # deadline 30 s: joins the hasty run's executions
+    assert dispatcher.sent == [] and {j.run_id for j in patient.joined.values()} == {"hasty"}
+    store.save_result(CheckResult("remapped", Status.ERROR, "GPUs busy until the deadline", node="n1"), "hasty")
+    answer(store, "hasty", "n2")
+
+    patient.poll()
+
+    assert [(e.run_id, e.node, e.checks) for e in dispatcher.sent] == [(patient.run.id, "n1", ("remapped",))]
+    assert set(patient.results()) == {("n2", "remapped")}
+    assert "n1" in patient.in_flight  # still waiting for its own execution
+
+
+def test_a_request_joins_a_running_task_whole_including_its_checks_already_answered() -> None:
+    store, dispatcher, clock = ResultsStore(fakeredis.FakeRedis()), FakeDispatcher(), Clock()
+    svc = services(store, dispatcher, clock)
+    first = started(svc, ("remapped", "pciebw"))
+    answer(store, first.run.id, "n1", "remapped")  # n1's task is still running pciebw
+    answer(store, first.run.id, "n2", "remapped")
+    answer(store, first.run.id, "n2", "pciebw")  # n2's task is over
+
+    second = started(svc, ("remapped", "pciebw"))
+
+    assert {k: j.run_id for k, j in second.joined.items()} == {
+        ("n1", "remapped"): first.run.id,
+        ("n1", "pciebw"): first.run.id,
+    }
+    assert [(e.run_id, e.node, e.checks) for e in dispatcher.sent[2:]] == [
+        (second.run.id, "n2", ("remapped", "pciebw"))
+    ]
+    answer(store, first.run.id, "n1", "pciebw")
+    second.poll()
+    assert {("n1", "remapped"), ("n1", "pciebw")} <= set(second.results())
