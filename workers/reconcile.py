@@ -89,6 +89,7 @@ def reconcile_node(
     # node's verdict and its GPUs' verdicts judge the same view, so a noise sample moves neither.
     confirmed = confirming.effective_latest(store, node, latest, state, settings)
     evicted_at = results.parse_iso(state["evicted_at"]) if state.get("evicted_at") else None
+    lost = lost_since(view.last_seen, moment, settings)
     decision = verdict.decide(
         confirmed,
         periodic=periodic_checks(settings),
@@ -96,7 +97,7 @@ def reconcile_node(
         max_age_s=settings.stale_after_s,
         evicted_at=evicted_at,
         testing=bool(state.get("testing_since")),
-        lost_since=lost_since(view.last_seen, moment, settings),
+        lost_since=lost,
         evict_causes=verdict.causes_from_json(state.get("evict_cause")),
     )
     new_state: dict[str, str | None] = {"verdict": decision.verdict.value}
@@ -117,7 +118,7 @@ def reconcile_node(
     dcgm = [r for r in latest.values() if r.check == "dcgm"]
     publication = publish.desired(decision, dcgm)
     # Per-GPU verdicts, history and device taints (issue 15): their labels ride with the node's.
-    gpu = gpureconcile.reconcile_gpus(store, node, settings, confirmed, state, moment, cluster)
+    gpu = gpureconcile.reconcile_gpus(store, node, settings, confirmed, state, moment, cluster, lost_since=lost)
     new_state.update(gpu.state)
     publication = dataclasses.replace(
         publication,
