@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -94,3 +95,16 @@ def test_an_aer_on_a_bridge_is_no_gpu(stack: Any) -> None:
     assert (device.id, device.uuid, device.bus_id) == ("0000:00:02.0", "", "")
     assert gpuverdict.loads(store.state(NODE).get("gpus")) == {}
     assert store.state(NODE)["verdict"] == "WARN"  # a node-level finding, still on the node's verdict
+
+
+def test_an_nvlink_going_down_is_its_gpus_finding(stack: Any) -> None:
+    from autopilot.events import catalogue
+    from autopilot.events.model import Event
+
+    store, cluster, sink, telemetry = stack
+    f = follower_mod.Follower(NODE, sink, gpu_index=glue._gpu_index(sink.contexts[NODE]))
+    down = Event("counters", catalogue.counter("nvlink.down"), "0000:1b:00.0/nvlink2", "NVLink 2 down", time.time())
+    f.submit([down])
+    device = store.latest(NODE)["events"].devices[0]
+    assert (device.id, device.uuid) == ("3", GPUS[3].uuid)
+    assert gpuverdict.loads(store.state(NODE)["gpus"])[GPUS[3].uuid].verdict.value == "WARN"
