@@ -67,7 +67,7 @@ def reconcile_gpus(
             latest, previous, now=now, max_age_s=settings.stale_after_s, cleared_at=cleared_at, flags=flags
         )
     if lost_since is not None:
-        states = _lost(states, verdict.lost_reason(lost_since))
+        states = lost(states, verdict.lost_reason(lost_since))
     text = gpuverdict.dumps(states)
     fields: dict[str, str | None] = {"gpus": text}
     # Incidents are written when they happen; the sightings (and the keys' expiry) when the GPUs
@@ -91,11 +91,16 @@ def reconcile_gpus(
     return GpuOutcome(states, fields, labels, annotations)
 
 
-def _lost(states: Mapping[str, GpuState], why: str) -> dict[str, GpuState]:
-    """The GPUs of a lost node: UNKNOWN ones say why (a repeat-offender flag stays)."""
+def lost(states: Mapping[str, GpuState], why: str) -> dict[str, GpuState]:
+    """The GPUs of a lost node: each ``UNKNOWN`` saying ``why`` (a repeat-offender flag stays), but a sticky
+    ``EVICT``. Also what the API shows before beat's next reconcile has stored it (``reconcile.shown_gpus``)."""
     return {
-        k: dataclasses.replace(s, reasons=(why, *(r for r in s.reasons if r.startswith("repeat offender"))))
-        if s.verdict is Verdict.UNKNOWN
+        k: dataclasses.replace(
+            s,
+            verdict=Verdict.UNKNOWN,
+            reasons=(why, *(r for r in s.reasons if r.startswith("repeat offender"))),
+        )
+        if s.verdict is not Verdict.EVICT
         else s
         for k, s in states.items()
     }

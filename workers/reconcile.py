@@ -22,8 +22,9 @@ import logging
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
-from autopilot import config, errors, publish, registry, results, verdict
+from autopilot import config, errors, gpuverdict, publish, registry, results, verdict
 from autopilot.cluster import ClusterClient
+from autopilot.gpuverdict import GpuState
 from workers import confirming, gpureconcile
 from workers.store import NodeView, ResultsStore
 
@@ -64,6 +65,16 @@ def shown(
     if stored == verdict.Verdict.EVICT.value:
         return stored, said if why in said else [*said, why]
     return verdict.Verdict.UNKNOWN.value, [why]
+
+
+def shown_gpus(text: str | None, last_seen: float | None, now: float, settings: config.Settings) -> list[GpuState]:
+    """A node's GPUs to show at ``now`` (API answers), from its stored ``gpus`` field: as stored, except that a
+    lost node's are ``UNKNOWN`` (or their sticky ``EVICT``) even before beat's next reconcile has stored that."""
+    states = gpuverdict.loads(text)
+    since = lost_since(last_seen, datetime.fromtimestamp(now, UTC), settings)
+    if since is not None:
+        states = gpureconcile.lost(states, verdict.lost_reason(since))
+    return gpuverdict.ordered(states)
 
 
 def reconcile_node(

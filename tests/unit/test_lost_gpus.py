@@ -5,6 +5,7 @@ the node's heartbeat."""
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime, timedelta
 
 import fakeredis
@@ -62,3 +63,21 @@ def test_the_gpus_come_back_with_the_heartbeat() -> None:
     store.heartbeat(NodeRecord(NODE, last_seen=lost_at.timestamp()))
     reconcile.reconcile_node(store, NODE, settings, lost_at + timedelta(seconds=1))
     assert {i: v for i, (v, _) in gpus(store).items()} == {"0": "PASS", "1": "PASS", "2": "PASS", "3": "EVICT"}
+
+
+def test_the_api_shows_a_lost_nodes_gpus_unknown_before_beat_reconciles() -> None:
+    from tests.unit.api_helpers import make_api
+    from tests.unit.test_api_gpus import judged
+
+    api = make_api()
+    judged(api, "node-a", bad=2)  # GPU 2 EVICT, the others PASS, stored by the worker's reconcile
+    seen = time.time() - api.settings.live_after_s - 60
+    api.store.heartbeat(NodeRecord("node-a", gpu_model="H100", gpu_count=8, last_seen=seen))
+    body = api.client.get("/api/v1/nodes/node-a").get_json()
+    assert body["verdict"] == "EVICT"
+    assert [(g["index"], g["verdict"]) for g in body["gpus"]] == [
+        ("0", "UNKNOWN"), ("1", "UNKNOWN"), ("2", "EVICT"), ("3", "UNKNOWN"),
+    ]  # fmt: skip
+    assert body["gpus"][0]["reasons"][0].startswith("no heartbeat since")
+    (listed,) = [n for n in api.client.get("/api/v1/nodes?gpus=true").get_json()["nodes"] if n["name"] == "node-a"]
+    assert [g["verdict"] for g in listed["gpus"]] == ["UNKNOWN", "UNKNOWN", "EVICT", "UNKNOWN"]
