@@ -261,7 +261,10 @@ def inject_main(argv: Sequence[str]) -> int:
             raise errors.ConfigError(
                 "AUTOPILOT_REDIS_URL is not set (the stack's Redis, e.g. redis://localhost:6379/0)"
             )
-        store = ResultsStore(redis.Redis.from_url(settings.redis_url, socket_timeout=10))
+        from workers import app as app_mod  # the Celery app: loaded by this command only
+
+        # The stack's own client: its password (AUTOPILOT_REDIS_PASSWORD, as compose sets it), TLS CA, Sentinel.
+        store = app_mod.make_store(settings)
         record = store.node(node)
         if record is None:
             raise errors.BadParameter("node", f"no node {node!r} has sent a heartbeat")

@@ -108,3 +108,22 @@ def test_an_nvlink_going_down_is_its_gpus_finding(stack: Any) -> None:
     device = store.latest(NODE)["events"].devices[0]
     assert (device.id, device.uuid) == ("3", GPUS[3].uuid)
     assert gpuverdict.loads(store.state(NODE)["gpus"])[GPUS[3].uuid].verdict.value == "WARN"
+
+
+def test_inject_reaches_a_redis_that_wants_the_stacks_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    """docker-compose gives the password apart from the URL (AUTOPILOT_REDIS_PASSWORD): inject uses it."""
+    from workers.store import NodeRecord
+
+    server = fakeredis.FakeServer()
+    ResultsStore(fakeredis.FakeRedis(server=server)).heartbeat(NodeRecord("sim-1", simulated=True, last_seen=1.0))
+    seen: dict[str, Any] = {}
+
+    def connect(url: str, **options: Any) -> fakeredis.FakeRedis:
+        seen.update(options, url=url)
+        return fakeredis.FakeRedis(server=server)
+
+    monkeypatch.setenv("AUTOPILOT_REDIS_URL", "redis://redis:6379/0")
+    monkeypatch.setenv("AUTOPILOT_REDIS_PASSWORD", "s3cret-pass")
+    monkeypatch.setattr(glue.redis.Redis, "from_url", staticmethod(connect))
+    assert glue.inject_main(["sim-1", "xid", "79"]) == 0
+    assert (seen["url"], seen["password"]) == ("redis://redis:6379/0", "s3cret-pass")
