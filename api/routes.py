@@ -176,9 +176,11 @@ def list_nodes() -> Response:
     states = svc.store.states([r.name for r in records]) if records else {}
     items = [_node_entry(r, states.get(r.name, {}), now, svc.settings) for r in records]
     if with_gpus:
-        for item in items:
-            found = gpuverdict.loads(states.get(item["name"], {}).get("gpus"))
-            item["gpus"] = [g.to_dict() for g in gpuverdict.ordered(found)]
+        for record, item in zip(records, items, strict=True):
+            found = reconcile.shown_gpus(
+                states.get(record.name, {}).get("gpus"), record.last_seen or None, now, svc.settings
+            )
+            item["gpus"] = [g.to_dict() for g in found]
     return jsonify({"nodes": items, "total": len(items), "live": sum(1 for i in items if i["live"])})
 
 
@@ -213,7 +215,12 @@ def get_node(name: str) -> Response:
             **_verdict(state, record, svc.clock(), svc.settings),
             **_eviction(state),
             "state": {k: v for k, v in state.items() if k not in ("reasons", "gpus")},
-            "gpus": [g.to_dict() for g in gpuverdict.ordered(gpuverdict.loads(state.get("gpus")))],
+            "gpus": [
+                g.to_dict()
+                for g in reconcile.shown_gpus(
+                    state.get("gpus"), (record.last_seen or None) if record else None, svc.clock(), svc.settings
+                )
+            ],
             "labels": labels,
             "latest": {check: r.to_dict() for check, r in sorted(latest.items())},
             "history": [r.to_dict() for r in svc.store.history(name, limit)],

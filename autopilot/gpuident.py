@@ -43,8 +43,13 @@ def read(telemetry: GpuTelemetry) -> dict[int, GpuIdentity]:
     return found
 
 
-def attach(result: CheckResult, identities: Mapping[int, GpuIdentity]) -> CheckResult:
-    """``result`` with ``uuid``, ``bus_id`` and ``serial`` on each device whose id is a known index or bus id."""
+def attach(result: CheckResult, identities: Mapping[int, GpuIdentity], *, unknown_bus: bool = True) -> CheckResult:
+    """``result`` with ``uuid``, ``bus_id`` and ``serial`` on each device whose id is a known index or bus id.
+
+    ``unknown_bus``: whether a device named by a bus id NVML does not identify is still a GPU (it
+    gets that ``bus_id``). True for GPU checks, whose devices are GPUs; False for the follower's
+    ``events``, whose unmatched bus ids are PCIe bridges and NICs (AER), not GPUs.
+    """
     if not result.devices:
         return result
     by_bus = {bus_id(i.pci_bus_id): i for i in identities.values()}
@@ -52,7 +57,7 @@ def attach(result: CheckResult, identities: Mapping[int, GpuIdentity]) -> CheckR
     changed = False
     for device in result.devices:
         ident = identities.get(int(device.id)) if device.id.isdigit() else by_bus.get(bus_id(device.id))
-        if device.uuid or (ident is None and ":" not in device.id):
+        if device.uuid or (ident is None and (":" not in device.id or not unknown_bus)):
             devices.append(device)
             continue
         if ident is None:

@@ -10,7 +10,8 @@
 #      among them: every simulated node fails its pairs with sim-3, and the localisation below
 #      the table names sim-3 as the suspect);
 #   4. sim-1's verdict and labels from /api/v1/nodes/sim-1;
-#   5. `autopilot inject sim-2 xid 79 --gpu 3`: the follower puts sim-2 in EVICT at once;
+#   5. `autopilot inject sim-2 xid 79 --gpu 3`: the follower puts sim-2 in EVICT at once, and GPU 3
+#      alone (by its UUID) in its per-GPU verdict and count labels;
 #   6. the iperf ring over sim-0..sim-2 (/iperf, a pair below 50 Gb/s warns): the slow pairs
 #      point at sim-2;
 #   7. stops the stack (SIGINT, as Ctrl-C would).
@@ -106,6 +107,11 @@ while time.monotonic() - start < 10:
 print(f"sim-2 verdict {node['verdict']} after {time.monotonic() - start:.2f} s (as seen by polling the API)")
 for reason in node.get("reasons", []):
     print(f"  reason: {reason}")
+for gpu in node.get("gpus", []):
+    if gpu["verdict"] != "PASS":  # the GPU's own verdict, keyed by its UUID (the other seven stay PASS)
+        print(f"  GPU {gpu['index']} {gpu['uuid']}: {gpu['verdict']} ({'; '.join(gpu['reasons'])})")
+labels = node.get("labels", {})
+print(f"  labels: gpus-evict={labels.get('autopilot.ibm.com/gpus-evict')} gpus-healthy={labels.get('autopilot.ibm.com/gpus-healthy')}")
 PYEOF
 # ---- end of passive detection
 

@@ -2,7 +2,8 @@
 """Write the per-account RBAC table of docs/KUBERNETES.md from the chart's templates.
 
 The chart's rbac.yaml is rendered by the tests' template reader (tests/unit/deploy_helpers.py: no
-helm binary needed) with a storage class configured, so that the pvc check's rules appear, and
+helm binary needed) with a storage class configured and device taints on, so that the pvc check's
+and the DeviceTaintRules' rules appear, and
 each ServiceAccount's permissions are listed as RBAC evaluates its bindings. The table sits
 between two markers in docs/KUBERNETES.md; ``--check`` exits 1 when it drifted from the templates
 (tests/unit/test_deploy_rbac.py also checks it against what the code calls).
@@ -38,8 +39,8 @@ Grant = tuple[str, str, str, str, str]  # (account, where, apiGroup, resource, r
 
 
 def rbac_objects() -> list[dict[str, Any]]:
-    """rbac.yaml rendered for release "autopilot" in NAMESPACE, with the pvc check configured."""
-    values = {"config": {"pvcTestStorageClass": STORAGE_CLASS}}
+    """rbac.yaml rendered for release "autopilot" in NAMESPACE, with the pvc check and device taints configured."""
+    values = {"config": {"pvcTestStorageClass": STORAGE_CLASS, "deviceTaints": "on"}}
     text = dh.render_chart(values, namespace=NAMESPACE)["rbac.yaml"]
     return [d for d in yaml.safe_load_all(text) if d]
 

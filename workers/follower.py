@@ -1,7 +1,8 @@
 """The follower in the worker: starts it with the worker and writes what it finds (``autopilot.events``).
 
-- ``StoreSink``: an ``events`` result goes to the store and the node is reconciled at once (labels and
-  condition on the Node), in the follower's thread, not at beat's next tick; event counts and the
+- ``StoreSink``: an ``events`` result gets its GPUs' UUIDs (``gpuident.attach``, so per-GPU verdicts,
+  labels, device taints and history see it), goes to the store and the node is reconciled at once
+  (labels and condition on the Node), in the follower's thread, not at beat's next tick; event counts and the
   event-to-label latency go to ``ap:events:counts`` / ``ap:events:latency`` for the API's /metrics;
   the kernel log's position to ``ap:kmsg:<node>`` so a restarted worker reads on where it stopped.
 - ``start``: a real node gets the kernel log, NVML events and counters; simulated nodes get one
@@ -24,7 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import redis
 
-from autopilot import config, errors, names
+from autopilot import config, errors, gpuident, names
 from autopilot import gpus as gpus_mod
 from autopilot.context import CheckContext
 from autopilot.events import counters as counters_mod
@@ -57,9 +58,23 @@ class StoreSink:
         self.store = store
         self.settings = settings
         self.contexts = contexts
+        self._identities: dict[str, dict[int, gpus_mod.GpuIdentity]] = {}
+
+    def identities(self, node: str) -> dict[int, gpus_mod.GpuIdentity]:
+        """Index -> identity of ``node``'s GPUs: read now, over the last ones known, so a GPU that fell off
+        the bus (NVML no longer identifies it) keeps the UUID it had when it last answered."""
+        ctx = self.contexts.get(node)
+        known = self._identities.get(node, {})
+        if ctx is None:
+            return known
+        merged = {**known, **gpuident.read(ctx.gpus)}
+        self._identities[node] = merged
+        return merged
 
     def emit(self, node: str, result: CheckResult | None, counted: Sequence[Event], timed: Sequence[Event]) -> None:
         if result is not None:
+            # Findings name GPUs by index (the follower maps bus ids); other devices (NICs, bridges) stay as named.
+            result = gpuident.attach(result, self.identities(node), unknown_bus=False)
             view = self.store.save_many([(result, True)], view=node)
             ctx = self.contexts.get(node)
             reconcile.reconcile_node(self.store, node, self.settings, cluster=ctx.cluster if ctx else None, view=view)
@@ -141,6 +156,8 @@ def start(
         log.info("events: the follower is off (AUTOPILOT_EVENTS_FOLLOWER)")
         return None
     sink = StoreSink(store, settings, contexts)
+    for node in contexts:
+        sink.identities(node)  # known before any GPU can fall off the bus
     common = {"storm_window_s": settings.events_storm_window_s, "hold_s": settings.stale_after_s}
     followers: dict[str, follower_mod.Follower] = {}
     stop = threading.Event()
@@ -244,7 +261,10 @@ def inject_main(argv: Sequence[str]) -> int:
             raise errors.ConfigError(
                 "AUTOPILOT_REDIS_URL is not set (the stack's Redis, e.g. redis://localhost:6379/0)"
             )
-        store = ResultsStore(redis.Redis.from_url(settings.redis_url, socket_timeout=10))
+        from workers import app as app_mod  # the Celery app: loaded by this command only
+
+        # The stack's own client: its password (AUTOPILOT_REDIS_PASSWORD, as compose sets it), TLS CA, Sentinel.
+        store = app_mod.make_store(settings)
         record = store.node(node)
         if record is None:
             raise errors.BadParameter("node", f"no node {node!r} has sent a heartbeat")

@@ -18,10 +18,11 @@ import logging
 from collections.abc import Mapping
 from datetime import datetime
 
-from autopilot import config, devicetaints, errors, gpuhistory, gpuverdict, results
+from autopilot import config, devicetaints, errors, gpuhistory, gpuverdict, results, verdict
 from autopilot.cluster import ClusterClient
 from autopilot.gpuverdict import GpuState
 from autopilot.results import CheckResult
+from autopilot.verdict import Verdict
 from workers import gpustore
 from workers.store import ResultsStore
 
@@ -44,7 +45,13 @@ def reconcile_gpus(
     state: Mapping[str, str],
     now: datetime,
     cluster: ClusterClient | None = None,
+    *,
+    lost_since: datetime | None = None,
 ) -> GpuOutcome:
+    """``lost_since``: the last heartbeat of a lost node. Its results say nothing of its GPUs now, so each
+    GPU is ``UNKNOWN`` ("no heartbeat since"), as the node is, except a sticky ``EVICT``."""
+    if lost_since is not None:
+        latest = {}
     previous = gpuverdict.loads(state.get("gpus"))
     cleared_at = results.parse_iso(state["cleared_at"]) if state.get("cleared_at") else None
     states = gpuverdict.decide(latest, previous, now=now, max_age_s=settings.stale_after_s, cleared_at=cleared_at)
@@ -59,6 +66,8 @@ def reconcile_gpus(
         states = gpuverdict.decide(
             latest, previous, now=now, max_age_s=settings.stale_after_s, cleared_at=cleared_at, flags=flags
         )
+    if lost_since is not None:
+        states = lost(states, verdict.lost_reason(lost_since))
     text = gpuverdict.dumps(states)
     fields: dict[str, str | None] = {"gpus": text}
     # Incidents are written when they happen; the sightings (and the keys' expiry) when the GPUs
@@ -80,6 +89,21 @@ def reconcile_gpus(
         fields.update(_taints(cluster, node, settings, states, state.get("gpu_taints")))
     labels, annotations = gpuverdict.publication(states)
     return GpuOutcome(states, fields, labels, annotations)
+
+
+def lost(states: Mapping[str, GpuState], why: str) -> dict[str, GpuState]:
+    """The GPUs of a lost node: each ``UNKNOWN`` saying ``why`` (a repeat-offender flag stays), but a sticky
+    ``EVICT``. Also what the API shows before beat's next reconcile has stored it (``reconcile.shown_gpus``)."""
+    return {
+        k: dataclasses.replace(
+            s,
+            verdict=Verdict.UNKNOWN,
+            reasons=(why, *(r for r in s.reasons if r.startswith("repeat offender"))),
+        )
+        if s.verdict is not Verdict.EVICT
+        else s
+        for k, s in states.items()
+    }
 
 
 def _offenders(

@@ -22,8 +22,9 @@ import logging
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
-from autopilot import config, errors, publish, registry, results, verdict
+from autopilot import config, errors, gpuverdict, publish, registry, results, verdict
 from autopilot.cluster import ClusterClient
+from autopilot.gpuverdict import GpuState
 from workers import confirming, gpureconcile
 from workers.store import NodeView, ResultsStore
 
@@ -66,6 +67,16 @@ def shown(
     return verdict.Verdict.UNKNOWN.value, [why]
 
 
+def shown_gpus(text: str | None, last_seen: float | None, now: float, settings: config.Settings) -> list[GpuState]:
+    """A node's GPUs to show at ``now`` (API answers), from its stored ``gpus`` field: as stored, except that a
+    lost node's are ``UNKNOWN`` (or their sticky ``EVICT``) even before beat's next reconcile has stored that."""
+    states = gpuverdict.loads(text)
+    since = lost_since(last_seen, datetime.fromtimestamp(now, UTC), settings)
+    if since is not None:
+        states = gpureconcile.lost(states, verdict.lost_reason(since))
+    return gpuverdict.ordered(states)
+
+
 def reconcile_node(
     store: ResultsStore,
     node: str,
@@ -89,6 +100,7 @@ def reconcile_node(
     # node's verdict and its GPUs' verdicts judge the same view, so a noise sample moves neither.
     confirmed = confirming.effective_latest(store, node, latest, state, settings)
     evicted_at = results.parse_iso(state["evicted_at"]) if state.get("evicted_at") else None
+    lost = lost_since(view.last_seen, moment, settings)
     decision = verdict.decide(
         confirmed,
         periodic=periodic_checks(settings),
@@ -96,7 +108,7 @@ def reconcile_node(
         max_age_s=settings.stale_after_s,
         evicted_at=evicted_at,
         testing=bool(state.get("testing_since")),
-        lost_since=lost_since(view.last_seen, moment, settings),
+        lost_since=lost,
         evict_causes=verdict.causes_from_json(state.get("evict_cause")),
     )
     new_state: dict[str, str | None] = {"verdict": decision.verdict.value}
@@ -117,7 +129,7 @@ def reconcile_node(
     dcgm = [r for r in latest.values() if r.check == "dcgm"]
     publication = publish.desired(decision, dcgm)
     # Per-GPU verdicts, history and device taints (issue 15): their labels ride with the node's.
-    gpu = gpureconcile.reconcile_gpus(store, node, settings, confirmed, state, moment, cluster)
+    gpu = gpureconcile.reconcile_gpus(store, node, settings, confirmed, state, moment, cluster, lost_since=lost)
     new_state.update(gpu.state)
     publication = dataclasses.replace(
         publication,

@@ -199,8 +199,10 @@ class Follower:
     # ------------------------------------------------------------------ input
 
     def gpu_of(self, device: str) -> str:
-        """The GPU index of a bus id when it is one of this node's GPUs, else the device itself."""
-        return self.gpu_index.get(device, device)
+        """The GPU index of a bus id when it is one of this node's GPUs, else the device itself. A part of
+        a GPU (its NVLink: ``<bus id>/nvlink<n>``) is that GPU's, so the GPU's own verdict sees it."""
+        gpu = self.gpu_index.get(device) or self.gpu_index.get(device.split("/", 1)[0])
+        return gpu or device
 
     def submit(self, events: Sequence[Event]) -> None:
         """Fold ``events`` in; write the result at once when one of them is news."""

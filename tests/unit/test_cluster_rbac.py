@@ -2,7 +2,8 @@
 
 "Enough" is measured, not listed: the worker's and the API's scenarios run through
 ``KubeClusterClient`` against the stand-in API server, and every request it records must be
-allowed by the rules bound to that process's ServiceAccount.
+allowed by the rules bound to that process's ServiceAccount. ``deploy/rbac/optional/`` holds what
+an opt-in feature adds (DRA device taints), measured the same way with the feature's scenario.
 """
 
 from __future__ import annotations
@@ -14,29 +15,35 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import fakeredis
 import pytest
 import yaml
 
-from autopilot import config, execution, invasive, publish
+from autopilot import config, devicetaints, execution, invasive, publish, results
 from autopilot.checks import pvc
 from autopilot.context import CheckContext
-from autopilot.results import CheckResult, Status
+from autopilot.results import CheckResult, DeviceResult, Status
 from autopilot.verdict import Decision, Verdict
 from tests.conftest import ROOT
 from tests.unit import deploy_helpers as dh
 from tests.unit.cluster_standin import Backend, Request, make_backend
+from workers import reconcile
+from workers.store import ResultsStore
 
 RBAC = ROOT / "deploy" / "rbac"
+OPTIONAL = RBAC / "optional"
 NS = "autopilot"
 Permission = tuple[str, str, str, str | None]  # (apiGroup, resource, verb, namespace or None for cluster-wide)
 
 
-def docs() -> list[dict[str, Any]]:
-    return [d for p in sorted(RBAC.glob("*.yaml")) for d in yaml.safe_load_all(p.read_text()) if d]
+def docs(*, optional: bool = False) -> list[dict[str, Any]]:
+    """deploy/rbac's objects; with ``optional``, also those of deploy/rbac/optional (opt-in features)."""
+    paths = [*sorted(RBAC.glob("*.yaml")), *(sorted(OPTIONAL.glob("*.yaml")) if optional else [])]
+    return [d for p in paths for d in yaml.safe_load_all(p.read_text()) if d]
 
 
-def allowed(account: str) -> set[Permission]:
-    everything = docs()
+def allowed(account: str, *, optional: bool = False) -> set[Permission]:
+    everything = docs(optional=optional)
     roles = {(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]): d for d in everything if "rules" in d}
     out: set[Permission] = set()
     for binding in (d for d in everything if d["kind"] in ("ClusterRoleBinding", "RoleBinding")):
@@ -51,6 +58,13 @@ def allowed(account: str) -> set[Permission]:
                     for verb in rule["verbs"]:
                         out.add((group, resource, verb, scope))
     return out
+
+
+def is_discovery(request: Request) -> bool:
+    """``GET /apis/<group>[/<version>]``: API discovery, a non-resource URL every authenticated
+    client may read (the ``system:discovery`` ClusterRole), no grant of ours."""
+    parts = request.path.strip("/").split("/")
+    return request.method == "GET" and parts[0] == "apis" and len(parts) <= 3
 
 
 def needed(request: Request) -> Permission:
@@ -80,6 +94,23 @@ def publish_scenario(kube: Backend) -> None:
     decision = Decision(Verdict.EVICT, ("dcgm: pcie failed on GPU 3",))
     applied = publish.apply(kube.client, "gpu-1", publish.desired(decision))
     assert applied.event_error is None  # the Event is accepted where it is posted
+
+
+def devicetaint_scenario(kube: Backend) -> None:
+    """A reconcile with ``AUTOPILOT_DEVICE_TAINTS=on`` (as worker, api and beat run it) taints a failed
+    GPU; the rule goes again when the GPU is good."""
+    api = kube.standin
+    assert api is not None
+    api.serve_device_taints()
+    store = ResultsStore(fakeredis.FakeRedis())
+    gpu = DeviceResult("3", Status.FAIL, uuid="GPU-00000003-0000-4000-8000-000000000003", bus_id="0000:1b:00.0")
+    store.save_result(CheckResult("remapped", Status.FAIL, "row remap failed", node="gpu-1", fatal=True,
+                                  started_at=results.utc_now_iso(), devices=(gpu,)))  # fmt: skip
+    settings = config.Settings(node_name="gpu-1", periodic_checks=("remapped",), device_taints="on")
+    reconcile.reconcile_node(store, "gpu-1", settings, cluster=kube.client)
+    assert len(api.device_taint_rules) == 1
+    devicetaints.sync(kube.client, "gpu-1", {}, dry_run=False)
+    assert api.device_taint_rules == {}
 
 
 def worker_scenario(kube: Backend, make_ctx: Callable[..., CheckContext]) -> None:
@@ -135,13 +166,29 @@ def test_events_are_granted_in_default_only_to_create() -> None:
         assert ("", "events", "create", NS) not in allowed(account)
 
 
+def test_device_taints_are_granted_only_by_the_optional_file(kube: Backend) -> None:
+    api = kube.standin
+    assert api is not None
+    api.add_node("gpu-1", gpus=8)
+    api.requests.clear()
+    devicetaint_scenario(kube)
+    wanted = {needed(r) for r in api.requests if not is_discovery(r)}
+    assert {w for w in wanted if w[1] == "devicetaintrules"} == {
+        ("resource.k8s.io", "devicetaintrules", v, None) for v in ("list", "create", "delete")
+    }
+    for account in ("autopilot-worker", "autopilot-api", "autopilot-beat"):
+        assert [w for w in wanted if not permits(allowed(account, optional=True), w)] == []
+        refused = [w for w in wanted if not permits(allowed(account), w)]
+        assert refused and {w[1] for w in refused} == {"devicetaintrules"}, "off by default: not in the base files"
+
+
 def test_beat_and_api_cannot_run_jobs() -> None:
     for account in ("autopilot-api", "autopilot-beat"):
         assert not any(p[1] in ("jobs", "persistentvolumeclaims", "pods/log") for p in allowed(account))
 
 
 def test_no_wildcards_and_no_secrets() -> None:
-    for doc in docs():
+    for doc in docs(optional=True):
         for rule in doc.get("rules", ()):
             assert "*" not in [*rule["apiGroups"], *rule["resources"], *rule["verbs"]]
             assert "secrets" not in rule["resources"]
@@ -149,7 +196,7 @@ def test_no_wildcards_and_no_secrets() -> None:
 
 def test_the_manifests_validate_strictly() -> None:
     validate = dh.tool("kubernetes-validate")
-    paths: list[Path] = sorted(RBAC.glob("*.yaml"))
+    paths: list[Path] = [*sorted(RBAC.glob("*.yaml")), *sorted(OPTIONAL.glob("*.yaml"))]
     done = subprocess.run(
         [validate, "--strict", "--quiet", *map(str, paths)], capture_output=True, text=True, timeout=300, check=False
     )

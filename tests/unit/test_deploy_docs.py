@@ -50,3 +50,24 @@ def test_api_reference_lists_every_path() -> None:
         for method in methods:
             assert f"## `{method.upper()} {path}`" in text
     assert "/api/v1/nodes/{name}/clear" in doc["paths"]
+
+
+def test_every_install_from_the_source_tree_builds_the_chart_dependencies_first() -> None:
+    """The chart declares redis-ha: Helm refuses to install it from the tree until ``helm dependency
+    build`` fetched it, and a build from ``Chart.lock`` wants the repository added by name."""
+    import re
+
+    import yaml
+
+    chart = yaml.safe_load((ROOT / "helm" / "autopilot" / "Chart.yaml").read_text())
+    repos = {d["repository"] for d in chart.get("dependencies", ())}
+    assert repos, "the chart declares its dependencies"
+    for doc in ("README.md", "docs/INSTALL.md"):
+        text = (ROOT / doc).read_text()
+        installs = [m.start() for m in re.finditer(r"helm\s+(?:install|upgrade)\s[^`]*?helm/autopilot", text)]
+        assert installs, f"{doc} says how to install the chart"
+        build = text.find("helm dependency build")
+        assert 0 <= build < installs[0], f"{doc}: helm dependency build before the first install"
+        for repo in repos:
+            added = text.find("helm repo add")
+            assert 0 <= added < build and repo in text[added:build], f"{doc}: helm repo add {repo} before the build"

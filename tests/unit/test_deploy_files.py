@@ -222,12 +222,16 @@ Permission = tuple[str, str, str, str | None]  # (apiGroup, resource, verb, name
 
 
 def _render_rbac(
-    namespace: str, pvc_namespace: str, fullname: str = "autopilot", storage_class: str = "local"
+    namespace: str,
+    pvc_namespace: str,
+    fullname: str = "autopilot",
+    storage_class: str = "local",
+    device_taints: str = "off",
 ) -> list[dict[str, Any]]:
     """rbac.yaml as Helm renders it for a release ``fullname`` in ``namespace`` (the chart's reader)."""
     values = {
         "fullnameOverride": fullname,
-        "config": {"pvcNamespace": pvc_namespace, "pvcTestStorageClass": storage_class},
+        "config": {"pvcNamespace": pvc_namespace, "pvcTestStorageClass": storage_class, "deviceTaints": device_taints},
     }
     return [d for d in yaml.safe_load_all(dh.render_chart(values, namespace=namespace)["rbac.yaml"]) if d]
 
@@ -250,16 +254,22 @@ def _permissions(docs: list[dict[str, Any]], account: str) -> set[Permission]:
     return out
 
 
-def _deploy_rbac() -> list[dict[str, Any]]:
+def _deploy_rbac(*, optional: bool = False) -> list[dict[str, Any]]:
+    """deploy/rbac; with ``optional``, also deploy/rbac/optional (what opt-in device taints add)."""
     paths = sorted((ROOT / "deploy" / "rbac").glob("*.yaml"))
+    if optional:
+        paths += sorted((ROOT / "deploy" / "rbac" / "optional").glob("*.yaml"))
     return [d for p in paths for d in yaml.safe_load_all(p.read_text()) if d]
 
 
+@pytest.mark.parametrize("device_taints", ["off", "dry-run", "on"])
 @pytest.mark.parametrize("process", ["worker", "api", "beat"])
-def test_chart_rbac_grants_each_process_what_deploy_rbac_grants(process: str) -> None:
-    """deploy/rbac is the measured minimum (test_cluster_rbac); the chart binds the same rules."""
-    chart = _permissions(_render_rbac("autopilot", "autopilot"), f"autopilot-{process}")
-    assert chart == _permissions(_deploy_rbac(), f"autopilot-{process}")
+def test_chart_rbac_grants_each_process_what_deploy_rbac_grants(process: str, device_taints: str) -> None:
+    """deploy/rbac is the measured minimum (test_cluster_rbac); the chart binds the same rules, and
+    deploy/rbac/optional's exactly when config.deviceTaints is not off."""
+    chart = _permissions(_render_rbac("autopilot", "autopilot", device_taints=device_taints), f"autopilot-{process}")
+    assert chart == _permissions(_deploy_rbac(optional=device_taints != "off"), f"autopilot-{process}")
+    assert any(p[1] == "devicetaintrules" for p in chart) is (device_taints != "off")
     assert all(p[3] in (None, "autopilot") for p in chart if p[1] != "events" or p[2] == "list"), (
         "namespaced rules belong to the release namespace"
     )

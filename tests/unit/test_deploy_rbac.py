@@ -1,6 +1,8 @@
 """The per-account RBAC table of docs/KUBERNETES.md: generated from the chart's rbac.yaml, and
 checked against what the code calls (the scenarios of test_cluster_rbac, through
 ``KubeClusterClient`` against the stand-in API server): every request allowed, every verb used.
+The chart is rendered with every opt-in feature that adds a grant (the pvc check, device taints),
+and the scenarios include theirs and beat's remediation pass.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import importlib.util
 from collections.abc import Callable, Iterator
 from types import ModuleType
 
+import fakeredis
 import pytest
 
 from autopilot.context import CheckContext
@@ -16,6 +19,10 @@ from tests.conftest import ROOT
 from tests.unit import test_cluster_rbac as measured
 from tests.unit.cluster_standin import Backend, make_backend
 from tests.unit.test_deploy_files import _permissions
+from tests.unit.test_remediation import evict, pass_the_gate
+from tests.unit.test_remediation import settings as remediation_settings
+from workers import remediating
+from workers.store import ResultsStore
 
 Permission = tuple[str, str, str, str | None]
 
@@ -60,7 +67,16 @@ def _calls(kube: Backend, account: str, make_ctx: Callable[..., CheckContext]) -
     if account == "api":
         kube.client.list_nodes("pool=a")
         kube.client.nodes_running("train", "job=llm")
-    return {measured.needed(r) for r in api.requests}
+    if account == "beat":
+        # Remediation (opt-in, beat only): cordon and taint an evicted node, then uncordon it after the gate.
+        store = ResultsStore(fakeredis.FakeRedis())
+        evict(store, "gpu-1")
+        remediating.run(store, kube.client, remediation_settings())
+        pass_the_gate(store, "gpu-1")
+        remediating.run(store, kube.client, remediation_settings())
+        assert not api.nodes["gpu-1"]["spec"].get("unschedulable")
+    measured.devicetaint_scenario(kube)
+    return {measured.needed(r) for r in api.requests if not measured.is_discovery(r)}
 
 
 @pytest.mark.parametrize("account", ["worker", "api", "beat"])
@@ -77,9 +93,9 @@ def test_each_account_may_do_what_its_code_calls_and_nothing_it_does_not(
 
 # Granted but not called, each for a stated reason (docs/KUBERNETES.md); anything else fails above.
 # nodes list lives in the ClusterRole all three share (deploy/rbac, kept equal to the chart); only
-# the API's nodelabel selection lists nodes.
+# the API's nodelabel selection and beat's remediation pass list nodes.
 KNOWN_UNUSED: dict[str, list[tuple[str, str, str]]] = {
     "worker": [("", "nodes", "list")],
     "api": [],
-    "beat": [("", "nodes", "list")],
+    "beat": [],
 }
