@@ -392,8 +392,6 @@ def test_api_restarted_during_a_long_poll(
     for n in nodes:
         procs.worker(n, redis_url)
     wait_for_nodes(redis_url, nodes)
-    run_id = post_run(api_factory(redis_url), {"checks": ["sleepy"], "hosts": nodes,
-                                               "params": {"sleepy": {"seconds": 6}}, "deadline": 60})  # fmt: skip
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = runtime_env(redis_url)
@@ -404,6 +402,10 @@ def test_api_restarted_during_a_long_poll(
         return proc
 
     first = api_process("api-1")
+    # The run starts once the API serves (its start-up, seconds on a loaded machine, must not eat
+    # the check's time): the long-poll below then waits on a run still in flight.
+    run_id = post_run(api_factory(redis_url), {"checks": ["sleepy"], "hosts": nodes,
+                                               "params": {"sleepy": {"seconds": 8}}, "deadline": 60})  # fmt: skip
     outcome: dict[str, Any] = {}
 
     def long_poll() -> None:
