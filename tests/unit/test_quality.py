@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import statistics
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from autopilot import config
+from autopilot.checks import pciebw
 from autopilot.verdict import Verdict
 from bench import quality
 from workers import simnoise, simulate
 
 TARGET = 0.95
+BUS_3 = "00000000:03:00.0"  # GPU 3 of a simulated node (workers/simulate.py)
 
 
 @pytest.fixture(autouse=True)
@@ -82,11 +86,50 @@ def test_the_simulator_spread_matches_its_stated_source() -> None:
     )
 
 
-def test_a_slowdown_scales_one_gpus_figure() -> None:
+def _h2d(stdout: str) -> tuple[float, dict[str, Any]]:
+    device = json.loads(stdout)["devices"][0]
+    return device["h2d_pinned_gbps"], device["h2d"]
+
+
+def test_a_slowdown_scales_every_sample_of_one_gpus_figure() -> None:
     settings = config.Settings(bandwidthtest_path="")
     runner, _ = simulate.build_seam(settings, {})
-    argv = ["ap-bandwidth", "--device", "3", "--size-mib", "256", "--runs", "5"]
+    argv = pciebw.ap_bandwidth_argv("ap-bandwidth", BUS_3)
     plain = simnoise.NoisyRunner(runner, "sim-0", 1, spreads={})
     slow = simnoise.NoisyRunner(runner, "sim-0", 1, [simnoise.Slowdown("h2d_pinned_gbps", 3, 0.5)], spreads={})
-    assert '"h2d_pinned_gbps": 53.4' in plain.run(argv, timeout=5).stdout
-    assert '"h2d_pinned_gbps": 26.7' in slow.run(argv, timeout=5).stdout
+    flat, series = _h2d(plain.run(argv, timeout=5).stdout)
+    assert flat == 53.4 and set(series["samples"]) == {53.4}
+    flat, series = _h2d(slow.run(argv, timeout=5).stdout)
+    # The checks judge the median of the samples: every sample, and the statistics, say 50%.
+    assert flat == 26.7 and set(series["samples"]) == {26.7}
+    assert (series["median"], series["min"], series["max"]) == (26.7, 26.7, 26.7)
+
+
+def test_run_noise_moves_the_samples_the_check_judges_and_keeps_the_statistics_coherent() -> None:
+    settings = config.Settings(bandwidthtest_path="")
+    runner, _ = simulate.build_seam(settings, {})
+    argv = pciebw.ap_bandwidth_argv("ap-bandwidth", BUS_3)
+    noisy = simnoise.NoisyRunner(runner, "sim-0", 1, noise=8)
+    runs = [_h2d(noisy.run(argv, timeout=5).stdout) for _ in range(20)]
+    for flat, series in runs:
+        samples = series["samples"]
+        assert flat == series["median"] == pytest.approx(statistics.median(samples), abs=1e-3)
+        assert (series["min"], series["max"]) == (min(samples), max(samples))
+        assert series["cv"] == pytest.approx(statistics.stdev(samples) / statistics.fmean(samples), abs=1e-4)
+    medians = [flat for flat, _ in runs]
+    # Eight times SC22's run-to-run spread (0.5% for pinned H2D): about 4% between runs.
+    assert 0.02 < statistics.stdev(medians) / statistics.fmean(medians) < 0.07
+    # The check itself reads the scaled samples.
+    out = noisy.run(argv, timeout=5).stdout
+    checked = pciebw.evaluate_text(out, {}, settings)
+    assert checked.devices[0].value == pytest.approx(_h2d(out)[0], abs=0.05)
+
+
+def test_noise_zero_replays_the_device_spread_only() -> None:
+    settings = config.Settings(bandwidthtest_path="")
+    runner, _ = simulate.build_seam(settings, {})
+    argv = pciebw.ap_bandwidth_argv("ap-bandwidth", BUS_3)
+    quiet = simnoise.NoisyRunner(runner, "sim-0", 1, noise=0)
+    assert len({_h2d(quiet.run(argv, timeout=5).stdout)[0] for _ in range(5)}) == 1
+    with pytest.raises(ValueError):
+        simnoise.NoisyRunner(runner, "sim-0", 1, noise=-1)
