@@ -143,7 +143,8 @@ class NoisyRunner:
             spread = self.spreads.get(figure)
             if spread is not None:
                 # Drawn whether or not noise is 0, so a fleet's device factors and draws do not depend on it.
-                factor = self.device_factor(gpu, figure) * (1.0 + self.noise * (self._rng.gauss(1.0, spread.run_cv) - 1))
+                run = self._rng.gauss(1.0, spread.run_cv)
+                factor = self.device_factor(gpu, figure) * (1.0 + self.noise * (run - 1.0))
             for s in self.slow:
                 if s.gpu == gpu and s.figure == figure:
                     factor *= s.factor
