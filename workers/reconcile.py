@@ -12,6 +12,11 @@ published to the Node (labels, condition, event) when a cluster is configured, a
 the local label store in Redis, which the API and ``autopilot up`` read. A verdict change whose
 Event the API server refused stays unannounced (``event_error`` in the state) and is announced
 again at the next reconcile, at most ``EVENT_ATTEMPTS`` times.
+
+A node's failed pings to a node the fleet's latest ping results blame (``network.fleet_suspects``,
+the localisation of the API's report) are that suspect's finding, not the pinging node's: the
+verdict judges the ``ping`` result without them (``network.attribute``). The fleet's pings are
+read only when the node's own ``ping`` is bad, and once per tick in ``reconcile_all``.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
-from autopilot import config, errors, publish, registry, results, verdict
+from autopilot import config, errors, network, publish, registry, results, verdict
 from autopilot.cluster import ClusterClient
 from workers import confirming, gpureconcile
 from workers.store import NodeView, ResultsStore
@@ -74,12 +79,14 @@ def reconcile_node(
     *,
     cluster: ClusterClient | None = None,
     view: NodeView | None = None,
+    suspects: frozenset[str] | None = None,
 ) -> verdict.Decision:
     """Recompute ``node``'s verdict and store it with its labels (one MULTI).
 
     ``view`` is the node's latest results, state and last heartbeat when the caller has just
     read them (a task reads them in the same MULTI that saves its last result); otherwise they
-    are read here.
+    are read here. ``suspects``: the fleet's ping suspects when the caller has them (else read
+    here if the node's ping is bad).
     """
     moment = now or datetime.now(UTC)
     if view is None:
@@ -88,6 +95,10 @@ def reconcile_node(
     # What confirmation lets count: pending failures wait, recovering checks keep their failure. The
     # node's verdict and its GPUs' verdicts judge the same view, so a noise sample moves neither.
     confirmed = confirming.effective_latest(store, node, latest, state, settings)
+    ping = confirmed.get("ping")
+    if ping is not None and ping.is_bad:
+        blamed = fleet_suspects(store, settings, moment) if suspects is None else suspects
+        confirmed = network.attribute(confirmed, blamed)
     evicted_at = results.parse_iso(state["evicted_at"]) if state.get("evicted_at") else None
     decision = verdict.decide(
         confirmed,
@@ -205,6 +216,21 @@ def _changes(current: Mapping[str, str], wanted: Mapping[str, str | None]) -> di
     return {k: v for k, v in wanted.items() if current.get(k) != v}
 
 
+def fleet_suspects(
+    store: ResultsStore, settings: config.Settings, now: datetime, nodes: Sequence[str] | None = None
+) -> frozenset[str]:
+    """The nodes the fleet's fresh ``ping`` results blame (one pipeline over every known node).
+
+    A result older than ``settings.stale_after_s`` (a lost node's last word) takes no part."""
+    names = list(nodes) if nodes is not None else sorted(store.last_seen())
+    fresh = {
+        node: r
+        for node, r in store.latest_of("ping", names).items()
+        if r.started_at and (now - results.parse_iso(r.started_at)).total_seconds() <= settings.stale_after_s
+    }
+    return network.fleet_suspects(fresh)
+
+
 def reconcile_all(
     store: ResultsStore, settings: config.Settings, cluster: ClusterClient | None = None, now: datetime | None = None
 ) -> dict[str, str]:
@@ -214,9 +240,12 @@ def reconcile_all(
     """
     moment = now or datetime.now(UTC)
     out: dict[str, str] = {}
-    for node, seen in sorted(store.last_seen().items()):
+    known = sorted(store.last_seen().items())
+    suspects = fleet_suspects(store, settings, moment, [node for node, _ in known])
+    for node, seen in known:
         view = store.view(node)
-        out[node] = reconcile_node(store, node, settings, moment, cluster=cluster, view=view).verdict.value
+        decision = reconcile_node(store, node, settings, moment, cluster=cluster, view=view, suspects=suspects)
+        out[node] = decision.verdict.value
         if _expired(store, node, seen, moment, settings, cluster is not None):
             last = results.utc_now_iso(datetime.fromtimestamp(seen, UTC))
             log.warning("forgetting node %s: lost past its retention (no heartbeat since %s)", node, last)

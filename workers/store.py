@@ -216,6 +216,13 @@ class ResultsStore:
     def latest_many(self, nodes: Sequence[str]) -> dict[str, dict[str, CheckResult]]:
         return {n: _latest(raw) for n, raw in self._hashes("latest", nodes).items()}
 
+    def latest_of(self, check: str, nodes: Sequence[str]) -> dict[str, CheckResult]:
+        """Node -> its latest ``check`` result (nodes without one left out), every node in one pipeline."""
+        pipe = self.r.pipeline(transaction=False)
+        for n in nodes:
+            pipe.hget(f"{P}latest:{n}", check)
+        return {n: CheckResult.from_json(raw) for n, raw in zip(nodes, pipe.execute(), strict=True) if raw}
+
     def _hashes(self, kind: str, nodes: Sequence[str]) -> dict[str, Any]:
         """Node -> its ``<kind>:<node>`` hash, every node in one pipeline."""
         pipe = self.r.pipeline(transaction=False)
