@@ -16,7 +16,8 @@ again at the next reconcile, at most ``EVENT_ATTEMPTS`` times.
 A node's failed pings to a node the fleet's latest ping results blame (``network.fleet_suspects``,
 the localisation of the API's report) are that suspect's finding, not the pinging node's: the
 verdict judges the ``ping`` result without them (``network.attribute``). The fleet's pings are
-read only when the node's own ``ping`` is bad, and once per tick in ``reconcile_all``.
+read once per tick in ``reconcile_all``, which keeps the suspects it found, and by a reconcile
+after a task only when the node's own ``ping`` is bad in a way the kept suspects do not explain.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ EVENT_ATTEMPTS = 5
 # State fields that describe one eviction, and those that describe the last clear.
 _EVICTION = ("evicted_at", "evict_cause")
 _CLEAR = ("cleared_by", "cleared_at", "cleared_cause")
+# How long the fleet's ping suspects are kept for the reconciles after tasks (beat's tick renews
+# them; past this a failed ping reads the fleet's pings again).
+_SUSPECTS_TTL_S = 600.0
 
 
 def periodic_checks(settings: config.Settings) -> list[str]:
@@ -97,8 +101,7 @@ def reconcile_node(
     confirmed = confirming.effective_latest(store, node, latest, state, settings)
     ping = confirmed.get("ping")
     if ping is not None and ping.is_bad:
-        blamed = fleet_suspects(store, settings, moment) if suspects is None else suspects
-        confirmed = network.attribute(confirmed, blamed)
+        confirmed = _attribute_pings(store, settings, moment, confirmed, suspects)
     evicted_at = results.parse_iso(state["evicted_at"]) if state.get("evicted_at") else None
     decision = verdict.decide(
         confirmed,
@@ -216,6 +219,31 @@ def _changes(current: Mapping[str, str], wanted: Mapping[str, str | None]) -> di
     return {k: v for k, v in wanted.items() if current.get(k) != v}
 
 
+def _attribute_pings(
+    store: ResultsStore,
+    settings: config.Settings,
+    moment: datetime,
+    confirmed: dict[str, results.CheckResult],
+    suspects: frozenset[str] | None,
+) -> dict[str, results.CheckResult]:
+    """``confirmed`` with its failed pings to the fleet's suspects set aside (``network.attribute``).
+
+    Without ``suspects`` from the caller, the suspects kept by the last reconcile that looked are
+    tried first; only a failure they do not explain makes this reconcile read the fleet's pings
+    (one pipeline, every node's ping result: the expensive path, taken by the first few nodes
+    that meet a new suspect, not by every node that pings it).
+    """
+    if suspects is None:
+        kept = store.ping_suspects()
+        if kept is not None:
+            excused = network.attribute(confirmed, kept)
+            if not excused["ping"].is_bad:
+                return excused
+        suspects = fleet_suspects(store, settings, moment)
+        store.set_ping_suspects(suspects, _SUSPECTS_TTL_S)
+    return network.attribute(confirmed, suspects)
+
+
 def fleet_suspects(
     store: ResultsStore, settings: config.Settings, now: datetime, nodes: Sequence[str] | None = None
 ) -> frozenset[str]:
@@ -242,6 +270,7 @@ def reconcile_all(
     out: dict[str, str] = {}
     known = sorted(store.last_seen().items())
     suspects = fleet_suspects(store, settings, moment, [node for node, _ in known])
+    store.set_ping_suspects(suspects, _SUSPECTS_TTL_S)
     for node, seen in known:
         view = store.view(node)
         decision = reconcile_node(store, node, settings, moment, cluster=cluster, view=view, suspects=suspects)

@@ -6,6 +6,7 @@ import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import fakeredis
+import pytest
 
 from autopilot import config, network
 from autopilot.checks import ping
@@ -107,3 +108,23 @@ def test_stale_pings_of_the_fleet_take_no_part() -> None:
     store = store_with({**stale, "gpu-1": ping_result("gpu-1", set())})
     assert reconcile.fleet_suspects(store, settings(), NOW) == frozenset()
     assert network.fleet_suspects(stale) == {"gpu-3"}  # what the old results alone would say
+
+
+def test_suspects_kept_by_the_last_reconcile_spare_reading_the_fleets_pings(monkeypatch: pytest.MonkeyPatch) -> None:
+    store = store_with(fleet({"gpu-3"}))
+    store.set_ping_suspects({"gpu-3"}, 60)
+    monkeypatch.setattr(reconcile, "fleet_suspects", lambda *a, **k: pytest.fail("read the fleet's pings"))
+    assert reconcile.reconcile_node(store, "gpu-1", settings(), NOW + timedelta(seconds=5)).verdict.value == "PASS"
+
+
+def test_kept_suspects_that_do_not_explain_a_failure_are_looked_up_again() -> None:
+    store = store_with(fleet({"gpu-3"}))
+    store.set_ping_suspects({"gpu-5"}, 60)  # an older finding: gpu-5 no longer explains anything
+    assert reconcile.reconcile_node(store, "gpu-1", settings(), NOW + timedelta(seconds=5)).verdict.value == "PASS"
+    assert store.ping_suspects() == {"gpu-3"}
+
+
+def test_beat_keeps_the_suspects_it_found() -> None:
+    store = store_with(fleet({"gpu-3"}))
+    reconcile.reconcile_all(store, settings(), now=NOW + timedelta(seconds=5))
+    assert store.ping_suspects() == {"gpu-3"}
