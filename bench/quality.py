@@ -3,8 +3,8 @@
 A fleet of simulated nodes (``workers.simulate``: 8 H100s each, replayed tool outputs) with the
 spread of a real fleet (``workers.simnoise``: per-device variation and run noise from a published
 study) and a labelled fault mix: every fault kind the simulator has for the periodic checks,
-GPUs at 95/90/80/50% of normal PCIe, DAXPY and DGEMM figures, some faults transient (one round)
-and the rest permanent. Several periodic rounds run in this process, no Redis and no workers:
+GPUs at 95/90/80/50% of normal PCIe, DAXPY and DGEMM figures, some faults transient (one bad
+sample) and the rest permanent. Several periodic rounds run in this process, no Redis and no workers:
 each node's checks run for real through the engine on its simulated seams, each result is judged
 against the fleet's baseline (``autopilot.baseline``, the worker's judgement, with an in-process
 ``Window`` for Redis); a check whose failure is pending or recovering gets its confirmation runs
@@ -13,9 +13,14 @@ at once, as the workers send them (``workers.confirming``); the fleet's ping sus
 into its verdict.
 
 Printed: per fault kind and overall, precision and recall of WARN/EVICT over node-rounds, false
-EVICTs, false WARNs, and the time to detection in rounds. Every figure follows from ``--seed``.
+EVICTs, false WARNs, the time to detection in rounds and the confirmation runs it took. Every
+figure follows from ``--seed``.
 
     python -m bench.quality --nodes 1000 --rounds 6 --seed 1
+
+``--flaps --noise SCALE``: instead, verdict flaps of healthy nodes on a fleet whose bandwidth runs
+carry SCALE times the published run-to-run noise (the live simulator's ``--sim-noise``), with
+confirmation off and on, and how fast real faults are confirmed (``flap_figures``).
 
 Scoring, per node and round (after the round's checks and confirmation runs): the truth is
 "faulty" while a fault is active (a permanent fault from round 1 on, in every run; a transient one
@@ -27,13 +32,12 @@ node-rounds with a milder fault (95%, 90%) and transient faults count in their o
 neither side of the "in scope" line. A transient fault of a check whose failures can be noise is
 meant to be absorbed by confirmation: its FN is the intended outcome ("absorbed"); one of a check
 that acts at once (``remapped``, ``gpupower``) is a TP, and the WARN its hysteresis holds for a
-round after is a false WARN of its row.
+round after (if its recovery is not confirmed at once) is a false WARN of its row.
 
 ``verdict_step``: the one place the verdict is made, as ``workers.reconcile`` makes it:
 ``confirmation.effective`` (N of M, hysteresis) over the node's history, ``network.attribute``
 (its pings to the fleet's suspects are not its finding), ``verdict.decide`` with the sticky EVICT.
-``--confirm off`` judges every result at once (N=1 of 1, K=1, no confirmation runs): the verdicts
-before issue #15.
+Settings with N=1 of 1 and K=1 judge every result at once: the verdicts before issue #15.
 """
 
 from __future__ import annotations
@@ -445,23 +449,111 @@ def targets_met(outcome: Outcome) -> bool:
     )
 
 
+FLAP_CASES = (
+    Case("pciebw at 80%", slow=(simnoise.Slowdown("h2d_pinned_gbps", 3, 0.8),), severity=0.8),
+    Case("daxpy at 80%", slow=(simnoise.Slowdown("daxpy_gbps", 3, 0.8),), severity=0.8),
+    Case("dgemm at 80%", slow=(simnoise.Slowdown("dgemm_tflops", 3, 0.8),), severity=0.8),
+    Case("pciebw:low", (("pciebw", "low"),)),
+    Case("gpumem:slow", (("gpumem", "slow"),)),
+)
+FLAP_CHECKS = ("pciebw", "gpumem")
+
+
+@dataclasses.dataclass(frozen=True)
+class Flaps:
+    """One policy's figures on a noisy fleet: healthy nodes' verdict changes, and how real faults were confirmed."""
+
+    policy: str
+    flaps: int  # verdict changes of healthy nodes, round to round
+    flapping_nodes: int  # healthy nodes whose verdict changed at least once
+    healthy_rounds: int  # healthy node-rounds judged
+    detected: int
+    faults: int
+    rounds_to_detect_max: int | None
+    confirm_runs_max: int | None
+
+
+def flap_figures(nodes: int, rounds: int, seed: int, noise: float, per_case: int = 2) -> list[Flaps]:
+    """Verdict flaps and fault confirmation on a fleet whose bandwidth figures carry ``noise`` (``--sim-noise``),
+    with confirmation off (every result acts at once) and on (the default settings)."""
+    names = simulate.node_names(nodes)
+    chosen = random.Random(f"{seed}:flaps").sample(names, per_case * len(FLAP_CASES))
+    the_plan: dict[str, Case | None] = dict.fromkeys(names)
+    the_plan.update(zip(chosen, [c for c in FLAP_CASES for _ in range(per_case)], strict=True))
+    on = config.Settings(node_name="bench", periodic_checks=FLAP_CHECKS)
+    off = dataclasses.replace(on, confirm_need=1, confirm_window=1, recover_passes=1, confirm_runs=False)
+    out = []
+    for name, settings in (("off (every result acts at once)", off), ("on (2 of 3, K=2, confirmation runs)", on)):
+        outcome = run(nodes, rounds, seed, fleet_plan=the_plan, checks=FLAP_CHECKS, settings=settings, noise=noise)
+        healthy = [v for node, v in outcome.verdicts.items() if the_plan[node] is None]
+        changes = [sum(a is not b for a, b in zip(v, v[1:], strict=False)) for v in healthy]
+        faulty = outcome.overall
+        out.append(
+            Flaps(
+                name,
+                sum(changes),
+                sum(1 for c in changes if c),
+                sum(len(v) for v in healthy),
+                len(faulty.delays),
+                len(faulty.delays) + faulty.missed,
+                max(faulty.delays, default=None),
+                max(faulty.confirm_runs, default=None),
+            )
+        )
+    return out
+
+
+def flap_table(figures: Sequence[Flaps]) -> str:
+    lines = [
+        "| confirmation | verdict flaps (healthy nodes) | healthy nodes that flapped | real faults confirmed "
+        "| rounds to confirm (max) | confirmation runs in that round (max) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for f in figures:
+        lines.append(
+            f"| {f.policy} | {f.flaps} in {f.healthy_rounds} node-rounds | {f.flapping_nodes} | "
+            f"{f.detected} of {f.faults} | {'-' if f.rounds_to_detect_max is None else f.rounds_to_detect_max} | "
+            f"{'-' if f.confirm_runs_max is None else f.confirm_runs_max} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--per-case", type=int, default=None, help="faulty nodes per case (default: nodes / 250)")
+    parser.add_argument(
+        "--noise", type=float, default=1.0, help="scale of the run-to-run noise (workers/simnoise.py; 1: published)"
+    )
+    parser.add_argument(
+        "--flaps",
+        action="store_true",
+        help="instead of the table: verdict flaps of a noisy fleet (pciebw, gpumem) with confirmation off and on",
+    )
     args = parser.parse_args(argv)
+    if not 0 <= args.noise <= simnoise.MAX_NOISE:
+        parser.error(f"--noise must be 0..{simnoise.MAX_NOISE:g}")
     if not 10 <= args.nodes <= simulate.MAX_NODES or not 2 <= args.rounds <= 100:
         parser.error("--nodes must be 10..100000 and --rounds 2..100")
     if args.per_case is not None and args.per_case < 0:
         parser.error("--per-case must be >= 0")
     logging.disable(logging.WARNING)  # the engine logs every failing check: thousands of lines here
+    if args.flaps:
+        per_case = 2 if args.per_case is None else max(1, args.per_case)
+        print(
+            f"nodes {args.nodes} ({per_case * len(FLAP_CASES)} with a fault from round {ONSET}), rounds {args.rounds}, "
+            f"seed {args.seed}, noise {args.noise:g}, checks {', '.join(FLAP_CHECKS)}"
+        )
+        print()
+        print(flap_table(flap_figures(args.nodes, args.rounds, args.seed, args.noise, per_case)))
+        return 0
     try:
         fleet_plan = plan(args.nodes, args.seed, args.per_case)
     except ValueError as exc:
         parser.error(str(exc))
-    outcome = run(args.nodes, args.rounds, args.seed, fleet_plan=fleet_plan)
+    outcome = run(args.nodes, args.rounds, args.seed, fleet_plan=fleet_plan, noise=args.noise)
     faulty = sum(1 for c in fleet_plan.values() if c is not None)
     print(
         f"nodes {args.nodes} ({faulty} with a fault), rounds {args.rounds}, seed {args.seed}, "
