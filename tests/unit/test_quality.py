@@ -161,3 +161,13 @@ def test_noise_zero_replays_the_device_spread_only() -> None:
     assert len({_h2d(quiet.run(argv, timeout=5).stdout)[0] for _ in range(5)}) == 1
     with pytest.raises(ValueError):
         simnoise.NoisyRunner(runner, "sim-0", 1, noise=-1)
+
+
+def test_a_real_fault_on_a_noisy_fleet_is_confirmed_by_one_confirmation_run() -> None:
+    """The figures of QUALITY.md's noisy fleet, small: every real fault confirmed in its round, by one run."""
+    off, on = quality.flap_figures(24, 3, seed=1, noise=2, per_case=1)
+    for figures in (off, on):
+        assert figures.detected == figures.faults == len(quality.FLAP_CASES)
+        assert figures.rounds_to_detect_max == 0
+    assert off.confirm_runs_max == 0 and on.confirm_runs_max == 1
+    assert "confirmation runs in that round" in quality.flap_table([off, on])
