@@ -26,7 +26,8 @@ paper saw (1.5x slower than the median) are faults here, placed by the caller, n
 
 ``noise`` scales the run-to-run noise only (1: the spread above; 0: none; 8: a fleet whose samples
 wander eight times as much, e.g. links that come back from idle slowly): the simulator's noise
-setting (``AUTOPILOT_SIM_NOISE``), with which confirmation's effect on verdict flaps is measured.
+setting (``autopilot up --simulate N --sim-noise SCALE``), with which confirmation's effect on
+verdict flaps is measured (``python -m bench.quality --flaps``).
 """
 
 from __future__ import annotations
