@@ -224,7 +224,7 @@ class Fleet:
     def _runner(self, node: str, inner: simulate.SimRunner, slow: Sequence[simnoise.Slowdown]) -> simnoise.NoisyRunner:
         # One run-noise generator per node for the whole benchmark (its periodic and confirmation runs
         # draw from it in turn), so a node's figures follow from the seed alone.
-        rng = self._rngs.setdefault(node, simnoise.NoisyRunner(None, node, self.seed)._rng)
+        rng = self._rngs.setdefault(node, simnoise.run_generator(self.seed, node))
         return simnoise.NoisyRunner(inner, node, self.seed, slow, noise=self.noise, _rng=rng)
 
 

@@ -65,6 +65,11 @@ TOOLS = ("ap-bandwidth", "ap-gpumem")
 SERIES = {"h2d_pinned_gbps": "h2d", "d2h_pinned_gbps": "d2h", "daxpy_gbps": "daxpy", "dgemm_tflops": "dgemm"}
 
 
+def run_generator(seed: int, node: str) -> random.Random:
+    """The generator of a node's run noise (one per node, shared by its runners, drawn in run order)."""
+    return random.Random(f"{seed}:{node}:runs")
+
+
 @dataclasses.dataclass(frozen=True)
 class Slowdown:
     """GPU ``gpu``'s ``figure`` at ``factor`` of its normal (0.8: 80%)."""
@@ -100,7 +105,7 @@ class NoisyRunner:
         self.slow = tuple(slow)
         self.spreads = spreads
         self.noise = noise
-        self._rng = _rng or random.Random(f"{seed}:{node}:runs")
+        self._rng = _rng or run_generator(seed, node)
 
     def bind(self, scope: commands.ProcessScope) -> NoisyRunner:
         bound = self.inner.bind(scope) if hasattr(self.inner, "bind") else self.inner
