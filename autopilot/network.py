@@ -3,17 +3,24 @@
 Localisation turns pair results (source node, destination node, interface, good or bad) into a
 suspect: a node all of whose pairs are bad while the pairs that do not involve it are mostly
 good is named; otherwise the bad pairs themselves are the suspects.
+
+Attribution (``ping_pairs``, ``fleet_suspects``, ``excuse_ping``): the verdict's use of the same
+localisation. A node whose link is down is not answered by anyone who pings it; those failed
+pairs are the suspect's finding, not the pinging node's, so a node's ``ping`` result is judged
+without its pairs to a suspect the fleet's latest ping results name (docs/RESULTS.md).
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
-from autopilot import errors
+from autopilot import errors, results
+from autopilot.results import CheckResult, Status
 
 _PACKETS = re.compile(
     r"(?P<tx>\d+) packets transmitted, (?P<rx>\d+) (?:packets )?received"
@@ -141,16 +148,86 @@ def localise(pairs: Iterable[PairResult], *, others_bad_max: float = 0.25) -> Su
     bad = [p for p in found if p.bad]
     if not bad:
         return Suspects((), ())
-    nodes = sorted({p.source for p in found} | {p.target for p in found})
+    # One pass over the pairs (a fleet that pings every node has n^2 of them): per node, the pairs
+    # that involve it and how many of those are bad.
+    mine: collections.Counter[str] = collections.Counter()
+    mine_bad: collections.Counter[str] = collections.Counter()
+    for p in found:
+        for node in {p.source, p.target}:
+            mine[node] += 1
+            mine_bad[node] += p.bad
     suspects: list[str] = []
-    if len(nodes) >= 3:
-        for node in nodes:
-            mine = [p for p in found if node in (p.source, p.target)]
-            others = [p for p in found if node not in (p.source, p.target)]
-            if mine and all(p.bad for p in mine):
-                others_bad = sum(p.bad for p in others) / len(others) if others else 0.0
+    if len(mine) >= 3:
+        for node in sorted(mine):
+            if mine_bad[node] == mine[node]:
+                others = len(found) - mine[node]
+                others_bad = (len(bad) - mine_bad[node]) / others if others else 0.0
                 if others_bad <= others_bad_max:
                     suspects.append(node)
     if suspects:
         return Suspects(tuple(suspects), ())
     return Suspects((), tuple(sorted((p.source, p.target, p.interface) for p in bad)))
+
+
+def ping_pairs(latest: Mapping[str, CheckResult]) -> list[PairResult]:
+    """The pairs of nodes' ``ping`` results (node -> its result): ``data["pairs"]`` of each.
+
+    A pair whose ping could not run (``error``) says nothing about the link and is left out.
+    """
+    out: list[PairResult] = []
+    for node, result in latest.items():
+        if result.check != "ping":
+            continue
+        for pair in result.data.get("pairs") or ():
+            if not isinstance(pair, Mapping) or pair.get("status") not in ("ok", "warn", "fail"):
+                continue
+            target, interface = pair.get("target"), pair.get("interface")
+            if isinstance(target, str) and isinstance(interface, str) and target != node:
+                out.append(PairResult(node, target, interface, pair["status"] != "ok"))
+    return out
+
+
+def fleet_suspects(latest: Mapping[str, CheckResult]) -> frozenset[str]:
+    """The nodes the fleet's latest ``ping`` results blame (``localise`` over all their pairs)."""
+    return frozenset(localise(ping_pairs(latest)).nodes)
+
+
+def excuse_ping(result: CheckResult, suspects: Collection[str]) -> CheckResult:
+    """``result`` (a node's ``ping``) without its failed pairs to a suspect of the fleet.
+
+    Those peers' devices become ``skipped`` with the reason; the rest is judged as before, so a
+    node whose only failures are pings to the suspect passes, and a node with another failed peer
+    still fails. The suspect itself is never excused: its own pairs go to nodes that are not suspects.
+    """
+    if result.check != "ping" or not result.is_bad or not suspects:
+        return result
+    devices = []
+    excused: set[str] = set()
+    for d in result.devices:
+        peer = d.id.split("/", 1)[0]
+        if d.status in (Status.FAIL, Status.WARN) and peer in suspects and peer != result.node:
+            excused.add(peer)
+            why = f"{d.detail or d.status.value}; not judged here: {peer} is the fleet's suspect"
+            d = dataclasses.replace(d, status=Status.SKIPPED, detail=why)
+        devices.append(d)
+    if not excused:
+        return result
+    named = ", ".join(sorted(excused))
+    folded = results.from_devices(
+        "ping",
+        devices,
+        ok_summary=f"every peer reachable but {named} (the fleet's suspect, not this node)",
+        data={**result.data, "excused": sorted(excused)},
+        what="peer",
+    )
+    return dataclasses.replace(
+        result, status=folded.status, summary=folded.summary, devices=folded.devices, data=folded.data
+    )
+
+
+def attribute(latest: Mapping[str, CheckResult], suspects: Collection[str]) -> dict[str, CheckResult]:
+    """A node's results with its ``ping`` result judged without its pairs to ``suspects``."""
+    out = dict(latest)
+    if "ping" in out:
+        out["ping"] = excuse_ping(out["ping"], suspects)
+    return out

@@ -92,6 +92,9 @@ def worker_main(argv: Sequence[str]) -> int:
     )
     parser.add_argument("--simulate-offset", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--fault", action="append", default=[], metavar="NODE:CHECK[:KIND]", help="simulated fault")
+    parser.add_argument(
+        "--sim-noise", type=float, default=0.0, metavar="SCALE", help="bandwidth spread of simulated nodes (0: none)"
+    )
     # Network faults of simulated nodes hosted by other processes (`autopilot up` passes them).
     parser.add_argument("--link-fault", action="append", default=[], help=argparse.SUPPRESS)
     parser.add_argument(
@@ -118,6 +121,7 @@ def worker_main(argv: Sequence[str]) -> int:
             offset=args.simulate_offset,
             live_nodes=lambda: store.node_names(seen_since=time.time() - settings.live_after_s),
             link_faults=args.link_fault,
+            noise=args.sim_noise,
         )
     else:
         node = names.node_name(args.node or settings.node_name, field="--node")

@@ -12,6 +12,12 @@ published to the Node (labels, condition, event) when a cluster is configured, a
 the local label store in Redis, which the API and ``autopilot up`` read. A verdict change whose
 Event the API server refused stays unannounced (``event_error`` in the state) and is announced
 again at the next reconcile, at most ``EVENT_ATTEMPTS`` times.
+
+A node's failed pings to a node the fleet's latest ping results blame (``network.fleet_suspects``,
+the localisation of the API's report) are that suspect's finding, not the pinging node's: the
+verdict judges the ``ping`` result without them (``network.attribute``). The fleet's pings are
+read once per tick in ``reconcile_all``, which keeps the suspects it found, and by a reconcile
+after a task only when the node's own ``ping`` is bad in a way the kept suspects do not explain.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
-from autopilot import config, errors, gpuverdict, publish, registry, results, verdict
+from autopilot import config, errors, gpuverdict, network, publish, registry, results, verdict
 from autopilot.cluster import ClusterClient
 from autopilot.gpuverdict import GpuState
 from workers import confirming, gpureconcile
@@ -36,6 +42,9 @@ EVENT_ATTEMPTS = 5
 # State fields that describe one eviction, and those that describe the last clear.
 _EVICTION = ("evicted_at", "evict_cause")
 _CLEAR = ("cleared_by", "cleared_at", "cleared_cause")
+# How long the fleet's ping suspects are kept for the reconciles after tasks (beat's tick renews
+# them; past this a failed ping reads the fleet's pings again).
+_SUSPECTS_TTL_S = 600.0
 
 
 def periodic_checks(settings: config.Settings) -> list[str]:
@@ -85,12 +94,14 @@ def reconcile_node(
     *,
     cluster: ClusterClient | None = None,
     view: NodeView | None = None,
+    suspects: frozenset[str] | None = None,
 ) -> verdict.Decision:
     """Recompute ``node``'s verdict and store it with its labels (one MULTI).
 
     ``view`` is the node's latest results, state and last heartbeat when the caller has just
     read them (a task reads them in the same MULTI that saves its last result); otherwise they
-    are read here.
+    are read here. ``suspects``: the fleet's ping suspects when the caller has them (else read
+    here if the node's ping is bad).
     """
     moment = now or datetime.now(UTC)
     if view is None:
@@ -99,6 +110,9 @@ def reconcile_node(
     # What confirmation lets count: pending failures wait, recovering checks keep their failure. The
     # node's verdict and its GPUs' verdicts judge the same view, so a noise sample moves neither.
     confirmed = confirming.effective_latest(store, node, latest, state, settings)
+    ping = confirmed.get("ping")
+    if ping is not None and ping.is_bad:
+        confirmed = _attribute_pings(store, settings, moment, confirmed, suspects)
     evicted_at = results.parse_iso(state["evicted_at"]) if state.get("evicted_at") else None
     lost = lost_since(view.last_seen, moment, settings)
     decision = verdict.decide(
@@ -217,6 +231,46 @@ def _changes(current: Mapping[str, str], wanted: Mapping[str, str | None]) -> di
     return {k: v for k, v in wanted.items() if current.get(k) != v}
 
 
+def _attribute_pings(
+    store: ResultsStore,
+    settings: config.Settings,
+    moment: datetime,
+    confirmed: dict[str, results.CheckResult],
+    suspects: frozenset[str] | None,
+) -> dict[str, results.CheckResult]:
+    """``confirmed`` with its failed pings to the fleet's suspects set aside (``network.attribute``).
+
+    Without ``suspects`` from the caller, the suspects kept by the last reconcile that looked are
+    tried first; only a failure they do not explain makes this reconcile read the fleet's pings
+    (one pipeline, every node's ping result: the expensive path, taken by the first few nodes
+    that meet a new suspect, not by every node that pings it).
+    """
+    if suspects is None:
+        kept = store.ping_suspects()
+        if kept is not None:
+            excused = network.attribute(confirmed, kept)
+            if not excused["ping"].is_bad:
+                return excused
+        suspects = fleet_suspects(store, settings, moment)
+        store.set_ping_suspects(suspects, _SUSPECTS_TTL_S)
+    return network.attribute(confirmed, suspects)
+
+
+def fleet_suspects(
+    store: ResultsStore, settings: config.Settings, now: datetime, nodes: Sequence[str] | None = None
+) -> frozenset[str]:
+    """The nodes the fleet's fresh ``ping`` results blame (one pipeline over every known node).
+
+    A result older than ``settings.stale_after_s`` (a lost node's last word) takes no part."""
+    names = list(nodes) if nodes is not None else sorted(store.last_seen())
+    fresh = {
+        node: r
+        for node, r in store.latest_of("ping", names).items()
+        if r.started_at and (now - results.parse_iso(r.started_at)).total_seconds() <= settings.stale_after_s
+    }
+    return network.fleet_suspects(fresh)
+
+
 def reconcile_all(
     store: ResultsStore, settings: config.Settings, cluster: ClusterClient | None = None, now: datetime | None = None
 ) -> dict[str, str]:
@@ -226,9 +280,13 @@ def reconcile_all(
     """
     moment = now or datetime.now(UTC)
     out: dict[str, str] = {}
-    for node, seen in sorted(store.last_seen().items()):
+    known = sorted(store.last_seen().items())
+    suspects = fleet_suspects(store, settings, moment, [node for node, _ in known])
+    store.set_ping_suspects(suspects, _SUSPECTS_TTL_S)
+    for node, seen in known:
         view = store.view(node)
-        out[node] = reconcile_node(store, node, settings, moment, cluster=cluster, view=view).verdict.value
+        decision = reconcile_node(store, node, settings, moment, cluster=cluster, view=view, suspects=suspects)
+        out[node] = decision.verdict.value
         if _expired(store, node, seen, moment, settings, cluster is not None):
             last = results.utc_now_iso(datetime.fromtimestamp(seen, UTC))
             log.warning("forgetting node %s: lost past its retention (no heartbeat since %s)", node, last)

@@ -2,9 +2,14 @@
 
 The recordings the simulator replays (``workers/simdata``) give every GPU of every node nearly the
 same figure, which no fleet does. ``NoisyRunner`` wraps a simulated node's command seam and
-rescales the figures ``ap-bandwidth`` and ``ap-gpumem`` print, GPU by GPU:
+rescales the figures ``ap-bandwidth`` and ``ap-gpumem`` print (JSON version 2), GPU by GPU:
 
-    figure x device factor (fixed per node, GPU and figure) x run noise (new every run) x slowdown
+    sample x device factor (fixed per node, GPU and figure) x run noise (new every run) x slowdown
+
+Every sample of a figure's series (``"h2d": {"samples": [...]}``) is scaled by the same factor,
+and the series' median, min, max and coefficient of variation and the flat field (``h2d_pinned_gbps``,
+the median) are recomputed from the scaled samples, so the checks, which judge the median of the
+samples, see the same figure the flat field says.
 
 Both factors are normal around 1 with the coefficients of variation of ``SPREADS``, drawn from a
 seed, so a simulated fleet is the same fleet on every run with the same seed. ``slow`` sets a
@@ -18,6 +23,11 @@ cluster for compute-bound kernels (SGEMM, ResNet), and less for memory-bound one
 DGEMM, and take 1.5% for DAXPY (HBM-bound) and 1% for pinned H2D (bounded by the PCIe link, not
 by the chip's power management). Run-to-run noise is half the device spread. Outliers that
 paper saw (1.5x slower than the median) are faults here, placed by the caller, not noise.
+
+``noise`` scales the run-to-run noise only (1: the spread above; 0: none; 8: a fleet whose samples
+wander eight times as much, e.g. links that come back from idle slowly): the simulator's noise
+setting (``autopilot up --simulate N --sim-noise SCALE``), with which confirmation's effect on
+verdict flaps is measured (``python -m bench.quality --flaps``).
 """
 
 from __future__ import annotations
@@ -26,11 +36,13 @@ import dataclasses
 import json
 import os
 import random
+import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from autopilot import commands
 
+MAX_NOISE = 50.0
 _SC22 = "Sinha et al., SC22 (arXiv:2208.11035): 8% average variation between GPUs of one SKU"
 
 
@@ -49,6 +61,13 @@ SPREADS: dict[str, Spread] = {
     "dgemm_tflops": Spread(0.02, 0.01, f"{_SC22}, read as the middle 95% of healthy GPUs (4 sigma)"),
 }
 TOOLS = ("ap-bandwidth", "ap-gpumem")
+# Flat figure (the median, version 2) -> the series that holds its samples.
+SERIES = {"h2d_pinned_gbps": "h2d", "d2h_pinned_gbps": "d2h", "daxpy_gbps": "daxpy", "dgemm_tflops": "dgemm"}
+
+
+def run_generator(seed: int, node: str) -> random.Random:
+    """The generator of a node's run noise (one per node, shared by its runners, drawn in run order)."""
+    return random.Random(f"{seed}:{node}:runs")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,18 +94,24 @@ class NoisyRunner:
         slow: Sequence[Slowdown] = (),
         *,
         spreads: Mapping[str, Spread] = SPREADS,
+        noise: float = 1.0,
         _rng: random.Random | None = None,
     ) -> None:
+        if not 0 <= noise <= MAX_NOISE:
+            raise ValueError(f"noise must be 0..{MAX_NOISE:g}, got {noise!r}")
         self.inner = inner
         self.node = node
         self.seed = seed
         self.slow = tuple(slow)
         self.spreads = spreads
-        self._rng = _rng or random.Random(f"{seed}:{node}:runs")
+        self.noise = noise
+        self._rng = _rng or run_generator(seed, node)
 
     def bind(self, scope: commands.ProcessScope) -> NoisyRunner:
         bound = self.inner.bind(scope) if hasattr(self.inner, "bind") else self.inner
-        return NoisyRunner(bound, self.node, self.seed, self.slow, spreads=self.spreads, _rng=self._rng)
+        return NoisyRunner(
+            bound, self.node, self.seed, self.slow, spreads=self.spreads, noise=self.noise, _rng=self._rng
+        )
 
     def which(self, name: str) -> str | None:
         found: str | None = self.inner.which(name)
@@ -123,8 +148,29 @@ class NoisyRunner:
             factor = 1.0
             spread = self.spreads.get(figure)
             if spread is not None:
-                factor = self.device_factor(gpu, figure) * self._rng.gauss(1.0, spread.run_cv)
+                # Drawn whether or not noise is 0, so a fleet's device factors and draws do not depend on it.
+                run = self._rng.gauss(1.0, spread.run_cv)
+                factor = self.device_factor(gpu, figure) * (1.0 + self.noise * (run - 1.0))
             for s in self.slow:
                 if s.gpu == gpu and s.figure == figure:
                     factor *= s.factor
+            factor = max(factor, 0.0)
             device[figure] = round(float(value) * factor, 3)
+            series = device.get(SERIES.get(figure, ""))
+            samples = series.get("samples") if isinstance(series, dict) else None
+            if isinstance(series, dict) and isinstance(samples, list) and samples:
+                scaled_series(series, [round(float(v) * factor, 3) for v in samples])
+                device[figure] = series["median"]
+
+
+def scaled_series(series: dict[str, Any], samples: list[float]) -> None:
+    """Put ``samples`` in a version-2 series and recompute its statistics (as ``cuda_src`` prints them)."""
+    mean = statistics.fmean(samples)
+    sd = statistics.stdev(samples) if len(samples) > 1 else 0.0
+    series.update(
+        samples=samples,
+        median=round(statistics.median(samples), 3),
+        min=min(samples),
+        max=max(samples),
+        cv=round(sd / mean, 5) if mean > 0 else 0.0,
+    )

