@@ -186,19 +186,27 @@ struct UsageFailure : std::runtime_error {
     explicit UsageFailure(const std::string& what) : std::runtime_error(what) {}
 };
 
-// "--name VALUE" or "--name=VALUE" as an integer within [lo, hi].
-inline bool int_option(int argc, char** argv, int& i, const char* name, long long lo, long long hi, long long& out) {
+// The value of "--name VALUE" or "--name=VALUE" at argv[i] (advancing i past a separate VALUE);
+// false when argv[i] is another option.
+inline bool option_value(int argc, char** argv, int& i, const std::string& flag, std::string& value) {
     const std::string arg = argv[i];
-    const std::string flag = name;
-    std::string value;
     if (arg == flag) {
         if (i + 1 >= argc) throw UsageFailure(flag + " needs a value");
         value = argv[++i];
-    } else if (arg.rfind(flag + "=", 0) == 0) {
-        value = arg.substr(flag.size() + 1);
-    } else {
-        return false;
+        return true;
     }
+    if (arg.rfind(flag + "=", 0) == 0) {
+        value = arg.substr(flag.size() + 1);
+        return true;
+    }
+    return false;
+}
+
+// "--name VALUE" or "--name=VALUE" as an integer within [lo, hi].
+inline bool int_option(int argc, char** argv, int& i, const char* name, long long lo, long long hi, long long& out) {
+    const std::string flag = name;
+    std::string value;
+    if (!option_value(argc, argv, i, flag, value)) return false;
     char* end = nullptr;
     errno = 0;
     const long long v = std::strtoll(value.c_str(), &end, 10);
@@ -362,17 +370,9 @@ int run_devices(const char* tool, JsonObject& out, long long device, const std::
 
 // "--name VALUE" or "--name=VALUE" as a string matching `allowed` characters, at most 64 long.
 inline bool str_option(int argc, char** argv, int& i, const char* name, const char* allowed, std::string& out) {
-    const std::string arg = argv[i];
     const std::string flag = name;
     std::string value;
-    if (arg == flag) {
-        if (i + 1 >= argc) throw UsageFailure(flag + " needs a value");
-        value = argv[++i];
-    } else if (arg.rfind(flag + "=", 0) == 0) {
-        value = arg.substr(flag.size() + 1);
-    } else {
-        return false;
-    }
+    if (!option_value(argc, argv, i, flag, value)) return false;
     if (value.empty() || value.size() > 64 || value.find_first_not_of(allowed) != std::string::npos) {
         throw UsageFailure(flag + ": unexpected value '" + value + "'");
     }
