@@ -2,7 +2,8 @@
 
 ``BadParameter`` (raised by validation anywhere) -> 400 ``{"error": "bad_request", "field", "detail"}``;
 ``ApiError`` -> its own status; HTTP errors (404, 405, ...) -> JSON with the same code; Redis or
-broker unreachable -> 503; anything else -> 500 with the traceback in the log only.
+broker unreachable (``StoreUnavailable``, or the broker's own errors from a send) -> 503; anything else -> 500
+with the traceback in the log only.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ def register(app: Flask) -> None:
             response.headers["Allow"] = exc.get_response().headers["Allow"]
         return response
 
+    @app.errorhandler(core_errors.StoreUnavailable)
     @app.errorhandler(redis.exceptions.ConnectionError)
     @app.errorhandler(redis.exceptions.TimeoutError)
     @app.errorhandler(kombu.exceptions.OperationalError)

@@ -29,6 +29,7 @@ from redis.retry import Retry
 from autopilot import cluster as cluster_mod
 from autopilot import config, registry
 from autopilot.cluster import ClusterClient
+from autopilot.errors import StoreUnavailable
 from autopilot.results import CheckResult
 from workers import broker, confirming, ring, tasks
 from workers import host as hosting
@@ -205,7 +206,7 @@ def create_celery(settings: config.Settings) -> Celery:
     def _confirm(node: str, done: list[CheckResult] | tuple[CheckResult, ...]) -> None:
         try:
             confirming.after_task(store, dispatcher, settings, node, done)
-        except (redis.RedisError, kombu.exceptions.KombuError) as exc:
+        except (StoreUnavailable, redis.RedisError, kombu.exceptions.KombuError) as exc:
             # The results and the verdict are saved; only an early re-run (or a counter) is lost.
             log.warning("confirmation after the task on %s failed: %s", node, exc)
 

@@ -23,7 +23,7 @@ from autopilot.cluster import ClusterClient
 from autopilot.gpuverdict import GpuState
 from autopilot.results import CheckResult
 from workers import gpustore
-from workers.store import ResultsStore
+from workers.store import NodeState, ResultsStore
 
 log = logging.getLogger(__name__)
 
@@ -41,20 +41,20 @@ def reconcile_gpus(
     node: str,
     settings: config.Settings,
     latest: Mapping[str, CheckResult],
-    state: Mapping[str, str],
+    state: NodeState,
     now: datetime,
     cluster: ClusterClient | None = None,
 ) -> GpuOutcome:
-    previous = gpuverdict.loads(state.get("gpus"))
-    cleared_at = results.parse_iso(state["cleared_at"]) if state.get("cleared_at") else None
+    previous = gpuverdict.loads(state.gpus)
+    cleared_at = state.cleared_since
     states = gpuverdict.decide(latest, previous, now=now, max_age_s=settings.stale_after_s, cleared_at=cleared_at)
-    judged_until = state.get("gpus_at", "")
+    judged_until = state.gpus_at or ""
     new_results = [r for r in latest.values() if r.started_at and r.started_at > judged_until]
     found = gpuhistory.incidents(
         node, previous, states, now=now, new_results=new_results, periodic=settings.periodic_checks
     )
     day = results.utc_now_iso(now)[:10]
-    flags = _offenders(store, settings, previous, states, found, now=now, fresh_day=state.get("gpus_day") != day)
+    flags = _offenders(store, settings, previous, states, found, now=now, fresh_day=state.gpus_day != day)
     if flags:
         states = gpuverdict.decide(
             latest, previous, now=now, max_age_s=settings.stale_after_s, cleared_at=cleared_at, flags=flags
@@ -63,7 +63,7 @@ def reconcile_gpus(
     fields: dict[str, str | None] = {"gpus": text}
     # Incidents are written when they happen; the sightings (and the keys' expiry) when the GPUs
     # changed, and once a day: a steady-state reconcile writes nothing.
-    if found or text != state.get("gpus") or state.get("gpus_day") != day:
+    if found or text != state.gpus or state.gpus_day != day:
         gpustore.record(
             store.r,
             node,
@@ -77,7 +77,7 @@ def reconcile_gpus(
     newest = max((r.started_at for r in latest.values() if r.started_at), default=judged_until)
     fields["gpus_at"] = max(newest, judged_until) or None
     if cluster is not None and settings.device_taints != "off":
-        fields.update(_taints(cluster, node, settings, states, state.get("gpu_taints")))
+        fields.update(_taints(cluster, node, settings, states, state.gpu_taints))
     labels, annotations = gpuverdict.publication(states)
     return GpuOutcome(states, fields, labels, annotations)
 

@@ -90,11 +90,11 @@ def end_testing(host: NodeHost, node: str) -> None:
 def resume(host: NodeHost, node: str, cluster: ClusterClient, *, sleep: Callable[[float], None] | None = None) -> None:
     """After a restart: finish what a previous worker left in ``TESTING`` (store its Job's outcome)."""
     state = host.store.state(node)
-    if not state.get("testing_since"):
+    if not state.testing_since:
         return
     ctx = host.context(node)
     assert ctx is not None
-    job = state.get("testing_job") or invasive.job_name(node)
+    job = state.testing_job or invasive.job_name(node)
     try:
         result = watch(host, node, cluster, job, sleep=sleep or ctx.clock.sleep)
         host.store.save_result(dataclasses.replace(result, node=node))

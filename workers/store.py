@@ -25,123 +25,62 @@ Every write that belongs together goes in one MULTI pipeline, so a reader never 
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import json
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
+import kombu.exceptions
 import redis
 
+from autopilot.errors import StoreUnavailable
 from autopilot.results import CheckResult, Status
+from autopilot.store import NodeRecord, NodeState, NodeView, Run, RunNews
+
+__all__ = ["P", "NodeRecord", "NodeState", "NodeView", "ResultsStore", "Run", "RunNews", "unavailable"]
 
 P = "ap:"
 T = TypeVar("T")
+A = ParamSpec("A")
+C = TypeVar("C", bound=type)
+
+# What "the store cannot be reached" looks like from redis-py and kombu (both talk to the same Redis).
+# A ResponseError (a bug, or a wrong key type) is not among them: it stays what it is.
+UNREACHABLE: tuple[type[Exception], ...] = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+    kombu.exceptions.OperationalError,
+)
 
 
-@dataclasses.dataclass(frozen=True)
-class NodeRecord:
-    """What a worker says about its node in each heartbeat."""
+def unavailable(fn: Callable[A, T]) -> Callable[A, T]:
+    """``fn`` with the store's connection and timeout errors raised as ``StoreUnavailable``."""
 
-    name: str
-    addresses: Mapping[str, Sequence[str]] = dataclasses.field(default_factory=dict)  # interface -> addresses
-    cpu_model: str = ""
-    gpu_model: str = ""
-    gpu_count: int = 0
-    driver_version: str = ""  # NVIDIA driver (``535.129.03``): with gpu_model, the node's fleet cohort
-    labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
-    version: str = ""
-    last_seen: float = 0.0
-    simulated: bool = False
+    @functools.wraps(fn)
+    def guarded(*args: A.args, **kwargs: A.kwargs) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except UNREACHABLE as exc:
+            raise StoreUnavailable(f"results store unreachable: {type(exc).__name__}: {exc}") from exc
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self) | {"addresses": {k: list(v) for k, v in self.addresses.items()}}
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> NodeRecord:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in raw.items() if k in fields})
+    return guarded
 
 
-@dataclasses.dataclass(frozen=True)
-class Run:
-    """One request to run checks on nodes. ``deadline`` is epoch seconds."""
-
-    id: str
-    checks: tuple[str, ...]
-    nodes: tuple[str, ...]
-    params: Mapping[str, Mapping[str, Any]]
-    created_at: float
-    deadline: float
-    source: str = "api"
-    lost: tuple[str, ...] = ()  # of ``nodes``: lost when the run was made, so sent nothing
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "checks": list(self.checks),
-            "nodes": list(self.nodes),
-            "params": {k: dict(v) for k, v in self.params.items()},
-            "created_at": self.created_at,
-            "deadline": self.deadline,
-            "source": self.source,
-            "lost": list(self.lost),
-        }
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> Run:
-        return cls(
-            id=raw["id"],
-            checks=tuple(raw["checks"]),
-            nodes=tuple(raw["nodes"]),
-            params=raw.get("params") or {},
-            created_at=float(raw["created_at"]),
-            deadline=float(raw["deadline"]),
-            source=raw.get("source", "api"),
-            lost=tuple(raw.get("lost") or ()),
-        )
-
-    @classmethod
-    def new(
-        cls,
-        checks: Sequence[str],
-        nodes: Sequence[str],
-        params: Mapping[str, Mapping[str, Any]],
-        deadline_s: float,
-        *,
-        source: str = "api",
-        now: float | None = None,
-        lost: Sequence[str] = (),
-    ) -> Run:
-        created = time.time() if now is None else now
-        run_id = uuid.uuid4().hex
-        return cls(run_id, tuple(checks), tuple(nodes), params, created, created + deadline_s, source, tuple(lost))
+def translating(cls: C) -> C:
+    """Every public method of ``cls`` guarded by ``unavailable``: the boundary where Redis errors stop."""
+    for name, member in list(vars(cls).items()):
+        if not name.startswith("_") and callable(member):
+            setattr(cls, name, unavailable(member))
+    return cls
 
 
-@dataclasses.dataclass(frozen=True)
-class RunNews:
-    """``ResultsStore.run_news``: the next cursor, the new results, and how many fields the run has."""
-
-    cursor: int
-    found: dict[tuple[str, str], dict[str, Any]]
-    total: int
-
-
-@dataclasses.dataclass(frozen=True)
-class NodeView:
-    """What a verdict is computed from (a node's latest result per check and its state hash), and the
-    labels it last published. ``labels`` None: not read, so a reconcile writes every label it wants."""
-
-    latest: dict[str, CheckResult]
-    state: dict[str, str]
-    labels: dict[str, str] | None = None
-    last_seen: float | None = None
-    """The node's last heartbeat (epoch s); None: it never heartbeated (or it was not read)."""
-
-
+@translating
 class ResultsStore:
-    """Typed access to the keys above. ``client`` is a ``redis.Redis`` (or fakeredis) with bytes replies."""
+    """The ``autopilot.store.Store`` in Redis: typed access to the keys above. ``client`` is a
+    ``redis.Redis`` (or fakeredis) with bytes replies. Its connection and timeout errors leave
+    every method as ``StoreUnavailable``."""
 
     def __init__(self, client: redis.Redis, *, history_len: int = 100, run_ttl_s: float = 86400) -> None:
         self.r = client
@@ -201,14 +140,16 @@ class ResultsStore:
             return None
         _queue_view(pipe, view)
         *_, raw_latest, raw_state, raw_labels, seen = pipe.execute()
-        return NodeView(_latest(raw_latest, written), _state(raw_state), _state(raw_labels), _score(seen))
+        state = NodeState.from_fields(_state(raw_state))
+        return NodeView(_latest(raw_latest, written), state, _state(raw_labels), _score(seen))
 
     def view(self, node: str) -> NodeView:
         """The node's latest results and verdict state, read in one round trip."""
         pipe = self.r.pipeline(transaction=False)
         _queue_view(pipe, node)
         raw_latest, raw_state, raw_labels, seen = pipe.execute()
-        return NodeView(_latest(raw_latest), _state(raw_state), _state(raw_labels), _score(seen))
+        state = NodeState.from_fields(_state(raw_state))
+        return NodeView(_latest(raw_latest), state, _state(raw_labels), _score(seen))
 
     def latest(self, node: str) -> dict[str, CheckResult]:
         return _latest(self.r.hgetall(f"{P}latest:{node}"))
@@ -347,11 +288,11 @@ class ResultsStore:
 
     # ------------------------------------------------------------------ verdict state and labels
 
-    def state(self, node: str) -> dict[str, str]:
-        return _state(self.r.hgetall(f"{P}state:{node}"))
+    def state(self, node: str) -> NodeState:
+        return NodeState.from_fields(_state(self.r.hgetall(f"{P}state:{node}")))
 
-    def states(self, nodes: Sequence[str]) -> dict[str, dict[str, str]]:
-        return {n: _state(raw) for n, raw in self._hashes("state", nodes).items()}
+    def states(self, nodes: Sequence[str]) -> dict[str, NodeState]:
+        return {n: NodeState.from_fields(_state(raw)) for n, raw in self._hashes("state", nodes).items()}
 
     def set_state(self, node: str, values: Mapping[str, str | None]) -> None:
         """Set the state fields of ``values`` with a value, delete those that are None (one MULTI)."""
@@ -361,6 +302,7 @@ class ResultsStore:
         self, node: str, values: Mapping[str, str | None], labels: Mapping[str, str | None]
     ) -> None:
         """``set_state`` and ``set_labels`` in one MULTI (a reader never sees one without the other)."""
+        NodeState.check_fields(values)
         pipe = self.r.pipeline(transaction=True)
         _queue_hash_update(pipe, f"{P}state:{node}", values)
         _queue_hash_update(pipe, f"{P}labels:{node}", labels)

@@ -29,6 +29,7 @@ from autopilot import config, execution, invasive, registry, results
 from autopilot.checks import iperf
 from autopilot.cluster import ClusterClient
 from autopilot.context import CheckContext
+from autopilot.errors import StoreUnavailable
 from autopilot.results import CheckResult, Status
 from workers import fleet, invasive_flow, remediating, ring
 from workers import reconcile as reconciling
@@ -159,7 +160,7 @@ class _Writer:
             self.add(result)
         try:
             self.flush()
-        except redis.RedisError as exc:
+        except (StoreUnavailable, redis.RedisError) as exc:
             # Kept: the task's last flush writes it, or fails the task (and the message is redelivered).
             log.warning("writing results of run %s while checks run failed: %s", self.run_id, exc)
 

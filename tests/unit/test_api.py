@@ -515,7 +515,7 @@ def test_clear_lifts_a_sticky_evict(api: Api) -> None:
     body = response.get_json()
     assert body["verdict"] != "EVICT"
     state = api.store.state("node-a")
-    assert "evicted_at" not in state and state["cleared_by"].startswith("api:")
+    assert state.evicted_at is None and state.cleared_by.startswith("api:")
     assert api.client.post("/api/v1/nodes/ghost/clear").status_code == 404
     assert api.client.get("/api/v1/nodes/node-a/clear").status_code == 405
 

@@ -43,7 +43,7 @@ def test_a_result_below_its_fleet_is_stored_warn_with_its_baseline_and_moves_the
     assert all(d.status is Status.WARN for d in stored.devices)
     assert "slow against its fleet: h2d_gbps 53.1 is 81% of the median of 100 NVIDIA H100 80GB HBM3" in stored.summary
     assert stored.data["fleet_baseline"][PCIE.key]["count"] == 100
-    assert host.store.state(NODE)["verdict"] == "WARN"
+    assert host.store.state(NODE).verdict == "WARN"
 
 
 def test_a_result_like_its_fleet_passes_and_adds_its_figures() -> None:
