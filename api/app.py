@@ -54,7 +54,7 @@ def create_app(
 
         if store is None:
             store = celery_app.make_store(settings)
-            limits.bound_store_client(store.r, settings)
+            store.bound_timeouts(settings.api_redis_timeout_s)
         if dispatcher is None:
             publisher = celery_app.create_celery(settings)
             limits.bound_publisher(publisher, settings)

@@ -12,7 +12,6 @@ import logging
 from typing import Any
 
 import kombu.exceptions
-import redis.exceptions
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
@@ -72,8 +71,6 @@ def register(app: Flask) -> None:
         return response
 
     @app.errorhandler(core_errors.StoreUnavailable)
-    @app.errorhandler(redis.exceptions.ConnectionError)
-    @app.errorhandler(redis.exceptions.TimeoutError)
     @app.errorhandler(kombu.exceptions.OperationalError)
     def unavailable(exc: Exception) -> Response:
         # Redis is both the results store and the broker: without it nothing can be answered,

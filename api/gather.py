@@ -47,7 +47,7 @@ from autopilot.checks import iperf
 from autopilot.results import CheckResult, Status
 from autopilot.store import NodeState
 from workers import reconcile, ring
-from workers.dispatch import Envelope, Flights, Joined, TaskSender, send_all, task_sender
+from workers.dispatch import Envelope, Joined, TaskSender, send_all, task_sender
 from workers.store import ResultsStore, Run
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ class Gather:
         # answers are then counted from the run's field names and read in full at the end.
         self._by_keys = False
         self._seen = -1
-        self.flights = Flights(svc.store.r)
+        self.flights = svc.store.flights()
         self.joined: dict[tuple[str, str], Joined] = {}  # (node, check) -> the execution it waits on
         self._leader_cursors: dict[str, int] = {}  # joined run -> entries of its write log read
         self._gave_up: set[tuple[str, str]] = set()  # joined, answered error by a less patient run

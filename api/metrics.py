@@ -44,7 +44,7 @@ from autopilot import config
 from autopilot.events.metrics import EventsCollector
 from autopilot.gpumetrics import GpuCollector
 from autopilot.metrics import NodeInfo, ResultsCollector, Snapshot
-from workers import fleet, follower, reconcile
+from workers import reconcile
 from workers.store import ResultsStore
 
 EXTENSION = "autopilot_metrics"
@@ -142,7 +142,7 @@ def snapshot_from_store(store: ResultsStore, settings: config.Settings) -> Snaps
         remediation=store.remediation_summary(),
         taken_at=taken_at,
         live_after_s=settings.live_after_s,
-        baselines=fleet.FleetBaselines(store.r, settings).all(),
+        baselines=store.fleet(settings).all(),
     )
 
 
@@ -152,11 +152,9 @@ def init_app(app: flask.Flask, store: ResultsStore, settings: config.Settings) -
     collector = ResultsCollector(lambda: snapshot_from_store(store, settings))
     results_registry = CollectorRegistry()
     results_registry.register(collector)
-    results_registry.register(EventsCollector(lambda: follower.read_metrics(store)))
+    results_registry.register(EventsCollector(store.events().snapshot))
     # Per-GPU series (issue 15): one more pipelined read of the nodes' state hashes per rendering.
-    results_registry.register(
-        GpuCollector(lambda: {n: s.gpus for n, s in store.states(store.node_names()).items()})
-    )
+    results_registry.register(GpuCollector(lambda: {n: s.gpus for n, s in store.states(store.node_names()).items()}))
     nodes = SharedExposition(results_registry, settings.metrics_interval_s)
     requests = Counter(
         "autopilot_api_requests",

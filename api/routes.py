@@ -24,7 +24,7 @@ from api.errors import ApiError, json_error
 from api.services import services
 from autopilot import baseline, config, errors, gpuverdict, names
 from autopilot.store import NodeState
-from workers import fleet, gpustore, reconcile
+from workers import reconcile
 
 log = logging.getLogger(__name__)
 
@@ -139,9 +139,7 @@ def get_run(run_id: str) -> Response:
 def _verdict(state: NodeState, record: Any, now: float, settings: config.Settings) -> dict[str, Any]:
     """``verdict`` and ``reasons`` as ``reconcile.shown`` says (a lost node is UNKNOWN, "no heartbeat since")."""
     last_seen = (record.last_seen or None) if record is not None else None
-    shown, reasons = reconcile.shown(
-        state.verdict, state.reason_list, last_seen, now, settings
-    )
+    shown, reasons = reconcile.shown(state.verdict, state.reason_list, last_seen, now, settings)
     return {"verdict": shown or "UNKNOWN", "reasons": reasons}
 
 
@@ -241,8 +239,7 @@ def get_gpu(uuid: str) -> Response:
     """One GPU's history, wherever it ran: incidents under its UUID (and its board serial's)."""
     _only()
     svc = services()
-    found = gpustore.gpu(
-        svc.store.r,
+    found = svc.store.gpu_history().gpu(
         inputs.gpu_uuid(uuid),
         now=datetime.fromtimestamp(svc.clock(), UTC),
         retention_s=svc.settings.gpu_history_retention_s,
@@ -258,7 +255,7 @@ def get_gpu(uuid: str) -> Response:
 def list_baselines() -> Response:
     _only()
     svc = services()
-    found = fleet.FleetBaselines(svc.store.r, svc.settings).all()
+    found = svc.store.fleet(svc.settings).all()
     policy = dataclasses.asdict(baseline.policy_of(svc.settings))
     return jsonify({"baselines": found, "settings": policy})
 

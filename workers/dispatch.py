@@ -42,7 +42,7 @@ import redis
 from celery import Celery
 
 from autopilot import names, registry
-from workers.store import P
+from workers.store import P, translating
 
 RUN_TASK = "autopilot.run_checks"
 # Redis commands buffered before a publish batch is flushed mid-gather (one LPUSH per task).
@@ -81,6 +81,7 @@ def flight_key(node: str, check: str, params: Mapping[str, Any]) -> str:
     return f"{P}flight:{node}|{check}|{digest}"
 
 
+@translating
 class Flights:
     """Claims (node, check, parameters) executions in Redis so that equal requests coalesce.
 

@@ -22,7 +22,6 @@ from autopilot import config, devicetaints, errors, gpuhistory, gpuverdict, resu
 from autopilot.cluster import ClusterClient
 from autopilot.gpuverdict import GpuState
 from autopilot.results import CheckResult
-from workers import gpustore
 from workers.store import NodeState, ResultsStore
 
 log = logging.getLogger(__name__)
@@ -64,8 +63,7 @@ def reconcile_gpus(
     # Incidents are written when they happen; the sightings (and the keys' expiry) when the GPUs
     # changed, and once a day: a steady-state reconcile writes nothing.
     if found or text != state.gpus or state.gpus_day != day:
-        gpustore.record(
-            store.r,
+        store.gpu_history().record(
             node,
             states,
             found,
@@ -105,7 +103,7 @@ def _offenders(
             if reason.startswith("repeat offender") and s.key in states
         }
     uuids = [s.uuid for s in states.values() if s.uuid]
-    history = gpustore.incidents_many(store.r, uuids, now=now, retention_s=settings.gpu_history_retention_s)
+    history = store.gpu_history().incidents_many(uuids, now=now, retention_s=settings.gpu_history_retention_s)
     flags: dict[str, str] = {}
     for uuid in uuids:
         known = [*history.get(uuid, []), *(i for i in found if i.uuid == uuid)]

@@ -24,6 +24,7 @@ import redis
 from autopilot import errors, gpuhistory, gpuident, results
 from autopilot.gpuhistory import Incident
 from autopilot.gpuverdict import GpuState
+from workers.store import translating
 
 P = "ap:"
 _SERIAL_CHARS = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz-_")
@@ -128,6 +129,32 @@ def gpu(client: redis.Redis, uuid: str, *, now: datetime, retention_s: float) ->
         "same_serial": others,
         "incidents": [i.to_dict() for i in merged],
     }
+
+
+@translating
+class GpuHistory:
+    """The functions above on one client, as ``ResultsStore.gpu_history()`` hands them out."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._r = client
+
+    def record(
+        self,
+        node: str,
+        states: Mapping[str, GpuState],
+        found: Sequence[Incident],
+        *,
+        now: datetime,
+        history_len: int,
+        retention_s: float,
+    ) -> None:
+        record(self._r, node, states, found, now=now, history_len=history_len, retention_s=retention_s)
+
+    def incidents_many(self, uuids: Iterable[str], *, now: datetime, retention_s: float) -> dict[str, list[Incident]]:
+        return incidents_many(self._r, uuids, now=now, retention_s=retention_s)
+
+    def gpu(self, uuid: str, *, now: datetime, retention_s: float) -> dict[str, Any] | None:
+        return gpu(self._r, uuid, now=now, retention_s=retention_s)
 
 
 def _s(value: bytes | str) -> str:

@@ -18,6 +18,14 @@ Keys (all prefixed ``ap:``):
                      confirmation held back (counters), ``pending`` checks whose latest failure awaits confirmation
 - ``remediation``    hash: beat's last remediation pass over the fleet (``budget``, ``held``, ``deferred``, ...)
 - ``tick:<name>:<slot>`` set-once marker so a second beat (or a redelivered tick) does no work twice
+- ``ring:<id>``      hash: the iperf ring's answers (``post_answer``/``answers``), expiring with the ring
+- ``events:counts``, ``events:latency``, ``kmsg:<n>``, ``inject:<n>``: the events follower's (``EventStore``)
+
+The stores beside this one share its client and are handed out by it, so no caller outside reaches
+Redis: ``fleet()`` (``workers/fleet.py``: baselines), ``gpu_history()`` (``workers/gpustore.py``:
+per-GPU incidents), ``flights()`` (``workers/dispatch.py``: coalescing claims), ``events()``. Each
+raises ``StoreUnavailable`` (``autopilot.errors``) where redis-py or kombu would raise a connection or
+timeout error: that translation happens here, at the boundary, and nowhere else.
 
 Every write that belongs together goes in one MULTI pipeline, so a reader never sees a result in
 ``latest`` that is missing from its run.
@@ -29,16 +37,25 @@ import functools
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import kombu.exceptions
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
+from autopilot import config
 from autopilot.errors import StoreUnavailable
+from autopilot.events.metrics import BUCKETS, EventsSnapshot, bucket_of
+from autopilot.events.model import Event
 from autopilot.results import CheckResult, Status
 from autopilot.store import NodeRecord, NodeState, NodeView, Run, RunNews
 
-__all__ = ["P", "NodeRecord", "NodeState", "NodeView", "ResultsStore", "Run", "RunNews", "unavailable"]
+if TYPE_CHECKING:  # the stores beside this one import this module; they are built on demand
+    from workers import dispatch, gpustore
+    from workers import fleet as fleet_mod
+
+__all__ = ["EventStore", "P", "NodeRecord", "NodeState", "NodeView", "ResultsStore", "Run", "RunNews", "unavailable"]
 
 P = "ap:"
 T = TypeVar("T")
@@ -387,6 +404,118 @@ class ResultsStore:
 
     def ping(self) -> bool:
         return bool(self.r.ping())
+
+    def release(self, name: str) -> None:
+        """Give up a ``claim`` before its TTL (the work it guarded is over)."""
+        self.r.delete(f"{P}tick:{name}")
+
+    # ------------------------------------------------------------------ short-lived answers (the iperf ring)
+
+    def post_answer(self, run_id: str, field: str, payload: Mapping[str, Any], ttl_s: float = 3600) -> None:
+        """Keep ``payload`` as the answer ``field`` of ``run_id`` (``ring:<id>``) for ``ttl_s`` (at least 60 s)."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(f"{P}ring:{run_id}", field, json.dumps(payload))
+        pipe.expire(f"{P}ring:{run_id}", max(60, int(ttl_s)))
+        pipe.execute()
+
+    def answers(self, run_id: str) -> dict[str, dict[str, Any]]:
+        """Every answer posted for ``run_id``, by field."""
+        return {_s(k): json.loads(v) for k, v in self.r.hgetall(f"{P}ring:{run_id}").items()}
+
+    # ------------------------------------------------------------------ the Redis stores beside this one
+
+    def bound_timeouts(self, timeout_s: float) -> None:
+        """Time out this store's Redis connections after ``timeout_s`` and never retry a command.
+
+        Set through the client's public connection kwargs, so it holds for every connection the pool
+        opens from now on, whatever URL scheme built it. redis-py retries a timed-out command three
+        times by default, which made a frozen Redis cost an API request 20 s.
+        """
+        self.r.get_connection_kwargs().update(socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        self.r.set_retry(Retry(NoBackoff(), 0))
+
+    def events(self) -> EventStore:
+        """The events follower's counts, kernel-log positions and injected messages (same client)."""
+        return EventStore(self.r)
+
+    def fleet(self, settings: config.Settings) -> fleet_mod.FleetBaselines:
+        """The fleet's baselines (same client); its cache lives as long as the object returned."""
+        from workers import fleet as fleet_mod
+
+        return fleet_mod.FleetBaselines(self.r, settings)
+
+    def gpu_history(self) -> gpustore.GpuHistory:
+        """Incidents and sightings per GPU UUID (same client)."""
+        from workers import gpustore
+
+        return gpustore.GpuHistory(self.r)
+
+    def flights(self) -> dispatch.Flights:
+        """The claims that make equal check requests coalesce (same client)."""
+        from workers import dispatch
+
+        return dispatch.Flights(self.r)
+
+
+@translating
+class EventStore:
+    """What the events follower keeps in Redis (``events:counts``, ``events:latency``, ``kmsg:<n>``,
+    ``inject:<n>``), beside the results store and on its client."""
+
+    COUNTS = f"{P}events:counts"
+    LATENCY = f"{P}events:latency"
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._r = client
+
+    def record(self, node: str, counted: Sequence[Event], timed: Sequence[Event], now: float) -> None:
+        """Count ``counted`` by node, device, source, code and action; time ``timed`` from written to ``now``."""
+        pipe = self._r.pipeline(transaction=False)
+        for e in counted:
+            pipe.hincrby(self.COUNTS, "|".join((node, e.device, e.source, e.code, e.action.value)), e.count)
+        for e in timed:
+            seconds = max(0.0, now - e.written_at)
+            pipe.hincrby(self.LATENCY, bucket_of(seconds), 1)
+            pipe.hincrbyfloat(self.LATENCY, "sum", seconds)
+        pipe.execute()
+
+    def snapshot(self) -> EventsSnapshot:
+        """What ``autopilot.events.metrics`` exports, read in one round trip."""
+        pipe = self._r.pipeline(transaction=False)
+        pipe.hgetall(self.COUNTS)
+        pipe.hgetall(self.LATENCY)
+        raw_counts, raw_latency = pipe.execute()
+        counts: dict[tuple[str, str, str, str, str], float] = {}
+        for field, value in raw_counts.items():
+            parts = _s(field).split("|")
+            if len(parts) == 5:
+                counts[(parts[0], parts[1], parts[2], parts[3], parts[4])] = float(value)
+        latency = {_s(k): float(v) for k, v in raw_latency.items()}
+        total = latency.pop("sum", 0.0)
+        valid = {*map(repr, BUCKETS), "+Inf"}
+        return EventsSnapshot(counts, {k: v for k, v in latency.items() if k in valid}, total)
+
+    def kmsg_position(self, node: str) -> tuple[str, int] | None:
+        raw = self._r.hgetall(f"{P}kmsg:{node}")
+        try:
+            return raw[b"boot"].decode(), int(raw[b"seq"])
+        except (KeyError, ValueError):
+            return None
+
+    def save_kmsg_position(self, node: str, boot: str, seq: int) -> None:
+        self._r.hset(f"{P}kmsg:{node}", mapping={"boot": boot, "seq": str(seq)})
+
+    def inject(self, node: str, message: str, written_at: float) -> None:
+        """Queue a kernel message for a simulated node's follower."""
+        self._r.rpush(f"{P}inject:{node}", json.dumps({"message": message, "written_at": written_at}))
+
+    def next_injected(self, nodes: Sequence[str], wait_s: int) -> tuple[str, bytes] | None:
+        """The oldest message queued for any of ``nodes`` (node, raw JSON), waiting up to ``wait_s``."""
+        got = self._r.blpop([f"{P}inject:{n}" for n in nodes], timeout=wait_s)
+        if not got:
+            return None
+        key, raw = got
+        return _s(key).removeprefix(f"{P}inject:"), raw
 
 
 def _s(value: bytes | str) -> str:

@@ -185,7 +185,7 @@ def test_history_follows_the_gpu_across_a_renamed_node_and_flags_a_repeat_offend
     steady = store.state("new").gpus
     reconcile.reconcile_node(store, "new", conf, moment)
     assert store.state("new").gpus == steady  # the flag stands without re-reading the history
-    info = gpustore.gpu(store.r, uuid(1), now=moment, retention_s=conf.gpu_history_retention_s)
+    info = store.gpu_history().gpu(uuid(1), now=moment, retention_s=conf.gpu_history_retention_s)
     assert info is not None and info["node"] == "new" and info["serial"] == "1650000001"
     faults = [(i["node"], i["verdict"]) for i in info["incidents"] if i["verdict"] == "WARN"]
     assert faults == [("new", "WARN"), ("old", "WARN"), ("old", "WARN")]
