@@ -212,7 +212,12 @@ class Settings:
     """Results kept per node in the history list (``AUTOPILOT_HISTORY_LEN``)."""
 
     run_ttl_s: float = 86400.0
-    """How long run records live in Redis (``AUTOPILOT_RUN_TTL``)."""
+    """How long run records live in Redis after their last write (``AUTOPILOT_RUN_TTL``)."""
+
+    run_keep: int = 200
+    """Runs kept in Redis whatever their age (``AUTOPILOT_RUN_KEEP``): when a run is made, the oldest runs past
+    their deadline beyond this many are deleted, so run records cost at most about this many runs' results
+    (a run over every node holds one result per node and check) however often runs are made."""
 
     node_deadline_s: float = 60.0
     """Default deadline for one node's answer in an API gather (``AUTOPILOT_NODE_DEADLINE``)."""
@@ -566,6 +571,7 @@ _FIELDS: list[tuple[str, str, tuple[str, ...], Any]] = [
     ("metrics_interval_s", "AUTOPILOT_METRICS_INTERVAL", (), _duration),
     ("history_len", "AUTOPILOT_HISTORY_LEN", (), _int_in(1, 100_000)),
     ("run_ttl_s", "AUTOPILOT_RUN_TTL", (), _duration),
+    ("run_keep", "AUTOPILOT_RUN_KEEP", (), _int_in(1, 1_000_000)),
     ("node_deadline_s", "AUTOPILOT_NODE_DEADLINE", (), _duration),
     ("network_interfaces", "AUTOPILOT_NETWORK_INTERFACES", (), lambda t, v: parse_list(t)),
     ("podinfo_annotations", "AUTOPILOT_PODINFO_ANNOTATIONS", (), lambda t, v: t.strip()),

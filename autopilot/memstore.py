@@ -31,10 +31,16 @@ class MemoryStore:
     """An ``autopilot.store.Store`` held in this process."""
 
     def __init__(
-        self, *, history_len: int = 100, run_ttl_s: float = 86400, clock: Callable[[], float] = time.time
+        self,
+        *,
+        history_len: int = 100,
+        run_ttl_s: float = 86400,
+        run_keep: int = 200,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.history_len = history_len
         self.run_ttl_s = int(run_ttl_s)
+        self.run_keep = run_keep
         self._clock = clock
         self._lock = threading.RLock()
         self._latest: dict[str, dict[str, CheckResult]] = {}
@@ -114,6 +120,10 @@ class MemoryStore:
             entry = self._run(run.id, write=True)
             assert entry is not None
             entry.run = run
+            made = [(e.run.deadline, rid) for rid, e in self._runs.items() if e.run is not None]
+            done = sorted((d, rid) for d, rid in made if d < run.created_at)
+            for _, rid in done[: max(0, len(made) - self.run_keep)]:
+                del self._runs[rid]
 
     def get_run(self, run_id: str) -> tuple[Run, dict[tuple[str, str], CheckResult]] | None:
         with self._lock:

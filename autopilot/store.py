@@ -216,11 +216,13 @@ class NodeView:
 class Store(Protocol):
     """What the rest of Autopilot may ask of the results store (semantics: ``workers/store.py``).
 
-    ``history_len`` results are kept per node; a run's keys live ``run_ttl_s`` after their last write.
+    ``history_len`` results are kept per node; a run's keys live ``run_ttl_s`` after their last write, and
+    no more than ``run_keep`` runs past their deadline are kept.
     """
 
     history_len: int
     run_ttl_s: int
+    run_keep: int
 
     # results
     def save_result(self, result: CheckResult, run_id: str | None = None, *, latest: bool = True) -> None: ...

@@ -120,7 +120,12 @@ def redis_client(settings: config.Settings) -> redis.Redis:
 
 
 def make_store(settings: config.Settings) -> ResultsStore:
-    return ResultsStore(redis_client(settings), history_len=settings.history_len, run_ttl_s=settings.run_ttl_s)
+    return ResultsStore(
+        redis_client(settings),
+        history_len=settings.history_len,
+        run_ttl_s=settings.run_ttl_s,
+        run_keep=settings.run_keep,
+    )
 
 
 def broker_settings(settings: config.Settings) -> dict[str, Any]:

@@ -7,6 +7,8 @@ Keys (all prefixed ``ap:``):
 - ``history:<n>``    list of result JSON, newest first, trimmed to ``history_len``
 - ``run:<id>``       hash ``meta`` -> run JSON, ``<node>|<check>`` -> result JSON; expires after ``run_ttl_s``
 - ``runlog:<id>``    list of the ``<node>|<check>`` fields written to ``run:<id>``, in order (same expiry)
+- ``runs``           sorted set run id -> deadline (epoch s): past their deadline, the oldest runs beyond
+                     ``run_keep`` are deleted when a run is made (``AUTOPILOT_RUN_KEEP``)
 - ``state:<n>``      hash: ``verdict``, ``reasons``, ``changed_at``, ``testing_since``, ``published_verdict``;
                      ``evicted_at`` and ``evict_cause`` while evicted, ``cleared_by``/``cleared_at``/``cleared_cause``
                      after a clear, ``event_error``/``event_failures`` while a verdict change is unannounced,
@@ -58,6 +60,7 @@ if TYPE_CHECKING:  # the stores beside this one import this module; they are bui
 __all__ = ["EventStore", "P", "NodeRecord", "NodeState", "NodeView", "ResultsStore", "Run", "RunNews", "unavailable"]
 
 P = "ap:"
+RUNS = f"{P}runs"
 T = TypeVar("T")
 A = ParamSpec("A")
 C = TypeVar("C", bound=type)
@@ -99,10 +102,13 @@ class ResultsStore:
     ``redis.Redis`` (or fakeredis) with bytes replies. Its connection and timeout errors leave
     every method as ``StoreUnavailable``."""
 
-    def __init__(self, client: redis.Redis, *, history_len: int = 100, run_ttl_s: float = 86400) -> None:
+    def __init__(
+        self, client: redis.Redis, *, history_len: int = 100, run_ttl_s: float = 86400, run_keep: int = 200
+    ) -> None:
         self.r = client
         self.history_len = history_len
         self.run_ttl_s = int(run_ttl_s)
+        self.run_keep = run_keep
 
     # ------------------------------------------------------------------ results
 
@@ -191,11 +197,30 @@ class ResultsStore:
     # ------------------------------------------------------------------ runs
 
     def create_run(self, run: Run) -> None:
+        """Record ``run``; then delete the oldest runs past their deadline beyond ``run_keep`` (``runs``)."""
         key = f"{P}run:{run.id}"
         pipe = self.r.pipeline(transaction=True)
         pipe.hset(key, "meta", json.dumps(run.to_dict()))
         pipe.expire(key, self.run_ttl_s)
-        pipe.execute()
+        pipe.zadd(RUNS, {run.id: run.deadline})
+        pipe.zcard(RUNS)
+        *_, count = pipe.execute()
+        if int(count) > self.run_keep:
+            self._drop_runs(int(count) - self.run_keep, now=run.created_at)
+
+    def _drop_runs(self, excess: int, *, now: float) -> None:
+        """Delete up to ``excess`` runs whose deadline passed before ``now``, earliest deadline first.
+
+        A run still within its deadline is never dropped (its gather still reads it); one dropped is
+        gone with its write log. A late result for it makes a run hash without ``meta`` (not a run to
+        any reader), which expires after ``run_ttl_s``.
+        """
+        old = [_s(r) for r in self.r.zrangebyscore(RUNS, "-inf", f"({now}", start=0, num=excess)]
+        if old:
+            pipe = self.r.pipeline(transaction=True)
+            pipe.delete(*(f"{P}run:{r}" for r in old), *(f"{P}runlog:{r}" for r in old))
+            pipe.zrem(RUNS, *old)
+            pipe.execute()
 
     def get_run(self, run_id: str) -> tuple[Run, dict[tuple[str, str], CheckResult]] | None:
         return self._run(run_id, CheckResult.from_json)

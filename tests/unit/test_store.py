@@ -163,3 +163,24 @@ def test_a_run_in_memory_expires_run_ttl_after_its_last_write() -> None:
     assert store.get_run(run.id) is not None
     now[0] += 11
     assert store.get_run(run.id) is None and store.run_answered(run.id) == set()
+
+
+@pytest.mark.parametrize("kind", ["redis", "memory"])
+def test_runs_past_their_deadline_beyond_run_keep_are_deleted_oldest_first(kind: str) -> None:
+    store: Store = ResultsStore(fakeredis.FakeRedis(), run_keep=2) if kind == "redis" else MemoryStore(run_keep=2)
+
+    def make(at: float, deadline_s: float = 10) -> str:
+        run = Run.new(["ping"], ["n1"], {}, deadline_s, now=at)
+        store.create_run(run)
+        store.save_result(result("ping"), run.id)
+        return run.id
+
+    first, second = make(1000), make(1100)
+    third = make(1200)
+    assert store.get_run(first) is None and store.run_answered(first) == set()
+    assert store.get_run(second) is not None and store.get_run(third) is not None
+    waiting = make(1300, deadline_s=1000)  # still within its deadline at every later creation
+    assert store.get_run(second) is None
+    late, last = make(1301), make(1302)
+    # Over run_keep, but every run left is within its deadline: none is taken from its gather.
+    assert [store.get_run(r) is not None for r in (third, waiting, late, last)] == [False, True, True, True]
