@@ -232,7 +232,10 @@ def task_sender(dispatcher: Any) -> TaskSender | None:
     return dispatcher if getattr(dispatcher, "supports_tasks", False) else None
 
 
+@translating
 class CeleryDispatcher:
+    """The dispatcher over Celery's broker; a broker that cannot be reached is ``StoreUnavailable``."""
+
     supports_tasks = True
 
     def __init__(self, app: Celery) -> None:
@@ -256,7 +259,7 @@ class CeleryDispatcher:
 
         Queues are not declared per publish: a task goes through the anonymous exchange straight
         into its queue's list, which needs no declaration, and each worker declares the queues it
-        consumes. A failed pipeline raises ``OperationalError`` (the API answers 503), as a failed
+        consumes. A failed pipeline raises ``StoreUnavailable`` (the API answers 503), as a failed
         single publish did.
         """
         # Every node name is validated before anything is published.

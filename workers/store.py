@@ -36,6 +36,7 @@ Every write that belongs together goes in one MULTI pipeline, so a reader never 
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -89,9 +90,11 @@ def unavailable(fn: Callable[A, T]) -> Callable[A, T]:
 
 
 def translating(cls: C) -> C:
-    """Every public method of ``cls`` guarded by ``unavailable``: the boundary where Redis errors stop."""
+    """Every public method of ``cls`` guarded by ``unavailable``: the boundary where Redis errors stop.
+
+    Plain functions only: a static or class method, or a property, is left as it is."""
     for name, member in list(vars(cls).items()):
-        if not name.startswith("_") and callable(member):
+        if not name.startswith("_") and inspect.isfunction(member):
             setattr(cls, name, unavailable(member))
     return cls
 

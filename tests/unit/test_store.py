@@ -184,3 +184,19 @@ def test_runs_past_their_deadline_beyond_run_keep_are_deleted_oldest_first(kind:
     late, last = make(1301), make(1302)
     # Over run_keep, but every run left is within its deadline: none is taken from its gather.
     assert [store.get_run(r) is not None for r in (third, waiting, late, last)] == [False, True, True, True]
+
+
+def test_a_broker_that_cannot_be_reached_is_store_unavailable_at_the_dispatcher() -> None:
+    from celery import Celery
+
+    from workers.dispatch import CeleryDispatcher, Envelope
+
+    app = Celery("t", broker="redis://127.0.0.1:1/0")
+    app.conf.update(
+        broker_connection_retry=False,
+        broker_connection_timeout=0.5,
+        task_publish_retry=False,
+        broker_transport_options={"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
+    )
+    with pytest.raises(errors.StoreUnavailable):
+        CeleryDispatcher(app).send_many([Envelope("r1", "n1", ("ping",), {}, 2e9)])
