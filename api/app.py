@@ -70,7 +70,7 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = settings.api_max_body + 1
     app.extensions[limits.EXTENSION] = limits.Waits(settings.api_max_waits)
     app.json = FastJSONProvider(app)
-    app.json.sort_keys = False  # type: ignore[attr-defined]  # keep reports in their logical order
+    app.json.sort_keys = False  # keep reports in their logical order
     app.extensions[EXTENSION] = Services(
         settings=settings, store=store, dispatcher=dispatcher, checks=checks, cluster=cluster
     )

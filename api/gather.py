@@ -248,8 +248,8 @@ class Gather:
             )
             for node, checks in lapsed.items()
         ]
-        envelopes, joined = self.flights.claim(envelopes, now=now)
-        self.joined.update(joined)
+        envelopes, rejoined = self.flights.claim(envelopes, now=now)
+        self.joined.update(rejoined)
         send_all(self.svc.dispatcher, envelopes)
 
     def _read_news(self) -> collections.Counter[str]:

@@ -96,7 +96,7 @@ class Flights:
     request left without an execution.
     """
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis[bytes]) -> None:
         self.client = client
 
     def lead(self, envelopes: Sequence[Envelope], *, now: float) -> None:
@@ -120,8 +120,8 @@ class Flights:
         answered: set[int] = set()
         if live:
             pipe = self.client.pipeline(transaction=False)
-            for i, h in live:
-                pipe.hexists(f"{P}run:{h.run_id}", f"{pairs[i][0].node}|{pairs[i][1]}")
+            for i, holder in live:
+                pipe.hexists(f"{P}run:{holder.run_id}", f"{pairs[i][0].node}|{pairs[i][1]}")
             answered = {i for (i, _), done in zip(live, pipe.execute(), strict=True) if done}
         # A holder's task on a node still runs while any of its checks there is unanswered: the
         # checks it already answered are joined too (their results are in its run), or this run

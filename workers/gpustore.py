@@ -41,7 +41,7 @@ def _serial_ok(serial: str) -> bool:
 
 
 def record(
-    client: redis.Redis,
+    client: redis.Redis[bytes],
     node: str,
     states: Mapping[str, GpuState],
     found: Sequence[Incident],
@@ -77,7 +77,7 @@ def record(
 
 
 def incidents_many(
-    client: redis.Redis, uuids: Iterable[str], *, now: datetime, retention_s: float
+    client: redis.Redis[bytes], uuids: Iterable[str], *, now: datetime, retention_s: float
 ) -> dict[str, list[Incident]]:
     """UUID -> its retained incidents, newest first (one pipeline; invalid UUIDs are left out)."""
     wanted = [u for u in dict.fromkeys(uuids) if gpuident.valid_uuid(u)]
@@ -102,7 +102,7 @@ def _decode(raws: Iterable[bytes | str]) -> list[Incident]:
     return found
 
 
-def gpu(client: redis.Redis, uuid: str, *, now: datetime, retention_s: float) -> dict[str, Any] | None:
+def gpu(client: redis.Redis[bytes], uuid: str, *, now: datetime, retention_s: float) -> dict[str, Any] | None:
     """What ``GET /api/v1/gpus/<uuid>`` serves: identity, last sighting, incidents (and those of the
     other UUIDs its board serial was seen with); None when the GPU is unknown."""
     uuid = _uuid(uuid)
@@ -135,7 +135,7 @@ def gpu(client: redis.Redis, uuid: str, *, now: datetime, retention_s: float) ->
 class GpuHistory:
     """The functions above on one client, as ``ResultsStore.gpu_history()`` hands them out."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis[bytes]) -> None:
         self._r = client
 
     def record(

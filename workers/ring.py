@@ -395,8 +395,8 @@ class Coordinator:
                 out.extend(answers[source].get("pairs", []))
             else:
                 for job in its_jobs:
-                    why = _fail(f"no answer from {source} within {the_plan.step_deadline_s():g} s")
-                    out.append(iperf.pair(source, job["target"], lane.label, job["address"], why))
+                    silent = _fail(f"no answer from {source} within {the_plan.step_deadline_s():g} s")
+                    out.append(iperf.pair(source, job["target"], lane.label, job["address"], silent))
         return out
 
     def _finish(

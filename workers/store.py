@@ -106,7 +106,7 @@ class ResultsStore:
     every method as ``StoreUnavailable``."""
 
     def __init__(
-        self, client: redis.Redis, *, history_len: int = 100, run_ttl_s: float = 86400, run_keep: int = 200
+        self, client: redis.Redis[bytes], *, history_len: int = 100, run_ttl_s: float = 86400, run_keep: int = 200
     ) -> None:
         self.r = client
         self.history_len = history_len
@@ -394,7 +394,7 @@ class ResultsStore:
         }
 
     def set_remediation_summary(self, values: Mapping[str, float]) -> None:
-        self.r.hset(f"{P}remediation", mapping={k: str(v) for k, v in values.items()})  # type: ignore[arg-type]
+        self.r.hset(f"{P}remediation", mapping={k: str(v) for k, v in values.items()})
 
     def remediation_summary(self) -> dict[str, float]:
         return {_s(k): float(v) for k, v in self.r.hgetall(f"{P}remediation").items()}
@@ -418,7 +418,9 @@ class ResultsStore:
             while True:
                 try:
                     pipe.watch(key)
-                    raw = {_s(k): _s(v) for k, v in pipe.hgetall(key).items()}
+                    # Under WATCH the pipeline runs commands at once: HGETALL returns the hash itself.
+                    held: Mapping[bytes, bytes] = pipe.hgetall(key)  # type: ignore[assignment]
+                    raw = {_s(k): _s(v) for k, v in held.items()}
                     if slot <= int(raw.get("slot", -1)) or now - float(raw.get("at", "-inf")) < interval_s / 2:
                         pipe.unwatch()
                         return False
@@ -459,8 +461,10 @@ class ResultsStore:
         opens from now on, whatever URL scheme built it. redis-py retries a timed-out command three
         times by default, which made a frozen Redis cost an API request 20 s.
         """
-        self.r.get_connection_kwargs().update(socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
-        self.r.set_retry(Retry(NoBackoff(), 0))
+        self.r.get_connection_kwargs().update(  # type: ignore[no-untyped-call]  # untyped in redis-py's stubs
+            socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        )
+        self.r.set_retry(Retry(NoBackoff(), 0))  # type: ignore[attr-defined]  # public since redis-py 4.3, not stubbed
 
     def events(self) -> EventStore:
         """The events follower's counts, kernel-log positions and injected messages (same client)."""
@@ -493,7 +497,7 @@ class EventStore:
     COUNTS = f"{P}events:counts"
     LATENCY = f"{P}events:latency"
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis[bytes]) -> None:
         self._r = client
 
     def record(self, node: str, counted: Sequence[Event], timed: Sequence[Event], now: float) -> None:
