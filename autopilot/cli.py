@@ -174,7 +174,7 @@ def _print_results(results: Sequence[CheckResult], *, as_json: bool, node: str, 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autopilot", description="GPU cluster health checks.")
-    parser.add_argument("--log-level", default=os.environ.get("AUTOPILOT_LOG_LEVEL", "WARNING"), help=argparse.SUPPRESS)
+    parser.add_argument("--log-level", default=None, help=argparse.SUPPRESS)  # default: Settings.log_level
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("checks", help="list the checks, their parameters and defaults")
@@ -210,7 +210,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(args_list if runtime is None else runtime[0])
     except SystemExit as exc:  # argparse already printed its one-line usage error
         return EXIT_USAGE if exc.code not in (0, None) else EXIT_OK
-    _setup_logging(args.log_level)
+    try:
+        _setup_logging(args.log_level or config.Settings.one(os.environ, "log_level"))
+    except errors.ConfigError as exc:
+        print(f"autopilot: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE

@@ -12,7 +12,7 @@ import dataclasses
 import json
 import re
 import socket
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from autopilot import errors
@@ -183,7 +183,20 @@ class Settings:
     is not a check stops the process."""
 
     api_token: str = dataclasses.field(default="", repr=False)  # a secret: never in a repr or a log
-    """Bearer token the API requires when set (``AUTOPILOT_API_TOKEN``)."""
+    """Bearer token the API requires when set (``AUTOPILOT_API_TOKEN``); the CLI client sends it."""
+
+    api_url: str = ""
+    """The API the CLI client (``autopilot status``, ``autopilot runs``) talks to (``AUTOPILOT_API_URL``; empty:
+    http://127.0.0.1:3333); ``--url`` overrides it."""
+
+    log_level: str = "WARNING"
+    """Log level of the ``autopilot`` CLI (``AUTOPILOT_LOG_LEVEL``: DEBUG, INFO, WARNING, ERROR or CRITICAL);
+    ``--log-level`` overrides it."""
+
+    extra_checks: tuple[str, ...] = ()
+    """Python modules imported after the built-in checks, each registering more checks (``AUTOPILOT_EXTRA_CHECKS``,
+    comma-separated module names; tests give worker processes checks whose timing they control; production
+    leaves it empty)."""
 
     api_host: str = ""
     """Address the API binds (``AUTOPILOT_API_HOST``); empty: 127.0.0.1 without a token, 0.0.0.0 with one."""
@@ -381,6 +394,19 @@ class Settings:
         """Build settings from an environment mapping; raises ``ConfigError`` naming the variable."""
         return cls(**_read(environ))
 
+    @classmethod
+    def one(cls, environ: Mapping[str, str], field: str) -> Any:
+        """One setting, read and validated as ``from_env`` would, without the others: for a tool (the
+        CLI client) that needs only it and must not fail on a setting it does not use."""
+        for name, var, aliases, parse in _FIELDS:
+            if name == field:
+                for variable in (var, *aliases):
+                    text = environ.get(variable)
+                    if text is not None and text.strip():
+                        return parse(text, variable)
+                return getattr(cls(), field)
+        raise KeyError(field)
+
 
 # (field, primary variable, aliases, parser). The parser gets (text, variable name).
 def _pct(text: str, var: str) -> float:
@@ -404,6 +430,22 @@ def _int_in(lo: int, hi: int) -> Any:
 
 
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _modules(text: str, var: str) -> tuple[str, ...]:
+    found = tuple(parse_list(text))
+    for module in found:
+        if not _MODULE.fullmatch(module):
+            raise errors.BadParameter(var, f"not a module name: {module[:80]!r}")
+    return found
+
+
+def _log_level(text: str, var: str) -> str:
+    level = text.strip().upper()
+    if level not in LOG_LEVELS:
+        raise errors.BadParameter(var, f"not a log level ({', '.join(LOG_LEVELS)}): {text[:40]!r}")
+    return level
 
 
 def _duration(text: str, var: str) -> float:
@@ -491,9 +533,13 @@ def _tolerations(text: str, var: str) -> tuple[dict[str, Any], ...]:
 
 
 def load_checks(environ: Mapping[str, str]) -> list[str]:
+    """``load_modules`` of the ``AUTOPILOT_EXTRA_CHECKS`` in ``environ``."""
+    return load_modules(Settings.one(environ, "extra_checks"))
+
+
+def load_modules(extra: Sequence[str]) -> list[str]:
     """Register the checks and return their names: the built-in ones, plus those of the modules
-    named in ``AUTOPILOT_EXTRA_CHECKS`` (comma-separated; tests give worker processes checks whose
-    timing they control that way; production leaves it unset).
+    ``extra`` (``Settings.extra_checks``, from ``AUTOPILOT_EXTRA_CHECKS``).
 
     Imported when called, not at the top: the checks import this module.
     """
@@ -502,9 +548,7 @@ def load_checks(environ: Mapping[str, str]) -> list[str]:
     from autopilot import registry
 
     importlib.import_module("autopilot.checks")
-    for module in parse_list(environ.get("AUTOPILOT_EXTRA_CHECKS", "")):
-        if not _MODULE.fullmatch(module):
-            raise errors.BadParameter("AUTOPILOT_EXTRA_CHECKS", f"not a module name: {module[:80]!r}")
+    for module in extra:
         importlib.import_module(module)
     return registry.REGISTRY.names()
 
@@ -514,7 +558,7 @@ def _known_checks(values: Mapping[str, Any], used: Mapping[str, str], environ: M
     otherwise never run (or never apply) without a word."""
     if "periodic_checks" not in values and "check_timeouts" not in values:
         return  # the defaults name built-in checks: no need to import every check to know it
-    known = load_checks(environ)
+    known = load_modules(values.get("extra_checks", ()))
     for field, names in (
         ("periodic_checks", values.get("periodic_checks", ())),
         ("check_timeouts", values.get("check_timeouts", {})),
@@ -564,6 +608,9 @@ _FIELDS: list[tuple[str, str, tuple[str, ...], Any]] = [
     ("check_timeouts", "AUTOPILOT_CHECK_TIMEOUTS", (), lambda t, v: parse_mapping(t, field=v)),
     ("api_token", "AUTOPILOT_API_TOKEN", (), lambda t, v: t.strip()),
     ("api_host", "AUTOPILOT_API_HOST", (), lambda t, v: t.strip()),
+    ("api_url", "AUTOPILOT_API_URL", (), lambda t, v: t.strip()),
+    ("log_level", "AUTOPILOT_LOG_LEVEL", (), _log_level),
+    ("extra_checks", "AUTOPILOT_EXTRA_CHECKS", (), _modules),
     ("api_port", "AUTOPILOT_API_PORT", (), _int_in(1, 65535)),
     ("api_max_waits", "AUTOPILOT_API_MAX_WAITS", (), _int_in(1, 1000)),
     ("api_redis_timeout_s", "AUTOPILOT_API_REDIS_TIMEOUT", (), _positive_duration),

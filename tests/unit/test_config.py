@@ -155,3 +155,14 @@ def test_checks_of_extra_modules_are_known_to_the_settings() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "echo,remapped"
+
+
+def test_the_cli_and_test_variables_are_settings_read_and_checked_like_the_others() -> None:
+    env = {"AUTOPILOT_LOG_LEVEL": " info ", "AUTOPILOT_API_URL": "http://api:3333", "AUTOPILOT_EXTRA_CHECKS": ""}
+    s = config.Settings.from_env(env)
+    assert (s.log_level, s.api_url, s.extra_checks) == ("INFO", "http://api:3333", ())
+    assert config.Settings.one(env, "log_level") == "INFO" and config.Settings.one({}, "log_level") == "WARNING"
+    with pytest.raises(errors.BadParameter, match="AUTOPILOT_LOG_LEVEL"):
+        config.Settings.from_env({"AUTOPILOT_LOG_LEVEL": "loud"})
+    with pytest.raises(errors.BadParameter, match="AUTOPILOT_EXTRA_CHECKS"):
+        config.Settings.one({"AUTOPILOT_EXTRA_CHECKS": "os; rm"}, "extra_checks")
