@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from autopilot import config, errors
+from autopilot import config, errors, parsing
 
 
 def test_defaults() -> None:
@@ -73,7 +73,7 @@ def test_bad_values_name_the_variable(env: dict[str, str], field: str) -> None:
     "text, seconds", [("1h", 3600), ("30m", 1800), ("15s", 15), ("250ms", 0.25), ("90", 90), ("0", 0)]
 )
 def test_durations(text: str, seconds: float) -> None:
-    assert config.parse_duration(text) == seconds
+    assert parsing.parse_duration(text) == seconds
 
 
 def test_settings_are_frozen() -> None:
