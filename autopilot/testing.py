@@ -41,7 +41,7 @@ from autopilot.cluster import (
     with_retries,
     with_taint,
 )
-from autopilot.commands import CommandResult, CommandRunner
+from autopilot.commands import CommandResult, CommandRunner, ScopedRunner
 
 # ---------------------------------------------------------------- commands
 
@@ -160,8 +160,8 @@ class RecordingRunner:
         self._lock = threading.Lock()
 
     def bind(self, scope: Any) -> RecordingRunner:
-        bind = getattr(self.inner, "bind", None)
-        clone = RecordingRunner(bind(scope) if callable(bind) else self.inner, self.out_dir)
+        inner = self.inner.bind(scope) if isinstance(self.inner, ScopedRunner) else self.inner
+        clone = RecordingRunner(inner, self.out_dir)
         clone._scrub, clone._n, clone._lock = self._scrub, self._n, self._lock
         return clone
 

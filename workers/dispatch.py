@@ -35,7 +35,7 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import kombu.exceptions
 import redis
@@ -211,25 +211,37 @@ class Dispatcher(Protocol):
     def send(self, envelope: Envelope) -> None: ...
 
 
+@runtime_checkable
+class BatchDispatcher(Protocol):
+    """A dispatcher that can send many envelopes in one batch (an optional capability)."""
+
+    def send_many(self, envelopes: Sequence[Envelope]) -> None: ...
+
+
 def send_all(dispatcher: Dispatcher, envelopes: Sequence[Envelope]) -> None:
-    """Send ``envelopes`` in order, in one batch when ``dispatcher`` can (``send_many``)."""
-    many = getattr(dispatcher, "send_many", None)
-    if callable(many):
-        many(envelopes)
+    """Send ``envelopes`` in order, in one batch when ``dispatcher`` can (``BatchDispatcher``)."""
+    if isinstance(dispatcher, BatchDispatcher):
+        dispatcher.send_many(envelopes)
         return
     for envelope in envelopes:
         dispatcher.send(envelope)
 
 
+@runtime_checkable
 class TaskSender(Protocol):
-    """Sends one named task to one node's queue; dropped unconsumed after ``expires`` (epoch s)."""
+    """Sends one named task to one node's queue; dropped unconsumed after ``expires`` (epoch s).
+
+    ``supports_tasks`` False: it has the method but cannot take tasks now (a fake without a handler)."""
+
+    @property
+    def supports_tasks(self) -> bool: ...
 
     def send_task(self, task: str, node: str, kwargs: Mapping[str, Any], *, expires: float) -> None: ...
 
 
-def task_sender(dispatcher: Any) -> TaskSender | None:
+def task_sender(dispatcher: object) -> TaskSender | None:
     """``dispatcher`` as a ``TaskSender`` when it can send named tasks, else None."""
-    return dispatcher if getattr(dispatcher, "supports_tasks", False) else None
+    return dispatcher if isinstance(dispatcher, TaskSender) and dispatcher.supports_tasks else None
 
 
 @translating
