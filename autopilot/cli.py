@@ -6,6 +6,11 @@ are resolved by name at run time, so the core has no static dependency on Celery
 
 Exit codes: 0 no check failed; 1 a check reported warn or fail; 2 usage or configuration error;
 3 a check could not run (error). Errors are one line on stderr, never a traceback.
+
+argparse, not click: click reaches us only through Flask and Celery, so the core would gain a
+dependency it does not declare, and the one workaround click would remove is ``_split_runtime``
+(ten lines: each runtime command parses its own arguments, which click's pass-through would also
+leave to it). Our exit codes and one-line errors would need the same wrapping under click.
 """
 
 from __future__ import annotations
