@@ -54,7 +54,7 @@ def create_app(
 
         if store is None:
             store = celery_app.make_store(settings)
-            limits.bound_store_client(store.r, settings)
+            store.bound_timeouts(settings.api_redis_timeout_s)
         if dispatcher is None:
             publisher = celery_app.create_celery(settings)
             limits.bound_publisher(publisher, settings)
@@ -70,7 +70,7 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = settings.api_max_body + 1
     app.extensions[limits.EXTENSION] = limits.Waits(settings.api_max_waits)
     app.json = FastJSONProvider(app)
-    app.json.sort_keys = False  # type: ignore[attr-defined]  # keep reports in their logical order
+    app.json.sort_keys = False  # keep reports in their logical order
     app.extensions[EXTENSION] = Services(
         settings=settings, store=store, dispatcher=dispatcher, checks=checks, cluster=cluster
     )

@@ -27,6 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from api import text
+from autopilot import config
 
 EXIT_OK, EXIT_BAD, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
 DEFAULT_URL = "http://127.0.0.1:3333"
@@ -123,7 +124,7 @@ def status_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, help="nodes in flight at once")
     p.add_argument("--json", action="store_true", help="print the JSON report")
     p.add_argument(
-        "--url", default=os.environ.get("AUTOPILOT_API_URL") or None, help=f"API URL (default {DEFAULT_URL})"
+        "--url", default=config.Settings.one(os.environ, "api_url") or None, help=f"API URL (default {DEFAULT_URL})"
     )
     p.add_argument("--token", default=None, help="bearer token (default AUTOPILOT_API_TOKEN)")
     p.add_argument(
@@ -203,7 +204,7 @@ def status_main(argv: Sequence[str]) -> int:
 
 
 def _client(url: str | None, token: str | None) -> ApiClient:
-    return ApiClient(url or DEFAULT_URL, token if token is not None else os.environ.get("AUTOPILOT_API_TOKEN", ""))
+    return ApiClient(url or DEFAULT_URL, token if token is not None else config.Settings.one(os.environ, "api_token"))
 
 
 def _follow(client: ApiClient, created: Mapping[str, Any], err: Console, *, show: bool) -> dict[str, Any]:
@@ -281,7 +282,7 @@ def nodes_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the JSON answer")
     p.add_argument("--gpus", action="store_true", help="one row per GPU: its verdict, since when and why")
     p.add_argument(
-        "--url", default=os.environ.get("AUTOPILOT_API_URL") or None, help=f"API URL (default {DEFAULT_URL})"
+        "--url", default=config.Settings.one(os.environ, "api_url") or None, help=f"API URL (default {DEFAULT_URL})"
     )
     p.add_argument("--token", default=None, help="bearer token (default AUTOPILOT_API_TOKEN)")
     return p

@@ -2,7 +2,8 @@
 
 ``BadParameter`` (raised by validation anywhere) -> 400 ``{"error": "bad_request", "field", "detail"}``;
 ``ApiError`` -> its own status; HTTP errors (404, 405, ...) -> JSON with the same code; Redis or
-broker unreachable -> 503; anything else -> 500 with the traceback in the log only.
+broker unreachable (``StoreUnavailable``, or the broker's own errors from a send) -> 503; anything else -> 500
+with the traceback in the log only.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import logging
 from typing import Any
 
 import kombu.exceptions
-import redis.exceptions
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
@@ -70,8 +70,7 @@ def register(app: Flask) -> None:
             response.headers["Allow"] = exc.get_response().headers["Allow"]
         return response
 
-    @app.errorhandler(redis.exceptions.ConnectionError)
-    @app.errorhandler(redis.exceptions.TimeoutError)
+    @app.errorhandler(core_errors.StoreUnavailable)
     @app.errorhandler(kombu.exceptions.OperationalError)
     def unavailable(exc: Exception) -> Response:
         # Redis is both the results store and the broker: without it nothing can be answered,

@@ -32,7 +32,6 @@ only the other selected nodes.
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import math
 import threading
@@ -46,8 +45,9 @@ from api.services import Services
 from autopilot import network, results, verdict
 from autopilot.checks import iperf
 from autopilot.results import CheckResult, Status
+from autopilot.store import NodeState
 from workers import reconcile, ring
-from workers.dispatch import Envelope, Flights, Joined, TaskSender, send_all, task_sender
+from workers.dispatch import Envelope, Joined, TaskSender, send_all, task_sender
 from workers.store import ResultsStore, Run
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ class Gather:
         # answers are then counted from the run's field names and read in full at the end.
         self._by_keys = False
         self._seen = -1
-        self.flights = Flights(svc.store.r)
+        self.flights = svc.store.flights()
         self.joined: dict[tuple[str, str], Joined] = {}  # (node, check) -> the execution it waits on
         self._leader_cursors: dict[str, int] = {}  # joined run -> entries of its write log read
         self._gave_up: set[tuple[str, str]] = set()  # joined, answered error by a less patient run
@@ -248,8 +248,8 @@ class Gather:
             )
             for node, checks in lapsed.items()
         ]
-        envelopes, joined = self.flights.claim(envelopes, now=now)
-        self.joined.update(joined)
+        envelopes, rejoined = self.flights.claim(envelopes, now=now)
+        self.joined.update(rejoined)
         send_all(self.svc.dispatcher, envelopes)
 
     def _read_news(self) -> collections.Counter[str]:
@@ -432,9 +432,9 @@ def report(
                 for c in missing
             ]
             entry = {"status": node_status(got)}
-        state = states.get(node, {})
+        state = states.get(node, NodeState())
         entry["verdict"], entry["reasons"] = reconcile.shown(
-            state.get("verdict"), parse_reasons(state.get("reasons")), seen.get(node), now, svc.settings
+            state.verdict, state.reason_list, seen.get(node), now, svc.settings
         )
         entry["results"] = got
         nodes[node] = entry
@@ -533,13 +533,3 @@ def overall(totals: Mapping[str, int], *, complete: bool) -> str:
     if totals.get("skipped") and not totals.get("ok"):
         return "skipped"  # not one node was looked at
     return "ok"
-
-
-def parse_reasons(raw: str | None) -> list[str]:
-    if not raw:
-        return []
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        return [raw]
-    return [str(v) for v in value] if isinstance(value, list) else [str(value)]

@@ -18,7 +18,7 @@ from typing import Any
 
 from werkzeug.datastructures import MultiDict
 
-from autopilot import config, errors, gpuident, names
+from autopilot import config, errors, gpuident, names, parsing
 from autopilot.registry import CheckRegistry
 
 MAX_NODES = 10_000
@@ -59,7 +59,7 @@ def parse_int(raw: Any, *, field: str, lo: int, hi: int) -> int:
     """A JSON integer, or a string of ASCII digits: ``r=0_3``, ``+3``, `` 3`` or ``３`` are not 3."""
     if isinstance(raw, bool) or not isinstance(raw, int | str):
         raise errors.BadParameter(field, f"expected an integer, got {str(raw)[:64]!r}")
-    value = raw if isinstance(raw, int) else config.parse_int(raw, field=field)
+    value = raw if isinstance(raw, int) else parsing.parse_int(raw, field=field)
     if not lo <= value <= hi:
         raise errors.BadParameter(field, f"must be between {lo} and {hi}, got {value}")
     return value
@@ -69,7 +69,7 @@ def parse_seconds(raw: Any, *, field: str, lo: float, hi: float) -> float:
     """Seconds as a number or a duration (``90``, ``1.5``, ``30s``, ``2m``), within [lo, hi]."""
     if isinstance(raw, bool):
         raise errors.BadParameter(field, f"expected seconds, got {raw!r}")
-    value = config.parse_duration(str(raw)[:32], field=field)
+    value = parsing.parse_duration(str(raw)[:32], field=field)
     if not lo <= value <= hi:
         raise errors.BadParameter(field, f"must be between {lo:g} and {hi:g} seconds, got {value:g}")
     return value
@@ -95,11 +95,9 @@ def gpu_uuid(raw: str) -> str:
 
 
 def gpus_flag(raw: str) -> bool:
-    """``gpus`` of ``GET /api/v1/nodes``: ``true``/``1`` adds every node's per-GPU verdicts."""
-    value = raw.strip().lower()
-    if value not in ("", "true", "false", "1", "0"):
-        raise errors.BadParameter("gpus", "expected true or false")
-    return value in ("true", "1")
+    """``gpus`` of ``GET /api/v1/nodes``: true (``parsing.parse_bool``) adds every node's per-GPU verdicts;
+    absent or blank: false."""
+    return bool(raw.strip()) and parsing.parse_bool(raw, field="gpus")
 
 
 def _items(values: Iterable[Any], *, field: str, skip_blank: bool = True) -> list[str]:

@@ -4,10 +4,9 @@
   ``wait``). A request that finds every slot taken is answered ``503`` with ``Retry-After`` at
   once instead of queueing for a server thread, so the threads beyond the bound stay free for
   ``/healthz``, ``/readyz`` and the short requests, however many clients wait on a hung node.
-- ``bound_store_client``: the API's Redis connections time out after
-  ``api_redis_timeout_s`` (socket and connect) and are never retried, so a frozen Redis costs a
-  request that long at most, and the error handler answers ``503``.
-- ``bound_publisher``: the same for the broker connections the API publishes through.
+- ``bound_publisher``: the broker connections the API publishes through time out after
+  ``api_redis_timeout_s`` and are never retried, as the store's do (``ResultsStore.bound_timeouts``),
+  so a frozen Redis costs a request that long at most, and the error handler answers ``503``.
 - ``body_limit``: a request body over ``api_max_body`` is answered ``413`` from its
   ``Content-Length``, before a byte of it is read; a chunked body is read no further than one
   byte past the limit.
@@ -22,10 +21,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import flask
-import redis
 from celery import Celery
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from api.errors import ApiError
 from autopilot import config
@@ -62,18 +58,6 @@ def waits() -> Waits:
     """The ``Waits`` of the app handling the current request."""
     found: Waits = flask.current_app.extensions[EXTENSION]
     return found
-
-
-def bound_store_client(client: redis.Redis, settings: config.Settings) -> None:
-    """Time out the API's Redis connections after ``api_redis_timeout_s`` and never retry.
-
-    Set through the client's public connection kwargs, so it holds for every connection the pool
-    opens from now on, whatever URL scheme built it. redis-py retries a timed-out command three
-    times by default, which made a frozen Redis cost a request 20 s.
-    """
-    timeout = settings.api_redis_timeout_s
-    client.get_connection_kwargs().update(socket_timeout=timeout, socket_connect_timeout=timeout)
-    client.set_retry(Retry(NoBackoff(), 0))
 
 
 def bound_publisher(app: Celery, settings: config.Settings) -> None:

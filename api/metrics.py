@@ -44,7 +44,7 @@ from autopilot import config
 from autopilot.events.metrics import EventsCollector
 from autopilot.gpumetrics import GpuCollector
 from autopilot.metrics import NodeInfo, ResultsCollector, Snapshot
-from workers import fleet, follower, reconcile
+from workers import reconcile
 from workers.store import ResultsStore
 
 EXTENSION = "autopilot_metrics"
@@ -132,7 +132,7 @@ def snapshot_from_store(store: ResultsStore, settings: config.Settings) -> Snaps
     states = store.states(names)
     seen = {r.name: r.last_seen for r in records if r.last_seen}
     # A lost node is UNKNOWN here as soon as it is lost, not only after beat's next reconcile.
-    shown = {n: reconcile.shown(s.get("verdict"), (), seen.get(n), taken_at, settings)[0] for n, s in states.items()}
+    shown = {n: reconcile.shown(s.verdict, (), seen.get(n), taken_at, settings)[0] for n, s in states.items()}
     return Snapshot(
         nodes=[NodeInfo(r.name, r.cpu_model or "", r.gpu_model or "", float(r.last_seen or 0.0)) for r in records],
         latest=store.latest_many(names),
@@ -142,7 +142,7 @@ def snapshot_from_store(store: ResultsStore, settings: config.Settings) -> Snaps
         remediation=store.remediation_summary(),
         taken_at=taken_at,
         live_after_s=settings.live_after_s,
-        baselines=fleet.FleetBaselines(store.r, settings).all(),
+        baselines=store.fleet(settings).all(),
     )
 
 
@@ -152,11 +152,9 @@ def init_app(app: flask.Flask, store: ResultsStore, settings: config.Settings) -
     collector = ResultsCollector(lambda: snapshot_from_store(store, settings))
     results_registry = CollectorRegistry()
     results_registry.register(collector)
-    results_registry.register(EventsCollector(lambda: follower.read_metrics(store)))
+    results_registry.register(EventsCollector(store.events().snapshot))
     # Per-GPU series (issue 15): one more pipelined read of the nodes' state hashes per rendering.
-    results_registry.register(
-        GpuCollector(lambda: {n: s.get("gpus") for n, s in store.states(store.node_names()).items()})
-    )
+    results_registry.register(GpuCollector(lambda: {n: s.gpus for n, s in store.states(store.node_names()).items()}))
     nodes = SharedExposition(results_registry, settings.metrics_interval_s)
     requests = Counter(
         "autopilot_api_requests",

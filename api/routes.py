@@ -22,8 +22,9 @@ from flask import Blueprint, Response, jsonify, request, url_for
 from api import gather, inputs, limits, openapi, selection, text
 from api.errors import ApiError, json_error
 from api.services import services
-from autopilot import baseline, config, errors, gpuverdict, names, verdict
-from workers import fleet, gpustore, reconcile
+from autopilot import baseline, config, errors, gpuverdict, names
+from autopilot.store import NodeState
+from workers import reconcile
 
 log = logging.getLogger(__name__)
 
@@ -135,16 +136,14 @@ def get_run(run_id: str) -> Response:
 # ------------------------------------------------------------------ nodes
 
 
-def _verdict(state: dict[str, str], record: Any, now: float, settings: config.Settings) -> dict[str, Any]:
+def _verdict(state: NodeState, record: Any, now: float, settings: config.Settings) -> dict[str, Any]:
     """``verdict`` and ``reasons`` as ``reconcile.shown`` says (a lost node is UNKNOWN, "no heartbeat since")."""
     last_seen = (record.last_seen or None) if record is not None else None
-    shown, reasons = reconcile.shown(
-        state.get("verdict"), gather.parse_reasons(state.get("reasons")), last_seen, now, settings
-    )
+    shown, reasons = reconcile.shown(state.verdict, state.reason_list, last_seen, now, settings)
     return {"verdict": shown or "UNKNOWN", "reasons": reasons}
 
 
-def _node_entry(record: Any, state: dict[str, str], now: float, settings: config.Settings) -> dict[str, Any]:
+def _node_entry(record: Any, state: NodeState, now: float, settings: config.Settings) -> dict[str, Any]:
     return {
         **record.to_dict(),
         **_verdict(state, record, now, settings),
@@ -153,16 +152,16 @@ def _node_entry(record: Any, state: dict[str, str], now: float, settings: config
     }
 
 
-def _eviction(state: dict[str, str]) -> dict[str, Any]:
+def _eviction(state: NodeState) -> dict[str, Any]:
     """The node view's ``eviction`` (while one holds: since when, and its causes) and ``cleared`` (the last clear:
     by whom, when, and what it cleared)."""
     evicted = None
-    if state.get("evicted_at"):
-        causes = [c.to_dict() for c in verdict.causes_from_json(state.get("evict_cause"))]
-        evicted = {"since": state["evicted_at"], "causes": causes}
+    if state.evicted_at:
+        causes = [c.to_dict() for c in state.causes]
+        evicted = {"since": state.evicted_at, "causes": causes}
     cleared = None
-    if state.get("cleared_by"):
-        cleared = {"by": state["cleared_by"], "at": state.get("cleared_at"), "cause": state.get("cleared_cause")}
+    if state.cleared_by:
+        cleared = {"by": state.cleared_by, "at": state.cleared_at, "cause": state.cleared_cause}
     return {"eviction": evicted, "cleared": cleared}
 
 
@@ -174,11 +173,11 @@ def list_nodes() -> Response:
     now = svc.clock()
     records = svc.store.nodes()
     states = svc.store.states([r.name for r in records]) if records else {}
-    items = [_node_entry(r, states.get(r.name, {}), now, svc.settings) for r in records]
+    items = [_node_entry(r, states.get(r.name, NodeState()), now, svc.settings) for r in records]
     if with_gpus:
         for record, item in zip(records, items, strict=True):
             found = reconcile.shown_gpus(
-                states.get(record.name, {}).get("gpus"), record.last_seen or None, now, svc.settings
+                states.get(record.name, NodeState()).gpus, record.last_seen or None, now, svc.settings
             )
             item["gpus"] = [g.to_dict() for g in found]
     return jsonify({"nodes": items, "total": len(items), "live": sum(1 for i in items if i["live"])})
@@ -214,11 +213,11 @@ def get_node(name: str) -> Response:
             "last_seen_at": gather.iso_time(record.last_seen) if record and record.last_seen else None,
             **_verdict(state, record, svc.clock(), svc.settings),
             **_eviction(state),
-            "state": {k: v for k, v in state.items() if k not in ("reasons", "gpus")},
+            "state": {k: v for k, v in state.to_fields().items() if k not in ("reasons", "gpus")},
             "gpus": [
                 g.to_dict()
                 for g in reconcile.shown_gpus(
-                    state.get("gpus"), (record.last_seen or None) if record else None, svc.clock(), svc.settings
+                    state.gpus, (record.last_seen or None) if record else None, svc.clock(), svc.settings
                 )
             ],
             "labels": labels,
@@ -233,7 +232,7 @@ def clear_node(name: str) -> Response:
     _only()
     svc = services()
     names.node_name(name, field="name")
-    if svc.store.node(name) is None and not svc.store.latest(name) and not svc.store.state(name):
+    if svc.store.node(name) is None and not svc.store.latest(name) and svc.store.state(name).empty:
         raise ApiError(404, "not_found", f"no node {name}", field="name")
     decision = reconcile.clear_evict(
         svc.store, name, svc.settings, by=f"api:{request.remote_addr or '?'}", cluster=svc.cluster
@@ -247,15 +246,14 @@ def get_gpu(uuid: str) -> Response:
     """One GPU's history, wherever it ran: incidents under its UUID (and its board serial's)."""
     _only()
     svc = services()
-    found = gpustore.gpu(
-        svc.store.r,
+    found = svc.store.gpu_history().gpu(
         inputs.gpu_uuid(uuid),
         now=datetime.fromtimestamp(svc.clock(), UTC),
         retention_s=svc.settings.gpu_history_retention_s,
     )
     if found is None:
         raise ApiError(404, "not_found", f"no history for GPU {uuid}", field="uuid")
-    current = gpuverdict.loads(svc.store.state(found["node"]).get("gpus")).get(uuid) if found["node"] else None
+    current = gpuverdict.loads(svc.store.state(found["node"]).gpus).get(uuid) if found["node"] else None
     found["verdict"] = current.to_dict() if current is not None else None
     return jsonify(found)
 
@@ -264,7 +262,7 @@ def get_gpu(uuid: str) -> Response:
 def list_baselines() -> Response:
     _only()
     svc = services()
-    found = fleet.FleetBaselines(svc.store.r, svc.settings).all()
+    found = svc.store.fleet(svc.settings).all()
     policy = dataclasses.asdict(baseline.policy_of(svc.settings))
     return jsonify({"baselines": found, "settings": policy})
 

@@ -6,6 +6,11 @@ are resolved by name at run time, so the core has no static dependency on Celery
 
 Exit codes: 0 no check failed; 1 a check reported warn or fail; 2 usage or configuration error;
 3 a check could not run (error). Errors are one line on stderr, never a traceback.
+
+argparse, not click: click reaches us only through Flask and Celery, so the core would gain a
+dependency it does not declare, and the one workaround click would remove is ``_split_runtime``
+(ten lines: each runtime command parses its own arguments, which click's pass-through would also
+leave to it). Our exit codes and one-line errors would need the same wrapping under click.
 """
 
 from __future__ import annotations
@@ -174,7 +179,7 @@ def _print_results(results: Sequence[CheckResult], *, as_json: bool, node: str, 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autopilot", description="GPU cluster health checks.")
-    parser.add_argument("--log-level", default=os.environ.get("AUTOPILOT_LOG_LEVEL", "WARNING"), help=argparse.SUPPRESS)
+    parser.add_argument("--log-level", default=None, help=argparse.SUPPRESS)  # default: Settings.log_level
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("checks", help="list the checks, their parameters and defaults")
@@ -210,7 +215,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(args_list if runtime is None else runtime[0])
     except SystemExit as exc:  # argparse already printed its one-line usage error
         return EXIT_USAGE if exc.code not in (0, None) else EXIT_OK
-    _setup_logging(args.log_level)
+    try:
+        _setup_logging(args.log_level or config.Settings.one(os.environ, "log_level"))
+    except errors.ConfigError as exc:
+        print(f"autopilot: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE

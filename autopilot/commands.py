@@ -18,7 +18,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import IO, Protocol
+from typing import IO, Protocol, runtime_checkable
 
 from autopilot import errors
 
@@ -42,6 +42,14 @@ class CommandRunner(Protocol):
     def which(self, name: str) -> str | None:
         """Full path of ``name`` if it can be run, else None."""
         ...
+
+
+@runtime_checkable
+class ScopedRunner(Protocol):
+    """A runner that can make a copy whose processes belong to a ``ProcessScope`` (an optional capability:
+    the execution engine kills a timed-out check's processes through it)."""
+
+    def bind(self, scope: ProcessScope) -> CommandRunner: ...
 
 
 class Background(Protocol):

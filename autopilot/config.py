@@ -12,81 +12,21 @@ import dataclasses
 import json
 import re
 import socket
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from autopilot import errors
 
-# ASCII digits only: ``\d`` would also take "３" or "٣", which ``float`` then reads as a number.
-_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)?\s*$")
-# Canonical numbers: what ``int``/``float`` accept beyond these ("0_3", "+3", " 3", "３", "1e400",
-# "nan") is a typo or an attack, never a value someone meant.
-_INT = re.compile(r"-?[0-9]+")
-_FLOAT = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
-_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-
-
-def parse_duration(text: str, *, field: str = "duration") -> float:
-    """``"1h"`` -> 3600.0, ``"30m"``, ``"15s"``, ``"250ms"``, bare numbers are seconds; ``0`` disables."""
-    match = _DURATION.match(text)
-    if not match:
-        raise errors.BadParameter(field, f"not a duration: {text!r} (use e.g. 1h, 30m, 15s)")
-    return float(match.group(1)) * _UNIT_S[match.group(2)]
-
-
-def parse_list(text: str) -> tuple[str, ...]:
-    """A comma-separated list, items stripped, empty items dropped (``"a, b,"`` -> ``("a", "b")``)."""
-    return tuple(item.strip() for item in text.split(",") if item.strip())
-
-
-def parse_int(text: str, *, field: str) -> int:
-    """A canonical decimal integer: ASCII digits, "-" for a negative (no "+", underscore or whitespace)."""
-    if not isinstance(text, str) or len(text) > 32 or not _INT.fullmatch(text):
-        raise errors.BadParameter(field, f"expected an integer (ASCII digits only), got {str(text)[:64]!r}")
-    return int(text)
-
-
-def parse_number(text: str, *, field: str) -> float:
-    """A canonical finite decimal number (``1``, ``-0.5``, ``2e3``); ``BadParameter`` otherwise."""
-    if not isinstance(text, str) or len(text) > 64 or not _FLOAT.fullmatch(text):
-        raise errors.BadParameter(field, f"expected a number, got {str(text)[:64]!r}")
-    value = float(text)
-    if value in (float("inf"), float("-inf")):
-        raise errors.BadParameter(field, f"out of range: {text[:64]!r}")
-    return value
-
-
-def parse_bool(text: str, *, field: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off", ""):
-        return False
-    raise errors.BadParameter(field, f"not a boolean: {text!r}")
-
-
-def parse_float(text: str, *, field: str, minimum: float | None = None) -> float:
-    try:
-        value = parse_number(text.strip(), field=field)
-    except errors.BadParameter:
-        raise errors.BadParameter(field, f"not a number: {text!r}") from None
-    if minimum is not None and value < minimum:
-        raise errors.BadParameter(field, f"must be a number >= {minimum}: {text!r}")
-    return value
-
-
-def parse_mapping(text: str, *, field: str, keys: Collection[str] | None = None) -> dict[str, float]:
-    """``"dcgm=900, pciebw=120"`` -> ``{"dcgm": 900.0, "pciebw": 120.0}``; a key outside ``keys``
-    (when given) is an error naming it, not an override that silently never applies."""
-    out: dict[str, float] = {}
-    for item in parse_list(text):
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise errors.BadParameter(field, f"expected key=value, got {item!r}")
-        if keys is not None and key.strip() not in keys:
-            raise errors.BadParameter(field, f"unknown key {key.strip()[:64]!r} (known: {', '.join(sorted(keys))})")
-        out[key.strip()] = parse_float(value.strip(), field=f"{field}.{key.strip()}", minimum=0)
-    return out
+# The parsers live in ``autopilot.parsing``; re-exported here, where settings and older callers find them.
+from autopilot.parsing import (  # noqa: F401 - re-exported
+    parse_bool,
+    parse_duration,
+    parse_float,
+    parse_int,
+    parse_list,
+    parse_mapping,
+    parse_number,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,7 +123,20 @@ class Settings:
     is not a check stops the process."""
 
     api_token: str = dataclasses.field(default="", repr=False)  # a secret: never in a repr or a log
-    """Bearer token the API requires when set (``AUTOPILOT_API_TOKEN``)."""
+    """Bearer token the API requires when set (``AUTOPILOT_API_TOKEN``); the CLI client sends it."""
+
+    api_url: str = ""
+    """The API the CLI client (``autopilot status``, ``autopilot runs``) talks to (``AUTOPILOT_API_URL``; empty:
+    http://127.0.0.1:3333); ``--url`` overrides it."""
+
+    log_level: str = "WARNING"
+    """Log level of the ``autopilot`` CLI (``AUTOPILOT_LOG_LEVEL``: DEBUG, INFO, WARNING, ERROR or CRITICAL);
+    ``--log-level`` overrides it."""
+
+    extra_checks: tuple[str, ...] = ()
+    """Python modules imported after the built-in checks, each registering more checks (``AUTOPILOT_EXTRA_CHECKS``,
+    comma-separated module names; tests give worker processes checks whose timing they control; production
+    leaves it empty)."""
 
     api_host: str = ""
     """Address the API binds (``AUTOPILOT_API_HOST``); empty: 127.0.0.1 without a token, 0.0.0.0 with one."""
@@ -212,7 +165,12 @@ class Settings:
     """Results kept per node in the history list (``AUTOPILOT_HISTORY_LEN``)."""
 
     run_ttl_s: float = 86400.0
-    """How long run records live in Redis (``AUTOPILOT_RUN_TTL``)."""
+    """How long run records live in Redis after their last write (``AUTOPILOT_RUN_TTL``)."""
+
+    run_keep: int = 200
+    """Runs kept in Redis whatever their age (``AUTOPILOT_RUN_KEEP``): when a run is made, the oldest runs past
+    their deadline beyond this many are deleted, so run records cost at most about this many runs' results
+    (a run over every node holds one result per node and check) however often runs are made."""
 
     node_deadline_s: float = 60.0
     """Default deadline for one node's answer in an API gather (``AUTOPILOT_NODE_DEADLINE``)."""
@@ -376,6 +334,19 @@ class Settings:
         """Build settings from an environment mapping; raises ``ConfigError`` naming the variable."""
         return cls(**_read(environ))
 
+    @classmethod
+    def one(cls, environ: Mapping[str, str], field: str) -> Any:
+        """One setting, read and validated as ``from_env`` would, without the others: for a tool (the
+        CLI client) that needs only it and must not fail on a setting it does not use."""
+        for name, var, aliases, parse in _FIELDS:
+            if name == field:
+                for variable in (var, *aliases):
+                    text = environ.get(variable)
+                    if text is not None and text.strip():
+                        return parse(text, variable)
+                return getattr(cls(), field)
+        raise KeyError(field)
+
 
 # (field, primary variable, aliases, parser). The parser gets (text, variable name).
 def _pct(text: str, var: str) -> float:
@@ -399,6 +370,22 @@ def _int_in(lo: int, hi: int) -> Any:
 
 
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _modules(text: str, var: str) -> tuple[str, ...]:
+    found = tuple(parse_list(text))
+    for module in found:
+        if not _MODULE.fullmatch(module):
+            raise errors.BadParameter(var, f"not a module name: {module[:80]!r}")
+    return found
+
+
+def _log_level(text: str, var: str) -> str:
+    level = text.strip().upper()
+    if level not in LOG_LEVELS:
+        raise errors.BadParameter(var, f"not a log level ({', '.join(LOG_LEVELS)}): {text[:40]!r}")
+    return level
 
 
 def _duration(text: str, var: str) -> float:
@@ -486,9 +473,13 @@ def _tolerations(text: str, var: str) -> tuple[dict[str, Any], ...]:
 
 
 def load_checks(environ: Mapping[str, str]) -> list[str]:
+    """``load_modules`` of the ``AUTOPILOT_EXTRA_CHECKS`` in ``environ``."""
+    return load_modules(Settings.one(environ, "extra_checks"))
+
+
+def load_modules(extra: Sequence[str]) -> list[str]:
     """Register the checks and return their names: the built-in ones, plus those of the modules
-    named in ``AUTOPILOT_EXTRA_CHECKS`` (comma-separated; tests give worker processes checks whose
-    timing they control that way; production leaves it unset).
+    ``extra`` (``Settings.extra_checks``, from ``AUTOPILOT_EXTRA_CHECKS``).
 
     Imported when called, not at the top: the checks import this module.
     """
@@ -497,9 +488,7 @@ def load_checks(environ: Mapping[str, str]) -> list[str]:
     from autopilot import registry
 
     importlib.import_module("autopilot.checks")
-    for module in parse_list(environ.get("AUTOPILOT_EXTRA_CHECKS", "")):
-        if not _MODULE.fullmatch(module):
-            raise errors.BadParameter("AUTOPILOT_EXTRA_CHECKS", f"not a module name: {module[:80]!r}")
+    for module in extra:
         importlib.import_module(module)
     return registry.REGISTRY.names()
 
@@ -509,7 +498,7 @@ def _known_checks(values: Mapping[str, Any], used: Mapping[str, str], environ: M
     otherwise never run (or never apply) without a word."""
     if "periodic_checks" not in values and "check_timeouts" not in values:
         return  # the defaults name built-in checks: no need to import every check to know it
-    known = load_checks(environ)
+    known = load_modules(values.get("extra_checks", ()))
     for field, names in (
         ("periodic_checks", values.get("periodic_checks", ())),
         ("check_timeouts", values.get("check_timeouts", {})),
@@ -559,6 +548,9 @@ _FIELDS: list[tuple[str, str, tuple[str, ...], Any]] = [
     ("check_timeouts", "AUTOPILOT_CHECK_TIMEOUTS", (), lambda t, v: parse_mapping(t, field=v)),
     ("api_token", "AUTOPILOT_API_TOKEN", (), lambda t, v: t.strip()),
     ("api_host", "AUTOPILOT_API_HOST", (), lambda t, v: t.strip()),
+    ("api_url", "AUTOPILOT_API_URL", (), lambda t, v: t.strip()),
+    ("log_level", "AUTOPILOT_LOG_LEVEL", (), _log_level),
+    ("extra_checks", "AUTOPILOT_EXTRA_CHECKS", (), _modules),
     ("api_port", "AUTOPILOT_API_PORT", (), _int_in(1, 65535)),
     ("api_max_waits", "AUTOPILOT_API_MAX_WAITS", (), _int_in(1, 1000)),
     ("api_redis_timeout_s", "AUTOPILOT_API_REDIS_TIMEOUT", (), _positive_duration),
@@ -566,6 +558,7 @@ _FIELDS: list[tuple[str, str, tuple[str, ...], Any]] = [
     ("metrics_interval_s", "AUTOPILOT_METRICS_INTERVAL", (), _duration),
     ("history_len", "AUTOPILOT_HISTORY_LEN", (), _int_in(1, 100_000)),
     ("run_ttl_s", "AUTOPILOT_RUN_TTL", (), _duration),
+    ("run_keep", "AUTOPILOT_RUN_KEEP", (), _int_in(1, 1_000_000)),
     ("node_deadline_s", "AUTOPILOT_NODE_DEADLINE", (), _duration),
     ("network_interfaces", "AUTOPILOT_NETWORK_INTERFACES", (), lambda t, v: parse_list(t)),
     ("podinfo_annotations", "AUTOPILOT_PODINFO_ANNOTATIONS", (), lambda t, v: t.strip()),

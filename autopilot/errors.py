@@ -12,11 +12,12 @@
      |    +-- GpuUnavailable    NVML could not start: skipped where no GPU is expected, else error
      |    +-- GpuLost           one GPU answered NVML_ERROR_GPU_IS_LOST: a fatal fail for it
      +-- ClusterError           the Kubernetes API said no
-          +-- NotFound, Conflict, Transient
+     |    +-- NotFound, Conflict, Transient
+     +-- StoreUnavailable       the results store or broker cannot be reached (API: 503)
 
 Third-party exceptions are translated in the seam that meets them (``raise ... from exc``),
 so nothing from pynvml, kubernetes or subprocess leaks past ``gpus``, ``cluster`` or
-``commands``.
+``commands``, nor anything from redis or kombu past the store (``workers/store.py``).
 """
 
 from __future__ import annotations
@@ -104,3 +105,11 @@ class Conflict(ClusterError):
 
 class Transient(ClusterError):
     """A retryable failure (429, 5xx, connection reset)."""
+
+
+class StoreUnavailable(AutopilotError):
+    """The results store (or the broker beside it) could not be reached in time: retry later.
+
+    Raised by the store's implementation in place of its client's connection and timeout errors,
+    so callers (and the API, which answers 503) handle one exception whatever the backend.
+    """

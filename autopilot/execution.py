@@ -121,8 +121,7 @@ class _Sequence:
     def __init__(self, jobs: list[_Job], ctx: CheckContext) -> None:
         self.jobs = jobs
         self.ctx = ctx
-        bind = getattr(ctx.commands, "bind", None)
-        self._bind = bind if callable(bind) else None
+        self._bind = ctx.commands.bind if isinstance(ctx.commands, commands.ScopedRunner) else None
         self.results: list[CheckResult | None] = [None] * len(jobs)
         self.cond = threading.Condition(threading.Lock())
         self.index = 0  # the check running now; len(jobs) once all are done

@@ -31,7 +31,6 @@ from autopilot.verdict import Verdict
 VERDICT = "verdict"
 CLEAR = "clear"
 EVENT = "event"
-KINDS = (VERDICT, CLEAR, EVENT)
 _QUIET = frozenset({Verdict.PASS.value, Verdict.UNKNOWN.value})
 
 

@@ -63,10 +63,6 @@ class EventSource(Protocol):
     def close(self) -> None: ...
 
 
-class CounterSource(Protocol):
-    def read(self) -> list[GpuCounters]: ...
-
-
 class _Session:
     """An NVML session of its own (nvmlInit is reference counted, so it never ends gpus.py's)."""
 

@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from autopilot import config, errors, names
+from autopilot import errors, names, parsing
 
 if TYPE_CHECKING:
     from autopilot.context import CheckContext
@@ -22,8 +22,6 @@ RunFn = Callable[["CheckContext", Mapping[str, Any]], "CheckResult"]
 EvaluateTextFn = Callable[[str, Mapping[str, Any], Any], "CheckResult"]
 
 MAX_LIST_ITEMS = 10_000
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,22 +41,16 @@ class Param:
         field = self.name
         try:
             if self.kind is bool:
-                if isinstance(raw, bool):
-                    value: Any = raw
-                else:
-                    word = str(raw).strip().lower()
-                    if word not in _TRUE | _FALSE:
-                        raise ValueError
-                    value = word in _TRUE
+                value: Any = raw if isinstance(raw, bool) else parsing.parse_bool(str(raw), field=field)
             elif self.kind is int:
                 if isinstance(raw, bool) or not isinstance(raw, int | str):
                     raise ValueError
                 # canonical digits only: "0_3", "+3", " 3" or "３" are not 3
-                value = raw if isinstance(raw, int) else config.parse_int(raw, field=field)
+                value = raw if isinstance(raw, int) else parsing.parse_int(raw, field=field)
             elif self.kind is float:
                 if isinstance(raw, bool) or not isinstance(raw, int | float | str):
                     raise ValueError
-                value = float(raw) if not isinstance(raw, str) else config.parse_number(raw, field=field)
+                value = float(raw) if not isinstance(raw, str) else parsing.parse_number(raw, field=field)
                 if value != value or value in (float("inf"), float("-inf")):
                     raise ValueError
             else:

@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from autopilot import errors, gpus
+from autopilot import errors, gpus, polling
 from autopilot.cluster import (
     DEVICE_TAINT_EFFECTS,
     FINISHED_PHASES,
@@ -41,7 +41,7 @@ from autopilot.cluster import (
     with_retries,
     with_taint,
 )
-from autopilot.commands import CommandResult, CommandRunner
+from autopilot.commands import CommandResult, CommandRunner, ScopedRunner
 
 # ---------------------------------------------------------------- commands
 
@@ -160,8 +160,8 @@ class RecordingRunner:
         self._lock = threading.Lock()
 
     def bind(self, scope: Any) -> RecordingRunner:
-        bind = getattr(self.inner, "bind", None)
-        clone = RecordingRunner(bind(scope) if callable(bind) else self.inner, self.out_dir)
+        inner = self.inner.bind(scope) if isinstance(self.inner, ScopedRunner) else self.inner
+        clone = RecordingRunner(inner, self.out_dir)
         clone._scrub, clone._n, clone._lock = self._scrub, self._n, self._lock
         return clone
 
@@ -934,11 +934,7 @@ def wait_until(predicate: Callable[[], _T | None], timeout_s: float, what: str, 
 
     For tests and benchmarks that wait on real processes: never a bare sleep, always a bound.
     """
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout_s:g} s waiting for {what}")
-        time.sleep(interval_s)
+    value = polling.poll_until(predicate, deadline=time.monotonic() + timeout_s, interval_s=interval_s)
+    if not value:
+        raise TimeoutError(f"timed out after {timeout_s:g} s waiting for {what}")
+    return value

@@ -146,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f.stop()
         latencies = [sink.done[i] - written[i] for i in faults if i in sink.done]
         folded = len(faults) - len(latencies)
-        app_changed = [n for n in app_nodes if store.state(n).get("verdict") not in (None, "PASS")]
+        app_changed = [n for n in app_nodes if store.state(n).verdict not in (None, "PASS")]
         labelled = sum(
             1 for n in names if cluster.nodes[n].labels.get("autopilot.ibm.com/gpuhealth") in ("WARN", "EVICT")
         )

@@ -27,8 +27,9 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from autopilot import cluster as cluster_mod
-from autopilot import config, registry
+from autopilot import config, errors, registry
 from autopilot.cluster import ClusterClient
+from autopilot.errors import StoreUnavailable
 from autopilot.results import CheckResult
 from workers import broker, confirming, ring, tasks
 from workers import host as hosting
@@ -78,11 +79,11 @@ def sentinels(url: str) -> tuple[list[tuple[str, int]], int]:
     for part in url.split(";"):
         parts = urlsplit(part.strip())
         if parts.scheme != "sentinel" or not parts.hostname:
-            raise config.errors.ConfigError(f"AUTOPILOT_REDIS_URL: not a sentinel://host:port address: {parts.netloc}")
+            raise errors.ConfigError(f"AUTOPILOT_REDIS_URL: not a sentinel://host:port address: {parts.netloc}")
         hosts.append((parts.hostname, parts.port or 26379))
         if parts.path.strip("/"):
             if not parts.path.strip("/").isdigit():
-                raise config.errors.ConfigError("AUTOPILOT_REDIS_URL: the database must be a number")
+                raise errors.ConfigError("AUTOPILOT_REDIS_URL: the database must be a number")
             db = int(parts.path.strip("/"))
     return hosts, db
 
@@ -95,7 +96,7 @@ def _tls_options(settings: config.Settings) -> dict[str, Any]:
     return options
 
 
-def redis_client(settings: config.Settings) -> redis.Redis:
+def redis_client(settings: config.Settings) -> redis.Redis[bytes]:
     """The results store's client: a plain or TLS URL, or the master that Sentinel names (followed
     across a failover: the Sentinel pool asks again on a connection error)."""
     url = settings.redis_url
@@ -119,7 +120,12 @@ def redis_client(settings: config.Settings) -> redis.Redis:
 
 
 def make_store(settings: config.Settings) -> ResultsStore:
-    return ResultsStore(redis_client(settings), history_len=settings.history_len, run_ttl_s=settings.run_ttl_s)
+    return ResultsStore(
+        redis_client(settings),
+        history_len=settings.history_len,
+        run_ttl_s=settings.run_ttl_s,
+        run_keep=settings.run_keep,
+    )
 
 
 def broker_settings(settings: config.Settings) -> dict[str, Any]:
@@ -160,7 +166,7 @@ def beat_schedule(settings: config.Settings) -> dict[str, dict[str, Any]]:
 
 def create_celery(settings: config.Settings) -> Celery:
     if not settings.redis_url:
-        raise config.errors.ConfigError("AUTOPILOT_REDIS_URL is not set")
+        raise errors.ConfigError("AUTOPILOT_REDIS_URL is not set")
     app = Celery("autopilot", broker=settings.redis_url, set_as_current=False)
     longest = max((spec.timeout_s for spec in registry.REGISTRY), default=3600.0)
     broker_conf = broker_settings(settings)
@@ -205,7 +211,7 @@ def create_celery(settings: config.Settings) -> Celery:
     def _confirm(node: str, done: list[CheckResult] | tuple[CheckResult, ...]) -> None:
         try:
             confirming.after_task(store, dispatcher, settings, node, done)
-        except (redis.RedisError, kombu.exceptions.KombuError) as exc:
+        except (StoreUnavailable, redis.RedisError, kombu.exceptions.KombuError) as exc:
             # The results and the verdict are saved; only an early re-run (or a counter) is lost.
             log.warning("confirmation after the task on %s failed: %s", node, exc)
 

@@ -18,7 +18,7 @@ from autopilot import config, confirmation, invasive, registry
 from autopilot.confirmation import Policy, State
 from autopilot.results import CheckResult, Status
 from workers.dispatch import Dispatcher, Envelope
-from workers.store import ResultsStore, Run
+from workers.store import NodeState, ResultsStore, Run
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +39,12 @@ def effective_latest(
     store: ResultsStore,
     node: str,
     latest: Mapping[str, CheckResult],
-    state: Mapping[str, str],
+    state: NodeState,
     settings: config.Settings,
 ) -> dict[str, CheckResult]:
     """The node's latest result per check as the verdict should judge it (``confirmation.effective``)."""
     pol = policy(settings)
-    if not confirmation.needs_history(latest, state.get("verdict"), pol):
+    if not confirmation.needs_history(latest, state.verdict, pol):
         return dict(latest)
     history = store.history(node, limit=_history(store, settings, pol, len(latest)))
     found, _ = confirmation.effective(latest, history, pol)

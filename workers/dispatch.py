@@ -35,14 +35,14 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import kombu.exceptions
 import redis
 from celery import Celery
 
 from autopilot import names, registry
-from workers.store import P
+from workers.store import P, translating
 
 RUN_TASK = "autopilot.run_checks"
 # Redis commands buffered before a publish batch is flushed mid-gather (one LPUSH per task).
@@ -81,6 +81,7 @@ def flight_key(node: str, check: str, params: Mapping[str, Any]) -> str:
     return f"{P}flight:{node}|{check}|{digest}"
 
 
+@translating
 class Flights:
     """Claims (node, check, parameters) executions in Redis so that equal requests coalesce.
 
@@ -95,7 +96,7 @@ class Flights:
     request left without an execution.
     """
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis[bytes]) -> None:
         self.client = client
 
     def lead(self, envelopes: Sequence[Envelope], *, now: float) -> None:
@@ -119,8 +120,8 @@ class Flights:
         answered: set[int] = set()
         if live:
             pipe = self.client.pipeline(transaction=False)
-            for i, h in live:
-                pipe.hexists(f"{P}run:{h.run_id}", f"{pairs[i][0].node}|{pairs[i][1]}")
+            for i, holder in live:
+                pipe.hexists(f"{P}run:{holder.run_id}", f"{pairs[i][0].node}|{pairs[i][1]}")
             answered = {i for (i, _), done in zip(live, pipe.execute(), strict=True) if done}
         # A holder's task on a node still runs while any of its checks there is unanswered: the
         # checks it already answered are joined too (their results are in its run), or this run
@@ -210,28 +211,43 @@ class Dispatcher(Protocol):
     def send(self, envelope: Envelope) -> None: ...
 
 
+@runtime_checkable
+class BatchDispatcher(Protocol):
+    """A dispatcher that can send many envelopes in one batch (an optional capability)."""
+
+    def send_many(self, envelopes: Sequence[Envelope]) -> None: ...
+
+
 def send_all(dispatcher: Dispatcher, envelopes: Sequence[Envelope]) -> None:
-    """Send ``envelopes`` in order, in one batch when ``dispatcher`` can (``send_many``)."""
-    many = getattr(dispatcher, "send_many", None)
-    if callable(many):
-        many(envelopes)
+    """Send ``envelopes`` in order, in one batch when ``dispatcher`` can (``BatchDispatcher``)."""
+    if isinstance(dispatcher, BatchDispatcher):
+        dispatcher.send_many(envelopes)
         return
     for envelope in envelopes:
         dispatcher.send(envelope)
 
 
+@runtime_checkable
 class TaskSender(Protocol):
-    """Sends one named task to one node's queue; dropped unconsumed after ``expires`` (epoch s)."""
+    """Sends one named task to one node's queue; dropped unconsumed after ``expires`` (epoch s).
+
+    ``supports_tasks`` False: it has the method but cannot take tasks now (a fake without a handler)."""
+
+    @property
+    def supports_tasks(self) -> bool: ...
 
     def send_task(self, task: str, node: str, kwargs: Mapping[str, Any], *, expires: float) -> None: ...
 
 
-def task_sender(dispatcher: Any) -> TaskSender | None:
+def task_sender(dispatcher: object) -> TaskSender | None:
     """``dispatcher`` as a ``TaskSender`` when it can send named tasks, else None."""
-    return dispatcher if getattr(dispatcher, "supports_tasks", False) else None
+    return dispatcher if isinstance(dispatcher, TaskSender) and dispatcher.supports_tasks else None
 
 
+@translating
 class CeleryDispatcher:
+    """The dispatcher over Celery's broker; a broker that cannot be reached is ``StoreUnavailable``."""
+
     supports_tasks = True
 
     def __init__(self, app: Celery) -> None:
@@ -255,7 +271,7 @@ class CeleryDispatcher:
 
         Queues are not declared per publish: a task goes through the anonymous exchange straight
         into its queue's list, which needs no declaration, and each worker declares the queues it
-        consumes. A failed pipeline raises ``OperationalError`` (the API answers 503), as a failed
+        consumes. A failed pipeline raises ``StoreUnavailable`` (the API answers 503), as a failed
         single publish did.
         """
         # Every node name is validated before anything is published.

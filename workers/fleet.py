@@ -26,7 +26,7 @@ from autopilot import baseline, config, errors
 from autopilot.baseline import Baseline, Cohort, Sample
 from autopilot.context import CheckContext
 from autopilot.results import CheckResult, Status
-from workers.store import NodeRecord, P
+from workers.store import NodeRecord, P, translating
 
 INDEX = f"{P}baselines"
 CACHE_S = 30.0
@@ -36,6 +36,7 @@ def _key(cohort: Cohort) -> str:
     return f"{P}baseline:{cohort.key}"
 
 
+@translating
 class FleetBaselines:
     """``baseline.Source`` over Redis, for one process (thread-safe)."""
 

@@ -31,24 +31,17 @@ from autopilot.context import CheckContext
 from autopilot.events import counters as counters_mod
 from autopilot.events import follower as follower_mod
 from autopilot.events import kmsg
-from autopilot.events.metrics import BUCKETS, EventsSnapshot, bucket_of
 from autopilot.events.model import Event
 from autopilot.nvml_events import EventSource, GpuCounters
 from autopilot.results import CheckResult
 from workers import reconcile
 from workers import simulate as simulate_mod
-from workers.store import P, ResultsStore
+from workers.store import ResultsStore
 
 log = logging.getLogger(__name__)
 
-COUNTS = f"{P}events:counts"
-LATENCY = f"{P}events:latency"
 _FLUSH_S = 1.0
 _INBOX_WAIT_S = 1
-
-
-def inbox(node: str) -> str:
-    return f"{P}inject:{node}"
 
 
 class StoreSink:
@@ -58,6 +51,7 @@ class StoreSink:
         self.store = store
         self.settings = settings
         self.contexts = contexts
+        self.events = store.events()
         self._identities: dict[str, dict[int, gpus_mod.GpuIdentity]] = {}
 
     def identities(self, node: str) -> dict[int, gpus_mod.GpuIdentity]:
@@ -80,45 +74,16 @@ class StoreSink:
             reconcile.reconcile_node(self.store, node, self.settings, cluster=ctx.cluster if ctx else None, view=view)
         if not counted and not timed:
             return
-        done = time.time()
-        pipe = self.store.r.pipeline(transaction=False)
-        for e in counted:
-            pipe.hincrby(COUNTS, "|".join((node, e.device, e.source, e.code, e.action.value)), e.count)
-        for e in timed:
-            seconds = max(0.0, done - e.written_at)
-            pipe.hincrby(LATENCY, bucket_of(seconds), 1)
-            pipe.hincrbyfloat(LATENCY, "sum", seconds)
-        pipe.execute()
+        self.events.record(node, counted, timed, time.time())
 
     def last_result(self, node: str) -> CheckResult | None:
         return self.store.latest(node).get(follower_mod.CHECK)
 
     def kmsg_position(self, node: str) -> tuple[str, int] | None:
-        raw = self.store.r.hgetall(f"{P}kmsg:{node}")
-        try:
-            return raw[b"boot"].decode(), int(raw[b"seq"])
-        except (KeyError, ValueError):
-            return None
+        return self.events.kmsg_position(node)
 
     def save_kmsg_position(self, node: str, boot: str, seq: int) -> None:
-        self.store.r.hset(f"{P}kmsg:{node}", mapping={"boot": boot, "seq": str(seq)})
-
-
-def read_metrics(store: ResultsStore) -> EventsSnapshot:
-    """What ``autopilot.events.metrics`` exports, read in one round trip."""
-    pipe = store.r.pipeline(transaction=False)
-    pipe.hgetall(COUNTS)
-    pipe.hgetall(LATENCY)
-    raw_counts, raw_latency = pipe.execute()
-    counts: dict[tuple[str, str, str, str, str], float] = {}
-    for field, value in raw_counts.items():
-        parts = field.decode().split("|")
-        if len(parts) == 5:
-            counts[(parts[0], parts[1], parts[2], parts[3], parts[4])] = float(value)
-    latency = {k.decode(): float(v) for k, v in raw_latency.items()}
-    total = latency.pop("sum", 0.0)
-    valid = {*map(repr, BUCKETS), "+Inf"}
-    return EventsSnapshot(counts, {k: v for k, v in latency.items() if k in valid}, total)
+        self.events.save_kmsg_position(node, boot, seq)
 
 
 def _gpu_index(ctx: CheckContext) -> dict[str, str]:
@@ -218,18 +183,17 @@ def _flush_loop(followers: Mapping[str, follower_mod.Follower], stop: threading.
 
 def _inbox_loop(store: ResultsStore, followers: Mapping[str, follower_mod.Follower], stop: threading.Event) -> None:
     """Simulated nodes: one BLPOP over every node's inbox feeds the injected kernel messages."""
-    keys = [inbox(n) for n in followers]
+    events = store.events()
     while not stop.is_set():
         try:
-            got = store.r.blpop(keys, timeout=_INBOX_WAIT_S)
-        except redis.RedisError as exc:
+            got = events.next_injected(list(followers), _INBOX_WAIT_S)
+        except (errors.StoreUnavailable, redis.RedisError) as exc:
             log.warning("events: reading injected events failed (retrying): %s", exc)
             stop.wait(1.0)
             continue
         if not got:
             continue
-        key, raw = got
-        node = key.decode().removeprefix(f"{P}inject:")
+        node, raw = got
         try:
             item = json.loads(raw)
             followers[node].feed_kmsg(str(item["message"]), float(item["written_at"]))
@@ -240,7 +204,7 @@ def _inbox_loop(store: ResultsStore, followers: Mapping[str, follower_mod.Follow
 def inject(store: ResultsStore, node: str, code: int, gpu: int = 0) -> None:
     """Queue an Xid for a simulated node's follower, as the driver would print it."""
     message = simulate_mod.xid_message(code, gpu)
-    store.r.rpush(inbox(node), json.dumps({"message": message, "written_at": time.time()}))
+    store.events().inject(node, message, time.time())
 
 
 def inject_main(argv: Sequence[str]) -> int:

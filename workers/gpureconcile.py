@@ -23,8 +23,7 @@ from autopilot.cluster import ClusterClient
 from autopilot.gpuverdict import GpuState
 from autopilot.results import CheckResult
 from autopilot.verdict import Verdict
-from workers import gpustore
-from workers.store import ResultsStore
+from workers.store import NodeState, ResultsStore
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +41,7 @@ def reconcile_gpus(
     node: str,
     settings: config.Settings,
     latest: Mapping[str, CheckResult],
-    state: Mapping[str, str],
+    state: NodeState,
     now: datetime,
     cluster: ClusterClient | None = None,
     *,
@@ -52,16 +51,16 @@ def reconcile_gpus(
     GPU is ``UNKNOWN`` ("no heartbeat since"), as the node is, except a sticky ``EVICT``."""
     if lost_since is not None:
         latest = {}
-    previous = gpuverdict.loads(state.get("gpus"))
-    cleared_at = results.parse_iso(state["cleared_at"]) if state.get("cleared_at") else None
+    previous = gpuverdict.loads(state.gpus)
+    cleared_at = state.cleared_since
     states = gpuverdict.decide(latest, previous, now=now, max_age_s=settings.stale_after_s, cleared_at=cleared_at)
-    judged_until = state.get("gpus_at", "")
+    judged_until = state.gpus_at or ""
     new_results = [r for r in latest.values() if r.started_at and r.started_at > judged_until]
     found = gpuhistory.incidents(
         node, previous, states, now=now, new_results=new_results, periodic=settings.periodic_checks
     )
     day = results.utc_now_iso(now)[:10]
-    flags = _offenders(store, settings, previous, states, found, now=now, fresh_day=state.get("gpus_day") != day)
+    flags = _offenders(store, settings, previous, states, found, now=now, fresh_day=state.gpus_day != day)
     if flags:
         states = gpuverdict.decide(
             latest, previous, now=now, max_age_s=settings.stale_after_s, cleared_at=cleared_at, flags=flags
@@ -72,9 +71,8 @@ def reconcile_gpus(
     fields: dict[str, str | None] = {"gpus": text}
     # Incidents are written when they happen; the sightings (and the keys' expiry) when the GPUs
     # changed, and once a day: a steady-state reconcile writes nothing.
-    if found or text != state.get("gpus") or state.get("gpus_day") != day:
-        gpustore.record(
-            store.r,
+    if found or text != state.gpus or state.gpus_day != day:
+        store.gpu_history().record(
             node,
             states,
             found,
@@ -86,7 +84,7 @@ def reconcile_gpus(
     newest = max((r.started_at for r in latest.values() if r.started_at), default=judged_until)
     fields["gpus_at"] = max(newest, judged_until) or None
     if cluster is not None and settings.device_taints != "off":
-        fields.update(_taints(cluster, node, settings, states, state.get("gpu_taints")))
+        fields.update(_taints(cluster, node, settings, states, state.gpu_taints))
     labels, annotations = gpuverdict.publication(states)
     return GpuOutcome(states, fields, labels, annotations)
 
@@ -129,7 +127,7 @@ def _offenders(
             if reason.startswith("repeat offender") and s.key in states
         }
     uuids = [s.uuid for s in states.values() if s.uuid]
-    history = gpustore.incidents_many(store.r, uuids, now=now, retention_s=settings.gpu_history_retention_s)
+    history = store.gpu_history().incidents_many(uuids, now=now, retention_s=settings.gpu_history_retention_s)
     flags: dict[str, str] = {}
     for uuid in uuids:
         known = [*history.get(uuid, []), *(i for i in found if i.uuid == uuid)]

@@ -24,6 +24,7 @@ import redis
 from autopilot import errors, gpuhistory, gpuident, results
 from autopilot.gpuhistory import Incident
 from autopilot.gpuverdict import GpuState
+from workers.store import translating
 
 P = "ap:"
 _SERIAL_CHARS = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz-_")
@@ -40,7 +41,7 @@ def _serial_ok(serial: str) -> bool:
 
 
 def record(
-    client: redis.Redis,
+    client: redis.Redis[bytes],
     node: str,
     states: Mapping[str, GpuState],
     found: Sequence[Incident],
@@ -76,7 +77,7 @@ def record(
 
 
 def incidents_many(
-    client: redis.Redis, uuids: Iterable[str], *, now: datetime, retention_s: float
+    client: redis.Redis[bytes], uuids: Iterable[str], *, now: datetime, retention_s: float
 ) -> dict[str, list[Incident]]:
     """UUID -> its retained incidents, newest first (one pipeline; invalid UUIDs are left out)."""
     wanted = [u for u in dict.fromkeys(uuids) if gpuident.valid_uuid(u)]
@@ -101,7 +102,7 @@ def _decode(raws: Iterable[bytes | str]) -> list[Incident]:
     return found
 
 
-def gpu(client: redis.Redis, uuid: str, *, now: datetime, retention_s: float) -> dict[str, Any] | None:
+def gpu(client: redis.Redis[bytes], uuid: str, *, now: datetime, retention_s: float) -> dict[str, Any] | None:
     """What ``GET /api/v1/gpus/<uuid>`` serves: identity, last sighting, incidents (and those of the
     other UUIDs its board serial was seen with); None when the GPU is unknown."""
     uuid = _uuid(uuid)
@@ -128,6 +129,32 @@ def gpu(client: redis.Redis, uuid: str, *, now: datetime, retention_s: float) ->
         "same_serial": others,
         "incidents": [i.to_dict() for i in merged],
     }
+
+
+@translating
+class GpuHistory:
+    """The functions above on one client, as ``ResultsStore.gpu_history()`` hands them out."""
+
+    def __init__(self, client: redis.Redis[bytes]) -> None:
+        self._r = client
+
+    def record(
+        self,
+        node: str,
+        states: Mapping[str, GpuState],
+        found: Sequence[Incident],
+        *,
+        now: datetime,
+        history_len: int,
+        retention_s: float,
+    ) -> None:
+        record(self._r, node, states, found, now=now, history_len=history_len, retention_s=retention_s)
+
+    def incidents_many(self, uuids: Iterable[str], *, now: datetime, retention_s: float) -> dict[str, list[Incident]]:
+        return incidents_many(self._r, uuids, now=now, retention_s=retention_s)
+
+    def gpu(self, uuid: str, *, now: datetime, retention_s: float) -> dict[str, Any] | None:
+        return gpu(self._r, uuid, now=now, retention_s=retention_s)
 
 
 def _s(value: bytes | str) -> str:

@@ -15,7 +15,6 @@ from collections.abc import Mapping
 
 from autopilot import config
 from autopilot.context import CheckContext
-from workers.fleet import FleetBaselines
 from workers.peers import StorePeers
 from workers.store import ResultsStore
 
@@ -30,7 +29,7 @@ class NodeHost:
             for name, ctx in contexts.items()
         }
         self._gpu_locks = {name: threading.Lock() for name in self.contexts}
-        self.fleet = FleetBaselines(store.r, settings)
+        self.fleet = store.fleet(settings)
 
     def context(self, node: str) -> CheckContext | None:
         return self.contexts.get(node)

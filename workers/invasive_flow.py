@@ -14,7 +14,7 @@ import dataclasses
 import logging
 from collections.abc import Callable
 
-from autopilot import invasive, results
+from autopilot import invasive, polling, results
 from autopilot.cluster import ClusterClient
 from autopilot.results import CheckResult, Status
 from workers import reconcile as reconciling
@@ -64,7 +64,8 @@ def watch(
     assert ctx is not None
     settings = host.settings
     limit = ctx.clock.monotonic() + settings.invasive_deadline_s + _GRACE_S
-    while True:
+
+    def finished() -> invasive.JobOutcome | None:
         outcome = invasive.poll(
             cluster,
             job_name,
@@ -73,14 +74,15 @@ def watch(
             deadline_s=settings.invasive_deadline_s,
             now=ctx.clock.now(),
         )
-        if outcome.finished:
-            assert outcome.result is not None
-            log.info("invasive Job %s on %s: %s (%s)", job_name, node, outcome.state.value, outcome.reason)
-            return _level3(outcome.result)
-        if ctx.clock.monotonic() > limit:
-            reason = f"invasive Job {job_name} still running {settings.invasive_deadline_s + _GRACE_S:g} s after start"
-            return _level3(invasive.error_result(node, reason, job=job_name, now=ctx.clock.now()))
-        sleep(POLL_S)
+        return outcome if outcome.finished else None
+
+    outcome = polling.poll_until(finished, deadline=limit, interval_s=POLL_S, clock=ctx.clock.monotonic, sleep=sleep)
+    if outcome is None:
+        reason = f"invasive Job {job_name} still running {settings.invasive_deadline_s + _GRACE_S:g} s after start"
+        return _level3(invasive.error_result(node, reason, job=job_name, now=ctx.clock.now()))
+    assert outcome.result is not None
+    log.info("invasive Job %s on %s: %s (%s)", job_name, node, outcome.state.value, outcome.reason)
+    return _level3(outcome.result)
 
 
 def end_testing(host: NodeHost, node: str) -> None:
@@ -90,11 +92,11 @@ def end_testing(host: NodeHost, node: str) -> None:
 def resume(host: NodeHost, node: str, cluster: ClusterClient, *, sleep: Callable[[float], None] | None = None) -> None:
     """After a restart: finish what a previous worker left in ``TESTING`` (store its Job's outcome)."""
     state = host.store.state(node)
-    if not state.get("testing_since"):
+    if not state.testing_since:
         return
     ctx = host.context(node)
     assert ctx is not None
-    job = state.get("testing_job") or invasive.job_name(node)
+    job = state.testing_job or invasive.job_name(node)
     try:
         result = watch(host, node, cluster, job, sleep=sleep or ctx.clock.sleep)
         host.store.save_result(dataclasses.replace(result, node=node))

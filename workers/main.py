@@ -71,7 +71,7 @@ def heartbeat_loop(
 def _resume_invasive(host: hosting.NodeHost) -> None:
     """A node left ``TESTING`` by a previous worker gets its Job watched to the end, in the background."""
     for node, ctx in host.contexts.items():
-        if ctx.cluster is None or not host.store.state(node).get("testing_since"):
+        if ctx.cluster is None or not host.store.state(node).testing_since:
             continue
         log.warning("node %s was TESTING when the last worker stopped: watching its Job", node)
         threading.Thread(

@@ -32,7 +32,7 @@ from autopilot import config, errors, gpuverdict, network, publish, registry, re
 from autopilot.cluster import ClusterClient
 from autopilot.gpuverdict import GpuState
 from workers import confirming, gpureconcile
-from workers.store import NodeView, ResultsStore
+from workers.store import NodeState, NodeView, ResultsStore
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def reconcile_node(
     ping = confirmed.get("ping")
     if ping is not None and ping.is_bad:
         confirmed = _attribute_pings(store, settings, moment, confirmed, suspects)
-    evicted_at = results.parse_iso(state["evicted_at"]) if state.get("evicted_at") else None
+    evicted_at = state.evicted_since
     lost = lost_since(view.last_seen, moment, settings)
     decision = verdict.decide(
         confirmed,
@@ -121,9 +121,9 @@ def reconcile_node(
         now=moment,
         max_age_s=settings.stale_after_s,
         evicted_at=evicted_at,
-        testing=bool(state.get("testing_since")),
+        testing=bool(state.testing_since),
         lost_since=lost,
-        evict_causes=verdict.causes_from_json(state.get("evict_cause")),
+        evict_causes=state.causes,
     )
     new_state: dict[str, str | None] = {"verdict": decision.verdict.value}
     if decision.verdict is verdict.Verdict.EVICT and evicted_at is None:
@@ -135,10 +135,9 @@ def reconcile_node(
         # Only a level-3 DCGM pass gets here (an operator's clear removed ``evicted_at`` already).
         new_state.update(_cleared(state, by="a passing DCGM level-3 run", at=_clearing_pass(latest, evicted_at)))
     if decision.verdict is not verdict.Verdict.EVICT:
-        merged = {k: v for k, v in {**state, **new_state}.items() if v is not None}  # None: deleted
-        decision = _with_clear_note(decision, merged)
+        decision = _with_clear_note(decision, state.updated(new_state))
     new_state["reasons"] = json.dumps([*decision.reasons, *decision.notes])
-    if state.get("verdict") != decision.verdict.value:
+    if state.verdict != decision.verdict.value:
         new_state["changed_at"] = results.utc_now_iso(moment)
     dcgm = [r for r in latest.values() if r.check == "dcgm"]
     publication = publish.desired(decision, dcgm)
@@ -155,7 +154,7 @@ def reconcile_node(
     labels: dict[str, str | None] = {**publication.labels, **publication.annotations}
     # The local label store keeps annotations beside labels. Only what differs from the view is
     # written: in steady state (most reconciles) nothing is, which saves a MULTI per task.
-    state_changes = _changes(state, new_state)
+    state_changes = state.changes_to(new_state)
     label_changes = labels if view.labels is None else _changes(view.labels, labels)
     if state_changes or label_changes:
         store.set_state_and_labels(node, state_changes, label_changes)
@@ -163,16 +162,16 @@ def reconcile_node(
 
 
 def _publish(
-    cluster: ClusterClient, node: str, publication: publish.NodePublication, state: Mapping[str, str], moment: datetime
+    cluster: ClusterClient, node: str, publication: publish.NodePublication, state: NodeState, moment: datetime
 ) -> dict[str, str | None]:
     """Publish to the Node; the state fields that record how it went."""
     out: dict[str, str | None] = {}
     try:
-        applied = publish.apply(cluster, node, publication, state.get("published_verdict"))
+        applied = publish.apply(cluster, node, publication, state.published_verdict)
     except errors.NotFound as exc:
         # The Node object is gone (the node left the cluster): remembered for the retention sweep,
         # and said once (beat's tick meets it again every interval until the node is forgotten).
-        if not state.get("node_gone_at"):
+        if not state.node_gone_at:
             log.warning("publishing the verdict of %s: no such Node (%s); kept until the retention", node, exc)
             out["node_gone_at"] = results.utc_now_iso(moment)
         return out
@@ -186,7 +185,7 @@ def _publish(
     if applied.event_error is None:
         out.update(event_error=None, event_failures=None)
         return out
-    failures = int(state.get("event_failures") or 0) + 1
+    failures = int(state.event_failures or 0) + 1
     out["event_error"] = f"{results.utc_now_iso(moment)}: {applied.event_error}"[:1024]
     change = f"{applied.before or '(none)'} -> {publication.verdict.value}"
     if failures >= EVENT_ATTEMPTS:
@@ -211,18 +210,17 @@ def _clearing_pass(latest: Mapping[str, results.CheckResult], evicted_at: dateti
     return max(found, default="")
 
 
-def _cleared(state: Mapping[str, str], *, by: str, at: str) -> dict[str, str | None]:
+def _cleared(state: NodeState, *, by: str, at: str) -> dict[str, str | None]:
     """State changes that lift the eviction in ``state``, recording who cleared it, when, and what it was."""
-    causes = verdict.causes_from_json(state.get("evict_cause"))
-    what = "; ".join(c.text() for c in causes) or f"evicted since {state.get('evicted_at') or 'an unknown time'}"
+    what = "; ".join(c.text() for c in state.causes) or f"evicted since {state.evicted_at or 'an unknown time'}"
     return {**dict.fromkeys(_EVICTION), "cleared_by": by, "cleared_at": at, "cleared_cause": what}
 
 
-def _with_clear_note(decision: verdict.Decision, state: Mapping[str, str]) -> verdict.Decision:
-    if not state.get("cleared_by"):
+def _with_clear_note(decision: verdict.Decision, state: NodeState) -> verdict.Decision:
+    if not state.cleared_by:
         return decision
-    note = f"eviction ({state.get('cleared_cause') or 'cause not recorded'}) cleared by {state['cleared_by']}"
-    note += f" at {state.get('cleared_at') or 'an unknown time'}"
+    note = f"eviction ({state.cleared_cause or 'cause not recorded'}) cleared by {state.cleared_by}"
+    note += f" at {state.cleared_at or 'an unknown time'}"
     return verdict.Decision(decision.verdict, decision.reasons, decision.causes, (*decision.notes, note))
 
 
@@ -303,7 +301,7 @@ def _expired(
     if lost_since(seen, moment, settings) is None:
         return False
     if with_cluster:
-        gone = store.state(node).get("node_gone_at")
+        gone = store.state(node).node_gone_at
         since = results.parse_iso(gone).timestamp() if gone else None
     else:
         since = seen
@@ -315,6 +313,6 @@ def clear_evict(
 ) -> verdict.Decision:
     """An operator's clear: forget the eviction (keeping who cleared what, and when), then recompute."""
     state = store.state(node)
-    if state.get("evicted_at"):
+    if state.evicted_at:
         store.set_state(node, _cleared(state, by=by, at=results.utc_now_iso()))
     return reconcile_node(store, node, settings, cluster=cluster)

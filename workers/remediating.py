@@ -14,7 +14,7 @@ from autopilot import config, errors, remediation
 from autopilot.cluster import ClusterClient
 from autopilot.remediation import Health, Plan
 from autopilot.results import CheckResult, Status
-from workers.store import ResultsStore
+from workers.store import NodeState, ResultsStore
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +43,16 @@ def health(store: ResultsStore, names: Sequence[str], settings: config.Settings)
     latest = store.latest_many(names)
     out: dict[str, Health] = {}
     for name in names:
-        state = states.get(name, {})
+        state = states.get(name, NodeState())
         validated = _validated_at(list(latest.get(name, {}).values()))
-        if not validated and state.get("cleared_at"):
+        if not validated and state.cleared_at:
             # Only a node an operator cleared can pass the gate: then a level-3 pass that a later
             # level-1 run replaced as the latest dcgm result is looked for in the history.
             validated = _validated_at(store.history(name, limit=settings.history_len))
         out[name] = Health(
-            verdict=state.get("verdict", ""),
-            evicted_at=state.get("evicted_at", ""),
-            cleared_at=state.get("cleared_at", ""),
+            verdict=state.verdict or "",
+            evicted_at=state.evicted_at or "",
+            cleared_at=state.cleared_at or "",
             validated_at=validated,
         )
     return out

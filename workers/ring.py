@@ -25,7 +25,6 @@ import atexit
 import collections
 import concurrent.futures
 import dataclasses
-import json
 import logging
 import threading
 import time
@@ -39,7 +38,7 @@ from autopilot.results import CheckResult, Status
 from workers import fleet
 from workers.dispatch import TaskSender
 from workers.peers import StorePeers
-from workers.store import P, ResultsStore
+from workers.store import ResultsStore
 
 log = logging.getLogger(__name__)
 
@@ -56,26 +55,18 @@ POLL_S = 0.1
 CLAIM = "iperf-ring"
 
 
-def _key(run_id: str) -> str:
-    return f"{P}ring:{run_id}"
-
-
 def post(store: ResultsStore, run_id: str, field: str, payload: Mapping[str, Any], ttl_s: float = 3600) -> None:
     """A worker's answer to one ring task."""
-    pipe = store.r.pipeline(transaction=True)
-    pipe.hset(_key(run_id), field, json.dumps(payload))
-    pipe.expire(_key(run_id), max(60, int(ttl_s)))
-    pipe.execute()
+    store.post_answer(run_id, field, payload, ttl_s)
 
 
 def replies(store: ResultsStore, run_id: str, prefix: str) -> dict[str, dict[str, Any]]:
     """Answers whose field starts with ``prefix|``, by node."""
-    out: dict[str, dict[str, Any]] = {}
-    for field, raw in store.r.hgetall(_key(run_id)).items():
-        name = field.decode() if isinstance(field, bytes) else field
-        if name.startswith(prefix + "|"):
-            out[name[len(prefix) + 1 :]] = json.loads(raw)
-    return out
+    return {
+        name[len(prefix) + 1 :]: answer
+        for name, answer in store.answers(run_id).items()
+        if name.startswith(prefix + "|")
+    }
 
 
 # ------------------------------------------------------------------ worker side
@@ -284,7 +275,7 @@ class Coordinator:
         self.settings = settings
         self.clock = clock
         self.sleep = sleep
-        self.fleet = fleet.FleetBaselines(store.r, settings)
+        self.fleet = store.fleet(settings)
 
     def wait_for(self, run_id: str, prefix: str, nodes: Sequence[str], deadline: float) -> dict[str, dict[str, Any]]:
         """The answers of ``nodes`` under ``prefix``, polling until all are in or ``deadline``."""
@@ -350,7 +341,7 @@ class Coordinator:
                     except Exception:  # noqa: BLE001 - a broker error must not keep the others' stops
                         log.exception("iperf ring %s: stop for %s not sent", run_id, node)
                 stopped = self.wait_for(run_id, "stopped", [n for n in asked if n in servers], until)
-            self.store.r.delete(f"{P}tick:{CLAIM}")
+            self.store.release(CLAIM)
         return self._finish(run_id, nodes, params, started, pairs, servers, stopped, notes)
 
     def _step(
@@ -404,8 +395,8 @@ class Coordinator:
                 out.extend(answers[source].get("pairs", []))
             else:
                 for job in its_jobs:
-                    why = _fail(f"no answer from {source} within {the_plan.step_deadline_s():g} s")
-                    out.append(iperf.pair(source, job["target"], lane.label, job["address"], why))
+                    silent = _fail(f"no answer from {source} within {the_plan.step_deadline_s():g} s")
+                    out.append(iperf.pair(source, job["target"], lane.label, job["address"], silent))
         return out
 
     def _finish(

@@ -45,7 +45,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
-from autopilot import clock, commands, config, errors, gpuident, gpus, peers, registry
+from autopilot import clock, commands, config, errors, gpuident, gpus, parsing, peers, registry
 from autopilot.context import CheckContext
 from autopilot.testing import FakeGpu, FakeTelemetry, Recording
 from workers import simnoise
@@ -233,7 +233,7 @@ def parse_xid_fault(spec: str, nodes: Sequence[str] | None = None) -> XidFault:
     if nodes is not None and parts[0] not in nodes:
         raise errors.BadParameter("--fault", f"unknown simulated node {parts[0][:64]!r}")
     gpu = parse_gpu(parts[3], field="--fault") if len(parts) == 4 else 0
-    after = config.parse_duration(when, field="--fault") if when else 0.0
+    after = parsing.parse_duration(when, field="--fault") if when else 0.0
     return XidFault(parts[0], parse_xid_code(parts[2], field="--fault"), gpu, after)
 
 

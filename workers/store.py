@@ -7,6 +7,8 @@ Keys (all prefixed ``ap:``):
 - ``history:<n>``    list of result JSON, newest first, trimmed to ``history_len``
 - ``run:<id>``       hash ``meta`` -> run JSON, ``<node>|<check>`` -> result JSON; expires after ``run_ttl_s``
 - ``runlog:<id>``    list of the ``<node>|<check>`` fields written to ``run:<id>``, in order (same expiry)
+- ``runs``           sorted set run id -> deadline (epoch s): past their deadline, the oldest runs beyond
+                     ``run_keep`` are deleted when a run is made (``AUTOPILOT_RUN_KEEP``)
 - ``state:<n>``      hash: ``verdict``, ``reasons``, ``changed_at``, ``testing_since``, ``published_verdict``;
                      ``evicted_at`` and ``evict_cause`` while evicted, ``cleared_by``/``cleared_at``/``cleared_cause``
                      after a clear, ``event_error``/``event_failures`` while a verdict change is unannounced,
@@ -18,6 +20,14 @@ Keys (all prefixed ``ap:``):
                      confirmation held back (counters), ``pending`` checks whose latest failure awaits confirmation
 - ``remediation``    hash: beat's last remediation pass over the fleet (``budget``, ``held``, ``deferred``, ...)
 - ``tick:<name>:<slot>`` set-once marker so a second beat (or a redelivered tick) does no work twice
+- ``ring:<id>``      hash: the iperf ring's answers (``post_answer``/``answers``), expiring with the ring
+- ``events:counts``, ``events:latency``, ``kmsg:<n>``, ``inject:<n>``: the events follower's (``EventStore``)
+
+The stores beside this one share its client and are handed out by it, so no caller outside reaches
+Redis: ``fleet()`` (``workers/fleet.py``: baselines), ``gpu_history()`` (``workers/gpustore.py``:
+per-GPU incidents), ``flights()`` (``workers/dispatch.py``: coalescing claims), ``events()``. Each
+raises ``StoreUnavailable`` (``autopilot.errors``) where redis-py or kombu would raise a connection or
+timeout error: that translation happens here, at the boundary, and nowhere else.
 
 Every write that belongs together goes in one MULTI pipeline, so a reader never sees a result in
 ``latest`` that is missing from its run.
@@ -25,128 +35,83 @@ Every write that belongs together goes in one MULTI pipeline, so a reader never 
 
 from __future__ import annotations
 
-import dataclasses
+import functools
+import inspect
 import json
 import time
-import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
+import kombu.exceptions
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
+from autopilot import config
+from autopilot.errors import StoreUnavailable
+from autopilot.events.metrics import BUCKETS, EventsSnapshot, bucket_of
+from autopilot.events.model import Event
 from autopilot.results import CheckResult, Status
+from autopilot.store import NodeRecord, NodeState, NodeView, Run, RunNews
+
+if TYPE_CHECKING:  # the stores beside this one import this module; they are built on demand
+    from workers import dispatch, gpustore
+    from workers import fleet as fleet_mod
+
+__all__ = ["EventStore", "P", "NodeRecord", "NodeState", "NodeView", "ResultsStore", "Run", "RunNews", "unavailable"]
 
 P = "ap:"
+RUNS = f"{P}runs"
 T = TypeVar("T")
+A = ParamSpec("A")
+C = TypeVar("C", bound=type)
+
+# What "the store cannot be reached" looks like from redis-py and kombu (both talk to the same Redis).
+# A ResponseError (a bug, or a wrong key type) is not among them: it stays what it is.
+UNREACHABLE: tuple[type[Exception], ...] = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+    kombu.exceptions.OperationalError,
+)
 
 
-@dataclasses.dataclass(frozen=True)
-class NodeRecord:
-    """What a worker says about its node in each heartbeat."""
+def unavailable(fn: Callable[A, T]) -> Callable[A, T]:
+    """``fn`` with the store's connection and timeout errors raised as ``StoreUnavailable``."""
 
-    name: str
-    addresses: Mapping[str, Sequence[str]] = dataclasses.field(default_factory=dict)  # interface -> addresses
-    cpu_model: str = ""
-    gpu_model: str = ""
-    gpu_count: int = 0
-    driver_version: str = ""  # NVIDIA driver (``535.129.03``): with gpu_model, the node's fleet cohort
-    labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
-    version: str = ""
-    last_seen: float = 0.0
-    simulated: bool = False
+    @functools.wraps(fn)
+    def guarded(*args: A.args, **kwargs: A.kwargs) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except UNREACHABLE as exc:
+            raise StoreUnavailable(f"results store unreachable: {type(exc).__name__}: {exc}") from exc
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self) | {"addresses": {k: list(v) for k, v in self.addresses.items()}}
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> NodeRecord:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in raw.items() if k in fields})
+    return guarded
 
 
-@dataclasses.dataclass(frozen=True)
-class Run:
-    """One request to run checks on nodes. ``deadline`` is epoch seconds."""
+def translating(cls: C) -> C:
+    """Every public method of ``cls`` guarded by ``unavailable``: the boundary where Redis errors stop.
 
-    id: str
-    checks: tuple[str, ...]
-    nodes: tuple[str, ...]
-    params: Mapping[str, Mapping[str, Any]]
-    created_at: float
-    deadline: float
-    source: str = "api"
-    lost: tuple[str, ...] = ()  # of ``nodes``: lost when the run was made, so sent nothing
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "checks": list(self.checks),
-            "nodes": list(self.nodes),
-            "params": {k: dict(v) for k, v in self.params.items()},
-            "created_at": self.created_at,
-            "deadline": self.deadline,
-            "source": self.source,
-            "lost": list(self.lost),
-        }
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> Run:
-        return cls(
-            id=raw["id"],
-            checks=tuple(raw["checks"]),
-            nodes=tuple(raw["nodes"]),
-            params=raw.get("params") or {},
-            created_at=float(raw["created_at"]),
-            deadline=float(raw["deadline"]),
-            source=raw.get("source", "api"),
-            lost=tuple(raw.get("lost") or ()),
-        )
-
-    @classmethod
-    def new(
-        cls,
-        checks: Sequence[str],
-        nodes: Sequence[str],
-        params: Mapping[str, Mapping[str, Any]],
-        deadline_s: float,
-        *,
-        source: str = "api",
-        now: float | None = None,
-        lost: Sequence[str] = (),
-    ) -> Run:
-        created = time.time() if now is None else now
-        run_id = uuid.uuid4().hex
-        return cls(run_id, tuple(checks), tuple(nodes), params, created, created + deadline_s, source, tuple(lost))
+    Plain functions only: a static or class method, or a property, is left as it is."""
+    for name, member in list(vars(cls).items()):
+        if not name.startswith("_") and inspect.isfunction(member):
+            setattr(cls, name, unavailable(member))
+    return cls
 
 
-@dataclasses.dataclass(frozen=True)
-class RunNews:
-    """``ResultsStore.run_news``: the next cursor, the new results, and how many fields the run has."""
-
-    cursor: int
-    found: dict[tuple[str, str], dict[str, Any]]
-    total: int
-
-
-@dataclasses.dataclass(frozen=True)
-class NodeView:
-    """What a verdict is computed from (a node's latest result per check and its state hash), and the
-    labels it last published. ``labels`` None: not read, so a reconcile writes every label it wants."""
-
-    latest: dict[str, CheckResult]
-    state: dict[str, str]
-    labels: dict[str, str] | None = None
-    last_seen: float | None = None
-    """The node's last heartbeat (epoch s); None: it never heartbeated (or it was not read)."""
-
-
+@translating
 class ResultsStore:
-    """Typed access to the keys above. ``client`` is a ``redis.Redis`` (or fakeredis) with bytes replies."""
+    """The ``autopilot.store.Store`` in Redis: typed access to the keys above. ``client`` is a
+    ``redis.Redis`` (or fakeredis) with bytes replies. Its connection and timeout errors leave
+    every method as ``StoreUnavailable``."""
 
-    def __init__(self, client: redis.Redis, *, history_len: int = 100, run_ttl_s: float = 86400) -> None:
+    def __init__(
+        self, client: redis.Redis[bytes], *, history_len: int = 100, run_ttl_s: float = 86400, run_keep: int = 200
+    ) -> None:
         self.r = client
         self.history_len = history_len
         self.run_ttl_s = int(run_ttl_s)
+        self.run_keep = run_keep
 
     # ------------------------------------------------------------------ results
 
@@ -201,14 +166,16 @@ class ResultsStore:
             return None
         _queue_view(pipe, view)
         *_, raw_latest, raw_state, raw_labels, seen = pipe.execute()
-        return NodeView(_latest(raw_latest, written), _state(raw_state), _state(raw_labels), _score(seen))
+        state = NodeState.from_fields(_state(raw_state))
+        return NodeView(_latest(raw_latest, written), state, _state(raw_labels), _score(seen))
 
     def view(self, node: str) -> NodeView:
         """The node's latest results and verdict state, read in one round trip."""
         pipe = self.r.pipeline(transaction=False)
         _queue_view(pipe, node)
         raw_latest, raw_state, raw_labels, seen = pipe.execute()
-        return NodeView(_latest(raw_latest), _state(raw_state), _state(raw_labels), _score(seen))
+        state = NodeState.from_fields(_state(raw_state))
+        return NodeView(_latest(raw_latest), state, _state(raw_labels), _score(seen))
 
     def latest(self, node: str) -> dict[str, CheckResult]:
         return _latest(self.r.hgetall(f"{P}latest:{node}"))
@@ -248,11 +215,30 @@ class ResultsStore:
     # ------------------------------------------------------------------ runs
 
     def create_run(self, run: Run) -> None:
+        """Record ``run``; then delete the oldest runs past their deadline beyond ``run_keep`` (``runs``)."""
         key = f"{P}run:{run.id}"
         pipe = self.r.pipeline(transaction=True)
         pipe.hset(key, "meta", json.dumps(run.to_dict()))
         pipe.expire(key, self.run_ttl_s)
-        pipe.execute()
+        pipe.zadd(RUNS, {run.id: run.deadline})
+        pipe.zcard(RUNS)
+        *_, count = pipe.execute()
+        if int(count) > self.run_keep:
+            self._drop_runs(int(count) - self.run_keep, now=run.created_at)
+
+    def _drop_runs(self, excess: int, *, now: float) -> None:
+        """Delete up to ``excess`` runs whose deadline passed before ``now``, earliest deadline first.
+
+        A run still within its deadline is never dropped (its gather still reads it); one dropped is
+        gone with its write log. A late result for it makes a run hash without ``meta`` (not a run to
+        any reader), which expires after ``run_ttl_s``.
+        """
+        old = [_s(r) for r in self.r.zrangebyscore(RUNS, "-inf", f"({now}", start=0, num=excess)]
+        if old:
+            pipe = self.r.pipeline(transaction=True)
+            pipe.delete(*(f"{P}run:{r}" for r in old), *(f"{P}runlog:{r}" for r in old))
+            pipe.zrem(RUNS, *old)
+            pipe.execute()
 
     def get_run(self, run_id: str) -> tuple[Run, dict[tuple[str, str], CheckResult]] | None:
         return self._run(run_id, CheckResult.from_json)
@@ -362,11 +348,11 @@ class ResultsStore:
 
     # ------------------------------------------------------------------ verdict state and labels
 
-    def state(self, node: str) -> dict[str, str]:
-        return _state(self.r.hgetall(f"{P}state:{node}"))
+    def state(self, node: str) -> NodeState:
+        return NodeState.from_fields(_state(self.r.hgetall(f"{P}state:{node}")))
 
-    def states(self, nodes: Sequence[str]) -> dict[str, dict[str, str]]:
-        return {n: _state(raw) for n, raw in self._hashes("state", nodes).items()}
+    def states(self, nodes: Sequence[str]) -> dict[str, NodeState]:
+        return {n: NodeState.from_fields(_state(raw)) for n, raw in self._hashes("state", nodes).items()}
 
     def set_state(self, node: str, values: Mapping[str, str | None]) -> None:
         """Set the state fields of ``values`` with a value, delete those that are None (one MULTI)."""
@@ -376,6 +362,7 @@ class ResultsStore:
         self, node: str, values: Mapping[str, str | None], labels: Mapping[str, str | None]
     ) -> None:
         """``set_state`` and ``set_labels`` in one MULTI (a reader never sees one without the other)."""
+        NodeState.check_fields(values)
         pipe = self.r.pipeline(transaction=True)
         _queue_hash_update(pipe, f"{P}state:{node}", values)
         _queue_hash_update(pipe, f"{P}labels:{node}", labels)
@@ -422,7 +409,7 @@ class ResultsStore:
         }
 
     def set_remediation_summary(self, values: Mapping[str, float]) -> None:
-        self.r.hset(f"{P}remediation", mapping={k: str(v) for k, v in values.items()})  # type: ignore[arg-type]
+        self.r.hset(f"{P}remediation", mapping={k: str(v) for k, v in values.items()})
 
     def remediation_summary(self) -> dict[str, float]:
         return {_s(k): float(v) for k, v in self.r.hgetall(f"{P}remediation").items()}
@@ -446,7 +433,9 @@ class ResultsStore:
             while True:
                 try:
                     pipe.watch(key)
-                    raw = {_s(k): _s(v) for k, v in pipe.hgetall(key).items()}
+                    # Under WATCH the pipeline runs commands at once: HGETALL returns the hash itself.
+                    held: Mapping[bytes, bytes] = pipe.hgetall(key)  # type: ignore[assignment]
+                    raw = {_s(k): _s(v) for k, v in held.items()}
                     if slot <= int(raw.get("slot", -1)) or now - float(raw.get("at", "-inf")) < interval_s / 2:
                         pipe.unwatch()
                         return False
@@ -460,6 +449,120 @@ class ResultsStore:
 
     def ping(self) -> bool:
         return bool(self.r.ping())
+
+    def release(self, name: str) -> None:
+        """Give up a ``claim`` before its TTL (the work it guarded is over)."""
+        self.r.delete(f"{P}tick:{name}")
+
+    # ------------------------------------------------------------------ short-lived answers (the iperf ring)
+
+    def post_answer(self, run_id: str, field: str, payload: Mapping[str, Any], ttl_s: float = 3600) -> None:
+        """Keep ``payload`` as the answer ``field`` of ``run_id`` (``ring:<id>``) for ``ttl_s`` (at least 60 s)."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(f"{P}ring:{run_id}", field, json.dumps(payload))
+        pipe.expire(f"{P}ring:{run_id}", max(60, int(ttl_s)))
+        pipe.execute()
+
+    def answers(self, run_id: str) -> dict[str, dict[str, Any]]:
+        """Every answer posted for ``run_id``, by field."""
+        return {_s(k): json.loads(v) for k, v in self.r.hgetall(f"{P}ring:{run_id}").items()}
+
+    # ------------------------------------------------------------------ the Redis stores beside this one
+
+    def bound_timeouts(self, timeout_s: float) -> None:
+        """Time out this store's Redis connections after ``timeout_s`` and never retry a command.
+
+        Set through the client's public connection kwargs, so it holds for every connection the pool
+        opens from now on, whatever URL scheme built it. redis-py retries a timed-out command three
+        times by default, which made a frozen Redis cost an API request 20 s.
+        """
+        self.r.get_connection_kwargs().update(  # type: ignore[no-untyped-call]  # untyped in redis-py's stubs
+            socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        )
+        self.r.set_retry(Retry(NoBackoff(), 0))  # type: ignore[attr-defined]  # public since redis-py 4.3, not stubbed
+
+    def events(self) -> EventStore:
+        """The events follower's counts, kernel-log positions and injected messages (same client)."""
+        return EventStore(self.r)
+
+    def fleet(self, settings: config.Settings) -> fleet_mod.FleetBaselines:
+        """The fleet's baselines (same client); its cache lives as long as the object returned."""
+        from workers import fleet as fleet_mod
+
+        return fleet_mod.FleetBaselines(self.r, settings)
+
+    def gpu_history(self) -> gpustore.GpuHistory:
+        """Incidents and sightings per GPU UUID (same client)."""
+        from workers import gpustore
+
+        return gpustore.GpuHistory(self.r)
+
+    def flights(self) -> dispatch.Flights:
+        """The claims that make equal check requests coalesce (same client)."""
+        from workers import dispatch
+
+        return dispatch.Flights(self.r)
+
+
+@translating
+class EventStore:
+    """What the events follower keeps in Redis (``events:counts``, ``events:latency``, ``kmsg:<n>``,
+    ``inject:<n>``), beside the results store and on its client."""
+
+    COUNTS = f"{P}events:counts"
+    LATENCY = f"{P}events:latency"
+
+    def __init__(self, client: redis.Redis[bytes]) -> None:
+        self._r = client
+
+    def record(self, node: str, counted: Sequence[Event], timed: Sequence[Event], now: float) -> None:
+        """Count ``counted`` by node, device, source, code and action; time ``timed`` from written to ``now``."""
+        pipe = self._r.pipeline(transaction=False)
+        for e in counted:
+            pipe.hincrby(self.COUNTS, "|".join((node, e.device, e.source, e.code, e.action.value)), e.count)
+        for e in timed:
+            seconds = max(0.0, now - e.written_at)
+            pipe.hincrby(self.LATENCY, bucket_of(seconds), 1)
+            pipe.hincrbyfloat(self.LATENCY, "sum", seconds)
+        pipe.execute()
+
+    def snapshot(self) -> EventsSnapshot:
+        """What ``autopilot.events.metrics`` exports, read in one round trip."""
+        pipe = self._r.pipeline(transaction=False)
+        pipe.hgetall(self.COUNTS)
+        pipe.hgetall(self.LATENCY)
+        raw_counts, raw_latency = pipe.execute()
+        counts: dict[tuple[str, str, str, str, str], float] = {}
+        for field, value in raw_counts.items():
+            parts = _s(field).split("|")
+            if len(parts) == 5:
+                counts[(parts[0], parts[1], parts[2], parts[3], parts[4])] = float(value)
+        latency = {_s(k): float(v) for k, v in raw_latency.items()}
+        total = latency.pop("sum", 0.0)
+        valid = {*map(repr, BUCKETS), "+Inf"}
+        return EventsSnapshot(counts, {k: v for k, v in latency.items() if k in valid}, total)
+
+    def kmsg_position(self, node: str) -> tuple[str, int] | None:
+        raw = self._r.hgetall(f"{P}kmsg:{node}")
+        try:
+            return raw[b"boot"].decode(), int(raw[b"seq"])
+        except (KeyError, ValueError):
+            return None
+
+    def save_kmsg_position(self, node: str, boot: str, seq: int) -> None:
+        self._r.hset(f"{P}kmsg:{node}", mapping={"boot": boot, "seq": str(seq)})
+
+    def inject(self, node: str, message: str, written_at: float) -> None:
+        """Queue a kernel message for a simulated node's follower."""
+        self._r.rpush(f"{P}inject:{node}", json.dumps({"message": message, "written_at": written_at}))
+
+    def next_injected(self, nodes: Sequence[str], wait_s: int) -> tuple[str, bytes] | None:
+        """The oldest message queued for any of ``nodes`` (node, raw JSON), waiting up to ``wait_s``."""
+        got = self._r.blpop([f"{P}inject:{n}" for n in nodes], timeout=wait_s)
+        if not got:
+            return None
+        key, raw = got
+        return _s(key).removeprefix(f"{P}inject:"), raw
 
 
 def _s(value: bytes | str) -> str:

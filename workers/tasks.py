@@ -29,10 +29,11 @@ from autopilot import config, execution, invasive, registry, results
 from autopilot.checks import iperf
 from autopilot.cluster import ClusterClient
 from autopilot.context import CheckContext
+from autopilot.errors import StoreUnavailable
 from autopilot.results import CheckResult, Status
 from workers import fleet, invasive_flow, remediating, ring
 from workers import reconcile as reconciling
-from workers.dispatch import Dispatcher, Envelope, Flights, partition
+from workers.dispatch import Dispatcher, Envelope, partition
 from workers.host import NodeHost
 from workers.store import NodeView, ResultsStore, Run
 
@@ -159,7 +160,7 @@ class _Writer:
             self.add(result)
         try:
             self.flush()
-        except redis.RedisError as exc:
+        except (StoreUnavailable, redis.RedisError) as exc:
             # Kept: the task's last flush writes it, or fails the task (and the message is redelivered).
             log.warning("writing results of run %s while checks run failed: %s", self.run_id, exc)
 
@@ -240,7 +241,7 @@ def fanout(
     store.create_run(run)
     envelopes = [Envelope(run.id, node, run.checks, params, run.deadline) for node in nodes]
     # Requests during the tick join its checks instead of queueing their own behind them.
-    Flights(store.r).lead(envelopes, now=moment)
+    store.flights().lead(envelopes, now=moment)
     for envelope in envelopes:
         dispatcher.send(envelope)
     log.info("fanout %s: run %s over %d nodes", kind, run.id, len(nodes))

@@ -40,7 +40,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from autopilot import config, errors, names
+from autopilot import config, errors, names, polling
 from workers import simulate
 
 REDIS_START_S = 10.0
@@ -131,19 +131,18 @@ def redis_argv(executable: str, port: int, data_dir: str) -> list[str]:
 def wait_for_redis(url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
     """Return once Redis answers PING; ``StartError`` if it exits or does not answer in time."""
     client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
-    deadline = time.monotonic() + timeout_s
+
+    def answers() -> bool:
+        if proc.poll() is not None:
+            raise StartError(f"redis-server exited with code {proc.returncode}")
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+
     try:
-        while True:
-            if proc.poll() is not None:
-                raise StartError(f"redis-server exited with code {proc.returncode}")
-            try:
-                if client.ping():
-                    return
-            except redis.RedisError:
-                pass
-            if time.monotonic() > deadline:
-                raise StartError(f"redis-server did not answer PING within {timeout_s:g} s")
-            time.sleep(0.05)
+        if not polling.poll_until(answers, deadline=time.monotonic() + timeout_s, interval_s=0.05):
+            raise StartError(f"redis-server did not answer PING within {timeout_s:g} s")
     finally:
         client.close()
 

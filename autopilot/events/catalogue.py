@@ -31,7 +31,6 @@ class Action(enum.StrEnum):
 
 _RANK = {"ignore": 0, "warn": 1, "reset": 2, "evict": 3}
 OWNERS = ("hardware", "driver", "application", "unknown")
-SECTIONS = ("xid", "sxid", "aer", "counters", "follower")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,8 +7,6 @@ import re
 
 from autopilot.events.catalogue import Action, Entry
 
-SOURCES = ("kmsg", "nvml", "counters", "follower")
-
 _BDF = re.compile(
     r"(?:(?P<dom>[0-9a-fA-F]{1,8}):)?(?P<bus>[0-9a-fA-F]{1,2}):(?P<dev>[0-9a-fA-F]{1,2})(?:\.(?P<fn>[0-7]))?"
 )

@@ -25,7 +25,7 @@ def test_xid_faults_and_injections_reach_the_verdict_of_simulated_nodes(procs: P
     store = ResultsStore(redis.Redis.from_url(redis_url))
 
     wait_until(
-        lambda: store.state("sim-1").get("verdict") == "EVICT",
+        lambda: store.state("sim-1").verdict == "EVICT",
         30,
         "sim-1's Xid 79",
     )
@@ -36,7 +36,7 @@ def test_xid_faults_and_injections_reach_the_verdict_of_simulated_nodes(procs: P
     assert done.returncode == 0, done.stderr
     wait_until(lambda: "events" in store.latest("sim-0"), 30, "sim-0's injected Xid 48")
     assert [(d.id, d.status.value) for d in store.latest("sim-0")["events"].devices] == [("2", "fail")]
-    assert store.state("sim-0").get("verdict") == "WARN"  # reset: a fail, not fatal
+    assert store.state("sim-0").verdict == "WARN"  # reset: a fail, not fatal
 
     # sim-2's Xid 13 is an application's: counted, never a result.
     assert "events" not in store.latest("sim-2")

@@ -33,6 +33,7 @@ import pytest
 import redis
 
 from autopilot import config, names
+from autopilot.errors import StoreUnavailable
 from tests.integration.conftest import (
     START_S,
     Procs,
@@ -125,7 +126,7 @@ def test_worker_sigkilled_during_a_gpu_check(redis_url: str, procs: Procs, api_f
     before = read_run(api, post_run(api, {"checks": ["remapped"], "hosts": ["sim-0"], "deadline": 30}), wait=30)[1]
     assert before["nodes"]["sim-0"]["status"] == "ok"
     store = store_of(redis_url)
-    verdict_before = store.state("sim-0").get("verdict")
+    verdict_before = store.state("sim-0").verdict
 
     run_id = post_run(api, {"checks": ["pciebw"], "hosts": ["sim-0"], "deadline": 8})
     wait_until(lambda: received(worker.output()) >= 2, 30, "the pciebw task to reach the worker")
@@ -141,7 +142,7 @@ def test_worker_sigkilled_during_a_gpu_check(redis_url: str, procs: Procs, api_f
     # What the node had acknowledged before is intact; the kill wrote no verdict of its own.
     assert store.latest("sim-0")["remapped"].status.value == "ok"
     assert "pciebw" not in store.latest("sim-0")
-    assert store.state("sim-0").get("verdict") == verdict_before
+    assert store.state("sim-0").verdict == verdict_before
 
     # A new worker for the node answers new GPU work at once (the lock died with the process) and
     # does not run the killed task again (its message expired with the run's deadline).
@@ -154,7 +155,7 @@ def test_worker_sigkilled_during_a_gpu_check(redis_url: str, procs: Procs, api_f
         "worker-sigkill-gpu-check",
         api="200 unreachable",
         answered_after_kill_s=round(answered_s, 1),
-        verdict=store.state("sim-0").get("verdict"),
+        verdict=store.state("sim-0").verdict,
         redelivered=received(again.output()) - 1,
     )
     store.r.close()
@@ -184,9 +185,9 @@ def test_a_hung_tool_becomes_an_error_and_the_node_warn(redis_url: str, procs: P
     store = store_of(redis_url)
     # The verdict is reconciled just after the results it judges are stored (the answer can come
     # first): wait for it, bounded, then assert what it is.
-    wait_until(lambda: {store.state(n).get("verdict") for n in ("sim-0", "sim-1")} <= {"WARN", "PASS"}, 10, "verdicts")
-    assert store.state("sim-0")["verdict"] == "WARN" and store.labels("sim-0")[GPUHEALTH] == "WARN"
-    assert store.state("sim-1")["verdict"] == "PASS" and store.labels("sim-1")[GPUHEALTH] == "PASS"
+    wait_until(lambda: {store.state(n).verdict for n in ("sim-0", "sim-1")} <= {"WARN", "PASS"}, 10, "verdicts")
+    assert store.state("sim-0").verdict == "WARN" and store.labels("sim-0")[GPUHEALTH] == "WARN"
+    assert store.state("sim-1").verdict == "PASS" and store.labels("sim-1")[GPUHEALTH] == "PASS"
     # the GPU lock was released by the watchdog: the next GPU check on the node runs
     again = api.get("/status?format=json&check=remapped&host=sim-0&deadline=30").get_json()
     assert again["nodes"]["sim-0"]["status"] == "ok"
@@ -301,7 +302,7 @@ def test_redis_down_10s_during_beats_tick(persistent_redis: PersistentRedis, pro
     back_at = time.time()
     # Ticks resume by themselves and every node gets periodic results again.
     def resumed() -> bool:
-        with contextlib.suppress(redis.RedisError):
+        with contextlib.suppress(StoreUnavailable):
             return all(store.latest(n)["echo"].started_at > _iso(back_at) for n in nodes)
         return False
 
@@ -322,7 +323,7 @@ def test_redis_down_10s_during_beats_tick(persistent_redis: PersistentRedis, pro
         assert store.latest(n)["echo"].started_at >= before[n].started_at
     fault("redis-down-10s-beat", periodic_runs=len(runs), min_gap_s=round(min(gaps), 2),
           beat_alive=True, workers_restarted_themselves=restarted,
-          verdicts={n: store.state(n).get("verdict") for n in nodes})  # fmt: skip
+          verdicts={n: store.state(n).verdict for n in nodes})  # fmt: skip
     store.r.close()
 
 

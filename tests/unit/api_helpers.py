@@ -129,7 +129,12 @@ def make_api(
         node_deadline_s=deadline_s,
         periodic_checks=("pciebw", "remapped", "dcgm", "ping", "gpupower"),
     )
-    store = ResultsStore(fakeredis.FakeRedis(), history_len=settings.history_len, run_ttl_s=settings.run_ttl_s)
+    store = ResultsStore(
+        fakeredis.FakeRedis(),
+        history_len=settings.history_len,
+        run_ttl_s=settings.run_ttl_s,
+        run_keep=settings.run_keep,
+    )
     now = time.time()
     store.heartbeat_many(
         NodeRecord(n, gpu_model="H100", gpu_count=8, labels=dict((labels or {}).get(n, {})), last_seen=now)

@@ -515,7 +515,7 @@ def test_clear_lifts_a_sticky_evict(api: Api) -> None:
     body = response.get_json()
     assert body["verdict"] != "EVICT"
     state = api.store.state("node-a")
-    assert "evicted_at" not in state and state["cleared_by"].startswith("api:")
+    assert state.evicted_at is None and state.cleared_by.startswith("api:")
     assert api.client.post("/api/v1/nodes/ghost/clear").status_code == 404
     assert api.client.get("/api/v1/nodes/node-a/clear").status_code == 405
 
@@ -559,27 +559,27 @@ def test_health_and_readiness(api: Api) -> None:
     assert api.client.get("/readyz").get_json()["status"] == "ready"
 
 
-def test_readyz_is_503_when_redis_is_gone(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+def _refusing_redis() -> Any:
     import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 
-    def down() -> bool:
-        raise redis.exceptions.ConnectionError("refused")
+    # Port 1 on loopback: nothing listens, so every command is refused at once (no retry).
+    return redis.Redis(port=1, socket_connect_timeout=0.5, socket_timeout=0.5, retry=Retry(NoBackoff(), 0))
 
-    monkeypatch.setattr(api.store, "ping", down)
+
+def test_readyz_is_503_when_redis_is_gone(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(api.store, "r", _refusing_redis())
     response = api.client.get("/readyz")
     assert response.status_code == 503 and response.get_json()["error"] == "unavailable"
     assert api.client.get("/healthz").status_code == 200
 
 
 def test_store_down_during_a_request_is_a_503(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
-    import redis
-
-    def down(*args: Any, **kwargs: Any) -> Any:
-        raise redis.exceptions.ConnectionError("refused")
-
-    monkeypatch.setattr(api.store, "nodes", down)
-    response = api.client.get("/api/v1/nodes")
-    assert response.status_code == 503 and response.is_json
+    monkeypatch.setattr(api.store, "r", _refusing_redis())
+    for path in ("/api/v1/nodes", "/api/v1/nodes/node-a", "/api/v1/gpus/GPU-00000000-0000-0000-0000-000000000001"):
+        response = api.client.get(path)
+        assert response.status_code == 503 and response.get_json()["error"] == "unavailable", path
 
 
 def test_unknown_paths_and_methods_are_json(api: Api) -> None:

@@ -71,3 +71,23 @@ def test_no_shell_anywhere() -> None:
                     if kw.arg == "shell" and not (isinstance(kw.value, ast.Constant) and kw.value.value is False):
                         bad.append(f"{path}:{node.lineno} shell=")
     assert bad == []
+
+
+def test_only_the_store_reaches_its_redis_client() -> None:
+    # ``ResultsStore.r`` is the store's own client: everything else asks the store (or a store it hands out).
+    def reaches(path: Path) -> list[int]:
+        tree = ast.parse(path.read_text(), str(path))
+        return [
+            node.lineno
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute)
+            and node.attr == "r"
+            and (
+                (isinstance(node.value, ast.Name) and "store" in node.value.id)
+                or (isinstance(node.value, ast.Attribute) and "store" in node.value.attr)
+            )
+        ]
+
+    found = {str(p.relative_to(ROOT)): reaches(p) for p in python_files("api", "workers")}
+    assert {k: v for k, v in found.items() if v and k != "workers/store.py"} == {}
+    assert [str(p) for p in python_files("api") if "redis" in imports(p)] == []

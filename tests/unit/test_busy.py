@@ -46,7 +46,7 @@ def run_task(host: NodeHost, deadline_s: float) -> tuple[Run, list[CheckResult]]
 def test_gpu_checks_busy_until_the_deadline_are_busy_in_the_run_only(host: NodeHost) -> None:
     first, _ = run_task(host, 60)
     before = host.store.latest(NODE)
-    verdict = host.store.state(NODE)["verdict"]
+    verdict = host.store.state(NODE).verdict
     history = len(host.store.history(NODE))
     assert verdict == "PASS"
     with host.gpu_lock(NODE):
@@ -62,7 +62,7 @@ def test_gpu_checks_busy_until_the_deadline_are_busy_in_the_run_only(host: NodeH
     latest = host.store.latest(NODE)
     assert {c: latest[c] for c in GPU} == {c: before[c] for c in GPU}  # the real results stay the latest
     assert len(host.store.history(NODE)) == history + 1  # ping only
-    assert host.store.state(NODE)["verdict"] == verdict
+    assert host.store.state(NODE).verdict == verdict
     assert host.store.busy_counts([NODE]) == {NODE: {"remapped": 1, "gpupower": 1}}
 
 

@@ -102,7 +102,7 @@ def test_when_a_joined_execution_lapses_unanswered_the_request_sends_its_own() -
     store, dispatcher, clock = ResultsStore(fakeredis.FakeRedis()), FakeDispatcher(), Clock()
     svc = services(store, dispatcher, clock)
     # Another request's execution, with a deadline close enough to ours to join.
-    Flights(store.r).lead([Envelope("tick", n, ("remapped",), {}, clock.now + 26) for n in NODES], now=clock.now)
+    store.flights().lead([Envelope("tick", n, ("remapped",), {}, clock.now + 26) for n in NODES], now=clock.now)
     patient = started(svc)  # deadline 30 s
     assert dispatcher.sent == [] and set(patient.joined) == {(n, "remapped") for n in NODES}
     answer(store, "tick", "n1")  # the tick answered n1 only

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from autopilot import config, errors
+from autopilot import config, errors, parsing
 
 
 def test_defaults() -> None:
@@ -73,7 +73,7 @@ def test_bad_values_name_the_variable(env: dict[str, str], field: str) -> None:
     "text, seconds", [("1h", 3600), ("30m", 1800), ("15s", 15), ("250ms", 0.25), ("90", 90), ("0", 0)]
 )
 def test_durations(text: str, seconds: float) -> None:
-    assert config.parse_duration(text) == seconds
+    assert parsing.parse_duration(text) == seconds
 
 
 def test_settings_are_frozen() -> None:
@@ -155,3 +155,14 @@ def test_checks_of_extra_modules_are_known_to_the_settings() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "echo,remapped"
+
+
+def test_the_cli_and_test_variables_are_settings_read_and_checked_like_the_others() -> None:
+    env = {"AUTOPILOT_LOG_LEVEL": " info ", "AUTOPILOT_API_URL": "http://api:3333", "AUTOPILOT_EXTRA_CHECKS": ""}
+    s = config.Settings.from_env(env)
+    assert (s.log_level, s.api_url, s.extra_checks) == ("INFO", "http://api:3333", ())
+    assert config.Settings.one(env, "log_level") == "INFO" and config.Settings.one({}, "log_level") == "WARNING"
+    with pytest.raises(errors.BadParameter, match="AUTOPILOT_LOG_LEVEL"):
+        config.Settings.from_env({"AUTOPILOT_LOG_LEVEL": "loud"})
+    with pytest.raises(errors.BadParameter, match="AUTOPILOT_EXTRA_CHECKS"):
+        config.Settings.one({"AUTOPILOT_EXTRA_CHECKS": "os; rm"}, "extra_checks")

@@ -14,7 +14,7 @@ from autopilot import config, errors
 from autopilot.results import CheckResult, Status
 from workers import reconcile
 from workers.dispatch import Envelope, FakeDispatcher, send_all
-from workers.store import NodeView, ResultsStore, Run
+from workers.store import NodeState, NodeView, ResultsStore, Run
 
 
 def envelopes(n: int) -> list[Envelope]:
@@ -71,7 +71,7 @@ def test_a_save_with_view_saves_like_save_result_and_reads_the_node_after_it() -
     view = store.save_many([(result("remapped", Status.WARN), True)], run.id, view="node-a")
     assert view is not None
     assert {c: r.status for c, r in view.latest.items()} == {"ping": Status.OK, "remapped": Status.WARN}
-    assert view.state == {"verdict": "PASS"}
+    assert view.state == NodeState(verdict="PASS")
     assert store.latest("node-a").keys() == {"ping", "remapped"}
     assert [r.check for r in store.history("node-a")] == ["remapped", "ping"]
     assert store.run_answered(run.id) == {("node-a", "ping"), ("node-a", "remapped")}
@@ -89,7 +89,7 @@ def test_state_and_labels_are_written_together_and_none_deletes() -> None:
     store = ResultsStore(fakeredis.FakeRedis())
     store.set_state_and_labels("node-a", {"verdict": "EVICT", "evicted_at": "x"}, {"a": "1", "b": "2"})
     store.set_state_and_labels("node-a", {"verdict": "PASS", "evicted_at": None}, {"a": None, "b": "3"})
-    assert store.state("node-a") == {"verdict": "PASS"}
+    assert store.state("node-a").to_fields() == {"verdict": "PASS"}
     assert store.labels("node-a") == {"b": "3"}
 
 
@@ -178,7 +178,7 @@ def test_reconcile_writes_only_what_changed_and_nothing_in_steady_state() -> Non
     full = ResultsStore(fakeredis.FakeRedis())
     full.save_many([(result("ping"), True), (result("remapped", Status.WARN), True)])
     reconcile.reconcile_node(full, "node-a", settings, later)
-    assert store.state("node-a")["verdict"] == full.state("node-a")["verdict"] == "WARN"
+    assert store.state("node-a").verdict == full.state("node-a").verdict == "WARN"
     assert store.labels("node-a") == full.labels("node-a")
 
 

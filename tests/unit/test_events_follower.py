@@ -360,8 +360,8 @@ def test_an_event_is_on_the_node_as_label_and_condition_at_once(stack: Any) -> N
     f.feed_kmsg(XID79)
     node = cluster.nodes["node-a"]
     assert node.labels["autopilot.ibm.com/gpuhealth"] == "EVICT"
-    assert node.conditions and store.state("node-a")["verdict"] == "EVICT"
-    snap = glue.read_metrics(store)
+    assert node.conditions and store.state("node-a").verdict == "EVICT"
+    snap = store.events().snapshot()
     assert snap.counts[("node-a", "3", "kmsg", "xid.79", "evict")] == 1
     assert snap.counts[("node-a", "1", "kmsg", "xid.13", "ignore")] == 1
     assert sum(snap.buckets.values()) == 1
@@ -371,11 +371,11 @@ def test_an_application_xid_changes_no_verdict(stack: Any) -> None:
     store, cluster, settings, sink = stack
     f = follower_mod.Follower("node-a", sink, gpu_index=GPUS)
     f.feed_kmsg("NVRM: Xid (PCI:0000:91:00): 119, pid=1, name=x, Timeout")
-    before = store.state("node-a")["verdict"]
+    before = store.state("node-a").verdict
     for line in (XID13, "NVRM: Xid (PCI:0000:38:00): 43, pid=9, name=python, Ch 00000008",
                  "NVRM: Xid (PCI:0000:38:00): 31, pid=9, name=python, MMU Fault"):  # fmt: skip
         f.feed_kmsg(line)
-    assert store.state("node-a")["verdict"] == before == "WARN"
+    assert store.state("node-a").verdict == before == "WARN"
 
 
 def test_the_metric_families() -> None:
@@ -419,7 +419,9 @@ def test_inject_only_into_simulated_nodes(monkeypatch: pytest.MonkeyPatch, capsy
     assert "real node" in capsys.readouterr().err
     assert glue.inject_main(["sim-1", "xid", "79", "--gpu", "9"]) == 2
     assert glue.inject_main(["sim-1", "xid", "79", "--gpu", "2"]) == 0
-    item = json.loads(store.r.lpop(glue.inbox("sim-1")))
+    got = store.events().next_injected(["sim-1"], 1)
+    assert got is not None and got[0] == "sim-1"
+    item = json.loads(got[1])
     assert item["message"] == simulate.xid_message(79, 2)
 
 

@@ -70,7 +70,7 @@ def test_an_evicting_xid_evicts_that_gpu_by_uuid_at_once(stack: Any, caplog: pyt
     device = store.latest(NODE)["events"].devices[0]
     assert (device.id, device.uuid, device.bus_id) == ("3", uuid, "0000:1b:00.0")
     # The GPU's own verdict, in the reconcile the follower ran (beat never ticked here).
-    states = gpuverdict.loads(store.state(NODE)["gpus"])
+    states = gpuverdict.loads(store.state(NODE).gpus)
     assert states[uuid].verdict.value == "EVICT" and states[uuid].index == "3"
     labels = cluster.nodes[NODE].labels
     assert labels["autopilot.ibm.com/gpuhealth"] == "EVICT"
@@ -79,8 +79,8 @@ def test_an_evicting_xid_evicts_that_gpu_by_uuid_at_once(stack: Any, caplog: pyt
     assert [(g["uuid"], g["verdict"]) for g in annotation["gpus"]] == [(uuid, "EVICT")]
     # Device taint: dry-run logs the NoSchedule rule for that GPU and writes nothing.
     assert cluster.device_taint_rules == {}
-    assert json.loads(store.state(NODE)["gpu_taints"])["dry_run"] is True
-    assert list(json.loads(store.state(NODE)["gpu_taints"])["rules"].values()) == ["NoSchedule"]
+    assert json.loads(store.state(NODE).gpu_taints)["dry_run"] is True
+    assert list(json.loads(store.state(NODE).gpu_taints)["rules"].values()) == ["NoSchedule"]
     assert any("would create DeviceTaintRule" in r.getMessage() for r in caplog.records)
     # The incident is in the GPU's history under its UUID.
     history = gpustore.gpu(store.r, uuid, now=datetime.now(UTC), retention_s=86400.0)
@@ -93,8 +93,8 @@ def test_an_aer_on_a_bridge_is_no_gpu(stack: Any) -> None:
     _follow(sink, telemetry, kmsg.FakeKmsg(), AER_BRIDGE, store)
     device = store.latest(NODE)["events"].devices[0]
     assert (device.id, device.uuid, device.bus_id) == ("0000:00:02.0", "", "")
-    assert gpuverdict.loads(store.state(NODE).get("gpus")) == {}
-    assert store.state(NODE)["verdict"] == "WARN"  # a node-level finding, still on the node's verdict
+    assert gpuverdict.loads(store.state(NODE).gpus) == {}
+    assert store.state(NODE).verdict == "WARN"  # a node-level finding, still on the node's verdict
 
 
 def test_an_nvlink_going_down_is_its_gpus_finding(stack: Any) -> None:
@@ -107,7 +107,7 @@ def test_an_nvlink_going_down_is_its_gpus_finding(stack: Any) -> None:
     f.submit([down])
     device = store.latest(NODE)["events"].devices[0]
     assert (device.id, device.uuid) == ("3", GPUS[3].uuid)
-    assert gpuverdict.loads(store.state(NODE)["gpus"])[GPUS[3].uuid].verdict.value == "WARN"
+    assert gpuverdict.loads(store.state(NODE).gpus)[GPUS[3].uuid].verdict.value == "WARN"
 
 
 def test_inject_reaches_a_redis_that_wants_the_stacks_password(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -43,7 +43,7 @@ def test_a_result_below_its_fleet_is_stored_warn_with_its_baseline_and_moves_the
     assert all(d.status is Status.WARN for d in stored.devices)
     assert "slow against its fleet: h2d_gbps 53.1 is 81% of the median of 100 NVIDIA H100 80GB HBM3" in stored.summary
     assert stored.data["fleet_baseline"][PCIE.key]["count"] == 100
-    assert host.store.state(NODE)["verdict"] == "WARN"
+    assert host.store.state(NODE).verdict == "WARN"
 
 
 def test_a_result_like_its_fleet_passes_and_adds_its_figures() -> None:
@@ -79,7 +79,7 @@ def test_the_heartbeat_names_the_driver() -> None:
 
 def test_get_baselines_serves_every_cohort() -> None:
     api = make_api()
-    fleets = fleet.FleetBaselines(api.store.r, api.settings)
+    fleets = api.store.fleet(api.settings)
     fleets.add(Sample("0", PCIE, 50.0 + i % 3) for i in range(60))
     body = api.client.get("/api/v1/baselines").get_json()
     assert body["baselines"] == [
@@ -92,7 +92,7 @@ def test_get_baselines_serves_every_cohort() -> None:
 
 def test_metrics_export_each_cohorts_median_spread_and_size() -> None:
     api = make_api()
-    fleets = fleet.FleetBaselines(api.store.r, api.settings)
+    fleets = api.store.fleet(api.settings)
     fleets.add(Sample("0", PCIE, 50.0 + i % 3) for i in range(60))
     fleets.add(Sample("0", Cohort(H100, "550", "gpumem", "dgemm_tflops"), 52.0) for _ in range(10))
     text = api.client.get("/metrics").get_data(as_text=True)

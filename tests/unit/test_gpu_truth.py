@@ -297,7 +297,7 @@ def test_a_worker_on_a_node_with_8_allocatable_gpus_and_no_driver_reports_error_
         done = tasks.run_checks(host, run_id=run.id, node="gpu-1", checks=GPU_CHECKS, params={}, deadline=run.deadline)
         assert {r.check: r.status for r in done} == dict.fromkeys(GPU_CHECKS, Status.ERROR)
         assert all("NVML could not start" in r.summary and "allocatable nvidia.com/gpu=8" in r.summary for r in done)
-        assert store.state("gpu-1")["verdict"] == "WARN"
+        assert store.state("gpu-1").verdict == "WARN"
         assert api.nodes["gpu-1"]["metadata"]["labels"]["autopilot.ibm.com/gpuhealth"] == "WARN"
         client.close()
     finally:

@@ -174,7 +174,7 @@ def test_history_follows_the_gpu_across_a_renamed_node_and_flags_a_repeat_offend
     for node in ("old", "old", "new"):
         store.save_result(result("pciebw", node, {1: Status.FAIL}, moment))
         reconcile.reconcile_node(store, node, conf, moment)
-        flagged = any("repeat offender" in r for r in gpuverdict.loads(store.state(node)["gpus"])[uuid(1)].reasons)
+        flagged = any("repeat offender" in r for r in gpuverdict.loads(store.state(node).gpus)[uuid(1)].reasons)
         assert flagged == (node == "new")  # flagged in the reconcile that records the third fault
         moment += timedelta(hours=1)
         store.save_result(result("pciebw", node, {}, moment))
@@ -182,13 +182,13 @@ def test_history_follows_the_gpu_across_a_renamed_node_and_flags_a_repeat_offend
         moment += timedelta(hours=1)
     store.save_result(result("pciebw", "new", {}, moment))
     reconcile.reconcile_node(store, "new", conf, moment)
-    steady = store.state("new")["gpus"]
+    steady = store.state("new").gpus
     reconcile.reconcile_node(store, "new", conf, moment)
-    assert store.state("new")["gpus"] == steady  # the flag stands without re-reading the history
-    info = gpustore.gpu(store.r, uuid(1), now=moment, retention_s=conf.gpu_history_retention_s)
+    assert store.state("new").gpus == steady  # the flag stands without re-reading the history
+    info = store.gpu_history().gpu(uuid(1), now=moment, retention_s=conf.gpu_history_retention_s)
     assert info is not None and info["node"] == "new" and info["serial"] == "1650000001"
     faults = [(i["node"], i["verdict"]) for i in info["incidents"] if i["verdict"] == "WARN"]
     assert faults == [("new", "WARN"), ("old", "WARN"), ("old", "WARN")]
-    gpus = gpuverdict.loads(store.state("new")["gpus"])
+    gpus = gpuverdict.loads(store.state("new").gpus)
     assert "repeat offender: 3 incidents in the last 7 days" in gpus[uuid(1)].reasons
     assert not any("repeat offender" in r for r in gpus[uuid(0)].reasons)

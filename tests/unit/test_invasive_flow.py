@@ -96,7 +96,7 @@ class World:
         return dict(self.cluster.get_node(NODE).labels)
 
     def verdict(self) -> str:
-        return self.store.state(NODE).get("verdict", "")
+        return self.store.state(NODE).verdict or ""
 
 
 def auth() -> dict[str, str]:
@@ -162,7 +162,7 @@ def test_free_gpus_testing_then_pass(world: World) -> None:
     labels = world.labels()
     assert labels[LEVEL3].startswith("PASS_2099-01-01_00.00.00UTC")
     assert labels[GPUHEALTH] == "PASS"
-    assert world.store.state(NODE).get("testing_since") is None
+    assert world.store.state(NODE).testing_since is None
 
 
 def test_fatal_level3_failure_evicts_and_a_periodic_pass_keeps_it(world: World) -> None:
@@ -193,7 +193,7 @@ def test_refused_job_leaves_testing(world: World) -> None:
     report = world.run(["dcgm"], {"dcgm": {"r": 3}})
     result = dcgm_result(report)
     assert result["status"] == "error" and "refused" in result["summary"]
-    assert world.store.state(NODE).get("testing_since") is None
+    assert world.store.state(NODE).testing_since is None
     assert world.labels()[GPUHEALTH] != "TESTING"
 
 
@@ -211,12 +211,12 @@ def test_worker_restart_mid_job_resumes_and_ends_testing(world: World) -> None:
     world.cluster.create_job(NS, invasive.job_spec(NODE, 2, world.host.settings))
     world.clock.on_sleep = lambda: world.cluster.finish_job(NS, JOB, succeeded=True, log=pod_log(Status.OK))
     invasive_flow.resume(world.host, NODE, world.cluster)
-    assert world.store.state(NODE).get("testing_since") is None
+    assert world.store.state(NODE).testing_since is None
     assert world.store.latest(NODE)["dcgm"].status is Status.OK
     # and a Job that vanished while nobody watched ends TESTING with an error
     world.store.set_state(NODE, {"testing_since": "2026-11-29T22:00:00Z", "testing_job": JOB})
     invasive_flow.resume(world.host, NODE, world.cluster)
-    assert world.store.state(NODE).get("testing_since") is None
+    assert world.store.state(NODE).testing_since is None
     assert world.store.latest(NODE)["dcgm"].status is Status.ERROR
 
 

@@ -37,7 +37,7 @@ def setup() -> tuple[ResultsStore, config.Settings]:
 
 
 def gpus(store: ResultsStore) -> dict[str, tuple[str, tuple[str, ...]]]:
-    return {s.index: (s.verdict.value, s.reasons) for s in gpuverdict.loads(store.state(NODE)["gpus"]).values()}
+    return {s.index: (s.verdict.value, s.reasons) for s in gpuverdict.loads(store.state(NODE).gpus).values()}
 
 
 def test_a_lost_nodes_gpus_are_unknown_but_a_sticky_evict_stays() -> None:

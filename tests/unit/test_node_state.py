@@ -69,7 +69,7 @@ def healthy(store: ResultsStore, node: str, at: datetime) -> None:
 
 
 def reasons(store: ResultsStore, node: str) -> list[str]:
-    return list(json.loads(store.state(node)["reasons"]))
+    return list(json.loads(store.state(node).reasons))
 
 
 # ---------------------------------------------------------------- lost nodes
@@ -161,12 +161,12 @@ def test_a_node_deleted_from_the_cluster_is_forgotten_after_the_retention() -> N
         healthy(store, node, NOW - timedelta(hours=1))
         beat(store, node, NOW - timedelta(minutes=30))
     assert reconcile.reconcile_all(store, settings, cluster, now=NOW) == {"gpu-1": "UNKNOWN", "gpu-2": "UNKNOWN"}
-    assert store.state("gpu-1")["node_gone_at"] == utc_now_iso(NOW)
+    assert store.state("gpu-1").node_gone_at == utc_now_iso(NOW)
     later = NOW + timedelta(minutes=59)
     assert set(reconcile.reconcile_all(store, settings, cluster, now=later)) == {"gpu-1", "gpu-2"}
     gone = NOW + timedelta(hours=1)
     assert reconcile.reconcile_all(store, settings, cluster, now=gone) == {"gpu-2": "UNKNOWN"}
-    assert store.node("gpu-1") is None and store.latest("gpu-1") == {} and store.state("gpu-1") == {}
+    assert store.node("gpu-1") is None and store.latest("gpu-1") == {} and store.state("gpu-1").empty
     assert store.labels("gpu-1") == {} and "gpu-1" not in store.node_names()
     assert store.node("gpu-2") is not None
 
@@ -179,7 +179,7 @@ def test_a_node_object_that_reappears_is_not_forgotten() -> None:
     reconcile.reconcile_all(store, settings, cluster, now=NOW)
     cluster.add_node("gpu-1", gpus=8)
     reconcile.reconcile_all(store, settings, cluster, now=NOW + timedelta(minutes=1))
-    assert "node_gone_at" not in store.state("gpu-1")
+    assert store.state("gpu-1").node_gone_at is None
     assert reconcile.reconcile_all(store, settings, cluster, now=NOW + timedelta(hours=2)) == {"gpu-1": "UNKNOWN"}
 
 
@@ -228,7 +228,7 @@ def test_an_operators_clear_says_who_cleared_what_and_when() -> None:
     assert "remapped on GPU 3: GPU 3 has a row remapping failure" in note and "cleared by api:10.0.0.7 at " in note
     assert reasons(store, "gpu-1") == [note]
     state = store.state("gpu-1")
-    assert state["cleared_by"] == "api:10.0.0.7" and "evicted_at" not in state and "evict_cause" not in state
+    assert state.cleared_by == "api:10.0.0.7" and state.evicted_at is None and state.evict_cause is None
     condition = cluster.get_node("gpu-1").condition(CONDITION_TYPE)
     assert condition is not None and condition.message == f"all periodic checks pass; {note}"
 
@@ -257,8 +257,8 @@ def test_a_new_eviction_replaces_the_record_of_the_last_clear() -> None:
     reconcile.reconcile_node(store, "gpu-1", settings, NOW)
     reconcile.clear_evict(store, "gpu-1", settings, by="api:10.0.0.7")  # the fatal result is fresh: evicted again
     state = store.state("gpu-1")
-    assert state["verdict"] == "EVICT" and "cleared_by" not in state
-    assert verdict.causes_from_json(state["evict_cause"])[0].gpus == ("3",)
+    assert state.verdict == "EVICT" and state.cleared_by is None
+    assert verdict.causes_from_json(state.evict_cause)[0].gpus == ("3",)
 
 
 # ---------------------------------------------------------------- refused Events
@@ -275,13 +275,13 @@ def test_a_refused_event_is_recorded_and_announced_again_at_the_next_reconcile()
     assert cluster.get_node("gpu-1").labels[HEALTH] == "EVICT"
     assert cluster.events_for("Node", "gpu-1") == []
     state = store.state("gpu-1")
-    assert "403" in state["event_error"] and state["event_failures"] == "1"
-    assert state["published_verdict"] == "PASS"
+    assert "403" in state.event_error and state.event_failures == "1"
+    assert state.published_verdict == "PASS"
     reconcile.reconcile_node(store, "gpu-1", settings, NOW + timedelta(seconds=30), cluster=cluster)
     [event] = cluster.events_for("Node", "gpu-1")
     assert "PASS -> EVICT" in event.message and event.namespace == "default"
     state = store.state("gpu-1")
-    assert "event_error" not in state and state["published_verdict"] == "EVICT"
+    assert state.event_error is None and state.published_verdict == "EVICT"
 
 
 def test_an_event_refused_every_time_is_given_up_after_a_bounded_number_of_tries() -> None:
@@ -293,7 +293,7 @@ def test_an_event_refused_every_time_is_given_up_after_a_bounded_number_of_tries
     for i in range(reconcile.EVENT_ATTEMPTS + 2):
         reconcile.reconcile_node(store, "gpu-1", settings, NOW + timedelta(seconds=30 * i), cluster=cluster)
     state = store.state("gpu-1")
-    assert state["published_verdict"] == "EVICT" and "422" in state["event_error"]
+    assert state.published_verdict == "EVICT" and "422" in state.event_error
     # tried EVENT_ATTEMPTS times, then no more: the one refusal left is still waiting for a caller
     with pytest.raises(errors.ClusterError):
         cluster.create_node_event("gpu-1", reason="r", message="m", type_="Normal", namespace="default")
@@ -308,7 +308,7 @@ def test_node_events_go_to_default_whatever_autopilots_namespace(namespace_setti
     store.save_result(fatal("gpu-1", NOW - timedelta(minutes=1)))
     reconcile.reconcile_node(store, "gpu-1", settings, NOW, cluster=cluster)
     [event] = cluster.events_for("Node", "gpu-1")
-    assert event.namespace == "default" and "event_error" not in store.state("gpu-1")
+    assert event.namespace == "default" and store.state("gpu-1").event_error is None
 
 
 # ---------------------------------------------------------------- what the API shows

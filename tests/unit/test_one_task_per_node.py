@@ -58,7 +58,7 @@ def test_one_task_runs_the_light_checks_and_then_the_gpu_checks(host: NodeHost) 
     done = run_task(host, run)
     assert [r.check for r in done] == ["ping", "remapped", "gpupower"]
     assert answered(host, run) == set(CHECKS)
-    assert host.store.state(NODE)["verdict"]  # recomputed after the task
+    assert host.store.state(NODE).verdict  # recomputed after the task
     assert not host.gpu_lock(NODE).locked()
 
 
@@ -72,18 +72,18 @@ def test_a_busy_gpu_lock_hands_back_only_the_gpu_checks_after_the_light_ones_ran
         assert busy.value.checks == ("remapped", "gpupower")
         assert [r.check for r in busy.value.done] == ["ping"]  # what the confirmation glue judges
         assert answered(host, run) == {"ping"}  # the light check did not wait
-        assert host.store.state(NODE)["verdict"]  # and its result was judged
+        assert host.store.state(NODE).verdict  # and its result was judged
         # The retry of the GPU part alone, lock still busy: handed back again, nothing saved.
         host.store.set_state(NODE, {"verdict": "sentinel"})
         with pytest.raises(tasks.GpusBusy):
             run_task(host, run, busy.value.checks)
-        assert host.store.state(NODE)["verdict"] == "sentinel"
+        assert host.store.state(NODE).verdict == "sentinel"
     finally:
         lock.release()
     done = run_task(host, run, busy.value.checks)
     assert [r.check for r in done] == ["remapped", "gpupower"]
     assert answered(host, run) == set(CHECKS)
-    assert host.store.state(NODE)["verdict"] != "sentinel"
+    assert host.store.state(NODE).verdict != "sentinel"
 
 
 def test_gpu_checks_still_blocked_at_the_deadline_are_answered_busy(host: NodeHost) -> None:
@@ -183,7 +183,7 @@ def test_a_task_of_quick_checks_writes_its_results_and_reads_the_node_in_one_mul
     run_task(host, run)
     assert host.store.saves == [(["ping", "remapped", "gpupower"], True)]  # type: ignore[attr-defined]
     assert answered(host, run) == set(CHECKS)
-    assert host.store.state(NODE)["verdict"]
+    assert host.store.state(NODE).verdict
 
 
 def test_a_result_is_in_the_store_while_a_slow_check_after_it_still_runs(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import fakeredis
 import pytest
 
-from autopilot import config, errors, execution, labeling, registry, verdict
+from autopilot import config, errors, execution, labeling, parsing, registry, verdict
 from autopilot.context import CheckContext
 from autopilot.results import CheckResult, Status, utc_now_iso
 from autopilot.testing import FakeClock, FakeGpu, FakeRunner, FakeTelemetry
@@ -150,8 +150,8 @@ def test_a_failing_check_does_not_skip_the_rest() -> None:
 
 def test_a_check_list_with_iperf_is_parsed_as_a_list() -> None:
     """Upstream: ``strings.Trim(check, "iperf")`` turned ``ping,iperf`` into ``ng``."""
-    assert config.parse_list("ping,iperf") == ("ping", "iperf")
-    assert config.parse_list("remapped,iperf") == ("remapped", "iperf")
+    assert parsing.parse_list("ping,iperf") == ("ping", "iperf")
+    assert parsing.parse_list("remapped,iperf") == ("remapped", "iperf")
     api = make_api()
     for query in ("check=ping,iperf", "check=remapped,iperf", "check=iperf&check=ping"):
         api.dispatcher.sent.clear()

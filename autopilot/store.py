@@ -1,0 +1,277 @@
+"""The results store as the core sees it: its records (``NodeState``, ``NodeRecord``, ``Run``, ...) and
+the ``Store`` Protocol that the Redis store (``workers/store.py``) and the in-memory one
+(``autopilot.testing.MemoryStore``) both implement.
+
+Every implementation raises ``errors.StoreUnavailable`` when its backend cannot be reached, never
+its client's own exceptions, so callers handle one error whatever the backend.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any, ClassVar, Protocol
+
+from autopilot import results
+from autopilot.results import CheckResult
+from autopilot.verdict import Cause, causes_from_json
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeState:
+    """A node's verdict state, as stored (one hash per node). None: the field is not set.
+
+    Timestamps are ISO-8601 UTC strings as ``results.utc_now_iso`` writes them; ``reasons`` and
+    ``evict_cause`` are JSON (read with ``reason_list`` and ``causes``); ``gpus`` is the per-GPU
+    verdicts as ``gpuverdict.dumps`` writes them. Writes are partial: ``Store.set_state`` takes a
+    mapping of these field names to a value, or None to delete (``check_fields`` names a typo).
+    """
+
+    verdict: str | None = None
+    reasons: str | None = None  # JSON list of strings: the verdict's reasons and notes
+    changed_at: str | None = None  # when ``verdict`` last changed
+    published_verdict: str | None = None  # the verdict last written to the Node (labels, condition, Event)
+    testing_since: str | None = None  # an invasive Job is running on the node since then
+    testing_job: str | None = None  # that Job's name
+    evicted_at: str | None = None  # set while evicted
+    evict_cause: str | None = None  # JSON list of ``verdict.Cause``: why it was evicted
+    cleared_by: str | None = None  # who lifted the last eviction (an operator, or a passing DCGM level 3)
+    cleared_at: str | None = None
+    cleared_cause: str | None = None  # what that eviction was, in words
+    event_error: str | None = None  # while a verdict change's Event is refused: when and why
+    event_failures: str | None = None  # how many times in a row it was refused (an integer)
+    node_gone_at: str | None = None  # the cluster has had no Node of this name since then (retention)
+    gpus: str | None = None  # per-GPU verdicts (``gpuverdict.dumps``)
+    gpus_at: str | None = None  # the newest result start the per-GPU verdicts judged
+    gpus_day: str | None = None  # the UTC day the GPU sightings were last written (YYYY-MM-DD)
+    gpu_taints: str | None = None  # the device taints last synced (JSON mark)
+
+    FIELDS: ClassVar[frozenset[str]]
+
+    @classmethod
+    def from_fields(cls, raw: Mapping[str, str]) -> NodeState:
+        """The state of a stored hash; a field this version does not know is ignored."""
+        return cls(**{k: v for k, v in raw.items() if k in cls.FIELDS})
+
+    def to_fields(self) -> dict[str, str]:
+        """The hash fields that are set."""
+        return {f: v for f in sorted(self.FIELDS) if (v := getattr(self, f)) is not None}
+
+    @classmethod
+    def check_fields(cls, changes: Mapping[str, str | None]) -> None:
+        """Raise ``ValueError`` naming the fields of ``changes`` that a node state does not have."""
+        unknown = sorted(set(changes) - cls.FIELDS)
+        if unknown:
+            raise ValueError(f"unknown node state fields: {', '.join(unknown)}")
+
+    def updated(self, changes: Mapping[str, str | None]) -> NodeState:
+        """This state with ``changes`` applied (None: the field deleted), as ``set_state`` would store it."""
+        self.check_fields(changes)
+        return dataclasses.replace(self, **changes)
+
+    def changes_to(self, wanted: Mapping[str, str | None]) -> dict[str, str | None]:
+        """The entries of ``wanted`` that this state does not already have (None: delete, if set)."""
+        self.check_fields(wanted)
+        return {k: v for k, v in wanted.items() if getattr(self, k) != v}
+
+    @property
+    def empty(self) -> bool:
+        return not self.to_fields()
+
+    @property
+    def reason_list(self) -> list[str]:
+        """``reasons`` decoded; a value that is not a JSON list reads as one reason."""
+        return parse_reasons(self.reasons)
+
+    @property
+    def causes(self) -> tuple[Cause, ...]:
+        return causes_from_json(self.evict_cause)
+
+    @property
+    def evicted_since(self) -> datetime | None:
+        return results.parse_iso(self.evicted_at) if self.evicted_at else None
+
+    @property
+    def cleared_since(self) -> datetime | None:
+        return results.parse_iso(self.cleared_at) if self.cleared_at else None
+
+
+NodeState.FIELDS = frozenset(f.name for f in dataclasses.fields(NodeState))
+
+
+def parse_reasons(raw: str | None) -> list[str]:
+    if not raw:
+        return []
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return [raw]
+    return [str(v) for v in value] if isinstance(value, list) else [str(value)]
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeRecord:
+    """What a worker says about its node in each heartbeat."""
+
+    name: str
+    addresses: Mapping[str, Sequence[str]] = dataclasses.field(default_factory=dict)  # interface -> addresses
+    cpu_model: str = ""
+    gpu_model: str = ""
+    gpu_count: int = 0
+    driver_version: str = ""  # NVIDIA driver (``535.129.03``): with gpu_model, the node's fleet cohort
+    labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    version: str = ""
+    last_seen: float = 0.0
+    simulated: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self) | {"addresses": {k: list(v) for k, v in self.addresses.items()}}
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> NodeRecord:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in fields})
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One request to run checks on nodes. ``deadline`` is epoch seconds."""
+
+    id: str
+    checks: tuple[str, ...]
+    nodes: tuple[str, ...]
+    params: Mapping[str, Mapping[str, Any]]
+    created_at: float
+    deadline: float
+    source: str = "api"
+    lost: tuple[str, ...] = ()  # of ``nodes``: lost when the run was made, so sent nothing
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "checks": list(self.checks),
+            "nodes": list(self.nodes),
+            "params": {k: dict(v) for k, v in self.params.items()},
+            "created_at": self.created_at,
+            "deadline": self.deadline,
+            "source": self.source,
+            "lost": list(self.lost),
+        }
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> Run:
+        return cls(
+            id=raw["id"],
+            checks=tuple(raw["checks"]),
+            nodes=tuple(raw["nodes"]),
+            params=raw.get("params") or {},
+            created_at=float(raw["created_at"]),
+            deadline=float(raw["deadline"]),
+            source=raw.get("source", "api"),
+            lost=tuple(raw.get("lost") or ()),
+        )
+
+    @classmethod
+    def new(
+        cls,
+        checks: Sequence[str],
+        nodes: Sequence[str],
+        params: Mapping[str, Mapping[str, Any]],
+        deadline_s: float,
+        *,
+        source: str = "api",
+        now: float | None = None,
+        lost: Sequence[str] = (),
+    ) -> Run:
+        created = time.time() if now is None else now
+        run_id = uuid.uuid4().hex
+        return cls(run_id, tuple(checks), tuple(nodes), params, created, created + deadline_s, source, tuple(lost))
+
+
+@dataclasses.dataclass(frozen=True)
+class RunNews:
+    """``Store.run_news``: the next cursor, the new results, and how many fields the run has."""
+
+    cursor: int
+    found: dict[tuple[str, str], dict[str, Any]]
+    total: int
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeView:
+    """What a verdict is computed from (a node's latest result per check and its state), and the
+    labels it last published. ``labels`` None: not read, so a reconcile writes every label it wants."""
+
+    latest: dict[str, CheckResult]
+    state: NodeState
+    labels: dict[str, str] | None = None
+    last_seen: float | None = None
+    """The node's last heartbeat (epoch s); None: it never heartbeated (or it was not read)."""
+
+
+class Store(Protocol):
+    """What the rest of Autopilot may ask of the results store (semantics: ``workers/store.py``).
+
+    ``history_len`` results are kept per node; a run's keys live ``run_ttl_s`` after their last write, and
+    no more than ``run_keep`` runs past their deadline are kept.
+    """
+
+    history_len: int
+    run_ttl_s: int
+    run_keep: int
+
+    # results
+    def save_result(self, result: CheckResult, run_id: str | None = None, *, latest: bool = True) -> None: ...
+    def save_many(
+        self, items: Sequence[tuple[CheckResult, bool]], run_id: str | None = None, *, view: str | None = None
+    ) -> NodeView | None: ...
+    def view(self, node: str) -> NodeView: ...
+    def latest(self, node: str) -> dict[str, CheckResult]: ...
+    def latest_many(self, nodes: Sequence[str]) -> dict[str, dict[str, CheckResult]]: ...
+    def busy_counts(self, nodes: Sequence[str]) -> dict[str, dict[str, int]]: ...
+    def history(self, node: str, limit: int = 50) -> list[CheckResult]: ...
+
+    # runs
+    def create_run(self, run: Run) -> None: ...
+    def get_run(self, run_id: str) -> tuple[Run, dict[tuple[str, str], CheckResult]] | None: ...
+    def get_run_dicts(self, run_id: str) -> tuple[Run, dict[tuple[str, str], dict[str, Any]]] | None: ...
+    def run_answered(self, run_id: str) -> set[tuple[str, str]]: ...
+    def run_news(self, run_id: str, cursor: int) -> RunNews: ...
+    def run_progress(self, run_id: str) -> int: ...
+
+    # nodes
+    def heartbeat(self, record: NodeRecord) -> None: ...
+    def heartbeat_many(self, records: Iterable[NodeRecord]) -> None: ...
+    def node_names(self, *, seen_since: float | None = None) -> list[str]: ...
+    def nodes(self, names: Sequence[str] | None = None) -> list[NodeRecord]: ...
+    def node(self, name: str) -> NodeRecord | None: ...
+    def last_seen(self, names: Sequence[str] | None = None) -> dict[str, float]: ...
+    def forget_node(self, name: str) -> None: ...
+
+    # verdict state and labels
+    def state(self, node: str) -> NodeState: ...
+    def states(self, nodes: Sequence[str]) -> dict[str, NodeState]: ...
+    def set_state(self, node: str, values: Mapping[str, str | None]) -> None: ...
+    def set_state_and_labels(
+        self, node: str, values: Mapping[str, str | None], labels: Mapping[str, str | None]
+    ) -> None: ...
+    def labels(self, node: str) -> dict[str, str]: ...
+    def set_labels(self, node: str, labels: Mapping[str, str | None]) -> None: ...
+
+    # confirmation and remediation
+    def confirmation_marks(self, node: str) -> tuple[str, frozenset[str]]: ...
+    def record_confirmations(
+        self, node: str, *, runs: Iterable[str], prevented: Iterable[str], pending: Iterable[str]
+    ) -> None: ...
+    def confirmation_counts(self, nodes: Sequence[str]) -> dict[str, dict[str, int]]: ...
+    def set_remediation_summary(self, values: Mapping[str, float]) -> None: ...
+    def remediation_summary(self) -> dict[str, float]: ...
+
+    # de-duplication
+    def claim(self, name: str, ttl_s: float) -> bool: ...
+    def claim_tick(self, name: str, now: float, interval_s: float) -> bool: ...
+    def ping(self) -> bool: ...

@@ -1,0 +1,45 @@
+"""One grammar for a value wherever it is given: a setting, a check parameter or an API input."""
+
+from __future__ import annotations
+
+import pytest
+
+from api import inputs
+from autopilot import config, errors, parsing
+from autopilot.registry import Param
+
+
+@pytest.mark.parametrize(
+    ("word", "meant"),
+    [
+        ("true", True),
+        (" Yes", True),
+        ("ON", True),
+        ("1", True),
+        ("false", False),
+        ("no", False),
+        ("Off ", False),
+        ("0", False),
+    ],
+)
+def test_a_boolean_means_the_same_as_a_setting_a_check_parameter_and_an_api_input(word: str, meant: bool) -> None:
+    assert parsing.parse_bool(word, field="x") is meant
+    assert config.Settings.from_env({"AUTOPILOT_CONFIRM_RUNS": word}).confirm_runs is meant
+    assert Param("flag", bool, False, "").parse(word) is meant
+    assert inputs.gpus_flag(word) is meant
+
+
+@pytest.mark.parametrize("word", ["maybe", "tru", "2", "y"])
+def test_a_word_that_is_not_a_boolean_is_refused_everywhere(word: str) -> None:
+    with pytest.raises(errors.BadParameter):
+        config.Settings.from_env({"AUTOPILOT_CONFIRM_RUNS": word})
+    with pytest.raises(errors.BadParameter):
+        Param("flag", bool, False, "").parse(word)
+    with pytest.raises(errors.BadParameter, match="gpus"):
+        inputs.gpus_flag(word)
+
+
+def test_a_duration_means_the_same_as_a_setting_and_an_api_input() -> None:
+    assert parsing.parse_duration("2m") == 120.0
+    assert config.Settings.from_env({"AUTOPILOT_RUN_TTL": "2m"}).run_ttl_s == 120.0
+    assert inputs.parse_seconds("2m", field="deadline", lo=1, hi=600) == 120.0
