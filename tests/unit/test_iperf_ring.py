@@ -396,7 +396,7 @@ def test_network_report_needs_no_ring_for_a_plain_dispatcher() -> None:
 
 
 def test_gather_network_report_from_stored_results() -> None:
-    from api import gather
+    from workers import runs as gather
 
     run = Run.new(["ping"], ["a", "b", "c"], {}, 10)
     found = {

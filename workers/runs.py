@@ -1,4 +1,9 @@
-"""Fan a run out to its nodes and gather the answers from the results store, with deadlines.
+"""One home for runs: create a run, fan it out, gather its answers and report them.
+
+The API's routes validate a request, select its nodes and call this module (``gather`` for
+``/status``, ``start`` and ``read`` for ``/api/v1/runs``), then render what it returns; beat's
+periodic and invasive ticks call ``tick`` (``workers.tasks.fanout``). Every run, whoever asked for
+it, is created, sent and reported here.
 
 ``create_run`` records a run; ``Gather`` sends one ``Envelope`` per node through the dispatcher
 (all the nodes that fit in the free slots in one batch: ``dispatch.send_all``),
@@ -22,9 +27,12 @@ node's missing checks are sent (or joined) again, under this run's deadline for 
 and ``/api/v1/runs/<id>``; for the network checks it adds ``network``: the suspects that
 ``network.localise`` names from the run's pair results, and iperf's per-interface summary.
 
-``iperf`` is not sent to the nodes like the other checks: its ring needs them all at once, so
-when the dispatcher can send named tasks the gather runs the ring coordinator
-(``workers.ring``) after the other checks, and the run's deadline grows by the ring's bound.
+``iperf`` is not sent to the nodes like the other checks: its ring needs them all at once. When
+the dispatcher can send named tasks, the run's other checks are gathered first, then one
+``autopilot.iperf_ring`` task goes to the control queue (``dispatch.CONTROL_QUEUE``), where a
+worker runs the ring coordinator (``workers.ring``) and writes each node's ``iperf`` result into
+the run; the gather waits for them like any answer, never past the run's deadline (which grows
+by the ring's bound). The process that asked (the API) never coordinates the ring itself.
 ``ping`` over an explicit selection is told the selection (its ``nodes``), so each node pings
 only the other selected nodes.
 """
@@ -32,22 +40,23 @@ only the other selected nodes.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import logging
 import math
 import threading
-from collections.abc import Collection, Mapping, Sequence
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from api.inputs import RunRequest
-from api.selection import Selection
-from api.services import Services
-from autopilot import network, results, verdict
+from autopilot import config, network, registry, results, verdict
 from autopilot.checks import iperf
+from autopilot.cluster import ClusterClient
+from autopilot.registry import CheckRegistry
 from autopilot.results import CheckResult, Status
 from workers import reconcile, ring
-from workers.dispatch import Envelope, Flights, Joined, TaskSender, send_all, task_sender
+from workers.dispatch import Dispatcher, Envelope, Flights, Joined, TaskSender, send_all, task_sender
 from workers.store import ResultsStore, Run
 
 log = logging.getLogger(__name__)
@@ -62,6 +71,48 @@ WAVE_SLACK_S = POLL_MAX_S + 0.05
 # never started (another GPU check held the GPUs until the deadline) and the rest were ok.
 NODE_STATUSES = ("ok", "skipped", "busy", "pending", "unknown", "unreachable", "error", "warn", "fail")
 RING_CHECK = "iperf"
+
+
+@dataclasses.dataclass
+class Services:
+    """What a run needs: settings, store, dispatcher, cluster seam, check registry, clock and sleep.
+
+    The API keeps one in its app (``api.services``); beat builds one per tick. The clock and sleep
+    are here so tests can drive a gather without waiting.
+    """
+
+    settings: config.Settings
+    store: ResultsStore
+    dispatcher: Dispatcher
+    checks: CheckRegistry
+    cluster: ClusterClient | None = None
+    clock: Callable[[], float] = time.time
+    sleep: Callable[[float], None] = time.sleep
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRequest:
+    """A validated request to run ``checks`` on a selection of nodes."""
+
+    checks: tuple[str, ...]
+    hosts: tuple[str, ...] = ()
+    nodelabel: tuple[str, str] | None = None
+    job: tuple[str, str, str] | None = None
+    params: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    deadline_s: float = 60.0
+    batch: int | None = None  # None: every selected node at once
+
+    @property
+    def explicit(self) -> bool:
+        """True when the request names its nodes (otherwise: every live node)."""
+        return bool(self.hosts or self.nodelabel or self.job)
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    nodes: tuple[str, ...]  # known nodes, in request order: these are dispatched, except the lost ones
+    unknown: tuple[str, ...] = ()  # named, but no worker has registered them
+    lost: tuple[str, ...] = ()  # of ``nodes`` (host=all only): no heartbeat for ``settings.live_after_s``
 
 
 def run_deadline_s(nodes: int, batch: int | None, node_deadline_s: float) -> float:
