@@ -32,10 +32,10 @@ from autopilot.cluster import ClusterClient
 from autopilot.results import CheckResult
 from workers import broker, confirming, ring, tasks
 from workers import host as hosting
-from workers.dispatch import RUN_TASK, CeleryDispatcher
+from workers.dispatch import CONTROL_QUEUE, RUN_TASK, CeleryDispatcher
 from workers.store import ResultsStore
 
-CONTROL_QUEUE = "autopilot.control"
+__all__ = ["CONTROL_QUEUE", "create_celery", "make_store"]
 log = logging.getLogger(__name__)
 
 
@@ -265,6 +265,13 @@ def create_celery(settings: config.Settings) -> Celery:
     @app.task(name=ring.STOP_TASK, acks_late=False)
     def iperf_stop_task(*, run_id: str, node: str) -> int:
         return tasks.iperf_stop(hosting.current(), run_id=run_id, node=node)
+
+    # The ring's coordinator (sent to the control queue by workers.runs). Acked early: a worker
+    # that dies mid-ring stops renewing the ring's lease, and its run reports the missing iperf
+    # results at the run's deadline, rather than a redelivery starting a second ring later.
+    @app.task(name=ring.RING_TASK, acks_late=False)
+    def iperf_ring_task(*, run_id: str, nodes: list[str], params: dict[str, Any]) -> dict[str, str]:
+        return tasks.iperf_ring(store, dispatcher, settings, run_id=run_id, nodes=nodes, params=params)
 
     app.conf.autopilot_store = store
     return app

@@ -50,7 +50,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from autopilot import config, network, registry, results, verdict
+from autopilot import config, network, results, verdict
 from autopilot.checks import iperf
 from autopilot.cluster import ClusterClient
 from autopilot.registry import CheckRegistry
@@ -153,17 +153,11 @@ def create_run(svc: Services, req: RunRequest, selection: Selection, *, source: 
     return run
 
 
-def run_ring(svc: Services, run: Run, sender: TaskSender) -> None:
-    ring.run_ring(
-        svc.store,
-        sender,
-        svc.settings,
-        run.id,
-        run.nodes,
-        run.params.get(RING_CHECK, {}),
-        clock=svc.clock,
-        sleep=svc.sleep,
-    )
+def send_ring(run: Run, sender: TaskSender) -> None:
+    """Hand the run's ``iperf`` ring to a worker: one coordinator task on the control queue,
+    dropped unrun at the run's deadline (its nodes are then reported without an iperf answer)."""
+    kwargs = {"run_id": run.id, "nodes": list(run.nodes), "params": dict(run.params.get(RING_CHECK, {}))}
+    sender.send_control(ring.RING_TASK, kwargs, expires=run.deadline)
 
 
 def answered(store: ResultsStore, run_id: str) -> set[tuple[str, str]]:
@@ -327,6 +321,27 @@ class Gather:
             )
         return self._have
 
+    def wait_for_check(self, check: str, until: float) -> set[str]:
+        """Poll until every node of the run has ``check``'s answer, or ``until``; the nodes still without one.
+
+        For the ring's results, written by its coordinator (a worker) into the run.
+        """
+        delay = POLL_FIRST_S
+        while True:
+            if self._by_keys:
+                have = {n for n, c in answered(self.svc.store, self.run.id) if c == check}
+            else:
+                self._read_news()
+                have = {n for n, c in self.found if c == check}
+            missing = {n for n in self.run.nodes if n not in have}
+            left = until - self.svc.clock()
+            if not missing or left <= 0:
+                return missing
+            if self._news:
+                delay = POLL_FIRST_S
+            self.svc.sleep(max(0.001, min(delay, left)))
+            delay = min(POLL_MAX_S, delay * POLL_GROWTH)
+
     def results(self) -> dict[tuple[str, str], dict[str, Any]]:
         """Everything the run holds now (the last news, or the whole run when counting by keys)."""
         if not self._by_keys:
@@ -350,6 +365,34 @@ class Gather:
             delay = min(POLL_MAX_S, delay * POLL_GROWTH)
 
 
+def tick(svc: Services, *, kind: str, now: float) -> Run | None:
+    """Beat's periodic (or invasive) tick: one run over every live node, sent at once.
+
+    The tick's executions are claimed (``Flights.lead``) so a request during the tick joins its
+    checks instead of queueing its own behind them for the node's GPU lock. Nothing is gathered:
+    the workers' results reach the store (and the verdicts) without anyone waiting on them.
+    """
+    settings = svc.settings
+    interval = settings.periodic_interval_s if kind == "periodic" else settings.invasive_interval_s
+    nodes = svc.store.node_names(seen_since=now - settings.live_after_s)
+    if kind == "periodic":
+        checks = reconcile.periodic_checks(settings)
+        params: dict[str, dict[str, Any]] = {}
+    else:
+        checks = ["dcgm"]
+        params = {"dcgm": {"r": 3}}
+    if not nodes or not checks:
+        return None
+    timeout = max(svc.checks.get(c).timeout_s for c in checks)
+    run = Run.new(checks, nodes, params, deadline_s=min(interval, timeout + 60), source=kind, now=now)
+    svc.store.create_run(run)
+    envelopes = [Envelope(run.id, node, run.checks, params, run.deadline) for node in nodes]
+    Flights(svc.store.r).lead(envelopes, now=now)
+    send_all(svc.dispatcher, envelopes)
+    log.info("fanout %s: run %s over %d nodes", kind, run.id, len(nodes))
+    return run
+
+
 def gather(svc: Services, req: RunRequest, selection: Selection) -> dict[str, Any]:
     """Run ``req`` on the selected nodes and wait for the answer (``/status``)."""
     run = create_run(svc, req, selection)
@@ -357,9 +400,11 @@ def gather(svc: Services, req: RunRequest, selection: Selection) -> dict[str, An
     without = (RING_CHECK,) if sender else ()
     g = Gather(svc, run, node_deadline_s=req.deadline_s, batch=req.batch, without=without, lost=selection.lost)
     g.wait()
+    timed_out = set(g.expired)
     if sender is not None:
-        run_ring(svc, run, sender)
-    return report(svc, run, g.results(), timed_out=g.expired, unknown=selection.unknown, complete=True)
+        send_ring(run, sender)
+        timed_out |= g.wait_for_check(RING_CHECK, run.deadline)
+    return report(svc, run, g.results(), timed_out=timed_out, unknown=selection.unknown, complete=True)
 
 
 def start(svc: Services, req: RunRequest, selection: Selection) -> Run:
@@ -383,7 +428,7 @@ def _continue(g: Gather, sender: TaskSender | None = None) -> None:
     try:
         g.wait()
         if sender is not None:
-            run_ring(g.svc, g.run, sender)
+            send_ring(g.run, sender)
     except Exception:  # a background thread has nobody to raise to: log it, the run times out
         log.exception("gather of run %s failed", g.run.id)
 
