@@ -49,20 +49,6 @@ def _stop_iperf_servers(**_: Any) -> None:
 signals.worker_shutdown.connect(_stop_iperf_servers)
 
 
-def _worker_broker(conf: Any = None, **_: Any) -> None:
-    """In a worker, kombu's Redis transport with one shared client per channel (``workers.broker``).
-
-    Only workers take it: their per-message bookkeeping is what it saves, while the API publishes
-    in batches and Flower reads the broker by its ``redis://`` address, which a custom transport
-    would rename. Other schemes (``rediss://``, ``sentinel://``) keep their own transports.
-    """
-    if conf is not None and str(conf.broker_url or "").startswith("redis://"):
-        conf.broker_transport = broker.TRANSPORT
-
-
-signals.celeryd_init.connect(_worker_broker)
-
-
 _CLIENT_OPTIONS: dict[str, Any] = {
     "socket_timeout": 10,
     "socket_connect_timeout": 5,
@@ -185,6 +171,8 @@ def create_celery(settings: config.Settings) -> Celery:
         # consumes hundreds of queues, and building that command was a third of its CPU.
         broker_transport_options={"visibility_timeout": int(longest + 600), "priority_steps": [0], **transport},
         worker_hijack_root_logger=False,
+        # Celery's consumer on kombu as released, skipping messages it cannot read (workers.broker).
+        worker_consumer=broker.CONSUMER,
         worker_send_task_events=True,
         # Workers still send task-received/started/succeeded events, which is what Flower shows;
         # a task-sent event per publish doubled the API's Redis writes during a fan-out.
