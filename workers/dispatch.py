@@ -245,21 +245,17 @@ class CeleryDispatcher:
         self.app = app
 
     def send_task(self, task: str, node: str, kwargs: Mapping[str, Any], *, expires: float) -> None:
-        queue = names.node_queue(node)
+        self._send_to(names.node_queue(node), task, kwargs, expires)
+
+    def send_control(self, task: str, kwargs: Mapping[str, Any], *, expires: float) -> None:
+        self._send_to(CONTROL_QUEUE, task, kwargs, expires)
+
+    def _send_to(self, queue: str, task: str, kwargs: Mapping[str, Any], expires: float) -> None:
         self.app.send_task(
             task,
             kwargs=dict(kwargs),
             queue=queue,
             routing_key=queue,
-            expires=datetime.fromtimestamp(expires, UTC),
-        )
-
-    def send_control(self, task: str, kwargs: Mapping[str, Any], *, expires: float) -> None:
-        self.app.send_task(
-            task,
-            kwargs=dict(kwargs),
-            queue=CONTROL_QUEUE,
-            routing_key=CONTROL_QUEUE,
             expires=datetime.fromtimestamp(expires, UTC),
         )
 

@@ -123,8 +123,9 @@ def run_deadline_s(nodes: int, batch: int | None, node_deadline_s: float) -> flo
 
 
 def ring_sender(svc: Services, checks: Collection[str]) -> TaskSender | None:
-    """The sender the ring coordinator uses, when ``checks`` has iperf and the dispatcher can send
-    named tasks; otherwise None (iperf then goes out like any check, and a worker skips it)."""
+    """The sender of the ring's coordinator task (and the coordinator's own tasks, in the worker),
+    when ``checks`` has iperf and the dispatcher can send named tasks; otherwise None (iperf then
+    goes out like any check, and a worker skips it)."""
     return task_sender(svc.dispatcher) if RING_CHECK in checks else None
 
 
@@ -410,13 +411,17 @@ def gather(svc: Services, req: RunRequest, selection: Selection) -> dict[str, An
 def start(svc: Services, req: RunRequest, selection: Selection) -> Run:
     """Create the run and send it; a batched run keeps sending from a background thread.
 
-    The first wave is sent before this returns, so a broker failure reaches the caller.
+    The first wave is sent before this returns, so a broker failure reaches the caller. The ring's
+    coordinator task is sent once the run's other checks are in (at once when it has none).
     """
     run = create_run(svc, req, selection)
     sender = ring_sender(svc, run.checks)
     without = (RING_CHECK,) if sender else ()
     g = Gather(svc, run, node_deadline_s=req.deadline_s, batch=req.batch, without=without, lost=selection.lost)
     g.send_ready()
+    if sender is not None and g.finished:
+        send_ring(run, sender)
+        sender = None
     # Joined executions are copied into the run by the gather, so it goes on in the background.
     if sender is not None or (not g.finished and (g.waiting or g.joined)):
         thread = threading.Thread(target=_continue, args=(g, sender), name=f"gather-{run.id[:8]}", daemon=True)
