@@ -86,7 +86,11 @@ def worker_main(argv: Sequence[str]) -> int:
     parser.add_argument(
         "--concurrency", type=int, default=None, help="worker threads (default AUTOPILOT_WORKER_CONCURRENCY)"
     )
-    parser.add_argument("--no-control", action="store_true", help="do not take beat's ticks from autopilot.control")
+    parser.add_argument(
+        "--no-control",
+        action="store_true",
+        help="do not take beat's ticks or iperf ring coordinators from autopilot.control",
+    )
     parser.add_argument(
         "--simulate", type=int, default=0, metavar="N", help="host N simulated GPU nodes sim-0..sim-<N-1>"
     )
