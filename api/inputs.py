@@ -11,7 +11,6 @@ Query strings keep upstream's habits: the first value counts, an empty value mea
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -20,6 +19,7 @@ from werkzeug.datastructures import MultiDict
 
 from autopilot import config, errors, gpuident, names, parsing
 from autopilot.registry import CheckRegistry
+from workers.runs import RunRequest
 
 MAX_NODES = 10_000
 MAX_BATCH = 10_000
@@ -32,24 +32,6 @@ STATUS_QUERY = ("host", "check", "job", "nodelabel", "batch", "r", "deadline", "
 RUN_BODY = ("checks", "hosts", "nodelabel", "job", "params", "deadline", "batch")
 
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
-
-
-@dataclasses.dataclass(frozen=True)
-class RunRequest:
-    """A validated request to run ``checks`` on a selection of nodes."""
-
-    checks: tuple[str, ...]
-    hosts: tuple[str, ...] = ()
-    nodelabel: tuple[str, str] | None = None
-    job: tuple[str, str, str] | None = None
-    params: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
-    deadline_s: float = 60.0
-    batch: int | None = None  # None: every selected node at once
-
-    @property
-    def explicit(self) -> bool:
-        """True when the request names its nodes (otherwise: every live node)."""
-        return bool(self.hosts or self.nodelabel or self.job)
 
 
 # ------------------------------------------------------------------ scalar parsers

@@ -1,4 +1,4 @@
-"""The HTTP routes: thin handlers that validate, select, gather and render.
+"""The HTTP routes: thin handlers that validate, select, call ``workers.runs`` and render.
 
 Upstream-compatible: ``/status`` and the per-check paths (``/pciebw``, ``/remapped``, ``/gpumem``,
 ``/dcgm``, ``/gpupower``, ``/ping``, ``/iperf``, ``/pvc``; each is ``/status?check=<it>``; unlike
@@ -19,12 +19,12 @@ from typing import Any
 import orjson
 from flask import Blueprint, Response, jsonify, request, url_for
 
-from api import gather, inputs, limits, openapi, selection, text
+from api import inputs, limits, openapi, selection, text
 from api.errors import ApiError, json_error
 from api.services import services
 from autopilot import baseline, config, errors, gpuverdict, names
 from autopilot.store import NodeState
-from workers import reconcile
+from workers import reconcile, runs
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def _status(fixed_check: str | None) -> Response:
     req, fmt = inputs.from_query(request.args, svc.checks, svc.settings, fixed_check=fixed_check)
     with limits.waits().slot():
         chosen = selection.select(svc, req, now=svc.clock())
-        report = gather.gather(svc, req, chosen)
+        report = runs.gather(svc, req, chosen)
     if fmt == "json":
         return jsonify(report)
     return Response(text.render(report), mimetype="text/plain")
@@ -85,7 +85,7 @@ def create_run() -> tuple[Response, int, dict[str, str]]:
     svc = services()
     req = inputs.from_json(_json_body(), svc.checks, svc.settings)
     chosen = selection.select(svc, req, now=svc.clock())
-    run = gather.start(svc, req, chosen)
+    run = runs.start(svc, req, chosen)
     location = url_for("autopilot.get_run", run_id=run.id)
     answer = {
         "id": run.id,
@@ -93,7 +93,7 @@ def create_run() -> tuple[Response, int, dict[str, str]]:
         "checks": list(run.checks),
         "nodes": list(run.nodes),
         "unknown": list(chosen.unknown),
-        "deadline": gather.iso_time(run.deadline),
+        "deadline": runs.iso_time(run.deadline),
         "deadline_s": round(run.deadline - run.created_at, 3),
     }
     return jsonify(answer), 202, {"Location": location}
@@ -125,9 +125,9 @@ def get_run(run_id: str) -> Response:
     wait_s = inputs.parse_seconds(wait, field="wait", lo=0, hi=MAX_WAIT_S) if wait else 0.0
     if wait_s > 0:
         with limits.waits().slot():
-            report = gather.read(svc, run_id, wait_s=wait_s)
+            report = runs.read(svc, run_id, wait_s=wait_s)
     else:
-        report = gather.read(svc, run_id)
+        report = runs.read(svc, run_id)
     if report is None:
         raise ApiError(404, "not_found", f"no run {run_id} (unknown or expired)", field="id")
     return jsonify(report)
@@ -148,7 +148,7 @@ def _node_entry(record: Any, state: NodeState, now: float, settings: config.Sett
         **record.to_dict(),
         **_verdict(state, record, now, settings),
         "live": record.last_seen >= now - settings.live_after_s,
-        "last_seen_at": gather.iso_time(record.last_seen) if record.last_seen else None,
+        "last_seen_at": runs.iso_time(record.last_seen) if record.last_seen else None,
     }
 
 
@@ -210,7 +210,7 @@ def get_node(name: str) -> Response:
             "name": name,
             "record": record.to_dict() if record else None,
             "live": bool(record and record.last_seen >= svc.clock() - svc.settings.live_after_s),
-            "last_seen_at": gather.iso_time(record.last_seen) if record and record.last_seen else None,
+            "last_seen_at": runs.iso_time(record.last_seen) if record and record.last_seen else None,
             **_verdict(state, record, svc.clock(), svc.settings),
             **_eviction(state),
             "state": {k: v for k, v in state.to_fields().items() if k not in ("reasons", "gpus")},

@@ -20,22 +20,13 @@ is reported as ``unknown`` instead of being enqueued into a queue nobody consume
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 from api.errors import ApiError
-from api.inputs import RunRequest
-from api.services import Services
 from autopilot import errors, names
+from workers.runs import RunRequest, Selection, Services
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class Selection:
-    nodes: tuple[str, ...]  # known nodes, in request order: these are dispatched, except the lost ones
-    unknown: tuple[str, ...] = ()  # named, but no worker has registered them
-    lost: tuple[str, ...] = ()  # of ``nodes`` (host=all only): no heartbeat for ``settings.live_after_s``
 
 
 def select(svc: Services, req: RunRequest, *, now: float) -> Selection:

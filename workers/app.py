@@ -33,10 +33,10 @@ from autopilot.errors import StoreUnavailable
 from autopilot.results import CheckResult
 from workers import broker, confirming, ring, tasks
 from workers import host as hosting
-from workers.dispatch import RUN_TASK, CeleryDispatcher
+from workers.dispatch import CONTROL_QUEUE, RUN_TASK, CeleryDispatcher
 from workers.store import ResultsStore
 
-CONTROL_QUEUE = "autopilot.control"
+__all__ = ["CONTROL_QUEUE", "create_celery", "make_store"]
 log = logging.getLogger(__name__)
 
 
@@ -48,20 +48,6 @@ def _stop_iperf_servers(**_: Any) -> None:
 
 
 signals.worker_shutdown.connect(_stop_iperf_servers)
-
-
-def _worker_broker(conf: Any = None, **_: Any) -> None:
-    """In a worker, kombu's Redis transport with one shared client per channel (``workers.broker``).
-
-    Only workers take it: their per-message bookkeeping is what it saves, while the API publishes
-    in batches and Flower reads the broker by its ``redis://`` address, which a custom transport
-    would rename. Other schemes (``rediss://``, ``sentinel://``) keep their own transports.
-    """
-    if conf is not None and str(conf.broker_url or "").startswith("redis://"):
-        conf.broker_transport = broker.TRANSPORT
-
-
-signals.celeryd_init.connect(_worker_broker)
 
 
 _CLIENT_OPTIONS: dict[str, Any] = {
@@ -191,6 +177,8 @@ def create_celery(settings: config.Settings) -> Celery:
         # consumes hundreds of queues, and building that command was a third of its CPU.
         broker_transport_options={"visibility_timeout": int(longest + 600), "priority_steps": [0], **transport},
         worker_hijack_root_logger=False,
+        # Celery's consumer on kombu as released, skipping messages it cannot read (workers.broker).
+        worker_consumer=broker.CONSUMER,
         worker_send_task_events=True,
         # Workers still send task-received/started/succeeded events, which is what Flower shows;
         # a task-sent event per publish doubled the API's Redis writes during a fan-out.
@@ -271,6 +259,13 @@ def create_celery(settings: config.Settings) -> Celery:
     @app.task(name=ring.STOP_TASK, acks_late=False)
     def iperf_stop_task(*, run_id: str, node: str) -> int:
         return tasks.iperf_stop(hosting.current(), run_id=run_id, node=node)
+
+    # The ring's coordinator (sent to the control queue by workers.runs). Acked early: a worker
+    # that dies mid-ring stops renewing the ring's lease, and its run reports the missing iperf
+    # results at the run's deadline, rather than a redelivery starting a second ring later.
+    @app.task(name=ring.RING_TASK, acks_late=False)
+    def iperf_ring_task(*, run_id: str, nodes: list[str], params: dict[str, Any]) -> dict[str, str]:
+        return tasks.iperf_ring(store, dispatcher, settings, run_id=run_id, nodes=nodes, params=params)
 
     app.conf.autopilot_store = store
     return app

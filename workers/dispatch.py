@@ -24,7 +24,8 @@ GPU lock. Fifty requests over the same nodes so cost one check per node, not fif
 turns of each node's GPU lock).
 
 A dispatcher may also send named tasks to a node's queue (``send_task``; the ``iperf`` ring's
-server, client and stop tasks). ``task_sender(d)`` says whether ``d`` can: ``CeleryDispatcher``
+server, client and stop tasks) and to the control queue every worker consumes (``send_control``;
+the ring's coordinator). ``task_sender(d)`` says whether ``d`` can: ``CeleryDispatcher``
 always, ``FakeDispatcher`` when it was given ``on_task`` to answer them.
 """
 
@@ -45,6 +46,8 @@ from autopilot import names, registry
 from workers.store import P, translating
 
 RUN_TASK = "autopilot.run_checks"
+# Beat's ticks and the iperf ring's coordinator: every worker consumes it, the first free one runs each.
+CONTROL_QUEUE = "autopilot.control"
 # Redis commands buffered before a publish batch is flushed mid-gather (one LPUSH per task).
 PUBLISH_BATCH = 1000
 
@@ -238,6 +241,10 @@ class TaskSender(Protocol):
 
     def send_task(self, task: str, node: str, kwargs: Mapping[str, Any], *, expires: float) -> None: ...
 
+    def send_control(self, task: str, kwargs: Mapping[str, Any], *, expires: float) -> None:
+        """Sends one named task to the control queue, for whichever worker takes it first."""
+        ...
+
 
 def task_sender(dispatcher: object) -> TaskSender | None:
     """``dispatcher`` as a ``TaskSender`` when it can send named tasks, else None."""
@@ -254,7 +261,12 @@ class CeleryDispatcher:
         self.app = app
 
     def send_task(self, task: str, node: str, kwargs: Mapping[str, Any], *, expires: float) -> None:
-        queue = names.node_queue(node)
+        self._send_to(names.node_queue(node), task, kwargs, expires)
+
+    def send_control(self, task: str, kwargs: Mapping[str, Any], *, expires: float) -> None:
+        self._send_to(CONTROL_QUEUE, task, kwargs, expires)
+
+    def _send_to(self, queue: str, task: str, kwargs: Mapping[str, Any], expires: float) -> None:
         self.app.send_task(
             task,
             kwargs=dict(kwargs),
@@ -314,7 +326,8 @@ class CeleryDispatcher:
 class FakeDispatcher:
     """Records envelopes; ``on_send`` lets a test answer them (e.g. run the task inline).
 
-    With ``on_task`` it also takes named tasks (``tasks`` records them as (task, node, kwargs)).
+    With ``on_task`` it also takes named tasks (``tasks`` records them as (task, node, kwargs);
+    a task for the control queue has ``CONTROL_QUEUE`` for its node).
     """
 
     def __init__(self, on_send: Any = None, on_task: Any = None) -> None:
@@ -332,6 +345,11 @@ class FakeDispatcher:
         self.tasks.append((task, node, dict(kwargs)))
         if self.on_task is not None:
             self.on_task(task, node, dict(kwargs))
+
+    def send_control(self, task: str, kwargs: Mapping[str, Any], *, expires: float) -> None:
+        self.tasks.append((task, CONTROL_QUEUE, dict(kwargs)))
+        if self.on_task is not None:
+            self.on_task(task, CONTROL_QUEUE, dict(kwargs))
 
     def send(self, envelope: Envelope) -> None:
         self.sent.append(envelope)

@@ -21,7 +21,7 @@ from autopilot import __version__, config, errors, names, nodeinfo
 from autopilot import cluster as cluster_mod
 from autopilot.context import CheckContext
 from workers import host as hosting
-from workers import invasive_flow
+from workers import invasive_flow, simbroker
 from workers.app import CONTROL_QUEUE, create_celery, make_store
 from workers.store import NodeRecord, ResultsStore
 
@@ -86,7 +86,11 @@ def worker_main(argv: Sequence[str]) -> int:
     parser.add_argument(
         "--concurrency", type=int, default=None, help="worker threads (default AUTOPILOT_WORKER_CONCURRENCY)"
     )
-    parser.add_argument("--no-control", action="store_true", help="do not take beat's ticks from autopilot.control")
+    parser.add_argument(
+        "--no-control",
+        action="store_true",
+        help="do not take beat's ticks or iperf ring coordinators from autopilot.control",
+    )
     parser.add_argument(
         "--simulate", type=int, default=0, metavar="N", help="host N simulated GPU nodes sim-0..sim-<N-1>"
     )
@@ -175,6 +179,12 @@ def worker_main(argv: Sequence[str]) -> int:
     if not args.no_control:
         queues.append(CONTROL_QUEUE)
     app = create_celery(settings)
+    if args.simulate:
+        # Hundreds of queues in one process: the simulator's transport (simulator-only code, tied
+        # to the kombu release it was checked against); a real worker keeps kombu's own.
+        transport = simbroker.transport_for(str(app.conf.broker_url or ""))
+        if transport is not None:
+            app.conf.broker_transport = transport
     first = next(iter(contexts))
     nodename = f"{first}@autopilot" if len(contexts) == 1 else f"sim-{args.simulate_offset}-{len(contexts)}@autopilot"
 

@@ -1,6 +1,8 @@
 """The ``iperf`` ring (upstream section 5.8) as Celery work: coordinator and worker side.
 
-Coordinator (``run_ring``, called by the API's gather for ``check=iperf``):
+Coordinator (``run_ring``): the body of the ``autopilot.iperf_ring`` task (``RING_TASK``), which
+``workers.runs`` sends to the control queue for a run with ``iperf``; a worker runs it, never
+the API process:
 
 1. plan: the ring members' addresses per interface ("lane") from their node records; an
    interface holding several addresses on a node gives lanes ``<if>-0``, ``<if>-1``...;
@@ -16,7 +18,10 @@ Coordinator (``run_ring``, called by the API's gather for ``check=iperf``):
 Workers answer into a Redis hash per run (``ap:ring:<run>``: ``servers|<node>``,
 ``clients|<phase>|<node>``, ``stopped|<node>``). A worker holds its servers in ``SERVERS``; each
 dies by its lifetime timer if the stop message never comes, and all die on worker shutdown. Only
-one ring runs at a time (a store claim): two would measure each other.
+one ring runs at a time: two would measure each other. The coordinator holds a store lease
+(``ResultsStore.lease``) of ``CLAIM_TTL_S``, renewed while it waits and released when it ends;
+a coordinator that dies (its worker killed or restarted) stops renewing it, so the next ring can
+start within ``CLAIM_TTL_S``, not after the dead ring's whole bound.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ log = logging.getLogger(__name__)
 SERVERS_TASK = "autopilot.iperf_servers"
 CLIENTS_TASK = "autopilot.iperf_clients"
 STOP_TASK = "autopilot.iperf_stop"
+RING_TASK = "autopilot.iperf_ring"  # the coordinator itself, on the control queue
 
 SERVERS_WAIT_S = 15.0  # a worker takes the task and has its servers listening within this
 STARTUP_CHECK_S = 0.5  # a server that cannot bind exits at once: look after this long
@@ -53,6 +59,9 @@ STOP_WAIT_S = 5.0
 LIFETIME_SLACK_S = 30.0
 POLL_S = 0.1
 CLAIM = "iperf-ring"
+# The ring's lease lapses this long after its last renewal (renewed every third of it while the
+# coordinator waits): the longest a dead coordinator keeps the next ring from starting.
+CLAIM_TTL_S = 30.0
 
 
 def post(store: ResultsStore, run_id: str, field: str, payload: Mapping[str, Any], ttl_s: float = 3600) -> None:
@@ -276,14 +285,25 @@ class Coordinator:
         self.clock = clock
         self.sleep = sleep
         self.fleet = store.fleet(settings)
+        self._renewed = float("-inf")  # time.monotonic() of the last lease renewal
 
     def wait_for(self, run_id: str, prefix: str, nodes: Sequence[str], deadline: float) -> dict[str, dict[str, Any]]:
         """The answers of ``nodes`` under ``prefix``, polling until all are in or ``deadline``."""
         while True:
+            self.renew(run_id)
             got = {n: v for n, v in replies(self.store, run_id, prefix).items() if n in nodes}
             if len(got) >= len(set(nodes)) or self.clock() >= deadline:
                 return got
             self.sleep(max(0.001, min(POLL_S, deadline - self.clock())))
+
+    def renew(self, run_id: str) -> None:
+        """Keep the ring's lease while this coordinator lives (at most every third of its TTL)."""
+        now = time.monotonic()
+        if now - self._renewed < CLAIM_TTL_S / 3:
+            return
+        self._renewed = now
+        if not self.store.lease(CLAIM, run_id, CLAIM_TTL_S):
+            log.warning("iperf ring %s: lost its lease (held up past %g s), another may start", run_id, CLAIM_TTL_S)
 
     def run(self, run_id: str, nodes: Sequence[str], params: Mapping[str, Any]) -> RingOutcome:
         started = self.clock()
@@ -301,10 +321,11 @@ class Coordinator:
                 notes[node] = "no address shared with another member on the network interfaces"
         if len(in_ring) < 2:
             return self._finish(run_id, nodes, params, started, [], servers, stopped, notes, skip=True)
-        if not self.store.claim(CLAIM, lifetime):
+        if not self.store.lease(CLAIM, run_id, CLAIM_TTL_S):
             for node in nodes:
                 notes.setdefault(node, "another iperf run is in progress")
             return self._finish(run_id, nodes, params, started, [], servers, stopped, notes, busy=True)
+        self._renewed = time.monotonic()
         asked: list[str] = []
         try:
             # 1. servers
@@ -341,7 +362,7 @@ class Coordinator:
                     except Exception:  # noqa: BLE001 - a broker error must not keep the others' stops
                         log.exception("iperf ring %s: stop for %s not sent", run_id, node)
                 stopped = self.wait_for(run_id, "stopped", [n for n in asked if n in servers], until)
-            self.store.release(CLAIM)
+            self.store.release(CLAIM, run_id)
         return self._finish(run_id, nodes, params, started, pairs, servers, stopped, notes)
 
     def _step(

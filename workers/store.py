@@ -420,6 +420,48 @@ class ResultsStore:
         """True for the first caller to claim ``name`` within ``ttl_s`` (beat ticks, invasive runs)."""
         return bool(self.r.set(f"{P}tick:{name}", str(time.time()), nx=True, ex=max(1, int(ttl_s))))
 
+    def lease(self, name: str, owner: str, ttl_s: float) -> bool:
+        """Take, or renew, the lease ``name`` for ``owner``; False while another owner holds it.
+
+        A lease lapses ``ttl_s`` after its last renewal, so a holder that dies (killed, restarted)
+        frees it within ``ttl_s`` with nobody releasing it (the iperf ring's one-at-a-time claim).
+        """
+        key = f"{P}lease:{name}"
+        ttl_ms = max(1, int(ttl_s * 1000))
+        if self.r.set(key, owner, nx=True, px=ttl_ms):
+            return True
+        with self.r.pipeline() as pipe:
+            try:
+                pipe.watch(key)
+                # Under WATCH the pipeline runs commands at once: GET returns the value itself.
+                held: bytes | None = pipe.get(key)  # type: ignore[assignment]
+                if held is not None and _s(held) != owner:
+                    pipe.unwatch()
+                    return False
+                pipe.multi()
+                pipe.set(key, owner, px=ttl_ms)
+                pipe.execute()
+                return True
+            except redis.WatchError:  # taken or renewed by someone else meanwhile
+                return False
+
+    def release(self, name: str, owner: str) -> None:
+        """Drop the lease ``name`` if ``owner`` still holds it (never another owner's)."""
+        key = f"{P}lease:{name}"
+        with self.r.pipeline() as pipe:
+            try:
+                pipe.watch(key)
+                # Under WATCH the pipeline runs commands at once: GET returns the value itself.
+                held: bytes | None = pipe.get(key)  # type: ignore[assignment]
+                if held is None or _s(held) != owner:
+                    pipe.unwatch()
+                    return
+                pipe.multi()
+                pipe.delete(key)
+                pipe.execute()
+            except redis.WatchError:  # renewed or taken meanwhile: not ours to drop
+                return
+
     def claim_tick(self, name: str, now: float, interval_s: float) -> bool:
         """True for the one caller that may do periodic work ``name`` at ``now``.
 
@@ -449,10 +491,6 @@ class ResultsStore:
 
     def ping(self) -> bool:
         return bool(self.r.ping())
-
-    def release(self, name: str) -> None:
-        """Give up a ``claim`` before its TTL (the work it guarded is over)."""
-        self.r.delete(f"{P}tick:{name}")
 
     # ------------------------------------------------------------------ short-lived answers (the iperf ring)
 

@@ -9,7 +9,8 @@
 ``reconcile``   beat's verdict/label tick and stale/lost sweep over every known node;
 ``iperf_servers``, ``iperf_clients``, ``iperf_stop``
                 one node's part of the ``iperf`` ring (``workers.ring``), answered into the
-                ring's hash in the store.
+                ring's hash in the store;
+``iperf_ring``  the ring's coordinator, taken from the control queue by one worker.
 
 Beat's reconcile task runs ``reconcile_and_remediate``: the tick, then the remediation pass.
 """
@@ -31,9 +32,9 @@ from autopilot.cluster import ClusterClient
 from autopilot.context import CheckContext
 from autopilot.errors import StoreUnavailable
 from autopilot.results import CheckResult, Status
-from workers import fleet, invasive_flow, remediating, ring
+from workers import fleet, invasive_flow, remediating, ring, runs
 from workers import reconcile as reconciling
-from workers.dispatch import Dispatcher, Envelope, partition
+from workers.dispatch import Dispatcher, TaskSender, partition
 from workers.host import NodeHost
 from workers.store import NodeView, ResultsStore, Run
 
@@ -218,7 +219,7 @@ def fanout(
     kind: str,
     now: float | None = None,
 ) -> Run | None:
-    """One tick of periodic (or invasive) work over every live node; None if already done."""
+    """One tick of periodic (or invasive) work over every live node (``runs.tick``); None if already done."""
     moment = time.time() if now is None else now
     interval = settings.periodic_interval_s if kind == "periodic" else settings.invasive_interval_s
     if interval <= 0:
@@ -227,25 +228,7 @@ def fanout(
     if not store.claim_tick(f"fanout:{kind}", moment, interval):
         log.info("fanout %s: already done for this interval", kind)
         return None
-    nodes = store.node_names(seen_since=moment - settings.live_after_s)
-    if kind == "periodic":
-        checks = reconciling.periodic_checks(settings)
-        params: dict[str, dict[str, Any]] = {}
-    else:
-        checks = ["dcgm"]
-        params = {"dcgm": {"r": 3}}
-    if not nodes or not checks:
-        return None
-    timeout = max(registry.REGISTRY.get(c).timeout_s for c in checks)
-    run = Run.new(checks, nodes, params, deadline_s=min(interval, timeout + 60), source=kind, now=moment)
-    store.create_run(run)
-    envelopes = [Envelope(run.id, node, run.checks, params, run.deadline) for node in nodes]
-    # Requests during the tick join its checks instead of queueing their own behind them.
-    store.flights().lead(envelopes, now=moment)
-    for envelope in envelopes:
-        dispatcher.send(envelope)
-    log.info("fanout %s: run %s over %d nodes", kind, run.id, len(nodes))
-    return run
+    return runs.tick(runs.Services(settings, store, dispatcher, registry.REGISTRY), kind=kind, now=moment)
 
 
 def reconcile(store: ResultsStore, settings: config.Settings, cluster: ClusterClient | None = None) -> dict[str, str]:
@@ -254,6 +237,20 @@ def reconcile(store: ResultsStore, settings: config.Settings, cluster: ClusterCl
     if not store.claim_tick("reconcile", time.time(), max(1.0, settings.reconcile_interval_s)):
         return {}
     return reconciling.reconcile_all(store, settings, cluster)
+
+
+def iperf_ring(
+    store: ResultsStore,
+    sender: TaskSender,
+    settings: config.Settings,
+    *,
+    run_id: str,
+    nodes: Sequence[str],
+    params: Mapping[str, Any],
+) -> dict[str, str]:
+    """Coordinate one run's ``iperf`` ring; each node's result goes into the run. Node -> status."""
+    outcome = ring.run_ring(store, sender, settings, run_id, list(nodes), dict(params))
+    return {node: result.status.value for node, result in outcome.results.items()}
 
 
 def iperf_servers(

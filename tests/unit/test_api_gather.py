@@ -6,14 +6,12 @@ from typing import Any
 
 import fakeredis
 
-from api import gather
-from api.inputs import RunRequest
-from api.selection import Selection
-from api.services import Services
 from autopilot import config
 from autopilot.results import CheckResult, Status
 from tests.unit.api_helpers import stand_in_checks
+from workers import runs as gather
 from workers.dispatch import Envelope, FakeDispatcher
+from workers.runs import RunRequest, Selection, Services
 from workers.store import ResultsStore, RunNews
 
 

@@ -4,6 +4,8 @@
 - inside ``autopilot``, pynvml only in gpus.py and nvml_events.py, kubernetes only in cluster.py, subprocess only
   in commands.py;
 - ``workers`` never imports ``api``;
+- ``api`` reaches ``workers`` only through the modules listed in ``API_MAY_USE`` (runs through
+  ``workers.runs``; never the tasks, the ring coordinator or the broker);
 - no subprocess call with the shell option set, and no ``os.system`` or ``os.popen``, in any of our Python files.
 """
 
@@ -55,6 +57,40 @@ def test_each_outside_system_has_one_door() -> None:
 
 def test_workers_do_not_import_api() -> None:
     assert [str(p) for p in python_files("workers") if "api" in imports(p)] == []
+
+
+# What the API may use of the workers package: runs (create, fan out, gather, report), the
+# Celery app, dispatcher and store it is built with, and the read-only views its routes render.
+API_MAY_USE = {
+    "workers.runs",
+    "workers.app",
+    "workers.dispatch",
+    "workers.store",
+    "workers.reconcile",
+    "workers.fleet",
+    "workers.gpustore",
+    "workers.follower",
+}
+
+
+def worker_modules(path: Path) -> set[str]:
+    """The ``workers`` modules ``path`` imports (``from workers import x`` counts as ``workers.x``)."""
+    tree = ast.parse(path.read_text(), str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.split(".")[0] == "workers")
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module == "workers":
+                found.update(f"workers.{a.name}" for a in node.names)
+            elif node.module.startswith("workers."):
+                found.add(node.module)
+    return found
+
+
+def test_api_uses_only_the_runs_module_and_read_only_views_of_workers() -> None:
+    used = {str(p.relative_to(ROOT)): sorted(worker_modules(p) - API_MAY_USE) for p in python_files("api")}
+    assert {k: v for k, v in used.items() if v} == {}
 
 
 def test_no_shell_anywhere() -> None:

@@ -13,16 +13,17 @@ from typing import Any
 import fakeredis
 import pytest
 
-from api import client, gather, text
+from api import client, text
 from api.metrics import snapshot_from_store
-from api.services import Services
 from autopilot import config
 from autopilot.results import CheckResult, Status
 from tests.unit.api_helpers import stand_in_checks
 from tests.unit.test_metrics import scrape, snap
+from workers import runs as gather
 from workers import simulate, tasks
 from workers.dispatch import FakeDispatcher
 from workers.host import NodeHost
+from workers.runs import Services
 from workers.store import NodeRecord, ResultsStore, Run
 
 NODE = "sim-0"

@@ -7,15 +7,13 @@ from typing import Any
 
 import fakeredis
 
-from api import gather
-from api.inputs import RunRequest
-from api.selection import Selection
-from api.services import Services
 from autopilot import config
 from autopilot.results import CheckResult, Status
 from tests.unit.api_helpers import stand_in_checks
+from workers import runs as gather
 from workers import tasks
 from workers.dispatch import Envelope, FakeDispatcher, Flights
+from workers.runs import RunRequest, Selection, Services
 from workers.store import NodeRecord, ResultsStore
 
 NODES = ("n1", "n2")

@@ -23,7 +23,7 @@ from autopilot.context import CheckContext
 from autopilot.results import CheckResult, Status
 from autopilot.testing import FakeRunner, FakeTelemetry
 from workers import ring, tasks
-from workers.dispatch import Envelope, FakeDispatcher
+from workers.dispatch import CONTROL_QUEUE, Envelope, FakeDispatcher
 from workers.host import NodeHost
 from workers.store import NodeRecord, ResultsStore, Run
 
@@ -117,6 +117,8 @@ class Net:
             body(self.host, **kwargs)
         elif task == ring.STOP_TASK:
             tasks.iperf_stop(self.host, **kwargs)
+        elif task == ring.RING_TASK:  # the coordinator, taken from the control queue by a worker
+            tasks.iperf_ring(self.store, self.dispatcher, self.settings, **kwargs)
 
     def answer_ping(self, env: Envelope) -> None:
         """A worker's ping result: every other selected node, failed where a link is down."""
@@ -260,11 +262,63 @@ def test_a_failing_step_still_stops_every_server_and_answers_every_node() -> Non
 
 def test_one_ring_at_a_time() -> None:
     net = Net()
-    assert net.store.claim(ring.CLAIM, 60)
+    assert net.store.lease(ring.CLAIM, "another-run", 60)  # another coordinator's ring is on
     outcome = net.ring()
     assert {r.status for r in outcome.results.values()} == {Status.ERROR}
     assert "another iperf run" in outcome.results["node-a"].summary
     assert net.dispatcher.tasks == []
+
+
+def test_a_finished_ring_releases_its_claim_and_the_next_starts_at_once() -> None:
+    net = Net()
+    assert {p["status"] for p in net.ring().pairs} == {"ok"}
+    assert {p["status"] for p in net.ring().pairs} == {"ok"}
+
+
+def test_a_killed_coordinators_claim_lapses_and_the_next_ring_starts_within_its_expiry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The coordinator's process is killed mid-ring: nothing releases its claim, and nothing renews it."""
+    monkeypatch.setattr(ring, "CLAIM_TTL_S", 0.3)
+    net = Net()
+
+    class Killed(BaseException):
+        """The process dies here: no cleanup of ours runs after it (unlike an Exception)."""
+
+    def die_mid_ring(task: str, node: str, kwargs: dict[str, Any]) -> None:
+        if task == ring.CLIENTS_TASK:
+            raise Killed
+        net.on_task(task, node, kwargs)
+
+    net.dispatcher.on_task = die_mid_ring
+    coordinator = ring.Coordinator(net.store, net.dispatcher, net.settings)
+    # The dying coordinator's finally (its stops) must not release the claim: a SIGKILL runs none.
+    monkeypatch.setattr(net.store, "release", lambda name, owner: None)
+    with pytest.raises(Killed):
+        coordinator.run("dead-run", NODES, _validated({"duration_s": 1}))
+    monkeypatch.undo()
+    monkeypatch.setattr(ring, "CLAIM_TTL_S", 0.3)
+    net.dispatcher.on_task = net.on_task
+    busy = net.ring(duration_s=1)
+    assert "another iperf run" in busy.results["node-a"].summary  # still held, within its expiry
+    time.sleep(0.4)  # past the lease's expiry: the dead coordinator renewed nothing
+    assert {p["status"] for p in net.ring(duration_s=1).pairs} == {"ok"}
+
+
+def test_the_ring_runs_as_a_control_queue_task_never_in_the_api_process() -> None:
+    net = Net()
+    ran: list[str] = []
+    worker_side = net.on_task
+
+    def a_worker(task: str, node: str, kwargs: dict[str, Any]) -> None:
+        ran.append(f"{task}@{node}")
+        worker_side(task, node, kwargs)
+
+    net.dispatcher.on_task = a_worker
+    response = api_for(net).test_client().get("/iperf?host=node-a,node-b&duration_s=1&format=json")
+    assert response.status_code == 200
+    assert f"{ring.RING_TASK}@{CONTROL_QUEUE}" in ran
+    assert {r["check"] for n in ("node-a", "node-b") for r in response.get_json()["nodes"][n]["results"]} == {"iperf"}
 
 
 def test_fewer_than_two_nodes_is_skipped_and_nodes_param_narrows_the_ring() -> None:
@@ -396,7 +450,7 @@ def test_network_report_needs_no_ring_for_a_plain_dispatcher() -> None:
 
 
 def test_gather_network_report_from_stored_results() -> None:
-    from api import gather
+    from workers import runs as gather
 
     run = Run.new(["ping"], ["a", "b", "c"], {}, 10)
     found = {

@@ -3,18 +3,24 @@ the same late-ack copy of each message, over the queues it consumes now."""
 
 from __future__ import annotations
 
+import inspect
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import SimpleNamespace
 from typing import Any
 
+import kombu
+import pytest
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual as kombu_virtual
 from kombu.utils import json as kombu_json
 from kombu.utils.scheduling import round_robin_cycle
 from redis._parsers.encoders import Encoder
 from redis.connection import PythonRespSerializer
 
-from workers.broker import Channel, QoS
+from workers import simbroker
+from workers.simbroker import Channel, QoS
 
 QUEUES = ["autopilot.node.sim-0", "autopilot.node.sim-1", "autopilot.control"]
 
@@ -143,3 +149,68 @@ def test_consumed_queues_are_recomputed_when_consuming_changes(monkeypatch: Any)
     assert chan.active_queues == ["autopilot.node.a", "autopilot.node.b"]
     Channel.basic_cancel(chan, "autopilot.node.a")
     assert chan.active_queues == ["autopilot.node.b"]
+
+
+# ------------------------------------------------------------------ the contract with kombu
+
+
+def test_the_simulator_transport_is_written_against_the_installed_kombu() -> None:
+    # Its overrides reach into kombu's private Redis channel: a new kombu release must be checked
+    # (this file) before the simulator uses it; meanwhile ``transport_for`` gives stock kombu.
+    assert kombu.__version__ == simbroker.KOMBU_CONTRACT
+    assert list(inspect.signature(kombu_redis.Channel._brpop_start).parameters) == ["self", "timeout"]
+    assert callable(kombu_redis.Channel.conn_or_acquire) and callable(kombu_redis.QoS.pipe_or_acquire)
+    kombus = inspect.getsource(kombu_redis) + inspect.getsource(kombu_virtual)
+    for name in ("self._active_queues", "self.active_fanout_queues", "self._queue_cycle", "self._in_poll"):
+        assert name in kombus, name
+
+
+def test_a_simulator_on_another_kombu_gets_kombus_own_transport(monkeypatch: Any) -> None:
+    assert simbroker.transport_for("redis://127.0.0.1:6379/0") == simbroker.TRANSPORT
+    assert simbroker.transport_for("rediss://127.0.0.1:6379/0") is None
+    monkeypatch.setattr(kombu, "__version__", "9.9.9")
+    assert simbroker.transport_for("redis://127.0.0.1:6379/0") is None
+
+
+def test_real_workers_run_kombu_as_released_with_the_skipping_consumer() -> None:
+    from autopilot import config
+    from workers import broker
+    from workers.app import create_celery
+
+    app = create_celery(config.Settings(redis_url="redis://127.0.0.1:6379/0"))
+    assert app.conf.broker_transport in (None, "redis")
+    assert app.conf.worker_consumer == broker.CONSUMER
+
+
+def test_an_unreadable_message_is_logged_and_skipped_a_broken_connection_still_raises(caplog: Any) -> None:
+    from workers import broker
+
+    class Transport:
+        connection_errors = (ConnectionError, KeyError)  # as kombu's Redis transport says
+        channel_errors = ()
+
+        def __init__(self) -> None:
+            self.next: BaseException | None = None
+            self.reads = 0
+
+        def on_readable(self, fileno: int) -> None:
+            self.reads += 1
+            if self.next is not None:
+                raise self.next
+
+    transport = Transport()
+    broker.skip_unreadable(transport)
+    broker.skip_unreadable(transport)  # wrapped once, however often the consumer reconnects
+    for bad in (json.JSONDecodeError("Expecting value", "x", 0), KeyError("properties")):
+        transport.next = bad
+        transport.on_readable(3)
+    assert [r.getMessage()[:48] for r in caplog.records] == [
+        "skipped a message that cannot be read from a queu"[:48]
+    ] * 2
+    transport.next = ConnectionError("gone")
+    with pytest.raises(ConnectionError):
+        transport.on_readable(3)
+    transport.next = KeyError(3)  # kombu's poller no longer knows socket 3: Celery reconnects
+    with pytest.raises(KeyError):
+        transport.on_readable(3)
+    assert transport.reads == 4

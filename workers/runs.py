@@ -1,4 +1,9 @@
-"""Fan a run out to its nodes and gather the answers from the results store, with deadlines.
+"""One home for runs: create a run, fan it out, gather its answers and report them.
+
+The API's routes validate a request, select its nodes and call this module (``gather`` for
+``/status``, ``start`` and ``read`` for ``/api/v1/runs``), then render what it returns; beat's
+periodic and invasive ticks call ``tick`` (``workers.tasks.fanout``). Every run, whoever asked for
+it, is created, sent and reported here.
 
 ``create_run`` records a run; ``Gather`` sends one ``Envelope`` per node through the dispatcher
 (all the nodes that fit in the free slots in one batch: ``dispatch.send_all``),
@@ -22,9 +27,12 @@ node's missing checks are sent (or joined) again, under this run's deadline for 
 and ``/api/v1/runs/<id>``; for the network checks it adds ``network``: the suspects that
 ``network.localise`` names from the run's pair results, and iperf's per-interface summary.
 
-``iperf`` is not sent to the nodes like the other checks: its ring needs them all at once, so
-when the dispatcher can send named tasks the gather runs the ring coordinator
-(``workers.ring``) after the other checks, and the run's deadline grows by the ring's bound.
+``iperf`` is not sent to the nodes like the other checks: its ring needs them all at once. When
+the dispatcher can send named tasks, the run's other checks are gathered first, then one
+``autopilot.iperf_ring`` task goes to the control queue (``dispatch.CONTROL_QUEUE``), where a
+worker runs the ring coordinator (``workers.ring``) and writes each node's ``iperf`` result into
+the run; the gather waits for them like any answer, never past the run's deadline (which grows
+by the ring's bound). The process that asked (the API) never coordinates the ring itself.
 ``ping`` over an explicit selection is told the selection (its ``nodes``), so each node pings
 only the other selected nodes.
 """
@@ -32,22 +40,23 @@ only the other selected nodes.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import math
 import threading
-from collections.abc import Collection, Mapping, Sequence
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from api.inputs import RunRequest
-from api.selection import Selection
-from api.services import Services
-from autopilot import network, results, verdict
+from autopilot import config, network, results, verdict
 from autopilot.checks import iperf
+from autopilot.cluster import ClusterClient
+from autopilot.registry import CheckRegistry
 from autopilot.results import CheckResult, Status
 from autopilot.store import NodeState
 from workers import reconcile, ring
-from workers.dispatch import Envelope, Joined, TaskSender, send_all, task_sender
+from workers.dispatch import Dispatcher, Envelope, Joined, TaskSender, send_all, task_sender
 from workers.store import ResultsStore, Run
 
 log = logging.getLogger(__name__)
@@ -64,6 +73,48 @@ NODE_STATUSES = ("ok", "skipped", "busy", "pending", "unknown", "unreachable", "
 RING_CHECK = "iperf"
 
 
+@dataclasses.dataclass
+class Services:
+    """What a run needs: settings, store, dispatcher, cluster seam, check registry, clock and sleep.
+
+    The API keeps one in its app (``api.services``); beat builds one per tick. The clock and sleep
+    are here so tests can drive a gather without waiting.
+    """
+
+    settings: config.Settings
+    store: ResultsStore
+    dispatcher: Dispatcher
+    checks: CheckRegistry
+    cluster: ClusterClient | None = None
+    clock: Callable[[], float] = time.time
+    sleep: Callable[[float], None] = time.sleep
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRequest:
+    """A validated request to run ``checks`` on a selection of nodes."""
+
+    checks: tuple[str, ...]
+    hosts: tuple[str, ...] = ()
+    nodelabel: tuple[str, str] | None = None
+    job: tuple[str, str, str] | None = None
+    params: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    deadline_s: float = 60.0
+    batch: int | None = None  # None: every selected node at once
+
+    @property
+    def explicit(self) -> bool:
+        """True when the request names its nodes (otherwise: every live node)."""
+        return bool(self.hosts or self.nodelabel or self.job)
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    nodes: tuple[str, ...]  # known nodes, in request order: these are dispatched, except the lost ones
+    unknown: tuple[str, ...] = ()  # named, but no worker has registered them
+    lost: tuple[str, ...] = ()  # of ``nodes`` (host=all only): no heartbeat for ``settings.live_after_s``
+
+
 def run_deadline_s(nodes: int, batch: int | None, node_deadline_s: float) -> float:
     """Upper bound of a run: with B slots and N nodes each taking at most D, greedy sending ends
     by ceil(N/B) * D (node i is sent by floor(i/B) * D)."""
@@ -72,8 +123,9 @@ def run_deadline_s(nodes: int, batch: int | None, node_deadline_s: float) -> flo
 
 
 def ring_sender(svc: Services, checks: Collection[str]) -> TaskSender | None:
-    """The sender the ring coordinator uses, when ``checks`` has iperf and the dispatcher can send
-    named tasks; otherwise None (iperf then goes out like any check, and a worker skips it)."""
+    """The sender of the ring's coordinator task (and the coordinator's own tasks, in the worker),
+    when ``checks`` has iperf and the dispatcher can send named tasks; otherwise None (iperf then
+    goes out like any check, and a worker skips it)."""
     return task_sender(svc.dispatcher) if RING_CHECK in checks else None
 
 
@@ -102,17 +154,11 @@ def create_run(svc: Services, req: RunRequest, selection: Selection, *, source: 
     return run
 
 
-def run_ring(svc: Services, run: Run, sender: TaskSender) -> None:
-    ring.run_ring(
-        svc.store,
-        sender,
-        svc.settings,
-        run.id,
-        run.nodes,
-        run.params.get(RING_CHECK, {}),
-        clock=svc.clock,
-        sleep=svc.sleep,
-    )
+def send_ring(run: Run, sender: TaskSender) -> None:
+    """Hand the run's ``iperf`` ring to a worker: one coordinator task on the control queue,
+    dropped unrun at the run's deadline (its nodes are then reported without an iperf answer)."""
+    kwargs = {"run_id": run.id, "nodes": list(run.nodes), "params": dict(run.params.get(RING_CHECK, {}))}
+    sender.send_control(ring.RING_TASK, kwargs, expires=run.deadline)
 
 
 def answered(store: ResultsStore, run_id: str) -> set[tuple[str, str]]:
@@ -276,6 +322,27 @@ class Gather:
             )
         return self._have
 
+    def wait_for_check(self, check: str, until: float) -> set[str]:
+        """Poll until every node of the run has ``check``'s answer, or ``until``; the nodes still without one.
+
+        For the ring's results, written by its coordinator (a worker) into the run.
+        """
+        delay = POLL_FIRST_S
+        while True:
+            if self._by_keys:
+                have = {n for n, c in answered(self.svc.store, self.run.id) if c == check}
+            else:
+                self._read_news()
+                have = {n for n, c in self.found if c == check}
+            missing = {n for n in self.run.nodes if n not in have}
+            left = until - self.svc.clock()
+            if not missing or left <= 0:
+                return missing
+            if self._news:
+                delay = POLL_FIRST_S
+            self.svc.sleep(max(0.001, min(delay, left)))
+            delay = min(POLL_MAX_S, delay * POLL_GROWTH)
+
     def results(self) -> dict[tuple[str, str], dict[str, Any]]:
         """Everything the run holds now (the last news, or the whole run when counting by keys)."""
         if not self._by_keys:
@@ -299,6 +366,34 @@ class Gather:
             delay = min(POLL_MAX_S, delay * POLL_GROWTH)
 
 
+def tick(svc: Services, *, kind: str, now: float) -> Run | None:
+    """Beat's periodic (or invasive) tick: one run over every live node, sent at once.
+
+    The tick's executions are claimed (``Flights.lead``) so a request during the tick joins its
+    checks instead of queueing its own behind them for the node's GPU lock. Nothing is gathered:
+    the workers' results reach the store (and the verdicts) without anyone waiting on them.
+    """
+    settings = svc.settings
+    interval = settings.periodic_interval_s if kind == "periodic" else settings.invasive_interval_s
+    nodes = svc.store.node_names(seen_since=now - settings.live_after_s)
+    if kind == "periodic":
+        checks = reconcile.periodic_checks(settings)
+        params: dict[str, dict[str, Any]] = {}
+    else:
+        checks = ["dcgm"]
+        params = {"dcgm": {"r": 3}}
+    if not nodes or not checks:
+        return None
+    timeout = max(svc.checks.get(c).timeout_s for c in checks)
+    run = Run.new(checks, nodes, params, deadline_s=min(interval, timeout + 60), source=kind, now=now)
+    svc.store.create_run(run)
+    envelopes = [Envelope(run.id, node, run.checks, params, run.deadline) for node in nodes]
+    svc.store.flights().lead(envelopes, now=now)
+    send_all(svc.dispatcher, envelopes)
+    log.info("fanout %s: run %s over %d nodes", kind, run.id, len(nodes))
+    return run
+
+
 def gather(svc: Services, req: RunRequest, selection: Selection) -> dict[str, Any]:
     """Run ``req`` on the selected nodes and wait for the answer (``/status``)."""
     run = create_run(svc, req, selection)
@@ -306,21 +401,27 @@ def gather(svc: Services, req: RunRequest, selection: Selection) -> dict[str, An
     without = (RING_CHECK,) if sender else ()
     g = Gather(svc, run, node_deadline_s=req.deadline_s, batch=req.batch, without=without, lost=selection.lost)
     g.wait()
+    timed_out = set(g.expired)
     if sender is not None:
-        run_ring(svc, run, sender)
-    return report(svc, run, g.results(), timed_out=g.expired, unknown=selection.unknown, complete=True)
+        send_ring(run, sender)
+        timed_out |= g.wait_for_check(RING_CHECK, run.deadline)
+    return report(svc, run, g.results(), timed_out=timed_out, unknown=selection.unknown, complete=True)
 
 
 def start(svc: Services, req: RunRequest, selection: Selection) -> Run:
     """Create the run and send it; a batched run keeps sending from a background thread.
 
-    The first wave is sent before this returns, so a broker failure reaches the caller.
+    The first wave is sent before this returns, so a broker failure reaches the caller. The ring's
+    coordinator task is sent once the run's other checks are in (at once when it has none).
     """
     run = create_run(svc, req, selection)
     sender = ring_sender(svc, run.checks)
     without = (RING_CHECK,) if sender else ()
     g = Gather(svc, run, node_deadline_s=req.deadline_s, batch=req.batch, without=without, lost=selection.lost)
     g.send_ready()
+    if sender is not None and g.finished:
+        send_ring(run, sender)
+        sender = None
     # Joined executions are copied into the run by the gather, so it goes on in the background.
     if sender is not None or (not g.finished and (g.waiting or g.joined)):
         thread = threading.Thread(target=_continue, args=(g, sender), name=f"gather-{run.id[:8]}", daemon=True)
@@ -332,7 +433,7 @@ def _continue(g: Gather, sender: TaskSender | None = None) -> None:
     try:
         g.wait()
         if sender is not None:
-            run_ring(g.svc, g.run, sender)
+            send_ring(g.run, sender)
     except Exception:  # a background thread has nobody to raise to: log it, the run times out
         log.exception("gather of run %s failed", g.run.id)
 
