@@ -340,7 +340,8 @@ class ResultsStore:
     def forget_node(self, name: str) -> None:
         """Drop everything the store holds about ``name`` (one MULTI)."""
         pipe = self.r.pipeline(transaction=True)
-        kinds = ("node", "latest", "history", "state", "labels", "busy", "kmsg", "inject")
+        # ``confirm`` too: a forgotten node's confirmation marks were otherwise kept for ever (round 4).
+        kinds = ("node", "latest", "history", "state", "labels", "busy", "confirm", "kmsg", "inject")
         pipe.delete(*(f"{P}{kind}:{name}" for kind in kinds))
         pipe.zrem(f"{P}nodes", name)
         pipe.execute()
