@@ -144,3 +144,14 @@ def test_forgetting_a_node_drops_its_confirmation_marks_too() -> None:
     assert store.confirmation_counts(["n1"]) == {"n1": {}}
     assert store.confirmation_marks("n1")[1] == frozenset()
     assert store.r.keys("ap:*n1*") == []
+
+
+def test_forgetting_a_node_drops_its_event_counts_and_no_other_nodes() -> None:
+    store = ResultsStore(fakeredis.FakeRedis())
+    store.r.hset(
+        "ap:events:counts", mapping={"n1|0|kmsg|79|evict": 2, "n10|0|kmsg|79|evict": 1, "n2|1|nvml|48|evict": 1}
+    )
+    store.forget_node("n1")
+    assert sorted(store.r.hkeys("ap:events:counts")) == [b"n10|0|kmsg|79|evict", b"n2|1|nvml|48|evict"]
+    store.forget_node("n3")  # nothing counted: nothing to drop
+    assert store.r.hlen("ap:events:counts") == 2
