@@ -338,7 +338,7 @@ class ResultsStore:
         return {n: float(score) for n, score in zip(names, pipe.execute(), strict=True) if score is not None}
 
     def forget_node(self, name: str) -> None:
-        """Drop everything the store holds about ``name`` (one MULTI)."""
+        """Drop everything the store holds about ``name`` (a scan of the event counts, then one MULTI)."""
         # The follower's event counts are fields ``<node>|...`` of one hash (``workers.follower.COUNTS``):
         # a forgotten node's fields were kept for ever. Node names are DNS-1123: no glob characters.
         counted = [f for f, _ in self.r.hscan_iter(f"{P}events:counts", match=f"{name}|*", count=1000)]
