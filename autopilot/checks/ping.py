@@ -23,6 +23,7 @@ Sample (iputils 20221126)::
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -130,7 +131,21 @@ def run(ctx: CheckContext, params: Mapping[str, Any]) -> CheckResult:
 # One pool for every ping run of the process, its threads kept between runs: a pool per run started
 # up to 16 threads per run, which was the largest cost of a simulated node's ping (PERFORMANCE.md,
 # round 4). Room for a few runs at once at full width; each run keeps to MAX_PARALLEL, as before.
-_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=4 * MAX_PARALLEL, thread_name_prefix="ping")
+def _new_pool() -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(max_workers=4 * MAX_PARALLEL, thread_name_prefix="ping")
+
+
+_POOL = _new_pool()
+
+
+def _after_fork() -> None:
+    # The parent's pool threads do not exist in a forked child: a pool that counted them idle
+    # would queue the child's pings for threads that never run them.
+    global _POOL
+    _POOL = _new_pool()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def _concurrently(
