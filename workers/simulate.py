@@ -344,9 +344,9 @@ class SimPeers:
 @functools.lru_cache(maxsize=8)
 def _ring(live: tuple[str, ...]) -> tuple[tuple[str, ...], dict[str, int]]:
     """The live simulated nodes in ring order, and each one's place. Cached: every node of a
-    simulator asks with the same live list (``_Cached``), and sorting 1,000 names per ping was
-    a third of a simulated node's CPU in a fan-out (PERFORMANCE.md, round 4). Callers never
-    change what it returns."""
+    simulator asks with the same live list (``_Cached``), and sorting every live name per ping
+    was a tenth of a simulated node's CPU at 250 nodes, growing with the fleet (PERFORMANCE.md,
+    round 4). Callers never change what it returns."""
     ring = tuple(sorted(set(filter(_is_sim, live)), key=_index))
     return ring, {n: i for i, n in enumerate(ring)}
 
