@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import statistics
 import threading
@@ -86,7 +87,10 @@ class Series:
 def series_of(values: Sequence[float]) -> Series:
     """The statistics of ``values`` (at least one)."""
     mean = statistics.fmean(values)
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    # The sample deviation in floats (fsum), not ``statistics.stdev``'s exact fractions: same to the
+    # last bit or two, which ``cv`` rounded to 5 places never shows, and stdev was half of pciebw's
+    # CPU per node in a fan-out (PERFORMANCE.md, round 4).
+    sd = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
     return Series(tuple(values), statistics.median(values), min(values), max(values), sd / mean if mean > 0 else 0.0)
 
 

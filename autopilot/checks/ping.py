@@ -23,7 +23,9 @@ Sample (iputils 20221126)::
 from __future__ import annotations
 
 import concurrent.futures
-from collections.abc import Mapping, Sequence
+import os
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from autopilot import errors, names, network, peers, registry, results
@@ -122,9 +124,42 @@ def run(ctx: CheckContext, params: Mapping[str, Any]) -> CheckResult:
         except errors.AutopilotError as exc:
             return exc
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(targets))) as pool:
-        replies = list(zip(targets, pool.map(one, targets), strict=True))
+    replies = list(zip(targets, _concurrently(one, targets, MAX_PARALLEL), strict=True))
     return evaluate(replies)
+
+
+# One pool for every ping run of the process, its threads kept between runs: a pool per run started
+# up to 16 threads per run, which was the largest cost of a simulated node's ping (PERFORMANCE.md,
+# round 4). Room for a few runs at once at full width; each run keeps to MAX_PARALLEL, as before.
+def _new_pool() -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(max_workers=4 * MAX_PARALLEL, thread_name_prefix="ping")
+
+
+_POOL = _new_pool()
+
+
+def _after_fork() -> None:
+    # The parent's pool threads do not exist in a forked child: a pool that counted them idle
+    # would queue the child's pings for threads that never run them.
+    global _POOL
+    _POOL = _new_pool()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+def _concurrently(
+    fn: Callable[[peers.Peer], CommandResult | errors.AutopilotError], items: Sequence[peers.Peer], limit: int
+) -> list[CommandResult | errors.AutopilotError]:
+    """``fn`` over ``items`` on the shared pool, at most ``limit`` at a time, answers in order."""
+    gate = threading.BoundedSemaphore(limit)
+    futures = []
+    for item in items:
+        gate.acquire()
+        future = _POOL.submit(fn, item)
+        future.add_done_callback(lambda _: gate.release())
+        futures.append(future)
+    return [f.result() for f in futures]
 
 
 registry.check(

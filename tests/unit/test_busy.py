@@ -134,3 +134,25 @@ def test_the_api_scrape_reads_the_busy_counts_from_the_store() -> None:
     store.save_result(CheckResult("dcgm", Status.BUSY, "not run", node="n1"), "run-1", latest=False)
     store.heartbeat(NodeRecord("n1", last_seen=1.0))
     assert snapshot_from_store(store, config.Settings(node_name="x")).busy == {"n1": {"dcgm": 1}}
+
+
+def test_forgetting_a_node_drops_its_confirmation_marks_too() -> None:
+    # Every per-node key family is bounded by the nodes the store still knows (PERFORMANCE.md).
+    store = ResultsStore(fakeredis.FakeRedis())
+    store.record_confirmations("n1", runs=["pciebw"], prevented=["ping"], pending=["pciebw"])
+    assert store.confirmation_marks("n1")[1] == frozenset({"pciebw"})
+    store.forget_node("n1")
+    assert store.confirmation_counts(["n1"]) == {"n1": {}}
+    assert store.confirmation_marks("n1")[1] == frozenset()
+    assert store.r.keys("ap:*n1*") == []
+
+
+def test_forgetting_a_node_drops_its_event_counts_and_no_other_nodes() -> None:
+    store = ResultsStore(fakeredis.FakeRedis())
+    store.r.hset(
+        "ap:events:counts", mapping={"n1|0|kmsg|79|evict": 2, "n10|0|kmsg|79|evict": 1, "n2|1|nvml|48|evict": 1}
+    )
+    store.forget_node("n1")
+    assert sorted(store.r.hkeys("ap:events:counts")) == [b"n10|0|kmsg|79|evict", b"n2|1|nvml|48|evict"]
+    store.forget_node("n3")  # nothing counted: nothing to drop
+    assert store.r.hlen("ap:events:counts") == 2

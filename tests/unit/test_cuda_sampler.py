@@ -70,3 +70,17 @@ def test_a_failed_sample_is_counted_not_raised() -> None:
     with Sampler(telemetry, 3, interval_s=60) as sampler:
         pass
     assert sampler.summary() == {"samples": 0, "failed_samples": 2}
+
+
+def test_the_spread_of_samples_is_the_sample_standard_deviation_over_the_mean() -> None:
+    # series_of computes it in floats (fsum) for speed; it must stay statistics.stdev / fmean.
+    import statistics
+
+    import pytest
+
+    from autopilot.checks._cuda import series_of
+
+    for values in ([10.0, 12.0, 11.0, 30.0], [24.1, 24.3, 23.9, 24.0, 24.2] * 4, [5.5, 5.5, 5.5], [1e-3, 2e-3]):
+        expected = statistics.stdev(values) / statistics.fmean(values)
+        assert series_of(values).cv == pytest.approx(expected, rel=1e-12, abs=1e-15)
+    assert series_of([7.0]).cv == 0.0

@@ -148,3 +148,46 @@ def test_ping_without_peers_is_skipped(make_ctx) -> None:  # type: ignore[no-unt
     assert execution.run_check("ping", make_ctx()).status is Status.SKIPPED
     alone = make_ctx(peers=StaticPeers([Peer("node-a", "eth0", "192.0.2.1")]))
     assert execution.run_check("ping", alone).summary == "no other node to ping"
+
+
+def test_ping_runs_at_most_its_limit_at_once_and_answers_in_order() -> None:
+    # The pool is shared by every ping run of the process; each run still keeps to its own limit.
+    import threading
+
+    lock = threading.Lock()
+    running = [0, 0]  # now, most seen
+    together = threading.Barrier(3, timeout=30)  # three at once must happen: the limit is used
+
+    def one(peer: Peer) -> errors.AutopilotError:
+        with lock:
+            running[0] += 1
+            running[1] = max(running)
+        together.wait()
+        with lock:
+            running[0] -= 1
+        return errors.ToolError(peer.node)
+
+    peers = [Peer(f"node-{i}", "eth0", f"192.0.2.{i}") for i in range(12)]
+    answers = ping._concurrently(one, peers, 3)
+    assert [str(a) for a in answers] == [p.node for p in peers]
+    assert running[1] == 3
+
+
+def test_a_forked_child_still_pings_on_a_pool_of_its_own() -> None:
+    # The shared pool's threads stay in the parent; a child forked after pings ran gets a new pool.
+    import os
+    import signal
+
+    peers = [Peer(f"node-{i}", "eth0", f"192.0.2.{i}") for i in range(4)]
+
+    def one(peer: Peer) -> errors.AutopilotError:
+        return errors.ToolError(peer.node)
+
+    assert len(ping._concurrently(one, peers, 2)) == 4  # the parent's pool has threads now, idle
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if its pings were answered (SIGALRM ends a hang)
+        signal.alarm(20)
+        answers = ping._concurrently(one, peers, 2)
+        os._exit(0 if [str(a) for a in answers] == [p.node for p in peers] else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -225,3 +225,16 @@ def test_a_node_whose_checks_were_all_skipped_is_not_counted_healthy() -> None:
     assert both["totals"]["ok"] == 1 and both["totals"]["skipped"] == 1 and both["status"] == "ok"
     text = api.client.get("/status?host=node-a&check=remapped,gpupower").get_data(as_text=True)
     assert "Node Status: Skipped" in text
+
+
+def test_the_ring_of_neighbours_follows_the_live_nodes_as_they_change() -> None:
+    # The ring is cached per live list (simulate._ring): a node that joins or leaves moves the
+    # neighbours at once, and a node missing from the list still finds its place in the ring.
+    live = [f"sim-{i}" for i in range(20)]
+    directory = simulate.SimPeers("sim-5", lambda: tuple(live))
+    assert [p.node for p in directory.peers()][:2] == ["sim-6", "sim-7"]
+    live.remove("sim-6")
+    assert [p.node for p in directory.peers()][:2] == ["sim-7", "sim-8"]
+    live.append("sim-6")
+    assert [p.node for p in directory.peers()][:2] == ["sim-6", "sim-7"]
+    assert [p.node for p in simulate.SimPeers("sim-25", lambda: tuple(live)).peers()][:2] == ["sim-0", "sim-1"]
