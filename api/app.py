@@ -13,7 +13,6 @@ with a kubeconfig) the cluster seam resolves ``job``/``nodelabel`` and publishes
 from __future__ import annotations
 
 import hmac
-import importlib
 import logging
 import os
 
@@ -47,8 +46,7 @@ def create_app(
     """The API. Anything not given is built from ``settings`` (default: the environment)."""
     settings = settings or config.Settings.from_env(os.environ)
     if checks is None:
-        importlib.import_module("autopilot.checks")  # registers every check in REGISTRY
-        checks = registry.REGISTRY
+        checks = registry.shipped(settings.extra_checks)  # the app factory assembles the process
     if store is None or dispatcher is None:
         from workers import app as celery_app  # Celery is only needed when nothing is injected
 
@@ -56,7 +54,7 @@ def create_app(
             store = celery_app.make_store(settings)
             store.bound_timeouts(settings.api_redis_timeout_s)
         if dispatcher is None:
-            publisher = celery_app.create_celery(settings)
+            publisher = celery_app.create_celery(settings, checks)
             limits.bound_publisher(publisher, settings)
             dispatcher = CeleryDispatcher(publisher)
 
@@ -78,7 +76,7 @@ def create_app(
     app.before_request(lambda: limits.body_limit(settings.api_max_body))
     _install_auth(app, settings.api_token)
     app.register_blueprint(bp)
-    metrics.init_app(app, store, settings)
+    metrics.init_app(app, store, settings, checks)
     return app
 
 

@@ -27,7 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from api import text
-from autopilot import config
+from autopilot import config, registry
 
 EXIT_OK, EXIT_BAD, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
 DEFAULT_URL = "http://127.0.0.1:3333"
@@ -199,7 +199,8 @@ def status_main(argv: Sequence[str]) -> int:
         out.print(report_table(report))
         out.print(totals_line(report), markup=False)
         if report.get("network"):  # who the network checks' pairs point at (ping, the iperf ring)
-            out.print("\n".join(text.network_lines(report["network"])), markup=False)
+            # The CLI client assembles its own process: the shipped checks name the tags.
+            out.print("\n".join(text.network_lines(report["network"], registry.shipped())), markup=False)
     return report_exit_code(report)
 
 

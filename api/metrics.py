@@ -1,6 +1,6 @@
 """``/metrics`` on the API: the cluster's results (from the store) and the API's own request metrics.
 
-``init_app(app, store, settings)`` registers the route and the request hooks. Everything goes
+``init_app(app, store, settings, checks)`` registers the route and the request hooks. Everything goes
 into private ``CollectorRegistry`` objects kept in ``app.extensions["autopilot_metrics"]``, never
 the process-global default registry, so several apps (tests, ``autopilot up``) never collide.
 
@@ -44,6 +44,7 @@ from autopilot import config
 from autopilot.events.metrics import EventsCollector
 from autopilot.gpumetrics import GpuCollector
 from autopilot.metrics import NodeInfo, ResultsCollector, Snapshot
+from autopilot.registry import CheckRegistry
 from workers import reconcile
 from workers.store import ResultsStore
 
@@ -146,10 +147,10 @@ def snapshot_from_store(store: ResultsStore, settings: config.Settings) -> Snaps
     )
 
 
-def init_app(app: flask.Flask, store: ResultsStore, settings: config.Settings) -> ApiMetrics:
+def init_app(app: flask.Flask, store: ResultsStore, settings: config.Settings, checks: CheckRegistry) -> ApiMetrics:
     """Register ``GET /metrics`` and the request-metric hooks on ``app``; returns the registry and metrics."""
     registry = CollectorRegistry()
-    collector = ResultsCollector(lambda: snapshot_from_store(store, settings))
+    collector = ResultsCollector(lambda: snapshot_from_store(store, settings), checks)
     results_registry = CollectorRegistry()
     results_registry.register(collector)
     results_registry.register(EventsCollector(store.events().snapshot))

@@ -56,7 +56,7 @@ def _status(fixed_check: str | None) -> Response:
         report = runs.gather(svc, req, chosen)
     if fmt == "json":
         return jsonify(report)
-    return Response(text.render(report), mimetype="text/plain")
+    return Response(text.render(report, svc.checks), mimetype="text/plain")
 
 
 @bp.get("/status")

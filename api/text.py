@@ -15,33 +15,25 @@ from collections.abc import Mapping
 from typing import Any
 
 from autopilot import names
+from autopilot.registry import CheckRegistry
 
 SEPARATOR = "-" * 67
 
-TAGS = {
-    "pciebw": "PCIEBW",
-    "remapped": "REMAPPED ROWS",
-    "dcgm": "DCGM",
-    "gpupower": "GPU POWER",
-    "gpumem": "GPU-MEM",
-    "ping": "PING",
-    "pvc": "PVC",
-    "iperf": "IPERF",
-}
 
 WORDS = {"ok": "SUCCESS", "warn": "WARN", "fail": "FAIL", "error": "ABORT", "skipped": "SKIPPED", "busy": "BUSY"}
 PROBLEM = {"warn": "Warning", "fail": "Failed", "error": "Aborted", "busy": "Busy (not run)"}
 
 
-def tag(check: str) -> str:
-    return TAGS.get(check, check.upper())
+def tag(check: str, checks: CheckRegistry) -> str:
+    """Upstream's tag of ``check`` (its spec's ``upstream_tag``); a name not held here, in capitals."""
+    return checks.get(check).upstream_tag if check in checks else check.upper()
 
 
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def node_status_line(entry: Mapping[str, Any]) -> str:
+def node_status_line(entry: Mapping[str, Any], checks: CheckRegistry) -> str:
     status = entry["status"]
     if status == "unreachable":
         return "Unreachable: no answer within the deadline"
@@ -52,14 +44,14 @@ def node_status_line(entry: Mapping[str, Any]) -> str:
     if status == "skipped":
         return "Skipped: no check applied to this node, so nothing says it is healthy"
     problems = [
-        f"{tag(r['check'])} {PROBLEM[r['status']]}" + (" (fatal)" if r.get("fatal") else "")
+        f"{tag(r['check'], checks)} {PROBLEM[r['status']]}" + (" (fatal)" if r.get("fatal") else "")
         for r in entry["results"]
         if r["status"] in PROBLEM
     ]
     return ", ".join(problems) or "OK"
 
 
-def render(report: Mapping[str, Any]) -> str:
+def render(report: Mapping[str, Any], checks: CheckRegistry) -> str:
     lines: list[str] = []
     nodes: Mapping[str, Mapping[str, Any]] = report["nodes"]
     lines.append(
@@ -74,12 +66,12 @@ def render(report: Mapping[str, Any]) -> str:
         for r in entry["results"]:
             fatal = " (fatal)" if r.get("fatal") else ""
             lines.append(
-                f"[[ {tag(r['check'])} ]] {WORDS.get(r['status'], r['status'].upper())}{fatal}: "
+                f"[[ {tag(r['check'], checks)} ]] {WORDS.get(r['status'], r['status'].upper())}{fatal}: "
                 f"{_one_line(r.get('summary', ''))}"
             )
         if not entry["results"]:
             lines.append(f"({entry.get('detail', 'no results')})")
-        lines.append(f"Node Status: {node_status_line(entry)}")
+        lines.append(f"Node Status: {node_status_line(entry, checks)}")
         if entry.get("verdict"):
             lines.append(f"Verdict: {entry['verdict']}")
         lines.append(SEPARATOR)
@@ -87,10 +79,10 @@ def render(report: Mapping[str, Any]) -> str:
     lines.append("Node Summary:")
     width = max((len(n) for n in nodes), default=0)
     for node, entry in nodes.items():
-        lines.append(f"  {node.ljust(width)}  {node_status_line(entry)}")
+        lines.append(f"  {node.ljust(width)}  {node_status_line(entry, checks)}")
     if report.get("network"):
         lines.append("")
-        lines.extend(network_lines(report["network"]))
+        lines.extend(network_lines(report["network"], checks))
     lines.append("")
     lines.append(f"runtime: {report['runtime_s']:.2f} sec")
     return "\n".join(lines) + "\n"
@@ -100,15 +92,14 @@ def _gbps(value: Any) -> str:
     return "N/A" if value is None else f"{value:.2f}"
 
 
-def network_lines(net: Mapping[str, Any]) -> list[str]:
+def network_lines(net: Mapping[str, Any], checks: CheckRegistry) -> list[str]:
     lines = ["Network:"]
     for check in ("ping", "iperf"):
         if check not in net:
             continue
         entry = net[check]
-        lines.append(
-            f"  {tag(check)}: {entry['suspects']['summary']} ({entry['bad_pairs']} of {entry['pairs']} pairs bad)"
-        )
+        counted = f"({entry['bad_pairs']} of {entry['pairs']} pairs bad)"
+        lines.append(f"  {tag(check, checks)}: {entry['suspects']['summary']} {counted}")
     for lane, info in net.get("iperf", {}).get("interfaces", {}).items():
         lines.append(f"  {lane} Average Bandwidth Gb/s: {_gbps(info['mean_gbps'])} over {info['pairs']} pairs")
         names_ = sorted(info["nodes"])

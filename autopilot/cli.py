@@ -91,8 +91,7 @@ def read_saved_output(path: str) -> str:
 
 
 def _load_checks() -> registry.CheckRegistry:
-    importlib.import_module("autopilot.checks")
-    return registry.REGISTRY
+    return registry.shipped()  # the CLI assembles its process: the built-in checks
 
 
 def cmd_checks(args: argparse.Namespace, settings: config.Settings) -> int:
@@ -108,7 +107,7 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings) -> int:
     reg = _load_checks()
     names = _check_names(args.checks, reg)
     params = parse_params(args.param, names, reg)
-    ctx = CheckContext.default(settings)
+    ctx = CheckContext.default(settings, reg)
     results: list[CheckResult] = []
     con = render.console(sys.stderr)
     show_progress = sys.stderr.isatty() and not args.json

@@ -12,8 +12,8 @@ import dataclasses
 import json
 import re
 import socket
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from autopilot import errors
 
@@ -27,6 +27,9 @@ from autopilot.parsing import (  # noqa: F401 - re-exported
     parse_mapping,
     parse_number,
 )
+
+if TYPE_CHECKING:
+    from autopilot.registry import CheckRegistry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -330,9 +333,10 @@ class Settings:
         return 3 * self.periodic_interval_s if self.periodic_interval_s > 0 else float("inf")
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> Settings:
-        """Build settings from an environment mapping; raises ``ConfigError`` naming the variable."""
-        return cls(**_read(environ))
+    def from_env(cls, environ: Mapping[str, str], checks: CheckRegistry | None = None) -> Settings:
+        """Build settings from an environment mapping; raises ``ConfigError`` naming the variable.
+        Check names are validated against ``checks`` (None: the shipped checks and the extra modules)."""
+        return cls(**_read(environ, checks))
 
     @classmethod
     def one(cls, environ: Mapping[str, str], field: str) -> Any:
@@ -472,33 +476,25 @@ def _tolerations(text: str, var: str) -> tuple[dict[str, Any], ...]:
     return tuple(raw)
 
 
-def load_checks(environ: Mapping[str, str]) -> list[str]:
-    """``load_modules`` of the ``AUTOPILOT_EXTRA_CHECKS`` in ``environ``."""
-    return load_modules(Settings.one(environ, "extra_checks"))
+def load_checks(environ: Mapping[str, str]) -> CheckRegistry:
+    """The process's check registry: the built-in checks plus the modules of ``AUTOPILOT_EXTRA_CHECKS``
+    in ``environ`` (``registry.shipped``), for an entry point assembling its process."""
+    from autopilot import registry  # when called, not at the top: the checks import this module
+
+    return registry.shipped(Settings.one(environ, "extra_checks"))
 
 
-def load_modules(extra: Sequence[str]) -> list[str]:
-    """Register the checks and return their names: the built-in ones, plus those of the modules
-    ``extra`` (``Settings.extra_checks``, from ``AUTOPILOT_EXTRA_CHECKS``).
-
-    Imported when called, not at the top: the checks import this module.
-    """
-    import importlib
-
-    from autopilot import registry
-
-    importlib.import_module("autopilot.checks")
-    for module in extra:
-        importlib.import_module(module)
-    return registry.REGISTRY.names()
-
-
-def _known_checks(values: Mapping[str, Any], used: Mapping[str, str], environ: Mapping[str, str]) -> None:
-    """A check name that no check has, in a list or as a map key, stops the process: it would
-    otherwise never run (or never apply) without a word."""
+def _known_checks(values: Mapping[str, Any], used: Mapping[str, str], checks: CheckRegistry | None) -> None:
+    """A check name that ``checks`` does not hold, in a list or as a map key, stops the process: it would
+    otherwise never run (or never apply) without a word. ``checks`` None: settings loaded at a process's
+    start, which assembles its registry here (``registry.shipped`` with the extra modules)."""
     if "periodic_checks" not in values and "check_timeouts" not in values:
         return  # the defaults name built-in checks: no need to import every check to know it
-    known = load_modules(values.get("extra_checks", ()))
+    if checks is None:
+        from autopilot import registry
+
+        checks = registry.shipped(values.get("extra_checks", ()))
+    known = checks.names()
     for field, names in (
         ("periodic_checks", values.get("periodic_checks", ())),
         ("check_timeouts", values.get("check_timeouts", {})),
@@ -610,7 +606,7 @@ def variables() -> list[tuple[str, str, tuple[str, ...]]]:
     return [(f, var, aliases) for f, var, aliases, _ in _FIELDS]
 
 
-def _read(environ: Mapping[str, str]) -> dict[str, Any]:
+def _read(environ: Mapping[str, str], checks: CheckRegistry | None = None) -> dict[str, Any]:
     values: dict[str, Any] = {}
     used: dict[str, str] = {}  # field -> the variable it was read from (primary or alias)
     for field, var, aliases, parse in _FIELDS:
@@ -620,7 +616,7 @@ def _read(environ: Mapping[str, str]) -> dict[str, Any]:
                 values[field] = parse(text, name)
                 used[field] = name
                 break
-    _known_checks(values, used, environ)
+    _known_checks(values, used, checks)
     if not values.get("node_name", "x"):
         values.pop("node_name")
     if values.get("confirm_need", 2) > values.get("confirm_window", 3):

@@ -1,10 +1,11 @@
-"""``CheckContext``: the node, the settings and the seams a check may touch. Nothing else."""
+"""``CheckContext``: the node, the settings, the check registry and the seams a check may touch. Nothing else."""
 
 from __future__ import annotations
 
 import dataclasses
 
 from autopilot import clock, cluster, commands, config, gpus, nodeinfo, peers
+from autopilot.registry import CheckRegistry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,9 +22,11 @@ class CheckContext:
     gpu_probe: nodeinfo.GpuProbe | None = None
     """Where the GPUs this node should have are read (``autopilot.gpucensus``); None: GPU checks are
     not held to an expectation (simulated nodes, tests)."""
+    checks: CheckRegistry = dataclasses.field(kw_only=True)
+    """The checks this process runs by name, handed in by whoever assembles the process."""
 
     @classmethod
-    def default(cls, settings: config.Settings) -> CheckContext:
+    def default(cls, settings: config.Settings, checks: CheckRegistry) -> CheckContext:
         """The production context: real subprocesses, real NVML, the system clock, expected GPUs read
         from this machine (and from its Node, once a cluster client is set)."""
         return cls(
@@ -32,6 +35,7 @@ class CheckContext:
             commands=commands.SubprocessRunner(),
             gpus=gpus.NvmlTelemetry(),
             gpu_probe=nodeinfo.GpuProbe(setting=settings.expect_gpus),
+            checks=checks,
         )
 
     def timeout_for(self, check: str, default: float) -> float:

@@ -77,7 +77,7 @@ def run_checks(
     with the results finished since the last call (a task writes them to the store). An
     exception from ``fn`` is logged, never raised: the checks stay under watch.
     """
-    reg = checks or registry.REGISTRY
+    reg = checks if checks is not None else ctx.checks
     by_check = params or {}
     jobs = [_job(name, ctx, by_check.get(name), reg) for name in names]
     return _Sequence(jobs, ctx).watch(progress) if jobs else []

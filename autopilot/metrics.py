@@ -37,21 +37,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from autopilot import results
+from autopilot.registry import CheckRegistry
 from autopilot.results import CheckResult, Status
 from autopilot.verdict import Verdict
 
 log = logging.getLogger(__name__)
-
-HEALTH_NAMES: Mapping[str, str] = {
-    "pciebw": "pciebw",
-    "remapped": "remapped",
-    "gpupower": "power-slowdown",  # upstream exported the gpupower check under this name
-    "gpumem": "gpumem",
-    "dcgm": "dcgm",
-    "ping": "ping",
-    "pvc": "pvc",
-}
-"""Check name -> upstream ``health`` label value. Checks not listed (iperf) have no upstream series."""
 
 # Statuses a latest result can have: busy never is one (it is counted on its own).
 STATUSES: tuple[str, ...] = tuple(s.value for s in Status if s is not Status.BUSY)
@@ -113,10 +103,11 @@ def upstream_samples(result: CheckResult) -> dict[str, float]:
     - ``ping``: deviceid = remote node (the part of a device id before ``/``), 1 when any of
       that node's addresses was unreachable.
 
-    Empty for ``error``/``skipped`` results, for checks without an upstream series, and per
-    device for devices that are themselves ``error``/``skipped`` or carry no usable value.
+    Empty for ``error``/``skipped`` results, for checks without an upstream series (the ``health``
+    of a check's spec says which have one, and under which name), and per device for devices that
+    are themselves ``error``/``skipped`` or carry no usable value.
     """
-    if result.status not in _JUDGED or result.check not in HEALTH_NAMES:
+    if result.status not in _JUDGED or result.check not in _UPSTREAM_FORMS:
         return {}
     judged = [d for d in result.devices if d.status in _JUDGED]
     check = result.check
@@ -146,6 +137,10 @@ def upstream_samples(result: CheckResult) -> dict[str, float]:
     return out
 
 
+# The checks whose results upstream_samples knows how to turn into upstream's values.
+_UPSTREAM_FORMS = frozenset({"pciebw", "remapped", "gpupower", "gpumem", "ping", "dcgm", "pvc"})
+
+
 class ResultsCollector(Collector):
     """A custom collector: every series is rebuilt from ``snapshot_fn()`` on each scrape.
 
@@ -154,8 +149,9 @@ class ResultsCollector(Collector):
     visible and an alert can fire on the store.
     """
 
-    def __init__(self, snapshot_fn: Callable[[], Snapshot]) -> None:
+    def __init__(self, snapshot_fn: Callable[[], Snapshot], checks: CheckRegistry) -> None:
         self._snapshot_fn = snapshot_fn
+        self._health = checks.health_names()
 
     def describe(self) -> Iterator[Metric]:
         # Names only, for the registry's collision check; must not touch the store.
@@ -173,11 +169,12 @@ class ResultsCollector(Collector):
             return
         up.add_metric([], 1.0)
         yield up
-        yield from build(snapshot)
+        yield from build(snapshot, self._health)
 
 
-def build(snapshot: Snapshot) -> list[Metric]:
-    """The metric families of one snapshot (what :class:`ResultsCollector` yields besides ``up``)."""
+def build(snapshot: Snapshot, health: Mapping[str, str]) -> list[Metric]:
+    """The metric families of one snapshot (what :class:`ResultsCollector` yields besides ``up``);
+    ``health``: check -> upstream ``health`` value (``CheckRegistry.health_names``)."""
     fam = _Families()
     infos = {n.name: n for n in snapshot.nodes}
     names = sorted(set(infos) | set(snapshot.latest))
@@ -194,7 +191,7 @@ def build(snapshot: Snapshot) -> list[Metric]:
         for v in VERDICTS:
             fam.verdict.add_metric([node, v], _flag(v == verdict))
         for check, result in sorted(snapshot.latest.get(node, {}).items()):
-            _add_result(fam, info, check, result)
+            _add_result(fam, info, check, result, health.get(check))
         for check, times in sorted(snapshot.busy.get(node, {}).items()):
             fam.busy.add_metric([node, check], float(times))
         for key, times in sorted(snapshot.confirmations.get(node, {}).items()):
@@ -218,7 +215,7 @@ def build(snapshot: Snapshot) -> list[Metric]:
     return fam.all()
 
 
-def _add_result(fam: _Families, info: NodeInfo, check: str, result: CheckResult) -> None:
+def _add_result(fam: _Families, info: NodeInfo, check: str, result: CheckResult, health: str | None) -> None:
     node = info.name
     # The store's key is the authority on which check this is; a result's own name should agree.
     if result.check != check:
@@ -230,7 +227,6 @@ def _add_result(fam: _Families, info: NodeInfo, check: str, result: CheckResult)
     started = _epoch(result.started_at)
     if started is not None:
         fam.last_run.add_metric([node, check], started)
-    health = HEALTH_NAMES.get(check)
     if health is not None:
         for device, value in sorted(upstream_samples(result).items()):
             fam.health.add_metric([health, node, str(info.cpu_model), str(info.gpu_model), device], value)
@@ -378,7 +374,6 @@ def _epoch(started_at: str) -> float | None:
 
 __all__ = [
     "HEALTH_CHECKS",
-    "HEALTH_NAMES",
     "NodeInfo",
     "ResultsCollector",
     "Snapshot",

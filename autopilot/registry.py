@@ -8,18 +8,22 @@ API, Celery task) validates a request the same way before anything runs or is en
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from autopilot import errors, names, parsing
 
 if TYPE_CHECKING:
+    from autopilot.config import Settings
     from autopilot.context import CheckContext
     from autopilot.results import CheckResult
 
 RunFn = Callable[["CheckContext", Mapping[str, Any]], "CheckResult"]
 # evaluate_text(text, params, settings) -> result: a saved tool output judged without running it.
 EvaluateTextFn = Callable[[str, Mapping[str, Any], Any], "CheckResult"]
+# as_job(params, settings) -> whether a run of the check with these (validated or stored) parameters
+# is a Kubernetes Job that takes the node's GPUs, not work for the worker's engine.
+AsJobFn = Callable[[Mapping[str, Any], "Settings"], bool]
 
 MAX_LIST_ITEMS = 10_000
 
@@ -106,8 +110,34 @@ class CheckSpec:
     params: tuple[Param, ...] = ()
     timeout_s: float = 60.0
     uses_gpu: bool = False
+    """Takes the node's GPUs: runs under the worker's per-node GPU lock, and its devices are GPUs."""
     invasive: bool = False
     evaluate_text: EvaluateTextFn | None = None
+    health: str | None = None
+    """Upstream's ``health`` label value on ``autopilot_health_checks`` (gpupower is upstream's
+    ``power-slowdown``); None: the check has no upstream series."""
+    tag: str = ""
+    """Upstream's tag for the check in ``/status`` text (``GPU POWER``); empty: the name in capitals."""
+    periodic: bool = False
+    """In the default ``AUTOPILOT_PERIODIC_CHECKS``."""
+    ring: bool = False
+    """A network check over many nodes at once, run by the ring coordinator on the control queue,
+    never as one node's task (so never re-run on one node to confirm a result)."""
+    as_job: AsJobFn | None = None
+    """Whether a run with given parameters is a Kubernetes Job (level-3 DCGM); None: never."""
+
+    @property
+    def upstream_tag(self) -> str:
+        return self.tag or self.name.upper()
+
+    def runs_as_job(self, params: Mapping[str, Any], settings: Settings) -> bool:
+        """A run of this check with ``params`` (a stored result's are not trusted to be valid) is a Job."""
+        if self.as_job is None:
+            return False
+        try:
+            return self.as_job(params, settings)
+        except (TypeError, ValueError):
+            return False
 
     def validate(self, raw: Mapping[str, Any]) -> dict[str, Any]:
         """Typed parameters with defaults filled in; unknown names are rejected."""
@@ -161,8 +191,39 @@ class CheckRegistry:
     def __contains__(self, name: object) -> bool:
         return name in self._specs
 
+    def __len__(self) -> int:
+        return len(self._specs)
+
+    def gpu_checks(self, checks: Iterable[str]) -> tuple[str, ...]:
+        """The checks of ``checks`` that take the GPUs, in the order given; a name not held here is
+        light (it cannot ask for the GPU lock)."""
+        return tuple(c for c in checks if c in self._specs and self._specs[c].uses_gpu)
+
+    def health_names(self) -> dict[str, str]:
+        """Check name -> upstream ``health`` value, for the checks that have an upstream series."""
+        return {s.name: s.health for s in self._specs.values() if s.health is not None}
+
+    def periodic(self) -> tuple[str, ...]:
+        """The checks periodic by default, in registration order."""
+        return tuple(s.name for s in self._specs.values() if s.periodic)
+
 
 REGISTRY = CheckRegistry()
+"""The checks registered at import by ``@check``. Read only where a process is assembled (the CLI,
+the worker and API entry points and app factories, scripts, test fixtures), through ``shipped``;
+everything else is handed the registry (a ``CheckContext``, ``runs.Services``, the worker's host,
+the API's services) and never reads this global (``tests/unit/test_architecture.py``)."""
+
+
+def shipped(extra: Sequence[str] = ()) -> CheckRegistry:
+    """The process's registry: the built-in checks, plus those of the modules ``extra``
+    (``Settings.extra_checks``, from ``AUTOPILOT_EXTRA_CHECKS``), registered by importing them."""
+    import importlib
+
+    importlib.import_module("autopilot.checks")
+    for module in extra:
+        importlib.import_module(module)
+    return REGISTRY
 
 
 def check(
@@ -174,12 +235,17 @@ def check(
     uses_gpu: bool = False,
     invasive: bool = False,
     evaluate_text: EvaluateTextFn | None = None,
+    health: str | None = None,
+    tag: str = "",
+    periodic: bool = False,
+    ring: bool = False,
+    as_job: AsJobFn | None = None,
     registry: CheckRegistry | None = None,
 ) -> Callable[[RunFn], RunFn]:
     """Register the decorated ``run(ctx, params) -> CheckResult`` under ``name``."""
 
     def decorate(fn: RunFn) -> RunFn:
-        (registry or REGISTRY).add(
+        (registry if registry is not None else REGISTRY).add(
             CheckSpec(
                 name=name,
                 run=fn,
@@ -189,6 +255,11 @@ def check(
                 uses_gpu=uses_gpu,
                 invasive=invasive,
                 evaluate_text=evaluate_text,
+                health=health,
+                tag=tag,
+                periodic=periodic,
+                ring=ring,
+                as_job=as_job,
             )
         )
         return fn

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import redis
 
-from autopilot import config
+from autopilot import config, registry
 from autopilot.context import CheckContext
 from autopilot.events import follower as follower_mod
 from autopilot.events import kmsg
@@ -96,7 +96,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         cluster.add_node(n, gpus=8)
     with Bench() as bench:
         store = ResultsStore(redis.Redis.from_url(bench.redis_url))
-        contexts = {n: CheckContext(n, settings, FakeRunner(), FakeTelemetry([]), cluster=cluster) for n in names}
+        checks = registry.shipped()  # a bench assembles its own process
+        contexts = {
+            n: CheckContext(n, settings, FakeRunner(), FakeTelemetry([]), cluster=cluster, checks=checks) for n in names
+        }
         sink = TimingSink(store, settings, contexts)
         gpu_index = {f"0000:{i:02x}:00.0": str(i) for i in range(8)}
         devices = {n: kmsg.FakeKmsg(capacity=4096) for n in names}

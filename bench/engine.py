@@ -37,8 +37,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=500, help="rounds of five checks per way")
     args = parser.parse_args(argv)
     settings = config.Settings(node_name="bench", redis_url="", periodic_checks=CHECKS)
-    ctx = simulate.contexts(settings, 1, [])["sim-0"]
-    specs = [registry.REGISTRY.get(c) for c in CHECKS]
+    checks = registry.shipped()  # a bench assembles its own process
+    ctx = simulate.contexts(settings, 1, [], checks=checks)["sim-0"]
+    specs = [checks.get(c) for c in CHECKS]
 
     def sequence() -> object:
         return execution.run_checks(CHECKS, ctx)

@@ -52,8 +52,9 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
 import autopilot.checks  # noqa: F401 - registers the checks
-from autopilot import baseline, config, confirmation, execution, network, results, verdict
+from autopilot import baseline, config, confirmation, execution, network, registry, results, verdict
 from autopilot.context import CheckContext
+from autopilot.registry import CheckRegistry
 from autopilot.results import CheckResult
 from workers import confirming, simnoise, simulate
 
@@ -169,7 +170,9 @@ def verdict_step(
     return decision.verdict
 
 
-def confirmation_wanted(track: NodeTrack, saved: Mapping[str, CheckResult], settings: config.Settings) -> list[str]:
+def confirmation_wanted(
+    track: NodeTrack, saved: Mapping[str, CheckResult], settings: config.Settings, checks: CheckRegistry
+) -> list[str]:
     """The checks a worker would re-run at once after saving ``saved`` (``confirming.after_task``)."""
     pol = confirming.policy(settings)
     if pol.acts_at_once or not settings.confirm_runs:
@@ -177,7 +180,8 @@ def confirmation_wanted(track: NodeTrack, saved: Mapping[str, CheckResult], sett
     wanted = []
     for check, result in saved.items():
         judged = confirmation.judge(confirmation.series_for(check, result, track.history), pol)
-        if judged.wants_confirmation_run and check not in confirming.NOT_RERUN:
+        ring = check in checks and checks.get(check).ring  # a ring check is never re-run on one node
+        if judged.wants_confirmation_run and not ring:
             wanted.append(check)
     return wanted
 
@@ -194,6 +198,7 @@ class Fleet:
     ] = dataclasses.field(default_factory=dict)
     noise: float = 1.0
     _rngs: dict[str, random.Random] = dataclasses.field(default_factory=dict)
+    checks: CheckRegistry = dataclasses.field(kw_only=True)
 
     def context(
         self, node: str, round_: int, network: simulate.SimNetwork, *, confirming: bool = False
@@ -203,7 +208,7 @@ class Fleet:
         faults = frozenset(case.faults) if on and case is not None else frozenset()
         key = (faults, network)
         if key not in self._seams:
-            self._seams[key] = simulate.build_seam(self.settings, dict(faults), network)
+            self._seams[key] = simulate.build_seam(self.settings, dict(faults), network, checks=self.checks)
         runner, telemetry = self._seams[key]
         slow = case.slow if on and case is not None else ()
         noisy = self._runner(node, runner, slow)
@@ -211,7 +216,7 @@ class Fleet:
         if any(kind == "hang" for _, kind in faults):
             settings = dataclasses.replace(settings, check_timeouts=dict.fromkeys(CHECKS, HANG_TIMEOUT_S))
         directory = simulate.SimPeers(node, lambda: tuple(self.cases))
-        return CheckContext(node, settings, noisy, telemetry, peers=directory)
+        return CheckContext(node, settings, noisy, telemetry, peers=directory, checks=self.checks)
 
     def network(self, round_: int, *, confirming: bool = False) -> simulate.SimNetwork:
         faults = {
@@ -282,7 +287,7 @@ def run(
     base = settings or config.Settings(node_name="bench", periodic_checks=tuple(checks))
     sim_settings = dataclasses.replace(base, bandwidthtest_path="")
     the_plan = dict(fleet_plan) if fleet_plan is not None else plan(n, seed)
-    fleet = Fleet(sim_settings, seed, the_plan, noise=noise)
+    fleet = Fleet(sim_settings, seed, the_plan, noise=noise, checks=registry.shipped())  # a bench assembles its process
     policy = baseline.policy_of(sim_settings)
     window = baseline.Window(policy.window, sim_settings.baseline_max_cohorts)
     keep = max(1, len(checks)) * confirming.policy(sim_settings).depth
@@ -325,7 +330,9 @@ def run(
         # failure is pending or that is recovering, until the judgement no longer asks for one.
         runs = dict.fromkeys(the_plan, 0)
         for attempt in range(1, 1 + max(confirming.policy(sim_settings).need, sim_settings.recover_passes)):
-            wanted = {node: confirmation_wanted(tracks[node], saved[node], sim_settings) for node in saved}
+            wanted = {
+                node: confirmation_wanted(tracks[node], saved[node], sim_settings, fleet.checks) for node in saved
+            }
             wanted = {node: found for node, found in wanted.items() if found}
             if not wanted:
                 break

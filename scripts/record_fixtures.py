@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import autopilot.checks  # noqa: E402,F401 - importing registers every check
-from autopilot import config, errors, execution, gpus, testing  # noqa: E402
+from autopilot import config, errors, execution, gpus, registry, testing  # noqa: E402
 from autopilot.commands import SubprocessRunner  # noqa: E402
 from autopilot.context import CheckContext  # noqa: E402
 from autopilot.results import CheckResult  # noqa: E402
@@ -63,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, CheckResult] = {}
     for name in args.checks:
         runner = testing.RecordingRunner(SubprocessRunner(), out / name)
-        ctx = CheckContext(node=settings.node_name, settings=settings, commands=runner, gpus=telemetry)
+        ctx = CheckContext(
+            node=settings.node_name, settings=settings, commands=runner, gpus=telemetry, checks=registry.shipped()
+        )
         result = execution.run_check(name, ctx)
         results[name] = result
         (out / f"{name}.result.json").write_text(json.dumps(result.to_dict(), indent=1) + "\n")

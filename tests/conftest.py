@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from autopilot import config
+from autopilot import config, registry
 from autopilot.context import CheckContext
 from autopilot.testing import FakeClock, FakeGpu, FakeRunner, FakeTelemetry
 
@@ -63,6 +63,7 @@ def make_ctx(settings: config.Settings) -> Callable[..., CheckContext]:
             "commands": FakeRunner(),
             "gpus": FakeTelemetry([FakeGpu() for _ in range(2)]),
             "clock": FakeClock(),
+            "checks": registry.shipped(),  # the fixtures assemble the test process's checks
         }
         base.update(overrides)
         return CheckContext(**base)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import flask
 
 from autopilot import config
+from autopilot.registry import shipped as shipped_checks
 from autopilot.results import CheckResult, DeviceResult, Status, utc_now_iso
 from workers.store import NodeRecord, ResultsStore
 
@@ -63,5 +64,5 @@ def make_app(store: ResultsStore, settings: config.Settings) -> flask.Flask:
     def boom() -> str:
         raise RuntimeError("boom")
 
-    api.metrics.init_app(app, store, settings)
+    api.metrics.init_app(app, store, settings, checks=shipped_checks())
     return app

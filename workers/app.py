@@ -150,11 +150,15 @@ def beat_schedule(settings: config.Settings) -> dict[str, dict[str, Any]]:
     return schedule
 
 
-def create_celery(settings: config.Settings) -> Celery:
+def create_celery(settings: config.Settings, checks: registry.CheckRegistry | None = None) -> Celery:
+    """The Celery app; ``checks`` defaults to the shipped checks plus ``settings.extra_checks`` (the app
+    factory assembles the process, so it is one of the places that may name them)."""
     if not settings.redis_url:
         raise errors.ConfigError("AUTOPILOT_REDIS_URL is not set")
+    if checks is None:
+        checks = registry.shipped(settings.extra_checks)
     app = Celery("autopilot", broker=settings.redis_url, set_as_current=False)
-    longest = max((spec.timeout_s for spec in registry.REGISTRY), default=3600.0)
+    longest = max((spec.timeout_s for spec in checks), default=3600.0)
     broker_conf = broker_settings(settings)
     transport = broker_conf.pop("transport")
     app.conf.update(broker_conf)
@@ -188,6 +192,7 @@ def create_celery(settings: config.Settings) -> Celery:
     )
     store = make_store(settings)
     dispatcher = CeleryDispatcher(app)
+    registered = checks
     clusters: list[ClusterClient | None] = []
 
     def _cluster() -> ClusterClient | None:
@@ -198,7 +203,7 @@ def create_celery(settings: config.Settings) -> Celery:
 
     def _confirm(node: str, done: list[CheckResult] | tuple[CheckResult, ...]) -> None:
         try:
-            confirming.after_task(store, dispatcher, settings, node, done)
+            confirming.after_task(store, dispatcher, settings, node, done, checks=registered)
         except (StoreUnavailable, redis.RedisError, kombu.exceptions.KombuError) as exc:
             # The results and the verdict are saved; only an early re-run (or a counter) is lost.
             log.warning("confirmation after the task on %s failed: %s", node, exc)
@@ -230,7 +235,7 @@ def create_celery(settings: config.Settings) -> Celery:
 
     @app.task(name="autopilot.fanout")
     def fanout_task(kind: str) -> str | None:
-        run = tasks.fanout(store, dispatcher, settings, kind=kind)
+        run = tasks.fanout(store, dispatcher, settings, registered, kind=kind)
         return run.id if run else None
 
     @app.task(name="autopilot.reconcile")

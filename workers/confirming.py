@@ -14,8 +14,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 
-from autopilot import config, confirmation, invasive, registry
+from autopilot import config, confirmation
 from autopilot.confirmation import Policy, State
+from autopilot.registry import CheckRegistry
 from autopilot.results import CheckResult, Status
 from workers.dispatch import Dispatcher, Envelope
 from workers.store import NodeState, ResultsStore, Run
@@ -23,7 +24,6 @@ from workers.store import NodeState, ResultsStore, Run
 log = logging.getLogger(__name__)
 
 SOURCE = "confirm"
-NOT_RERUN = frozenset({"iperf"})
 
 
 def policy(settings: config.Settings) -> Policy:
@@ -58,6 +58,7 @@ def after_task(
     node: str,
     done: Sequence[CheckResult],
     *,
+    checks: CheckRegistry,
     now: float | None = None,
 ) -> Run | None:
     """Count prevented flaps and send the confirmation run a task's results call for; returns that run."""
@@ -70,40 +71,39 @@ def after_task(
     calm = verdict not in confirmation.HOLDING_VERDICTS
     if calm and not pending & set(saved) and not any(r.is_bad for r in saved.values()):
         return None
-    history = store.history(node, limit=_history(store, settings, pol, len(registry.REGISTRY.names())))
+    history = store.history(node, limit=_history(store, settings, pol, len(checks)))
     judged = {c: confirmation.judge(confirmation.series_for(c, r, history), pol) for c, r in saved.items()}
     prevented = [c for c, j in judged.items() if j.flap_prevented]
     still = {c for c in pending if c not in saved} | {c for c, j in judged.items() if j.state is State.PENDING}
     rerun = [c for c, j in judged.items() if j.wants_confirmation_run] if settings.confirm_runs else []
-    run = _send(store, dispatcher, node, [(c, saved[c]) for c in rerun], now) if rerun else None
+    run = _send(store, dispatcher, settings, checks, node, [(c, saved[c]) for c in rerun], now) if rerun else None
     store.record_confirmations(node, runs=rerun if run else [], prevented=prevented, pending=still)
     for check in prevented:
         log.info("node %s: %s flap prevented (%s)", node, check, judged[check].state.value)
     return run
 
 
-def _invasive(result: CheckResult) -> bool:
-    try:
-        return result.check == "dcgm" and int(result.params.get("r", 0) or 0) >= invasive.LEVEL
-    except (TypeError, ValueError):
-        return False
-
-
 def _send(
     store: ResultsStore,
     dispatcher: Dispatcher,
+    settings: config.Settings,
+    registry: CheckRegistry,
     node: str,
     found: Sequence[tuple[str, CheckResult]],
     now: float | None,
 ) -> Run | None:
-    # An invasive DCGM run takes its node's GPUs for up to 40 minutes as a Job, and iperf is a ring over
-    # many nodes that only the API's coordinator runs: both are confirmed by N of M over the runs to
+    # A run as a Job (level-3 DCGM) takes its node's GPUs for up to 40 minutes, and a ring check (iperf)
+    # runs over many nodes from the ring coordinator: both are confirmed by N of M over the runs to
     # come, never re-run at once on one node.
-    checks = [c for c, r in found if c in registry.REGISTRY and c not in NOT_RERUN and not _invasive(r)]
+    checks = [
+        c
+        for c, r in found
+        if c in registry and not registry.get(c).ring and not registry.get(c).runs_as_job(r.params, settings)
+    ]
     if not checks:
         return None
     params = {c: dict(r.params) for c, r in found if c in checks and r.params}
-    timeout = max(registry.REGISTRY.get(c).timeout_s for c in checks)
+    timeout = max(registry.get(c).timeout_s for c in checks)
     run = Run.new(checks, [node], params, deadline_s=timeout + 60, source=SOURCE, now=now)
     store.create_run(run)
     dispatcher.send(Envelope(run.id, node, run.checks, params, run.deadline))

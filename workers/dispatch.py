@@ -42,7 +42,8 @@ import kombu.exceptions
 import redis
 from celery import Celery
 
-from autopilot import names, registry
+from autopilot import names
+from autopilot.registry import CheckRegistry
 from workers.store import P, translating
 
 RUN_TASK = "autopilot.run_checks"
@@ -61,11 +62,11 @@ class Envelope:
     deadline: float
 
 
-def partition(checks: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def partition(checks: Sequence[str], registry: CheckRegistry) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The light checks and the GPU checks of ``checks``, each in the order given."""
-    # A name this process's REGISTRY does not hold (a test's extra checks, validated by the
-    # caller's own registry) counts as light: it cannot ask for the GPU lock.
-    gpu = tuple(c for c in checks if c in registry.REGISTRY and registry.REGISTRY.get(c).uses_gpu)
+    # A name ``registry`` does not hold (a test's extra checks, validated by the caller's own
+    # registry) counts as light: it cannot ask for the GPU lock.
+    gpu = registry.gpu_checks(checks)
     light = tuple(c for c in checks if c not in gpu)
     return light, gpu
 

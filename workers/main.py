@@ -20,6 +20,7 @@ from celery.worker.worker import WorkController
 from autopilot import __version__, config, errors, names, nodeinfo
 from autopilot import cluster as cluster_mod
 from autopilot.context import CheckContext
+from autopilot.registry import CheckRegistry
 from workers import host as hosting
 from workers import invasive_flow, simbroker
 from workers.app import CONTROL_QUEUE, create_celery, make_store
@@ -39,10 +40,10 @@ def _settings() -> config.Settings:
     return settings
 
 
-def load_checks(environ: Mapping[str, str] | None = None) -> None:
-    """Register the built-in checks, plus the modules named in ``AUTOPILOT_EXTRA_CHECKS``
+def load_checks(environ: Mapping[str, str] | None = None) -> CheckRegistry:
+    """The process's registry: the built-in checks, plus the modules named in ``AUTOPILOT_EXTRA_CHECKS``
     (``config.load_checks``; e.g. ``tests.integration.checks_for_tests``, for tests)."""
-    config.load_checks(os.environ if environ is None else environ)
+    return config.load_checks(os.environ if environ is None else environ)
 
 
 def parse_labels(pairs: Sequence[str]) -> dict[str, str]:
@@ -111,7 +112,7 @@ def worker_main(argv: Sequence[str]) -> int:
     args = parser.parse_args(list(argv))
 
     settings = _settings()
-    load_checks()
+    checks = load_checks()
     labels = parse_labels(args.label)
     store = make_store(settings)
     contexts: dict[str, CheckContext]
@@ -126,12 +127,13 @@ def worker_main(argv: Sequence[str]) -> int:
             live_nodes=lambda: store.node_names(seen_since=time.time() - settings.live_after_s),
             link_faults=args.link_fault,
             noise=args.sim_noise,
+            checks=checks,
         )
     else:
         node = names.node_name(args.node or settings.node_name, field="--node")
         settings = dataclasses.replace(settings, node_name=node)
         cluster = cluster_mod.from_settings(settings)
-        contexts = {node: dataclasses.replace(CheckContext.default(settings), cluster=cluster)}
+        contexts = {node: dataclasses.replace(CheckContext.default(settings, checks), cluster=cluster)}
     host = hosting.NodeHost(settings, store, contexts)
     hosting.install(host)
     _resume_invasive(host)
@@ -178,7 +180,7 @@ def worker_main(argv: Sequence[str]) -> int:
     queues = [names.node_queue(n) for n in contexts]
     if not args.no_control:
         queues.append(CONTROL_QUEUE)
-    app = create_celery(settings)
+    app = create_celery(settings, checks)
     if args.simulate:
         # Hundreds of queues in one process: the simulator's transport (simulator-only code, tied
         # to the kombu release it was checked against); a real worker keeps kombu's own.
@@ -253,8 +255,7 @@ def beat_main(argv: Sequence[str]) -> int:
     parser.add_argument("--loglevel", default="INFO")
     args = parser.parse_args(list(argv))
     settings = _settings()
-    load_checks()
-    app = create_celery(settings)
+    app = create_celery(settings, load_checks())
     app.start(["beat", "--schedule", args.schedule_file, "--loglevel", args.loglevel])
     return 0
 

@@ -28,7 +28,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
-from autopilot import config, errors, gpuverdict, network, publish, registry, results, verdict
+from autopilot import config, errors, gpuverdict, network, publish, results, verdict
 from autopilot.cluster import ClusterClient
 from autopilot.gpuverdict import GpuState
 from workers import confirming, gpureconcile
@@ -45,11 +45,6 @@ _CLEAR = ("cleared_by", "cleared_at", "cleared_cause")
 # How long the fleet's ping suspects are kept for the reconciles after tasks (beat's tick renews
 # them; past this a failed ping reads the fleet's pings again).
 _SUSPECTS_TTL_S = 600.0
-
-
-def periodic_checks(settings: config.Settings) -> list[str]:
-    """The configured periodic checks that exist in this build (others cannot produce results)."""
-    return [c for c in settings.periodic_checks if c in registry.REGISTRY]
 
 
 def lost_since(last_seen: float | None, now: datetime, settings: config.Settings) -> datetime | None:
@@ -117,7 +112,8 @@ def reconcile_node(
     lost = lost_since(view.last_seen, moment, settings)
     decision = verdict.decide(
         confirmed,
-        periodic=periodic_checks(settings),
+        # Validated against the process's checks when the settings were loaded (config._known_checks).
+        periodic=settings.periodic_checks,
         now=moment,
         max_age_s=settings.stale_after_s,
         evicted_at=evicted_at,

@@ -70,7 +70,6 @@ WAVE_SLACK_S = POLL_MAX_S + 0.05
 # Node statuses in the answer, least to most severe for the totals' "status". "busy": some checks
 # never started (another GPU check held the GPUs until the deadline) and the rest were ok.
 NODE_STATUSES = ("ok", "skipped", "busy", "pending", "unknown", "unreachable", "error", "warn", "fail")
-RING_CHECK = "iperf"
 
 
 @dataclasses.dataclass
@@ -122,11 +121,22 @@ def run_deadline_s(nodes: int, batch: int | None, node_deadline_s: float) -> flo
     return waves * (node_deadline_s + WAVE_SLACK_S)
 
 
-def ring_sender(svc: Services, checks: Collection[str]) -> TaskSender | None:
-    """The sender of the ring's coordinator task (and the coordinator's own tasks, in the worker),
-    when ``checks`` has iperf and the dispatcher can send named tasks; otherwise None (iperf then
-    goes out like any check, and a worker skips it)."""
-    return task_sender(svc.dispatcher) if RING_CHECK in checks else None
+@dataclasses.dataclass(frozen=True)
+class Ring:
+    """A run's ring check (its spec's ``ring``: iperf) and the sender of the coordinator's task."""
+
+    check: str
+    sender: TaskSender
+
+
+def ring_of(svc: Services, checks: Collection[str]) -> Ring | None:
+    """The ring check of ``checks`` and the sender of the ring's coordinator task (and the
+    coordinator's own tasks, in the worker), when ``checks`` has a check whose spec is a ring and
+    the dispatcher can send named tasks; otherwise None (the check then goes out like any check,
+    and a worker skips it)."""
+    check = next((c for c in checks if c in svc.checks and svc.checks.get(c).ring), None)
+    sender = task_sender(svc.dispatcher) if check is not None else None
+    return Ring(check, sender) if check is not None and sender is not None else None
 
 
 def run_params(svc: Services, req: RunRequest, selection: Selection) -> dict[str, dict[str, Any]]:
@@ -147,18 +157,19 @@ def run_params(svc: Services, req: RunRequest, selection: Selection) -> dict[str
 def create_run(svc: Services, req: RunRequest, selection: Selection, *, source: str = "api") -> Run:
     params = run_params(svc, req, selection)
     deadline_s = run_deadline_s(len(selection.nodes), req.batch, req.deadline_s)
-    if ring_sender(svc, req.checks) is not None:
-        deadline_s += ring.estimate_s(svc.store, svc.settings, selection.nodes, params.get(RING_CHECK, {}))
+    the_ring = ring_of(svc, req.checks)
+    if the_ring is not None:
+        deadline_s += ring.estimate_s(svc.store, svc.settings, selection.nodes, params.get(the_ring.check, {}))
     run = Run.new(req.checks, selection.nodes, params, deadline_s, source=source, now=svc.clock(), lost=selection.lost)
     svc.store.create_run(run)
     return run
 
 
-def send_ring(run: Run, sender: TaskSender) -> None:
-    """Hand the run's ``iperf`` ring to a worker: one coordinator task on the control queue,
+def send_ring(run: Run, the_ring: Ring) -> None:
+    """Hand the run's ring (``iperf``) to a worker: one coordinator task on the control queue,
     dropped unrun at the run's deadline (its nodes are then reported without an iperf answer)."""
-    kwargs = {"run_id": run.id, "nodes": list(run.nodes), "params": dict(run.params.get(RING_CHECK, {}))}
-    sender.send_control(ring.RING_TASK, kwargs, expires=run.deadline)
+    kwargs = {"run_id": run.id, "nodes": list(run.nodes), "params": dict(run.params.get(the_ring.check, {}))}
+    the_ring.sender.send_control(ring.RING_TASK, kwargs, expires=run.deadline)
 
 
 def answered(store: ResultsStore, run_id: str) -> set[tuple[str, str]]:
@@ -377,7 +388,7 @@ def tick(svc: Services, *, kind: str, now: float) -> Run | None:
     interval = settings.periodic_interval_s if kind == "periodic" else settings.invasive_interval_s
     nodes = svc.store.node_names(seen_since=now - settings.live_after_s)
     if kind == "periodic":
-        checks = reconcile.periodic_checks(settings)
+        checks = [c for c in settings.periodic_checks if c in svc.checks]
         params: dict[str, dict[str, Any]] = {}
     else:
         checks = ["dcgm"]
@@ -397,14 +408,14 @@ def tick(svc: Services, *, kind: str, now: float) -> Run | None:
 def gather(svc: Services, req: RunRequest, selection: Selection) -> dict[str, Any]:
     """Run ``req`` on the selected nodes and wait for the answer (``/status``)."""
     run = create_run(svc, req, selection)
-    sender = ring_sender(svc, run.checks)
-    without = (RING_CHECK,) if sender else ()
+    the_ring = ring_of(svc, run.checks)
+    without = (the_ring.check,) if the_ring else ()
     g = Gather(svc, run, node_deadline_s=req.deadline_s, batch=req.batch, without=without, lost=selection.lost)
     g.wait()
     timed_out = set(g.expired)
-    if sender is not None:
-        send_ring(run, sender)
-        timed_out |= g.wait_for_check(RING_CHECK, run.deadline)
+    if the_ring is not None:
+        send_ring(run, the_ring)
+        timed_out |= g.wait_for_check(the_ring.check, run.deadline)
     return report(svc, run, g.results(), timed_out=timed_out, unknown=selection.unknown, complete=True)
 
 
@@ -415,25 +426,25 @@ def start(svc: Services, req: RunRequest, selection: Selection) -> Run:
     coordinator task is sent once the run's other checks are in (at once when it has none).
     """
     run = create_run(svc, req, selection)
-    sender = ring_sender(svc, run.checks)
-    without = (RING_CHECK,) if sender else ()
+    the_ring = ring_of(svc, run.checks)
+    without = (the_ring.check,) if the_ring else ()
     g = Gather(svc, run, node_deadline_s=req.deadline_s, batch=req.batch, without=without, lost=selection.lost)
     g.send_ready()
-    if sender is not None and g.finished:
-        send_ring(run, sender)
-        sender = None
+    if the_ring is not None and g.finished:
+        send_ring(run, the_ring)
+        the_ring = None
     # Joined executions are copied into the run by the gather, so it goes on in the background.
-    if sender is not None or (not g.finished and (g.waiting or g.joined)):
-        thread = threading.Thread(target=_continue, args=(g, sender), name=f"gather-{run.id[:8]}", daemon=True)
+    if the_ring is not None or (not g.finished and (g.waiting or g.joined)):
+        thread = threading.Thread(target=_continue, args=(g, the_ring), name=f"gather-{run.id[:8]}", daemon=True)
         thread.start()
     return run
 
 
-def _continue(g: Gather, sender: TaskSender | None = None) -> None:
+def _continue(g: Gather, the_ring: Ring | None = None) -> None:
     try:
         g.wait()
-        if sender is not None:
-            send_ring(g.run, sender)
+        if the_ring is not None:
+            send_ring(g.run, the_ring)
     except Exception:  # a background thread has nobody to raise to: log it, the run times out
         log.exception("gather of run %s failed", g.run.id)
 
@@ -601,10 +612,10 @@ def network_report(
         for node in silent:
             pairs += _silent_pairs(node, run.nodes, interfaces)
         out["ping"] = _suspects(pairs)
-    if RING_CHECK in run.checks:
+    if "iperf" in run.checks:  # the ring's pairs, as the iperf check reports them
         ring_pairs: list[dict[str, Any]] = []
         for node in run.nodes:
-            result = found.get((node, RING_CHECK))
+            result = found.get((node, "iperf"))
             if result is not None:
                 ring_pairs += [dict(p) for p in result["data"].get("pairs", [])]
         out["iperf"] = {**_suspects(iperf.pair_results(ring_pairs)), "interfaces": iperf.summarize(ring_pairs)}

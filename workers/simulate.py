@@ -45,8 +45,9 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
-from autopilot import clock, commands, config, errors, gpuident, gpus, parsing, peers, registry
+from autopilot import clock, commands, config, errors, gpuident, gpus, parsing, peers
 from autopilot.context import CheckContext
+from autopilot.registry import CheckRegistry
 from autopilot.testing import FakeGpu, FakeTelemetry, Recording
 from workers import simnoise
 
@@ -260,6 +261,7 @@ def contexts(
     live_nodes: Callable[[], Sequence[str]] | None = None,
     link_faults: Sequence[str] = (),
     noise: float = 0.0,
+    checks: CheckRegistry,
 ) -> dict[str, CheckContext]:
     """Contexts of ``sim-<offset>`` .. ``sim-<offset+n-1>``, with ``faults`` applied.
 
@@ -280,9 +282,9 @@ def contexts(
     names = node_names(n, offset)
     by_node = parse_faults(faults, names)
     remote = parse_faults(link_faults)
-    for node, checks in remote.items():
+    for node, faulted in remote.items():
         address(node, field="--link-fault")
-        if any(check not in NET_TOOL_OF for check in checks):
+        if any(check not in NET_TOOL_OF for check in faulted):
             raise errors.BadParameter("--link-fault", f"only {' and '.join(NET_TOOL_OF)} faults touch other nodes")
     network = SimNetwork.of({**remote, **by_node})
     # The simulated seam answers ap-bandwidth, not NVIDIA's bandwidthTest.
@@ -294,13 +296,15 @@ def contexts(
     for name in names:
         profile = frozenset(by_node.get(name, {}).items())
         if profile not in seams:
-            seams[profile] = build_seam(sim_settings, dict(profile), network)
+            seams[profile] = build_seam(sim_settings, dict(profile), network, checks=checks)
         runner, telemetry = seams[profile]
         directory = SimPeers(name, live) if live is not None else peers.StaticPeers(())
         seam: commands.CommandRunner = runner
         if noise > 0:
             seam = simnoise.NoisyRunner(runner, name, NOISE_SEED, noise=noise)
-        out[name] = CheckContext(name, sim_settings, seam, telemetry.for_node(name), shared_clock, peers=directory)
+        out[name] = CheckContext(
+            name, sim_settings, seam, telemetry.for_node(name), shared_clock, peers=directory, checks=checks
+        )
     return out
 
 
@@ -377,7 +381,7 @@ def _index(node: str) -> int:
 
 
 def build_seam(
-    settings: config.Settings, faults: Mapping[str, str], network: SimNetwork | None = None
+    settings: config.Settings, faults: Mapping[str, str], network: SimNetwork | None = None, *, checks: CheckRegistry
 ) -> tuple[SimRunner, SimTelemetry]:
     """The runner and telemetry of a node with ``faults`` (check -> kind) on ``network``."""
     table: dict[tuple[str, ...], Recording] = {}
@@ -396,7 +400,7 @@ def build_seam(
                 broken_tools.add(NET_TOOL_OF[check])
             # down and slow live in the network's link matrix, which knows every node's faults
         elif kind == "hang":
-            nvml_faults[NVML_OF[check]] = ("hang", _timeout(settings, check) + 2.0)
+            nvml_faults[NVML_OF[check]] = ("hang", _timeout(settings, checks, check) + 2.0)
         elif tool:
             table.update(_recordings(tool, kind))
         elif kind == "error":
@@ -410,8 +414,8 @@ def build_seam(
     return SimRunner(table, frozenset(hang_tools), links=links), SimTelemetry(gpu_list, nvml_faults)
 
 
-def _timeout(settings: config.Settings, check: str) -> float:
-    default = registry.REGISTRY.get(check).timeout_s if check in registry.REGISTRY else 60.0
+def _timeout(settings: config.Settings, checks: CheckRegistry, check: str) -> float:
+    default = checks.get(check).timeout_s if check in checks else 60.0
     return float(settings.check_timeouts.get(check, default))
 
 

@@ -26,11 +26,12 @@ from typing import Any
 
 import redis
 
-from autopilot import config, execution, invasive, registry, results
+from autopilot import config, execution, results
 from autopilot.checks import iperf
 from autopilot.cluster import ClusterClient
 from autopilot.context import CheckContext
 from autopilot.errors import StoreUnavailable
+from autopilot.registry import CheckRegistry
 from autopilot.results import CheckResult, Status
 from workers import fleet, invasive_flow, remediating, ring, runs
 from workers import reconcile as reconciling
@@ -81,7 +82,7 @@ def run_checks(
             writer.add(CheckResult(c, Status.ERROR, f"worker does not host node {node}", node=node))
         writer.flush()
         return writer.done
-    light, gpu = partition(checks)
+    light, gpu = partition(checks, ctx.checks)
     lock = host.gpu_lock(node) if gpu else None
     held = handed_back = False
     try:
@@ -199,12 +200,11 @@ def _run_group(
 
 
 def _as_job(check: str, ctx: CheckContext, params: Mapping[str, Mapping[str, Any]], settings: config.Settings) -> bool:
-    """Level-3 DCGM with a cluster: run as a Kubernetes Job, not by the engine."""
-    return ctx.cluster is not None and _invasive(check, params.get(check) or {}, settings)
-
-
-def _invasive(check: str, params: Mapping[str, Any], settings: config.Settings) -> bool:
-    return check == "dcgm" and int(params.get("r") or settings.dcgm_level) >= invasive.LEVEL
+    """A check its spec runs as a Job with these parameters (level-3 DCGM), in a cluster: a Kubernetes Job,
+    not work for the engine."""
+    if ctx.cluster is None or check not in ctx.checks:
+        return False
+    return ctx.checks.get(check).runs_as_job(params.get(check) or {}, settings)
 
 
 def _stamped(result: CheckResult, now: datetime) -> CheckResult:
@@ -215,6 +215,7 @@ def fanout(
     store: ResultsStore,
     dispatcher: Dispatcher,
     settings: config.Settings,
+    checks: CheckRegistry,
     *,
     kind: str,
     now: float | None = None,
@@ -228,7 +229,7 @@ def fanout(
     if not store.claim_tick(f"fanout:{kind}", moment, interval):
         log.info("fanout %s: already done for this interval", kind)
         return None
-    return runs.tick(runs.Services(settings, store, dispatcher, registry.REGISTRY), kind=kind, now=moment)
+    return runs.tick(runs.Services(settings, store, dispatcher, checks), kind=kind, now=moment)
 
 
 def reconcile(store: ResultsStore, settings: config.Settings, cluster: ClusterClient | None = None) -> dict[str, str]:

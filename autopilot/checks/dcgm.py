@@ -98,7 +98,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
-from autopilot import errors, registry
+from autopilot import errors, invasive, registry
 from autopilot.context import CheckContext
 from autopilot.results import CheckResult, DeviceResult, Status
 
@@ -730,6 +730,10 @@ def evaluate_text(text: str, params: Mapping[str, Any], settings: Any) -> CheckR
     timeout_s=CHECK_TIMEOUT_S,
     uses_gpu=True,
     evaluate_text=evaluate_text,
+    health="dcgm",
+    tag="DCGM",
+    periodic=True,
+    as_job=lambda params, settings: int(params.get("r") or settings.dcgm_level) >= invasive.LEVEL,
 )
 def run(ctx: CheckContext, params: Mapping[str, Any]) -> CheckResult:
     level = int(params.get("r") or ctx.settings.dcgm_level)

@@ -514,6 +514,8 @@ def _threshold_param(key: str, help_text: str) -> registry.Param:
     timeout_s=900.0,
     uses_gpu=True,
     evaluate_text=evaluate_text,
+    health="gpumem",
+    tag="GPU-MEM",
 )
 def run(ctx: CheckContext, params: Mapping[str, Any]) -> CheckResult:
     count = ctx.gpus.count()

@@ -279,4 +279,6 @@ registry.check(
     description="network bandwidth between nodes: upstream's iperf3 ring, coordinated by the API (on demand)",
     params=PARAMS,
     timeout_s=30,
+    tag="IPERF",
+    ring=True,
 )(run)

@@ -616,6 +616,9 @@ def _measure(ctx: CheckContext, tool: str, path: str, index: int, params: Mappin
     timeout_s=600.0,
     uses_gpu=True,
     evaluate_text=evaluate_text,
+    health="pciebw",
+    tag="PCIEBW",
+    periodic=True,
 )
 def run(ctx: CheckContext, params: Mapping[str, Any]) -> CheckResult:
     count = ctx.gpus.count()

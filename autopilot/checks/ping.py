@@ -173,4 +173,7 @@ registry.check(
         registry.Param("wait_s", float, 1.0, "seconds to wait for each reply", minimum=0.1, maximum=10),
     ),
     timeout_s=120,
+    health="ping",
+    tag="PING",
+    periodic=True,
 )(run)

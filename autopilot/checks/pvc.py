@@ -109,6 +109,8 @@ def consumer_pod_manifest(claim: str, namespace: str, node: str, image: str, tol
     NAME,
     description="storage provisioning: create a PVC of PVC_TEST_STORAGE_CLASS, wait for Bound, delete it",
     timeout_s=TIMEOUT_S,
+    health="pvc",
+    tag="PVC",
 )
 def run(ctx: CheckContext, params: Mapping[str, Any]) -> CheckResult:
     settings = ctx.settings

@@ -232,6 +232,9 @@ def collect(ctx: CheckContext) -> tuple[dict[int, Reading], dict[int, dict[str, 
     timeout_s=60.0,
     uses_gpu=True,
     evaluate_text=evaluate_text,
+    health="remapped",
+    tag="REMAPPED ROWS",
+    periodic=True,
 )
 def run(ctx: CheckContext, params: Mapping[str, Any]) -> CheckResult:
     return _nvml_fallback.judge_collected(NAME, "row remapping", ctx, collect, evaluate)

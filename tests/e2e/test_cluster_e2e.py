@@ -30,6 +30,7 @@ from autopilot.checks import pvc
 from autopilot.cluster import KubeClusterClient
 from autopilot.context import CheckContext
 from autopilot.invasive import JobState, StartState
+from autopilot.registry import shipped as shipped_checks
 from autopilot.results import CheckResult, Status
 from autopilot.testing import FakeGpu, FakeRunner, FakeTelemetry
 from autopilot.verdict import Decision, Verdict
@@ -141,7 +142,9 @@ def test_pvc_check(client: KubeClusterClient, node: str) -> None:
     if not storage_class:
         pytest.skip("needs AUTOPILOT_E2E_STORAGE_CLASS")
     settings = config.Settings(node_name=node, namespace=NS, pvc_storage_class=storage_class, image=BUSYBOX)
-    ctx = CheckContext(node, settings, FakeRunner(), FakeTelemetry([FakeGpu()]), cluster=client)
+    ctx = CheckContext(
+        node, settings, FakeRunner(), FakeTelemetry([FakeGpu()]), cluster=client, checks=shipped_checks()
+    )
     result = execution.run_check(pvc.NAME, ctx)
     assert result.status is Status.OK, result.summary
     assert result.data["deleted"] is True

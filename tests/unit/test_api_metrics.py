@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from api.metrics import ProcessFiles, SharedExposition, snapshot_from_store
 from autopilot import config
 from autopilot.metrics import ResultsCollector
+from autopilot.registry import shipped as shipped_checks
 from tests.metrics_data import make_app, populate
 from workers.store import ResultsStore
 
@@ -102,7 +103,7 @@ def test_requests_answered_by_an_earlier_hook_are_still_timed(store: ResultsStor
 
     import api.metrics
 
-    api.metrics.init_app(app, store, config.Settings(node_name="api"))
+    api.metrics.init_app(app, store, config.Settings(node_name="api"), checks=shipped_checks())
     client = app.test_client()
     assert client.get("/secret").status_code == 401
     series = scrape(client)
@@ -162,7 +163,9 @@ def test_node_gauges_are_computed_once_per_interval_and_shared_by_scrapers(store
 def test_node_gauges_are_computed_again_after_the_interval(store: ResultsStore) -> None:
     populate(store, NODES)
     registry = CollectorRegistry()
-    registry.register(ResultsCollector(lambda: snapshot_from_store(store, config.Settings(node_name="api"))))
+    registry.register(
+        ResultsCollector(lambda: snapshot_from_store(store, config.Settings(node_name="api")), checks=shipped_checks())
+    )
     now = [0.0]
     shared = SharedExposition(registry, 15.0, clock=lambda: now[0])
     before = shared.render()

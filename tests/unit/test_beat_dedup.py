@@ -7,6 +7,7 @@ import pytest
 
 import autopilot.checks  # noqa: F401 - the periodic checks must be registered
 from autopilot import config
+from autopilot.registry import shipped as shipped_checks
 from workers import tasks
 from workers.dispatch import FakeDispatcher
 from workers.store import NodeRecord, ResultsStore
@@ -24,7 +25,7 @@ def test_two_beats_at_any_phase_make_one_run_per_interval(offset_s: float) -> No
     ticks = sorted([start + i * INTERVAL for i in range(20)] + [start + offset_s + i * INTERVAL for i in range(20)])
     for t in ticks:
         store.heartbeat(NodeRecord("node-a", last_seen=t))
-        if tasks.fanout(store, sent, settings, kind="periodic", now=t) is not None:
+        if tasks.fanout(store, sent, settings, kind="periodic", now=t, checks=shipped_checks()) is not None:
             runs.append(t)
     span = ticks[-1] - ticks[0]
     assert len(runs) <= span // INTERVAL + 1
@@ -37,15 +38,19 @@ def test_a_tick_delivered_twice_runs_once() -> None:
     store = ResultsStore(fakeredis.FakeRedis())
     settings = config.Settings(periodic_interval_s=INTERVAL, periodic_checks=("remapped",))
     store.heartbeat(NodeRecord("node-a", last_seen=1_800_000_000.0))
-    first = tasks.fanout(store, FakeDispatcher(), settings, kind="periodic", now=1_800_000_000.0)
-    again = tasks.fanout(store, FakeDispatcher(), settings, kind="periodic", now=1_800_000_000.5)
+    first = tasks.fanout(
+        store, FakeDispatcher(), settings, kind="periodic", now=1_800_000_000.0, checks=shipped_checks()
+    )
+    again = tasks.fanout(
+        store, FakeDispatcher(), settings, kind="periodic", now=1_800_000_000.5, checks=shipped_checks()
+    )
     assert first is not None and again is None
 
 
 def test_interval_zero_disables_without_crashing() -> None:
     store = ResultsStore(fakeredis.FakeRedis())
     settings = config.Settings(periodic_interval_s=60, invasive_interval_s=0)
-    assert tasks.fanout(store, FakeDispatcher(), settings, kind="invasive") is None
+    assert tasks.fanout(store, FakeDispatcher(), settings, kind="invasive", checks=shipped_checks()) is None
 
 
 def test_beat_entries_go_to_the_control_queue_and_expire_with_their_interval() -> None:

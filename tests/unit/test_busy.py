@@ -16,6 +16,7 @@ import pytest
 from api import client, text
 from api.metrics import snapshot_from_store
 from autopilot import config
+from autopilot.registry import shipped as shipped_checks
 from autopilot.results import CheckResult, Status
 from tests.unit.api_helpers import stand_in_checks
 from tests.unit.test_metrics import scrape, snap
@@ -34,7 +35,9 @@ GPU = ("remapped", "gpupower")
 @pytest.fixture
 def host() -> NodeHost:
     settings = config.Settings(node_name="test", redis_url="", periodic_checks=GPU)
-    return NodeHost(settings, ResultsStore(fakeredis.FakeRedis()), simulate.contexts(settings, 1, []))
+    return NodeHost(
+        settings, ResultsStore(fakeredis.FakeRedis()), simulate.contexts(settings, 1, [], checks=shipped_checks())
+    )
 
 
 def run_task(host: NodeHost, deadline_s: float) -> tuple[Run, list[CheckResult]]:
@@ -112,7 +115,7 @@ def test_the_run_report_says_busy_for_the_node_and_the_run() -> None:
 
 def test_text_and_cli_show_busy() -> None:
     report = busy_report()
-    rendered = text.render(report)
+    rendered = text.render(report, checks=shipped_checks())
     assert "[[ GPU POWER ]] BUSY: not run" in rendered
     assert "GPU POWER Busy (not run)" in rendered
     assert "1 busy" in client.totals_line(report)

@@ -8,6 +8,7 @@ from typing import Any
 import fakeredis
 
 from autopilot import config
+from autopilot.registry import shipped as shipped_checks
 from autopilot.results import CheckResult, Status
 from tests.unit.api_helpers import stand_in_checks
 from workers import runs as gather
@@ -120,7 +121,7 @@ def test_a_request_during_a_beat_tick_joins_the_ticks_checks() -> None:
         store.heartbeat(NodeRecord(node, last_seen=clock.now))
     # A tick whose deadline is close to the request's (30 s): min(interval, check timeout + 60).
     settings = config.Settings(node_name="beat", periodic_checks=("remapped",), periodic_interval_s=28)
-    tick = tasks.fanout(store, dispatcher, settings, kind="periodic", now=clock.now)
+    tick = tasks.fanout(store, dispatcher, settings, kind="periodic", now=clock.now, checks=shipped_checks())
     assert tick is not None and len(dispatcher.sent) == 2
 
     request = started(svc)

@@ -9,6 +9,7 @@ import pytest
 
 from api.metrics import snapshot_from_store
 from autopilot import checks, config, results  # noqa: F401 - checks: registers them, as a worker does
+from autopilot.registry import shipped as shipped_checks
 from autopilot.results import CheckResult, DeviceResult, Status
 from tests.unit.test_metrics import scrape
 from workers import confirming, reconcile
@@ -42,7 +43,9 @@ class Node:
         )
         self.store.save_result(found)
         decision = reconcile.reconcile_node(self.store, NODE, self.settings, at + timedelta(seconds=30))
-        confirming.after_task(self.store, self.dispatcher, self.settings, NODE, [found], now=at.timestamp())
+        confirming.after_task(
+            self.store, self.dispatcher, self.settings, NODE, [found], now=at.timestamp(), checks=shipped_checks()
+        )
         return decision.verdict.value
 
     def counts(self) -> dict[str, int]:

@@ -14,6 +14,7 @@ from autopilot import errors, execution, registry
 from autopilot.commands import CommandResult
 from autopilot.config import Settings
 from autopilot.context import CheckContext
+from autopilot.registry import shipped as shipped_checks
 from autopilot.results import CheckResult, Status
 from autopilot.testing import FakeClock, FakeGpu, FakeRunner, FakeTelemetry
 from tests.conftest import DATA, SAMPLES, sample_text
@@ -30,6 +31,7 @@ def ctx_for(commands: Any, *, gpus: int = 8, **settings: Any) -> CheckContext:
         commands=commands,
         gpus=FakeTelemetry([FakeGpu()] * gpus),
         clock=FakeClock(),
+        checks=shipped_checks(),
     )
 
 
@@ -629,6 +631,7 @@ def test_no_driver_is_skipped() -> None:
         commands=runner,
         gpus=FakeTelemetry(unavailable="synthetic: NVML not found"),
         clock=FakeClock(),
+        checks=shipped_checks(),
     )
     result = execution.run_check("dcgm", ctx, {"r": 1})
     assert result.status is Status.SKIPPED

@@ -14,10 +14,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from autopilot import config
-from autopilot.metrics import HEALTH_NAMES, STATUSES, VERDICTS
+from autopilot.metrics import STATUSES, VERDICTS
+from autopilot.registry import shipped as shipped_checks
 from tests.metrics_data import make_app, populate
 from tests.unit import deploy_helpers as dh
 from workers.store import ResultsStore
+
+HEALTH_NAMES = shipped_checks().health_names()  # check -> upstream health value, from the checks' specs
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from autopilot.events.counters import CounterPoller, IbPort, read_infiniband
 from autopilot.events.metrics import EventsSnapshot, families
 from autopilot.events.model import Event
 from autopilot.nvml_events import GpuCounters, NvmlEvent
+from autopilot.registry import shipped as shipped_checks
 from autopilot.results import CheckResult, Status
 from autopilot.testing import FakeCluster, FakeGpu, FakeTelemetry, wait_until
 from tests.conftest import sample_text
@@ -347,7 +348,9 @@ def stack() -> tuple[ResultsStore, FakeCluster, config.Settings, glue.StoreSink]
     cluster = FakeCluster()
     cluster.add_node("node-a", gpus=8)
     settings = config.Settings(node_name="node-a", periodic_checks=())
-    ctx = CheckContext("node-a", settings, FakeRunner(), FakeTelemetry([FakeGpu()]), cluster=cluster)
+    ctx = CheckContext(
+        "node-a", settings, FakeRunner(), FakeTelemetry([FakeGpu()]), cluster=cluster, checks=shipped_checks()
+    )
     return store, cluster, settings, glue.StoreSink(store, settings, {"node-a": ctx})
 
 
@@ -401,7 +404,7 @@ def test_xid_faults_parse_and_others_are_untouched() -> None:
 
 
 def test_a_simulated_xid_names_the_simulated_gpu() -> None:
-    telemetry = simulate.build_seam(config.Settings(), {})[1]
+    telemetry = simulate.build_seam(config.Settings(), {}, checks=shipped_checks())[1]
     index = {telemetry.identity(i).pci_bus_id: str(i) for i in range(telemetry.count())}
     sink = ListSink()
     follower_mod.Follower("sim-0", sink, gpu_index=index).feed_kmsg(simulate.xid_message(79, 5))

@@ -12,6 +12,7 @@ import pytest
 
 from autopilot import config, errors
 from autopilot.nvml_events import ECC_DBE, XID, NvmlCounters, NvmlEvents
+from autopilot.registry import shipped as shipped_checks
 
 
 class NVMLError(Exception):
@@ -122,7 +123,7 @@ def test_the_api_exports_the_event_series() -> None:
     event = Event("kmsg", lookup("xid", "79"), "3", "x", 0.0)
     glue.StoreSink(store, settings, {}).emit("node-a", None, [event], [event])
     app = flask.Flask("t")
-    api_metrics.init_app(app, store, settings)
+    api_metrics.init_app(app, store, settings, checks=shipped_checks())
     text = app.test_client().get("/metrics").get_data(as_text=True)
     assert 'autopilot_gpu_events_total{action="evict",code="xid.79",gpu="3",node="node-a",source="kmsg"} 1.0' in text
     assert 'autopilot_gpu_event_to_label_seconds_bucket{le="+Inf"} 1.0' in text

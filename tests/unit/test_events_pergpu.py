@@ -21,6 +21,7 @@ from autopilot import config, errors, gpuverdict
 from autopilot.context import CheckContext
 from autopilot.events import follower as follower_mod
 from autopilot.events import kmsg
+from autopilot.registry import shipped as shipped_checks
 from autopilot.testing import FakeCluster, FakeGpu, FakeRunner, FakeTelemetry, wait_until
 from workers import follower as glue
 from workers import gpustore
@@ -44,7 +45,7 @@ def stack() -> tuple[ResultsStore, FakeCluster, glue.StoreSink, FakeTelemetry]:
     cluster.serve_device_taints()
     settings = dataclasses.replace(config.Settings(node_name=NODE, periodic_checks=()), device_taints="dry-run")
     telemetry = FakeTelemetry([dataclasses.replace(g) for g in GPUS])
-    ctx = CheckContext(NODE, settings, FakeRunner(), telemetry, cluster=cluster)
+    ctx = CheckContext(NODE, settings, FakeRunner(), telemetry, cluster=cluster, checks=shipped_checks())
     return store, cluster, glue.StoreSink(store, settings, {NODE: ctx}), telemetry
 
 

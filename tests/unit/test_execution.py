@@ -23,6 +23,7 @@ def reg() -> registry.CheckRegistry:
 
 def ctx_with(runner: Any, **kw: Any) -> CheckContext:
     settings = kw.pop("settings", config.Settings(node_name="node-a"))
+    kw.setdefault("checks", registry.shipped())
     return CheckContext(
         node="node-a", settings=settings, commands=runner, gpus=FakeTelemetry(), clock=FakeClock(), **kw
     )

@@ -9,6 +9,7 @@ import fakeredis
 from autopilot import baseline, config, nodeinfo
 from autopilot.baseline import Cohort, Sample
 from autopilot.checks import iperf
+from autopilot.registry import shipped as shipped_checks
 from autopilot.results import Status
 from autopilot.testing import FakeGpu, FakeRunner, FakeTelemetry
 from tests.unit.api_helpers import make_api
@@ -23,7 +24,9 @@ PCIE = Cohort(H100, "550", "pciebw", "h2d_gbps")  # the simulated nodes' GPUs an
 
 def seeded(median: float, n: int = 100, **overrides: int) -> NodeHost:
     settings = config.Settings(node_name="test", redis_url="", periodic_checks=("pciebw",), **overrides)  # type: ignore[arg-type]
-    host = NodeHost(settings, ResultsStore(fakeredis.FakeRedis()), simulate.contexts(settings, 1, []))
+    host = NodeHost(
+        settings, ResultsStore(fakeredis.FakeRedis()), simulate.contexts(settings, 1, [], checks=shipped_checks())
+    )
     rng = random.Random(3)
     host.fleet.add(Sample(str(i % 8), PCIE, rng.gauss(median, 0.3)) for i in range(n))
     return host

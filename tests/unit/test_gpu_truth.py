@@ -21,6 +21,7 @@ import pytest
 from autopilot import cluster as cluster_mod
 from autopilot import config, errors, execution, gpus, nodeinfo, registry
 from autopilot.context import CheckContext
+from autopilot.registry import shipped as shipped_checks
 from autopilot.results import CheckResult, Status
 from autopilot.testing import FakeCluster, FakeGpu, FakeRunner, FakeTelemetry
 from tests.unit.cluster_standin import StandInApi
@@ -60,7 +61,9 @@ def no_dev(tmp_path: Path) -> str:
 
 def ctx_for(telemetry: Any, probe: nodeinfo.GpuProbe | None, *, cluster: Any = None) -> CheckContext:
     settings = config.Settings(node_name="gpu-1", periodic_checks=GPU_CHECKS)
-    return CheckContext("gpu-1", settings, FakeRunner(), telemetry, cluster=cluster, gpu_probe=probe)
+    return CheckContext(
+        "gpu-1", settings, FakeRunner(), telemetry, cluster=cluster, gpu_probe=probe, checks=shipped_checks()
+    )
 
 
 def h100s(n: int) -> list[FakeGpu]:

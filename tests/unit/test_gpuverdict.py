@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from autopilot import execution, gpuident, gpuverdict, verdict
 from autopilot.checks import remapped  # noqa: F401 - registers the check
+from autopilot.registry import shipped as shipped_checks
 from autopilot.results import CheckResult, DeviceResult, Status
 from autopilot.testing import FakeClock, FakeGpu, FakeTelemetry
 from autopilot.verdict import Verdict
@@ -75,8 +76,8 @@ def test_engine_puts_gpu_identity_on_gpu_check_devices(make_ctx) -> None:  # typ
 
 
 def test_simulated_nodes_have_stable_distinct_valid_uuids(settings) -> None:  # type: ignore[no-untyped-def]
-    first = simulate.contexts(settings, 2, [])
-    again = simulate.contexts(settings, 2, [])
+    first = simulate.contexts(settings, 2, [], checks=shipped_checks())
+    again = simulate.contexts(settings, 2, [], checks=shipped_checks())
     a0 = first["sim-0"].gpus.identity(0)
     assert gpuident.valid_uuid(a0.uuid) and a0.serial
     assert a0 == again["sim-0"].gpus.identity(0)

@@ -22,6 +22,7 @@ import autopilot.checks  # noqa: F401 - registers the real checks
 from api.app import create_app
 from autopilot import config, invasive
 from autopilot.context import CheckContext
+from autopilot.registry import shipped as shipped_checks
 from autopilot.results import CheckResult, Status
 from autopilot.testing import FakeClock, FakeCluster, FakeGpu, FakeRunner, FakeTelemetry
 from workers import invasive_flow, tasks
@@ -118,7 +119,9 @@ def world() -> World:
     clock = HookClock()
     runner = FakeRunner()
     runner.add(["dcgmi", "diag", "-r", "1", "-j"], dcgm_json("Pass"))
-    ctx = CheckContext(NODE, settings, runner, FakeTelemetry([FakeGpu(), FakeGpu()]), clock, cluster=cluster)
+    ctx = CheckContext(
+        NODE, settings, runner, FakeTelemetry([FakeGpu(), FakeGpu()]), clock, cluster=cluster, checks=shipped_checks()
+    )
     host = NodeHost(settings, store, {NODE: ctx})
     store.heartbeat(NodeRecord(NODE, last_seen=time.time()))
 

@@ -13,6 +13,7 @@ import pytest
 from autopilot import config, errors, nodeinfo
 from autopilot.context import CheckContext
 from autopilot.peers import Peer
+from autopilot.registry import shipped as shipped_checks
 from autopilot.testing import FakeRunner, FakeTelemetry
 from workers.host import NodeHost
 from workers.peers import StorePeers
@@ -143,7 +144,7 @@ def test_store_peers_live_nodes_without_loopback() -> None:
 def test_node_host_gives_every_context_a_peer_directory() -> None:
     store = store_with([NodeRecord("node-a", {"data0": ["192.0.2.1"]}, last_seen=time.time())])
     settings = config.Settings(node_name="node-a")
-    ctx = CheckContext("node-a", settings, FakeRunner(), FakeTelemetry())
+    ctx = CheckContext("node-a", settings, FakeRunner(), FakeTelemetry(), checks=shipped_checks())
     host = NodeHost(settings, store, {"node-a": ctx})
     hosted = host.context("node-a")
     assert hosted is not None and isinstance(hosted.peers, StorePeers)

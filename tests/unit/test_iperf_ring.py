@@ -20,6 +20,7 @@ from autopilot import config, errors, network
 from autopilot.checks import iperf
 from autopilot.commands import CommandResult
 from autopilot.context import CheckContext
+from autopilot.registry import shipped as shipped_checks
 from autopilot.results import CheckResult, Status
 from autopilot.testing import FakeRunner, FakeTelemetry
 from workers import ring, tasks
@@ -102,7 +103,10 @@ class Net:
             NodeRecord(n, {"lo": ["127.0.0.1"], "data0": [address(n)]}, last_seen=now) for n in self.nodes
         )
         self.runners = {n: PairRunner(self, n) for n in self.nodes}
-        contexts = {n: CheckContext(n, self.settings, self.runners[n], FakeTelemetry()) for n in self.nodes}
+        contexts = {
+            n: CheckContext(n, self.settings, self.runners[n], FakeTelemetry(), checks=shipped_checks())
+            for n in self.nodes
+        }
         self.host = NodeHost(self.settings, self.store, contexts)
         self.dispatcher = FakeDispatcher(on_send=self.answer_ping, on_task=self.on_task)
         self.clock = Clock()

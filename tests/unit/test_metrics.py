@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from autopilot.metrics import NodeInfo, ResultsCollector, Snapshot, upstream_samples
+from autopilot.registry import shipped as shipped_checks
 from autopilot.results import CheckResult, DeviceResult, Status, parse_iso
 
 NOW = 1_800_000_000.0
@@ -22,7 +23,7 @@ def scrape(
 ) -> dict[str, dict[Labels, float]]:
     """Register a collector on a fresh registry, render text, parse it back: name -> labels -> value."""
     registry = CollectorRegistry()
-    registry.register(ResultsCollector(fn or (lambda: snapshot or Snapshot())))
+    registry.register(ResultsCollector(fn or (lambda: snapshot or Snapshot()), checks=shipped_checks()))
     text = generate_latest(registry).decode()
     out: dict[str, dict[Labels, float]] = {}
     for family in text_string_to_metric_families(text):
@@ -214,7 +215,7 @@ def test_series_vanish_when_a_node_or_check_disappears() -> None:
         "n2": {"pciebw": result("pciebw", Status.OK, pcie, node="n2")},
     }
     registry = CollectorRegistry()
-    registry.register(ResultsCollector(lambda: snap(current)))
+    registry.register(ResultsCollector(lambda: snap(current), checks=shipped_checks()))
 
     def nodes_and_checks() -> set[tuple[str, str]]:
         text = generate_latest(registry).decode()
@@ -252,7 +253,7 @@ def test_registering_does_not_read_the_store() -> None:
         return Snapshot(taken_at=NOW)
 
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(ResultsCollector(counted))
+    registry.register(ResultsCollector(counted, checks=shipped_checks()))
     assert calls == []
     generate_latest(registry)
     assert calls == [1]
@@ -264,7 +265,7 @@ def test_exposition_has_help_and_type_and_round_trips() -> None:
         "n2": {"dcgm": result("dcgm", Status.FAIL, node="n2", fatal=True)},
     }
     registry = CollectorRegistry()
-    registry.register(ResultsCollector(lambda: snap(latest, verdicts={"n2": "EVICT"})))
+    registry.register(ResultsCollector(lambda: snap(latest, verdicts={"n2": "EVICT"}), checks=shipped_checks()))
     text = generate_latest(registry).decode()
     families = {f.name: f for f in text_string_to_metric_families(text)}
     assert families["autopilot_health_checks"].type == "gauge"

@@ -16,6 +16,7 @@ import fakeredis
 from autopilot import config, errors, gpucensus, results
 from autopilot.events import follower as follower_mod
 from autopilot.nodeinfo import ExpectedGpus
+from autopilot.registry import shipped as shipped_checks
 from autopilot.results import CheckResult, DeviceResult, Status
 from tests.unit.test_confirmation_flow import NODE, T0, Node
 from tests.unit.test_events_follower import GPUS, XID79, XID119, ListSink
@@ -39,7 +40,7 @@ def feed(n: Node, found: CheckResult) -> str:
     found = dataclasses.replace(found, node=NODE, started_at=results.utc_now_iso(at))
     n.store.save_result(found)
     decision = reconcile.reconcile_node(n.store, NODE, n.settings, at + timedelta(seconds=30))
-    confirming.after_task(n.store, n.dispatcher, n.settings, NODE, [found], now=at.timestamp())
+    confirming.after_task(n.store, n.dispatcher, n.settings, NODE, [found], now=at.timestamp(), checks=shipped_checks())
     return decision.verdict.value
 
 
@@ -109,7 +110,7 @@ def test_busy_never_enters_the_confirmation_window() -> None:
     sent = len(n.dispatcher.sent)
     busy = CheckResult("pciebw", Status.BUSY, "GPUs busy", node=NODE)
     n.store.save_many([(busy, True)])
-    confirming.after_task(n.store, n.dispatcher, n.settings, NODE, [busy])
+    confirming.after_task(n.store, n.dispatcher, n.settings, NODE, [busy], checks=shipped_checks())
     assert len(n.dispatcher.sent) == sent
     assert all(r.status is not Status.BUSY for r in n.store.history(NODE, limit=50))
     # The next real sample is the second of the window: confirmed as if the busy answer never was.

@@ -14,6 +14,7 @@ import autopilot.checks.remapped as remapped
 from autopilot import nvsmi
 from autopilot.config import Settings
 from autopilot.context import CheckContext
+from autopilot.registry import shipped as shipped_checks
 from autopilot.results import CheckResult, Status
 from autopilot.testing import FakeClock, FakeRunner, FakeTelemetry
 from tests.conftest import DATA, SAMPLES, sample_text
@@ -181,7 +182,9 @@ def test_our_own_query_must_answer_for_every_gpu() -> None:
         nvsmi.parse_q(text, whole=True)
     runner = FakeRunner()
     runner.add(list(remapped.ROW_REMAPPER_ARGV), text)
-    ctx = CheckContext("n1", Settings(), runner, FakeTelemetry(unavailable="no NVML"), FakeClock())
+    ctx = CheckContext(
+        "n1", Settings(), runner, FakeTelemetry(unavailable="no NVML"), FakeClock(), checks=shipped_checks()
+    )
     result = remapped.run(ctx, {})
     assert result.status is Status.ERROR and "announces 8 GPUs but holds 1" in result.summary
 

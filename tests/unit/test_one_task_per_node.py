@@ -15,6 +15,7 @@ from celery import _state as celery_state
 from celery.exceptions import Retry
 
 from autopilot import config, registry
+from autopilot.registry import shipped as shipped_checks
 from autopilot.results import Status
 from workers import host as hosting
 from workers import simulate, tasks
@@ -30,7 +31,9 @@ CHECKS = ("remapped", "ping", "gpupower")  # ping is light; the others use the G
 @pytest.fixture
 def host() -> NodeHost:
     settings = config.Settings(node_name="test", redis_url="", periodic_checks=CHECKS)
-    return NodeHost(settings, ResultsStore(fakeredis.FakeRedis()), simulate.contexts(settings, 1, []))
+    return NodeHost(
+        settings, ResultsStore(fakeredis.FakeRedis()), simulate.contexts(settings, 1, [], checks=shipped_checks())
+    )
 
 
 def new_run(host: NodeHost, deadline_s: float = 60) -> Run:
@@ -174,7 +177,7 @@ class CountingStore(ResultsStore):
 
 def counting_host() -> NodeHost:
     settings = config.Settings(node_name="test", redis_url="", periodic_checks=CHECKS)
-    return NodeHost(settings, CountingStore(), simulate.contexts(settings, 1, []))
+    return NodeHost(settings, CountingStore(), simulate.contexts(settings, 1, [], checks=shipped_checks()))
 
 
 def test_a_task_of_quick_checks_writes_its_results_and_reads_the_node_in_one_multi() -> None:

@@ -11,6 +11,7 @@ import pytest
 from autopilot import config, errors, gpus, registry
 from autopilot.checks import pciebw
 from autopilot.context import CheckContext
+from autopilot.registry import shipped as shipped_checks
 from autopilot.results import Status
 from autopilot.testing import FakeClock, FakeGpu, FakeRunner, FakeTelemetry
 
@@ -32,7 +33,14 @@ def settings(**kw: Any) -> config.Settings:
 
 
 def ctx_for(runner: FakeRunner, telemetry: FakeTelemetry, **kw: Any) -> CheckContext:
-    return CheckContext(node="node-a", settings=settings(**kw), commands=runner, gpus=telemetry, clock=FakeClock())
+    return CheckContext(
+        node="node-a",
+        settings=settings(**kw),
+        commands=runner,
+        gpus=telemetry,
+        clock=FakeClock(),
+        checks=shipped_checks(),
+    )
 
 
 def params(**raw: Any) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import pytest
 
 from autopilot import config
 from autopilot.checks import pciebw
+from autopilot.registry import shipped as shipped_checks
 from autopilot.results import Status
 from autopilot.verdict import Verdict
 from bench import quality
@@ -121,7 +122,7 @@ def _h2d(stdout: str) -> tuple[float, dict[str, Any]]:
 
 def test_a_slowdown_scales_every_sample_of_one_gpus_figure() -> None:
     settings = config.Settings(bandwidthtest_path="")
-    runner, _ = simulate.build_seam(settings, {})
+    runner, _ = simulate.build_seam(settings, {}, checks=shipped_checks())
     argv = pciebw.ap_bandwidth_argv("ap-bandwidth", BUS_3)
     plain = simnoise.NoisyRunner(runner, "sim-0", 1, spreads={})
     slow = simnoise.NoisyRunner(runner, "sim-0", 1, [simnoise.Slowdown("h2d_pinned_gbps", 3, 0.5)], spreads={})
@@ -135,7 +136,7 @@ def test_a_slowdown_scales_every_sample_of_one_gpus_figure() -> None:
 
 def test_run_noise_moves_the_samples_the_check_judges_and_keeps_the_statistics_coherent() -> None:
     settings = config.Settings(bandwidthtest_path="")
-    runner, _ = simulate.build_seam(settings, {})
+    runner, _ = simulate.build_seam(settings, {}, checks=shipped_checks())
     argv = pciebw.ap_bandwidth_argv("ap-bandwidth", BUS_3)
     noisy = simnoise.NoisyRunner(runner, "sim-0", 1, noise=8)
     runs = [_h2d(noisy.run(argv, timeout=5).stdout) for _ in range(20)]
@@ -155,7 +156,7 @@ def test_run_noise_moves_the_samples_the_check_judges_and_keeps_the_statistics_c
 
 def test_noise_zero_replays_the_device_spread_only() -> None:
     settings = config.Settings(bandwidthtest_path="")
-    runner, _ = simulate.build_seam(settings, {})
+    runner, _ = simulate.build_seam(settings, {}, checks=shipped_checks())
     argv = pciebw.ap_bandwidth_argv("ap-bandwidth", BUS_3)
     quiet = simnoise.NoisyRunner(runner, "sim-0", 1, noise=0)
     assert len({_h2d(quiet.run(argv, timeout=5).stdout)[0] for _ in range(5)}) == 1

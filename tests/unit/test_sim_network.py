@@ -17,6 +17,7 @@ import pytest
 from api.app import create_app
 from autopilot import config, errors, execution, network, registry
 from autopilot.checks import iperf
+from autopilot.registry import shipped as shipped_checks
 from autopilot.results import Status
 from tests.unit.api_helpers import make_api
 from workers import ring, simulate, up
@@ -75,7 +76,7 @@ def test_a_network_fault_of_another_process_reaches_this_ones_links() -> None:
     ctxs = _fleet(store, 2, [], link_faults=["sim-1:ping:down"])
     assert execution.run_check("ping", ctxs["sim-0"]).data["unreachable"] == ["sim-1"]
     with pytest.raises(errors.BadParameter) as caught:
-        simulate.contexts(SETTINGS, 2, [], link_faults=["sim-7:dcgm:fatal"])
+        simulate.contexts(SETTINGS, 2, [], link_faults=["sim-7:dcgm:fatal"], checks=shipped_checks())
     assert caught.value.field == "--link-fault"
 
 
@@ -133,7 +134,7 @@ def test_the_ring_on_simulated_links_names_the_slow_node() -> None:
 
 
 def test_iperf_servers_start_and_stop_on_simulated_nodes() -> None:
-    runner = simulate.contexts(SETTINGS, 1, [])["sim-0"].commands
+    runner = simulate.contexts(SETTINGS, 1, [], checks=shipped_checks())["sim-0"].commands
     server = runner.spawn(iperf.server_argv(simulate.address("sim-0"), 5200), lifetime_s=30)
     assert server.poll() is None
     server.terminate()
@@ -143,7 +144,7 @@ def test_iperf_servers_start_and_stop_on_simulated_nodes() -> None:
 
 
 def test_a_down_node_cannot_be_reached_by_iperf_either() -> None:
-    ctxs = simulate.contexts(SETTINGS, 2, ["sim-1:ping:down"])
+    ctxs = simulate.contexts(SETTINGS, 2, ["sim-1:ping:down"], checks=shipped_checks())
     job = {
         "source": "sim-0",
         "target": "sim-1",
@@ -179,7 +180,7 @@ def test_simulated_nodes_read_the_live_nodes_once_per_heartbeat_not_once_per_pin
         calls.append(1)
         return ["sim-0", "sim-1", "sim-2"]
 
-    ctxs = simulate.contexts(SETTINGS, 3, [], live_nodes=live)
+    ctxs = simulate.contexts(SETTINGS, 3, [], live_nodes=live, checks=shipped_checks())
     for ctx in ctxs.values():
         assert execution.run_check("ping", ctx).status is Status.OK
     assert len(calls) == 1

@@ -8,6 +8,7 @@ import pytest
 
 from autopilot import commands, config, errors, execution
 from autopilot.context import CheckContext
+from autopilot.registry import shipped as shipped_checks
 from autopilot.results import Status
 from workers import simulate
 
@@ -34,7 +35,7 @@ EXPECTED = {
 
 
 def test_every_check_passes_on_a_healthy_simulated_node() -> None:
-    ctx = simulate.contexts(SETTINGS, 1, [])["sim-0"]
+    ctx = simulate.contexts(SETTINGS, 1, [], checks=shipped_checks())["sim-0"]
     for check in NODE_CHECKS:
         result = execution.run_check(check, ctx)
         assert (check, result.status, result.node) == (check, Status.OK, "sim-0"), result.summary
@@ -42,7 +43,7 @@ def test_every_check_passes_on_a_healthy_simulated_node() -> None:
 
 @pytest.mark.parametrize("check,kind", sorted(EXPECTED))
 def test_a_fault_changes_only_its_node_and_check(check: str, kind: str) -> None:
-    ctxs = simulate.contexts(SETTINGS, 2, [f"sim-1:{check}:{kind}"])
+    ctxs = simulate.contexts(SETTINGS, 2, [f"sim-1:{check}:{kind}"], checks=shipped_checks())
     faulty = execution.run_check(check, ctxs["sim-1"])
     assert (faulty.status, faulty.fatal) == EXPECTED[(check, kind)], faulty.summary
     assert execution.run_check(check, ctxs["sim-0"]).status is Status.OK
@@ -53,7 +54,7 @@ def test_a_fault_changes_only_its_node_and_check(check: str, kind: str) -> None:
 @pytest.mark.parametrize("check", sorted(NODE_CHECKS))
 @pytest.mark.parametrize("kind", simulate.GENERIC_KINDS)
 def test_hang_and_error_faults_give_error_results(check: str, kind: str) -> None:
-    ctx = simulate.contexts(SETTINGS, 1, [f"sim-0:{check}:{kind}"])["sim-0"]
+    ctx = simulate.contexts(SETTINGS, 1, [f"sim-0:{check}:{kind}"], checks=shipped_checks())["sim-0"]
     result = execution.run_check(check, ctx)
     assert result.status is Status.ERROR, result.summary
     if kind == "hang":
@@ -80,7 +81,7 @@ def test_the_default_kind_is_the_first_listed() -> None:
 )
 def test_bad_fault_specs_are_rejected_naming_the_option(spec: str, says: str) -> None:
     with pytest.raises(errors.BadParameter) as caught:
-        simulate.contexts(SETTINGS, 3, [spec])
+        simulate.contexts(SETTINGS, 3, [spec], checks=shipped_checks())
     assert caught.value.field == "--fault"
     assert says in str(caught.value)
 
@@ -93,20 +94,20 @@ def test_two_faults_for_one_check_of_a_node_are_rejected() -> None:
 @pytest.mark.parametrize("n", [0, -1, simulate.MAX_NODES + 1])
 def test_node_count_is_bounded(n: int) -> None:
     with pytest.raises(errors.BadParameter) as caught:
-        simulate.contexts(SETTINGS, n, [])
+        simulate.contexts(SETTINGS, n, [], checks=shipped_checks())
     assert caught.value.field == "--simulate"
 
 
 def test_offset_names_the_nodes_and_bounds_the_faults() -> None:
-    ctxs = simulate.contexts(SETTINGS, 3, ["sim-11:gpupower"], offset=10)
+    ctxs = simulate.contexts(SETTINGS, 3, ["sim-11:gpupower"], offset=10, checks=shipped_checks())
     assert list(ctxs) == ["sim-10", "sim-11", "sim-12"]
     assert execution.run_check("gpupower", ctxs["sim-11"]).status is Status.FAIL
     with pytest.raises(errors.BadParameter):
-        simulate.contexts(SETTINGS, 3, ["sim-0:gpupower"], offset=10)
+        simulate.contexts(SETTINGS, 3, ["sim-0:gpupower"], offset=10, checks=shipped_checks())
 
 
 def test_nodes_with_the_same_faults_share_one_seam() -> None:
-    ctxs = simulate.contexts(SETTINGS, 1000, ["sim-7:dcgm:fatal"])
+    ctxs = simulate.contexts(SETTINGS, 1000, ["sim-7:dcgm:fatal"], checks=shipped_checks())
     healthy = {id(c.commands) for n, c in ctxs.items() if n != "sim-7"}
     # Each node's telemetry is a small view with its own GPU UUIDs over one shared list of GPUs.
     shared = {id(c.gpus.devices) for n, c in ctxs.items() if n != "sim-7"}  # type: ignore[attr-defined]
@@ -116,7 +117,7 @@ def test_nodes_with_the_same_faults_share_one_seam() -> None:
 
 
 def test_replay_ignores_sizes_but_not_the_device_or_level() -> None:
-    runner = simulate.contexts(SETTINGS, 1, [])["sim-0"].commands
+    runner = simulate.contexts(SETTINGS, 1, [], checks=shipped_checks())["sim-0"].commands
     bus = ["--pci-bus-id", "00000000:02:00.0"]
     default = runner.run(["/opt/ap-bandwidth", *bus, "--size-mib", "256", "--samples", "20"], timeout=5)
     other = runner.run(["/opt/ap-bandwidth", *bus, "--size-mib", "64", "--samples", "10"], timeout=5)
@@ -133,7 +134,7 @@ def test_replay_ignores_sizes_but_not_the_device_or_level() -> None:
 
 
 def test_a_hanging_tool_ends_when_the_watchdog_cancels_its_scope() -> None:
-    runner = simulate.contexts(SETTINGS, 1, ["sim-0:dcgm:hang"])["sim-0"].commands
+    runner = simulate.contexts(SETTINGS, 1, ["sim-0:dcgm:hang"], checks=shipped_checks())["sim-0"].commands
     scope = commands.ProcessScope()
     scope.cancel()
     with pytest.raises(errors.ToolTimeout):
@@ -156,20 +157,20 @@ def _h2d(ctx: CheckContext) -> list[float]:
 
 
 def test_the_noise_setting_gives_each_node_and_run_its_own_figures() -> None:
-    quiet = simulate.contexts(SETTINGS, 2, [])
+    quiet = simulate.contexts(SETTINGS, 2, [], checks=shipped_checks())
     assert _h2d(quiet["sim-0"]) == _h2d(quiet["sim-1"]) == _h2d(quiet["sim-0"])  # the recordings, as recorded
-    noisy = simulate.contexts(SETTINGS, 2, [], noise=8)
+    noisy = simulate.contexts(SETTINGS, 2, [], noise=8, checks=shipped_checks())
     first = _h2d(noisy["sim-0"])
     assert first != _h2d(noisy["sim-1"])  # per-device variation
     assert first != _h2d(noisy["sim-0"])  # run-to-run noise
     # The same fleet on every start (seeded), and the simulated faults still show through the noise.
-    assert _h2d(simulate.contexts(SETTINGS, 1, [], noise=8)["sim-0"]) == first
-    low = simulate.contexts(SETTINGS, 1, ["sim-0:pciebw:low"], noise=8)["sim-0"]
+    assert _h2d(simulate.contexts(SETTINGS, 1, [], noise=8, checks=shipped_checks())["sim-0"]) == first
+    low = simulate.contexts(SETTINGS, 1, ["sim-0:pciebw:low"], noise=8, checks=shipped_checks())["sim-0"]
     assert execution.run_check("pciebw", low).status is Status.FAIL
 
 
 @pytest.mark.parametrize("noise", [-1.0, float("nan"), float("inf"), 1000.0])
 def test_a_bad_noise_setting_is_rejected_naming_the_option(noise: float) -> None:
     with pytest.raises(errors.BadParameter) as caught:
-        simulate.contexts(SETTINGS, 1, [], noise=noise)
+        simulate.contexts(SETTINGS, 1, [], noise=noise, checks=shipped_checks())
     assert caught.value.field == "--sim-noise"

@@ -20,6 +20,7 @@ import pytest
 
 from autopilot import config, errors, execution, labeling, parsing, registry, verdict
 from autopilot.context import CheckContext
+from autopilot.registry import shipped as shipped_checks
 from autopilot.results import CheckResult, Status, utc_now_iso
 from autopilot.testing import FakeClock, FakeGpu, FakeRunner, FakeTelemetry
 from tests.unit.api_helpers import make_api
@@ -51,6 +52,7 @@ def _ctx() -> CheckContext:
         commands=FakeRunner(),
         gpus=FakeTelemetry([FakeGpu()]),
         clock=FakeClock(),
+        checks=shipped_checks(),
     )
 
 
