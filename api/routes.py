@@ -235,7 +235,7 @@ def clear_node(name: str) -> Response:
     if svc.store.node(name) is None and not svc.store.latest(name) and svc.store.state(name).empty:
         raise ApiError(404, "not_found", f"no node {name}", field="name")
     decision = reconcile.clear_evict(
-        svc.store, name, svc.settings, by=f"api:{request.remote_addr or '?'}", cluster=svc.cluster
+        svc.store, name, svc.settings, by=f"api:{request.remote_addr or '?'}", cluster=svc.cluster, checks=svc.checks
     )
     log.info("eviction of %s cleared by %s: now %s", name, request.remote_addr, decision.verdict.value)
     return jsonify({"name": name, "verdict": decision.verdict.value, "reasons": list(decision.reasons)})

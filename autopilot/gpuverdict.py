@@ -114,11 +114,10 @@ def loads(text: str | None) -> dict[str, GpuState]:
     return {str(k): GpuState.from_dict(str(k), v) for k, v in raw.items() if isinstance(v, dict)}
 
 
-def _is_gpu_device(result: CheckResult, device: DeviceResult) -> bool:
+def _is_gpu_device(result: CheckResult, device: DeviceResult, checks: registry.CheckRegistry) -> bool:
     if device.uuid or device.bus_id:
         return True
-    spec = registry.REGISTRY.get(result.check) if result.check in registry.REGISTRY else None
-    return bool(spec is not None and spec.uses_gpu and device.id.isdigit())
+    return bool(result.check in checks and checks.get(result.check).uses_gpu and device.id.isdigit())
 
 
 @dataclasses.dataclass
@@ -140,6 +139,7 @@ def decide(
     max_age_s: float,
     cleared_at: datetime | None = None,
     flags: Mapping[str, str] | None = None,
+    checks: registry.CheckRegistry,
 ) -> dict[str, GpuState]:
     """Each GPU's state from the node's latest results and its previous GPU states.
 
@@ -154,7 +154,7 @@ def decide(
     seen: dict[str, _Seen] = {}
     # Devices with a UUID first, so that a device known only by index or bus id in another
     # result lands on the same GPU.
-    pairs = [(r, d) for r in fresh for d in r.devices if _is_gpu_device(r, d)]
+    pairs = [(r, d) for r in fresh for d in r.devices if _is_gpu_device(r, d, checks)]
     for result, device in sorted(pairs, key=lambda p: not p[1].uuid):
         if device.uuid:
             key = device.uuid

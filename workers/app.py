@@ -240,7 +240,7 @@ def create_celery(settings: config.Settings, checks: registry.CheckRegistry | No
 
     @app.task(name="autopilot.reconcile")
     def reconcile_task() -> dict[str, str]:
-        return tasks.reconcile_and_remediate(store, settings, _cluster())
+        return tasks.reconcile_and_remediate(store, settings, _cluster(), checks=registered)
 
     # The iperf ring's parts on one node (workers.ring). Not retried: the coordinator has a
     # deadline per phase and reports a node that did not answer; acked early so a worker that

@@ -33,6 +33,7 @@ from autopilot.events import follower as follower_mod
 from autopilot.events import kmsg
 from autopilot.events.model import Event
 from autopilot.nvml_events import EventSource, GpuCounters
+from autopilot.registry import CheckRegistry
 from autopilot.results import CheckResult
 from workers import reconcile
 from workers import simulate as simulate_mod
@@ -47,10 +48,17 @@ _INBOX_WAIT_S = 1
 class StoreSink:
     """The follower's sink in a worker: results store, reconcile, metrics counts."""
 
-    def __init__(self, store: ResultsStore, settings: config.Settings, contexts: Mapping[str, CheckContext]) -> None:
+    def __init__(
+        self,
+        store: ResultsStore,
+        settings: config.Settings,
+        contexts: Mapping[str, CheckContext],
+        checks: CheckRegistry,
+    ) -> None:
         self.store = store
         self.settings = settings
         self.contexts = contexts
+        self.checks = checks
         self.events = store.events()
         self._identities: dict[str, dict[int, gpus_mod.GpuIdentity]] = {}
 
@@ -71,7 +79,9 @@ class StoreSink:
             result = gpuident.attach(result, self.identities(node), unknown_bus=False)
             view = self.store.save_many([(result, True)], view=node)
             ctx = self.contexts.get(node)
-            reconcile.reconcile_node(self.store, node, self.settings, cluster=ctx.cluster if ctx else None, view=view)
+            reconcile.reconcile_node(
+                self.store, node, self.settings, cluster=ctx.cluster if ctx else None, view=view, checks=self.checks
+            )
         if not counted and not timed:
             return
         self.events.record(node, counted, timed, time.time())
@@ -115,12 +125,13 @@ def start(
     *,
     simulated: bool,
     xid_faults: Sequence[simulate_mod.XidFault] = (),
+    checks: CheckRegistry,
 ) -> Running | None:
     """Start the follower of every node this worker hosts (None when ``AUTOPILOT_EVENTS_FOLLOWER`` is off)."""
     if not settings.events_follower:
         log.info("events: the follower is off (AUTOPILOT_EVENTS_FOLLOWER)")
         return None
-    sink = StoreSink(store, settings, contexts)
+    sink = StoreSink(store, settings, contexts, checks)
     for node in contexts:
         sink.identities(node)  # known before any GPU can fall off the bus
     common = {"storm_window_s": settings.events_storm_window_s, "hold_s": settings.stale_after_s}

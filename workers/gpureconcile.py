@@ -21,6 +21,7 @@ from datetime import datetime
 from autopilot import config, devicetaints, errors, gpuhistory, gpuverdict, results, verdict
 from autopilot.cluster import ClusterClient
 from autopilot.gpuverdict import GpuState
+from autopilot.registry import CheckRegistry
 from autopilot.results import CheckResult
 from autopilot.verdict import Verdict
 from workers.store import NodeState, ResultsStore
@@ -45,6 +46,7 @@ def reconcile_gpus(
     now: datetime,
     cluster: ClusterClient | None = None,
     *,
+    checks: CheckRegistry,
     lost_since: datetime | None = None,
 ) -> GpuOutcome:
     """``lost_since``: the last heartbeat of a lost node. Its results say nothing of its GPUs now, so each
@@ -53,7 +55,9 @@ def reconcile_gpus(
         latest = {}
     previous = gpuverdict.loads(state.gpus)
     cleared_at = state.cleared_since
-    states = gpuverdict.decide(latest, previous, now=now, max_age_s=settings.stale_after_s, cleared_at=cleared_at)
+    states = gpuverdict.decide(
+        latest, previous, now=now, max_age_s=settings.stale_after_s, cleared_at=cleared_at, checks=checks
+    )
     judged_until = state.gpus_at or ""
     new_results = [r for r in latest.values() if r.started_at and r.started_at > judged_until]
     found = gpuhistory.incidents(
@@ -63,7 +67,13 @@ def reconcile_gpus(
     flags = _offenders(store, settings, previous, states, found, now=now, fresh_day=state.gpus_day != day)
     if flags:
         states = gpuverdict.decide(
-            latest, previous, now=now, max_age_s=settings.stale_after_s, cleared_at=cleared_at, flags=flags
+            latest,
+            previous,
+            now=now,
+            max_age_s=settings.stale_after_s,
+            cleared_at=cleared_at,
+            flags=flags,
+            checks=checks,
         )
     if lost_since is not None:
         states = lost(states, verdict.lost_reason(lost_since))

@@ -40,7 +40,7 @@ def run(
         host.store.set_state(
             node, {"testing_since": results.utc_now_iso(ctx.clock.now()), "testing_job": invasive.job_name(node)}
         )
-        reconciling.reconcile_node(host.store, node, settings, cluster=cluster)
+        reconciling.reconcile_node(host.store, node, settings, cluster=cluster, checks=ctx.checks)
 
     try:
         outcome = invasive.start(cluster, node, settings, before_create=mark_testing, now=ctx.clock.now())
@@ -102,7 +102,7 @@ def resume(host: NodeHost, node: str, cluster: ClusterClient, *, sleep: Callable
         host.store.save_result(dataclasses.replace(result, node=node))
     finally:
         end_testing(host, node)
-        reconciling.reconcile_node(host.store, node, host.settings, cluster=cluster)
+        reconciling.reconcile_node(host.store, node, host.settings, cluster=cluster, checks=ctx.checks)
 
 
 def _level3(result: CheckResult) -> CheckResult:

@@ -141,7 +141,9 @@ def worker_main(argv: Sequence[str]) -> int:
     from workers import simulate as simulator
 
     xid_faults = simulator.xid_faults(args.fault) if args.simulate else []
-    following = follower.start(store, settings, contexts, simulated=bool(args.simulate), xid_faults=xid_faults)
+    following = follower.start(
+        store, settings, contexts, simulated=bool(args.simulate), xid_faults=xid_faults, checks=checks
+    )
 
     if args.simulate:
         # Simulated nodes share one machine's CPU and the same fake GPUs: read the facts once.

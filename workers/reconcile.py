@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from autopilot import config, errors, gpuverdict, network, publish, results, verdict
 from autopilot.cluster import ClusterClient
 from autopilot.gpuverdict import GpuState
+from autopilot.registry import CheckRegistry
 from workers import confirming, gpureconcile
 from workers.store import NodeState, NodeView, ResultsStore
 
@@ -90,6 +91,7 @@ def reconcile_node(
     cluster: ClusterClient | None = None,
     view: NodeView | None = None,
     suspects: frozenset[str] | None = None,
+    checks: CheckRegistry,
 ) -> verdict.Decision:
     """Recompute ``node``'s verdict and store it with its labels (one MULTI).
 
@@ -138,7 +140,9 @@ def reconcile_node(
     dcgm = [r for r in latest.values() if r.check == "dcgm"]
     publication = publish.desired(decision, dcgm)
     # Per-GPU verdicts, history and device taints (issue 15): their labels ride with the node's.
-    gpu = gpureconcile.reconcile_gpus(store, node, settings, confirmed, state, moment, cluster, lost_since=lost)
+    gpu = gpureconcile.reconcile_gpus(
+        store, node, settings, confirmed, state, moment, cluster, checks=checks, lost_since=lost
+    )
     new_state.update(gpu.state)
     publication = dataclasses.replace(
         publication,
@@ -266,7 +270,12 @@ def fleet_suspects(
 
 
 def reconcile_all(
-    store: ResultsStore, settings: config.Settings, cluster: ClusterClient | None = None, now: datetime | None = None
+    store: ResultsStore,
+    settings: config.Settings,
+    cluster: ClusterClient | None = None,
+    now: datetime | None = None,
+    *,
+    checks: CheckRegistry,
 ) -> dict[str, str]:
     """Beat's tick: reconcile every known node, then forget the lost nodes past their retention.
 
@@ -279,7 +288,9 @@ def reconcile_all(
     store.set_ping_suspects(suspects, _SUSPECTS_TTL_S)
     for node, seen in known:
         view = store.view(node)
-        decision = reconcile_node(store, node, settings, moment, cluster=cluster, view=view, suspects=suspects)
+        decision = reconcile_node(
+            store, node, settings, moment, cluster=cluster, view=view, suspects=suspects, checks=checks
+        )
         out[node] = decision.verdict.value
         if _expired(store, node, seen, moment, settings, cluster is not None):
             last = results.utc_now_iso(datetime.fromtimestamp(seen, UTC))
@@ -305,10 +316,16 @@ def _expired(
 
 
 def clear_evict(
-    store: ResultsStore, node: str, settings: config.Settings, *, by: str, cluster: ClusterClient | None = None
+    store: ResultsStore,
+    node: str,
+    settings: config.Settings,
+    *,
+    by: str,
+    cluster: ClusterClient | None = None,
+    checks: CheckRegistry,
 ) -> verdict.Decision:
     """An operator's clear: forget the eviction (keeping who cleared what, and when), then recompute."""
     state = store.state(node)
     if state.evicted_at:
         store.set_state(node, _cleared(state, by=by, at=results.utc_now_iso()))
-    return reconcile_node(store, node, settings, cluster=cluster)
+    return reconcile_node(store, node, settings, cluster=cluster, checks=checks)

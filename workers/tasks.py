@@ -114,7 +114,9 @@ def run_checks(
         if writer.done or not handed_back:
             # What is still held, and in the same MULTI what the verdict is computed from.
             view = writer.flush(view=node)
-            reconciling.reconcile_node(host.store, node, host.settings, cluster=ctx.cluster, view=view)
+            reconciling.reconcile_node(
+                host.store, node, host.settings, cluster=ctx.cluster, view=view, checks=ctx.checks
+            )
 
 
 class _Writer:
@@ -232,12 +234,14 @@ def fanout(
     return runs.tick(runs.Services(settings, store, dispatcher, checks), kind=kind, now=moment)
 
 
-def reconcile(store: ResultsStore, settings: config.Settings, cluster: ClusterClient | None = None) -> dict[str, str]:
+def reconcile(
+    store: ResultsStore, settings: config.Settings, cluster: ClusterClient | None = None, *, checks: CheckRegistry
+) -> dict[str, str]:
     """Recompute every known node's verdict (and publish it), lost nodes included, and forget those past their
     retention (``reconcile.reconcile_all``); returns node -> verdict."""
     if not store.claim_tick("reconcile", time.time(), max(1.0, settings.reconcile_interval_s)):
         return {}
-    return reconciling.reconcile_all(store, settings, cluster)
+    return reconciling.reconcile_all(store, settings, cluster, checks=checks)
 
 
 def iperf_ring(
@@ -286,14 +290,14 @@ def iperf_stop(host: NodeHost, *, run_id: str, node: str) -> int:
 
 
 def reconcile_and_remediate(
-    store: ResultsStore, settings: config.Settings, cluster: ClusterClient | None = None
+    store: ResultsStore, settings: config.Settings, cluster: ClusterClient | None = None, *, checks: CheckRegistry
 ) -> dict[str, str]:
     """Beat's reconcile tick: ``reconcile``, then the remediation pass (``workers.remediating``, opt-in).
 
     The pass runs only in the process that claimed the tick (``reconcile`` answers nothing otherwise),
     after the verdicts are fresh, so two passes never race for the budget.
     """
-    verdicts = reconcile(store, settings, cluster)
+    verdicts = reconcile(store, settings, cluster, checks=checks)
     if verdicts and cluster is not None:
         remediating.run(store, cluster, settings)
     return verdicts

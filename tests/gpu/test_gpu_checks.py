@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import autopilot.checks  # noqa: F401 - registers the checks
-from autopilot import config, execution
+from autopilot import config, execution, registry
 from autopilot.context import CheckContext
 from autopilot.results import Status
 
@@ -24,7 +24,7 @@ BIN = ROOT / "cuda_src" / "bin"
 @pytest.fixture(scope="module")
 def ctx() -> CheckContext:
     settings = dataclasses.replace(config.Settings.from_env(os.environ), cuda_bin_dir=str(BIN))
-    return CheckContext.default(settings)
+    return CheckContext.default(settings, registry.shipped())
 
 
 @pytest.mark.gpu

@@ -35,18 +35,41 @@ def stand_in_checks() -> CheckRegistry:
     add = reg.add
     add(
         registry.CheckSpec(
-            "pciebw", _noop, "PCIe bandwidth", (Param("threshold_gbps", float, None, "min", minimum=0),), uses_gpu=True
+            "pciebw",
+            _noop,
+            "PCIe bandwidth",
+            (Param("threshold_gbps", float, None, "min", minimum=0),),
+            uses_gpu=True,
+            health="pciebw",
+            tag="PCIEBW",
+            periodic=True,
         )
     )
-    add(registry.CheckSpec("remapped", _noop, "row remapping", uses_gpu=True))
-    add(registry.CheckSpec("gpumem", _noop, "memory bandwidth", uses_gpu=True))
     add(
         registry.CheckSpec(
-            "dcgm", _noop, "DCGM", (Param("r", int, None, "level", minimum=1, maximum=4),), uses_gpu=True
+            "remapped", _noop, "row remapping", uses_gpu=True, health="remapped", tag="REMAPPED ROWS", periodic=True
         )
     )
-    add(registry.CheckSpec("gpupower", _noop, "power slowdown", uses_gpu=True))
-    add(registry.CheckSpec("ping", _noop, "reachability"))
+    add(registry.CheckSpec("gpumem", _noop, "memory bandwidth", uses_gpu=True, health="gpumem", tag="GPU-MEM"))
+    add(
+        registry.CheckSpec(
+            "dcgm",
+            _noop,
+            "DCGM",
+            (Param("r", int, None, "level", minimum=1, maximum=4),),
+            uses_gpu=True,
+            health="dcgm",
+            tag="DCGM",
+            periodic=True,
+            as_job=lambda params, settings: int(params.get("r") or settings.dcgm_level) >= 3,
+        )
+    )
+    add(
+        registry.CheckSpec(
+            "gpupower", _noop, "power slowdown", uses_gpu=True, health="power-slowdown", tag="GPU POWER", periodic=True
+        )
+    )
+    add(registry.CheckSpec("ping", _noop, "reachability", health="ping", tag="PING", periodic=True))
     add(
         registry.CheckSpec(
             "iperf",
@@ -57,6 +80,8 @@ def stand_in_checks() -> CheckRegistry:
                 Param("pclients", int, 8, "parallel clients", minimum=1, maximum=64),
                 Param("startport", int, 5200, "first port", minimum=1024, maximum=65535),
             ),
+            tag="IPERF",
+            ring=True,
         )
     )
     return reg

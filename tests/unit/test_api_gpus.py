@@ -10,6 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from api import client
+from autopilot.registry import shipped as shipped_checks
 from autopilot.results import CheckResult, DeviceResult, Status
 from tests.unit.api_helpers import Api, make_api
 from tests.unit.test_api_client import Served
@@ -46,7 +47,7 @@ def remapped(node: str, bad: int | None, at: datetime) -> CheckResult:
 def judged(api: Api, node: str = "node-a", bad: int | None = 2) -> None:
     now = datetime.fromtimestamp(time.time(), UTC)
     api.store.save_result(remapped(node, bad, now))
-    reconcile.reconcile_node(api.store, node, api.settings, now)
+    reconcile.reconcile_node(api.store, node, api.settings, now, checks=shipped_checks())
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ import yaml
 from autopilot import config, devicetaints, execution, invasive, publish, results
 from autopilot.checks import pvc
 from autopilot.context import CheckContext
+from autopilot.registry import shipped as shipped_checks
 from autopilot.results import CheckResult, DeviceResult, Status
 from autopilot.verdict import Decision, Verdict
 from tests.conftest import ROOT
@@ -107,7 +108,7 @@ def devicetaint_scenario(kube: Backend) -> None:
     store.save_result(CheckResult("remapped", Status.FAIL, "row remap failed", node="gpu-1", fatal=True,
                                   started_at=results.utc_now_iso(), devices=(gpu,)))  # fmt: skip
     settings = config.Settings(node_name="gpu-1", periodic_checks=("remapped",), device_taints="on")
-    reconcile.reconcile_node(store, "gpu-1", settings, cluster=kube.client)
+    reconcile.reconcile_node(store, "gpu-1", settings, cluster=kube.client, checks=shipped_checks())
     assert len(api.device_taint_rules) == 1
     devicetaints.sync(kube.client, "gpu-1", {}, dry_run=False)
     assert api.device_taint_rules == {}

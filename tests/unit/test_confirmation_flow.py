@@ -42,7 +42,9 @@ class Node:
             params=dict(params),
         )
         self.store.save_result(found)
-        decision = reconcile.reconcile_node(self.store, NODE, self.settings, at + timedelta(seconds=30))
+        decision = reconcile.reconcile_node(
+            self.store, NODE, self.settings, at + timedelta(seconds=30), checks=shipped_checks()
+        )
         confirming.after_task(
             self.store, self.dispatcher, self.settings, NODE, [found], now=at.timestamp(), checks=shipped_checks()
         )
@@ -149,7 +151,9 @@ def test_a_gpu_is_judged_on_the_confirmed_results_as_its_node_is(node: Node) -> 
             "pciebw", status, f"pciebw {status}", node=NODE, started_at=results.utc_now_iso(at), devices=(device,)
         )
         node.store.save_result(found)
-        return reconcile.reconcile_node(node.store, NODE, node.settings, at + timedelta(seconds=30)).verdict.value
+        return reconcile.reconcile_node(
+            node.store, NODE, node.settings, at + timedelta(seconds=30), checks=shipped_checks()
+        ).verdict.value
 
     assert pciebw(Status.OK) == "PASS"
     assert pciebw(Status.FAIL) == "PASS"

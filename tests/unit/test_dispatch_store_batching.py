@@ -11,6 +11,7 @@ import fakeredis
 import pytest
 
 from autopilot import config, errors
+from autopilot.registry import shipped as shipped_checks
 from autopilot.results import CheckResult, Status
 from workers import reconcile
 from workers.dispatch import Envelope, FakeDispatcher, send_all
@@ -101,8 +102,8 @@ def test_reconcile_from_a_view_matches_reconcile_that_reads() -> None:
         store.save_result(result("ping"))
     view = given.save_many([(result("remapped", Status.FAIL), True)], view="node-a")
     read.save_result(result("remapped", Status.FAIL))
-    a = reconcile.reconcile_node(read, "node-a", settings, now)
-    b = reconcile.reconcile_node(given, "node-a", settings, now, view=view)
+    a = reconcile.reconcile_node(read, "node-a", settings, now, checks=shipped_checks())
+    b = reconcile.reconcile_node(given, "node-a", settings, now, view=view, checks=shipped_checks())
     assert a == b
     assert read.state("node-a") == given.state("node-a") and read.labels("node-a") == given.labels("node-a")
 
@@ -162,22 +163,25 @@ def test_reconcile_writes_only_what_changed_and_nothing_in_steady_state() -> Non
     now = datetime(2026, 11, 29, 12, 0, 5, tzinfo=UTC)
     store = CountingStore()
     first = store.save_many([(result("ping"), True), (result("remapped"), True)], view="node-a")
-    assert reconcile.reconcile_node(store, "node-a", settings, now, view=first).verdict.value == "PASS"
+    assert (
+        reconcile.reconcile_node(store, "node-a", settings, now, view=first, checks=shipped_checks()).verdict.value
+        == "PASS"
+    )
     assert len(store.writes) == 1
     # Same results again: same verdict, same labels, nothing to write.
     again = store.save_many([(result("ping"), True)], view="node-a")
-    reconcile.reconcile_node(store, "node-a", settings, now, view=again)
+    reconcile.reconcile_node(store, "node-a", settings, now, view=again, checks=shipped_checks())
     assert len(store.writes) == 1
     # A warning: only the changed fields go out, and the stored state is what a full write gives.
     changed = store.save_many([(result("remapped", Status.WARN), True)], view="node-a")
     later = datetime(2026, 11, 29, 12, 0, 9, tzinfo=UTC)
-    reconcile.reconcile_node(store, "node-a", settings, later, view=changed)
+    reconcile.reconcile_node(store, "node-a", settings, later, view=changed, checks=shipped_checks())
     state_written, labels_written = store.writes[-1]
     assert state_written["verdict"] == "WARN" and "changed_at" in state_written
     assert labels_written == {"autopilot.ibm.com/gpuhealth": "WARN"}
     full = ResultsStore(fakeredis.FakeRedis())
     full.save_many([(result("ping"), True), (result("remapped", Status.WARN), True)])
-    reconcile.reconcile_node(full, "node-a", settings, later)
+    reconcile.reconcile_node(full, "node-a", settings, later, checks=shipped_checks())
     assert store.state("node-a").verdict == full.state("node-a").verdict == "WARN"
     assert store.labels("node-a") == full.labels("node-a")
 
@@ -190,7 +194,9 @@ def test_a_view_without_labels_makes_reconcile_write_every_label() -> None:
     store.set_state("node-a", {"verdict": "PASS"})
     view = store.view("node-a")
     now = datetime(2026, 11, 29, 12, 0, 5, tzinfo=UTC)
-    reconcile.reconcile_node(store, "node-a", settings, now, view=NodeView(view.latest, view.state))
+    reconcile.reconcile_node(
+        store, "node-a", settings, now, view=NodeView(view.latest, view.state), checks=shipped_checks()
+    )
     assert store.writes and store.writes[-1][1]["autopilot.ibm.com/gpuhealth"] == "PASS"
 
 

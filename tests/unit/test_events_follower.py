@@ -351,7 +351,7 @@ def stack() -> tuple[ResultsStore, FakeCluster, config.Settings, glue.StoreSink]
     ctx = CheckContext(
         "node-a", settings, FakeRunner(), FakeTelemetry([FakeGpu()]), cluster=cluster, checks=shipped_checks()
     )
-    return store, cluster, settings, glue.StoreSink(store, settings, {"node-a": ctx})
+    return store, cluster, settings, glue.StoreSink(store, settings, {"node-a": ctx}, checks=shipped_checks())
 
 
 def test_an_event_is_on_the_node_as_label_and_condition_at_once(stack: Any) -> None:
@@ -446,5 +446,7 @@ def test_the_simulated_inbox_feeds_the_follower() -> None:
 
 def test_the_follower_is_off_when_the_setting_says_so() -> None:
     settings = dataclasses.replace(config.Settings(), events_follower=False)
-    assert glue.start(ResultsStore(fakeredis.FakeRedis()), settings, {}, simulated=True) is None
+    assert (
+        glue.start(ResultsStore(fakeredis.FakeRedis()), settings, {}, simulated=True, checks=shipped_checks()) is None
+    )
     assert config.Settings.from_env({"AUTOPILOT_EVENTS_FOLLOWER": "false"}).events_follower is False

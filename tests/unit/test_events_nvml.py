@@ -121,7 +121,7 @@ def test_the_api_exports_the_event_series() -> None:
     store = ResultsStore(fakeredis.FakeRedis())
     settings = config.Settings(node_name="n", periodic_checks=())
     event = Event("kmsg", lookup("xid", "79"), "3", "x", 0.0)
-    glue.StoreSink(store, settings, {}).emit("node-a", None, [event], [event])
+    glue.StoreSink(store, settings, {}, checks=shipped_checks()).emit("node-a", None, [event], [event])
     app = flask.Flask("t")
     api_metrics.init_app(app, store, settings, checks=shipped_checks())
     text = app.test_client().get("/metrics").get_data(as_text=True)

@@ -46,7 +46,7 @@ def stack() -> tuple[ResultsStore, FakeCluster, glue.StoreSink, FakeTelemetry]:
     settings = dataclasses.replace(config.Settings(node_name=NODE, periodic_checks=()), device_taints="dry-run")
     telemetry = FakeTelemetry([dataclasses.replace(g) for g in GPUS])
     ctx = CheckContext(NODE, settings, FakeRunner(), telemetry, cluster=cluster, checks=shipped_checks())
-    return store, cluster, glue.StoreSink(store, settings, {NODE: ctx}), telemetry
+    return store, cluster, glue.StoreSink(store, settings, {NODE: ctx}, checks=shipped_checks()), telemetry
 
 
 def _follow(sink: glue.StoreSink, telemetry: FakeTelemetry, dev: kmsg.FakeKmsg, line: str, store: ResultsStore) -> None:

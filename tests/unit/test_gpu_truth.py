@@ -292,7 +292,7 @@ def test_a_worker_on_a_node_with_8_allocatable_gpus_and_no_driver_reports_error_
         )
         client = cluster_mod.from_settings(settings)
         assert isinstance(client, cluster_mod.KubeClusterClient)
-        ctx = CheckContext.default(settings)  # real NVML, real sysfs and /dev of this machine
+        ctx = CheckContext.default(settings, shipped_checks())  # real NVML, real sysfs and /dev of this machine
         store = ResultsStore(fakeredis.FakeRedis())
         host = NodeHost(settings, store, {"gpu-1": dataclasses.replace(ctx, cluster=client)})
         run = Run.new(GPU_CHECKS, ["gpu-1"], {}, 600)

@@ -11,6 +11,7 @@ import fakeredis
 import pytest
 
 from autopilot import config, devicetaints, errors, gpuhistory, gpuverdict
+from autopilot.registry import shipped as shipped_checks
 from autopilot.results import CheckResult, DeviceResult, Status
 from autopilot.verdict import Verdict
 from tests.unit.cluster_standin import Backend, make_backend
@@ -129,7 +130,7 @@ def test_reconcile_publishes_gpu_counts_and_annotation(backend: Backend) -> None
     store = ResultsStore(fakeredis.FakeRedis())
     store.save_result(result("remapped", "n1", {2: Status.FAIL}, NOW, fatal=True))
     store.save_result(result("pciebw", "n1", {1: Status.FAIL}, NOW))
-    decision = reconcile.reconcile_node(store, "n1", settings(), NOW, cluster=backend.client)
+    decision = reconcile.reconcile_node(store, "n1", settings(), NOW, cluster=backend.client, checks=shipped_checks())
     assert decision.verdict is Verdict.EVICT
     node = backend.client.get_node("n1")
     assert node.labels["autopilot.ibm.com/gpuhealth"] == "EVICT"
@@ -152,17 +153,23 @@ def test_reconcile_writes_device_taint_rules_only_when_enabled(backend: Backend)
     backend.control.serve_device_taints("v1beta2")
     store = ResultsStore(fakeredis.FakeRedis())
     store.save_result(result("remapped", "n1", {2: Status.FAIL}, NOW, fatal=True))
-    reconcile.reconcile_node(store, "n1", settings(), NOW, cluster=backend.client)
+    reconcile.reconcile_node(store, "n1", settings(), NOW, cluster=backend.client, checks=shipped_checks())
     assert backend.client.list_device_taint_rules(devicetaints.selector("n1")) == []
-    reconcile.reconcile_node(store, "n1", settings(device_taints="dry-run"), NOW, cluster=backend.client)
+    reconcile.reconcile_node(
+        store, "n1", settings(device_taints="dry-run"), NOW, cluster=backend.client, checks=shipped_checks()
+    )
     assert backend.client.list_device_taint_rules(devicetaints.selector("n1")) == []
-    reconcile.reconcile_node(store, "n1", settings(device_taints="on"), NOW, cluster=backend.client)
+    reconcile.reconcile_node(
+        store, "n1", settings(device_taints="on"), NOW, cluster=backend.client, checks=shipped_checks()
+    )
     found = backend.client.list_device_taint_rules(devicetaints.selector("n1"))
     assert [(r.device, r.value, r.effect) for r in found] == [("gpu-2", "EVICT", "NoSchedule")]
     # Steady state: nothing changed, so no further list or write.
     if backend.standin is not None:
         before = len(backend.standin.requests)
-        reconcile.reconcile_node(store, "n1", settings(device_taints="on"), NOW, cluster=backend.client)
+        reconcile.reconcile_node(
+            store, "n1", settings(device_taints="on"), NOW, cluster=backend.client, checks=shipped_checks()
+        )
         assert not [r for r in backend.standin.requests[before:] if "devicetaintrules" in r.path]
 
 
@@ -173,17 +180,17 @@ def test_history_follows_the_gpu_across_a_renamed_node_and_flags_a_repeat_offend
     # Three WARN/PASS flaps of GPU 1: on node "old", then (renamed or re-imaged) on node "new".
     for node in ("old", "old", "new"):
         store.save_result(result("pciebw", node, {1: Status.FAIL}, moment))
-        reconcile.reconcile_node(store, node, conf, moment)
+        reconcile.reconcile_node(store, node, conf, moment, checks=shipped_checks())
         flagged = any("repeat offender" in r for r in gpuverdict.loads(store.state(node).gpus)[uuid(1)].reasons)
         assert flagged == (node == "new")  # flagged in the reconcile that records the third fault
         moment += timedelta(hours=1)
         store.save_result(result("pciebw", node, {}, moment))
-        reconcile.reconcile_node(store, node, conf, moment)
+        reconcile.reconcile_node(store, node, conf, moment, checks=shipped_checks())
         moment += timedelta(hours=1)
     store.save_result(result("pciebw", "new", {}, moment))
-    reconcile.reconcile_node(store, "new", conf, moment)
+    reconcile.reconcile_node(store, "new", conf, moment, checks=shipped_checks())
     steady = store.state("new").gpus
-    reconcile.reconcile_node(store, "new", conf, moment)
+    reconcile.reconcile_node(store, "new", conf, moment, checks=shipped_checks())
     assert store.state("new").gpus == steady  # the flag stands without re-reading the history
     info = store.gpu_history().gpu(uuid(1), now=moment, retention_s=conf.gpu_history_retention_s)
     assert info is not None and info["node"] == "new" and info["serial"] == "1650000001"

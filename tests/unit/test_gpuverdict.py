@@ -99,7 +99,7 @@ def test_one_gpu_with_a_failed_remap_is_the_only_evict() -> None:
         "remapped": gpu_result("remapped", {**dict.fromkeys(range(8), Status.OK), 5: Status.FAIL}, fatal=True),
         "pciebw": healthy("pciebw"),
     }
-    states = gpuverdict.decide(latest, {}, now=NOW, max_age_s=AGE)
+    states = gpuverdict.decide(latest, {}, now=NOW, max_age_s=AGE, checks=shipped_checks())
     assert states[uuid(5)].verdict is Verdict.EVICT
     assert "remapped: fail" in states[uuid(5)].reasons[0]
     assert all(states[uuid(i)].verdict is Verdict.PASS for i in range(8) if i != 5)
@@ -115,22 +115,36 @@ def test_one_gpu_with_a_failed_remap_is_the_only_evict() -> None:
 
 def test_warn_from_a_non_fatal_fail_and_since_is_kept_while_unchanged() -> None:
     first = gpuverdict.decide(
-        {"pciebw": gpu_result("pciebw", {0: Status.OK, 1: Status.FAIL})}, {}, now=NOW, max_age_s=AGE
+        {"pciebw": gpu_result("pciebw", {0: Status.OK, 1: Status.FAIL})},
+        {},
+        now=NOW,
+        max_age_s=AGE,
+        checks=shipped_checks(),
     )
     assert first[uuid(1)].verdict is Verdict.WARN
     later = NOW + timedelta(hours=1)
     again = gpuverdict.decide(
-        {"pciebw": gpu_result("pciebw", {0: Status.OK, 1: Status.WARN}, at=later)}, first, now=later, max_age_s=AGE
+        {"pciebw": gpu_result("pciebw", {0: Status.OK, 1: Status.WARN}, at=later)},
+        first,
+        now=later,
+        max_age_s=AGE,
+        checks=shipped_checks(),
     )
     assert again[uuid(1)].since == first[uuid(1)].since == "2026-11-30T08:00:00Z"
 
 
 def test_gpu_evict_is_sticky_until_a_level3_dcgm_pass_after_it() -> None:
     bad = gpuverdict.decide(
-        {"remapped": gpu_result("remapped", {0: Status.FAIL}, fatal=True)}, {}, now=NOW, max_age_s=AGE
+        {"remapped": gpu_result("remapped", {0: Status.FAIL}, fatal=True)},
+        {},
+        now=NOW,
+        max_age_s=AGE,
+        checks=shipped_checks(),
     )
     later = NOW + timedelta(hours=1)
-    still = gpuverdict.decide({"remapped": healthy("remapped", 1, at=later)}, bad, now=later, max_age_s=AGE)
+    still = gpuverdict.decide(
+        {"remapped": healthy("remapped", 1, at=later)}, bad, now=later, max_age_s=AGE, checks=shipped_checks()
+    )
     assert still[uuid(0)].verdict is Verdict.EVICT
     assert still[uuid(0)].reasons[0].startswith("evicted since 2026-11-30T08:00:00Z")
     dcgm = CheckResult(
@@ -141,7 +155,11 @@ def test_gpu_evict_is_sticky_until_a_level3_dcgm_pass_after_it() -> None:
         started_at="2026-11-30T09:00:00Z",
     )
     cleared = gpuverdict.decide(
-        {"remapped": healthy("remapped", 1, at=later), "dcgm": dcgm}, still, now=later, max_age_s=AGE
+        {"remapped": healthy("remapped", 1, at=later), "dcgm": dcgm},
+        still,
+        now=later,
+        max_age_s=AGE,
+        checks=shipped_checks(),
     )
     assert cleared[uuid(0)].verdict is Verdict.PASS
     assert cleared[uuid(0)].evicted_at == ""
@@ -149,7 +167,11 @@ def test_gpu_evict_is_sticky_until_a_level3_dcgm_pass_after_it() -> None:
 
 def test_operator_clear_lifts_a_gpu_evict() -> None:
     bad = gpuverdict.decide(
-        {"remapped": gpu_result("remapped", {0: Status.FAIL}, fatal=True)}, {}, now=NOW, max_age_s=AGE
+        {"remapped": gpu_result("remapped", {0: Status.FAIL}, fatal=True)},
+        {},
+        now=NOW,
+        max_age_s=AGE,
+        checks=shipped_checks(),
     )
     later = NOW + timedelta(hours=1)
     cleared = gpuverdict.decide(
@@ -158,12 +180,15 @@ def test_operator_clear_lifts_a_gpu_evict() -> None:
         now=later,
         max_age_s=AGE,
         cleared_at=later - timedelta(minutes=1),
+        checks=shipped_checks(),
     )
     assert cleared[uuid(0)].verdict is Verdict.PASS
 
 
 def test_a_gpu_that_fell_off_the_bus_is_judged_under_its_uuid() -> None:
-    before = gpuverdict.decide({"remapped": healthy("remapped", 2)}, {}, now=NOW, max_age_s=AGE)
+    before = gpuverdict.decide(
+        {"remapped": healthy("remapped", 2)}, {}, now=NOW, max_age_s=AGE, checks=shipped_checks()
+    )
     lost = CheckResult(
         "remapped",
         Status.FAIL,
@@ -175,18 +200,22 @@ def test_a_gpu_that_fell_off_the_bus_is_judged_under_its_uuid() -> None:
         ),
     )
     later = NOW + timedelta(hours=1)
-    after = gpuverdict.decide({"remapped": lost}, before, now=later, max_age_s=AGE)
+    after = gpuverdict.decide({"remapped": lost}, before, now=later, max_age_s=AGE, checks=shipped_checks())
     assert set(after) == {uuid(0), uuid(1)}
     assert after[uuid(1)].verdict is Verdict.EVICT
 
 
 def test_stale_results_make_gpus_unknown_and_node_level_checks_make_no_gpu() -> None:
-    before = gpuverdict.decide({"remapped": healthy("remapped", 1)}, {}, now=NOW, max_age_s=AGE)
+    before = gpuverdict.decide(
+        {"remapped": healthy("remapped", 1)}, {}, now=NOW, max_age_s=AGE, checks=shipped_checks()
+    )
     ping = CheckResult(
         "ping", Status.FAIL, devices=(DeviceResult("n2/eth0", Status.FAIL),), started_at="2026-11-30T12:00:00Z"
     )
     later = NOW + timedelta(hours=4)
-    after = gpuverdict.decide({"remapped": healthy("remapped", 1), "ping": ping}, before, now=later, max_age_s=AGE)
+    after = gpuverdict.decide(
+        {"remapped": healthy("remapped", 1), "ping": ping}, before, now=later, max_age_s=AGE, checks=shipped_checks()
+    )
     assert list(after) == [uuid(0)]
     assert after[uuid(0)].verdict is Verdict.UNKNOWN
 
@@ -198,6 +227,7 @@ def test_flags_add_a_reason_whatever_the_verdict() -> None:
         now=NOW,
         max_age_s=AGE,
         flags={uuid(0): "repeat offender: 3 incidents in the last 7 days"},
+        checks=shipped_checks(),
     )
     assert states[uuid(0)].verdict is Verdict.PASS
     assert states[uuid(0)].reasons == ("repeat offender: 3 incidents in the last 7 days",)
@@ -205,7 +235,11 @@ def test_flags_add_a_reason_whatever_the_verdict() -> None:
 
 def test_state_round_trips_through_node_state_json() -> None:
     states = gpuverdict.decide(
-        {"remapped": gpu_result("remapped", {0: Status.FAIL, 1: Status.OK}, fatal=True)}, {}, now=NOW, max_age_s=AGE
+        {"remapped": gpu_result("remapped", {0: Status.FAIL, 1: Status.OK}, fatal=True)},
+        {},
+        now=NOW,
+        max_age_s=AGE,
+        checks=shipped_checks(),
     )
     assert gpuverdict.loads(gpuverdict.dumps(states)) == states
     assert gpuverdict.loads("not json") == {}

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import fakeredis
 
 from autopilot import config, gpuverdict, results
+from autopilot.registry import shipped as shipped_checks
 from autopilot.results import CheckResult, DeviceResult, Status
 from workers import reconcile
 from workers.store import NodeRecord, ResultsStore
@@ -42,10 +43,10 @@ def gpus(store: ResultsStore) -> dict[str, tuple[str, tuple[str, ...]]]:
 
 def test_a_lost_nodes_gpus_are_unknown_but_a_sticky_evict_stays() -> None:
     store, settings = setup()
-    reconcile.reconcile_node(store, NODE, settings, T0 + timedelta(seconds=30))
+    reconcile.reconcile_node(store, NODE, settings, T0 + timedelta(seconds=30), checks=shipped_checks())
     assert {i: v for i, (v, _) in gpus(store).items()} == {"0": "PASS", "1": "PASS", "2": "PASS", "3": "EVICT"}
     lost_at = T0 + timedelta(seconds=settings.live_after_s + 60)
-    decision = reconcile.reconcile_node(store, NODE, settings, lost_at)
+    decision = reconcile.reconcile_node(store, NODE, settings, lost_at, checks=shipped_checks())
     assert decision.verdict.value == "EVICT"  # the node's sticky EVICT stays too
     found = gpus(store)
     assert {i: v for i, (v, _) in found.items()} == {"0": "UNKNOWN", "1": "UNKNOWN", "2": "UNKNOWN", "3": "EVICT"}
@@ -59,9 +60,9 @@ def test_a_lost_nodes_gpus_are_unknown_but_a_sticky_evict_stays() -> None:
 def test_the_gpus_come_back_with_the_heartbeat() -> None:
     store, settings = setup()
     lost_at = T0 + timedelta(seconds=settings.live_after_s + 60)
-    reconcile.reconcile_node(store, NODE, settings, lost_at)
+    reconcile.reconcile_node(store, NODE, settings, lost_at, checks=shipped_checks())
     store.heartbeat(NodeRecord(NODE, last_seen=lost_at.timestamp()))
-    reconcile.reconcile_node(store, NODE, settings, lost_at + timedelta(seconds=1))
+    reconcile.reconcile_node(store, NODE, settings, lost_at + timedelta(seconds=1), checks=shipped_checks())
     assert {i: v for i, (v, _) in gpus(store).items()} == {"0": "PASS", "1": "PASS", "2": "PASS", "3": "EVICT"}
 
 

@@ -39,7 +39,7 @@ def feed(n: Node, found: CheckResult) -> str:
     at = T0 + timedelta(minutes=n.minutes)
     found = dataclasses.replace(found, node=NODE, started_at=results.utc_now_iso(at))
     n.store.save_result(found)
-    decision = reconcile.reconcile_node(n.store, NODE, n.settings, at + timedelta(seconds=30))
+    decision = reconcile.reconcile_node(n.store, NODE, n.settings, at + timedelta(seconds=30), checks=shipped_checks())
     confirming.after_task(n.store, n.dispatcher, n.settings, NODE, [found], now=at.timestamp(), checks=shipped_checks())
     return decision.verdict.value
 
@@ -101,7 +101,9 @@ def test_a_lost_node_is_unknown_at_once_whatever_its_pending_failures() -> None:
     last = T0 + timedelta(minutes=n.minutes)
     n.store.heartbeat(NodeRecord(NODE, last_seen=last.timestamp()))
     later = last + timedelta(seconds=n.settings.live_after_s + 1)
-    assert reconcile.reconcile_node(n.store, NODE, n.settings, later).verdict.value == "UNKNOWN"
+    assert (
+        reconcile.reconcile_node(n.store, NODE, n.settings, later, checks=shipped_checks()).verdict.value == "UNKNOWN"
+    )
 
 
 def test_busy_never_enters_the_confirmation_window() -> None:

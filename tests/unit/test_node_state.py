@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from autopilot import config, errors, verdict
 from autopilot.cluster import CONDITION_TYPE
+from autopilot.registry import shipped as shipped_checks
 from autopilot.results import CheckResult, DeviceResult, Status, utc_now_iso
 from autopilot.testing import FakeCluster
 from tests.unit.api_helpers import make_api
@@ -79,10 +80,10 @@ def test_a_node_that_stopped_heartbeating_is_unknown_with_its_last_heartbeat() -
     store, settings = make_store(), make_settings()
     healthy(store, "gpu-1", NOW - timedelta(minutes=10))
     beat(store, "gpu-1", NOW - timedelta(seconds=30))
-    assert reconcile.reconcile_all(store, settings, now=NOW) == {"gpu-1": "PASS"}
+    assert reconcile.reconcile_all(store, settings, now=NOW, checks=shipped_checks()) == {"gpu-1": "PASS"}
     # three heartbeat intervals (45 s) later than its last heartbeat: lost, though its results are fresh
     later = NOW + timedelta(seconds=20)
-    assert reconcile.reconcile_all(store, settings, now=later) == {"gpu-1": "UNKNOWN"}
+    assert reconcile.reconcile_all(store, settings, now=later, checks=shipped_checks()) == {"gpu-1": "UNKNOWN"}
     assert reasons(store, "gpu-1") == [f"no heartbeat since {utc_now_iso(NOW - timedelta(seconds=30))}"]
     assert store.labels("gpu-1")[HEALTH] == "UNKNOWN"
 
@@ -92,7 +93,7 @@ def test_lost_is_judged_when_periodic_checks_are_off() -> None:
     store, settings = make_store(), make_settings(periodic_interval_s=0.0)
     healthy(store, "gpu-1", NOW - timedelta(days=3))
     beat(store, "gpu-1", NOW - timedelta(hours=2))
-    assert reconcile.reconcile_all(store, settings, now=NOW) == {"gpu-1": "UNKNOWN"}
+    assert reconcile.reconcile_all(store, settings, now=NOW, checks=shipped_checks()) == {"gpu-1": "UNKNOWN"}
     assert reasons(store, "gpu-1")[0].startswith("no heartbeat since 2026-11-30T06:00:00")
 
 
@@ -100,8 +101,12 @@ def test_node_lost_after_is_a_setting() -> None:
     store = make_store()
     healthy(store, "gpu-1", NOW - timedelta(minutes=10))
     beat(store, "gpu-1", NOW - timedelta(seconds=100))
-    assert reconcile.reconcile_all(store, make_settings(node_lost_after_s=300.0), now=NOW) == {"gpu-1": "PASS"}
-    assert reconcile.reconcile_all(store, make_settings(node_lost_after_s=60.0), now=NOW) == {"gpu-1": "UNKNOWN"}
+    assert reconcile.reconcile_all(store, make_settings(node_lost_after_s=300.0), now=NOW, checks=shipped_checks()) == {
+        "gpu-1": "PASS"
+    }
+    assert reconcile.reconcile_all(store, make_settings(node_lost_after_s=60.0), now=NOW, checks=shipped_checks()) == {
+        "gpu-1": "UNKNOWN"
+    }
     assert config.Settings.from_env({"AUTOPILOT_NODE_LOST_AFTER": "2m"}).live_after_s == 120.0
     assert config.Settings.from_env({"AUTOPILOT_HEARTBEAT_INTERVAL": "10s"}).live_after_s == 30.0
 
@@ -112,7 +117,7 @@ def test_the_lost_verdict_reaches_the_node_label_and_condition() -> None:
     cluster.add_node("gpu-1", {HEALTH: "PASS"}, gpus=8)
     healthy(store, "gpu-1", NOW - timedelta(minutes=10))
     beat(store, "gpu-1", NOW - timedelta(minutes=5))
-    reconcile.reconcile_all(store, settings, cluster, now=NOW)
+    reconcile.reconcile_all(store, settings, cluster, now=NOW, checks=shipped_checks())
     node = cluster.get_node("gpu-1")
     assert node.labels[HEALTH] == "UNKNOWN"
     condition = node.condition(CONDITION_TYPE)
@@ -125,8 +130,10 @@ def test_a_lost_evicted_node_stays_evicted_and_says_both() -> None:
     store.save_result(fatal("gpu-1", NOW - timedelta(minutes=10)))
     store.save_result(ok("gpu-1", "pciebw", NOW - timedelta(minutes=10)))
     beat(store, "gpu-1", NOW - timedelta(seconds=10))
-    assert reconcile.reconcile_all(store, settings, now=NOW) == {"gpu-1": "EVICT"}
-    assert reconcile.reconcile_all(store, settings, now=NOW + timedelta(hours=1)) == {"gpu-1": "EVICT"}
+    assert reconcile.reconcile_all(store, settings, now=NOW, checks=shipped_checks()) == {"gpu-1": "EVICT"}
+    assert reconcile.reconcile_all(store, settings, now=NOW + timedelta(hours=1), checks=shipped_checks()) == {
+        "gpu-1": "EVICT"
+    }
     said = reasons(store, "gpu-1")
     assert said[0].startswith("evicted since ") and said[-1].startswith("no heartbeat since ")
 
@@ -135,9 +142,9 @@ def test_a_node_that_comes_back_is_judged_on_its_results_again() -> None:
     store, settings = make_store(), make_settings()
     healthy(store, "gpu-1", NOW - timedelta(minutes=10))
     beat(store, "gpu-1", NOW - timedelta(minutes=5))
-    assert reconcile.reconcile_all(store, settings, now=NOW) == {"gpu-1": "UNKNOWN"}
+    assert reconcile.reconcile_all(store, settings, now=NOW, checks=shipped_checks()) == {"gpu-1": "UNKNOWN"}
     beat(store, "gpu-1", NOW)
-    assert reconcile.reconcile_all(store, settings, now=NOW) == {"gpu-1": "PASS"}
+    assert reconcile.reconcile_all(store, settings, now=NOW, checks=shipped_checks()) == {"gpu-1": "PASS"}
 
 
 def test_the_view_carries_the_last_heartbeat() -> None:
@@ -160,12 +167,18 @@ def test_a_node_deleted_from_the_cluster_is_forgotten_after_the_retention() -> N
     for node in ("gpu-1", "gpu-2"):
         healthy(store, node, NOW - timedelta(hours=1))
         beat(store, node, NOW - timedelta(minutes=30))
-    assert reconcile.reconcile_all(store, settings, cluster, now=NOW) == {"gpu-1": "UNKNOWN", "gpu-2": "UNKNOWN"}
+    assert reconcile.reconcile_all(store, settings, cluster, now=NOW, checks=shipped_checks()) == {
+        "gpu-1": "UNKNOWN",
+        "gpu-2": "UNKNOWN",
+    }
     assert store.state("gpu-1").node_gone_at == utc_now_iso(NOW)
     later = NOW + timedelta(minutes=59)
-    assert set(reconcile.reconcile_all(store, settings, cluster, now=later)) == {"gpu-1", "gpu-2"}
+    assert set(reconcile.reconcile_all(store, settings, cluster, now=later, checks=shipped_checks())) == {
+        "gpu-1",
+        "gpu-2",
+    }
     gone = NOW + timedelta(hours=1)
-    assert reconcile.reconcile_all(store, settings, cluster, now=gone) == {"gpu-2": "UNKNOWN"}
+    assert reconcile.reconcile_all(store, settings, cluster, now=gone, checks=shipped_checks()) == {"gpu-2": "UNKNOWN"}
     assert store.node("gpu-1") is None and store.latest("gpu-1") == {} and store.state("gpu-1").empty
     assert store.labels("gpu-1") == {} and "gpu-1" not in store.node_names()
     assert store.node("gpu-2") is not None
@@ -176,11 +189,13 @@ def test_a_node_object_that_reappears_is_not_forgotten() -> None:
     cluster = FakeCluster()
     healthy(store, "gpu-1", NOW - timedelta(hours=1))
     beat(store, "gpu-1", NOW - timedelta(minutes=30))
-    reconcile.reconcile_all(store, settings, cluster, now=NOW)
+    reconcile.reconcile_all(store, settings, cluster, now=NOW, checks=shipped_checks())
     cluster.add_node("gpu-1", gpus=8)
-    reconcile.reconcile_all(store, settings, cluster, now=NOW + timedelta(minutes=1))
+    reconcile.reconcile_all(store, settings, cluster, now=NOW + timedelta(minutes=1), checks=shipped_checks())
     assert store.state("gpu-1").node_gone_at is None
-    assert reconcile.reconcile_all(store, settings, cluster, now=NOW + timedelta(hours=2)) == {"gpu-1": "UNKNOWN"}
+    assert reconcile.reconcile_all(store, settings, cluster, now=NOW + timedelta(hours=2), checks=shipped_checks()) == {
+        "gpu-1": "UNKNOWN"
+    }
 
 
 def test_without_a_cluster_a_node_lost_past_the_retention_is_forgotten() -> None:
@@ -188,8 +203,10 @@ def test_without_a_cluster_a_node_lost_past_the_retention_is_forgotten() -> None
     healthy(store, "gpu-1", NOW - timedelta(days=2))
     beat(store, "gpu-1", NOW - timedelta(hours=23))
     beat(store, "gpu-2", NOW)
-    assert set(reconcile.reconcile_all(store, settings, now=NOW)) == {"gpu-1", "gpu-2"}
-    assert set(reconcile.reconcile_all(store, settings, now=NOW + timedelta(hours=1))) == {"gpu-2"}
+    assert set(reconcile.reconcile_all(store, settings, now=NOW, checks=shipped_checks())) == {"gpu-1", "gpu-2"}
+    assert set(reconcile.reconcile_all(store, settings, now=NOW + timedelta(hours=1), checks=shipped_checks())) == {
+        "gpu-2"
+    }
     assert store.node_names() == ["gpu-2"]
 
 
@@ -202,11 +219,13 @@ def test_the_cause_of_an_eviction_is_kept_while_it_holds() -> None:
     cluster.add_node("gpu-1", gpus=8)
     at = NOW - timedelta(minutes=10)
     store.save_result(fatal("gpu-1", at))
-    first = reconcile.reconcile_node(store, "gpu-1", settings, NOW, cluster=cluster)
+    first = reconcile.reconcile_node(store, "gpu-1", settings, NOW, cluster=cluster, checks=shipped_checks())
     assert first.verdict is verdict.Verdict.EVICT
     # the fatal result is replaced by a periodic pass: the eviction holds, and so does its cause
     healthy(store, "gpu-1", NOW)
-    held = reconcile.reconcile_node(store, "gpu-1", settings, NOW + timedelta(minutes=1), cluster=cluster)
+    held = reconcile.reconcile_node(
+        store, "gpu-1", settings, NOW + timedelta(minutes=1), cluster=cluster, checks=shipped_checks()
+    )
     assert held.verdict is verdict.Verdict.EVICT
     cause = f"remapped on GPU 3: GPU 3 has a row remapping failure ({utc_now_iso(at)})"
     assert held.reasons == (f"evicted since {utc_now_iso(NOW)} by {cause}; not cleared",)
@@ -220,9 +239,9 @@ def test_an_operators_clear_says_who_cleared_what_and_when() -> None:
     cluster = FakeCluster()
     cluster.add_node("gpu-1", gpus=8)
     store.save_result(fatal("gpu-1", NOW - timedelta(minutes=10)))
-    reconcile.reconcile_node(store, "gpu-1", settings, NOW, cluster=cluster)
+    reconcile.reconcile_node(store, "gpu-1", settings, NOW, cluster=cluster, checks=shipped_checks())
     healthy(store, "gpu-1", datetime.now(UTC))
-    after = reconcile.clear_evict(store, "gpu-1", settings, by="api:10.0.0.7", cluster=cluster)
+    after = reconcile.clear_evict(store, "gpu-1", settings, by="api:10.0.0.7", cluster=cluster, checks=shipped_checks())
     assert after.verdict is verdict.Verdict.PASS
     [note] = after.notes
     assert "remapped on GPU 3: GPU 3 has a row remapping failure" in note and "cleared by api:10.0.0.7 at " in note
@@ -236,14 +255,14 @@ def test_an_operators_clear_says_who_cleared_what_and_when() -> None:
 def test_a_level3_pass_clears_and_is_named_as_the_one_that_cleared() -> None:
     store, settings = make_store(), make_settings()
     store.save_result(fatal("gpu-1", NOW - timedelta(minutes=10)))
-    reconcile.reconcile_node(store, "gpu-1", settings, NOW)
+    reconcile.reconcile_node(store, "gpu-1", settings, NOW, checks=shipped_checks())
     healthy(store, "gpu-1", NOW + timedelta(minutes=5))
     store.save_result(
         CheckResult(
             "dcgm", Status.OK, "", node="gpu-1", params={"r": 3}, started_at=utc_now_iso(NOW + timedelta(minutes=1))
         )
     )
-    after = reconcile.reconcile_node(store, "gpu-1", settings, NOW + timedelta(minutes=30))
+    after = reconcile.reconcile_node(store, "gpu-1", settings, NOW + timedelta(minutes=30), checks=shipped_checks())
     assert after.verdict is verdict.Verdict.PASS
     assert after.notes == (
         "eviction (remapped on GPU 3: GPU 3 has a row remapping failure (2026-11-30T07:50:00Z)) cleared by "
@@ -254,8 +273,10 @@ def test_a_level3_pass_clears_and_is_named_as_the_one_that_cleared() -> None:
 def test_a_new_eviction_replaces_the_record_of_the_last_clear() -> None:
     store, settings = make_store(), make_settings()
     store.save_result(fatal("gpu-1", NOW - timedelta(minutes=10)))
-    reconcile.reconcile_node(store, "gpu-1", settings, NOW)
-    reconcile.clear_evict(store, "gpu-1", settings, by="api:10.0.0.7")  # the fatal result is fresh: evicted again
+    reconcile.reconcile_node(store, "gpu-1", settings, NOW, checks=shipped_checks())
+    reconcile.clear_evict(
+        store, "gpu-1", settings, by="api:10.0.0.7", checks=shipped_checks()
+    )  # the fatal result is fresh: evicted again
     state = store.state("gpu-1")
     assert state.verdict == "EVICT" and state.cleared_by is None
     assert verdict.causes_from_json(state.evict_cause)[0].gpus == ("3",)
@@ -271,13 +292,15 @@ def test_a_refused_event_is_recorded_and_announced_again_at_the_next_reconcile()
     store.set_state("gpu-1", {"verdict": "PASS", "published_verdict": "PASS"})
     store.save_result(fatal("gpu-1", NOW - timedelta(minutes=1)))
     cluster.fail_next("create_node_event", 403)
-    reconcile.reconcile_node(store, "gpu-1", settings, NOW, cluster=cluster)
+    reconcile.reconcile_node(store, "gpu-1", settings, NOW, cluster=cluster, checks=shipped_checks())
     assert cluster.get_node("gpu-1").labels[HEALTH] == "EVICT"
     assert cluster.events_for("Node", "gpu-1") == []
     state = store.state("gpu-1")
     assert "403" in state.event_error and state.event_failures == "1"
     assert state.published_verdict == "PASS"
-    reconcile.reconcile_node(store, "gpu-1", settings, NOW + timedelta(seconds=30), cluster=cluster)
+    reconcile.reconcile_node(
+        store, "gpu-1", settings, NOW + timedelta(seconds=30), cluster=cluster, checks=shipped_checks()
+    )
     [event] = cluster.events_for("Node", "gpu-1")
     assert "PASS -> EVICT" in event.message and event.namespace == "default"
     state = store.state("gpu-1")
@@ -291,7 +314,9 @@ def test_an_event_refused_every_time_is_given_up_after_a_bounded_number_of_tries
     store.save_result(fatal("gpu-1", NOW - timedelta(minutes=1)))
     cluster.fail_next("create_node_event", 422, times=reconcile.EVENT_ATTEMPTS + 1)
     for i in range(reconcile.EVENT_ATTEMPTS + 2):
-        reconcile.reconcile_node(store, "gpu-1", settings, NOW + timedelta(seconds=30 * i), cluster=cluster)
+        reconcile.reconcile_node(
+            store, "gpu-1", settings, NOW + timedelta(seconds=30 * i), cluster=cluster, checks=shipped_checks()
+        )
     state = store.state("gpu-1")
     assert state.published_verdict == "EVICT" and "422" in state.event_error
     # tried EVENT_ATTEMPTS times, then no more: the one refusal left is still waiting for a caller
@@ -306,7 +331,7 @@ def test_node_events_go_to_default_whatever_autopilots_namespace(namespace_setti
     cluster = FakeCluster()
     cluster.add_node("gpu-1", gpus=8)
     store.save_result(fatal("gpu-1", NOW - timedelta(minutes=1)))
-    reconcile.reconcile_node(store, "gpu-1", settings, NOW, cluster=cluster)
+    reconcile.reconcile_node(store, "gpu-1", settings, NOW, cluster=cluster, checks=shipped_checks())
     [event] = cluster.events_for("Node", "gpu-1")
     assert event.namespace == "default" and store.state("gpu-1").event_error is None
 
@@ -347,9 +372,9 @@ def test_the_node_view_keeps_the_eviction_and_then_the_clear() -> None:
     store, settings = api.store, api.settings
     at = datetime.now(UTC) - timedelta(minutes=5)
     store.save_result(fatal("node-a", at))
-    reconcile.reconcile_node(store, "node-a", settings)
+    reconcile.reconcile_node(store, "node-a", settings, checks=shipped_checks())
     store.save_result(ok("node-a", "remapped", datetime.now(UTC)))
-    reconcile.reconcile_node(store, "node-a", settings)
+    reconcile.reconcile_node(store, "node-a", settings, checks=shipped_checks())
     view = api.client.get("/api/v1/nodes/node-a").get_json()
     assert view["verdict"] == "EVICT" and "remapped on GPU 3: GPU 3 has a row remapping failure" in view["reasons"][0]
     assert view["eviction"]["causes"] == [

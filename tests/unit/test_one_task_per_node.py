@@ -51,9 +51,9 @@ def answered(host: NodeHost, run: Run) -> set[str]:
 
 
 def test_partition_keeps_the_order_within_each_group() -> None:
-    assert partition(CHECKS) == (("ping",), ("remapped", "gpupower"))
-    assert partition(("ping",)) == (("ping",), ())
-    assert partition(("no-such-check",)) == (("no-such-check",), ())  # unknown here: light
+    assert partition(CHECKS, shipped_checks()) == (("ping",), ("remapped", "gpupower"))
+    assert partition(("ping",), shipped_checks()) == (("ping",), ())
+    assert partition(("no-such-check",), shipped_checks()) == (("no-such-check",), ())  # unknown here: light
 
 
 def test_one_task_runs_the_light_checks_and_then_the_gpu_checks(host: NodeHost) -> None:

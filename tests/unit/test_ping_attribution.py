@@ -12,6 +12,7 @@ from autopilot import config, network
 from autopilot.checks import ping
 from autopilot.commands import CommandResult
 from autopilot.peers import Peer
+from autopilot.registry import shipped as shipped_checks
 from autopilot.results import CheckResult, Status, utc_now_iso
 from workers import reconcile
 from workers.store import NodeRecord, ResultsStore
@@ -90,15 +91,20 @@ def store_with(pings: dict[str, CheckResult]) -> ResultsStore:
 
 def test_reconcile_warns_only_the_node_whose_link_is_down() -> None:
     store = store_with(fleet({"gpu-3"}))
-    found = reconcile.reconcile_all(store, settings(), now=NOW + timedelta(seconds=5))
+    found = reconcile.reconcile_all(store, settings(), now=NOW + timedelta(seconds=5), checks=shipped_checks())
     assert found == {n: ("WARN" if n == "gpu-3" else "PASS") for n in NODES}
 
 
 def test_a_node_reconciled_after_its_own_ping_reads_the_fleets_pings() -> None:
     store = store_with(fleet({"gpu-3"}))
-    decision = reconcile.reconcile_node(store, "gpu-1", settings(), NOW + timedelta(seconds=5))
+    decision = reconcile.reconcile_node(store, "gpu-1", settings(), NOW + timedelta(seconds=5), checks=shipped_checks())
     assert decision.verdict.value == "PASS"
-    assert reconcile.reconcile_node(store, "gpu-3", settings(), NOW + timedelta(seconds=5)).verdict.value == "WARN"
+    assert (
+        reconcile.reconcile_node(
+            store, "gpu-3", settings(), NOW + timedelta(seconds=5), checks=shipped_checks()
+        ).verdict.value
+        == "WARN"
+    )
 
 
 def test_stale_pings_of_the_fleet_take_no_part() -> None:
@@ -114,17 +120,27 @@ def test_suspects_kept_by_the_last_reconcile_spare_reading_the_fleets_pings(monk
     store = store_with(fleet({"gpu-3"}))
     store.set_ping_suspects({"gpu-3"}, 60)
     monkeypatch.setattr(reconcile, "fleet_suspects", lambda *a, **k: pytest.fail("read the fleet's pings"))
-    assert reconcile.reconcile_node(store, "gpu-1", settings(), NOW + timedelta(seconds=5)).verdict.value == "PASS"
+    assert (
+        reconcile.reconcile_node(
+            store, "gpu-1", settings(), NOW + timedelta(seconds=5), checks=shipped_checks()
+        ).verdict.value
+        == "PASS"
+    )
 
 
 def test_kept_suspects_that_do_not_explain_a_failure_are_looked_up_again() -> None:
     store = store_with(fleet({"gpu-3"}))
     store.set_ping_suspects({"gpu-5"}, 60)  # an older finding: gpu-5 no longer explains anything
-    assert reconcile.reconcile_node(store, "gpu-1", settings(), NOW + timedelta(seconds=5)).verdict.value == "PASS"
+    assert (
+        reconcile.reconcile_node(
+            store, "gpu-1", settings(), NOW + timedelta(seconds=5), checks=shipped_checks()
+        ).verdict.value
+        == "PASS"
+    )
     assert store.ping_suspects() == {"gpu-3"}
 
 
 def test_beat_keeps_the_suspects_it_found() -> None:
     store = store_with(fleet({"gpu-3"}))
-    reconcile.reconcile_all(store, settings(), now=NOW + timedelta(seconds=5))
+    reconcile.reconcile_all(store, settings(), now=NOW + timedelta(seconds=5), checks=shipped_checks())
     assert store.ping_suspects() == {"gpu-3"}

@@ -16,6 +16,7 @@ import pytest
 from api.metrics import snapshot_from_store
 from autopilot import config, errors, remediation, results
 from autopilot.cluster import NodeTaint
+from autopilot.registry import shipped as shipped_checks
 from autopilot.remediation import OWNER, TAINT
 from autopilot.results import CheckResult, Status
 from tests.unit.cluster_standin import Backend, StandInApi, make_backend
@@ -289,7 +290,9 @@ def test_beats_reconcile_tick_runs_the_pass(kube: Backend) -> None:
         CheckResult("remapped", Status.FAIL, "row remap failed", node="gpu-1", fatal=True, started_at=when)
     )
     store.heartbeat(NodeRecord("gpu-1", last_seen=datetime.now(UTC).timestamp()))
-    verdicts = tasks.reconcile_and_remediate(store, settings(periodic_checks=("remapped",)), kube.client)
+    verdicts = tasks.reconcile_and_remediate(
+        store, settings(periodic_checks=("remapped",)), kube.client, checks=shipped_checks()
+    )
     assert verdicts == {"gpu-1": "EVICT"}
     assert api.nodes["gpu-1"]["spec"]["unschedulable"] is True
 

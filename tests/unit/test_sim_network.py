@@ -36,7 +36,7 @@ def _store() -> ResultsStore:
 
 def _fleet(store: ResultsStore, n: int, faults: list[str], **kw: Any) -> dict[str, Any]:
     """``n`` simulated nodes heartbeating their simulated addresses, as the worker does."""
-    ctxs = simulate.contexts(SETTINGS, n, faults, live_nodes=store.node_names, **kw)
+    ctxs = simulate.contexts(SETTINGS, n, faults, live_nodes=store.node_names, checks=shipped_checks(), **kw)
     now = time.time()
     store.heartbeat_many(
         NodeRecord(name, addresses=simulate.addresses(name), simulated=True, last_seen=now) for name in ctxs

@@ -111,7 +111,7 @@ def test_ping_failure_never_sets_another_checks_result() -> None:
     for r in _all_ok(now):
         store.save_result(r)
     store.save_result(_result("ping", Status.FAIL, at=now))
-    decision = reconcile.reconcile_node(store, "node-a", settings, now)
+    decision = reconcile.reconcile_node(store, "node-a", settings, now, checks=shipped_checks())
     latest = store.latest("node-a")
     assert latest["ping"].status is Status.FAIL
     assert {c: r.status for c, r in latest.items() if c != "ping"} == dict.fromkeys(
