@@ -6,7 +6,9 @@
 - ``workers`` never imports ``api``;
 - ``api`` reaches ``workers`` only through the modules listed in ``API_MAY_USE`` (runs through
   ``workers.runs``; never the tasks, the ring coordinator or the broker);
-- no subprocess call with the shell option set, and no ``os.system`` or ``os.popen``, in any of our Python files.
+- no subprocess call with the shell option set, and no ``os.system`` or ``os.popen``, in any of our Python files;
+- the check registry's global (``registry.REGISTRY``, reached through ``registry.shipped``) is read only where a
+  process is assembled; everything else is handed the registry.
 """
 
 from __future__ import annotations
@@ -127,3 +129,41 @@ def test_only_the_store_reaches_its_redis_client() -> None:
     found = {str(p.relative_to(ROOT)): reaches(p) for p in python_files("api", "workers")}
     assert {k: v for k, v in found.items() if v and k != "workers/store.py"} == {}
     assert [str(p) for p in python_files("api") if "redis" in imports(p)] == []
+
+
+# Where a process is assembled: the CLI, settings loading at process start (it validates check
+# names against the shipped checks and the extra modules), the Celery and API app factories, the
+# worker and CLI-client entry points, and the benches and scripts that are their own processes.
+ASSEMBLE_REGISTRY = {
+    "autopilot/registry.py",
+    "autopilot/cli.py",
+    "autopilot/config.py",
+    "workers/app.py",
+    "workers/main.py",
+    "api/app.py",
+    "api/client.py",
+    "bench/engine.py",
+    "bench/quality.py",
+    "bench/detect.py",
+    "scripts/gen_api_docs.py",
+    "scripts/record_fixtures.py",
+}
+
+
+def registry_reads(path: Path) -> list[int]:
+    """Lines of ``path`` that name the global registry or assemble it (``shipped``, ``load_checks``)."""
+    tree = ast.parse(path.read_text(), str(path))
+    found = []
+    for node in ast.walk(tree):
+        name = node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else None
+        if name in ("REGISTRY", "shipped", "load_checks"):
+            found.append(node.lineno)
+        elif isinstance(node, ast.ImportFrom) and any(a.name in ("REGISTRY", "shipped") for a in node.names):
+            found.append(node.lineno)
+    return found
+
+
+def test_only_the_processes_assembly_reads_the_check_registry_global() -> None:
+    found = {str(p.relative_to(ROOT)): registry_reads(p) for p in python_files("autopilot", "workers", "api", "bench")}
+    found.update({str(p.relative_to(ROOT)): registry_reads(p) for p in python_files("scripts")})
+    assert {k: v for k, v in found.items() if v and k not in ASSEMBLE_REGISTRY} == {}
