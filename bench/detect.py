@@ -100,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         contexts = {
             n: CheckContext(n, settings, FakeRunner(), FakeTelemetry([]), cluster=cluster, checks=checks) for n in names
         }
-        sink = TimingSink(store, settings, contexts)
+        sink = TimingSink(store, settings, contexts, checks)
         gpu_index = {f"0000:{i:02x}:00.0": str(i) for i in range(8)}
         devices = {n: kmsg.FakeKmsg(capacity=4096) for n in names}
         counters = [
