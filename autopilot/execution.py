@@ -56,7 +56,8 @@ def run_check(
     *,
     checks: registry.CheckRegistry | None = None,
 ) -> CheckResult:
-    """Run one check by name. Never raises (except ``KeyboardInterrupt``/``SystemExit``)."""
+    """Run one check by name (looked up in ``checks``, default the context's). Never raises (except
+    ``KeyboardInterrupt``/``SystemExit``)."""
     return run_checks([name], ctx, {name: params or {}}, checks=checks)[0]
 
 

@@ -1,4 +1,5 @@
-"""The check registry: ``@check(...)`` records a check's name, parameters and limits.
+"""The check registry: ``@check(...)`` records a check's name, parameters, limits and what else is
+known about it (GPU use, upstream names, periodic by default, ring, run as a Job).
 
 The list of checks is the imports in ``autopilot/checks/__init__.py``; registering a name twice
 is an error. Parameters are declared with their type and bounds so that every front end (CLI,
@@ -166,7 +167,7 @@ class CheckSpec:
 
 
 class CheckRegistry:
-    """Name -> ``CheckSpec``. Tests build their own; production uses ``REGISTRY``."""
+    """Name -> ``CheckSpec``. Tests build their own; a process assembles ``shipped()`` and hands it down."""
 
     def __init__(self) -> None:
         self._specs: dict[str, CheckSpec] = {}
