@@ -123,7 +123,12 @@ class ResultsStore:
         self.save_many([(result, latest)], run_id)
 
     def save_many(
-        self, items: Sequence[tuple[CheckResult, bool]], run_id: str | None = None, *, view: str | None = None
+        self,
+        items: Sequence[tuple[CheckResult, bool]],
+        run_id: str | None = None,
+        *,
+        view: str | None = None,
+        figures: fleet_mod.FleetFigures | None = None,
     ) -> NodeView | None:
         """Record several results in one MULTI, each as ``save_result(result, run_id, latest=flag)`` would.
 
@@ -133,7 +138,8 @@ class ResultsStore:
         ``view`` (a node name), the same MULTI also reads that node's latest results, state and
         labels as they are after the writes: the reconcile that follows a task costs no extra
         round trip and judges exactly what was written. Results this call wrote are not decoded
-        again.
+        again. ``figures``: the fleet's figures of these results (``workers.fleet.FleetFigures``),
+        written in the same MULTI.
         """
         pipe = self.r.pipeline(transaction=True)
         written: dict[bytes, CheckResult] = {}
@@ -160,12 +166,16 @@ class ResultsStore:
             # Every field written, in order: a gather reads only what is new (``run_news``).
             pipe.rpush(f"{P}runlog:{run_id}", *(f"{r.node}|{r.check}" for r, _ in items))
             pipe.expire(f"{P}runlog:{run_id}", self.run_ttl_s)
+        # The figures' cohort count is the last reply they queue.
+        counted = len(pipe) if figures is not None and figures.queue(pipe) else 0
+        if view is not None:
+            _queue_view(pipe, view)
+        replies = pipe.execute() if len(pipe) else []
+        if figures is not None and counted:
+            figures.written(replies[counted - 1])
         if view is None:
-            if len(pipe):
-                pipe.execute()
             return None
-        _queue_view(pipe, view)
-        *_, raw_latest, raw_state, raw_labels, seen = pipe.execute()
+        raw_latest, raw_state, raw_labels, seen = replies[-4:]
         state = NodeState.from_fields(_state(raw_state))
         return NodeView(_latest(raw_latest, written), state, _state(raw_labels), _score(seen))
 

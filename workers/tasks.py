@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -128,9 +128,7 @@ class _Writer:
 
     HOLD_S = 0.2
 
-    def __init__(
-        self, store: ResultsStore, run_id: str, *, judge: Callable[[CheckResult], CheckResult] | None = None
-    ) -> None:
+    def __init__(self, store: ResultsStore, run_id: str, *, judge: fleet.Judge | None = None) -> None:
         self.store = store
         self.run_id = run_id
         self.judge = judge  # the fleet's judgement (workers.fleet) of a result about the node
@@ -148,7 +146,11 @@ class _Writer:
         """Write what is held (one MULTI); with ``view``, also read that node back (``ResultsStore.save_many``)."""
         if not self._held and view is None:
             return None
-        out = self.store.save_many(self._held, self.run_id, view=view)
+        # The fleet's figures of these results, when they have any, go in the same MULTI (no write of their own).
+        if self.judge is not None and self.judge.figures.kept:
+            out = self.store.save_many(self._held, self.run_id, view=view, figures=self.judge.figures)
+        else:
+            out = self.store.save_many(self._held, self.run_id, view=view)
         self._held = []
         return out
 
