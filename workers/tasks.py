@@ -54,6 +54,16 @@ class GpusBusy(Exception):
         self.done = tuple(done)  # the light checks' results, saved already
 
 
+class Done(list[CheckResult]):
+    """A task's results, in order, with what its confirmation needs from the store (``marks``).
+
+    ``marks``: the node's verdict after the task's reconcile and the checks pending confirmation that
+    the task's last MULTI read (``confirming.after_task``'s ``marks``); None when the task read none.
+    """
+
+    marks: tuple[str, frozenset[str]] | None = None
+
+
 def run_checks(
     host: NodeHost,
     *,
@@ -62,7 +72,7 @@ def run_checks(
     checks: Sequence[str],
     params: Mapping[str, Mapping[str, Any]],
     deadline: float,
-) -> list[CheckResult]:
+) -> Done:
     """Run one node's checks of a run: the light ones first, then the GPU ones under the node's GPU lock.
 
     Light checks never wait for the lock, so a long GPU check of another run does not hold them
@@ -113,7 +123,9 @@ def run_checks(
         if writer.done or not handed_back:
             # What is still held, and in the same MULTI what the verdict is computed from.
             view = writer.flush(view=node)
-            reconciling.reconcile_node(host.store, node, host.settings, cluster=ctx.cluster, view=view)
+            decision = reconciling.reconcile_node(host.store, node, host.settings, cluster=ctx.cluster, view=view)
+            if view is not None and view.confirm_pending is not None:
+                writer.done.marks = (decision.verdict.value, view.confirm_pending)
 
 
 class _Writer:
@@ -132,7 +144,7 @@ class _Writer:
         self.store = store
         self.run_id = run_id
         self.judge = judge  # the fleet's judgement (workers.fleet) of a result about the node
-        self.done: list[CheckResult] = []  # every result of the task, written or held
+        self.done = Done()  # every result of the task, written or held
         self._held: list[tuple[CheckResult, bool]] = []
 
     def add(self, result: CheckResult, *, latest: bool = True) -> None:
