@@ -52,6 +52,16 @@ class ScopedRunner(Protocol):
     def bind(self, scope: ProcessScope) -> CommandRunner: ...
 
 
+@runtime_checkable
+class InstantRunner(Protocol):
+    """A runner that can say a program answers at once (an optional capability: a simulated seam
+    computes the answer in Python, with no process to wait for). A caller that would run several
+    such programs side by side on threads (``ping``'s peers) runs them one after another instead:
+    the threads were most of the cost, and bought nothing when nothing waits."""
+
+    def answers_at_once(self, program: str) -> bool: ...
+
+
 class Background(Protocol):
     """A program left running in the background (``spawn``): a server for a later client."""
 

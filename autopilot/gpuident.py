@@ -52,11 +52,18 @@ def attach(result: CheckResult, identities: Mapping[int, GpuIdentity], *, unknow
     """
     if not result.devices:
         return result
-    by_bus = {bus_id(i.pci_bus_id): i for i in identities.values()}
+    # Only a device named by its bus id needs the identities by bus id: GPU checks name theirs by
+    # index, and normalising every bus id for every result was a tenth of attaching (round 5).
+    by_bus: dict[str, GpuIdentity] | None = None
     devices = []
     changed = False
     for device in result.devices:
-        ident = identities.get(int(device.id)) if device.id.isdigit() else by_bus.get(bus_id(device.id))
+        if device.id.isdigit():
+            ident = identities.get(int(device.id))
+        else:
+            if by_bus is None:
+                by_bus = {bus_id(i.pci_bus_id): i for i in identities.values()}
+            ident = by_bus.get(bus_id(device.id))
         if device.uuid or (ident is None and (":" not in device.id or not unknown_bus)):
             devices.append(device)
             continue

@@ -84,7 +84,8 @@ class MemoryStore:
 
     def view(self, node: str) -> NodeView:
         with self._lock:
-            return NodeView(self.latest(node), self.state(node), self.labels(node), self._seen.get(node))
+            pending = self._pending.get(node, frozenset())
+            return NodeView(self.latest(node), self.state(node), self.labels(node), self._seen.get(node), pending)
 
     def latest(self, node: str) -> dict[str, CheckResult]:
         with self._lock:

@@ -211,6 +211,8 @@ class NodeView:
     labels: dict[str, str] | None = None
     last_seen: float | None = None
     """The node's last heartbeat (epoch s); None: it never heartbeated (or it was not read)."""
+    confirm_pending: frozenset[str] | None = None
+    """The checks whose latest failure awaited confirmation (``Store.confirmation_marks``); None: not read."""
 
 
 class Store(Protocol):

@@ -15,6 +15,13 @@ and beside it the cost of a bare Redis round trip
 
     python -m bench.fanout                     # 10, 100, 1000 nodes
     python -m bench.fanout --nodes 1000 --repeat 5 --sim-processes 4 --concurrency 8
+    python -m bench.fanout --nodes 1000 --checks pciebw,remapped,dcgm,gpupower   # a check set of your own
+    python -m bench.fanout --nodes 1000 --root /tmp/before    # the runtime of another tree (before/after)
+
+``--checks``: the checks the status asks for (its ``check`` parameter; default: the API's periodic
+checks), so that two trees whose default checks differ are compared on the same work.
+``--root``: run the API and simulators from another source tree (``git archive`` of an older
+commit), with this benchmark's measurement, in the same run as this tree's.
 
 Starts its own redis-server, API and simulators, and stops them all at the end.
 """
@@ -27,12 +34,13 @@ import json
 import os
 import statistics
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.common import Bench, group_rss_kib, up, wait_until
+from bench.common import ROOT, Bench, group_rss_kib, up, wait_until
 from workers.store import ResultsStore
 
 TARGET_S = 2.0
@@ -92,8 +100,12 @@ def cpu_s(pids: Sequence[int]) -> float:
     return total
 
 
-def measure(api_url: str, nodes: int, repeat: int, roles: Mapping[str, Sequence[int]]) -> dict[str, Any]:
+def measure(
+    api_url: str, nodes: int, repeat: int, roles: Mapping[str, Sequence[int]], checks: str = ""
+) -> dict[str, Any]:
     url = f"{api_url}/status?format=json&deadline=60"
+    if checks:
+        url += "&" + urllib.parse.urlencode({"check": checks})
     get_json(url, 120)  # warm-up: connections, imports, first task of every queue
     times: list[float] = []
     decode: list[float] = []
@@ -136,11 +148,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--sim-processes", type=int, default=None, help="simulator processes (default: as autopilot up)"
     )
     parser.add_argument("--concurrency", type=int, default=None, help="threads per simulator (default: settings)")
+    parser.add_argument("--checks", default="", help="comma-separated checks to ask for (default: the periodic ones)")
+    parser.add_argument("--root", type=Path, default=None, help="source tree the API and simulators run from")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.nodes.split(",") if s.strip()]
+    root = args.root.resolve() if args.root else ROOT
+    print(f"tree: {root}; checks: {args.checks or 'the periodic ones'}", flush=True)
 
     rows = []
-    with Bench() as bench:
+    with Bench(root) as bench:
         port = up.free_port()
         api = bench.start("api", ["api", "--port", str(port)])
         api_url = f"http://127.0.0.1:{port}"
@@ -152,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sims = start_cluster(bench, nodes, args.sim_processes, args.concurrency)
             assert bench.redis is not None
             roles = {"api": [api.pid], "simulators": [p.pid for p in sims], "redis": [bench.redis.pid]}
-            row = measure(api_url, nodes, args.repeat, roles)
+            row = measure(api_url, nodes, args.repeat, roles, args.checks)
             row["sim_processes"] = len(sims)
             row["sim_rss_mib"] = sum(group_rss_kib(p.pid) for p in sims) / 1024
             rows.append(row)

@@ -201,9 +201,11 @@ def create_celery(settings: config.Settings, checks: registry.CheckRegistry | No
             clusters.append(cluster_mod.from_settings(settings))
         return clusters[0]
 
-    def _confirm(node: str, done: list[CheckResult] | tuple[CheckResult, ...]) -> None:
+    def _confirm(
+        node: str, done: list[CheckResult] | tuple[CheckResult, ...], marks: tuple[str, frozenset[str]] | None = None
+    ) -> None:
         try:
-            confirming.after_task(store, dispatcher, settings, node, done, checks=registered)
+            confirming.after_task(store, dispatcher, settings, node, done, checks=registered, marks=marks)
         except (StoreUnavailable, redis.RedisError, kombu.exceptions.KombuError) as exc:
             # The results and the verdict are saved; only an early re-run (or a counter) is lost.
             log.warning("confirmation after the task on %s failed: %s", node, exc)
@@ -228,7 +230,7 @@ def create_celery(settings: config.Settings, checks: registry.CheckRegistry | No
                 "deadline": deadline,
             }
             raise self.retry(kwargs=again, countdown=2) from None
-        _confirm(node, done)
+        _confirm(node, done, done.marks)  # the marks the task read in its last MULTI: no read of their own
         # The results are in the store; the return value is only logged and shown by Flower, and
         # Celery formats it after every task, so it is the summary, not every result's data.
         return {r.check: r.status.value for r in done}

@@ -60,13 +60,18 @@ def after_task(
     *,
     checks: CheckRegistry,
     now: float | None = None,
+    marks: tuple[str, frozenset[str]] | None = None,
 ) -> Run | None:
-    """Count prevented flaps and send the confirmation run a task's results call for; returns that run."""
+    """Count prevented flaps and send the confirmation run a task's results call for; returns that run.
+
+    ``marks``: the node's verdict and pending checks (``ResultsStore.confirmation_marks``) when the
+    task has them already (its reconcile's verdict, the pending checks of its last read); else read here.
+    """
     pol = policy(settings)
     saved = {r.check: r for r in done if r.node == node and r.started_at and r.status is not Status.BUSY}
     if pol.acts_at_once or not saved:
         return None
-    verdict, pending = store.confirmation_marks(node)
+    verdict, pending = marks if marks is not None else store.confirmation_marks(node)
     # Steady state (every saved result passes, nothing pending, the node not WARN) costs no history read.
     calm = verdict not in confirmation.HOLDING_VERDICTS
     if calm and not pending & set(saved) and not any(r.is_bad for r in saved.values()):

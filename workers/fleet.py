@@ -72,18 +72,27 @@ class FleetBaselines:
         return {c: b for c, b in found.items() if b is not None}
 
     def add(self, found: Iterable[Sample]) -> None:
+        pipe = self.r.pipeline(transaction=True)
+        if self.queue_add(pipe, found):
+            self.added(pipe.execute()[-1])
+
+    def queue_add(self, pipe: Any, found: Iterable[Sample]) -> bool:
+        """``add``'s writes queued on ``pipe`` (a task's MULTI), the cohorts' count last; False when
+        there is nothing to add. Whoever executes ``pipe`` hands that count to ``added``."""
         by_cohort: dict[Cohort, list[float]] = {}
         for s in found:
             by_cohort.setdefault(s.cohort, []).append(s.value)
         if not by_cohort:
-            return
-        pipe = self.r.pipeline(transaction=True)
+            return False
         for cohort, values in by_cohort.items():
             pipe.lpush(_key(cohort), *(repr(v) for v in values))
             pipe.ltrim(_key(cohort), 0, self.policy.window - 1)
         pipe.zadd(INDEX, {c.key: self._clock() for c in by_cohort})
         pipe.zcard(INDEX)
-        *_, count = pipe.execute()
+        return True
+
+    def added(self, count: Any) -> None:
+        """After ``queue_add``'s writes: drop the cohorts updated longest ago beyond ``baseline_max_cohorts``."""
         if int(count) > self.max_cohorts:
             self._drop_oldest(int(count) - self.max_cohorts)
 
@@ -97,11 +106,13 @@ class FleetBaselines:
 
     # ------------------------------------------------------------------ use
 
-    def judge(self, result: CheckResult, *, model: str, driver: str) -> CheckResult:
-        """``result`` judged against its fleet (``baseline.assess``), its figures added to the fleet's."""
+    def judge(self, result: CheckResult, *, model: str, driver: str, into: FleetFigures | None = None) -> CheckResult:
+        """``result`` judged against its fleet (``baseline.assess``), its figures added to the fleet's:
+        at once, or with ``into`` kept there until its task writes them with its results."""
         if result.status is Status.BUSY or not self.policy.enabled:
             return result
-        return baseline.assess(result, model=model, driver=driver, source=self, policy=self.policy)
+        source: baseline.Source = self if into is None else into
+        return baseline.assess(result, model=model, driver=driver, source=source, policy=self.policy)
 
     def all(self) -> list[dict[str, Any]]:
         """Every kept cohort: its baseline (median and MAD; None below the minimum sample size)."""
@@ -123,17 +134,58 @@ class FleetBaselines:
         return sorted(out, key=lambda e: (e["check"], e["metric"], e["model"], e["driver"]))
 
 
-def judge_in(fleet: FleetBaselines, ctx: CheckContext) -> Callable[[CheckResult], CheckResult]:
-    """``fleet.judge`` for the results of ``ctx``'s node: its GPU model and driver read once, when first needed."""
-    known: list[tuple[str, str]] = []
+class FleetFigures:
+    """``baseline.Source`` for one task: baselines from its ``FleetBaselines`` (cached there), the
+    figures of its judged results kept until the task writes them, in the MULTI that writes those
+    results (``ResultsStore.save_many``): a write of their own was a MULTI per task (PERFORMANCE.md,
+    round 5), and figures of results never stored now never count in the fleet either."""
 
-    def judge(result: CheckResult) -> CheckResult:
-        if not known:
-            known.append(gpu_of(ctx))
-        model, driver = known[0]
-        return fleet.judge(result, model=model, driver=driver)
+    def __init__(self, fleet: FleetBaselines) -> None:
+        self.fleet = fleet
+        self._found: list[Sample] = []
 
-    return judge
+    def baselines(self, cohorts: Iterable[Cohort], min_samples: int) -> dict[Cohort, Baseline]:
+        return self.fleet.baselines(cohorts, min_samples)
+
+    def add(self, found: Iterable[Sample]) -> None:
+        self._found.extend(found)
+
+    @property
+    def kept(self) -> int:
+        """How many figures wait for the task's write."""
+        return len(self._found)
+
+    def queue(self, pipe: Any) -> bool:
+        """The kept figures' writes queued on ``pipe`` (``FleetBaselines.queue_add``); False: none kept."""
+        return self.fleet.queue_add(pipe, self._found)
+
+    def written(self, count: Any) -> None:
+        """``pipe`` ran (``count``: its cohorts' count): the figures are the fleet's now, not kept here.
+        Until then they are kept, so a write that failed writes them with the task's next one."""
+        self._found = []
+        self.fleet.added(count)
+
+
+class Judge:
+    """``fleet.judge`` for the results of ``ctx``'s node: its GPU model and driver read once, when
+    first needed; the figures kept in ``figures`` for the task's write."""
+
+    def __init__(self, fleet: FleetBaselines, ctx: CheckContext) -> None:
+        self.fleet = fleet
+        self.ctx = ctx
+        self.figures = FleetFigures(fleet)
+        self._known: tuple[str, str] | None = None
+
+    def __call__(self, result: CheckResult) -> CheckResult:
+        if self._known is None:
+            self._known = gpu_of(self.ctx)
+        model, driver = self._known
+        return self.fleet.judge(result, model=model, driver=driver, into=self.figures)
+
+
+def judge_in(fleet: FleetBaselines, ctx: CheckContext) -> Judge:
+    """``Judge`` of ``ctx``'s node on ``fleet``."""
+    return Judge(fleet, ctx)
 
 
 def gpu_of(ctx: CheckContext) -> tuple[str, str]:

@@ -117,6 +117,10 @@ class NoisyRunner:
         found: str | None = self.inner.which(name)
         return found
 
+    def answers_at_once(self, program: str) -> bool:
+        """``commands.InstantRunner``, as the runner it wraps says (noise changes figures, not timing)."""
+        return isinstance(self.inner, commands.InstantRunner) and self.inner.answers_at_once(program)
+
     def spawn(self, argv: Sequence[str], *, lifetime_s: float, env: Mapping[str, str] | None = None) -> Any:
         return self.inner.spawn(argv, lifetime_s=lifetime_s, env=env)
 

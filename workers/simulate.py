@@ -161,9 +161,18 @@ def address(node: str, *, field: str = "node") -> str:
     """The simulated address of ``sim-<i>``: 198.18.0.0 + i + 1."""
     if not _is_sim(node):
         raise errors.BadParameter(field, f"not a simulated node: {node[:64]!r}")
+    return _address_of(node)
+
+
+# Both directions cached: every simulated ping asks them once per peer (16 per node per fan-out),
+# and ``ipaddress`` parsing was a fifth of a simulated ping's CPU (PERFORMANCE.md, round 5). Pure
+# functions of their argument; the bound keeps a 1,000-node simulator's fleet in each.
+@functools.lru_cache(maxsize=2048)
+def _address_of(node: str) -> str:
     return str(FABRIC[_index(node) + 1])
 
 
+@functools.lru_cache(maxsize=2048)
 def node_at(addr: str) -> str | None:
     """The simulated node answering on ``addr``, or None for an address off the simulated fabric."""
     try:
@@ -575,6 +584,13 @@ class SimRunner:
 
     def which(self, name: str) -> str | None:
         return name if os.path.basename(name) in self._tools else None
+
+    def answers_at_once(self, program: str) -> bool:
+        """``commands.InstantRunner``: every answer is computed here at once, except a ``hang``
+        fault's, which sleeps (its callers keep their threads, so each hung call keeps its own
+        timeout)."""
+        tool = os.path.basename(program)
+        return tool in self._tools and tool not in self._hang
 
     def run(
         self, argv: Sequence[str], *, timeout: float, env: Mapping[str, str] | None = None

@@ -123,7 +123,12 @@ class ResultsStore:
         self.save_many([(result, latest)], run_id)
 
     def save_many(
-        self, items: Sequence[tuple[CheckResult, bool]], run_id: str | None = None, *, view: str | None = None
+        self,
+        items: Sequence[tuple[CheckResult, bool]],
+        run_id: str | None = None,
+        *,
+        view: str | None = None,
+        figures: fleet_mod.FleetFigures | None = None,
     ) -> NodeView | None:
         """Record several results in one MULTI, each as ``save_result(result, run_id, latest=flag)`` would.
 
@@ -133,7 +138,8 @@ class ResultsStore:
         ``view`` (a node name), the same MULTI also reads that node's latest results, state and
         labels as they are after the writes: the reconcile that follows a task costs no extra
         round trip and judges exactly what was written. Results this call wrote are not decoded
-        again.
+        again. ``figures``: the fleet's figures of these results (``workers.fleet.FleetFigures``),
+        written in the same MULTI.
         """
         pipe = self.r.pipeline(transaction=True)
         written: dict[bytes, CheckResult] = {}
@@ -160,22 +166,22 @@ class ResultsStore:
             # Every field written, in order: a gather reads only what is new (``run_news``).
             pipe.rpush(f"{P}runlog:{run_id}", *(f"{r.node}|{r.check}" for r, _ in items))
             pipe.expire(f"{P}runlog:{run_id}", self.run_ttl_s)
+        # The figures' cohort count is the last reply they queue.
+        counted = len(pipe) if figures is not None and figures.queue(pipe) else 0
+        if view is not None:
+            _queue_view(pipe, view)
+        replies = pipe.execute() if len(pipe) else []
+        if figures is not None and counted:
+            figures.written(replies[counted - 1])
         if view is None:
-            if len(pipe):
-                pipe.execute()
             return None
-        _queue_view(pipe, view)
-        *_, raw_latest, raw_state, raw_labels, seen = pipe.execute()
-        state = NodeState.from_fields(_state(raw_state))
-        return NodeView(_latest(raw_latest, written), state, _state(raw_labels), _score(seen))
+        return _view(replies[-VIEW_REPLIES:], written)
 
     def view(self, node: str) -> NodeView:
         """The node's latest results and verdict state, read in one round trip."""
         pipe = self.r.pipeline(transaction=False)
         _queue_view(pipe, node)
-        raw_latest, raw_state, raw_labels, seen = pipe.execute()
-        state = NodeState.from_fields(_state(raw_state))
-        return NodeView(_latest(raw_latest), state, _state(raw_labels), _score(seen))
+        return _view(pipe.execute())
 
     def latest(self, node: str) -> dict[str, CheckResult]:
         return _latest(self.r.hgetall(f"{P}latest:{node}"))
@@ -389,7 +395,7 @@ class ResultsStore:
         pipe.hget(f"{P}state:{node}", "verdict")
         pipe.hget(f"{P}confirm:{node}", "pending")
         verdict, pending = pipe.execute()
-        return (_s(verdict) if verdict else ""), frozenset(filter(None, _s(pending or b"").split(",")))
+        return (_s(verdict) if verdict else ""), _pending(pending)
 
     def record_confirmations(
         self, node: str, *, runs: Iterable[str], prevented: Iterable[str], pending: Iterable[str]
@@ -619,12 +625,28 @@ def _latest(raw: Mapping[Any, Any], known: Mapping[bytes, CheckResult] | None = 
     return {_s(k): seen.get(v) or CheckResult.from_json(v) for k, v in raw.items()}
 
 
+VIEW_REPLIES = 5
+
+
 def _queue_view(pipe: Any, node: str) -> None:
-    """What ``NodeView`` is made of, queued on ``pipe`` in the order it unpacks."""
+    """What ``NodeView`` is made of (``VIEW_REPLIES`` commands), queued on ``pipe`` in the order ``_view`` unpacks."""
     pipe.hgetall(f"{P}latest:{node}")
     pipe.hgetall(f"{P}state:{node}")
     pipe.hgetall(f"{P}labels:{node}")
     pipe.zscore(f"{P}nodes", node)
+    # The confirmation marks' pending checks: the confirmation after a task needs no read of its own
+    # (``confirming.after_task``; PERFORMANCE.md, round 5).
+    pipe.hget(f"{P}confirm:{node}", "pending")
+
+
+def _view(replies: Sequence[Any], known: Mapping[bytes, CheckResult] | None = None) -> NodeView:
+    raw_latest, raw_state, raw_labels, seen, pending = replies
+    state = NodeState.from_fields(_state(raw_state))
+    return NodeView(_latest(raw_latest, known), state, _state(raw_labels), _score(seen), _pending(pending))
+
+
+def _pending(raw: bytes | None) -> frozenset[str]:
+    return frozenset(filter(None, _s(raw or b"").split(",")))
 
 
 def _score(raw: Any) -> float | None:

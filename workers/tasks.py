@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -55,6 +55,16 @@ class GpusBusy(Exception):
         self.done = tuple(done)  # the light checks' results, saved already
 
 
+class Done(list[CheckResult]):
+    """A task's results, in order, with what its confirmation needs from the store (``marks``).
+
+    ``marks``: the node's verdict after the task's reconcile and the checks pending confirmation that
+    the task's last MULTI read (``confirming.after_task``'s ``marks``); None when the task read none.
+    """
+
+    marks: tuple[str, frozenset[str]] | None = None
+
+
 def run_checks(
     host: NodeHost,
     *,
@@ -63,7 +73,7 @@ def run_checks(
     checks: Sequence[str],
     params: Mapping[str, Mapping[str, Any]],
     deadline: float,
-) -> list[CheckResult]:
+) -> Done:
     """Run one node's checks of a run: the light ones first, then the GPU ones under the node's GPU lock.
 
     Light checks never wait for the lock, so a long GPU check of another run does not hold them
@@ -114,9 +124,11 @@ def run_checks(
         if writer.done or not handed_back:
             # What is still held, and in the same MULTI what the verdict is computed from.
             view = writer.flush(view=node)
-            reconciling.reconcile_node(
+            decision = reconciling.reconcile_node(
                 host.store, node, host.settings, cluster=ctx.cluster, view=view, checks=ctx.checks
             )
+            if view is not None and view.confirm_pending is not None:
+                writer.done.marks = (decision.verdict.value, view.confirm_pending)
 
 
 class _Writer:
@@ -131,13 +143,11 @@ class _Writer:
 
     HOLD_S = 0.2
 
-    def __init__(
-        self, store: ResultsStore, run_id: str, *, judge: Callable[[CheckResult], CheckResult] | None = None
-    ) -> None:
+    def __init__(self, store: ResultsStore, run_id: str, *, judge: fleet.Judge | None = None) -> None:
         self.store = store
         self.run_id = run_id
         self.judge = judge  # the fleet's judgement (workers.fleet) of a result about the node
-        self.done: list[CheckResult] = []  # every result of the task, written or held
+        self.done = Done()  # every result of the task, written or held
         self._held: list[tuple[CheckResult, bool]] = []
 
     def add(self, result: CheckResult, *, latest: bool = True) -> None:
@@ -151,7 +161,11 @@ class _Writer:
         """Write what is held (one MULTI); with ``view``, also read that node back (``ResultsStore.save_many``)."""
         if not self._held and view is None:
             return None
-        out = self.store.save_many(self._held, self.run_id, view=view)
+        # The fleet's figures of these results, when they have any, go in the same MULTI (no write of their own).
+        if self.judge is not None and self.judge.figures.kept:
+            out = self.store.save_many(self._held, self.run_id, view=view, figures=self.judge.figures)
+        else:
+            out = self.store.save_many(self._held, self.run_id, view=view)
         self._held = []
         return out
 

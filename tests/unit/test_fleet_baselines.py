@@ -127,3 +127,36 @@ def test_an_iperf_pair_is_judged_against_the_fleets_pairs_with_the_nodes_heartbe
     assert judged.status is Status.WARN
     assert [d.id for d in judged.devices if d.status is Status.WARN] == ["c/eth0"]
     assert "pair_gbps 70 is 70% of the median of 100" in judged.summary
+
+
+def test_a_tasks_figures_are_written_in_the_multi_of_its_results_and_only_once_it_ran() -> None:
+    import pytest
+    import redis
+
+    from autopilot import execution
+    from autopilot.errors import StoreUnavailable
+
+    host = seeded(53.5)
+    judge = fleet.judge_in(host.fleet, host.contexts[NODE])
+    judged = judge(execution.run_check("pciebw", host.contexts[NODE]))
+    assert judge.figures.kept == 8 and host.fleet.all()[0]["count"] == 100  # judged; nothing written yet
+
+    real = host.store.r.pipeline
+
+    def broken(*args: object, **kwargs: object) -> object:
+        pipe = real(*args, **kwargs)  # type: ignore[arg-type]
+
+        def fail(*_: object, **__: object) -> None:
+            raise redis.ConnectionError("down")
+
+        pipe.execute = fail  # type: ignore[method-assign]
+        return pipe
+
+    host.store.r.pipeline = broken  # type: ignore[method-assign]
+    with pytest.raises(StoreUnavailable):
+        host.store.save_many([(judged, True)], None, figures=judge.figures)
+    assert judge.figures.kept == 8  # kept for the task's next write, as its results are
+    host.store.r.pipeline = real  # type: ignore[method-assign]
+    host.store.save_many([(judged, True)], None, figures=judge.figures)
+    assert judge.figures.kept == 0 and host.fleet.all()[0]["count"] == 108
+    assert host.store.latest(NODE)["pciebw"].status is Status.OK

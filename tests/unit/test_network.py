@@ -191,3 +191,43 @@ def test_a_forked_child_still_pings_on_a_pool_of_its_own() -> None:
         os._exit(0 if [str(a) for a in answers] == [p.node for p in peers] else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+class _Instant:
+    """A ``commands.InstantRunner`` over a ``FakeRunner`` that notes which thread ran each call."""
+
+    def __init__(self, inner: FakeRunner, at_once: bool) -> None:
+        self.inner = inner
+        self.at_once = at_once
+        self.threads: list[str] = []
+
+    def answers_at_once(self, program: str) -> bool:
+        return self.at_once
+
+    def which(self, name: str) -> str | None:
+        return self.inner.which(name)
+
+    def run(self, argv, *, timeout, env=None):  # type: ignore[no-untyped-def]
+        import threading
+
+        self.threads.append(threading.current_thread().name)
+        return self.inner.run(argv, timeout=timeout, env=env)
+
+
+def test_a_runner_that_answers_at_once_is_pinged_without_threads_and_judged_the_same(make_ctx) -> None:  # type: ignore[no-untyped-def]
+    import threading
+
+    outputs = {"192.0.2.2": (0, OK_PING, ""), "192.0.2.3": (1, LOSSY_PING, ""), "198.51.100.3": (1, DEAD_PING, "")}
+    outputs["192.0.2.4"] = (2, "", "ping: connect: Network is unreachable")
+    params = ping.registry.REGISTRY.get("ping").validate({})
+    found = {}
+    for at_once in (True, False):
+        runner = _Instant(runner_for(outputs), at_once)
+        found[at_once] = ping.run(make_ctx(commands=runner, peers=StaticPeers(PEERS)), params)
+        if at_once:  # every peer asked from the check's own thread, in order
+            assert runner.threads == [threading.current_thread().name] * 4
+            assert [c[-1] for c in runner.inner.calls] == ["192.0.2.2", "192.0.2.3", "198.51.100.3", "192.0.2.4"]
+        else:  # a runner whose programs take time: the pool's threads, side by side
+            assert len(runner.threads) == 4 and all(t.startswith("ping") for t in runner.threads)
+    assert found[True].to_dict() | {"duration_s": 0} == found[False].to_dict() | {"duration_s": 0}
+    assert found[True].status is Status.FAIL and found[True].data["unreachable"] == ["node-c", "node-d"]

@@ -206,3 +206,24 @@ def test_a_result_is_in_the_store_while_a_slow_check_after_it_still_runs(monkeyp
     assert seen_during == [{"ping", "remapped"}]
     assert host.store.saves == [(["ping", "remapped"], False), (["gpupower"], True)]  # type: ignore[attr-defined]
     assert answered(host, run) == set(CHECKS)
+
+
+def test_a_task_hands_its_confirmation_the_marks_its_last_multi_read(host: NodeHost) -> None:
+    from workers import confirming
+    from workers.dispatch import FakeDispatcher
+
+    host.store.record_confirmations(NODE, runs=[], prevented=[], pending=["gpupower"])
+    done = run_task(host, new_run(host))
+    # The verdict its reconcile stored and the pending checks: what a read of their own would give.
+    assert done.marks == host.store.confirmation_marks(NODE) == (host.store.state(NODE).verdict, {"gpupower"})
+
+    def no_read(node: str) -> Any:
+        raise AssertionError("the marks were handed over: no read of their own")
+
+    host.store.confirmation_marks = no_read  # type: ignore[method-assign]
+    confirming.after_task(
+        host.store, FakeDispatcher(), host.settings, NODE, done, marks=done.marks, checks=shipped_checks()
+    )
+    # gpupower passed on this run: no longer pending once its confirmation has judged it.
+    assert host.store.confirmation_counts([NODE]) == {NODE: {}}
+    assert host.store.r.hget("ap:confirm:sim-0", "pending") is None

@@ -239,3 +239,20 @@ def test_the_ring_of_neighbours_follows_the_live_nodes_as_they_change() -> None:
     live.append("sim-6")
     assert [p.node for p in directory.peers()][:2] == ["sim-6", "sim-7"]
     assert [p.node for p in simulate.SimPeers("sim-25", lambda: tuple(live)).peers()][:2] == ["sim-0", "sim-1"]
+
+
+def test_simulated_pings_are_answered_at_once_but_a_hung_ping_keeps_its_threads() -> None:
+    from autopilot import commands
+    from workers import simnoise
+
+    store = _store()
+    ctxs = _fleet(store, 3, ["sim-1:ping:hang"])
+    healthy, hung = ctxs["sim-0"].commands, ctxs["sim-1"].commands
+    assert isinstance(healthy, commands.InstantRunner) and healthy.answers_at_once("ping")
+    assert healthy.answers_at_once("/usr/bin/iperf3") and not healthy.answers_at_once("nvidia-smi")
+    # A hang sleeps each call to its timeout: those calls must keep running side by side.
+    assert not hung.answers_at_once("ping") and hung.answers_at_once("iperf3")  # type: ignore[attr-defined]
+    noisy = simnoise.NoisyRunner(hung, "sim-1", 1)
+    assert isinstance(noisy, commands.InstantRunner) and not noisy.answers_at_once("ping")
+    assert simnoise.NoisyRunner(healthy, "sim-0", 1).answers_at_once("ping")
+    assert execution.run_check("ping", ctxs["sim-0"]).data["reached"] == ["sim-1", "sim-2"]  # its own ping is not hung
