@@ -22,7 +22,7 @@ from autopilot import cluster as cluster_mod
 from autopilot.context import CheckContext
 from autopilot.registry import CheckRegistry
 from workers import host as hosting
-from workers import invasive_flow, simbroker
+from workers import invasive_flow
 from workers.app import CONTROL_QUEUE, create_celery, make_store
 from workers.store import NodeRecord, ResultsStore
 
@@ -184,8 +184,11 @@ def worker_main(argv: Sequence[str]) -> int:
         queues.append(CONTROL_QUEUE)
     app = create_celery(settings, checks)
     if args.simulate:
-        # Hundreds of queues in one process: the simulator's transport (simulator-only code, tied
-        # to the kombu release it was checked against); a real worker keeps kombu's own.
+        # Hundreds of queues in one process: the simulator's transport (simulator-only code that
+        # overrides private parts of kombu, tied to the kombu release its contract test checks). It is
+        # imported here only, so a real worker never loads it and keeps kombu's transport as released.
+        from workers import simbroker
+
         transport = simbroker.transport_for(str(app.conf.broker_url or ""))
         if transport is not None:
             app.conf.broker_transport = transport

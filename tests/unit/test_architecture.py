@@ -4,6 +4,8 @@
 - inside ``autopilot``, pynvml only in gpus.py and nvml_events.py, kubernetes only in cluster.py, subprocess only
   in commands.py;
 - ``workers`` never imports ``api``;
+- ``workers.simbroker`` (the simulator's transport, over private parts of kombu) is imported at module level by no
+  production module: only inside ``autopilot worker --simulate``'s branch, so a real worker runs kombu as released;
 - ``api`` reaches ``workers`` only through the modules listed in ``API_MAY_USE`` (runs through
   ``workers.runs``; never the tasks, the ring coordinator or the broker);
 - no subprocess call with the shell option set, and no ``os.system`` or ``os.popen``, in any of our Python files;
@@ -59,6 +61,27 @@ def test_each_outside_system_has_one_door() -> None:
 
 def test_workers_do_not_import_api() -> None:
     assert [str(p) for p in python_files("workers") if "api" in imports(p)] == []
+
+
+def _module_level_imports(path: Path) -> set[str]:
+    """``a.b`` and ``a.b.c`` of every import at the module's top level (not inside a function)."""
+    found: set[str] = set()
+    for node in ast.parse(path.read_text(), str(path)).body:
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+            found.add(node.module)
+    return found
+
+
+def test_no_production_module_loads_the_simulators_transport_at_import() -> None:
+    loaders = [
+        str(p.relative_to(ROOT))
+        for p in python_files("autopilot", "workers", "api")
+        if p.name != "simbroker.py" and "workers.simbroker" in _module_level_imports(p)
+    ]
+    assert loaders == []
 
 
 # What the API may use of the workers package: runs (create, fan out, gather, report), the
