@@ -24,7 +24,8 @@ from collections.abc import Mapping
 
 from autopilot import errors
 from autopilot.gpus import GpuTelemetry
-from autopilot.nodeinfo import ExpectedGpus, bus_id
+from autopilot.names import bus_id
+from autopilot.nodeinfo import ExpectedGpus
 from autopilot.results import CheckResult, DeviceResult, Status, worst
 
 FELL_OFF = "expected but not visible to NVML (fell off the bus?)"
@@ -40,7 +41,7 @@ class Census:
     nvml_error: str = ""
     """Why NVML could not start or count (the ``GpuError`` text, naming the cause)."""
     bus_ids: tuple[str, ...] = ()
-    """Bus ids (``nodeinfo.bus_id`` spelling) of the GPUs NVML identified."""
+    """Bus ids (``names.bus_id`` spelling) of the GPUs NVML identified."""
     lost: Mapping[int, str] = dataclasses.field(default_factory=dict)
     """GPU index -> NVML's words, for GPUs that answered ``NVML_ERROR_GPU_IS_LOST``."""
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 from autopilot import errors
 from autopilot.gpus import GpuIdentity, GpuTelemetry
-from autopilot.nodeinfo import bus_id
+from autopilot.names import bus_id
 from autopilot.results import CheckResult
 
 # NVML's UUID: "GPU-" then 8-4-4-4-12 hex digits (MIG devices say "MIG-"; they are not GPUs here).

@@ -66,3 +66,28 @@ def job_selector(text: str, *, field: str = "job") -> tuple[str, str, str]:
         raise errors.BadParameter(field, f"invalid namespace: {namespace[:80]!r}")
     key, value = label_selector(selector, field=field)
     return namespace, key, value
+
+
+_BDF = re.compile(
+    r"(?:(?P<dom>[0-9a-fA-F]{1,8}):)?(?P<bus>[0-9a-fA-F]{1,2}):(?P<dev>[0-9a-fA-F]{1,2})(?:\.(?P<fn>[0-7]))?"
+)
+
+
+def bus_id(text: str) -> str:
+    """A PCI address in one form, ``dddd:bb:dd.f`` lower case, whatever form it came in.
+
+    NVML says ``00000000:9B:00.0``, the driver's Xid line ``PCI:0000:9b:00`` (no function), the
+    kernel and sysfs ``0000:9b:00.0``, CUDA ``0000:9B:00.0``; all are ``0000:9b:00.0``. Text that is
+    no PCI address comes back stripped and unchanged.
+    """
+    raw = text.strip().removeprefix("PCI:")
+    found = _BDF.fullmatch(raw)
+    if not found:
+        return raw
+    dom = int(found.group("dom") or "0", 16)
+    return f"{dom:04x}:{int(found.group('bus'), 16):02x}:{int(found.group('dev'), 16):02x}.{found.group('fn') or '0'}"
+
+
+def is_bus_id(text: str) -> bool:
+    """Whether ``text`` is a PCI address in any of the forms ``bus_id`` reads."""
+    return _BDF.fullmatch(text.strip().removeprefix("PCI:")) is not None

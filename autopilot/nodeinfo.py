@@ -29,13 +29,13 @@ from autopilot import config, errors
 from autopilot.cluster import ClusterClient, NodeInfo
 from autopilot.commands import CommandRunner
 from autopilot.gpus import GpuTelemetry
+from autopilot.names import bus_id
 
 log = logging.getLogger(__name__)
 
 NVIDIA_VENDOR = 0x10DE
 DISPLAY_CLASS = 0x03  # PCI base class "display controller": VGA (0x0300) and 3D (0x0302) GPUs
 _DEV_NODE = re.compile(r"nvidia[0-9]+")
-_BUS_ID = re.compile(r"([0-9A-Fa-f]{4,8}):([0-9A-Fa-f]{2}):([0-9A-Fa-f]{2})\.([0-7])")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,16 +191,6 @@ def collect(
     if annotated:
         addresses = merge_addresses(addresses, annotated)
     return NodeFacts(cpu, model, count, addresses, driver)
-
-
-def bus_id(text: str) -> str:
-    """A PCI address in one spelling, ``0000:3b:00.0``: NVML writes ``00000000:3B:00.0``, sysfs the
-    former. Text that is no PCI address comes back stripped and lower-cased."""
-    match = _BUS_ID.fullmatch(text.strip())
-    if not match:
-        return text.strip().lower()
-    domain, bus, dev, fn = match.groups()
-    return f"{int(domain, 16):04x}:{bus.lower()}:{dev.lower()}.{fn}"
 
 
 def nvidia_pci_functions(sys_root: str = "/sys") -> tuple[str, ...]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import re
 import statistics
 import threading
 import time
@@ -28,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
-from autopilot import errors, gpus
+from autopilot import errors, gpus, names
 from autopilot.results import CheckResult, Status
 
 _FIELDS = ("temperature_c", "power_w", "sm_clock_mhz")
@@ -310,15 +309,11 @@ def skipped_summary(result: CheckResult) -> CheckResult:
     return dataclasses.replace(result, summary="; ".join(f"GPU {d.id}: {d.detail}" for d in result.devices))
 
 
-def _bus_key(bus_id: str) -> tuple[int, ...] | None:
-    match = re.fullmatch(r"\s*([0-9A-Fa-f]+):([0-9A-Fa-f]+):([0-9A-Fa-f]+)\.([0-9A-Fa-f])\s*", bus_id or "")
-    return tuple(int(g, 16) for g in match.groups()) if match else None
-
-
 def same_gpu(cuda_bus_id: str, nvml_bus_id: str) -> bool:
     """CUDA prints ``0000:19:00.0`` where NVML prints ``00000000:19:00.0``; unreadable ids never mismatch."""
-    a, b = _bus_key(cuda_bus_id), _bus_key(nvml_bus_id)
-    return a is None or b is None or a == b
+    if not (names.is_bus_id(cuda_bus_id) and names.is_bus_id(nvml_bus_id)):
+        return True
+    return names.bus_id(cuda_bus_id) == names.bus_id(nvml_bus_id)
 
 
 def selected_entry(

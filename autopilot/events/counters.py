@@ -20,7 +20,8 @@ from pathlib import Path
 
 from autopilot import errors
 from autopilot.events import catalogue
-from autopilot.events.model import Event, bus_id
+from autopilot.events.model import Event
+from autopilot.names import bus_id
 from autopilot.nvml_events import GpuCounters
 
 log = logging.getLogger(__name__)

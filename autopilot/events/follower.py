@@ -30,7 +30,8 @@ from autopilot import errors, results
 from autopilot.events import catalogue, kmsg
 from autopilot.events.catalogue import Action
 from autopilot.events.counters import CounterPoller
-from autopilot.events.model import Event, bus_id
+from autopilot.events.model import Event
+from autopilot.names import bus_id
 from autopilot.nvml_events import ECC_DBE, ECC_SBE, XID, EventSource, NvmlEvent
 from autopilot.results import CheckResult, DeviceResult, Status
 

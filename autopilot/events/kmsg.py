@@ -30,7 +30,8 @@ from collections.abc import Iterator
 from typing import Protocol
 
 from autopilot.events import catalogue
-from autopilot.events.model import Event, bus_id
+from autopilot.events.model import Event
+from autopilot.names import bus_id
 
 DEFAULT_PATH = "/dev/kmsg"
 _READ_SIZE = 8192  # the kernel's record limit (CONSOLE_EXT_LOG_MAX) fits

@@ -10,7 +10,7 @@ import pytest
 
 from autopilot.events import catalogue, kmsg
 from autopilot.events.catalogue import Action
-from autopilot.events.model import bus_id
+from autopilot.names import bus_id
 from tests.conftest import ROOT, SAMPLES, sample_text
 
 # ---------------------------------------------------------------- the catalogue

@@ -19,7 +19,7 @@ import pynvml
 import pytest
 
 from autopilot import cluster as cluster_mod
-from autopilot import config, errors, execution, gpus, nodeinfo, registry
+from autopilot import config, errors, execution, gpus, names, nodeinfo, registry
 from autopilot.context import CheckContext
 from autopilot.registry import shipped as shipped_checks
 from autopilot.results import CheckResult, Status
@@ -92,7 +92,7 @@ def test_expected_gpus_come_from_nvidia_display_functions_device_nodes_and_setti
 
 
 def test_bus_ids_of_nvml_and_sysfs_are_spelled_alike() -> None:
-    assert nodeinfo.bus_id("00000000:3B:00.0") == nodeinfo.bus_id("0000:3b:00.0") == "0000:3b:00.0"
+    assert names.bus_id("00000000:3B:00.0") == names.bus_id("0000:3b:00.0") == "0000:3b:00.0"
 
 
 def test_the_probe_reads_the_node_allocatable_and_survives_an_api_failure(tmp_path: Path, no_dev: str) -> None:
