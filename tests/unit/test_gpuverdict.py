@@ -133,14 +133,19 @@ def test_warn_from_a_non_fatal_fail_and_since_is_kept_while_unchanged() -> None:
     assert again[uuid(1)].since == first[uuid(1)].since == "2026-11-30T08:00:00Z"
 
 
-def test_gpu_evict_is_sticky_until_a_level3_dcgm_pass_after_it() -> None:
-    bad = gpuverdict.decide(
+def gpu0_evicted() -> dict[str, gpuverdict.GpuState]:
+    """GPU 0 evicted at ``NOW`` by a failed row remap."""
+    return gpuverdict.decide(
         {"remapped": gpu_result("remapped", {0: Status.FAIL}, fatal=True)},
         {},
         now=NOW,
         max_age_s=AGE,
         checks=shipped_checks(),
     )
+
+
+def test_gpu_evict_is_sticky_until_a_level3_dcgm_pass_after_it() -> None:
+    bad = gpu0_evicted()
     later = NOW + timedelta(hours=1)
     still = gpuverdict.decide(
         {"remapped": healthy("remapped", 1, at=later)}, bad, now=later, max_age_s=AGE, checks=shipped_checks()
@@ -166,13 +171,7 @@ def test_gpu_evict_is_sticky_until_a_level3_dcgm_pass_after_it() -> None:
 
 
 def test_operator_clear_lifts_a_gpu_evict() -> None:
-    bad = gpuverdict.decide(
-        {"remapped": gpu_result("remapped", {0: Status.FAIL}, fatal=True)},
-        {},
-        now=NOW,
-        max_age_s=AGE,
-        checks=shipped_checks(),
-    )
+    bad = gpu0_evicted()
     later = NOW + timedelta(hours=1)
     cleared = gpuverdict.decide(
         {"remapped": healthy("remapped", 1, at=later)},
