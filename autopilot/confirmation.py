@@ -24,12 +24,12 @@ import dataclasses
 import enum
 from collections.abc import Mapping, Sequence
 
+from autopilot import verdict
 from autopilot.results import CheckResult, Status
 
 NOISY_CHECKS = frozenset({"pciebw", "gpumem", "ping", "iperf", "dcgm"})
 """Checks whose non-fatal failures can be noise (a bandwidth sample, a dropped packet, a flaky diag)."""
 
-VALIDATION_LEVEL = 3
 HOLDING_VERDICTS = frozenset({"WARN", "TESTING", "EVICT"})
 """Stored verdicts under which a check may be recovering (so its passes are judged against its history)."""
 
@@ -92,10 +92,9 @@ def is_noise_candidate(result: CheckResult) -> bool:
 
 
 def _is_validation(result: CheckResult) -> bool:
-    if result.check != "dcgm" or result.status is not Status.OK:
-        return False
+    """A passing invasive DCGM run (level >= 3): the run that lifts an eviction (``verdict.clears_evict``)."""
     try:
-        return int(result.params.get("r", 0) or 0) >= VALIDATION_LEVEL
+        return verdict.clears_evict(result, None)
     except (TypeError, ValueError):
         return False
 

@@ -1,6 +1,6 @@
 """The results store as the core sees it: its records (``NodeState``, ``NodeRecord``, ``Run``, ...) and
 the ``Store`` Protocol that the Redis store (``workers/store.py``) and the in-memory one
-(``autopilot.testing.MemoryStore``) both implement.
+(``autopilot.memstore.MemoryStore``) both implement.
 
 Every implementation raises ``errors.StoreUnavailable`` when its backend cannot be reached, never
 its client's own exceptions, so callers handle one error whatever the backend.

@@ -19,10 +19,11 @@ from typing import TypeVar
 
 import redis
 
+from autopilot.results import CheckResult, DeviceResult, Status
 from autopilot.testing import wait_until
 from workers import up
 
-__all__ = ["ROOT", "Bench", "group_rss_kib", "rss_kib", "up", "wait_until"]
+__all__ = ["ROOT", "Bench", "group_rss_kib", "ok_result", "rss_kib", "up", "wait_until"]
 
 ROOT = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
@@ -116,3 +117,9 @@ def group_rss_kib(pid: int) -> int:
             with contextlib.suppress(OSError, RuntimeError):
                 total += group_rss_kib(int(child))
     return total
+
+
+def ok_result(node: str, check: str) -> CheckResult:
+    """A result of the usual size: eight GPUs, one device entry each."""
+    devices = tuple(DeviceResult(str(i), Status.OK, value=24.5 + i, unit="GB/s", detail="") for i in range(8))
+    return CheckResult(check, Status.OK, f"{check}: 8 GPUs ok", node=node, devices=devices, duration_s=1.5)

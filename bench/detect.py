@@ -35,6 +35,7 @@ from autopilot.nvml_events import GpuCounters
 from autopilot.results import CheckResult
 from autopilot.testing import FakeCluster, FakeRunner, FakeTelemetry, wait_until
 from bench.common import Bench
+from bench.load import percentile
 from workers import follower as glue
 from workers.store import ResultsStore
 
@@ -73,11 +74,6 @@ class TimingSink(glue.StoreSink):
                 tag = _TAG.search(e.message)
                 if tag:
                     self.done.setdefault(int(tag.group(1)), now)
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -159,8 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"Xids) over {args.spread:g} s; {folded} folded into an earlier finding of the same GPU and code"
         )
         print(
-            f"event -> label+condition: p50 {pct(latencies, 0.5) * 1000:.1f} ms, "
-            f"p99 {pct(latencies, 0.99) * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms (n={len(latencies)})"
+            f"event -> label+condition: p50 {percentile(latencies, 50) * 1000:.1f} ms, "
+            f"p99 {percentile(latencies, 99) * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms (n={len(latencies)})"
         )
         print(f"nodes labelled WARN/EVICT: {labelled}; application-Xid nodes whose verdict changed: {len(app_changed)}")
         print(

@@ -51,7 +51,6 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
-import autopilot.checks  # noqa: F401 - registers the checks
 from autopilot import baseline, config, confirmation, execution, network, registry, results, verdict
 from autopilot.context import CheckContext
 from autopilot.registry import CheckRegistry

@@ -29,8 +29,7 @@ from collections.abc import Callable, Sequence
 import redis
 
 from autopilot import config
-from autopilot.results import CheckResult, DeviceResult, Status
-from bench.common import Bench
+from bench.common import Bench, ok_result
 from workers import app as celery_app
 from workers.dispatch import CeleryDispatcher, Envelope
 from workers.store import NodeRecord
@@ -52,12 +51,6 @@ def measured(client: redis.Redis, what: Callable[[], int]) -> tuple[int, float, 
     cpu0, t0 = _cpu_s(client), time.perf_counter()
     count = what()
     return count, time.perf_counter() - t0, _cpu_s(client) - cpu0
-
-
-def result(node: str, check: str) -> CheckResult:
-    """A result of the usual size: eight GPUs, one device entry each."""
-    devices = tuple(DeviceResult(str(i), Status.OK, value=24.5 + i, unit="GB/s", detail="") for i in range(8))
-    return CheckResult(check, Status.OK, f"{check}: 8 GPUs ok", node=node, devices=devices, duration_s=1.5)
 
 
 def report(name: str, count: int, wall_s: float, cpu_s: float) -> None:
@@ -120,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         def save() -> int:
             for node in nodes:
-                store.save_many([(result(node, c), True) for c in checks], run_id)
+                store.save_many([(ok_result(node, c), True) for c in checks], run_id)
             return len(nodes) * len(checks)
 
         before_results = _memory(client)
@@ -150,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for _ in range(args.history - 1):
             for start in range(0, len(nodes), 200):
                 for node in nodes[start : start + 200]:
-                    store.save_many([(result(node, c), True) for c in checks])
+                    store.save_many([(ok_result(node, c), True) for c in checks])
         history_entries = (args.history - 1) * len(checks) * len(nodes)
         per_history = (_memory(client) - before_history) / history_entries
 

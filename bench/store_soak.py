@@ -22,17 +22,10 @@ import json
 
 import redis
 
-from autopilot.results import CheckResult, DeviceResult, Status
-from bench.common import Bench
+from bench.common import Bench, ok_result
 from workers.store import NodeRecord, ResultsStore, Run
 
 CHECKS = ("pciebw", "remapped", "dcgm", "ping", "gpupower")
-
-
-def result(node: str, check: str, at: float) -> CheckResult:
-    """A result of the usual size: eight GPUs, one device entry each."""
-    devices = tuple(DeviceResult(str(i), Status.OK, value=24.5 + i, unit="GB/s", detail="") for i in range(8))
-    return CheckResult(check, Status.OK, f"{check}: 8 GPUs ok", node=node, devices=devices, duration_s=1.5)
 
 
 def memory(client: redis.Redis) -> int:
@@ -51,7 +44,7 @@ def soak(client: redis.Redis, nodes: int, rounds: int, keep: int) -> list[int]:
         run = Run.new(CHECKS, names, {}, 600, source="beat", now=now)
         store.create_run(run)
         for n in names:
-            store.save_many([(result(n, c, now), True) for c in CHECKS], run.id, view=n)
+            store.save_many([(ok_result(n, c), True) for c in CHECKS], run.id, view=n)
             store.set_state(n, {"verdict": "PASS", "reasons": json.dumps([]), "gpus_at": str(now)})
         out.append(memory(client))
     return out
