@@ -127,6 +127,9 @@ def incidents(
     return out
 
 
+OFFENDER = "repeat offender"  # how a repeat offender's reason starts (metrics and reconcile look for it)
+
+
 def offender_reason(found: Sequence[Incident], *, now: datetime, count: int, window_s: float) -> str:
     """``"repeat offender: N incidents in the last D days"`` when ``found`` has ``count`` faults within
     ``window_s`` of ``now``; empty otherwise (and always when ``count`` is 0: the rule is off)."""
@@ -135,7 +138,7 @@ def offender_reason(found: Sequence[Incident], *, now: datetime, count: int, win
     recent = [i for i in found if i.is_fault and _age_s(i.at, now) <= window_s]
     if len(recent) < count:
         return ""
-    return f"repeat offender: {len(recent)} incidents in the last {window_s / 86400:g} days"
+    return f"{OFFENDER}: {len(recent)} incidents in the last {window_s / 86400:g} days"
 
 
 def _age_s(stamp: str, now: datetime) -> float:

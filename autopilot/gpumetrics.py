@@ -17,11 +17,10 @@ from collections.abc import Callable, Iterator, Mapping
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from autopilot import gpuverdict
+from autopilot import gpuhistory, gpuverdict
 from autopilot.verdict import Verdict
 
 VERDICTS = (Verdict.PASS.value, Verdict.WARN.value, Verdict.EVICT.value, Verdict.UNKNOWN.value)
-OFFENDER = "repeat offender"
 
 
 def build(gpu_states: Mapping[str, str | None]) -> list[Metric]:
@@ -42,7 +41,7 @@ def build(gpu_states: Mapping[str, str | None]) -> list[Metric]:
             value = state.verdict.value if state.verdict.value in totals else Verdict.UNKNOWN.value
             totals[value] += 1
             per_gpu.add_metric([node, state.index, state.uuid, value], 1.0)
-            if any(r.startswith(OFFENDER) for r in state.reasons):
+            if any(r.startswith(gpuhistory.OFFENDER) for r in state.reasons):
                 offenders.add_metric([node, state.index, state.uuid], 1.0)
     counts = GaugeMetricFamily("autopilot_gpus", "GPUs per verdict over every node", labels=["verdict"])
     for verdict, count in totals.items():

@@ -106,7 +106,7 @@ def lost(states: Mapping[str, GpuState], why: str) -> dict[str, GpuState]:
         k: dataclasses.replace(
             s,
             verdict=Verdict.UNKNOWN,
-            reasons=(why, *(r for r in s.reasons if r.startswith("repeat offender"))),
+            reasons=(why, *(r for r in s.reasons if r.startswith(gpuhistory.OFFENDER))),
         )
         if s.verdict is not Verdict.EVICT
         else s
@@ -134,7 +134,7 @@ def _offenders(
             s.uuid: reason
             for s in previous.values()
             for reason in s.reasons
-            if reason.startswith("repeat offender") and s.key in states
+            if reason.startswith(gpuhistory.OFFENDER) and s.key in states
         }
     uuids = [s.uuid for s in states.values() if s.uuid]
     history = store.gpu_history().incidents_many(uuids, now=now, retention_s=settings.gpu_history_retention_s)
