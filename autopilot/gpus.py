@@ -122,6 +122,22 @@ def nvml_cause(exc: BaseException) -> str:
     return NVML_CAUSES.get(type(exc).__name__) or f"{exc} (NVML code {getattr(exc, 'value', '?')})"
 
 
+def start_nvml() -> Any:
+    """``pynvml`` with NVML started (``nvmlInit`` is reference counted: each caller's session is its own).
+
+    Raises ``GpuUnavailable`` naming the cause (``nvml_cause``) when it cannot start.
+    """
+    try:
+        import pynvml
+    except ImportError as exc:  # pragma: no cover - it is a dependency
+        raise errors.GpuUnavailable(f"NVML could not start: nvidia-ml-py is not installed ({exc})") from exc
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as exc:
+        raise errors.GpuUnavailable(f"NVML could not start: {nvml_cause(exc)}", exc.value) from exc
+    return pynvml
+
+
 class NvmlTelemetry:
     """The real telemetry, through nvidia-ml-py.
 
@@ -139,15 +155,7 @@ class NvmlTelemetry:
     def _lib(self) -> Any:
         with self._init_lock:
             if self._nvml is None:
-                try:
-                    import pynvml
-                except ImportError as exc:  # pragma: no cover - it is a dependency
-                    raise errors.GpuUnavailable(f"NVML could not start: nvidia-ml-py is not installed ({exc})") from exc
-                try:
-                    pynvml.nvmlInit()
-                except pynvml.NVMLError as exc:
-                    raise errors.GpuUnavailable(f"NVML could not start: {nvml_cause(exc)}", exc.value) from exc
-                self._nvml = pynvml
+                self._nvml = start_nvml()
             return self._nvml
 
     def _call(self, what: str, fn: Callable[[Any], T], index: int | None = None) -> T:
@@ -164,7 +172,7 @@ class NvmlTelemetry:
         return nvml.nvmlDeviceGetHandleByIndex(index)
 
     def driver_version(self) -> str:
-        return self._call("driver version", lambda n: _text(n.nvmlSystemGetDriverVersion()))
+        return self._call("driver version", lambda n: nvml_text(n.nvmlSystemGetDriverVersion()))
 
     def count(self) -> int:
         return int(self._call("device count", lambda n: n.nvmlDeviceGetCount()))
@@ -174,9 +182,9 @@ class NvmlTelemetry:
             h = self._handle(n, index)
             return GpuIdentity(
                 index=index,
-                name=_text(n.nvmlDeviceGetName(h)),
-                uuid=_text(n.nvmlDeviceGetUUID(h)),
-                pci_bus_id=_text(n.nvmlDeviceGetPciInfo(h).busId),
+                name=nvml_text(n.nvmlDeviceGetName(h)),
+                uuid=nvml_text(n.nvmlDeviceGetUUID(h)),
+                pci_bus_id=nvml_text(n.nvmlDeviceGetPciInfo(h).busId),
                 serial=_maybe_text(lambda: n.nvmlDeviceGetSerial(h), n),
             )
 
@@ -234,10 +242,11 @@ def _maybe(fn: Callable[[], float], nvml: Any) -> float | None:
 def _maybe_text(fn: Callable[[], bytes | str], nvml: Any) -> str:
     # Consumer boards answer NOT_SUPPORTED for the serial: the GPU is still identified by its UUID.
     try:
-        return _text(fn())
+        return nvml_text(fn())
     except nvml.NVMLError:
         return ""
 
 
-def _text(value: bytes | str) -> str:
+def nvml_text(value: bytes | str) -> str:
+    """NVML's strings: bytes from older nvidia-ml-py releases, str from newer ones."""
     return value.decode() if isinstance(value, bytes) else value

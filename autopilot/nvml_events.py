@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
-from autopilot import errors
+from autopilot import errors, gpus
 
 T = TypeVar("T")
 
@@ -73,15 +73,7 @@ class _Session:
     def lib(self) -> Any:
         with self._lock:
             if self._nvml is None:
-                try:
-                    import pynvml
-                except ImportError as exc:
-                    raise errors.GpuUnavailable(f"nvidia-ml-py is not installed: {exc}") from None
-                try:
-                    pynvml.nvmlInit()
-                except pynvml.NVMLError as exc:
-                    raise errors.GpuUnavailable(f"NVML could not start: {exc}") from None
-                self._nvml = pynvml
+                self._nvml = gpus.start_nvml()
             return self._nvml
 
     def call(self, what: str, fn: Callable[[Any], T]) -> T:
@@ -101,10 +93,6 @@ class _Session:
                 self._nvml = None
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 class NvmlEvents:
     """The real event source."""
 
@@ -121,7 +109,7 @@ class NvmlEvents:
             )
             for i in range(n.nvmlDeviceGetCount()):
                 handle = n.nvmlDeviceGetHandleByIndex(i)
-                self._bus[_key(handle)] = _text(n.nvmlDeviceGetPciInfo(handle).busId)
+                self._bus[_key(handle)] = gpus.nvml_text(n.nvmlDeviceGetPciInfo(handle).busId)
                 supported = n.nvmlDeviceGetSupportedEventTypes(handle) & wanted
                 if supported:
                     n.nvmlDeviceRegisterEvents(handle, supported, self._set)
@@ -136,7 +124,7 @@ class NvmlEvents:
                 if getattr(exc, "value", None) == n.NVML_ERROR_TIMEOUT:
                     return None
                 raise
-            bus = self._bus.get(_key(data.device)) or _text(n.nvmlDeviceGetPciInfo(data.device).busId)
+            bus = self._bus.get(_key(data.device)) or gpus.nvml_text(n.nvmlDeviceGetPciInfo(data.device).busId)
             if data.eventType & n.nvmlEventTypeXidCriticalError:
                 return NvmlEvent(XID, bus, int(data.eventData))
             if data.eventType & n.nvmlEventTypeDoubleBitEccError:
@@ -198,7 +186,7 @@ def _read_one(n: Any, h: Any) -> GpuCounters:
         recovery += _maybe(n, n.nvmlDeviceGetNvLinkErrorCounter, h, link, n.NVML_NVLINK_ERROR_DL_RECOVERY) or 0
     pending = _maybe(n, lambda: n.nvmlDeviceGetRetiredPagesPendingStatus(h))
     return GpuCounters(
-        bus_id=_text(n.nvmlDeviceGetPciInfo(h).busId),
+        bus_id=gpus.nvml_text(n.nvmlDeviceGetPciInfo(h).busId),
         ecc_uncorrected_volatile=_maybe(
             n, lambda: n.nvmlDeviceGetTotalEccErrors(h, n.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, n.NVML_VOLATILE_ECC)
         ),
