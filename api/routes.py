@@ -143,6 +143,12 @@ def _verdict(state: NodeState, record: Any, now: float, settings: config.Setting
     return {"verdict": shown or "UNKNOWN", "reasons": reasons}
 
 
+def _gpus(state: NodeState, record: Any, now: float, settings: config.Settings) -> list[dict[str, Any]]:
+    """``gpus`` of a node view, as ``reconcile.shown_gpus`` says (a lost node's GPUs are UNKNOWN)."""
+    last_seen = (record.last_seen or None) if record is not None else None
+    return [g.to_dict() for g in reconcile.shown_gpus(state.gpus, last_seen, now, settings)]
+
+
 def _node_entry(record: Any, state: NodeState, now: float, settings: config.Settings) -> dict[str, Any]:
     return {
         **record.to_dict(),
@@ -176,10 +182,7 @@ def list_nodes() -> Response:
     items = [_node_entry(r, states.get(r.name, NodeState()), now, svc.settings) for r in records]
     if with_gpus:
         for record, item in zip(records, items, strict=True):
-            found = reconcile.shown_gpus(
-                states.get(record.name, NodeState()).gpus, record.last_seen or None, now, svc.settings
-            )
-            item["gpus"] = [g.to_dict() for g in found]
+            item["gpus"] = _gpus(states.get(record.name, NodeState()), record, now, svc.settings)
     return jsonify({"nodes": items, "total": len(items), "live": sum(1 for i in items if i["live"])})
 
 
@@ -205,21 +208,17 @@ def get_node(name: str) -> Response:
             labels = dict(svc.cluster.get_node(name).labels)
         except errors.ClusterError as exc:
             log.info("labels of %s from the local store: cluster said %s", name, exc)
+    now = svc.clock()
     return jsonify(
         {
             "name": name,
             "record": record.to_dict() if record else None,
-            "live": bool(record and record.last_seen >= svc.clock() - svc.settings.live_after_s),
+            "live": bool(record and record.last_seen >= now - svc.settings.live_after_s),
             "last_seen_at": runs.iso_time(record.last_seen) if record and record.last_seen else None,
-            **_verdict(state, record, svc.clock(), svc.settings),
+            **_verdict(state, record, now, svc.settings),
             **_eviction(state),
             "state": {k: v for k, v in state.to_fields().items() if k not in ("reasons", "gpus")},
-            "gpus": [
-                g.to_dict()
-                for g in reconcile.shown_gpus(
-                    state.gpus, (record.last_seen or None) if record else None, svc.clock(), svc.settings
-                )
-            ],
+            "gpus": _gpus(state, record, now, svc.settings),
             "labels": labels,
             "latest": {check: r.to_dict() for check, r in sorted(latest.items())},
             "history": [r.to_dict() for r in svc.store.history(name, limit)],

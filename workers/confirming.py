@@ -30,7 +30,7 @@ def policy(settings: config.Settings) -> Policy:
     return Policy(need=settings.confirm_need, window=settings.confirm_window, recover=settings.recover_passes)
 
 
-def _history(store: ResultsStore, settings: config.Settings, pol: Policy, checks: int) -> int:
+def _history(settings: config.Settings, pol: Policy, checks: int) -> int:
     # The history mixes every check of the node: enough entries for each to show ``depth`` results.
     return min(settings.history_len, max(1, checks) * pol.depth)
 
@@ -46,7 +46,7 @@ def effective_latest(
     pol = policy(settings)
     if not confirmation.needs_history(latest, state.verdict, pol):
         return dict(latest)
-    history = store.history(node, limit=_history(store, settings, pol, len(latest)))
+    history = store.history(node, limit=_history(settings, pol, len(latest)))
     found, _ = confirmation.effective(latest, history, pol)
     return found
 
@@ -76,7 +76,7 @@ def after_task(
     calm = verdict not in confirmation.HOLDING_VERDICTS
     if calm and not pending & set(saved) and not any(r.is_bad for r in saved.values()):
         return None
-    history = store.history(node, limit=_history(store, settings, pol, len(checks)))
+    history = store.history(node, limit=_history(settings, pol, len(checks)))
     judged = {c: confirmation.judge(confirmation.series_for(c, r, history), pol) for c, r in saved.items()}
     prevented = [c for c, j in judged.items() if j.flap_prevented]
     still = {c for c in pending if c not in saved} | {c for c, j in judged.items() if j.state is State.PENDING}

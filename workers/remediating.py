@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from autopilot import config, errors, remediation
+from autopilot import config, errors, remediation, verdict
 from autopilot.cluster import ClusterClient
 from autopilot.remediation import Health, Plan
-from autopilot.results import CheckResult, Status
+from autopilot.results import CheckResult
 from workers.store import NodeState, ResultsStore
 
 log = logging.getLogger(__name__)
@@ -30,11 +30,7 @@ def policy(settings: config.Settings) -> remediation.Policy:
 
 def _validated_at(found: Sequence[CheckResult]) -> str:
     """Start of the newest passing DCGM run of level 3 or more among ``found`` ("" if none)."""
-    passes = [
-        r.started_at
-        for r in found
-        if r.check == "dcgm" and r.status is Status.OK and r.started_at and int(r.params.get("r", 0) or 0) >= 3
-    ]
+    passes = [r.started_at for r in found if r.started_at and verdict.clears_evict(r, None)]
     return max(passes, default="")
 
 

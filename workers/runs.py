@@ -135,8 +135,10 @@ def ring_of(svc: Services, checks: Collection[str]) -> Ring | None:
     the dispatcher can send named tasks; otherwise None (the check then goes out like any check,
     and a worker skips it)."""
     check = next((c for c in checks if c in svc.checks and svc.checks.get(c).ring), None)
-    sender = task_sender(svc.dispatcher) if check is not None else None
-    return Ring(check, sender) if check is not None and sender is not None else None
+    if check is None:
+        return None
+    sender = task_sender(svc.dispatcher)
+    return Ring(check, sender) if sender is not None else None
 
 
 def run_params(svc: Services, req: RunRequest, selection: Selection) -> dict[str, dict[str, Any]]:
@@ -405,12 +407,18 @@ def tick(svc: Services, *, kind: str, now: float) -> Run | None:
     return run
 
 
-def gather(svc: Services, req: RunRequest, selection: Selection) -> dict[str, Any]:
-    """Run ``req`` on the selected nodes and wait for the answer (``/status``)."""
+def _prepare(svc: Services, req: RunRequest, selection: Selection) -> tuple[Run, Ring | None, Gather]:
+    """Create the run, and its ``Gather`` of every check but the ring's (run by its coordinator)."""
     run = create_run(svc, req, selection)
     the_ring = ring_of(svc, run.checks)
     without = (the_ring.check,) if the_ring else ()
     g = Gather(svc, run, node_deadline_s=req.deadline_s, batch=req.batch, without=without, lost=selection.lost)
+    return run, the_ring, g
+
+
+def gather(svc: Services, req: RunRequest, selection: Selection) -> dict[str, Any]:
+    """Run ``req`` on the selected nodes and wait for the answer (``/status``)."""
+    run, the_ring, g = _prepare(svc, req, selection)
     g.wait()
     timed_out = set(g.expired)
     if the_ring is not None:
@@ -425,10 +433,7 @@ def start(svc: Services, req: RunRequest, selection: Selection) -> Run:
     The first wave is sent before this returns, so a broker failure reaches the caller. The ring's
     coordinator task is sent once the run's other checks are in (at once when it has none).
     """
-    run = create_run(svc, req, selection)
-    the_ring = ring_of(svc, run.checks)
-    without = (the_ring.check,) if the_ring else ()
-    g = Gather(svc, run, node_deadline_s=req.deadline_s, batch=req.batch, without=without, lost=selection.lost)
+    run, the_ring, g = _prepare(svc, req, selection)
     g.send_ready()
     if the_ring is not None and g.finished:
         send_ring(run, the_ring)

@@ -346,15 +346,15 @@ class ResultsStore:
 
     def forget_node(self, name: str) -> None:
         """Drop everything the store holds about ``name`` (a scan of the event counts, then one MULTI)."""
-        # The follower's event counts are fields ``<node>|...`` of one hash (``workers.follower.COUNTS``):
+        # The follower's event counts are fields ``<node>|...`` of one hash (``EventStore.COUNTS``):
         # a forgotten node's fields were kept for ever. Node names are DNS-1123: no glob characters.
-        counted = [f for f, _ in self.r.hscan_iter(f"{P}events:counts", match=f"{name}|*", count=1000)]
+        counted = [f for f, _ in self.r.hscan_iter(EventStore.COUNTS, match=f"{name}|*", count=1000)]
         pipe = self.r.pipeline(transaction=True)
         # ``confirm`` too: a forgotten node's confirmation marks were otherwise kept for ever (round 4).
         kinds = ("node", "latest", "history", "state", "labels", "busy", "confirm", "kmsg", "inject")
         pipe.delete(*(f"{P}{kind}:{name}" for kind in kinds))
         if counted:
-            pipe.hdel(f"{P}events:counts", *counted)
+            pipe.hdel(EventStore.COUNTS, *counted)
         pipe.zrem(f"{P}nodes", name)
         pipe.execute()
 
