@@ -71,9 +71,7 @@ def run_id(raw: str) -> str:
 
 def gpu_uuid(raw: str) -> str:
     """A GPU UUID as NVML writes it (``GPU-`` and 8-4-4-4-12 hex digits), before it reaches a store key."""
-    if not gpuident.valid_uuid(raw):
-        raise errors.BadParameter("uuid", "a GPU UUID is GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx (hex digits)")
-    return raw
+    return gpuident.checked_uuid(raw)
 
 
 def gpus_flag(raw: str) -> bool:

@@ -28,6 +28,13 @@ def valid_uuid(text: str) -> bool:
     return bool(UUID_RE.fullmatch(text))
 
 
+def checked_uuid(text: str) -> str:
+    """``text`` when it is a GPU UUID; else ``BadParameter("uuid")`` naming what was given."""
+    if not valid_uuid(text):
+        raise errors.BadParameter("uuid", f"not a GPU UUID (GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx): {text[:80]!r}")
+    return text
+
+
 def read(telemetry: GpuTelemetry) -> dict[int, GpuIdentity]:
     """Index -> identity of every GPU NVML will identify now; empty when NVML cannot start or count."""
     try:

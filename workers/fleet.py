@@ -26,7 +26,7 @@ from autopilot import baseline, config, errors
 from autopilot.baseline import Baseline, Cohort, Sample
 from autopilot.context import CheckContext
 from autopilot.results import CheckResult, Status
-from workers.store import NodeRecord, P, translating
+from workers.store import NodeRecord, P, decoded, translating
 
 INDEX = f"{P}baselines"
 CACHE_S = 30.0
@@ -97,7 +97,7 @@ class FleetBaselines:
             self._drop_oldest(int(count) - self.max_cohorts)
 
     def _drop_oldest(self, n: int) -> None:
-        old = [_s(k) for k in self.r.zrange(INDEX, 0, n - 1)]
+        old = [decoded(k) for k in self.r.zrange(INDEX, 0, n - 1)]
         if old:
             pipe = self.r.pipeline(transaction=True)
             pipe.zrem(INDEX, *old)
@@ -116,7 +116,7 @@ class FleetBaselines:
 
     def all(self) -> list[dict[str, Any]]:
         """Every kept cohort: its baseline (median and MAD; None below the minimum sample size)."""
-        keys = [_s(k) for k in self.r.zrange(INDEX, 0, -1)]
+        keys = [decoded(k) for k in self.r.zrange(INDEX, 0, -1)]
         if not keys:
             return []
         pipe = self.r.pipeline(transaction=False)
@@ -212,11 +212,9 @@ def _floats(raw: Iterable[bytes | str]) -> list[float]:
     out: list[float] = []
     for item in raw:
         try:
-            out.append(float(_s(item)))
+            out.append(float(decoded(item)))
         except ValueError:
             continue  # written by something else: not a figure
     return out
 
 
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

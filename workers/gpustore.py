@@ -21,19 +21,13 @@ from typing import Any
 
 import redis
 
-from autopilot import errors, gpuhistory, gpuident, results
+from autopilot import gpuhistory, gpuident, results
 from autopilot.gpuhistory import Incident
 from autopilot.gpuverdict import GpuState
-from workers.store import translating
+from workers.store import decoded, translating
 
 P = "ap:"
 _SERIAL_CHARS = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz-_")
-
-
-def _uuid(uuid: str) -> str:
-    if not gpuident.valid_uuid(uuid):
-        raise errors.BadParameter("uuid", f"not a GPU UUID (GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx): {uuid[:80]!r}")
-    return uuid
 
 
 def _serial_ok(serial: str) -> bool:
@@ -105,15 +99,15 @@ def _decode(raws: Iterable[bytes | str]) -> list[Incident]:
 def gpu(client: redis.Redis[bytes], uuid: str, *, now: datetime, retention_s: float) -> dict[str, Any] | None:
     """What ``GET /api/v1/gpus/<uuid>`` serves: identity, last sighting, incidents (and those of the
     other UUIDs its board serial was seen with); None when the GPU is unknown."""
-    uuid = _uuid(uuid)
-    info = {_s(k): _s(v) for k, v in client.hgetall(f"{P}gpuinfo:{uuid}").items()}
+    uuid = gpuident.checked_uuid(uuid)
+    info = {decoded(k): decoded(v) for k, v in client.hgetall(f"{P}gpuinfo:{uuid}").items()}
     own = incidents_many(client, [uuid], now=now, retention_s=retention_s).get(uuid, [])
     if not info and not own:
         return None
     serial = info.get("serial", "") or next((i.serial for i in own if i.serial), "")
     others: list[str] = []
     if _serial_ok(serial):
-        others = sorted(u for u in (_s(m) for m in client.smembers(f"{P}gpuserial:{serial}")) if u != uuid)
+        others = sorted(u for u in (decoded(m) for m in client.smembers(f"{P}gpuserial:{serial}")) if u != uuid)
     merged = list(own)
     if others:
         for found in incidents_many(client, others, now=now, retention_s=retention_s).values():
@@ -157,5 +151,3 @@ class GpuHistory:
         return gpu(self._r, uuid, now=now, retention_s=retention_s)
 
 
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -213,7 +213,7 @@ class ResultsStore:
 
     def busy_counts(self, nodes: Sequence[str]) -> dict[str, dict[str, int]]:
         """Node -> check -> how many times it was answered ``busy`` (one pipeline for every node)."""
-        return {n: {_s(k): int(v) for k, v in raw.items()} for n, raw in self._hashes("busy", nodes).items()}
+        return {n: {decoded(k): int(v) for k, v in raw.items()} for n, raw in self._hashes("busy", nodes).items()}
 
     def history(self, node: str, limit: int = 50) -> list[CheckResult]:
         return [CheckResult.from_json(v) for v in self.r.lrange(f"{P}history:{node}", 0, max(0, limit - 1))]
@@ -239,7 +239,7 @@ class ResultsStore:
         gone with its write log. A late result for it makes a run hash without ``meta`` (not a run to
         any reader), which expires after ``run_ttl_s``.
         """
-        old = [_s(r) for r in self.r.zrangebyscore(RUNS, "-inf", f"({now}", start=0, num=excess)]
+        old = [decoded(r) for r in self.r.zrangebyscore(RUNS, "-inf", f"({now}", start=0, num=excess)]
         if old:
             pipe = self.r.pipeline(transaction=True)
             pipe.delete(*(f"{P}run:{r}" for r in old), *(f"{P}runlog:{r}" for r in old))
@@ -260,7 +260,7 @@ class ResultsStore:
         run = Run.from_dict(json.loads(raw.pop(b"meta")))
         found: dict[tuple[str, str], T] = {}
         for k, v in raw.items():
-            node, _, check = _s(k).partition("|")
+            node, _, check = decoded(k).partition("|")
             found[(node, check)] = decode(v)
         return run, found
 
@@ -271,7 +271,7 @@ class ResultsStore:
         """
         out: set[tuple[str, str]] = set()
         for field in self.r.hkeys(f"{P}run:{run_id}"):
-            text = _s(field)
+            text = decoded(field)
             if text != "meta":
                 node, _, check = text.partition("|")
                 out.add((node, check))
@@ -294,7 +294,7 @@ class ResultsStore:
         if fields:
             for field, blob in zip(fields, self.r.hmget(f"{P}run:{run_id}", fields), strict=True):
                 if blob is not None:
-                    node, _, check = _s(field).partition("|")
+                    node, _, check = decoded(field).partition("|")
                     found[(node, check)] = CheckResult.dict_from_json(blob)
         return RunNews(cursor + len(names), found, max(0, int(hlen) - 1))
 
@@ -319,7 +319,7 @@ class ResultsStore:
 
     def node_names(self, *, seen_since: float | None = None) -> list[str]:
         low = "-inf" if seen_since is None else seen_since
-        return sorted(_s(n) for n in self.r.zrangebyscore(f"{P}nodes", low, "+inf"))
+        return sorted(decoded(n) for n in self.r.zrangebyscore(f"{P}nodes", low, "+inf"))
 
     def nodes(self, names: Sequence[str] | None = None) -> list[NodeRecord]:
         wanted = list(names) if names is not None else self.node_names()
@@ -336,7 +336,7 @@ class ResultsStore:
         """Node -> its last heartbeat (epoch s), in one read: every node that ever heartbeated, or those of
         ``names`` that did."""
         if names is None:
-            return {_s(n): float(score) for n, score in self.r.zrange(f"{P}nodes", 0, -1, withscores=True)}
+            return {decoded(n): float(score) for n, score in self.r.zrange(f"{P}nodes", 0, -1, withscores=True)}
         if not names:
             return {}
         pipe = self.r.pipeline(transaction=False)
@@ -381,7 +381,7 @@ class ResultsStore:
         pipe.execute()
 
     def labels(self, node: str) -> dict[str, str]:
-        return {_s(k): _s(v) for k, v in self.r.hgetall(f"{P}labels:{node}").items()}
+        return {decoded(k): decoded(v) for k, v in self.r.hgetall(f"{P}labels:{node}").items()}
 
     def set_labels(self, node: str, labels: Mapping[str, str | None]) -> None:
         """Set the labels of ``labels`` with a value, delete those that are None (one MULTI)."""
@@ -395,7 +395,7 @@ class ResultsStore:
         pipe.hget(f"{P}state:{node}", "verdict")
         pipe.hget(f"{P}confirm:{node}", "pending")
         verdict, pending = pipe.execute()
-        return (_s(verdict) if verdict else ""), _pending(pending)
+        return (decoded(verdict) if verdict else ""), _pending(pending)
 
     def record_confirmations(
         self, node: str, *, runs: Iterable[str], prevented: Iterable[str], pending: Iterable[str]
@@ -416,7 +416,7 @@ class ResultsStore:
     def confirmation_counts(self, nodes: Sequence[str]) -> dict[str, dict[str, int]]:
         """Node -> ``runs|<check>`` / ``prevented|<check>`` -> count (one pipeline for every node)."""
         return {
-            n: {_s(k): int(v) for k, v in raw.items() if _s(k) != "pending"}
+            n: {decoded(k): int(v) for k, v in raw.items() if decoded(k) != "pending"}
             for n, raw in self._hashes("confirm", nodes).items()
         }
 
@@ -424,7 +424,7 @@ class ResultsStore:
         self.r.hset(f"{P}remediation", mapping={k: str(v) for k, v in values.items()})
 
     def remediation_summary(self) -> dict[str, float]:
-        return {_s(k): float(v) for k, v in self.r.hgetall(f"{P}remediation").items()}
+        return {decoded(k): float(v) for k, v in self.r.hgetall(f"{P}remediation").items()}
 
     # ------------------------------------------------------------------ de-duplication
 
@@ -447,7 +447,7 @@ class ResultsStore:
                 pipe.watch(key)
                 # Under WATCH the pipeline runs commands at once: GET returns the value itself.
                 held: bytes | None = pipe.get(key)  # type: ignore[assignment]
-                if held is not None and _s(held) != owner:
+                if held is not None and decoded(held) != owner:
                     pipe.unwatch()
                     return False
                 pipe.multi()
@@ -465,7 +465,7 @@ class ResultsStore:
                 pipe.watch(key)
                 # Under WATCH the pipeline runs commands at once: GET returns the value itself.
                 held: bytes | None = pipe.get(key)  # type: ignore[assignment]
-                if held is None or _s(held) != owner:
+                if held is None or decoded(held) != owner:
                     pipe.unwatch()
                     return
                 pipe.multi()
@@ -489,7 +489,7 @@ class ResultsStore:
                     pipe.watch(key)
                     # Under WATCH the pipeline runs commands at once: HGETALL returns the hash itself.
                     held: Mapping[bytes, bytes] = pipe.hgetall(key)  # type: ignore[assignment]
-                    raw = {_s(k): _s(v) for k, v in held.items()}
+                    raw = {decoded(k): decoded(v) for k, v in held.items()}
                     if slot <= int(raw.get("slot", -1)) or now - float(raw.get("at", "-inf")) < interval_s / 2:
                         pipe.unwatch()
                         return False
@@ -515,7 +515,7 @@ class ResultsStore:
 
     def answers(self, run_id: str) -> dict[str, dict[str, Any]]:
         """Every answer posted for ``run_id``, by field."""
-        return {_s(k): json.loads(v) for k, v in self.r.hgetall(f"{P}ring:{run_id}").items()}
+        return {decoded(k): json.loads(v) for k, v in self.r.hgetall(f"{P}ring:{run_id}").items()}
 
     # ------------------------------------------------------------------ the Redis stores beside this one
 
@@ -584,10 +584,10 @@ class EventStore:
         raw_counts, raw_latency = pipe.execute()
         counts: dict[tuple[str, str, str, str, str], float] = {}
         for field, value in raw_counts.items():
-            parts = _s(field).split("|")
+            parts = decoded(field).split("|")
             if len(parts) == 5:
                 counts[(parts[0], parts[1], parts[2], parts[3], parts[4])] = float(value)
-        latency = {_s(k): float(v) for k, v in raw_latency.items()}
+        latency = {decoded(k): float(v) for k, v in raw_latency.items()}
         total = latency.pop("sum", 0.0)
         valid = {*map(repr, BUCKETS), "+Inf"}
         return EventsSnapshot(counts, {k: v for k, v in latency.items() if k in valid}, total)
@@ -612,17 +612,18 @@ class EventStore:
         if not got:
             return None
         key, raw = got
-        return _s(key).removeprefix(f"{P}inject:"), raw
+        return decoded(key).removeprefix(f"{P}inject:"), raw
 
 
-def _s(value: bytes | str) -> str:
+def decoded(value: bytes | str) -> str:
+    """A Redis reply as text (the stores' clients answer bytes)."""
     return value.decode() if isinstance(value, bytes) else value
 
 
 def _latest(raw: Mapping[Any, Any], known: Mapping[bytes, CheckResult] | None = None) -> dict[str, CheckResult]:
     """Decode a ``latest`` hash; a blob found in ``known`` (just written by this process) is not parsed again."""
     seen = known or {}
-    return {_s(k): seen.get(v) or CheckResult.from_json(v) for k, v in raw.items()}
+    return {decoded(k): seen.get(v) or CheckResult.from_json(v) for k, v in raw.items()}
 
 
 VIEW_REPLIES = 5
@@ -646,7 +647,7 @@ def _view(replies: Sequence[Any], known: Mapping[bytes, CheckResult] | None = No
 
 
 def _pending(raw: bytes | None) -> frozenset[str]:
-    return frozenset(filter(None, _s(raw or b"").split(",")))
+    return frozenset(filter(None, decoded(raw or b"").split(",")))
 
 
 def _score(raw: Any) -> float | None:
@@ -654,7 +655,7 @@ def _score(raw: Any) -> float | None:
 
 
 def _state(raw: Mapping[Any, Any]) -> dict[str, str]:
-    return {_s(k): _s(v) for k, v in raw.items()}
+    return {decoded(k): decoded(v) for k, v in raw.items()}
 
 
 def _queue_hash_update(pipe: Any, key: str, values: Mapping[str, str | None]) -> None:
