@@ -142,7 +142,11 @@ def test_worker_sigkilled_during_a_gpu_check(redis_url: str, procs: Procs, api_f
     # What the node had acknowledged before is intact; the kill wrote no verdict of its own.
     assert store.latest("sim-0")["remapped"].status.value == "ok"
     assert "pciebw" not in store.latest("sim-0")
-    assert store.state("sim-0").verdict == verdict_before
+    # Beat may reconcile in between: pciebw never answered, so the node may turn UNKNOWN ("no fresh
+    # result"), but the kill must never produce a WARN or EVICT of its own.
+    after = store.state("sim-0")
+    assert after.verdict in (verdict_before, "UNKNOWN"), after
+    assert "fail" not in (after.reasons or ""), after
 
     # A new worker for the node answers new GPU work at once (the lock died with the process) and
     # does not run the killed task again (its message expired with the run's deadline).
