@@ -7,10 +7,14 @@ with lone surrogates, and ``NaN``/``Infinity`` literals in text written by ``jso
 go through ``json`` instead, so nothing that used to round-trip is lost. Output is compact
 (no spaces) and UTF-8 (no ``\\u`` escapes, but for the fallback); both are the same JSON to
 every reader.
+
+A ``Preencoded`` value (a stored result) already holds its JSON text: it is written as that text,
+never decoded to be encoded again (``splicing``).
 """
 
 from __future__ import annotations
 
+import abc
 import json
 from collections.abc import Callable
 from typing import Any
@@ -20,13 +24,45 @@ import orjson
 _OPTIONS = orjson.OPT_NON_STR_KEYS
 
 
+class Preencoded(abc.ABC):
+    """A value that holds its own JSON text (``json_bytes``, one JSON value, valid UTF-8)."""
+
+    __slots__ = ()
+
+    @property
+    @abc.abstractmethod
+    def json_bytes(self) -> bytes: ...
+
+
+def splicing(default: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """An orjson ``default`` that writes a ``Preencoded`` value as its own text, else calls ``default``."""
+
+    def hook(obj: Any) -> Any:
+        if isinstance(obj, Preencoded):
+            return orjson.Fragment(obj.json_bytes)
+        return default(obj)
+
+    return hook
+
+
+def decoding(default: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """A ``json`` (standard library) ``default`` that decodes a ``Preencoded`` value, else calls ``default``."""
+
+    def hook(obj: Any) -> Any:
+        if isinstance(obj, Preencoded):
+            return loads(obj.json_bytes)
+        return default(obj)
+
+    return hook
+
+
 def dumps(obj: Any, *, default: Callable[[Any], Any] = str) -> bytes:
     """``obj`` as UTF-8 JSON; ``default`` turns what JSON has no type for into something it has."""
     try:
-        return orjson.dumps(obj, default=default, option=_OPTIONS)
+        return orjson.dumps(obj, default=splicing(default), option=_OPTIONS)
     except orjson.JSONEncodeError:
         # ASCII escapes: a lone surrogate has no UTF-8 form, but "\\udc80" is valid JSON.
-        return json.dumps(obj, default=default, separators=(",", ":")).encode()
+        return json.dumps(obj, default=decoding(default), separators=(",", ":")).encode()
 
 
 def loads(data: str | bytes) -> Any:

@@ -11,9 +11,8 @@ import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
 
-from autopilot.results import CheckResult, Status
+from autopilot.results import CheckResult, Status, StoredResult
 from autopilot.store import NodeRecord, NodeState, NodeView, Run, RunNews, Store
 
 
@@ -133,9 +132,9 @@ class MemoryStore:
                 return None
             return entry.run, dict(entry.results)
 
-    def get_run_dicts(self, run_id: str) -> tuple[Run, dict[tuple[str, str], dict[str, Any]]] | None:
+    def get_run_stored(self, run_id: str) -> tuple[Run, dict[tuple[str, str], StoredResult]] | None:
         got = self.get_run(run_id)
-        return None if got is None else (got[0], {k: r.to_dict() for k, r in got[1].items()})
+        return None if got is None else (got[0], {k: StoredResult.from_result(r) for k, r in got[1].items()})
 
     def run_answered(self, run_id: str) -> set[tuple[str, str]]:
         with self._lock:
@@ -148,7 +147,7 @@ class MemoryStore:
             if entry is None:
                 return RunNews(cursor, {}, 0)
             names = entry.log[cursor:]
-            found = {k: entry.results[k].to_dict() for k in dict.fromkeys(names)}
+            found = {k: StoredResult.from_result(entry.results[k]) for k in dict.fromkeys(names)}
             return RunNews(cursor + len(names), found, len(entry.results))
 
     def run_progress(self, run_id: str) -> int:

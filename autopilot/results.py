@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -188,6 +189,79 @@ class CheckResult:
 
 _DICT_KEYS = frozenset(CheckResult("", Status.OK).to_dict())
 _STATUS_VALUES = frozenset(s.value for s in Status)
+
+# The first and last fields of a result as ``to_dict`` lays it out and ``jsoncodec.dumps`` writes it
+# (compact, keys in ``to_dict``'s order): what ``StoredResult.of`` recognises without decoding.
+_HEAD = re.compile(
+    rb'\{"check":"[^"\\]*","node":"[^"\\]*","status":"('
+    + b"|".join(v.encode() for v in sorted(_STATUS_VALUES))
+    + rb')","fatal":(?:true|false),"summary":"'
+)
+_TAIL = re.compile(rb'\},"started_at":"[^"\\]*","duration_s":-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?\}\Z')
+_TAIL_BYTES = 96  # "},"started_at":"<an ISO time>","duration_s":<a number>} and some room
+
+
+class StoredResult(Mapping[str, Any], jsoncodec.Preencoded):
+    """A result as the store holds it (its JSON text), decoded only when something reads inside it.
+
+    An answer of a 1,000-node run holds 5,000 results, about 20 MiB of JSON, and the API's own
+    work was mostly decoding them to encode them again. A ``StoredResult`` knows its ``status``
+    without decoding (all a run's totals need) and is written into an answer as the JSON it was
+    stored as (``json_bytes``; ``jsoncodec.dumps`` and the API's encoder splice it in). Reading any
+    other field decodes it once. As a ``Mapping`` it reads as ``CheckResult.to_dict`` would.
+
+    ``of`` takes the text as stored only when it is in the layout ``to_dict`` and
+    ``jsoncodec.dumps`` write (its first fields and its last, checked); anything else (a worker of
+    an older version, another encoder) is decoded, put in that layout and encoded again, as
+    ``CheckResult.dict_from_json`` does.
+    """
+
+    __slots__ = ("_decoded", "_json", "status")
+
+    def __init__(self, text: bytes, status: str, decoded: dict[str, Any] | None = None) -> None:
+        self._json = text
+        self.status = status
+        self._decoded = decoded
+
+    @classmethod
+    def of(cls, text: str | bytes) -> StoredResult:
+        """The result stored as ``text``. Raises as ``CheckResult.from_json`` does for what is not a result."""
+        blob = text.encode() if isinstance(text, str) else bytes(text)
+        head = _HEAD.match(blob)
+        if head is not None and _TAIL.search(blob, max(0, len(blob) - _TAIL_BYTES)) is not None:
+            return cls(blob, head.group(1).decode())
+        raw = CheckResult.dict_from_json(blob)
+        return cls(jsoncodec.dumps(raw), raw["status"], raw)
+
+    @classmethod
+    def from_result(cls, result: CheckResult) -> StoredResult:
+        raw = result.to_dict()
+        return cls(jsoncodec.dumps(raw), raw["status"], raw)
+
+    @property
+    def json_bytes(self) -> bytes:
+        """The result's JSON, as stored."""
+        return self._json
+
+    def as_dict(self) -> dict[str, Any]:
+        """The result as ``CheckResult.to_dict`` gives it (decoded on first use, then kept)."""
+        if self._decoded is None:
+            self._decoded = CheckResult.dict_from_json(self._json)
+        return self._decoded
+
+    def __getitem__(self, key: str) -> Any:
+        if key == "status":
+            return self.status
+        return self.as_dict()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.as_dict())
+
+    def __len__(self) -> int:
+        return len(self.as_dict())
+
+    def __repr__(self) -> str:
+        return f"StoredResult({self._json[:80]!r}...)"
 
 
 def from_devices(

@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any, ClassVar, Protocol
 
 from autopilot import results
-from autopilot.results import CheckResult
+from autopilot.results import CheckResult, StoredResult
 from autopilot.verdict import Cause, causes_from_json
 
 
@@ -197,7 +197,7 @@ class RunNews:
     """``Store.run_news``: the next cursor, the new results, and how many fields the run has."""
 
     cursor: int
-    found: dict[tuple[str, str], dict[str, Any]]
+    found: dict[tuple[str, str], StoredResult]
     total: int
 
 
@@ -240,7 +240,7 @@ class Store(Protocol):
     # runs
     def create_run(self, run: Run) -> None: ...
     def get_run(self, run_id: str) -> tuple[Run, dict[tuple[str, str], CheckResult]] | None: ...
-    def get_run_dicts(self, run_id: str) -> tuple[Run, dict[tuple[str, str], dict[str, Any]]] | None: ...
+    def get_run_stored(self, run_id: str) -> tuple[Run, dict[tuple[str, str], StoredResult]] | None: ...
     def run_answered(self, run_id: str) -> set[tuple[str, str]]: ...
     def run_news(self, run_id: str, cursor: int) -> RunNews: ...
     def run_progress(self, run_id: str) -> int: ...

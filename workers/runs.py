@@ -53,7 +53,7 @@ from autopilot import config, network, results, verdict
 from autopilot.checks import iperf
 from autopilot.cluster import ClusterClient
 from autopilot.registry import CheckRegistry
-from autopilot.results import CheckResult, Status
+from autopilot.results import CheckResult, Status, StoredResult
 from autopilot.store import NodeState
 from workers import reconcile, ring
 from workers.dispatch import Dispatcher, Envelope, Joined, TaskSender, send_all, task_sender
@@ -206,7 +206,7 @@ class Gather:
         self.done: set[str] = set()
         self.expired: set[str] = set(lost)
         # The run's results as read so far (from the run's write log, a little at each poll).
-        self.found: dict[tuple[str, str], dict[str, Any]] = {}
+        self.found: dict[tuple[str, str], StoredResult] = {}
         self._have: collections.Counter[str] = collections.Counter()  # node -> checks of self.checks in found
         self._cursor = 0
         self._news = False  # the last poll found something new
@@ -272,9 +272,9 @@ class Gather:
             return
         taken: dict[tuple[str, str], bytes] = {}
         for key, blob in landed.items():
-            result = CheckResult.dict_from_json(blob)
+            result = StoredResult.of(blob)
             joined = self.joined.pop(key)
-            if result["status"] == Status.ERROR.value and joined.deadline < self.in_flight.get(key[0], 0.0):
+            if result.status == Status.ERROR.value and joined.deadline < self.in_flight.get(key[0], 0.0):
                 self._gave_up.add(key)
                 continue
             taken[key] = blob
@@ -356,7 +356,7 @@ class Gather:
             self.svc.sleep(max(0.001, min(delay, left)))
             delay = min(POLL_MAX_S, delay * POLL_GROWTH)
 
-    def results(self) -> dict[tuple[str, str], dict[str, Any]]:
+    def results(self) -> dict[tuple[str, str], StoredResult]:
         """Everything the run holds now (the last news, or the whole run when counting by keys)."""
         if not self._by_keys:
             self._read_news()
@@ -456,7 +456,7 @@ def _continue(g: Gather, the_ring: Ring | None = None) -> None:
 
 def read(svc: Services, run_id: str, *, wait_s: float = 0.0) -> dict[str, Any] | None:
     """The report of a stored run; with ``wait_s``, wait up to that long for it to complete."""
-    got = svc.store.get_run_dicts(run_id)
+    got = svc.store.get_run_stored(run_id)
     if got is None:
         return None
     run, found = got
@@ -472,8 +472,8 @@ def read(svc: Services, run_id: str, *, wait_s: float = 0.0) -> dict[str, Any] |
     return report(svc, run, found)
 
 
-def _results(store: ResultsStore, run_id: str) -> dict[tuple[str, str], dict[str, Any]]:
-    got = store.get_run_dicts(run_id)
+def _results(store: ResultsStore, run_id: str) -> dict[tuple[str, str], StoredResult]:
+    got = store.get_run_stored(run_id)
     return got[1] if got else {}
 
 

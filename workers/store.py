@@ -51,7 +51,7 @@ from autopilot import config
 from autopilot.errors import StoreUnavailable
 from autopilot.events.metrics import BUCKETS, EventsSnapshot, bucket_of
 from autopilot.events.model import Event
-from autopilot.results import CheckResult, Status
+from autopilot.results import CheckResult, Status, StoredResult
 from autopilot.store import NodeRecord, NodeState, NodeView, Run, RunNews
 
 if TYPE_CHECKING:  # the stores beside this one import this module; they are built on demand
@@ -249,9 +249,9 @@ class ResultsStore:
     def get_run(self, run_id: str) -> tuple[Run, dict[tuple[str, str], CheckResult]] | None:
         return self._run(run_id, CheckResult.from_json)
 
-    def get_run_dicts(self, run_id: str) -> tuple[Run, dict[tuple[str, str], dict[str, Any]]] | None:
-        """``get_run`` with each result as the dict ``CheckResult.to_dict`` gives (what an API answer holds)."""
-        return self._run(run_id, CheckResult.dict_from_json)
+    def get_run_stored(self, run_id: str) -> tuple[Run, dict[tuple[str, str], StoredResult]] | None:
+        """``get_run`` with each result as stored (``StoredResult``: what an API answer holds)."""
+        return self._run(run_id, StoredResult.of)
 
     def _run(self, run_id: str, decode: Callable[[bytes], T]) -> tuple[Run, dict[tuple[str, str], T]] | None:
         raw = self.r.hgetall(f"{P}run:{run_id}")
@@ -279,8 +279,7 @@ class ResultsStore:
 
     def run_news(self, run_id: str, cursor: int) -> RunNews:
         """What was written to a run after its first ``cursor`` writes, read in one MULTI (and one
-        HMGET when there is news): each new field's current result, decoded once, as the dict
-        ``CheckResult.to_dict`` gives.
+        HMGET when there is news): each new field's current result as stored (``StoredResult``).
 
         ``total`` counts the run's fields, to tell a writer that bypassed the log (a worker of an
         older version) from news not read yet: a gather falls back to ``run_answered`` then.
@@ -290,12 +289,12 @@ class ResultsStore:
         pipe.hlen(f"{P}run:{run_id}")
         names, hlen = pipe.execute()
         fields = list(dict.fromkeys(names))  # a field written twice is read once, as it is now
-        found: dict[tuple[str, str], dict[str, Any]] = {}
+        found: dict[tuple[str, str], StoredResult] = {}
         if fields:
             for field, blob in zip(fields, self.r.hmget(f"{P}run:{run_id}", fields), strict=True):
                 if blob is not None:
                     node, _, check = decoded(field).partition("|")
-                    found[(node, check)] = CheckResult.dict_from_json(blob)
+                    found[(node, check)] = StoredResult.of(blob)
         return RunNews(cursor + len(names), found, max(0, int(hlen) - 1))
 
     def run_progress(self, run_id: str) -> int:

@@ -60,7 +60,7 @@ def test_a_run_holds_its_meta_and_results_and_tells_what_is_new(store: Store) ->
     second = store.run_news(run.id, first.cursor)
     assert set(second.found) == {("n2", "remapped"), ("n2", "ping")} and second.total == 3
     assert store.run_news(run.id, second.cursor).found == {}
-    got = store.get_run_dicts(run.id)
+    got = store.get_run_stored(run.id)
     assert got is not None and got[1][("n1", "ping")]["status"] == "ok"
     assert store.run_progress(run.id) == 3
     assert store.get_run("no-such-run") is None
