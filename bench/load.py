@@ -6,11 +6,12 @@ Then ``--clients`` threads each send one ``GET /status?format=json`` at once (ev
 the periodic checks), while beat keeps ticking. Printed:
 
 - how many requests were answered (HTTP 200, ``complete``), and their latency p50/p90/p99/max
-  (from sending the request to the last byte of its answer; the client decodes it after),
+  (from sending the request to the last byte of its answer; answers are decoded once all are in),
   and the part of it between the run's creation and its answer (``runtime_s``);
 - per request, how many nodes answered and how many were ``unreachable``;
 - check executions: results written into the nodes' histories while the requests ran (one per
   check actually run on a node), against the (node, check) pairs the requests asked for;
+- the CPU seconds the API, the simulators, beat and Redis spent while the requests ran;
 - duplicated work, counted from the store after the load as before coalescing: for every node
   and check, the number of results in the node's history must not exceed the number of runs
   holding a result of that node and check (a task run twice leaves one more history entry than
@@ -42,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import ROOT, Bench, up, wait_until
+from bench.fanout import cpu_s
 from workers.store import ResultsStore
 
 
@@ -60,20 +62,30 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 def one_request(url: str, timeout: float) -> dict[str, Any]:
+    """Send one request and read its answer to the last byte; decoding it is left to ``summarize``."""
     t0 = time.perf_counter()
     try:
         code, raw = get_body(url, timeout)
     except OSError as exc:
         return {"ok": False, "error": type(exc).__name__, "s": time.perf_counter() - t0}
-    # The latency ends at the answer's last byte: decoding it is this client's work, not the
-    # API's (50 answers of 2 MB decoded by 50 threads of one process took seconds of its own).
-    answered_s = time.perf_counter() - t0
-    body = json.loads(raw)
+    return {"code": code, "raw": raw, "s": time.perf_counter() - t0}
+
+
+def summarize(answer: dict[str, Any]) -> dict[str, Any]:
+    """``one_request``'s answer decoded, once every request has its answer.
+
+    The latency ends at the answer's last byte, and no client decodes while others still read:
+    50 answers of 2 MB decoded by threads of this one process held the GIL that the reading
+    threads needed, and seconds of this client's own work were counted into the API's latency.
+    """
+    if "raw" not in answer:
+        return answer
+    body = json.loads(answer["raw"])
     totals = body.get("totals", {})
     return {
-        "ok": code == 200 and body.get("complete") is True,
-        "code": code,
-        "s": answered_s,
+        "ok": answer["code"] == 200 and body.get("complete") is True,
+        "code": answer["code"],
+        "s": answer["s"],
         "answered": totals.get("answered", 0),
         "unreachable": totals.get("unreachable", 0),
         "runtime_s": body.get("runtime_s", 0.0),  # from the run's creation to its answer, in the API
@@ -169,14 +181,17 @@ def measure(args: argparse.Namespace, name: str, root: Path) -> bool:
         "AUTOPILOT_API_MAX_WAITS": str(max(24, args.clients)),
     }
     with Bench(root) as bench:
+        sims = []
         for offset, count in up.split_simulation(args.nodes, None):
             sim_args = ["worker", "--simulate", str(count), "--simulate-offset", str(offset)]
-            bench.start(f"sim-{offset}", [*sim_args, "--loglevel", "WARNING", "--without-task-events"], env)
+            sims.append(
+                bench.start(f"sim-{offset}", [*sim_args, "--loglevel", "WARNING", "--without-task-events"], env)
+            )
         store = ResultsStore(bench.client())
         wait_until(lambda: len(store.node_names()) >= args.nodes, 120, f"{args.nodes} nodes", 0.25)
         nodes = store.node_names()
         port = up.free_port()
-        bench.start("api", ["api", "--port", str(port), "--workers", "2"], env)
+        api = bench.start("api", ["api", "--port", str(port), "--workers", "2"], env)
         base = f"http://127.0.0.1:{port}"
         wait_until(lambda: _ready(base), 60, "the API")
         beat = bench.start(
@@ -187,10 +202,15 @@ def measure(args: argparse.Namespace, name: str, root: Path) -> bool:
         query = f"format=json&deadline={args.deadline:g}" + (f"&check={args.checks}" if args.checks else "")
         url = f"{base}/status?{query}"
         ran_before = executions(store, nodes)
+        assert bench.redis is not None
+        roles = {"api": [api.pid], "simulators": [p.pid for p in sims], "beat": [beat.pid], "redis": [bench.redis.pid]}
+        cpu_before = {role: cpu_s(pids) for role, pids in roles.items()}
         t0 = time.perf_counter()
         with concurrent.futures.ThreadPoolExecutor(args.clients) as pool:
-            answers = list(pool.map(lambda _: one_request(url, args.deadline * 2 + 60), range(args.clients)))
+            raw_answers = list(pool.map(lambda _: one_request(url, args.deadline * 2 + 60), range(args.clients)))
         wall = time.perf_counter() - t0
+        answers = [summarize(a) for a in raw_answers]
+        cpu = {role: cpu_s(pids) - cpu_before[role] for role, pids in roles.items()}
         ran = executions(store, nodes) - ran_before
         # Stop beat and let the last tick's tasks land before counting: a result that lands
         # between reading the runs and reading the histories would count as a duplicate.
@@ -214,6 +234,7 @@ def measure(args: argparse.Namespace, name: str, root: Path) -> bool:
           f"unreachable per request: max {max(unreachable)}, total {sum(unreachable)}")  # fmt: skip
     print(f"{label}check executions while the requests ran (beat's included): {ran}, "
           f"for {args.clients * len(nodes) * checks} (node, check) pairs asked for")  # fmt: skip
+    print(f"{label}CPU s during the load: {', '.join(f'{k} {v:.2f}' for k, v in cpu.items())}")
     print(f"{label}store: {json.dumps(found)}")
     failed = [a for a in answers if not a["ok"]]
     if failed:
