@@ -551,3 +551,13 @@ def test_integer_samples_are_read_as_floats() -> None:
     read = _cuda.series({"index": 0, "h2d": {"samples": [53, 54.0, 0]}}, "h2d")
     assert read.samples == (53.0, 54.0, 0.0) and all(type(v) is float for v in read.samples)
     assert read.median == 53.0
+
+
+def test_a_line_only_the_standard_json_reads_still_names_the_bad_sample() -> None:
+    # NaN is no JSON: the fast decoder refuses the line, the standard one reads it, and the sample
+    # is then refused by name, as before the fast decoder was used.
+    line = ap_line(0, 53.0).replace('"samples": [53.0', '"samples": [NaN', 1)
+    assert "NaN" in line
+    result = run_lines(line)
+    assert result.status is Status.ERROR
+    assert "h2d is not a non-negative number: nan" in result.devices[0].detail
