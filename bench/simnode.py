@@ -10,7 +10,9 @@ the CPU milliseconds per node of:
   node's reconcile) against a private redis-server, whose own CPU is not counted.
 
 ``--root DIR`` measures another source tree too (a ``git archive`` of an older commit), so the
-figures before and after a change come from one run. ``--profile`` prints cProfile's top functions.
+figures before and after a change come from one run. ``--profile`` prints cProfile's top functions
+by the CPU of the calling thread (the task body; the checks themselves run on a check thread, where
+``py-spy record --gil`` sees them).
 
     T=/tmp/before; mkdir -p $T; git archive main | tar -x -C $T
     .venv/bin/python -m bench.simnode --root $T            # before, then this tree
@@ -71,7 +73,7 @@ def measure(nodes: int, rounds: int, redis_url: str, profile: bool) -> dict[str,
             best = min(best, (time.process_time() - start) / nodes * 1000)
         out[label] = best
         if profile:
-            prof = cProfile.Profile()
+            prof = cProfile.Profile(time.thread_time)  # CPU of the calling thread, not waits
             prof.runcall(fn)
             print(f"--- cProfile of {label} ({nodes} nodes), by own time", file=sys.stderr)
             pstats.Stats(prof, stream=sys.stderr).sort_stats("tottime").print_stats(25)
