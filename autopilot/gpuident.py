@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from autopilot import errors
 from autopilot.gpus import GpuIdentity, GpuTelemetry
 from autopilot.names import bus_id
-from autopilot.results import CheckResult
+from autopilot.results import CheckResult, DeviceResult
 
 # NVML's UUID: "GPU-" then 8-4-4-4-12 hex digits (MIG devices say "MIG-"; they are not GPUs here).
 UUID_RE = re.compile(r"^GPU-[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -76,14 +76,18 @@ def attach(result: CheckResult, identities: Mapping[int, GpuIdentity], *, unknow
             continue
         if ident is None:
             # A bus id NVML does not see (fell off the bus): the address is all that names it.
-            devices.append(dataclasses.replace(device, bus_id=bus_id(device.id)))
+            devices.append(_identified(device, device.uuid, bus_id(device.id), device.serial))
             changed = True
             continue
-        devices.append(
-            dataclasses.replace(device, uuid=ident.uuid, bus_id=bus_id(ident.pci_bus_id), serial=ident.serial)
-        )
+        devices.append(_identified(device, ident.uuid, bus_id(ident.pci_bus_id), ident.serial))
         changed = True
     return dataclasses.replace(result, devices=tuple(devices)) if changed else result
+
+
+def _identified(device: DeviceResult, uuid: str, bus: str, serial: str) -> DeviceResult:
+    """``device`` with this identity. Built field by field: ``dataclasses.replace`` (the fields looked
+    up, a dict of changes) for every GPU of every result was a third of attaching in a simulator."""
+    return DeviceResult(device.id, device.status, device.value, device.unit, device.detail, uuid, bus, serial)
 
 
 def sim_uuid(node: str, index: int) -> str:

@@ -7,6 +7,7 @@ with ``BadParameter`` naming the field, before it is used anywhere.
 
 from __future__ import annotations
 
+import functools
 import re
 
 from autopilot import errors
@@ -73,6 +74,9 @@ _BDF = re.compile(
 )
 
 
+# Cached: the engine names every GPU device of every result by its bus id (``gpuident.attach``),
+# the same few addresses over and over; a pure function of its argument, bounded.
+@functools.lru_cache(maxsize=1024)
 def bus_id(text: str) -> str:
     """A PCI address in one form, ``dddd:bb:dd.f`` lower case, whatever form it came in.
 
@@ -88,6 +92,7 @@ def bus_id(text: str) -> str:
     return f"{dom:04x}:{int(found.group('bus'), 16):02x}:{int(found.group('dev'), 16):02x}.{found.group('fn') or '0'}"
 
 
+@functools.lru_cache(maxsize=1024)
 def is_bus_id(text: str) -> bool:
     """Whether ``text`` is a PCI address in any of the forms ``bus_id`` reads."""
     return _BDF.fullmatch(text.strip().removeprefix("PCI:")) is not None

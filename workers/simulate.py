@@ -570,7 +570,9 @@ class SimRunner:
 
     def bind(self, scope: commands.ProcessScope) -> SimRunner:
         """This runner inside a check run, so the watchdog's cancel ends a ``hang``."""
-        return SimRunner(self._table, self._hang, scope, links=self._links)
+        bound = copy.copy(self)  # the table and tool set shared, not rebuilt for every check
+        bound._scope = scope
+        return bound
 
     def spawn(
         self, argv: Sequence[str], *, lifetime_s: float, env: Mapping[str, str] | None = None
@@ -628,20 +630,24 @@ class SimTelemetry(FakeTelemetry):
         super().__init__(devices)
         self._faults = dict(faults or {})
         self._node = ""
+        self._names: dict[int, tuple[str, str]] = {}  # index -> the node's fake (UUID, serial)
 
     def for_node(self, node: str) -> SimTelemetry:
         """This telemetry (devices and faults shared) with the stable fake UUIDs and serials of ``node``'s GPUs."""
         mine = copy.copy(self)
         mine._node = node
+        mine._names = {}
         return mine
 
     def identity(self, index: int) -> gpus.GpuIdentity:
-        ident = super().identity(index)
+        ident = super().identity(index)  # raises as the device does (a lost GPU)
         if not self._node:
             return ident
-        return dataclasses.replace(
-            ident, uuid=gpuident.sim_uuid(self._node, index), serial=gpuident.sim_serial(self._node, index)
-        )
+        # The fake UUID and serial hashed once per GPU, not on each of the ~20 reads of a node's task.
+        names = self._names.get(index)
+        if names is None:
+            names = self._names[index] = (gpuident.sim_uuid(self._node, index), gpuident.sim_serial(self._node, index))
+        return gpus.GpuIdentity(ident.index, ident.name, names[0], ident.pci_bus_id, names[1])
 
     def _maybe_fail(self, method: str, index: int) -> None:
         fault = self._faults.get(method)

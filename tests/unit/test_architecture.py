@@ -168,6 +168,7 @@ ASSEMBLE_REGISTRY = {
     "bench/engine.py",
     "bench/quality.py",
     "bench/detect.py",
+    "bench/simnode.py",
     "scripts/gen_api_docs.py",
     "scripts/record_fixtures.py",
 }

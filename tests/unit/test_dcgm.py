@@ -816,3 +816,12 @@ def test_old_and_new_test_names_match_the_same_entries(entry: str, test_name: st
 )
 def test_default_fatal_list_over_old_names(test_name: str, fatal: bool) -> None:
     assert dcgm.is_fatal(outcome(test_name, F, category="Deployment"), DEFAULT_FATAL) is fatal
+
+
+def test_a_report_followed_by_more_output_is_still_read() -> None:
+    stdout, returncode = fixture_stdout("dcgm4-pcie-fail")
+    doc = json.loads(stdout)
+    for tail in ("\nsome line dcgmi printed afterwards\n", "\n" + json.dumps({"other": 1})):
+        result = dcgm.evaluate_output(json.dumps(doc) + tail, DEFAULT_FATAL, returncode=returncode)
+        assert result.status is Status.FAIL and result.fatal
+        assert result == dcgm.evaluate_output(json.dumps(doc), DEFAULT_FATAL, returncode=returncode)

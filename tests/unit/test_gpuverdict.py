@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime, timedelta
 
-from autopilot import execution, gpuident, gpuverdict, verdict
+import pytest
+
+from autopilot import errors, execution, gpuident, gpuverdict, verdict
 from autopilot.checks import remapped  # noqa: F401 - registers the check
+from autopilot.gpus import GpuIdentity
 from autopilot.registry import shipped as shipped_checks
 from autopilot.results import CheckResult, DeviceResult, Status
 from autopilot.testing import FakeClock, FakeGpu, FakeTelemetry
@@ -67,6 +71,21 @@ def test_attach_stamps_uuid_bus_id_and_serial_on_gpu_devices() -> None:
     assert "uuid" not in other.to_dict()
 
 
+def test_attach_keeps_every_other_field_of_a_device() -> None:
+    # attach builds devices field by field: a field it forgot would be lost on every GPU result.
+    given = DeviceResult("0", Status.WARN, 3.5, "GB/s", "slow")
+    lost = DeviceResult("0000:3b:00.0", Status.FAIL, 1, "rows", "fell off", serial="99")
+    identities = {0: GpuIdentity(0, "H100", uuid(0), "00000000:10:00.0", "1324")}
+    stamped, unmatched = gpuident.attach(CheckResult("x", Status.FAIL, devices=(given, lost)), identities).devices
+    identity = {"uuid", "bus_id", "serial"}
+    for before, after in ((given, stamped), (lost, unmatched)):
+        for field in dataclasses.fields(DeviceResult):
+            if field.name not in identity:
+                assert getattr(after, field.name) == getattr(before, field.name), field.name
+    assert (stamped.uuid, stamped.bus_id, stamped.serial) == (uuid(0), "0000:10:00.0", "1324")
+    assert (unmatched.uuid, unmatched.bus_id, unmatched.serial) == ("", "0000:3b:00.0", "99")
+
+
 def test_engine_puts_gpu_identity_on_gpu_check_devices(make_ctx) -> None:  # type: ignore[no-untyped-def]
     telemetry = FakeTelemetry([FakeGpu(uuid=uuid(i)) for i in range(2)])
     result = execution.run_check("remapped", make_ctx(gpus=telemetry, clock=FakeClock()))
@@ -83,6 +102,17 @@ def test_simulated_nodes_have_stable_distinct_valid_uuids(settings) -> None:  # 
     assert a0 == again["sim-0"].gpus.identity(0)
     assert a0.uuid != first["sim-1"].gpus.identity(0).uuid
     assert a0.uuid != first["sim-0"].gpus.identity(1).uuid
+
+
+def test_a_simulated_gpu_lost_after_it_was_identified_is_lost(settings) -> None:  # type: ignore[no-untyped-def]
+    # The fake UUIDs are kept per node; the device is still asked every time, so a loss shows at once.
+    gpus = simulate.contexts(settings, 1, [], checks=shipped_checks())["sim-0"].gpus
+    first = gpus.identity(3)
+    assert isinstance(gpus, simulate.SimTelemetry)
+    gpus.devices[3] = dataclasses.replace(gpus.devices[3], raises=errors.GpuError("GPU 3: GPU is lost", 15))
+    with pytest.raises(errors.GpuError):
+        gpus.identity(3)
+    assert gpus.identity(2).uuid != first.uuid and gpuident.valid_uuid(first.uuid)
 
 
 def test_uuid_validation() -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from autopilot import config, errors, gpus, registry
-from autopilot.checks import pciebw
+from autopilot.checks import _cuda, pciebw
 from autopilot.context import CheckContext
 from autopilot.registry import shipped as shipped_checks
 from autopilot.results import Status
@@ -538,3 +538,26 @@ def test_registered_with_evaluate_text_and_gpu_use() -> None:
     assert spec.uses_gpu and spec.evaluate_text is pciebw.evaluate_text
     with pytest.raises(errors.BadParameter):
         spec.validate({"threshold_gbps": "-1"})
+
+
+@pytest.mark.parametrize("bad", [True, float("nan"), float("inf"), -1.0, "53.1", None])
+def test_a_sample_that_is_no_finite_non_negative_number_is_a_parse_error(bad: object) -> None:
+    device = {"index": 2, "h2d": {"samples": [53.1, 53.0, bad, 52.9]}}
+    with pytest.raises(errors.ParseError, match="device 2: h2d is not a non-negative number"):
+        _cuda.series(device, "h2d")
+
+
+def test_integer_samples_are_read_as_floats() -> None:
+    read = _cuda.series({"index": 0, "h2d": {"samples": [53, 54.0, 0]}}, "h2d")
+    assert read.samples == (53.0, 54.0, 0.0) and all(type(v) is float for v in read.samples)
+    assert read.median == 53.0
+
+
+def test_a_line_only_the_standard_json_reads_still_names_the_bad_sample() -> None:
+    # NaN is no JSON: the fast decoder refuses the line, the standard one reads it, and the sample
+    # is then refused by name, as before the fast decoder was used.
+    line = ap_line(0, 53.0).replace('"samples": [53.0', '"samples": [NaN', 1)
+    assert "NaN" in line
+    result = run_lines(line)
+    assert result.status is Status.ERROR
+    assert "h2d is not a non-negative number: nan" in result.devices[0].detail

@@ -18,13 +18,23 @@ def test_small_simulations_run_in_one_process() -> None:
 
 
 def test_large_simulations_are_split_into_contiguous_even_slices() -> None:
-    slices = up.split_simulation(1000)
+    slices = up.split_simulation(1000, cores=8)
     assert len(slices) == 4
     assert sum(count for _, count in slices) == 1000
     assert [offset for offset, _ in slices] == [0, 250, 500, 750]
     assert up.split_simulation(10, processes=3) == [(0, 4), (4, 3), (7, 3)]
-    assert len(up.split_simulation(100_000)) == up.MAX_SIM_PROCESSES
+    assert len(up.split_simulation(100_000, cores=64)) == up.MAX_SIM_PROCESSES
     assert up.split_simulation(2, processes=5) == [(0, 1), (1, 1)]
+
+
+def test_the_default_split_has_no_more_processes_than_cores() -> None:
+    assert len(up.split_simulation(1000, cores=2)) == 2
+    assert up.split_simulation(1000, cores=1) == [(0, 1000)]
+    assert up.split_simulation(1000, cores=0) == [(0, 1000)]  # never below one process
+    assert len(up.split_simulation(100, cores=2)) == 1  # few nodes: still one process
+    assert len(up.split_simulation(1000, 4, cores=2)) == 4  # --sim-processes is taken as given
+    assert len(up.split_simulation(1000)) == min(4, up.usable_cores())
+    assert up.usable_cores() >= 1
 
 
 def test_each_simulator_gets_only_its_own_faults() -> None:
