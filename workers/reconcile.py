@@ -323,9 +323,12 @@ def clear_evict(
     by: str,
     cluster: ClusterClient | None = None,
     checks: CheckRegistry,
+    now: datetime | None = None,
 ) -> verdict.Decision:
-    """An operator's clear: forget the eviction (keeping who cleared what, and when), then recompute."""
+    """An operator's clear: forget the eviction (keeping who cleared what, and when), then recompute.
+
+    ``now``: the moment of the clear (default: the clock's), for the record and the recompute."""
     state = store.state(node)
     if state.evicted_at:
-        store.set_state(node, _cleared(state, by=by, at=results.utc_now_iso()))
-    return reconcile_node(store, node, settings, cluster=cluster, checks=checks)
+        store.set_state(node, _cleared(state, by=by, at=results.utc_now_iso(now)))
+    return reconcile_node(store, node, settings, now, cluster=cluster, checks=checks)

@@ -274,9 +274,8 @@ def test_a_new_eviction_replaces_the_record_of_the_last_clear() -> None:
     store, settings = make_store(), make_settings()
     store.save_result(fatal("gpu-1", NOW - timedelta(minutes=10)))
     reconcile.reconcile_node(store, "gpu-1", settings, NOW, checks=shipped_checks())
-    reconcile.clear_evict(
-        store, "gpu-1", settings, by="api:10.0.0.7", checks=shipped_checks()
-    )  # the fatal result is fresh: evicted again
+    # The fatal result is fresh at the clear (a clear on the test's clock, not the wall's): evicted again.
+    reconcile.clear_evict(store, "gpu-1", settings, by="api:10.0.0.7", checks=shipped_checks(), now=NOW)
     state = store.state("gpu-1")
     assert state.verdict == "EVICT" and state.cleared_by is None
     assert verdict.causes_from_json(state.evict_cause)[0].gpus == ("3",)
