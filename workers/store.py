@@ -52,7 +52,7 @@ from autopilot.errors import StoreUnavailable
 from autopilot.events.metrics import BUCKETS, EventsSnapshot, bucket_of
 from autopilot.events.model import Event
 from autopilot.results import CheckResult, Status
-from autopilot.store import NodeRecord, NodeState, NodeView, Run, RunNews
+from autopilot.store import NodeDetail, NodeRecord, NodeState, NodeView, Run, RunNews
 
 if TYPE_CHECKING:  # the stores beside this one import this module; they are built on demand
     from workers import dispatch, gpustore
@@ -217,6 +217,25 @@ class ResultsStore:
 
     def history(self, node: str, limit: int = 50) -> list[CheckResult]:
         return [CheckResult.from_json(v) for v in self.r.lrange(f"{P}history:{node}", 0, max(0, limit - 1))]
+
+    def node_detail(self, name: str, history_limit: int) -> NodeDetail:
+        """The node's record, latest results, state, local labels and ``history_limit`` newest results,
+        in one round trip (five reads one after the other before)."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.get(f"{P}node:{name}")
+        pipe.hgetall(f"{P}latest:{name}")
+        pipe.hgetall(f"{P}state:{name}")
+        pipe.hgetall(f"{P}labels:{name}")
+        pipe.lrange(f"{P}history:{name}", 0, max(0, history_limit - 1))
+        raw_record, raw_latest, raw_state, raw_labels, raw_history = pipe.execute()
+        return NodeDetail(
+            name,
+            NodeRecord.from_dict(json.loads(raw_record)) if raw_record else None,
+            _latest(raw_latest),
+            NodeState.from_fields(_state(raw_state)),
+            _state(raw_labels),
+            [CheckResult.from_json(v) for v in raw_history],
+        )
 
     # ------------------------------------------------------------------ runs
 

@@ -194,7 +194,7 @@ def test_a_process_file_not_sized_yet_does_not_fail_the_scrape(tmp_path: Path) -
         MultiProcessCollector(None, path=str(tmp_path)).collect()
 
 
-def test_one_rendering_reads_the_node_list_and_states_once(store: ResultsStore, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_rendering_reads_node_list_and_states_once(store: ResultsStore, monkeypatch: pytest.MonkeyPatch) -> None:
     populate(store, NODES)
     app = make_app(store, config.Settings(node_name="api", metrics_interval_s=0))
     calls: list[str] = []
