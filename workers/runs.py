@@ -49,7 +49,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from autopilot import config, network, results, verdict
+from autopilot import config, errors, network, results, verdict
 from autopilot.checks import iperf
 from autopilot.cluster import ClusterClient
 from autopilot.registry import CheckRegistry
@@ -379,6 +379,22 @@ class Gather:
             delay = min(POLL_MAX_S, delay * POLL_GROWTH)
 
 
+TICK_KINDS = ("periodic", "invasive")
+
+
+def tick_interval(settings: config.Settings, kind: str) -> float:
+    """Seconds between beat's ticks of ``kind`` (one of ``TICK_KINDS``); 0: that loop is off.
+
+    The one place that maps a tick's kind to its interval (the tick's deadline and the claim that
+    keeps a second beat from doubling it both use it). An unknown kind is refused rather than run
+    as an invasive tick."""
+    if kind == "periodic":
+        return settings.periodic_interval_s
+    if kind == "invasive":
+        return settings.invasive_interval_s
+    raise errors.BadParameter("kind", f"not a tick kind ({', '.join(TICK_KINDS)}): {kind[:40]!r}")
+
+
 def tick(svc: Services, *, kind: str, now: float) -> Run | None:
     """Beat's periodic (or invasive) tick: one run over every live node, sent at once.
 
@@ -387,7 +403,7 @@ def tick(svc: Services, *, kind: str, now: float) -> Run | None:
     the workers' results reach the store (and the verdicts) without anyone waiting on them.
     """
     settings = svc.settings
-    interval = settings.periodic_interval_s if kind == "periodic" else settings.invasive_interval_s
+    interval = tick_interval(settings, kind)
     nodes = svc.store.node_names(seen_since=now - settings.live_after_s)
     if kind == "periodic":
         checks = [c for c in settings.periodic_checks if c in svc.checks]
