@@ -49,7 +49,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from autopilot import config, errors, network, results, verdict
+from autopilot import config, errors, network, polling, results, verdict
 from autopilot.checks import iperf
 from autopilot.cluster import ClusterClient
 from autopilot.registry import CheckRegistry
@@ -340,21 +340,26 @@ class Gather:
 
         For the ring's results, written by its coordinator (a worker) into the run.
         """
-        delay = POLL_FIRST_S
-        while True:
+        missing = set(self.run.nodes)
+
+        def complete() -> bool:
+            nonlocal missing
             if self._by_keys:
                 have = {n for n, c in answered(self.svc.store, self.run.id) if c == check}
             else:
                 self._read_news()
                 have = {n for n, c in self.found if c == check}
             missing = {n for n in self.run.nodes if n not in have}
-            left = until - self.svc.clock()
-            if not missing or left <= 0:
-                return missing
-            if self._news:
-                delay = POLL_FIRST_S
-            self.svc.sleep(max(0.001, min(delay, left)))
-            delay = min(POLL_MAX_S, delay * POLL_GROWTH)
+            return not missing
+
+        polling.poll_until(
+            complete, deadline=until, interval_s=self._backoff(), clock=self.svc.clock, sleep=self.svc.sleep
+        )
+        return missing
+
+    def _backoff(self) -> polling.Backoff:
+        """Polls come quickly while answers arrive and back off while none do."""
+        return polling.Backoff(POLL_FIRST_S, POLL_MAX_S, POLL_GROWTH, lambda: self._news)
 
     def results(self) -> dict[tuple[str, str], dict[str, Any]]:
         """Everything the run holds now (the last news, or the whole run when counting by keys)."""
@@ -369,14 +374,16 @@ class Gather:
         is noticed within ``POLL_FIRST_S`` of a busy spell and an idle wait costs little.
         """
         self.send_ready()
-        delay = POLL_FIRST_S
-        while not self.poll():
+        backoff = self._backoff()
+
+        def next_wait() -> float:
             # Never sleep past the next node deadline: its slot should be freed on time.
             until_next = min(self.in_flight.values(), default=self.svc.clock()) - self.svc.clock()
-            if self._news:
-                delay = POLL_FIRST_S
-            self.svc.sleep(max(0.001, min(delay, until_next)))
-            delay = min(POLL_MAX_S, delay * POLL_GROWTH)
+            return min(backoff(), until_next)
+
+        # ``poll`` ends by itself once every node answered or ran out of time: no deadline of our own.
+        clock, sleep = self.svc.clock, self.svc.sleep
+        polling.poll_until(self.poll, deadline=math.inf, interval_s=next_wait, clock=clock, sleep=sleep)
 
 
 TICK_KINDS = ("periodic", "invasive")
