@@ -479,6 +479,11 @@ class ResultsStore:
             except redis.WatchError:  # taken or renewed by someone else meanwhile
                 return False
 
+    def lease_holder(self, name: str) -> str | None:
+        """Who holds the lease ``name`` now (None: nobody, or it lapsed)."""
+        held = self.r.get(f"{P}lease:{name}")
+        return decoded(held) if held is not None else None
+
     def release(self, name: str, owner: str) -> None:
         """Drop the lease ``name`` if ``owner`` still holds it (never another owner's)."""
         key = f"{P}lease:{name}"
