@@ -90,10 +90,7 @@ def _items(values: Iterable[Any], *, field: str, skip_blank: bool = True) -> lis
             raise errors.BadParameter(field, f"expected strings, got {type(value).__name__}")
         if skip_blank and not value.strip():
             continue
-        entries = [item.strip() for item in value.split(",")]
-        if "" in entries:
-            raise errors.BadParameter(field, f"empty entry in {value[:64]!r}")
-        out.extend(entries)
+        out.extend(parsing.parse_entries(value, field=field))
     return out
 
 

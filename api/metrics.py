@@ -42,7 +42,6 @@ from prometheus_client.registry import Collector
 
 from autopilot import config
 from autopilot.events.metrics import EventsCollector
-from autopilot.gpumetrics import GpuCollector
 from autopilot.metrics import NodeInfo, ResultsCollector, Snapshot
 from autopilot.registry import CheckRegistry
 from workers import reconcile
@@ -144,6 +143,7 @@ def snapshot_from_store(store: ResultsStore, settings: config.Settings) -> Snaps
         taken_at=taken_at,
         live_after_s=settings.live_after_s,
         baselines=store.fleet(settings).all(),
+        gpus={n: s.gpus for n, s in states.items()},
     )
 
 
@@ -154,8 +154,6 @@ def init_app(app: flask.Flask, store: ResultsStore, settings: config.Settings, c
     results_registry = CollectorRegistry()
     results_registry.register(collector)
     results_registry.register(EventsCollector(store.events().snapshot))
-    # Per-GPU series (issue 15): one more pipelined read of the nodes' state hashes per rendering.
-    results_registry.register(GpuCollector(lambda: {n: s.gpus for n, s in store.states(store.node_names()).items()}))
     nodes = SharedExposition(results_registry, settings.metrics_interval_s)
     requests = Counter(
         "autopilot_api_requests",

@@ -197,12 +197,10 @@ def get_node(name: str) -> Response:
         if limit_raw.strip()
         else HISTORY_DEFAULT
     )
-    record = svc.store.node(name)
-    latest = svc.store.latest(name)
-    if record is None and not latest:
+    detail = svc.store.node_detail(name, limit)  # one round trip for everything below
+    if not detail.known:
         raise ApiError(404, "not_found", f"no node {name}", field="name")
-    state = svc.store.state(name)
-    labels = svc.store.labels(name)
+    record, state, labels = detail.record, detail.state, detail.labels
     if svc.cluster is not None:
         try:
             labels = dict(svc.cluster.get_node(name).labels)
@@ -220,8 +218,8 @@ def get_node(name: str) -> Response:
             "state": {k: v for k, v in state.to_fields().items() if k not in ("reasons", "gpus")},
             "gpus": _gpus(state, record, now, svc.settings),
             "labels": labels,
-            "latest": {check: r.to_dict() for check, r in sorted(latest.items())},
-            "history": [r.to_dict() for r in svc.store.history(name, limit)],
+            "latest": {check: r.to_dict() for check, r in sorted(detail.latest.items())},
+            "history": [r.to_dict() for r in detail.history],
         }
     )
 

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from autopilot import config, errors, execution, registry, render
+from autopilot import config, errors, execution, parsing, registry, render
 from autopilot.context import CheckContext
 from autopilot.results import CheckResult, Status
 
@@ -152,10 +152,10 @@ def _evaluate(spec: registry.CheckSpec, text: str, params: Mapping[str, Any], se
 def _check_names(requested: Sequence[str], reg: registry.CheckRegistry) -> list[str]:
     names: list[str] = []
     for item in requested or []:
-        entries = [entry.strip() for entry in item.split(",")]
-        if "" in entries:  # dropped, `run ,,,` would run every check
-            raise UsageError(f"empty check name in {item[:64]!r}")
-        names.extend(entries)
+        try:
+            names.extend(parsing.parse_entries(item, field="checks"))
+        except errors.BadParameter:  # dropped, `run ,,,` would run every check
+            raise UsageError(f"empty check name in {item[:64]!r}") from None
     if not names:
         # Every check except the invasive ones; those that do not apply here say `skipped` and why.
         names = [s.name for s in reg if not s.invasive]

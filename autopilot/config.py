@@ -33,6 +33,30 @@ if TYPE_CHECKING:
 
 
 @dataclasses.dataclass(frozen=True)
+class MaxUnavailable:
+    """``AUTOPILOT_REMEDIATE_MAX_UNAVAILABLE`` as read once at start: a count of nodes, or a percent."""
+
+    count: int
+    percent: bool = False
+
+    @classmethod
+    def parse(cls, text: str, *, field: str = "AUTOPILOT_REMEDIATE_MAX_UNAVAILABLE") -> MaxUnavailable:
+        """A count (``2``) or a percent (``10%``, at most 100) of nodes; ``BadParameter`` naming ``field``."""
+        value = text.strip()
+        match = re.fullmatch(r"(\d{1,6})(%?)", value)
+        if not match or (match.group(2) and int(match.group(1)) > 100):
+            raise errors.BadParameter(field, f"expected a number of nodes or a percent up to 100%: {value[:80]!r}")
+        return cls(int(match.group(1)), bool(match.group(2)))
+
+    def budget(self, nodes: int) -> int:
+        """Most of ``nodes`` held at once: the count, or the percent of ``nodes`` rounded down."""
+        return nodes * self.count // 100 if self.percent else self.count
+
+    def __str__(self) -> str:
+        return f"{self.count}%" if self.percent else str(self.count)
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     """Process-wide configuration. Field docstrings double as the configuration reference."""
 
@@ -223,7 +247,7 @@ class Settings:
     remediate_taint: bool = False
     """On ``EVICT``, add the taint ``autopilot.ibm.com/gpuhealth=EVICT:NoSchedule`` (``AUTOPILOT_REMEDIATE_TAINT``)."""
 
-    remediate_max_unavailable: str = "1"
+    remediate_max_unavailable: MaxUnavailable = MaxUnavailable(1)
     """Most nodes Autopilot keeps cordoned or tainted at once, a number or a percent of the GPU nodes rounded down
     (``AUTOPILOT_REMEDIATE_MAX_UNAVAILABLE``: ``2``, ``10%``); past it an evicted node is labelled only."""
 
@@ -450,13 +474,8 @@ def _choice(text: str, var: str, allowed: tuple[str, ...]) -> str:
     return value
 
 
-def _max_unavailable(text: str, var: str) -> str:
-    """A count (``2``) or a percent (``10%``, at most 100) of nodes."""
-    value = text.strip()
-    match = re.fullmatch(r"(\d{1,6})(%?)", value)
-    if not match or (match.group(2) and int(match.group(1)) > 100):
-        raise errors.BadParameter(var, f"expected a number of nodes or a percent up to 100%: {value[:80]!r}")
-    return value
+def _max_unavailable(text: str, var: str) -> MaxUnavailable:
+    return MaxUnavailable.parse(text, field=var)
 
 
 def _tolerations(text: str, var: str) -> tuple[dict[str, Any], ...]:

@@ -13,11 +13,10 @@ what it would do. Where the cluster serves no DeviceTaintRule, it logs that and 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 from collections.abc import Mapping
 
-from autopilot import errors
+from autopilot import errors, names
 from autopilot.cluster import ClusterClient, DeviceTaintRuleInfo
 from autopilot.gpuverdict import GpuState
 from autopilot.labeling import GPUHEALTH, PREFIX
@@ -47,9 +46,7 @@ def rule_name(uuid: str) -> str:
 
 def node_label_value(node: str) -> str:
     """The node's name as a label value (at most 63 characters: longer names are shortened with a hash)."""
-    if len(node) <= 63:
-        return node
-    return f"{node[:46]}-{hashlib.sha256(node.encode()).hexdigest()[:16]}"
+    return node if len(node) <= 63 else names.shortened(node, 63, digest_chars=16)
 
 
 def selector(node: str) -> str:

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from autopilot import commands, errors, gpucensus, gpuident, gpus, registry, results
+from autopilot import commands, errors, gpucensus, gpuident, registry, results
 from autopilot.context import CheckContext
 from autopilot.results import CheckResult, Status
 
@@ -135,7 +135,7 @@ class _Sequence:
             self._shortest_after[i] = min(jobs[i + 1].timeout, self._shortest_after[i + 1])
         self._census: gpucensus.Census | None = None
         self._census_taken = False
-        self._identities: dict[int, gpus.GpuIdentity] | None = None
+        self._sighting: gpuident.Sighting | None = None
 
     def watch(self, progress: Progress | None) -> list[CheckResult]:
         n = len(self.jobs)
@@ -192,7 +192,7 @@ class _Sequence:
                 if census is not None:
                     raw = gpucensus.judge(census, raw)
                 if job.spec.uses_gpu:
-                    raw = gpuident.attach(raw, self._gpu_identities())
+                    raw = gpuident.attach(raw, self._gpu_sighting().identities)
                 _log(raw)
             result = _stamp(raw, self.ctx, job)
             with self.cond:
@@ -213,20 +213,21 @@ class _Sequence:
         self._census_taken = True
         try:
             expected = self.ctx.gpu_probe.read(self.ctx.cluster, self.ctx.node)
-            self._census = gpucensus.take(self.ctx.gpus, expected)
+            self._census = gpucensus.take(self._gpu_sighting(), expected)
         except Exception:  # noqa: BLE001 - a census that breaks must not take the checks with it
             log.exception("GPU census of %s failed: GPU checks are not held to expected GPUs", self.ctx.node)
         return self._census
 
-    def _gpu_identities(self) -> dict[int, gpus.GpuIdentity]:
-        """Index -> UUID and bus id, read once per sequence (in the check thread, like the census)."""
-        if self._identities is None:
+    def _gpu_sighting(self) -> gpuident.Sighting:
+        """NVML's count and identities, read once per sequence (in the check thread) for the census
+        and the identities alike: walking NVML twice cost a second count and identity per GPU."""
+        if self._sighting is None:
             try:
-                self._identities = gpuident.read(self.ctx.gpus)
-            except Exception:  # noqa: BLE001 - devices then keep their ids; the checks' results stand
+                self._sighting = gpuident.look(self.ctx.gpus)
+            except Exception as exc:  # noqa: BLE001 - devices then keep their ids; the checks' results stand
                 log.exception("GPU identities of %s unreadable", self.ctx.node)
-                self._identities = {}
-        return self._identities
+                self._sighting = gpuident.Sighting(None, f"NVML could not be read: {exc}")
+        return self._sighting
 
     def _wake(self) -> None:
         with self.cond:

@@ -23,7 +23,7 @@ import dataclasses
 from collections.abc import Mapping
 
 from autopilot import errors
-from autopilot.gpus import GpuTelemetry
+from autopilot.gpuident import Sighting
 from autopilot.names import bus_id
 from autopilot.nodeinfo import ExpectedGpus
 from autopilot.results import CheckResult, DeviceResult, Status, worst
@@ -59,22 +59,12 @@ class Census:
         return tuple(b for b in self.expected.bus_ids if b not in seen)
 
 
-def take(telemetry: GpuTelemetry, expected: ExpectedGpus) -> Census:
-    """Count and identify the GPUs through NVML, next to ``expected``. Never raises a ``GpuError``."""
-    try:
-        count = telemetry.count()
-    except errors.GpuError as exc:
-        return Census(expected, None, str(exc))
-    found: list[str] = []
-    lost: dict[int, str] = {}
-    for index in range(count):
-        try:
-            found.append(bus_id(telemetry.identity(index).pci_bus_id))
-        except errors.GpuLost as exc:
-            lost[index] = str(exc)
-        except errors.GpuError:
-            continue  # an identity NVML will not give: the check itself says what it can of that GPU
-    return Census(expected, count, "", tuple(found), lost)
+def take(seen: Sighting, expected: ExpectedGpus) -> Census:
+    """What NVML counted and identified (``gpuident.look``, read once per sequence), next to ``expected``."""
+    if seen.count is None:
+        return Census(expected, None, seen.error)
+    found = tuple(bus_id(seen.identities[i].pci_bus_id) for i in sorted(seen.identities))
+    return Census(expected, seen.count, "", found, dict(seen.lost))
 
 
 def lost_device(index: int, words: str) -> DeviceResult:

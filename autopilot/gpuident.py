@@ -2,7 +2,8 @@
 
 Checks name a GPU as their tool does (its index, ``"3"``; or its bus id when NVML cannot see it).
 Indexes move when a GPU falls off the bus or the node is re-imaged; the UUID does not. After each
-GPU check the engine reads the identities once per sequence (``read``) and ``attach`` stamps the
+GPU check the engine stamps the identities NVML gave, read once per sequence (``look``, shared
+with the census), and ``attach`` stamps the
 UUID and bus id on every device it can match, so per-GPU verdicts and history (``gpuverdict``,
 ``gpuhistory``) are keyed by the GPU itself. A device that matches nothing keeps its id only.
 """
@@ -35,19 +36,45 @@ def checked_uuid(text: str) -> str:
     return text
 
 
-def read(telemetry: GpuTelemetry) -> dict[int, GpuIdentity]:
-    """Index -> identity of every GPU NVML will identify now; empty when NVML cannot start or count."""
+@dataclasses.dataclass(frozen=True)
+class Sighting:
+    """What NVML says of the node's GPUs at one moment: one count and one identity query per GPU.
+
+    The engine reads it once per check sequence and both the census (``gpucensus.take``) and the
+    identities stamped on devices (``attach``) come from it, so NVML is walked once, not twice.
+    """
+
+    count: int | None
+    """GPUs NVML counts (lost ones included); None when NVML could not start or count."""
+    error: str = ""
+    """Why NVML could not start or count (the ``GpuError`` text, naming the cause)."""
+    identities: Mapping[int, GpuIdentity] = dataclasses.field(default_factory=dict)
+    """Index -> identity of every GPU NVML identified."""
+    lost: Mapping[int, str] = dataclasses.field(default_factory=dict)
+    """GPU index -> NVML's words, for GPUs that answered ``NVML_ERROR_GPU_IS_LOST``."""
+
+
+def look(telemetry: GpuTelemetry) -> Sighting:
+    """Count and identify the GPUs through NVML, once. Never raises a ``GpuError``."""
     try:
         count = telemetry.count()
-    except errors.GpuError:
-        return {}
+    except errors.GpuError as exc:
+        return Sighting(None, str(exc))
     found: dict[int, GpuIdentity] = {}
+    lost: dict[int, str] = {}
     for index in range(count):
         try:
             found[index] = telemetry.identity(index)
+        except errors.GpuLost as exc:
+            lost[index] = str(exc)
         except errors.GpuError:
-            continue  # a lost GPU: the census reports it; its device keeps its index only
-    return found
+            continue  # an identity NVML will not give: the check itself says what it can of that GPU
+    return Sighting(count, "", found, lost)
+
+
+def read(telemetry: GpuTelemetry) -> dict[int, GpuIdentity]:
+    """Index -> identity of every GPU NVML will identify now; empty when NVML cannot start or count."""
+    return dict(look(telemetry).identities)
 
 
 def attach(result: CheckResult, identities: Mapping[int, GpuIdentity], *, unknown_bus: bool = True) -> CheckResult:

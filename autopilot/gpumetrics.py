@@ -7,15 +7,16 @@
   (absent for the others).
 - ``autopilot_gpus{verdict}``: GPUs per verdict over the cluster (four series).
 
-Like ``autopilot.metrics``, nothing is kept between scrapes: a GPU gone from the store is gone here.
+``autopilot.metrics.ResultsCollector`` yields them from the same snapshot as the node series (one
+read of the node states per rendering). Like ``autopilot.metrics``, nothing is kept between
+scrapes: a GPU gone from the store is gone here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 
 from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from autopilot import gpuhistory, gpuverdict
 from autopilot.verdict import Verdict
@@ -47,20 +48,3 @@ def build(gpu_states: Mapping[str, str | None]) -> list[Metric]:
     for verdict, count in totals.items():
         counts.add_metric([verdict], float(count))
     return [per_gpu, offenders, counts]
-
-
-class GpuCollector(Collector):
-    """Calls ``states_fn`` (node -> ``gpus`` field) on each scrape; a failing read exports nothing."""
-
-    def __init__(self, states_fn: Callable[[], Mapping[str, str | None]]) -> None:
-        self._states = states_fn
-
-    def describe(self) -> Iterator[Metric]:
-        return iter(build({}))
-
-    def collect(self) -> Iterator[Metric]:
-        try:
-            found = self._states()
-        except Exception:  # noqa: BLE001 - the results collector reports the store's health
-            return iter(())
-        return iter(build(found))

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import hashlib
 import json
 import logging
 import re
@@ -37,7 +36,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from autopilot import errors, results
+from autopilot import errors, names, results
 from autopilot.cluster import GPU_RESOURCE, ClusterClient, JobInfo, NodeInfo, PodInfo, pinned_to
 from autopilot.config import Settings
 from autopilot.results import CheckResult, Status
@@ -54,17 +53,14 @@ COMMAND = ("autopilot", "run", "dcgm", "--param", f"r={LEVEL}", "--json")
 RUN_AS_USER = 1000
 # Kubelet admission rejections and pod states that never recover on their own.
 _STUCK_WAITING = frozenset({"ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull", "CreateContainerConfigError"})
-_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
 def job_name(node: str) -> str:
     """``autopilot-dcgm3-<node>``; a node name that does not fit a 63-character label is cut and hashed."""
     plain = JOB_PREFIX + node
-    if len(plain) <= 63 and _DNS1123_LABEL.match(plain):
+    if names.is_dns1123_label(plain):
         return plain
-    digest = hashlib.sha256(node.encode()).hexdigest()[:10]
-    stem = re.sub(r"[^a-z0-9-]+", "-", node.lower())[: 63 - len(JOB_PREFIX) - 11].strip("-")
-    return f"{JOB_PREFIX}{stem}-{digest}" if stem else f"{JOB_PREFIX}{digest}"
+    return JOB_PREFIX + names.shortened(node, 63 - len(JOB_PREFIX), label=True)
 
 
 # ---------------------------------------------------------------- GPU availability

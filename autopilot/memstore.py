@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from autopilot.results import CheckResult, Status, StoredResult
-from autopilot.store import NodeRecord, NodeState, NodeView, Run, RunNews, Store
+from autopilot.store import NodeDetail, NodeRecord, NodeState, NodeView, Run, RunNews, Store
 
 
 @dataclasses.dataclass
@@ -100,6 +100,17 @@ class MemoryStore:
     def history(self, node: str, limit: int = 50) -> list[CheckResult]:
         with self._lock:
             return list(self._history.get(node, [])[: max(1, limit)])
+
+    def node_detail(self, name: str, history_limit: int) -> NodeDetail:
+        with self._lock:
+            return NodeDetail(
+                name,
+                self.node(name),
+                self.latest(name),
+                self.state(name),
+                self.labels(name),
+                self.history(name, history_limit),
+            )
 
     # ------------------------------------------------------------------ runs
 

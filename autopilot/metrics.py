@@ -18,7 +18,8 @@ Two families of series:
   check held the node's GPUs until the deadline (kept in the store, so it survives scrapes);
   ``autopilot_confirmation_runs_total`` and ``autopilot_verdict_flaps_prevented_total{node,check}``
   (confirmation, docs/RESULTS.md) and the ``autopilot_remediation_*_nodes`` gauges of beat's last
-  remediation pass (docs/OPERATIONS.md).
+  remediation pass (docs/OPERATIONS.md); and the per-GPU series of ``autopilot.gpumetrics``, from
+the same snapshot.
 
 This module is pure: it reads no store itself (the API passes ``snapshot_fn``), so tests run it
 on a fresh ``CollectorRegistry`` over handmade results.
@@ -36,7 +37,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from autopilot import results
+from autopilot import gpumetrics, results
 from autopilot.registry import CheckRegistry
 from autopilot.results import CheckResult, Status
 from autopilot.verdict import Verdict
@@ -90,6 +91,8 @@ class Snapshot:
     """A node whose last heartbeat is older than this (relative to ``taken_at``) is stale."""
     baselines: Sequence[Mapping[str, Any]] = ()
     """The fleet's cohorts (``workers.fleet.FleetBaselines.all``): model, driver, check, metric, count, median, mad."""
+    gpus: Mapping[str, str | None] = dataclasses.field(default_factory=dict)
+    """node -> its stored ``gpus`` state field (per-GPU verdicts, ``gpumetrics.build``), read with the verdicts."""
 
 
 def upstream_samples(result: CheckResult) -> dict[str, float]:
@@ -157,6 +160,7 @@ class ResultsCollector(Collector):
         # Names only, for the registry's collision check; must not touch the store.
         yield _store_up()
         yield from _Families().all()
+        yield from gpumetrics.build({})
 
     def collect(self) -> Iterator[Metric]:
         up = _store_up()
@@ -170,6 +174,8 @@ class ResultsCollector(Collector):
         up.add_metric([], 1.0)
         yield up
         yield from build(snapshot, self._health)
+        # The per-GPU series come from the same snapshot: one read of the node states per render.
+        yield from gpumetrics.build(snapshot.gpus)
 
 
 def build(snapshot: Snapshot, health: Mapping[str, str]) -> list[Metric]:

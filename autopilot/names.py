@@ -1,5 +1,8 @@
 """Validation of every name that reaches a queue, a label selector or a command line.
 
+Names made from others (a Job's, a label value's) that must fit a limit are shortened with one
+hash scheme (``shortened``).
+
 Node names are DNS-1123 subdomains (what Kubernetes accepts for a Node); label keys and values
 follow the Kubernetes label syntax; ``job`` is ``namespace:key=value``. Anything else is rejected
 with ``BadParameter`` naming the field, before it is used anywhere.
@@ -8,6 +11,7 @@ with ``BadParameter`` naming the field, before it is used anywhere.
 from __future__ import annotations
 
 import functools
+import hashlib
 import re
 
 from autopilot import errors
@@ -27,6 +31,31 @@ def node_name(name: str, *, field: str = "host") -> str:
     if not isinstance(name, str) or not 0 < len(name) <= 253 or not _DNS1123_SUBDOMAIN.fullmatch(name):
         raise errors.BadParameter(field, f"not a valid node name (DNS-1123 subdomain): {str(name)[:80]!r}")
     return name
+
+
+def is_dns1123_label(text: str) -> bool:
+    """Whether ``text`` is a DNS-1123 label (what a Job's name must be to label its pods): lowercase
+    alphanumerics and ``-``, alphanumeric at both ends, at most 63 characters."""
+    return len(text) <= 63 and bool(_DNS1123_LABEL.fullmatch(text))
+
+
+def shortened(text: str, room: int, *, digest_chars: int = 10, label: bool = False) -> str:
+    """``text`` cut to fit ``room`` characters, a hash of the whole appended: ``<start>-<digest>``, the
+    digest being the first ``digest_chars`` hex digits of ``text``'s SHA-256. The same text always gives
+    the same name, and texts that share their start get different ones. Callers use it only when
+    ``text`` does not fit (or is not valid) as it is.
+
+    ``label``: the start is made fit for a DNS-1123 label (lower case, every run of other characters
+    a ``-``, no ``-`` at its ends; only the digest when nothing is left); the digest is still of
+    ``text`` as given, so ``a.b`` and ``a-b`` differ. Without it the start is ``text``'s own first
+    characters (a node name in a label value, where ``.`` and ``-`` may stand anywhere but at the ends).
+    """
+    digest = hashlib.sha256(text.encode()).hexdigest()[:digest_chars]
+    stem = re.sub(r"[^a-z0-9-]+", "-", text.lower()) if label else text
+    stem = stem[: max(0, room - digest_chars - 1)]
+    if label:
+        stem = stem.strip("-")
+    return f"{stem}-{digest}" if stem else digest
 
 
 def node_queue(node: str) -> str:

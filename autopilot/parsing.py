@@ -35,6 +35,18 @@ def parse_list(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
+def parse_entries(text: str, *, field: str, most: int | None = None) -> tuple[str, ...]:
+    """A comma-separated list where every entry counts (``"a, b"`` -> ``("a", "b")``): an empty entry
+    (``"a,,b"``, ``",,,"``, a trailing comma) is ``BadParameter``, never dropped, since dropping one can
+    turn a list that names nothing into one that means everything; more than ``most`` entries too."""
+    entries = tuple(item.strip() for item in text.split(","))
+    if most is not None and len(entries) > most:
+        raise errors.BadParameter(field, f"at most {most} entries")
+    if "" in entries:
+        raise errors.BadParameter(field, f"empty entry in {text[:64]!r}")
+    return entries
+
+
 def parse_int(text: str, *, field: str) -> int:
     """A canonical decimal integer: ASCII digits, "-" for a negative (no "+", underscore or whitespace)."""
     if not isinstance(text, str) or len(text) > 32 or not _INT.fullmatch(text):

@@ -26,11 +26,11 @@ import dataclasses
 import enum
 import json
 import logging
-import math
 from collections.abc import Mapping, Sequence
 
 from autopilot import errors, results
 from autopilot.cluster import ClusterClient, NodeInfo, NodeTaint
+from autopilot.config import MaxUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ in ``default`` (event validation: an involvedObject without a namespace needs ev
 class Policy:
     cordon: bool = False
     taint: bool = False
-    max_unavailable: str = "1"
+    max_unavailable: MaxUnavailable = MaxUnavailable(1)  # parsed once, with the settings
     dry_run: bool = False
 
     @property
@@ -59,10 +59,7 @@ class Policy:
 
     def budget(self, gpu_nodes: int) -> int:
         """Most nodes held at once: ``max_unavailable`` nodes, or its percent of ``gpu_nodes`` rounded down."""
-        text = self.max_unavailable.strip()
-        if text.endswith("%"):
-            return math.floor(gpu_nodes * int(text[:-1]) / 100)
-        return int(text)
+        return self.max_unavailable.budget(gpu_nodes)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -215,6 +215,24 @@ class NodeView:
     """The checks whose latest failure awaited confirmation (``Store.confirmation_marks``); None: not read."""
 
 
+@dataclasses.dataclass(frozen=True)
+class NodeDetail:
+    """One node as its API view shows it (``Store.node_detail``), read in one go: its heartbeat
+    record, latest result per check, verdict state, local labels and newest results."""
+
+    name: str
+    record: NodeRecord | None
+    latest: dict[str, CheckResult]
+    state: NodeState
+    labels: dict[str, str]
+    history: list[CheckResult]
+
+    @property
+    def known(self) -> bool:
+        """Whether the store knows the node at all: it heartbeated or has a result."""
+        return self.record is not None or bool(self.latest)
+
+
 class Store(Protocol):
     """What the rest of Autopilot may ask of the results store (semantics: ``workers/store.py``).
 
@@ -236,6 +254,7 @@ class Store(Protocol):
     def latest_many(self, nodes: Sequence[str]) -> dict[str, dict[str, CheckResult]]: ...
     def busy_counts(self, nodes: Sequence[str]) -> dict[str, dict[str, int]]: ...
     def history(self, node: str, limit: int = 50) -> list[CheckResult]: ...
+    def node_detail(self, name: str, history_limit: int) -> NodeDetail: ...
 
     # runs
     def create_run(self, run: Run) -> None: ...

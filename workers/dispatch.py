@@ -32,19 +32,16 @@ always, ``FakeDispatcher`` when it was given ``on_task`` to answer them.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
 import kombu.exceptions
-import redis
 from celery import Celery
 
 from autopilot import names
 from autopilot.registry import CheckRegistry
-from workers.store import P, translating
+from workers.store import FlightClaim, ResultsStore, translating
 
 RUN_TASK = "autopilot.run_checks"
 # Beat's ticks and the iperf ring's coordinator: every worker consumes it, the first free one runs each.
@@ -79,15 +76,8 @@ class Joined:
     deadline: float
 
 
-def flight_key(node: str, check: str, params: Mapping[str, Any]) -> str:
-    """The single-flight key of one check on one node with these parameters (order-insensitive)."""
-    digest = hashlib.sha256(json.dumps(params, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:20]
-    return f"{P}flight:{node}|{check}|{digest}"
-
-
-@translating
 class Flights:
-    """Claims (node, check, parameters) executions in Redis so that equal requests coalesce.
+    """Claims (node, check, parameters) executions in the store so that equal requests coalesce.
 
     At most three pipelined round trips per wave: ``SET NX GET`` claims each key or reads who
     holds it (one atomic step, so two requests never both see it free); ``HEXISTS`` asks
@@ -97,11 +87,12 @@ class Flights:
     ``SET`` takes over the keys not joined from a holder that is answered, past its deadline, or
     less patient than this run (later requests then join the execution most likely to answer
     them). Two requests taking over the same key at once both send: a rare duplicate, never a
-    request left without an execution.
+    request left without an execution. The keys are the store's (``ResultsStore.claim_flights``
+    and beside it); the holder's words (``run_id deadline``) are this class's.
     """
 
-    def __init__(self, client: redis.Redis[bytes]) -> None:
-        self.client = client
+    def __init__(self, store: ResultsStore) -> None:
+        self.store = store
 
     def lead(self, envelopes: Sequence[Envelope], *, now: float) -> None:
         """Claim the (node, check) pairs of ``envelopes`` without joining anything (beat's fan-out
@@ -112,21 +103,16 @@ class Flights:
         self, envelopes: Sequence[Envelope], *, now: float, join: bool = True
     ) -> tuple[list[Envelope], dict[tuple[str, str], Joined]]:
         """The envelopes to send (each with the checks this run leads) and the (node, check) pairs joined."""
-        pairs = [(e, c, flight_key(e.node, c, e.params.get(c, {}))) for e in envelopes for c in e.checks]
+        pairs = [(e, c) for e in envelopes for c in e.checks]
         if not pairs:
             return [], {}
-        pipe = self.client.pipeline(transaction=False)
-        for e, _, key in pairs:
-            pipe.set(key, _holder(e.run_id, e.deadline), nx=True, get=True, px=_ttl_ms(e.deadline, now))
-        held = [_parse_holder(v) for v in pipe.execute()]
+        held = [_parse_holder(v) for v in self.store.claim_flights([_claim(e, c, now) for e, c in pairs])]
         # A holder past its deadline gave up (the key outlived it only by the clocks' skew).
         live = [(i, h) for i, h in enumerate(held) if h is not None and h.deadline > now]
         answered: set[int] = set()
         if live:
-            pipe = self.client.pipeline(transaction=False)
-            for i, holder in live:
-                pipe.hexists(f"{P}run:{holder.run_id}", f"{pairs[i][0].node}|{pairs[i][1]}")
-            answered = {i for (i, _), done in zip(live, pipe.execute(), strict=True) if done}
+            done = self.store.runs_answered([(h.run_id, pairs[i][0].node, pairs[i][1]) for i, h in live])
+            answered = {i for (i, _), yes in zip(live, done, strict=True) if yes}
         # A holder's task on a node still runs while any of its checks there is unanswered: the
         # checks it already answered are joined too (their results are in its run), or this run
         # would queue a task for them that waits behind the running one for the node's GPU lock.
@@ -136,7 +122,7 @@ class Flights:
         for i, h in enumerate(held):
             if h is None:
                 continue  # ours already (SET NX)
-            e, c, _ = pairs[i]
+            e, c = pairs[i]
             unanswered = h.deadline > now and i not in answered
             task_running = h.deadline > now and (e.node, h.run_id) in running
             if join and task_running:
@@ -144,11 +130,7 @@ class Flights:
             elif not unanswered or h.deadline < e.deadline:
                 take_over.append(i)
         if take_over:
-            pipe = self.client.pipeline(transaction=False)
-            for i in take_over:
-                e, _, key = pairs[i]
-                pipe.set(key, _holder(e.run_id, e.deadline), px=_ttl_ms(e.deadline, now))
-            pipe.execute()
+            self.store.take_flights([_claim(*pairs[i], now) for i in take_over])
         send = []
         for e in envelopes:
             led = tuple(c for c in e.checks if (e.node, c) not in joined)
@@ -163,34 +145,27 @@ class Flights:
         reads only what each joined run wrote since, in two pipelined round trips in all.
         """
         leaders = sorted({j.run_id for j in joined.values()})
-        pipe = self.client.pipeline(transaction=False)
+        written = self.store.run_writes_since({leader: cursors.get(leader, 0) for leader in leaders})
+        wanted: list[tuple[str, str, str]] = []
         for leader in leaders:
-            pipe.lrange(f"{P}runlog:{leader}", cursors.get(leader, 0), -1)
-        wanted: list[tuple[str, str, tuple[str, str]]] = []
-        for leader, written in zip(leaders, pipe.execute(), strict=True):
-            cursors[leader] = cursors.get(leader, 0) + len(written)
-            for raw in dict.fromkeys(written):
-                field = raw.decode() if isinstance(raw, bytes) else str(raw)
-                node, _, check = field.partition("|")
+            cursors[leader] = cursors.get(leader, 0) + len(written[leader])
+            for node, check in dict.fromkeys(written[leader]):
                 holder = joined.get((node, check))
                 if holder is not None and holder.run_id == leader:
-                    wanted.append((leader, field, (node, check)))
+                    wanted.append((leader, node, check))
         if not wanted:
             return {}
-        pipe = self.client.pipeline(transaction=False)
-        for leader, field, _ in wanted:
-            pipe.hget(f"{P}run:{leader}", field)
-        return {key: blob for (_, _, key), blob in zip(wanted, pipe.execute(), strict=True) if blob is not None}
+        blobs = self.store.run_blobs(wanted)
+        return {(node, check): blob for (_, node, check), blob in zip(wanted, blobs, strict=True) if blob is not None}
 
     def copy(self, run_id: str, results: Mapping[tuple[str, str], bytes], ttl_s: float) -> None:
-        """Write joined results into ``run_id``'s hash as they are (not into its write log: the
+        """Write joined results into ``run_id``'s results as they are (not into its write log: the
         gather that copies them already holds them)."""
-        if not results:
-            return
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hset(f"{P}run:{run_id}", mapping={f"{n}|{c}": blob for (n, c), blob in results.items()})
-        pipe.expire(f"{P}run:{run_id}", int(ttl_s))
-        pipe.execute()
+        self.store.copy_into_run(run_id, results, ttl_s)
+
+
+def _claim(e: Envelope, check: str, now: float) -> FlightClaim:
+    return (e.node, check, e.params.get(check, {}), _holder(e.run_id, e.deadline), _ttl_ms(e.deadline, now))
 
 
 def _holder(run_id: str, deadline: float) -> str:

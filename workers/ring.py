@@ -19,9 +19,10 @@ Workers answer into a Redis hash per run (``ap:ring:<run>``: ``servers|<node>``,
 ``clients|<phase>|<node>``, ``stopped|<node>``). A worker holds its servers in ``SERVERS``; each
 dies by its lifetime timer if the stop message never comes, and all die on worker shutdown. Only
 one ring runs at a time: two would measure each other. The coordinator holds a store lease
-(``ResultsStore.lease``) of ``CLAIM_TTL_S``, renewed while it waits and released when it ends;
-a coordinator that dies (its worker killed or restarted) stops renewing it, so the next ring can
-start within ``CLAIM_TTL_S``, not after the dead ring's whole bound.
+(``ResultsStore.lease``) of ``CLAIM_TTL_S``, renewed while it waits and released when it ends,
+after its results are in the run; a coordinator that dies (its worker killed or restarted) stops
+renewing it, so the next ring can start within ``CLAIM_TTL_S``, not after the dead ring's whole
+bound, and the run that waits on it answers then too (``runs.Gather.wait_for_check``).
 """
 
 from __future__ import annotations
@@ -309,9 +310,6 @@ class Coordinator:
         started = self.clock()
         the_plan = plan(self.store, self.settings, nodes, params)
         lifetime = the_plan.estimate_s() + LIFETIME_SLACK_S
-        pairs: list[dict[str, Any]] = []
-        servers: dict[str, dict[str, Any]] = {}
-        stopped: dict[str, dict[str, Any]] = {}
         notes: dict[str, str] = {}
         in_ring = {n for lane in the_plan.lanes for n in lane.addresses}
         for node in nodes:
@@ -320,12 +318,34 @@ class Coordinator:
             elif node not in in_ring:
                 notes[node] = "no address shared with another member on the network interfaces"
         if len(in_ring) < 2:
-            return self._finish(run_id, nodes, params, started, [], servers, stopped, notes, skip=True)
+            return self._finish(run_id, nodes, params, started, [], {}, {}, notes, skip=True)
         if not self.store.lease(CLAIM, run_id, CLAIM_TTL_S):
             for node in nodes:
                 notes.setdefault(node, "another iperf run is in progress")
-            return self._finish(run_id, nodes, params, started, [], servers, stopped, notes, busy=True)
+            return self._finish(run_id, nodes, params, started, [], {}, {}, notes, busy=True)
         self._renewed = time.monotonic()
+        try:
+            return self._ring(run_id, nodes, params, the_plan, started, lifetime, notes)
+        finally:
+            # Only once the results are in the run: a gather that sees the lease gone with results
+            # missing takes the coordinator for dead (``runs.Gather.wait_for_check``).
+            self.store.release(CLAIM, run_id)
+
+    def _ring(
+        self,
+        run_id: str,
+        nodes: Sequence[str],
+        params: Mapping[str, Any],
+        the_plan: Plan,
+        started: float,
+        lifetime: float,
+        notes: dict[str, str],
+    ) -> RingOutcome:
+        """Servers, steps, stops and results, under the ring's lease (held by ``run``)."""
+        pairs: list[dict[str, Any]] = []
+        servers: dict[str, dict[str, Any]] = {}
+        stopped: dict[str, dict[str, Any]] = {}
+        in_ring = {n for lane in the_plan.lanes for n in lane.addresses}
         asked: list[str] = []
         try:
             # 1. servers
@@ -362,7 +382,6 @@ class Coordinator:
                     except Exception:  # noqa: BLE001 - a broker error must not keep the others' stops
                         log.exception("iperf ring %s: stop for %s not sent", run_id, node)
                 stopped = self.wait_for(run_id, "stopped", [n for n in asked if n in servers], until)
-            self.store.release(CLAIM, run_id)
         return self._finish(run_id, nodes, params, started, pairs, servers, stopped, notes)
 
     def _step(

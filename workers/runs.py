@@ -49,7 +49,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from autopilot import config, network, results, verdict
+from autopilot import config, errors, network, polling, results, verdict
 from autopilot.checks import iperf
 from autopilot.cluster import ClusterClient
 from autopilot.registry import CheckRegistry
@@ -338,23 +338,56 @@ class Gather:
     def wait_for_check(self, check: str, until: float) -> set[str]:
         """Poll until every node of the run has ``check``'s answer, or ``until``; the nodes still without one.
 
-        For the ring's results, written by its coordinator (a worker) into the run.
+        For the ring's results, written by its coordinator (a worker) into the run. The coordinator
+        holds the ring's lease (``ring.CLAIM``, owned by this run) until its results are in; once
+        the lease was seen held for this run and is held no more while results are missing, the
+        coordinator died (its worker killed or restarted): the nodes without a result get an
+        ``error`` saying so, in the run only, then rather than at ``until`` (the ring's whole bound).
         """
-        delay = POLL_FIRST_S
-        while True:
+        missing = set(self.run.nodes)
+        held = False  # this run's coordinator was seen holding the ring's lease
+        declared = False  # the missing results were written as the coordinator's loss
+
+        def complete() -> bool:
+            nonlocal missing, held, declared
             if self._by_keys:
                 have = {n for n, c in answered(self.svc.store, self.run.id) if c == check}
             else:
                 self._read_news()
                 have = {n for n, c in self.found if c == check}
             missing = {n for n in self.run.nodes if n not in have}
-            left = until - self.svc.clock()
-            if not missing or left <= 0:
-                return missing
-            if self._news:
-                delay = POLL_FIRST_S
-            self.svc.sleep(max(0.001, min(delay, left)))
-            delay = min(POLL_MAX_S, delay * POLL_GROWTH)
+            if not missing or declared:
+                return not missing
+            if self.svc.store.lease_holder(ring.CLAIM) == self.run.id:
+                held = True
+            elif held:
+                self._coordinator_lost(check, missing)
+                declared = True
+            return False
+
+        polling.poll_until(
+            complete, deadline=until, interval_s=self._backoff(), clock=self.svc.clock, sleep=self.svc.sleep
+        )
+        return missing
+
+    def _coordinator_lost(self, check: str, nodes: Collection[str]) -> None:
+        """``check``'s ``error`` for each of ``nodes``, in this run only: its coordinator died before
+        answering them (nothing here says anything of the nodes themselves, so no verdict moves)."""
+        log.warning("run %s: the %s ring's coordinator is gone; %d node(s) unanswered", self.run.id, check, len(nodes))
+        why = "ring coordinator lost: its lease lapsed before it wrote this result (its worker died or restarted)"
+        params = dict(self.run.params.get(check, {}))
+        stamp = results.utc_now_iso(datetime.fromtimestamp(self.svc.clock(), UTC))
+        self.svc.store.save_many(
+            [
+                (CheckResult(check, Status.ERROR, why, node=n, params=params, started_at=stamp), False)
+                for n in sorted(nodes)
+            ],
+            self.run.id,
+        )
+
+    def _backoff(self) -> polling.Backoff:
+        """Polls come quickly while answers arrive and back off while none do."""
+        return polling.Backoff(POLL_FIRST_S, POLL_MAX_S, POLL_GROWTH, lambda: self._news)
 
     def results(self) -> dict[tuple[str, str], StoredResult]:
         """Everything the run holds now (the last news, or the whole run when counting by keys)."""
@@ -369,14 +402,32 @@ class Gather:
         is noticed within ``POLL_FIRST_S`` of a busy spell and an idle wait costs little.
         """
         self.send_ready()
-        delay = POLL_FIRST_S
-        while not self.poll():
+        backoff = self._backoff()
+
+        def next_wait() -> float:
             # Never sleep past the next node deadline: its slot should be freed on time.
             until_next = min(self.in_flight.values(), default=self.svc.clock()) - self.svc.clock()
-            if self._news:
-                delay = POLL_FIRST_S
-            self.svc.sleep(max(0.001, min(delay, until_next)))
-            delay = min(POLL_MAX_S, delay * POLL_GROWTH)
+            return min(backoff(), until_next)
+
+        # ``poll`` ends by itself once every node answered or ran out of time: no deadline of our own.
+        clock, sleep = self.svc.clock, self.svc.sleep
+        polling.poll_until(self.poll, deadline=math.inf, interval_s=next_wait, clock=clock, sleep=sleep)
+
+
+TICK_KINDS = ("periodic", "invasive")
+
+
+def tick_interval(settings: config.Settings, kind: str) -> float:
+    """Seconds between beat's ticks of ``kind`` (one of ``TICK_KINDS``); 0: that loop is off.
+
+    The one place that maps a tick's kind to its interval (the tick's deadline and the claim that
+    keeps a second beat from doubling it both use it). An unknown kind is refused rather than run
+    as an invasive tick."""
+    if kind == "periodic":
+        return settings.periodic_interval_s
+    if kind == "invasive":
+        return settings.invasive_interval_s
+    raise errors.BadParameter("kind", f"not a tick kind ({', '.join(TICK_KINDS)}): {kind[:40]!r}")
 
 
 def tick(svc: Services, *, kind: str, now: float) -> Run | None:
@@ -387,7 +438,7 @@ def tick(svc: Services, *, kind: str, now: float) -> Run | None:
     the workers' results reach the store (and the verdicts) without anyone waiting on them.
     """
     settings = svc.settings
-    interval = settings.periodic_interval_s if kind == "periodic" else settings.invasive_interval_s
+    interval = tick_interval(settings, kind)
     nodes = svc.store.node_names(seen_since=now - settings.live_after_s)
     if kind == "periodic":
         checks = [c for c in settings.periodic_checks if c in svc.checks]
@@ -428,28 +479,34 @@ def gather(svc: Services, req: RunRequest, selection: Selection) -> dict[str, An
 
 
 def start(svc: Services, req: RunRequest, selection: Selection) -> Run:
-    """Create the run and send it; a batched run keeps sending from a background thread.
+    """Create the run and send it; a batched run keeps sending from a background thread, and a run
+    with a ring is watched there until its coordinator answered (or is found dead, or the deadline).
 
     The first wave is sent before this returns, so a broker failure reaches the caller. The ring's
     coordinator task is sent once the run's other checks are in (at once when it has none).
     """
     run, the_ring, g = _prepare(svc, req, selection)
     g.send_ready()
-    if the_ring is not None and g.finished:
+    ring_sent = the_ring is not None and g.finished
+    if the_ring is not None and ring_sent:
         send_ring(run, the_ring)
-        the_ring = None
-    # Joined executions are copied into the run by the gather, so it goes on in the background.
+    # Joined executions are copied into the run by the gather, so it goes on in the background;
+    # so does the watch on a ring's coordinator (a dead one is noticed when its lease lapses).
     if the_ring is not None or (not g.finished and (g.waiting or g.joined)):
-        thread = threading.Thread(target=_continue, args=(g, the_ring), name=f"gather-{run.id[:8]}", daemon=True)
+        thread = threading.Thread(
+            target=_continue, args=(g, the_ring, ring_sent), name=f"gather-{run.id[:8]}", daemon=True
+        )
         thread.start()
     return run
 
 
-def _continue(g: Gather, the_ring: Ring | None = None) -> None:
+def _continue(g: Gather, the_ring: Ring | None = None, ring_sent: bool = False) -> None:
     try:
         g.wait()
         if the_ring is not None:
-            send_ring(g.run, the_ring)
+            if not ring_sent:
+                send_ring(g.run, the_ring)
+            g.wait_for_check(the_ring.check, g.run.deadline)
     except Exception:  # a background thread has nobody to raise to: log it, the run times out
         log.exception("gather of run %s failed", g.run.id)
 

@@ -19,6 +19,8 @@ Keys (all prefixed ``ap:``):
 - ``confirm:<n>``    hash: ``runs|<check>`` confirmation runs sent, ``prevented|<check>`` verdict flaps that
                      confirmation held back (counters), ``pending`` checks whose latest failure awaits confirmation
 - ``remediation``    hash: beat's last remediation pass over the fleet (``budget``, ``held``, ``deferred``, ...)
+- ``flight:<n>|<check>|<digest>`` who holds the single-flight claim of that check with those parameters
+                     (``run_id deadline``; ``dispatch.Flights``), expiring at that run's deadline
 - ``tick:<name>:<slot>`` set-once marker so a second beat (or a redelivered tick) does no work twice
 - ``ring:<id>``      hash: the iperf ring's answers (``post_answer``/``answers``), expiring with the ring
 - ``events:counts``, ``events:latency``, ``kmsg:<n>``, ``inject:<n>``: the events follower's (``EventStore``)
@@ -36,6 +38,7 @@ Every write that belongs together goes in one MULTI pipeline, so a reader never 
 from __future__ import annotations
 
 import functools
+import hashlib
 import inspect
 import json
 import time
@@ -52,7 +55,7 @@ from autopilot.errors import StoreUnavailable
 from autopilot.events.metrics import BUCKETS, EventsSnapshot, bucket_of
 from autopilot.events.model import Event
 from autopilot.results import CheckResult, Status, StoredResult
-from autopilot.store import NodeRecord, NodeState, NodeView, Run, RunNews
+from autopilot.store import NodeDetail, NodeRecord, NodeState, NodeView, Run, RunNews
 
 if TYPE_CHECKING:  # the stores beside this one import this module; they are built on demand
     from workers import dispatch, gpustore
@@ -217,6 +220,25 @@ class ResultsStore:
 
     def history(self, node: str, limit: int = 50) -> list[CheckResult]:
         return [CheckResult.from_json(v) for v in self.r.lrange(f"{P}history:{node}", 0, max(0, limit - 1))]
+
+    def node_detail(self, name: str, history_limit: int) -> NodeDetail:
+        """The node's record, latest results, state, local labels and ``history_limit`` newest results,
+        in one round trip (five reads one after the other before)."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.get(f"{P}node:{name}")
+        pipe.hgetall(f"{P}latest:{name}")
+        pipe.hgetall(f"{P}state:{name}")
+        pipe.hgetall(f"{P}labels:{name}")
+        pipe.lrange(f"{P}history:{name}", 0, max(0, history_limit - 1))
+        raw_record, raw_latest, raw_state, raw_labels, raw_history = pipe.execute()
+        return NodeDetail(
+            name,
+            NodeRecord.from_dict(json.loads(raw_record)) if raw_record else None,
+            _latest(raw_latest),
+            NodeState.from_fields(_state(raw_state)),
+            _state(raw_labels),
+            [CheckResult.from_json(v) for v in raw_history],
+        )
 
     # ------------------------------------------------------------------ runs
 
@@ -456,6 +478,11 @@ class ResultsStore:
             except redis.WatchError:  # taken or renewed by someone else meanwhile
                 return False
 
+    def lease_holder(self, name: str) -> str | None:
+        """Who holds the lease ``name`` now (None: nobody, or it lapsed)."""
+        held = self.r.get(f"{P}lease:{name}")
+        return decoded(held) if held is not None else None
+
     def release(self, name: str, owner: str) -> None:
         """Drop the lease ``name`` if ``owner`` still holds it (never another owner's)."""
         key = f"{P}lease:{name}"
@@ -547,10 +574,76 @@ class ResultsStore:
         return gpustore.GpuHistory(self.r)
 
     def flights(self) -> dispatch.Flights:
-        """The claims that make equal check requests coalesce (same client)."""
+        """The claims that make equal check requests coalesce (through this store)."""
         from workers import dispatch
 
-        return dispatch.Flights(self.r)
+        return dispatch.Flights(self)
+
+    # ------------------------------------------------------------------ single flight (``dispatch.Flights``)
+
+    def claim_flights(self, claims: Sequence[FlightClaim]) -> list[str | None]:
+        """``SET NX GET`` each claim's key (one pipeline): None where it was free and is now the claim's,
+        else the holder already there (unchanged). ``FlightClaim``: node, check, parameters, holder, ttl (ms)."""
+        pipe = self.r.pipeline(transaction=False)
+        for node, check, params, holder, ttl_ms in claims:
+            pipe.set(flight_key(node, check, params), holder, nx=True, get=True, px=ttl_ms)
+        return [decoded(v) if v is not None else None for v in pipe.execute()]
+
+    def take_flights(self, claims: Sequence[FlightClaim]) -> None:
+        """Set each claim's key to its holder whoever held it (one pipeline)."""
+        pipe = self.r.pipeline(transaction=False)
+        for node, check, params, holder, ttl_ms in claims:
+            pipe.set(flight_key(node, check, params), holder, px=ttl_ms)
+        pipe.execute()
+
+    def runs_answered(self, asked: Sequence[tuple[str, str, str]]) -> list[bool]:
+        """For each (run id, node, check): whether that run holds a result for it (one pipeline)."""
+        pipe = self.r.pipeline(transaction=False)
+        for run_id, node, check in asked:
+            pipe.hexists(f"{P}run:{run_id}", f"{node}|{check}")
+        return [bool(v) for v in pipe.execute()]
+
+    def run_writes_since(self, cursors: Mapping[str, int]) -> dict[str, list[tuple[str, str]]]:
+        """Run id -> the (node, check) results its write log gained past its cursor, in order (one pipeline)."""
+        runs = sorted(cursors)
+        pipe = self.r.pipeline(transaction=False)
+        for run_id in runs:
+            pipe.lrange(f"{P}runlog:{run_id}", cursors[run_id], -1)
+        out: dict[str, list[tuple[str, str]]] = {}
+        for run_id, written in zip(runs, pipe.execute(), strict=True):
+            pairs = []
+            for raw in written:
+                node, _, check = decoded(raw).partition("|")
+                pairs.append((node, check))
+            out[run_id] = pairs
+        return out
+
+    def run_blobs(self, wanted: Sequence[tuple[str, str, str]]) -> list[bytes | None]:
+        """For each (run id, node, check): that run's result as stored (JSON bytes), None if absent (one pipeline)."""
+        pipe = self.r.pipeline(transaction=False)
+        for run_id, node, check in wanted:
+            pipe.hget(f"{P}run:{run_id}", f"{node}|{check}")
+        return list(pipe.execute())
+
+    def copy_into_run(self, run_id: str, blobs: Mapping[tuple[str, str], bytes], ttl_s: float) -> None:
+        """Write (node, check) -> result blobs into ``run_id``'s hash as they are, not into its write log;
+        the run's hash then lives ``ttl_s`` more."""
+        if not blobs:
+            return
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hset(f"{P}run:{run_id}", mapping={f"{n}|{c}": blob for (n, c), blob in blobs.items()})
+        pipe.expire(f"{P}run:{run_id}", int(ttl_s))
+        pipe.execute()
+
+
+# node, check, its parameters, the holder to write (``dispatch.Flights``' words), the claim's ttl in ms.
+FlightClaim = tuple[str, str, Mapping[str, Any], str, int]
+
+
+def flight_key(node: str, check: str, params: Mapping[str, Any]) -> str:
+    """The single-flight key of one check on one node with these parameters (order-insensitive)."""
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:20]
+    return f"{P}flight:{node}|{check}|{digest}"
 
 
 @translating

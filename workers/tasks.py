@@ -238,7 +238,7 @@ def fanout(
 ) -> Run | None:
     """One tick of periodic (or invasive) work over every live node (``runs.tick``); None if already done."""
     moment = time.time() if now is None else now
-    interval = settings.periodic_interval_s if kind == "periodic" else settings.invasive_interval_s
+    interval = runs.tick_interval(settings, kind)
     if interval <= 0:
         return None
     # Two beats, or one tick delivered twice, claim the same tick: only the first does the work.

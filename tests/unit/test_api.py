@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+import redis
 
 from autopilot.cluster import NodeInfo
 from autopilot.results import Status
@@ -500,6 +501,26 @@ def test_node_detail(api: Api) -> None:
     assert len(node["history"]) == 4
     assert node["labels"] == {"autopilot.ibm.com/gpuhealth": "PASS"}
     assert node["record"]["gpu_count"] == 8 and node["live"] is True
+
+
+def test_node_detail_is_one_redis_round_trip(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    api.client.get("/status?host=node-a&check=pciebw,ping")
+    trips: list[str] = []
+    command, execute = redis.Redis.execute_command, redis.client.Pipeline.execute
+
+    def one_command(self: Any, *args: Any, **kwargs: Any) -> Any:
+        trips.append(str(args[0]))
+        return command(self, *args, **kwargs)
+
+    def one_pipeline(self: Any, *args: Any, **kwargs: Any) -> Any:
+        trips.append("pipeline")
+        return execute(self, *args, **kwargs)
+
+    monkeypatch.setattr(redis.Redis, "execute_command", one_command)
+    monkeypatch.setattr(redis.client.Pipeline, "execute", one_pipeline)
+    node = api.client.get("/api/v1/nodes/node-a").get_json()
+    assert set(node["latest"]) == {"pciebw", "ping"} and len(node["history"]) == 2
+    assert trips == ["pipeline"]
 
 
 def test_node_detail_errors(api: Api) -> None:

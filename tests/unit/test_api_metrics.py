@@ -192,3 +192,23 @@ def test_a_process_file_not_sized_yet_does_not_fail_the_scrape(tmp_path: Path) -
     ]
     with pytest.raises(struct.error):  # what the stock collector does with it
         MultiProcessCollector(None, path=str(tmp_path)).collect()
+
+
+def test_a_rendering_reads_node_list_and_states_once(store: ResultsStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    populate(store, NODES)
+    app = make_app(store, config.Settings(node_name="api", metrics_interval_s=0))
+    calls: list[str] = []
+    for name in ("node_names", "states"):
+        real = getattr(store, name)
+
+        def counted(*args: Any, _real: Any = real, _name: str = name, **kwargs: Any) -> Any:
+            calls.append(_name)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(store, name, counted)
+
+    series = scrape(app.test_client())
+
+    assert sorted(calls) == ["node_names", "states"]  # one snapshot feeds the node and the GPU series
+    assert {lb["node"] for lb, _ in series["autopilot_node_verdict"]} == set(NODES)
+    assert "autopilot_gpus" in series

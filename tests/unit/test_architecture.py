@@ -9,6 +9,7 @@
 - ``api`` reaches ``workers`` only through the modules listed in ``API_MAY_USE`` (runs through
   ``workers.runs``; never the tasks, the ring coordinator or the broker);
 - no subprocess call with the shell option set, and no ``os.system`` or ``os.popen``, in any of our Python files;
+- only the Redis stores (``STORES``) import the store's key prefix: the key layout is theirs;
 - the check registry's global (``registry.REGISTRY``, reached through ``registry.shipped``) is read only where a
   process is assembled; everything else is handed the registry.
 """
@@ -152,6 +153,25 @@ def test_only_the_store_reaches_its_redis_client() -> None:
     found = {str(p.relative_to(ROOT)): reaches(p) for p in python_files("api", "workers")}
     assert {k: v for k, v in found.items() if v and k != "workers/store.py"} == {}
     assert [str(p) for p in python_files("api") if "redis" in imports(p)] == []
+
+
+# The Redis stores: the results store and the stores it hands out. They alone spell Redis keys.
+STORES = {"workers/store.py", "workers/fleet.py", "workers/gpustore.py"}
+
+
+def test_only_the_stores_spell_redis_keys() -> None:
+    # The key prefix ``P`` is the key layout's root: a module that imports it writes keys itself.
+    def names_the_prefix(path: Path) -> bool:
+        tree = ast.parse(path.read_text(), str(path))
+        return any(
+            isinstance(node, ast.ImportFrom)
+            and node.module == "workers.store"
+            and any(a.name in ("P", "RUNS") for a in node.names)
+            for node in ast.walk(tree)
+        )
+
+    found = [str(p.relative_to(ROOT)) for p in python_files("api", "workers") if names_the_prefix(p)]
+    assert sorted(set(found) - STORES) == []
 
 
 # Where a process is assembled: the CLI, settings loading at process start (it validates check

@@ -6,9 +6,9 @@ import fakeredis
 import pytest
 
 import autopilot.checks  # noqa: F401 - the periodic checks must be registered
-from autopilot import config
+from autopilot import config, errors
 from autopilot.registry import shipped as shipped_checks
-from workers import tasks
+from workers import runs, tasks
 from workers.dispatch import FakeDispatcher
 from workers.store import NodeRecord, ResultsStore
 
@@ -73,3 +73,15 @@ def test_beat_entries_go_to_the_control_queue_and_expire_with_their_interval() -
         "schedule": 60,
         "options": {"queue": CONTROL_QUEUE, "expires": 60},
     }
+
+
+def test_a_tick_kind_names_its_interval_and_an_unknown_kind_sends_nothing() -> None:
+    settings = config.Settings(periodic_interval_s=60, invasive_interval_s=14400, periodic_checks=("remapped",))
+    assert runs.tick_interval(settings, "periodic") == 60
+    assert runs.tick_interval(settings, "invasive") == 14400
+    store = ResultsStore(fakeredis.FakeRedis())
+    store.heartbeat(NodeRecord("node-a", last_seen=1_800_000_000.0))
+    sent = FakeDispatcher()
+    with pytest.raises(errors.BadParameter):
+        tasks.fanout(store, sent, settings, kind="periodc", now=1_800_000_000.0, checks=shipped_checks())
+    assert sent.sent == []

@@ -13,7 +13,7 @@ from autopilot.results import CheckResult, Status
 from tests.unit.api_helpers import stand_in_checks
 from workers import runs as gather
 from workers import tasks
-from workers.dispatch import Envelope, FakeDispatcher, Flights
+from workers.dispatch import Envelope, FakeDispatcher
 from workers.runs import RunRequest, Selection, Services
 from workers.store import NodeRecord, ResultsStore
 
@@ -135,7 +135,7 @@ def test_an_error_from_a_less_patient_execution_is_not_taken_the_check_is_sent_a
     store, dispatcher, clock = ResultsStore(client), FakeDispatcher(), Clock()
     svc = services(store, dispatcher, clock)
     hasty = [Envelope("hasty", n, ("remapped",), {}, clock.now + 5) for n in NODES]
-    Flights(client).lead(hasty, now=clock.now)
+    store.flights().lead(hasty, now=clock.now)
     patient = started(svc)  # deadline 30 s: joins the hasty run's executions
     assert dispatcher.sent == [] and {j.run_id for j in patient.joined.values()} == {"hasty"}
     store.save_result(CheckResult("remapped", Status.ERROR, "GPUs busy until the deadline", node="n1"), "hasty")

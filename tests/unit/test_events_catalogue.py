@@ -69,6 +69,37 @@ def test_an_unknown_code_warns_with_its_number() -> None:
     assert catalogue.classify_sxid(22222, "Fatal, Link 3").action is Action.RESET
 
 
+def test_every_listed_sxid_names_its_source_and_follows_its_class() -> None:
+    """The SXid table follows the Fabric Manager guide's classes: corrected ECC ignored, fatal reset,
+    always fatal (the fabric is down until the host restarts) evict; each row says where it comes from."""
+    section = catalogue.data()["sxid"]
+    assert "fabric-manager-user-guide" in section["source"]
+    codes = section["codes"]
+    assert len(codes) >= 80
+    for number, row in codes.items():
+        entry = catalogue.lookup("sxid", number)
+        assert entry.owner == "hardware" and entry.mnemonic and entry.meaning, number
+        assert "Fabric Manager User Guide" in row["source"], number
+        kind = row["source"].rsplit(": ", 1)[1]
+        allowed = {
+            "Non-Fatal NVSwitch SXid Errors": {Action.IGNORE, Action.WARN, Action.RESET},
+            "Fatal NVSwitch SXid Errors": {Action.RESET},
+            "Always Fatal NVSwitch SXid Errors": {Action.EVICT},
+            "Other Notable NVSwitch SXid Errors": {Action.WARN, Action.EVICT},
+        }[kind]
+        assert entry.action in allowed, (number, kind, entry.action)
+
+
+@pytest.mark.parametrize(
+    ("code", "printed", "action"),
+    [(11012, "Non-fatal", "ignore"), (20001, "Non-fatal", "warn"), (12028, "Non-fatal", "reset"),
+     (19047, "Fatal", "reset"), (20034, "Fatal", "reset"), (22003, "Fatal", "evict"), (23001, "Fatal", "evict")],
+)  # fmt: skip
+def test_a_listed_sxid_takes_its_rows_action_whatever_the_severity_word(code: int, printed: str, action: str) -> None:
+    entry = catalogue.classify_sxid(code, f"{printed}, Link 07 ({code}, the driver's words)")
+    assert entry.known and entry.action.value == action
+
+
 def test_the_catalogue_is_installed_with_the_package() -> None:
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     patterns = pyproject["tool"]["setuptools"]["package-data"]["autopilot"]

@@ -305,3 +305,32 @@ def test_a_worker_on_a_node_with_8_allocatable_gpus_and_no_driver_reports_error_
         client.close()
     finally:
         api.close()
+
+
+class CountingTelemetry(FakeTelemetry):
+    """A ``FakeTelemetry`` that counts NVML's count and identity queries."""
+
+    def __init__(self, devices: list[FakeGpu]) -> None:
+        super().__init__(devices)
+        self.counts = 0
+        self.identities = 0
+
+    def count(self) -> int:
+        self.counts += 1
+        return super().count()
+
+    def identity(self, index: int) -> gpus.GpuIdentity:
+        self.identities += 1
+        return super().identity(index)
+
+
+def test_the_census_and_the_identities_share_one_nvml_reading_per_sequence(eight_gpus: str, no_dev: str) -> None:
+    telemetry = CountingTelemetry(h100s(8))
+    probe = nodeinfo.GpuProbe(sys_root=eight_gpus, dev_root=no_dev)
+    done = execution.run_checks(["remapped", "gpupower"], ctx_for(telemetry, probe))
+    assert [r.status for r in done] == [Status.OK, Status.OK]
+    assert all(d.uuid for r in done for d in r.devices)  # the identities were stamped
+    # One count for the whole sequence (the checks themselves count too, once each), and one
+    # identity query per GPU: the census and the identities read NVML together.
+    assert telemetry.counts == 1 + len(done)
+    assert telemetry.identities == 8

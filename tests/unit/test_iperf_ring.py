@@ -475,3 +475,119 @@ def test_plan_refuses_ports_past_the_range() -> None:
     net = Net()
     with pytest.raises(errors.BadParameter):
         ring.plan(net.store, net.settings, NODES, {"startport": 65535, "pclients": 4})
+
+
+# ------------------------------------------------------------------ the gather's side of a dead coordinator
+
+
+def waiting_gather(net: Net, *, coordinator: Any) -> tuple[Any, Run]:
+    """A run of ``iperf`` over node-a and node-b whose ring ``coordinator(polls)`` plays, at each poll's sleep."""
+    from workers import runs
+
+    run = Run.new(["iperf"], ["node-a", "node-b"], {"iperf": {}}, 600.0, now=net.clock.now)
+    net.store.create_run(run)
+    polls = [0]
+
+    def sleep(seconds: float) -> None:
+        polls[0] += 1
+        coordinator(polls[0], run)
+        net.clock.sleep(seconds)
+
+    svc = runs.Services(net.settings, net.store, net.dispatcher, shipped_checks(), clock=net.clock, sleep=sleep)
+    return runs.Gather(svc, run, node_deadline_s=600.0, batch=None, without=("iperf",)), run
+
+
+def ring_result(node: str) -> CheckResult:
+    return CheckResult("iperf", Status.OK, "ring ok", node=node)
+
+
+def test_a_coordinator_that_dies_mid_ring_is_noticed_when_its_lease_lapses_not_at_the_rings_bound() -> None:
+    net = Net()
+
+    def dies_after_one_node(poll: int, run: Run) -> None:
+        if poll == 1:
+            assert net.store.lease(ring.CLAIM, run.id, ring.CLAIM_TTL_S)  # the coordinator starts
+        elif poll == 3:
+            net.store.save_result(ring_result("node-a"), run.id)
+        elif poll == 5:
+            net.store.release(ring.CLAIM, run.id)  # as its lease lapsing would, with node-b unanswered
+
+    gather, run = waiting_gather(net, coordinator=dies_after_one_node)
+    started = net.clock.now
+    assert gather.wait_for_check("iperf", run.deadline) == set()
+    assert net.clock.now - started < 5  # the ring's bound was 600 s
+    found = net.store.get_run(run.id)
+    assert found is not None
+    assert found[1][("node-a", "iperf")].status is Status.OK
+    lost = found[1][("node-b", "iperf")]
+    assert lost.status is Status.ERROR and "coordinator lost" in lost.summary
+    assert "iperf" not in net.store.latest("node-b")  # says nothing of the node itself
+
+
+def test_a_coordinator_that_finishes_or_never_starts_is_not_taken_for_dead() -> None:
+    net = Net()
+
+    def finishes(poll: int, run: Run) -> None:
+        if poll == 1:
+            assert net.store.lease(ring.CLAIM, run.id, ring.CLAIM_TTL_S)
+        elif poll == 3:
+            net.store.save_many([(ring_result("node-a"), True), (ring_result("node-b"), True)], run.id)
+            net.store.release(ring.CLAIM, run.id)  # results first, then the lease (ring.Coordinator.run)
+
+    gather, run = waiting_gather(net, coordinator=finishes)
+    assert gather.wait_for_check("iperf", run.deadline) == set()
+    found = net.store.get_run(run.id)
+    assert found is not None and {r.status for r in found[1].values()} == {Status.OK}
+
+    # Another run's ring holds the lease (this one's coordinator would answer "busy"), or no
+    # coordinator ever started: nothing is declared, the wait ends at its deadline.
+    other = Net()
+    assert other.store.lease(ring.CLAIM, "another-run", 3600)
+    gather, run = waiting_gather(other, coordinator=lambda poll, run: None)
+    assert gather.wait_for_check("iperf", other.clock.now + 30) == {"node-a", "node-b"}
+    found = other.store.get_run(run.id)
+    assert found is not None and found[1] == {}
+
+
+def test_a_ring_writes_its_results_before_it_releases_its_lease() -> None:
+    net = Net()
+    seen: list[int] = []
+    release = net.store.release
+
+    def counted_release(name: str, owner: str) -> None:
+        got = net.store.get_run(owner)
+        seen.append(len(got[1]) if got else -1)
+        release(name, owner)
+
+    net.store.release = counted_release  # type: ignore[method-assign]
+    run = Run.new(["iperf"], list(NODES), {}, 600.0)
+    net.store.create_run(run)
+    ring.run_ring(net.store, net.dispatcher, net.settings, run.id, NODES, _validated({"duration_s": 1}),
+                  clock=net.clock, sleep=net.clock.sleep)  # fmt: skip
+    assert seen == [len(NODES)]
+
+
+def test_a_background_run_whose_coordinator_dies_answers_when_its_lease_lapses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ring, "CLAIM_TTL_S", 0.3)
+    net = Net()
+    worker_side = net.on_task
+
+    def killed_coordinator(task: str, node: str, kwargs: dict[str, Any]) -> None:
+        if task == ring.RING_TASK:  # takes the lease, then its worker dies: no result, no release
+            assert net.store.lease(ring.CLAIM, kwargs["run_id"], ring.CLAIM_TTL_S)
+            return
+        worker_side(task, node, kwargs)
+
+    net.dispatcher.on_task = killed_coordinator
+    client = api_for(net).test_client()
+    body = {"checks": ["iperf"], "hosts": ["node-a", "node-b"], "params": {"iperf": {"duration_s": 1}}}
+    created = client.post("/api/v1/runs", json=body)
+    assert created.status_code == 202
+    # The ring's bound is tens of seconds; the lapsed lease says the coordinator is gone long before.
+    report = client.get(created.get_json()["status_url"] + "?wait=20").get_json()
+    assert report["complete"] is True
+    for node in ("node-a", "node-b"):
+        (result,) = report["nodes"][node]["results"]
+        assert result["status"] == "error" and "coordinator lost" in result["summary"]

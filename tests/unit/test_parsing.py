@@ -43,3 +43,16 @@ def test_a_duration_means_the_same_as_a_setting_and_an_api_input() -> None:
     assert parsing.parse_duration("2m") == 120.0
     assert config.Settings.from_env({"AUTOPILOT_RUN_TTL": "2m"}).run_ttl_s == 120.0
     assert inputs.parse_seconds("2m", field="deadline", lo=1, hi=600) == 120.0
+
+
+@pytest.mark.parametrize("text", ["a,,b", ",,,", "a,", " , a"])
+def test_a_list_whose_entries_count_refuses_an_empty_one_naming_the_field(text: str) -> None:
+    with pytest.raises(errors.BadParameter) as caught:
+        parsing.parse_entries(text, field="nodes")
+    assert caught.value.field == "nodes"
+
+
+def test_a_list_whose_entries_count_strips_them_and_bounds_their_number() -> None:
+    assert parsing.parse_entries(" a , b", field="x") == ("a", "b")
+    with pytest.raises(errors.BadParameter, match="at most 2"):
+        parsing.parse_entries("a,b,c", field="x", most=2)

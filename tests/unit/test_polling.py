@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from autopilot.polling import poll_until
+import pytest
+
+from autopilot.polling import Backoff, poll_until
 
 
 class Clock:
@@ -31,3 +33,18 @@ def test_the_first_answer_is_returned_without_another_wait() -> None:
     answers = iter([None, "", "done", "later"])
     got = poll_until(lambda: next(answers), deadline=100.0, interval_s=1.0, clock=lambda: clock.now, sleep=clock.sleep)
     assert got == "done" and clock.slept == [1.0, 1.0]
+
+
+def test_a_backoff_grows_its_waits_and_starts_over_on_progress() -> None:
+    news = iter([False, False, False, True, False])
+    backoff = Backoff(0.02, 0.05, 2.0, lambda: next(news))
+    assert [backoff() for _ in range(5)] == [0.02, 0.04, 0.05, 0.02, 0.04]
+
+
+def test_a_callable_interval_is_asked_before_each_wait_and_the_deadline_still_cuts_it() -> None:
+    clock, waits = Clock(), iter([1.0, 0.0, 3.0, 50.0])
+    got = poll_until(
+        lambda: None, deadline=10.0, interval_s=lambda: next(waits), clock=lambda: clock.now, sleep=clock.sleep
+    )
+    # A wait of 0 (a deadline already due) still sleeps a millisecond instead of spinning.
+    assert got is None and clock.slept == pytest.approx([1.0, 0.001, 3.0, 10.0 - 4.001])

@@ -47,6 +47,8 @@ def standin(kube: Backend) -> StandInApi:
 def settings(**overrides: object) -> config.Settings:
     base: dict[str, object] = {"node_name": "beat", "remediate_cordon": True, "remediate_taint": True}
     base.update(overrides)
+    if isinstance(base.get("remediate_max_unavailable"), str):  # as the variable spells it
+        base["remediate_max_unavailable"] = config.MaxUnavailable.parse(str(base["remediate_max_unavailable"]))
     return config.Settings(**base)  # type: ignore[arg-type]
 
 
@@ -264,6 +266,20 @@ def test_dry_run_writes_nothing_and_reports_what_it_would_do(kube: Backend, capl
     assert sum("would apply node" in m for m in caplog.messages) == 2
     assert sum("would defer node" in m for m in caplog.messages) == 4
     assert store.remediation_summary()["dry_run"] == 1.0
+
+
+@pytest.mark.parametrize("text, nodes, budget", [("10%", 25, 2), ("100%", 7, 7), ("0%", 50, 0), ("3", 1, 3)])
+def test_max_unavailable_is_read_once_into_settings_as_a_count_or_a_percent(text: str, nodes: int, budget: int) -> None:
+    read = config.Settings.from_env({"NODE_NAME": "beat", "AUTOPILOT_REMEDIATE_MAX_UNAVAILABLE": text})
+    assert isinstance(read.remediate_max_unavailable, config.MaxUnavailable)
+    assert str(read.remediate_max_unavailable) == text
+    assert remediating.policy(read).budget(nodes) == budget
+
+
+@pytest.mark.parametrize("text", ["101%", "-1", "1.5", "ten", "5 %"])
+def test_a_max_unavailable_that_is_no_count_or_percent_stops_the_start(text: str) -> None:
+    with pytest.raises(errors.ConfigError, match="AUTOPILOT_REMEDIATE_MAX_UNAVAILABLE"):
+        config.Settings.from_env({"NODE_NAME": "beat", "AUTOPILOT_REMEDIATE_MAX_UNAVAILABLE": text})
 
 
 def test_off_by_default() -> None:

@@ -40,6 +40,19 @@ def test_the_latest_result_per_check_and_a_history_trimmed_to_its_length(store: 
     assert store.latest_many(["n1", "n2"])["n2"] == {}
 
 
+def test_a_node_detail_holds_record_latest_state_labels_and_newest_history(store: Store) -> None:
+    assert not store.node_detail("n1", 2).known
+    store.heartbeat(NodeRecord("n1", gpu_count=8, last_seen=100.0))
+    for i in range(3):
+        store.save_result(result("ping", summary=f"#{i}"))
+    store.set_state_and_labels("n1", {"verdict": "WARN"}, {"autopilot.ibm.com/gpuhealth": "WARN"})
+    detail = store.node_detail("n1", 2)
+    assert detail.known and detail.record is not None and detail.record.gpu_count == 8
+    assert {c: r.summary for c, r in detail.latest.items()} == {"ping": "#2"}
+    assert detail.state.verdict == "WARN" and detail.labels == {"autopilot.ibm.com/gpuhealth": "WARN"}
+    assert [r.summary for r in detail.history] == ["#2", "#1"]
+
+
 def test_a_run_only_result_and_a_busy_answer_never_become_the_latest(store: Store) -> None:
     store.save_result(result("ping"))
     store.save_result(result("ping", Status.ERROR, summary="late"), "r1", latest=False)
