@@ -20,7 +20,8 @@ Keys (all prefixed ``ap:``):
                      confirmation held back (counters), ``pending`` checks whose latest failure awaits confirmation
 - ``remediation``    hash: beat's last remediation pass over the fleet (``budget``, ``held``, ``deferred``, ...)
 - ``flight:<n>|<check>|<digest>`` who holds the single-flight claim of that check with those parameters
-                     (``run_id deadline``; ``dispatch.Flights``), expiring at that run's deadline
+                     (``run_id deadline``; ``dispatch.Flights``), expiring at that run's deadline;
+                     ``...|after:<run>``: the run that took the claim over from ``<run>`` (first one wins)
 - ``tick:<name>:<slot>`` set-once marker so a second beat (or a redelivered tick) does no work twice
 - ``ring:<id>``      hash: the iperf ring's answers (``post_answer``/``answers``), expiring with the ring
 - ``events:counts``, ``events:latency``, ``kmsg:<n>``, ``inject:<n>``: the events follower's (``EventStore``)
@@ -587,6 +588,15 @@ class ResultsStore:
         pipe = self.r.pipeline(transaction=False)
         for node, check, params, holder, ttl_ms in claims:
             pipe.set(flight_key(node, check, params), holder, nx=True, get=True, px=ttl_ms)
+        return [decoded(v) if v is not None else None for v in pipe.execute()]
+
+    def claim_successions(self, claims: Sequence[tuple[FlightClaim, str]]) -> list[str | None]:
+        """``SET NX GET`` the successor key of each claim's flight after the run named beside it (one
+        pipeline): None where this claim is the first to succeed that run, else the holder that was.
+        The key lives as long as the claim (its ttl)."""
+        pipe = self.r.pipeline(transaction=False)
+        for (node, check, params, holder, ttl_ms), prior in claims:
+            pipe.set(f"{flight_key(node, check, params)}|after:{prior}", holder, nx=True, get=True, px=ttl_ms)
         return [decoded(v) if v is not None else None for v in pipe.execute()]
 
     def take_flights(self, claims: Sequence[FlightClaim]) -> None:

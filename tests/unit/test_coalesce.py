@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import fakeredis
+import pytest
 
 from autopilot import config
 from autopilot.registry import shipped as shipped_checks
@@ -168,3 +169,43 @@ def test_a_request_joins_a_running_task_whole_including_its_checks_already_answe
     answer(store, first.run.id, "n1", "pciebw")
     second.poll()
     assert {("n1", "remapped"), ("n1", "pciebw")} <= set(second.results())
+
+
+def test_requests_that_find_the_same_answered_execution_at_once_run_it_again_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """50 statuses right after a tick answered all found its claims answered and each took them
+    over and sent its own execution; the first to take over is now the one the others join."""
+    store, dispatcher, clock = ResultsStore(fakeredis.FakeRedis()), FakeDispatcher(), Clock()
+    svc = services(store, dispatcher, clock)
+    first = started(svc)
+    for node in NODES:
+        answer(store, first.run.id, node)
+    real_claim = store.claim_flights
+    between: list[gather.Gather] = []
+    let_in = [True]
+
+    def read_then_let_another_request_in(claims: Any) -> Any:
+        seen = real_claim(claims)
+        if let_in[0]:  # after this request read the answered claims, before it takes them over
+            let_in[0] = False
+            between.append(started(svc))
+        return seen
+
+    monkeypatch.setattr(store, "claim_flights", read_then_let_another_request_in)
+    later = started(svc)
+
+    [other] = between
+    resent = dispatcher.sent[2:]
+    assert sorted((e.run_id, e.node) for e in resent) == [(other.run.id, "n1"), (other.run.id, "n2")]
+    assert {k: j.run_id for k, j in later.joined.items()} == {
+        ("n1", "remapped"): other.run.id,
+        ("n2", "remapped"): other.run.id,
+    }
+    for node in NODES:
+        store.save_result(CheckResult("remapped", Status.WARN, f"again on {node}", node=node), other.run.id)
+    assert later.poll()
+    assert {k: r["summary"] for k, r in later.results().items()} == {
+        ("n1", "remapped"): "again on n1",
+        ("n2", "remapped"): "again on n2",
+    }
