@@ -110,3 +110,24 @@ def test_a_status_answer_decodes_no_result_it_only_passes_on(monkeypatch: pytest
     assert report["totals"]["ok"] == 5 and decodes.calls == 0
     answer = json.loads(body)
     assert [r["check"] for r in answer["nodes"]["n3"]["results"]] == ["remapped", "gpupower"]
+
+
+def test_statuses_that_share_ping_results_decode_each_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Concurrent statuses that joined one execution hold the same stored ping results: the
+    network report reads each one's pairs once, and still localises from every pair."""
+    nodes = ("p1", "p2", "p3")
+    pairs = {
+        n: [{"target": o, "interface": "eth0", "status": "fail" if "p3" in (n, o) else "ok"} for o in nodes if o != n]
+        for n in nodes
+    }
+    blobs = {
+        (n, "ping"): CheckResult("ping", Status.OK, "", node=n, data={"pairs": pairs[n]}).to_json_bytes() for n in nodes
+    }
+    run = runs.Run.new(("ping",), nodes, {}, deadline_s=60)
+    runs._stored_ping_pairs.cache_clear()  # another test may have read equal results
+    decodes = NoDecoding(monkeypatch)
+    first = runs.network_report(run, {k: StoredResult.of(b) for k, b in blobs.items()}, set())
+    again = runs.network_report(run, {k: StoredResult.of(bytes(b)) for k, b in blobs.items()}, set())
+    assert first == again and first["ping"]["bad_pairs"] == 4 and first["ping"]["pairs"] == 6
+    assert first["ping"]["suspects"]["nodes"] == ["p3"]
+    assert decodes.calls == 3
