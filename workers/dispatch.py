@@ -79,7 +79,7 @@ class Joined:
 class Flights:
     """Claims (node, check, parameters) executions in the store so that equal requests coalesce.
 
-    At most three pipelined round trips per wave: ``SET NX GET`` claims each key or reads who
+    At most four pipelined round trips per wave: ``SET NX GET`` claims each key or reads who
     holds it (one atomic step, so two requests never both see it free); ``HEXISTS`` asks
     whether the holder's run has its answer already (then the execution is over, not joinable,
     unless the holder's task on that node still runs other checks of this request: the whole
@@ -100,22 +100,20 @@ class Flights:
 
     def _succeed(
         self,
-        pairs: Sequence[tuple[Envelope, str]],
-        held: Sequence[Joined | None],
-        take_over: Sequence[int],
+        claims: Sequence[FlightClaim],
+        taking: Mapping[int, Joined],
         joined: dict[tuple[str, str], Joined],
         now: float,
     ) -> list[int]:
-        """Of ``take_over``, the pairs whose succession this run won (it sends them); a pair another
-        run won first is joined to that run (added to ``joined``), unless that run gave up already."""
-        prior = [held[i] for i in take_over]
-        claims = [(_claim(*pairs[i], now), h.run_id if h else "") for i, h in zip(take_over, prior, strict=True)]
+        """Of the claims ``taking`` (index -> the holder it takes over from), those whose succession
+        this run won (it sends them); one another run won first is joined to that run (added to
+        ``joined``), unless that run gave up already."""
+        asked = [(claims[i], holder.run_id) for i, holder in taking.items()]
         won: list[int] = []
-        for i, raw in zip(take_over, self.store.claim_successions(claims), strict=True):
+        for i, raw in zip(taking, self.store.claim_successions(asked), strict=True):
             successor = _parse_holder(raw)
             if successor is not None and successor.deadline > now:
-                e, c = pairs[i]
-                joined[(e.node, c)] = successor
+                joined[(claims[i].node, claims[i].check)] = successor
             else:
                 won.append(i)
         return won
@@ -132,7 +130,8 @@ class Flights:
         pairs = [(e, c) for e in envelopes for c in e.checks]
         if not pairs:
             return [], {}
-        held = [_parse_holder(v) for v in self.store.claim_flights([_claim(e, c, now) for e, c in pairs])]
+        claims = [_claim(e, c, now) for e, c in pairs]
+        held = [_parse_holder(v) for v in self.store.claim_flights(claims)]
         # A holder past its deadline gave up (the key outlived it only by the clocks' skew).
         live = [(i, h) for i, h in enumerate(held) if h is not None and h.deadline > now]
         answered: set[int] = set()
@@ -144,7 +143,7 @@ class Flights:
         # would queue a task for them that waits behind the running one for the node's GPU lock.
         running = {(pairs[i][0].node, h.run_id) for i, h in live if i not in answered}
         joined: dict[tuple[str, str], Joined] = {}
-        take_over: list[int] = []
+        take_over: dict[int, Joined] = {}  # claim index -> the holder it takes over from
         for i, h in enumerate(held):
             if h is None:
                 continue  # ours already (SET NX)
@@ -154,11 +153,10 @@ class Flights:
             if join and task_running:
                 joined[(e.node, c)] = h
             elif not unanswered or h.deadline < e.deadline:
-                take_over.append(i)
-        if take_over and join:
-            take_over = self._succeed(pairs, held, take_over, joined, now)
-        if take_over:
-            self.store.take_flights([_claim(*pairs[i], now) for i in take_over])
+                take_over[i] = h
+        taken = self._succeed(claims, take_over, joined, now) if take_over and join else list(take_over)
+        if taken:
+            self.store.take_flights([claims[i] for i in taken])
         send = []
         for e in envelopes:
             led = tuple(c for c in e.checks if (e.node, c) not in joined)
@@ -193,7 +191,7 @@ class Flights:
 
 
 def _claim(e: Envelope, check: str, now: float) -> FlightClaim:
-    return (e.node, check, e.params.get(check, {}), _holder(e.run_id, e.deadline), _ttl_ms(e.deadline, now))
+    return FlightClaim(e.node, check, e.params.get(check, {}), _holder(e.run_id, e.deadline), _ttl_ms(e.deadline, now))
 
 
 def _holder(run_id: str, deadline: float) -> str:

@@ -488,9 +488,10 @@ def start(svc: Services, req: RunRequest, selection: Selection) -> Run:
     """
     run, the_ring, g = _prepare(svc, req, selection)
     g.send_ready()
-    ring_sent = the_ring is not None and g.finished
-    if the_ring is not None and ring_sent:
+    ring_sent = False
+    if the_ring is not None and g.finished:
         send_ring(run, the_ring)
+        ring_sent = True
     # Joined executions are copied into the run by the gather, so it goes on in the background;
     # so does the watch on a ring's coordinator (a dead one is noticed when its lease lapses).
     if the_ring is not None or (not g.finished and (g.waiting or g.joined)):

@@ -38,6 +38,7 @@ Every write that belongs together goes in one MULTI pipeline, so a reader never 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import inspect
@@ -584,10 +585,10 @@ class ResultsStore:
 
     def claim_flights(self, claims: Sequence[FlightClaim]) -> list[str | None]:
         """``SET NX GET`` each claim's key (one pipeline): None where it was free and is now the claim's,
-        else the holder already there (unchanged). ``FlightClaim``: node, check, parameters, holder, ttl (ms)."""
+        else the holder already there (unchanged)."""
         pipe = self.r.pipeline(transaction=False)
-        for node, check, params, holder, ttl_ms in claims:
-            pipe.set(flight_key(node, check, params), holder, nx=True, get=True, px=ttl_ms)
+        for claim in claims:
+            pipe.set(claim.key, claim.holder, nx=True, get=True, px=claim.ttl_ms)
         return [decoded(v) if v is not None else None for v in pipe.execute()]
 
     def claim_successions(self, claims: Sequence[tuple[FlightClaim, str]]) -> list[str | None]:
@@ -595,15 +596,15 @@ class ResultsStore:
         pipeline): None where this claim is the first to succeed that run, else the holder that was.
         The key lives as long as the claim (its ttl)."""
         pipe = self.r.pipeline(transaction=False)
-        for (node, check, params, holder, ttl_ms), prior in claims:
-            pipe.set(f"{flight_key(node, check, params)}|after:{prior}", holder, nx=True, get=True, px=ttl_ms)
+        for claim, prior in claims:
+            pipe.set(f"{claim.key}|after:{prior}", claim.holder, nx=True, get=True, px=claim.ttl_ms)
         return [decoded(v) if v is not None else None for v in pipe.execute()]
 
     def take_flights(self, claims: Sequence[FlightClaim]) -> None:
         """Set each claim's key to its holder whoever held it (one pipeline)."""
         pipe = self.r.pipeline(transaction=False)
-        for node, check, params, holder, ttl_ms in claims:
-            pipe.set(flight_key(node, check, params), holder, px=ttl_ms)
+        for claim in claims:
+            pipe.set(claim.key, claim.holder, px=claim.ttl_ms)
         pipe.execute()
 
     def runs_answered(self, asked: Sequence[tuple[str, str, str]]) -> list[bool]:
@@ -646,8 +647,21 @@ class ResultsStore:
         pipe.execute()
 
 
-# node, check, its parameters, the holder to write (``dispatch.Flights``' words), the claim's ttl in ms.
-FlightClaim = tuple[str, str, Mapping[str, Any], str, int]
+@dataclasses.dataclass(frozen=True)
+class FlightClaim:
+    """One claim of ``dispatch.Flights``: a check with its parameters on a node, the holder to write
+    (``run_id deadline``, Flights' words) and the claim's ttl in ms. ``key`` is its flight key,
+    computed once (a claim, a succession and a take-over of one pair all use it)."""
+
+    node: str
+    check: str
+    params: Mapping[str, Any]
+    holder: str
+    ttl_ms: int
+    key: str = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", flight_key(self.node, self.check, self.params))
 
 
 def flight_key(node: str, check: str, params: Mapping[str, Any]) -> str:

@@ -161,7 +161,8 @@ def test_the_simulator_transport_is_written_against_the_installed_kombu() -> Non
     assert list(inspect.signature(kombu_redis.Channel._brpop_start).parameters) == ["self", "timeout"]
     assert callable(kombu_redis.Channel.conn_or_acquire) and callable(kombu_redis.QoS.pipe_or_acquire)
     kombus = inspect.getsource(kombu_redis) + inspect.getsource(kombu_virtual)
-    for name in ("self._active_queues", "self.active_fanout_queues", "self._queue_cycle", "self._in_poll"):
+    names = ("self._active_queues", "self.active_fanout_queues", "self._queue_cycle", "self._in_poll")
+    for name in (*names, "self._brpop_sent_at"):
         assert name in kombus, name
 
 
