@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
@@ -74,6 +74,16 @@ class Bench:
         proc = self._spawn(argv, self.tmp / f"{name}.log", self.env(extra_env))
         self.procs.append(proc)
         return proc
+
+    def start_api(
+        self, extra_args: Sequence[str] = (), extra_env: Mapping[str, str] | None = None
+    ) -> tuple[subprocess.Popen[bytes], str]:
+        """The API (``autopilot api`` on a free port) and its base URL, once it answers ``/readyz``."""
+        port = up.free_port()
+        proc = self.start("api", ["api", "--port", str(port), *extra_args], extra_env)
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: up.api_ready(url), 60, "the API")
+        return proc, url
 
     def _spawn(self, argv: list[str], log: Path, env: Mapping[str, str]) -> subprocess.Popen[bytes]:
         with open(log, "ab") as out:

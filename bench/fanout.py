@@ -157,10 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     rows = []
     with Bench(root) as bench:
-        port = up.free_port()
-        api = bench.start("api", ["api", "--port", str(port)])
-        api_url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: _ready(api_url), 60, "the API")
+        api, api_url = bench.start_api()
         rtt = redis_round_trips(bench)
         print(f"redis round trip (one at a time): PING {rtt['ping_us']:.0f} us, SET {rtt['set_us']:.0f} us")
         for nodes in sizes:
@@ -179,13 +176,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"redis round trip after the runs: PING {rtt_after['ping_us']:.0f} us, SET {rtt_after['set_us']:.0f} us")
     print(json.dumps({"redis_rtt_us": rtt, "runs": rows}, indent=1))
     return 0
-
-
-def _ready(api_url: str) -> bool:
-    try:
-        return bool(get_json(f"{api_url}/readyz", 2))
-    except OSError:
-        return False
 
 
 def _print_row(row: dict[str, Any], rtt: dict[str, float]) -> None:

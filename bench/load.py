@@ -190,10 +190,7 @@ def measure(args: argparse.Namespace, name: str, root: Path) -> bool:
         store = ResultsStore(bench.client())
         wait_until(lambda: len(store.node_names()) >= args.nodes, 120, f"{args.nodes} nodes", 0.25)
         nodes = store.node_names()
-        port = up.free_port()
-        api = bench.start("api", ["api", "--port", str(port), "--workers", "2"], env)
-        base = f"http://127.0.0.1:{port}"
-        wait_until(lambda: _ready(base), 60, "the API")
+        api, base = bench.start_api(["--workers", "2"], env)
         beat = bench.start(
             "beat", ["beat", "--schedule-file", str(bench.tmp / "beat-schedule"), "--loglevel", "INFO"], env
         )
@@ -249,11 +246,6 @@ def _quiet(store: ResultsStore) -> bool:
     return before == sum(int(store.r.llen(f"ap:history:{n}")) for n in store.node_names())
 
 
-def _ready(base: str) -> bool:
-    try:
-        return get_body(f"{base}/readyz", 2)[0] == 200
-    except OSError:
-        return False
 
 
 if __name__ == "__main__":

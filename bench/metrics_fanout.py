@@ -21,8 +21,8 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
-from bench.common import Bench, up, wait_until
-from bench.fanout import _ready, cpu_s, get_json, start_cluster
+from bench.common import Bench
+from bench.fanout import cpu_s, get_json, start_cluster
 
 
 def scrape(url: str) -> tuple[float, bytes]:
@@ -39,10 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--statuses", type=int, default=0, help="extra statuses before scraping")
     args = parser.parse_args(argv)
     with Bench() as bench:
-        port = up.free_port()
-        api = bench.start("api", ["api", "--port", str(port)])
-        api_url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: _ready(api_url), 60, "the API")
+        api, api_url = bench.start_api()
         sims = start_cluster(bench, args.nodes, None, None)
         for _ in range(1 + args.statuses):
             answer = get_json(f"{api_url}/status?format=json&deadline=60", 120)

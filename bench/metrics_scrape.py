@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from autopilot.results import CheckResult, DeviceResult, Status, utc_now_iso
-from bench.common import ROOT, Bench, up, wait_until
+from bench.common import ROOT, Bench
 from bench.load import percentile
 from workers.store import NodeRecord, ResultsStore
 
@@ -70,10 +70,7 @@ def measure(args: argparse.Namespace, name: str, root: Path) -> None:
     with Bench(root) as bench:
         store = ResultsStore(bench.client())
         names = populate(store, args.nodes)
-        port = up.free_port()
-        bench.start("api", ["api", "--port", str(port), "--workers", "2"], {"AUTOPILOT_HEARTBEAT_INTERVAL": "1h"})
-        base = f"http://127.0.0.1:{port}"
-        wait_until(lambda: up.api_ready(base), 60, "the API")
+        _, base = bench.start_api(["--workers", "2"], {"AUTOPILOT_HEARTBEAT_INTERVAL": "1h"})
         one_s, size = get(f"{base}/metrics")
         probes: list[float] = []
         done = threading.Event()

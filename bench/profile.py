@@ -23,8 +23,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.common import Bench, up, wait_until
-from bench.fanout import _ready, get_json, start_cluster
+from bench.common import Bench
+from bench.fanout import get_json, start_cluster
 
 
 def py_spy() -> str:
@@ -69,10 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     spy = py_spy()
     out = Path(args.out)
     with Bench() as bench:
-        port = up.free_port()
-        api = bench.start("api", ["api", "--port", str(port)])
-        api_url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: _ready(api_url), 60, "the API")
+        api, api_url = bench.start_api()
         sims = start_cluster(bench, args.nodes, None, None)
         url = f"{api_url}/status?format=json&deadline=60"
         get_json(url, 120)

@@ -8,32 +8,16 @@ from typing import Any
 
 import pytest
 
-from autopilot import config, errors, registry
+from autopilot import errors, registry
 from autopilot.checks import gpumem
 from autopilot.context import CheckContext
-from autopilot.registry import shipped as shipped_checks
 from autopilot.results import Status
-from autopilot.testing import FakeClock, FakeGpu, FakeRunner, FakeTelemetry
+from autopilot.testing import FakeGpu, FakeRunner, FakeTelemetry
+from tests.unit.cuda_helpers import BIN, ctx_for, settings
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "gpumem"
-BIN = "/opt/autopilot/bin"
 TOOL = f"{BIN}/ap-gpumem"
 H100 = "NVIDIA H100 80GB HBM3"
-
-
-def settings(**kw: Any) -> config.Settings:
-    return config.Settings(node_name="node-a", cuda_bin_dir=BIN, **kw)
-
-
-def ctx_for(runner: FakeRunner, telemetry: FakeTelemetry, **kw: Any) -> CheckContext:
-    return CheckContext(
-        node="node-a",
-        settings=settings(**kw),
-        commands=runner,
-        gpus=telemetry,
-        clock=FakeClock(),
-        checks=shipped_checks(),
-    )
 
 
 def params(**raw: Any) -> dict[str, Any]:

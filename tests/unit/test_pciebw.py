@@ -8,16 +8,14 @@ from typing import Any
 
 import pytest
 
-from autopilot import config, errors, gpus, registry
+from autopilot import errors, gpus, registry
 from autopilot.checks import _cuda, pciebw
-from autopilot.context import CheckContext
-from autopilot.registry import shipped as shipped_checks
 from autopilot.results import Status
-from autopilot.testing import FakeClock, FakeGpu, FakeRunner, FakeTelemetry
+from autopilot.testing import FakeGpu, FakeRunner, FakeTelemetry
+from tests.unit.cuda_helpers import BIN, ctx_for, settings
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "pciebw"
 SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "samples"
-BIN = "/opt/autopilot/bin"
 TOOL = f"{BIN}/ap-bandwidth"
 
 
@@ -26,21 +24,6 @@ def sample(name: str) -> str:
     if not path.exists():
         pytest.skip(f"sample {name} not available")
     return path.read_text().split("\n", 1)[1]  # line 1 is the provenance header
-
-
-def settings(**kw: Any) -> config.Settings:
-    return config.Settings(node_name="node-a", cuda_bin_dir=BIN, **kw)
-
-
-def ctx_for(runner: FakeRunner, telemetry: FakeTelemetry, **kw: Any) -> CheckContext:
-    return CheckContext(
-        node="node-a",
-        settings=settings(**kw),
-        commands=runner,
-        gpus=telemetry,
-        clock=FakeClock(),
-        checks=shipped_checks(),
-    )
 
 
 def params(**raw: Any) -> dict[str, Any]:
