@@ -22,11 +22,16 @@ from typing import Any
 from autopilot import errors, results
 from autopilot.results import CheckResult, Status
 
+# Between "received" and the loss, iputils prints ", +N duplicates", ", +N corrupted", ", +N errors" in
+# that order (ping_common.c finish()); busybox and inetutils print ", N duplicates" (no "+", and
+# inetutils' own typo "duplicateds"). Any of them, in any order, is read past.
 _PACKETS = re.compile(
     r"(?P<tx>\d+) packets transmitted, (?P<rx>\d+) (?:packets )?received"
-    r"(?:, \+(?P<errors>\d+) errors)?(?:, \+\d+ duplicates)?, (?P<loss>[\d.]+)% packet loss"
+    r"(?:, \+?\d+ (?:duplicates?|duplicateds|corrupted|errors?))*, (?P<loss>[\d.]+)% packet loss"
 )
-_RTT = re.compile(r"(?:rtt|round-trip) min/avg/max/(?:mdev|stddev) = ([\d.]+)/([\d.]+)/([\d.]+)/([\d.]+) ms")
+# iputils "rtt min/avg/max/mdev", BSD/inetutils "round-trip min/avg/max/stddev", busybox
+# "round-trip min/avg/max" (three figures, no deviation).
+_RTT = re.compile(r"(?:rtt|round-trip) min/avg/max(?:/(?:mdev|stddev))? = ([\d.]+)/([\d.]+)/([\d.]+)(?:/[\d.]+)? ms")
 
 
 @dataclasses.dataclass(frozen=True)
