@@ -186,8 +186,11 @@ class _Building:
 
 
 def looks_like_q(text: str) -> bool:
-    """Whether ``text`` is a ``-q`` report: a ``GPU <bus id>`` section heading, or the ``-q -x`` XML."""
-    return _looks_like_xml(text) or any(_GPU_LINE.match(line.rstrip()) for line in text.splitlines())
+    """Whether ``text`` is a ``-q`` report: a ``GPU <bus id>`` section heading, the line that stands
+    for a GPU nvidia-smi could not open (a report whose only GPU is lost has no heading), or XML."""
+    return _looks_like_xml(text) or any(
+        _GPU_LINE.match(line.rstrip()) or _NO_HANDLE.match(line.strip()) for line in text.splitlines()
+    )
 
 
 def parse_q(text: str, *, whole: bool = False) -> QReport:

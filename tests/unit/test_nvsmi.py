@@ -5,6 +5,9 @@ from __future__ import annotations
 import pytest
 
 from autopilot import gpus, nvsmi
+from autopilot.checks import remapped
+from autopilot.config import Settings
+from autopilot.results import Status
 from tests.conftest import sample_text
 
 # Handwritten, shaped like a driver 550 report of two GPUs (values invented).
@@ -134,6 +137,25 @@ GPU 00000000:2B:00.0
     with pytest.raises(nvsmi.ParseError, match="Unknown Error"):
         nvsmi.remapped_rows_from_q(report.gpus[0])
     assert nvsmi.remapped_rows_from_q(report.gpus[1]) == gpus.RemappedRows(0, 0, False, False)
+
+
+def test_a_report_whose_only_gpu_is_lost_is_that_gpus_error() -> None:
+    # nvidia-smi -q -d ROW_REMAPPER on a one-GPU node whose GPU fell off the bus (driver 535): the
+    # banner and header, then the handle error where the section would be; no "GPU <bus>" heading.
+    text = (
+        "\n==============NVSMI LOG==============\n\n"
+        "Timestamp                                 : Mon Jan  8 10:00:00 2024\n"
+        "Driver Version                            : 535.104.05\n"
+        "CUDA Version                              : 12.2\n\n"
+        "Attached GPUs                             : 1\n"
+        "Unable to determine the device handle for GPU0000:07:00.0: "
+        "GPU is lost.  Reboot the system to recover this GPU\n"
+    )
+    assert nvsmi.looks_like_q(text)
+    result = remapped.evaluate_text(text, {}, Settings())
+    assert result.status is Status.ERROR
+    assert [(d.id, d.status) for d in result.devices] == [("0", Status.ERROR)]
+    assert "GPU is lost" in result.summary
 
 
 @pytest.mark.parametrize(
