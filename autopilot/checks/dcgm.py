@@ -31,6 +31,9 @@ Formats read (``parse_json`` / ``parse_text``; ``evaluate_text`` picks one by th
     |                           | GPU0: Pass                                     |
     +---------------------------+------------------------------------------------+
 
+  4.x prints each entity on its own row (``GPU0: Pass``; other groups, ``CPU0: Fail``, count for the
+  test but are no GPU device) and prints a warned entity as ``Fail``: under a test whose own row
+  says ``Warn`` those rows are read as warnings (dcgmi ``HelperDisplayDiagResult``).
   ``Error``/``Warning``/``Info`` rows belong to the test above them; DCGM wraps their text at a
   fixed width mid-word, so continuation cells are joined without stripping. A failing or warning
   test whose row names no GPU (3.x Deployment tests) is attributed to the GPUs its ``Error`` or
@@ -441,7 +444,9 @@ _STATUS_ENTRY = re.compile(
     r"^(?P<word>pass(?:ed)?|fail(?:ed)?|warn(?:ing)?|skip(?:ped)?|not[ _]?run)\b\s*(?:-\s*(?P<who>.*))?$",
     re.IGNORECASE,
 )
-_GPU_ENTRY = re.compile(r"^GPU\s*(?P<gpu>\d+)\s*:\s*(?P<word>\S.*)$", re.IGNORECASE)
+# 4.x entity rows: "GPU0: Pass", and for other entity groups "CPU0: Fail", "Switch3: Pass",
+# "GPU_I1: Skip" (DcgmFieldsGetEntityGroupString); a result not run prints an empty word.
+_ENTITY_ENTRY = re.compile(r"^(?P<group>[A-Za-z][A-Za-z_]*?)\s*(?P<id>\d+)\s*:\s*(?P<word>.*)$")
 _GPU_IN_TEXT = re.compile(r"\bGPU\s*(\d+)\b")
 _RETURN_CODE = re.compile(r"Code:\s*\(\d+\)")
 _DEFAULT_CELL = 45  # characters of text in a 48-wide result cell: one space before, two after
@@ -455,6 +460,8 @@ class _TextTest:
     gpus: dict[str, Outcome]
     info: list[str]
     warnings: list[str]
+    entity_rows: bool = False  # 4.x layout: per-entity "GPU0: Pass" rows under the test's own row
+    others: list[Outcome] = dataclasses.field(default_factory=list)  # 4.x rows of entities that are no GPU
 
 
 def parse_text(text: str) -> list[TestOutcome]:
@@ -538,7 +545,13 @@ def _parse_text(text: str) -> tuple[list[TestOutcome], dict[str, str]]:
 
     out = []
     for t in tests:
-        status = worst_outcome([*t.outcomes, *t.gpus.values()], Outcome.UNKNOWN)
+        if t.entity_rows and Outcome.WARN in t.outcomes and Outcome.FAIL not in t.outcomes:
+            # dcgmi 4.x prints a warned entity as "Fail" (HelperDisplayDiagResult without
+            # DDR_DISPLAY_WARN); only the test's own row says "Warn". A test that warns has no
+            # failed entity, so those rows are warnings, never a (fatal) failure.
+            t.gpus = {g: Outcome.WARN if o is Outcome.FAIL else o for g, o in t.gpus.items()}
+            t.others = [Outcome.WARN if o is Outcome.FAIL else o for o in t.others]
+        status = worst_outcome([*t.outcomes, *t.others, *t.gpus.values()], Outcome.UNKNOWN)
         gpus = dict(t.gpus) or _gpus_named(status, t.warnings)
         out.append(TestOutcome(t.name, t.category, status, gpus, tuple(t.info), tuple(t.warnings)))
     return out, metadata
@@ -565,9 +578,15 @@ def _text_entry(test: _TextTest, value: str, last_gpus: list[str] | None) -> lis
     """Read one result cell (``Pass - All``, ``Fail - GPU: 0``, ``GPU0: Pass``) into ``test``."""
     if not value:
         return last_gpus
-    gpu_entry = _GPU_ENTRY.match(value)
-    if gpu_entry:  # 4.x: "GPU0: Pass"
-        gpu, outcome = gpu_entry.group("gpu"), outcome_of(gpu_entry.group("word"))
+    entity = _ENTITY_ENTRY.match(value)
+    if entity:  # 4.x: "GPU0: Pass", "CPU0: Fail"
+        word = entity.group("word").strip()
+        outcome = outcome_of(word) if word else Outcome.NOT_RUN
+        test.entity_rows = True
+        if entity.group("group").upper() != "GPU":
+            test.others.append(outcome)  # counts for the test, but is no GPU device
+            return None
+        gpu = entity.group("id")
         test.gpus[gpu] = worst_outcome([test.gpus[gpu], outcome]) if gpu in test.gpus else outcome
         return None
     entry = _STATUS_ENTRY.match(value)

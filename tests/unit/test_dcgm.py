@@ -461,6 +461,59 @@ def test_text_warn_all_with_its_return_code_row_is_a_warning() -> None:
     assert result.status is Status.WARN and "Diagnostic warned" in result.summary
 
 
+def dcgm4_table(*rows: str) -> str:
+    """A DCGM 4.x text table (dcgmi Diag.cpp, dcgmDiagResponse_v12) around ``rows``."""
+    border = "+---------------------------+------------------------------------------------+"
+    head = ["Successfully ran diagnostic for group.", border, "| Diagnostic                | Result  "
+            "                                       |", border.replace("-", "=")]  # fmt: skip
+    return "\n".join([*head, *rows, border]) + "\n"
+
+
+def row4(label: str, value: str) -> str:
+    return f"| {label:<25} | {value:<46} |"
+
+
+def test_text_dcgm4_warned_gpu_printed_as_fail_is_a_warning() -> None:
+    # DCGM 4.x dcgmi prints the test's own row with DDR_DISPLAY_WARN ("Warn") but each entity row
+    # with the default DDR_NO_DISPLAY_WARN, where a warned entity reads "Fail" (Diag.cpp
+    # HelperDisplayEntityResults / HelperDisplayDiagResult). A memory warning must not evict.
+    text = dcgm4_table(
+        "+-----  Hardware  ----------+------------------------------------------------+",
+        row4("memory", "Warn"),
+        row4("", "GPU0: Pass"),
+        row4("", "GPU1: Fail"),
+        row4("Warning: GPU1", "Some memory warning"),
+    )
+    result = dcgm.evaluate_text(text, {}, Settings())
+    assert (result.status, result.fatal) == (Status.WARN, False)
+    assert {d.id: d.status for d in result.devices} == {"0": Status.OK, "1": Status.WARN}
+    failed = text.replace(row4("memory", "Warn"), row4("memory", "Fail"))
+    assert dcgm.evaluate_text(failed, {}, Settings()).fatal  # a real failure still evicts
+
+
+def test_text_dcgm4_rows_of_other_entity_groups_count_but_are_no_gpus() -> None:
+    # Grace systems list CPU entities ("Number of CPUs Detected", "CPU0: Pass"); an entity row
+    # with an empty word is a result not run.
+    text = dcgm4_table(
+        "|-----  Metadata  ----------+------------------------------------------------|",
+        row4("Number of CPUs Detected", "1"),
+        "+-----  Hardware  ----------+------------------------------------------------+",
+        row4("memory", "Pass"),
+        row4("", "GPU0: Pass"),
+        row4("", "GPU1:"),
+        row4("cpu_eud", "Pass"),
+        row4("", "CPU0: Pass"),
+    )
+    result = dcgm.evaluate_text(text, {}, Settings())
+    assert result.status is Status.OK, result.summary
+    assert {d.id: d.status for d in result.devices} == {"0": Status.OK, "1": Status.SKIPPED}
+    cpu_fail = text.replace(row4("", "CPU0: Pass"), row4("", "CPU0: Fail")).replace(
+        row4("cpu_eud", "Pass"), row4("cpu_eud", "Fail")
+    )
+    failed = dcgm.evaluate_text(cpu_fail, {}, Settings())
+    assert failed.status is Status.FAIL and failed.data["failure_string"] == "cpu_eud"
+
+
 def test_unknown_status_is_an_error_not_a_pass() -> None:
     result = dcgm.evaluate([outcome("pcie", Outcome.UNKNOWN, {"0": Outcome.UNKNOWN})], DEFAULT_FATAL)
     assert result.status is Status.ERROR
