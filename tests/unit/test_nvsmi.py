@@ -173,6 +173,25 @@ def test_text_that_is_not_a_report_raises(text: str) -> None:
         nvsmi.parse_q(text)
 
 
+def test_the_drivers_inforom_warning_around_an_answer_is_not_part_of_it() -> None:
+    # nvidia-smi prints "WARNING: infoROM is corrupted at gpu <bus>" on stdout after (or before) any
+    # answer for such a GPU (seen after the summary table and ahead of --query-gpu CSV rows in public
+    # bug reports); the answer is intact and must not read as unreadable.
+    warning = "WARNING: infoROM is corrupted at gpu 0000:1A:00.0"
+    report = nvsmi.parse_q(TWO_GPUS + warning + "\n")
+    assert len(report.gpus) == 2 and report.warnings == (warning,)
+    result = remapped.evaluate_text(TWO_GPUS + warning + "\n", {}, Settings())
+    assert result.status is not Status.ERROR
+    assert result.data["gpus"]["0"]["nvidia_smi_warnings"] == [warning]
+    assert "nvidia_smi_warnings" not in result.data["gpus"]["1"]
+    csv = f"{warning}\ngpu_uuid, remapped_rows.pending\nGPU-1, No\n"
+    assert nvsmi.first_line(csv) == "gpu_uuid, remapped_rows.pending"
+    assert nvsmi.parse_csv(csv) == [{"gpu_uuid": "GPU-1", "remapped_rows.pending": "No"}]
+    assert nvsmi.parse_csv(f"{warning}\nGPU-1, No\n", ["gpu_uuid", "pending"]) == [
+        {"gpu_uuid": "GPU-1", "pending": "No"}
+    ]
+
+
 def test_words() -> None:
     assert nvsmi.flag("Yes", "x") is True and nvsmi.flag(" no ", "x") is False and nvsmi.flag("1", "x") is True
     assert nvsmi.flag("[N/A]", "x") is None and nvsmi.active("N/A", "x") is None
