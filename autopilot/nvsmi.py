@@ -213,7 +213,10 @@ def parse_q(text: str, *, whole: bool = False) -> QReport:
     known headings (``_FLAT_PARENT``).
     """
     if _looks_like_xml(text):
-        return _checked(_parse_xml(text), whole=whole)
+        kept = [line for line in text.splitlines() if not _DRIVER_WARNING.match(line.strip())]
+        said = tuple(line.strip() for line in text.splitlines() if _DRIVER_WARNING.match(line.strip()))
+        report = dataclasses.replace(_parse_xml("\n".join(kept)), warnings=said)
+        return _checked(report, whole=whole)
     header: dict[str, str] = {}
     sections: list[tuple[str, _Building, str | None]] = []
     stack: list[_Building] = []
@@ -777,8 +780,10 @@ _XML_COUNTED = frozenset({"multiple_single_bit_retirement", "double_bit_retireme
 
 
 def _looks_like_xml(text: str) -> bool:
-    head = text.lstrip()[:512]
-    return head.startswith("<?xml") or "<nvidia_smi_log" in head
+    head = text.lstrip()
+    if _DRIVER_WARNING.match(head.split("\n", 1)[0].strip()):
+        head = head.split("\n", 1)[-1].lstrip()
+    return head[:512].startswith("<?xml") or "<nvidia_smi_log" in head[:512]
 
 
 def _parse_xml(text: str) -> QReport:
