@@ -22,11 +22,16 @@ from typing import Any
 from autopilot import errors, results
 from autopilot.results import CheckResult, Status
 
+# Between "received" and the loss, iputils prints ", +N duplicates", ", +N corrupted", ", +N errors" in
+# that order (ping_common.c finish()); busybox and inetutils print ", N duplicates" (no "+", and
+# inetutils' own typo "duplicateds"). Any of them, in any order, is read past.
 _PACKETS = re.compile(
     r"(?P<tx>\d+) packets transmitted, (?P<rx>\d+) (?:packets )?received"
-    r"(?:, \+(?P<errors>\d+) errors)?(?:, \+\d+ duplicates)?, (?P<loss>[\d.]+)% packet loss"
+    r"(?:, \+?\d+ (?:duplicates?|duplicateds|corrupted|errors?))*, (?P<loss>[\d.]+)% packet loss"
 )
-_RTT = re.compile(r"(?:rtt|round-trip) min/avg/max/(?:mdev|stddev) = ([\d.]+)/([\d.]+)/([\d.]+)/([\d.]+) ms")
+# iputils "rtt min/avg/max/mdev", BSD/inetutils "round-trip min/avg/max/stddev", busybox
+# "round-trip min/avg/max" (three figures, no deviation).
+_RTT = re.compile(r"(?:rtt|round-trip) min/avg/max(?:/(?:mdev|stddev))? = ([\d.]+)/([\d.]+)/([\d.]+)(?:/[\d.]+)? ms")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,22 +80,31 @@ def parse_iperf3(text: str) -> IperfStats:
     ``ParseError`` for text that is not iperf3 JSON; ``ToolError`` carrying iperf3's own ``error``
     (connection refused, authorization failed, ...).
     """
-    try:
-        doc: Any = json.loads(text)
-    except ValueError as exc:
-        raise errors.ParseError(f"iperf3 output is not JSON: {exc}") from None
+    doc = _first_json_object(text)
     if not isinstance(doc, dict):
         raise errors.ParseError("iperf3 output is not a JSON object")
     if doc.get("error"):
         raise errors.ToolError(f"iperf3: {doc['error']}")
+    try:
+        return _iperf_stats(doc)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        # A summary missing a figure or holding a non-number: unreadable, never a crash.
+        raise errors.ParseError(f"iperf3 end summary unreadable: {type(exc).__name__}: {exc}") from None
+
+
+def _iperf_stats(doc: dict[str, Any]) -> IperfStats:
     end = doc.get("end") or {}
     protocol = str(((doc.get("start") or {}).get("test_start") or {}).get("protocol", "TCP")).upper()
     if "sum_received" in end and "sum_sent" in end:
+        received = end["sum_received"]
+        # iperf3 3.11+ adds sum_sent/sum_received to UDP runs too (esnet/iperf#1174); the loss is there.
+        lost = received.get("lost_percent") if protocol == "UDP" else None
         return IperfStats(
             protocol,
             sent_bps=float(end["sum_sent"]["bits_per_second"]),
-            received_bps=float(end["sum_received"]["bits_per_second"]),
+            received_bps=float(received["bits_per_second"]),
             retransmits=end["sum_sent"].get("retransmits"),
+            lost_percent=None if lost is None else float(lost),
         )
     if "sum" in end:  # UDP: one sum, with loss
         total = end["sum"]
@@ -101,6 +115,21 @@ def parse_iperf3(text: str) -> IperfStats:
             lost_percent=float(total.get("lost_percent", 0) or 0),
         )
     raise errors.ParseError("iperf3 JSON has no end summary (run interrupted?)")
+
+
+def _first_json_object(text: str) -> Any:
+    """The first JSON document of ``iperf3 -J`` output. iperf3 writes warnings to stdout ahead of
+    the document ("warning: UDP block size ... exceeds TCP MSS", esnet/iperf#1223), and 3.16/3.17
+    print the whole document twice (esnet/iperf#1688, #1716): neither makes a run unreadable."""
+    start = text.find("{")
+    while start > 0 and text[start - 1] not in "\n":
+        start = text.find("{", start + 1)  # a "{" inside a warning line is not the document
+    if start < 0:
+        raise errors.ParseError(f"iperf3 output is not JSON: {text.strip()[:200]!r}")
+    try:
+        return json.JSONDecoder().raw_decode(text, start)[0]
+    except ValueError as exc:
+        raise errors.ParseError(f"iperf3 output is not JSON: {exc}") from None
 
 
 def ring_steps(nodes: Sequence[str]) -> list[list[tuple[str, str]]]:

@@ -40,6 +40,8 @@ marks the report as an excerpt. Also read, into the same tree:
   refused, and its size is bounded by ``MAX_XML_CHARS``), its elements renamed to the labels of
   the text form (``remapped_row_pending`` -> ``Remapped Rows > Pending``,
   ``clocks_throttle_reason_hw_slowdown`` -> ``HW Slowdown``), so one set of readers serves both.
+ The driver's ``WARNING: infoROM is corrupted at gpu <bus>`` lines, which nvidia-smi prints on
+stdout before or after any answer, are set aside (``QReport.warnings``), not read as part of it.
  CSV queries print ``name [unit], ...`` headers (unless
 ``noheader``) and one row per GPU; a field the driver does not know is answered with
 ``Field "x" is not a valid field to query.``, raised here as ``InvalidField``.
@@ -136,6 +138,9 @@ class QReport:
     attached: int | None = None
     excerpt: bool = False
     xml: bool = False  # read from ``nvidia-smi -q -x``
+    # Driver warnings nvidia-smi prints on stdout around any answer ("WARNING: infoROM is
+    # corrupted at gpu 0000:0B:00.0"): not part of the report, kept so a reader can say them.
+    warnings: tuple[str, ...] = ()
 
     @property
     def driver_version(self) -> str | None:
@@ -171,6 +176,9 @@ _NO_HANDLE = re.compile(
 _KEY_VALUE = re.compile(r"^(?P<key>[^:\s][^:]*?)\s*:(?:\s+(?P<value>.*?))?\s*$")
 _BANNER = re.compile(r"^=+\s*NVSMI LOG\s*=+$")
 _ELISION = frozenset({"[...]", "...", "\u2026", "[ ... ]"})
+# What the driver makes nvidia-smi print on stdout, before or after its answer, for a GPU whose
+# infoROM is corrupted (any query, -q or CSV); the answer itself is intact.
+_DRIVER_WARNING = re.compile(r"^WARNING: infoROM is corrupted at gpu \S+$", re.IGNORECASE)
 
 
 @dataclasses.dataclass
@@ -186,8 +194,11 @@ class _Building:
 
 
 def looks_like_q(text: str) -> bool:
-    """Whether ``text`` is a ``-q`` report: a ``GPU <bus id>`` section heading, or the ``-q -x`` XML."""
-    return _looks_like_xml(text) or any(_GPU_LINE.match(line.rstrip()) for line in text.splitlines())
+    """Whether ``text`` is a ``-q`` report: a ``GPU <bus id>`` section heading, the line that stands
+    for a GPU nvidia-smi could not open (a report whose only GPU is lost has no heading), or XML."""
+    return _looks_like_xml(text) or any(
+        _GPU_LINE.match(line.rstrip()) or _NO_HANDLE.match(line.strip()) for line in text.splitlines()
+    )
 
 
 def parse_q(text: str, *, whole: bool = False) -> QReport:
@@ -202,16 +213,23 @@ def parse_q(text: str, *, whole: bool = False) -> QReport:
     known headings (``_FLAT_PARENT``).
     """
     if _looks_like_xml(text):
-        return _checked(_parse_xml(text), whole=whole)
+        kept = [line for line in text.splitlines() if not _DRIVER_WARNING.match(line.strip())]
+        said = tuple(line.strip() for line in text.splitlines() if _DRIVER_WARNING.match(line.strip()))
+        report = dataclasses.replace(_parse_xml("\n".join(kept)), warnings=said)
+        return _checked(report, whole=whole)
     header: dict[str, str] = {}
     sections: list[tuple[str, _Building, str | None]] = []
     stack: list[_Building] = []
     excerpt = False
+    warnings: list[str] = []
     lines = [raw.expandtabs(4).rstrip() for raw in text.splitlines()]
     flat = _indentation_lost(lines)
     for number, line in enumerate(lines, start=1):
         stripped = line.strip()
         if not stripped or _BANNER.match(stripped):
+            continue
+        if _DRIVER_WARNING.match(stripped):
+            warnings.append(stripped)
             continue
         if stripped in _ELISION:
             excerpt = True
@@ -258,6 +276,7 @@ def parse_q(text: str, *, whole: bool = False) -> QReport:
         gpus=tuple(GpuSection(index, bus, root.freeze(), error) for index, (bus, root, error) in enumerate(sections)),
         attached=_attached(header),
         excerpt=excerpt,
+        warnings=tuple(warnings),
     )
     return _checked(report, whole=whole)
 
@@ -357,6 +376,11 @@ def raise_for_invalid_field(text: str) -> None:
         raise InvalidField(match.group("field"))
 
 
+def first_line(text: str) -> str:
+    """The first line of an answer that says something: not blank, not a driver warning."""
+    return next((line for line in text.splitlines() if line.strip() and not _DRIVER_WARNING.match(line.strip())), "")
+
+
 def parse_csv(text: str, fields: Sequence[str] | None = None) -> list[dict[str, str]]:
     """Rows of a ``--format=csv`` answer as dicts keyed by field name, in output (= GPU index) order.
 
@@ -365,7 +389,7 @@ def parse_csv(text: str, fields: Sequence[str] | None = None) -> list[dict[str, 
     value per field.
     """
     raise_for_invalid_field(text)
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not _DRIVER_WARNING.match(line.strip())]
     if fields is None:
         if not lines:
             raise ParseError("empty CSV answer: no header")
@@ -756,8 +780,10 @@ _XML_COUNTED = frozenset({"multiple_single_bit_retirement", "double_bit_retireme
 
 
 def _looks_like_xml(text: str) -> bool:
-    head = text.lstrip()[:512]
-    return head.startswith("<?xml") or "<nvidia_smi_log" in head
+    head = text.lstrip()
+    if _DRIVER_WARNING.match(head.split("\n", 1)[0].strip()):
+        head = head.split("\n", 1)[-1].lstrip()
+    return head[:512].startswith("<?xml") or "<nvidia_smi_log" in head[:512]
 
 
 def _parse_xml(text: str) -> QReport:

@@ -14,7 +14,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar
 
-from autopilot import errors, gpucensus, nvsmi
+from autopilot import errors, gpucensus, names, nvsmi
 from autopilot.context import CheckContext
 from autopilot.results import CheckResult, DeviceResult, Status
 
@@ -76,6 +76,9 @@ def section_facts(report: nvsmi.QReport, section: nvsmi.GpuSection) -> dict[str,
         retired = None
     if retired is not None:
         facts["retired_pages"] = retired
+    said = [w for w in report.warnings if names.bus_id(w.rsplit(" ", 1)[-1]) == names.bus_id(section.bus_id)]
+    if said:
+        facts["nvidia_smi_warnings"] = said
     return facts
 
 

@@ -6,8 +6,10 @@ fatal category into a fatal ``fail`` (the node must not take work), and upstream
 
 Formats read (``parse_json`` / ``parse_text``; ``evaluate_text`` picks one by the first character):
 
-- DCGM 3.x JSON: ``{"DCGM GPU Diagnostic": {"test_categories": [{"category", "tests": [{"name",
-  "results": [{"gpu_ids": "0,1" | "gpu_id": "0", "status", "info", "warnings"}]}]}]}}``.
+- DCGM 2.x/3.x JSON: ``{"DCGM GPU Diagnostic": {"test_categories": [{"category", "tests": [{"name",
+  "results": [{"gpu_ids": "0,1" | 0 | "gpu_id": "0", "status", "info", "warnings"}]}]}]}}``. A
+  Deployment result names no GPU (2.x) or the GPU of its error (3.x, ``-1`` for none); a failing
+  one is attributed, as in the text table, to the GPUs its message names.
 - DCGM 4.x JSON: ``{"DCGM Diagnostic": {"test_categories": [... {"name", "test_summary": {"status"},
   "results": [{"entity_group": "GPU", "entity_id": 0, "status", "warnings"}]}]}, "metadata": {...}}``;
   a flat ``"tests"`` list without categories is read too. Results of other entity groups (CPU,
@@ -29,6 +31,9 @@ Formats read (``parse_json`` / ``parse_text``; ``evaluate_text`` picks one by th
     |                           | GPU0: Pass                                     |
     +---------------------------+------------------------------------------------+
 
+  4.x prints each entity on its own row (``GPU0: Pass``; other groups, ``CPU0: Fail``, count for the
+  test but are no GPU device) and prints a warned entity as ``Fail``: under a test whose own row
+  says ``Warn`` those rows are read as warnings (dcgmi ``HelperDisplayDiagResult``).
   ``Error``/``Warning``/``Info`` rows belong to the test above them; DCGM wraps their text at a
   fixed width mid-word, so continuation cells are joined without stripping. A failing or warning
   test whose row names no GPU (3.x Deployment tests) is attributed to the GPUs its ``Error`` or
@@ -385,10 +390,14 @@ def _json_test(raw: Mapping[str, Any], category: str) -> TestOutcome:
         outcomes.append(outcome_of(summary["status"]))
         info.extend(_texts(summary.get("info")))
         warnings.extend(_texts(summary.get("warnings")) + _texts(summary.get("errors")))
+    status = worst_outcome(outcomes)
+    if not gpus:
+        # 2.x Deployment results carry no GPU id at all, 3.x one only when the error names a GPU.
+        gpus = _gpus_named(status, warnings)
     return TestOutcome(
         name=str(raw.get("name") or "?"),
         category=category,
-        status=worst_outcome(outcomes),
+        status=status,
         gpus=gpus,
         info=tuple(info),
         warnings=tuple(warnings),
@@ -399,8 +408,9 @@ def _result_gpus(res: Mapping[str, Any]) -> list[str]:
     if "entity_id" in res:  # 4.x
         group = str(res.get("entity_group", "GPU"))
         return [str(res["entity_id"])] if group.upper() == "GPU" else []
-    ids = res.get("gpu_ids", res.get("gpu_id", ""))  # 3.x: "0,1,2,3" or "0"
-    return [p.strip() for p in str(ids).split(",") if p.strip()]
+    ids = res.get("gpu_ids", res.get("gpu_id", ""))  # 3.x: "0,1,2,3", "0", or 0 (an int)
+    # A negative id (-1: the error concerns no one GPU) is no GPU, never a device named "-1".
+    return [p.strip() for p in str(ids).split(",") if p.strip() and not p.strip().startswith("-")]
 
 
 def _dicts(value: object) -> list[dict[str, Any]]:
@@ -414,7 +424,10 @@ def _texts(value: object) -> list[str]:
     if isinstance(value, str):
         return [value]
     if isinstance(value, dict):
-        text = value.get("warning", value.get("error", value.get("message")))
+        # 3.x Deployment entries key their text "warnings" (a string), plugin entries "warning".
+        text = next(
+            (value[k] for k in ("warning", "warnings", "error", "message") if isinstance(value.get(k), str)), None
+        )
         return [str(text)] if text is not None else [json.dumps(value, sort_keys=True)]
     if isinstance(value, list):
         return [t for v in value for t in _texts(v)]
@@ -431,8 +444,11 @@ _STATUS_ENTRY = re.compile(
     r"^(?P<word>pass(?:ed)?|fail(?:ed)?|warn(?:ing)?|skip(?:ped)?|not[ _]?run)\b\s*(?:-\s*(?P<who>.*))?$",
     re.IGNORECASE,
 )
-_GPU_ENTRY = re.compile(r"^GPU\s*(?P<gpu>\d+)\s*:\s*(?P<word>\S.*)$", re.IGNORECASE)
+# 4.x entity rows: "GPU0: Pass", and for other entity groups "CPU0: Fail", "Switch3: Pass",
+# "GPU_I1: Skip" (DcgmFieldsGetEntityGroupString); a result not run prints an empty word.
+_ENTITY_ENTRY = re.compile(r"^(?P<group>[A-Za-z][A-Za-z_]*?)\s*(?P<id>\d+)\s*:\s*(?P<word>.*)$")
 _GPU_IN_TEXT = re.compile(r"\bGPU\s*(\d+)\b")
+_RETURN_CODE = re.compile(r"Code:\s*\(\d+\)")
 _DEFAULT_CELL = 45  # characters of text in a 48-wide result cell: one space before, two after
 
 
@@ -444,6 +460,8 @@ class _TextTest:
     gpus: dict[str, Outcome]
     info: list[str]
     warnings: list[str]
+    entity_rows: bool = False  # 4.x layout: per-entity "GPU0: Pass" rows under the test's own row
+    others: list[Outcome] = dataclasses.field(default_factory=list)  # 4.x rows of entities that are no GPU
 
 
 def parse_text(text: str) -> list[TestOutcome]:
@@ -527,27 +545,48 @@ def _parse_text(text: str) -> tuple[list[TestOutcome], dict[str, str]]:
 
     out = []
     for t in tests:
-        status = worst_outcome([*t.outcomes, *t.gpus.values()], Outcome.UNKNOWN)
-        gpus = dict(t.gpus)
-        if not gpus and status in (Outcome.FAIL, Outcome.WARN):
-            # 3.x Deployment rows name no GPU; their messages do ("... for GPU 3 ..."). A message
-            # saying the test could not run names no GPU at fault, whatever GPU it mentions.
-            for message in t.warnings:
-                if COULD_NOT_RUN.search(message):
-                    continue
-                for gpu in _GPU_IN_TEXT.findall(message):
-                    gpus[gpu] = status
+        if t.entity_rows and Outcome.WARN in t.outcomes and Outcome.FAIL not in t.outcomes:
+            # dcgmi 4.x prints a warned entity as "Fail" (HelperDisplayDiagResult without
+            # DDR_DISPLAY_WARN); only the test's own row says "Warn". A test that warns has no
+            # failed entity, so those rows are warnings, never a (fatal) failure.
+            t.gpus = {g: Outcome.WARN if o is Outcome.FAIL else o for g, o in t.gpus.items()}
+            t.others = [Outcome.WARN if o is Outcome.FAIL else o for o in t.others]
+        status = worst_outcome([*t.outcomes, *t.others, *t.gpus.values()], Outcome.UNKNOWN)
+        gpus = dict(t.gpus) or _gpus_named(status, t.warnings)
         out.append(TestOutcome(t.name, t.category, status, gpus, tuple(t.info), tuple(t.warnings)))
     return out, metadata
+
+
+def _gpus_named(status: Outcome, warnings: Iterable[str]) -> dict[str, Outcome]:
+    """GPUs a failing or warning test that names none is attributed to, from its messages.
+
+    Deployment rows (text) and 2.x/3.x Deployment results (JSON) name no GPU; their messages do
+    ("Persistence mode for GPU 1 ..."). A message saying the test could not run names no GPU at
+    fault, whatever GPU it mentions."""
+    gpus: dict[str, Outcome] = {}
+    if status not in (Outcome.FAIL, Outcome.WARN):
+        return gpus
+    for message in warnings:
+        if COULD_NOT_RUN.search(message):
+            continue
+        for gpu in _GPU_IN_TEXT.findall(message):
+            gpus[gpu] = status
+    return gpus
 
 
 def _text_entry(test: _TextTest, value: str, last_gpus: list[str] | None) -> list[str] | None:
     """Read one result cell (``Pass - All``, ``Fail - GPU: 0``, ``GPU0: Pass``) into ``test``."""
     if not value:
         return last_gpus
-    gpu_entry = _GPU_ENTRY.match(value)
-    if gpu_entry:  # 4.x: "GPU0: Pass"
-        gpu, outcome = gpu_entry.group("gpu"), outcome_of(gpu_entry.group("word"))
+    entity = _ENTITY_ENTRY.match(value)
+    if entity:  # 4.x: "GPU0: Pass", "CPU0: Fail"
+        word = entity.group("word").strip()
+        outcome = outcome_of(word) if word else Outcome.NOT_RUN
+        test.entity_rows = True
+        if entity.group("group").upper() != "GPU":
+            test.others.append(outcome)  # counts for the test, but is no GPU device
+            return None
+        gpu = entity.group("id")
         test.gpus[gpu] = worst_outcome([test.gpus[gpu], outcome]) if gpu in test.gpus else outcome
         return None
     entry = _STATUS_ENTRY.match(value)
@@ -560,6 +599,10 @@ def _text_entry(test: _TextTest, value: str, last_gpus: list[str] | None) -> lis
         for gpu in ids:
             test.gpus[gpu] = worst_outcome([test.gpus[gpu], outcome]) if gpu in test.gpus else outcome
         return ids or None
+    if _RETURN_CODE.fullmatch(value):
+        # "Warn - All" of the Diagnostic test is followed by the EUD return code (dcgmi Diag.cpp).
+        test.info.append(value)
+        return last_gpus
     if last_gpus is not None and re.fullmatch(r"[\d,\s]+", value):  # a wrapped GPU list
         outcome = test.gpus[last_gpus[-1]]
         ids = re.findall(r"\d+", value)

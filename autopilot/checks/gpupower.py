@@ -144,7 +144,7 @@ def parse_text(text: str) -> tuple[dict[int, Reading], dict[int, dict[str, Any]]
                 readings[section.index] = DeviceResult(gpu, Status.ERROR, detail=f"unreadable: {exc}")
         return readings, facts, _nvml_fallback.source_of(report, "nvidia-smi -q")
     nvsmi.raise_for_invalid_field(text)
-    first = next((line for line in text.splitlines() if line.strip()), "")
+    first = nvsmi.first_line(text)
     if any(prefix in first for prefix in nvsmi.CSV_REASON_PREFIXES):
         readings, facts = _from_rows(nvsmi.parse_csv(text))
         return readings, facts, "nvidia-smi --query-gpu"

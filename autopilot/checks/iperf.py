@@ -137,6 +137,9 @@ def judge_client(out: CommandResult | errors.AutopilotError) -> Measure:
         if any(word in said[0].lower() for word in _CONNECT_WORDS):
             return Measure(Status.FAIL, None, said[0])
         return Measure(Status.ERROR, None, f"iperf3 output unreadable: {said[0][:200]}")
+    if not stats.received_bps > 0:
+        # A summary that counts nothing received measured nothing: never a pass at 0 Gb/s.
+        return Measure(Status.ERROR, None, f"iperf3 reported {stats.received_bps:g} bits/s received")
     return Measure(Status.OK, stats.gbps, f"{stats.gbps:.2f} Gb/s")
 
 

@@ -54,7 +54,8 @@ fault (GPUs drop to Gen1 at idle and train back up under load). A width below th
 not recover at idle: it is a seating, riser or slot fault, and a GPU placed in a narrower slot by
 design therefore warns.
 
-``evaluate_text`` reads a saved ``ap-bandwidth`` line, a ``bandwidthTest`` output (text or CSV),
+``evaluate_text`` reads a saved ``ap-bandwidth`` line, a ``bandwidthTest`` output (text or CSV,
+of one device: a run over several devices at once sums them and is an ``error``),
 or an ``nvidia-smi -q`` report, for which it reports the link state of each GPU (ok unless the
 width is degraded; no bandwidth is judged).
 """
@@ -221,6 +222,7 @@ _CSV_H2D = re.compile(
 )
 _DEVICE_LINE = re.compile(r"^\s*Device\s+(?P<index>\d+):\s*(?P<name>.+?)\s*$")
 _TABLE_HEADER = re.compile(r"Transfer Size \(Bytes\)\s+Bandwidth\s*\((?P<unit>[GM])B/s\)", re.IGNORECASE)
+_DEVICES_AT_ONCE = re.compile(r"Host to Device Bandwidth,\s*(?P<devs>\d+)\s*Device\(s\)", re.IGNORECASE)
 _TABLE_ROW = re.compile(r"^\s*(?P<size>\d+)\s+(?P<value>[0-9.]+)\s*$")
 
 
@@ -245,6 +247,11 @@ def parse_bandwidthtest(text: str) -> BandwidthTestReading:
     cuda_error = re.search(r"(CUDA error at .*|cudaError\w+.*|code=\d+\(cuda\w+\).*)", text)
     if cuda_error:
         raise ParseError(f"bandwidthTest: {cuda_error.group(1).strip()[:200]}")
+    together = _DEVICES_AT_ONCE.search(text)
+    if together and int(together.group("devs")) != 1:
+        # --device=all (or a range) sums every device's bandwidth into one figure ("Cumulative
+        # Bandwidth to be computed from all the devices"): no one GPU's link.
+        raise ParseError(f"bandwidthTest measured {together.group('devs')} devices at once; run it per GPU")
     device = next((m for m in map(_DEVICE_LINE.match, text.splitlines()) if m), None)
     index = int(device.group("index")) if device else None
     name = device.group("name") if device else None

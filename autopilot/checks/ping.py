@@ -61,6 +61,8 @@ def judge_reply(out: CommandResult | errors.AutopilotError) -> tuple[Status, flo
         return Status.FAIL, 100.0, f"unreachable: {stats.transmitted} sent, none answered", data
     if stats.loss_pct > 0:
         return Status.WARN, stats.loss_pct, f"{stats.loss_pct:g}% packet loss", data
+    if stats.rtt_avg_ms is None:  # a summary without the rtt line (ping built without timing)
+        return Status.OK, 0.0, f"{stats.received} of {stats.transmitted} answered", data
     return Status.OK, 0.0, f"rtt {stats.rtt_avg_ms} ms", data
 
 

@@ -133,7 +133,7 @@ def parse_text(text: str) -> tuple[dict[int, Reading], dict[int, dict[str, Any]]
     """
     if nvsmi.looks_like_q(text):
         return _parse_q(text)
-    first = next((line for line in text.splitlines() if line.strip()), "")
+    first = nvsmi.first_line(text)
     if "remapped_rows." in first:
         return _parse_csv(text)
     nvsmi.raise_for_invalid_field(text)

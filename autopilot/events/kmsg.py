@@ -8,12 +8,14 @@ record; when the reader fell behind and its next record was overwritten, ``read(
 
 Lines classified (``classify``):
 
-- ``NVRM: Xid (PCI:0000:9b:00): 79, pid=..., ...``: an Xid (the catalogue decides);
+- ``NVRM: Xid (PCI:0000:9b:00): 79, pid=..., ...``: an Xid (the catalogue decides), also with the
+  MIG instance after the bus id (``NVRM: Xid (PCI:0000:01:00 GPU-I:05): 94, ...``);
 - ``NVRM: GPU 0000:91:00.0: GPU has fallen off the bus.`` and the open driver's
   ``NVRM: The NVIDIA GPU 0000:b3:00.0 ... has fallen off the bus``: Xid 79 for that GPU;
 - ``nvidia-nvswitch0: SXid (PCI:0000:05:00.0): 20034, Fatal, ...``: an NVSwitch SXid;
 - ``pcieport 0000:00:01.0: AER: Uncorrected (Fatal) error received: 0000:01:00.0``: PCIe AER, for
-  the device it names (the reporting port when it names none).
+  the device it names (kernels before 4.20: ``error received: id=3b00``, its requester id), the
+  reporting port when it names none.
 """
 
 from __future__ import annotations
@@ -37,7 +39,11 @@ DEFAULT_PATH = "/dev/kmsg"
 _READ_SIZE = 8192  # the kernel's record limit (CONSOLE_EXT_LOG_MAX) fits
 
 _ADDR = r"(?:PCI:)?[0-9a-fA-F]{4,8}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}(?:\.[0-7])?"
-_XID = re.compile(rf"NVRM: Xid \((?P<bus>{_ADDR})\): (?P<code>\d+)(?:,(?P<rest>.*))?")
+# With MIG enabled the driver names the GPU instance (and compute instance) after the bus id:
+# ``NVRM: Xid (PCI:0000:01:00 GPU-I:05): 94, ...`` (NVIDIA, A100 GPU memory error management).
+_XID = re.compile(
+    rf"NVRM: Xid \((?P<bus>{_ADDR})(?: GPU-I:\s*\d+)?(?: GPU-CI:\s*\d+)?\): (?P<code>\d+)(?:,(?P<rest>.*))?"
+)
 _PID = re.compile(r"pid=(?P<pid>'?[^,\s']+'?)")
 _FALLEN = re.compile(
     rf"NVRM: (?:GPU at |The NVIDIA GPU |GPU )(?P<bus>{_ADDR})\b.*?fallen off the bus", re.IGNORECASE | re.DOTALL
@@ -46,6 +52,9 @@ _SXID = re.compile(rf"SXid \((?P<bus>{_ADDR})\): (?P<code>\d+)(?:,(?P<rest>.*))?
 _DEV = r"[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]"
 _AER = re.compile(rf"(?P<dev>{_DEV}): AER: (?P<text>.*)")
 _AER_TARGET = re.compile(rf"(?:error received|error message received from)[: ]+(?:id=)?(?P<dev>{_DEV})")
+# Kernels before 4.20 name the source by its requester id, ``error received: id=3b00`` (bus << 8 |
+# device << 3 | function), in the reporting port's PCI domain.
+_AER_REQUESTER = re.compile(r"error received: id=(?P<id>[0-9a-fA-F]{4})\b")
 _AER_FATAL = re.compile(r"Uncorrect\w* \(Fatal\)|severity=Uncorrected \(Fatal\)")
 _AER_NONFATAL = re.compile(r"Uncorrect\w* \(Non-Fatal\)|severity=Uncorrected \(Non-Fatal\)")
 _AER_CORRECTED = re.compile(r"\bCorrect(?:ed|able)\b|severity=Correct")
@@ -112,9 +121,22 @@ def classify(message: str, *, written_at: float = 0.0) -> list[Event]:
         else:
             return []  # detail lines ("device [10de:2330] error status/mask=...") repeat the headline
         target = _AER_TARGET.search(body)
-        device = bus_id(target.group("dev") if target else aer.group("dev"))
+        requester = _AER_REQUESTER.search(body)
+        if target:
+            device = bus_id(target.group("dev"))
+        elif requester:
+            device = _requester_device(aer.group("dev"), int(requester.group("id"), 16))
+        else:
+            device = bus_id(aer.group("dev"))
         return [Event("kmsg", catalogue.lookup("aer", kind), device, text, written_at)]
     return []
+
+
+def _requester_device(port: str, requester: int) -> str:
+    """The device of a PCIe requester id, in the domain of ``port`` (the AER reporting port)."""
+    domain = port.split(":", 1)[0]
+    bus, devfn = requester >> 8, requester & 0xFF
+    return bus_id(f"{domain}:{bus:02x}:{devfn >> 3:02x}.{devfn & 7}")
 
 
 def _pid(found: re.Match[str] | None) -> str:

@@ -364,6 +364,156 @@ def test_text_wrapped_gpu_list_and_unreadable_cell() -> None:
     assert diag.status is Outcome.UNKNOWN and diag.info == ("Sideways",)
 
 
+# dcgmi's own JSON writers (NVIDIA/DCGM dcgmi/Diag.cpp): DCGM 2.x HelperJsonAddBasicTests gives a
+# Deployment result only "status" and "warnings" (a string), no GPU id; 3.x gives "gpu_ids" the
+# error's GPU id (an int, negative when the error concerns no one GPU) and each warning object its
+# text under "warnings"; 3.1 per-GPU results may carry "gpu_ids" as an int and "tests" may hold null
+# (DCGM's testing/JsonResultTests "Deserialize real output", printed after a "WARNING:" line).
+def test_json_dcgm2_deployment_failure_is_attributed_to_the_gpu_its_message_names() -> None:
+    doc = {
+        "DCGM GPU Diagnostic": {
+            "test_categories": [
+                {
+                    "category": "Deployment",
+                    "tests": [
+                        {"name": "Denylist", "results": [{"status": "Pass"}]},
+                        {
+                            "name": "Persistence Mode",
+                            "results": [{"status": "Fail", "warnings": "Persistence mode for GPU 1 is disabled."}],
+                        },
+                    ],
+                },
+                {
+                    "category": "Hardware",
+                    "tests": [
+                        {
+                            "name": "GPU Memory",
+                            "results": [{"gpu_ids": "0", "status": "Pass"}, {"gpu_ids": "1", "status": "Pass"}],
+                        }
+                    ],
+                },
+            ],
+            "version": "2.4.5",
+        }
+    }
+    result = dcgm.evaluate_text(json.dumps(doc), {}, Settings())
+    assert result.status is Status.FAIL
+    assert {d.id: d.status for d in result.devices} == {"0": Status.OK, "1": Status.FAIL}
+    assert result.data["failure_string"] == "persistence_mode.1"
+
+
+def test_json_dcgm3_deployment_error_ids_and_warning_objects() -> None:
+    def deployment(gpu_id: int, message: str) -> str:
+        warning = {"warnings": message, "error_id": 9, "error_category": 1, "error_severity": 2}
+        result = {"status": "Fail", "gpu_ids": gpu_id, "warnings": [warning]}
+        test = {"name": "Environment Variables", "results": [result]}
+        return json.dumps({"DCGM GPU Diagnostic": {"test_categories": [{"category": "Deployment", "tests": [test]}]}})
+
+    nobody = dcgm.evaluate_text(deployment(-1, "Found environment variable 'CUDA_LAUNCH_BLOCKING'"), {}, Settings())
+    assert nobody.status is Status.FAIL and nobody.devices == ()  # no device "-1"
+    assert nobody.data["tests"][0]["warnings"] == ["Found environment variable 'CUDA_LAUNCH_BLOCKING'"]
+    one = dcgm.evaluate_text(deployment(2, "GPU 2 has a problem"), {}, Settings())
+    assert [(d.id, d.status) for d in one.devices] == [("2", Status.FAIL)]
+
+
+def test_json_dcgm31_null_tests_and_integer_gpu_ids_after_a_warning_line() -> None:
+    doc = {
+        "DCGM GPU Diagnostic": {
+            "test_categories": [
+                {
+                    "category": "Deployment",
+                    "tests": [{"name": "Denylist", "results": [{"gpu_ids": "0,1", "status": "PASS"}]}, None],
+                },
+                {
+                    "category": "Custom",
+                    "tests": [
+                        {
+                            "name": "software",
+                            "results": [{"gpu_ids": 0, "status": "PASS"}, {"gpu_ids": 1, "status": "PASS"}],
+                        }
+                    ],
+                },
+            ],
+            "version": "3.1.0",
+        }
+    }
+    result = dcgm.evaluate_text("\tWARNING: THIS SHOULD NOT HAPPEN\n\t" + json.dumps(doc, indent="\t"), {}, Settings())
+    assert result.status is Status.OK and [d.id for d in result.devices] == ["0", "1"]
+
+
+def test_text_warn_all_with_its_return_code_row_is_a_warning() -> None:
+    # dcgmi Diag.cpp HelperDisplayGpuResults: "Warn - All" of the Diagnostic test is followed by a
+    # continuation row "  Code: (000000000123)" (the EUD return code), in every 3.x build.
+    text = "\n".join(
+        [
+            "Successfully ran diagnostic for group.",
+            "+---------------------------+------------------------------------------------+",
+            "| Diagnostic                | Result                                         |",
+            "+===========================+================================================+",
+            "+-----  Hardware  ----------+------------------------------------------------+",
+            "| GPU Memory                | Pass - All                                     |",
+            "| Diagnostic                | Warn - All                                     |",
+            "|                           |   Code: (000000000123)                         |",
+            "+---------------------------+------------------------------------------------+",
+        ]
+    )
+    result = dcgm.evaluate_text(text, {}, Settings())
+    assert result.status is Status.WARN and "Diagnostic warned" in result.summary
+
+
+def dcgm4_table(*rows: str) -> str:
+    """A DCGM 4.x text table (dcgmi Diag.cpp, dcgmDiagResponse_v12) around ``rows``."""
+    border = "+---------------------------+------------------------------------------------+"
+    head = ["Successfully ran diagnostic for group.", border, "| Diagnostic                | Result  "
+            "                                       |", border.replace("-", "=")]  # fmt: skip
+    return "\n".join([*head, *rows, border]) + "\n"
+
+
+def row4(label: str, value: str) -> str:
+    return f"| {label:<25} | {value:<46} |"
+
+
+def test_text_dcgm4_warned_gpu_printed_as_fail_is_a_warning() -> None:
+    # DCGM 4.x dcgmi prints the test's own row with DDR_DISPLAY_WARN ("Warn") but each entity row
+    # with the default DDR_NO_DISPLAY_WARN, where a warned entity reads "Fail" (Diag.cpp
+    # HelperDisplayEntityResults / HelperDisplayDiagResult). A memory warning must not evict.
+    text = dcgm4_table(
+        "+-----  Hardware  ----------+------------------------------------------------+",
+        row4("memory", "Warn"),
+        row4("", "GPU0: Pass"),
+        row4("", "GPU1: Fail"),
+        row4("Warning: GPU1", "Some memory warning"),
+    )
+    result = dcgm.evaluate_text(text, {}, Settings())
+    assert (result.status, result.fatal) == (Status.WARN, False)
+    assert {d.id: d.status for d in result.devices} == {"0": Status.OK, "1": Status.WARN}
+    failed = text.replace(row4("memory", "Warn"), row4("memory", "Fail"))
+    assert dcgm.evaluate_text(failed, {}, Settings()).fatal  # a real failure still evicts
+
+
+def test_text_dcgm4_rows_of_other_entity_groups_count_but_are_no_gpus() -> None:
+    # Grace systems list CPU entities ("Number of CPUs Detected", "CPU0: Pass"); an entity row
+    # with an empty word is a result not run.
+    text = dcgm4_table(
+        "|-----  Metadata  ----------+------------------------------------------------|",
+        row4("Number of CPUs Detected", "1"),
+        "+-----  Hardware  ----------+------------------------------------------------+",
+        row4("memory", "Pass"),
+        row4("", "GPU0: Pass"),
+        row4("", "GPU1:"),
+        row4("cpu_eud", "Pass"),
+        row4("", "CPU0: Pass"),
+    )
+    result = dcgm.evaluate_text(text, {}, Settings())
+    assert result.status is Status.OK, result.summary
+    assert {d.id: d.status for d in result.devices} == {"0": Status.OK, "1": Status.SKIPPED}
+    cpu_fail = text.replace(row4("", "CPU0: Pass"), row4("", "CPU0: Fail")).replace(
+        row4("cpu_eud", "Pass"), row4("cpu_eud", "Fail")
+    )
+    failed = dcgm.evaluate_text(cpu_fail, {}, Settings())
+    assert failed.status is Status.FAIL and failed.data["failure_string"] == "cpu_eud"
+
+
 def test_unknown_status_is_an_error_not_a_pass() -> None:
     result = dcgm.evaluate([outcome("pcie", Outcome.UNKNOWN, {"0": Outcome.UNKNOWN})], DEFAULT_FATAL)
     assert result.status is Status.ERROR

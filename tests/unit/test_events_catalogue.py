@@ -140,6 +140,18 @@ def test_bus_ids_from_the_driver_nvml_and_kernel_are_one_form(text: str, expecte
         ("nvidia 0000:3b:00.0: AER: PCIe Bus Error: severity=Uncorrected (Fatal), type=Transaction Layer",
          "aer.fatal", "0000:3b:00.0", "evict"),
         ("NVRM: Xid (0000:03:00): 14, Channel 00000001", "xid.14", "0000:03:00.0", "ignore"),
+        # MIG: the GPU instance (and compute instance) follow the bus id; the form NVIDIA's "A100 GPU
+        # memory error management" guide prints for Xid 94/95.
+        ("NVRM: Xid (PCI:0000:01:00 GPU-I:05): 95, pid=7194, Uncontained: FBHUB. RST: Yes, D-RST: No",
+         "xid.95", "0000:01:00.0", "reset"),
+        ("NVRM: Xid (PCI:0000:3b:00 GPU-I:01 GPU-CI:02): 79, pid=9, name=a, GPU has fallen off the bus.",
+         "xid.79", "0000:3b:00.0", "evict"),
+        # Kernels before 4.20 (aer_print_port_info: "error received: id=%04x") name the source by its
+        # requester id (bus << 8 | devfn), in the reporting port's domain.
+        ("pcieport 0000:3a:00.0: AER: Uncorrected (Fatal) error received: id=3b00", "aer.fatal", "0000:3b:00.0",
+         "evict"),
+        ("pcieport 0001:00:02.0: AER: Multiple Corrected error received: id=0119", "aer.corrected", "0001:01:03.1",
+         "ignore"),
     ],
 )  # fmt: skip
 def test_aer_and_old_style_xid_lines(line: str, code: str, device: str, action: str) -> None:

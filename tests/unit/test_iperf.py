@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from autopilot import commands, errors, execution, registry
+from autopilot import commands, errors, execution, network, registry
 from autopilot.checks import iperf
 from autopilot.commands import CommandResult
 from autopilot.results import Status
@@ -122,6 +122,53 @@ def test_refused_sample_is_a_network_failure() -> None:
 def test_auth_failed_sample_is_an_error_not_a_network_failure() -> None:
     m = iperf.judge_client(out(sample_text("iperf3-J_error_auth-failed.json.txt"), rc=1))
     assert m.status is Status.ERROR and "authorization failed" in m.detail
+
+
+def test_warnings_before_the_document_and_a_repeated_document_are_read() -> None:
+    # iperf3 prints warnings to stdout ahead of the -J document (esnet/iperf#1223, "warning: UDP
+    # block size 2048 exceeds TCP MSS 1448, may result in fragmentation / drops"; #1776, "warning:
+    # JSON data length overflow"), and 3.16/3.17 print the document twice (esnet/iperf#1688, #1716).
+    doc = ok_json(4e9)
+    for stdout in (
+        f"warning: UDP block size 2048 exceeds TCP MSS 1448, may result in fragmentation / drops\n{doc}",
+        f"warning: JSON data length overflow\n{doc}\n",
+        f"{doc}\n{doc}\n",
+    ):
+        m = iperf.judge_client(out(stdout))
+        assert m.status is Status.OK and m.gbps == pytest.approx(4.0)
+
+
+def test_udp_summary_of_iperf3_3_11_keeps_its_loss() -> None:
+    # iperf3 3.11+ writes end.sum_sent/sum_received for UDP beside end.sum (esnet/iperf#1174).
+    doc = {
+        "start": {"test_start": {"protocol": "UDP"}},
+        "end": {
+            "sum": {"bits_per_second": 1e9, "lost_percent": 0.0},
+            "sum_sent": {"bits_per_second": 1e9, "lost_percent": 0.0},
+            "sum_received": {"bits_per_second": 0.8e9, "lost_percent": 20.0},
+        },
+    }
+    stats = network.parse_iperf3(json.dumps(doc))
+    assert stats.protocol == "UDP" and stats.lost_percent == 20.0 and stats.received_bps == 0.8e9
+
+
+@pytest.mark.parametrize(
+    "end",
+    [
+        {"sum_sent": {"bits_per_second": 1e9}, "sum_received": {}},
+        {"sum_sent": {"bits_per_second": 1e9}, "sum_received": {"bits_per_second": "n/a"}},
+        {"sum_sent": None, "sum_received": {"bits_per_second": 1e9}},
+        {"sum": []},
+    ],
+)
+def test_a_summary_missing_its_figures_is_unreadable_not_a_crash(end: dict[str, object]) -> None:
+    m = iperf.judge_client(out(json.dumps({"start": {}, "end": end})))
+    assert m.status is Status.ERROR and "unreadable" in m.detail
+
+
+def test_nothing_received_is_not_a_pass_at_zero() -> None:
+    m = iperf.judge_client(out(ok_json(0.0)))
+    assert m.status is Status.ERROR and m.gbps is None
 
 
 def test_timeouts_missing_tool_and_garbage() -> None:

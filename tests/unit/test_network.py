@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from autopilot import errors, execution, network
 from autopilot.checks import ping
+from autopilot.commands import CommandResult
 from autopilot.peers import Peer, StaticPeers
 from autopilot.results import Status
 from autopilot.testing import FakeRunner
@@ -37,6 +40,54 @@ def test_parse_ping_variants() -> None:
     assert network.parse_ping(BUSYBOX_PING).received == 3
     with pytest.raises(errors.ParseError):
         network.parse_ping("ping: connect: Network is unreachable\n")
+
+
+# Summary lines typed from the printf calls that write them: iputils ping_common.c finish()
+# (https://github.com/iputils/iputils, "+N duplicates", "+N corrupted", "+N errors" in that order,
+# then "pipe N" after the rtt line), busybox networking/ping.c ("N duplicates" without "+", rtt
+# min/avg/max with no deviation) and GNU inetutils ping ("round-trip min/avg/max/stddev").
+@pytest.mark.parametrize(
+    "summary, expected",
+    [
+        (
+            "5 packets transmitted, 3 received, +2 duplicates, +1 errors, 40% packet loss, time 4005ms\n"
+            "rtt min/avg/max/mdev = 0.045/0.061/0.082/0.015 ms, pipe 2\n",
+            network.PingStats(5, 3, 40.0, 0.061, 0.082),
+        ),
+        (
+            "4 packets transmitted, 4 received, +1 corrupted, 0% packet loss, time 3004ms\n"
+            "rtt min/avg/max/mdev = 0.040/0.050/0.060/0.008 ms\n",
+            network.PingStats(4, 4, 0.0, 0.05, 0.06),
+        ),
+        (
+            "3 packets transmitted, 3 packets received, 2 duplicates, 0% packet loss\n"
+            "round-trip min/avg/max = 0.050/0.060/0.070 ms\n",
+            network.PingStats(3, 3, 0.0, 0.06, 0.07),
+        ),
+        (
+            "3 packets transmitted, 3 packets received, 0% packet loss\n"
+            "round-trip min/avg/max/stddev = 0.050/0.060/0.070/0.008 ms\n",
+            network.PingStats(3, 3, 0.0, 0.06, 0.07),
+        ),
+    ],
+    ids=["iputils-duplicates-errors-pipe", "iputils-corrupted", "busybox-duplicates", "inetutils-stddev"],
+)
+def test_parse_ping_reads_every_counter_layout(summary: str, expected: network.PingStats) -> None:
+    assert network.parse_ping(f"--- 192.0.2.9 ping statistics ---\n{summary}") == expected
+
+
+def test_a_ping_answered_with_duplicates_is_reachable_not_an_error() -> None:
+    out = CommandResult(
+        ("ping",),
+        0,
+        "--- 192.0.2.9 ping statistics ---\n"
+        "3 packets transmitted, 3 received, +1 duplicates, 0% packet loss, time 2003ms\n"
+        "rtt min/avg/max/mdev = 0.045/0.061/0.082/0.015 ms\n",
+        "",
+    )
+    assert ping.judge_reply(out)[0] is Status.OK
+    bare = dataclasses.replace(out, stdout="3 packets transmitted, 3 packets received, 0% packet loss\n")
+    assert ping.judge_reply(bare)[:3] == (Status.OK, 0.0, "3 of 3 answered")
 
 
 def test_iperf3_tcp_and_udp_samples_are_read_in_bits_per_second() -> None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import pytest
 
 from autopilot import gpus, nvsmi
+from autopilot.checks import remapped
+from autopilot.config import Settings
+from autopilot.results import Status
 from tests.conftest import sample_text
 
 # Handwritten, shaped like a driver 550 report of two GPUs (values invented).
@@ -136,6 +139,25 @@ GPU 00000000:2B:00.0
     assert nvsmi.remapped_rows_from_q(report.gpus[1]) == gpus.RemappedRows(0, 0, False, False)
 
 
+def test_a_report_whose_only_gpu_is_lost_is_that_gpus_error() -> None:
+    # nvidia-smi -q -d ROW_REMAPPER on a one-GPU node whose GPU fell off the bus (driver 535): the
+    # banner and header, then the handle error where the section would be; no "GPU <bus>" heading.
+    text = (
+        "\n==============NVSMI LOG==============\n\n"
+        "Timestamp                                 : Mon Jan  8 10:00:00 2024\n"
+        "Driver Version                            : 535.104.05\n"
+        "CUDA Version                              : 12.2\n\n"
+        "Attached GPUs                             : 1\n"
+        "Unable to determine the device handle for GPU0000:07:00.0: "
+        "GPU is lost.  Reboot the system to recover this GPU\n"
+    )
+    assert nvsmi.looks_like_q(text)
+    result = remapped.evaluate_text(text, {}, Settings())
+    assert result.status is Status.ERROR
+    assert [(d.id, d.status) for d in result.devices] == [("0", Status.ERROR)]
+    assert "GPU is lost" in result.summary
+
+
 @pytest.mark.parametrize(
     "text",
     [
@@ -149,6 +171,25 @@ GPU 00000000:2B:00.0
 def test_text_that_is_not_a_report_raises(text: str) -> None:
     with pytest.raises(nvsmi.ParseError):
         nvsmi.parse_q(text)
+
+
+def test_the_drivers_inforom_warning_around_an_answer_is_not_part_of_it() -> None:
+    # nvidia-smi prints "WARNING: infoROM is corrupted at gpu <bus>" on stdout after (or before) any
+    # answer for such a GPU (seen after the summary table and ahead of --query-gpu CSV rows in public
+    # bug reports); the answer is intact and must not read as unreadable.
+    warning = "WARNING: infoROM is corrupted at gpu 0000:1A:00.0"
+    report = nvsmi.parse_q(TWO_GPUS + warning + "\n")
+    assert len(report.gpus) == 2 and report.warnings == (warning,)
+    result = remapped.evaluate_text(TWO_GPUS + warning + "\n", {}, Settings())
+    assert result.status is not Status.ERROR
+    assert result.data["gpus"]["0"]["nvidia_smi_warnings"] == [warning]
+    assert "nvidia_smi_warnings" not in result.data["gpus"]["1"]
+    csv = f"{warning}\ngpu_uuid, remapped_rows.pending\nGPU-1, No\n"
+    assert nvsmi.first_line(csv) == "gpu_uuid, remapped_rows.pending"
+    assert nvsmi.parse_csv(csv) == [{"gpu_uuid": "GPU-1", "remapped_rows.pending": "No"}]
+    assert nvsmi.parse_csv(f"{warning}\nGPU-1, No\n", ["gpu_uuid", "pending"]) == [
+        {"gpu_uuid": "GPU-1", "pending": "No"}
+    ]
 
 
 def test_words() -> None:

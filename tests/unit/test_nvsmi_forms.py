@@ -53,6 +53,18 @@ def test_xml_gives_the_verdicts_of_its_text_twin(stem: str, check: str) -> None:
     assert xml.status is not Status.ERROR
 
 
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_xml_with_the_drivers_inforom_warning_around_it_gives_the_same_verdict(where: str) -> None:
+    # nvidia-smi prints "WARNING: infoROM is corrupted at gpu <bus>" on stdout around any answer.
+    stem = "drv535.129.03_h100x2_remap-failure_width-x8"
+    xml = fixture(f"q-x_{stem}.xml")
+    warning = "WARNING: infoROM is corrupted at gpu 0000:1B:00.0\n"
+    text = warning + xml if where == "before" else xml + warning
+    for check in CHECKS:
+        assert verdict(judge(check, text)) == verdict(judge(check, xml)), check
+    assert nvsmi.parse_q(text).warnings == (warning.strip(),)
+
+
 def test_xml_driver_470_throttle_reasons_and_remap_pending() -> None:
     text = fixture("q-x_drv470.82.01_a100x2_throttle-hw-slowdown_remap-pending.xml")
     power = judge("gpupower", text)

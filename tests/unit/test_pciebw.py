@@ -401,6 +401,35 @@ def test_an_entry_for_another_gpu_than_nvmls_is_an_error() -> None:
 # ---------------------------------------------------------------- bandwidthTest
 
 
+def test_bandwidthtest_text_of_several_devices_at_once_is_no_gpus_reading() -> None:
+    # cuda-samples bandwidthTest --device=all: "Cumulative Bandwidth to be computed from all the
+    # devices" and one summed figure under "Host to Device Bandwidth, 2 Device(s)" (text mode).
+    text = "\n".join(
+        [
+            "[CUDA Bandwidth Test] - Starting...",
+            "",
+            "!!!!!Cumulative Bandwidth to be computed from all the devices !!!!!!",
+            "",
+            "Running on...",
+            "",
+            " Device 0: NVIDIA A100-SXM4-80GB",
+            " Device 1: NVIDIA A100-SXM4-80GB",
+            " Quick Mode",
+            "",
+            " Host to Device Bandwidth, 2 Device(s)",
+            " PINNED Memory Transfers",
+            "   Transfer Size (Bytes)\tBandwidth(GB/s)",
+            "   32000000\t\t\t48.5",
+            "",
+            "Result = PASS",
+        ]
+    )
+    with pytest.raises(errors.ParseError, match="2 devices at once"):
+        pciebw.parse_bandwidthtest(text)
+    one = text.replace("2 Device(s)", "1 Device(s)").replace(" Device 1: NVIDIA A100-SXM4-80GB\n", "")
+    assert pciebw.parse_bandwidthtest(one).h2d_gbps == 48.5
+
+
 def test_bandwidthtest_argv_forces_pci_bus_order() -> None:
     runner = FakeRunner(installed=["bandwidthTest"])
     text = "bandwidthTest-H2D-Pinned, Bandwidth = 24.6 GB/s, Time = 0.00130 s, Size = 32000000 bytes, NumDevsUsed = 1\n"
