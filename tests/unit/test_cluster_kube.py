@@ -106,7 +106,11 @@ def test_job_calls(kube: Backend) -> None:
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {"name": "j"},
-        "spec": {"template": {"spec": {"nodeName": "gpu-1", "containers": [{"name": "main", "image": "i"}]}}},
+        "spec": {
+            "template": {
+                "spec": {"restartPolicy": "Never", "nodeName": "gpu-1", "containers": [{"name": "main", "image": "i"}]}
+            }
+        },
     }
     kube.client.create_job("ap", manifest)
     kube.client.get_job("ap", "j")
@@ -213,7 +217,7 @@ def _event(namespace: str, involved: dict[str, str], **extra: Any) -> dict[str, 
             {"kind": "Node", "name": "gpu-1"},
             {
                 "eventTime": "2026-11-29T22:00:00.000000Z",
-                "reportingController": "autopilot.ibm.com/autopilot",
+                "reportingComponent": "autopilot.ibm.com/autopilot",  # core/v1 JSON name of reportingController
                 "reportingInstance": "gpu-1",
                 "action": "Check",
             },
