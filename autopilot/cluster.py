@@ -148,8 +148,8 @@ class JobInfo:
     active: int = 0
     succeeded: int = 0
     failed: int = 0
-    complete: bool = False  # condition Complete=True
-    failed_reason: str = ""  # reason of condition Failed=True (DeadlineExceeded, BackoffLimitExceeded)
+    complete: bool = False  # condition Complete=True (or SuccessCriteriaMet=True, which precedes it)
+    failed_reason: str = ""  # reason of Failed=True or FailureTarget=True (DeadlineExceeded, BackoffLimitExceeded)
     message: str = ""
     created_at: str = ""
 
@@ -416,13 +416,16 @@ def job_from_json(raw: Mapping[str, Any]) -> JobInfo:
     complete = False
     failed_reason = ""
     message = ""
+    # From Kubernetes 1.31 the controller first writes SuccessCriteriaMet or FailureTarget and adds
+    # Complete or Failed only once every pod has terminated (which a sick node can delay for long);
+    # the first already settles the outcome, with the same reason.
     for cond in status.get("conditions") or ():
         if cond.get("status") != "True":
             continue
-        if cond.get("type") == "Complete":
+        if cond.get("type") in ("Complete", "SuccessCriteriaMet"):
             complete = True
-        elif cond.get("type") == "Failed":
-            failed_reason = str(cond.get("reason") or "Failed")
+        elif cond.get("type") in ("Failed", "FailureTarget") and not failed_reason:
+            failed_reason = str(cond.get("reason") or cond.get("type"))
             message = str(cond.get("message") or "")
     return JobInfo(
         name=str(meta.get("name") or ""),

@@ -421,8 +421,12 @@ class FakeCluster:
         """The next ``times`` attempts of ``op`` (a Protocol method name) fail as the API would with ``status``."""
         self._faults.setdefault(op, []).extend([status] * times)
 
-    def finish_job(self, namespace: str, name: str, *, succeeded: bool, log: str = "", exit_code: int = 0) -> None:
-        """The Job's pod ran to the end: phase, log and the Job's Complete/Failed condition."""
+    def finish_job(
+        self, namespace: str, name: str, *, succeeded: bool, log: str = "", exit_code: int = 0, interim: bool = False
+    ) -> None:
+        """The Job's pod ran to the end: phase, log and the Job's Complete/Failed condition. ``interim``: only
+        the controller's first word on it (``SuccessCriteriaMet``/``FailureTarget``, Kubernetes 1.31+), which
+        the seam reports as the same outcome."""
         job = self.jobs[(namespace, name)]
         for pod in self._job_pods(namespace, name):
             pod.info = dataclasses.replace(
@@ -457,7 +461,7 @@ class FakeCluster:
         for pod in self._job_pods(namespace, name):
             pod.info = dataclasses.replace(pod.info, unschedulable=message)
 
-    def job_past_deadline(self, namespace: str, name: str) -> None:
+    def job_past_deadline(self, namespace: str, name: str, *, interim: bool = False) -> None:
         """``activeDeadlineSeconds`` passed: the controller kills the pod and fails the Job."""
         for pod in self._job_pods(namespace, name):
             pod.info = dataclasses.replace(pod.info, phase="Failed", reason="DeadlineExceeded")

@@ -236,7 +236,11 @@ class StandInApi:
         with self.lock:
             self._faults.extend([(method, pattern, status)] * times)
 
-    def finish_job(self, namespace: str, name: str, *, succeeded: bool, log: str = "", exit_code: int = 0) -> None:
+    def finish_job(
+        self, namespace: str, name: str, *, succeeded: bool, log: str = "", exit_code: int = 0, interim: bool = False
+    ) -> None:
+        """``interim``: as a 1.31+ Job controller first writes it, ``SuccessCriteriaMet`` or ``FailureTarget``
+        alone, before its pods are gone and ``Complete`` or ``Failed`` follows."""
         with self.lock:
             job = self.objects[("Job", namespace, name)]
             for pod in self._job_pods(namespace, name):
@@ -262,7 +266,9 @@ class StandInApi:
                     {"type": "SuccessCriteriaMet", "status": "True", "lastTransitionTime": STAMP},
                     {"type": "Complete", "status": "True", "lastTransitionTime": STAMP},
                 ]
-                job["status"] = {"succeeded": 1, "conditions": conditions, "completionTime": STAMP}
+                job["status"] = {"succeeded": 1, "conditions": conditions[:1] if interim else conditions}
+                if not interim:
+                    job["status"]["completionTime"] = STAMP
             else:
                 conditions = [
                     {"type": "FailureTarget", "status": "True", "reason": "BackoffLimitExceeded"},
@@ -273,7 +279,7 @@ class StandInApi:
                         "message": "Job has reached the specified backoff limit",
                     },
                 ]
-                job["status"] = {"failed": 1, "conditions": conditions}
+                job["status"] = {"failed": 1, "conditions": conditions[:1] if interim else conditions}
 
     def refuse_job_pod(self, namespace: str, name: str, message: str) -> None:
         with self.lock:
@@ -297,7 +303,7 @@ class StandInApi:
                     ],
                 }
 
-    def job_past_deadline(self, namespace: str, name: str) -> None:
+    def job_past_deadline(self, namespace: str, name: str, *, interim: bool = False) -> None:
         with self.lock:
             for pod in self._job_pods(namespace, name):
                 pod["status"] = {"phase": "Failed", "reason": "DeadlineExceeded"}
@@ -305,7 +311,7 @@ class StandInApi:
                 "failed": 1,
                 "conditions": [
                     {
-                        "type": "Failed",
+                        "type": "FailureTarget" if interim else "Failed",
                         "status": "True",
                         "reason": "DeadlineExceeded",
                         "message": "Job was active longer than specified deadline",
