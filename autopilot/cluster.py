@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
-from autopilot import errors
+from autopilot import errors, names
 
 log = logging.getLogger(__name__)
 
@@ -456,6 +456,15 @@ def event_from_json(raw: Mapping[str, Any]) -> EventInfo:
     )
 
 
+def selector_safe(node: str = "", job: str = "") -> None:
+    """Refuse a node or Job name that is not one before it goes into a label or field selector, where a ``,``
+    or ``=`` in it would add a requirement of its own (``BadParameter``)."""
+    if node:
+        names.node_name(node, field="node")
+    if job and not names.is_dns1123_label(job):
+        raise errors.BadParameter("job", f"not a valid Job name (DNS-1123 label): {job[:80]!r}")
+
+
 def rfc3339(moment: datetime | None = None) -> str:
     return (moment or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -753,6 +762,7 @@ class KubeClusterClient:
         return sorted({p.node for p in (pod_from_json(i) for i in data.get("items") or ()) if p.node})
 
     def gpu_pods_on_node(self, node: str) -> list[PodInfo]:
+        selector_safe(node=node)
         # Pending, Running and Unknown pods count: a pod admitted to the node holds its GPUs.
         selector = f"spec.nodeName={node},status.phase!=Succeeded,status.phase!=Failed"
         data = self._call("GET", "/api/v1/pods", query=[("fieldSelector", selector)])
@@ -775,12 +785,14 @@ class KubeClusterClient:
         return self._delete(f"/apis/batch/v1/namespaces/{_seg(namespace)}/jobs/{_seg(name)}", propagation="Background")
 
     def job_pods(self, namespace: str, job_name: str) -> list[PodInfo]:
+        selector_safe(job=job_name)
         data = self._call(
             "GET", f"/api/v1/namespaces/{_seg(namespace)}/pods", query=[("labelSelector", f"job-name={job_name}")]
         )
         return [pod_from_json(i) for i in data.get("items") or ()]
 
     def job_events(self, namespace: str, job_name: str) -> list[EventInfo]:
+        selector_safe(job=job_name)
         selector = f"involvedObject.kind=Job,involvedObject.name={job_name}"
         data = self._call("GET", f"/api/v1/namespaces/{_seg(namespace)}/events", query=[("fieldSelector", selector)])
         return [event_from_json(i) for i in data.get("items") or ()]

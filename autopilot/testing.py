@@ -38,6 +38,7 @@ from autopilot.cluster import (
     pod_gpus,
     rfc3339,
     selector_matches,
+    selector_safe,
     with_retries,
     with_taint,
 )
@@ -637,6 +638,7 @@ class FakeCluster:
         )
 
     def gpu_pods_on_node(self, node: str) -> list[PodInfo]:
+        selector_safe(node=node)
         return self._do(
             "gpu_pods_on_node",
             lambda: [
@@ -695,9 +697,11 @@ class FakeCluster:
         return self._do("delete_job", delete)
 
     def job_pods(self, namespace: str, job_name: str) -> list[PodInfo]:
+        selector_safe(job=job_name)
         return self._do("job_pods", lambda: [p.info for p in self._job_pods(namespace, job_name)])
 
     def job_events(self, namespace: str, job_name: str) -> list[EventInfo]:
+        selector_safe(job=job_name)
         return self._do(
             "job_events",
             lambda: [e for e in self.events if e.namespace == namespace and e.kind == "Job" and e.name == job_name],

@@ -211,3 +211,20 @@ def test_node_events_get_unique_names_from_generate_name(backend: Backend) -> No
         assert len(set(names)) == 3
         # the server keeps 58 characters of generateName and appends 5
         assert all(len(n) == apivalidation.GENERATED_BASE_LIMIT + 5 for n in names)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda c: c.gpu_pods_on_node("gpu-1,status.phase=Running"),
+        lambda c: c.gpu_pods_on_node("gpu-1\n"),
+        lambda c: c.job_pods(NS, "j,app.kubernetes.io/name=autopilot"),
+        lambda c: c.job_events(NS, "j,involvedObject.kind=Pod"),
+    ],
+)
+def test_a_name_that_would_add_a_selector_requirement_is_refused_before_it_is_sent(backend: Backend, call: Any) -> None:
+    # before: sent as is, and the server read the text after the comma as a requirement of its own
+    sent = len(backend.standin.requests) if backend.standin is not None else 0
+    with pytest.raises(errors.BadParameter):
+        call(backend.client)
+    assert (len(backend.standin.requests) if backend.standin is not None else 0) == sent
