@@ -418,9 +418,12 @@ class FakeCluster:
         """``binds_after``: reads of the claim's phase until it is Bound (None: the provisioner never binds)."""
         self.storage_classes[name] = (mode, binds_after)
 
-    def fail_next(self, op: str, status: int, times: int = 1) -> None:
-        """The next ``times`` attempts of ``op`` (a Protocol method name) fail as the API would with ``status``."""
-        self._faults.setdefault(op, []).extend([status] * times)
+    def fail_next(self, op: str, status: int, times: int = 1, *, applied: bool = False) -> None:
+        """The next ``times`` attempts of ``op`` (a Protocol method name) fail as the API would with ``status``.
+
+        ``applied``: the request takes effect and only its answer is lost (a 504 or a timeout after the
+        server acted), so a retry meets what the first attempt did."""
+        self._faults.setdefault(op, []).extend([-status if applied else status] * times)
 
     def finish_job(
         self, namespace: str, name: str, *, succeeded: bool, log: str = "", exit_code: int = 0, interim: bool = False
@@ -486,7 +489,10 @@ class FakeCluster:
         def attempt() -> _T:
             queue = self._faults.get(op)
             if queue:
-                raise _fault(op, queue.pop(0))
+                status = queue.pop(0)
+                if status < 0:  # applied, then the answer was lost
+                    fn()
+                raise _fault(op, abs(status))
             return fn()
 
         return with_retries(

@@ -231,10 +231,11 @@ class StandInApi:
         with self.lock:
             self.storage_classes[name] = (mode, binds_after)
 
-    def fail_next(self, op: str, status: int, times: int = 1) -> None:
+    def fail_next(self, op: str, status: int, times: int = 1, *, applied: bool = False) -> None:
+        """As ``FakeCluster.fail_next``; ``applied``: the request is served, then answered with ``status``."""
         method, pattern = OP_ROUTES[op]
         with self.lock:
-            self._faults.extend([(method, pattern, status)] * times)
+            self._faults.extend([(method, pattern, -status if applied else status)] * times)
 
     def finish_job(
         self, namespace: str, name: str, *, succeeded: bool, log: str = "", exit_code: int = 0, interim: bool = False
@@ -396,6 +397,12 @@ class StandInApi:
             for i, (fmethod, pattern, status) in enumerate(self._faults):
                 if fmethod == method and re.search(pattern, path):
                     del self._faults[i]
+                    if status < 0:  # applied, then the answer was lost
+                        status = -status
+                        try:
+                            self._route(method, path, query, ctype, body)
+                        except KeyError:
+                            pass
                     return status, status_body(status, _REASONS.get(status, "Unknown"), f"injected {status}")
             try:
                 return self._route(method, path, query, ctype, body)
