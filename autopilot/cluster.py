@@ -914,14 +914,27 @@ def _translate(exc: Any, what: str) -> errors.ClusterError:
 
 
 def _api_message(body: object) -> str:
-    """The ``message`` of a Kubernetes ``Status`` body, when there is one."""
+    """The ``message`` of a Kubernetes ``Status`` body, when there is one, with the causes of a 422 it does
+    not already name (``details.causes``: field and message of each invalid value; admission webhooks
+    may give them there only)."""
     if not body:
         return ""
     try:
         parsed = json.loads(body if isinstance(body, str | bytes) else str(body))
     except ValueError:
         return str(body)[:200]
-    return str(parsed.get("message") or "")[:500] if isinstance(parsed, dict) else ""
+    if not isinstance(parsed, dict):
+        return ""
+    message = str(parsed.get("message") or "")
+    causes = (parsed.get("details") or {}).get("causes") if isinstance(parsed.get("details"), dict) else None
+    extra = [
+        f"{c.get('field') or ''}: {c.get('message') or ''}".strip(": ")
+        for c in (causes if isinstance(causes, list) else ())
+        if isinstance(c, dict) and (c.get("field") or c.get("message")) and str(c.get("field") or "") not in message
+    ]
+    if extra:
+        message = f"{message} ({'; '.join(extra)})" if message else "; ".join(extra)
+    return message[:1000]
 
 
 def _retry_after(headers: object) -> float | None:

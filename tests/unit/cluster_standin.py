@@ -403,7 +403,9 @@ class StandInApi:
                             self._route(method, path, query, ctype, body)
                         except KeyError:
                             pass
-                    return status, status_body(status, _REASONS.get(status, "Unknown"), f"injected {status}")
+                    # An injected 422 names its invalid field only in details.causes, as some webhooks do.
+                    causes = ["spec.injected: Invalid value: injected"] if status == 422 else None
+                    return status, status_body(status, _REASONS.get(status, "Unknown"), f"injected {status}", causes)
             try:
                 return self._route(method, path, query, ctype, body)
             except KeyError as exc:

@@ -241,3 +241,13 @@ def test_the_standin_refuses_a_body_namespace_that_is_not_the_paths(kube: Backen
         "POST", "/api/v1/namespaces/default/events", {}, "application/json", _event("autopilot", {"kind": "Node"})
     )
     assert status == 400 and "does not match the namespace" in body["message"]
+
+
+def test_an_invalid_answer_is_reported_with_its_causes_and_not_retried(kube: Backend) -> None:
+    # before: only the Status message ("injected 422") reached the error; the invalid field was lost
+    api(kube).add_node("gpu-1")
+    api(kube).fail_next("patch_node_labels", 422)
+    with pytest.raises(errors.ClusterError) as caught:
+        kube.client.patch_node_labels("gpu-1", {OURS: "PASS"})
+    assert "spec.injected: Invalid value: injected" in str(caught.value) and "422" in str(caught.value)
+    assert [r.method for r in api(kube).requests] == ["PATCH"] and kube.sleeps == []
