@@ -82,6 +82,22 @@ def test_condition_write_rereads_after_a_concurrent_node_update(kube: Backend) -
     assert conditions[CONDITION_TYPE]["status"] == "True"
 
 
+def test_a_node_that_changes_under_every_write_ends_in_conflict_not_a_loop(kube: Backend) -> None:
+    standin = api(kube)
+    standin.add_node("gpu-1")
+
+    def busy_kubelet(method: str, path: str) -> None:
+        if method == "PATCH" and path.endswith("/status"):
+            standin.bump_node("gpu-1")  # every write of ours meets a newer resourceVersion
+
+    standin.hooks.append(busy_kubelet)
+    with pytest.raises(errors.Conflict):
+        kube.client.set_node_condition("gpu-1", NodeCondition(CONDITION_TYPE, "True", "AutopilotPass", "ok"))
+    verbs = [(r.method, r.path.rsplit("/", 1)[-1]) for r in standin.requests]
+    assert verbs == [("GET", "gpu-1"), ("PATCH", "status")] * 4  # a fresh read before each of the 4 attempts
+    assert CONDITION_TYPE not in {c["type"] for c in standin.nodes["gpu-1"]["status"]["conditions"]}
+
+
 def test_event_names_the_node_it_is_about(kube: Backend) -> None:
     api(kube).add_node("gpu-1")
     kube.client.create_node_event(
