@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
-from autopilot import errors
+from autopilot import errors, names
 
 log = logging.getLogger(__name__)
 
@@ -148,8 +148,8 @@ class JobInfo:
     active: int = 0
     succeeded: int = 0
     failed: int = 0
-    complete: bool = False  # condition Complete=True
-    failed_reason: str = ""  # reason of condition Failed=True (DeadlineExceeded, BackoffLimitExceeded)
+    complete: bool = False  # condition Complete=True (or SuccessCriteriaMet=True, which precedes it)
+    failed_reason: str = ""  # reason of Failed=True or FailureTarget=True (DeadlineExceeded, BackoffLimitExceeded)
     message: str = ""
     created_at: str = ""
 
@@ -416,13 +416,16 @@ def job_from_json(raw: Mapping[str, Any]) -> JobInfo:
     complete = False
     failed_reason = ""
     message = ""
+    # From Kubernetes 1.31 the controller first writes SuccessCriteriaMet or FailureTarget and adds
+    # Complete or Failed only once every pod has terminated (which a sick node can delay for long);
+    # the first already settles the outcome, with the same reason.
     for cond in status.get("conditions") or ():
         if cond.get("status") != "True":
             continue
-        if cond.get("type") == "Complete":
+        if cond.get("type") in ("Complete", "SuccessCriteriaMet"):
             complete = True
-        elif cond.get("type") == "Failed":
-            failed_reason = str(cond.get("reason") or "Failed")
+        elif cond.get("type") in ("Failed", "FailureTarget") and not failed_reason:
+            failed_reason = str(cond.get("reason") or cond.get("type"))
             message = str(cond.get("message") or "")
     return JobInfo(
         name=str(meta.get("name") or ""),
@@ -451,6 +454,15 @@ def event_from_json(raw: Mapping[str, Any]) -> EventInfo:
         type=str(raw.get("type") or "Normal"),
         count=int(raw.get("count") or 1),
     )
+
+
+def selector_safe(node: str = "", job: str = "") -> None:
+    """Refuse a node or Job name that is not one before it goes into a label or field selector, where a ``,``
+    or ``=`` in it would add a requirement of its own (``BadParameter``)."""
+    if node:
+        names.node_name(node, field="node")
+    if job and not names.is_dns1123_label(job):
+        raise errors.BadParameter("job", f"not a valid Job name (DNS-1123 label): {job[:80]!r}")
 
 
 def rfc3339(moment: datetime | None = None) -> str:
@@ -750,6 +762,7 @@ class KubeClusterClient:
         return sorted({p.node for p in (pod_from_json(i) for i in data.get("items") or ()) if p.node})
 
     def gpu_pods_on_node(self, node: str) -> list[PodInfo]:
+        selector_safe(node=node)
         # Pending, Running and Unknown pods count: a pod admitted to the node holds its GPUs.
         selector = f"spec.nodeName={node},status.phase!=Succeeded,status.phase!=Failed"
         data = self._call("GET", "/api/v1/pods", query=[("fieldSelector", selector)])
@@ -772,12 +785,14 @@ class KubeClusterClient:
         return self._delete(f"/apis/batch/v1/namespaces/{_seg(namespace)}/jobs/{_seg(name)}", propagation="Background")
 
     def job_pods(self, namespace: str, job_name: str) -> list[PodInfo]:
+        selector_safe(job=job_name)
         data = self._call(
             "GET", f"/api/v1/namespaces/{_seg(namespace)}/pods", query=[("labelSelector", f"job-name={job_name}")]
         )
         return [pod_from_json(i) for i in data.get("items") or ()]
 
     def job_events(self, namespace: str, job_name: str) -> list[EventInfo]:
+        selector_safe(job=job_name)
         selector = f"involvedObject.kind=Job,involvedObject.name={job_name}"
         data = self._call("GET", f"/api/v1/namespaces/{_seg(namespace)}/events", query=[("fieldSelector", selector)])
         return [event_from_json(i) for i in data.get("items") or ()]
@@ -899,14 +914,27 @@ def _translate(exc: Any, what: str) -> errors.ClusterError:
 
 
 def _api_message(body: object) -> str:
-    """The ``message`` of a Kubernetes ``Status`` body, when there is one."""
+    """The ``message`` of a Kubernetes ``Status`` body, when there is one, with the causes of a 422 it does
+    not already name (``details.causes``: field and message of each invalid value; admission webhooks
+    may give them there only)."""
     if not body:
         return ""
     try:
         parsed = json.loads(body if isinstance(body, str | bytes) else str(body))
     except ValueError:
         return str(body)[:200]
-    return str(parsed.get("message") or "")[:500] if isinstance(parsed, dict) else ""
+    if not isinstance(parsed, dict):
+        return ""
+    message = str(parsed.get("message") or "")
+    causes = (parsed.get("details") or {}).get("causes") if isinstance(parsed.get("details"), dict) else None
+    extra = [
+        f"{c.get('field') or ''}: {c.get('message') or ''}".strip(": ")
+        for c in (causes if isinstance(causes, list) else ())
+        if isinstance(c, dict) and (c.get("field") or c.get("message")) and str(c.get("field") or "") not in message
+    ]
+    if extra:
+        message = f"{message} ({'; '.join(extra)})" if message else "; ".join(extra)
+    return message[:1000]
 
 
 def _retry_after(headers: object) -> float | None:

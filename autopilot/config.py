@@ -15,7 +15,7 @@ import socket
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from autopilot import errors
+from autopilot import apivalidation, errors
 
 # The parsers live in ``autopilot.parsing``; re-exported here, where settings and older callers find them.
 from autopilot.parsing import (  # noqa: F401 - re-exported
@@ -487,11 +487,11 @@ def _tolerations(text: str, var: str) -> tuple[dict[str, Any], ...]:
     allowed = {"key", "operator", "value", "effect", "tolerationSeconds"}
     if not isinstance(raw, list) or not all(isinstance(t, dict) and set(t) <= allowed for t in raw):
         raise errors.BadParameter(var, f"expected a JSON list of tolerations with keys {sorted(allowed)}")
-    for tol in raw:
-        if tol.get("operator", "Equal") not in ("Equal", "Exists"):
-            raise errors.BadParameter(var, f"toleration operator must be Equal or Exists: {tol!r}")
-        if tol.get("effect", "") not in ("", "NoSchedule", "PreferNoSchedule", "NoExecute"):
-            raise errors.BadParameter(var, f"toleration effect is not a Kubernetes taint effect: {tol!r}")
+    # The API server's own rules (validateTolerations): a toleration it refuses would make every
+    # invasive Job and consumer pod a 422, so it is refused here, at start.
+    problems = apivalidation.tolerations_problems(raw, "tolerations")
+    if problems:
+        raise errors.BadParameter(var, "; ".join(problems))
     return tuple(raw)
 
 

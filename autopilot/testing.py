@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from autopilot import errors, gpus, polling
+from autopilot import apivalidation, errors, gpus, polling
 from autopilot.cluster import (
     DEVICE_TAINT_EFFECTS,
     FINISHED_PHASES,
@@ -38,6 +38,7 @@ from autopilot.cluster import (
     pod_gpus,
     rfc3339,
     selector_matches,
+    selector_safe,
     with_retries,
     with_taint,
 )
@@ -417,12 +418,19 @@ class FakeCluster:
         """``binds_after``: reads of the claim's phase until it is Bound (None: the provisioner never binds)."""
         self.storage_classes[name] = (mode, binds_after)
 
-    def fail_next(self, op: str, status: int, times: int = 1) -> None:
-        """The next ``times`` attempts of ``op`` (a Protocol method name) fail as the API would with ``status``."""
-        self._faults.setdefault(op, []).extend([status] * times)
+    def fail_next(self, op: str, status: int, times: int = 1, *, applied: bool = False) -> None:
+        """The next ``times`` attempts of ``op`` (a Protocol method name) fail as the API would with ``status``.
 
-    def finish_job(self, namespace: str, name: str, *, succeeded: bool, log: str = "", exit_code: int = 0) -> None:
-        """The Job's pod ran to the end: phase, log and the Job's Complete/Failed condition."""
+        ``applied``: the request takes effect and only its answer is lost (a 504 or a timeout after the
+        server acted), so a retry meets what the first attempt did."""
+        self._faults.setdefault(op, []).extend([-status if applied else status] * times)
+
+    def finish_job(
+        self, namespace: str, name: str, *, succeeded: bool, log: str = "", exit_code: int = 0, interim: bool = False
+    ) -> None:
+        """The Job's pod ran to the end: phase, log and the Job's Complete/Failed condition. ``interim``: only
+        the controller's first word on it (``SuccessCriteriaMet``/``FailureTarget``, Kubernetes 1.31+), which
+        the seam reports as the same outcome."""
         job = self.jobs[(namespace, name)]
         for pod in self._job_pods(namespace, name):
             pod.info = dataclasses.replace(
@@ -457,7 +465,7 @@ class FakeCluster:
         for pod in self._job_pods(namespace, name):
             pod.info = dataclasses.replace(pod.info, unschedulable=message)
 
-    def job_past_deadline(self, namespace: str, name: str) -> None:
+    def job_past_deadline(self, namespace: str, name: str, *, interim: bool = False) -> None:
         """``activeDeadlineSeconds`` passed: the controller kills the pod and fails the Job."""
         for pod in self._job_pods(namespace, name):
             pod.info = dataclasses.replace(pod.info, phase="Failed", reason="DeadlineExceeded")
@@ -481,7 +489,10 @@ class FakeCluster:
         def attempt() -> _T:
             queue = self._faults.get(op)
             if queue:
-                raise _fault(op, queue.pop(0))
+                status = queue.pop(0)
+                if status < 0:  # applied, then the answer was lost
+                    fn()
+                raise _fault(op, abs(status))
             return fn()
 
         return with_retries(
@@ -494,8 +505,33 @@ class FakeCluster:
     def _name(self, meta: Mapping[str, Any]) -> str:
         if meta.get("name"):
             return str(meta["name"])
-        self._seq += 1
-        return f"{meta.get('generateName', 'obj-')}{self._seq:05x}"
+        return apivalidation.generated_name(str(meta.get("generateName") or ""))
+
+    def _check_create(self, op: str, kind: str, namespace: str, manifest: Mapping[str, Any], name: str) -> None:
+        """Refuse ``manifest`` as the API server would (400 for a namespace mismatch, 422 ``Invalid``)."""
+        meta = dict(manifest.get("metadata") or {})
+        if meta.get("namespace") and meta["namespace"] != namespace:
+            raise errors.ClusterError(
+                f"{op}: 400 the namespace of the provided object does not match the namespace sent on the request"
+            )
+        problems = apivalidation.create_problems(kind, {**manifest, "metadata": {**meta, "name": name}})
+        if problems:
+            raise errors.ClusterError(f"{op}: 422 {invalid_message(kind, name, problems)}")
+
+    def _check_node(self, op: str, node: NodeInfo) -> None:
+        as_json = {
+            "metadata": {"labels": dict(node.labels), "annotations": dict(node.annotations)},
+            "spec": {"unschedulable": node.unschedulable, "taints": [t.to_json() for t in node.taints]},
+        }
+        problems = apivalidation.node_problems(as_json)
+        if problems:
+            raise errors.ClusterError(f"{op}: 422 {invalid_message('Node', node.name, problems)}")
+
+    @staticmethod
+    def _check_selector(op: str, selector: str | None) -> None:
+        problems = apivalidation.label_selector_problems(selector or "")
+        if problems:
+            raise errors.ClusterError(f"{op}: 400 unable to parse requirement: {'; '.join(problems)}")
 
     def _now(self) -> datetime:
         return self.clock.now() if self.clock is not None else datetime.now(UTC)
@@ -506,6 +542,7 @@ class FakeCluster:
     # ---------------------------------------------------------- nodes
 
     def list_nodes(self, label_selector: str | None = None) -> list[NodeInfo]:
+        self._check_selector("list_nodes", label_selector)
         return self._do(
             "list_nodes",
             lambda: [n for n in self.nodes.values() if selector_matches(label_selector or "", n.labels)],
@@ -533,7 +570,9 @@ class FakeCluster:
                         target.pop(key, None)
                     else:
                         target[key] = value
-            self.nodes[name] = dataclasses.replace(node, labels=new_labels, annotations=new_ann)
+            patched = dataclasses.replace(node, labels=new_labels, annotations=new_ann)
+            self._check_node("patch_node_labels", patched)
+            self.nodes[name] = patched
             self._record("patch_node", name, {"labels": dict(labels), "annotations": dict(annotations or {})})
 
         if labels or annotations:
@@ -580,13 +619,16 @@ class FakeCluster:
             wanted = with_taint(node.taints, taint, present)
             if wanted is None:
                 return False
-            self.nodes[name] = dataclasses.replace(node, taints=wanted)
+            patched = dataclasses.replace(node, taints=wanted)
+            self._check_node("set_node_taint", patched)
+            self.nodes[name] = patched
             self._record("set_node_taint", name, {"taints": [t.to_json() for t in wanted]})
             return True
 
         return self._do("set_node_taint", write)
 
     def nodes_running(self, namespace: str, label_selector: str) -> list[str]:
+        self._check_selector("nodes_running", label_selector)
         return self._do(
             "nodes_running",
             lambda: sorted(
@@ -602,6 +644,7 @@ class FakeCluster:
         )
 
     def gpu_pods_on_node(self, node: str) -> list[PodInfo]:
+        selector_safe(node=node)
         return self._do(
             "gpu_pods_on_node",
             lambda: [
@@ -617,6 +660,7 @@ class FakeCluster:
         def create() -> str:
             meta = manifest.get("metadata") or {}
             name = self._name(meta)
+            self._check_create("create_job", "Job", namespace, manifest, name)
             if (namespace, name) in self.jobs:
                 raise errors.Conflict(f"jobs.batch {name!r} already exists")
             self.jobs[(namespace, name)] = JobInfo(
@@ -659,9 +703,11 @@ class FakeCluster:
         return self._do("delete_job", delete)
 
     def job_pods(self, namespace: str, job_name: str) -> list[PodInfo]:
+        selector_safe(job=job_name)
         return self._do("job_pods", lambda: [p.info for p in self._job_pods(namespace, job_name)])
 
     def job_events(self, namespace: str, job_name: str) -> list[EventInfo]:
+        selector_safe(job=job_name)
         return self._do(
             "job_events",
             lambda: [e for e in self.events if e.namespace == namespace and e.kind == "Job" and e.name == job_name],
@@ -682,6 +728,7 @@ class FakeCluster:
         def create() -> str:
             meta = manifest.get("metadata") or {}
             name = self._name(meta)
+            self._check_create("create_pod", "Pod", namespace, manifest, name)
             if (namespace, name) in self._pods:
                 raise errors.Conflict(f"pods {name!r} already exists")
             spec = manifest.get("spec") or {}
@@ -712,6 +759,7 @@ class FakeCluster:
         def create() -> str:
             meta = manifest.get("metadata") or {}
             name = self._name(meta)
+            self._check_create("create_pvc", "PersistentVolumeClaim", namespace, manifest, name)
             if (namespace, name) in self.pvcs:
                 raise errors.Conflict(f"persistentvolumeclaims {name!r} already exists")
             storage_class = str((manifest.get("spec") or {}).get("storageClassName") or "")
@@ -774,6 +822,8 @@ class FakeCluster:
         return self.device_taint_version
 
     def list_device_taint_rules(self, label_selector: str) -> list[DeviceTaintRuleInfo]:
+        self._check_selector("list_device_taint_rules", label_selector)
+
         def read() -> list[DeviceTaintRuleInfo]:
             self._served()
             return [r for r in self.device_taint_rules.values() if selector_matches(label_selector, r.labels)]
@@ -805,12 +855,6 @@ class FakeCluster:
         return self._do("delete_device_taint_rule", delete)
 
 
-_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
-_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
-_LABEL_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9]")
-_LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?")
-
-
 def device_taint_rule_problems(body: Any, version: str, effects: Sequence[str] = DEVICE_TAINT_EFFECTS) -> list[str]:
     """Why the API server would refuse ``body`` as a DeviceTaintRule of ``resource.k8s.io/<version>`` (422).
 
@@ -823,9 +867,7 @@ def device_taint_rule_problems(body: Any, version: str, effects: Sequence[str] =
     problems: list[str] = []
     if body.get("apiVersion") != f"resource.k8s.io/{version}" or body.get("kind") != "DeviceTaintRule":
         problems.append(f"expected apiVersion resource.k8s.io/{version}, kind DeviceTaintRule")
-    name = str((body.get("metadata") or {}).get("name") or "")
-    if len(name) > 253 or not _DNS_SUBDOMAIN.fullmatch(name):
-        problems.append(f"metadata.name: Invalid value: {name!r}: a lowercase RFC 1123 subdomain")
+    problems += apivalidation.meta_problems(body.get("metadata"))
     spec = body.get("spec") or {}
     selector = spec.get("deviceSelector")
     if not isinstance(selector, dict):
@@ -835,19 +877,14 @@ def device_taint_rule_problems(body: Any, version: str, effects: Sequence[str] =
     for field in sorted(set(selector) - allowed):
         problems.append(f"spec.deviceSelector.{field}: unknown field")
     driver = str(selector.get("driver") or "")
-    if driver and (len(driver) > 63 or not _DNS_SUBDOMAIN.fullmatch(driver)):
+    if driver and (len(driver) > 63 or not apivalidation.is_dns1123_subdomain(driver)):
         problems.append(f"spec.deviceSelector.driver: Invalid value: {driver!r}")
     device = str(selector.get("device") or "")
-    if device and not _DNS_LABEL.fullmatch(device):
+    if device and not apivalidation.is_dns1123_label(device):
         problems.append(f"spec.deviceSelector.device: Invalid value: {device!r}")
     taint = spec.get("taint") or {}
-    key = str(taint.get("key") or "")
-    prefix, _, bare = key.rpartition("/")
-    if not bare or not _LABEL_NAME.fullmatch(bare) or (prefix and not _DNS_SUBDOMAIN.fullmatch(prefix)):
-        problems.append(f"spec.taint.key: Invalid value: {key!r}: a qualified name")
-    value = str(taint.get("value") or "")
-    if not _LABEL_VALUE.fullmatch(value):
-        problems.append(f"spec.taint.value: Invalid value: {value!r}")
+    problems += apivalidation.qualified_name_problems(str(taint.get("key") or ""), "spec.taint.key")
+    problems += apivalidation.label_value_problems(str(taint.get("value") or ""), "spec.taint.value")
     effect = str(taint.get("effect") or "")
     if effect not in effects:
         problems.append(f"spec.taint.effect: Unsupported value: {effect!r}: supported values: {', '.join(effects)}")
@@ -857,6 +894,12 @@ def device_taint_rule_problems(body: Any, version: str, effects: Sequence[str] =
 _T = TypeVar("_T")
 # Creates are not retried on 409: "already exists" is an answer, not a race.
 _CREATES = frozenset({"create_job", "create_pod", "create_pvc", "create_node_event", "create_device_taint_rule"})
+
+
+def invalid_message(kind: str, name: str, problems: Sequence[str]) -> str:
+    """The ``message`` of the server's 422 Status: ``Kind "name" is invalid: <cause>`` (``[a, b]`` for several)."""
+    causes = problems[0] if len(problems) == 1 else "[" + ", ".join(problems) + "]"
+    return f'{kind} "{name}" is invalid: {causes}'
 
 
 def _fault(op: str, status: int) -> errors.ClusterError:
@@ -870,9 +913,6 @@ def _fault(op: str, status: int) -> errors.ClusterError:
     return errors.ClusterError(message)
 
 
-_DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
-
-
 def event_refusal(event: Mapping[str, Any]) -> str | None:
     """Why a real API server answers 422 to creating the core/v1 Event ``event``, or None if it accepts it.
 
@@ -881,7 +921,10 @@ def event_refusal(event: Mapping[str, Any]) -> str | None:
     of the request's path (the server fills it in from there). An Event about a cluster-scoped
     object (a Node: ``involvedObject.namespace`` empty) is accepted only in ``default`` (or
     ``kube-system`` for a new-style Event with ``eventTime``); any other must be in its object's
-    namespace. ``FakeCluster`` and the tests' stand-in API server both refuse with this.
+    namespace. A new-style Event also needs ``reportingComponent`` (core/v1's JSON name of
+    ``reportingController``: a qualified name), ``reportingInstance`` and ``action`` (at most 128
+    bytes), a ``reason`` (at most 128) and a ``message`` of at most 1024 bytes (Go's ``len``).
+    ``FakeCluster`` and the tests' stand-in API server both refuse with this.
     """
     namespace = str((event.get("metadata") or {}).get("namespace") or "")
     involved = str((event.get("involvedObject") or {}).get("namespace") or "")
@@ -893,15 +936,18 @@ def event_refusal(event: Mapping[str, Any]) -> str | None:
     else:
         if not involved and namespace not in ("default", "kube-system"):
             problems.append(mismatch)
-        for name, limit in (("reportingController", 0), ("reportingInstance", 128), ("action", 128), ("reason", 128)):
+        for name, limit in (("reportingComponent", 0), ("reportingInstance", 128), ("action", 128), ("reason", 128)):
             value = str(event.get(name) or "")
             if not value:
                 problems.append(f"{name}: Required value")
-            elif limit and len(value) > limit:
+            elif limit and len(value.encode()) > limit:
                 problems.append(f'{name}: Invalid value: "": can have at most {limit} characters')
-        if len(str(event.get("message") or "")) > 1024:
+        problems += apivalidation.qualified_name_problems(
+            str(event.get("reportingComponent") or "x"), "reportingComponent"
+        )
+        if len(str(event.get("message") or "").encode()) > 1024:
             problems.append('message: Invalid value: "": can have at most 1024 characters')
-    if len(namespace) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(namespace):
+    if not apivalidation.is_dns1123_subdomain(namespace):
         problems.append(f'metadata.namespace: Invalid value: "{namespace}": a lowercase RFC 1123 subdomain')
     if not problems:
         return None

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from autopilot import errors, registry
@@ -144,14 +144,16 @@ def run(ctx: CheckContext, params: Mapping[str, Any]) -> CheckResult:
     made_pod = False
     try:
         try:
-            cluster.create_pvc(
-                namespace, claim_manifest(name, namespace, storage_class, settings.pvc_access_mode, ctx.node)
+            _create_ours(
+                lambda: cluster.create_pvc(
+                    namespace, claim_manifest(name, namespace, storage_class, settings.pvc_access_mode, ctx.node)
+                )
             )
             if consumer:
                 # Marked before the call: a create that timed out may still have made the pod.
                 made_pod = True
                 pod = consumer_pod_manifest(name, namespace, ctx.node, settings.image, settings.invasive_tolerations)
-                cluster.create_pod(namespace, pod)
+                _create_ours(lambda: cluster.create_pod(namespace, pod))
         except errors.ClusterError as exc:
             result = CheckResult(NAME, Status.ERROR, f"the API refused the test claim: {exc}", data=data)
         else:
@@ -163,6 +165,15 @@ def run(ctx: CheckContext, params: Mapping[str, Any]) -> CheckResult:
     if cleanup and result.status is not Status.ERROR:
         return CheckResult(NAME, Status.ERROR, f"{result.summary}; but cleanup failed: {cleanup}", data=data)
     return result
+
+
+def _create_ours(create: Callable[[], object]) -> None:
+    """Create an object whose name only this run uses. A 409 AlreadyExists can then only be our own
+    earlier attempt, made by the server although its answer was lost (a 504, a timeout) and retried."""
+    try:
+        create()
+    except errors.Conflict:
+        pass
 
 
 def _wait_bound(

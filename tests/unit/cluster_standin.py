@@ -27,6 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from autopilot import apivalidation
 from autopilot.cluster import (
     EventInfo,
     KubeClusterClient,
@@ -36,7 +37,14 @@ from autopilot.cluster import (
     pod_from_json,
     selector_matches,
 )
-from autopilot.testing import DEVICE_TAINT_EFFECTS, FakeCluster, device_taint_rule_problems, event_refusal, pod_node
+from autopilot.testing import (
+    DEVICE_TAINT_EFFECTS,
+    FakeCluster,
+    device_taint_rule_problems,
+    event_refusal,
+    invalid_message,
+    pod_node,
+)
 
 # The first HTTP request each Protocol method makes: where ``fail_next(op, ...)`` strikes.
 OP_ROUTES: dict[str, tuple[str, str]] = {
@@ -77,8 +85,8 @@ class Request:
     body: Any
 
 
-def status_body(code: int, reason: str, message: str) -> dict[str, Any]:
-    return {
+def status_body(code: int, reason: str, message: str, causes: list[str] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {
         "kind": "Status",
         "apiVersion": "v1",
         "metadata": {},
@@ -87,6 +95,25 @@ def status_body(code: int, reason: str, message: str) -> dict[str, Any]:
         "reason": reason,
         "code": code,
     }
+    if causes:
+        # What the server's 422 carries besides its message: one cause per field error.
+        split = [c.partition(": ") for c in causes]
+        body["details"] = {"causes": [{"field": f, "message": m, "reason": "FieldValueInvalid"} for f, _, m in split]}
+    return body
+
+
+def invalid(kind: str, name: str, problems: list[str]) -> tuple[int, Any]:
+    return 422, status_body(422, "Invalid", invalid_message(kind, name, problems), problems)
+
+
+def bad_selector(query: Mapping[str, str]) -> tuple[int, Any] | None:
+    """The 400 of a label selector ``labels.Parse`` refuses; None when it parses."""
+    problems = apivalidation.label_selector_problems(query.get("labelSelector", ""))
+    return (
+        (400, status_body(400, "BadRequest", "unable to parse requirement: " + "; ".join(problems)))
+        if problems
+        else None
+    )
 
 
 _REASONS = {
@@ -110,42 +137,6 @@ def merge_patch(target: Any, patch: Any) -> Any:
         else:
             out[key] = merge_patch(out.get(key), value)
     return out
-
-
-_QUALIFIED = re.compile(r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
-_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
-
-
-def node_invalid(node: Mapping[str, Any]) -> str:
-    """What the API server's Node validation refuses in the fields we write (empty: valid)."""
-    meta = node.get("metadata") or {}
-    for key, value in (meta.get("labels") or {}).items():
-        if not _QUALIFIED.match(key) or not isinstance(value, str) or not _LABEL_VALUE.match(value):
-            return f"metadata.labels: Invalid value: {key!r}: {value!r}"
-    annotations = meta.get("annotations") or {}
-    if not all(isinstance(v, str) for v in annotations.values()):
-        return "metadata.annotations: Invalid value: annotation values must be strings"
-    if sum(len(k) + len(v) for k, v in annotations.items()) > 256 * 1024:
-        return "metadata.annotations: Too long: must have at most 262144 bytes"
-    spec = node.get("spec") or {}
-    if "unschedulable" in spec and not isinstance(spec["unschedulable"], bool):
-        return f"spec.unschedulable: Invalid value: {spec['unschedulable']!r}: must be a boolean"
-    seen: set[tuple[str, str]] = set()
-    for i, taint in enumerate(spec.get("taints") or ()):
-        key, effect, value = taint.get("key", ""), taint.get("effect", ""), taint.get("value", "")
-        if not isinstance(key, str) or not _QUALIFIED.match(key):
-            return f"spec.taints[{i}].key: Invalid value: {key!r}"
-        if effect not in ("NoSchedule", "PreferNoSchedule", "NoExecute"):
-            return (
-                f'spec.taints[{i}].effect: Unsupported value: "{effect}": supported values: '
-                '"NoExecute", "NoSchedule", "PreferNoSchedule"'
-            )
-        if not isinstance(value, str) or not _LABEL_VALUE.match(value):
-            return f"spec.taints[{i}].value: Invalid value: {value!r}"
-        if (key, effect) in seen:
-            return f"spec.taints: Duplicate value: taints must be unique by key and effect pair ({key}:{effect})"
-        seen.add((key, effect))
-    return ""
 
 
 class StandInApi:
@@ -240,12 +231,17 @@ class StandInApi:
         with self.lock:
             self.storage_classes[name] = (mode, binds_after)
 
-    def fail_next(self, op: str, status: int, times: int = 1) -> None:
+    def fail_next(self, op: str, status: int, times: int = 1, *, applied: bool = False) -> None:
+        """As ``FakeCluster.fail_next``; ``applied``: the request is served, then answered with ``status``."""
         method, pattern = OP_ROUTES[op]
         with self.lock:
-            self._faults.extend([(method, pattern, status)] * times)
+            self._faults.extend([(method, pattern, -status if applied else status)] * times)
 
-    def finish_job(self, namespace: str, name: str, *, succeeded: bool, log: str = "", exit_code: int = 0) -> None:
+    def finish_job(
+        self, namespace: str, name: str, *, succeeded: bool, log: str = "", exit_code: int = 0, interim: bool = False
+    ) -> None:
+        """``interim``: as a 1.31+ Job controller first writes it, ``SuccessCriteriaMet`` or ``FailureTarget``
+        alone, before its pods are gone and ``Complete`` or ``Failed`` follows."""
         with self.lock:
             job = self.objects[("Job", namespace, name)]
             for pod in self._job_pods(namespace, name):
@@ -271,7 +267,9 @@ class StandInApi:
                     {"type": "SuccessCriteriaMet", "status": "True", "lastTransitionTime": STAMP},
                     {"type": "Complete", "status": "True", "lastTransitionTime": STAMP},
                 ]
-                job["status"] = {"succeeded": 1, "conditions": conditions, "completionTime": STAMP}
+                job["status"] = {"succeeded": 1, "conditions": conditions[:1] if interim else conditions}
+                if not interim:
+                    job["status"]["completionTime"] = STAMP
             else:
                 conditions = [
                     {"type": "FailureTarget", "status": "True", "reason": "BackoffLimitExceeded"},
@@ -282,7 +280,7 @@ class StandInApi:
                         "message": "Job has reached the specified backoff limit",
                     },
                 ]
-                job["status"] = {"failed": 1, "conditions": conditions}
+                job["status"] = {"failed": 1, "conditions": conditions[:1] if interim else conditions}
 
     def refuse_job_pod(self, namespace: str, name: str, message: str) -> None:
         with self.lock:
@@ -306,7 +304,7 @@ class StandInApi:
                     ],
                 }
 
-    def job_past_deadline(self, namespace: str, name: str) -> None:
+    def job_past_deadline(self, namespace: str, name: str, *, interim: bool = False) -> None:
         with self.lock:
             for pod in self._job_pods(namespace, name):
                 pod["status"] = {"phase": "Failed", "reason": "DeadlineExceeded"}
@@ -314,7 +312,7 @@ class StandInApi:
                 "failed": 1,
                 "conditions": [
                     {
-                        "type": "Failed",
+                        "type": "FailureTarget" if interim else "Failed",
                         "status": "True",
                         "reason": "DeadlineExceeded",
                         "message": "Job was active longer than specified deadline",
@@ -399,7 +397,15 @@ class StandInApi:
             for i, (fmethod, pattern, status) in enumerate(self._faults):
                 if fmethod == method and re.search(pattern, path):
                     del self._faults[i]
-                    return status, status_body(status, _REASONS.get(status, "Unknown"), f"injected {status}")
+                    if status < 0:  # applied, then the answer was lost
+                        status = -status
+                        try:
+                            self._route(method, path, query, ctype, body)
+                        except KeyError:
+                            pass
+                    # An injected 422 names its invalid field only in details.causes, as some webhooks do.
+                    causes = ["spec.injected: Invalid value: injected"] if status == 422 else None
+                    return status, status_body(status, _REASONS.get(status, "Unknown"), f"injected {status}", causes)
             try:
                 return self._route(method, path, query, ctype, body)
             except KeyError as exc:
@@ -457,6 +463,9 @@ class StandInApi:
         if rest[1] != "devicetaintrules":
             return 404, status_body(404, "NotFound", "the server could not find the requested resource")
         if len(rest) == 2 and method == "GET":
+            refused = bad_selector(query)
+            if refused:
+                return refused
             listing = self._list("DeviceTaintRule", None, query)
             return 200, {**listing, "apiVersion": group_version}
         if len(rest) == 2 and method == "POST":
@@ -484,6 +493,9 @@ class StandInApi:
 
     def _nodes(self, method: str, rest: list[str], query: dict[str, str], ctype: str, body: Any) -> tuple[int, Any]:
         if not rest and method == "GET":
+            refused = bad_selector(query)
+            if refused:
+                return refused
             items = [
                 n
                 for n in self.nodes.values()
@@ -522,9 +534,9 @@ class StandInApi:
             else:
                 patch.pop("status", None)  # the main resource ignores status
             updated = merge_patch(node, patch)
-            invalid = node_invalid(updated)
-            if invalid:
-                return 422, status_body(422, "Invalid", f'Node "{name}" is invalid: {invalid}')
+            problems = apivalidation.node_problems(updated)
+            if problems:
+                return invalid("Node", name, problems)
             updated["metadata"]["resourceVersion"] = str(next(self._rv))
             self.nodes[name] = updated
             return 200, updated
@@ -561,7 +573,7 @@ class StandInApi:
         }
         if not rest:
             if method == "GET":
-                return 200, self._list(kind, ns, query)
+                return bad_selector(query) or (200, self._list(kind, ns, query))
             if method == "POST":
                 return self._create(kind, api, ns, body, plural[kind])
         name = rest[0]
@@ -598,7 +610,10 @@ class StandInApi:
             refusal = event_refusal({**body, "metadata": {**meta, "namespace": ns}})
             if refusal is not None:
                 return 422, status_body(422, "Invalid", refusal)
-        name = meta.get("name") or f"{meta.get('generateName', '')}{next(self._seq):05x}"
+        name = meta.get("name") or apivalidation.generated_name(str(meta.get("generateName") or ""))
+        problems = apivalidation.create_problems(kind, {**body, "metadata": {**meta, "name": name}})
+        if problems:
+            return invalid(kind, name, problems)
         if (kind, ns, name) in self.objects:
             return 409, status_body(409, "AlreadyExists", f'{plural} "{name}" already exists')
         meta.update(name=name, namespace=ns, uid=f"uid-{name}", resourceVersion=str(next(self._rv)))

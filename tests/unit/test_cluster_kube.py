@@ -82,6 +82,22 @@ def test_condition_write_rereads_after_a_concurrent_node_update(kube: Backend) -
     assert conditions[CONDITION_TYPE]["status"] == "True"
 
 
+def test_a_node_that_changes_under_every_write_ends_in_conflict_not_a_loop(kube: Backend) -> None:
+    standin = api(kube)
+    standin.add_node("gpu-1")
+
+    def busy_kubelet(method: str, path: str) -> None:
+        if method == "PATCH" and path.endswith("/status"):
+            standin.bump_node("gpu-1")  # every write of ours meets a newer resourceVersion
+
+    standin.hooks.append(busy_kubelet)
+    with pytest.raises(errors.Conflict):
+        kube.client.set_node_condition("gpu-1", NodeCondition(CONDITION_TYPE, "True", "AutopilotPass", "ok"))
+    verbs = [(r.method, r.path.rsplit("/", 1)[-1]) for r in standin.requests]
+    assert verbs == [("GET", "gpu-1"), ("PATCH", "status")] * 4  # a fresh read before each of the 4 attempts
+    assert CONDITION_TYPE not in {c["type"] for c in standin.nodes["gpu-1"]["status"]["conditions"]}
+
+
 def test_event_names_the_node_it_is_about(kube: Backend) -> None:
     api(kube).add_node("gpu-1")
     kube.client.create_node_event(
@@ -106,7 +122,11 @@ def test_job_calls(kube: Backend) -> None:
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {"name": "j"},
-        "spec": {"template": {"spec": {"nodeName": "gpu-1", "containers": [{"name": "main", "image": "i"}]}}},
+        "spec": {
+            "template": {
+                "spec": {"restartPolicy": "Never", "nodeName": "gpu-1", "containers": [{"name": "main", "image": "i"}]}
+            }
+        },
     }
     kube.client.create_job("ap", manifest)
     kube.client.get_job("ap", "j")
@@ -213,7 +233,7 @@ def _event(namespace: str, involved: dict[str, str], **extra: Any) -> dict[str, 
             {"kind": "Node", "name": "gpu-1"},
             {
                 "eventTime": "2026-11-29T22:00:00.000000Z",
-                "reportingController": "autopilot.ibm.com/autopilot",
+                "reportingComponent": "autopilot.ibm.com/autopilot",  # core/v1 JSON name of reportingController
                 "reportingInstance": "gpu-1",
                 "action": "Check",
             },
@@ -237,3 +257,13 @@ def test_the_standin_refuses_a_body_namespace_that_is_not_the_paths(kube: Backen
         "POST", "/api/v1/namespaces/default/events", {}, "application/json", _event("autopilot", {"kind": "Node"})
     )
     assert status == 400 and "does not match the namespace" in body["message"]
+
+
+def test_an_invalid_answer_is_reported_with_its_causes_and_not_retried(kube: Backend) -> None:
+    # before: only the Status message ("injected 422") reached the error; the invalid field was lost
+    api(kube).add_node("gpu-1")
+    api(kube).fail_next("patch_node_labels", 422)
+    with pytest.raises(errors.ClusterError) as caught:
+        kube.client.patch_node_labels("gpu-1", {OURS: "PASS"})
+    assert "spec.injected: Invalid value: injected" in str(caught.value) and "422" in str(caught.value)
+    assert [r.method for r in api(kube).requests] == ["PATCH"] and kube.sleeps == []

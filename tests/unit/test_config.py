@@ -166,3 +166,25 @@ def test_the_cli_and_test_variables_are_settings_read_and_checked_like_the_other
         config.Settings.from_env({"AUTOPILOT_LOG_LEVEL": "loud"})
     with pytest.raises(errors.BadParameter, match="AUTOPILOT_EXTRA_CHECKS"):
         config.Settings.one({"AUTOPILOT_EXTRA_CHECKS": "os; rm"}, "extra_checks")
+
+
+@pytest.mark.parametrize(
+    "tolerations",
+    [
+        '[{"key": "nvidia.com/gpu", "operator": "Exists", "value": "present"}]',  # Exists takes no value
+        '[{"operator": "Equal", "value": "x"}]',  # an empty key needs Exists
+        '[{"key": "nvidia.com/gpu", "effect": "NoSchedule", "tolerationSeconds": 60}]',  # seconds: NoExecute only
+        '[{"key": "nvidia.com/gpu health", "operator": "Exists"}]',  # not a qualified name
+        '[{"key": "k", "operator": "Equal", "value": "a:b"}]',  # not a label value
+    ],
+)
+def test_tolerations_the_api_server_would_refuse_are_refused_at_start(tolerations: str) -> None:
+    # before: accepted, and every invasive Job and consumer pod was then refused with a 422
+    with pytest.raises(errors.BadParameter) as info:
+        config.Settings.from_env({"AUTOPILOT_INVASIVE_TOLERATIONS": tolerations})
+    assert info.value.field == "AUTOPILOT_INVASIVE_TOLERATIONS"
+
+
+def test_valid_tolerations_are_kept() -> None:
+    text = '[{"operator": "Exists"}, {"key": "k", "value": "v", "effect": "NoExecute", "tolerationSeconds": 30}]'
+    assert len(config.Settings.from_env({"AUTOPILOT_INVASIVE_TOLERATIONS": text}).invasive_tolerations) == 2

@@ -209,3 +209,29 @@ def test_a_job_that_vanished_ends_in_an_error(backend: Backend) -> None:
     done = invasive.poll(backend.client, JOB, namespace=NS, node="gpu-1")
     assert done.state is JobState.GONE and done.result is not None
     assert done.result.status is Status.ERROR and done.result.node == "gpu-1"
+
+
+# A 1.31+ Job controller writes FailureTarget / SuccessCriteriaMet first and Failed / Complete only once the
+# pods are gone (a pod stuck terminating on a sick node can take long); the first word already decides.
+
+
+def test_a_job_marked_failure_target_is_over(backend: Backend) -> None:
+    started(backend)
+    backend.control.finish_job(NS, JOB, succeeded=False, log=log_with(FATAL), exit_code=1, interim=True)
+    done = invasive.poll(backend.client, JOB, namespace=NS)
+    assert done.state is JobState.FAILED  # before: RUNNING until the Failed condition came
+    assert done.result is not None and done.result.status is Status.FAIL and done.result.fatal
+
+
+def test_a_job_marked_success_criteria_met_is_over(backend: Backend) -> None:
+    started(backend)
+    backend.control.finish_job(NS, JOB, succeeded=True, log=log_with(PASSED), interim=True)
+    done = invasive.poll(backend.client, JOB, namespace=NS)
+    assert done.state is JobState.SUCCEEDED and done.result is not None and done.result.status is Status.OK
+
+
+def test_a_deadline_failure_target_is_a_deadline(backend: Backend) -> None:
+    started(backend)
+    backend.control.job_past_deadline(NS, JOB, interim=True)
+    done = invasive.poll(backend.client, JOB, namespace=NS)
+    assert done.state is JobState.DEADLINE_EXCEEDED and done.result is not None

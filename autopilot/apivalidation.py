@@ -1,0 +1,434 @@
+"""What a real kube-apiserver refuses in the objects Autopilot writes: the rules the fakes enforce.
+
+The rules come from k8s.io/apimachinery ``pkg/util/validation`` (qualified names, label values,
+DNS-1123 names), ``pkg/api/validation`` (ObjectMeta: names, ``generateName``, labels, the 256 KiB
+annotation budget), k8s.io/kubernetes ``pkg/apis/core/validation`` (pod spec, containers,
+resources, tolerations, node affinity, PersistentVolumeClaim, Node taints) and
+``pkg/apis/batch/validation`` (Job), reduced to the fields Autopilot sends. ``FakeCluster`` and
+the tests' stand-in API server refuse with these (422 ``Invalid``, 400 for a bad selector), so a
+manifest our code builds that passes the fakes passes a real server in those fields.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Mapping, Sequence
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+_DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_QUALIFIED_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
+_LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
+_QUANTITY = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)(?P<suffix>[eE][+-]?\d+|Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?")
+_SUFFIX = {
+    "Ki": Decimal(2**10), "Mi": Decimal(2**20), "Gi": Decimal(2**30), "Ti": Decimal(2**40), "Pi": Decimal(2**50),
+    "Ei": Decimal(2**60), "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "k": Decimal("1e3"),
+    "M": Decimal("1e6"), "G": Decimal("1e9"), "T": Decimal("1e12"), "P": Decimal("1e15"), "E": Decimal("1e18"),
+}  # fmt: skip
+
+# ObjectMeta: the sum of the annotations' keys and values (TotalAnnotationSizeLimitB).
+ANNOTATIONS_LIMIT_BYTES = 256 * 1024
+# generateName: the server keeps at most 58 characters of it and appends 5 random ones
+# (names.SimpleNameGenerator, maxGeneratedNameLength = 63 - 5), from this alphabet (utilrand).
+GENERATED_BASE_LIMIT = 58
+_GENERATED_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
+TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+RESTART_POLICIES = ("Always", "OnFailure", "Never")
+JOB_RESTART_POLICIES = ("OnFailure", "Never")
+ACCESS_MODES = ("ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOncePod")
+# Resources the kubelet and scheduler know without a domain, or in kubernetes.io: the rest are
+# extended resources (nvidia.com/gpu), which must be whole numbers with requests equal to limits.
+_NATIVE_RESOURCES = frozenset({"cpu", "memory", "ephemeral-storage", "storage", "pods"})
+
+
+def is_dns1123_label(text: str) -> bool:
+    return len(text) <= 63 and bool(_DNS1123_LABEL.fullmatch(text))
+
+
+def is_dns1123_subdomain(text: str) -> bool:
+    return len(text) <= 253 and bool(_DNS1123_SUBDOMAIN.fullmatch(text))
+
+
+def qualified_name_problems(text: object, path: str) -> list[str]:
+    """``IsQualifiedName``: an optional DNS-1123 subdomain prefix and ``/``, then a name of at most 63."""
+    if not isinstance(text, str):
+        return [f"{path}: Invalid value: {text!r}: must be a string"]
+    prefix, slash, name = text.rpartition("/")
+    problems = []
+    if slash and not is_dns1123_subdomain(prefix):
+        problems.append(f"{path}: Invalid value: {text!r}: prefix part must be a lowercase RFC 1123 subdomain")
+    if not name or len(name) > 63 or not _QUALIFIED_NAME.fullmatch(name):
+        problems.append(
+            f"{path}: Invalid value: {text!r}: name part must consist of alphanumeric characters, '-', '_' or '.', "
+            "start and end with an alphanumeric character, and be at most 63 characters"
+        )
+    return problems
+
+
+def label_value_problems(text: object, path: str) -> list[str]:
+    """``IsValidLabelValue``: empty, or at most 63 of ``[-A-Za-z0-9_.]`` with alphanumeric ends."""
+    if not isinstance(text, str) or len(text) > 63 or not _LABEL_VALUE.fullmatch(text):
+        return [f"{path}: Invalid value: {text!r}: a valid label value must be at most 63 characters of "
+                "alphanumerics, '-', '_' or '.', starting and ending with an alphanumeric character"]  # fmt: skip
+    return []
+
+
+def labels_problems(labels: object, path: str) -> list[str]:
+    if labels is None:
+        return []
+    if not isinstance(labels, Mapping):
+        return [f"{path}: Invalid value: must be an object of strings"]
+    problems: list[str] = []
+    for key, value in labels.items():
+        problems += qualified_name_problems(key, path) + label_value_problems(value, f"{path}[{key}]")
+    return problems
+
+
+def annotations_problems(annotations: object, path: str) -> list[str]:
+    """Keys are qualified names (checked lower-cased, as the server does); keys and values together at most 256 KiB."""
+    if annotations is None:
+        return []
+    if not isinstance(annotations, Mapping) or not all(isinstance(v, str) for v in annotations.values()):
+        return [f"{path}: Invalid value: annotation values must be strings"]
+    problems: list[str] = []
+    for key in annotations:
+        problems += qualified_name_problems(key.lower() if isinstance(key, str) else key, path)
+    size = sum(len(str(k).encode()) + len(v.encode()) for k, v in annotations.items())
+    if size > ANNOTATIONS_LIMIT_BYTES:
+        problems.append(f"{path}: Too long: must have at most {ANNOTATIONS_LIMIT_BYTES} bytes")
+    return problems
+
+
+def generated_name(generate_name: str, rng: random.Random | None = None) -> str:
+    """The name the API server makes of ``metadata.generateName``: its first 58 characters and 5 random ones."""
+    pick = rng or random.Random()
+    return generate_name[:GENERATED_BASE_LIMIT] + "".join(pick.choice(_GENERATED_ALPHABET) for _ in range(5))
+
+
+def meta_problems(meta: object, *, name_rule: str = "subdomain") -> list[str]:
+    """``ValidateObjectMeta`` for a create: a name (or a ``generateName`` to make one) valid by
+    ``name_rule`` (``subdomain``, ``label`` or ``segment``: a path segment, as core/v1 Events),
+    valid labels and annotations. Call it after the server has turned ``generateName`` into ``name``."""
+    if not isinstance(meta, Mapping):
+        return ["metadata: Required value"]
+    name = meta.get("name")
+    problems: list[str] = []
+    if not name:
+        problems.append("metadata.name: Required value: name or generateName is required")
+    elif not isinstance(name, str):
+        problems.append(f"metadata.name: Invalid value: {name!r}")
+    elif name_rule == "label" and not is_dns1123_label(name):
+        problems.append(f"metadata.name: Invalid value: {name!r}: a lowercase RFC 1123 label (at most 63 characters)")
+    elif name_rule == "subdomain" and not is_dns1123_subdomain(name):
+        problems.append(f"metadata.name: Invalid value: {name!r}: a lowercase RFC 1123 subdomain")
+    elif name in (".", "..") or "/" in name or "%" in name:
+        problems.append(f"metadata.name: Invalid value: {name!r}: may not contain '/' or '%' or be '.' or '..'")
+    return (
+        problems
+        + labels_problems(meta.get("labels"), "metadata.labels")
+        + annotations_problems(meta.get("annotations"), "metadata.annotations")
+    )
+
+
+# ---------------------------------------------------------------- selectors
+
+
+def label_selector_problems(selector: str) -> list[str]:
+    """Why ``labels.Parse`` refuses ``selector`` (the server answers 400): equality and existence
+    requirements, ``key in (a,b)`` and ``key notin (a,b)``; keys qualified names, values label values."""
+    problems: list[str] = []
+    for part in _split_requirements(selector):
+        term = part.strip()
+        if not term:
+            problems.append(f"labelSelector: Invalid value: {selector!r}: empty requirement")
+            continue
+        found = re.fullmatch(r"(?P<key>[^\s!=()]+)\s+(?P<op>in|notin)\s+\((?P<values>[^()]*)\)", term)
+        if found:
+            problems += qualified_name_problems(found["key"], "labelSelector")
+            for value in found["values"].split(","):
+                problems += label_value_problems(value.strip(), "labelSelector")
+            continue
+        found = re.fullmatch(r"(?P<key>[^\s!=]+)\s*(?P<op>==|!=|=)\s*(?P<value>[^\s!=]*)", term)
+        if found:
+            problems += qualified_name_problems(found["key"], "labelSelector")
+            problems += label_value_problems(found["value"], "labelSelector")
+            continue
+        found = re.fullmatch(r"!?\s*(?P<key>[^\s!=()]+)", term)
+        if found:
+            problems += qualified_name_problems(found["key"], "labelSelector")
+            continue
+        problems.append(f"labelSelector: Invalid value: {term!r}: unable to parse requirement")
+    return problems
+
+
+def _split_requirements(selector: str) -> list[str]:
+    """``selector`` split at the commas that are not inside ``( )``; an empty selector has none."""
+    if not selector.strip():
+        return []
+    parts, depth, current = [], 0, ""
+    for char in selector:
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    return [*parts, current]
+
+
+# ---------------------------------------------------------------- quantities and resources
+
+
+def quantity(text: object) -> Decimal | None:
+    """A resource quantity (``100Mi``, ``10m``, ``8``) as a number; None when it is not one."""
+    raw = str(text).strip() if isinstance(text, str | int) else ""
+    found = _QUANTITY.fullmatch(raw)
+    if not found:
+        return None
+    suffix = found["suffix"] or ""
+    try:
+        if len(suffix) > 1 and suffix[0] in "eE":  # an exponent; a bare "E" is the exa suffix
+            return Decimal(raw)
+        return Decimal(raw[: len(raw) - len(suffix)] or "0") * _SUFFIX.get(suffix, Decimal(1))
+    except InvalidOperation:
+        return None
+
+
+def resources_problems(resources: object, path: str) -> list[str]:
+    """A container's ``resources``: quantities parse, are not negative, requests do not exceed limits;
+    extended resources (``nvidia.com/gpu``) are whole numbers, cannot be overcommitted (a request
+    needs an equal limit)."""
+    if resources is None:
+        return []
+    if not isinstance(resources, Mapping):
+        return [f"{path}: Invalid value: must be an object"]
+    problems: list[str] = []
+    parsed: dict[str, dict[str, Decimal]] = {}
+    for part in ("limits", "requests"):
+        parsed[part] = {}
+        for name, value in (resources.get(part) or {}).items():
+            amount = quantity(value)
+            where = f"{path}.{part}[{name}]"
+            if amount is None:
+                problems.append(f"{where}: Invalid value: {value!r}: quantities must match the regular expression")
+                continue
+            if amount < 0:
+                problems.append(f"{where}: Invalid value: {value!r}: must be greater than or equal to 0")
+            if _extended(name) and amount != amount.to_integral_value():
+                problems.append(f"{where}: Invalid value: {value!r}: must be an integer")
+            parsed[part][name] = amount
+    for name, amount in parsed["requests"].items():
+        limit = parsed["limits"].get(name)
+        if _extended(name):
+            if limit is None:
+                problems.append(f"{path}.limits: Required value: Limit must be set for non overcommitable resources")
+            elif limit != amount:
+                problems.append(f"{path}.requests[{name}]: Invalid value: must be equal to {name} limit")
+        elif limit is not None and amount > limit:
+            problems.append(f"{path}.requests[{name}]: Invalid value: must be less than or equal to {name} limit")
+    return problems
+
+
+def _extended(name: str) -> bool:
+    return name not in _NATIVE_RESOURCES and "/" in name and not name.split("/")[0].endswith("kubernetes.io")
+
+
+# ---------------------------------------------------------------- pod spec
+
+
+def tolerations_problems(tolerations: object, path: str) -> list[str]:
+    """``validateTolerations``: key a qualified name (empty only with ``Exists``), ``Exists`` takes no
+    value, an ``Equal`` value is a label value, a known effect, ``tolerationSeconds`` only with ``NoExecute``."""
+    if tolerations is None:
+        return []
+    if not isinstance(tolerations, Sequence) or isinstance(tolerations, str):
+        return [f"{path}: Invalid value: must be a list"]
+    problems: list[str] = []
+    for i, tol in enumerate(tolerations):
+        where = f"{path}[{i}]"
+        if not isinstance(tol, Mapping):
+            problems.append(f"{where}: Invalid value: must be an object")
+            continue
+        key, operator = tol.get("key") or "", tol.get("operator") or "Equal"
+        effect, value = tol.get("effect") or "", tol.get("value") or ""
+        if key:
+            problems += qualified_name_problems(key, f"{where}.key")
+        elif operator != "Exists":
+            problems.append(f"{where}.operator: Invalid value: {operator!r}: operator must be Exists when key is empty")
+        if operator == "Exists" and value:
+            problems.append(f"{where}.operator: Invalid value: {value!r}: value must be empty when operator is Exists")
+        elif operator == "Equal":
+            problems += label_value_problems(value, f"{where}.value")
+        elif operator != "Exists":
+            problems.append(f'{where}.operator: Unsupported value: {operator!r}: supported values: "Equal", "Exists"')
+        if effect and effect not in TAINT_EFFECTS:
+            problems.append(f"{where}.effect: Unsupported value: {effect!r}")
+        if tol.get("tolerationSeconds") is not None and effect != "NoExecute":
+            problems.append(f"{where}.effect: Invalid value: {effect!r}: effect must be 'NoExecute' when "
+                            "`tolerationSeconds` is set")  # fmt: skip
+    return problems
+
+
+def _affinity_problems(affinity: object, path: str) -> list[str]:
+    required = (((affinity or {}) if isinstance(affinity, Mapping) else {}).get("nodeAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    )
+    if required is None:
+        return []
+    terms = required.get("nodeSelectorTerms") or []
+    where = f"{path}.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms"
+    problems = [] if terms else [f"{where}: Required value: must have at least one node selector term"]
+    for i, term in enumerate(terms):
+        for j, field in enumerate(term.get("matchFields") or ()):
+            at = f"{where}[{i}].matchFields[{j}]"
+            if field.get("key") != "metadata.name":
+                problems.append(f"{at}.key: Invalid value: {field.get('key')!r}: not a valid field selector key")
+            if field.get("operator") not in ("In", "NotIn") or len(field.get("values") or ()) != 1:
+                problems.append(f"{at}.values: Required value: must be only one value when `operator` is 'In' or "
+                                "'NotIn' for node field selector")  # fmt: skip
+        for j, expr in enumerate(term.get("matchExpressions") or ()):
+            problems += qualified_name_problems(expr.get("key"), f"{where}[{i}].matchExpressions[{j}].key")
+    return problems
+
+
+def pod_spec_problems(spec: object, path: str, *, restart_policies: Sequence[str] = RESTART_POLICIES) -> list[str]:
+    """``ValidatePodSpec`` for the fields Autopilot sets."""
+    if not isinstance(spec, Mapping):
+        return [f"{path}: Required value"]
+    problems: list[str] = []
+    policy = spec.get("restartPolicy") or "Always"  # the server's default, applied before validation
+    if policy not in restart_policies:
+        supported = ", ".join(f'"{p}"' for p in restart_policies)
+        problems.append(f'{path}.restartPolicy: Unsupported value: "{policy}": supported values: {supported}')
+    volumes = {str(v.get("name") or "") for v in spec.get("volumes") or ()}
+    for i, volume in enumerate(spec.get("volumes") or ()):
+        if not is_dns1123_label(str(volume.get("name") or "")):
+            problems.append(f"{path}.volumes[{i}].name: Invalid value: {volume.get('name')!r}")
+    containers = spec.get("containers") or []
+    if not containers:
+        problems.append(f"{path}.containers: Required value")
+    seen: set[str] = set()
+    for kind in ("initContainers", "containers"):
+        for i, ctr in enumerate(spec.get(kind) or ()):
+            where = f"{path}.{kind}[{i}]"
+            name = str(ctr.get("name") or "")
+            if not is_dns1123_label(name):
+                problems.append(f"{where}.name: Invalid value: {name!r}: a lowercase RFC 1123 label")
+            elif name in seen:
+                problems.append(f"{where}.name: Duplicate value: {name!r}")
+            seen.add(name)
+            if not str(ctr.get("image") or "").strip():
+                problems.append(f"{where}.image: Required value")
+            problems += resources_problems(ctr.get("resources"), f"{where}.resources")
+            for j, mount in enumerate(ctr.get("volumeMounts") or ()):
+                if mount.get("name") not in volumes:
+                    problems.append(f"{where}.volumeMounts[{j}].name: Not found: {mount.get('name')!r}")
+                if not mount.get("mountPath"):
+                    problems.append(f"{where}.volumeMounts[{j}].mountPath: Required value")
+    node_name = spec.get("nodeName")
+    if node_name and not is_dns1123_subdomain(str(node_name)):
+        problems.append(f"{path}.nodeName: Invalid value: {node_name!r}")
+    problems += labels_problems(spec.get("nodeSelector"), f"{path}.nodeSelector")
+    problems += _affinity_problems(spec.get("affinity"), f"{path}.affinity")
+    problems += tolerations_problems(spec.get("tolerations"), f"{path}.tolerations")
+    return problems
+
+
+# ---------------------------------------------------------------- objects
+
+
+def _non_negative(spec: Mapping[str, Any], field: str, path: str, *, positive: bool = False) -> list[str]:
+    value = spec.get(field)
+    if value is None:
+        return []
+    if not isinstance(value, int) or isinstance(value, bool) or value < (1 if positive else 0):
+        bound = "greater than 0" if positive else "greater than or equal to 0"
+        return [f"{path}.{field}: Invalid value: {value!r}: must be {bound}"]
+    return []
+
+
+def job_problems(body: Mapping[str, Any]) -> list[str]:
+    """``ValidateJob`` (batch/v1) for a create: the name also becomes the pods' ``job-name`` label, so it
+    must fit a label value (63); restartPolicy ``Never`` or ``OnFailure``; counts and times not negative."""
+    meta = body.get("metadata") or {}
+    problems = meta_problems(meta)
+    name = str(meta.get("name") or "")
+    if name and len(name) > 63:
+        problems.append(f"metadata.name: Invalid value: {name!r}: must be no more than 63 characters")
+    spec = body.get("spec")
+    if not isinstance(spec, Mapping):
+        return [*problems, "spec: Required value"]
+    for field in ("backoffLimit", "parallelism", "completions", "ttlSecondsAfterFinished"):
+        problems += _non_negative(spec, field, "spec")
+    problems += _non_negative(spec, "activeDeadlineSeconds", "spec", positive=True)
+    template = spec.get("template")
+    if not isinstance(template, Mapping):
+        return [*problems, "spec.template: Required value"]
+    template_meta = template.get("metadata") or {}
+    problems += labels_problems(template_meta.get("labels"), "spec.template.metadata.labels")
+    problems += annotations_problems(template_meta.get("annotations"), "spec.template.metadata.annotations")
+    problems += pod_spec_problems(template.get("spec"), "spec.template.spec", restart_policies=JOB_RESTART_POLICIES)
+    return problems
+
+
+def pod_problems(body: Mapping[str, Any]) -> list[str]:
+    return meta_problems(body.get("metadata")) + pod_spec_problems(body.get("spec"), "spec")
+
+
+def pvc_problems(body: Mapping[str, Any]) -> list[str]:
+    """``ValidatePersistentVolumeClaim``: access modes known and present, a positive storage request,
+    a storage class name that is a DNS-1123 subdomain."""
+    problems = meta_problems(body.get("metadata"))
+    spec = body.get("spec") or {}
+    modes = spec.get("accessModes") or []
+    if not modes:
+        problems.append("spec.accessModes: Required value: at least 1 access mode is required")
+    for mode in modes:
+        if mode not in ACCESS_MODES:
+            problems.append(f"spec.accessModes: Unsupported value: {mode!r}")
+    storage = quantity(((spec.get("resources") or {}).get("requests") or {}).get("storage", ""))
+    if storage is None or storage <= 0:
+        problems.append("spec.resources[storage]: Required value: a positive storage request is required")
+    klass = spec.get("storageClassName")
+    if klass and not is_dns1123_subdomain(str(klass)):
+        problems.append(f"spec.storageClassName: Invalid value: {klass!r}")
+    return problems
+
+
+def node_problems(node: Mapping[str, Any]) -> list[str]:
+    """``ValidateNodeUpdate`` in the fields we write: labels, annotations, ``spec.unschedulable``, taints."""
+    meta = node.get("metadata") or {}
+    problems = labels_problems(meta.get("labels"), "metadata.labels")
+    problems += annotations_problems(meta.get("annotations"), "metadata.annotations")
+    spec = node.get("spec") or {}
+    if "unschedulable" in spec and not isinstance(spec["unschedulable"], bool):
+        problems.append(f"spec.unschedulable: Invalid value: {spec['unschedulable']!r}: must be a boolean")
+    seen: set[tuple[str, str]] = set()
+    for i, taint in enumerate(spec.get("taints") or ()):
+        key, effect, value = taint.get("key", ""), taint.get("effect", ""), taint.get("value", "")
+        problems += qualified_name_problems(key, f"spec.taints[{i}].key")
+        if effect not in TAINT_EFFECTS:
+            problems.append(f'spec.taints[{i}].effect: Unsupported value: "{effect}": supported values: '
+                            '"NoExecute", "NoSchedule", "PreferNoSchedule"')  # fmt: skip
+        problems += label_value_problems(value, f"spec.taints[{i}].value")
+        if (key, effect) in seen:
+            problems.append(
+                f"spec.taints: Duplicate value: taints must be unique by key and effect pair ({key}:{effect})"
+            )
+        seen.add((key, effect))
+    return problems
+
+
+def create_problems(kind: str, body: Mapping[str, Any]) -> list[str]:
+    """Why the server refuses to create ``body`` (its ``generateName`` already made a ``name``)."""
+    if kind == "Job":
+        return job_problems(body)
+    if kind == "Pod":
+        return pod_problems(body)
+    if kind == "PersistentVolumeClaim":
+        return pvc_problems(body)
+    if kind == "Event":  # core/v1 Events: any name that is a path segment (ValidateObjectMetaAccessor)
+        return meta_problems(body.get("metadata"), name_rule="segment")
+    return meta_problems(body.get("metadata"))
