@@ -36,12 +36,23 @@ def test_xid_faults_and_injections_reach_the_verdict_of_simulated_nodes(procs: P
     assert done.returncode == 0, done.stderr
     wait_until(lambda: "events" in store.latest("sim-0"), 30, "sim-0's injected Xid 48")
     assert [(d.id, d.status.value) for d in store.latest("sim-0")["events"].devices] == [("2", "fail")]
-    assert store.state("sim-0").verdict == "WARN"  # reset: a fail, not fatal
+    # The follower saves the result, then reconciles the node (two writes): wait for the reconcile
+    # that judged it (no verdict, or a verdict without it, before), then say what it is.
+    judged = wait_until(
+        lambda: store.state("sim-0").verdict in ("WARN", "EVICT") and store.state("sim-0").verdict,
+        30,
+        "sim-0's verdict after its Xid 48",
+    )
+    assert judged == "WARN"  # reset: a fail, not fatal
 
-    # sim-2's Xid 13 is an application's: counted, never a result.
+    # sim-2's Xid 13 is an application's: counted, never a result. The follower's thread takes the
+    # injected messages one at a time, in no order between nodes: wait until sim-2's was counted.
+    def counts() -> dict[str, int]:
+        return {k.decode(): int(v) for k, v in store.r.hgetall("ap:events:counts").items()}
+
+    wait_until(lambda: "sim-2|0|kmsg|xid.13|ignore" in counts(), 30, "sim-2's Xid 13 counted")
+    assert counts().get("sim-2|0|kmsg|xid.13|ignore") == 1, counts()
     assert "events" not in store.latest("sim-2")
-    counts = {k.decode(): int(v) for k, v in store.r.hgetall("ap:events:counts").items()}
-    assert counts.get("sim-2|0|kmsg|xid.13|ignore") == 1, counts
 
     store.heartbeat(NodeRecord("gpu-real", simulated=False, last_seen=1.0))
     refused = _inject(redis_url, "gpu-real", "xid", "79")

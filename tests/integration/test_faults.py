@@ -298,7 +298,10 @@ def test_redis_down_10s_during_beats_tick(persistent_redis: PersistentRedis, pro
                 out.append(json.loads(meta) | {"key": key.decode()})
         return sorted(out, key=lambda m: m["created_at"])
 
-    wait_until(lambda: len(periodic_runs()) >= 2, 30, "two periodic ticks")
+    # Two ticks created, and each node's answer to one of them stored (a tick's run exists before its answers).
+    wait_until(
+        lambda: len(periodic_runs()) >= 2 and all("echo" in store.latest(n) for n in nodes), 30, "two periodic ticks"
+    )
     before = {n: store.latest(n)["echo"] for n in nodes}
     persistent_redis.kill()
     time.sleep(10)

@@ -34,6 +34,16 @@ NODES = ["node-a", "node-b"]
 ApiFactory = Callable[..., flask.testing.FlaskClient]
 
 
+def distinct_free_ports(count: int) -> list[int]:
+    """``count`` different free loopback ports. Nothing binds them until the servers start, so two
+    ``free_port()`` calls may name the same port (1 in ~14,000 a pair: the kernel picks at random)."""
+    ports: list[int] = []
+    while len(ports) < count:
+        if (port := free_port()) not in ports:
+            ports.append(port)
+    return ports
+
+
 class SentinelSet:
     """A master, one replica and three Sentinels on loopback ports, each with its own directory."""
 
@@ -41,8 +51,7 @@ class SentinelSet:
         self.server_bin = require_binary("redis-server")
         self.sentinel_bin = require_binary("redis-sentinel")
         self.tmp = tmp_path
-        self.master_port, self.replica_port = free_port(), free_port()
-        self.sentinel_ports = [free_port() for _ in range(3)]
+        self.master_port, self.replica_port, *self.sentinel_ports = distinct_free_ports(5)
         self.procs: dict[str, Server] = {}
 
     def _redis(self, name: str, port: int, *extra: str) -> None:

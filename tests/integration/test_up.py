@@ -86,6 +86,11 @@ def alive(pid: int) -> bool:
         return False
 
 
+def judged(node: dict[str, Any]) -> dict[str, Any] | None:
+    """A node of ``/api/v1/nodes/<name>`` once a reconcile has judged a finding (not before: None)."""
+    return node if node["verdict"] in ("WARN", "EVICT") else None
+
+
 def test_up_simulates_a_faulty_node_and_stops_cleanly_on_sigint(start_up: Any) -> None:
     up = start_up("--simulate", "3", "--fault", "sim-1:remapped:fatal", "--no-local-worker")
     wait_until(lambda: len(up.get("/api/v1/nodes")["nodes"]) == 3, 60, "three simulated nodes", interval_s=0.5)
@@ -93,7 +98,9 @@ def test_up_simulates_a_faulty_node_and_stops_cleanly_on_sigint(start_up: Any) -
     report = up.get("/status?format=json&check=remapped,pciebw&deadline=30")
     assert report["complete"] is True
     assert {n: e["status"] for n, e in report["nodes"].items()} == {"sim-0": "ok", "sim-1": "fail", "sim-2": "ok"}
-    node = up.get("/api/v1/nodes/sim-1")
+    # The worker reconciles the verdict just after it stores the results (the answer can come
+    # first): wait for sim-1's reconcile, then say what it is.
+    node = wait_until(lambda: judged(up.get("/api/v1/nodes/sim-1")), 30, "sim-1's verdict", interval_s=0.25)
     assert node["verdict"] == "EVICT"
     assert node["labels"]["autopilot.ibm.com/gpuhealth"] == "EVICT"
 

@@ -96,11 +96,15 @@ class FakeWorkers:
     only: dict[str, set[str]] = dataclasses.field(default_factory=dict)  # node -> the checks it answers
     outcomes: dict[tuple[str, str], tuple[Status, bool, str]] = dataclasses.field(default_factory=dict)
     delay_s: float = 0.0  # answer from a timer thread after this long (0: inline, during send)
+    gate: threading.Event | None = None  # set: answer from a thread once it is set (the test says when)
 
     def __call__(self, env: Envelope) -> None:
         if env.node in self.silent:
             return
-        if self.delay_s:
+        if self.gate is not None:
+            gate = self.gate
+            threading.Thread(target=lambda: gate.wait(30) and self.answer(env), daemon=True).start()
+        elif self.delay_s:
             threading.Timer(self.delay_s, self.answer, args=(env,)).start()
         else:
             self.answer(env)

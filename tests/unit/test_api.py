@@ -412,12 +412,13 @@ def test_run_wait_ends_at_the_run_deadline_with_unreachable_nodes() -> None:
 def test_batched_run_continues_in_the_background() -> None:
     nodes = tuple(f"n{i}" for i in range(5))
     api = make_api(nodes=nodes)
-    # Long enough that the first wave cannot finish (and free the background thread to send the
-    # next) before the answer is read, even on a loaded machine.
-    api.workers.delay_s = 0.5
+    # The workers answer once the test has looked, so the first wave cannot finish (and free the
+    # background thread to send the next) before the answer is read, however slow the machine.
+    api.workers.gate = threading.Event()
     created = api.client.post("/api/v1/runs", json={"checks": ["ping"], "batch": 2, "params": {"ping": {}}})
     assert created.status_code == 202
     assert len(api.dispatcher.sent) <= 2  # the first wave only, at answer time
+    api.workers.gate.set()
     report = api.client.get(created.get_json()["status_url"] + "?wait=10").get_json()
     assert report["complete"] is True and report["totals"]["ok"] == 5
     for thread in threading.enumerate():

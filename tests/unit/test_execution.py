@@ -240,6 +240,7 @@ def test_a_hung_check_in_a_sequence_times_out_and_the_rest_still_run_in_order(re
 
 def test_progress_hands_over_finished_results_while_a_slow_check_runs(reg: registry.CheckRegistry) -> None:
     finished = threading.Event()
+    called = threading.Event()
     handed: list[tuple[list[str], bool]] = []
 
     @registry.check("quick", description="fast", registry=reg)
@@ -248,12 +249,14 @@ def test_progress_hands_over_finished_results_while_a_slow_check_runs(reg: regis
 
     @registry.check("slow", description="takes a while", timeout_s=10, registry=reg)
     def slow(ctx: CheckContext, params: Mapping[str, Any]) -> CheckResult:
-        time.sleep(0.5)
+        # Runs until progress was called (bounded), not for a fixed time a busy machine could outlast.
+        called.wait(5)
         finished.set()
         return CheckResult("slow", Status.OK)
 
     def progress(new: Any) -> None:
         handed.append(([r.check for r in new], finished.is_set()))
+        called.set()
 
     out = execution.run_checks(["quick", "quick", "slow"], ctx_with(FakeRunner()), checks=reg, progress=(0.1, progress))
     assert [r.check for r in out] == ["quick", "quick", "slow"]
@@ -279,12 +282,15 @@ def test_a_failing_progress_call_is_logged_and_the_checks_go_on(
     def quick(ctx: CheckContext, params: Mapping[str, Any]) -> CheckResult:
         return CheckResult("quick", Status.OK)
 
+    called = threading.Event()
+
     @registry.check("slow", description="takes a while", timeout_s=10, registry=reg)
     def slow(ctx: CheckContext, params: Mapping[str, Any]) -> CheckResult:
-        time.sleep(0.3)
+        called.wait(5)  # until progress was called (bounded): the call falls inside this check
         return CheckResult("slow", Status.OK)
 
     def broken(new: Any) -> None:
+        called.set()
         raise ConnectionError("store down")
 
     out = execution.run_checks(["quick", "slow"], ctx_with(FakeRunner()), checks=reg, progress=(0.05, broken))
