@@ -82,13 +82,14 @@ def test_without_a_gpu_the_gpu_steps_are_skipped_for_that_reason(tmp_path: Path)
 
 
 def test_a_command_past_its_timeout_fails_its_step_and_keeps_what_it_printed(tmp_path: Path) -> None:
+    # 5 s for the child to start and print on a busy machine; it sleeps 30 s, far past that.
     gc = load()
     run = gc.Run(tmp_path, dry_run=False, no_gpu="", budget_s=60)
     code = "import sys, time; print('partial', flush=True); time.sleep(30)"
-    step = run.step("slow", lambda s: run.cmd(s, [sys.executable, "-c", code], "slow.txt", timeout=1), needs_gpu=False)
+    step = run.step("slow", lambda s: run.cmd(s, [sys.executable, "-c", code], "slow.txt", timeout=5), needs_gpu=False)
     assert step.status == "failed" and step.reason.endswith("timed out")
     text = (tmp_path / "slow.txt").read_text()
-    assert "(timed out after 1 s)" in text and "partial" in text
+    assert "(timed out after 5 s)" in text and "partial" in text
 
 
 def test_no_step_starts_once_the_budget_is_spent(tmp_path: Path) -> None:
