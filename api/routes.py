@@ -121,8 +121,8 @@ def get_run(run_id: str) -> Response:
     _only("wait")
     svc = services()
     inputs.run_id(run_id)
-    wait = request.args.get("wait", "").strip()
-    wait_s = inputs.parse_seconds(wait, field="wait", lo=0, hi=MAX_WAIT_S) if wait else 0.0
+    wait = request.args.get("wait", "")  # not stripped: " 1" is not a canonical duration
+    wait_s = inputs.parse_seconds(wait, field="wait", lo=0, hi=MAX_WAIT_S) if wait.strip() else 0.0
     if wait_s > 0:
         with limits.waits().slot():
             report = runs.read(svc, run_id, wait_s=wait_s)
