@@ -9,9 +9,11 @@ naming the variable instead of surfacing hours later in a periodic loop.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import re
 import socket
+import urllib.parse
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -200,7 +202,8 @@ class Settings:
     (a run over every node holds one result per node and check) however often runs are made."""
 
     node_deadline_s: float = 60.0
-    """Default deadline for one node's answer in an API gather (``AUTOPILOT_NODE_DEADLINE``)."""
+    """Default deadline for one node's answer in an API gather (``AUTOPILOT_NODE_DEADLINE``), 1 s to 2 h as a
+    request's own ``deadline``."""
 
     network_interfaces: tuple[str, ...] = ()
     """Interfaces the network checks use (``AUTOPILOT_NETWORK_INTERFACES``, comma-separated; empty: every one
@@ -427,6 +430,82 @@ def _positive_duration(text: str, var: str) -> float:
     return value
 
 
+# The range a request's own ``deadline`` is held to (api/inputs.py): a default outside it would
+# let a request that names no deadline wait on a silent node for longer than any request may ask.
+NODE_DEADLINE_RANGE_S = (1.0, 7200.0)
+
+
+def _node_deadline(text: str, var: str) -> float:
+    value = parse_duration(text, field=var)
+    lo, hi = NODE_DEADLINE_RANGE_S
+    if not lo <= value <= hi:
+        raise errors.BadParameter(var, f"must be between {lo:g} and {hi:g} seconds: {text[:64]!r}")
+    return value
+
+
+REDIS_SCHEMES = ("redis", "rediss", "unix", "sentinel")
+_HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
+
+
+def _redis_url(text: str, var: str) -> str:
+    """A URL the broker and the store open; the message names the scheme only, since the URL may hold a password."""
+    value = text.strip()
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme not in REDIS_SCHEMES or not rest or any(c.isspace() or ord(c) < 32 for c in value):
+        shown = scheme[:16] if sep else "none"
+        raise errors.BadParameter(
+            var, f"not a Redis URL (scheme {shown!r}; expected one of {', '.join(REDIS_SCHEMES)})"
+        )
+    return value
+
+
+def _bind_host(text: str, var: str) -> str:
+    """An address to listen on: an IP address or a host name, never anything a socket library would misread."""
+    value = text.strip()
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        if len(value) > 253 or not _HOSTNAME.fullmatch(value):
+            raise errors.BadParameter(var, f"not an IP address or host name: {value[:80]!r}") from None
+    return value
+
+
+def api_url(text: str, *, field: str) -> str:
+    """Where the CLI finds the API: ``http(s)://host[:port][/prefix]``, without credentials (a token goes in
+    ``AUTOPILOT_API_TOKEN``; a password in the URL would be printed with every error that names it).
+    ``BadParameter`` naming ``field``, with any credentials shown as ``***``."""
+    value = text.strip()
+    scheme, sep, rest = value.partition("://")
+    authority = rest.split("/", 1)[0].split("?", 1)[0]
+    credentials = "@" in authority
+    shown = f"{scheme}://***@{rest.partition('@')[2]}" if credentials else value
+    shown = shown[:80].encode("unicode_escape").decode("ascii")  # control characters as \x1b, never raw
+    if credentials:
+        raise errors.BadParameter(field, f"credentials in the URL are not accepted (use a token): {shown}")
+    try:
+        parts = urllib.parse.urlsplit(value)
+        # .port raises ValueError for one that is not a number in 0..65535
+        good = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:
+        good = False
+    if not sep or not good:
+        raise errors.BadParameter(field, f"expected http(s)://host:port, got {shown}")
+    if any(ord(c) < 33 or ord(c) == 127 for c in value):
+        raise errors.BadParameter(field, f"control characters or spaces in {shown}")
+    return value
+
+
+def bearer_token(text: str, *, field: str) -> str:
+    """A bearer token: visible ASCII only (RFC 6750's token characters are a subset), since a newline or a
+    control character cannot travel in an ``Authorization`` header. The message never shows the token."""
+    value = text.strip()
+    if any(not 33 <= ord(c) <= 126 for c in value):
+        raise errors.BadParameter(
+            field, "a bearer token is visible ASCII characters only (no spaces or control characters)"
+        )
+    return value
+
+
 def _namespace(text: str, var: str) -> str:
     value = text.strip()
     if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", value):
@@ -531,7 +610,7 @@ def _gpumem_thresholds(text: str, var: str) -> dict[str, float]:
 
 _FIELDS: list[tuple[str, str, tuple[str, ...], Any]] = [
     ("node_name", "AUTOPILOT_NODE_NAME", ("NODE_NAME",), lambda t, v: t.strip()),
-    ("redis_url", "AUTOPILOT_REDIS_URL", (), lambda t, v: t.strip()),
+    ("redis_url", "AUTOPILOT_REDIS_URL", (), _redis_url),
     ("redis_password", "AUTOPILOT_REDIS_PASSWORD", (), lambda t, v: t.strip()),
     ("redis_tls_ca", "AUTOPILOT_REDIS_TLS_CA", (), lambda t, v: t.strip()),
     ("redis_sentinel_master", "AUTOPILOT_REDIS_SENTINEL_MASTER", (), lambda t, v: _sentinel_master(t, v)),
@@ -561,9 +640,9 @@ _FIELDS: list[tuple[str, str, tuple[str, ...], Any]] = [
     ("bandwidthtest_path", "AUTOPILOT_BANDWIDTHTEST_PATH", (), lambda t, v: t.strip()),
     ("expect_gpus", "AUTOPILOT_EXPECT_GPUS", (), _int_in(0, 1024)),
     ("check_timeouts", "AUTOPILOT_CHECK_TIMEOUTS", (), lambda t, v: parse_mapping(t, field=v)),
-    ("api_token", "AUTOPILOT_API_TOKEN", (), lambda t, v: t.strip()),
-    ("api_host", "AUTOPILOT_API_HOST", (), lambda t, v: t.strip()),
-    ("api_url", "AUTOPILOT_API_URL", (), lambda t, v: t.strip()),
+    ("api_token", "AUTOPILOT_API_TOKEN", (), lambda t, v: bearer_token(t, field=v)),
+    ("api_host", "AUTOPILOT_API_HOST", (), _bind_host),
+    ("api_url", "AUTOPILOT_API_URL", (), lambda t, v: api_url(t, field=v)),
     ("log_level", "AUTOPILOT_LOG_LEVEL", (), _log_level),
     ("extra_checks", "AUTOPILOT_EXTRA_CHECKS", (), _modules),
     ("api_port", "AUTOPILOT_API_PORT", (), _int_in(1, 65535)),
@@ -574,7 +653,7 @@ _FIELDS: list[tuple[str, str, tuple[str, ...], Any]] = [
     ("history_len", "AUTOPILOT_HISTORY_LEN", (), _int_in(1, 100_000)),
     ("run_ttl_s", "AUTOPILOT_RUN_TTL", (), _duration),
     ("run_keep", "AUTOPILOT_RUN_KEEP", (), _int_in(1, 1_000_000)),
-    ("node_deadline_s", "AUTOPILOT_NODE_DEADLINE", (), _duration),
+    ("node_deadline_s", "AUTOPILOT_NODE_DEADLINE", (), _node_deadline),
     ("network_interfaces", "AUTOPILOT_NETWORK_INTERFACES", (), lambda t, v: parse_list(t)),
     ("podinfo_annotations", "AUTOPILOT_PODINFO_ANNOTATIONS", (), lambda t, v: t.strip()),
     ("heartbeat_interval_s", "AUTOPILOT_HEARTBEAT_INTERVAL", (), _duration),
