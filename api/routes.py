@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 from flask import Blueprint, Response, jsonify, request, url_for
+from werkzeug.exceptions import ClientDisconnected
 
 from api import inputs, limits, openapi, selection, text
 from api.errors import ApiError, json_error
@@ -103,7 +104,10 @@ def _json_body() -> Any:
     """The request's JSON body (``{}`` when empty). Parsed by orjson, which stops at 1,024 levels
     without recursing in Python (the standard library's parser raised RecursionError, a 500, on a
     body nested 100,000 deep); then held to ``limits.MAX_JSON_DEPTH``."""
-    raw = request.get_data(cache=True)
+    try:
+        raw = request.get_data(cache=True)
+    except (OSError, ClientDisconnected):  # the client stopped sending: api.main's client timeout, or a reset
+        raise ApiError(408, "timeout", "the request body did not arrive in time", field="body") from None
     limits.body_limit(services().settings.api_max_body, len(raw))
     if not raw.strip():
         return {}

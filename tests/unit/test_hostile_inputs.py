@@ -9,6 +9,7 @@ on an answer of the wrong shape and passed ESC sequences from an answer to the t
 
 from __future__ import annotations
 
+import io
 import json
 import socket
 import sys
@@ -59,6 +60,41 @@ def test_a_run_wait_is_read_whole_and_as_sent(api: Api, value: str) -> None:
     response = api.client.get(created["status_url"], query_string={"wait": value})
     assert response.status_code == 400 and response.get_json()["field"] == "wait"
     assert api.client.get(created["status_url"], query_string={"wait": "1"}).status_code == 200
+
+
+class StalledBody(io.BytesIO):
+    """A request body whose client stopped sending: the socket read times out (api.main's client timeout)."""
+
+    def read(self, *args: Any) -> bytes:
+        raise TimeoutError("timed out")
+
+    def readline(self, *args: Any) -> bytes:
+        raise TimeoutError("timed out")
+
+    def readinto(self, *args: Any) -> int:
+        raise TimeoutError("timed out")
+
+
+def test_a_body_that_stops_arriving_is_a_408_not_a_500(api: Api) -> None:
+    response = api.client.post(
+        "/api/v1/runs",
+        content_type="application/json",
+        input_stream=StalledBody(),
+        environ_overrides={"CONTENT_LENGTH": "100"},  # as declared; the stream says nothing came
+    )
+    assert response.status_code == 408 and response.get_json()["field"] == "body"
+    assert api.dispatcher.sent == []
+
+
+@pytest.mark.parametrize("value", ["nan", "0", "-1", "inf"])
+def test_the_api_client_timeout_flag_is_checked(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("AUTOPILOT_REDIS_URL", "redis://127.0.0.1:1/0")
+    from api import main
+
+    assert main.main(["--client-timeout", value]) == 2
+    assert "--client-timeout" in capsys.readouterr().err
 
 
 def test_the_text_status_writes_control_characters_out(api: Api) -> None:
