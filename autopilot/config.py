@@ -412,7 +412,8 @@ def _modules(text: str, var: str) -> tuple[str, ...]:
     return found
 
 
-def _log_level(text: str, var: str) -> str:
+def log_level(text: str, var: str) -> str:
+    """A level name of ``LOG_LEVELS``, any case; ``BadParameter`` naming ``var`` otherwise."""
     level = text.strip().upper()
     if level not in LOG_LEVELS:
         raise errors.BadParameter(var, f"not a log level ({', '.join(LOG_LEVELS)}): {text[:40]!r}")
@@ -643,7 +644,7 @@ _FIELDS: list[tuple[str, str, tuple[str, ...], Any]] = [
     ("api_token", "AUTOPILOT_API_TOKEN", (), lambda t, v: bearer_token(t, field=v)),
     ("api_host", "AUTOPILOT_API_HOST", (), _bind_host),
     ("api_url", "AUTOPILOT_API_URL", (), lambda t, v: api_url(t, field=v)),
-    ("log_level", "AUTOPILOT_LOG_LEVEL", (), _log_level),
+    ("log_level", "AUTOPILOT_LOG_LEVEL", (), log_level),
     ("extra_checks", "AUTOPILOT_EXTRA_CHECKS", (), _modules),
     ("api_port", "AUTOPILOT_API_PORT", (), _int_in(1, 65535)),
     ("api_max_waits", "AUTOPILOT_API_MAX_WAITS", (), _int_in(1, 1000)),

@@ -336,3 +336,17 @@ def test_python_dash_m_autopilot_is_the_cli() -> None:
         timeout=60,
     )
     assert done.returncode == 2 and "nosuch" in done.stderr and "Traceback" not in done.stderr
+
+
+# ------------------------------------------------------------------ the CLI's own inputs
+
+
+def test_evaluate_reads_a_bounded_amount_of_an_endless_file(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["evaluate", "dcgm", "/dev/zero"]) == 2  # read until memory ran out before
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "/dev/zero" in err and "MiB" in err
+
+
+def test_an_unknown_log_level_flag_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--log-level", "LOUD", "checks", "--json"]) == 2  # was WARNING, without a word
+    assert "--log-level" in capsys.readouterr().err
