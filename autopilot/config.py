@@ -621,7 +621,12 @@ _FIELDS: list[tuple[str, str, tuple[str, ...], Any]] = [
     ("periodic_interval_s", "AUTOPILOT_PERIODIC_INTERVAL", (), _duration),
     ("invasive_interval_s", "AUTOPILOT_INVASIVE_INTERVAL", (), _duration),
     ("invasive_job_ttl_s", "AUTOPILOT_INVASIVE_JOB_TTLSEC", ("INVASIVE_JOB_TTLSEC",), _int_in(0, 7 * 86400)),
-    ("pvc_storage_class", "AUTOPILOT_PVC_TEST_STORAGE_CLASS", ("PVC_TEST_STORAGE_CLASS",), lambda t, v: t.strip()),
+    (
+        "pvc_storage_class",
+        "AUTOPILOT_PVC_TEST_STORAGE_CLASS",
+        ("PVC_TEST_STORAGE_CLASS",),
+        lambda t, v: _dns_subdomain(t, v) if t.strip() else "",
+    ),
     ("dcgm_fatal_errors", "AUTOPILOT_DCGM_FATAL_ERRORS", ("DCGM_FATAL_ERRORS",), lambda t, v: parse_list(t)),
     ("dcgm_level", "AUTOPILOT_DCGM_LEVEL", (), _int_in(1, 4)),
     ("pciebw_threshold_gbps", "AUTOPILOT_PCIEBW_THRESHOLD_GBPS", (), lambda t, v: parse_float(t, field=v, minimum=0)),
