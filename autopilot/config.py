@@ -67,8 +67,9 @@ class Settings:
 
     # repr=False: the URL may carry a password, and a logged or printed Settings must not show it.
     redis_url: str = dataclasses.field(default="", repr=False)
-    """Broker and results store (``AUTOPILOT_REDIS_URL``: ``redis://``, ``rediss://`` with TLS, or Sentinels as
-    ``sentinel://h1:26379;sentinel://h2:26379/0``); empty: ``autopilot up`` starts its own."""
+    """Broker and results store (``AUTOPILOT_REDIS_URL``: ``redis://``, ``rediss://`` with TLS, ``unix://``, or
+    Sentinels as ``sentinel://h1:26379;sentinel://h2:26379/0``; another scheme stops the start); empty:
+    ``autopilot up`` starts its own."""
 
     redis_password: str = dataclasses.field(default="", repr=False)  # a secret: never in a repr or a log
     """Redis password (``AUTOPILOT_REDIS_PASSWORD``), used when the URL has none; the chart sets it from a Secret."""
@@ -99,7 +100,8 @@ class Settings:
     """TTL of finished invasive Jobs (``AUTOPILOT_INVASIVE_JOB_TTLSEC``, alias ``INVASIVE_JOB_TTLSEC``)."""
 
     pvc_storage_class: str = ""
-    """Storage class the ``pvc`` check provisions (``PVC_TEST_STORAGE_CLASS``); empty: ``pvc`` is skipped."""
+    """Storage class the ``pvc`` check provisions (``PVC_TEST_STORAGE_CLASS``, a DNS-1123 subdomain); empty: ``pvc``
+    is skipped."""
 
     dcgm_fatal_errors: tuple[str, ...] = ("PCIe", "NVLink", "ECC", "GPU Memory")
     """DCGM test categories whose failure evicts the node (``DCGM_FATAL_ERRORS``, comma-separated)."""
@@ -152,11 +154,12 @@ class Settings:
     is not a check stops the process."""
 
     api_token: str = dataclasses.field(default="", repr=False)  # a secret: never in a repr or a log
-    """Bearer token the API requires when set (``AUTOPILOT_API_TOKEN``); the CLI client sends it."""
+    """Bearer token the API requires when set (``AUTOPILOT_API_TOKEN``, visible ASCII without spaces); the CLI client
+    sends it."""
 
     api_url: str = ""
     """The API the CLI client (``autopilot status``, ``autopilot runs``) talks to (``AUTOPILOT_API_URL``; empty:
-    http://127.0.0.1:3333); ``--url`` overrides it."""
+    http://127.0.0.1:3333); ``--url`` overrides it. ``http(s)://host[:port]`` without credentials (use the token)."""
 
     log_level: str = "WARNING"
     """Log level of the ``autopilot`` CLI (``AUTOPILOT_LOG_LEVEL``: DEBUG, INFO, WARNING, ERROR or CRITICAL);
@@ -168,7 +171,8 @@ class Settings:
     leaves it empty)."""
 
     api_host: str = ""
-    """Address the API binds (``AUTOPILOT_API_HOST``); empty: 127.0.0.1 without a token, 0.0.0.0 with one."""
+    """Address the API binds (``AUTOPILOT_API_HOST``: an IP address or host name); empty: 127.0.0.1 without a token,
+    0.0.0.0 with one."""
 
     api_port: int = 3333
     """API port (``AUTOPILOT_API_PORT``)."""
