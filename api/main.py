@@ -150,6 +150,8 @@ def main(argv: Sequence[str]) -> int:
         settings = config.Settings.from_env(os.environ)
         if not settings.redis_url:
             raise errors.ConfigError("AUTOPILOT_REDIS_URL is not set (or use `autopilot up`)")
+        if args.host:
+            args.host = config.bind_address(args.host, "--host")  # gunicorn retried ";rm", then exited 1
         port = args.port if args.port is not None else settings.api_port
         if not 1 <= port <= 65535:
             raise errors.BadParameter("--port", f"must be 1..65535, got {port}")

@@ -464,7 +464,7 @@ def _redis_url(text: str, var: str) -> str:
     return value
 
 
-def _bind_host(text: str, var: str) -> str:
+def bind_address(text: str, var: str) -> str:
     """An address to listen on: an IP address or a host name, never anything a socket library would misread."""
     value = text.strip()
     try:
@@ -651,7 +651,7 @@ _FIELDS: list[tuple[str, str, tuple[str, ...], Any]] = [
     ("expect_gpus", "AUTOPILOT_EXPECT_GPUS", (), _int_in(0, 1024)),
     ("check_timeouts", "AUTOPILOT_CHECK_TIMEOUTS", (), lambda t, v: parse_mapping(t, field=v)),
     ("api_token", "AUTOPILOT_API_TOKEN", (), lambda t, v: bearer_token(t, field=v)),
-    ("api_host", "AUTOPILOT_API_HOST", (), _bind_host),
+    ("api_host", "AUTOPILOT_API_HOST", (), bind_address),
     ("api_url", "AUTOPILOT_API_URL", (), lambda t, v: api_url(t, field=v)),
     ("log_level", "AUTOPILOT_LOG_LEVEL", (), log_level),
     ("extra_checks", "AUTOPILOT_EXTRA_CHECKS", (), _modules),

@@ -351,3 +351,32 @@ def test_evaluate_reads_a_bounded_amount_of_an_endless_file(capsys: pytest.Captu
 def test_an_unknown_log_level_flag_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["--log-level", "LOUD", "checks", "--json"]) == 2  # was WARNING, without a word
     assert "--log-level" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("host", [";rm", "a b", "10.0.0.1;reboot"])
+def test_the_api_bind_address_flag_is_checked(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, host: str
+) -> None:
+    from api import main
+
+    monkeypatch.setenv("AUTOPILOT_REDIS_URL", "redis://127.0.0.1:1/0")
+    assert main.main(["--host", host]) == 2  # gunicorn retried the name, then exited 1
+    err = capsys.readouterr().err
+    assert "--host: not an IP address or host name" in err and "listening" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "field"),
+    [
+        (["--port=-5"], "--port"),
+        (["--port=99999"], "--port"),
+        (["--port=abc"], "--port"),
+        (["--address=;rm"], "--address"),
+    ],
+)
+def test_flower_port_and_address_are_checked(argv: list[str], field: str) -> None:
+    from workers.main import flower_args
+
+    with pytest.raises(errors.ConfigError) as caught:
+        flower_args(config.Settings(node_name="x", flower_basic_auth="u:p"), argv, {})
+    assert field in str(caught.value)
