@@ -9,8 +9,10 @@ naming the variable instead of surfacing hours later in a periodic loop.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import json
+import logging
 import re
 import socket
 import urllib.parse
@@ -32,6 +34,8 @@ from autopilot.parsing import (  # noqa: F401 - re-exported
 
 if TYPE_CHECKING:
     from autopilot.registry import CheckRegistry
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -714,7 +718,25 @@ def variables() -> list[tuple[str, str, tuple[str, ...]]]:
     return [(f, var, aliases) for f, var, aliases, _ in _FIELDS]
 
 
+# AUTOPILOT_* names that are not settings: the test suites' and the demo script's own switches.
+NOT_SETTINGS = ("AUTOPILOT_E2E_", "AUTOPILOT_GPU_TESTS", "AUTOPILOT_FUZZ_EXAMPLES", "AUTOPILOT_DEMO_")
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """(name, the setting it most resembles) for every ``AUTOPILOT_*`` variable that is no setting: a typo
+    such as ``AUTOPILOT_PERIODIC_INTERVALL`` would otherwise leave the default in force without a word."""
+    known = {name for _, var, aliases, _ in _FIELDS for name in (var, *aliases)}
+    out: list[tuple[str, str | None]] = []
+    for name in sorted(environ):
+        if name.startswith("AUTOPILOT_") and name not in known and not name.startswith(NOT_SETTINGS):
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
+            out.append((name, close[0] if close else None))
+    return out
+
+
 def _read(environ: Mapping[str, str], checks: CheckRegistry | None = None) -> dict[str, Any]:
+    for name, close in unknown_variables(environ):
+        log.warning("%s is not a setting and is ignored%s", name, f" (did you mean {close}?)" if close else "")
     values: dict[str, Any] = {}
     used: dict[str, str] = {}  # field -> the variable it was read from (primary or alias)
     for field, var, aliases, parse in _FIELDS:

@@ -380,3 +380,21 @@ def test_flower_port_and_address_are_checked(argv: list[str], field: str) -> Non
     with pytest.raises(errors.ConfigError) as caught:
         flower_args(config.Settings(node_name="x", flower_basic_auth="u:p"), argv, {})
     assert field in str(caught.value)
+
+
+def test_a_misspelt_setting_is_named_at_start(caplog: pytest.LogCaptureFixture) -> None:
+    env = {
+        "AUTOPILOT_PERIODIC_INTERVALL": "5m",
+        "AUTOPILOT_FOO": "1",
+        "AUTOPILOT_E2E_NODE": "n",
+        "AUTOPILOT_DCGM_LEVEL": "2",
+    }
+    with caplog.at_level("WARNING", logger="autopilot.config"):
+        settings = config.Settings.from_env(env)
+    assert settings.dcgm_level == 2
+    said = caplog.text
+    assert (
+        "AUTOPILOT_PERIODIC_INTERVALL is not a setting" in said and "did you mean AUTOPILOT_PERIODIC_INTERVAL?" in said
+    )
+    assert "AUTOPILOT_FOO is not a setting and is ignored\n" in said
+    assert "AUTOPILOT_E2E_NODE" not in said and "AUTOPILOT_DCGM_LEVEL" not in said
