@@ -201,6 +201,10 @@ def status_main(argv: Sequence[str]) -> int:
             # a parameter's check is part of the run even when --check did not name it
             if checks:
                 body["checks"] = list(dict.fromkeys([*checks, *params]))
+        for key in ("nodelabel", "job"):
+            if getattr(args, key) is not None and not getattr(args, key).strip():
+                # the API reads a blank selector as none at all: `--nodelabel "$UNSET"` would run everywhere
+                raise ClientError(f"--{key} is empty (leave it out to select every node)", EXIT_USAGE)
         if args.deadline is not None and not math.isfinite(args.deadline):
             # JSON has no NaN or Infinity: sent, the API could only say the body is not JSON
             raise ClientError(f"--deadline: expected a number of seconds, got {args.deadline}", EXIT_USAGE)

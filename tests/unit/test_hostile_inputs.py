@@ -326,6 +326,16 @@ def test_a_deadline_that_json_cannot_carry_is_a_usage_error_naming_the_flag(
     assert server.requests == []
 
 
+@pytest.mark.parametrize("flag", ["--nodelabel", "--job"])
+def test_an_empty_selector_flag_selects_nothing_rather_than_everything(
+    odd: Callable[[Callable[[str, str], Answer]], OddApi], capsys: pytest.CaptureFixture[str], flag: str
+) -> None:
+    server = odd(lambda m, p: (202, json.dumps(CREATED).encode()))
+    assert client.status_main(["--url", server.url, flag, " "]) == 2  # the API would have run on every node
+    assert flag in capsys.readouterr().err
+    assert server.requests == []
+
+
 def test_python_dash_m_autopilot_is_the_cli() -> None:
     import subprocess
 
