@@ -53,7 +53,8 @@ class BoundedThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn ships
 
     - A client that stops sending mid-request (headers or body) is dropped after ``client_timeout_s``:
       gunicorn reads a request on a pool thread from a blocking socket without a timeout, so 120
-      connections that each sent half a request held every thread, and ``/healthz`` hung.
+      connections that each sent half a request held every thread, and ``/healthz`` hung. The app
+      lifts the timeout before it writes its answer (``limits.unhurried_answer``).
     - A request gunicorn cannot parse (a request line over its limit, a bad header) is answered with
       the API's JSON error body, not gunicorn's HTML page.
     """

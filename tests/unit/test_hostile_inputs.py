@@ -86,6 +86,20 @@ def test_a_body_that_stops_arriving_is_a_408_not_a_500(api: Api) -> None:
     assert api.dispatcher.sent == []
 
 
+class TimedSocket:
+    def __init__(self) -> None:
+        self.timeout: float | None = 10.0
+
+    def settimeout(self, value: float | None) -> None:
+        self.timeout = value
+
+
+def test_the_read_timeout_is_lifted_before_the_answer_is_written(api: Api) -> None:
+    sock = TimedSocket()  # as api.main's worker left it: 10 s for the client to send its request
+    response = api.client.get("/api/v1/checks", environ_overrides={"gunicorn.socket": sock})
+    assert response.status_code == 200 and sock.timeout is None
+
+
 @pytest.mark.parametrize("value", ["nan", "0", "-1", "inf"])
 def test_the_api_client_timeout_flag_is_checked(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, value: str
