@@ -74,6 +74,7 @@ def create_app(
     )
     api_errors.register(app)
     app.before_request(lambda: limits.body_limit(settings.api_max_body))
+    app.after_request(limits.unhurried_answer)
     _install_auth(app, settings.api_token)
     app.register_blueprint(bp)
     metrics.init_app(app, store, settings, checks)

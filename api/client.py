@@ -11,8 +11,11 @@ Plain ``urllib`` with timeouts: the client needs no dependency beyond the packag
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
+import math
 import os
+import re
 import sys
 import time
 import urllib.error
@@ -25,9 +28,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from api import text
-from autopilot import config, registry
+from autopilot import config, errors, registry
+from autopilot.render import printable
 
 EXIT_OK, EXIT_BAD, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
 DEFAULT_URL = "http://127.0.0.1:3333"
@@ -35,6 +40,8 @@ HTTP_TIMEOUT_S = 15.0
 POLL_WAIT_S = 1
 # How long past the run's own deadline the client keeps asking before it gives up.
 GRACE_S = 30.0
+# A run's status_url as the API writes it: the client appends it to --url, so nothing else is followed.
+_RUN_PATH = re.compile(r"(/[A-Za-z0-9._~-]+)*/api/v1/runs/[0-9a-f]{32}")
 
 _STYLE = {
     "ok": "green",
@@ -50,18 +57,26 @@ _STYLE = {
 
 
 class ClientError(Exception):
-    """The API could not be reached or said no; ``code`` is the exit code to use."""
+    """The API could not be reached or said no; ``code`` is the exit code to use. The message is made
+    printable: it may carry an answer's words, which must not drive the terminal it is printed on."""
 
     def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
+        super().__init__(printable(message))
         self.code = code
+
+
+def _unexpected(base: str, what: str) -> ClientError:
+    return ClientError(f"the API at {base} sent {what} of an unexpected shape (is that an Autopilot API?)", EXIT_ERROR)
 
 
 class ApiClient:
     def __init__(self, base_url: str, token: str = "", timeout_s: float = HTTP_TIMEOUT_S) -> None:
-        parsed = urllib.parse.urlsplit(base_url)
-        if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise ClientError(f"--url must be http(s)://host:port, got {base_url!r}", EXIT_USAGE)
+        try:
+            # no credentials (they would be printed with every error naming the URL), no control characters
+            base_url = config.api_url(base_url, field="--url")
+            token = config.bearer_token(token, field="--token")
+        except errors.ConfigError as exc:
+            raise ClientError(str(exc), EXIT_USAGE) from None
         self.base = base_url.rstrip("/")
         self.token = token
         self.timeout_s = timeout_s
@@ -88,6 +103,8 @@ class ApiClient:
             ) from None
         except (TimeoutError, OSError) as exc:
             raise ClientError(f"the API at {self.base} did not answer: {exc}", EXIT_ERROR) from None
+        except http.client.HTTPException as exc:  # a status line or headers that are not HTTP
+            raise ClientError(f"the API at {self.base} did not speak HTTP: {type(exc).__name__}", EXIT_ERROR) from None
         except ValueError:
             raise ClientError(f"the API at {self.base} sent something that is not JSON", EXIT_ERROR) from None
 
@@ -184,24 +201,41 @@ def status_main(argv: Sequence[str]) -> int:
             # a parameter's check is part of the run even when --check did not name it
             if checks:
                 body["checks"] = list(dict.fromkeys([*checks, *params]))
+        for key in ("nodelabel", "job"):
+            if getattr(args, key) is not None and not getattr(args, key).strip():
+                # the API reads a blank selector as none at all: `--nodelabel "$UNSET"` would run everywhere
+                raise ClientError(f"--{key} is empty (leave it out to select every node)", EXIT_USAGE)
+        if args.deadline is not None and not math.isfinite(args.deadline):
+            # JSON has no NaN or Infinity: sent, the API could only say the body is not JSON
+            raise ClientError(f"--deadline: expected a number of seconds, got {args.deadline}", EXIT_USAGE)
         for key in ("nodelabel", "job", "deadline", "batch"):
             if getattr(args, key) is not None:
                 body[key] = getattr(args, key)
         created = client.call("POST", "/api/v1/runs", body)
         report = _follow(client, created, err, show=args.progress if args.progress is not None else err.is_terminal)
+        shown = json.dumps(report, indent=2) if args.json else _report_text(report, client.base)
     except ClientError as exc:
         print(f"autopilot status: {exc}", file=sys.stderr)
         return exc.code
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(shown)
     else:
-        out = _stdout()
-        out.print(report_table(report))
-        out.print(totals_line(report), markup=False)
+        _stdout().print(*shown, sep="\n")
+    return report_exit_code(report)
+
+
+def _report_text(report: Mapping[str, Any], base: str) -> list[Any]:
+    """The table and the lines under it, built whole before anything is printed: an answer that is not
+    a report is one error line, never half a table and a traceback."""
+    try:
+        shown: list[Any] = [report_table(report), Text(totals_line(report))]
         if report.get("network"):  # who the network checks' pairs point at (ping, the iperf ring)
             # The CLI client assembles its own process: the shipped checks name the tags.
-            out.print("\n".join(text.network_lines(report["network"], registry.shipped())), markup=False)
-    return report_exit_code(report)
+            lines = text.network_lines(report["network"], registry.shipped())
+            shown.append(Text(printable("\n".join(lines))))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise _unexpected(base, "a report") from None
+    return shown
 
 
 def _client(url: str | None, token: str | None) -> ApiClient:
@@ -210,9 +244,20 @@ def _client(url: str | None, token: str | None) -> ApiClient:
 
 def _follow(client: ApiClient, created: Mapping[str, Any], err: Console, *, show: bool) -> dict[str, Any]:
     """Long-poll the run until it is complete, updating the progress bar."""
-    url = f"{created['status_url']}?wait={POLL_WAIT_S}"
-    total = len(created.get("nodes", []))
-    give_up = time.monotonic() + float(created.get("deadline_s", 3600)) + GRACE_S
+    answer: Mapping[str, Any] = created if isinstance(created, dict) else {}
+    status_url, nodes, deadline_s = answer.get("status_url"), answer.get("nodes", []), answer.get("deadline_s", 3600)
+    if (
+        not isinstance(status_url, str)
+        or not _RUN_PATH.fullmatch(status_url)
+        or not isinstance(nodes, list)
+        or isinstance(deadline_s, bool)
+        or not isinstance(deadline_s, int | float)
+        or not math.isfinite(deadline_s)
+    ):
+        raise _unexpected(client.base, "a new run")
+    url = f"{status_url}?wait={POLL_WAIT_S}"
+    total = len(nodes)
+    give_up = time.monotonic() + float(deadline_s) + GRACE_S
     with Progress(
         TextColumn("[bold]nodes answered"),
         BarColumn(),
@@ -225,7 +270,11 @@ def _follow(client: ApiClient, created: Mapping[str, Any], err: Console, *, show
         task = progress.add_task("gather", total=total)
         while True:
             report: dict[str, Any] = client.call("GET", url, timeout_s=POLL_WAIT_S + HTTP_TIMEOUT_S)
-            progress.update(task, completed=report["totals"]["answered"])
+            totals = report.get("totals") if isinstance(report, dict) else None
+            answered = totals.get("answered") if isinstance(totals, dict) else None
+            if isinstance(answered, bool) or not isinstance(answered, int):
+                raise _unexpected(client.base, "a run report")
+            progress.update(task, completed=answered)
             if report.get("complete"):
                 return report
             if time.monotonic() > give_up:
@@ -243,14 +292,19 @@ def report_rows(report: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def _cell(value: Any) -> str:
+    """A table cell from an answer's value: rich markup escaped, control characters written out."""
+    return escape(printable(str(value)))
+
+
 def report_table(report: Mapping[str, Any]) -> Table:
-    table = Table(title=f"run {report['id']}", title_justify="left")
+    table = Table(title=f"run {_cell(report['id'])}", title_justify="left")
     for column in ("NODE", "CHECK", "STATUS", "SUMMARY"):
         table.add_column(column, overflow="fold")
     for node, check, status, summary in report_rows(report):
         style = _STYLE.get(status.split(" ")[0], "")
-        shown = f"[{style}]{escape(status)}[/]" if style else escape(status)
-        table.add_row(escape(node), escape(check), shown, escape(summary))
+        shown = f"[{style}]{_cell(status)}[/]" if style else _cell(status)
+        table.add_row(_cell(node), _cell(check), shown, _cell(summary))
     return table
 
 
@@ -298,7 +352,7 @@ def _age(seconds: float) -> str:
 
 
 def nodes_table(answer: Mapping[str, Any], now: float) -> Table:
-    table = Table(title=f"{answer['total']} node(s), {answer['live']} live", title_justify="left")
+    table = Table(title=f"{_cell(answer['total'])} node(s), {_cell(answer['live'])} live", title_justify="left")
     for column in ("NODE", "VERDICT", "LIVE", "LAST SEEN", "GPUS", "REASONS"):
         table.add_column(column, overflow="fold")
     colours = {"PASS": "green", "WARN": "yellow", "EVICT": "bold red", "TESTING": "cyan", "UNKNOWN": "dim"}
@@ -306,12 +360,12 @@ def nodes_table(answer: Mapping[str, Any], now: float) -> Table:
         verdict = n.get("verdict") or "UNKNOWN"
         gpus = f"{n.get('gpu_count', 0)} x {n['gpu_model']}" if n.get("gpu_model") else str(n.get("gpu_count", 0))
         table.add_row(
-            escape(n["name"]),
-            f"[{colours.get(verdict, 'default')}]{escape(verdict)}[/]",
+            _cell(n["name"]),
+            f"[{colours.get(verdict, 'default')}]{_cell(verdict)}[/]",
             "yes" if n.get("live") else "[magenta]no[/]",
             _age(max(0.0, now - float(n.get("last_seen") or 0))) if n.get("last_seen") else "never",
-            escape(gpus),
-            escape("; ".join(n.get("reasons") or [])),
+            _cell(gpus),
+            _cell("; ".join(n.get("reasons") or [])),
         )
     return table
 
@@ -319,7 +373,7 @@ def nodes_table(answer: Mapping[str, Any], now: float) -> Table:
 def gpus_table(answer: Mapping[str, Any]) -> Table:
     """``autopilot nodes --gpus``: a row per GPU of every node, worst-first within a node by index."""
     count = sum(len(n.get("gpus") or ()) for n in answer["nodes"])
-    table = Table(title=f"{count} GPU(s) on {answer['total']} node(s)", title_justify="left")
+    table = Table(title=f"{count} GPU(s) on {_cell(answer['total'])} node(s)", title_justify="left")
     for column in ("NODE", "GPU", "UUID", "BUS ID", "VERDICT", "SINCE", "REASONS"):
         table.add_column(column, overflow="fold")
     colours = {"PASS": "green", "WARN": "yellow", "EVICT": "bold red", "UNKNOWN": "dim"}
@@ -327,13 +381,13 @@ def gpus_table(answer: Mapping[str, Any]) -> Table:
         for g in n.get("gpus") or ():
             verdict = str(g.get("verdict") or "UNKNOWN")
             table.add_row(
-                escape(n["name"]),
-                escape(str(g.get("index") or "?")),
-                escape(str(g.get("uuid") or "")),
-                escape(str(g.get("bus_id") or "")),
-                f"[{colours.get(verdict, 'default')}]{escape(verdict)}[/]",
-                escape(str(g.get("since") or "")),
-                escape("; ".join(g.get("reasons") or [])),
+                _cell(n["name"]),
+                _cell(str(g.get("index") or "?")),
+                _cell(str(g.get("uuid") or "")),
+                _cell(str(g.get("bus_id") or "")),
+                f"[{colours.get(verdict, 'default')}]{_cell(verdict)}[/]",
+                _cell(str(g.get("since") or "")),
+                _cell("; ".join(g.get("reasons") or [])),
             )
     return table
 
@@ -346,14 +400,21 @@ def _stdout() -> Console:
 def nodes_main(argv: Sequence[str]) -> int:
     args = nodes_parser().parse_args(list(argv))
     try:
-        answer = _client(args.url, args.token).call("GET", "/api/v1/nodes?gpus=true" if args.gpus else "/api/v1/nodes")
+        client = _client(args.url, args.token)
+        answer = client.call("GET", "/api/v1/nodes?gpus=true" if args.gpus else "/api/v1/nodes")
+        if not isinstance(answer, dict) or not isinstance(answer.get("nodes"), list):
+            raise _unexpected(client.base, "a node list")
+        try:  # built whole before printing: one error line for an answer that is not a node list
+            shown: Any = json.dumps(answer, indent=2) if args.json else None
+            if shown is None:
+                shown = gpus_table(answer) if args.gpus else nodes_table(answer, time.time())
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise _unexpected(client.base, "a node list") from None
     except ClientError as exc:
         print(f"autopilot nodes: {exc}", file=sys.stderr)
         return exc.code
     if args.json:
-        print(json.dumps(answer, indent=2))
-    elif args.gpus:
-        _stdout().print(gpus_table(answer))
+        print(shown)
     else:
-        _stdout().print(nodes_table(answer, time.time()))
+        _stdout().print(shown)
     return EXIT_OK

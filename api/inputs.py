@@ -23,9 +23,10 @@ from workers.runs import RunRequest
 
 MAX_NODES = 10_000
 MAX_BATCH = 10_000
-DEADLINE_RANGE = (1.0, 7200.0)
+DEADLINE_RANGE = config.NODE_DEADLINE_RANGE_S
 R_RANGE = (1, 4)
 FORMATS = ("text", "json")
+MAX_DURATION_CHARS = 32  # "7200.000000s" fits many times over
 
 # Query parameters of /status itself; any other name must be a parameter of a selected check.
 STATUS_QUERY = ("host", "check", "job", "nodelabel", "batch", "r", "deadline", "format")
@@ -48,10 +49,18 @@ def parse_int(raw: Any, *, field: str, lo: int, hi: int) -> int:
 
 
 def parse_seconds(raw: Any, *, field: str, lo: float, hi: float) -> float:
-    """Seconds as a number or a duration (``90``, ``1.5``, ``30s``, ``2m``), within [lo, hi]."""
-    if isinstance(raw, bool):
-        raise errors.BadParameter(field, f"expected seconds, got {raw!r}")
-    value = parsing.parse_duration(str(raw)[:32], field=field)
+    """Seconds as a JSON number or a duration as sent (``90``, ``1.5``, ``30s``, ``2m``), within [lo, hi].
+
+    A string is read whole: cutting it to a length first made ``"5" + 31 spaces + "x"`` read as 5,
+    and `` 5`` is no more a duration here than `` 3`` is an integer (``parse_int``)."""
+    if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+        raise errors.BadParameter(field, f"expected seconds, got {type(raw).__name__}")
+    if isinstance(raw, str):
+        if len(raw) > MAX_DURATION_CHARS or raw != raw.strip():
+            raise errors.BadParameter(field, f"not a duration: {raw[:MAX_DURATION_CHARS]!r} (use e.g. 90, 30s, 2m)")
+        value = parsing.parse_duration(raw, field=field)
+    else:
+        value = float(raw)  # a JSON number: 1e-05 is out of range, not "not a duration"
     if not lo <= value <= hi:
         raise errors.BadParameter(field, f"must be between {lo:g} and {hi:g} seconds, got {value:g}")
     return value

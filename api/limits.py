@@ -11,6 +11,8 @@
   ``Content-Length``, before a byte of it is read; a chunked body is read no further than one
   byte past the limit.
 - ``json_depth``: the nesting depth of a parsed JSON body, checked without recursion.
+- ``unhurried_answer``: the client timeout of ``autopilot api`` (``api.main``) bounds reading a
+  request, never writing its answer.
 """
 
 from __future__ import annotations
@@ -82,6 +84,16 @@ def body_limit(max_body: int, length: int | None = None) -> None:
         length = flask.request.content_length
     if length is not None and length > max_body:
         raise ApiError(413, "too_large", f"request body over the limit of {max_body} bytes (AUTOPILOT_API_MAX_BODY)")
+
+
+def unhurried_answer(response: flask.Response) -> flask.Response:
+    """``after_request``: lift the socket timeout of ``autopilot api --client-timeout`` before the answer is
+    written. That timeout bounds a client that stalls while *sending*; a socket's timeout is the total
+    of a ``sendall``, so a report of megabytes to a slow link would be cut short by it."""
+    sock = flask.request.environ.get("gunicorn.socket")
+    if sock is not None:
+        sock.settimeout(None)
+    return response
 
 
 def json_depth(value: Any) -> int:

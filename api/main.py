@@ -15,6 +15,7 @@ worker process writes its request metrics there and ``/metrics`` sums them (``ap
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shutil
@@ -25,12 +26,57 @@ from typing import Any
 
 from flask import Flask
 from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
+from gunicorn.http.errors import (  # type: ignore[import-untyped]
+    ConfigurationProblem,
+    ForbiddenProxyRequest,
+    LimitRequestHeaders,
+    ParseException,
+    UnsupportedTransferCoding,
+)
+from gunicorn.workers.gthread import ThreadWorker  # type: ignore[import-untyped]
 
 from autopilot import config, errors
 
 log = logging.getLogger("autopilot.api")
 
 SPARE_THREADS = 8  # threads no waiting request may take
+CLIENT_TIMEOUT_S = 10.0  # a client silent this long, mid-request, loses its connection (--client-timeout)
+# gunicorn's own answers to a request it cannot parse, but the plain 400s
+_PARSE_ANSWERS = (
+    (LimitRequestHeaders, 431, "Request Header Fields Too Large"),
+    (UnsupportedTransferCoding, 501, "Not Implemented"),
+)
+
+
+class BoundedThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn ships no type hints
+    """gunicorn's threaded worker, with two bounds on what a client can do to it.
+
+    - A client that stops sending mid-request (headers or body) is dropped after ``client_timeout_s``:
+      gunicorn reads a request on a pool thread from a blocking socket without a timeout, so 120
+      connections that each sent half a request held every thread, and ``/healthz`` hung. The app
+      lifts the timeout before it writes its answer (``limits.unhurried_answer``).
+    - A request gunicorn cannot parse (a request line over its limit, a bad header) is answered with
+      the API's JSON error body, not gunicorn's HTML page.
+    """
+
+    client_timeout_s = CLIENT_TIMEOUT_S
+
+    def handle(self, conn: Any) -> Any:
+        conn.sock.settimeout(self.client_timeout_s)  # gthread made it blocking (no timeout) just before
+        return super().handle(conn)
+
+    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+        if not isinstance(exc, ParseException) or isinstance(exc, ConfigurationProblem | ForbiddenProxyRequest):
+            super().handle_error(req, client, addr, exc)
+            return
+        status, reason = next(((c, r) for kind, c, r in _PARSE_ANSWERS if isinstance(exc, kind)), (400, "Bad Request"))
+        self.log.warning("invalid request from %s: %s", (addr or ("?",))[0], exc)
+        body = json.dumps({"error": "bad_request", "field": "request", "detail": str(exc)[:200]}).encode()
+        head = f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+        try:
+            client.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n".encode("latin-1") + body)
+        except OSError:
+            pass  # the client is gone: nothing to tell it
 
 
 def bind_host(settings: config.Settings, requested: str | None) -> tuple[str, str]:
@@ -88,6 +134,12 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help=f"threads per worker, more than AUTOPILOT_API_MAX_WAITS (default: it plus {SPARE_THREADS})",
     )
+    p.add_argument(
+        "--client-timeout",
+        type=float,
+        default=CLIENT_TIMEOUT_S,
+        help=f"seconds a client may stay silent mid-request before it is dropped (default {CLIENT_TIMEOUT_S:g})",
+    )
     p.add_argument("--dev", action="store_true", help="Flask's development server instead of gunicorn")
     return p
 
@@ -99,12 +151,16 @@ def main(argv: Sequence[str]) -> int:
         settings = config.Settings.from_env(os.environ)
         if not settings.redis_url:
             raise errors.ConfigError("AUTOPILOT_REDIS_URL is not set (or use `autopilot up`)")
+        if args.host:
+            args.host = config.bind_address(args.host, "--host")  # gunicorn retried ";rm", then exited 1
         port = args.port if args.port is not None else settings.api_port
         if not 1 <= port <= 65535:
             raise errors.BadParameter("--port", f"must be 1..65535, got {port}")
         threads = args.threads if args.threads is not None else settings.api_max_waits + SPARE_THREADS
         if not 1 <= args.workers <= 64 or not 1 <= threads <= 1024:
             raise errors.BadParameter("--workers", "workers must be 1..64 and threads 1..1024")
+        if not 0.1 <= args.client_timeout <= 3600:  # also refuses nan
+            raise errors.BadParameter("--client-timeout", f"must be 0.1..3600 seconds, got {args.client_timeout}")
         if threads <= settings.api_max_waits:
             raise errors.BadParameter(
                 "--threads",
@@ -136,7 +192,7 @@ def main(argv: Sequence[str]) -> int:
         {
             "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
             "workers": args.workers,
-            "worker_class": "gthread",
+            "worker_class": type("Worker", (BoundedThreadWorker,), {"client_timeout_s": args.client_timeout}),
             "threads": threads,
             # gthread workers heartbeat from their main loop, so a long /status does not count
             # against this; it only bounds a worker that is truly stuck.

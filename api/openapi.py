@@ -277,6 +277,8 @@ def document(checks: CheckRegistry) -> dict[str, Any]:
                     "400": _error("a bad field; nothing was enqueued"),
                     "401": _error("missing or wrong bearer token"),
                     "404": _error("no node matched the selection"),
+                    "408": _error("the body stopped arriving (`autopilot api --client-timeout`)"),
+                    "413": _error("a body over AUTOPILOT_API_MAX_BODY"),
                 },
             }
         },

@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 from flask import Blueprint, Response, jsonify, request, url_for
+from werkzeug.exceptions import ClientDisconnected
 
 from api import inputs, limits, openapi, selection, text
 from api.errors import ApiError, json_error
@@ -103,7 +104,10 @@ def _json_body() -> Any:
     """The request's JSON body (``{}`` when empty). Parsed by orjson, which stops at 1,024 levels
     without recursing in Python (the standard library's parser raised RecursionError, a 500, on a
     body nested 100,000 deep); then held to ``limits.MAX_JSON_DEPTH``."""
-    raw = request.get_data(cache=True)
+    try:
+        raw = request.get_data(cache=True)
+    except (OSError, ClientDisconnected):  # the client stopped sending: api.main's client timeout, or a reset
+        raise ApiError(408, "timeout", "the request body did not arrive in time", field="body") from None
     limits.body_limit(services().settings.api_max_body, len(raw))
     if not raw.strip():
         return {}
@@ -121,8 +125,8 @@ def get_run(run_id: str) -> Response:
     _only("wait")
     svc = services()
     inputs.run_id(run_id)
-    wait = request.args.get("wait", "").strip()
-    wait_s = inputs.parse_seconds(wait, field="wait", lo=0, hi=MAX_WAIT_S) if wait else 0.0
+    wait = request.args.get("wait", "")  # not stripped: " 1" is not a canonical duration
+    wait_s = inputs.parse_seconds(wait, field="wait", lo=0, hi=MAX_WAIT_S) if wait.strip() else 0.0
     if wait_s > 0:
         with limits.waits().slot():
             report = runs.read(svc, run_id, wait_s=wait_s)

@@ -16,6 +16,7 @@ from typing import Any
 
 from autopilot import names
 from autopilot.registry import CheckRegistry
+from autopilot.render import printable
 
 SEPARATOR = "-" * 67
 
@@ -30,7 +31,8 @@ def tag(check: str, checks: CheckRegistry) -> str:
 
 
 def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
+    """One line of printable text: a summary is a tool's words, and must not drive a curl user's terminal."""
+    return printable(" ".join(str(text).split()))
 
 
 def node_status_line(entry: Mapping[str, Any], checks: CheckRegistry) -> str:
@@ -70,7 +72,7 @@ def render(report: Mapping[str, Any], checks: CheckRegistry) -> str:
                 f"{_one_line(r.get('summary', ''))}"
             )
         if not entry["results"]:
-            lines.append(f"({entry.get('detail', 'no results')})")
+            lines.append(f"({_one_line(entry.get('detail', 'no results'))})")
         lines.append(f"Node Status: {node_status_line(entry, checks)}")
         if entry.get("verdict"):
             lines.append(f"Verdict: {entry['verdict']}")

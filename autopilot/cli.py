@@ -30,6 +30,7 @@ from autopilot.context import CheckContext
 from autopilot.results import CheckResult, Status
 
 EXIT_OK, EXIT_BAD, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
+MAX_SAVED_OUTPUT = 64 << 20  # bytes; the largest dcgmi -j or nvidia-smi -q output is well under 1 MiB
 
 # name -> "module:function" taking (argv) and returning an exit code; imported only when used.
 RUNTIME_COMMANDS: dict[str, tuple[str, str]] = {
@@ -82,8 +83,17 @@ def parse_params(pairs: Sequence[str], checks: Sequence[str], reg: registry.Chec
 
 
 def read_saved_output(path: str) -> str:
-    """The file's text (``-`` is stdin) without leading ``#`` comment lines such as a ``# source:`` header."""
-    text = sys.stdin.read() if path == "-" else Path(path).read_text(errors="replace")
+    """The file's text (``-`` is stdin) without leading ``#`` comment lines such as a ``# source:`` header.
+
+    At most ``MAX_SAVED_OUTPUT`` bytes are read: ``evaluate dcgm /dev/zero`` read until memory ran out."""
+    if path == "-":
+        data: str | bytes = getattr(sys.stdin, "buffer", sys.stdin).read(MAX_SAVED_OUTPUT + 1)
+    else:
+        with Path(path).open("rb") as file:
+            data = file.read(MAX_SAVED_OUTPUT + 1)
+    if len(data) > MAX_SAVED_OUTPUT:
+        raise UsageError(f"{path}: more than {MAX_SAVED_OUTPUT >> 20} MiB, not a saved tool output")
+    text = data if isinstance(data, str) else data.decode(errors="replace")
     lines = text.splitlines(keepends=True)
     while lines and lines[0].startswith("#"):
         lines.pop(0)
@@ -215,7 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse already printed its one-line usage error
         return EXIT_USAGE if exc.code not in (0, None) else EXIT_OK
     try:
-        _setup_logging(args.log_level or config.Settings.one(os.environ, "log_level"))
+        level = args.log_level or config.Settings.one(os.environ, "log_level")
+        _setup_logging(config.log_level(level, "--log-level") if args.log_level else level)
     except errors.ConfigError as exc:
         print(f"autopilot: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

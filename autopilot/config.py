@@ -9,9 +9,13 @@ naming the variable instead of surfacing hours later in a periodic loop.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import ipaddress
 import json
+import logging
 import re
 import socket
+import urllib.parse
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +34,8 @@ from autopilot.parsing import (  # noqa: F401 - re-exported
 
 if TYPE_CHECKING:
     from autopilot.registry import CheckRegistry
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,8 +71,9 @@ class Settings:
 
     # repr=False: the URL may carry a password, and a logged or printed Settings must not show it.
     redis_url: str = dataclasses.field(default="", repr=False)
-    """Broker and results store (``AUTOPILOT_REDIS_URL``: ``redis://``, ``rediss://`` with TLS, or Sentinels as
-    ``sentinel://h1:26379;sentinel://h2:26379/0``); empty: ``autopilot up`` starts its own."""
+    """Broker and results store (``AUTOPILOT_REDIS_URL``: ``redis://``, ``rediss://`` with TLS, ``unix://``, or
+    Sentinels as ``sentinel://h1:26379;sentinel://h2:26379/0``; another scheme stops the start); empty:
+    ``autopilot up`` starts its own."""
 
     redis_password: str = dataclasses.field(default="", repr=False)  # a secret: never in a repr or a log
     """Redis password (``AUTOPILOT_REDIS_PASSWORD``), used when the URL has none; the chart sets it from a Secret."""
@@ -97,7 +104,8 @@ class Settings:
     """TTL of finished invasive Jobs (``AUTOPILOT_INVASIVE_JOB_TTLSEC``, alias ``INVASIVE_JOB_TTLSEC``)."""
 
     pvc_storage_class: str = ""
-    """Storage class the ``pvc`` check provisions (``PVC_TEST_STORAGE_CLASS``); empty: ``pvc`` is skipped."""
+    """Storage class the ``pvc`` check provisions (``PVC_TEST_STORAGE_CLASS``, a DNS-1123 subdomain); empty: ``pvc``
+    is skipped."""
 
     dcgm_fatal_errors: tuple[str, ...] = ("PCIe", "NVLink", "ECC", "GPU Memory")
     """DCGM test categories whose failure evicts the node (``DCGM_FATAL_ERRORS``, comma-separated)."""
@@ -150,11 +158,12 @@ class Settings:
     is not a check stops the process."""
 
     api_token: str = dataclasses.field(default="", repr=False)  # a secret: never in a repr or a log
-    """Bearer token the API requires when set (``AUTOPILOT_API_TOKEN``); the CLI client sends it."""
+    """Bearer token the API requires when set (``AUTOPILOT_API_TOKEN``, visible ASCII without spaces); the CLI client
+    sends it."""
 
     api_url: str = ""
     """The API the CLI client (``autopilot status``, ``autopilot runs``) talks to (``AUTOPILOT_API_URL``; empty:
-    http://127.0.0.1:3333); ``--url`` overrides it."""
+    http://127.0.0.1:3333); ``--url`` overrides it. ``http(s)://host[:port]`` without credentials (use the token)."""
 
     log_level: str = "WARNING"
     """Log level of the ``autopilot`` CLI (``AUTOPILOT_LOG_LEVEL``: DEBUG, INFO, WARNING, ERROR or CRITICAL);
@@ -166,7 +175,8 @@ class Settings:
     leaves it empty)."""
 
     api_host: str = ""
-    """Address the API binds (``AUTOPILOT_API_HOST``); empty: 127.0.0.1 without a token, 0.0.0.0 with one."""
+    """Address the API binds (``AUTOPILOT_API_HOST``: an IP address or host name); empty: 127.0.0.1 without a token,
+    0.0.0.0 with one."""
 
     api_port: int = 3333
     """API port (``AUTOPILOT_API_PORT``)."""
@@ -200,7 +210,8 @@ class Settings:
     (a run over every node holds one result per node and check) however often runs are made."""
 
     node_deadline_s: float = 60.0
-    """Default deadline for one node's answer in an API gather (``AUTOPILOT_NODE_DEADLINE``)."""
+    """Default deadline for one node's answer in an API gather (``AUTOPILOT_NODE_DEADLINE``), 1 s to 2 h as a
+    request's own ``deadline``."""
 
     network_interfaces: tuple[str, ...] = ()
     """Interfaces the network checks use (``AUTOPILOT_NETWORK_INTERFACES``, comma-separated; empty: every one
@@ -409,7 +420,8 @@ def _modules(text: str, var: str) -> tuple[str, ...]:
     return found
 
 
-def _log_level(text: str, var: str) -> str:
+def log_level(text: str, var: str) -> str:
+    """A level name of ``LOG_LEVELS``, any case; ``BadParameter`` naming ``var`` otherwise."""
     level = text.strip().upper()
     if level not in LOG_LEVELS:
         raise errors.BadParameter(var, f"not a log level ({', '.join(LOG_LEVELS)}): {text[:40]!r}")
@@ -424,6 +436,82 @@ def _positive_duration(text: str, var: str) -> float:
     value = parse_duration(text, field=var)
     if value <= 0:
         raise errors.BadParameter(var, f"must be more than 0: {text!r}")
+    return value
+
+
+# The range a request's own ``deadline`` is held to (api/inputs.py): a default outside it would
+# let a request that names no deadline wait on a silent node for longer than any request may ask.
+NODE_DEADLINE_RANGE_S = (1.0, 7200.0)
+
+
+def _node_deadline(text: str, var: str) -> float:
+    value = parse_duration(text, field=var)
+    lo, hi = NODE_DEADLINE_RANGE_S
+    if not lo <= value <= hi:
+        raise errors.BadParameter(var, f"must be between {lo:g} and {hi:g} seconds: {text[:64]!r}")
+    return value
+
+
+REDIS_SCHEMES = ("redis", "rediss", "unix", "sentinel")
+_HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
+
+
+def _redis_url(text: str, var: str) -> str:
+    """A URL the broker and the store open; the message names the scheme only, since the URL may hold a password."""
+    value = text.strip()
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme not in REDIS_SCHEMES or not rest or any(c.isspace() or ord(c) < 32 for c in value):
+        shown = scheme[:16] if sep else "none"
+        raise errors.BadParameter(
+            var, f"not a Redis URL (scheme {shown!r}; expected one of {', '.join(REDIS_SCHEMES)})"
+        )
+    return value
+
+
+def bind_address(text: str, var: str) -> str:
+    """An address to listen on: an IP address or a host name, never anything a socket library would misread."""
+    value = text.strip()
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        if len(value) > 253 or not _HOSTNAME.fullmatch(value):
+            raise errors.BadParameter(var, f"not an IP address or host name: {value[:80]!r}") from None
+    return value
+
+
+def api_url(text: str, *, field: str) -> str:
+    """Where the CLI finds the API: ``http(s)://host[:port][/prefix]``, without credentials (a token goes in
+    ``AUTOPILOT_API_TOKEN``; a password in the URL would be printed with every error that names it).
+    ``BadParameter`` naming ``field``, with any credentials shown as ``***``."""
+    value = text.strip()
+    scheme, sep, rest = value.partition("://")
+    authority = rest.split("/", 1)[0].split("?", 1)[0]
+    credentials = "@" in authority
+    shown = f"{scheme}://***@{rest.partition('@')[2]}" if credentials else value
+    shown = shown[:80].encode("unicode_escape").decode("ascii")  # control characters as \x1b, never raw
+    if credentials:
+        raise errors.BadParameter(field, f"credentials in the URL are not accepted (use a token): {shown}")
+    try:
+        parts = urllib.parse.urlsplit(value)
+        # .port raises ValueError for one that is not a number in 0..65535
+        good = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:
+        good = False
+    if not sep or not good:
+        raise errors.BadParameter(field, f"expected http(s)://host:port, got {shown}")
+    if any(ord(c) < 33 or ord(c) == 127 for c in value):
+        raise errors.BadParameter(field, f"control characters or spaces in {shown}")
+    return value
+
+
+def bearer_token(text: str, *, field: str) -> str:
+    """A bearer token: visible ASCII only (RFC 6750's token characters are a subset), since a newline or a
+    control character cannot travel in an ``Authorization`` header. The message never shows the token."""
+    value = text.strip()
+    if any(not 33 <= ord(c) <= 126 for c in value):
+        raise errors.BadParameter(
+            field, "a bearer token is visible ASCII characters only (no spaces or control characters)"
+        )
     return value
 
 
@@ -531,7 +619,7 @@ def _gpumem_thresholds(text: str, var: str) -> dict[str, float]:
 
 _FIELDS: list[tuple[str, str, tuple[str, ...], Any]] = [
     ("node_name", "AUTOPILOT_NODE_NAME", ("NODE_NAME",), lambda t, v: t.strip()),
-    ("redis_url", "AUTOPILOT_REDIS_URL", (), lambda t, v: t.strip()),
+    ("redis_url", "AUTOPILOT_REDIS_URL", (), _redis_url),
     ("redis_password", "AUTOPILOT_REDIS_PASSWORD", (), lambda t, v: t.strip()),
     ("redis_tls_ca", "AUTOPILOT_REDIS_TLS_CA", (), lambda t, v: t.strip()),
     ("redis_sentinel_master", "AUTOPILOT_REDIS_SENTINEL_MASTER", (), lambda t, v: _sentinel_master(t, v)),
@@ -541,7 +629,12 @@ _FIELDS: list[tuple[str, str, tuple[str, ...], Any]] = [
     ("periodic_interval_s", "AUTOPILOT_PERIODIC_INTERVAL", (), _duration),
     ("invasive_interval_s", "AUTOPILOT_INVASIVE_INTERVAL", (), _duration),
     ("invasive_job_ttl_s", "AUTOPILOT_INVASIVE_JOB_TTLSEC", ("INVASIVE_JOB_TTLSEC",), _int_in(0, 7 * 86400)),
-    ("pvc_storage_class", "AUTOPILOT_PVC_TEST_STORAGE_CLASS", ("PVC_TEST_STORAGE_CLASS",), lambda t, v: t.strip()),
+    (
+        "pvc_storage_class",
+        "AUTOPILOT_PVC_TEST_STORAGE_CLASS",
+        ("PVC_TEST_STORAGE_CLASS",),
+        lambda t, v: _dns_subdomain(t, v) if t.strip() else "",
+    ),
     ("dcgm_fatal_errors", "AUTOPILOT_DCGM_FATAL_ERRORS", ("DCGM_FATAL_ERRORS",), lambda t, v: parse_list(t)),
     ("dcgm_level", "AUTOPILOT_DCGM_LEVEL", (), _int_in(1, 4)),
     ("pciebw_threshold_gbps", "AUTOPILOT_PCIEBW_THRESHOLD_GBPS", (), lambda t, v: parse_float(t, field=v, minimum=0)),
@@ -561,10 +654,10 @@ _FIELDS: list[tuple[str, str, tuple[str, ...], Any]] = [
     ("bandwidthtest_path", "AUTOPILOT_BANDWIDTHTEST_PATH", (), lambda t, v: t.strip()),
     ("expect_gpus", "AUTOPILOT_EXPECT_GPUS", (), _int_in(0, 1024)),
     ("check_timeouts", "AUTOPILOT_CHECK_TIMEOUTS", (), lambda t, v: parse_mapping(t, field=v)),
-    ("api_token", "AUTOPILOT_API_TOKEN", (), lambda t, v: t.strip()),
-    ("api_host", "AUTOPILOT_API_HOST", (), lambda t, v: t.strip()),
-    ("api_url", "AUTOPILOT_API_URL", (), lambda t, v: t.strip()),
-    ("log_level", "AUTOPILOT_LOG_LEVEL", (), _log_level),
+    ("api_token", "AUTOPILOT_API_TOKEN", (), lambda t, v: bearer_token(t, field=v)),
+    ("api_host", "AUTOPILOT_API_HOST", (), bind_address),
+    ("api_url", "AUTOPILOT_API_URL", (), lambda t, v: api_url(t, field=v)),
+    ("log_level", "AUTOPILOT_LOG_LEVEL", (), log_level),
     ("extra_checks", "AUTOPILOT_EXTRA_CHECKS", (), _modules),
     ("api_port", "AUTOPILOT_API_PORT", (), _int_in(1, 65535)),
     ("api_max_waits", "AUTOPILOT_API_MAX_WAITS", (), _int_in(1, 1000)),
@@ -574,7 +667,7 @@ _FIELDS: list[tuple[str, str, tuple[str, ...], Any]] = [
     ("history_len", "AUTOPILOT_HISTORY_LEN", (), _int_in(1, 100_000)),
     ("run_ttl_s", "AUTOPILOT_RUN_TTL", (), _duration),
     ("run_keep", "AUTOPILOT_RUN_KEEP", (), _int_in(1, 1_000_000)),
-    ("node_deadline_s", "AUTOPILOT_NODE_DEADLINE", (), _duration),
+    ("node_deadline_s", "AUTOPILOT_NODE_DEADLINE", (), _node_deadline),
     ("network_interfaces", "AUTOPILOT_NETWORK_INTERFACES", (), lambda t, v: parse_list(t)),
     ("podinfo_annotations", "AUTOPILOT_PODINFO_ANNOTATIONS", (), lambda t, v: t.strip()),
     ("heartbeat_interval_s", "AUTOPILOT_HEARTBEAT_INTERVAL", (), _duration),
@@ -625,7 +718,25 @@ def variables() -> list[tuple[str, str, tuple[str, ...]]]:
     return [(f, var, aliases) for f, var, aliases, _ in _FIELDS]
 
 
+# AUTOPILOT_* names that are not settings: the test suites' and the demo script's own switches.
+NOT_SETTINGS = ("AUTOPILOT_E2E_", "AUTOPILOT_GPU_TESTS", "AUTOPILOT_FUZZ_EXAMPLES", "AUTOPILOT_DEMO_")
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """(name, the setting it most resembles) for every ``AUTOPILOT_*`` variable that is no setting: a typo
+    such as ``AUTOPILOT_PERIODIC_INTERVALL`` would otherwise leave the default in force without a word."""
+    known = {name for _, var, aliases, _ in _FIELDS for name in (var, *aliases)}
+    out: list[tuple[str, str | None]] = []
+    for name in sorted(environ):
+        if name.startswith("AUTOPILOT_") and name not in known and not name.startswith(NOT_SETTINGS):
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
+            out.append((name, close[0] if close else None))
+    return out
+
+
 def _read(environ: Mapping[str, str], checks: CheckRegistry | None = None) -> dict[str, Any]:
+    for name, close in unknown_variables(environ):
+        log.warning("%s is not a setting and is ignored%s", name, f" (did you mean {close}?)" if close else "")
     values: dict[str, Any] = {}
     used: dict[str, str] = {}  # field -> the variable it was read from (primary or alias)
     for field, var, aliases, parse in _FIELDS:

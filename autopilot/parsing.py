@@ -19,6 +19,7 @@ _DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)?\s*$")
 # "nan") is a typo or an attack, never a value someone meant.
 _INT = re.compile(r"-?[0-9]+")
 _FLOAT = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+MAX_DURATION_S = 100 * 365 * 86400.0  # 100 years: longer than anything means, short of every overflow
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
@@ -26,8 +27,12 @@ def parse_duration(text: str, *, field: str = "duration") -> float:
     """``"1h"`` -> 3600.0, ``"30m"``, ``"15s"``, ``"250ms"``, bare numbers are seconds; ``0`` disables."""
     match = _DURATION.match(text)
     if not match:
-        raise errors.BadParameter(field, f"not a duration: {text!r} (use e.g. 1h, 30m, 15s)")
-    return float(match.group(1)) * _UNIT_S[match.group(2)]
+        raise errors.BadParameter(field, f"not a duration: {text[:64]!r} (use e.g. 1h, 30m, 15s)")
+    value = float(match.group(1)) * _UNIT_S[match.group(2)]
+    if value > MAX_DURATION_S:
+        # 400 digits read as inf, and a timedelta, a sleep or a Redis TTL past this overflows
+        raise errors.BadParameter(field, f"longer than {MAX_DURATION_S / 86400 / 365:g} years: {text[:64]!r}")
+    return value
 
 
 def parse_list(text: str) -> tuple[str, ...]:

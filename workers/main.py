@@ -17,7 +17,7 @@ from celery import signals as celery_signals
 from celery.worker import state as worker_state
 from celery.worker.worker import WorkController
 
-from autopilot import __version__, config, errors, names, nodeinfo
+from autopilot import __version__, config, errors, names, nodeinfo, parsing
 from autopilot import cluster as cluster_mod
 from autopilot.context import CheckContext
 from autopilot.registry import CheckRegistry
@@ -285,9 +285,14 @@ def flower_args(
         extra["FLOWER_BASIC_AUTH"] = settings.flower_basic_auth
     authenticated = bool(extra) or any(environ.get(k) for k in ("FLOWER_BASIC_AUTH", "FLOWER_AUTH"))
     authenticated = authenticated or any(a.split("=", 1)[0] in _FLOWER_AUTH for a in args)
-    addresses = [a.split("=", 1)[1] for a in args if a.startswith("--address=")]
-    if "--address" in args:
-        raise errors.ConfigError("give Flower's address as --address=HOST")
+    addresses = [config.bind_address(a.split("=", 1)[1], "--address") for a in args if a.startswith("--address=")]
+    if "--address" in args or "--port" in args:
+        raise errors.ConfigError("give Flower's address and port as --address=HOST and --port=PORT")
+    for arg in args:
+        if arg.startswith("--port="):  # Flower took -5 (a traceback) and 99999 (a port it never bound)
+            port = parsing.parse_int(arg.split("=", 1)[1], field="--port")
+            if not 1 <= port <= 65535:
+                raise errors.BadParameter("--port", f"must be between 1 and 65535, got {port}")
     if not authenticated:
         if any(a not in _LOOPBACK for a in addresses):
             raise errors.ConfigError(
