@@ -12,7 +12,8 @@ Formats read (``parse_json`` / ``parse_text``; ``evaluate_text`` picks one by th
   one is attributed, as in the text table, to the GPUs its message names.
 - DCGM 4.x JSON: ``{"DCGM Diagnostic": {"test_categories": [... {"name", "test_summary": {"status"},
   "results": [{"entity_group": "GPU", "entity_id": 0, "status", "warnings"}]}]}, "metadata": {...}}``;
-  a flat ``"tests"`` list without categories is read too. Results of other entity groups (CPU,
+  a flat ``"tests"`` list without categories is read too. An entity ``Fail`` under a
+  ``test_summary`` of ``Warn`` is a warning, as in the 4.x text table. Results of other entity groups (CPU,
   switches) count for the test's status but are not GPUs, so they get no device entry.
 - The text table (fallback, e.g. a saved ``dcgmi diag -r 2`` without ``-j``), 3.x and 4.x layouts::
 
@@ -387,7 +388,14 @@ def _json_test(raw: Mapping[str, Any], category: str) -> TestOutcome:
     warnings.extend(_texts(raw.get("warnings")) + _texts(raw.get("errors")))
     summary = raw.get("test_summary")
     if isinstance(summary, dict) and "status" in summary:
-        outcomes.append(outcome_of(summary["status"]))
+        overall = outcome_of(summary["status"])
+        if overall is Outcome.WARN:
+            # As in the 4.x text table: the summary is the worst of the test's entities, so a test
+            # that only warned has no failed entity; one written "Fail" under it was warned, and
+            # must not read as a (fatal) failure.
+            outcomes = [Outcome.WARN if o is Outcome.FAIL else o for o in outcomes]
+            gpus = {g: Outcome.WARN if o is Outcome.FAIL else o for g, o in gpus.items()}
+        outcomes.append(overall)
         info.extend(_texts(summary.get("info")))
         warnings.extend(_texts(summary.get("warnings")) + _texts(summary.get("errors")))
     status = worst_outcome(outcomes)

@@ -975,3 +975,30 @@ def test_a_report_followed_by_more_output_is_still_read() -> None:
         result = dcgm.evaluate_output(json.dumps(doc) + tail, DEFAULT_FATAL, returncode=returncode)
         assert result.status is Status.FAIL and result.fatal
         assert result == dcgm.evaluate_output(json.dumps(doc), DEFAULT_FATAL, returncode=returncode)
+
+
+def test_json_dcgm4_entity_fail_under_a_test_summary_of_warn_is_a_warning() -> None:
+    # The JSON twin of the text rule above: a 4.x test whose own summary says "Warn" has no failed
+    # entity (the summary is the worst of its entities), so an entity written "Fail" under it was
+    # warned. A memory warning must not evict; a summary of "Fail" still does.
+    def report(summary: str) -> str:
+        test = {
+            "name": "memory",
+            "results": [
+                {"entity_group": "GPU", "entity_group_id": 1, "entity_id": 0, "status": "Pass"},
+                {
+                    "entity_group": "GPU",
+                    "entity_group_id": 1,
+                    "entity_id": 1,
+                    "status": "Fail",
+                    "warnings": [{"error_category": 1, "error_id": 95, "warning": "Some memory warning on GPU 1"}],
+                },
+            ],
+            "test_summary": {"status": summary},
+        }
+        return json.dumps({"DCGM Diagnostic": {"test_categories": [{"category": "Hardware", "tests": [test]}]}})
+
+    result = dcgm.evaluate_text(report("Warn"), {}, Settings())
+    assert (result.status, result.fatal) == (Status.WARN, False)
+    assert {d.id: d.status for d in result.devices} == {"0": Status.OK, "1": Status.WARN}
+    assert dcgm.evaluate_text(report("Fail"), {}, Settings()).fatal  # a real failure still evicts
