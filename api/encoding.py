@@ -10,17 +10,18 @@ encoder).
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 import orjson
 from flask.json.provider import DefaultJSONProvider
-from werkzeug.sansio.response import Response
 
 from autopilot import jsoncodec
 
 # Left to Flask's ``default``: orjson would write datetimes as ISO and dataclasses by itself.
 _PASS_THROUGH = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 _SPLICING = jsoncodec.splicing(DefaultJSONProvider.default)
+# What Flask's ``DefaultJSONProvider.response`` passes to ``dumps`` for a compact answer.
+_COMPACT = {"separators": (",", ":")}
 
 
 class FastJSONProvider(DefaultJSONProvider):
@@ -28,13 +29,17 @@ class FastJSONProvider(DefaultJSONProvider):
 
     default = staticmethod(jsoncodec.decoding(DefaultJSONProvider.default))
 
-    def response(self, *args: Any, **kwargs: Any) -> Response:
-        pretty = (self.compact is None and self._app.debug) or self.compact is False
-        if pretty or self.sort_keys:
-            return super().response(*args, **kwargs)
-        obj = self._prepare_response_obj(args, kwargs)
-        try:
-            body = orjson.dumps(obj, default=_SPLICING, option=orjson.OPT_NON_STR_KEYS | _PASS_THROUGH)
-        except orjson.JSONEncodeError:  # integers past 64 bits, lone surrogates: Flask's way
-            return super().response(*args, **kwargs)
-        return cast(Response, cast(Any, self._app).response_class(body + b"\n", mimetype=self.mimetype))
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        """Flask's ``dumps``; through orjson for what Flask's ``response`` asks of a compact answer.
+
+        ``response`` calls ``dumps(obj, separators=(",", ":"))`` for a compact answer and
+        ``indent=2`` for a pretty one. Overriding this public method (not ``response``, whose
+        helpers are Flask's private ones) costs one decode and encode of the answer: about 30 ms
+        for a 17 MiB answer, measured alone.
+        """
+        if kwargs == _COMPACT and not self.sort_keys:
+            try:
+                return orjson.dumps(obj, default=_SPLICING, option=orjson.OPT_NON_STR_KEYS | _PASS_THROUGH).decode()
+            except orjson.JSONEncodeError:  # integers past 64 bits, lone surrogates: Flask's way
+                pass
+        return super().dumps(obj, **kwargs)
