@@ -393,8 +393,8 @@ def _json_test(raw: Mapping[str, Any], category: str) -> TestOutcome:
             # As in the 4.x text table: the summary is the worst of the test's entities, so a test
             # that only warned has no failed entity; one written "Fail" under it was warned, and
             # must not read as a (fatal) failure.
-            outcomes = [Outcome.WARN if o is Outcome.FAIL else o for o in outcomes]
-            gpus = {g: Outcome.WARN if o is Outcome.FAIL else o for g, o in gpus.items()}
+            outcomes = [_warned(o) for o in outcomes]
+            gpus = {g: _warned(o) for g, o in gpus.items()}
         outcomes.append(overall)
         info.extend(_texts(summary.get("info")))
         warnings.extend(_texts(summary.get("warnings")) + _texts(summary.get("errors")))
@@ -557,12 +557,17 @@ def _parse_text(text: str) -> tuple[list[TestOutcome], dict[str, str]]:
             # dcgmi 4.x prints a warned entity as "Fail" (HelperDisplayDiagResult without
             # DDR_DISPLAY_WARN); only the test's own row says "Warn". A test that warns has no
             # failed entity, so those rows are warnings, never a (fatal) failure.
-            t.gpus = {g: Outcome.WARN if o is Outcome.FAIL else o for g, o in t.gpus.items()}
-            t.others = [Outcome.WARN if o is Outcome.FAIL else o for o in t.others]
+            t.gpus = {g: _warned(o) for g, o in t.gpus.items()}
+            t.others = [_warned(o) for o in t.others]
         status = worst_outcome([*t.outcomes, *t.others, *t.gpus.values()], Outcome.UNKNOWN)
         gpus = dict(t.gpus) or _gpus_named(status, t.warnings)
         out.append(TestOutcome(t.name, t.category, status, gpus, tuple(t.info), tuple(t.warnings)))
     return out, metadata
+
+
+def _warned(outcome: Outcome) -> Outcome:
+    """``outcome`` of an entity under a test that, by its own word, only warned: a ``FAIL`` is a ``WARN``."""
+    return Outcome.WARN if outcome is Outcome.FAIL else outcome
 
 
 def _gpus_named(status: Outcome, warnings: Iterable[str]) -> dict[str, Outcome]:
