@@ -17,10 +17,9 @@ from collections.abc import Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-_DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-_DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
-_QUALIFIED_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
-_LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
+# Kubernetes' name rules have one home, with the rest of our name validation.
+from autopilot.names import is_dns1123_label, is_dns1123_subdomain, is_label_name, is_label_value
+
 _QUANTITY = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)(?P<suffix>[eE][+-]?\d+|Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?")
 _SUFFIX = {
     "Ki": Decimal(2**10), "Mi": Decimal(2**20), "Gi": Decimal(2**30), "Ti": Decimal(2**40), "Pi": Decimal(2**50),
@@ -43,14 +42,6 @@ ACCESS_MODES = ("ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOnce
 _NATIVE_RESOURCES = frozenset({"cpu", "memory", "ephemeral-storage", "storage", "pods"})
 
 
-def is_dns1123_label(text: str) -> bool:
-    return len(text) <= 63 and bool(_DNS1123_LABEL.fullmatch(text))
-
-
-def is_dns1123_subdomain(text: str) -> bool:
-    return len(text) <= 253 and bool(_DNS1123_SUBDOMAIN.fullmatch(text))
-
-
 def qualified_name_problems(text: object, path: str) -> list[str]:
     """``IsQualifiedName``: an optional DNS-1123 subdomain prefix and ``/``, then a name of at most 63."""
     if not isinstance(text, str):
@@ -59,7 +50,7 @@ def qualified_name_problems(text: object, path: str) -> list[str]:
     problems = []
     if slash and not is_dns1123_subdomain(prefix):
         problems.append(f"{path}: Invalid value: {text!r}: prefix part must be a lowercase RFC 1123 subdomain")
-    if not name or len(name) > 63 or not _QUALIFIED_NAME.fullmatch(name):
+    if not is_label_name(name):
         problems.append(
             f"{path}: Invalid value: {text!r}: name part must consist of alphanumeric characters, '-', '_' or '.', "
             "start and end with an alphanumeric character, and be at most 63 characters"
@@ -69,7 +60,7 @@ def qualified_name_problems(text: object, path: str) -> list[str]:
 
 def label_value_problems(text: object, path: str) -> list[str]:
     """``IsValidLabelValue``: empty, or at most 63 of ``[-A-Za-z0-9_.]`` with alphanumeric ends."""
-    if not isinstance(text, str) or len(text) > 63 or not _LABEL_VALUE.fullmatch(text):
+    if not isinstance(text, str) or not is_label_value(text):
         return [f"{path}: Invalid value: {text!r}: a valid label value must be at most 63 characters of "
                 "alphanumerics, '-', '_' or '.', starting and ending with an alphanumeric character"]  # fmt: skip
     return []

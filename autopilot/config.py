@@ -19,7 +19,7 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from autopilot import apivalidation, errors
+from autopilot import apivalidation, errors, names
 
 # The parsers live in ``autopilot.parsing``; re-exported here, where settings and older callers find them.
 from autopilot.parsing import (  # noqa: F401 - re-exported
@@ -517,7 +517,7 @@ def bearer_token(text: str, *, field: str) -> str:
 
 def _namespace(text: str, var: str) -> str:
     value = text.strip()
-    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", value):
+    if not names.is_dns1123_label(value):
         raise errors.BadParameter(var, f"not a valid namespace (DNS-1123 label): {value[:80]!r}")
     return value
 
@@ -542,7 +542,7 @@ def _logins(text: str, var: str) -> str:
 
 def _dns_subdomain(text: str, var: str) -> str:
     value = text.strip()
-    if len(value) > 253 or not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*", value):
+    if not names.is_dns1123_subdomain(value):
         raise errors.BadParameter(var, f"not a DNS-1123 subdomain: {value[:80]!r}")
     return value
 
@@ -602,11 +602,11 @@ def _known_checks(values: Mapping[str, Any], used: Mapping[str, str], checks: Ch
 
         checks = registry.shipped(values.get("extra_checks", ()))
     known = checks.names()
-    for field, names in (
+    for field, given in (
         ("periodic_checks", values.get("periodic_checks", ())),
         ("check_timeouts", values.get("check_timeouts", {})),
     ):
-        for name in names:
+        for name in given:
             if name not in known:
                 raise errors.BadParameter(used[field], f"unknown check {name[:64]!r} (known: {', '.join(known)})")
 

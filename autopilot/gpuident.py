@@ -114,7 +114,16 @@ def attach(result: CheckResult, identities: Mapping[int, GpuIdentity], *, unknow
 def _identified(device: DeviceResult, uuid: str, bus: str, serial: str) -> DeviceResult:
     """``device`` with this identity. Built field by field: ``dataclasses.replace`` (the fields looked
     up, a dict of changes) for every GPU of every result was a third of attaching in a simulator."""
-    return DeviceResult(device.id, device.status, device.value, device.unit, device.detail, uuid, bus, serial)
+    return DeviceResult(
+        id=device.id,
+        status=device.status,
+        value=device.value,
+        unit=device.unit,
+        detail=device.detail,
+        uuid=uuid,
+        bus_id=bus,
+        serial=serial,
+    )
 
 
 def sim_uuid(node: str, index: int) -> str:

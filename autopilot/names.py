@@ -28,7 +28,7 @@ QUEUE_PREFIX = "autopilot.node."
 
 def node_name(name: str, *, field: str = "host") -> str:
     """``name`` if it is a DNS-1123 subdomain (lowercase, at most 253 characters)."""
-    if not isinstance(name, str) or not 0 < len(name) <= 253 or not _DNS1123_SUBDOMAIN.fullmatch(name):
+    if not isinstance(name, str) or not name or not is_dns1123_subdomain(name):
         raise errors.BadParameter(field, f"not a valid node name (DNS-1123 subdomain): {str(name)[:80]!r}")
     return name
 
@@ -37,6 +37,23 @@ def is_dns1123_label(text: str) -> bool:
     """Whether ``text`` is a DNS-1123 label (what a Job's name must be to label its pods): lowercase
     alphanumerics and ``-``, alphanumeric at both ends, at most 63 characters."""
     return len(text) <= 63 and bool(_DNS1123_LABEL.fullmatch(text))
+
+
+def is_dns1123_subdomain(text: str) -> bool:
+    """Whether ``text`` is a DNS-1123 subdomain (a node's name, a label key's prefix): dot-separated
+    DNS-1123 labels, at most 253 characters."""
+    return len(text) <= 253 and bool(_DNS1123_SUBDOMAIN.fullmatch(text))
+
+
+def is_label_name(text: str) -> bool:
+    """Whether ``text`` is the name part of a qualified name (a label key after its ``/``): 1 to 63
+    of ``[-A-Za-z0-9_.]``, alphanumeric at both ends."""
+    return 0 < len(text) <= 63 and bool(_LABEL_NAME.fullmatch(text))
+
+
+def is_label_value(text: str) -> bool:
+    """Whether ``text`` is a label value: empty, or what ``is_label_name`` accepts."""
+    return len(text) <= 63 and bool(_LABEL_VALUE.fullmatch(text))
 
 
 def shortened(text: str, room: int, *, digest_chars: int = 10, label: bool = False) -> str:
@@ -66,15 +83,15 @@ def node_queue(node: str) -> str:
 def label_key(key: str, *, field: str) -> str:
     """A label key: optional DNS-1123 prefix and ``/``, then a name of at most 63 characters."""
     prefix, slash, name = key.rpartition("/")
-    if slash and (len(prefix) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(prefix)):
+    if slash and not is_dns1123_subdomain(prefix):
         raise errors.BadParameter(field, f"invalid label key prefix: {key[:80]!r}")
-    if not 0 < len(name) <= 63 or not _LABEL_NAME.fullmatch(name):
+    if not is_label_name(name):
         raise errors.BadParameter(field, f"invalid label key: {key[:80]!r}")
     return key
 
 
 def label_value(value: str, *, field: str) -> str:
-    if len(value) > 63 or not _LABEL_VALUE.fullmatch(value):
+    if not is_label_value(value):
         raise errors.BadParameter(field, f"invalid label value: {value[:80]!r}")
     return value
 

@@ -122,7 +122,7 @@ def _first_json_object(text: str) -> Any:
     the document ("warning: UDP block size ... exceeds TCP MSS", esnet/iperf#1223), and 3.16/3.17
     print the whole document twice (esnet/iperf#1688, #1716): neither makes a run unreadable."""
     start = text.find("{")
-    while start > 0 and text[start - 1] not in "\n":
+    while start > 0 and text[start - 1] != "\n":
         start = text.find("{", start + 1)  # a "{" inside a warning line is not the document
     if start < 0:
         raise errors.ParseError(f"iperf3 output is not JSON: {text.strip()[:200]!r}")

@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from autopilot import apivalidation, errors, gpus, polling
+from autopilot import apivalidation, errors, gpus, names, polling
 from autopilot.cluster import (
     DEVICE_TAINT_EFFECTS,
     FINISHED_PHASES,
@@ -877,10 +877,10 @@ def device_taint_rule_problems(body: Any, version: str, effects: Sequence[str] =
     for field in sorted(set(selector) - allowed):
         problems.append(f"spec.deviceSelector.{field}: unknown field")
     driver = str(selector.get("driver") or "")
-    if driver and (len(driver) > 63 or not apivalidation.is_dns1123_subdomain(driver)):
+    if driver and (len(driver) > 63 or not names.is_dns1123_subdomain(driver)):
         problems.append(f"spec.deviceSelector.driver: Invalid value: {driver!r}")
     device = str(selector.get("device") or "")
-    if device and not apivalidation.is_dns1123_label(device):
+    if device and not names.is_dns1123_label(device):
         problems.append(f"spec.deviceSelector.device: Invalid value: {device!r}")
     taint = spec.get("taint") or {}
     problems += apivalidation.qualified_name_problems(str(taint.get("key") or ""), "spec.taint.key")
@@ -947,7 +947,7 @@ def event_refusal(event: Mapping[str, Any]) -> str | None:
         )
         if len(str(event.get("message") or "").encode()) > 1024:
             problems.append('message: Invalid value: "": can have at most 1024 characters')
-    if not apivalidation.is_dns1123_subdomain(namespace):
+    if not names.is_dns1123_subdomain(namespace):
         problems.append(f'metadata.namespace: Invalid value: "{namespace}": a lowercase RFC 1123 subdomain')
     if not problems:
         return None
