@@ -522,11 +522,13 @@ def read(svc: Services, run_id: str, *, wait_s: float = 0.0) -> dict[str, Any] |
     expected = len(run.nodes) * len(run.checks)
     if wait_s > 0 and len(found) < expected:
         # Never past the run's deadline: by then the answer is complete whatever is missing.
-        give_up = min(svc.clock() + wait_s, run.deadline)
-        delay = POLL_FIRST_S
-        while svc.clock() < give_up and svc.store.run_progress(run_id) < expected:
-            svc.sleep(max(0.001, min(delay, give_up - svc.clock())))
-            delay = min(POLL_MAX_S, delay * POLL_GROWTH)
+        polling.poll_until(
+            lambda: svc.store.run_progress(run_id) >= expected,
+            deadline=min(svc.clock() + wait_s, run.deadline),
+            interval_s=polling.Backoff(POLL_FIRST_S, POLL_MAX_S, POLL_GROWTH, lambda: False),
+            clock=svc.clock,
+            sleep=svc.sleep,
+        )
         found = _results(svc.store, run_id)
     return report(svc, run, found)
 
