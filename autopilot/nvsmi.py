@@ -181,6 +181,19 @@ _ELISION = frozenset({"[...]", "...", "\u2026", "[ ... ]"})
 _DRIVER_WARNING = re.compile(r"^WARNING: infoROM is corrupted at gpu \S+$", re.IGNORECASE)
 
 
+def split_driver_warnings(text: str) -> tuple[list[tuple[int, str]], tuple[str, ...]]:
+    """``text``'s lines other than driver warnings, each with its 1-based line number (so a
+    parser still names the line of the answer it read), and the warnings, stripped, in order."""
+    kept: list[tuple[int, str]] = []
+    warnings: list[str] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if _DRIVER_WARNING.match(line.strip()):
+            warnings.append(line.strip())
+        else:
+            kept.append((number, line))
+    return kept, tuple(warnings)
+
+
 @dataclasses.dataclass
 class _Building:
     key: str
@@ -213,23 +226,19 @@ def parse_q(text: str, *, whole: bool = False) -> QReport:
     known headings (``_FLAT_PARENT``).
     """
     if _looks_like_xml(text):
-        kept = [line for line in text.splitlines() if not _DRIVER_WARNING.match(line.strip())]
-        said = tuple(line.strip() for line in text.splitlines() if _DRIVER_WARNING.match(line.strip()))
-        report = dataclasses.replace(_parse_xml("\n".join(kept)), warnings=said)
+        kept, said = split_driver_warnings(text)
+        report = dataclasses.replace(_parse_xml("\n".join(line for _, line in kept)), warnings=said)
         return _checked(report, whole=whole)
     header: dict[str, str] = {}
     sections: list[tuple[str, _Building, str | None]] = []
     stack: list[_Building] = []
     excerpt = False
-    warnings: list[str] = []
-    lines = [raw.expandtabs(4).rstrip() for raw in text.splitlines()]
+    numbered, warnings = split_driver_warnings(text)
+    lines = [raw.expandtabs(4).rstrip() for _, raw in numbered]
     flat = _indentation_lost(lines)
-    for number, line in enumerate(lines, start=1):
+    for (number, _), line in zip(numbered, lines, strict=True):
         stripped = line.strip()
         if not stripped or _BANNER.match(stripped):
-            continue
-        if _DRIVER_WARNING.match(stripped):
-            warnings.append(stripped)
             continue
         if stripped in _ELISION:
             excerpt = True
@@ -276,7 +285,7 @@ def parse_q(text: str, *, whole: bool = False) -> QReport:
         gpus=tuple(GpuSection(index, bus, root.freeze(), error) for index, (bus, root, error) in enumerate(sections)),
         attached=_attached(header),
         excerpt=excerpt,
-        warnings=tuple(warnings),
+        warnings=warnings,
     )
     return _checked(report, whole=whole)
 
@@ -378,7 +387,7 @@ def raise_for_invalid_field(text: str) -> None:
 
 def first_line(text: str) -> str:
     """The first line of an answer that says something: not blank, not a driver warning."""
-    return next((line for line in text.splitlines() if line.strip() and not _DRIVER_WARNING.match(line.strip())), "")
+    return next((line for _, line in split_driver_warnings(text)[0] if line.strip()), "")
 
 
 def parse_csv(text: str, fields: Sequence[str] | None = None) -> list[dict[str, str]]:
@@ -389,7 +398,7 @@ def parse_csv(text: str, fields: Sequence[str] | None = None) -> list[dict[str, 
     value per field.
     """
     raise_for_invalid_field(text)
-    lines = [line.strip() for line in text.splitlines() if line.strip() and not _DRIVER_WARNING.match(line.strip())]
+    lines = [line.strip() for _, line in split_driver_warnings(text)[0] if line.strip()]
     if fields is None:
         if not lines:
             raise ParseError("empty CSV answer: no header")
@@ -781,8 +790,10 @@ _XML_COUNTED = frozenset({"multiple_single_bit_retirement", "double_bit_retireme
 
 def _looks_like_xml(text: str) -> bool:
     head = text.lstrip()
-    if _DRIVER_WARNING.match(head.split("\n", 1)[0].strip()):
-        head = head.split("\n", 1)[-1].lstrip()
+    # Only a warning ahead of the document matters here; splitting a whole report to find it is not needed.
+    first, _, rest = head.partition("\n")
+    if split_driver_warnings(first)[1]:
+        head = rest.lstrip()
     return head[:512].startswith("<?xml") or "<nvidia_smi_log" in head[:512]
 
 

@@ -390,3 +390,13 @@ def test_remapped_rows_csv_sample_parses_per_gpu() -> None:
         gpus.RemappedRows(0, 0, False, False),
         gpus.RemappedRows(0, 0, False, False),
     ]
+
+
+def test_split_driver_warnings_keeps_line_numbers_and_sets_warnings_aside() -> None:
+    text = (
+        "WARNING: infoROM is corrupted at gpu 0000:07:00.0\nindex, name\n"
+        "  warning: infoROM is corrupted at gpu 1  \n0, H100\n"
+    )
+    kept, warnings = nvsmi.split_driver_warnings(text)
+    assert kept == [(2, "index, name"), (4, "0, H100")]
+    assert warnings == ("WARNING: infoROM is corrupted at gpu 0000:07:00.0", "warning: infoROM is corrupted at gpu 1")
