@@ -59,6 +59,21 @@ def parse_int(text: str, *, field: str) -> int:
     return int(text)
 
 
+PORT_RANGE = (1, 65535)
+
+
+def check_port(port: int, *, field: str) -> int:
+    """``port`` if it is a TCP port one can bind (1..65535); a tool given -5 or 99999 fails late or never binds."""
+    if not PORT_RANGE[0] <= port <= PORT_RANGE[1]:
+        raise errors.BadParameter(field, f"must be between {PORT_RANGE[0]} and {PORT_RANGE[1]}, got {port}")
+    return port
+
+
+def parse_port(text: str, *, field: str) -> int:
+    """A TCP port written as a canonical decimal integer in 1..65535."""
+    return check_port(parse_int(text, field=field), field=field)
+
+
 def parse_number(text: str, *, field: str) -> float:
     """A canonical finite decimal number (``1``, ``-0.5``, ``2e3``); ``BadParameter`` otherwise."""
     if not isinstance(text, str) or len(text) > 64 or not _FLOAT.fullmatch(text):

@@ -290,9 +290,7 @@ def flower_args(
         raise errors.ConfigError("give Flower's address and port as --address=HOST and --port=PORT")
     for arg in args:
         if arg.startswith("--port="):  # Flower took -5 (a traceback) and 99999 (a port it never bound)
-            port = parsing.parse_int(arg.split("=", 1)[1], field="--port")
-            if not 1 <= port <= 65535:
-                raise errors.BadParameter("--port", f"must be between 1 and 65535, got {port}")
+            parsing.parse_port(arg.split("=", 1)[1], field="--port")
     if not authenticated:
         if any(a not in _LOOPBACK for a in addresses):
             raise errors.ConfigError(

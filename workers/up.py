@@ -40,7 +40,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from autopilot import config, errors, names, polling
+from autopilot import config, errors, names, parsing, polling
 from workers import simulate
 
 REDIS_START_S = 10.0
@@ -363,9 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(list(argv))
     settings = config.Settings.from_env(os.environ)
-    port = settings.api_port if args.port is None else args.port
-    if not 1 <= port <= 65535:
-        raise errors.BadParameter("--port", f"must be between 1 and 65535, got {port}")
+    port = parsing.check_port(settings.api_port if args.port is None else args.port, field="--port")
     if args.simulate < 0 or args.simulate > simulate.MAX_NODES:
         raise errors.BadParameter("--simulate", f"must be between 0 and {simulate.MAX_NODES}, got {args.simulate}")
     if args.fault and not args.simulate:

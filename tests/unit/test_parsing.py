@@ -56,3 +56,14 @@ def test_a_list_whose_entries_count_strips_them_and_bounds_their_number() -> Non
     assert parsing.parse_entries(" a , b", field="x") == ("a", "b")
     with pytest.raises(errors.BadParameter, match="at most 2"):
         parsing.parse_entries("a,b,c", field="x", most=2)
+
+
+@pytest.mark.parametrize("text", ["0", "-5", "65536", "99999", "+80", "8o"])
+def test_parse_port_refuses_what_no_tool_can_bind(text: str) -> None:
+    with pytest.raises(errors.BadParameter):
+        parsing.parse_port(text, field="--port")
+
+
+def test_parse_port_reads_the_range_ends() -> None:
+    assert parsing.parse_port("1", field="--port") == 1
+    assert parsing.check_port(65535, field="--port") == 65535
