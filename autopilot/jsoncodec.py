@@ -71,3 +71,18 @@ def loads(data: str | bytes) -> Any:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
         return json.loads(data)
+
+
+def first_document(text: str) -> Any:
+    """The first JSON document in a tool's stdout that starts a line; what follows it is ignored.
+
+    Tools print warnings ahead of their document (iperf3: "warning: UDP block size ...") and
+    sometimes a second copy or a trailer after it (iperf3 3.16/3.17, dcgmi): neither hides the
+    document. A "{" inside a warning line is not the document. Raises ``ValueError`` when there is none.
+    """
+    start = text.find("{")
+    while start > 0 and text[start - 1] != "\n":
+        start = text.find("{", start + 1)
+    if start < 0:
+        raise ValueError(f"no line starts a JSON document: {text.strip()[:200]!r}")
+    return json.JSONDecoder().raw_decode(text, start)[0]

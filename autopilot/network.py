@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
-from autopilot import errors, results
+from autopilot import errors, jsoncodec, results
 from autopilot.results import CheckResult, Status
 
 # Between "received" and the loss, iputils prints ", +N duplicates", ", +N corrupted", ", +N errors" in
@@ -121,13 +120,8 @@ def _first_json_object(text: str) -> Any:
     """The first JSON document of ``iperf3 -J`` output. iperf3 writes warnings to stdout ahead of
     the document ("warning: UDP block size ... exceeds TCP MSS", esnet/iperf#1223), and 3.16/3.17
     print the whole document twice (esnet/iperf#1688, #1716): neither makes a run unreadable."""
-    start = text.find("{")
-    while start > 0 and text[start - 1] != "\n":
-        start = text.find("{", start + 1)  # a "{" inside a warning line is not the document
-    if start < 0:
-        raise errors.ParseError(f"iperf3 output is not JSON: {text.strip()[:200]!r}")
     try:
-        return json.JSONDecoder().raw_decode(text, start)[0]
+        return jsoncodec.first_document(text)
     except ValueError as exc:
         raise errors.ParseError(f"iperf3 output is not JSON: {exc}") from None
 

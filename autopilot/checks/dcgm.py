@@ -340,8 +340,8 @@ def _parse_json(text: str) -> tuple[list[TestOutcome], dict[str, str]]:
         doc = jsoncodec.loads(body)
     except ValueError:
         try:
-            # raw_decode: a line dcgmi prints after the document must not hide the report.
-            doc, _ = json.JSONDecoder().raw_decode(body)
+            # A line dcgmi prints after the document (or a warning ahead of it) must not hide the report.
+            doc = jsoncodec.first_document(body)
         except ValueError as exc:
             raise ParseError(f"invalid JSON: {exc}") from None
     if not isinstance(doc, dict):

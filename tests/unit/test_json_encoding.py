@@ -96,3 +96,13 @@ def test_dict_from_json_is_from_json_then_to_dict() -> None:
     assert CheckResult.dict_from_json(json.dumps(odd)) == CheckResult.from_dict(odd).to_dict()
     with pytest.raises(ValueError):
         CheckResult.dict_from_json(json.dumps({**stored.to_dict(), "status": "bogus"}))
+
+
+def test_first_document_skips_warnings_and_what_follows() -> None:
+    text = 'warning: UDP block size {1460} exceeds TCP MSS\n{"a": 1}\n{"a": 2}\ntrailer\n'
+    assert jsoncodec.first_document(text) == {"a": 1}
+
+
+def test_first_document_refuses_text_without_a_document() -> None:
+    with pytest.raises(ValueError):
+        jsoncodec.first_document("warning: no {json} here\n")
