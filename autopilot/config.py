@@ -719,7 +719,16 @@ def variables() -> list[tuple[str, str, tuple[str, ...]]]:
 
 
 # AUTOPILOT_* names that are not settings: the test suites' and the demo script's own switches.
-NOT_SETTINGS = ("AUTOPILOT_E2E_", "AUTOPILOT_GPU_TESTS", "AUTOPILOT_FUZZ_EXAMPLES", "AUTOPILOT_DEMO_")
+NOT_SETTINGS = (
+    "AUTOPILOT_E2E_",
+    "AUTOPILOT_GPU_TESTS",
+    "AUTOPILOT_FUZZ_EXAMPLES",
+    "AUTOPILOT_DEMO_",
+    "AUTOPILOT_UP_CHILD",
+)
+# Set ("1") by ``autopilot up`` in the environment of the processes it starts: ``up`` has already named
+# every unknown variable once, so its API, workers, beat and simulators do not name each again.
+UP_CHILD = "AUTOPILOT_UP_CHILD"
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
@@ -735,7 +744,7 @@ def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]
 
 
 def _read(environ: Mapping[str, str], checks: CheckRegistry | None = None) -> dict[str, Any]:
-    for name, close in unknown_variables(environ):
+    for name, close in unknown_variables(environ) if environ.get(UP_CHILD) != "1" else ():
         log.warning("%s is not a setting and is ignored%s", name, f" (did you mean {close}?)" if close else "")
     values: dict[str, Any] = {}
     used: dict[str, str] = {}  # field -> the variable it was read from (primary or alias)

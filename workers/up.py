@@ -210,7 +210,7 @@ class Stack:
     """The children of one ``autopilot up``, started in order and stopped in reverse."""
 
     def __init__(self, env: Mapping[str, str]) -> None:
-        self.env = dict(env)
+        self.env = {**env, config.UP_CHILD: "1"}  # up named unknown variables; its children stay quiet
         self.children: list[Child] = []
         self.redis: Child | None = None
         self.tmp = Path(tempfile.mkdtemp(prefix="autopilot-up-"))

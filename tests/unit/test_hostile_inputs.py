@@ -422,3 +422,10 @@ def test_a_misspelt_setting_is_named_at_start(caplog: pytest.LogCaptureFixture) 
     )
     assert "AUTOPILOT_FOO is not a setting and is ignored\n" in said
     assert "AUTOPILOT_E2E_NODE" not in said and "AUTOPILOT_DCGM_LEVEL" not in said
+
+
+def test_a_child_of_up_does_not_name_a_misspelt_setting_again(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="autopilot.config"):
+        config.Settings.from_env({"AUTOPILOT_FOO": "1", config.UP_CHILD: "1"})
+    assert "AUTOPILOT_FOO" not in caplog.text
+    assert config.UP_CHILD not in caplog.text

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from autopilot import errors
+from autopilot import config, errors
 from workers import up
 
 
@@ -132,5 +132,16 @@ def test_a_child_that_dies_is_started_again_after_a_pause_that_grows() -> None:
         # Dead after running longer than RESTART_RESET_S: back to the first pause.
         later = child.started_at + up.RESTART_RESET_S
         assert stack.supervise(later) == ["crasher exited unexpectedly (code 3); starting it again in 1 s"]
+    finally:
+        stack.stop()
+
+
+def test_up_marks_its_children_so_they_do_not_warn_again() -> None:
+    stack = up.Stack({"PATH": os.environ.get("PATH", "")})
+    try:
+        child = stack.add(
+            "env", [sys.executable, "-c", f"import os, sys; sys.exit(os.environ.get({config.UP_CHILD!r}) != '1')"]
+        )
+        assert child.proc.wait(30) == 0
     finally:
         stack.stop()
