@@ -221,7 +221,7 @@ class ResultsStore:
         return {n: {decoded(k): int(v) for k, v in raw.items()} for n, raw in self._hashes("busy", nodes).items()}
 
     def history(self, node: str, limit: int = 50) -> list[CheckResult]:
-        return [CheckResult.from_json(v) for v in self.r.lrange(f"{P}history:{node}", 0, max(0, limit - 1))]
+        return _history(self.r.lrange(f"{P}history:{node}", 0, max(0, limit - 1)))
 
     def node_detail(self, name: str, history_limit: int) -> NodeDetail:
         """The node's record, latest results, state, local labels and ``history_limit`` newest results,
@@ -235,11 +235,11 @@ class ResultsStore:
         raw_record, raw_latest, raw_state, raw_labels, raw_history = pipe.execute()
         return NodeDetail(
             name,
-            NodeRecord.from_dict(json.loads(raw_record)) if raw_record else None,
+            _record(raw_record),
             _latest(raw_latest),
-            NodeState.from_fields(_state(raw_state)),
+            _node_state(raw_state),
             _state(raw_labels),
-            [CheckResult.from_json(v) for v in raw_history],
+            _history(raw_history),
         )
 
     # ------------------------------------------------------------------ runs
@@ -349,11 +349,10 @@ class ResultsStore:
         if not wanted:
             return []
         raws = self.r.mget([f"{P}node:{n}" for n in wanted])
-        return [NodeRecord.from_dict(json.loads(raw)) for raw in raws if raw]
+        return [record for raw in raws if (record := _record(raw)) is not None]
 
     def node(self, name: str) -> NodeRecord | None:
-        raw = self.r.get(f"{P}node:{name}")
-        return NodeRecord.from_dict(json.loads(raw)) if raw else None
+        return _record(self.r.get(f"{P}node:{name}"))
 
     def last_seen(self, names: Sequence[str] | None = None) -> dict[str, float]:
         """Node -> its last heartbeat (epoch s), in one read: every node that ever heartbeated, or those of
@@ -384,10 +383,10 @@ class ResultsStore:
     # ------------------------------------------------------------------ verdict state and labels
 
     def state(self, node: str) -> NodeState:
-        return NodeState.from_fields(_state(self.r.hgetall(f"{P}state:{node}")))
+        return _node_state(self.r.hgetall(f"{P}state:{node}"))
 
     def states(self, nodes: Sequence[str]) -> dict[str, NodeState]:
-        return {n: NodeState.from_fields(_state(raw)) for n, raw in self._hashes("state", nodes).items()}
+        return {n: _node_state(raw) for n, raw in self._hashes("state", nodes).items()}
 
     def set_state(self, node: str, values: Mapping[str, str | None]) -> None:
         """Set the state fields of ``values`` with a value, delete those that are None (one MULTI)."""
@@ -404,7 +403,7 @@ class ResultsStore:
         pipe.execute()
 
     def labels(self, node: str) -> dict[str, str]:
-        return {decoded(k): decoded(v) for k, v in self.r.hgetall(f"{P}labels:{node}").items()}
+        return _state(self.r.hgetall(f"{P}labels:{node}"))
 
     def set_labels(self, node: str, labels: Mapping[str, str | None]) -> None:
         """Set the labels of ``labels`` with a value, delete those that are None (one MULTI)."""
@@ -758,7 +757,7 @@ def _queue_view(pipe: Any, node: str) -> None:
 
 def _view(replies: Sequence[Any], known: Mapping[bytes, CheckResult] | None = None) -> NodeView:
     raw_latest, raw_state, raw_labels, seen, pending = replies
-    state = NodeState.from_fields(_state(raw_state))
+    state = _node_state(raw_state)
     return NodeView(_latest(raw_latest, known), state, _state(raw_labels), _score(seen), _pending(pending))
 
 
@@ -771,7 +770,22 @@ def _score(raw: Any) -> float | None:
 
 
 def _state(raw: Mapping[Any, Any]) -> dict[str, str]:
+    """A hash of text fields (state, labels) as str -> str."""
     return {decoded(k): decoded(v) for k, v in raw.items()}
+
+
+def _node_state(raw: Mapping[Any, Any]) -> NodeState:
+    return NodeState.from_fields(_state(raw))
+
+
+def _record(raw: Any) -> NodeRecord | None:
+    """A ``node:<name>`` value (None: no record)."""
+    return NodeRecord.from_dict(json.loads(raw)) if raw else None
+
+
+def _history(raws: Sequence[Any]) -> list[CheckResult]:
+    """A ``history:<node>`` list, newest first."""
+    return [CheckResult.from_json(v) for v in raws]
 
 
 def _queue_hash_update(pipe: Any, key: str, values: Mapping[str, str | None]) -> None:
