@@ -33,7 +33,8 @@ HEADER = """# Configuration reference
 Every Autopilot process (API, worker, beat, Flower, `autopilot up`) reads these environment
 variables once at start into a frozen settings object; a bad value stops the process with a
 message naming the variable; an `AUTOPILOT_*` variable that is no setting (a typo) is named in a
-warning. Upstream Autopilot's names are accepted as aliases. Durations accept `1h`, `30m`, `15s`,
+warning (by `autopilot up` alone, not again by each process it starts: it sets
+`AUTOPILOT_UP_CHILD=1` for them). Upstream Autopilot's names are accepted as aliases. Durations accept `1h`, `30m`, `15s`,
 `250ms` or bare seconds, up to 100 years; `0` disables a loop. Lists are comma-separated; maps are
 `key=value,key=value`.
 
