@@ -33,7 +33,7 @@ CHECKS = ("pciebw", "remapped", "dcgm", "ping", "gpupower")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def measure(nodes: int, rounds: int, redis_url: str, profile: bool) -> dict[str, float]:
+def measure(nodes: int, rounds: int, redis_url: str, profile: bool, sort: str = "tottime") -> dict[str, float]:
     """CPU ms per node of the engine and of the task body (run in the tree on ``sys.path``)."""
     import cProfile
     import logging
@@ -75,8 +75,8 @@ def measure(nodes: int, rounds: int, redis_url: str, profile: bool) -> dict[str,
         if profile:
             prof = cProfile.Profile(time.thread_time)  # CPU of the calling thread, not waits
             prof.runcall(fn)
-            print(f"--- cProfile of {label} ({nodes} nodes), by own time", file=sys.stderr)
-            pstats.Stats(prof, stream=sys.stderr).sort_stats("tottime").print_stats(25)
+            print(f"--- cProfile of {label} ({nodes} nodes), by {sort}", file=sys.stderr)
+            pstats.Stats(prof, stream=sys.stderr).sort_stats(sort).print_stats(40)
     return out
 
 
@@ -84,7 +84,7 @@ def run_in(root: Path, args: argparse.Namespace, redis_url: str) -> dict[str, fl
     """``measure`` in a child process whose imports come from ``root``."""
     # -P: this file's folder (bench/, where profile.py would shadow the standard one) is not on the path.
     argv = [sys.executable, "-P", __file__, "--measure", "--nodes", str(args.nodes), "--rounds", str(args.rounds)]
-    argv += ["--redis-url", redis_url] + (["--profile"] if args.profile else [])
+    argv += ["--redis-url", redis_url, "--sort", args.sort] + (["--profile"] if args.profile else [])
     env = {**os.environ, "PYTHONPATH": str(root)}
     done = subprocess.run(argv, cwd=root, env=env, stdout=subprocess.PIPE, check=True, timeout=1800)  # noqa: S603
     figures: dict[str, float] = json.loads(done.stdout.decode().strip().splitlines()[-1])
@@ -97,11 +97,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="measured rounds per figure (the best is printed)")
     parser.add_argument("--root", type=Path, action="append", default=[], help="another source tree to measure")
     parser.add_argument("--profile", action="store_true", help="cProfile's top functions (stderr)")
+    parser.add_argument("--sort", default="tottime", choices=("tottime", "cumtime"), help="--profile's order")
     parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--redis-url", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.measure:
-        print(json.dumps(measure(args.nodes, args.rounds, args.redis_url, args.profile)))
+        print(json.dumps(measure(args.nodes, args.rounds, args.redis_url, args.profile, args.sort)))
         return 0
     from bench.common import Bench
 
