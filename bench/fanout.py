@@ -100,6 +100,12 @@ def cpu_s(pids: Sequence[int]) -> float:
     return total
 
 
+def idle_core_s() -> float:
+    """Core-seconds the whole machine has spent idle (idle + iowait, all cores) since boot, from /proc/stat."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return (int(fields[4]) + int(fields[5])) / os.sysconf("SC_CLK_TCK")
+
+
 def measure(
     api_url: str, nodes: int, repeat: int, roles: Mapping[str, Sequence[int]], checks: str = ""
 ) -> dict[str, Any]:
@@ -111,11 +117,14 @@ def measure(
     decode: list[float] = []
     last: dict[str, Any] = {}
     before = {role: cpu_s(pids) for role, pids in roles.items()}
+    idle = 0.0
     for _ in range(repeat):
+        idle_before = idle_core_s()
         t0 = time.perf_counter()
         with urllib.request.urlopen(url, timeout=120) as resp:  # noqa: S310 - our own loopback API
             body = resp.read()
         t1 = time.perf_counter()
+        idle += idle_core_s() - idle_before
         last = json.loads(body)
         times.append(t1 - t0)
         decode.append(time.perf_counter() - t1)
@@ -137,6 +146,9 @@ def measure(
         "check_time_sum_s": sum(per_node),
         "server_runtime_s": last.get("runtime_s"),
         "cpu_s_per_request": cpu,
+        # Cores left idle from sending a request to its answer's last byte: how far the request
+        # is from keeping every core busy.
+        "idle_core_s_per_request": idle / repeat,
     }
 
 
@@ -192,7 +204,8 @@ def _print_row(row: dict[str, Any], rtt: dict[str, float]) -> None:
         f"checks' own time: longest node {row['check_time_max_node_s']:.3f} s, "
         f"all nodes {row['check_time_sum_s']:.2f} s; "
         f"beyond the checks {overhead:.3f} s ({verdict} the {TARGET_S:g} s target); checks {','.join(row['checks'])}; "
-        f"CPU s per request: {', '.join(f'{k} {v:.2f}' for k, v in row['cpu_s_per_request'].items())}",
+        f"CPU s per request: {', '.join(f'{k} {v:.2f}' for k, v in row['cpu_s_per_request'].items())}; "
+        f"idle core-s per request {row['idle_core_s_per_request']:.2f} of {os.cpu_count()} cores",
         flush=True,
     )
 
