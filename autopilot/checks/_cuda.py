@@ -178,10 +178,10 @@ def counter_findings(device: Mapping[str, Any]) -> list[tuple[str, str, bool]]:
     ``warn``: HBM corrects single-bit errors routinely, one during a run is a sign, not a fault.
     """
     counters = device.get("counters")
-    if not isinstance(counters, Mapping):
+    if not isinstance(counters, _MAPPINGS):
         return []
     before, after = counters.get("before"), counters.get("after")
-    if not isinstance(before, Mapping) or not isinstance(after, Mapping):
+    if not isinstance(before, _MAPPINGS) or not isinstance(after, _MAPPINGS):
         return []
     out: list[tuple[str, str, bool]] = []
     for key, what, status, fatal in _COUNTERS:
@@ -292,7 +292,7 @@ def stored_entry(device: Mapping[str, Any], judged: Sequence[str]) -> dict[str, 
     for key, value in device.items():
         if key in ("index", "telemetry"):
             continue
-        if isinstance(value, Mapping) and "samples" in value and key not in judged:
+        if isinstance(value, _MAPPINGS) and "samples" in value and key not in judged:
             value = {k: v for k, v in value.items() if k != "samples"}
         out[key] = value
     return out
