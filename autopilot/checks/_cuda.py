@@ -178,10 +178,10 @@ def counter_findings(device: Mapping[str, Any]) -> list[tuple[str, str, bool]]:
     ``warn``: HBM corrects single-bit errors routinely, one during a run is a sign, not a fault.
     """
     counters = device.get("counters")
-    if not isinstance(counters, Mapping):
+    if not isinstance(counters, _MAPPINGS):
         return []
     before, after = counters.get("before"), counters.get("after")
-    if not isinstance(before, Mapping) or not isinstance(after, Mapping):
+    if not isinstance(before, _MAPPINGS) or not isinstance(after, _MAPPINGS):
         return []
     out: list[tuple[str, str, bool]] = []
     for key, what, status, fatal in _COUNTERS:
@@ -193,39 +193,54 @@ def counter_findings(device: Mapping[str, Any]) -> list[tuple[str, str, bool]]:
     return out
 
 
-def telemetry_range(device: Mapping[str, Any], section: str, field: str) -> tuple[float, float] | None:
-    """``(min, max)`` of an NVML field the program sampled during ``section`` (None: not read)."""
+# ``isinstance(x, Mapping)`` goes through the ABC machinery (about five times a plain type check);
+# the programs' JSON gives dicts, which the first entry answers at once.
+_MAPPINGS = (dict, Mapping)
+_NUMBERS = (int, float)
+_UNDER_LOAD_FIELDS = (
+    "pcie_gen",
+    "pcie_width",
+    "pcie_max_gen",
+    "pcie_max_width",
+    "sm_clock_mhz",
+    "mem_clock_mhz",
+    "power_w",
+)
+
+
+def _telemetry_section(device: Mapping[str, Any], section: str) -> Mapping[str, Any] | None:
     telemetry = device.get("telemetry")
-    part = telemetry.get(section) if isinstance(telemetry, Mapping) else None
-    value = part.get(field) if isinstance(part, Mapping) else None
-    if not isinstance(value, Mapping):
+    part = telemetry.get(section) if isinstance(telemetry, _MAPPINGS) else None
+    return part if isinstance(part, _MAPPINGS) else None
+
+
+def _span(part: Mapping[str, Any], field: str) -> tuple[float, float] | None:
+    value = part.get(field)
+    if not isinstance(value, _MAPPINGS):
         return None
     low, high = value.get("min"), value.get("max")
-    if isinstance(low, bool) or isinstance(high, bool) or not isinstance(low, int | float):
-        return None
-    if not isinstance(high, int | float):
+    if type(low) is bool or type(high) is bool or not isinstance(low, _NUMBERS) or not isinstance(high, _NUMBERS):
         return None
     return float(low), float(high)
+
+
+def telemetry_range(device: Mapping[str, Any], section: str, field: str) -> tuple[float, float] | None:
+    """``(min, max)`` of an NVML field the program sampled during ``section`` (None: not read)."""
+    part = _telemetry_section(device, section)
+    return None if part is None else _span(part, field)
 
 
 def under_load(device: Mapping[str, Any], section: str) -> dict[str, Any]:
     """The link and clocks NVML saw while ``section`` ran, and the clock-event reasons it named."""
     out: dict[str, Any] = {}
-    for field in (
-        "pcie_gen",
-        "pcie_width",
-        "pcie_max_gen",
-        "pcie_max_width",
-        "sm_clock_mhz",
-        "mem_clock_mhz",
-        "power_w",
-    ):
-        span = telemetry_range(device, section, field)
+    part = _telemetry_section(device, section)  # looked up once, not once per field
+    if part is None:
+        return out
+    for field in _UNDER_LOAD_FIELDS:
+        span = _span(part, field)
         if span is not None:
             out[field] = {"min": span[0], "max": span[1]}
-    telemetry = device.get("telemetry")
-    part = telemetry.get(section) if isinstance(telemetry, Mapping) else None
-    mask = part.get("clock_event_reasons_mask") if isinstance(part, Mapping) else None
+    mask = part.get("clock_event_reasons_mask")
     if isinstance(mask, int) and not isinstance(mask, bool):
         out["clock_event_reasons"] = sorted(gpus.decode_reasons(mask))
     return out
@@ -246,7 +261,10 @@ def slowdown_note(device: Mapping[str, Any], section: str) -> str:
 def link_under_load(device: Mapping[str, Any], section: str) -> gpus.PcieLink | None:
     """The PCIe link NVML saw while ``section`` ran: the highest generation and narrowest width
     reached, against the maximum the GPU and its slot allow (None when NVML was not read)."""
-    spans = [telemetry_range(device, section, f) for f in ("pcie_gen", "pcie_max_gen", "pcie_width", "pcie_max_width")]
+    part = _telemetry_section(device, section)
+    if part is None:
+        return None
+    spans = [_span(part, f) for f in ("pcie_gen", "pcie_max_gen", "pcie_width", "pcie_max_width")]
     if any(span is None for span in spans):
         return None
     gen, max_gen, width, max_width = (span for span in spans if span is not None)
@@ -274,7 +292,7 @@ def stored_entry(device: Mapping[str, Any], judged: Sequence[str]) -> dict[str, 
     for key, value in device.items():
         if key in ("index", "telemetry"):
             continue
-        if isinstance(value, Mapping) and "samples" in value and key not in judged:
+        if isinstance(value, _MAPPINGS) and "samples" in value and key not in judged:
             value = {k: v for k, v in value.items() if k != "samples"}
         out[key] = value
     return out

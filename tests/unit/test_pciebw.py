@@ -573,3 +573,33 @@ def test_a_line_only_the_standard_json_reads_still_names_the_bad_sample() -> Non
     result = run_lines(line)
     assert result.status is Status.ERROR
     assert "h2d is not a non-negative number: nan" in result.devices[0].detail
+
+
+def test_link_data_and_under_load_keep_their_keys_and_order() -> None:
+    # Stored results are compared byte for byte: the hand-built dicts keep asdict's and the old order.
+    from autopilot.checks import _cuda, pciebw
+
+    link = gpus.PcieLink(4, 5, 8, 16)
+    assert list(pciebw.link_data(link, None).items()) == [
+        ("current_gen", 4),
+        ("max_gen", 5),
+        ("current_width", 8),
+        ("max_width", 16),
+        ("width_degraded", True),
+        ("gen_below_max", True),
+    ]
+    device = {
+        "telemetry": {
+            "h2d": {
+                "power_w": {"min": 100, "max": 300.5},
+                "pcie_gen": {"min": 5, "max": 5},
+                "pcie_width": {"min": True, "max": 16},
+                "sm_clock_mhz": "x",
+                "clock_event_reasons_mask": 4,
+            }
+        }
+    }
+    assert list(_cuda.under_load(device, "h2d")) == ["pcie_gen", "power_w", "clock_event_reasons"]
+    assert _cuda.under_load(device, "h2d")["power_w"] == {"min": 100.0, "max": 300.5}
+    assert _cuda.under_load(device, "d2h") == {} and _cuda.under_load({"telemetry": []}, "h2d") == {}
+    assert _cuda.link_under_load(device, "h2d") is None
