@@ -67,6 +67,8 @@ POLL_MAX_S = 0.2
 POLL_GROWTH = 1.5
 # Time a freed slot may wait for the poll that notices it; added per wave to the run's deadline.
 WAVE_SLACK_S = POLL_MAX_S + 0.05
+# Nodes in the first slice a gather claims and sends; each next slice is twice the last.
+SEND_FIRST = 16
 
 # Node statuses in the answer, least to most severe for the totals' "status". "busy": some checks
 # never started (another GPU check held the GPUs until the deadline) and the rest were ok.
@@ -235,11 +237,18 @@ class Gather:
         params = {c: p for c, p in self.run.params.items() if c in self.checks}
         for node in nodes:
             self.in_flight[node] = deadline
-        envelopes = [Envelope(self.run.id, n, self.checks, params, deadline) for n in nodes]
-        envelopes, joined = self.flights.claim(envelopes, now=self.svc.clock())
-        self.joined.update(joined)
-        # One batch for all the free slots: one producer and one Redis pipeline for the lot.
-        send_all(self.svc.dispatcher, envelopes)
+        # Claimed and sent in growing slices (SEND_FIRST nodes, then twice as many each time):
+        # the first nodes start their checks while the rest are claimed and published, instead
+        # of every worker waiting for the whole cluster's claims (a third of a second of the
+        # API's CPU at 1,000 nodes, with the workers idle). Each slice is one claim wave and one
+        # producer batch, so 1,000 nodes cost six of each rather than one.
+        start, size = 0, SEND_FIRST
+        while start < len(nodes):
+            envelopes = [Envelope(self.run.id, n, self.checks, params, deadline) for n in nodes[start : start + size]]
+            envelopes, joined = self.flights.claim(envelopes, now=self.svc.clock())
+            self.joined.update(joined)
+            send_all(self.svc.dispatcher, envelopes)
+            start, size = start + size, size * 2
 
     def poll(self) -> bool:
         """One look at the store; frees the slots of finished nodes and fills them. True when all are done."""

@@ -665,8 +665,17 @@ class FlightClaim:
 
 def flight_key(node: str, check: str, params: Mapping[str, Any]) -> str:
     """The single-flight key of one check on one node with these parameters (order-insensitive)."""
-    digest = hashlib.sha256(json.dumps(params, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:20]
+    # No parameters (every periodic check, most requests) is one constant digest: a 1,000-node gather
+    # asks for five thousand keys, and hashing "{}" for each was a tenth of its CPU.
+    digest = _params_digest(params) if params else _NO_PARAMS_DIGEST
     return f"{P}flight:{node}|{check}|{digest}"
+
+
+def _params_digest(params: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(params, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:20]
+
+
+_NO_PARAMS_DIGEST = _params_digest({})
 
 
 @translating

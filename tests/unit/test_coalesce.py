@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -209,3 +210,44 @@ def test_requests_that_find_the_same_answered_execution_at_once_run_it_again_onc
         ("n1", "remapped"): "again on n1",
         ("n2", "remapped"): "again on n2",
     }
+
+
+class _Batches(FakeDispatcher):
+    """Records each batch's size and how many flights the store held when it was published."""
+
+    def __init__(self, store: ResultsStore) -> None:
+        super().__init__()
+        self.store = store
+        self.batches: list[tuple[int, int]] = []
+
+    def send_many(self, envelopes: list[Envelope]) -> None:
+        claimed = len(self.store.r.keys("ap:flight:*"))
+        self.batches.append((len(envelopes), claimed))
+        self.sent.extend(envelopes)
+
+
+def test_a_large_gather_publishes_its_first_nodes_before_claiming_the_rest() -> None:
+    """The first slice's workers start while the rest are claimed: slices of 16, then twice as many each time."""
+    store, clock = ResultsStore(fakeredis.FakeRedis()), Clock()
+    dispatcher = _Batches(store)
+    svc = services(store, dispatcher, clock)
+    nodes = tuple(f"n{i}" for i in range(100))
+    req = RunRequest(("remapped", "dcgm"), nodes, deadline_s=30)
+    run = gather.create_run(svc, req, Selection(nodes))
+    gather.Gather(svc, run, node_deadline_s=req.deadline_s, batch=None).send_ready()
+
+    # Two checks per node: a slice of n nodes claims 2n flights before its publish.
+    assert dispatcher.batches == [(16, 32), (32, 96), (52, 200)]
+    assert [e.node for e in dispatcher.sent] == list(nodes)
+
+
+def test_flight_keys_of_no_parameters_and_of_parameters_in_any_order() -> None:
+    from workers.store import flight_key
+
+    assert flight_key("n1", "dcgm", {}) == flight_key("n1", "dcgm", {})
+    assert flight_key("n1", "dcgm", {}) != flight_key("n2", "dcgm", {}) != flight_key("n2", "ping", {})
+    assert flight_key("n1", "dcgm", {"r": 1, "x": "a"}) == flight_key("n1", "dcgm", {"x": "a", "r": 1})
+    assert flight_key("n1", "dcgm", {"r": 1}) not in (flight_key("n1", "dcgm", {}), flight_key("n1", "dcgm", {"r": 2}))
+    # The digest of no parameters is the one a claim written before this constant used (sha256 of "{}"),
+    # so a request across an upgrade still joins a check queued before it.
+    assert flight_key("n1", "dcgm", {}).endswith("|" + hashlib.sha256(b"{}").hexdigest()[:20])
