@@ -54,6 +54,8 @@ READY_WAIT_S = 60.0
 # split over processes so the host's cores share the work.
 NODES_PER_SIM_PROCESS = 250
 MAX_SIM_PROCESSES = 8
+# Simulator processes per usable core at most (split_simulation says why two).
+SIM_PROCESSES_PER_CORE = 2
 
 
 @dataclasses.dataclass
@@ -159,14 +161,16 @@ def split_simulation(n: int, processes: int | None = None, *, cores: int | None 
     """(offset, count) per simulator process: ``sim-0..sim-<n-1>`` in contiguous, even slices.
 
     ``processes`` (``--sim-processes``) is taken as given. The default is one process per
-    ``NODES_PER_SIM_PROCESS`` nodes, at most ``MAX_SIM_PROCESSES`` and at most one per core
-    (``cores``, default ``usable_cores()``): simulators are CPU-bound, so a process beyond the cores
-    only adds its own per-process work (4 simulators on 2 cores took 6.3 CPU s per 1,000-node status
-    where 2 took 5.2; docs/PERFORMANCE.md).
+    ``NODES_PER_SIM_PROCESS`` nodes, at most ``MAX_SIM_PROCESSES`` and at most two per core
+    (``cores``, default ``usable_cores()``). A simulator waits on Redis between its steps (one
+    round trip per message fetched, acked, saved), and with one process per core those waits left
+    a fifth of the cores idle during a 1,000-node status; two per core fill them (measured back to
+    back on 2 cores: 0.4 to 0.55 idle core-seconds per status against 1.1 to 1.3, and a status
+    0.2 to 1 s sooner; docs/PERFORMANCE.md). Beyond that, each process only adds its own work.
     """
     if n <= 0:
         return []
-    cap = min(MAX_SIM_PROCESSES, max(1, cores if cores is not None else usable_cores()))
+    cap = min(MAX_SIM_PROCESSES, SIM_PROCESSES_PER_CORE * max(1, cores if cores is not None else usable_cores()))
     k = processes or min(cap, max(1, math.ceil(n / NODES_PER_SIM_PROCESS)))
     k = max(1, min(k, n))
     base, extra = divmod(n, k)
@@ -354,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="K",
-        help="simulator processes (default: one per 250 nodes, at most 8 and one per core)",
+        help="simulator processes (default: one per 250 nodes, at most 8 and two per core)",
     )
     parser.add_argument("--loglevel", default="WARNING", help="log level of the workers and beat (default WARNING)")
     return parser

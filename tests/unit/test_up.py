@@ -27,13 +27,13 @@ def test_large_simulations_are_split_into_contiguous_even_slices() -> None:
     assert up.split_simulation(2, processes=5) == [(0, 1), (1, 1)]
 
 
-def test_the_default_split_has_no_more_processes_than_cores() -> None:
-    assert len(up.split_simulation(1000, cores=2)) == 2
-    assert up.split_simulation(1000, cores=1) == [(0, 1000)]
-    assert up.split_simulation(1000, cores=0) == [(0, 1000)]  # never below one process
+def test_the_default_split_has_at_most_two_processes_per_core() -> None:
+    assert len(up.split_simulation(1000, cores=2)) == 4  # two per core: one waits on Redis while the other runs
+    assert up.split_simulation(1000, cores=1) == [(0, 500), (500, 500)]
+    assert up.split_simulation(1000, cores=0) == [(0, 500), (500, 500)]  # taken as one core
     assert len(up.split_simulation(100, cores=2)) == 1  # few nodes: still one process
     assert len(up.split_simulation(1000, 4, cores=2)) == 4  # --sim-processes is taken as given
-    assert len(up.split_simulation(1000)) == min(4, up.usable_cores())
+    assert len(up.split_simulation(1000)) == min(4, 2 * up.usable_cores())
     assert up.usable_cores() >= 1
 
 
