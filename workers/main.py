@@ -192,6 +192,7 @@ def worker_main(argv: Sequence[str]) -> int:
         transport = simbroker.transport_for(str(app.conf.broker_url or ""))
         if transport is not None:
             app.conf.broker_transport = transport
+        app.conf.broker_transport_options = simbroker.transport_options(dict(app.conf.broker_transport_options or {}))
     first = next(iter(contexts))
     nodename = f"{first}@autopilot" if len(contexts) == 1 else f"sim-{args.simulate_offset}-{len(contexts)}@autopilot"
 

@@ -2,24 +2,24 @@
 
 Simulator-only (``autopilot worker --simulate``, one process hosting hundreds of nodes); real
 workers use kombu's transport as released. It overrides only public methods of kombu's Redis
-channel and QoS, but reads private parts of them (``_active_queues``, ``_create_client``, a
-message's ``_raw``), so it is tied to the kombu version it was written against (``KOMBU_CONTRACT``):
+channel, but reads a private part of it (``_active_queues``, ``_create_client``), so it is tied
+to the kombu version it was written against (``KOMBU_CONTRACT``):
 ``tests/unit/test_worker_broker.py`` checks that it still sends what kombu would, and
 ``transport_for`` gives stock kombu to a simulator under any other kombu version.
 
 kombu's Redis channel builds a new ``redis.Redis`` client (and its table of ~200 response
-callbacks) for every operation outside the consume loop: the bookkeeping of each delivered
-message under late acks, each ack, each publish. In a simulator that hosts hundreds of nodes that
-was a tenth of its CPU. A ``redis.Redis`` client is thread-safe (every command checks a
-connection out of the pool), so the channel keeps one per connection pool and hands it out.
+callbacks) for every operation outside the consume loop: each publish, each queue declared. In
+a simulator that hosts hundreds of nodes that was a tenth of its CPU. A ``redis.Redis`` client
+is thread-safe (every command checks a connection out of the pool), so the channel keeps one
+per connection pool and hands it out. It also computes the list of consumed queues when it
+changes, not on every poll.
 
-It also computes the list of consumed queues when it changes, not on every poll, and encodes
-the late-ack copy of each delivered message with orjson (``QoS``).
-
-A message that cannot be read is skipped as on a real worker (``workers.broker.Consumer``).
-Nothing else changes: the same commands, pipelines and connection pool. (It used to pack the
-consume loop's ``BRPOP`` itself, overriding kombu's private ``_brpop_start``; measured back to
-back at 1,000 nodes that saved nothing beyond the spread between runs, so kombu packs it.)
+``transport_options`` turns kombu's ack emulation off for a simulator (a public option; why
+there). A message that cannot be read is skipped as on a real worker (``workers.broker.Consumer``).
+(The consume loop's ``BRPOP`` used to be packed here too, overriding kombu's private
+``_brpop_start``; measured back to back at 1,000 nodes that saved nothing beyond the spread
+between runs, so kombu packs it. The orjson copy of each message for the late-ack bookkeeping
+went with the bookkeeping.)
 """
 
 from __future__ import annotations
@@ -27,13 +27,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from time import time
 from typing import Any
 
 import kombu
-import orjson
 from kombu.transport import redis as kombu_redis
-from kombu.transport import virtual as kombu_virtual
 
 TRANSPORT = "workers.simbroker:Transport"
 # The kombu release this transport's private overrides were written and checked against.
@@ -53,32 +50,21 @@ def transport_for(broker_url: str) -> str | None:
         return None
     return TRANSPORT
 
-class QoS(kombu_redis.QoS):
-    """kombu's late-ack bookkeeping, with the delivered message encoded by orjson.
+def transport_options(options: dict[str, Any]) -> dict[str, Any]:
+    """A simulator's broker transport options: ``options`` without kombu's ack emulation.
 
-    ``append`` stores each delivered message (until its ack) so a dead worker's message can be
-    restored; its ``json.dumps`` of the whole message was a few percent of a simulator's CPU.
-    The message is the JSON envelope as read from Redis (plain JSON values), so orjson writes the
-    same JSON that kombu's ``loads`` reads back on restore.
+    With it (a real worker's), kombu keeps each delivered message in Redis until its ack (two
+    MULTIs per message) so that a worker that dies has its messages restored to their queues once
+    ``visibility_timeout`` (the longest check plus ten minutes) has passed. A simulated node's
+    task is long expired by then (its run's deadline is far shorter), so for a simulator the
+    bookkeeping restored nothing and cost about a tenth of its CPU; a killed simulator's tasks in
+    flight are lost, and their runs report those nodes unreachable at their deadlines, as they
+    would with it. ``ack_emulation`` is a public transport option of kombu's Redis transport.
     """
-
-    def append(self, message: Any, delivery_tag: Any) -> None:
-        delivery = message.delivery_info
-        try:
-            blob = orjson.dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
-        except orjson.JSONEncodeError:  # something only kombu's encoder knows
-            super().append(message, delivery_tag)  # type: ignore[no-untyped-call]
-            return
-        with self.pipe_or_acquire() as pipe:
-            pipe.zadd(self.unacked_index_key, {delivery_tag: time()}).hset(
-                self.unacked_key, delivery_tag, blob
-            ).execute()
-            # kombu's base QoS.append: the in-process record of unacked messages.
-            kombu_virtual.QoS.append(self, message, delivery_tag)  # type: ignore[no-untyped-call]
+    return {**options, "ack_emulation": False}
 
 
 class Channel(kombu_redis.Channel):
-    QoS = QoS
     _shared_client: Any = None
     _active: list[str] | None = None
 

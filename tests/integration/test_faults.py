@@ -131,6 +131,10 @@ def test_worker_sigkilled_during_a_gpu_check(redis_url: str, procs: Procs, api_f
     run_id = post_run(api, {"checks": ["pciebw"], "hosts": ["sim-0"], "deadline": 8})
     wait_until(lambda: received(worker.output()) >= 2, 30, "the pciebw task to reach the worker")
     time.sleep(0.5)  # inside the hung tool (the worker holds the node's GPU lock)
+    # A simulator runs kombu without its ack emulation (workers.simbroker.transport_options): the
+    # message in flight is neither in its queue nor copied into kombu's unacked hash.
+    assert store.r.llen(names.node_queue("sim-0")) == 0
+    assert store.r.hlen("unacked") == 0 and store.r.zcard("unacked_index") == 0
     killed_at = time.monotonic()
     worker.proc.kill()
     worker.proc.wait(10)

@@ -1,13 +1,10 @@
-"""The simulator's broker channel sends what kombu would: the same late-ack copy of each message,
-over the queues it consumes now."""
+"""The simulator's broker channel consumes the queues it consumes now, with kombu's ack emulation off;
+real workers run kombu as released."""
 
 from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
-from types import SimpleNamespace
 from typing import Any
 
 import kombu
@@ -15,65 +12,11 @@ import pytest
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual as kombu_virtual
 from kombu.transport.virtual import base as virtual_base
-from kombu.utils import json as kombu_json
 
 from workers import simbroker
-from workers.simbroker import Channel, QoS
+from workers.simbroker import Channel
 
 QUEUES = ["autopilot.node.sim-0", "autopilot.node.sim-1", "autopilot.control"]
-
-
-class Pipe:
-    """Records what a late-ack bookkeeping pipeline would send."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, tuple[Any, ...]]] = []
-
-    def zadd(self, *args: Any) -> Pipe:
-        self.calls.append(("zadd", args))
-        return self
-
-    def hset(self, *args: Any) -> Pipe:
-        self.calls.append(("hset", args))
-        return self
-
-    def execute(self) -> None:
-        self.calls.append(("execute", ()))
-
-
-def qos(cls: type) -> Any:
-    q = cls.__new__(cls)
-    q.unacked_index_key, q.unacked_key = "unacked_index", "unacked"
-    q._dirty, q._delivered = set(), {}
-    q._quick_append = q._delivered.__setitem__
-    q.pipe = Pipe()
-
-    @contextmanager
-    def pipe_or_acquire(pipe: Any = None, client: Any = None) -> Iterator[Pipe]:
-        yield q.pipe
-
-    q.pipe_or_acquire = pipe_or_acquire
-    return q
-
-
-def test_the_late_ack_copy_of_a_message_is_what_kombu_would_store() -> None:
-    raw = {
-        "body": "W1tdLCB7InJ1bl9pZCI6ICJyIn1d",
-        "content-encoding": "utf-8",
-        "content-type": "application/json",
-        "headers": {"id": "t-1", "task": "autopilot.run_checks", "expires": "2026-11-30T01:00:00+00:00", "retries": 0},
-        "properties": {"delivery_tag": "tag-1", "priority": 0, "delivery_info": {"routing_key": "q"}},
-    }
-    message = SimpleNamespace(_raw=raw, delivery_info={"exchange": "", "routing_key": "autopilot.node.a"})
-    ours, kombus = qos(QoS), qos(kombu_redis.QoS)
-    ours.append(message, "tag-1")
-    kombus.append(message, "tag-1")
-    (name, (key, tag, blob)) = ours.pipe.calls[1]
-    (_, (_, _, expected)) = kombus.pipe.calls[1]
-    assert (name, key, tag) == ("hset", "unacked", "tag-1")
-    assert kombu_json.loads(blob) == kombu_json.loads(expected)  # restore reads back the same message
-    assert [c[0] for c in ours.pipe.calls] == [c[0] for c in kombus.pipe.calls] == ["zadd", "hset", "execute"]
-    assert ours._delivered == kombus._delivered == {"tag-1": message}
 
 
 def test_consumed_queues_are_recomputed_when_consuming_changes(monkeypatch: Any) -> None:
@@ -108,7 +51,7 @@ def test_the_simulator_transport_is_written_against_the_installed_kombu() -> Non
     assert callable(kombu_redis.Channel.conn_or_acquire) and callable(kombu_redis.QoS.pipe_or_acquire)
     assert callable(kombu_redis.Channel._create_client)
     kombus = inspect.getsource(kombu_redis) + inspect.getsource(kombu_virtual) + inspect.getsource(virtual_base)
-    for name in ("self._active_queues", "self.active_fanout_queues", "self._raw"):
+    for name in ("self._active_queues", "self.active_fanout_queues"):
         assert name in kombus, name
 
 
@@ -117,6 +60,16 @@ def test_a_simulator_on_another_kombu_gets_kombus_own_transport(monkeypatch: Any
     assert simbroker.transport_for("rediss://127.0.0.1:6379/0") is None
     monkeypatch.setattr(kombu, "__version__", "9.9.9")
     assert simbroker.transport_for("redis://127.0.0.1:6379/0") is None
+
+
+def test_a_simulator_turns_kombus_ack_emulation_off_and_keeps_its_other_options() -> None:
+    """``ack_emulation`` is a public option of kombu's Redis channel; off, the channel takes kombu's
+    in-process QoS, which writes nothing to Redis per delivery or ack (test_faults shows a simulator's
+    message in flight is not in Redis)."""
+    options = simbroker.transport_options({"visibility_timeout": 900, "priority_steps": [0]})
+    assert options == {"visibility_timeout": 900, "priority_steps": [0], "ack_emulation": False}
+    assert "ack_emulation" in kombu_redis.Channel.from_transport_options
+    assert "if not self.ack_emulation:" in inspect.getsource(kombu_redis.Channel.__init__)
 
 
 def test_real_workers_run_kombu_as_released_with_the_skipping_consumer() -> None:
