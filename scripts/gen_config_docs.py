@@ -34,9 +34,9 @@ Every Autopilot process (API, worker, beat, Flower, `autopilot up`) reads these 
 variables once at start into a frozen settings object; a bad value stops the process with a
 message naming the variable; an `AUTOPILOT_*` variable that is no setting (a typo) is named in a
 warning (by `autopilot up` alone, not again by each process it starts: it sets
-`AUTOPILOT_UP_CHILD=1` for them). Upstream Autopilot's names are accepted as aliases. Durations accept `1h`, `30m`, `15s`,
-`250ms` or bare seconds, up to 100 years; `0` disables a loop. Lists are comma-separated; maps are
-`key=value,key=value`.
+`AUTOPILOT_UP_CHILD=1` for them). Upstream Autopilot's names are accepted as aliases. Durations
+accept `1h`, `30m`, `15s`, `250ms` or bare seconds, up to 100 years; `0` disables a loop. Lists
+are comma-separated; maps are `key=value,key=value`.
 
 In the Helm chart, the settings are the `config` values (`helm/autopilot/values.yaml`), written
 into a ConfigMap; the node name, Redis URL, token, namespace and image are set by the chart.
