@@ -35,7 +35,7 @@ from gunicorn.http.errors import (  # type: ignore[import-untyped]
 )
 from gunicorn.workers.gthread import ThreadWorker  # type: ignore[import-untyped]
 
-from autopilot import config, errors
+from autopilot import config, errors, parsing
 
 log = logging.getLogger("autopilot.api")
 
@@ -153,9 +153,7 @@ def main(argv: Sequence[str]) -> int:
             raise errors.ConfigError("AUTOPILOT_REDIS_URL is not set (or use `autopilot up`)")
         if args.host:
             args.host = config.bind_address(args.host, "--host")  # gunicorn retried ";rm", then exited 1
-        port = args.port if args.port is not None else settings.api_port
-        if not 1 <= port <= 65535:
-            raise errors.BadParameter("--port", f"must be 1..65535, got {port}")
+        port = settings.api_port if args.port is None else parsing.check_port(args.port, field="--port")
         threads = args.threads if args.threads is not None else settings.api_max_waits + SPARE_THREADS
         if not 1 <= args.workers <= 64 or not 1 <= threads <= 1024:
             raise errors.BadParameter("--workers", "workers must be 1..64 and threads 1..1024")

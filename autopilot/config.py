@@ -30,6 +30,7 @@ from autopilot.parsing import (  # noqa: F401 - re-exported
     parse_list,
     parse_mapping,
     parse_number,
+    parse_port,
 )
 
 if TYPE_CHECKING:
@@ -453,7 +454,6 @@ def _node_deadline(text: str, var: str) -> float:
 
 
 REDIS_SCHEMES = ("redis", "rediss", "unix", "sentinel")
-_HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
 
 
 def _redis_url(text: str, var: str) -> str:
@@ -474,7 +474,8 @@ def bind_address(text: str, var: str) -> str:
     try:
         ipaddress.ip_address(value)
     except ValueError:
-        if len(value) > 253 or not _HOSTNAME.fullmatch(value):
+        # A host name: DNS labels (any case) of at most 63 characters, 253 in all.
+        if len(value) > 253 or not all(names.is_dns1123_label(part) for part in value.lower().split(".")):
             raise errors.BadParameter(var, f"not an IP address or host name: {value[:80]!r}") from None
     return value
 
@@ -659,7 +660,7 @@ _FIELDS: list[tuple[str, str, tuple[str, ...], Any]] = [
     ("api_url", "AUTOPILOT_API_URL", (), lambda t, v: api_url(t, field=v)),
     ("log_level", "AUTOPILOT_LOG_LEVEL", (), log_level),
     ("extra_checks", "AUTOPILOT_EXTRA_CHECKS", (), _modules),
-    ("api_port", "AUTOPILOT_API_PORT", (), _int_in(1, 65535)),
+    ("api_port", "AUTOPILOT_API_PORT", (), lambda t, v: parse_port(t.strip(), field=v)),
     ("api_max_waits", "AUTOPILOT_API_MAX_WAITS", (), _int_in(1, 1000)),
     ("api_redis_timeout_s", "AUTOPILOT_API_REDIS_TIMEOUT", (), _positive_duration),
     ("api_max_body", "AUTOPILOT_API_MAX_BODY", (), _int_in(1024, 1024**3)),
@@ -719,16 +720,10 @@ def variables() -> list[tuple[str, str, tuple[str, ...]]]:
 
 
 # AUTOPILOT_* names that are not settings: the test suites' and the demo script's own switches.
-NOT_SETTINGS = (
-    "AUTOPILOT_E2E_",
-    "AUTOPILOT_GPU_TESTS",
-    "AUTOPILOT_FUZZ_EXAMPLES",
-    "AUTOPILOT_DEMO_",
-    "AUTOPILOT_UP_CHILD",
-)
 # Set ("1") by ``autopilot up`` in the environment of the processes it starts: ``up`` has already named
 # every unknown variable once, so its API, workers, beat and simulators do not name each again.
 UP_CHILD = "AUTOPILOT_UP_CHILD"
+NOT_SETTINGS = ("AUTOPILOT_E2E_", "AUTOPILOT_GPU_TESTS", "AUTOPILOT_FUZZ_EXAMPLES", "AUTOPILOT_DEMO_", UP_CHILD)
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:

@@ -215,6 +215,7 @@ def _telemetry_section(device: Mapping[str, Any], section: str) -> Mapping[str, 
 
 
 def _span(part: Mapping[str, Any], field: str) -> tuple[float, float] | None:
+    """``(min, max)`` of an NVML field the program sampled during a section (None: not read)."""
     value = part.get(field)
     if not isinstance(value, _MAPPINGS):
         return None
@@ -222,12 +223,6 @@ def _span(part: Mapping[str, Any], field: str) -> tuple[float, float] | None:
     if type(low) is bool or type(high) is bool or not isinstance(low, _NUMBERS) or not isinstance(high, _NUMBERS):
         return None
     return float(low), float(high)
-
-
-def telemetry_range(device: Mapping[str, Any], section: str, field: str) -> tuple[float, float] | None:
-    """``(min, max)`` of an NVML field the program sampled during ``section`` (None: not read)."""
-    part = _telemetry_section(device, section)
-    return None if part is None else _span(part, field)
 
 
 def under_load(device: Mapping[str, Any], section: str) -> dict[str, Any]:
