@@ -790,10 +790,10 @@ _XML_COUNTED = frozenset({"multiple_single_bit_retirement", "double_bit_retireme
 
 def _looks_like_xml(text: str) -> bool:
     head = text.lstrip()
-    # Only a warning ahead of the document matters here; splitting a whole report to find it is not needed.
-    first, _, rest = head.partition("\n")
-    if split_driver_warnings(first)[1]:
-        head = rest.lstrip()
+    # Only the warnings ahead of the document matter here (one per GPU whose infoROM is corrupted):
+    # they are stepped over line by line, not by splitting the whole report.
+    while _DRIVER_WARNING.match(head.partition("\n")[0].strip()):
+        head = head.partition("\n")[2].lstrip()
     return head[:512].startswith("<?xml") or "<nvidia_smi_log" in head[:512]
 
 

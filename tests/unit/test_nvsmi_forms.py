@@ -65,6 +65,17 @@ def test_xml_with_the_drivers_inforom_warning_around_it_gives_the_same_verdict(w
     assert nvsmi.parse_q(text).warnings == (warning.strip(),)
 
 
+def test_xml_behind_a_warning_for_each_of_sixteen_corrupted_inforoms_is_still_xml() -> None:
+    # One warning line per GPU whose infoROM is corrupted (16 on a DGX-2), all printed ahead of the
+    # document: far more than the first 512 characters of the answer.
+    stem = "drv535.129.03_h100x2_remap-failure_width-x8"
+    xml = fixture(f"q-x_{stem}.xml")
+    warnings = "".join(f"WARNING: infoROM is corrupted at gpu 0000:{bus:02X}:00.0\n" for bus in range(0x10, 0x20))
+    for check in CHECKS:
+        assert verdict(judge(check, warnings + xml)) == verdict(judge(check, xml)), check
+    assert nvsmi.parse_q(warnings + xml).xml
+
+
 def test_xml_driver_470_throttle_reasons_and_remap_pending() -> None:
     text = fixture("q-x_drv470.82.01_a100x2_throttle-hw-slowdown_remap-pending.xml")
     power = judge("gpupower", text)
