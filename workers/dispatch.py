@@ -8,8 +8,9 @@ a light check never waits behind another run's GPU check. (It used to be two mes
 light and GPU; one message halves the broker work of a fan-out, which is most of a worker's CPU.)
 
 ``send_all(d, envelopes)`` sends many envelopes at once: ``CeleryDispatcher.send_many`` publishes
-them through one producer in one Redis pipeline (a 1,000-node gather costs one round trip per
-thousand messages, not one per message); a dispatcher without ``send_many`` gets them one by one.
+them through one producer in one Redis pipeline (one round trip per batch, not one per message;
+a 1,000-node gather sends six growing slices, ``runs.SEND_FIRST``); a dispatcher without
+``send_many`` gets them one by one.
 
 ``Flights`` makes check requests coalesce (single flight): before a gather sends, it claims each
 (node, check, parameters) in Redis. A request for one already queued or running, and not yet

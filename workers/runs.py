@@ -6,7 +6,8 @@ periodic and invasive ticks call ``tick`` (``workers.tasks.fanout``). Every run,
 it, is created, sent and reported here.
 
 ``create_run`` records a run; ``Gather`` sends one ``Envelope`` per node through the dispatcher
-(all the nodes that fit in the free slots in one batch: ``dispatch.send_all``),
+(the nodes that fit in the free slots in growing slices, each one claim wave and one
+``dispatch.send_all`` batch, so the first nodes start while the rest are claimed),
 at most ``batch`` nodes in flight at once (the next node is sent when one finishes), and polls
 the store until every (node, check) pair is in or the node's deadline has passed. Each node's
 deadline counts from when it was sent, so a node never waits behind another's slow answer, and a

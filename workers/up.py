@@ -162,11 +162,11 @@ def split_simulation(n: int, processes: int | None = None, *, cores: int | None 
 
     ``processes`` (``--sim-processes``) is taken as given. The default is one process per
     ``NODES_PER_SIM_PROCESS`` nodes, at most ``MAX_SIM_PROCESSES`` and at most two per core
-    (``cores``, default ``usable_cores()``). A simulator waits on Redis between its steps (one
-    round trip per message fetched, acked, saved), and with one process per core those waits left
-    a fifth of the cores idle during a 1,000-node status; two per core fill them (measured back to
-    back on 2 cores: 0.4 to 0.55 idle core-seconds per status against 1.1 to 1.3, and a status
-    0.2 to 1 s sooner; docs/PERFORMANCE.md). Beyond that, each process only adds its own work.
+    (``cores``, default ``usable_cores()``). With one process per core, a fifth of the cores sat
+    idle during a 1,000-node status (a simulator is one process under one GIL, and blocks on Redis
+    between its steps); two per core fill them (measured back to back on 2 cores: 0.4 to 0.55 idle
+    core-seconds per status against 1.1 to 1.3, and a status 0.2 to 1 s sooner;
+    docs/PERFORMANCE.md). Beyond that, each process only adds its own work.
     """
     if n <= 0:
         return []
