@@ -11,6 +11,7 @@ Plain ``urllib`` with timeouts: the client needs no dependency beyond the packag
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import math
@@ -21,7 +22,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from rich.console import Console
@@ -67,6 +68,16 @@ class ClientError(Exception):
 
 def _unexpected(base: str, what: str) -> ClientError:
     return ClientError(f"the API at {base} sent {what} of an unexpected shape (is that an Autopilot API?)", EXIT_ERROR)
+
+
+@contextlib.contextmanager
+def _shaped(base: str, what: str) -> Iterator[None]:
+    """Around output built whole from an answer before anything is printed: an answer that is not
+    ``what`` (a missing key, a wrong type) is one error line, never half a table and a traceback."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise _unexpected(base, what) from None
 
 
 class ApiClient:
@@ -225,16 +236,13 @@ def status_main(argv: Sequence[str]) -> int:
 
 
 def _report_text(report: Mapping[str, Any], base: str) -> list[Any]:
-    """The table and the lines under it, built whole before anything is printed: an answer that is not
-    a report is one error line, never half a table and a traceback."""
-    try:
+    """The table and the lines under it, built whole before anything is printed (``_shaped``)."""
+    with _shaped(base, "a report"):
         shown: list[Any] = [report_table(report), Text(totals_line(report))]
         if report.get("network"):  # who the network checks' pairs point at (ping, the iperf ring)
             # The CLI client assembles its own process: the shipped checks name the tags.
             lines = text.network_lines(report["network"], registry.shipped())
             shown.append(Text(printable("\n".join(lines))))
-    except (KeyError, TypeError, ValueError, AttributeError):
-        raise _unexpected(base, "a report") from None
     return shown
 
 
@@ -404,12 +412,12 @@ def nodes_main(argv: Sequence[str]) -> int:
         answer = client.call("GET", "/api/v1/nodes?gpus=true" if args.gpus else "/api/v1/nodes")
         if not isinstance(answer, dict) or not isinstance(answer.get("nodes"), list):
             raise _unexpected(client.base, "a node list")
-        try:  # built whole before printing: one error line for an answer that is not a node list
-            shown: Any = json.dumps(answer, indent=2) if args.json else None
-            if shown is None:
-                shown = gpus_table(answer) if args.gpus else nodes_table(answer, time.time())
-        except (KeyError, TypeError, ValueError, AttributeError):
-            raise _unexpected(client.base, "a node list") from None
+        with _shaped(client.base, "a node list"):
+            shown: Any = (
+                json.dumps(answer, indent=2)
+                if args.json
+                else gpus_table(answer) if args.gpus else nodes_table(answer, time.time())
+            )
     except ClientError as exc:
         print(f"autopilot nodes: {exc}", file=sys.stderr)
         return exc.code
