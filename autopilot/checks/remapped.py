@@ -169,8 +169,13 @@ def _parse_q(text: str, *, whole: bool = False) -> tuple[dict[int, Reading], dic
 def _parse_csv(text: str) -> tuple[dict[int, Reading], dict[int, dict[str, Any]], str]:
     readings: dict[int, Reading] = {}
     facts: dict[int, dict[str, Any]] = {}
-    # The remapped-rows query has no index field; rows come in nvidia-smi index order.
-    for index, row in enumerate(nvsmi.parse_csv(text)):
+    # The remapped-rows query has no index field; rows come in nvidia-smi index order, around the
+    # GPUs nvidia-smi could not open (``nvsmi.parse_csv_gpus`` places them).
+    for index, row in nvsmi.parse_csv_gpus(text):
+        if isinstance(row, nvsmi.LostGpu):
+            facts[index] = {"gpu_bus_id": row.bus_id}
+            readings[index] = DeviceResult(str(index), Status.ERROR, detail=row.error)
+            continue
         facts[index] = {k: row[k] for k in ("gpu_bus_id", "gpu_uuid", "gpu_name") if k in row}
         try:
             rows = nvsmi.remapped_rows_from_csv_row(row)

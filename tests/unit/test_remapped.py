@@ -300,3 +300,18 @@ def test_filtered_report_without_remapped_rows_is_an_error() -> None:
 def test_registered_with_evaluate_text() -> None:
     spec = registry.REGISTRY.get("remapped")
     assert spec.uses_gpu and spec.evaluate_text is remapped.evaluate_text
+
+
+def test_saved_remapped_rows_csv_with_a_lost_gpu_keeps_every_gpu_at_its_index() -> None:
+    # --query-remapped-rows with GPU 1 lost: its stderr line printed first (2>&1), then the rows of
+    # GPUs 0 and 2 in index order. Before, the line made the whole answer unreadable.
+    text = (
+        "Unable to determine the device handle for GPU1: 0000:2B:00.0: Unknown Error\n"
+        "gpu_bus_id, remapped_rows.correctable, remapped_rows.uncorrectable, remapped_rows.pending, "
+        "remapped_rows.failure\n"
+        "00000000:1A:00.0, 0, 0, No, No\n"
+        "00000000:3C:00.0, 0, 2, Yes, No\n"
+    )
+    result = remapped.evaluate_text(text, {}, None)
+    assert [(d.id, d.status) for d in result.devices] == [("0", Status.OK), ("1", Status.ERROR), ("2", Status.WARN)]
+    assert result.data["gpus"]["2"]["gpu_bus_id"] == "00000000:3C:00.0"
