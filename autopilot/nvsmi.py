@@ -710,7 +710,8 @@ def pcie_link_from_q(section: GpuSection) -> dict[str, int | None]:
 
     Returns ``current_gen``, ``max_gen``, ``current_width``, ``max_width`` (the names of
     ``gpus.PcieLink``), plus ``device_current_gen``, ``device_max_gen`` and ``host_max_gen``
-    where the driver prints them (535+); a value the report gives as N/A is None. ``max_gen`` is
+    where the driver prints them (535+); a value the report gives as N/A is None, as is one of
+    those three that the driver could not read (``Unknown Error``). ``max_gen`` is
     what nvidia-smi calls ``Max`` (on 535+ the lower of device and host maximum). Note that an
     idle GPU may downtrain its link (an idle RTX 4090 reads Current 1, Max 4): a low
     ``current_gen`` at idle is power saving, not a fault. ``ParseError`` when the block is
@@ -733,7 +734,14 @@ def pcie_link_from_q(section: GpuSection) -> dict[str, int | None]:
             if required:
                 raise ParseError(f"{what} {block.key} {key}: missing")
             return None
-        return integer(entry.value, f"{what} {block.key} {key}", suffix=suffix)
+        try:
+            return integer(entry.value, f"{what} {block.key} {key}", suffix=suffix)
+        except ParseError:
+            if required:
+                raise
+            # The device/host figures only inform: a GPU in a VM answers ``Host Max : Unknown
+            # Error`` (its host bridge is virtual), which says nothing about the link itself.
+            return None
 
     return {
         "current_gen": read(gen, "Current", required=True),

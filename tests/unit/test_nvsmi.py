@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from autopilot import gpus, nvsmi
-from autopilot.checks import remapped
+from autopilot.checks import pciebw, remapped
 from autopilot.config import Settings
 from autopilot.results import Status
 from tests.conftest import sample_text
@@ -379,6 +379,38 @@ def test_pcie_link_from_q() -> None:
     }
     with pytest.raises(nvsmi.ParseError, match="no PCI"):
         nvsmi.pcie_link_from_q(nvsmi.parse_q(TWO_GPUS).gpus[1])
+
+
+def _v100_in_a_vm(host_max: str, current: str = "3") -> str:
+    """``nvidia-smi -q -d PCI`` of a Tesla V100-SXM2 passed through to a cloud VM (bus 00:04.0),
+    written by hand after a public copy of a full report (driver 550-era layout): the driver cannot
+    read the virtual host bridge and prints ``Host Max : Unknown Error``."""
+    return f"""\
+Attached GPUs                             : 1
+GPU 00000000:00:04.0
+    PCI
+        Bus Id                            : 00000000:00:04.0
+        GPU Link Info
+            PCIe Generation
+                Max                       : 3
+                Current                   : {current}
+                Device Current            : 3
+                Device Max                : 3
+                Host Max                  : {host_max}
+            Link Width
+                Max                       : 16x
+                Current                   : 16x
+"""
+
+
+def test_an_unreadable_host_figure_leaves_the_link_readable() -> None:
+    link = nvsmi.pcie_link_from_q(nvsmi.parse_q(_v100_in_a_vm("Unknown Error")).gpus[0])
+    assert (link["current_gen"], link["max_gen"], link["current_width"], link["host_max_gen"]) == (3, 3, 16, None)
+    result = pciebw.evaluate_text(_v100_in_a_vm("Unknown Error"), {}, Settings())
+    assert [(d.id, d.status) for d in result.devices] == [("0", Status.OK)]
+    # The figures the check judges stay strict.
+    with pytest.raises(nvsmi.ParseError, match="Current"):
+        nvsmi.pcie_link_from_q(nvsmi.parse_q(_v100_in_a_vm("3", current="Unknown Error")).gpus[0])
 
 
 # ---------------------------------------------------------------- public samples
