@@ -847,6 +847,10 @@ MAX_XML_CHARS = 32 * 1024 * 1024
 # declare them; nvidia-smi's own output has neither (only ``<!DOCTYPE nvidia_smi_log SYSTEM
 # "nvsmi_device_vNN.dtd">``, which ElementTree never fetches), so any such document is refused.
 _XML_REFUSED = re.compile(r"<!ENTITY|<!DOCTYPE[^>\[]*\[", re.IGNORECASE)
+# Characters XML 1.0 forbids. nvidia-smi run concurrently has been seen to print arbitrary bytes
+# inside ``<process_name>`` (common-workflow-language/cwltool#1910), which made expat refuse the
+# whole report; they become U+FFFD, so only a field we read and that holds them is unreadable.
+_XML_FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 _XML_HEADER = {
     "timestamp": "Timestamp",
     "driver_version": "Driver Version",
@@ -924,7 +928,7 @@ def _parse_xml(text: str) -> QReport:
     if _XML_REFUSED.search(text):
         raise ParseError("XML with entity declarations or an internal DTD subset: refused (not nvidia-smi output)")
     try:
-        root = ElementTree.fromstring(text.strip())
+        root = ElementTree.fromstring(_XML_FORBIDDEN.sub("\ufffd", text.strip()))
     except ElementTree.ParseError as exc:
         raise ParseError(f"invalid XML: {exc}") from None
     if root.tag != "nvidia_smi_log":
