@@ -207,6 +207,20 @@ def test_ping_check_judges_each_peer_and_interface(make_ctx) -> None:  # type: i
     assert ping.ping_argv("192.0.2.1", 3, 1.0) not in [list(c) for c in runner.calls]
 
 
+@pytest.mark.parametrize(
+    "said",
+    [
+        "ping: connect: Network is unreachable",  # iputils (glibc)
+        "ping: sendto: Network unreachable",  # busybox on musl (Alpine): no summary follows
+        "ping: sendto: Host is unreachable",
+    ],
+)
+def test_ping_refused_by_the_network_is_a_failed_link_not_a_tool_error(said: str) -> None:
+    out = CommandResult(("ping",), 1, "PING 192.0.2.4 (192.0.2.4): 56 data bytes\n", said + "\n")
+    status, loss, detail, _ = ping.judge_reply(out)
+    assert (status, loss, detail) == (Status.FAIL, 100.0, said)
+
+
 def test_ping_check_honours_node_selection_and_errors(make_ctx) -> None:  # type: ignore[no-untyped-def]
     runner = runner_for({"192.0.2.2": (2, "", "ping: socket: Operation not permitted")})
     ctx = make_ctx(commands=runner, peers=StaticPeers(PEERS))
