@@ -148,13 +148,17 @@ def _pid(found: re.Match[str] | None) -> str:
 
 _PREFIXES = (
     re.compile(r"^\d+,\d+,\d+,[^;]*;"),  # raw /dev/kmsg
-    re.compile(r"^(?:<\d>)?\[\s*[\d.]+\]\s?"),  # dmesg; /proc/kmsg (``<4>[ 12.345678] ...``)
+    # dmesg; /proc/kmsg (``<4>[ 12.345678] ...``); dmesg -H's deltas (``[  +0.000004] ...``)
+    re.compile(r"^(?:<\d>)?\[\s*\+?[\d.]+\]\s?"),
     re.compile(r"^\[[A-Z][a-z]{2} [A-Z][a-z]{2} [ \d]\d [\d:]{8} \d{4}\]\s?"),  # dmesg -T
+    re.compile(r"^\[[A-Z][a-z]{2}\s+\d{1,2} [\d:]{5}\]\s?"),  # dmesg -H (``[Jun  1 10:11] ...``)
     re.compile(r"^\w+\s*:\s*\w+\s*: \d{4}-\d\d-\d\dT[\d:,.]+[+-]\d\d:\d\d\s"),  # dmesg --decode --time-format=iso
     # journalctl -o short / short-precise, syslog; journalctl -o short-iso / short-iso-precise, RFC 3339 syslog
     re.compile(r"^[A-Z][a-z]{2} [ \d]\d [\d:]{8}(?:\.\d+)? \S+ kernel: "),
     re.compile(r"^\d{4}-\d\d-\d\dT[\d:]{8}(?:[.,]\d+)?(?:Z|[+-]\d\d:?\d\d)? \S+ kernel: "),
     re.compile(r"^[A-Z][a-z]{2} [ \d]\d [\d:]{8}(?:\.\d+)? \S+ \S+: "),  # syslog, other programs
+    # dmesg --time-format=iso: after the journal's ISO form, which has a host and "kernel:" too
+    re.compile(r"^\d{4}-\d\d-\d\dT[\d:]{8}[,.]\d+[+-]\d\d:\d\d\s"),
 )
 # The kernel's own timestamp that a syslog daemon reading /proc/kmsg keeps after its prefix.
 _KERNEL_TIME = re.compile(r"^\[\s*\d+\.\d+\]\s?")

@@ -198,6 +198,9 @@ def test_the_open_drivers_fallen_off_the_bus_notice_one_line_per_log_line_is_one
         "2025-06-01T10:11:12.123456+00:00 gpu-7 kernel: ",  # journalctl -o short-iso-precise, rsyslog RFC 3339
         "Jun 01 10:11:12.123456 gpu-7 kernel: ",  # journalctl -o short-precise
         "Jun  1 10:11:12 gpu-7 kernel: [ 1843.308145] ",  # kern.log: the kernel's timestamp kept
+        "2025-06-01T10:11:12,123456+00:00 ",  # dmesg --time-format=iso
+        "[Jun  1 10:11] ",  # dmesg -H, first line of a minute
+        "[  +0.000004] ",  # dmesg -H, later lines
     ],
 )
 def test_journal_and_syslog_time_formats_leave_the_kernel_message(line: str) -> None:
