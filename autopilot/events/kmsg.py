@@ -188,6 +188,7 @@ def _continues(current: list[str], body: str) -> bool:
         and "fallen off the bus" not in " ".join(current)
         and body.startswith("NVRM: ")
         and not _XID.search(body)
+        and not _FALLEN.search(body)  # another GPU's own notice is its own message
     )
 
 

@@ -184,10 +184,13 @@ _FALLEN = (
 def test_the_open_drivers_fallen_off_the_bus_notice_one_line_per_log_line_is_one_xid_79(prefix: str) -> None:
     text = "".join(f"{prefix}{line}\n" for line in _FALLEN)
     text += f"{prefix}NVRM: Xid (PCI:0000:3b:00): 13, pid=1, name=python, Graphics Exception\n"
+    # A headline cut short (its other lines lost) takes no later GPU's own message with it.
+    text += f"{prefix}{_FALLEN[0].replace('b3', 'c3')}\n{prefix}NVRM: GPU 0000:d3:00.0: GPU has fallen off the bus.\n"
     events = [e for m in kmsg.messages_from_text(text) for e in kmsg.classify(m)]
     assert [(e.code, e.device, e.action) for e in events] == [
         ("xid.79", "0000:b3:00.0", Action.EVICT),
         ("xid.13", "0000:3b:00.0", Action.IGNORE),
+        ("xid.79", "0000:d3:00.0", Action.EVICT),
     ]
 
 
