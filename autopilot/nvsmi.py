@@ -258,9 +258,10 @@ def _indexes(named: Sequence[int | None]) -> list[int]:
     entry names and no earlier one took. A GPU nvidia-smi could not open is named on stderr, which
     a saved copy may print ahead of every row, so position alone would shift every later GPU."""
     taken = [i for i in named if i is not None]
-    if len(set(taken)) != len(taken):
-        raise ParseError(f"GPU index named twice: {sorted(i for i in set(taken) if taken.count(i) > 1)}")
-    free = (i for i in itertools.count() if i not in set(taken))
+    unique = set(taken)
+    if len(unique) != len(taken):
+        raise ParseError(f"GPU index named twice: {sorted(i for i in unique if taken.count(i) > 1)}")
+    free = (i for i in itertools.count() if i not in unique)
     return [i if i is not None else next(free) for i in named]
 
 
