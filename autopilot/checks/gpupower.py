@@ -204,13 +204,14 @@ class _NvidiaSmi(_nvml_fallback.SmiQuery[Reading]):
                 if exc.field.startswith(prefix):
                     continue  # a driver that predates (or dropped) these names: try the other spelling
                 return str(exc)
-            if out.returncode != 0:
+            # A GPU nvidia-smi could not open is named on stderr, after the rows of those it could
+            # (exit code 0 on some drivers, non-zero on others): the rows are still an answer.
+            lost = [line for line in out.stderr.splitlines() if nvsmi.lost_gpu(line) is not None]
+            if out.returncode != 0 and not lost:
                 self.no_driver = nvsmi.NO_DRIVER in said
                 first = (said.strip() or "no output").splitlines()[0]
                 return f"nvidia-smi exited {out.returncode}: {first[:200]}"
             try:
-                # A GPU nvidia-smi could not open is named on stderr, with exit code 0 on some drivers.
-                lost = [line for line in out.stderr.splitlines() if nvsmi.lost_gpu(line) is not None]
                 text = "\n".join([*lost, out.stdout])
                 return _from_rows(nvsmi.parse_csv_gpus(text, query_fields(prefix)))
             except nvsmi.ParseError as exc:

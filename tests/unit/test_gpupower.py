@@ -185,9 +185,11 @@ def test_unreadable_query_values_are_device_errors_not_passes(make_ctx: MakeCtx)
 LOST_GPU3 = "Unable to determine the device handle for GPU3: 0000:1D:00.0: Unknown Error\n"
 
 
-def test_a_gpu_nvidia_smi_names_only_on_stderr_is_an_error_not_left_out(make_ctx: MakeCtx) -> None:
+@pytest.mark.parametrize("returncode", [0, 15])
+def test_a_gpu_nvidia_smi_names_only_on_stderr_is_an_error_not_left_out(make_ctx: MakeCtx, returncode: int) -> None:
+    # Exit code 0 on some drivers; others exit non-zero after listing the GPUs that still answer.
     runner = FakeRunner()
-    runner.add(NEW_ARGV, csv_row(0) + csv_row(1) + csv_row(2) + csv_row(4), stderr=LOST_GPU3)
+    runner.add(NEW_ARGV, csv_row(0) + csv_row(1) + csv_row(2) + csv_row(4), stderr=LOST_GPU3, returncode=returncode)
     result = gpupower.run(make_ctx(commands=runner, gpus=FakeTelemetry(unavailable="no NVML")), {})
     assert [(d.id, d.status) for d in result.devices] == [
         ("0", Status.OK),
