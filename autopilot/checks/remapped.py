@@ -207,11 +207,14 @@ class _NvidiaSmi(_nvml_fallback.SmiQuery[Reading]):
         if nvsmi.NO_DEVICES in said_all:
             return {}, {}
         self.no_driver = nvsmi.NO_DRIVER in said_all
-        if out.returncode != 0:
+        # A GPU nvidia-smi could not open, named with its index on stderr (newer drivers), stands
+        # for its section; the report of the others is still an answer, whatever the exit code.
+        lost = [line for line in out.stderr.splitlines() if (gpu := nvsmi.lost_gpu(line)) and gpu.index is not None]
+        if out.returncode != 0 and not lost:
             said = (text.strip() or out.stderr.strip() or "no output").splitlines()[0]
             return f"nvidia-smi exited {out.returncode}: {said[:200]}"
         try:
-            readings, facts, _ = _parse_q(text, whole=True)
+            readings, facts, _ = _parse_q("\n".join([*lost, text]), whole=True)
         except nvsmi.ParseError as exc:
             return f"unreadable nvidia-smi output: {exc}"
         return readings, facts

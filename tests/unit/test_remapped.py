@@ -145,6 +145,26 @@ def test_nvidia_smi_failing_too_leaves_the_gpu_in_error(make_ctx: MakeCtx) -> No
     assert result.devices[1].detail.startswith("NVML: lost; nvidia-smi exited 15: Unable to determine")
 
 
+@pytest.mark.parametrize("returncode", [0, 15])
+def test_nvidia_smi_naming_a_lost_gpu_on_stderr_still_answers_for_the_others(
+    make_ctx: MakeCtx, returncode: int
+) -> None:
+    # Newer drivers name the GPU they could not open with its index ("for GPU1: 0000:2B:00.0"),
+    # on stderr; the report holds the other sections under the system's count.
+    report = row_remapper_report(block("00000000:1A:00.0"), block("00000000:3C:00.0", pending="Yes"))
+    runner = FakeRunner()
+    runner.add(
+        ARGV,
+        report.replace(
+            "Attached GPUs                             : 2", "Attached GPUs                             : 3"
+        ),
+        stderr="Unable to determine the device handle for GPU1: 0000:2B:00.0: Unknown Error\n",
+        returncode=returncode,
+    )
+    result = remapped.run(make_ctx(commands=runner, gpus=FakeTelemetry(unavailable="no NVML")), {})
+    assert [(d.id, d.status) for d in result.devices] == [("0", Status.OK), ("1", Status.ERROR), ("2", Status.WARN)]
+
+
 def test_gpu_without_row_remapper_is_skipped(make_ctx: MakeCtx) -> None:
     volta = FakeGpu(name="NVIDIA TITAN V", raises=errors.GpuError("Not Supported", remapped.NVML_NOT_SUPPORTED))
     result = remapped.run(make_ctx(commands=FakeRunner(installed=["nvidia-smi"]), gpus=FakeTelemetry([volta])), {})
