@@ -16,6 +16,7 @@ leave to it). Our exit codes and one-line errors would need the same wrapping un
 from __future__ import annotations
 
 import argparse
+import codecs
 import dataclasses
 import importlib
 import json
@@ -93,11 +94,20 @@ def read_saved_output(path: str) -> str:
             data = file.read(MAX_SAVED_OUTPUT + 1)
     if len(data) > MAX_SAVED_OUTPUT:
         raise UsageError(f"{path}: more than {MAX_SAVED_OUTPUT >> 20} MiB, not a saved tool output")
-    text = data if isinstance(data, str) else data.decode(errors="replace")
+    text = data.removeprefix("\ufeff") if isinstance(data, str) else _decoded(data)
     lines = text.splitlines(keepends=True)
     while lines and lines[0].startswith("#"):
         lines.pop(0)
     return "".join(lines)
+
+
+def _decoded(data: bytes) -> str:
+    """A saved file's text: UTF-8 without a byte-order mark (Notepad writes one), or UTF-16 where the
+    file starts with its mark (Windows PowerShell 5's ``nvidia-smi -q > out.txt``). The mark is no
+    part of the tool's answer, and before it a report's first line was unreadable."""
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return data.decode("utf-16", errors="replace")
+    return data.decode("utf-8-sig", errors="replace")
 
 
 def _load_checks() -> registry.CheckRegistry:

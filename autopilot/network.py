@@ -82,6 +82,8 @@ def parse_iperf3(text: str) -> IperfStats:
     doc = _first_json_object(text)
     if not isinstance(doc, dict):
         raise errors.ParseError("iperf3 output is not a JSON object")
+    if "event" in doc and "data" in doc:
+        doc = _from_stream(text)
     if doc.get("error"):
         raise errors.ToolError(f"iperf3: {doc['error']}")
     try:
@@ -114,6 +116,22 @@ def _iperf_stats(doc: dict[str, Any]) -> IperfStats:
             lost_percent=float(total.get("lost_percent", 0) or 0),
         )
     raise errors.ParseError("iperf3 JSON has no end summary (run interrupted?)")
+
+
+def _from_stream(text: str) -> dict[str, Any]:
+    """The one document ``iperf3 --json-stream`` (3.16+, esnet/iperf#1098) spreads over one event per
+    line (``{"event": "start" | "interval" | "end" | "error", "data": ...}``): its start, end and error."""
+    doc: dict[str, Any] = {}
+    for line in text.splitlines():
+        if not line.strip().startswith("{"):
+            continue
+        try:
+            event = jsoncodec.loads(line)
+        except ValueError as exc:
+            raise errors.ParseError(f"iperf3 --json-stream line is not JSON: {exc}") from None
+        if isinstance(event, dict) and event.get("event") in ("start", "end", "error"):
+            doc[str(event["event"])] = event.get("data")
+    return doc
 
 
 def _first_json_object(text: str) -> Any:

@@ -61,16 +61,27 @@ def cpu_model(cpuinfo: str) -> str:
 
 
 def parse_ip_addr_json(text: str) -> dict[str, list[str]]:
-    """``ip -j addr show`` -> {interface: [addresses]} without loopback and link-local."""
+    """``ip -j addr show`` -> {interface: [addresses]} without loopback and link-local.
+
+    iproute2 4.20 (Debian 10) prints empty objects among the links (``[{}, {"ifname": ...}, {}]``,
+    greshake/i3status-rust#997); an entry that is not a link, or an address entry without a
+    ``local`` address, is skipped rather than read as the address ``"None"`` that peers would ping.
+    ``ValueError`` for text that is not a JSON list.
+    """
+    links = json.loads(text or "[]")
+    if not isinstance(links, list):
+        raise ValueError("ip -j addr: not a JSON list")
     out: dict[str, list[str]] = {}
-    for link in json.loads(text or "[]"):
-        name = link.get("ifname", "")
-        if not name or name == "lo":
+    for link in links:
+        name = link.get("ifname", "") if isinstance(link, dict) else ""
+        if not isinstance(name, str) or not name or name == "lo":
             continue
-        for info in link.get("addr_info", []):
-            if info.get("scope") == "link":
+        infos = link.get("addr_info")
+        for info in infos if isinstance(infos, list) else ():
+            local = info.get("local") if isinstance(info, dict) else None
+            if not isinstance(local, str) or not local or info.get("scope") == "link":
                 continue
-            out.setdefault(name, []).append(str(info.get("local")))
+            out.setdefault(name, []).append(local)
     return out
 
 

@@ -45,6 +45,10 @@ stdout before or after any answer, are set aside (``QReport.warnings``), not rea
  CSV queries print ``name [unit], ...`` headers (unless
 ``noheader``) and one row per GPU; a field the driver does not know is answered with
 ``Field "x" is not a valid field to query.``, raised here as ``InvalidField``.
+ A GPU nvidia-smi cannot open is answered, in every form, by ``Unable to determine the device
+handle for GPU0000:04:00.0: Unknown Error`` (newer drivers: ``for GPU3: 0000:04:00.0: ...``, its
+index first) on stderr, while the other GPUs are answered: it becomes a section in error (``-q``)
+or a ``LostGpu`` (``parse_csv_gpus``) at its index, so the GPUs after it keep theirs.
 
 The readers of one GPU's block (``remapped_rows_from_q``, ``clock_reasons_from_q``,
 ``pcie_link_from_q``, ``retired_pages_from_q``) do not name the GPU in their messages; the caller
@@ -54,6 +58,7 @@ knows which it asked for.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from xml.etree import ElementTree
@@ -166,9 +171,11 @@ class QReport:
 
 
 _GPU_LINE = re.compile(r"^GPU\s+(?P<bus>[0-9A-Fa-f]{4,8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.[0-9A-Fa-f])\s*$")
+# Older drivers name the GPU by its bus id alone (``for GPU0000:0B:00.0: Unknown Error``); newer ones
+# put its index first (``for GPU3: 0000:04:00.0: Unknown Error``), which is then the GPU's index.
 _NO_HANDLE = re.compile(
-    r"^Unable to determine the device handle for (?:gpu\s*)?(?P<bus>[0-9A-Fa-f]{4,8}:[0-9A-Fa-f]{2}:"
-    r"[0-9A-Fa-f]{2}\.[0-9A-Fa-f])\s*:\s*(?P<why>.*)$",
+    r"^Unable to determine the device handle for (?:gpu\s*(?:(?P<index>\d{1,4})\s*:\s*)?)?"
+    r"(?P<bus>[0-9A-Fa-f]{4,8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.[0-9A-Fa-f])\s*:\s*(?P<why>.*)$",
     re.IGNORECASE,
 )
 # A key never contains ':'; the value starts after ':' and at least one blank, so bus ids such as
@@ -208,10 +215,54 @@ class _Building:
 
 def looks_like_q(text: str) -> bool:
     """Whether ``text`` is a ``-q`` report: a ``GPU <bus id>`` section heading, the line that stands
-    for a GPU nvidia-smi could not open (a report whose only GPU is lost has no heading), or XML."""
-    return _looks_like_xml(text) or any(
-        _GPU_LINE.match(line.rstrip()) or _NO_HANDLE.match(line.strip()) for line in text.splitlines()
-    )
+    for a GPU nvidia-smi could not open (a report whose only GPU is lost has no heading), or XML.
+
+    A CSV answer carries that line too, among its rows (``parse_csv_gpus``): beside comma-separated
+    lines it does not make the text a report."""
+    if _looks_like_xml(text):
+        return True
+    lines = text.splitlines()
+    if any(_GPU_LINE.match(line.rstrip()) for line in lines):
+        return True
+    lost = [line for line in lines if _NO_HANDLE.match(line.strip())]
+    return bool(lost) and not any("," in line for line in lines if line not in lost)
+
+
+@dataclasses.dataclass(frozen=True)
+class LostGpu:
+    """A GPU nvidia-smi could not open, from ``Unable to determine the device handle for ...``.
+
+    ``index`` is the one the line names (newer drivers), else None: it then stands where the GPU
+    would have been."""
+
+    bus_id: str
+    why: str
+    index: int | None = None
+
+    @property
+    def error(self) -> str:
+        return f"nvidia-smi could not open the GPU at {self.bus_id}: {self.why or 'no reason given'}"
+
+
+def lost_gpu(line: str) -> LostGpu | None:
+    """The GPU of one ``Unable to determine the device handle ...`` line, or None for any other line."""
+    found = _NO_HANDLE.match(line.strip())
+    if found is None:
+        return None
+    index = found.group("index")
+    return LostGpu(found.group("bus").upper(), found.group("why").strip(), int(index) if index else None)
+
+
+def _indexes(named: Sequence[int | None]) -> list[int]:
+    """The nvidia-smi index of each entry, in output order: the one it names, else the lowest that no
+    entry names and no earlier one took. A GPU nvidia-smi could not open is named on stderr, which
+    a saved copy may print ahead of every row, so position alone would shift every later GPU."""
+    taken = [i for i in named if i is not None]
+    unique = set(taken)
+    if len(unique) != len(taken):
+        raise ParseError(f"GPU index named twice: {sorted(i for i in unique if taken.count(i) > 1)}")
+    free = (i for i in itertools.count() if i not in unique)
+    return [i if i is not None else next(free) for i in named]
 
 
 def parse_q(text: str, *, whole: bool = False) -> QReport:
@@ -227,10 +278,18 @@ def parse_q(text: str, *, whole: bool = False) -> QReport:
     """
     if _looks_like_xml(text):
         kept, said = split_driver_warnings(text)
-        report = dataclasses.replace(_parse_xml("\n".join(line for _, line in kept)), warnings=said)
+        # GPUs nvidia-smi could not open are named on stderr, not in the document; a copy saved
+        # with both streams has their lines around it.
+        unopened = [found for _, line in kept if (found := lost_gpu(line)) is not None]
+        document = "\n".join(line for _, line in kept if lost_gpu(line) is None)
+        report = dataclasses.replace(_with_lost(_parse_xml(document), unopened), warnings=said)
         return _checked(report, whole=whole)
     header: dict[str, str] = {}
     sections: list[tuple[str, _Building, str | None]] = []
+    named: list[int | None] = []  # the index a section's line names (a GPU nvidia-smi could not open)
+    # Lost-GPU lines ahead of the report (stderr printed first in a saved copy): placed by the index
+    # they name, after the sections.
+    early: list[tuple[LostGpu, int, str]] = []
     stack: list[_Building] = []
     excerpt = False
     numbered, warnings = split_driver_warnings(text)
@@ -249,11 +308,16 @@ def parse_q(text: str, *, whole: bool = False) -> QReport:
             if gpu:
                 root = _Building("GPU", gpu.group("bus"), number, 0)
                 sections.append((gpu.group("bus").upper(), root, None))
+                named.append(None)
                 stack = [root]
                 continue
-            lost = _NO_HANDLE.match(line)
+            lost = lost_gpu(line)
+            if lost and not header and not sections:
+                early.append((lost, number, stripped))
+                continue
             if lost:
-                sections.append((lost.group("bus").upper(), _Building("GPU", None, number, 0), stripped))
+                sections.append((lost.bus_id, _Building("GPU", None, number, 0), stripped))
+                named.append(lost.index)
                 stack = []
                 continue
             kv = _KEY_VALUE.match(line)
@@ -278,11 +342,17 @@ def parse_q(text: str, *, whole: bool = False) -> QReport:
         stack[-1].children.append(node)
         stack.append(node)
 
+    for gone, number, line_said in early:
+        sections.append((gone.bus_id, _Building("GPU", None, number, 0), line_said))
+        named.append(gone.index)
     if not sections:
         raise ParseError("no 'GPU <bus id>' section: not nvidia-smi -q output")
     report = QReport(
         header=header,
-        gpus=tuple(GpuSection(index, bus, root.freeze(), error) for index, (bus, root, error) in enumerate(sections)),
+        gpus=tuple(
+            GpuSection(index, bus, root.freeze(), error)
+            for index, (bus, root, error) in zip(_indexes(named), sections, strict=True)
+        ),
         attached=_attached(header),
         excerpt=excerpt,
         warnings=warnings,
@@ -386,8 +456,10 @@ def raise_for_invalid_field(text: str) -> None:
 
 
 def first_line(text: str) -> str:
-    """The first line of an answer that says something: not blank, not a driver warning."""
-    return next((line for _, line in split_driver_warnings(text)[0] if line.strip()), "")
+    """The first line of an answer that says something: not blank, not a driver warning, and not
+    a GPU nvidia-smi could not open (its line may come first, from stderr) unless nothing else is there."""
+    said = [line for _, line in split_driver_warnings(text)[0] if line.strip()]
+    return next((line for line in said if lost_gpu(line) is None), said[0] if said else "")
 
 
 def parse_csv(text: str, fields: Sequence[str] | None = None) -> list[dict[str, str]]:
@@ -395,24 +467,64 @@ def parse_csv(text: str, fields: Sequence[str] | None = None) -> list[dict[str, 
 
     With ``fields`` None the first line is the header (units such as `` [MiB]`` dropped from the
     names); pass the queried ``fields`` for ``--format=csv,noheader``. Every row must have one
-    value per field.
+    value per field. A GPU nvidia-smi could not open is a ``ParseError`` here: the rows alone would
+    hide it; ``parse_csv_gpus`` reads it.
     """
+    rows: list[dict[str, str]] = []
+    for entry in _csv_entries(text, fields):
+        if isinstance(entry, LostGpu):
+            raise ParseError(entry.error)
+        rows.append(entry)
+    return rows
+
+
+def parse_csv_gpus(text: str, fields: Sequence[str] | None = None) -> list[tuple[int, dict[str, str] | LostGpu]]:
+    """Every GPU of a ``--format=csv`` answer with its nvidia-smi index: its row, or, for a GPU
+    nvidia-smi could not open, the ``LostGpu`` of its ``Unable to determine the device handle`` line.
+
+    nvidia-smi answers for the GPUs it can still reach and writes that line (on stderr, exit code 0
+    on some drivers) for the others: the GPU is there, unread. A row's index is its ``index`` field
+    where the query has one; else rows are in index order and fill the indexes no line names.
+    ``ParseError`` as ``parse_csv``, and for an index that is not a number or is named twice.
+    """
+    entries = _csv_entries(text, fields)
+    named: list[int | None] = []
+    for number, entry in enumerate(entries, start=1):
+        if isinstance(entry, LostGpu):
+            named.append(entry.index)
+        elif "index" in entry:
+            raw = entry["index"]
+            if not raw.isdigit():
+                raise ParseError(f"CSV row {number}: GPU index is not a number: {raw[:40]!r}")
+            named.append(int(raw))
+        else:
+            named.append(None)
+    return sorted(zip(_indexes(named), entries, strict=True), key=lambda pair: pair[0])
+
+
+def _csv_entries(text: str, fields: Sequence[str] | None) -> list[dict[str, str] | LostGpu]:
+    """The rows of a CSV answer and the GPUs it could not open, in output order (``parse_csv_gpus``)."""
     raise_for_invalid_field(text)
     lines = [line.strip() for _, line in split_driver_warnings(text)[0] if line.strip()]
     if fields is None:
-        if not lines:
+        header = next((line for line in lines if lost_gpu(line) is None), None)
+        if header is None:
             raise ParseError("empty CSV answer: no header")
-        names = [_UNIT.sub("", name).strip() for name in lines[0].split(",")]
-        lines = lines[1:]
+        names = [_UNIT.sub("", name).strip() for name in header.split(",")]
+        lines.remove(header)
     else:
         names = list(fields)
-    rows: list[dict[str, str]] = []
+    entries: list[dict[str, str] | LostGpu] = []
     for number, line in enumerate(lines, start=1):
+        lost = lost_gpu(line)
+        if lost is not None:
+            entries.append(lost)
+            continue
         values = [v.strip() for v in line.split(",")]
         if len(values) != len(names):
             raise ParseError(f"CSV row {number} has {len(values)} values for {len(names)} fields: {line[:80]!r}")
-        rows.append(dict(zip(names, values, strict=True)))
-    return rows
+        entries.append(dict(zip(names, values, strict=True)))
+    return entries
 
 
 # ---------------------------------------------------------------- readings of one GPU
@@ -599,7 +711,8 @@ def pcie_link_from_q(section: GpuSection) -> dict[str, int | None]:
 
     Returns ``current_gen``, ``max_gen``, ``current_width``, ``max_width`` (the names of
     ``gpus.PcieLink``), plus ``device_current_gen``, ``device_max_gen`` and ``host_max_gen``
-    where the driver prints them (535+); a value the report gives as N/A is None. ``max_gen`` is
+    where the driver prints them (535+); a value the report gives as N/A is None, as is one of
+    those three that the driver could not read (``Unknown Error``). ``max_gen`` is
     what nvidia-smi calls ``Max`` (on 535+ the lower of device and host maximum). Note that an
     idle GPU may downtrain its link (an idle RTX 4090 reads Current 1, Max 4): a low
     ``current_gen`` at idle is power saving, not a fault. ``ParseError`` when the block is
@@ -622,7 +735,14 @@ def pcie_link_from_q(section: GpuSection) -> dict[str, int | None]:
             if required:
                 raise ParseError(f"{what} {block.key} {key}: missing")
             return None
-        return integer(entry.value, f"{what} {block.key} {key}", suffix=suffix)
+        try:
+            return integer(entry.value, f"{what} {block.key} {key}", suffix=suffix)
+        except ParseError:
+            if required:
+                raise
+            # The device/host figures only inform: a GPU in a VM answers ``Host Max : Unknown
+            # Error`` (its host bridge is virtual), which says nothing about the link itself.
+            return None
 
     return {
         "current_gen": read(gen, "Current", required=True),
@@ -728,6 +848,10 @@ MAX_XML_CHARS = 32 * 1024 * 1024
 # declare them; nvidia-smi's own output has neither (only ``<!DOCTYPE nvidia_smi_log SYSTEM
 # "nvsmi_device_vNN.dtd">``, which ElementTree never fetches), so any such document is refused.
 _XML_REFUSED = re.compile(r"<!ENTITY|<!DOCTYPE[^>\[]*\[", re.IGNORECASE)
+# Characters XML 1.0 forbids. nvidia-smi run concurrently has been seen to print arbitrary bytes
+# inside ``<process_name>`` (common-workflow-language/cwltool#1910), which made expat refuse the
+# whole report; they become U+FFFD, so only a field we read and that holds them is unreadable.
+_XML_FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 _XML_HEADER = {
     "timestamp": "Timestamp",
     "driver_version": "Driver Version",
@@ -790,9 +914,10 @@ _XML_COUNTED = frozenset({"multiple_single_bit_retirement", "double_bit_retireme
 
 def _looks_like_xml(text: str) -> bool:
     head = text.lstrip()
-    # Only the warnings ahead of the document matter here (one per GPU whose infoROM is corrupted):
-    # they are stepped over line by line, not by splitting the whole report.
-    while _DRIVER_WARNING.match(head.partition("\n")[0].strip()):
+    # Only the lines ahead of the document matter here (a warning per GPU whose infoROM is
+    # corrupted, a line per GPU nvidia-smi could not open): they are stepped over line by line,
+    # not by splitting the whole report.
+    while _DRIVER_WARNING.match(first := head.partition("\n")[0].strip()) or lost_gpu(first):
         head = head.partition("\n")[2].lstrip()
     return head[:512].startswith("<?xml") or "<nvidia_smi_log" in head[:512]
 
@@ -804,7 +929,7 @@ def _parse_xml(text: str) -> QReport:
     if _XML_REFUSED.search(text):
         raise ParseError("XML with entity declarations or an internal DTD subset: refused (not nvidia-smi output)")
     try:
-        root = ElementTree.fromstring(text.strip())
+        root = ElementTree.fromstring(_XML_FORBIDDEN.sub("\ufffd", text.strip()))
     except ElementTree.ParseError as exc:
         raise ParseError(f"invalid XML: {exc}") from None
     if root.tag != "nvidia_smi_log":
@@ -822,6 +947,16 @@ def _parse_xml(text: str) -> QReport:
     if not sections:
         raise ParseError("no <gpu> element: not nvidia-smi -q -x output")
     return QReport(header=header, gpus=tuple(sections), attached=_attached(header), xml=True)
+
+
+def _with_lost(report: QReport, lost: Sequence[LostGpu]) -> QReport:
+    """``report`` with a section in error for each GPU nvidia-smi could not open, every GPU at its index."""
+    if not lost:
+        return report
+    named = [None] * len(report.gpus) + [gpu.index for gpu in lost]
+    sections = [*report.gpus, *(GpuSection(0, gpu.bus_id, Entry("GPU"), gpu.error) for gpu in lost)]
+    placed = (dataclasses.replace(s, index=i) for i, s in zip(_indexes(named), sections, strict=True))
+    return dataclasses.replace(report, gpus=tuple(sorted(placed, key=lambda s: s.index)))
 
 
 def _xml_entry(element: ElementTree.Element, parent: str) -> Entry:

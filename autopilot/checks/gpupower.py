@@ -146,28 +146,30 @@ def parse_text(text: str) -> tuple[dict[int, Reading], dict[int, dict[str, Any]]
     nvsmi.raise_for_invalid_field(text)
     first = nvsmi.first_line(text)
     if any(prefix in first for prefix in nvsmi.CSV_REASON_PREFIXES):
-        readings, facts = _from_rows(nvsmi.parse_csv(text))
+        readings, facts = _from_rows(nvsmi.parse_csv_gpus(text))
         return readings, facts, "nvidia-smi --query-gpu"
     try:
-        rows = nvsmi.parse_csv(text, query_fields())
+        rows = nvsmi.parse_csv_gpus(text, query_fields())
     except nvsmi.ParseError:
         raise nvsmi.ParseError(f"not nvidia-smi clock event reasons output: {first.strip()[:80]!r}") from None
     readings, facts = _from_rows(rows)
     return readings, facts, "nvidia-smi --query-gpu"
 
 
-def _from_rows(rows: Sequence[Mapping[str, str]]) -> tuple[dict[int, Reading], dict[int, dict[str, Any]]]:
+def _from_rows(
+    rows: Sequence[tuple[int, Mapping[str, str] | nvsmi.LostGpu]],
+) -> tuple[dict[int, Reading], dict[int, dict[str, Any]]]:
+    """Readings per GPU index from ``nvsmi.parse_csv_gpus``; a GPU nvidia-smi could not open is an ``error``."""
+    if not rows:
+        # nvidia-smi says "No devices were found" when there are none; no row at all is no answer.
+        raise nvsmi.ParseError("no GPU row in the CSV answer")
     readings: dict[int, Reading] = {}
     facts: dict[int, dict[str, Any]] = {}
-    for position, row in enumerate(rows):
-        index = position
-        if "index" in row:
-            raw = row["index"].strip()
-            if not raw.isdigit():
-                raise nvsmi.ParseError(f"CSV row {position + 1}: GPU index is not a number: {raw[:40]!r}")
-            index = int(raw)
-        if index in readings:
-            raise nvsmi.ParseError(f"CSV lists GPU {index} twice")
+    for index, row in rows:
+        if isinstance(row, nvsmi.LostGpu):
+            facts[index] = {"bus_id": row.bus_id}
+            readings[index] = DeviceResult(str(index), Status.ERROR, detail=row.error)
+            continue
         facts[index] = {"bus_id": row["pci.bus_id"]} if "pci.bus_id" in row else {}
         try:
             readings[index] = nvsmi.clock_reasons_from_csv_row(row)
@@ -202,12 +204,16 @@ class _NvidiaSmi(_nvml_fallback.SmiQuery[Reading]):
                 if exc.field.startswith(prefix):
                     continue  # a driver that predates (or dropped) these names: try the other spelling
                 return str(exc)
-            if out.returncode != 0:
+            # A GPU nvidia-smi could not open is named on stderr, after the rows of those it could
+            # (exit code 0 on some drivers, non-zero on others): the rows are still an answer.
+            lost = [line for line in out.stderr.splitlines() if nvsmi.lost_gpu(line) is not None]
+            if out.returncode != 0 and not lost:
                 self.no_driver = nvsmi.NO_DRIVER in said
                 first = (said.strip() or "no output").splitlines()[0]
                 return f"nvidia-smi exited {out.returncode}: {first[:200]}"
             try:
-                return _from_rows(nvsmi.parse_csv(out.stdout, query_fields(prefix)))
+                text = "\n".join([*lost, out.stdout])
+                return _from_rows(nvsmi.parse_csv_gpus(text, query_fields(prefix)))
             except nvsmi.ParseError as exc:
                 return f"unreadable nvidia-smi output: {exc}"
         return "nvidia-smi knows neither clocks_event_reasons.* nor clocks_throttle_reasons.* fields"

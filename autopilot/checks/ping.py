@@ -35,7 +35,15 @@ from autopilot.results import CheckResult, DeviceResult, Status
 
 MAX_PARALLEL = 32
 # Messages by which ping says the network itself refused: a finding about the link, not a tool failure.
-_NO_ROUTE = ("network is unreachable", "no route to host", "destination host unreachable")
+# glibc spells ENETUNREACH/EHOSTUNREACH "Network is unreachable"/"No route to host"; busybox ping on
+# musl (Alpine) prints "ping: sendto: Network unreachable" / "Host is unreachable", with no summary.
+_NO_ROUTE = (
+    "network is unreachable",
+    "no route to host",
+    "destination host unreachable",
+    "network unreachable",
+    "host is unreachable",
+)
 
 
 def ping_argv(address: str, count: int, wait_s: float) -> list[str]:

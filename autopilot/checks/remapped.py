@@ -169,8 +169,13 @@ def _parse_q(text: str, *, whole: bool = False) -> tuple[dict[int, Reading], dic
 def _parse_csv(text: str) -> tuple[dict[int, Reading], dict[int, dict[str, Any]], str]:
     readings: dict[int, Reading] = {}
     facts: dict[int, dict[str, Any]] = {}
-    # The remapped-rows query has no index field; rows come in nvidia-smi index order.
-    for index, row in enumerate(nvsmi.parse_csv(text)):
+    # The remapped-rows query has no index field; rows come in nvidia-smi index order, around the
+    # GPUs nvidia-smi could not open (``nvsmi.parse_csv_gpus`` places them).
+    for index, row in nvsmi.parse_csv_gpus(text):
+        if isinstance(row, nvsmi.LostGpu):
+            facts[index] = {"gpu_bus_id": row.bus_id}
+            readings[index] = DeviceResult(str(index), Status.ERROR, detail=row.error)
+            continue
         facts[index] = {k: row[k] for k in ("gpu_bus_id", "gpu_uuid", "gpu_name") if k in row}
         try:
             rows = nvsmi.remapped_rows_from_csv_row(row)
@@ -202,11 +207,14 @@ class _NvidiaSmi(_nvml_fallback.SmiQuery[Reading]):
         if nvsmi.NO_DEVICES in said_all:
             return {}, {}
         self.no_driver = nvsmi.NO_DRIVER in said_all
-        if out.returncode != 0:
+        # A GPU nvidia-smi could not open, named with its index on stderr (newer drivers), stands
+        # for its section; the report of the others is still an answer, whatever the exit code.
+        lost = [line for line in out.stderr.splitlines() if (gpu := nvsmi.lost_gpu(line)) and gpu.index is not None]
+        if out.returncode != 0 and not lost:
             said = (text.strip() or out.stderr.strip() or "no output").splitlines()[0]
             return f"nvidia-smi exited {out.returncode}: {said[:200]}"
         try:
-            readings, facts, _ = _parse_q(text, whole=True)
+            readings, facts, _ = _parse_q("\n".join([*lost, text]), whole=True)
         except nvsmi.ParseError as exc:
             return f"unreadable nvidia-smi output: {exc}"
         return readings, facts

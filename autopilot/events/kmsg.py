@@ -148,19 +148,56 @@ def _pid(found: re.Match[str] | None) -> str:
 
 _PREFIXES = (
     re.compile(r"^\d+,\d+,\d+,[^;]*;"),  # raw /dev/kmsg
-    re.compile(r"^\[\s*[\d.]+\]\s?"),  # dmesg
+    # dmesg; /proc/kmsg (``<4>[ 12.345678] ...``); dmesg -H's deltas (``[  +0.000004] ...``)
+    re.compile(r"^(?:<\d>)?\[\s*\+?[\d.]+\]\s?"),
     re.compile(r"^\[[A-Z][a-z]{2} [A-Z][a-z]{2} [ \d]\d [\d:]{8} \d{4}\]\s?"),  # dmesg -T
+    re.compile(r"^\[[A-Z][a-z]{2}\s+\d{1,2} [\d:]{5}\]\s?"),  # dmesg -H (``[Jun  1 10:11] ...``)
     re.compile(r"^\w+\s*:\s*\w+\s*: \d{4}-\d\d-\d\dT[\d:,.]+[+-]\d\d:\d\d\s"),  # dmesg --decode --time-format=iso
-    re.compile(r"^[A-Z][a-z]{2} [ \d]\d [\d:]{8} \S+ kernel: "),  # journalctl -k / syslog
-    re.compile(r"^[A-Z][a-z]{2} [ \d]\d [\d:]{8} \S+ \S+: "),  # syslog, other programs
+    # journalctl -o short / short-precise, syslog; journalctl -o short-iso / short-iso-precise, RFC 3339 syslog
+    re.compile(r"^[A-Z][a-z]{2} [ \d]\d [\d:]{8}(?:\.\d+)? \S+ kernel: "),
+    re.compile(r"^\d{4}-\d\d-\d\dT[\d:]{8}(?:[.,]\d+)?(?:Z|[+-]\d\d:?\d\d)? \S+ kernel: "),
+    re.compile(r"^[A-Z][a-z]{2} [ \d]\d [\d:]{8}(?:\.\d+)? \S+ \S+: "),  # syslog, other programs
+    # dmesg --time-format=iso: after the journal's ISO form, which has a host and "kernel:" too
+    re.compile(r"^\d{4}-\d\d-\d\dT[\d:]{8}[,.]\d+[+-]\d\d:\d\d\s"),
 )
+# The kernel's own timestamp that a syslog daemon reading /proc/kmsg keeps after its prefix.
+_KERNEL_TIME = re.compile(r"^\[\s*\d+\.\d+\]\s?")
+# The open driver's notice of a GPU that fell off the bus is one printk of three lines ("NVRM: The
+# NVIDIA GPU <bus>" / "NVRM: (PCI ID: ...) installed in this system has" / "NVRM: fallen off the
+# bus and is not responding to commands."). dmesg and journalctl indent the second and third; a
+# syslog daemon reading /proc/kmsg (rsyslog's imklog, kern.log) writes each with its own prefix,
+# and ``journalctl -o cat`` writes them bare: either way they are one message, never three.
+_FALLEN_HEAD = re.compile(rf"^NVRM: The NVIDIA GPU {_ADDR}\s*$")
+_FALLEN_LINES = 3
+
+
+def _body(line: str) -> str:
+    """``line`` without its log prefix (the first of ``_PREFIXES`` that matches, and a kernel timestamp after it)."""
+    for prefix in _PREFIXES:
+        stripped = prefix.sub("", line, count=1)
+        if stripped != line:
+            return _KERNEL_TIME.sub("", stripped, count=1)
+    return line
+
+
+def _continues(current: list[str], body: str) -> bool:
+    """Whether ``body`` is a later line of the open driver's fallen-off-the-bus notice in ``current``."""
+    return (
+        bool(_FALLEN_HEAD.match(current[0]))
+        and len(current) < _FALLEN_LINES
+        and "fallen off the bus" not in " ".join(current)
+        and body.startswith("NVRM: ")
+        and not _XID.search(body)
+        and not _FALLEN.search(body)  # another GPU's own notice is its own message
+    )
 
 
 def messages_from_text(text: str) -> Iterator[str]:
     """Kernel messages from a saved log (raw kmsg, dmesg in its formats, journalctl -k, syslog).
 
-    An indented line continues the message before it (how dmesg prints a multi-line printk).
-    Lines starting with ``#`` are comments.
+    An indented line continues the message before it (how dmesg prints a multi-line printk), as
+    do the later lines of the open driver's fallen-off-the-bus notice printed one per line
+    (``_FALLEN_HEAD``). Lines starting with ``#`` are comments.
     """
     current: list[str] = []
     for line in text.splitlines():
@@ -169,14 +206,12 @@ def messages_from_text(text: str) -> Iterator[str]:
         if line[:1].isspace() and current:
             current.append(line.strip())
             continue
+        body = _body(line)
+        if current and _continues(current, body):
+            current.append(body)
+            continue
         if current:
             yield "\n".join(current)
-        body = line
-        for prefix in _PREFIXES:
-            stripped = prefix.sub("", body, count=1)
-            if stripped != body:
-                body = stripped
-                break
         current = [body]
     if current:
         yield "\n".join(current)

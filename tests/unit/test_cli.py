@@ -113,6 +113,20 @@ def test_evaluate_reads_nvidia_smi_xml_and_section_captures(check: str, name: st
     assert json.loads(proc.stdout)["results"][0]["status"] == status
 
 
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16"])
+def test_a_saved_report_with_a_byte_order_mark_is_read_as_without(encoding: str, tmp_path: Path) -> None:
+    # Notepad saves UTF-8 with a byte-order mark; Windows PowerShell 5's ``nvidia-smi -q > out.txt``
+    # writes UTF-16 with one. Before, the mark made the report's first line unreadable.
+    text = (
+        Path(__file__).resolve().parents[1] / "data" / "nvsmi" / "q_drv535.129.03_h100x2_remap-failure_width-x8.txt"
+    ).read_text()
+    saved = tmp_path / "out.txt"
+    saved.write_bytes(text.replace("\n", "\r\n").encode(encoding))
+    assert cli.read_saved_output(str(saved)).replace("\r\n", "\n") == text
+    proc = autopilot("evaluate", "remapped", str(saved), "--json")
+    assert json.loads(proc.stdout)["results"][0]["status"] == "fail", proc.stdout + proc.stderr
+
+
 def test_evaluate_garbage_is_an_error_exit_3() -> None:
     proc = autopilot("evaluate", "remapped", "-", stdin="this is not nvidia-smi output\n")
     assert proc.returncode == 3, proc.stdout + proc.stderr

@@ -165,6 +165,52 @@ def test_aer_detail_lines_and_other_kernel_lines_are_no_events() -> None:
     assert kmsg.classify("oom-kill:constraint=CONSTRAINT_MEMCG") == []
 
 
+# The open driver's (570+) fallen-off-the-bus notice, written by hand after the dmesg copy in
+# NVIDIA/NVSentinel#155: one printk of three lines. rsyslog's imklog reads /proc/kmsg, where the
+# kernel prefixes every line of a record (kern.log then has three prefixed lines, the kernel
+# timestamp after the syslog one); ``journalctl -o cat`` prints them bare.
+_FALLEN = (
+    "NVRM: The NVIDIA GPU 0000:b3:00.0",
+    "NVRM: (PCI ID: 10de:26b5) installed in this system has",
+    "NVRM: fallen off the bus and is not responding to commands.",
+)
+
+
+@pytest.mark.parametrize(
+    "prefix",
+    ["Jun  1 10:11:12 gpu-7 kernel: [ 1843.308145] ", "<4>[ 1843.308145] ", ""],
+    ids=["kern.log", "proc-kmsg", "journalctl-o-cat"],
+)
+def test_the_open_drivers_fallen_off_the_bus_notice_one_line_per_log_line_is_one_xid_79(prefix: str) -> None:
+    text = "".join(f"{prefix}{line}\n" for line in _FALLEN)
+    text += f"{prefix}NVRM: Xid (PCI:0000:3b:00): 13, pid=1, name=python, Graphics Exception\n"
+    # A headline cut short (its other lines lost) takes no later GPU's own message with it.
+    text += f"{prefix}{_FALLEN[0].replace('b3', 'c3')}\n{prefix}NVRM: GPU 0000:d3:00.0: GPU has fallen off the bus.\n"
+    events = [e for m in kmsg.messages_from_text(text) for e in kmsg.classify(m)]
+    assert [(e.code, e.device, e.action) for e in events] == [
+        ("xid.79", "0000:b3:00.0", Action.EVICT),
+        ("xid.13", "0000:3b:00.0", Action.IGNORE),
+        ("xid.79", "0000:d3:00.0", Action.EVICT),
+    ]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "2025-06-01T10:11:12+0000 gpu-7 kernel: ",  # journalctl -o short-iso
+        "2025-06-01T10:11:12.123456+00:00 gpu-7 kernel: ",  # journalctl -o short-iso-precise, rsyslog RFC 3339
+        "Jun 01 10:11:12.123456 gpu-7 kernel: ",  # journalctl -o short-precise
+        "Jun  1 10:11:12 gpu-7 kernel: [ 1843.308145] ",  # kern.log: the kernel's timestamp kept
+        "2025-06-01T10:11:12,123456+00:00 ",  # dmesg --time-format=iso
+        "[Jun  1 10:11] ",  # dmesg -H, first line of a minute
+        "[  +0.000004] ",  # dmesg -H, later lines
+    ],
+)
+def test_journal_and_syslog_time_formats_leave_the_kernel_message(line: str) -> None:
+    xid = "NVRM: Xid (PCI:0000:ab:00): 79, pid='<unknown>', name=<unknown>, GPU has fallen off the bus."
+    assert list(kmsg.messages_from_text(line + xid + "\n")) == [xid]
+
+
 # ---------------------------------------------------------------- every public kernel-log sample
 
 KERNEL_SAMPLES = ["kernel-*.log", "kmsg-raw_*.log", "fabricmanager-log_*.log", "k8s-device-plugin_log_*.log",

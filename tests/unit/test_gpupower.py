@@ -178,6 +178,52 @@ def test_unreadable_query_values_are_device_errors_not_passes(make_ctx: MakeCtx)
     assert result.devices[1].detail == "HW Slowdown state unreadable (N/A)"
 
 
+# nvidia-smi --query-gpu on a node where GPU 3 fell off the bus: it answers for the GPUs it can
+# reach, names the lost one on stderr with its index (newer drivers: "for GPU3: 0000:04:00.0"),
+# and exits 0. Seen in a public troubleshooting note (RTX 3080 x8 under Proxmox, 2026) and a public
+# test suite quoting the stderr ("nvidia-smi exits ZERO here"); written by hand here.
+LOST_GPU3 = "Unable to determine the device handle for GPU3: 0000:1D:00.0: Unknown Error\n"
+
+
+@pytest.mark.parametrize("returncode", [0, 15])
+def test_a_gpu_nvidia_smi_names_only_on_stderr_is_an_error_not_left_out(make_ctx: MakeCtx, returncode: int) -> None:
+    # Exit code 0 on some drivers; others exit non-zero after listing the GPUs that still answer.
+    runner = FakeRunner()
+    runner.add(NEW_ARGV, csv_row(0) + csv_row(1) + csv_row(2) + csv_row(4), stderr=LOST_GPU3, returncode=returncode)
+    result = gpupower.run(make_ctx(commands=runner, gpus=FakeTelemetry(unavailable="no NVML")), {})
+    assert [(d.id, d.status) for d in result.devices] == [
+        ("0", Status.OK),
+        ("1", Status.OK),
+        ("2", Status.OK),
+        ("3", Status.ERROR),
+        ("4", Status.OK),
+    ]
+    assert result.status is Status.ERROR
+    assert result.devices[3].detail == "nvidia-smi could not open the GPU at 0000:1D:00.0: Unknown Error"
+
+
+@pytest.mark.parametrize("where", ["first", "inline"])
+def test_saved_query_with_a_lost_gpu_blames_that_gpu(where: str) -> None:
+    # ``| sort`` or 2>&1 puts the stderr line first; the rows keep their own index.
+    rows = [csv_row(0), csv_row(1), csv_row(2, "hw_slowdown"), csv_row(4)]
+    text = LOST_GPU3 + "".join(rows) if where == "first" else "".join(rows[:3]) + LOST_GPU3 + rows[3]
+    result = evaluate(text)
+    assert [(d.id, d.status) for d in result.devices] == [
+        ("0", Status.OK),
+        ("1", Status.OK),
+        ("2", Status.FAIL),
+        ("3", Status.ERROR),
+        ("4", Status.OK),
+    ]
+    assert result.data["gpus"]["3"]["bus_id"] == "0000:1D:00.0"
+
+
+@pytest.mark.parametrize("text", ["", "\n", ", ".join(gpupower.query_fields()) + "\n"])
+def test_a_query_answer_without_any_gpu_row_is_an_error_not_no_gpus(text: str) -> None:
+    # nvidia-smi says "No devices were found" when there are none; an empty answer is no answer.
+    assert evaluate(text).status is Status.ERROR
+
+
 def test_no_gpus_per_nvidia_smi_is_skipped(make_ctx: MakeCtx) -> None:
     runner = FakeRunner()
     runner.add(NEW_ARGV, "No devices were found\n", returncode=6)

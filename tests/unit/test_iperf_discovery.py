@@ -106,6 +106,26 @@ def test_collect_merges_the_annotation_into_the_addresses(tmp_path: Path) -> Non
     assert plain.addresses == {"eth0": ["10.128.2.10"], "net1": ["192.0.2.10"]}
 
 
+def test_ip_addr_json_with_empty_objects_gives_only_real_addresses() -> None:
+    # iproute2 4.20 (Debian 10) prints empty objects among the links (greshake/i3status-rust#997);
+    # an address entry without "local" was read as the address "None".
+    text = json.dumps(
+        [
+            {},
+            {
+                "ifindex": 2,
+                "ifname": "eth0",
+                "addr_info": [{}, {"family": "inet", "local": "10.0.0.5", "scope": "global"}],
+            },
+            {},
+            {"ifindex": 3, "ifname": "net1", "addr_info": [{"family": "inet6", "local": "fe80::1", "scope": "link"}]},
+        ]
+    )
+    assert nodeinfo.parse_ip_addr_json(text) == {"eth0": ["10.0.0.5"]}
+    with pytest.raises(ValueError):
+        nodeinfo.parse_ip_addr_json('{"ifname": "eth0"}')
+
+
 def test_setting_names_the_annotations_file() -> None:
     assert config.Settings().podinfo_annotations == "/etc/podinfo/annotations"
     s = config.Settings.from_env({"AUTOPILOT_PODINFO_ANNOTATIONS": "/run/podinfo/annotations"})

@@ -113,6 +113,28 @@ def test_iperf3_errors_carry_iperf3_message(sample: str, words: str) -> None:
         network.parse_iperf3(sample_text(sample))
 
 
+# iperf3 --json-stream (3.16+): one event per line instead of one document, in the form of the
+# example in esnet/iperf#1098; written by hand, figures ours.
+_STREAM_START = '{"event":"start","data":{"version":"iperf 3.17","test_start":{"protocol":"TCP","num_streams":1}}}'
+_STREAM_INTERVAL = '{"event":"interval","data":{"sum":{"start":0,"end":1,"bits_per_second":9.1e9,"sender":true}}}'
+_STREAM_END = (
+    '{"event":"end","data":{"sum_sent":{"bits_per_second":9.41e9,"retransmits":3,"sender":true},'
+    '"sum_received":{"bits_per_second":9.38e9,"sender":true}}}'
+)
+
+
+def test_iperf3_json_stream_is_read_from_its_end_event() -> None:
+    stats = network.parse_iperf3("\n".join([_STREAM_START, _STREAM_INTERVAL, _STREAM_END]) + "\n")
+    assert (stats.protocol, stats.sent_bps, stats.received_bps, stats.retransmits) == ("TCP", 9.41e9, 9.38e9, 3)
+
+
+def test_iperf3_json_stream_error_or_no_end_is_not_a_measurement() -> None:
+    with pytest.raises(errors.ToolError, match="Connection refused"):
+        network.parse_iperf3('{"event":"error","data":"unable to connect to server: Connection refused"}\n')
+    with pytest.raises(errors.ParseError, match="no end summary"):
+        network.parse_iperf3("\n".join([_STREAM_START, _STREAM_INTERVAL]) + "\n")  # interrupted
+
+
 def test_iperf3_garbage_is_a_parse_error() -> None:
     for text in ("", "iperf3: error - unable to connect", "[]", '{"start": {}, "end": {}}'):
         with pytest.raises(errors.ParseError):
@@ -183,6 +205,20 @@ def test_ping_check_judges_each_peer_and_interface(make_ctx) -> None:  # type: i
     # its own address is never pinged, and every argv is bounded in count and time
     assert all(call[0] == "ping" and "-c" in call and "-w" in call for call in runner.calls)
     assert ping.ping_argv("192.0.2.1", 3, 1.0) not in [list(c) for c in runner.calls]
+
+
+@pytest.mark.parametrize(
+    "said",
+    [
+        "ping: connect: Network is unreachable",  # iputils (glibc)
+        "ping: sendto: Network unreachable",  # busybox on musl (Alpine): no summary follows
+        "ping: sendto: Host is unreachable",
+    ],
+)
+def test_ping_refused_by_the_network_is_a_failed_link_not_a_tool_error(said: str) -> None:
+    out = CommandResult(("ping",), 1, "PING 192.0.2.4 (192.0.2.4): 56 data bytes\n", said + "\n")
+    status, loss, detail, _ = ping.judge_reply(out)
+    assert (status, loss, detail) == (Status.FAIL, 100.0, said)
 
 
 def test_ping_check_honours_node_selection_and_errors(make_ctx) -> None:  # type: ignore[no-untyped-def]

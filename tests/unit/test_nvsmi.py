@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from autopilot import gpus, nvsmi
-from autopilot.checks import remapped
+from autopilot.checks import pciebw, remapped
 from autopilot.config import Settings
 from autopilot.results import Status
 from tests.conftest import sample_text
@@ -137,6 +137,63 @@ GPU 00000000:2B:00.0
     with pytest.raises(nvsmi.ParseError, match="Unknown Error"):
         nvsmi.remapped_rows_from_q(report.gpus[0])
     assert nvsmi.remapped_rows_from_q(report.gpus[1]) == gpus.RemappedRows(0, 0, False, False)
+
+
+def test_a_lost_gpu_line_naming_its_index_places_it_there_wherever_it_is_printed() -> None:
+    # Newer drivers: "Unable to determine the device handle for GPU1: 0000:2B:00.0: Unknown Error"
+    # (index, then bus id). A copy saved with 2>&1 prints that stderr line ahead of the report;
+    # the other sections keep their own indexes.
+    text = """\
+Unable to determine the device handle for GPU1: 0000:2B:00.0: Unknown Error
+
+==============NVSMI LOG==============
+
+Attached GPUs                             : 3
+GPU 00000000:1A:00.0
+    Remapped Rows
+        Pending                           : No
+GPU 00000000:3C:00.0
+    Remapped Rows
+        Pending                           : Yes
+"""
+    report = nvsmi.parse_q(text)
+    assert sorted((g.index, g.bus_id, g.error is not None) for g in report.gpus) == [
+        (0, "00000000:1A:00.0", False),
+        (1, "0000:2B:00.0", True),
+        (2, "00000000:3C:00.0", False),
+    ]
+
+
+def test_a_lost_gpu_line_beside_an_xml_report_is_that_gpus_section() -> None:
+    xml = (
+        '<?xml version="1.0" ?>\n<nvidia_smi_log><attached_gpus>2</attached_gpus>'
+        '<gpu id="00000000:3C:00.0"><product_name>NVIDIA H100 80GB HBM3</product_name><processes>'
+        "</processes></gpu></nvidia_smi_log>\n"
+    )
+    report = nvsmi.parse_q("Unable to determine the device handle for GPU0: 0000:1A:00.0: Unknown Error\n" + xml)
+    assert [(g.index, g.bus_id, g.error is not None) for g in report.gpus] == [
+        (0, "0000:1A:00.0", True),
+        (1, "00000000:3C:00.0", False),
+    ]
+
+
+def test_csv_gpus_place_rows_around_the_gpus_nvidia_smi_could_not_open() -> None:
+    text = (
+        "gpu_bus_id, remapped_rows.pending\n"
+        "00000000:1A:00.0, No\n"
+        "Unable to determine the device handle for GPU0000:2B:00.0: Unknown Error\n"
+        "00000000:3C:00.0, Yes\n"
+    )
+    placed = nvsmi.parse_csv_gpus(text)
+    assert [(i, e.bus_id if isinstance(e, nvsmi.LostGpu) else e["gpu_bus_id"]) for i, e in placed] == [
+        (0, "00000000:1A:00.0"),
+        (1, "0000:2B:00.0"),
+        (2, "00000000:3C:00.0"),
+    ]
+    with pytest.raises(nvsmi.ParseError, match="could not open the GPU at 0000:2B:00.0"):
+        nvsmi.parse_csv(text)  # the rows alone would shift GPU 2 into GPU 1's place
+    with pytest.raises(nvsmi.ParseError, match="named twice"):
+        nvsmi.parse_csv_gpus("index, x\n1, a\nUnable to determine the device handle for GPU1: 0000:2B:00.0: Lost\n")
 
 
 def test_a_report_whose_only_gpu_is_lost_is_that_gpus_error() -> None:
@@ -322,6 +379,38 @@ def test_pcie_link_from_q() -> None:
     }
     with pytest.raises(nvsmi.ParseError, match="no PCI"):
         nvsmi.pcie_link_from_q(nvsmi.parse_q(TWO_GPUS).gpus[1])
+
+
+def _v100_in_a_vm(host_max: str, current: str = "3") -> str:
+    """``nvidia-smi -q -d PCI`` of a Tesla V100-SXM2 passed through to a cloud VM (bus 00:04.0),
+    written by hand after a public copy of a full report (driver 550-era layout): the driver cannot
+    read the virtual host bridge and prints ``Host Max : Unknown Error``."""
+    return f"""\
+Attached GPUs                             : 1
+GPU 00000000:00:04.0
+    PCI
+        Bus Id                            : 00000000:00:04.0
+        GPU Link Info
+            PCIe Generation
+                Max                       : 3
+                Current                   : {current}
+                Device Current            : 3
+                Device Max                : 3
+                Host Max                  : {host_max}
+            Link Width
+                Max                       : 16x
+                Current                   : 16x
+"""
+
+
+def test_an_unreadable_host_figure_leaves_the_link_readable() -> None:
+    link = nvsmi.pcie_link_from_q(nvsmi.parse_q(_v100_in_a_vm("Unknown Error")).gpus[0])
+    assert (link["current_gen"], link["max_gen"], link["current_width"], link["host_max_gen"]) == (3, 3, 16, None)
+    result = pciebw.evaluate_text(_v100_in_a_vm("Unknown Error"), {}, Settings())
+    assert [(d.id, d.status) for d in result.devices] == [("0", Status.OK)]
+    # The figures the check judges stay strict.
+    with pytest.raises(nvsmi.ParseError, match="Current"):
+        nvsmi.pcie_link_from_q(nvsmi.parse_q(_v100_in_a_vm("3", current="Unknown Error")).gpus[0])
 
 
 # ---------------------------------------------------------------- public samples

@@ -76,6 +76,19 @@ def test_xml_behind_a_warning_for_each_of_sixteen_corrupted_inforoms_is_still_xm
     assert nvsmi.parse_q(warnings + xml).xml
 
 
+def test_xml_with_stray_bytes_in_a_process_name_gives_the_same_verdict() -> None:
+    # nvidia-smi -q -x run concurrently has printed arbitrary bytes inside <process_name>
+    # (common-workflow-language/cwltool#1910: "xml.parsers.expat.ExpatError: not well-formed
+    # (invalid token)"); control characters are not XML, and expat refused the whole report.
+    stem = "drv535.129.03_h100x2_remap-failure_width-x8"
+    xml = fixture(f"q-x_{stem}.xml")
+    process = "<process_info><pid>4242</pid><type>C</type><process_name>\x01\x1bpy\x7fthon\x02</process_name>"
+    garbled = xml.replace("<processes></processes>", f"<processes>{process}</process_info></processes>", 1)
+    assert garbled != xml
+    for check in CHECKS:
+        assert verdict(judge(check, garbled)) == verdict(judge(check, xml)), check
+
+
 def test_xml_driver_470_throttle_reasons_and_remap_pending() -> None:
     text = fixture("q-x_drv470.82.01_a100x2_throttle-hw-slowdown_remap-pending.xml")
     power = judge("gpupower", text)

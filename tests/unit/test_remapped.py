@@ -145,6 +145,26 @@ def test_nvidia_smi_failing_too_leaves_the_gpu_in_error(make_ctx: MakeCtx) -> No
     assert result.devices[1].detail.startswith("NVML: lost; nvidia-smi exited 15: Unable to determine")
 
 
+@pytest.mark.parametrize("returncode", [0, 15])
+def test_nvidia_smi_naming_a_lost_gpu_on_stderr_still_answers_for_the_others(
+    make_ctx: MakeCtx, returncode: int
+) -> None:
+    # Newer drivers name the GPU they could not open with its index ("for GPU1: 0000:2B:00.0"),
+    # on stderr; the report holds the other sections under the system's count.
+    report = row_remapper_report(block("00000000:1A:00.0"), block("00000000:3C:00.0", pending="Yes"))
+    runner = FakeRunner()
+    runner.add(
+        ARGV,
+        report.replace(
+            "Attached GPUs                             : 2", "Attached GPUs                             : 3"
+        ),
+        stderr="Unable to determine the device handle for GPU1: 0000:2B:00.0: Unknown Error\n",
+        returncode=returncode,
+    )
+    result = remapped.run(make_ctx(commands=runner, gpus=FakeTelemetry(unavailable="no NVML")), {})
+    assert [(d.id, d.status) for d in result.devices] == [("0", Status.OK), ("1", Status.ERROR), ("2", Status.WARN)]
+
+
 def test_gpu_without_row_remapper_is_skipped(make_ctx: MakeCtx) -> None:
     volta = FakeGpu(name="NVIDIA TITAN V", raises=errors.GpuError("Not Supported", remapped.NVML_NOT_SUPPORTED))
     result = remapped.run(make_ctx(commands=FakeRunner(installed=["nvidia-smi"]), gpus=FakeTelemetry([volta])), {})
@@ -300,3 +320,18 @@ def test_filtered_report_without_remapped_rows_is_an_error() -> None:
 def test_registered_with_evaluate_text() -> None:
     spec = registry.REGISTRY.get("remapped")
     assert spec.uses_gpu and spec.evaluate_text is remapped.evaluate_text
+
+
+def test_saved_remapped_rows_csv_with_a_lost_gpu_keeps_every_gpu_at_its_index() -> None:
+    # --query-remapped-rows with GPU 1 lost: its stderr line printed first (2>&1), then the rows of
+    # GPUs 0 and 2 in index order. Before, the line made the whole answer unreadable.
+    text = (
+        "Unable to determine the device handle for GPU1: 0000:2B:00.0: Unknown Error\n"
+        "gpu_bus_id, remapped_rows.correctable, remapped_rows.uncorrectable, remapped_rows.pending, "
+        "remapped_rows.failure\n"
+        "00000000:1A:00.0, 0, 0, No, No\n"
+        "00000000:3C:00.0, 0, 2, Yes, No\n"
+    )
+    result = remapped.evaluate_text(text, {}, None)
+    assert [(d.id, d.status) for d in result.devices] == [("0", Status.OK), ("1", Status.ERROR), ("2", Status.WARN)]
+    assert result.data["gpus"]["2"]["gpu_bus_id"] == "00000000:3C:00.0"
