@@ -152,21 +152,28 @@ class CheckResult:
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> CheckResult:
-        return cls(
-            check=str(raw["check"]),
-            node=str(raw.get("node") or ""),
-            status=Status(raw["status"]),
-            fatal=bool(raw.get("fatal", False)),
-            summary=str(raw.get("summary") or ""),
-            devices=tuple(DeviceResult.from_dict(d) for d in raw.get("devices") or ()),
-            data=dict(raw.get("data") or {}),
-            params=dict(raw.get("params") or {}),
-            started_at=str(raw.get("started_at") or ""),
-            duration_s=float(raw.get("duration_s") or 0.0),
-        )
+        """The result ``raw`` describes. Raises ``ValueError`` for anything of another shape (a list,
+        a missing ``check``, devices that are not objects...): what another writer left in the store
+        or a log is data to refuse, never a ``TypeError`` deep in a reader."""
+        try:
+            return cls(
+                check=str(raw["check"]),
+                node=str(raw.get("node") or ""),
+                status=Status(raw["status"]),
+                fatal=bool(raw.get("fatal", False)),
+                summary=str(raw.get("summary") or ""),
+                devices=tuple(DeviceResult.from_dict(d) for d in raw.get("devices") or ()),
+                data=dict(raw.get("data") or {}),
+                params=dict(raw.get("params") or {}),
+                started_at=str(raw.get("started_at") or ""),
+                duration_s=float(raw.get("duration_s") or 0.0),
+            )
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"not a check result ({type(exc).__name__}: {str(exc)[:80]})") from exc
 
     @classmethod
     def from_json(cls, text: str | bytes) -> CheckResult:
+        """The result ``text`` holds; ``ValueError`` for what is not JSON (or not UTF-8) or not a result."""
         return cls.from_dict(jsoncodec.loads(text))
 
     @classmethod
@@ -178,8 +185,13 @@ class CheckResult:
         if (
             isinstance(raw, dict)
             and raw.keys() == _DICT_KEYS
+            and isinstance(raw["status"], str)
             and raw["status"] in _STATUS_VALUES
+            and isinstance(raw["check"], str)
+            and isinstance(raw["node"], str)
+            and isinstance(raw["summary"], str)
             and isinstance(raw["devices"], list)
+            and all(isinstance(d, dict) for d in raw["devices"])
             and isinstance(raw["data"], dict)
             and isinstance(raw["params"], dict)
         ):
@@ -193,7 +205,7 @@ _STATUS_VALUES = frozenset(s.value for s in Status)
 # The first and last fields of a result as ``to_dict`` lays it out and ``jsoncodec.dumps`` writes it
 # (compact, keys in ``to_dict``'s order): what ``StoredResult.of`` recognises without decoding.
 _HEAD = re.compile(
-    rb'\{"check":"[^"\\]*","node":"[^"\\]*","status":"('
+    rb'\{"check":"([^"\\]*)","node":"([^"\\]*)","status":"('
     + b"|".join(v.encode() for v in sorted(_STATUS_VALUES))
     + rb')","fatal":(?:true|false),"summary":"'
 )
@@ -224,14 +236,22 @@ class StoredResult(Mapping[str, Any], jsoncodec.Preencoded):
         self._decoded = decoded
 
     @classmethod
-    def of(cls, text: str | bytes) -> StoredResult:
-        """The result stored as ``text``. Raises as ``CheckResult.from_json`` does for what is not a result."""
+    def of(cls, text: str | bytes, *, node: str | None = None, check: str | None = None) -> StoredResult:
+        """The result stored as ``text``. Raises as ``CheckResult.from_json`` does for what is not a result,
+        and ``ValueError`` for a result of another node or check than ``node``/``check`` (when given): a
+        writer that stored it under the wrong key must not lend one node's finding to another."""
         blob = text.encode() if isinstance(text, str) else bytes(text)
         head = _HEAD.match(blob)
         if head is not None and _TAIL.search(blob, max(0, len(blob) - _TAIL_BYTES)) is not None:
-            return cls(blob, head.group(1).decode())
-        raw = CheckResult.dict_from_json(blob)
-        return cls(jsoncodec.dumps(raw), raw["status"], raw)
+            named_check, named_node, status = (g.decode() for g in head.groups())
+            out = cls(blob, status)
+        else:
+            raw = CheckResult.dict_from_json(blob)
+            named_check, named_node = raw["check"], raw["node"]
+            out = cls(jsoncodec.dumps(raw), raw["status"], raw)
+        if (node is not None and named_node != node) or (check is not None and named_check != check):
+            raise ValueError(f"a result of {named_node[:80]!r}/{named_check[:40]!r} stored as {node!r}/{check!r}")
+        return out
 
     @classmethod
     def from_result(cls, result: CheckResult) -> StoredResult:

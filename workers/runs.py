@@ -59,7 +59,7 @@ from autopilot.results import CheckResult, Status, StoredResult
 from autopilot.store import NodeState
 from workers import reconcile, ring
 from workers.dispatch import Dispatcher, Envelope, Joined, TaskSender, send_all, task_sender
-from workers.store import ResultsStore, Run
+from workers.store import ResultsStore, Run, stored_result
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +283,7 @@ class Gather:
             return
         taken: dict[tuple[str, str], bytes] = {}
         for key, blob in landed.items():
-            result = StoredResult.of(blob)
+            result = stored_result(blob, *key)
             joined = self.joined.pop(key)
             if result.status == Status.ERROR.value and joined.deadline < self.in_flight.get(key[0], 0.0):
                 self._gave_up.add(key)
