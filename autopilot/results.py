@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -156,6 +157,12 @@ class CheckResult:
         a missing ``check``, devices that are not objects...): what another writer left in the store
         or a log is data to refuse, never a ``TypeError`` deep in a reader."""
         try:
+            started_at = str(raw.get("started_at") or "")
+            if started_at:
+                parse_iso(started_at)  # every reader of a verdict compares it: one that cannot is refused here
+            duration_s = float(raw.get("duration_s") or 0.0)
+            if not math.isfinite(duration_s):
+                raise ValueError(f"duration_s {duration_s}")
             return cls(
                 check=str(raw["check"]),
                 node=str(raw.get("node") or ""),
@@ -165,8 +172,8 @@ class CheckResult:
                 devices=tuple(DeviceResult.from_dict(d) for d in raw.get("devices") or ()),
                 data=dict(raw.get("data") or {}),
                 params=dict(raw.get("params") or {}),
-                started_at=str(raw.get("started_at") or ""),
-                duration_s=float(raw.get("duration_s") or 0.0),
+                started_at=started_at,
+                duration_s=duration_s,
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not a check result ({type(exc).__name__}: {str(exc)[:80]})") from exc

@@ -14,7 +14,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, ClassVar, Protocol
 
 from autopilot import results
@@ -94,12 +94,25 @@ class NodeState:
 
     @property
     def evicted_since(self) -> datetime | None:
-        return results.parse_iso(self.evicted_at) if self.evicted_at else None
+        """When the node was evicted (None: it is not). A stamp that does not parse (another writer's)
+        still says evicted, read as the epoch: an eviction is never lost to a bad write, nor a crash."""
+        if not self.evicted_at:
+            return None
+        try:
+            return results.parse_iso(self.evicted_at)
+        except ValueError:
+            return _EPOCH
 
     @property
     def cleared_since(self) -> datetime | None:
-        return results.parse_iso(self.cleared_at) if self.cleared_at else None
+        """When the last eviction was cleared (None: never, or a stamp that does not parse)."""
+        try:
+            return results.parse_iso(self.cleared_at) if self.cleared_at else None
+        except ValueError:
+            return None
 
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 NodeState.FIELDS = frozenset(f.name for f in dataclasses.fields(NodeState))
 

@@ -228,7 +228,7 @@ class ResultsStore:
 
     def busy_counts(self, nodes: Sequence[str]) -> dict[str, dict[str, int]]:
         """Node -> check -> how many times it was answered ``busy`` (one pipeline for every node)."""
-        return {n: {decoded(k): int(v) for k, v in raw.items()} for n, raw in self._hashes("busy", nodes).items()}
+        return {n: _counts(raw) for n, raw in self._hashes("busy", nodes).items()}
 
     def history(self, node: str, limit: int = 50) -> list[CheckResult]:
         return _history(node, self.r.lrange(f"{P}history:{node}", 0, max(0, limit - 1)))
@@ -450,10 +450,7 @@ class ResultsStore:
 
     def confirmation_counts(self, nodes: Sequence[str]) -> dict[str, dict[str, int]]:
         """Node -> ``runs|<check>`` / ``prevented|<check>`` -> count (one pipeline for every node)."""
-        return {
-            n: {decoded(k): int(v) for k, v in raw.items() if decoded(k) != "pending"}
-            for n, raw in self._hashes("confirm", nodes).items()
-        }
+        return {n: _counts(raw, skip="pending") for n, raw in self._hashes("confirm", nodes).items()}
 
     def set_remediation_summary(self, values: Mapping[str, float]) -> None:
         self.r.hset(f"{P}remediation", mapping={k: str(v) for k, v in values.items()})
@@ -853,6 +850,19 @@ def _view(node: str, replies: Sequence[Any], known: Mapping[bytes, CheckResult] 
     raw_latest, raw_state, raw_labels, seen, pending = replies
     state = _node_state(raw_state)
     return NodeView(_latest(node, raw_latest, known), state, _state(raw_labels), _score(seen), _pending(pending))
+
+
+def _counts(raw: Mapping[bytes, bytes], skip: str = "") -> dict[str, int]:
+    """A hash of counters (``busy``, ``confirm``) as str -> int; a field other than ``skip`` that is not
+    an integer (another writer's) is left out, not the whole scrape."""
+    out: dict[str, int] = {}
+    for k, v in raw.items():
+        if (field := decoded(k)) != skip:
+            try:
+                out[field] = int(v)
+            except ValueError:
+                log.warning("store: counter %r is not an integer (%r), left out", field[:300], v[:40])
+    return out
 
 
 def _pending(raw: bytes | None) -> frozenset[str]:

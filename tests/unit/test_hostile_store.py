@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 
 from autopilot import invasive
-from autopilot.results import CheckResult, Status, StoredResult
+from autopilot.results import CheckResult, Status, StoredResult, utc_now_iso
 from autopilot.store import NodeRecord
-from tests.unit.api_helpers import Api, make_api
+from tests.unit.api_helpers import Api, make_api, stand_in_checks
+from workers import reconcile
 from workers import store as store_mod
 from workers.dispatch import Envelope
 
@@ -157,3 +158,48 @@ def test_a_stored_result_names_the_node_and_check_it_was_stored_under() -> None:
 def test_an_invasive_log_with_a_result_of_the_wrong_shape_is_no_result() -> None:
     log = '{"check": "dcgm", "node": "n", "status": "ok", "devices": [1, 2]}\n'
     assert invasive.parse_result_log(log, "n") is None
+
+
+def _fresh(check: str, status: Status = Status.OK, **extra: Any) -> CheckResult:
+    return CheckResult(check, status, "fine", node=extra.pop("node", "node-a"), started_at=utc_now_iso(), **extra)
+
+
+def test_an_eviction_stamp_that_does_not_parse_keeps_the_node_evicted_and_the_loop_going() -> None:
+    api = make_api()
+    api.store.r.hset("ap:state:node-a", mapping={"evicted_at": "not a time", "evict_cause": "[[["})
+    api.store.r.hset("ap:state:node-b", mapping={"cleared_at": "not a time", "cleared_by": "someone"})
+    verdicts = reconcile.reconcile_all(api.store, api.settings, checks=stand_in_checks())
+    assert verdicts == {"node-a": "EVICT", "node-b": "UNKNOWN", "node-c": "UNKNOWN"}
+
+
+def test_a_result_whose_start_time_does_not_parse_is_no_fresh_result() -> None:
+    api = make_api()
+    for check in api.settings.periodic_checks:
+        api.store.save_result(_fresh(check))
+    api.store.r.hset("ap:latest:node-a", "ping", _result(check="ping", started_at="yesterday"))
+    assert reconcile.reconcile_all(api.store, api.settings, checks=stand_in_checks())["node-a"] == "UNKNOWN"
+    assert set(api.store.latest("node-a")) == set(api.settings.periodic_checks) - {"ping"}
+
+
+def test_one_node_that_cannot_be_reconciled_leaves_the_others_reconciled(caplog: pytest.LogCaptureFixture) -> None:
+    api = make_api()
+    for node in ("node-a", "node-b"):
+        for check in api.settings.periodic_checks:
+            api.store.save_result(_fresh(check, node=node))
+    # A level-3 pass whose level is not a number, on an evicted node: judging whether it clears fails.
+    api.store.save_result(_fresh("dcgm", node="node-a", params={"r": "three"}))
+    api.store.set_state("node-a", {"evicted_at": utc_now_iso(), "verdict": "EVICT"})
+    verdicts = reconcile.reconcile_all(api.store, api.settings, checks=stand_in_checks())
+    assert verdicts == {"node-b": "PASS", "node-c": "UNKNOWN"}
+    assert "reconcile of node node-a failed" in caplog.text
+
+
+def test_counters_that_are_not_integers_leave_the_rest_of_the_scrape() -> None:
+    api = make_api()
+    api.store.r.hset("ap:busy:node-a", mapping={"pciebw": "many", "gpumem": "2"})
+    api.store.r.hset("ap:confirm:node-a", mapping={"runs|ping": "NaN", "runs|pciebw": "3", "pending": "x"})
+    assert api.store.busy_counts(["node-a"]) == {"node-a": {"gpumem": 2}}
+    assert api.store.confirmation_counts(["node-a"]) == {"node-a": {"runs|pciebw": 3}}
+    metrics = api.client.get("/metrics").get_data(as_text=True)
+    assert 'autopilot_checks_busy_total{check="gpumem",node="node-a"} 2.0' in metrics
+    assert 'autopilot_node_verdict{node="node-b"' in metrics
