@@ -71,6 +71,8 @@ def condition_for(decision: Decision) -> NodeCondition:
         message = verdict.value
     if decision.notes:  # after the reasons: what the verdict is comes first
         message = "; ".join((message, *decision.notes))
+    # The reasons quote results' summaries, which may be older writers' raw tool words: kubectl prints them.
+    message = results.printable(message)
     if len(message) > MESSAGE_LIMIT:
         message = message[: MESSAGE_LIMIT - 3] + "..."
     return NodeCondition(

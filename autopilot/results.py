@@ -39,6 +39,27 @@ class Status(enum.StrEnum):
 _SEVERITY = {Status.SKIPPED: 0, Status.OK: 1, Status.BUSY: 2, Status.WARN: 3, Status.ERROR: 4, Status.FAIL: 5}
 
 
+# C0 controls but tab and newline, DEL, C1 controls (0x9b is a one-byte CSI) and the bidi overrides: rich
+# passes ESC through into a table cell, kubectl and log viewers print it as it is, so a summary or an
+# answer holding them could drive the terminal of whoever reads it.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+SUMMARY_LIMIT = 4096  # characters of a summary or a device's detail; a tool's words beyond are cut
+
+
+def printable(text: str) -> str:
+    """``text`` with its control characters written out (``\\x1b``), for text that came from a tool or
+    another process and is about to reach a terminal, a text answer, a log or a Kubernetes object."""
+    if text.isprintable():  # most text: one C loop, no regular expression
+        return text
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def _words(text: str) -> str:
+    """A summary or detail as a result holds it: printable, at most ``SUMMARY_LIMIT`` characters."""
+    text = printable(text)
+    return text if len(text) <= SUMMARY_LIMIT else text[: SUMMARY_LIMIT - 3] + "..."
+
+
 def worst(statuses: Iterable[Status], default: Status = Status.OK) -> Status:
     """The most severe of ``statuses`` (``default`` when there are none)."""
     found = list(statuses)
@@ -204,6 +225,24 @@ class CheckResult:
         ):
             return raw
         return cls.from_dict(raw).to_dict()
+
+
+def tidy(result: CheckResult) -> CheckResult:
+    """``result`` with its summary and its devices' ids and details printable and at most ``SUMMARY_LIMIT``
+    characters: what a check made of a tool's words (a dcgmi excerpt, a kernel log line) reaches
+    terminals, logs and Kubernetes objects. The result itself when nothing changes (the usual case)."""
+    devices = tuple(map(_tidy_device, result.devices))
+    summary = _words(result.summary)
+    if summary == result.summary and all(a is b for a, b in zip(devices, result.devices, strict=True)):
+        return result
+    return dataclasses.replace(result, summary=summary, devices=devices)
+
+
+def _tidy_device(device: DeviceResult) -> DeviceResult:
+    ident, detail = printable(device.id), _words(device.detail)
+    if ident == device.id and detail == device.detail:
+        return device
+    return dataclasses.replace(device, id=ident, detail=detail)
 
 
 _DICT_KEYS = frozenset(CheckResult("", Status.OK).to_dict())

@@ -57,7 +57,7 @@ from autopilot import config, names
 from autopilot.errors import StoreUnavailable
 from autopilot.events.metrics import BUCKETS, EventsSnapshot, bucket_of
 from autopilot.events.model import Event
-from autopilot.results import CheckResult, Status, StoredResult
+from autopilot.results import CheckResult, Status, StoredResult, tidy
 from autopilot.store import NodeDetail, NodeRecord, NodeState, NodeView, Run, RunNews
 
 if TYPE_CHECKING:  # the stores beside this one import this module; they are built on demand
@@ -157,7 +157,10 @@ class ResultsStore:
         latest: dict[str, dict[str, bytes]] = {}  # node -> check -> newest blob
         history: dict[str, list[bytes]] = {}  # node -> blobs, oldest first (LPUSH puts the last at the head)
         in_run: dict[str, bytes] = {}
-        for result, is_latest in items:
+        for raw, is_latest in items:
+            # Every writer's results (engine, follower, ring, invasive Job) enter here: a tool's words are
+            # written out before a reader (a terminal, kubectl, a log) meets them.
+            result = tidy(raw)
             blob = result.to_json_bytes()
             written[blob] = result
             if result.status is Status.BUSY:
