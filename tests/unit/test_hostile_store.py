@@ -13,9 +13,9 @@ import pytest
 
 from autopilot import invasive
 from autopilot.results import CheckResult, Status, StoredResult, utc_now_iso
-from autopilot.store import NodeRecord
+from autopilot.store import NodeRecord, Run
 from tests.unit.api_helpers import Api, make_api, stand_in_checks
-from workers import reconcile
+from workers import reconcile, runs
 from workers import store as store_mod
 from workers.dispatch import Envelope
 
@@ -203,3 +203,42 @@ def test_counters_that_are_not_integers_leave_the_rest_of_the_scrape() -> None:
     metrics = api.client.get("/metrics").get_data(as_text=True)
     assert 'autopilot_checks_busy_total{check="gpumem",node="node-a"} 2.0' in metrics
     assert 'autopilot_node_verdict{node="node-b"' in metrics
+
+
+BAD_PAIRS = {
+    "not a list": "x",
+    "not objects": [1, "a"],
+    "no target": [{"interface": "eth0", "status": "fail"}],
+    "a target that is no name": [{"target": ["node-b"], "interface": "eth0", "status": "fail"}],
+    "names with escapes": [{"target": "node-b\x1b[31m", "interface": "eth0\x1b]0;x\x07", "status": "fail"}],
+}
+
+
+@pytest.mark.parametrize("pairs", BAD_PAIRS.values(), ids=BAD_PAIRS.keys())
+def test_network_pairs_of_another_shape_are_left_out_of_the_network_summary(pairs: Any) -> None:
+    api = make_api(nodes=("node-a", "node-b"))
+    good = [{"target": "node-a", "interface": "eth0", "status": "ok"}]
+
+    def answer(env: Envelope) -> None:
+        data = {"pairs": pairs if env.node == "node-a" else good}
+        api.store.save_result(CheckResult("ping", Status.FAIL, "bad", node=env.node, data=data), env.run_id)
+
+    api.workers.answer = answer  # type: ignore[method-assign]
+    body = api.client.get("/status?check=ping&format=json")
+    assert body.status_code == 200
+    assert body.get_json()["network"]["ping"]["pairs"] == 1  # node-b's good pair alone
+    text = api.client.get("/status?check=ping")
+    assert text.status_code == 200 and "\x1b" not in text.get_data(as_text=True)
+
+
+def test_iperf_pairs_of_another_shape_are_left_out_of_the_interface_summary() -> None:
+    ok = {"source": "node-a", "target": "node-b", "interface": "eth0", "status": "ok", "gbps": 90.0}
+    bad = [1, {**ok, "gbps": "fast"}, {**ok, "gbps": True}, {**ok, "source": "A|B"}, {**ok, "status": None}]
+    run = Run.new(["iperf"], ["node-a", "node-b"], {}, 5.0)
+    found = {
+        (node, "iperf"): StoredResult.from_result(CheckResult("iperf", Status.OK, "ring", node=node, data=data))
+        for node, data in (("node-a", {"pairs": [ok, *bad]}), ("node-b", {"pairs": "x"}))
+    }
+    net = runs.network_report(run, found, late=())
+    assert net["iperf"]["pairs"] == 1
+    assert net["iperf"]["interfaces"]["eth0"]["mean_gbps"] == 90.0
