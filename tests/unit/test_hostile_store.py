@@ -15,7 +15,7 @@ from autopilot import invasive
 from autopilot.results import CheckResult, Status, StoredResult, utc_now_iso
 from autopilot.store import NodeRecord, Run
 from tests.unit.api_helpers import Api, make_api, stand_in_checks
-from workers import reconcile, runs
+from workers import peers, reconcile, runs
 from workers import store as store_mod
 from workers.dispatch import Envelope
 
@@ -242,3 +242,12 @@ def test_iperf_pairs_of_another_shape_are_left_out_of_the_interface_summary() ->
     net = runs.network_report(run, found, late=())
     assert net["iperf"]["pairs"] == 1
     assert net["iperf"]["interfaces"]["eth0"]["mean_gbps"] == 90.0
+
+
+def test_a_heartbeat_address_that_is_no_ip_literal_never_reaches_a_ping_command_line() -> None:
+    addresses = {"eth0": ["10.0.0.2", "-V", "evil.example.com", "cafe.be"], "ib0": ["fe80::1%ib0", "1.2.3.4 -f"]}
+    record = NodeRecord("node-b", addresses=addresses, last_seen=time.time())
+    assert [(p.interface, p.address) for p in peers.record_peers([record])] == [
+        ("eth0", "10.0.0.2"),
+        ("ib0", "fe80::1%ib0"),
+    ]
