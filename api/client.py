@@ -33,7 +33,7 @@ from rich.text import Text
 
 from api import text
 from autopilot import config, errors, registry
-from autopilot.render import printable
+from autopilot.results import printable
 
 EXIT_OK, EXIT_BAD, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
 DEFAULT_URL = "http://127.0.0.1:3333"

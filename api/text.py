@@ -16,7 +16,7 @@ from typing import Any
 
 from autopilot import names
 from autopilot.registry import CheckRegistry
-from autopilot.render import printable
+from autopilot.results import printable
 
 SEPARATOR = "-" * 67
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import selectors
 import shutil
 import signal
 import subprocess
@@ -117,6 +118,62 @@ class ProcessScope:
             _killpg(pgid)
 
 
+# What the runner keeps of one output (stdout or stderr). The largest a tool here prints is a few MB
+# (nvidia-smi -q -x on 16 GPUs, a dcgmi level-4 JSON); a runaway one (100 MB of a debug loop) would
+# otherwise be held whole in the worker's memory, twice (bytes, then text).
+OUTPUT_LIMIT_BYTES = 16 * 1024 * 1024
+_CHUNK = 64 * 1024
+
+
+def _capture(proc: subprocess.Popen[bytes], deadline: float) -> tuple[tuple[str, bool], tuple[str, bool]] | None:
+    """Read ``proc``'s stdout and stderr to their end and wait for it, until ``deadline`` (monotonic):
+    each output as text (newlines translated, bytes that are not UTF-8 replaced, as ``text=True`` read
+    them) and whether it was whole; past ``OUTPUT_LIMIT_BYTES`` the rest is read and dropped, so the
+    program never blocks on a full pipe. None when the deadline passed (the group is then killed)."""
+    if proc.stdout is None or proc.stderr is None:
+        raise TypeError("the program's stdout and stderr must be pipes")
+    out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
+    kept = {out_fd: bytearray(), err_fd: bytearray()}
+    seen = {out_fd: 0, err_fd: 0}
+    with proc.stdout, proc.stderr, selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        selector.register(proc.stderr, selectors.EVENT_READ)
+        while selector.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                _kill(proc)
+                return None
+            for key, _ in selector.select(left):
+                chunk = os.read(key.fd, _CHUNK)
+                if not chunk:
+                    selector.unregister(key.fileobj)
+                    continue
+                seen[key.fd] += len(chunk)
+                buf = kept[key.fd]
+                if len(buf) < OUTPUT_LIMIT_BYTES:
+                    buf += chunk[: OUTPUT_LIMIT_BYTES - len(buf)]
+    try:
+        proc.wait(max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:  # it closed both outputs and went on running
+        _kill(proc)
+        return None
+    return (
+        (_text(kept[out_fd]), seen[out_fd] <= OUTPUT_LIMIT_BYTES),
+        (_text(kept[err_fd]), seen[err_fd] <= OUTPUT_LIMIT_BYTES),
+    )
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    """Kill ``proc``'s group and reap it: its deadline passed."""
+    _killpg(proc.pid)
+    proc.wait()
+
+
+def _text(raw: bytearray) -> str:
+    """``raw`` as ``Popen(text=True, errors="replace")`` gives it: UTF-8, universal newlines."""
+    return raw.decode("utf-8", errors="replace").replace("\r\n", "\n").replace("\r", "\n")
+
+
 def _killpg(pgid: int) -> None:
     try:
         os.killpg(pgid, signal.SIGKILL)
@@ -153,8 +210,6 @@ class SubprocessRunner:
                 stderr=subprocess.PIPE,
                 env=dict(env) if env is not None else None,
                 start_new_session=True,
-                text=True,
-                errors="replace",
             )
         except FileNotFoundError as exc:
             raise errors.ToolNotFound(
@@ -165,18 +220,19 @@ class SubprocessRunner:
         if self.scope is not None:
             self.scope.add(proc.pid)
         try:
-            stdout, stderr = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            _killpg(proc.pid)
-            proc.communicate()
-            raise errors.ToolTimeout(os.path.basename(args[0]), timeout) from None
+            captured = _capture(proc, start + timeout)
         finally:
             if self.scope is not None:
                 self.scope.discard(proc.pid)
             # Children the program left behind in its group go with it.
             _killpg(proc.pid)
+        if captured is None:
+            raise errors.ToolTimeout(os.path.basename(args[0]), timeout)
         if self.scope is not None and self.scope.cancelled:
             raise errors.ToolTimeout(os.path.basename(args[0]), timeout)
+        (stdout, out_whole), (stderr, err_whole) = captured
+        if not out_whole or not err_whole:
+            raise errors.ToolOutputTooLarge(os.path.basename(args[0]), OUTPUT_LIMIT_BYTES)
         return CommandResult(tuple(args), proc.returncode, stdout, stderr, time.monotonic() - start)
 
     def spawn(self, argv: Sequence[str], *, lifetime_s: float, env: Mapping[str, str] | None = None) -> Process:
@@ -216,8 +272,10 @@ class Process:
         with self._lock:
             if self._out.closed:
                 return ""
-            self._out.seek(0)
-            return self._out.read()[-4096:].decode(errors="replace")
+            # The last 4 KiB only: a server that printed 100 MB is not read whole to name its last words.
+            size = self._out.seek(0, os.SEEK_END)
+            self._out.seek(max(0, size - 4096))
+            return self._out.read().decode(errors="replace")
 
     def terminate(self, grace_s: float = 2.0) -> None:
         self._timer.cancel()

@@ -8,6 +8,7 @@
      +-- ToolError              an external program could not give an answer
      |    +-- ToolNotFound      the binary is not on PATH
      |    +-- ToolTimeout       it ran past its deadline and was killed with its children
+     |    +-- ToolOutputTooLarge  it printed more than the runner keeps
      +-- GpuError               NVML said no (carries the NVML code when there is one)
      |    +-- GpuUnavailable    NVML could not start: skipped where no GPU is expected, else error
      |    +-- GpuLost           one GPU answered NVML_ERROR_GPU_IS_LOST: a fatal fail for it
@@ -66,6 +67,15 @@ class ToolTimeout(ToolError):
     def __init__(self, argv0: str, timeout_s: float) -> None:
         super().__init__(f"{argv0} timed out after {timeout_s:g} s")
         self.timeout_s = timeout_s
+
+
+class ToolOutputTooLarge(ToolError):
+    """The program printed more than the command seam keeps of an output (``commands.OUTPUT_LIMIT_BYTES``):
+    what it kept is a truncated answer, which a check must not judge."""
+
+    def __init__(self, argv0: str, limit: int) -> None:
+        super().__init__(f"{argv0} printed more than {limit // (1024 * 1024)} MiB on one output")
+        self.limit = limit
 
 
 class GpuError(AutopilotError):

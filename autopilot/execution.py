@@ -340,7 +340,8 @@ def _guarded(spec: registry.CheckSpec, ctx: CheckContext, params: Mapping[str, A
 
 def _stamp(result: CheckResult, ctx: CheckContext, job: _Job) -> CheckResult:
     return dataclasses.replace(
-        result,
+        # A tool's words are written out before the result reaches a log, the store or Kubernetes.
+        results.tidy(result),
         node=ctx.node,
         params=dict(job.params),
         started_at=job.started,
@@ -352,4 +353,4 @@ def _stamp(result: CheckResult, ctx: CheckContext, job: _Job) -> CheckResult:
 
 def _log(result: CheckResult) -> None:
     level = logging.INFO if result.status in (Status.OK, Status.SKIPPED) else logging.WARNING
-    log.log(level, "check %s: %s: %s", result.check, result.status.value, result.summary)
+    log.log(level, "check %s: %s: %s", result.check, result.status.value, results.printable(result.summary))

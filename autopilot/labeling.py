@@ -14,6 +14,7 @@ from autopilot.verdict import Verdict
 
 PREFIX = "autopilot.ibm.com/"
 GPUHEALTH = PREFIX + "gpuhealth"
+OUTPUT_LIMIT = 4096  # characters of a ``dcgm.level.<r>.output`` annotation (16 GPUs x 20 tests fit)
 
 
 def dcgm_level_key(level: int) -> str:
@@ -37,9 +38,25 @@ def dcgm_labels(result: CheckResult) -> tuple[dict[str, str], dict[str, str]]:
     """
     if result.check != "dcgm" or result.status in (Status.ERROR, Status.SKIPPED):
         return {}, {}
-    level = int(result.params.get("r", 1) or 1)
+    level = _level(result.params.get("r", 1))
+    if level is None:  # not a level dcgmi runs (another writer's result): no label key of its making
+        return {}, {}
     moment = results.parse_iso(result.started_at) if result.started_at else datetime.now().astimezone()
     word = "PASS" if result.status is Status.OK else "ERR"
     key = dcgm_level_key(level)
     failure = str(result.data.get("failure_string", "")) if result.status is not Status.OK else ""
+    # Test names and GPU ids come from dcgmi's output: the annotation is kept readable and bounded, since
+    # a Node's annotations over 256 KiB make the API server refuse the patch that carries the verdict too.
+    failure = results.printable(failure)
+    if len(failure) > OUTPUT_LIMIT:
+        failure = failure[: OUTPUT_LIMIT - 3] + "..."
     return {key: f"{word}_{timestamp(moment)}"}, {f"{key}.output": failure}
+
+
+def _level(raw: object) -> int | None:
+    """A DCGM run level, 1 to 4 (``dcgmi diag -r``), from a result's parameters; None for anything else."""
+    try:
+        level = int(raw or 1)  # type: ignore[call-overload]  # a stored result's parameter may be anything
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return level if 1 <= level <= 4 else None

@@ -54,6 +54,7 @@ NODE_STATES: tuple[str, ...] = ("live", "stale")
 _JUDGED = (Status.OK, Status.WARN, Status.FAIL)
 _PCIEBW_UNIT = "GB/s"  # pciebw's link-only mode stores lane counts instead: those are no bandwidth
 
+LABEL_VALUE_LIMIT = 128  # characters of a label value taken from data (``_label``)
 BASELINE_LABELS = ("model", "driver", "check", "metric")
 HEALTH_CHECKS = "autopilot_health_checks"
 HEALTH_HELP = "Summary of the health checks measurements on compute nodes. Gauge Vector version"
@@ -234,8 +235,17 @@ def _add_result(fam: _Families, info: NodeInfo, check: str, result: CheckResult,
     if started is not None:
         fam.last_run.add_metric([node, check], started)
     if health is not None:
+        models = [_label(info.cpu_model), _label(info.gpu_model)]
         for device, value in sorted(upstream_samples(result).items()):
-            fam.health.add_metric([health, node, str(info.cpu_model), str(info.gpu_model), device], value)
+            fam.health.add_metric([health, node, *models, _label(device)], value)
+
+
+def _label(text: str) -> str:
+    """A label value from a worker's or a tool's words (a CPU model, a device id): at most
+    ``LABEL_VALUE_LIMIT`` characters, since it is repeated in every series of its node and kept by the
+    TSDB; a buggy worker's 100 KB CPU model made a node's part of the scrape 600 KB."""
+    text = str(text)
+    return text if len(text) <= LABEL_VALUE_LIMIT else text[: LABEL_VALUE_LIMIT - 3] + "..."
 
 
 class _Families:

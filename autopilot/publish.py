@@ -71,6 +71,8 @@ def condition_for(decision: Decision) -> NodeCondition:
         message = verdict.value
     if decision.notes:  # after the reasons: what the verdict is comes first
         message = "; ".join((message, *decision.notes))
+    # The reasons quote results' summaries, which may be older writers' raw tool words: kubectl prints them.
+    message = results.printable(message)
     if len(message) > MESSAGE_LIMIT:
         message = message[: MESSAGE_LIMIT - 3] + "..."
     return NodeCondition(
@@ -134,7 +136,7 @@ def apply(
         k: v for k, v in publication.annotations.items() if info.annotations.get(k) != v
     }
     if label_changes or annotation_changes:
-        cluster.patch_node_labels(node, label_changes, annotation_changes)
+        _patch(cluster, node, label_changes, annotation_changes)
         wrote = True
     if not publication.condition.same_state(info.condition(publication.condition.type)):
         cluster.set_node_condition(node, publication.condition)
@@ -144,6 +146,25 @@ def apply(
         return Applied(wrote)
     error = _event(cluster, node, before, publication)
     return Applied(wrote or error is None, before or "", error)
+
+
+def _patch(
+    cluster: ClusterClient, node: str, labels: dict[str, str | None], annotations: dict[str, str | None]
+) -> None:
+    """Patch the Node's labels and annotations; when the API server refuses the patch as a whole (a 422:
+    annotations past 256 KiB, a label it will not take), the verdict label goes alone, logged, so that
+    what a scheduler reads is never lost to what came with it. Other errors (transient, no such Node,
+    a conflict) raise, as the refusal of the verdict label alone does."""
+    try:
+        cluster.patch_node_labels(node, labels, annotations)
+    except (errors.Transient, errors.NotFound, errors.Conflict):
+        raise
+    except errors.ClusterError as exc:
+        verdict = labels.get(labeling.GPUHEALTH)
+        if verdict is None or len(labels) + len(annotations) == 1:
+            raise
+        log.warning("node %s: labels and annotations refused (%s); the verdict label goes alone", node, exc)
+        cluster.patch_node_labels(node, {labeling.GPUHEALTH: verdict}, {})
 
 
 def _event(cluster: ClusterClient, node: str, before: str | None, pub: NodePublication) -> str | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from typing import IO
 
@@ -20,17 +19,6 @@ _STYLE = {
     Status.SKIPPED: "dim",
     Status.BUSY: "dim",
 }
-
-
-# C0 controls but tab and newline, DEL, C1 controls (0x9b is a one-byte CSI) and the bidi overrides: rich
-# passes ESC through into a table cell, so a summary or an answer holding them could drive the terminal.
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-
-
-def printable(text: str) -> str:
-    """``text`` with its control characters written out (``\\x1b``), for text that came from a tool or
-    another process and is about to reach a terminal or a text answer."""
-    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 def console(file: IO[str] | None = None) -> Console:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -36,6 +37,27 @@ class Status(enum.StrEnum):
 # a check that could not look is more urgent than one that saw something mildly off, but below
 # fail, which is a positive finding of bad hardware. Busy says only "not looked at this time".
 _SEVERITY = {Status.SKIPPED: 0, Status.OK: 1, Status.BUSY: 2, Status.WARN: 3, Status.ERROR: 4, Status.FAIL: 5}
+
+
+# C0 controls but tab and newline, DEL, C1 controls (0x9b is a one-byte CSI) and the bidi overrides: rich
+# passes ESC through into a table cell, kubectl and log viewers print it as it is, so a summary or an
+# answer holding them could drive the terminal of whoever reads it.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+SUMMARY_LIMIT = 4096  # characters of a summary or a device's detail; a tool's words beyond are cut
+
+
+def printable(text: str) -> str:
+    """``text`` with its control characters written out (``\\x1b``), for text that came from a tool or
+    another process and is about to reach a terminal, a text answer, a log or a Kubernetes object."""
+    if text.isprintable():  # most text: one C loop, no regular expression
+        return text
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def _words(text: str) -> str:
+    """A summary or detail as a result holds it: printable, at most ``SUMMARY_LIMIT`` characters."""
+    text = printable(text)
+    return text if len(text) <= SUMMARY_LIMIT else text[: SUMMARY_LIMIT - 3] + "..."
 
 
 def worst(statuses: Iterable[Status], default: Status = Status.OK) -> Status:
@@ -152,21 +174,34 @@ class CheckResult:
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> CheckResult:
-        return cls(
-            check=str(raw["check"]),
-            node=str(raw.get("node") or ""),
-            status=Status(raw["status"]),
-            fatal=bool(raw.get("fatal", False)),
-            summary=str(raw.get("summary") or ""),
-            devices=tuple(DeviceResult.from_dict(d) for d in raw.get("devices") or ()),
-            data=dict(raw.get("data") or {}),
-            params=dict(raw.get("params") or {}),
-            started_at=str(raw.get("started_at") or ""),
-            duration_s=float(raw.get("duration_s") or 0.0),
-        )
+        """The result ``raw`` describes. Raises ``ValueError`` for anything of another shape (a list,
+        a missing ``check``, devices that are not objects...): what another writer left in the store
+        or a log is data to refuse, never a ``TypeError`` deep in a reader."""
+        try:
+            started_at = str(raw.get("started_at") or "")
+            if started_at:
+                parse_iso(started_at)  # every reader of a verdict compares it: one that cannot is refused here
+            duration_s = float(raw.get("duration_s") or 0.0)
+            if not math.isfinite(duration_s):
+                raise ValueError(f"duration_s {duration_s}")
+            return cls(
+                check=str(raw["check"]),
+                node=str(raw.get("node") or ""),
+                status=Status(raw["status"]),
+                fatal=bool(raw.get("fatal", False)),
+                summary=str(raw.get("summary") or ""),
+                devices=tuple(DeviceResult.from_dict(d) for d in raw.get("devices") or ()),
+                data=dict(raw.get("data") or {}),
+                params=dict(raw.get("params") or {}),
+                started_at=started_at,
+                duration_s=duration_s,
+            )
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"not a check result ({type(exc).__name__}: {str(exc)[:80]})") from exc
 
     @classmethod
     def from_json(cls, text: str | bytes) -> CheckResult:
+        """The result ``text`` holds; ``ValueError`` for what is not JSON (or not UTF-8) or not a result."""
         return cls.from_dict(jsoncodec.loads(text))
 
     @classmethod
@@ -178,13 +213,36 @@ class CheckResult:
         if (
             isinstance(raw, dict)
             and raw.keys() == _DICT_KEYS
+            and isinstance(raw["status"], str)
             and raw["status"] in _STATUS_VALUES
+            and isinstance(raw["check"], str)
+            and isinstance(raw["node"], str)
+            and isinstance(raw["summary"], str)
             and isinstance(raw["devices"], list)
+            and all(isinstance(d, dict) for d in raw["devices"])
             and isinstance(raw["data"], dict)
             and isinstance(raw["params"], dict)
         ):
             return raw
         return cls.from_dict(raw).to_dict()
+
+
+def tidy(result: CheckResult) -> CheckResult:
+    """``result`` with its summary and its devices' ids and details printable and at most ``SUMMARY_LIMIT``
+    characters: what a check made of a tool's words (a dcgmi excerpt, a kernel log line) reaches
+    terminals, logs and Kubernetes objects. The result itself when nothing changes (the usual case)."""
+    devices = tuple(map(_tidy_device, result.devices))
+    summary = _words(result.summary)
+    if summary == result.summary and all(a is b for a, b in zip(devices, result.devices, strict=True)):
+        return result
+    return dataclasses.replace(result, summary=summary, devices=devices)
+
+
+def _tidy_device(device: DeviceResult) -> DeviceResult:
+    ident, detail = printable(device.id), _words(device.detail)
+    if ident == device.id and detail == device.detail:
+        return device
+    return dataclasses.replace(device, id=ident, detail=detail)
 
 
 _DICT_KEYS = frozenset(CheckResult("", Status.OK).to_dict())
@@ -193,7 +251,7 @@ _STATUS_VALUES = frozenset(s.value for s in Status)
 # The first and last fields of a result as ``to_dict`` lays it out and ``jsoncodec.dumps`` writes it
 # (compact, keys in ``to_dict``'s order): what ``StoredResult.of`` recognises without decoding.
 _HEAD = re.compile(
-    rb'\{"check":"[^"\\]*","node":"[^"\\]*","status":"('
+    rb'\{"check":"([^"\\]*)","node":"([^"\\]*)","status":"('
     + b"|".join(v.encode() for v in sorted(_STATUS_VALUES))
     + rb')","fatal":(?:true|false),"summary":"'
 )
@@ -224,14 +282,22 @@ class StoredResult(Mapping[str, Any], jsoncodec.Preencoded):
         self._decoded = decoded
 
     @classmethod
-    def of(cls, text: str | bytes) -> StoredResult:
-        """The result stored as ``text``. Raises as ``CheckResult.from_json`` does for what is not a result."""
+    def of(cls, text: str | bytes, *, node: str | None = None, check: str | None = None) -> StoredResult:
+        """The result stored as ``text``. Raises as ``CheckResult.from_json`` does for what is not a result,
+        and ``ValueError`` for a result of another node or check than ``node``/``check`` (when given): a
+        writer that stored it under the wrong key must not lend one node's finding to another."""
         blob = text.encode() if isinstance(text, str) else bytes(text)
         head = _HEAD.match(blob)
         if head is not None and _TAIL.search(blob, max(0, len(blob) - _TAIL_BYTES)) is not None:
-            return cls(blob, head.group(1).decode())
-        raw = CheckResult.dict_from_json(blob)
-        return cls(jsoncodec.dumps(raw), raw["status"], raw)
+            named_check, named_node, status = (g.decode() for g in head.groups())
+            out = cls(blob, status)
+        else:
+            raw = CheckResult.dict_from_json(blob)
+            named_check, named_node = raw["check"], raw["node"]
+            out = cls(jsoncodec.dumps(raw), raw["status"], raw)
+        if (node is not None and named_node != node) or (check is not None and named_check != check):
+            raise ValueError(f"a result of {named_node[:80]!r}/{named_check[:40]!r} stored as {node!r}/{check!r}")
+        return out
 
     @classmethod
     def from_result(cls, result: CheckResult) -> StoredResult:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any, ClassVar, Protocol
 
 from autopilot import results
@@ -93,12 +94,25 @@ class NodeState:
 
     @property
     def evicted_since(self) -> datetime | None:
-        return results.parse_iso(self.evicted_at) if self.evicted_at else None
+        """When the node was evicted (None: it is not). A stamp that does not parse (another writer's)
+        still says evicted, read as the epoch: an eviction is never lost to a bad write, nor a crash."""
+        if not self.evicted_at:
+            return None
+        try:
+            return results.parse_iso(self.evicted_at)
+        except ValueError:
+            return _EPOCH
 
     @property
     def cleared_since(self) -> datetime | None:
-        return results.parse_iso(self.cleared_at) if self.cleared_at else None
+        """When the last eviction was cleared (None: never, or a stamp that does not parse)."""
+        try:
+            return results.parse_iso(self.cleared_at) if self.cleared_at else None
+        except ValueError:
+            return None
 
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 NodeState.FIELDS = frozenset(f.name for f in dataclasses.fields(NodeState))
 
@@ -133,8 +147,42 @@ class NodeRecord:
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> NodeRecord:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in raw.items() if k in fields})
+        """The record ``raw`` describes; a field this version does not know is ignored. Raises
+        ``ValueError`` for one of another shape (no name, a field of the wrong type): a heartbeat a buggy
+        or older worker wrote is refused where it is read, not carried on to fail a reader later."""
+        if not isinstance(raw, Mapping):
+            raise ValueError("a node record is a JSON object")
+        kept = {k: v for k, v in raw.items() if k in _RECORD_FIELDS}
+        wrong = sorted(k for k, v in kept.items() if not _RECORD_FIELDS[k](v))
+        if wrong or not kept.get("name"):
+            raise ValueError(f"not a node record (fields of the wrong type: {', '.join(wrong) or 'name'})")
+        return cls(**kept)
+
+
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# NodeRecord's fields and the test of a stored value for each (``from_dict``).
+_RECORD_FIELDS: dict[str, Callable[[Any], bool]] = {
+    "name": _is_text,
+    "addresses": lambda v: (
+        isinstance(v, dict)
+        and all(isinstance(k, str) and isinstance(a, list) and all(map(_is_text, a)) for k, a in v.items())
+    ),
+    "cpu_model": _is_text,
+    "gpu_model": _is_text,
+    "gpu_count": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+    "driver_version": _is_text,
+    "labels": lambda v: isinstance(v, dict) and all(isinstance(k, str) and isinstance(x, str) for k, x in v.items()),
+    "version": _is_text,
+    "last_seen": _is_number,
+    "simulated": lambda v: isinstance(v, bool),
+}
 
 
 @dataclasses.dataclass(frozen=True)

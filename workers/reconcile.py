@@ -287,10 +287,16 @@ def reconcile_all(
     suspects = fleet_suspects(store, settings, moment, [node for node, _ in known])
     store.set_ping_suspects(suspects, _SUSPECTS_TTL_S)
     for node, seen in known:
-        view = store.view(node)
-        decision = reconcile_node(
-            store, node, settings, moment, cluster=cluster, view=view, suspects=suspects, checks=checks
-        )
+        try:
+            view = store.view(node)
+            decision = reconcile_node(
+                store, node, settings, moment, cluster=cluster, view=view, suspects=suspects, checks=checks
+            )
+        except errors.StoreUnavailable:
+            raise
+        except Exception:  # one node's bad data (another writer's) must not stop the fleet's reconcile
+            log.exception("reconcile of node %s failed; the other nodes go on", node)
+            continue
         out[node] = decision.verdict.value
         if _expired(store, node, seen, moment, settings, cluster is not None):
             last = results.utc_now_iso(datetime.fromtimestamp(seen, UTC))

@@ -51,7 +51,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from autopilot import config, errors, network, polling, results, verdict
+from autopilot import config, errors, names, network, polling, results, verdict
 from autopilot.checks import iperf
 from autopilot.cluster import ClusterClient
 from autopilot.registry import CheckRegistry
@@ -59,7 +59,7 @@ from autopilot.results import CheckResult, Status, StoredResult
 from autopilot.store import NodeState
 from workers import reconcile, ring
 from workers.dispatch import Dispatcher, Envelope, Joined, TaskSender, send_all, task_sender
-from workers.store import ResultsStore, Run
+from workers.store import ResultsStore, Run, stored_result
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +283,7 @@ class Gather:
             return
         taken: dict[tuple[str, str], bytes] = {}
         for key, blob in landed.items():
-            result = StoredResult.of(blob)
+            result = stored_result(blob, *key)
             joined = self.joined.pop(key)
             if result.status == Status.ERROR.value and joined.deadline < self.in_flight.get(key[0], 0.0):
                 self._gave_up.add(key)
@@ -693,7 +693,7 @@ def network_report(
         for node in run.nodes:
             result = found.get((node, "iperf"))
             if result is not None:
-                ring_pairs += [dict(p) for p in result["data"].get("pairs", [])]
+                ring_pairs += [dict(p) for p in _pairs(result) if _ring_pair(p)]
         out["iperf"] = {**_suspects(iperf.pair_results(ring_pairs)), "interfaces": iperf.summarize(ring_pairs)}
     return out
 
@@ -715,9 +715,40 @@ def _stored_ping_pairs(blob: bytes) -> tuple[tuple[str, str, bool], ...]:
 def _measured_pairs(result: Mapping[str, Any]) -> tuple[tuple[str, str, bool], ...]:
     return tuple(
         (p["target"], p["interface"], p["status"] != "ok")
-        for p in result["data"].get("pairs", [])
-        if p.get("status") in ("ok", "warn", "fail")
+        for p in _pairs(result)
+        if _named_pair(p, "target") and p.get("status") in ("ok", "warn", "fail")
     )
+
+
+def _pairs(result: Mapping[str, Any]) -> list[Any]:
+    """``data.pairs`` of a ``ping`` or ``iperf`` result; empty when it is not a list."""
+    found = result["data"].get("pairs", [])
+    return found if isinstance(found, list) else []
+
+
+# The pairs of a stored result are another worker's data: one of another shape (not an object, a node
+# name that is not one, an interface name with control characters) is left out of the network summary,
+# which would otherwise fail the whole answer or carry the characters into the text answer.
+def _named_pair(pair: Any, *nodes: str) -> bool:
+    """``pair`` is an object whose ``nodes`` fields are node names and whose ``interface`` is a short,
+    printable name."""
+    if not isinstance(pair, dict):
+        return False
+    interface = pair.get("interface")
+    return (
+        isinstance(interface, str)
+        and 0 < len(interface) <= 64
+        and interface.isprintable()
+        and all(isinstance(pair.get(f), str) and names.is_dns1123_subdomain(pair[f]) for f in nodes)
+    )
+
+
+def _ring_pair(pair: Any) -> bool:
+    """An ``iperf`` pair ``iperf.summarize`` can count: named, with a status and a bandwidth or none."""
+    if not _named_pair(pair, "source", "target") or not isinstance(pair.get("status"), str):
+        return False
+    gbps = pair.get("gbps")
+    return gbps is None or (isinstance(gbps, int | float) and not isinstance(gbps, bool) and math.isfinite(gbps))
 
 
 def _suspects(pairs: Sequence[network.PairResult]) -> dict[str, Any]:

@@ -43,6 +43,7 @@ import functools
 import hashlib
 import inspect
 import json
+import logging
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
@@ -52,11 +53,11 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from autopilot import config
+from autopilot import config, names
 from autopilot.errors import StoreUnavailable
 from autopilot.events.metrics import BUCKETS, EventsSnapshot, bucket_of
 from autopilot.events.model import Event
-from autopilot.results import CheckResult, Status, StoredResult
+from autopilot.results import CheckResult, Status, StoredResult, tidy
 from autopilot.store import NodeDetail, NodeRecord, NodeState, NodeView, Run, RunNews
 
 if TYPE_CHECKING:  # the stores beside this one import this module; they are built on demand
@@ -65,8 +66,13 @@ if TYPE_CHECKING:  # the stores beside this one import this module; they are bui
 
 __all__ = ["EventStore", "P", "NodeRecord", "NodeState", "NodeView", "ResultsStore", "Run", "RunNews", "unavailable"]
 
+log = logging.getLogger(__name__)
+
 P = "ap:"
 RUNS = f"{P}runs"
+# A stored result larger than this is not read (the largest a check writes, a 1,000-node ping's, is
+# about 250 KB): a worker that wrote 20 MB would otherwise make every answer that shows it that large.
+MAX_RESULT_BYTES = 4 * 1024 * 1024
 T = TypeVar("T")
 A = ParamSpec("A")
 C = TypeVar("C", bound=type)
@@ -151,7 +157,10 @@ class ResultsStore:
         latest: dict[str, dict[str, bytes]] = {}  # node -> check -> newest blob
         history: dict[str, list[bytes]] = {}  # node -> blobs, oldest first (LPUSH puts the last at the head)
         in_run: dict[str, bytes] = {}
-        for result, is_latest in items:
+        for raw, is_latest in items:
+            # Every writer's results (engine, follower, ring, invasive Job) enter here: a tool's words are
+            # written out before a reader (a terminal, kubectl, a log) meets them.
+            result = tidy(raw)
             blob = result.to_json_bytes()
             written[blob] = result
             if result.status is Status.BUSY:
@@ -180,26 +189,30 @@ class ResultsStore:
             figures.written(replies[counted - 1])
         if view is None:
             return None
-        return _view(replies[-VIEW_REPLIES:], written)
+        return _view(view, replies[-VIEW_REPLIES:], written)
 
     def view(self, node: str) -> NodeView:
         """The node's latest results and verdict state, read in one round trip."""
         pipe = self.r.pipeline(transaction=False)
         _queue_view(pipe, node)
-        return _view(pipe.execute())
+        return _view(node, pipe.execute())
 
     def latest(self, node: str) -> dict[str, CheckResult]:
-        return _latest(self.r.hgetall(f"{P}latest:{node}"))
+        return _latest(node, self.r.hgetall(f"{P}latest:{node}"))
 
     def latest_many(self, nodes: Sequence[str]) -> dict[str, dict[str, CheckResult]]:
-        return {n: _latest(raw) for n, raw in self._hashes("latest", nodes).items()}
+        return {n: _latest(n, raw) for n, raw in self._hashes("latest", nodes).items()}
 
     def latest_of(self, check: str, nodes: Sequence[str]) -> dict[str, CheckResult]:
         """Node -> its latest ``check`` result (nodes without one left out), every node in one pipeline."""
         pipe = self.r.pipeline(transaction=False)
         for n in nodes:
             pipe.hget(f"{P}latest:{n}", check)
-        return {n: CheckResult.from_json(raw) for n, raw in zip(nodes, pipe.execute(), strict=True) if raw}
+        found = {
+            n: _result(raw, n, check, _check_result) if raw else None
+            for n, raw in zip(nodes, pipe.execute(), strict=True)
+        }
+        return {n: result for n, result in found.items() if result is not None}
 
     def ping_suspects(self) -> frozenset[str] | None:
         """The nodes the fleet's pings named at the last reconcile that looked (None: none kept)."""
@@ -218,10 +231,10 @@ class ResultsStore:
 
     def busy_counts(self, nodes: Sequence[str]) -> dict[str, dict[str, int]]:
         """Node -> check -> how many times it was answered ``busy`` (one pipeline for every node)."""
-        return {n: {decoded(k): int(v) for k, v in raw.items()} for n, raw in self._hashes("busy", nodes).items()}
+        return {n: _counts(raw) for n, raw in self._hashes("busy", nodes).items()}
 
     def history(self, node: str, limit: int = 50) -> list[CheckResult]:
-        return _history(self.r.lrange(f"{P}history:{node}", 0, max(0, limit - 1)))
+        return _history(node, self.r.lrange(f"{P}history:{node}", 0, max(0, limit - 1)))
 
     def node_detail(self, name: str, history_limit: int) -> NodeDetail:
         """The node's record, latest results, state, local labels and ``history_limit`` newest results,
@@ -235,11 +248,11 @@ class ResultsStore:
         raw_record, raw_latest, raw_state, raw_labels, raw_history = pipe.execute()
         return NodeDetail(
             name,
-            _record(raw_record),
-            _latest(raw_latest),
+            _record(raw_record, name),
+            _latest(name, raw_latest),
             _node_state(raw_state),
             _state(raw_labels),
-            _history(raw_history),
+            _history(name, raw_history),
         )
 
     # ------------------------------------------------------------------ runs
@@ -271,13 +284,15 @@ class ResultsStore:
             pipe.execute()
 
     def get_run(self, run_id: str) -> tuple[Run, dict[tuple[str, str], CheckResult]] | None:
-        return self._run(run_id, CheckResult.from_json)
+        return self._run(run_id, _check_result, lambda result: result)
 
     def get_run_stored(self, run_id: str) -> tuple[Run, dict[tuple[str, str], StoredResult]] | None:
         """``get_run`` with each result as stored (``StoredResult``: what an API answer holds)."""
-        return self._run(run_id, StoredResult.of)
+        return self._run(run_id, _stored_result, StoredResult.from_result)
 
-    def _run(self, run_id: str, decode: Callable[[bytes], T]) -> tuple[Run, dict[tuple[str, str], T]] | None:
+    def _run(
+        self, run_id: str, decode: Callable[[bytes, str, str | None], T], unreadable: Callable[[CheckResult], T]
+    ) -> tuple[Run, dict[tuple[str, str], T]] | None:
         raw = self.r.hgetall(f"{P}run:{run_id}")
         if b"meta" not in raw:
             return None
@@ -285,7 +300,7 @@ class ResultsStore:
         found: dict[tuple[str, str], T] = {}
         for k, v in raw.items():
             node, _, check = decoded(k).partition("|")
-            found[(node, check)] = decode(v)
+            found[(node, check)] = _run_result(v, node, check, decode, unreadable)
         return run, found
 
     def run_answered(self, run_id: str) -> set[tuple[str, str]]:
@@ -316,9 +331,9 @@ class ResultsStore:
         found: dict[tuple[str, str], StoredResult] = {}
         if fields:
             for field, blob in zip(fields, self.r.hmget(f"{P}run:{run_id}", fields), strict=True):
+                node, _, check = decoded(field).partition("|")
                 if blob is not None:
-                    node, _, check = decoded(field).partition("|")
-                    found[(node, check)] = StoredResult.of(blob)
+                    found[(node, check)] = stored_result(blob, node, check)
         return RunNews(cursor + len(names), found, max(0, int(hlen) - 1))
 
     def run_progress(self, run_id: str) -> int:
@@ -342,23 +357,24 @@ class ResultsStore:
 
     def node_names(self, *, seen_since: float | None = None) -> list[str]:
         low = "-inf" if seen_since is None else seen_since
-        return sorted(decoded(n) for n in self.r.zrangebyscore(f"{P}nodes", low, "+inf"))
+        return sorted(_node_names(self.r.zrangebyscore(f"{P}nodes", low, "+inf")))
 
     def nodes(self, names: Sequence[str] | None = None) -> list[NodeRecord]:
         wanted = list(names) if names is not None else self.node_names()
         if not wanted:
             return []
         raws = self.r.mget([f"{P}node:{n}" for n in wanted])
-        return [record for raw in raws if (record := _record(raw)) is not None]
+        return [record for n, raw in zip(wanted, raws, strict=True) if (record := _record(raw, n)) is not None]
 
     def node(self, name: str) -> NodeRecord | None:
-        return _record(self.r.get(f"{P}node:{name}"))
+        return _record(self.r.get(f"{P}node:{name}"), name)
 
     def last_seen(self, names: Sequence[str] | None = None) -> dict[str, float]:
         """Node -> its last heartbeat (epoch s), in one read: every node that ever heartbeated, or those of
         ``names`` that did."""
         if names is None:
-            return {decoded(n): float(score) for n, score in self.r.zrange(f"{P}nodes", 0, -1, withscores=True)}
+            scored = dict(self.r.zrange(f"{P}nodes", 0, -1, withscores=True))
+            return {n: float(scored[n.encode()]) for n in _node_names(scored)}
         if not names:
             return {}
         pipe = self.r.pipeline(transaction=False)
@@ -437,10 +453,7 @@ class ResultsStore:
 
     def confirmation_counts(self, nodes: Sequence[str]) -> dict[str, dict[str, int]]:
         """Node -> ``runs|<check>`` / ``prevented|<check>`` -> count (one pipeline for every node)."""
-        return {
-            n: {decoded(k): int(v) for k, v in raw.items() if decoded(k) != "pending"}
-            for n, raw in self._hashes("confirm", nodes).items()
-        }
+        return {n: _counts(raw, skip="pending") for n, raw in self._hashes("confirm", nodes).items()}
 
     def set_remediation_summary(self, values: Mapping[str, float]) -> None:
         self.r.hset(f"{P}remediation", mapping={k: str(v) for k, v in values.items()})
@@ -740,14 +753,86 @@ class EventStore:
 
 
 def decoded(value: bytes | str) -> str:
-    """A Redis reply as text (the stores' clients answer bytes)."""
-    return value.decode() if isinstance(value, bytes) else value
+    """A Redis reply as text (the stores' clients answer bytes); bytes that are not UTF-8 (another
+    writer's) read as U+FFFD instead of failing every reader of that key."""
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
-def _latest(raw: Mapping[Any, Any], known: Mapping[bytes, CheckResult] | None = None) -> dict[str, CheckResult]:
-    """Decode a ``latest`` hash; a blob found in ``known`` (just written by this process) is not parsed again."""
+def _node_names(raw: Iterable[bytes | str]) -> list[str]:
+    """The node names of ``raw`` that are DNS-1123 subdomains. Another name in ``nodes`` (a buggy
+    worker's, or one written by hand) would reach a queue name, a key pattern or a terminal: it is
+    left out and logged."""
+    found = []
+    for name in map(decoded, raw):
+        if names.is_dns1123_subdomain(name):
+            found.append(name)
+        else:
+            log.warning("store: node name %r in %snodes is not a DNS-1123 subdomain; left out", name[:300], P)
+    return found
+
+
+def _result(blob: bytes, node: str, check: str | None, decode: Callable[[bytes, str, str | None], T]) -> T | None:
+    """``decode(blob, node, check)`` (``_check_result`` or ``_stored_result``) for what another writer left
+    under ``node``'s ``check`` (None: any check), or None for what is not that result (not JSON, another
+    shape, another node's or check's, larger than ``MAX_RESULT_BYTES``): logged and left out, so one bad
+    value neither fails every answer that reads it nor lends its finding to the wrong node. A node's
+    latest results then lack that check (no fresh result: ``UNKNOWN`` rather than a guess)."""
+    return _read(blob, node, check, decode)[0]
+
+
+def _run_result(
+    blob: bytes,
+    node: str,
+    check: str,
+    decode: Callable[[bytes, str, str | None], T],
+    wrap: Callable[[CheckResult], T],
+) -> T:
+    """``_result`` for a run's answer: what is unreadable is ``wrap`` of an ``error`` result saying so, so
+    the run shows the check could not be read instead of waiting for it or counting the node as fine."""
+    found, why = _read(blob, node, check, decode)
+    if found is not None:
+        return found
+    return wrap(CheckResult(check, Status.ERROR, f"the result stored for this check is unreadable ({why})", node=node))
+
+
+def _read(
+    blob: bytes, node: str, check: str | None, decode: Callable[[bytes, str, str | None], T]
+) -> tuple[T | None, str]:
+    """``decode(blob, node, check)`` and "", or None and why not (logged)."""
+    try:
+        if len(blob) > MAX_RESULT_BYTES:
+            raise ValueError(f"{len(blob)} bytes, over {MAX_RESULT_BYTES}")
+        return decode(blob, node, check), ""
+    except ValueError as exc:
+        log.warning("store: a result of node %r (check %r) is unreadable, left out: %s", node[:300], check, exc)
+        return None, str(exc)[:200]
+
+
+def _check_result(blob: bytes, node: str, check: str | None) -> CheckResult:
+    result = CheckResult.from_json(blob)
+    if result.node != node or (check is not None and result.check != check):
+        raise ValueError(f"a result of {result.node[:80]!r}/{result.check[:40]!r} stored as {node!r}/{check!r}")
+    return result
+
+
+def _stored_result(blob: bytes, node: str, check: str | None) -> StoredResult:
+    return StoredResult.of(blob, node=node, check=check)
+
+
+def stored_result(blob: bytes, node: str, check: str) -> StoredResult:
+    """``node``'s ``check`` result as stored in ``blob``, or an ``error`` saying it is unreadable
+    (``_run_result``): for a blob read elsewhere than here (a joined run's, ``dispatch.Flights``)."""
+    return _run_result(blob, node, check, _stored_result, StoredResult.from_result)
+
+
+def _latest(
+    node: str, raw: Mapping[Any, Any], known: Mapping[bytes, CheckResult] | None = None
+) -> dict[str, CheckResult]:
+    """Decode ``node``'s ``latest`` hash, leaving out what is unreadable (``_result``); a blob found in
+    ``known`` (just written by this process) is not parsed again."""
     seen = known or {}
-    return {decoded(k): seen.get(v) or CheckResult.from_json(v) for k, v in raw.items()}
+    found = {(check := decoded(k)): seen.get(v) or _result(v, node, check, _check_result) for k, v in raw.items()}
+    return {check: result for check, result in found.items() if result is not None}
 
 
 VIEW_REPLIES = 5
@@ -764,10 +849,23 @@ def _queue_view(pipe: Any, node: str) -> None:
     pipe.hget(f"{P}confirm:{node}", "pending")
 
 
-def _view(replies: Sequence[Any], known: Mapping[bytes, CheckResult] | None = None) -> NodeView:
+def _view(node: str, replies: Sequence[Any], known: Mapping[bytes, CheckResult] | None = None) -> NodeView:
     raw_latest, raw_state, raw_labels, seen, pending = replies
     state = _node_state(raw_state)
-    return NodeView(_latest(raw_latest, known), state, _state(raw_labels), _score(seen), _pending(pending))
+    return NodeView(_latest(node, raw_latest, known), state, _state(raw_labels), _score(seen), _pending(pending))
+
+
+def _counts(raw: Mapping[bytes, bytes], skip: str = "") -> dict[str, int]:
+    """A hash of counters (``busy``, ``confirm``) as str -> int; a field other than ``skip`` that is not
+    an integer (another writer's) is left out, not the whole scrape."""
+    out: dict[str, int] = {}
+    for k, v in raw.items():
+        if (field := decoded(k)) != skip:
+            try:
+                out[field] = int(v)
+            except ValueError:
+                log.warning("store: counter %r is not an integer (%r), left out", field[:300], v[:40])
+    return out
 
 
 def _pending(raw: bytes | None) -> frozenset[str]:
@@ -787,14 +885,26 @@ def _node_state(raw: Mapping[Any, Any]) -> NodeState:
     return NodeState.from_fields(_state(raw))
 
 
-def _record(raw: Any) -> NodeRecord | None:
-    """A ``node:<name>`` value (None: no record)."""
-    return NodeRecord.from_dict(json.loads(raw)) if raw else None
+def _record(raw: Any, name: str) -> NodeRecord | None:
+    """The ``node:<name>`` value (None: no record, or one that is unreadable or names another node,
+    which is logged: a buggy worker's heartbeat must not fail every reader of the node list)."""
+    if not raw:
+        return None
+    try:
+        record = NodeRecord.from_dict(json.loads(raw))
+    except ValueError as exc:
+        log.warning("store: the record of node %r is unreadable, left out: %s", name[:300], exc)
+        return None
+    if record.name != name:
+        log.warning("store: the record of node %r names %r, left out", name[:300], record.name[:300])
+        return None
+    return record
 
 
-def _history(raws: Sequence[Any]) -> list[CheckResult]:
-    """A ``history:<node>`` list, newest first."""
-    return [CheckResult.from_json(v) for v in raws]
+def _history(node: str, raws: Sequence[Any]) -> list[CheckResult]:
+    """``node``'s ``history`` list, newest first, leaving out what is unreadable (``_result``)."""
+    found = (_result(v, node, None, _check_result) for v in raws)
+    return [r for r in found if r is not None]
 
 
 def _queue_hash_update(pipe: Any, key: str, values: Mapping[str, str | None]) -> None:

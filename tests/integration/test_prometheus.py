@@ -9,6 +9,7 @@ the store. Prometheus runs as a child process on a free loopback port with its s
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,10 +19,11 @@ import pytest
 from werkzeug.serving import BaseWSGIServer
 
 from autopilot import config
+from autopilot.results import CheckResult, DeviceResult, Status, utc_now_iso
 from tests.conftest import require_binary
 from tests.integration import prometheus as prom
 from tests.metrics_data import make_app, populate
-from workers.store import ResultsStore
+from workers.store import NodeRecord, ResultsStore
 
 pytestmark = pytest.mark.integration
 
@@ -75,3 +77,21 @@ def test_prometheus_scrapes_every_node(api_server: BaseWSGIServer, tmp_path: Pat
         assert [float(s["value"][1]) for s in up] == [1.0]
         evicted = prom.query(prometheus.port, 'autopilot_node_verdict{verdict="EVICT"} == 1')
         assert [s["metric"]["node"] for s in evicted] == ["gpu-c"]
+
+
+def test_promtool_accepts_label_values_from_hostile_workers_and_tools() -> None:
+    """Quotes, backslashes, newlines, escape sequences and a 100 KB CPU model from a worker's heartbeat
+    and a tool's device ids: the page stays valid and each label value from data stays short."""
+    promtool = require_binary("promtool")
+    store = ResultsStore(fakeredis.FakeRedis())
+    weird = 'q"uo\\te\nline\x1b[31m\u202e'
+    store.heartbeat(NodeRecord("gpu-a", cpu_model=weird + "C" * 100_000, gpu_model=weird, last_seen=time.time()))
+    devices = tuple(DeviceResult(f"{weird}{i}", Status.OK, 12.5, "GB/s", weird) for i in range(3))
+    store.save_result(CheckResult("pciebw", Status.OK, weird, node="gpu-a", devices=devices, started_at=utc_now_iso()))
+    text = make_app(store, config.Settings(node_name="api")).test_client().get("/metrics").get_data(as_text=True)
+    done = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, f"promtool rc={done.returncode}\n{done.stdout}{done.stderr}"
+    health = [line for line in text.splitlines() if line.startswith("autopilot_health_checks{")]
+    assert len(health) == 3 and all(len(line) < 1000 for line in health)

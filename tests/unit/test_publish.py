@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 import pytest
@@ -139,3 +140,37 @@ def test_condition_message_carries_notes_after_the_reasons() -> None:
     assert publish.condition_for(Decision(Verdict.WARN, ("gpumem: slow",), notes=(note,))).message == (
         f"gpumem: slow; {note}"
     )
+
+
+def test_a_dcgm_failure_string_from_hostile_output_is_kept_short_and_printable(backend: Backend) -> None:
+    backend.control.add_node("gpu-1", gpus=8)
+    failure = "memory_bandwidth\x1b[31m" + ".0" * 200_000  # 400 KB of test names and GPU ids from dcgmi
+    pub = publish.desired(EVICT, [dcgm(3, Status.FAIL, "2026-11-29T22:00:00Z", failure)])
+    publish.apply(backend.client, "gpu-1", pub)
+    node = backend.client.get_node("gpu-1")
+    assert node.labels[HEALTH] == "EVICT" and node.labels[L3] == "ERR_2026-11-29_22.00.00UTC"
+    output = node.annotations[L3 + ".output"]
+    assert output.startswith(r"memory_bandwidth\x1b[31m.0.0") and len(output) == 4096
+
+
+@pytest.mark.parametrize("level", ["three", 10**70, -1, 5, None])
+def test_a_dcgm_result_of_no_level_dcgmi_runs_writes_no_dcgm_label(backend: Backend, level: object) -> None:
+    backend.control.add_node("gpu-1", gpus=8)
+    result = CheckResult("dcgm", Status.FAIL, "", node="gpu-1", params={"r": level}, started_at="2026-11-29T22:00:00Z")
+    pub = publish.desired(EVICT, [result])
+    publish.apply(backend.client, "gpu-1", pub)
+    labels = backend.client.get_node("gpu-1").labels
+    assert labels[HEALTH] == "EVICT"
+    assert [k for k in labels if "dcgm.level" in k] == ([L3.replace("3", "1")] if level is None else [])
+
+
+def test_a_patch_the_api_server_refuses_as_a_whole_still_writes_the_verdict_label(backend: Backend) -> None:
+    backend.control.add_node("gpu-1", gpus=8)
+    pub = publish.desired(Decision(Verdict.WARN, ("gpumem: GPU 1 slow",)))
+    too_big = dataclasses.replace(pub, annotations={"autopilot.ibm.com/gpus": "x" * 300_000})
+    publish.apply(backend.client, "gpu-1", too_big)
+    node = backend.client.get_node("gpu-1")
+    assert node.labels[HEALTH] == "WARN"
+    assert "autopilot.ibm.com/gpus" not in node.annotations
+    cond = node.condition()
+    assert cond is not None and cond.reason == "AutopilotWarn"
