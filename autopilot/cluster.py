@@ -37,6 +37,14 @@ NODE_EVENT_NAMESPACE = "default"
 FINISHED_PHASES = frozenset({"Succeeded", "Failed"})
 # Enough for a JSON result of a few hundred DCGM tests; a runaway log is cut, not loaded whole.
 LOG_LIMIT_BYTES = 1 << 20
+# Lists are read in pages of this many items (kubectl's --chunk-size): every pod of a large cluster, or
+# a 5,000-node NodeList, in one answer is hundreds of MB for the server to build and for us to hold, and
+# can outlast the request timeout.
+LIST_PAGE = 500
+# A list whose continue token expired (410 Expired: etcd compacted past its revision) starts again from
+# its first page, at most this many times; a server that keeps paging is cut off after LIST_PAGES_MAX pages.
+LIST_RESTARTS = 3
+LIST_PAGES_MAX = 2000
 
 T = TypeVar("T")
 
@@ -559,6 +567,11 @@ def with_retries(
 # ---------------------------------------------------------------- the real client
 
 
+class ListExpired(errors.ClusterError):
+    """410 Gone: a list's ``continue`` token is too old (reason ``Expired``). Not retried as it is: the list
+    restarts from its first page."""
+
+
 class _RetryableTransient(errors.Transient):
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
@@ -585,6 +598,7 @@ class KubeClusterClient:
         self.retry = retry or RetryPolicy()
         self._sleep = sleep
         self._dra_version: str | None = None  # "" once discovery found no DeviceTaintRule
+        self.page_size = LIST_PAGE
 
     @classmethod
     def from_config(
@@ -635,11 +649,16 @@ class KubeClusterClient:
         from urllib3.exceptions import HTTPError
 
         what = f"{method} {path}"
+        params = list(query)
+        if not raw:
+            # The server's own deadline for the request (client-go sends the same): it stops working on a
+            # request we have given up on. A log stream is long-running and takes no such parameter.
+            params.append(("timeout", f"{max(1, int(self.timeout_s))}s"))
         try:
             resp = self._api.call_api(
                 path,
                 method,
-                query_params=list(query),
+                query_params=params,
                 header_params={"Content-Type": content_type, "Accept": "application/json"},
                 body=body,
                 auth_settings=["BearerToken"],
@@ -659,6 +678,39 @@ class KubeClusterClient:
         except ValueError as exc:
             raise errors.ClusterError(f"{what}: the API answered something that is not JSON") from exc
 
+    def _list(self, path: str, query: Sequence[tuple[str, str]] = ()) -> list[dict[str, Any]]:
+        """Every item of the list at ``path``, read page by page (``limit``/``continue``).
+
+        A 410 Expired on a continue token restarts the list (the pages read so far may be of another
+        revision), at most ``LIST_RESTARTS`` times, then ``Transient``; a server that repeats a token or
+        pages past ``LIST_PAGES_MAX`` ends in ``ClusterError``, never a loop.
+        """
+        for restart in range(LIST_RESTARTS + 1):
+            items: list[dict[str, Any]] = []
+            token = ""
+            seen: set[str] = set()
+            for _ in range(LIST_PAGES_MAX):
+                page = [*query, ("limit", str(self.page_size)), ("timeoutSeconds", str(max(1, int(self.timeout_s))))]
+                if token:
+                    page.append(("continue", token))
+                try:
+                    data = self._call("GET", path, query=page)
+                except ListExpired:
+                    if not token:
+                        raise  # not an expired page: nothing a restart changes
+                    log.info("GET %s: continue token expired; list restarted (%d/%d)", path, restart + 1, LIST_RESTARTS)
+                    break
+                items.extend(i for i in data.get("items") or () if isinstance(i, dict))
+                token = str((data.get("metadata") or {}).get("continue") or "")
+                if not token:
+                    return items
+                if token in seen:
+                    raise errors.ClusterError(f"GET {path}: the server repeated a continue token")
+                seen.add(token)
+            else:
+                raise errors.ClusterError(f"GET {path}: still paging after {LIST_PAGES_MAX} pages")
+        raise errors.Transient(f"GET {path}: the list's continue token expired {LIST_RESTARTS + 1} times")
+
     def _call(self, method: str, path: str, *, retry_conflict: bool = True, **kwargs: Any) -> Any:
         return with_retries(
             lambda: self._once(method, path, **kwargs),
@@ -672,8 +724,7 @@ class KubeClusterClient:
 
     def list_nodes(self, label_selector: str | None = None) -> list[NodeInfo]:
         query = [("labelSelector", label_selector)] if label_selector else []
-        data = self._call("GET", "/api/v1/nodes", query=query)
-        return [node_from_json(item) for item in data.get("items") or ()]
+        return [node_from_json(item) for item in self._list("/api/v1/nodes", query)]
 
     def get_node(self, name: str) -> NodeInfo:
         return node_from_json(self._call("GET", f"/api/v1/nodes/{_seg(name)}"))
@@ -754,19 +805,17 @@ class KubeClusterClient:
         return with_retries(attempt, policy=self.retry, sleep=self._sleep, what=f"taints of node {name}")
 
     def nodes_running(self, namespace: str, label_selector: str) -> list[str]:
-        data = self._call(
-            "GET",
+        items = self._list(
             f"/api/v1/namespaces/{_seg(namespace)}/pods",
-            query=[("labelSelector", label_selector), ("fieldSelector", "status.phase=Running")],
+            [("labelSelector", label_selector), ("fieldSelector", "status.phase=Running")],
         )
-        return sorted({p.node for p in (pod_from_json(i) for i in data.get("items") or ()) if p.node})
+        return sorted({p.node for p in (pod_from_json(i) for i in items) if p.node})
 
     def gpu_pods_on_node(self, node: str) -> list[PodInfo]:
         selector_safe(node=node)
         # Pending, Running and Unknown pods count: a pod admitted to the node holds its GPUs.
         selector = f"spec.nodeName={node},status.phase!=Succeeded,status.phase!=Failed"
-        data = self._call("GET", "/api/v1/pods", query=[("fieldSelector", selector)])
-        pods = [pod_from_json(i) for i in data.get("items") or ()]
+        pods = [pod_from_json(i) for i in self._list("/api/v1/pods", [("fieldSelector", selector)])]
         return [p for p in pods if p.gpus > 0 and p.phase not in FINISHED_PHASES]
 
     # ---------------------------------------------------------- jobs
@@ -786,16 +835,14 @@ class KubeClusterClient:
 
     def job_pods(self, namespace: str, job_name: str) -> list[PodInfo]:
         selector_safe(job=job_name)
-        data = self._call(
-            "GET", f"/api/v1/namespaces/{_seg(namespace)}/pods", query=[("labelSelector", f"job-name={job_name}")]
-        )
-        return [pod_from_json(i) for i in data.get("items") or ()]
+        items = self._list(f"/api/v1/namespaces/{_seg(namespace)}/pods", [("labelSelector", f"job-name={job_name}")])
+        return [pod_from_json(i) for i in items]
 
     def job_events(self, namespace: str, job_name: str) -> list[EventInfo]:
         selector_safe(job=job_name)
         selector = f"involvedObject.kind=Job,involvedObject.name={job_name}"
-        data = self._call("GET", f"/api/v1/namespaces/{_seg(namespace)}/events", query=[("fieldSelector", selector)])
-        return [event_from_json(i) for i in data.get("items") or ()]
+        items = self._list(f"/api/v1/namespaces/{_seg(namespace)}/events", [("fieldSelector", selector)])
+        return [event_from_json(i) for i in items]
 
     def pod_log(self, namespace: str, pod: str, container: str | None = None) -> str:
         query = [("limitBytes", str(LOG_LIMIT_BYTES))]
@@ -867,8 +914,8 @@ class KubeClusterClient:
         return f"/apis/{DRA_GROUP}/{version}/devicetaintrules"
 
     def list_device_taint_rules(self, label_selector: str) -> list[DeviceTaintRuleInfo]:
-        data = self._call("GET", self._dra_path(), query=[("labelSelector", label_selector)])
-        return [DeviceTaintRuleInfo.from_json(i) for i in data.get("items") or ()]
+        items = self._list(self._dra_path(), [("labelSelector", label_selector)])
+        return [DeviceTaintRuleInfo.from_json(i) for i in items]
 
     def create_device_taint_rule(self, rule: DeviceTaintRuleInfo) -> str:
         path = self._dra_path()
@@ -908,6 +955,8 @@ def _translate(exc: Any, what: str) -> errors.ClusterError:
         return errors.NotFound(message)
     if status == 409:
         return errors.Conflict(message)
+    if status == 410:
+        return ListExpired(message)
     if status in (0, 429) or status >= 500:
         return _RetryableTransient(message, _retry_after(getattr(exc, "headers", None)))
     return errors.ClusterError(message)

@@ -74,6 +74,28 @@ OP_ROUTES: dict[str, tuple[str, str]] = {
     "delete_device_taint_rule": ("DELETE", r"/devicetaintrules/[^/]+$"),
 }
 STAMP = "2026-11-29T22:00:00Z"
+EXPIRED_MESSAGE = (
+    "The provided continue parameter is too old to display a consistent list result. You can start a new "
+    "list without the continue parameter, or use the continue token in this response to retrieve the "
+    "remainder of the results."
+)
+GO_DURATION = re.compile(r"(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+")
+# The fields each resource's field selector may name (the registries' field label conversion funcs and
+# ToSelectableFields: pkg/apis/core/v1/conversion.go, pkg/registry/*); any other is a 400.
+SELECTABLE_FIELDS: dict[str, frozenset[str]] = {
+    "Pod": frozenset({
+        "metadata.name", "metadata.namespace", "spec.nodeName", "spec.restartPolicy", "spec.schedulerName",
+        "spec.serviceAccountName", "spec.hostNetwork", "status.phase", "status.podIP", "status.podIPs",
+        "status.nominatedNodeName",
+    }),
+    "Event": frozenset({
+        "metadata.name", "metadata.namespace", "involvedObject.kind", "involvedObject.namespace",
+        "involvedObject.name", "involvedObject.uid", "involvedObject.apiVersion", "involvedObject.resourceVersion",
+        "involvedObject.fieldPath", "reason", "reportingComponent", "source", "type",
+    }),
+    "Node": frozenset({"metadata.name", "spec.unschedulable"}),
+    "Job": frozenset({"metadata.name", "metadata.namespace", "status.successful"}),
+}  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,6 +178,10 @@ class StandInApi:
         self.device_taint_effects: tuple[str, ...] = DEVICE_TAINT_EFFECTS
         self._seq = itertools.count(1)
         self._rv = itertools.count(100)
+        self._continues: dict[str, tuple[str, str]] = {}  # continue token -> the key of the page's last item
+        self._expire = 0
+        self.pages = 0  # list pages served
+        self.broken_continue = False  # test control: a broken server, whose every token restarts the list
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, name="standin-api", daemon=True)
@@ -406,6 +432,11 @@ class StandInApi:
                     # An injected 422 names its invalid field only in details.causes, as some webhooks do.
                     causes = ["spec.injected: Invalid value: injected"] if status == 422 else None
                     return status, status_body(status, _REASONS.get(status, "Unknown"), f"injected {status}", causes)
+            if "timeout" in query and not GO_DURATION.fullmatch(query["timeout"]):
+                # WithRequestDeadline: a timeout that time.ParseDuration refuses is a 400
+                return 400, status_body(
+                    400, "BadRequest", f"invalid timeout specified in the request URL: {query['timeout']}"
+                )
             try:
                 return self._route(method, path, query, ctype, body)
             except KeyError as exc:
@@ -416,7 +447,7 @@ class StandInApi:
         if parts[:3] == ["api", "v1", "nodes"]:
             return self._nodes(method, parts[3:], query, ctype, body)
         if path == "/api/v1/pods" and method == "GET":
-            return 200, self._list("Pod", None, query)
+            return self._list("Pod", None, query)
         if parts[:4] == ["apis", "storage.k8s.io", "v1", "storageclasses"] and len(parts) == 5 and method == "GET":
             mode, _ = self._sc(parts[4])
             return 200, {
@@ -463,11 +494,7 @@ class StandInApi:
         if rest[1] != "devicetaintrules":
             return 404, status_body(404, "NotFound", "the server could not find the requested resource")
         if len(rest) == 2 and method == "GET":
-            refused = bad_selector(query)
-            if refused:
-                return refused
-            listing = self._list("DeviceTaintRule", None, query)
-            return 200, {**listing, "apiVersion": group_version}
+            return self._list("DeviceTaintRule", None, query, group_version)
         if len(rest) == 2 and method == "POST":
             problems = device_taint_rule_problems(body, str(version), self.device_taint_effects)
             if problems:
@@ -493,15 +520,7 @@ class StandInApi:
 
     def _nodes(self, method: str, rest: list[str], query: dict[str, str], ctype: str, body: Any) -> tuple[int, Any]:
         if not rest and method == "GET":
-            refused = bad_selector(query)
-            if refused:
-                return refused
-            items = [
-                n
-                for n in self.nodes.values()
-                if selector_matches(query.get("labelSelector", ""), n["metadata"]["labels"])
-            ]
-            return 200, {"kind": "NodeList", "apiVersion": "v1", "metadata": {"resourceVersion": "1"}, "items": items}
+            return self._list("Node", None, query)
         name = rest[0]
         if name not in self.nodes:
             raise KeyError(f'nodes "{name}"')
@@ -551,16 +570,53 @@ class StandInApi:
                 if cond["type"] == "Ready":
                     cond["lastHeartbeatTime"] = "2026-11-29T22:00:10Z"
 
-    def _list(self, kind: str, namespace: str | None, query: dict[str, str]) -> dict[str, Any]:
+    def _list(self, kind: str, namespace: str | None, query: dict[str, str], api: str = "v1") -> tuple[int, Any]:
+        objects = (
+            self.nodes.values()
+            if kind == "Node"
+            else [o for (k, ns, _), o in self.objects.items() if k == kind and (namespace is None or ns == namespace)]
+        )
+        refused = bad_selector(query) or bad_fields(kind, query.get("fieldSelector", ""))
+        if refused:
+            return refused
         items = [
             o
-            for (k, ns, _), o in self.objects.items()
-            if k == kind
-            and (namespace is None or ns == namespace)
-            and selector_matches(query.get("labelSelector", ""), o["metadata"].get("labels") or {})
+            for o in objects
+            if selector_matches(query.get("labelSelector", ""), o["metadata"].get("labels") or {})
             and _fields_match(query.get("fieldSelector", ""), o)
         ]
-        return {"kind": f"{kind}List", "apiVersion": "v1", "metadata": {"resourceVersion": "1"}, "items": items}
+        return self._page(kind, api, items, query)
+
+    def expire_continue(self, times: int = 1) -> None:
+        """The next ``times`` list requests that carry a ``continue`` token answer 410 Expired, as the real
+        server does once etcd has compacted past the revision the token was issued at."""
+        with self.lock:
+            self._expire += times
+
+    def _page(self, kind: str, api: str, items: list[dict[str, Any]], query: dict[str, str]) -> tuple[int, Any]:
+        """``limit``/``continue`` as the API server pages a list: items in key order, at most ``limit`` of them,
+        and an opaque ``metadata.continue`` while more remain (none when ``limit`` is absent or 0)."""
+        try:
+            limit = int(query.get("limit") or 0)
+        except ValueError:
+            return 400, status_body(400, "BadRequest", f"invalid limit {query['limit']!r}")
+        items = sorted(items, key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"]))
+        token = query.get("continue", "")
+        if token:
+            if self._expire > 0 or token not in self._continues:
+                self._expire = max(0, self._expire - 1)
+                return 410, status_body(410, "Expired", EXPIRED_MESSAGE)
+            after = ("", "") if self.broken_continue else self._continues[token]
+            items = [o for o in items if (o["metadata"].get("namespace", ""), o["metadata"]["name"]) > after]
+        meta: dict[str, Any] = {"resourceVersion": "1"}
+        if limit > 0 and len(items) > limit:
+            items = items[:limit]
+            last = items[-1]["metadata"]
+            token = "same" if self.broken_continue else f"c{next(self._seq):x}"
+            self._continues[token] = (last.get("namespace", ""), last["name"])
+            meta["continue"] = token
+        self.pages += 1
+        return 200, {"kind": f"{kind}List", "apiVersion": api, "metadata": meta, "items": items}
 
     def _namespaced(
         self, kind: str, api: str, method: str, ns: str, rest: list[str], query: dict[str, str], body: Any
@@ -573,7 +629,7 @@ class StandInApi:
         }
         if not rest:
             if method == "GET":
-                return bad_selector(query) or (200, self._list(kind, ns, query))
+                return self._list(kind, ns, query)
             if method == "POST":
                 return self._create(kind, api, ns, body, plural[kind])
         name = rest[0]
@@ -650,6 +706,16 @@ class StandInApi:
         if binds_after is not None and reads >= binds_after and (mode != "WaitForFirstConsumer" or consumed):
             pvc["status"] = {"phase": "Bound", "accessModes": pvc["spec"]["accessModes"]}
             pvc["spec"]["volumeName"] = f"pvc-{name}"
+
+
+def bad_fields(kind: str, selector: str) -> tuple[int, Any] | None:
+    """The 400 of a field selector naming a field the resource cannot be selected by; None when it can."""
+    allowed = SELECTABLE_FIELDS.get(kind, frozenset({"metadata.name", "metadata.namespace"}))
+    for part in filter(None, selector.split(",")):
+        field = part.partition("!=" if "!=" in part else "=")[0].strip()
+        if field not in allowed:
+            return 400, status_body(400, "BadRequest", f"field label not supported: {field}")
+    return None
 
 
 def _fields_match(selector: str, obj: Mapping[str, Any]) -> bool:
