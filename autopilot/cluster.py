@@ -101,16 +101,26 @@ class NodeTaint:
     key: str
     effect: str
     value: str = ""
+    # Written by whoever adds a NoExecute taint (the node lifecycle controller for node.kubernetes.io/*);
+    # kept as read, because spec.taints is written back whole and pods' tolerationSeconds count from it.
+    time_added: str = ""
 
     def to_json(self) -> dict[str, str]:
         out = {"key": self.key, "effect": self.effect}
         if self.value:
             out["value"] = self.value
+        if self.time_added:
+            out["timeAdded"] = self.time_added
         return out
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> NodeTaint:
-        return cls(str(raw.get("key") or ""), str(raw.get("effect") or ""), str(raw.get("value") or ""))
+        return cls(
+            str(raw.get("key") or ""),
+            str(raw.get("effect") or ""),
+            str(raw.get("value") or ""),
+            str(raw.get("timeAdded") or ""),
+        )
 
 
 @dataclasses.dataclass(frozen=True)

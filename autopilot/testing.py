@@ -396,9 +396,16 @@ class FakeCluster:
         *,
         gpus: int = 0,
         annotations: Mapping[str, str] | None = None,
+        taints: Sequence[Mapping[str, str]] = (),
     ) -> None:
+        """``taints``: others' taints already on the Node, as Kubernetes JSON (``key``, ``effect``, ...)."""
         self.nodes[name] = NodeInfo(
-            name, dict(labels or {}), dict(annotations or {}), allocatable_gpus=gpus, uid=f"uid-{name}"
+            name,
+            dict(labels or {}),
+            dict(annotations or {}),
+            allocatable_gpus=gpus,
+            uid=f"uid-{name}",
+            taints=tuple(NodeTaint.from_json(t) for t in taints),
         )
 
     def add_pod(

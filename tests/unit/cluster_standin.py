@@ -22,7 +22,7 @@ import itertools
 import json
 import re
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -202,6 +202,7 @@ class StandInApi:
         *,
         gpus: int = 0,
         annotations: Mapping[str, str] | None = None,
+        taints: Sequence[Mapping[str, str]] = (),
     ) -> None:
         allocatable = {"cpu": "96", "memory": "2113389860Ki", "pods": "110"}
         if gpus:
@@ -218,7 +219,7 @@ class StandInApi:
                     "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", **(labels or {})},
                     "annotations": {"node.alpha.kubernetes.io/ttl": "0", **(annotations or {})},
                 },
-                "spec": {"podCIDR": "10.244.1.0/24"},
+                "spec": {"podCIDR": "10.244.1.0/24", **({"taints": [dict(t) for t in taints]} if taints else {})},
                 "status": {
                     "capacity": dict(allocatable),
                     "allocatable": allocatable,
