@@ -153,6 +153,7 @@ class PodInfo:
     waiting: tuple[str, ...] = ()  # waiting reasons of its containers (ImagePullBackOff, ...)
     exit_codes: tuple[int, ...] = ()  # exit codes of terminated containers
     labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    owner_uid: str = ""  # uid of the controller that owns it (its Job), from metadata.ownerReferences
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,6 +171,7 @@ class JobInfo:
     failed_reason: str = ""  # reason of Failed=True or FailureTarget=True (DeadlineExceeded, BackoffLimitExceeded)
     message: str = ""
     created_at: str = ""
+    uid: str = ""  # a Job made again under the same name has another uid; its pods and events name it
 
     @property
     def finished(self) -> bool:
@@ -187,6 +189,7 @@ class EventInfo:
     message: str
     type: str = "Normal"
     count: int = 1
+    uid: str = ""  # involvedObject.uid
 
 
 @dataclasses.dataclass(frozen=True)
@@ -308,10 +311,14 @@ class ClusterClient(Protocol):
         """Delete the Job and (in the background) its pods; False when it was already gone."""
         ...
 
-    def job_pods(self, namespace: str, job_name: str) -> list[PodInfo]: ...
+    def job_pods(self, namespace: str, job_name: str, job_uid: str = "") -> list[PodInfo]:
+        """The Job's pods; with ``job_uid``, only those that Job controls: the pods of an earlier Job of the same
+        name (deleted in the background, its pods not yet collected) carry its ``job-name`` label too."""
+        ...
 
-    def job_events(self, namespace: str, job_name: str) -> list[EventInfo]:
-        """Events about the Job itself (``FailedCreate`` when its pod was refused)."""
+    def job_events(self, namespace: str, job_name: str, job_uid: str = "") -> list[EventInfo]:
+        """Events about the Job itself (``FailedCreate`` when its pod was refused); with ``job_uid``, only
+        about that Job, not an earlier one of the same name (Events outlive their object by an hour)."""
         ...
 
     def pod_log(self, namespace: str, pod: str, container: str | None = None) -> str: ...
@@ -425,6 +432,7 @@ def pod_from_json(raw: Mapping[str, Any]) -> PodInfo:
         waiting=tuple(waiting),
         exit_codes=tuple(exit_codes),
         labels=dict(meta.get("labels") or {}),
+        owner_uid=next((str(o.get("uid") or "") for o in meta.get("ownerReferences") or () if o.get("controller")), ""),
     )
 
 
@@ -457,6 +465,7 @@ def job_from_json(raw: Mapping[str, Any]) -> JobInfo:
         failed_reason=failed_reason,
         message=message,
         created_at=str(meta.get("creationTimestamp") or ""),
+        uid=str(meta.get("uid") or ""),
     )
 
 
@@ -471,16 +480,19 @@ def event_from_json(raw: Mapping[str, Any]) -> EventInfo:
         message=str(raw.get("message") or ""),
         type=str(raw.get("type") or "Normal"),
         count=int(raw.get("count") or 1),
+        uid=str(involved.get("uid") or ""),
     )
 
 
-def selector_safe(node: str = "", job: str = "") -> None:
-    """Refuse a node or Job name that is not one before it goes into a label or field selector, where a ``,``
-    or ``=`` in it would add a requirement of its own (``BadParameter``)."""
+def selector_safe(node: str = "", job: str = "", uid: str = "") -> None:
+    """Refuse a node or Job name (or an object's uid) that is not one before it goes into a label or field
+    selector, where a ``,`` or ``=`` in it would add a requirement of its own (``BadParameter``)."""
     if node:
         names.node_name(node, field="node")
     if job and not names.is_dns1123_label(job):
         raise errors.BadParameter("job", f"not a valid Job name (DNS-1123 label): {job[:80]!r}")
+    if uid and not names.is_label_value(uid):
+        raise errors.BadParameter("uid", f"not an object uid: {uid[:80]!r}")
 
 
 def rfc3339(moment: datetime | None = None) -> str:
@@ -843,14 +855,17 @@ class KubeClusterClient:
     def delete_job(self, namespace: str, name: str) -> bool:
         return self._delete(f"/apis/batch/v1/namespaces/{_seg(namespace)}/jobs/{_seg(name)}", propagation="Background")
 
-    def job_pods(self, namespace: str, job_name: str) -> list[PodInfo]:
+    def job_pods(self, namespace: str, job_name: str, job_uid: str = "") -> list[PodInfo]:
         selector_safe(job=job_name)
         items = self._list(f"/api/v1/namespaces/{_seg(namespace)}/pods", [("labelSelector", f"job-name={job_name}")])
-        return [pod_from_json(i) for i in items]
+        # The owner, not a label, tells this Job's pods from an earlier one's: every version sets it.
+        return [p for p in map(pod_from_json, items) if not job_uid or p.owner_uid == job_uid]
 
-    def job_events(self, namespace: str, job_name: str) -> list[EventInfo]:
-        selector_safe(job=job_name)
+    def job_events(self, namespace: str, job_name: str, job_uid: str = "") -> list[EventInfo]:
+        selector_safe(job=job_name, uid=job_uid)
         selector = f"involvedObject.kind=Job,involvedObject.name={job_name}"
+        if job_uid:
+            selector += f",involvedObject.uid={job_uid}"
         items = self._list(f"/api/v1/namespaces/{_seg(namespace)}/events", [("fieldSelector", selector)])
         return [event_from_json(i) for i in items]
 

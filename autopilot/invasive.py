@@ -278,7 +278,7 @@ def poll(
         )
         return JobOutcome(JobState.GONE, job_name, node, reason, error_result(node, reason, job=job_name, now=now))
     node = job.annotations.get(NODE_ANNOTATION) or node
-    pods = cluster.job_pods(namespace, job_name)
+    pods = cluster.job_pods(namespace, job_name, job.uid)
     outcome = _judge(cluster, job, pods, node, deadline_s, moment)
     if outcome.finished and cleanup:
         try:
@@ -309,7 +309,7 @@ def _judge(
         return done(JobState.SUCCEEDED, f"Job {name} completed: {found.status.value}", found)
     if job.failed_reason == "DeadlineExceeded":
         return done(JobState.DEADLINE_EXCEEDED, f"Job {name} did not finish before its deadline: {job.message}".strip())
-    refused = _admission_failure(cluster, namespace, name, pods)
+    refused = _admission_failure(cluster, namespace, job, pods)
     if refused:
         return done(JobState.ADMISSION_FAILED, f"the pod of Job {name} could not run: {refused}")
     if job.failed_reason:
@@ -324,7 +324,7 @@ def _judge(
     return JobOutcome(JobState.RUNNING, name, node, f"Job {name} running ({len(pods)} pod(s))")
 
 
-def _admission_failure(cluster: ClusterClient, namespace: str, job: str, pods: list[PodInfo]) -> str:
+def _admission_failure(cluster: ClusterClient, namespace: str, job: JobInfo, pods: list[PodInfo]) -> str:
     for pod in pods:
         if pod.phase == "Failed" and pod.reason and not pod.exit_codes:
             return f"{pod.reason}: {pod.message}".rstrip(": ")
@@ -334,7 +334,7 @@ def _admission_failure(cluster: ClusterClient, namespace: str, job: str, pods: l
         if stuck:
             return f"{stuck[0]} ({pod.name})"
     if not pods:
-        refused = [e for e in cluster.job_events(namespace, job) if e.reason == "FailedCreate"]
+        refused = [e for e in cluster.job_events(namespace, job.name, job.uid) if e.reason == "FailedCreate"]
         if refused:
             return f"FailedCreate: {refused[-1].message}"
     return ""

@@ -386,6 +386,7 @@ class FakeCluster:
         self.clock = clock
         self._faults: dict[str, list[int]] = {}
         self._seq = 0
+        self.gc_paused = False  # test control: pods of a deleted Job stay until collect_garbage()
 
     # ---------------------------------------------------------- test controls
 
@@ -461,7 +462,8 @@ class FakeCluster:
         for pod in self._job_pods(namespace, name):
             del self._pods[(pod.info.namespace, pod.info.name)]
         self.jobs[(namespace, name)] = dataclasses.replace(self.jobs[(namespace, name)], active=0)
-        self.events.append(EventInfo(namespace, "Job", name, "FailedCreate", message, "Warning"))
+        uid = self.jobs[(namespace, name)].uid
+        self.events.append(EventInfo(namespace, "Job", name, "FailedCreate", message, "Warning", uid=uid))
 
     def reject_job_pod(self, namespace: str, name: str, reason: str, message: str) -> None:
         """The kubelet refused the pod at admission (e.g. ``UnexpectedAdmissionError``): pod Failed."""
@@ -486,6 +488,18 @@ class FakeCluster:
 
     def pods(self, namespace: str | None = None) -> list[PodInfo]:
         return [p.info for p in self._pods.values() if namespace is None or p.info.namespace == namespace]
+
+    def pause_gc(self) -> None:
+        """The garbage collector has not yet removed the pods of a Job deleted in the background (it works
+        asynchronously; a pod on a sick node can stay terminating for long)."""
+        self.gc_paused = True
+
+    def collect_garbage(self) -> None:
+        """The garbage collector catches up: pods whose Job is gone are deleted."""
+        live = {j.uid for j in self.jobs.values()}
+        for key, pod in list(self._pods.items()):
+            if pod.info.owner_uid and pod.info.owner_uid not in live:
+                del self._pods[key]
 
     def events_for(self, kind: str, name: str) -> list[EventInfo]:
         return [e for e in self.events if e.kind == kind and e.name == name]
@@ -543,8 +557,15 @@ class FakeCluster:
     def _now(self) -> datetime:
         return self.clock.now() if self.clock is not None else datetime.now(UTC)
 
-    def _job_pods(self, namespace: str, job: str) -> list[_FakePod]:
-        return [p for p in self._pods.values() if p.info.namespace == namespace and p.job == job]
+    def _job_pods(self, namespace: str, job: str, uid: str | None = None) -> list[_FakePod]:
+        """The pods of Job ``job`` (of ``uid``; None: of the Job of that name now, as its controller sees them)."""
+        if uid is None:
+            uid = self.jobs[(namespace, job)].uid if (namespace, job) in self.jobs else ""
+        return [
+            p
+            for p in self._pods.values()
+            if p.info.namespace == namespace and p.job == job and (not uid or p.info.owner_uid == uid)
+        ]
 
     # ---------------------------------------------------------- nodes
 
@@ -670,6 +691,8 @@ class FakeCluster:
             self._check_create("create_job", "Job", namespace, manifest, name)
             if (namespace, name) in self.jobs:
                 raise errors.Conflict(f"jobs.batch {name!r} already exists")
+            self._seq += 1
+            uid = f"uid-{name[:40]}-{self._seq:05x}"  # a new one each time the name is made again
             self.jobs[(namespace, name)] = JobInfo(
                 name,
                 namespace,
@@ -677,12 +700,13 @@ class FakeCluster:
                 annotations=dict(meta.get("annotations") or {}),
                 active=1,
                 created_at=rfc3339(self._now()),
+                uid=uid,
             )
             self.job_manifests[(namespace, name)] = json.loads(json.dumps(manifest))
             spec = ((manifest.get("spec") or {}).get("template") or {}).get("spec") or {}
-            self._seq += 1
             pod = f"{name[:57]}-{self._seq:05x}"
-            info = PodInfo(pod, namespace, pod_node(spec), "Pending", pod_gpus(spec), labels={"job-name": name})
+            labels = {"job-name": name, "controller-uid": uid}
+            info = PodInfo(pod, namespace, pod_node(spec), "Pending", pod_gpus(spec), labels=labels, owner_uid=uid)
             self._pods[(namespace, pod)] = _FakePod(info, job=name)
             self._record("create_job", f"{namespace}/{name}", dict(manifest))
             return name
@@ -700,24 +724,33 @@ class FakeCluster:
 
     def delete_job(self, namespace: str, name: str) -> bool:
         def delete() -> bool:
-            if self.jobs.pop((namespace, name), None) is None:
+            job = self.jobs.pop((namespace, name), None)
+            if job is None:
                 return False
-            for pod in self._job_pods(namespace, name):
+            # Background propagation: the garbage collector deletes the pods after the Job, when it gets to them.
+            for pod in [] if self.gc_paused else self._job_pods(namespace, name, job.uid):
                 del self._pods[(namespace, pod.info.name)]
             self._record("delete_job", f"{namespace}/{name}", {})
             return True
 
         return self._do("delete_job", delete)
 
-    def job_pods(self, namespace: str, job_name: str) -> list[PodInfo]:
+    def job_pods(self, namespace: str, job_name: str, job_uid: str = "") -> list[PodInfo]:
         selector_safe(job=job_name)
-        return self._do("job_pods", lambda: [p.info for p in self._job_pods(namespace, job_name)])
+        return self._do("job_pods", lambda: [p.info for p in self._job_pods(namespace, job_name, job_uid)])
 
-    def job_events(self, namespace: str, job_name: str) -> list[EventInfo]:
-        selector_safe(job=job_name)
+    def job_events(self, namespace: str, job_name: str, job_uid: str = "") -> list[EventInfo]:
+        selector_safe(job=job_name, uid=job_uid)
         return self._do(
             "job_events",
-            lambda: [e for e in self.events if e.namespace == namespace and e.kind == "Job" and e.name == job_name],
+            lambda: [
+                e
+                for e in self.events
+                if e.namespace == namespace
+                and e.kind == "Job"
+                and e.name == job_name
+                and (not job_uid or e.uid == job_uid)
+            ],
         )
 
     def pod_log(self, namespace: str, pod: str, container: str | None = None) -> str:

@@ -181,6 +181,7 @@ class StandInApi:
         self._continues: dict[str, tuple[str, str]] = {}  # continue token -> the key of the page's last item
         self._expire = 0
         self.pages = 0  # list pages served
+        self.gc_paused = False
         self.broken_continue = False  # test control: a broken server, whose every token restarts the list
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.server.daemon_threads = True
@@ -393,20 +394,40 @@ class StandInApi:
             "status": {"phase": phase, "qosClass": "BestEffort"},
         }
 
-    def _job_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
+    def _job_pods(self, namespace: str, job: str, uid: str | None = None) -> list[dict[str, Any]]:
+        """The pods Job ``job`` (of ``uid``; None: the Job of that name now) controls."""
+        if uid is None:
+            uid = self.objects.get(("Job", namespace, job), {}).get("metadata", {}).get("uid", "")
         return [
             o
             for (kind, ns, _), o in self.objects.items()
-            if kind == "Pod" and ns == namespace and o["metadata"]["labels"].get("job-name") == job
+            if kind == "Pod"
+            and ns == namespace
+            and o["metadata"]["labels"].get("job-name") == job
+            and any(r.get("uid") == uid for r in o["metadata"].get("ownerReferences") or ())
         ]
+
+    def pause_gc(self) -> None:
+        """As ``FakeCluster.pause_gc``: the pods of a Job deleted in the background stay until ``collect_garbage``."""
+        with self.lock:
+            self.gc_paused = True
+
+    def collect_garbage(self) -> None:
+        with self.lock:
+            live = {o["metadata"]["uid"] for (k, _, _), o in self.objects.items() if k == "Job"}
+            for key, obj in list(self.objects.items()):
+                owners = [r.get("uid") for r in obj["metadata"].get("ownerReferences") or ()]
+                if key[0] == "Pod" and owners and not set(owners) & live:
+                    del self.objects[key]
 
     def _event(self, namespace: str, kind: str, name: str, reason: str, message: str, type_: str) -> None:
         event_name = f"{name}.{next(self._seq):016x}"
+        uid = self.objects.get((kind, namespace, name), {}).get("metadata", {}).get("uid", "")
         self.objects[("Event", namespace, event_name)] = {
             "kind": "Event",
             "apiVersion": "v1",
             "metadata": {"name": event_name, "namespace": namespace},
-            "involvedObject": {"kind": kind, "name": name, "namespace": namespace},
+            "involvedObject": {"kind": kind, "name": name, "namespace": namespace, "uid": uid},
             "reason": reason,
             "message": message,
             "type": type_,
@@ -646,8 +667,10 @@ class StandInApi:
             return 200, obj
         if method == "DELETE":
             del self.objects[key]
-            if kind == "Job" and (body or {}).get("propagationPolicy") in ("Background", "Foreground"):
-                for pod in self._job_pods(ns, name):
+            propagation = (body or {}).get("propagationPolicy")
+            if kind == "Job" and propagation in ("Background", "Foreground") and not self.gc_paused:
+                # The garbage collector's part, done at once unless the test holds it back (pause_gc).
+                for pod in self._job_pods(ns, name, obj["metadata"]["uid"]):
                     del self.objects[("Pod", ns, pod["metadata"]["name"])]
             return 200, {"kind": "Status", "apiVersion": "v1", "status": "Success", "details": {"name": name}}
         return 405, status_body(405, "MethodNotAllowed", method)
@@ -673,7 +696,9 @@ class StandInApi:
             return invalid(kind, name, problems)
         if (kind, ns, name) in self.objects:
             return 409, status_body(409, "AlreadyExists", f'{plural} "{name}" already exists')
-        meta.update(name=name, namespace=ns, uid=f"uid-{name}", resourceVersion=str(next(self._rv)))
+        # A uid of its own each time a name is made again, as the server's.
+        uid = f"uid-{name[:40]}-{next(self._seq):05x}"
+        meta.update(name=name, namespace=ns, uid=uid, resourceVersion=str(next(self._rv)))
         if not ns:
             del meta["namespace"]  # a cluster-scoped object has none
         meta["creationTimestamp"] = STAMP
@@ -684,9 +709,13 @@ class StandInApi:
             spec = copy.deepcopy(template["spec"])
             spec["nodeName"] = pod_node(spec)  # the scheduler's part
             labels = {**(template.get("metadata") or {}).get("labels", {}), "job-name": name}
-            labels["batch.kubernetes.io/job-name"] = name
+            labels.update({"batch.kubernetes.io/job-name": name, "controller-uid": uid})
+            labels["batch.kubernetes.io/controller-uid"] = uid
             pod_name = f"{name[:57]}-{next(self._seq):05x}"
-            self.objects[("Pod", ns, pod_name)] = self._pod(ns, pod_name, spec, labels, "Pending")
+            pod = self._pod(ns, pod_name, spec, labels, "Pending")
+            owner = {"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": uid, "controller": True}
+            pod["metadata"]["ownerReferences"] = [{**owner, "blockOwnerDeletion": True}]
+            self.objects[("Pod", ns, pod_name)] = pod
         elif kind == "PersistentVolumeClaim":
             obj["status"] = {"phase": "Pending"}
         elif kind == "Pod":

@@ -235,3 +235,36 @@ def test_a_deadline_failure_target_is_a_deadline(backend: Backend) -> None:
     backend.control.job_past_deadline(NS, JOB, interim=True)
     done = invasive.poll(backend.client, JOB, namespace=NS)
     assert done.state is JobState.DEADLINE_EXCEEDED and done.result is not None
+
+
+# ---------------------------------------------------------------- a Job made again under its name
+
+
+def test_pods_of_an_earlier_job_of_the_same_name_are_not_this_runs(backend: Backend) -> None:
+    # before: job_pods selected by the job-name label alone, so the first run's pod, deleted in the
+    # background and not yet collected, was read as the second run's: its DeadlineExceeded ended the
+    # new run as an admission failure, and a stale log could stand for the new run's result
+    backend.control.add_node("gpu-1", gpus=8)
+    backend.control.pause_gc()
+    invasive.start(backend.client, "gpu-1", SETTINGS)
+    backend.control.job_past_deadline(NS, JOB)
+    assert invasive.poll(backend.client, JOB, namespace=NS).state is JobState.DEADLINE_EXCEEDED  # and deleted
+    assert invasive.start(backend.client, "gpu-1", SETTINGS).state is StartState.STARTED
+    assert invasive.poll(backend.client, JOB, namespace=NS).state is JobState.RUNNING
+    backend.control.finish_job(NS, JOB, succeeded=True, log=log_with(PASSED))
+    done = invasive.poll(backend.client, JOB, namespace=NS)
+    assert done.state is JobState.SUCCEEDED and done.result is not None and done.result.status is Status.OK
+    assert len([p for p in backend.control.pods(NS) if p.name.startswith(JOB)]) == 2  # both pods still there
+    backend.control.collect_garbage()
+    assert not [p for p in backend.control.pods(NS) if p.name.startswith(JOB)]
+
+
+def test_events_of_an_earlier_job_of_the_same_name_are_not_this_runs(backend: Backend) -> None:
+    backend.control.add_node("gpu-1", gpus=8)
+    invasive.start(backend.client, "gpu-1", SETTINGS)
+    backend.control.refuse_job_pod(NS, JOB, 'pods "x" is forbidden: exceeded quota')
+    assert invasive.poll(backend.client, JOB, namespace=NS).state is JobState.ADMISSION_FAILED
+    invasive.start(backend.client, "gpu-1", SETTINGS)
+    job = backend.client.get_job(NS, JOB)
+    assert [e.reason for e in backend.client.job_events(NS, JOB)] == ["FailedCreate"]  # the first Job's
+    assert backend.client.job_events(NS, JOB, job.uid) == []
