@@ -938,14 +938,24 @@ class KubeClusterClient:
             raise errors.NotFound(f"this cluster serves no {DRA_GROUP} DeviceTaintRule")
         return f"/apis/{DRA_GROUP}/{version}/devicetaintrules"
 
+    def _rediscover_on_404(self, fn: Callable[[], T]) -> T:
+        """A 404 on the rules' collection: the version discovered is no longer served (the control plane was
+        upgraded past an alpha, or the feature turned off). Discovery runs again on the next call instead of
+        every later call failing on a version that is gone."""
+        try:
+            return fn()
+        except errors.NotFound:
+            self._dra_version = None
+            raise
+
     def list_device_taint_rules(self, label_selector: str) -> list[DeviceTaintRuleInfo]:
-        items = self._list(self._dra_path(), [("labelSelector", label_selector)])
+        items = self._rediscover_on_404(lambda: self._list(self._dra_path(), [("labelSelector", label_selector)]))
         return [DeviceTaintRuleInfo.from_json(i) for i in items]
 
     def create_device_taint_rule(self, rule: DeviceTaintRuleInfo) -> str:
         path = self._dra_path()
         body = rule.to_json(path.split("/")[3])
-        data = self._call("POST", path, body=body, retry_conflict=False)
+        data = self._rediscover_on_404(lambda: self._call("POST", path, body=body, retry_conflict=False))
         return str((data.get("metadata") or {}).get("name") or rule.name)
 
     def delete_device_taint_rule(self, name: str) -> bool:

@@ -29,6 +29,7 @@ MANAGER = "autopilot"
 NODE_LABEL = PREFIX + "node"
 NODE_ANNOTATION = PREFIX + "node"
 EFFECTS: Mapping[Verdict, str] = {Verdict.EVICT: "NoSchedule", Verdict.WARN: "None"}
+_unserved_told = False  # the "serves no DeviceTaintRule" warning was logged
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +98,11 @@ def sync(
 ) -> SyncOutcome:
     """Make ``node``'s rules in the cluster exactly ``wanted``. Raises ``ClusterError`` (the next reconcile retries)."""
     if cluster.device_taint_api() is None:
-        log.warning("device taints are on, but this cluster serves no resource.k8s.io DeviceTaintRule: none written")
+        # Once per process: every node's reconcile asks, and the answer is the cluster's, not the node's.
+        global _unserved_told
+        level = logging.DEBUG if _unserved_told else logging.WARNING
+        _unserved_told = True
+        log.log(level, "device taints are on, but this cluster serves no resource.k8s.io DeviceTaintRule: none written")
         return SyncOutcome(dry_run=dry_run, served=False)
     existing = {r.name: r for r in cluster.list_device_taint_rules(selector(node))}
     stale = sorted(n for n, r in existing.items() if n not in wanted or not _same(r, wanted[n]))

@@ -176,6 +176,7 @@ class StandInApi:
         self._faults: list[tuple[str, str, int]] = []
         self.device_taint_version: str | None = None
         self.device_taint_effects: tuple[str, ...] = DEVICE_TAINT_EFFECTS
+        self.dra_versions: dict[str, bool] = {}
         self._seq = itertools.count(1)
         self._rv = itertools.count(100)
         self._continues: dict[str, tuple[str, str]] = {}  # continue token -> the key of the page's last item
@@ -361,10 +362,22 @@ class StandInApi:
             found = [event_from_json(o) for (k, _, _), o in self.objects.items() if k == "Event"]
         return [e for e in found if e.kind == kind and e.name == name]
 
-    def serve_device_taints(self, version: str = "v1beta2", effects: tuple[str, ...] = DEVICE_TAINT_EFFECTS) -> None:
-        """Serve ``resource.k8s.io/<version>`` DeviceTaintRule (off by default, as on clusters before 1.33)."""
+    def serve_device_taints(
+        self,
+        version: str = "v1beta2",
+        effects: tuple[str, ...] = DEVICE_TAINT_EFFECTS,
+        *,
+        others: Mapping[str, bool] | None = None,
+    ) -> None:
+        """Serve ``resource.k8s.io/<version>`` DeviceTaintRule (off by default, as on clusters before 1.33).
+
+        ``others``: further versions of the group, each with whether it serves ``devicetaintrules`` too (a
+        1.36 server with alpha APIs on: ``{"v1": False, "v1beta1": False, "v1alpha3": True}`` beside
+        ``v1beta2``). The group lists them as the server does, most stable first, the first preferred."""
         self.device_taint_version = version
         self.device_taint_effects = effects
+        served = {**(others or {}), version: True}
+        self.dra_versions = {v: served[v] for v in sorted(served, key=_version_rank)}
 
     @property
     def device_taint_rules(self) -> dict[str, Any]:
@@ -491,21 +504,22 @@ class StandInApi:
 
     def _dra(self, method: str, rest: list[str], query: dict[str, str], body: Any) -> tuple[int, Any]:
         """Discovery of ``resource.k8s.io`` and its cluster-scoped DeviceTaintRules."""
-        version = self.device_taint_version
-        group_version = f"resource.k8s.io/{version}"
         if not rest and method == "GET":
-            entry = {"groupVersion": group_version, "version": version}
+            entries = [{"groupVersion": f"resource.k8s.io/{v}", "version": v} for v in self.dra_versions]
             return 200, {
                 "kind": "APIGroup",
                 "apiVersion": "v1",
                 "name": "resource.k8s.io",
-                "versions": [entry],
-                "preferredVersion": entry,
+                "versions": entries,
+                "preferredVersion": entries[0],
             }
-        if rest[0] != version:
+        version = rest[0]
+        group_version = f"resource.k8s.io/{version}"
+        if version not in self.dra_versions:
             return 404, status_body(404, "NotFound", "the server could not find the requested resource")
         if len(rest) == 1 and method == "GET":
-            names = ["deviceclasses", "resourceclaims", "resourceclaimtemplates", "resourceslices", "devicetaintrules"]
+            names = ["deviceclasses", "resourceclaims", "resourceclaimtemplates", "resourceslices"]
+            names += ["devicetaintrules"] if self.dra_versions[version] else []
             resources = [{"name": n, "namespaced": n.startswith("resourceclaim"), "kind": n} for n in names]
             return 200, {
                 "kind": "APIResourceList",
@@ -513,7 +527,7 @@ class StandInApi:
                 "groupVersion": group_version,
                 "resources": resources,
             }
-        if rest[1] != "devicetaintrules":
+        if rest[1] != "devicetaintrules" or not self.dra_versions[version]:
             return 404, status_body(404, "NotFound", "the server could not find the requested resource")
         if len(rest) == 2 and method == "GET":
             return self._list("DeviceTaintRule", None, query, group_version)
@@ -736,6 +750,15 @@ class StandInApi:
         if binds_after is not None and reads >= binds_after and (mode != "WaitForFirstConsumer" or consumed):
             pvc["status"] = {"phase": "Bound", "accessModes": pvc["spec"]["accessModes"]}
             pvc["spec"]["volumeName"] = f"pvc-{name}"
+
+
+def _version_rank(version: str) -> tuple[int, int, int, str]:
+    """The order the API server lists a group's versions in (apimachinery's CompareKubeAwareVersionStrings):
+    GA before beta before alpha, higher numbers first."""
+    found = re.fullmatch(r"v(\d+)(?:(alpha|beta)(\d+))?", version)
+    if found is None:
+        return (3, 0, 0, version)
+    return ({None: 0, "beta": 1, "alpha": 2}[found[2]], -int(found[1]), -int(found[3] or 0), version)
 
 
 def bad_fields(kind: str, selector: str) -> tuple[int, Any] | None:
