@@ -19,6 +19,7 @@ import dataclasses
 import json
 import logging
 import random
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -1006,7 +1007,7 @@ def _api_message(body: object) -> str:
     try:
         parsed = json.loads(body if isinstance(body, str | bytes) else str(body))
     except ValueError:
-        return str(body)[:200]
+        return _not_json(body)
     if not isinstance(parsed, dict):
         return ""
     message = str(parsed.get("message") or "")
@@ -1019,6 +1020,17 @@ def _api_message(body: object) -> str:
     if extra:
         message = f"{message} ({'; '.join(extra)})" if message else "; ".join(extra)
     return message[:1000]
+
+
+def _not_json(body: object) -> str:
+    """What a body that is no ``Status`` says, as one short line: a load balancer or proxy in front of the
+    API server answers with an HTML page (its ``<title>``, else its text without tags)."""
+    text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else str(body)
+    title = re.search(r"(?is)<title[^>]*>(.*?)</title>", text)
+    if title:
+        text = title[1]
+    text = " ".join(re.sub(r"(?s)<[^>]*>", " ", text).split())
+    return f"not a Kubernetes Status (a proxy in front of the API server?): {text[:200]}"
 
 
 def _retry_after(headers: object) -> float | None:

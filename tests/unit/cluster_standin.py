@@ -23,6 +23,7 @@ import json
 import re
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -74,6 +75,11 @@ OP_ROUTES: dict[str, tuple[str, str]] = {
     "delete_device_taint_rule": ("DELETE", r"/devicetaintrules/[^/]+$"),
 }
 STAMP = "2026-11-29T22:00:00Z"
+# What a load balancer in front of the API server answers with when the server is away.
+HTML_PAGE = (
+    "<html>\r\n<head><title>{code} {phrase}</title></head>\r\n<body>\r\n<center><h1>{code} {phrase}"
+    "</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+)
 EXPIRED_MESSAGE = (
     "The provided continue parameter is too old to display a consistent list result. You can start a new "
     "list without the continue parameter, or use the continue token in this response to retrieve the "
@@ -183,6 +189,7 @@ class StandInApi:
         self._expire = 0
         self.pages = 0  # list pages served
         self.gc_paused = False
+        self.html_faults = 0  # test control: the next injected faults come as a proxy's HTML page
         self.broken_continue = False  # test control: a broken server, whose every token restarts the list
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.server.daemon_threads = True
@@ -464,6 +471,9 @@ class StandInApi:
                             self._route(method, path, query, ctype, body)
                         except KeyError:
                             pass
+                    if self.html_faults:
+                        self.html_faults -= 1
+                        return status, HTML_PAGE.format(code=status, phrase=HTTPStatus(status).phrase)
                     # An injected 422 names its invalid field only in details.causes, as some webhooks do.
                     causes = ["spec.injected: Invalid value: injected"] if status == 422 else None
                     return status, status_body(status, _REASONS.get(status, "Unknown"), f"injected {status}", causes)
@@ -799,7 +809,7 @@ def _handler(api: StandInApi) -> type[BaseHTTPRequestHandler]:
             body = json.loads(raw) if raw else None
             status, answer = api.handle(self.command, url.path, query, ctype, body)
             if isinstance(answer, str):
-                data, out_type = answer.encode(), "text/plain"
+                data, out_type = answer.encode(), "text/html" if answer.startswith("<html>") else "text/plain"
             else:
                 data, out_type = json.dumps(answer).encode(), "application/json"
             self.send_response(status)

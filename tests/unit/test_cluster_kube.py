@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from http import HTTPStatus
 from typing import Any
 
 import pytest
@@ -275,6 +276,21 @@ def test_an_invalid_answer_is_reported_with_its_causes_and_not_retried(kube: Bac
         kube.client.patch_node_labels("gpu-1", {OURS: "PASS"})
     assert "spec.injected: Invalid value: injected" in str(caught.value) and "422" in str(caught.value)
     assert [r.method for r in api(kube).requests] == ["PATCH"] and kube.sleeps == []
+
+
+@pytest.mark.parametrize(("status", "kind"), [(502, errors.Transient), (403, errors.ClusterError)])
+def test_a_proxys_html_page_is_reported_in_a_line_not_as_bytes(
+    kube: Backend, status: int, kind: type[errors.ClusterError]
+) -> None:
+    # before: the error carried the raw body, "b'<html>\\r\\n<head><title>..."
+    api(kube).add_node("gpu-1")
+    api(kube).fail_next("get_node", status, times=4)
+    api(kube).html_faults = 4
+    with pytest.raises(kind) as caught:
+        kube.client.get_node("gpu-1")
+    message = str(caught.value)
+    assert f"{status} not a Kubernetes Status" in message and f"{status} {HTTPStatus(status).phrase}" in message
+    assert "<" not in message and "b'" not in message
 
 
 # ---------------------------------------------------------------- lists at scale
