@@ -93,6 +93,9 @@ class NodeCondition:
 
 
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+# The taint a cordoned node (spec.unschedulable) carries; the scheduler's NodeUnschedulable filter lets through
+# only pods that tolerate it (with effect NoSchedule), as DaemonSet pods do.
+UNSCHEDULABLE_TAINT = "node.kubernetes.io/unschedulable"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -36,8 +36,16 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from autopilot import errors, names, results
-from autopilot.cluster import GPU_RESOURCE, ClusterClient, JobInfo, NodeInfo, PodInfo, pinned_to
+from autopilot import errors, names, remediation, results
+from autopilot.cluster import (
+    GPU_RESOURCE,
+    UNSCHEDULABLE_TAINT,
+    ClusterClient,
+    JobInfo,
+    NodeInfo,
+    PodInfo,
+    pinned_to,
+)
 from autopilot.config import Settings
 from autopilot.results import CheckResult, Status
 
@@ -212,7 +220,7 @@ def start(
         return outcome(StartState.BUSY, _busy_reason(busy))
     if before_create is not None:
         before_create()
-    manifest = job_spec(node, info.allocatable_gpus, settings)
+    manifest = job_spec(node, info.allocatable_gpus, settings, tolerations=tolerations_for(info, settings))
     try:
         cluster.create_job(namespace, manifest)
     except errors.Conflict:
@@ -223,6 +231,23 @@ def start(
         "invasive DCGM level %d on %s: Job %s/%s with %d GPUs", LEVEL, node, namespace, name, info.allocatable_gpus
     )
     return outcome(StartState.STARTED, f"Job {namespace}/{name} created with {info.allocatable_gpus} GPUs")
+
+
+def tolerations_for(info: NodeInfo, settings: Settings) -> list[dict[str, Any]]:
+    """The Job's tolerations on this node: the configured ones, and, while remediation holds the node, its cordon
+    (``node.kubernetes.io/unschedulable``, which the scheduler puts on a cordoned node) and its taint.
+
+    The level-3 run is the validation gate's own test: without these the scheduler keeps the Job's pod off the
+    node remediation took, the run never passes, and the node is never given back. A node cordoned by someone
+    else (no ownership annotation) stays off limits: the run then ends as an admission failure."""
+    configured = [dict(t) for t in settings.invasive_tolerations]
+    if remediation.OWNER not in info.annotations:
+        return configured
+    held = [
+        {"key": UNSCHEDULABLE_TAINT, "operator": "Exists", "effect": "NoSchedule"},
+        {"key": remediation.TAINT.key, "operator": "Exists", "effect": remediation.TAINT.effect},
+    ]
+    return configured + [t for t in held if t not in configured]
 
 
 def _job_of(pod: PodInfo) -> str:

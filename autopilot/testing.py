@@ -25,6 +25,7 @@ from autopilot.cluster import (
     DEVICE_TAINT_EFFECTS,
     FINISHED_PHASES,
     TAINT_EFFECTS,
+    UNSCHEDULABLE_TAINT,
     DeviceTaintRuleInfo,
     EventInfo,
     JobInfo,
@@ -557,6 +558,12 @@ class FakeCluster:
     def _now(self) -> datetime:
         return self.clock.now() if self.clock is not None else datetime.now(UTC)
 
+    def _schedule(self, spec: Mapping[str, Any]) -> tuple[str, str]:
+        """(node, why not): the scheduler's part for a new pod, on the node its spec pins it to."""
+        wanted = pod_node(spec)
+        why = unschedulable_reason(self.nodes.get(wanted), spec) if wanted else ""
+        return ("" if why else wanted), why
+
     def _job_pods(self, namespace: str, job: str, uid: str | None = None) -> list[_FakePod]:
         """The pods of Job ``job`` (of ``uid``; None: of the Job of that name now, as its controller sees them)."""
         if uid is None:
@@ -706,7 +713,10 @@ class FakeCluster:
             spec = ((manifest.get("spec") or {}).get("template") or {}).get("spec") or {}
             pod = f"{name[:57]}-{self._seq:05x}"
             labels = {"job-name": name, "controller-uid": uid}
-            info = PodInfo(pod, namespace, pod_node(spec), "Pending", pod_gpus(spec), labels=labels, owner_uid=uid)
+            node, why = self._schedule(spec)
+            info = PodInfo(
+                pod, namespace, node, "Pending", pod_gpus(spec), labels=labels, owner_uid=uid, unschedulable=why
+            )
             self._pods[(namespace, pod)] = _FakePod(info, job=name)
             self._record("create_job", f"{namespace}/{name}", dict(manifest))
             return name
@@ -777,9 +787,9 @@ class FakeCluster:
                 for v in spec.get("volumes") or ()
                 if v.get("persistentVolumeClaim")
             )
-            info = PodInfo(
-                name, namespace, pod_node(spec), "Pending", pod_gpus(spec), labels=dict(meta.get("labels") or {})
-            )
+            node, why = self._schedule(spec)
+            labels = dict(meta.get("labels") or {})
+            info = PodInfo(name, namespace, node, "Pending", pod_gpus(spec), labels=labels, unschedulable=why)
             self._pods[(namespace, name)] = _FakePod(info, claims=claims)
             self._record("create_pod", f"{namespace}/{name}", dict(manifest))
             return name
@@ -816,7 +826,10 @@ class FakeCluster:
                 raise errors.NotFound(f"persistentvolumeclaims {name!r} not found")
             pvc.reads += 1
             mode, binds_after = self.storage_classes.get(pvc.storage_class, ("Immediate", None))
-            consumed = any(name in p.claims for p in self._pods.values() if p.info.namespace == namespace)
+            # The provisioner acts for a WaitForFirstConsumer claim once the scheduler has put a pod using it on a node.
+            consumed = any(
+                name in p.claims and p.info.node for p in self._pods.values() if p.info.namespace == namespace
+            )
             if binds_after is not None and pvc.reads >= binds_after and (mode != "WaitForFirstConsumer" or consumed):
                 pvc.phase = "Bound"
             return pvc.phase
@@ -993,6 +1006,42 @@ def event_refusal(event: Mapping[str, Any]) -> str | None:
         return None
     name = (event.get("metadata") or {}).get("name") or (event.get("metadata") or {}).get("generateName") or ""
     return f'Event "{name}" is invalid: ' + ", ".join(problems)
+
+
+def tolerates(tolerations: Sequence[Mapping[str, Any]], taint: NodeTaint) -> bool:
+    """Whether one of ``tolerations`` tolerates ``taint`` (core/v1 ``Toleration.ToleratesTaint``): same effect or
+    none, and the key with ``Exists`` (any value) or ``Equal`` (same value); an empty key with ``Exists``
+    tolerates every taint."""
+    for tol in tolerations:
+        if tol.get("effect") and tol["effect"] != taint.effect:
+            continue
+        operator = tol.get("operator") or "Equal"
+        if not tol.get("key"):
+            if operator == "Exists":
+                return True
+            continue
+        if tol["key"] == taint.key and (operator == "Exists" or str(tol.get("value") or "") == taint.value):
+            return True
+    return False
+
+
+def unschedulable_reason(node: NodeInfo | None, spec: Mapping[str, Any]) -> str:
+    """Why the scheduler leaves a pod pinned to ``node`` Pending ('' when it binds it): no such node, the node
+    cordoned (``NodeUnschedulable``: only a pod tolerating ``node.kubernetes.io/unschedulable:NoSchedule`` goes
+    there), or a ``NoSchedule``/``NoExecute`` taint the pod does not tolerate (``TaintToleration``). A pod that
+    names its node in ``nodeName`` skips the scheduler."""
+    if spec.get("nodeName"):
+        return ""
+    if node is None:
+        return "0/0 nodes are available: the node in its affinity does not exist."
+    tolerations = list(spec.get("tolerations") or ())
+    if node.unschedulable and not tolerates(tolerations, NodeTaint(UNSCHEDULABLE_TAINT, "NoSchedule")):
+        return "0/1 nodes are available: 1 node(s) were unschedulable."
+    for taint in node.taints:
+        if taint.effect in ("NoSchedule", "NoExecute") and not tolerates(tolerations, taint):
+            shown = f"{taint.key}: {taint.value}" if taint.value else taint.key
+            return f"0/1 nodes are available: 1 node(s) had untolerated taint {{{shown}}}."
+    return ""
 
 
 def pod_node(spec: Mapping[str, Any]) -> str:

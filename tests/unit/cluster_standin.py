@@ -35,6 +35,7 @@ from autopilot.cluster import (
     PodInfo,
     RetryPolicy,
     event_from_json,
+    node_from_json,
     pod_from_json,
     selector_matches,
 )
@@ -45,6 +46,7 @@ from autopilot.testing import (
     event_refusal,
     invalid_message,
     pod_node,
+    unschedulable_reason,
 )
 
 # The first HTTP request each Protocol method makes: where ``fail_next(op, ...)`` strikes.
@@ -731,22 +733,35 @@ class StandInApi:
             obj["status"] = {"active": 1, "startTime": STAMP}
             template = obj["spec"]["template"]
             spec = copy.deepcopy(template["spec"])
-            spec["nodeName"] = pod_node(spec)  # the scheduler's part
+            why = self._schedule(spec)
             labels = {**(template.get("metadata") or {}).get("labels", {}), "job-name": name}
             labels.update({"batch.kubernetes.io/job-name": name, "controller-uid": uid})
             labels["batch.kubernetes.io/controller-uid"] = uid
             pod_name = f"{name[:57]}-{next(self._seq):05x}"
             pod = self._pod(ns, pod_name, spec, labels, "Pending")
+            if why:
+                pod["status"]["conditions"] = [_unschedulable(why)]
             owner = {"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": uid, "controller": True}
             pod["metadata"]["ownerReferences"] = [{**owner, "blockOwnerDeletion": True}]
             self.objects[("Pod", ns, pod_name)] = pod
         elif kind == "PersistentVolumeClaim":
             obj["status"] = {"phase": "Pending"}
         elif kind == "Pod":
-            obj["spec"]["nodeName"] = pod_node(obj["spec"])
-            obj["status"] = {"phase": "Pending"}
+            why = self._schedule(obj["spec"])
+            obj["status"] = {"phase": "Pending", **({"conditions": [_unschedulable(why)]} if why else {})}
         self.objects[(kind, ns, name)] = obj
         return 201, obj
+
+    def _schedule(self, spec: dict[str, Any]) -> str:
+        """The scheduler's part: bind the pod (``spec.nodeName``) to the node its affinity names, or say why not."""
+        wanted = pod_node(spec)
+        if not wanted or spec.get("nodeName"):
+            return ""
+        raw = self.nodes.get(wanted)
+        why = unschedulable_reason(node_from_json(raw) if raw else None, spec)
+        if not why:
+            spec["nodeName"] = wanted
+        return why
 
     def _provision(self, ns: str, name: str, pvc: dict[str, Any]) -> None:
         reads = self.pvc_reads[(ns, name)] = self.pvc_reads.get((ns, name), 0) + 1
@@ -754,7 +769,7 @@ class StandInApi:
         consumed = any(
             (v.get("persistentVolumeClaim") or {}).get("claimName") == name
             for (k, pns, _), o in self.objects.items()
-            if k == "Pod" and pns == ns
+            if k == "Pod" and pns == ns and o["spec"].get("nodeName")  # scheduled: the provisioner acts
             for v in o["spec"].get("volumes") or ()
         )
         if binds_after is not None and reads >= binds_after and (mode != "WaitForFirstConsumer" or consumed):
@@ -769,6 +784,11 @@ def _version_rank(version: str) -> tuple[int, int, int, str]:
     if found is None:
         return (3, 0, 0, version)
     return ({None: 0, "beta": 1, "alpha": 2}[found[2]], -int(found[1]), -int(found[3] or 0), version)
+
+
+def _unschedulable(message: str) -> dict[str, str]:
+    """The PodScheduled condition the scheduler writes on a pod it cannot place."""
+    return {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message}
 
 
 def bad_fields(kind: str, selector: str) -> tuple[int, Any] | None:

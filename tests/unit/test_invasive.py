@@ -8,7 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from autopilot import invasive
+from autopilot import invasive, remediation
+from autopilot.cluster import NodeInfo
 from autopilot.config import Settings
 from autopilot.invasive import JobState, StartState
 from autopilot.results import CheckResult, Status
@@ -268,3 +269,47 @@ def test_events_of_an_earlier_job_of_the_same_name_are_not_this_runs(backend: Ba
     job = backend.client.get_job(NS, JOB)
     assert [e.reason for e in backend.client.job_events(NS, JOB)] == ["FailedCreate"]  # the first Job's
     assert backend.client.job_events(NS, JOB, job.uid) == []
+
+
+# ---------------------------------------------------------------- on a node remediation holds
+
+
+def _held(backend: Backend, *, cordon: bool, taint: bool) -> None:
+    """gpu-1 as remediation leaves an EVICT node: ownership written, then cordoned and/or tainted."""
+    backend.control.add_node("gpu-1", gpus=8)
+    policy = remediation.Policy(cordon=cordon, taint=taint)
+    the_plan = remediation.plan(policy, [backend.client.get_node("gpu-1")], {"gpu-1": remediation.Health("EVICT")})
+    assert [a.kind for a in remediation.apply(backend.client, policy, the_plan)] == [remediation.Kind.APPLY]
+
+
+@pytest.mark.parametrize(("cordon", "taint"), [(True, False), (False, True), (True, True)])
+def test_the_level3_job_runs_on_the_node_remediation_holds(backend: Backend, cordon: bool, taint: bool) -> None:
+    # before: the Job tolerated only the configured taints, so the scheduler kept it off the node remediation had
+    # cordoned or tainted: the gate's level-3 run could never pass and the node was never given back
+    _held(backend, cordon=cordon, taint=taint)
+    assert invasive.start(backend.client, "gpu-1", SETTINGS).state is StartState.STARTED
+    assert invasive.poll(backend.client, JOB, namespace=NS).state is JobState.RUNNING
+    [pod] = backend.client.job_pods(NS, JOB)
+    assert pod.node == "gpu-1" and not pod.unschedulable
+    backend.control.finish_job(NS, JOB, succeeded=True, log=log_with(PASSED))
+    assert invasive.poll(backend.client, JOB, namespace=NS).state is JobState.SUCCEEDED
+
+
+def test_a_node_cordoned_by_someone_else_is_left_alone(backend: Backend) -> None:
+    backend.control.add_node("gpu-1", gpus=8)
+    backend.client.set_node_unschedulable("gpu-1", True)  # an operator's maintenance, not remediation's
+    assert invasive.start(backend.client, "gpu-1", SETTINGS).state is StartState.STARTED
+    outcome = invasive.poll(backend.client, JOB, namespace=NS)
+    assert outcome.state is JobState.ADMISSION_FAILED and "were unschedulable" in outcome.reason
+    assert outcome.result is not None and outcome.result.status is Status.ERROR
+
+
+def test_held_tolerations_are_added_once_to_the_configured_ones() -> None:
+    held = {"key": "node.kubernetes.io/unschedulable", "operator": "Exists", "effect": "NoSchedule"}
+    settings = dataclasses.replace(SETTINGS, invasive_tolerations=(held,))
+    info = NodeInfo("gpu-1", {}, {remediation.OWNER: "{}"})
+    assert invasive.tolerations_for(info, settings) == [
+        held,
+        {"key": "autopilot.ibm.com/gpuhealth", "operator": "Exists", "effect": "NoSchedule"},
+    ]
+    assert invasive.tolerations_for(NodeInfo("gpu-1", {}), settings) == [held]

@@ -26,6 +26,8 @@ def run(
     make_ctx: Callable[..., CheckContext], backend: Backend | None, **settings: Any
 ) -> tuple[CheckResult, FakeClock]:
     clock = FakeClock()
+    if backend is not None and "gpu-1" not in backend.control.nodes:
+        backend.control.add_node("gpu-1")  # where the scheduler puts the consumer pod
     base = {"node_name": "gpu-1", "pvc_storage_class": "fast", **settings}
     ctx = make_ctx(
         settings=config.Settings(**base), cluster=backend.client if backend else None, clock=clock, node="gpu-1"
