@@ -330,6 +330,10 @@ class ClusterClient(Protocol):
     # pods and volumes -------------------------------------------------------
     def create_pod(self, namespace: str, manifest: Mapping[str, Any]) -> str: ...
 
+    def get_pod(self, namespace: str, name: str) -> PodInfo:
+        """The pod (``NotFound`` when there is none): whether the scheduler placed it, and why not."""
+        ...
+
     def delete_pod(self, namespace: str, name: str) -> bool: ...
 
     def create_pvc(self, namespace: str, manifest: Mapping[str, Any]) -> str: ...
@@ -889,6 +893,15 @@ class KubeClusterClient:
             "POST", f"/api/v1/namespaces/{_seg(namespace)}/pods", body=dict(manifest), retry_conflict=False
         )
         return str((data.get("metadata") or {}).get("name") or "")
+
+    def get_pod(self, namespace: str, name: str) -> PodInfo:
+        # A list by name, not a GET: reading pods is the cluster-wide list the worker is already granted.
+        if not names.is_dns1123_subdomain(name):
+            raise errors.BadParameter("pod", f"not a valid pod name: {name[:80]!r}")
+        items = self._list(f"/api/v1/namespaces/{_seg(namespace)}/pods", [("fieldSelector", f"metadata.name={name}")])
+        if not items:
+            raise errors.NotFound(f"pods {name!r} not found in {namespace}")
+        return pod_from_json(items[0])
 
     def delete_pod(self, namespace: str, name: str) -> bool:
         return self._delete(f"/api/v1/namespaces/{_seg(namespace)}/pods/{_seg(name)}", grace_s=0)

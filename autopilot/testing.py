@@ -796,6 +796,15 @@ class FakeCluster:
 
         return self._do("create_pod", create)
 
+    def get_pod(self, namespace: str, name: str) -> PodInfo:
+        def get() -> PodInfo:
+            try:
+                return self._pods[(namespace, name)].info
+            except KeyError:
+                raise errors.NotFound(f"pods {name!r} not found in {namespace}") from None
+
+        return self._do("get_pod", get)
+
     def delete_pod(self, namespace: str, name: str) -> bool:
         def delete() -> bool:
             if self._pods.pop((namespace, name), None) is None:

@@ -67,6 +67,7 @@ OP_ROUTES: dict[str, tuple[str, str]] = {
     "job_events": ("GET", r"/events$"),
     "pod_log": ("GET", r"/log$"),
     "create_pod": ("POST", r"/pods$"),
+    "get_pod": ("GET", r"^/api/v1/namespaces/[^/]+/pods$"),
     "delete_pod": ("DELETE", r"/pods/[^/]+$"),
     "create_pvc": ("POST", r"/persistentvolumeclaims$"),
     "pvc_phase": ("GET", r"/persistentvolumeclaims/[^/]+$"),
