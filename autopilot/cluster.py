@@ -684,6 +684,10 @@ class KubeClusterClient:
             # The server's own deadline for the request (client-go sends the same): it stops working on a
             # request we have given up on. A log stream is long-running and takes no such parameter.
             params.append(("timeout", f"{max(1, int(self.timeout_s))}s"))
+        if method in ("POST", "PATCH"):
+            # A field the server does not know is a 400 naming it, not dropped in silence (the server's default,
+            # Warn): a dropped deviceSelector field would widen a DeviceTaintRule to more devices.
+            params.append(("fieldValidation", "Strict"))
         try:
             resp = self._api.call_api(
                 path,

@@ -532,6 +532,10 @@ class FakeCluster:
     def _check_create(self, op: str, kind: str, namespace: str, manifest: Mapping[str, Any], name: str) -> None:
         """Refuse ``manifest`` as the API server would (400 for a namespace mismatch, 422 ``Invalid``)."""
         meta = dict(manifest.get("metadata") or {})
+        unknown = apivalidation.unknown_fields(kind, manifest)
+        if unknown:  # the client sends fieldValidation=Strict
+            fields = ", ".join(f'unknown field "{f}"' for f in unknown)
+            raise errors.ClusterError(f"{op}: 400 strict decoding error: {fields}")
         if meta.get("namespace") and meta["namespace"] != namespace:
             raise errors.ClusterError(
                 f"{op}: 400 the namespace of the provided object does not match the namespace sent on the request"
@@ -895,7 +899,11 @@ class FakeCluster:
     def create_device_taint_rule(self, rule: DeviceTaintRuleInfo) -> str:
         def create() -> str:
             version = self._served()
-            problems = device_taint_rule_problems(rule.to_json(version), version, self.device_taint_effects)
+            body = rule.to_json(version)
+            unknown = apivalidation.unknown_fields("DeviceTaintRule", body, version)
+            if unknown:
+                raise errors.ClusterError(f"400 strict decoding error: unknown field {unknown[0]!r}")
+            problems = device_taint_rule_problems(body, version, self.device_taint_effects)
             if problems:
                 raise errors.ClusterError(f"DeviceTaintRule {rule.name!r} is invalid: {'; '.join(problems)}")
             if rule.name in self.device_taint_rules:

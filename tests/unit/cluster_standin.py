@@ -485,6 +485,11 @@ class StandInApi:
                 return 400, status_body(
                     400, "BadRequest", f"invalid timeout specified in the request URL: {query['timeout']}"
                 )
+            if method in ("POST", "PATCH") and query.get("fieldValidation") == "Strict":
+                unknown = apivalidation.unknown_fields(_kind_of(path), body, path.split("/")[3])
+                if unknown:
+                    message = "strict decoding error: " + ", ".join(f'unknown field "{f}"' for f in unknown)
+                    return 400, status_body(400, "BadRequest", message)
             try:
                 return self._route(method, path, query, ctype, body)
             except KeyError as exc:
@@ -785,6 +790,20 @@ def _version_rank(version: str) -> tuple[int, int, int, str]:
     if found is None:
         return (3, 0, 0, version)
     return ({None: 0, "beta": 1, "alpha": 2}[found[2]], -int(found[1]), -int(found[3] or 0), version)
+
+
+def _kind_of(path: str) -> str:
+    """The kind a write to ``path`` carries (a Node's patch, on the object or its status, is a Node's)."""
+    parts = path.strip("/").split("/")
+    collections = {
+        "nodes": "Node",
+        "pods": "Pod",
+        "jobs": "Job",
+        "persistentvolumeclaims": "PersistentVolumeClaim",
+        "events": "Event",
+        "devicetaintrules": "DeviceTaintRule",
+    }
+    return next(collections[p] for p in reversed(parts) if p in collections)
 
 
 def _unschedulable(message: str) -> dict[str, str]:

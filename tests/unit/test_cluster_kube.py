@@ -145,7 +145,7 @@ def test_job_calls(kube: Backend) -> None:
     seen = [(r.method, r.path, r.query) for r in api(kube).requests]
     events = {"fieldSelector": "involvedObject.kind=Job,involvedObject.name=j", **LIST_QUERY}
     assert seen == [
-        ("POST", "/apis/batch/v1/namespaces/ap/jobs", TIMEOUT),
+        ("POST", "/apis/batch/v1/namespaces/ap/jobs", {**TIMEOUT, "fieldValidation": "Strict"}),
         ("GET", "/apis/batch/v1/namespaces/ap/jobs/j", TIMEOUT),
         ("GET", "/api/v1/namespaces/ap/pods", {"labelSelector": "job-name=j", **LIST_QUERY}),
         ("GET", f"/api/v1/namespaces/ap/pods/{pod}/log", {"limitBytes": "1048576", "container": "main"}),
@@ -384,3 +384,24 @@ def test_the_standin_refuses_a_field_selector_on_a_field_the_resource_cannot_sel
 def test_the_standin_refuses_a_timeout_go_cannot_parse(kube: Backend) -> None:
     status, body = api(kube).handle("GET", "/api/v1/nodes", {"timeout": "10"}, "", None)
     assert status == 400 and "invalid timeout" in body["message"]
+
+
+def test_every_write_asks_for_strict_field_validation(kube: Backend) -> None:
+    # before: no fieldValidation, so the server's default (Warn) dropped an unknown field with only a warning
+    api(kube).add_node("gpu-1", gpus=8)
+    kube.client.patch_node_labels("gpu-1", {OURS: "EVICT"})
+    kube.client.set_node_condition("gpu-1", NodeCondition(CONDITION_TYPE, "False", "AutopilotEvict", "x"))
+    kube.client.set_node_unschedulable("gpu-1", True)
+    kube.client.create_node_event("gpu-1", reason="R", message="m", type_="Warning", namespace="default")
+    writes = [r for r in api(kube).writes() if r.method in ("POST", "PATCH")]
+    assert len(writes) == 4 and all(r.query.get("fieldValidation") == "Strict" for r in writes)
+
+
+def test_the_standin_refuses_an_unknown_field_under_strict_validation(kube: Backend) -> None:
+    api(kube).add_node("gpu-1")
+    patch = {"spec": {"unschedulabel": True}}
+    code, body = api(kube).handle(
+        "PATCH", "/api/v1/nodes/gpu-1", {"fieldValidation": "Strict"}, "application/merge-patch+json", patch
+    )
+    assert code == 400 and body["message"] == 'strict decoding error: unknown field "spec.unschedulabel"'
+    assert api(kube).handle("PATCH", "/api/v1/nodes/gpu-1", {}, "application/merge-patch+json", patch)[0] == 200

@@ -228,3 +228,18 @@ def test_a_name_that_would_add_a_selector_requirement_is_refused_before_it_is_se
     with pytest.raises(errors.BadParameter):
         call(backend.client)
     assert (len(backend.standin.requests) if backend.standin is not None else 0) == sent
+
+
+def test_a_misspelled_field_is_refused_naming_it_not_dropped(backend: Backend) -> None:
+    # before: both backends took the Job and the field was dropped; a real server under the client's
+    # fieldValidation=Strict answers 400
+    manifest = copy.deepcopy(level3_job())
+    manifest["spec"]["backofLimit"] = 0
+    manifest["spec"]["template"]["spec"]["containers"][0]["resource"] = {}
+    with pytest.raises(errors.ClusterError) as caught:
+        backend.client.create_job(NS, manifest)
+    text = str(caught.value)
+    assert "400 strict decoding error: " in text and 'unknown field "spec.backofLimit"' in text
+    assert 'unknown field "spec.template.spec.containers[0].resource"' in text
+    with pytest.raises(errors.NotFound):
+        backend.client.get_job(NS, manifest["metadata"]["name"])
