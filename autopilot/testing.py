@@ -767,14 +767,14 @@ class FakeCluster:
             ],
         )
 
-    def pod_log(self, namespace: str, pod: str, container: str | None = None) -> str:
-        def read() -> str:
-            try:
-                return self._pods[(namespace, pod)].log
-            except KeyError:
-                raise errors.NotFound(f"pods {pod!r} not found") from None
+    def _pod(self, namespace: str, name: str) -> _FakePod:
+        try:
+            return self._pods[(namespace, name)]
+        except KeyError:
+            raise errors.NotFound(f"pods {name!r} not found in {namespace}") from None
 
-        return self._do("pod_log", read)
+    def pod_log(self, namespace: str, pod: str, container: str | None = None) -> str:
+        return self._do("pod_log", lambda: self._pod(namespace, pod).log)
 
     # ---------------------------------------------------------- pods and volumes
 
@@ -801,13 +801,7 @@ class FakeCluster:
         return self._do("create_pod", create)
 
     def get_pod(self, namespace: str, name: str) -> PodInfo:
-        def get() -> PodInfo:
-            try:
-                return self._pods[(namespace, name)].info
-            except KeyError:
-                raise errors.NotFound(f"pods {name!r} not found in {namespace}") from None
-
-        return self._do("get_pod", get)
+        return self._do("get_pod", lambda: self._pod(namespace, name).info)
 
     def delete_pod(self, namespace: str, name: str) -> bool:
         def delete() -> bool:
