@@ -112,6 +112,7 @@ def sync(
             log.info("dry-run: would delete DeviceTaintRule %s of node %s", name, node)
         else:
             cluster.delete_device_taint_rule(name)
+    created: list[str] = []
     for name in missing:
         rule = wanted[name]
         if dry_run:
@@ -119,11 +120,30 @@ def sync(
                 "dry-run: would create DeviceTaintRule %s: %s=%s:%s on %s/%s/%s",
                 name, rule.key, rule.value, rule.effect, rule.driver, rule.pool, rule.device,
             )  # fmt: skip
-        else:
-            try:
-                cluster.create_device_taint_rule(rule)
-            except errors.Conflict:
-                # The GPU's rule was written for another node (the GPU moved, or the node was renamed).
-                cluster.delete_device_taint_rule(name)
-                cluster.create_device_taint_rule(rule)
-    return SyncOutcome(tuple(missing), tuple(stale), dry_run)
+        elif not _create(cluster, rule):
+            continue
+        created.append(name)
+    return SyncOutcome(tuple(created), tuple(stale), dry_run)
+
+
+def _create(cluster: ClusterClient, rule: DeviceTaintRuleInfo) -> bool:
+    """Create ``rule``; False when the server knows no informational effect (``None``, Kubernetes 1.35 and
+    later) and refused it: that WARN rule is left out, so it never stands in the way of the EVICT rules."""
+    try:
+        try:
+            cluster.create_device_taint_rule(rule)
+        except errors.Conflict:
+            # The GPU's rule was written for another node (the GPU moved, or the node was renamed).
+            cluster.delete_device_taint_rule(rule.name)
+            cluster.create_device_taint_rule(rule)
+    except (errors.Transient, errors.NotFound):
+        raise
+    except errors.ClusterError as exc:
+        if rule.effect != "None" or "spec.taint.effect" not in str(exc):
+            raise
+        log.warning(
+            "DeviceTaintRule %s (%s=%s) left out: this API server knows no effect None (Kubernetes 1.35 and "
+            "later): %s", rule.name, rule.key, rule.value, exc,
+        )  # fmt: skip
+        return False
+    return True

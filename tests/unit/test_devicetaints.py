@@ -153,11 +153,17 @@ def test_discovery_finds_the_rules_beside_versions_that_serve_none() -> None:
         assert post.path == "/apis/resource.k8s.io/v1beta2/devicetaintrules"
 
 
-def test_a_server_that_knows_no_none_effect_refuses_the_warn_rule(backend: Backend) -> None:
-    # Kubernetes 1.33/1.34 validate effect as NoSchedule or NoExecute only.
+def test_a_server_that_knows_no_none_effect_leaves_out_the_warn_rule_not_the_evict_ones(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Kubernetes 1.33/1.34 validate effect as NoSchedule or NoExecute only. Before: the WARN rule's 422 ended the
+    # sync, so an EVICT rule created after it (in name order) was never written, and every reconcile tried again
     backend.control.serve_device_taints("v1alpha3", effects=("NoSchedule", "NoExecute"))
-    with pytest.raises(errors.ClusterError, match="effect"):
-        devicetaints.sync(backend.client, NODE, wanted({5: Verdict.WARN}), dry_run=False)
+    with caplog.at_level(logging.WARNING, logger="autopilot.devicetaints"):
+        outcome = devicetaints.sync(backend.client, NODE, wanted({1: Verdict.WARN, 3: Verdict.EVICT}), dry_run=False)
+    assert outcome.served and outcome.created == (devicetaints.rule_name(uuid(3)),)
+    assert rules(backend) == {devicetaints.rule_name(uuid(3)): ("gpu-3", "EVICT", "NoSchedule")}
+    assert "knows no effect None" in caplog.text
 
 
 def test_the_server_validates_names_and_keys(backend: Backend) -> None:
