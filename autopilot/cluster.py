@@ -2,9 +2,10 @@
 
 Only this module imports ``kubernetes``. The in-memory ``FakeCluster`` in ``autopilot.testing``
 implements the same Protocol; the real client, ``KubeClusterClient``, translates ``ApiException``
-by status code into ``NotFound`` (404), ``Conflict`` (409) and ``Transient`` (429, 5xx, connection
-errors), retries ``Transient`` and ``Conflict`` a bounded number of times with backoff, and gives
-every call a ``_request_timeout``.
+by status code into ``NotFound`` (404), ``Conflict`` (409), ``ListExpired`` (410) and ``Transient`` (429,
+5xx, connection errors), retries ``Transient`` and ``Conflict`` a bounded number of times with backoff,
+gives every call a ``_request_timeout`` (and the server the same deadline), reads every list in pages,
+and asks for strict field validation on every write.
 
 Writes carry only what they mean to change: label patches name only our keys (a JSON merge patch
 in which ``null`` removes a key), the condition patch names only our condition type (a strategic

@@ -5,9 +5,11 @@ StorageClass, Status) for the paths the cluster seam uses, applies merge and str
 patches the way the API server does for the fields we touch (labels, annotations, conditions
 merged by ``type``, ``spec.unschedulable``, ``spec.taints`` replaced whole,
 ``metadata.resourceVersion`` precondition -> 409), validates a patched Node as the API server
-does for those fields (422 ``Invalid``: taint effects, keys and values, duplicate taints), plays the parts of the Job
-controller, scheduler and provisioner that our code can observe, and records every request
-(verb, path, query, content type, body).
+does for those fields (422 ``Invalid``: taint effects, keys and values, duplicate taints), pages lists
+(``limit``/``continue``, 410 Expired on demand), refuses unknown fields under ``fieldValidation=Strict``
+and field selectors on fields a resource cannot select, plays the parts of the Job controller (pods owned
+by the Job's uid), scheduler (cordons and taints keep a pod Pending), garbage collector and provisioner
+that our code can observe, and records every request (verb, path, query, content type, body).
 
 Its test controls have the same names and meaning as ``FakeCluster``'s (``add_node``,
 ``add_pod``, ``add_storage_class``, ``fail_next``, ``finish_job``, ...), so one behaviour test
