@@ -527,8 +527,10 @@ def event_manifest(
     return {
         "apiVersion": "v1",
         "kind": "Event",
-        # The API server fills in a unique name from generateName; kubectl shows reason and message.
-        "metadata": {"generateName": f"{node.name[:200]}.", "namespace": namespace},
+        # A unique name of our own, as client-go's recorder makes them (<object>.<time in hex>): a retry after a
+        # lost answer then meets 409 AlreadyExists instead of posting the Event twice (a generateName would
+        # get a new name on every attempt).
+        "metadata": {"name": event_name(node.name), "namespace": namespace},
         "involvedObject": {"apiVersion": "v1", "kind": "Node", "name": node.name, "uid": node.uid or node.name},
         "reason": reason,
         "message": message[:1024],
@@ -540,6 +542,11 @@ def event_manifest(
         "lastTimestamp": stamp,
         "count": 1,
     }
+
+
+def event_name(node: str) -> str:
+    """``<node>.<ns since the epoch, hex><4 random hex>``: unique per call, the same for its retries."""
+    return f"{node[:200]}.{time.time_ns():x}{random.getrandbits(16):04x}"
 
 
 def merge_condition(
@@ -807,7 +814,10 @@ class KubeClusterClient:
     def create_node_event(self, node: str, *, reason: str, message: str, type_: str, namespace: str) -> None:
         info = self.get_node(node)
         body = event_manifest(info, reason=reason, message=message, type_=type_, namespace=namespace)
-        self._call("POST", f"/api/v1/namespaces/{_seg(namespace)}/events", body=body, retry_conflict=False)
+        try:
+            self._call("POST", f"/api/v1/namespaces/{_seg(namespace)}/events", body=body, retry_conflict=False)
+        except errors.Conflict:
+            pass  # AlreadyExists: an earlier attempt of this call made it, and only its answer was lost
 
     def set_node_unschedulable(self, name: str, unschedulable: bool) -> None:
         # What ``kubectl cordon``/``uncordon`` send: only spec.unschedulable (null removes it, as false would).

@@ -387,6 +387,7 @@ class FakeCluster:
         self.clock = clock
         self._faults: dict[str, list[int]] = {}
         self._seq = 0
+        self._event_names: set[tuple[str, str]] = set()
         self.gc_paused = False  # test control: pods of a deleted Job stay until collect_garbage()
 
     # ---------------------------------------------------------- test controls
@@ -629,17 +630,24 @@ class FakeCluster:
         return self._do("set_node_condition", write)
 
     def create_node_event(self, node: str, *, reason: str, message: str, type_: str, namespace: str) -> None:
+        manifest = event_manifest(self.get_node(node), reason=reason, message=message, type_=type_, namespace=namespace)
+        name = str(manifest["metadata"]["name"])
+
         def create() -> None:
-            info = self.get_node(node)
-            manifest = event_manifest(info, reason=reason, message=message, type_=type_, namespace=namespace)
             refusal = event_refusal(manifest)
             if refusal is not None:  # the real API server's 422, which no retry changes
                 raise errors.ClusterError(f"create_node_event: 422 {refusal}")
+            if (namespace, name) in self._event_names:
+                raise errors.Conflict(f"events {name!r} already exists")
+            self._event_names.add((namespace, name))
             event = EventInfo(namespace, "Node", node, reason, message[:1024], type_)
             self.events.append(event)
             self._record("create_node_event", node, dataclasses.asdict(event))
 
-        self._do("create_node_event", create)
+        try:
+            self._do("create_node_event", create)
+        except errors.Conflict:
+            pass  # as the real client: an earlier attempt of this call made it
 
     def set_node_unschedulable(self, name: str, unschedulable: bool) -> None:
         def write() -> None:

@@ -5,6 +5,7 @@ Against the stand-in API server of tests/unit/cluster_standin.py, which records 
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Iterator
 from http import HTTPStatus
@@ -111,7 +112,8 @@ def test_event_names_the_node_it_is_about(kube: Backend) -> None:
     post = api(kube).writes()[0]
     assert (post.method, post.path) == ("POST", "/api/v1/namespaces/default/events")
     assert post.body["involvedObject"] == {"apiVersion": "v1", "kind": "Node", "name": "gpu-1", "uid": "uid-gpu-1"}
-    assert post.body["metadata"] == {"generateName": "gpu-1.", "namespace": "default"}
+    assert set(post.body["metadata"]) == {"name", "namespace"} and post.body["metadata"]["namespace"] == "default"
+    assert re.fullmatch(r"gpu-1\.[0-9a-f]{16,}", post.body["metadata"]["name"])
     assert post.body["type"] == "Warning" and post.body["source"]["component"] == "autopilot"
 
 
