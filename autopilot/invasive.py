@@ -214,8 +214,13 @@ def start(
         busy = cluster.gpu_pods_on_node(node)
     except errors.ClusterError as exc:
         return outcome(StartState.REFUSED, f"cannot read node {node}: {exc}", error=True)
-    if any(_job_of(p) == name for p in busy):
-        return outcome(StartState.ALREADY_RUNNING, f"Job {namespace}/{name} holds the GPUs")
+    ours = [p for p in busy if _job_of(p) == name]
+    if ours:
+        if _live(cluster, namespace, name, ours):
+            return outcome(StartState.ALREADY_RUNNING, f"Job {namespace}/{name} holds the GPUs")
+        # The pod of an earlier run, its Job deleted and the pod not yet gone (terminating on a sick node):
+        # the GPUs are held, but there is no Job to poll.
+        return outcome(StartState.BUSY, f"{_busy_reason(busy)}; its Job {namespace}/{name} is gone")
     if busy:
         return outcome(StartState.BUSY, _busy_reason(busy))
     if before_create is not None:
@@ -248,6 +253,17 @@ def tolerations_for(info: NodeInfo, settings: Settings) -> list[dict[str, Any]]:
         {"key": remediation.TAINT.key, "operator": "Exists", "effect": remediation.TAINT.effect},
     ]
     return configured + [t for t in held if t not in configured]
+
+
+def _live(cluster: ClusterClient, namespace: str, name: str, pods: Sequence[PodInfo]) -> bool:
+    """Whether the Job ``name`` exists and owns one of ``pods`` (an unreadable Job counts as live: poll decides)."""
+    try:
+        job = cluster.get_job(namespace, name)
+    except errors.NotFound:
+        return False
+    except errors.ClusterError:
+        return True
+    return any(not p.owner_uid or p.owner_uid == job.uid for p in pods)
 
 
 def _job_of(pod: PodInfo) -> str:

@@ -313,3 +313,16 @@ def test_held_tolerations_are_added_once_to_the_configured_ones() -> None:
         {"key": "autopilot.ibm.com/gpuhealth", "operator": "Exists", "effect": "NoSchedule"},
     ]
     assert invasive.tolerations_for(NodeInfo("gpu-1", {}), settings) == [held]
+
+
+def test_a_pod_left_by_a_deleted_job_is_busy_not_a_running_job(backend: Backend) -> None:
+    # before: the pod's job-name label made it "our Job holds the GPUs" (ALREADY_RUNNING), and the poll that
+    # followed found no Job and stored an error ("gone before its result was read")
+    backend.control.add_node("gpu-1", gpus=8)
+    backend.control.pause_gc()
+    assert invasive.start(backend.client, "gpu-1", SETTINGS).state is StartState.STARTED
+    assert backend.client.delete_job(NS, JOB)  # e.g. by hand; its pod is still on the node
+    outcome = invasive.start(backend.client, "gpu-1", SETTINGS)
+    assert outcome.state is StartState.BUSY and "is gone" in outcome.reason and outcome.result is None
+    backend.control.collect_garbage()
+    assert invasive.start(backend.client, "gpu-1", SETTINGS).state is StartState.STARTED
