@@ -423,3 +423,129 @@ def create_problems(kind: str, body: Mapping[str, Any]) -> list[str]:
     if kind == "Event":  # core/v1 Events: any name that is a path segment (ValidateObjectMetaAccessor)
         return meta_problems(body.get("metadata"), name_rule="segment")
     return meta_problems(body.get("metadata"))
+
+
+# ---------------------------------------------------------------- strict field validation
+
+# The fields of the objects Autopilot writes, as the API server's schema knows them (k8s.io/api core/v1,
+# batch/v1, resource.k8s.io): a dict names an object's fields, MAP a map of free keys, [x] a list of x, ANY
+# a value that is not walked further. With ``fieldValidation=Strict`` (what the client sends) a field that is
+# not here is a 400 ``strict decoding error: unknown field``, instead of being dropped without a word (the
+# server's default, Warn, only adds a warning header).
+ANY: Any = None
+MAP = "map"
+_META = dict.fromkeys(
+    ("name generateName namespace selfLink uid resourceVersion generation creationTimestamp deletionTimestamp "
+     "deletionGracePeriodSeconds ownerReferences finalizers managedFields").split()
+) | {"labels": MAP, "annotations": MAP}  # fmt: skip
+_TYPE = {"apiVersion": ANY, "kind": ANY}
+_TOLERATION = dict.fromkeys(("key", "operator", "value", "effect", "tolerationSeconds"))
+_SELECTOR_TERM = {"matchExpressions": [dict.fromkeys(("key", "operator", "values"))]}
+_SELECTOR_TERM["matchFields"] = _SELECTOR_TERM["matchExpressions"]
+_CONTAINER: dict[str, Any] = dict.fromkeys(
+    ("name image command args workingDir ports envFrom resizePolicy restartPolicy volumeDevices livenessProbe "
+     "readinessProbe startupProbe lifecycle terminationMessagePath terminationMessagePolicy imagePullPolicy stdin "
+     "stdinOnce tty").split()
+) | {
+    "env": [{"name": ANY, "value": ANY, "valueFrom": {
+        "fieldRef": {"apiVersion": ANY, "fieldPath": ANY}, "resourceFieldRef": ANY, "configMapKeyRef": ANY,
+        "secretKeyRef": ANY,
+    }}],
+    "resources": {"limits": MAP, "requests": MAP, "claims": ANY},
+    "volumeMounts": [dict.fromkeys(
+        ("name readOnly recursiveReadOnly mountPath subPath mountPropagation subPathExpr").split()
+    )],
+    "securityContext": dict.fromkeys(
+        ("privileged seLinuxOptions windowsOptions runAsUser runAsGroup runAsNonRoot readOnlyRootFilesystem "
+         "allowPrivilegeEscalation procMount seccompProfile appArmorProfile").split()
+    ) | {"capabilities": {"add": ANY, "drop": ANY}},
+}  # fmt: skip
+_POD_SPEC: dict[str, Any] = dict.fromkeys(
+    ("ephemeralContainers terminationGracePeriodSeconds activeDeadlineSeconds dnsPolicy serviceAccountName "
+     "serviceAccount automountServiceAccountToken nodeName hostNetwork hostPID hostIPC shareProcessNamespace "
+     "imagePullSecrets hostname subdomain schedulerName hostAliases priorityClassName priority dnsConfig "
+     "readinessGates runtimeClassName enableServiceLinks preemptionPolicy overhead topologySpreadConstraints "
+     "setHostnameAsFQDN os hostUsers schedulingGates resourceClaims resources restartPolicy").split()
+) | {
+    "nodeSelector": MAP,
+    "containers": [_CONTAINER],
+    "initContainers": [_CONTAINER],
+    "tolerations": [_TOLERATION],
+    "volumes": [{"name": ANY, "persistentVolumeClaim": {"claimName": ANY, "readOnly": ANY}, "emptyDir": ANY,
+                 "hostPath": ANY, "configMap": ANY, "secret": ANY, "projected": ANY, "ephemeral": ANY}],
+    "securityContext": dict.fromkeys(
+        ("seLinuxOptions windowsOptions runAsUser runAsGroup runAsNonRoot supplementalGroups "
+         "supplementalGroupsPolicy fsGroup fsGroupChangePolicy sysctls appArmorProfile seLinuxChangePolicy").split()
+    ) | {"seccompProfile": {"type": ANY, "localhostProfile": ANY}},
+    "affinity": {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [_SELECTOR_TERM]},
+            "preferredDuringSchedulingIgnoredDuringExecution": ANY,
+        },
+        "podAffinity": ANY,
+        "podAntiAffinity": ANY,
+    },
+}  # fmt: skip
+_TAINT = dict.fromkeys(("key", "value", "effect", "timeAdded"))
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "Job": _TYPE | {"metadata": _META, "status": ANY, "spec": dict.fromkeys(
+        ("parallelism completions activeDeadlineSeconds podFailurePolicy successPolicy backoffLimit "
+         "backoffLimitPerIndex maxFailedIndexes selector manualSelector ttlSecondsAfterFinished completionMode "
+         "suspend podReplacementPolicy managedBy").split()
+    ) | {"template": {"metadata": _META, "spec": _POD_SPEC}}},
+    "Pod": _TYPE | {"metadata": _META, "spec": _POD_SPEC, "status": ANY},
+    "PersistentVolumeClaim": _TYPE | {"metadata": _META, "status": ANY, "spec": dict.fromkeys(
+        ("accessModes selector volumeName storageClassName volumeMode dataSource dataSourceRef "
+         "volumeAttributesClassName").split()
+    ) | {"resources": {"limits": MAP, "requests": MAP}}},
+    "Event": _TYPE | dict.fromkeys(
+        ("reason message firstTimestamp lastTimestamp count type eventTime series action related "
+         "reportingComponent reportingInstance").split()
+    ) | {
+        "metadata": _META,
+        "involvedObject": dict.fromkeys(("kind namespace name uid apiVersion resourceVersion fieldPath").split()),
+        "source": {"component": ANY, "host": ANY},
+    },
+    "Node": _TYPE | {
+        "metadata": _META,
+        "spec": dict.fromkeys(("podCIDR podCIDRs providerID unschedulable configSource externalID").split())
+        | {"taints": [_TAINT]},
+        "status": {"conditions": [dict.fromkeys(
+            ("type status lastHeartbeatTime lastTransitionTime reason message").split()
+        )]} | dict.fromkeys(
+            ("capacity allocatable phase addresses daemonEndpoints nodeInfo images volumesInUse volumesAttached "
+             "config runtimeHandlers features").split()
+        ),
+    },
+    "DeviceTaintRule": _TYPE | {"metadata": _META, "status": ANY, "spec": {
+        "deviceSelector": dict.fromkeys(("driver", "pool", "device")), "taint": _TAINT,
+    }},
+}  # fmt: skip
+# v1alpha3 of Kubernetes 1.33/1.34 also had these selector fields (dropped later).
+_ALPHA_SELECTOR = dict.fromkeys(("driver", "pool", "device", "deviceClassName", "selectors"))
+
+
+def unknown_fields(kind: str, body: object, version: str = "") -> list[str]:
+    """The fields of ``body`` (a ``kind`` or a patch of one) the server's schema does not know, as paths."""
+    schema = SCHEMAS[kind]
+    if kind == "DeviceTaintRule" and version == "v1alpha3":
+        schema = schema | {"spec": schema["spec"] | {"deviceSelector": _ALPHA_SELECTOR}}
+    return _unknown(body, schema, "")
+
+
+def _unknown(value: object, schema: Any, path: str) -> list[str]:
+    if schema is ANY or schema == MAP or value is None:
+        return []
+    if isinstance(schema, list):
+        items = value if isinstance(value, list) else []
+        return [found for i, item in enumerate(items) for found in _unknown(item, schema[0], f"{path}[{i}]")]
+    if not isinstance(value, Mapping):
+        return []
+    problems: list[str] = []
+    for key, item in value.items():
+        where = f"{path}.{key}" if path else str(key)
+        if key not in schema:
+            problems.append(where)
+        else:
+            problems += _unknown(item, schema[key], where)
+    return problems

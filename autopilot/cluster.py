@@ -2,9 +2,10 @@
 
 Only this module imports ``kubernetes``. The in-memory ``FakeCluster`` in ``autopilot.testing``
 implements the same Protocol; the real client, ``KubeClusterClient``, translates ``ApiException``
-by status code into ``NotFound`` (404), ``Conflict`` (409) and ``Transient`` (429, 5xx, connection
-errors), retries ``Transient`` and ``Conflict`` a bounded number of times with backoff, and gives
-every call a ``_request_timeout``.
+by status code into ``NotFound`` (404), ``Conflict`` (409), ``ListExpired`` (410) and ``Transient`` (429,
+5xx, connection errors), retries ``Transient`` and ``Conflict`` a bounded number of times with backoff,
+gives every call a ``_request_timeout`` (and the server the same deadline), reads every list in pages,
+and asks for strict field validation on every write.
 
 Writes carry only what they mean to change: label patches name only our keys (a JSON merge patch
 in which ``null`` removes a key), the condition patch names only our condition type (a strategic
@@ -19,6 +20,7 @@ import dataclasses
 import json
 import logging
 import random
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -37,6 +39,14 @@ NODE_EVENT_NAMESPACE = "default"
 FINISHED_PHASES = frozenset({"Succeeded", "Failed"})
 # Enough for a JSON result of a few hundred DCGM tests; a runaway log is cut, not loaded whole.
 LOG_LIMIT_BYTES = 1 << 20
+# Lists are read in pages of this many items (kubectl's --chunk-size): every pod of a large cluster, or
+# a 5,000-node NodeList, in one answer is hundreds of MB for the server to build and for us to hold, and
+# can outlast the request timeout.
+LIST_PAGE = 500
+# A list whose continue token expired (410 Expired: etcd compacted past its revision) starts again from
+# its first page, at most this many times; a server that keeps paging is cut off after LIST_PAGES_MAX pages.
+LIST_RESTARTS = 3
+LIST_PAGES_MAX = 2000
 
 T = TypeVar("T")
 
@@ -84,6 +94,9 @@ class NodeCondition:
 
 
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+# The taint a cordoned node (spec.unschedulable) carries; the scheduler's NodeUnschedulable filter lets through
+# only pods that tolerate it (with effect NoSchedule), as DaemonSet pods do.
+UNSCHEDULABLE_TAINT = "node.kubernetes.io/unschedulable"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,16 +106,26 @@ class NodeTaint:
     key: str
     effect: str
     value: str = ""
+    # Written by whoever adds a NoExecute taint (the node lifecycle controller for node.kubernetes.io/*);
+    # kept as read, because spec.taints is written back whole and pods' tolerationSeconds count from it.
+    time_added: str = ""
 
     def to_json(self) -> dict[str, str]:
         out = {"key": self.key, "effect": self.effect}
         if self.value:
             out["value"] = self.value
+        if self.time_added:
+            out["timeAdded"] = self.time_added
         return out
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> NodeTaint:
-        return cls(str(raw.get("key") or ""), str(raw.get("effect") or ""), str(raw.get("value") or ""))
+        return cls(
+            str(raw.get("key") or ""),
+            str(raw.get("effect") or ""),
+            str(raw.get("value") or ""),
+            str(raw.get("timeAdded") or ""),
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +158,7 @@ class PodInfo:
     waiting: tuple[str, ...] = ()  # waiting reasons of its containers (ImagePullBackOff, ...)
     exit_codes: tuple[int, ...] = ()  # exit codes of terminated containers
     labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    owner_uid: str = ""  # uid of the controller that owns it (its Job), from metadata.ownerReferences
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,6 +176,7 @@ class JobInfo:
     failed_reason: str = ""  # reason of Failed=True or FailureTarget=True (DeadlineExceeded, BackoffLimitExceeded)
     message: str = ""
     created_at: str = ""
+    uid: str = ""  # a Job made again under the same name has another uid; its pods and events name it
 
     @property
     def finished(self) -> bool:
@@ -169,6 +194,7 @@ class EventInfo:
     message: str
     type: str = "Normal"
     count: int = 1
+    uid: str = ""  # involvedObject.uid
 
 
 @dataclasses.dataclass(frozen=True)
@@ -290,16 +316,24 @@ class ClusterClient(Protocol):
         """Delete the Job and (in the background) its pods; False when it was already gone."""
         ...
 
-    def job_pods(self, namespace: str, job_name: str) -> list[PodInfo]: ...
+    def job_pods(self, namespace: str, job_name: str, job_uid: str = "") -> list[PodInfo]:
+        """The Job's pods; with ``job_uid``, only those that Job controls: the pods of an earlier Job of the same
+        name (deleted in the background, its pods not yet collected) carry its ``job-name`` label too."""
+        ...
 
-    def job_events(self, namespace: str, job_name: str) -> list[EventInfo]:
-        """Events about the Job itself (``FailedCreate`` when its pod was refused)."""
+    def job_events(self, namespace: str, job_name: str, job_uid: str = "") -> list[EventInfo]:
+        """Events about the Job itself (``FailedCreate`` when its pod was refused); with ``job_uid``, only
+        about that Job, not an earlier one of the same name (Events outlive their object by an hour)."""
         ...
 
     def pod_log(self, namespace: str, pod: str, container: str | None = None) -> str: ...
 
     # pods and volumes -------------------------------------------------------
     def create_pod(self, namespace: str, manifest: Mapping[str, Any]) -> str: ...
+
+    def get_pod(self, namespace: str, name: str) -> PodInfo:
+        """The pod (``NotFound`` when there is none): whether the scheduler placed it, and why not."""
+        ...
 
     def delete_pod(self, namespace: str, name: str) -> bool: ...
 
@@ -407,6 +441,7 @@ def pod_from_json(raw: Mapping[str, Any]) -> PodInfo:
         waiting=tuple(waiting),
         exit_codes=tuple(exit_codes),
         labels=dict(meta.get("labels") or {}),
+        owner_uid=next((str(o.get("uid") or "") for o in meta.get("ownerReferences") or () if o.get("controller")), ""),
     )
 
 
@@ -439,6 +474,7 @@ def job_from_json(raw: Mapping[str, Any]) -> JobInfo:
         failed_reason=failed_reason,
         message=message,
         created_at=str(meta.get("creationTimestamp") or ""),
+        uid=str(meta.get("uid") or ""),
     )
 
 
@@ -453,16 +489,19 @@ def event_from_json(raw: Mapping[str, Any]) -> EventInfo:
         message=str(raw.get("message") or ""),
         type=str(raw.get("type") or "Normal"),
         count=int(raw.get("count") or 1),
+        uid=str(involved.get("uid") or ""),
     )
 
 
-def selector_safe(node: str = "", job: str = "") -> None:
-    """Refuse a node or Job name that is not one before it goes into a label or field selector, where a ``,``
-    or ``=`` in it would add a requirement of its own (``BadParameter``)."""
+def selector_safe(node: str = "", job: str = "", uid: str = "") -> None:
+    """Refuse a node or Job name (or an object's uid) that is not one before it goes into a label or field
+    selector, where a ``,`` or ``=`` in it would add a requirement of its own (``BadParameter``)."""
     if node:
         names.node_name(node, field="node")
     if job and not names.is_dns1123_label(job):
         raise errors.BadParameter("job", f"not a valid Job name (DNS-1123 label): {job[:80]!r}")
+    if uid and not names.is_label_value(uid):
+        raise errors.BadParameter("uid", f"not an object uid: {uid[:80]!r}")
 
 
 def rfc3339(moment: datetime | None = None) -> str:
@@ -488,8 +527,10 @@ def event_manifest(
     return {
         "apiVersion": "v1",
         "kind": "Event",
-        # The API server fills in a unique name from generateName; kubectl shows reason and message.
-        "metadata": {"generateName": f"{node.name[:200]}.", "namespace": namespace},
+        # A unique name of our own, as client-go's recorder makes them (<object>.<time in hex>): a retry after a
+        # lost answer then meets 409 AlreadyExists instead of posting the Event twice (a generateName would
+        # get a new name on every attempt).
+        "metadata": {"name": event_name(node.name), "namespace": namespace},
         "involvedObject": {"apiVersion": "v1", "kind": "Node", "name": node.name, "uid": node.uid or node.name},
         "reason": reason,
         "message": message[:1024],
@@ -501,6 +542,11 @@ def event_manifest(
         "lastTimestamp": stamp,
         "count": 1,
     }
+
+
+def event_name(node: str) -> str:
+    """``<node>.<ns since the epoch, hex><4 random hex>``: unique per call, the same for its retries."""
+    return f"{node[:200]}.{time.time_ns():x}{random.getrandbits(16):04x}"
 
 
 def merge_condition(
@@ -559,6 +605,11 @@ def with_retries(
 # ---------------------------------------------------------------- the real client
 
 
+class ListExpired(errors.ClusterError):
+    """410 Gone: a list's ``continue`` token is too old (reason ``Expired``). Not retried as it is: the list
+    restarts from its first page."""
+
+
 class _RetryableTransient(errors.Transient):
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
@@ -585,6 +636,7 @@ class KubeClusterClient:
         self.retry = retry or RetryPolicy()
         self._sleep = sleep
         self._dra_version: str | None = None  # "" once discovery found no DeviceTaintRule
+        self.page_size = LIST_PAGE
 
     @classmethod
     def from_config(
@@ -635,11 +687,20 @@ class KubeClusterClient:
         from urllib3.exceptions import HTTPError
 
         what = f"{method} {path}"
+        params = list(query)
+        if not raw:
+            # The server's own deadline for the request (client-go sends the same): it stops working on a
+            # request we have given up on. A log stream is long-running and takes no such parameter.
+            params.append(("timeout", f"{max(1, int(self.timeout_s))}s"))
+        if method in ("POST", "PATCH"):
+            # A field the server does not know is a 400 naming it, not dropped in silence (the server's default,
+            # Warn): a dropped deviceSelector field would widen a DeviceTaintRule to more devices.
+            params.append(("fieldValidation", "Strict"))
         try:
             resp = self._api.call_api(
                 path,
                 method,
-                query_params=list(query),
+                query_params=params,
                 header_params={"Content-Type": content_type, "Accept": "application/json"},
                 body=body,
                 auth_settings=["BearerToken"],
@@ -659,6 +720,39 @@ class KubeClusterClient:
         except ValueError as exc:
             raise errors.ClusterError(f"{what}: the API answered something that is not JSON") from exc
 
+    def _list(self, path: str, query: Sequence[tuple[str, str]] = ()) -> list[dict[str, Any]]:
+        """Every item of the list at ``path``, read page by page (``limit``/``continue``).
+
+        A 410 Expired on a continue token restarts the list (the pages read so far may be of another
+        revision), at most ``LIST_RESTARTS`` times, then ``Transient``; a server that repeats a token or
+        pages past ``LIST_PAGES_MAX`` ends in ``ClusterError``, never a loop.
+        """
+        for restart in range(LIST_RESTARTS + 1):
+            items: list[dict[str, Any]] = []
+            token = ""
+            seen: set[str] = set()
+            for _ in range(LIST_PAGES_MAX):
+                page = [*query, ("limit", str(self.page_size)), ("timeoutSeconds", str(max(1, int(self.timeout_s))))]
+                if token:
+                    page.append(("continue", token))
+                try:
+                    data = self._call("GET", path, query=page)
+                except ListExpired:
+                    if not token:
+                        raise  # not an expired page: nothing a restart changes
+                    log.info("GET %s: continue token expired; list restarted (%d/%d)", path, restart + 1, LIST_RESTARTS)
+                    break
+                items.extend(i for i in data.get("items") or () if isinstance(i, dict))
+                token = str((data.get("metadata") or {}).get("continue") or "")
+                if not token:
+                    return items
+                if token in seen:
+                    raise errors.ClusterError(f"GET {path}: the server repeated a continue token")
+                seen.add(token)
+            else:
+                raise errors.ClusterError(f"GET {path}: still paging after {LIST_PAGES_MAX} pages")
+        raise errors.Transient(f"GET {path}: the list's continue token expired {LIST_RESTARTS + 1} times")
+
     def _call(self, method: str, path: str, *, retry_conflict: bool = True, **kwargs: Any) -> Any:
         return with_retries(
             lambda: self._once(method, path, **kwargs),
@@ -672,8 +766,7 @@ class KubeClusterClient:
 
     def list_nodes(self, label_selector: str | None = None) -> list[NodeInfo]:
         query = [("labelSelector", label_selector)] if label_selector else []
-        data = self._call("GET", "/api/v1/nodes", query=query)
-        return [node_from_json(item) for item in data.get("items") or ()]
+        return [node_from_json(item) for item in self._list("/api/v1/nodes", query)]
 
     def get_node(self, name: str) -> NodeInfo:
         return node_from_json(self._call("GET", f"/api/v1/nodes/{_seg(name)}"))
@@ -721,7 +814,10 @@ class KubeClusterClient:
     def create_node_event(self, node: str, *, reason: str, message: str, type_: str, namespace: str) -> None:
         info = self.get_node(node)
         body = event_manifest(info, reason=reason, message=message, type_=type_, namespace=namespace)
-        self._call("POST", f"/api/v1/namespaces/{_seg(namespace)}/events", body=body, retry_conflict=False)
+        try:
+            self._call("POST", f"/api/v1/namespaces/{_seg(namespace)}/events", body=body, retry_conflict=False)
+        except errors.Conflict:
+            pass  # AlreadyExists: an earlier attempt of this call made it, and only its answer was lost
 
     def set_node_unschedulable(self, name: str, unschedulable: bool) -> None:
         # What ``kubectl cordon``/``uncordon`` send: only spec.unschedulable (null removes it, as false would).
@@ -754,19 +850,17 @@ class KubeClusterClient:
         return with_retries(attempt, policy=self.retry, sleep=self._sleep, what=f"taints of node {name}")
 
     def nodes_running(self, namespace: str, label_selector: str) -> list[str]:
-        data = self._call(
-            "GET",
+        items = self._list(
             f"/api/v1/namespaces/{_seg(namespace)}/pods",
-            query=[("labelSelector", label_selector), ("fieldSelector", "status.phase=Running")],
+            [("labelSelector", label_selector), ("fieldSelector", "status.phase=Running")],
         )
-        return sorted({p.node for p in (pod_from_json(i) for i in data.get("items") or ()) if p.node})
+        return sorted({p.node for p in (pod_from_json(i) for i in items) if p.node})
 
     def gpu_pods_on_node(self, node: str) -> list[PodInfo]:
         selector_safe(node=node)
         # Pending, Running and Unknown pods count: a pod admitted to the node holds its GPUs.
         selector = f"spec.nodeName={node},status.phase!=Succeeded,status.phase!=Failed"
-        data = self._call("GET", "/api/v1/pods", query=[("fieldSelector", selector)])
-        pods = [pod_from_json(i) for i in data.get("items") or ()]
+        pods = [pod_from_json(i) for i in self._list("/api/v1/pods", [("fieldSelector", selector)])]
         return [p for p in pods if p.gpus > 0 and p.phase not in FINISHED_PHASES]
 
     # ---------------------------------------------------------- jobs
@@ -784,18 +878,19 @@ class KubeClusterClient:
     def delete_job(self, namespace: str, name: str) -> bool:
         return self._delete(f"/apis/batch/v1/namespaces/{_seg(namespace)}/jobs/{_seg(name)}", propagation="Background")
 
-    def job_pods(self, namespace: str, job_name: str) -> list[PodInfo]:
+    def job_pods(self, namespace: str, job_name: str, job_uid: str = "") -> list[PodInfo]:
         selector_safe(job=job_name)
-        data = self._call(
-            "GET", f"/api/v1/namespaces/{_seg(namespace)}/pods", query=[("labelSelector", f"job-name={job_name}")]
-        )
-        return [pod_from_json(i) for i in data.get("items") or ()]
+        items = self._list(f"/api/v1/namespaces/{_seg(namespace)}/pods", [("labelSelector", f"job-name={job_name}")])
+        # The owner, not a label, tells this Job's pods from an earlier one's: every version sets it.
+        return [p for p in map(pod_from_json, items) if not job_uid or p.owner_uid == job_uid]
 
-    def job_events(self, namespace: str, job_name: str) -> list[EventInfo]:
-        selector_safe(job=job_name)
+    def job_events(self, namespace: str, job_name: str, job_uid: str = "") -> list[EventInfo]:
+        selector_safe(job=job_name, uid=job_uid)
         selector = f"involvedObject.kind=Job,involvedObject.name={job_name}"
-        data = self._call("GET", f"/api/v1/namespaces/{_seg(namespace)}/events", query=[("fieldSelector", selector)])
-        return [event_from_json(i) for i in data.get("items") or ()]
+        if job_uid:
+            selector += f",involvedObject.uid={job_uid}"
+        items = self._list(f"/api/v1/namespaces/{_seg(namespace)}/events", [("fieldSelector", selector)])
+        return [event_from_json(i) for i in items]
 
     def pod_log(self, namespace: str, pod: str, container: str | None = None) -> str:
         query = [("limitBytes", str(LOG_LIMIT_BYTES))]
@@ -813,6 +908,15 @@ class KubeClusterClient:
             "POST", f"/api/v1/namespaces/{_seg(namespace)}/pods", body=dict(manifest), retry_conflict=False
         )
         return str((data.get("metadata") or {}).get("name") or "")
+
+    def get_pod(self, namespace: str, name: str) -> PodInfo:
+        # A list by name, not a GET: reading pods is the cluster-wide list the worker is already granted.
+        if not names.is_dns1123_subdomain(name):
+            raise errors.BadParameter("pod", f"not a valid pod name: {name[:80]!r}")
+        items = self._list(f"/api/v1/namespaces/{_seg(namespace)}/pods", [("fieldSelector", f"metadata.name={name}")])
+        if not items:
+            raise errors.NotFound(f"pods {name!r} not found in {namespace}")
+        return pod_from_json(items[0])
 
     def delete_pod(self, namespace: str, name: str) -> bool:
         return self._delete(f"/api/v1/namespaces/{_seg(namespace)}/pods/{_seg(name)}", grace_s=0)
@@ -866,14 +970,24 @@ class KubeClusterClient:
             raise errors.NotFound(f"this cluster serves no {DRA_GROUP} DeviceTaintRule")
         return f"/apis/{DRA_GROUP}/{version}/devicetaintrules"
 
+    def _rediscover_on_404(self, fn: Callable[[], T]) -> T:
+        """A 404 on the rules' collection: the version discovered is no longer served (the control plane was
+        upgraded past an alpha, or the feature turned off). Discovery runs again on the next call instead of
+        every later call failing on a version that is gone."""
+        try:
+            return fn()
+        except errors.NotFound:
+            self._dra_version = None
+            raise
+
     def list_device_taint_rules(self, label_selector: str) -> list[DeviceTaintRuleInfo]:
-        data = self._call("GET", self._dra_path(), query=[("labelSelector", label_selector)])
-        return [DeviceTaintRuleInfo.from_json(i) for i in data.get("items") or ()]
+        items = self._rediscover_on_404(lambda: self._list(self._dra_path(), [("labelSelector", label_selector)]))
+        return [DeviceTaintRuleInfo.from_json(i) for i in items]
 
     def create_device_taint_rule(self, rule: DeviceTaintRuleInfo) -> str:
         path = self._dra_path()
         body = rule.to_json(path.split("/")[3])
-        data = self._call("POST", path, body=body, retry_conflict=False)
+        data = self._rediscover_on_404(lambda: self._call("POST", path, body=body, retry_conflict=False))
         return str((data.get("metadata") or {}).get("name") or rule.name)
 
     def delete_device_taint_rule(self, name: str) -> bool:
@@ -908,6 +1022,8 @@ def _translate(exc: Any, what: str) -> errors.ClusterError:
         return errors.NotFound(message)
     if status == 409:
         return errors.Conflict(message)
+    if status == 410:
+        return ListExpired(message)
     if status in (0, 429) or status >= 500:
         return _RetryableTransient(message, _retry_after(getattr(exc, "headers", None)))
     return errors.ClusterError(message)
@@ -922,7 +1038,7 @@ def _api_message(body: object) -> str:
     try:
         parsed = json.loads(body if isinstance(body, str | bytes) else str(body))
     except ValueError:
-        return str(body)[:200]
+        return _not_json(body)
     if not isinstance(parsed, dict):
         return ""
     message = str(parsed.get("message") or "")
@@ -935,6 +1051,17 @@ def _api_message(body: object) -> str:
     if extra:
         message = f"{message} ({'; '.join(extra)})" if message else "; ".join(extra)
     return message[:1000]
+
+
+def _not_json(body: object) -> str:
+    """What a body that is no ``Status`` says, as one short line: a load balancer or proxy in front of the
+    API server answers with an HTML page (its ``<title>``, else its text without tags)."""
+    text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else str(body)
+    title = re.search(r"(?is)<title[^>]*>(.*?)</title>", text)
+    if title:
+        text = title[1]
+    text = " ".join(re.sub(r"(?s)<[^>]*>", " ", text).split())
+    return f"not a Kubernetes Status (a proxy in front of the API server?): {text[:200]}"
 
 
 def _retry_after(headers: object) -> float | None:

@@ -29,6 +29,7 @@ MANAGER = "autopilot"
 NODE_LABEL = PREFIX + "node"
 NODE_ANNOTATION = PREFIX + "node"
 EFFECTS: Mapping[Verdict, str] = {Verdict.EVICT: "NoSchedule", Verdict.WARN: "None"}
+_unserved_told = False  # the "serves no DeviceTaintRule" warning was logged
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +98,11 @@ def sync(
 ) -> SyncOutcome:
     """Make ``node``'s rules in the cluster exactly ``wanted``. Raises ``ClusterError`` (the next reconcile retries)."""
     if cluster.device_taint_api() is None:
-        log.warning("device taints are on, but this cluster serves no resource.k8s.io DeviceTaintRule: none written")
+        # Once per process: every node's reconcile asks, and the answer is the cluster's, not the node's.
+        global _unserved_told
+        level = logging.DEBUG if _unserved_told else logging.WARNING
+        _unserved_told = True
+        log.log(level, "device taints are on, but this cluster serves no resource.k8s.io DeviceTaintRule: none written")
         return SyncOutcome(dry_run=dry_run, served=False)
     existing = {r.name: r for r in cluster.list_device_taint_rules(selector(node))}
     stale = sorted(n for n, r in existing.items() if n not in wanted or not _same(r, wanted[n]))
@@ -107,6 +112,7 @@ def sync(
             log.info("dry-run: would delete DeviceTaintRule %s of node %s", name, node)
         else:
             cluster.delete_device_taint_rule(name)
+    created: list[str] = []
     for name in missing:
         rule = wanted[name]
         if dry_run:
@@ -114,11 +120,30 @@ def sync(
                 "dry-run: would create DeviceTaintRule %s: %s=%s:%s on %s/%s/%s",
                 name, rule.key, rule.value, rule.effect, rule.driver, rule.pool, rule.device,
             )  # fmt: skip
-        else:
-            try:
-                cluster.create_device_taint_rule(rule)
-            except errors.Conflict:
-                # The GPU's rule was written for another node (the GPU moved, or the node was renamed).
-                cluster.delete_device_taint_rule(name)
-                cluster.create_device_taint_rule(rule)
-    return SyncOutcome(tuple(missing), tuple(stale), dry_run)
+        elif not _create(cluster, rule):
+            continue
+        created.append(name)
+    return SyncOutcome(tuple(created), tuple(stale), dry_run)
+
+
+def _create(cluster: ClusterClient, rule: DeviceTaintRuleInfo) -> bool:
+    """Create ``rule``; False when the server knows no informational effect (``None``, Kubernetes 1.35 and
+    later) and refused it: that WARN rule is left out, so it never stands in the way of the EVICT rules."""
+    try:
+        try:
+            cluster.create_device_taint_rule(rule)
+        except errors.Conflict:
+            # The GPU's rule was written for another node (the GPU moved, or the node was renamed).
+            cluster.delete_device_taint_rule(rule.name)
+            cluster.create_device_taint_rule(rule)
+    except (errors.Transient, errors.NotFound):
+        raise
+    except errors.ClusterError as exc:
+        if rule.effect != "None" or "spec.taint.effect" not in str(exc):
+            raise
+        log.warning(
+            "DeviceTaintRule %s (%s=%s) left out: this API server knows no effect None (Kubernetes 1.35 and "
+            "later): %s", rule.name, rule.key, rule.value, exc,
+        )  # fmt: skip
+        return False
+    return True

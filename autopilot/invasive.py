@@ -36,8 +36,16 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from autopilot import errors, names, results
-from autopilot.cluster import GPU_RESOURCE, ClusterClient, JobInfo, NodeInfo, PodInfo, pinned_to
+from autopilot import errors, names, remediation, results
+from autopilot.cluster import (
+    GPU_RESOURCE,
+    UNSCHEDULABLE_TAINT,
+    ClusterClient,
+    JobInfo,
+    NodeInfo,
+    PodInfo,
+    pinned_to,
+)
 from autopilot.config import Settings
 from autopilot.results import CheckResult, Status
 
@@ -206,13 +214,18 @@ def start(
         busy = cluster.gpu_pods_on_node(node)
     except errors.ClusterError as exc:
         return outcome(StartState.REFUSED, f"cannot read node {node}: {exc}", error=True)
-    if any(_job_of(p) == name for p in busy):
-        return outcome(StartState.ALREADY_RUNNING, f"Job {namespace}/{name} holds the GPUs")
+    ours = [p for p in busy if _job_of(p) == name]
+    if ours:
+        if _live(cluster, namespace, name, ours):
+            return outcome(StartState.ALREADY_RUNNING, f"Job {namespace}/{name} holds the GPUs")
+        # The pod of an earlier run, its Job deleted and the pod not yet gone (terminating on a sick node):
+        # the GPUs are held, but there is no Job to poll.
+        return outcome(StartState.BUSY, f"{_busy_reason(busy)}; its Job {namespace}/{name} is gone")
     if busy:
         return outcome(StartState.BUSY, _busy_reason(busy))
     if before_create is not None:
         before_create()
-    manifest = job_spec(node, info.allocatable_gpus, settings)
+    manifest = job_spec(node, info.allocatable_gpus, settings, tolerations=tolerations_for(info, settings))
     try:
         cluster.create_job(namespace, manifest)
     except errors.Conflict:
@@ -223,6 +236,34 @@ def start(
         "invasive DCGM level %d on %s: Job %s/%s with %d GPUs", LEVEL, node, namespace, name, info.allocatable_gpus
     )
     return outcome(StartState.STARTED, f"Job {namespace}/{name} created with {info.allocatable_gpus} GPUs")
+
+
+def tolerations_for(info: NodeInfo, settings: Settings) -> list[dict[str, Any]]:
+    """The Job's tolerations on this node: the configured ones, and, while remediation holds the node, its cordon
+    (``node.kubernetes.io/unschedulable``, which the scheduler puts on a cordoned node) and its taint.
+
+    The level-3 run is the validation gate's own test: without these the scheduler keeps the Job's pod off the
+    node remediation took, the run never passes, and the node is never given back. A node cordoned by someone
+    else (no ownership annotation) stays off limits: the run then ends as an admission failure."""
+    configured = [dict(t) for t in settings.invasive_tolerations]
+    if remediation.OWNER not in info.annotations:
+        return configured
+    held = [
+        {"key": UNSCHEDULABLE_TAINT, "operator": "Exists", "effect": "NoSchedule"},
+        {"key": remediation.TAINT.key, "operator": "Exists", "effect": remediation.TAINT.effect},
+    ]
+    return configured + [t for t in held if t not in configured]
+
+
+def _live(cluster: ClusterClient, namespace: str, name: str, pods: Sequence[PodInfo]) -> bool:
+    """Whether the Job ``name`` exists and owns one of ``pods`` (an unreadable Job counts as live: poll decides)."""
+    try:
+        job = cluster.get_job(namespace, name)
+    except errors.NotFound:
+        return False
+    except errors.ClusterError:
+        return True
+    return any(not p.owner_uid or p.owner_uid == job.uid for p in pods)
 
 
 def _job_of(pod: PodInfo) -> str:
@@ -278,7 +319,7 @@ def poll(
         )
         return JobOutcome(JobState.GONE, job_name, node, reason, error_result(node, reason, job=job_name, now=now))
     node = job.annotations.get(NODE_ANNOTATION) or node
-    pods = cluster.job_pods(namespace, job_name)
+    pods = cluster.job_pods(namespace, job_name, job.uid)
     outcome = _judge(cluster, job, pods, node, deadline_s, moment)
     if outcome.finished and cleanup:
         try:
@@ -309,7 +350,7 @@ def _judge(
         return done(JobState.SUCCEEDED, f"Job {name} completed: {found.status.value}", found)
     if job.failed_reason == "DeadlineExceeded":
         return done(JobState.DEADLINE_EXCEEDED, f"Job {name} did not finish before its deadline: {job.message}".strip())
-    refused = _admission_failure(cluster, namespace, name, pods)
+    refused = _admission_failure(cluster, namespace, job, pods)
     if refused:
         return done(JobState.ADMISSION_FAILED, f"the pod of Job {name} could not run: {refused}")
     if job.failed_reason:
@@ -324,7 +365,7 @@ def _judge(
     return JobOutcome(JobState.RUNNING, name, node, f"Job {name} running ({len(pods)} pod(s))")
 
 
-def _admission_failure(cluster: ClusterClient, namespace: str, job: str, pods: list[PodInfo]) -> str:
+def _admission_failure(cluster: ClusterClient, namespace: str, job: JobInfo, pods: list[PodInfo]) -> str:
     for pod in pods:
         if pod.phase == "Failed" and pod.reason and not pod.exit_codes:
             return f"{pod.reason}: {pod.message}".rstrip(": ")
@@ -334,7 +375,7 @@ def _admission_failure(cluster: ClusterClient, namespace: str, job: str, pods: l
         if stuck:
             return f"{stuck[0]} ({pod.name})"
     if not pods:
-        refused = [e for e in cluster.job_events(namespace, job) if e.reason == "FailedCreate"]
+        refused = [e for e in cluster.job_events(namespace, job.name, job.uid) if e.reason == "FailedCreate"]
         if refused:
             return f"FailedCreate: {refused[-1].message}"
     return ""

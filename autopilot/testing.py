@@ -25,6 +25,7 @@ from autopilot.cluster import (
     DEVICE_TAINT_EFFECTS,
     FINISHED_PHASES,
     TAINT_EFFECTS,
+    UNSCHEDULABLE_TAINT,
     DeviceTaintRuleInfo,
     EventInfo,
     JobInfo,
@@ -386,6 +387,8 @@ class FakeCluster:
         self.clock = clock
         self._faults: dict[str, list[int]] = {}
         self._seq = 0
+        self._event_names: set[tuple[str, str]] = set()
+        self.gc_paused = False  # test control: pods of a deleted Job stay until collect_garbage()
 
     # ---------------------------------------------------------- test controls
 
@@ -396,9 +399,16 @@ class FakeCluster:
         *,
         gpus: int = 0,
         annotations: Mapping[str, str] | None = None,
+        taints: Sequence[Mapping[str, str]] = (),
     ) -> None:
+        """``taints``: others' taints already on the Node, as Kubernetes JSON (``key``, ``effect``, ...)."""
         self.nodes[name] = NodeInfo(
-            name, dict(labels or {}), dict(annotations or {}), allocatable_gpus=gpus, uid=f"uid-{name}"
+            name,
+            dict(labels or {}),
+            dict(annotations or {}),
+            allocatable_gpus=gpus,
+            uid=f"uid-{name}",
+            taints=tuple(NodeTaint.from_json(t) for t in taints),
         )
 
     def add_pod(
@@ -454,7 +464,8 @@ class FakeCluster:
         for pod in self._job_pods(namespace, name):
             del self._pods[(pod.info.namespace, pod.info.name)]
         self.jobs[(namespace, name)] = dataclasses.replace(self.jobs[(namespace, name)], active=0)
-        self.events.append(EventInfo(namespace, "Job", name, "FailedCreate", message, "Warning"))
+        uid = self.jobs[(namespace, name)].uid
+        self.events.append(EventInfo(namespace, "Job", name, "FailedCreate", message, "Warning", uid=uid))
 
     def reject_job_pod(self, namespace: str, name: str, reason: str, message: str) -> None:
         """The kubelet refused the pod at admission (e.g. ``UnexpectedAdmissionError``): pod Failed."""
@@ -479,6 +490,18 @@ class FakeCluster:
 
     def pods(self, namespace: str | None = None) -> list[PodInfo]:
         return [p.info for p in self._pods.values() if namespace is None or p.info.namespace == namespace]
+
+    def pause_gc(self) -> None:
+        """The garbage collector has not yet removed the pods of a Job deleted in the background (it works
+        asynchronously; a pod on a sick node can stay terminating for long)."""
+        self.gc_paused = True
+
+    def collect_garbage(self) -> None:
+        """The garbage collector catches up: pods whose Job is gone are deleted."""
+        live = {j.uid for j in self.jobs.values()}
+        for key, pod in list(self._pods.items()):
+            if pod.info.owner_uid and pod.info.owner_uid not in live:
+                del self._pods[key]
 
     def events_for(self, kind: str, name: str) -> list[EventInfo]:
         return [e for e in self.events if e.kind == kind and e.name == name]
@@ -510,6 +533,10 @@ class FakeCluster:
     def _check_create(self, op: str, kind: str, namespace: str, manifest: Mapping[str, Any], name: str) -> None:
         """Refuse ``manifest`` as the API server would (400 for a namespace mismatch, 422 ``Invalid``)."""
         meta = dict(manifest.get("metadata") or {})
+        unknown = apivalidation.unknown_fields(kind, manifest)
+        if unknown:  # the client sends fieldValidation=Strict
+            fields = ", ".join(f'unknown field "{f}"' for f in unknown)
+            raise errors.ClusterError(f"{op}: 400 strict decoding error: {fields}")
         if meta.get("namespace") and meta["namespace"] != namespace:
             raise errors.ClusterError(
                 f"{op}: 400 the namespace of the provided object does not match the namespace sent on the request"
@@ -536,8 +563,21 @@ class FakeCluster:
     def _now(self) -> datetime:
         return self.clock.now() if self.clock is not None else datetime.now(UTC)
 
-    def _job_pods(self, namespace: str, job: str) -> list[_FakePod]:
-        return [p for p in self._pods.values() if p.info.namespace == namespace and p.job == job]
+    def _schedule(self, spec: Mapping[str, Any]) -> tuple[str, str]:
+        """(node, why not): the scheduler's part for a new pod, on the node its spec pins it to."""
+        wanted = pod_node(spec)
+        why = unschedulable_reason(self.nodes.get(wanted), spec) if wanted else ""
+        return ("" if why else wanted), why
+
+    def _job_pods(self, namespace: str, job: str, uid: str | None = None) -> list[_FakePod]:
+        """The pods of Job ``job`` (of ``uid``; None: of the Job of that name now, as its controller sees them)."""
+        if uid is None:
+            uid = self.jobs[(namespace, job)].uid if (namespace, job) in self.jobs else ""
+        return [
+            p
+            for p in self._pods.values()
+            if p.info.namespace == namespace and p.job == job and (not uid or p.info.owner_uid == uid)
+        ]
 
     # ---------------------------------------------------------- nodes
 
@@ -590,17 +630,24 @@ class FakeCluster:
         return self._do("set_node_condition", write)
 
     def create_node_event(self, node: str, *, reason: str, message: str, type_: str, namespace: str) -> None:
+        manifest = event_manifest(self.get_node(node), reason=reason, message=message, type_=type_, namespace=namespace)
+        name = str(manifest["metadata"]["name"])
+
         def create() -> None:
-            info = self.get_node(node)
-            manifest = event_manifest(info, reason=reason, message=message, type_=type_, namespace=namespace)
             refusal = event_refusal(manifest)
             if refusal is not None:  # the real API server's 422, which no retry changes
                 raise errors.ClusterError(f"create_node_event: 422 {refusal}")
+            if (namespace, name) in self._event_names:
+                raise errors.Conflict(f"events {name!r} already exists")
+            self._event_names.add((namespace, name))
             event = EventInfo(namespace, "Node", node, reason, message[:1024], type_)
             self.events.append(event)
             self._record("create_node_event", node, dataclasses.asdict(event))
 
-        self._do("create_node_event", create)
+        try:
+            self._do("create_node_event", create)
+        except errors.Conflict:
+            pass  # as the real client: an earlier attempt of this call made it
 
     def set_node_unschedulable(self, name: str, unschedulable: bool) -> None:
         def write() -> None:
@@ -663,6 +710,8 @@ class FakeCluster:
             self._check_create("create_job", "Job", namespace, manifest, name)
             if (namespace, name) in self.jobs:
                 raise errors.Conflict(f"jobs.batch {name!r} already exists")
+            self._seq += 1
+            uid = f"uid-{name[:40]}-{self._seq:05x}"  # a new one each time the name is made again
             self.jobs[(namespace, name)] = JobInfo(
                 name,
                 namespace,
@@ -670,12 +719,16 @@ class FakeCluster:
                 annotations=dict(meta.get("annotations") or {}),
                 active=1,
                 created_at=rfc3339(self._now()),
+                uid=uid,
             )
             self.job_manifests[(namespace, name)] = json.loads(json.dumps(manifest))
             spec = ((manifest.get("spec") or {}).get("template") or {}).get("spec") or {}
-            self._seq += 1
             pod = f"{name[:57]}-{self._seq:05x}"
-            info = PodInfo(pod, namespace, pod_node(spec), "Pending", pod_gpus(spec), labels={"job-name": name})
+            labels = {"job-name": name, "controller-uid": uid}
+            node, why = self._schedule(spec)
+            info = PodInfo(
+                pod, namespace, node, "Pending", pod_gpus(spec), labels=labels, owner_uid=uid, unschedulable=why
+            )
             self._pods[(namespace, pod)] = _FakePod(info, job=name)
             self._record("create_job", f"{namespace}/{name}", dict(manifest))
             return name
@@ -693,34 +746,43 @@ class FakeCluster:
 
     def delete_job(self, namespace: str, name: str) -> bool:
         def delete() -> bool:
-            if self.jobs.pop((namespace, name), None) is None:
+            job = self.jobs.pop((namespace, name), None)
+            if job is None:
                 return False
-            for pod in self._job_pods(namespace, name):
+            # Background propagation: the garbage collector deletes the pods after the Job, when it gets to them.
+            for pod in [] if self.gc_paused else self._job_pods(namespace, name, job.uid):
                 del self._pods[(namespace, pod.info.name)]
             self._record("delete_job", f"{namespace}/{name}", {})
             return True
 
         return self._do("delete_job", delete)
 
-    def job_pods(self, namespace: str, job_name: str) -> list[PodInfo]:
+    def job_pods(self, namespace: str, job_name: str, job_uid: str = "") -> list[PodInfo]:
         selector_safe(job=job_name)
-        return self._do("job_pods", lambda: [p.info for p in self._job_pods(namespace, job_name)])
+        return self._do("job_pods", lambda: [p.info for p in self._job_pods(namespace, job_name, job_uid)])
 
-    def job_events(self, namespace: str, job_name: str) -> list[EventInfo]:
-        selector_safe(job=job_name)
+    def job_events(self, namespace: str, job_name: str, job_uid: str = "") -> list[EventInfo]:
+        selector_safe(job=job_name, uid=job_uid)
         return self._do(
             "job_events",
-            lambda: [e for e in self.events if e.namespace == namespace and e.kind == "Job" and e.name == job_name],
+            lambda: [
+                e
+                for e in self.events
+                if e.namespace == namespace
+                and e.kind == "Job"
+                and e.name == job_name
+                and (not job_uid or e.uid == job_uid)
+            ],
         )
 
-    def pod_log(self, namespace: str, pod: str, container: str | None = None) -> str:
-        def read() -> str:
-            try:
-                return self._pods[(namespace, pod)].log
-            except KeyError:
-                raise errors.NotFound(f"pods {pod!r} not found") from None
+    def _pod(self, namespace: str, name: str) -> _FakePod:
+        try:
+            return self._pods[(namespace, name)]
+        except KeyError:
+            raise errors.NotFound(f"pods {name!r} not found in {namespace}") from None
 
-        return self._do("pod_log", read)
+    def pod_log(self, namespace: str, pod: str, container: str | None = None) -> str:
+        return self._do("pod_log", lambda: self._pod(namespace, pod).log)
 
     # ---------------------------------------------------------- pods and volumes
 
@@ -737,14 +799,17 @@ class FakeCluster:
                 for v in spec.get("volumes") or ()
                 if v.get("persistentVolumeClaim")
             )
-            info = PodInfo(
-                name, namespace, pod_node(spec), "Pending", pod_gpus(spec), labels=dict(meta.get("labels") or {})
-            )
+            node, why = self._schedule(spec)
+            labels = dict(meta.get("labels") or {})
+            info = PodInfo(name, namespace, node, "Pending", pod_gpus(spec), labels=labels, unschedulable=why)
             self._pods[(namespace, name)] = _FakePod(info, claims=claims)
             self._record("create_pod", f"{namespace}/{name}", dict(manifest))
             return name
 
         return self._do("create_pod", create)
+
+    def get_pod(self, namespace: str, name: str) -> PodInfo:
+        return self._do("get_pod", lambda: self._pod(namespace, name).info)
 
     def delete_pod(self, namespace: str, name: str) -> bool:
         def delete() -> bool:
@@ -776,7 +841,10 @@ class FakeCluster:
                 raise errors.NotFound(f"persistentvolumeclaims {name!r} not found")
             pvc.reads += 1
             mode, binds_after = self.storage_classes.get(pvc.storage_class, ("Immediate", None))
-            consumed = any(name in p.claims for p in self._pods.values() if p.info.namespace == namespace)
+            # The provisioner acts for a WaitForFirstConsumer claim once the scheduler has put a pod using it on a node.
+            consumed = any(
+                name in p.claims and p.info.node for p in self._pods.values() if p.info.namespace == namespace
+            )
             if binds_after is not None and pvc.reads >= binds_after and (mode != "WaitForFirstConsumer" or consumed):
                 pvc.phase = "Bound"
             return pvc.phase
@@ -833,7 +901,11 @@ class FakeCluster:
     def create_device_taint_rule(self, rule: DeviceTaintRuleInfo) -> str:
         def create() -> str:
             version = self._served()
-            problems = device_taint_rule_problems(rule.to_json(version), version, self.device_taint_effects)
+            body = rule.to_json(version)
+            unknown = apivalidation.unknown_fields("DeviceTaintRule", body, version)
+            if unknown:
+                raise errors.ClusterError(f"400 strict decoding error: unknown field {unknown[0]!r}")
+            problems = device_taint_rule_problems(body, version, self.device_taint_effects)
             if problems:
                 raise errors.ClusterError(f"DeviceTaintRule {rule.name!r} is invalid: {'; '.join(problems)}")
             if rule.name in self.device_taint_rules:
@@ -953,6 +1025,42 @@ def event_refusal(event: Mapping[str, Any]) -> str | None:
         return None
     name = (event.get("metadata") or {}).get("name") or (event.get("metadata") or {}).get("generateName") or ""
     return f'Event "{name}" is invalid: ' + ", ".join(problems)
+
+
+def tolerates(tolerations: Sequence[Mapping[str, Any]], taint: NodeTaint) -> bool:
+    """Whether one of ``tolerations`` tolerates ``taint`` (core/v1 ``Toleration.ToleratesTaint``): same effect or
+    none, and the key with ``Exists`` (any value) or ``Equal`` (same value); an empty key with ``Exists``
+    tolerates every taint."""
+    for tol in tolerations:
+        if tol.get("effect") and tol["effect"] != taint.effect:
+            continue
+        operator = tol.get("operator") or "Equal"
+        if not tol.get("key"):
+            if operator == "Exists":
+                return True
+            continue
+        if tol["key"] == taint.key and (operator == "Exists" or str(tol.get("value") or "") == taint.value):
+            return True
+    return False
+
+
+def unschedulable_reason(node: NodeInfo | None, spec: Mapping[str, Any]) -> str:
+    """Why the scheduler leaves a pod pinned to ``node`` Pending ('' when it binds it): no such node, the node
+    cordoned (``NodeUnschedulable``: only a pod tolerating ``node.kubernetes.io/unschedulable:NoSchedule`` goes
+    there), or a ``NoSchedule``/``NoExecute`` taint the pod does not tolerate (``TaintToleration``). A pod that
+    names its node in ``nodeName`` skips the scheduler."""
+    if spec.get("nodeName"):
+        return ""
+    if node is None:
+        return "0/0 nodes are available: the node in its affinity does not exist."
+    tolerations = list(spec.get("tolerations") or ())
+    if node.unschedulable and not tolerates(tolerations, NodeTaint(UNSCHEDULABLE_TAINT, "NoSchedule")):
+        return "0/1 nodes are available: 1 node(s) were unschedulable."
+    for taint in node.taints:
+        if taint.effect in ("NoSchedule", "NoExecute") and not tolerates(tolerations, taint):
+            shown = f"{taint.key}: {taint.value}" if taint.value else taint.key
+            return f"0/1 nodes are available: 1 node(s) had untolerated taint {{{shown}}}."
+    return ""
 
 
 def pod_node(spec: Mapping[str, Any]) -> str:

@@ -11,7 +11,10 @@ Judgement (upstream semantics, without its fixed sleeps: we poll until a deadlin
 - ``ok``: Bound within ``Settings.pvc_deadline_s`` (default 120 s); ``data.bound_after_s`` says when.
 - ``fail``: not Bound in time, or the claim was ``Lost``: provisioning is broken.
 - ``error``: the API refused the claim (quota, RBAC, admission), the storage class does not
-  exist, or the claim could not be deleted afterwards (a leak every run is worth an alarm).
+  exist, or the claim could not be deleted afterwards (a leak every run is worth an alarm); or a
+  ``WaitForFirstConsumer`` claim stayed Pending because the scheduler would not place its consumer
+  pod on this node for a reason of the node (cordoned, tainted, full): provisioning was never asked
+  for. A scheduler message about the volume itself stays ``fail``.
 - ``skipped``: no storage class configured, or not running in a cluster.
 
 ``WaitForFirstConsumer`` classes (most CSI block drivers, local volumes) never bind a claim that
@@ -39,6 +42,8 @@ SIZE = "100Mi"
 POLL_S = 2.0
 TIMEOUT_S = 600.0
 WAIT_FOR_FIRST_CONSUMER = "WaitForFirstConsumer"
+# A scheduler message about the claim itself (volume binding or provisioning failed): storage is at fault.
+_STORAGE_WORDS = re.compile(r"(?i)volume|persistentvolumeclaim|storage|provision")
 # Leave the engine's watchdog time to see the deletes through after the wait gives up.
 _CLEANUP_MARGIN_S = 30.0
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -196,13 +201,36 @@ def _wait_bound(
         if phase == "Lost":
             return CheckResult(NAME, Status.FAIL, "the test claim was Lost (its volume is gone)", data=data)
         if waited >= deadline_s:
-            return CheckResult(
-                NAME,
-                Status.FAIL,
-                f"claim of class {data['storage_class']} still {phase} after {deadline_s:.0f} s",
-                data=data,
+            summary = f"claim of class {data['storage_class']} still {phase} after {deadline_s:.0f} s"
+            unplaced = (
+                _consumer_unplaced(cluster, namespace, name)
+                if data.get("binding_mode") == WAIT_FOR_FIRST_CONSUMER
+                else ""
             )
+            if unplaced and not _STORAGE_WORDS.search(unplaced):
+                # The claim waits for a pod the scheduler would not put on this node for reasons of the node
+                # (cordoned, tainted, full): provisioning was never asked for, so it is not found broken.
+                data["consumer_unschedulable"] = unplaced
+                return CheckResult(
+                    NAME,
+                    Status.ERROR,
+                    f"{summary}: its consumer pod could not be scheduled on this node ({unplaced}), "
+                    "so provisioning was not tested",
+                    data=data,
+                )
+            if unplaced:
+                data["consumer_unschedulable"] = unplaced
+                summary = f"{summary}: {unplaced}"
+            return CheckResult(NAME, Status.FAIL, summary, data=data)
         ctx.clock.sleep(min(POLL_S, max(deadline_s - waited, 0.0)))
+
+
+def _consumer_unplaced(cluster: ClusterClient, namespace: str, name: str) -> str:
+    """The scheduler's message when it left the consumer pod Pending ('' when it placed it, or it cannot be read)."""
+    try:
+        return cluster.get_pod(namespace, name).unschedulable
+    except errors.ClusterError:
+        return ""
 
 
 def _cleanup(cluster: ClusterClient, namespace: str, name: str, pod: bool) -> str:

@@ -5,9 +5,11 @@ StorageClass, Status) for the paths the cluster seam uses, applies merge and str
 patches the way the API server does for the fields we touch (labels, annotations, conditions
 merged by ``type``, ``spec.unschedulable``, ``spec.taints`` replaced whole,
 ``metadata.resourceVersion`` precondition -> 409), validates a patched Node as the API server
-does for those fields (422 ``Invalid``: taint effects, keys and values, duplicate taints), plays the parts of the Job
-controller, scheduler and provisioner that our code can observe, and records every request
-(verb, path, query, content type, body).
+does for those fields (422 ``Invalid``: taint effects, keys and values, duplicate taints), pages lists
+(``limit``/``continue``, 410 Expired on demand), refuses unknown fields under ``fieldValidation=Strict``
+and field selectors on fields a resource cannot select, plays the parts of the Job controller (pods owned
+by the Job's uid), scheduler (cordons and taints keep a pod Pending), garbage collector and provisioner
+that our code can observe, and records every request (verb, path, query, content type, body).
 
 Its test controls have the same names and meaning as ``FakeCluster``'s (``add_node``,
 ``add_pod``, ``add_storage_class``, ``fail_next``, ``finish_job``, ...), so one behaviour test
@@ -22,7 +24,8 @@ import itertools
 import json
 import re
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -34,6 +37,7 @@ from autopilot.cluster import (
     PodInfo,
     RetryPolicy,
     event_from_json,
+    node_from_json,
     pod_from_json,
     selector_matches,
 )
@@ -44,6 +48,7 @@ from autopilot.testing import (
     event_refusal,
     invalid_message,
     pod_node,
+    unschedulable_reason,
 )
 
 # The first HTTP request each Protocol method makes: where ``fail_next(op, ...)`` strikes.
@@ -64,6 +69,7 @@ OP_ROUTES: dict[str, tuple[str, str]] = {
     "job_events": ("GET", r"/events$"),
     "pod_log": ("GET", r"/log$"),
     "create_pod": ("POST", r"/pods$"),
+    "get_pod": ("GET", r"^/api/v1/namespaces/[^/]+/pods$"),
     "delete_pod": ("DELETE", r"/pods/[^/]+$"),
     "create_pvc": ("POST", r"/persistentvolumeclaims$"),
     "pvc_phase": ("GET", r"/persistentvolumeclaims/[^/]+$"),
@@ -74,6 +80,33 @@ OP_ROUTES: dict[str, tuple[str, str]] = {
     "delete_device_taint_rule": ("DELETE", r"/devicetaintrules/[^/]+$"),
 }
 STAMP = "2026-11-29T22:00:00Z"
+# What a load balancer in front of the API server answers with when the server is away.
+HTML_PAGE = (
+    "<html>\r\n<head><title>{code} {phrase}</title></head>\r\n<body>\r\n<center><h1>{code} {phrase}"
+    "</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+)
+EXPIRED_MESSAGE = (
+    "The provided continue parameter is too old to display a consistent list result. You can start a new "
+    "list without the continue parameter, or use the continue token in this response to retrieve the "
+    "remainder of the results."
+)
+GO_DURATION = re.compile(r"(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+")
+# The fields each resource's field selector may name (the registries' field label conversion funcs and
+# ToSelectableFields: pkg/apis/core/v1/conversion.go, pkg/registry/*); any other is a 400.
+SELECTABLE_FIELDS: dict[str, frozenset[str]] = {
+    "Pod": frozenset({
+        "metadata.name", "metadata.namespace", "spec.nodeName", "spec.restartPolicy", "spec.schedulerName",
+        "spec.serviceAccountName", "spec.hostNetwork", "status.phase", "status.podIP", "status.podIPs",
+        "status.nominatedNodeName",
+    }),
+    "Event": frozenset({
+        "metadata.name", "metadata.namespace", "involvedObject.kind", "involvedObject.namespace",
+        "involvedObject.name", "involvedObject.uid", "involvedObject.apiVersion", "involvedObject.resourceVersion",
+        "involvedObject.fieldPath", "reason", "reportingComponent", "source", "type",
+    }),
+    "Node": frozenset({"metadata.name", "spec.unschedulable"}),
+    "Job": frozenset({"metadata.name", "metadata.namespace", "status.successful"}),
+}  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,8 +187,15 @@ class StandInApi:
         self._faults: list[tuple[str, str, int]] = []
         self.device_taint_version: str | None = None
         self.device_taint_effects: tuple[str, ...] = DEVICE_TAINT_EFFECTS
+        self.dra_versions: dict[str, bool] = {}
         self._seq = itertools.count(1)
         self._rv = itertools.count(100)
+        self._continues: dict[str, tuple[str, str]] = {}  # continue token -> the key of the page's last item
+        self._expire = 0
+        self.pages = 0  # list pages served
+        self.gc_paused = False
+        self.html_faults = 0  # test control: the next injected faults come as a proxy's HTML page
+        self.broken_continue = False  # test control: a broken server, whose every token restarts the list
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, name="standin-api", daemon=True)
@@ -176,6 +216,7 @@ class StandInApi:
         *,
         gpus: int = 0,
         annotations: Mapping[str, str] | None = None,
+        taints: Sequence[Mapping[str, str]] = (),
     ) -> None:
         allocatable = {"cpu": "96", "memory": "2113389860Ki", "pods": "110"}
         if gpus:
@@ -192,7 +233,7 @@ class StandInApi:
                     "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", **(labels or {})},
                     "annotations": {"node.alpha.kubernetes.io/ttl": "0", **(annotations or {})},
                 },
-                "spec": {"podCIDR": "10.244.1.0/24"},
+                "spec": {"podCIDR": "10.244.1.0/24", **({"taints": [dict(t) for t in taints]} if taints else {})},
                 "status": {
                     "capacity": dict(allocatable),
                     "allocatable": allocatable,
@@ -333,10 +374,22 @@ class StandInApi:
             found = [event_from_json(o) for (k, _, _), o in self.objects.items() if k == "Event"]
         return [e for e in found if e.kind == kind and e.name == name]
 
-    def serve_device_taints(self, version: str = "v1beta2", effects: tuple[str, ...] = DEVICE_TAINT_EFFECTS) -> None:
-        """Serve ``resource.k8s.io/<version>`` DeviceTaintRule (off by default, as on clusters before 1.33)."""
+    def serve_device_taints(
+        self,
+        version: str = "v1beta2",
+        effects: tuple[str, ...] = DEVICE_TAINT_EFFECTS,
+        *,
+        others: Mapping[str, bool] | None = None,
+    ) -> None:
+        """Serve ``resource.k8s.io/<version>`` DeviceTaintRule (off by default, as on clusters before 1.33).
+
+        ``others``: further versions of the group, each with whether it serves ``devicetaintrules`` too (a
+        1.36 server with alpha APIs on: ``{"v1": False, "v1beta1": False, "v1alpha3": True}`` beside
+        ``v1beta2``). The group lists them as the server does, most stable first, the first preferred."""
         self.device_taint_version = version
         self.device_taint_effects = effects
+        served = {**(others or {}), version: True}
+        self.dra_versions = {v: served[v] for v in sorted(served, key=_version_rank)}
 
     @property
     def device_taint_rules(self) -> dict[str, Any]:
@@ -366,20 +419,40 @@ class StandInApi:
             "status": {"phase": phase, "qosClass": "BestEffort"},
         }
 
-    def _job_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
+    def _job_pods(self, namespace: str, job: str, uid: str | None = None) -> list[dict[str, Any]]:
+        """The pods Job ``job`` (of ``uid``; None: the Job of that name now) controls."""
+        if uid is None:
+            uid = self.objects.get(("Job", namespace, job), {}).get("metadata", {}).get("uid", "")
         return [
             o
             for (kind, ns, _), o in self.objects.items()
-            if kind == "Pod" and ns == namespace and o["metadata"]["labels"].get("job-name") == job
+            if kind == "Pod"
+            and ns == namespace
+            and o["metadata"]["labels"].get("job-name") == job
+            and any(r.get("uid") == uid for r in o["metadata"].get("ownerReferences") or ())
         ]
+
+    def pause_gc(self) -> None:
+        """As ``FakeCluster.pause_gc``: the pods of a Job deleted in the background stay until ``collect_garbage``."""
+        with self.lock:
+            self.gc_paused = True
+
+    def collect_garbage(self) -> None:
+        with self.lock:
+            live = {o["metadata"]["uid"] for (k, _, _), o in self.objects.items() if k == "Job"}
+            for key, obj in list(self.objects.items()):
+                owners = [r.get("uid") for r in obj["metadata"].get("ownerReferences") or ()]
+                if key[0] == "Pod" and owners and not set(owners) & live:
+                    del self.objects[key]
 
     def _event(self, namespace: str, kind: str, name: str, reason: str, message: str, type_: str) -> None:
         event_name = f"{name}.{next(self._seq):016x}"
+        uid = self.objects.get((kind, namespace, name), {}).get("metadata", {}).get("uid", "")
         self.objects[("Event", namespace, event_name)] = {
             "kind": "Event",
             "apiVersion": "v1",
             "metadata": {"name": event_name, "namespace": namespace},
-            "involvedObject": {"kind": kind, "name": name, "namespace": namespace},
+            "involvedObject": {"kind": kind, "name": name, "namespace": namespace, "uid": uid},
             "reason": reason,
             "message": message,
             "type": type_,
@@ -403,9 +476,22 @@ class StandInApi:
                             self._route(method, path, query, ctype, body)
                         except KeyError:
                             pass
+                    if self.html_faults:
+                        self.html_faults -= 1
+                        return status, HTML_PAGE.format(code=status, phrase=HTTPStatus(status).phrase)
                     # An injected 422 names its invalid field only in details.causes, as some webhooks do.
                     causes = ["spec.injected: Invalid value: injected"] if status == 422 else None
                     return status, status_body(status, _REASONS.get(status, "Unknown"), f"injected {status}", causes)
+            if "timeout" in query and not GO_DURATION.fullmatch(query["timeout"]):
+                # WithRequestDeadline: a timeout that time.ParseDuration refuses is a 400
+                return 400, status_body(
+                    400, "BadRequest", f"invalid timeout specified in the request URL: {query['timeout']}"
+                )
+            if method in ("POST", "PATCH") and query.get("fieldValidation") == "Strict":
+                unknown = apivalidation.unknown_fields(_kind_of(path), body, path.split("/")[3])
+                if unknown:
+                    message = "strict decoding error: " + ", ".join(f'unknown field "{f}"' for f in unknown)
+                    return 400, status_body(400, "BadRequest", message)
             try:
                 return self._route(method, path, query, ctype, body)
             except KeyError as exc:
@@ -416,7 +502,7 @@ class StandInApi:
         if parts[:3] == ["api", "v1", "nodes"]:
             return self._nodes(method, parts[3:], query, ctype, body)
         if path == "/api/v1/pods" and method == "GET":
-            return 200, self._list("Pod", None, query)
+            return self._list("Pod", None, query)
         if parts[:4] == ["apis", "storage.k8s.io", "v1", "storageclasses"] and len(parts) == 5 and method == "GET":
             mode, _ = self._sc(parts[4])
             return 200, {
@@ -438,21 +524,22 @@ class StandInApi:
 
     def _dra(self, method: str, rest: list[str], query: dict[str, str], body: Any) -> tuple[int, Any]:
         """Discovery of ``resource.k8s.io`` and its cluster-scoped DeviceTaintRules."""
-        version = self.device_taint_version
-        group_version = f"resource.k8s.io/{version}"
         if not rest and method == "GET":
-            entry = {"groupVersion": group_version, "version": version}
+            entries = [{"groupVersion": f"resource.k8s.io/{v}", "version": v} for v in self.dra_versions]
             return 200, {
                 "kind": "APIGroup",
                 "apiVersion": "v1",
                 "name": "resource.k8s.io",
-                "versions": [entry],
-                "preferredVersion": entry,
+                "versions": entries,
+                "preferredVersion": entries[0],
             }
-        if rest[0] != version:
+        version = rest[0]
+        group_version = f"resource.k8s.io/{version}"
+        if version not in self.dra_versions:
             return 404, status_body(404, "NotFound", "the server could not find the requested resource")
         if len(rest) == 1 and method == "GET":
-            names = ["deviceclasses", "resourceclaims", "resourceclaimtemplates", "resourceslices", "devicetaintrules"]
+            names = ["deviceclasses", "resourceclaims", "resourceclaimtemplates", "resourceslices"]
+            names += ["devicetaintrules"] if self.dra_versions[version] else []
             resources = [{"name": n, "namespaced": n.startswith("resourceclaim"), "kind": n} for n in names]
             return 200, {
                 "kind": "APIResourceList",
@@ -460,14 +547,10 @@ class StandInApi:
                 "groupVersion": group_version,
                 "resources": resources,
             }
-        if rest[1] != "devicetaintrules":
+        if rest[1] != "devicetaintrules" or not self.dra_versions[version]:
             return 404, status_body(404, "NotFound", "the server could not find the requested resource")
         if len(rest) == 2 and method == "GET":
-            refused = bad_selector(query)
-            if refused:
-                return refused
-            listing = self._list("DeviceTaintRule", None, query)
-            return 200, {**listing, "apiVersion": group_version}
+            return self._list("DeviceTaintRule", None, query, group_version)
         if len(rest) == 2 and method == "POST":
             problems = device_taint_rule_problems(body, str(version), self.device_taint_effects)
             if problems:
@@ -493,15 +576,7 @@ class StandInApi:
 
     def _nodes(self, method: str, rest: list[str], query: dict[str, str], ctype: str, body: Any) -> tuple[int, Any]:
         if not rest and method == "GET":
-            refused = bad_selector(query)
-            if refused:
-                return refused
-            items = [
-                n
-                for n in self.nodes.values()
-                if selector_matches(query.get("labelSelector", ""), n["metadata"]["labels"])
-            ]
-            return 200, {"kind": "NodeList", "apiVersion": "v1", "metadata": {"resourceVersion": "1"}, "items": items}
+            return self._list("Node", None, query)
         name = rest[0]
         if name not in self.nodes:
             raise KeyError(f'nodes "{name}"')
@@ -551,16 +626,53 @@ class StandInApi:
                 if cond["type"] == "Ready":
                     cond["lastHeartbeatTime"] = "2026-11-29T22:00:10Z"
 
-    def _list(self, kind: str, namespace: str | None, query: dict[str, str]) -> dict[str, Any]:
+    def _list(self, kind: str, namespace: str | None, query: dict[str, str], api: str = "v1") -> tuple[int, Any]:
+        objects = (
+            self.nodes.values()
+            if kind == "Node"
+            else [o for (k, ns, _), o in self.objects.items() if k == kind and (namespace is None or ns == namespace)]
+        )
+        refused = bad_selector(query) or bad_fields(kind, query.get("fieldSelector", ""))
+        if refused:
+            return refused
         items = [
             o
-            for (k, ns, _), o in self.objects.items()
-            if k == kind
-            and (namespace is None or ns == namespace)
-            and selector_matches(query.get("labelSelector", ""), o["metadata"].get("labels") or {})
+            for o in objects
+            if selector_matches(query.get("labelSelector", ""), o["metadata"].get("labels") or {})
             and _fields_match(query.get("fieldSelector", ""), o)
         ]
-        return {"kind": f"{kind}List", "apiVersion": "v1", "metadata": {"resourceVersion": "1"}, "items": items}
+        return self._page(kind, api, items, query)
+
+    def expire_continue(self, times: int = 1) -> None:
+        """The next ``times`` list requests that carry a ``continue`` token answer 410 Expired, as the real
+        server does once etcd has compacted past the revision the token was issued at."""
+        with self.lock:
+            self._expire += times
+
+    def _page(self, kind: str, api: str, items: list[dict[str, Any]], query: dict[str, str]) -> tuple[int, Any]:
+        """``limit``/``continue`` as the API server pages a list: items in key order, at most ``limit`` of them,
+        and an opaque ``metadata.continue`` while more remain (none when ``limit`` is absent or 0)."""
+        try:
+            limit = int(query.get("limit") or 0)
+        except ValueError:
+            return 400, status_body(400, "BadRequest", f"invalid limit {query['limit']!r}")
+        items = sorted(items, key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"]))
+        token = query.get("continue", "")
+        if token:
+            if self._expire > 0 or token not in self._continues:
+                self._expire = max(0, self._expire - 1)
+                return 410, status_body(410, "Expired", EXPIRED_MESSAGE)
+            after = ("", "") if self.broken_continue else self._continues[token]
+            items = [o for o in items if (o["metadata"].get("namespace", ""), o["metadata"]["name"]) > after]
+        meta: dict[str, Any] = {"resourceVersion": "1"}
+        if limit > 0 and len(items) > limit:
+            items = items[:limit]
+            last = items[-1]["metadata"]
+            token = "same" if self.broken_continue else f"c{next(self._seq):x}"
+            self._continues[token] = (last.get("namespace", ""), last["name"])
+            meta["continue"] = token
+        self.pages += 1
+        return 200, {"kind": f"{kind}List", "apiVersion": api, "metadata": meta, "items": items}
 
     def _namespaced(
         self, kind: str, api: str, method: str, ns: str, rest: list[str], query: dict[str, str], body: Any
@@ -573,7 +685,7 @@ class StandInApi:
         }
         if not rest:
             if method == "GET":
-                return bad_selector(query) or (200, self._list(kind, ns, query))
+                return self._list(kind, ns, query)
             if method == "POST":
                 return self._create(kind, api, ns, body, plural[kind])
         name = rest[0]
@@ -589,8 +701,10 @@ class StandInApi:
             return 200, obj
         if method == "DELETE":
             del self.objects[key]
-            if kind == "Job" and (body or {}).get("propagationPolicy") in ("Background", "Foreground"):
-                for pod in self._job_pods(ns, name):
+            propagation = (body or {}).get("propagationPolicy")
+            if kind == "Job" and propagation in ("Background", "Foreground") and not self.gc_paused:
+                # The garbage collector's part, done at once unless the test holds it back (pause_gc).
+                for pod in self._job_pods(ns, name, obj["metadata"]["uid"]):
                     del self.objects[("Pod", ns, pod["metadata"]["name"])]
             return 200, {"kind": "Status", "apiVersion": "v1", "status": "Success", "details": {"name": name}}
         return 405, status_body(405, "MethodNotAllowed", method)
@@ -616,7 +730,9 @@ class StandInApi:
             return invalid(kind, name, problems)
         if (kind, ns, name) in self.objects:
             return 409, status_body(409, "AlreadyExists", f'{plural} "{name}" already exists')
-        meta.update(name=name, namespace=ns, uid=f"uid-{name}", resourceVersion=str(next(self._rv)))
+        # A uid of its own each time a name is made again, as the server's.
+        uid = f"uid-{name[:40]}-{next(self._seq):05x}"
+        meta.update(name=name, namespace=ns, uid=uid, resourceVersion=str(next(self._rv)))
         if not ns:
             del meta["namespace"]  # a cluster-scoped object has none
         meta["creationTimestamp"] = STAMP
@@ -625,18 +741,35 @@ class StandInApi:
             obj["status"] = {"active": 1, "startTime": STAMP}
             template = obj["spec"]["template"]
             spec = copy.deepcopy(template["spec"])
-            spec["nodeName"] = pod_node(spec)  # the scheduler's part
+            why = self._schedule(spec)
             labels = {**(template.get("metadata") or {}).get("labels", {}), "job-name": name}
-            labels["batch.kubernetes.io/job-name"] = name
+            labels.update({"batch.kubernetes.io/job-name": name, "controller-uid": uid})
+            labels["batch.kubernetes.io/controller-uid"] = uid
             pod_name = f"{name[:57]}-{next(self._seq):05x}"
-            self.objects[("Pod", ns, pod_name)] = self._pod(ns, pod_name, spec, labels, "Pending")
+            pod = self._pod(ns, pod_name, spec, labels, "Pending")
+            if why:
+                pod["status"]["conditions"] = [_unschedulable(why)]
+            owner = {"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": uid, "controller": True}
+            pod["metadata"]["ownerReferences"] = [{**owner, "blockOwnerDeletion": True}]
+            self.objects[("Pod", ns, pod_name)] = pod
         elif kind == "PersistentVolumeClaim":
             obj["status"] = {"phase": "Pending"}
         elif kind == "Pod":
-            obj["spec"]["nodeName"] = pod_node(obj["spec"])
-            obj["status"] = {"phase": "Pending"}
+            why = self._schedule(obj["spec"])
+            obj["status"] = {"phase": "Pending", **({"conditions": [_unschedulable(why)]} if why else {})}
         self.objects[(kind, ns, name)] = obj
         return 201, obj
+
+    def _schedule(self, spec: dict[str, Any]) -> str:
+        """The scheduler's part: bind the pod (``spec.nodeName``) to the node its affinity names, or say why not."""
+        wanted = pod_node(spec)
+        if not wanted or spec.get("nodeName"):
+            return ""
+        raw = self.nodes.get(wanted)
+        why = unschedulable_reason(node_from_json(raw) if raw else None, spec)
+        if not why:
+            spec["nodeName"] = wanted
+        return why
 
     def _provision(self, ns: str, name: str, pvc: dict[str, Any]) -> None:
         reads = self.pvc_reads[(ns, name)] = self.pvc_reads.get((ns, name), 0) + 1
@@ -644,12 +777,50 @@ class StandInApi:
         consumed = any(
             (v.get("persistentVolumeClaim") or {}).get("claimName") == name
             for (k, pns, _), o in self.objects.items()
-            if k == "Pod" and pns == ns
+            if k == "Pod" and pns == ns and o["spec"].get("nodeName")  # scheduled: the provisioner acts
             for v in o["spec"].get("volumes") or ()
         )
         if binds_after is not None and reads >= binds_after and (mode != "WaitForFirstConsumer" or consumed):
             pvc["status"] = {"phase": "Bound", "accessModes": pvc["spec"]["accessModes"]}
             pvc["spec"]["volumeName"] = f"pvc-{name}"
+
+
+def _version_rank(version: str) -> tuple[int, int, int, str]:
+    """The order the API server lists a group's versions in (apimachinery's CompareKubeAwareVersionStrings):
+    GA before beta before alpha, higher numbers first."""
+    found = re.fullmatch(r"v(\d+)(?:(alpha|beta)(\d+))?", version)
+    if found is None:
+        return (3, 0, 0, version)
+    return ({None: 0, "beta": 1, "alpha": 2}[found[2]], -int(found[1]), -int(found[3] or 0), version)
+
+
+def _kind_of(path: str) -> str:
+    """The kind a write to ``path`` carries (a Node's patch, on the object or its status, is a Node's)."""
+    parts = path.strip("/").split("/")
+    collections = {
+        "nodes": "Node",
+        "pods": "Pod",
+        "jobs": "Job",
+        "persistentvolumeclaims": "PersistentVolumeClaim",
+        "events": "Event",
+        "devicetaintrules": "DeviceTaintRule",
+    }
+    return next(collections[p] for p in reversed(parts) if p in collections)
+
+
+def _unschedulable(message: str) -> dict[str, str]:
+    """The PodScheduled condition the scheduler writes on a pod it cannot place."""
+    return {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message}
+
+
+def bad_fields(kind: str, selector: str) -> tuple[int, Any] | None:
+    """The 400 of a field selector naming a field the resource cannot be selected by; None when it can."""
+    allowed = SELECTABLE_FIELDS.get(kind, frozenset({"metadata.name", "metadata.namespace"}))
+    for part in filter(None, selector.split(",")):
+        field = part.partition("!=" if "!=" in part else "=")[0].strip()
+        if field not in allowed:
+            return 400, status_body(400, "BadRequest", f"field label not supported: {field}")
+    return None
 
 
 def _fields_match(selector: str, obj: Mapping[str, Any]) -> bool:
@@ -680,7 +851,7 @@ def _handler(api: StandInApi) -> type[BaseHTTPRequestHandler]:
             body = json.loads(raw) if raw else None
             status, answer = api.handle(self.command, url.path, query, ctype, body)
             if isinstance(answer, str):
-                data, out_type = answer.encode(), "text/plain"
+                data, out_type = answer.encode(), "text/html" if answer.startswith("<html>") else "text/plain"
             else:
                 data, out_type = json.dumps(answer).encode(), "application/json"
             self.send_response(status)

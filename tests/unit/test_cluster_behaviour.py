@@ -183,6 +183,7 @@ def test_gpu_pods_on_a_node_are_the_unfinished_ones_that_ask_for_gpus(backend: B
 
 def test_job_lifecycle(backend: Backend) -> None:
     client, control = backend.client, backend.control
+    control.add_node("gpu-1", gpus=8)
     assert client.create_job(NS, job_manifest("autopilot-dcgm3-gpu-1", "gpu-1")) == "autopilot-dcgm3-gpu-1"
     job = client.get_job(NS, "autopilot-dcgm3-gpu-1")
     assert job.active == 1 and not job.finished

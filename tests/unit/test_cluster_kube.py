@@ -5,8 +5,10 @@ Against the stand-in API server of tests/unit/cluster_standin.py, which records 
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Iterator
+from http import HTTPStatus
 from typing import Any
 
 import pytest
@@ -16,6 +18,10 @@ from autopilot.cluster import CONDITION_TYPE, KubeClusterClient, NodeCondition, 
 from tests.unit.cluster_standin import Backend, StandInApi, make_backend
 
 OURS = "autopilot.ibm.com/gpuhealth"
+# The server-side deadline every request but a log carries, and what a list adds: its page size and
+# the list's own timeoutSeconds.
+TIMEOUT = {"timeout": "10s"}
+LIST_QUERY = {**TIMEOUT, "limit": "500", "timeoutSeconds": "10"}
 
 
 @pytest.fixture
@@ -106,7 +112,8 @@ def test_event_names_the_node_it_is_about(kube: Backend) -> None:
     post = api(kube).writes()[0]
     assert (post.method, post.path) == ("POST", "/api/v1/namespaces/default/events")
     assert post.body["involvedObject"] == {"apiVersion": "v1", "kind": "Node", "name": "gpu-1", "uid": "uid-gpu-1"}
-    assert post.body["metadata"] == {"generateName": "gpu-1.", "namespace": "default"}
+    assert set(post.body["metadata"]) == {"name", "namespace"} and post.body["metadata"]["namespace"] == "default"
+    assert re.fullmatch(r"gpu-1\.[0-9a-f]{16,}", post.body["metadata"]["name"])
     assert post.body["type"] == "Warning" and post.body["source"]["component"] == "autopilot"
 
 
@@ -114,7 +121,10 @@ def test_gpu_pods_query_every_namespace_by_node_and_phase(kube: Backend) -> None
     kube.client.gpu_pods_on_node("gpu-1")
     [req] = api(kube).requests
     assert req.path == "/api/v1/pods"
-    assert req.query == {"fieldSelector": "spec.nodeName=gpu-1,status.phase!=Succeeded,status.phase!=Failed"}
+    assert req.query == {
+        "fieldSelector": "spec.nodeName=gpu-1,status.phase!=Succeeded,status.phase!=Failed",
+        **LIST_QUERY,
+    }
 
 
 def test_job_calls(kube: Backend) -> None:
@@ -135,13 +145,14 @@ def test_job_calls(kube: Backend) -> None:
     kube.client.job_events("ap", "j")
     kube.client.delete_job("ap", "j")
     seen = [(r.method, r.path, r.query) for r in api(kube).requests]
+    events = {"fieldSelector": "involvedObject.kind=Job,involvedObject.name=j", **LIST_QUERY}
     assert seen == [
-        ("POST", "/apis/batch/v1/namespaces/ap/jobs", {}),
-        ("GET", "/apis/batch/v1/namespaces/ap/jobs/j", {}),
-        ("GET", "/api/v1/namespaces/ap/pods", {"labelSelector": "job-name=j"}),
+        ("POST", "/apis/batch/v1/namespaces/ap/jobs", {**TIMEOUT, "fieldValidation": "Strict"}),
+        ("GET", "/apis/batch/v1/namespaces/ap/jobs/j", TIMEOUT),
+        ("GET", "/api/v1/namespaces/ap/pods", {"labelSelector": "job-name=j", **LIST_QUERY}),
         ("GET", f"/api/v1/namespaces/ap/pods/{pod}/log", {"limitBytes": "1048576", "container": "main"}),
-        ("GET", "/api/v1/namespaces/ap/events", {"fieldSelector": "involvedObject.kind=Job,involvedObject.name=j"}),
-        ("DELETE", "/apis/batch/v1/namespaces/ap/jobs/j", {}),
+        ("GET", "/api/v1/namespaces/ap/events", events),
+        ("DELETE", "/apis/batch/v1/namespaces/ap/jobs/j", TIMEOUT),
     ]
     assert api(kube).requests[-1].body["propagationPolicy"] == "Background"
 
@@ -267,3 +278,132 @@ def test_an_invalid_answer_is_reported_with_its_causes_and_not_retried(kube: Bac
         kube.client.patch_node_labels("gpu-1", {OURS: "PASS"})
     assert "spec.injected: Invalid value: injected" in str(caught.value) and "422" in str(caught.value)
     assert [r.method for r in api(kube).requests] == ["PATCH"] and kube.sleeps == []
+
+
+@pytest.mark.parametrize(("status", "kind"), [(502, errors.Transient), (403, errors.ClusterError)])
+def test_a_proxys_html_page_is_reported_in_a_line_not_as_bytes(
+    kube: Backend, status: int, kind: type[errors.ClusterError]
+) -> None:
+    # before: the error carried the raw body, "b'<html>\\r\\n<head><title>..."
+    api(kube).add_node("gpu-1")
+    api(kube).fail_next("get_node", status, times=4)
+    api(kube).html_faults = 4
+    with pytest.raises(kind) as caught:
+        kube.client.get_node("gpu-1")
+    message = str(caught.value)
+    assert f"{status} not a Kubernetes Status" in message and f"{status} {HTTPStatus(status).phrase}" in message
+    assert "<" not in message and "b'" not in message
+
+
+# ---------------------------------------------------------------- lists at scale
+
+
+def _fill(kube: Backend, count: int) -> None:
+    """``count`` GPU nodes, each with a running GPU pod of Job ``j``, a Job event and a DeviceTaintRule."""
+    standin = api(kube)
+    standin.serve_device_taints("v1beta2")
+    for i in range(count):
+        standin.add_node(f"gpu-{i}", {"pool": "a"}, gpus=8)
+        standin.add_pod("ap", f"p-{i}", "gpu-0", gpus=1, labels={"job-name": "j", "app": "w"})
+        standin._event("ap", "Job", "j", "FailedCreate", f"quota {i}", "Warning")
+        standin.objects[("DeviceTaintRule", "", f"r-{i}")] = {
+            "apiVersion": "resource.k8s.io/v1beta2",
+            "kind": "DeviceTaintRule",
+            "metadata": {"name": f"r-{i}", "labels": {"app.kubernetes.io/managed-by": "autopilot"}},
+            "spec": {"deviceSelector": {"device": f"gpu-{i}"}, "taint": {"key": "k", "effect": "None"}},
+        }
+
+
+LISTS = {
+    "list_nodes": lambda c: [n.name for n in c.list_nodes("pool=a")],
+    "nodes_running": lambda c: c.nodes_running("ap", "app=w"),
+    "gpu_pods_on_node": lambda c: [p.name for p in c.gpu_pods_on_node("gpu-0")],
+    "job_pods": lambda c: [p.name for p in c.job_pods("ap", "j")],
+    "job_events": lambda c: [e.message for e in c.job_events("ap", "j")],
+    "list_device_taint_rules": lambda c: [r.name for r in c.list_device_taint_rules("app.kubernetes.io/managed-by")],
+}
+
+
+@pytest.mark.parametrize("call", sorted(LISTS))
+def test_every_list_is_read_page_by_page_to_its_end(kube: Backend, call: str) -> None:
+    # before: one unbounded GET per list, no limit: a 5,000-node NodeList in one answer
+    _fill(kube, 5)
+    kube.client.page_size = 2
+    found = LISTS[call](kube.client)
+    expected = 1 if call == "nodes_running" else 5  # every pod runs on gpu-0
+    assert len(found) == len(set(found)) == expected
+    pages = [r for r in api(kube).requests if r.method == "GET" and "limit" in r.query]
+    assert all(r.query["limit"] == "2" and r.query["timeoutSeconds"] == "10" for r in pages)
+    assert len(pages) == 3 and "continue" not in pages[0].query and all("continue" in r.query for r in pages[1:])
+
+
+def test_a_list_of_thousands_comes_in_pages_of_500(kube: Backend) -> None:
+    for i in range(1201):
+        api(kube).add_node(f"gpu-{i:04d}")
+    names = [n.name for n in kube.client.list_nodes()]
+    assert len(names) == len(set(names)) == 1201
+    assert api(kube).pages == 3
+
+
+def test_an_expired_continue_token_restarts_the_list(kube: Backend) -> None:
+    _fill(kube, 5)
+    kube.client.page_size = 2
+    api(kube).expire_continue(1)
+    names = [n.name for n in kube.client.list_nodes()]
+    assert sorted(names) == [f"gpu-{i}" for i in range(5)]
+    tokens = [r.query.get("continue", "") for r in api(kube).requests]
+    # page 1, page 2 answered 410 Expired, then from page 1 again to the end; no backoff sleep, no duplicates
+    assert len(tokens) == 5 and tokens[0] == tokens[2] == "" and all(tokens[3:]) and kube.sleeps == []
+
+
+def test_a_list_that_keeps_expiring_ends_in_transient_not_a_loop(kube: Backend) -> None:
+    _fill(kube, 5)
+    kube.client.page_size = 2
+    api(kube).expire_continue(1000)
+    with pytest.raises(errors.Transient, match="expired 4 times"):
+        kube.client.list_nodes()
+    assert len(api(kube).requests) == 8  # (first page + expired second page) x (1 + 3 restarts)
+
+
+def test_a_server_that_repeats_its_continue_token_is_an_error_not_a_loop(kube: Backend) -> None:
+    _fill(kube, 5)
+    kube.client.page_size = 2
+    api(kube).broken_continue = True
+    with pytest.raises(errors.ClusterError, match="repeated a continue token"):
+        kube.client.list_nodes()
+    assert len(api(kube).requests) == 2
+
+
+def test_the_standin_refuses_a_field_selector_on_a_field_the_resource_cannot_select(kube: Backend) -> None:
+    status, body = api(kube).handle("GET", "/api/v1/pods", {"fieldSelector": "spec.nodeNames=x"}, "", None)
+    assert status == 400 and body["message"] == "field label not supported: spec.nodeNames"
+    status, _ = api(kube).handle(
+        "GET", "/api/v1/namespaces/a/events", {"fieldSelector": "involvedObject.name=j"}, "", None
+    )
+    assert status == 200
+
+
+def test_the_standin_refuses_a_timeout_go_cannot_parse(kube: Backend) -> None:
+    status, body = api(kube).handle("GET", "/api/v1/nodes", {"timeout": "10"}, "", None)
+    assert status == 400 and "invalid timeout" in body["message"]
+
+
+def test_every_write_asks_for_strict_field_validation(kube: Backend) -> None:
+    # before: no fieldValidation, so the server's default (Warn) dropped an unknown field with only a warning
+    api(kube).add_node("gpu-1", gpus=8)
+    kube.client.patch_node_labels("gpu-1", {OURS: "EVICT"})
+    kube.client.set_node_condition("gpu-1", NodeCondition(CONDITION_TYPE, "False", "AutopilotEvict", "x"))
+    kube.client.set_node_unschedulable("gpu-1", True)
+    kube.client.create_node_event("gpu-1", reason="R", message="m", type_="Warning", namespace="default")
+    writes = [r for r in api(kube).writes() if r.method in ("POST", "PATCH")]
+    assert len(writes) == 4 and all(r.query.get("fieldValidation") == "Strict" for r in writes)
+
+
+def test_the_standin_refuses_an_unknown_field_under_strict_validation(kube: Backend) -> None:
+    api(kube).add_node("gpu-1")
+    patch = {"spec": {"unschedulabel": True}}
+    code, body = api(kube).handle(
+        "PATCH", "/api/v1/nodes/gpu-1", {"fieldValidation": "Strict"}, "application/merge-patch+json", patch
+    )
+    assert code == 400 and body["message"] == 'strict decoding error: unknown field "spec.unschedulabel"'
+    assert api(kube).handle("PATCH", "/api/v1/nodes/gpu-1", {}, "application/merge-patch+json", patch)[0] == 200

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from autopilot import apivalidation, errors, invasive
+from autopilot import errors, invasive
 from autopilot.checks import pvc
 from autopilot.cluster import NODE_EVENT_NAMESPACE, NodeTaint
 from autopilot.config import Settings
@@ -198,7 +198,7 @@ def test_a_pod_whose_mount_names_no_volume_or_whose_request_exceeds_its_limit_is
     refused(backend, lambda: backend.client.create_pod(NS, pod), "must be less than or equal to memory limit")
 
 
-def test_node_events_get_unique_names_from_generate_name(backend: Backend) -> None:
+def test_node_events_get_unique_names(backend: Backend) -> None:
     node = "n" * 63 + ".cluster.example.com"
     backend.control.add_node(node)
     for _ in range(3):
@@ -208,9 +208,18 @@ def test_node_events_get_unique_names_from_generate_name(backend: Backend) -> No
     assert len(backend.control.events_for("Node", node)) == 3
     if backend.standin is not None:
         names = [k[2] for k in backend.standin.objects if k[0] == "Event"]
-        assert len(set(names)) == 3
-        # the server keeps 58 characters of generateName and appends 5
-        assert all(len(n) == apivalidation.GENERATED_BASE_LIMIT + 5 for n in names)
+        assert len(set(names)) == 3 and all(n.startswith(node + ".") for n in names)
+
+
+def test_an_event_whose_answer_was_lost_is_posted_once(backend: Backend) -> None:
+    # before: its name came from generateName, so the retry after a lost answer (a 504 after the server
+    # made it) posted a second Event; now the retry meets 409 AlreadyExists for the same name, which is done
+    backend.control.add_node("gpu-1")
+    backend.control.fail_next("create_node_event", 504, applied=True)
+    backend.client.create_node_event(
+        "gpu-1", reason="GpuHealthChanged", message="m", type_="Warning", namespace=NODE_EVENT_NAMESPACE
+    )
+    assert len(backend.control.events_for("Node", "gpu-1")) == 1
 
 
 @pytest.mark.parametrize(
@@ -228,3 +237,18 @@ def test_a_name_that_would_add_a_selector_requirement_is_refused_before_it_is_se
     with pytest.raises(errors.BadParameter):
         call(backend.client)
     assert (len(backend.standin.requests) if backend.standin is not None else 0) == sent
+
+
+def test_a_misspelled_field_is_refused_naming_it_not_dropped(backend: Backend) -> None:
+    # before: both backends took the Job and the field was dropped; a real server under the client's
+    # fieldValidation=Strict answers 400
+    manifest = copy.deepcopy(level3_job())
+    manifest["spec"]["backofLimit"] = 0
+    manifest["spec"]["template"]["spec"]["containers"][0]["resource"] = {}
+    with pytest.raises(errors.ClusterError) as caught:
+        backend.client.create_job(NS, manifest)
+    text = str(caught.value)
+    assert "400 strict decoding error: " in text and 'unknown field "spec.backofLimit"' in text
+    assert 'unknown field "spec.template.spec.containers[0].resource"' in text
+    with pytest.raises(errors.NotFound):
+        backend.client.get_job(NS, manifest["metadata"]["name"])

@@ -103,6 +103,35 @@ def test_a_cluster_without_device_taint_rules_gets_no_write(backend: Backend) ->
         assert backend.standin.writes() == []
 
 
+def test_a_cluster_without_rules_is_told_once_not_per_node(
+    backend: Backend, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # before: every node's reconcile logged the same warning (1,000 a tick on a 1,000-node cluster)
+    monkeypatch.setattr(devicetaints, "_unserved_told", False)
+    with caplog.at_level(logging.WARNING, logger="autopilot.devicetaints"):
+        for node in ("gpu-1", "gpu-2", "gpu-3"):
+            assert (
+                devicetaints.sync(backend.client, node, wanted({3: Verdict.EVICT}, node), dry_run=False).served is False
+            )
+    assert caplog.text.count("serves no resource.k8s.io DeviceTaintRule") == 1
+
+
+def test_a_version_no_longer_served_is_discovered_again_not_failed_on_for_ever() -> None:
+    # before: the version found first was kept for the life of the process, so once the control plane was
+    # upgraded past it (v1alpha3 gone, v1beta2 served) every sync was a 404
+    for kube in make_backend("kube"):
+        standin = kube.standin
+        assert standin is not None
+        standin.serve_device_taints("v1alpha3")
+        devicetaints.sync(kube.client, NODE, wanted({2: Verdict.EVICT}), dry_run=False)
+        standin.serve_device_taints("v1beta2")
+        with pytest.raises(errors.NotFound):
+            devicetaints.sync(kube.client, NODE, wanted({2: Verdict.EVICT, 3: Verdict.EVICT}), dry_run=False)
+        outcome = devicetaints.sync(kube.client, NODE, wanted({2: Verdict.EVICT, 3: Verdict.EVICT}), dry_run=False)
+        assert outcome.served and kube.client.device_taint_api() == "v1beta2"
+        assert {r.split("/")[3] for r in (q.path for q in standin.writes())} == {"v1alpha3", "v1beta2"}
+
+
 def test_discovery_finds_the_served_version(backend: Backend) -> None:
     backend.control.serve_device_taints("v1alpha3")
     assert backend.client.device_taint_api() == "v1alpha3"
@@ -113,11 +142,28 @@ def test_discovery_finds_the_served_version(backend: Backend) -> None:
         assert posted[0].body["apiVersion"] == "resource.k8s.io/v1alpha3"
 
 
-def test_a_server_that_knows_no_none_effect_refuses_the_warn_rule(backend: Backend) -> None:
-    # Kubernetes 1.33/1.34 validate effect as NoSchedule or NoExecute only.
+def test_discovery_finds_the_rules_beside_versions_that_serve_none() -> None:
+    # a 1.36 server with alpha APIs on: v1 (preferred) and v1beta1 serve no rules, v1beta2 and v1alpha3 do
+    for kube in make_backend("kube"):
+        assert kube.standin is not None
+        kube.standin.serve_device_taints("v1beta2", others={"v1": False, "v1beta1": False, "v1alpha3": True})
+        assert kube.client.device_taint_api() == "v1beta2"
+        devicetaints.sync(kube.client, NODE, wanted({2: Verdict.EVICT}), dry_run=False)
+        [post] = [r for r in kube.standin.writes() if r.method == "POST"]
+        assert post.path == "/apis/resource.k8s.io/v1beta2/devicetaintrules"
+
+
+def test_a_server_that_knows_no_none_effect_leaves_out_the_warn_rule_not_the_evict_ones(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Kubernetes 1.33/1.34 validate effect as NoSchedule or NoExecute only. Before: the WARN rule's 422 ended the
+    # sync, so an EVICT rule created after it (in name order) was never written, and every reconcile tried again
     backend.control.serve_device_taints("v1alpha3", effects=("NoSchedule", "NoExecute"))
-    with pytest.raises(errors.ClusterError, match="effect"):
-        devicetaints.sync(backend.client, NODE, wanted({5: Verdict.WARN}), dry_run=False)
+    with caplog.at_level(logging.WARNING, logger="autopilot.devicetaints"):
+        outcome = devicetaints.sync(backend.client, NODE, wanted({1: Verdict.WARN, 3: Verdict.EVICT}), dry_run=False)
+    assert outcome.served and outcome.created == (devicetaints.rule_name(uuid(3)),)
+    assert rules(backend) == {devicetaints.rule_name(uuid(3)): ("gpu-3", "EVICT", "NoSchedule")}
+    assert "knows no effect None" in caplog.text
 
 
 def test_the_server_validates_names_and_keys(backend: Backend) -> None:

@@ -8,7 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from autopilot import invasive
+from autopilot import invasive, remediation
+from autopilot.cluster import NodeInfo
 from autopilot.config import Settings
 from autopilot.invasive import JobState, StartState
 from autopilot.results import CheckResult, Status
@@ -235,3 +236,93 @@ def test_a_deadline_failure_target_is_a_deadline(backend: Backend) -> None:
     backend.control.job_past_deadline(NS, JOB, interim=True)
     done = invasive.poll(backend.client, JOB, namespace=NS)
     assert done.state is JobState.DEADLINE_EXCEEDED and done.result is not None
+
+
+# ---------------------------------------------------------------- a Job made again under its name
+
+
+def test_pods_of_an_earlier_job_of_the_same_name_are_not_this_runs(backend: Backend) -> None:
+    # before: job_pods selected by the job-name label alone, so the first run's pod, deleted in the
+    # background and not yet collected, was read as the second run's: its DeadlineExceeded ended the
+    # new run as an admission failure, and a stale log could stand for the new run's result
+    backend.control.add_node("gpu-1", gpus=8)
+    backend.control.pause_gc()
+    invasive.start(backend.client, "gpu-1", SETTINGS)
+    backend.control.job_past_deadline(NS, JOB)
+    assert invasive.poll(backend.client, JOB, namespace=NS).state is JobState.DEADLINE_EXCEEDED  # and deleted
+    assert invasive.start(backend.client, "gpu-1", SETTINGS).state is StartState.STARTED
+    assert invasive.poll(backend.client, JOB, namespace=NS).state is JobState.RUNNING
+    backend.control.finish_job(NS, JOB, succeeded=True, log=log_with(PASSED))
+    done = invasive.poll(backend.client, JOB, namespace=NS)
+    assert done.state is JobState.SUCCEEDED and done.result is not None and done.result.status is Status.OK
+    assert len([p for p in backend.control.pods(NS) if p.name.startswith(JOB)]) == 2  # both pods still there
+    backend.control.collect_garbage()
+    assert not [p for p in backend.control.pods(NS) if p.name.startswith(JOB)]
+
+
+def test_events_of_an_earlier_job_of_the_same_name_are_not_this_runs(backend: Backend) -> None:
+    backend.control.add_node("gpu-1", gpus=8)
+    invasive.start(backend.client, "gpu-1", SETTINGS)
+    backend.control.refuse_job_pod(NS, JOB, 'pods "x" is forbidden: exceeded quota')
+    assert invasive.poll(backend.client, JOB, namespace=NS).state is JobState.ADMISSION_FAILED
+    invasive.start(backend.client, "gpu-1", SETTINGS)
+    job = backend.client.get_job(NS, JOB)
+    assert [e.reason for e in backend.client.job_events(NS, JOB)] == ["FailedCreate"]  # the first Job's
+    assert backend.client.job_events(NS, JOB, job.uid) == []
+
+
+# ---------------------------------------------------------------- on a node remediation holds
+
+
+def _held(backend: Backend, *, cordon: bool, taint: bool) -> None:
+    """gpu-1 as remediation leaves an EVICT node: ownership written, then cordoned and/or tainted."""
+    backend.control.add_node("gpu-1", gpus=8)
+    policy = remediation.Policy(cordon=cordon, taint=taint)
+    the_plan = remediation.plan(policy, [backend.client.get_node("gpu-1")], {"gpu-1": remediation.Health("EVICT")})
+    assert [a.kind for a in remediation.apply(backend.client, policy, the_plan)] == [remediation.Kind.APPLY]
+
+
+@pytest.mark.parametrize(("cordon", "taint"), [(True, False), (False, True), (True, True)])
+def test_the_level3_job_runs_on_the_node_remediation_holds(backend: Backend, cordon: bool, taint: bool) -> None:
+    # before: the Job tolerated only the configured taints, so the scheduler kept it off the node remediation had
+    # cordoned or tainted: the gate's level-3 run could never pass and the node was never given back
+    _held(backend, cordon=cordon, taint=taint)
+    assert invasive.start(backend.client, "gpu-1", SETTINGS).state is StartState.STARTED
+    assert invasive.poll(backend.client, JOB, namespace=NS).state is JobState.RUNNING
+    [pod] = backend.client.job_pods(NS, JOB)
+    assert pod.node == "gpu-1" and not pod.unschedulable
+    backend.control.finish_job(NS, JOB, succeeded=True, log=log_with(PASSED))
+    assert invasive.poll(backend.client, JOB, namespace=NS).state is JobState.SUCCEEDED
+
+
+def test_a_node_cordoned_by_someone_else_is_left_alone(backend: Backend) -> None:
+    backend.control.add_node("gpu-1", gpus=8)
+    backend.client.set_node_unschedulable("gpu-1", True)  # an operator's maintenance, not remediation's
+    assert invasive.start(backend.client, "gpu-1", SETTINGS).state is StartState.STARTED
+    outcome = invasive.poll(backend.client, JOB, namespace=NS)
+    assert outcome.state is JobState.ADMISSION_FAILED and "were unschedulable" in outcome.reason
+    assert outcome.result is not None and outcome.result.status is Status.ERROR
+
+
+def test_held_tolerations_are_added_once_to_the_configured_ones() -> None:
+    held = {"key": "node.kubernetes.io/unschedulable", "operator": "Exists", "effect": "NoSchedule"}
+    settings = dataclasses.replace(SETTINGS, invasive_tolerations=(held,))
+    info = NodeInfo("gpu-1", {}, {remediation.OWNER: "{}"})
+    assert invasive.tolerations_for(info, settings) == [
+        held,
+        {"key": "autopilot.ibm.com/gpuhealth", "operator": "Exists", "effect": "NoSchedule"},
+    ]
+    assert invasive.tolerations_for(NodeInfo("gpu-1", {}), settings) == [held]
+
+
+def test_a_pod_left_by_a_deleted_job_is_busy_not_a_running_job(backend: Backend) -> None:
+    # before: the pod's job-name label made it "our Job holds the GPUs" (ALREADY_RUNNING), and the poll that
+    # followed found no Job and stored an error ("gone before its result was read")
+    backend.control.add_node("gpu-1", gpus=8)
+    backend.control.pause_gc()
+    assert invasive.start(backend.client, "gpu-1", SETTINGS).state is StartState.STARTED
+    assert backend.client.delete_job(NS, JOB)  # e.g. by hand; its pod is still on the node
+    outcome = invasive.start(backend.client, "gpu-1", SETTINGS)
+    assert outcome.state is StartState.BUSY and "is gone" in outcome.reason and outcome.result is None
+    backend.control.collect_garbage()
+    assert invasive.start(backend.client, "gpu-1", SETTINGS).state is StartState.STARTED

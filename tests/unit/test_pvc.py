@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -9,9 +10,10 @@ import pytest
 
 from autopilot import config, execution
 from autopilot.checks import pvc
+from autopilot.cluster import PodInfo
 from autopilot.context import CheckContext
 from autopilot.results import CheckResult, Status
-from autopilot.testing import FakeClock
+from autopilot.testing import FakeClock, FakeCluster
 from tests.unit.cluster_standin import Backend, make_backend
 
 NS = "autopilot"
@@ -26,6 +28,8 @@ def run(
     make_ctx: Callable[..., CheckContext], backend: Backend | None, **settings: Any
 ) -> tuple[CheckResult, FakeClock]:
     clock = FakeClock()
+    if backend is not None and "gpu-1" not in backend.control.nodes:
+        backend.control.add_node("gpu-1")  # where the scheduler puts the consumer pod
     base = {"node_name": "gpu-1", "pvc_storage_class": "fast", **settings}
     ctx = make_ctx(
         settings=config.Settings(**base), cluster=backend.client if backend else None, clock=clock, node="gpu-1"
@@ -152,3 +156,39 @@ def test_a_create_whose_answer_was_lost_is_not_a_refusal(
     result, _ = run(make_ctx, backend, image="quay.io/autopilot/autopilot:v1")
     assert result.status is Status.OK, result.summary
     assert leftovers(backend) == []
+
+
+def test_a_consumer_pod_the_scheduler_keeps_off_a_cordoned_node_is_an_error_not_a_storage_failure(
+    make_ctx: Callable[..., CheckContext], backend: Backend
+) -> None:
+    # before: the claim stayed Pending because its consumer pod was never scheduled (the node is cordoned, as
+    # remediation or maintenance leaves it), and the check reported the storage class broken
+    backend.control.add_storage_class("fast", "WaitForFirstConsumer", binds_after=1)
+    backend.control.add_node("gpu-1")
+    backend.client.set_node_unschedulable("gpu-1", True)
+    result, _ = run(make_ctx, backend, image="autopilot:test", pvc_deadline_s=10.0)
+    assert result.status is Status.ERROR, result.summary
+    assert "could not be scheduled" in result.summary and "were unschedulable" in result.summary
+    assert leftovers(backend) == []
+
+
+def test_a_scheduled_consumer_whose_claim_never_binds_is_a_storage_failure(
+    make_ctx: Callable[..., CheckContext], backend: Backend
+) -> None:
+    backend.control.add_storage_class("fast", "WaitForFirstConsumer", binds_after=None)  # the provisioner is broken
+    result, _ = run(make_ctx, backend, image="autopilot:test", pvc_deadline_s=10.0)
+    assert result.status is Status.FAIL and "still Pending after 10 s" in result.summary
+    assert "consumer_unschedulable" not in result.data
+
+
+def test_a_scheduler_message_about_the_volume_stays_a_storage_failure(make_ctx: Callable[..., CheckContext]) -> None:
+    message = "0/1 nodes are available: 1 node(s) did not find available persistent volumes to bind."
+
+    class VolumeBlocked(FakeCluster):
+        def get_pod(self, namespace: str, name: str) -> PodInfo:
+            return dataclasses.replace(super().get_pod(namespace, name), node="", unschedulable=message)
+
+    cluster = VolumeBlocked()
+    cluster.add_storage_class("fast", "WaitForFirstConsumer", binds_after=None)
+    result, _ = run(make_ctx, Backend("fake", cluster, cluster, []), image="autopilot:test", pvc_deadline_s=10.0)
+    assert result.status is Status.FAIL and result.summary.endswith(message)

@@ -82,6 +82,19 @@ def test_taint_is_added_and_removed_and_other_taints_stay(backend: Backend) -> N
     assert backend.client.get_node("gpu-1").taints == (GPU_TAINT,)
 
 
+def test_others_noexecute_taints_keep_their_time_added(backend: Backend) -> None:
+    # before: the taint list was written back from (key, effect, value) alone, so the node lifecycle
+    # controller's unreachable:NoExecute taint lost its timeAdded, from which tolerationSeconds count
+    unreachable = {"key": "node.kubernetes.io/unreachable", "effect": "NoExecute", "timeAdded": "2026-11-29T21:00:00Z"}
+    backend.control.add_node("gpu-1", gpus=8, taints=[unreachable])
+    assert backend.client.set_node_taint("gpu-1", TAINT, True)
+    assert backend.client.get_node("gpu-1").taints[0].to_json() == unreachable
+    assert backend.client.set_node_taint("gpu-1", TAINT, False)
+    assert [t.to_json() for t in backend.client.get_node("gpu-1").taints] == [unreachable]
+    if backend.standin is not None:
+        assert backend.standin.nodes["gpu-1"]["spec"]["taints"] == [unreachable]
+
+
 def test_a_taint_effect_kubernetes_does_not_know_is_refused_before_any_request(backend: Backend) -> None:
     backend.control.add_node("gpu-1", gpus=8)
     with pytest.raises(errors.BadParameter):
