@@ -46,7 +46,11 @@ itself)::
     bandwidthTest-H2D-Pinned, Bandwidth = 24.6 GB/s, Time = 0.00130 s, Size = 32000000 bytes, NumDevsUsed = 1
     Result = PASS
 
-Its human-readable table (without ``--csv``) is read too; old releases printed MB/s, converted.
+Its human-readable table (without ``--csv``) is read too. Old releases (CUDA 10 and before) printed
+MB/s, which was not 10^6 bytes: the CUDA 5-10 era source computes 1,024 x bytes / ms / 2^20 (as the
+copies of it we could read do; we found no unmodified one), so one of their MB is 1,024,000 bytes (the
+CUDA 4 era's computes 2^20 bytes); ``OLD_MB_IN_GB`` converts it. Either way 1e-3 read them low.
+CUDA 11 and later print GB/s of 10^9 bytes, as our thresholds are.
 
 PCIe link: the program's NVML samples during the copies (highest generation and narrowest width
 reached); without them, NVML read after the run, where a generation below the maximum is never a
@@ -221,6 +225,9 @@ _CSV_H2D = re.compile(
     re.IGNORECASE,
 )
 _DEVICE_LINE = re.compile(r"^\s*Device\s+(?P<index>\d+):\s*(?P<name>.+?)\s*$")
+# GB (10^9 bytes) per "MB" of bandwidthTest's MB/s releases: 1,024 x bytes / ms / 2^20 is bytes/s over
+# 1,024,000. Dividing by 1,000 read every old figure 2.4% low, enough to fail a link near its floor.
+OLD_MB_IN_GB = 1.024e-3
 _TABLE_HEADER = re.compile(r"Transfer Size \(Bytes\)\s+Bandwidth\s*\((?P<unit>[GM])B/s\)", re.IGNORECASE)
 _DEVICES_AT_ONCE = re.compile(r"Host to Device Bandwidth,\s*(?P<devs>\d+)\s*Device\(s\)", re.IGNORECASE)
 _TABLE_ROW = re.compile(r"^\s*(?P<size>\d+)\s+(?P<value>[0-9.]+)\s*$")
@@ -259,7 +266,7 @@ def parse_bandwidthtest(text: str) -> BandwidthTestReading:
     for match in _CSV_H2D.finditer(text):
         if match.group("devs") and int(match.group("devs")) != 1:
             raise ParseError(f"bandwidthTest measured {match.group('devs')} devices at once; run it per GPU")
-        value = float(match.group("value")) / (1000.0 if match.group("unit").upper() == "M" else 1.0)
+        value = float(match.group("value")) * (OLD_MB_IN_GB if match.group("unit").upper() == "M" else 1.0)
         rows.append((int(match.group("size") or 0), value))
     if rows:
         size, value = max(rows, key=lambda r: r[0])
@@ -297,7 +304,7 @@ def _parse_bandwidthtest_table(text: str, index: int | None, name: str | None) -
                 break
         if pinned and rows and unit is not None:
             size, value = max(rows, key=lambda r: r[0])
-            return BandwidthTestReading(value / (1000.0 if unit == "M" else 1.0), size, index, name, "text")
+            return BandwidthTestReading(value * (OLD_MB_IN_GB if unit == "M" else 1.0), size, index, name, "text")
     raise ParseError(f"no pinned host-to-device bandwidth in bandwidthTest output: {tail(text)!r}")
 
 

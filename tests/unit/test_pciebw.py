@@ -489,7 +489,16 @@ def test_bandwidthtest_old_mb_per_second_table_is_converted() -> None:
         " Device 0: Tesla K80\n Quick Mode\n\n Host to Device Bandwidth, 1 Device(s)\n PINNED Memory Transfers\n"
         "   Transfer Size (Bytes)\tBandwidth(MB/s)\n   33554432\t\t\t10234.5\n\n Result = PASS\n"
     )
-    assert pciebw.parse_bandwidthtest(text).h2d_gbps == pytest.approx(10.2345)
+    # 10234.5 of its MB (1,024,000 bytes) per second: 10.48 GB/s, not 10.23 (it read 2.4% low before).
+    assert pciebw.parse_bandwidthtest(text).h2d_gbps == pytest.approx(10.4801, abs=1e-4)
+
+
+def test_bandwidthtest_old_mb_per_second_csv_is_converted_as_the_table_is() -> None:
+    text = (
+        "bandwidthTest-H2D-Pinned, Bandwidth = 10234.5 MB/s, Time = 0.00328 s, Size = 33554432 bytes, "
+        "NumDevsUsed = 1\nResult = PASS\n"
+    )
+    assert pciebw.parse_bandwidthtest(text).h2d_gbps == pytest.approx(10.4801, abs=1e-4)
 
 
 @pytest.mark.parametrize(
