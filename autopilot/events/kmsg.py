@@ -41,14 +41,15 @@ _READ_SIZE = 8192  # the kernel's record limit (CONSOLE_EXT_LOG_MAX) fits
 _ADDR = r"(?:PCI:)?[0-9a-fA-F]{4,8}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}(?:\.[0-7])?"
 # With MIG enabled the driver names the GPU instance (and compute instance) after the bus id:
 # ``NVRM: Xid (PCI:0000:01:00 GPU-I:05): 94, ...`` (NVIDIA, A100 GPU memory error management).
-_XID = re.compile(
-    rf"NVRM: Xid \((?P<bus>{_ADDR})(?: GPU-I:\s*\d+)?(?: GPU-CI:\s*\d+)?\): (?P<code>\d+)(?:,(?P<rest>.*))?"
-)
+# An Xid or SXid code has at most five digits; a longer number is no driver's line (and past 4,300
+# digits ``int`` refuses it, which took the follower down): such a line matches nothing.
+_CODE = r"(?P<code>\d{1,9})(?!\d)"
+_XID = re.compile(rf"NVRM: Xid \((?P<bus>{_ADDR})(?: GPU-I:\s*\d+)?(?: GPU-CI:\s*\d+)?\): {_CODE}(?:,(?P<rest>.*))?")
 _PID = re.compile(r"pid=(?P<pid>'?[^,\s']+'?)")
 _FALLEN = re.compile(
     rf"NVRM: (?:GPU at |The NVIDIA GPU |GPU )(?P<bus>{_ADDR})\b.*?fallen off the bus", re.IGNORECASE | re.DOTALL
 )
-_SXID = re.compile(rf"SXid \((?P<bus>{_ADDR})\): (?P<code>\d+)(?:,(?P<rest>.*))?")
+_SXID = re.compile(rf"SXid \((?P<bus>{_ADDR})\): {_CODE}(?:,(?P<rest>.*))?")
 _DEV = r"[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]"
 _AER = re.compile(rf"(?P<dev>{_DEV}): AER: (?P<text>.*)")
 _AER_TARGET = re.compile(rf"(?:error received|error message received from)[: ]+(?:id=)?(?P<dev>{_DEV})")

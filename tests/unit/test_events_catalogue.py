@@ -290,3 +290,21 @@ def test_the_device_plugins_nvml_xid_maps_to_the_gpu_the_kernel_log_names() -> N
     kernel_event = next(e for m in kmsg.messages_from_text(kernel) for e in kmsg.classify(m) if e.code == "xid.48")
     assert (event.code, event.device, event.action) == (kernel_event.code, kernel_event.device, kernel_event.action)
     assert (event.device, event.action) == ("0000:55:00.0", Action.RESET)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "NVRM: Xid (PCI:0000:3b:00): " + "9" * 5000 + ", pid=1, name=x, Ch 00000001",
+        "nvidia-nvswitch0: SXid (PCI:0000:05:00.0): " + "7" * 5000 + ", Non-fatal, Link 32",
+    ],
+    ids=["xid", "sxid"],
+)
+def test_a_code_of_thousands_of_digits_is_no_event_and_does_not_raise(line: str) -> None:
+    # int() refuses more than 4,300 digits: the follower died on such a line before.
+    assert kmsg.classify(line) == []
+
+
+def test_a_five_digit_xid_is_still_read() -> None:
+    (event,) = kmsg.classify("NVRM: Xid (PCI:0000:3b:00): 12345, pid=1, name=x")
+    assert event.entry.code == "xid.12345"
