@@ -14,6 +14,7 @@ import pytest
 from autopilot import invasive
 from autopilot.results import CheckResult, DeviceResult, Status, StoredResult, utc_now_iso
 from autopilot.store import NodeRecord, Run
+from autopilot.testing import FakeCluster
 from tests.unit.api_helpers import Api, make_api, stand_in_checks
 from workers import peers, reconcile, runs
 from workers import store as store_mod
@@ -210,6 +211,22 @@ def test_one_node_that_cannot_be_reconciled_leaves_the_others_reconciled(caplog:
     verdicts = reconcile.reconcile_all(api.store, api.settings, checks=stand_in_checks())
     assert verdicts == {"node-b": "PASS", "node-c": "UNKNOWN"}
     assert "reconcile of node node-a failed" in caplog.text
+
+
+def test_a_gone_stamp_that_does_not_parse_keeps_the_node_and_the_loop_going() -> None:
+    # node-a is lost (no heartbeat for long) and its Node object is gone; its node_gone_at was written by
+    # another writer. Deciding whether to forget it raised outside the per-node guard: every later node of
+    # every tick went unreconciled.
+    cluster = FakeCluster()
+    for node in ("node-b", "node-c"):
+        cluster.add_node(node, gpus=8)
+    api = make_api(cluster=cluster)
+    long_ago = time.time() - api.settings.live_after_s - api.settings.node_retention_s - 60
+    api.store.heartbeat_many([NodeRecord("node-a", gpu_model="H100", gpu_count=8, last_seen=long_ago)])
+    api.store.r.hset("ap:state:node-a", mapping={"node_gone_at": "not a time"})
+    verdicts = reconcile.reconcile_all(api.store, api.settings, cluster, checks=stand_in_checks())
+    assert set(verdicts) == {"node-a", "node-b", "node-c"}  # kept: a stamp that does not parse forgets nothing
+    assert api.store.node("node-a") is not None
 
 
 def test_counters_that_are_not_integers_leave_the_rest_of_the_scrape() -> None:
