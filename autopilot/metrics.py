@@ -28,6 +28,7 @@ on a fresh ``CollectorRegistry`` over handmade results.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import math
 import time
@@ -242,10 +243,16 @@ def _add_result(fam: _Families, info: NodeInfo, check: str, result: CheckResult,
 
 def _label(text: str) -> str:
     """A label value from a worker's or a tool's words (a CPU model, a device id): at most
-    ``LABEL_VALUE_LIMIT`` characters, since it is repeated in every series of its node and kept by the
-    TSDB; a buggy worker's 100 KB CPU model made a node's part of the scrape 600 KB."""
+    ``LABEL_VALUE_LIMIT`` characters (a longer one ends in a digest of the whole), since it is repeated
+    in every series of its node and kept by the TSDB; a buggy worker's 100 KB CPU model made a node's
+    part of the scrape 600 KB."""
     text = str(text)
-    return text if len(text) <= LABEL_VALUE_LIMIT else text[: LABEL_VALUE_LIMIT - 3] + "..."
+    if len(text) <= LABEL_VALUE_LIMIT:
+        return text
+    # A digest of the whole keeps two values alike in their first characters (two long node names of ping's
+    # peers) two series: the same series twice in one scrape is one sample to Prometheus.
+    digest = hashlib.blake2b(text.encode(errors="replace"), digest_size=4).hexdigest()
+    return f"{text[: LABEL_VALUE_LIMIT - 12]}...{digest}"
 
 
 class _Families:

@@ -253,16 +253,38 @@ def lost_gpu(line: str) -> LostGpu | None:
     return LostGpu(found.group("bus").upper(), found.group("why").strip(), int(index) if index else None)
 
 
-def _indexes(named: Sequence[int | None]) -> list[int]:
+def _indexes(named: Sequence[int | None], buses: Sequence[str | None] = (), lost: Sequence[bool] = ()) -> list[int]:
     """The nvidia-smi index of each entry, in output order: the one it names, else the lowest that no
     entry names and no earlier one took. A GPU nvidia-smi could not open is named on stderr, which
-    a saved copy may print ahead of every row, so position alone would shift every later GPU."""
+    a saved copy may print ahead of every row, so position alone would shift every later GPU.
+    With ``buses`` and ``lost`` (each entry's PCI bus id, and whether it is such a GPU), a lost GPU
+    that names no index (older drivers) stands before the first other GPU of a higher bus id:
+    nvidia-smi numbers GPUs in PCI bus order."""
     taken = [i for i in named if i is not None]
     unique = set(taken)
     if len(unique) != len(taken):
         raise ParseError(f"GPU index named twice: {sorted(i for i in unique if taken.count(i) > 1)}")
     free = (i for i in itertools.count() if i not in unique)
-    return [i if i is not None else next(free) for i in named]
+    order = [n for n in range(len(named)) if named[n] is None]
+    if len(buses) == len(named) and len(lost) == len(named):
+        keys = [_bus_key(bus) for bus in buses]
+        for n in [n for n in order if lost[n] and keys[n] is not None]:
+            order.remove(n)
+            after = [p for p, m in enumerate(order) if not lost[m] and (keys[m] or ()) > (keys[n] or ())]
+            order.insert(after[0] if after else len(order), n)
+    out = list(named)
+    for n in order:
+        out[n] = next(free)
+    return [i for i in out if i is not None]
+
+
+_BUS = re.compile(r"^(?:PCI:)?([0-9A-Fa-f]{1,8}):([0-9A-Fa-f]{2}):([0-9A-Fa-f]{2})\.([0-7])$")
+
+
+def _bus_key(bus: str | None) -> tuple[int, ...] | None:
+    """A PCI bus id as numbers (domain, bus, device, function) to order by; None for anything else."""
+    found = _BUS.match((bus or "").strip())
+    return tuple(int(part, 16) for part in found.groups()) if found else None
 
 
 def parse_q(text: str, *, whole: bool = False) -> QReport:
@@ -347,11 +369,12 @@ def parse_q(text: str, *, whole: bool = False) -> QReport:
         named.append(gone.index)
     if not sections:
         raise ParseError("no 'GPU <bus id>' section: not nvidia-smi -q output")
+    indexes = _indexes(named, [bus for bus, _, _ in sections], [error is not None for _, _, error in sections])
     report = QReport(
         header=header,
         gpus=tuple(
             GpuSection(index, bus, root.freeze(), error)
-            for index, (bus, root, error) in zip(_indexes(named), sections, strict=True)
+            for index, (bus, root, error) in zip(indexes, sections, strict=True)
         ),
         attached=_attached(header),
         excerpt=excerpt,
@@ -499,7 +522,9 @@ def parse_csv_gpus(text: str, fields: Sequence[str] | None = None) -> list[tuple
             named.append(int(raw))
         else:
             named.append(None)
-    return sorted(zip(_indexes(named), entries, strict=True), key=lambda pair: pair[0])
+    buses = [e.bus_id if isinstance(e, LostGpu) else e.get("pci.bus_id") or e.get("gpu_bus_id") for e in entries]
+    lost = [isinstance(e, LostGpu) for e in entries]
+    return sorted(zip(_indexes(named, buses, lost), entries, strict=True), key=lambda pair: pair[0])
 
 
 def _csv_entries(text: str, fields: Sequence[str] | None) -> list[dict[str, str] | LostGpu]:
@@ -955,7 +980,8 @@ def _with_lost(report: QReport, lost: Sequence[LostGpu]) -> QReport:
         return report
     named = [None] * len(report.gpus) + [gpu.index for gpu in lost]
     sections = [*report.gpus, *(GpuSection(0, gpu.bus_id, Entry("GPU"), gpu.error) for gpu in lost)]
-    placed = (dataclasses.replace(s, index=i) for i, s in zip(_indexes(named), sections, strict=True))
+    indexes = _indexes(named, [s.bus_id for s in sections], [s.error is not None for s in sections])
+    placed = (dataclasses.replace(s, index=i) for i, s in zip(indexes, sections, strict=True))
     return dataclasses.replace(report, gpus=tuple(sorted(placed, key=lambda s: s.index)))
 
 

@@ -152,19 +152,28 @@ def _patch(
     cluster: ClusterClient, node: str, labels: dict[str, str | None], annotations: dict[str, str | None]
 ) -> None:
     """Patch the Node's labels and annotations; when the API server refuses the patch as a whole (a 422:
-    annotations past 256 KiB, a label it will not take), the verdict label goes alone, logged, so that
-    what a scheduler reads is never lost to what came with it. Other errors (transient, no such Node,
-    a conflict) raise, as the refusal of the verdict label alone does."""
+    annotations past 256 KiB, a label it will not take), the labels go without the annotations, and if
+    they are refused too the verdict label goes alone, logged, so that what a scheduler or a user reads
+    is never lost to what came with it. Refused annotations alone are logged, not raised: the condition
+    and Event still follow. Other errors (transient, no such Node, a conflict) raise, as the refusal of
+    the verdict label alone does."""
     try:
         cluster.patch_node_labels(node, labels, annotations)
+        return
     except (errors.Transient, errors.NotFound, errors.Conflict):
         raise
     except errors.ClusterError as exc:
-        verdict = labels.get(labeling.GPUHEALTH)
-        if verdict is None or len(labels) + len(annotations) == 1:
-            raise
-        log.warning("node %s: labels and annotations refused (%s); the verdict label goes alone", node, exc)
-        cluster.patch_node_labels(node, {labeling.GPUHEALTH: verdict}, {})
+        if not annotations:
+            verdict = labels.get(labeling.GPUHEALTH)
+            if verdict is None or len(labels) == 1:
+                raise
+            log.warning("node %s: labels refused (%s); the verdict label goes alone", node, exc)
+            cluster.patch_node_labels(node, {labeling.GPUHEALTH: verdict}, {})
+            return
+        # The dcgm.level label (a user's node selector) must not go stale with the annotation beside it.
+        log.warning("node %s: annotations refused (%s); the labels go without them", node, exc)
+    if labels:
+        _patch(cluster, node, labels, {})
 
 
 def _event(cluster: ClusterClient, node: str, before: str | None, pub: NodePublication) -> str | None:

@@ -315,7 +315,11 @@ def _expired(
         return False
     if with_cluster:
         gone = store.state(node).node_gone_at
-        since = results.parse_iso(gone).timestamp() if gone else None
+        try:
+            since = results.parse_iso(gone).timestamp() if gone else None
+        except ValueError:  # another writer's stamp: forget nothing on it, nor stop the fleet's tick
+            log.warning("node %s: node_gone_at %r does not parse; not forgotten", node, str(gone)[:80])
+            since = None
     else:
         since = seen
     return since is not None and moment.timestamp() - since >= settings.node_retention_s

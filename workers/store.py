@@ -70,9 +70,10 @@ log = logging.getLogger(__name__)
 
 P = "ap:"
 RUNS = f"{P}runs"
-# A stored result larger than this is not read (the largest a check writes, a 1,000-node ping's, is
-# about 250 KB): a worker that wrote 20 MB would otherwise make every answer that shows it that large.
-MAX_RESULT_BYTES = 4 * 1024 * 1024
+# A stored result larger than this is not read: a worker that wrote 100 MB would otherwise make every
+# answer that shows it that large. The largest a check writes, ping's, grows with the fleet (a pair per
+# peer address, about 260 bytes): 10,000 nodes on 8 interfaces is about 21 MB, and must still be read.
+MAX_RESULT_BYTES = 32 * 1024 * 1024
 T = TypeVar("T")
 A = ParamSpec("A")
 C = TypeVar("C", bound=type)

@@ -190,6 +190,7 @@ def _continues(current: list[str], body: str) -> bool:
         and body.startswith("NVRM: ")
         and not _XID.search(body)
         and not _FALLEN.search(body)  # another GPU's own notice is its own message
+        and not _FALLEN_HEAD.match(body)  # as is another GPU's headline (this one's other lines were lost)
     )
 
 

@@ -186,11 +186,15 @@ def test_the_open_drivers_fallen_off_the_bus_notice_one_line_per_log_line_is_one
     text += f"{prefix}NVRM: Xid (PCI:0000:3b:00): 13, pid=1, name=python, Graphics Exception\n"
     # A headline cut short (its other lines lost) takes no later GPU's own message with it.
     text += f"{prefix}{_FALLEN[0].replace('b3', 'c3')}\n{prefix}NVRM: GPU 0000:d3:00.0: GPU has fallen off the bus.\n"
+    # Nor another GPU's three-line notice: its headline starts a message of its own.
+    text += f"{prefix}{_FALLEN[0].replace('b3', 'c4')}\n"
+    text += "".join(f"{prefix}{line.replace('b3', 'e3')}\n" for line in _FALLEN)
     events = [e for m in kmsg.messages_from_text(text) for e in kmsg.classify(m)]
     assert [(e.code, e.device, e.action) for e in events] == [
         ("xid.79", "0000:b3:00.0", Action.EVICT),
         ("xid.13", "0000:3b:00.0", Action.IGNORE),
         ("xid.79", "0000:d3:00.0", Action.EVICT),
+        ("xid.79", "0000:e3:00.0", Action.EVICT),
     ]
 
 

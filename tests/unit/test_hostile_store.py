@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 from autopilot import invasive
-from autopilot.results import CheckResult, Status, StoredResult, utc_now_iso
+from autopilot.results import CheckResult, DeviceResult, Status, StoredResult, utc_now_iso
 from autopilot.store import NodeRecord, Run
+from autopilot.testing import FakeCluster
 from tests.unit.api_helpers import Api, make_api, stand_in_checks
 from workers import peers, reconcile, runs
 from workers import store as store_mod
@@ -82,6 +83,24 @@ def test_a_result_larger_than_the_limit_is_left_out() -> None:
     assert view.status_code == 200
     assert view.get_json()["latest"] == {}
     assert len(view.get_data()) < 100_000
+
+
+def test_a_valid_ping_result_of_a_large_fleet_is_read_back() -> None:
+    # ping keeps a pair per peer address: 10,000 nodes on two interfaces is about 5 MB, written by our own
+    # worker; refused where read, every node's ping was missing (its verdict unknown) fleet-wide.
+    api = make_api()
+    pairs = [
+        {"target": f"gpu-node-{i:05d}", "interface": f"net{k}", "address": f"10.{k}.{i // 256}.{i % 256}",
+         "status": "ok", "loss_pct": 0.0, "detail": "rtt 0.052 ms", "rtt_avg_ms": 0.052, "rtt_max_ms": 0.063}
+        for i in range(10_000) for k in range(2)
+    ]  # fmt: skip
+    devices = tuple(DeviceResult(f"{p['target']}/{p['interface']}", Status.OK, 0.0, "%", "rtt 0.052 ms") for p in pairs)
+    summary = "all 10000 peers reachable"
+    big = CheckResult("ping", Status.OK, summary, node="node-a", devices=devices, data={"pairs": pairs})
+    assert len(big.to_json_bytes()) > 4 * 1024 * 1024
+    api.store.save_result(big)
+    assert api.store.latest("node-a")["ping"].summary == summary
+    assert [r.check for r in api.store.history("node-a")] == ["ping"]
 
 
 def _answer_with(api: Api, blob: bytes) -> None:
@@ -192,6 +211,22 @@ def test_one_node_that_cannot_be_reconciled_leaves_the_others_reconciled(caplog:
     verdicts = reconcile.reconcile_all(api.store, api.settings, checks=stand_in_checks())
     assert verdicts == {"node-b": "PASS", "node-c": "UNKNOWN"}
     assert "reconcile of node node-a failed" in caplog.text
+
+
+def test_a_gone_stamp_that_does_not_parse_keeps_the_node_and_the_loop_going() -> None:
+    # node-a is lost (no heartbeat for long) and its Node object is gone; its node_gone_at was written by
+    # another writer. Deciding whether to forget it raised outside the per-node guard: every later node of
+    # every tick went unreconciled.
+    cluster = FakeCluster()
+    for node in ("node-b", "node-c"):
+        cluster.add_node(node, gpus=8)
+    api = make_api(cluster=cluster)
+    long_ago = time.time() - api.settings.live_after_s - api.settings.node_retention_s - 60
+    api.store.heartbeat_many([NodeRecord("node-a", gpu_model="H100", gpu_count=8, last_seen=long_ago)])
+    api.store.r.hset("ap:state:node-a", mapping={"node_gone_at": "not a time"})
+    verdicts = reconcile.reconcile_all(api.store, api.settings, cluster, checks=stand_in_checks())
+    assert set(verdicts) == {"node-a", "node-b", "node-c"}  # kept: a stamp that does not parse forgets nothing
+    assert api.store.node("node-a") is not None
 
 
 def test_counters_that_are_not_integers_leave_the_rest_of_the_scrape() -> None:

@@ -134,6 +134,18 @@ def test_ping_is_per_remote_node_and_one_if_any_address_failed() -> None:
     assert upstream_samples(r) == {"n2": 1.0, "n3": 0.0, "n4": 1.0}
 
 
+def test_long_peer_names_cut_for_their_label_stay_two_series() -> None:
+    # Node names may be 253 characters: two peers alike in their first 128 were one deviceid, so the
+    # scrape held the same series twice and Prometheus kept one of them (here the reachable one).
+    stem = "gpu-node." + "a" * 150
+    r = result(
+        "ping", Status.FAIL, DeviceResult(f"{stem}-1/eth0", Status.OK), DeviceResult(f"{stem}-2/eth0", Status.FAIL)
+    )
+    found = [(d, v) for (h, n, d), v in health(scrape(snap({"n1": {"ping": r}}))).items() if h == "ping"]
+    assert len(found) == 2 and sorted(v for _, v in found) == [0.0, 1.0]
+    assert all(len(d) <= 128 for d, _ in found)
+
+
 @pytest.mark.parametrize("status", [Status.ERROR, Status.SKIPPED])
 def test_error_and_skipped_results_are_absent_from_the_upstream_gauge(status: Status) -> None:
     latest = {

@@ -177,6 +177,48 @@ def test_a_lost_gpu_line_beside_an_xml_report_is_that_gpus_section() -> None:
     ]
 
 
+def test_a_lost_gpu_line_without_its_index_printed_ahead_is_placed_by_its_bus_id() -> None:
+    # Older drivers name the GPU by bus id alone ("for GPU0000:2B:00.0"); a copy saved with stderr first
+    # prints it ahead of the report. nvidia-smi numbers GPUs in PCI bus order: the lost GPU is 1, not the
+    # last, and the healthy GPU at 3C keeps index 2 (it was blamed as GPU 1's, and GPU 2 as the lost one).
+    text = """\
+Unable to determine the device handle for GPU0000:2B:00.0: Unknown Error
+
+==============NVSMI LOG==============
+
+Attached GPUs                             : 3
+GPU 00000000:1A:00.0
+    Remapped Rows
+        Pending                           : No
+GPU 00000000:3C:00.0
+    Remapped Rows
+        Pending                           : Yes
+"""
+    report = nvsmi.parse_q(text)
+    assert sorted((g.index, g.bus_id, g.error is not None) for g in report.gpus) == [
+        (0, "00000000:1A:00.0", False),
+        (1, "0000:2B:00.0", True),
+        (2, "00000000:3C:00.0", False),
+    ]
+    xml = (
+        '<?xml version="1.0" ?>\n<nvidia_smi_log><attached_gpus>2</attached_gpus>'
+        '<gpu id="00000000:3C:00.0"><product_name>NVIDIA H100 80GB HBM3</product_name><processes>'
+        "</processes></gpu></nvidia_smi_log>\n"
+    )
+    report = nvsmi.parse_q("Unable to determine the device handle for GPU0000:1A:00.0: Unknown Error\n" + xml)
+    assert [(g.index, g.bus_id, g.error is not None) for g in report.gpus] == [
+        (0, "0000:1A:00.0", True),
+        (1, "00000000:3C:00.0", False),
+    ]
+    rows = "gpu_bus_id, remapped_rows.pending\n00000000:1A:00.0, No\n00000000:3C:00.0, Yes\n"
+    placed = nvsmi.parse_csv_gpus("Unable to determine the device handle for GPU0000:2B:00.0: Unknown Error\n" + rows)
+    assert [(i, e.bus_id if isinstance(e, nvsmi.LostGpu) else e["gpu_bus_id"]) for i, e in placed] == [
+        (0, "00000000:1A:00.0"),
+        (1, "0000:2B:00.0"),
+        (2, "00000000:3C:00.0"),
+    ]
+
+
 def test_csv_gpus_place_rows_around_the_gpus_nvidia_smi_could_not_open() -> None:
     text = (
         "gpu_bus_id, remapped_rows.pending\n"

@@ -174,3 +174,19 @@ def test_a_patch_the_api_server_refuses_as_a_whole_still_writes_the_verdict_labe
     assert "autopilot.ibm.com/gpus" not in node.annotations
     cond = node.condition()
     assert cond is not None and cond.reason == "AutopilotWarn"
+
+
+def test_refused_annotations_leave_no_label_stale_nor_stop_the_next_reconcile(backend: Backend) -> None:
+    # Another tool's annotations fill the Node almost to the API server's 256 KiB: our DCGM output cannot fit.
+    backend.control.add_node("gpu-1", gpus=8, annotations={"example.com/big": "x" * (256 * 1024 - 200)})
+    failed = [dcgm(3, Status.FAIL, "2026-11-29T22:00:00Z", "pcie.3 " * 100)]
+    publish.apply(backend.client, "gpu-1", publish.desired(EVICT, failed))
+    node = backend.client.get_node("gpu-1")
+    assert node.labels[HEALTH] == "EVICT"
+    assert node.labels[L3] == "ERR_2026-11-29_22.00.00UTC"  # a user selecting level-3 passes must not get it
+    assert L3 + ".output" not in node.annotations
+    # The next reconcile: the verdict label is there, the annotation still refused; the condition still follows.
+    later = Decision(Verdict.EVICT, ("dcgm: pcie failed on GPUs 3 and 5",))
+    publish.apply(backend.client, "gpu-1", publish.desired(later, failed))
+    cond = backend.client.get_node("gpu-1").condition()
+    assert cond is not None and "GPUs 3 and 5" in cond.message
