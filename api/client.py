@@ -151,10 +151,7 @@ def status_parser() -> argparse.ArgumentParser:
     p.add_argument("--deadline", type=float, help="seconds each node has to answer")
     p.add_argument("--batch", type=int, help="nodes in flight at once")
     p.add_argument("--json", action="store_true", help="print the JSON report")
-    p.add_argument(
-        "--url", default=config.Settings.one(os.environ, "api_url") or None, help=f"API URL (default {DEFAULT_URL})"
-    )
-    p.add_argument("--token", default=None, help="bearer token (default AUTOPILOT_API_TOKEN)")
+    _api_arguments(p)
     p.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
@@ -340,14 +337,21 @@ def report_exit_code(report: Mapping[str, Any]) -> int:
 # ------------------------------------------------------------------ autopilot nodes
 
 
+def _api_arguments(p: argparse.ArgumentParser) -> None:
+    """``--url`` and ``--token``, whose defaults come from the environment as the help says."""
+    p.add_argument(
+        "--url",
+        default=config.Settings.one(os.environ, "api_url") or None,
+        help=f"API URL (default AUTOPILOT_API_URL, then {DEFAULT_URL})",
+    )
+    p.add_argument("--token", default=None, help="bearer token (default AUTOPILOT_API_TOKEN)")
+
+
 def nodes_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="autopilot nodes", description="List the nodes the Autopilot API knows.")
     p.add_argument("--json", action="store_true", help="print the JSON answer")
     p.add_argument("--gpus", action="store_true", help="one row per GPU: its verdict, since when and why")
-    p.add_argument(
-        "--url", default=config.Settings.one(os.environ, "api_url") or None, help=f"API URL (default {DEFAULT_URL})"
-    )
-    p.add_argument("--token", default=None, help="bearer token (default AUTOPILOT_API_TOKEN)")
+    _api_arguments(p)
     return p
 
 

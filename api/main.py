@@ -126,7 +126,11 @@ def multiprocess_metrics_dir() -> str:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="autopilot api", description="Serve the Autopilot HTTP API.")
     p.add_argument("--port", type=int, default=None, help="port (default AUTOPILOT_API_PORT, 3333)")
-    p.add_argument("--host", default=None, help="bind address (default: see `autopilot api --help` text)")
+    p.add_argument(
+        "--host",
+        default=None,
+        help="bind address (default AUTOPILOT_API_HOST; unset: 127.0.0.1, or 0.0.0.0 with AUTOPILOT_API_TOKEN set)",
+    )
     p.add_argument("--workers", type=int, default=2, help="gunicorn worker processes (default 2)")
     p.add_argument(
         "--threads",

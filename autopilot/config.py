@@ -163,7 +163,7 @@ class Settings:
     sends it."""
 
     api_url: str = ""
-    """The API the CLI client (``autopilot status``, ``autopilot runs``) talks to (``AUTOPILOT_API_URL``; empty:
+    """The API the CLI client (``autopilot status``, ``autopilot nodes``) talks to (``AUTOPILOT_API_URL``; empty:
     http://127.0.0.1:3333); ``--url`` overrides it. ``http(s)://host[:port]`` without credentials (use the token)."""
 
     log_level: str = "WARNING"

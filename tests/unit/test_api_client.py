@@ -6,6 +6,7 @@ import json
 import socket
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from werkzeug.serving import BaseWSGIServer, make_server
@@ -138,3 +139,13 @@ def test_status_with_an_empty_host_entry_asks_for_nothing(
     assert client.status_main(["--url", served.url, "--host", hosts, "--check", "ping"]) == 2
     assert "hosts" in capsys.readouterr().err
     assert served.api.dispatcher.sent == []
+
+
+@pytest.mark.parametrize("make_parser", [client.status_parser, client.nodes_parser])
+def test_url_default_comes_from_autopilot_api_url_as_the_help_says(
+    make_parser: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AUTOPILOT_API_URL", "http://api.example:3334")
+    parser = make_parser()
+    assert parser.parse_args([]).url == "http://api.example:3334"
+    assert "AUTOPILOT_API_URL" in " ".join(parser.format_help().split())

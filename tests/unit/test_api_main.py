@@ -22,6 +22,13 @@ def test_bind_host_opens_up_with_a_token_and_obeys_overrides() -> None:
     assert main.bind_host(config.Settings(node_name="x", api_token="t"), "::1")[0] == "::1"
 
 
+def test_host_help_names_where_the_default_comes_from() -> None:
+    # An operator reading `autopilot api --help` learns the default bind address there, not a pointer to itself.
+    text = " ".join(main.parser().format_help().split())
+    assert "AUTOPILOT_API_HOST" in text and "127.0.0.1" in text and "AUTOPILOT_API_TOKEN" in text
+    assert "see `autopilot api --help`" not in text
+
+
 def test_gunicorn_uses_threaded_workers() -> None:
     server = main.GunicornServer(lambda: None, {"bind": "127.0.0.1:0", "worker_class": "gthread", "threads": 8})  # type: ignore[arg-type,return-value]
     assert server.cfg.worker_class_str == "gthread"
