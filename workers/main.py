@@ -108,7 +108,7 @@ def worker_main(argv: Sequence[str]) -> int:
         help="send no task events (Flower then shows this worker but not its tasks); `autopilot up` uses it for "
         "simulators, whose thousands of nodes would flood Flower",
     )
-    parser.add_argument("--loglevel", default="INFO")
+    parser.add_argument("--loglevel", default="INFO", help="log level (default INFO)")
     args = parser.parse_args(list(argv))
 
     settings = _settings()
@@ -257,8 +257,12 @@ def run_until_shutdown(build: Callable[[], WorkController], *, pause_s: float = 
 
 def beat_main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="autopilot beat", description="Run celery beat (one replica).")
-    parser.add_argument("--schedule-file", default=os.path.join(tempfile.gettempdir(), f"autopilot-beat-{os.getuid()}"))
-    parser.add_argument("--loglevel", default="INFO")
+    parser.add_argument(
+        "--schedule-file",
+        default=os.path.join(tempfile.gettempdir(), f"autopilot-beat-{os.getuid()}"),
+        help="where beat keeps when each entry last ran (default: %(default)s)",
+    )
+    parser.add_argument("--loglevel", default="INFO", help="log level (default INFO)")
     args = parser.parse_args(list(argv))
     settings = _settings()
     app = create_celery(settings, load_checks())

@@ -145,3 +145,13 @@ def test_evaluate_garbage_is_an_error_exit_3() -> None:
 )
 def test_exit_codes(statuses: list[Status], code: int) -> None:
     assert cli.exit_code([CheckResult("x", s) for s in statuses]) == code
+
+
+@pytest.mark.parametrize(("command", "words"), [("beat", ["last ran", "log level"]), ("worker", ["log level"])])
+def test_runtime_help_explains_each_option(command: str, words: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    # `autopilot beat --help` listed --schedule-file and --loglevel with no word on what they do.
+    with pytest.raises(SystemExit) as exc:
+        cli.main([command, "--help"])
+    assert exc.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(word in text for word in words)
