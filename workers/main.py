@@ -307,8 +307,19 @@ def flower_args(
     return args, extra
 
 
+FLOWER_HELP = """usage: autopilot flower [--port=PORT] [--address=HOST] [FLOWER OPTION=VALUE ...]
+
+Run Flower against the broker of AUTOPILOT_REDIS_URL. Options go to Flower, each as --name=value.
+Without a login (AUTOPILOT_FLOWER_BASIC_AUTH=user:password, or --auth/--auth_provider) Flower binds
+127.0.0.1 and an --address beyond loopback is refused."""
+
+
 def flower_main(argv: Sequence[str]) -> int:
     """Flower against the same broker; extra arguments go to Flower (e.g. ``--port=5555``)."""
+    if any(a in ("-h", "--help") for a in argv):
+        print(FLOWER_HELP, flush=True)
+        if not config.Settings.from_env(os.environ).redis_url:
+            return 0  # answered without a broker, as every other --help; with one, Flower's own options follow
     settings = _settings()
     args, extra = flower_args(settings, argv, os.environ)
     os.environ.update(extra)

@@ -155,3 +155,11 @@ def test_runtime_help_explains_each_option(command: str, words: list[str], capsy
     assert exc.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
     assert all(word in text for word in words)
+
+
+def test_flower_help_needs_no_broker(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # `autopilot flower --help` stopped at "AUTOPILOT_REDIS_URL is not set" instead of saying how to run it.
+    monkeypatch.delenv("AUTOPILOT_REDIS_URL", raising=False)
+    assert cli.main(["flower", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "--port=PORT" in text and "AUTOPILOT_FLOWER_BASIC_AUTH" in text
