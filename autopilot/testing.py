@@ -389,6 +389,7 @@ class FakeCluster:
         self._seq = 0
         self._event_names: set[tuple[str, str]] = set()
         self.gc_paused = False  # test control: pods of a deleted Job stay until collect_garbage()
+        self.namespace_labels: dict[str, dict[str, str]] = {}  # pod-security.kubernetes.io/enforce, ...
 
     # ---------------------------------------------------------- test controls
 
@@ -423,6 +424,15 @@ class FakeCluster:
     ) -> None:
         info = PodInfo(name, namespace, node, phase, gpus, labels=dict(labels or {}))
         self._pods[(namespace, name)] = _FakePod(info)
+
+    def label_namespace(self, namespace: str, labels: Mapping[str, str]) -> None:
+        """A namespace's labels; ``pod-security.kubernetes.io/enforce`` makes the PodSecurity plugin refuse pods
+        that violate its level (403 for a pod, ``FailedCreate`` for a Job's pod)."""
+        self.namespace_labels[namespace] = dict(labels)
+
+    def _pod_security(self, namespace: str, spec: Mapping[str, Any]) -> str:
+        level = self.namespace_labels.get(namespace, {}).get(apivalidation.PSA_ENFORCE_LABEL, "privileged")
+        return apivalidation.pod_security_refusal(spec, level)
 
     def add_storage_class(self, name: str, mode: str = "Immediate", *, binds_after: int | None = 1) -> None:
         """``binds_after``: reads of the claim's phase until it is Bound (None: the provisioner never binds)."""
@@ -724,6 +734,13 @@ class FakeCluster:
             self.job_manifests[(namespace, name)] = json.loads(json.dumps(manifest))
             spec = ((manifest.get("spec") or {}).get("template") or {}).get("spec") or {}
             pod = f"{name[:57]}-{self._seq:05x}"
+            refusal = self._pod_security(namespace, spec)
+            if refusal:  # the Job is admitted; the controller's pod is not, and it says so in an Event
+                self.jobs[(namespace, name)] = dataclasses.replace(self.jobs[(namespace, name)], active=0)
+                message = f'Error creating: pods "{pod}" is forbidden: {refusal}'
+                self.events.append(EventInfo(namespace, "Job", name, "FailedCreate", message, "Warning", uid=uid))
+                self._record("create_job", f"{namespace}/{name}", dict(manifest))
+                return name
             labels = {"job-name": name, "controller-uid": uid}
             node, why = self._schedule(spec)
             info = PodInfo(
@@ -794,6 +811,9 @@ class FakeCluster:
             if (namespace, name) in self._pods:
                 raise errors.Conflict(f"pods {name!r} already exists")
             spec = manifest.get("spec") or {}
+            refusal = self._pod_security(namespace, spec)
+            if refusal:
+                raise errors.ClusterError(f'create_pod: 403 pods "{name}" is forbidden: {refusal}')
             claims = tuple(
                 str((v.get("persistentVolumeClaim") or {}).get("claimName"))
                 for v in spec.get("volumes") or ()

@@ -196,6 +196,7 @@ class StandInApi:
         self.gc_paused = False
         self.html_faults = 0  # test control: the next injected faults come as a proxy's HTML page
         self.broken_continue = False  # test control: a broken server, whose every token restarts the list
+        self.namespace_labels: dict[str, dict[str, str]] = {}  # pod-security.kubernetes.io/enforce, ...
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, name="standin-api", daemon=True)
@@ -267,6 +268,17 @@ class StandInApi:
         spec = {"nodeName": node, "containers": [{"name": "c", "image": "busybox", "resources": resources}]}
         with self.lock:
             self.objects[("Pod", namespace, name)] = self._pod(namespace, name, spec, dict(labels or {}), phase)
+
+    def label_namespace(self, namespace: str, labels: Mapping[str, str]) -> None:
+        """A namespace's labels; ``pod-security.kubernetes.io/enforce`` makes the PodSecurity admission plugin
+        refuse a pod that violates its level: 403 Forbidden to a pod's create, and for a Job (admitted: the
+        plugin only warns on workloads) no pod and a ``FailedCreate`` Event from the Job controller."""
+        with self.lock:
+            self.namespace_labels[namespace] = dict(labels)
+
+    def _pod_security(self, namespace: str, spec: Mapping[str, Any]) -> str:
+        level = self.namespace_labels.get(namespace, {}).get(apivalidation.PSA_ENFORCE_LABEL, "privileged")
+        return apivalidation.pod_security_refusal(spec, level)
 
     def add_storage_class(self, name: str, mode: str = "Immediate", *, binds_after: int | None = 1) -> None:
         with self.lock:
@@ -730,6 +742,8 @@ class StandInApi:
             return invalid(kind, name, problems)
         if (kind, ns, name) in self.objects:
             return 409, status_body(409, "AlreadyExists", f'{plural} "{name}" already exists')
+        if kind == "Pod" and (refusal := self._pod_security(ns, body.get("spec") or {})):
+            return 403, status_body(403, "Forbidden", f'pods "{name}" is forbidden: {refusal}')
         # A uid of its own each time a name is made again, as the server's.
         uid = f"uid-{name[:40]}-{next(self._seq):05x}"
         meta.update(name=name, namespace=ns, uid=uid, resourceVersion=str(next(self._rv)))
@@ -746,6 +760,13 @@ class StandInApi:
             labels.update({"batch.kubernetes.io/job-name": name, "controller-uid": uid})
             labels["batch.kubernetes.io/controller-uid"] = uid
             pod_name = f"{name[:57]}-{next(self._seq):05x}"
+            refusal = self._pod_security(ns, spec)
+            if refusal:  # the Job is admitted, its controller's pod is not (the Job controller keeps trying)
+                obj["status"] = {"active": 0, "startTime": STAMP}
+                self.objects[(kind, ns, name)] = obj
+                message = f'Error creating: pods "{pod_name}" is forbidden: {refusal}'
+                self._event(ns, "Job", name, "FailedCreate", message, "Warning")
+                return 201, obj
             pod = self._pod(ns, pod_name, spec, labels, "Pending")
             if why:
                 pod["status"]["conditions"] = [_unschedulable(why)]

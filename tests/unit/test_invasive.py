@@ -198,6 +198,28 @@ def test_pod_admission_failures_end_the_job(backend: Backend, how: str) -> None:
     assert gone(backend)  # deleted, so a pending pod can never start later
 
 
+@pytest.mark.parametrize("level", ["baseline", "restricted"])
+def test_the_job_meets_a_namespace_enforcing_pod_security(backend: Backend, level: str) -> None:
+    backend.control.label_namespace(NS, {"pod-security.kubernetes.io/enforce": level})
+    started(backend)
+    assert [p.node for p in backend.client.job_pods(NS, JOB)] == ["gpu-1"]
+    assert backend.client.job_events(NS, JOB) == []
+
+
+def test_a_job_pod_refused_by_pod_security_ends_the_run_as_an_error_naming_it(backend: Backend) -> None:
+    """The PodSecurity plugin admits a Job and refuses its pod: no pod ever starts, only FailedCreate Events."""
+    backend.control.label_namespace(NS, {"pod-security.kubernetes.io/enforce": "restricted"})
+    backend.control.add_node("gpu-1", gpus=8)
+    manifest = invasive.job_spec("gpu-1", 8, SETTINGS)
+    del manifest["spec"]["template"]["spec"]["containers"][0]["securityContext"]
+    backend.client.create_job(NS, manifest)
+    assert backend.client.job_pods(NS, JOB) == []
+    done = invasive.poll(backend.client, JOB, namespace=NS)
+    assert done.state is JobState.ADMISSION_FAILED and done.result is not None
+    assert done.result.status is Status.ERROR and 'violates PodSecurity "restricted:latest"' in done.result.summary
+    assert gone(backend)
+
+
 def test_deadline(backend: Backend) -> None:
     started(backend)
     backend.control.job_past_deadline(NS, JOB)
