@@ -192,6 +192,13 @@ def _wait_bound(
     while True:
         try:
             phase = cluster.pvc_phase(namespace, name)
+        except errors.Transient as exc:
+            # The API server away longer than the seam's retries: asked again until the deadline, as a claim that
+            # bound meanwhile is no storage failure; at the deadline the run is an error naming it.
+            if ctx.clock.monotonic() - start >= deadline_s:
+                return CheckResult(NAME, Status.ERROR, f"cannot read the test claim: {exc}", data=data)
+            ctx.clock.sleep(POLL_S)
+            continue
         except errors.ClusterError as exc:
             return CheckResult(NAME, Status.ERROR, f"cannot read the test claim: {exc}", data=data)
         waited = ctx.clock.monotonic() - start

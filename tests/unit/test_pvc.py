@@ -138,6 +138,25 @@ def test_a_refused_consumer_pod_is_an_error_that_names_the_pod(
     assert leftovers(backend) == []
 
 
+def test_an_api_server_away_longer_than_the_retries_is_waited_out_up_to_the_deadline(
+    make_ctx: Callable[..., CheckContext], backend: Backend
+) -> None:
+    backend.control.add_storage_class("fast", binds_after=1)
+    backend.control.fail_next("pvc_phase", 503, times=4)  # every attempt of one read: Transient
+    result, _ = run(make_ctx, backend)
+    assert result.status is Status.OK, result.summary
+    assert leftovers(backend) == []
+
+
+def test_an_api_server_away_past_the_deadline_is_an_error(
+    make_ctx: Callable[..., CheckContext], backend: Backend
+) -> None:
+    backend.control.add_storage_class("fast", binds_after=1)
+    backend.control.fail_next("pvc_phase", 503, times=10_000)
+    result, _ = run(make_ctx, backend)
+    assert result.status is Status.ERROR and "cannot read the test claim" in result.summary
+
+
 def test_a_failed_delete_is_an_error(make_ctx: Callable[..., CheckContext], backend: Backend) -> None:
     backend.control.add_storage_class("fast")
     backend.control.fail_next("delete_pvc", 403)
