@@ -568,6 +568,39 @@ def pod_security_refusal(spec: Mapping[str, Any], level: str) -> str:
     return f'violates PodSecurity "{level}:latest": {", ".join(found)}' if found else ""
 
 
+# ResourceQuota admission (plugin/pkg/admission/resourcequota, the pod evaluator's Constraints): a quota that
+# tracks a compute resource refuses a pod one of whose containers does not say it. Requests are checked after
+# defaulting, which copies a container's limits into requests it leaves out.
+_QUOTA_COMPUTE = {
+    "cpu": ("requests", "cpu"),
+    "requests.cpu": ("requests", "cpu"),
+    "memory": ("requests", "memory"),
+    "requests.memory": ("requests", "memory"),
+    "limits.cpu": ("limits", "cpu"),
+    "limits.memory": ("limits", "memory"),
+}
+
+
+def quota_refusal(quota: str, hard: Sequence[str], spec: Mapping[str, Any]) -> str:
+    """Why ResourceQuota ``quota`` (tracking the resources ``hard`` names) refuses a pod of ``spec``: ``failed
+    quota: <quota>: must specify <resource> for: <containers>`` ('' when it is admitted as far as saying goes;
+    usage against the hard limits is not modelled)."""
+    containers = [c for key in ("initContainers", "containers") for c in spec.get(key) or () if isinstance(c, Mapping)]
+    parts: list[str] = []
+    for key in sorted(k for k in hard if k in _QUOTA_COMPUTE):
+        field, resource = _QUOTA_COMPUTE[key]
+        lacking = []
+        for c in containers:
+            res = c.get("resources") or {}
+            limits = res.get("limits") or {}
+            given = limits if field == "limits" else {**limits, **(res.get("requests") or {})}
+            if resource not in given:
+                lacking.append(str(c.get("name")))
+        if lacking:
+            parts.append(f"{key} for: {','.join(lacking)}")
+    return f"failed quota: {quota}: must specify {'; '.join(parts)}" if parts else ""
+
+
 def _containers(names: Sequence[object]) -> str:
     unique = list(dict.fromkeys(str(n) for n in names))
     quoted = ", ".join(f'"{n}"' for n in unique)

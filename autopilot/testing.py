@@ -390,6 +390,7 @@ class FakeCluster:
         self._event_names: set[tuple[str, str]] = set()
         self.gc_paused = False  # test control: pods of a deleted Job stay until collect_garbage()
         self.namespace_labels: dict[str, dict[str, str]] = {}  # pod-security.kubernetes.io/enforce, ...
+        self.quotas: dict[str, dict[str, list[str]]] = {}  # namespace -> ResourceQuota name -> resources tracked
 
     # ---------------------------------------------------------- test controls
 
@@ -430,9 +431,19 @@ class FakeCluster:
         that violate its level (403 for a pod, ``FailedCreate`` for a Job's pod)."""
         self.namespace_labels[namespace] = dict(labels)
 
-    def _pod_security(self, namespace: str, spec: Mapping[str, Any]) -> str:
+    def set_resource_quota(self, namespace: str, name: str, hard: Sequence[str]) -> None:
+        """A ResourceQuota ``name`` in ``namespace`` tracking the resources ``hard`` names (``requests.cpu``,
+        ``limits.memory``, ...): a pod whose containers do not say them is refused (403 ``failed quota``)."""
+        self.quotas.setdefault(namespace, {})[name] = list(hard)
+
+    def _admission(self, namespace: str, spec: Mapping[str, Any]) -> str:
+        """Why admission refuses a pod of ``spec`` in ``namespace`` ('' when it does not): PodSecurity, then
+        ResourceQuota, in the API server's order of validating admission plugins."""
         level = self.namespace_labels.get(namespace, {}).get(apivalidation.PSA_ENFORCE_LABEL, "privileged")
-        return apivalidation.pod_security_refusal(spec, level)
+        refusal = apivalidation.pod_security_refusal(spec, level)
+        for quota, hard in sorted(self.quotas.get(namespace, {}).items()):
+            refusal = refusal or apivalidation.quota_refusal(quota, hard, spec)
+        return refusal
 
     def add_storage_class(self, name: str, mode: str = "Immediate", *, binds_after: int | None = 1) -> None:
         """``binds_after``: reads of the claim's phase until it is Bound (None: the provisioner never binds)."""
@@ -734,7 +745,7 @@ class FakeCluster:
             self.job_manifests[(namespace, name)] = json.loads(json.dumps(manifest))
             spec = ((manifest.get("spec") or {}).get("template") or {}).get("spec") or {}
             pod = f"{name[:57]}-{self._seq:05x}"
-            refusal = self._pod_security(namespace, spec)
+            refusal = self._admission(namespace, spec)
             if refusal:  # the Job is admitted; the controller's pod is not, and it says so in an Event
                 self.jobs[(namespace, name)] = dataclasses.replace(self.jobs[(namespace, name)], active=0)
                 message = f'Error creating: pods "{pod}" is forbidden: {refusal}'
@@ -811,7 +822,7 @@ class FakeCluster:
             if (namespace, name) in self._pods:
                 raise errors.Conflict(f"pods {name!r} already exists")
             spec = manifest.get("spec") or {}
-            refusal = self._pod_security(namespace, spec)
+            refusal = self._admission(namespace, spec)
             if refusal:
                 raise errors.ClusterError(f'create_pod: 403 pods "{name}" is forbidden: {refusal}')
             claims = tuple(

@@ -197,6 +197,7 @@ class StandInApi:
         self.html_faults = 0  # test control: the next injected faults come as a proxy's HTML page
         self.broken_continue = False  # test control: a broken server, whose every token restarts the list
         self.namespace_labels: dict[str, dict[str, str]] = {}  # pod-security.kubernetes.io/enforce, ...
+        self.quotas: dict[str, dict[str, list[str]]] = {}  # namespace -> ResourceQuota name -> resources tracked
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, name="standin-api", daemon=True)
@@ -276,9 +277,20 @@ class StandInApi:
         with self.lock:
             self.namespace_labels[namespace] = dict(labels)
 
-    def _pod_security(self, namespace: str, spec: Mapping[str, Any]) -> str:
+    def set_resource_quota(self, namespace: str, name: str, hard: Sequence[str]) -> None:
+        """A ResourceQuota ``name`` in ``namespace`` tracking the resources ``hard`` names (``requests.cpu``,
+        ``limits.memory``, ...): a pod whose containers do not say them is refused (403 ``failed quota``)."""
+        with self.lock:
+            self.quotas.setdefault(namespace, {})[name] = list(hard)
+
+    def _admission(self, namespace: str, spec: Mapping[str, Any]) -> str:
+        """Why admission refuses a pod of ``spec`` in ``namespace`` ('' when it does not): PodSecurity, then
+        ResourceQuota, in the API server's order of validating admission plugins."""
         level = self.namespace_labels.get(namespace, {}).get(apivalidation.PSA_ENFORCE_LABEL, "privileged")
-        return apivalidation.pod_security_refusal(spec, level)
+        refusal = apivalidation.pod_security_refusal(spec, level)
+        for quota, hard in sorted(self.quotas.get(namespace, {}).items()):
+            refusal = refusal or apivalidation.quota_refusal(quota, hard, spec)
+        return refusal
 
     def add_storage_class(self, name: str, mode: str = "Immediate", *, binds_after: int | None = 1) -> None:
         with self.lock:
@@ -742,7 +754,7 @@ class StandInApi:
             return invalid(kind, name, problems)
         if (kind, ns, name) in self.objects:
             return 409, status_body(409, "AlreadyExists", f'{plural} "{name}" already exists')
-        if kind == "Pod" and (refusal := self._pod_security(ns, body.get("spec") or {})):
+        if kind == "Pod" and (refusal := self._admission(ns, body.get("spec") or {})):
             return 403, status_body(403, "Forbidden", f'pods "{name}" is forbidden: {refusal}')
         # A uid of its own each time a name is made again, as the server's.
         uid = f"uid-{name[:40]}-{next(self._seq):05x}"
@@ -760,7 +772,7 @@ class StandInApi:
             labels.update({"batch.kubernetes.io/job-name": name, "controller-uid": uid})
             labels["batch.kubernetes.io/controller-uid"] = uid
             pod_name = f"{name[:57]}-{next(self._seq):05x}"
-            refusal = self._pod_security(ns, spec)
+            refusal = self._admission(ns, spec)
             if refusal:  # the Job is admitted, its controller's pod is not (the Job controller keeps trying)
                 obj["status"] = {"active": 0, "startTime": STAMP}
                 self.objects[(kind, ns, name)] = obj

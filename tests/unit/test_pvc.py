@@ -157,6 +157,20 @@ def test_an_api_server_away_past_the_deadline_is_an_error(
     assert result.status is Status.ERROR and "cannot read the test claim" in result.summary
 
 
+def test_the_consumer_pod_meets_a_quota_on_requests_and_a_quota_it_does_not_meet_is_named(
+    make_ctx: Callable[..., CheckContext], backend: Backend
+) -> None:
+    backend.control.add_storage_class("fast", "WaitForFirstConsumer", binds_after=1)
+    backend.control.set_resource_quota(NS, "compute", ["requests.cpu", "requests.memory", "limits.memory"])
+    result, _ = run(make_ctx, backend, image="quay.io/autopilot/autopilot:v1")
+    assert result.status is Status.OK, result.summary
+    backend.control.set_resource_quota(NS, "cpu-limits", ["limits.cpu"])
+    result, _ = run(make_ctx, backend, image="quay.io/autopilot/autopilot:v1")
+    assert result.status is Status.ERROR and "consumer pod" in result.summary
+    assert "failed quota: cpu-limits: must specify limits.cpu for: consumer" in result.summary
+    assert leftovers(backend) == []
+
+
 def test_a_failed_delete_is_an_error(make_ctx: Callable[..., CheckContext], backend: Backend) -> None:
     backend.control.add_storage_class("fast")
     backend.control.fail_next("delete_pvc", 403)
