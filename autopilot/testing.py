@@ -359,7 +359,8 @@ class FakeCluster:
     It behaves as the API server and controllers do where our code can tell: objects keep their
     labels we do not own, a second Job of one name is a ``Conflict``, a Job gets a pending pod on
     its node, a PVC binds after ``binds_after`` reads (a ``WaitForFirstConsumer`` class only once
-    a pod mounts it). Tests drive what controllers would do next (``finish_job``,
+    a pod mounts it), a namespace's Pod Security level and ResourceQuotas refuse pods as admission
+    does (``label_namespace``, ``set_resource_quota``). Tests drive what controllers would do next (``finish_job``,
     ``refuse_job_pod``, ...), and ``fail_next`` injects API errors that go through the same
     bounded retries as the real client.
     """

@@ -9,7 +9,9 @@ does for those fields (422 ``Invalid``: taint effects, keys and values, duplicat
 (``limit``/``continue``, 410 Expired on demand), refuses unknown fields under ``fieldValidation=Strict``
 and field selectors on fields a resource cannot select, plays the parts of the Job controller (pods owned
 by the Job's uid), scheduler (cordons and taints keep a pod Pending), garbage collector and provisioner
-that our code can observe, and records every request (verb, path, query, content type, body).
+that our code can observe, admits pods as Pod Security Admission and ResourceQuota's "must specify" rule
+do (403 to a pod's create, ``FailedCreate`` for a Job's pod), and records every request (verb, path,
+query, content type, body).
 
 Its test controls have the same names and meaning as ``FakeCluster``'s (``add_node``,
 ``add_pod``, ``add_storage_class``, ``fail_next``, ``finish_job``, ...), so one behaviour test
