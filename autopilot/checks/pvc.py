@@ -195,9 +195,10 @@ def _wait_bound(
         except errors.Transient as exc:
             # The API server away longer than the seam's retries: asked again until the deadline, as a claim that
             # bound meanwhile is no storage failure; at the deadline the run is an error naming it.
-            if ctx.clock.monotonic() - start >= deadline_s:
+            waited = ctx.clock.monotonic() - start
+            if waited >= deadline_s:
                 return CheckResult(NAME, Status.ERROR, f"cannot read the test claim: {exc}", data=data)
-            ctx.clock.sleep(POLL_S)
+            ctx.clock.sleep(min(POLL_S, deadline_s - waited))
             continue
         except errors.ClusterError as exc:
             return CheckResult(NAME, Status.ERROR, f"cannot read the test claim: {exc}", data=data)
