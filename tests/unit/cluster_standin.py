@@ -197,6 +197,7 @@ class StandInApi:
         self.pages = 0  # list pages served
         self.gc_paused = False
         self.html_faults = 0  # test control: the next injected faults come as a proxy's HTML page
+        self.retry_after = "1"  # test control: the Retry-After of an injected 429 (APF sends 1 s)
         self.broken_continue = False  # test control: a broken server, whose every token restarts the list
         self.namespace_labels: dict[str, dict[str, str]] = {}  # pod-security.kubernetes.io/enforce, ...
         self.quotas: dict[str, dict[str, list[str]]] = {}  # namespace -> ResourceQuota name -> resources tracked
@@ -893,7 +894,11 @@ def _handler(api: StandInApi) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Type", out_type)
             self.send_header("Content-Length", str(len(data)))
             if status == 429:
-                self.send_header("Retry-After", "0")
+                # As API Priority and Fairness answers a request it rejected (apiserver's flowcontrol filter):
+                # Retry-After in seconds and the flow schema and priority level that decided it.
+                self.send_header("Retry-After", api.retry_after)
+                self.send_header("X-Kubernetes-PF-FlowSchema-UID", "fs-uid-service-accounts")
+                self.send_header("X-Kubernetes-PF-PriorityLevel-UID", "pl-uid-workload-low")
             self.end_headers()
             self.wfile.write(data)
 
