@@ -425,6 +425,194 @@ def create_problems(kind: str, body: Mapping[str, Any]) -> list[str]:
     return meta_problems(body.get("metadata"))
 
 
+# ---------------------------------------------------------------- Pod Security Admission
+
+# The namespace label the PodSecurity admission plugin enforces (k8s.io/pod-security-admission/api):
+# privileged (no check), baseline, restricted. A pod that violates the level is refused with 403 Forbidden;
+# a workload (a Job) is admitted and its pods are refused, which the Job controller reports as FailedCreate.
+PSA_ENFORCE_LABEL = "pod-security.kubernetes.io/enforce"
+PSA_LEVELS = ("privileged", "baseline", "restricted")
+# policy/check_capabilities_baseline.go: what baseline lets a container add.
+_BASELINE_CAPABILITIES = frozenset(
+    "AUDIT_WRITE CHOWN DAC_OVERRIDE FOWNER FSETID KILL MKNOD NET_BIND_SERVICE SETFCAP SETGID SETPCAP SETUID "
+    "SYS_CHROOT".split()
+)
+# policy/check_sysctls.go (1.32 list).
+_SAFE_SYSCTLS = frozenset(
+    "kernel.shm_rmid_forced net.ipv4.ip_local_port_range net.ipv4.ip_unprivileged_port_start "
+    "net.ipv4.tcp_syncookies net.ipv4.ping_group_range net.ipv4.ip_local_reserved_ports net.ipv4.tcp_keepalive_time "
+    "net.ipv4.tcp_fin_timeout net.ipv4.tcp_keepalive_intvl net.ipv4.tcp_keepalive_probes".split()
+)
+# policy/check_restrictedVolumes.go: the only volume sources restricted admits.
+_RESTRICTED_VOLUMES = frozenset(
+    "configMap csi downwardAPI emptyDir ephemeral persistentVolumeClaim projected secret".split()
+)
+
+
+def pod_security_violations(spec: Mapping[str, Any], level: str) -> list[str]:
+    """What the PodSecurity admission plugin says ``spec`` (a pod spec) violates at ``level``, each as it
+    words it (``hostPath volumes (volume "kmsg")``); empty when the pod is admitted. The checks of
+    k8s.io/pod-security-admission ``policy/``, latest version, for the fields a pod spec of ours can carry."""
+    if level not in PSA_LEVELS:
+        raise ValueError(f"not a Pod Security level: {level!r}")
+    if level == "privileged":
+        return []
+    pod_sc: Mapping[str, Any] = spec.get("securityContext") or {}
+    containers = [c for key in ("initContainers", "containers") for c in spec.get(key) or () if isinstance(c, Mapping)]
+
+    def sc(c: Mapping[str, Any]) -> Mapping[str, Any]:
+        return c.get("securityContext") or {}
+
+    out: list[str] = []
+    host = [f"{k}=true" for k in ("hostNetwork", "hostPID", "hostIPC") if spec.get(k) is True]
+    if host:
+        out.append(f"host namespaces ({', '.join(host)})")
+    privileged = [c.get("name") for c in containers if sc(c).get("privileged") is True]
+    if privileged:
+        out.append(f"privileged ({_containers(privileged)} must not set securityContext.privileged=true)")
+    added = [
+        (c.get("name"), cap)
+        for c in containers
+        for cap in (sc(c).get("capabilities") or {}).get("add") or ()
+        if cap not in _BASELINE_CAPABILITIES
+    ]
+    if added:
+        caps = ", ".join(sorted({f'"{cap}"' for _, cap in added}))
+        names = _containers([n for n, _ in added])
+        out.append(f"non-default capabilities ({names} must not include {caps} in securityContext.capabilities.add)")
+    host_paths = [v.get("name") for v in spec.get("volumes") or () if isinstance(v, Mapping) and "hostPath" in v]
+    if host_paths:
+        out.append(f"hostPath volumes ({_volumes(host_paths)})")
+    ports = [
+        (c.get("name"), p.get("hostPort"))
+        for c in containers
+        for p in c.get("ports") or ()
+        if isinstance(p, Mapping) and p.get("hostPort")
+    ]
+    if ports:
+        out.append(f"hostPort ({', '.join(f'container {n!r} uses hostPort {p}' for n, p in ports)})")
+    sysctls = [s.get("name") for s in pod_sc.get("sysctls") or () if s.get("name") not in _SAFE_SYSCTLS]
+    if sysctls:
+        out.append(f"forbidden sysctls ({', '.join(map(str, sysctls))})")
+    seccomp_types = [str((pod_sc.get("seccompProfile") or {}).get("type") or "")] + [
+        str((sc(c).get("seccompProfile") or {}).get("type") or "") for c in containers
+    ]
+    if "Unconfined" in seccomp_types:
+        out.append('seccompProfile (type "Unconfined" is forbidden)')
+    if level == "baseline":
+        return out
+    restricted_volumes = [
+        (v.get("name"), kind)
+        for v in spec.get("volumes") or ()
+        if isinstance(v, Mapping)
+        for kind in v
+        if kind != "name" and kind not in _RESTRICTED_VOLUMES
+    ]
+    if restricted_volumes:
+        listed = ", ".join(f'volume "{n}" uses restricted volume type "{k}"' for n, k in restricted_volumes)
+        out.append(f"restricted volume types ({listed})")
+    escalating = [c.get("name") for c in containers if sc(c).get("allowPrivilegeEscalation") is not False]
+    if escalating:
+        out.append(
+            f"allowPrivilegeEscalation != false ({_containers(escalating)} must set "
+            "securityContext.allowPrivilegeEscalation=false)"
+        )
+    undropped = [
+        c.get("name") for c in containers if "ALL" not in ((sc(c).get("capabilities") or {}).get("drop") or ())
+    ]
+    extra = [
+        (c.get("name"), cap)
+        for c in containers
+        for cap in (sc(c).get("capabilities") or {}).get("add") or ()
+        if cap != "NET_BIND_SERVICE"
+    ]
+    if undropped or extra:
+        parts = [f'{_containers(undropped)} must set securityContext.capabilities.drop=["ALL"]'] if undropped else []
+        if extra:
+            caps = ", ".join(sorted({f'"{cap}"' for _, cap in extra}))
+            parts.append(
+                f"{_containers([n for n, _ in extra])} must not include {caps} in securityContext.capabilities.add"
+            )
+        out.append(f"unrestricted capabilities ({'; '.join(parts)})")
+    pod_non_root = pod_sc.get("runAsNonRoot") is True
+    not_non_root = [
+        c.get("name")
+        for c in containers
+        if sc(c).get("runAsNonRoot") is False or (not pod_non_root and sc(c).get("runAsNonRoot") is not True)
+    ]
+    if not_non_root or pod_sc.get("runAsNonRoot") is False:
+        who = _containers(not_non_root) if not_non_root else "pod"
+        out.append(f"runAsNonRoot != true ({who} must set securityContext.runAsNonRoot=true)")
+    root = ["pod"] if pod_sc.get("runAsUser") == 0 else []
+    root += [_containers([c.get("name")]) for c in containers if sc(c).get("runAsUser") == 0]
+    if root:
+        out.append(f"runAsUser=0 ({' and '.join(root)} must not set runAsUser=0)")
+    pod_seccomp = seccomp_types[0] in ("RuntimeDefault", "Localhost")
+    unconfined = [
+        c.get("name")
+        for c in containers
+        if (t := str((sc(c).get("seccompProfile") or {}).get("type") or "")) not in ("RuntimeDefault", "Localhost")
+        and (t or not pod_seccomp)
+    ]
+    if unconfined:
+        out.append(
+            f"seccompProfile ({_containers(unconfined)} must set securityContext.seccompProfile.type to "
+            '"RuntimeDefault" or "Localhost")'
+        )
+    return out
+
+
+def pod_security_refusal(spec: Mapping[str, Any], level: str) -> str:
+    """The 403's reason, ``violates PodSecurity "<level>:latest": ...`` ('' when ``spec`` is admitted)."""
+    found = pod_security_violations(spec, level)
+    return f'violates PodSecurity "{level}:latest": {", ".join(found)}' if found else ""
+
+
+# ResourceQuota admission (plugin/pkg/admission/resourcequota, the pod evaluator's Constraints): a quota that
+# tracks a compute resource refuses a pod one of whose containers does not say it. Requests are checked after
+# defaulting, which copies a container's limits into requests it leaves out.
+_QUOTA_COMPUTE = {
+    "cpu": ("requests", "cpu"),
+    "requests.cpu": ("requests", "cpu"),
+    "memory": ("requests", "memory"),
+    "requests.memory": ("requests", "memory"),
+    "limits.cpu": ("limits", "cpu"),
+    "limits.memory": ("limits", "memory"),
+}
+
+
+def quota_refusal(quota: str, hard: Sequence[str], spec: Mapping[str, Any]) -> str:
+    """Why ResourceQuota ``quota`` (tracking the resources ``hard`` names) refuses a pod of ``spec``: ``failed
+    quota: <quota>: must specify <resource> for: <containers>`` ('' when it is admitted as far as saying goes;
+    usage against the hard limits is not modelled)."""
+    containers = [c for key in ("initContainers", "containers") for c in spec.get(key) or () if isinstance(c, Mapping)]
+    parts: list[str] = []
+    for key in sorted(k for k in hard if k in _QUOTA_COMPUTE):
+        field, resource = _QUOTA_COMPUTE[key]
+        lacking = []
+        for c in containers:
+            res = c.get("resources") or {}
+            limits = res.get("limits") or {}
+            given = limits if field == "limits" else {**limits, **(res.get("requests") or {})}
+            if resource not in given:
+                lacking.append(str(c.get("name")))
+        if lacking:
+            parts.append(f"{key} for: {','.join(lacking)}")
+    return f"failed quota: {quota}: must specify {'; '.join(parts)}" if parts else ""
+
+
+def _containers(names: Sequence[object]) -> str:
+    unique = list(dict.fromkeys(str(n) for n in names))
+    quoted = ", ".join(f'"{n}"' for n in unique)
+    return f"container {quoted}" if len(unique) == 1 else f"containers {quoted}"
+
+
+def _volumes(names: Sequence[object]) -> str:
+    unique = list(dict.fromkeys(str(n) for n in names))
+    quoted = ", ".join(f'"{n}"' for n in unique)
+    return f"volume {quoted}" if len(unique) == 1 else f"volumes {quoted}"
+
+
 # ---------------------------------------------------------------- strict field validation
 
 # The fields of the objects Autopilot writes, as the API server's schema knows them (k8s.io/api core/v1,

@@ -59,6 +59,10 @@ LABELS = {"app.kubernetes.io/name": "autopilot", "app.kubernetes.io/component": 
 COMMAND = ("autopilot", "run", "dcgm", "--param", f"r={LEVEL}", "--json")
 # Non-root user of the Autopilot image; DCGM diagnostics talk to the host engine and need no root.
 RUN_AS_USER = 1000
+# CPU and memory the Job's container asks for. A namespace whose ResourceQuota tracks cpu or memory refuses a pod
+# that does not say them (403 "failed quota: ...: must specify ..."); requests alone reserve, never throttle or
+# OOM-kill, so the diagnostics keep what they need. The worker process that waits on the Job asks for the same.
+JOB_REQUESTS = {"cpu": "100m", "memory": "512Mi"}
 # Kubelet admission rejections and pod states that never recover on their own.
 _STUCK_WAITING = frozenset({"ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull", "CreateContainerConfigError"})
 
@@ -133,7 +137,7 @@ def job_spec(
                 "command": [COMMAND[0]],
                 "args": list(COMMAND[1:]),
                 "env": env,
-                "resources": {"requests": {GPU_RESOURCE: gpus}, "limits": {GPU_RESOURCE: gpus}},
+                "resources": {"requests": {**JOB_REQUESTS, GPU_RESOURCE: gpus}, "limits": {GPU_RESOURCE: gpus}},
                 "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
             }
         ],

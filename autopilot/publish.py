@@ -3,7 +3,8 @@
 Two steps. ``desired`` is pure: from the verdict decision and the latest DCGM results it computes
 what the Node should carry (labels and annotations from ``labeling``, the condition below).
 ``apply`` reads the Node once and writes only what differs, through the cluster seam, so that
-calling it every reconcile tick costs one GET and no write when nothing changed.
+calling it every reconcile tick costs one GET and no write when nothing changed (but for the
+condition's heartbeat, written again every ``HEARTBEAT_S``).
 
 The condition (type ``autopilot.ibm.com/GpuHealth``) reads like the kubelet's own conditions,
 ``True`` meaning healthy:
@@ -31,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
 
 from autopilot import errors, labeling, results
 from autopilot.cluster import CONDITION_TYPE, NODE_EVENT_NAMESPACE, ClusterClient, NodeCondition
@@ -41,6 +43,10 @@ log = logging.getLogger(__name__)
 
 EVENT_REASON = "GpuHealthChanged"
 MESSAGE_LIMIT = 1024
+# An unchanged condition is written again once its lastHeartbeatTime is this old, as node-problem-detector
+# does (its heartbeat period, 5 min): lastHeartbeatTime says when its writer last stood by it, so a reader
+# can tell a verdict still held from one whose writer has stopped. One PATCH per node per period.
+HEARTBEAT_S = 300
 
 _STATUS = {
     Verdict.PASS: "True",
@@ -122,6 +128,8 @@ def apply(
     node: str,
     publication: NodePublication,
     previous_verdict: Verdict | str | None = None,
+    *,
+    now: datetime | None = None,
 ) -> Applied:
     """Make the Node carry ``publication`` and announce a verdict change with an Event.
 
@@ -138,7 +146,8 @@ def apply(
     if label_changes or annotation_changes:
         _patch(cluster, node, label_changes, annotation_changes)
         wrote = True
-    if not publication.condition.same_state(info.condition(publication.condition.type)):
+    stored = info.condition(publication.condition.type)
+    if not publication.condition.same_state(stored) or _heartbeat_due(stored, now):
         cluster.set_node_condition(node, publication.condition)
         wrote = True
     before = str(previous_verdict) if previous_verdict is not None else info.labels.get(labeling.GPUHEALTH)
@@ -146,6 +155,17 @@ def apply(
         return Applied(wrote)
     error = _event(cluster, node, before, publication)
     return Applied(wrote or error is None, before or "", error)
+
+
+def _heartbeat_due(stored: NodeCondition | None, now: datetime | None) -> bool:
+    """Whether ``stored``'s lastHeartbeatTime is ``HEARTBEAT_S`` old (or missing, or not a time)."""
+    if stored is None:
+        return True
+    try:
+        beat = results.parse_iso(stored.last_heartbeat_time)
+    except ValueError:
+        return True
+    return (now or datetime.now(UTC)) - beat >= timedelta(seconds=HEARTBEAT_S)
 
 
 def _patch(

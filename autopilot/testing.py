@@ -359,7 +359,8 @@ class FakeCluster:
     It behaves as the API server and controllers do where our code can tell: objects keep their
     labels we do not own, a second Job of one name is a ``Conflict``, a Job gets a pending pod on
     its node, a PVC binds after ``binds_after`` reads (a ``WaitForFirstConsumer`` class only once
-    a pod mounts it). Tests drive what controllers would do next (``finish_job``,
+    a pod mounts it), a namespace's Pod Security level and ResourceQuotas refuse pods as admission
+    does (``label_namespace``, ``set_resource_quota``). Tests drive what controllers would do next (``finish_job``,
     ``refuse_job_pod``, ...), and ``fail_next`` injects API errors that go through the same
     bounded retries as the real client.
     """
@@ -389,6 +390,8 @@ class FakeCluster:
         self._seq = 0
         self._event_names: set[tuple[str, str]] = set()
         self.gc_paused = False  # test control: pods of a deleted Job stay until collect_garbage()
+        self.namespace_labels: dict[str, dict[str, str]] = {}  # pod-security.kubernetes.io/enforce, ...
+        self.quotas: dict[str, dict[str, list[str]]] = {}  # namespace -> ResourceQuota name -> resources tracked
 
     # ---------------------------------------------------------- test controls
 
@@ -423,6 +426,25 @@ class FakeCluster:
     ) -> None:
         info = PodInfo(name, namespace, node, phase, gpus, labels=dict(labels or {}))
         self._pods[(namespace, name)] = _FakePod(info)
+
+    def label_namespace(self, namespace: str, labels: Mapping[str, str]) -> None:
+        """A namespace's labels; ``pod-security.kubernetes.io/enforce`` makes the PodSecurity plugin refuse pods
+        that violate its level (403 for a pod, ``FailedCreate`` for a Job's pod)."""
+        self.namespace_labels[namespace] = dict(labels)
+
+    def set_resource_quota(self, namespace: str, name: str, hard: Sequence[str]) -> None:
+        """A ResourceQuota ``name`` in ``namespace`` tracking the resources ``hard`` names (``requests.cpu``,
+        ``limits.memory``, ...): a pod whose containers do not say them is refused (403 ``failed quota``)."""
+        self.quotas.setdefault(namespace, {})[name] = list(hard)
+
+    def _admission(self, namespace: str, spec: Mapping[str, Any]) -> str:
+        """Why admission refuses a pod of ``spec`` in ``namespace`` ('' when it does not): PodSecurity, then
+        ResourceQuota, in the API server's order of validating admission plugins."""
+        level = self.namespace_labels.get(namespace, {}).get(apivalidation.PSA_ENFORCE_LABEL, "privileged")
+        refusal = apivalidation.pod_security_refusal(spec, level)
+        for quota, hard in sorted(self.quotas.get(namespace, {}).items()):
+            refusal = refusal or apivalidation.quota_refusal(quota, hard, spec)
+        return refusal
 
     def add_storage_class(self, name: str, mode: str = "Immediate", *, binds_after: int | None = 1) -> None:
         """``binds_after``: reads of the claim's phase until it is Bound (None: the provisioner never binds)."""
@@ -724,6 +746,13 @@ class FakeCluster:
             self.job_manifests[(namespace, name)] = json.loads(json.dumps(manifest))
             spec = ((manifest.get("spec") or {}).get("template") or {}).get("spec") or {}
             pod = f"{name[:57]}-{self._seq:05x}"
+            refusal = self._admission(namespace, spec)
+            if refusal:  # the Job is admitted; the controller's pod is not, and it says so in an Event
+                self.jobs[(namespace, name)] = dataclasses.replace(self.jobs[(namespace, name)], active=0)
+                message = f'Error creating: pods "{pod}" is forbidden: {refusal}'
+                self.events.append(EventInfo(namespace, "Job", name, "FailedCreate", message, "Warning", uid=uid))
+                self._record("create_job", f"{namespace}/{name}", dict(manifest))
+                return name
             labels = {"job-name": name, "controller-uid": uid}
             node, why = self._schedule(spec)
             info = PodInfo(
@@ -794,6 +823,9 @@ class FakeCluster:
             if (namespace, name) in self._pods:
                 raise errors.Conflict(f"pods {name!r} already exists")
             spec = manifest.get("spec") or {}
+            refusal = self._admission(namespace, spec)
+            if refusal:
+                raise errors.ClusterError(f'create_pod: 403 pods "{name}" is forbidden: {refusal}')
             claims = tuple(
                 str((v.get("persistentVolumeClaim") or {}).get("claimName"))
                 for v in spec.get("volumes") or ()

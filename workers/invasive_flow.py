@@ -14,7 +14,7 @@ import dataclasses
 import logging
 from collections.abc import Callable
 
-from autopilot import invasive, polling, results
+from autopilot import errors, invasive, polling, results
 from autopilot.cluster import ClusterClient
 from autopilot.results import CheckResult, Status
 from workers import reconcile as reconciling
@@ -65,20 +65,40 @@ def watch(
     settings = host.settings
     limit = ctx.clock.monotonic() + settings.invasive_deadline_s + _GRACE_S
 
+    unreadable: list[str] = []  # the last transient error, while the API server is away
+
     def finished() -> invasive.JobOutcome | None:
-        outcome = invasive.poll(
-            cluster,
-            job_name,
-            namespace=settings.namespace,
-            node=node,
-            deadline_s=settings.invasive_deadline_s,
-            now=ctx.clock.now(),
-        )
+        try:
+            outcome = invasive.poll(
+                cluster,
+                job_name,
+                namespace=settings.namespace,
+                node=node,
+                deadline_s=settings.invasive_deadline_s,
+                now=ctx.clock.now(),
+            )
+        except errors.Transient as exc:
+            # The seam's retries span seconds; an API server restart, an etcd leader election or APF's 429s can
+            # outlast them while the Job runs on for an hour. Asked again next poll, up to the same limit.
+            log.warning(
+                "invasive Job %s on %s: cannot read it now, asked again in %g s: %s", job_name, node, POLL_S, exc
+            )
+            unreadable[:] = [str(exc)]
+            return None
+        unreadable.clear()
         return outcome if outcome.finished else None
 
-    outcome = polling.poll_until(finished, deadline=limit, interval_s=POLL_S, clock=ctx.clock.monotonic, sleep=sleep)
+    try:
+        outcome = polling.poll_until(
+            finished, deadline=limit, interval_s=POLL_S, clock=ctx.clock.monotonic, sleep=sleep
+        )
+    except errors.ClusterError as exc:  # refused (403, ...): no retry changes it; the run is an error, not a crash
+        reason = f"invasive Job {job_name} could not be read: {exc}"
+        return _level3(invasive.error_result(node, reason, job=job_name, now=ctx.clock.now()))
     if outcome is None:
         reason = f"invasive Job {job_name} still running {settings.invasive_deadline_s + _GRACE_S:g} s after start"
+        if unreadable:
+            reason = f"invasive Job {job_name} unreadable at its deadline: {unreadable[0]}"
         return _level3(invasive.error_result(node, reason, job=job_name, now=ctx.clock.now()))
     assert outcome.result is not None
     log.info("invasive Job %s on %s: %s (%s)", job_name, node, outcome.state.value, outcome.reason)

@@ -167,7 +167,7 @@ def _publish(
     """Publish to the Node; the state fields that record how it went."""
     out: dict[str, str | None] = {}
     try:
-        applied = publish.apply(cluster, node, publication, state.published_verdict)
+        applied = publish.apply(cluster, node, publication, state.published_verdict, now=moment)
     except errors.NotFound as exc:
         # The Node object is gone (the node left the cluster): remembered for the retention sweep,
         # and said once (beat's tick meets it again every interval until the node is forgotten).

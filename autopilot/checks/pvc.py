@@ -147,6 +147,7 @@ def run(ctx: CheckContext, params: Mapping[str, Any]) -> CheckResult:
     name = claim_name(ctx.node)
     data.update(claim=name, deadline_s=deadline_s)
     made_pod = False
+    refused = "the test claim"
     try:
         try:
             _create_ours(
@@ -155,12 +156,14 @@ def run(ctx: CheckContext, params: Mapping[str, Any]) -> CheckResult:
                 )
             )
             if consumer:
+                # A refusal from here on is the pod's (Pod Security, a quota, an admission webhook), not the claim's.
+                refused = "the test claim's consumer pod"
                 # Marked before the call: a create that timed out may still have made the pod.
                 made_pod = True
                 pod = consumer_pod_manifest(name, namespace, ctx.node, settings.image, settings.invasive_tolerations)
                 _create_ours(lambda: cluster.create_pod(namespace, pod))
         except errors.ClusterError as exc:
-            result = CheckResult(NAME, Status.ERROR, f"the API refused the test claim: {exc}", data=data)
+            result = CheckResult(NAME, Status.ERROR, f"the API refused {refused}: {exc}", data=data)
         else:
             result = _wait_bound(ctx, cluster, namespace, name, deadline_s, data)
     finally:
@@ -189,6 +192,14 @@ def _wait_bound(
     while True:
         try:
             phase = cluster.pvc_phase(namespace, name)
+        except errors.Transient as exc:
+            # The API server away longer than the seam's retries: asked again until the deadline, as a claim that
+            # bound meanwhile is no storage failure; at the deadline the run is an error naming it.
+            waited = ctx.clock.monotonic() - start
+            if waited >= deadline_s:
+                return CheckResult(NAME, Status.ERROR, f"cannot read the test claim: {exc}", data=data)
+            ctx.clock.sleep(min(POLL_S, deadline_s - waited))
+            continue
         except errors.ClusterError as exc:
             return CheckResult(NAME, Status.ERROR, f"cannot read the test claim: {exc}", data=data)
         waited = ctx.clock.monotonic() - start

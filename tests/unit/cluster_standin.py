@@ -9,7 +9,9 @@ does for those fields (422 ``Invalid``: taint effects, keys and values, duplicat
 (``limit``/``continue``, 410 Expired on demand), refuses unknown fields under ``fieldValidation=Strict``
 and field selectors on fields a resource cannot select, plays the parts of the Job controller (pods owned
 by the Job's uid), scheduler (cordons and taints keep a pod Pending), garbage collector and provisioner
-that our code can observe, and records every request (verb, path, query, content type, body).
+that our code can observe, admits pods as Pod Security Admission and ResourceQuota's "must specify" rule
+do (403 to a pod's create, ``FailedCreate`` for a Job's pod), and records every request (verb, path,
+query, content type, body).
 
 Its test controls have the same names and meaning as ``FakeCluster``'s (``add_node``,
 ``add_pod``, ``add_storage_class``, ``fail_next``, ``finish_job``, ...), so one behaviour test
@@ -195,7 +197,10 @@ class StandInApi:
         self.pages = 0  # list pages served
         self.gc_paused = False
         self.html_faults = 0  # test control: the next injected faults come as a proxy's HTML page
+        self.retry_after = "1"  # test control: the Retry-After of an injected 429 (APF sends 1 s)
         self.broken_continue = False  # test control: a broken server, whose every token restarts the list
+        self.namespace_labels: dict[str, dict[str, str]] = {}  # pod-security.kubernetes.io/enforce, ...
+        self.quotas: dict[str, dict[str, list[str]]] = {}  # namespace -> ResourceQuota name -> resources tracked
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, name="standin-api", daemon=True)
@@ -267,6 +272,28 @@ class StandInApi:
         spec = {"nodeName": node, "containers": [{"name": "c", "image": "busybox", "resources": resources}]}
         with self.lock:
             self.objects[("Pod", namespace, name)] = self._pod(namespace, name, spec, dict(labels or {}), phase)
+
+    def label_namespace(self, namespace: str, labels: Mapping[str, str]) -> None:
+        """A namespace's labels; ``pod-security.kubernetes.io/enforce`` makes the PodSecurity admission plugin
+        refuse a pod that violates its level: 403 Forbidden to a pod's create, and for a Job (admitted: the
+        plugin only warns on workloads) no pod and a ``FailedCreate`` Event from the Job controller."""
+        with self.lock:
+            self.namespace_labels[namespace] = dict(labels)
+
+    def set_resource_quota(self, namespace: str, name: str, hard: Sequence[str]) -> None:
+        """A ResourceQuota ``name`` in ``namespace`` tracking the resources ``hard`` names (``requests.cpu``,
+        ``limits.memory``, ...): a pod whose containers do not say them is refused (403 ``failed quota``)."""
+        with self.lock:
+            self.quotas.setdefault(namespace, {})[name] = list(hard)
+
+    def _admission(self, namespace: str, spec: Mapping[str, Any]) -> str:
+        """Why admission refuses a pod of ``spec`` in ``namespace`` ('' when it does not): PodSecurity, then
+        ResourceQuota, in the API server's order of validating admission plugins."""
+        level = self.namespace_labels.get(namespace, {}).get(apivalidation.PSA_ENFORCE_LABEL, "privileged")
+        refusal = apivalidation.pod_security_refusal(spec, level)
+        for quota, hard in sorted(self.quotas.get(namespace, {}).items()):
+            refusal = refusal or apivalidation.quota_refusal(quota, hard, spec)
+        return refusal
 
     def add_storage_class(self, name: str, mode: str = "Immediate", *, binds_after: int | None = 1) -> None:
         with self.lock:
@@ -730,6 +757,8 @@ class StandInApi:
             return invalid(kind, name, problems)
         if (kind, ns, name) in self.objects:
             return 409, status_body(409, "AlreadyExists", f'{plural} "{name}" already exists')
+        if kind == "Pod" and (refusal := self._admission(ns, body.get("spec") or {})):
+            return 403, status_body(403, "Forbidden", f'pods "{name}" is forbidden: {refusal}')
         # A uid of its own each time a name is made again, as the server's.
         uid = f"uid-{name[:40]}-{next(self._seq):05x}"
         meta.update(name=name, namespace=ns, uid=uid, resourceVersion=str(next(self._rv)))
@@ -746,6 +775,13 @@ class StandInApi:
             labels.update({"batch.kubernetes.io/job-name": name, "controller-uid": uid})
             labels["batch.kubernetes.io/controller-uid"] = uid
             pod_name = f"{name[:57]}-{next(self._seq):05x}"
+            refusal = self._admission(ns, spec)
+            if refusal:  # the Job is admitted, its controller's pod is not (the Job controller keeps trying)
+                obj["status"] = {"active": 0, "startTime": STAMP}
+                self.objects[(kind, ns, name)] = obj
+                message = f'Error creating: pods "{pod_name}" is forbidden: {refusal}'
+                self._event(ns, "Job", name, "FailedCreate", message, "Warning")
+                return 201, obj
             pod = self._pod(ns, pod_name, spec, labels, "Pending")
             if why:
                 pod["status"]["conditions"] = [_unschedulable(why)]
@@ -858,7 +894,11 @@ def _handler(api: StandInApi) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Type", out_type)
             self.send_header("Content-Length", str(len(data)))
             if status == 429:
-                self.send_header("Retry-After", "0")
+                # As API Priority and Fairness answers a request it rejected (apiserver's flowcontrol filter):
+                # Retry-After in seconds and the flow schema and priority level that decided it.
+                self.send_header("Retry-After", api.retry_after)
+                self.send_header("X-Kubernetes-PF-FlowSchema-UID", "fs-uid-service-accounts")
+                self.send_header("X-Kubernetes-PF-PriorityLevel-UID", "pl-uid-workload-low")
             self.end_headers()
             self.wfile.write(data)
 

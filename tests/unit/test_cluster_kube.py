@@ -168,7 +168,18 @@ def test_retries_back_off_and_count(kube: Backend) -> None:
 def test_429_honours_retry_after(kube: Backend) -> None:
     api(kube).fail_next("list_nodes", 429)
     kube.client.list_nodes()
-    assert kube.sleeps == [0.0]  # the stand-in says Retry-After: 0
+    assert kube.sleeps == [1.0]  # APF's Retry-After: 1
+
+
+def test_a_long_retry_after_is_honoured_up_to_a_bound_and_the_retries_end(kube: Backend) -> None:
+    api(kube).retry_after = "120"
+    api(kube).fail_next("create_node_event", 429, times=10)
+    api(kube).add_node("gpu-1")
+    with pytest.raises(errors.Transient, match="429"):
+        kube.client.create_node_event("gpu-1", reason="R", message="m", type_="Normal", namespace="default")
+    policy = kube.client.retry
+    assert kube.sleeps == [policy.max_s] * (policy.attempts - 1)
+    assert len([r for r in api(kube).requests if r.method == "POST"]) == policy.attempts
 
 
 def test_a_create_conflict_is_sent_once(kube: Backend) -> None:

@@ -7,6 +7,7 @@ and the scenarios include theirs and beat's remediation pass.
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 from collections.abc import Callable, Iterator
 from types import ModuleType
@@ -17,7 +18,7 @@ import pytest
 from autopilot.context import CheckContext
 from tests.conftest import ROOT
 from tests.unit import test_cluster_rbac as measured
-from tests.unit.cluster_standin import Backend, make_backend
+from tests.unit.cluster_standin import Backend, Request, make_backend
 from tests.unit.test_deploy_files import _permissions
 from tests.unit.test_remediation import evict, pass_the_gate
 from tests.unit.test_remediation import settings as remediation_settings
@@ -99,3 +100,51 @@ KNOWN_UNUSED: dict[str, list[tuple[str, str, str]]] = {
     "api": [],
     "beat": [],
 }
+
+
+def _client_calls() -> set[tuple[str, str, str]]:
+    """Every (apiGroup, resource, verb) ``KubeClusterClient`` can ask for, read from its source: each
+    ``_call``/``_once`` (method, path), ``_list`` (list) and ``_delete`` (delete) with a literal path."""
+    tree = ast.parse((ROOT / "autopilot" / "cluster.py").read_text())
+
+    def path_of(node: ast.expr) -> str | None:
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            return node.value
+        if isinstance(node, ast.JoinedStr):
+            return "".join(v.value if isinstance(v, ast.Constant) else "x" for v in node.values)
+        return None  # a variable (the DRA paths, discovered at run time)
+
+    found: set[tuple[str, str, str]] = set()
+    for call in (n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)):
+        name = call.func.attr
+        if not (isinstance(call.func.value, ast.Name) and call.func.value.id == "self") or not call.args:
+            continue
+        if name in ("_call", "_once") and len(call.args) >= 2 and isinstance(call.args[0], ast.Constant):
+            method, path = str(call.args[0].value), path_of(call.args[1])
+        elif name in ("_list", "_delete"):
+            method, path = ("GET" if name == "_list" else "DELETE"), path_of(call.args[0])
+        else:
+            continue
+        if path is None or not path.startswith("/"):
+            continue
+        request = Request(method, path, {}, "", None)
+        if measured.is_discovery(request):
+            continue
+        group, resource, verb, _ = measured.needed(request)
+        found.add((group, resource, verb))
+    return found
+
+
+def test_every_call_the_client_can_make_is_measured_against_the_grants(
+    kube: Backend, make_ctx: Callable[..., CheckContext]
+) -> None:
+    """The accounts' scenarios above measure the grants by what they call; a call the client gained that no
+    scenario makes would go unmeasured (and be a 403 in a cluster). So each call in the client's source must
+    be among those the scenarios make."""
+    made: set[tuple[str, str, str]] = set()
+    for account in ("worker", "api", "beat"):
+        for backend in make_backend("kube"):
+            made |= {(g, r, v) for g, r, v, _ in _calls(backend, account, make_ctx)}
+    static = _client_calls()
+    assert ("", "nodes/status", "patch") in static and ("", "pods/log", "get") in static  # the reader reads
+    assert sorted(static - made) == []

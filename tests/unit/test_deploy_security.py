@@ -6,6 +6,7 @@ login, the worker's pod-shape policy, the Sentinel option; and the code each of 
 from __future__ import annotations
 
 import base64
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -312,6 +313,83 @@ def test_the_pods_the_worker_builds_have_the_shape_the_policy_admits() -> None:
                 and "add" not in c["securityContext"]["capabilities"]
             )
         assert all("persistentVolumeClaim" in v for v in spec.get("volumes", ()))
+
+
+def _pod_templates(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    workloads = ("Deployment", "DaemonSet", "StatefulSet", "Job")
+    return {o["metadata"]["name"]: o["spec"]["template"]["spec"] for o in objects if o["kind"] in workloads}
+
+
+def _psa_level_docs_give(variant: str) -> str:
+    """The Pod Security level docs/KUBERNETES.md tells the release namespace to enforce for ``variant``."""
+    text = " ".join((Path(__file__).parents[2] / "docs" / "KUBERNETES.md").read_text().split())
+    section = text[text.index("run the release in a namespace of its own") :]
+    found = re.search(rf"{variant}.{{0,80}}?pod-security\.kubernetes\.io/enforce=(\w+)", section)
+    assert found, f"docs/KUBERNETES.md gives no enforce level for {variant!r}"
+    return found[1]
+
+
+def test_the_pod_security_level_the_docs_give_admits_every_pod_of_the_release() -> None:
+    """A namespace enforcing the level the docs give must admit every pod the chart makes there: the
+    PodSecurity plugin refuses the others (403), and a DaemonSet whose pods are refused has no workers."""
+    from autopilot import apivalidation
+
+    lean = {"worker": {"follower": {"kmsg": False}, "capabilities": []}, "flower": {"enabled": True}}
+    for variant, values in (("with the defaults", {"flower": {"enabled": True}}), ("every pod of the release", lean)):
+        level = _psa_level_docs_give(variant)
+        for name, spec in _pod_templates(dh.chart_objects(values)).items():
+            assert apivalidation.pod_security_violations(spec, level) == [], (variant, level, name)
+
+
+def test_the_worker_pod_needs_privileged_only_for_the_kmsg_mount_and_net_raw() -> None:
+    from autopilot import apivalidation
+
+    templates = _pod_templates(dh.chart_objects({"flower": {"enabled": True}}))
+    for name, spec in templates.items():
+        if name != "autopilot-worker":
+            assert apivalidation.pod_security_violations(spec, "restricted") == [], name
+    assert apivalidation.pod_security_violations(templates["autopilot-worker"], "baseline") == [
+        'non-default capabilities (container "worker" must not include "NET_RAW" in securityContext.capabilities.add)',
+        'hostPath volumes (volume "kmsg")',
+    ]
+    lean = _pod_templates(dh.chart_objects({"worker": {"follower": {"kmsg": False}, "capabilities": []}}))
+    assert apivalidation.pod_security_violations(lean["autopilot-worker"], "restricted") == []
+
+
+def test_the_pods_the_worker_builds_meet_pod_security_restricted() -> None:
+    from autopilot import apivalidation, invasive
+    from autopilot.checks import pvc
+
+    settings = config.Settings(image="img:1", namespace="ops")
+    pod = pvc.consumer_pod_manifest("c", "ops", "gpu-1", "img:1", ())["spec"]
+    job = invasive.job_spec("gpu-1", 8, settings)["spec"]["template"]["spec"]
+    assert apivalidation.pod_security_violations(pod, "restricted") == []
+    assert apivalidation.pod_security_violations(job, "restricted") == []
+
+
+@pytest.mark.parametrize(
+    ("change", "level", "words"),
+    [
+        ({"hostNetwork": True}, "baseline", "host namespaces (hostNetwork=true)"),
+        ({"containers": [{"name": "c", "securityContext": {"privileged": True}}]}, "baseline", "privileged ("),
+        ({"volumes": [{"name": "h", "hostPath": {"path": "/"}}]}, "baseline", 'hostPath volumes (volume "h")'),
+        ({"securityContext": {"sysctls": [{"name": "kernel.msgmax", "value": "1"}]}}, "baseline", "forbidden sysctls"),
+        ({"containers": [{"name": "c", "ports": [{"hostPort": 80}]}]}, "baseline", "hostPort ("),
+        ({"containers": [{"name": "c"}]}, "restricted", "allowPrivilegeEscalation != false"),
+        ({"containers": [{"name": "c"}]}, "restricted", 'must set securityContext.capabilities.drop=["ALL"]'),
+        ({"securityContext": {}}, "restricted", "runAsNonRoot != true"),
+        ({"securityContext": {"runAsNonRoot": True, "runAsUser": 0}}, "restricted", "runAsUser=0"),
+        ({"securityContext": {"runAsNonRoot": True}}, "restricted", "seccompProfile ("),
+        ({"volumes": [{"name": "n", "nfs": {"server": "s", "path": "/"}}]}, "restricted", "restricted volume types"),
+    ],
+)
+def test_pod_security_checks_refuse_what_the_plugin_refuses(change: dict[str, Any], level: str, words: str) -> None:
+    from autopilot import apivalidation
+    from autopilot.checks import pvc
+
+    spec = {**pvc.consumer_pod_manifest("c", "ops", "gpu-1", "img:1", ())["spec"], **change}
+    assert any(words in v for v in apivalidation.pod_security_violations(spec, level)), level
+    assert apivalidation.pod_security_violations(spec, "privileged") == []
 
 
 # ------------------------------------------------------------------ validity

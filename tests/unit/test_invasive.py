@@ -63,7 +63,10 @@ def test_job_spec() -> None:
     [main] = pod["containers"]
     assert [main["command"][0], *main["args"]] == ["autopilot", "run", "dcgm", "--param", "r=3", "--json"]
     assert main["image"] == "quay.io/autopilot/autopilot:v1"
-    assert main["resources"] == {"requests": {"nvidia.com/gpu": "4"}, "limits": {"nvidia.com/gpu": "4"}}
+    assert main["resources"] == {
+        "requests": {"cpu": "100m", "memory": "512Mi", "nvidia.com/gpu": "4"},
+        "limits": {"nvidia.com/gpu": "4"},
+    }
     assert main["securityContext"]["allowPrivilegeEscalation"] is False
 
 
@@ -196,6 +199,47 @@ def test_pod_admission_failures_end_the_job(backend: Backend, how: str) -> None:
     assert done.state is JobState.ADMISSION_FAILED and done.finished
     assert done.result is not None and done.result.status is Status.ERROR
     assert gone(backend)  # deleted, so a pending pod can never start later
+
+
+@pytest.mark.parametrize("level", ["baseline", "restricted"])
+def test_the_job_meets_a_namespace_enforcing_pod_security(backend: Backend, level: str) -> None:
+    backend.control.label_namespace(NS, {"pod-security.kubernetes.io/enforce": level})
+    started(backend)
+    assert [p.node for p in backend.client.job_pods(NS, JOB)] == ["gpu-1"]
+    assert backend.client.job_events(NS, JOB) == []
+
+
+def test_a_job_pod_refused_by_pod_security_ends_the_run_as_an_error_naming_it(backend: Backend) -> None:
+    """The PodSecurity plugin admits a Job and refuses its pod: no pod ever starts, only FailedCreate Events."""
+    backend.control.label_namespace(NS, {"pod-security.kubernetes.io/enforce": "restricted"})
+    backend.control.add_node("gpu-1", gpus=8)
+    manifest = invasive.job_spec("gpu-1", 8, SETTINGS)
+    del manifest["spec"]["template"]["spec"]["containers"][0]["securityContext"]
+    backend.client.create_job(NS, manifest)
+    assert backend.client.job_pods(NS, JOB) == []
+    done = invasive.poll(backend.client, JOB, namespace=NS)
+    assert done.state is JobState.ADMISSION_FAILED and done.result is not None
+    assert done.result.status is Status.ERROR and 'violates PodSecurity "restricted:latest"' in done.result.summary
+    assert gone(backend)
+
+
+def test_the_job_meets_a_namespace_whose_quota_tracks_cpu_and_memory_requests(backend: Backend) -> None:
+    """A compute ResourceQuota refuses a pod that does not say what it tracks; before, the Job asked for GPUs only,
+    so every level-3 run in such a namespace ended in FailedCreate."""
+    backend.control.set_resource_quota(NS, "compute", ["requests.cpu", "requests.memory", "requests.nvidia.com/gpu"])
+    started(backend)
+    assert [p.node for p in backend.client.job_pods(NS, JOB)] == ["gpu-1"]
+    assert backend.client.job_events(NS, JOB) == []
+
+
+def test_a_job_pod_refused_by_a_quota_ends_the_run_as_an_error_naming_it(backend: Backend) -> None:
+    backend.control.set_resource_quota(NS, "compute", ["limits.memory"])  # no limit: the diagnostics are not capped
+    started(backend)
+    done = invasive.poll(backend.client, JOB, namespace=NS)
+    assert done.state is JobState.ADMISSION_FAILED and done.result is not None
+    assert done.result.status is Status.ERROR
+    assert "failed quota: compute: must specify limits.memory for: main" in done.result.summary
+    assert gone(backend)
 
 
 def test_deadline(backend: Backend) -> None:

@@ -200,6 +200,32 @@ def test_refused_job_leaves_testing(world: World) -> None:
     assert world.labels()[GPUHEALTH] != "TESTING"
 
 
+def test_an_api_server_away_for_longer_than_the_retries_does_not_end_the_watch(world: World) -> None:
+    """An API server restart (or APF's 429s) outlasting the seam's retries mid-run: the Job runs on, and its result
+    is read once the server is back. Before, the Transient ended the task with no result stored."""
+    sleeps = [0]
+
+    def api_away_then_job_done() -> None:
+        sleeps[0] += 1
+        if sleeps[0] == 1:
+            world.cluster.fail_next("get_job", 503, times=world.cluster.retry.attempts)
+        elif sleeps[0] == 2:
+            world.cluster.finish_job(NS, JOB, succeeded=True, log=pod_log(Status.OK))
+
+    world.clock.on_sleep = api_away_then_job_done
+    report = world.run(["dcgm"], {"dcgm": {"r": 3}})
+    assert dcgm_result(report)["status"] == "ok"
+    assert world.labels()[GPUHEALTH] == "PASS" and world.store.state(NODE).testing_since is None
+
+
+def test_a_job_the_api_refuses_to_show_ends_the_run_as_an_error(world: World) -> None:
+    world.clock.on_sleep = lambda: world.cluster.fail_next("get_job", 403)
+    report = world.run(["dcgm"], {"dcgm": {"r": 3}})
+    result = dcgm_result(report)
+    assert result["status"] == "error" and "could not be read" in result["summary"] and "403" in result["summary"]
+    assert world.store.state(NODE).testing_since is None
+
+
 def test_admission_failure_ends_testing(world: World) -> None:
     world.clock.on_sleep = lambda: world.cluster.refuse_job_pod(NS, JOB, "exceeded quota: gpu-quota")
     report = world.run(["dcgm"], {"dcgm": {"r": 3}})

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
 
-from autopilot import publish
+from autopilot import publish, results
 from autopilot.cluster import CONDITION_TYPE
 from autopilot.results import CheckResult, Status
 from autopilot.verdict import Decision, Verdict
@@ -98,6 +99,27 @@ def test_a_new_message_updates_the_condition_without_an_event(backend: Backend) 
     assert first is not None and second is not None
     assert second.message == "gpumem: GPU 1 slow; pciebw: GPU 2 slow"
     assert second.last_transition_time == first.last_transition_time
+    assert len(backend.control.events_for("Node", "gpu-1")) == 1
+
+
+def test_an_unchanged_condition_gets_its_heartbeat_every_period_and_keeps_its_transition(backend: Backend) -> None:
+    """lastHeartbeatTime says when its writer last stood by the condition (node-problem-detector re-posts every
+    5 min): never refreshed, a stopped Autopilot's last verdict reads as current as a running one's."""
+    backend.control.add_node("gpu-1", gpus=8)
+    pub = publish.desired(Decision(Verdict.PASS, ()))
+    publish.apply(backend.client, "gpu-1", pub)
+    first = backend.client.get_node("gpu-1").condition()
+    assert first is not None and first.last_heartbeat_time
+    beat = results.parse_iso(first.last_heartbeat_time)
+    before = writes(backend)
+    soon = beat + timedelta(seconds=publish.HEARTBEAT_S - 1)
+    assert publish.apply(backend.client, "gpu-1", pub, Verdict.PASS, now=soon).wrote is False
+    assert writes(backend) == before
+    later = beat + timedelta(seconds=publish.HEARTBEAT_S)
+    assert publish.apply(backend.client, "gpu-1", pub, Verdict.PASS, now=later).wrote is True
+    assert writes(backend) == before + 1  # the condition alone: no labels, no Event
+    second = backend.client.get_node("gpu-1").condition()
+    assert second is not None and second.last_transition_time == first.last_transition_time
     assert len(backend.control.events_for("Node", "gpu-1")) == 1
 
 

@@ -118,6 +118,59 @@ def test_a_refused_claim_is_an_error(make_ctx: Callable[..., CheckContext], back
     assert leftovers(backend) == []
 
 
+def test_the_consumer_pod_meets_a_namespace_enforcing_pod_security_restricted(
+    make_ctx: Callable[..., CheckContext], backend: Backend
+) -> None:
+    backend.control.add_storage_class("fast", "WaitForFirstConsumer", binds_after=1)
+    backend.control.label_namespace(NS, {"pod-security.kubernetes.io/enforce": "restricted"})
+    result, _ = run(make_ctx, backend, image="quay.io/autopilot/autopilot:v1")
+    assert result.status is Status.OK, result.summary
+
+
+def test_a_refused_consumer_pod_is_an_error_that_names_the_pod(
+    make_ctx: Callable[..., CheckContext], backend: Backend
+) -> None:
+    # A 403 on the pod (Pod Security, a quota, a webhook) is the pod's, not the claim's: the claim was made.
+    backend.control.add_storage_class("fast", "WaitForFirstConsumer", binds_after=1)
+    backend.control.fail_next("create_pod", 403)
+    result, _ = run(make_ctx, backend, image="quay.io/autopilot/autopilot:v1")
+    assert result.status is Status.ERROR and "the API refused the test claim's consumer pod: " in result.summary
+    assert leftovers(backend) == []
+
+
+def test_an_api_server_away_longer_than_the_retries_is_waited_out_up_to_the_deadline(
+    make_ctx: Callable[..., CheckContext], backend: Backend
+) -> None:
+    backend.control.add_storage_class("fast", binds_after=1)
+    backend.control.fail_next("pvc_phase", 503, times=4)  # every attempt of one read: Transient
+    result, _ = run(make_ctx, backend)
+    assert result.status is Status.OK, result.summary
+    assert leftovers(backend) == []
+
+
+def test_an_api_server_away_past_the_deadline_is_an_error(
+    make_ctx: Callable[..., CheckContext], backend: Backend
+) -> None:
+    backend.control.add_storage_class("fast", binds_after=1)
+    backend.control.fail_next("pvc_phase", 503, times=10_000)
+    result, _ = run(make_ctx, backend)
+    assert result.status is Status.ERROR and "cannot read the test claim" in result.summary
+
+
+def test_the_consumer_pod_meets_a_quota_on_requests_and_a_quota_it_does_not_meet_is_named(
+    make_ctx: Callable[..., CheckContext], backend: Backend
+) -> None:
+    backend.control.add_storage_class("fast", "WaitForFirstConsumer", binds_after=1)
+    backend.control.set_resource_quota(NS, "compute", ["requests.cpu", "requests.memory", "limits.memory"])
+    result, _ = run(make_ctx, backend, image="quay.io/autopilot/autopilot:v1")
+    assert result.status is Status.OK, result.summary
+    backend.control.set_resource_quota(NS, "cpu-limits", ["limits.cpu"])
+    result, _ = run(make_ctx, backend, image="quay.io/autopilot/autopilot:v1")
+    assert result.status is Status.ERROR and "consumer pod" in result.summary
+    assert "failed quota: cpu-limits: must specify limits.cpu for: consumer" in result.summary
+    assert leftovers(backend) == []
+
+
 def test_a_failed_delete_is_an_error(make_ctx: Callable[..., CheckContext], backend: Backend) -> None:
     backend.control.add_storage_class("fast")
     backend.control.fail_next("delete_pvc", 403)
