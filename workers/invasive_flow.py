@@ -94,6 +94,11 @@ def watch(
         )
     except errors.ClusterError as exc:  # refused (403, ...): no retry changes it; the run is an error, not a crash
         reason = f"invasive Job {job_name} could not be read: {exc}"
+        # TESTING ends with this result: the Job must not hold the GPUs on, unread, until its own deadline.
+        try:
+            cluster.delete_job(settings.namespace, job_name)
+        except errors.ClusterError as gone:
+            log.warning("invasive Job %s on %s not deleted (its deadline and TTL end it): %s", job_name, node, gone)
         return _level3(invasive.error_result(node, reason, job=job_name, now=ctx.clock.now()))
     if outcome is None:
         reason = f"invasive Job {job_name} still running {settings.invasive_deadline_s + _GRACE_S:g} s after start"

@@ -226,6 +226,16 @@ def test_a_job_the_api_refuses_to_show_ends_the_run_as_an_error(world: World) ->
     assert world.store.state(NODE).testing_since is None
 
 
+def test_a_job_whose_pods_the_api_refuses_to_list_is_deleted_when_the_run_ends(world: World) -> None:
+    """A refusal mid-watch (403 on the Job's pods) ends the run and TESTING: the Job, which the worker may still
+    delete, must not hold the node's GPUs for up to its hour-long deadline with nobody reading its result."""
+    world.clock.on_sleep = lambda: world.cluster.fail_next("job_pods", 403)
+    report = world.run(["dcgm"], {"dcgm": {"r": 3}})
+    assert dcgm_result(report)["status"] == "error"
+    assert (NS, JOB) not in world.cluster.jobs
+    assert world.cluster.job_pods(NS, JOB) == []
+
+
 def test_admission_failure_ends_testing(world: World) -> None:
     world.clock.on_sleep = lambda: world.cluster.refuse_job_pod(NS, JOB, "exceeded quota: gpu-quota")
     report = world.run(["dcgm"], {"dcgm": {"r": 3}})
