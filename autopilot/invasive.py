@@ -310,6 +310,8 @@ def poll(
     cleanup: bool = True,
 ) -> JobOutcome:
     """Where the Job stands. A terminal outcome carries a result; with ``cleanup`` the Job is then deleted.
+    ``Transient`` (the API server away past the seam's retries, also while reading the log) is raised before
+    anything is deleted, so the caller can ask again.
 
     ``deadline_s`` (the Job's ``activeDeadlineSeconds``) lets a Job the controller has not yet
     failed count as past its deadline 60 s after it (a stuck controller must not hold the node).
@@ -394,6 +396,8 @@ def _result_from_pods(
     pod = ran[-1]
     try:
         text = cluster.pod_log(namespace, pod.name, CONTAINER)
+    except errors.Transient:
+        raise  # the API server away: the caller asks again, before the Job and its result are deleted
     except errors.ClusterError as exc:
         return None, f"its log could not be read: {exc}"
     found = parse_result_log(text, node)

@@ -218,6 +218,23 @@ def test_an_api_server_away_for_longer_than_the_retries_does_not_end_the_watch(w
     assert world.labels()[GPUHEALTH] == "PASS" and world.store.state(NODE).testing_since is None
 
 
+def test_a_finished_jobs_log_unreadable_past_the_retries_is_read_at_the_next_poll(world: World) -> None:
+    """The API server away just as the Job is read complete: its pass is read once the server is back. Before, the
+    unread log made the run an error and the Job (with the only copy of its result) was deleted."""
+    sleeps = [0]
+
+    def job_done_then_log_unreadable() -> None:
+        sleeps[0] += 1
+        if sleeps[0] == 1:
+            world.cluster.finish_job(NS, JOB, succeeded=True, log=pod_log(Status.OK))
+            world.cluster.fail_next("pod_log", 503, times=world.cluster.retry.attempts)
+
+    world.clock.on_sleep = job_done_then_log_unreadable
+    report = world.run(["dcgm"], {"dcgm": {"r": 3}})
+    assert dcgm_result(report)["status"] == "ok"
+    assert world.labels()[GPUHEALTH] == "PASS" and (NS, JOB) not in world.cluster.jobs
+
+
 def test_a_job_the_api_refuses_to_show_ends_the_run_as_an_error(world: World) -> None:
     world.clock.on_sleep = lambda: world.cluster.fail_next("get_job", 403)
     report = world.run(["dcgm"], {"dcgm": {"r": 3}})
