@@ -234,6 +234,16 @@ def start(
         cluster.create_job(namespace, manifest)
     except errors.Conflict:
         return outcome(StartState.ALREADY_RUNNING, f"Job {namespace}/{name} exists")
+    except errors.Transient as exc:
+        # Unanswered is not refused: the server may have made the Job (a 504) while no retry reached it. The run
+        # ends here, so a Job it made must not hold the GPUs, unwatched, until its own deadline.
+        try:
+            cluster.delete_job(namespace, name)
+        except errors.ClusterError as gone:
+            log.warning("invasive Job %s/%s, if it was made, not deleted: %s", namespace, name, gone)
+        return outcome(
+            StartState.REFUSED, f"the API did not answer the create of Job {namespace}/{name}: {exc}", error=True
+        )
     except errors.ClusterError as exc:
         return outcome(StartState.REFUSED, f"the API refused Job {namespace}/{name}: {exc}", error=True)
     log.info(

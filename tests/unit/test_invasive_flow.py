@@ -253,6 +253,17 @@ def test_a_job_whose_pods_the_api_refuses_to_list_is_deleted_when_the_run_ends(w
     assert world.cluster.job_pods(NS, JOB) == []
 
 
+def test_a_job_made_although_its_create_went_unanswered_is_deleted_as_the_run_ends(world: World) -> None:
+    """The server made the Job but its answer was lost (a 504), and the retries met no server: the run ends as an
+    error and TESTING with it, so the Job, unwatched, must not go on holding the node's GPUs."""
+    world.cluster.fail_next("create_job", 504, applied=True)
+    world.cluster.fail_next("create_job", 503, times=world.cluster.retry.attempts - 1)
+    report = world.run(["dcgm"], {"dcgm": {"r": 3}})
+    assert dcgm_result(report)["status"] == "error"
+    assert world.store.state(NODE).testing_since is None
+    assert (NS, JOB) not in world.cluster.jobs
+
+
 def test_admission_failure_ends_testing(world: World) -> None:
     world.clock.on_sleep = lambda: world.cluster.refuse_job_pod(NS, JOB, "exceeded quota: gpu-quota")
     report = world.run(["dcgm"], {"dcgm": {"r": 3}})
