@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -26,7 +27,7 @@ from typing import Any
 
 import redis
 
-from autopilot import config, execution, results
+from autopilot import config, errors, execution, names, results
 from autopilot.checks import iperf
 from autopilot.cluster import ClusterClient
 from autopilot.context import CheckContext
@@ -40,6 +41,9 @@ from workers.host import NodeHost
 from workers.store import NodeView, ResultsStore, Run
 
 log = logging.getLogger(__name__)
+
+# What ``Run.new`` makes (uuid4 hex): a message's run id becomes part of Redis keys, so nothing else is used.
+_RUN_ID = re.compile(r"[0-9a-f]{32}")
 
 
 class GpusBusy(Exception):
@@ -83,6 +87,12 @@ def run_checks(
     says; the verdict is recomputed after the task from what it saved, also when it hands its
     GPU checks back.
     """
+    refused = _refusal(run_id, node, checks)
+    if refused:
+        # Nothing from this message can key a write (a run, a node), so nothing is answered: logged once,
+        # acked, and the run (if there is one) reports the node at its deadline.
+        log.warning("run_checks message refused: %s", refused)
+        return Done()
     ctx = host.context(node)
     writer = _Writer(host.store, run_id, judge=fleet.judge_in(host.fleet, ctx) if ctx is not None else None)
     if ctx is None:
@@ -129,6 +139,20 @@ def run_checks(
             )
             if view is not None and view.confirm_pending is not None:
                 writer.done.marks = (decision.verdict.value, view.confirm_pending)
+
+
+def _refusal(run_id: object, node: object, checks: object) -> str:
+    """Why a ``run_checks`` message cannot be answered at all (its run id, node or check names are not
+    what a release of the API sends); "" when it can."""
+    if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
+        return f"run_id is not 32 hex digits: {str(run_id)[:80]!r}"
+    try:
+        names.node_name(node, field="node")  # type: ignore[arg-type]
+    except errors.BadParameter as exc:
+        return str(exc)
+    if not isinstance(checks, (list, tuple)) or not all(isinstance(c, str) for c in checks):
+        return f"checks is not a list of check names: {str(checks)[:80]!r}"
+    return ""
 
 
 class _Writer:

@@ -1,0 +1,73 @@
+"""Well-formed task messages with hostile or other-release keyword arguments, on the worker side.
+
+A message reaches a worker from beat, confirmation, the ring coordinator, another release of the API,
+or anyone holding the Redis password: what it names is refused or answered ``error``, never written
+into a Redis key unvalidated, never a crash.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import fakeredis
+import pytest
+
+from autopilot import config
+from autopilot.registry import shipped as shipped_checks
+from autopilot.results import Status
+from workers import simulate, tasks
+from workers.host import NodeHost
+from workers.store import ResultsStore
+
+NODE = "sim-0"
+RUN = "0123456789abcdef0123456789abcdef"
+
+
+@pytest.fixture
+def host() -> NodeHost:
+    settings = config.Settings(node_name="test", redis_url="", periodic_checks=("remapped", "gpupower"))
+    return NodeHost(
+        settings, ResultsStore(fakeredis.FakeRedis()), simulate.contexts(settings, 1, [], checks=shipped_checks())
+    )
+
+
+def send(host: NodeHost, **changed: Any) -> tasks.Done:
+    kwargs: dict[str, Any] = {
+        "run_id": RUN,
+        "node": NODE,
+        "checks": ["remapped"],
+        "params": {},
+        "deadline": time.time() + 30,
+    }
+    kwargs.update(changed)
+    return tasks.run_checks(host, **kwargs)
+
+
+def keys(host: NodeHost) -> set[bytes]:
+    return set(host.store.r.keys("*"))
+
+
+@pytest.mark.parametrize("run_id", ["a:b*\nc", "x" * 10_000, 5, "0123456789ABCDEF0123456789ABCDEF", RUN + "\n"])
+def test_a_run_id_that_is_not_ours_keys_nothing(host: NodeHost, run_id: Any) -> None:
+    before = keys(host)
+    assert send(host, run_id=run_id) == []
+    assert keys(host) == before
+
+
+@pytest.mark.parametrize("node", ["a:b*\n", "x" * 300, 7, ""])
+def test_a_node_name_that_is_not_a_name_keys_nothing(host: NodeHost, node: Any) -> None:
+    before = keys(host)
+    assert send(host, node=node) == []
+    assert keys(host) == before
+
+
+@pytest.mark.parametrize("checks", [[{"a": 1}], [1, None], "remapped", {"remapped": 1}])
+def test_check_names_that_are_not_a_list_of_strings_are_refused(host: NodeHost, checks: Any) -> None:
+    before = keys(host)
+    assert send(host, checks=checks) == []
+    assert keys(host) == before
+
+
+def test_a_well_formed_message_still_runs(host: NodeHost) -> None:
+    assert [(r.check, r.status) for r in send(host)] == [("remapped", Status.OK)]
