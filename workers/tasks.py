@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -102,6 +103,15 @@ def run_checks(
             writer.add(CheckResult(c, Status.ERROR, f"worker does not host node {node}", node=node))
         writer.flush()
         return writer.done
+    unusable = _unusable(params, deadline)
+    if unusable:
+        # The run is answered (it does not wait for its deadline), but only the run: a malformed message
+        # says nothing about the node.
+        log.warning("run %s on %s: message refused: %s", run_id, node, unusable)
+        for c in checks:
+            writer.add(CheckResult(c, Status.ERROR, f"task message refused: {unusable}", node=node), latest=False)
+        writer.flush()
+        return writer.done
     light, gpu = partition(checks, ctx.checks)
     lock = host.gpu_lock(node) if gpu else None
     held = handed_back = False
@@ -152,6 +162,18 @@ def _refusal(run_id: object, node: object, checks: object) -> str:
         return str(exc)
     if not isinstance(checks, (list, tuple)) or not all(isinstance(c, str) for c in checks):
         return f"checks is not a list of check names: {str(checks)[:80]!r}"
+    return ""
+
+
+def _unusable(params: object, deadline: object) -> str:
+    """Why a ``run_checks`` message's parameters or deadline cannot be used; "" when they can."""
+    if not isinstance(params, Mapping):
+        return f"params is not a mapping of check to parameters: {type(params).__name__}"
+    for check, given in params.items():
+        if given is not None and not isinstance(given, Mapping):
+            return f"params of {str(check)[:40]!r} is not a mapping of parameter to value: {type(given).__name__}"
+    if isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or not math.isfinite(deadline):
+        return f"deadline is not a finite epoch time: {str(deadline)[:40]!r}"
     return ""
 
 

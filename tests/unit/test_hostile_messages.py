@@ -71,3 +71,28 @@ def test_check_names_that_are_not_a_list_of_strings_are_refused(host: NodeHost, 
 
 def test_a_well_formed_message_still_runs(host: NodeHost) -> None:
     assert [(r.check, r.status) for r in send(host)] == [("remapped", Status.OK)]
+
+
+@pytest.mark.parametrize(
+    "params", [[1, 2], "abc", {"remapped": [1]}, {"remapped": "x"}, {"gpupower": 3}, {"remapped": {"a": 1}, "x": [0]}]
+)
+def test_params_that_are_not_mappings_answer_the_run_with_errors(host: NodeHost, params: Any) -> None:
+    done = send(host, checks=["remapped", "gpupower"], params=params)
+    assert [(r.check, r.status) for r in done] == [("remapped", Status.ERROR), ("gpupower", Status.ERROR)]
+    assert all("params" in r.summary for r in done)
+    assert host.store.run_answered(RUN) == {(NODE, "remapped"), (NODE, "gpupower")}
+    assert host.store.latest(NODE) == {}  # a malformed message says nothing about the node
+
+
+@pytest.mark.parametrize("deadline", [float("nan"), float("inf"), float("-inf"), "soon", None, True, [1]])
+def test_a_deadline_that_is_not_a_finite_time_answers_the_run_with_errors(host: NodeHost, deadline: Any) -> None:
+    done = send(host, checks=["remapped", "gpupower"], deadline=deadline)
+    assert [(r.check, r.status) for r in done] == [("remapped", Status.ERROR), ("gpupower", Status.ERROR)]
+    assert all("deadline" in r.summary for r in done)
+    assert host.store.latest(NODE) == {}
+
+
+def test_an_infinite_deadline_never_hands_busy_gpu_checks_back_forever(host: NodeHost) -> None:
+    with host.gpu_lock(NODE):
+        done = send(host, checks=["remapped"], deadline=float("inf"))
+    assert [(r.check, r.status) for r in done] == [("remapped", Status.ERROR)]
