@@ -60,7 +60,7 @@ class Param:
                     raise ValueError
             else:
                 value = str(raw)
-        except (ValueError, errors.BadParameter):
+        except (ValueError, OverflowError, errors.BadParameter):  # OverflowError: a JSON integer past float's range
             raise errors.BadParameter(field, f"expected {self.kind.__name__}, got {str(raw)[:64]!r}") from None
         if self.minimum is not None and value < self.minimum:
             raise errors.BadParameter(field, f"must be >= {self.minimum:g}, got {value}")

@@ -96,3 +96,11 @@ def test_an_infinite_deadline_never_hands_busy_gpu_checks_back_forever(host: Nod
     with host.gpu_lock(NODE):
         done = send(host, checks=["remapped"], deadline=float("inf"))
     assert [(r.check, r.status) for r in done] == [("remapped", Status.ERROR)]
+
+
+@pytest.mark.parametrize("value", [10**400, -(10**400)], ids=["huge", "-huge"])
+def test_an_integer_past_floats_range_for_a_float_parameter_is_an_error_not_a_crash(host: NodeHost, value: int) -> None:
+    # JSON carries integers of any length: kombu decodes 400 digits into a Python int.
+    done = send(host, checks=["pciebw"], params={"pciebw": {"threshold_gbps": value}})
+    assert [(r.check, r.status) for r in done] == [("pciebw", Status.ERROR)]
+    assert "threshold_gbps" in done[0].summary
