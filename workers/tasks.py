@@ -18,6 +18,7 @@ Beat's reconcile task runs ``reconcile_and_remediate``: the tick, then the remed
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import math
 import re
@@ -28,7 +29,7 @@ from typing import Any
 
 import redis
 
-from autopilot import config, errors, execution, names, results
+from autopilot import config, errors, execution, names, parsing, results
 from autopilot.checks import iperf
 from autopilot.cluster import ClusterClient
 from autopilot.context import CheckContext
@@ -318,9 +319,88 @@ def iperf_ring(
     return {node: result.status.value for node, result in outcome.results.items()}
 
 
+# The most a ring message may ask of one node (the coordinator sends far less): one server port per
+# parallel client (iperf's pclients maximum), an address per lane, a day of server lifetime.
+_MOST_PORTS = 16
+_MOST_BINDS = 64
+_MOST_JOBS = 256
+_MOST_LIFETIME_S = 86_400.0
+_MOST_DURATION_S = 60  # iperf's duration_s maximum
+
+
+def _ring_names(run_id: object, node: object) -> None:
+    """``BadParameter`` unless ``run_id`` and ``node`` are what may key a ring answer (``ring:<run_id>``)."""
+    if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
+        raise errors.BadParameter("run_id", f"not 32 hex digits: {str(run_id)[:80]!r}")
+    names.node_name(node, field="node")  # type: ignore[arg-type]
+
+
+def _address(raw: object, field: str) -> str:
+    """An IP address as the ring's plan writes it: it goes after ``-B``/``-c`` on iperf3's command line."""
+    if not isinstance(raw, str) or len(raw) > 64 or raw.startswith("-"):
+        raise errors.BadParameter(field, f"not an IP address: {str(raw)[:80]!r}")
+    try:
+        ipaddress.ip_address(raw)
+    except ValueError:
+        raise errors.BadParameter(field, f"not an IP address: {raw!r}") from None
+    return raw
+
+
+def _ports(raw: object, field: str) -> list[int]:
+    if not isinstance(raw, list | tuple) or not 0 < len(raw) <= _MOST_PORTS:
+        raise errors.BadParameter(field, f"not a list of 1 to {_MOST_PORTS} ports")
+    if not all(isinstance(p, int) and not isinstance(p, bool) for p in raw):
+        raise errors.BadParameter(field, "a port is not an integer")
+    return [parsing.check_port(p, field=field) for p in raw]
+
+
+def _seconds(raw: object, field: str, most: float) -> float:
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not 0 < raw <= most:
+        raise errors.BadParameter(field, f"not a number of seconds in (0, {most:g}]: {str(raw)[:40]!r}")
+    return float(raw)
+
+
+def _servers_message(run_id: object, node: object, binds: object, ports: object, lifetime_s: object) -> None:
+    _ring_names(run_id, node)
+    if not isinstance(binds, list | tuple) or not 0 < len(binds) <= _MOST_BINDS:
+        raise errors.BadParameter("binds", f"not a list of 1 to {_MOST_BINDS} addresses")
+    for address in binds:
+        _address(address, "binds")
+    _ports(ports, "ports")
+    _seconds(lifetime_s, "lifetime_s", _MOST_LIFETIME_S)
+
+
+def _clients_message(run_id: object, node: object, phase: object, jobs: object, duration_s: object) -> None:
+    _ring_names(run_id, node)
+    if isinstance(phase, bool) or not isinstance(phase, int) or not 0 <= phase < 1_000_000:
+        raise errors.BadParameter("phase", f"not a phase number: {str(phase)[:40]!r}")
+    if isinstance(duration_s, bool) or not isinstance(duration_s, int):
+        raise errors.BadParameter("duration_s", "not an integer")
+    _seconds(duration_s, "duration_s", _MOST_DURATION_S)
+    if not isinstance(jobs, list | tuple) or len(jobs) > _MOST_JOBS:
+        raise errors.BadParameter("jobs", f"not a list of at most {_MOST_JOBS} jobs")
+    for job in jobs:
+        if not isinstance(job, Mapping):
+            raise errors.BadParameter("jobs", "a job is not a mapping")
+        names.node_name(job.get("source"), field="jobs.source")  # type: ignore[arg-type]
+        names.node_name(job.get("target"), field="jobs.target")  # type: ignore[arg-type]
+        if not isinstance(job.get("interface"), str) or len(job["interface"]) > 253:
+            raise errors.BadParameter("jobs.interface", "not a lane name")
+        _address(job.get("address"), "jobs.address")
+        if job.get("source_address"):
+            _address(job["source_address"], "jobs.source_address")
+        _ports(job.get("ports"), "jobs.ports")
+
+
 def iperf_servers(
     host: NodeHost, *, run_id: str, node: str, binds: Sequence[str], ports: Sequence[int], lifetime_s: float
 ) -> dict[str, Any]:
+    try:
+        _servers_message(run_id, node, binds, ports, lifetime_s)
+    except errors.BadParameter as exc:
+        # Nothing from it reaches a command line or a key; the coordinator reports the node silent.
+        log.warning("iperf_servers message refused: %s", exc)
+        return {"ok": False, "started": 0, "error": f"message refused: {exc}"}
     ctx = host.context(node)
     if ctx is None:
         reply: dict[str, Any] = {"ok": False, "started": 0, "error": f"worker does not host node {node}"}
@@ -333,6 +413,11 @@ def iperf_servers(
 def iperf_clients(
     host: NodeHost, *, run_id: str, node: str, phase: int, jobs: Sequence[Mapping[str, Any]], duration_s: int
 ) -> list[dict[str, Any]]:
+    try:
+        _clients_message(run_id, node, phase, jobs, duration_s)
+    except errors.BadParameter as exc:
+        log.warning("iperf_clients message refused: %s", exc)
+        return []
     ctx = host.context(node)
     if ctx is None:
         why = iperf.Measure(Status.ERROR, None, f"worker does not host node {node}")
@@ -344,6 +429,11 @@ def iperf_clients(
 
 
 def iperf_stop(host: NodeHost, *, run_id: str, node: str) -> int:
+    try:
+        _ring_names(run_id, node)
+    except errors.BadParameter as exc:
+        log.warning("iperf_stop message refused: %s", exc)
+        return 0
     stopped = ring.SERVERS.stop(run_id, node)
     ring.post(host.store, run_id, f"stopped|{node}", {"stopped": stopped})
     return stopped

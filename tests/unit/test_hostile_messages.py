@@ -14,8 +14,10 @@ import fakeredis
 import pytest
 
 from autopilot import config
+from autopilot.context import CheckContext
 from autopilot.registry import shipped as shipped_checks
 from autopilot.results import Status
+from autopilot.testing import FakeRunner, FakeTelemetry
 from workers import simulate, tasks
 from workers.host import NodeHost
 from workers.store import ResultsStore
@@ -104,3 +106,104 @@ def test_an_integer_past_floats_range_for_a_float_parameter_is_an_error_not_a_cr
     done = send(host, checks=["pciebw"], params={"pciebw": {"threshold_gbps": value}})
     assert [(r.check, r.status) for r in done] == [("pciebw", Status.ERROR)]
     assert "threshold_gbps" in done[0].summary
+
+
+@pytest.fixture
+def ring_host() -> tuple[NodeHost, FakeRunner]:
+    settings = config.Settings(node_name="test", redis_url="")
+    runner = FakeRunner(installed=["iperf3"])
+    ctx = CheckContext(NODE, settings, runner, FakeTelemetry(), checks=shipped_checks())
+    return NodeHost(settings, ResultsStore(fakeredis.FakeRedis()), {NODE: ctx}), runner
+
+
+SERVERS: dict[str, Any] = {"run_id": RUN, "node": NODE, "binds": ["10.0.0.1"], "ports": [5200], "lifetime_s": 60.0}
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        {"run_id": "r:*\n"},
+        {"node": "a b"},
+        {"binds": ["--logfile=/tmp/x"]},
+        {"binds": ["-D"]},
+        {"binds": ["not-an-address"]},
+        {"binds": "10.0.0.1"},
+        {"binds": ["10.0.0.1"] * 10_000},
+        {"ports": [0]},
+        {"ports": [70_000]},
+        {"ports": ["5200"]},
+        {"ports": [True]},
+        {"ports": list(range(5200, 15_200))},
+        {"ports": []},
+        {"lifetime_s": float("nan")},
+        {"lifetime_s": float("inf")},
+        {"lifetime_s": -1},
+        {"lifetime_s": 10**9},
+        {"lifetime_s": "60"},
+    ],
+    ids=repr,
+)
+def test_a_hostile_servers_message_starts_nothing_and_keys_nothing(
+    ring_host: tuple[NodeHost, FakeRunner], changed: dict[str, Any]
+) -> None:
+    host, runner = ring_host
+    reply = tasks.iperf_servers(host, **{**SERVERS, **changed})
+    assert reply["ok"] is False and "refused" in reply["error"]
+    assert runner.spawned == [] and runner.calls == []
+    assert keys(host) == set()
+
+
+def test_a_well_formed_servers_message_starts_its_servers(ring_host: tuple[NodeHost, FakeRunner]) -> None:
+    host, runner = ring_host
+    reply = tasks.iperf_servers(host, **{**SERVERS, "ports": [5200, 5201]})
+    assert reply == {"ok": True, "started": 2, "error": ""}
+    assert [p.argv[3] for p in runner.spawned] == ["5200", "5201"]
+    assert tasks.iperf_stop(host, run_id=RUN, node=NODE) == 2
+
+
+JOB: dict[str, Any] = {
+    "source": NODE,
+    "target": "sim-1",
+    "interface": "data0",
+    "address": "10.0.0.2",
+    "source_address": "10.0.0.1",
+    "ports": [5200],
+}
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        {"run_id": "x" * 10_000},
+        {"phase": "0"},
+        {"phase": -1},
+        {"duration_s": 10**6},
+        {"duration_s": 0},
+        {"duration_s": 5.5},
+        {"jobs": "abc"},
+        {"jobs": [JOB] * 10_000},
+        {"jobs": [[1]]},
+        {"jobs": [{**JOB, "address": "--logfile=/tmp/x"}]},
+        {"jobs": [{**JOB, "source_address": "-R"}]},
+        {"jobs": [{**JOB, "ports": [70_000]}]},
+        {"jobs": [{**JOB, "ports": list(range(1, 10_001))}]},
+        {"jobs": [{**JOB, "target": "a:b"}]},
+        {"jobs": [{k: v for k, v in JOB.items() if k != "address"}]},
+    ],
+    ids=lambda c: repr(c)[:60],
+)
+def test_a_hostile_clients_message_runs_nothing_and_keys_nothing(
+    ring_host: tuple[NodeHost, FakeRunner], changed: dict[str, Any]
+) -> None:
+    host, runner = ring_host
+    message: dict[str, Any] = {"run_id": RUN, "node": NODE, "phase": 0, "jobs": [JOB], "duration_s": 1}
+    assert tasks.iperf_clients(host, **{**message, **changed}) == []
+    assert runner.calls == []
+    assert keys(host) == set()
+
+
+@pytest.mark.parametrize("changed", [{"run_id": "a*"}, {"node": "-x"}, {"run_id": None}], ids=repr)
+def test_a_hostile_stop_message_keys_nothing(ring_host: tuple[NodeHost, FakeRunner], changed: dict[str, Any]) -> None:
+    host, _ = ring_host
+    assert tasks.iperf_stop(host, **{"run_id": RUN, "node": NODE, **changed}) == 0
+    assert keys(host) == set()

@@ -304,7 +304,7 @@ def test_a_killed_coordinators_claim_lapses_and_the_next_ring_starts_within_its_
     # The dying coordinator's finally (its stops) must not release the claim: a SIGKILL runs none.
     monkeypatch.setattr(net.store, "release", lambda name, owner: None)
     with pytest.raises(Killed):
-        coordinator.run("dead-run", NODES, _validated({"duration_s": 1}))
+        coordinator.run("dead" * 8, NODES, _validated({"duration_s": 1}))
     monkeypatch.undo()
     monkeypatch.setattr(ring, "CLAIM_TTL_S", KILLED_TTL_S)
     net.dispatcher.on_task = net.on_task
