@@ -29,7 +29,7 @@ from typing import Any
 
 import redis
 
-from autopilot import config, errors, execution, names, parsing, results
+from autopilot import config, errors, execution, names, results
 from autopilot.checks import iperf
 from autopilot.cluster import ClusterClient
 from autopilot.context import CheckContext
@@ -322,7 +322,7 @@ def iperf_ring(
 # The most a ring message may ask of one node (the coordinator sends far less): one server port per
 # parallel client (iperf's pclients maximum), an address per lane. A ring's lifetime grows with its
 # members and lanes (one step per member per lane, up to ~70 s each): 30 days outlasts any real one.
-_MOST_PORTS = 16
+_MOST_PORTS = iperf.MAX_PCLIENTS
 _MOST_BINDS = 64
 _MOST_JOBS = 256
 _MOST_LIFETIME_S = 30 * 86_400.0
@@ -352,7 +352,10 @@ def _ports(raw: object, field: str) -> list[int]:
         raise errors.BadParameter(field, f"not a list of 1 to {_MOST_PORTS} ports")
     if not all(isinstance(p, int) and not isinstance(p, bool) for p in raw):
         raise errors.BadParameter(field, "a port is not an integer")
-    return [parsing.check_port(p, field=field) for p in raw]
+    if not all(iperf.PORT_RANGE[0] <= p <= 65535 for p in raw):
+        # What iperf.ports gives out: never a privileged port, which a server would bind as root.
+        raise errors.BadParameter(field, f"a port is outside {iperf.PORT_RANGE[0]}..65535")
+    return list(raw)
 
 
 def _seconds(raw: object, field: str, most: float) -> float:

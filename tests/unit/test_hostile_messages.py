@@ -8,6 +8,7 @@ into a Redis key unvalidated, never a crash.
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any
 
 import fakeredis
@@ -131,6 +132,8 @@ SERVERS: dict[str, Any] = {"run_id": RUN, "node": NODE, "binds": ["10.0.0.1"], "
         {"binds": ["10.0.0.1"] * 10_000},
         {"ports": [0]},
         {"ports": [70_000]},
+        {"ports": [22]},
+        {"ports": [1023]},
         {"ports": ["5200"]},
         {"ports": [True]},
         {"ports": list(range(5200, 15_200))},
@@ -155,10 +158,11 @@ def test_a_hostile_servers_message_starts_nothing_and_keys_nothing(
 
 def test_a_well_formed_servers_message_starts_its_servers(ring_host: tuple[NodeHost, FakeRunner]) -> None:
     host, runner = ring_host
-    reply = tasks.iperf_servers(host, **{**SERVERS, "ports": [5200, 5201]})
+    run_id = uuid.uuid4().hex  # ring.SERVERS is the process's: a run it stopped stays refused
+    reply = tasks.iperf_servers(host, **{**SERVERS, "run_id": run_id, "ports": [5200, 5201]})
     assert reply == {"ok": True, "started": 2, "error": ""}
     assert [p.argv[3] for p in runner.spawned] == ["5200", "5201"]
-    assert tasks.iperf_stop(host, run_id=RUN, node=NODE) == 2
+    assert tasks.iperf_stop(host, run_id=run_id, node=NODE) == 2
 
 
 JOB: dict[str, Any] = {
@@ -186,6 +190,7 @@ JOB: dict[str, Any] = {
         {"jobs": [{**JOB, "address": "--logfile=/tmp/x"}]},
         {"jobs": [{**JOB, "source_address": "-R"}]},
         {"jobs": [{**JOB, "ports": [70_000]}]},
+        {"jobs": [{**JOB, "ports": [80]}]},
         {"jobs": [{**JOB, "ports": list(range(1, 10_001))}]},
         {"jobs": [{**JOB, "target": "a:b"}]},
         {"jobs": [{k: v for k, v in JOB.items() if k != "address"}]},
