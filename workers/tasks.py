@@ -315,7 +315,25 @@ def iperf_ring(
     params: Mapping[str, Any],
 ) -> dict[str, str]:
     """Coordinate one run's ``iperf`` ring; each node's result goes into the run. Node -> status."""
-    outcome = ring.run_ring(store, sender, settings, run_id, list(nodes), dict(params))
+    if (
+        not isinstance(run_id, str)
+        or not _RUN_ID.fullmatch(run_id)
+        or not isinstance(nodes, list | tuple)
+        or not all(isinstance(n, str) and names.is_dns1123_subdomain(n) for n in nodes)
+    ):
+        log.warning("iperf_ring message refused: run_id or nodes are not names: %s", str(run_id)[:80])
+        return {}
+    try:
+        # The iperf check's own parameters (the API validated them; a message is checked again): a
+        # duration of 10**6 would hold the coordinator past the run's deadline, waiting for clients.
+        checked = _iperf_params(params)
+    except errors.BadParameter as exc:
+        log.warning("iperf ring %s refused: %s", run_id, exc)
+        for node in dict.fromkeys(nodes):
+            refused = CheckResult("iperf", Status.ERROR, f"task message refused: {exc}", node=node)
+            store.save_result(refused, run_id, latest=False)  # about the message, not the node
+        return {node: Status.ERROR.value for node in nodes}
+    outcome = ring.run_ring(store, sender, settings, run_id, list(nodes), checked)
     return {node: result.status.value for node, result in outcome.results.items()}
 
 
@@ -394,6 +412,19 @@ def _clients_message(run_id: object, node: object, phase: object, jobs: object, 
         if job.get("source_address"):
             _address(job["source_address"], "jobs.source_address")
         _ports(job.get("ports"), "jobs.ports")
+
+
+def _iperf_params(raw: object) -> dict[str, Any]:
+    """``raw`` checked against the iperf check's parameters, as given (no defaults added)."""
+    if not isinstance(raw, Mapping):
+        raise errors.BadParameter("params", "not a mapping of parameter to value")
+    known = {p.name: p for p in iperf.PARAMS}
+    out: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name not in known:
+            raise errors.BadParameter(str(name)[:64], "unknown parameter for iperf")
+        out[name] = value if value is None else known[name].parse(value)
+    return out
 
 
 def iperf_servers(

@@ -20,6 +20,7 @@ from autopilot.registry import shipped as shipped_checks
 from autopilot.results import Status
 from autopilot.testing import FakeRunner, FakeTelemetry
 from workers import simulate, tasks
+from workers.dispatch import FakeDispatcher
 from workers.host import NodeHost
 from workers.store import ResultsStore
 
@@ -212,3 +213,30 @@ def test_a_hostile_stop_message_keys_nothing(ring_host: tuple[NodeHost, FakeRunn
     host, _ = ring_host
     assert tasks.iperf_stop(host, **{"run_id": RUN, "node": NODE, **changed}) == 0
     assert keys(host) == set()
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"duration_s": 10**6}, {"duration_s": float("nan")}, {"pclients": 10_000}, {"startport": 22}, {"bogus": 1}, [1]],
+    ids=repr,
+)
+def test_a_ring_message_with_bad_iperf_params_answers_every_node_error(params: Any) -> None:
+    store = ResultsStore(fakeredis.FakeRedis())
+    dispatcher = FakeDispatcher()
+    settings = config.Settings(node_name="test", redis_url="")
+    got = tasks.iperf_ring(store, dispatcher, settings, run_id=RUN, nodes=["node-a", "node-b"], params=params)
+    assert got == {"node-a": "error", "node-b": "error"}
+    assert store.run_answered(RUN) == {("node-a", "iperf"), ("node-b", "iperf")}
+    assert dispatcher.tasks == []  # no servers asked for
+    assert store.latest("node-a") == {}
+
+
+@pytest.mark.parametrize(
+    "changed", [{"run_id": "r:*"}, {"run_id": 3}, {"nodes": ["a:b", "node-a"]}, {"nodes": "node-a"}], ids=repr
+)
+def test_a_ring_message_with_bad_names_keys_nothing(changed: dict[str, Any]) -> None:
+    store = ResultsStore(fakeredis.FakeRedis())
+    settings = config.Settings(node_name="test", redis_url="")
+    message: dict[str, Any] = {"run_id": RUN, "nodes": ["node-a", "node-b"], "params": {}, **changed}
+    assert tasks.iperf_ring(store, FakeDispatcher(), settings, **message) == {}
+    assert set(store.r.keys("*")) == set()
