@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 
 # What ``Run.new`` makes (uuid4 hex): a message's run id becomes part of Redis keys, so nothing else is used.
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
+# Far more than any registry holds: each name a message carries is answered, one store field each.
+_MOST_CHECKS = 256
 
 
 class GpusBusy(Exception):
@@ -95,6 +97,7 @@ def run_checks(
         # acked, and the run (if there is one) reports the node at its deadline.
         log.warning("run_checks message refused: %s", refused)
         return Done()
+    checks = list(dict.fromkeys(checks))  # a check named twice runs (and is answered) once
     ctx = host.context(node)
     writer = _Writer(host.store, run_id, judge=fleet.judge_in(host.fleet, ctx) if ctx is not None else None)
     if ctx is None:
@@ -163,6 +166,8 @@ def _refusal(run_id: object, node: object, checks: object) -> str:
         return str(exc)
     if not isinstance(checks, (list, tuple)) or not all(isinstance(c, str) for c in checks):
         return f"checks is not a list of check names: {str(checks)[:80]!r}"
+    if len(set(checks)) > _MOST_CHECKS:
+        return f"{len(set(checks))} different check names (at most {_MOST_CHECKS})"
     return ""
 
 

@@ -240,3 +240,13 @@ def test_a_ring_message_with_bad_names_keys_nothing(changed: dict[str, Any]) -> 
     message: dict[str, Any] = {"run_id": RUN, "nodes": ["node-a", "node-b"], "params": {}, **changed}
     assert tasks.iperf_ring(store, FakeDispatcher(), settings, **message) == {}
     assert set(store.r.keys("*")) == set()
+
+
+def test_a_check_named_many_times_runs_once(host: NodeHost) -> None:
+    done = send(host, checks=["remapped", "gpupower"] * 5_000)
+    assert [r.check for r in done] == ["remapped", "gpupower"]
+
+
+def test_thousands_of_different_check_names_are_refused(host: NodeHost) -> None:
+    assert send(host, checks=[f"c{i}" for i in range(10_000)]) == []
+    assert keys(host) == set()
