@@ -438,7 +438,7 @@ def tick_interval(settings: config.Settings, kind: str) -> float:
         return settings.periodic_interval_s
     if kind == "invasive":
         return settings.invasive_interval_s
-    raise errors.BadParameter("kind", f"not a tick kind ({', '.join(TICK_KINDS)}): {kind[:40]!r}")
+    raise errors.BadParameter("kind", f"not a tick kind ({', '.join(TICK_KINDS)}): {str(kind)[:40]!r}")
 
 
 def tick(svc: Services, *, kind: str, now: float) -> Run | None:

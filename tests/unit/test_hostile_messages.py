@@ -14,7 +14,7 @@ from typing import Any
 import fakeredis
 import pytest
 
-from autopilot import config
+from autopilot import config, errors
 from autopilot.context import CheckContext
 from autopilot.registry import shipped as shipped_checks
 from autopilot.results import Status
@@ -250,3 +250,12 @@ def test_a_check_named_many_times_runs_once(host: NodeHost) -> None:
 def test_thousands_of_different_check_names_are_refused(host: NodeHost) -> None:
     assert send(host, checks=[f"c{i}" for i in range(10_000)]) == []
     assert keys(host) == set()
+
+
+@pytest.mark.parametrize("kind", ["nope", 5, None, ["periodic"]], ids=repr)
+def test_a_fanout_of_an_unknown_kind_is_a_bad_parameter(kind: Any) -> None:
+    settings = config.Settings(node_name="test", redis_url="")
+    store = ResultsStore(fakeredis.FakeRedis())
+    with pytest.raises(errors.BadParameter):
+        tasks.fanout(store, FakeDispatcher(), settings, shipped_checks(), kind=kind)
+    assert set(store.r.keys("*")) == set()
