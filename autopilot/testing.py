@@ -353,6 +353,18 @@ class _FakePvc:
     manifest: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
+def admission_refusal(labels: Mapping[str, str], quotas: Mapping[str, Sequence[str]], spec: Mapping[str, Any]) -> str:
+    """Why admission refuses a pod of ``spec`` in a namespace with ``labels`` and ResourceQuotas ``quotas``
+    (name -> the resources each tracks); '' when it does not: PodSecurity, then ResourceQuota, in the API
+    server's order of validating admission plugins. Both fakes (this one and the stand-in API server) admit
+    pods through it."""
+    level = labels.get(apivalidation.PSA_ENFORCE_LABEL, "privileged")
+    refusal = apivalidation.pod_security_refusal(spec, level)
+    for quota, hard in sorted(quotas.items()):
+        refusal = refusal or apivalidation.quota_refusal(quota, hard, spec)
+    return refusal
+
+
 class FakeCluster:
     """An in-memory cluster that implements ``ClusterClient`` and records every write in ``writes``.
 
@@ -438,13 +450,7 @@ class FakeCluster:
         self.quotas.setdefault(namespace, {})[name] = list(hard)
 
     def _admission(self, namespace: str, spec: Mapping[str, Any]) -> str:
-        """Why admission refuses a pod of ``spec`` in ``namespace`` ('' when it does not): PodSecurity, then
-        ResourceQuota, in the API server's order of validating admission plugins."""
-        level = self.namespace_labels.get(namespace, {}).get(apivalidation.PSA_ENFORCE_LABEL, "privileged")
-        refusal = apivalidation.pod_security_refusal(spec, level)
-        for quota, hard in sorted(self.quotas.get(namespace, {}).items()):
-            refusal = refusal or apivalidation.quota_refusal(quota, hard, spec)
-        return refusal
+        return admission_refusal(self.namespace_labels.get(namespace, {}), self.quotas.get(namespace, {}), spec)
 
     def add_storage_class(self, name: str, mode: str = "Immediate", *, binds_after: int | None = 1) -> None:
         """``binds_after``: reads of the claim's phase until it is Bound (None: the provisioner never binds)."""

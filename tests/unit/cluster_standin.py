@@ -46,6 +46,7 @@ from autopilot.cluster import (
 from autopilot.testing import (
     DEVICE_TAINT_EFFECTS,
     FakeCluster,
+    admission_refusal,
     device_taint_rule_problems,
     event_refusal,
     invalid_message,
@@ -287,13 +288,7 @@ class StandInApi:
             self.quotas.setdefault(namespace, {})[name] = list(hard)
 
     def _admission(self, namespace: str, spec: Mapping[str, Any]) -> str:
-        """Why admission refuses a pod of ``spec`` in ``namespace`` ('' when it does not): PodSecurity, then
-        ResourceQuota, in the API server's order of validating admission plugins."""
-        level = self.namespace_labels.get(namespace, {}).get(apivalidation.PSA_ENFORCE_LABEL, "privileged")
-        refusal = apivalidation.pod_security_refusal(spec, level)
-        for quota, hard in sorted(self.quotas.get(namespace, {}).items()):
-            refusal = refusal or apivalidation.quota_refusal(quota, hard, spec)
-        return refusal
+        return admission_refusal(self.namespace_labels.get(namespace, {}), self.quotas.get(namespace, {}), spec)
 
     def add_storage_class(self, name: str, mode: str = "Immediate", *, binds_after: int | None = 1) -> None:
         with self.lock:

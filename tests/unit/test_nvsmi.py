@@ -139,13 +139,9 @@ GPU 00000000:2B:00.0
     assert nvsmi.remapped_rows_from_q(report.gpus[1]) == gpus.RemappedRows(0, 0, False, False)
 
 
-def test_a_lost_gpu_line_naming_its_index_places_it_there_wherever_it_is_printed() -> None:
-    # Newer drivers: "Unable to determine the device handle for GPU1: 0000:2B:00.0: Unknown Error"
-    # (index, then bus id). A copy saved with 2>&1 prints that stderr line ahead of the report;
-    # the other sections keep their own indexes.
-    text = """\
-Unable to determine the device handle for GPU1: 0000:2B:00.0: Unknown Error
-
+# A -q report of three GPUs whose second nvidia-smi could not open (its section is missing), and an XML
+# report of two whose first is missing: what follows the lost-GPU line in the tests below.
+_TWO_OF_THREE_GPUS = """
 ==============NVSMI LOG==============
 
 Attached GPUs                             : 3
@@ -156,6 +152,18 @@ GPU 00000000:3C:00.0
     Remapped Rows
         Pending                           : Yes
 """
+_XML_1_OF_2 = (
+    '<?xml version="1.0" ?>\n<nvidia_smi_log><attached_gpus>2</attached_gpus>'
+    '<gpu id="00000000:3C:00.0"><product_name>NVIDIA H100 80GB HBM3</product_name><processes>'
+    "</processes></gpu></nvidia_smi_log>\n"
+)
+
+
+def test_a_lost_gpu_line_naming_its_index_places_it_there_wherever_it_is_printed() -> None:
+    # Newer drivers: "Unable to determine the device handle for GPU1: 0000:2B:00.0: Unknown Error"
+    # (index, then bus id). A copy saved with 2>&1 prints that stderr line ahead of the report;
+    # the other sections keep their own indexes.
+    text = "Unable to determine the device handle for GPU1: 0000:2B:00.0: Unknown Error\n" + _TWO_OF_THREE_GPUS
     report = nvsmi.parse_q(text)
     assert sorted((g.index, g.bus_id, g.error is not None) for g in report.gpus) == [
         (0, "00000000:1A:00.0", False),
@@ -165,12 +173,9 @@ GPU 00000000:3C:00.0
 
 
 def test_a_lost_gpu_line_beside_an_xml_report_is_that_gpus_section() -> None:
-    xml = (
-        '<?xml version="1.0" ?>\n<nvidia_smi_log><attached_gpus>2</attached_gpus>'
-        '<gpu id="00000000:3C:00.0"><product_name>NVIDIA H100 80GB HBM3</product_name><processes>'
-        "</processes></gpu></nvidia_smi_log>\n"
+    report = nvsmi.parse_q(
+        "Unable to determine the device handle for GPU0: 0000:1A:00.0: Unknown Error\n" + _XML_1_OF_2
     )
-    report = nvsmi.parse_q("Unable to determine the device handle for GPU0: 0000:1A:00.0: Unknown Error\n" + xml)
     assert [(g.index, g.bus_id, g.error is not None) for g in report.gpus] == [
         (0, "0000:1A:00.0", True),
         (1, "00000000:3C:00.0", False),
@@ -181,31 +186,14 @@ def test_a_lost_gpu_line_without_its_index_printed_ahead_is_placed_by_its_bus_id
     # Older drivers name the GPU by bus id alone ("for GPU0000:2B:00.0"); a copy saved with stderr first
     # prints it ahead of the report. nvidia-smi numbers GPUs in PCI bus order: the lost GPU is 1, not the
     # last, and the healthy GPU at 3C keeps index 2 (it was blamed as GPU 1's, and GPU 2 as the lost one).
-    text = """\
-Unable to determine the device handle for GPU0000:2B:00.0: Unknown Error
-
-==============NVSMI LOG==============
-
-Attached GPUs                             : 3
-GPU 00000000:1A:00.0
-    Remapped Rows
-        Pending                           : No
-GPU 00000000:3C:00.0
-    Remapped Rows
-        Pending                           : Yes
-"""
+    text = "Unable to determine the device handle for GPU0000:2B:00.0: Unknown Error\n" + _TWO_OF_THREE_GPUS
     report = nvsmi.parse_q(text)
     assert sorted((g.index, g.bus_id, g.error is not None) for g in report.gpus) == [
         (0, "00000000:1A:00.0", False),
         (1, "0000:2B:00.0", True),
         (2, "00000000:3C:00.0", False),
     ]
-    xml = (
-        '<?xml version="1.0" ?>\n<nvidia_smi_log><attached_gpus>2</attached_gpus>'
-        '<gpu id="00000000:3C:00.0"><product_name>NVIDIA H100 80GB HBM3</product_name><processes>'
-        "</processes></gpu></nvidia_smi_log>\n"
-    )
-    report = nvsmi.parse_q("Unable to determine the device handle for GPU0000:1A:00.0: Unknown Error\n" + xml)
+    report = nvsmi.parse_q("Unable to determine the device handle for GPU0000:1A:00.0: Unknown Error\n" + _XML_1_OF_2)
     assert [(g.index, g.bus_id, g.error is not None) for g in report.gpus] == [
         (0, "0000:1A:00.0", True),
         (1, "00000000:3C:00.0", False),
