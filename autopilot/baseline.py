@@ -127,8 +127,10 @@ def is_slow(value: float, baseline: Baseline, policy: Policy) -> bool:
 def samples(result: CheckResult, model: str, driver: str) -> list[Sample]:
     """The figures of ``result`` that a baseline judges, each with its cohort.
 
-    Only figures of devices the check measured (a device in ``error`` has none). Per-GPU checks
-    name the GPU model in each GPU's data (the tool prints it); ``model`` is the fallback.
+    Only figures of devices the check measured (a device in ``error`` has none), and not those of
+    a GPU another process used meanwhile (``in_use.busy`` in its data): a contended figure would
+    teach the cohort that slow is normal. Per-GPU checks name the GPU model in each GPU's data
+    (the tool prints it); ``model`` is the fallback.
     """
     if result.status in (Status.SKIPPED, Status.BUSY):
         return []
@@ -141,7 +143,7 @@ def samples(result: CheckResult, model: str, driver: str) -> list[Sample]:
             return []
         measured = {d.id for d in result.devices if d.status is not Status.ERROR}
         for gpu, entry in gpus.items():
-            if str(gpu) not in measured or not isinstance(entry, Mapping):
+            if str(gpu) not in measured or not isinstance(entry, Mapping) or _busy(entry):
                 continue
             name = str(entry.get("name") or model or "unknown")
             for metric, field in fields.items():
@@ -158,6 +160,11 @@ def samples(result: CheckResult, model: str, driver: str) -> list[Sample]:
         if device.unit == unit and value is not None and device.status is not Status.ERROR:
             found.append(Sample(device.id, Cohort(model or "unknown", major, result.check, metric), value))
     return found
+
+
+def _busy(entry: Mapping[str, Any]) -> bool:
+    marks = entry.get("in_use")
+    return isinstance(marks, Mapping) and marks.get("busy") is True
 
 
 def _number(raw: object) -> float | None:

@@ -8,6 +8,32 @@ not found, driver not loaded, driver/library mismatch, ...). Whether that is "no
 GPUs (``autopilot.gpucensus``), not here. A failed start is never remembered: the next call tries
 again, so a driver that comes back is seen on the next run. The records returned here are plain
 dataclasses, which the fake in ``autopilot.testing`` fills from recorded snapshots.
+
+``activity`` says whether someone else uses a GPU (our worker sees every GPU of its node without
+requesting one, so a training job may be running there), read just before one of our programs
+starts. The signals, and why these (docs/RESULTS.md "A GPU in use by others"):
+
+- **memory allocated** (``nvmlDeviceGetMemoryInfo``, v2 where the library has it): device-wide,
+  so it sees every process of every container, and a training job holds tens of GiB. The memory
+  the driver reserves for itself is left out (v2's ``reserved``; ``total - free - reserved``
+  whether a driver counts ``used`` with or without it). Read before our program starts, since
+  our own buffers count once it runs.
+- **kernel time** (``nvmlDeviceGetUtilizationRates``, ``gpu``: the percent of the last 1/6 to 1 s
+  during which a kernel ran): device-wide too. Before our program starts it is someone else's;
+  while ``ap-bandwidth`` runs it still is, since its copies (``cudaMemcpyAsync``) run on the copy
+  engines, not as kernels. ``ap-gpumem``'s own kernels count, so ``gpumem`` reads it only before.
+  It is also sampled with the rest of ``sample``.
+- **compute processes** (``nvmlDeviceGetComputeRunningProcesses``), counted before our program
+  starts, so none is ours. Evidence when present, never of an idle GPU: the driver translates
+  each process's pid into the caller's PID namespace and leaves out those it cannot
+  (``os_find_ns_pid`` returns ``NV_ERR_OBJECT_NOT_FOUND`` for ``pid_vnr() == 0``, and
+  ``gpuGetProcWithObject`` skips them, open-gpu-kernel-modules), so a pod without ``hostPID``
+  (ours) sees only its own; older drivers listed host pids (NVIDIA/nvidia-docker#1483).
+
+Not used: ``nvmlDeviceGetPcieThroughput`` (one 20 ms window that counts our own copies while
+they run; before they do, a job's bursty loads are missed as often as seen) and the per-process
+utilisation samples (pids filtered as above). Each signal is read on its own: one that NVML
+answers ``NOT_SUPPORTED`` or fails is ``None`` with the reason in ``unknown``, never "busy".
 """
 
 from __future__ import annotations
@@ -64,6 +90,23 @@ class GpuSample:
     temperature_c: float | None
     power_w: float | None
     sm_clock_mhz: float | None
+    utilization_pct: float | None = None
+    """Kernel time (``nvmlDeviceGetUtilizationRates().gpu``), None where NVML does not tell."""
+
+
+@dataclasses.dataclass(frozen=True)
+class GpuActivity:
+    """What others do on a GPU, read before our program starts; None: NVML could not tell (see
+    ``unknown``). The module docstring says why these signals."""
+
+    processes: int | None
+    """Compute processes NVML lists (only those in our PID namespace, on current drivers)."""
+    memory_used_bytes: int | None
+    """Device memory allocated, without what the driver reserves for itself."""
+    utilization_pct: float | None
+    """Percent of the last sample period (1/6 to 1 s) during which a kernel ran."""
+    unknown: tuple[str, ...] = ()
+    """One entry per signal not read: ``utilization: Not Supported``."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +135,8 @@ class GpuTelemetry(Protocol):
     def pcie_link(self, index: int) -> PcieLink: ...
 
     def sample(self, index: int) -> GpuSample: ...
+
+    def activity(self, index: int) -> GpuActivity: ...
 
 
 # What each pynvml error class means for an operator (pynvml makes one NVMLError subclass per
@@ -226,9 +271,47 @@ class NvmlTelemetry:
                 temperature_c=_maybe(lambda: float(n.nvmlDeviceGetTemperature(h, n.NVML_TEMPERATURE_GPU)), n),
                 power_w=_maybe(lambda: n.nvmlDeviceGetPowerUsage(h) / 1000.0, n),
                 sm_clock_mhz=_maybe(lambda: float(n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_SM)), n),
+                utilization_pct=_maybe(lambda: float(n.nvmlDeviceGetUtilizationRates(h).gpu), n),
             )
 
         return self._call(f"GPU {index} sample", read, index)
+
+    def activity(self, index: int) -> GpuActivity:
+        def read(n: Any) -> GpuActivity:
+            h = self._handle(n, index)
+            unknown: list[str] = []
+            processes = _signal("processes", lambda: len(n.nvmlDeviceGetComputeRunningProcesses(h)), n, unknown)
+            memory = _signal("memory", lambda: allocated_bytes(n, h), n, unknown)
+            util = _signal("utilization", lambda: float(n.nvmlDeviceGetUtilizationRates(h).gpu), n, unknown)
+            return GpuActivity(processes, memory, util, tuple(unknown))
+
+        return self._call(f"GPU {index} activity", read, index)
+
+
+def allocated_bytes(nvml: Any, handle: Any) -> int:
+    """Device memory allocated by processes: ``total - free - reserved`` from ``nvmlMemory_v2``
+    (right whether the driver's ``used`` includes ``reserved``, as R525's documentation says, or
+    not, as nvidia-smi shows it), else v1's ``used``, which includes the driver's reserve (about
+    0.5 GiB on an H100)."""
+    if hasattr(nvml, "nvmlMemory_v2"):
+        try:
+            info = nvml.nvmlDeviceGetMemoryInfo(handle, version=nvml.nvmlMemory_v2)
+        except nvml.NVMLError_FunctionNotFound:
+            pass  # a library older than nvmlDeviceGetMemoryInfo_v2: v1 below
+        else:
+            return max(0, int(info.total) - int(info.free) - int(info.reserved))
+    return int(nvml.nvmlDeviceGetMemoryInfo(handle).used)
+
+
+def _signal(name: str, fn: Callable[[], T], nvml: Any, unknown: list[str]) -> T | None:
+    # One signal NVML cannot give is unknown, never "busy"; a lost GPU still raises (``_call``).
+    try:
+        return fn()
+    except nvml.NVMLError_GpuIsLost:
+        raise
+    except nvml.NVMLError as exc:
+        unknown.append(f"{name}: {nvml_cause(exc)}")
+        return None
 
 
 def _maybe(fn: Callable[[], float], nvml: Any) -> float | None:

@@ -217,6 +217,7 @@ class FakeGpu:
     link: gpus.PcieLink = gpus.PcieLink(5, 5, 16, 16)
     sample: gpus.GpuSample = gpus.GpuSample(35.0, 70.0, 1980.0)
     raises: errors.GpuError | None = None
+    activity: gpus.GpuActivity = gpus.GpuActivity(0, 0, 0.0)  # idle: nobody else on the GPU
 
 
 class FakeTelemetry:
@@ -244,6 +245,7 @@ class FakeTelemetry:
                 reasons=frozenset(g.get("clock_event_reasons", ())),
                 link=gpus.PcieLink(**g["pcie_link"]) if "pcie_link" in g else gpus.PcieLink(5, 5, 16, 16),
                 sample=gpus.GpuSample(**g["sample"]) if "sample" in g else gpus.GpuSample(35.0, 70.0, 1980.0),
+                activity=_activity(g["activity"]) if "activity" in g else gpus.GpuActivity(0, 0, 0.0),
             )
             for g in raw.get("gpus", ())
         ]
@@ -287,6 +289,15 @@ class FakeTelemetry:
     def sample(self, index: int) -> gpus.GpuSample:
         return self._gpu(index).sample
 
+    def activity(self, index: int) -> gpus.GpuActivity:
+        return self._gpu(index).activity
+
+
+def _activity(raw: Mapping[str, Any]) -> gpus.GpuActivity:
+    return gpus.GpuActivity(
+        raw.get("processes"), raw.get("memory_used_bytes"), raw.get("utilization_pct"), tuple(raw.get("unknown", ()))
+    )
+
 
 def snapshot(telemetry: gpus.GpuTelemetry) -> dict[str, Any]:
     """Read everything the checks use from a telemetry into the JSON ``FakeTelemetry.from_json`` loads."""
@@ -303,6 +314,7 @@ def snapshot(telemetry: gpus.GpuTelemetry) -> dict[str, Any]:
                 "clock_event_reasons": sorted(telemetry.clock_event_reasons(i)),
                 "pcie_link": dataclasses.asdict(telemetry.pcie_link(i)),
                 "sample": dataclasses.asdict(telemetry.sample(i)),
+                "activity": dataclasses.asdict(telemetry.activity(i)),
             }
         )
     return out

@@ -8,6 +8,8 @@
   (samples judged on their median, CUDA errors that are hardware findings, PCIe replay and ECC
   counters that grew during the run, the link and clocks under load, a GPU far below its
   identical neighbours);
+- ``read_activity``, ``in_use_of``, ``InUse``: whether another process used the GPU while it was
+  measured (the signals and why: ``autopilot.gpus``); a figure taken then is not judged;
 - ``Sampler``: telemetry of one GPU sampled in the background while a program runs on it (by
   one thread per process for all GPUs). A
   bandwidth figure means little without the temperature, power and SM clock the GPU ran at,
@@ -29,7 +31,7 @@ from typing import Any
 from autopilot import errors, gpus, jsoncodec, names
 from autopilot.results import CheckResult, Status
 
-_FIELDS = ("temperature_c", "power_w", "sm_clock_mhz")
+_FIELDS = ("temperature_c", "power_w", "sm_clock_mhz", "utilization_pct")
 
 
 # One parse error for every reader of tool output (kept under this name for callers).
@@ -117,6 +119,100 @@ def cv_note(name: str, s: Series, limit_pct: float) -> str | None:
         f"{name} varies {s.cv * 100:.1f}% (> {limit_pct:g}%) over {len(s.samples)} samples "
         f"({s.minimum:.1f}-{s.maximum:.1f})"
     )
+
+
+# A GPU is in use by others when, before our program starts, more memory than a CUDA context or
+# two is allocated (a context costs about 0.3-0.6 GiB; a training job holds tens of GiB, and the
+# driver's own reserve is not counted), or kernels ran for this share of the last sample period (a
+# stray monitoring kernel is no contention; a training loop keeps kernels on the GPU nearly always).
+IN_USE_MEMORY_BYTES = 1 << 30
+IN_USE_UTILIZATION_PCT = 5.0
+_GIB = float(1 << 30)
+
+
+@dataclasses.dataclass(frozen=True)
+class InUse:
+    """The evidence that another process used a GPU while we measured it (``busy``), or that NVML
+    could not tell (``unknown``: judged as if idle, with a note)."""
+
+    busy: bool
+    processes: int | None = None
+    memory_used_bytes: int | None = None
+    utilization_pct: float | None = None  # before our program started
+    utilization_during_pct: float | None = None  # highest while it ran (only where ours runs no kernel)
+    reasons: tuple[str, ...] = ()
+    unknown: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        """``in use by others (61 GiB used, kernels 97% of the time before the run)``."""
+        return f"in use by others ({', '.join(self.reasons)})"
+
+    def unknown_note(self) -> str:
+        """`` (whether others used the GPU is partly unknown: utilization: Not Supported)``, or ""."""
+        if self.busy or not self.unknown:
+            return ""
+        return f" (whether others used the GPU is partly unknown: {'; '.join(self.unknown)})"
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"busy": self.busy}
+        if self.processes is not None:
+            out["processes"] = self.processes
+        if self.memory_used_bytes is not None:
+            out["memory_used_gib"] = round(self.memory_used_bytes / _GIB, 2)
+        if self.utilization_pct is not None:
+            out["utilization_pct"] = self.utilization_pct
+        if self.utilization_during_pct is not None:
+            out["utilization_during_pct"] = self.utilization_during_pct
+        if self.reasons:
+            out["reasons"] = list(self.reasons)
+        if self.unknown:
+            out["unknown"] = list(self.unknown)
+        return out
+
+
+def read_activity(telemetry: gpus.GpuTelemetry, index: int) -> gpus.GpuActivity:
+    """``telemetry.activity(index)``; a GPU NVML cannot answer for at all is unknown, never busy."""
+    try:
+        return telemetry.activity(index)
+    except errors.GpuUnavailable:
+        raise
+    except errors.GpuError as exc:
+        return gpus.GpuActivity(None, None, None, (f"NVML: {exc}",))
+
+
+def in_use_of(before: gpus.GpuActivity, during_pct: float | None = None) -> InUse:
+    """Judge the signals (pure): ``before`` read just before our program started, ``during_pct``
+    the highest kernel time sampled while it ran (None where our program runs kernels itself)."""
+    reasons: list[str] = []
+    if before.processes:
+        reasons.append(f"{before.processes} other process{'es' if before.processes > 1 else ''}")
+    if before.memory_used_bytes is not None and before.memory_used_bytes > IN_USE_MEMORY_BYTES:
+        gib = before.memory_used_bytes / _GIB
+        reasons.append(f"{gib:.0f} GiB used" if gib >= 10 else f"{gib:.1f} GiB used")
+    ahead = before.utilization_pct is not None and before.utilization_pct >= IN_USE_UTILIZATION_PCT
+    during = during_pct is not None and during_pct >= IN_USE_UTILIZATION_PCT
+    if ahead and during:
+        reasons.append(f"kernels {before.utilization_pct:.0f}% of the time before the run, {during_pct:.0f}% during it")
+    elif ahead:
+        reasons.append(f"kernels {before.utilization_pct:.0f}% of the time before the run")
+    elif during:
+        reasons.append(f"kernels {during_pct:.0f}% of the time during the run")
+    return InUse(
+        bool(reasons),
+        before.processes,
+        before.memory_used_bytes,
+        before.utilization_pct,
+        during_pct,
+        tuple(reasons),
+        before.unknown,
+    )
+
+
+def sampled_peak(summary: Mapping[str, Any], field: str) -> float | None:
+    """The highest value of ``field`` in a ``Sampler.summary()`` (None: never read)."""
+    stats = summary.get(field)
+    peak = stats.get("max") if isinstance(stats, Mapping) else None
+    return float(peak) if isinstance(peak, int | float) and not isinstance(peak, bool) else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -322,7 +418,15 @@ def peer_outliers(values: Mapping[int, tuple[str, float]], ratio: float = 0.9) -
 
 
 def skipped_summary(result: CheckResult) -> CheckResult:
-    """A result whose every GPU was skipped says why, GPU by GPU, instead of the ok summary."""
+    """A result whose every GPU was skipped says why, GPU by GPU, instead of the ok summary; an ok
+    one with some GPUs skipped (in use by others, MIG) names them after it, so that the summary
+    does not read as if every GPU passed."""
+    if result.status is Status.OK:
+        skipped = [d for d in result.devices if d.status is Status.SKIPPED]
+        if not skipped:
+            return result
+        notes = "; ".join(f"GPU {d.id} skipped: {d.detail}" for d in skipped)
+        return dataclasses.replace(result, summary=f"{result.summary}; {notes}")
     if result.status is not Status.SKIPPED or not result.devices:
         return result
     return dataclasses.replace(result, summary="; ".join(f"GPU {d.id}: {d.detail}" for d in result.devices))

@@ -17,7 +17,12 @@ fatal); a coefficient of variation above ``settings.gpu_cv_threshold_pct`` and a
 the median of identical GPUs of the node warn. Both kernels compute exactly representable
 numbers and every element is checked: any wrong value is silent data corruption, a fatal
 ``fail``. Hardware CUDA errors, counters that grew, MIG and a pod without a CPU local to the GPU
-follow ``pciebw``'s rules (the H2D figure is then not judged). A set-up error, a missing figure
+follow ``pciebw``'s rules (the H2D figure is then not judged). A GPU in use by another process
+when our program started (memory allocated, kernels running, another compute process:
+``_cuda.in_use_of``; kernel time while it runs is ours) has its figures reported, not judged:
+``skipped`` with the evidence in ``data.gpus.<i>.in_use``, left out of the neighbours' comparison
+and of the fleet baselines; wrong values, counters that grew and hardware errors are still
+judged on it. A set-up error, a missing figure
 or unreadable output is an ``error`` for that GPU. ``dgemm_seconds`` adds a sustained DGEMM whose
 clocks and power (NVML, sampled by the program) are reported under ``under_load``.
 
@@ -63,18 +68,21 @@ from typing import Any
 
 from autopilot import errors, registry
 from autopilot.checks._cuda import (
+    InUse,
     ParseError,
     Sampler,
     Series,
     counter_findings,
     cv_note,
     hardware_finding,
+    in_use_of,
     link_under_load,
     numa,
     number_field,
     parse_tool_json,
     pcie_floor,
     peer_outliers,
+    read_activity,
     selected_entry,
     series,
     series_of,
@@ -188,6 +196,7 @@ class GpuReading:
     device: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # the ap-gpumem entry
     error: str | None = None
     telemetry: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    in_use: InUse | None = None  # whether others used the GPU (None: not asked, as for a saved output)
 
 
 def argv_for(path: str, pci_bus_id: str, params: Mapping[str, Any]) -> list[str]:
@@ -260,10 +269,11 @@ def working_set_note(device: Mapping[str, Any], elements: int | None) -> str | N
 def judge_gpu(
     reading: GpuReading, limits: Thresholds, *, cv_limit_pct: float = 5.0, elements: int | None = None
 ) -> Judged:
-    """skipped (MIG) / fail (hardware error, wrong values: fatal; counters grew; a median below its
-    threshold) / warn (samples vary) / error (no figures) / ok. Without a CPU local to the GPU the
-    H2D figure is reported, not judged, and the detail says so: that is the pod's placement, not
-    the GPU's health."""
+    """skipped (MIG; in use by others) / fail (hardware error, wrong values: fatal; counters grew; a
+    median below its threshold) / warn (samples vary) / error (no figures) / ok. Without a CPU
+    local to the GPU the H2D figure is reported, not judged, and the detail says so: that is the
+    pod's placement, not the GPU's health. On a GPU in use by others no figure is judged (nor
+    returned for the neighbours' comparison): wrong values and counters still are."""
     gpu_id = str(reading.index)
     device = reading.device
     if device.get("skipped"):
@@ -299,6 +309,16 @@ def judge_gpu(
             # Silent data corruption: the GPU computed or stored wrong numbers.
             fails.insert(0, f"{kernel.upper()} wrote {count} wrong value(s)")
             fatal = True
+    shown = (
+        f"H2D {medians['h2d_gbps']:.1f} GB/s, DAXPY {medians['daxpy_gbps']:.0f} GB/s, "
+        f"DGEMM {medians['dgemm_tflops']:.1f} TFLOPS"
+    )
+    if reading.in_use is not None and reading.in_use.busy:
+        detail = f"{reading.in_use.describe()}: {shown} not judged"
+        if fails or warns:
+            status = Status.FAIL if fails else Status.WARN
+            return Judged(DeviceResult(gpu_id, status, daxpy, "GB/s", "; ".join([*fails, *warns, detail])), fatal)
+        return Judged(DeviceResult(gpu_id, Status.SKIPPED, daxpy, "GB/s", detail))
     off_node = numa(device).get("cpu_local") is False
     for key, (_field, unit) in FIELDS.items():
         limit = limits.get(key)
@@ -310,20 +330,19 @@ def judge_gpu(
         note = cv_note(key.split("_")[0].upper(), figures[key], cv_limit_pct)
         if note:
             warns.append(note)
-    shown = (
-        f"H2D {medians['h2d_gbps']:.1f} GB/s, DAXPY {medians['daxpy_gbps']:.0f} GB/s, "
-        f"DGEMM {medians['dgemm_tflops']:.1f} TFLOPS"
-    )
+    unknown = reading.in_use.unknown_note() if reading.in_use is not None else ""
     if fails:
-        return Judged(DeviceResult(gpu_id, Status.FAIL, daxpy, "GB/s", "; ".join([*fails, *warns])), fatal, medians)
+        detail = "; ".join([*fails, *warns]) + unknown
+        return Judged(DeviceResult(gpu_id, Status.FAIL, daxpy, "GB/s", detail), fatal, medians)
     if warns:
         return Judged(
-            DeviceResult(gpu_id, Status.WARN, daxpy, "GB/s", "; ".join(warns) + f" ({shown})"), False, medians
+            DeviceResult(gpu_id, Status.WARN, daxpy, "GB/s", "; ".join(warns) + f" ({shown}){unknown}"), False, medians
         )
     unjudged = limits.daxpy_gbps is None or limits.dgemm_tflops is None
     note = " (no DAXPY/DGEMM thresholds for this model: reported only)" if unjudged else ""
     if off_node:
         note += " (H2D not judged: no CPU of this pod's cpuset is local to the GPU)"
+    note += unknown
     return Judged(DeviceResult(gpu_id, Status.OK, daxpy, "GB/s", shown + note), False, medians)
 
 
@@ -376,6 +395,8 @@ def evaluate(
             entry["error"] = r.error
         if r.telemetry:
             entry["sampler"] = dict(r.telemetry)
+        if r.in_use is not None:
+            entry["in_use"] = r.in_use.to_dict()
         per_gpu[str(r.index)] = entry
     peer_notes: dict[int, list[str]] = {}
     for key in ("daxpy_gbps", "dgemm_tflops"):
@@ -455,6 +476,8 @@ def _measure(ctx: CheckContext, path: str, index: int, params: Mapping[str, Any]
         raise
     except errors.GpuError as exc:
         return GpuReading(index, error=f"NVML has no PCI bus id for GPU {index}: {exc}"), None
+    # Read before our program starts: its own buffers and kernels would count once it runs.
+    in_use = in_use_of(read_activity(ctx.gpus, index))
     with Sampler(ctx.gpus, index) as sampler:
         try:
             result = ctx.commands.run(
@@ -467,7 +490,7 @@ def _measure(ctx: CheckContext, path: str, index: int, params: Mapping[str, Any]
         version = _cublas_version(parse_tool_json(result.stdout, "ap-gpumem"))
     except ParseError:
         version = None
-    return dataclasses.replace(reading, telemetry=sampler.summary()), version
+    return dataclasses.replace(reading, telemetry=sampler.summary(), in_use=in_use), version
 
 
 def _threshold_param(key: str, help_text: str) -> registry.Param:

@@ -18,7 +18,13 @@ their sources in docs/THRESHOLDS.md):
   ECC errors warn; a hardware CUDA error fails (a lost GPU and uncorrectable ECC fatal), a set-up
   error (memory, driver, permissions) is an ``error``;
 - a GPU whose pod has no CPU local to it is reported and not judged (``skipped``): every copy
-  would cross the socket link; a GPU in MIG mode is skipped with the reason.
+  would cross the socket link; a GPU in MIG mode is skipped with the reason;
+- a GPU in use by another process while it was measured (memory allocated or kernels running
+  before the copies, kernels while they ran, another compute process: ``_cuda.in_use_of``) has
+  its figure reported, not judged: ``skipped`` with the evidence (``data.gpus.<i>.in_use``), left
+  out of the neighbours' comparison and of the fleet baselines. What load does not change is
+  still judged on it: counters that grew, hardware errors, a link narrower or slower than its
+  maximum.
 
 The tool is ``ap-bandwidth`` from ``cuda_src/`` (in ``settings.cuda_bin_dir``), run once per GPU;
 its output (cuda_src/README.md) carries every sample, the NUMA nodes of the GPU and of the pinned
@@ -75,18 +81,22 @@ from typing import Any
 from autopilot import errors, gpus, nvsmi, registry
 from autopilot.checks._cuda import (
     Finding,
+    InUse,
     ParseError,
     Sampler,
     Series,
     counter_findings,
     cv_note,
     hardware_finding,
+    in_use_of,
     link_under_load,
     numa,
     number_field,
     parse_tool_json,
     pcie_floor,
     peer_outliers,
+    read_activity,
+    sampled_peak,
     selected_entry,
     series,
     series_of,
@@ -113,7 +123,8 @@ class GpuReading:
 
     ``h2d`` holds every sample (``h2d_gbps`` is their median); ``device`` is the program's whole
     entry for the GPU (NUMA nodes, counters, telemetry), ``finding`` a hardware fault it reported,
-    ``skipped`` why the GPU was not measured (MIG mode).
+    ``skipped`` why the GPU was not measured (MIG mode), ``in_use`` whether others used it
+    meanwhile (None: not asked, as for a saved output).
     """
 
     index: int
@@ -127,6 +138,7 @@ class GpuReading:
     finding: Finding | None = None
     skipped: str | None = None
     link_loaded: bool = False  # ``link`` was read during the copies (else after: idle Gen1 is normal)
+    in_use: InUse | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -353,9 +365,9 @@ def link_data(link: gpus.PcieLink | None, link_error: str | None) -> dict[str, A
 def judge_gpu(reading: GpuReading, rules: Rules, peer_note: str | None = None) -> tuple[DeviceResult, bool]:
     """One GPU's finding, and whether it is fatal.
 
-    skipped (MIG; no CPU local to the GPU, so H2D is not judged) / fail (hardware error, counters
-    grew, median below the floor) / warn (narrow or down-trained link, unstable samples, far
-    below identical GPUs) / error (no figure) / ok.
+    skipped (MIG; in use by others or no CPU local to the GPU, so H2D is not judged) / fail
+    (hardware error, counters grew, median below the floor) / warn (narrow or down-trained link,
+    unstable samples, far below identical GPUs) / error (no figure) / ok.
     """
     gpu_id = str(reading.index)
     if reading.skipped is not None:
@@ -372,6 +384,8 @@ def judge_gpu(reading: GpuReading, rules: Rules, peer_note: str | None = None) -
     link = f"; PCIe {link_note(reading.link)}" if reading.link is not None else ""
     fails = [d for s, d, _f in counters if s == "fail"]
     warns = [d for s, d, _f in counters if s == "warn"]
+    if reading.in_use is not None and reading.in_use.busy:
+        return _judge_busy(gpu_id, reading, reading.in_use, value, (fails, warns), fatal)
     place = numa(reading.figures)
     if place.get("cpu_local") is False:
         # Every copy crosses the socket link: the figure says nothing about this GPU's PCIe.
@@ -401,13 +415,48 @@ def judge_gpu(reading: GpuReading, rules: Rules, peer_note: str | None = None) -
             warns.append(note)
     if peer_note:
         warns.append(f"H2D {peer_note}")
+    unknown = reading.in_use.unknown_note() if reading.in_use is not None else ""
     if fails:
-        return DeviceResult(gpu_id, Status.FAIL, value, UNIT, "; ".join([*fails, *warns]) + link), fatal
+        return DeviceResult(gpu_id, Status.FAIL, value, UNIT, "; ".join([*fails, *warns]) + link + unknown), fatal
     if warns:
         return DeviceResult(
-            gpu_id, Status.WARN, value, UNIT, "; ".join(warns) + f" (H2D {value:g} GB/s, threshold {floor:g} GB/s)"
+            gpu_id,
+            Status.WARN,
+            value,
+            UNIT,
+            "; ".join(warns) + f" (H2D {value:g} GB/s, threshold {floor:g} GB/s){unknown}",
         ), False
-    return DeviceResult(gpu_id, Status.OK, value, UNIT, f"H2D {value:g} GB/s{link}"), False
+    return DeviceResult(gpu_id, Status.OK, value, UNIT, f"H2D {value:g} GB/s{link}{unknown}"), False
+
+
+def _judge_busy(
+    gpu_id: str,
+    reading: GpuReading,
+    in_use: InUse,
+    value: float,
+    counted: tuple[list[str], list[str]],
+    fatal: bool,
+) -> tuple[DeviceResult, bool]:
+    """A GPU others used while we measured: the figure is theirs as much as the link's, so only
+    what load does not change is judged (``counted``: the counters' fails and warns; the link's
+    width and generation)."""
+    fails, warns = counted
+    link = reading.link
+    if link is not None and width_degraded(link):
+        warns.append(f"PCIe link width x{link.current_width} of x{link.max_width}")
+    if link is not None and reading.link_loaded and 0 < link.current_gen < link.max_gen:
+        # The copies ran, so the link was under load whoever else used it.
+        warns.append(f"PCIe link at Gen{link.current_gen} of Gen{link.max_gen} under load")
+    detail = f"{in_use.describe()}: H2D {value:g} GB/s not judged"
+    if fails or warns:
+        return DeviceResult(
+            gpu_id, Status.FAIL if fails else Status.WARN, value, UNIT, "; ".join([*fails, *warns, detail])
+        ), fatal
+    return DeviceResult(gpu_id, Status.SKIPPED, value, UNIT, detail), False
+
+
+def _busy(reading: GpuReading) -> bool:
+    return reading.in_use is not None and reading.in_use.busy
 
 
 def evaluate(readings: Sequence[GpuReading], rules: Rules, *, tool: str) -> CheckResult:
@@ -415,7 +464,9 @@ def evaluate(readings: Sequence[GpuReading], rules: Rules, *, tool: str) -> Chec
     judged = {
         r.index: (str(r.figures.get("name") or ""), r.h2d_gbps)
         for r in readings
-        if r.h2d_gbps is not None and numa(r.figures).get("cpu_local") is not False
+        if r.h2d_gbps is not None
+        and numa(r.figures).get("cpu_local") is not False
+        and not _busy(r)  # a contended figure is no neighbour
     }
     peers = peer_outliers({i: (n, v) for i, (n, v) in judged.items() if v is not None}, rules.peer_ratio)
     verdicts = [judge_gpu(r, rules, peers.get(r.index)) for r in readings]
@@ -439,8 +490,12 @@ def evaluate(readings: Sequence[GpuReading], rules: Rules, *, tool: str) -> Chec
             entry["under_load"] = loaded
         if r.telemetry:
             entry["sampler"] = dict(r.telemetry)
+        if r.in_use is not None:
+            entry["in_use"] = r.in_use.to_dict()
         per_gpu[str(r.index)] = entry
-    values = [r.h2d_gbps for r in readings if r.h2d_gbps is not None]
+    # A busy GPU's figure is named after the summary as skipped; in the span it would read as a pass.
+    measured = [r.h2d_gbps for r in readings if r.h2d_gbps is not None]
+    values = [r.h2d_gbps for r in readings if r.h2d_gbps is not None and not _busy(r)] or measured
     span = "n/a"
     if values:
         low, high = min(values), max(values)
@@ -583,20 +638,24 @@ def _measure(ctx: CheckContext, tool: str, path: str, index: int, params: Mappin
             int(params.get("samples", DEFAULT_SAMPLES)),
             int(params.get("warmup_ms", DEFAULT_WARMUP_MS)),
         )
+    before = read_activity(ctx.gpus, index)  # before our buffers exist: what is allocated is others'
     with Sampler(ctx.gpus, index) as sampler:
         try:
             result = ctx.commands.run(argv, timeout=RUN_TIMEOUT_S)
         except errors.ToolTimeout as exc:
             return GpuReading(index, error=str(exc), telemetry=sampler.summary())
+    summary = sampler.summary()
+    # Copies are no kernel time: kernels while ours ran are someone else's (autopilot.gpus).
+    in_use = in_use_of(before, sampled_peak(summary, "utilization_pct"))
     if tool == "bandwidthTest":
         reading = reading_from_bandwidthtest(result.returncode, result.stdout, result.stderr, index)
     else:
         reading = reading_from_ap_bandwidth(result.returncode, result.stdout, result.stderr, index, bus)
     if reading.link is not None:
-        return dataclasses.replace(reading, telemetry=sampler.summary())
+        return dataclasses.replace(reading, telemetry=summary, in_use=in_use)
     # The program could not read NVML under load: the link as NVML reads it now.
     link, link_error = read_link(ctx, index)
-    return dataclasses.replace(reading, link=link, link_error=link_error, telemetry=sampler.summary())
+    return dataclasses.replace(reading, link=link, link_error=link_error, telemetry=summary, in_use=in_use)
 
 
 @registry.check(
