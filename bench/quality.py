@@ -25,8 +25,9 @@ confirmation off and on, and how fast real faults are confirmed (``flap_figures`
 Scoring, per node and round (after the round's checks and confirmation runs): the truth is
 "faulty" while a fault is active (a permanent fault from round 1 on, in every run; a transient one
 in round 2's periodic run only, so its confirmation run finds the node healthy: one bad sample),
-the prediction is "faulty" when the verdict is WARN or EVICT. A false EVICT is an EVICT without
-an active fatal fault; a false WARN a WARN without any active fault. The targets (0 false
+the prediction is "faulty" when the verdict is WARN or EVICT. A kind that is no fault (a GPU in
+use by others, ``simulate.NOT_FAULTS``) keeps the truth "healthy": its WARN is a false WARN. A
+false EVICT is an EVICT without an active fatal fault; a false WARN a WARN without any active fault. The targets (0 false
 EVICTs; precision and recall >= 0.95) hold for permanent faults at 80% of normal or worse:
 node-rounds with a milder fault (95%, 90%) and transient faults count in their own rows and in
 neither side of the "in scope" line. A transient fault of a check whose failures can be noise is
@@ -79,6 +80,7 @@ class Case:
     slow: tuple[simnoise.Slowdown, ...] = ()
     severity: float | None = None  # fraction of normal, for slow figures
     transient: bool = False
+    harmless: bool = False  # no fault (``simulate.NOT_FAULTS``: a GPU in use by others): WARN is a false WARN
 
     @property
     def fatal(self) -> bool:
@@ -100,8 +102,9 @@ def cases() -> list[Case]:
     out: list[Case] = []
     for check in CHECKS:
         for kind in simulate.kinds(check):
-            out.append(Case(f"{check}:{kind}", ((check, kind),)))
-            if (check, kind) not in FATAL and kind not in simulate.GENERIC_KINDS:
+            harmless = (check, kind) in simulate.NOT_FAULTS
+            out.append(Case(f"{check}:{kind}", ((check, kind),), harmless=harmless))
+            if (check, kind) not in FATAL and kind not in simulate.GENERIC_KINDS and not harmless:
                 out.append(Case(f"{check}:{kind} (transient)", ((check, kind),), transient=True))
     for name, figure in FIGURES.items():
         for severity in SEVERITIES:
@@ -373,7 +376,7 @@ def score(
         tally = Tally()
         first: int | None = None
         for round_, v in enumerate(verdicts[node]):
-            truth = case is not None and case.active(round_)
+            truth = case is not None and case.active(round_) and not case.harmless
             said = v in (verdict.Verdict.WARN, verdict.Verdict.EVICT)
             if truth and said:
                 tally.tp += 1
@@ -389,7 +392,7 @@ def score(
             elif v is verdict.Verdict.WARN and not truth:
                 tally.false_warn += 1
                 tally.collateral += collateral[node][round_]
-        if case is not None and not case.transient and len(verdicts[node]) > ONSET:
+        if case is not None and not case.transient and not case.harmless and len(verdicts[node]) > ONSET:
             if first is None:
                 tally.missed += 1
             else:

@@ -7,7 +7,9 @@ engine and the real worker/task code run on top; only the seam is fake.
 
 Faults (``--fault NODE:CHECK[:KIND]``) change what one node's seam answers for one check:
 
-- a KIND of the check's own (``FAULTS``; the first is the default, ``fatal`` its node-killing one);
+- a KIND of the check's own (``FAULTS``; the first is the default, ``fatal`` its node-killing one;
+  ``busy``, for ``pciebw`` and ``gpumem``, is no fault: a training job shares one GPU, whose
+  figure is low and must be skipped, not judged: ``NOT_FAULTS``);
 - ``hang``: the tool (or the NVML call) sleeps past its timeout;
 - ``error``: the tool fails (or NVML answers an error), so the check reports ``error``.
 
@@ -78,6 +80,8 @@ FAULTS: dict[str, dict[str, str]] = {
     "pciebw": {
         "low": "GPU 3 measures 2.1 GB/s host-to-device (below the floor: fail)",
         "narrow": "GPU 3 link trained at x8 of x16, 26 GB/s (under the Gen5 x16 floor: fail)",
+        "busy": "a training job uses GPU 3 (61 GiB allocated, kernels 97% of the time), which measures "
+        "21.3 GB/s: skipped as in use by others, not judged",
     },
     "remapped": {
         "pending": "GPU 2 has a pending row remap (warn)",
@@ -94,6 +98,8 @@ FAULTS: dict[str, dict[str, str]] = {
     "gpumem": {
         "slow": "GPU 2 DGEMM at 9.7 TFLOPS (below the floor)",
         "mismatch": "GPU 2 DAXPY computed wrong numbers (4096 mismatches; fatal fail: EVICT)",
+        "busy": "a training job uses GPU 2 (61 GiB allocated, kernels 97% of the time), which measures "
+        "DAXPY 1466 GB/s, DGEMM 21 TFLOPS: skipped as in use by others, not judged",
     },
     "ping": {
         "down": "the node's link is down: no ping to or from it is answered, iperf3 cannot connect (fail; "
@@ -104,8 +110,14 @@ FAULTS: dict[str, dict[str, str]] = {
         "below threshold_gbps, or below half the median when most pairs are fast; the ring names the node)",
     },
 }
+# Kinds that are no fault: the verdict must stay as it is (a GPU in use by others is skipped, not judged).
+NOT_FAULTS = frozenset({("pciebw", "busy"), ("gpumem", "busy")})
 _GENERIC_HELP = {"hang": "the tool (or NVML call) sleeps past its timeout (error)", "error": "the tool fails (error)"}
 
+# A training job on a GPU, as NVML shows it to our pod: its memory and kernel time, not its
+# process (the driver lists only the processes of the caller's PID namespace; autopilot.gpus).
+_TRAINING_JOB = gpus.GpuActivity(processes=0, memory_used_bytes=61 << 30, utilization_pct=97.0)
+_TRAINING_SAMPLE = gpus.GpuSample(64.0, 612.0, 1980.0, 97.0)
 # Telemetry changes per (check, kind): GPU index -> FakeGpu fields.
 _TELEMETRY: dict[tuple[str, str], dict[int, dict[str, object]]] = {
     ("pciebw", "narrow"): {3: {"link": gpus.PcieLink(5, 5, 8, 16)}},
@@ -113,6 +125,8 @@ _TELEMETRY: dict[tuple[str, str], dict[int, dict[str, object]]] = {
     ("remapped", "fatal"): {5: {"remapped": gpus.RemappedRows(0, 3, False, True)}},
     ("gpupower", "brake"): {6: {"reasons": frozenset({"hw_slowdown", "hw_power_brake_slowdown"})}},
     ("gpupower", "thermal"): {6: {"reasons": frozenset({"sw_thermal_slowdown"})}},
+    ("pciebw", "busy"): {3: {"activity": _TRAINING_JOB, "sample": _TRAINING_SAMPLE}},
+    ("gpumem", "busy"): {2: {"activity": _TRAINING_JOB, "sample": _TRAINING_SAMPLE}},
 }
 # NVML error answered for ``error`` faults of NVML-only checks (NVML_ERROR_UNKNOWN).
 _NVML_ERROR_GPU, _NVML_ERROR_CODE = 4, 999
