@@ -89,6 +89,16 @@ def test_the_figures_are_reproducible_with_a_seed() -> None:
     assert first == again
 
 
+def test_a_busy_gpu_is_no_fault_its_warn_a_false_warn() -> None:
+    busy = next(c for c in quality.cases() if c.label == "pciebw:busy")
+    assert busy.harmless and not any(c.transient for c in quality.cases() if c.label.startswith("pciebw:busy"))
+    verdicts = {"sim-0": [Verdict.PASS, Verdict.PASS, Verdict.WARN]}
+    rows, in_scope, _overall, _transient = quality.score({"sim-0": busy}, verdicts, {"sim-0": [False] * 3})
+    tally = rows["pciebw:busy"]
+    assert (tally.tp, tally.fn, tally.fp, tally.tn, tally.false_warn, tally.missed) == (0, 0, 1, 2, 1, 0)
+    assert in_scope.fp == 1
+
+
 def test_every_fault_kind_of_the_periodic_checks_is_in_the_mix() -> None:
     labels = {c.label for c in quality.cases()}
     for check in quality.CHECKS:

@@ -31,6 +31,8 @@ EXPECTED = {
     ("gpupower", "thermal"): (Status.WARN, False),
     ("gpumem", "slow"): (Status.FAIL, False),
     ("gpumem", "mismatch"): (Status.FAIL, True),  # wrong values: silent data corruption
+    ("pciebw", "busy"): (Status.OK, False),  # no fault: the busy GPU is skipped
+    ("gpumem", "busy"): (Status.OK, False),
 }
 
 
@@ -59,6 +61,18 @@ def test_hang_and_error_faults_give_error_results(check: str, kind: str) -> None
     assert result.status is Status.ERROR, result.summary
     if kind == "hang":
         assert "timed out" in result.summary
+
+
+@pytest.mark.parametrize(("check", "gpu", "figure"), [("pciebw", "3", 21.3), ("gpumem", "2", 1465.6)])
+def test_a_busy_gpu_is_skipped_with_its_low_figure_and_the_evidence(check: str, gpu: str, figure: float) -> None:
+    ctx = simulate.contexts(SETTINGS, 1, [f"sim-0:{check}:busy"], checks=shipped_checks())["sim-0"]
+    result = execution.run_check(check, ctx)
+    busy = next(d for d in result.devices if d.id == gpu)
+    assert (busy.status, busy.value) == (Status.SKIPPED, figure)
+    assert busy.detail.startswith("in use by others (61 GiB used, kernels 97% of the time before the run")
+    assert result.data["gpus"][gpu]["in_use"]["busy"] is True
+    assert {d.status for d in result.devices if d.id != gpu} == {Status.OK}
+    assert (check, "busy") in simulate.NOT_FAULTS and f"{check}:busy" in simulate.help_text()
 
 
 def test_the_default_kind_is_the_first_listed() -> None:
