@@ -208,6 +208,15 @@ def in_use_of(before: gpus.GpuActivity, during_pct: float | None = None) -> InUs
     )
 
 
+def crowded_out(in_use: InUse | None, device: Mapping[str, Any], error: str) -> str | None:
+    """Why a GPU others use could not be measured at all, when our program found no memory left
+    (``cudaErrorMemoryAllocation``: a training job's allocator often takes nearly all of it): that
+    is the job's doing, not the GPU's, and not judged. None otherwise (the error stands)."""
+    if in_use is None or not in_use.busy or device.get("error_name") != "cudaErrorMemoryAllocation":
+        return None
+    return f"{in_use.describe()}: not measured, no device memory left ({error})"
+
+
 def sampled_peak(summary: Mapping[str, Any], field: str) -> float | None:
     """The highest value of ``field`` in a ``Sampler.summary()`` (None: never read)."""
     stats = summary.get(field)

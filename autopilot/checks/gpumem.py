@@ -22,7 +22,8 @@ when our program started (memory allocated, kernels running, another compute pro
 ``_cuda.in_use_of``; kernel time while it runs is ours) has its figures reported, not judged:
 ``skipped`` with the evidence in ``data.gpus.<i>.in_use``, left out of the neighbours' comparison
 and of the fleet baselines; wrong values, counters that grew and hardware errors are still
-judged on it. A set-up error, a missing figure
+judged on it, and our program finding no device memory left there is skipped too. A set-up
+error, a missing figure
 or unreadable output is an ``error`` for that GPU. ``dgemm_seconds`` adds a sustained DGEMM whose
 clocks and power (NVML, sampled by the program) are reported under ``under_load``.
 
@@ -73,6 +74,7 @@ from autopilot.checks._cuda import (
     Sampler,
     Series,
     counter_findings,
+    crowded_out,
     cv_note,
     hardware_finding,
     in_use_of,
@@ -285,6 +287,9 @@ def judge_gpu(
         detail = "; ".join([finding.detail, *(d for _s, d, _f in counters)])
         return Judged(DeviceResult(gpu_id, Status.FAIL, None, None, detail), finding.fatal or fatal)
     if reading.error is not None:
+        crowded = crowded_out(reading.in_use, device, reading.error)
+        if crowded is not None:
+            return Judged(DeviceResult(gpu_id, Status.SKIPPED, None, None, crowded))
         return Judged(DeviceResult(gpu_id, Status.ERROR, None, None, reading.error))
     small = working_set_note(device, elements)
     if small:

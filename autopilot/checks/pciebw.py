@@ -24,7 +24,7 @@ their sources in docs/THRESHOLDS.md):
   its figure reported, not judged: ``skipped`` with the evidence (``data.gpus.<i>.in_use``), left
   out of the neighbours' comparison and of the fleet baselines. What load does not change is
   still judged on it: counters that grew, hardware errors, a link narrower or slower than its
-  maximum.
+  maximum. Our program finding no device memory left on such a GPU is skipped too.
 
 The tool is ``ap-bandwidth`` from ``cuda_src/`` (in ``settings.cuda_bin_dir``), run once per GPU;
 its output (cuda_src/README.md) carries every sample, the NUMA nodes of the GPU and of the pinned
@@ -86,6 +86,7 @@ from autopilot.checks._cuda import (
     Sampler,
     Series,
     counter_findings,
+    crowded_out,
     cv_note,
     hardware_finding,
     in_use_of,
@@ -378,6 +379,9 @@ def judge_gpu(reading: GpuReading, rules: Rules, peer_note: str | None = None) -
         detail = "; ".join([reading.finding.detail, *(d for _s, d, _f in counters)])
         return DeviceResult(gpu_id, Status.FAIL, None, UNIT, detail), reading.finding.fatal or fatal
     if reading.h2d_gbps is None:
+        crowded = crowded_out(reading.in_use, reading.figures, reading.error or "")
+        if crowded is not None:
+            return DeviceResult(gpu_id, Status.SKIPPED, None, UNIT, crowded), False
         return DeviceResult(gpu_id, Status.ERROR, None, UNIT, reading.error or "no measurement"), False
     value = round(reading.h2d_gbps, 2)
     floor, _source = floor_for(reading, rules)

@@ -322,3 +322,23 @@ def test_the_recorded_json_of_a_busy_gpu_round_trips_the_fake() -> None:
     # FakeTelemetry.from_json reads what snapshot() writes, activity included (recorded snapshots).
     raw = json.loads(json.dumps(snapshot(FakeTelemetry([busy_gpu(0)]))))
     assert FakeTelemetry.from_json(raw).activity(0) == TRAINING
+
+
+# ---------------------------------------------------------------- no memory left to measure with
+
+
+def test_no_memory_left_on_a_busy_gpu_is_skipped_not_an_error() -> None:
+    oom = ap_line(0, 0.0, error="out of memory", kind="setup", name="cudaErrorMemoryAllocation")
+    busy = pciebw_run([oom], [busy_gpu(0)])
+    assert busy.devices[0].status is Status.SKIPPED  # before: error, and the node WARN
+    assert busy.devices[0].detail.startswith("in use by others (61 GiB used, kernels 97% of the time before the run): ")
+    assert "not measured, no device memory left (CUDA error: out of memory)" in busy.devices[0].detail
+    assert pciebw_run([oom], [idle_gpu(0)]).status is Status.ERROR  # nobody else: our own set-up failed
+    no_image = ap_line(0, 0.0, error="no kernel image", kind="setup", name="cudaErrorNoKernelImageForDevice")
+    assert pciebw_run([no_image], [busy_gpu(0)]).status is Status.ERROR
+
+
+def test_gpumem_with_no_memory_left_on_a_busy_gpu_is_skipped() -> None:
+    oom = gpumem_line(0, error="out of memory", kind="setup", error_name="cudaErrorMemoryAllocation")
+    assert gpumem_run([oom], [gpumem_gpu(0, TRAINING)]).devices[0].status is Status.SKIPPED
+    assert gpumem_run([oom], [gpumem_gpu(0)]).status is Status.ERROR
