@@ -27,8 +27,8 @@ Scoring, per node and round (after the round's checks and confirmation runs): th
 in round 2's periodic run only, so its confirmation run finds the node healthy: one bad sample),
 the prediction is "faulty" when the verdict is WARN or EVICT. A kind that is no fault (a GPU in
 use by others, ``simulate.NOT_FAULTS``) keeps the truth "healthy": its WARN is a false WARN. A
-false EVICT is an EVICT without an active fatal fault; a false WARN a WARN without any active fault. The targets (0 false
-EVICTs; precision and recall >= 0.95) hold for permanent faults at 80% of normal or worse:
+false EVICT is an EVICT without an active fatal fault; a false WARN a WARN without any active
+fault. The targets (0 false EVICTs; precision and recall >= 0.95) hold for permanent faults at 80% of normal or worse:
 node-rounds with a milder fault (95%, 90%) and transient faults count in their own rows and in
 neither side of the "in scope" line. A transient fault of a check whose failures can be noise is
 meant to be absorbed by confirmation: its FN is the intended outcome ("absorbed"); one of a check

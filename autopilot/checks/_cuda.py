@@ -154,20 +154,17 @@ class InUse:
         return f" (whether others used the GPU is partly unknown: {'; '.join(self.unknown)})"
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"busy": self.busy}
-        if self.processes is not None:
-            out["processes"] = self.processes
-        if self.memory_used_bytes is not None:
-            out["memory_used_gib"] = round(self.memory_used_bytes / _GIB, 2)
-        if self.utilization_pct is not None:
-            out["utilization_pct"] = self.utilization_pct
-        if self.utilization_during_pct is not None:
-            out["utilization_during_pct"] = self.utilization_during_pct
-        if self.reasons:
-            out["reasons"] = list(self.reasons)
-        if self.unknown:
-            out["unknown"] = list(self.unknown)
-        return out
+        """What ``data.gpus.<i>.in_use`` holds: ``busy`` and the signals read (none that were not)."""
+        memory = round(self.memory_used_bytes / _GIB, 2) if self.memory_used_bytes is not None else None
+        signals = {
+            "processes": self.processes,
+            "memory_used_gib": memory,
+            "utilization_pct": self.utilization_pct,
+            "utilization_during_pct": self.utilization_during_pct,
+            "reasons": list(self.reasons),
+            "unknown": list(self.unknown),
+        }
+        return {"busy": self.busy, **{k: v for k, v in signals.items() if v is not None and v != []}}
 
 
 def read_activity(telemetry: gpus.GpuTelemetry, index: int) -> gpus.GpuActivity:
