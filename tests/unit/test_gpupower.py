@@ -202,6 +202,36 @@ def test_a_gpu_nvidia_smi_names_only_on_stderr_is_an_error_not_left_out(make_ctx
     assert result.devices[3].detail == "nvidia-smi could not open the GPU at 0000:1D:00.0: Unknown Error"
 
 
+# The same answer when the reason is NVML_ERROR_GPU_IS_LOST, in nvidia-smi's words.
+GONE_GPU3 = LOST_GPU3.replace("Unknown Error", "GPU is lost.  Reboot the system to recover this GPU")
+
+
+@pytest.mark.parametrize("returncode", [0, 15])
+def test_a_gpu_nvidia_smi_says_is_lost_is_a_fatal_fail_at_its_index(make_ctx: MakeCtx, returncode: int) -> None:
+    # As NVML's NVML_ERROR_GPU_IS_LOST (gpucensus.lost_device); before, an error (node WARN, not EVICT).
+    runner = FakeRunner()
+    runner.add(NEW_ARGV, csv_row(0) + csv_row(1) + csv_row(2) + csv_row(4), stderr=GONE_GPU3, returncode=returncode)
+    result = gpupower.run(make_ctx(commands=runner, gpus=FakeTelemetry(unavailable="no NVML")), {})
+    assert [(d.id, d.status) for d in result.devices] == [
+        ("0", Status.OK),
+        ("1", Status.OK),
+        ("2", Status.OK),
+        ("3", Status.FAIL),
+        ("4", Status.OK),
+    ]
+    assert result.status is Status.FAIL and result.fatal
+    assert result.devices[3].detail.startswith("GPU is lost, fell off the bus: nvidia-smi could not open the GPU at")
+
+
+def test_a_saved_report_or_query_saying_a_gpu_is_lost_is_a_fatal_fail_there() -> None:
+    rows = [csv_row(0), csv_row(1), csv_row(2), csv_row(4)]
+    result = evaluate("".join(rows[:3]) + GONE_GPU3 + rows[3])
+    assert [(d.id, d.status) for d in result.devices][3] == ("3", Status.FAIL)
+    assert result.status is Status.FAIL and result.fatal
+    unknown = evaluate("".join(rows[:3]) + LOST_GPU3 + rows[3])
+    assert unknown.status is Status.ERROR and not unknown.fatal
+
+
 @pytest.mark.parametrize("where", ["first", "inline"])
 def test_saved_query_with_a_lost_gpu_blames_that_gpu(where: str) -> None:
     # ``| sort`` or 2>&1 puts the stderr line first; the rows keep their own index.

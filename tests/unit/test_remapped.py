@@ -165,6 +165,65 @@ def test_nvidia_smi_naming_a_lost_gpu_on_stderr_still_answers_for_the_others(
     assert [(d.id, d.status) for d in result.devices] == [("0", Status.OK), ("1", Status.ERROR), ("2", Status.WARN)]
 
 
+GONE = "GPU is lost.  Reboot the system to recover this GPU"
+
+
+@pytest.mark.parametrize("line", [f"for GPU1: 0000:2B:00.0: {GONE}", f"for GPU0000:2B:00.0: {GONE}"])
+def test_nvidia_smi_saying_a_gpu_is_lost_makes_it_a_fatal_fail_at_its_index(make_ctx: MakeCtx, line: str) -> None:
+    # NVML unusable (library missing from the image): nvidia-smi answers, naming GPU 1 lost on stderr, by index
+    # (newer drivers) or by bus id alone (older ones, placed in PCI bus order). NVML's own lost GPU is a fatal
+    # fail at its index; so is this. Before: an error device (and, without the index, the whole report unread:
+    # "announces 3 GPUs but holds 2").
+    report = row_remapper_report(block("00000000:1A:00.0"), block("00000000:3C:00.0", pending="Yes"))
+    runner = FakeRunner()
+    runner.add(
+        ARGV,
+        report.replace(
+            "Attached GPUs                             : 2", "Attached GPUs                             : 3"
+        ),
+        stderr=f"Unable to determine the device handle {line}\n",
+        returncode=15,
+    )
+    result = remapped.run(make_ctx(commands=runner, gpus=FakeTelemetry(unavailable="no NVML")), {})
+    assert [(d.id, d.status) for d in result.devices] == [("0", Status.OK), ("1", Status.FAIL), ("2", Status.WARN)]
+    assert result.status is Status.FAIL and result.fatal
+    assert "GPU is lost" in result.devices[1].detail
+
+
+@pytest.mark.parametrize("form", ["text", "xml", "csv"])
+@pytest.mark.parametrize(("why", "status"), [(GONE, Status.FAIL), ("Unknown Error", Status.ERROR),
+                                             ("Insufficient Permissions", Status.ERROR)])  # fmt: skip
+def test_saved_output_naming_a_gpu_lost_is_a_fatal_fail_and_other_reasons_an_error(
+    form: str, why: str, status: Status
+) -> None:
+    line = f"Unable to determine the device handle for GPU1: 0000:2B:00.0: {why}\n"
+    if form == "text":
+        body = row_remapper_report(block("00000000:1A:00.0"), block("00000000:3C:00.0"))
+        body = body.replace(
+            "Attached GPUs                             : 2", "Attached GPUs                             : 3"
+        )
+    elif form == "xml":
+        gpu = (
+            '<gpu id="{}"><remapped_rows><remapped_row_corr>0</remapped_row_corr><remapped_row_unc>0'
+            "</remapped_row_unc><remapped_row_pending>No</remapped_row_pending><remapped_row_failure>No"
+            "</remapped_row_failure></remapped_rows></gpu>"
+        )
+        body = (
+            '<?xml version="1.0" ?>\n<nvidia_smi_log><attached_gpus>3</attached_gpus>'
+            + gpu.format("00000000:1A:00.0")
+            + gpu.format("00000000:3C:00.0")
+            + "</nvidia_smi_log>\n"
+        )
+    else:
+        body = (
+            "gpu_bus_id, remapped_rows.correctable, remapped_rows.uncorrectable, remapped_rows.pending, "
+            "remapped_rows.failure\n00000000:1A:00.0, 0, 0, No, No\n00000000:3C:00.0, 0, 0, No, No\n"
+        )
+    result = remapped.evaluate_text(line + body, {}, None)
+    assert [(d.id, d.status) for d in result.devices] == [("0", Status.OK), ("1", status), ("2", Status.OK)]
+    assert result.status is status and result.fatal is (status is Status.FAIL)
+
+
 def test_gpu_without_row_remapper_is_skipped(make_ctx: MakeCtx) -> None:
     volta = FakeGpu(name="NVIDIA TITAN V", raises=errors.GpuError("Not Supported", remapped.NVML_NOT_SUPPORTED))
     result = remapped.run(make_ctx(commands=FakeRunner(installed=["nvidia-smi"]), gpus=FakeTelemetry([volta])), {})
