@@ -10,9 +10,10 @@ call:
   an outcome carrying an ``error`` result, so the node's verdict moves on.
 - ``poll(cluster, job_name, namespace=...)``: running, or a terminal outcome that always carries
   a ``CheckResult`` (the Job's own result read from its pod log, or an ``error`` saying why there
-  is none). Terminal Jobs are deleted, so a node never stays ``TESTING`` and the next run can
-  start: creation refused, pod refused by admission or the scheduler, deadline, a Job deleted
-  underneath us (``GONE``) all end in a result.
+  is none; a failed Job never gives a pass: a log that reads ok then is an ``error`` naming the
+  failure). Terminal Jobs are deleted, so a node never stays ``TESTING`` and the next run can start:
+  creation refused, pod refused by admission or the scheduler, deadline, a Job deleted underneath us
+  (``GONE``) all end in a result.
 
 At most one invasive Job per node, whoever asks: its name is a function of the node
 (``job_name``), so a second create is a 409 and means "already running".
@@ -359,21 +360,33 @@ def _judge(
     def done(state: JobState, reason: str, result: CheckResult | None = None) -> JobOutcome:
         return JobOutcome(state, name, node, reason, result or error_result(node, reason, job=name, now=moment))
 
+    def failed(state: JobState, what: str, read: tuple[CheckResult | None, str, tuple[int, ...]]) -> JobOutcome:
+        """A Job the controller marked failed (its pod exited non-zero, or its deadline passed) gives no pass: a
+        finding its log shows (``fail``, or ``warn``, which also makes ``autopilot run`` exit 1) stands; otherwise
+        (the log reads ok, or holds no result) an ``error`` naming the failure, with the pod's exit code."""
+        found, why, codes = read
+        exited = f" (exit code {', '.join(str(c) for c in codes)})" if any(codes) else ""
+        if found is not None and found.status in (Status.FAIL, Status.WARN):
+            return done(state, f"{what}{exited}: {found.status.value}: {found.summary}", found)
+        said = f"its log reads {found.status.value}: {found.summary}" if found is not None else why
+        return done(state, f"{what}{exited}, and {said}")
+
     if job.complete:
-        found, why = _result_from_pods(cluster, namespace, pods, node)
+        found, why, _ = _result_from_pods(cluster, namespace, pods, node)
         if found is None:
             return done(JobState.FAILED, f"Job {name} completed but {why}")
         return done(JobState.SUCCEEDED, f"Job {name} completed: {found.status.value}", found)
     if job.failed_reason == "DeadlineExceeded":
-        return done(JobState.DEADLINE_EXCEEDED, f"Job {name} did not finish before its deadline: {job.message}".strip())
+        what = f"Job {name} did not finish before its deadline: {job.message}".strip()
+        return failed(JobState.DEADLINE_EXCEEDED, what, _result_from_pods(cluster, namespace, pods, node))
     refused = _admission_failure(cluster, namespace, job, pods)
     if refused:
         return done(JobState.ADMISSION_FAILED, f"the pod of Job {name} could not run: {refused}")
     if job.failed_reason:
-        found, why = _result_from_pods(cluster, namespace, pods, node)
-        if found is not None:
-            return done(JobState.FAILED, f"Job {name} failed: {found.status.value}: {found.summary}", found)
-        return done(JobState.FAILED, f"Job {name} failed ({job.failed_reason}) and {why}")
+        detail = f"{job.failed_reason}: {job.message}" if job.message else job.failed_reason
+        return failed(
+            JobState.FAILED, f"Job {name} failed ({detail})", _result_from_pods(cluster, namespace, pods, node)
+        )
     if deadline_s is not None and job.created_at:
         age = (moment - results.parse_iso(job.created_at)).total_seconds()
         if age > deadline_s + 60:
@@ -399,19 +412,20 @@ def _admission_failure(cluster: ClusterClient, namespace: str, job: JobInfo, pod
 
 def _result_from_pods(
     cluster: ClusterClient, namespace: str, pods: list[PodInfo], node: str
-) -> tuple[CheckResult | None, str]:
+) -> tuple[CheckResult | None, str, tuple[int, ...]]:
+    """(the result in the log of the Job's pod or None, why there is none, the pod's exit codes)."""
     ran = [p for p in pods if p.phase in ("Succeeded", "Failed")] or pods
     if not ran:
-        return None, "its pod is gone"
+        return None, "its pod is gone", ()
     pod = ran[-1]
     try:
         text = cluster.pod_log(namespace, pod.name, CONTAINER)
     except errors.Transient:
         raise  # the API server away: the caller asks again, before the Job and its result are deleted
     except errors.ClusterError as exc:
-        return None, f"its log could not be read: {exc}"
+        return None, f"its log could not be read: {exc}", pod.exit_codes
     found = parse_result_log(text, node)
-    return (found, "") if found is not None else (None, "its log holds no DCGM result JSON")
+    return found, "" if found is not None else "its log holds no DCGM result JSON", pod.exit_codes
 
 
 # ---------------------------------------------------------------- results

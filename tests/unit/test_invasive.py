@@ -186,6 +186,45 @@ def test_a_crash_without_a_result_is_an_error(backend: Backend) -> None:
     assert done.result is not None and done.result.status is Status.ERROR and "no DCGM result" in done.result.summary
 
 
+@pytest.mark.parametrize("interim", [False, True])
+def test_a_failed_job_whose_log_reads_ok_is_an_error_naming_the_failure_not_a_pass(
+    backend: Backend, interim: bool
+) -> None:
+    # The pod exited 1 and the controller failed the Job, yet the log holds an ok dcgm result (a crash after
+    # printing, a wrapper's own exit code). Before, that ok was stored: a wrong PASS, clearing an EVICT.
+    started(backend)
+    backend.control.finish_job(NS, JOB, succeeded=False, log=log_with(PASSED), exit_code=1, interim=interim)
+    done = invasive.poll(backend.client, JOB, namespace=NS)
+    assert done.state is JobState.FAILED and done.result is not None
+    assert done.result.status is Status.ERROR and done.result.params["r"] == 3
+    assert "BackoffLimitExceeded" in done.result.summary and "exit code 1" in done.result.summary
+    assert "its log reads ok: all tests pass" in done.result.summary
+
+
+def test_a_failed_job_whose_log_reads_warn_keeps_the_warning(backend: Backend) -> None:
+    # autopilot run exits 1 for a warn as for a fail: the Job fails, and the finding is what it found.
+    started(backend)
+    warned = dataclasses.replace(PASSED, status=Status.WARN, summary="diagnostic warning on GPU 2")
+    backend.control.finish_job(NS, JOB, succeeded=False, log=log_with(warned), exit_code=1)
+    done = invasive.poll(backend.client, JOB, namespace=NS)
+    assert done.result is not None and done.result.status is Status.WARN
+    assert done.result.summary == "diagnostic warning on GPU 2"
+
+
+@pytest.mark.parametrize(("log", "status"), [(FATAL, Status.FAIL), (PASSED, Status.ERROR)])
+def test_a_job_past_its_deadline_keeps_a_failing_test_its_log_shows_and_never_passes(
+    backend: Backend, log: CheckResult, status: Status
+) -> None:
+    started(backend)
+    backend.control.finish_job(NS, JOB, succeeded=False, log=log_with(log), exit_code=1)
+    backend.control.job_past_deadline(NS, JOB)
+    done = invasive.poll(backend.client, JOB, namespace=NS)
+    assert done.state is JobState.DEADLINE_EXCEEDED and done.result is not None
+    assert done.result.status is status and done.result.fatal is (status is Status.FAIL)
+    if status is Status.ERROR:
+        assert "did not finish before its deadline" in done.result.summary
+
+
 @pytest.mark.parametrize("how", ["rejected", "unschedulable", "refused"])
 def test_pod_admission_failures_end_the_job(backend: Backend, how: str) -> None:
     started(backend)
