@@ -37,7 +37,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from autopilot import errors, names, remediation, results
+from autopilot import apivalidation, errors, names, remediation, results
 from autopilot.cluster import (
     GPU_RESOURCE,
     UNSCHEDULABLE_TAINT,
@@ -66,6 +66,13 @@ RUN_AS_USER = 1000
 JOB_REQUESTS = {"cpu": "100m", "memory": "512Mi"}
 # Kubelet admission rejections and pod states that never recover on their own.
 _STUCK_WAITING = frozenset({"ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull", "CreateContainerConfigError"})
+# ResourceQuota's refusal on usage (plugin/pkg/admission/resourcequota: ``exceeded quota: <quota>, requested: <r>,
+# used: <u>, limited: <l>``, "Exceeded" before Kubernetes 1.9): it clears as other pods of the namespace end, and
+# the Job controller keeps retrying the pod with backoff. Every other refusal (PodSecurity, a quota's ``must
+# specify``, a webhook's denial, LimitRange) stays until someone changes the namespace.
+_EXCEEDED_QUOTA = re.compile(
+    r"exceeded quota: [^,]*(?:, requested: (?P<requested>.*?), used: .*?, limited: (?P<limited>.*))?$", re.IGNORECASE
+)
 
 
 def job_name(node: str) -> str:
@@ -319,6 +326,7 @@ def poll(
     deadline_s: float | None = None,
     now: datetime | None = None,
     cleanup: bool = True,
+    admission_wait_s: float = 0.0,
 ) -> JobOutcome:
     """Where the Job stands. A terminal outcome carries a result; with ``cleanup`` the Job is then deleted.
     ``Transient`` (the API server away past the seam's retries, also while reading the log) is raised before
@@ -326,6 +334,9 @@ def poll(
 
     ``deadline_s`` (the Job's ``activeDeadlineSeconds``) lets a Job the controller has not yet
     failed count as past its deadline 60 s after it (a stuck controller must not hold the node).
+    ``admission_wait_s``: how long after its creation a Job whose pod admission refuses with a refusal that can
+    clear (``refusal_clears``) still counts as running (never past ``deadline_s``); then, or at once for any other
+    refusal, it ends ``ADMISSION_FAILED`` naming the last refusal.
     """
     moment = now or datetime.now(UTC)
     try:
@@ -337,7 +348,7 @@ def poll(
         return JobOutcome(JobState.GONE, job_name, node, reason, error_result(node, reason, job=job_name, now=now))
     node = job.annotations.get(NODE_ANNOTATION) or node
     pods = cluster.job_pods(namespace, job_name, job.uid)
-    outcome = _judge(cluster, job, pods, node, deadline_s, moment)
+    outcome = _judge(cluster, job, pods, node, deadline_s, moment, admission_wait_s)
     if outcome.finished and cleanup:
         try:
             cluster.delete_job(namespace, job_name)
@@ -354,8 +365,10 @@ def _judge(
     node: str,
     deadline_s: float | None,
     moment: datetime,
+    admission_wait_s: float = 0.0,
 ) -> JobOutcome:
     name, namespace = job.name, job.namespace
+    age = (moment - results.parse_iso(job.created_at)).total_seconds() if job.created_at else None
 
     def done(state: JobState, reason: str, result: CheckResult | None = None) -> JobOutcome:
         return JobOutcome(state, name, node, reason, result or error_result(node, reason, job=name, now=moment))
@@ -379,35 +392,61 @@ def _judge(
     if job.failed_reason == "DeadlineExceeded":
         what = f"Job {name} did not finish before its deadline: {job.message}".strip()
         return failed(JobState.DEADLINE_EXCEEDED, what, _result_from_pods(cluster, namespace, pods, node))
-    refused = _admission_failure(cluster, namespace, job, pods)
+    refused, clears = _admission_failure(cluster, namespace, job, pods)
     if refused:
+        bound = admission_wait_s if deadline_s is None else min(admission_wait_s, deadline_s)
+        if clears and age is not None and age < bound:
+            # The node stays TESTING (and held) while the controller retries: a bounded wait, not until the deadline.
+            return JobOutcome(JobState.RUNNING, name, node, f"Job {name} waiting for its pod ({age:.0f} s): {refused}")
+        if clears and age is not None and bound > 0:
+            refused += f" (still refused {age:.0f} s after the Job was made; the wait is {bound:g} s)"
         return done(JobState.ADMISSION_FAILED, f"the pod of Job {name} could not run: {refused}")
     if job.failed_reason:
         detail = f"{job.failed_reason}: {job.message}" if job.message else job.failed_reason
         return failed(
             JobState.FAILED, f"Job {name} failed ({detail})", _result_from_pods(cluster, namespace, pods, node)
         )
-    if deadline_s is not None and job.created_at:
-        age = (moment - results.parse_iso(job.created_at)).total_seconds()
+    if deadline_s is not None and age is not None:
         if age > deadline_s + 60:
             return done(JobState.DEADLINE_EXCEEDED, f"Job {name} still not finished {age:.0f} s after creation")
     return JobOutcome(JobState.RUNNING, name, node, f"Job {name} running ({len(pods)} pod(s))")
 
 
-def _admission_failure(cluster: ClusterClient, namespace: str, job: JobInfo, pods: list[PodInfo]) -> str:
+def _admission_failure(cluster: ClusterClient, namespace: str, job: JobInfo, pods: list[PodInfo]) -> tuple[str, bool]:
+    """Why the Job's pod cannot run ('' while nothing says so), and whether that can clear by itself."""
     for pod in pods:
         if pod.phase == "Failed" and pod.reason and not pod.exit_codes:
-            return f"{pod.reason}: {pod.message}".rstrip(": ")
+            return f"{pod.reason}: {pod.message}".rstrip(": "), False
         if pod.unschedulable:
-            return f"unschedulable: {pod.unschedulable}"
+            return f"unschedulable: {pod.unschedulable}", False
         stuck = [w for w in pod.waiting if w in _STUCK_WAITING]
         if stuck:
-            return f"{stuck[0]} ({pod.name})"
+            return f"{stuck[0]} ({pod.name})", False
     if not pods:
         refused = [e for e in cluster.job_events(namespace, job.name, job.uid) if e.reason == "FailedCreate"]
         if refused:
-            return f"FailedCreate: {refused[-1].message}"
-    return ""
+            return f"FailedCreate: {refused[-1].message}", refusal_clears(refused[-1].message)
+    return "", False
+
+
+def refusal_clears(message: str) -> bool:
+    """Whether a ``FailedCreate`` refusal can clear by itself: a ResourceQuota's usage (``exceeded quota``), unless
+    the pod alone asks for more than the quota's limit of some resource, which no other pod's end frees."""
+    found = _EXCEEDED_QUOTA.search(message.strip())
+    if found is None:
+        return False
+    requested, limited = _resource_list(found.group("requested")), _resource_list(found.group("limited"))
+    for resource, asked in requested.items():
+        want, cap = apivalidation.quantity(asked), apivalidation.quantity(limited.get(resource))
+        if want is not None and cap is not None and want > cap:
+            return False
+    return True
+
+
+def _resource_list(text: str | None) -> dict[str, str]:
+    """``requests.nvidia.com/gpu=8,requests.memory=512Mi`` (the quota plugin's prettyPrint) as a mapping."""
+    pairs = (part.partition("=") for part in (text or "").split(","))
+    return {name.strip(): value.strip() for name, _, value in pairs if name.strip()}
 
 
 def _result_from_pods(

@@ -495,6 +495,14 @@ class FakeCluster:
         uid = self.jobs[(namespace, name)].uid
         self.events.append(EventInfo(namespace, "Job", name, "FailedCreate", message, "Warning", uid=uid))
 
+    def admit_job_pod(self, namespace: str, name: str) -> None:
+        """What refused the Job's pod cleared (a quota's usage dropped): the controller's next try makes the pod."""
+        self._seq += 1
+        job = self.jobs[(namespace, name)]
+        spec = ((self.job_manifests[(namespace, name)].get("spec") or {}).get("template") or {}).get("spec") or {}
+        self._start_job_pod(namespace, name, job.uid, spec, f"{name[:57]}-{self._seq:05x}")
+        self.jobs[(namespace, name)] = dataclasses.replace(job, active=1)
+
     def reject_job_pod(self, namespace: str, name: str, reason: str, message: str) -> None:
         """The kubelet refused the pod at admission (e.g. ``UnexpectedAdmissionError``): pod Failed."""
         for pod in self._job_pods(namespace, name):
@@ -759,16 +767,18 @@ class FakeCluster:
                 self.events.append(EventInfo(namespace, "Job", name, "FailedCreate", message, "Warning", uid=uid))
                 self._record("create_job", f"{namespace}/{name}", dict(manifest))
                 return name
-            labels = {"job-name": name, "controller-uid": uid}
-            node, why = self._schedule(spec)
-            info = PodInfo(
-                pod, namespace, node, "Pending", pod_gpus(spec), labels=labels, owner_uid=uid, unschedulable=why
-            )
-            self._pods[(namespace, pod)] = _FakePod(info, job=name)
+            self._start_job_pod(namespace, name, uid, spec, pod)
             self._record("create_job", f"{namespace}/{name}", dict(manifest))
             return name
 
         return self._do("create_job", create)
+
+    def _start_job_pod(self, namespace: str, name: str, uid: str, spec: Mapping[str, Any], pod: str) -> None:
+        """The Job controller's pod of Job ``name``, admitted: Pending on the node the scheduler gives it."""
+        labels = {"job-name": name, "controller-uid": uid}
+        node, why = self._schedule(spec)
+        info = PodInfo(pod, namespace, node, "Pending", pod_gpus(spec), labels=labels, owner_uid=uid, unschedulable=why)
+        self._pods[(namespace, pod)] = _FakePod(info, job=name)
 
     def get_job(self, namespace: str, name: str) -> JobInfo:
         def get() -> JobInfo:

@@ -352,6 +352,13 @@ class StandInApi:
             self.objects[("Job", namespace, name)]["status"] = {"active": 0}
             self._event(namespace, "Job", name, "FailedCreate", message, "Warning")
 
+    def admit_job_pod(self, namespace: str, name: str) -> None:
+        """As ``FakeCluster.admit_job_pod``: the refusal cleared, the controller's next try makes the pod."""
+        with self.lock:
+            job = self.objects[("Job", namespace, name)]
+            self._start_job_pod(namespace, job, f"{name[:57]}-{next(self._seq):05x}")
+            job["status"] = {"active": 1, "startTime": STAMP}
+
     def reject_job_pod(self, namespace: str, name: str, reason: str, message: str) -> None:
         with self.lock:
             for pod in self._job_pods(namespace, name):
@@ -763,26 +770,15 @@ class StandInApi:
         obj = copy.deepcopy(body)
         if kind == "Job":
             obj["status"] = {"active": 1, "startTime": STAMP}
-            template = obj["spec"]["template"]
-            spec = copy.deepcopy(template["spec"])
-            why = self._schedule(spec)
-            labels = {**(template.get("metadata") or {}).get("labels", {}), "job-name": name}
-            labels.update({"batch.kubernetes.io/job-name": name, "controller-uid": uid})
-            labels["batch.kubernetes.io/controller-uid"] = uid
             pod_name = f"{name[:57]}-{next(self._seq):05x}"
-            refusal = self._admission(ns, spec)
+            refusal = self._admission(ns, obj["spec"]["template"]["spec"])
             if refusal:  # the Job is admitted, its controller's pod is not (the Job controller keeps trying)
                 obj["status"] = {"active": 0, "startTime": STAMP}
                 self.objects[(kind, ns, name)] = obj
                 message = f'Error creating: pods "{pod_name}" is forbidden: {refusal}'
                 self._event(ns, "Job", name, "FailedCreate", message, "Warning")
                 return 201, obj
-            pod = self._pod(ns, pod_name, spec, labels, "Pending")
-            if why:
-                pod["status"]["conditions"] = [_unschedulable(why)]
-            owner = {"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": uid, "controller": True}
-            pod["metadata"]["ownerReferences"] = [{**owner, "blockOwnerDeletion": True}]
-            self.objects[("Pod", ns, pod_name)] = pod
+            self._start_job_pod(ns, obj, pod_name)
         elif kind == "PersistentVolumeClaim":
             obj["status"] = {"phase": "Pending"}
         elif kind == "Pod":
@@ -790,6 +786,22 @@ class StandInApi:
             obj["status"] = {"phase": "Pending", **({"conditions": [_unschedulable(why)]} if why else {})}
         self.objects[(kind, ns, name)] = obj
         return 201, obj
+
+    def _start_job_pod(self, ns: str, job: dict[str, Any], pod_name: str) -> None:
+        """The Job controller's pod of ``job``, admitted: Pending on its node, or unschedulable saying why."""
+        name, uid = job["metadata"]["name"], job["metadata"]["uid"]
+        template = job["spec"]["template"]
+        spec = copy.deepcopy(template["spec"])
+        why = self._schedule(spec)
+        labels = {**(template.get("metadata") or {}).get("labels", {}), "job-name": name}
+        labels.update({"batch.kubernetes.io/job-name": name, "controller-uid": uid})
+        labels["batch.kubernetes.io/controller-uid"] = uid
+        pod = self._pod(ns, pod_name, spec, labels, "Pending")
+        if why:
+            pod["status"]["conditions"] = [_unschedulable(why)]
+        owner = {"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": uid, "controller": True}
+        pod["metadata"]["ownerReferences"] = [{**owner, "blockOwnerDeletion": True}]
+        self.objects[("Pod", ns, pod_name)] = pod
 
     def _schedule(self, spec: dict[str, Any]) -> str:
         """The scheduler's part: bind the pod (``spec.nodeName``) to the node its affinity names, or say why not."""

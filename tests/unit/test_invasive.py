@@ -5,10 +5,11 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 
 import pytest
 
-from autopilot import invasive, remediation
+from autopilot import invasive, remediation, results
 from autopilot.cluster import NodeInfo
 from autopilot.config import Settings
 from autopilot.invasive import JobState, StartState
@@ -238,6 +239,75 @@ def test_pod_admission_failures_end_the_job(backend: Backend, how: str) -> None:
     assert done.state is JobState.ADMISSION_FAILED and done.finished
     assert done.result is not None and done.result.status is Status.ERROR
     assert gone(backend)  # deleted, so a pending pod can never start later
+
+
+# What the Job controller's FailedCreate says when ResourceQuota refuses the pod on usage: other pods hold the GPUs
+# the quota allows, and it clears as they end (the controller retries with backoff).
+QUOTA_BUSY = (
+    'Error creating: pods "autopilot-dcgm3-gpu-1-x1" is forbidden: exceeded quota: gpu-quota, requested: '
+    "requests.nvidia.com/gpu=8, used: requests.nvidia.com/gpu={used}, limited: requests.nvidia.com/gpu=12"
+)
+
+
+def at(backend: Backend, seconds: float) -> datetime:
+    """``seconds`` after the Job was made, as the API server stamped it."""
+    return results.parse_iso(backend.client.get_job(NS, JOB).created_at) + timedelta(seconds=seconds)
+
+
+def test_a_quota_refusal_that_clears_is_waited_through_and_the_run_goes_on(backend: Backend) -> None:
+    # Before: the first poll after the refusal ended the run (ADMISSION_FAILED), though the controller's next try
+    # would have made the pod once the other pods' GPUs were back.
+    started(backend)
+    backend.control.refuse_job_pod(NS, JOB, QUOTA_BUSY.format(used=8))
+    waiting = invasive.poll(backend.client, JOB, namespace=NS, now=at(backend, 20), admission_wait_s=300)
+    assert waiting.state is JobState.RUNNING and "exceeded quota: gpu-quota" in waiting.reason
+    assert not gone(backend)
+    backend.control.admit_job_pod(NS, JOB)
+    assert invasive.poll(backend.client, JOB, namespace=NS, now=at(backend, 60), admission_wait_s=300).state is (
+        JobState.RUNNING
+    )
+    backend.control.finish_job(NS, JOB, succeeded=True, log=log_with(PASSED))
+    done = invasive.poll(backend.client, JOB, namespace=NS, now=at(backend, 900), admission_wait_s=300)
+    assert done.state is JobState.SUCCEEDED and done.result is not None and done.result.status is Status.OK
+
+
+@pytest.mark.parametrize(("wait", "deadline", "after"), [(300.0, 3600.0, 301.0), (300.0, 120.0, 121.0)])
+def test_a_quota_refusal_that_does_not_clear_ends_at_the_bound_naming_the_last_refusal(
+    backend: Backend, wait: float, deadline: float, after: float
+) -> None:
+    started(backend)
+    backend.control.refuse_job_pod(NS, JOB, QUOTA_BUSY.format(used=8))
+    backend.control.refuse_job_pod(NS, JOB, QUOTA_BUSY.format(used=6))
+    kwargs = {"namespace": NS, "deadline_s": deadline, "admission_wait_s": wait}
+    assert invasive.poll(backend.client, JOB, now=at(backend, after - 2), **kwargs).state is JobState.RUNNING
+    done = invasive.poll(backend.client, JOB, now=at(backend, after), **kwargs)  # the bound, never past the deadline
+    assert done.state is JobState.ADMISSION_FAILED and done.result is not None
+    assert done.result.status is Status.ERROR and "used: requests.nvidia.com/gpu=6" in done.result.summary
+    assert "still refused" in done.result.summary
+    assert gone(backend)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        'Error creating: pods "p" is forbidden: failed quota: compute: must specify limits.memory for: main',
+        'Error creating: pods "p" is forbidden: admission webhook "gpu-policy.example.com" denied the request: no',
+        'Error creating: pods "p" is forbidden: violates PodSecurity "restricted:latest": runAsNonRoot != true',
+        'Error creating: Pod "p" is invalid: spec.containers[0].resources.requests: Invalid value: "512Mi": must be '
+        "less than or equal to memory limit of 256Mi",
+        # The pod alone asks for more than the quota allows: no other pod's end frees that.
+        'Error creating: pods "p" is forbidden: exceeded quota: gpu-quota, requested: requests.nvidia.com/gpu=8, '
+        "used: requests.nvidia.com/gpu=0, limited: requests.nvidia.com/gpu=4",
+    ],
+)
+def test_a_refusal_that_never_clears_ends_the_run_at_the_first_poll_whatever_the_wait(
+    backend: Backend, message: str
+) -> None:
+    started(backend)
+    backend.control.refuse_job_pod(NS, JOB, message)
+    done = invasive.poll(backend.client, JOB, namespace=NS, now=at(backend, 10), admission_wait_s=300)
+    assert done.state is JobState.ADMISSION_FAILED and done.result is not None
+    assert done.result.status is Status.ERROR and message in done.result.summary
 
 
 @pytest.mark.parametrize("level", ["baseline", "restricted"])
