@@ -70,6 +70,17 @@ _STUCK_WAITING = frozenset({"ImagePullBackOff", "InvalidImageName", "ErrImageNev
 # used: <u>, limited: <l>``, "Exceeded" before Kubernetes 1.9): it clears as other pods of the namespace end, and
 # the Job controller keeps retrying the pod with backoff. Every other refusal (PodSecurity, a quota's ``must
 # specify``, a webhook's denial, LimitRange) stays until someone changes the namespace.
+# A namespace LimitRange's refusals of the Job's pod. LimitRanger sets a default limit on each resource a container
+# leaves without one (the Job sets no cpu or memory limit; a LimitRange without ``default`` defaults to its
+# ``max``); when that limit is below the container's request the pod fails validation: 422 ``spec.containers[0]
+# .resources.requests: Invalid value: "512Mi": must be less than or equal to memory limit of 256Mi`` (`` of <limit>``
+# since Kubernetes 1.2x; before 1.8 ``resources.limits: ...: must be greater than or equal to memory request``). Its
+# own min/max checks say ``minimum memory usage per Container is 1Gi, but request is 512Mi``.
+_LIMIT_BELOW_REQUEST = re.compile(
+    r"resources\.requests: Invalid value: \"[^\"]*\": must be less than or equal to (?P<resource>cpu|memory) limit"
+    r"|resources\.limits: Invalid value: \"[^\"]*\": must be greater than or equal to (?P<older>cpu|memory) request"
+)
+_LIMIT_RANGE_BOUND = re.compile(r"(?:minimum|maximum) (?P<resource>cpu|memory) usage per (?:Container|Pod) is ")
 _EXCEEDED_QUOTA = re.compile(
     r"exceeded quota: [^,]*(?:, requested: (?P<requested>.*?), used: .*?, limited: (?P<limited>.*))?$", re.IGNORECASE
 )
@@ -425,8 +436,33 @@ def _admission_failure(cluster: ClusterClient, namespace: str, job: JobInfo, pod
     if not pods:
         refused = [e for e in cluster.job_events(namespace, job.name, job.uid) if e.reason == "FailedCreate"]
         if refused:
-            return f"FailedCreate: {refused[-1].message}", refusal_clears(refused[-1].message)
+            message = refused[-1].message
+            hint = limit_range_hint(message, namespace)
+            return f"FailedCreate: {message}" + (f"; {hint}" if hint else ""), refusal_clears(message)
     return "", False
+
+
+def limit_range_hint(message: str, namespace: str) -> str:
+    """What to change when a namespace LimitRange refused the Job's pod (``message``, its FailedCreate); '' for
+    any other refusal. The Job sets requests only (``JOB_REQUESTS``): the limit that refused it is LimitRange's."""
+    below = _LIMIT_BELOW_REQUEST.search(message)
+    if below is not None:
+        resource = below["resource"] or below["older"]
+        need = JOB_REQUESTS[resource]
+        what = f"gives its container a default {resource} limit below its {resource} request ({need})"
+        fix = f"set the LimitRange's Container default {resource} limit (and max) to at least {need}"
+    else:
+        bound = _LIMIT_RANGE_BOUND.search(message)
+        if bound is None:
+            return ""
+        resource = bound["resource"]
+        need = JOB_REQUESTS[resource]
+        what = f"bounds the {resource} of its container, which requests {need} and sets no {resource} limit"
+        fix = f"let its Container min/max {resource} admit {need} (default limit at least {need})"
+    return (
+        f"a LimitRange in namespace {namespace} {what}: {fix}, or run Autopilot in a namespace without it "
+        "(the Job sets no CPU or memory limit on purpose)"
+    )
 
 
 def refusal_clears(message: str) -> bool:

@@ -351,6 +351,54 @@ def test_a_job_pod_refused_by_a_quota_ends_the_run_as_an_error_naming_it(backend
     assert gone(backend)
 
 
+def test_a_limit_range_whose_default_memory_limit_is_below_the_request_ends_the_run_naming_what_to_set(
+    backend: Backend,
+) -> None:
+    """LimitRanger gives the container (which sets no memory limit) the namespace's default, 256Mi; validation then
+    refuses its 512Mi request. Before, the error repeated the API's words only: nothing said a LimitRange did it."""
+    backend.control.set_limit_range(NS, "mem-defaults", {"memory": "256Mi", "cpu": "1"})
+    started(backend)
+    assert backend.client.job_pods(NS, JOB) == []
+    done = invasive.poll(backend.client, JOB, namespace=NS, now=at(backend, 10), admission_wait_s=300)
+    assert done.state is JobState.ADMISSION_FAILED and done.result is not None
+    summary = done.result.summary
+    assert done.result.status is Status.ERROR
+    assert 'Invalid value: "512Mi": must be less than or equal to memory limit of 256Mi' in summary
+    assert f"a LimitRange in namespace {NS} gives its container a default memory limit below its memory request" in (
+        summary
+    )
+    assert "default memory limit (and max) to at least 512Mi" in summary
+    assert gone(backend)
+
+
+def test_a_limit_range_at_or_above_the_requests_admits_the_job(backend: Backend) -> None:
+    backend.control.set_limit_range(NS, "defaults", {"memory": "512Mi", "cpu": "100m"})
+    started(backend)
+    assert [p.node for p in backend.client.job_pods(NS, JOB)] == ["gpu-1"]
+
+
+@pytest.mark.parametrize(
+    ("message", "words"),
+    [
+        (  # before Kubernetes 1.8
+            'Error creating: Pod "p" is invalid: spec.containers[0].resources.limits: Invalid value: "50m": must be '
+            "greater than or equal to cpu request",
+            "default cpu limit (and max) to at least 100m",
+        ),
+        (
+            'Error creating: pods "p" is forbidden: minimum memory usage per Container is 1Gi, but request is 512Mi',
+            "let its Container min/max memory admit 512Mi",
+        ),
+    ],
+)
+def test_other_limit_range_refusals_name_it_too(backend: Backend, message: str, words: str) -> None:
+    started(backend)
+    backend.control.refuse_job_pod(NS, JOB, message)
+    done = invasive.poll(backend.client, JOB, namespace=NS)
+    assert done.state is JobState.ADMISSION_FAILED and done.result is not None
+    assert message in done.result.summary and words in done.result.summary and "a LimitRange" in done.result.summary
+
+
 def test_deadline(backend: Backend) -> None:
     started(backend)
     backend.control.job_past_deadline(NS, JOB)
