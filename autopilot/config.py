@@ -298,6 +298,14 @@ class Settings:
     """``activeDeadlineSeconds`` of the invasive Job (``AUTOPILOT_INVASIVE_DEADLINE``): image pull, start and a
     DCGM level-3 run (at most 40 min) must fit; past it the Job fails and the node leaves ``TESTING``."""
 
+    invasive_admission_wait_s: float = 300.0
+    """How long the invasive Job may wait for its pod while admission refuses it with a refusal that can clear
+    (``AUTOPILOT_INVASIVE_ADMISSION_WAIT``): a ResourceQuota's ``exceeded quota`` (usage that drops as other pods
+    end; the Job controller retries with backoff). The node stays ``TESTING`` (cordoned and tainted where
+    remediation holds it) meanwhile, so it is minutes, never past ``invasive_deadline_s``; ``0``: end at the
+    first refusal. A refusal that never clears (PodSecurity, a quota's ``must specify``, a request above a
+    quota's limit, a webhook's denial, LimitRange) ends the run at once."""
+
     pvc_namespace: str = ""
     """Namespace where the ``pvc`` check creates its claim (``AUTOPILOT_PVC_NAMESPACE``); empty: ``namespace``."""
 
@@ -691,6 +699,7 @@ _FIELDS: list[tuple[str, str, tuple[str, ...], Any]] = [
     ("image", "AUTOPILOT_IMAGE", (), lambda t, v: t.strip()),
     ("invasive_tolerations", "AUTOPILOT_INVASIVE_TOLERATIONS", (), lambda t, v: _tolerations(t, v)),
     ("invasive_deadline_s", "AUTOPILOT_INVASIVE_DEADLINE", (), _duration),
+    ("invasive_admission_wait_s", "AUTOPILOT_INVASIVE_ADMISSION_WAIT", (), _duration),
     ("pvc_namespace", "AUTOPILOT_PVC_NAMESPACE", (), lambda t, v: _namespace(t, v) if t.strip() else ""),
     ("pvc_deadline_s", "AUTOPILOT_PVC_DEADLINE", (), _duration),
     (

@@ -67,7 +67,9 @@ def take(seen: Sighting, expected: ExpectedGpus) -> Census:
     return Census(expected, seen.count, "", found, dict(seen.lost))
 
 
-def lost_device(index: int, words: str) -> DeviceResult:
+def lost_device(index: int | str, words: str) -> DeviceResult:
+    """The ``fail`` device of a lost GPU (NVML_ERROR_GPU_IS_LOST, or nvidia-smi's ``GPU is lost`` line), by its
+    index, or by its bus id where the index is not known (a one-GPU capture of ``nvidia-smi -q -i``)."""
     return DeviceResult(str(index), Status.FAIL, detail=f"GPU is lost, fell off the bus: {words}")
 
 

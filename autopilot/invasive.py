@@ -10,9 +10,10 @@ call:
   an outcome carrying an ``error`` result, so the node's verdict moves on.
 - ``poll(cluster, job_name, namespace=...)``: running, or a terminal outcome that always carries
   a ``CheckResult`` (the Job's own result read from its pod log, or an ``error`` saying why there
-  is none). Terminal Jobs are deleted, so a node never stays ``TESTING`` and the next run can
-  start: creation refused, pod refused by admission or the scheduler, deadline, a Job deleted
-  underneath us (``GONE``) all end in a result.
+  is none; a failed Job never gives a pass: a log that reads ok then is an ``error`` naming the
+  failure). Terminal Jobs are deleted, so a node never stays ``TESTING`` and the next run can start:
+  creation refused, pod refused by admission or the scheduler, deadline, a Job deleted underneath us
+  (``GONE``) all end in a result.
 
 At most one invasive Job per node, whoever asks: its name is a function of the node
 (``job_name``), so a second create is a 409 and means "already running".
@@ -36,7 +37,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from autopilot import errors, names, remediation, results
+from autopilot import apivalidation, errors, names, remediation, results
 from autopilot.cluster import (
     GPU_RESOURCE,
     UNSCHEDULABLE_TAINT,
@@ -65,6 +66,24 @@ RUN_AS_USER = 1000
 JOB_REQUESTS = {"cpu": "100m", "memory": "512Mi"}
 # Kubelet admission rejections and pod states that never recover on their own.
 _STUCK_WAITING = frozenset({"ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull", "CreateContainerConfigError"})
+# ResourceQuota's refusal on usage (plugin/pkg/admission/resourcequota: ``exceeded quota: <quota>, requested: <r>,
+# used: <u>, limited: <l>``, "Exceeded" before Kubernetes 1.9): it clears as other pods of the namespace end, and
+# the Job controller keeps retrying the pod with backoff. Every other refusal (PodSecurity, a quota's ``must
+# specify``, a webhook's denial, LimitRange) stays until someone changes the namespace.
+# A namespace LimitRange's refusals of the Job's pod. LimitRanger sets a default limit on each resource a container
+# leaves without one (the Job sets no cpu or memory limit; a LimitRange without ``default`` defaults to its
+# ``max``); when that limit is below the container's request the pod fails validation: 422 ``spec.containers[0]
+# .resources.requests: Invalid value: "512Mi": must be less than or equal to memory limit of 256Mi`` (`` of <limit>``
+# since Kubernetes 1.2x; before 1.8 ``resources.limits: ...: must be greater than or equal to memory request``). Its
+# own min/max checks say ``minimum memory usage per Container is 1Gi, but request is 512Mi``.
+_LIMIT_BELOW_REQUEST = re.compile(
+    r"resources\.requests: Invalid value: \"[^\"]*\": must be less than or equal to (?P<resource>cpu|memory) limit"
+    r"|resources\.limits: Invalid value: \"[^\"]*\": must be greater than or equal to (?P<older>cpu|memory) request"
+)
+_LIMIT_RANGE_BOUND = re.compile(r"(?:minimum|maximum) (?P<resource>cpu|memory) usage per (?:Container|Pod) is ")
+_EXCEEDED_QUOTA = re.compile(
+    r"exceeded quota: [^,]*(?:, requested: (?P<requested>.*?), used: .*?, limited: (?P<limited>.*))?$", re.IGNORECASE
+)
 
 
 def job_name(node: str) -> str:
@@ -318,6 +337,7 @@ def poll(
     deadline_s: float | None = None,
     now: datetime | None = None,
     cleanup: bool = True,
+    admission_wait_s: float = 0.0,
 ) -> JobOutcome:
     """Where the Job stands. A terminal outcome carries a result; with ``cleanup`` the Job is then deleted.
     ``Transient`` (the API server away past the seam's retries, also while reading the log) is raised before
@@ -325,6 +345,9 @@ def poll(
 
     ``deadline_s`` (the Job's ``activeDeadlineSeconds``) lets a Job the controller has not yet
     failed count as past its deadline 60 s after it (a stuck controller must not hold the node).
+    ``admission_wait_s``: how long after its creation a Job whose pod admission refuses with a refusal that can
+    clear (``refusal_clears``) still counts as running (never past ``deadline_s``); then, or at once for any other
+    refusal, it ends ``ADMISSION_FAILED`` naming the last refusal.
     """
     moment = now or datetime.now(UTC)
     try:
@@ -336,7 +359,7 @@ def poll(
         return JobOutcome(JobState.GONE, job_name, node, reason, error_result(node, reason, job=job_name, now=now))
     node = job.annotations.get(NODE_ANNOTATION) or node
     pods = cluster.job_pods(namespace, job_name, job.uid)
-    outcome = _judge(cluster, job, pods, node, deadline_s, moment)
+    outcome = _judge(cluster, job, pods, node, deadline_s, moment, admission_wait_s)
     if outcome.finished and cleanup:
         try:
             cluster.delete_job(namespace, job_name)
@@ -353,65 +376,131 @@ def _judge(
     node: str,
     deadline_s: float | None,
     moment: datetime,
+    admission_wait_s: float = 0.0,
 ) -> JobOutcome:
     name, namespace = job.name, job.namespace
+    age = (moment - results.parse_iso(job.created_at)).total_seconds() if job.created_at else None
 
     def done(state: JobState, reason: str, result: CheckResult | None = None) -> JobOutcome:
         return JobOutcome(state, name, node, reason, result or error_result(node, reason, job=name, now=moment))
 
+    def failed(state: JobState, what: str, read: tuple[CheckResult | None, str, tuple[int, ...]]) -> JobOutcome:
+        """A Job the controller marked failed (its pod exited non-zero, or its deadline passed) gives no pass: a
+        finding its log shows (``fail``, or ``warn``, which also makes ``autopilot run`` exit 1) stands; otherwise
+        (the log reads ok, or holds no result) an ``error`` naming the failure, with the pod's exit code."""
+        found, why, codes = read
+        exited = f" (exit code {', '.join(str(c) for c in codes)})" if any(codes) else ""
+        if found is not None and found.status in (Status.FAIL, Status.WARN):
+            return done(state, f"{what}{exited}: {found.status.value}: {found.summary}", found)
+        said = f"its log reads {found.status.value}: {found.summary}" if found is not None else why
+        return done(state, f"{what}{exited}, and {said}")
+
     if job.complete:
-        found, why = _result_from_pods(cluster, namespace, pods, node)
+        found, why, _ = _result_from_pods(cluster, namespace, pods, node)
         if found is None:
             return done(JobState.FAILED, f"Job {name} completed but {why}")
         return done(JobState.SUCCEEDED, f"Job {name} completed: {found.status.value}", found)
     if job.failed_reason == "DeadlineExceeded":
-        return done(JobState.DEADLINE_EXCEEDED, f"Job {name} did not finish before its deadline: {job.message}".strip())
-    refused = _admission_failure(cluster, namespace, job, pods)
+        what = f"Job {name} did not finish before its deadline: {job.message}".strip()
+        return failed(JobState.DEADLINE_EXCEEDED, what, _result_from_pods(cluster, namespace, pods, node))
+    refused, clears = _admission_failure(cluster, namespace, job, pods)
     if refused:
+        bound = admission_wait_s if deadline_s is None else min(admission_wait_s, deadline_s)
+        if clears and age is not None and age < bound:
+            # The node stays TESTING (and held) while the controller retries: a bounded wait, not until the deadline.
+            return JobOutcome(JobState.RUNNING, name, node, f"Job {name} waiting for its pod ({age:.0f} s): {refused}")
+        if clears and age is not None and bound > 0:
+            refused += f" (still refused {age:.0f} s after the Job was made; the wait is {bound:g} s)"
         return done(JobState.ADMISSION_FAILED, f"the pod of Job {name} could not run: {refused}")
     if job.failed_reason:
-        found, why = _result_from_pods(cluster, namespace, pods, node)
-        if found is not None:
-            return done(JobState.FAILED, f"Job {name} failed: {found.status.value}: {found.summary}", found)
-        return done(JobState.FAILED, f"Job {name} failed ({job.failed_reason}) and {why}")
-    if deadline_s is not None and job.created_at:
-        age = (moment - results.parse_iso(job.created_at)).total_seconds()
+        detail = f"{job.failed_reason}: {job.message}" if job.message else job.failed_reason
+        return failed(
+            JobState.FAILED, f"Job {name} failed ({detail})", _result_from_pods(cluster, namespace, pods, node)
+        )
+    if deadline_s is not None and age is not None:
         if age > deadline_s + 60:
             return done(JobState.DEADLINE_EXCEEDED, f"Job {name} still not finished {age:.0f} s after creation")
     return JobOutcome(JobState.RUNNING, name, node, f"Job {name} running ({len(pods)} pod(s))")
 
 
-def _admission_failure(cluster: ClusterClient, namespace: str, job: JobInfo, pods: list[PodInfo]) -> str:
+def _admission_failure(cluster: ClusterClient, namespace: str, job: JobInfo, pods: list[PodInfo]) -> tuple[str, bool]:
+    """Why the Job's pod cannot run ('' while nothing says so), and whether that can clear by itself."""
     for pod in pods:
         if pod.phase == "Failed" and pod.reason and not pod.exit_codes:
-            return f"{pod.reason}: {pod.message}".rstrip(": ")
+            return f"{pod.reason}: {pod.message}".rstrip(": "), False
         if pod.unschedulable:
-            return f"unschedulable: {pod.unschedulable}"
+            return f"unschedulable: {pod.unschedulable}", False
         stuck = [w for w in pod.waiting if w in _STUCK_WAITING]
         if stuck:
-            return f"{stuck[0]} ({pod.name})"
+            return f"{stuck[0]} ({pod.name})", False
     if not pods:
         refused = [e for e in cluster.job_events(namespace, job.name, job.uid) if e.reason == "FailedCreate"]
         if refused:
-            return f"FailedCreate: {refused[-1].message}"
-    return ""
+            message = refused[-1].message
+            hint = limit_range_hint(message, namespace)
+            return f"FailedCreate: {message}" + (f"; {hint}" if hint else ""), refusal_clears(message)
+    return "", False
+
+
+def limit_range_hint(message: str, namespace: str) -> str:
+    """What to change when a namespace LimitRange refused the Job's pod (``message``, its FailedCreate); '' for
+    any other refusal. The Job sets requests only (``JOB_REQUESTS``): the limit that refused it is LimitRange's."""
+    below = _LIMIT_BELOW_REQUEST.search(message)
+    if below is not None:
+        resource = below["resource"] or below["older"]
+        need = JOB_REQUESTS[resource]
+        what = f"gives its container a default {resource} limit below its {resource} request ({need})"
+        fix = f"set the LimitRange's Container default {resource} limit (and max) to at least {need}"
+    else:
+        bound = _LIMIT_RANGE_BOUND.search(message)
+        if bound is None:
+            return ""
+        resource = bound["resource"]
+        need = JOB_REQUESTS[resource]
+        what = f"bounds the {resource} of its container, which requests {need} and sets no {resource} limit"
+        fix = f"let its Container min/max {resource} admit {need} (default limit at least {need})"
+    return (
+        f"a LimitRange in namespace {namespace} {what}: {fix}, or run Autopilot in a namespace without it "
+        "(the Job sets no CPU or memory limit on purpose)"
+    )
+
+
+def refusal_clears(message: str) -> bool:
+    """Whether a ``FailedCreate`` refusal can clear by itself: a ResourceQuota's usage (``exceeded quota``), unless
+    the pod alone asks for more than the quota's limit of some resource, which no other pod's end frees."""
+    found = _EXCEEDED_QUOTA.search(message.strip())
+    if found is None:
+        return False
+    requested, limited = _resource_list(found.group("requested")), _resource_list(found.group("limited"))
+    for resource, asked in requested.items():
+        want, cap = apivalidation.quantity(asked), apivalidation.quantity(limited.get(resource))
+        if want is not None and cap is not None and want > cap:
+            return False
+    return True
+
+
+def _resource_list(text: str | None) -> dict[str, str]:
+    """``requests.nvidia.com/gpu=8,requests.memory=512Mi`` (the quota plugin's prettyPrint) as a mapping."""
+    pairs = (part.partition("=") for part in (text or "").split(","))
+    return {name.strip(): value.strip() for name, _, value in pairs if name.strip()}
 
 
 def _result_from_pods(
     cluster: ClusterClient, namespace: str, pods: list[PodInfo], node: str
-) -> tuple[CheckResult | None, str]:
+) -> tuple[CheckResult | None, str, tuple[int, ...]]:
+    """(the result in the log of the Job's pod or None, why there is none, the pod's exit codes)."""
     ran = [p for p in pods if p.phase in ("Succeeded", "Failed")] or pods
     if not ran:
-        return None, "its pod is gone"
+        return None, "its pod is gone", ()
     pod = ran[-1]
     try:
         text = cluster.pod_log(namespace, pod.name, CONTAINER)
     except errors.Transient:
         raise  # the API server away: the caller asks again, before the Job and its result are deleted
     except errors.ClusterError as exc:
-        return None, f"its log could not be read: {exc}"
+        return None, f"its log could not be read: {exc}", pod.exit_codes
     found = parse_result_log(text, node)
-    return (found, "") if found is not None else (None, "its log holds no DCGM result JSON")
+    return found, "" if found is not None else "its log holds no DCGM result JSON", pod.exit_codes
 
 
 # ---------------------------------------------------------------- results

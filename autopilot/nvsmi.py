@@ -48,7 +48,10 @@ stdout before or after any answer, are set aside (``QReport.warnings``), not rea
  A GPU nvidia-smi cannot open is answered, in every form, by ``Unable to determine the device
 handle for GPU0000:04:00.0: Unknown Error`` (newer drivers: ``for GPU3: 0000:04:00.0: ...``, its
 index first) on stderr, while the other GPUs are answered: it becomes a section in error (``-q``)
-or a ``LostGpu`` (``parse_csv_gpus``) at its index, so the GPUs after it keep theirs.
+or a ``LostGpu`` (``parse_csv_gpus``) at its index, so the GPUs after it keep theirs. When the reason
+is ``GPU is lost.  Reboot the system to recover this GPU`` (what nvidia-smi prints for NVML's
+``NVML_ERROR_GPU_IS_LOST``) it is marked so (``GpuSection.lost``, ``LostGpu.is_lost``): the GPU fell off
+the bus, which the checks judge as NVML's lost GPU; any other reason only says it could not be read.
 
 The readers of one GPU's block (``remapped_rows_from_q``, ``clock_reasons_from_q``,
 ``pcie_link_from_q``, ``retired_pages_from_q``) do not name the GPU in their messages; the caller
@@ -129,6 +132,9 @@ class GpuSection:
     bus_id: str
     root: Entry
     error: str | None = None
+    # The line said ``GPU is lost`` (NVML_ERROR_GPU_IS_LOST): the GPU fell off the bus, which is a finding
+    # about it, not a reading that failed (``LostGpu.is_lost``).
+    lost: bool = False
 
     def find(self, *path: str) -> Entry | None:
         return self.root.find(*path)
@@ -178,6 +184,8 @@ _NO_HANDLE = re.compile(
     r"(?P<bus>[0-9A-Fa-f]{4,8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.[0-9A-Fa-f])\s*:\s*(?P<why>.*)$",
     re.IGNORECASE,
 )
+# nvidia-smi's words for NVML_ERROR_GPU_IS_LOST after "Unable to determine the device handle for ...: ".
+_GPU_IS_LOST = re.compile(r"^GPU\s+is\s+lost\b", re.IGNORECASE)
 # A key never contains ':'; the value starts after ':' and at least one blank, so bus ids such as
 # ``GPU 00000000:07:00.0`` (no blank after their colons) are headings, not key/value lines.
 _KEY_VALUE = re.compile(r"^(?P<key>[^:\s][^:]*?)\s*:(?:\s+(?P<value>.*?))?\s*$")
@@ -242,6 +250,13 @@ class LostGpu:
     @property
     def error(self) -> str:
         return f"nvidia-smi could not open the GPU at {self.bus_id}: {self.why or 'no reason given'}"
+
+    @property
+    def is_lost(self) -> bool:
+        """Whether the reason is NVML's ``NVML_ERROR_GPU_IS_LOST`` (``GPU is lost.  Reboot the system to recover
+        this GPU``): the GPU fell off the bus, as NVML's own lost GPU. Other reasons (``Unknown Error``,
+        ``Insufficient Permissions``, ...) say only that nvidia-smi could not open it."""
+        return _GPU_IS_LOST.match(self.why) is not None
 
 
 def lost_gpu(line: str) -> LostGpu | None:
@@ -373,7 +388,7 @@ def parse_q(text: str, *, whole: bool = False) -> QReport:
     report = QReport(
         header=header,
         gpus=tuple(
-            GpuSection(index, bus, root.freeze(), error)
+            GpuSection(index, bus, root.freeze(), error, lost=_said_lost(error))
             for index, (bus, root, error) in zip(indexes, sections, strict=True)
         ),
         attached=_attached(header),
@@ -381,6 +396,12 @@ def parse_q(text: str, *, whole: bool = False) -> QReport:
         warnings=warnings,
     )
     return _checked(report, whole=whole)
+
+
+def _said_lost(line: str | None) -> bool:
+    """Whether a section's error (the ``Unable to determine the device handle`` line) says the GPU is lost."""
+    gone = lost_gpu(line) if line is not None else None
+    return gone is not None and gone.is_lost
 
 
 def _checked(report: QReport, *, whole: bool) -> QReport:
@@ -979,7 +1000,7 @@ def _with_lost(report: QReport, lost: Sequence[LostGpu]) -> QReport:
     if not lost:
         return report
     named = [None] * len(report.gpus) + [gpu.index for gpu in lost]
-    sections = [*report.gpus, *(GpuSection(0, gpu.bus_id, Entry("GPU"), gpu.error) for gpu in lost)]
+    sections = [*report.gpus, *(GpuSection(0, gpu.bus_id, Entry("GPU"), gpu.error, lost=gpu.is_lost) for gpu in lost)]
     indexes = _indexes(named, [s.bus_id for s in sections], [s.error is not None for s in sections])
     placed = (dataclasses.replace(s, index=i) for i, s in zip(indexes, sections, strict=True))
     return dataclasses.replace(report, gpus=tuple(sorted(placed, key=lambda s: s.index)))

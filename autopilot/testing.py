@@ -377,6 +377,43 @@ def admission_refusal(labels: Mapping[str, str], quotas: Mapping[str, Sequence[s
     return refusal
 
 
+def limit_range_invalid(limit_ranges: Mapping[str, Mapping[str, str]], spec: Mapping[str, Any]) -> str:
+    """Why a pod of ``spec`` fails validation once the namespace's LimitRanges (name -> their Container ``default``
+    limits, ``{"memory": "256Mi"}``) set the limits its containers leave out, in the API server's words ('' when
+    it passes): a request above the limit LimitRanger gave it (``ValidateResourceRequirements``)."""
+    for key in ("initContainers", "containers"):
+        for i, container in enumerate(c for c in spec.get(key) or () if isinstance(c, Mapping)):
+            resources = container.get("resources") or {}
+            limits, requests = dict(resources.get("limits") or {}), resources.get("requests") or {}
+            for _, defaults in sorted(limit_ranges.items()):  # each LimitRange in turn: the first sets a limit
+                limits = {**defaults, **limits}
+            for resource in sorted(requests):
+                want, cap = apivalidation.quantity(requests[resource]), apivalidation.quantity(limits.get(resource))
+                if want is not None and cap is not None and want > cap:
+                    return (
+                        f'spec.{key}[{i}].resources.requests: Invalid value: "{requests[resource]}": must be less '
+                        f"than or equal to {resource} limit of {limits[resource]}"
+                    )
+    return ""
+
+
+def job_pod_refusal(
+    pod: str,
+    labels: Mapping[str, str],
+    quotas: Mapping[str, Sequence[str]],
+    limit_ranges: Mapping[str, Mapping[str, str]],
+    spec: Mapping[str, Any],
+) -> str:
+    """The Job controller's ``FailedCreate`` message for its pod ``pod`` of ``spec`` ('' when it is admitted): the
+    pod's validation after LimitRanger's defaults (``is invalid``), then PodSecurity and ResourceQuota (``is
+    forbidden``), in the API server's order. Both fakes make a Job's pod through it."""
+    invalid = limit_range_invalid(limit_ranges, spec)
+    if invalid:
+        return f'Error creating: Pod "{pod}" is invalid: {invalid}'
+    refusal = admission_refusal(labels, quotas, spec)
+    return f'Error creating: pods "{pod}" is forbidden: {refusal}' if refusal else ""
+
+
 class FakeCluster:
     """An in-memory cluster that implements ``ClusterClient`` and records every write in ``writes``.
 
@@ -384,7 +421,8 @@ class FakeCluster:
     labels we do not own, a second Job of one name is a ``Conflict``, a Job gets a pending pod on
     its node, a PVC binds after ``binds_after`` reads (a ``WaitForFirstConsumer`` class only once
     a pod mounts it), a namespace's Pod Security level and ResourceQuotas refuse pods as admission
-    does (``label_namespace``, ``set_resource_quota``). Tests drive what controllers would do next (``finish_job``,
+    does (``label_namespace``, ``set_resource_quota``), and its LimitRanges' default limits make a Job's
+    pod invalid (``set_limit_range``). Tests drive what controllers would do next (``finish_job``,
     ``refuse_job_pod``, ...), and ``fail_next`` injects API errors that go through the same
     bounded retries as the real client.
     """
@@ -416,6 +454,7 @@ class FakeCluster:
         self.gc_paused = False  # test control: pods of a deleted Job stay until collect_garbage()
         self.namespace_labels: dict[str, dict[str, str]] = {}  # pod-security.kubernetes.io/enforce, ...
         self.quotas: dict[str, dict[str, list[str]]] = {}  # namespace -> ResourceQuota name -> resources tracked
+        self.limit_ranges: dict[str, dict[str, dict[str, str]]] = {}  # namespace -> LimitRange -> default limits
 
     # ---------------------------------------------------------- test controls
 
@@ -461,8 +500,17 @@ class FakeCluster:
         ``limits.memory``, ...): a pod whose containers do not say them is refused (403 ``failed quota``)."""
         self.quotas.setdefault(namespace, {})[name] = list(hard)
 
+    def set_limit_range(self, namespace: str, name: str, default: Mapping[str, str]) -> None:
+        """A LimitRange ``name`` in ``namespace`` whose Container ``default`` limits (``{"memory": "256Mi"}``) are
+        given to a Job's pod where it sets none: a request above one makes the pod invalid (``FailedCreate``)."""
+        self.limit_ranges.setdefault(namespace, {})[name] = dict(default)
+
     def _admission(self, namespace: str, spec: Mapping[str, Any]) -> str:
         return admission_refusal(self.namespace_labels.get(namespace, {}), self.quotas.get(namespace, {}), spec)
+
+    def _job_pod_refusal(self, namespace: str, spec: Mapping[str, Any], pod: str) -> str:
+        labels, quotas = self.namespace_labels.get(namespace, {}), self.quotas.get(namespace, {})
+        return job_pod_refusal(pod, labels, quotas, self.limit_ranges.get(namespace, {}), spec)
 
     def add_storage_class(self, name: str, mode: str = "Immediate", *, binds_after: int | None = 1) -> None:
         """``binds_after``: reads of the claim's phase until it is Bound (None: the provisioner never binds)."""
@@ -506,6 +554,14 @@ class FakeCluster:
         self.jobs[(namespace, name)] = dataclasses.replace(self.jobs[(namespace, name)], active=0)
         uid = self.jobs[(namespace, name)].uid
         self.events.append(EventInfo(namespace, "Job", name, "FailedCreate", message, "Warning", uid=uid))
+
+    def admit_job_pod(self, namespace: str, name: str) -> None:
+        """What refused the Job's pod cleared (a quota's usage dropped): the controller's next try makes the pod."""
+        self._seq += 1
+        job = self.jobs[(namespace, name)]
+        spec = ((self.job_manifests[(namespace, name)].get("spec") or {}).get("template") or {}).get("spec") or {}
+        self._start_job_pod(namespace, name, job.uid, spec, f"{name[:57]}-{self._seq:05x}")
+        self.jobs[(namespace, name)] = dataclasses.replace(job, active=1)
 
     def reject_job_pod(self, namespace: str, name: str, reason: str, message: str) -> None:
         """The kubelet refused the pod at admission (e.g. ``UnexpectedAdmissionError``): pod Failed."""
@@ -764,23 +820,24 @@ class FakeCluster:
             self.job_manifests[(namespace, name)] = json.loads(json.dumps(manifest))
             spec = ((manifest.get("spec") or {}).get("template") or {}).get("spec") or {}
             pod = f"{name[:57]}-{self._seq:05x}"
-            refusal = self._admission(namespace, spec)
-            if refusal:  # the Job is admitted; the controller's pod is not, and it says so in an Event
+            message = self._job_pod_refusal(namespace, spec, pod)
+            if message:  # the Job is admitted; the controller's pod is not, and it says so in an Event
                 self.jobs[(namespace, name)] = dataclasses.replace(self.jobs[(namespace, name)], active=0)
-                message = f'Error creating: pods "{pod}" is forbidden: {refusal}'
                 self.events.append(EventInfo(namespace, "Job", name, "FailedCreate", message, "Warning", uid=uid))
                 self._record("create_job", f"{namespace}/{name}", dict(manifest))
                 return name
-            labels = {"job-name": name, "controller-uid": uid}
-            node, why = self._schedule(spec)
-            info = PodInfo(
-                pod, namespace, node, "Pending", pod_gpus(spec), labels=labels, owner_uid=uid, unschedulable=why
-            )
-            self._pods[(namespace, pod)] = _FakePod(info, job=name)
+            self._start_job_pod(namespace, name, uid, spec, pod)
             self._record("create_job", f"{namespace}/{name}", dict(manifest))
             return name
 
         return self._do("create_job", create)
+
+    def _start_job_pod(self, namespace: str, name: str, uid: str, spec: Mapping[str, Any], pod: str) -> None:
+        """The Job controller's pod of Job ``name``, admitted: Pending on the node the scheduler gives it."""
+        labels = {"job-name": name, "controller-uid": uid}
+        node, why = self._schedule(spec)
+        info = PodInfo(pod, namespace, node, "Pending", pod_gpus(spec), labels=labels, owner_uid=uid, unschedulable=why)
+        self._pods[(namespace, pod)] = _FakePod(info, job=name)
 
     def get_job(self, namespace: str, name: str) -> JobInfo:
         def get() -> JobInfo:

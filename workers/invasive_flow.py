@@ -76,6 +76,7 @@ def watch(
                 node=node,
                 deadline_s=settings.invasive_deadline_s,
                 now=ctx.clock.now(),
+                admission_wait_s=settings.invasive_admission_wait_s,
             )
         except errors.Transient as exc:
             # The seam's retries span seconds; an API server restart, an etcd leader election or APF's 429s can

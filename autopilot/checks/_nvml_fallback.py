@@ -4,8 +4,10 @@ Shared by ``remapped`` and ``gpupower``. NVML is asked first, GPU by GPU; a GPU 
 read is looked up in one ``nvidia-smi`` query (run at most once per check run); if NVML cannot
 start at all, ``nvidia-smi`` answers for every GPU. A GPU neither can read becomes an ``error``
 device, never a pass. A GPU that NVML calls lost (``GpuLost``) is not asked again: it is a
-``fail`` device and the check a fatal ``fail``. ``GpuUnavailable`` propagates when there is no
-driver at all (the engine then reports ``skipped``, or ``error`` where GPUs are expected).
+``fail`` device and the check a fatal ``fail``; so is a GPU nvidia-smi could not open because it
+``is lost`` (its words for the same NVML error), live or in saved output (``unopened``).
+``GpuUnavailable`` propagates when there is no driver at all (the engine then reports ``skipped``,
+or ``error`` where GPUs are expected).
 """
 
 from __future__ import annotations
@@ -64,6 +66,16 @@ def fold(
     return devices, per_gpu
 
 
+def unopened(index: int, error: str, lost: bool, facts: dict[str, Any]) -> DeviceResult:
+    """A GPU nvidia-smi could not open: ``lost`` (its line says ``GPU is lost``, NVML_ERROR_GPU_IS_LOST) is NVML's
+    lost GPU, a ``fail`` at its index that makes the check fatal (``facts["lost"]``); any other reason (Unknown
+    Error, Insufficient Permissions) proves nothing about the GPU: ``error``."""
+    if lost:
+        facts["lost"] = True
+        return gpucensus.lost_device(index, error)
+    return DeviceResult(str(index), Status.ERROR, detail=error)
+
+
 def section_facts(report: nvsmi.QReport, section: nvsmi.GpuSection) -> dict[str, Any]:
     """The facts every reader of a ``-q`` section starts from: bus id, the id to report it under
     (``fold`` applies it) and, best effort, the page retirement counts of GPUs that have them."""
@@ -103,7 +115,11 @@ def judge_collected(
         readings, facts, source = collect(ctx)
     except errors.ToolError as exc:
         return CheckResult(name, Status.ERROR, f"no reading of {what}: {exc}")
-    result = evaluate(readings, data=facts, source=source)
+    return _lost_is_fatal(evaluate(readings, data=facts, source=source), facts)
+
+
+def _lost_is_fatal(result: CheckResult, facts: Facts) -> CheckResult:
+    """``result``, a fatal ``fail`` when a GPU was found lost (NVML or nvidia-smi), whatever the others read."""
     if any(f.get("lost") for f in facts.values()):
         return dataclasses.replace(result, status=Status.FAIL, fatal=True)
     return result
@@ -115,7 +131,7 @@ def judge_saved(name: str, text: str, parse_text: Callable[[str], Readings], eva
         readings, facts, source = parse_text(text)
     except nvsmi.ParseError as exc:
         return CheckResult(name, Status.ERROR, f"unreadable nvidia-smi output: {exc}")
-    return evaluate(readings, data=facts, source=source)
+    return _lost_is_fatal(evaluate(readings, data=facts, source=source), facts)
 
 
 class SmiQuery(Generic[R]):

@@ -137,6 +137,10 @@ def parse_text(text: str) -> tuple[dict[int, Reading], dict[int, dict[str, Any]]
         facts: dict[int, dict[str, Any]] = {}
         for section in report.gpus:
             facts[section.index] = _nvml_fallback.section_facts(report, section)
+            if section.lost:
+                error = section.error or ""
+                readings[section.index] = _nvml_fallback.unopened(section.index, error, True, facts[section.index])
+                continue
             try:
                 readings[section.index] = nvsmi.clock_reasons_from_q(section)
             except nvsmi.ParseError as exc:
@@ -159,7 +163,8 @@ def parse_text(text: str) -> tuple[dict[int, Reading], dict[int, dict[str, Any]]
 def _from_rows(
     rows: Sequence[tuple[int, Mapping[str, str] | nvsmi.LostGpu]],
 ) -> tuple[dict[int, Reading], dict[int, dict[str, Any]]]:
-    """Readings per GPU index from ``nvsmi.parse_csv_gpus``; a GPU nvidia-smi could not open is an ``error``."""
+    """Readings per GPU index from ``nvsmi.parse_csv_gpus``; a GPU nvidia-smi could not open is an ``error``, or a
+    lost GPU's ``fail`` when it says ``GPU is lost`` (``_nvml_fallback.unopened``)."""
     if not rows:
         # nvidia-smi says "No devices were found" when there are none; no row at all is no answer.
         raise nvsmi.ParseError("no GPU row in the CSV answer")
@@ -168,7 +173,7 @@ def _from_rows(
     for index, row in rows:
         if isinstance(row, nvsmi.LostGpu):
             facts[index] = {"bus_id": row.bus_id}
-            readings[index] = DeviceResult(str(index), Status.ERROR, detail=row.error)
+            readings[index] = _nvml_fallback.unopened(index, row.error, row.is_lost, facts[index])
             continue
         facts[index] = {"bus_id": row["pci.bus_id"]} if "pci.bus_id" in row else {}
         try:

@@ -67,7 +67,7 @@ design therefore warns.
 ``evaluate_text`` reads a saved ``ap-bandwidth`` line, a ``bandwidthTest`` output (text or CSV,
 of one device: a run over several devices at once sums them and is an ``error``),
 or an ``nvidia-smi -q`` report, for which it reports the link state of each GPU (ok unless the
-width is degraded; no bandwidth is judged).
+width is degraded; no bandwidth is judged; a GPU the report says is lost is a fatal ``fail``).
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from autopilot import errors, gpus, nvsmi, registry
+from autopilot import errors, gpucensus, gpus, nvsmi, registry
 from autopilot.checks._cuda import (
     Finding,
     InUse,
@@ -518,16 +518,23 @@ def evaluate(readings: Sequence[GpuReading], rules: Rules, *, tool: str) -> Chec
     return skipped_summary(from_devices(NAME, devices, ok_summary=ok_summary, data=data, fatal=fatal))
 
 
-def evaluate_links(links: Sequence[tuple[int | str, gpus.PcieLink | None, str | None]]) -> CheckResult:
+def evaluate_links(
+    links: Sequence[tuple[int | str, gpus.PcieLink | None, str | None]], lost: Mapping[str, str] | None = None
+) -> CheckResult:
     """Link state only (from a saved ``nvidia-smi -q``): ok unless a link's width is below its maximum.
 
     A GPU is named by its index, or by its bus id in a one-GPU capture (``nvsmi.QReport.device_id``).
+    ``lost``: id -> nvidia-smi's line, for GPUs it says are lost (``GPU is lost``, NVML_ERROR_GPU_IS_LOST): a
+    ``fail`` device each and the check fatal, as NVML's lost GPU.
     """
     devices: list[DeviceResult] = []
     per_gpu: dict[str, Any] = {}
+    gone = lost or {}
     for index, link, error in links:
         per_gpu[str(index)] = {"pcie_link": link_data(link, error)}
-        if link is None:
+        if str(index) in gone:
+            devices.append(gpucensus.lost_device(index, gone[str(index)]))
+        elif link is None:
             devices.append(DeviceResult(str(index), Status.ERROR, None, "lanes", error or "no link info"))
         elif width_degraded(link):
             devices.append(
@@ -549,6 +556,7 @@ def evaluate_links(links: Sequence[tuple[int | str, gpus.PcieLink | None, str | 
         devices,
         ok_summary=f"{len(devices)} GPU(s): PCIe links at full width (no bandwidth measured)",
         data={"source": "nvidia-smi -q", "gpus": per_gpu},
+        fatal=bool(gone),
     )
 
 
@@ -584,8 +592,11 @@ def evaluate_text(text: str, params: Mapping[str, Any], settings: Any) -> CheckR
         except nvsmi.ParseError as exc:
             return CheckResult(NAME, Status.ERROR, f"unreadable nvidia-smi -q report: {exc}")
         links: list[tuple[int | str, gpus.PcieLink | None, str | None]] = []
+        lost: dict[str, str] = {}
         for section in report.gpus:
             gpu = report.device_id(section)
+            if section.lost:
+                lost[gpu] = section.error or ""
             try:
                 raw = nvsmi.pcie_link_from_q(section)
             except nvsmi.ParseError as exc:
@@ -596,7 +607,7 @@ def evaluate_text(text: str, params: Mapping[str, Any], settings: Any) -> CheckR
                 links.append((gpu, None, f"PCIe link values N/A: {raw}"))
                 continue
             links.append((gpu, gpus.PcieLink(*(int(v or 0) for v in values)), None))
-        return evaluate_links(links)
+        return evaluate_links(links, lost)
     if "bandwidthTest" in text or "Bandwidth Test" in text:
         try:
             parsed = parse_bandwidthtest(text)

@@ -34,6 +34,9 @@ Verdict per GPU (upstream looked at ``Pending`` only and ignored a failed remap)
   keeps accumulating remaps can be spotted; correctable remaps are preventive and reported only.
 - a GPU without a row remapper (pre-Ampere: NVML NotSupported, nvidia-smi ``N/A`` or no block)
   -> that device ``skipped``; no GPUs at all -> the check is ``skipped``.
+- a lost GPU (NVML_ERROR_GPU_IS_LOST, or nvidia-smi's ``Unable to determine the device handle for
+  ...: GPU is lost``) -> ``fail`` at its index, and the check fatal; a GPU nvidia-smi could not open
+  for another reason (``Unknown Error``, ``Insufficient Permissions``) -> ``error``.
 
 Device ``value`` keeps upstream's ``remapped`` gauge meaning: ``1`` when a remap is pending or
 has failed (the GPU needs attention), else ``0``. ``data["gpus"][<index>]`` carries the counts,
@@ -150,6 +153,10 @@ def _parse_q(text: str, *, whole: bool = False) -> tuple[dict[int, Reading], dic
     for section in report.gpus:
         gpu = report.device_id(section)
         facts[section.index] = _nvml_fallback.section_facts(report, section)
+        if section.lost:
+            error = section.error or ""
+            readings[section.index] = _nvml_fallback.unopened(section.index, error, True, facts[section.index])
+            continue
         try:
             rows = nvsmi.remapped_rows_from_q(section)
         except nvsmi.ParseError as exc:
@@ -174,7 +181,7 @@ def _parse_csv(text: str) -> tuple[dict[int, Reading], dict[int, dict[str, Any]]
     for index, row in nvsmi.parse_csv_gpus(text):
         if isinstance(row, nvsmi.LostGpu):
             facts[index] = {"gpu_bus_id": row.bus_id}
-            readings[index] = DeviceResult(str(index), Status.ERROR, detail=row.error)
+            readings[index] = _nvml_fallback.unopened(index, row.error, row.is_lost, facts[index])
             continue
         facts[index] = {k: row[k] for k in ("gpu_bus_id", "gpu_uuid", "gpu_name") if k in row}
         try:
@@ -207,9 +214,10 @@ class _NvidiaSmi(_nvml_fallback.SmiQuery[Reading]):
         if nvsmi.NO_DEVICES in said_all:
             return {}, {}
         self.no_driver = nvsmi.NO_DRIVER in said_all
-        # A GPU nvidia-smi could not open, named with its index on stderr (newer drivers), stands
-        # for its section; the report of the others is still an answer, whatever the exit code.
-        lost = [line for line in out.stderr.splitlines() if (gpu := nvsmi.lost_gpu(line)) and gpu.index is not None]
+        # A GPU nvidia-smi could not open, named on stderr, stands for its section (placed by the index the line
+        # names, or by its bus id on older drivers); the report of the others is still an answer, whatever the
+        # exit code.
+        lost = [line for line in out.stderr.splitlines() if nvsmi.lost_gpu(line) is not None]
         if out.returncode != 0 and not lost:
             said = (text.strip() or out.stderr.strip() or "no output").splitlines()[0]
             return f"nvidia-smi exited {out.returncode}: {said[:200]}"

@@ -50,6 +50,7 @@ from autopilot.testing import (
     device_taint_rule_problems,
     event_refusal,
     invalid_message,
+    job_pod_refusal,
     pod_node,
     unschedulable_reason,
 )
@@ -202,6 +203,7 @@ class StandInApi:
         self.broken_continue = False  # test control: a broken server, whose every token restarts the list
         self.namespace_labels: dict[str, dict[str, str]] = {}  # pod-security.kubernetes.io/enforce, ...
         self.quotas: dict[str, dict[str, list[str]]] = {}  # namespace -> ResourceQuota name -> resources tracked
+        self.limit_ranges: dict[str, dict[str, dict[str, str]]] = {}  # namespace -> LimitRange -> default limits
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, name="standin-api", daemon=True)
@@ -287,8 +289,17 @@ class StandInApi:
         with self.lock:
             self.quotas.setdefault(namespace, {})[name] = list(hard)
 
+    def set_limit_range(self, namespace: str, name: str, default: Mapping[str, str]) -> None:
+        """As ``FakeCluster.set_limit_range``: a Job's pod whose request is above a default limit is invalid."""
+        with self.lock:
+            self.limit_ranges.setdefault(namespace, {})[name] = dict(default)
+
     def _admission(self, namespace: str, spec: Mapping[str, Any]) -> str:
         return admission_refusal(self.namespace_labels.get(namespace, {}), self.quotas.get(namespace, {}), spec)
+
+    def _job_pod_refusal(self, namespace: str, spec: Mapping[str, Any], pod: str) -> str:
+        labels, quotas = self.namespace_labels.get(namespace, {}), self.quotas.get(namespace, {})
+        return job_pod_refusal(pod, labels, quotas, self.limit_ranges.get(namespace, {}), spec)
 
     def add_storage_class(self, name: str, mode: str = "Immediate", *, binds_after: int | None = 1) -> None:
         with self.lock:
@@ -351,6 +362,13 @@ class StandInApi:
                 del self.objects[("Pod", namespace, pod["metadata"]["name"])]
             self.objects[("Job", namespace, name)]["status"] = {"active": 0}
             self._event(namespace, "Job", name, "FailedCreate", message, "Warning")
+
+    def admit_job_pod(self, namespace: str, name: str) -> None:
+        """As ``FakeCluster.admit_job_pod``: the refusal cleared, the controller's next try makes the pod."""
+        with self.lock:
+            job = self.objects[("Job", namespace, name)]
+            self._start_job_pod(namespace, job, f"{name[:57]}-{next(self._seq):05x}")
+            job["status"] = {"active": 1, "startTime": STAMP}
 
     def reject_job_pod(self, namespace: str, name: str, reason: str, message: str) -> None:
         with self.lock:
@@ -763,26 +781,14 @@ class StandInApi:
         obj = copy.deepcopy(body)
         if kind == "Job":
             obj["status"] = {"active": 1, "startTime": STAMP}
-            template = obj["spec"]["template"]
-            spec = copy.deepcopy(template["spec"])
-            why = self._schedule(spec)
-            labels = {**(template.get("metadata") or {}).get("labels", {}), "job-name": name}
-            labels.update({"batch.kubernetes.io/job-name": name, "controller-uid": uid})
-            labels["batch.kubernetes.io/controller-uid"] = uid
             pod_name = f"{name[:57]}-{next(self._seq):05x}"
-            refusal = self._admission(ns, spec)
-            if refusal:  # the Job is admitted, its controller's pod is not (the Job controller keeps trying)
+            message = self._job_pod_refusal(ns, obj["spec"]["template"]["spec"], pod_name)
+            if message:  # the Job is admitted, its controller's pod is not (the Job controller keeps trying)
                 obj["status"] = {"active": 0, "startTime": STAMP}
                 self.objects[(kind, ns, name)] = obj
-                message = f'Error creating: pods "{pod_name}" is forbidden: {refusal}'
                 self._event(ns, "Job", name, "FailedCreate", message, "Warning")
                 return 201, obj
-            pod = self._pod(ns, pod_name, spec, labels, "Pending")
-            if why:
-                pod["status"]["conditions"] = [_unschedulable(why)]
-            owner = {"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": uid, "controller": True}
-            pod["metadata"]["ownerReferences"] = [{**owner, "blockOwnerDeletion": True}]
-            self.objects[("Pod", ns, pod_name)] = pod
+            self._start_job_pod(ns, obj, pod_name)
         elif kind == "PersistentVolumeClaim":
             obj["status"] = {"phase": "Pending"}
         elif kind == "Pod":
@@ -790,6 +796,22 @@ class StandInApi:
             obj["status"] = {"phase": "Pending", **({"conditions": [_unschedulable(why)]} if why else {})}
         self.objects[(kind, ns, name)] = obj
         return 201, obj
+
+    def _start_job_pod(self, ns: str, job: dict[str, Any], pod_name: str) -> None:
+        """The Job controller's pod of ``job``, admitted: Pending on its node, or unschedulable saying why."""
+        name, uid = job["metadata"]["name"], job["metadata"]["uid"]
+        template = job["spec"]["template"]
+        spec = copy.deepcopy(template["spec"])
+        why = self._schedule(spec)
+        labels = {**(template.get("metadata") or {}).get("labels", {}), "job-name": name}
+        labels.update({"batch.kubernetes.io/job-name": name, "controller-uid": uid})
+        labels["batch.kubernetes.io/controller-uid"] = uid
+        pod = self._pod(ns, pod_name, spec, labels, "Pending")
+        if why:
+            pod["status"]["conditions"] = [_unschedulable(why)]
+        owner = {"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": uid, "controller": True}
+        pod["metadata"]["ownerReferences"] = [{**owner, "blockOwnerDeletion": True}]
+        self.objects[("Pod", ns, pod_name)] = pod
 
     def _schedule(self, spec: dict[str, Any]) -> str:
         """The scheduler's part: bind the pod (``spec.nodeName``) to the node its affinity names, or say why not."""

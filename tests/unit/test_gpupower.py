@@ -185,12 +185,17 @@ def test_unreadable_query_values_are_device_errors_not_passes(make_ctx: MakeCtx)
 LOST_GPU3 = "Unable to determine the device handle for GPU3: 0000:1D:00.0: Unknown Error\n"
 
 
+def run_with_gpu3_on_stderr(make_ctx: MakeCtx, stderr: str, returncode: int) -> CheckResult:
+    """gpupower without NVML, the fallback query answering rows for GPUs 0-2 and 4 and ``stderr`` for GPU 3."""
+    runner = FakeRunner()
+    runner.add(NEW_ARGV, csv_row(0) + csv_row(1) + csv_row(2) + csv_row(4), stderr=stderr, returncode=returncode)
+    return gpupower.run(make_ctx(commands=runner, gpus=FakeTelemetry(unavailable="no NVML")), {})
+
+
 @pytest.mark.parametrize("returncode", [0, 15])
 def test_a_gpu_nvidia_smi_names_only_on_stderr_is_an_error_not_left_out(make_ctx: MakeCtx, returncode: int) -> None:
     # Exit code 0 on some drivers; others exit non-zero after listing the GPUs that still answer.
-    runner = FakeRunner()
-    runner.add(NEW_ARGV, csv_row(0) + csv_row(1) + csv_row(2) + csv_row(4), stderr=LOST_GPU3, returncode=returncode)
-    result = gpupower.run(make_ctx(commands=runner, gpus=FakeTelemetry(unavailable="no NVML")), {})
+    result = run_with_gpu3_on_stderr(make_ctx, LOST_GPU3, returncode)
     assert [(d.id, d.status) for d in result.devices] == [
         ("0", Status.OK),
         ("1", Status.OK),
@@ -200,6 +205,29 @@ def test_a_gpu_nvidia_smi_names_only_on_stderr_is_an_error_not_left_out(make_ctx
     ]
     assert result.status is Status.ERROR
     assert result.devices[3].detail == "nvidia-smi could not open the GPU at 0000:1D:00.0: Unknown Error"
+
+
+# The same answer when the reason is NVML_ERROR_GPU_IS_LOST, in nvidia-smi's words.
+GONE_GPU3 = LOST_GPU3.replace("Unknown Error", "GPU is lost.  Reboot the system to recover this GPU")
+
+
+@pytest.mark.parametrize("returncode", [0, 15])
+def test_a_gpu_nvidia_smi_says_is_lost_is_a_fatal_fail_at_its_index(make_ctx: MakeCtx, returncode: int) -> None:
+    # As NVML's NVML_ERROR_GPU_IS_LOST (gpucensus.lost_device); before, an error (node WARN, not EVICT).
+    result = run_with_gpu3_on_stderr(make_ctx, GONE_GPU3, returncode)
+    assert [(d.id, d.status) for d in result.devices][3] == ("3", Status.FAIL)
+    assert [d.status for d in result.devices if d.id != "3"] == [Status.OK] * 4
+    assert result.status is Status.FAIL and result.fatal
+    assert result.devices[3].detail.startswith("GPU is lost, fell off the bus: nvidia-smi could not open the GPU at")
+
+
+def test_a_saved_report_or_query_saying_a_gpu_is_lost_is_a_fatal_fail_there() -> None:
+    rows = [csv_row(0), csv_row(1), csv_row(2), csv_row(4)]
+    result = evaluate("".join(rows[:3]) + GONE_GPU3 + rows[3])
+    assert [(d.id, d.status) for d in result.devices][3] == ("3", Status.FAIL)
+    assert result.status is Status.FAIL and result.fatal
+    unknown = evaluate("".join(rows[:3]) + LOST_GPU3 + rows[3])
+    assert unknown.status is Status.ERROR and not unknown.fatal
 
 
 @pytest.mark.parametrize("where", ["first", "inline"])

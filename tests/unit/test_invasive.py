@@ -5,10 +5,11 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 
 import pytest
 
-from autopilot import invasive, remediation
+from autopilot import invasive, remediation, results
 from autopilot.cluster import NodeInfo
 from autopilot.config import Settings
 from autopilot.invasive import JobState, StartState
@@ -186,6 +187,45 @@ def test_a_crash_without_a_result_is_an_error(backend: Backend) -> None:
     assert done.result is not None and done.result.status is Status.ERROR and "no DCGM result" in done.result.summary
 
 
+@pytest.mark.parametrize("interim", [False, True])
+def test_a_failed_job_whose_log_reads_ok_is_an_error_naming_the_failure_not_a_pass(
+    backend: Backend, interim: bool
+) -> None:
+    # The pod exited 1 and the controller failed the Job, yet the log holds an ok dcgm result (a crash after
+    # printing, a wrapper's own exit code). Before, that ok was stored: a wrong PASS, clearing an EVICT.
+    started(backend)
+    backend.control.finish_job(NS, JOB, succeeded=False, log=log_with(PASSED), exit_code=1, interim=interim)
+    done = invasive.poll(backend.client, JOB, namespace=NS)
+    assert done.state is JobState.FAILED and done.result is not None
+    assert done.result.status is Status.ERROR and done.result.params["r"] == 3
+    assert "BackoffLimitExceeded" in done.result.summary and "exit code 1" in done.result.summary
+    assert "its log reads ok: all tests pass" in done.result.summary
+
+
+def test_a_failed_job_whose_log_reads_warn_keeps_the_warning(backend: Backend) -> None:
+    # autopilot run exits 1 for a warn as for a fail: the Job fails, and the finding is what it found.
+    started(backend)
+    warned = dataclasses.replace(PASSED, status=Status.WARN, summary="diagnostic warning on GPU 2")
+    backend.control.finish_job(NS, JOB, succeeded=False, log=log_with(warned), exit_code=1)
+    done = invasive.poll(backend.client, JOB, namespace=NS)
+    assert done.result is not None and done.result.status is Status.WARN
+    assert done.result.summary == "diagnostic warning on GPU 2"
+
+
+@pytest.mark.parametrize(("log", "status"), [(FATAL, Status.FAIL), (PASSED, Status.ERROR)])
+def test_a_job_past_its_deadline_keeps_a_failing_test_its_log_shows_and_never_passes(
+    backend: Backend, log: CheckResult, status: Status
+) -> None:
+    started(backend)
+    backend.control.finish_job(NS, JOB, succeeded=False, log=log_with(log), exit_code=1)
+    backend.control.job_past_deadline(NS, JOB)
+    done = invasive.poll(backend.client, JOB, namespace=NS)
+    assert done.state is JobState.DEADLINE_EXCEEDED and done.result is not None
+    assert done.result.status is status and done.result.fatal is (status is Status.FAIL)
+    if status is Status.ERROR:
+        assert "did not finish before its deadline" in done.result.summary
+
+
 @pytest.mark.parametrize("how", ["rejected", "unschedulable", "refused"])
 def test_pod_admission_failures_end_the_job(backend: Backend, how: str) -> None:
     started(backend)
@@ -199,6 +239,75 @@ def test_pod_admission_failures_end_the_job(backend: Backend, how: str) -> None:
     assert done.state is JobState.ADMISSION_FAILED and done.finished
     assert done.result is not None and done.result.status is Status.ERROR
     assert gone(backend)  # deleted, so a pending pod can never start later
+
+
+# What the Job controller's FailedCreate says when ResourceQuota refuses the pod on usage: other pods hold the GPUs
+# the quota allows, and it clears as they end (the controller retries with backoff).
+QUOTA_BUSY = (
+    'Error creating: pods "autopilot-dcgm3-gpu-1-x1" is forbidden: exceeded quota: gpu-quota, requested: '
+    "requests.nvidia.com/gpu=8, used: requests.nvidia.com/gpu={used}, limited: requests.nvidia.com/gpu=12"
+)
+
+
+def at(backend: Backend, seconds: float) -> datetime:
+    """``seconds`` after the Job was made, as the API server stamped it."""
+    return results.parse_iso(backend.client.get_job(NS, JOB).created_at) + timedelta(seconds=seconds)
+
+
+def test_a_quota_refusal_that_clears_is_waited_through_and_the_run_goes_on(backend: Backend) -> None:
+    # Before: the first poll after the refusal ended the run (ADMISSION_FAILED), though the controller's next try
+    # would have made the pod once the other pods' GPUs were back.
+    started(backend)
+    backend.control.refuse_job_pod(NS, JOB, QUOTA_BUSY.format(used=8))
+    waiting = invasive.poll(backend.client, JOB, namespace=NS, now=at(backend, 20), admission_wait_s=300)
+    assert waiting.state is JobState.RUNNING and "exceeded quota: gpu-quota" in waiting.reason
+    assert not gone(backend)
+    backend.control.admit_job_pod(NS, JOB)
+    assert invasive.poll(backend.client, JOB, namespace=NS, now=at(backend, 60), admission_wait_s=300).state is (
+        JobState.RUNNING
+    )
+    backend.control.finish_job(NS, JOB, succeeded=True, log=log_with(PASSED))
+    done = invasive.poll(backend.client, JOB, namespace=NS, now=at(backend, 900), admission_wait_s=300)
+    assert done.state is JobState.SUCCEEDED and done.result is not None and done.result.status is Status.OK
+
+
+@pytest.mark.parametrize(("wait", "deadline", "after"), [(300.0, 3600.0, 301.0), (300.0, 120.0, 121.0)])
+def test_a_quota_refusal_that_does_not_clear_ends_at_the_bound_naming_the_last_refusal(
+    backend: Backend, wait: float, deadline: float, after: float
+) -> None:
+    started(backend)
+    backend.control.refuse_job_pod(NS, JOB, QUOTA_BUSY.format(used=8))
+    backend.control.refuse_job_pod(NS, JOB, QUOTA_BUSY.format(used=6))
+    kwargs = {"namespace": NS, "deadline_s": deadline, "admission_wait_s": wait}
+    assert invasive.poll(backend.client, JOB, now=at(backend, after - 2), **kwargs).state is JobState.RUNNING
+    done = invasive.poll(backend.client, JOB, now=at(backend, after), **kwargs)  # the bound, never past the deadline
+    assert done.state is JobState.ADMISSION_FAILED and done.result is not None
+    assert done.result.status is Status.ERROR and "used: requests.nvidia.com/gpu=6" in done.result.summary
+    assert "still refused" in done.result.summary
+    assert gone(backend)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        'Error creating: pods "p" is forbidden: failed quota: compute: must specify limits.memory for: main',
+        'Error creating: pods "p" is forbidden: admission webhook "gpu-policy.example.com" denied the request: no',
+        'Error creating: pods "p" is forbidden: violates PodSecurity "restricted:latest": runAsNonRoot != true',
+        'Error creating: Pod "p" is invalid: spec.containers[0].resources.requests: Invalid value: "512Mi": must be '
+        "less than or equal to memory limit of 256Mi",
+        # The pod alone asks for more than the quota allows: no other pod's end frees that.
+        'Error creating: pods "p" is forbidden: exceeded quota: gpu-quota, requested: requests.nvidia.com/gpu=8, '
+        "used: requests.nvidia.com/gpu=0, limited: requests.nvidia.com/gpu=4",
+    ],
+)
+def test_a_refusal_that_never_clears_ends_the_run_at_the_first_poll_whatever_the_wait(
+    backend: Backend, message: str
+) -> None:
+    started(backend)
+    backend.control.refuse_job_pod(NS, JOB, message)
+    done = invasive.poll(backend.client, JOB, namespace=NS, now=at(backend, 10), admission_wait_s=300)
+    assert done.state is JobState.ADMISSION_FAILED and done.result is not None
+    assert done.result.status is Status.ERROR and message in done.result.summary
 
 
 @pytest.mark.parametrize("level", ["baseline", "restricted"])
@@ -240,6 +349,54 @@ def test_a_job_pod_refused_by_a_quota_ends_the_run_as_an_error_naming_it(backend
     assert done.result.status is Status.ERROR
     assert "failed quota: compute: must specify limits.memory for: main" in done.result.summary
     assert gone(backend)
+
+
+def test_a_limit_range_whose_default_memory_limit_is_below_the_request_ends_the_run_naming_what_to_set(
+    backend: Backend,
+) -> None:
+    """LimitRanger gives the container (which sets no memory limit) the namespace's default, 256Mi; validation then
+    refuses its 512Mi request. Before, the error repeated the API's words only: nothing said a LimitRange did it."""
+    backend.control.set_limit_range(NS, "mem-defaults", {"memory": "256Mi", "cpu": "1"})
+    started(backend)
+    assert backend.client.job_pods(NS, JOB) == []
+    done = invasive.poll(backend.client, JOB, namespace=NS, now=at(backend, 10), admission_wait_s=300)
+    assert done.state is JobState.ADMISSION_FAILED and done.result is not None
+    summary = done.result.summary
+    assert done.result.status is Status.ERROR
+    assert 'Invalid value: "512Mi": must be less than or equal to memory limit of 256Mi' in summary
+    assert f"a LimitRange in namespace {NS} gives its container a default memory limit below its memory request" in (
+        summary
+    )
+    assert "default memory limit (and max) to at least 512Mi" in summary
+    assert gone(backend)
+
+
+def test_a_limit_range_at_or_above_the_requests_admits_the_job(backend: Backend) -> None:
+    backend.control.set_limit_range(NS, "defaults", {"memory": "512Mi", "cpu": "100m"})
+    started(backend)
+    assert [p.node for p in backend.client.job_pods(NS, JOB)] == ["gpu-1"]
+
+
+@pytest.mark.parametrize(
+    ("message", "words"),
+    [
+        (  # before Kubernetes 1.8
+            'Error creating: Pod "p" is invalid: spec.containers[0].resources.limits: Invalid value: "50m": must be '
+            "greater than or equal to cpu request",
+            "default cpu limit (and max) to at least 100m",
+        ),
+        (
+            'Error creating: pods "p" is forbidden: minimum memory usage per Container is 1Gi, but request is 512Mi',
+            "let its Container min/max memory admit 512Mi",
+        ),
+    ],
+)
+def test_other_limit_range_refusals_name_it_too(backend: Backend, message: str, words: str) -> None:
+    started(backend)
+    backend.control.refuse_job_pod(NS, JOB, message)
+    done = invasive.poll(backend.client, JOB, namespace=NS)
+    assert done.state is JobState.ADMISSION_FAILED and done.result is not None
+    assert message in done.result.summary and words in done.result.summary and "a LimitRange" in done.result.summary
 
 
 def test_deadline(backend: Backend) -> None:

@@ -272,6 +272,47 @@ def test_admission_failure_ends_testing(world: World) -> None:
     assert world.labels()[GPUHEALTH] != "TESTING"
 
 
+QUOTA_BUSY = (
+    'Error creating: pods "autopilot-dcgm3-gpu-1-x1" is forbidden: exceeded quota: gpu-quota, requested: '
+    "requests.nvidia.com/gpu=2, used: requests.nvidia.com/gpu=2, limited: requests.nvidia.com/gpu=2"
+)
+
+
+def test_a_quota_refusal_that_clears_within_the_wait_holds_testing_and_the_run_passes(world: World) -> None:
+    """Another team's pods hold the GPUs the namespace's quota allows; they end, the controller's next try makes the
+    pod. Before, the first poll after the refusal ended the run as an error."""
+    sleeps = [0]
+
+    def refused_then_cleared() -> None:
+        sleeps[0] += 1
+        if sleeps[0] == 1:
+            world.cluster.refuse_job_pod(NS, JOB, QUOTA_BUSY)
+        elif sleeps[0] == 2:
+            assert world.labels()[GPUHEALTH] == "TESTING"  # held while it waits
+        elif sleeps[0] == 4:
+            world.cluster.admit_job_pod(NS, JOB)
+        elif sleeps[0] == 5:
+            world.cluster.finish_job(NS, JOB, succeeded=True, log=pod_log(Status.OK))
+
+    world.clock.on_sleep = refused_then_cleared
+    report = world.run(["dcgm"], {"dcgm": {"r": 3}})
+    assert dcgm_result(report)["status"] == "ok"
+    assert world.labels()[GPUHEALTH] == "PASS" and world.store.state(NODE).testing_since is None
+
+
+def test_a_quota_refusal_that_never_clears_ends_the_run_after_the_wait_naming_it(world: World) -> None:
+    started = world.clock.monotonic()
+    world.clock.on_sleep = lambda: world.cluster.refuse_job_pod(NS, JOB, QUOTA_BUSY)
+    report = world.run(["dcgm"], {"dcgm": {"r": 3}})
+    result = dcgm_result(report)
+    assert result["status"] == "error" and "exceeded quota: gpu-quota" in result["summary"]
+    assert "still refused" in result["summary"]
+    waited = world.clock.monotonic() - started
+    wait = world.host.settings.invasive_admission_wait_s
+    assert wait <= waited <= wait + 2 * invasive_flow.POLL_S  # the bound, not the Job's hour-long deadline
+    assert world.store.state(NODE).testing_since is None and (NS, JOB) not in world.cluster.jobs
+
+
 def test_worker_restart_mid_job_resumes_and_ends_testing(world: World) -> None:
     # a previous worker set TESTING and created the Job, then died
     world.store.set_state(NODE, {"testing_since": "2026-11-29T22:00:00Z", "testing_job": JOB})

@@ -226,9 +226,11 @@ def test_csv_gpus_place_rows_around_the_gpus_nvidia_smi_could_not_open() -> None
         nvsmi.parse_csv_gpus("index, x\n1, a\nUnable to determine the device handle for GPU1: 0000:2B:00.0: Lost\n")
 
 
-def test_a_report_whose_only_gpu_is_lost_is_that_gpus_error() -> None:
+def test_a_report_whose_only_gpu_is_lost_is_that_gpus_fatal_fail() -> None:
     # nvidia-smi -q -d ROW_REMAPPER on a one-GPU node whose GPU fell off the bus (driver 535): the
     # banner and header, then the handle error where the section would be; no "GPU <bus>" heading.
+    # "GPU is lost" is nvidia-smi's words for NVML_ERROR_GPU_IS_LOST: the same fatal fail as NVML's lost GPU
+    # (before: an error, which left the node WARN instead of EVICT).
     text = (
         "\n==============NVSMI LOG==============\n\n"
         "Timestamp                                 : Mon Jan  8 10:00:00 2024\n"
@@ -240,9 +242,69 @@ def test_a_report_whose_only_gpu_is_lost_is_that_gpus_error() -> None:
     )
     assert nvsmi.looks_like_q(text)
     result = remapped.evaluate_text(text, {}, Settings())
-    assert result.status is Status.ERROR
-    assert [(d.id, d.status) for d in result.devices] == [("0", Status.ERROR)]
+    assert result.status is Status.FAIL and result.fatal
+    assert [(d.id, d.status) for d in result.devices] == [("0", Status.FAIL)]
     assert "GPU is lost" in result.summary
+
+
+# What nvidia-smi prints after "Unable to determine the device handle for ...: " (NVML's error strings): only
+# NVML_ERROR_GPU_IS_LOST proves the GPU gone; the others say nvidia-smi could not open it.
+_NOT_LOST = [
+    "Unknown Error",
+    "Insufficient Permissions",
+    "Driver/library version mismatch",
+    "",
+]
+
+
+@pytest.mark.parametrize(
+    ("line", "lost"),
+    [
+        ("Unable to determine the device handle for GPU0000:3B:00.0: GPU is lost.  Reboot the system to recover "
+         "this GPU", True),
+        ("Unable to determine the device handle for GPU 0000:02:00.0: GPU is lost. Reboot the system to recover "
+         "this GPU", True),
+        ("Unable to determine the device handle for GPU3: 0000:3B:00.0: GPU is lost", True),
+        *((f"Unable to determine the device handle for GPU0000:3B:00.0: {why}", False) for why in _NOT_LOST),
+    ],
+)  # fmt: skip
+def test_only_the_gpu_is_lost_reason_marks_a_gpu_lost(line: str, lost: bool) -> None:
+    gone = nvsmi.lost_gpu(line)
+    assert gone is not None and gone.is_lost is lost
+    text_report = nvsmi.parse_q(line + "\n" + _TWO_OF_THREE_GPUS)
+    assert [g.lost for g in text_report.gpus if g.error is not None] == [lost]
+    assert [g.lost for g in text_report.gpus if g.error is None] == [False, False]
+    xml_report = nvsmi.parse_q(line + "\n" + _XML_1_OF_2)
+    assert [(g.error is not None, g.lost) for g in xml_report.gpus if g.bus_id != "00000000:3C:00.0"] == [(True, lost)]
+
+
+def test_pciebw_link_census_of_a_report_naming_a_gpu_lost_is_a_fatal_fail_at_its_index() -> None:
+    line = (
+        "Unable to determine the device handle for GPU0000:2B:00.0: GPU is lost.  Reboot the system to recover this GPU"
+    )
+    report = TWO_GPUS.replace("GPU 00000000:2B:00.0", f"{line}\nGPU 00000000:3C:00.0").replace(
+        "Attached GPUs                             : 2", "Attached GPUs                             : 3"
+    )
+    report = report.replace("    Remapped Rows                         : N/A\n", _LINK_3C + "    Remapped Rows : N/A\n")
+    result = pciebw.evaluate_text(report, {}, Settings())
+    assert [(d.id, d.status) for d in result.devices] == [("0", Status.WARN), ("1", Status.FAIL), ("2", Status.OK)]
+    assert result.status is Status.FAIL and result.fatal
+    unknown = pciebw.evaluate_text(
+        report.replace(line, line.split(": GPU is lost")[0] + ": Unknown Error"), {}, Settings()
+    )
+    assert [d.status for d in unknown.devices] == [Status.WARN, Status.ERROR, Status.OK] and not unknown.fatal
+
+
+_LINK_3C = """\
+    PCI
+        GPU Link Info
+            PCIe Generation
+                Max                       : 5
+                Current                   : 5
+            Link Width
+                Max                       : 16x
+                Current                   : 16x
+"""
 
 
 @pytest.mark.parametrize(

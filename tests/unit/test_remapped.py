@@ -151,6 +151,13 @@ def test_nvidia_smi_naming_a_lost_gpu_on_stderr_still_answers_for_the_others(
 ) -> None:
     # Newer drivers name the GPU they could not open with its index ("for GPU1: 0000:2B:00.0"),
     # on stderr; the report holds the other sections under the system's count.
+    result = run_with_gpu1_unopened(make_ctx, "for GPU1: 0000:2B:00.0: Unknown Error", returncode)
+    assert [(d.id, d.status) for d in result.devices] == [("0", Status.OK), ("1", Status.ERROR), ("2", Status.WARN)]
+
+
+def run_with_gpu1_unopened(make_ctx: MakeCtx, line: str, returncode: int) -> CheckResult:
+    """remapped without NVML, nvidia-smi answering for GPUs 0 and 2 (2 pending) and naming GPU 1 on stderr:
+    ``Unable to determine the device handle <line>``."""
     report = row_remapper_report(block("00000000:1A:00.0"), block("00000000:3C:00.0", pending="Yes"))
     runner = FakeRunner()
     runner.add(
@@ -158,11 +165,59 @@ def test_nvidia_smi_naming_a_lost_gpu_on_stderr_still_answers_for_the_others(
         report.replace(
             "Attached GPUs                             : 2", "Attached GPUs                             : 3"
         ),
-        stderr="Unable to determine the device handle for GPU1: 0000:2B:00.0: Unknown Error\n",
+        stderr=f"Unable to determine the device handle {line}\n",
         returncode=returncode,
     )
-    result = remapped.run(make_ctx(commands=runner, gpus=FakeTelemetry(unavailable="no NVML")), {})
-    assert [(d.id, d.status) for d in result.devices] == [("0", Status.OK), ("1", Status.ERROR), ("2", Status.WARN)]
+    return remapped.run(make_ctx(commands=runner, gpus=FakeTelemetry(unavailable="no NVML")), {})
+
+
+GONE = "GPU is lost.  Reboot the system to recover this GPU"
+
+
+@pytest.mark.parametrize("line", [f"for GPU1: 0000:2B:00.0: {GONE}", f"for GPU0000:2B:00.0: {GONE}"])
+def test_nvidia_smi_saying_a_gpu_is_lost_makes_it_a_fatal_fail_at_its_index(make_ctx: MakeCtx, line: str) -> None:
+    # NVML unusable (library missing from the image): nvidia-smi answers, naming GPU 1 lost on stderr, by index
+    # (newer drivers) or by bus id alone (older ones, placed in PCI bus order). NVML's own lost GPU is a fatal
+    # fail at its index; so is this. Before: an error device (and, without the index, the whole report unread:
+    # "announces 3 GPUs but holds 2").
+    result = run_with_gpu1_unopened(make_ctx, line, 15)
+    assert [(d.id, d.status) for d in result.devices] == [("0", Status.OK), ("1", Status.FAIL), ("2", Status.WARN)]
+    assert result.status is Status.FAIL and result.fatal
+    assert "GPU is lost" in result.devices[1].detail
+
+
+@pytest.mark.parametrize("form", ["text", "xml", "csv"])
+@pytest.mark.parametrize(("why", "status"), [(GONE, Status.FAIL), ("Unknown Error", Status.ERROR),
+                                             ("Insufficient Permissions", Status.ERROR)])  # fmt: skip
+def test_saved_output_naming_a_gpu_lost_is_a_fatal_fail_and_other_reasons_an_error(
+    form: str, why: str, status: Status
+) -> None:
+    line = f"Unable to determine the device handle for GPU1: 0000:2B:00.0: {why}\n"
+    if form == "text":
+        body = row_remapper_report(block("00000000:1A:00.0"), block("00000000:3C:00.0"))
+        body = body.replace(
+            "Attached GPUs                             : 2", "Attached GPUs                             : 3"
+        )
+    elif form == "xml":
+        gpu = (
+            '<gpu id="{}"><remapped_rows><remapped_row_corr>0</remapped_row_corr><remapped_row_unc>0'
+            "</remapped_row_unc><remapped_row_pending>No</remapped_row_pending><remapped_row_failure>No"
+            "</remapped_row_failure></remapped_rows></gpu>"
+        )
+        body = (
+            '<?xml version="1.0" ?>\n<nvidia_smi_log><attached_gpus>3</attached_gpus>'
+            + gpu.format("00000000:1A:00.0")
+            + gpu.format("00000000:3C:00.0")
+            + "</nvidia_smi_log>\n"
+        )
+    else:
+        body = (
+            "gpu_bus_id, remapped_rows.correctable, remapped_rows.uncorrectable, remapped_rows.pending, "
+            "remapped_rows.failure\n00000000:1A:00.0, 0, 0, No, No\n00000000:3C:00.0, 0, 0, No, No\n"
+        )
+    result = remapped.evaluate_text(line + body, {}, None)
+    assert [(d.id, d.status) for d in result.devices] == [("0", Status.OK), ("1", status), ("2", Status.OK)]
+    assert result.status is status and result.fatal is (status is Status.FAIL)
 
 
 def test_gpu_without_row_remapper_is_skipped(make_ctx: MakeCtx) -> None:
