@@ -21,7 +21,9 @@ starts. The signals, and why these (docs/RESULTS.md "A GPU in use by others"):
 - **kernel time** (``nvmlDeviceGetUtilizationRates``, ``gpu``: the percent of the last 1/6 to 1 s
   during which a kernel ran): device-wide too. Before our program starts it is someone else's;
   while ``ap-bandwidth`` runs it still is, since its copies (``cudaMemcpyAsync``) run on the copy
-  engines, not as kernels. ``ap-gpumem``'s own kernels count, so ``gpumem`` reads it only before.
+  engines, not as kernels (kept as evidence beside another signal, never alone: see
+  ``_cuda.in_use_of``). ``ap-gpumem``'s own kernels count, so ``gpumem`` reads it only before, and
+  neither reads it within a second of our own program's end on that GPU.
   It is also sampled with the rest of ``sample``.
 - **compute processes** (``nvmlDeviceGetComputeRunningProcesses``), counted before our program
   starts, so none is ours. Evidence when present, never of an idle GPU: the driver translates

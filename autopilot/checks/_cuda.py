@@ -24,6 +24,7 @@ import math
 import statistics
 import threading
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
@@ -167,14 +168,38 @@ class InUse:
         return {"busy": self.busy, **{k: v for k, v in signals.items() if v is not None and v != []}}
 
 
-def read_activity(telemetry: gpus.GpuTelemetry, index: int) -> gpus.GpuActivity:
-    """``telemetry.activity(index)``; a GPU NVML cannot answer for at all is unknown, never busy."""
+# NVML's kernel time covers its last sample period (1/6 to 1 s): read sooner after one of our own
+# programs ended on that GPU (``gpumem`` then ``pciebw`` in one run), it is our kernels' time.
+OWN_RUN_SETTLE_S = 1.0
+# Per node's telemetry (a simulator runs many nodes, with the same bus ids, in one process): GPU
+# (bus id, else index) -> the monotonic time our last program on it ended.
+_own_ends: weakref.WeakKeyDictionary[gpus.GpuTelemetry, dict[str, float]] = weakref.WeakKeyDictionary()
+_own_ends_lock = threading.Lock()
+
+
+def own_program_ended(telemetry: gpus.GpuTelemetry, gpu: str) -> None:
+    """Note that one of our programs on the node's ``gpu`` (its bus id, else its index) has just ended."""
+    with _own_ends_lock:
+        _own_ends.setdefault(telemetry, {})[gpu] = time.monotonic()
+
+
+def read_activity(telemetry: gpus.GpuTelemetry, index: int, gpu: str = "") -> gpus.GpuActivity:
+    """``telemetry.activity(index)``; a GPU NVML cannot answer for at all is unknown, never busy.
+    Kernel time read within ``OWN_RUN_SETTLE_S`` of our own program's end on ``gpu`` (its bus id,
+    else the index) is unknown too: it is ours."""
     try:
-        return telemetry.activity(index)
+        activity = telemetry.activity(index)
     except errors.GpuUnavailable:
         raise
     except errors.GpuError as exc:
         return gpus.GpuActivity(None, None, None, (f"NVML: {exc}",))
+    with _own_ends_lock:
+        ended = _own_ends.get(telemetry, {}).get(gpu or str(index))
+    ago = time.monotonic() - ended if ended is not None else math.inf
+    if activity.utilization_pct is None or ago >= OWN_RUN_SETTLE_S:
+        return activity
+    note = f"utilization: our own program ran on this GPU {ago:.1f} s ago"
+    return dataclasses.replace(activity, utilization_pct=None, unknown=(*activity.unknown, note))
 
 
 def in_use_of(before: gpus.GpuActivity, during_pct: float | None = None) -> InUse:
@@ -192,8 +217,11 @@ def in_use_of(before: gpus.GpuActivity, during_pct: float | None = None) -> InUs
         reasons.append(f"kernels {before.utilization_pct:.0f}% of the time before the run, {during_pct:.0f}% during it")
     elif ahead:
         reasons.append(f"kernels {before.utilization_pct:.0f}% of the time before the run")
-    elif during:
+    elif during and reasons:
         reasons.append(f"kernels {during_pct:.0f}% of the time during the run")
+    # Kernel time while our copies ran is evidence, never the only one: were a driver to count copy
+    # engine time as kernel time, it alone would skip every GPU's figure of the fleet, unseen (a
+    # skipped GPU is no finding). A job holds its memory throughout, so the memory signal sees it.
     return InUse(
         bool(reasons),
         before.processes,

@@ -81,6 +81,7 @@ from autopilot.checks._cuda import (
     link_under_load,
     numa,
     number_field,
+    own_program_ended,
     parse_tool_json,
     pcie_floor,
     peer_outliers,
@@ -482,7 +483,7 @@ def _measure(ctx: CheckContext, path: str, index: int, params: Mapping[str, Any]
     except errors.GpuError as exc:
         return GpuReading(index, error=f"NVML has no PCI bus id for GPU {index}: {exc}"), None
     # Read before our program starts: its own buffers and kernels would count once it runs.
-    in_use = in_use_of(read_activity(ctx.gpus, index))
+    in_use = in_use_of(read_activity(ctx.gpus, index, bus))
     with Sampler(ctx.gpus, index) as sampler:
         try:
             result = ctx.commands.run(
@@ -490,6 +491,8 @@ def _measure(ctx: CheckContext, path: str, index: int, params: Mapping[str, Any]
             )
         except errors.ToolTimeout as exc:
             return GpuReading(index, error=str(exc), telemetry=sampler.summary()), None
+        finally:
+            own_program_ended(ctx.gpus, bus)
     reading = reading_from_run(result.returncode, result.stdout, result.stderr, index, bus)
     try:
         version = _cublas_version(parse_tool_json(result.stdout, "ap-gpumem"))

@@ -93,6 +93,7 @@ from autopilot.checks._cuda import (
     link_under_load,
     numa,
     number_field,
+    own_program_ended,
     parse_tool_json,
     pcie_floor,
     peer_outliers,
@@ -638,7 +639,7 @@ def read_link(ctx: CheckContext, index: int) -> tuple[gpus.PcieLink | None, str 
 
 def _measure(ctx: CheckContext, tool: str, path: str, index: int, params: Mapping[str, Any]) -> GpuReading:
     if tool == "bandwidthTest":
-        argv = bandwidthtest_argv(path, index)
+        argv, gpu = bandwidthtest_argv(path, index), ""
     else:
         try:
             bus = ctx.gpus.identity(index).pci_bus_id
@@ -653,12 +654,15 @@ def _measure(ctx: CheckContext, tool: str, path: str, index: int, params: Mappin
             int(params.get("samples", DEFAULT_SAMPLES)),
             int(params.get("warmup_ms", DEFAULT_WARMUP_MS)),
         )
-    before = read_activity(ctx.gpus, index)  # before our buffers exist: what is allocated is others'
+        gpu = bus
+    before = read_activity(ctx.gpus, index, gpu)  # before our buffers exist: what is allocated is others'
     with Sampler(ctx.gpus, index) as sampler:
         try:
             result = ctx.commands.run(argv, timeout=RUN_TIMEOUT_S)
         except errors.ToolTimeout as exc:
             return GpuReading(index, error=str(exc), telemetry=sampler.summary())
+        finally:
+            own_program_ended(ctx.gpus, gpu or str(index))
     summary = sampler.summary()
     # Copies are no kernel time: kernels while ours ran are someone else's (autopilot.gpus).
     in_use = in_use_of(before, sampled_peak(summary, "utilization_pct"))

@@ -146,7 +146,8 @@ def test_the_sample_carries_kernel_time_or_none(nvml: dict[str, Any]) -> None:
         (gpus.GpuActivity(0, 0, 4.0), None, False),  # a stray monitoring kernel
         (gpus.GpuActivity(0, 0, 5.0), None, True),
         (IDLE, 4.0, False),
-        (IDLE, 60.0, True),  # a job that started while our copies ran
+        (IDLE, 60.0, False),  # kernels during our copies alone: evidence, not proof (see below)
+        (gpus.GpuActivity(0, GIB + MIB, 0.0), 60.0, True),
         (gpus.GpuActivity(None, None, None, ("memory: x",)), None, False),
     ],
 )
@@ -209,11 +210,47 @@ def test_a_low_h2d_on_a_gpu_in_use_is_skipped_with_its_evidence() -> None:
     assert result.summary.endswith("; GPU 1 skipped: " + gpu.detail)
 
 
-def test_kernels_while_the_copies_run_make_the_gpu_busy() -> None:
-    started = idle_gpu(0, sample=gpus.GpuSample(60.0, 500.0, 1980.0, 88.0))  # a job that began meanwhile
-    result = pciebw_run([ap_line(0, 20.0)], [started])
-    assert result.devices[0].status is Status.SKIPPED
-    assert "kernels 88% of the time during the run" in result.devices[0].detail
+def test_kernels_while_the_copies_run_are_evidence_but_never_the_only_one() -> None:
+    # Were a driver to count copy-engine time as kernel time, this signal alone would skip every
+    # GPU's figure in the fleet, and a skipped GPU is no finding: so it only adds to another.
+    sample = gpus.GpuSample(60.0, 500.0, 1980.0, 88.0)
+    alone = pciebw_run([ap_line(0, 20.0)], [idle_gpu(0, sample=sample)])
+    assert alone.devices[0].status is Status.FAIL  # before: skipped, "kernels 88% ... during the run"
+    assert alone.data["gpus"]["0"]["in_use"]["utilization_during_pct"] == 88.0
+    assert alone.data["gpus"]["0"]["in_use"]["busy"] is False
+    with_memory = gpus.GpuActivity(0, 20 * GIB, 0.0)
+    busy = pciebw_run([ap_line(0, 20.0)], [idle_gpu(0, sample=sample, activity=with_memory)])
+    assert busy.devices[0].status is Status.SKIPPED
+    assert "20 GiB used, kernels 88% of the time during the run" in busy.devices[0].detail
+
+
+def test_kernel_time_just_after_our_own_program_on_that_gpu_is_ours_not_evidence(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # gpumem then pciebw in one run: NVML's last sample period still holds gpumem's kernels.
+    hot = gpus.GpuActivity(0, 0, 97.0)
+    telemetry = FakeTelemetry([FakeGpu(pci_bus_id=BUS[0], activity=hot), FakeGpu(pci_bus_id=BUS[1], activity=hot)])
+    other_node = FakeTelemetry([FakeGpu(pci_bus_id=BUS[0], activity=hot)])
+    _cuda.own_program_ended(telemetry, BUS[0])
+    read = _cuda.read_activity(telemetry, 0, BUS[0])
+    assert read.utilization_pct is None and read.unknown[-1].startswith("utilization: our own program ran")
+    assert _cuda.in_use_of(read).busy is False  # before: busy, "kernels 97% of the time before the run"
+    assert _cuda.read_activity(other_node, 0, BUS[0]).utilization_pct == 97.0  # another node's GPU
+    assert _cuda.read_activity(telemetry, 1, BUS[1]).utilization_pct == 97.0  # another GPU
+    monkeypatch.setattr(_cuda, "OWN_RUN_SETTLE_S", 0.0)
+    assert _cuda.read_activity(telemetry, 0, BUS[0]).utilization_pct == 97.0  # settled
+
+
+def test_a_measurement_notes_its_end_so_the_next_reads_no_kernel_time_of_ours() -> None:
+    telemetry = FakeTelemetry([FakeGpu(pci_bus_id=BUS[0], activity=gpus.GpuActivity(0, 0, 97.0))])
+    runner = FakeRunner()
+    runner.add(pciebw.ap_bandwidth_argv(f"{BIN}/ap-bandwidth", BUS[0]), ap_line(0, 50.0))
+    check_params = registry.REGISTRY.get("pciebw").validate({})
+    first = pciebw.run(ctx_for(runner, telemetry), check_params)
+    assert first.devices[0].status is Status.SKIPPED  # the hot GPU, nothing of ours before it
+    second = pciebw.run(ctx_for(runner, telemetry), check_params)
+    assert second.devices[0].status is Status.OK
+    assert "our own program ran on this GPU" in second.devices[0].detail
 
 
 def test_what_load_does_not_change_is_still_judged_on_a_busy_gpu() -> None:
