@@ -77,7 +77,7 @@ def sentinels(url: str) -> tuple[list[tuple[str, int]], int]:
     return hosts, db
 
 
-def _tls_options(settings: config.Settings) -> dict[str, Any]:
+def tls_options(settings: config.Settings) -> dict[str, Any]:
     """rediss://: the server's certificate is always verified, against AUTOPILOT_REDIS_TLS_CA if set."""
     options: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
     if settings.redis_tls_ca:
@@ -103,7 +103,7 @@ def redis_client(settings: config.Settings) -> redis.Redis[bytes]:
         # while the old master is gone lands on the new one instead of being dropped.
         failover = Retry(ExponentialBackoff(cap=2.0, base=0.25), 10)
         return watcher.master_for(settings.redis_sentinel_master, db=db, password=password, retry=failover, **options)
-    extra = _tls_options(settings) if url.startswith("rediss://") else {}
+    extra = tls_options(settings) if url.startswith("rediss://") else {}
     # A password in the URL wins over AUTOPILOT_REDIS_PASSWORD (redis-py lets the URL override).
     return redis.Redis.from_url(url, password=password, **_CLIENT_OPTIONS, **extra)
 
@@ -122,7 +122,7 @@ def broker_settings(settings: config.Settings) -> dict[str, Any]:
     url = settings.redis_url
     out: dict[str, Any] = {"broker_password": settings.redis_password or None}
     if url.startswith("rediss://"):
-        out["broker_use_ssl"] = _tls_options(settings)
+        out["broker_use_ssl"] = tls_options(settings)
     transport: dict[str, Any] = {}
     if url.startswith("sentinel://"):
         sentinels(url)  # refuse a malformed list at start, not at the first publish
