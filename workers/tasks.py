@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
 # Far more than any registry holds: each name a message carries is answered, one store field each.
 _MOST_CHECKS = 256
+# The furthest ahead a real run ends: a run with the iperf ring waits the ring's estimate, which grows with
+# members x lanes x duration (2,000 nodes on 64 lanes at iperf's longest duration: about 120 days).
+_MOST_AHEAD_S = 366 * 86_400.0
 
 # The keyword arguments of each task's message, as this release sends them (``message_kwargs``).
 RUN_CHECKS_KWARGS = ("run_id", "node", "checks", "params", "deadline")
@@ -158,6 +161,13 @@ def run_checks(
             writer.add(CheckResult(c, Status.ERROR, f"task message refused: {unusable}", node=node), latest=False)
         writer.flush()
         return writer.done
+    unknown = [c for c in checks if c not in ctx.checks]
+    for c in unknown:
+        # A newer release's check during a rolling upgrade, or a name from a hostile sender: no finding about
+        # the node, so the run is answered and the node's latest results and verdict are left alone.
+        why = f"check {c[:64]!r} is unknown to this worker (another release, or not in its AUTOPILOT_EXTRA_CHECKS)"
+        writer.add(CheckResult(c, Status.ERROR, why, node=node), latest=False)
+    checks = [c for c in checks if c in ctx.checks]
     light, gpu = partition(checks, ctx.checks)
     lock = host.gpu_lock(node) if gpu else None
     held = handed_back = False
@@ -243,6 +253,9 @@ def _unusable(params: object, deadline: object) -> str:
             return f"params of {str(check)[:40]!r} is not a mapping of parameter to value: {type(given).__name__}"
     if isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or not math.isfinite(deadline):
         return f"deadline is not a finite epoch time: {str(deadline)[:40]!r}"
+    if deadline > time.time() + _MOST_AHEAD_S:
+        # As good as an infinite one: busy GPU checks would be handed back until then.
+        return f"deadline is more than {_MOST_AHEAD_S / 86_400:g} days ahead: {deadline:g}"
     return ""
 
 
@@ -428,11 +441,12 @@ def _answer_ring(store: ResultsStore, run_id: str, nodes: Sequence[str], why: st
 
 # The most a ring message may ask of one node (the coordinator sends far less): one server port per
 # parallel client (iperf's pclients maximum), an address per lane. A ring's lifetime grows with its
-# members and lanes (one step per member per lane, up to ~70 s each): 30 days outlasts any real one.
+# members and lanes (one step per member per lane, up to 80 s each): 2,000 members on 64 lanes at
+# iperf's longest duration ask about 120 days, so the bound is the furthest a real run ends.
 _MOST_PORTS = iperf.MAX_PCLIENTS
 _MOST_BINDS = 64
 _MOST_JOBS = 256
-_MOST_LIFETIME_S = 30 * 86_400.0
+_MOST_LIFETIME_S = _MOST_AHEAD_S
 _MOST_DURATION_S = 60  # iperf's duration_s maximum
 
 
