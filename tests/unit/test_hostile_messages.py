@@ -305,3 +305,23 @@ def test_the_coordinators_servers_message_for_a_2000_node_ring_is_accepted(
         assert reply == {"ok": True, "started": 64, "error": ""}
     finally:
         tasks.iperf_stop(host, run_id=run_id, node=NODE)
+
+
+def test_servers_messages_under_made_up_run_ids_cannot_start_servers_without_end(
+    ring_host: tuple[NodeHost, FakeRunner],
+) -> None:
+    # Each message is well formed (64 addresses x 16 ports); only their number is hostile.
+    host, runner = ring_host
+    binds = [f"10.0.{k}.1" for k in range(64)]
+    run_ids = [uuid.uuid4().hex for _ in range(5)]
+    try:
+        replies = [
+            tasks.iperf_servers(host, run_id=r, node=NODE, binds=binds, ports=list(range(5200, 5216)), lifetime_s=60)
+            for r in run_ids
+        ]
+        assert [r["started"] for r in replies] == [1024, 1024, 1024, 1024, 0]
+        assert "already run on this node" in replies[-1]["error"]
+        assert len(runner.spawned) == 4096
+    finally:
+        for r in run_ids:
+            tasks.iperf_stop(host, run_id=r, node=NODE)
