@@ -1,7 +1,7 @@
 """The ``autopilot`` command line.
 
 Core commands run here (``checks``, ``run``, ``evaluate``); the runtime commands (``up``,
-``worker``, ``beat``, ``api``, ``status``, ``nodes``, ``flower``) live in the adapter packages and
+``worker``, ``beat``, ``api``, ``status``, ``nodes``, ``flower``, ``probe``) live in the adapter packages and
 are resolved by name at run time, so the core has no static dependency on Celery or Flask.
 
 Exit codes: 0 no check failed; 1 a check reported warn or fail; 2 usage or configuration error;
@@ -39,6 +39,7 @@ RUNTIME_COMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("workers.main:worker_main", "run this node's Celery worker"),
     "beat": ("workers.main:beat_main", "run celery beat (periodic checks, reconciliation)"),
     "flower": ("workers.main:flower_main", "run Flower against the broker"),
+    "probe": ("workers.probe:main", "liveness probe of a worker or beat: the age of its heartbeat file"),
     "api": ("api.main:main", "serve the HTTP API"),
     "status": ("api.client:status_main", "ask the API for a cluster status"),
     "nodes": ("api.client:nodes_main", "list the nodes the API knows"),

@@ -13,6 +13,7 @@ import difflib
 import ipaddress
 import json
 import logging
+import os
 import re
 import socket
 import urllib.parse
@@ -235,6 +236,19 @@ class Settings:
     """How long a lost node whose Node object is gone from the cluster (without a cluster: any lost node) is kept
     before its results and state are forgotten (``AUTOPILOT_NODE_RETENTION``; ``0``: at the first reconcile)."""
 
+    liveness_file: str = ""
+    """Heartbeat file of the worker's and beat's liveness probe (``AUTOPILOT_LIVENESS_FILE``, an absolute path; empty:
+    none written). The worker's event loop, or beat's scheduler, touches it every ``AUTOPILOT_LIVENESS_INTERVAL``;
+    ``autopilot probe`` fails when it is older than ``AUTOPILOT_LIVENESS_MAX_AGE`` while the broker answers."""
+
+    liveness_interval_s: float = 10.0
+    """How often the worker's event loop and beat's scheduler touch ``AUTOPILOT_LIVENESS_FILE``
+    (``AUTOPILOT_LIVENESS_INTERVAL``); beat wakes at least this often to do so."""
+
+    liveness_max_age_s: float = 120.0
+    """The oldest heartbeat ``autopilot probe`` takes for a live process (``AUTOPILOT_LIVENESS_MAX_AGE``); several
+    ``AUTOPILOT_LIVENESS_INTERVAL``s, so that a busy machine's late mark is no restart."""
+
     reconcile_interval_s: float = 30.0
     """How often beat recomputes verdicts and labels and sweeps stale results (``AUTOPILOT_RECONCILE_INTERVAL``)."""
 
@@ -445,6 +459,14 @@ def _positive_duration(text: str, var: str) -> float:
     value = parse_duration(text, field=var)
     if value <= 0:
         raise errors.BadParameter(var, f"must be more than 0: {text!r}")
+    return value
+
+
+def liveness_file(text: str, var: str) -> str:
+    """An absolute path (the probe runs from wherever the kubelet starts it), or "" for none."""
+    value = text.strip()
+    if value and (not os.path.isabs(value) or "\x00" in value or len(value) > 4096):
+        raise errors.BadParameter(var, f"not an absolute path: {value[:80]!r}")
     return value
 
 
@@ -682,6 +704,9 @@ _FIELDS: list[tuple[str, str, tuple[str, ...], Any]] = [
     ("heartbeat_interval_s", "AUTOPILOT_HEARTBEAT_INTERVAL", (), _duration),
     ("node_lost_after_s", "AUTOPILOT_NODE_LOST_AFTER", (), _duration),
     ("node_retention_s", "AUTOPILOT_NODE_RETENTION", (), _duration),
+    ("liveness_file", "AUTOPILOT_LIVENESS_FILE", (), liveness_file),
+    ("liveness_interval_s", "AUTOPILOT_LIVENESS_INTERVAL", (), _positive_duration),
+    ("liveness_max_age_s", "AUTOPILOT_LIVENESS_MAX_AGE", (), _positive_duration),
     ("reconcile_interval_s", "AUTOPILOT_RECONCILE_INTERVAL", (), _duration),
     ("confirm_need", "AUTOPILOT_CONFIRM_NEED", (), _int_in(1, 50)),
     ("confirm_window", "AUTOPILOT_CONFIRM_WINDOW", (), _int_in(1, 50)),

@@ -39,6 +39,9 @@ from workers.store import ResultsStore
 __all__ = ["CONTROL_QUEUE", "create_celery", "make_store"]
 log = logging.getLogger(__name__)
 
+FANOUT_TASK = "autopilot.fanout"
+RECONCILE_TASK = "autopilot.reconcile"
+
 
 def _stop_iperf_servers(**_: Any) -> None:
     """On worker shutdown no iperf3 server of an unfinished ring stays behind."""
@@ -74,7 +77,7 @@ def sentinels(url: str) -> tuple[list[tuple[str, int]], int]:
     return hosts, db
 
 
-def _tls_options(settings: config.Settings) -> dict[str, Any]:
+def tls_options(settings: config.Settings) -> dict[str, Any]:
     """rediss://: the server's certificate is always verified, against AUTOPILOT_REDIS_TLS_CA if set."""
     options: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
     if settings.redis_tls_ca:
@@ -100,7 +103,7 @@ def redis_client(settings: config.Settings) -> redis.Redis[bytes]:
         # while the old master is gone lands on the new one instead of being dropped.
         failover = Retry(ExponentialBackoff(cap=2.0, base=0.25), 10)
         return watcher.master_for(settings.redis_sentinel_master, db=db, password=password, retry=failover, **options)
-    extra = _tls_options(settings) if url.startswith("rediss://") else {}
+    extra = tls_options(settings) if url.startswith("rediss://") else {}
     # A password in the URL wins over AUTOPILOT_REDIS_PASSWORD (redis-py lets the URL override).
     return redis.Redis.from_url(url, password=password, **_CLIENT_OPTIONS, **extra)
 
@@ -119,7 +122,7 @@ def broker_settings(settings: config.Settings) -> dict[str, Any]:
     url = settings.redis_url
     out: dict[str, Any] = {"broker_password": settings.redis_password or None}
     if url.startswith("rediss://"):
-        out["broker_use_ssl"] = _tls_options(settings)
+        out["broker_use_ssl"] = tls_options(settings)
     transport: dict[str, Any] = {}
     if url.startswith("sentinel://"):
         sentinels(url)  # refuse a malformed list at start, not at the first publish
@@ -131,9 +134,9 @@ def broker_settings(settings: config.Settings) -> dict[str, Any]:
 def beat_schedule(settings: config.Settings) -> dict[str, dict[str, Any]]:
     """Beat entries; an interval of 0 leaves its entry out (disabled, not a crash)."""
     entries = {
-        "periodic-checks": ("autopilot.fanout", settings.periodic_interval_s, {"kind": "periodic"}),
-        "invasive-checks": ("autopilot.fanout", settings.invasive_interval_s, {"kind": "invasive"}),
-        "reconcile": ("autopilot.reconcile", settings.reconcile_interval_s, None),
+        "periodic-checks": (FANOUT_TASK, settings.periodic_interval_s, {"kind": "periodic"}),
+        "invasive-checks": (FANOUT_TASK, settings.invasive_interval_s, {"kind": "invasive"}),
+        "reconcile": (RECONCILE_TASK, settings.reconcile_interval_s, None),
     }
     schedule: dict[str, dict[str, Any]] = {}
     for name, (task, interval, kwargs) in entries.items():
@@ -210,10 +213,15 @@ def create_celery(settings: config.Settings, checks: registry.CheckRegistry | No
             # The results and the verdict are saved; only an early re-run (or a counter) is lost.
             log.warning("confirmation after the task on %s failed: %s", node, exc)
 
+    # Each task takes its message's keyword arguments as one mapping (``tasks.message_kwargs``): a message
+    # from a release ahead or behind (a key more, a key fewer) reaches the body instead of raising
+    # TypeError in Celery, and is answered or refused there.
     @app.task(name=RUN_TASK, bind=True, max_retries=None, acks_late=True)
-    def run_checks_task(
-        self: Task, *, run_id: str, node: str, checks: list[str], params: dict[str, Any], deadline: float
-    ) -> dict[str, str]:
+    def run_checks_task(self: Task, **message: Any) -> dict[str, str]:
+        given, missing = tasks.message_kwargs(RUN_TASK, message, tasks.RUN_CHECKS_KWARGS)
+        if missing:
+            return {r.check: r.status.value for r in tasks.run_checks_incomplete(hosting.current(), given, missing)}
+        run_id, node, checks, params, deadline = (given[k] for k in tasks.RUN_CHECKS_KWARGS)
         try:
             done = tasks.run_checks(
                 hosting.current(), run_id=run_id, node=node, checks=checks, params=params, deadline=deadline
@@ -235,44 +243,56 @@ def create_celery(settings: config.Settings, checks: registry.CheckRegistry | No
         # Celery formats it after every task, so it is the summary, not every result's data.
         return {r.check: r.status.value for r in done}
 
-    @app.task(name="autopilot.fanout")
-    def fanout_task(kind: str) -> str | None:
-        run = tasks.fanout(store, dispatcher, settings, registered, kind=kind)
+    @app.task(name=FANOUT_TASK)
+    def fanout_task(**message: Any) -> str | None:
+        given, missing = tasks.message_kwargs(FANOUT_TASK, message, tasks.FANOUT_KWARGS)
+        if missing:
+            # Beat's own tick, without its kind: nothing to fan out; the next tick comes within its interval.
+            log.warning("fanout tick refused: %s", tasks.other_version(missing))
+            return None
+        run = tasks.fanout(store, dispatcher, settings, registered, kind=given["kind"])
         return run.id if run else None
 
-    @app.task(name="autopilot.reconcile")
-    def reconcile_task() -> dict[str, str]:
+    @app.task(name=RECONCILE_TASK)
+    def reconcile_task(**message: Any) -> dict[str, str]:
+        tasks.message_kwargs(RECONCILE_TASK, message, tasks.RECONCILE_KWARGS)  # names a newer beat's extra keys
         return tasks.reconcile_and_remediate(store, settings, _cluster(), checks=registered)
 
     # The iperf ring's parts on one node (workers.ring). Not retried: the coordinator has a
     # deadline per phase and reports a node that did not answer; acked early so a worker that
     # dies mid-run does not get the same servers started again by a redelivery.
     @app.task(name=ring.SERVERS_TASK, acks_late=False)
-    def iperf_servers_task(
-        *, run_id: str, node: str, binds: list[str], ports: list[int], lifetime_s: float
-    ) -> dict[str, Any]:
-        return tasks.iperf_servers(
-            hosting.current(), run_id=run_id, node=node, binds=binds, ports=ports, lifetime_s=lifetime_s
-        )
+    def iperf_servers_task(**message: Any) -> dict[str, Any]:
+        given, missing = tasks.message_kwargs(ring.SERVERS_TASK, message, tasks.SERVERS_KWARGS)
+        if missing:
+            return tasks.iperf_servers_incomplete(hosting.current(), given, missing)
+        return tasks.iperf_servers(hosting.current(), **given)
 
     @app.task(name=ring.CLIENTS_TASK, acks_late=False)
-    def iperf_clients_task(
-        *, run_id: str, node: str, phase: int, jobs: list[dict[str, Any]], duration_s: int
-    ) -> list[dict[str, Any]]:
-        return tasks.iperf_clients(
-            hosting.current(), run_id=run_id, node=node, phase=phase, jobs=jobs, duration_s=duration_s
-        )
+    def iperf_clients_task(**message: Any) -> list[dict[str, Any]]:
+        given, missing = tasks.message_kwargs(ring.CLIENTS_TASK, message, tasks.CLIENTS_KWARGS)
+        if missing:
+            return tasks.iperf_clients_incomplete(hosting.current(), given, missing)
+        return tasks.iperf_clients(hosting.current(), **given)
 
     @app.task(name=ring.STOP_TASK, acks_late=False)
-    def iperf_stop_task(*, run_id: str, node: str) -> int:
-        return tasks.iperf_stop(hosting.current(), run_id=run_id, node=node)
+    def iperf_stop_task(**message: Any) -> int:
+        given, missing = tasks.message_kwargs(ring.STOP_TASK, message, tasks.STOP_KWARGS)
+        if missing:
+            # Without a run id or node there is nothing to stop; the servers end at their own lifetime.
+            log.warning("iperf_stop message refused: %s", tasks.other_version(missing))
+            return 0
+        return tasks.iperf_stop(hosting.current(), **given)
 
     # The ring's coordinator (sent to the control queue by workers.runs). Acked early: a worker
     # that dies mid-ring stops renewing the ring's lease, and its run reports the missing iperf
     # results at the run's deadline, rather than a redelivery starting a second ring later.
     @app.task(name=ring.RING_TASK, acks_late=False)
-    def iperf_ring_task(*, run_id: str, nodes: list[str], params: dict[str, Any]) -> dict[str, str]:
-        return tasks.iperf_ring(store, dispatcher, settings, run_id=run_id, nodes=nodes, params=params)
+    def iperf_ring_task(**message: Any) -> dict[str, str]:
+        given, missing = tasks.message_kwargs(ring.RING_TASK, message, tasks.RING_KWARGS)
+        if missing:
+            return tasks.iperf_ring_incomplete(store, given, missing)
+        return tasks.iperf_ring(store, dispatcher, settings, **given)
 
     app.conf.autopilot_store = store
     return app

@@ -22,7 +22,7 @@ from autopilot import cluster as cluster_mod
 from autopilot.context import CheckContext
 from autopilot.registry import CheckRegistry
 from workers import host as hosting
-from workers import invasive_flow
+from workers import invasive_flow, liveness
 from workers.app import CONTROL_QUEUE, create_celery, make_store
 from workers.store import NodeRecord, ResultsStore
 
@@ -183,6 +183,7 @@ def worker_main(argv: Sequence[str]) -> int:
     if not args.no_control:
         queues.append(CONTROL_QUEUE)
     app = create_celery(settings, checks)
+    liveness.install_worker(app, settings)
     if args.simulate:
         # Hundreds of queues in one process: the simulator's transport (simulator-only code that
         # overrides private parts of kombu, tied to the kombu release its contract test checks). It is
@@ -266,6 +267,7 @@ def beat_main(argv: Sequence[str]) -> int:
     args = parser.parse_args(list(argv))
     settings = _settings()
     app = create_celery(settings, load_checks())
+    liveness.install_beat(app, settings)
     app.start(["beat", "--schedule", args.schedule_file, "--loglevel", args.loglevel])
     return 0
 

@@ -54,6 +54,11 @@ STOP_TASK = "autopilot.iperf_stop"
 RING_TASK = "autopilot.iperf_ring"  # the coordinator itself, on the control queue
 
 SERVERS_WAIT_S = 15.0  # a worker takes the task and has its servers listening within this
+# The most iperf3 servers one node runs at once, whatever the messages: four rings at the most a servers
+# message may ask (64 addresses x 16 ports). One ring runs at a time (its lease); the others are a dead
+# coordinator's, whose servers live out their lifetime. Without it, a message per made-up run id each
+# started another thousand processes.
+MOST_SERVERS_PER_NODE = 4096
 STARTUP_CHECK_S = 0.5  # a server that cannot bind exits at once: look after this long
 QUEUE_SLACK_S = 10.0  # added to a step's client deadline for queueing and answering
 STOP_WAIT_S = 5.0
@@ -110,6 +115,10 @@ class Servers:
                 return {"ok": False, "started": 0, "error": "run already stopped"}
             if key in self._by_run:  # a redelivered task: the servers are up
                 return {"ok": True, "started": len(self._by_run[key]), "error": ""}
+            running = sum(len(procs) for (_, n), procs in self._by_run.items() if n == node)
+            if running + len(binds) * len(ports) > MOST_SERVERS_PER_NODE:
+                why = f"{running} iperf3 servers already run on this node (at most {MOST_SERVERS_PER_NODE})"
+                return {"ok": False, "started": 0, "error": why}
             self._by_run[key] = []
             if not self._atexit:
                 atexit.register(self.stop_all)

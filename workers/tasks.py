@@ -22,6 +22,7 @@ import ipaddress
 import logging
 import math
 import re
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -48,6 +49,50 @@ log = logging.getLogger(__name__)
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
 # Far more than any registry holds: each name a message carries is answered, one store field each.
 _MOST_CHECKS = 256
+# The furthest ahead a real run ends: a run with the iperf ring waits the ring's estimate, which grows with
+# members x lanes x duration (2,000 nodes on 64 lanes at iperf's longest duration: about 120 days).
+_MOST_AHEAD_S = 366 * 86_400.0
+
+# The keyword arguments of each task's message, as this release sends them (``message_kwargs``).
+RUN_CHECKS_KWARGS = ("run_id", "node", "checks", "params", "deadline")
+FANOUT_KWARGS = ("kind",)
+RECONCILE_KWARGS: tuple[str, ...] = ()
+SERVERS_KWARGS = ("run_id", "node", "binds", "ports", "lifetime_s")
+CLIENTS_KWARGS = ("run_id", "node", "phase", "jobs", "duration_s")
+STOP_KWARGS = ("run_id", "node")
+RING_KWARGS = ("run_id", "nodes", "params")
+
+# (task, key) of the unknown keyword arguments already logged: a newer sender's field is named once per
+# process, not once per message. Bounded, since a hostile sender can invent keys without end.
+_UNKNOWN_SEEN: set[tuple[str, str]] = set()
+_UNKNOWN_SEEN_MOST = 1024
+_UNKNOWN_LOCK = threading.Lock()
+
+
+def message_kwargs(task: str, message: Mapping[str, Any], expected: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
+    """The keyword arguments of ``task``'s message that ``expected`` names, and those of them it lacks.
+
+    During a rolling upgrade the sender (API, beat, coordinator) may be a release ahead or behind. A key
+    outside ``expected`` is a newer sender's optional field: ignored, and logged once per task and key.
+    A missing one is the caller's to answer (``other_version``); Celery itself would raise TypeError
+    before the task's body ran, and the run would wait for its deadline to call the node unreachable.
+    """
+    for key in message:
+        if key in expected:
+            continue
+        with _UNKNOWN_LOCK:
+            first = (task, key) not in _UNKNOWN_SEEN and len(_UNKNOWN_SEEN) < _UNKNOWN_SEEN_MOST
+            if first:
+                _UNKNOWN_SEEN.add((task, key))
+        if first:
+            log.warning("%s: ignoring keyword argument %.64r from another version (logged once)", task, key)
+    given = {k: message[k] for k in expected if k in message}
+    return given, [k for k in expected if k not in message]
+
+
+def other_version(missing: Sequence[str]) -> str:
+    """What a check of a message lacking ``missing`` is answered."""
+    return f"message from another version: missing {', '.join(missing)}"
 
 
 class GpusBusy(Exception):
@@ -116,6 +161,13 @@ def run_checks(
             writer.add(CheckResult(c, Status.ERROR, f"task message refused: {unusable}", node=node), latest=False)
         writer.flush()
         return writer.done
+    unknown = [c for c in checks if c not in ctx.checks]
+    for c in unknown:
+        # A newer release's check during a rolling upgrade, or a name from a hostile sender: no finding about
+        # the node, so the run is answered and the node's latest results and verdict are left alone.
+        why = f"check {c[:64]!r} is unknown to this worker (another release, or not in its AUTOPILOT_EXTRA_CHECKS)"
+        writer.add(CheckResult(c, Status.ERROR, why, node=node), latest=False)
+    checks = [c for c in checks if c in ctx.checks]
     light, gpu = partition(checks, ctx.checks)
     lock = host.gpu_lock(node) if gpu else None
     held = handed_back = False
@@ -155,6 +207,27 @@ def run_checks(
                 writer.done.marks = (decision.verdict.value, view.confirm_pending)
 
 
+def run_checks_incomplete(host: NodeHost, given: Mapping[str, Any], missing: Sequence[str]) -> Done:
+    """A ``run_checks`` message lacking keyword arguments (``missing``), from another release.
+
+    With a valid run id, node and check names each check is answered ``error`` in the run only (the
+    message says nothing about the node), so the run does not wait for its deadline; otherwise
+    nothing can key an answer and the message is refused as a malformed one is.
+    """
+    why = other_version(missing)
+    run_id, node, checks = given.get("run_id"), given.get("node"), given.get("checks")
+    refused = _refusal(run_id, node, checks)
+    if refused:
+        log.warning("run_checks message refused: %s (%s)", why, refused)
+        return Done()
+    log.warning("run %s on %s: %s", run_id, node, why)
+    writer = _Writer(host.store, str(run_id))
+    for c in dict.fromkeys(checks):  # type: ignore[arg-type]
+        writer.add(CheckResult(c, Status.ERROR, why, node=str(node)), latest=False)
+    writer.flush()
+    return writer.done
+
+
 def _refusal(run_id: object, node: object, checks: object) -> str:
     """Why a ``run_checks`` message cannot be answered at all (its run id, node or check names are not
     what a release of the API sends); "" when it can."""
@@ -180,6 +253,9 @@ def _unusable(params: object, deadline: object) -> str:
             return f"params of {str(check)[:40]!r} is not a mapping of parameter to value: {type(given).__name__}"
     if isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or not math.isfinite(deadline):
         return f"deadline is not a finite epoch time: {str(deadline)[:40]!r}"
+    if deadline > time.time() + _MOST_AHEAD_S:
+        # As good as an infinite one: busy GPU checks would be handed back until then.
+        return f"deadline is more than {_MOST_AHEAD_S / 86_400:g} days ahead: {deadline:g}"
     return ""
 
 
@@ -320,12 +396,7 @@ def iperf_ring(
     params: Mapping[str, Any],
 ) -> dict[str, str]:
     """Coordinate one run's ``iperf`` ring; each node's result goes into the run. Node -> status."""
-    if (
-        not isinstance(run_id, str)
-        or not _RUN_ID.fullmatch(run_id)
-        or not isinstance(nodes, list | tuple)
-        or not all(isinstance(n, str) and names.is_dns1123_subdomain(n) for n in nodes)
-    ):
+    if not _ring_run(run_id, nodes):
         log.warning("iperf_ring message refused: run_id or nodes are not names: %s", str(run_id)[:80])
         return {}
     try:
@@ -334,21 +405,48 @@ def iperf_ring(
         checked = _iperf_params(params)
     except errors.BadParameter as exc:
         log.warning("iperf ring %s refused: %s", run_id, exc)
-        for node in dict.fromkeys(nodes):
-            refused = CheckResult("iperf", Status.ERROR, f"task message refused: {exc}", node=node)
-            store.save_result(refused, run_id, latest=False)  # about the message, not the node
-        return {node: Status.ERROR.value for node in nodes}
+        return _answer_ring(store, run_id, nodes, f"task message refused: {exc}")
     outcome = ring.run_ring(store, sender, settings, run_id, list(nodes), checked)
     return {node: result.status.value for node, result in outcome.results.items()}
 
 
+def iperf_ring_incomplete(store: ResultsStore, given: Mapping[str, Any], missing: Sequence[str]) -> dict[str, str]:
+    """A coordinator message lacking ``missing`` (another release): with a valid run id and nodes, every node is
+    answered ``error`` in the run, and no ring starts; otherwise it is refused."""
+    run_id, nodes = given.get("run_id"), given.get("nodes")
+    why = other_version(missing)
+    if not _ring_run(run_id, nodes):
+        log.warning("iperf_ring message refused: %s", why)
+        return {}
+    log.warning("iperf ring %s: %s", run_id, why)
+    return _answer_ring(store, str(run_id), nodes, why)  # type: ignore[arg-type]
+
+
+def _ring_run(run_id: object, nodes: object) -> bool:
+    """Whether a coordinator message's run id and nodes may key answers into the run."""
+    return (
+        isinstance(run_id, str)
+        and bool(_RUN_ID.fullmatch(run_id))
+        and isinstance(nodes, list | tuple)
+        and all(isinstance(n, str) and names.is_dns1123_subdomain(n) for n in nodes)
+    )
+
+
+def _answer_ring(store: ResultsStore, run_id: str, nodes: Sequence[str], why: str) -> dict[str, str]:
+    for node in dict.fromkeys(nodes):
+        refused = CheckResult("iperf", Status.ERROR, why, node=node)
+        store.save_result(refused, run_id, latest=False)  # about the message, not the node
+    return {node: Status.ERROR.value for node in nodes}
+
+
 # The most a ring message may ask of one node (the coordinator sends far less): one server port per
 # parallel client (iperf's pclients maximum), an address per lane. A ring's lifetime grows with its
-# members and lanes (one step per member per lane, up to ~70 s each): 30 days outlasts any real one.
+# members and lanes (one step per member per lane, up to 80 s each): 2,000 members on 64 lanes at
+# iperf's longest duration ask about 120 days, so the bound is the furthest a real run ends.
 _MOST_PORTS = iperf.MAX_PCLIENTS
 _MOST_BINDS = 64
 _MOST_JOBS = 256
-_MOST_LIFETIME_S = 30 * 86_400.0
+_MOST_LIFETIME_S = _MOST_AHEAD_S
 _MOST_DURATION_S = 60  # iperf's duration_s maximum
 
 
@@ -399,11 +497,20 @@ def _servers_message(run_id: object, node: object, binds: object, ports: object,
 
 def _clients_message(run_id: object, node: object, phase: object, jobs: object, duration_s: object) -> None:
     _ring_names(run_id, node)
-    if isinstance(phase, bool) or not isinstance(phase, int) or not 0 <= phase < 1_000_000:
-        raise errors.BadParameter("phase", f"not a phase number: {str(phase)[:40]!r}")
+    _phase(phase)
     if isinstance(duration_s, bool) or not isinstance(duration_s, int):
         raise errors.BadParameter("duration_s", "not an integer")
     _seconds(duration_s, "duration_s", _MOST_DURATION_S)
+    _jobs(jobs)
+
+
+def _phase(phase: object) -> None:
+    if isinstance(phase, bool) or not isinstance(phase, int) or not 0 <= phase < 1_000_000:
+        raise errors.BadParameter("phase", f"not a phase number: {str(phase)[:40]!r}")
+
+
+def _jobs(jobs: object) -> None:
+    """``BadParameter`` unless ``jobs`` is a clients message's list of jobs (names, lane, addresses, ports)."""
     if not isinstance(jobs, list | tuple) or len(jobs) > _MOST_JOBS:
         raise errors.BadParameter("jobs", f"not a list of at most {_MOST_JOBS} jobs")
     for job in jobs:
@@ -465,6 +572,40 @@ def iperf_clients(
     else:
         pairs = ring.run_clients(ctx.commands, jobs, int(duration_s))
     ring.post(host.store, run_id, f"clients|{phase}|{node}", {"pairs": pairs})
+    return pairs
+
+
+def iperf_servers_incomplete(host: NodeHost, given: Mapping[str, Any], missing: Sequence[str]) -> dict[str, Any]:
+    """A servers message lacking ``missing`` (another release) starts nothing; with a valid run id and node its
+    reply says why, so the coordinator reports it at once rather than as a silent node."""
+    why = other_version(missing)
+    reply: dict[str, Any] = {"ok": False, "started": 0, "error": why}
+    try:
+        _ring_names(given.get("run_id"), given.get("node"))
+    except errors.BadParameter as exc:
+        log.warning("iperf_servers message refused: %s (%s)", why, exc)
+        return reply
+    log.warning("iperf ring %s on %s: servers message refused: %s", given["run_id"], given["node"], why)
+    ring.post(host.store, given["run_id"], f"servers|{given['node']}", reply)
+    return reply
+
+
+def iperf_clients_incomplete(host: NodeHost, given: Mapping[str, Any], missing: Sequence[str]) -> list[dict[str, Any]]:
+    """A clients message lacking ``missing`` (another release) runs nothing; when its run id, node, phase and jobs
+    are valid each job's pair is answered ``error``, so the coordinator does not wait out the step for it."""
+    why = other_version(missing)
+    try:
+        _ring_names(given.get("run_id"), given.get("node"))
+        phase, jobs = given.get("phase"), given.get("jobs")
+        _phase(phase)
+        _jobs(jobs)
+    except errors.BadParameter as exc:
+        log.warning("iperf_clients message refused: %s (%s)", why, exc)
+        return []
+    log.warning("iperf ring %s on %s: clients message refused: %s", given["run_id"], given["node"], why)
+    failed = iperf.Measure(Status.ERROR, None, why)
+    pairs = [iperf.pair(j["source"], j["target"], j["interface"], j["address"], failed) for j in jobs]  # type: ignore[union-attr]
+    ring.post(host.store, given["run_id"], f"clients|{phase}|{given['node']}", {"pairs": pairs})
     return pairs
 
 

@@ -9,6 +9,7 @@ Kubernetes manifests go through ``kubernetes-validate --strict`` offline.
 from __future__ import annotations
 
 import json
+import posixpath
 import re
 import subprocess
 from pathlib import Path
@@ -21,6 +22,7 @@ import yaml
 from autopilot import config
 from tests.conftest import ROOT
 from tests.unit import deploy_helpers as dh
+from workers import probe
 
 TEMPLATES = dh.CHART / "templates"
 
@@ -206,6 +208,29 @@ def test_beat_is_a_single_replica_recreated() -> None:
     text = (TEMPLATES / "beat-deployment.yaml").read_text()
     assert re.search(r"^  replicas: 1$", text, flags=re.M)
     assert re.search(r"strategy:\s+type: Recreate", text)
+
+
+@pytest.mark.parametrize(("kind", "name"), [("DaemonSet", "autopilot-worker"), ("Deployment", "autopilot-beat")])
+def test_worker_and_beat_probe_the_heartbeat_their_own_loop_writes(kind: str, name: str) -> None:
+    objects = dh.chart_objects()
+    container = dh.find(objects, kind, name)["spec"]["template"]["spec"]["containers"][0]
+    for which in ("startupProbe", "livenessProbe"):
+        assert container[which]["exec"]["command"] == ["python", "-m", "workers.probe"]
+        assert container[which]["timeoutSeconds"] > probe.BROKER_TIMEOUT_S  # room for the outage check
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    env.update(dh.find(objects, "ConfigMap", "autopilot-config")["data"])
+    path = config.Settings.one(env, "liveness_file")
+    # Written under the read-only root filesystem: in a mounted volume.
+    assert posixpath.dirname(path) in {m["mountPath"] for m in container["volumeMounts"]}
+    # A late mark on a busy node is no restart: several intervals fit in the age the probe allows.
+    assert config.Settings.one(env, "liveness_max_age_s") >= 3 * config.Settings.one(env, "liveness_interval_s")
+
+
+def test_compose_worker_and_beat_have_the_liveness_healthcheck() -> None:
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    for name in [n for n in services if n.startswith("worker")] + ["beat"]:
+        assert services[name]["healthcheck"]["test"] == ["CMD", "python", "-m", "workers.probe"], name
+        assert services[name]["environment"]["AUTOPILOT_LIVENESS_FILE"].startswith("/"), name
 
 
 def test_api_token_is_a_secret_and_the_api_listens_on_3333() -> None:

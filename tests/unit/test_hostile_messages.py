@@ -19,7 +19,7 @@ from autopilot.context import CheckContext
 from autopilot.registry import shipped as shipped_checks
 from autopilot.results import Status
 from autopilot.testing import FakeRunner, FakeTelemetry
-from workers import simulate, tasks
+from workers import ring, simulate, tasks
 from workers.dispatch import FakeDispatcher
 from workers.host import NodeHost
 from workers.store import ResultsStore
@@ -259,3 +259,69 @@ def test_a_fanout_of_an_unknown_kind_is_a_bad_parameter(kind: Any) -> None:
     with pytest.raises(errors.BadParameter):
         tasks.fanout(store, FakeDispatcher(), settings, shipped_checks(), kind=kind)
     assert set(store.r.keys("*")) == set()
+
+
+def test_a_check_this_worker_does_not_know_is_answered_in_the_run_only(host: NodeHost) -> None:
+    # A newer release's check during a rolling upgrade, or any name at all from a hostile sender: it says
+    # nothing about the node, so it neither moves the node's verdict nor adds a field to its latest results.
+    done = send(host, checks=["newcheck", "remapped"])
+    assert [(r.check, r.status) for r in done] == [("newcheck", Status.ERROR), ("remapped", Status.OK)]
+    assert set(host.store.latest(NODE)) == {"remapped"}
+    assert host.store.state(NODE).verdict != "WARN"
+    assert host.store.run_answered(RUN) == {(NODE, "newcheck"), (NODE, "remapped")}
+    assert "unknown to this worker" in done[0].summary
+
+
+def test_a_deadline_years_ahead_answers_the_run_with_errors(host: NodeHost) -> None:
+    # Finite, but as good as the infinite one refused above: busy GPU checks would be handed back for ever.
+    done = send(host, checks=["remapped"], deadline=1e12)
+    assert [(r.check, r.status) for r in done] == [("remapped", Status.ERROR)]
+    assert "deadline" in done[0].summary
+
+
+def test_a_deadline_months_ahead_is_a_real_runs(host: NodeHost) -> None:
+    # A run with the iperf ring of a large fleet waits the ring's estimate: months, for 2,000 nodes on many lanes.
+    done = send(host, checks=["remapped"], deadline=time.time() + 200 * 86_400)
+    assert [(r.check, r.status) for r in done] == [("remapped", Status.OK)]
+
+
+def test_the_coordinators_servers_message_for_a_2000_node_ring_is_accepted(
+    ring_host: tuple[NodeHost, FakeRunner],
+) -> None:
+    # What ring.Ring sends each member: its address on every lane and the ring's whole lifetime, which grows
+    # with members x lanes (64 lanes: the most binds a servers message may carry; 60 s: iperf's longest).
+    host, runner = ring_host
+    members = [NODE, *(f"node-{i}" for i in range(1, 2000))]
+    lanes = tuple(
+        ring.Lane(f"net{k}", {m: f"10.{k}.{i // 250}.{i % 250 + 1}" for i, m in enumerate(members)}) for k in range(64)
+    )
+    plan = ring.Plan(tuple(members), lanes, (5200,), 60)
+    run_id = uuid.uuid4().hex
+    reply = tasks.iperf_servers(
+        host, run_id=run_id, node=NODE, binds=plan.binds(NODE), ports=list(plan.ports),
+        lifetime_s=plan.estimate_s() + ring.LIFETIME_SLACK_S,
+    )  # fmt: skip
+    try:
+        assert reply == {"ok": True, "started": 64, "error": ""}
+    finally:
+        tasks.iperf_stop(host, run_id=run_id, node=NODE)
+
+
+def test_servers_messages_under_made_up_run_ids_cannot_start_servers_without_end(
+    ring_host: tuple[NodeHost, FakeRunner],
+) -> None:
+    # Each message is well formed (64 addresses x 16 ports); only their number is hostile.
+    host, runner = ring_host
+    binds = [f"10.0.{k}.1" for k in range(64)]
+    run_ids = [uuid.uuid4().hex for _ in range(5)]
+    try:
+        replies = [
+            tasks.iperf_servers(host, run_id=r, node=NODE, binds=binds, ports=list(range(5200, 5216)), lifetime_s=60)
+            for r in run_ids
+        ]
+        assert [r["started"] for r in replies] == [1024, 1024, 1024, 1024, 0]
+        assert "already run on this node" in replies[-1]["error"]
+        assert len(runner.spawned) == 4096
+    finally:
+        for r in run_ids:
+            tasks.iperf_stop(host, run_id=r, node=NODE)
