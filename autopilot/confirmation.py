@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from autopilot import verdict
 from autopilot.results import CheckResult, Status
@@ -172,9 +172,28 @@ def needs_history(latest: Mapping[str, CheckResult], previous_verdict: str | Non
     return previous_verdict in HOLDING_VERDICTS or any(r.is_bad for r in latest.values())
 
 
+def judge_check(
+    check: str,
+    latest: CheckResult,
+    history: Sequence[CheckResult],
+    policy: Policy,
+    excuse: Callable[[CheckResult], CheckResult] | None = None,
+) -> Judgement:
+    """``judge`` of ``check`` over ``latest`` and its earlier results in ``history``, each result first
+    passed through ``excuse`` when given: what is another's finding (a failed ping to the fleet's
+    suspect, ``network.excuse_ping``) is set aside in every sample, not only in the one judged last,
+    so a node that keeps failing its pings to a down node is not "confirmed bad" by them, and a new
+    failure elsewhere is still confirmed before it counts."""
+    series = series_for(check, latest, history)
+    return judge([excuse(r) for r in series] if excuse is not None else series, policy)
+
+
 def effective(
-    latest: Mapping[str, CheckResult], history: Sequence[CheckResult], policy: Policy
+    latest: Mapping[str, CheckResult],
+    history: Sequence[CheckResult],
+    policy: Policy,
+    excuse: Callable[[CheckResult], CheckResult] | None = None,
 ) -> tuple[dict[str, CheckResult], dict[str, Judgement]]:
-    """Each check's result as the verdict should see it, and each check's judgement."""
-    judgements = {check: judge(series_for(check, r, history), policy) for check, r in latest.items()}
+    """Each check's result as the verdict should see it, and each check's judgement (``judge_check``)."""
+    judgements = {check: judge_check(check, r, history, policy, excuse) for check, r in latest.items()}
     return {check: j.effective for check, j in judgements.items()}, judgements

@@ -157,10 +157,11 @@ def verdict_step(
     """The node's verdict after a round, as ``workers.reconcile.reconcile_node`` makes it.
 
     ``confirmation.effective`` over the node's history (what ``confirming.effective_latest`` reads),
-    its pings to the fleet's ``suspects`` set aside (``network.attribute``), ``verdict.decide``
-    with the sticky EVICT.
+    its pings to the fleet's ``suspects`` set aside in every sample and in what it lets count
+    (``confirming.excuse``, ``network.attribute``), ``verdict.decide`` with the sticky EVICT.
     """
-    judged, _ = confirmation.effective(latest, track.history, confirming.policy(settings))
+    pol = confirming.policy(settings)
+    judged, _ = confirmation.effective(latest, track.history, pol, confirming.excuse(suspects))
     judged = network.attribute(judged, suspects)
     evicted_at = results.parse_iso(track.state["evicted_at"]) if "evicted_at" in track.state else None
     decision = verdict.decide(
@@ -173,15 +174,22 @@ def verdict_step(
 
 
 def confirmation_wanted(
-    track: NodeTrack, saved: Mapping[str, CheckResult], settings: config.Settings, checks: CheckRegistry
+    track: NodeTrack,
+    saved: Mapping[str, CheckResult],
+    settings: config.Settings,
+    checks: CheckRegistry,
+    kept: frozenset[str] = frozenset(),
 ) -> list[str]:
-    """The checks a worker would re-run at once after saving ``saved`` (``confirming.after_task``)."""
+    """The checks a worker would re-run at once after saving ``saved`` (``confirming.after_task``);
+    ``kept``: the ping suspects the last reconcile kept (the previous round's)."""
     pol = confirming.policy(settings)
     if pol.acts_at_once or not settings.confirm_runs:
         return []
+    ping = saved.get("ping")
+    suspects = kept if ping is not None and ping.is_bad else frozenset()
     wanted = []
     for check, result in saved.items():
-        judged = confirmation.judge(confirmation.series_for(check, result, track.history), pol)
+        judged = confirmation.judge_check(check, result, track.history, pol, confirming.excuse(suspects))
         ring = check in checks and checks.get(check).ring  # a ring check is never re-run on one node
         if judged.wants_confirmation_run and not ring:
             wanted.append(check)
@@ -299,6 +307,7 @@ def run(
     confirmation_runs: dict[str, list[int]] = {node: [] for node in the_plan}
     latest: dict[str, dict[str, CheckResult]] = {node: {} for node in the_plan}
     start = datetime(2026, 1, 1, tzinfo=UTC)
+    kept: frozenset[str] = frozenset()
 
     def run_round(
         wanted: Mapping[str, Sequence[str]], round_: int, now: datetime, confirming_: bool
@@ -333,7 +342,8 @@ def run(
         runs = dict.fromkeys(the_plan, 0)
         for attempt in range(1, 1 + max(confirming.policy(sim_settings).need, sim_settings.recover_passes)):
             wanted = {
-                node: confirmation_wanted(tracks[node], saved[node], sim_settings, fleet.checks) for node in saved
+                node: confirmation_wanted(tracks[node], saved[node], sim_settings, fleet.checks, kept)
+                for node in saved
             }
             wanted = {node: found for node, found in wanted.items() if found}
             if not wanted:
@@ -343,6 +353,7 @@ def run(
             saved = run_round(wanted, round_, now + timedelta(minutes=2 * attempt), True)
         # The fleet step of the reconcile: the suspects the fleet's pings name (every ping is of this round).
         suspects = network.fleet_suspects({node: r["ping"] for node, r in latest.items() if "ping" in r})
+        kept = suspects  # what the reconcile keeps for the next round's workers (``store.set_ping_suspects``)
         down = fleet.network(round_).down
         for node in the_plan:
             collateral[node].append(_only_pings_to(latest[node], down))

@@ -12,9 +12,9 @@ row and a recovery at most ``recover - 1``: the loop ends on its own.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
-from autopilot import config, confirmation
+from autopilot import config, confirmation, network
 from autopilot.confirmation import Policy, State
 from autopilot.registry import CheckRegistry
 from autopilot.results import CheckResult, Status
@@ -41,14 +41,26 @@ def effective_latest(
     latest: Mapping[str, CheckResult],
     state: NodeState,
     settings: config.Settings,
+    *,
+    suspects: Collection[str] = (),
 ) -> dict[str, CheckResult]:
-    """The node's latest result per check as the verdict should judge it (``confirmation.effective``)."""
+    """The node's latest result per check as the verdict should judge it (``confirmation.effective``),
+    its failed pings to the fleet's ``suspects`` set aside in every sample (``excuse``)."""
     pol = policy(settings)
     if not confirmation.needs_history(latest, state.verdict, pol):
         return dict(latest)
     history = store.history(node, limit=_history(settings, pol, len(latest)))
-    found, _ = confirmation.effective(latest, history, pol)
+    found, _ = confirmation.effective(latest, history, pol, excuse(suspects))
     return found
+
+
+def excuse(suspects: Collection[str]) -> Callable[[CheckResult], CheckResult] | None:
+    """What confirmation passes each sample through: its failed pings to ``suspects`` set aside
+    (``network.excuse_ping``); None without suspects."""
+    if not suspects:
+        return None
+    kept = frozenset(suspects)
+    return lambda result: network.excuse_ping(result, kept)
 
 
 def after_task(
@@ -77,7 +89,11 @@ def after_task(
     if calm and not pending & set(saved) and not any(r.is_bad for r in saved.values()):
         return None
     history = store.history(node, limit=_history(settings, pol, len(checks)))
-    judged = {c: confirmation.judge(confirmation.series_for(c, r, history), pol) for c, r in saved.items()}
+    # A failed ping is judged without its pairs to the suspects the last reconcile kept (one GET, only
+    # then): failures to a down node must not make a new failed pair count at once, unconfirmed.
+    ping = saved.get("ping")
+    suspects = (store.ping_suspects() or frozenset()) if ping is not None and ping.is_bad else frozenset()
+    judged = {c: confirmation.judge_check(c, r, history, pol, excuse(suspects)) for c, r in saved.items()}
     prevented = [c for c, j in judged.items() if j.flap_prevented]
     still = {c for c in pending if c not in saved} | {c for c, j in judged.items() if j.state is State.PENDING}
     rerun = [c for c, j in judged.items() if j.wants_confirmation_run] if settings.confirm_runs else []

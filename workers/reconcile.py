@@ -107,9 +107,14 @@ def reconcile_node(
     # What confirmation lets count: pending failures wait, recovering checks keep their failure. The
     # node's verdict and its GPUs' verdicts judge the same view, so a noise sample moves neither.
     confirmed = confirming.effective_latest(store, node, latest, state, settings)
-    ping = confirmed.get("ping")
-    if ping is not None and ping.is_bad:
-        confirmed = _attribute_pings(store, settings, moment, confirmed, suspects)
+    pings = [r for r in (confirmed.get("ping"), latest.get("ping")) if r is not None and r.is_bad]
+    if pings:
+        # Failed pings to the fleet's suspects are set aside in every sample before confirmation
+        # judges them (``confirming.excuse``), then in what it lets count (``network.attribute``).
+        blamed = _ping_suspects(store, settings, moment, pings, suspects)
+        if blamed:
+            confirmed = confirming.effective_latest(store, node, latest, state, settings, suspects=blamed)
+            confirmed = network.attribute(confirmed, blamed)
     evicted_at = state.evicted_since
     lost = lost_since(view.last_seen, moment, settings)
     decision = verdict.decide(
@@ -229,29 +234,29 @@ def _changes(current: Mapping[str, str], wanted: Mapping[str, str | None]) -> di
     return {k: v for k, v in wanted.items() if current.get(k) != v}
 
 
-def _attribute_pings(
+def _ping_suspects(
     store: ResultsStore,
     settings: config.Settings,
     moment: datetime,
-    confirmed: dict[str, results.CheckResult],
+    pings: Sequence[results.CheckResult],
     suspects: frozenset[str] | None,
-) -> dict[str, results.CheckResult]:
-    """``confirmed`` with its failed pings to the fleet's suspects set aside (``network.attribute``).
+) -> frozenset[str]:
+    """The fleet's ping suspects to judge the node's failed ``pings`` (its latest and what
+    confirmation lets count) without (``network.excuse_ping``).
 
     Without ``suspects`` from the caller, the suspects kept by the last reconcile that looked are
-    tried first; only a failure they do not explain makes this reconcile read the fleet's pings
-    (one pipeline, every node's ping result: the expensive path, taken by the first few nodes
-    that meet a new suspect, not by every node that pings it).
+    taken when they explain every failure; only a failure they do not explain makes this reconcile
+    read the fleet's pings (one pipeline, every node's ping result: the expensive path, taken by the
+    first few nodes that meet a new suspect, not by every node that pings it).
     """
-    if suspects is None:
-        kept = store.ping_suspects()
-        if kept is not None:
-            excused = network.attribute(confirmed, kept)
-            if not excused["ping"].is_bad:
-                return excused
-        suspects = fleet_suspects(store, settings, moment)
-        store.set_ping_suspects(suspects, _SUSPECTS_TTL_S)
-    return network.attribute(confirmed, suspects)
+    if suspects is not None:
+        return suspects
+    kept = store.ping_suspects()
+    if kept is not None and not any(network.excuse_ping(p, kept).is_bad for p in pings):
+        return kept
+    found = fleet_suspects(store, settings, moment)
+    store.set_ping_suspects(found, _SUSPECTS_TTL_S)
+    return found
 
 
 def fleet_suspects(

@@ -144,3 +144,64 @@ def test_beat_keeps_the_suspects_it_found() -> None:
     store = store_with(fleet({"gpu-3"}))
     reconcile.reconcile_all(store, settings(), now=NOW + timedelta(seconds=5), checks=shipped_checks())
     assert store.ping_suspects() == {"gpu-3"}
+
+
+# ---------------------------------------------------------------- suspects set aside before confirmation
+
+
+def pinged(node: str, down: set[str], minutes: int) -> CheckResult:
+    return ping_result(node, down, NOW + timedelta(minutes=minutes))
+
+
+def ping_settings() -> config.Settings:
+    return config.Settings(node_name="api", periodic_checks=("ping",), periodic_interval_s=3600.0)
+
+
+def alive(store: ResultsStore, at: datetime) -> None:
+    for node in NODES:
+        store.heartbeat(NodeRecord(node, gpu_count=8, last_seen=at.timestamp()))
+
+
+def history_with_suspect(store: ResultsStore) -> None:
+    """gpu-3's link has been down for two samples of every node: the fleet blames it, each node's
+    ping fails only to it (confirmed bad on raw samples: two of three)."""
+    for node in NODES:  # the second sample (store_with saved the first, at NOW)
+        store.save_result(pinged(node, {"gpu-3"}, 2))
+    alive(store, NOW + timedelta(minutes=3))
+    reconcile.reconcile_all(store, ping_settings(), now=NOW + timedelta(minutes=3), checks=shipped_checks())
+
+
+def test_one_new_failed_pair_beside_the_suspect_is_confirmed_before_it_counts() -> None:
+    # gpu-5 misses one sample of gpu-1's pings while gpu-3 is still down. Before, gpu-1's ping was
+    # "confirmed bad" by its failures to gpu-3 (the suspect's finding), so this one unconfirmed
+    # failure to gpu-5 counted at once: WARN on a healthy node (bench.quality: 6 false WARNs).
+    store = store_with(fleet({"gpu-3"}))
+    history_with_suspect(store)
+    store.save_result(pinged("gpu-1", {"gpu-3", "gpu-5"}, 60))
+    moment = NOW + timedelta(minutes=61)
+    alive(store, moment)
+    decision = reconcile.reconcile_node(store, "gpu-1", ping_settings(), moment, checks=shipped_checks())
+    assert decision.verdict.value == "PASS"
+    # The same failure seen again (the confirmation run) counts: confirmation still confirms.
+    store.save_result(pinged("gpu-1", {"gpu-3", "gpu-5"}, 62))
+    alive(store, moment + timedelta(minutes=2))
+    decision = reconcile.reconcile_node(
+        store, "gpu-1", ping_settings(), moment + timedelta(minutes=2), checks=shipped_checks()
+    )
+    assert decision.verdict.value == "WARN"
+    assert any("gpu-5" in reason for reason in decision.reasons)
+
+
+def test_the_new_failed_pair_beside_the_suspect_gets_a_confirmation_run() -> None:
+    from workers import confirming
+    from workers.dispatch import FakeDispatcher
+
+    store = store_with(fleet({"gpu-3"}))
+    history_with_suspect(store)
+    assert store.ping_suspects() == {"gpu-3"}
+    found = pinged("gpu-1", {"gpu-3", "gpu-5"}, 60)
+    store.save_result(found)
+    dispatcher = FakeDispatcher()
+    confirming.after_task(store, dispatcher, ping_settings(), "gpu-1", [found], checks=shipped_checks())
+    # Before: none (the raw samples' failures to gpu-3 had confirmed the check already).
+    assert [s.checks for s in dispatcher.sent] == [("ping",)]
