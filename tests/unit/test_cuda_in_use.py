@@ -379,3 +379,18 @@ def test_gpumem_with_no_memory_left_on_a_busy_gpu_is_skipped() -> None:
     oom = gpumem_line(0, error="out of memory", kind="setup", error_name="cudaErrorMemoryAllocation")
     assert gpumem_run([oom], [gpumem_gpu(0, TRAINING)]).devices[0].status is Status.SKIPPED
     assert gpumem_run([oom], [gpumem_gpu(0)]).status is Status.ERROR
+
+
+def test_bandwidthtest_just_after_gpumem_on_a_one_gpu_node_reads_no_kernel_time_of_ours() -> None:
+    # gpumem notes its end under the GPU's bus id; pciebw through bandwidthTest read it under the
+    # index, so gpumem's own DGEMM tail made the idle GPU "in use by others" and skipped its figure.
+    hot = gpus.GpuActivity(0, 0, 97.0)
+    telemetry = FakeTelemetry([FakeGpu(pci_bus_id=BUS[0], activity=hot)])
+    runner = FakeRunner(installed=["bandwidthTest"])
+    text = "bandwidthTest-H2D-Pinned, Bandwidth = 50.0 GB/s, Time = 0.00130 s, Size = 32000000 bytes, NumDevsUsed = 1\n"
+    runner.add(pciebw.bandwidthtest_argv("/opt/bw/bandwidthTest", 0), " Device 0: NVIDIA H100\n" + text)
+    _cuda.own_program_ended(telemetry, BUS[0])  # what gpumem._measure does as its program ends
+    ctx = ctx_for(runner, telemetry, bandwidthtest_path="/opt/bw/bandwidthTest")
+    result = pciebw.run(ctx, registry.REGISTRY.get("pciebw").validate({}))
+    assert result.devices[0].status is Status.OK  # before: skipped, "kernels 97% of the time before the run"
+    assert "our own program ran on this GPU" in result.devices[0].detail
