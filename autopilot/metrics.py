@@ -38,7 +38,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from autopilot import gpumetrics, results
+from autopilot import baseline, gpumetrics, results
 from autopilot.registry import CheckRegistry
 from autopilot.results import CheckResult, Status
 from autopilot.verdict import Verdict
@@ -100,7 +100,8 @@ class Snapshot:
 def upstream_samples(result: CheckResult) -> dict[str, float]:
     """``deviceid -> value`` of ``autopilot_health_checks`` for one result (upstream section 4.4).
 
-    - ``pciebw``: per GPU, the measured host-to-device bandwidth in GB/s;
+    - ``pciebw``: per GPU, the measured host-to-device bandwidth in GB/s (none for a GPU in use by
+      others while measured: its figure is not the link's);
     - ``remapped``: per GPU, 1 when a row remap is pending or has failed, else 0;
     - ``gpupower`` (health ``power-slowdown``): per GPU, 1 when HW slowdown is active, else 0;
     - ``gpumem``: per GPU, 1 on failure, else 0 (upstream reported device 0 only);
@@ -118,8 +119,13 @@ def upstream_samples(result: CheckResult) -> dict[str, float]:
     check = result.check
     out: dict[str, float] = {}
     if check == "pciebw":
+        per_gpu = result.data.get("gpus")
         for d in judged:
             value = _number(d.value)
+            entry = per_gpu.get(d.id) if isinstance(per_gpu, Mapping) else None
+            if isinstance(entry, Mapping) and baseline.in_use_by_others(entry):
+                # Warned or failed for what load does not change, its figure is still the contended one.
+                continue
             if value is not None and d.unit == _PCIEBW_UNIT:
                 out[d.id] = value
     elif check in ("remapped", "gpupower"):

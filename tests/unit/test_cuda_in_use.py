@@ -12,7 +12,7 @@ from typing import Any
 import pynvml
 import pytest
 
-from autopilot import baseline, errors, gpus, registry
+from autopilot import baseline, errors, gpus, metrics, registry
 from autopilot.checks import _cuda, gpumem, pciebw
 from autopilot.results import Status
 from autopilot.testing import FakeGpu, FakeRunner, FakeTelemetry, snapshot
@@ -394,3 +394,11 @@ def test_bandwidthtest_just_after_gpumem_on_a_one_gpu_node_reads_no_kernel_time_
     result = pciebw.run(ctx, registry.REGISTRY.get("pciebw").validate({}))
     assert result.devices[0].status is Status.OK  # before: skipped, "kernels 97% of the time before the run"
     assert "our own program ran on this GPU" in result.devices[0].detail
+
+
+def test_the_upstream_gauge_exports_no_contended_figure_of_a_busy_gpu() -> None:
+    # A busy GPU warned for its narrow link keeps its contended H2D as the device value; the
+    # upstream gauge (autopilot_health_checks{health="pciebw"}) would show it as the GPU's bandwidth.
+    narrow = pciebw_run([ap_line(0, 21.0, link=(5, 5, 8, 16)), ap_line(1, 50.0)], [busy_gpu(0), idle_gpu(1)])
+    assert narrow.devices[0].status is Status.WARN and narrow.devices[0].value == 21.0
+    assert metrics.upstream_samples(narrow) == {"1": 50.0}  # before: {"0": 21.0, "1": 50.0}
