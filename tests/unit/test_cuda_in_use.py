@@ -402,3 +402,17 @@ def test_the_upstream_gauge_exports_no_contended_figure_of_a_busy_gpu() -> None:
     narrow = pciebw_run([ap_line(0, 21.0, link=(5, 5, 8, 16)), ap_line(1, 50.0)], [busy_gpu(0), idle_gpu(1)])
     assert narrow.devices[0].status is Status.WARN and narrow.devices[0].value == 21.0
     assert metrics.upstream_samples(narrow) == {"1": 50.0}  # before: {"0": 21.0, "1": 50.0}
+
+
+def test_a_gpu_a_job_holds_in_exclusive_process_mode_is_skipped_not_an_error() -> None:
+    # Compute mode EXCLUSIVE_PROCESS: while a job's process holds the GPU, our context is refused
+    # (cudaErrorDevicesUnavailable, "all CUDA-capable devices are busy or unavailable").
+    held = dict(error="all CUDA-capable devices are busy or unavailable", kind="setup")
+    busy = pciebw_run([ap_line(0, 0.0, **held, name="cudaErrorDevicesUnavailable")], [busy_gpu(0)])
+    assert busy.devices[0].status is Status.SKIPPED  # before: error, and the node WARN
+    assert "not measured, the GPU refused another process" in busy.devices[0].detail
+    idle = pciebw_run([ap_line(0, 0.0, **held, name="cudaErrorDevicesUnavailable")], [idle_gpu(0)])
+    assert idle.status is Status.ERROR  # nobody else on it (compute mode Prohibited, ...): stays an error
+    line = gpumem_line(0, error=held["error"], kind="setup", error_name="cudaErrorDevicesUnavailable")
+    assert gpumem_run([line], [gpumem_gpu(0, TRAINING)]).devices[0].status is Status.SKIPPED
+    assert gpumem_run([line], [gpumem_gpu(0)]).status is Status.ERROR
