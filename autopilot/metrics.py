@@ -241,6 +241,11 @@ def _add_result(fam: _Families, info: NodeInfo, check: str, result: CheckResult,
     started = _epoch(result.started_at)
     if started is not None:
         fam.last_run.add_metric([node, check], started)
+    per_gpu = result.data.get("gpus")
+    if isinstance(per_gpu, Mapping) and any(isinstance(e, Mapping) and "in_use" in e for e in per_gpu.values()):
+        # A GPU held at every run is never judged while the result reads ok: this is where that shows.
+        held = sum(1 for e in per_gpu.values() if isinstance(e, Mapping) and baseline.in_use_by_others(e))
+        fam.in_use.add_metric([node, check], float(held))
     if health is not None:
         models = [_label(info.cpu_model), _label(info.gpu_model)]
         for device, value in sorted(upstream_samples(result).items()):
@@ -287,6 +292,12 @@ class _Families:
         self.last_run = GaugeMetricFamily(
             "autopilot_check_last_run_timestamp_seconds",
             "Start time of the latest run of a check on a node, in seconds since the Unix epoch",
+            labels=["node", "check"],
+        )
+        self.in_use = GaugeMetricFamily(
+            "autopilot_check_gpus_in_use_by_others",
+            "GPUs the latest result of a check on a node found in use by others while it measured them: their "
+            "figures were not judged (pciebw, gpumem; docs/RESULTS.md)",
             labels=["node", "check"],
         )
         self.verdict = GaugeMetricFamily(
@@ -358,6 +369,7 @@ class _Families:
             self.fatal,
             self.duration,
             self.last_run,
+            self.in_use,
             self.verdict,
             self.last_seen,
             self.busy,

@@ -416,3 +416,15 @@ def test_a_gpu_a_job_holds_in_exclusive_process_mode_is_skipped_not_an_error() -
     line = gpumem_line(0, error=held["error"], kind="setup", error_name="cudaErrorDevicesUnavailable")
     assert gpumem_run([line], [gpumem_gpu(0, TRAINING)]).devices[0].status is Status.SKIPPED
     assert gpumem_run([line], [gpumem_gpu(0)]).status is Status.ERROR
+
+
+def test_the_gpus_a_check_skipped_as_in_use_by_others_are_counted_in_a_metric() -> None:
+    # A GPU some job (or a leak that looks like one) holds at every run is never judged while the
+    # result reads ok and the verdict PASS: an operator sees it only here, to alert on it.
+    result = pciebw_run([ap_line(0, 50.0), ap_line(1, 21.3)], [idle_gpu(0), busy_gpu(1)])
+    assert result.status is Status.OK
+    info = metrics.NodeInfo("node-a", last_seen=1.0)
+    families = metrics.build(metrics.Snapshot(nodes=[info], latest={"node-a": {"pciebw": result}}), {})
+    series = {m.name: m for m in families}
+    counted = series["autopilot_check_gpus_in_use_by_others"]  # before: no such series
+    assert [(s.labels, s.value) for s in counted.samples] == [({"node": "node-a", "check": "pciebw"}, 1.0)]
