@@ -238,6 +238,7 @@ def in_use_of(before: gpus.GpuActivity, during_pct: float | None = None) -> InUs
 # compute mode EXCLUSIVE_PROCESS (cudaErrorDevicesUnavailable: "busy or unavailable").
 _CROWDED_OUT = {
     "cudaErrorMemoryAllocation": "no device memory left",
+    "CUBLAS_STATUS_ALLOC_FAILED": "no device memory left",  # cuBLAS's own allocations (gpumem)
     "cudaErrorDevicesUnavailable": "the GPU refused another process (compute mode exclusive)",
 }
 

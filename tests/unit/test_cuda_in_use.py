@@ -428,3 +428,12 @@ def test_the_gpus_a_check_skipped_as_in_use_by_others_are_counted_in_a_metric() 
     series = {m.name: m for m in families}
     counted = series["autopilot_check_gpus_in_use_by_others"]  # before: no such series
     assert [(s.labels, s.value) for s in counted.samples] == [({"node": "node-a", "check": "pciebw"}, 1.0)]
+
+
+def test_gpumem_whose_cublas_finds_no_memory_left_on_a_busy_gpu_is_skipped() -> None:
+    # Our arrays fit in what the job left, cuBLAS's own allocations did not: the same crowding as
+    # cudaErrorMemoryAllocation, named by cuBLAS's status.
+    error = "cublasCreate(&h): resource allocation failed"
+    oom = gpumem_line(0, error=error, kind="setup", error_name="CUBLAS_STATUS_ALLOC_FAILED")
+    assert gpumem_run([oom], [gpumem_gpu(0, TRAINING)]).devices[0].status is Status.SKIPPED  # before: error
+    assert gpumem_run([oom], [gpumem_gpu(0)]).status is Status.ERROR
