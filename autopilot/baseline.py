@@ -143,7 +143,7 @@ def samples(result: CheckResult, model: str, driver: str) -> list[Sample]:
             return []
         measured = {d.id for d in result.devices if d.status is not Status.ERROR}
         for gpu, entry in gpus.items():
-            if str(gpu) not in measured or not isinstance(entry, Mapping) or _busy(entry):
+            if str(gpu) not in measured or not isinstance(entry, Mapping) or in_use_by_others(entry):
                 continue
             name = str(entry.get("name") or model or "unknown")
             for metric, field in fields.items():
@@ -162,7 +162,8 @@ def samples(result: CheckResult, model: str, driver: str) -> list[Sample]:
     return found
 
 
-def _busy(entry: Mapping[str, Any]) -> bool:
+def in_use_by_others(entry: Mapping[str, Any]) -> bool:
+    """Whether a GPU's ``data.gpus.<i>`` entry says another process used it while measured (``in_use.busy``)."""
     marks = entry.get("in_use")
     return isinstance(marks, Mapping) and marks.get("busy") is True
 

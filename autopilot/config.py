@@ -315,7 +315,8 @@ class Settings:
     invasive_admission_wait_s: float = 300.0
     """How long the invasive Job may wait for its pod while admission refuses it with a refusal that can clear
     (``AUTOPILOT_INVASIVE_ADMISSION_WAIT``): a ResourceQuota's ``exceeded quota`` (usage that drops as other pods
-    end; the Job controller retries with backoff). The node stays ``TESTING`` (cordoned and tainted where
+    end; the Job controller retries with backoff), or the API server's own trouble (a 500 such as a webhook that did
+    not answer, a quota update conflict). The node stays ``TESTING`` (cordoned and tainted where
     remediation holds it) meanwhile, so it is minutes, never past ``invasive_deadline_s``; ``0``: end at the
     first refusal. A refusal that never clears (PodSecurity, a quota's ``must specify``, a request above a
     quota's limit, a webhook's denial, LimitRange) ends the run at once."""

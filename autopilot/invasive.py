@@ -84,6 +84,11 @@ _LIMIT_RANGE_BOUND = re.compile(r"(?:minimum|maximum) (?P<resource>cpu|memory) u
 _EXCEEDED_QUOTA = re.compile(
     r"exceeded quota: [^,]*(?:, requested: (?P<requested>.*?), used: .*?, limited: (?P<limited>.*))?$", re.IGNORECASE
 )
+# The API server's own trouble, not a rule that refuses the pod, clears too: a 500 ``Internal error occurred: ...``
+# (a webhook that did not answer under failurePolicy Fail, ``failed calling webhook``; quota evaluation timed out),
+# and a 409 on the quota's usage when pods are charged to it at once (``Operation cannot be fulfilled on
+# resourcequotas``). A webhook's denial is a 403 ``denied the request`` and stays.
+_SERVER_TROUBLE = re.compile(r"Internal error occurred: |Operation cannot be fulfilled on resourcequotas ")
 
 
 def job_name(node: str) -> str:
@@ -467,7 +472,10 @@ def limit_range_hint(message: str, namespace: str) -> str:
 
 def refusal_clears(message: str) -> bool:
     """Whether a ``FailedCreate`` refusal can clear by itself: a ResourceQuota's usage (``exceeded quota``), unless
-    the pod alone asks for more than the quota's limit of some resource, which no other pod's end frees."""
+    the pod alone asks for more than the quota's limit of some resource, which no other pod's end frees; the API
+    server's own trouble (``_SERVER_TROUBLE``: a webhook that did not answer, a quota update conflict)."""
+    if _SERVER_TROUBLE.search(message):
+        return True
     found = _EXCEEDED_QUOTA.search(message.strip())
     if found is None:
         return False

@@ -38,7 +38,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from autopilot import gpumetrics, results
+from autopilot import baseline, gpumetrics, results
 from autopilot.registry import CheckRegistry
 from autopilot.results import CheckResult, Status
 from autopilot.verdict import Verdict
@@ -100,7 +100,8 @@ class Snapshot:
 def upstream_samples(result: CheckResult) -> dict[str, float]:
     """``deviceid -> value`` of ``autopilot_health_checks`` for one result (upstream section 4.4).
 
-    - ``pciebw``: per GPU, the measured host-to-device bandwidth in GB/s;
+    - ``pciebw``: per GPU, the measured host-to-device bandwidth in GB/s (none for a GPU in use by
+      others while measured: its figure is not the link's);
     - ``remapped``: per GPU, 1 when a row remap is pending or has failed, else 0;
     - ``gpupower`` (health ``power-slowdown``): per GPU, 1 when HW slowdown is active, else 0;
     - ``gpumem``: per GPU, 1 on failure, else 0 (upstream reported device 0 only);
@@ -118,8 +119,13 @@ def upstream_samples(result: CheckResult) -> dict[str, float]:
     check = result.check
     out: dict[str, float] = {}
     if check == "pciebw":
+        per_gpu = result.data.get("gpus")
         for d in judged:
             value = _number(d.value)
+            entry = per_gpu.get(d.id) if isinstance(per_gpu, Mapping) else None
+            if isinstance(entry, Mapping) and baseline.in_use_by_others(entry):
+                # Warned or failed for what load does not change, its figure is still the contended one.
+                continue
             if value is not None and d.unit == _PCIEBW_UNIT:
                 out[d.id] = value
     elif check in ("remapped", "gpupower"):
@@ -235,6 +241,11 @@ def _add_result(fam: _Families, info: NodeInfo, check: str, result: CheckResult,
     started = _epoch(result.started_at)
     if started is not None:
         fam.last_run.add_metric([node, check], started)
+    per_gpu = result.data.get("gpus")
+    if isinstance(per_gpu, Mapping) and any(isinstance(e, Mapping) and "in_use" in e for e in per_gpu.values()):
+        # A GPU held at every run is never judged while the result reads ok: this is where that shows.
+        held = sum(1 for e in per_gpu.values() if isinstance(e, Mapping) and baseline.in_use_by_others(e))
+        fam.in_use.add_metric([node, check], float(held))
     if health is not None:
         models = [_label(info.cpu_model), _label(info.gpu_model)]
         for device, value in sorted(upstream_samples(result).items()):
@@ -281,6 +292,12 @@ class _Families:
         self.last_run = GaugeMetricFamily(
             "autopilot_check_last_run_timestamp_seconds",
             "Start time of the latest run of a check on a node, in seconds since the Unix epoch",
+            labels=["node", "check"],
+        )
+        self.in_use = GaugeMetricFamily(
+            "autopilot_check_gpus_in_use_by_others",
+            "GPUs the latest result of a check on a node found in use by others while it measured them: their "
+            "figures were not judged (pciebw, gpumem; docs/RESULTS.md)",
             labels=["node", "check"],
         )
         self.verdict = GaugeMetricFamily(
@@ -352,6 +369,7 @@ class _Families:
             self.fatal,
             self.duration,
             self.last_run,
+            self.in_use,
             self.verdict,
             self.last_seen,
             self.busy,

@@ -259,6 +259,21 @@ class LostGpu:
         return _GPU_IS_LOST.match(self.why) is not None
 
 
+# In a CSV answer nvidia-smi writes an NVML error in brackets in place of a value. ``[GPU is lost]`` is
+# NVML_ERROR_GPU_IS_LOST for a GPU it had opened (one that fell off the bus since: nvidia-smi still lists it).
+_LOST_CELL = re.compile(r"^\[GPU\s+is\s+lost\b", re.IGNORECASE)
+
+
+def lost_in_row(row: Mapping[str, str]) -> str:
+    """nvidia-smi's words when a CSV row says its GPU is lost (``[GPU is lost]`` for a value), else ''. Other
+    bracketed errors (``[Unknown Error]``, ``[Insufficient Permissions]``) say only that a value was not read."""
+    said = next((value for value in row.values() if _LOST_CELL.match(value.strip())), None)
+    if said is None:
+        return ""
+    bus = row.get("pci.bus_id") or row.get("gpu_bus_id") or "its bus id unknown"
+    return f"nvidia-smi answered {said} for the GPU at {bus}"
+
+
 def lost_gpu(line: str) -> LostGpu | None:
     """The GPU of one ``Unable to determine the device handle ...`` line, or None for any other line."""
     found = _NO_HANDLE.match(line.strip())

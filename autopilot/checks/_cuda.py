@@ -233,13 +233,24 @@ def in_use_of(before: gpus.GpuActivity, during_pct: float | None = None) -> InUs
     )
 
 
+# The CUDA errors a job on the GPU causes our program: no memory left (a training job's allocator
+# often takes nearly all of it), and our context refused while the job's process holds a GPU in
+# compute mode EXCLUSIVE_PROCESS (cudaErrorDevicesUnavailable: "busy or unavailable").
+_CROWDED_OUT = {
+    "cudaErrorMemoryAllocation": "no device memory left",
+    "CUBLAS_STATUS_ALLOC_FAILED": "no device memory left",  # cuBLAS's own allocations (gpumem)
+    "cudaErrorDevicesUnavailable": "the GPU refused another process (compute mode exclusive)",
+}
+
+
 def crowded_out(in_use: InUse | None, device: Mapping[str, Any], error: str) -> str | None:
-    """Why a GPU others use could not be measured at all, when our program found no memory left
-    (``cudaErrorMemoryAllocation``: a training job's allocator often takes nearly all of it): that
-    is the job's doing, not the GPU's, and not judged. None otherwise (the error stands)."""
-    if in_use is None or not in_use.busy or device.get("error_name") != "cudaErrorMemoryAllocation":
+    """Why a GPU others use could not be measured at all, when our program met one of the errors
+    a job causes (``_CROWDED_OUT``): that is the job's doing, not the GPU's, and not judged. None
+    otherwise (the error stands; on a GPU nobody else uses these are our set-up's errors)."""
+    why = _CROWDED_OUT.get(str(device.get("error_name") or ""))
+    if in_use is None or not in_use.busy or why is None:
         return None
-    return f"{in_use.describe()}: not measured, no device memory left ({error})"
+    return f"{in_use.describe()}: not measured, {why} ({error})"
 
 
 def sampled_peak(summary: Mapping[str, Any], field: str) -> float | None:

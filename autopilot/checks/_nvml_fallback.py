@@ -67,9 +67,10 @@ def fold(
 
 
 def unopened(index: int, error: str, lost: bool, facts: dict[str, Any]) -> DeviceResult:
-    """A GPU nvidia-smi could not open: ``lost`` (its line says ``GPU is lost``, NVML_ERROR_GPU_IS_LOST) is NVML's
-    lost GPU, a ``fail`` at its index that makes the check fatal (``facts["lost"]``); any other reason (Unknown
-    Error, Insufficient Permissions) proves nothing about the GPU: ``error``."""
+    """A GPU nvidia-smi could not open or read: ``lost`` (its line says ``GPU is lost``, or its CSV row ``[GPU is
+    lost]``: NVML_ERROR_GPU_IS_LOST) is NVML's lost GPU, a ``fail`` at its index that makes the check fatal
+    (``facts["lost"]``); any other reason (Unknown Error, Insufficient Permissions) proves nothing about the GPU:
+    ``error``."""
     if lost:
         facts["lost"] = True
         return gpucensus.lost_device(index, error)

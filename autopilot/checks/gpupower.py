@@ -176,6 +176,10 @@ def _from_rows(
             readings[index] = _nvml_fallback.unopened(index, row.error, row.is_lost, facts[index])
             continue
         facts[index] = {"bus_id": row["pci.bus_id"]} if "pci.bus_id" in row else {}
+        gone = nvsmi.lost_in_row(row)
+        if gone:
+            readings[index] = _nvml_fallback.unopened(index, gone, True, facts[index])
+            continue
         try:
             readings[index] = nvsmi.clock_reasons_from_csv_row(row)
         except nvsmi.ParseError as exc:

@@ -637,9 +637,20 @@ def read_link(ctx: CheckContext, index: int) -> tuple[gpus.PcieLink | None, str 
         return None, f"NVML: {exc}"
 
 
+def _bus_or_blank(ctx: CheckContext, index: int) -> str:
+    try:
+        return ctx.gpus.identity(index).pci_bus_id
+    except errors.GpuUnavailable:
+        raise
+    except errors.GpuError:
+        return ""
+
+
 def _measure(ctx: CheckContext, tool: str, path: str, index: int, params: Mapping[str, Any]) -> GpuReading:
     if tool == "bandwidthTest":
-        argv, gpu = bandwidthtest_argv(path, index), ""
+        # Keyed by bus id like gpumem's runs (``own_program_ended``), so that its kernel time just
+        # before is known as ours; the index only where NVML has no bus id.
+        argv, gpu = bandwidthtest_argv(path, index), _bus_or_blank(ctx, index)
     else:
         try:
             bus = ctx.gpus.identity(index).pci_bus_id

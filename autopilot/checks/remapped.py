@@ -35,8 +35,9 @@ Verdict per GPU (upstream looked at ``Pending`` only and ignored a failed remap)
 - a GPU without a row remapper (pre-Ampere: NVML NotSupported, nvidia-smi ``N/A`` or no block)
   -> that device ``skipped``; no GPUs at all -> the check is ``skipped``.
 - a lost GPU (NVML_ERROR_GPU_IS_LOST, or nvidia-smi's ``Unable to determine the device handle for
-  ...: GPU is lost``) -> ``fail`` at its index, and the check fatal; a GPU nvidia-smi could not open
-  for another reason (``Unknown Error``, ``Insufficient Permissions``) -> ``error``.
+  ...: GPU is lost``, or a CSV row of ``[GPU is lost]``) -> ``fail`` at its index, and the check
+  fatal; a GPU nvidia-smi could not open for another reason (``Unknown Error``, ``Insufficient
+  Permissions``) -> ``error``.
 
 Device ``value`` keeps upstream's ``remapped`` gauge meaning: ``1`` when a remap is pending or
 has failed (the GPU needs attention), else ``0``. ``data["gpus"][<index>]`` carries the counts,
@@ -184,6 +185,10 @@ def _parse_csv(text: str) -> tuple[dict[int, Reading], dict[int, dict[str, Any]]
             readings[index] = _nvml_fallback.unopened(index, row.error, row.is_lost, facts[index])
             continue
         facts[index] = {k: row[k] for k in ("gpu_bus_id", "gpu_uuid", "gpu_name") if k in row}
+        gone = nvsmi.lost_in_row(row)
+        if gone:
+            readings[index] = _nvml_fallback.unopened(index, gone, True, facts[index])
+            continue
         try:
             rows = nvsmi.remapped_rows_from_csv_row(row)
         except nvsmi.ParseError as exc:

@@ -12,7 +12,7 @@ from typing import Any
 import pynvml
 import pytest
 
-from autopilot import baseline, errors, gpus, registry
+from autopilot import baseline, errors, gpus, metrics, registry
 from autopilot.checks import _cuda, gpumem, pciebw
 from autopilot.results import Status
 from autopilot.testing import FakeGpu, FakeRunner, FakeTelemetry, snapshot
@@ -378,4 +378,62 @@ def test_no_memory_left_on_a_busy_gpu_is_skipped_not_an_error() -> None:
 def test_gpumem_with_no_memory_left_on_a_busy_gpu_is_skipped() -> None:
     oom = gpumem_line(0, error="out of memory", kind="setup", error_name="cudaErrorMemoryAllocation")
     assert gpumem_run([oom], [gpumem_gpu(0, TRAINING)]).devices[0].status is Status.SKIPPED
+    assert gpumem_run([oom], [gpumem_gpu(0)]).status is Status.ERROR
+
+
+def test_bandwidthtest_just_after_gpumem_on_a_one_gpu_node_reads_no_kernel_time_of_ours() -> None:
+    # gpumem notes its end under the GPU's bus id; pciebw through bandwidthTest read it under the
+    # index, so gpumem's own DGEMM tail made the idle GPU "in use by others" and skipped its figure.
+    hot = gpus.GpuActivity(0, 0, 97.0)
+    telemetry = FakeTelemetry([FakeGpu(pci_bus_id=BUS[0], activity=hot)])
+    runner = FakeRunner(installed=["bandwidthTest"])
+    text = "bandwidthTest-H2D-Pinned, Bandwidth = 50.0 GB/s, Time = 0.00130 s, Size = 32000000 bytes, NumDevsUsed = 1\n"
+    runner.add(pciebw.bandwidthtest_argv("/opt/bw/bandwidthTest", 0), " Device 0: NVIDIA H100\n" + text)
+    _cuda.own_program_ended(telemetry, BUS[0])  # what gpumem._measure does as its program ends
+    ctx = ctx_for(runner, telemetry, bandwidthtest_path="/opt/bw/bandwidthTest")
+    result = pciebw.run(ctx, registry.REGISTRY.get("pciebw").validate({}))
+    assert result.devices[0].status is Status.OK  # before: skipped, "kernels 97% of the time before the run"
+    assert "our own program ran on this GPU" in result.devices[0].detail
+
+
+def test_the_upstream_gauge_exports_no_contended_figure_of_a_busy_gpu() -> None:
+    # A busy GPU warned for its narrow link keeps its contended H2D as the device value; the
+    # upstream gauge (autopilot_health_checks{health="pciebw"}) would show it as the GPU's bandwidth.
+    narrow = pciebw_run([ap_line(0, 21.0, link=(5, 5, 8, 16)), ap_line(1, 50.0)], [busy_gpu(0), idle_gpu(1)])
+    assert narrow.devices[0].status is Status.WARN and narrow.devices[0].value == 21.0
+    assert metrics.upstream_samples(narrow) == {"1": 50.0}  # before: {"0": 21.0, "1": 50.0}
+
+
+def test_a_gpu_a_job_holds_in_exclusive_process_mode_is_skipped_not_an_error() -> None:
+    # Compute mode EXCLUSIVE_PROCESS: while a job's process holds the GPU, our context is refused
+    # (cudaErrorDevicesUnavailable, "all CUDA-capable devices are busy or unavailable").
+    held = dict(error="all CUDA-capable devices are busy or unavailable", kind="setup")
+    busy = pciebw_run([ap_line(0, 0.0, **held, name="cudaErrorDevicesUnavailable")], [busy_gpu(0)])
+    assert busy.devices[0].status is Status.SKIPPED  # before: error, and the node WARN
+    assert "not measured, the GPU refused another process" in busy.devices[0].detail
+    idle = pciebw_run([ap_line(0, 0.0, **held, name="cudaErrorDevicesUnavailable")], [idle_gpu(0)])
+    assert idle.status is Status.ERROR  # nobody else on it (compute mode Prohibited, ...): stays an error
+    line = gpumem_line(0, error=held["error"], kind="setup", error_name="cudaErrorDevicesUnavailable")
+    assert gpumem_run([line], [gpumem_gpu(0, TRAINING)]).devices[0].status is Status.SKIPPED
+    assert gpumem_run([line], [gpumem_gpu(0)]).status is Status.ERROR
+
+
+def test_the_gpus_a_check_skipped_as_in_use_by_others_are_counted_in_a_metric() -> None:
+    # A GPU some job (or a leak that looks like one) holds at every run is never judged while the
+    # result reads ok and the verdict PASS: an operator sees it only here, to alert on it.
+    result = pciebw_run([ap_line(0, 50.0), ap_line(1, 21.3)], [idle_gpu(0), busy_gpu(1)])
+    assert result.status is Status.OK
+    info = metrics.NodeInfo("node-a", last_seen=1.0)
+    families = metrics.build(metrics.Snapshot(nodes=[info], latest={"node-a": {"pciebw": result}}), {})
+    series = {m.name: m for m in families}
+    counted = series["autopilot_check_gpus_in_use_by_others"]  # before: no such series
+    assert [(s.labels, s.value) for s in counted.samples] == [({"node": "node-a", "check": "pciebw"}, 1.0)]
+
+
+def test_gpumem_whose_cublas_finds_no_memory_left_on_a_busy_gpu_is_skipped() -> None:
+    # Our arrays fit in what the job left, cuBLAS's own allocations did not: the same crowding as
+    # cudaErrorMemoryAllocation, named by cuBLAS's status.
+    error = "cublasCreate(&h): resource allocation failed"
+    oom = gpumem_line(0, error=error, kind="setup", error_name="CUBLAS_STATUS_ALLOC_FAILED")
+    assert gpumem_run([oom], [gpumem_gpu(0, TRAINING)]).devices[0].status is Status.SKIPPED  # before: error
     assert gpumem_run([oom], [gpumem_gpu(0)]).status is Status.ERROR

@@ -356,3 +356,13 @@ def test_rejected_field_text_is_an_error() -> None:
 def test_registered_with_evaluate_text() -> None:
     spec = registry.REGISTRY.get("gpupower")
     assert spec.uses_gpu and spec.evaluate_text is gpupower.evaluate_text
+
+
+def test_a_csv_row_that_says_gpu_is_lost_is_a_fatal_fail_at_its_index() -> None:
+    # nvidia-smi opened GPU 2, which then fell off the bus: NVML_ERROR_GPU_IS_LOST in brackets for each value.
+    rows = [csv_row(0), csv_row(1), csv_row(2, value=lambda n: "[GPU is lost]"), csv_row(3)]
+    result = evaluate("".join(rows))
+    assert [(d.id, d.status) for d in result.devices][2] == ("2", Status.FAIL)
+    assert result.status is Status.FAIL and result.fatal  # before: error, not fatal
+    other = evaluate("".join(rows).replace("[GPU is lost]", "[Unknown Error]"))
+    assert other.status is Status.ERROR and not other.fatal

@@ -290,6 +290,31 @@ def test_a_quota_refusal_that_does_not_clear_ends_at_the_bound_naming_the_last_r
 @pytest.mark.parametrize(
     "message",
     [
+        # A validating webhook that did not answer (failurePolicy Fail): a 500, not its denial (a 403).
+        'Error creating: Internal error occurred: failed calling webhook "validation.gatekeeper.sh": failed to call '
+        'webhook: Post "https://gatekeeper-webhook-service.gatekeeper-system.svc:443/v1/admit?timeout=3s": context '
+        "deadline exceeded",
+        # Two pods charged to one quota at once: the quota's update conflicted (409); the next try goes through.
+        'Error creating: Operation cannot be fulfilled on resourcequotas "gpu-quota": the object has been modified; '
+        "please apply your changes to the latest version and try again",
+    ],
+)
+def test_a_refusal_of_the_api_servers_own_trouble_is_waited_through_like_a_busy_quota(
+    backend: Backend, message: str
+) -> None:
+    # Before: ended at the first poll (ADMISSION_FAILED), though the controller's next try makes the pod.
+    started(backend)
+    backend.control.refuse_job_pod(NS, JOB, message)
+    waiting = invasive.poll(backend.client, JOB, namespace=NS, now=at(backend, 20), admission_wait_s=300)
+    assert waiting.state is JobState.RUNNING and not gone(backend)
+    done = invasive.poll(backend.client, JOB, namespace=NS, now=at(backend, 301), admission_wait_s=300)
+    assert done.state is JobState.ADMISSION_FAILED and done.result is not None
+    assert done.result.status is Status.ERROR and "still refused" in done.result.summary
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
         'Error creating: pods "p" is forbidden: failed quota: compute: must specify limits.memory for: main',
         'Error creating: pods "p" is forbidden: admission webhook "gpu-policy.example.com" denied the request: no',
         'Error creating: pods "p" is forbidden: violates PodSecurity "restricted:latest": runAsNonRoot != true',

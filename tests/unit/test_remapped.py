@@ -390,3 +390,19 @@ def test_saved_remapped_rows_csv_with_a_lost_gpu_keeps_every_gpu_at_its_index() 
     result = remapped.evaluate_text(text, {}, None)
     assert [(d.id, d.status) for d in result.devices] == [("0", Status.OK), ("1", Status.ERROR), ("2", Status.WARN)]
     assert result.data["gpus"]["2"]["gpu_bus_id"] == "00000000:3C:00.0"
+
+
+def test_a_csv_row_that_says_gpu_is_lost_is_a_fatal_fail_at_its_index() -> None:
+    # nvidia-smi still lists a GPU that fell off the bus after it got its handle, and writes NVML_ERROR_GPU_IS_LOST
+    # in brackets in place of each value; other bracketed errors (Unknown Error) prove nothing about the GPU.
+    head = (
+        "gpu_bus_id, remapped_rows.correctable, remapped_rows.uncorrectable, remapped_rows.pending, "
+        "remapped_rows.failure\n"
+    )
+    lost = head + "00000000:1A:00.0, 0, 0, No, No\n" + "00000000:2B:00.0" + ", [GPU is lost]" * 4 + "\n"
+    result = remapped.evaluate_text(lost, {}, None)
+    assert [(d.id, d.status) for d in result.devices] == [("0", Status.OK), ("1", Status.FAIL)]
+    assert result.status is Status.FAIL and result.fatal  # before: error, not fatal (node WARN, not EVICT)
+    assert result.devices[1].detail.startswith("GPU is lost, fell off the bus: ")
+    unknown = remapped.evaluate_text(lost.replace("[GPU is lost]", "[Unknown Error]"), {}, None)
+    assert unknown.status is Status.ERROR and not unknown.fatal
