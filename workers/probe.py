@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -39,9 +40,12 @@ def verdict(path: str, max_age_s: float, broker_away: Callable[[], bool], *, now
 
 
 def broker_away(environ: Mapping[str, str], timeout_s: float = BROKER_TIMEOUT_S) -> bool:
-    """Whether the broker of ``environ``'s settings does not answer a PING within ``timeout_s`` (no retries).
+    """Whether the broker of ``environ``'s settings does not answer a PING within ``timeout_s`` in all (no retries).
 
-    Settings that name no usable broker are no outage (False): nothing excuses a stale file then.
+    Settings that name no usable broker are no outage (False): nothing excuses a stale file then. The bound is
+    on the whole question, not on each socket: a Sentinel client asks each Sentinel in turn, then the master,
+    and a name lookup has no timeout at all; the kubelet counts a probe past its ``timeoutSeconds`` as a
+    failure, which would restart the fleet during the very outage this excuses.
     """
     import redis
     import redis.sentinel
@@ -67,6 +71,9 @@ def broker_away(environ: Mapping[str, str], timeout_s: float = BROKER_TIMEOUT_S)
     try:
         if url.startswith("sentinel://"):
             hosts, db = celery_app.sentinels(url)
+            # Each Sentinel and the master within the one bound: a partitioned Sentinel leaves time for the next.
+            share = timeout_s / (len(hosts) + 1)
+            once = {**once, "socket_timeout": share, "socket_connect_timeout": share}
             watcher = redis.sentinel.Sentinel(
                 hosts, sentinel_kwargs={"password": settings.redis_sentinel_password or None, **once}
             )
@@ -78,12 +85,21 @@ def broker_away(environ: Mapping[str, str], timeout_s: float = BROKER_TIMEOUT_S)
             client = redis.Redis.from_url(url, password=settings.redis_password or None, **once, **extra)
     except (ValueError, errors.ConfigError):
         return False  # a URL the worker could not use either: no outage to excuse
-    try:
-        return not client.ping()
-    except (redis.RedisError, OSError):
-        return True
-    finally:
-        client.close()
+    answered: list[bool] = []
+
+    def ask() -> None:
+        try:
+            answered.append(bool(client.ping()))
+        except (redis.RedisError, OSError):
+            answered.append(False)
+        finally:
+            client.close()
+
+    # A daemon thread: a question still open at the bound is left behind when the probe exits.
+    asking = threading.Thread(target=ask, name="probe-ping", daemon=True)
+    asking.start()
+    asking.join(timeout_s)
+    return not (answered and answered[0])
 
 
 def main(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:

@@ -8,6 +8,7 @@ themselves are in ``tests/integration/test_liveness.py``.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -77,6 +78,29 @@ def test_a_broker_on_a_closed_port_is_away_and_no_broker_is_no_outage() -> None:
     assert probe.broker_away({"AUTOPILOT_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}, timeout_s=1) is True
     assert probe.broker_away({}) is False
     assert probe.broker_away({"AUTOPILOT_REDIS_URL": "sentinel://"}) is False
+
+
+def test_a_broker_that_has_not_answered_within_the_timeout_in_all_is_away(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each socket has its own timeout, but a question can take many in turn (a Sentinel client asks each
+    # Sentinel, then the master; a name lookup has none at all). The kubelet counts a probe past its
+    # timeoutSeconds as a failure, so an outage must be answered within the probe's own bound, not after.
+    import redis
+
+    release = threading.Event()
+
+    class Slow:
+        def ping(self) -> bool:
+            release.wait(30)
+            return True  # answers, but long after the probe may wait
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(redis.Redis, "from_url", lambda *args, **kwargs: Slow())
+    try:
+        assert probe.broker_away({"AUTOPILOT_REDIS_URL": "redis://redis.example:6379/0"}, timeout_s=0.05) is True
+    finally:
+        release.set()
 
 
 def test_the_command_reads_its_file_and_age_from_the_settings(
