@@ -190,3 +190,15 @@ def test_the_unknown_keys_remembered_for_logging_once_are_bounded_in_size_not_on
     assert sum(len(key) for _, key in tasks._UNKNOWN_SEEN) <= 3 * 64
     said = [r.getMessage() for r in caplog.records if "from another version" in r.getMessage()]
     assert len(said) == 3 and all(len(s) < 200 for s in said)
+
+
+def test_a_fanout_tick_with_its_kind_given_positionally_still_fans_out(
+    app: Celery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before the mapping, fanout_task(kind) took its kind by position too (celery call --args, Flower's
+    # apply): such a message must not turn into a TypeError.
+    kinds: list[str] = []
+    monkeypatch.setattr(tasks, "fanout", lambda *args, kind, **kwargs: kinds.append(kind))
+    app.tasks["autopilot.fanout"]("periodic")
+    app.tasks["autopilot.fanout"](kind="invasive")
+    assert kinds == ["periodic", "invasive"]
