@@ -85,21 +85,22 @@ def broker_away(environ: Mapping[str, str], timeout_s: float = BROKER_TIMEOUT_S)
             client = redis.Redis.from_url(url, password=settings.redis_password or None, **once, **extra)
     except (ValueError, errors.ConfigError):
         return False  # a URL the worker could not use either: no outage to excuse
-    answered: list[bool] = []
+    away: list[bool] = []
 
     def ask() -> None:
         try:
-            answered.append(bool(client.ping()))
+            away.append(not client.ping())
         except (redis.RedisError, OSError):
-            answered.append(False)
+            away.append(True)
         finally:
             client.close()
 
-    # A daemon thread: a question still open at the bound is left behind when the probe exits.
+    # A daemon thread: a question still open at the bound is left behind when the probe exits. One that
+    # ended without an answer (an unexpected error, printed by the thread) excuses nothing, as before.
     asking = threading.Thread(target=ask, name="probe-ping", daemon=True)
     asking.start()
     asking.join(timeout_s)
-    return not (answered and answered[0])
+    return asking.is_alive() or (bool(away) and away[0])
 
 
 def main(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:

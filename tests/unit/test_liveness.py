@@ -103,6 +103,21 @@ def test_a_broker_that_has_not_answered_within_the_timeout_in_all_is_away(monkey
         release.set()
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_an_unexpected_error_asking_the_broker_excuses_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    import redis
+
+    class Broken:
+        def ping(self) -> bool:
+            raise RuntimeError("a bug, not an outage")
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(redis.Redis, "from_url", lambda *args, **kwargs: Broken())
+    assert probe.broker_away({"AUTOPILOT_REDIS_URL": "redis://redis.example:6379/0"}, timeout_s=5) is False
+
+
 def test_the_command_reads_its_file_and_age_from_the_settings(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
