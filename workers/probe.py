@@ -31,9 +31,17 @@ def verdict(path: str, max_age_s: float, broker_away: Callable[[], bool], *, now
         age = None
     except OSError as exc:
         return 1, f"cannot read the heartbeat file {path}: {exc}"
-    if age is not None and age <= max_age_s:
+    # The mark and ``now`` are wall-clock times. After the clock went back, a live process marks again within its
+    # interval; a mark still more than ``max_age_s`` ahead is a stopped one's, which must not pass until the clock
+    # catches up with it (a jump forward costs a live process one failed probe at most, for the same reason).
+    if age is not None and -max_age_s <= age <= max_age_s:
         return 0, f"live: heartbeat {max(age, 0.0):.0f} s old"
-    said = f"no heartbeat file {path}" if age is None else f"heartbeat {age:.0f} s old (more than {max_age_s:g} s)"
+    if age is None:
+        said = f"no heartbeat file {path}"
+    elif age < 0:
+        said = f"heartbeat {-age:.0f} s in the future (the clock went back; more than {max_age_s:g} s)"
+    else:
+        said = f"heartbeat {age:.0f} s old (more than {max_age_s:g} s)"
     if broker_away():
         return 0, f"{said}, but the broker does not answer either: waiting for it, not restarting"
     return 1, f"{said} while the broker answers: the process's loop stopped making progress"

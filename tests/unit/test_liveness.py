@@ -49,6 +49,14 @@ def test_a_stale_heartbeat_fails_while_the_broker_answers(tmp_path: Path) -> Non
     assert "121 s old" in said and "stopped making progress" in said
 
 
+def test_a_heartbeat_left_far_ahead_by_a_clock_that_went_back_fails_while_the_broker_answers(tmp_path: Path) -> None:
+    # A live process marks again within its interval after the jump; a hung one's mark stays an hour ahead.
+    code, said = probe.verdict(heartbeat(tmp_path, -3600), 120, answers, now=NOW)
+    assert code == 1 and "3600 s in the future" in said
+    assert probe.verdict(heartbeat(tmp_path, -3600), 120, away, now=NOW)[0] == 0
+    assert probe.verdict(heartbeat(tmp_path, -2), 120, answers, now=NOW) == (0, "live: heartbeat 0 s old")
+
+
 def test_a_missing_heartbeat_fails_while_the_broker_answers(tmp_path: Path) -> None:
     code, said = probe.verdict(str(tmp_path / "none"), 120, answers, now=NOW)
     assert code == 1 and "no heartbeat file" in said
