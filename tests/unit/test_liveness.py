@@ -176,6 +176,21 @@ def test_liveness_settings_are_validated(variable: str, text: str) -> None:
     assert caught.value.field == variable
 
 
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"AUTOPILOT_LIVENESS_INTERVAL": "5m"},  # past the default 2 min
+        {"AUTOPILOT_LIVENESS_INTERVAL": "30s", "AUTOPILOT_LIVENESS_MAX_AGE": "30s"},
+    ],
+)
+def test_a_max_age_not_above_the_interval_is_refused(env: dict[str, str]) -> None:
+    # Between two marks the age reaches the interval: every live worker and beat would fail its probe.
+    with pytest.raises(errors.BadParameter) as caught:
+        config.Settings.from_env(env)
+    assert caught.value.field == "AUTOPILOT_LIVENESS_MAX_AGE"
+    assert config.Settings.from_env({"AUTOPILOT_LIVENESS_INTERVAL": "30s"}).liveness_max_age_s == 120
+
+
 def test_touch_creates_the_file_then_moves_its_time(tmp_path: Path) -> None:
     path = str(tmp_path / "alive")
     liveness.touch(path)
