@@ -62,8 +62,8 @@ CLIENTS_KWARGS = ("run_id", "node", "phase", "jobs", "duration_s")
 STOP_KWARGS = ("run_id", "node")
 RING_KWARGS = ("run_id", "nodes", "params")
 
-# (task, key's first 64 characters) of the unknown keyword arguments already logged: a newer sender's field is named once per
-# process, not once per message. Bounded, since a hostile sender can invent keys without end.
+# (task, key's first 64 characters) of the unknown keyword arguments already logged: a newer sender's field
+# is named once per process, not once per message. Bounded, since a hostile sender can invent keys without end.
 _UNKNOWN_SEEN: set[tuple[str, str]] = set()
 _UNKNOWN_SEEN_MOST = 1024
 _UNKNOWN_LOCK = threading.Lock()
