@@ -247,7 +247,7 @@ class Settings:
 
     liveness_max_age_s: float = 120.0
     """The oldest heartbeat ``autopilot probe`` takes for a live process (``AUTOPILOT_LIVENESS_MAX_AGE``); several
-    ``AUTOPILOT_LIVENESS_INTERVAL``s, so that a busy machine's late mark is no restart."""
+    ``AUTOPILOT_LIVENESS_INTERVAL``s, so that a busy machine's late mark is no restart (one or less is refused)."""
 
     reconcile_interval_s: float = 30.0
     """How often beat recomputes verdicts and labels and sweeps stale results (``AUTOPILOT_RECONCILE_INTERVAL``)."""
@@ -792,6 +792,11 @@ def _read(environ: Mapping[str, str], checks: CheckRegistry | None = None) -> di
         raise errors.BadParameter(
             "AUTOPILOT_CONFIRM_NEED", "cannot exceed AUTOPILOT_CONFIRM_WINDOW (N of the last M results)"
         )
+    if values.get("liveness_max_age_s", Settings.liveness_max_age_s) <= values.get(
+        "liveness_interval_s", Settings.liveness_interval_s
+    ):
+        # Between two marks the heartbeat's age reaches the interval: every live process would fail its probe.
+        raise errors.BadParameter("AUTOPILOT_LIVENESS_MAX_AGE", "must be more than AUTOPILOT_LIVENESS_INTERVAL")
     if "dcgm_fatal_errors" in values and not values["dcgm_fatal_errors"]:
         # An empty DCGM_FATAL_ERRORS means "use the defaults", as upstream documents.
         values.pop("dcgm_fatal_errors")

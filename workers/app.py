@@ -244,8 +244,11 @@ def create_celery(settings: config.Settings, checks: registry.CheckRegistry | No
         return {r.check: r.status.value for r in done}
 
     @app.task(name=FANOUT_TASK)
-    def fanout_task(**message: Any) -> str | None:
-        given, missing = tasks.message_kwargs(FANOUT_TASK, message, tasks.FANOUT_KWARGS)
+    def fanout_task(*args: Any, **message: Any) -> str | None:
+        # Its kind by position too, as fanout_task(kind) took it (celery call --args, Flower's apply).
+        given, missing = tasks.message_kwargs(
+            FANOUT_TASK, {**dict(zip(tasks.FANOUT_KWARGS, args, strict=False)), **message}, tasks.FANOUT_KWARGS
+        )
         if missing:
             # Beat's own tick, without its kind: nothing to fan out; the next tick comes within its interval.
             log.warning("fanout tick refused: %s", tasks.other_version(missing))

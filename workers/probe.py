@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -30,18 +31,29 @@ def verdict(path: str, max_age_s: float, broker_away: Callable[[], bool], *, now
         age = None
     except OSError as exc:
         return 1, f"cannot read the heartbeat file {path}: {exc}"
-    if age is not None and age <= max_age_s:
+    # The mark and ``now`` are wall-clock times. After the clock went back, a live process marks again within its
+    # interval; a mark still more than ``max_age_s`` ahead is a stopped one's, which must not pass until the clock
+    # catches up with it (a jump forward costs a live process one failed probe at most, for the same reason).
+    if age is not None and -max_age_s <= age <= max_age_s:
         return 0, f"live: heartbeat {max(age, 0.0):.0f} s old"
-    said = f"no heartbeat file {path}" if age is None else f"heartbeat {age:.0f} s old (more than {max_age_s:g} s)"
+    if age is None:
+        said = f"no heartbeat file {path}"
+    elif age < 0:
+        said = f"heartbeat {-age:.0f} s in the future (the clock went back; more than {max_age_s:g} s)"
+    else:
+        said = f"heartbeat {age:.0f} s old (more than {max_age_s:g} s)"
     if broker_away():
         return 0, f"{said}, but the broker does not answer either: waiting for it, not restarting"
     return 1, f"{said} while the broker answers: the process's loop stopped making progress"
 
 
 def broker_away(environ: Mapping[str, str], timeout_s: float = BROKER_TIMEOUT_S) -> bool:
-    """Whether the broker of ``environ``'s settings does not answer a PING within ``timeout_s`` (no retries).
+    """Whether the broker of ``environ``'s settings does not answer a PING within ``timeout_s`` in all (no retries).
 
-    Settings that name no usable broker are no outage (False): nothing excuses a stale file then.
+    Settings that name no usable broker are no outage (False): nothing excuses a stale file then. The bound is
+    on the whole question, not on each socket: a Sentinel client asks each Sentinel in turn, then the master,
+    and a name lookup has no timeout at all; the kubelet counts a probe past its ``timeoutSeconds`` as a
+    failure, which would restart the fleet during the very outage this excuses.
     """
     import redis
     import redis.sentinel
@@ -67,6 +79,9 @@ def broker_away(environ: Mapping[str, str], timeout_s: float = BROKER_TIMEOUT_S)
     try:
         if url.startswith("sentinel://"):
             hosts, db = celery_app.sentinels(url)
+            # Each Sentinel and the master within the one bound: a partitioned Sentinel leaves time for the next.
+            share = timeout_s / (len(hosts) + 1)
+            once = {**once, "socket_timeout": share, "socket_connect_timeout": share}
             watcher = redis.sentinel.Sentinel(
                 hosts, sentinel_kwargs={"password": settings.redis_sentinel_password or None, **once}
             )
@@ -78,12 +93,22 @@ def broker_away(environ: Mapping[str, str], timeout_s: float = BROKER_TIMEOUT_S)
             client = redis.Redis.from_url(url, password=settings.redis_password or None, **once, **extra)
     except (ValueError, errors.ConfigError):
         return False  # a URL the worker could not use either: no outage to excuse
-    try:
-        return not client.ping()
-    except (redis.RedisError, OSError):
-        return True
-    finally:
-        client.close()
+    away: list[bool] = []
+
+    def ask() -> None:
+        try:
+            away.append(not client.ping())
+        except (redis.RedisError, OSError):
+            away.append(True)
+        finally:
+            client.close()
+
+    # A daemon thread: a question still open at the bound is left behind when the probe exits. One that
+    # ended without an answer (an unexpected error, printed by the thread) excuses nothing, as before.
+    asking = threading.Thread(target=ask, name="probe-ping", daemon=True)
+    asking.start()
+    asking.join(timeout_s)
+    return asking.is_alive() or (bool(away) and away[0])
 
 
 def main(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:

@@ -115,6 +115,11 @@ class Servers:
                 return {"ok": False, "started": 0, "error": "run already stopped"}
             if key in self._by_run:  # a redelivered task: the servers are up
                 return {"ok": True, "started": len(self._by_run[key]), "error": ""}
+            # Servers that lived out their lifetime (a dead coordinator never sent the stop) run no more:
+            # forgotten, so they neither count against the next ring nor stay in memory. An empty list is
+            # a start in progress.
+            for ended in [k for k, procs in self._by_run.items() if procs and all(p.poll() is not None for p in procs)]:
+                del self._by_run[ended]
             running = sum(len(procs) for (_, n), procs in self._by_run.items() if n == node)
             if running + len(binds) * len(ports) > MOST_SERVERS_PER_NODE:
                 why = f"{running} iperf3 servers already run on this node (at most {MOST_SERVERS_PER_NODE})"

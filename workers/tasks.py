@@ -62,8 +62,8 @@ CLIENTS_KWARGS = ("run_id", "node", "phase", "jobs", "duration_s")
 STOP_KWARGS = ("run_id", "node")
 RING_KWARGS = ("run_id", "nodes", "params")
 
-# (task, key) of the unknown keyword arguments already logged: a newer sender's field is named once per
-# process, not once per message. Bounded, since a hostile sender can invent keys without end.
+# (task, key's first 64 characters) of the unknown keyword arguments already logged: a newer sender's field
+# is named once per process, not once per message. Bounded, since a hostile sender can invent keys without end.
 _UNKNOWN_SEEN: set[tuple[str, str]] = set()
 _UNKNOWN_SEEN_MOST = 1024
 _UNKNOWN_LOCK = threading.Lock()
@@ -80,10 +80,12 @@ def message_kwargs(task: str, message: Mapping[str, Any], expected: Sequence[str
     for key in message:
         if key in expected:
             continue
+        # Remembered by what the log shows of it: a hostile key may be a megabyte, and 1,024 of them a gigabyte.
+        shown = str(key)[:64]
         with _UNKNOWN_LOCK:
-            first = (task, key) not in _UNKNOWN_SEEN and len(_UNKNOWN_SEEN) < _UNKNOWN_SEEN_MOST
+            first = (task, shown) not in _UNKNOWN_SEEN and len(_UNKNOWN_SEEN) < _UNKNOWN_SEEN_MOST
             if first:
-                _UNKNOWN_SEEN.add((task, key))
+                _UNKNOWN_SEEN.add((task, shown))
         if first:
             log.warning("%s: ignoring keyword argument %.64r from another version (logged once)", task, key)
     given = {k: message[k] for k in expected if k in message}

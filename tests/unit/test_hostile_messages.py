@@ -325,3 +325,26 @@ def test_servers_messages_under_made_up_run_ids_cannot_start_servers_without_end
     finally:
         for r in run_ids:
             tasks.iperf_stop(host, run_id=r, node=NODE)
+
+
+def test_servers_that_lived_out_their_lifetime_do_not_count_against_a_new_ring(
+    ring_host: tuple[NodeHost, FakeRunner],
+) -> None:
+    # Four dead coordinators' rings (no stop message ever came): their servers exited at their lifetime.
+    # The node runs none of them any more, so the next real ring must start its servers.
+    host, runner = ring_host
+    binds = [f"10.0.{k}.1" for k in range(64)]
+    run_ids = [uuid.uuid4().hex for _ in range(5)]
+    try:
+        for r in run_ids[:4]:
+            tasks.iperf_servers(host, run_id=r, node=NODE, binds=binds, ports=list(range(5200, 5216)), lifetime_s=60)
+        for proc in runner.spawned:
+            proc.returncode = 0  # the lifetime timer ended each one
+        reply = tasks.iperf_servers(
+            host, run_id=run_ids[4], node=NODE, binds=binds, ports=list(range(5200, 5216)), lifetime_s=60
+        )
+        assert reply == {"ok": True, "started": 1024, "error": ""}
+        assert ring.SERVERS.running().get((run_ids[0], NODE)) is None  # the exited ones are forgotten
+    finally:
+        for r in run_ids:
+            tasks.iperf_stop(host, run_id=r, node=NODE)

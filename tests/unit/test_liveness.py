@@ -8,6 +8,7 @@ themselves are in ``tests/integration/test_liveness.py``.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -48,6 +49,14 @@ def test_a_stale_heartbeat_fails_while_the_broker_answers(tmp_path: Path) -> Non
     assert "121 s old" in said and "stopped making progress" in said
 
 
+def test_a_heartbeat_left_far_ahead_by_a_clock_that_went_back_fails_while_the_broker_answers(tmp_path: Path) -> None:
+    # A live process marks again within its interval after the jump; a hung one's mark stays an hour ahead.
+    code, said = probe.verdict(heartbeat(tmp_path, -3600), 120, answers, now=NOW)
+    assert code == 1 and "3600 s in the future" in said
+    assert probe.verdict(heartbeat(tmp_path, -3600), 120, away, now=NOW)[0] == 0
+    assert probe.verdict(heartbeat(tmp_path, -2), 120, answers, now=NOW) == (0, "live: heartbeat 0 s old")
+
+
 def test_a_missing_heartbeat_fails_while_the_broker_answers(tmp_path: Path) -> None:
     code, said = probe.verdict(str(tmp_path / "none"), 120, answers, now=NOW)
     assert code == 1 and "no heartbeat file" in said
@@ -77,6 +86,44 @@ def test_a_broker_on_a_closed_port_is_away_and_no_broker_is_no_outage() -> None:
     assert probe.broker_away({"AUTOPILOT_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}, timeout_s=1) is True
     assert probe.broker_away({}) is False
     assert probe.broker_away({"AUTOPILOT_REDIS_URL": "sentinel://"}) is False
+
+
+def test_a_broker_that_has_not_answered_within_the_timeout_in_all_is_away(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each socket has its own timeout, but a question can take many in turn (a Sentinel client asks each
+    # Sentinel, then the master; a name lookup has none at all). The kubelet counts a probe past its
+    # timeoutSeconds as a failure, so an outage must be answered within the probe's own bound, not after.
+    import redis
+
+    release = threading.Event()
+
+    class Slow:
+        def ping(self) -> bool:
+            release.wait(30)
+            return True  # answers, but long after the probe may wait
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(redis.Redis, "from_url", lambda *args, **kwargs: Slow())
+    try:
+        assert probe.broker_away({"AUTOPILOT_REDIS_URL": "redis://redis.example:6379/0"}, timeout_s=0.05) is True
+    finally:
+        release.set()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_an_unexpected_error_asking_the_broker_excuses_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    import redis
+
+    class Broken:
+        def ping(self) -> bool:
+            raise RuntimeError("a bug, not an outage")
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(redis.Redis, "from_url", lambda *args, **kwargs: Broken())
+    assert probe.broker_away({"AUTOPILOT_REDIS_URL": "redis://redis.example:6379/0"}, timeout_s=5) is False
 
 
 def test_the_command_reads_its_file_and_age_from_the_settings(
@@ -127,6 +174,21 @@ def test_liveness_settings_are_validated(variable: str, text: str) -> None:
     with pytest.raises(errors.BadParameter) as caught:
         config.Settings.from_env({variable: text})
     assert caught.value.field == variable
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"AUTOPILOT_LIVENESS_INTERVAL": "5m"},  # past the default 2 min
+        {"AUTOPILOT_LIVENESS_INTERVAL": "30s", "AUTOPILOT_LIVENESS_MAX_AGE": "30s"},
+    ],
+)
+def test_a_max_age_not_above_the_interval_is_refused(env: dict[str, str]) -> None:
+    # Between two marks the age reaches the interval: every live worker and beat would fail its probe.
+    with pytest.raises(errors.BadParameter) as caught:
+        config.Settings.from_env(env)
+    assert caught.value.field == "AUTOPILOT_LIVENESS_MAX_AGE"
+    assert config.Settings.from_env({"AUTOPILOT_LIVENESS_INTERVAL": "30s"}).liveness_max_age_s == 120
 
 
 def test_touch_creates_the_file_then_moves_its_time(tmp_path: Path) -> None:

@@ -176,3 +176,29 @@ def test_a_ring_message_missing_its_run_id_is_refused(app: Celery, host: NodeHos
 def test_beats_ticks_tolerate_a_key_more_and_refuse_a_fanout_without_its_kind(app: Celery) -> None:
     assert app.tasks["autopilot.fanout"](jitter=3) is None
     assert app.tasks["autopilot.reconcile"](since=0) == {}
+
+
+def test_the_unknown_keys_remembered_for_logging_once_are_bounded_in_size_not_only_in_number(
+    app: Celery, host: NodeHost, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A hostile sender's keys may each be a megabyte: the 1,024 remembered must not hold a gigabyte.
+    caplog.set_level(logging.WARNING, logger="workers.tasks")
+    task = app.tasks[RUN_TASK]
+    for n in range(3):
+        huge = f"{n}" + "k" * 1_000_000
+        assert task(**message(**{huge: 1})) == {"remapped": "ok", "gpupower": "ok"}
+    assert sum(len(key) for _, key in tasks._UNKNOWN_SEEN) <= 3 * 64
+    said = [r.getMessage() for r in caplog.records if "from another version" in r.getMessage()]
+    assert len(said) == 3 and all(len(s) < 200 for s in said)
+
+
+def test_a_fanout_tick_with_its_kind_given_positionally_still_fans_out(
+    app: Celery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before the mapping, fanout_task(kind) took its kind by position too (celery call --args, Flower's
+    # apply): such a message must not turn into a TypeError.
+    kinds: list[str] = []
+    monkeypatch.setattr(tasks, "fanout", lambda *args, kind, **kwargs: kinds.append(kind))
+    app.tasks["autopilot.fanout"]("periodic")
+    app.tasks["autopilot.fanout"](kind="invasive")
+    assert kinds == ["periodic", "invasive"]
