@@ -179,34 +179,40 @@ class Suspects:
 
 
 def localise(pairs: Iterable[PairResult], *, others_bad_max: float = 0.25) -> Suspects:
-    """Name the node (or pairs) to blame for bad pair results.
+    """Name the node(s) (or pairs) to blame for bad pair results.
 
-    A node is a suspect when every pair that involves it is bad and at most ``others_bad_max``
-    of the pairs that do not involve it are bad (with three or more nodes; with two, a bad pair
-    cannot tell its ends apart, so the pair is the suspect).
+    The suspects are nodes every pair of which is bad, fewer than half the nodes, such that at most
+    ``others_bad_max`` of the pairs that involve none of them are bad (with three or more nodes; with
+    two, a bad pair cannot tell its ends apart, so the pair is the suspect). Each is judged against
+    the pairs without any of them, not only without itself: otherwise two down nodes of a small
+    fleet (two of eight) hid each other, the other's pairs making more than a quarter bad. A node
+    whose every pair is with the suspects already named (taken most bad pairs first) is not named.
     """
     found = list(pairs)
     bad = [p for p in found if p.bad]
     if not bad:
         return Suspects((), ())
     # One pass over the pairs (a fleet that pings every node has n^2 of them): per node, the pairs
-    # that involve it and how many of those are bad.
+    # that involve it, how many of those are bad, and its peers.
     mine: collections.Counter[str] = collections.Counter()
     mine_bad: collections.Counter[str] = collections.Counter()
+    peers: dict[str, set[str]] = collections.defaultdict(set)
     for p in found:
+        peers[p.source].add(p.target)
+        peers[p.target].add(p.source)
         for node in {p.source, p.target}:
             mine[node] += 1
             mine_bad[node] += p.bad
-    suspects: list[str] = []
+    suspects: set[str] = set()
     if len(mine) >= 3:
-        for node in sorted(mine):
-            if mine_bad[node] == mine[node]:
-                others = len(found) - mine[node]
-                others_bad = (len(bad) - mine_bad[node]) / others if others else 0.0
-                if others_bad <= others_bad_max:
-                    suspects.append(node)
-    if suspects:
-        return Suspects(tuple(suspects), ())
+        for node in sorted((n for n in mine if mine_bad[n] == mine[n]), key=lambda n: (-mine_bad[n], n)):
+            if peers[node] - suspects - {node}:
+                suspects.add(node)
+    if suspects and 2 * len(suspects) < len(mine):
+        others = [p for p in found if p.source not in suspects and p.target not in suspects]
+        others_bad = sum(p.bad for p in others) / len(others) if others else 0.0
+        if others_bad <= others_bad_max:
+            return Suspects(tuple(sorted(suspects)), ())
     return Suspects((), tuple(sorted((p.source, p.target, p.interface) for p in bad)))
 
 

@@ -158,6 +158,25 @@ def test_localise_names_the_node_whose_every_pair_fails() -> None:
     assert network.localise(pairs_with(bad)).nodes == ("c",)
 
 
+def test_localise_names_two_down_nodes_of_a_small_fleet() -> None:
+    # Two of eight nodes down: every pair of each is bad, and the other's pairs make more than a
+    # quarter of the pairs without it bad; the pairs among the six others are all good.
+    nodes = "abcdefgh"
+    bad = {(s, t) for s in nodes for t in nodes if s != t and ({s, t} & {"e", "f"})}
+    assert network.localise(pairs_with(bad, nodes)).nodes == ("e", "f")
+
+
+def test_localise_names_no_majority_of_nodes() -> None:
+    # Three nodes, every pair bad: two may be down or one link; no node is named.
+    bad = {(s, t) for s in "abc" for t in "abc" if s != t}
+    assert network.localise(pairs_with(bad, "abc")).nodes == ()
+    # A node whose every pair is bad only because its peers are the suspects is not named with them.
+    found = [network.PairResult(s, t, "eth0", True) for s, t in (("a", "x"), ("x", "a"), ("b", "x"), ("a", "b"))]
+    good = [network.PairResult(s, t, "eth0", False) for s in "cdefg" for t in "cdefg" if s != t]
+    edges = [network.PairResult(s, t, "eth0", True) for s in "ab" for t in "cdefg"]
+    assert network.localise(found + good + edges).nodes == ("a", "b")
+
+
 def test_localise_falls_back_to_pairs() -> None:
     found = network.localise(pairs_with({("a", "b")}))
     assert found.nodes == () and found.pairs == (("a", "b", "eth0"),)
