@@ -6,7 +6,8 @@ engine stamps on the devices of GPU checks, or any device of a GPU check): for e
 ``EVICT``   a ``fail`` device of a fatal result (row remap failure, a lost GPU, a DCGM fatal
             category), or the GPU was evicted and nothing has cleared it (sticky, as the node's)
 ``WARN``    a ``fail``, ``warn`` or ``error`` device
-``PASS``    only ``ok`` (or ``skipped``) devices
+``PASS``    only ``ok`` (or ``skipped``) devices; a device skipped as in use by others adds its
+            detail to the reasons, whatever the verdict (docs/RESULTS.md)
 ``UNKNOWN`` the GPU is known from earlier but no fresh result names it
 
 A GPU's ``EVICT`` is cleared as the node's is (ARCHITECTURE.md 4.2): a level-3 DCGM pass that
@@ -29,7 +30,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from autopilot import registry, results, verdict
+from autopilot import baseline, registry, results, verdict
 from autopilot.labeling import PREFIX
 from autopilot.results import CheckResult, DeviceResult, Status
 from autopilot.verdict import Verdict
@@ -129,6 +130,7 @@ class _Seen:
     worst: Verdict = Verdict.PASS
     reasons: list[str] = dataclasses.field(default_factory=list)
     looked: bool = False
+    notes: list[str] = dataclasses.field(default_factory=list)
 
 
 def decide(
@@ -179,6 +181,10 @@ def decide(
                 entry.worst = contribution
             if contribution is not Verdict.PASS:
                 entry.reasons.append(_reason(result, device))
+        elif _in_use_by_others(result, device):
+            # No finding, yet the only sign in the per-GPU view that this GPU's figure went
+            # unjudged (a GPU held at every run never is): the skip and its evidence.
+            entry.notes.append(_reason(result, device))
     clears = [r for r in found if r.check == "dcgm"]
     out: dict[str, GpuState] = {}
     for key in set(previous) | set(seen):
@@ -188,6 +194,7 @@ def decide(
             entry = current
             if not entry.looked:
                 entry.worst, entry.reasons = Verdict.UNKNOWN, ["no fresh finding (skipped)"]
+            entry.reasons += entry.notes
         elif before is None or (before.bus_id and any(s.bus_id == before.bus_id for s in seen.values())):
             continue  # another GPU now sits at its address: this one was replaced
         else:
@@ -208,6 +215,13 @@ def _contribution(result: CheckResult, device: DeviceResult) -> Verdict | None:
     if device.status is Status.OK:
         return Verdict.PASS
     return None  # skipped or busy: not looked at
+
+
+def _in_use_by_others(result: CheckResult, device: DeviceResult) -> bool:
+    """A ``skipped`` device whose ``data.gpus.<id>`` says others used the GPU while it was measured."""
+    per_gpu = result.data.get("gpus")
+    entry = per_gpu.get(device.id) if isinstance(per_gpu, Mapping) else None
+    return device.status is Status.SKIPPED and isinstance(entry, Mapping) and baseline.in_use_by_others(entry)
 
 
 def _reason(result: CheckResult, device: DeviceResult) -> str:

@@ -262,6 +262,28 @@ def test_flags_add_a_reason_whatever_the_verdict() -> None:
     assert states[uuid(0)].reasons == ("repeat offender: 3 incidents in the last 7 days",)
 
 
+def test_a_gpu_in_use_by_others_names_what_was_not_judged_on_it() -> None:
+    # pciebw skipped GPU 3 as in use by others: its verdict stays that of what was judged
+    # (PASS from remapped), and the per-GPU view names the skip with its evidence, as the
+    # result's summary does; a GPU skipped for another reason gets no such note.
+    busy = "in use by others (61 GiB used): H2D 21.3 GB/s not judged"
+    devices = tuple(
+        dataclasses.replace(d, status=Status.SKIPPED, detail=busy if d.id == "3" else "no link reading")
+        if d.id in ("3", "4")
+        else d
+        for d in healthy("pciebw", 8).devices
+    )
+    gpus = {str(i): {"in_use": {"busy": i == 3}} for i in range(8)}
+    pciebw = dataclasses.replace(healthy("pciebw", 8), devices=devices, data={"gpus": gpus})
+    states = gpuverdict.decide(
+        {"remapped": healthy("remapped"), "pciebw": pciebw}, {}, now=NOW, max_age_s=AGE, checks=shipped_checks()
+    )
+    assert states[uuid(3)].verdict is Verdict.PASS
+    assert states[uuid(3)].reasons == (f"pciebw: skipped: {busy}",)
+    assert states[uuid(4)].reasons == ()
+    assert gpuverdict.labels(states)[gpuverdict.GPUS_HEALTHY] == "8"
+
+
 def test_state_round_trips_through_node_state_json() -> None:
     states = gpuverdict.decide(
         {"remapped": gpu_result("remapped", {0: Status.FAIL, 1: Status.OK}, fatal=True)},
