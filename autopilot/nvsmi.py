@@ -270,8 +270,14 @@ def lost_in_row(row: Mapping[str, str]) -> str:
     said = next((value for value in row.values() if _LOST_CELL.match(value.strip())), None)
     if said is None:
         return ""
-    bus = row.get("pci.bus_id") or row.get("gpu_bus_id") or "its bus id unknown"
-    return f"nvidia-smi answered {said} for the GPU at {bus}"
+    bus = row.get("pci.bus_id") or row.get("gpu_bus_id")
+    if bus and not bus.startswith("["):
+        return f"nvidia-smi answered {said} for the GPU at {bus}"
+    # The remapped-rows query names its GPU by UUID alone; the lost GPU's own cells may be bracketed too.
+    uuid = row.get("gpu_uuid") or row.get("uuid")
+    if uuid and not uuid.startswith("["):
+        return f"nvidia-smi answered {said} for {uuid}"
+    return f"nvidia-smi answered {said} for the GPU (no bus id or UUID in its row)"
 
 
 def lost_gpu(line: str) -> LostGpu | None:

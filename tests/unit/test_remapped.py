@@ -406,3 +406,20 @@ def test_a_csv_row_that_says_gpu_is_lost_is_a_fatal_fail_at_its_index() -> None:
     assert result.devices[1].detail.startswith("GPU is lost, fell off the bus: ")
     unknown = remapped.evaluate_text(lost.replace("[GPU is lost]", "[Unknown Error]"), {}, None)
     assert unknown.status is Status.ERROR and not unknown.fatal
+
+
+def test_a_lost_csv_row_without_a_bus_id_is_named_by_its_uuid() -> None:
+    # The remapped-rows query as documented (gpu_uuid, no bus id): the GPU is named by what the row has,
+    # not "at its bus id unknown".
+    head = (
+        "gpu_uuid, remapped_rows.correctable, remapped_rows.uncorrectable, remapped_rows.pending, "
+        "remapped_rows.failure\n"
+    )
+    uuid = "GPU-455e672a-1111-2222-3333-444455556667"
+    result = remapped.evaluate_text(head + uuid + ", [GPU is lost]" * 4 + "\n", {}, None)
+    assert result.devices[0].status is Status.FAIL
+    assert result.devices[0].detail == f"GPU is lost, fell off the bus: nvidia-smi answered [GPU is lost] for {uuid}"
+    unnamed = remapped.evaluate_text(head + "[GPU is lost]" + ", [GPU is lost]" * 4 + "\n", {}, None)
+    assert unnamed.devices[0].detail == (
+        "GPU is lost, fell off the bus: nvidia-smi answered [GPU is lost] for the GPU (no bus id or UUID in its row)"
+    )
