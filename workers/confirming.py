@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Collection, Mapping, Sequence
 
-from autopilot import config, confirmation, network
+from autopilot import config, confirmation, network, results
 from autopilot.confirmation import Policy, State
 from autopilot.registry import CheckRegistry
 from autopilot.results import CheckResult, Status
@@ -50,17 +50,42 @@ def effective_latest(
     if not confirmation.needs_history(latest, state.verdict, pol):
         return dict(latest)
     history = store.history(node, limit=_history(settings, pol, len(latest)))
-    found, _ = confirmation.effective(latest, history, pol, excuse(suspects))
+    spans = store.ping_suspect_spans() if "ping" in latest else {}
+    found, _ = confirmation.effective(latest, history, pol, excuse(suspects, spans, lead_s=settings.node_deadline_s))
     return found
 
 
-def excuse(suspects: Collection[str]) -> Callable[[CheckResult], CheckResult] | None:
+def excuse(
+    suspects: Collection[str], spans: Mapping[str, tuple[float, float]] | None = None, *, lead_s: float = 0.0
+) -> Callable[[CheckResult], CheckResult] | None:
     """What confirmation passes each sample through: its failed pings to ``suspects`` set aside
-    (``network.excuse_ping``); None without suspects."""
-    if not suspects:
-        return None
+    (``network.excuse_ping``), and to the nodes the fleet named when the sample was taken (``spans``:
+    node -> first and last epoch seconds it was named; a sample up to ``lead_s`` before the first look
+    counts, since the fleet names a node only once the run's pings of it are in). None without either.
+
+    Without the spans, a node down for two samples and then back left its failures in every other
+    node's history, judged against the suspects of now: two of three bad, every node that pinged it WARN.
+    """
     kept = frozenset(suspects)
-    return lambda result: network.excuse_ping(result, kept)
+    if not kept and not spans:
+        return None
+    if not spans:
+        return lambda result: network.excuse_ping(result, kept)
+    windows = dict(spans)
+
+    def then(result: CheckResult) -> CheckResult:
+        at = _epoch(result.started_at)
+        named = {n for n, (first, last) in windows.items() if at is not None and first - lead_s <= at <= last}
+        return network.excuse_ping(result, kept | named)
+
+    return then
+
+
+def _epoch(stamp: str) -> float | None:
+    try:
+        return results.parse_iso(stamp).timestamp() if stamp else None
+    except ValueError:
+        return None
 
 
 def after_task(
@@ -92,8 +117,11 @@ def after_task(
     # A failed ping is judged without its pairs to the suspects the last reconcile kept (one GET, only
     # then): failures to a down node must not make a new failed pair count at once, unconfirmed.
     ping = saved.get("ping")
-    suspects = (store.ping_suspects() or frozenset()) if ping is not None and ping.is_bad else frozenset()
-    judged = {c: confirmation.judge_check(c, r, history, pol, excuse(suspects)) for c, r in saved.items()}
+    bad_ping = ping is not None and ping.is_bad
+    suspects = (store.ping_suspects() or frozenset()) if bad_ping else frozenset()
+    spans = store.ping_suspect_spans() if bad_ping else {}
+    sets_aside = excuse(suspects, spans, lead_s=settings.node_deadline_s)
+    judged = {c: confirmation.judge_check(c, r, history, pol, sets_aside) for c, r in saved.items()}
     prevented = [c for c, j in judged.items() if j.flap_prevented]
     still = {c for c in pending if c not in saved} | {c for c, j in judged.items() if j.state is State.PENDING}
     rerun = [c for c, j in judged.items() if j.wants_confirmation_run] if settings.confirm_runs else []

@@ -255,7 +255,7 @@ def _ping_suspects(
     if kept is not None and not any(network.excuse_ping(p, kept).is_bad for p in pings):
         return kept
     found = fleet_suspects(store, settings, moment)
-    store.set_ping_suspects(found, _SUSPECTS_TTL_S)
+    store.set_ping_suspects(found, _SUSPECTS_TTL_S, now=moment.timestamp(), keep_s=settings.stale_after_s)
     return found
 
 
@@ -290,7 +290,7 @@ def reconcile_all(
     out: dict[str, str] = {}
     known = sorted(store.last_seen().items())
     suspects = fleet_suspects(store, settings, moment, [node for node, _ in known])
-    store.set_ping_suspects(suspects, _SUSPECTS_TTL_S)
+    store.set_ping_suspects(suspects, _SUSPECTS_TTL_S, now=moment.timestamp(), keep_s=settings.stale_after_s)
     for node, seen in known:
         try:
             view = store.view(node)

@@ -22,6 +22,9 @@ Keys (all prefixed ``ap:``):
 - ``flight:<n>|<check>|<digest>`` who holds the single-flight claim of that check with those parameters
                      (``run_id deadline``; ``dispatch.Flights``), expiring at that run's deadline;
                      ``...|after:<run>``: the run that took the claim over from ``<run>`` (first one wins)
+- ``ping_suspects``  JSON list: the fleet's ping suspects the last reconcile that looked found (10 minutes);
+                     ``ping_suspect_spans``: node -> [first, last] epoch seconds it was named without a break
+                     (kept three periodic intervals), so confirmation excuses a sample by the suspects of its time
 - ``tick:<name>:<slot>`` set-once marker so a second beat (or a redelivered tick) does no work twice
 - ``ring:<id>``      hash: the iperf ring's answers (``post_answer``/``answers``), expiring with the ring
 - ``events:counts``, ``events:latency``, ``kmsg:<n>``, ``inject:<n>``: the events follower's (``EventStore``)
@@ -220,8 +223,30 @@ class ResultsStore:
         raw = self.r.get(f"{P}ping_suspects")
         return frozenset(json.loads(raw)) if raw is not None else None
 
-    def set_ping_suspects(self, nodes: Collection[str], ttl_s: float) -> None:
+    def set_ping_suspects(self, nodes: Collection[str], ttl_s: float, *, now: float = 0.0, keep_s: float = 0.0) -> None:
+        """Keep ``nodes`` as the fleet's ping suspects for ``ttl_s``; with ``keep_s``, also extend each one's
+        span (``ping_suspect_spans``) to ``now``, and forget spans that ended more than ``keep_s`` ago."""
         self.r.set(f"{P}ping_suspects", json.dumps(sorted(nodes)), px=max(1, int(ttl_s * 1000)))
+        if keep_s <= 0:
+            return
+        spans = self.ping_suspect_spans()
+        for node in nodes:
+            first, last = spans.get(node, (now, now))
+            # Named again within ttl_s of the last look: the same span goes on; else a new one begins.
+            spans[node] = (first if now - last <= ttl_s else now, now)
+        kept = {n: [first, last] for n, (first, last) in spans.items() if now - last <= keep_s}
+        # Read, then written: two reconciles at once may lose one's extension, which the next look makes again.
+        self.r.set(f"{P}ping_suspect_spans", json.dumps(kept, sort_keys=True), px=max(1, int(keep_s * 1000)))
+
+    def ping_suspect_spans(self) -> dict[str, tuple[float, float]]:
+        """Node -> (first, last) epoch seconds of the looks that named it a ping suspect without a break: what
+        confirmation excuses in samples taken then (``confirming.excuse``)."""
+        raw = self.r.get(f"{P}ping_suspect_spans")
+        try:
+            found = json.loads(raw) if raw is not None else {}
+            return {str(n): (float(v[0]), float(v[1])) for n, v in found.items()}
+        except (ValueError, TypeError, AttributeError, IndexError, KeyError):
+            return {}  # another release's or a damaged value: no spans, as before they were kept
 
     def _hashes(self, kind: str, nodes: Sequence[str]) -> dict[str, Any]:
         """Node -> its ``<kind>:<node>`` hash, every node in one pipeline."""

@@ -205,3 +205,35 @@ def test_the_new_failed_pair_beside_the_suspect_gets_a_confirmation_run() -> Non
     confirming.after_task(store, dispatcher, ping_settings(), "gpu-1", [found], checks=shipped_checks())
     # Before: none (the raw samples' failures to gpu-3 had confirmed the check already).
     assert [s.checks for s in dispatcher.sent] == [("ping",)]
+
+
+def test_a_node_that_was_down_and_came_back_leaves_no_failure_on_the_nodes_that_pinged_it() -> None:
+    # gpu-3 stays down; gpu-5 was down for two samples (the fleet named both), then came back. Each
+    # node's two earlier samples failed to gpu-5 when the fleet blamed it. Before, they were judged
+    # against today's suspects (gpu-3 alone): two of three samples bad, every healthy node WARN
+    # "peer gpu-5 unreachable" although its latest ping reached gpu-5 (seen on autopilot worker
+    # --simulate 8 after a simulated node's link came back).
+    store = store_with(fleet({"gpu-3", "gpu-5"}))
+    alive(store, NOW + timedelta(seconds=5))
+    reconcile.reconcile_all(store, ping_settings(), now=NOW + timedelta(seconds=5), checks=shipped_checks())
+    assert store.ping_suspects() == {"gpu-3", "gpu-5"}
+    for node in NODES:
+        store.save_result(pinged(node, {"gpu-3", "gpu-5"}, 2))
+    alive(store, NOW + timedelta(minutes=2, seconds=5))
+    reconcile.reconcile_all(store, ping_settings(), now=NOW + timedelta(minutes=2, seconds=5), checks=shipped_checks())
+    for node in NODES:
+        store.save_result(pinged(node, {"gpu-3"}, 4))
+    moment = NOW + timedelta(minutes=4, seconds=5)
+    alive(store, moment)
+    found = reconcile.reconcile_all(store, ping_settings(), now=moment, checks=shipped_checks())
+    assert store.ping_suspects() == {"gpu-3"}
+    # gpu-5 itself was down in two of its three samples: WARN until it has passed twice.
+    assert found == {n: ("WARN" if n in ("gpu-3", "gpu-5") else "PASS") for n in NODES}
+    # A failure to gpu-5 after it came back is the pinging node's again (confirmed as any other).
+    for minutes in (6, 8):
+        store.save_result(pinged("gpu-1", {"gpu-3", "gpu-5"}, minutes))
+        alive(store, NOW + timedelta(minutes=minutes, seconds=5))
+    decision = reconcile.reconcile_node(
+        store, "gpu-1", ping_settings(), NOW + timedelta(minutes=8, seconds=5), checks=shipped_checks()
+    )
+    assert decision.verdict.value == "WARN" and any("gpu-5" in r for r in decision.reasons)
