@@ -114,6 +114,10 @@ def translating(cls: C) -> C:
     return cls
 
 
+# The longest a suspect's span is kept after it was last named (``set_ping_suspects``).
+_SPANS_MOST_S = 86_400.0
+
+
 @translating
 class ResultsStore:
     """The ``autopilot.store.Store`` in Redis: typed access to the keys above. ``client`` is a
@@ -229,6 +233,8 @@ class ResultsStore:
         self.r.set(f"{P}ping_suspects", json.dumps(sorted(nodes)), px=max(1, int(ttl_s * 1000)))
         if keep_s <= 0:
             return
+        # Periodic checks off: samples never go stale; a day still bounds what is kept.
+        keep_s = min(keep_s, _SPANS_MOST_S)
         spans = self.ping_suspect_spans()
         for node in nodes:
             first, last = spans.get(node, (now, now))

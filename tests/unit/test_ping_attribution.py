@@ -237,3 +237,12 @@ def test_a_node_that_was_down_and_came_back_leaves_no_failure_on_the_nodes_that_
         store, "gpu-1", ping_settings(), NOW + timedelta(minutes=8, seconds=5), checks=shipped_checks()
     )
     assert decision.verdict.value == "WARN" and any("gpu-5" in r for r in decision.reasons)
+
+
+def test_suspect_spans_are_bounded_when_samples_never_go_stale() -> None:
+    # Periodic checks off: stale_after_s is infinite; the spans are still kept, for a day at most.
+    store = ResultsStore(fakeredis.FakeRedis())
+    store.set_ping_suspects({"gpu-3"}, 60, now=1000.0, keep_s=float("inf"))
+    assert store.ping_suspect_spans() == {"gpu-3": (1000.0, 1000.0)}
+    store.set_ping_suspects(set(), 60, now=1000.0 + 2 * 86_400, keep_s=float("inf"))
+    assert store.ping_suspect_spans() == {}
