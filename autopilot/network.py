@@ -266,6 +266,7 @@ def excuse_ping(result: CheckResult, suspects: Collection[str]) -> CheckResult:
         ok_summary=f"every peer reachable but {named} (the fleet's suspect, not this node)",
         data={**result.data, "excused": sorted(excused)},
         what="peer",
+        group=True,
     )
     return dataclasses.replace(
         result, status=folded.status, summary=folded.summary, devices=folded.devices, data=folded.data

@@ -338,11 +338,13 @@ def from_devices(
     fatal: bool = False,
     data: Mapping[str, Any] | None = None,
     what: str = "GPU",
+    group: bool = False,
 ) -> CheckResult:
     """Fold per-device findings into one result whose summary names the bad devices.
 
     The check status is the worst device status; with no devices at all the check is an
-    ``error`` (we looked and found nothing to judge, which is never a pass).
+    ``error`` (we looked and found nothing to judge, which is never a pass). ``group``: bad devices
+    with the same detail are named together, once (``peers a/eth0, b/eth0: unreachable: ...``).
     """
     devs = tuple(devices)
     if not devs:
@@ -351,6 +353,13 @@ def from_devices(
     bad = [d for d in devs if d.status in (Status.WARN, Status.FAIL, Status.ERROR)]
     if not bad:
         summary = ok_summary
+    elif group:
+        alike: dict[str, list[str]] = {}
+        for d in bad:
+            alike.setdefault(d.detail or d.status.value, []).append(d.id)
+        summary = "; ".join(
+            f"{what}{'s' if len(ids) > 1 else ''} {', '.join(ids)}: {detail}" for detail, ids in alike.items()
+        )
     else:
         summary = "; ".join(f"{what} {d.id}: {d.detail or d.status.value}" for d in bad)
     return CheckResult(

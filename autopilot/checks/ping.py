@@ -108,6 +108,7 @@ def evaluate(replies: Sequence[tuple[peers.Peer, CommandResult | errors.Autopilo
         ok_summary=f"all {len({p['target'] for p in pairs})} peers reachable on {len(devices)} interface(s)",
         data={"pairs": pairs, "reached": reached, "unreachable": failed},
         what="peer",
+        group=True,
     )
     return result
 

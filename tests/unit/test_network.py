@@ -337,3 +337,16 @@ def test_a_runner_that_answers_at_once_is_pinged_without_threads_and_judged_the_
             assert len(runner.threads) == 4 and all(t.startswith("ping") for t in runner.threads)
     assert found[True].to_dict() | {"duration_s": 0} == found[False].to_dict() | {"duration_s": 0}
     assert found[True].status is Status.FAIL and found[True].data["unreachable"] == ["node-c", "node-d"]
+
+
+def test_ping_summary_names_the_peers_that_failed_alike_once() -> None:
+    # A node whose link is down fails every peer the same way: one finding, every peer named, not the
+    # same words once per peer (seven times on eight simulated nodes, once per neighbour on a fleet).
+    def reply(i: int, out: str, rc: int = 1) -> tuple[Peer, CommandResult]:
+        return Peer(f"node-{i}", "eth0", f"192.0.2.{i}"), CommandResult(("ping",), rc, out, "")
+
+    result = ping.evaluate([reply(1, DEAD_PING), reply(2, OK_PING, 0), reply(3, DEAD_PING), reply(4, LOSSY_PING)])
+    dead = next(d.detail for d in result.devices if d.id == "node-1/eth0")
+    lossy = next(d.detail for d in result.devices if d.id == "node-4/eth0")
+    assert result.summary == f"peers node-1/eth0, node-3/eth0: {dead}; peer node-4/eth0: {lossy}"
+    assert [d.status for d in result.devices] == [Status.FAIL, Status.OK, Status.FAIL, Status.WARN]
