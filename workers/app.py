@@ -31,7 +31,7 @@ from autopilot import config, errors, registry
 from autopilot.cluster import ClusterClient
 from autopilot.errors import StoreUnavailable
 from autopilot.results import CheckResult
-from workers import broker, confirming, ring, tasks
+from workers import broker, confirming, ring, runs, tasks
 from workers import host as hosting
 from workers.dispatch import CONTROL_QUEUE, RUN_TASK, CeleryDispatcher
 from workers.store import ResultsStore
@@ -253,7 +253,12 @@ def create_celery(settings: config.Settings, checks: registry.CheckRegistry | No
             # Beat's own tick, without its kind: nothing to fan out; the next tick comes within its interval.
             log.warning("fanout tick refused: %s", tasks.other_version(missing))
             return None
-        run = tasks.fanout(store, dispatcher, settings, registered, kind=given["kind"])
+        kind = given["kind"]
+        if not isinstance(kind, str) or kind not in runs.TICK_KINDS:
+            # A newer beat's tick kind, or a sender's mistake: one line, not a traceback at every tick.
+            log.warning("fanout tick refused: kind %.40r is unknown to this worker (another release?)", kind)
+            return None
+        run = tasks.fanout(store, dispatcher, settings, registered, kind=kind)
         return run.id if run else None
 
     @app.task(name=RECONCILE_TASK)

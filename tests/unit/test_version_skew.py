@@ -202,3 +202,15 @@ def test_a_fanout_tick_with_its_kind_given_positionally_still_fans_out(
     app.tasks["autopilot.fanout"]("periodic")
     app.tasks["autopilot.fanout"](kind="invasive")
     assert kinds == ["periodic", "invasive"]
+
+
+def test_a_fanout_tick_of_a_kind_this_worker_does_not_know_is_refused_not_raised(
+    app: Celery, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A newer beat's tick kind during a rolling upgrade (or a sender's typo): before, ConfigError out of the
+    # task, a traceback in the worker log at every tick. Refused with one warning line, as a tick without a kind.
+    caplog.set_level(logging.WARNING, logger="workers.app")
+    assert app.tasks["autopilot.fanout"](kind="events") is None
+    assert app.tasks["autopilot.fanout"](kind=["periodic"]) is None
+    said = [r.getMessage() for r in caplog.records if r.name == "workers.app"]
+    assert len(said) == 2 and "'events'" in said[0] and "another release" in said[0]
