@@ -121,8 +121,9 @@ def judge(series: Sequence[CheckResult], policy: Policy) -> Judgement:
         bad = sum(1 for r in window if r.is_bad)
         if not result.is_bad:
             if counted is None:
-                # A pass right after a pending failure: without confirmation the verdict flapped.
-                prevented = i > 0 and ordered[i - 1].is_bad
+                # A pass right after a pending failure that was held back (there was a pass to keep
+                # judging): without confirmation the verdict flapped. A first failure counted as it is.
+                prevented = i > 0 and ordered[i - 1].is_bad and last_good is not None
                 last_good = result
                 continue
             passes += 1
@@ -143,8 +144,12 @@ def judge(series: Sequence[CheckResult], policy: Policy) -> Judgement:
         return Judgement(latest.check, counted, State.RECOVERING, prevented, bad, passes)
     if latest.is_bad and last_good is not None:
         return Judgement(latest.check, last_good, State.PENDING, prevented, bad)
-    # A pending failure with no earlier pass to keep judging: there is no PASS to protect from a
-    # flap, and judging nothing would be no truer, so it counts as it is.
+    if latest.is_bad and is_noise_candidate(latest):
+        # A failure that can be noise with no earlier pass to keep judging (a new node's first run):
+        # there is no PASS to protect, and judging nothing would be no truer, so it counts as it is;
+        # still pending, so a confirmation run settles it minutes later instead of a noise sample
+        # holding WARN for a whole interval.
+        return Judgement(latest.check, latest, State.PENDING, prevented, bad)
     return Judgement(latest.check, latest, State.CLEAN, prevented, bad)
 
 

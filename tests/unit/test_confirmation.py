@@ -107,10 +107,25 @@ def test_a_dcgm_level_3_pass_recovers_at_once() -> None:
     assert confirmation.judge(level1, POLICY).state is State.RECOVERING
 
 
-def test_a_first_ever_result_that_fails_counts_as_it_is() -> None:
-    # No pass to keep judging: holding it back would claim a health nobody measured.
+def test_a_first_ever_result_that_fails_counts_as_it_is_and_asks_for_a_confirmation_run() -> None:
+    # No pass to keep judging: holding it back would claim a health nobody measured. Before, it was
+    # CLEAN: no confirmation run, so one noise sample of a new node held WARN for a whole interval.
     j = confirmation.judge(seq("pciebw", "fail"), POLICY)
-    assert j.effective.status is Status.FAIL and j.state is State.CLEAN
+    assert j.effective.status is Status.FAIL and j.state is State.PENDING and j.wants_confirmation_run
+
+
+def test_a_first_failure_that_its_confirmation_run_does_not_repeat_stops_counting() -> None:
+    settled = confirmation.judge(seq("gpumem", "fail", "ok"), POLICY)
+    assert settled.state is State.CLEAN and settled.effective.status is Status.OK
+    # The verdict did count the first failure (there was no pass to keep): no flap was prevented.
+    assert not settled.flap_prevented
+    confirmed = confirmation.judge(seq("gpumem", "fail", "fail"), POLICY)
+    assert confirmed.state is State.CONFIRMED and confirmed.effective.status is Status.FAIL
+
+
+def test_a_first_failure_that_is_never_noise_is_not_re_run() -> None:
+    j = confirmation.judge(seq("gpupower", "fail"), POLICY)
+    assert j.state is State.CONFIRMED and not j.wants_confirmation_run
 
 
 def test_skipped_results_are_passed_over() -> None:

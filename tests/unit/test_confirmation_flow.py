@@ -75,6 +75,19 @@ def test_a_noisy_failure_sends_a_confirmation_run_and_its_pass_counts_a_prevente
     assert node.store.confirmation_marks(NODE) == ("PASS", frozenset())
 
 
+def test_a_new_nodes_first_noisy_failure_gets_a_confirmation_run_whose_pass_ends_the_warn() -> None:
+    # bench.quality at noise 2, seed 2: a healthy node's first gpumem sample missed the peer rule and
+    # held WARN for a whole interval (no history, so no confirmation run was sent).
+    fresh = Node()
+    fresh.result("remapped", "ok")
+    assert fresh.result("pciebw", "fail", hosts="x") == "WARN"  # no pass to keep judging: it counts
+    [sent] = fresh.dispatcher.sent
+    assert sent.checks == ("pciebw",) and sent.params == {"pciebw": {"hosts": "x"}}
+    assert fresh.result("pciebw", "ok") == "PASS"  # the confirmation run's pass
+    assert len(fresh.dispatcher.sent) == 1 and fresh.counts() == {"runs|pciebw": 1}
+    assert fresh.store.confirmation_marks(NODE) == ("PASS", frozenset())
+
+
 def test_a_real_fault_is_confirmed_by_one_confirmation_run_and_recovers_after_k_passes(node: Node) -> None:
     assert node.result("pciebw", "fail") == "PASS"
     assert node.result("pciebw", "fail") == "WARN"  # the confirmation run failed too
