@@ -18,6 +18,9 @@ the localisation of the API's report) are that suspect's finding, not the pingin
 verdict judges the ``ping`` result without them (``network.attribute``). The fleet's pings are
 read once per tick in ``reconcile_all``, which keeps the suspects it found, and by a reconcile
 after a task only when the node's own ``ping`` is bad in a way the kept suspects do not explain.
+Such a reconcile that names a suspect the kept ones lacked reconciles at once the other nodes whose
+fresh ``ping`` failed to it: those confirmed bad before it could be named would otherwise stay ``WARN``
+for its fault until beat's next tick.
 """
 
 from __future__ import annotations
@@ -108,10 +111,11 @@ def reconcile_node(
     # node's verdict and its GPUs' verdicts judge the same view, so a noise sample moves neither.
     confirmed = confirming.effective_latest(store, node, latest, state, settings)
     pings = [r for r in (confirmed.get("ping"), latest.get("ping")) if r is not None and r.is_bad]
+    peers: list[str] = []
     if pings:
         # Failed pings to the fleet's suspects are set aside in every sample before confirmation
         # judges them (``confirming.excuse``), then in what it lets count (``network.attribute``).
-        blamed = _ping_suspects(store, settings, moment, pings, suspects)
+        blamed, peers = _ping_suspects(store, settings, moment, node, pings, suspects)
         if blamed:
             confirmed = confirming.effective_latest(store, node, latest, state, settings, suspects=blamed)
             confirmed = network.attribute(confirmed, blamed)
@@ -163,6 +167,14 @@ def reconcile_node(
     label_changes = labels if view.labels is None else _changes(view.labels, labels)
     if state_changes or label_changes:
         store.set_state_and_labels(node, state_changes, label_changes)
+    for peer in peers:
+        # Given the suspects, a peer's reconcile reads no fleet pings and reconciles no one else.
+        try:
+            reconcile_node(store, peer, settings, moment, cluster=cluster, suspects=blamed, checks=checks)
+        except errors.StoreUnavailable:
+            raise
+        except Exception:  # another node's bad data must not fail this node's reconcile
+            log.exception("reconcile of node %s (a new ping suspect named) failed", peer)
     return decision
 
 
@@ -238,11 +250,13 @@ def _ping_suspects(
     store: ResultsStore,
     settings: config.Settings,
     moment: datetime,
+    node: str,
     pings: Sequence[results.CheckResult],
     suspects: frozenset[str] | None,
-) -> frozenset[str]:
-    """The fleet's ping suspects to judge the node's failed ``pings`` (its latest and what
-    confirmation lets count) without (``network.excuse_ping``).
+) -> tuple[frozenset[str], list[str]]:
+    """The fleet's ping suspects to judge ``node``'s failed ``pings`` (its latest and what
+    confirmation lets count) without (``network.excuse_ping``), and the other nodes to reconcile now:
+    those whose fresh ``ping`` failed to a suspect this call named that the kept suspects lacked.
 
     Without ``suspects`` from the caller, the suspects kept by the last reconcile that looked are
     taken when they explain every failure; only a failure they do not explain makes this reconcile
@@ -250,28 +264,45 @@ def _ping_suspects(
     first few nodes that meet a new suspect, not by every node that pings it).
     """
     if suspects is not None:
-        return suspects
+        return suspects, []
     kept = store.ping_suspects()
     if kept is not None and not any(network.excuse_ping(p, kept).is_bad for p in pings):
-        return kept
-    found = fleet_suspects(store, settings, moment)
+        return kept, []
+    fresh = fleet_pings(store, settings, moment)
+    found = network.fleet_suspects(fresh)
     store.set_ping_suspects(found, _SUSPECTS_TTL_S, now=moment.timestamp(), keep_s=settings.stale_after_s)
-    return found
+    named = found - (kept or frozenset())
+    if not named:
+        return found, []
+    # A node's failed pings to a just-named suspect may have been confirmed before it could be named
+    # (its peers' older passing pings to it still counted): that verdict is wrong from now on.
+    peers = [
+        n
+        for n, r in sorted(fresh.items())
+        if n != node and n not in found and network.excuse_ping(r, named).data.get("excused")
+    ]
+    return found, peers
+
+
+def fleet_pings(
+    store: ResultsStore, settings: config.Settings, now: datetime, nodes: Sequence[str] | None = None
+) -> dict[str, results.CheckResult]:
+    """Node -> its fresh ``ping`` result (one pipeline over every known node, or over ``nodes``).
+
+    A result older than ``settings.stale_after_s`` (a lost node's last word) takes no part."""
+    names = list(nodes) if nodes is not None else sorted(store.last_seen())
+    return {
+        node: r
+        for node, r in store.latest_of("ping", names).items()
+        if r.started_at and (now - results.parse_iso(r.started_at)).total_seconds() <= settings.stale_after_s
+    }
 
 
 def fleet_suspects(
     store: ResultsStore, settings: config.Settings, now: datetime, nodes: Sequence[str] | None = None
 ) -> frozenset[str]:
-    """The nodes the fleet's fresh ``ping`` results blame (one pipeline over every known node).
-
-    A result older than ``settings.stale_after_s`` (a lost node's last word) takes no part."""
-    names = list(nodes) if nodes is not None else sorted(store.last_seen())
-    fresh = {
-        node: r
-        for node, r in store.latest_of("ping", names).items()
-        if r.started_at and (now - results.parse_iso(r.started_at)).total_seconds() <= settings.stale_after_s
-    }
-    return network.fleet_suspects(fresh)
+    """The nodes the fleet's fresh ``ping`` results blame (``fleet_pings``, then ``network.fleet_suspects``)."""
+    return network.fleet_suspects(fleet_pings(store, settings, now, nodes))
 
 
 def reconcile_all(

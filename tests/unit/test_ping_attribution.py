@@ -25,13 +25,16 @@ ANSWERED = (
 SILENT = "3 packets transmitted, 0 received, 100% packet loss, time 2040ms\n"
 
 
-def ping_result(node: str, down: set[str], at: datetime = NOW) -> CheckResult:
-    """``node``'s real ``ping`` result against every other node, ``down`` answering nothing (and sending nothing)."""
+def ping_result(
+    node: str, down: set[str], at: datetime = NOW, lost: frozenset[tuple[str, str]] = frozenset()
+) -> CheckResult:
+    """``node``'s real ``ping`` result against every other node, ``down`` answering nothing (and sending nothing);
+    each (source, target) of ``lost`` is a pair that fails on its own."""
     replies = []
     for i, other in enumerate(NODES):
         if other == node:
             continue
-        silent = node in down or other in down
+        silent = node in down or other in down or (node, other) in lost
         out = CommandResult(("ping",), 1 if silent else 0, SILENT if silent else ANSWERED, "")
         replies.append((Peer(other, "eth0", f"192.0.2.{i + 1}"), out))
     result = ping.evaluate(replies)
@@ -119,7 +122,7 @@ def test_stale_pings_of_the_fleet_take_no_part() -> None:
 def test_suspects_kept_by_the_last_reconcile_spare_reading_the_fleets_pings(monkeypatch: pytest.MonkeyPatch) -> None:
     store = store_with(fleet({"gpu-3"}))
     store.set_ping_suspects({"gpu-3"}, 60)
-    monkeypatch.setattr(reconcile, "fleet_suspects", lambda *a, **k: pytest.fail("read the fleet's pings"))
+    monkeypatch.setattr(reconcile, "fleet_pings", lambda *a, **k: pytest.fail("read the fleet's pings"))
     assert (
         reconcile.reconcile_node(
             store, "gpu-1", settings(), NOW + timedelta(seconds=5), checks=shipped_checks()
@@ -246,3 +249,86 @@ def test_suspect_spans_are_bounded_when_samples_never_go_stale() -> None:
     assert store.ping_suspect_spans() == {"gpu-3": (1000.0, 1000.0)}
     store.set_ping_suspects(set(), 60, now=1000.0 + 2 * 86_400, keep_s=float("inf"))
     assert store.ping_suspect_spans() == {}
+
+
+# ---------------------------------------------------------------- a node just went down, pings arriving one by one
+
+
+def test_a_node_that_just_went_down_while_the_fleets_pings_arrive_one_by_one() -> None:
+    # gpu-3's link goes down at NOW. Each node's hourly ping comes in at its own minute of the next ten
+    # (gpu-3's own among them), each followed by its reconcile and confirmation's after_task, and the
+    # confirmation run that sends comes back two minutes later; then beat's tick. gpu-1 also loses its
+    # pings to gpu-5 (a real fault of its own, seen by nobody else).
+    from workers import confirming
+    from workers.dispatch import FakeDispatcher
+
+    down, second = "gpu-3", frozenset({("gpu-1", "gpu-5")})
+    cfg = ping_settings()
+    store = ResultsStore(fakeredis.FakeRedis())
+    slots = {node: NOW + timedelta(seconds=90 * (i + 1)) for i, node in enumerate(NODES)}
+    for hours in (2, 1):  # two passing rounds before: the history confirmation judges against
+        for node, at in slots.items():
+            store.save_result(ping_result(node, set(), at - timedelta(hours=hours)))
+    events = sorted((at, node) for node, at in slots.items())
+    dispatcher = FakeDispatcher()
+    nameable_at: datetime | None = None
+    judged: list[tuple[datetime, str, str, str]] = []
+    while events:
+        at, node = events.pop(0)
+        result = ping_result(node, {down}, at, second)
+        store.save_result(result)
+        moment = at + timedelta(seconds=5)
+        alive(store, moment)
+        if nameable_at is None and down in reconcile.fleet_suspects(store, cfg, moment):
+            nameable_at = moment
+        reconcile.reconcile_node(store, node, cfg, moment, checks=shipped_checks())
+        # What an operator reads after this reconcile: every node's stored verdict and its reasons.
+        judged.extend((moment, n, store.state(n).verdict or "", store.state(n).reasons or "") for n in NODES)
+        sent = len(dispatcher.sent)
+        confirming.after_task(store, dispatcher, cfg, node, [result], checks=shipped_checks(), now=moment.timestamp())
+        for envelope in dispatcher.sent[sent:]:
+            assert envelope.checks == ("ping",)
+            events.append((at + timedelta(minutes=2), envelope.node))
+        events.sort()
+    assert nameable_at is not None  # every node has reported once: every pair of gpu-3 is bad
+    end = NOW + timedelta(minutes=14)
+    alive(store, end)
+    found = reconcile.reconcile_all(store, cfg, now=end, checks=shipped_checks())
+
+    after = [j for j in judged if j[0] >= nameable_at]
+    assert after, "no reconcile after gpu-3 became nameable"
+    for moment, node, value, reasons in after:
+        # Before, the peers confirmed bad before gpu-3 could be named (gpu-0, gpu-2, and gpu-1 with
+        # gpu-3 among its reasons) kept that WARN until beat's next tick: nothing reconciled them.
+        assert node == down or value not in ("WARN", "EVICT") or down not in reasons, (moment, node, value, reasons)
+    # What the operator sees after beat's tick: the down node WARN, the peer with a real fault WARN
+    # for that fault alone, every other node PASS (its stored verdict and labels).
+    assert found == {n: ("WARN" if n in (down, "gpu-1") else "PASS") for n in NODES}
+    for node in NODES:
+        state = store.state(node)
+        assert state.verdict == found[node]
+    gpu1 = store.state("gpu-1").reasons or ""
+    assert "gpu-5" in gpu1 and down not in gpu1
+
+
+def test_a_reconcile_that_names_no_new_suspect_reconciles_no_other_node(monkeypatch: pytest.MonkeyPatch) -> None:
+    # gpu-3 is already kept; gpu-1's new failure to gpu-5 makes its reconcile read the fleet's pings,
+    # which name gpu-3 again and nobody new: the other nodes are beat's, not this reconcile's.
+    store = store_with(fleet({"gpu-3"}))
+    store.set_ping_suspects({"gpu-3"}, 60)
+    store.save_result(pinged("gpu-1", {"gpu-3", "gpu-5"}, 1))
+    seen: list[str] = []
+    real = reconcile.reconcile_node
+
+    def spy(store: ResultsStore, node: str, *args: object, **kwargs: object) -> object:
+        seen.append(node)
+        return real(store, node, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(reconcile, "reconcile_node", spy)
+    reconcile.reconcile_node(store, "gpu-1", settings(), NOW + timedelta(minutes=1), checks=shipped_checks())
+    assert seen == ["gpu-1"]
+    # Kept suspects that lacked gpu-3: the peers that failed to it are reconciled with it at once.
+    store.set_ping_suspects(set(), 60)
+    seen.clear()
+    reconcile.reconcile_node(store, "gpu-1", settings(), NOW + timedelta(minutes=1), checks=shipped_checks())
+    assert seen == ["gpu-1", "gpu-0", "gpu-2", "gpu-4", "gpu-5"]
