@@ -19,8 +19,9 @@ verdict judges the ``ping`` result without them (``network.attribute``). The fle
 read once per tick in ``reconcile_all``, which keeps the suspects it found, and by a reconcile
 after a task only when the node's own ``ping`` is bad in a way the kept suspects do not explain.
 Such a reconcile that names a suspect the kept ones lacked reconciles at once the other nodes whose
-fresh ``ping`` failed to it: those confirmed bad before it could be named would otherwise stay ``WARN``
-for its fault until beat's next tick.
+fresh ``ping`` failed to it and whose stored verdict may hold that failure (``WARN``): those
+confirmed bad before it could be named would otherwise stay ``WARN`` for its fault until beat's
+next tick.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
-from autopilot import config, errors, gpuverdict, network, publish, results, verdict
+from autopilot import config, confirmation, errors, gpuverdict, network, publish, results, verdict
 from autopilot.cluster import ClusterClient
 from autopilot.gpuverdict import GpuState
 from autopilot.registry import CheckRegistry
@@ -281,7 +282,11 @@ def _ping_suspects(
         for n, r in sorted(fresh.items())
         if n != node and n not in found and network.excuse_ping(r, named).data.get("excused")
     ]
-    return found, peers
+    # Only a peer whose stored verdict may hold such a failure (WARN, or one hidden under TESTING or
+    # EVICT) can be wrong: in a fleet that pings every node, every node pinged the suspect, and
+    # reconciling them all inside this one task would be a beat tick's work for nothing.
+    states = store.states(peers) if peers else {}
+    return found, [n for n in peers if states[n].verdict in confirmation.HOLDING_VERDICTS]
 
 
 def fleet_pings(

@@ -327,8 +327,12 @@ def test_a_reconcile_that_names_no_new_suspect_reconciles_no_other_node(monkeypa
     monkeypatch.setattr(reconcile, "reconcile_node", spy)
     reconcile.reconcile_node(store, "gpu-1", settings(), NOW + timedelta(minutes=1), checks=shipped_checks())
     assert seen == ["gpu-1"]
-    # Kept suspects that lacked gpu-3: the peers that failed to it are reconciled with it at once.
+    # Kept suspects that lacked gpu-3: the peers that failed to it and whose stored verdict may hold
+    # that failure (WARN) are reconciled with it at once; a PASS peer, or one never judged, is not.
     store.set_ping_suspects(set(), 60)
+    store.set_state("gpu-0", {"verdict": "WARN"})
+    store.set_state("gpu-4", {"verdict": "WARN"})
+    store.set_state("gpu-2", {"verdict": "PASS"})
     seen.clear()
     reconcile.reconcile_node(store, "gpu-1", settings(), NOW + timedelta(minutes=1), checks=shipped_checks())
-    assert seen == ["gpu-1", "gpu-0", "gpu-2", "gpu-4", "gpu-5"]
+    assert seen == ["gpu-1", "gpu-0", "gpu-4"]
