@@ -1,9 +1,9 @@
 """Glue of confirmation (``autopilot.confirmation``) to the results store and the queues.
 
-``effective_latest`` is what the verdict reconciliation judges instead of the raw latest results
-(it reads the node's history only when the judgement can differ). ``after_task`` runs after each
-task that saved results: for every check the task saved, it counts a flap the confirmation
-prevented and, for a failure still pending (or a check still recovering), sends a *confirmation
+``effective_latest`` is what the verdict reconciliation judges instead of the raw latest results,
+over the node's ``samples`` (its history, read once and only when the judgement can differ).
+``after_task`` runs after each task that saved results: for every check the task saved, it counts
+a flap the confirmation prevented and, for a failure still pending (or a check still recovering), sends a *confirmation
 run* of that check, with the same parameters, to that node's queue at once. A confirmation run's
 own result is judged the same way, so a pending failure triggers at most ``need - 1`` runs in a
 row and a recovery at most ``recover - 1``: the loop ends on its own.
@@ -11,6 +11,7 @@ row and a recovery at most ``recover - 1``: the loop ends on its own.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Collection, Mapping, Sequence
 
@@ -35,24 +36,44 @@ def _history(settings: config.Settings, pol: Policy, checks: int) -> int:
     return min(settings.history_len, max(1, checks) * pol.depth)
 
 
+@dataclasses.dataclass(frozen=True)
+class Samples:
+    """What ``effective_latest`` judges over, read once per reconcile (``samples``): the node's history
+    and the spans of the fleet's ping suspects."""
+
+    history: Sequence[CheckResult]
+    spans: Mapping[str, tuple[float, float]]
+
+
+def samples(
+    store: ResultsStore, node: str, latest: Mapping[str, CheckResult], state: NodeState, settings: config.Settings
+) -> Samples | None:
+    """The node's samples, or None when judging ``latest`` cannot differ from taking it as it is
+    (``confirmation.needs_history``: nothing is read). The suspects' spans matter only to a failed
+    ``ping`` among them, so they are read only then."""
+    pol = policy(settings)
+    if not confirmation.needs_history(latest, state.verdict, pol):
+        return None
+    history = store.history(node, limit=_history(settings, pol, len(latest)))
+    failed_ping = any(r.check == "ping" and r.is_bad for r in (*latest.values(), *history))
+    return Samples(history, store.ping_suspect_spans() if failed_ping else {})
+
+
 def effective_latest(
-    store: ResultsStore,
-    node: str,
     latest: Mapping[str, CheckResult],
-    state: NodeState,
+    found: Samples | None,
     settings: config.Settings,
     *,
     suspects: Collection[str] = (),
 ) -> dict[str, CheckResult]:
-    """The node's latest result per check as the verdict should judge it (``confirmation.effective``),
-    its failed pings to the fleet's ``suspects`` set aside in every sample (``excuse``)."""
-    pol = policy(settings)
-    if not confirmation.needs_history(latest, state.verdict, pol):
+    """The node's latest result per check as the verdict should judge it (``confirmation.effective`` over
+    ``found``, from ``samples``), its failed pings to the fleet's ``suspects`` (and to those named when
+    each sample was taken) set aside in every sample (``excuse``)."""
+    if found is None:
         return dict(latest)
-    history = store.history(node, limit=_history(settings, pol, len(latest)))
-    spans = store.ping_suspect_spans() if "ping" in latest else {}
-    found, _ = confirmation.effective(latest, history, pol, excuse(suspects, spans, lead_s=settings.node_deadline_s))
-    return found
+    sets_aside = excuse(suspects, found.spans, lead_s=settings.node_deadline_s)
+    judged, _ = confirmation.effective(latest, found.history, policy(settings), sets_aside)
+    return judged
 
 
 def excuse(

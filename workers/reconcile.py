@@ -110,7 +110,8 @@ def reconcile_node(
     latest, state = view.latest, view.state
     # What confirmation lets count: pending failures wait, recovering checks keep their failure. The
     # node's verdict and its GPUs' verdicts judge the same view, so a noise sample moves neither.
-    confirmed = confirming.effective_latest(store, node, latest, state, settings)
+    found = confirming.samples(store, node, latest, state, settings)  # read once, judged once or twice
+    confirmed = confirming.effective_latest(latest, found, settings)
     pings = [r for r in (confirmed.get("ping"), latest.get("ping")) if r is not None and r.is_bad]
     peers: list[str] = []
     if pings:
@@ -118,7 +119,7 @@ def reconcile_node(
         # judges them (``confirming.excuse``), then in what it lets count (``network.attribute``).
         blamed, peers = _ping_suspects(store, settings, moment, node, pings, suspects)
         if blamed:
-            confirmed = confirming.effective_latest(store, node, latest, state, settings, suspects=blamed)
+            confirmed = confirming.effective_latest(latest, found, settings, suspects=blamed)
             confirmed = network.attribute(confirmed, blamed)
     evicted_at = state.evicted_since
     lost = lost_since(view.last_seen, moment, settings)
