@@ -230,10 +230,15 @@ def run_checks_incomplete(host: NodeHost, given: Mapping[str, Any], missing: Seq
     return writer.done
 
 
+def _is_run_id(run_id: object) -> bool:
+    """Whether ``run_id`` is what ``Run.new`` makes (32 hex digits): only such a one may key Redis."""
+    return isinstance(run_id, str) and _RUN_ID.fullmatch(run_id) is not None
+
+
 def _refusal(run_id: object, node: object, checks: object) -> str:
     """Why a ``run_checks`` message cannot be answered at all (its run id, node or check names are not
     what a release of the API sends); "" when it can."""
-    if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
+    if not _is_run_id(run_id):
         return f"run_id is not 32 hex digits: {str(run_id)[:80]!r}"
     try:
         names.node_name(node, field="node")  # type: ignore[arg-type]
@@ -427,8 +432,7 @@ def iperf_ring_incomplete(store: ResultsStore, given: Mapping[str, Any], missing
 def _ring_run(run_id: object, nodes: object) -> bool:
     """Whether a coordinator message's run id and nodes may key answers into the run."""
     return (
-        isinstance(run_id, str)
-        and bool(_RUN_ID.fullmatch(run_id))
+        _is_run_id(run_id)
         and isinstance(nodes, list | tuple)
         and all(isinstance(n, str) and names.is_dns1123_subdomain(n) for n in nodes)
     )
@@ -454,7 +458,7 @@ _MOST_DURATION_S = 60  # iperf's duration_s maximum
 
 def _ring_names(run_id: object, node: object) -> None:
     """``BadParameter`` unless ``run_id`` and ``node`` are what may key a ring answer (``ring:<run_id>``)."""
-    if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
+    if not _is_run_id(run_id):
         raise errors.BadParameter("run_id", f"not 32 hex digits: {str(run_id)[:80]!r}")
     names.node_name(node, field="node")  # type: ignore[arg-type]
 
