@@ -307,18 +307,20 @@ def test_the_coordinators_servers_message_for_a_2000_node_ring_is_accepted(
         tasks.iperf_stop(host, run_id=run_id, node=NODE)
 
 
+def full_servers(host: NodeHost, run_id: str) -> dict[str, Any]:
+    """A well-formed servers message at its largest: 64 addresses x 16 ports (1,024 servers)."""
+    binds, ports = [f"10.0.{k}.1" for k in range(64)], list(range(5200, 5216))
+    return tasks.iperf_servers(host, run_id=run_id, node=NODE, binds=binds, ports=ports, lifetime_s=60)
+
+
 def test_servers_messages_under_made_up_run_ids_cannot_start_servers_without_end(
     ring_host: tuple[NodeHost, FakeRunner],
 ) -> None:
     # Each message is well formed (64 addresses x 16 ports); only their number is hostile.
     host, runner = ring_host
-    binds = [f"10.0.{k}.1" for k in range(64)]
     run_ids = [uuid.uuid4().hex for _ in range(5)]
     try:
-        replies = [
-            tasks.iperf_servers(host, run_id=r, node=NODE, binds=binds, ports=list(range(5200, 5216)), lifetime_s=60)
-            for r in run_ids
-        ]
+        replies = [full_servers(host, r) for r in run_ids]
         assert [r["started"] for r in replies] == [1024, 1024, 1024, 1024, 0]
         assert "already run on this node" in replies[-1]["error"]
         assert len(runner.spawned) == 4096
@@ -333,16 +335,13 @@ def test_servers_that_lived_out_their_lifetime_do_not_count_against_a_new_ring(
     # Four dead coordinators' rings (no stop message ever came): their servers exited at their lifetime.
     # The node runs none of them any more, so the next real ring must start its servers.
     host, runner = ring_host
-    binds = [f"10.0.{k}.1" for k in range(64)]
     run_ids = [uuid.uuid4().hex for _ in range(5)]
     try:
         for r in run_ids[:4]:
-            tasks.iperf_servers(host, run_id=r, node=NODE, binds=binds, ports=list(range(5200, 5216)), lifetime_s=60)
+            full_servers(host, r)
         for proc in runner.spawned:
             proc.returncode = 0  # the lifetime timer ended each one
-        reply = tasks.iperf_servers(
-            host, run_id=run_ids[4], node=NODE, binds=binds, ports=list(range(5200, 5216)), lifetime_s=60
-        )
+        reply = full_servers(host, run_ids[4])
         assert reply == {"ok": True, "started": 1024, "error": ""}
         assert ring.SERVERS.running().get((run_ids[0], NODE)) is None  # the exited ones are forgotten
     finally:
