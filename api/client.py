@@ -363,6 +363,14 @@ def _age(seconds: float) -> str:
     return f"{seconds / 3600:.1f}h ago"
 
 
+def _live_cell(node: Mapping[str, Any], now: float) -> str:
+    """The LIVE column: ``yes``, ``no``, or how long the node's worker has been wedged (every thread stuck)."""
+    wedged = node.get("wedged_since")
+    if isinstance(wedged, (int, float)) and not isinstance(wedged, bool) and wedged > 0:
+        return f"[magenta]no: wedged {_age(max(0.0, now - float(wedged)))}[/]"
+    return "yes" if node.get("live") else "[magenta]no[/]"
+
+
 def nodes_table(answer: Mapping[str, Any], now: float) -> Table:
     table = Table(title=f"{_cell(answer['total'])} node(s), {_cell(answer['live'])} live", title_justify="left")
     for column in ("NODE", "VERDICT", "LIVE", "LAST SEEN", "GPUS", "REASONS"):
@@ -374,7 +382,7 @@ def nodes_table(answer: Mapping[str, Any], now: float) -> Table:
         table.add_row(
             _cell(n["name"]),
             f"[{colours.get(verdict, 'default')}]{_cell(verdict)}[/]",
-            "yes" if n.get("live") else "[magenta]no[/]",
+            _live_cell(n, now),
             _age(max(0.0, now - float(n.get("last_seen") or 0))) if n.get("last_seen") else "never",
             _cell(gpus),
             _cell("; ".join(n.get("reasons") or [])),
