@@ -302,14 +302,29 @@ def _cell(value: Any) -> str:
     return escape(printable(str(value)))
 
 
+_VERDICT_COLOURS = {"PASS": "green", "WARN": "yellow", "EVICT": "bold red", "TESTING": "cyan", "UNKNOWN": "dim"}
+
+
+def _verdict_cell(entry: Any) -> str:
+    """A node's verdict as the run's answer gives it (after the run's own results), ``-`` when it has none."""
+    verdict = entry.get("verdict") if isinstance(entry, Mapping) else None
+    if not isinstance(verdict, str) or not verdict:
+        return "-"
+    return f"[{_VERDICT_COLOURS.get(verdict, 'default')}]{_cell(verdict)}[/]"
+
+
 def report_table(report: Mapping[str, Any]) -> Table:
     table = Table(title=f"run {_cell(report['id'])}", title_justify="left")
-    for column in ("NODE", "CHECK", "STATUS", "SUMMARY"):
+    for column in ("NODE", "VERDICT", "CHECK", "STATUS", "SUMMARY"):
         table.add_column(column, overflow="fold")
+    named: set[str] = set()
     for node, check, status, summary in report_rows(report):
         style = _STYLE.get(status.split(" ")[0], "")
         shown = f"[{style}]{_cell(status)}[/]" if style else _cell(status)
-        table.add_row(_cell(node), _cell(check), shown, _cell(summary))
+        # The verdict on the node's first row only: it is the node's, not each check's.
+        verdict = "" if node in named else _verdict_cell(report["nodes"].get(node))
+        named.add(node)
+        table.add_row(_cell(node), verdict, _cell(check), shown, _cell(summary))
     return table
 
 
@@ -375,7 +390,7 @@ def nodes_table(answer: Mapping[str, Any], now: float) -> Table:
     table = Table(title=f"{_cell(answer['total'])} node(s), {_cell(answer['live'])} live", title_justify="left")
     for column in ("NODE", "VERDICT", "LIVE", "LAST SEEN", "GPUS", "REASONS"):
         table.add_column(column, overflow="fold")
-    colours = {"PASS": "green", "WARN": "yellow", "EVICT": "bold red", "TESTING": "cyan", "UNKNOWN": "dim"}
+    colours = _VERDICT_COLOURS
     for n in answer["nodes"]:
         verdict = n.get("verdict") or "UNKNOWN"
         gpus = f"{n.get('gpu_count', 0)} x {n['gpu_model']}" if n.get("gpu_model") else str(n.get("gpu_count", 0))

@@ -22,7 +22,9 @@ import fakeredis
 import pytest
 from celery import Celery
 from celery import _state as celery_state
+from rich.console import Console
 
+from api import client
 from api.metrics import snapshot_from_store
 from autopilot import config, errors, metrics
 from autopilot.nodeinfo import NodeFacts
@@ -307,10 +309,6 @@ def test_a_wedged_worker_was_a_live_pass_node_and_now_goes_unknown_with_its_labe
 
 
 def test_autopilot_nodes_says_a_wedged_node_is_not_live_and_since_when() -> None:
-    from rich.console import Console
-
-    from api import client
-
     answer = {
         "total": 2,
         "live": 2,
