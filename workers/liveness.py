@@ -75,7 +75,7 @@ class PoolWatch:
         self._wall = wall
         self._lock = threading.Lock()
         self._held: dict[int, Held] = {}
-        self._wedged = False  # logged as wedged, not yet as free again
+        self._since: float | None = None  # epoch s the pool wedged, fixed while it stays wedged
 
     def started(self, task: str, may_take_s: float | None) -> None:
         """The calling (pool) thread starts ``task``, which may hold it ``may_take_s`` (its margin included)."""
@@ -96,20 +96,21 @@ class PoolWatch:
             threads = self.threads
             overdue = [h for h in held if h.may_take_s is not None and now - h.started > h.may_take_s]
             if threads <= 0 or len(overdue) < threads:
-                if self._wedged:
-                    self._wedged = False
+                if self._since is not None:
+                    self._since = None
                     log.warning("the worker's pool has a free thread again: no longer wedged")
                 return None
-            # Wedged from the moment the last of them ran past its bound.
-            crossed = max(h.started + (h.may_take_s or 0.0) for h in overdue)
-            if not self._wedged:
-                self._wedged = True
+            if self._since is None:
+                # Wedged from the moment the last of them ran past its bound; fixed from now on, so every
+                # heartbeat writes the same ``wedged_since`` and ``last_seen``.
+                crossed = max(h.started + (h.may_take_s or 0.0) for h in overdue)
+                self._since = self._wall() - (now - crossed)
                 log.error(
                     "worker wedged: all %d pool thread(s) hold a task past what it may take: %s",
                     threads,
                     ", ".join(f"{h.task} for {now - h.started:.0f} s (may take {h.may_take_s:g} s)" for h in overdue),
                 )
-        return self._wall() - (now - crossed)
+            return self._since
 
 
 POOL = PoolWatch()
