@@ -27,6 +27,7 @@ from rich.console import Console
 from api import client
 from api.metrics import snapshot_from_store
 from autopilot import config, errors, metrics
+from autopilot.cluster import CONDITION_TYPE
 from autopilot.nodeinfo import NodeFacts
 from autopilot.registry import shipped as shipped_checks
 from autopilot.results import CheckResult, Status, utc_now_iso
@@ -287,6 +288,8 @@ def test_a_wedged_worker_was_a_live_pass_node_and_now_goes_unknown_with_its_labe
     store.heartbeat_many(main.node_records(FACTS, {}, simulated=False, pool=free, now=later.timestamp()))
     assert reconcile.reconcile_all(store, settings, cluster, now=later, checks=checks) == {"gpu-1": "PASS"}
     assert cluster.get_node("gpu-1").labels[HEALTH] == "PASS"
+    before = cluster.get_node("gpu-1").condition(CONDITION_TYPE)
+    assert before is not None and before.message == "all periodic checks pass"
     # Now its records say it is wedged, and its last_seen stays where it wedged: lost, UNKNOWN, labelled so.
     store, cluster = ResultsStore(fakeredis.FakeRedis()), FakeCluster()
     cluster.add_node("gpu-1", {HEALTH: "PASS"}, gpus=8)
@@ -299,6 +302,8 @@ def test_a_wedged_worker_was_a_live_pass_node_and_now_goes_unknown_with_its_labe
     store.heartbeat_many([record])
     assert reconcile.reconcile_all(store, settings, cluster, now=later, checks=checks) == {"gpu-1": "UNKNOWN"}
     assert cluster.get_node("gpu-1").labels[HEALTH] == "UNKNOWN"
+    after = cluster.get_node("gpu-1").condition(CONDITION_TYPE)
+    assert after is not None and "no heartbeat since" in after.message
     assert store.state("gpu-1").reason_list == [f"no heartbeat since {utc_now_iso(datetime.fromtimestamp(since, UTC))}"]
     # ...and the record, the metric and `autopilot nodes` say why.
     assert store.node("gpu-1") == record
