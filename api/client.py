@@ -302,14 +302,29 @@ def _cell(value: Any) -> str:
     return escape(printable(str(value)))
 
 
+_VERDICT_COLOURS = {"PASS": "green", "WARN": "yellow", "EVICT": "bold red", "TESTING": "cyan", "UNKNOWN": "dim"}
+
+
+def _verdict_cell(entry: Any) -> str:
+    """A node's verdict as the run's answer gives it (after the run's own results), ``-`` when it has none."""
+    verdict = entry.get("verdict") if isinstance(entry, Mapping) else None
+    if not isinstance(verdict, str) or not verdict:
+        return "-"
+    return f"[{_VERDICT_COLOURS.get(verdict, 'default')}]{_cell(verdict)}[/]"
+
+
 def report_table(report: Mapping[str, Any]) -> Table:
     table = Table(title=f"run {_cell(report['id'])}", title_justify="left")
-    for column in ("NODE", "CHECK", "STATUS", "SUMMARY"):
+    for column in ("NODE", "VERDICT", "CHECK", "STATUS", "SUMMARY"):
         table.add_column(column, overflow="fold")
+    named: set[str] = set()
     for node, check, status, summary in report_rows(report):
         style = _STYLE.get(status.split(" ")[0], "")
         shown = f"[{style}]{_cell(status)}[/]" if style else _cell(status)
-        table.add_row(_cell(node), _cell(check), shown, _cell(summary))
+        # The verdict on the node's first row only: it is the node's, not each check's.
+        verdict = "" if node in named else _verdict_cell(report["nodes"].get(node))
+        named.add(node)
+        table.add_row(_cell(node), verdict, _cell(check), shown, _cell(summary))
     return table
 
 
@@ -363,18 +378,26 @@ def _age(seconds: float) -> str:
     return f"{seconds / 3600:.1f}h ago"
 
 
+def _live_cell(node: Mapping[str, Any], now: float) -> str:
+    """The LIVE column: ``yes``, ``no``, or how long the node's worker has been wedged (every thread stuck)."""
+    wedged = node.get("wedged_since")
+    if isinstance(wedged, (int, float)) and not isinstance(wedged, bool) and wedged > 0:
+        return f"[magenta]no: wedged {_age(max(0.0, now - float(wedged)))}[/]"
+    return "yes" if node.get("live") else "[magenta]no[/]"
+
+
 def nodes_table(answer: Mapping[str, Any], now: float) -> Table:
     table = Table(title=f"{_cell(answer['total'])} node(s), {_cell(answer['live'])} live", title_justify="left")
     for column in ("NODE", "VERDICT", "LIVE", "LAST SEEN", "GPUS", "REASONS"):
         table.add_column(column, overflow="fold")
-    colours = {"PASS": "green", "WARN": "yellow", "EVICT": "bold red", "TESTING": "cyan", "UNKNOWN": "dim"}
+    colours = _VERDICT_COLOURS
     for n in answer["nodes"]:
         verdict = n.get("verdict") or "UNKNOWN"
         gpus = f"{n.get('gpu_count', 0)} x {n['gpu_model']}" if n.get("gpu_model") else str(n.get("gpu_count", 0))
         table.add_row(
             _cell(n["name"]),
             f"[{colours.get(verdict, 'default')}]{_cell(verdict)}[/]",
-            "yes" if n.get("live") else "[magenta]no[/]",
+            _live_cell(n, now),
             _age(max(0.0, now - float(n.get("last_seen") or 0))) if n.get("last_seen") else "never",
             _cell(gpus),
             _cell("; ".join(n.get("reasons") or [])),

@@ -134,7 +134,10 @@ def snapshot_from_store(store: ResultsStore, settings: config.Settings) -> Snaps
     # A lost node is UNKNOWN here as soon as it is lost, not only after beat's next reconcile.
     shown = {n: reconcile.shown(s.verdict, (), seen.get(n), taken_at, settings)[0] for n, s in states.items()}
     return Snapshot(
-        nodes=[NodeInfo(r.name, r.cpu_model or "", r.gpu_model or "", float(r.last_seen or 0.0)) for r in records],
+        nodes=[
+            NodeInfo(r.name, r.cpu_model or "", r.gpu_model or "", float(r.last_seen or 0.0), r.wedged_since)
+            for r in records
+        ],
         latest=store.latest_many(names),
         verdicts={n: v for n, v in shown.items() if v},
         busy=store.busy_counts(names),

@@ -239,6 +239,11 @@ SCHEMAS: dict[str, Any] = {
             "last_seen": {"type": "number"},
             "last_seen_at": {"type": ["string", "null"]},
             "simulated": {"type": "boolean"},
+            "wedged_since": {
+                "type": "number",
+                "description": "epoch s since when every thread of the node's worker has held its task past what "
+                "that task may take (0: not wedged); last_seen stays there meanwhile",
+            },
             "live": {"type": "boolean"},
             "verdict": {"type": "string"},
             "reasons": {"type": "array", "items": {"type": "string"}},

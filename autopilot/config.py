@@ -249,6 +249,12 @@ class Settings:
     """The oldest heartbeat ``autopilot probe`` takes for a live process (``AUTOPILOT_LIVENESS_MAX_AGE``); several
     ``AUTOPILOT_LIVENESS_INTERVAL``s, so that a busy machine's late mark is no restart (one or less is refused)."""
 
+    wedge_margin_s: float = 300.0
+    """How long past what its task may take (its checks' timeouts, a level-3 Job's ``AUTOPILOT_INVASIVE_DEADLINE``)
+    a worker thread may hold that task (``AUTOPILOT_WEDGE_MARGIN``). When every thread of a worker holds its task
+    that long, the worker is wedged: it stops marking ``AUTOPILOT_LIVENESS_FILE`` and says so in its node record
+    (``wedged_since``), which stops its heartbeat's ``last_seen`` (docs/RELIABILITY.md)."""
+
     reconcile_interval_s: float = 30.0
     """How often beat recomputes verdicts and labels and sweeps stale results (``AUTOPILOT_RECONCILE_INTERVAL``)."""
 
@@ -708,6 +714,7 @@ _FIELDS: list[tuple[str, str, tuple[str, ...], Any]] = [
     ("liveness_file", "AUTOPILOT_LIVENESS_FILE", (), liveness_file),
     ("liveness_interval_s", "AUTOPILOT_LIVENESS_INTERVAL", (), _positive_duration),
     ("liveness_max_age_s", "AUTOPILOT_LIVENESS_MAX_AGE", (), _positive_duration),
+    ("wedge_margin_s", "AUTOPILOT_WEDGE_MARGIN", (), _positive_duration),
     ("reconcile_interval_s", "AUTOPILOT_RECONCILE_INTERVAL", (), _duration),
     ("confirm_need", "AUTOPILOT_CONFIRM_NEED", (), _int_in(1, 50)),
     ("confirm_window", "AUTOPILOT_CONFIRM_WINDOW", (), _int_in(1, 50)),

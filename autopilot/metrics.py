@@ -70,6 +70,8 @@ class NodeInfo:
     gpu_model: str = ""
     last_seen: float = 0.0
     """Epoch seconds of the node's last heartbeat (0: never)."""
+    wedged_since: float = 0.0
+    """Epoch seconds since when the node's worker is wedged, every thread stuck in a task (0: it is not)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,6 +201,8 @@ def build(snapshot: Snapshot, health: Mapping[str, str]) -> list[Metric]:
         counts["live" if live else "stale"] += 1
         if info.last_seen > 0:
             fam.last_seen.add_metric([node], info.last_seen)
+        if info.wedged_since > 0:
+            fam.wedged_since.add_metric([node], info.wedged_since)
         verdict = snapshot.verdicts.get(node, Verdict.UNKNOWN.value)
         if verdict not in VERDICTS:  # keep the label set bounded whatever the store holds
             verdict = Verdict.UNKNOWN.value
@@ -311,6 +315,12 @@ class _Families:
             "Time of the node's last worker heartbeat, in seconds since the Unix epoch",
             labels=["node"],
         )
+        self.wedged_since = GaugeMetricFamily(
+            "autopilot_node_wedged_since_timestamp_seconds",
+            "Since when every thread of the node's worker has held its task past what that task may take, in "
+            "seconds since the Unix epoch (present only while its worker is wedged; its last_seen stops there)",
+            labels=["node"],
+        )
         self.busy = CounterMetricFamily(
             "autopilot_checks_busy",
             "Checks on a node that never started because another GPU check held its GPUs until the run's "
@@ -372,6 +382,7 @@ class _Families:
             self.in_use,
             self.verdict,
             self.last_seen,
+            self.wedged_since,
             self.busy,
             self.confirmation_runs,
             self.flaps_prevented,

@@ -141,6 +141,9 @@ class NodeRecord:
     version: str = ""
     last_seen: float = 0.0
     simulated: bool = False
+    # Epoch s since when every worker thread has held its task past what it may take (0: not wedged). While it
+    # is set the worker's ``last_seen`` stays at that moment, so the node goes lost as a silent one does.
+    wedged_since: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self) | {"addresses": {k: list(v) for k, v in self.addresses.items()}}
@@ -182,6 +185,7 @@ _RECORD_FIELDS: dict[str, Callable[[Any], bool]] = {
     "version": _is_text,
     "last_seen": _is_number,
     "simulated": lambda v: isinstance(v, bool),
+    "wedged_since": _is_number,
 }
 
 

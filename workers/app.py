@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -31,7 +32,7 @@ from autopilot import config, errors, registry
 from autopilot.cluster import ClusterClient
 from autopilot.errors import StoreUnavailable
 from autopilot.results import CheckResult
-from workers import broker, confirming, ring, runs, tasks
+from workers import broker, confirming, liveness, ring, runs, tasks
 from workers import host as hosting
 from workers.dispatch import CONTROL_QUEUE, RUN_TASK, CeleryDispatcher
 from workers.store import ResultsStore
@@ -51,6 +52,51 @@ def _stop_iperf_servers(**_: Any) -> None:
 
 
 signals.worker_shutdown.connect(_stop_iperf_servers)
+
+
+# Tasks whose length follows from nothing in their message: the iperf ring's coordinator waits out the whole ring
+# and a clients phase its iperf runs. A thread holding one is never counted wedged (``liveness.PoolWatch``).
+_UNBOUNDED_TASKS = frozenset({ring.RING_TASK, ring.CLIENTS_TASK})
+
+
+def task_may_take_s(host: hosting.NodeHost, task: str, message: Mapping[str, Any]) -> float | None:
+    """How long ``task`` with ``message``'s keyword arguments may hold a pool thread: a run's checks their
+    timeouts one after another (a level-3 Job its ``invasive_deadline_s``), every task ``wedge_margin_s`` more
+    for its store writes and reconcile; None for a task with no bound (``_UNBOUNDED_TASKS``)."""
+    if task in _UNBOUNDED_TASKS:
+        return None
+    settings = host.settings
+    node, checks, params = message.get("node"), message.get("checks"), message.get("params")
+    ctx = host.context(node) if isinstance(node, str) else None
+    if task != RUN_TASK or ctx is None or not isinstance(checks, (list, tuple)):
+        return settings.wedge_margin_s  # a tick, a server start or stop, or a message answered at once
+    total = 0.0
+    for check in {c for c in checks if isinstance(c, str) and c in ctx.checks}:
+        spec = ctx.checks.get(check)
+        raw = params.get(check) if isinstance(params, Mapping) else None
+        given: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
+        as_job = ctx.cluster is not None and spec.runs_as_job(given, settings)
+        total += settings.invasive_deadline_s if as_job else ctx.timeout_for(check, spec.timeout_s)
+    return total + settings.wedge_margin_s
+
+
+def _task_started(task: Task | None = None, kwargs: Mapping[str, Any] | None = None, **_: Any) -> None:
+    """Celery's ``task_prerun``, in the thread that runs the task: the pool watch learns what it holds."""
+    try:
+        host = hosting.current()
+    except RuntimeError:
+        return  # not a worker started by ``autopilot worker`` (a test applying a task): nothing is watched
+    name = str(getattr(task, "name", "") or "?")
+    liveness.POOL.started(name, task_may_take_s(host, name, kwargs or {}))
+
+
+def _task_finished(**_: Any) -> None:
+    """Celery's ``task_postrun`` (also after a retry or an exception): the thread is free again."""
+    liveness.POOL.finished()
+
+
+signals.task_prerun.connect(_task_started, weak=False, dispatch_uid="autopilot-pool-watch-prerun")
+signals.task_postrun.connect(_task_finished, weak=False, dispatch_uid="autopilot-pool-watch-postrun")
 
 
 _CLIENT_OPTIONS: dict[str, Any] = {

@@ -69,6 +69,40 @@ def heartbeat_loop(
         stop.wait(interval_s)
 
 
+def node_records(
+    facts: Mapping[str, nodeinfo.NodeFacts],
+    labels: Mapping[str, str],
+    *,
+    simulated: bool,
+    pool: liveness.PoolWatch | None = None,
+    now: float | None = None,
+) -> list[NodeRecord]:
+    """The heartbeat's records of the hosted nodes, at ``now`` (default: the time).
+
+    A wedged pool (``liveness.PoolWatch``: every thread past its task's bound) takes no work: its nodes'
+    ``last_seen`` stays at the moment it wedged, so they go lost (``UNKNOWN``, listed ``unreachable``) as a
+    silent worker's do, and ``wedged_since`` says why.
+    """
+    wedged = (pool or liveness.POOL).wedged_since()
+    seen = wedged if wedged is not None else (time.time() if now is None else now)
+    return [
+        NodeRecord(
+            name=n,
+            addresses=f.addresses,
+            cpu_model=f.cpu_model,
+            gpu_model=f.gpu_model,
+            gpu_count=f.gpu_count,
+            driver_version=f.driver_version,
+            labels=labels,
+            version=__version__,
+            last_seen=seen,
+            simulated=simulated,
+            wedged_since=wedged or 0.0,
+        )
+        for n, f in facts.items()
+    ]
+
+
 def _resume_invasive(host: hosting.NodeHost) -> None:
     """A node left ``TESTING`` by a previous worker gets its Job watched to the end, in the background."""
     for node, ctx in host.contexts.items():
@@ -158,22 +192,7 @@ def worker_main(argv: Sequence[str]) -> int:
         }
 
     def records() -> list[NodeRecord]:
-        now = time.time()
-        return [
-            NodeRecord(
-                name=n,
-                addresses=f.addresses,
-                cpu_model=f.cpu_model,
-                gpu_model=f.gpu_model,
-                gpu_count=f.gpu_count,
-                driver_version=f.driver_version,
-                labels=labels,
-                version=__version__,
-                last_seen=now,
-                simulated=bool(args.simulate),
-            )
-            for n, f in facts.items()
-        ]
+        return node_records(facts, labels, simulated=bool(args.simulate))
 
     stop = threading.Event()
     threading.Thread(
@@ -183,7 +202,8 @@ def worker_main(argv: Sequence[str]) -> int:
     if not args.no_control:
         queues.append(CONTROL_QUEUE)
     app = create_celery(settings, checks)
-    liveness.install_worker(app, settings)
+    threads = args.concurrency or settings.worker_concurrency
+    liveness.install_worker(app, settings, threads)
     if args.simulate:
         # Hundreds of queues in one process: the simulator's transport (simulator-only code that
         # overrides private parts of kombu, tied to the kombu release its contract test checks). It is
@@ -205,7 +225,7 @@ def worker_main(argv: Sequence[str]) -> int:
             hostname=nodename,
             queues=queues,
             pool_cls=concurrency.get_implementation("threads"),
-            concurrency=args.concurrency or settings.worker_concurrency,
+            concurrency=threads,
             loglevel=args.loglevel,
             without_gossip=True,
             without_mingle=True,

@@ -1,6 +1,7 @@
 """``autopilot probe``: the worker's and beat's liveness probe, from the age of their heartbeat file.
 
-Exit 0 when the file (``AUTOPILOT_LIVENESS_FILE``, written by ``workers.liveness``) was touched within
+Exit 0 when the file (``AUTOPILOT_LIVENESS_FILE``, written by ``workers.liveness``; a worker stops writing it
+while every thread of its pool is wedged in a task) was touched within
 ``--max-age`` (``AUTOPILOT_LIVENESS_MAX_AGE``); 1 when it is older or missing, or cannot be read; 2 for a
 usage or setting error. A stale file is excused (exit 0) while the broker does not answer either: a
 consumer waits for its broker to come back, and restarting every worker of the fleet during a Redis
@@ -44,7 +45,10 @@ def verdict(path: str, max_age_s: float, broker_away: Callable[[], bool], *, now
         said = f"heartbeat {age:.0f} s old (more than {max_age_s:g} s)"
     if broker_away():
         return 0, f"{said}, but the broker does not answer either: waiting for it, not restarting"
-    return 1, f"{said} while the broker answers: the process's loop stopped making progress"
+    return 1, (
+        f"{said} while the broker answers: the process's loop stopped making progress, or a worker's every pool "
+        "thread is stuck in a task (wedged: its log and its node record's wedged_since say which)"
+    )
 
 
 def broker_away(environ: Mapping[str, str], timeout_s: float = BROKER_TIMEOUT_S) -> bool:

@@ -30,7 +30,7 @@ from types import TracebackType
 from typing import Any
 
 from autopilot import errors, gpus, jsoncodec, names
-from autopilot.results import CheckResult, Status
+from autopilot.results import CheckResult, DeviceResult, Status
 
 _FIELDS = ("temperature_c", "power_w", "sm_clock_mhz", "utilization_pct")
 
@@ -460,6 +460,14 @@ def peer_outliers(values: Mapping[int, tuple[str, float]], ratio: float = 0.9) -
                 f"GPUs here (< {ratio:.0%})"
             )
     return out
+
+
+def gpus_judged(devices: Sequence[DeviceResult]) -> str:
+    """The count an ok summary starts with: ``8 GPU(s)`` when every GPU's figures were judged, ``7 of 8 GPU(s)
+    judged`` when some were skipped (in use by others, MIG, a figure that errored), so that it does not read as if
+    every GPU passed."""
+    judged = sum(1 for d in devices if d.status is not Status.SKIPPED)
+    return f"{len(devices)} GPU(s)" if judged == len(devices) else f"{judged} of {len(devices)} GPU(s) judged"
 
 
 def skipped_summary(result: CheckResult) -> CheckResult:

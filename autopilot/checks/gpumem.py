@@ -76,6 +76,7 @@ from autopilot.checks._cuda import (
     counter_findings,
     crowded_out,
     cv_note,
+    gpus_judged,
     hardware_finding,
     in_use_of,
     link_under_load,
@@ -415,10 +416,11 @@ def evaluate(
             peer_notes.setdefault(i, []).append(f"{key.split('_')[0].upper()} {note}")
     results = [_with_peers(judged[r.index], peer_notes.get(r.index, [])) for r in readings]
     devices = [j.result for j in results]
-    summary = f"{len(readings)} GPU(s): H2D, DAXPY and DGEMM medians at or above thresholds"
+    counted = gpus_judged(devices)
+    summary = f"{counted}: H2D, DAXPY and DGEMM medians at or above thresholds"
     if unknown_models:
         summary = (
-            f"{len(readings)} GPU(s) ok; no thresholds for model {', '.join(sorted(unknown_models))} "
+            f"{counted} ok; no thresholds for model {', '.join(sorted(unknown_models))} "
             "(DAXPY/DGEMM reported only, H2D judged)"
         )
     data = {

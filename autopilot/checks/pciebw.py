@@ -88,6 +88,7 @@ from autopilot.checks._cuda import (
     counter_findings,
     crowded_out,
     cv_note,
+    gpus_judged,
     hardware_finding,
     in_use_of,
     link_under_load,
@@ -507,7 +508,7 @@ def evaluate(readings: Sequence[GpuReading], rules: Rules, *, tool: str) -> Chec
         span = f"{low:.1f}" if f"{low:.1f}" == f"{high:.1f}" else f"{low:.1f}-{high:.1f}"
     floors = sorted({floor_for(r, rules)[0] for r in readings if r.h2d_gbps is not None})
     shown = "/".join(f"{f:g}" for f in floors) or "n/a"
-    ok_summary = f"{len(readings)} GPU(s): H2D pinned median {span} GB/s, threshold {shown} GB/s"
+    ok_summary = f"{gpus_judged(devices)}: H2D pinned median {span} GB/s, threshold {shown} GB/s"
     data = {
         "threshold_gbps": rules.threshold_gbps,
         "fallback_threshold_gbps": rules.fallback_gbps,

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from rich.console import Console
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from api import client
@@ -149,3 +150,35 @@ def test_url_default_comes_from_autopilot_api_url_as_the_help_says(
     parser = make_parser()
     assert parser.parse_args([]).url == "http://api.example:3334"
     assert "AUTOPILOT_API_URL" in " ".join(parser.format_help().split())
+
+
+def test_the_status_table_shows_each_nodes_verdict_once() -> None:
+    def result(check: str, status: str) -> dict[str, object]:
+        return {"check": check, "status": status, "summary": f"{check} said {status}"}
+
+    report = {
+        "id": "0" * 32,
+        "nodes": {
+            "node-a": {
+                "status": "fail",
+                "verdict": "EVICT",
+                "results": [result("ping", "ok"), result("remapped", "fail")],
+            },
+            "node-b": {
+                "status": "unknown",
+                "verdict": None,
+                "detail": "no worker has registered this node",
+                "results": [],
+            },
+        },
+    }
+    console = Console(width=200, record=True)
+    console.print(client.report_table(report))
+    lines = console.export_text().splitlines()
+    assert "VERDICT" in lines[2]
+    rows = [[c.strip() for c in line.split("│")[1:-1]] for line in lines if "node-" in line]
+    assert rows == [
+        ["node-a", "EVICT", "ping", "ok", "ping said ok"],
+        ["node-a", "", "remapped", "fail", "remapped said fail"],
+        ["node-b", "-", "-", "unknown", "no worker has registered this node"],
+    ]

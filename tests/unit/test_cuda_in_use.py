@@ -206,7 +206,7 @@ def test_a_low_h2d_on_a_gpu_in_use_is_skipped_with_its_evidence() -> None:
         "memory_used_gib": 0.0,
         "utilization_pct": 0.0,
     }
-    assert result.summary.startswith("2 GPU(s): H2D pinned median 50.0 GB/s")
+    assert result.summary.startswith("1 of 2 GPU(s) judged: H2D pinned median 50.0 GB/s")
     assert result.summary.endswith("; GPU 1 skipped: " + gpu.detail)
 
 
@@ -313,6 +313,10 @@ def test_gpumem_skips_the_figures_of_a_busy_gpu() -> None:
         "H2D 24.0 GB/s, DAXPY 1466 GB/s, DGEMM 21.0 TFLOPS not judged"
     )
     assert result.data["gpus"]["1"]["in_use"]["busy"] is True
+    # The summary counts what was judged, not every GPU as if each passed.
+    assert result.summary.startswith("1 of 2 GPU(s) judged: H2D, DAXPY and DGEMM medians at or above thresholds")
+    both = gpumem_run([gpumem_line(0), gpumem_line(1)], [gpumem_gpu(0), gpumem_gpu(1)])
+    assert both.summary == "2 GPU(s): H2D, DAXPY and DGEMM medians at or above thresholds"
 
 
 def test_gpumem_keeps_a_busy_gpu_out_of_the_neighbours_comparison() -> None:

@@ -207,17 +207,20 @@ def app(monkeypatch: pytest.MonkeyPatch) -> Celery:
     return Celery("liveness-test", set_as_current=False)
 
 
-def test_without_a_file_nothing_is_installed(app: Celery) -> None:
+def test_without_a_file_nothing_is_installed(app: Celery, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(liveness.POOL, "threads", 0)
     settings = config.Settings()
-    liveness.install_worker(app, settings)
+    liveness.install_worker(app, settings, 4)
+    assert liveness.POOL.threads == 4  # the pool is watched without a file too: the node record says it
     liveness.install_beat(app, settings)
     assert liveness.ConsumerHeartbeat not in app.steps["consumer"]
     assert app.conf.beat_scheduler != liveness.BEAT_SCHEDULER
 
 
-def test_with_a_file_the_consumer_and_beat_mark_it(app: Celery) -> None:
+def test_with_a_file_the_consumer_and_beat_mark_it(app: Celery, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(liveness.POOL, "threads", 0)
     settings = config.Settings(liveness_file="/tmp/alive", liveness_interval_s=7.0)
-    liveness.install_worker(app, settings)
+    liveness.install_worker(app, settings, 2)
     liveness.install_beat(app, settings)
     assert liveness.ConsumerHeartbeat in app.steps["consumer"]
     assert app.conf.beat_scheduler == liveness.BEAT_SCHEDULER

@@ -1,0 +1,329 @@
+"""A worker whose every pool thread is stuck in a task: what its node looked like, and what it says now.
+
+``liveness.PoolWatch`` decides (a manual clock); ``workers.app.task_may_take_s`` gives each task its bound from
+the registry and settings; Celery's task signals feed the watch; the consumer's mark and the heartbeat's node
+records follow the decision, and the node's verdict, label and metric follow its records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import fakeredis
+import pytest
+from celery import Celery
+from celery import _state as celery_state
+from rich.console import Console
+
+from api import client
+from api.metrics import snapshot_from_store
+from autopilot import config, errors, metrics
+from autopilot.cluster import CONDITION_TYPE
+from autopilot.nodeinfo import NodeFacts
+from autopilot.registry import shipped as shipped_checks
+from autopilot.results import CheckResult, Status, utc_now_iso
+from autopilot.testing import FakeCluster
+from workers import app as worker_app
+from workers import host as hosting
+from workers import liveness, main, reconcile, ring, simulate
+from workers.dispatch import RUN_TASK
+from workers.store import ResultsStore
+
+WALL = 1_800_000_000.0
+HEALTH = "autopilot.ibm.com/gpuhealth"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class PoolThread(threading.Thread):
+    """A thread that stays alive (its identity is the watch's key) and runs what it is handed, in order."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.inbox: queue.SimpleQueue[tuple[Callable[[], None], threading.Event] | None] = queue.SimpleQueue()
+        self.start()
+
+    def run(self) -> None:
+        while (job := self.inbox.get()) is not None:
+            fn, done = job
+            fn()
+            done.set()
+
+    def do(self, fn: Callable[[], None]) -> None:
+        done = threading.Event()
+        self.inbox.put((fn, done))
+        assert done.wait(10)
+
+    def stop(self) -> None:
+        self.inbox.put(None)
+        self.join(10)
+
+
+@pytest.fixture
+def pool() -> Iterator[tuple[liveness.PoolWatch, Clock, list[PoolThread]]]:
+    clock = Clock()
+    # Wall time runs with the monotonic clock, WALL - 1000 s apart.
+    watch = liveness.PoolWatch(clock=clock, wall=lambda: WALL + clock.t - 1000.0)
+    watch.threads = 2
+    threads = [PoolThread(), PoolThread()]
+    yield watch, clock, threads
+    for t in threads:
+        t.stop()
+
+
+def test_every_thread_past_its_bound_is_wedged_since_the_last_one_crossed(
+    pool: tuple[liveness.PoolWatch, Clock, list[PoolThread]], caplog: pytest.LogCaptureFixture
+) -> None:
+    watch, clock, (a, b) = pool
+    a.do(lambda: watch.started("autopilot.run_checks", 100.0))
+    clock.t += 50
+    b.do(lambda: watch.started("autopilot.reconcile", 300.0))
+    clock.t += 200  # a is 150 s past its bound; b is 200 s into its 300
+    assert watch.wedged_since() is None
+    clock.t += 150  # b crossed its bound 50 s ago (at 1350 on the monotonic clock)
+    with caplog.at_level(logging.ERROR, logger="workers.liveness"):
+        assert watch.wedged_since() == WALL + 350.0
+        assert watch.wedged_since() == WALL + 350.0
+    [said] = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]  # once, not per question
+    assert "all 2 pool thread(s)" in said
+    assert "autopilot.run_checks for 400 s (may take 100 s)" in said
+    assert "autopilot.reconcile for 350 s (may take 300 s)" in said
+    # A thread freed: no longer wedged, and said so.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="workers.liveness"):
+        b.do(watch.finished)
+        assert watch.wedged_since() is None
+    assert any("no longer wedged" in r.getMessage() for r in caplog.records)
+
+
+def test_one_free_thread_is_not_wedged(pool: tuple[liveness.PoolWatch, Clock, list[PoolThread]]) -> None:
+    watch, clock, (a, _) = pool
+    a.do(lambda: watch.started("autopilot.run_checks", 10.0))
+    clock.t += 10_000
+    assert watch.wedged_since() is None
+
+
+def test_a_long_task_within_its_bound_is_not_wedged(pool: tuple[liveness.PoolWatch, Clock, list[PoolThread]]) -> None:
+    watch, clock, (a, b) = pool
+    a.do(lambda: watch.started("autopilot.run_checks", 10.0))
+    b.do(lambda: watch.started("autopilot.run_checks", 8_000.0))  # a DCGM run, within its timeout
+    clock.t += 7_999
+    assert watch.wedged_since() is None
+    clock.t += 2
+    assert watch.wedged_since() is not None
+
+
+def test_a_task_without_a_bound_and_a_pool_of_no_threads_are_never_wedged(
+    pool: tuple[liveness.PoolWatch, Clock, list[PoolThread]],
+) -> None:
+    watch, clock, (a, b) = pool
+    a.do(lambda: watch.started("autopilot.iperf_ring", None))
+    b.do(lambda: watch.started("autopilot.run_checks", 1.0))
+    clock.t += 10**6
+    assert watch.wedged_since() is None
+    a.do(watch.finished)
+    a.do(lambda: watch.started("autopilot.run_checks", 1.0))
+    clock.t += 2
+    assert watch.wedged_since() is not None
+    watch.threads = 0  # not a worker (the API, beat): nothing is judged
+    assert watch.wedged_since() is None
+
+
+# ---------------------------------------------------------------- the bound of each task
+
+
+@pytest.fixture
+def host() -> Iterator[hosting.NodeHost]:
+    settings = config.Settings(check_timeouts={"gpumem": 42.0}, wedge_margin_s=30.0, invasive_deadline_s=5000.0)
+    node_host = hosting.NodeHost(
+        settings,
+        ResultsStore(fakeredis.FakeRedis()),
+        simulate.contexts(settings, 1, [], checks=shipped_checks()),
+    )
+    hosting.install(node_host)
+    yield node_host
+    hosting.install(None)
+
+
+def run_message(checks: list[str], params: dict[str, Any] | None = None, node: str = "sim-0") -> dict[str, Any]:
+    return {"run_id": "0" * 32, "node": node, "checks": checks, "params": params or {}, "deadline": time.time() + 60}
+
+
+def test_a_runs_task_may_take_its_checks_timeouts_and_the_margin(host: hosting.NodeHost) -> None:
+    specs = shipped_checks()
+    expected = specs.get("pciebw").timeout_s + specs.get("dcgm").timeout_s + 42.0 + 30.0  # gpumem: its override
+    message = run_message(["pciebw", "dcgm", "gpumem", "pciebw", "nosuch"])
+    assert worker_app.task_may_take_s(host, RUN_TASK, message) == expected
+
+
+def test_a_level3_job_may_take_the_invasive_deadline(host: hosting.NodeHost) -> None:
+    ctx = host.contexts["sim-0"]
+    host.contexts["sim-0"] = dataclasses.replace(ctx, cluster=FakeCluster())
+    assert worker_app.task_may_take_s(host, RUN_TASK, run_message(["dcgm"], {"dcgm": {"r": 3}})) == 5030.0
+    level2 = shipped_checks().get("dcgm").timeout_s + 30.0
+    assert worker_app.task_may_take_s(host, RUN_TASK, run_message(["dcgm"], {"dcgm": {"r": 2}})) == level2
+
+
+@pytest.mark.parametrize(
+    ("task", "message", "expected"),
+    [
+        (worker_app.RECONCILE_TASK, {}, 30.0),
+        (worker_app.FANOUT_TASK, {"kind": "periodic"}, 30.0),
+        (RUN_TASK, run_message(["pciebw"], node="elsewhere"), 30.0),  # answered at once: not hosted
+        (RUN_TASK, {"node": "sim-0", "checks": "pciebw"}, 30.0),  # refused at once: malformed
+        (ring.SERVERS_TASK, {}, 30.0),
+        (ring.RING_TASK, {}, None),
+        (ring.CLIENTS_TASK, {}, None),
+    ],
+)
+def test_other_tasks_may_take_the_margin_and_the_ring_has_no_bound(
+    host: hosting.NodeHost, task: str, message: dict[str, Any], expected: float | None
+) -> None:
+    assert worker_app.task_may_take_s(host, task, message) == expected
+
+
+def test_the_margin_is_a_setting() -> None:
+    assert config.Settings().wedge_margin_s == 300.0
+    assert config.Settings.from_env({"AUTOPILOT_WEDGE_MARGIN": "2m"}).wedge_margin_s == 120.0
+    with pytest.raises(errors.BadParameter):
+        config.Settings.from_env({"AUTOPILOT_WEDGE_MARGIN": "0"})
+
+
+# ---------------------------------------------------------------- Celery's signals feed the watch
+
+
+@pytest.fixture
+def app(monkeypatch: pytest.MonkeyPatch) -> Celery:
+    monkeypatch.setattr(celery_state, "_on_app_finalizers", set())
+    return Celery("wedge-test", set_as_current=False)
+
+
+def test_a_task_is_held_from_its_prerun_to_its_postrun(
+    app: Celery, host: hosting.NodeHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock()
+    watch = liveness.PoolWatch(clock=clock)
+    watch.threads = 1
+    monkeypatch.setattr(liveness, "POOL", watch)
+    seen: list[float | None] = []
+
+    @app.task(name="autopilot.reconcile")
+    def stuck() -> None:
+        clock.t += 31  # past the margin, the bound of a reconcile
+        seen.append(watch.wedged_since())
+
+    stuck.apply()
+    assert seen[0] is not None  # held while it ran...
+    assert watch.wedged_since() is None  # ...and freed after it
+
+    @app.task(name="autopilot.fanout")
+    def fails() -> None:
+        raise RuntimeError("boom")
+
+    fails.apply()
+    assert watch.wedged_since() is None  # freed after an exception too
+
+
+# ---------------------------------------------------------------- what the worker does about it
+
+
+def wedged_watch() -> liveness.PoolWatch:
+    clock = Clock()
+    watch = liveness.PoolWatch(clock=clock, wall=lambda: WALL + clock.t - 1000.0)
+    watch.threads = 1
+    watch.started("autopilot.run_checks", 60.0)  # this (test) thread is the pool's one thread
+    clock.t += 100  # past its bound since 40 s ago
+    return watch
+
+
+def test_a_wedged_pool_stops_the_liveness_mark(tmp_path: Path) -> None:
+    path = tmp_path / "alive"
+    path.write_text("")
+    old = time.time() - 3600
+    os.utime(path, (old, old))
+    liveness.mark(str(path), wedged_watch())
+    assert path.stat().st_mtime == old  # the probe will fail on it
+    free = liveness.PoolWatch()
+    free.threads = 1
+    liveness.mark(str(path), free)
+    assert path.stat().st_mtime > old
+
+
+FACTS = {"gpu-1": NodeFacts(cpu_model="cpu", gpu_model="H100", gpu_count=8, addresses={})}
+NOW = datetime.fromtimestamp(WALL, UTC)
+
+
+def healthy_node(store: ResultsStore, settings: config.Settings) -> None:
+    at = NOW - timedelta(minutes=10)
+    for check in settings.periodic_checks:
+        store.save_result(CheckResult(check, Status.OK, "fine", node="gpu-1", started_at=utc_now_iso(at)))
+
+
+def test_a_wedged_worker_was_a_live_pass_node_and_now_goes_unknown_with_its_label() -> None:
+    settings = config.Settings(periodic_checks=("pciebw", "remapped"), heartbeat_interval_s=15.0)
+    checks = shipped_checks()
+    later = NOW + timedelta(minutes=5)
+    # What a worker whose threads are all stuck looked like before: its heartbeat thread kept writing a fresh
+    # record, so its node stayed live, PASS and labelled PASS for as long as its results were fresh (hours).
+    free = liveness.PoolWatch()
+    free.threads = 1
+    store, cluster = ResultsStore(fakeredis.FakeRedis()), FakeCluster()
+    cluster.add_node("gpu-1", {HEALTH: "PASS"}, gpus=8)
+    healthy_node(store, settings)
+    store.heartbeat_many(main.node_records(FACTS, {}, simulated=False, pool=free, now=later.timestamp()))
+    assert reconcile.reconcile_all(store, settings, cluster, now=later, checks=checks) == {"gpu-1": "PASS"}
+    assert cluster.get_node("gpu-1").labels[HEALTH] == "PASS"
+    before = cluster.get_node("gpu-1").condition(CONDITION_TYPE)
+    assert before is not None and before.message == "all periodic checks pass"
+    # Now its records say it is wedged, and its last_seen stays where it wedged: lost, UNKNOWN, labelled so.
+    store, cluster = ResultsStore(fakeredis.FakeRedis()), FakeCluster()
+    cluster.add_node("gpu-1", {HEALTH: "PASS"}, gpus=8)
+    healthy_node(store, settings)
+    watch = wedged_watch()
+    since = watch.wedged_since()
+    assert since == WALL + 60.0
+    [record] = main.node_records(FACTS, {}, simulated=False, pool=watch, now=later.timestamp())
+    assert (record.last_seen, record.wedged_since) == (since, since)
+    store.heartbeat_many([record])
+    assert reconcile.reconcile_all(store, settings, cluster, now=later, checks=checks) == {"gpu-1": "UNKNOWN"}
+    assert cluster.get_node("gpu-1").labels[HEALTH] == "UNKNOWN"
+    after = cluster.get_node("gpu-1").condition(CONDITION_TYPE)
+    assert after is not None and "no heartbeat since" in after.message
+    assert store.state("gpu-1").reason_list == [f"no heartbeat since {utc_now_iso(datetime.fromtimestamp(since, UTC))}"]
+    # ...and the record, the metric and `autopilot nodes` say why.
+    assert store.node("gpu-1") == record
+    snap = snapshot_from_store(store, settings)
+    families = {f.name: f for f in metrics.build(snap, {})}
+    [sample] = families["autopilot_node_wedged_since_timestamp_seconds"].samples
+    assert (sample.labels, sample.value) == ({"node": "gpu-1"}, since)
+
+
+def test_autopilot_nodes_says_a_wedged_node_is_not_live_and_since_when() -> None:
+    answer = {
+        "total": 2,
+        "live": 2,
+        "nodes": [
+            {"name": "gpu-1", "verdict": "PASS", "live": True, "last_seen": WALL - 20, "wedged_since": WALL - 600},
+            {"name": "gpu-2", "verdict": "PASS", "live": True, "last_seen": WALL - 20, "wedged_since": 0.0},
+        ],
+    }
+    console = Console(width=200, record=True)
+    console.print(client.nodes_table(answer, WALL))
+    rows = {line.split()[1]: line for line in console.export_text().splitlines() if "gpu-" in line}
+    assert "no: wedged 10m ago" in rows["gpu-1"]
+    assert "yes" in rows["gpu-2"] and "wedged" not in rows["gpu-2"]
