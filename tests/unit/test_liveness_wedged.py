@@ -27,14 +27,16 @@ from rich.console import Console
 from api import client
 from api.metrics import snapshot_from_store
 from autopilot import config, errors, metrics
+from autopilot.checks import iperf
 from autopilot.cluster import CONDITION_TYPE
+from autopilot.context import CheckContext
 from autopilot.nodeinfo import NodeFacts
 from autopilot.registry import shipped as shipped_checks
 from autopilot.results import CheckResult, Status, utc_now_iso
-from autopilot.testing import FakeCluster
+from autopilot.testing import FakeClock, FakeCluster, FakeGpu, FakeRunner, FakeTelemetry
 from workers import app as worker_app
 from workers import host as hosting
-from workers import liveness, main, reconcile, ring, simulate
+from workers import invasive_flow, liveness, main, reconcile, ring, simulate, tasks
 from workers.dispatch import RUN_TASK
 from workers.store import ResultsStore
 
@@ -171,10 +173,11 @@ def test_a_runs_task_may_take_its_checks_timeouts_and_the_margin(host: hosting.N
     assert worker_app.task_may_take_s(host, RUN_TASK, message) == expected
 
 
-def test_a_level3_job_may_take_the_invasive_deadline(host: hosting.NodeHost) -> None:
+def test_a_level3_job_may_take_the_invasive_deadline_and_the_watchs_grace(host: hosting.NodeHost) -> None:
     ctx = host.contexts["sim-0"]
     host.contexts["sim-0"] = dataclasses.replace(ctx, cluster=FakeCluster())
-    assert worker_app.task_may_take_s(host, RUN_TASK, run_message(["dcgm"], {"dcgm": {"r": 3}})) == 5030.0
+    expected = 5000.0 + invasive_flow.longest_wait_s(host.settings) - host.settings.invasive_deadline_s + 30.0
+    assert worker_app.task_may_take_s(host, RUN_TASK, run_message(["dcgm"], {"dcgm": {"r": 3}})) == expected
     level2 = shipped_checks().get("dcgm").timeout_s + 30.0
     assert worker_app.task_may_take_s(host, RUN_TASK, run_message(["dcgm"], {"dcgm": {"r": 2}})) == level2
 
@@ -188,13 +191,90 @@ def test_a_level3_job_may_take_the_invasive_deadline(host: hosting.NodeHost) -> 
         (RUN_TASK, {"node": "sim-0", "checks": "pciebw"}, 30.0),  # refused at once: malformed
         (ring.SERVERS_TASK, {}, 30.0),
         (ring.RING_TASK, {}, None),
-        (ring.CLIENTS_TASK, {}, None),
+        (ring.CLIENTS_TASK, {}, 30.0),  # refused at once: malformed
     ],
 )
-def test_other_tasks_may_take_the_margin_and_the_ring_has_no_bound(
+def test_other_tasks_may_take_the_margin_and_the_rings_coordinator_has_no_bound(
     host: hosting.NodeHost, task: str, message: dict[str, Any], expected: float | None
 ) -> None:
     assert worker_app.task_may_take_s(host, task, message) == expected
+
+
+class AwayClock(FakeClock):
+    """A manual clock whose first sleep (the watch's first wait) takes the API server away for good."""
+
+    def __init__(self, cluster: FakeCluster) -> None:
+        super().__init__(datetime.now(UTC))
+        self.cluster = cluster
+
+    def sleep(self, seconds: float) -> None:
+        if not self.sleeps:
+            self.cluster.fail_next("get_job", 503, times=10_000)
+        super().sleep(seconds)
+
+
+def test_a_level3_run_whose_job_runs_until_the_watch_gives_up_stays_within_its_bound() -> None:
+    """The API server away from the Job's first poll on (a control-plane upgrade): the watch asks again until the
+    Job's deadline and its grace (3 min) have passed. The task's bound holds that wait, so the margin is left for
+    its cluster and store calls. Before, the bound was the deadline alone: a margin under the grace wedged the
+    worker (restarted mid-Job, its node UNKNOWN), and the default 5 min left 2 for every call around the Job."""
+    settings = config.Settings(
+        node_name="gpu-1",
+        image="registry.example/autopilot:test",
+        cluster="on",
+        invasive_deadline_s=600.0,
+        wedge_margin_s=60.0,
+    )
+    cluster = FakeCluster()
+    cluster.add_node("gpu-1", {"nvidia.com/gpu.present": "true"}, gpus=2)
+    clock = AwayClock(cluster)
+    ctx = CheckContext(
+        "gpu-1",
+        settings,
+        FakeRunner(),
+        FakeTelemetry([FakeGpu(), FakeGpu()]),
+        clock,
+        cluster=cluster,
+        checks=shipped_checks(),
+    )
+    node_host = hosting.NodeHost(settings, ResultsStore(fakeredis.FakeRedis()), {"gpu-1": ctx})
+    message = run_message(["dcgm"], {"dcgm": {"r": 3}}, node="gpu-1")
+    bound = worker_app.task_may_take_s(node_host, RUN_TASK, message)
+    assert bound is not None
+    started = clock.monotonic()
+    [result] = tasks.run_checks(node_host, **message)
+    assert result.status is Status.ERROR and "unreadable at its deadline" in result.summary
+    assert clock.monotonic() - started + settings.wedge_margin_s <= bound
+
+
+def clients_message(jobs: int, ports: int, duration_s: int = 10) -> dict[str, Any]:
+    job = {"source": "sim-0", "target": "sim-1", "interface": "eth0", "address": "10.0.0.2"}
+    listening = list(range(5200, 5200 + ports))
+    return {
+        "run_id": "0" * 32,
+        "node": "sim-0",
+        "phase": 0,
+        "jobs": [job | {"ports": listening}] * jobs,
+        "duration_s": duration_s,
+    }
+
+
+def test_a_clients_phase_may_take_its_waves_of_clients_and_counts_once_past_them(host: hosting.NodeHost) -> None:
+    """A clients phase runs its iperf3 clients at most 64 at once, each to its timeout: its message bounds it.
+    Before, it had no bound, so a thread stuck in one (a store write that never returns) kept its worker from
+    ever counting as wedged, whatever its other threads did."""
+    one_wave = iperf.client_timeout_s(10)
+    assert worker_app.task_may_take_s(host, ring.CLIENTS_TASK, clients_message(1, 4)) == one_wave + 30.0
+    # 80 clients: a wave of 64, then one of 16.
+    assert worker_app.task_may_take_s(host, ring.CLIENTS_TASK, clients_message(20, 4)) == 2 * one_wave + 30.0
+    clock = Clock()
+    watch = liveness.PoolWatch(clock=clock)
+    watch.threads = 1
+    watch.started(ring.CLIENTS_TASK, worker_app.task_may_take_s(host, ring.CLIENTS_TASK, clients_message(1, 4)))
+    clock.t += one_wave + 29
+    assert watch.wedged_since() is None  # within its clients' timeouts and the margin
+    clock.t += 2
+    assert watch.wedged_since() is not None
 
 
 def test_the_margin_is_a_setting() -> None:
