@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import queue
 import threading
@@ -245,6 +246,16 @@ def test_a_level3_run_whose_job_runs_until_the_watch_gives_up_stays_within_its_b
     [result] = tasks.run_checks(node_host, **message)
     assert result.status is Status.ERROR and "unreadable at its deadline" in result.summary
     assert clock.monotonic() - started + settings.wedge_margin_s <= bound
+
+
+def test_a_level_past_any_number_is_no_job_and_its_run_is_still_watched(host: hosting.NodeHost) -> None:
+    """JSON's ``Infinity`` reaches a message as ``inf``: ``int(inf)`` raised OverflowError out of the level-3 test,
+    so the prerun handler failed (Celery logs it and runs the task anyway) and the task ran unwatched. It is no
+    Job: the engine refuses the level at once, within the check's timeout."""
+    ctx = host.contexts["sim-0"]
+    host.contexts["sim-0"] = dataclasses.replace(ctx, cluster=FakeCluster())
+    level2 = shipped_checks().get("dcgm").timeout_s + 30.0
+    assert worker_app.task_may_take_s(host, RUN_TASK, run_message(["dcgm"], {"dcgm": {"r": math.inf}})) == level2
 
 
 def clients_message(jobs: int, ports: int, duration_s: int = 10) -> dict[str, Any]:
