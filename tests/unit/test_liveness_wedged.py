@@ -355,6 +355,23 @@ def test_a_wedged_pool_stops_the_liveness_mark(tmp_path: Path) -> None:
     assert path.stat().st_mtime > old
 
 
+def test_a_starting_worker_marks_the_file_its_wedged_predecessor_left_stale(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a wedge the kubelet restarts the container; the pod's volume keeps the old, stale file. The new process
+    marks it as it starts, before its nodes' facts (NVML) and its consumer, so the probe does not restart it again
+    while it starts. Here the start ends early (a bad node name), after the mark."""
+    path = tmp_path / "alive"
+    path.write_text("")
+    old = time.time() - 3600
+    os.utime(path, (old, old))
+    monkeypatch.setenv("AUTOPILOT_REDIS_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.setenv("AUTOPILOT_LIVENESS_FILE", str(path))
+    with pytest.raises(errors.BadParameter):
+        main.worker_main(["--node", "Not_A_Node"])
+    assert path.stat().st_mtime > old
+
+
 FACTS = {"gpu-1": NodeFacts(cpu_model="cpu", gpu_model="H100", gpu_count=8, addresses={})}
 NOW = datetime.fromtimestamp(WALL, UTC)
 
