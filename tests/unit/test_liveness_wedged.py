@@ -38,8 +38,8 @@ from autopilot.testing import FakeClock, FakeCluster, FakeGpu, FakeRunner, FakeT
 from workers import app as worker_app
 from workers import host as hosting
 from workers import invasive_flow, liveness, main, reconcile, ring, simulate, tasks
-from workers.dispatch import RUN_TASK
-from workers.store import ResultsStore
+from workers.dispatch import RUN_TASK, FakeDispatcher
+from workers.store import NodeRecord, ResultsStore
 
 WALL = 1_800_000_000.0
 HEALTH = "autopilot.ibm.com/gpuhealth"
@@ -131,16 +131,10 @@ def test_a_long_task_within_its_bound_is_not_wedged(pool: tuple[liveness.PoolWat
     assert watch.wedged_since() is not None
 
 
-def test_a_task_without_a_bound_and_a_pool_of_no_threads_are_never_wedged(
-    pool: tuple[liveness.PoolWatch, Clock, list[PoolThread]],
-) -> None:
+def test_a_pool_of_no_threads_is_never_wedged(pool: tuple[liveness.PoolWatch, Clock, list[PoolThread]]) -> None:
     watch, clock, (a, b) = pool
-    a.do(lambda: watch.started("autopilot.iperf_ring", None))
-    b.do(lambda: watch.started("autopilot.run_checks", 1.0))
-    clock.t += 10**6
-    assert watch.wedged_since() is None
-    a.do(watch.finished)
     a.do(lambda: watch.started("autopilot.run_checks", 1.0))
+    b.do(lambda: watch.started("autopilot.run_checks", 1.0))
     clock.t += 2
     assert watch.wedged_since() is not None
     watch.threads = 0  # not a worker (the API, beat): nothing is judged
@@ -191,12 +185,12 @@ def test_a_level3_job_may_take_the_invasive_deadline_and_the_watchs_grace(host: 
         (RUN_TASK, run_message(["pciebw"], node="elsewhere"), 30.0),  # answered at once: not hosted
         (RUN_TASK, {"node": "sim-0", "checks": "pciebw"}, 30.0),  # refused at once: malformed
         (ring.SERVERS_TASK, {}, 30.0),
-        (ring.RING_TASK, {}, None),
+        (ring.RING_TASK, {}, 30.0),  # refused at once: malformed
         (ring.CLIENTS_TASK, {}, 30.0),  # refused at once: malformed
     ],
 )
-def test_other_tasks_may_take_the_margin_and_the_rings_coordinator_has_no_bound(
-    host: hosting.NodeHost, task: str, message: dict[str, Any], expected: float | None
+def test_other_tasks_may_take_the_margin(
+    host: hosting.NodeHost, task: str, message: dict[str, Any], expected: float
 ) -> None:
     assert worker_app.task_may_take_s(host, task, message) == expected
 
@@ -285,6 +279,43 @@ def test_a_clients_phase_may_take_its_waves_of_clients_and_counts_once_past_them
     clock.t += one_wave + 29
     assert watch.wedged_since() is None  # within its clients' timeouts and the margin
     clock.t += 2
+    assert watch.wedged_since() is not None
+
+
+def test_the_rings_coordinator_may_take_the_rings_estimate_and_counts_once_past_it() -> None:
+    """Four members whose servers start and whose clients never answer: the coordinator waits out every step's
+    deadline, the longest a ring runs, and that fits its bound. Before, the coordinator had no bound: a thread stuck
+    in one (for the hours a large ring takes, or for good) kept its worker from ever counting as wedged."""
+    settings = config.Settings(node_name="api", wedge_margin_s=30.0)
+    store = ResultsStore(fakeredis.FakeRedis())
+    members = ["node-a", "node-b", "node-c", "node-d"]
+    store.heartbeat_many(
+        NodeRecord(n, {"data0": [f"10.0.0.{i + 1}"]}, last_seen=time.time()) for i, n in enumerate(members)
+    )
+    node_host = hosting.NodeHost(settings, store, {})
+
+    def servers_start(task: str, node: str, kwargs: dict[str, Any]) -> None:
+        if task == ring.SERVERS_TASK:
+            ring.post(store, kwargs["run_id"], f"servers|{node}", {"ok": True, "started": 1})
+
+    message = {"run_id": "1" * 32, "nodes": members, "params": {"duration_s": 5}}
+    bound = worker_app.task_may_take_s(node_host, ring.RING_TASK, message)
+    clock = Clock()
+    started = clock.t
+
+    def sleep(seconds: float) -> None:
+        clock.t += seconds
+
+    outcome = ring.run_ring(
+        store, FakeDispatcher(on_task=servers_start), settings, message["run_id"], members, message["params"],
+        clock=clock, sleep=sleep,
+    )  # fmt: skip
+    assert outcome.pairs and all("no answer" in p["detail"] for p in outcome.pairs)
+    assert clock.t - started + settings.wedge_margin_s <= bound
+    watch = liveness.PoolWatch(clock=clock)
+    watch.threads = 1
+    watch.started(ring.RING_TASK, bound)
+    clock.t += bound + 1
     assert watch.wedged_since() is not None
 
 
