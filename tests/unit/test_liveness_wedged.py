@@ -21,8 +21,10 @@ from typing import Any
 
 import fakeredis
 import pytest
-from celery import Celery
+from celery import Celery, Task
 from celery import _state as celery_state
+from celery.app.trace import build_tracer
+from celery.exceptions import Reject, Retry
 from rich.console import Console
 
 from api import client
@@ -359,6 +361,38 @@ def test_a_task_is_held_from_its_prerun_to_its_postrun(
 
     fails.apply()
     assert watch.wedged_since() is None  # freed after an exception too
+
+
+@pytest.mark.parametrize(
+    "ending",
+    [Retry("GPUs busy: again in 2 s"), Reject("unusable", requeue=False), RuntimeError("boom"), SystemExit(1)],
+    ids=["retry", "reject", "exception", "exit"],
+)
+def test_a_task_ending_any_way_in_a_worker_frees_its_thread(
+    app: Celery, host: hosting.NodeHost, monkeypatch: pytest.MonkeyPatch, ending: BaseException
+) -> None:
+    """The worker's own tracer (not eager ``apply``): a retry (the busy-GPU hand-back) is a new message with its
+    own prerun and postrun, and this execution's postrun comes after the Retry as after a Reject, an exception or
+    an exit, so no thread stays held by a task that ended."""
+    clock = Clock()
+    watch = liveness.PoolWatch(clock=clock)
+    watch.threads = 1
+    monkeypatch.setattr(liveness, "POOL", watch)
+    held: list[bool] = []
+
+    @app.task(name=RUN_TASK, bind=True, ignore_result=True)
+    def run(self: Task, **_: Any) -> None:
+        clock.t += 10_000  # past any bound: held, so wedged
+        held.append(watch.wedged_since() is not None)
+        raise ending
+
+    trace = build_tracer(RUN_TASK, run, app=app, eager=False, propagate=False)
+    try:
+        trace("0" * 32, (), run_message(["pciebw"]), {"delivery_info": {}})
+    except SystemExit:
+        pass  # a BaseException goes on up, past the postrun
+    assert held == [True]
+    assert watch.wedged_since() is None
 
 
 # ---------------------------------------------------------------- what the worker does about it
