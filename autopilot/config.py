@@ -250,10 +250,10 @@ class Settings:
     ``AUTOPILOT_LIVENESS_INTERVAL``s, so that a busy machine's late mark is no restart (one or less is refused)."""
 
     wedge_margin_s: float = 300.0
-    """How long past what its task may take (its checks' timeouts, a level-3 Job's ``AUTOPILOT_INVASIVE_DEADLINE``)
-    a worker thread may hold that task (``AUTOPILOT_WEDGE_MARGIN``). When every thread of a worker holds its task
-    that long, the worker is wedged: it stops marking ``AUTOPILOT_LIVENESS_FILE`` and says so in its node record
-    (``wedged_since``), which stops its heartbeat's ``last_seen`` (docs/RELIABILITY.md)."""
+    """How long past what its task may take (its checks' timeouts, a level-3 Job's ``AUTOPILOT_INVASIVE_DEADLINE``
+    and 3 min) a worker thread may hold that task (``AUTOPILOT_WEDGE_MARGIN``). When every thread of a worker holds
+    its task that long, the worker is wedged: it stops marking ``AUTOPILOT_LIVENESS_FILE`` and says so in its node
+    record (``wedged_since``), which stops its heartbeat's ``last_seen`` (docs/RELIABILITY.md)."""
 
     reconcile_interval_s: float = 30.0
     """How often beat recomputes verdicts and labels and sweeps stale results (``AUTOPILOT_RECONCILE_INTERVAL``)."""

@@ -133,7 +133,7 @@ class CheckSpec:
             return False
         try:
             return self.as_job(params, settings)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, ArithmeticError):  # ArithmeticError: int(inf), JSON's Infinity
             return False
 
     def validate(self, raw: Mapping[str, Any]) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from autopilot import config, errors, registry
 from autopilot.cluster import ClusterClient
 from autopilot.errors import StoreUnavailable
 from autopilot.results import CheckResult
-from workers import broker, confirming, liveness, ring, runs, tasks
+from workers import broker, confirming, invasive_flow, liveness, ring, runs, tasks
 from workers import host as hosting
 from workers.dispatch import CONTROL_QUEUE, RUN_TASK, CeleryDispatcher
 from workers.store import ResultsStore
@@ -54,18 +54,16 @@ def _stop_iperf_servers(**_: Any) -> None:
 signals.worker_shutdown.connect(_stop_iperf_servers)
 
 
-# Tasks whose length follows from nothing in their message: the iperf ring's coordinator waits out the whole ring
-# and a clients phase its iperf runs. A thread holding one is never counted wedged (``liveness.PoolWatch``).
-_UNBOUNDED_TASKS = frozenset({ring.RING_TASK, ring.CLIENTS_TASK})
-
-
-def task_may_take_s(host: hosting.NodeHost, task: str, message: Mapping[str, Any]) -> float | None:
+def task_may_take_s(host: hosting.NodeHost, task: str, message: Mapping[str, Any]) -> float:
     """How long ``task`` with ``message``'s keyword arguments may hold a pool thread: a run's checks their
-    timeouts one after another (a level-3 Job its ``invasive_deadline_s``), every task ``wedge_margin_s`` more
-    for its store writes and reconcile; None for a task with no bound (``_UNBOUNDED_TASKS``)."""
-    if task in _UNBOUNDED_TASKS:
-        return None
+    timeouts one after another (a level-3 Job the longest its watch waits, ``invasive_flow.longest_wait_s``), a
+    clients phase of the iperf ring its waves of clients (``ring.clients_take_s``), the ring's coordinator the
+    ring's estimate, every task ``wedge_margin_s`` more for its store writes and cluster calls."""
     settings = host.settings
+    if task == ring.CLIENTS_TASK:
+        return ring.clients_take_s(message.get("jobs"), message.get("duration_s")) + settings.wedge_margin_s
+    if task == ring.RING_TASK:
+        return _ring_takes_s(host, message) + settings.wedge_margin_s
     node, checks, params = message.get("node"), message.get("checks"), message.get("params")
     ctx = host.context(node) if isinstance(node, str) else None
     if task != RUN_TASK or ctx is None or not isinstance(checks, (list, tuple)):
@@ -76,8 +74,24 @@ def task_may_take_s(host: hosting.NodeHost, task: str, message: Mapping[str, Any
         raw = params.get(check) if isinstance(params, Mapping) else None
         given: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
         as_job = ctx.cluster is not None and spec.runs_as_job(given, settings)
-        total += settings.invasive_deadline_s if as_job else ctx.timeout_for(check, spec.timeout_s)
+        total += invasive_flow.longest_wait_s(settings) if as_job else ctx.timeout_for(check, spec.timeout_s)
     return total + settings.wedge_margin_s
+
+
+def _ring_takes_s(host: hosting.NodeHost, message: Mapping[str, Any]) -> float:
+    """The longest the ring's coordinator runs (``ring.estimate_s``: its plan over the members' addresses in the
+    store, one read, as the coordinator makes it again); 0 for a message it refuses at once, or when the store
+    cannot be read (the coordinator's own plan fails as fast)."""
+    nodes, params = message.get("nodes"), message.get("params")
+    if not isinstance(nodes, list | tuple) or not all(isinstance(n, str) for n in nodes):
+        return 0.0
+    if not isinstance(params, Mapping):
+        return 0.0
+    try:
+        return ring.estimate_s(host.store, host.settings, list(nodes), params)
+    except (errors.AutopilotError, redis.RedisError, TypeError, ValueError, ArithmeticError) as exc:
+        log.warning("iperf ring %.40s: its bound is not known (%s): the margin alone", message.get("run_id"), exc)
+        return 0.0
 
 
 def _task_started(task: Task | None = None, kwargs: Mapping[str, Any] | None = None, **_: Any) -> None:

@@ -14,7 +14,7 @@ import dataclasses
 import logging
 from collections.abc import Callable
 
-from autopilot import errors, invasive, polling, results
+from autopilot import config, errors, invasive, polling, results
 from autopilot.cluster import ClusterClient
 from autopilot.results import CheckResult, Status
 from workers import reconcile as reconciling
@@ -63,7 +63,7 @@ def watch(
     ctx = host.context(node)
     assert ctx is not None
     settings = host.settings
-    limit = ctx.clock.monotonic() + settings.invasive_deadline_s + _GRACE_S
+    limit = ctx.clock.monotonic() + longest_wait_s(settings)
 
     unreadable: list[str] = []  # the last transient error, while the API server is away
 
@@ -102,13 +102,19 @@ def watch(
             log.warning("invasive Job %s on %s not deleted (its deadline and TTL end it): %s", job_name, node, gone)
         return _level3(invasive.error_result(node, reason, job=job_name, now=ctx.clock.now()))
     if outcome is None:
-        reason = f"invasive Job {job_name} still running {settings.invasive_deadline_s + _GRACE_S:g} s after start"
+        reason = f"invasive Job {job_name} still running {longest_wait_s(settings):g} s after start"
         if unreadable:
             reason = f"invasive Job {job_name} unreadable at its deadline: {unreadable[0]}"
         return _level3(invasive.error_result(node, reason, job=job_name, now=ctx.clock.now()))
     assert outcome.result is not None
     log.info("invasive Job %s on %s: %s (%s)", job_name, node, outcome.state.value, outcome.reason)
     return _level3(outcome.result)
+
+
+def longest_wait_s(settings: config.Settings) -> float:
+    """The longest ``watch`` waits for a Job (its deadline and the grace), its API calls aside: what a level-3 run
+    may hold its worker thread (``workers.app.task_may_take_s``)."""
+    return settings.invasive_deadline_s + _GRACE_S
 
 
 def end_testing(host: NodeHost, node: str) -> None:

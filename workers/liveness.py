@@ -58,7 +58,7 @@ class Held:
 
     task: str
     started: float  # monotonic seconds
-    may_take_s: float | None  # None: no bound is known (the iperf ring's coordinator), never wedged
+    may_take_s: float
 
 
 class PoolWatch:
@@ -77,7 +77,7 @@ class PoolWatch:
         self._held: dict[int, Held] = {}
         self._since: float | None = None  # epoch s the pool wedged, fixed while it stays wedged
 
-    def started(self, task: str, may_take_s: float | None) -> None:
+    def started(self, task: str, may_take_s: float) -> None:
         """The calling (pool) thread starts ``task``, which may hold it ``may_take_s`` (its margin included)."""
         with self._lock:
             self._held[threading.get_ident()] = Held(task, self._clock(), may_take_s)
@@ -94,7 +94,7 @@ class PoolWatch:
         with self._lock:
             held = list(self._held.values())
             threads = self.threads
-            overdue = [h for h in held if h.may_take_s is not None and now - h.started > h.may_take_s]
+            overdue = [h for h in held if now - h.started > h.may_take_s]
             if threads <= 0 or len(overdue) < threads:
                 if self._since is not None:
                     self._since = None
@@ -103,7 +103,7 @@ class PoolWatch:
             if self._since is None:
                 # Wedged from the moment the last of them ran past its bound; fixed from now on, so every
                 # heartbeat writes the same ``wedged_since`` and ``last_seen``.
-                crossed = max(h.started + (h.may_take_s or 0.0) for h in overdue)
+                crossed = max(h.started + h.may_take_s for h in overdue)
                 self._since = self._wall() - (now - crossed)
                 log.error(
                     "worker wedged: all %d pool thread(s) hold a task past what it may take: %s",

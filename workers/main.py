@@ -146,6 +146,11 @@ def worker_main(argv: Sequence[str]) -> int:
     args = parser.parse_args(list(argv))
 
     settings = _settings()
+    if settings.liveness_file:
+        # A container the kubelet restarted finds its predecessor's file in the pod's volume, stale (a wedged pool's
+        # is older than AUTOPILOT_LIVENESS_MAX_AGE): starting is progress, so the new process has that long to start
+        # its consumer (NVML's first calls can take tens of seconds) rather than the kubelet's next few probes.
+        liveness.touch(settings.liveness_file)
     checks = load_checks()
     labels = parse_labels(args.label)
     store = make_store(settings)

@@ -68,6 +68,7 @@ CLAIM = "iperf-ring"
 # The ring's lease lapses this long after its last renewal (renewed every third of it while the
 # coordinator waits): the longest a dead coordinator keeps the next ring from starting.
 CLAIM_TTL_S = 30.0
+CLIENTS_AT_ONCE = 64  # iperf3 clients one clients phase runs at the same time (a thread each)
 
 
 def post(store: ResultsStore, run_id: str, field: str, payload: Mapping[str, Any], ttl_s: float = 3600) -> None:
@@ -172,7 +173,7 @@ SERVERS = Servers()
 
 
 def run_clients(runner: CommandRunner, jobs: Sequence[Mapping[str, Any]], duration_s: int) -> list[dict[str, Any]]:
-    """Every job's clients at once (one per server port); a pair per job, judged."""
+    """Every job's clients at once (one per server port, ``CLIENTS_AT_ONCE`` at the most); a pair per job, judged."""
     calls = [(i, port) for i, job in enumerate(jobs) for port in job["ports"]]
     if not calls:
         return []
@@ -186,7 +187,7 @@ def run_clients(runner: CommandRunner, jobs: Sequence[Mapping[str, Any]], durati
         except errors.AutopilotError as exc:
             return exc
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=min(64, len(calls))) as pool:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(CLIENTS_AT_ONCE, len(calls))) as pool:
         outs = list(pool.map(one, calls))
     by_job: dict[int, list[CommandResult | errors.AutopilotError]] = {}
     for (i, _), out in zip(calls, outs, strict=True):
@@ -195,6 +196,16 @@ def run_clients(runner: CommandRunner, jobs: Sequence[Mapping[str, Any]], durati
         iperf.pair(job["source"], job["target"], job["interface"], job["address"], iperf.judge_pair(by_job.get(i, [])))
         for i, job in enumerate(jobs)
     ]
+
+
+def clients_take_s(jobs: object, duration_s: object) -> float:
+    """The longest ``run_clients`` runs for a clients message's ``jobs`` and ``duration_s``: each wave of
+    ``CLIENTS_AT_ONCE`` clients up to its timeout. 0 for a message ``iperf_clients`` refuses at once (malformed)."""
+    if isinstance(duration_s, bool) or not isinstance(duration_s, int) or not isinstance(jobs, list | tuple):
+        return 0.0
+    ports = [job.get("ports") for job in jobs if isinstance(job, Mapping)]
+    calls = sum(len(p) for p in ports if isinstance(p, list | tuple))
+    return -(-calls // CLIENTS_AT_ONCE) * iperf.client_timeout_s(duration_s)
 
 
 # ------------------------------------------------------------------ plan

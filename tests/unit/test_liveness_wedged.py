@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import queue
 import threading
@@ -20,23 +21,27 @@ from typing import Any
 
 import fakeredis
 import pytest
-from celery import Celery
+from celery import Celery, Task
 from celery import _state as celery_state
+from celery.app.trace import build_tracer
+from celery.exceptions import Reject, Retry
 from rich.console import Console
 
 from api import client
 from api.metrics import snapshot_from_store
 from autopilot import config, errors, metrics
+from autopilot.checks import iperf
 from autopilot.cluster import CONDITION_TYPE
+from autopilot.context import CheckContext
 from autopilot.nodeinfo import NodeFacts
 from autopilot.registry import shipped as shipped_checks
 from autopilot.results import CheckResult, Status, utc_now_iso
-from autopilot.testing import FakeCluster
+from autopilot.testing import FakeClock, FakeCluster, FakeGpu, FakeRunner, FakeTelemetry
 from workers import app as worker_app
 from workers import host as hosting
-from workers import liveness, main, reconcile, ring, simulate
-from workers.dispatch import RUN_TASK
-from workers.store import ResultsStore
+from workers import invasive_flow, liveness, main, reconcile, ring, simulate, tasks
+from workers.dispatch import RUN_TASK, FakeDispatcher
+from workers.store import NodeRecord, ResultsStore
 
 WALL = 1_800_000_000.0
 HEALTH = "autopilot.ibm.com/gpuhealth"
@@ -128,16 +133,10 @@ def test_a_long_task_within_its_bound_is_not_wedged(pool: tuple[liveness.PoolWat
     assert watch.wedged_since() is not None
 
 
-def test_a_task_without_a_bound_and_a_pool_of_no_threads_are_never_wedged(
-    pool: tuple[liveness.PoolWatch, Clock, list[PoolThread]],
-) -> None:
+def test_a_pool_of_no_threads_is_never_wedged(pool: tuple[liveness.PoolWatch, Clock, list[PoolThread]]) -> None:
     watch, clock, (a, b) = pool
-    a.do(lambda: watch.started("autopilot.iperf_ring", None))
-    b.do(lambda: watch.started("autopilot.run_checks", 1.0))
-    clock.t += 10**6
-    assert watch.wedged_since() is None
-    a.do(watch.finished)
     a.do(lambda: watch.started("autopilot.run_checks", 1.0))
+    b.do(lambda: watch.started("autopilot.run_checks", 1.0))
     clock.t += 2
     assert watch.wedged_since() is not None
     watch.threads = 0  # not a worker (the API, beat): nothing is judged
@@ -171,10 +170,11 @@ def test_a_runs_task_may_take_its_checks_timeouts_and_the_margin(host: hosting.N
     assert worker_app.task_may_take_s(host, RUN_TASK, message) == expected
 
 
-def test_a_level3_job_may_take_the_invasive_deadline(host: hosting.NodeHost) -> None:
+def test_a_level3_job_may_take_the_invasive_deadline_and_the_watchs_grace(host: hosting.NodeHost) -> None:
     ctx = host.contexts["sim-0"]
     host.contexts["sim-0"] = dataclasses.replace(ctx, cluster=FakeCluster())
-    assert worker_app.task_may_take_s(host, RUN_TASK, run_message(["dcgm"], {"dcgm": {"r": 3}})) == 5030.0
+    expected = 5000.0 + invasive_flow.longest_wait_s(host.settings) - host.settings.invasive_deadline_s + 30.0
+    assert worker_app.task_may_take_s(host, RUN_TASK, run_message(["dcgm"], {"dcgm": {"r": 3}})) == expected
     level2 = shipped_checks().get("dcgm").timeout_s + 30.0
     assert worker_app.task_may_take_s(host, RUN_TASK, run_message(["dcgm"], {"dcgm": {"r": 2}})) == level2
 
@@ -187,14 +187,138 @@ def test_a_level3_job_may_take_the_invasive_deadline(host: hosting.NodeHost) -> 
         (RUN_TASK, run_message(["pciebw"], node="elsewhere"), 30.0),  # answered at once: not hosted
         (RUN_TASK, {"node": "sim-0", "checks": "pciebw"}, 30.0),  # refused at once: malformed
         (ring.SERVERS_TASK, {}, 30.0),
-        (ring.RING_TASK, {}, None),
-        (ring.CLIENTS_TASK, {}, None),
+        (ring.RING_TASK, {}, 30.0),  # refused at once: malformed
+        (ring.CLIENTS_TASK, {}, 30.0),  # refused at once: malformed
     ],
 )
-def test_other_tasks_may_take_the_margin_and_the_ring_has_no_bound(
-    host: hosting.NodeHost, task: str, message: dict[str, Any], expected: float | None
+def test_other_tasks_may_take_the_margin(
+    host: hosting.NodeHost, task: str, message: dict[str, Any], expected: float
 ) -> None:
     assert worker_app.task_may_take_s(host, task, message) == expected
+
+
+class AwayClock(FakeClock):
+    """A manual clock whose first sleep (the watch's first wait) takes the API server away for good."""
+
+    def __init__(self, cluster: FakeCluster) -> None:
+        super().__init__(datetime.now(UTC))
+        self.cluster = cluster
+
+    def sleep(self, seconds: float) -> None:
+        if not self.sleeps:
+            self.cluster.fail_next("get_job", 503, times=10_000)
+        super().sleep(seconds)
+
+
+def test_a_level3_run_whose_job_runs_until_the_watch_gives_up_stays_within_its_bound() -> None:
+    """The API server away from the Job's first poll on (a control-plane upgrade): the watch asks again until the
+    Job's deadline and its grace (3 min) have passed. The task's bound holds that wait, so the margin is left for
+    its cluster and store calls. Before, the bound was the deadline alone: a margin under the grace wedged the
+    worker (restarted mid-Job, its node UNKNOWN), and the default 5 min left 2 for every call around the Job."""
+    settings = config.Settings(
+        node_name="gpu-1",
+        image="registry.example/autopilot:test",
+        cluster="on",
+        invasive_deadline_s=600.0,
+        wedge_margin_s=60.0,
+    )
+    cluster = FakeCluster()
+    cluster.add_node("gpu-1", {"nvidia.com/gpu.present": "true"}, gpus=2)
+    clock = AwayClock(cluster)
+    ctx = CheckContext(
+        "gpu-1",
+        settings,
+        FakeRunner(),
+        FakeTelemetry([FakeGpu(), FakeGpu()]),
+        clock,
+        cluster=cluster,
+        checks=shipped_checks(),
+    )
+    node_host = hosting.NodeHost(settings, ResultsStore(fakeredis.FakeRedis()), {"gpu-1": ctx})
+    message = run_message(["dcgm"], {"dcgm": {"r": 3}}, node="gpu-1")
+    bound = worker_app.task_may_take_s(node_host, RUN_TASK, message)
+    assert bound is not None
+    started = clock.monotonic()
+    [result] = tasks.run_checks(node_host, **message)
+    assert result.status is Status.ERROR and "unreadable at its deadline" in result.summary
+    assert clock.monotonic() - started + settings.wedge_margin_s <= bound
+
+
+def test_a_level_past_any_number_is_no_job_and_its_run_is_still_watched(host: hosting.NodeHost) -> None:
+    """JSON's ``Infinity`` reaches a message as ``inf``: ``int(inf)`` raised OverflowError out of the level-3 test,
+    so the prerun handler failed (Celery logs it and runs the task anyway) and the task ran unwatched. It is no
+    Job: the engine refuses the level at once, within the check's timeout."""
+    ctx = host.contexts["sim-0"]
+    host.contexts["sim-0"] = dataclasses.replace(ctx, cluster=FakeCluster())
+    level2 = shipped_checks().get("dcgm").timeout_s + 30.0
+    assert worker_app.task_may_take_s(host, RUN_TASK, run_message(["dcgm"], {"dcgm": {"r": math.inf}})) == level2
+
+
+def clients_message(jobs: int, ports: int, duration_s: int = 10) -> dict[str, Any]:
+    job = {"source": "sim-0", "target": "sim-1", "interface": "eth0", "address": "10.0.0.2"}
+    listening = list(range(5200, 5200 + ports))
+    return {
+        "run_id": "0" * 32,
+        "node": "sim-0",
+        "phase": 0,
+        "jobs": [job | {"ports": listening}] * jobs,
+        "duration_s": duration_s,
+    }
+
+
+def test_a_clients_phase_may_take_its_waves_of_clients_and_counts_once_past_them(host: hosting.NodeHost) -> None:
+    """A clients phase runs its iperf3 clients at most 64 at once, each to its timeout: its message bounds it.
+    Before, it had no bound, so a thread stuck in one (a store write that never returns) kept its worker from
+    ever counting as wedged, whatever its other threads did."""
+    one_wave = iperf.client_timeout_s(10)
+    assert worker_app.task_may_take_s(host, ring.CLIENTS_TASK, clients_message(1, 4)) == one_wave + 30.0
+    # 80 clients: a wave of 64, then one of 16.
+    assert worker_app.task_may_take_s(host, ring.CLIENTS_TASK, clients_message(20, 4)) == 2 * one_wave + 30.0
+    clock = Clock()
+    watch = liveness.PoolWatch(clock=clock)
+    watch.threads = 1
+    watch.started(ring.CLIENTS_TASK, worker_app.task_may_take_s(host, ring.CLIENTS_TASK, clients_message(1, 4)))
+    clock.t += one_wave + 29
+    assert watch.wedged_since() is None  # within its clients' timeouts and the margin
+    clock.t += 2
+    assert watch.wedged_since() is not None
+
+
+def test_the_rings_coordinator_may_take_the_rings_estimate_and_counts_once_past_it() -> None:
+    """Four members whose servers start and whose clients never answer: the coordinator waits out every step's
+    deadline, the longest a ring runs, and that fits its bound. Before, the coordinator had no bound: a thread stuck
+    in one (for the hours a large ring takes, or for good) kept its worker from ever counting as wedged."""
+    settings = config.Settings(node_name="api", wedge_margin_s=30.0)
+    store = ResultsStore(fakeredis.FakeRedis())
+    members = ["node-a", "node-b", "node-c", "node-d"]
+    store.heartbeat_many(
+        NodeRecord(n, {"data0": [f"10.0.0.{i + 1}"]}, last_seen=time.time()) for i, n in enumerate(members)
+    )
+    node_host = hosting.NodeHost(settings, store, {})
+
+    def servers_start(task: str, node: str, kwargs: dict[str, Any]) -> None:
+        if task == ring.SERVERS_TASK:
+            ring.post(store, kwargs["run_id"], f"servers|{node}", {"ok": True, "started": 1})
+
+    message = {"run_id": "1" * 32, "nodes": members, "params": {"duration_s": 5}}
+    bound = worker_app.task_may_take_s(node_host, ring.RING_TASK, message)
+    clock = Clock()
+    started = clock.t
+
+    def sleep(seconds: float) -> None:
+        clock.t += seconds
+
+    outcome = ring.run_ring(
+        store, FakeDispatcher(on_task=servers_start), settings, message["run_id"], members, message["params"],
+        clock=clock, sleep=sleep,
+    )  # fmt: skip
+    assert outcome.pairs and all("no answer" in p["detail"] for p in outcome.pairs)
+    assert clock.t - started + settings.wedge_margin_s <= bound
+    watch = liveness.PoolWatch(clock=clock)
+    watch.threads = 1
+    watch.started(ring.RING_TASK, bound)
+    clock.t += bound + 1
+    assert watch.wedged_since() is not None
 
 
 def test_the_margin_is_a_setting() -> None:
@@ -239,6 +363,38 @@ def test_a_task_is_held_from_its_prerun_to_its_postrun(
     assert watch.wedged_since() is None  # freed after an exception too
 
 
+@pytest.mark.parametrize(
+    "ending",
+    [Retry("GPUs busy: again in 2 s"), Reject("unusable", requeue=False), RuntimeError("boom"), SystemExit(1)],
+    ids=["retry", "reject", "exception", "exit"],
+)
+def test_a_task_ending_any_way_in_a_worker_frees_its_thread(
+    app: Celery, host: hosting.NodeHost, monkeypatch: pytest.MonkeyPatch, ending: BaseException
+) -> None:
+    """The worker's own tracer (not eager ``apply``): a retry (the busy-GPU hand-back) is a new message with its
+    own prerun and postrun, and this execution's postrun comes after the Retry as after a Reject, an exception or
+    an exit, so no thread stays held by a task that ended."""
+    clock = Clock()
+    watch = liveness.PoolWatch(clock=clock)
+    watch.threads = 1
+    monkeypatch.setattr(liveness, "POOL", watch)
+    held: list[bool] = []
+
+    @app.task(name=RUN_TASK, bind=True, ignore_result=True)
+    def run(self: Task, **_: Any) -> None:
+        clock.t += 10_000  # past any bound: held, so wedged
+        held.append(watch.wedged_since() is not None)
+        raise ending
+
+    trace = build_tracer(RUN_TASK, run, app=app, eager=False, propagate=False)
+    try:
+        trace("0" * 32, (), run_message(["pciebw"]), {"delivery_info": {}})
+    except SystemExit:
+        pass  # a BaseException goes on up, past the postrun
+    assert held == [True]
+    assert watch.wedged_since() is None
+
+
 # ---------------------------------------------------------------- what the worker does about it
 
 
@@ -261,6 +417,23 @@ def test_a_wedged_pool_stops_the_liveness_mark(tmp_path: Path) -> None:
     free = liveness.PoolWatch()
     free.threads = 1
     liveness.mark(str(path), free)
+    assert path.stat().st_mtime > old
+
+
+def test_a_starting_worker_marks_the_file_its_wedged_predecessor_left_stale(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a wedge the kubelet restarts the container; the pod's volume keeps the old, stale file. The new process
+    marks it as it starts, before its nodes' facts (NVML) and its consumer, so the probe does not restart it again
+    while it starts. Here the start ends early (a bad node name), after the mark."""
+    path = tmp_path / "alive"
+    path.write_text("")
+    old = time.time() - 3600
+    os.utime(path, (old, old))
+    monkeypatch.setenv("AUTOPILOT_REDIS_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.setenv("AUTOPILOT_LIVENESS_FILE", str(path))
+    with pytest.raises(errors.BadParameter):
+        main.worker_main(["--node", "Not_A_Node"])
     assert path.stat().st_mtime > old
 
 
