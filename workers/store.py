@@ -410,10 +410,9 @@ class ResultsStore:
             return {n: float(scored[n.encode()]) for n in _node_names(scored)}
         if not names:
             return {}
-        pipe = self.r.pipeline(transaction=False)
-        for n in names:
-            pipe.zscore(f"{P}nodes", n)
-        return {n: float(score) for n, score in zip(names, pipe.execute(), strict=True) if score is not None}
+        # One ZMSCORE, not a ZSCORE per node: a 1,000-node answer asked a thousand (Redis 6.2, as SET GET).
+        scores = self.r.zmscore(f"{P}nodes", list(names))
+        return {n: float(score) for n, score in zip(names, scores, strict=True) if score is not None}
 
     def forget_node(self, name: str) -> None:
         """Drop everything the store holds about ``name`` (a scan of the event counts, then one MULTI)."""
