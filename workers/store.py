@@ -676,10 +676,11 @@ class ResultsStore:
             if run_id not in bulk:
                 pipe.hexists(f"{P}run:{run_id}", f"{node}|{check}")
         replies = pipe.execute()
-        fields = {run_id: {decoded(n) for n in names} for run_id, names in zip(bulk, replies, strict=False)}
+        # Compared as bytes: a field name that is not UTF-8 (not ours) is no answer, as HEXISTS would say.
+        fields = {run_id: {_bytes(n) for n in names} for run_id, names in zip(bulk, replies, strict=False)}
         exists = iter(replies[len(bulk) :])
         return [
-            f"{node}|{check}" in fields[run_id] if run_id in fields else bool(next(exists))
+            f"{node}|{check}".encode() in fields[run_id] if run_id in fields else bool(next(exists))
             for run_id, node, check in asked
         ]
 
@@ -811,6 +812,10 @@ class EventStore:
             return None
         key, raw = got
         return decoded(key).removeprefix(f"{P}inject:"), raw
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
 
 
 def decoded(value: bytes | str) -> str:

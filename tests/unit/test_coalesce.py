@@ -304,3 +304,12 @@ def test_runs_answered_asks_pair_by_pair_when_a_run_holds_far_more_than_is_asked
     counts = _counting(monkeypatch)
     assert store.runs_answered(asked) == [i % 2 == 0 for i in range(70)]
     assert counts == {"hexists": 70}
+
+
+def test_runs_answered_by_names_is_not_thrown_by_a_field_name_that_is_not_utf8() -> None:
+    client = fakeredis.FakeRedis()
+    store = ResultsStore(client)
+    big, _ = _answered_runs(store, 100)
+    client.hset(f"ap:run:{big}", b"\xff\xfe|remapped", b"{}")  # another writer's key, not ours
+    asked = [(big, f"n{i}", "remapped") for i in range(100)]
+    assert store.runs_answered(asked) == [i % 2 == 0 for i in range(100)]
