@@ -411,7 +411,7 @@ class ResultsStore:
         if not names:
             return {}
         # One ZMSCORE, not a ZSCORE per node: a 1,000-node answer asked a thousand (Redis 6.2, as SET GET).
-        scores = self.r.zmscore(f"{P}nodes", list(names))
+        scores: list[float | None] = self.r.zmscore(f"{P}nodes", list(names))  # type: ignore[no-untyped-call]  # untyped in redis-py's stubs
         return {n: float(score) for n, score in zip(names, scores, strict=True) if score is not None}
 
     def forget_node(self, name: str) -> None:
