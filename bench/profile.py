@@ -7,6 +7,7 @@ with the most samples, by own time and including callees, and keeps the collapse
 
     python -m bench.profile --nodes 1000 --repeat 3            # needs py-spy (in .venv/bin)
     python -m bench.profile --role api --out /tmp/api.folded
+    python -m bench.profile --checks remapped          # one cheap check: what is left is the runtime around a task
 
 Only a profile: the figures to quote come from ``bench.fanout``, which runs without py-spy.
 """
@@ -20,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -64,6 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--role", choices=("simulator", "api"), default="simulator")
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument("--top", type=int, default=40)
+    parser.add_argument("--checks", default="", help="comma-separated checks to ask for (default: the periodic ones)")
     parser.add_argument("--out", default="/tmp/autopilot-profile.folded", help="collapsed stacks")
     args = parser.parse_args(argv)
     spy = py_spy()
@@ -72,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         api, api_url = bench.start_api()
         sims = start_cluster(bench, args.nodes, None, None)
         url = f"{api_url}/status?format=json&deadline=60"
+        if args.checks:
+            url += "&" + urllib.parse.urlencode({"check": args.checks})
         get_json(url, 120)
         target = sims[0].pid if args.role == "simulator" else api.pid
         record = [spy, "record", "--pid", str(target), "--rate", str(args.rate), "--format", "raw", "-o", str(out)]

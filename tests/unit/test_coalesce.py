@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import collections
 import hashlib
 from collections.abc import Mapping
 from typing import Any
 
 import fakeredis
 import pytest
+import redis
 
 from autopilot import config
 from autopilot.registry import shipped as shipped_checks
@@ -251,3 +253,63 @@ def test_flight_keys_of_no_parameters_and_of_parameters_in_any_order() -> None:
     # The digest of no parameters is the one a claim written before this constant used (sha256 of "{}"),
     # so a request across an upgrade still joins a check queued before it.
     assert flight_key("n1", "dcgm", {}).endswith("|" + hashlib.sha256(b"{}").hexdigest()[:20])
+
+
+def _counting(monkeypatch: pytest.MonkeyPatch) -> collections.Counter[str]:
+    """Counts the HEXISTS and HKEYS commands queued on any pipeline from now on."""
+    counts: collections.Counter[str] = collections.Counter()
+    for command in ("hexists", "hkeys"):
+        real = getattr(redis.client.Pipeline, command)
+
+        def counted(self: Any, *args: Any, _real: Any = real, _name: str = command) -> Any:
+            counts[_name] += 1
+            return _real(self, *args)
+
+        monkeypatch.setattr(redis.client.Pipeline, command, counted)
+    return counts
+
+
+def _answered_runs(store: ResultsStore, nodes: int) -> tuple[str, str]:
+    """Two runs over ``nodes`` nodes: ``remapped`` answered on the first's even nodes and on the second's node 0."""
+    runs = []
+    for _ in range(2):
+        req = RunRequest(("remapped",), tuple(f"n{i}" for i in range(nodes)), deadline_s=30)
+        run = gather.create_run(services(store, FakeDispatcher(), Clock()), req, Selection(req.hosts))
+        runs.append(run.id)
+    for i in range(0, nodes, 2):
+        answer(store, runs[0], f"n{i}")
+    answer(store, runs[1], "n0")
+    return runs[0], runs[1]
+
+
+def test_runs_answered_reads_the_names_of_a_run_asked_about_most_of_its_pairs(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A fleet-wide gather after another asks the last run about every pair: one HKEYS, not a HEXISTS per pair.
+    store = ResultsStore(fakeredis.FakeRedis())
+    big, small = _answered_runs(store, 200)
+    asked = [(big, f"n{i}", c) for i in range(200) for c in ("remapped", "dcgm")] + [(small, "n0", "remapped")]
+    asked += [(small, "n1", "remapped"), ("no-such-run", "n0", "remapped")]
+    counts = _counting(monkeypatch)
+    got = store.runs_answered(asked)
+    expected = [r == big and c == "remapped" and int(n[1:]) % 2 == 0 for r, n, c in asked[:400]] + [True, False, False]
+    assert got == expected
+    assert counts == {"hkeys": 1, "hexists": 3}
+
+
+def test_runs_answered_asks_pair_by_pair_when_a_run_holds_far_more_than_is_asked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store = ResultsStore(fakeredis.FakeRedis())
+    big, _ = _answered_runs(store, 600)  # 300 fields: asking 70 of them does not read them all
+    asked = [(big, f"n{i}", "remapped") for i in range(70)]
+    counts = _counting(monkeypatch)
+    assert store.runs_answered(asked) == [i % 2 == 0 for i in range(70)]
+    assert counts == {"hexists": 70}
+
+
+def test_runs_answered_by_names_is_not_thrown_by_a_field_name_that_is_not_utf8() -> None:
+    client = fakeredis.FakeRedis()
+    store = ResultsStore(client)
+    big, _ = _answered_runs(store, 100)
+    client.hset(f"ap:run:{big}", b"\xff\xfe|remapped", b"{}")  # another writer's key, not ours
+    asked = [(big, f"n{i}", "remapped") for i in range(100)]
+    assert store.runs_answered(asked) == [i % 2 == 0 for i in range(100)]

@@ -9,13 +9,14 @@ from typing import Any
 
 import fakeredis
 import pytest
+import redis
 
 from autopilot import config, errors
 from autopilot.registry import shipped as shipped_checks
 from autopilot.results import CheckResult, Status
 from workers import reconcile
 from workers.dispatch import Envelope, FakeDispatcher, send_all
-from workers.store import NodeState, NodeView, ResultsStore, Run
+from workers.store import NodeRecord, NodeState, NodeView, ResultsStore, Run
 
 
 def envelopes(n: int) -> list[Envelope]:
@@ -212,3 +213,21 @@ def test_run_news_reads_only_what_was_written_since_the_cursor() -> None:
     second = store.run_news("run-1", first.cursor)
     assert list(second.found) == [("node-b", "ping")] and second.found[("node-b", "ping")]["status"] == "fail"
     assert second.total == 3 and store.run_news("run-1", second.cursor).found == {}
+
+
+def test_last_seen_of_named_nodes_is_one_command_whatever_their_number(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A 1,000-node answer shows every node's last heartbeat: one ZMSCORE, not a ZSCORE per node.
+    store = ResultsStore(fakeredis.FakeRedis())
+    store.heartbeat_many([NodeRecord(f"n{i}", last_seen=100.0 + i) for i in range(300)])
+    sent: list[str] = []
+    for cls in (redis.client.Redis, redis.client.Pipeline):
+        real = cls.execute_command
+
+        def counted(self: Any, *args: Any, _real: Any = real, **kwargs: Any) -> Any:
+            sent.append(str(args[0]))
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "execute_command", counted)
+    names = [f"n{i}" for i in range(0, 300, 3)] + ["never-seen"]
+    assert store.last_seen(names) == {f"n{i}": 100.0 + i for i in range(0, 300, 3)}
+    assert sent == ["ZMSCORE"]

@@ -7,6 +7,8 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 import fakeredis
@@ -162,6 +164,83 @@ def test_the_dispatcher_publishes_one_message_per_node_with_every_check() -> Non
             message.ack()
             assert queue.qsize() == 0  # one message for the node, not one per group
             queue.close()
+    app.close()
+
+
+def _sent_by_api_and_by_send_task(app: Celery, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any]:
+    """The message the dispatcher publishes for one envelope, then the one ``app.send_task`` publishes
+    for it as the dispatcher used to call it, both from the same queue."""
+    envelope = Envelope("run-1", "node-a", ("remapped", "ping"), {"ping": {"count": 2, "nodes": ""}}, time.time() + 60)
+    kwargs = {
+        "run_id": "run-1",
+        "node": "node-a",
+        "checks": ["remapped", "ping"],
+        "params": {"remapped": {}, "ping": {"count": 2, "nodes": ""}},
+        "deadline": envelope.deadline,
+    }
+    with monkeypatch.context() as patched:
+        patched.setattr(app, "send_task", lambda *a, **k: pytest.fail("the API's publish went through send_task"))
+        CeleryDispatcher(app).send_many([envelope])
+    queue = "autopilot.node.node-a"
+    expires = datetime.fromtimestamp(envelope.deadline, UTC)
+    app.send_task(
+        RUN_TASK,
+        kwargs=kwargs,
+        argsrepr="()",
+        kwargsrepr=repr(kwargs),
+        queue=queue,
+        routing_key=queue,
+        expires=expires,
+        declare=[],
+    )
+    with app.connection_for_read() as conn:
+        simple = conn.SimpleQueue(queue)
+        ours, celerys = simple.get(timeout=1), simple.get(timeout=1)
+        simple.close()
+    return ours, celerys
+
+
+def _masked(message: Any) -> dict[str, Any]:
+    """What a worker reads of a message, without what differs between two sends (ids, the ms left)."""
+    headers = {k: v for k, v in message.headers.items() if k not in ("id", "root_id")}
+    properties = {k: v for k, v in message.properties.items() if k not in ("correlation_id", "delivery_tag")}
+    assert 0 < int(properties.pop("expiration")) <= 60_000
+    assert message.headers["root_id"] == message.headers["id"] == message.properties["correlation_id"]
+    return {
+        "headers": headers,
+        "properties": properties,
+        "payload": message.payload,
+        "delivery_info": message.delivery_info,
+        "content": (message.content_type, message.content_encoding),
+    }
+
+
+def test_the_apis_task_message_is_the_one_celery_send_task_publishes(monkeypatch: pytest.MonkeyPatch) -> None:
+    app = create_celery(config.Settings(node_name="x", redis_url="redis://127.0.0.1:1/0"))
+    app.conf.broker_url = "memory://"
+    ours, celerys = _sent_by_api_and_by_send_task(app, monkeypatch)
+    assert _masked(ours) == _masked(celerys)
+    assert ours.headers["parent_id"] is None and ours.headers["expires"] == celerys.headers["expires"]
+    app.close()
+
+
+def test_a_task_that_sends_run_tasks_is_their_parent_as_with_send_task(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Beat's tick and a confirmation run publish from inside a task: Celery names it in each message.
+    app = create_celery(config.Settings(node_name="x", redis_url="redis://127.0.0.1:1/0"))
+    app.conf.broker_url = "memory://"
+    request = SimpleNamespace(id="tick-1", root_id="beat-0", delivery_info={})
+    parent = SimpleNamespace(request=request, add_trail=lambda result: None)
+    monkeypatch.setattr(Celery, "current_worker_task", property(lambda _: parent))
+    sent: list[dict[str, Any]] = []
+    real = app.send_task
+    monkeypatch.setattr(app, "send_task", lambda *a, **k: sent.append(k) or real(*a, **k))
+    CeleryDispatcher(app).send_many([Envelope("run-1", "node-a", ("ping",), {}, time.time() + 60)])
+    assert len(sent) == 1
+    with app.connection_for_read() as conn:
+        simple = conn.SimpleQueue("autopilot.node.node-a")
+        message = simple.get(timeout=1)
+        simple.close()
+    assert (message.headers["parent_id"], message.headers["root_id"]) == ("tick-1", "beat-0")
     app.close()
 
 
