@@ -164,7 +164,11 @@ def after_task(
     still = {c for c in pending if c not in saved} | {c for c, j in judged.items() if j.state is State.PENDING}
     rerun = [c for c, j in judged.items() if j.wants_confirmation_run] if settings.confirm_runs else []
     run = _send(store, dispatcher, settings, checks, node, [(c, saved[c]) for c in rerun], now) if rerun else None
-    store.record_confirmations(node, runs=rerun if run else [], prevented=prevented, pending=still)
+    counted = rerun if run else []
+    # Nothing to count and the same checks pending as the task read: the write would change nothing (a
+    # WARN node's every task wrote it).
+    if counted or prevented or still != pending:
+        store.record_confirmations(node, runs=counted, prevented=prevented, pending=still)
     for check in prevented:
         log.info("node %s: %s flap prevented (%s)", node, check, judged[check].state.value)
     return run

@@ -495,8 +495,10 @@ class ResultsStore:
     def record_confirmations(
         self, node: str, *, runs: Iterable[str], prevented: Iterable[str], pending: Iterable[str]
     ) -> None:
-        """Count confirmation runs and prevented flaps per check, and remember the pending checks (one MULTI)."""
-        pipe = self.r.pipeline(transaction=True)
+        """Count confirmation runs and prevented flaps per check, and remember the pending checks (one MULTI;
+        only the pending checks: one command, atomic on its own)."""
+        runs, prevented = list(runs), list(prevented)
+        pipe = self.r.pipeline(transaction=bool(runs or prevented))
         for check in runs:
             pipe.hincrby(f"{P}confirm:{node}", f"runs|{check}", 1)
         for check in prevented:

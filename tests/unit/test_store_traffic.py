@@ -152,3 +152,31 @@ def test_a_gpu_state_another_writer_changed_is_read_as_written(monkeypatch: pyte
     assert calls["loads"] == 1
     assert again.states[key].verdict is Verdict.EVICT  # sticky, as written
     assert again.labels[gpuverdict.GPUS_EVICT] == "1"
+
+
+def test_confirmation_that_changes_nothing_writes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    store = ResultsStore(fakeredis.FakeRedis())
+    settings = config.Settings(node_name="w", periodic_checks=("gpupower",))
+    for i in range(3):  # a confirmed failure: nothing pending, nothing to re-run, no flap prevented
+        at = results.utc_now_iso(T0 + timedelta(minutes=i))
+        store.save_result(CheckResult("gpupower", Status.FAIL, "GPU 6: HW slowdown", node="n1", started_at=at))
+    latest = store.latest("n1")["gpupower"]
+    sent = trips(monkeypatch, store.r)
+    marks = ("WARN", frozenset[str]())
+    assert (
+        confirming.after_task(store, FakeDispatcher(), settings, "n1", [latest], checks=shipped_checks(), marks=marks)
+        is None
+    )
+    assert sent == ["LRANGE"]  # the history it judges by; before: and a MULTI that deleted no pending field
+    # What changes something is still written: a pending check no longer pending.
+    sent.clear()
+    confirming.after_task(
+        store,
+        FakeDispatcher(),
+        settings,
+        "n1",
+        [latest],
+        checks=shipped_checks(),
+        marks=("WARN", frozenset({"gpupower"})),
+    )
+    assert sent == ["LRANGE", "PIPELINE"]
