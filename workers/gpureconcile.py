@@ -48,9 +48,10 @@ class _Memo:
     publication: tuple[Mapping[str, str], Mapping[str, str]]
 
 
-# Nodes remembered per process: a worker hosts one, a simulator up to a few thousand; beat's tick over a
-# larger fleet forgets the oldest (it then parses as before, nothing is wrong, only slower).
-_MEMO_MOST = 4096
+# Nodes remembered per process (about 8 KiB each with 8 GPUs): a worker hosts one, a simulator a few hundred
+# (``autopilot up``: 250 per process; at most 8 processes, so 2,048 each covers 16,000 nodes). Past it the
+# oldest is forgotten: beat's tick over a larger fleet then parses as before, nothing wrong, only slower.
+_MEMO_MOST = 2048
 _memo: dict[str, _Memo] = {}
 _memo_lock = threading.Lock()
 
@@ -117,7 +118,11 @@ def reconcile_gpus(
         text, (labels, annotations) = memo.text, memo.publication
     else:
         text, (labels, annotations) = gpuverdict.dumps(states), gpuverdict.publication(states)
-    _remember(node, _Memo(state.gpus, dict(previous), dict(states), text, (labels, annotations)))
+    # In steady state the text read is the text written and the states judged equal those read: each is
+    # kept once (a simulator remembers a thousand nodes).
+    read = text if text == state.gpus else state.gpus
+    judged = dict(states)
+    _remember(node, _Memo(read, judged if previous == states else dict(previous), judged, text, (labels, annotations)))
     fields: dict[str, str | None] = {"gpus": text}
     # Incidents are written when they happen; the sightings (and the keys' expiry) when the GPUs
     # changed, and once a day: a steady-state reconcile writes nothing.
