@@ -263,10 +263,10 @@ def _ping_suspects(
     those whose fresh ``ping`` failed to a suspect this call named that the kept suspects lacked.
 
     Without ``suspects`` from the caller, the suspects kept by the last reconcile that looked (read with
-    ``samples``, the node's, when they hold them) are
-    taken when they explain every failure; only a failure they do not explain makes this reconcile
-    read the fleet's pings (one pipeline, every node's ping result: the expensive path, taken by the
-    first few nodes that meet a new suspect, not by every node that pings it).
+    the node's ``samples`` when those hold them) are taken when they explain every failure; only a
+    failure they do not explain makes this reconcile read the fleet's pings (one pipeline, every
+    node's ping result: the expensive path, taken by the first few nodes that meet a new suspect, not
+    by every node that pings it).
     """
     if suspects is not None:
         return suspects, []

@@ -121,10 +121,12 @@ SPANS = f"{P}ping_suspect_spans"
 
 
 def _suspects(raw: bytes | None) -> frozenset[str] | None:
+    """The ``ping_suspects`` value as read (None: none kept)."""
     return frozenset(json.loads(raw)) if raw is not None else None
 
 
 def _spans(raw: bytes | None) -> dict[str, tuple[float, float]]:
+    """The ``ping_suspect_spans`` value as read: node -> (first, last) epoch seconds."""
     try:
         found = json.loads(raw) if raw is not None else {}
         return {str(n): (float(v[0]), float(v[1])) for n, v in found.items()}
