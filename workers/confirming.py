@@ -39,23 +39,38 @@ def _history(settings: config.Settings, pol: Policy, checks: int) -> int:
 @dataclasses.dataclass(frozen=True)
 class Samples:
     """What ``effective_latest`` judges over, read once per reconcile (``samples``): the node's history
-    and the spans of the fleet's ping suspects."""
+    and the spans of the fleet's ping suspects; ``kept``: the fleet's kept ping suspects when they were
+    read with them (``read_kept``), for the reconcile that judges the failed ping next."""
 
     history: Sequence[CheckResult]
     spans: Mapping[str, tuple[float, float]]
+    kept: frozenset[str] | None = None
+    read_kept: bool = False
 
 
 def samples(
-    store: ResultsStore, node: str, latest: Mapping[str, CheckResult], state: NodeState, settings: config.Settings
+    store: ResultsStore,
+    node: str,
+    latest: Mapping[str, CheckResult],
+    state: NodeState,
+    settings: config.Settings,
+    *,
+    kept: bool = False,
 ) -> Samples | None:
     """The node's samples, or None when judging ``latest`` cannot differ from taking it as it is
     (``confirmation.needs_history``: nothing is read). The suspects' spans matter only to a failed
-    ``ping`` among them, so they are read only then."""
+    ``ping`` among them, so they are read only then; with ``kept``, a failed latest ``ping`` also reads
+    the kept suspects (``Samples.kept``), in the same round trip."""
     pol = policy(settings)
     if not confirmation.needs_history(latest, state.verdict, pol):
         return None
-    history = store.history(node, limit=_history(settings, pol, len(latest)))
-    failed_ping = any(r.check == "ping" and r.is_bad for r in (*latest.values(), *history))
+    limit = _history(settings, pol, len(latest))
+    if any(r.check == "ping" and r.is_bad for r in latest.values()):
+        # Its spans are needed whatever the history holds, and its reconcile's suspects: one round trip.
+        history, suspects, spans = store.history_and_suspects(node, limit, suspects=kept)
+        return Samples(history, spans, suspects, read_kept=kept)
+    history = store.history(node, limit=limit)
+    failed_ping = any(r.check == "ping" and r.is_bad for r in history)
     return Samples(history, store.ping_suspect_spans() if failed_ping else {})
 
 
@@ -134,20 +149,26 @@ def after_task(
     calm = verdict not in confirmation.HOLDING_VERDICTS
     if calm and not pending & set(saved) and not any(r.is_bad for r in saved.values()):
         return None
-    history = store.history(node, limit=_history(settings, pol, len(checks)))
-    # A failed ping is judged without its pairs to the suspects the last reconcile kept (one GET, only
-    # then): failures to a down node must not make a new failed pair count at once, unconfirmed.
+    limit = _history(settings, pol, len(checks))
+    # A failed ping is judged without its pairs to the suspects the last reconcile kept (read with the
+    # history, only then): failures to a down node must not make a new failed pair count at once, unconfirmed.
     ping = saved.get("ping")
-    bad_ping = ping is not None and ping.is_bad
-    suspects = (store.ping_suspects() or frozenset()) if bad_ping else frozenset()
-    spans = store.ping_suspect_spans() if bad_ping else {}
+    if ping is not None and ping.is_bad:
+        history, kept, spans = store.history_and_suspects(node, limit)
+        suspects = kept or frozenset()
+    else:
+        history, suspects, spans = store.history(node, limit=limit), frozenset(), {}
     sets_aside = excuse(suspects, spans, lead_s=settings.node_deadline_s)
     judged = {c: confirmation.judge_check(c, r, history, pol, sets_aside) for c, r in saved.items()}
     prevented = [c for c, j in judged.items() if j.flap_prevented]
     still = {c for c in pending if c not in saved} | {c for c, j in judged.items() if j.state is State.PENDING}
     rerun = [c for c, j in judged.items() if j.wants_confirmation_run] if settings.confirm_runs else []
     run = _send(store, dispatcher, settings, checks, node, [(c, saved[c]) for c in rerun], now) if rerun else None
-    store.record_confirmations(node, runs=rerun if run else [], prevented=prevented, pending=still)
+    counted = rerun if run else []
+    # Nothing to count and the same checks pending as the task read: the write would change nothing (a
+    # WARN node's every task wrote it).
+    if counted or prevented or still != pending:
+        store.record_confirmations(node, runs=counted, prevented=prevented, pending=still)
     for check in prevented:
         log.info("node %s: %s flap prevented (%s)", node, check, judged[check].state.value)
     return run

@@ -8,6 +8,10 @@ judged, ``gpus_day``: the day the GPUs' sightings were last written), the count 
 annotation. With ``AUTOPILOT_DEVICE_TAINTS`` on (or ``dry-run``) and a cluster, it also keeps
 one DeviceTaintRule per bad GPU, re-syncing only when the set of wanted rules changed since the
 last successful sync (``gpu_taints`` in the node state).
+
+Each node's last GPU judgement is remembered in this process (``_Memo``): in steady state a reconcile
+reads back the ``gpus`` text it wrote and judges the same states again, so parsing that text, writing
+it out and building the GPUs' labels and annotation are taken from the memo instead of done again.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import threading
 from collections.abc import Mapping
 from datetime import datetime
 
@@ -27,6 +32,36 @@ from autopilot.verdict import Verdict
 from workers.store import NodeState, ResultsStore
 
 log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Memo:
+    """One node's last GPU judgement in this process. Safe to reuse because each part is a pure function
+    of what it is looked up by, compared whole: ``previous`` is ``gpuverdict.loads(read)`` (reused only
+    for that exact text), ``text`` and ``publication`` are ``gpuverdict.dumps`` and
+    ``gpuverdict.publication`` of ``states`` (reused only for states equal to it, field by field)."""
+
+    read: str | None
+    previous: Mapping[str, GpuState]
+    states: Mapping[str, GpuState]
+    text: str
+    publication: tuple[Mapping[str, str], Mapping[str, str]]
+
+
+# Nodes remembered per process (about 8 KiB each with 8 GPUs): a worker hosts one, a simulator a few hundred
+# (``autopilot up``: 250 per process; at most 8 processes, so 2,048 each covers 16,000 nodes). Past it the
+# oldest is forgotten: beat's tick over a larger fleet then parses as before, nothing wrong, only slower.
+_MEMO_MOST = 2048
+_memo: dict[str, _Memo] = {}
+_memo_lock = threading.Lock()
+
+
+def _remember(node: str, memo: _Memo) -> None:
+    with _memo_lock:
+        _memo.pop(node, None)
+        if len(_memo) >= _MEMO_MOST:
+            del _memo[next(iter(_memo))]
+        _memo[node] = memo
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +88,9 @@ def reconcile_gpus(
     GPU is ``UNKNOWN`` ("no heartbeat since"), as the node is, except a sticky ``EVICT``."""
     if lost_since is not None:
         latest = {}
-    previous = gpuverdict.loads(state.gpus)
+    memo = _memo.get(node)
+    # GpuStates are frozen; the mappings are copied so no caller can change what the memo holds.
+    previous = dict(memo.previous) if memo is not None and memo.read == state.gpus else gpuverdict.loads(state.gpus)
     cleared_at = state.cleared_since
     states = gpuverdict.decide(
         latest, previous, now=now, max_age_s=settings.stale_after_s, cleared_at=cleared_at, checks=checks
@@ -77,7 +114,15 @@ def reconcile_gpus(
         )
     if lost_since is not None:
         states = lost(states, verdict.lost_reason(lost_since))
-    text = gpuverdict.dumps(states)
+    if memo is not None and memo.states == states:
+        text, (labels, annotations) = memo.text, memo.publication
+    else:
+        text, (labels, annotations) = gpuverdict.dumps(states), gpuverdict.publication(states)
+    # In steady state the text read is the text written and the states judged equal those read: each is
+    # kept once (a simulator remembers a thousand nodes).
+    read = text if text == state.gpus else state.gpus
+    judged = dict(states)
+    _remember(node, _Memo(read, judged if previous == states else dict(previous), judged, text, (labels, annotations)))
     fields: dict[str, str | None] = {"gpus": text}
     # Incidents are written when they happen; the sightings (and the keys' expiry) when the GPUs
     # changed, and once a day: a steady-state reconcile writes nothing.
@@ -95,8 +140,7 @@ def reconcile_gpus(
     fields["gpus_at"] = max(newest, judged_until) or None
     if cluster is not None and settings.device_taints != "off":
         fields.update(_taints(cluster, node, settings, states, state.gpu_taints))
-    labels, annotations = gpuverdict.publication(states)
-    return GpuOutcome(states, fields, labels, annotations)
+    return GpuOutcome(dict(states), fields, dict(labels), dict(annotations))
 
 
 def lost(states: Mapping[str, GpuState], why: str) -> dict[str, GpuState]:

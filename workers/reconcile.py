@@ -110,14 +110,15 @@ def reconcile_node(
     latest, state = view.latest, view.state
     # What confirmation lets count: pending failures wait, recovering checks keep their failure. The
     # node's verdict and its GPUs' verdicts judge the same view, so a noise sample moves neither.
-    found = confirming.samples(store, node, latest, state, settings)  # read once, judged once or twice
+    # Read once, judged once or twice; a failed ping's kept suspects come with it when this call must look.
+    found = confirming.samples(store, node, latest, state, settings, kept=suspects is None)
     confirmed = confirming.effective_latest(latest, found, settings)
     pings = [r for r in (confirmed.get("ping"), latest.get("ping")) if r is not None and r.is_bad]
     peers: list[str] = []
     if pings:
         # Failed pings to the fleet's suspects are set aside in every sample before confirmation
         # judges them (``confirming.excuse``), then in what it lets count (``network.attribute``).
-        blamed, peers = _ping_suspects(store, settings, moment, node, pings, suspects)
+        blamed, peers = _ping_suspects(store, settings, moment, node, pings, suspects, found)
         if blamed:
             confirmed = confirming.effective_latest(latest, found, settings, suspects=blamed)
             confirmed = network.attribute(confirmed, blamed)
@@ -255,19 +256,22 @@ def _ping_suspects(
     node: str,
     pings: Sequence[results.CheckResult],
     suspects: frozenset[str] | None,
+    samples: confirming.Samples | None = None,
 ) -> tuple[frozenset[str], list[str]]:
     """The fleet's ping suspects to judge ``node``'s failed ``pings`` (its latest and what
     confirmation lets count) without (``network.excuse_ping``), and the other nodes to reconcile now:
     those whose fresh ``ping`` failed to a suspect this call named that the kept suspects lacked.
 
-    Without ``suspects`` from the caller, the suspects kept by the last reconcile that looked are
-    taken when they explain every failure; only a failure they do not explain makes this reconcile
-    read the fleet's pings (one pipeline, every node's ping result: the expensive path, taken by the
-    first few nodes that meet a new suspect, not by every node that pings it).
+    Without ``suspects`` from the caller, the suspects kept by the last reconcile that looked (read with
+    the node's ``samples`` when those hold them) are taken when they explain every failure; only a
+    failure they do not explain makes this reconcile read the fleet's pings (one pipeline, every
+    node's ping result: the expensive path, taken by the first few nodes that meet a new suspect, not
+    by every node that pings it).
     """
     if suspects is not None:
         return suspects, []
-    kept = store.ping_suspects()
+    # The kept suspects come with the node's samples when those were read for a failed latest ping.
+    kept = samples.kept if samples is not None and samples.read_kept else store.ping_suspects()
     if kept is not None and not any(network.excuse_ping(p, kept).is_bad for p in pings):
         return kept, []
     fresh = fleet_pings(store, settings, moment)

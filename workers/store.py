@@ -117,6 +117,22 @@ def translating(cls: C) -> C:
 
 # The longest a suspect's span is kept after it was last named (``set_ping_suspects``).
 _SPANS_MOST_S = 86_400.0
+SUSPECTS = f"{P}ping_suspects"
+SPANS = f"{P}ping_suspect_spans"
+
+
+def _suspects(raw: bytes | None) -> frozenset[str] | None:
+    """The ``ping_suspects`` value as read (None: none kept)."""
+    return frozenset(json.loads(raw)) if raw is not None else None
+
+
+def _spans(raw: bytes | None) -> dict[str, tuple[float, float]]:
+    """The ``ping_suspect_spans`` value as read: node -> (first, last) epoch seconds."""
+    try:
+        found = json.loads(raw) if raw is not None else {}
+        return {str(n): (float(v[0]), float(v[1])) for n, v in found.items()}
+    except (ValueError, TypeError, AttributeError, IndexError, KeyError):
+        return {}  # another release's or a damaged value: no spans, as before they were kept
 
 
 @translating
@@ -225,13 +241,27 @@ class ResultsStore:
 
     def ping_suspects(self) -> frozenset[str] | None:
         """The nodes the fleet's pings named at the last reconcile that looked (None: none kept)."""
-        raw = self.r.get(f"{P}ping_suspects")
-        return frozenset(json.loads(raw)) if raw is not None else None
+        return _suspects(self.r.get(SUSPECTS))
+
+    def history_and_suspects(
+        self, node: str, limit: int, *, suspects: bool = True
+    ) -> tuple[list[CheckResult], frozenset[str] | None, dict[str, tuple[float, float]]]:
+        """``history(node, limit)``, ``ping_suspects()`` (None without ``suspects``: not read) and
+        ``ping_suspect_spans()``, in one round trip: what judging a node's failed ping reads (confirmation
+        after a task and a node's reconcile read them one after the other before)."""
+        pipe = self.r.pipeline(transaction=False)  # reads of keys that no write ties together
+        pipe.lrange(f"{P}history:{node}", 0, max(0, limit - 1))
+        pipe.get(SPANS)
+        if suspects:
+            pipe.get(SUSPECTS)
+        raw_history, raw_spans, *raw_suspects = pipe.execute()
+        kept = _suspects(raw_suspects[0]) if raw_suspects else None
+        return _history(node, raw_history), kept, _spans(raw_spans)
 
     def set_ping_suspects(self, nodes: Collection[str], ttl_s: float, *, now: float = 0.0, keep_s: float = 0.0) -> None:
         """Keep ``nodes`` as the fleet's ping suspects for ``ttl_s``; with ``keep_s``, also extend each one's
         span (``ping_suspect_spans``) to ``now``, and forget spans that ended more than ``keep_s`` ago."""
-        self.r.set(f"{P}ping_suspects", json.dumps(sorted(nodes)), px=max(1, int(ttl_s * 1000)))
+        self.r.set(SUSPECTS, json.dumps(sorted(nodes)), px=max(1, int(ttl_s * 1000)))
         if keep_s <= 0:
             return
         # Periodic checks off: samples never go stale; a day still bounds what is kept.
@@ -243,17 +273,12 @@ class ResultsStore:
             spans[node] = (first if now - last <= ttl_s else now, now)
         kept = {n: [first, last] for n, (first, last) in spans.items() if now - last <= keep_s}
         # Read, then written: two reconciles at once may lose one's extension, which the next look makes again.
-        self.r.set(f"{P}ping_suspect_spans", json.dumps(kept, sort_keys=True), px=max(1, int(keep_s * 1000)))
+        self.r.set(SPANS, json.dumps(kept, sort_keys=True), px=max(1, int(keep_s * 1000)))
 
     def ping_suspect_spans(self) -> dict[str, tuple[float, float]]:
         """Node -> (first, last) epoch seconds of the looks that named it a ping suspect without a break: what
         confirmation excuses in samples taken then (``confirming.excuse``)."""
-        raw = self.r.get(f"{P}ping_suspect_spans")
-        try:
-            found = json.loads(raw) if raw is not None else {}
-            return {str(n): (float(v[0]), float(v[1])) for n, v in found.items()}
-        except (ValueError, TypeError, AttributeError, IndexError, KeyError):
-            return {}  # another release's or a damaged value: no spans, as before they were kept
+        return _spans(self.r.get(SPANS))
 
     def _hashes(self, kind: str, nodes: Sequence[str]) -> dict[str, Any]:
         """Node -> its ``<kind>:<node>`` hash, every node in one pipeline."""
@@ -445,7 +470,9 @@ class ResultsStore:
     ) -> None:
         """``set_state`` and ``set_labels`` in one MULTI (a reader never sees one without the other)."""
         NodeState.check_fields(values)
-        pipe = self.r.pipeline(transaction=True)
+        # One command is atomic on its own: a MULTI around it only cost a round of replies (in steady
+        # state a task's reconcile writes one state field, ``gpus_at``, and nothing else).
+        pipe = self.r.pipeline(transaction=_hash_update_commands(values) + _hash_update_commands(labels) > 1)
         _queue_hash_update(pipe, f"{P}state:{node}", values)
         _queue_hash_update(pipe, f"{P}labels:{node}", labels)
         pipe.execute()
@@ -470,8 +497,10 @@ class ResultsStore:
     def record_confirmations(
         self, node: str, *, runs: Iterable[str], prevented: Iterable[str], pending: Iterable[str]
     ) -> None:
-        """Count confirmation runs and prevented flaps per check, and remember the pending checks (one MULTI)."""
-        pipe = self.r.pipeline(transaction=True)
+        """Count confirmation runs and prevented flaps per check, and remember the pending checks (one MULTI;
+        only the pending checks: one command, atomic on its own)."""
+        runs, prevented = list(runs), list(prevented)
+        pipe = self.r.pipeline(transaction=bool(runs or prevented))
         for check in runs:
             pipe.hincrby(f"{P}confirm:{node}", f"runs|{check}", 1)
         for check in prevented:
@@ -971,6 +1000,11 @@ def _history(node: str, raws: Sequence[Any]) -> list[CheckResult]:
     """``node``'s ``history`` list, newest first, leaving out what is unreadable (``_result``)."""
     found = (_result(v, node, None, _check_result) for v in raws)
     return [r for r in found if r is not None]
+
+
+def _hash_update_commands(values: Mapping[str, str | None]) -> int:
+    """How many commands ``_queue_hash_update`` queues for ``values``."""
+    return any(v is None for v in values.values()) + any(v is not None for v in values.values())
 
 
 def _queue_hash_update(pipe: Any, key: str, values: Mapping[str, str | None]) -> None:
