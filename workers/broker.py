@@ -59,21 +59,13 @@ def _guarded(read: Callable[[int], Any], fatal: tuple[type[BaseException], ...])
             # (it reconnects); a KeyError of a message's missing field is the message's fault.
             if isinstance(exc, KeyError) and exc.args[:1] == (fileno,):
                 raise
-            if not skipped(exc, fatal):
+            if not isinstance(exc, KeyError) and isinstance(exc, fatal):
                 raise
+            log.error("skipped a message that cannot be read from a queue (%s: %.200s)", type(exc).__name__, exc)
             return None
 
     on_readable.skips_unreadable = True  # type: ignore[attr-defined]
     return on_readable
-
-
-def skipped(exc: BaseException, fatal: tuple[type[BaseException], ...]) -> bool:
-    """Whether ``exc``, raised reading a message, is the message's fault: then it is logged here and the
-    message is skipped; else (one of the transport's ``fatal`` errors) the caller raises it."""
-    if not isinstance(exc, KeyError) and isinstance(exc, fatal):
-        return False
-    log.error("skipped a message that cannot be read from a queue (%s: %.200s)", type(exc).__name__, exc)
-    return True
 
 
 class Consumer(CeleryConsumer):  # type: ignore[misc]

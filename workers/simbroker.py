@@ -31,18 +31,10 @@ from typing import Any
 
 import kombu
 from kombu.transport import redis as kombu_redis
-from kombu.utils.encoding import bytes_to_str
-from kombu.utils.json import loads
-from kombu.utils.scheduling import round_robin_cycle
-
-from workers import broker
 
 TRANSPORT = "workers.simbroker:Transport"
 # The kombu release this transport's private overrides were written and checked against.
 KOMBU_CONTRACT = "5.7.0"
-# At most this many messages popped ahead per BRPOP reply, when the QoS sets no limit (Celery's
-# consumer always sets one: concurrency x worker_prefetch_multiplier).
-FETCH_AHEAD = 64
 log = logging.getLogger(__name__)
 
 
@@ -100,88 +92,6 @@ class Channel(kombu_redis.Channel):
             return change(*args, **kwargs)
         finally:
             self._active = None
-
-    def _brpop_read(self, **options: Any) -> Any:
-        """kombu's read of the consume loop's ``BRPOP`` reply (one message), then ``_deliver_ready``."""
-        cycle = self._queue_cycle
-        # The round-robin order the BRPOP was sent with: where its queue stood in it says which
-        # queues were empty then (those ahead of it) and which were not looked at (those after it).
-        order = list(cycle.items) if self._fetches_ahead() else None
-        delivered = super()._brpop_read(**options)  # type: ignore[no-untyped-call]
-        if order is not None and delivered and cycle.items:
-            try:
-                skipped = order.index(cycle.items[-1])  # kombu rotated the BRPOP's queue to the end
-            except ValueError:  # the consumed queues changed while the message was delivered
-                return delivered
-            self._deliver_ready(skipped)
-        return delivered
-
-    def _fetches_ahead(self) -> bool:
-        """Whether ``_deliver_ready`` keeps kombu's order: one list per queue, named as the queue (the app's
-        ``priority_steps`` ``[0]``), served in kombu's round robin (its default ``queue_order_strategy``)."""
-        return list(self.priority_steps) == [0] and type(self._queue_cycle) is round_robin_cycle
-
-    def _deliver_ready(self, skipped: int) -> None:
-        """Pop and deliver, without blocking, as many further messages as the QoS has room for (prefetch
-        less the messages delivered and not yet acknowledged), in one pipeline of ``RPOP``s, one per queue.
-
-        kombu sends one ``BRPOP`` over every consumed queue (250 in a simulator) per message: each
-        names all 250 keys (built, packed, parsed by Redis, which blocks the client on all of them
-        when they are empty). During a fan-out most of those queues hold a message, so the queues
-        that come next in kombu's round robin are popped here together. The queues are the ones a
-        ``BRPOP`` sent now would look at first: the round robin's front, past the ``skipped`` queues
-        that were empty when the last ``BRPOP`` looked (popping those would mostly miss). Each queue
-        served goes to the end of the round robin as after a ``BRPOP``; a queue keeps its order (the
-        same end is popped); a queue found empty keeps its place.
-        """
-        room = self.qos.can_consume_max_estimate()
-        if room is None:  # no prefetch limit: as many as kombu's own bulk fetches would take
-            room = FETCH_AHEAD
-        room = min(room, FETCH_AHEAD)
-        if room <= 0:
-            return
-        cycle = self._queue_cycle
-        queues = cycle.items[skipped : skipped + room]
-        if not queues:
-            return
-        with self.conn_or_acquire() as client:
-            pipe = client.pipeline(transaction=False)
-            for queue in queues:
-                pipe.rpop(queue)
-            popped = pipe.execute()
-        ready = [(queue, item) for queue, item in zip(queues, popped, strict=True) if item is not None]
-        for at, (queue, item) in enumerate(ready):
-            try:
-                cycle.rotate(queue)
-                self._deliver_one(queue, item)
-            except BaseException:
-                # A failure delivering one message must not lose the others popped with it: each goes
-                # back to the end of its queue that is popped, so it is still the next one out.
-                self._put_back(ready[at + 1 :])
-                raise
-
-    def _deliver_one(self, queue: str, item: bytes) -> None:
-        """Hand one popped message to kombu's delivery, as ``_brpop_read`` does; one that cannot be read is
-        logged and skipped as on a real worker (``workers.broker``), and the rest of the batch goes on."""
-        try:
-            message = loads(bytes_to_str(item))  # type: ignore[no-untyped-call]
-            self.connection._deliver(message, queue)
-        except broker.UNREADABLE as exc:
-            transport = self.connection
-            if not broker.skipped(exc, tuple(transport.connection_errors) + tuple(transport.channel_errors)):
-                raise
-
-    def _put_back(self, items: list[tuple[str, bytes]]) -> None:
-        if not items:
-            return
-        try:
-            with self.conn_or_acquire() as client:
-                pipe = client.pipeline(transaction=False)
-                for queue, item in items:
-                    pipe.rpush(queue, item)
-                pipe.execute()
-        except Exception:
-            log.exception("lost %d popped message(s) that could not be put back on their queues", len(items))
 
     @contextmanager
     def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:

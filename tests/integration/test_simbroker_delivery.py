@@ -1,15 +1,14 @@
-"""The simulator's transport delivers what kombu's would, in kombu's order, with fewer ``BRPOP``s.
+"""The simulator's transport delivers what kombu's would, in kombu's order, within the QoS.
 
 Against a real redis-server: messages published by kombu as released (the API's path) are consumed
 once through kombu's Redis transport and once through ``workers.simbroker``'s, with the same QoS;
-the two must deliver the same messages in the same order and leave the same ones in Redis.
+the two must deliver the same messages in the same order (kombu's round robin between queues, each
+queue in its own order). A change to how the simulator fetches messages (docs/PERFORMANCE.md lists
+what was tried) must keep this.
 """
 
 from __future__ import annotations
 
-import base64
-import json
-import logging
 import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -47,20 +46,8 @@ def publish(redis_url: str, messages: list[tuple[str, Any]]) -> None:
             producer.publish(body, exchange="", routing_key=queue, serializer="json")
 
 
-def body_of(raw: Any) -> Any:
-    """The body of a kombu message as it lies in a queue."""
-    return json.loads(base64.b64decode(json.loads(raw)["body"]))
-
-
-def brpops(redis_url: str) -> int:
-    stats = redis.Redis.from_url(redis_url).info("commandstats")
-    return int(stats.get("cmdstat_brpop", {}).get("calls", 0))
-
-
-def drain_all(redis_url: str, transport: Transport, prefetch: int) -> tuple[list[tuple[str, str]], int]:
-    """Every published message as delivered (queue, body), acknowledging what was delivered after each
-    read; and the ``BRPOP``s it took."""
-    redis.Redis.from_url(redis_url).config_resetstat()
+def drain_all(redis_url: str, transport: Transport, prefetch: int) -> list[tuple[str, str]]:
+    """Every published message as delivered (queue, body), acknowledging what was delivered after each read."""
     delivered: list[tuple[str, str]] = []
     unacked: list[Any] = []
 
@@ -73,25 +60,20 @@ def drain_all(redis_url: str, transport: Transport, prefetch: int) -> tuple[list
             conn.drain_events(timeout=5)
             while unacked:
                 unacked.pop().ack()
-    return delivered, brpops(redis_url)
+    return delivered
 
 
-@pytest.mark.parametrize("prefetch", [1, 3, 8])
-def test_the_simulators_transport_delivers_in_kombus_order_with_fewer_brpops(redis_url: str, prefetch: int) -> None:
+@pytest.mark.parametrize("prefetch", [1, 4])
+def test_the_simulators_transport_delivers_in_kombus_order(redis_url: str, prefetch: int) -> None:
     publish(redis_url, PUBLISHED)
-    stock, stock_brpops = drain_all(redis_url, kombu_redis.Transport, prefetch)
+    stock = drain_all(redis_url, kombu_redis.Transport, prefetch)
     publish(redis_url, PUBLISHED)
-    ours, our_brpops = drain_all(redis_url, simbroker.Transport, prefetch)
+    ours = drain_all(redis_url, simbroker.Transport, prefetch)
 
     assert sorted(stock) == sorted(PUBLISHED)
     assert ours == stock  # the same round robin between queues, each queue in its own order
     for queue in QUEUES:
         assert [b for q, b in ours if q == queue] == [b for q, b in PUBLISHED if q == queue]
-    assert stock_brpops >= len(PUBLISHED)
-    if prefetch == 1:  # no room beside the message a BRPOP brings: nothing is fetched ahead
-        assert our_brpops == stock_brpops
-    else:
-        assert our_brpops < stock_brpops
 
 
 def test_no_more_than_the_qos_allows_is_taken_off_the_queues(redis_url: str) -> None:
@@ -105,47 +87,3 @@ def test_no_more_than_the_qos_allows_is_taken_off_the_queues(redis_url: str) -> 
         assert len(delivered) == 4
         client = redis.Redis.from_url(redis_url)
         assert sum(int(client.llen(q)) for q in QUEUES) == len(PUBLISHED) - 4
-
-
-def test_an_unreadable_message_fetched_ahead_is_skipped_and_the_rest_delivered(
-    redis_url: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    publish(redis_url, [(QUEUES[0], "first")])
-    redis.Redis.from_url(redis_url).lpush(QUEUES[1], b"\xffnot json")
-    publish(redis_url, [(QUEUES[2], "third")])
-    delivered: list[str] = []
-    with (
-        caplog.at_level(logging.ERROR),
-        consumer(redis_url, simbroker.Transport, 3, lambda body, message: delivered.append(body)) as conn,
-    ):
-        conn.drain_events(timeout=5)
-    assert delivered == ["first", "third"]
-    assert "skipped a message that cannot be read from a queue" in caplog.text
-
-
-def test_messages_fetched_ahead_go_back_to_their_queues_when_a_delivery_fails(redis_url: str) -> None:
-    publish(redis_url, [(QUEUES[0], "a0"), (QUEUES[1], "b0"), (QUEUES[2], "c0"), (QUEUES[2], "c1"), (QUEUES[3], "d0")])
-    delivered: list[str] = []
-    failing = ["b0"]
-
-    def on_message(body: Any, message: Any) -> None:
-        if body in failing:
-            raise RuntimeError("the consumer failed")
-        delivered.append(body)
-        message.ack()
-
-    client = redis.Redis.from_url(redis_url)
-    with consumer(redis_url, simbroker.Transport, 4, on_message) as conn:
-        with pytest.raises(RuntimeError):
-            conn.drain_events(timeout=5)
-        assert delivered == ["a0"]
-        # c0 and d0 were popped with b0: each is back at the end its queue is popped from, next out.
-        assert [int(client.llen(q)) for q in QUEUES[:4]] == [0, 0, 2, 1]
-        assert [body_of(client.lindex(q, -1)) for q in QUEUES[2:4]] == ["c0", "d0"]
-    failing.clear()  # closing the channel gave b0 (delivered, not acknowledged) back, as kombu does
-    delivered.clear()
-    with consumer(redis_url, simbroker.Transport, 4, on_message) as conn:
-        while len(delivered) < 4:
-            conn.drain_events(timeout=5)
-    assert sorted(delivered) == ["b0", "c0", "c1", "d0"]
-    assert [b for b in delivered if b.startswith("c")] == ["c0", "c1"]

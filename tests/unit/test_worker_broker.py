@@ -12,7 +12,6 @@ import pytest
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual as kombu_virtual
 from kombu.transport.virtual import base as virtual_base
-from kombu.utils import scheduling
 
 from workers import simbroker
 from workers.simbroker import Channel
@@ -54,56 +53,6 @@ def test_the_simulator_transport_is_written_against_the_installed_kombu() -> Non
     kombus = inspect.getsource(kombu_redis) + inspect.getsource(kombu_virtual) + inspect.getsource(virtual_base)
     for name in ("self._active_queues", "self.active_fanout_queues"):
         assert name in kombus, name
-
-
-def test_fetching_ahead_continues_kombus_consume_loop_where_its_brpop_read_leaves_off() -> None:
-    """``Channel._deliver_ready`` pops further messages after kombu's ``_brpop_read`` delivered one and
-    hands them to kombu's delivery as that does; it relies on what these lines pin."""
-    read = inspect.getsource(kombu_redis.Channel._brpop_read)
-    # The BRPOP's queue goes to the end of the round robin, then its message is delivered.
-    assert "self._queue_cycle.rotate(dest)" in read
-    assert "self.connection._deliver(loads(bytes_to_str(item)), dest)" in read
-    assert "return True" in read  # delivered; no message raises Empty
-    start = inspect.getsource(kombu_redis.Channel._brpop_start)
-    # The BRPOP names the queues in the round robin's order, each once per priority step.
-    assert "queues = self._queue_cycle.consume(len(self.active_queues))" in start
-    assert "keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps" in start
-    # One priority step 0: a queue's only list is named as the queue.
-    chan = Channel.__new__(Channel)
-    chan.priority_steps = [0]
-    assert [chan._q_for_pri("autopilot.node.a", pri) for pri in (0, 5, 9)] == ["autopilot.node.a"] * 3
-    # kombu's default order is the round robin: its front is what a BRPOP looks at first.
-    assert kombu_redis.Channel.queue_order_strategy == "round_robin"
-    assert scheduling.cycle_by_name("round_robin") is scheduling.round_robin_cycle
-    cycle = scheduling.round_robin_cycle(["a", "b", "c", "d"])
-    cycle.rotate("b")
-    assert cycle.items == ["a", "c", "d", "b"] and cycle.consume(2) == ["a", "c"]
-    # The room the QoS leaves: prefetch less what was delivered and not acknowledged.
-    qos = virtual_base.QoS(chan, prefetch_count=4)
-    qos._delivered["tag-1"] = object()  # what QoS.append records
-    assert qos.can_consume_max_estimate() == 3
-    qos._delivered.clear()  # nothing for the QoS to restore when it is collected
-    assert virtual_base.QoS(chan, prefetch_count=0).can_consume_max_estimate() is None
-
-
-@pytest.mark.parametrize(
-    ("steps", "strategy", "fetches"),
-    [
-        ([0], "round_robin", True),
-        ([0, 3, 6, 9], "round_robin", False),
-        ([0], "sorted", False),
-        ([0], "priority", False),
-    ],
-)
-def test_messages_are_fetched_ahead_only_where_that_keeps_kombus_order(
-    steps: list[int], strategy: str, fetches: bool
-) -> None:
-    # With several priority lists per queue a BRPOP serves every queue's higher priority first, and
-    # the sorted or priority orders never rotate: a pop of the next queues would not be what kombu does.
-    chan = Channel.__new__(Channel)
-    chan.priority_steps = steps
-    chan._queue_cycle = scheduling.cycle_by_name(strategy)()
-    assert chan._fetches_ahead() is fetches
 
 
 def test_a_simulator_on_another_kombu_gets_kombus_own_transport(monkeypatch: Any) -> None:
