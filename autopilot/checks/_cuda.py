@@ -640,7 +640,7 @@ class Sampler:
         if failures:
             out["failed_samples"] = failures
         for field in _FIELDS:
-            values = [v for v in (getattr(s, field) for s in samples) if v is not None]
+            values = [v for s in samples if (v := getattr(s, field)) is not None]
             if values:
                 out[field] = {
                     "min": round(min(values), 1),
