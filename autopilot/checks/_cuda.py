@@ -27,7 +27,7 @@ import time
 import weakref
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeGuard
 
 from autopilot import errors, gpus, jsoncodec, names
 from autopilot.results import CheckResult, DeviceResult, Status
@@ -91,7 +91,8 @@ def series_of(values: Sequence[float]) -> Series:
     # The sample deviation in floats (fsum), not ``statistics.stdev``'s exact fractions: same to the
     # last bit or two, which ``cv`` rounded to 5 places never shows, and stdev was half of pciebw's
     # CPU per node in a fan-out (PERFORMANCE.md, round 4).
-    sd = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    # (A list, not a generator: the same terms summed exactly, without a frame switch per sample.)
+    sd = math.sqrt(math.fsum([(v - mean) ** 2 for v in values]) / (len(values) - 1)) if len(values) > 1 else 0.0
     return Series(tuple(values), statistics.median(values), min(values), max(values), sd / mean if mean > 0 else 0.0)
 
 
@@ -101,7 +102,7 @@ _PLAIN = (int, float)  # exact types: bool (an int) is no sample
 def series(device: Mapping[str, Any], field: str) -> Series:
     """``device[field]``'s samples (``{"samples": [...], ...}``) as a ``Series``, or ``ParseError``."""
     raw = device.get(field)
-    samples = raw.get("samples") if isinstance(raw, Mapping) else None
+    samples = raw.get("samples") if _is_mapping(raw) else None
     if not isinstance(samples, list) or not samples:
         raise ParseError(f"device {device.get('index')}: {field} has no samples")
     # One pass over plain numbers (what JSON gives); anything else goes through ``number_field``,
@@ -256,7 +257,7 @@ def crowded_out(in_use: InUse | None, device: Mapping[str, Any], error: str) -> 
 def sampled_peak(summary: Mapping[str, Any], field: str) -> float | None:
     """The highest value of ``field`` in a ``Sampler.summary()`` (None: never read)."""
     stats = summary.get(field)
-    peak = stats.get("max") if isinstance(stats, Mapping) else None
+    peak = stats.get("max") if _is_mapping(stats) else None
     return float(peak) if isinstance(peak, int | float) and not isinstance(peak, bool) else None
 
 
@@ -319,10 +320,10 @@ def counter_findings(device: Mapping[str, Any]) -> list[tuple[str, str, bool]]:
     ``warn``: HBM corrects single-bit errors routinely, one during a run is a sign, not a fault.
     """
     counters = device.get("counters")
-    if not isinstance(counters, _MAPPINGS):
+    if not _is_mapping(counters):
         return []
     before, after = counters.get("before"), counters.get("after")
-    if not isinstance(before, _MAPPINGS) or not isinstance(after, _MAPPINGS):
+    if not _is_mapping(before) or not _is_mapping(after):
         return []
     out: list[tuple[str, str, bool]] = []
     for key, what, status, fatal in _COUNTERS:
@@ -334,9 +335,18 @@ def counter_findings(device: Mapping[str, Any]) -> list[tuple[str, str, bool]]:
     return out
 
 
-# ``isinstance(x, Mapping)`` goes through the ABC machinery (about five times a plain type check);
-# the programs' JSON gives dicts, which the first entry answers at once.
-_MAPPINGS = (dict, Mapping)
+# ``isinstance(x, Mapping)`` goes through the ABC machinery (about five times a plain type check),
+# also for the numbers and strings that most fields of the programs' JSON hold: those exact types
+# (and dict, which is one) are answered by their type alone.
+_NOT_MAPPINGS = frozenset({int, float, str, bool, list, type(None)})
+
+
+def _is_mapping(value: object) -> TypeGuard[Mapping[str, Any]]:
+    """``isinstance(value, Mapping)``, without the ABC machinery for what JSON gives."""
+    kind = type(value)
+    return kind is dict or (kind not in _NOT_MAPPINGS and isinstance(value, Mapping))
+
+
 _NUMBERS = (int, float)
 _UNDER_LOAD_FIELDS = (
     "pcie_gen",
@@ -351,14 +361,14 @@ _UNDER_LOAD_FIELDS = (
 
 def _telemetry_section(device: Mapping[str, Any], section: str) -> Mapping[str, Any] | None:
     telemetry = device.get("telemetry")
-    part = telemetry.get(section) if isinstance(telemetry, _MAPPINGS) else None
-    return part if isinstance(part, _MAPPINGS) else None
+    part = telemetry.get(section) if _is_mapping(telemetry) else None
+    return part if _is_mapping(part) else None
 
 
 def _span(part: Mapping[str, Any], field: str) -> tuple[float, float] | None:
     """``(min, max)`` of an NVML field the program sampled during a section (None: not read)."""
     value = part.get(field)
-    if not isinstance(value, _MAPPINGS):
+    if not _is_mapping(value):
         return None
     low, high = value.get("min"), value.get("max")
     if type(low) is bool or type(high) is bool or not isinstance(low, _NUMBERS) or not isinstance(high, _NUMBERS):
@@ -428,7 +438,7 @@ def stored_entry(device: Mapping[str, Any], judged: Sequence[str]) -> dict[str, 
     for key, value in device.items():
         if key in ("index", "telemetry"):
             continue
-        if isinstance(value, _MAPPINGS) and "samples" in value and key not in judged:
+        if _is_mapping(value) and "samples" in value and key not in judged:
             value = {k: v for k, v in value.items() if k != "samples"}
         out[key] = value
     return out
@@ -437,7 +447,7 @@ def stored_entry(device: Mapping[str, Any], judged: Sequence[str]) -> dict[str, 
 def numa(device: Mapping[str, Any]) -> dict[str, Any]:
     """The program's ``numa`` entry (``gpu_node``, ``host_node``, ``cpu_local``, ``notes``), or {}."""
     raw = device.get("numa")
-    return dict(raw) if isinstance(raw, Mapping) else {}
+    return dict(raw) if _is_mapping(raw) else {}
 
 
 def peer_outliers(values: Mapping[int, tuple[str, float]], ratio: float = 0.9) -> dict[int, str]:
@@ -648,7 +658,7 @@ class Sampler:
         if failures:
             out["failed_samples"] = failures
         for field in _FIELDS:
-            values = [v for v in (getattr(s, field) for s in samples) if v is not None]
+            values = [v for s in samples if (v := getattr(s, field)) is not None]
             if values:
                 out[field] = {
                     "min": round(min(values), 1),

@@ -61,7 +61,9 @@ def fold(
             raise TypeError(f"GPU {index}: neither a {kind.__name__} nor a DeviceResult: {reading!r}")
         # A one-GPU capture (``-q -i N``) does not say N: the GPU is named by its bus id instead.
         device_id = str(facts.pop(DEVICE_ID, device.id))
-        devices.append(dataclasses.replace(device, id=device_id))
+        # The device as judged when its id stands (the usual case): a ``replace`` for every GPU of every
+        # NVML check was a tenth of a simulated node's remapped and gpupower (the result is immutable).
+        devices.append(device if device.id == device_id else dataclasses.replace(device, id=device_id))
         per_gpu[device_id] = facts
     return devices, per_gpu
 

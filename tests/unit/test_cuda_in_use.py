@@ -441,3 +441,13 @@ def test_gpumem_whose_cublas_finds_no_memory_left_on_a_busy_gpu_is_skipped() -> 
     oom = gpumem_line(0, error=error, kind="setup", error_name="CUBLAS_STATUS_ALLOC_FAILED")
     assert gpumem_run([oom], [gpumem_gpu(0, TRAINING)]).devices[0].status is Status.SKIPPED  # before: error
     assert gpumem_run([oom], [gpumem_gpu(0)]).status is Status.ERROR
+
+
+def test_is_mapping_answers_as_isinstance_mapping() -> None:
+    from collections import OrderedDict
+    from collections.abc import Mapping
+    from types import MappingProxyType
+
+    values: list[Any] = [{}, {"a": 1}, OrderedDict(a=1), MappingProxyType({"a": 1}), 1, 1.5, True, "s", [1], None, (1,)]
+    for value in values:
+        assert _cuda._is_mapping(value) is isinstance(value, Mapping), value

@@ -84,3 +84,14 @@ def test_the_spread_of_samples_is_the_sample_standard_deviation_over_the_mean() 
         expected = statistics.stdev(values) / statistics.fmean(values)
         assert series_of(values).cv == pytest.approx(expected, rel=1e-12, abs=1e-15)
     assert series_of([7.0]).cv == 0.0
+
+
+def test_summary_leaves_out_fields_never_read_and_spans_the_rest() -> None:
+    sampler = Sampler(FakeTelemetry([FakeGpu()]), 0)
+    sampler.samples = [gpus.GpuSample(30.0, None, 1980.0, None), gpus.GpuSample(41.0, None, 1410.0, 12.0)]
+    assert sampler.summary() == {
+        "samples": 2,
+        "temperature_c": {"min": 30.0, "max": 41.0, "mean": 35.5},
+        "sm_clock_mhz": {"min": 1410.0, "max": 1980.0, "mean": 1695.0},
+        "utilization_pct": {"min": 12.0, "max": 12.0, "mean": 12.0},
+    }

@@ -296,3 +296,51 @@ def test_a_failing_progress_call_is_logged_and_the_checks_go_on(
     out = execution.run_checks(["quick", "slow"], ctx_with(FakeRunner()), checks=reg, progress=(0.05, broken))
     assert [(r.check, r.status) for r in out] == [("quick", Status.OK), ("slow", Status.OK)]
     assert "progress of checks quick,slow failed" in caplog.text
+
+
+class _Bindable:
+    """A runner that says which scope each check's copy of it was bound to."""
+
+    def __init__(self, scope: commands.ProcessScope | None = None) -> None:
+        self.scope = scope
+
+    def bind(self, scope: commands.ProcessScope) -> _Bindable:
+        return _Bindable(scope)
+
+    def run(self, argv: Any, *, timeout: float, env: Any = None) -> commands.CommandResult:
+        raise AssertionError("not called")
+
+    def which(self, name: str) -> str | None:
+        return None
+
+
+class _BindBlocked(_Bindable):
+    bind = None  # type: ignore[assignment]  # a protocol method set to None: not a ScopedRunner
+
+
+def test_each_check_gets_the_runner_bound_to_its_own_scope_and_a_blocked_bind_is_not_called(
+    reg: registry.CheckRegistry,
+) -> None:
+    seen: list[Any] = []
+
+    @registry.check("a", description="a", registry=reg)
+    def a(ctx: CheckContext, params: Mapping[str, Any]) -> CheckResult:
+        seen.append(ctx.commands)
+        return CheckResult("a", Status.OK)
+
+    @registry.check("b", description="b", registry=reg)
+    def b(ctx: CheckContext, params: Mapping[str, Any]) -> CheckResult:
+        seen.append(ctx.commands)
+        return CheckResult("b", Status.OK)
+
+    bindable = _Bindable()
+    assert [r.status for r in execution.run_checks(["a", "b"], ctx_with(bindable), checks=reg)] == [Status.OK] * 2
+    assert all(isinstance(r, _Bindable) and r is not bindable for r in seen)
+    first, second = seen
+    assert first.scope is not None and second.scope is not None and first.scope is not second.scope
+
+    seen.clear()
+    blocked = _BindBlocked()
+    assert execution.run_check("a", ctx_with(blocked), checks=reg).status is Status.OK
+    assert seen == [blocked]  # as isinstance(blocked, ScopedRunner) says: used as it is
+    assert not isinstance(blocked, commands.ScopedRunner)

@@ -350,3 +350,17 @@ def test_ping_summary_names_the_peers_that_failed_alike_once() -> None:
     lossy = next(d.detail for d in result.devices if d.id == "node-4/eth0")
     assert result.summary == f"peers node-1/eth0, node-3/eth0: {dead}; peer node-4/eth0: {lossy}"
     assert [d.status for d in result.devices] == [Status.FAIL, Status.OK, Status.FAIL, Status.WARN]
+
+
+def test_a_runner_whose_answers_at_once_is_blocked_is_pinged_from_the_pool(make_ctx) -> None:  # type: ignore[no-untyped-def]
+    class Blocked(_Instant):
+        answers_at_once = None  # type: ignore[assignment]  # a protocol method set to None: no InstantRunner
+
+    outputs = {"192.0.2.2": (0, OK_PING, ""), "192.0.2.3": (1, LOSSY_PING, "")}
+    outputs |= {"198.51.100.3": (1, DEAD_PING, ""), "192.0.2.4": (0, OK_PING, "")}
+    runner = Blocked(runner_for(outputs), True)
+    result = ping.run(
+        make_ctx(commands=runner, peers=StaticPeers(PEERS)), ping.registry.REGISTRY.get("ping").validate({})
+    )
+    assert len(runner.threads) == 4 and all(t.startswith("ping") for t in runner.threads)
+    assert result.status is Status.FAIL

@@ -48,3 +48,19 @@ def test_worst_and_from_devices() -> None:
     assert folded.status is Status.FAIL and folded.fatal
     assert folded.summary == "GPU 1: 2.1 GB/s < 4 GB/s"
     assert results.from_devices("x", [], ok_summary="").status is Status.ERROR
+
+
+def test_tidy_keeps_a_tidy_result_and_writes_out_every_untidy_device() -> None:
+    fine = DeviceResult("0", Status.OK, detail="H2D 53 GB/s")
+    tidy_result = CheckResult("x", Status.OK, "fine", devices=(fine,))
+    assert results.tidy(tidy_result) is tidy_result
+    at_limit = DeviceResult("1", Status.OK, detail="y" * results.SUMMARY_LIMIT)
+    assert results.tidy(CheckResult("x", Status.OK, devices=(at_limit,))).devices[0] is at_limit
+    escaped = DeviceResult("2\x1b[31m", Status.WARN, detail="ok")
+    bidi = DeviceResult("3", Status.WARN, detail="a\u202eb")
+    long = DeviceResult("4", Status.WARN, detail="z" * (results.SUMMARY_LIMIT + 1))
+    out = results.tidy(CheckResult("x", Status.WARN, "s", devices=(fine, escaped, bidi, long))).devices
+    assert out[0] is fine
+    assert out[1].id == "2\\x1b[31m"
+    assert out[2].detail == "a\\u202eb"
+    assert len(out[3].detail) == results.SUMMARY_LIMIT and out[3].detail.endswith("...")

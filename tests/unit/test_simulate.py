@@ -190,3 +190,21 @@ def test_a_bad_noise_setting_is_rejected_naming_the_option(noise: float) -> None
     with pytest.raises(errors.BadParameter) as caught:
         simulate.contexts(SETTINGS, 1, [], noise=noise, checks=shipped_checks())
     assert caught.value.field == "--sim-noise"
+
+
+def test_a_bound_runner_answers_as_the_runner_and_only_it_is_cancelled() -> None:
+    runner = simulate.contexts(SETTINGS, 1, ["sim-0:dcgm:hang"], checks=shipped_checks())["sim-0"].commands
+    assert isinstance(runner, simulate.SimRunner)
+    scope = commands.ProcessScope()
+    bound = runner.bind(scope)
+    assert type(bound) is simulate.SimRunner and bound is not runner
+    argv = ["ap-bandwidth", "--pci-bus-id", "00000000:03:00.0"]
+    assert bound.run(argv, timeout=5) == runner.run(argv, timeout=5)
+    assert bound.which("dcgmi") == runner.which("dcgmi") == "dcgmi"
+    scope.cancel()
+    with pytest.raises(errors.ToolTimeout):
+        bound.run(["dcgmi", "diag", "-r", "1", "-j"], timeout=3600)
+    # The runner it was bound from has no scope: a hang there lasts its timeout (here a short one).
+    with pytest.raises(errors.ToolTimeout):
+        runner.run(["dcgmi", "diag", "-r", "1", "-j"], timeout=0.01)
+    assert runner.bind(commands.ProcessScope())._scope is not None and runner._scope is None
