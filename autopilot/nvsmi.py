@@ -209,6 +209,13 @@ def split_driver_warnings(text: str) -> tuple[list[tuple[int, str]], tuple[str, 
     return kept, tuple(warnings)
 
 
+def _without_margin(lines: list[str]) -> list[str]:
+    """``lines`` less the indentation every non-blank one shares: a report quoted in a Markdown or
+    reStructuredText code block (nvidia-smi output in docs and issues) is shifted as a whole."""
+    margin = min((len(line) - len(line.lstrip(" ")) for line in lines if line.strip()), default=0)
+    return [line[margin:] for line in lines] if margin else lines
+
+
 @dataclasses.dataclass
 class _Building:
     key: str
@@ -230,7 +237,7 @@ def looks_like_q(text: str) -> bool:
     if _looks_like_xml(text):
         return True
     lines = text.splitlines()
-    if any(_GPU_LINE.match(line.rstrip()) for line in lines):
+    if any(_GPU_LINE.match(line) for line in _without_margin([line.expandtabs(4).rstrip() for line in lines])):
         return True
     lost = [line for line in lines if _NO_HANDLE.match(line.strip())]
     return bool(lost) and not any("," in line for line in lines if line not in lost)
@@ -351,7 +358,7 @@ def parse_q(text: str, *, whole: bool = False) -> QReport:
     stack: list[_Building] = []
     excerpt = False
     numbered, warnings = split_driver_warnings(text)
-    lines = [raw.expandtabs(4).rstrip() for _, raw in numbered]
+    lines = _without_margin([raw.expandtabs(4).rstrip() for _, raw in numbered])
     flat = _indentation_lost(lines)
     for (number, _), line in zip(numbered, lines, strict=True):
         stripped = line.strip()
@@ -850,7 +857,7 @@ _FLAT_MEMBERS: Mapping[str, frozenset[str]] = {
     "pcie generation": frozenset({"max", "current", "device current", "device max", "host max"}),
     "link width": frozenset({"max", "current"}),
     "retired pages": frozenset(
-        {"single bit ecc", "double bit ecc", "pending page blacklist", "pending page retirement"}
+        {"single bit ecc", "double bit ecc", "pending page blacklist", "pending page retirement", "pending"}
     ),
 }
 # Key/value lines that always belong to the GPU itself (the truncation check looks for them there).
@@ -1054,7 +1061,8 @@ def retired_pages_from_q(section: GpuSection) -> dict[str, int | bool | None] | 
     block = section.find("Retired Pages")
     if block is None or not block.children:
         return None
-    pending_entry = block.get("Pending Page Retirement") or block.get("Pending Page Blacklist")
+    # "Pending Page Retirement" / "Pending Page Blacklist"; drivers of the 418 era print "Pending".
+    pending_entry = block.get("Pending Page Retirement") or block.get("Pending Page Blacklist") or block.get("Pending")
     values: dict[str, int | bool | None] = {
         "single_bit_ecc": _count_of(block.get("Single Bit ECC"), "Retired Pages Single Bit ECC"),
         "double_bit_ecc": _count_of(block.get("Double Bit ECC"), "Retired Pages Double Bit ECC"),

@@ -102,6 +102,7 @@ import enum
 import functools
 import json
 import re
+import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -489,7 +490,9 @@ def _parse_text(text: str) -> tuple[list[TestOutcome], dict[str, str]]:
     messages: list[tuple[_TextTest | None, str, list[str]]] = []  # owning test, kind, text chunks
     last_gpus: list[str] | None = None  # GPU list of the latest status entry, for wrapped lists
 
-    for line in text.splitlines():
+    # A table quoted in a Markdown or reStructuredText code block (as in DCGM's own user guide) is
+    # shifted as a whole: its common margin is not part of the table.
+    for line in textwrap.dedent(text).splitlines():
         line = line.rstrip("\r")
         border = _BORDER.match(line)
         if border:

@@ -149,11 +149,15 @@ def _pid(found: re.Match[str] | None) -> str:
 
 _PREFIXES = (
     re.compile(r"^\d+,\d+,\d+,[^;]*;"),  # raw /dev/kmsg
+    # journalctl -o short-monotonic / short-delta (``[ 12.345678 <    0.000004>] host kernel: ``),
+    # short-unix (``1748772672.308145 host kernel: ``), short-full (``Sun 2025-06-01 10:11:12 UTC host kernel: ``)
+    re.compile(r"^\[\s*[\d.]+(?:\s+<\s*[\d.]+>)?\] \S+ kernel: "),
+    re.compile(r"^\d+\.\d+ \S+ kernel: "),
+    re.compile(r"^[A-Z][a-z]{2} \d{4}-\d\d-\d\d [\d:]{8}(?:\.\d+)? \S+ \S+ kernel: "),
     # dmesg; /proc/kmsg (``<4>[ 12.345678] ...``); dmesg -H's deltas (``[  +0.000004] ...``)
     re.compile(r"^(?:<\d>)?\[\s*\+?[\d.]+\]\s?"),
     re.compile(r"^\[[A-Z][a-z]{2} [A-Z][a-z]{2} [ \d]\d [\d:]{8} \d{4}\]\s?"),  # dmesg -T
     re.compile(r"^\[[A-Z][a-z]{2}\s+\d{1,2} [\d:]{5}\]\s?"),  # dmesg -H (``[Jun  1 10:11] ...``)
-    re.compile(r"^\w+\s*:\s*\w+\s*: \d{4}-\d\d-\d\dT[\d:,.]+[+-]\d\d:\d\d\s"),  # dmesg --decode --time-format=iso
     # journalctl -o short / short-precise, syslog; journalctl -o short-iso / short-iso-precise, RFC 3339 syslog
     re.compile(r"^[A-Z][a-z]{2} [ \d]\d [\d:]{8}(?:\.\d+)? \S+ kernel: "),
     re.compile(r"^\d{4}-\d\d-\d\dT[\d:]{8}(?:[.,]\d+)?(?:Z|[+-]\d\d:?\d\d)? \S+ kernel: "),
@@ -161,6 +165,8 @@ _PREFIXES = (
     # dmesg --time-format=iso: after the journal's ISO form, which has a host and "kernel:" too
     re.compile(r"^\d{4}-\d\d-\d\dT[\d:]{8}[,.]\d+[+-]\d\d:\d\d\s"),
 )
+# ``dmesg -x`` (``--decode``) puts facility and level ahead of whichever time format follows.
+_DECODED = re.compile(r"^[a-z0-9]+\s*:\s*(?:emerg|alert|crit|err|warn|notice|info|debug)\s*: ")
 # The kernel's own timestamp that a syslog daemon reading /proc/kmsg keeps after its prefix.
 _KERNEL_TIME = re.compile(r"^\[\s*\d+\.\d+\]\s?")
 # The open driver's notice of a GPU that fell off the bus is one printk of three lines ("NVRM: The
@@ -173,7 +179,9 @@ _FALLEN_LINES = 3
 
 
 def _body(line: str) -> str:
-    """``line`` without its log prefix (the first of ``_PREFIXES`` that matches, and a kernel timestamp after it)."""
+    """``line`` without its log prefix (``dmesg -x``'s facility and level, the first of ``_PREFIXES``
+    that matches, and a kernel timestamp after it)."""
+    line = _DECODED.sub("", line, count=1)
     for prefix in _PREFIXES:
         stripped = prefix.sub("", line, count=1)
         if stripped != line:

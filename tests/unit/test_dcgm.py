@@ -1002,3 +1002,22 @@ def test_json_dcgm4_entity_fail_under_a_test_summary_of_warn_is_a_warning() -> N
     assert (result.status, result.fatal) == (Status.WARN, False)
     assert {d.id: d.status for d in result.devices} == {"0": Status.OK, "1": Status.WARN}
     assert dcgm.evaluate_text(report("Fail"), {}, Settings()).fatal  # a real failure still evicts
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "dcgm1x-text_page-retirement-fail.txt",
+        "dcgm3x-text_targeted-stress-cuinit.txt",
+        "dcgm4x-text_memory-child-exited.txt",
+    ],
+)
+@pytest.mark.parametrize("margin", ["    ", "\t"])
+def test_a_table_indented_as_a_whole_reads_as_the_table(name: str, margin: str) -> None:
+    # Quoted in a Markdown or reStructuredText code block (DCGM's user guide prints its examples so).
+    text = shape(name)
+    shifted = "\n".join(margin + line if line.strip() else line for line in text.splitlines()) + "\n"
+    plain, quoted = dcgm.evaluate_text(text, {}, Settings()), dcgm.evaluate_text(shifted, {}, Settings())
+    assert (quoted.status, quoted.fatal, quoted.summary) == (plain.status, plain.fatal, plain.summary)
+    assert quoted.data["tests"] == plain.data["tests"]
+    assert [(d.id, d.status) for d in quoted.devices] == [(d.id, d.status) for d in plain.devices]

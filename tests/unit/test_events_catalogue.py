@@ -178,8 +178,26 @@ _FALLEN = (
 
 @pytest.mark.parametrize(
     "prefix",
-    ["Jun  1 10:11:12 gpu-7 kernel: [ 1843.308145] ", "<4>[ 1843.308145] ", ""],
-    ids=["kern.log", "proc-kmsg", "journalctl-o-cat"],
+    [
+        "Jun  1 10:11:12 gpu-7 kernel: [ 1843.308145] ",
+        "<4>[ 1843.308145] ",
+        "",
+        "kern  :err   : [ 1843.308145] ",
+        "kern  :err   : [Sun Jun  1 10:11:12 2025] ",
+        "[ 1843.308145] gpu-7 kernel: ",
+        "1748772672.308145 gpu-7 kernel: ",
+        "Sun 2025-06-01 10:11:12 UTC gpu-7 kernel: ",
+    ],
+    ids=[
+        "kern.log",
+        "proc-kmsg",
+        "journalctl-o-cat",
+        "dmesg-x",
+        "dmesg-x-T",
+        "journalctl-o-short-monotonic",
+        "journalctl-o-short-unix",
+        "journalctl-o-short-full",
+    ],
 )
 def test_the_open_drivers_fallen_off_the_bus_notice_one_line_per_log_line_is_one_xid_79(prefix: str) -> None:
     text = "".join(f"{prefix}{line}\n" for line in _FALLEN)
@@ -208,6 +226,13 @@ def test_the_open_drivers_fallen_off_the_bus_notice_one_line_per_log_line_is_one
         "2025-06-01T10:11:12,123456+00:00 ",  # dmesg --time-format=iso
         "[Jun  1 10:11] ",  # dmesg -H, first line of a minute
         "[  +0.000004] ",  # dmesg -H, later lines
+        "kern  :warn  : [ 1843.308145] ",  # dmesg -x (--decode)
+        "kern  :err   : [Sun Jun  1 10:11:12 2025] ",  # dmesg -x -T
+        "kern  :err   : 2025-06-01T10:11:12,123456+00:00 ",  # dmesg -x --time-format=iso
+        "[ 1843.308145] gpu-7 kernel: ",  # journalctl -o short-monotonic
+        "[ 1843.308145 <    0.000004>] gpu-7 kernel: ",  # journalctl -o short-delta
+        "1748772672.308145 gpu-7 kernel: ",  # journalctl -o short-unix
+        "Sun 2025-06-01 10:11:12 UTC gpu-7 kernel: ",  # journalctl -o short-full
     ],
 )
 def test_journal_and_syslog_time_formats_leave_the_kernel_message(line: str) -> None:

@@ -331,3 +331,22 @@ def test_fixture_files_are_handwritten_and_described() -> None:
     readme = (NVSMI / "README.md").read_text()
     assert "Written by hand" in readme
     assert {Path(p).suffix for p in NVSMI.iterdir()} == {".md", ".txt", ".xml"}
+
+
+def test_driver_418_retired_pages_pending_label_is_read() -> None:
+    # Drivers of the 418 era label the flag "Pending" (later "Pending Page Blacklist"/"Retirement").
+    text = fixture("q_drv418.87.01_v100x2_retired-pages-pending-gpu1.txt")
+    result = judge("remapped", text)
+    assert result.data["gpus"]["0"]["retired_pages"] == {"single_bit_ecc": 0, "double_bit_ecc": 0, "pending": False}
+    assert result.data["gpus"]["1"]["retired_pages"] == {"single_bit_ecc": 3, "double_bit_ecc": 1, "pending": True}
+    pasted = judge("remapped", flatten(text))
+    assert pasted.data["gpus"]["1"]["retired_pages"] == {"single_bit_ecc": 3, "double_bit_ecc": 1, "pending": True}
+
+
+@pytest.mark.parametrize("margin", ["    ", "\t", "  "])
+def test_report_indented_as_a_whole_reads_as_the_report(margin: str) -> None:
+    # A report quoted in a Markdown or reStructuredText code block: every line shifted by one margin.
+    text = fixture("q_drv535.129.03_h100x2_remap-failure_width-x8.txt")
+    shifted = "\n".join(margin + line if line.strip() else line for line in text.splitlines()) + "\n"
+    for check in CHECKS:
+        assert verdict(judge(check, shifted)) == verdict(judge(check, text)), check
