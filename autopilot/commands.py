@@ -5,6 +5,11 @@ session of its own, so that on a timeout (its own, or the check's watchdog throu
 ``ProcessScope``) the whole process group is killed: a ``dcgmi`` that forked a helper does not
 outlive the check that started it. ``spawn`` leaves a program running in the background (the
 ``iperf`` servers) with a lifetime after which its group is killed whatever else happens.
+
+Every program runs under ``LC_ALL=C`` (``tool_env``): our parsers read the tools' English messages and
+``.`` decimal points, and a node whose environment names another locale (iputils' ``ping`` is
+translated; C programs that call ``setlocale`` print ``1,5``) would otherwise make a healthy node's
+output unreadable, an ``error`` on every run.
 """
 
 from __future__ import annotations
@@ -22,6 +27,15 @@ from collections.abc import Mapping, Sequence
 from typing import IO, Protocol, runtime_checkable
 
 from autopilot import errors
+
+
+def tool_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment a program runs in: ``env`` (default: this process's) with ``LC_ALL=C``, unless
+    ``env`` names its own ``LC_ALL``."""
+    out = dict(os.environ if env is None else env)
+    if env is None or "LC_ALL" not in env:
+        out["LC_ALL"] = "C"
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,7 +222,7 @@ class SubprocessRunner:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                env=dict(env) if env is not None else None,
+                env=tool_env(env),
                 start_new_session=True,
             )
         except FileNotFoundError as exc:
@@ -319,7 +333,7 @@ def spawn(argv: Sequence[str], *, lifetime_s: float, env: Mapping[str, str] | No
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
-            env=dict(env) if env is not None else None,
+            env=tool_env(env),
             start_new_session=True,
         )
     except FileNotFoundError as exc:
