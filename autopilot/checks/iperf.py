@@ -138,7 +138,13 @@ def judge_client(out: CommandResult | errors.AutopilotError) -> Measure:
             return Measure(Status.FAIL, None, said[0])
         return Measure(Status.ERROR, None, f"iperf3 output unreadable: {said[0][:200]}")
     if not stats.received_bps > 0:
-        # A summary that counts nothing received measured nothing: never a pass at 0 Gb/s.
+        if stats.sent_bps > 0:
+            # The client sent and the server received nothing (TCP) or lost it all (UDP): the test ran,
+            # the path carried none of its data (an MTU black hole passes the small control messages).
+            return Measure(
+                Status.FAIL, None, f"sent {stats.sent_bps / 1e9:.3g} Gb/s, received nothing: the path drops the data"
+            )
+        # A summary that counts nothing sent or received measured nothing: never a pass at 0 Gb/s.
         return Measure(Status.ERROR, None, f"iperf3 reported {stats.received_bps:g} bits/s received")
     return Measure(Status.OK, stats.gbps, f"{stats.gbps:.2f} Gb/s")
 

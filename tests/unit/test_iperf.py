@@ -171,6 +171,22 @@ def test_nothing_received_is_not_a_pass_at_zero() -> None:
     assert m.status is Status.ERROR and m.gbps is None
 
 
+def test_data_sent_and_none_received_is_a_network_failure() -> None:
+    # The connection and the control messages got through, the data did not (an MTU black hole).
+    tcp = json.dumps(
+        {
+            "start": {"test_start": {"protocol": "TCP"}},
+            "end": {"sum_sent": {"bits_per_second": 2.5e9, "retransmits": 310}, "sum_received": {"bits_per_second": 0}},
+        }
+    )
+    udp = json.dumps(
+        {"start": {"test_start": {"protocol": "UDP"}}, "end": {"sum": {"bits_per_second": 1e9, "lost_percent": 100}}}
+    )
+    for stdout in (tcp, udp):
+        m = iperf.judge_client(out(stdout))
+        assert m.status is Status.FAIL and m.gbps is None and "received nothing" in m.detail
+
+
 def test_timeouts_missing_tool_and_garbage() -> None:
     assert iperf.judge_client(errors.ToolTimeout("iperf3", 10)).status is Status.FAIL
     assert iperf.judge_client(errors.ToolNotFound("iperf3: not found")).status is Status.ERROR
