@@ -47,6 +47,8 @@ def build(gpu_states: Mapping[str, str | None]) -> list[Metric]:
         labels=["node", "gpu", "uuid", "check"],
     )
     totals = dict.fromkeys(VERDICTS, 0)
+    # The GPUs a result measured share its start: each distinct time is parsed once per rendering.
+    epochs: dict[str, float] = {}
     for node in sorted(gpu_states):
         for state in gpuverdict.ordered(gpuverdict.loads(gpu_states[node])):
             value = state.verdict.value if state.verdict.value in totals else Verdict.UNKNOWN.value
@@ -56,7 +58,10 @@ def build(gpu_states: Mapping[str, str | None]) -> list[Metric]:
                 offenders.add_metric([node, state.index, state.uuid], 1.0)
             for check, stamp in {**dict(state.unmeasured_since), **dict(state.measured)}.items():
                 # Stamps were validated when the state was read (``gpuverdict.loads``).
-                measured.add_metric([node, state.index, state.uuid, check], results.parse_iso(stamp).timestamp())
+                epoch = epochs.get(stamp)
+                if epoch is None:
+                    epoch = epochs[stamp] = results.parse_iso(stamp).timestamp()
+                measured.add_metric([node, state.index, state.uuid, check], epoch)
     counts = GaugeMetricFamily("autopilot_gpus", "GPUs per verdict over every node", labels=["verdict"])
     for verdict, count in totals.items():
         counts.add_metric([verdict], float(count))

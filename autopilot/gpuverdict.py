@@ -31,6 +31,7 @@ since-when, bounded to ``ANNOTATION_LIMIT`` bytes.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
@@ -121,9 +122,18 @@ def _stamps(raw: object) -> tuple[tuple[str, str], ...]:
     """A stored check -> time mapping, only the figure checks' readable times kept (anything else is dropped)."""
     if not isinstance(raw, Mapping):
         return ()
-    found = {c: _when(s) if isinstance(s, str) else None for c, s in raw.items() if c in FIGURE_CHECKS}
-    # Kept in the one format of results, so that two times compare as text.
-    return tuple(sorted((c, results.utc_now_iso(at)) for c, at in found.items() if at is not None))
+    found = {
+        c: _canonical(s) if isinstance(s, str) and len(s) <= 40 else None for c, s in raw.items() if c in FIGURE_CHECKS
+    }
+    return tuple(sorted((c, at) for c, at in found.items() if at is not None))
+
+
+@functools.lru_cache(maxsize=4096)
+def _canonical(stamp: str) -> str | None:
+    """``stamp`` in the one format of results (so that two times compare as text), None when unreadable.
+    Cached: the GPUs a result measured share its time, and /metrics reads every node's GPUs per rendering."""
+    at = _when(stamp)
+    return results.utc_now_iso(at) if at is not None else None
 
 
 def _when(stamp: str) -> datetime | None:
