@@ -23,6 +23,7 @@ from autopilot.registry import shipped as shipped_checks
 from autopilot.results import CheckResult, DeviceResult, Status
 from autopilot.verdict import Verdict
 from tests.unit.api_helpers import make_api
+from tests.unit.test_api_client import Served
 from tests.unit.test_store_traffic import trips
 from workers import reconcile
 from workers.store import ResultsStore
@@ -289,3 +290,17 @@ def test_node_answer_and_cli_show_each_gpus_measured_times(capsys: pytest.Captur
     client._stdout().print(client.gpus_table(body | {"nodes": [{"name": "node-a", **body}], "total": 1}))
     out = capsys.readouterr().out
     assert "MEASURED" in out and f"pciebw {stamp(now)}" in out and "pciebw never" in out
+
+
+def test_cli_nodes_json_carries_the_times(capsys: pytest.CaptureFixture[str]) -> None:
+    served = Served(make_api(deadline_s=1))
+    try:
+        now = datetime.now(UTC).replace(microsecond=0)
+        served.api.store.save_result(figures(node="node-a", at=now, busy=frozenset({1})))
+        reconcile.reconcile_node(served.api.store, "node-a", served.api.settings, now, checks=shipped_checks())
+        assert client.nodes_main(["--url", served.url, "--gpus", "--json"]) == 0
+    finally:
+        served.close()
+    answer = json.loads(capsys.readouterr().out)
+    gpus = {g["index"]: g for n in answer["nodes"] if n["name"] == "node-a" for g in n["gpus"]}
+    assert gpus["0"]["measured"] == {"pciebw": stamp(now)} and gpus["1"]["unmeasured_since"] == {"pciebw": stamp(now)}
