@@ -406,10 +406,11 @@ def nodes_table(answer: Mapping[str, Any], now: float) -> Table:
 
 
 def gpus_table(answer: Mapping[str, Any]) -> Table:
-    """``autopilot nodes --gpus``: a row per GPU of every node, worst-first within a node by index."""
+    """``autopilot nodes --gpus``: a row per GPU of every node, worst-first within a node by index; MEASURED is
+    when each figure check (``pciebw``, ``gpumem``) last measured it, ``never`` while it has not."""
     count = sum(len(n.get("gpus") or ()) for n in answer["nodes"])
     table = Table(title=f"{count} GPU(s) on {_cell(answer['total'])} node(s)", title_justify="left")
-    for column in ("NODE", "GPU", "UUID", "BUS ID", "VERDICT", "SINCE", "REASONS"):
+    for column in ("NODE", "GPU", "UUID", "BUS ID", "VERDICT", "SINCE", "MEASURED", "REASONS"):
         table.add_column(column, overflow="fold")
     colours = {"PASS": "green", "WARN": "yellow", "EVICT": "bold red", "UNKNOWN": "dim"}
     for n in answer["nodes"]:
@@ -422,9 +423,19 @@ def gpus_table(answer: Mapping[str, Any]) -> Table:
                 _cell(str(g.get("bus_id") or "")),
                 f"[{colours.get(verdict, 'default')}]{_cell(verdict)}[/]",
                 _cell(str(g.get("since") or "")),
+                _cell(_measured(g)),
                 _cell("; ".join(g.get("reasons") or [])),
             )
     return table
+
+
+def _measured(gpu: Mapping[str, Any]) -> str:
+    """``pciebw 2026-11-30T21:00:00Z, gpumem never`` from a GPU's ``measured`` and ``unmeasured_since``."""
+    measured, unmeasured = gpu.get("measured"), gpu.get("unmeasured_since")
+    said = dict.fromkeys(unmeasured, "never") if isinstance(unmeasured, Mapping) else {}
+    if isinstance(measured, Mapping):
+        said.update({str(c): str(at) for c, at in measured.items()})
+    return ", ".join(f"{c} {at}" for c, at in sorted(said.items()))
 
 
 def _stdout() -> Console:

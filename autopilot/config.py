@@ -380,6 +380,11 @@ class Settings:
     gpu_repeat_window_s: float = 7 * 86400.0
     """The window of ``AUTOPILOT_GPU_REPEAT_COUNT`` (``AUTOPILOT_GPU_REPEAT_WINDOW``, e.g. ``7d``)."""
 
+    unmeasured_after_s: float = 7 * 86400.0
+    """A GPU whose ``pciebw``/``gpumem`` figure has gone unmeasured (skipped as in use by others, or errored)
+    longer than this says so among its reasons, e.g. "pciebw not measured for 9 d (in use by others)";
+    informational, its verdict unchanged (``AUTOPILOT_UNMEASURED_AFTER``; 0: never said)."""
+
     @property
     def uses_cluster(self) -> bool:
         """Whether labels, conditions, events and Jobs go to Kubernetes."""
@@ -753,6 +758,7 @@ _FIELDS: list[tuple[str, str, tuple[str, ...], Any]] = [
     ("gpu_history_retention_s", "AUTOPILOT_GPU_HISTORY_RETENTION", (), _duration),
     ("gpu_repeat_count", "AUTOPILOT_GPU_REPEAT_COUNT", (), _int_in(0, 10_000)),
     ("gpu_repeat_window_s", "AUTOPILOT_GPU_REPEAT_WINDOW", (), _duration),
+    ("unmeasured_after_s", "AUTOPILOT_UNMEASURED_AFTER", (), _duration),
 ]
 
 

@@ -5,6 +5,10 @@
   ``gpu`` is the index, ``uuid`` the identity that survives moves).
 - ``autopilot_gpu_repeat_offender{node,gpu,uuid}``: 1 for each GPU flagged a repeat offender
   (absent for the others).
+- ``autopilot_gpu_last_measured_timestamp_seconds{node,gpu,uuid,check}``: when the GPU's ``pciebw`` or
+  ``gpumem`` figure was last actually measured (not skipped as in use by others, not errored), or, for a
+  GPU never measured by that check, since when it has been seen unmeasured: the start of its gap either
+  way, so ``time() - this`` is how long the GPU has gone unmeasured (alert ``AutopilotGpuUnmeasured``).
 - ``autopilot_gpus{verdict}``: GPUs per verdict over the cluster (four series).
 
 ``autopilot.metrics.ResultsCollector`` yields them from the same snapshot as the node series (one
@@ -18,7 +22,7 @@ from collections.abc import Mapping
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from autopilot import gpuhistory, gpuverdict
+from autopilot import gpuhistory, gpuverdict, results
 from autopilot.verdict import Verdict
 
 VERDICTS = (Verdict.PASS.value, Verdict.WARN.value, Verdict.EVICT.value, Verdict.UNKNOWN.value)
@@ -36,7 +40,15 @@ def build(gpu_states: Mapping[str, str | None]) -> list[Metric]:
         "1 for a GPU with repeated incidents within the configured window (AUTOPILOT_GPU_REPEAT_*)",
         labels=["node", "gpu", "uuid"],
     )
+    measured = GaugeMetricFamily(
+        "autopilot_gpu_last_measured_timestamp_seconds",
+        "When a GPU's pciebw or gpumem figure was last measured (not skipped as in use by others, not errored), "
+        "or since when a GPU never measured has been seen unmeasured, in seconds since the Unix epoch",
+        labels=["node", "gpu", "uuid", "check"],
+    )
     totals = dict.fromkeys(VERDICTS, 0)
+    # The GPUs a result measured share its start: each distinct time is parsed once per rendering.
+    epochs: dict[str, float] = {}
     for node in sorted(gpu_states):
         for state in gpuverdict.ordered(gpuverdict.loads(gpu_states[node])):
             value = state.verdict.value if state.verdict.value in totals else Verdict.UNKNOWN.value
@@ -44,7 +56,13 @@ def build(gpu_states: Mapping[str, str | None]) -> list[Metric]:
             per_gpu.add_metric([node, state.index, state.uuid, value], 1.0)
             if any(r.startswith(gpuhistory.OFFENDER) for r in state.reasons):
                 offenders.add_metric([node, state.index, state.uuid], 1.0)
+            for check, stamp in {**dict(state.unmeasured_since), **dict(state.measured)}.items():
+                # Stamps were validated when the state was read (``gpuverdict.loads``).
+                epoch = epochs.get(stamp)
+                if epoch is None:
+                    epoch = epochs[stamp] = results.parse_iso(stamp).timestamp()
+                measured.add_metric([node, state.index, state.uuid, check], epoch)
     counts = GaugeMetricFamily("autopilot_gpus", "GPUs per verdict over every node", labels=["verdict"])
     for verdict, count in totals.items():
         counts.add_metric([verdict], float(count))
-    return [per_gpu, offenders, counts]
+    return [per_gpu, offenders, measured, counts]

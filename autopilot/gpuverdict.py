@@ -10,6 +10,12 @@ engine stamps on the devices of GPU checks, or any device of a GPU check): for e
             detail to the reasons, whatever the verdict (docs/RESULTS.md)
 ``UNKNOWN`` the GPU is known from earlier but no fresh result names it
 
+Each GPU also keeps, per figure check (``pciebw``, ``gpumem``), when its figure was last actually
+measured (``measured``: an ``ok``/``warn``/``fail`` device with a figure, not in use by others), or,
+never measured, since when a fresh result of that check named it unmeasured (``unmeasured_since``). A
+GPU left unmeasured past ``unmeasured_after_s`` gets "pciebw not measured for 9 d (in use by others)"
+among its reasons: informational, its verdict unchanged (a busy GPU is no finding).
+
 A GPU's ``EVICT`` is cleared as the node's is (ARCHITECTURE.md 4.2): a level-3 DCGM pass that
 started after it, or an operator's clear of the node. The node verdict stays
 ``verdict.decide`` over the same results (so upstream's label keeps its meaning); it is never
@@ -25,6 +31,7 @@ since-when, bounded to ``ANNOTATION_LIMIT`` bytes.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
@@ -46,6 +53,10 @@ REASON_CHARS = 200
 MAX_GPUS = 64
 """GPUs kept per node: a node never has more; past it the oldest UNKNOWN entries are forgotten."""
 
+FIGURE_CHECKS = tuple(baseline.GPU_FIELDS)
+"""Checks whose per-GPU figure may go unmeasured while others use the GPU (``pciebw``, ``gpumem``)."""
+_FIGURE_UNIT = "GB/s"  # pciebw's link-only mode stores lane counts: no bandwidth was measured
+
 _ORDER = {Verdict.PASS: 0, Verdict.UNKNOWN: 1, Verdict.WARN: 2, Verdict.EVICT: 3}
 
 
@@ -62,6 +73,10 @@ class GpuState:
     reasons: tuple[str, ...] = ()
     evicted_at: str = ""
     serial: str = ""
+    measured: tuple[tuple[str, str], ...] = ()
+    """(check, when its figure of this GPU was last measured), sorted by check."""
+    unmeasured_since: tuple[tuple[str, str], ...] = ()
+    """(check, since when it named this GPU without ever measuring it), sorted by check."""
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -76,6 +91,10 @@ class GpuState:
             out["evicted_at"] = self.evicted_at
         if self.serial:
             out["serial"] = self.serial
+        if self.measured:
+            out["measured"] = dict(self.measured)
+        if self.unmeasured_since:
+            out["unmeasured_since"] = dict(self.unmeasured_since)
         return out
 
     @classmethod
@@ -94,7 +113,34 @@ class GpuState:
             reasons=tuple(str(r) for r in raw.get("reasons") or ()),
             evicted_at=str(raw.get("evicted_at") or ""),
             serial=str(raw.get("serial") or ""),
+            measured=_stamps(raw.get("measured")),
+            unmeasured_since=_stamps(raw.get("unmeasured_since")),
         )
+
+
+def _stamps(raw: object) -> tuple[tuple[str, str], ...]:
+    """A stored check -> time mapping, only the figure checks' readable times kept (anything else is dropped)."""
+    if not isinstance(raw, Mapping):
+        return ()
+    found = {
+        c: _canonical(s) if isinstance(s, str) and len(s) <= 40 else None for c, s in raw.items() if c in FIGURE_CHECKS
+    }
+    return tuple(sorted((c, at) for c, at in found.items() if at is not None))
+
+
+@functools.lru_cache(maxsize=4096)
+def _canonical(stamp: str) -> str | None:
+    """``stamp`` in the one format of results (so that two times compare as text), None when unreadable.
+    Cached: the GPUs a result measured share its time, and /metrics reads every node's GPUs per rendering."""
+    at = _when(stamp)
+    return results.utc_now_iso(at) if at is not None else None
+
+
+def _when(stamp: str) -> datetime | None:
+    try:
+        return results.parse_iso(stamp) if stamp else None
+    except (ValueError, TypeError, OverflowError):
+        return None
 
 
 def dumps(states: Mapping[str, GpuState]) -> str:
@@ -131,6 +177,8 @@ class _Seen:
     reasons: list[str] = dataclasses.field(default_factory=list)
     looked: bool = False
     notes: list[str] = dataclasses.field(default_factory=list)
+    figures: dict[str, tuple[bool, str, str]] = dataclasses.field(default_factory=dict)
+    """check -> (measured, why not, the result's start) for this GPU's device in a fresh figure check."""
 
 
 def decide(
@@ -142,12 +190,14 @@ def decide(
     cleared_at: datetime | None = None,
     flags: Mapping[str, str] | None = None,
     checks: registry.CheckRegistry,
+    unmeasured_after_s: float = 0.0,
 ) -> dict[str, GpuState]:
     """Each GPU's state from the node's latest results and its previous GPU states.
 
     ``cleared_at``: the operator's last clear of the node (lifts every GPU's sticky ``EVICT``
     that began before it). ``flags``: UUID -> a reason to add whatever the verdict (a repeat
-    offender, from ``gpuhistory``).
+    offender, from ``gpuhistory``). ``unmeasured_after_s``: a GPU whose figure a fresh result
+    left unmeasured, last measured longer ago than this, says so among its reasons (0: never).
     """
     found = list(latest.values()) if isinstance(latest, Mapping) else list(latest)
     fresh = [r for r in found if verdict.is_fresh(r, now, max_age_s)]
@@ -185,6 +235,8 @@ def decide(
             # No finding, yet the only sign in the per-GPU view that this GPU's figure went
             # unjudged (a GPU held at every run never is): the skip and its evidence.
             entry.notes.append(_reason(result, device))
+        if result.check in FIGURE_CHECKS:
+            entry.figures[result.check] = _figure(result, device)
     clears = [r for r in found if r.check == "dcgm"]
     out: dict[str, GpuState] = {}
     for key in set(previous) | set(seen):
@@ -200,6 +252,7 @@ def decide(
         else:
             entry = _Seen(before.uuid, before.index, before.bus_id, before.serial, Verdict.UNKNOWN, ["no fresh result"])
         state = _state(key, entry, before, clears, now=now, cleared_at=cleared_at)
+        state = _coverage(state, before, entry.figures, now=now, after_s=unmeasured_after_s)
         flag = (flags or {}).get(state.uuid)
         if flag:
             state = dataclasses.replace(state, reasons=(*state.reasons, flag))
@@ -217,11 +270,86 @@ def _contribution(result: CheckResult, device: DeviceResult) -> Verdict | None:
     return None  # skipped or busy: not looked at
 
 
-def _in_use_by_others(result: CheckResult, device: DeviceResult) -> bool:
-    """A ``skipped`` device whose ``data.gpus.<id>`` says others used the GPU while it was measured."""
+def _figure(result: CheckResult, device: DeviceResult) -> tuple[bool, str, str]:
+    """(whether the device's figure was measured, why not, the result's start): measured is a judged device with
+    a bandwidth figure that nobody else shared; skipped (in use by others, MIG, ...) and error are not."""
+    at = _when(result.started_at)
+    stamp = results.utc_now_iso(at) if at is not None else ""
+    busy = _busy_entry(result, device)
+    if busy:
+        return False, "in use by others", stamp
+    if device.status not in (Status.OK, Status.WARN, Status.FAIL):
+        return False, device.status.value, stamp
+    value = device.value
+    figure = isinstance(value, int | float) and not isinstance(value, bool) and value == value
+    return (True, "", stamp) if figure and device.unit == _FIGURE_UNIT else (False, "no figure", stamp)
+
+
+def _coverage(
+    state: GpuState,
+    before: GpuState | None,
+    figures: Mapping[str, tuple[bool, str, str]],
+    *,
+    now: datetime,
+    after_s: float,
+) -> GpuState:
+    """``state`` with its measured times carried from ``before`` and moved by this view's figure checks, and a
+    "not measured for" reason for each check that left it unmeasured past ``after_s`` (never its verdict)."""
+    measured = dict(before.measured) if before is not None else {}
+    unmeasured = dict(before.unmeasured_since) if before is not None else {}
+    notes: list[str] = []
+    for check, (took, why, stamp) in sorted(figures.items()):
+        if took:
+            if stamp and stamp > measured.get(check, ""):
+                measured[check] = stamp
+            unmeasured.pop(check, None)
+            continue
+        if check not in measured:
+            unmeasured.setdefault(check, stamp or results.utc_now_iso(now))
+        start = _when(measured.get(check) or unmeasured.get(check, ""))
+        if after_s > 0 and start is not None and (now - start).total_seconds() > after_s:
+            notes.append(f"{check} not measured for {_span((now - start).total_seconds())} ({why})")
+    new_measured, new_unmeasured = tuple(sorted(measured.items())), tuple(sorted(unmeasured.items()))
+    if not notes and new_measured == state.measured and new_unmeasured == state.unmeasured_since:
+        return state
+    return dataclasses.replace(
+        state,
+        measured=new_measured,
+        unmeasured_since=new_unmeasured,
+        reasons=tuple(dict.fromkeys((*state.reasons, *notes))),
+    )
+
+
+def _span(seconds: float) -> str:
+    """``9 d``, ``5 h`` or ``40 min``: whole units, rounded down (the reason changes at most once a day past a day)."""
+    if seconds >= 86400:
+        return f"{int(seconds // 86400)} d"
+    if seconds >= 3600:
+        return f"{int(seconds // 3600)} h"
+    return f"{int(seconds // 60)} min"
+
+
+def coverage_changed_only(before: Mapping[str, GpuState], after: Mapping[str, GpuState]) -> bool:
+    """Whether ``after`` differs from ``before`` in the GPUs' measured times alone (nothing a sighting,
+    a label or the annotation shows): the reconcile then writes no GPU history."""
+    if before.keys() != after.keys():
+        return False
+
+    def bare(state: GpuState) -> GpuState:
+        return dataclasses.replace(state, measured=(), unmeasured_since=())
+
+    return all(bare(before[k]) == bare(after[k]) for k in before)
+
+
+def _busy_entry(result: CheckResult, device: DeviceResult) -> bool:
     per_gpu = result.data.get("gpus")
     entry = per_gpu.get(device.id) if isinstance(per_gpu, Mapping) else None
-    return device.status is Status.SKIPPED and isinstance(entry, Mapping) and baseline.in_use_by_others(entry)
+    return isinstance(entry, Mapping) and baseline.in_use_by_others(entry)
+
+
+def _in_use_by_others(result: CheckResult, device: DeviceResult) -> bool:
+    """A ``skipped`` device whose ``data.gpus.<id>`` says others used the GPU while it was measured."""
+    return device.status is Status.SKIPPED and _busy_entry(result, device)
 
 
 def _reason(result: CheckResult, device: DeviceResult) -> str:
@@ -311,6 +439,9 @@ def annotation(states: Mapping[str, GpuState], limit: int = ANNOTATION_LIMIT) ->
     for row in rows:
         row.pop("evicted_at", None)
         row.pop("serial", None)
+        # Times that move with every measurement would rewrite the Node at every run.
+        row.pop("measured", None)
+        row.pop("unmeasured_since", None)
         row["reasons"] = [r[:REASON_CHARS] for r in row["reasons"][:REASONS_PER_GPU]]
     text = _annotation_text(rows, False)
     steps = (

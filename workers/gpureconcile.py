@@ -3,11 +3,11 @@
 Called by ``reconcile.reconcile_node`` with the node's latest results and state. It judges each
 GPU (``gpuverdict``), flags repeat offenders from their history (``gpuhistory``, ``gpustore``),
 records what changed as incidents, and returns what the node should carry next to its verdict:
-the node-state fields (``gpus``: every GPU's state as JSON, ``gpus_at``: the newest result
-judged, ``gpus_day``: the day the GPUs' sightings were last written), the count labels and the
-annotation. With ``AUTOPILOT_DEVICE_TAINTS`` on (or ``dry-run``) and a cluster, it also keeps
-one DeviceTaintRule per bad GPU, re-syncing only when the set of wanted rules changed since the
-last successful sync (``gpu_taints`` in the node state).
+the node-state fields (``gpus``: every GPU's state as JSON, with when its ``pciebw``/``gpumem``
+figure was last measured; ``gpus_at``: the newest result judged, ``gpus_day``: the day the GPUs'
+sightings were last written), the count labels and the annotation. With ``AUTOPILOT_DEVICE_TAINTS``
+on (or ``dry-run``) and a cluster, it also keeps one DeviceTaintRule per bad GPU, re-syncing only
+when the set of wanted rules changed since the last successful sync (``gpu_taints`` in the node state).
 
 Each node's last GPU judgement is remembered in this process (``_Memo``): in steady state a reconcile
 reads back the ``gpus`` text it wrote and judges the same states again, so parsing that text, writing
@@ -93,7 +93,13 @@ def reconcile_gpus(
     previous = dict(memo.previous) if memo is not None and memo.read == state.gpus else gpuverdict.loads(state.gpus)
     cleared_at = state.cleared_since
     states = gpuverdict.decide(
-        latest, previous, now=now, max_age_s=settings.stale_after_s, cleared_at=cleared_at, checks=checks
+        latest,
+        previous,
+        now=now,
+        max_age_s=settings.stale_after_s,
+        cleared_at=cleared_at,
+        checks=checks,
+        unmeasured_after_s=settings.unmeasured_after_s,
     )
     judged_until = state.gpus_at or ""
     new_results = [r for r in latest.values() if r.started_at and r.started_at > judged_until]
@@ -111,6 +117,7 @@ def reconcile_gpus(
             cleared_at=cleared_at,
             flags=flags,
             checks=checks,
+            unmeasured_after_s=settings.unmeasured_after_s,
         )
     if lost_since is not None:
         states = lost(states, verdict.lost_reason(lost_since))
@@ -125,8 +132,10 @@ def reconcile_gpus(
     _remember(node, _Memo(read, judged if previous == states else dict(previous), judged, text, (labels, annotations)))
     fields: dict[str, str | None] = {"gpus": text}
     # Incidents are written when they happen; the sightings (and the keys' expiry) when the GPUs
-    # changed, and once a day: a steady-state reconcile writes nothing.
-    if found or text != state.gpus or state.gpus_day != day:
+    # changed, and once a day: a steady-state reconcile writes nothing. A GPU measured again changes only
+    # its measured times, which ride in ``gpus`` (the same write as ``gpus_at``): no sighting for that.
+    moved = text != state.gpus and not gpuverdict.coverage_changed_only(previous, states)
+    if found or moved or state.gpus_day != day:
         store.gpu_history().record(
             node,
             states,
