@@ -16,6 +16,7 @@ from autopilot.peers import Peer, StaticPeers
 from autopilot.registry import shipped
 from autopilot.results import CheckResult, Status
 from autopilot.testing import FakeRunner
+from tests.unit.api_helpers import make_api
 
 MTU = 9000
 ANSWERED = """PING {a} ({a}) 56(84) bytes of data.
@@ -258,3 +259,12 @@ def test_one_port_left_at_1500_is_named_as_its_nodes_finding_like_a_down_link() 
     assert suspects == {"gpu-3"}
     assert network.excuse_ping(fleet["gpu-1"], suspects).status is Status.OK
     assert network.excuse_ping(fleet["gpu-3"], suspects).status is Status.FAIL
+
+
+def test_the_api_refuses_a_bad_mtu_naming_it_and_carries_a_good_one_to_the_nodes() -> None:
+    api = make_api(checks=shipped(), deadline_s=0.2)
+    response = api.client.get("/ping?host=node-a&mtu=100&format=json")
+    assert response.status_code == 400 and response.get_json()["field"] == "mtu"
+    assert api.dispatcher.sent == []
+    api.client.get("/ping?host=node-a&mtu=9000&format=json")
+    assert [e.params["ping"]["mtu"] for e in api.dispatcher.sent] == [9000]
