@@ -180,7 +180,10 @@ def evaluate(
             "detail": detail,
             **data,
         }
-        (reached if status is Status.OK else unreachable if status is Status.FAIL else set()).add(peer.node)
+        if status is Status.OK:
+            reached.add(peer.node)
+        elif status is Status.FAIL:
+            unreachable.add(peer.node)
         device_status, device_detail = status, detail
         if probe is not None:
             own = short.get(peer.interface, next(iter(short.values())) if len(short) == 1 else None)
