@@ -219,6 +219,12 @@ class Settings:
     """Interfaces the network checks use (``AUTOPILOT_NETWORK_INTERFACES``, comma-separated; empty: every one
     a node reports except loopback)."""
 
+    ping_mtu: int = 0
+    """The MTU the nodes' network is meant to carry end to end (``AUTOPILOT_PING_MTU``, e.g. 9000 for jumbo frames;
+    ``0``: off). When set, ``ping`` also pings each peer that answers with Don't-Fragment and a payload that fills
+    this MTU, and fails an interface of the node whose own MTU is below it (docs/RESULTS.md); 576 to 65535. The
+    check's ``mtu`` parameter replaces it for one run."""
+
     podinfo_annotations: str = "/etc/podinfo/annotations"
     """Downward-API file of the worker pod's annotations (``AUTOPILOT_PODINFO_ANNOTATIONS``): its Multus
     ``k8s.v1.cni.cncf.io/network-status`` names the secondary interfaces; a missing file is ignored."""
@@ -427,6 +433,21 @@ def _pct(text: str, var: str) -> float:
     value = parse_float(text, field=var, minimum=0)
     if value >= 100:
         raise errors.BadParameter(var, f"must be a percentage below 100: {text!r}")
+    return value
+
+
+# A ping MTU: 0 (off), or IPv4's minimum datagram (RFC 791) up to the largest IP packet.
+PING_MTU_MIN, PING_MTU_MAX = 576, 65535
+
+
+def ping_mtu(text: str, *, field: str) -> int:
+    """``AUTOPILOT_PING_MTU`` or the ``mtu`` parameter: 0, or 576..65535; ``BadParameter`` naming ``field``."""
+    try:
+        value = parse_int(text.strip(), field=field)
+    except errors.BadParameter:
+        raise errors.BadParameter(field, f"not an integer: {text[:64]!r}") from None
+    if value != 0 and not PING_MTU_MIN <= value <= PING_MTU_MAX:
+        raise errors.BadParameter(field, f"must be 0 (off) or between {PING_MTU_MIN} and {PING_MTU_MAX}: {value}")
     return value
 
 
@@ -712,6 +733,7 @@ _FIELDS: list[tuple[str, str, tuple[str, ...], Any]] = [
     ("run_keep", "AUTOPILOT_RUN_KEEP", (), _int_in(1, 1_000_000)),
     ("node_deadline_s", "AUTOPILOT_NODE_DEADLINE", (), _node_deadline),
     ("network_interfaces", "AUTOPILOT_NETWORK_INTERFACES", (), lambda t, v: parse_list(t)),
+    ("ping_mtu", "AUTOPILOT_PING_MTU", (), lambda t, v: ping_mtu(t, field=v)),
     ("podinfo_annotations", "AUTOPILOT_PODINFO_ANNOTATIONS", (), lambda t, v: t.strip()),
     ("heartbeat_interval_s", "AUTOPILOT_HEARTBEAT_INTERVAL", (), _duration),
     ("node_lost_after_s", "AUTOPILOT_NODE_LOST_AFTER", (), _duration),

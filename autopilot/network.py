@@ -1,4 +1,5 @@
-"""Pure network helpers: ping and ``iperf3 -J`` parsers, the ring schedule, and localisation.
+"""Pure network helpers: ``ping`` (and ``ping -M do``), ``ip -j link`` and ``iperf3 -J`` parsers, the ring
+schedule, and localisation.
 
 Localisation turns pair results (source node, destination node, interface, good or bad) into a
 suspect: a node all of whose pairs are bad while the pairs that do not involve it are mostly
@@ -55,6 +56,71 @@ def parse_ping(stdout: str) -> PingStats:
         rtt_avg_ms=float(rtt.group(2)) if rtt else None,
         rtt_max_ms=float(rtt.group(3)) if rtt else None,
     )
+
+
+# What ``ping -M do -s SIZE`` says besides its summary when a full-size packet cannot go. This node's
+# kernel refusing it: iputils "ping: local error: message too long, mtu=1500" (IPv4 and IPv6; "Message"
+# capitalised in older releases), or "ping: sendmsg: Message too long" when the socket's error queue held
+# nothing; a hop refusing it: iputils "From 10.0.0.1 icmp_seq=1 Frag needed and DF set (mtu = 1500)"
+# (ICMP type 3 code 4) or "From 2001:db8::1 icmp_seq=1 Packet too big: mtu=1500" (ICMPv6 type 2).
+_LOCAL_TOO_LONG = re.compile(r"local error: message too long, mtu ?[=:] ?(\d+)", re.IGNORECASE)
+_SEND_TOO_LONG = re.compile(r"send(?:msg|to): message too long", re.IGNORECASE)
+_HOP_TOO_BIG = re.compile(
+    r"From (?P<hop>\S+?):? (?:icmp_seq=\d+ )?(?:Frag needed and DF set \(mtu = (?P<v4>\d+)\)|"
+    r"Packet too big: mtu=(?P<v6>\d+))",
+    re.IGNORECASE,
+)
+# A ping that does not know ``-M`` (busybox, inetutils): getopt's or argp's complaint about the option.
+_NO_DF = re.compile(r"(?:invalid|unrecognized|unknown) option|invalid argument.*-M|usage:", re.IGNORECASE)
+
+
+@dataclasses.dataclass(frozen=True)
+class DfPing:
+    """What a ``ping -M do -s SIZE`` run said about why a full-size packet did not go (beyond its summary)."""
+
+    local_too_long: bool = False
+    """This node's kernel refused to send it (``local error: message too long`` or ``sendmsg: Message too long``)."""
+    local_mtu: int | None = None
+    """The MTU the kernel named for the route: the interface's, or a path MTU a hop taught it earlier."""
+    hop: str | None = None
+    """The address of the hop that answered "fragmentation needed" / "packet too big"."""
+    hop_mtu: int | None = None
+    no_df: bool = False
+    """The ping on PATH cannot set Don't-Fragment (no ``-M``): nothing it says about size is evidence."""
+
+
+def parse_df_ping(text: str) -> DfPing:
+    """The MTU evidence in ``ping -M do -s SIZE`` output (stdout and stderr together); all None when none."""
+    local = _LOCAL_TOO_LONG.search(text)
+    hop = _HOP_TOO_BIG.search(text)
+    return DfPing(
+        local_too_long=bool(local or _SEND_TOO_LONG.search(text)),
+        local_mtu=int(local.group(1)) if local else None,
+        hop=hop["hop"] if hop else None,
+        hop_mtu=int(hop["v4"] or hop["v6"]) if hop else None,
+        no_df=bool(_NO_DF.search(text)) and not _PACKETS.search(text),
+    )
+
+
+def parse_ip_link_mtus(text: str) -> dict[str, int]:
+    """``ip -j link show`` -> {interface: MTU}; ``ParseError`` when it is not ip's JSON list.
+
+    Entries without a name or a whole-number MTU are left out; a name's ``@peer`` suffix (``ip`` prints
+    it for veth and VLAN links in text, not in JSON, but a wrapper may) is dropped."""
+    try:
+        doc = jsoncodec.loads(text)
+    except ValueError as exc:
+        raise errors.ParseError(f"ip -j link: not JSON: {exc}") from None
+    if not isinstance(doc, list):
+        raise errors.ParseError("ip -j link: not a JSON list")
+    out: dict[str, int] = {}
+    for link in doc:
+        if not isinstance(link, dict):
+            continue
+        name, mtu = link.get("ifname"), link.get("mtu")
+        if isinstance(name, str) and name and isinstance(mtu, int) and not isinstance(mtu, bool) and mtu > 0:
+            out[name.split("@", 1)[0]] = mtu
+    return out
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,7 +21,10 @@ simulation). Both run their real code; the command seam answers ``ping`` and ``i
 link matrix (``SimNetwork``): every link is up at ``LINK_GBPS`` except those touching a node
 with a network fault. ``NODE:ping:down``: NODE answers nothing and sends nothing (every pair
 with it loses all packets, and iperf3 cannot connect); ``NODE:iperf:slow``: every link of NODE
-carries ``SLOW_GBPS``. The gather's localisation then names NODE, as it would on a real fleet.
+carries ``SLOW_GBPS``; ``NODE:ping:mtu`` (opt-in, ``OPT_IN_FAULTS``): NODE's switch port is at
+``SHORT_MTU`` while the fabric carries jumbo frames, so small pings pass and full-size Don't-Fragment
+probes (``ping``'s ``mtu``) to or from it vanish. The gather's localisation then names NODE, as it
+would on a real fleet.
 A fault on a link touches both ends, so every simulator process must know every network fault:
 ``autopilot up`` hands each process the network faults of the others (``link_faults``).
 
@@ -74,6 +77,8 @@ FABRIC = ipaddress.IPv4Network("198.18.0.0/15")
 LINK_GBPS = 100.0
 SLOW_GBPS = 8.0  # far below half the median, so the ring grades every pair of a slow node ``warn``
 NEIGHBOURS = 16  # peers a simulated node pings when no node list is given (see SimPeers)
+SHORT_MTU = 1500  # the MTU of a ``ping:mtu`` node's switch port
+PING_HEADERS = 28  # IPv4 + ICMP header bytes in front of a ping's payload (simulated addresses are IPv4)
 RTT_MS = (0.041, 0.052, 0.067, 0.009)  # min/avg/max/mdev of a healthy simulated link
 
 # check -> kind -> what it simulates. The first kind is the check's default (its typical failure).
@@ -111,6 +116,16 @@ FAULTS: dict[str, dict[str, str]] = {
         "below threshold_gbps, or below half the median when most pairs are fast; the ring names the node)",
     },
 }
+# Kinds a check shows only with an option on: ``ping:mtu`` is seen by the full-size probe of
+# ``AUTOPILOT_PING_MTU`` alone, and a node with it passes the default ping. ``--fault`` accepts them and the
+# help lists them; ``kinds()`` leaves them out, so bench.quality's mix (every kind of ``kinds()``, run with
+# default settings) is unchanged until it asks for them with the option set.
+OPT_IN_FAULTS: dict[str, dict[str, str]] = {
+    "ping": {
+        "mtu": f"the node's switch port is at MTU {SHORT_MTU} on a jumbo-frame fabric: small pings pass, full-size "
+        "Don't-Fragment probes to or from it vanish (fail with AUTOPILOT_PING_MTU set; the gather names the node)",
+    },
+}
 # Kinds that are no fault: the verdict must stay as it is (a GPU in use by others is skipped, not judged).
 NOT_FAULTS = frozenset({("pciebw", "busy"), ("gpumem", "busy")})
 _GENERIC_HELP = {"hang": "the tool (or NVML call) sleeps past its timeout (error)", "error": "the tool fails (error)"}
@@ -140,12 +155,13 @@ class Fault:
     kind: str
 
     def describe(self) -> str:
-        return f"{self.node}:{self.check}:{self.kind}: {kinds(self.check)[self.kind]}"
+        return f"{self.node}:{self.check}:{self.kind}: {kinds(self.check, opt_in=True)[self.kind]}"
 
 
-def kinds(check: str) -> dict[str, str]:
-    """The fault kinds of ``check`` and what each simulates (first: the default)."""
-    return {**FAULTS[check], **_GENERIC_HELP}
+def kinds(check: str, *, opt_in: bool = False) -> dict[str, str]:
+    """The fault kinds of ``check`` and what each simulates (first: the default); ``opt_in``: with the
+    kinds only an option shows (``OPT_IN_FAULTS``)."""
+    return {**FAULTS[check], **_GENERIC_HELP, **(OPT_IN_FAULTS.get(check, {}) if opt_in else {})}
 
 
 def node_names(n: int, offset: int = 0) -> list[str]:
@@ -163,7 +179,7 @@ def parse_fault(spec: str, nodes: Sequence[str] | None = None) -> Fault:
         raise errors.BadParameter("--fault", f"unknown simulated node {node[:64]!r} (simulated: {shown})")
     if check not in FAULTS:
         raise errors.BadParameter("--fault", f"unknown check {check[:64]!r} (simulated: {', '.join(FAULTS)})")
-    known = kinds(check)
+    known = kinds(check, opt_in=True)
     kind = parts[2] if len(parts) == 3 else next(iter(FAULTS[check]))
     if kind not in known:
         note = f"{check} has no fatal failure; " if kind == "fatal" else ""
@@ -434,7 +450,8 @@ def build_seam(
     gpu_list = [FakeGpu(**fields, pci_bus_id=f"00000000:{i:02X}:00.0") for i, fields in devices.items()]  # type: ignore[arg-type]
     down = faults.get("ping") == "down"
     slow = faults.get("iperf") == "slow"
-    links = NetworkSeam(network or SimNetwork(), frozenset(broken_tools), down=down, slow=slow)
+    short = faults.get("ping") == "mtu"
+    links = NetworkSeam(network or SimNetwork(), frozenset(broken_tools), down=down, slow=slow, short=short)
     return SimRunner(table, frozenset(hang_tools), links=links), SimTelemetry(gpu_list, nvml_faults)
 
 
@@ -467,14 +484,16 @@ def replay_key(argv: Sequence[str]) -> tuple[str, ...]:
 
 @dataclasses.dataclass(frozen=True)
 class SimNetwork:
-    """The link matrix of the simulated fabric: which nodes are down and which are slow.
+    """The link matrix of the simulated fabric: which nodes are down, slow, or behind a short port.
 
-    A link is down when either end is down, and slow when either end is slow; every other link
-    answers pings at ``RTT_MS`` and carries ``LINK_GBPS``.
+    A link is down when either end is down, and slow when either end is slow; a link with an end in
+    ``short`` drops packets above ``SHORT_MTU``; every other link answers pings at ``RTT_MS`` and
+    carries ``LINK_GBPS``.
     """
 
     down: frozenset[str] = frozenset()
     slow: frozenset[str] = frozenset()
+    short: frozenset[str] = frozenset()
 
     @classmethod
     def of(cls, faults: Mapping[str, Mapping[str, str]]) -> SimNetwork:
@@ -482,6 +501,7 @@ class SimNetwork:
         return cls(
             frozenset(n for n, f in faults.items() if f.get("ping") == "down"),
             frozenset(n for n, f in faults.items() if f.get("iperf") == "slow"),
+            frozenset(n for n, f in faults.items() if f.get("ping") == "mtu"),
         )
 
 
@@ -494,6 +514,7 @@ class NetworkSeam:
     broken: frozenset[str] = frozenset()
     down: bool = False
     slow: bool = False
+    short: bool = False
 
     def answer(self, argv: tuple[str, ...]) -> commands.CommandResult:
         tool = os.path.basename(argv[0])
@@ -505,7 +526,10 @@ class NetworkSeam:
             return commands.CommandResult(argv, 2, "", f"{tool}: connect: Network is unreachable\n")
         cut = self.down or target in self.network.down
         if tool == "ping":
-            return _ping_output(argv, int(_flag(argv, "-c") or 1), answered=not cut)
+            size = int(_flag(argv, "-s") or 56)
+            # A frame above the port's MTU is dropped silently, as a switch does (no ICMP from a switch).
+            dropped = size + PING_HEADERS > SHORT_MTU and (self.short or target in self.network.short)
+            return _ping_output(argv, int(_flag(argv, "-c") or 1), answered=not (cut or dropped), size=size)
         if cut:
             error = "unable to connect to server - server may have stopped running: Connection timed out"
             return commands.CommandResult(argv, 1, json.dumps({"start": {}, "end": {}, "error": error}), "")
@@ -517,10 +541,10 @@ def _flag(argv: Sequence[str], flag: str) -> str:
     return str(argv[argv.index(flag) + 1]) if flag in argv[:-1] else ""
 
 
-def _ping_output(argv: tuple[str, ...], count: int, *, answered: bool) -> commands.CommandResult:
-    """What iputils ``ping -n -q -c COUNT`` prints for a link that answers or not."""
+def _ping_output(argv: tuple[str, ...], count: int, *, answered: bool, size: int = 56) -> commands.CommandResult:
+    """What iputils ``ping -n -q -c COUNT [-s SIZE]`` prints for a link that answers or not."""
     addr = argv[-1]
-    head = f"PING {addr} ({addr}) 56(84) bytes of data.\n\n--- {addr} ping statistics ---\n"
+    head = f"PING {addr} ({addr}) {size}({size + PING_HEADERS}) bytes of data.\n\n--- {addr} ping statistics ---\n"
     if not answered:
         stats = f"{count} packets transmitted, 0 received, 100% packet loss, time {max(0, count - 1) * 1000}ms\n"
         return commands.CommandResult(argv, 1, head + stats, "")
@@ -694,7 +718,7 @@ def help_text() -> str:
     """The fault catalogue, for ``--help`` and the README."""
     lines = []
     for check in FAULTS:
-        for i, (kind, what) in enumerate(kinds(check).items()):
+        for i, (kind, what) in enumerate(kinds(check, opt_in=True).items()):
             lines.append(f"{check}:{kind}{' (default)' if i == 0 else ''}  {what}")
     lines.append("xid:CODE[:GPU][@WHEN]  the driver logs Xid CODE on GPU (default 0), now or WHEN (30s) after start")
     return "\n".join(lines)

@@ -9,24 +9,31 @@ missing, a failure under CI=true. Every address lives on the lab's bridges and n
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 import redis
 
-from autopilot import config
-from autopilot.testing import wait_until
+from autopilot import config, execution, network, registry
+from autopilot.commands import CommandResult, SubprocessRunner
+from autopilot.context import CheckContext
+from autopilot.peers import Peer, StaticPeers
+from autopilot.results import CheckResult, Status
+from autopilot.testing import FakeTelemetry, wait_until
 from tests.conftest import ROOT, require_binary
-from tests.integration.netns import BROKER_ADDRESS, DATA_IF, NetLab
+from tests.integration.netns import BROKER_ADDRESS, DATA_IF, DATA_NET, NetLab
+from tests.integration.netns import ip as netns_ip
 
 pytestmark = pytest.mark.integration
 
@@ -295,3 +302,85 @@ def test_a_worker_sigkilled_mid_ring_is_named_and_the_others_stop_their_servers(
     for pid in left:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+class InNamespace:
+    """The real command seam, each command run inside one network namespace (``ip netns exec``)."""
+
+    def __init__(self, namespace: str) -> None:
+        self.namespace = namespace
+        self.inner = SubprocessRunner()
+
+    def which(self, name: str) -> str | None:
+        return self.inner.which(name)
+
+    def run(self, argv: Sequence[str], *, timeout: float, env: Mapping[str, str] | None = None) -> CommandResult:
+        return self.inner.run(["ip", "netns", "exec", self.namespace, *argv], timeout=timeout, env=env)
+
+
+def test_a_1500_port_on_a_jumbo_path_passes_small_pings_and_fails_the_mtu_probe_naming_the_pair() -> None:
+    """Its own namespaces, apart from the module's lab: a switch (a bridge in a namespace of its own,
+    so no address or bridge touches the machine's) whose ports to node-a and node-b are at 9000 and
+    whose port to node-c is at 1500, every node's interface at 9000; and node-d, whose own interface
+    is at 1500. Addresses live only inside the namespaces."""
+    require_binary("ip")
+    require_binary("ping")
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces need root")
+    suffix = f"{os.getpid() % 1000:03d}{secrets.token_hex(1)}"
+    nodes = ("node-a", "node-b", "node-c", "node-d")
+    spaces = {n: f"apm{suffix}-{i}" for i, n in enumerate(nodes)}
+    switch = f"apm{suffix}-sw"
+    port_mtu = {"node-a": 9000, "node-b": 9000, "node-c": 1500, "node-d": 9000}
+    own_mtu = {"node-a": 9000, "node-b": 9000, "node-c": 9000, "node-d": 1500}
+    address = {n: f"{DATA_NET}.{101 + i}" for i, n in enumerate(nodes)}
+    created: list[str] = []
+    try:
+        for ns in (switch, *spaces.values()):
+            netns_ip("netns", "add", ns)
+            created.append(ns)
+        netns_ip("-n", switch, "link", "add", "br0", "type", "bridge", "forward_delay", "0")
+        netns_ip("-n", switch, "link", "set", "br0", "mtu", "9000", "up")
+        for i, node in enumerate(nodes):
+            ns, port = spaces[node], f"p{i}"
+            netns_ip("-n", switch, "link", "add", port, "type", "veth", "peer", "name", DATA_IF, "netns", ns)
+            netns_ip("-n", switch, "link", "set", port, "mtu", str(port_mtu[node]), "master", "br0", "up")
+            netns_ip("-n", ns, "link", "set", "lo", "up")
+            netns_ip("-n", ns, "link", "set", DATA_IF, "mtu", str(own_mtu[node]), "up")
+            netns_ip("-n", ns, "addr", "add", f"{address[node]}/24", "dev", DATA_IF)
+        directory = StaticPeers(Peer(n, DATA_IF, address[n]) for n in nodes)
+        checks = registry.shipped()
+
+        def ping_from(node: str, among: Sequence[str], **params: Any) -> CheckResult:
+            settings = config.Settings(node_name=node, network_interfaces=(DATA_IF,))
+            ctx = CheckContext(
+                node, settings, InNamespace(spaces[node]), FakeTelemetry([]), peers=directory, checks=checks
+            )
+            result = execution.run_check("ping", ctx, {"nodes": ",".join(among), "count": 2, **params})
+            return dataclasses.replace(result, node=node)
+
+        three = ("node-a", "node-b", "node-c")
+        # the default ping: every pair answers, the 1500 port unseen
+        plain = ping_from("node-a", three)
+        assert plain.status is Status.OK, plain.summary
+        found = {n: ping_from(n, three, mtu=9000) for n in three}
+        a = found["node-a"]
+        by_id = {d.id: d for d in a.devices}
+        assert by_id["node-b/data0"].status is Status.OK, by_id  # the clean 9000 path passes
+        assert by_id["node-c/data0"].status is Status.FAIL and "drops larger frames" in by_id["node-c/data0"].detail
+        assert a.data["mtu_faults"] == ["node-c"] and a.data["unreachable"] == []
+        assert a.data["local_mtus"] == {DATA_IF: 9000}
+        assert found["node-b"].data["mtu_faults"] == ["node-c"]
+        assert found["node-c"].data["mtu_faults"] == ["node-a", "node-b"]  # its frames vanish at its port too
+        # the fleet names node-c, the node behind the port, as it names a node whose link is down
+        assert network.fleet_suspects(found) == {"node-c"}
+        # node-d's own interface at 1500: its kernel refuses full-size packets, its own finding
+        d = ping_from("node-d", ("node-a", "node-b", "node-d"), mtu=9000)
+        mine = {x.id: x for x in d.devices}
+        assert mine["node-d/data0"].status is Status.FAIL and mine["node-d/data0"].value == 1500, d.summary
+        assert all(mine[f"{n}/data0"].status is Status.OK for n in ("node-a", "node-b")), d.summary
+        assert {p["mtu_fault"] for p in d.data["pairs"]} == {"local"}
+    finally:
+        for ns in reversed(created):
+            with contextlib.suppress(Exception):
+                netns_ip("netns", "del", ns, check=False)

@@ -7,6 +7,7 @@ Also: a node whose every check was skipped is not counted as healthy in a run's 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import time
 from typing import Any
@@ -78,6 +79,21 @@ def test_a_network_fault_of_another_process_reaches_this_ones_links() -> None:
     with pytest.raises(errors.BadParameter) as caught:
         simulate.contexts(SETTINGS, 2, [], link_faults=["sim-7:dcgm:fatal"], checks=shipped_checks())
     assert caught.value.field == "--link-fault"
+
+
+def test_a_node_behind_a_1500_port_passes_the_default_ping_and_fails_the_mtu_probe_named_by_the_fleet() -> None:
+    store = _store()
+    ctxs = _fleet(store, 4, ["sim-2:ping:mtu"])
+    assert execution.run_check("ping", ctxs["sim-0"]).status is Status.OK  # small pings pass
+    found = {node: execution.run_check("ping", ctx, {"mtu": 9000}) for node, ctx in ctxs.items()}
+    first = found["sim-0"]
+    assert first.status is Status.FAIL and first.data["mtu_faults"] == ["sim-2"] and first.data["unreachable"] == []
+    assert {d.id: d.status for d in first.devices}["sim-2/sim0"] is Status.FAIL
+    assert found["sim-2"].data["mtu_faults"] == ["sim-0", "sim-1", "sim-3"]
+    assert network.fleet_suspects({n: dataclasses.replace(r, node=n) for n, r in found.items()}) == {"sim-2"}
+    # opt-in: --fault takes it and the help lists it, while the kinds bench.quality mixes stay as they were
+    assert simulate.parse_fault("sim-2:ping:mtu") == simulate.Fault("sim-2", "ping", "mtu")
+    assert "ping:mtu" in simulate.help_text() and "mtu" not in simulate.kinds("ping")
 
 
 def test_ping_and_error_faults_of_the_tool_are_errors_not_findings() -> None:
