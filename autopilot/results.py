@@ -342,13 +342,16 @@ def from_devices(
     data: Mapping[str, Any] | None = None,
     what: str = "GPU",
     group: bool = False,
+    what_of: Mapping[str, str] | None = None,
 ) -> CheckResult:
     """Fold per-device findings into one result whose summary names the bad devices.
 
     The check status is the worst device status; with no devices at all the check is an
     ``error`` (we looked and found nothing to judge, which is never a pass). ``group``: bad devices
     with the same detail are named together, once (``peers a/eth0, b/eth0: unreachable: ...``).
+    ``what_of``: the noun of a device that is not a ``what`` (by its id): ``ping``'s own interface among its peers.
     """
+    nouns = what_of or {}
     devs = tuple(devices)
     if not devs:
         return CheckResult(check, Status.ERROR, f"no {what} results", data=dict(data or {}))
@@ -357,14 +360,14 @@ def from_devices(
     if not bad:
         summary = ok_summary
     elif group:
-        alike: dict[str, list[str]] = {}
+        alike: dict[tuple[str, str], list[str]] = {}
         for d in bad:
-            alike.setdefault(d.detail or d.status.value, []).append(d.id)
+            alike.setdefault((nouns.get(d.id, what), d.detail or d.status.value), []).append(d.id)
         summary = "; ".join(
-            f"{what}{'s' if len(ids) > 1 else ''} {', '.join(ids)}: {detail}" for detail, ids in alike.items()
+            f"{noun}{'s' if len(ids) > 1 else ''} {', '.join(ids)}: {detail}" for (noun, detail), ids in alike.items()
         )
     else:
-        summary = "; ".join(f"{what} {d.id}: {d.detail or d.status.value}" for d in bad)
+        summary = "; ".join(f"{nouns.get(d.id, what)} {d.id}: {d.detail or d.status.value}" for d in bad)
     return CheckResult(
         check,
         status,

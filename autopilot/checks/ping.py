@@ -224,6 +224,7 @@ def evaluate(
         data={"pairs": pairs, "reached": sorted(reached), "unreachable": sorted(unreachable), **extra},
         what="peer",
         group=True,
+        what_of={f"{node}/{interface}": "interface" for interface in short},
     )
     return result
 

@@ -186,6 +186,8 @@ def test_this_nodes_short_interface_is_its_own_finding_not_a_peer_down(make_ctx)
     for peer in ("node-b/eth1", "node-c/eth1"):
         assert by_id[peer].status is Status.OK and "its own finding" in by_id[peer].detail
     assert result.status is Status.FAIL and "node-a/eth1" in result.summary
+    # named as this node's interface, not as a peer
+    assert "interface node-a/eth1: " in result.summary and "peer node-a" not in result.summary
     assert result.data["unreachable"] == []
     # the pairs still cannot carry full-size frames: bad for the fleet's attribution, which names this node
     assert {p["status"] for p in result.data["pairs"]} == {"fail"}
