@@ -102,19 +102,24 @@ def parse_df_ping(text: str) -> DfPing:
     )
 
 
+def json_list(text: str, what: str) -> list[Any]:
+    """``text`` as a JSON list (a tool's or an annotation's); ``ParseError`` naming ``what`` for anything else."""
+    try:
+        doc = jsoncodec.loads(text)
+    except ValueError as exc:
+        raise errors.ParseError(f"{what} is not JSON: {exc}") from None
+    if not isinstance(doc, list):
+        raise errors.ParseError(f"{what} is not a JSON list")
+    return doc
+
+
 def parse_ip_link_mtus(text: str) -> dict[str, int]:
     """``ip -j link show`` -> {interface: MTU}; ``ParseError`` when it is not ip's JSON list.
 
     Entries without a name or a whole-number MTU are left out; a name's ``@peer`` suffix (``ip`` prints
     it for veth and VLAN links in text, not in JSON, but a wrapper may) is dropped."""
-    try:
-        doc = jsoncodec.loads(text)
-    except ValueError as exc:
-        raise errors.ParseError(f"ip -j link: not JSON: {exc}") from None
-    if not isinstance(doc, list):
-        raise errors.ParseError("ip -j link: not a JSON list")
     out: dict[str, int] = {}
-    for link in doc:
+    for link in json_list(text, "ip -j link"):
         if not isinstance(link, dict):
             continue
         name, mtu = link.get("ifname"), link.get("mtu")

@@ -25,7 +25,7 @@ import logging
 import re
 from pathlib import Path
 
-from autopilot import config, errors
+from autopilot import config, errors, network
 from autopilot.cluster import ClusterClient, NodeInfo
 from autopilot.commands import CommandRunner
 from autopilot.gpus import GpuTelemetry
@@ -116,14 +116,8 @@ def parse_network_status(text: str) -> dict[str, list[str]]:
     Entries without ``interface`` go under ``k8s-pod-network``; order and duplicates are kept
     as the annotation gives them (minus repeats). ``ParseError`` for anything that is not that list.
     """
-    try:
-        doc = json.loads(text)
-    except ValueError as exc:
-        raise errors.ParseError(f"network-status is not JSON: {exc}") from None
-    if not isinstance(doc, list):
-        raise errors.ParseError("network-status is not a JSON list")
     out: dict[str, list[str]] = {}
-    for entry in doc:
+    for entry in network.json_list(text, "network-status"):
         if not isinstance(entry, dict):
             raise errors.ParseError("network-status entry is not an object")
         name = entry.get("interface") or DEFAULT_POD_NETWORK
