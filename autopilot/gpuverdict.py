@@ -273,10 +273,8 @@ def _contribution(result: CheckResult, device: DeviceResult) -> Verdict | None:
 def _figure(result: CheckResult, device: DeviceResult) -> tuple[bool, str, str]:
     """(whether the device's figure was measured, why not, the result's start): measured is a judged device with
     a bandwidth figure that nobody else shared; skipped (in use by others, MIG, ...) and error are not."""
-    at = _when(result.started_at)
-    stamp = results.utc_now_iso(at) if at is not None else ""
-    busy = _busy_entry(result, device)
-    if busy:
+    stamp = _canonical(result.started_at) or ""
+    if _busy_entry(result, device):
         return False, "in use by others", stamp
     if device.status not in (Status.OK, Status.WARN, Status.FAIL):
         return False, device.status.value, stamp
