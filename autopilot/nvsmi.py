@@ -52,6 +52,9 @@ or a ``LostGpu`` (``parse_csv_gpus``) at its index, so the GPUs after it keep th
 is ``GPU is lost.  Reboot the system to recover this GPU`` (what nvidia-smi prints for NVML's
 ``NVML_ERROR_GPU_IS_LOST``) it is marked so (``GpuSection.lost``, ``LostGpu.is_lost``): the GPU fell off
 the bus, which the checks judge as NVML's lost GPU; any other reason only says it could not be read.
+A GPU that fell off the bus after nvidia-smi opened it is still listed, its readings written as that
+error (``Pending : GPU is lost``, in XML ``<current_link_gen>GPU is lost</current_link_gen>``): its
+section is marked lost too (``Processes`` aside, whose names are the programs' own).
 
 The readers of one GPU's block (``remapped_rows_from_q``, ``clock_reasons_from_q``,
 ``pcie_link_from_q``, ``retired_pages_from_q``) do not name the GPU in their messages; the caller
@@ -268,7 +271,8 @@ class LostGpu:
 
 # In a CSV answer nvidia-smi writes an NVML error in brackets in place of a value. ``[GPU is lost]`` is
 # NVML_ERROR_GPU_IS_LOST for a GPU it had opened (one that fell off the bus since: nvidia-smi still lists it).
-_LOST_CELL = re.compile(r"^\[GPU\s+is\s+lost\b", re.IGNORECASE)
+# The ``-q`` report (text and XML) writes the same error without brackets (``Pending : GPU is lost``).
+_LOST_CELL = re.compile(r"^\[?GPU\s+is\s+lost\b", re.IGNORECASE)
 
 
 def lost_in_row(row: Mapping[str, str]) -> str:
@@ -348,7 +352,7 @@ def parse_q(text: str, *, whole: bool = False) -> QReport:
         unopened = [found for _, line in kept if (found := lost_gpu(line)) is not None]
         document = "\n".join(line for _, line in kept if lost_gpu(line) is None)
         report = dataclasses.replace(_with_lost(_parse_xml(document), unopened), warnings=said)
-        return _checked(report, whole=whole)
+        return _checked(_lost_readings(report), whole=whole)
     header: dict[str, str] = {}
     sections: list[tuple[str, _Building, str | None]] = []
     named: list[int | None] = []  # the index a section's line names (a GPU nvidia-smi could not open)
@@ -423,7 +427,45 @@ def parse_q(text: str, *, whole: bool = False) -> QReport:
         excerpt=excerpt,
         warnings=warnings,
     )
-    return _checked(report, whole=whole)
+    return _checked(_lost_readings(report), whole=whole)
+
+
+def _lost_readings(report: QReport) -> QReport:
+    """``report`` with each GPU whose section reads ``GPU is lost`` marked lost (``GpuSection.lost``).
+
+    A GPU that falls off the bus after nvidia-smi opened it is still listed, each value it could not
+    read written as NVML's error (``Pending : GPU is lost``, ``<current_link_gen>GPU is lost</...>``):
+    the same NVML_ERROR_GPU_IS_LOST as the ``Unable to determine the device handle`` line of a GPU it
+    could not open, and as ``[GPU is lost]`` in a CSV row, so it is judged as the lost GPU it is."""
+    sections = []
+    for section in report.gpus:
+        said = None if section.error is not None else _lost_reading(section.root)
+        if said is not None:
+            why = f"nvidia-smi answered {said} for the GPU at {section.bus_id}"
+            section = dataclasses.replace(section, error=why, lost=True)
+        sections.append(section)
+    return dataclasses.replace(report, gpus=tuple(sections))
+
+
+def _lost_reading(root: Entry) -> str | None:
+    """``'GPU is lost' (Remapped Rows > Pending)``: the first reading below ``root`` that says the GPU is lost.
+    ``Processes`` is not read: its names are whatever programs call themselves."""
+    path: list[str] = []
+
+    def walk(node: Entry) -> str | None:
+        for child in node.children:
+            if _norm(child.key) == "processes":
+                continue
+            path.append(child.key)
+            if child.value is not None and _LOST_CELL.match(child.value.strip()):
+                return f"{child.value.strip()!r} ({' > '.join(path)})"
+            found = walk(child)
+            path.pop()
+            if found is not None:
+                return found
+        return None
+
+    return walk(root)
 
 
 def _said_lost(line: str | None) -> bool:
