@@ -49,8 +49,8 @@ stdout before or after any answer, are set aside (``QReport.warnings``), not rea
 handle for GPU0000:04:00.0: Unknown Error`` (newer drivers: ``for GPU3: 0000:04:00.0: ...``, its
 index first; ``for GPU0: ...``, the index alone, when even its bus id cannot be read, then ``No devices
 were found`` if it was the only GPU) on stderr, while the other GPUs are answered: it becomes a
-section in error (``-q``) or a ``LostGpu`` (``parse_csv_gpus``) at its index, so the GPUs after it keep theirs. When the reason
-is ``GPU is lost.  Reboot the system to recover this GPU`` (what nvidia-smi prints for NVML's
+section in error (``-q``) or a ``LostGpu`` (``parse_csv_gpus``) at its index, so the GPUs after it keep
+theirs. When the reason is ``GPU is lost.  Reboot the system to recover this GPU`` (what nvidia-smi prints for NVML's
 ``NVML_ERROR_GPU_IS_LOST``) it is marked so (``GpuSection.lost``, ``LostGpu.is_lost``): the GPU fell off
 the bus, which the checks judge as NVML's lost GPU; any other reason only says it could not be read.
 A GPU that fell off the bus after nvidia-smi opened it is still listed, its readings written as that
