@@ -47,11 +47,15 @@ stdout before or after any answer, are set aside (``QReport.warnings``), not rea
 ``Field "x" is not a valid field to query.``, raised here as ``InvalidField``.
  A GPU nvidia-smi cannot open is answered, in every form, by ``Unable to determine the device
 handle for GPU0000:04:00.0: Unknown Error`` (newer drivers: ``for GPU3: 0000:04:00.0: ...``, its
-index first) on stderr, while the other GPUs are answered: it becomes a section in error (``-q``)
-or a ``LostGpu`` (``parse_csv_gpus``) at its index, so the GPUs after it keep theirs. When the reason
-is ``GPU is lost.  Reboot the system to recover this GPU`` (what nvidia-smi prints for NVML's
+index first; ``for GPU0: ...``, the index alone, when even its bus id cannot be read, then ``No devices
+were found`` if it was the only GPU) on stderr, while the other GPUs are answered: it becomes a
+section in error (``-q``) or a ``LostGpu`` (``parse_csv_gpus``) at its index, so the GPUs after it keep
+theirs. When the reason is ``GPU is lost.  Reboot the system to recover this GPU`` (what nvidia-smi prints for NVML's
 ``NVML_ERROR_GPU_IS_LOST``) it is marked so (``GpuSection.lost``, ``LostGpu.is_lost``): the GPU fell off
 the bus, which the checks judge as NVML's lost GPU; any other reason only says it could not be read.
+A GPU that fell off the bus after nvidia-smi opened it is still listed, its readings written as that
+error (``Pending : GPU is lost``, in XML ``<current_link_gen>GPU is lost</current_link_gen>``): its
+section is marked lost too (``Processes`` aside, whose names are the programs' own).
 
 The readers of one GPU's block (``remapped_rows_from_q``, ``clock_reasons_from_q``,
 ``pcie_link_from_q``, ``retired_pages_from_q``) do not name the GPU in their messages; the caller
@@ -184,6 +188,12 @@ _NO_HANDLE = re.compile(
     r"(?P<bus>[0-9A-Fa-f]{4,8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.[0-9A-Fa-f])\s*:\s*(?P<why>.*)$",
     re.IGNORECASE,
 )
+# When it cannot even read the GPU's bus id, nvidia-smi names the GPU by its index alone (``for GPU0: Unknown
+# Error``, then ``No devices were found`` when it was the only GPU). The colon is followed by a blank, so a bus
+# id (``GPU0000:0B:00.0``) the line above did not take is never read as an index.
+_NO_HANDLE_INDEX = re.compile(
+    r"^Unable to determine the device handle for gpu\s*(?P<index>\d{1,4})\s*:(?=\s|$)\s*(?P<why>.*)$", re.IGNORECASE
+)
 # nvidia-smi's words for NVML_ERROR_GPU_IS_LOST after "Unable to determine the device handle for ...: ".
 _GPU_IS_LOST = re.compile(r"^GPU\s+is\s+lost\b", re.IGNORECASE)
 # A key never contains ':'; the value starts after ':' and at least one blank, so bus ids such as
@@ -239,7 +249,7 @@ def looks_like_q(text: str) -> bool:
     lines = text.splitlines()
     if any(_GPU_LINE.match(line) for line in _without_margin([line.expandtabs(4).rstrip() for line in lines])):
         return True
-    lost = [line for line in lines if _NO_HANDLE.match(line.strip())]
+    lost = [line for line in lines if lost_gpu(line) is not None]
     return bool(lost) and not any("," in line for line in lines if line not in lost)
 
 
@@ -248,7 +258,7 @@ class LostGpu:
     """A GPU nvidia-smi could not open, from ``Unable to determine the device handle for ...``.
 
     ``index`` is the one the line names (newer drivers), else None: it then stands where the GPU
-    would have been."""
+    would have been. ``bus_id`` is empty when the line names the index alone."""
 
     bus_id: str
     why: str
@@ -256,7 +266,8 @@ class LostGpu:
 
     @property
     def error(self) -> str:
-        return f"nvidia-smi could not open the GPU at {self.bus_id}: {self.why or 'no reason given'}"
+        which = f"the GPU at {self.bus_id}" if self.bus_id else f"GPU {self.index}"
+        return f"nvidia-smi could not open {which}: {self.why or 'no reason given'}"
 
     @property
     def is_lost(self) -> bool:
@@ -268,7 +279,8 @@ class LostGpu:
 
 # In a CSV answer nvidia-smi writes an NVML error in brackets in place of a value. ``[GPU is lost]`` is
 # NVML_ERROR_GPU_IS_LOST for a GPU it had opened (one that fell off the bus since: nvidia-smi still lists it).
-_LOST_CELL = re.compile(r"^\[GPU\s+is\s+lost\b", re.IGNORECASE)
+# The ``-q`` report (text and XML) writes the same error without brackets (``Pending : GPU is lost``).
+_LOST_CELL = re.compile(r"^\[?GPU\s+is\s+lost\b", re.IGNORECASE)
 
 
 def lost_in_row(row: Mapping[str, str]) -> str:
@@ -287,11 +299,19 @@ def lost_in_row(row: Mapping[str, str]) -> str:
     return f"nvidia-smi answered {said} for the GPU (no bus id or UUID in its row)"
 
 
+def no_devices(said: str) -> bool:
+    """Whether nvidia-smi's answer (stdout and stderr) says there is no GPU here: ``No devices were found``
+    with no line of a GPU it could not open. After such a line (``for GPU0: Unknown Error``) the words mean
+    only that it could open none: a GPU is there, unread."""
+    return NO_DEVICES in said and not any(lost_gpu(line) is not None for line in said.splitlines())
+
+
 def lost_gpu(line: str) -> LostGpu | None:
     """The GPU of one ``Unable to determine the device handle ...`` line, or None for any other line."""
     found = _NO_HANDLE.match(line.strip())
     if found is None:
-        return None
+        alone = _NO_HANDLE_INDEX.match(line.strip())
+        return LostGpu("", alone.group("why").strip(), int(alone.group("index"))) if alone else None
     index = found.group("index")
     return LostGpu(found.group("bus").upper(), found.group("why").strip(), int(index) if index else None)
 
@@ -348,7 +368,7 @@ def parse_q(text: str, *, whole: bool = False) -> QReport:
         unopened = [found for _, line in kept if (found := lost_gpu(line)) is not None]
         document = "\n".join(line for _, line in kept if lost_gpu(line) is None)
         report = dataclasses.replace(_with_lost(_parse_xml(document), unopened), warnings=said)
-        return _checked(report, whole=whole)
+        return _checked(_lost_readings(report), whole=whole)
     header: dict[str, str] = {}
     sections: list[tuple[str, _Building, str | None]] = []
     named: list[int | None] = []  # the index a section's line names (a GPU nvidia-smi could not open)
@@ -362,7 +382,9 @@ def parse_q(text: str, *, whole: bool = False) -> QReport:
     flat = _indentation_lost(lines)
     for (number, _), line in zip(numbered, lines, strict=True):
         stripped = line.strip()
-        if not stripped or _BANNER.match(stripped):
+        # "No devices were found" follows the line of the only GPU nvidia-smi could not open: that line
+        # is the answer.
+        if not stripped or _BANNER.match(stripped) or stripped == NO_DEVICES:
             continue
         if stripped in _ELISION:
             excerpt = True
@@ -423,7 +445,45 @@ def parse_q(text: str, *, whole: bool = False) -> QReport:
         excerpt=excerpt,
         warnings=warnings,
     )
-    return _checked(report, whole=whole)
+    return _checked(_lost_readings(report), whole=whole)
+
+
+def _lost_readings(report: QReport) -> QReport:
+    """``report`` with each GPU whose section reads ``GPU is lost`` marked lost (``GpuSection.lost``).
+
+    A GPU that falls off the bus after nvidia-smi opened it is still listed, each value it could not
+    read written as NVML's error (``Pending : GPU is lost``, ``<current_link_gen>GPU is lost</...>``):
+    the same NVML_ERROR_GPU_IS_LOST as the ``Unable to determine the device handle`` line of a GPU it
+    could not open, and as ``[GPU is lost]`` in a CSV row, so it is judged as the lost GPU it is."""
+    sections = []
+    for section in report.gpus:
+        said = None if section.error is not None else _lost_reading(section.root)
+        if said is not None:
+            why = f"nvidia-smi answered {said} for the GPU at {section.bus_id}"
+            section = dataclasses.replace(section, error=why, lost=True)
+        sections.append(section)
+    return dataclasses.replace(report, gpus=tuple(sections))
+
+
+def _lost_reading(root: Entry) -> str | None:
+    """``'GPU is lost' (Remapped Rows > Pending)``: the first reading below ``root`` that says the GPU is lost.
+    ``Processes`` is not read: its names are whatever programs call themselves."""
+    path: list[str] = []
+
+    def walk(node: Entry) -> str | None:
+        for child in node.children:
+            if _norm(child.key) == "processes":
+                continue
+            path.append(child.key)
+            if child.value is not None and _LOST_CELL.match(child.value.strip()):
+                return f"{child.value.strip()!r} ({' > '.join(path)})"
+            found = walk(child)
+            path.pop()
+            if found is not None:
+                return found
+        return None
+
+    return walk(root)
 
 
 def _said_lost(line: str | None) -> bool:
@@ -579,7 +639,9 @@ def parse_csv_gpus(text: str, fields: Sequence[str] | None = None) -> list[tuple
 def _csv_entries(text: str, fields: Sequence[str] | None) -> list[dict[str, str] | LostGpu]:
     """The rows of a CSV answer and the GPUs it could not open, in output order (``parse_csv_gpus``)."""
     raise_for_invalid_field(text)
-    lines = [line.strip() for _, line in split_driver_warnings(text)[0] if line.strip()]
+    # "No devices were found" is no row: it follows the lines of GPUs nvidia-smi could not open when
+    # it could open none.
+    lines = [line.strip() for _, line in split_driver_warnings(text)[0] if line.strip() not in ("", NO_DEVICES)]
     if fields is None:
         header = next((line for line in lines if lost_gpu(line) is None), None)
         if header is None:
@@ -871,7 +933,7 @@ def _indentation_lost(lines: Sequence[str]) -> bool:
     for line in lines:
         if not line.strip():
             continue
-        if _GPU_LINE.match(line) or _NO_HANDLE.match(line):
+        if _GPU_LINE.match(line) or lost_gpu(line) is not None:
             inside = True
             continue
         if not inside or line.strip() in _ELISION or _BANNER.match(line.strip()):

@@ -12,7 +12,8 @@ Formats read (``parse_json`` / ``parse_text``; ``evaluate_text`` picks one by th
   one is attributed, as in the text table, to the GPUs its message names.
 - DCGM 4.x JSON: ``{"DCGM Diagnostic": {"test_categories": [... {"name", "test_summary": {"status"},
   "results": [{"entity_group": "GPU", "entity_id": 0, "status", "warnings"}]}]}, "metadata": {...}}``;
-  a flat ``"tests"`` list without categories is read too. An entity ``Fail`` under a
+  a flat ``"tests"`` list without categories is read too; the ``test_summary`` repeats its entities'
+  errors, each kept once. An entity ``Fail`` under a
   ``test_summary`` of ``Warn`` is a warning, as in the 4.x text table. Results of other entity groups (CPU,
   switches) count for the test's status but are not GPUs, so they get no device entry.
 - The text table (fallback, e.g. a saved ``dcgmi diag -r 2`` without ``-j``), 3.x and 4.x layouts::
@@ -403,13 +404,15 @@ def _json_test(raw: Mapping[str, Any], category: str) -> TestOutcome:
     if not gpus:
         # 2.x Deployment results carry no GPU id at all, 3.x one only when the error names a GPU.
         gpus = _gpus_named(status, warnings)
+    # 4.x repeats every error of a test's entities in its ``test_summary`` (dcgmi HelperJsonAddTestSummary,
+    # ``includeAllErrors``): each message is kept once.
     return TestOutcome(
         name=str(raw.get("name") or "?"),
         category=category,
         status=status,
         gpus=gpus,
-        info=tuple(info),
-        warnings=tuple(warnings),
+        info=tuple(dict.fromkeys(info)),
+        warnings=tuple(dict.fromkeys(warnings)),
     )
 
 

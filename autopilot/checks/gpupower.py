@@ -205,7 +205,7 @@ class _NvidiaSmi(_nvml_fallback.SmiQuery[Reading]):
             except errors.ToolError as exc:
                 return str(exc)
             said = out.stdout + out.stderr
-            if nvsmi.NO_DEVICES in said:
+            if nvsmi.no_devices(said):
                 return {}, {}
             try:
                 nvsmi.raise_for_invalid_field(said)

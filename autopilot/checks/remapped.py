@@ -216,7 +216,7 @@ class _NvidiaSmi(_nvml_fallback.SmiQuery[Reading]):
             return str(exc)
         text = out.stdout
         said_all = text + out.stderr
-        if nvsmi.NO_DEVICES in said_all:
+        if nvsmi.no_devices(said_all):
             return {}, {}
         self.no_driver = nvsmi.NO_DRIVER in said_all
         # A GPU nvidia-smi could not open, named on stderr, stands for its section (placed by the index the line

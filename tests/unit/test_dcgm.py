@@ -1004,6 +1004,25 @@ def test_json_dcgm4_entity_fail_under_a_test_summary_of_warn_is_a_warning() -> N
     assert dcgm.evaluate_text(report("Fail"), {}, Settings()).fatal  # a real failure still evicts
 
 
+def test_json_dcgm4_test_summary_repeating_its_entities_errors_lists_each_once() -> None:
+    # dcgmi 4.x writes every error of a test again under its test_summary (HelperJsonAddTestSummary with
+    # includeAllErrors): the test's messages, and the summary naming them, must not say each twice.
+    warning = {"error_category": 4, "error_id": 95, "error_severity": 2, "warning": "Invented DBE text for GPU 1."}
+    test = {
+        "name": "memory",
+        "results": [
+            {"entity_group": "GPU", "entity_group_id": 1, "entity_id": 0, "status": "Pass", "info": ["ran 30 s"]},
+            {"entity_group": "GPU", "entity_group_id": 1, "entity_id": 1, "status": "Fail", "warnings": [warning]},
+        ],
+        "test_summary": {"status": "Fail", "warnings": [warning]},
+    }
+    text = json.dumps({"DCGM Diagnostic": {"test_categories": [{"category": "Hardware", "tests": [test]}]}})
+    result = dcgm.evaluate_text(text, {}, Settings())
+    assert (result.status, result.fatal) == (Status.FAIL, True)
+    assert by_name(result)["memory"]["warnings"] == ["Invented DBE text for GPU 1."]
+    assert by_name(result)["memory"]["info"] == ["ran 30 s"]
+
+
 @pytest.mark.parametrize(
     "name",
     [

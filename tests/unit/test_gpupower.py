@@ -259,6 +259,28 @@ def test_no_gpus_per_nvidia_smi_is_skipped(make_ctx: MakeCtx) -> None:
     assert result.status is Status.SKIPPED
 
 
+# What nvidia-smi says when it cannot open its only GPU and cannot even read the GPU's bus id (seen on 575-595
+# drivers): the GPU by its index alone, then "No devices were found". A GPU is there, unread: never "no GPUs".
+INDEX_ONLY = "Unable to determine the device handle for GPU0: {why}\n"
+
+
+@pytest.mark.parametrize(
+    ("why", "status"),
+    [("Unknown Error", Status.ERROR), ("GPU is lost.  Reboot the system to recover this GPU", Status.FAIL)],
+)
+def test_no_devices_after_a_gpu_named_by_index_alone_is_that_gpu_not_no_gpus(
+    make_ctx: MakeCtx, why: str, status: Status
+) -> None:
+    runner = FakeRunner()
+    runner.add(NEW_ARGV, "No devices were found\n", returncode=6, stderr=INDEX_ONLY.format(why=why))
+    result = gpupower.run(make_ctx(commands=runner, gpus=FakeTelemetry(unavailable="NVML: Unknown Error")), {})
+    assert result.status is status and result.fatal is (status is Status.FAIL)
+    assert [(d.id, d.status) for d in result.devices] == [("0", status)]
+    saved = evaluate(INDEX_ONLY.format(why=why) + "No devices were found\n")
+    assert [(d.id, d.status) for d in saved.devices] == [("0", status)] and saved.status is status
+    assert "GPU 0" in saved.devices[0].detail or "GPU0" in saved.devices[0].detail
+
+
 def test_no_driver_and_no_nvidia_smi_is_skipped(make_ctx: MakeCtx) -> None:
     ctx = make_ctx(commands=FakeRunner(), gpus=FakeTelemetry(unavailable="no NVIDIA driver"))
     assert execution.run_check("gpupower", ctx).status is Status.SKIPPED

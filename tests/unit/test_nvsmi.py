@@ -278,6 +278,20 @@ def test_only_the_gpu_is_lost_reason_marks_a_gpu_lost(line: str, lost: bool) -> 
     assert [(g.error is not None, g.lost) for g in xml_report.gpus if g.bus_id != "00000000:3C:00.0"] == [(True, lost)]
 
 
+def test_a_gpu_named_by_index_alone_is_read_and_a_bus_id_is_never_taken_for_an_index() -> None:
+    # 575-595 drivers name a GPU whose bus id they cannot read by its index alone.
+    gone = nvsmi.lost_gpu("Unable to determine the device handle for GPU2: GPU is lost.  Reboot the system")
+    assert gone == nvsmi.LostGpu("", "GPU is lost.  Reboot the system", 2) and gone.is_lost
+    assert gone.error == "nvidia-smi could not open GPU 2: GPU is lost.  Reboot the system"
+    assert nvsmi.lost_gpu("Unable to determine the device handle for GPU0000:3B:00: Unknown Error") is None
+    report = nvsmi.parse_q("Unable to determine the device handle for GPU0: Unknown Error\nNo devices were found\n")
+    assert [(g.index, g.error is not None, g.lost) for g in report.gpus] == [(0, True, False)]
+    assert nvsmi.no_devices("No devices were found\n")
+    assert not nvsmi.no_devices(
+        "Unable to determine the device handle for GPU0: Unknown Error\nNo devices were found\n"
+    )
+
+
 def test_pciebw_link_census_of_a_report_naming_a_gpu_lost_is_a_fatal_fail_at_its_index() -> None:
     line = (
         "Unable to determine the device handle for GPU0000:2B:00.0: GPU is lost.  Reboot the system to recover this GPU"

@@ -180,6 +180,36 @@ def test_xml_announcing_more_gpus_than_it_holds_is_truncated() -> None:
     assert result.status is Status.ERROR and "announces 3 GPUs but holds 2" in result.summary
 
 
+@pytest.mark.parametrize(
+    "name", ["q_drv580.65.06_gb200x2_gpu1-lost-readings.txt", "q-x_drv580.65.06_gb200x2_gpu1-lost-readings.xml"]
+)
+@pytest.mark.parametrize("check", sorted(CHECKS))
+def test_a_gpu_whose_readings_say_gpu_is_lost_is_that_gpus_fatal_fail(name: str, check: str) -> None:
+    # A GPU that fell off the bus after nvidia-smi opened it is still listed, its values written as NVML's
+    # error ("GPU is lost", as "[GPU is lost]" in a CSV row): the lost GPU's fatal fail, not an unreadable value.
+    result = judge(check, fixture(name))
+    assert result.status is Status.FAIL and result.fatal
+    assert [(d.id, d.status) for d in result.devices] == [("0", Status.OK), ("1", Status.FAIL)]
+    assert "GPU is lost" in result.devices[1].detail and "00000009:01:00.0" in result.devices[1].detail
+    other = judge(check, fixture(name).replace("GPU is lost", "Unknown Error"))
+    assert [d.status for d in other.devices] == [Status.OK, Status.ERROR] and not other.fatal
+
+
+def test_a_process_named_gpu_is_lost_is_no_lost_gpu() -> None:
+    # Process names are whatever programs call themselves: only the GPU's own readings can say it is lost.
+    text = fixture("q_drv535.129.03_h100x2_remap-failure_width-x8.txt")
+    assert "Processes                             : None" in text
+    named = text.replace(
+        "Processes                             : None",
+        "Processes\n        Process ID                        : 4242\n"
+        "            Name                          : GPU is lost",
+        1,
+    )
+    report = nvsmi.parse_q(named)
+    assert report.gpus[0].find("Processes", "Process ID", "Name") is not None
+    assert not any(g.lost for g in report.gpus)
+
+
 # ---------------------------------------------------------------- one-GPU captures (-i N)
 
 

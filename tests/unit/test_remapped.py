@@ -265,6 +265,25 @@ def test_nvml_unavailable_and_nvidia_smi_finds_no_gpu_is_skipped(make_ctx: MakeC
     assert result.status is Status.SKIPPED
 
 
+@pytest.mark.parametrize(
+    ("why", "status"),
+    [("Unknown Error", Status.ERROR), ("GPU is lost.  Reboot the system to recover this GPU", Status.FAIL)],
+)
+def test_no_devices_after_a_gpu_named_by_index_alone_is_that_gpu_not_no_gpus(
+    make_ctx: MakeCtx, why: str, status: Status
+) -> None:
+    # nvidia-smi that cannot open its only GPU, nor read its bus id, names it by index and then finds "no
+    # devices" (575-595 drivers): a GPU is there, unread (or lost), never a node without GPUs.
+    line = f"Unable to determine the device handle for GPU0: {why}\n"
+    runner = FakeRunner()
+    runner.add(ARGV, "No devices were found\n", returncode=6, stderr=line)
+    result = remapped.run(make_ctx(commands=runner, gpus=FakeTelemetry(unavailable="NVML: Unknown Error")), {})
+    assert result.status is status and result.fatal is (status is Status.FAIL)
+    assert [(d.id, d.status) for d in result.devices] == [("0", status)]
+    saved = evaluate(line + "No devices were found\n")
+    assert [(d.id, d.status) for d in saved.devices] == [("0", status)] and saved.status is status
+
+
 def test_nvml_unavailable_and_nvidia_smi_without_driver_agrees_no_driver(make_ctx: MakeCtx) -> None:
     runner = FakeRunner()
     said = "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. Make sure ...\n"
