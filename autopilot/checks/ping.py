@@ -33,7 +33,6 @@ Sample (iputils 20221126)::
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -124,7 +123,10 @@ def judge_df(out: Reply, mtu: int, local_mtu: int | None) -> tuple[Status, str, 
     return Status.FAIL, why, {"mtu_fault": "path"}
 
 
-def judge_reply(out: CommandResult | errors.AutopilotError) -> tuple[Status, float | None, str, dict[str, Any]]:
+Judged = tuple[Status, float | None, str, dict[str, Any]]
+
+
+def judge_reply(out: CommandResult | errors.AutopilotError) -> Judged:
     """(status, loss %, detail, data) for one address."""
     if isinstance(out, errors.ToolTimeout):
         return Status.FAIL, 100.0, "no answer before the deadline", {}
@@ -155,22 +157,27 @@ def evaluate(
     short: Mapping[str, int] | None = None,
     node: str = "",
     local_mtus: Mapping[str, int] | None = None,
+    local_mtus_unread: str = "",
+    judged: Sequence[Judged] = (),
 ) -> CheckResult:
     """Fold per-address replies into one device per ``node/interface`` (worst address wins).
 
+    ``judged``: each reply's ``judge_reply`` when the caller made it already (``run`` reads each small
+    ping once, to decide on its full-size probe); empty: judged here.
     With ``mtu`` set: ``df_replies`` holds each address's full-size Don't-Fragment probe (None where it
     was not sent: the peer did not answer small pings, which is the "down" case alone); ``short`` names
     this node's interfaces whose own MTU is below ``mtu``, each a failed device ``<node>/<interface>``;
-    ``local_mtus`` (every interface looked at, or None when they could not be read) goes into ``data``.
+    ``local_mtus`` (every interface looked at, or None when they could not be read, ``local_mtus_unread``
+    saying why) goes into ``data``.
     """
     short = dict(short or {})
     probes = list(df_replies) or [None] * len(replies)
+    verdicts = list(judged) or [judge_reply(out) for _, out in replies]
     grouped: dict[str, list[tuple[peers.Peer, Status, float | None, str, dict[str, Any]]]] = {}
     reached: set[str] = set()
     unreachable: set[str] = set()
     mtu_faults: set[str] = set()
-    for (peer, out), probe in zip(replies, probes, strict=True):
-        status, loss, detail, data = judge_reply(out)
+    for (peer, _), probe, (status, loss, detail, data) in zip(replies, probes, verdicts, strict=True):
         pair: dict[str, Any] = {
             "target": peer.node,
             "interface": peer.interface,
@@ -216,6 +223,8 @@ def evaluate(
     if mtu:
         extra = {"mtu": mtu, "local_mtus": None if local_mtus is None else dict(local_mtus)}
         extra["mtu_faults"] = sorted(mtu_faults)
+        if local_mtus_unread:
+            extra["local_mtus_unread"] = local_mtus_unread
     result = results.from_devices(
         "ping",
         devices,
@@ -243,16 +252,6 @@ def local_mtus(ctx: CheckContext) -> tuple[dict[str, int] | None, str]:
         return None, f"ip -j link show: {exc}"
 
 
-def _answered(out: Reply) -> bool:
-    """Small pings that some answer came back for (the peer is up, so a full-size probe means something)."""
-    if not isinstance(out, CommandResult):
-        return False
-    try:
-        return network.parse_ping(out.stdout).received > 0
-    except errors.ParseError:
-        return False
-
-
 def run(ctx: CheckContext, params: Mapping[str, Any]) -> CheckResult:
     if ctx.peers is None:
         return CheckResult("ping", Status.SKIPPED, "no peer directory: ping needs the worker runtime")
@@ -277,11 +276,14 @@ def run(ctx: CheckContext, params: Mapping[str, Any]) -> CheckResult:
         except errors.AutopilotError as exc:
             return exc
 
-    def one(peer: peers.Peer) -> tuple[Reply, Reply | None]:
+    def one(peer: peers.Peer) -> tuple[Reply, Judged, Reply | None]:
         small = call(ping_argv(peer.address, count, wait_s))
-        if not mtu or not _answered(small):
-            return small, None  # a peer that answers nothing is the "down" case, unchanged
-        return small, call(df_ping_argv(peer.address, count, wait_s, mtu))
+        judged = judge_reply(small)  # read once: it decides the full-size probe and is the pair's verdict
+        # Some answer came back (ok, or warn for partial loss): the peer is up, so a full-size probe means
+        # something. A peer that answers nothing is the "down" case, unchanged.
+        if not mtu or judged[0] not in (Status.OK, Status.WARN):
+            return small, judged, None
+        return small, judged, call(df_ping_argv(peer.address, count, wait_s, mtu))
 
     # What ``isinstance(ctx.commands, commands.InstantRunner)`` decides for this one-method protocol
     # (the method is there and not None), without typing's walk of the protocol per run.
@@ -292,14 +294,23 @@ def run(ctx: CheckContext, params: Mapping[str, Any]) -> CheckResult:
     else:
         answers = _concurrently(one, targets, MAX_PARALLEL)
     replies = list(zip(targets, (a[0] for a in answers), strict=True))
+    judged = [a[1] for a in answers]
     if not mtu:
-        return evaluate(replies)
+        return evaluate(replies, judged=judged)
     found, why = local_mtus(ctx)
     looked = set(ctx.settings.network_interfaces) or {p.interface for p in targets}
     mine = None if found is None else {i: m for i, m in found.items() if i in looked}
     short = {i: m for i, m in (mine or {}).items() if m < mtu}
-    result = evaluate(replies, mtu=mtu, df_replies=[a[1] for a in answers], short=short, node=ctx.node, local_mtus=mine)
-    return dataclasses.replace(result, data={**result.data, "local_mtus_unread": why}) if why else result
+    return evaluate(
+        replies,
+        mtu=mtu,
+        df_replies=[a[2] for a in answers],
+        short=short,
+        node=ctx.node,
+        local_mtus=mine,
+        local_mtus_unread=why,
+        judged=judged,
+    )
 
 
 # One pool for every ping run of the process, its threads kept between runs: a pool per run started
