@@ -336,3 +336,64 @@ def test_a_reconcile_that_names_no_new_suspect_reconciles_no_other_node(monkeypa
     seen.clear()
     reconcile.reconcile_node(store, "gpu-1", settings(), NOW + timedelta(minutes=1), checks=shipped_checks())
     assert seen == ["gpu-1", "gpu-0", "gpu-4"]
+
+
+# ---------------------------------------------------------------- named in the run that first sees it
+
+
+def test_the_down_node_is_named_from_its_own_failed_pings_and_one_peers_in_the_same_run() -> None:
+    # gpu-3's NIC dies. The fleet holds last hour's round (everyone reached everyone); in this run gpu-3's
+    # own ping has come in (it reaches nobody) and gpu-0's (it reaches everyone but gpu-3). Before, the
+    # other peers' older passes to gpu-3 kept it from being named until each of them had pinged again:
+    # gpu-0 got a confirmation run for gpu-3's fault, and WARN if it came back first.
+    from workers import confirming
+    from workers.dispatch import FakeDispatcher
+
+    store = store_with({n: ping_result(n, set(), NOW - timedelta(hours=1)) for n in NODES})
+    mine = ping_result("gpu-0", {"gpu-3"}, NOW + timedelta(seconds=20))
+    for result in (ping_result("gpu-3", {"gpu-3"}, NOW + timedelta(seconds=10)), mine):
+        store.save_result(result)
+    moment = NOW + timedelta(seconds=30)
+    alive(store, moment)
+    assert reconcile.fleet_suspects(store, settings(), moment) == {"gpu-3"}
+    decision = reconcile.reconcile_node(store, "gpu-0", settings(), moment, checks=shipped_checks())
+    assert decision.verdict.value == "PASS" and not any("gpu-3" in r for r in decision.reasons)
+    dispatcher = FakeDispatcher()
+    confirming.after_task(
+        store, dispatcher, settings(), "gpu-0", [mine], checks=shipped_checks(), now=moment.timestamp()
+    )
+    assert dispatcher.sent == []  # nothing of gpu-0's to confirm
+    # gpu-3's own failure is its own, confirmed as any (its confirmation run goes out).
+    confirming.after_task(
+        store,
+        dispatcher,
+        settings(),
+        "gpu-3",
+        [store.latest("gpu-3")["ping"]],
+        checks=shipped_checks(),
+        now=moment.timestamp(),
+    )
+    assert [e.node for e in dispatcher.sent] == ["gpu-3"]
+
+
+def test_a_down_node_whose_worker_is_silent_is_named_once_its_peers_pinged_it_again() -> None:
+    # gpu-3's worker went with its link: its last word is last hour's passing ping. Every other node
+    # fails to it now. Before, that old result kept gpu-3 unnamed (and every peer WARN) until it aged
+    # out after three intervals.
+    pings = {n: ping_result(n, {"gpu-3"}, NOW) for n in NODES if n != "gpu-3"}
+    pings["gpu-3"] = ping_result("gpu-3", set(), NOW - timedelta(hours=1))
+    assert network.fleet_suspects(pings) == {"gpu-3"}
+    # While one peer still holds its older pass to gpu-3 (and gpu-3 said nothing since), nothing is named.
+    pings["gpu-5"] = ping_result("gpu-5", set(), NOW - timedelta(hours=1, minutes=1))
+    assert network.fleet_suspects(pings) == frozenset()
+
+
+def test_a_node_back_up_is_not_named_for_its_peers_older_failures() -> None:
+    # gpu-3's link came back: its newest ping reaches everyone, the others' older pings still fail to it.
+    pings = {n: ping_result(n, {"gpu-3"}, NOW - timedelta(minutes=5)) for n in NODES if n != "gpu-3"}
+    pings["gpu-3"] = ping_result("gpu-3", set(), NOW)
+    assert network.fleet_suspects(pings) == frozenset()
+    # Results measured at the same moment (or that do not say when) each keep both ends' pairs.
+    assert len(network.ping_pairs(fleet({"gpu-3"}))) == len(NODES) * (len(NODES) - 1)
+    untimed = {n: dataclasses.replace(r, started_at="") for n, r in pings.items()}
+    assert len(network.ping_pairs(untimed)) == len(NODES) * (len(NODES) - 1)
