@@ -218,8 +218,14 @@ def _first_json_object(text: str) -> Any:
 
 def ring_steps(nodes: Sequence[str]) -> list[list[tuple[str, str]]]:
     """Upstream's ring: for t in 1..n-1, node i sends to node (i+t) mod n; all pairs of a step at once."""
+    return [ring_step(nodes, t) for t in range(1, len(nodes))]
+
+
+def ring_step(nodes: Sequence[str], t: int) -> list[tuple[str, str]]:
+    """Step ``t`` (1..n-1) of ``ring_steps`` alone: a ring of n members has n(n-1) pairs, 36 million at
+    6,000, so its coordinator makes each step when it runs it rather than all of them at once."""
     n = len(nodes)
-    return [[(nodes[i], nodes[(i + t) % n]) for i in range(n)] for t in range(1, n)]
+    return [(nodes[i], nodes[(i + t) % n]) for i in range(n)]
 
 
 @dataclasses.dataclass(frozen=True)

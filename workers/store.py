@@ -327,6 +327,14 @@ class ResultsStore:
         if int(count) > self.run_keep:
             self._drop_runs(int(count) - self.run_keep, now=run.created_at)
 
+    def keep_run(self, run_id: str) -> None:
+        """Let ``run_id``'s record and write log live ``run_ttl_s`` from now, as a write would, without one
+        (the iperf ring's coordinator, while it runs). A run already gone stays gone."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.expire(f"{P}run:{run_id}", self.run_ttl_s)
+        pipe.expire(f"{P}runlog:{run_id}", self.run_ttl_s)
+        pipe.execute()
+
     def _drop_runs(self, excess: int, *, now: float) -> None:
         """Delete up to ``excess`` runs whose deadline passed before ``now``, earliest deadline first.
 
