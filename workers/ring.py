@@ -16,7 +16,8 @@ the API process:
 5. grade the pairs (``checks.iperf.grade``) and write one ``iperf`` result per node into the run.
 
 Workers answer into a Redis hash per run (``ap:ring:<run>``: ``servers|<node>``,
-``clients|<phase>|<node>``, ``stopped|<node>``). A worker holds its servers in ``SERVERS``; each
+``clients|<phase>|<node>``, ``stopped|<node>``); the coordinator asks for the answers it still waits on
+and forgets a step's once read. A worker holds its servers in ``SERVERS``; each
 dies by its lifetime timer if the stop message never comes, and all die on worker shutdown. Only
 one ring runs at a time: two would measure each other. The coordinator holds a store lease
 (``ResultsStore.lease``) of ``CLAIM_TTL_S``, renewed while it waits, sends and writes (with its run's
@@ -330,11 +331,17 @@ class Coordinator:
         self._holding = False  # this coordinator took the ring's lease and has not released it
 
     def wait_for(self, run_id: str, prefix: str, nodes: Sequence[str], deadline: float) -> dict[str, dict[str, Any]]:
-        """The answers of ``nodes`` under ``prefix``, polling until all are in or ``deadline``."""
+        """The answers of ``nodes`` under ``prefix``, polling until all are in or ``deadline``.
+
+        Each poll asks for the answers still missing, never for the run's whole hash: a ring's steps leave
+        thousands of answers each, and reading them all ten times a second grew with every step."""
+        fields = {f"{prefix}|{n}": n for n in nodes}
+        got: dict[str, dict[str, Any]] = {}
         while True:
             self.renew(run_id)
-            got = {n: v for n, v in replies(self.store, run_id, prefix).items() if n in nodes}
-            if len(got) >= len(set(nodes)) or self.clock() >= deadline:
+            missing = [f for f, n in fields.items() if n not in got]
+            got.update((fields[f], v) for f, v in self.store.answers_of(run_id, missing).items())
+            if len(got) >= len(fields) or self.clock() >= deadline:
                 return got
             self.sleep(max(0.001, min(POLL_S, deadline - self.clock())))
 
@@ -480,6 +487,8 @@ class Coordinator:
             }
             self.send(run_id, CLIENTS_TASK, source, kwargs, the_plan.step_deadline_s())
         answers = self.wait_for(run_id, prefix, list(jobs), self.clock() + the_plan.step_deadline_s())
+        # Read: the ring's hash keeps no step's answers (6,000 steps of 6,000 answers each at 6,000 members).
+        self.store.drop_answers(run_id, [f"{prefix}|{source}" for source in jobs])
         for source, its_jobs in jobs.items():
             if source in answers:
                 out.extend(answers[source].get("pairs", []))

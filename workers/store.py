@@ -626,6 +626,18 @@ class ResultsStore:
         """Every answer posted for ``run_id``, by field."""
         return {decoded(k): json.loads(v) for k, v in self.r.hgetall(f"{P}ring:{run_id}").items()}
 
+    def answers_of(self, run_id: str, fields: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The answers ``fields`` of ``run_id`` that have been posted, by field (one HMGET)."""
+        if not fields:
+            return {}
+        got = self.r.hmget(f"{P}ring:{run_id}", list(fields))
+        return {field: json.loads(v) for field, v in zip(fields, got, strict=True) if v is not None}
+
+    def drop_answers(self, run_id: str, fields: Sequence[str]) -> None:
+        """Forget the answers ``fields`` of ``run_id`` (read, and needed no more)."""
+        if fields:
+            self.r.hdel(f"{P}ring:{run_id}", *fields)
+
     # ------------------------------------------------------------------ the Redis stores beside this one
 
     def bound_timeouts(self, timeout_s: float) -> None:
