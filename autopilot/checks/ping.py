@@ -102,7 +102,7 @@ def judge_df(out: Reply, mtu: int, local_mtu: int | None) -> tuple[Status, str, 
     if stats is not None and stats.received > 0:
         data = {"mtu_loss_pct": stats.loss_pct}
         if stats.loss_pct > 0:
-            return Status.WARN, f"{stats.loss_pct:g}% of full-size {mtu}-byte packets (DF) lost", data
+            return Status.WARN, f"{stats.loss_pct:.3g}% of full-size {mtu}-byte packets (DF) lost", data
         return Status.OK, f"full-size {mtu}-byte packets (DF) pass", data
     if found.local_too_long and local_mtu is not None:
         why = f"not sent: this node's interface MTU is {local_mtu}, below {mtu} (its own finding)"
@@ -127,9 +127,9 @@ Judged = tuple[Status, float | None, str, dict[str, Any]]
 
 
 def judge_reply(out: CommandResult | errors.AutopilotError) -> Judged:
-    """(status, loss %, detail, data) for one address."""
+    """(status, loss %, detail, data) for one address. Each way a peer is down reads ``unreachable: <evidence>``."""
     if isinstance(out, errors.ToolTimeout):
-        return Status.FAIL, 100.0, "no answer before the deadline", {}
+        return Status.FAIL, 100.0, "unreachable: no answer before the deadline", {}
     if isinstance(out, errors.AutopilotError):
         return Status.ERROR, None, str(out), {}
     try:
@@ -137,13 +137,13 @@ def judge_reply(out: CommandResult | errors.AutopilotError) -> Judged:
     except errors.ParseError:
         message = (out.stderr or out.stdout).strip().splitlines()[-1:] or [f"exit {out.returncode}"]
         if any(word in message[0].lower() for word in _NO_ROUTE):
-            return Status.FAIL, 100.0, message[0], {}
+            return Status.FAIL, 100.0, f"unreachable: {message[0]}", {}
         return Status.ERROR, None, f"ping could not run: {message[0]}", {}
     data = {"loss_pct": stats.loss_pct, "rtt_avg_ms": stats.rtt_avg_ms, "rtt_max_ms": stats.rtt_max_ms}
     if stats.received == 0:
         return Status.FAIL, 100.0, f"unreachable: {stats.transmitted} sent, none answered", data
     if stats.loss_pct > 0:
-        return Status.WARN, stats.loss_pct, f"{stats.loss_pct:g}% packet loss", data
+        return Status.WARN, stats.loss_pct, f"{stats.loss_pct:.3g}% packet loss", data
     if stats.rtt_avg_ms is None:  # a summary without the rtt line (ping built without timing)
         return Status.OK, 0.0, f"{stats.received} of {stats.transmitted} answered", data
     return Status.OK, 0.0, f"rtt {stats.rtt_avg_ms} ms", data
@@ -213,7 +213,10 @@ def evaluate(
         status = results.worst(e[1] for e in entries)
         losses = [e[2] for e in entries if e[2] is not None]
         worst_entry = next(e for e in entries if e[1] is status)
-        detail = worst_entry[3] if len(entries) == 1 else f"{worst_entry[0].address}: {worst_entry[3]}"
+        # An address is named only where the device's addresses differ: a dual-stack peer down on both says
+        # so once, and reads (and groups in the summary) like any other peer that is down.
+        alike = all(e[1] is status and e[3] == worst_entry[3] for e in entries)
+        detail = worst_entry[3] if alike else f"{worst_entry[0].address}: {worst_entry[3]}"
         devices.append(DeviceResult(dev_id, status, max(losses) if losses else None, "%", detail))
         pairs.extend(e[4] for e in entries)
     for interface, value in sorted(short.items()):
