@@ -16,6 +16,7 @@ import pytest
 from autopilot import config, network
 from autopilot.checks import iperf
 from autopilot.results import Status
+from tests.unit.test_iperf_ring import Clock
 from workers import ring
 from workers.store import NodeRecord, ResultsStore, Run
 
@@ -30,17 +31,6 @@ def member(i: int) -> str:
 
 def address(i: int) -> str:
     return f"10.0.{i // 250}.{i % 250 + 1}"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 2_000_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class Enough(Exception):
