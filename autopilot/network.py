@@ -376,6 +376,8 @@ def excuse_ping(result: CheckResult, suspects: Collection[str]) -> CheckResult:
         data={**result.data, "excused": sorted(excused)},
         what="peer",
         group=True,
+        # This node's own short interface (``mtu``) is named as ``ping.evaluate`` named it, not as a peer.
+        what_of={d.id: "interface" for d in devices if d.id.split("/", 1)[0] == result.node},
     )
     return dataclasses.replace(
         result, status=folded.status, summary=folded.summary, devices=folded.devices, data=folded.data

@@ -188,6 +188,16 @@ def test_this_nodes_short_interface_is_its_own_finding_not_a_peer_down(make_ctx)
     assert result.status is Status.FAIL and "node-a/eth1" in result.summary
     # named as this node's interface, not as a peer
     assert "interface node-a/eth1: " in result.summary and "peer node-a" not in result.summary
+    # and still so once its failed pairs to a suspect of the fleet are set aside: node-b down, here
+    down = CommandResult(("ping",), 1, SILENT.format(a="192.0.2.2"), "")
+    up = CommandResult(("ping",), 0, ANSWERED.format(a="192.0.2.3"), "")
+    probe = CommandResult(("ping",), 1, LOCAL_OUT.format(a="192.0.2.3"), LOCAL_ERR)
+    found = ping.evaluate(
+        [(PEERS[0], down), (PEERS[1], up)], mtu=MTU, df_replies=[None, probe], short={"eth1": 1500}, node="node-a"
+    )
+    excused = network.excuse_ping(dataclasses.replace(found, node="node-a"), {"node-b"})
+    assert excused.data["excused"] == ["node-b"] and excused.status is Status.FAIL
+    assert excused.summary.startswith("interface node-a/eth1: ") and "peer node-a" not in excused.summary
     assert result.data["unreachable"] == []
     # the pairs still cannot carry full-size frames: bad for the fleet's attribution, which names this node
     assert {p["status"] for p in result.data["pairs"]} == {"fail"}
