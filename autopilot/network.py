@@ -297,12 +297,17 @@ def localise(pairs: Iterable[PairResult], *, others_bad_max: float = 0.25) -> Su
 def ping_pairs(latest: Mapping[str, CheckResult]) -> list[PairResult]:
     """The pairs of nodes' ``ping`` results (node -> its result): ``data["pairs"]`` of each.
 
-    A pair whose ping could not run (``error``) says nothing about the link and is left out. A ping is a
-    round trip, so ``a -> b`` and ``b -> a`` on one interface measure the same path: where both ends'
-    results hold it and one result started later, the earlier end's measurement is left out, the path
-    having been measured again since. Right after a node's link dies, the fleet still holds its older
-    passing pings to it (and, while its own worker cannot report, its own older passing pings); without
-    this, those kept it from being named until every one of them was replaced (docs/RESULTS.md, "Ping").
+    A pair whose ping could not run (``error``) says nothing about the link and is left out. Older
+    measurements that newer ones have replaced are left out too (by each result's ``started_at``):
+
+    - a ping is a round trip, so ``a -> b`` and ``b -> a`` on one interface measure the same path: where
+      both ends' results hold it and one started later, the earlier end's measurement is left out;
+    - a node whose latest result failed to every peer it pinged (two or more) could reach nobody then: the
+      others' pings to it from results that started before that say nothing of it since.
+
+    Right after a node's link dies the fleet still holds its older passing pings to it (and, while its own
+    worker cannot report, its own older passing pings); without this, those kept it from being named until
+    every one of them was replaced, and its peers ``WARN`` meanwhile (docs/RESULTS.md, "Ping").
     """
     measured: dict[str, list[tuple[str, str, bool]]] = {}  # node -> its (target, interface, bad)
     started: dict[str, float | None] = {}
@@ -324,13 +329,24 @@ def ping_pairs(latest: Mapping[str, CheckResult]) -> list[PairResult]:
             paths[node] = {(target, interface) for target, interface, _ in measured[node]}
         return paths[node]
 
+    # Nodes whose latest result reached none of two or more peers: down, as of when it started.
+    cut_off = {
+        node
+        for node, pairs in measured.items()
+        if len({target for target, _, _ in pairs}) >= 2 and all(bad for _, _, bad in pairs)
+    }
     out: list[PairResult] = []
     for node, pairs in measured.items():
         since = started[node]
         for target, interface, bad in pairs:
             theirs = started.get(target)
-            if since is not None and theirs is not None and theirs > since and (node, interface) in measured_by(target):
-                continue  # measured again, later, from the other end
+            if (
+                since is not None
+                and theirs is not None
+                and theirs > since
+                and (target in cut_off or (node, interface) in measured_by(target))
+            ):
+                continue  # measured again, later, from the other end; or the target said it reached nobody since
             out.append(PairResult(node, target, interface, bad))
     return out
 

@@ -397,3 +397,37 @@ def test_a_node_back_up_is_not_named_for_its_peers_older_failures() -> None:
     assert len(network.ping_pairs(fleet({"gpu-3"}))) == len(NODES) * (len(NODES) - 1)
     untimed = {n: dataclasses.replace(r, started_at="") for n, r in pings.items()}
     assert len(network.ping_pairs(untimed)) == len(NODES) * (len(NODES) - 1)
+
+
+def ring_ping(i: int, down: int, at: datetime, size: int = 40, ahead: int = 16) -> CheckResult:
+    """Node ``i``'s ping of the ``ahead`` nodes after it on a ring of ``size`` (the simulator's neighbours: each
+    node pings the next sixteen, so no path is measured from both ends), node ``down`` answering nothing."""
+    replies = []
+    for k in range(1, ahead + 1):
+        j = (i + k) % size
+        silent = down in (i, j)
+        out = CommandResult(("ping",), 1 if silent else 0, SILENT if silent else ANSWERED, "")
+        replies.append((Peer(f"sim-{j}", "eth0", f"10.0.0.{j + 1}"), out))
+    return dataclasses.replace(ping.evaluate(replies), node=f"sim-{i}", started_at=utc_now_iso(at))
+
+
+def test_a_down_node_that_fails_to_every_peer_is_named_before_all_that_ping_it_have_pinged_again() -> None:
+    # sim-20's NIC dies; sixteen nodes ping it, it pings sixteen others. In this run its own ping (it reached
+    # none of its sixteen) and those of three of the nodes that ping it (each reached all but sim-20) are in;
+    # the other thirteen still hold last hour's pass to sim-20, from before its own result said it reached
+    # nobody. Before, sim-20 was named only once all sixteen had pinged it again.
+    old = NOW - timedelta(hours=1)
+    latest = {f"sim-{i}": ring_ping(i, -1, old) for i in range(40)}
+    latest["sim-20"] = ring_ping(20, 20, NOW)
+    for i in (4, 11, 19):
+        latest[f"sim-{i}"] = ring_ping(i, 20, NOW + timedelta(seconds=i))
+    assert network.fleet_suspects(latest) == {"sim-20"}
+    # What the peers' results are judged by: their failure to sim-20 is its finding.
+    assert network.excuse_ping(latest["sim-11"], {"sim-20"}).status is Status.OK
+    # Without its own word, three failures among thirteen older passes name nobody (a bad pair is either end's).
+    latest["sim-20"] = ring_ping(20, -1, old)
+    assert network.fleet_suspects(latest) == frozenset()
+    # One failed pair is no "reached nobody" (a ping asked for one node): the others' pings to it stand.
+    one = ping.evaluate([(Peer("sim-21", "eth0", "10.0.0.22"), CommandResult(("ping",), 1, SILENT, ""))])
+    latest["sim-20"] = dataclasses.replace(one, node="sim-20", started_at=utc_now_iso(NOW))
+    assert "sim-20" not in network.fleet_suspects(latest)
