@@ -8,7 +8,8 @@ good is named; otherwise the bad pairs themselves are the suspects.
 Attribution (``ping_pairs``, ``fleet_suspects``, ``excuse_ping``): the verdict's use of the same
 localisation. A node whose link is down is not answered by anyone who pings it; those failed
 pairs are the suspect's finding, not the pinging node's, so a node's ``ping`` result is judged
-without its pairs to a suspect the fleet's latest ping results name (docs/RESULTS.md).
+without its pairs to a suspect the fleet's latest ping results name, each path as its end that pinged
+last saw it (docs/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -217,8 +218,14 @@ def _first_json_object(text: str) -> Any:
 
 def ring_steps(nodes: Sequence[str]) -> list[list[tuple[str, str]]]:
     """Upstream's ring: for t in 1..n-1, node i sends to node (i+t) mod n; all pairs of a step at once."""
+    return [ring_step(nodes, t) for t in range(1, len(nodes))]
+
+
+def ring_step(nodes: Sequence[str], t: int) -> list[tuple[str, str]]:
+    """Step ``t`` (1..n-1) of ``ring_steps`` alone: a ring of n members has n(n-1) pairs, 36 million at
+    6,000, so its coordinator makes each step when it runs it rather than all of them at once."""
     n = len(nodes)
-    return [[(nodes[i], nodes[(i + t) % n]) for i in range(n)] for t in range(1, n)]
+    return [(nodes[i], nodes[(i + t) % n]) for i in range(n)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -290,19 +297,66 @@ def localise(pairs: Iterable[PairResult], *, others_bad_max: float = 0.25) -> Su
 def ping_pairs(latest: Mapping[str, CheckResult]) -> list[PairResult]:
     """The pairs of nodes' ``ping`` results (node -> its result): ``data["pairs"]`` of each.
 
-    A pair whose ping could not run (``error``) says nothing about the link and is left out.
+    A pair whose ping could not run (``error``) says nothing about the link and is left out. Older
+    measurements that newer ones have replaced are left out too (by each result's ``started_at``):
+
+    - a ping is a round trip, so ``a -> b`` and ``b -> a`` on one interface measure the same path: where
+      both ends' results hold it and one started later, the earlier end's measurement is left out;
+    - a node whose latest result failed to every peer it pinged (two or more) could reach nobody then: the
+      others' pings to it from results that started before that say nothing of it since.
+
+    Right after a node's link dies the fleet still holds its older passing pings to it (and, while its own
+    worker cannot report, its own older passing pings); without this, those kept it from being named until
+    every one of them was replaced, and its peers ``WARN`` meanwhile (docs/RESULTS.md, "Ping").
     """
-    out: list[PairResult] = []
+    measured: dict[str, list[tuple[str, str, bool]]] = {}  # node -> its (target, interface, bad)
+    started: dict[str, float | None] = {}
     for node, result in latest.items():
         if result.check != "ping":
             continue
+        started[node] = _started(result)
+        mine = measured[node] = []
         for pair in result.data.get("pairs") or ():
             if not isinstance(pair, Mapping) or pair.get("status") not in ("ok", "warn", "fail"):
                 continue
             target, interface = pair.get("target"), pair.get("interface")
             if isinstance(target, str) and isinstance(interface, str) and target != node:
-                out.append(PairResult(node, target, interface, pair["status"] != "ok"))
+                mine.append((target, interface, pair["status"] != "ok"))
+    paths: dict[str, set[tuple[str, str]]] = {}  # node -> the (target, interface) it measured, as needed
+
+    def measured_by(node: str) -> set[tuple[str, str]]:
+        if node not in paths:
+            paths[node] = {(target, interface) for target, interface, _ in measured[node]}
+        return paths[node]
+
+    # Nodes whose latest result reached none of two or more peers: down, as of when it started.
+    cut_off = {
+        node
+        for node, pairs in measured.items()
+        if len({target for target, _, _ in pairs}) >= 2 and all(bad for _, _, bad in pairs)
+    }
+    out: list[PairResult] = []
+    for node, pairs in measured.items():
+        since = started[node]
+        for target, interface, bad in pairs:
+            theirs = started.get(target)
+            if (
+                since is not None
+                and theirs is not None
+                and theirs > since
+                and (target in cut_off or (node, interface) in measured_by(target))
+            ):
+                continue  # measured again, later, from the other end; or the target said it reached nobody since
+            out.append(PairResult(node, target, interface, bad))
     return out
+
+
+def _started(result: CheckResult) -> float | None:
+    """When ``result`` started (epoch s); None when it does not say (such a result's pairs are never superseded)."""
+    try:
+        return results.parse_iso(result.started_at).timestamp() if result.started_at else None
+    except ValueError:
+        return None
 
 
 def fleet_suspects(latest: Mapping[str, CheckResult]) -> frozenset[str]:
@@ -338,6 +392,8 @@ def excuse_ping(result: CheckResult, suspects: Collection[str]) -> CheckResult:
         data={**result.data, "excused": sorted(excused)},
         what="peer",
         group=True,
+        # This node's own short interface (``mtu``) is named as ``ping.evaluate`` named it, not as a peer.
+        what_of={d.id: "interface" for d in devices if d.id.split("/", 1)[0] == result.node},
     )
     return dataclasses.replace(
         result, status=folded.status, summary=folded.summary, devices=folded.devices, data=folded.data

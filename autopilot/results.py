@@ -6,11 +6,12 @@ worker stores it in Redis, the API serves it. Only this module knows its JSON la
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import enum
 import math
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -333,6 +334,30 @@ class StoredResult(Mapping[str, Any], jsoncodec.Preencoded):
         return f"StoredResult({self._json[:80]!r}...)"
 
 
+GROUP_NAMED = 8  # ids a grouped summary names per finding; past it the rest are counted
+
+
+def _named(noun: str, ids: Sequence[str], of: int) -> str:
+    """``ids`` (devices with one finding) as the phrase a grouped summary names them by: each, in natural order
+    (``node-2`` before ``node-10``), or ``all N <noun>s`` when they are every one of the ``of`` devices of that
+    noun, and the first ``GROUP_NAMED`` and a count past that: the summary of a node whose own link is down at
+    1,000 nodes named 999 peers, and was cut at ``SUMMARY_LIMIT`` before it said what they had in common."""
+    ordered = sorted(ids, key=_natural)
+    if len(ordered) == 1:
+        return f"{noun} {ordered[0]}"
+    listed = ", ".join(ordered[:GROUP_NAMED])
+    if len(ordered) > GROUP_NAMED:
+        listed += f" and {len(ordered) - GROUP_NAMED} more"
+    if len(ordered) == of:
+        return f"all {of} {noun}s" + (f" ({listed})" if len(ordered) <= GROUP_NAMED else "")
+    return f"{noun}s {listed}"
+
+
+def _natural(text: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key that orders the numbers inside ``text`` by value (``gpu-2`` before ``gpu-10``)."""
+    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", text) if part)
+
+
 def from_devices(
     check: str,
     devices: Iterable[DeviceResult],
@@ -360,11 +385,18 @@ def from_devices(
     if not bad:
         summary = ok_summary
     elif group:
-        alike: dict[tuple[str, str], list[str]] = {}
+        alike: dict[tuple[str, str], list[DeviceResult]] = {}
         for d in bad:
-            alike.setdefault((nouns.get(d.id, what), d.detail or d.status.value), []).append(d.id)
+            alike.setdefault((nouns.get(d.id, what), d.detail or d.status.value), []).append(d)
+        # Worst finding first (a summary cut at its limit, or in a Node condition's message, keeps it), then
+        # by the first device each names, in natural order.
+        phrases = sorted(
+            alike.items(),
+            key=lambda kv: (-_SEVERITY[worst(d.status for d in kv[1])], min(_natural(d.id) for d in kv[1])),
+        )
+        counts = collections.Counter(nouns.get(d.id, what) for d in devs)
         summary = "; ".join(
-            f"{noun}{'s' if len(ids) > 1 else ''} {', '.join(ids)}: {detail}" for (noun, detail), ids in alike.items()
+            f"{_named(noun, [d.id for d in found], counts[noun])}: {detail}" for (noun, detail), found in phrases
         )
     else:
         summary = "; ".join(f"{nouns.get(d.id, what)} {d.id}: {d.detail or d.status.value}" for d in bad)

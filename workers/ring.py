@@ -16,13 +16,15 @@ the API process:
 5. grade the pairs (``checks.iperf.grade``) and write one ``iperf`` result per node into the run.
 
 Workers answer into a Redis hash per run (``ap:ring:<run>``: ``servers|<node>``,
-``clients|<phase>|<node>``, ``stopped|<node>``). A worker holds its servers in ``SERVERS``; each
+``clients|<phase>|<node>``, ``stopped|<node>``); the coordinator asks for the answers it still waits on
+and forgets a step's once read. A worker holds its servers in ``SERVERS``; each
 dies by its lifetime timer if the stop message never comes, and all die on worker shutdown. Only
 one ring runs at a time: two would measure each other. The coordinator holds a store lease
-(``ResultsStore.lease``) of ``CLAIM_TTL_S``, renewed while it waits and released when it ends,
-after its results are in the run; a coordinator that dies (its worker killed or restarted) stops
-renewing it, so the next ring can start within ``CLAIM_TTL_S``, not after the dead ring's whole
-bound, and the run that waits on it answers then too (``runs.Gather.wait_for_check``).
+(``ResultsStore.lease``) of ``CLAIM_TTL_S``, renewed while it waits, sends and writes (with its run's
+record), and released when it ends, after its results are in the run; a coordinator that dies (its
+worker killed or restarted) stops renewing it, so the next ring can start within ``CLAIM_TTL_S``, not
+after the dead ring's whole bound, and the run that waits on it answers then too
+(``runs.Gather.wait_for_check``).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from autopilot import config, errors, network, peers, results
@@ -53,7 +55,11 @@ CLIENTS_TASK = "autopilot.iperf_clients"
 STOP_TASK = "autopilot.iperf_stop"
 RING_TASK = "autopilot.iperf_ring"  # the coordinator itself, on the control queue
 
-SERVERS_WAIT_S = 15.0  # a worker takes the task and has its servers listening within this
+SERVERS_WAIT_S = 15.0  # a worker takes the task and has its servers listening within this (after its last send)
+# What the ring's bound allows for sending one task message: the coordinator sends one per member per
+# step, one after another (a Celery publish to a Redis over the network is about a millisecond). Each
+# wait counts from the last message it waits on, so sending 6,000 of them eats no member's time.
+SEND_S = 0.005
 # The most iperf3 servers one node runs at once, whatever the messages: four rings at the most a servers
 # message may ask (64 addresses x 16 ports). One ring runs at a time (its lease); the others are a dead
 # coordinator's, whose servers live out their lifetime. Without it, a message per made-up run id each
@@ -226,16 +232,26 @@ class Plan:
     ports: tuple[int, ...]
     duration_s: int
 
-    def phases(self) -> list[tuple[Lane, list[tuple[str, str]]]]:
-        """(lane, pairs of one ring step), lanes one after another as upstream did."""
-        return [(lane, step) for lane in self.lanes for step in network.ring_steps(list(lane.addresses))]
+    def phases(self) -> Iterator[tuple[Lane, list[tuple[str, str]]]]:
+        """(lane, pairs of one ring step), lanes one after another as upstream did. Each step is made
+        when it is reached: all of them at once are n(n-1) pairs a lane, 36 million at 6,000 members."""
+        for lane in self.lanes:
+            members = list(lane.addresses)
+            for t in range(1, len(members)):
+                yield lane, network.ring_step(members, t)
 
     def step_deadline_s(self) -> float:
+        """How long a step waits for its clients' answers, from its last clients message sent."""
         return iperf.client_timeout_s(self.duration_s) + QUEUE_SLACK_S
 
     def estimate_s(self) -> float:
-        """Upper bound of the whole ring, servers to stop."""
-        return SERVERS_WAIT_S + len(self.phases()) * self.step_deadline_s() + STOP_WAIT_S
+        """Upper bound of the whole ring, servers to stop: each wait from its last message, each message
+        ``SEND_S`` (counted, never listed: the API process and each worker's watch ask for it too)."""
+        members = len({n for lane in self.lanes for n in lane.addresses})
+        steps = sum(
+            (len(lane.addresses) - 1) * (self.step_deadline_s() + len(lane.addresses) * SEND_S) for lane in self.lanes
+        )
+        return SERVERS_WAIT_S + steps + STOP_WAIT_S + 2 * members * SEND_S
 
     def binds(self, node: str) -> list[str]:
         return [lane.addresses[node] for lane in self.lanes if node in lane.addresses]
@@ -311,25 +327,41 @@ class Coordinator:
         self.clock = clock
         self.sleep = sleep
         self.fleet = store.fleet(settings)
-        self._renewed = float("-inf")  # time.monotonic() of the last lease renewal
+        self._renewed = float("-inf")  # self.clock() of the last lease renewal
+        self._holding = False  # this coordinator took the ring's lease and has not released it
 
     def wait_for(self, run_id: str, prefix: str, nodes: Sequence[str], deadline: float) -> dict[str, dict[str, Any]]:
-        """The answers of ``nodes`` under ``prefix``, polling until all are in or ``deadline``."""
+        """The answers of ``nodes`` under ``prefix``, polling until all are in or ``deadline``.
+
+        Each poll asks for the answers still missing, never for the run's whole hash: a ring's steps leave
+        thousands of answers each, and reading them all ten times a second grew with every step."""
+        fields = {f"{prefix}|{n}": n for n in nodes}
+        got: dict[str, dict[str, Any]] = {}
         while True:
             self.renew(run_id)
-            got = {n: v for n, v in replies(self.store, run_id, prefix).items() if n in nodes}
-            if len(got) >= len(set(nodes)) or self.clock() >= deadline:
+            missing = [f for f, n in fields.items() if n not in got]
+            got.update((fields[f], v) for f, v in self.store.answers_of(run_id, missing).items())
+            if len(got) >= len(fields) or self.clock() >= deadline:
                 return got
             self.sleep(max(0.001, min(POLL_S, deadline - self.clock())))
 
     def renew(self, run_id: str) -> None:
-        """Keep the ring's lease while this coordinator lives (at most every third of its TTL)."""
-        now = time.monotonic()
-        if now - self._renewed < CLAIM_TTL_S / 3:
+        """Keep the ring's lease, and its run, while this coordinator makes progress (at most every third of
+        the lease's TTL; called while it waits, sends and writes results, each of which takes minutes at
+        6,000 members). The run's record is kept too: a ring of thousands of members outlasts
+        ``AUTOPILOT_RUN_TTL`` (a day) between the run's last other write and its own results."""
+        now = self.clock()
+        if not self._holding or 0 <= now - self._renewed < CLAIM_TTL_S / 3:
             return
         self._renewed = now
         if not self.store.lease(CLAIM, run_id, CLAIM_TTL_S):
             log.warning("iperf ring %s: lost its lease (held up past %g s), another may start", run_id, CLAIM_TTL_S)
+        self.store.keep_run(run_id)
+
+    def send(self, run_id: str, task: str, node: str, kwargs: Mapping[str, Any], wait_s: float) -> None:
+        """One task message, dropped unconsumed ``wait_s`` after it is sent; the lease kept meanwhile."""
+        self.renew(run_id)
+        self.sender.send_task(task, node, kwargs, expires=self.clock() + wait_s)
 
     def run(self, run_id: str, nodes: Sequence[str], params: Mapping[str, Any]) -> RingOutcome:
         started = self.clock()
@@ -348,12 +380,13 @@ class Coordinator:
             for node in nodes:
                 notes.setdefault(node, "another iperf run is in progress")
             return self._finish(run_id, nodes, params, started, [], {}, {}, notes, busy=True)
-        self._renewed = time.monotonic()
+        self._renewed, self._holding = self.clock(), True
         try:
             return self._ring(run_id, nodes, params, the_plan, started, lifetime, notes)
         finally:
             # Only once the results are in the run: a gather that sees the lease gone with results
             # missing takes the coordinator for dead (``runs.Gather.wait_for_check``).
+            self._holding = False
             self.store.release(CLAIM, run_id)
 
     def _ring(
@@ -374,7 +407,6 @@ class Coordinator:
         asked: list[str] = []
         try:
             # 1. servers
-            until = self.clock() + SERVERS_WAIT_S
             for node in sorted(in_ring):
                 kwargs = {
                     "run_id": run_id,
@@ -384,8 +416,8 @@ class Coordinator:
                     "lifetime_s": lifetime,
                 }
                 asked.append(node)
-                self.sender.send_task(SERVERS_TASK, node, kwargs, expires=until)
-            servers = self.wait_for(run_id, "servers", asked, until)
+                self.send(run_id, SERVERS_TASK, node, kwargs, SERVERS_WAIT_S)
+            servers = self.wait_for(run_id, "servers", asked, self.clock() + SERVERS_WAIT_S)
             ready = {n for n, v in servers.items() if v.get("ok")}
             for node in asked:
                 if node not in servers:
@@ -398,14 +430,15 @@ class Coordinator:
         finally:
             # 3. stop every server, whatever happened above
             if asked:
-                until = self.clock() + STOP_WAIT_S
                 for node in asked:
                     try:
+                        self.renew(run_id)
                         self.sender.send_task(
                             STOP_TASK, node, {"run_id": run_id, "node": node}, expires=started + lifetime
                         )
                     except Exception:  # noqa: BLE001 - a broker error must not keep the others' stops
                         log.exception("iperf ring %s: stop for %s not sent", run_id, node)
+                until = self.clock() + STOP_WAIT_S
                 stopped = self.wait_for(run_id, "stopped", [n for n in asked if n in servers], until)
         return self._finish(run_id, nodes, params, started, pairs, servers, stopped, notes)
 
@@ -443,7 +476,6 @@ class Coordinator:
                 )
         if not jobs:
             return out
-        until = self.clock() + the_plan.step_deadline_s()
         prefix = f"clients|{index}"
         for source, its_jobs in jobs.items():
             kwargs = {
@@ -453,8 +485,10 @@ class Coordinator:
                 "jobs": its_jobs,
                 "duration_s": the_plan.duration_s,
             }
-            self.sender.send_task(CLIENTS_TASK, source, kwargs, expires=until)
-        answers = self.wait_for(run_id, prefix, list(jobs), until)
+            self.send(run_id, CLIENTS_TASK, source, kwargs, the_plan.step_deadline_s())
+        answers = self.wait_for(run_id, prefix, list(jobs), self.clock() + the_plan.step_deadline_s())
+        # Read: the ring's hash keeps no step's answers (6,000 steps of 6,000 answers each at 6,000 members).
+        self.store.drop_answers(run_id, [f"{prefix}|{source}" for source in jobs])
         for source, its_jobs in jobs.items():
             if source in answers:
                 out.extend(answers[source].get("pairs", []))
@@ -487,8 +521,15 @@ class Coordinator:
         duration = round(self.clock() - started, 3)
         done: dict[str, CheckResult] = {}
         records = {r.name: r for r in self.store.nodes(list(nodes))}
+        # Each node's pairs, sent and received, in one pass: a scan of every pair per node was n^3.
+        theirs: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+        for p in graded:
+            theirs[p["source"]].append(p)
+            if p["target"] != p["source"]:
+                theirs[p["target"]].append(p)
         for node in nodes:
-            mine = [p for p in graded if p["source"] == node]
+            self.renew(run_id)
+            mine = [p for p in theirs.get(node, ()) if p["source"] == node]
             note = notes.get(node, "")
             if busy:
                 result = CheckResult("iperf", Status.ERROR, note)
@@ -496,7 +537,7 @@ class Coordinator:
                 why = note or "the ring needs two nodes with addresses on a shared network interface"
                 result = CheckResult("iperf", Status.SKIPPED, why if not skip else f"skipped: {why}")
             else:
-                result = iperf.evaluate(node, graded, note=note)
+                result = iperf.evaluate(node, theirs.get(node, []), note=note)
             result = dataclasses.replace(result, node=node, params=dict(params), started_at=stamp, duration_s=duration)
             result = fleet.judge_for_record(self.fleet, result, records.get(node))
             self.store.save_result(result, run_id)

@@ -327,6 +327,14 @@ class ResultsStore:
         if int(count) > self.run_keep:
             self._drop_runs(int(count) - self.run_keep, now=run.created_at)
 
+    def keep_run(self, run_id: str) -> None:
+        """Let ``run_id``'s record and write log live ``run_ttl_s`` from now, as a write would, without one
+        (the iperf ring's coordinator, while it runs). A run already gone stays gone."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.expire(f"{P}run:{run_id}", self.run_ttl_s)
+        pipe.expire(f"{P}runlog:{run_id}", self.run_ttl_s)
+        pipe.execute()
+
     def _drop_runs(self, excess: int, *, now: float) -> None:
         """Delete up to ``excess`` runs whose deadline passed before ``now``, earliest deadline first.
 
@@ -617,6 +625,18 @@ class ResultsStore:
     def answers(self, run_id: str) -> dict[str, dict[str, Any]]:
         """Every answer posted for ``run_id``, by field."""
         return {decoded(k): json.loads(v) for k, v in self.r.hgetall(f"{P}ring:{run_id}").items()}
+
+    def answers_of(self, run_id: str, fields: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The answers ``fields`` of ``run_id`` that have been posted, by field (one HMGET)."""
+        if not fields:
+            return {}
+        got = self.r.hmget(f"{P}ring:{run_id}", list(fields))
+        return {field: json.loads(v) for field, v in zip(fields, got, strict=True) if v is not None}
+
+    def drop_answers(self, run_id: str, fields: Sequence[str]) -> None:
+        """Forget the answers ``fields`` of ``run_id`` (read, and needed no more)."""
+        if fields:
+            self.r.hdel(f"{P}ring:{run_id}", *fields)
 
     # ------------------------------------------------------------------ the Redis stores beside this one
 

@@ -33,7 +33,6 @@ Sample (iputils 20221126)::
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -103,7 +102,7 @@ def judge_df(out: Reply, mtu: int, local_mtu: int | None) -> tuple[Status, str, 
     if stats is not None and stats.received > 0:
         data = {"mtu_loss_pct": stats.loss_pct}
         if stats.loss_pct > 0:
-            return Status.WARN, f"{stats.loss_pct:g}% of full-size {mtu}-byte packets (DF) lost", data
+            return Status.WARN, f"{stats.loss_pct:.3g}% of full-size {mtu}-byte packets (DF) lost", data
         return Status.OK, f"full-size {mtu}-byte packets (DF) pass", data
     if found.local_too_long and local_mtu is not None:
         why = f"not sent: this node's interface MTU is {local_mtu}, below {mtu} (its own finding)"
@@ -124,10 +123,13 @@ def judge_df(out: Reply, mtu: int, local_mtu: int | None) -> tuple[Status, str, 
     return Status.FAIL, why, {"mtu_fault": "path"}
 
 
-def judge_reply(out: CommandResult | errors.AutopilotError) -> tuple[Status, float | None, str, dict[str, Any]]:
-    """(status, loss %, detail, data) for one address."""
+Judged = tuple[Status, float | None, str, dict[str, Any]]
+
+
+def judge_reply(out: CommandResult | errors.AutopilotError) -> Judged:
+    """(status, loss %, detail, data) for one address. Each way a peer is down reads ``unreachable: <evidence>``."""
     if isinstance(out, errors.ToolTimeout):
-        return Status.FAIL, 100.0, "no answer before the deadline", {}
+        return Status.FAIL, 100.0, "unreachable: no answer before the deadline", {}
     if isinstance(out, errors.AutopilotError):
         return Status.ERROR, None, str(out), {}
     try:
@@ -135,13 +137,13 @@ def judge_reply(out: CommandResult | errors.AutopilotError) -> tuple[Status, flo
     except errors.ParseError:
         message = (out.stderr or out.stdout).strip().splitlines()[-1:] or [f"exit {out.returncode}"]
         if any(word in message[0].lower() for word in _NO_ROUTE):
-            return Status.FAIL, 100.0, message[0], {}
+            return Status.FAIL, 100.0, f"unreachable: {message[0]}", {}
         return Status.ERROR, None, f"ping could not run: {message[0]}", {}
     data = {"loss_pct": stats.loss_pct, "rtt_avg_ms": stats.rtt_avg_ms, "rtt_max_ms": stats.rtt_max_ms}
     if stats.received == 0:
         return Status.FAIL, 100.0, f"unreachable: {stats.transmitted} sent, none answered", data
     if stats.loss_pct > 0:
-        return Status.WARN, stats.loss_pct, f"{stats.loss_pct:g}% packet loss", data
+        return Status.WARN, stats.loss_pct, f"{stats.loss_pct:.3g}% packet loss", data
     if stats.rtt_avg_ms is None:  # a summary without the rtt line (ping built without timing)
         return Status.OK, 0.0, f"{stats.received} of {stats.transmitted} answered", data
     return Status.OK, 0.0, f"rtt {stats.rtt_avg_ms} ms", data
@@ -155,22 +157,27 @@ def evaluate(
     short: Mapping[str, int] | None = None,
     node: str = "",
     local_mtus: Mapping[str, int] | None = None,
+    local_mtus_unread: str = "",
+    judged: Sequence[Judged] = (),
 ) -> CheckResult:
     """Fold per-address replies into one device per ``node/interface`` (worst address wins).
 
+    ``judged``: each reply's ``judge_reply`` when the caller made it already (``run`` reads each small
+    ping once, to decide on its full-size probe); empty: judged here.
     With ``mtu`` set: ``df_replies`` holds each address's full-size Don't-Fragment probe (None where it
     was not sent: the peer did not answer small pings, which is the "down" case alone); ``short`` names
     this node's interfaces whose own MTU is below ``mtu``, each a failed device ``<node>/<interface>``;
-    ``local_mtus`` (every interface looked at, or None when they could not be read) goes into ``data``.
+    ``local_mtus`` (every interface looked at, or None when they could not be read, ``local_mtus_unread``
+    saying why) goes into ``data``.
     """
     short = dict(short or {})
     probes = list(df_replies) or [None] * len(replies)
+    verdicts = list(judged) or [judge_reply(out) for _, out in replies]
     grouped: dict[str, list[tuple[peers.Peer, Status, float | None, str, dict[str, Any]]]] = {}
     reached: set[str] = set()
     unreachable: set[str] = set()
     mtu_faults: set[str] = set()
-    for (peer, out), probe in zip(replies, probes, strict=True):
-        status, loss, detail, data = judge_reply(out)
+    for (peer, _), probe, (status, loss, detail, data) in zip(replies, probes, verdicts, strict=True):
         pair: dict[str, Any] = {
             "target": peer.node,
             "interface": peer.interface,
@@ -206,7 +213,10 @@ def evaluate(
         status = results.worst(e[1] for e in entries)
         losses = [e[2] for e in entries if e[2] is not None]
         worst_entry = next(e for e in entries if e[1] is status)
-        detail = worst_entry[3] if len(entries) == 1 else f"{worst_entry[0].address}: {worst_entry[3]}"
+        # An address is named only where the device's addresses differ: a dual-stack peer down on both says
+        # so once, and reads (and groups in the summary) like any other peer that is down.
+        alike = all(e[1] is status and e[3] == worst_entry[3] for e in entries)
+        detail = worst_entry[3] if alike else f"{worst_entry[0].address}: {worst_entry[3]}"
         devices.append(DeviceResult(dev_id, status, max(losses) if losses else None, "%", detail))
         pairs.extend(e[4] for e in entries)
     for interface, value in sorted(short.items()):
@@ -216,6 +226,8 @@ def evaluate(
     if mtu:
         extra = {"mtu": mtu, "local_mtus": None if local_mtus is None else dict(local_mtus)}
         extra["mtu_faults"] = sorted(mtu_faults)
+        if local_mtus_unread:
+            extra["local_mtus_unread"] = local_mtus_unread
     result = results.from_devices(
         "ping",
         devices,
@@ -243,16 +255,6 @@ def local_mtus(ctx: CheckContext) -> tuple[dict[str, int] | None, str]:
         return None, f"ip -j link show: {exc}"
 
 
-def _answered(out: Reply) -> bool:
-    """Small pings that some answer came back for (the peer is up, so a full-size probe means something)."""
-    if not isinstance(out, CommandResult):
-        return False
-    try:
-        return network.parse_ping(out.stdout).received > 0
-    except errors.ParseError:
-        return False
-
-
 def run(ctx: CheckContext, params: Mapping[str, Any]) -> CheckResult:
     if ctx.peers is None:
         return CheckResult("ping", Status.SKIPPED, "no peer directory: ping needs the worker runtime")
@@ -277,11 +279,14 @@ def run(ctx: CheckContext, params: Mapping[str, Any]) -> CheckResult:
         except errors.AutopilotError as exc:
             return exc
 
-    def one(peer: peers.Peer) -> tuple[Reply, Reply | None]:
+    def one(peer: peers.Peer) -> tuple[Reply, Judged, Reply | None]:
         small = call(ping_argv(peer.address, count, wait_s))
-        if not mtu or not _answered(small):
-            return small, None  # a peer that answers nothing is the "down" case, unchanged
-        return small, call(df_ping_argv(peer.address, count, wait_s, mtu))
+        judged = judge_reply(small)  # read once: it decides the full-size probe and is the pair's verdict
+        # Some answer came back (ok, or warn for partial loss): the peer is up, so a full-size probe means
+        # something. A peer that answers nothing is the "down" case, unchanged.
+        if not mtu or judged[0] not in (Status.OK, Status.WARN):
+            return small, judged, None
+        return small, judged, call(df_ping_argv(peer.address, count, wait_s, mtu))
 
     # What ``isinstance(ctx.commands, commands.InstantRunner)`` decides for this one-method protocol
     # (the method is there and not None), without typing's walk of the protocol per run.
@@ -292,14 +297,23 @@ def run(ctx: CheckContext, params: Mapping[str, Any]) -> CheckResult:
     else:
         answers = _concurrently(one, targets, MAX_PARALLEL)
     replies = list(zip(targets, (a[0] for a in answers), strict=True))
+    judged = [a[1] for a in answers]
     if not mtu:
-        return evaluate(replies)
+        return evaluate(replies, judged=judged)
     found, why = local_mtus(ctx)
     looked = set(ctx.settings.network_interfaces) or {p.interface for p in targets}
     mine = None if found is None else {i: m for i, m in found.items() if i in looked}
     short = {i: m for i, m in (mine or {}).items() if m < mtu}
-    result = evaluate(replies, mtu=mtu, df_replies=[a[1] for a in answers], short=short, node=ctx.node, local_mtus=mine)
-    return dataclasses.replace(result, data={**result.data, "local_mtus_unread": why}) if why else result
+    return evaluate(
+        replies,
+        mtu=mtu,
+        df_replies=[a[2] for a in answers],
+        short=short,
+        node=ctx.node,
+        local_mtus=mine,
+        local_mtus_unread=why,
+        judged=judged,
+    )
 
 
 # One pool for every ping run of the process, its threads kept between runs: a pool per run started

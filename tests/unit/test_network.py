@@ -10,7 +10,7 @@ from autopilot import errors, execution, network
 from autopilot.checks import ping
 from autopilot.commands import CommandResult
 from autopilot.peers import Peer, StaticPeers
-from autopilot.results import Status
+from autopilot.results import CheckResult, Status
 from autopilot.testing import FakeRunner
 from tests.conftest import sample_text
 
@@ -237,7 +237,7 @@ def test_ping_check_judges_each_peer_and_interface(make_ctx) -> None:  # type: i
 def test_ping_refused_by_the_network_is_a_failed_link_not_a_tool_error(said: str) -> None:
     out = CommandResult(("ping",), 1, "PING 192.0.2.4 (192.0.2.4): 56 data bytes\n", said + "\n")
     status, loss, detail, _ = ping.judge_reply(out)
-    assert (status, loss, detail) == (Status.FAIL, 100.0, said)
+    assert (status, loss, detail) == (Status.FAIL, 100.0, f"unreachable: {said}")
 
 
 def test_ping_check_honours_node_selection_and_errors(make_ctx) -> None:  # type: ignore[no-untyped-def]
@@ -350,6 +350,70 @@ def test_ping_summary_names_the_peers_that_failed_alike_once() -> None:
     lossy = next(d.detail for d in result.devices if d.id == "node-4/eth0")
     assert result.summary == f"peers node-1/eth0, node-3/eth0: {dead}; peer node-4/eth0: {lossy}"
     assert [d.status for d in result.devices] == [Status.FAIL, Status.OK, Status.FAIL, Status.WARN]
+
+
+def _fleet_ping(states: dict[int, str], peers: int = 16) -> CheckResult:
+    """A node's ``ping`` of node-1..node-<peers> on eth0: each ``ok`` unless ``states`` says ``dead``,
+    ``lossy``, ``noroute`` or ``timeout``."""
+    outs = {
+        "ok": CommandResult(("ping",), 0, OK_PING, ""),
+        "dead": CommandResult(("ping",), 1, DEAD_PING, ""),
+        "lossy": CommandResult(("ping",), 1, LOSSY_PING, ""),
+        "noroute": CommandResult(("ping",), 2, "", "ping: connect: Network is unreachable\n"),
+    }
+    replies: list[tuple[Peer, ping.Reply]] = []
+    for i in range(1, peers + 1):
+        state = states.get(i, "ok")
+        out = errors.ToolTimeout("ping", 8.0) if state == "timeout" else outs[state]
+        replies.append((Peer(f"node-{i}", "eth0", f"192.0.2.{i}"), out))
+    return ping.evaluate(replies)
+
+
+def test_ping_summary_reads_well_for_one_some_all_and_mixed_findings() -> None:
+    dead = ping.judge_reply(CommandResult(("ping",), 1, DEAD_PING, ""))[2]
+    assert _fleet_ping({3: "dead"}).summary == f"peer node-3/eth0: {dead}"
+    # Several: named once, in natural order (node-2 before node-10).
+    assert (
+        _fleet_ping({10: "dead", 2: "dead", 5: "dead"}).summary
+        == f"peers node-2/eth0, node-5/eth0, node-10/eth0: {dead}"
+    )
+    # Every peer (this node's own link is down): said so, not 16 names; a few are named with it.
+    assert _fleet_ping({i: "dead" for i in range(1, 17)}).summary == f"all 16 peers: {dead}"
+    assert _fleet_ping({1: "dead", 2: "dead"}, peers=2).summary == f"all 2 peers (node-1/eth0, node-2/eth0): {dead}"
+    # Many but not all: the first eight named and the rest counted, so the finding is never cut off. Before,
+    # 999 peers of a 1,000-node fleet were listed, and the summary was cut at 4,096 characters before the finding.
+    many = _fleet_ping({i: "dead" for i in range(1, 13)}).summary
+    assert many == f"peers {', '.join(f'node-{i}/eth0' for i in range(1, 9))} and 4 more: {dead}"
+    big = _fleet_ping({i: "dead" for i in range(1, 1000)}, peers=1000).summary
+    assert big.endswith(f"and 991 more: {dead}") and len(big) < 300
+    # Mixed: the worst finding first (a summary or a Node condition cut at its limit keeps it); every way a peer
+    # is down reads "unreachable: <evidence>".
+    mixed = _fleet_ping({4: "lossy", 3: "dead", 9: "noroute", 11: "timeout", 12: "lossy"}).summary
+    assert mixed == (
+        f"peer node-3/eth0: {dead}; peer node-9/eth0: unreachable: ping: connect: Network is unreachable; "
+        "peer node-11/eth0: unreachable: no answer before the deadline; "
+        "peers node-4/eth0, node-12/eth0: 33.3% packet loss"
+    )
+
+
+def test_a_peer_down_on_every_address_reads_like_any_peer_down() -> None:
+    def reply(node: str, address: str, out: str) -> tuple[Peer, CommandResult]:
+        return Peer(node, "eth0", address), CommandResult(("ping",), 0 if out == OK_PING else 1, out, "")
+
+    dead = ping.judge_reply(CommandResult(("ping",), 1, DEAD_PING, ""))[2]
+    both = ping.evaluate(
+        [
+            reply("node-1", "192.0.2.1", DEAD_PING),
+            reply("node-1", "2001:db8::1", DEAD_PING),
+            reply("node-2", "192.0.2.2", DEAD_PING),
+            reply("node-3", "192.0.2.3", OK_PING),
+        ]
+    )
+    # Before: "peer node-1/eth0: 192.0.2.1: unreachable...; peer node-2/eth0: unreachable...", two findings.
+    assert both.summary == f"peers node-1/eth0, node-2/eth0: {dead}"
+    # Where the addresses differ, the one at fault is named.
+    one = ping.evaluate([reply("node-1", "192.0.2.1", OK_PING), reply("node-1", "2001:db8::1", DEAD_PING)])
+    assert one.summary == f"peer node-1/eth0: 2001:db8::1: {dead}"
 
 
 def test_a_runner_whose_answers_at_once_is_blocked_is_pinged_from_the_pool(make_ctx) -> None:  # type: ignore[no-untyped-def]

@@ -336,3 +336,98 @@ def test_a_reconcile_that_names_no_new_suspect_reconciles_no_other_node(monkeypa
     seen.clear()
     reconcile.reconcile_node(store, "gpu-1", settings(), NOW + timedelta(minutes=1), checks=shipped_checks())
     assert seen == ["gpu-1", "gpu-0", "gpu-4"]
+
+
+# ---------------------------------------------------------------- named in the run that first sees it
+
+
+def test_the_down_node_is_named_from_its_own_failed_pings_and_one_peers_in_the_same_run() -> None:
+    # gpu-3's NIC dies. The fleet holds last hour's round (everyone reached everyone); in this run gpu-3's
+    # own ping has come in (it reaches nobody) and gpu-0's (it reaches everyone but gpu-3). Before, the
+    # other peers' older passes to gpu-3 kept it from being named until each of them had pinged again:
+    # gpu-0 got a confirmation run for gpu-3's fault, and WARN if it came back first.
+    from workers import confirming
+    from workers.dispatch import FakeDispatcher
+
+    store = store_with({n: ping_result(n, set(), NOW - timedelta(hours=1)) for n in NODES})
+    mine = ping_result("gpu-0", {"gpu-3"}, NOW + timedelta(seconds=20))
+    for result in (ping_result("gpu-3", {"gpu-3"}, NOW + timedelta(seconds=10)), mine):
+        store.save_result(result)
+    moment = NOW + timedelta(seconds=30)
+    alive(store, moment)
+    assert reconcile.fleet_suspects(store, settings(), moment) == {"gpu-3"}
+    decision = reconcile.reconcile_node(store, "gpu-0", settings(), moment, checks=shipped_checks())
+    assert decision.verdict.value == "PASS" and not any("gpu-3" in r for r in decision.reasons)
+    dispatcher = FakeDispatcher()
+    confirming.after_task(
+        store, dispatcher, settings(), "gpu-0", [mine], checks=shipped_checks(), now=moment.timestamp()
+    )
+    assert dispatcher.sent == []  # nothing of gpu-0's to confirm
+    # gpu-3's own failure is its own, confirmed as any (its confirmation run goes out).
+    confirming.after_task(
+        store,
+        dispatcher,
+        settings(),
+        "gpu-3",
+        [store.latest("gpu-3")["ping"]],
+        checks=shipped_checks(),
+        now=moment.timestamp(),
+    )
+    assert [e.node for e in dispatcher.sent] == ["gpu-3"]
+
+
+def test_a_down_node_whose_worker_is_silent_is_named_once_its_peers_pinged_it_again() -> None:
+    # gpu-3's worker went with its link: its last word is last hour's passing ping. Every other node
+    # fails to it now. Before, that old result kept gpu-3 unnamed (and every peer WARN) until it aged
+    # out after three intervals.
+    pings = {n: ping_result(n, {"gpu-3"}, NOW) for n in NODES if n != "gpu-3"}
+    pings["gpu-3"] = ping_result("gpu-3", set(), NOW - timedelta(hours=1))
+    assert network.fleet_suspects(pings) == {"gpu-3"}
+    # While one peer still holds its older pass to gpu-3 (and gpu-3 said nothing since), nothing is named.
+    pings["gpu-5"] = ping_result("gpu-5", set(), NOW - timedelta(hours=1, minutes=1))
+    assert network.fleet_suspects(pings) == frozenset()
+
+
+def test_a_node_back_up_is_not_named_for_its_peers_older_failures() -> None:
+    # gpu-3's link came back: its newest ping reaches everyone, the others' older pings still fail to it.
+    pings = {n: ping_result(n, {"gpu-3"}, NOW - timedelta(minutes=5)) for n in NODES if n != "gpu-3"}
+    pings["gpu-3"] = ping_result("gpu-3", set(), NOW)
+    assert network.fleet_suspects(pings) == frozenset()
+    # Results measured at the same moment (or that do not say when) each keep both ends' pairs.
+    assert len(network.ping_pairs(fleet({"gpu-3"}))) == len(NODES) * (len(NODES) - 1)
+    untimed = {n: dataclasses.replace(r, started_at="") for n, r in pings.items()}
+    assert len(network.ping_pairs(untimed)) == len(NODES) * (len(NODES) - 1)
+
+
+def ring_ping(i: int, down: int, at: datetime, size: int = 40, ahead: int = 16) -> CheckResult:
+    """Node ``i``'s ping of the ``ahead`` nodes after it on a ring of ``size`` (the simulator's neighbours: each
+    node pings the next sixteen, so no path is measured from both ends), node ``down`` answering nothing."""
+    replies = []
+    for k in range(1, ahead + 1):
+        j = (i + k) % size
+        silent = down in (i, j)
+        out = CommandResult(("ping",), 1 if silent else 0, SILENT if silent else ANSWERED, "")
+        replies.append((Peer(f"sim-{j}", "eth0", f"10.0.0.{j + 1}"), out))
+    return dataclasses.replace(ping.evaluate(replies), node=f"sim-{i}", started_at=utc_now_iso(at))
+
+
+def test_a_down_node_that_fails_to_every_peer_is_named_before_all_that_ping_it_have_pinged_again() -> None:
+    # sim-20's NIC dies; sixteen nodes ping it, it pings sixteen others. In this run its own ping (it reached
+    # none of its sixteen) and those of three of the nodes that ping it (each reached all but sim-20) are in;
+    # the other thirteen still hold last hour's pass to sim-20, from before its own result said it reached
+    # nobody. Before, sim-20 was named only once all sixteen had pinged it again.
+    old = NOW - timedelta(hours=1)
+    latest = {f"sim-{i}": ring_ping(i, -1, old) for i in range(40)}
+    latest["sim-20"] = ring_ping(20, 20, NOW)
+    for i in (4, 11, 19):
+        latest[f"sim-{i}"] = ring_ping(i, 20, NOW + timedelta(seconds=i))
+    assert network.fleet_suspects(latest) == {"sim-20"}
+    # What the peers' results are judged by: their failure to sim-20 is its finding.
+    assert network.excuse_ping(latest["sim-11"], {"sim-20"}).status is Status.OK
+    # Without its own word, three failures among thirteen older passes name nobody (a bad pair is either end's).
+    latest["sim-20"] = ring_ping(20, -1, old)
+    assert network.fleet_suspects(latest) == frozenset()
+    # One failed pair is no "reached nobody" (a ping asked for one node): the others' pings to it stand.
+    one = ping.evaluate([(Peer("sim-21", "eth0", "10.0.0.22"), CommandResult(("ping",), 1, SILENT, ""))])
+    latest["sim-20"] = dataclasses.replace(one, node="sim-20", started_at=utc_now_iso(NOW))
+    assert "sim-20" not in network.fleet_suspects(latest)

@@ -188,6 +188,16 @@ def test_this_nodes_short_interface_is_its_own_finding_not_a_peer_down(make_ctx)
     assert result.status is Status.FAIL and "node-a/eth1" in result.summary
     # named as this node's interface, not as a peer
     assert "interface node-a/eth1: " in result.summary and "peer node-a" not in result.summary
+    # and still so once its failed pairs to a suspect of the fleet are set aside: node-b down, here
+    down = CommandResult(("ping",), 1, SILENT.format(a="192.0.2.2"), "")
+    up = CommandResult(("ping",), 0, ANSWERED.format(a="192.0.2.3"), "")
+    probe = CommandResult(("ping",), 1, LOCAL_OUT.format(a="192.0.2.3"), LOCAL_ERR)
+    found = ping.evaluate(
+        [(PEERS[0], down), (PEERS[1], up)], mtu=MTU, df_replies=[None, probe], short={"eth1": 1500}, node="node-a"
+    )
+    excused = network.excuse_ping(dataclasses.replace(found, node="node-a"), {"node-b"})
+    assert excused.data["excused"] == ["node-b"] and excused.status is Status.FAIL
+    assert excused.summary.startswith("interface node-a/eth1: ") and "peer node-a" not in excused.summary
     assert result.data["unreachable"] == []
     # the pairs still cannot carry full-size frames: bad for the fleet's attribution, which names this node
     assert {p["status"] for p in result.data["pairs"]} == {"fail"}
@@ -207,6 +217,44 @@ def test_a_full_size_probe_past_its_deadline_fails_and_unreadable_local_mtus_are
     result = execution.run_check("ping", make_ctx(commands=fake, peers=StaticPeers(PEERS[:1])), {"mtu": MTU})
     assert result.status is Status.FAIL and "unanswered before the deadline" in result.summary
     assert result.data["local_mtus"] is None and result.data["local_mtus_unread"] == "ip not found on PATH"
+
+
+def test_each_small_ping_is_read_once_for_its_probe_and_its_verdict(make_ctx, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # Before, an answered small ping's output was parsed to decide on its full-size probe, then again
+    # for the pair's verdict. Every output is read once now: small pings once each, probes once each.
+    fake = runner(
+        {"192.0.2.2": (0, ANSWERED), "192.0.2.3": (0, ANSWERED), "192.0.2.4": (1, SILENT)},
+        {"192.0.2.2": (0, FULL_ANSWERED, ""), "192.0.2.3": (1, FULL_SILENT, "")},
+        links=ip_link(eth1=9000),
+    )
+    read: list[str] = []
+    real = network.parse_ping
+
+    def counted(stdout: str) -> network.PingStats:
+        read.append(stdout)
+        return real(stdout)
+
+    monkeypatch.setattr(network, "parse_ping", counted)
+    result = execution.run_check("ping", make_ctx(commands=fake, peers=StaticPeers(PEERS[:3])), {"mtu": MTU})
+    assert {d.id: d.status for d in result.devices} == {
+        "node-b/eth1": Status.OK,
+        "node-c/eth1": Status.FAIL,
+        "node-d/eth1": Status.FAIL,
+    }
+    small = [ANSWERED.format(a="192.0.2.2"), ANSWERED.format(a="192.0.2.3"), SILENT.format(a="192.0.2.4")]
+    assert sorted(o for o in read if o in small) == sorted(small)
+    assert len(read) == 5  # three small pings and two full-size probes
+
+
+def test_why_local_mtus_are_unread_is_part_of_what_evaluate_folds() -> None:
+    replies = [(PEERS[0], CommandResult(("ping",), 0, ANSWERED.format(a="192.0.2.2"), ""))]
+    probe = CommandResult(("ping",), 0, FULL_ANSWERED.format(a="192.0.2.2"), "")
+    found = ping.evaluate(replies, mtu=MTU, df_replies=[probe], node="node-a", local_mtus_unread="ip not found on PATH")
+    assert found.status is Status.OK
+    assert found.data["local_mtus"] is None and found.data["local_mtus_unread"] == "ip not found on PATH"
+    # read, nothing to say: no key; without an MTU there is no MTU data at all
+    assert "local_mtus_unread" not in ping.evaluate(replies, mtu=MTU, df_replies=[probe], local_mtus={}).data
+    assert "local_mtus_unread" not in ping.evaluate(replies, local_mtus_unread="ignored").data
 
 
 def test_without_an_mtu_nothing_changes(make_ctx) -> None:  # type: ignore[no-untyped-def]
