@@ -629,6 +629,9 @@ class FakeCluster:
     def _check_create(self, op: str, kind: str, namespace: str, manifest: Mapping[str, Any], name: str) -> None:
         """Refuse ``manifest`` as the API server would (400 for a namespace mismatch, 422 ``Invalid``)."""
         meta = dict(manifest.get("metadata") or {})
+        wrong = apivalidation.wrong_types(kind, manifest)
+        if wrong:  # the server's decoder cannot read it: a 400 before any validation
+            raise errors.ClusterError(f"{op}: 400 {kind} cannot be handled as a {kind}: json: {'; '.join(wrong)}")
         unknown = apivalidation.unknown_fields(kind, manifest)
         if unknown:  # the client sends fieldValidation=Strict
             fields = ", ".join(f'unknown field "{f}"' for f in unknown)

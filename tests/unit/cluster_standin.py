@@ -6,8 +6,9 @@ patches the way the API server does for the fields we touch (labels, annotations
 merged by ``type``, ``spec.unschedulable``, ``spec.taints`` replaced whole,
 ``metadata.resourceVersion`` precondition -> 409), validates a patched Node as the API server
 does for those fields (422 ``Invalid``: taint effects, keys and values, duplicate taints), pages lists
-(``limit``/``continue``, 410 Expired on demand), refuses unknown fields under ``fieldValidation=Strict``
-and field selectors on fields a resource cannot select, plays the parts of the Job controller (pods owned
+(``limit``/``continue``, 410 Expired on demand), refuses unknown fields under ``fieldValidation=Strict``,
+values of a JSON type its decoder cannot read (400), and field selectors on fields a resource cannot
+select, plays the parts of the Job controller (pods owned
 by the Job's uid), scheduler (cordons and taints keep a pod Pending), garbage collector and provisioner
 that our code can observe, admits pods as Pod Security Admission and ResourceQuota's "must specify" rule
 do (403 to a pod's create, ``FailedCreate`` for a Job's pod), and records every request (verb, path,
@@ -527,6 +528,12 @@ class StandInApi:
                 return 400, status_body(
                     400, "BadRequest", f"invalid timeout specified in the request URL: {query['timeout']}"
                 )
+            if method in ("POST", "PATCH") and (wrong := apivalidation.wrong_types(_kind_of(path), body)):
+                # The decoder's refusal, before validation and whatever fieldValidation says.
+                parts = path.strip("/").split("/")
+                kind, version = _kind_of(path), parts[1] if parts[0] == "api" else parts[2]
+                message = f'{kind} in version "{version}" cannot be handled as a {kind}: json: ' + "; ".join(wrong)
+                return 400, status_body(400, "BadRequest", message)
             if method in ("POST", "PATCH") and query.get("fieldValidation") == "Strict":
                 unknown = apivalidation.unknown_fields(_kind_of(path), body, path.split("/")[3])
                 if unknown:
