@@ -40,6 +40,7 @@ from autopilot.cluster import (
     PodInfo,
     RetryPolicy,
     event_from_json,
+    job_from_json,
     node_from_json,
     pod_from_json,
     selector_matches,
@@ -356,6 +357,22 @@ class StandInApi:
                     },
                 ]
                 job["status"] = {"failed": 1, "conditions": conditions[:1] if interim else conditions}
+
+    def expire_finished_jobs(self, elapsed_s: float) -> list[str]:
+        """As ``FakeCluster.expire_finished_jobs``: the TTL-after-finished controller deletes each finished Job whose
+        ``ttlSecondsAfterFinished`` is at most ``elapsed_s``, its pods first (Foreground)."""
+        gone: list[str] = []
+        with self.lock:
+            for (kind, ns, name), job in list(self.objects.items()):
+                ttl = (job.get("spec") or {}).get("ttlSecondsAfterFinished")
+                if kind != "Job" or ttl is None or ttl > elapsed_s or not job_from_json(job).finished:
+                    continue
+                for pod in self._job_pods(ns, name, job["metadata"]["uid"]):
+                    del self.objects[("Pod", ns, pod["metadata"]["name"])]
+                    self.logs.pop((ns, pod["metadata"]["name"]), None)
+                del self.objects[(kind, ns, name)]
+                gone.append(name)
+        return gone
 
     def refuse_job_pod(self, namespace: str, name: str, message: str) -> None:
         with self.lock:
