@@ -763,7 +763,9 @@ def _json_kind(value: object) -> str:
         return "bool"
     if isinstance(value, int | float):
         return f"number {value}"
-    return {str: "string", list: "array", dict: "object"}.get(type(value), type(value).__name__)
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
 
 
 def fits(value: object, wanted: type) -> bool:
