@@ -200,6 +200,7 @@ class StandInApi:
         self._expire = 0
         self.pages = 0  # list pages served
         self.gc_paused = False
+        self.force_deleted: list[str] = []  # pods deleted with gracePeriodSeconds 0 while on a node and not finished
         self.html_faults = 0  # test control: the next injected faults come as a proxy's HTML page
         self.retry_after = "1"  # test control: the Retry-After of an injected 429 (APF sends 1 s)
         self.broken_continue = False  # test control: a broken server, whose every token restarts the list
@@ -764,6 +765,10 @@ class StandInApi:
                 self._provision(ns, name, obj)
             return 200, obj
         if method == "DELETE":
+            grace = (body or {}).get("gracePeriodSeconds")
+            if kind == "Pod" and grace == 0 and obj["spec"].get("nodeName") and not _finished(obj):
+                # The server's force deletion: gone from the API without the kubelet's word that it stopped.
+                self.force_deleted.append(name)
             del self.objects[key]
             propagation = (body or {}).get("propagationPolicy")
             if kind == "Job" and propagation in ("Background", "Foreground") and not self.gc_paused:
@@ -883,6 +888,10 @@ def _kind_of(path: str) -> str:
         "devicetaintrules": "DeviceTaintRule",
     }
     return next(collections[p] for p in reversed(parts) if p in collections)
+
+
+def _finished(pod: Mapping[str, Any]) -> bool:
+    return (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
 
 
 def _unschedulable(message: str) -> dict[str, str]:
