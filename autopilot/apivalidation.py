@@ -5,8 +5,10 @@ DNS-1123 names), ``pkg/api/validation`` (ObjectMeta: names, ``generateName``, la
 annotation budget), k8s.io/kubernetes ``pkg/apis/core/validation`` (pod spec, containers,
 resources, tolerations, node affinity, PersistentVolumeClaim, Node taints) and
 ``pkg/apis/batch/validation`` (Job), reduced to the fields Autopilot sends. ``FakeCluster`` and
-the tests' stand-in API server refuse with these (422 ``Invalid``, 400 for a bad selector), so a
-manifest our code builds that passes the fakes passes a real server in those fields.
+the tests' stand-in API server refuse with these (422 ``Invalid``, 400 for a bad selector, for an
+unknown field under strict field validation, and for a value of a JSON type the server's decoder
+cannot read into its field), so a manifest our code builds that passes the fakes passes a real
+server in those fields.
 """
 
 from __future__ import annotations
@@ -241,6 +243,15 @@ def tolerations_problems(tolerations: object, path: str) -> list[str]:
         where = f"{path}[{i}]"
         if not isinstance(tol, Mapping):
             problems.append(f"{where}: Invalid value: must be an object")
+            continue
+        # The server cannot even decode a field of the wrong JSON type (a 400 for the whole object).
+        mistyped = [
+            f"{where}.{field}: Invalid value: {tol[field]!r}: must be {'an integer' if wanted is int else 'a string'}"
+            for field, wanted in _TOLERATION.items()
+            if tol.get(field) is not None and not fits(tol[field], wanted)
+        ]
+        if mistyped:
+            problems += mistyped
             continue
         key, operator = tol.get("key") or "", tol.get("operator") or "Equal"
         effect, value = tol.get("effect") or "", tol.get("value") or ""
@@ -627,7 +638,10 @@ _META = dict.fromkeys(
      "deletionGracePeriodSeconds ownerReferences finalizers managedFields").split()
 ) | {"labels": MAP, "annotations": MAP}  # fmt: skip
 _TYPE = {"apiVersion": ANY, "kind": ANY}
-_TOLERATION = dict.fromkeys(("key", "operator", "value", "effect", "tolerationSeconds"))
+# A leaf that is a type is one the server's decoder holds to its JSON type (Go's encoding/json): a string where an
+# int64 is wanted is a 400 ``json: cannot unmarshal string into Go struct field ...`` before any validation, whatever
+# fieldValidation says. Typed here: the leaves a user's setting can reach (tolerations) and the Job's counts.
+_TOLERATION: dict[str, Any] = {"key": str, "operator": str, "value": str, "effect": str, "tolerationSeconds": int}
 _SELECTOR_TERM = {"matchExpressions": [dict.fromkeys(("key", "operator", "values"))]}
 _SELECTOR_TERM["matchFields"] = _SELECTOR_TERM["matchExpressions"]
 _CONTAINER: dict[str, Any] = dict.fromkeys(
@@ -674,12 +688,13 @@ _POD_SPEC: dict[str, Any] = dict.fromkeys(
         "podAntiAffinity": ANY,
     },
 }  # fmt: skip
-_TAINT = dict.fromkeys(("key", "value", "effect", "timeAdded"))
+_TAINT = {"key": str, "value": str, "effect": str, "timeAdded": str}
 SCHEMAS: dict[str, dict[str, Any]] = {
     "Job": _TYPE | {"metadata": _META, "status": ANY, "spec": dict.fromkeys(
-        ("parallelism completions activeDeadlineSeconds podFailurePolicy successPolicy backoffLimit "
-         "backoffLimitPerIndex maxFailedIndexes selector manualSelector ttlSecondsAfterFinished completionMode "
-         "suspend podReplacementPolicy managedBy").split()
+        ("podFailurePolicy successPolicy backoffLimitPerIndex maxFailedIndexes selector manualSelector "
+         "completionMode suspend podReplacementPolicy managedBy").split()
+    ) | dict.fromkeys(
+        ("parallelism completions activeDeadlineSeconds backoffLimit ttlSecondsAfterFinished").split(), int
     ) | {"template": {"metadata": _META, "spec": _POD_SPEC}}},
     "Pod": _TYPE | {"metadata": _META, "spec": _POD_SPEC, "status": ANY},
     "PersistentVolumeClaim": _TYPE | {"metadata": _META, "status": ANY, "spec": dict.fromkeys(
@@ -722,7 +737,7 @@ def unknown_fields(kind: str, body: object, version: str = "") -> list[str]:
 
 
 def _unknown(value: object, schema: Any, path: str) -> list[str]:
-    if schema is ANY or schema == MAP or value is None:
+    if schema is ANY or schema == MAP or isinstance(schema, type) or value is None:
         return []
     if isinstance(schema, list):
         items = value if isinstance(value, list) else []
@@ -737,3 +752,51 @@ def _unknown(value: object, schema: Any, path: str) -> list[str]:
         else:
             problems += _unknown(item, schema[key], where)
     return problems
+
+
+# Go's names of the types a typed leaf decodes into, and JSON's of what a value is.
+_GO_TYPES: dict[type, str] = {str: "string", int: "int64", bool: "bool"}
+
+
+def _json_kind(value: object) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return f"number {value}"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
+
+
+def fits(value: object, wanted: type) -> bool:
+    """Whether the JSON ``value`` decodes into a Go field of ``wanted`` (an int64 takes no ``true`` and no ``1.5``
+    or ``30.0``: ``encoding/json`` refuses a number with a fraction or an exponent for an integer)."""
+    if wanted is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, wanted)
+
+
+def wrong_types(kind: str, body: object) -> list[str]:
+    """The typed leaves of ``body`` (a ``kind`` or a patch of one) whose JSON type the server cannot decode, each as
+    ``<path>: cannot unmarshal <json> into a field of type <go type>``: the server answers 400 BadRequest."""
+    return _wrong(body, SCHEMAS[kind], "")
+
+
+def _wrong(value: object, schema: Any, path: str) -> list[str]:
+    if value is None or schema is ANY or schema == MAP:  # null decodes into any field: its zero value
+        return []
+    if isinstance(schema, type):
+        if fits(value, schema):
+            return []
+        return [f"{path}: cannot unmarshal {_json_kind(value)} into a field of type {_GO_TYPES[schema]}"]
+    if isinstance(schema, list):
+        items = value if isinstance(value, list) else []
+        return [found for i, item in enumerate(items) for found in _wrong(item, schema[0], f"{path}[{i}]")]
+    if not isinstance(value, Mapping):
+        return []
+    return [
+        found
+        for key, item in value.items()
+        if key in schema
+        for found in _wrong(item, schema[key], f"{path}.{key}" if path else str(key))
+    ]

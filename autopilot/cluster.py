@@ -919,7 +919,10 @@ class KubeClusterClient:
         return pod_from_json(items[0])
 
     def delete_pod(self, namespace: str, name: str) -> bool:
-        return self._delete(f"/api/v1/namespaces/{_seg(namespace)}/pods/{_seg(name)}", grace_s=0)
+        # 1 s, as kubectl turns --grace-period=0 into: the API server takes 0 as a force deletion, the pod gone from
+        # the API before the kubelet has stopped it and unmounted its volumes, and then pvc-protection lets the claim
+        # and its volume go while still mounted. A pod that never ran or has ended is deleted at once either way.
+        return self._delete(f"/api/v1/namespaces/{_seg(namespace)}/pods/{_seg(name)}", grace_s=1)
 
     def create_pvc(self, namespace: str, manifest: Mapping[str, Any]) -> str:
         data = self._call(

@@ -103,7 +103,9 @@ class Settings:
     """Seconds between invasive DCGM level-3 runs (``AUTOPILOT_INVASIVE_INTERVAL``; ``0`` disables)."""
 
     invasive_job_ttl_s: int = 30
-    """TTL of finished invasive Jobs (``AUTOPILOT_INVASIVE_JOB_TTLSEC``, alias ``INVASIVE_JOB_TTLSEC``)."""
+    """TTL of finished invasive Jobs (``AUTOPILOT_INVASIVE_JOB_TTLSEC``, alias ``INVASIVE_JOB_TTLSEC``); the Job gets at
+    least 300 s (``invasive.MIN_JOB_TTL_S``), so that its result outlives the worker's polls (it deletes the Job once
+    read)."""
 
     pvc_storage_class: str = ""
     """Storage class the ``pvc`` check provisions (``PVC_TEST_STORAGE_CLASS``, a DNS-1123 subdomain); empty: ``pvc``

@@ -64,6 +64,13 @@ RUN_AS_USER = 1000
 # that does not say them (403 "failed quota: ...: must specify ..."); requests alone reserve, never throttle or
 # OOM-kill, so the diagnostics keep what they need. The worker process that waits on the Job asks for the same.
 JOB_REQUESTS = {"cpu": "100m", "memory": "512Mi"}
+# The least ``ttlSecondsAfterFinished`` the Job gets, whatever ``INVASIVE_JOB_TTLSEC`` says. The TTL-after-finished
+# controller deletes a finished Job that much later, with its pods (Foreground), and with them the log that holds the
+# result; the worker reads it at its next poll (every 10 s) and then deletes the Job itself. Upstream's Job labelled
+# the node itself, so a TTL of 0 or 30 s cost it nothing; here a TTL shorter than the worker's polls, or than an API
+# outage that makes it skip a few, loses the hour-long run's result (``GONE``). The TTL is only the safety net for a
+# worker that is gone.
+MIN_JOB_TTL_S = 300
 # Kubelet admission rejections and pod states that never recover on their own.
 _STUCK_WAITING = frozenset({"ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull", "CreateContainerConfigError"})
 # ResourceQuota's refusal on usage (plugin/pkg/admission/resourcequota: ``exceeded quota: <quota>, requested: <r>,
@@ -178,7 +185,7 @@ def job_spec(
         "spec": {
             "backoffLimit": 0,
             "activeDeadlineSeconds": max(1, int(settings.invasive_deadline_s if deadline_s is None else deadline_s)),
-            "ttlSecondsAfterFinished": int(settings.invasive_job_ttl_s if ttl_s is None else ttl_s),
+            "ttlSecondsAfterFinished": max(MIN_JOB_TTL_S, int(settings.invasive_job_ttl_s if ttl_s is None else ttl_s)),
             "template": {
                 "metadata": {"labels": dict(LABELS), "annotations": {NODE_ANNOTATION: node}},
                 "spec": pod_spec,

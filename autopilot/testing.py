@@ -547,6 +547,20 @@ class FakeCluster:
             message="" if succeeded else "Job has reached the specified backoff limit",
         )
 
+    def expire_finished_jobs(self, elapsed_s: float) -> list[str]:
+        """The TTL-after-finished controller, ``elapsed_s`` after the Jobs finished: each finished Job whose
+        ``ttlSecondsAfterFinished`` is at most that is deleted with its pods (it deletes with Foreground
+        propagation), and their logs with them. Returns the names of the Jobs deleted."""
+        gone: list[str] = []
+        for (namespace, name), job in list(self.jobs.items()):
+            ttl = ((self.job_manifests.get((namespace, name)) or {}).get("spec") or {}).get("ttlSecondsAfterFinished")
+            if job.finished and ttl is not None and ttl <= elapsed_s:
+                for pod in self._job_pods(namespace, name, job.uid):
+                    del self._pods[(namespace, pod.info.name)]
+                del self.jobs[(namespace, name)]
+                gone.append(name)
+        return gone
+
     def refuse_job_pod(self, namespace: str, name: str, message: str) -> None:
         """The Job controller could not create the pod (quota, admission webhook): no pod, a FailedCreate event."""
         for pod in self._job_pods(namespace, name):
@@ -629,6 +643,9 @@ class FakeCluster:
     def _check_create(self, op: str, kind: str, namespace: str, manifest: Mapping[str, Any], name: str) -> None:
         """Refuse ``manifest`` as the API server would (400 for a namespace mismatch, 422 ``Invalid``)."""
         meta = dict(manifest.get("metadata") or {})
+        wrong = apivalidation.wrong_types(kind, manifest)
+        if wrong:  # the server's decoder cannot read it: a 400 before any validation
+            raise errors.ClusterError(f"{op}: 400 {kind} cannot be handled as a {kind}: json: {'; '.join(wrong)}")
         unknown = apivalidation.unknown_fields(kind, manifest)
         if unknown:  # the client sends fieldValidation=Strict
             fields = ", ".join(f'unknown field "{f}"' for f in unknown)

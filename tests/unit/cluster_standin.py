@@ -6,8 +6,9 @@ patches the way the API server does for the fields we touch (labels, annotations
 merged by ``type``, ``spec.unschedulable``, ``spec.taints`` replaced whole,
 ``metadata.resourceVersion`` precondition -> 409), validates a patched Node as the API server
 does for those fields (422 ``Invalid``: taint effects, keys and values, duplicate taints), pages lists
-(``limit``/``continue``, 410 Expired on demand), refuses unknown fields under ``fieldValidation=Strict``
-and field selectors on fields a resource cannot select, plays the parts of the Job controller (pods owned
+(``limit``/``continue``, 410 Expired on demand), refuses unknown fields under ``fieldValidation=Strict``,
+values of a JSON type its decoder cannot read (400), and field selectors on fields a resource cannot
+select, plays the parts of the Job controller (pods owned
 by the Job's uid), scheduler (cordons and taints keep a pod Pending), garbage collector and provisioner
 that our code can observe, admits pods as Pod Security Admission and ResourceQuota's "must specify" rule
 do (403 to a pod's create, ``FailedCreate`` for a Job's pod), and records every request (verb, path,
@@ -39,6 +40,7 @@ from autopilot.cluster import (
     PodInfo,
     RetryPolicy,
     event_from_json,
+    job_from_json,
     node_from_json,
     pod_from_json,
     selector_matches,
@@ -198,6 +200,7 @@ class StandInApi:
         self._expire = 0
         self.pages = 0  # list pages served
         self.gc_paused = False
+        self.force_deleted: list[str] = []  # pods deleted with gracePeriodSeconds 0 while on a node and not finished
         self.html_faults = 0  # test control: the next injected faults come as a proxy's HTML page
         self.retry_after = "1"  # test control: the Retry-After of an injected 429 (APF sends 1 s)
         self.broken_continue = False  # test control: a broken server, whose every token restarts the list
@@ -355,6 +358,22 @@ class StandInApi:
                     },
                 ]
                 job["status"] = {"failed": 1, "conditions": conditions[:1] if interim else conditions}
+
+    def expire_finished_jobs(self, elapsed_s: float) -> list[str]:
+        """As ``FakeCluster.expire_finished_jobs``: the TTL-after-finished controller deletes each finished Job whose
+        ``ttlSecondsAfterFinished`` is at most ``elapsed_s``, its pods first (Foreground)."""
+        gone: list[str] = []
+        with self.lock:
+            for (kind, ns, name), job in list(self.objects.items()):
+                ttl = (job.get("spec") or {}).get("ttlSecondsAfterFinished")
+                if kind != "Job" or ttl is None or ttl > elapsed_s or not job_from_json(job).finished:
+                    continue
+                for pod in self._job_pods(ns, name, job["metadata"]["uid"]):
+                    del self.objects[("Pod", ns, pod["metadata"]["name"])]
+                    self.logs.pop((ns, pod["metadata"]["name"]), None)
+                del self.objects[(kind, ns, name)]
+                gone.append(name)
+        return gone
 
     def refuse_job_pod(self, namespace: str, name: str, message: str) -> None:
         with self.lock:
@@ -527,6 +546,12 @@ class StandInApi:
                 return 400, status_body(
                     400, "BadRequest", f"invalid timeout specified in the request URL: {query['timeout']}"
                 )
+            if method in ("POST", "PATCH") and (wrong := apivalidation.wrong_types(_kind_of(path), body)):
+                # The decoder's refusal, before validation and whatever fieldValidation says.
+                parts = path.strip("/").split("/")
+                kind, version = _kind_of(path), parts[1] if parts[0] == "api" else parts[2]
+                message = f'{kind} in version "{version}" cannot be handled as a {kind}: json: ' + "; ".join(wrong)
+                return 400, status_body(400, "BadRequest", message)
             if method in ("POST", "PATCH") and query.get("fieldValidation") == "Strict":
                 unknown = apivalidation.unknown_fields(_kind_of(path), body, path.split("/")[3])
                 if unknown:
@@ -740,6 +765,10 @@ class StandInApi:
                 self._provision(ns, name, obj)
             return 200, obj
         if method == "DELETE":
+            grace = (body or {}).get("gracePeriodSeconds")
+            if kind == "Pod" and grace == 0 and obj["spec"].get("nodeName") and not _finished(obj):
+                # The server's force deletion: gone from the API without the kubelet's word that it stopped.
+                self.force_deleted.append(name)
             del self.objects[key]
             propagation = (body or {}).get("propagationPolicy")
             if kind == "Job" and propagation in ("Background", "Foreground") and not self.gc_paused:
@@ -859,6 +888,10 @@ def _kind_of(path: str) -> str:
         "devicetaintrules": "DeviceTaintRule",
     }
     return next(collections[p] for p in reversed(parts) if p in collections)
+
+
+def _finished(pod: Mapping[str, Any]) -> bool:
+    return (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
 
 
 def _unschedulable(message: str) -> dict[str, str]:

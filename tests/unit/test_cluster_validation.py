@@ -163,6 +163,29 @@ def test_an_invalid_job_is_refused_naming_the_field_and_nothing_is_created(
     assert backend.control.pods() == []
 
 
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (
+            lambda j: _pod(j).update(
+                tolerations=[{"key": "k", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": "300"}]
+            ),
+            "spec.template.spec.tolerations[0].tolerationSeconds: cannot unmarshal string",
+        ),
+        (lambda j: j["spec"].update(activeDeadlineSeconds=3600.0), "spec.activeDeadlineSeconds: cannot unmarshal"),
+        (lambda j: j["spec"].update(backoffLimit=True), "spec.backoffLimit: cannot unmarshal bool"),
+    ],
+)
+def test_a_job_field_of_a_type_the_server_cannot_decode_is_a_400_and_nothing_is_created(
+    backend: Backend, change: Any, field: str
+) -> None:
+    # before: both fakes took these; a real server answers 400 ("json: cannot unmarshal ...") to the whole Job
+    job = mutate(change)
+    message = refused(backend, lambda: backend.client.create_job(NS, job), "400", field)
+    assert "cannot be handled as a Job" in message
+    assert backend.control.pods() == []
+
+
 # ---------------------------------------------------------------- pods, claims, events
 
 

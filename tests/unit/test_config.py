@@ -176,6 +176,10 @@ def test_the_cli_and_test_variables_are_settings_read_and_checked_like_the_other
         '[{"key": "nvidia.com/gpu", "effect": "NoSchedule", "tolerationSeconds": 60}]',  # seconds: NoExecute only
         '[{"key": "nvidia.com/gpu health", "operator": "Exists"}]',  # not a qualified name
         '[{"key": "k", "operator": "Equal", "value": "a:b"}]',  # not a label value
+        # JSON types the server's decoder cannot read into the field (a 400 for the whole Job):
+        '[{"key": "k", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": "300"}]',
+        '[{"key": "k", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 30.5}]',
+        '[{"key": "k", "operator": "Equal", "value": 1, "effect": "NoSchedule"}]',
     ],
 )
 def test_tolerations_the_api_server_would_refuse_are_refused_at_start(tolerations: str) -> None:

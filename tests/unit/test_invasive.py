@@ -15,6 +15,7 @@ from autopilot.config import Settings
 from autopilot.invasive import JobState, StartState
 from autopilot.results import CheckResult, Status
 from tests.unit.cluster_standin import Backend, make_backend
+from workers import invasive_flow
 
 NS = "autopilot"
 SETTINGS = Settings(node_name="gpu-1", image="quay.io/autopilot/autopilot:v1", invasive_job_ttl_s=45)
@@ -53,7 +54,8 @@ def test_job_spec() -> None:
     assert spec["metadata"]["name"] == JOB and spec["metadata"]["namespace"] == "autopilot"
     assert spec["metadata"]["annotations"] == {"autopilot.ibm.com/node": "gpu-1"}
     job = spec["spec"]
-    assert (job["backoffLimit"], job["ttlSecondsAfterFinished"], job["activeDeadlineSeconds"]) == (0, 45, 3600)
+    # INVASIVE_JOB_TTLSEC=45 is below the floor: the Job outlives the worker's polls (next test)
+    assert (job["backoffLimit"], job["ttlSecondsAfterFinished"], job["activeDeadlineSeconds"]) == (0, 300, 3600)
     pod = job["template"]["spec"]
     assert pod["restartPolicy"] == "Never" and pod["automountServiceAccountToken"] is False
     term = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]
@@ -73,10 +75,11 @@ def test_job_spec() -> None:
 
 def test_job_spec_overrides() -> None:
     tol = [{"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoExecute"}]
-    spec = invasive.job_spec("gpu-1", 8, SETTINGS, image="img:2", tolerations=tol, ttl_s=0, deadline_s=600)
+    spec = invasive.job_spec("gpu-1", 8, SETTINGS, image="img:2", tolerations=tol, ttl_s=900, deadline_s=600)
     pod = spec["spec"]["template"]["spec"]
     assert pod["tolerations"] == tol and pod["containers"][0]["image"] == "img:2"
-    assert (spec["spec"]["ttlSecondsAfterFinished"], spec["spec"]["activeDeadlineSeconds"]) == (0, 600)
+    assert (spec["spec"]["ttlSecondsAfterFinished"], spec["spec"]["activeDeadlineSeconds"]) == (900, 600)
+    assert invasive.job_spec("gpu-1", 8, SETTINGS, ttl_s=0)["spec"]["ttlSecondsAfterFinished"] == invasive.MIN_JOB_TTL_S
 
 
 def test_result_is_read_from_a_log_with_other_lines() -> None:
@@ -169,6 +172,28 @@ def test_running_then_passed(backend: Backend) -> None:
     assert done.state is JobState.SUCCEEDED and done.node == "gpu-1"
     assert done.result is not None and done.result.status is Status.OK and done.result.params["r"] == 3
     assert gone(backend)
+
+
+def test_a_finished_jobs_result_is_still_read_after_missed_polls_whatever_the_ttl_setting(backend: Backend) -> None:
+    # INVASIVE_JOB_TTLSEC=0 (what upstream made of a value that is no number): before, the Job asked for that TTL and
+    # the TTL-after-finished controller deleted it with its pod, log included, as it finished, before the worker's
+    # next poll (every 10 s) read the result: every level-3 run ended GONE, an error, and no node ever passed one.
+    backend.control.add_node("gpu-1", gpus=8)
+    settings = dataclasses.replace(SETTINGS, invasive_job_ttl_s=0)
+    assert invasive.start(backend.client, "gpu-1", settings).state is StartState.STARTED
+    backend.control.finish_job(NS, JOB, succeeded=True, log=log_with(PASSED))
+    assert backend.control.expire_finished_jobs(6 * invasive_flow.POLL_S) == []  # a minute of polls missed
+    done = invasive.poll(backend.client, JOB, namespace=NS)
+    assert done.state is JobState.SUCCEEDED and done.result is not None and done.result.status is Status.OK
+
+
+def test_a_job_its_ttl_removed_before_the_worker_read_it_is_gone_as_an_error(backend: Backend) -> None:
+    started(backend)
+    backend.control.finish_job(NS, JOB, succeeded=True, log=log_with(PASSED))
+    assert backend.control.expire_finished_jobs(invasive.MIN_JOB_TTL_S) == [JOB]
+    assert backend.control.pods(NS) == []  # its pod (and log) went with it
+    done = invasive.poll(backend.client, JOB, namespace=NS)
+    assert done.state is JobState.GONE and done.result is not None and done.result.status is Status.ERROR
 
 
 def test_a_failing_dcgm_exits_non_zero_and_its_finding_is_kept(backend: Backend) -> None:

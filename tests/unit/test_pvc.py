@@ -96,6 +96,20 @@ def test_wait_for_first_consumer_uses_a_pod_on_this_node(
     assert leftovers(backend) == []
 
 
+def test_the_consumer_pod_is_deleted_gracefully_never_forced(make_ctx: Callable[..., CheckContext]) -> None:
+    # before: gracePeriodSeconds 0, which the API server takes as a force deletion: the pod (scheduled, mounting the
+    # claim) left the API before the kubelet had unmounted the volume, and pvc-protection let the claim go with it
+    for backend in make_backend("kube"):
+        api = backend.standin
+        assert api is not None
+        api.add_storage_class("fast", "WaitForFirstConsumer", binds_after=1)
+        result, _ = run(make_ctx, backend, image="autopilot:test")
+        assert result.status is Status.OK, result.summary
+        deletes = [r for r in api.requests if r.method == "DELETE" and "/pods/" in r.path]
+        assert len(deletes) == 1 and deletes[0].body["gracePeriodSeconds"] > 0
+        assert api.force_deleted == [] and leftovers(backend) == []
+
+
 def test_wait_for_first_consumer_without_an_image_is_skipped(
     make_ctx: Callable[..., CheckContext], backend: Backend
 ) -> None:
