@@ -120,6 +120,9 @@ LEVEL_TIMEOUT_S: Mapping[int, float] = {1: 120.0, 2: 600.0, 3: 2400.0, 4: 7200.0
 CHECK_TIMEOUT_S = LEVEL_TIMEOUT_S[4] + 300.0
 
 _EXCERPT = 500
+# dcgmi's exit status for DCGM_ST_NVVS_ERROR (-30 as a byte): the diagnostic ran and reported an error
+# entry, which in 4.x a warning also carries (Diag::GetFailureResult). An ISOLATE one exits 205.
+NVVS_ERROR_EXIT = 226
 
 
 # One parse error for every reader of tool output (kept under this name for callers).
@@ -198,6 +201,9 @@ class TestOutcome:
     gpus: Mapping[str, Outcome] = dataclasses.field(default_factory=dict)
     info: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    # False when DCGM 4.x JSON gave none of this test's failures an ISOLATE or RESET severity: DCGM
+    # does not ask for the GPU to leave work, and a 4.x "Fail" may be a warning, so it never evicts.
+    severe: bool = True
 
     def failing_gpus(self) -> list[str]:
         return _gpu_order(g for g, o in self.gpus.items() if o is Outcome.FAIL)
@@ -213,6 +219,7 @@ class TestOutcome:
             "warnings": list(self.warnings),
             "fatal_category": fatal,
             "could_not_run": could_not_run(self),
+            "severe": self.severe,
         }
 
 
@@ -374,13 +381,70 @@ def _parse_json(text: str) -> tuple[list[TestOutcome], dict[str, str]]:
     return tests, metadata
 
 
+# dcgmErrorSeverity_t (dcgm_errors.h, DCGM 3.3 and later): the action DCGM asks for an error code,
+# looked up per code in dcgm_errors.c (DcgmError::SetCode), whatever the test's result.
+SEVERITY_NAMES: Mapping[int, str] = {
+    0: "NONE",
+    1: "MONITOR",
+    2: "ISOLATE",
+    3: "UNKNOWN",
+    4: "TRIAGE",
+    5: "CONFIG",
+    6: "RESET",
+}
+_SEVERE = frozenset({2, 6})  # ISOLATE: cannot perform workload; RESET: drain and reset the GPU
+_CONFIG = 5
+# dcgmErrorCategory_t 9..15: DCGM_FR_EC_HARDWARE_THERMAL .. DCGM_FR_EC_HARDWARE_OTHER.
+_HARDWARE_CATEGORIES = range(9, 16)
+
+
+def _int_field(entry: Mapping[str, Any], key: str) -> int | None:
+    value = entry.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _config_only(entry: Mapping[str, Any]) -> bool:
+    """An error entry DCGM itself classes as a setting: CONFIG severity, no hardware category, and no
+    message saying the test could not run (DCGM_FR_ABORTED is CONFIG too, and that is an ``error``)."""
+    category = _int_field(entry, "error_category")
+    return (
+        _int_field(entry, "error_severity") == _CONFIG
+        and category is not None
+        and category not in _HARDWARE_CATEGORIES
+        and not any(COULD_NOT_RUN.search(m) for m in _texts(entry))
+    )
+
+
+def judge_dcgm4_fail(entries: Sequence[Mapping[str, Any]]) -> tuple[Outcome, bool]:
+    """What a DCGM 4.x JSON ``"Fail"`` stands for, from its error entries: ``(outcome, severe)``.
+
+    dcgmi 4.x writes a warned result as ``"Fail"`` (module docstring), so the entries decide: any
+    ISOLATE or RESET severity is a failure that may evict; entries that are all settings (CONFIG, not
+    hardware) are a warning; anything else (MONITOR, TRIAGE, UNKNOWN, a hardware CONFIG, no entries or
+    no severity) may be either, and is read as a failure that never evicts."""
+    if any(_int_field(e, "error_severity") in _SEVERE for e in entries):
+        return Outcome.FAIL, True
+    if entries and all(_config_only(e) for e in entries):
+        return Outcome.WARN, False
+    return Outcome.FAIL, False
+
+
 def _json_test(raw: Mapping[str, Any], category: str) -> TestOutcome:
     gpus: dict[str, Outcome] = {}
     outcomes: list[Outcome] = []
     info: list[str] = []
     warnings: list[str] = []
-    for res in _dicts(raw.get("results")):
+    results = _dicts(raw.get("results"))
+    summary = raw.get("test_summary")
+    # 4.x: entity results or a test summary (2.x/3.x name GPUs by ``gpu_ids``/``gpu_id`` and have neither).
+    dcgm4 = isinstance(summary, dict) or any("entity_id" in r for r in results)
+    entries = [e for r in (*results, raw, summary if isinstance(summary, dict) else {}) for e in _entries(r)]
+    severe = not dcgm4
+    for res in results:
         outcome = outcome_of(res.get("status", ""))
+        if dcgm4 and outcome is Outcome.FAIL:
+            outcome, grave = judge_dcgm4_fail(_entries(res))
+            severe = severe or grave
         outcomes.append(outcome)
         for gpu in _result_gpus(res):
             gpus[gpu] = worst_outcome([gpus[gpu], outcome]) if gpu in gpus else outcome
@@ -388,10 +452,14 @@ def _json_test(raw: Mapping[str, Any], category: str) -> TestOutcome:
         warnings.extend(_texts(res.get("warnings")) + _texts(res.get("errors")) + _texts(res.get("error")))
     # Messages about the test as a whole (no entity): where nvvs reports that a plugin could not run.
     warnings.extend(_texts(raw.get("warnings")) + _texts(raw.get("errors")))
-    summary = raw.get("test_summary")
     if isinstance(summary, dict) and "status" in summary:
-        overall = outcome_of(summary["status"])
-        if overall is Outcome.WARN:
+        overall = word = outcome_of(summary["status"])
+        if word is Outcome.FAIL:
+            # The summary's "Fail" is judged on every entry of the test (older 4.x list only the test's
+            # own there, newer repeat its entities'): a warned test reads as a warning, as in the table.
+            overall, grave = judge_dcgm4_fail(entries)
+            severe = severe or grave
+        if word is Outcome.WARN:
             # As in the 4.x text table: the summary is the worst of the test's entities, so a test
             # that only warned has no failed entity; one written "Fail" under it was warned, and
             # must not read as a (fatal) failure.
@@ -413,7 +481,13 @@ def _json_test(raw: Mapping[str, Any], category: str) -> TestOutcome:
         gpus=gpus,
         info=tuple(dict.fromkeys(info)),
         warnings=tuple(dict.fromkeys(warnings)),
+        severe=severe,
     )
+
+
+def _entries(holder: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The error entries (``{"warning", "error_id", "error_category", "error_severity"}``) of a result."""
+    return [*_dicts(holder.get("warnings")), *_dicts(holder.get("errors"))]
 
 
 def _result_gpus(res: Mapping[str, Any]) -> list[str]:
@@ -646,6 +720,8 @@ def evaluate(
     """Judge parsed DCGM tests (module docstring): status, fatal flag, devices per GPU, data."""
     fatal_list = list(fatal_categories)
     fatal_of = {id(t): is_fatal(t, fatal_list) for t in tests}
+    # A failure evicts only in a fatal category and when DCGM did not rule out isolating the GPU.
+    evicts = {id(t): fatal_of[id(t)] and t.severe for t in tests}
     data: dict[str, Any] = {
         "tests": [t.to_dict(fatal=fatal_of[id(t)]) for t in tests],
         "failure_string": failure_string(tests),
@@ -655,17 +731,17 @@ def evaluate(
     if stderr.strip():
         data["stderr"] = _excerpt(stderr)
 
-    devices = _devices(tests, fatal_of)
+    devices = _devices(tests, evicts)
     ran = [t for t in tests if t.status not in _IGNORED]
     not_run = [t for t in tests if could_not_run(t)]
     failed = [t for t in tests if t.status is Outcome.FAIL and not could_not_run(t)]
     unknown = [t for t in tests if t.status is Outcome.UNKNOWN]
     warned = [t for t in tests if t.status is Outcome.WARN]
-    fatal = any(fatal_of[id(t)] for t in failed)
+    fatal = any(evicts[id(t)] for t in failed)
 
     if failed:
         status = Status.FAIL
-        summary = "DCGM failed: " + "; ".join(_describe(t, fatal_of[id(t)], "failed") for t in failed)
+        summary = "DCGM failed: " + "; ".join(_describe(t, evicts[id(t)], "failed") for t in failed)
         if not_run:
             summary += "; " + _could_not_test(not_run)
     elif not_run:
@@ -680,8 +756,9 @@ def evaluate(
     elif not ran:
         status = Status.ERROR
         summary = "no DCGM test ran" + (f" ({len(tests)} skipped)" if tests else "")
-    elif returncode:
-        # Nothing failed, yet dcgmi says the run did not succeed: we do not know what it saw.
+    elif returncode and not (warned and returncode == NVVS_ERROR_EXIT):
+        # Nothing failed, yet dcgmi says the run did not succeed: we do not know what it saw. (4.x
+        # dcgmi exits 226 for a warning's error entry too, Diag::GetFailureResult: that is explained.)
         status = Status.ERROR
         summary = "DCGM found no failing test"
     elif warned:
