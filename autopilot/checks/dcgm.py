@@ -16,6 +16,31 @@ Formats read (``parse_json`` / ``parse_text``; ``evaluate_text`` picks one by th
   errors, each kept once. An entity ``Fail`` under a
   ``test_summary`` of ``Warn`` is a warning, as in the 4.x text table. Results of other entity groups (CPU,
   switches) count for the test's status but are not GPUs, so they get no device entry.
+
+  4.x JSON never writes ``Warn``: dcgmi's writer (``Diag::HelperJsonAddResult``, for entity results
+  and ``test_summary`` alike) prints ``HelperDisplayDiagResult(result)`` without ``DDR_DISPLAY_WARN``,
+  so ``DCGM_DIAG_RESULT_WARN`` comes out ``"Fail"``; only the text table's test row says ``Warn``. The
+  JSON carries no result enum elsewhere. What it does carry is, per error entry, ``error_id``,
+  ``error_category`` and ``error_severity``: the action DCGM asks for that error code
+  (``dcgm_errors.c``, ``dcgmErrorSeverity_t``: 0 NONE, 1 MONITOR, 2 ISOLATE, 3 UNKNOWN, 4 TRIAGE,
+  5 CONFIG, 6 RESET), the same whether the test warned or failed. So a 4.x ``"Fail"`` (an entity on
+  its own entries, the ``test_summary`` on all of the test's) is read by ``judge_dcgm4_fail``:
+
+  - any entry ISOLATE or RESET: a failure, fatal by category as ever (DCGM says the GPU must leave
+    work or be reset; dcgmi then exits 205, ``DCGM_ST_NVVS_ISOLATE_ERROR``, for ISOLATE);
+  - every entry CONFIG, outside the hardware categories (9-15) and not saying the test could not
+    run: a warning, as DCGM 4.x itself rates persistence mode off, unreadable device files, missing
+    CUDA libraries (``Software`` sets ``NVVS_RESULT_WARN`` for them);
+  - anything else (MONITOR, TRIAGE, UNKNOWN, NONE, a hardware CONFIG, no entries, no numeric
+    severity): a warning and a failure look alike, so it stays a ``fail`` (never turned into a
+    warning) that is never fatal (``TestOutcome.severe`` false): the node WARNs, it is not EVICTed.
+    A real 4.x failure that DCGM rates only MONITOR or TRIAGE (a thermal violation in ``memtest``, low
+    PCIe bandwidth) therefore no longer evicts on its own (``pciebw`` and ``gpumem`` measure those
+    links and that memory themselves).
+
+  dcgmi exits 226 (``DCGM_ST_NVVS_ERROR``) for any error entry, a warning's too
+  (``Diag::GetFailureResult``), so that exit beside a warned test is explained. 2.x/3.x JSON
+  (``"DCGM GPU Diagnostic"``, per-GPU ``gpu_ids``) is read as before, its status words as written.
 - The text table (fallback, e.g. a saved ``dcgmi diag -r 2`` without ``-j``), 3.x and 4.x layouts::
 
     +---------------------------+------------------------------------------------+
@@ -35,7 +60,9 @@ Formats read (``parse_json`` / ``parse_text``; ``evaluate_text`` picks one by th
 
   4.x prints each entity on its own row (``GPU0: Pass``; other groups, ``CPU0: Fail``, count for the
   test but are no GPU device) and prints a warned entity as ``Fail``: under a test whose own row
-  says ``Warn`` those rows are read as warnings (dcgmi ``HelperDisplayDiagResult``).
+  says ``Warn`` those rows are read as warnings (dcgmi ``HelperDisplayDiagResult``). A table has no
+  severities: where nvvs rates a test with any error entry ``FAIL`` (``GetOverallDiagResult`` in recent
+  sources), its row says ``Fail`` for a warning too, and it is read as a failure.
   ``Error``/``Warning``/``Info`` rows belong to the test above them; DCGM wraps their text at a
   fixed width mid-word, so continuation cells are joined without stripping. A failing or warning
   test whose row names no GPU (3.x Deployment tests) is attributed to the GPUs its ``Error`` or
@@ -49,7 +76,8 @@ Status words are read case-insensitively (``Pass``/``PASS``, ``Fail``, ``Warn``/
 
 Judgement (``evaluate``):
 
-- any failing test -> ``fail``; ``fatal`` when one of them is in a fatal category (below);
+- any failing test -> ``fail``; ``fatal`` when one of them is in a fatal category (below) and, from
+  4.x JSON, carries an ISOLATE or RESET severity (``severe``, above);
 - else any ``unknown`` -> ``error``; else any ``warn`` -> ``warn`` (upstream ignored warnings);
 - ``skip`` / ``not run`` are ignored (they stay in ``data``); if nothing at all ran -> ``error``;
 - a failing test with no GPU at fault (no GPU result ``Fail``, e.g. the test ``Fail`` with every
