@@ -409,17 +409,9 @@ def _parse_json(text: str) -> tuple[list[TestOutcome], dict[str, str]]:
     return tests, metadata
 
 
-# dcgmErrorSeverity_t (dcgm_errors.h, DCGM 3.3 and later): the action DCGM asks for an error code,
-# looked up per code in dcgm_errors.c (DcgmError::SetCode), whatever the test's result.
-SEVERITY_NAMES: Mapping[int, str] = {
-    0: "NONE",
-    1: "MONITOR",
-    2: "ISOLATE",
-    3: "UNKNOWN",
-    4: "TRIAGE",
-    5: "CONFIG",
-    6: "RESET",
-}
+# dcgmErrorSeverity_t (dcgm_errors.h: 0 NONE, 1 MONITOR, 2 ISOLATE, 3 UNKNOWN, 4 TRIAGE, 5 CONFIG,
+# 6 RESET): the action DCGM asks for an error code, looked up per code in dcgm_errors.c
+# (DcgmError::SetCode), whatever the test's result.
 _SEVERE = frozenset({2, 6})  # ISOLATE: cannot perform workload; RESET: drain and reset the GPU
 _CONFIG = 5
 # dcgmErrorCategory_t 9..15: DCGM_FR_EC_HARDWARE_THERMAL .. DCGM_FR_EC_HARDWARE_OTHER.
@@ -467,12 +459,12 @@ def _json_test(raw: Mapping[str, Any], category: str) -> TestOutcome:
     # 4.x: entity results or a test summary (2.x/3.x name GPUs by ``gpu_ids``/``gpu_id`` and have neither).
     dcgm4 = isinstance(summary, dict) or any("entity_id" in r for r in results)
     entries = [e for r in (*results, raw, summary if isinstance(summary, dict) else {}) for e in _entries(r)]
-    severe = not dcgm4
+    graves: list[bool] = []  # per 4.x "Fail" still read as a failure: did DCGM rate it ISOLATE/RESET?
     for res in results:
         outcome = outcome_of(res.get("status", ""))
         if dcgm4 and outcome is Outcome.FAIL:
             outcome, grave = judge_dcgm4_fail(_entries(res))
-            severe = severe or grave
+            graves += [grave] if outcome is Outcome.FAIL else []
         outcomes.append(outcome)
         for gpu in _result_gpus(res):
             gpus[gpu] = worst_outcome([gpus[gpu], outcome]) if gpu in gpus else outcome
@@ -486,7 +478,7 @@ def _json_test(raw: Mapping[str, Any], category: str) -> TestOutcome:
             # The summary's "Fail" is judged on every entry of the test (older 4.x list only the test's
             # own there, newer repeat its entities'): a warned test reads as a warning, as in the table.
             overall, grave = judge_dcgm4_fail(entries)
-            severe = severe or grave
+            graves += [grave] if overall is Outcome.FAIL else []
         if word is Outcome.WARN:
             # As in the 4.x text table: the summary is the worst of the test's entities, so a test
             # that only warned has no failed entity; one written "Fail" under it was warned, and
@@ -509,7 +501,7 @@ def _json_test(raw: Mapping[str, Any], category: str) -> TestOutcome:
         gpus=gpus,
         info=tuple(dict.fromkeys(info)),
         warnings=tuple(dict.fromkeys(warnings)),
-        severe=severe,
+        severe=not graves or any(graves),
     )
 
 

@@ -1065,7 +1065,7 @@ def test_dcgm4_persistence_mode_warning_written_as_fail_is_a_warning_through_the
     assert result.data["failure_string"] == ""
     assert [(d.id, d.status, d.detail) for d in result.devices] == [("0", Status.WARN, "warned: software")]
     software = by_name(result)["software"]
-    assert (software["status"], software["gpus"], software["severe"]) == ("warn", {"0": "warn"}, False)
+    assert (software["status"], software["gpus"]) == ("warn", {"0": "warn"})
     assert software["info"] == ["synthetic: SRAM threshold count for GPU 0 could not be read"]
 
 
@@ -1145,7 +1145,7 @@ def test_dcgm4_entity_judged_on_its_own_entries_and_the_summary_on_all() -> None
         "test_summary": {"status": "Fail", "warnings": [cfg]},
     }
     [parsed] = dcgm.parse_json(json.dumps({"DCGM Diagnostic": {"tests": [test]}}))
-    assert (parsed.status, dict(parsed.gpus), parsed.severe) == (W, {"0": P}, False)
+    assert (parsed.status, dict(parsed.gpus)) == (W, {"0": P})
 
 
 def test_dcgm3_json_fail_keeps_its_meaning_whatever_its_severity() -> None:
