@@ -16,6 +16,31 @@ Formats read (``parse_json`` / ``parse_text``; ``evaluate_text`` picks one by th
   errors, each kept once. An entity ``Fail`` under a
   ``test_summary`` of ``Warn`` is a warning, as in the 4.x text table. Results of other entity groups (CPU,
   switches) count for the test's status but are not GPUs, so they get no device entry.
+
+  4.x JSON never writes ``Warn``: dcgmi's writer (``Diag::HelperJsonAddResult``, for entity results
+  and ``test_summary`` alike) prints ``HelperDisplayDiagResult(result)`` without ``DDR_DISPLAY_WARN``,
+  so ``DCGM_DIAG_RESULT_WARN`` comes out ``"Fail"``; only the text table's test row says ``Warn``. The
+  JSON carries no result enum elsewhere. What it does carry is, per error entry, ``error_id``,
+  ``error_category`` and ``error_severity``: the action DCGM asks for that error code
+  (``dcgm_errors.c``, ``dcgmErrorSeverity_t``: 0 NONE, 1 MONITOR, 2 ISOLATE, 3 UNKNOWN, 4 TRIAGE,
+  5 CONFIG, 6 RESET), the same whether the test warned or failed. So a 4.x ``"Fail"`` (an entity on
+  its own entries, the ``test_summary`` on all of the test's) is read by ``judge_dcgm4_fail``:
+
+  - any entry ISOLATE or RESET: a failure, fatal by category as ever (DCGM says the GPU must leave
+    work or be reset; dcgmi then exits 205, ``DCGM_ST_NVVS_ISOLATE_ERROR``, for ISOLATE);
+  - every entry CONFIG, outside the hardware categories (9-15) and not saying the test could not
+    run: a warning, as DCGM 4.x itself rates persistence mode off, unreadable device files, missing
+    CUDA libraries (``Software`` sets ``NVVS_RESULT_WARN`` for them);
+  - anything else (MONITOR, TRIAGE, UNKNOWN, NONE, a hardware CONFIG, no entries, no numeric
+    severity): a warning and a failure look alike, so it stays a ``fail`` (never turned into a
+    warning) that is never fatal (``TestOutcome.severe`` false): the node WARNs, it is not EVICTed.
+    A real 4.x failure that DCGM rates only MONITOR or TRIAGE (a thermal violation in ``memtest``, low
+    PCIe bandwidth) therefore no longer evicts on its own (``pciebw`` and ``gpumem`` measure those
+    links and that memory themselves).
+
+  dcgmi exits 226 (``DCGM_ST_NVVS_ERROR``) for any error entry, a warning's too
+  (``Diag::GetFailureResult``), so that exit beside a warned test is explained. 2.x/3.x JSON
+  (``"DCGM GPU Diagnostic"``, per-GPU ``gpu_ids``) is read as before, its status words as written.
 - The text table (fallback, e.g. a saved ``dcgmi diag -r 2`` without ``-j``), 3.x and 4.x layouts::
 
     +---------------------------+------------------------------------------------+
@@ -35,7 +60,9 @@ Formats read (``parse_json`` / ``parse_text``; ``evaluate_text`` picks one by th
 
   4.x prints each entity on its own row (``GPU0: Pass``; other groups, ``CPU0: Fail``, count for the
   test but are no GPU device) and prints a warned entity as ``Fail``: under a test whose own row
-  says ``Warn`` those rows are read as warnings (dcgmi ``HelperDisplayDiagResult``).
+  says ``Warn`` those rows are read as warnings (dcgmi ``HelperDisplayDiagResult``). A table has no
+  severities: where nvvs rates a test with any error entry ``FAIL`` (``GetOverallDiagResult`` in recent
+  sources), its row says ``Fail`` for a warning too, and it is read as a failure.
   ``Error``/``Warning``/``Info`` rows belong to the test above them; DCGM wraps their text at a
   fixed width mid-word, so continuation cells are joined without stripping. A failing or warning
   test whose row names no GPU (3.x Deployment tests) is attributed to the GPUs its ``Error`` or
@@ -49,7 +76,8 @@ Status words are read case-insensitively (``Pass``/``PASS``, ``Fail``, ``Warn``/
 
 Judgement (``evaluate``):
 
-- any failing test -> ``fail``; ``fatal`` when one of them is in a fatal category (below);
+- any failing test -> ``fail``; ``fatal`` when one of them is in a fatal category (below) and, from
+  4.x JSON, carries an ISOLATE or RESET severity (``severe``, above);
 - else any ``unknown`` -> ``error``; else any ``warn`` -> ``warn`` (upstream ignored warnings);
 - ``skip`` / ``not run`` are ignored (they stay in ``data``); if nothing at all ran -> ``error``;
 - a failing test with no GPU at fault (no GPU result ``Fail``, e.g. the test ``Fail`` with every
@@ -120,6 +148,9 @@ LEVEL_TIMEOUT_S: Mapping[int, float] = {1: 120.0, 2: 600.0, 3: 2400.0, 4: 7200.0
 CHECK_TIMEOUT_S = LEVEL_TIMEOUT_S[4] + 300.0
 
 _EXCERPT = 500
+# dcgmi's exit status for DCGM_ST_NVVS_ERROR (-30 as a byte): the diagnostic ran and reported an error
+# entry, which in 4.x a warning also carries (Diag::GetFailureResult). An ISOLATE one exits 205.
+NVVS_ERROR_EXIT = 226
 
 
 # One parse error for every reader of tool output (kept under this name for callers).
@@ -198,6 +229,9 @@ class TestOutcome:
     gpus: Mapping[str, Outcome] = dataclasses.field(default_factory=dict)
     info: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    # False when DCGM 4.x JSON gave none of this test's failures an ISOLATE or RESET severity: DCGM
+    # does not ask for the GPU to leave work, and a 4.x "Fail" may be a warning, so it never evicts.
+    severe: bool = True
 
     def failing_gpus(self) -> list[str]:
         return _gpu_order(g for g, o in self.gpus.items() if o is Outcome.FAIL)
@@ -213,6 +247,7 @@ class TestOutcome:
             "warnings": list(self.warnings),
             "fatal_category": fatal,
             "could_not_run": could_not_run(self),
+            "severe": self.severe,
         }
 
 
@@ -374,13 +409,62 @@ def _parse_json(text: str) -> tuple[list[TestOutcome], dict[str, str]]:
     return tests, metadata
 
 
+# dcgmErrorSeverity_t (dcgm_errors.h: 0 NONE, 1 MONITOR, 2 ISOLATE, 3 UNKNOWN, 4 TRIAGE, 5 CONFIG,
+# 6 RESET): the action DCGM asks for an error code, looked up per code in dcgm_errors.c
+# (DcgmError::SetCode), whatever the test's result.
+_SEVERE = frozenset({2, 6})  # ISOLATE: cannot perform workload; RESET: drain and reset the GPU
+_CONFIG = 5
+# dcgmErrorCategory_t 9..15: DCGM_FR_EC_HARDWARE_THERMAL .. DCGM_FR_EC_HARDWARE_OTHER.
+_HARDWARE_CATEGORIES = range(9, 16)
+
+
+def _int_field(entry: Mapping[str, Any], key: str) -> int | None:
+    value = entry.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _config_only(entry: Mapping[str, Any]) -> bool:
+    """An error entry DCGM itself classes as a setting: CONFIG severity, no hardware category, and no
+    message saying the test could not run (DCGM_FR_ABORTED is CONFIG too, and that is an ``error``)."""
+    category = _int_field(entry, "error_category")
+    return (
+        _int_field(entry, "error_severity") == _CONFIG
+        and category is not None
+        and category not in _HARDWARE_CATEGORIES
+        and not any(COULD_NOT_RUN.search(m) for m in _texts(entry))
+    )
+
+
+def judge_dcgm4_fail(entries: Sequence[Mapping[str, Any]]) -> tuple[Outcome, bool]:
+    """What a DCGM 4.x JSON ``"Fail"`` stands for, from its error entries: ``(outcome, severe)``.
+
+    dcgmi 4.x writes a warned result as ``"Fail"`` (module docstring), so the entries decide: any
+    ISOLATE or RESET severity is a failure that may evict; entries that are all settings (CONFIG, not
+    hardware) are a warning; anything else (MONITOR, TRIAGE, UNKNOWN, a hardware CONFIG, no entries or
+    no severity) may be either, and is read as a failure that never evicts."""
+    if any(_int_field(e, "error_severity") in _SEVERE for e in entries):
+        return Outcome.FAIL, True
+    if entries and all(_config_only(e) for e in entries):
+        return Outcome.WARN, False
+    return Outcome.FAIL, False
+
+
 def _json_test(raw: Mapping[str, Any], category: str) -> TestOutcome:
     gpus: dict[str, Outcome] = {}
     outcomes: list[Outcome] = []
     info: list[str] = []
     warnings: list[str] = []
-    for res in _dicts(raw.get("results")):
+    results = _dicts(raw.get("results"))
+    summary = raw.get("test_summary")
+    # 4.x: entity results or a test summary (2.x/3.x name GPUs by ``gpu_ids``/``gpu_id`` and have neither).
+    dcgm4 = isinstance(summary, dict) or any("entity_id" in r for r in results)
+    entries = [e for r in (*results, raw, summary if isinstance(summary, dict) else {}) for e in _entries(r)]
+    graves: list[bool] = []  # per 4.x "Fail" still read as a failure: did DCGM rate it ISOLATE/RESET?
+    for res in results:
         outcome = outcome_of(res.get("status", ""))
+        if dcgm4 and outcome is Outcome.FAIL:
+            outcome, grave = judge_dcgm4_fail(_entries(res))
+            graves += [grave] if outcome is Outcome.FAIL else []
         outcomes.append(outcome)
         for gpu in _result_gpus(res):
             gpus[gpu] = worst_outcome([gpus[gpu], outcome]) if gpu in gpus else outcome
@@ -388,10 +472,14 @@ def _json_test(raw: Mapping[str, Any], category: str) -> TestOutcome:
         warnings.extend(_texts(res.get("warnings")) + _texts(res.get("errors")) + _texts(res.get("error")))
     # Messages about the test as a whole (no entity): where nvvs reports that a plugin could not run.
     warnings.extend(_texts(raw.get("warnings")) + _texts(raw.get("errors")))
-    summary = raw.get("test_summary")
     if isinstance(summary, dict) and "status" in summary:
-        overall = outcome_of(summary["status"])
-        if overall is Outcome.WARN:
+        overall = word = outcome_of(summary["status"])
+        if word is Outcome.FAIL:
+            # The summary's "Fail" is judged on every entry of the test (older 4.x list only the test's
+            # own there, newer repeat its entities'): a warned test reads as a warning, as in the table.
+            overall, grave = judge_dcgm4_fail(entries)
+            graves += [grave] if overall is Outcome.FAIL else []
+        if word is Outcome.WARN:
             # As in the 4.x text table: the summary is the worst of the test's entities, so a test
             # that only warned has no failed entity; one written "Fail" under it was warned, and
             # must not read as a (fatal) failure.
@@ -413,7 +501,13 @@ def _json_test(raw: Mapping[str, Any], category: str) -> TestOutcome:
         gpus=gpus,
         info=tuple(dict.fromkeys(info)),
         warnings=tuple(dict.fromkeys(warnings)),
+        severe=not graves or any(graves),
     )
+
+
+def _entries(holder: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The error entries (``{"warning", "error_id", "error_category", "error_severity"}``) of a result."""
+    return [*_dicts(holder.get("warnings")), *_dicts(holder.get("errors"))]
 
 
 def _result_gpus(res: Mapping[str, Any]) -> list[str]:
@@ -646,6 +740,8 @@ def evaluate(
     """Judge parsed DCGM tests (module docstring): status, fatal flag, devices per GPU, data."""
     fatal_list = list(fatal_categories)
     fatal_of = {id(t): is_fatal(t, fatal_list) for t in tests}
+    # A failure evicts only in a fatal category and when DCGM did not rule out isolating the GPU.
+    evicts = {id(t): fatal_of[id(t)] and t.severe for t in tests}
     data: dict[str, Any] = {
         "tests": [t.to_dict(fatal=fatal_of[id(t)]) for t in tests],
         "failure_string": failure_string(tests),
@@ -655,17 +751,17 @@ def evaluate(
     if stderr.strip():
         data["stderr"] = _excerpt(stderr)
 
-    devices = _devices(tests, fatal_of)
+    devices = _devices(tests, evicts)
     ran = [t for t in tests if t.status not in _IGNORED]
     not_run = [t for t in tests if could_not_run(t)]
     failed = [t for t in tests if t.status is Outcome.FAIL and not could_not_run(t)]
     unknown = [t for t in tests if t.status is Outcome.UNKNOWN]
     warned = [t for t in tests if t.status is Outcome.WARN]
-    fatal = any(fatal_of[id(t)] for t in failed)
+    fatal = any(evicts[id(t)] for t in failed)
 
     if failed:
         status = Status.FAIL
-        summary = "DCGM failed: " + "; ".join(_describe(t, fatal_of[id(t)], "failed") for t in failed)
+        summary = "DCGM failed: " + "; ".join(_describe(t, evicts[id(t)], "failed") for t in failed)
         if not_run:
             summary += "; " + _could_not_test(not_run)
     elif not_run:
@@ -680,8 +776,9 @@ def evaluate(
     elif not ran:
         status = Status.ERROR
         summary = "no DCGM test ran" + (f" ({len(tests)} skipped)" if tests else "")
-    elif returncode:
-        # Nothing failed, yet dcgmi says the run did not succeed: we do not know what it saw.
+    elif returncode and not (warned and returncode == NVVS_ERROR_EXIT):
+        # Nothing failed, yet dcgmi says the run did not succeed: we do not know what it saw. (4.x
+        # dcgmi exits 226 for a warning's error entry too, Diag::GetFailureResult: that is explained.)
         status = Status.ERROR
         summary = "DCGM found no failing test"
     elif warned:

@@ -592,7 +592,7 @@ def test_fixture_dcgm4_fatal_pcie_through_the_engine() -> None:
     assert runner.calls == [("dcgmi", "diag", "-r", "1", "-j")]
     assert result.status is Status.FAIL and result.fatal is True
     assert result.node == "n1" and result.params == {"r": 1}
-    assert result.summary == "DCGM failed: pcie failed on GPU 1 (fatal); dcgmi exited 226"
+    assert result.summary == "DCGM failed: pcie failed on GPU 1 (fatal); dcgmi exited 205"
     assert result.data["failure_string"] == "pcie.1"
     assert result.data["level"] == 1 and result.data["timeout_s"] == 120.0
     assert result.data["metadata"]["version"] == "4.0.0-synthetic"
@@ -611,6 +611,7 @@ def test_fixture_dcgm4_fatal_pcie_through_the_engine() -> None:
         "warnings": ["synthetic: GPU 1 PCIe replay rate too high"],
         "fatal_category": True,
         "could_not_run": False,
+        "severe": True,
     }
     json.dumps(result.to_dict())
 
@@ -980,8 +981,11 @@ def test_a_report_followed_by_more_output_is_still_read() -> None:
 def test_json_dcgm4_entity_fail_under_a_test_summary_of_warn_is_a_warning() -> None:
     # The JSON twin of the text rule above: a 4.x test whose own summary says "Warn" has no failed
     # entity (the summary is the worst of its entities), so an entity written "Fail" under it was
-    # warned. A memory warning must not evict; a summary of "Fail" still does.
-    def report(summary: str) -> str:
+    # warned. A memory warning must not evict; a summary of "Fail" with DCGM's ISOLATE severity still does.
+    def report(summary: str, severity: int | None = None) -> str:
+        warning: dict[str, Any] = {"error_category": 10, "error_id": 95, "warning": "Some memory warning on GPU 1"}
+        if severity is not None:
+            warning["error_severity"] = severity
         test = {
             "name": "memory",
             "results": [
@@ -991,7 +995,7 @@ def test_json_dcgm4_entity_fail_under_a_test_summary_of_warn_is_a_warning() -> N
                     "entity_group_id": 1,
                     "entity_id": 1,
                     "status": "Fail",
-                    "warnings": [{"error_category": 1, "error_id": 95, "warning": "Some memory warning on GPU 1"}],
+                    "warnings": [warning],
                 },
             ],
             "test_summary": {"status": summary},
@@ -1001,7 +1005,10 @@ def test_json_dcgm4_entity_fail_under_a_test_summary_of_warn_is_a_warning() -> N
     result = dcgm.evaluate_text(report("Warn"), {}, Settings())
     assert (result.status, result.fatal) == (Status.WARN, False)
     assert {d.id: d.status for d in result.devices} == {"0": Status.OK, "1": Status.WARN}
-    assert dcgm.evaluate_text(report("Fail"), {}, Settings()).fatal  # a real failure still evicts
+    assert dcgm.evaluate_text(report("Fail", severity=2), {}, Settings()).fatal  # an ISOLATE failure evicts
+    # without a severity, a 4.x "Fail" may be a warning: a failure, never fatal
+    unsure = dcgm.evaluate_text(report("Fail"), {}, Settings())
+    assert (unsure.status, unsure.fatal) == (Status.FAIL, False)
 
 
 def test_json_dcgm4_test_summary_repeating_its_entities_errors_lists_each_once() -> None:
@@ -1040,3 +1047,140 @@ def test_a_table_indented_as_a_whole_reads_as_the_table(name: str, margin: str) 
     assert (quoted.status, quoted.fatal, quoted.summary) == (plain.status, plain.fatal, plain.summary)
     assert quoted.data["tests"] == plain.data["tests"]
     assert [(d.id, d.status) for d in quoted.devices] == [(d.id, d.status) for d in plain.devices]
+
+
+# ---------------------------------------------------------------- DCGM 4.x JSON writes a warning as "Fail"
+# dcgmi 4.x (Diag::HelperJsonAddResult) writes each status with HelperDisplayDiagResult and no
+# DDR_DISPLAY_WARN: DCGM_DIAG_RESULT_WARN comes out "Fail", in entity results and test_summary alike.
+# Only the error entries' error_severity (dcgm_errors.c, per code) says what DCGM asks for.
+
+
+def test_dcgm4_persistence_mode_warning_written_as_fail_is_a_warning_through_the_engine() -> None:
+    # The GB10 shape: 4.x checkPersistenceMode sets WARN, dcgmi writes "Fail" and exits 226 for the
+    # error entry (DCGM_FR_PERSISTENCE_MODE, CONFIG, SOFTWARE_OTHER). The table would say "Warn".
+    runner = FakeRunner.from_dir(DATA / "dcgm" / "dcgm4-persistence-warn")
+    result = execution.run_check("dcgm", ctx_for(runner, gpus=1), {"r": 1})
+    assert (result.status, result.fatal) == (Status.WARN, False)
+    assert result.summary == "DCGM warnings: software warned on GPU 0; dcgmi exited 226"
+    assert result.data["failure_string"] == ""
+    assert [(d.id, d.status, d.detail) for d in result.devices] == [("0", Status.WARN, "warned: software")]
+    software = by_name(result)["software"]
+    assert (software["status"], software["gpus"]) == ("warn", {"0": "warn"})
+    assert software["info"] == ["synthetic: SRAM threshold count for GPU 0 could not be read"]
+
+
+@pytest.mark.parametrize(
+    ("name", "test", "gpu"),
+    [
+        ("dcgm4x-json_memory-thermal-monitor.json", "memory", "1"),  # MONITOR: can perform workload
+        ("dcgm4x-json_pcie-latency-triage.json", "pcie", "0"),  # TRIAGE: to be looked into
+    ],
+)
+def test_dcgm4_fail_without_isolate_severity_in_a_fatal_category_never_evicts(name: str, test: str, gpu: str) -> None:
+    # A warning or a failure, JSON cannot tell; DCGM does not ask to isolate or reset the GPU. It stays a
+    # failure (never turned into a warning) but the node WARNs, it is not EVICTed for eight GPUs.
+    result = dcgm.evaluate_output(shape(name), DEFAULT_FATAL, returncode=226)
+    assert (result.status, result.fatal) == (Status.FAIL, False)
+    assert result.summary == f"DCGM failed: {test} failed on GPU {gpu}; dcgmi exited 226"
+    assert result.data["failure_string"] == f"{test}.{gpu}"
+    entry = by_name(result)[test]
+    assert (entry["status"], entry["fatal_category"], entry["severe"]) == ("fail", True, False)
+    assert {d.id: (d.status, d.detail) for d in result.devices}[gpu] == (Status.FAIL, f"failed: {test}")
+
+
+def test_dcgm4_isolate_failure_in_a_fatal_category_still_evicts() -> None:
+    result = dcgm.evaluate_output(shape("dcgm4x-json_memory-dbe-isolate.json"), DEFAULT_FATAL, returncode=205)
+    assert (result.status, result.fatal) == (Status.FAIL, True)
+    assert result.summary == "DCGM failed: memory failed on GPU 1 (fatal); dcgmi exited 205"
+    assert result.data["failure_string"] == "memory.1"
+    assert by_name(result)["memory"]["severe"] is True
+    assert [(d.id, d.status) for d in result.devices] == [("0", Status.OK), ("1", Status.FAIL)]
+
+
+def _entry(severity: object, category: object = 13, message: str = "synthetic finding") -> dict[str, Any]:
+    return {"error_category": category, "error_id": 30, "error_severity": severity, "warning": message}
+
+
+@pytest.mark.parametrize(
+    ("entries", "expected"),
+    [
+        ([_entry(2)], (F, True)),  # ISOLATE
+        ([_entry(6, 10)], (F, True)),  # RESET: drain and reset
+        ([_entry(5, 8), _entry(2)], (F, True)),  # one isolating entry decides
+        ([_entry(5, 8)], (W, False)),  # CONFIG, software: a setting
+        ([_entry(5, 3), _entry(5, 4)], (W, False)),
+        ([_entry(5, 13)], (F, False)),  # CONFIG of a hardware category (PCIe width): not excused
+        ([_entry(5, 8, "The test was aborted early due to user signal")], (F, False)),  # could not run
+        ([_entry(5, 8), _entry(1, 9)], (F, False)),  # one MONITOR entry: may be a failure
+        ([_entry(1)], (F, False)),
+        ([_entry(4)], (F, False)),
+        ([_entry(3)], (F, False)),  # UNKNOWN
+        ([_entry(0)], (F, False)),
+        ([], (F, False)),  # no entries at all
+        ([{"warning": "no severity", "error_id": 30, "error_category": 8}], (F, False)),
+        ([_entry("2")], (F, False)),  # not a number: not evidence
+        ([_entry(True)], (F, False)),
+        ([_entry(5, None)], (F, False)),
+    ],
+)
+def test_judge_dcgm4_fail(entries: list[dict[str, Any]], expected: tuple[Outcome, bool]) -> None:
+    assert dcgm.judge_dcgm4_fail(entries) == expected
+
+
+def test_dcgm4_entity_judged_on_its_own_entries_and_the_summary_on_all() -> None:
+    # GPU 0 warned on a setting, GPU 1 failed with an ISOLATE entry: the test fails and may evict,
+    # GPU 0 only warns.
+    cfg, iso = _entry(5, 8, "synthetic setting"), _entry(2, 10, "synthetic DBE")
+    results = [
+        {"entity_group": "GPU", "entity_group_id": 1, "entity_id": 0, "status": "Fail", "warnings": [cfg]},
+        {"entity_group": "GPU", "entity_group_id": 1, "entity_id": 1, "status": "Fail", "warnings": [iso]},
+    ]
+    test = {"name": "memory", "results": results, "test_summary": {"status": "Fail"}}
+    [parsed] = dcgm.parse_json(json.dumps({"DCGM Diagnostic": {"tests": [test]}}))
+    assert (parsed.status, dict(parsed.gpus), parsed.severe) == (F, {"0": W, "1": F}, True)
+    # a summary "Fail" whose only entry is a test-wide setting warns; the entity rows that passed stay passes
+    test = {
+        "name": "software",
+        "results": [{"entity_group": "GPU", "entity_group_id": 1, "entity_id": 0, "status": "Pass"}],
+        "test_summary": {"status": "Fail", "warnings": [cfg]},
+    }
+    [parsed] = dcgm.parse_json(json.dumps({"DCGM Diagnostic": {"tests": [test]}}))
+    assert (parsed.status, dict(parsed.gpus)) == (W, {"0": P})
+
+
+def test_dcgm3_json_fail_keeps_its_meaning_whatever_its_severity() -> None:
+    # 2.x/3.x JSON wrote "Warn" itself, and before 3.3 the severity enum was numbered otherwise: the
+    # 4.x reading never applies to a "DCGM GPU Diagnostic" document.
+    doc = {
+        "DCGM GPU Diagnostic": {
+            "test_categories": [
+                {
+                    "category": "Hardware",
+                    "tests": [
+                        {
+                            "name": "GPU Memory",
+                            "results": [
+                                {"gpu_ids": "0", "status": "Pass"},
+                                {
+                                    "gpu_ids": "1",
+                                    "status": "Fail",
+                                    "warnings": [_entry(1, 0, "synthetic memory failure on GPU 1")],
+                                },
+                            ],
+                        }
+                    ],
+                }
+            ],
+            "version": "3.1.8",
+        }
+    }
+    result = dcgm.evaluate_output(json.dumps(doc), DEFAULT_FATAL, returncode=226)
+    assert (result.status, result.fatal) == (Status.FAIL, True)
+    assert by_name(result)["GPU Memory"]["severe"] is True
+
+
+def test_exit_226_is_explained_by_a_warning_other_exits_are_not() -> None:
+    warned = [outcome("software", W, {"0": W})]
+    assert dcgm.evaluate(warned, DEFAULT_FATAL, returncode=226).status is Status.WARN
+    assert dcgm.evaluate(warned, DEFAULT_FATAL, returncode=1).status is Status.ERROR
+    assert dcgm.evaluate([outcome("software", P, {"0": P})], DEFAULT_FATAL, returncode=226).status is Status.ERROR
