@@ -324,7 +324,8 @@ class Settings:
 
     invasive_deadline_s: float = 3600.0
     """``activeDeadlineSeconds`` of the invasive Job (``AUTOPILOT_INVASIVE_DEADLINE``): image pull, start and a
-    DCGM level-3 run (at most 40 min) must fit; past it the Job fails and the node leaves ``TESTING``."""
+    DCGM level-3 run (at most 40 min) must fit; past it the Job fails and the node leaves ``TESTING``. More than 0:
+    ``0`` was a 1-second deadline, a Job that always failed."""
 
     invasive_admission_wait_s: float = 300.0
     """How long the invasive Job may wait for its pod while admission refuses it with a refusal that can clear
@@ -760,7 +761,7 @@ _FIELDS: list[tuple[str, str, tuple[str, ...], Any]] = [
     ("namespace", "AUTOPILOT_NAMESPACE", ("POD_NAMESPACE",), lambda t, v: _namespace(t, v)),
     ("image", "AUTOPILOT_IMAGE", (), lambda t, v: t.strip()),
     ("invasive_tolerations", "AUTOPILOT_INVASIVE_TOLERATIONS", (), lambda t, v: _tolerations(t, v)),
-    ("invasive_deadline_s", "AUTOPILOT_INVASIVE_DEADLINE", (), _duration),
+    ("invasive_deadline_s", "AUTOPILOT_INVASIVE_DEADLINE", (), _positive_duration),
     ("invasive_admission_wait_s", "AUTOPILOT_INVASIVE_ADMISSION_WAIT", (), _duration),
     ("pvc_namespace", "AUTOPILOT_PVC_NAMESPACE", (), lambda t, v: _namespace(t, v) if t.strip() else ""),
     ("pvc_deadline_s", "AUTOPILOT_PVC_DEADLINE", (), _duration),

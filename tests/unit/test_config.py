@@ -61,6 +61,7 @@ def test_primary_name_wins_over_alias() -> None:
         ({"AUTOPILOT_PCIEBW_THRESHOLD_GBPS": "-1"}, "AUTOPILOT_PCIEBW_THRESHOLD_GBPS"),
         ({"AUTOPILOT_GPU_CV_THRESHOLD_PCT": "-5"}, "AUTOPILOT_GPU_CV_THRESHOLD_PCT"),
         ({"AUTOPILOT_CHECK_TIMEOUTS": "dcgm"}, "AUTOPILOT_CHECK_TIMEOUTS"),
+        ({"AUTOPILOT_INVASIVE_DEADLINE": "0"}, "AUTOPILOT_INVASIVE_DEADLINE"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], field: str) -> None:
