@@ -2,8 +2,14 @@
 
 Totals say little (a GPU may carry ECC counts from last year); a rise since the last poll is news.
 So the first poll of a counter is its baseline, and an event is a counter that rose (its ``count``
-is the rise) or a state that went bad: a remap pending or failed, retired pages pending, an NVLink
-or InfiniBand port that was up and is not. A state is reported once, again only after it cleared.
+is the rise) or a state that went bad: a remap pending or failed, retired pages pending, a channel or
+TPC repair pending, an NVLink or InfiniBand port that was up and is not. A state is reported once,
+again only after it cleared; a state already bad at the first poll is reported then (it may have
+turned bad while no follower ran). The driver's recovery action (NVML's
+``nvmlDeviceGpuRecoveryAction_t``) is reported at each change, as ``xid.154`` with that action, so
+it folds with the kernel's Xid 154 line of the same change: a first poll that finds an action other
+than NONE reports it, and a change back to NONE is an ``ignore`` event (counted; the finding ages out
+as every finding does, and the next action is news again).
 
 InfiniBand ports are read from sysfs (``/sys/class/infiniband/<dev>/ports/<n>/state`` and
 ``counters/{link_downed,symbol_error,port_rcv_errors,link_error_recovery}``, Linux
@@ -39,7 +45,10 @@ _GPU_STATES = (
     ("remap_failure", "remap.failure"),
     ("remap_pending", "remap.pending"),
     ("retired_pages_pending", "pages.pending"),
+    ("channel_repair_pending", "repair.channel"),
+    ("tpc_repair_pending", "repair.tpc"),
 )
+_RECOVERY_NONE = 0  # NVML_GPU_RECOVERY_ACTION_NONE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +99,7 @@ class CounterPoller:
         self._last: dict[tuple[str, str], int] = {}
         self._bad: set[tuple[str, str]] = set()
         self._was_up: dict[str, bool] = {}
+        self._action: dict[str, int] = {}  # bus id -> the recovery action read at the last poll
 
     def poll(self) -> list[Event]:
         """One poll of every source; a source that fails raises (the follower's supervisor reports it)."""
@@ -140,12 +150,27 @@ class CounterPoller:
             out.extend(self._rise(device, code, getattr(gpu, field), at, field.replace("_", " ")))
         for field, code in _GPU_STATES:
             out.extend(self._state(device, code, getattr(gpu, field), at, field.replace("_", " ")))
+        out.extend(self._recovery(device, gpu.recovery_action, at))
         for link, up in enumerate(gpu.nvlink_up):
             name = f"{device}/nvlink{link}"
             if self._was_up.get(name) and not up:
                 out.append(Event("counters", catalogue.counter("nvlink.down"), device, f"NVLink {link} went down", at))
             self._was_up[name] = up
         return out
+
+    def _recovery(self, device: str, value: int | None, at: float) -> Iterable[Event]:
+        if value is None:  # not supported here: nothing known, and nothing forgotten
+            return ()
+        before = self._action.get(device)
+        self._action[device] = value
+        if value == before or (before is None and value == _RECOVERY_NONE):
+            return ()
+        now = catalogue.recovery_label(value)
+        if before is None:
+            what = f"GPU recovery action is {now}"
+        else:
+            what = f"GPU recovery action changed from {catalogue.recovery_label(before)} to {now}"
+        return (Event("counters", catalogue.recovery_action(value), device, what, at),)
 
     def _port(self, port: IbPort, at: float) -> list[Event]:
         out: list[Event] = []

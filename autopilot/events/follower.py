@@ -32,7 +32,7 @@ from autopilot.events.catalogue import Action
 from autopilot.events.counters import CounterPoller
 from autopilot.events.model import Event
 from autopilot.names import bus_id
-from autopilot.nvml_events import ECC_DBE, ECC_SBE, XID, EventSource, NvmlEvent
+from autopilot.nvml_events import ECC_DBE, ECC_SBE, RECOVERY, XID, XID_RECOVERY_ACTION, EventSource, NvmlEvent
 from autopilot.results import CheckResult, DeviceResult, Status
 
 log = logging.getLogger(__name__)
@@ -377,10 +377,20 @@ class Follower:
 
 
 def nvml_event(event: NvmlEvent, at: float) -> Event:
-    """An NVML event as a follower event (an Xid is classified as the kernel's line would be)."""
+    """An NVML event as a follower event (an Xid is classified as the kernel's line would be). An Xid 154
+    or a recovery-action event takes the action of the recovery action read with it; unread, the
+    generic Xid 154 row (``warn``)."""
+    device = bus_id(event.bus_id)
+    if event.kind == RECOVERY or (event.kind == XID and event.data == XID_RECOVERY_ACTION):
+        what = "NVML Xid 154" if event.kind == XID else "NVML GPU recovery action event"
+        if event.action is None:
+            generic = catalogue.lookup("xid", str(XID_RECOVERY_ACTION))
+            return Event("nvml", generic, device, f"{what}: recovery action unread", at)
+        named = catalogue.recovery_label(event.action)
+        return Event("nvml", catalogue.recovery_action(event.action), device, f"{what}: recovery action {named}", at)
     if event.kind == XID:
         entry = catalogue.classify_xid(event.data)
-        return Event("nvml", entry, bus_id(event.bus_id), f"NVML Xid {event.data}", at)
+        return Event("nvml", entry, device, f"NVML Xid {event.data}", at)
     code = "ecc.dbe" if event.kind == ECC_DBE else "ecc.sbe"
     assert event.kind in (ECC_DBE, ECC_SBE)
-    return Event("nvml", catalogue.counter(code), bus_id(event.bus_id), f"NVML {code} event", at)
+    return Event("nvml", catalogue.counter(code), device, f"NVML {code} event", at)

@@ -258,6 +258,38 @@ def test_nvml_xid_and_ecc_events_become_findings_and_fold_with_the_kernel_line()
     assert nvml.closed.is_set()
 
 
+def test_an_nvml_xid_154_takes_the_recovery_action_read_with_it() -> None:
+    """NVML's Xid 154 carries no message: the action read from the field names it (NODE_REBOOT evicts,
+    DRAIN_P2P warns); unread, it is the generic row's warn."""
+    sink = ListSink()
+    nvml = FakeNvmlEvents([NvmlEvent("xid", "00000000:91:00.0", 154, 2), NvmlEvent("xid", "00000000:38:00.0", 154, 3)])
+    f = make(sink, nvml=nvml)
+    run_until(f, lambda: len(sink.counted) == 2)
+    assert codes(sink.results[-1]) == {("3", "xid.154", "evict"), ("1", "xid.154", "warn")}
+    assert sink.results[-1].fatal
+    assert "0x2 (Node Reboot Required)" in sink.counted[0].message
+    unread = follower_mod.nvml_event(NvmlEvent("xid", "00000000:91:00.0", 154), 0.0)
+    assert (unread.code, unread.action) == ("xid.154", Action.WARN)
+
+
+def test_a_recovery_action_back_to_none_is_counted_and_the_finding_ages_out_as_others_do() -> None:
+    """NODE_REBOOT, then NONE: the NONE is counted (metrics) and writes nothing, so the evicting finding
+    stays until the hold ends, as a remap that is no longer pending does."""
+    now = [1000.0]
+    actions = iter([2, 0])
+    sink = ListSink()
+    f = make(sink, clock=lambda: now[0], hold_s=600.0)
+    poller = CounterPoller(lambda: [GpuCounters("00000000:91:00.0", recovery_action=next(actions))], now=lambda: now[0])
+    f.submit(poller.poll())
+    assert codes(sink.results[-1]) == {("3", "xid.154", "evict")}
+    now[0] += 60.0
+    f.submit(poller.poll())
+    assert len(sink.results) == 1
+    assert [(e.code, e.action, e.source) for e in sink.counted][-1] == ("xid.154", Action.IGNORE, "counters")
+    assert "to 0x0 (None)" in sink.counted[-1].message
+    assert codes(f.findings.result("node-a", now[0] + 600.0, {})) == set()  # past the hold
+
+
 def test_counters_report_rises_not_totals() -> None:
     reads = iter([
         [GpuCounters("00000000:91:00.0", ecc_uncorrected_volatile=7, nvlink_up=(True, True), nvlink_crc=100)],
