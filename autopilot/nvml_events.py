@@ -3,13 +3,17 @@
 ``gpus.py`` answers what the periodic checks ask; this module answers what the follower waits
 for and polls, and owns its own NVML session so neither blocks the other:
 
-- ``NvmlEvents``: ``nvmlEventSetCreate``, ``nvmlDeviceRegisterEvents`` for Xid critical errors
-  and single/double-bit ECC on every GPU (each GPU only for the types it supports), and
-  ``nvmlEventSetWait_v2`` with a timeout so the waiting thread can stop;
+- ``NvmlEvents``: ``nvmlEventSetCreate``, ``nvmlDeviceRegisterEvents`` for Xid critical errors,
+  single/double-bit ECC and GPU recovery-action changes on every GPU (each GPU only for the types
+  it supports), and ``nvmlEventSetWait_v2`` with a timeout so the waiting thread can stop; an Xid 154
+  or a recovery-action event reads the GPU's recovery action at once (the event names no action);
 - ``NvmlCounters``: cheap per-GPU counters (volatile uncorrectable ECC, remapped rows pending and
-  failed, retired pages pending, PCIe replays, NVLink CRC/replay/recovery and link state).
+  failed, retired pages pending, PCIe replays, NVLink CRC/replay/recovery and link state) and the
+  driver's own states: its recovery action (field ``NVML_FI_DEV_GET_GPU_RECOVERY_ACTION``, R565+) and
+  pending channel/TPC repairs (``nvmlDeviceGetRepairStatus``, Blackwell-era drivers).
 
-A counter a GPU does not support reads as None. Errors become ``GpuError``/``GpuUnavailable``.
+A counter a GPU, driver or binding does not support reads as None. Errors become
+``GpuError``/``GpuUnavailable``.
 """
 
 from __future__ import annotations
@@ -27,16 +31,20 @@ T = TypeVar("T")
 XID = "xid"
 ECC_DBE = "ecc.dbe"
 ECC_SBE = "ecc.sbe"
+RECOVERY = "recovery"
+XID_RECOVERY_ACTION = 154  # "GPU recovery action changed": the Xid that announces a new action
 
 
 @dataclasses.dataclass(frozen=True)
 class NvmlEvent:
-    """One NVML event: its kind (``xid``, ``ecc.dbe``, ``ecc.sbe``), the GPU's PCI bus id and, for an
-    Xid, its code (``eventData``)."""
+    """One NVML event: its kind (``xid``, ``ecc.dbe``, ``ecc.sbe``, ``recovery``), the GPU's PCI bus id
+    and, for an Xid, its code (``eventData``). ``action`` is the GPU's recovery action read when an
+    Xid 154 or a ``recovery`` event arrived (None: not read, or not supported)."""
 
     kind: str
     bus_id: str
     data: int = 0
+    action: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +61,9 @@ class GpuCounters:
     nvlink_crc: int | None = None
     nvlink_replay: int | None = None
     nvlink_recovery: int | None = None
+    recovery_action: int | None = None  # nvmlDeviceGpuRecoveryAction_t: 0 NONE, 1 GPU_RESET, 2 NODE_REBOOT, ...
+    channel_repair_pending: bool | None = None
+    tpc_repair_pending: bool | None = None
 
 
 class EventSource(Protocol):
@@ -105,7 +116,10 @@ class NvmlEvents:
         def register(n: Any) -> None:
             self._set = n.nvmlEventSetCreate()
             wanted = (
-                n.nvmlEventTypeXidCriticalError | n.nvmlEventTypeDoubleBitEccError | n.nvmlEventTypeSingleBitEccError
+                n.nvmlEventTypeXidCriticalError
+                | n.nvmlEventTypeDoubleBitEccError
+                | n.nvmlEventTypeSingleBitEccError
+                | _recovery_event_type(n)
             )
             for i in range(n.nvmlDeviceGetCount()):
                 handle = n.nvmlDeviceGetHandleByIndex(i)
@@ -126,7 +140,12 @@ class NvmlEvents:
                 raise
             bus = self._bus.get(_key(data.device)) or gpus.nvml_text(n.nvmlDeviceGetPciInfo(data.device).busId)
             if data.eventType & n.nvmlEventTypeXidCriticalError:
-                return NvmlEvent(XID, bus, int(data.eventData))
+                code = int(data.eventData)
+                # The event carries no message: the action this Xid announces is read from the GPU now.
+                action = recovery_action(n, data.device) if code == XID_RECOVERY_ACTION else None
+                return NvmlEvent(XID, bus, code, action)
+            if data.eventType & _recovery_event_type(n):
+                return NvmlEvent(RECOVERY, bus, int(data.eventData), recovery_action(n, data.device))
             if data.eventType & n.nvmlEventTypeDoubleBitEccError:
                 return NvmlEvent(ECC_DBE, bus)
             return NvmlEvent(ECC_SBE, bus)
@@ -172,6 +191,52 @@ def _maybe(n: Any, fn: Callable[..., T], *args: Any) -> T | None:
         return None
 
 
+def _recovery_event_type(n: Any) -> int:
+    """``nvmlEventTypeGpuRecoveryAction``, or 0 where the binding predates it (nothing registered)."""
+    return int(getattr(n, "nvmlEventTypeGpuRecoveryAction", 0))
+
+
+# nvmlValueType_t -> the member of nvmlValue_t that holds it (nvml.h); a double is no enum.
+_VALUE_MEMBERS = (
+    ("NVML_VALUE_TYPE_UNSIGNED_INT", "uiVal"),
+    ("NVML_VALUE_TYPE_UNSIGNED_LONG", "ulVal"),
+    ("NVML_VALUE_TYPE_UNSIGNED_LONG_LONG", "ullVal"),
+    ("NVML_VALUE_TYPE_SIGNED_LONG_LONG", "sllVal"),
+    ("NVML_VALUE_TYPE_SIGNED_INT", "siVal"),
+    ("NVML_VALUE_TYPE_UNSIGNED_SHORT", "usVal"),
+)
+
+
+def recovery_action(n: Any, h: Any) -> int | None:
+    """The GPU's recovery action (``nvmlDeviceGpuRecoveryAction_t``), or None where the binding, the
+    driver (before R565) or the GPU does not have it. ``nvmlDeviceGetFieldValues`` succeeds as a call
+    and says per field whether it was read (``nvmlReturn``), so both are checked."""
+    field = getattr(n, "NVML_FI_DEV_GET_GPU_RECOVERY_ACTION", None)
+    get = getattr(n, "nvmlDeviceGetFieldValues", None)
+    if field is None or get is None:
+        return None
+    values = _maybe(n, get, h, [field])
+    if not values:
+        return None
+    value = values[0]
+    if getattr(value, "nvmlReturn", None) != getattr(n, "NVML_SUCCESS", 0):
+        return None
+    for type_name, member in _VALUE_MEMBERS:
+        if value.valueType == getattr(n, type_name, None):
+            return int(getattr(value.value, member))
+    return None
+
+
+def _repair_status(n: Any, h: Any) -> tuple[bool | None, bool | None]:
+    """(channel repair pending, TPC repair pending); (None, None) where not supported."""
+    get = getattr(n, "nvmlDeviceGetRepairStatus", None)
+    status = _maybe(n, get, h) if get is not None else None
+    if status is None:
+        return None, None
+    channel, tpc = status
+    return bool(channel), bool(tpc)
+
+
 def _read_one(n: Any, h: Any) -> GpuCounters:
     remap = _maybe(n, lambda: n.nvmlDeviceGetRemappedRows(h))
     links: list[bool] = []
@@ -185,6 +250,7 @@ def _read_one(n: Any, h: Any) -> GpuCounters:
         replay += _maybe(n, n.nvmlDeviceGetNvLinkErrorCounter, h, link, n.NVML_NVLINK_ERROR_DL_REPLAY) or 0
         recovery += _maybe(n, n.nvmlDeviceGetNvLinkErrorCounter, h, link, n.NVML_NVLINK_ERROR_DL_RECOVERY) or 0
     pending = _maybe(n, lambda: n.nvmlDeviceGetRetiredPagesPendingStatus(h))
+    channel_repair, tpc_repair = _repair_status(n, h)
     return GpuCounters(
         bus_id=gpus.nvml_text(n.nvmlDeviceGetPciInfo(h).busId),
         ecc_uncorrected_volatile=_maybe(
@@ -198,4 +264,7 @@ def _read_one(n: Any, h: Any) -> GpuCounters:
         nvlink_crc=crc if links else None,
         nvlink_replay=replay if links else None,
         nvlink_recovery=recovery if links else None,
+        recovery_action=recovery_action(n, h),
+        channel_repair_pending=channel_repair,
+        tpc_repair_pending=tpc_repair,
     )

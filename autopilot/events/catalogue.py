@@ -73,7 +73,7 @@ def lookup(section: str, number: str) -> Entry:
     return Entry(code, f"unknown {section} code {number}", owner, Action.WARN, known=False)
 
 
-_RECOVERY = re.compile(r"to 0x[0-9a-fA-F]+ \((?P<name>[^)]*)\)")
+_RECOVERY = re.compile(r"to (?P<value>0x[0-9a-fA-F]{1,8}) \((?P<name>[^)]*)\)")
 _NVLINK5_FATAL = re.compile(r"\bfatal\b", re.IGNORECASE)
 _NVLINK5_NONFATAL = re.compile(r"\bnon-?fatal\b", re.IGNORECASE)
 
@@ -84,14 +84,48 @@ def classify_xid(code: int, message: str = "") -> Entry:
     entry = lookup("xid", str(code))
     if code == 154:
         found = _RECOVERY.search(message)
-        actions: Mapping[str, str] = data()["xid"]["xid154"]["actions"]
-        name = found.group("name").strip() if found else ""
-        if name in actions:
-            return dataclasses.replace(entry, action=Action(actions[name]), meaning=f"{entry.meaning}: {name}")
-        return entry
+        if found is None:
+            return entry
+        # The name the driver printed, else the value (the same enum NVML reads): a name not seen yet
+        # in public logs still takes its value's action.
+        value = _log_names().get(found.group("name").strip(), int(found.group("value"), 16))
+        return recovery_action(value) if str(value) in _recovery_rows() else entry
     if 144 <= code <= 150 and _NVLINK5_FATAL.search(message) and not _NVLINK5_NONFATAL.search(message):
         return dataclasses.replace(entry, action=Action.RESET)
     return entry
+
+
+def _recovery_rows() -> Mapping[str, Mapping[str, str]]:
+    rows: Mapping[str, Mapping[str, str]] = data()["xid"]["xid154"]["values"]
+    return rows
+
+
+def _log_names() -> dict[str, int]:
+    return {row["log"]: int(value) for value, row in _recovery_rows().items() if "log" in row}
+
+
+def recovery_name(value: int) -> str:
+    """How the driver names recovery action ``value`` (``Node Reboot Required``), else its NVML name."""
+    row = _recovery_rows().get(str(value))
+    if row is None:
+        return "unknown recovery action"
+    return row.get("log") or row["nvml"]
+
+
+def recovery_label(value: int) -> str:
+    """A recovery action as the kernel's Xid 154 line writes it: ``0x2 (Node Reboot Required)``."""
+    return f"{value:#x} ({recovery_name(value)})"
+
+
+def recovery_action(value: int) -> Entry:
+    """Xid 154 with the action of the driver's recovery action ``value`` (``nvmlDeviceGpuRecoveryAction_t``,
+    as NVML reads it or the kernel prints it). A value the table does not list is ``warn``: never
+    ignored, never evicting."""
+    entry = lookup("xid", "154")
+    section = data()["xid"]["xid154"]
+    row = _recovery_rows().get(str(value))
+    action = Action(row["action"] if row is not None else section["unknown"]["action"])
+    return dataclasses.replace(entry, action=action, meaning=f"{entry.meaning}: {recovery_name(value)}")
 
 
 def classify_sxid(code: int, message: str = "") -> Entry:

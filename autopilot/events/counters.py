@@ -2,8 +2,21 @@
 
 Totals say little (a GPU may carry ECC counts from last year); a rise since the last poll is news.
 So the first poll of a counter is its baseline, and an event is a counter that rose (its ``count``
-is the rise) or a state that went bad: a remap pending or failed, retired pages pending, an NVLink
-or InfiniBand port that was up and is not. A state is reported once, again only after it cleared.
+is the rise) or a state that went bad: a remap pending or failed, retired pages pending, a channel or
+TPC repair pending, an NVLink or InfiniBand port that was up and is not. A state is reported once,
+again only after it cleared; a state already bad at the first poll is reported then (it may have
+turned bad while no follower ran), except a port or link already down (it may be one no cable uses).
+The driver's recovery action (NVML's ``nvmlDeviceGpuRecoveryAction_t``) is reported at each change,
+as ``xid.154`` with that action, so it folds with the kernel's Xid 154 line of the same change: a
+first poll that finds an action other than NONE reports it, and a change back to NONE is an
+``ignore`` event (counted; the finding ages out as every finding does, and the next action is news
+again).
+
+A state that stays bad is no new event, but it is still a fault: each poll also leaves in
+``standing`` the (device, code) of every state bad at that poll (a port or link down, an action
+other than NONE), and the follower keeps the findings of those codes held (their last sighting is
+that poll) without counting anything. A port down since before the first poll is named there too:
+it keeps a finding an earlier follower reported (seeded from the store), and creates none.
 
 InfiniBand ports are read from sysfs (``/sys/class/infiniband/<dev>/ports/<n>/state`` and
 ``counters/{link_downed,symbol_error,port_rcv_errors,link_error_recovery}``, Linux
@@ -39,7 +52,10 @@ _GPU_STATES = (
     ("remap_failure", "remap.failure"),
     ("remap_pending", "remap.pending"),
     ("retired_pages_pending", "pages.pending"),
+    ("channel_repair_pending", "repair.channel"),
+    ("tpc_repair_pending", "repair.tpc"),
 )
+_RECOVERY_NONE = 0  # NVML_GPU_RECOVERY_ACTION_NONE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,11 +106,16 @@ class CounterPoller:
         self._last: dict[tuple[str, str], int] = {}
         self._bad: set[tuple[str, str]] = set()
         self._was_up: dict[str, bool] = {}
+        self._action: dict[str, int] = {}  # bus id -> the recovery action read at the last poll
+        self._seen: set[tuple[str, str]] = set()  # the states bad so far in the poll under way
+        self.standing: frozenset[tuple[str, str]] = frozenset()
+        """(device, code) of every state bad at the last complete poll (``Event.device``/``Event.code``)."""
 
     def poll(self) -> list[Event]:
         """One poll of every source; a source that fails raises (the follower's supervisor reports it)."""
         out: list[Event] = []
         at = self._now()
+        self._seen = set()
         if self._gpus is not None:
             try:
                 found = self._gpus()
@@ -107,6 +128,7 @@ class CounterPoller:
         if self._ib is not None:
             for port in self._ib():
                 out.extend(self._port(port, at))
+        self.standing = frozenset(self._seen)
         return out
 
     def _rise(self, device: str, code: str, value: int | None, at: float, what: str) -> Iterable[Event]:
@@ -128,6 +150,7 @@ class CounterPoller:
         if not bad:
             self._bad.discard(key)
             return ()
+        self._seen.add(key)
         if key in self._bad:
             return ()
         self._bad.add(key)
@@ -140,18 +163,40 @@ class CounterPoller:
             out.extend(self._rise(device, code, getattr(gpu, field), at, field.replace("_", " ")))
         for field, code in _GPU_STATES:
             out.extend(self._state(device, code, getattr(gpu, field), at, field.replace("_", " ")))
+        out.extend(self._recovery(device, gpu.recovery_action, at))
         for link, up in enumerate(gpu.nvlink_up):
             name = f"{device}/nvlink{link}"
             if self._was_up.get(name) and not up:
                 out.append(Event("counters", catalogue.counter("nvlink.down"), device, f"NVLink {link} went down", at))
+            if not up:  # the finding is the GPU's (one per GPU, not per link)
+                self._seen.add((device, "nvlink.down"))
             self._was_up[name] = up
         return out
+
+    def _recovery(self, device: str, value: int | None, at: float) -> Iterable[Event]:
+        if value is None:  # not supported here: nothing known, and nothing forgotten
+            return ()
+        before = self._action.get(device)
+        self._action[device] = value
+        entry = catalogue.recovery_action(value)
+        if value != _RECOVERY_NONE:
+            self._seen.add((device, entry.code))
+        if value == before or (before is None and value == _RECOVERY_NONE):
+            return ()
+        now = catalogue.recovery_label(value)
+        if before is None:
+            what = f"GPU recovery action is {now}"
+        else:
+            what = f"GPU recovery action changed from {catalogue.recovery_label(before)} to {now}"
+        return (Event("counters", entry, device, what, at),)
 
     def _port(self, port: IbPort, at: float) -> list[Event]:
         out: list[Event] = []
         up = port.state == "ACTIVE"
         if self._was_up.get(port.name) and not up:
             out.append(Event("counters", catalogue.counter("ib.down"), port.name, f"port state {port.state}", at))
+        if not up:
+            self._seen.add((port.name, "ib.down"))
         self._was_up[port.name] = up
         for name in IB_COUNTERS:
             out.extend(self._rise(port.name, f"ib.{name}", port.counters.get(name), at, name))

@@ -11,6 +11,14 @@ Actions become statuses: ``evict`` a fatal ``fail`` (the node is ``EVICT``), ``r
 written, so it changes no verdict. Storms fold: the same code on the same device within the storm
 window raises the finding's count; the first one is written at once, the rest at the next flush.
 
+A finding is held ``hold_s`` after it was last seen. A polled state reported once as it turned bad
+(a remap pending, a port down, a recovery action other than NONE) is seen again at every poll that
+still finds it bad (``CounterPoller.standing``): that sighting moves the finding's ``last_at`` and
+nothing else (no count, no metric, no write of its own), so a fault that stands stays in the result
+and a cleared one ages out ``hold_s`` after its last sighting. The result is rewritten for a held
+finding only once the written one is half a hold old (at the next flush), so the stored result never
+goes stale in the verdict while the fault stands: one write per change, plus one per half hold.
+
 Each source runs in its own thread under a supervisor: an exception is logged, reported as a
 ``source.restart`` finding (events may have been missed), and the source starts again after a
 back-off. The kernel log's position survives a restart of the source (and, through the sink, of
@@ -23,7 +31,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from autopilot import errors, results
@@ -32,7 +40,7 @@ from autopilot.events.catalogue import Action
 from autopilot.events.counters import CounterPoller
 from autopilot.events.model import Event
 from autopilot.names import bus_id
-from autopilot.nvml_events import ECC_DBE, ECC_SBE, XID, EventSource, NvmlEvent
+from autopilot.nvml_events import ECC_DBE, ECC_SBE, RECOVERY, XID, XID_RECOVERY_ACTION, EventSource, NvmlEvent
 from autopilot.results import CheckResult, DeviceResult, Status
 
 log = logging.getLogger(__name__)
@@ -95,6 +103,7 @@ class Findings:
         self.hold_s = hold_s
         self.items: dict[tuple[str, str], Finding] = {}
         self.dirty = False
+        self.written_at = float("-inf")  # when ``result`` last made the result to write
 
     def add(self, event: Event, gpu: str) -> bool:
         """Fold ``event`` in; True when it must be written now (new, a new episode, or worse)."""
@@ -114,6 +123,19 @@ class Findings:
         self.dirty = True
         return False
 
+    def hold(self, standing: Iterable[tuple[str, str]], now: float) -> None:
+        """The states in ``standing`` are still bad at ``now``: their findings (those there are; a sighting
+        creates none) were last seen now. The result is due again (``dirty``) only once the written one is
+        half a hold old, so a standing fault costs no write per poll and never goes stale in the verdict."""
+        held = False
+        for key in standing:
+            finding = self.items.get(key)
+            if finding is not None and now > finding.last_at:
+                finding.last_at = now
+                held = True
+        if held and now - self.written_at >= self.hold_s / 2:
+            self.dirty = True
+
     def prune(self, now: float) -> None:
         for key in [k for k, f in self.items.items() if now - f.last_at > self.hold_s]:
             del self.items[key]
@@ -132,6 +154,7 @@ class Findings:
 
     def result(self, node: str, now: float, sources: Mapping[str, str]) -> CheckResult:
         self.dirty = False
+        self.written_at = now
         self.prune(now)
         by_device: dict[str, list[Finding]] = {}
         for finding in sorted(self.items.values(), key=lambda f: (f.gpu, f.code)):
@@ -231,7 +254,21 @@ class Follower:
             if not self.findings.dirty:
                 return
             result = self.findings.result(self.node, self._clock(), self.sources)
-            self.sink.emit(self.node, result, (), ())
+            try:
+                self.sink.emit(self.node, result, (), ())
+            except Exception:
+                self.findings.dirty = True  # not written: the next flush tries again
+                raise
+
+    def poll_counters(self) -> None:
+        """One counter poll: its events folded in (``submit``), then the findings of the states still bad
+        held (``Findings.hold``)."""
+        poller = self.poller
+        assert poller is not None
+        self.submit(poller.poll())
+        with self._lock:
+            self._seed()  # a finding an earlier worker wrote is held too, though this poll reported nothing
+            self.findings.hold(poller.standing, self._clock())
 
     def _seed(self) -> None:
         if not self._seeded:
@@ -368,19 +405,27 @@ class Follower:
             source.close()
 
     def _run_counters(self) -> None:
-        poller = self.poller
-        assert poller is not None
         while not self.stop_event.is_set():
-            self.submit(poller.poll())
+            self.poll_counters()
             if self.stop_event.wait(self.poll_interval_s):
                 return
 
 
 def nvml_event(event: NvmlEvent, at: float) -> Event:
-    """An NVML event as a follower event (an Xid is classified as the kernel's line would be)."""
+    """An NVML event as a follower event (an Xid is classified as the kernel's line would be). An Xid 154
+    or a recovery-action event takes the action of the recovery action read with it; unread, the
+    generic Xid 154 row (``warn``)."""
+    device = bus_id(event.bus_id)
+    if event.kind == RECOVERY or (event.kind == XID and event.data == XID_RECOVERY_ACTION):
+        what = "NVML Xid 154" if event.kind == XID else "NVML GPU recovery action event"
+        if event.action is None:
+            generic = catalogue.lookup("xid", str(XID_RECOVERY_ACTION))
+            return Event("nvml", generic, device, f"{what}: recovery action unread", at)
+        named = catalogue.recovery_label(event.action)
+        return Event("nvml", catalogue.recovery_action(event.action), device, f"{what}: recovery action {named}", at)
     if event.kind == XID:
         entry = catalogue.classify_xid(event.data)
-        return Event("nvml", entry, bus_id(event.bus_id), f"NVML Xid {event.data}", at)
+        return Event("nvml", entry, device, f"NVML Xid {event.data}", at)
     code = "ecc.dbe" if event.kind == ECC_DBE else "ecc.sbe"
     assert event.kind in (ECC_DBE, ECC_SBE)
-    return Event("nvml", catalogue.counter(code), bus_id(event.bus_id), f"NVML {code} event", at)
+    return Event("nvml", catalogue.counter(code), device, f"NVML {code} event", at)

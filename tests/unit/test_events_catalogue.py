@@ -49,11 +49,38 @@ def test_named_xids_follow_nvidias_immediate_action(code: int, action: str) -> N
         ("GPU recovery action changed from 0x0 (None) to 0x2 (Node Reboot Required)", "evict"),
         ("GPU recovery action changed from 0x4 (Drain and Reset) to 0x0 (None)", "ignore"),
         ("GPU recovery action changed from 0x0 (None) to 0x3 (Drain P2P)", "warn"),
+        ("GPU recovery action changed from 0x0 (None) to 0x1 (GPU Reset Required)", "reset"),
+        # A name no public log shows yet: the value (nvmlDeviceGpuRecoveryAction_t) decides.
+        ("GPU recovery action changed from 0x0 (None) to 0x7 (System Reboot Required)", "evict"),
+        ("GPU recovery action changed from 0x0 (None) to 0x6 (Bus Reset Required)", "reset"),
+        ("GPU recovery action changed from 0x0 (None) to 0x5 (Recover IMEX Domain)", "warn"),
+        ("GPU recovery action changed from 0x0 (None) to 0x2a (Something New)", "warn"),
         ("something the driver never printed", "warn"),
     ],
 )
 def test_xid_154_takes_the_recovery_action_it_names(text: str, action: str) -> None:
     assert catalogue.classify_xid(154, text).action.value == action
+
+
+def test_every_recovery_action_of_the_pinned_binding_has_a_sourced_row() -> None:
+    """nvidia-ml-py's NVML_GPU_RECOVERY_ACTION_* (nvml.h's nvmlDeviceGpuRecoveryAction_t) each have a row
+    with their name, an action and why; the row's action is what NVML's reading of that value gets."""
+    pynvml = pytest.importorskip("pynvml")
+    section = catalogue.data()["xid"]["xid154"]
+    assert "error-recovery-and-response-flags" in section["source"]
+    enum = {name.removeprefix("NVML_GPU_RECOVERY_ACTION_"): getattr(pynvml, name) for name in dir(pynvml)
+            if name.startswith("NVML_GPU_RECOVERY_ACTION_")}  # fmt: skip
+    assert enum["NONE"] == 0 and enum["NODE_REBOOT"] == 2 and len(enum) >= 5
+    for name, value in enum.items():
+        row = section["values"][str(value)]
+        assert row["nvml"] == name and row["why"] and row["meaning"], name
+        assert catalogue.recovery_action(value).action.value == row["action"], name
+    expected = {"NONE": "ignore", "GPU_RESET": "reset", "NODE_REBOOT": "evict", "DRAIN_P2P": "warn",
+                "DRAIN_AND_RESET": "reset", "SYSTEM_REBOOT": "evict"}  # fmt: skip
+    assert {k: catalogue.recovery_action(enum[k]).action.value for k in expected if k in enum} == {
+        k: v for k, v in expected.items() if k in enum
+    }
+    assert catalogue.recovery_action(99).action is Action.WARN  # a value newer than the table
 
 
 def test_nvlink5_xids_reset_only_when_the_message_says_fatal() -> None:

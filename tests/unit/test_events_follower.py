@@ -5,13 +5,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import fakeredis
 import pytest
 
-from autopilot import config, errors
+from autopilot import config, errors, results
 from autopilot.events import follower as follower_mod
 from autopilot.events import kmsg
 from autopilot.events.catalogue import Action
@@ -258,6 +259,38 @@ def test_nvml_xid_and_ecc_events_become_findings_and_fold_with_the_kernel_line()
     assert nvml.closed.is_set()
 
 
+def test_an_nvml_xid_154_takes_the_recovery_action_read_with_it() -> None:
+    """NVML's Xid 154 carries no message: the action read from the field names it (NODE_REBOOT evicts,
+    DRAIN_P2P warns); unread, it is the generic row's warn."""
+    sink = ListSink()
+    nvml = FakeNvmlEvents([NvmlEvent("xid", "00000000:91:00.0", 154, 2), NvmlEvent("xid", "00000000:38:00.0", 154, 3)])
+    f = make(sink, nvml=nvml)
+    run_until(f, lambda: len(sink.counted) == 2)
+    assert codes(sink.results[-1]) == {("3", "xid.154", "evict"), ("1", "xid.154", "warn")}
+    assert sink.results[-1].fatal
+    assert "0x2 (Node Reboot Required)" in sink.counted[0].message
+    unread = follower_mod.nvml_event(NvmlEvent("xid", "00000000:91:00.0", 154), 0.0)
+    assert (unread.code, unread.action) == ("xid.154", Action.WARN)
+
+
+def test_a_recovery_action_back_to_none_is_counted_and_the_finding_ages_out_as_others_do() -> None:
+    """NODE_REBOOT, then NONE: the NONE is counted (metrics) and writes nothing, so the evicting finding
+    stays until the hold ends, as a remap that is no longer pending does."""
+    now = [1000.0]
+    actions = iter([2, 0])
+    sink = ListSink()
+    f = make(sink, clock=lambda: now[0], hold_s=600.0)
+    poller = CounterPoller(lambda: [GpuCounters("00000000:91:00.0", recovery_action=next(actions))], now=lambda: now[0])
+    f.submit(poller.poll())
+    assert codes(sink.results[-1]) == {("3", "xid.154", "evict")}
+    now[0] += 60.0
+    f.submit(poller.poll())
+    assert len(sink.results) == 1
+    assert [(e.code, e.action, e.source) for e in sink.counted][-1] == ("xid.154", Action.IGNORE, "counters")
+    assert "to 0x0 (None)" in sink.counted[-1].message
+    assert codes(f.findings.result("node-a", now[0] + 600.0, {})) == set()  # past the hold
+
+
 def test_counters_report_rises_not_totals() -> None:
     reads = iter([
         [GpuCounters("00000000:91:00.0", ecc_uncorrected_volatile=7, nvlink_up=(True, True), nvlink_crc=100)],
@@ -277,6 +310,26 @@ def test_a_bad_state_is_reported_once_until_it_clears() -> None:
     poller = CounterPoller(lambda: [GpuCounters("0000:91:00.0", remap_pending=next(states))])
     found = [[e.code for e in poller.poll()] for _ in range(4)]
     assert found == [["remap.pending"], [], [], ["remap.pending"]]
+
+
+def test_each_poll_names_the_states_still_bad_without_an_event() -> None:
+    """``standing``: every state bad at the last poll, reported or not (a port or link already down at the
+    first poll is no event, but it is named, so a finding an earlier follower wrote is held)."""
+    reads = iter([
+        [GpuCounters("0000:91:00.0", remap_pending=True, recovery_action=2, nvlink_up=(True, False))],
+        [GpuCounters("0000:91:00.0", remap_pending=True, recovery_action=2, nvlink_up=(True, False))],
+        [GpuCounters("0000:91:00.0", remap_pending=False, recovery_action=0, nvlink_up=(True, True))],
+    ])  # fmt: skip
+    poller = CounterPoller(
+        lambda: next(reads), lambda: [IbPort("mlx5_0/1", "DOWN", {}), IbPort("mlx5_1/1", "ACTIVE", {})]
+    )
+    standing = {("0000:91:00.0", "remap.pending"), ("0000:91:00.0", "xid.154"), ("0000:91:00.0", "nvlink.down"),
+                ("mlx5_0/1", "ib.down")}  # fmt: skip
+    assert {e.code for e in poller.poll()} == {"remap.pending", "xid.154"}
+    assert poller.standing == standing
+    assert poller.poll() == [] and poller.standing == standing
+    assert [e.action for e in poller.poll()] == [Action.IGNORE]  # the action back to NONE
+    assert poller.standing == {("mlx5_0/1", "ib.down")}
 
 
 def test_a_node_without_gpus_still_polls_its_infiniband_ports() -> None:
@@ -336,6 +389,115 @@ def test_nvlink_links_going_inactive_as_in_the_nvidia_smi_samples() -> None:
     assert len([e for e in poller.poll() if e.code == "nvlink.down"]) == len(links) > 0
 
 
+# ---------------------------------------------------------------- states that stay bad
+
+HOLD_S, POLL_S = 600.0, 60.0
+# kind -> (device, code, action) of its finding and the status of the result that holds it
+STANDING = {
+    "remap": (("3", "remap.pending", "warn"), Status.WARN),
+    "ib": (("mlx5_0/1", "ib.down", "warn"), Status.WARN),
+    "recovery": (("3", "xid.154", "evict"), Status.FAIL),
+}
+
+
+def standing_poller(kind: str, bad: list[bool], now: list[float]) -> CounterPoller:
+    """A poller whose state is ``bad[0]``: a pending remap, a port down, or the action NODE_REBOOT."""
+    if kind == "ib":
+        return CounterPoller(None, lambda: [IbPort("mlx5_0/1", "DOWN" if bad[0] else "ACTIVE", {})], now=lambda: now[0])
+    if kind == "recovery":
+        return CounterPoller(lambda: [GpuCounters("00000000:91:00.0", recovery_action=2 if bad[0] else 0)],
+                             now=lambda: now[0])  # fmt: skip
+    return CounterPoller(lambda: [GpuCounters("00000000:91:00.0", remap_pending=bad[0])], now=lambda: now[0])
+
+
+def turned_bad(kind: str, sink: Any, now: list[float]) -> tuple[follower_mod.Follower, list[bool]]:
+    """A follower that has just seen the state turn bad (a port is news when it goes down, so it is up first)."""
+    bad = [kind != "ib"]
+    f = make(sink, clock=lambda: now[0], hold_s=HOLD_S, poller=standing_poller(kind, bad, now))
+    f.poll_counters()
+    if not bad[0]:
+        now[0] += POLL_S
+        bad[0] = True
+        f.poll_counters()
+    return f, bad
+
+
+def step(f: follower_mod.Follower, now: list[float]) -> None:
+    """One poll, then the flush the worker runs every second."""
+    now[0] += POLL_S
+    f.poll_counters()
+    f.flush()
+
+
+def written_age(sink: ListSink, now: float) -> float:
+    return now - results.parse_iso(sink.results[-1].started_at).timestamp()
+
+
+@pytest.mark.parametrize("kind", sorted(STANDING))
+def test_a_state_that_stays_bad_keeps_its_finding_past_the_hold_with_one_event(kind: str) -> None:
+    """A remap still pending, a port still down, a recovery action still NODE_REBOOT: the finding stays in
+    the written result past the hold, with count 1, one counted event, and a rewrite per half hold, not per poll."""
+    (found, status), now, sink = STANDING[kind], [1000.0], ListSink()
+    f, _ = turned_bad(kind, sink, now)
+    since = now[0]
+    while now[0] < since + HOLD_S + 5 * POLL_S:
+        step(f, now)
+        assert written_age(sink, now[0]) <= HOLD_S  # the written result never goes stale in the verdict
+    written = sink.results[-1]
+    assert codes(written) == {found}
+    assert written.status is status and [d.value for d in written.devices] == [1]
+    [finding] = written.data["findings"]
+    assert finding["count"] == 1 and finding["first_at"] == since and finding["last_at"] > since + HOLD_S
+    assert [(e.device, e.code, e.action.value) for e in sink.counted] == [found]  # not one per poll
+    assert len(sink.timed) == 1
+    assert len(sink.results) <= 1 + (now[0] - since) // (HOLD_S / 2)
+
+
+@pytest.mark.parametrize("kind", sorted(STANDING))
+def test_a_state_that_cleared_ages_out_a_hold_after_its_last_sighting(kind: str) -> None:
+    (found, _), now, sink = STANDING[kind], [1000.0], ListSink()
+    f, bad = turned_bad(kind, sink, now)
+    for _ in range(int(HOLD_S / POLL_S) + 3):
+        step(f, now)
+    last_seen, written = now[0], len(sink.results)
+    bad[0] = False  # cleared (the action back to NONE: an ignore event, counted, never written)
+    while now[0] + POLL_S < last_seen + HOLD_S:
+        step(f, now)
+    assert len(sink.results) == written  # clearing writes nothing: the finding shows for the hold
+    assert codes(f.findings.result("node-a", last_seen + HOLD_S, {})) == {found}
+    assert codes(f.findings.result("node-a", last_seen + HOLD_S + 1, {})) == set()
+    assert [e.action for e in sink.counted][1:] == ([Action.IGNORE] if kind == "recovery" else [])
+
+
+def test_a_restarted_follower_keeps_holding_a_port_still_down() -> None:
+    """The port is down at the new follower's first poll (no event: a port is news when it goes down), so
+    the finding comes back from the stored result and is held from there."""
+    now, sink = [1000.0], ListSink()
+    f, bad = turned_bad("ib", sink, now)
+    for _ in range(3):
+        step(f, now)
+    again = make(sink, clock=lambda: now[0], hold_s=HOLD_S, poller=standing_poller("ib", bad, now))
+    restarted = now[0]
+    while now[0] < restarted + 2 * HOLD_S:
+        step(again, now)
+        assert written_age(sink, now[0]) <= HOLD_S
+    assert codes(sink.results[-1]) == {STANDING["ib"][0]}
+    assert len(sink.counted) == 1
+
+
+def test_a_flush_that_could_not_write_is_tried_again() -> None:
+    sink = ListSink()
+    f = make(sink)
+    f.feed_kmsg(XID119, written_at=1000.0)
+    f.feed_kmsg(XID119, written_at=1001.0)  # folded: waits for the flush
+    sink.fail = True
+    with pytest.raises(ConnectionError):
+        f.flush()
+    sink.fail = False
+    f.flush()
+    assert [r.data["findings"][0]["count"] for r in sink.results] == [1, 2]
+
+
 # ---------------------------------------------------------------- the store sink: result, reconcile, metrics
 
 
@@ -368,6 +530,24 @@ def test_an_event_is_on_the_node_as_label_and_condition_at_once(stack: Any) -> N
     assert snap.counts[("node-a", "3", "kmsg", "xid.79", "evict")] == 1
     assert snap.counts[("node-a", "1", "kmsg", "xid.13", "ignore")] == 1
     assert sum(snap.buckets.values()) == 1
+
+
+def test_a_standing_fault_counts_one_event_and_adds_no_kubernetes_event_per_poll(stack: Any) -> None:
+    """A remap still pending past the hold, through the worker's sink: the verdict stays WARN, the metrics
+    count one event, and the Node gets no Event beyond the first one's."""
+    store, cluster, settings, sink = stack
+    now, bad = [time.time()], [True]
+    poller = standing_poller("remap", bad, now)
+    f = follower_mod.Follower("node-a", sink, gpu_index=GPUS, clock=lambda: now[0], hold_s=HOLD_S, poller=poller)
+    f.poll_counters()
+    assert store.state("node-a").verdict == "WARN"
+    node_events = len(cluster.events)
+    for _ in range(int(HOLD_S / POLL_S) + 5):
+        step(f, now)
+    assert store.state("node-a").verdict == "WARN"
+    assert codes(store.latest("node-a")["events"]) == {STANDING["remap"][0]}
+    assert store.events().snapshot().counts == {("node-a", "3", "counters", "remap.pending", "warn"): 1.0}
+    assert len(cluster.events) == node_events
 
 
 def test_an_application_xid_changes_no_verdict(stack: Any) -> None:
