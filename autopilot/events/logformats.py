@@ -153,8 +153,16 @@ def _yearless_when(m: re.Match[str]) -> tuple[float | None, bool, bool]:
 
 
 def _usec(m: re.Match[str]) -> tuple[float | None, bool, bool]:
-    us = _seconds(m.group("t"))
-    return (None if us is None else us / 1e6), False, False
+    return _usec_text(m.group("t")), False, False
+
+
+def _usec_text(text: str | None) -> float | None:
+    """Microseconds (the journal's and kmsg's unit) as seconds."""
+    try:
+        value = float(text or "") / 1e6
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and 0 <= value < _MAX_TIME else None
 
 
 def _none(m: re.Match[str]) -> tuple[float | None, bool, bool]:
@@ -177,6 +185,11 @@ _LINE_FORMATS: tuple[tuple[re.Pattern[str], _When, str | None], ...] = (
         re.compile(r"^[A-Z][a-z]{2} (?P<t>\d{4}-\d\d-\d\d [\d:]{8}(?:\.\d+)?) \S+ \S+ kernel: "),
         lambda m: (_strptime(m.group("t"), "%Y-%m-%d %H:%M:%S"), False, False),
         KERNEL,
+    ),
+    (  # short-full and with-unit, other programs (with-unit names the unit: ``gpud.service: ``)
+        re.compile(rf"^[A-Z][a-z]{{2}} (?P<t>\d{{4}}-\d\d-\d\d [\d:]{{8}}(?:\.\d+)?) \S+ \S+ {_PROG}"),
+        lambda m: (_strptime(m.group("t"), "%Y-%m-%d %H:%M:%S"), False, False),
+        None,
     ),
     # dmesg; /proc/kmsg (``<4>[ 12.345678] ...``); dmesg -H's deltas (``[  +0.000004] ...``)
     (re.compile(r"^(?:<\d>)?\[\s*(?P<plus>\+)?(?P<t>[\d.]+)\]\s?"), _dmesg_when, KERNEL),
@@ -352,11 +365,6 @@ def _entry_message(fields: dict[str, str | None]) -> LogMessage | None:
     if at is None:
         at = _usec_text(fields.get("_SOURCE_MONOTONIC_TIMESTAMP") or fields.get("__MONOTONIC_TIMESTAMP") or "")
     return LogMessage(fields["MESSAGE"] or "", at, source)
-
-
-def _usec_text(text: str | None) -> float | None:
-    us = _seconds(text or "")
-    return None if us is None else us / 1e6
 
 
 def _json_value(value: object) -> str | None:
