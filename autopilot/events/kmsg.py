@@ -1,5 +1,7 @@
 """The kernel log: ``/dev/kmsg`` records, the GPU lines in them, and the reader behind a seam.
 
+(A saved log's formats, dmesg's, journalctl's, syslog's, are read in ``logformats``.)
+
 A record is ``PRI,SEQ,TS_USEC,FLAGS[,...];MESSAGE`` followed by optional indented ``KEY=VALUE``
 lines (Linux ``Documentation/ABI/testing/dev-kmsg``); non-printable bytes in MESSAGE are escaped
 as ``\\xNN`` (a multi-line printk keeps its newlines as ``\\x0a``). One ``read()`` returns one
