@@ -41,6 +41,7 @@ from autopilot.events import kmsg
 
 KERNEL = "kernel"
 BARE = ""  # the line names no source
+UNREADABLE = "unreadable JSON"  # a journal or Docker JSON line that is no JSON (cut short, or not JSON at all)
 _MAX_TIME = 1e11  # seconds; a larger "time" is no clock's (and past it datetime refuses)
 _YEAR_S = 366 * 86400.0
 _NO_TIME = (None, False, False)
@@ -290,21 +291,19 @@ def _line_messages(lines: Iterable[tuple[str, float | None]]) -> Iterator[LogMes
     for line, outer in lines:
         if not line.strip() or line.startswith("#"):
             continue
-        if current and (line[:1].isspace() or (head.source not in (KERNEL, BARE) and _is_bare(line))):
+        if current and line[:1].isspace():
+            current.append(line.strip())
+            continue
+        split = _split(line, outer)
+        if current and head.source not in (KERNEL, BARE) and split.source == BARE and split.at is None:
             current.append(line.strip())
             continue
         if current:
             yield LogMessage("\n".join(current), head.at, head.source)
-        split = _split(line, outer)
         head = dataclasses.replace(split, at=clock.read(split))
         current = [split.body]
     if current:
         yield LogMessage("\n".join(current), head.at, head.source)
-
-
-def _is_bare(line: str) -> bool:
-    split = _split(line)
-    return split.source == BARE and split.at is None
 
 
 class _Clock:
@@ -395,6 +394,7 @@ def _json_messages(text: str) -> Iterator[LogMessage]:
         except ValueError:
             newline = text.find("\n", pos)
             pos = end if newline < 0 else newline + 1  # an unreadable line: the next one may be whole
+            yield LogMessage("", None, UNREADABLE)
             continue
         if not isinstance(obj, dict):
             continue

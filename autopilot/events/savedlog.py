@@ -102,7 +102,7 @@ def _nothing_read(name: str, unprefixed: int, others: collections.Counter[str]) 
         )
     if others:
         named = ", ".join(f"{source} {n}" for source, n in others.most_common(5))
-        return f"no kernel messages in {name}: {sum(others.values())} messages from other programs ({named})"
+        return f"no kernel messages in {name}: {sum(others.values())} messages that are not the kernel's ({named})"
     return f"no kernel messages in {name}: it holds no log lines"
 
 

@@ -266,11 +266,12 @@ def test_a_log_without_gpu_events_is_ok_and_counts_what_was_ignored() -> None:
         (b"# only a comment\n\n", "holds no log lines"),
         (gzip.compress(f"[ 1.0] {XID48}\n".encode()), "gzip-compressed"),
         (b"LPKSHHRH\x00\x00\x00\x00binary journal", "binary journal file"),
-        (b"Jun  1 10:11:12 gpu-7 systemd[1]: Started x.\n", "from other programs (systemd 1)"),
+        (b"Jun  1 10:11:12 gpu-7 systemd[1]: Started x.\n", "that are not the kernel's (systemd 1)"),
         (b"GPU 00000000:55:00.0\n    Remapped Rows Pending : Yes\n", "cannot tell they are kernel messages"),
         (bytes(range(256)) * 4, "cannot tell they are kernel messages"),
+        (b'{"__REALTIME_TIMESTAMP": "1", "MESSAGE": "cut sh\n{{{\n', "not the kernel's (unreadable JSON 2)"),
     ],
-    ids=["empty", "comment", "gzip", "journal-file", "other-program", "not-a-log", "binary"],
+    ids=["empty", "comment", "gzip", "journal-file", "other-program", "not-a-log", "binary", "broken-json"],
 )
 def test_a_file_with_no_kernel_message_is_an_error_never_ok(data: bytes, words: str) -> None:
     result = judge(data)
@@ -406,3 +407,14 @@ def test_the_samples_ignored_xids_are_counted() -> None:
     assert burst.data["log"]["ignored"] == {"xid.13": 16, "xid.43": 1}
     chain = judge(sample_text("kernel-xid_48_171_63_154_blackwell-dbe-chain_journalctl.log"))
     assert chain.data["log"]["ignored"] == {"xid.63": 1}
+
+
+def test_a_line_without_prefix_goes_on_with_another_programs_message_but_not_with_the_kernels() -> None:
+    # Fabric Manager's log writes a message's payload on lines of its own; after a kernel line, a bare
+    # line is a kernel message (``journalctl -o cat`` mixed in), judged.
+    fm = "[Feb 27 2025 15:10:02] [ERROR] [tid 12727] detected NVSwitch non-fatal error\nMessage payload: x\n"
+    assert [(m.text, m.source) for m in logformats.log_messages(fm)] == [
+        ("detected NVSwitch non-fatal error\nMessage payload: x", "NVIDIA Fabric Manager")
+    ]
+    kernel = f"Jun  1 10:11:12 gpu-7 kernel: {XID13}\n{XID48}\n"
+    assert [(m.text, m.source) for m in logformats.log_messages(kernel)] == [(XID13, "kernel"), (XID48, "")]
