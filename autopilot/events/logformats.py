@@ -336,7 +336,12 @@ def _join_notices(messages: Iterable[LogMessage]) -> Iterator[LogMessage]:
     them as three entries: either way they are one message (``kmsg.continues``), never three."""
     pending: LogMessage | None = None
     for message in messages:
-        if pending is not None and message.judged and kmsg.continues(pending.text.split("\n"), message.text):
+        if (
+            pending is not None
+            and pending.judged  # another program's line that quotes the headline is no kernel notice
+            and message.judged
+            and kmsg.continues(pending.text.split("\n"), message.text)
+        ):
             pending = dataclasses.replace(pending, text=f"{pending.text}\n{message.text}")
             continue
         if pending is not None:

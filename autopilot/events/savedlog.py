@@ -25,6 +25,7 @@ from autopilot.events.model import Event
 from autopilot.results import CheckResult, Status
 
 CHECK = follower_mod.CHECK
+_NAME_MAX, _SOURCES_MAX = 64, 20
 # Files that are no text: said by name, since reading them as lines would find no kernel message.
 _MAGIC = (
     (b"\x1f\x8b", "gzip-compressed (zcat it first)"),
@@ -84,9 +85,10 @@ def judge(data: bytes | str, *, storm_window_s: float, node: str = "", name: str
         ignored.update(e.code for e in events if e.action is Action.IGNORE)
         follower.submit(events)
     kernel = sum(1 for m in judged if m.source == logformats.KERNEL)
-    others = collections.Counter(m.source for m in messages if not m.judged)
+    # A source's name comes from the log (syslog's program, RFC 5424's APP-NAME): bounded, as is their number.
+    others = collections.Counter(m.source[:_NAME_MAX] for m in messages if not m.judged)
     log = {"messages": len(messages), "kernel_messages": kernel, "unprefixed_messages": len(judged) - kernel,
-           "other_sources": dict(others), "ignored": dict(ignored)}  # fmt: skip
+           "other_sources": dict(others.most_common(_SOURCES_MAX)), "ignored": dict(ignored)}  # fmt: skip
     if not kernel and not seen:
         return _error(_nothing_read(name, len(judged), others), log)
     result = follower.findings.result(node, 0.0, follower.sources)

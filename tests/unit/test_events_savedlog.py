@@ -418,3 +418,19 @@ def test_a_line_without_prefix_goes_on_with_another_programs_message_but_not_wit
     ]
     kernel = f"Jun  1 10:11:12 gpu-7 kernel: {XID13}\n{XID48}\n"
     assert [(m.text, m.source) for m in logformats.log_messages(kernel)] == [(XID13, "kernel"), (XID48, "")]
+
+
+def test_another_programs_quote_of_the_headline_takes_no_kernel_line_with_it() -> None:
+    text = f"Jun  1 10:11:12 gpu-7 gpud[9]: {FALLEN[0]}\n" + "".join(
+        f"Jun  1 10:11:13 gpu-7 kernel: {x}\n" for x in FALLEN
+    )
+    kernel = [m.text for m in logformats.log_messages(text) if m.judged]
+    assert kernel == ["\n".join(FALLEN)]
+
+
+def test_names_from_the_log_are_bounded() -> None:
+    text = "".join(f"Jun  1 10:11:12 gpu-7 p{i:03d}{'x' * 200}: hello\n" for i in range(50))
+    result = judge(text)
+    assert result.status is Status.ERROR
+    assert len(result.data["log"]["other_sources"]) == 20
+    assert max(len(k) for k in result.data["log"]["other_sources"]) == 64
