@@ -421,11 +421,9 @@ def test_a_line_without_prefix_goes_on_with_another_programs_message_but_not_wit
 
 
 def test_another_programs_quote_of_the_headline_takes_no_kernel_line_with_it() -> None:
-    text = f"Jun  1 10:11:12 gpu-7 gpud[9]: {FALLEN[0]}\n" + "".join(
-        f"Jun  1 10:11:13 gpu-7 kernel: {x}\n" for x in FALLEN
-    )
-    kernel = [m.text for m in logformats.log_messages(text) if m.judged]
-    assert kernel == ["\n".join(FALLEN)]
+    quote = f"Jun  1 10:11:12 gpu-7 gpud[9]: {FALLEN[0]}\n"
+    text = quote + "".join(f"Jun  1 10:11:13 gpu-7 kernel: {x}\n" for x in FALLEN[1:])
+    assert [m.text for m in logformats.log_messages(text) if m.judged] == FALLEN[1:]
 
 
 def test_names_from_the_log_are_bounded() -> None:
