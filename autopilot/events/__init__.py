@@ -4,9 +4,10 @@
   ``autopilot/data/events.json``);
 - ``kmsg``: the ``/dev/kmsg`` record format, the lines it classifies and the reader behind a seam;
 - ``counters``: polled counters (NVML, InfiniBand sysfs) turned into rises between polls;
-- ``follower``: the supervised threads that read the sources, fold storms and emit ``events`` results;
-- ``logformats`` and ``savedlog``: a saved kernel log (dmesg, journalctl, syslog, container logs) read
-  into messages and judged through a follower of its own (``autopilot evaluate events FILE``).
+- ``follower``: the supervised threads that read the sources, fold storms and emit ``events`` results.
 
 The NVML calls live in the seam ``autopilot.nvml_events`` (the only other module that imports pynvml).
+
+A saved kernel log (dmesg, journalctl, syslog, container logs) is read into messages by ``logformats``
+and judged through a follower of its own by ``savedlog`` (``autopilot evaluate events FILE``).
 """
