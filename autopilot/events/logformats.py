@@ -224,6 +224,8 @@ _LINE_FORMATS: tuple[tuple[re.Pattern[str], _When, str | None], ...] = (
     (re.compile(r"^[IWEF]\d{4} [\d:]{8}\.\d+\s+\d+ [^\s\]]+:\d+\] "), _none, "a Kubernetes component (klog)"),
     (re.compile(r"^\[[A-Z][a-z]{2} \d{1,2} \d{4} [\d:]{8}\] \[[A-Z]+\] \[tid \d+\] "), _none, "NVIDIA Fabric Manager"),
 )
+# journalctl's own lines between entries: ``-- Boot 3c1b... --``, ``-- No entries --``, ``-- Logs begin at ... --``.
+_JOURNAL_MARK = re.compile(r"^-- .* --\s*$")
 # ``dmesg -x`` (``--decode``) puts facility and level ahead of whichever time format follows.
 _DECODED = re.compile(r"^[a-z0-9]+\s*:\s*(?:emerg|alert|crit|err|warn|notice|info|debug)\s*: ")
 # The kernel's own timestamp that a syslog daemon reading /proc/kmsg keeps after its prefix.
@@ -284,12 +286,13 @@ def _unwrap_cri(lines: Iterable[str]) -> Iterator[tuple[str, float | None]]:
 def _line_messages(lines: Iterable[tuple[str, float | None]]) -> Iterator[LogMessage]:
     """Messages from log lines: an indented line continues the message before it (how dmesg prints a
     multi-line printk), as does a line that names no source after another program's (Fabric
-    Manager's log goes on over lines without a prefix). Lines starting with ``#`` are comments."""
+    Manager's log goes on over lines without a prefix). Lines starting with ``#`` are comments, and
+    journalctl's markers (``-- Boot ... --``) no message."""
     current: list[str] = []
     head = _Line("")
     clock = _Clock()
     for line, outer in lines:
-        if not line.strip() or line.startswith("#"):
+        if not line.strip() or line.startswith("#") or _JOURNAL_MARK.match(line):
             continue
         if current and line[:1].isspace():
             current.append(line.strip())

@@ -264,6 +264,7 @@ def test_a_log_without_gpu_events_is_ok_and_counts_what_was_ignored() -> None:
     [
         (b"", "holds no log lines"),
         (b"# only a comment\n\n", "holds no log lines"),
+        (b"-- No entries --\n", "holds no log lines"),  # journalctl -k on a journal without kernel messages
         (gzip.compress(f"[ 1.0] {XID48}\n".encode()), "gzip-compressed"),
         (b"LPKSHHRH\x00\x00\x00\x00binary journal", "binary journal file"),
         (b"Jun  1 10:11:12 gpu-7 systemd[1]: Started x.\n", "that are not the kernel's (systemd 1)"),
@@ -271,7 +272,17 @@ def test_a_log_without_gpu_events_is_ok_and_counts_what_was_ignored() -> None:
         (bytes(range(256)) * 4, "cannot tell they are kernel messages"),
         (b'{"__REALTIME_TIMESTAMP": "1", "MESSAGE": "cut sh\n{{{\n', "not the kernel's (unreadable JSON 2)"),
     ],
-    ids=["empty", "comment", "gzip", "journal-file", "other-program", "not-a-log", "binary", "broken-json"],
+    ids=[
+        "empty",
+        "comment",
+        "journal-no-entries",
+        "gzip",
+        "journal-file",
+        "other-program",
+        "not-a-log",
+        "binary",
+        "broken-json",
+    ],
 )
 def test_a_file_with_no_kernel_message_is_an_error_never_ok(data: bytes, words: str) -> None:
     result = judge(data)
@@ -432,3 +443,8 @@ def test_names_from_the_log_are_bounded() -> None:
     assert result.status is Status.ERROR
     assert len(result.data["log"]["other_sources"]) == 20
     assert max(len(k) for k in result.data["log"]["other_sources"]) == 64
+
+
+def test_journalctl_boot_markers_are_no_messages() -> None:
+    text = f"-- Boot 3c1b2a --\nJun  1 10:11:12 gpu-7 kernel: {XID48}\n-- Boot 9f8e7d --\n"
+    assert [(m.text, m.source) for m in logformats.log_messages(text)] == [(XID48, "kernel")]
