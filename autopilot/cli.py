@@ -32,6 +32,7 @@ from autopilot.results import CheckResult, Status
 
 EXIT_OK, EXIT_BAD, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
 MAX_SAVED_OUTPUT = 64 << 20  # bytes; the largest dcgmi -j or nvidia-smi -q output is well under 1 MiB
+EVENTS = "events"  # ``evaluate events FILE``: the follower's check, judged from a saved kernel log
 
 # name -> "module:function" taking (argv) and returning an exit code; imported only when used.
 RUNTIME_COMMANDS: dict[str, tuple[str, str]] = {
@@ -84,8 +85,8 @@ def parse_params(pairs: Sequence[str], checks: Sequence[str], reg: registry.Chec
     return out
 
 
-def read_saved_output(path: str) -> str:
-    """The file's text (``-`` is stdin) without leading ``#`` comment lines such as a ``# source:`` header.
+def read_saved_bytes(path: str) -> str | bytes:
+    """The file's content as read (``-`` is stdin; a test's stdin may give text).
 
     At most ``MAX_SAVED_OUTPUT`` bytes are read: ``evaluate dcgm /dev/zero`` read until memory ran out."""
     if path == "-":
@@ -95,6 +96,12 @@ def read_saved_output(path: str) -> str:
             data = file.read(MAX_SAVED_OUTPUT + 1)
     if len(data) > MAX_SAVED_OUTPUT:
         raise UsageError(f"{path}: more than {MAX_SAVED_OUTPUT >> 20} MiB, not a saved tool output")
+    return data
+
+
+def read_saved_output(path: str) -> str:
+    """The file's text (``-`` is stdin) without leading ``#`` comment lines such as a ``# source:`` header."""
+    data = read_saved_bytes(path)
     text = data.removeprefix("\ufeff") if isinstance(data, str) else _decoded(data)
     lines = text.splitlines(keepends=True)
     while lines and lines[0].startswith("#"):
@@ -143,6 +150,8 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace, settings: config.Settings) -> int:
+    if args.check == EVENTS:
+        return _evaluate_events(args, settings)
     reg = _load_checks()
     spec = reg.get(args.check)
     if spec.evaluate_text is None:
@@ -153,6 +162,23 @@ def cmd_evaluate(args: argparse.Namespace, settings: config.Settings) -> int:
     except OSError as exc:
         raise UsageError(f"cannot read {args.file}: {exc.strerror or exc}") from None
     result = _evaluate(spec, text, spec.validate(params), settings)
+    _print_results([result], as_json=args.json, node="", verbose=True)
+    return exit_code([result])
+
+
+def _evaluate_events(args: argparse.Namespace, settings: config.Settings) -> int:
+    """``evaluate events FILE``: a saved kernel log judged as the follower would (``events`` is no registered
+    check: the follower writes it, nothing runs it)."""
+    from autopilot.events import savedlog  # the follower's modules, loaded only for this
+
+    if args.param:
+        raise UsageError(f"{EVENTS} takes no --param (its storm window is AUTOPILOT_EVENTS_STORM_WINDOW)")
+    try:
+        data = read_saved_bytes(args.file)
+    except OSError as exc:
+        raise UsageError(f"cannot read {args.file}: {exc.strerror or exc}") from None
+    name = "stdin" if args.file == "-" else args.file
+    result = savedlog.judge(data, storm_window_s=settings.events_storm_window_s, name=name)
     _print_results([result], as_json=args.json, node="", verbose=True)
     return exit_code([result])
 
@@ -213,8 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="also print per-device tables")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("evaluate", help="judge a saved tool output (nvidia-smi, dcgmi, bandwidthTest, our programs)")
-    p.add_argument("check", metavar="CHECK")
+    p = sub.add_parser(
+        "evaluate",
+        help="judge a saved tool output (nvidia-smi, dcgmi, bandwidthTest, our programs) or kernel log (events)",
+        description="Judge a saved tool output as CHECK would, or, with CHECK events, a saved kernel log (dmesg, "
+        "journalctl -k in any -o, kern.log/syslog, /dev/kmsg, a container's log of one) as the events follower would.",
+    )
+    p.add_argument("check", metavar="CHECK", help="a check with a saved-output form, or events for a kernel log")
     p.add_argument("file", metavar="FILE", help="the saved output; - reads stdin")
     p.add_argument("--param", action="append", default=[], metavar="K=V")
     p.add_argument("--json", action="store_true", help="print the result as JSON")

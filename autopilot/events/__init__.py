@@ -8,4 +8,7 @@
 - ``follower``: the supervised threads that read the sources, fold storms and emit ``events`` results.
 
 The NVML calls live in the seam ``autopilot.nvml_events`` (the only other module that imports pynvml).
+
+A saved kernel log (dmesg, journalctl, syslog, container logs) is read into messages by ``logformats``
+and judged through a follower of its own by ``savedlog`` (``autopilot evaluate events FILE``).
 """

@@ -1,5 +1,7 @@
 """The kernel log: ``/dev/kmsg`` records, the GPU lines in them, and the reader behind a seam.
 
+(A saved log's formats, dmesg's, journalctl's, syslog's, are read in ``logformats``.)
+
 A record is ``PRI,SEQ,TS_USEC,FLAGS[,...];MESSAGE`` followed by optional indented ``KEY=VALUE``
 lines (Linux ``Documentation/ABI/testing/dev-kmsg``); non-printable bytes in MESSAGE are escaped
 as ``\\xNN`` (a multi-line printk keeps its newlines as ``\\x0a``). One ``read()`` returns one
@@ -147,28 +149,6 @@ def _pid(found: re.Match[str] | None) -> str:
     return "" if pid == "<unknown>" else pid
 
 
-_PREFIXES = (
-    re.compile(r"^\d+,\d+,\d+,[^;]*;"),  # raw /dev/kmsg
-    # journalctl -o short-monotonic / short-delta (``[ 12.345678 <    0.000004>] host kernel: ``),
-    # short-unix (``1748772672.308145 host kernel: ``), short-full (``Sun 2025-06-01 10:11:12 UTC host kernel: ``)
-    re.compile(r"^\[\s*[\d.]+(?:\s+<\s*[\d.]+>)?\] \S+ kernel: "),
-    re.compile(r"^\d+\.\d+ \S+ kernel: "),
-    re.compile(r"^[A-Z][a-z]{2} \d{4}-\d\d-\d\d [\d:]{8}(?:\.\d+)? \S+ \S+ kernel: "),
-    # dmesg; /proc/kmsg (``<4>[ 12.345678] ...``); dmesg -H's deltas (``[  +0.000004] ...``)
-    re.compile(r"^(?:<\d>)?\[\s*\+?[\d.]+\]\s?"),
-    re.compile(r"^\[[A-Z][a-z]{2} [A-Z][a-z]{2} [ \d]\d [\d:]{8} \d{4}\]\s?"),  # dmesg -T
-    re.compile(r"^\[[A-Z][a-z]{2}\s+\d{1,2} [\d:]{5}\]\s?"),  # dmesg -H (``[Jun  1 10:11] ...``)
-    # journalctl -o short / short-precise, syslog; journalctl -o short-iso / short-iso-precise, RFC 3339 syslog
-    re.compile(r"^[A-Z][a-z]{2} [ \d]\d [\d:]{8}(?:\.\d+)? \S+ kernel: "),
-    re.compile(r"^\d{4}-\d\d-\d\dT[\d:]{8}(?:[.,]\d+)?(?:Z|[+-]\d\d:?\d\d)? \S+ kernel: "),
-    re.compile(r"^[A-Z][a-z]{2} [ \d]\d [\d:]{8}(?:\.\d+)? \S+ \S+: "),  # syslog, other programs
-    # dmesg --time-format=iso: after the journal's ISO form, which has a host and "kernel:" too
-    re.compile(r"^\d{4}-\d\d-\d\dT[\d:]{8}[,.]\d+[+-]\d\d:\d\d\s"),
-)
-# ``dmesg -x`` (``--decode``) puts facility and level ahead of whichever time format follows.
-_DECODED = re.compile(r"^[a-z0-9]+\s*:\s*(?:emerg|alert|crit|err|warn|notice|info|debug)\s*: ")
-# The kernel's own timestamp that a syslog daemon reading /proc/kmsg keeps after its prefix.
-_KERNEL_TIME = re.compile(r"^\[\s*\d+\.\d+\]\s?")
 # The open driver's notice of a GPU that fell off the bus is one printk of three lines ("NVRM: The
 # NVIDIA GPU <bus>" / "NVRM: (PCI ID: ...) installed in this system has" / "NVRM: fallen off the
 # bus and is not responding to commands."). dmesg and journalctl indent the second and third; a
@@ -178,18 +158,7 @@ _FALLEN_HEAD = re.compile(rf"^NVRM: The NVIDIA GPU {_ADDR}\s*$")
 _FALLEN_LINES = 3
 
 
-def _body(line: str) -> str:
-    """``line`` without its log prefix (``dmesg -x``'s facility and level, the first of ``_PREFIXES``
-    that matches, and a kernel timestamp after it)."""
-    line = _DECODED.sub("", line, count=1)
-    for prefix in _PREFIXES:
-        stripped = prefix.sub("", line, count=1)
-        if stripped != line:
-            return _KERNEL_TIME.sub("", stripped, count=1)
-    return line
-
-
-def _continues(current: list[str], body: str) -> bool:
+def continues(current: list[str], body: str) -> bool:
     """Whether ``body`` is a later line of the open driver's fallen-off-the-bus notice in ``current``."""
     return (
         bool(_FALLEN_HEAD.match(current[0]))
@@ -203,28 +172,11 @@ def _continues(current: list[str], body: str) -> bool:
 
 
 def messages_from_text(text: str) -> Iterator[str]:
-    """Kernel messages from a saved log (raw kmsg, dmesg in its formats, journalctl -k, syslog).
+    """Kernel messages from a saved log (raw kmsg, dmesg, journalctl -k in its formats, syslog, a
+    container's log of one): ``logformats.messages_from_text``, where the formats are read."""
+    from autopilot.events import logformats  # it reads this module's patterns: imported when used
 
-    An indented line continues the message before it (how dmesg prints a multi-line printk), as
-    do the later lines of the open driver's fallen-off-the-bus notice printed one per line
-    (``_FALLEN_HEAD``). Lines starting with ``#`` are comments.
-    """
-    current: list[str] = []
-    for line in text.splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        if line[:1].isspace() and current:
-            current.append(line.strip())
-            continue
-        body = _body(line)
-        if current and _continues(current, body):
-            current.append(body)
-            continue
-        if current:
-            yield "\n".join(current)
-        current = [body]
-    if current:
-        yield "\n".join(current)
+    return logformats.messages_from_text(text)
 
 
 class Overrun(Exception):
