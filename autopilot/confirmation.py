@@ -25,7 +25,7 @@ import enum
 from collections.abc import Callable, Mapping, Sequence
 
 from autopilot import verdict
-from autopilot.results import CheckResult, Status
+from autopilot.results import CheckResult, DeviceResult, Status
 
 NOISY_CHECKS = frozenset({"pciebw", "gpumem", "ping", "iperf", "dcgm"})
 """Checks whose non-fatal failures can be noise (a bandwidth sample, a dropped packet, a flaky diag)."""
@@ -191,6 +191,50 @@ def judge_check(
     failure elsewhere is still confirmed before it counts."""
     series = series_for(check, latest, history)
     return judge([excuse(r) for r in series] if excuse is not None else series, policy)
+
+
+def judge_devices(series: Sequence[CheckResult], policy: Policy) -> CheckResult:
+    """The latest result of one check (``series``, newest first) with each of its devices as that device's own
+    series lets the verdict see it: ``judge`` over the device's statuses (by UUID, else by id), so a GPU's
+    failure is confirmed, and its recovery held, by its own samples, not by another GPU's. What the GPU
+    verdicts judge (``gpuverdict``); the node's verdict keeps judging the check as a whole (``effective``).
+
+    Judged as one series, a GPU that healed while another still failed passed at its first pass, and a
+    GPU's single noise sample counted at once while another GPU of the check was recovering.
+    """
+    latest = series[0]
+    if policy.acts_at_once or not latest.devices:
+        return latest
+    recent = series[: policy.depth]
+    devices = []
+    for device in latest.devices:
+        key = device.uuid or device.id
+        own = [_alone(r, d) for r in recent for d in r.devices if (d.uuid or d.id) == key]
+        devices.append(judge(own, policy).effective.devices[0])
+    if all(new is old for new, old in zip(devices, latest.devices, strict=True)):
+        return latest
+    return dataclasses.replace(latest, devices=tuple(devices))
+
+
+def _alone(result: CheckResult, device: DeviceResult) -> CheckResult:
+    """``device`` as a result of its own: its status, the result's fatality for a failing device, its params
+    (a level-3 DCGM pass validates) and its start."""
+    fatal = result.fatal and device.status is Status.FAIL
+    return dataclasses.replace(result, status=device.status, fatal=fatal, devices=(device,), data={})
+
+
+def effective_devices(
+    latest: Mapping[str, CheckResult],
+    history: Sequence[CheckResult],
+    policy: Policy,
+    excuse: Callable[[CheckResult], CheckResult] | None = None,
+) -> dict[str, CheckResult]:
+    """Each check's latest result with each device judged over its own series (``judge_devices``)."""
+    out: dict[str, CheckResult] = {}
+    for check, result in latest.items():
+        series = series_for(check, result, history)
+        out[check] = judge_devices([excuse(r) for r in series] if excuse is not None else series, policy)
+    return out
 
 
 def effective(

@@ -115,6 +115,7 @@ def reconcile_node(
     confirmed = confirming.effective_latest(latest, found, settings)
     pings = [r for r in (confirmed.get("ping"), latest.get("ping")) if r is not None and r.is_bad]
     peers: list[str] = []
+    blamed: frozenset[str] = frozenset()
     if pings:
         # Failed pings to the fleet's suspects are set aside in every sample before confirmation
         # judges them (``confirming.excuse``), then in what it lets count (``network.attribute``).
@@ -152,8 +153,11 @@ def reconcile_node(
     dcgm = [r for r in latest.values() if r.check == "dcgm"]
     publication = publish.desired(decision, dcgm)
     # Per-GPU verdicts, history and device taints (issue 15): their labels ride with the node's.
+    # Each GPU's device confirmed by its own samples: a GPU that heals while another still fails is held
+    # until its own passes, and a new failure of one GPU is pending while another recovers.
+    per_gpu = confirming.effective_devices(latest, found, settings, suspects=blamed)
     gpu = gpureconcile.reconcile_gpus(
-        store, node, settings, confirmed, state, moment, cluster, checks=checks, lost_since=lost
+        store, node, settings, per_gpu, state, moment, cluster, checks=checks, lost_since=lost
     )
     new_state.update(gpu.state)
     publication = dataclasses.replace(

@@ -7,20 +7,25 @@ test pins it; docs/RESULTS.md says why each outcome is the right one.
 from __future__ import annotations
 
 import random
+from datetime import UTC, datetime, timedelta
 
 import fakeredis
 import pytest
 
-from autopilot import baseline, config
+from autopilot import baseline, config, gpuverdict
 from autopilot.baseline import Cohort, Policy, Window
 from autopilot.checks import pciebw
-from autopilot.results import CheckResult, Status
-from workers import fleet
+from autopilot.registry import shipped as shipped_checks
+from autopilot.results import CheckResult, DeviceResult, Status
+from autopilot.results import utc_now_iso as iso
+from workers import fleet, reconcile
 from workers.store import ResultsStore
 
 H100 = "NVIDIA H100 80GB HBM3"
 POLICY = Policy(window=1000, min_samples=50, deviations=4.0, min_drop_pct=10.0)
 PCIE = Cohort(H100, "550", "pciebw", "h2d_gbps")
+NODE = "gpu-1"
+T0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 
 
 def pcie_node(rng: random.Random, median: float) -> CheckResult:
@@ -117,3 +122,105 @@ def test_one_node_reporting_absurd_figures_does_not_move_a_larger_fleets_baselin
     assert base.median == pytest.approx(50.0, rel=0.02)
     slow = baseline.assess(pcie_node(rng, 40.0), model="", driver="550.54.15", source=window, policy=POLICY)
     assert slow.status is Status.WARN
+
+
+# ---------------------------------------------------------------- confirmation, GPU by GPU
+
+
+def gpu_uuid(i: int) -> str:
+    return f"GPU-{i:08x}-0000-4000-8000-{i:012x}"
+
+
+class GpuNode:
+    """One node's pciebw results arriving one by one (8 GPUs with their identities), each reconciled."""
+
+    def __init__(self) -> None:
+        self.store = ResultsStore(fakeredis.FakeRedis())
+        self.settings = config.Settings(node_name="beat", periodic_checks=("pciebw",))
+        self.minutes = 0
+
+    def pciebw(self, *failing: int, fatal: bool = False) -> str:
+        self.minutes += 5
+        at = T0 + timedelta(minutes=self.minutes)
+        devices = tuple(
+            DeviceResult(
+                str(i),
+                Status.FAIL if i in failing else Status.OK,
+                2.0 if i in failing else 50.0,
+                "GB/s",
+                "below the floor" if i in failing else "",
+                uuid=gpu_uuid(i),
+                bus_id=f"0000:{i + 16:02x}:00.0",
+            )
+            for i in range(8)
+        )
+        status = Status.FAIL if failing else Status.OK
+        found = CheckResult(
+            "pciebw", status, f"GPUs {failing} fail", node=NODE, fatal=fatal, devices=devices, started_at=iso(at)
+        )
+        self.store.save_result(found)
+        decision = reconcile.reconcile_node(
+            self.store, NODE, self.settings, at + timedelta(seconds=30), checks=shipped_checks()
+        )
+        return decision.verdict.value
+
+    def gpus(self) -> dict[int, str]:
+        states = gpuverdict.loads(self.store.state(NODE).gpus)
+        return {int(s.index): s.verdict.value for s in states.values()}
+
+    def bad_gpus(self) -> dict[int, str]:
+        return {i: v for i, v in self.gpus().items() if v != "PASS"}
+
+
+def test_a_gpu_that_heals_while_another_stays_confirmed_needs_its_own_passes_to_pass() -> None:
+    # GPU 1's failure was confirmed with GPU 0's; one pass of GPU 1, in a result that still fails on
+    # GPU 0, made GPU 1 PASS at once (its device taint gone), and its next failure WARN again: the
+    # check's hysteresis (K=2 passes) held the node but not the GPU.
+    node = GpuNode()
+    assert node.pciebw() == "PASS"
+    assert node.pciebw(0, 1) == "PASS"  # pending
+    assert node.pciebw(0, 1) == "WARN"  # confirmed
+    assert node.bad_gpus() == {0: "WARN", 1: "WARN"}
+    assert node.pciebw(0) == "WARN"
+    assert node.bad_gpus() == {0: "WARN", 1: "WARN"}  # GPU 1 recovering: one pass of two
+    assert node.pciebw(0) == "WARN"
+    assert node.bad_gpus() == {0: "WARN"}  # two passes: GPU 1 recovered
+
+
+def test_a_new_failure_on_one_gpu_while_another_recovers_is_pending_for_that_gpu() -> None:
+    # The check's series is confirmed as a whole: GPU 2's single noise sample, landing while GPU 0
+    # was recovering, counted at once and made GPU 2 WARN (a device taint for noise).
+    node = GpuNode()
+    node.pciebw()
+    node.pciebw(0)
+    assert node.pciebw(0) == "WARN"
+    assert node.pciebw(2) == "WARN"  # the check still has a counted failure: the node holds
+    assert node.bad_gpus() == {0: "WARN"}  # GPU 0 recovering, GPU 2 pending
+    assert node.pciebw() == "WARN"
+    assert node.pciebw() == "PASS"
+    assert node.bad_gpus() == {}
+
+
+def test_a_fault_that_flaps_every_run_is_confirmed_and_held_never_evicted() -> None:
+    # fail, ok, fail, ok: confirmed on the second failure (2 of the last 3) and then held, since no
+    # two passes ever follow each other. A non-fatal bandwidth fault is WARN, never EVICT.
+    node = GpuNode()
+    node.pciebw()
+    seen = [node.pciebw(3) if i % 2 == 0 else node.pciebw() for i in range(10)]
+    assert seen[:2] == ["PASS", "PASS"]
+    assert set(seen[2:]) == {"WARN"}
+    assert node.bad_gpus() == {3: "WARN"}
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_node_is_never_better_than_its_worst_gpu_whatever_the_gpus_do(seed: int) -> None:
+    # GPUs confirmed one by one and the node by the check as a whole must still agree: a GPU held WARN
+    # (confirmed, or recovering on its own passes) always has the node WARN with it.
+    rng = random.Random(seed)
+    node = GpuNode()
+    node.pciebw()
+    for _ in range(40):
+        failing = [i for i in range(3) if rng.random() < 0.3]
+        said = node.pciebw(*failing)
+        if node.bad_gpus():
+            assert said == "WARN", node.bad_gpus()
