@@ -50,6 +50,8 @@ _CLEAR = ("cleared_by", "cleared_at", "cleared_cause")
 # How long the fleet's ping suspects are kept for the reconciles after tasks (beat's tick renews
 # them; past this a failed ping reads the fleet's pings again).
 _SUSPECTS_TTL_S = 600.0
+# Beyond the longest a level-3 run holds its node: the API calls around its Job and a worker's restart.
+_TESTING_SLACK_S = 600.0
 
 
 def lost_since(last_seen: float | None, now: datetime, settings: config.Settings) -> datetime | None:
@@ -125,14 +127,15 @@ def reconcile_node(
             confirmed = network.attribute(confirmed, blamed)
     evicted_at = state.evicted_since
     lost = lost_since(view.last_seen, moment, settings)
+    unfinished = _unfinished_level3(node, state.testing_since, moment, settings)
     decision = verdict.decide(
-        confirmed,
+        [*confirmed.values(), *unfinished],
         # Validated against the process's checks when the settings were loaded (config._known_checks).
         periodic=settings.periodic_checks,
         now=moment,
         max_age_s=settings.stale_after_s,
         evicted_at=evicted_at,
-        testing=bool(state.testing_since),
+        testing=bool(state.testing_since) and not unfinished,
         lost_since=lost,
         evict_causes=state.causes,
     )
@@ -183,6 +186,37 @@ def reconcile_node(
         except Exception:  # another node's bad data must not fail this node's reconcile
             log.exception("reconcile of node %s (a new ping suspect named) failed", peer)
     return decision
+
+
+def _unfinished_level3(
+    node: str, testing_since: str | None, moment: datetime, settings: config.Settings
+) -> list[results.CheckResult]:
+    """A ``dcgm`` error for a level-3 run that holds the node ``TESTING`` longer than any run may (its Job's
+    deadline and grace, and ``_TESTING_SLACK_S``); none while it may still run, or when none holds the node.
+
+    The worker ends ``TESTING`` when it stores the run's outcome; a write that failed then (Redis away at that
+    moment) left the mark for as long as the worker lived, and the node ``TESTING`` for ever, its results unjudged.
+    A run that never reported is a check that could not complete: an error, never a pass."""
+    if not testing_since:
+        return []
+    from workers import invasive_flow  # it imports this module
+
+    limit_s = invasive_flow.longest_wait_s(settings) + _TESTING_SLACK_S
+    try:
+        age_s: float | None = (moment - results.parse_iso(testing_since)).total_seconds()
+    except ValueError:
+        age_s = None  # another writer's stamp: no run can be placed by it
+    if age_s is not None and age_s <= limit_s:
+        return []
+    summary = (
+        f"the level-3 run that holds the node TESTING since {testing_since[:40]} never reported "
+        f"(longer than {limit_s:g} s); restarting the node's worker collects its Job's outcome"
+    )
+    return [
+        results.CheckResult(
+            "dcgm", results.Status.ERROR, summary, node=node, params={"r": 3}, started_at=results.utc_now_iso(moment)
+        )
+    ]
 
 
 def _publish(

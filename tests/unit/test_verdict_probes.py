@@ -224,3 +224,37 @@ def test_the_node_is_never_better_than_its_worst_gpu_whatever_the_gpus_do(seed: 
         said = node.pciebw(*failing)
         if node.bad_gpus():
             assert said == "WARN", node.bad_gpus()
+
+
+# ---------------------------------------------------------------- TESTING that never ends
+
+
+def healthy_node(store: ResultsStore, at: datetime) -> None:
+    for check in ("pciebw", "remapped"):
+        store.save_result(CheckResult(check, Status.OK, "ok", node=NODE, started_at=iso(at)))
+
+
+def test_testing_holds_while_a_level3_run_may_still_be_running() -> None:
+    store = ResultsStore(fakeredis.FakeRedis())
+    settings = config.Settings(node_name="beat", periodic_checks=("pciebw", "remapped"))
+    now = T0 + timedelta(hours=6)
+    healthy_node(store, now - timedelta(minutes=30))
+    store.set_state(NODE, {"testing_since": iso(now - timedelta(minutes=50)), "testing_job": "ap-dcgm"})
+    decision = reconcile.reconcile_node(store, NODE, settings, now, checks=shipped_checks())
+    assert decision.verdict.value == "TESTING"
+
+
+def test_testing_past_the_longest_level3_run_is_a_warn_that_says_the_run_never_reported() -> None:
+    # The worker ends TESTING when the Job's outcome is stored; a write that failed then (Redis away at
+    # that moment) left testing_since for good while the worker lived on: TESTING for ever, the node's
+    # results unjudged. Past the longest a level-3 run may hold the node, the run is an error.
+    store = ResultsStore(fakeredis.FakeRedis())
+    settings = config.Settings(node_name="beat", periodic_checks=("pciebw", "remapped"))
+    now = T0 + timedelta(hours=6)
+    healthy_node(store, now - timedelta(minutes=30))
+    since = now - timedelta(hours=5)
+    store.set_state(NODE, {"testing_since": iso(since), "testing_job": "ap-dcgm"})
+    decision = reconcile.reconcile_node(store, NODE, settings, now, checks=shipped_checks())
+    assert decision.verdict.value == "WARN"
+    (reason,) = decision.reasons
+    assert reason.startswith(f"dcgm: error: the level-3 run that holds the node TESTING since {iso(since)} never ")
