@@ -127,6 +127,8 @@ def reconcile_node(
             confirmed = network.attribute(confirmed, blamed)
     evicted_at = state.evicted_since
     lost = lost_since(view.last_seen, moment, settings)
+    silent, heard = _silent_ahead(view.last_seen, state.heard_ahead, moment, settings)
+    lost = lost or silent
     unfinished = _unfinished_level3(node, state.testing_since, moment, settings)
     decision = verdict.decide(
         [*confirmed.values(), *unfinished],
@@ -139,7 +141,11 @@ def reconcile_node(
         lost_since=lost,
         evict_causes=state.causes,
     )
-    new_state: dict[str, str | None] = {"verdict": decision.verdict.value}
+    if silent is not None and view.last_seen is not None:
+        stamped = results.utc_now_iso(datetime.fromtimestamp(view.last_seen, UTC))
+        ahead = f"its clock runs ahead: its last heartbeat is stamped {stamped}"
+        decision = dataclasses.replace(decision, notes=(*decision.notes, ahead))
+    new_state: dict[str, str | None] = {"verdict": decision.verdict.value, "heard_ahead": heard}
     if decision.verdict is verdict.Verdict.EVICT and evicted_at is None:
         # A new eviction: its causes are kept until it is cleared; an older clear is history.
         new_state.update(dict.fromkeys(_CLEAR))
@@ -186,6 +192,29 @@ def reconcile_node(
         except Exception:  # another node's bad data must not fail this node's reconcile
             log.exception("reconcile of node %s (a new ping suspect named) failed", peer)
     return decision
+
+
+def _silent_ahead(
+    last_seen: float | None, mark: str | None, moment: datetime, settings: config.Settings
+) -> tuple[datetime | None, str | None]:
+    """(when a node whose heartbeat is stamped ahead of ``moment`` was first heard so, if it is lost; the
+    ``heard_ahead`` mark to keep). By its stamp a worker whose clock runs hours ahead is heard from "just now"
+    for hours after it stopped, its results fresh: the node read ``PASS``. So a stamp more than
+    ``settings.live_after_s`` ahead is remembered with this clock's time, and the node is lost once that same
+    stamp has stood for ``live_after_s`` of this clock (a live worker's next heartbeat replaces it)."""
+    if last_seen is None or last_seen - moment.timestamp() <= settings.live_after_s:
+        return None, None
+    now = moment.timestamp()
+    stamp, _, since = (mark or "").partition(" ")
+    try:
+        same, first = float(stamp) == last_seen, float(since)
+    except ValueError:
+        same, first = False, now
+    if not same:
+        return None, f"{last_seen!r} {now!r}"
+    if now - first <= settings.live_after_s:
+        return None, mark
+    return datetime.fromtimestamp(first, UTC), mark
 
 
 def _unfinished_level3(

@@ -19,7 +19,7 @@ from autopilot.registry import shipped as shipped_checks
 from autopilot.results import CheckResult, DeviceResult, Status
 from autopilot.results import utc_now_iso as iso
 from workers import fleet, reconcile
-from workers.store import ResultsStore
+from workers.store import NodeRecord, ResultsStore
 
 H100 = "NVIDIA H100 80GB HBM3"
 POLICY = Policy(window=1000, min_samples=50, deviations=4.0, min_drop_pct=10.0)
@@ -258,3 +258,43 @@ def test_testing_past_the_longest_level3_run_is_a_warn_that_says_the_run_never_r
     assert decision.verdict.value == "WARN"
     (reason,) = decision.reasons
     assert reason.startswith(f"dcgm: error: the level-3 run that holds the node TESTING since {iso(since)} never ")
+
+
+# ---------------------------------------------------------------- the clock lies
+
+
+def heartbeat(store: ResultsStore, at: datetime) -> None:
+    store.heartbeat(NodeRecord(NODE, gpu_count=8, last_seen=at.timestamp()))
+
+
+def tick(store: ResultsStore, settings: config.Settings, at: datetime) -> str:
+    return reconcile.reconcile_all(store, settings, now=at, checks=shipped_checks())[NODE]
+
+
+def test_a_worker_whose_clock_runs_hours_ahead_and_that_stops_is_lost_once_its_heartbeat_stands_still() -> None:
+    # Its last heartbeat and results are stamped five hours ahead of beat's clock: by their stamps it
+    # was heard from "just now" for five more hours, and its results fresh, so the dead node read PASS.
+    store = ResultsStore(fakeredis.FakeRedis())
+    settings = config.Settings(node_name="beat", periodic_checks=("pciebw", "remapped"))
+    ahead = timedelta(hours=5)
+    healthy_node(store, T0 + ahead - timedelta(minutes=10))
+    heartbeat(store, T0 + ahead)
+    assert tick(store, settings, T0) == "PASS"  # first sight of a stamp from the future: it may be alive
+    assert tick(store, settings, T0 + timedelta(seconds=30)) == "PASS"
+    assert tick(store, settings, T0 + timedelta(minutes=1)) == "UNKNOWN"  # the same stamp, 60 s on
+    state = store.state(NODE)
+    assert state.reason_list[0] == f"no heartbeat since {iso(T0)}"
+    assert f"its clock runs ahead: its last heartbeat is stamped {iso(T0 + ahead)}" in state.reason_list
+
+
+def test_a_live_worker_whose_clock_runs_ahead_is_judged_on_its_results_at_every_tick() -> None:
+    store = ResultsStore(fakeredis.FakeRedis())
+    settings = config.Settings(node_name="beat", periodic_checks=("pciebw", "remapped"))
+    ahead = timedelta(hours=5)
+    healthy_node(store, T0 + ahead - timedelta(minutes=10))
+    for minute in range(6):
+        heartbeat(store, T0 + ahead + timedelta(minutes=minute))  # it heartbeats between ticks
+        assert tick(store, settings, T0 + timedelta(minutes=minute)) == "PASS"
+    # its own reconcile, on its own clock, finds nothing ahead: the mark is gone
+    reconcile.reconcile_node(store, NODE, settings, T0 + ahead + timedelta(minutes=6), checks=shipped_checks())
+    assert store.state(NODE).heard_ahead is None
