@@ -91,10 +91,17 @@ def lost_reason(last_seen: datetime) -> str:
 
 
 def is_fresh(result: CheckResult, now: datetime, max_age_s: float) -> bool:
+    """Started at most ``max_age_s`` before ``now``, and at most as long after it: a result stamped further
+    ahead (a clock gone wrong, another writer) can be placed nowhere, and would count for ever."""
     if not result.started_at:
         return False
     age = (now - results.parse_iso(result.started_at)).total_seconds()
-    return age <= max_age_s
+    return -max_age_s <= age <= max_age_s
+
+
+def _ahead(result: CheckResult, now: datetime, max_age_s: float) -> bool:
+    """Stamped further ahead of ``now`` than a result stays fresh (``is_fresh``)."""
+    return bool(result.started_at) and (results.parse_iso(result.started_at) - now).total_seconds() > max_age_s
 
 
 def clears_evict(result: CheckResult, evicted_at: datetime | None) -> bool:
@@ -147,5 +154,12 @@ def decide(
     have = {r.check for r in fresh}
     missing = [c for c in periodic if c not in have]
     if missing:
-        return Decision(Verdict.UNKNOWN, tuple(f"{c}: no fresh result" for c in missing))
+        ahead = {r.check: r.started_at for r in found if _ahead(r, now, max_age_s)}
+        return Decision(Verdict.UNKNOWN, tuple(_missing(c, ahead.get(c)) for c in missing))
     return Decision(Verdict.PASS, ())
+
+
+def _missing(check: str, ahead: str | None) -> str:
+    if ahead is None:
+        return f"{check}: no fresh result"
+    return f"{check}: no fresh result (the latest is stamped {ahead}, ahead of this clock)"

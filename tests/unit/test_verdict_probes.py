@@ -272,11 +272,12 @@ def tick(store: ResultsStore, settings: config.Settings, at: datetime) -> str:
 
 
 def test_a_worker_whose_clock_runs_hours_ahead_and_that_stops_is_lost_once_its_heartbeat_stands_still() -> None:
-    # Its last heartbeat and results are stamped five hours ahead of beat's clock: by their stamps it
-    # was heard from "just now" for five more hours, and its results fresh, so the dead node read PASS.
+    # Its last heartbeat and results are stamped two hours ahead of beat's clock (less than the three
+    # hours a result stays fresh): by their stamps it was heard from "just now" for two more hours, and
+    # its results fresh, so the dead node read PASS.
     store = ResultsStore(fakeredis.FakeRedis())
     settings = config.Settings(node_name="beat", periodic_checks=("pciebw", "remapped"))
-    ahead = timedelta(hours=5)
+    ahead = timedelta(hours=2)
     healthy_node(store, T0 + ahead - timedelta(minutes=10))
     heartbeat(store, T0 + ahead)
     assert tick(store, settings, T0) == "PASS"  # first sight of a stamp from the future: it may be alive
@@ -290,7 +291,7 @@ def test_a_worker_whose_clock_runs_hours_ahead_and_that_stops_is_lost_once_its_h
 def test_a_live_worker_whose_clock_runs_ahead_is_judged_on_its_results_at_every_tick() -> None:
     store = ResultsStore(fakeredis.FakeRedis())
     settings = config.Settings(node_name="beat", periodic_checks=("pciebw", "remapped"))
-    ahead = timedelta(hours=5)
+    ahead = timedelta(hours=2)
     healthy_node(store, T0 + ahead - timedelta(minutes=10))
     for minute in range(6):
         heartbeat(store, T0 + ahead + timedelta(minutes=minute))  # it heartbeats between ticks
@@ -298,3 +299,27 @@ def test_a_live_worker_whose_clock_runs_ahead_is_judged_on_its_results_at_every_
     # its own reconcile, on its own clock, finds nothing ahead: the mark is gone
     reconcile.reconcile_node(store, NODE, settings, T0 + ahead + timedelta(minutes=6), checks=shipped_checks())
     assert store.state(NODE).heard_ahead is None
+
+
+@pytest.mark.parametrize("stamp", ["9999-12-31T23:59:59Z", "2026-11-30T12:00:00Z"])
+def test_a_result_stamped_further_ahead_than_results_stay_fresh_is_no_fresh_result(stamp: str) -> None:
+    # Fresh meant "not older than three intervals": a pass stamped in 9999 (a clock gone wrong, another
+    # writer) counted as its check's fresh result for ever, and the node passed on it with the check
+    # never run again. Ahead by more than a result stays fresh, it can be placed nowhere.
+    store = ResultsStore(fakeredis.FakeRedis())
+    settings = config.Settings(node_name="beat", periodic_checks=("pciebw", "remapped"))
+    healthy_node(store, T0)
+    store.save_result(CheckResult("pciebw", Status.OK, "ok", node=NODE, started_at=stamp))
+    decision = reconcile.reconcile_node(store, NODE, settings, T0 + timedelta(minutes=1), checks=shipped_checks())
+    assert decision.verdict.value == "UNKNOWN"
+    assert decision.reasons == (f"pciebw: no fresh result (the latest is stamped {stamp}, ahead of this clock)",)
+
+
+def test_a_result_stamped_less_ahead_than_results_stay_fresh_counts() -> None:
+    # A worker's clock a little ahead (here an hour, within the three hours a result stays fresh) is
+    # judged alike by its own reconcile and beat's: no flapping between them.
+    store = ResultsStore(fakeredis.FakeRedis())
+    settings = config.Settings(node_name="beat", periodic_checks=("pciebw", "remapped"))
+    healthy_node(store, T0 + timedelta(hours=1))
+    decision = reconcile.reconcile_node(store, NODE, settings, T0, checks=shipped_checks())
+    assert decision.verdict.value == "PASS"
