@@ -323,3 +323,21 @@ def test_a_result_stamped_less_ahead_than_results_stay_fresh_counts() -> None:
     healthy_node(store, T0 + timedelta(hours=1))
     decision = reconcile.reconcile_node(store, NODE, settings, T0, checks=shipped_checks())
     assert decision.verdict.value == "PASS"
+
+
+def test_a_level3_pass_stamped_ahead_of_the_clock_clears_no_eviction() -> None:
+    # "Started after the eviction" is true of any stamp far enough ahead: a level-3 pass stamped in
+    # 9999 lifted every eviction of its node, the node's and its GPUs', at every reconcile to come.
+    store = ResultsStore(fakeredis.FakeRedis())
+    settings = config.Settings(node_name="beat", periodic_checks=("pciebw", "remapped"))
+    gpu = DeviceResult("3", Status.FAIL, detail="row remap failure", uuid=gpu_uuid(3), bus_id="0000:13:00.0")
+    store.save_result(
+        CheckResult("remapped", Status.FAIL, "remap failure", node=NODE, fatal=True, devices=(gpu,), started_at=iso(T0))
+    )
+    assert reconcile.reconcile_node(store, NODE, settings, T0, checks=shipped_checks()).verdict.value == "EVICT"
+    healthy_node(store, T0 + timedelta(minutes=5))
+    store.save_result(CheckResult("dcgm", Status.OK, "", node=NODE, params={"r": 3}, started_at="9999-01-01T00:00:00Z"))
+    held = reconcile.reconcile_node(store, NODE, settings, T0 + timedelta(minutes=10), checks=shipped_checks())
+    assert held.verdict.value == "EVICT"
+    states = gpuverdict.loads(store.state(NODE).gpus)
+    assert states[gpu_uuid(3)].verdict.value == "EVICT"
