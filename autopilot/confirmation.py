@@ -201,10 +201,17 @@ def judge_devices(series: Sequence[CheckResult], policy: Policy) -> CheckResult:
 
     Judged as one series, a GPU that healed while another still failed passed at its first pass, and a
     GPU's single noise sample counted at once while another GPU of the check was recovering.
+
+    Only while the check counts a failure (so the node is ``WARN`` for it) are its devices judged apart; a check
+    that lets a good result count gives its GPUs that result, as before, so a GPU is never worse than its node
+    (a GPU with no sample of its own before, such as a replaced one, would otherwise count its first failure).
     """
     latest = series[0]
     if policy.acts_at_once or not latest.devices:
         return latest
+    whole = judge(series, policy).effective
+    if not whole.is_bad:
+        return whole
     recent = series[: policy.depth]
     devices = []
     for device in latest.devices:

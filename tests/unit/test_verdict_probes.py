@@ -138,6 +138,7 @@ class GpuNode:
         self.store = ResultsStore(fakeredis.FakeRedis())
         self.settings = config.Settings(node_name="beat", periodic_checks=("pciebw",))
         self.minutes = 0
+        self.boards = {i: i for i in range(8)}  # index -> the board there (its UUID)
 
     def pciebw(self, *failing: int, fatal: bool = False) -> str:
         self.minutes += 5
@@ -149,7 +150,7 @@ class GpuNode:
                 2.0 if i in failing else 50.0,
                 "GB/s",
                 "below the floor" if i in failing else "",
-                uuid=gpu_uuid(i),
+                uuid=gpu_uuid(self.boards[i]),
                 bus_id=f"0000:{i + 16:02x}:00.0",
             )
             for i in range(8)
@@ -341,3 +342,14 @@ def test_a_level3_pass_stamped_ahead_of_the_clock_clears_no_eviction() -> None:
     assert held.verdict.value == "EVICT"
     states = gpuverdict.loads(store.state(NODE).gpus)
     assert states[gpu_uuid(3)].verdict.value == "EVICT"
+
+
+def test_a_replaced_gpus_first_failure_waits_for_confirmation_like_its_node() -> None:
+    # A new UUID has no sample of its own: judged alone its first failure counted at once, a GPU WARN
+    # on a PASS node (the node's pending failure kept judging the check's last pass).
+    node = GpuNode()
+    node.pciebw()
+    node.pciebw()
+    node.boards[5] = 105  # GPU 5's board replaced: a new UUID at the same index and address
+    assert node.pciebw(5) == "PASS"
+    assert node.bad_gpus() == {}
