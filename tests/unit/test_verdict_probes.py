@@ -6,6 +6,7 @@ test pins it; docs/RESULTS.md says why each outcome is the right one.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from datetime import UTC, datetime, timedelta
 
@@ -353,3 +354,80 @@ def test_a_replaced_gpus_first_failure_waits_for_confirmation_like_its_node() ->
     node.boards[5] = 105  # GPU 5's board replaced: a new UUID at the same index and address
     assert node.pciebw(5) == "PASS"
     assert node.bad_gpus() == {}
+
+
+# ---------------------------------------------------------------- identity lies
+
+
+def test_indexes_renumbered_after_a_gpu_falls_off_the_bus_judge_each_board_under_its_own_uuid() -> None:
+    # GPU 3 falls off: NVML now numbers the 7 left 0..6, so the boards at 4..7 answer as 3..6. The lost
+    # board is EVICT under its UUID (matched by its address), the board now at index 3 is not blamed, and a
+    # device a result names by index only lands on the board at that index now.
+    def board(index: int, uuid_of: int, status: Status = Status.OK) -> DeviceResult:
+        return DeviceResult(str(index), status, uuid=gpu_uuid(uuid_of), bus_id=f"0000:{uuid_of + 16:02x}:00.0")
+
+    checks = shipped_checks()
+    before = CheckResult(
+        "remapped", Status.OK, node=NODE, devices=tuple(board(i, i) for i in range(8)), started_at=iso(T0)
+    )
+    previous = gpuverdict.decide([before], {}, now=T0, max_age_s=3 * 3600, checks=checks)
+    later = T0 + timedelta(hours=1)
+    left = [board(index, uuid_of) for index, uuid_of in enumerate((0, 1, 2, 4, 5, 6, 7))]
+    fell = DeviceResult("0000:13:00.0", Status.FAIL, detail="fell off the bus", bus_id="0000:13:00.0")
+    census = CheckResult(
+        "remapped", Status.FAIL, "7 of 8", node=NODE, fatal=True, devices=(*left, fell), started_at=iso(later)
+    )
+    by_index = CheckResult(
+        "gpupower",
+        Status.WARN,
+        node=NODE,
+        devices=(DeviceResult("3", Status.WARN, detail="SW thermal"),),
+        started_at=iso(later),
+    )
+    after = gpuverdict.decide([census, by_index], previous, now=later, max_age_s=3 * 3600, checks=checks)
+    assert after[gpu_uuid(3)].verdict.value == "EVICT"
+    assert after[gpu_uuid(4)].verdict.value == "WARN" and after[gpu_uuid(4)].index == "3"
+    assert gpuverdict.counts(after) == {"EVICT": 1, "WARN": 1, "PASS": 6, "UNKNOWN": 0}
+
+
+# ---------------------------------------------------------------- an operator's clear meets a confirmation run
+
+
+@pytest.mark.parametrize(("confirmed", "expected"), [(True, "WARN"), (False, "PASS")])
+def test_a_clear_while_a_confirmation_run_is_in_flight_keeps_the_clear_and_judges_the_run(
+    confirmed: bool, expected: str
+) -> None:
+    # Evicted by a remap failure (GPU 3); repaired, its remapped re-run passes; a pciebw failure of GPU 0
+    # waits for its confirmation run when the operator clears. The run's result lands after the clear: it
+    # confirms (WARN) or ends (PASS) the pciebw failure, and neither evicts again nor loses the clear.
+    node = GpuNode()
+    node.settings = config.Settings(node_name="beat", periodic_checks=("pciebw", "remapped"))
+    node.pciebw()
+    gpu3 = DeviceResult("3", Status.FAIL, detail="row remap failure", uuid=gpu_uuid(3), bus_id="0000:13:00.0")
+    node.store.save_result(
+        CheckResult(
+            "remapped", Status.FAIL, "remap failure", node=NODE, fatal=True, devices=(gpu3,), started_at=iso(T0)
+        )
+    )
+    assert node.pciebw() == "EVICT"
+    node.store.save_result(
+        CheckResult(
+            "remapped",
+            Status.OK,
+            "ok",
+            node=NODE,
+            devices=(dataclasses.replace(gpu3, status=Status.OK),),
+            started_at=iso(T0 + timedelta(minutes=12)),
+        )
+    )
+    assert node.pciebw(0) == "EVICT"  # pending; its confirmation run is sent
+    cleared = reconcile.clear_evict(
+        node.store, NODE, node.settings, by="api:10.0.0.7", checks=shipped_checks(), now=T0 + timedelta(minutes=17)
+    )
+    assert cleared.verdict.value == "PASS"  # the pending failure keeps judging the last pass
+    after = node.pciebw(0) if confirmed else node.pciebw()
+    assert after == expected
+    state = node.store.state(NODE)
+    assert state.cleared_by == "api:10.0.0.7" and state.evicted_at is None
+    assert any("cleared by api:10.0.0.7" in r for r in state.reason_list)
+    assert node.bad_gpus() == ({0: "WARN"} if confirmed else {})
