@@ -83,9 +83,12 @@ def reconcile_gpus(
     *,
     checks: CheckRegistry,
     lost_since: datetime | None = None,
+    measured: Mapping[str, CheckResult] | None = None,
 ) -> GpuOutcome:
     """``lost_since``: the last heartbeat of a lost node. Its results say nothing of its GPUs now, so each
-    GPU is ``UNKNOWN`` ("no heartbeat since"), as the node is, except a sticky ``EVICT``."""
+    GPU is ``UNKNOWN`` ("no heartbeat since"), as the node is, except a sticky ``EVICT``. ``measured``: the
+    node's latest results as stored, when ``latest`` is what confirmation lets count of them: a device held
+    from an older sample (``confirmation.judge_devices``) is no new finding, so no incident."""
     if lost_since is not None:
         latest = {}
     memo = _memo.get(node)
@@ -102,7 +105,7 @@ def reconcile_gpus(
         unmeasured_after_s=settings.unmeasured_after_s,
     )
     judged_until = state.gpus_at or ""
-    new_results = [r for r in latest.values() if r.started_at and r.started_at > judged_until]
+    new_results = [_as_measured(r, measured) for r in latest.values() if r.started_at and r.started_at > judged_until]
     found = gpuhistory.incidents(
         node, previous, states, now=now, new_results=new_results, periodic=settings.periodic_checks
     )
@@ -150,6 +153,14 @@ def reconcile_gpus(
     if cluster is not None and settings.device_taints != "off":
         fields.update(_taints(cluster, node, settings, states, state.gpu_taints))
     return GpuOutcome(dict(states), fields, dict(labels), dict(annotations))
+
+
+def _as_measured(result: CheckResult, measured: Mapping[str, CheckResult] | None) -> CheckResult:
+    """``result`` with only the devices its stored result (in ``measured``) has as they are."""
+    stored = measured.get(result.check) if measured is not None else None
+    if stored is None or stored is result:
+        return result
+    return dataclasses.replace(result, devices=tuple(d for d in result.devices if d in stored.devices))
 
 
 def lost(states: Mapping[str, GpuState], why: str) -> dict[str, GpuState]:

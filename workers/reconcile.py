@@ -166,7 +166,7 @@ def reconcile_node(
     # until its own passes, and a new failure of one GPU is pending while another recovers.
     per_gpu = confirming.effective_devices(latest, found, settings, suspects=blamed)
     gpu = gpureconcile.reconcile_gpus(
-        store, node, settings, per_gpu, state, moment, cluster, checks=checks, lost_since=lost
+        store, node, settings, per_gpu, state, moment, cluster, checks=checks, lost_since=lost, measured=latest
     )
     new_state.update(gpu.state)
     publication = dataclasses.replace(

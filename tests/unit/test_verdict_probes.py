@@ -431,3 +431,22 @@ def test_a_clear_while_a_confirmation_run_is_in_flight_keeps_the_clear_and_judge
     assert state.cleared_by == "api:10.0.0.7" and state.evicted_at is None
     assert any("cleared by api:10.0.0.7" in r for r in state.reason_list)
     assert node.bad_gpus() == ({0: "WARN"} if confirmed else {})
+
+
+def test_a_gpu_held_by_confirmation_records_no_new_incident() -> None:
+    # pciebw on demand (not periodic): its bad GPU devices are "event" incidents, counted towards a repeat
+    # offender. GPU 1 fails twice (confirmed: one incident), then passes while GPU 0 still fails: GPU 1 is
+    # held WARN until its own second pass, but its held failure is no new finding in that result.
+    node = GpuNode()
+    node.settings = config.Settings(node_name="beat", periodic_checks=("remapped",))
+    node.pciebw()
+    node.pciebw(0, 1)
+    node.pciebw(0, 1)
+    node.pciebw(0)
+    node.pciebw(0)
+    found = node.store.gpu_history().incidents_many(
+        [gpu_uuid(0), gpu_uuid(1)], now=T0 + timedelta(hours=1), retention_s=86400.0
+    )
+    events = {u: [i.at for i in found[u] if i.kind == "event"] for u in (gpu_uuid(0), gpu_uuid(1))}
+    assert len(events[gpu_uuid(1)]) == 1
+    assert len(events[gpu_uuid(0)]) == 3
