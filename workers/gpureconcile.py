@@ -104,7 +104,8 @@ def reconcile_gpus(
         checks=checks,
         unmeasured_after_s=settings.unmeasured_after_s,
     )
-    judged_until = state.gpus_at or ""
+    # A stamp further ahead than a result stays fresh (a clock gone wrong) would make every later result old.
+    judged_until = state.gpus_at if state.gpus_at and _in_time(state.gpus_at, now, settings) else ""
     new_results = [_as_measured(r, measured) for r in latest.values() if r.started_at and r.started_at > judged_until]
     found = gpuhistory.incidents(
         node, previous, states, now=now, new_results=new_results, periodic=settings.periodic_checks
@@ -148,11 +149,22 @@ def reconcile_gpus(
             retention_s=settings.gpu_history_retention_s,
         )
         fields["gpus_day"] = day
-    newest = max((r.started_at for r in latest.values() if r.started_at), default=judged_until)
+    newest = max(
+        (r.started_at for r in latest.values() if r.started_at and _in_time(r.started_at, now, settings)),
+        default=judged_until,
+    )
     fields["gpus_at"] = max(newest, judged_until) or None
     if cluster is not None and settings.device_taints != "off":
         fields.update(_taints(cluster, node, settings, states, state.gpu_taints))
     return GpuOutcome(dict(states), fields, dict(labels), dict(annotations))
+
+
+def _in_time(stamp: str, now: datetime, settings: config.Settings) -> bool:
+    """``stamp`` no further ahead of ``now`` than a result stays fresh (``verdict.is_ahead``), and readable."""
+    try:
+        return (results.parse_iso(stamp) - now).total_seconds() <= settings.stale_after_s
+    except ValueError:
+        return False
 
 
 def _as_measured(result: CheckResult, measured: Mapping[str, CheckResult] | None) -> CheckResult:

@@ -450,3 +450,17 @@ def test_a_gpu_held_by_confirmation_records_no_new_incident() -> None:
     events = {u: [i.at for i in found[u] if i.kind == "event"] for u in (gpu_uuid(0), gpu_uuid(1))}
     assert len(events[gpu_uuid(1)]) == 1
     assert len(events[gpu_uuid(0)]) == 3
+
+
+def test_a_result_stamped_far_ahead_does_not_silence_the_gpu_history() -> None:
+    # The GPUs' history takes as new the results started after the newest one judged: a result stamped in
+    # 9999 made that 9999, and no incident of the node was ever recorded again.
+    node = GpuNode()
+    node.settings = config.Settings(node_name="beat", periodic_checks=("remapped",))
+    node.pciebw()
+    node.store.save_result(CheckResult("gpupower", Status.OK, "ok", node=NODE, started_at="9999-01-01T00:00:00Z"))
+    node.pciebw(2)
+    node.pciebw(2)  # confirmed: an incident
+    found = node.store.gpu_history().incidents_many([gpu_uuid(2)], now=T0 + timedelta(hours=1), retention_s=86400.0)
+    assert [i.kind for i in found[gpu_uuid(2)] if i.kind == "event"] == ["event"]
+    assert node.store.state(NODE).gpus_at == iso(T0 + timedelta(minutes=15))
