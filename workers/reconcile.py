@@ -366,12 +366,13 @@ def fleet_pings(
 ) -> dict[str, results.CheckResult]:
     """Node -> its fresh ``ping`` result (one pipeline over every known node, or over ``nodes``).
 
-    A result older than ``settings.stale_after_s`` (a lost node's last word) takes no part."""
+    A result older than ``settings.stale_after_s`` (a lost node's last word), or stamped further ahead (a clock
+    gone wrong: ``verdict.is_fresh``), takes no part."""
     names = list(nodes) if nodes is not None else sorted(store.last_seen())
     return {
         node: r
         for node, r in store.latest_of("ping", names).items()
-        if r.started_at and (now - results.parse_iso(r.started_at)).total_seconds() <= settings.stale_after_s
+        if verdict.is_fresh(r, now, settings.stale_after_s)
     }
 
 

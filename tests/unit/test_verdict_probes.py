@@ -464,3 +464,12 @@ def test_a_result_stamped_far_ahead_does_not_silence_the_gpu_history() -> None:
     found = node.store.gpu_history().incidents_many([gpu_uuid(2)], now=T0 + timedelta(hours=1), retention_s=86400.0)
     assert [i.kind for i in found[gpu_uuid(2)] if i.kind == "event"] == ["event"]
     assert node.store.state(NODE).gpus_at == iso(T0 + timedelta(minutes=15))
+
+
+def test_a_ping_stamped_far_ahead_takes_no_part_in_the_fleets_localisation() -> None:
+    store = ResultsStore(fakeredis.FakeRedis())
+    settings = config.Settings(node_name="beat", periodic_checks=("ping",))
+    for name, stamp in (("gpu-1", iso(T0)), ("gpu-2", "9999-01-01T00:00:00Z"), ("gpu-3", iso(T0 - timedelta(days=1)))):
+        store.heartbeat(NodeRecord(name, gpu_count=8, last_seen=T0.timestamp()))
+        store.save_result(CheckResult("ping", Status.OK, "ok", node=name, started_at=stamp))
+    assert set(reconcile.fleet_pings(store, settings, T0)) == {"gpu-1"}
