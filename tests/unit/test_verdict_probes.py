@@ -473,3 +473,50 @@ def test_a_ping_stamped_far_ahead_takes_no_part_in_the_fleets_localisation() -> 
         store.heartbeat(NodeRecord(name, gpu_count=8, last_seen=T0.timestamp()))
         store.save_result(CheckResult("ping", Status.OK, "ok", node=name, started_at=stamp))
     assert set(reconcile.fleet_pings(store, settings, T0)) == {"gpu-1"}
+
+
+# ---------------------------------------------------------------- partial answers
+
+
+def test_seven_of_eight_gpus_measured_is_a_warn_on_the_eighth_never_a_pass() -> None:
+    # The tool answered for 7 GPUs; the 8th gave nothing usable. That GPU is WARN (its check could not
+    # complete on it), the others PASS, the node WARN: never PASS with a GPU unmeasured by an error.
+    readings = [pciebw.GpuReading(i, h2d_gbps=50.0, figures={"name": H100, "h2d_pinned_gbps": 50.0}) for i in range(7)]
+    readings.append(pciebw.GpuReading(7, error="ap-bandwidth printed no figure for GPU 7"))
+    result = pciebw.evaluate(readings, pciebw.Rules(threshold_gbps=4.0), tool="ap-bandwidth")
+    devices = tuple(
+        dataclasses.replace(d, uuid=gpu_uuid(int(d.id)), bus_id=f"0000:{int(d.id) + 16:02x}:00.0")
+        for d in result.devices
+    )
+    store = ResultsStore(fakeredis.FakeRedis())
+    settings = config.Settings(node_name="beat", periodic_checks=("pciebw",))
+    store.save_result(dataclasses.replace(result, node=NODE, devices=devices, started_at=iso(T0)))
+    decision = reconcile.reconcile_node(store, NODE, settings, T0, checks=shipped_checks())
+    assert decision.verdict.value == "WARN"
+    states = gpuverdict.loads(store.state(NODE).gpus)
+    assert {s.index: s.verdict.value for s in states.values() if s.verdict.value != "PASS"} == {"7": "WARN"}
+    assert gpuverdict.counts(states)["PASS"] == 7
+
+
+def test_a_check_that_errors_every_hour_for_a_week_never_passes_and_says_so_per_gpu() -> None:
+    store = ResultsStore(fakeredis.FakeRedis())
+    settings = config.Settings(node_name="beat", periodic_checks=("pciebw",))
+    said: set[str] = set()
+    for hour in range(7 * 24 + 2):
+        at = T0 + timedelta(hours=hour)
+        devices = tuple(
+            DeviceResult(str(i), Status.ERROR, detail="no figure", uuid=gpu_uuid(i), bus_id=f"0000:{i + 16:02x}:00.0")
+            for i in range(8)
+        )
+        store.save_result(
+            CheckResult("pciebw", Status.ERROR, "tool crashed", node=NODE, devices=devices, started_at=iso(at))
+        )
+        said.add(
+            reconcile.reconcile_node(
+                store, NODE, settings, at + timedelta(minutes=1), checks=shipped_checks()
+            ).verdict.value
+        )
+    assert said == {"WARN"}
+    states = gpuverdict.loads(store.state(NODE).gpus)
+    assert all(s.verdict.value == "WARN" for s in states.values())
+    assert all("pciebw not measured for 7 d (error)" in s.reasons for s in states.values())
