@@ -141,24 +141,38 @@ class GpuNode:
         self.minutes = 0
         self.boards = {i: i for i in range(8)}  # index -> the board there (its UUID)
 
-    def pciebw(self, *failing: int, fatal: bool = False) -> str:
+    def pciebw(self, *failing: int, fatal: bool = False, busy: tuple[int, ...] = (), mig: bool = False) -> str:
+        """A result with ``failing`` GPUs below the floor and ``busy`` ones skipped as in use by others
+        (``mig``: every GPU skipped, the result too)."""
         self.minutes += 5
         at = T0 + timedelta(minutes=self.minutes)
+
+        def status(i: int) -> Status:
+            return Status.SKIPPED if mig or i in busy else Status.FAIL if i in failing else Status.OK
+
         devices = tuple(
             DeviceResult(
                 str(i),
-                Status.FAIL if i in failing else Status.OK,
+                status(i),
                 2.0 if i in failing else 50.0,
                 "GB/s",
-                "below the floor" if i in failing else "",
+                "in use by others" if i in busy else "MIG mode" if mig else "below the floor" if i in failing else "",
                 uuid=gpu_uuid(self.boards[i]),
                 bus_id=f"0000:{i + 16:02x}:00.0",
             )
             for i in range(8)
         )
-        status = Status.FAIL if failing else Status.OK
+        worst = Status.SKIPPED if mig else Status.FAIL if failing else Status.OK
+        data = {"gpus": {str(i): {"in_use": {"busy": True}} for i in busy}}
         found = CheckResult(
-            "pciebw", status, f"GPUs {failing} fail", node=NODE, fatal=fatal, devices=devices, started_at=iso(at)
+            "pciebw",
+            worst,
+            f"GPUs {failing} fail",
+            node=NODE,
+            fatal=fatal,
+            devices=devices,
+            data=data,
+            started_at=iso(at),
         )
         self.store.save_result(found)
         decision = reconcile.reconcile_node(
@@ -520,3 +534,37 @@ def test_a_check_that_errors_every_hour_for_a_week_never_passes_and_says_so_per_
     states = gpuverdict.loads(store.state(NODE).gpus)
     assert all(s.verdict.value == "WARN" for s in states.values())
     assert all("pciebw not measured for 7 d (error)" in s.reasons for s in states.values())
+
+
+def test_a_gpu_confirmed_slow_and_busy_at_every_run_since_stays_warn_until_measured() -> None:
+    # GPU 0 is confirmed slow; a job then holds it at every run, so pciebw skips it and passes the other
+    # seven. Those results were the check's passes: two of them made the node and GPU 0 PASS, never having
+    # measured GPU 0 again. Its failure now counts until GPU 0 itself passes twice.
+    node = GpuNode()
+    node.pciebw()
+    node.pciebw(0)
+    assert node.pciebw(0) == "WARN"
+    for _ in range(6):
+        assert node.pciebw(busy=(0,)) == "WARN"
+        assert node.bad_gpus() == {0: "WARN"}
+    reasons = node.store.state(NODE).reason_list
+    assert reasons[0].startswith("pciebw: fail: GPUs (0,) fail (measured 2026-11-29T12:15:00Z; not measured since)")
+    assert node.pciebw() == "WARN"  # measured: one pass of two
+    assert node.pciebw() == "PASS"
+    assert node.bad_gpus() == {}
+
+
+def test_a_confirmed_failure_is_held_while_mig_mode_skips_every_gpu() -> None:
+    node = GpuNode()
+    node.pciebw()
+    node.pciebw(0)
+    assert node.pciebw(0) == "WARN"
+    assert node.pciebw(mig=True) == "WARN"
+    assert node.gpus() == {0: "WARN", **dict.fromkeys(range(1, 8), "UNKNOWN")}  # the others: nothing looked at
+
+
+def test_a_node_that_never_failed_passes_while_its_gpus_are_busy_or_in_mig_mode() -> None:
+    # No failure to hold: a skip is no finding (RESULTS.md, "A GPU in use by others").
+    node = GpuNode()
+    assert node.pciebw(busy=(0, 1)) == "PASS"
+    assert node.pciebw(mig=True) == "PASS"
