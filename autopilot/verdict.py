@@ -4,7 +4,7 @@
 ``UNKNOWN`` the node is lost: no heartbeat for ``AUTOPILOT_NODE_LOST_AFTER`` ("no heartbeat since <time>")
 ``TESTING`` while an invasive Job holds the node
 ``WARN``   a fresh result is ``fail``, ``warn`` or ``error``
-``UNKNOWN`` a periodic check has no fresh result (never ran, or older than three intervals)
+``UNKNOWN`` a periodic check has no fresh result (never ran, older than three intervals, or stamped further ahead)
 ``PASS``   otherwise
 
 The first that applies wins. ``EVICT`` is sticky: once a node is evicted only a passing invasive
