@@ -130,8 +130,11 @@ def reconcile_node(
     silent, heard = _silent_ahead(view.last_seen, state.heard_ahead, moment, settings)
     lost = lost or silent
     unfinished = _unfinished_level3(node, state.testing_since, moment, settings)
+    # A GPU new here whose eviction elsewhere (or before this node was forgotten) was never cleared.
+    carried = gpureconcile.carried(store, node, settings, state, latest, moment)
+    held = [carried] if carried is not None else []
     decision = verdict.decide(
-        [*confirmed.values(), *unfinished],
+        [*confirmed.values(), *unfinished, *held],
         # Validated against the process's checks when the settings were loaded (config._known_checks).
         periodic=settings.periodic_checks,
         now=moment,
@@ -165,6 +168,8 @@ def reconcile_node(
     # Each GPU's device confirmed by its own samples: a GPU that heals while another still fails is held
     # until its own passes, and a new failure of one GPU is pending while another recovers.
     per_gpu = confirming.effective_devices(latest, found, settings, suspects=blamed)
+    if carried is not None:
+        per_gpu[carried.check] = carried
     gpu = gpureconcile.reconcile_gpus(
         store, node, settings, per_gpu, state, moment, cluster, checks=checks, lost_since=lost, measured=latest
     )

@@ -568,3 +568,53 @@ def test_a_node_that_never_failed_passes_while_its_gpus_are_busy_or_in_mig_mode(
     node = GpuNode()
     assert node.pciebw(busy=(0, 1)) == "PASS"
     assert node.pciebw(mig=True) == "PASS"
+
+
+def eight(node: str, at: datetime, *, xid_on: int | None = None) -> list[CheckResult]:
+    """A node's passing remapped result (8 GPUs with their identities), and an evicting Xid event on one GPU."""
+    devices = tuple(
+        DeviceResult(str(i), Status.OK, uuid=gpu_uuid(i), bus_id=f"0000:{i + 16:02x}:00.0") for i in range(8)
+    )
+    found = [CheckResult("remapped", Status.OK, "ok", node=node, devices=devices, started_at=iso(at))]
+    if xid_on is not None:
+        xid = dataclasses.replace(devices[xid_on], status=Status.FAIL, detail="Xid 79: fell off the bus")
+        found.append(
+            CheckResult("events", Status.FAIL, "Xid 79", node=node, fatal=True, devices=(xid,), started_at=iso(at))
+        )
+    return found
+
+
+def test_a_gpu_evicted_on_a_node_that_comes_back_under_another_name_is_still_evicted() -> None:
+    # gpu-7's GPU 3 is evicted for an Xid 79 that no periodic check sees again. Re-imaged, the node comes
+    # back as gpu-7b: same boards, same UUIDs, no state. The history kept the eviction under the UUID, but the
+    # sticky EVICT was gpu-7's: gpu-7b passed at once on the GPU nobody cleared.
+    store = ResultsStore(fakeredis.FakeRedis())
+    settings = config.Settings(node_name="beat", periodic_checks=("remapped",))
+    for result in eight("gpu-7", T0, xid_on=3):
+        store.save_result(result)
+    assert reconcile.reconcile_node(store, "gpu-7", settings, T0, checks=shipped_checks()).verdict.value == "EVICT"
+    later = T0 + timedelta(days=1)
+    for result in eight("gpu-7b", later):
+        store.save_result(result)
+    decision = reconcile.reconcile_node(store, "gpu-7b", settings, later, checks=shipped_checks())
+    assert decision.verdict.value == "EVICT"
+    assert decision.reasons == (f"gpuhistory: GPU 3: evicted on gpu-7 since {iso(T0)} and never cleared",)
+    states = gpuverdict.loads(store.state("gpu-7b").gpus)
+    assert {s.index: s.verdict.value for s in states.values() if s.verdict.value != "PASS"} == {"3": "EVICT"}
+    # sticky from now on, as any eviction, with no history read (the GPUs are known here now)
+    again = reconcile.reconcile_node(store, "gpu-7b", settings, later + timedelta(minutes=5), checks=shipped_checks())
+    assert again.verdict.value == "EVICT" and "gpuhistory on GPU 3" in again.reasons[0]
+    # an operator's clear lifts it, and it is not carried again
+    cleared = reconcile.clear_evict(
+        store, "gpu-7b", settings, by="api:10.0.0.7", checks=shipped_checks(), now=later + timedelta(minutes=10)
+    )
+    assert cleared.verdict.value == "PASS"
+    assert gpuverdict.counts(gpuverdict.loads(store.state("gpu-7b").gpus))["EVICT"] == 0
+
+
+def test_a_new_node_whose_gpus_were_never_evicted_passes() -> None:
+    store = ResultsStore(fakeredis.FakeRedis())
+    settings = config.Settings(node_name="beat", periodic_checks=("remapped",))
+    for result in eight("gpu-9", T0):
+        store.save_result(result)
+    assert reconcile.reconcile_node(store, "gpu-9", settings, T0, checks=shipped_checks()).verdict.value == "PASS"
