@@ -30,7 +30,7 @@ import dataclasses
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from autopilot import config, confirmation, errors, gpuverdict, network, publish, results, verdict
 from autopilot.cluster import ClusterClient
@@ -459,5 +459,20 @@ def clear_evict(
     ``now``: the moment of the clear (default: the clock's), for the record and the recompute."""
     state = store.state(node)
     if state.evicted_at:
-        store.set_state(node, _cleared(state, by=by, at=results.utc_now_iso(now)))
+        store.set_state(node, _cleared(state, by=by, at=_clear_time(state, now)))
     return reconcile_node(store, node, settings, now, cluster=cluster, checks=checks)
+
+
+def _clear_time(state: NodeState, now: datetime | None) -> str:
+    """When a clear at ``now`` counts from: ``now``, or the latest eviction it lifts when that is later. A GPU's
+    eviction is lifted by a clear later than it (``gpuverdict``), and one the node's own reconcile stamped on a
+    clock that runs ahead of this one was later than the operator's clear: the node's eviction was lifted, the
+    GPU's stayed (its taint, its count label)."""
+    at = now or datetime.now(UTC)
+    for stamp in (state.evicted_at, *(s.evicted_at for s in gpuverdict.loads(state.gpus).values())):
+        try:
+            # A second later: the stamps have whole seconds, and a clear lifts what began before it.
+            at = max(at, results.parse_iso(stamp) + timedelta(seconds=1)) if stamp else at
+        except ValueError:
+            continue  # another writer's stamp: it lifts by the other rules or not at all
+    return results.utc_now_iso(at)

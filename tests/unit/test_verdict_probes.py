@@ -618,3 +618,28 @@ def test_a_new_node_whose_gpus_were_never_evicted_passes() -> None:
     for result in eight("gpu-9", T0):
         store.save_result(result)
     assert reconcile.reconcile_node(store, "gpu-9", settings, T0, checks=shipped_checks()).verdict.value == "PASS"
+
+
+def test_an_operators_clear_lifts_the_gpu_evictions_of_a_node_whose_clock_runs_ahead() -> None:
+    # The worker's reconcile, on its own clock two hours ahead, stamped GPU 3's eviction two hours ahead of
+    # the API's clock. A GPU's eviction was lifted by a clear later than it: the operator's clear, on the
+    # API's clock, lifted the node's eviction but not GPU 3's (its device taint, its label count stayed).
+    store = ResultsStore(fakeredis.FakeRedis())
+    settings = config.Settings(node_name="beat", periodic_checks=("remapped",))
+    ahead = T0 + timedelta(hours=2)
+    gpu3 = DeviceResult("3", Status.FAIL, detail="row remap failure", uuid=gpu_uuid(3), bus_id="0000:13:00.0")
+    store.save_result(
+        CheckResult(
+            "remapped", Status.FAIL, "remap failure", node=NODE, fatal=True, devices=(gpu3,), started_at=iso(ahead)
+        )
+    )
+    assert reconcile.reconcile_node(store, NODE, settings, ahead, checks=shipped_checks()).verdict.value == "EVICT"
+    repaired = dataclasses.replace(gpu3, status=Status.OK, detail="")
+    later = ahead + timedelta(minutes=10)
+    store.save_result(CheckResult("remapped", Status.OK, "ok", node=NODE, devices=(repaired,), started_at=iso(later)))
+    reconcile.reconcile_node(store, NODE, settings, later, checks=shipped_checks())
+    cleared = reconcile.clear_evict(
+        store, NODE, settings, by="api:10.0.0.7", checks=shipped_checks(), now=T0 + timedelta(minutes=15)
+    )
+    assert cleared.verdict.value == "PASS"
+    assert gpuverdict.counts(gpuverdict.loads(store.state(NODE).gpus))["EVICT"] == 0
