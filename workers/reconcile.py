@@ -145,8 +145,7 @@ def reconcile_node(
         evict_causes=state.causes,
     )
     if silent is not None and view.last_seen is not None:
-        stamped = results.utc_now_iso(datetime.fromtimestamp(view.last_seen, UTC))
-        ahead = f"its clock runs ahead: its last heartbeat is stamped {stamped}"
+        ahead = f"its clock runs ahead: its last heartbeat is stamped {_epoch_text(view.last_seen)}"
         decision = dataclasses.replace(decision, notes=(*decision.notes, ahead))
     new_state: dict[str, str | None] = {"verdict": decision.verdict.value, "heard_ahead": heard}
     if decision.verdict is verdict.Verdict.EVICT and evicted_at is None:
@@ -215,11 +214,21 @@ def _silent_ahead(
         same, first = float(stamp) == last_seen, float(since)
     except ValueError:
         same, first = False, now
-    if not same:
+    if (
+        not same or not 0 < first <= now
+    ):  # a new stamp; or a mark of another writer, or of this clock before a step back
         return None, f"{last_seen!r} {now!r}"
     if now - first <= settings.live_after_s:
         return None, mark
     return datetime.fromtimestamp(first, UTC), mark
+
+
+def _epoch_text(seconds: float) -> str:
+    """``seconds`` (epoch) as a result's time; as written when no date can hold it (another writer's figure)."""
+    try:
+        return results.utc_now_iso(datetime.fromtimestamp(seconds, UTC))
+    except (OverflowError, OSError, ValueError):
+        return f"{seconds!r} (epoch seconds)"
 
 
 def _unfinished_level3(

@@ -643,3 +643,13 @@ def test_an_operators_clear_lifts_the_gpu_evictions_of_a_node_whose_clock_runs_a
     )
     assert cleared.verdict.value == "PASS"
     assert gpuverdict.counts(gpuverdict.loads(store.state(NODE).gpus))["EVICT"] == 0
+
+
+def test_a_heartbeat_stamped_past_any_date_is_lost_and_said_as_written() -> None:
+    store = ResultsStore(fakeredis.FakeRedis())
+    settings = config.Settings(node_name="beat", periodic_checks=("remapped",))
+    healthy_node(store, T0)
+    store.heartbeat(NodeRecord(NODE, gpu_count=8, last_seen=1e18))
+    assert tick(store, settings, T0) == "PASS"
+    assert tick(store, settings, T0 + timedelta(minutes=1)) == "UNKNOWN"
+    assert "its clock runs ahead: its last heartbeat is stamped 1e+18 (epoch seconds)" in store.state(NODE).reason_list
