@@ -107,6 +107,10 @@ class Sample:
     value: float
 
 
+QUARANTINE = Policy()
+"""The least slow a figure is kept out of its cohort's window at (``joins``): the default judgement."""
+
+
 def driver_major(version: str) -> str:
     """``535.129.03`` -> ``535``; anything unreadable -> ``unknown`` (its own cohort)."""
     head = version.strip().split(".")[0]
@@ -137,8 +141,18 @@ def joins(sample: Sample, base: Baseline | None, policy: Policy) -> bool:
 
     A slow figure is a finding, not the cohort's new normal: were it learned, a driver update that halves
     every GPU's bandwidth at once would warn on the first figures and, once they filled half the window,
-    pass the whole fleet at its new, halved median."""
-    return plausible(sample.value) and (base is None or not is_slow(sample.value, base, policy))
+    pass the whole fleet at its new, halved median. Slow here is never tighter than ``QUARANTINE``: settings
+    that judge within the healthy spread (1 MAD, 0%) would otherwise keep the window's lower tail out at
+    every turn, and its median would creep up until the whole fleet warned."""
+    if not plausible(sample.value):
+        return False
+    if base is None:
+        return True
+    bar = Policy(
+        deviations=max(policy.deviations, QUARANTINE.deviations),
+        min_drop_pct=max(policy.min_drop_pct, QUARANTINE.min_drop_pct),
+    )
+    return not is_slow(sample.value, base, bar)
 
 
 def is_slow(value: float, baseline: Baseline, policy: Policy) -> bool:

@@ -63,6 +63,18 @@ def test_a_driver_update_that_halves_every_gpu_keeps_the_whole_fleet_warn() -> N
     assert "h2d_gbps" in after[-1].summary and "50% of the median" in after[-1].summary
 
 
+def test_tight_settings_do_not_make_the_baseline_creep_up() -> None:
+    # Kept out of the window at the judgement's own bar (1 MAD, 0%), a healthy fleet's lower tail never
+    # joined: the median crept up each turn of the window (50.6 after 40 rounds here) until all warned.
+    tight = Policy(window=1000, min_samples=50, deviations=1.0, min_drop_pct=0.0)
+    window, rng = Window(tight.window), random.Random(1)
+    for _ in range(40):
+        for _ in range(100):
+            baseline.assess(pcie_node(rng, 50.0), model="", driver="550.54.15", source=window, policy=tight)
+    (base,) = window.all(tight.min_samples)
+    assert base.median == pytest.approx(50.0, abs=0.1)
+
+
 @pytest.mark.parametrize("first", [50.0, 40.0])
 def test_a_fleet_of_two_nodes_never_warns_the_healthy_one(first: float) -> None:
     # 16 figures a round, half of them at 80%. Whichever node reports first, the healthy one is never
