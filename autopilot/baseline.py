@@ -5,7 +5,9 @@ A cohort is (GPU model, driver major version, check, metric), e.g. (``NVIDIA H10
 deviation, scaled by 1.4826 so that it estimates the standard deviation of a normal spread) of
 the fleet's last ``window`` figures; with fewer than ``min_samples`` figures there is none, and
 only the fixed floors of the checks judge. Median and MAD ignore up to half the sample being
-outliers, so a bad rack does not drag its own baseline down.
+outliers, so a bad rack does not drag its own baseline down; a figure judged slow does not join
+the window at all, so a drop of the whole fleet at once (a driver update that halves every GPU's
+bandwidth) stays a finding instead of becoming the cohort's new median.
 
 A device is ``slow against its fleet`` when its figure is more than ``deviations`` robust
 deviations below its cohort's median *and* more than ``min_drop_pct`` percent below it: the first
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
@@ -32,6 +35,9 @@ from autopilot.results import CheckResult, DeviceResult, Status, worst
 
 MAD_SCALE = 1.4826  # MAD * this estimates the standard deviation of normally distributed figures
 SEPARATOR = "|"
+MAX_FIGURE = 1e5
+"""No figure judged here reaches it: ten times the fastest HBM (about 8,000 GB/s), far past any PCIe link,
+FP64 rate (TFLOPS) or network pair (Gb/s). A figure beyond it is a tool or a writer lying, never the fleet."""
 
 # check -> metric -> the field of ``data["gpus"][<index>]`` holding it (per-GPU checks).
 GPU_FIELDS: dict[str, dict[str, str]] = {
@@ -101,6 +107,10 @@ class Sample:
     value: float
 
 
+QUARANTINE = Policy()
+"""The least slow a figure is kept out of its cohort's window at (``joins``): the default judgement."""
+
+
 def driver_major(version: str) -> str:
     """``535.129.03`` -> ``535``; anything unreadable -> ``unknown`` (its own cohort)."""
     head = version.strip().split(".")[0]
@@ -108,12 +118,41 @@ def driver_major(version: str) -> str:
 
 
 def summarize(cohort: Cohort, values: Sequence[float], min_samples: int) -> Baseline | None:
-    """Median and scaled MAD of ``values``; None below ``min_samples`` figures (or with none)."""
+    """Median and scaled MAD of ``values``; None below ``min_samples`` figures (or with none).
+
+    Only figures that can be measurements count (``plausible``): a window is a list in Redis that
+    any writer can reach, and one ``nan`` makes the median whatever the sort left in the middle,
+    one ``inf`` a spread that judges nobody."""
+    values = [v for v in values if plausible(v)]
     if len(values) < max(1, min_samples):
         return None
     median = statistics.median(values)
     mad = statistics.median(abs(v - median) for v in values) * MAD_SCALE
     return Baseline(cohort, median, mad, len(values))
+
+
+def plausible(value: float) -> bool:
+    """A figure that can be a measurement of a bandwidth or a rate: finite, above zero, below ``MAX_FIGURE``."""
+    return math.isfinite(value) and 0 < value < MAX_FIGURE
+
+
+def joins(sample: Sample, base: Baseline | None, policy: Policy) -> bool:
+    """Whether ``sample`` may join its cohort's window: a plausible figure that is not slow against ``base``.
+
+    A slow figure is a finding, not the cohort's new normal: were it learned, a driver update that halves
+    every GPU's bandwidth at once would warn on the first figures and, once they filled half the window,
+    pass the whole fleet at its new, halved median. Slow here is never tighter than ``QUARANTINE``: settings
+    that judge within the healthy spread (1 MAD, 0%) would otherwise keep the window's lower tail out at
+    every turn, and its median would creep up until the whole fleet warned."""
+    if not plausible(sample.value):
+        return False
+    if base is None:
+        return True
+    bar = Policy(
+        deviations=max(policy.deviations, QUARANTINE.deviations),
+        min_drop_pct=max(policy.min_drop_pct, QUARANTINE.min_drop_pct),
+    )
+    return not is_slow(sample.value, base, bar)
 
 
 def is_slow(value: float, baseline: Baseline, policy: Policy) -> bool:
@@ -217,15 +256,17 @@ class Source(Protocol):
 def assess(result: CheckResult, *, model: str, driver: str, source: Source, policy: Policy) -> CheckResult:
     """Judge ``result`` against its cohorts' baselines in ``source``, then add its figures there.
 
-    Judged before its own figures count, so a device is compared with the rest of the fleet.
+    Judged before its own figures count, so a device is compared with the rest of the fleet; a figure
+    slow against its cohort (or one no measurement gives) never joins it (``joins``).
     """
     if not policy.enabled:
         return result
     found = samples(result, model, driver)
     if not found:
         return result
-    judged = judge(result, found, source.baselines({s.cohort for s in found}, policy.min_samples), policy)
-    source.add(found)
+    bases = source.baselines({s.cohort for s in found}, policy.min_samples)
+    judged = judge(result, found, bases, policy)
+    source.add([s for s in found if joins(s, bases.get(s.cohort), policy)])
     return judged
 
 

@@ -25,7 +25,7 @@ import enum
 from collections.abc import Callable, Mapping, Sequence
 
 from autopilot import verdict
-from autopilot.results import CheckResult, Status
+from autopilot.results import CheckResult, DeviceResult, Status
 
 NOISY_CHECKS = frozenset({"pciebw", "gpumem", "ping", "iperf", "dcgm"})
 """Checks whose non-fatal failures can be noise (a bandwidth sample, a dropped packet, a flaky diag)."""
@@ -63,6 +63,7 @@ class State(enum.StrEnum):
     PENDING = "pending"  # the latest result is a failure that is not confirmed yet
     CONFIRMED = "confirmed"  # the latest result is a failure that counts
     RECOVERING = "recovering"  # the latest result passes, but too few passes followed a counted failure
+    UNMEASURED = "unmeasured"  # the latest result skipped a GPU whose failure counts: it still counts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,13 +103,17 @@ def _is_validation(result: CheckResult) -> bool:
 def judge(series: Sequence[CheckResult], policy: Policy) -> Judgement:
     """Judge one check on one node from its results, newest first (``series[0]`` is the latest).
 
-    ``skipped`` results say nothing about the hardware and are passed over.
+    ``skipped`` results say nothing about the hardware and are passed over, and so is a pass that skipped a
+    GPU whose non-fatal failure counts (in use by others, MIG: ``_leaves_out``): no sample of it, it is no
+    pass of it. A latest result that leaves it out keeps that failure counting (``State.UNMEASURED``), stamped
+    with its own start: a GPU once slow and busy at every run since was ``PASS`` after two runs that never
+    measured it.
     """
     if not series:
         raise ValueError("judge needs at least the latest result")
     latest = series[0]
     ordered = [r for r in reversed(series[: policy.depth]) if r.status is not Status.SKIPPED]
-    if latest.status is Status.SKIPPED or policy.acts_at_once:
+    if policy.acts_at_once:
         return Judgement(latest.check, latest, State.CLEAN)
     counted: CheckResult | None = None  # the failure the verdict judges (None: the check is good)
     last_good: CheckResult | None = None
@@ -126,6 +131,8 @@ def judge(series: Sequence[CheckResult], policy: Policy) -> Judgement:
                 prevented = i > 0 and ordered[i - 1].is_bad and last_good is not None
                 last_good = result
                 continue
+            if _leaves_out(result, counted) and not _is_validation(result):
+                continue
             passes += 1
             # A fatal failure is EVICT's business: sticky until a level-3 pass or an operator's clear,
             # which must then judge the repaired node's fresh pass as it is.
@@ -138,6 +145,12 @@ def judge(series: Sequence[CheckResult], policy: Policy) -> Judgement:
             counted, passes = result, 0
         elif not is_noise_candidate(result) or bad >= policy.need:
             counted, passes = result, 0
+    if counted is not None and _leaves_out(latest, counted):
+        since = f"{counted.summary} (measured {counted.started_at or 'at an unknown time'}; not measured since)"
+        held = dataclasses.replace(counted, summary=since, started_at=latest.started_at)
+        return Judgement(latest.check, held, State.UNMEASURED, False, bad, passes)
+    if latest.status is Status.SKIPPED:
+        return Judgement(latest.check, latest, State.CLEAN)
     if counted is not None:
         if latest.is_bad:
             return Judgement(latest.check, latest, State.CONFIRMED, prevented, bad)
@@ -191,6 +204,68 @@ def judge_check(
     failure elsewhere is still confirmed before it counts."""
     series = series_for(check, latest, history)
     return judge([excuse(r) for r in series] if excuse is not None else series, policy)
+
+
+def _leaves_out(result: CheckResult, counted: CheckResult) -> bool:
+    """Whether ``result`` skipped a GPU (a device with a UUID) that ``counted``, a non-fatal failure, found bad.
+
+    Only GPUs: a ping pair set aside as another node's finding is skipped too, and passes as before. A fatal
+    failure is the sticky ``EVICT``'s business, never held here."""
+    if counted.fatal or result.is_bad:
+        return False
+    failed = {d.uuid for d in counted.devices if d.uuid and d.status in (Status.FAIL, Status.WARN, Status.ERROR)}
+    return bool(failed) and any(d.uuid in failed and d.status is Status.SKIPPED for d in result.devices)
+
+
+def judge_devices(series: Sequence[CheckResult], policy: Policy) -> CheckResult:
+    """The latest result of one check (``series``, newest first) with each of its devices as that device's own
+    series lets the verdict see it: ``judge`` over the device's statuses (by UUID, else by id), so a GPU's
+    failure is confirmed, and its recovery held, by its own samples, not by another GPU's. What the GPU
+    verdicts judge (``gpuverdict``); the node's verdict keeps judging the check as a whole (``effective``).
+
+    Judged as one series, a GPU that healed while another still failed passed at its first pass, and a
+    GPU's single noise sample counted at once while another GPU of the check was recovering.
+
+    Only while the check counts a failure (so the node is ``WARN`` for it) are its devices judged apart; a check
+    that lets a good result count gives its GPUs that result, as before, so a GPU is never worse than its node
+    (a GPU with no sample of its own before, such as a replaced one, would otherwise count its first failure).
+    """
+    latest = series[0]
+    if policy.acts_at_once or not latest.devices:
+        return latest
+    whole = judge(series, policy).effective
+    if not whole.is_bad:
+        return whole
+    recent = series[: policy.depth]
+    devices = []
+    for device in latest.devices:
+        key = device.uuid or device.id
+        own = [_alone(r, d) for r in recent for d in r.devices if (d.uuid or d.id) == key]
+        devices.append(judge(own, policy).effective.devices[0])
+    if all(new is old for new, old in zip(devices, latest.devices, strict=True)):
+        return latest
+    return dataclasses.replace(latest, devices=tuple(devices))
+
+
+def _alone(result: CheckResult, device: DeviceResult) -> CheckResult:
+    """``device`` as a result of its own: its status, the result's fatality for a failing device, its params
+    (a level-3 DCGM pass validates) and its start."""
+    fatal = result.fatal and device.status is Status.FAIL
+    return dataclasses.replace(result, status=device.status, fatal=fatal, devices=(device,), data={})
+
+
+def effective_devices(
+    latest: Mapping[str, CheckResult],
+    history: Sequence[CheckResult],
+    policy: Policy,
+    excuse: Callable[[CheckResult], CheckResult] | None = None,
+) -> dict[str, CheckResult]:
+    """Each check's latest result with each device judged over its own series (``judge_devices``)."""
+    out: dict[str, CheckResult] = {}
+    for check, result in latest.items():
+        series = series_for(check, result, history)
+        out[check] = judge_devices([excuse(r) for r in series] if excuse is not None else series, policy)
+    return out
 
 
 def effective(

@@ -127,6 +127,17 @@ def incidents(
     return out
 
 
+def standing_eviction(found: Sequence[Incident]) -> Incident | None:
+    """The ``EVICT`` verdict incident that still stands in one GPU's incidents (newest first): the newest of its
+    verdict changes and clears is a change into ``EVICT``; None when none stands (never evicted, or cleared)."""
+    for incident in found:
+        if incident.kind == CLEAR:
+            return None
+        if incident.kind == VERDICT:
+            return incident if incident.verdict == Verdict.EVICT.value else None
+    return None
+
+
 OFFENDER = "repeat offender"  # how a repeat offender's reason starts (metrics and reconcile look for it)
 
 

@@ -237,7 +237,7 @@ def decide(
             entry.notes.append(_reason(result, device))
         if result.check in FIGURE_CHECKS:
             entry.figures[result.check] = _figure(result, device)
-    clears = [r for r in found if r.check == "dcgm"]
+    clears = [r for r in found if r.check == "dcgm" and not verdict.is_ahead(r, now, max_age_s)]
     out: dict[str, GpuState] = {}
     for key in set(previous) | set(seen):
         before = previous.get(key)

@@ -50,6 +50,8 @@ class NodeState:
     gpus_at: str | None = None  # the newest result start the per-GPU verdicts judged
     gpus_day: str | None = None  # the UTC day the GPU sightings were last written (YYYY-MM-DD)
     gpu_taints: str | None = None  # the device taints last synced (JSON mark)
+    heard_ahead: str | None = None  # a heartbeat stamped ahead of the reconciler's clock and when it was first
+    # seen so ("<stamp> <then>", epoch seconds): a worker whose clock runs ahead is lost once its stamp stands still
 
     FIELDS: ClassVar[frozenset[str]]
 

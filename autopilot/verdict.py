@@ -4,11 +4,12 @@
 ``UNKNOWN`` the node is lost: no heartbeat for ``AUTOPILOT_NODE_LOST_AFTER`` ("no heartbeat since <time>")
 ``TESTING`` while an invasive Job holds the node
 ``WARN``   a fresh result is ``fail``, ``warn`` or ``error``
-``UNKNOWN`` a periodic check has no fresh result (never ran, or older than three intervals)
+``UNKNOWN`` a periodic check has no fresh result (never ran, older than three intervals, or stamped further ahead)
 ``PASS``   otherwise
 
 The first that applies wins. ``EVICT`` is sticky: once a node is evicted only a passing invasive
-DCGM run (level 3 or more) that started after the eviction, or an operator's clear, lifts it; a
+DCGM run (level 3 or more) that started after the eviction (and is not stamped ahead of the clock:
+``is_ahead``), or an operator's clear, lifts it; a
 periodic pass never does, and neither does losing the node (its GPUs are still bad when it comes
 back). The eviction's causes (check, GPUs, summary, time of the result) are kept with it and
 named in its reason for as long as it holds.
@@ -91,10 +92,18 @@ def lost_reason(last_seen: datetime) -> str:
 
 
 def is_fresh(result: CheckResult, now: datetime, max_age_s: float) -> bool:
+    """Started at most ``max_age_s`` before ``now``, and at most as long after it: a result stamped further
+    ahead (a clock gone wrong, another writer) can be placed nowhere, and would count for ever."""
     if not result.started_at:
         return False
     age = (now - results.parse_iso(result.started_at)).total_seconds()
-    return age <= max_age_s
+    return -max_age_s <= age <= max_age_s
+
+
+def is_ahead(result: CheckResult, now: datetime, max_age_s: float) -> bool:
+    """Stamped further ahead of ``now`` than a result stays fresh (``is_fresh``): placed nowhere in time, it
+    neither counts as fresh nor clears an eviction (any stamp far enough ahead "started after" it)."""
+    return bool(result.started_at) and (results.parse_iso(result.started_at) - now).total_seconds() > max_age_s
 
 
 def clears_evict(result: CheckResult, evicted_at: datetime | None) -> bool:
@@ -126,7 +135,9 @@ def decide(
     found = list(latest.values()) if isinstance(latest, Mapping) else list(latest)
     fresh = [r for r in found if is_fresh(r, now, max_age_s)]
     lost = (lost_reason(lost_since),) if lost_since is not None else ()
-    if evicted_at is not None and not any(clears_evict(r, evicted_at) for r in found):
+    if evicted_at is not None and not any(
+        clears_evict(r, evicted_at) and not is_ahead(r, now, max_age_s) for r in found
+    ):
         since = results.utc_now_iso(evicted_at)
         if evict_causes:
             held = tuple(f"evicted since {since} by {c.text()}; not cleared" for c in evict_causes)
@@ -147,5 +158,12 @@ def decide(
     have = {r.check for r in fresh}
     missing = [c for c in periodic if c not in have]
     if missing:
-        return Decision(Verdict.UNKNOWN, tuple(f"{c}: no fresh result" for c in missing))
+        ahead = {r.check: r.started_at for r in found if is_ahead(r, now, max_age_s)}
+        return Decision(Verdict.UNKNOWN, tuple(_missing(c, ahead.get(c)) for c in missing))
     return Decision(Verdict.PASS, ())
+
+
+def _missing(check: str, ahead: str | None) -> str:
+    if ahead is None:
+        return f"{check}: no fresh result"
+    return f"{check}: no fresh result (the latest is stamped {ahead}, ahead of this clock)"

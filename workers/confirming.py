@@ -91,6 +91,22 @@ def effective_latest(
     return judged
 
 
+def effective_devices(
+    latest: Mapping[str, CheckResult],
+    found: Samples | None,
+    settings: config.Settings,
+    *,
+    suspects: Collection[str] = (),
+) -> dict[str, CheckResult]:
+    """The node's latest result per check with each device as its own samples in ``found`` let it count
+    (``confirmation.effective_devices``): what its GPUs' verdicts judge, so that one GPU's failure is confirmed,
+    and its recovery held, by its own samples."""
+    if found is None:
+        return dict(latest)
+    sets_aside = excuse(suspects, found.spans, lead_s=settings.node_deadline_s)
+    return confirmation.effective_devices(latest, found.history, policy(settings), sets_aside)
+
+
 def excuse(
     suspects: Collection[str], spans: Mapping[str, tuple[float, float]] | None = None, *, lead_s: float = 0.0
 ) -> Callable[[CheckResult], CheckResult] | None:

@@ -27,7 +27,7 @@ from autopilot import config, devicetaints, errors, gpuhistory, gpuverdict, resu
 from autopilot.cluster import ClusterClient
 from autopilot.gpuverdict import GpuState
 from autopilot.registry import CheckRegistry
-from autopilot.results import CheckResult
+from autopilot.results import CheckResult, DeviceResult, Status
 from autopilot.verdict import Verdict
 from workers.store import NodeState, ResultsStore
 
@@ -83,14 +83,16 @@ def reconcile_gpus(
     *,
     checks: CheckRegistry,
     lost_since: datetime | None = None,
+    measured: Mapping[str, CheckResult] | None = None,
 ) -> GpuOutcome:
     """``lost_since``: the last heartbeat of a lost node. Its results say nothing of its GPUs now, so each
-    GPU is ``UNKNOWN`` ("no heartbeat since"), as the node is, except a sticky ``EVICT``."""
+    GPU is ``UNKNOWN`` ("no heartbeat since"), as the node is, except a sticky ``EVICT``. ``measured``: the
+    node's latest results as stored, when ``latest`` is what confirmation lets count of them: a device held
+    from an older sample (``confirmation.judge_devices``) is no new finding, so no incident."""
     if lost_since is not None:
         latest = {}
     memo = _memo.get(node)
-    # GpuStates are frozen; the mappings are copied so no caller can change what the memo holds.
-    previous = dict(memo.previous) if memo is not None and memo.read == state.gpus else gpuverdict.loads(state.gpus)
+    previous = previous_states(node, state)
     cleared_at = state.cleared_since
     states = gpuverdict.decide(
         latest,
@@ -101,8 +103,14 @@ def reconcile_gpus(
         checks=checks,
         unmeasured_after_s=settings.unmeasured_after_s,
     )
-    judged_until = state.gpus_at or ""
-    new_results = [r for r in latest.values() if r.started_at and r.started_at > judged_until]
+    # A stamp further ahead than a result stays fresh (a clock gone wrong) would make every later result old.
+    judged_until = state.gpus_at if state.gpus_at and _in_time(state.gpus_at, now, settings) else ""
+    # A carried eviction is recorded as the GPU's change into EVICT, not as an event besides.
+    new_results = [
+        _as_measured(r, measured)
+        for r in latest.values()
+        if r.started_at and r.started_at > judged_until and r.check != CARRIED
+    ]
     found = gpuhistory.incidents(
         node, previous, states, now=now, new_results=new_results, periodic=settings.periodic_checks
     )
@@ -145,11 +153,87 @@ def reconcile_gpus(
             retention_s=settings.gpu_history_retention_s,
         )
         fields["gpus_day"] = day
-    newest = max((r.started_at for r in latest.values() if r.started_at), default=judged_until)
+    newest = max(
+        (r.started_at for r in latest.values() if r.started_at and _in_time(r.started_at, now, settings)),
+        default=judged_until,
+    )
     fields["gpus_at"] = max(newest, judged_until) or None
     if cluster is not None and settings.device_taints != "off":
         fields.update(_taints(cluster, node, settings, states, state.gpu_taints))
     return GpuOutcome(dict(states), fields, dict(labels), dict(annotations))
+
+
+def previous_states(node: str, state: NodeState) -> dict[str, GpuState]:
+    """``node``'s GPU states as ``state`` stores them (``gpus``): from this process's memo when it read that text."""
+    memo = _memo.get(node)
+    # GpuStates are frozen; the mapping is copied so no caller can change what the memo holds.
+    return dict(memo.previous) if memo is not None and memo.read == state.gpus else gpuverdict.loads(state.gpus)
+
+
+CARRIED = "gpuhistory"
+"""The check name of ``carried``'s result: no check of the registry, so it is never scheduled nor confirmed."""
+
+
+def carried(
+    store: ResultsStore,
+    node: str,
+    settings: config.Settings,
+    state: NodeState,
+    latest: Mapping[str, CheckResult],
+    now: datetime,
+) -> CheckResult | None:
+    """A fatal result naming each GPU of ``latest`` new to ``node`` (no state of it here) whose history holds an
+    eviction nothing cleared (``gpuhistory.standing_eviction``), or None. Its history follows the GPU by UUID,
+    but its sticky ``EVICT`` was the node's: a node renamed, re-imaged under another name or forgotten and back,
+    or a board moved to another node, came back ``PASS`` on the GPU evicted for a fault no periodic check sees
+    again (an Xid, a level-3 failure). Judged with the node's results, the eviction is the node's and the GPU's
+    again, sticky as any, until a level-3 pass or an operator's clear. The history is read (one pipeline) only
+    when a GPU is new to the node: a steady node reads nothing more."""
+    known = {s.uuid for s in previous_states(node, state).values() if s.uuid}
+    new: dict[str, DeviceResult] = {}
+    for result in latest.values():
+        for device in result.devices:
+            if device.uuid and device.uuid not in known:
+                new.setdefault(device.uuid, device)
+    if not new:
+        return None
+    history = store.gpu_history().incidents_many(new, now=now, retention_s=settings.gpu_history_retention_s)
+    devices = []
+    for uuid, device in new.items():
+        standing = gpuhistory.standing_eviction(history.get(uuid, []))
+        if standing is not None:
+            why = f"evicted on {standing.node} since {standing.at} and never cleared"
+            devices.append(
+                DeviceResult(device.id, Status.FAIL, detail=why, uuid=uuid, bus_id=device.bus_id, serial=device.serial)
+            )
+    if not devices:
+        return None
+    summary = "; ".join(f"GPU {d.id}: {d.detail}" for d in devices)
+    return CheckResult(
+        CARRIED,
+        Status.FAIL,
+        summary,
+        node=node,
+        fatal=True,
+        devices=tuple(devices),
+        started_at=results.utc_now_iso(now),
+    )
+
+
+def _in_time(stamp: str, now: datetime, settings: config.Settings) -> bool:
+    """``stamp`` no further ahead of ``now`` than a result stays fresh (``verdict.is_ahead``), and readable."""
+    try:
+        return (results.parse_iso(stamp) - now).total_seconds() <= settings.stale_after_s
+    except ValueError:
+        return False
+
+
+def _as_measured(result: CheckResult, measured: Mapping[str, CheckResult] | None) -> CheckResult:
+    """``result`` with only the devices its stored result (in ``measured``) has as they are."""
+    stored = measured.get(result.check) if measured is not None else None
+    if stored is None or stored is result:
+        return result
+    return dataclasses.replace(result, devices=tuple(d for d in result.devices if d in stored.devices))
 
 
 def lost(states: Mapping[str, GpuState], why: str) -> dict[str, GpuState]:

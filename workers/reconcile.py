@@ -30,7 +30,7 @@ import dataclasses
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from autopilot import config, confirmation, errors, gpuverdict, network, publish, results, verdict
 from autopilot.cluster import ClusterClient
@@ -50,6 +50,8 @@ _CLEAR = ("cleared_by", "cleared_at", "cleared_cause")
 # How long the fleet's ping suspects are kept for the reconciles after tasks (beat's tick renews
 # them; past this a failed ping reads the fleet's pings again).
 _SUSPECTS_TTL_S = 600.0
+# Beyond the longest a level-3 run holds its node: the API calls around its Job and a worker's restart.
+_TESTING_SLACK_S = 600.0
 
 
 def lost_since(last_seen: float | None, now: datetime, settings: config.Settings) -> datetime | None:
@@ -115,6 +117,7 @@ def reconcile_node(
     confirmed = confirming.effective_latest(latest, found, settings)
     pings = [r for r in (confirmed.get("ping"), latest.get("ping")) if r is not None and r.is_bad]
     peers: list[str] = []
+    blamed: frozenset[str] = frozenset()
     if pings:
         # Failed pings to the fleet's suspects are set aside in every sample before confirmation
         # judges them (``confirming.excuse``), then in what it lets count (``network.attribute``).
@@ -124,18 +127,27 @@ def reconcile_node(
             confirmed = network.attribute(confirmed, blamed)
     evicted_at = state.evicted_since
     lost = lost_since(view.last_seen, moment, settings)
+    silent, heard = _silent_ahead(view.last_seen, state.heard_ahead, moment, settings)
+    lost = lost or silent
+    unfinished = _unfinished_level3(node, state.testing_since, moment, settings)
+    # A GPU new here whose eviction elsewhere (or before this node was forgotten) was never cleared.
+    carried = gpureconcile.carried(store, node, settings, state, latest, moment)
+    held = [carried] if carried is not None else []
     decision = verdict.decide(
-        confirmed,
+        [*confirmed.values(), *unfinished, *held],
         # Validated against the process's checks when the settings were loaded (config._known_checks).
         periodic=settings.periodic_checks,
         now=moment,
         max_age_s=settings.stale_after_s,
         evicted_at=evicted_at,
-        testing=bool(state.testing_since),
+        testing=bool(state.testing_since) and not unfinished,
         lost_since=lost,
         evict_causes=state.causes,
     )
-    new_state: dict[str, str | None] = {"verdict": decision.verdict.value}
+    if silent is not None and view.last_seen is not None:
+        ahead = f"its clock runs ahead: its last heartbeat is stamped {_epoch_text(view.last_seen)}"
+        decision = dataclasses.replace(decision, notes=(*decision.notes, ahead))
+    new_state: dict[str, str | None] = {"verdict": decision.verdict.value, "heard_ahead": heard}
     if decision.verdict is verdict.Verdict.EVICT and evicted_at is None:
         # A new eviction: its causes are kept until it is cleared; an older clear is history.
         new_state.update(dict.fromkeys(_CLEAR))
@@ -152,8 +164,13 @@ def reconcile_node(
     dcgm = [r for r in latest.values() if r.check == "dcgm"]
     publication = publish.desired(decision, dcgm)
     # Per-GPU verdicts, history and device taints (issue 15): their labels ride with the node's.
+    # Each GPU's device confirmed by its own samples: a GPU that heals while another still fails is held
+    # until its own passes, and a new failure of one GPU is pending while another recovers.
+    per_gpu = confirming.effective_devices(latest, found, settings, suspects=blamed)
+    if carried is not None:
+        per_gpu[carried.check] = carried
     gpu = gpureconcile.reconcile_gpus(
-        store, node, settings, confirmed, state, moment, cluster, checks=checks, lost_since=lost
+        store, node, settings, per_gpu, state, moment, cluster, checks=checks, lost_since=lost, measured=latest
     )
     new_state.update(gpu.state)
     publication = dataclasses.replace(
@@ -179,6 +196,70 @@ def reconcile_node(
         except Exception:  # another node's bad data must not fail this node's reconcile
             log.exception("reconcile of node %s (a new ping suspect named) failed", peer)
     return decision
+
+
+def _silent_ahead(
+    last_seen: float | None, mark: str | None, moment: datetime, settings: config.Settings
+) -> tuple[datetime | None, str | None]:
+    """(when a node whose heartbeat is stamped ahead of ``moment`` was first heard so, if it is lost; the
+    ``heard_ahead`` mark to keep). By its stamp a worker whose clock runs hours ahead is heard from "just now"
+    for hours after it stopped, its results fresh: the node read ``PASS``. So a stamp more than
+    ``settings.live_after_s`` ahead is remembered with this clock's time, and the node is lost once that same
+    stamp has stood for ``live_after_s`` of this clock (a live worker's next heartbeat replaces it)."""
+    if last_seen is None or last_seen - moment.timestamp() <= settings.live_after_s:
+        return None, None
+    now = moment.timestamp()
+    stamp, _, since = (mark or "").partition(" ")
+    try:
+        same, first = float(stamp) == last_seen, float(since)
+    except ValueError:
+        same, first = False, now
+    if (
+        not same or not 0 < first <= now
+    ):  # a new stamp; or a mark of another writer, or of this clock before a step back
+        return None, f"{last_seen!r} {now!r}"
+    if now - first <= settings.live_after_s:
+        return None, mark
+    return datetime.fromtimestamp(first, UTC), mark
+
+
+def _epoch_text(seconds: float) -> str:
+    """``seconds`` (epoch) as a result's time; as written when no date can hold it (another writer's figure)."""
+    try:
+        return results.utc_now_iso(datetime.fromtimestamp(seconds, UTC))
+    except (OverflowError, OSError, ValueError):
+        return f"{seconds!r} (epoch seconds)"
+
+
+def _unfinished_level3(
+    node: str, testing_since: str | None, moment: datetime, settings: config.Settings
+) -> list[results.CheckResult]:
+    """A ``dcgm`` error for a level-3 run that holds the node ``TESTING`` longer than any run may (its Job's
+    deadline and grace, and ``_TESTING_SLACK_S``); none while it may still run, or when none holds the node.
+
+    The worker ends ``TESTING`` when it stores the run's outcome; a write that failed then (Redis away at that
+    moment) left the mark for as long as the worker lived, and the node ``TESTING`` for ever, its results unjudged.
+    A run that never reported is a check that could not complete: an error, never a pass."""
+    if not testing_since:
+        return []
+    from workers import invasive_flow  # it imports this module
+
+    limit_s = invasive_flow.longest_wait_s(settings) + _TESTING_SLACK_S
+    try:
+        age_s: float | None = (moment - results.parse_iso(testing_since)).total_seconds()
+    except ValueError:
+        age_s = None  # another writer's stamp: no run can be placed by it
+    if age_s is not None and age_s <= limit_s:
+        return []
+    summary = (
+        f"the level-3 run that holds the node TESTING since {testing_since[:40]} never reported "
+        f"(longer than {limit_s:g} s); restarting the node's worker collects its Job's outcome"
+    )
+    return [
+        results.CheckResult(
+            "dcgm", results.Status.ERROR, summary, node=node, params={"r": 3}, started_at=results.utc_now_iso(moment)
+        )
+    ]
 
 
 def _publish(
@@ -299,12 +380,13 @@ def fleet_pings(
 ) -> dict[str, results.CheckResult]:
     """Node -> its fresh ``ping`` result (one pipeline over every known node, or over ``nodes``).
 
-    A result older than ``settings.stale_after_s`` (a lost node's last word) takes no part."""
+    A result older than ``settings.stale_after_s`` (a lost node's last word), or stamped further ahead (a clock
+    gone wrong: ``verdict.is_fresh``), takes no part."""
     names = list(nodes) if nodes is not None else sorted(store.last_seen())
     return {
         node: r
         for node, r in store.latest_of("ping", names).items()
-        if r.started_at and (now - results.parse_iso(r.started_at)).total_seconds() <= settings.stale_after_s
+        if verdict.is_fresh(r, now, settings.stale_after_s)
     }
 
 
@@ -386,5 +468,20 @@ def clear_evict(
     ``now``: the moment of the clear (default: the clock's), for the record and the recompute."""
     state = store.state(node)
     if state.evicted_at:
-        store.set_state(node, _cleared(state, by=by, at=results.utc_now_iso(now)))
+        store.set_state(node, _cleared(state, by=by, at=_clear_time(state, now)))
     return reconcile_node(store, node, settings, now, cluster=cluster, checks=checks)
+
+
+def _clear_time(state: NodeState, now: datetime | None) -> str:
+    """When a clear at ``now`` counts from: ``now``, or the latest eviction it lifts when that is later. A GPU's
+    eviction is lifted by a clear later than it (``gpuverdict``), and one the node's own reconcile stamped on a
+    clock that runs ahead of this one was later than the operator's clear: the node's eviction was lifted, the
+    GPU's stayed (its taint, its count label)."""
+    at = now or datetime.now(UTC)
+    for stamp in (state.evicted_at, *(s.evicted_at for s in gpuverdict.loads(state.gpus).values())):
+        try:
+            # A second later: the stamps have whole seconds, and a clear lifts what began before it.
+            at = max(at, results.parse_iso(stamp) + timedelta(seconds=1)) if stamp else at
+        except ValueError:
+            continue  # another writer's stamp: it lifts by the other rules or not at all
+    return results.utc_now_iso(at)

@@ -12,7 +12,8 @@ Keys (all prefixed ``ap:``):
 - ``state:<n>``      hash: ``verdict``, ``reasons``, ``changed_at``, ``testing_since``, ``published_verdict``;
                      ``evicted_at`` and ``evict_cause`` while evicted, ``cleared_by``/``cleared_at``/``cleared_cause``
                      after a clear, ``event_error``/``event_failures`` while a verdict change is unannounced,
-                     ``node_gone_at`` once the cluster has no Node of that name
+                     ``node_gone_at`` once the cluster has no Node of that name, ``heard_ahead`` while its
+                     heartbeat is stamped ahead of the reconciler's clock
 - ``busy:<n>``       hash check -> how many times that check was answered ``busy`` (GPUs held by another
                      check until the deadline); counted here, never written to ``latest`` or ``history``
 - ``labels:<n>``     hash: the local label store used when there is no Kubernetes cluster

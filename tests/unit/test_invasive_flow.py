@@ -11,7 +11,7 @@ import dataclasses
 import json
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import fakeredis
@@ -23,7 +23,7 @@ from api.app import create_app
 from autopilot import config, invasive
 from autopilot.context import CheckContext
 from autopilot.registry import shipped as shipped_checks
-from autopilot.results import CheckResult, Status
+from autopilot.results import CheckResult, Status, utc_now_iso
 from autopilot.testing import FakeClock, FakeCluster, FakeGpu, FakeRunner, FakeTelemetry
 from workers import invasive_flow, tasks
 from workers.dispatch import Envelope, FakeDispatcher
@@ -36,6 +36,7 @@ JOB = invasive.job_name(NODE)
 TOKEN = "s3cret-token"
 GPUHEALTH = "autopilot.ibm.com/gpuhealth"
 LEVEL3 = "autopilot.ibm.com/dcgm.level.3"
+LEVEL3_AT = utc_now_iso(datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1))
 
 
 class HookClock(FakeClock):
@@ -71,7 +72,9 @@ def pod_log(status: Status, *, fatal: bool = False) -> str:
         node=NODE,
         fatal=fatal,
         params={"r": 3},
-        started_at="2099-01-01T00:00:00Z",  # after any eviction the test makes
+        # After any eviction the test makes, and within the hours a result stays fresh: a stamp further
+        # ahead of the reconcile's (wall) clock is placed nowhere and is no fresh result.
+        started_at=LEVEL3_AT,
         data={"failure_string": "pcie.1"} if status is Status.FAIL else {},
     )
     return json.dumps({"node": NODE, "results": [result.to_dict()]})
@@ -163,7 +166,7 @@ def test_free_gpus_testing_then_pass(world: World) -> None:
     assert requests["nvidia.com/gpu"] == "2"  # the node's allocatable count, not a fixed 8
     assert dcgm_result(report)["status"] == "ok"
     labels = world.labels()
-    assert labels[LEVEL3].startswith("PASS_2099-01-01_00.00.00UTC")
+    assert labels[LEVEL3].startswith("PASS_" + LEVEL3_AT.replace("T", "_").replace(":", ".").replace("Z", "UTC"))
     assert labels[GPUHEALTH] == "PASS"
     assert world.store.state(NODE).testing_since is None
 
