@@ -400,6 +400,23 @@ def test_api_iperf_runs_the_ring_and_reports_the_suspect() -> None:
     assert "data0 Average Bandwidth Gb/s:" in text
 
 
+def test_the_status_text_counts_the_average_over_the_measured_pairs_only() -> None:
+    from api import text
+
+    def pair(source: str, target: str, gbps: float | None) -> dict[str, Any]:
+        status = "ok" if gbps is not None else "fail"
+        return {"source": source, "target": target, "interface": "data0", "gbps": gbps, "status": status}
+
+    pairs = [pair("a", "b", 90.0), pair("b", "a", 110.0), pair("a", "c", None), pair("c", "a", None)]
+    net = {"iperf": {"bad_pairs": 2, "pairs": 4, "suspects": {"summary": "suspect node(s): c"}}}
+    net["iperf"]["interfaces"] = iperf.summarize(pairs)
+    lines = text.network_lines(net, shipped_checks())
+    # The 100 Gb/s is the mean of two pairs: the two with c have no figure.
+    assert "  data0 Average Bandwidth Gb/s: 100.00 over 2 of 4 pairs (the rest N/A)" in lines
+    net["iperf"]["interfaces"] = iperf.summarize(pairs[:2])
+    assert "  data0 Average Bandwidth Gb/s: 100.00 over 2 pairs" in text.network_lines(net, shipped_checks())
+
+
 def test_api_rejects_bad_iperf_parameters_before_anything_is_sent() -> None:
     net = Net()
     client = api_for(net).test_client()
