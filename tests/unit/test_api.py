@@ -370,6 +370,15 @@ def test_token_is_required_except_for_health_and_metrics() -> None:
     assert client.get("/metrics").status_code != 401
 
 
+def test_the_bearer_scheme_is_case_insensitive_and_the_token_is_not() -> None:
+    # RFC 7235: "bearer s3cret" is the same credential; it was refused 401.
+    client = make_api(token="s3cret").client
+    for header in ("bearer s3cret", "BEARER s3cret", "Bearer  s3cret"):
+        assert client.get("/api/v1/nodes", headers={"Authorization": header}).status_code == 200, header
+    for header in ("Bearer S3CRET", "Basic s3cret", "Bearers3cret", "Bearer s3cret ", "Bearer", "s3cret"):
+        assert client.get("/api/v1/nodes", headers={"Authorization": header}).status_code == 401, header
+
+
 def test_without_token_everything_is_open(api: Api) -> None:
     assert api.client.get("/api/v1/checks").status_code == 200
 
