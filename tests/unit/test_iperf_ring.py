@@ -491,7 +491,35 @@ def test_gather_network_report_from_stored_results() -> None:
     }  # fmt: skip
     net = gather.network_report(run, {k: r.to_dict() for k, r in found.items()}, late=())
     assert net["ping"]["suspects"]["nodes"] == ["a"]
-    assert net["ping"]["pairs"] == 6 and net["ping"]["bad_pairs"] == 4
+    # a's own ping could not run: its side says nothing; the others' pairs to it name it
+    assert net["ping"]["pairs"] == 4 and net["ping"]["bad_pairs"] == 2
+
+
+def test_a_node_whose_ping_could_not_run_makes_no_suspect_of_its_links() -> None:
+    # sim-12:ping:error on a live fleet: its 19 pairs were counted bad and the report named 19
+    # suspect pairs, while the reconcile (network.ping_pairs) rightly left them out.
+    from workers import runs as gather
+
+    def could_not_run(node: str, targets: list[str]) -> CheckResult:
+        pairs = [
+            {"target": t, "interface": "net1", "status": "error", "detail": "socket: Operation not permitted"}
+            for t in targets
+        ]
+        return CheckResult("ping", Status.ERROR, "ping could not run", node=node, data={"pairs": pairs})
+
+    def reached(node: str, targets: list[str]) -> CheckResult:
+        pairs = [{"target": t, "interface": "net1", "status": "ok"} for t in targets]
+        return CheckResult("ping", Status.OK, "ok", node=node, data={"pairs": pairs})
+
+    run = Run.new(["ping"], ["a", "b", "c"], {}, 10)
+    found = {
+        ("a", "ping"): could_not_run("a", ["b", "c"]),
+        ("b", "ping"): reached("b", ["a", "c"]),
+        ("c", "ping"): reached("c", ["a", "b"]),
+    }
+    net = gather.network_report(run, {k: r.to_dict() for k, r in found.items()}, late=())
+    assert net["ping"]["suspects"] == {"nodes": [], "pairs": [], "summary": "no suspect"}
+    assert net["ping"]["pairs"] == 4 and net["ping"]["bad_pairs"] == 0
 
 
 def test_plan_refuses_ports_past_the_range() -> None:
