@@ -208,7 +208,9 @@ def test_a_slow_node_warns_its_pairs_and_is_named() -> None:
     assert {p["status"] for p in outcome.pairs if (p["source"], p["target"]) in bad} == {"warn"}
     assert network.localise(iperf.pair_results(outcome.pairs)).nodes == ("node-c",)
     assert outcome.results["node-c"].status is Status.WARN
-    assert outcome.results["node-a"].status is Status.WARN  # its pair to node-c
+    # its pair to node-c is node-c's finding (the ring's suspect), not node-a's
+    assert outcome.results["node-a"].status is Status.OK
+    assert outcome.results["node-a"].data["excused"] == ["node-c"]
     assert outcome.summary["data0"]["nodes"]["node-c"]["bad_pairs"] == 6
 
 
@@ -398,6 +400,25 @@ def test_api_iperf_runs_the_ring_and_reports_the_suspect() -> None:
     text = client.get("/iperf?host=node-a,node-b,node-c,node-d&duration_s=1").get_data(as_text=True)
     assert "IPERF: suspect node(s): node-c" in text
     assert "data0 Average Bandwidth Gb/s:" in text
+
+
+def test_the_rings_slow_node_is_its_own_finding_not_every_other_nodes() -> None:
+    # sim-6:iperf:slow on 20 nodes: every node's result warned for its pair to sim-6, and the next
+    # reconcile turned all 20 WARN. The other nodes' pairs to the suspect are not judged against them.
+    net = Net(slow={"node-c"})
+    report = api_for(net).test_client().get("/iperf?host=node-a,node-b,node-c,node-d&duration_s=1&format=json")
+    body = report.get_json()
+    assert body["network"]["iperf"]["suspects"]["nodes"] == ["node-c"]
+    (slow,) = body["nodes"]["node-c"]["results"]
+    assert slow["status"] == "warn"
+    for node in ("node-a", "node-b", "node-d"):
+        (result,) = body["nodes"][node]["results"]
+        assert result["status"] == "ok", result
+        assert "node-c (the ring's suspect, not this node)" in result["summary"]
+        to_c = next(d for d in result["devices"] if d["id"] == "node-c/data0")
+        assert to_c["status"] == "skipped" and "not judged here: node-c is the ring's suspect" in to_c["detail"]
+    # the report still shows every measured pair, the slow ones included
+    assert body["network"]["iperf"]["interfaces"]["data0"]["matrix"]["node-a"]["node-c"] < 9.4
 
 
 def test_the_status_text_counts_the_average_over_the_measured_pairs_only() -> None:
