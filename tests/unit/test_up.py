@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -145,3 +146,35 @@ def test_up_marks_its_children_so_they_do_not_warn_again() -> None:
         assert child.proc.wait(30) == 0
     finally:
         stack.stop()
+
+
+def test_the_banner_lists_the_xid_faults_beside_the_others(capsys: pytest.CaptureFixture[str]) -> None:
+    # `--fault sim-1:xid:48:2@5s` was validated and injected but missing from the "fault" lines.
+    import argparse
+    import threading
+    import types
+
+    stop = threading.Event()
+
+    class Children:
+        env: dict[str, str] = {}
+        tmp = Path("/nonexistent")
+
+        def add(self, name: str, argv: list[str]) -> types.SimpleNamespace:
+            if name == "beat":
+                stop.set()  # everything is started: the banner is complete
+            return types.SimpleNamespace(proc=types.SimpleNamespace(pid=1))
+
+    specs = ["sim-0:remapped:fatal", "sim-1:xid:48:2@5s", "sim-0:xid:79"]
+    args = argparse.Namespace(
+        simulate=2, sim_processes=None, fault=specs, sim_noise=0.0, loglevel="WARNING", no_local_worker=True
+    )
+    faults = {"sim-0": {"remapped": "fatal"}}
+    settings = config.Settings(redis_url="redis://127.0.0.1:1/0")
+    assert up._run(Children(), args, settings, 3333, faults, stop, []) == 0  # type: ignore[arg-type]
+    lines = [line for line in capsys.readouterr().out.splitlines() if "  fault  " in line]
+    assert lines[0].startswith("autopilot up:   fault    sim-0:remapped:fatal: ")
+    assert lines[1:] == [
+        "autopilot up:   fault    sim-1:xid:48: the driver logs Xid 48 on GPU 2 5 s after start",
+        "autopilot up:   fault    sim-0:xid:79: the driver logs Xid 79 on GPU 0 at start",
+    ]
