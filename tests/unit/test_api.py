@@ -213,6 +213,15 @@ def test_job_without_cluster_matches_record_labels() -> None:
     assert list(status_json(api, "job=team:app=llm&check=ping")["nodes"]) == ["node-b"]
 
 
+def test_job_matching_nothing_without_cluster_says_node_labels_were_matched() -> None:
+    # It said "no workload labeled with app=none in namespace ns": no pod was ever asked.
+    detail = make_api().client.get("/status?job=ns:app=none").get_json()["detail"]
+    assert detail == "no node is labeled with app=none (no cluster here: job matches node labels)"
+    cluster = FakeCluster(nodes=[NodeInfo("node-a", {})])
+    detail = make_api(cluster=cluster).client.get("/status?job=ns:app=none").get_json()["detail"]
+    assert detail == "no workload labeled with app=none in namespace ns"
+
+
 @pytest.mark.parametrize(("query", "field"), [("nodelabel=pool=none", "nodelabel"), ("job=ns:app=none", "job")])
 def test_selector_matching_nothing_is_a_404_naming_it(api: Api, query: str, field: str) -> None:
     response = api.client.get(f"/status?{query}")
