@@ -144,6 +144,7 @@ def worker_main(argv: Sequence[str]) -> int:
     )
     parser.add_argument("--loglevel", default="INFO", help="log level (default INFO)")
     args = parser.parse_args(list(argv))
+    args.loglevel = parsing.parse_log_level(args.loglevel, field="--loglevel")
 
     settings = _settings()
     if settings.liveness_file:
@@ -290,6 +291,7 @@ def beat_main(argv: Sequence[str]) -> int:
     )
     parser.add_argument("--loglevel", default="INFO", help="log level (default INFO)")
     args = parser.parse_args(list(argv))
+    args.loglevel = parsing.parse_log_level(args.loglevel, field="--loglevel")
     settings = _settings()
     app = create_celery(settings, load_checks())
     liveness.install_beat(app, settings)

