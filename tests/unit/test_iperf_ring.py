@@ -421,6 +421,16 @@ def test_the_rings_slow_node_is_its_own_finding_not_every_other_nodes() -> None:
     assert body["network"]["iperf"]["interfaces"]["data0"]["matrix"]["node-a"]["node-c"] < 9.4
 
 
+def test_a_ring_of_one_node_is_skipped_saying_why_once() -> None:
+    # /iperf?host=sim-0 answered "[[ IPERF ]] SKIPPED: skipped: no address shared ...".
+    client = api_for(Net()).test_client()
+    (result,) = client.get("/iperf?host=node-a&format=json").get_json()["nodes"]["node-a"]["results"]
+    assert result["status"] == "skipped"
+    assert result["summary"] == "no address shared with another member on the network interfaces"
+    text = client.get("/iperf?host=node-a").get_data(as_text=True)
+    assert "SKIPPED: no address shared" in text and "skipped: skipped" not in text.lower()
+
+
 def test_the_status_text_counts_the_average_over_the_measured_pairs_only() -> None:
     from api import text
 
