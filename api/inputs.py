@@ -94,11 +94,14 @@ def _items(values: Iterable[Any], *, field: str, skip_blank: bool = True) -> lis
     habit; ``skip_blank``); an empty entry otherwise (``host=,,,``, ``host=a,,b``, ``["a", ""]``)
     is a 400: dropping it could turn a request that names nothing into one that runs everywhere."""
     out: list[str] = []
-    for value in values:
+    for index, value in enumerate(values):
         if not isinstance(value, str):
             raise errors.BadParameter(field, f"expected strings, got {type(value).__name__}")
-        if skip_blank and not value.strip():
-            continue
+        if not value.strip():
+            if skip_blank:
+                continue
+            # A blank list item: "empty entry in ''" said neither where nor what (the CLI sends lists).
+            raise errors.BadParameter(field, f"empty entry (item {index + 1} of the list)")
         out.extend(parsing.parse_entries(value, field=field))
     return out
 

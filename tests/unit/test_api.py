@@ -478,6 +478,19 @@ def test_bad_run_body_is_a_400_naming_the_field(api: Api, body: Any, field: str)
     assert api.run_keys() == []
 
 
+def test_a_blank_item_of_a_run_list_is_named_by_its_position(api: Api) -> None:
+    # It said "empty entry in ''" (what `autopilot status --host a,,b` sends as a list).
+    for body, field in (({"hosts": ["node-a", ""]}, "hosts"), ({"checks": ["ping", " "]}, "checks")):
+        response = api.client.post("/api/v1/runs", json=body)
+        assert response.status_code == 400
+        assert response.get_json() == {
+            "error": "bad_request",
+            "field": field,
+            "detail": "empty entry (item 2 of the list)",
+        }
+    assert api.dispatcher.sent == []
+
+
 def test_run_body_that_is_not_json(api: Api) -> None:
     response = api.client.post("/api/v1/runs", data="{nope", content_type="application/json")
     assert response.status_code == 400 and response.get_json()["field"] == "body"
