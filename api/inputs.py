@@ -41,7 +41,7 @@ _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 def parse_int(raw: Any, *, field: str, lo: int, hi: int) -> int:
     """A JSON integer, or a string of ASCII digits: ``r=0_3``, ``+3``, `` 3`` or ``３`` are not 3."""
     if isinstance(raw, bool) or not isinstance(raw, int | str):
-        raise errors.BadParameter(field, f"expected an integer, got {str(raw)[:64]!r}")
+        raise errors.BadParameter(field, f"expected an integer, got {parsing.shown(raw)}")
     value = raw if isinstance(raw, int) else parsing.parse_int(raw, field=field)
     if not lo <= value <= hi:
         raise errors.BadParameter(field, f"must be between {lo} and {hi}, got {value}")

@@ -491,6 +491,22 @@ def test_a_blank_item_of_a_run_list_is_named_by_its_position(api: Api) -> None:
     assert api.dispatcher.sent == []
 
 
+def test_a_refused_json_value_is_quoted_as_json() -> None:
+    # A client that sent `true` was told "got 'True'" (Python's spelling).
+    from autopilot.registry import shipped
+
+    api = make_api(checks=shipped())
+    for body, detail in (
+        ({"batch": True}, "expected an integer, got true"),
+        ({"batch": 1e3}, "expected an integer, got 1000.0"),
+        ({"checks": ["ping"], "params": {"ping": {"count": True}}}, "expected int, got true"),
+        ({"checks": ["ping"], "params": {"ping": {"count": "abc"}}}, "expected int, got 'abc'"),
+    ):
+        response = api.client.post("/api/v1/runs", json=body)
+        assert response.status_code == 400 and response.get_json()["detail"] == detail, body
+    assert api.dispatcher.sent == []
+
+
 def test_run_body_that_is_not_json(api: Api) -> None:
     response = api.client.post("/api/v1/runs", data="{nope", content_type="application/json")
     assert response.status_code == 400 and response.get_json()["field"] == "body"
