@@ -190,3 +190,13 @@ def test_a_bad_log_level_stops_a_worker_and_beat_before_they_start() -> None:
             entry(["--loglevel", "verbose"])
         assert caught.value.field == "--loglevel"
     assert parsing.parse_log_level("warning", field="--loglevel") == "WARNING"
+
+
+@pytest.mark.parametrize("threads", ["0", "-5", "65"])
+def test_a_worker_concurrency_out_of_range_stops_it_before_it_starts(threads: str) -> None:
+    # --concurrency 0 ran with the setting's instead, unsaid; -5 crashed in Celery's pool with a traceback.
+    from workers import main as worker_main
+
+    with pytest.raises(errors.BadParameter) as caught:
+        worker_main.worker_main(["--node", "node-a", "--concurrency", threads])
+    assert caught.value.field == "--concurrency"
