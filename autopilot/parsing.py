@@ -101,18 +101,6 @@ def shown(raw: Any) -> str:
         return repr(str(raw)[:64])
 
 
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-
-
-def parse_log_level(text: str, *, field: str) -> str:
-    """A log level Celery and ``logging`` know, any case, in capitals: checked before a process starts, since
-    a worker given another crashed at start (and ``autopilot up`` started it again, forever)."""
-    level = str(text).strip().upper()
-    if level not in LOG_LEVELS:
-        raise errors.BadParameter(field, f"unknown log level {str(text)[:32]!r} (one of {', '.join(LOG_LEVELS)})")
-    return level
-
-
 def parse_bool(text: str, *, field: str) -> bool:
     """``1``/``true``/``yes``/``on`` or ``0``/``false``/``no``/``off``, any case, spaces around ignored."""
     lowered = str(text).strip().lower()

@@ -144,7 +144,7 @@ def worker_main(argv: Sequence[str]) -> int:
     )
     parser.add_argument("--loglevel", default="INFO", help="log level (default INFO)")
     args = parser.parse_args(list(argv))
-    args.loglevel = parsing.parse_log_level(args.loglevel, field="--loglevel")
+    args.loglevel = config.log_level(args.loglevel, "--loglevel")
     # The range of AUTOPILOT_WORKER_CONCURRENCY: 0 fell back to the setting unsaid, below it Celery's pool crashed.
     if args.concurrency is not None and not 1 <= args.concurrency <= 64:
         raise errors.BadParameter("--concurrency", f"must be between 1 and 64, got {args.concurrency}")
@@ -294,7 +294,7 @@ def beat_main(argv: Sequence[str]) -> int:
     )
     parser.add_argument("--loglevel", default="INFO", help="log level (default INFO)")
     args = parser.parse_args(list(argv))
-    args.loglevel = parsing.parse_log_level(args.loglevel, field="--loglevel")
+    args.loglevel = config.log_level(args.loglevel, "--loglevel")
     settings = _settings()
     app = create_celery(settings, load_checks())
     liveness.install_beat(app, settings)

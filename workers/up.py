@@ -368,7 +368,7 @@ def main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(list(argv))
     settings = config.Settings.from_env(os.environ)
     port = parsing.check_port(settings.api_port if args.port is None else args.port, field="--port")
-    args.loglevel = parsing.parse_log_level(args.loglevel, field="--loglevel")
+    args.loglevel = config.log_level(args.loglevel, "--loglevel")
     if args.simulate < 0 or args.simulate > simulate.MAX_NODES:
         raise errors.BadParameter("--simulate", f"must be between 0 and {simulate.MAX_NODES}, got {args.simulate}")
     if args.fault and not args.simulate:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from autopilot import config, errors, parsing
+from autopilot import config, errors
 from workers import up
 
 
@@ -189,7 +189,7 @@ def test_a_bad_log_level_stops_a_worker_and_beat_before_they_start() -> None:
         with pytest.raises(errors.BadParameter) as caught:
             entry(["--loglevel", "verbose"])
         assert caught.value.field == "--loglevel"
-    assert parsing.parse_log_level("warning", field="--loglevel") == "WARNING"
+    assert config.log_level("warning", "--loglevel") == "WARNING"
 
 
 @pytest.mark.parametrize("threads", ["0", "-5", "65"])
