@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from datetime import UTC, datetime
@@ -589,6 +590,19 @@ def test_clear_lifts_a_sticky_evict(api: Api) -> None:
     assert state.evicted_at is None and state.cleared_by.startswith("api:")
     assert api.client.post("/api/v1/nodes/ghost/clear").status_code == 404
     assert api.client.get("/api/v1/nodes/node-a/clear").status_code == 405
+
+
+def test_a_clear_is_logged_with_the_callers_address_at_the_default_level(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Logged at INFO, it never reached the log of a process at the default AUTOPILOT_LOG_LEVEL (WARNING).
+    api.store.set_state("node-a", {"verdict": "EVICT", "evicted_at": "2026-01-01T00:00:00Z"})
+    caplog.set_level(logging.WARNING)
+    response = api.client.post("/api/v1/nodes/node-a/clear", environ_base={"REMOTE_ADDR": "192.0.2.7"})
+    assert response.status_code == 200
+    (record,) = [r for r in caplog.records if "cleared by" in r.getMessage()]
+    assert record.levelno == logging.WARNING
+    assert record.getMessage() == f"eviction of node-a cleared by 192.0.2.7: now {response.get_json()['verdict']}"
 
 
 def test_clear_needs_the_token_when_set() -> None:
