@@ -613,11 +613,13 @@ def report(
             why = verdict.lost_reason(since) if since is not None else "no answer within the deadline"
             entry = {"status": "unreachable", "detail": why}
         else:
+            # The node answered its other checks, so it is up: say where the missing one is (a hung
+            # tool read as a slow node; the worker stops it at the check's own timeout).
+            why = (
+                "no answer within the deadline: the node answered its other checks, this one still runs or waits there"
+            )
             got += [
-                CheckResult(
-                    c, Status.ERROR, "no answer within the deadline", node=node, params=run.params.get(c, {})
-                ).to_dict()
-                for c in missing
+                CheckResult(c, Status.ERROR, why, node=node, params=run.params.get(c, {})).to_dict() for c in missing
             ]
             entry = {"status": node_status(got)}
         state = states.get(node, NodeState())

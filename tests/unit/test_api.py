@@ -108,7 +108,11 @@ def test_node_answering_some_checks_gets_an_error_for_the_rest() -> None:
     assert entry["status"] == "error"
     got = {r["check"]: r for r in entry["results"]}
     assert got["pciebw"]["status"] == "ok"
-    assert got["remapped"]["status"] == "error" and "deadline" in got["remapped"]["summary"]
+    assert got["remapped"]["status"] == "error"
+    # a hung tool on a live node read as a node too slow to answer
+    assert got["remapped"]["summary"] == (
+        "no answer within the deadline: the node answered its other checks, this one still runs or waits there"
+    )
 
 
 def test_results_status_and_verdict_are_reported(api: Api) -> None:
