@@ -84,13 +84,14 @@ def create_app(
 def _install_auth(app: Flask, token: str) -> None:
     if not token:
         return
-    expected = f"Bearer {token}".encode()
+    expected = token.encode()
 
     @app.before_request
     def require_token() -> None:
         if request.path in OPEN_PATHS:
             return
-        given = request.headers.get("Authorization", "").encode()
-        # constant-time comparison: the token must not leak through response timing
-        if not hmac.compare_digest(given, expected):
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        # The scheme is case-insensitive (RFC 7235: clients send "bearer" too); the token is compared
+        # in constant time, so it cannot leak through response timing.
+        if not hmac.compare_digest(given.lstrip(" ").encode(), expected) or scheme.lower() != "bearer":
             raise ApiError(401, "unauthorized", "missing or wrong bearer token (Authorization: Bearer <token>)")

@@ -26,13 +26,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
 from api import text
 from autopilot import config, errors, registry
+from autopilot.render import cell as _cell
 from autopilot.results import printable
 
 EXIT_OK, EXIT_BAD, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
@@ -295,11 +295,6 @@ def report_rows(report: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
             status = r["status"] + (" (fatal)" if r.get("fatal") else "")
             rows.append((node, r["check"], status, " ".join(str(r.get("summary", "")).split())))
     return rows
-
-
-def _cell(value: Any) -> str:
-    """A table cell from an answer's value: rich markup escaped, control characters written out."""
-    return escape(printable(str(value)))
 
 
 _VERDICT_COLOURS = {"PASS": "green", "WARN": "yellow", "EVICT": "bold red", "TESTING": "cyan", "UNKNOWN": "dim"}

@@ -41,7 +41,7 @@ _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 def parse_int(raw: Any, *, field: str, lo: int, hi: int) -> int:
     """A JSON integer, or a string of ASCII digits: ``r=0_3``, ``+3``, `` 3`` or ``３`` are not 3."""
     if isinstance(raw, bool) or not isinstance(raw, int | str):
-        raise errors.BadParameter(field, f"expected an integer, got {str(raw)[:64]!r}")
+        raise errors.BadParameter(field, f"expected an integer, got {parsing.shown(raw)}")
     value = raw if isinstance(raw, int) else parsing.parse_int(raw, field=field)
     if not lo <= value <= hi:
         raise errors.BadParameter(field, f"must be between {lo} and {hi}, got {value}")
@@ -94,11 +94,14 @@ def _items(values: Iterable[Any], *, field: str, skip_blank: bool = True) -> lis
     habit; ``skip_blank``); an empty entry otherwise (``host=,,,``, ``host=a,,b``, ``["a", ""]``)
     is a 400: dropping it could turn a request that names nothing into one that runs everywhere."""
     out: list[str] = []
-    for value in values:
+    for index, value in enumerate(values):
         if not isinstance(value, str):
             raise errors.BadParameter(field, f"expected strings, got {type(value).__name__}")
-        if skip_blank and not value.strip():
-            continue
+        if not value.strip():
+            if skip_blank:
+                continue
+            # A blank list item: "empty entry in ''" said neither where nor what (the CLI sends lists).
+            raise errors.BadParameter(field, f"empty entry (item {index + 1} of the list)")
         out.extend(parsing.parse_entries(value, field=field))
     return out
 

@@ -293,6 +293,7 @@ def document(checks: CheckRegistry) -> dict[str, Any]:
                     "404": _error("no node matched the selection"),
                     "408": _error("the body stopped arriving (`autopilot api --client-timeout`)"),
                     "413": _error("a body over AUTOPILOT_API_MAX_BODY"),
+                    "503": _error("Redis (store and broker) unreachable"),
                 },
             }
         },
@@ -309,8 +310,9 @@ def document(checks: CheckRegistry) -> dict[str, Any]:
                 ],
                 "responses": {
                     "200": _json("the report (complete or not)", "RunReport"),
-                    "400": _error("malformed id or wait"),
+                    "400": _error("malformed id or wait, or an unknown query parameter"),
                     "404": _error("unknown or expired run"),
+                    "503": _error("Redis unreachable"),
                 },
             }
         },
@@ -336,7 +338,9 @@ def document(checks: CheckRegistry) -> dict[str, Any]:
                                 }
                             }
                         },
-                    }
+                    },
+                    "400": _error("gpus not true or false, or an unknown query parameter"),
+                    "503": _error("Redis unreachable"),
                 },
             }
         },
@@ -354,8 +358,9 @@ def document(checks: CheckRegistry) -> dict[str, Any]:
                 ],
                 "responses": {
                     "200": {"description": "the node"},
-                    "400": _error("bad name or limit"),
+                    "400": _error("bad name or limit, or an unknown query parameter"),
                     "404": _error("unknown node"),
+                    "503": _error("Redis unreachable"),
                 },
             }
         },
@@ -371,8 +376,9 @@ def document(checks: CheckRegistry) -> dict[str, Any]:
                 ],
                 "responses": {
                     "200": {"description": "the GPU"},
-                    "400": _error("not a GPU UUID"),
+                    "400": _error("not a GPU UUID, or an unknown query parameter"),
                     "404": _error("no history for that GPU"),
+                    "503": _error("Redis unreachable"),
                 },
             }
         },
@@ -380,7 +386,12 @@ def document(checks: CheckRegistry) -> dict[str, Any]:
             "post": {
                 "summary": "clear a sticky EVICT; the verdict is recomputed from fresh results",
                 "parameters": [name_param],
-                "responses": {"200": {"description": "the new verdict"}, "404": _error("unknown node")},
+                "responses": {
+                    "200": {"description": "the new verdict"},
+                    "400": _error("bad name, or an unknown query parameter"),
+                    "404": _error("unknown node"),
+                    "503": _error("Redis unreachable"),
+                },
             }
         },
         "/api/v1/baselines": {
@@ -403,14 +414,16 @@ def document(checks: CheckRegistry) -> dict[str, Any]:
                                 }
                             }
                         },
-                    }
+                    },
+                    "400": _error("an unknown query parameter"),
+                    "503": _error("Redis unreachable"),
                 },
             }
         },
         "/api/v1/checks": {
             "get": {
                 "summary": "the checks of this build, their parameters, and the default set",
-                "responses": {"200": {"description": "checks"}},
+                "responses": {"200": {"description": "checks"}, "400": _error("an unknown query parameter")},
             }
         },
         "/openapi.json": {"get": {"summary": "this document", "responses": {"200": {"description": "OpenAPI 3.1"}}}},

@@ -49,7 +49,10 @@ def select(svc: Services, req: RunRequest, *, now: float) -> Selection:
         found = _by_job(svc, *req.job)
         if not found:
             ns, key, value = req.job
-            raise ApiError(404, "no_nodes", f"no workload labeled with {key}={value} in namespace {ns}", field="job")
+            detail = f"no workload labeled with {key}={value} in namespace {ns}"
+            if svc.cluster is None:  # no pods to ask: the nodes' own labels were matched (see above)
+                detail = f"no node is labeled with {key}={value} (no cluster here: job matches node labels)"
+            raise ApiError(404, "no_nodes", detail, field="job")
         wanted.extend(found)
     ordered = list(dict.fromkeys(wanted))
     known = {record.name for record in svc.store.nodes(ordered)}

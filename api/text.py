@@ -103,7 +103,12 @@ def network_lines(net: Mapping[str, Any], checks: CheckRegistry) -> list[str]:
         counted = f"({entry['bad_pairs']} of {entry['pairs']} pairs bad)"
         lines.append(f"  {tag(check, checks)}: {entry['suspects']['summary']} {counted}")
     for lane, info in net.get("iperf", {}).get("interfaces", {}).items():
-        lines.append(f"  {lane} Average Bandwidth Gb/s: {_gbps(info['mean_gbps'])} over {info['pairs']} pairs")
+        # The mean is of the measured pairs only: a pair that could not connect has no figure.
+        measured = sum(1 for row in info["matrix"].values() for gbps in row.values() if gbps is not None)
+        over = (
+            f"{measured} pairs" if measured == info["pairs"] else f"{measured} of {info['pairs']} pairs (the rest N/A)"
+        )
+        lines.append(f"  {lane} Average Bandwidth Gb/s: {_gbps(info['mean_gbps'])} over {over}")
         names_ = sorted(info["nodes"])
         width = max([len(n) for n in names_] + [8])
         lines.append("    " + " " * width + "".join(f"  {n[:width].rjust(width)}" for n in names_))

@@ -38,7 +38,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from autopilot import baseline, gpumetrics, results
+from autopilot import baseline, errors, gpumetrics, results
 from autopilot.registry import CheckRegistry
 from autopilot.results import CheckResult, Status
 from autopilot.verdict import Verdict
@@ -178,8 +178,12 @@ class ResultsCollector(Collector):
         up = _store_up()
         try:
             snapshot = self._snapshot_fn()
-        except Exception:  # any store failure: report it as a metric rather than fail the scrape
-            log.exception("metrics: reading the results store failed")
+        except Exception as exc:  # any store failure: report it as a metric rather than fail the scrape
+            # An outage is expected and said by the gauge: one line per scrape, not a traceback each time.
+            if isinstance(exc, errors.StoreUnavailable):
+                log.warning("metrics: reading the results store failed: %s", exc)
+            else:
+                log.exception("metrics: reading the results store failed")
             up.add_metric([], 0.0)
             yield up
             return

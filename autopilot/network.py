@@ -371,7 +371,15 @@ def excuse_ping(result: CheckResult, suspects: Collection[str]) -> CheckResult:
     node whose only failures are pings to the suspect passes, and a node with another failed peer
     still fails. The suspect itself is never excused: its own pairs go to nodes that are not suspects.
     """
-    if result.check != "ping" or not result.is_bad or not suspects:
+    if result.check != "ping":
+        return result
+    return excuse_pairs(result, suspects, by="the fleet's suspect", ok_words="every peer reachable", what="peer")
+
+
+def excuse_pairs(result: CheckResult, suspects: Collection[str], *, by: str, ok_words: str, what: str) -> CheckResult:
+    """``result`` (a ``ping`` or ``iperf`` result, one device per ``peer/interface``) with its bad
+    devices to a node of ``suspects`` made ``skipped`` (``not judged here: <peer> is <by>``)."""
+    if not result.is_bad or not suspects:
         return result
     devices = []
     excused: set[str] = set()
@@ -379,18 +387,18 @@ def excuse_ping(result: CheckResult, suspects: Collection[str]) -> CheckResult:
         peer = d.id.split("/", 1)[0]
         if d.status in (Status.FAIL, Status.WARN) and peer in suspects and peer != result.node:
             excused.add(peer)
-            why = f"{d.detail or d.status.value}; not judged here: {peer} is the fleet's suspect"
+            why = f"{d.detail or d.status.value}; not judged here: {peer} is {by}"
             d = dataclasses.replace(d, status=Status.SKIPPED, detail=why)
         devices.append(d)
     if not excused:
         return result
     named = ", ".join(sorted(excused))
     folded = results.from_devices(
-        "ping",
+        result.check,
         devices,
-        ok_summary=f"every peer reachable but {named} (the fleet's suspect, not this node)",
+        ok_summary=f"{ok_words} but {named} ({by}, not this node)",
         data={**result.data, "excused": sorted(excused)},
-        what="peer",
+        what=what,
         group=True,
         # This node's own short interface (``mtu``) is named as ``ping.evaluate`` named it, not as a peer.
         what_of={d.id: "interface" for d in devices if d.id.split("/", 1)[0] == result.node},

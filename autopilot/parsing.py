@@ -8,8 +8,10 @@ a canonical form (``0_3``, ``+3``, ``３``, ``nan``).
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Collection
+from typing import Any
 
 from autopilot import errors
 
@@ -86,6 +88,17 @@ def parse_number(text: str, *, field: str) -> float:
 
 TRUE = frozenset({"1", "true", "yes", "on"})
 FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def shown(raw: Any) -> str:
+    """A refused value as its sender wrote it, cut to 64 characters: a string quoted, anything else (a JSON
+    body's ``true``, ``1000.0``, a list) in JSON, where ``str`` said ``'True'`` to a client that sent ``true``."""
+    if isinstance(raw, str):
+        return repr(raw[:64])
+    try:
+        return json.dumps(raw)[:64]
+    except (TypeError, ValueError):
+        return repr(str(raw)[:64])
 
 
 def parse_bool(text: str, *, field: str) -> bool:

@@ -61,7 +61,7 @@ class Param:
             else:
                 value = str(raw)
         except (ValueError, OverflowError, errors.BadParameter):  # OverflowError: a JSON integer past float's range
-            raise errors.BadParameter(field, f"expected {self.kind.__name__}, got {str(raw)[:64]!r}") from None
+            raise errors.BadParameter(field, f"expected {self.kind.__name__}, got {parsing.shown(raw)}") from None
         if self.minimum is not None and value < self.minimum:
             raise errors.BadParameter(field, f"must be >= {self.minimum:g}, got {value}")
         if self.maximum is not None and value > self.maximum:

@@ -6,10 +6,11 @@ from collections.abc import Iterable, Sequence
 from typing import IO
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from autopilot.registry import CheckSpec
-from autopilot.results import CheckResult, Status
+from autopilot.results import CheckResult, Status, printable
 
 _STYLE = {
     Status.OK: "green",
@@ -26,6 +27,12 @@ def console(file: IO[str] | None = None) -> Console:
     return Console(file=file, width=None if file is None else 160, soft_wrap=False)
 
 
+def cell(value: object) -> str:
+    """A table cell of a tool's, a result's or an answer's words: rich reads ``[...]`` as markup (``[/x]``
+    in a dcgmi line crashed the table) and passes control characters to the terminal: both written out."""
+    return escape(printable(str(value)))
+
+
 def results_table(results: Sequence[CheckResult], *, title: str | None = None, show_node: bool = False) -> Table:
     table = Table(title=title, title_justify="left")
     if show_node:
@@ -36,8 +43,8 @@ def results_table(results: Sequence[CheckResult], *, title: str | None = None, s
     table.add_column("TIME", justify="right")
     for r in results:
         status = r.status.value.upper() + (" (fatal)" if r.fatal else "")
-        row = [r.check, f"[{_STYLE[r.status]}]{status}[/]", r.summary, f"{r.duration_s:.1f}s"]
-        table.add_row(*([r.node] if show_node else []), *row)
+        row = [cell(r.check), f"[{_STYLE[r.status]}]{status}[/]", cell(r.summary), f"{r.duration_s:.1f}s"]
+        table.add_row(*([cell(r.node)] if show_node else []), *row)
     return table
 
 
@@ -47,7 +54,7 @@ def devices_table(result: CheckResult) -> Table:
         table.add_column(col)
     for d in result.devices:
         value = "" if d.value is None else f"{d.value}{' ' + d.unit if d.unit else ''}"
-        table.add_row(d.id, f"[{_STYLE[d.status]}]{d.status.value}[/]", value, d.detail)
+        table.add_row(cell(d.id), f"[{_STYLE[d.status]}]{d.status.value}[/]", cell(value), cell(d.detail))
     return table
 
 

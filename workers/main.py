@@ -155,6 +155,10 @@ def worker_main(argv: Sequence[str]) -> int:
     )
     parser.add_argument("--loglevel", default="INFO", help="log level (default INFO)")
     args = parser.parse_args(list(argv))
+    args.loglevel = config.log_level(args.loglevel, "--loglevel")
+    # The range of AUTOPILOT_WORKER_CONCURRENCY: 0 fell back to the setting unsaid, below it Celery's pool crashed.
+    if args.concurrency is not None and not 1 <= args.concurrency <= 64:
+        raise errors.BadParameter("--concurrency", f"must be between 1 and 64, got {args.concurrency}")
 
     settings = _settings()
     if settings.liveness_file:
@@ -218,7 +222,7 @@ def worker_main(argv: Sequence[str]) -> int:
     if not args.no_control:
         queues.append(CONTROL_QUEUE)
     app = create_celery(settings, checks)
-    threads = args.concurrency or settings.worker_concurrency
+    threads = settings.worker_concurrency if args.concurrency is None else args.concurrency
     liveness.install_worker(app, settings, threads)
     if args.simulate:
         # Hundreds of queues in one process: the simulator's transport (simulator-only code that
@@ -301,6 +305,7 @@ def beat_main(argv: Sequence[str]) -> int:
     )
     parser.add_argument("--loglevel", default="INFO", help="log level (default INFO)")
     args = parser.parse_args(list(argv))
+    args.loglevel = config.log_level(args.loglevel, "--loglevel")
     settings = _settings()
     app = create_celery(settings, load_checks())
     liveness.install_beat(app, settings)

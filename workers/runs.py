@@ -613,11 +613,13 @@ def report(
             why = verdict.lost_reason(since) if since is not None else "no answer within the deadline"
             entry = {"status": "unreachable", "detail": why}
         else:
+            # The node answered its other checks, so it is up: say where the missing one is (a hung
+            # tool read as a slow node; the worker stops it at the check's own timeout).
+            why = (
+                "no answer within the deadline: the node answered its other checks, this one still runs or waits there"
+            )
             got += [
-                CheckResult(
-                    c, Status.ERROR, "no answer within the deadline", node=node, params=run.params.get(c, {})
-                ).to_dict()
-                for c in missing
+                CheckResult(c, Status.ERROR, why, node=node, params=run.params.get(c, {})).to_dict() for c in missing
             ]
             entry = {"status": node_status(got)}
         state = states.get(node, NodeState())
@@ -667,8 +669,10 @@ def network_report(
 ) -> dict[str, Any]:
     """``report["network"]``: per network check of the run, the pairs counted and the suspects.
 
-    A node with no result by its deadline, or whose result holds no pair (it could not ping at
-    all), counts as bad pairs towards every other node on every interface seen in the run.
+    A node with no result by its deadline counts as bad pairs towards every other node on every
+    interface seen in the run. Pairs whose ping could not run (``error``) say nothing about a link,
+    as in the reconcile's localisation (``network.ping_pairs``): a node whose ping tool fails is its
+    own ``error``, not every one of its links a suspect.
     """
     out: dict[str, Any] = {}
     if "ping" in run.checks:
@@ -681,8 +685,6 @@ def network_report(
                     silent.append(node)
                 continue
             measured = _ping_pairs(result)
-            if not measured and result["status"] == Status.ERROR.value:
-                silent.append(node)
             pairs += [network.PairResult(node, target, interface, bad) for target, interface, bad in measured]
         interfaces = sorted({p.interface for p in pairs}) or ["any"]
         for node in silent:

@@ -368,6 +368,7 @@ def main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(list(argv))
     settings = config.Settings.from_env(os.environ)
     port = parsing.check_port(settings.api_port if args.port is None else args.port, field="--port")
+    args.loglevel = config.log_level(args.loglevel, "--loglevel")
     if args.simulate < 0 or args.simulate > simulate.MAX_NODES:
         raise errors.BadParameter("--simulate", f"must be between 0 and {simulate.MAX_NODES}, got {args.simulate}")
     if args.fault and not args.simulate:
@@ -447,6 +448,10 @@ def _run(
     for node, by_check in faults.items():
         for check, kind in by_check.items():
             say(f"  fault    {simulate.Fault(node, check, kind).describe()}")
+    for xid in simulate.xid_faults(args.fault if args.simulate else ()):
+        # parse_faults validated them and leaves them out (the follower injects them): said here too
+        when = f"{xid.after_s:g} s after start" if xid.after_s else "at start"
+        say(f"  fault    {xid.node}:xid:{xid.code}: the driver logs Xid {xid.code} on GPU {xid.gpu} {when}")
     child = stack.add("beat", cli_argv("beat", "--schedule-file", str(stack.tmp / "beat-schedule"), *level))
     say(f"beat       pid {child.proc.pid}")
     say(f"status     autopilot status --url {api_url}")

@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterator, Mapping
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from autopilot import errors
+
 log = logging.getLogger(__name__)
 
 LABELS = ("node", "gpu", "source", "code", "action")
@@ -73,7 +75,10 @@ class EventsCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         try:
             snapshot = self._snapshot_fn()
-        except Exception:  # the results collector already reports the store as down
+        except errors.StoreUnavailable as exc:  # the results collector already reports the store as down
+            log.warning("metrics: reading the event counts failed: %s", exc)
+            return
+        except Exception:  # anything else is a bug, with its traceback; the scrape goes on
             log.exception("metrics: reading the event counts failed")
             return
         yield from families(snapshot)

@@ -133,6 +133,16 @@ def test_evaluate_garbage_is_an_error_exit_3() -> None:
     assert "ERROR" in proc.stdout
 
 
+def test_evaluate_table_shows_markup_and_control_characters_of_the_output_as_text() -> None:
+    # A tool's words reach the summary: rich markup in them crashed the table (a traceback, exit 1),
+    # and an escape sequence went to the terminal as it was.
+    proc = autopilot("evaluate", "dcgm", "-", stdin="[/bold]oops [red]B \x1b[31mX\n")
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "[/bold]oops [red]B" in proc.stdout
+    assert "\x1b" not in proc.stdout and "\\x1b[31mX" in proc.stdout
+
+
 @pytest.mark.parametrize(
     "statuses, code",
     [

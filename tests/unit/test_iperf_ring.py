@@ -208,7 +208,9 @@ def test_a_slow_node_warns_its_pairs_and_is_named() -> None:
     assert {p["status"] for p in outcome.pairs if (p["source"], p["target"]) in bad} == {"warn"}
     assert network.localise(iperf.pair_results(outcome.pairs)).nodes == ("node-c",)
     assert outcome.results["node-c"].status is Status.WARN
-    assert outcome.results["node-a"].status is Status.WARN  # its pair to node-c
+    # its pair to node-c is node-c's finding (the ring's suspect), not node-a's
+    assert outcome.results["node-a"].status is Status.OK
+    assert outcome.results["node-a"].data["excused"] == ["node-c"]
     assert outcome.summary["data0"]["nodes"]["node-c"]["bad_pairs"] == 6
 
 
@@ -400,6 +402,52 @@ def test_api_iperf_runs_the_ring_and_reports_the_suspect() -> None:
     assert "data0 Average Bandwidth Gb/s:" in text
 
 
+def test_the_rings_slow_node_is_its_own_finding_not_every_other_nodes() -> None:
+    # sim-6:iperf:slow on 20 nodes: every node's result warned for its pair to sim-6, and the next
+    # reconcile turned all 20 WARN. The other nodes' pairs to the suspect are not judged against them.
+    net = Net(slow={"node-c"})
+    report = api_for(net).test_client().get("/iperf?host=node-a,node-b,node-c,node-d&duration_s=1&format=json")
+    body = report.get_json()
+    assert body["network"]["iperf"]["suspects"]["nodes"] == ["node-c"]
+    (slow,) = body["nodes"]["node-c"]["results"]
+    assert slow["status"] == "warn"
+    for node in ("node-a", "node-b", "node-d"):
+        (result,) = body["nodes"][node]["results"]
+        assert result["status"] == "ok", result
+        assert "node-c (the ring's suspect, not this node)" in result["summary"]
+        to_c = next(d for d in result["devices"] if d["id"] == "node-c/data0")
+        assert to_c["status"] == "skipped" and "not judged here: node-c is the ring's suspect" in to_c["detail"]
+    # the report still shows every measured pair, the slow ones included
+    assert body["network"]["iperf"]["interfaces"]["data0"]["matrix"]["node-a"]["node-c"] < 9.4
+
+
+def test_a_ring_of_one_node_is_skipped_saying_why_once() -> None:
+    # /iperf?host=sim-0 answered "[[ IPERF ]] SKIPPED: skipped: no address shared ...".
+    client = api_for(Net()).test_client()
+    (result,) = client.get("/iperf?host=node-a&format=json").get_json()["nodes"]["node-a"]["results"]
+    assert result["status"] == "skipped"
+    assert result["summary"] == "no address shared with another member on the network interfaces"
+    text = client.get("/iperf?host=node-a").get_data(as_text=True)
+    assert "SKIPPED: no address shared" in text and "skipped: skipped" not in text.lower()
+
+
+def test_the_status_text_counts_the_average_over_the_measured_pairs_only() -> None:
+    from api import text
+
+    def pair(source: str, target: str, gbps: float | None) -> dict[str, Any]:
+        status = "ok" if gbps is not None else "fail"
+        return {"source": source, "target": target, "interface": "data0", "gbps": gbps, "status": status}
+
+    pairs = [pair("a", "b", 90.0), pair("b", "a", 110.0), pair("a", "c", None), pair("c", "a", None)]
+    net = {"iperf": {"bad_pairs": 2, "pairs": 4, "suspects": {"summary": "suspect node(s): c"}}}
+    net["iperf"]["interfaces"] = iperf.summarize(pairs)
+    lines = text.network_lines(net, shipped_checks())
+    # The 100 Gb/s is the mean of two pairs: the two with c have no figure.
+    assert "  data0 Average Bandwidth Gb/s: 100.00 over 2 of 4 pairs (the rest N/A)" in lines
+    net["iperf"]["interfaces"] = iperf.summarize(pairs[:2])
+    assert "  data0 Average Bandwidth Gb/s: 100.00 over 2 pairs" in text.network_lines(net, shipped_checks())
+
+
 def test_api_rejects_bad_iperf_parameters_before_anything_is_sent() -> None:
     net = Net()
     client = api_for(net).test_client()
@@ -474,7 +522,35 @@ def test_gather_network_report_from_stored_results() -> None:
     }  # fmt: skip
     net = gather.network_report(run, {k: r.to_dict() for k, r in found.items()}, late=())
     assert net["ping"]["suspects"]["nodes"] == ["a"]
-    assert net["ping"]["pairs"] == 6 and net["ping"]["bad_pairs"] == 4
+    # a's own ping could not run: its side says nothing; the others' pairs to it name it
+    assert net["ping"]["pairs"] == 4 and net["ping"]["bad_pairs"] == 2
+
+
+def test_a_node_whose_ping_could_not_run_makes_no_suspect_of_its_links() -> None:
+    # sim-12:ping:error on a live fleet: its 19 pairs were counted bad and the report named 19
+    # suspect pairs, while the reconcile (network.ping_pairs) rightly left them out.
+    from workers import runs as gather
+
+    def could_not_run(node: str, targets: list[str]) -> CheckResult:
+        pairs = [
+            {"target": t, "interface": "net1", "status": "error", "detail": "socket: Operation not permitted"}
+            for t in targets
+        ]
+        return CheckResult("ping", Status.ERROR, "ping could not run", node=node, data={"pairs": pairs})
+
+    def reached(node: str, targets: list[str]) -> CheckResult:
+        pairs = [{"target": t, "interface": "net1", "status": "ok"} for t in targets]
+        return CheckResult("ping", Status.OK, "ok", node=node, data={"pairs": pairs})
+
+    run = Run.new(["ping"], ["a", "b", "c"], {}, 10)
+    found = {
+        ("a", "ping"): could_not_run("a", ["b", "c"]),
+        ("b", "ping"): reached("b", ["a", "c"]),
+        ("c", "ping"): reached("c", ["a", "b"]),
+    }
+    net = gather.network_report(run, {k: r.to_dict() for k, r in found.items()}, late=())
+    assert net["ping"]["suspects"] == {"nodes": [], "pairs": [], "summary": "no suspect"}
+    assert net["ping"]["pairs"] == 4 and net["ping"]["bad_pairs"] == 0
 
 
 def test_plan_refuses_ports_past_the_range() -> None:

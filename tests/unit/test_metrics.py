@@ -257,6 +257,27 @@ def test_a_failing_store_reports_down_instead_of_failing_the_scrape(caplog: pyte
     assert "results store" in caplog.text
 
 
+def test_a_store_outage_is_one_warning_line_per_scrape_not_a_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    # Redis down is expected and the gauge says it: two ERROR tracebacks at every scrape drowned the log.
+    from autopilot import errors
+    from autopilot.events.metrics import EventsCollector, EventsSnapshot
+
+    def unreachable() -> Snapshot:
+        raise errors.StoreUnavailable("results store unreachable: ConnectionError: refused")
+
+    def events_unreachable() -> EventsSnapshot:
+        raise errors.StoreUnavailable("results store unreachable: ConnectionError: refused")
+
+    assert scrape(fn=unreachable) == {"autopilot_results_store_up": {(): 0.0}}
+    registry = CollectorRegistry()
+    registry.register(EventsCollector(events_unreachable))
+    generate_latest(registry)
+    records = [r for r in caplog.records if "results store" in r.getMessage()]
+    assert len(records) == 2
+    assert all(r.levelname == "WARNING" and r.exc_info is None for r in records)
+    assert all("ConnectionError: refused" in r.getMessage() for r in records)
+
+
 def test_registering_does_not_read_the_store() -> None:
     calls: list[int] = []
 

