@@ -87,7 +87,7 @@ class MemoryStore:
             record = self._records.get(node)
             offset = record.clock_offset if record is not None else None
             latest, seen = self.latest(node), self._seen.get(node)
-            return NodeView(latest, self.state(node), self.labels(node), seen, pending, offset)
+            return NodeView(latest, self.state(node), self.labels(node), seen, pending, offset, self._clock())
 
     def latest(self, node: str) -> dict[str, CheckResult]:
         with self._lock:

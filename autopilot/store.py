@@ -281,6 +281,10 @@ class NodeView:
     clock_offset: float | None = None
     """The node's worker's clock minus the store's at its last heartbeat (``NodeRecord.clock_offset``); None:
     not known (no heartbeat, an older worker, or not read)."""
+    # Not compared: two reads of the same node are the same view whenever they were made.
+    now: float | None = dataclasses.field(default=None, compare=False)
+    """The store's clock (Redis ``TIME``, epoch s) when this was read, in the same round trip, so the reconcile
+    after a task judges by it without a ``TIME`` of its own; None: not read."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -144,12 +144,15 @@ def reconcile_node(
     ``view`` is the node's latest results, state and last heartbeat when the caller has just
     read them (a task reads them in the same MULTI that saves its last result); otherwise they
     are read here. ``suspects``: the fleet's ping suspects when the caller has them (else read
-    here if the node's ping is bad). ``now``: the store's clock (default: read from it, ``shared_now``); the
-    node's results are judged by it as their worker's clock reads it (``on_node_clock``).
+    here if the node's ping is bad). ``now``: the store's clock (default: the view's ``now``, read with it; else
+    read here, ``shared_now``); the node's results are judged by it as their worker's clock reads it
+    (``on_node_clock``).
     """
-    shared = now or shared_now(store)
     if view is None:
         view = store.view(node)
+    # The view's own reading of the store's clock when it has one (read with it, in its round trip): a task's
+    # reconcile asks for no TIME of its own.
+    shared = now or (datetime.fromtimestamp(view.now, UTC) if view.now is not None else shared_now(store))
     # The node's stamps (its results, and what its reconciles stamped: an eviction, a change) are on its worker's
     # clock; its heartbeat and the fleet's pings are judged on the shared clock.
     moment = on_node_clock(shared, view.clock_offset)
@@ -526,8 +529,8 @@ def clear_evict(
 
     ``now``: the moment of the clear on the store's clock (default: read from it), for the recompute; the clear is
     recorded on the node's clock, as the eviction it lifts was (``on_node_clock``)."""
-    shared = now or shared_now(store)
     view = store.view(node)
+    shared = now or (datetime.fromtimestamp(view.now, UTC) if view.now is not None else shared_now(store))
     state = view.state
     if state.evicted_at:
         store.set_state(node, _cleared(state, by=by, at=_clear_time(state, on_node_clock(shared, view.clock_offset))))

@@ -224,13 +224,20 @@ class ResultsStore:
             figures.written(replies[counted - 1])
         if view is None:
             return None
-        return _view(view, replies[-VIEW_REPLIES:], written)
+        return self._told_time(_view(view, replies[-VIEW_REPLIES:], written))
 
     def view(self, node: str) -> NodeView:
-        """The node's latest results and verdict state, read in one round trip."""
+        """The node's latest results and verdict state, and the store's clock, read in one round trip."""
         pipe = self.r.pipeline(transaction=False)
         _queue_view(pipe, node)
-        return _view(node, pipe.execute())
+        return self._told_time(_view(node, pipe.execute()))
+
+    def _told_time(self, view: NodeView) -> NodeView:
+        """``view`` with its ``now`` from the test clock (``server_clock``) when one was given: fakeredis answers
+        ``TIME`` from this host's clock."""
+        if self._server_clock is None:
+            return view
+        return dataclasses.replace(view, now=self._server_clock())
 
     def latest(self, node: str) -> dict[str, CheckResult]:
         return _latest(node, self.r.hgetall(f"{P}latest:{node}"))
@@ -969,7 +976,7 @@ def _latest(
     return {check: result for check, result in found.items() if result is not None}
 
 
-VIEW_REPLIES = 6
+VIEW_REPLIES = 7
 
 
 def _queue_view(pipe: Any, node: str) -> None:
@@ -983,15 +990,19 @@ def _queue_view(pipe: Any, node: str) -> None:
     pipe.hget(f"{P}confirm:{node}", "pending")
     # The worker's clock offset, which the reconcile takes off its results' stamps.
     pipe.get(f"{P}node:{node}")
+    # The store's clock, which the reconcile judges by: read here, the reconcile after a task needs no TIME of its
+    # own (a round trip per task).
+    pipe.time()
 
 
 def _view(node: str, replies: Sequence[Any], known: Mapping[bytes, CheckResult] | None = None) -> NodeView:
-    raw_latest, raw_state, raw_labels, seen, pending, raw_record = replies
+    raw_latest, raw_state, raw_labels, seen, pending, raw_record, told = replies
     state = _node_state(raw_state)
     record = _record(raw_record, node)
     offset = record.clock_offset if record is not None else None
     latest = _latest(node, raw_latest, known)
-    return NodeView(latest, state, _state(raw_labels), _score(seen), _pending(pending), offset)
+    labels = _state(raw_labels)
+    return NodeView(latest, state, labels, _score(seen), _pending(pending), offset, _server_seconds(told))
 
 
 def _server_seconds(reply: Any) -> float:
