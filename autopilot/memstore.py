@@ -8,6 +8,7 @@ MULTI does. Expiry uses the given clock (``time.time`` by default), checked when
 from __future__ import annotations
 
 import dataclasses
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -183,9 +184,12 @@ class MemoryStore:
                 self._records[record.name] = record
                 self._seen[record.name] = record.shared_seen
 
-    def node_names(self, *, seen_since: float | None = None) -> list[str]:
+    def node_names(self, *, seen_since: float | None = None, heard_within: float | None = None) -> list[str]:
         with self._lock:
-            return sorted(n for n, seen in self._seen.items() if seen_since is None or seen >= seen_since)
+            low = -math.inf if seen_since is None else seen_since
+            if heard_within is not None:
+                low = max(low, self._clock() - heard_within)
+            return sorted(n for n, seen in self._seen.items() if seen >= low)
 
     def nodes(self, names: Sequence[str] | None = None) -> list[NodeRecord]:
         with self._lock:

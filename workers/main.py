@@ -178,7 +178,7 @@ def worker_main(argv: Sequence[str]) -> int:
             args.simulate,
             args.fault,
             offset=args.simulate_offset,
-            live_nodes=lambda: store.node_names(seen_since=time.time() - settings.live_after_s),
+            live_nodes=lambda: store.node_names(heard_within=settings.live_after_s),
             link_faults=args.link_fault,
             noise=args.sim_noise,
             checks=checks,

@@ -50,6 +50,7 @@ import hashlib
 import inspect
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
@@ -447,9 +448,19 @@ class ResultsStore:
             pipe.zadd(f"{P}nodes", {record.name: record.shared_seen})
         pipe.execute()
 
-    def node_names(self, *, seen_since: float | None = None) -> list[str]:
-        low = "-inf" if seen_since is None else seen_since
-        return sorted(_node_names(self.r.zrangebyscore(f"{P}nodes", low, "+inf")))
+    def node_names(self, *, seen_since: float | None = None, heard_within: float | None = None) -> list[str]:
+        if heard_within is not None:
+            # The scores are on the store's clock (NodeRecord.shared_seen), which this host's may be off by any
+            # amount: that clock is read with them, in one round trip.
+            pipe = self.r.pipeline(transaction=False)
+            pipe.time()
+            pipe.zrange(f"{P}nodes", 0, -1, withscores=True)
+            told, scored = pipe.execute()
+            now = self._server_clock() if self._server_clock is not None else _server_seconds(told)
+            low = max(now - heard_within, -math.inf if seen_since is None else seen_since)
+            return sorted(_node_names(name for name, score in scored if score >= low))
+        low_arg = "-inf" if seen_since is None else seen_since
+        return sorted(_node_names(self.r.zrangebyscore(f"{P}nodes", low_arg, "+inf")))
 
     def nodes(self, names: Sequence[str] | None = None) -> list[NodeRecord]:
         wanted = list(names) if names is not None else self.node_names()

@@ -18,6 +18,7 @@ from autopilot.registry import shipped as shipped_checks
 from autopilot.results import CheckResult, Status, utc_now_iso
 from tests.unit.api_helpers import make_api
 from workers import main, reconcile
+from workers.peers import StorePeers
 from workers.store import NodeRecord, ResultsStore
 
 NODE = "gpu-1"
@@ -92,6 +93,20 @@ def test_every_heartbeat_carries_the_offset_and_is_scored_on_the_stores_clock(mo
     record = store.node(NODE)
     assert record is not None and (record.last_seen, record.clock_offset) == (1000.0, -TEN_MINUTES)
     assert store.last_seen() == {NODE: 1000.0 + TEN_MINUTES}
+
+
+def test_a_worker_whose_clock_is_off_pings_the_live_nodes_by_the_stores_clock() -> None:
+    # before: the live peers were those heard since this host's clock less 45 s; 10 min ahead it found none
+    # (nothing to ping), 10 min behind it also pinged nodes lost in those 10 min (false failures)
+    fleet = Fleet(0.0)
+    fleet.store.heartbeat_many(
+        [
+            NodeRecord("gpu-2", addresses={"eth0": ["10.0.0.2"]}, last_seen=fleet.at - 10),
+            NodeRecord("gpu-3", addresses={"eth0": ["10.0.0.3"]}, last_seen=fleet.at - 300),  # lost 4 min ago
+        ]
+    )
+    directory = StorePeers(fleet.store, make_settings())
+    assert [p.node for p in directory.peers()] == ["gpu-2"]
 
 
 # ---------------------------------------------------------------- the reconciles agree

@@ -266,6 +266,16 @@ def test_a_heartbeat_is_scored_on_the_stores_clock_and_the_view_carries_the_offs
     assert store.view("n3").clock_offset is None and store.view("nope").clock_offset is None
 
 
+def test_the_nodes_heard_within_a_while_are_counted_on_the_stores_clock(clocked: tuple[Store, list[float]]) -> None:
+    store, at = clocked
+    store.heartbeat_many([NodeRecord("n1", last_seen=at[0] - 10), NodeRecord("n2", last_seen=at[0] - 100)])
+    # whatever this host's clock reads: the scores and the clock they are judged by are the store's
+    assert store.node_names(heard_within=45.0) == ["n1"]
+    assert store.node_names(heard_within=45.0, seen_since=at[0] - 5) == []
+    at[0] += 60
+    assert store.node_names(heard_within=45.0) == [] and store.node_names(heard_within=120.0) == ["n1"]
+
+
 def test_a_record_from_an_older_worker_without_a_clock_offset_still_reads() -> None:
     store = ResultsStore(fakeredis.FakeRedis())
     older = NodeRecord("n1", gpu_count=8, last_seen=500.0).to_dict()
