@@ -443,12 +443,15 @@ def fleet_pings(
     """Node -> its fresh ``ping`` result (one pipeline over every known node, or over ``nodes``).
 
     A result older than ``settings.stale_after_s`` (a lost node's last word), or stamped further ahead (a clock
-    gone wrong: ``verdict.is_fresh``), takes no part."""
+    gone wrong: ``verdict.is_fresh``), takes no part. ``now`` is the store's clock; each result is judged on its
+    node's clock (``on_node_clock``, its worker's offset from its record), as that node's own verdict is."""
     names = list(nodes) if nodes is not None else sorted(store.last_seen())
+    found = store.latest_of("ping", names)
+    offsets = {r.name: r.clock_offset for r in store.nodes(list(found))} if found else {}
     return {
         node: r
-        for node, r in store.latest_of("ping", names).items()
-        if verdict.is_fresh(r, now, settings.stale_after_s)
+        for node, r in found.items()
+        if verdict.is_fresh(r, on_node_clock(now, offsets.get(node)), settings.stale_after_s)
     }
 
 

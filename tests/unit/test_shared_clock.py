@@ -113,6 +113,21 @@ def test_a_worker_whose_clock_is_off_pings_the_live_nodes_by_the_stores_clock() 
 
 
 @pytest.mark.parametrize("skew_s", [-TEN_MINUTES, TEN_MINUTES])
+def test_a_skewed_nodes_fresh_ping_takes_part_in_the_fleets_localisation(skew_s: float) -> None:
+    # before: judged on the store's clock as stamped, its ping read 10 min old (or 10 min ahead): left out of the
+    # fleet's pings that name a suspect, while its own verdict judged it fresh
+    fleet, settings = Fleet(skew_s), make_settings()
+    fleet.heartbeat()
+    stamp = utc_now_iso(datetime.fromtimestamp(fleet.worker_clock() - 5, UTC))
+    fleet.store.save_result(CheckResult("ping", Status.OK, "fine", node=NODE, started_at=stamp))
+    now = datetime.fromtimestamp(fleet.at, UTC)
+    assert set(reconcile.fleet_pings(fleet.store, settings, now)) == {NODE}
+    fleet.at += 400  # past three 2-min intervals of its own clock: stale
+    later = datetime.fromtimestamp(fleet.at, UTC)
+    assert reconcile.fleet_pings(fleet.store, settings, later) == {}
+
+
+@pytest.mark.parametrize("skew_s", [-TEN_MINUTES, TEN_MINUTES])
 def test_a_node_whose_clock_is_off_stays_pass_by_its_own_task_and_by_beats_tick(skew_s: float) -> None:
     # before: 10 min behind, beat found its heartbeat lost and its results stale (UNKNOWN) while its own task
     # reconcile found them fresh (PASS), and the node flipped between the two; 10 min ahead, its results were
