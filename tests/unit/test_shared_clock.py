@@ -210,6 +210,22 @@ def test_live_follows_the_reconciles_lost_rule_on_the_stores_clock() -> None:
     assert decided["node-ahead"] == "UNKNOWN" and api.store.state("node-ahead").reason_list[0] == gone
 
 
+def test_a_run_report_calls_a_node_lost_by_heard_ahead_unreachable_since_it_was_first_heard() -> None:
+    # before: the report judged its stamp as it was (an hour ahead: "just now"), so it read "no answer within the
+    # deadline" with the stored verdict, while /api/v1/nodes said lost
+    api = make_api(nodes=("node-a",), deadline_s=1)
+    now = api.store.server_time()
+    api.store.heartbeat(NodeRecord("node-ahead", gpu_count=8, last_seen=now + 3600))
+    first = datetime.fromtimestamp(now - 120, UTC)
+    reconcile.reconcile_node(api.store, "node-ahead", api.settings, first, checks=shipped_checks())
+    api.workers.silent.add("node-ahead")
+    response = api.client.get("/status?host=node-a,node-ahead&check=pciebw&format=json")
+    entry = response.get_json()["nodes"]["node-ahead"]
+    gone = f"no heartbeat since {utc_now_iso(first)}"
+    assert (entry["status"], entry["detail"]) == ("unreachable", gone)
+    assert (entry["verdict"], entry["reasons"]) == ("UNKNOWN", [gone])
+
+
 def test_metrics_export_the_clock_offset_and_judge_lost_as_the_reconcile() -> None:
     api = make_api()
     now = api.store.server_time()
