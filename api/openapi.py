@@ -236,8 +236,15 @@ SCHEMAS: dict[str, Any] = {
             "gpu_count": {"type": "integer"},
             "labels": {"type": "object"},
             "version": {"type": "string"},
-            "last_seen": {"type": "number"},
-            "last_seen_at": {"type": ["string", "null"]},
+            "last_seen": {
+                "type": "number",
+                "description": "epoch s of the last heartbeat as the worker stamped it, on its own clock",
+            },
+            "last_seen_at": {
+                "type": ["string", "null"],
+                "description": "that heartbeat on the results store's clock (clock_offset taken off), UTC: what "
+                "live and 'no heartbeat since' judge",
+            },
             "simulated": {"type": "boolean"},
             "wedged_since": {
                 "type": "number",

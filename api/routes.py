@@ -167,7 +167,8 @@ def _node_entry(record: Any, state: NodeState, now: float, settings: config.Sett
         **record.to_dict(),
         **_verdict(state, record, now, settings),
         "live": _live(record, state, now, settings),
-        "last_seen_at": runs.iso_time(record.last_seen) if record.last_seen else None,
+        # On the store's clock, as "no heartbeat since" and live are: the record keeps the worker's own stamp.
+        "last_seen_at": runs.iso_time(record.shared_seen) if record.last_seen else None,
     }
 
 
@@ -225,7 +226,7 @@ def get_node(name: str) -> Response:
             "name": name,
             "record": record.to_dict() if record else None,
             "live": _live(record, state, now, svc.settings),
-            "last_seen_at": runs.iso_time(record.last_seen) if record and record.last_seen else None,
+            "last_seen_at": runs.iso_time(record.shared_seen) if record and record.last_seen else None,
             **_verdict(state, record, now, svc.settings),
             **_eviction(state),
             "state": {k: v for k, v in state.to_fields().items() if k not in ("reasons", "gpus")},

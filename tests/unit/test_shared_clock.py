@@ -17,7 +17,7 @@ from autopilot import config
 from autopilot.registry import shipped as shipped_checks
 from autopilot.results import CheckResult, Status, utc_now_iso
 from tests.unit.api_helpers import make_api
-from workers import main, reconcile
+from workers import main, reconcile, runs
 from workers.peers import StorePeers
 from workers.store import NodeRecord, ResultsStore
 
@@ -200,11 +200,15 @@ def test_live_follows_the_reconciles_lost_rule_on_the_stores_clock() -> None:
     assert (listed["node-ahead"]["live"], listed["node-ahead"]["reasons"]) == (False, [gone])
     assert listed["node-ahead"]["verdict"] == "UNKNOWN"
     assert (listed["node-behind"]["live"], listed["node-behind"]["clock_offset"]) == (True, -600.0)
+    # when it was heard, on the store's clock (its record keeps its own stamp)
+    assert listed["node-behind"]["last_seen_at"] == runs.iso_time(now)
+    assert listed["node-behind"]["last_seen"] == now - 600
     assert listed["node-ahead"]["clock_offset"] is None
     ahead = api.client.get("/api/v1/nodes/node-ahead").get_json()
     assert (ahead["live"], ahead["verdict"], ahead["reasons"]) == (False, "UNKNOWN", [gone])
     behind = api.client.get("/api/v1/nodes/node-behind").get_json()
     assert behind["live"] is True and behind["record"]["clock_offset"] == -600.0
+    assert behind["last_seen_at"] == runs.iso_time(now)
     # beat, at the store's time, says the same
     decided = reconcile.reconcile_all(api.store, api.settings, checks=shipped_checks())
     assert decided["node-ahead"] == "UNKNOWN" and api.store.state("node-ahead").reason_list[0] == gone
