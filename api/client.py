@@ -381,9 +381,26 @@ def _live_cell(node: Mapping[str, Any], now: float) -> str:
     return "yes" if node.get("live") else "[magenta]no[/]"
 
 
+def _shared_seen(node: Mapping[str, Any]) -> float:
+    """The node's last heartbeat with its worker's clock offset taken off (as the reconciles read it)."""
+    offset, seen = node.get("clock_offset"), float(node.get("last_seen") or 0)
+    if isinstance(offset, (int, float)) and not isinstance(offset, bool) and math.isfinite(offset):
+        return seen - float(offset)
+    return seen
+
+
+def _clock_cell(offset: object) -> str:
+    """The CLOCK column: the node's worker's clock offset to the store's (``+2h ahead``, ``-40s behind``), ``?``
+    while not measured. It is taken off the node's stamps; the reasons name one past AUTOPILOT_CLOCK_SKEW_WARN."""
+    if not isinstance(offset, (int, float)) or isinstance(offset, bool) or not math.isfinite(offset):
+        return "?"
+    size = _age(abs(float(offset))).removesuffix(" ago")
+    return f"+{size} ahead" if offset > 0 else f"-{size} behind" if offset < 0 else "0s"
+
+
 def nodes_table(answer: Mapping[str, Any], now: float) -> Table:
     table = Table(title=f"{_cell(answer['total'])} node(s), {_cell(answer['live'])} live", title_justify="left")
-    for column in ("NODE", "VERDICT", "LIVE", "LAST SEEN", "GPUS", "REASONS"):
+    for column in ("NODE", "VERDICT", "LIVE", "LAST SEEN", "CLOCK", "GPUS", "REASONS"):
         table.add_column(column, overflow="fold")
     colours = _VERDICT_COLOURS
     for n in answer["nodes"]:
@@ -393,7 +410,8 @@ def nodes_table(answer: Mapping[str, Any], now: float) -> Table:
             _cell(n["name"]),
             f"[{colours.get(verdict, 'default')}]{_cell(verdict)}[/]",
             _live_cell(n, now),
-            _age(max(0.0, now - float(n.get("last_seen") or 0))) if n.get("last_seen") else "never",
+            _age(max(0.0, now - _shared_seen(n))) if n.get("last_seen") else "never",
+            _clock_cell(n.get("clock_offset")),
             _cell(gpus),
             _cell("; ".join(n.get("reasons") or [])),
         )

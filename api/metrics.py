@@ -126,16 +126,20 @@ class ApiMetrics:
 
 def snapshot_from_store(store: ResultsStore, settings: config.Settings) -> Snapshot:
     """Read everything a scrape exports from the results store."""
-    taken_at = time.time()
+    taken_at = store.server_time()  # the reconciles' clock, which the heartbeats' times are on
     names = store.node_names()
     records = store.nodes(names)
     states = store.states(names)
-    seen = {r.name: r.last_seen for r in records if r.last_seen}
+    seen = {r.name: r.shared_seen for r in records if r.last_seen}
     # A lost node is UNKNOWN here as soon as it is lost, not only after beat's next reconcile.
-    shown = {n: reconcile.shown(s.verdict, (), seen.get(n), taken_at, settings)[0] for n, s in states.items()}
+    shown = {
+        n: reconcile.shown(s.verdict, (), seen.get(n), taken_at, settings, s.heard_ahead)[0] for n, s in states.items()
+    }
     return Snapshot(
         nodes=[
-            NodeInfo(r.name, r.cpu_model or "", r.gpu_model or "", float(r.last_seen or 0.0), r.wedged_since)
+            NodeInfo(
+                r.name, r.cpu_model or "", r.gpu_model or "", seen.get(r.name, 0.0), r.wedged_since, r.clock_offset
+            )
             for r in records
         ],
         latest=store.latest_many(names),

@@ -236,15 +236,31 @@ SCHEMAS: dict[str, Any] = {
             "gpu_count": {"type": "integer"},
             "labels": {"type": "object"},
             "version": {"type": "string"},
-            "last_seen": {"type": "number"},
-            "last_seen_at": {"type": ["string", "null"]},
+            "last_seen": {
+                "type": "number",
+                "description": "epoch s of the last heartbeat as the worker stamped it, on its own clock",
+            },
+            "last_seen_at": {
+                "type": ["string", "null"],
+                "description": "that heartbeat on the results store's clock (clock_offset taken off), UTC: what "
+                "live and 'no heartbeat since' judge",
+            },
             "simulated": {"type": "boolean"},
             "wedged_since": {
                 "type": "number",
                 "description": "epoch s since when every thread of the node's worker has held its task past what "
                 "that task may take (0: not wedged); last_seen stays there meanwhile",
             },
-            "live": {"type": "boolean"},
+            "clock_offset": {
+                "type": ["number", "null"],
+                "description": "the worker's clock minus the results store's (Redis TIME) at its last heartbeat, in "
+                "seconds (null: not measured); taken off its stamps when its heartbeat and results are judged",
+            },
+            "live": {
+                "type": "boolean",
+                "description": "not lost by the reconcile's rule, on the store's clock: heard within "
+                "AUTOPILOT_NODE_LOST_AFTER, and no heartbeat stamped ahead that has stood still",
+            },
             "verdict": {"type": "string"},
             "reasons": {"type": "array", "items": {"type": "string"}},
         },

@@ -142,23 +142,33 @@ def get_run(run_id: str) -> Response:
 
 def _verdict(state: NodeState, record: Any, now: float, settings: config.Settings) -> dict[str, Any]:
     """``verdict`` and ``reasons`` as ``reconcile.shown`` says (a lost node is UNKNOWN, "no heartbeat since")."""
-    last_seen = (record.last_seen or None) if record is not None else None
-    shown, reasons = reconcile.shown(state.verdict, state.reason_list, last_seen, now, settings)
+    shown, reasons = reconcile.shown(state.verdict, state.reason_list, _seen(record), now, settings, state.heard_ahead)
     return {"verdict": shown or "UNKNOWN", "reasons": reasons}
 
 
 def _gpus(state: NodeState, record: Any, now: float, settings: config.Settings) -> list[dict[str, Any]]:
     """``gpus`` of a node view, as ``reconcile.shown_gpus`` says (a lost node's GPUs are UNKNOWN)."""
-    last_seen = (record.last_seen or None) if record is not None else None
-    return [g.to_dict() for g in reconcile.shown_gpus(state.gpus, last_seen, now, settings)]
+    shown = reconcile.shown_gpus(state.gpus, _seen(record), now, settings, state.heard_ahead)
+    return [g.to_dict() for g in shown]
+
+
+def _seen(record: Any) -> float | None:
+    """The node's last heartbeat on the store's clock (None: no record, or one that never said)."""
+    return (record.shared_seen if record.last_seen else None) if record is not None else None
+
+
+def _live(record: Any, state: NodeState, now: float, settings: config.Settings) -> bool:
+    """``live``: not lost by the reconcile's rule (``reconcile.is_live``), at ``now`` on the store's clock."""
+    return reconcile.is_live(_seen(record), state.heard_ahead, now, settings)
 
 
 def _node_entry(record: Any, state: NodeState, now: float, settings: config.Settings) -> dict[str, Any]:
     return {
         **record.to_dict(),
         **_verdict(state, record, now, settings),
-        "live": record.last_seen >= now - settings.live_after_s,
-        "last_seen_at": runs.iso_time(record.last_seen) if record.last_seen else None,
+        "live": _live(record, state, now, settings),
+        # On the store's clock, as "no heartbeat since" and live are: the record keeps the worker's own stamp.
+        "last_seen_at": runs.iso_time(record.shared_seen) if record.last_seen else None,
     }
 
 
@@ -180,7 +190,7 @@ def list_nodes() -> Response:
     _only("gpus")
     svc = services()
     with_gpus = inputs.gpus_flag(request.args.get("gpus", ""))
-    now = svc.clock()
+    now = svc.store.server_time()  # the reconciles' clock: what they call lost, this calls not live
     records = svc.store.nodes()
     states = svc.store.states([r.name for r in records]) if records else {}
     items = [_node_entry(r, states.get(r.name, NodeState()), now, svc.settings) for r in records]
@@ -210,13 +220,13 @@ def get_node(name: str) -> Response:
             labels = dict(svc.cluster.get_node(name).labels)
         except errors.ClusterError as exc:
             log.info("labels of %s from the local store: cluster said %s", name, exc)
-    now = svc.clock()
+    now = detail.now if detail.now is not None else svc.store.server_time()
     return jsonify(
         {
             "name": name,
             "record": record.to_dict() if record else None,
-            "live": bool(record and record.last_seen >= now - svc.settings.live_after_s),
-            "last_seen_at": runs.iso_time(record.last_seen) if record and record.last_seen else None,
+            "live": _live(record, state, now, svc.settings),
+            "last_seen_at": runs.iso_time(record.shared_seen) if record and record.last_seen else None,
             **_verdict(state, record, now, svc.settings),
             **_eviction(state),
             "state": {k: v for k, v in state.to_fields().items() if k not in ("reasons", "gpus")},

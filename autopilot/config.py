@@ -240,6 +240,11 @@ class Settings:
     is ``UNKNOWN`` ("no heartbeat since <time>") unless it is evicted, and cluster-wide answers list it as
     ``unreachable``; ``0``: three heartbeat intervals."""
 
+    clock_skew_warn_s: float = 300.0
+    """A node whose worker's clock is off the store's (Redis ``TIME``) by more than this says so among its reasons,
+    with the offset (``AUTOPILOT_CLOCK_SKEW_WARN``; ``0``: never said). Informational: the offset, measured at each
+    heartbeat, is taken off the node's stamps, so its verdict is judged as any node's (docs/RESULTS.md)."""
+
     node_retention_s: float = 86400.0
     """How long a lost node whose Node object is gone from the cluster (without a cluster: any lost node) is kept
     before its results and state are forgotten (``AUTOPILOT_NODE_RETENTION``; ``0``: at the first reconcile)."""
@@ -741,6 +746,7 @@ _FIELDS: list[tuple[str, str, tuple[str, ...], Any]] = [
     ("heartbeat_interval_s", "AUTOPILOT_HEARTBEAT_INTERVAL", (), _duration),
     ("node_lost_after_s", "AUTOPILOT_NODE_LOST_AFTER", (), _duration),
     ("node_retention_s", "AUTOPILOT_NODE_RETENTION", (), _duration),
+    ("clock_skew_warn_s", "AUTOPILOT_CLOCK_SKEW_WARN", (), _duration),
     ("liveness_file", "AUTOPILOT_LIVENESS_FILE", (), liveness_file),
     ("liveness_interval_s", "AUTOPILOT_LIVENESS_INTERVAL", (), _positive_duration),
     ("liveness_max_age_s", "AUTOPILOT_LIVENESS_MAX_AGE", (), _positive_duration),

@@ -8,6 +8,7 @@ MULTI does. Expiry uses the given clock (``time.time`` by default), checked when
 from __future__ import annotations
 
 import dataclasses
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -84,7 +85,10 @@ class MemoryStore:
     def view(self, node: str) -> NodeView:
         with self._lock:
             pending = self._pending.get(node, frozenset())
-            return NodeView(self.latest(node), self.state(node), self.labels(node), self._seen.get(node), pending)
+            record = self._records.get(node)
+            offset = record.clock_offset if record is not None else None
+            latest, seen = self.latest(node), self._seen.get(node)
+            return NodeView(latest, self.state(node), self.labels(node), seen, pending, offset, self._clock())
 
     def latest(self, node: str) -> dict[str, CheckResult]:
         with self._lock:
@@ -110,6 +114,7 @@ class MemoryStore:
                 self.state(name),
                 self.labels(name),
                 self.history(name, history_limit),
+                self.server_time(),
             )
 
     # ------------------------------------------------------------------ runs
@@ -166,6 +171,10 @@ class MemoryStore:
 
     # ------------------------------------------------------------------ nodes
 
+    def server_time(self) -> float:
+        """This store's clock (``clock``): the one its reconciles judge by, as Redis's ``TIME`` is."""
+        return self._clock()
+
     def heartbeat(self, record: NodeRecord) -> None:
         self.heartbeat_many([record])
 
@@ -173,11 +182,14 @@ class MemoryStore:
         with self._lock:
             for record in records:
                 self._records[record.name] = record
-                self._seen[record.name] = record.last_seen
+                self._seen[record.name] = record.shared_seen
 
-    def node_names(self, *, seen_since: float | None = None) -> list[str]:
+    def node_names(self, *, seen_since: float | None = None, heard_within: float | None = None) -> list[str]:
         with self._lock:
-            return sorted(n for n, seen in self._seen.items() if seen_since is None or seen >= seen_since)
+            low = -math.inf if seen_since is None else seen_since
+            if heard_within is not None:
+                low = max(low, self._clock() - heard_within)
+            return sorted(n for n, seen in self._seen.items() if seen >= low)
 
     def nodes(self, names: Sequence[str] | None = None) -> list[NodeRecord]:
         with self._lock:

@@ -72,6 +72,8 @@ class NodeInfo:
     """Epoch seconds of the node's last heartbeat (0: never)."""
     wedged_since: float = 0.0
     """Epoch seconds since when the node's worker is wedged, every thread stuck in a task (0: it is not)."""
+    clock_offset: float | None = None
+    """The node's worker's clock minus the store's at its last heartbeat, in seconds (None: not measured)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,6 +209,8 @@ def build(snapshot: Snapshot, health: Mapping[str, str]) -> list[Metric]:
             fam.last_seen.add_metric([node], info.last_seen)
         if info.wedged_since > 0:
             fam.wedged_since.add_metric([node], info.wedged_since)
+        if info.clock_offset is not None:
+            fam.clock_offset.add_metric([node], info.clock_offset)
         verdict = snapshot.verdicts.get(node, Verdict.UNKNOWN.value)
         if verdict not in VERDICTS:  # keep the label set bounded whatever the store holds
             verdict = Verdict.UNKNOWN.value
@@ -325,6 +329,12 @@ class _Families:
             "seconds since the Unix epoch (present only while its worker is wedged; its last_seen stops there)",
             labels=["node"],
         )
+        self.clock_offset = GaugeMetricFamily(
+            "autopilot_node_clock_offset_seconds",
+            "The node's worker's clock minus the results store's (Redis TIME) at its last heartbeat, in seconds "
+            "(absent while not measured); taken off its results' stamps when they are judged",
+            labels=["node"],
+        )
         self.busy = CounterMetricFamily(
             "autopilot_checks_busy",
             "Checks on a node that never started because another GPU check held its GPUs until the run's "
@@ -387,6 +397,7 @@ class _Families:
             self.verdict,
             self.last_seen,
             self.wedged_since,
+            self.clock_offset,
             self.busy,
             self.confirmation_runs,
             self.flaps_prevented,

@@ -146,6 +146,16 @@ class NodeRecord:
     # Epoch s since when every worker thread has held its task past what it may take (0: not wedged). While it
     # is set the worker's ``last_seen`` stays at that moment, so the node goes lost as a silent one does.
     wedged_since: float = 0.0
+    # The worker's clock minus the store's (Redis ``TIME``), in seconds, measured at this heartbeat; None: not
+    # measured (a worker of an older release). Results keep the worker's stamps; their age is judged against the
+    # store's clock with this taken off (``reconcile``), so every reconciler agrees whatever the worker's clock.
+    clock_offset: float | None = None
+
+    @property
+    def shared_seen(self) -> float:
+        """``last_seen`` on the store's clock (``clock_offset`` taken off; as stamped when it is not known): what
+        the ``nodes`` set scores and the lost rule judges."""
+        return self.last_seen - self.clock_offset if self.clock_offset is not None else self.last_seen
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self) | {"addresses": {k: list(v) for k, v in self.addresses.items()}}
@@ -188,6 +198,7 @@ _RECORD_FIELDS: dict[str, Callable[[Any], bool]] = {
     "last_seen": _is_number,
     "simulated": lambda v: isinstance(v, bool),
     "wedged_since": _is_number,
+    "clock_offset": lambda v: v is None or _is_number(v),
 }
 
 
@@ -267,6 +278,13 @@ class NodeView:
     """The node's last heartbeat (epoch s); None: it never heartbeated (or it was not read)."""
     confirm_pending: frozenset[str] | None = None
     """The checks whose latest failure awaited confirmation (``Store.confirmation_marks``); None: not read."""
+    clock_offset: float | None = None
+    """The node's worker's clock minus the store's at its last heartbeat (``NodeRecord.clock_offset``); None:
+    not known (no heartbeat, an older worker, or not read)."""
+    # Not compared: two reads of the same node are the same view whenever they were made.
+    now: float | None = dataclasses.field(default=None, compare=False)
+    """The store's clock (Redis ``TIME``, epoch s) when this was read, in the same round trip, so the reconcile
+    after a task judges by it without a ``TIME`` of its own; None: not read."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -280,6 +298,8 @@ class NodeDetail:
     state: NodeState
     labels: dict[str, str]
     history: list[CheckResult]
+    now: float | None = None
+    """The store's clock (Redis ``TIME``) when this was read; None: not read."""
 
     @property
     def known(self) -> bool:
@@ -319,9 +339,17 @@ class Store(Protocol):
     def run_progress(self, run_id: str) -> int: ...
 
     # nodes
+    def server_time(self) -> float:
+        """The store's clock (epoch s): the one clock every process shares, which verdicts are judged by."""
+        ...
+
     def heartbeat(self, record: NodeRecord) -> None: ...
     def heartbeat_many(self, records: Iterable[NodeRecord]) -> None: ...
-    def node_names(self, *, seen_since: float | None = None) -> list[str]: ...
+    def node_names(self, *, seen_since: float | None = None, heard_within: float | None = None) -> list[str]:
+        """The nodes heard since ``seen_since`` (on the store's clock, as the ``nodes`` set is scored) and, with
+        ``heard_within``, heard within that many seconds of the store's clock now (read with the set)."""
+        ...
+
     def nodes(self, names: Sequence[str] | None = None) -> list[NodeRecord]: ...
     def node(self, name: str) -> NodeRecord | None: ...
     def last_seen(self, names: Sequence[str] | None = None) -> dict[str, float]: ...

@@ -60,13 +60,24 @@ def heartbeat_loop(
     interval_s: float,
     stop: threading.Event,
 ) -> None:
-    """Write node records every ``interval_s`` until ``stop``; a Redis outage is logged, not fatal."""
+    """Write node records every ``interval_s`` until ``stop``, each with this host's clock offset to the store's
+    (``clock_offset``), measured again at every beat so a clock that steps is known by the next; a Redis outage is
+    logged, not fatal."""
     while not stop.is_set():
         try:
-            store.heartbeat_many(records())
+            offset = clock_offset(store)
+            store.heartbeat_many(dataclasses.replace(r, clock_offset=offset) for r in records())
         except Exception as exc:  # noqa: BLE001 - keep beating through broker restarts
             log.warning("heartbeat failed (will retry): %s", exc)
         stop.wait(interval_s)
+
+
+def clock_offset(store: ResultsStore, clock: Callable[[], float] = time.time) -> float:
+    """This host's clock minus the store's (Redis ``TIME``), in seconds: the store's answer is taken as of the
+    middle of the round trip that asked it, so the figure is off by at most half that trip (milliseconds)."""
+    before = clock()
+    shared = store.server_time()
+    return round((before + clock()) / 2 - shared, 3)
 
 
 def node_records(
@@ -167,7 +178,7 @@ def worker_main(argv: Sequence[str]) -> int:
             args.simulate,
             args.fault,
             offset=args.simulate_offset,
-            live_nodes=lambda: store.node_names(seen_since=time.time() - settings.live_after_s),
+            live_nodes=lambda: store.node_names(heard_within=settings.live_after_s),
             link_faults=args.link_fault,
             noise=args.sim_noise,
             checks=checks,

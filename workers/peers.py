@@ -10,7 +10,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
-import time
 from collections.abc import Callable, Sequence
 
 from autopilot import config
@@ -73,17 +72,21 @@ class StorePeers:
         store: ResultsStore,
         settings: config.Settings,
         *,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
         simulated: bool | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
+        # None: the store's clock, which the heartbeats are scored on (read with them); this host's may be off it.
         self.clock = clock
         self.simulated = simulated
 
     def peers(self, nodes: Sequence[str] | None = None) -> list[Peer]:
         if nodes is None:
-            names = self.store.node_names(seen_since=self.clock() - self.settings.live_after_s)
+            if self.clock is None:
+                names = self.store.node_names(heard_within=self.settings.live_after_s)
+            else:
+                names = self.store.node_names(seen_since=self.clock() - self.settings.live_after_s)
         else:
             names = list(dict.fromkeys(nodes))
         records = self.store.nodes(names)

@@ -62,14 +62,51 @@ def lost_since(last_seen: float | None, now: datetime, settings: config.Settings
     return datetime.fromtimestamp(last_seen, UTC)
 
 
+def shared_now(store: ResultsStore) -> datetime:
+    """The store's clock (Redis ``TIME``): every reconcile judges by it, wherever it runs (a worker after its
+    task, beat's tick, the API's clear), so a worker whose clock is wrong cannot make them disagree."""
+    return datetime.fromtimestamp(store.server_time(), UTC)
+
+
+def on_node_clock(shared: datetime, offset: float | None) -> datetime:
+    """``shared`` (the store's clock) as the node's worker's clock read it, ``offset`` being that clock minus the
+    store's at its last heartbeat (None: not known, the store's clock as it is). Its results are stamped on that
+    clock: judged against this, a result's age is (shared now) - (stamp - offset)."""
+    if offset is None:
+        return shared
+    try:
+        return shared + timedelta(seconds=offset)
+    except OverflowError:  # an offset no date can hold (another writer's record): judged as stamped
+        return shared
+
+
+def lost_at(
+    last_seen: float | None, heard_ahead: str | None, now: datetime, settings: config.Settings
+) -> datetime | None:
+    """Since when a node is lost at ``now`` (the store's clock), by the reconcile's rule: its last heartbeat
+    (``lost_since``), or a heartbeat stamped ahead that has stood still (``heard_ahead``, ``_silent_ahead``);
+    None while it is live."""
+    return lost_since(last_seen, now, settings) or _silent_ahead(last_seen, heard_ahead, now, settings)[0]
+
+
+def is_live(last_seen: float | None, heard_ahead: str | None, now: float, settings: config.Settings) -> bool:
+    """Whether a node that heartbeated is live at ``now`` (the API's ``live``): the reconcile's rule (``lost_at``)."""
+    return last_seen is not None and lost_at(last_seen, heard_ahead, datetime.fromtimestamp(now, UTC), settings) is None
+
+
 def shown(
-    stored: str | None, reasons: Sequence[str], last_seen: float | None, now: float, settings: config.Settings
+    stored: str | None,
+    reasons: Sequence[str],
+    last_seen: float | None,
+    now: float,
+    settings: config.Settings,
+    heard_ahead: str | None = None,
 ) -> tuple[str | None, list[str]]:
     """The verdict and reasons to show for a node at ``now`` (API answers, metrics): the stored ones (None: none
-    stored), except that a lost node is ``UNKNOWN`` (or its sticky ``EVICT``) with "no heartbeat since" even
-    before beat's next reconcile has stored that (a reconcile interval of 0 never does)."""
+    stored), except that a lost node (``lost_at``) is ``UNKNOWN`` (or its sticky ``EVICT``) with "no heartbeat
+    since" even before beat's next reconcile has stored that (a reconcile interval of 0 never does)."""
     said = list(reasons)
-    since = lost_since(last_seen, datetime.fromtimestamp(now, UTC), settings)
+    since = lost_at(last_seen, heard_ahead, datetime.fromtimestamp(now, UTC), settings)
     if since is None:
         return stored, said
     why = verdict.lost_reason(since)
@@ -78,11 +115,14 @@ def shown(
     return verdict.Verdict.UNKNOWN.value, [why]
 
 
-def shown_gpus(text: str | None, last_seen: float | None, now: float, settings: config.Settings) -> list[GpuState]:
+def shown_gpus(
+    text: str | None, last_seen: float | None, now: float, settings: config.Settings, heard_ahead: str | None = None
+) -> list[GpuState]:
     """A node's GPUs to show at ``now`` (API answers), from its stored ``gpus`` field: as stored, except that a
-    lost node's are ``UNKNOWN`` (or their sticky ``EVICT``) even before beat's next reconcile has stored that."""
+    lost node's (``lost_at``) are ``UNKNOWN`` (or their sticky ``EVICT``) even before beat's next reconcile has
+    stored that."""
     states = gpuverdict.loads(text)
-    since = lost_since(last_seen, datetime.fromtimestamp(now, UTC), settings)
+    since = lost_at(last_seen, heard_ahead, datetime.fromtimestamp(now, UTC), settings)
     if since is not None:
         states = gpureconcile.lost(states, verdict.lost_reason(since))
     return gpuverdict.ordered(states)
@@ -104,11 +144,18 @@ def reconcile_node(
     ``view`` is the node's latest results, state and last heartbeat when the caller has just
     read them (a task reads them in the same MULTI that saves its last result); otherwise they
     are read here. ``suspects``: the fleet's ping suspects when the caller has them (else read
-    here if the node's ping is bad).
+    here if the node's ping is bad). ``now``: the store's clock (default: the view's ``now``, read with it; else
+    read here, ``shared_now``); the node's results are judged by it as their worker's clock reads it
+    (``on_node_clock``).
     """
-    moment = now or datetime.now(UTC)
     if view is None:
         view = store.view(node)
+    # The view's own reading of the store's clock when it has one (read with it, in its round trip): a task's
+    # reconcile asks for no TIME of its own.
+    shared = now or (datetime.fromtimestamp(view.now, UTC) if view.now is not None else shared_now(store))
+    # The node's stamps (its results, and what its reconciles stamped: an eviction, a change) are on its worker's
+    # clock; its heartbeat and the fleet's pings are judged on the shared clock.
+    moment = on_node_clock(shared, view.clock_offset)
     latest, state = view.latest, view.state
     # What confirmation lets count: pending failures wait, recovering checks keep their failure. The
     # node's verdict and its GPUs' verdicts judge the same view, so a noise sample moves neither.
@@ -121,13 +168,13 @@ def reconcile_node(
     if pings:
         # Failed pings to the fleet's suspects are set aside in every sample before confirmation
         # judges them (``confirming.excuse``), then in what it lets count (``network.attribute``).
-        blamed, peers = _ping_suspects(store, settings, moment, node, pings, suspects, found)
+        blamed, peers = _ping_suspects(store, settings, shared, node, pings, suspects, found)
         if blamed:
             confirmed = confirming.effective_latest(latest, found, settings, suspects=blamed)
             confirmed = network.attribute(confirmed, blamed)
     evicted_at = state.evicted_since
-    lost = lost_since(view.last_seen, moment, settings)
-    silent, heard = _silent_ahead(view.last_seen, state.heard_ahead, moment, settings)
+    lost = lost_since(view.last_seen, shared, settings)
+    silent, heard = _silent_ahead(view.last_seen, state.heard_ahead, shared, settings)
     lost = lost or silent
     unfinished = _unfinished_level3(node, state.testing_since, moment, settings)
     # A GPU new here whose eviction elsewhere (or before this node was forgotten) was never cleared.
@@ -147,6 +194,9 @@ def reconcile_node(
     if silent is not None and view.last_seen is not None:
         ahead = f"its clock runs ahead: its last heartbeat is stamped {_epoch_text(view.last_seen)}"
         decision = dataclasses.replace(decision, notes=(*decision.notes, ahead))
+    skew = skew_note(view.clock_offset, settings)
+    if skew:
+        decision = dataclasses.replace(decision, notes=(*decision.notes, skew))
     new_state: dict[str, str | None] = {"verdict": decision.verdict.value, "heard_ahead": heard}
     if decision.verdict is verdict.Verdict.EVICT and evicted_at is None:
         # A new eviction: its causes are kept until it is cleared; an older clear is history.
@@ -179,7 +229,7 @@ def reconcile_node(
         annotations={**publication.annotations, **gpu.annotations},
     )
     if cluster is not None:
-        new_state.update(_publish(cluster, node, publication, state, moment))
+        new_state.update(_publish(cluster, node, publication, state, shared))
     labels: dict[str, str | None] = {**publication.labels, **publication.annotations}
     # The local label store keeps annotations beside labels. Only what differs from the view is
     # written: in steady state (most reconciles) nothing is, which saves a MULTI per task.
@@ -190,12 +240,24 @@ def reconcile_node(
     for peer in peers:
         # Given the suspects, a peer's reconcile reads no fleet pings and reconciles no one else.
         try:
-            reconcile_node(store, peer, settings, moment, cluster=cluster, suspects=blamed, checks=checks)
+            reconcile_node(store, peer, settings, shared, cluster=cluster, suspects=blamed, checks=checks)
         except errors.StoreUnavailable:
             raise
         except Exception:  # another node's bad data must not fail this node's reconcile
             log.exception("reconcile of node %s (a new ping suspect named) failed", peer)
     return decision
+
+
+def skew_note(offset: float | None, settings: config.Settings) -> str:
+    """A note naming the node's clock offset when it is larger than ``settings.clock_skew_warn_s`` ("" otherwise,
+    and with the warning off). It does not move the verdict: the offset is taken off the node's stamps, so its
+    results are judged as any node's; the note tells an operator its clock (and its logs' times) is wrong."""
+    limit = settings.clock_skew_warn_s
+    if offset is None or limit <= 0 or abs(offset) <= limit:
+        return ""
+    way = "ahead of" if offset > 0 else "behind"
+    said = f"its clock runs {abs(offset):.0f} s {way} the store's (more than {limit:g} s)"
+    return f"{said}; its results are judged with that taken off"
 
 
 def _silent_ahead(
@@ -381,12 +443,15 @@ def fleet_pings(
     """Node -> its fresh ``ping`` result (one pipeline over every known node, or over ``nodes``).
 
     A result older than ``settings.stale_after_s`` (a lost node's last word), or stamped further ahead (a clock
-    gone wrong: ``verdict.is_fresh``), takes no part."""
+    gone wrong: ``verdict.is_fresh``), takes no part. ``now`` is the store's clock; each result is judged on its
+    node's clock (``on_node_clock``, its worker's offset from its record), as that node's own verdict is."""
     names = list(nodes) if nodes is not None else sorted(store.last_seen())
+    found = store.latest_of("ping", names)
+    offsets = {r.name: r.clock_offset for r in store.nodes(list(found))} if found else {}
     return {
         node: r
-        for node, r in store.latest_of("ping", names).items()
-        if verdict.is_fresh(r, now, settings.stale_after_s)
+        for node, r in found.items()
+        if verdict.is_fresh(r, on_node_clock(now, offsets.get(node)), settings.stale_after_s)
     }
 
 
@@ -407,9 +472,9 @@ def reconcile_all(
 ) -> dict[str, str]:
     """Beat's tick: reconcile every known node, then forget the lost nodes past their retention.
 
-    Returns node -> verdict for the nodes kept.
+    Returns node -> verdict for the nodes kept. ``now``: the store's clock (default: read from it once).
     """
-    moment = now or datetime.now(UTC)
+    moment = now or shared_now(store)
     out: dict[str, str] = {}
     known = sorted(store.last_seen().items())
     suspects = fleet_suspects(store, settings, moment, [node for node, _ in known])
@@ -465,19 +530,22 @@ def clear_evict(
 ) -> verdict.Decision:
     """An operator's clear: forget the eviction (keeping who cleared what, and when), then recompute.
 
-    ``now``: the moment of the clear (default: the clock's), for the record and the recompute."""
-    state = store.state(node)
+    ``now``: the moment of the clear on the store's clock (default: read from it), for the recompute; the clear is
+    recorded on the node's clock, as the eviction it lifts was (``on_node_clock``)."""
+    view = store.view(node)
+    shared = now or (datetime.fromtimestamp(view.now, UTC) if view.now is not None else shared_now(store))
+    state = view.state
     if state.evicted_at:
-        store.set_state(node, _cleared(state, by=by, at=_clear_time(state, now)))
-    return reconcile_node(store, node, settings, now, cluster=cluster, checks=checks)
+        store.set_state(node, _cleared(state, by=by, at=_clear_time(state, on_node_clock(shared, view.clock_offset))))
+    return reconcile_node(store, node, settings, shared, cluster=cluster, checks=checks)
 
 
-def _clear_time(state: NodeState, now: datetime | None) -> str:
+def _clear_time(state: NodeState, now: datetime) -> str:
     """When a clear at ``now`` counts from: ``now``, or the latest eviction it lifts when that is later. A GPU's
     eviction is lifted by a clear later than it (``gpuverdict``), and one the node's own reconcile stamped on a
     clock that runs ahead of this one was later than the operator's clear: the node's eviction was lifted, the
     GPU's stayed (its taint, its count label)."""
-    at = now or datetime.now(UTC)
+    at = now
     for stamp in (state.evicted_at, *(s.evicted_at for s in gpuverdict.loads(state.gpus).values())):
         try:
             # A second later: the stamps have whole seconds, and a clear lifts what began before it.

@@ -603,13 +603,14 @@ def report(
     for node in run.nodes:
         got = [found[(node, c)] for c in run.checks if (node, c) in found]
         missing = [c for c in run.checks if (node, c) not in found]
+        state = states.get(node, NodeState())
         entry: dict[str, Any]
         if not missing:
             entry = {"status": node_status(got)}
         elif node not in late:
             entry = {"status": "pending"}
         elif not got:
-            since = reconcile.lost_since(seen.get(node), moment, svc.settings)
+            since = reconcile.lost_at(seen.get(node), state.heard_ahead, moment, svc.settings)
             why = verdict.lost_reason(since) if since is not None else "no answer within the deadline"
             entry = {"status": "unreachable", "detail": why}
         else:
@@ -622,9 +623,9 @@ def report(
                 CheckResult(c, Status.ERROR, why, node=node, params=run.params.get(c, {})).to_dict() for c in missing
             ]
             entry = {"status": node_status(got)}
-        state = states.get(node, NodeState())
+        # The reconcile's lost rule, its heard_ahead mark included, as /api/v1/nodes says it.
         entry["verdict"], entry["reasons"] = reconcile.shown(
-            state.verdict, state.reason_list, seen.get(node), now, svc.settings
+            state.verdict, state.reason_list, seen.get(node), now, svc.settings, state.heard_ahead
         )
         entry["results"] = got
         nodes[node] = entry

@@ -2,7 +2,8 @@
 
 Keys (all prefixed ``ap:``):
 
-- ``node:<n>``       JSON node record (heartbeat); ``nodes`` sorted set node -> last seen (epoch s)
+- ``node:<n>``       JSON node record (heartbeat); ``nodes`` sorted set node -> last seen (epoch s) on Redis's
+                     clock (``NodeRecord.shared_seen``: the worker's stamp less its measured clock offset)
 - ``latest:<n>``     hash check -> latest result JSON
 - ``history:<n>``    list of result JSON, newest first, trimmed to ``history_len``
 - ``run:<id>``       hash ``meta`` -> run JSON, ``<node>|<check>`` -> result JSON; expires after ``run_ttl_s``
@@ -49,6 +50,7 @@ import hashlib
 import inspect
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
@@ -143,12 +145,20 @@ class ResultsStore:
     every method as ``StoreUnavailable``."""
 
     def __init__(
-        self, client: redis.Redis[bytes], *, history_len: int = 100, run_ttl_s: float = 86400, run_keep: int = 200
+        self,
+        client: redis.Redis[bytes],
+        *,
+        history_len: int = 100,
+        run_ttl_s: float = 86400,
+        run_keep: int = 200,
+        server_clock: Callable[[], float] | None = None,
     ) -> None:
         self.r = client
         self.history_len = history_len
         self.run_ttl_s = int(run_ttl_s)
         self.run_keep = run_keep
+        # None: Redis's TIME. Tests give a manual clock here: fakeredis answers TIME from this host's clock.
+        self._server_clock = server_clock
 
     # ------------------------------------------------------------------ results
 
@@ -215,13 +225,20 @@ class ResultsStore:
             figures.written(replies[counted - 1])
         if view is None:
             return None
-        return _view(view, replies[-VIEW_REPLIES:], written)
+        return self._told_time(_view(view, replies[-VIEW_REPLIES:], written))
 
     def view(self, node: str) -> NodeView:
-        """The node's latest results and verdict state, read in one round trip."""
+        """The node's latest results and verdict state, and the store's clock, read in one round trip."""
         pipe = self.r.pipeline(transaction=False)
         _queue_view(pipe, node)
-        return _view(node, pipe.execute())
+        return self._told_time(_view(node, pipe.execute()))
+
+    def _told_time(self, view: NodeView) -> NodeView:
+        """``view`` with its ``now`` from the test clock (``server_clock``) when one was given: fakeredis answers
+        ``TIME`` from this host's clock."""
+        if self._server_clock is None:
+            return view
+        return dataclasses.replace(view, now=self._server_clock())
 
     def latest(self, node: str) -> dict[str, CheckResult]:
         return _latest(node, self.r.hgetall(f"{P}latest:{node}"))
@@ -304,7 +321,9 @@ class ResultsStore:
         pipe.hgetall(f"{P}state:{name}")
         pipe.hgetall(f"{P}labels:{name}")
         pipe.lrange(f"{P}history:{name}", 0, max(0, history_limit - 1))
-        raw_record, raw_latest, raw_state, raw_labels, raw_history = pipe.execute()
+        if self._server_clock is None:
+            pipe.time()
+        raw_record, raw_latest, raw_state, raw_labels, raw_history, *told = pipe.execute()
         return NodeDetail(
             name,
             _record(raw_record, name),
@@ -312,6 +331,7 @@ class ResultsStore:
             _node_state(raw_state),
             _state(raw_labels),
             _history(name, raw_history),
+            _server_seconds(told[0]) if told else self.server_time(),
         )
 
     # ------------------------------------------------------------------ runs
@@ -409,22 +429,38 @@ class ResultsStore:
 
     # ------------------------------------------------------------------ nodes
 
+    def server_time(self) -> float:
+        """Redis's clock (``TIME``, epoch s): the one clock every worker, beat and API process shares."""
+        if self._server_clock is not None:
+            return self._server_clock()
+        return _server_seconds(self.r.time())
+
     def heartbeat(self, record: NodeRecord) -> None:
         pipe = self.r.pipeline(transaction=True)
         pipe.set(f"{P}node:{record.name}", json.dumps(record.to_dict()))
-        pipe.zadd(f"{P}nodes", {record.name: record.last_seen})
+        pipe.zadd(f"{P}nodes", {record.name: record.shared_seen})
         pipe.execute()
 
     def heartbeat_many(self, records: Iterable[NodeRecord]) -> None:
         pipe = self.r.pipeline(transaction=False)
         for record in records:
             pipe.set(f"{P}node:{record.name}", json.dumps(record.to_dict()))
-            pipe.zadd(f"{P}nodes", {record.name: record.last_seen})
+            pipe.zadd(f"{P}nodes", {record.name: record.shared_seen})
         pipe.execute()
 
-    def node_names(self, *, seen_since: float | None = None) -> list[str]:
-        low = "-inf" if seen_since is None else seen_since
-        return sorted(_node_names(self.r.zrangebyscore(f"{P}nodes", low, "+inf")))
+    def node_names(self, *, seen_since: float | None = None, heard_within: float | None = None) -> list[str]:
+        if heard_within is not None:
+            # The scores are on the store's clock (NodeRecord.shared_seen), which this host's may be off by any
+            # amount: that clock is read with them, in one round trip.
+            pipe = self.r.pipeline(transaction=False)
+            pipe.time()
+            pipe.zrange(f"{P}nodes", 0, -1, withscores=True)
+            told, scored = pipe.execute()
+            now = self._server_clock() if self._server_clock is not None else _server_seconds(told)
+            low = max(now - heard_within, -math.inf if seen_since is None else seen_since)
+            return sorted(_node_names(name for name, score in scored if score >= low))
+        low_arg = "-inf" if seen_since is None else seen_since
+        return sorted(_node_names(self.r.zrangebyscore(f"{P}nodes", low_arg, "+inf")))
 
     def nodes(self, names: Sequence[str] | None = None) -> list[NodeRecord]:
         wanted = list(names) if names is not None else self.node_names()
@@ -951,7 +987,7 @@ def _latest(
     return {check: result for check, result in found.items() if result is not None}
 
 
-VIEW_REPLIES = 5
+VIEW_REPLIES = 7
 
 
 def _queue_view(pipe: Any, node: str) -> None:
@@ -963,12 +999,27 @@ def _queue_view(pipe: Any, node: str) -> None:
     # The confirmation marks' pending checks: the confirmation after a task needs no read of its own
     # (``confirming.after_task``; PERFORMANCE.md, round 5).
     pipe.hget(f"{P}confirm:{node}", "pending")
+    # The worker's clock offset, which the reconcile takes off its results' stamps.
+    pipe.get(f"{P}node:{node}")
+    # The store's clock, which the reconcile judges by: read here, the reconcile after a task needs no TIME of its
+    # own (a round trip per task).
+    pipe.time()
 
 
 def _view(node: str, replies: Sequence[Any], known: Mapping[bytes, CheckResult] | None = None) -> NodeView:
-    raw_latest, raw_state, raw_labels, seen, pending = replies
+    raw_latest, raw_state, raw_labels, seen, pending, raw_record, told = replies
     state = _node_state(raw_state)
-    return NodeView(_latest(node, raw_latest, known), state, _state(raw_labels), _score(seen), _pending(pending))
+    record = _record(raw_record, node)
+    offset = record.clock_offset if record is not None else None
+    latest = _latest(node, raw_latest, known)
+    labels = _state(raw_labels)
+    return NodeView(latest, state, labels, _score(seen), _pending(pending), offset, _server_seconds(told))
+
+
+def _server_seconds(reply: Any) -> float:
+    """Redis's ``TIME`` reply (seconds, microseconds) as epoch seconds."""
+    seconds, micros = reply
+    return int(seconds) + int(micros) / 1_000_000
 
 
 def _counts(raw: Mapping[bytes, bytes], skip: str = "") -> dict[str, int]:

@@ -372,7 +372,9 @@ def fanout(
     now: float | None = None,
 ) -> Run | None:
     """One tick of periodic (or invasive) work over every live node (``runs.tick``); None if already done."""
-    moment = time.time() if now is None else now
+    # The store's clock, not this worker's (any worker on the control queue runs the tick): the live nodes are
+    # scored on it, and every beat's claim of the tick slot judges by the same one.
+    moment = store.server_time() if now is None else now
     interval = runs.tick_interval(settings, kind)
     if interval <= 0:
         return None
@@ -388,7 +390,7 @@ def reconcile(
 ) -> dict[str, str]:
     """Recompute every known node's verdict (and publish it), lost nodes included, and forget those past their
     retention (``reconcile.reconcile_all``); returns node -> verdict."""
-    if not store.claim_tick("reconcile", time.time(), max(1.0, settings.reconcile_interval_s)):
+    if not store.claim_tick("reconcile", store.server_time(), max(1.0, settings.reconcile_interval_s)):
         return {}
     return reconciling.reconcile_all(store, settings, cluster, checks=checks)
 

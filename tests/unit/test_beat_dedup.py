@@ -85,3 +85,16 @@ def test_a_tick_kind_names_its_interval_and_an_unknown_kind_sends_nothing() -> N
     with pytest.raises(errors.BadParameter):
         tasks.fanout(store, sent, settings, kind="periodc", now=1_800_000_000.0, checks=shipped_checks())
     assert sent.sent == []
+
+
+def test_a_tick_judges_the_live_nodes_and_its_slot_by_the_stores_clock_whatever_its_workers_reads() -> None:
+    # before: the worker that ran the tick (any on the control queue) used its own clock: one hours off picked
+    # none of the nodes, scored on the store's clock, or nodes lost long ago, and claimed another slot
+    at = [1_800_000_000.0]
+    store = ResultsStore(fakeredis.FakeRedis(), server_clock=lambda: at[0])
+    settings = config.Settings(periodic_interval_s=INTERVAL, periodic_checks=("remapped",))
+    store.heartbeat_many([NodeRecord("node-a", last_seen=at[0] - 10), NodeRecord("node-b", last_seen=at[0] - 300)])
+    run = tasks.fanout(store, FakeDispatcher(), settings, kind="periodic", checks=shipped_checks())
+    assert run is not None and run.nodes == ("node-a",)
+    at[0] += 1  # the same slot, on the store's clock: claimed
+    assert tasks.fanout(store, FakeDispatcher(), settings, kind="periodic", checks=shipped_checks()) is None

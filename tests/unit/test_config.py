@@ -193,3 +193,16 @@ def test_tolerations_the_api_server_would_refuse_are_refused_at_start(toleration
 def test_valid_tolerations_are_kept() -> None:
     text = '[{"operator": "Exists"}, {"key": "k", "value": "v", "effect": "NoExecute", "tolerationSeconds": 30}]'
     assert len(config.Settings.from_env({"AUTOPILOT_INVASIVE_TOLERATIONS": text}).invasive_tolerations) == 2
+
+
+@pytest.mark.parametrize("text, seconds", [("2m", 120.0), ("90", 90.0), ("0", 0.0)])
+def test_clock_skew_warn_is_a_duration_and_0_turns_the_note_off(text: str, seconds: float) -> None:
+    assert config.Settings.from_env({"AUTOPILOT_CLOCK_SKEW_WARN": text}).clock_skew_warn_s == seconds
+    assert config.Settings.from_env({}).clock_skew_warn_s == 300.0
+
+
+@pytest.mark.parametrize("text", ["-5", "-1m", "soon"])
+def test_a_negative_or_unreadable_clock_skew_warn_is_refused_naming_it(text: str) -> None:
+    with pytest.raises(errors.BadParameter) as info:
+        config.Settings.from_env({"AUTOPILOT_CLOCK_SKEW_WARN": text})
+    assert info.value.field == "AUTOPILOT_CLOCK_SKEW_WARN"

@@ -3,11 +3,15 @@ and in memory; and the Redis store's boundary, where its client's errors become 
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import types
 from collections.abc import Iterator
 
 import fakeredis
 import pytest
 import redis
+from fakeredis.commands_mixins import server_mixin
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -213,3 +217,74 @@ def test_a_broker_that_cannot_be_reached_is_store_unavailable_at_the_dispatcher(
     )
     with pytest.raises(errors.StoreUnavailable):
         CeleryDispatcher(app).send_many([Envelope("r1", "n1", ("ping",), {}, 2e9)])
+
+
+# ------------------------------------------------------------------ the store's clock
+
+
+@pytest.fixture(params=["redis", "memory"])
+def clocked(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> tuple[Store, list[float]]:
+    """A store whose own clock (Redis ``TIME``; the memory store's ``clock``) reads ``at[0]``, whatever this
+    host's clock says: fakeredis answers ``TIME`` from its server module's ``time``, steered here."""
+    at = [1_000_000.0]
+    if request.param == "redis":
+        monkeypatch.setattr(server_mixin, "time", types.SimpleNamespace(time=lambda: at[0]))
+        return ResultsStore(fakeredis.FakeRedis()), at
+    return MemoryStore(clock=lambda: at[0]), at
+
+
+def test_server_time_is_the_stores_clock_and_every_view_carries_it(clocked: tuple[Store, list[float]]) -> None:
+    store, at = clocked
+    assert store.server_time() == 1_000_000.0
+    at[0] += 90.5
+    assert store.server_time() == 1_000_090.5
+    # read in the view's own round trip: the reconcile after a task asks for no TIME of its own
+    assert store.view("n1").now == 1_000_090.5
+    at[0] += 1
+    saved = store.save_many([(result("ping"), True)], view="n1")
+    assert saved is not None and saved.now == 1_000_091.5
+    assert store.node_detail("n1", 1).now == 1_000_091.5
+
+
+def test_a_heartbeat_is_scored_on_the_stores_clock_and_the_view_carries_the_offset(
+    clocked: tuple[Store, list[float]],
+) -> None:
+    store, _ = clocked
+    # n1's worker runs 10 min ahead of the store, n2's 10 min behind; both heartbeat at store time 1000
+    store.heartbeat(NodeRecord("n1", last_seen=1600.0, clock_offset=600.0))
+    store.heartbeat_many([NodeRecord("n2", last_seen=400.0, clock_offset=-600.0), NodeRecord("n3", last_seen=990.0)])
+    assert store.last_seen() == {"n1": 1000.0, "n2": 1000.0, "n3": 990.0}
+    assert store.node_names(seen_since=1000.0) == ["n1", "n2"]
+    ahead = store.node("n1")
+    # the record keeps the worker's own stamp and what it measured
+    assert ahead is not None and (ahead.last_seen, ahead.clock_offset, ahead.shared_seen) == (1600.0, 600.0, 1000.0)
+    view = store.view("n2")
+    assert (view.last_seen, view.clock_offset) == (1000.0, -600.0)
+    assert store.save_many([(result("ping", node="n2"), True)], view="n2") == dataclasses.replace(
+        view, latest={"ping": result("ping", node="n2")}
+    )
+    assert store.view("n3").clock_offset is None and store.view("nope").clock_offset is None
+
+
+def test_the_nodes_heard_within_a_while_are_counted_on_the_stores_clock(clocked: tuple[Store, list[float]]) -> None:
+    store, at = clocked
+    store.heartbeat_many([NodeRecord("n1", last_seen=at[0] - 10), NodeRecord("n2", last_seen=at[0] - 100)])
+    # whatever this host's clock reads: the scores and the clock they are judged by are the store's
+    assert store.node_names(heard_within=45.0) == ["n1"]
+    assert store.node_names(heard_within=45.0, seen_since=at[0] - 5) == []
+    at[0] += 60
+    assert store.node_names(heard_within=45.0) == [] and store.node_names(heard_within=120.0) == ["n1"]
+
+
+def test_a_record_from_an_older_worker_without_a_clock_offset_still_reads() -> None:
+    store = ResultsStore(fakeredis.FakeRedis())
+    older = NodeRecord("n1", gpu_count=8, last_seen=500.0).to_dict()
+    del older["clock_offset"]  # as a worker of the release before the offset wrote it
+    store.r.set("ap:node:n1", json.dumps(older))
+    store.r.zadd("ap:nodes", {"n1": 500.0})
+    record = store.node("n1")
+    assert record is not None and record.gpu_count == 8 and record.clock_offset is None
+    assert record.shared_seen == 500.0
+    view = store.view("n1")
+    assert (view.last_seen, view.clock_offset) == (500.0, None)
+    assert [r.name for r in store.nodes()] == ["n1"]

@@ -180,3 +180,18 @@ def test_confirmation_that_changes_nothing_writes_nothing(monkeypatch: pytest.Mo
         marks=("WARN", frozenset({"gpupower"})),
     )
     assert sent == ["LRANGE", "PIPELINE"]
+
+
+def test_a_tasks_reconcile_judges_by_the_store_clock_read_with_its_view_not_by_a_time_of_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store = ResultsStore(fakeredis.FakeRedis())
+    settings = config.Settings(node_name="n1", periodic_checks=("pciebw",))
+    sent = trips(monkeypatch, store.r)
+    done = CheckResult("pciebw", Status.OK, "fine", node="n1", started_at=results.utc_now_iso())
+    view = store.save_many([(done, True)], view="n1")  # as tasks.run_checks ends: write, and read back
+    assert view is not None and view.now is not None
+    decision = reconcile.reconcile_node(store, "n1", settings, view=view, checks=shipped_checks())
+    assert decision.verdict is Verdict.PASS
+    # before: the reconcile asked Redis for TIME on its own, a round trip per task
+    assert "TIME" not in sent and sent[0] == "MULTI"

@@ -1,0 +1,278 @@
+"""One clock for every reconcile: the store's (Redis ``TIME``). A worker measures its own clock's offset to it at
+each heartbeat; its node's stamps are judged with that offset taken off, its heartbeat on the store's clock. So a
+worker's task reconcile, beat's tick and the API say the same whatever that worker's clock reads."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+import fakeredis
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from rich.console import Console
+
+from api import client
+from autopilot import config
+from autopilot.registry import shipped as shipped_checks
+from autopilot.results import CheckResult, Status, utc_now_iso
+from tests.unit.api_helpers import make_api
+from workers import main, reconcile, runs
+from workers.peers import StorePeers
+from workers.store import NodeRecord, ResultsStore
+
+NODE = "gpu-1"
+CHECKS = ("pciebw", "remapped")
+T0 = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
+TEN_MINUTES = 600.0
+
+
+def make_settings(**overrides: object) -> config.Settings:
+    # Results stay fresh for 6 min (three 2-min intervals): shorter than the 10 min the clocks here are off by,
+    # so a result judged on the wrong clock reads stale (behind) or placed nowhere (ahead).
+    base: dict[str, object] = {
+        "node_name": "beat",
+        "periodic_checks": CHECKS,
+        "periodic_interval_s": 120.0,
+        "heartbeat_interval_s": 15.0,
+    }
+    return config.Settings(**{**base, **overrides})  # type: ignore[arg-type]
+
+
+class Fleet:
+    """A store whose clock (``TIME``) is ``self.at``, and one node whose worker's clock runs ``skew_s`` off it."""
+
+    def __init__(self, skew_s: float, *, measured: bool = True) -> None:
+        self.at = T0.timestamp()
+        self.store = ResultsStore(fakeredis.FakeRedis(), server_clock=lambda: self.at)
+        self.skew_s = skew_s
+        self.measured = measured  # False: a worker of the release before the offset (it sends none)
+
+    def worker_clock(self) -> float:
+        return self.at + self.skew_s
+
+    def heartbeat(self) -> None:
+        offset = main.clock_offset(self.store, self.worker_clock) if self.measured else None
+        self.store.heartbeat(NodeRecord(NODE, gpu_count=8, last_seen=self.worker_clock(), clock_offset=offset))
+
+    def task(self, settings: config.Settings) -> str:
+        """A periodic task on the node, as ``tasks.run_checks`` ends it: its results written and the node read
+        back in one MULTI, then the node's reconcile given that view and no time."""
+        stamp = utc_now_iso(datetime.fromtimestamp(self.worker_clock() - 5, UTC))
+        done = [(CheckResult(c, Status.OK, "fine", node=NODE, started_at=stamp), True) for c in CHECKS]
+        view = self.store.save_many(done, view=NODE)
+        decision = reconcile.reconcile_node(self.store, NODE, settings, view=view, checks=shipped_checks())
+        return decision.verdict.value
+
+    def tick(self, settings: config.Settings) -> str:
+        """Beat's tick, which reads the time from the store."""
+        return reconcile.reconcile_all(self.store, settings, checks=shipped_checks())[NODE]
+
+
+# ---------------------------------------------------------------- the offset a worker measures
+
+
+@pytest.mark.parametrize("skew_s", [TEN_MINUTES, -TEN_MINUTES, 0.0])
+def test_the_clock_offset_is_this_hosts_clock_minus_the_stores(skew_s: float) -> None:
+    store = ResultsStore(fakeredis.FakeRedis(), server_clock=lambda: 1_000_000.0)
+    # this host's clock is read either side of the store's: the store's answer is placed at the middle
+    readings = iter([1_000_000.0 + skew_s - 0.2, 1_000_000.0 + skew_s + 0.2])
+    assert main.clock_offset(store, lambda: next(readings)) == skew_s
+
+
+def test_every_heartbeat_carries_the_offset_and_is_scored_on_the_stores_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    store = ResultsStore(fakeredis.FakeRedis())
+    monkeypatch.setattr(main, "clock_offset", lambda _store: -TEN_MINUTES)
+    stop = threading.Event()
+
+    def records() -> list[NodeRecord]:
+        stop.set()  # one beat
+        return [NodeRecord(NODE, gpu_count=8, last_seen=1000.0)]
+
+    main.heartbeat_loop(store, records, 60.0, stop)
+    record = store.node(NODE)
+    assert record is not None and (record.last_seen, record.clock_offset) == (1000.0, -TEN_MINUTES)
+    assert store.last_seen() == {NODE: 1000.0 + TEN_MINUTES}
+
+
+def test_a_worker_whose_clock_is_off_pings_the_live_nodes_by_the_stores_clock() -> None:
+    # before: the live peers were those heard since this host's clock less 45 s; 10 min ahead it found none
+    # (nothing to ping), 10 min behind it also pinged nodes lost in those 10 min (false failures)
+    fleet = Fleet(0.0)
+    fleet.store.heartbeat_many(
+        [
+            NodeRecord("gpu-2", addresses={"eth0": ["10.0.0.2"]}, last_seen=fleet.at - 10),
+            NodeRecord("gpu-3", addresses={"eth0": ["10.0.0.3"]}, last_seen=fleet.at - 300),  # lost 4 min ago
+        ]
+    )
+    directory = StorePeers(fleet.store, make_settings())
+    assert [p.node for p in directory.peers()] == ["gpu-2"]
+
+
+# ---------------------------------------------------------------- the reconciles agree
+
+
+@pytest.mark.parametrize("skew_s", [-TEN_MINUTES, TEN_MINUTES])
+def test_a_skewed_nodes_fresh_ping_takes_part_in_the_fleets_localisation(skew_s: float) -> None:
+    # before: judged on the store's clock as stamped, its ping read 10 min old (or 10 min ahead): left out of the
+    # fleet's pings that name a suspect, while its own verdict judged it fresh
+    fleet, settings = Fleet(skew_s), make_settings()
+    fleet.heartbeat()
+    stamp = utc_now_iso(datetime.fromtimestamp(fleet.worker_clock() - 5, UTC))
+    fleet.store.save_result(CheckResult("ping", Status.OK, "fine", node=NODE, started_at=stamp))
+    now = datetime.fromtimestamp(fleet.at, UTC)
+    assert set(reconcile.fleet_pings(fleet.store, settings, now)) == {NODE}
+    fleet.at += 400  # past three 2-min intervals of its own clock: stale
+    later = datetime.fromtimestamp(fleet.at, UTC)
+    assert reconcile.fleet_pings(fleet.store, settings, later) == {}
+
+
+@pytest.mark.parametrize("skew_s", [-TEN_MINUTES, TEN_MINUTES])
+def test_a_node_whose_clock_is_off_stays_pass_by_its_own_task_and_by_beats_tick(skew_s: float) -> None:
+    # before: 10 min behind, beat found its heartbeat lost and its results stale (UNKNOWN) while its own task
+    # reconcile found them fresh (PASS), and the node flipped between the two; 10 min ahead, its results were
+    # placed nowhere in time (UNKNOWN) by either
+    fleet, settings = Fleet(skew_s), make_settings()
+    for _ in range(6):
+        fleet.heartbeat()
+        assert fleet.task(settings) == "PASS"
+        after_task = fleet.store.state(NODE).reason_list
+        fleet.at += 20  # beat's tick, 20 s on (the worker heartbeats every 15 s: heard 5 s ago)
+        fleet.heartbeat()
+        fleet.at += 5
+        assert fleet.tick(settings) == "PASS"
+        assert fleet.store.state(NODE).reason_list == after_task  # the two judge the same
+        fleet.at += 35
+
+
+def test_a_worker_that_sends_no_offset_is_judged_by_its_stamps_as_before() -> None:
+    settings = make_settings()
+    on_time = Fleet(0.0, measured=False)
+    on_time.heartbeat()
+    assert on_time.task(settings) == "PASS" and on_time.tick(settings) == "PASS"
+    # 10 min behind and not measured: its heartbeat reads 10 min old, by its task's reconcile too (one clock)
+    behind = Fleet(-TEN_MINUTES, measured=False)
+    behind.heartbeat()
+    assert behind.task(settings) == "UNKNOWN" and behind.tick(settings) == "UNKNOWN"
+    since = utc_now_iso(datetime.fromtimestamp(behind.worker_clock(), UTC))
+    assert behind.store.state(NODE).reason_list == [f"no heartbeat since {since}"]
+
+
+@pytest.mark.parametrize(
+    "skew_s, warn_s, noted",
+    [
+        (400.0, 300.0, "its clock runs 400 s ahead of the store's (more than 300 s)"),
+        (-400.0, 300.0, "its clock runs 400 s behind the store's (more than 300 s)"),
+        (200.0, 300.0, None),
+        (-300.0, 300.0, None),  # not more than the setting
+        (10_000.0, 0.0, None),  # 0: never said
+    ],
+)
+def test_a_clock_off_by_more_than_the_setting_is_noted_and_the_verdict_does_not_move(
+    skew_s: float, warn_s: float, noted: str | None
+) -> None:
+    fleet, settings = Fleet(skew_s), make_settings(clock_skew_warn_s=warn_s)
+    fleet.heartbeat()
+    assert fleet.task(settings) == "PASS" and fleet.tick(settings) == "PASS"
+    said = [r for r in fleet.store.state(NODE).reason_list if "its clock runs" in r]
+    if noted is None:
+        assert said == []
+    else:
+        assert said == [f"{noted}; its results are judged with that taken off"]
+
+
+# ---------------------------------------------------------------- the API says what the reconciles say
+
+
+def test_live_follows_the_reconciles_lost_rule_on_the_stores_clock() -> None:
+    api = make_api()
+    now = api.store.server_time()
+    # a worker of an older release (no offset) whose clock runs an hour ahead, and which stopped: the same stamp
+    # first heard two minutes ago by the store's clock
+    api.store.heartbeat(NodeRecord("node-ahead", gpu_count=8, last_seen=now + 3600))
+    first = datetime.fromtimestamp(now - 120, UTC)
+    reconcile.reconcile_node(api.store, "node-ahead", api.settings, first, checks=shipped_checks())
+    assert api.store.state("node-ahead").heard_ahead is not None
+    # a worker 10 min behind that heartbeats
+    api.store.heartbeat(NodeRecord("node-behind", gpu_count=8, last_seen=now - 600, clock_offset=-600.0))
+    listed = {n["name"]: n for n in api.client.get("/api/v1/nodes").get_json()["nodes"]}
+    gone = f"no heartbeat since {utc_now_iso(first)}"
+    assert (listed["node-ahead"]["live"], listed["node-ahead"]["reasons"]) == (False, [gone])
+    assert listed["node-ahead"]["verdict"] == "UNKNOWN"
+    assert (listed["node-behind"]["live"], listed["node-behind"]["clock_offset"]) == (True, -600.0)
+    # when it was heard, on the store's clock (its record keeps its own stamp)
+    assert listed["node-behind"]["last_seen_at"] == runs.iso_time(now)
+    assert listed["node-behind"]["last_seen"] == now - 600
+    assert listed["node-ahead"]["clock_offset"] is None
+    ahead = api.client.get("/api/v1/nodes/node-ahead").get_json()
+    assert (ahead["live"], ahead["verdict"], ahead["reasons"]) == (False, "UNKNOWN", [gone])
+    behind = api.client.get("/api/v1/nodes/node-behind").get_json()
+    assert behind["live"] is True and behind["record"]["clock_offset"] == -600.0
+    assert behind["last_seen_at"] == runs.iso_time(now)
+    # beat, at the store's time, says the same
+    decided = reconcile.reconcile_all(api.store, api.settings, checks=shipped_checks())
+    assert decided["node-ahead"] == "UNKNOWN" and api.store.state("node-ahead").reason_list[0] == gone
+
+
+def test_a_run_report_calls_a_node_lost_by_heard_ahead_unreachable_since_it_was_first_heard() -> None:
+    # before: the report judged its stamp as it was (an hour ahead: "just now"), so it read "no answer within the
+    # deadline" with the stored verdict, while /api/v1/nodes said lost
+    api = make_api(nodes=("node-a",), deadline_s=1)
+    now = api.store.server_time()
+    api.store.heartbeat(NodeRecord("node-ahead", gpu_count=8, last_seen=now + 3600))
+    first = datetime.fromtimestamp(now - 120, UTC)
+    reconcile.reconcile_node(api.store, "node-ahead", api.settings, first, checks=shipped_checks())
+    api.workers.silent.add("node-ahead")
+    response = api.client.get("/status?host=node-a,node-ahead&check=pciebw&format=json")
+    entry = response.get_json()["nodes"]["node-ahead"]
+    gone = f"no heartbeat since {utc_now_iso(first)}"
+    assert (entry["status"], entry["detail"]) == ("unreachable", gone)
+    assert (entry["verdict"], entry["reasons"]) == ("UNKNOWN", [gone])
+
+
+def test_metrics_export_the_clock_offset_and_judge_lost_as_the_reconcile() -> None:
+    api = make_api()
+    now = api.store.server_time()
+    api.store.heartbeat(NodeRecord("node-behind", gpu_count=8, last_seen=now - 600, clock_offset=-600.0))
+    for node in ("node-a", "node-behind"):
+        api.store.set_state(node, {"verdict": "PASS"})
+    text = api.client.get("/metrics").get_data(as_text=True)
+    samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
+    offsets = {s.labels["node"]: s.value for s in samples if s.name == "autopilot_node_clock_offset_seconds"}
+    assert offsets == {"node-behind": -600.0}  # the others measured none
+    shown = {s.labels["node"]: s.labels["verdict"] for s in samples if s.name == "autopilot_node_verdict" and s.value}
+    assert shown["node-behind"] == "PASS"  # heard just now on the store's clock: not lost
+
+
+def test_autopilot_nodes_shows_the_clock_offset_and_last_seen_on_the_stores_clock() -> None:
+    wall = 2_000_000.0
+    answer = {
+        "total": 3,
+        "live": 3,
+        "nodes": [
+            {"name": "gpu-1", "verdict": "PASS", "live": True, "last_seen": wall - 600 - 20, "clock_offset": -600.0},
+            {"name": "gpu-2", "verdict": "PASS", "live": True, "last_seen": wall + 7200 - 20, "clock_offset": 7200.0},
+            {"name": "gpu-3", "verdict": "PASS", "live": True, "last_seen": wall - 20, "clock_offset": None},
+        ],
+    }
+    console = Console(width=200, record=True)
+    console.print(client.nodes_table(answer, wall))
+    text = console.export_text()
+    rows = {line.split()[1]: line for line in text.splitlines() if "gpu-" in line}
+    assert "CLOCK" in text
+    assert "20s ago" in rows["gpu-1"] and "-10m behind" in rows["gpu-1"]
+    assert "20s ago" in rows["gpu-2"] and "+2.0h ahead" in rows["gpu-2"]
+    assert "20s ago" in rows["gpu-3"] and " ? " in rows["gpu-3"]
+
+
+@pytest.mark.parametrize("skew", [timedelta(hours=2), -timedelta(hours=2)])
+def test_an_operators_clear_is_recorded_on_the_nodes_clock(skew: timedelta) -> None:
+    fleet, settings = Fleet(skew.total_seconds()), make_settings()
+    fleet.heartbeat()
+    evicted = utc_now_iso(datetime.fromtimestamp(fleet.worker_clock() - 60, UTC))
+    fleet.store.set_state(NODE, {"verdict": "EVICT", "evicted_at": evicted})
+    reconcile.clear_evict(fleet.store, NODE, settings, by="api:10.0.0.1", checks=shipped_checks())
+    state = fleet.store.state(NODE)
+    # after the eviction it lifts, on the same clock (the node's), and a fresh task then passes
+    assert state.evicted_at is None and state.cleared_at == utc_now_iso(T0 + skew)
+    assert fleet.task(settings) == "PASS"
