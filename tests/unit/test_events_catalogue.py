@@ -186,6 +186,50 @@ def test_aer_and_old_style_xid_lines(line: str, code: str, device: str, action: 
     assert (event.code, event.device, event.action.value) == (code, device, action)
 
 
+@pytest.mark.parametrize(
+    ("line", "device"),
+    [
+        # Xid and fallen-off-the-bus lines as copied from a host whose tools drop the PCI domain
+        # (written by hand in the driver's form, the domain left out): the GPU is in domain 0.
+        ("NVRM: Xid (PCI:3b:00): 79, pid=1234, name=python, GPU has fallen off the bus.", "0000:3b:00.0"),
+        ("NVRM: Xid (3b:00): 79, GPU has fallen off the bus.", "0000:3b:00.0"),
+        ("NVRM: GPU at 3b:00.0 has fallen off the bus.", "0000:3b:00.0"),
+    ],
+)
+def test_xid_lines_without_a_pci_domain_are_read(line: str, device: str) -> None:
+    [event] = kmsg.classify(line)
+    assert (event.code, event.device, event.action) == ("xid.79", device, Action.EVICT)
+
+
+@pytest.mark.parametrize(
+    ("line", "device"),
+    [
+        # Behind an Intel VMD bridge Linux numbers the PCI domain from 10000 (five hex digits); the
+        # AER lines below follow the kernel's aer_print_port_info / aer_print_error forms.
+        ("pcieport 10000:e0:01.0: AER: Uncorrected (Fatal) error received: 10000:e1:00.0", "10000:e1:00.0"),
+        ("pcieport 10000:e0:01.0: AER: Uncorrected (Fatal) error received: id=e100", "10000:e1:00.0"),
+        ("nvidia 10000:e1:00.0: AER: PCIe Bus Error: severity=Uncorrected (Fatal), type=Inaccessible",
+         "10000:e1:00.0"),
+    ],
+)  # fmt: skip
+def test_aer_lines_in_a_vmd_domain_name_the_device_in_that_domain(line: str, device: str) -> None:
+    [event] = kmsg.classify(line)
+    assert (event.code, event.device) == ("aer.fatal", device)
+
+
+def test_a_fallen_off_the_bus_headline_that_names_its_pci_id_is_joined_with_its_last_line() -> None:
+    # The notice's first two lines folded into one (as some copies of it print them), each line then
+    # written by rsyslog with its own prefix: still one Xid 79 for that GPU.
+    lines = [
+        "NVRM: The NVIDIA GPU 0000:01:00.0 (PCI ID: 10de:2d04) installed in this system has",
+        "NVRM: fallen off the bus and is not responding to commands.",
+        "nvidia: probe of 0000:01:00.0 failed with error -1",
+    ]
+    text = "".join(f"Jun  1 10:11:12 gpu-7 kernel: {line}\n" for line in lines)
+    events = [e for m in kmsg.messages_from_text(text) for e in kmsg.classify(m)]
+    assert [(e.code, e.device, e.action) for e in events] == [("xid.79", "0000:01:00.0", Action.EVICT)]
+
+
 def test_aer_detail_lines_and_other_kernel_lines_are_no_events() -> None:
     assert kmsg.classify("pcieport 0000:00:01.0: AER:   device [8086:2030] error status/mask=00000001/00002000") == []
     assert kmsg.classify("NVRM: GPU at PCI:0000:9b:00: GPU-509665ad-b600-ac93-3616-d754b23d636d") == []
