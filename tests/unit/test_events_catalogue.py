@@ -43,6 +43,29 @@ def test_named_xids_follow_nvidias_immediate_action(code: int, action: str) -> N
 
 
 @pytest.mark.parametrize(
+    ("code", "message", "action", "owner"),
+    [
+        # RESTART_VM: the GPU is unusable until its VM restarts; a GPU fail, not the node's eviction.
+        (151, "Key rotation Error", "reset", "unknown"),
+        # CHECK_UVM: RESET_GPU where UVM is in use, which every CUDA job's runtime makes it.
+        (159, "CHI Non-Data Error", "reset", "hardware"),
+        # The driver's Xid 160 is a pending HBM channel / L2 repair (its message format, written by hand
+        # after open-gpu-kernel-modules' ECC_CHANNEL_REPAIR_PENDING_XID_MESSAGE_FMT): warn, as the same
+        # state read from NVML (repair.channel), though the catalogue's bucket is IGNORE.
+        (160, "Marking Channel 3 in FBPA 2 along with its pair for repair. Perform GPU reset to activate repair.",
+         "warn", "hardware"),
+        (161, "Repairing Channel failed as there are no more spare channels.", "ignore", "hardware"),
+    ],
+)  # fmt: skip
+def test_xids_whose_bucket_needs_a_restart_or_a_pending_repair_are_never_passed_over(
+    code: int, message: str, action: str, owner: str
+) -> None:
+    entry = catalogue.classify_xid(code, message)
+    assert (entry.action.value, entry.owner) == (action, owner)
+    assert catalogue.counter("repair.channel").action is catalogue.classify_xid(160, message).action
+
+
+@pytest.mark.parametrize(
     ("text", "action"),
     [
         ("GPU recovery action changed from 0x0 (None) to 0x4 (Drain and Reset)", "reset"),
