@@ -50,12 +50,14 @@ _ADDR = r"(?:PCI:)?(?:[0-9a-fA-F]{4,8}:)?[0-9a-fA-F]{2}:[0-9a-fA-F]{2}(?:\.[0-7]
 # An Xid or SXid code has at most five digits; a longer number is no driver's line (and past 4,300
 # digits ``int`` refuses it, which took the follower down): such a line matches nothing.
 _CODE = r"(?P<code>\d{1,9})(?!\d)"
-_XID = re.compile(rf"NVRM: Xid \((?P<bus>{_ADDR})(?: GPU-I:\s*\d+)?(?: GPU-CI:\s*\d+)?\): {_CODE}(?:,(?P<rest>.*))?")
+# The rest of the line is read whether a comma follows the code (the driver's form) or a space (copies
+# that drop it: ``149 NETIR_LINK_EVT Fatal ...``): the Fatal word and Xid 154's action are in it.
+_XID = re.compile(rf"NVRM: Xid \((?P<bus>{_ADDR})(?: GPU-I:\s*\d+)?(?: GPU-CI:\s*\d+)?\): {_CODE}(?P<rest>.*)")
 _PID = re.compile(r"pid=(?P<pid>'?[^,\s']+'?)")
 _FALLEN = re.compile(
     rf"NVRM: (?:GPU at |The NVIDIA GPU |GPU )(?P<bus>{_ADDR})\b.*?fallen off the bus", re.IGNORECASE | re.DOTALL
 )
-_SXID = re.compile(rf"SXid \((?P<bus>{_ADDR})\): {_CODE}(?:,(?P<rest>.*))?")
+_SXID = re.compile(rf"SXid \((?P<bus>{_ADDR})\): {_CODE}(?P<rest>.*)")
 # A PCI domain has four hex digits, or five and more behind an Intel VMD bridge (``10000:e1:00.0``);
 # a digit before the match would make a VMD address read as its last four digits' domain (another device).
 _DEV = r"(?<![0-9a-fA-F])[0-9a-fA-F]{4,8}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]"

@@ -225,6 +225,22 @@ def test_xid_lines_without_a_pci_domain_are_read(line: str, device: str) -> None
 
 
 @pytest.mark.parametrize(
+    ("line", "code", "action"),
+    [
+        # The driver writes a comma after the code; a copy without it keeps the words that decide.
+        ("NVRM: Xid (PCI:0009:01:00): 149 NETIR_LINK_EVT Fatal XC0 i0 Link 01 (0x021425c6 0x00000000)", "xid.149",
+         Action.RESET),
+        ("NVRM: Xid (PCI:0000:3b:00): 154 GPU recovery action changed from 0x0 (None) to 0x2 (Node Reboot Required)",
+         "xid.154", Action.EVICT),
+        ("nvidia-nvswitch2: SXid (PCI:0000:07:00.0): 99999 Fatal, Link 37 something new", "sxid.99999", Action.RESET),
+    ],
+)  # fmt: skip
+def test_a_line_without_the_comma_after_its_code_still_reads_its_message(line: str, code: str, action: Action) -> None:
+    [event] = kmsg.classify(line)
+    assert (event.code, event.action) == (code, action)
+
+
+@pytest.mark.parametrize(
     ("line", "device"),
     [
         # Behind an Intel VMD bridge Linux numbers the PCI domain from 10000 (five hex digits); the
