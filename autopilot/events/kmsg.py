@@ -11,13 +11,14 @@ record; when the reader fell behind and its next record was overwritten, ``read(
 Lines classified (``classify``):
 
 - ``NVRM: Xid (PCI:0000:9b:00): 79, pid=..., ...``: an Xid (the catalogue decides), also with the
-  MIG instance after the bus id (``NVRM: Xid (PCI:0000:01:00 GPU-I:05): 94, ...``);
+  MIG instance after the bus id (``NVRM: Xid (PCI:0000:01:00 GPU-I:05): 94, ...``), and with the bus
+  id's PCI domain left out (``NVRM: Xid (PCI:3b:00): 79, ...``: domain 0);
 - ``NVRM: GPU 0000:91:00.0: GPU has fallen off the bus.`` and the open driver's
   ``NVRM: The NVIDIA GPU 0000:b3:00.0 ... has fallen off the bus``: Xid 79 for that GPU;
 - ``nvidia-nvswitch0: SXid (PCI:0000:05:00.0): 20034, Fatal, ...``: an NVSwitch SXid;
 - ``pcieport 0000:00:01.0: AER: Uncorrected (Fatal) error received: 0000:01:00.0``: PCIe AER, for
   the device it names (kernels before 4.20: ``error received: id=3b00``, its requester id), the
-  reporting port when it names none.
+  reporting port when it names none; a domain behind an Intel VMD bridge (``10000:e1:00.0``) kept whole.
 """
 
 from __future__ import annotations
@@ -40,19 +41,26 @@ from autopilot.names import bus_id
 DEFAULT_PATH = "/dev/kmsg"
 _READ_SIZE = 8192  # the kernel's record limit (CONSOLE_EXT_LOG_MAX) fits
 
-_ADDR = r"(?:PCI:)?[0-9a-fA-F]{4,8}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}(?:\.[0-7])?"
+# The driver prints the bus id with its PCI domain (``PCI:0000:3b:00``); a line copied from a host
+# whose tools drop the domain (``Xid (PCI:3b:00)``, ``GPU at 3b:00.0``) names the same GPU in domain 0,
+# and a missed Xid 79 is a wrong pass: the domain is optional (``bus_id`` reads both forms alike).
+_ADDR = r"(?:PCI:)?(?:[0-9a-fA-F]{4,8}:)?[0-9a-fA-F]{2}:[0-9a-fA-F]{2}(?:\.[0-7])?"
 # With MIG enabled the driver names the GPU instance (and compute instance) after the bus id:
 # ``NVRM: Xid (PCI:0000:01:00 GPU-I:05): 94, ...`` (NVIDIA, A100 GPU memory error management).
 # An Xid or SXid code has at most five digits; a longer number is no driver's line (and past 4,300
 # digits ``int`` refuses it, which took the follower down): such a line matches nothing.
 _CODE = r"(?P<code>\d{1,9})(?!\d)"
-_XID = re.compile(rf"NVRM: Xid \((?P<bus>{_ADDR})(?: GPU-I:\s*\d+)?(?: GPU-CI:\s*\d+)?\): {_CODE}(?:,(?P<rest>.*))?")
+# The rest of the line is read whether a comma follows the code (the driver's form) or a space (copies
+# that drop it: ``149 NETIR_LINK_EVT Fatal ...``): the Fatal word and Xid 154's action are in it.
+_XID = re.compile(rf"NVRM: Xid \((?P<bus>{_ADDR})(?: GPU-I:\s*\d+)?(?: GPU-CI:\s*\d+)?\): {_CODE}(?P<rest>.*)")
 _PID = re.compile(r"pid=(?P<pid>'?[^,\s']+'?)")
 _FALLEN = re.compile(
     rf"NVRM: (?:GPU at |The NVIDIA GPU |GPU )(?P<bus>{_ADDR})\b.*?fallen off the bus", re.IGNORECASE | re.DOTALL
 )
-_SXID = re.compile(rf"SXid \((?P<bus>{_ADDR})\): {_CODE}(?:,(?P<rest>.*))?")
-_DEV = r"[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]"
+_SXID = re.compile(rf"SXid \((?P<bus>{_ADDR})\): {_CODE}(?P<rest>.*)")
+# A PCI domain has four hex digits, or five and more behind an Intel VMD bridge (``10000:e1:00.0``);
+# a digit before the match would make a VMD address read as its last four digits' domain (another device).
+_DEV = r"(?<![0-9a-fA-F])[0-9a-fA-F]{4,8}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]"
 _AER = re.compile(rf"(?P<dev>{_DEV}): AER: (?P<text>.*)")
 _AER_TARGET = re.compile(rf"(?:error received|error message received from)[: ]+(?:id=)?(?P<dev>{_DEV})")
 # Kernels before 4.20 name the source by its requester id, ``error received: id=3b00`` (bus << 8 |
@@ -108,11 +116,12 @@ def classify(message: str, *, written_at: float = 0.0) -> list[Event]:
             entry = catalogue.classify_xid(79, text)
             return [Event("kmsg", entry, bus_id(fallen.group("bus")), text, written_at)]
         return []
-    sxid = _SXID.search(text)
+    sxid = _SXID.search(text) if "SXid (" in text else None
     if sxid:
         entry = catalogue.classify_sxid(int(sxid.group("code")), sxid.group("rest") or "")
         return [Event("kmsg", entry, bus_id(sxid.group("bus")), text, written_at)]
-    aer = _AER.search(text)
+    # Most kernel lines are neither: a substring test spares them the AER pattern (every line is parsed).
+    aer = _AER.search(text) if ": AER: " in text else None
     if aer:
         body = aer.group("text")
         if _AER_FATAL.search(body):
@@ -154,7 +163,12 @@ def _pid(found: re.Match[str] | None) -> str:
 # bus and is not responding to commands."). dmesg and journalctl indent the second and third; a
 # syslog daemon reading /proc/kmsg (rsyslog's imklog, kern.log) writes each with its own prefix,
 # and ``journalctl -o cat`` writes them bare: either way they are one message, never three.
-_FALLEN_HEAD = re.compile(rf"^NVRM: The NVIDIA GPU {_ADDR}\s*$")
+# The headline is the bus id alone in the driver's source; copies that fold the second line into it
+# (``NVRM: The NVIDIA GPU 0000:01:00.0 (PCI ID: 10de:2d04) installed in this system has``) are read too.
+_FALLEN_HEAD = re.compile(
+    rf"^NVRM: The NVIDIA GPU {_ADDR}(?:\s*\(PCI ID: [0-9a-fA-F]{{4}}:[0-9a-fA-F]{{4}}\))?"
+    r"(?:\s+installed in this system has)?\s*$"
+)
 _FALLEN_LINES = 3
 
 

@@ -43,6 +43,29 @@ def test_named_xids_follow_nvidias_immediate_action(code: int, action: str) -> N
 
 
 @pytest.mark.parametrize(
+    ("code", "message", "action", "owner"),
+    [
+        # RESTART_VM: the GPU is unusable until its VM restarts; a GPU fail, not the node's eviction.
+        (151, "Key rotation Error", "reset", "unknown"),
+        # CHECK_UVM: RESET_GPU where UVM is in use, which every CUDA job's runtime makes it.
+        (159, "CHI Non-Data Error", "reset", "hardware"),
+        # The driver's Xid 160 is a pending HBM channel / L2 repair (its message format, written by hand
+        # after open-gpu-kernel-modules' ECC_CHANNEL_REPAIR_PENDING_XID_MESSAGE_FMT): warn, as the same
+        # state read from NVML (repair.channel), though the catalogue's bucket is IGNORE.
+        (160, "Marking Channel 3 in FBPA 2 along with its pair for repair. Perform GPU reset to activate repair.",
+         "warn", "hardware"),
+        (161, "Repairing Channel failed as there are no more spare channels.", "ignore", "hardware"),
+    ],
+)  # fmt: skip
+def test_xids_whose_bucket_needs_a_restart_or_a_pending_repair_are_never_passed_over(
+    code: int, message: str, action: str, owner: str
+) -> None:
+    entry = catalogue.classify_xid(code, message)
+    assert (entry.action.value, entry.owner) == (action, owner)
+    assert catalogue.counter("repair.channel").action is catalogue.classify_xid(160, message).action
+
+
+@pytest.mark.parametrize(
     ("text", "action"),
     [
         ("GPU recovery action changed from 0x0 (None) to 0x4 (Drain and Reset)", "reset"),
@@ -184,6 +207,66 @@ def test_bus_ids_from_the_driver_nvml_and_kernel_are_one_form(text: str, expecte
 def test_aer_and_old_style_xid_lines(line: str, code: str, device: str, action: str) -> None:
     [event] = kmsg.classify(line)
     assert (event.code, event.device, event.action.value) == (code, device, action)
+
+
+@pytest.mark.parametrize(
+    ("line", "device"),
+    [
+        # Xid and fallen-off-the-bus lines as copied from a host whose tools drop the PCI domain
+        # (written by hand in the driver's form, the domain left out): the GPU is in domain 0.
+        ("NVRM: Xid (PCI:3b:00): 79, pid=1234, name=python, GPU has fallen off the bus.", "0000:3b:00.0"),
+        ("NVRM: Xid (3b:00): 79, GPU has fallen off the bus.", "0000:3b:00.0"),
+        ("NVRM: GPU at 3b:00.0 has fallen off the bus.", "0000:3b:00.0"),
+    ],
+)
+def test_xid_lines_without_a_pci_domain_are_read(line: str, device: str) -> None:
+    [event] = kmsg.classify(line)
+    assert (event.code, event.device, event.action) == ("xid.79", device, Action.EVICT)
+
+
+@pytest.mark.parametrize(
+    ("line", "code", "action"),
+    [
+        # The driver writes a comma after the code; a copy without it keeps the words that decide.
+        ("NVRM: Xid (PCI:0009:01:00): 149 NETIR_LINK_EVT Fatal XC0 i0 Link 01 (0x021425c6 0x00000000)", "xid.149",
+         Action.RESET),
+        ("NVRM: Xid (PCI:0000:3b:00): 154 GPU recovery action changed from 0x0 (None) to 0x2 (Node Reboot Required)",
+         "xid.154", Action.EVICT),
+        ("nvidia-nvswitch2: SXid (PCI:0000:07:00.0): 99999 Fatal, Link 37 something new", "sxid.99999", Action.RESET),
+    ],
+)  # fmt: skip
+def test_a_line_without_the_comma_after_its_code_still_reads_its_message(line: str, code: str, action: Action) -> None:
+    [event] = kmsg.classify(line)
+    assert (event.code, event.action) == (code, action)
+
+
+@pytest.mark.parametrize(
+    ("line", "device"),
+    [
+        # Behind an Intel VMD bridge Linux numbers the PCI domain from 10000 (five hex digits); the
+        # AER lines below follow the kernel's aer_print_port_info / aer_print_error forms.
+        ("pcieport 10000:e0:01.0: AER: Uncorrected (Fatal) error received: 10000:e1:00.0", "10000:e1:00.0"),
+        ("pcieport 10000:e0:01.0: AER: Uncorrected (Fatal) error received: id=e100", "10000:e1:00.0"),
+        ("nvidia 10000:e1:00.0: AER: PCIe Bus Error: severity=Uncorrected (Fatal), type=Inaccessible",
+         "10000:e1:00.0"),
+    ],
+)  # fmt: skip
+def test_aer_lines_in_a_vmd_domain_name_the_device_in_that_domain(line: str, device: str) -> None:
+    [event] = kmsg.classify(line)
+    assert (event.code, event.device) == ("aer.fatal", device)
+
+
+def test_a_fallen_off_the_bus_headline_that_names_its_pci_id_is_joined_with_its_last_line() -> None:
+    # The notice's first two lines folded into one (as some copies of it print them), each line then
+    # written by rsyslog with its own prefix: still one Xid 79 for that GPU.
+    lines = [
+        "NVRM: The NVIDIA GPU 0000:01:00.0 (PCI ID: 10de:2d04) installed in this system has",
+        "NVRM: fallen off the bus and is not responding to commands.",
+        "nvidia: probe of 0000:01:00.0 failed with error -1",
+    ]
+    text = "".join(f"Jun  1 10:11:12 gpu-7 kernel: {line}\n" for line in lines)
+    events = [e for m in kmsg.messages_from_text(text) for e in kmsg.classify(m)]
+    assert [(e.code, e.device, e.action) for e in events] == [("xid.79", "0000:01:00.0", Action.EVICT)]
 
 
 def test_aer_detail_lines_and_other_kernel_lines_are_no_events() -> None:
