@@ -701,18 +701,35 @@ def remapped_rows_from_q(section: GpuSection) -> gpus.RemappedRows | None:
     return _remapped_rows(values, what)
 
 
+# The ``--query-remapped-rows`` field of each ``gpus.RemappedRows`` figure.
+REMAPPED_CSV_FIELDS: Mapping[str, str] = {
+    "correctable": "remapped_rows.correctable",
+    "uncorrectable": "remapped_rows.uncorrectable",
+    "pending": "remapped_rows.pending",
+    "failure_occurred": "remapped_rows.failure",
+}
+
+
 def remapped_rows_from_csv_row(row: Mapping[str, str]) -> gpus.RemappedRows | None:
     """One row of ``--query-remapped-rows=...remapped_rows.{correctable,uncorrectable,pending,failure}``."""
-    names = {
-        "correctable": "remapped_rows.correctable",
-        "uncorrectable": "remapped_rows.uncorrectable",
-        "pending": "remapped_rows.pending",
-        "failure_occurred": "remapped_rows.failure",
-    }
-    missing = [field for field in names.values() if field not in row]
+    missing = [field for field in REMAPPED_CSV_FIELDS.values() if field not in row]
     if missing:
         raise ParseError(f"remapped rows CSV lacks {', '.join(missing)}")
-    return _remapped_rows({name: row[field] for name, field in names.items()}, "remapped rows CSV")
+    return _remapped_rows({name: row[field] for name, field in REMAPPED_CSV_FIELDS.items()}, "remapped rows CSV")
+
+
+def remapped_fields_from_csv_row(row: Mapping[str, str]) -> dict[str, int | bool | None]:
+    """The figures a ``--query-remapped-rows`` row holds, by ``gpus.RemappedRows`` name (N/A -> None), for a
+    query of some of the four fields (``remapped_rows.failure`` alone, or with ``pending``, as health scripts
+    ask). ``ParseError`` for a value that is unreadable, or a row with none of the four."""
+    out: dict[str, int | bool | None] = {}
+    for name, field in REMAPPED_CSV_FIELDS.items():
+        if field in row:
+            read = integer if name in ("correctable", "uncorrectable") else flag
+            out[name] = read(row[field], field)
+    if not out:
+        raise ParseError(f"remapped rows CSV has none of {', '.join(REMAPPED_CSV_FIELDS.values())}")
+    return out
 
 
 def _remapped_rows(values: Mapping[str, str | None], what: str) -> gpus.RemappedRows | None:
