@@ -184,7 +184,12 @@ def _parse_csv(text: str) -> tuple[dict[int, Reading], dict[int, dict[str, Any]]
     facts: dict[int, dict[str, Any]] = {}
     # The remapped-rows query has no index field; rows come in nvidia-smi index order, around the
     # GPUs nvidia-smi could not open (``nvsmi.parse_csv_gpus`` places them).
-    for index, row in nvsmi.parse_csv_gpus(text):
+    gpu_rows = nvsmi.parse_csv_gpus(text)
+    if not gpu_rows:
+        # A header alone is no answer: nvidia-smi says "No devices were found" where there is no GPU, and
+        # answers a GPU without row remapping with a row of [N/A].
+        raise nvsmi.ParseError("no GPU row in the CSV answer")
+    for index, row in gpu_rows:
         if isinstance(row, nvsmi.LostGpu):
             facts[index] = {"gpu_bus_id": row.bus_id}
             readings[index] = _nvml_fallback.unopened(index, row.error, row.is_lost, facts[index])

@@ -465,3 +465,11 @@ def test_a_csv_query_of_some_of_the_figures_is_judged_on_those_it_holds(
     assert [d.status for d in result.devices] == statuses
     # Without the pending flag, a GPU whose failure flag is clear is not known to be fine: error, never ok.
     assert result.fatal is fatal
+
+
+def test_a_csv_header_without_rows_is_an_error_not_a_node_without_gpus() -> None:
+    # Before: skipped, "no GPUs on this node". nvidia-smi answers a node without GPUs with "No devices were
+    # found" and a GPU without row remapping with a row of [N/A] (Azure azhpc-diagnostics asserts the latter).
+    head = "gpu_bus_id, remapped_rows.correctable, remapped_rows.uncorrectable, remapped_rows.pending\n"
+    result = remapped.evaluate_text(head, {}, None)
+    assert result.status is Status.ERROR and "no GPU row" in result.summary
