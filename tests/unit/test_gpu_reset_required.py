@@ -18,8 +18,11 @@ from typing import Any
 
 import pytest
 
+from autopilot import errors
 from autopilot.checks import gpupower, pciebw, remapped
+from autopilot.context import CheckContext
 from autopilot.results import CheckResult, Status
+from autopilot.testing import FakeGpu, FakeRunner, FakeTelemetry
 from tests.unit.cuda_helpers import settings
 
 RESET = "GPU requires reset"
@@ -118,3 +121,21 @@ def test_a_csv_row_of_gpu_requires_reset_fails_fatally(check: str, cell: str, st
     result = evaluate(head + row.format(index=0, bus=BUSES[0]) + bad, {}, settings())
     assert [(d.id, d.status) for d in result.devices] == [("0", Status.OK), ("1", status)]
     assert result.status is status and result.fatal is (status is Status.FAIL)
+
+
+def test_live_a_gpu_nvml_cannot_read_and_nvidia_smi_says_requires_reset_fails_fatally(
+    make_ctx: Callable[..., CheckContext],
+) -> None:
+    # NVML answers NVML_ERROR_RESET_REQUIRED (14) for GPU 1, a generic error to the seam: the check asks
+    # nvidia-smi, which names the GPU on stderr as it cannot open it. Before: error (node WARN).
+    gpus_ = FakeTelemetry([FakeGpu(), FakeGpu(raises=errors.GpuError("GPU requires a reset", 14))])
+    runner = FakeRunner()
+    runner.add(
+        list(remapped.ROW_REMAPPER_ARGV),
+        _HEAD + _remap_block(BUSES[0]),
+        stderr=f"Unable to determine the device handle for GPU1: 0000:3B:00.0: {RESET}\n",
+        returncode=15,
+    )
+    result = remapped.run(make_ctx(commands=runner, gpus=gpus_), {})
+    assert [(d.id, d.status) for d in result.devices] == [("0", Status.OK), ("1", Status.FAIL)]
+    assert result.status is Status.FAIL and result.fatal
