@@ -20,6 +20,7 @@ back, or a GPU that falls off, shows on the next run.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 
 from autopilot import errors
@@ -29,6 +30,8 @@ from autopilot.nodeinfo import ExpectedGpus
 from autopilot.results import CheckResult, DeviceResult, Status, worst
 
 FELL_OFF = "expected but not visible to NVML (fell off the bus?)"
+# nvidia-smi's words for NVML_ERROR_RESET_REQUIRED ("GPU requires reset"), NVML's ("GPU requires a reset").
+_RESET_REQUIRED = re.compile(r"\bGPU\s+requires\s+(?:a\s+)?reset\b", re.IGNORECASE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,8 +71,13 @@ def take(seen: Sighting, expected: ExpectedGpus) -> Census:
 
 
 def lost_device(index: int | str, words: str) -> DeviceResult:
-    """The ``fail`` device of a lost GPU (NVML_ERROR_GPU_IS_LOST, or nvidia-smi's ``GPU is lost`` line), by its
+    """The ``fail`` device of a lost GPU (NVML_ERROR_GPU_IS_LOST, or nvidia-smi's ``GPU is lost`` line, or its
+    ``GPU requires reset``, said in its own words), by its
     index, or by its bus id where the index is not known (a one-GPU capture of ``nvidia-smi -q -i``)."""
+    if _RESET_REQUIRED.search(words):
+        # NVML_ERROR_RESET_REQUIRED, which the nvidia-smi readers judge as a lost GPU: out of service until reset.
+        detail = f"GPU requires a reset before it can be used again: {words}"
+        return DeviceResult(str(index), Status.FAIL, detail=detail)
     return DeviceResult(str(index), Status.FAIL, detail=f"GPU is lost, fell off the bus: {words}")
 
 

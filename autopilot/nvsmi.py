@@ -194,8 +194,11 @@ _NO_HANDLE = re.compile(
 _NO_HANDLE_INDEX = re.compile(
     r"^Unable to determine the device handle for gpu\s*(?P<index>\d{1,4})\s*:(?=\s|$)\s*(?P<why>.*)$", re.IGNORECASE
 )
-# nvidia-smi's words for NVML_ERROR_GPU_IS_LOST after "Unable to determine the device handle for ...: ".
-_GPU_IS_LOST = re.compile(r"^GPU\s+is\s+lost\b", re.IGNORECASE)
+# nvidia-smi's words for NVML_ERROR_GPU_IS_LOST after "Unable to determine the device handle for ...: ", and for
+# NVML_ERROR_RESET_REQUIRED ("GPU requires reset": the GPU cannot be used again until it is reset, what the driver
+# answers after a fault such as an uncontained ECC error or a GPU that stopped responding). Both say the GPU is out
+# of service, not that it could not be read: a GPU in either state runs no job (``LostGpu.is_lost``).
+_GPU_IS_LOST = re.compile(r"^GPU\s+(?:is\s+lost|requires\s+(?:a\s+)?reset)\b", re.IGNORECASE)
 # A key never contains ':'; the value starts after ':' and at least one blank, so bus ids such as
 # ``GPU 00000000:07:00.0`` (no blank after their colons) are headings, not key/value lines.
 _KEY_VALUE = re.compile(r"^(?P<key>[^:\s][^:]*?)\s*:(?:\s+(?P<value>.*?))?\s*$")
@@ -272,15 +275,17 @@ class LostGpu:
     @property
     def is_lost(self) -> bool:
         """Whether the reason is NVML's ``NVML_ERROR_GPU_IS_LOST`` (``GPU is lost.  Reboot the system to recover
-        this GPU``): the GPU fell off the bus, as NVML's own lost GPU. Other reasons (``Unknown Error``,
+        this GPU``): the GPU fell off the bus, as NVML's own lost GPU; or ``NVML_ERROR_RESET_REQUIRED`` (``GPU
+        requires reset``): out of service until reset, judged alike. Other reasons (``Unknown Error``,
         ``Insufficient Permissions``, ...) say only that nvidia-smi could not open it."""
         return _GPU_IS_LOST.match(self.why) is not None
 
 
 # In a CSV answer nvidia-smi writes an NVML error in brackets in place of a value. ``[GPU is lost]`` is
 # NVML_ERROR_GPU_IS_LOST for a GPU it had opened (one that fell off the bus since: nvidia-smi still lists it).
-# The ``-q`` report (text and XML) writes the same error without brackets (``Pending : GPU is lost``).
-_LOST_CELL = re.compile(r"^\[?GPU\s+is\s+lost\b", re.IGNORECASE)
+# The ``-q`` report (text and XML) writes the same error without brackets (``Pending : GPU is lost``). So for
+# NVML_ERROR_RESET_REQUIRED: ``[GPU requires reset]`` in a CSV cell, ``GPU requires reset`` in the report.
+_LOST_CELL = re.compile(r"^\[?GPU\s+(?:is\s+lost|requires\s+(?:a\s+)?reset)\b", re.IGNORECASE)
 
 
 def lost_in_row(row: Mapping[str, str]) -> str:
@@ -696,18 +701,35 @@ def remapped_rows_from_q(section: GpuSection) -> gpus.RemappedRows | None:
     return _remapped_rows(values, what)
 
 
+# The ``--query-remapped-rows`` field of each ``gpus.RemappedRows`` figure.
+REMAPPED_CSV_FIELDS: Mapping[str, str] = {
+    "correctable": "remapped_rows.correctable",
+    "uncorrectable": "remapped_rows.uncorrectable",
+    "pending": "remapped_rows.pending",
+    "failure_occurred": "remapped_rows.failure",
+}
+
+
 def remapped_rows_from_csv_row(row: Mapping[str, str]) -> gpus.RemappedRows | None:
     """One row of ``--query-remapped-rows=...remapped_rows.{correctable,uncorrectable,pending,failure}``."""
-    names = {
-        "correctable": "remapped_rows.correctable",
-        "uncorrectable": "remapped_rows.uncorrectable",
-        "pending": "remapped_rows.pending",
-        "failure_occurred": "remapped_rows.failure",
-    }
-    missing = [field for field in names.values() if field not in row]
+    missing = [field for field in REMAPPED_CSV_FIELDS.values() if field not in row]
     if missing:
         raise ParseError(f"remapped rows CSV lacks {', '.join(missing)}")
-    return _remapped_rows({name: row[field] for name, field in names.items()}, "remapped rows CSV")
+    return _remapped_rows({name: row[field] for name, field in REMAPPED_CSV_FIELDS.items()}, "remapped rows CSV")
+
+
+def remapped_fields_from_csv_row(row: Mapping[str, str]) -> dict[str, int | bool | None]:
+    """The figures a ``--query-remapped-rows`` row holds, by ``gpus.RemappedRows`` name (N/A -> None), for a
+    query of some of the four fields (``remapped_rows.failure`` alone, or with ``pending``, as health scripts
+    ask). ``ParseError`` for a value that is unreadable, or a row with none of the four."""
+    out: dict[str, int | bool | None] = {}
+    for name, field in REMAPPED_CSV_FIELDS.items():
+        if field in row:
+            read = integer if name in ("correctable", "uncorrectable") else flag
+            out[name] = read(row[field], field)
+    if not out:
+        raise ParseError(f"remapped rows CSV has none of {', '.join(REMAPPED_CSV_FIELDS.values())}")
+    return out
 
 
 def _remapped_rows(values: Mapping[str, str | None], what: str) -> gpus.RemappedRows | None:

@@ -4,8 +4,8 @@ NVML reports why each GPU runs below its maximum clock as a set of "clock event 
 (formerly "throttle reasons"). Without NVML we ask nvidia-smi for the same bits::
 
     $ nvidia-smi --query-gpu=index,pci.bus_id,clocks_event_reasons.gpu_idle,...
-          clocks_event_reasons.display_clock_setting --format=csv,noheader
-    0, 00000000:19:00.0, Not Active, Not Active, Not Active, Active, Not Active, Not Active, Not Active, Active, ...
+          clocks_event_reasons.hw_power_brake_slowdown --format=csv,noheader
+    0, 00000000:19:00.0, Not Active, Not Active, Not Active, Active, Not Active, Not Active, Not Active, Active
 
 (drivers before 535 call the fields ``clocks_throttle_reasons.*`` and reject the new names with
 ``Field "clocks_event_reasons.gpu_idle" is not a valid field to query.``; we then ask again with
@@ -61,9 +61,17 @@ HW_CAUSES = ("hw_thermal_slowdown", "hw_power_brake_slowdown")
 Reading = nvsmi.ClockReasons | DeviceResult
 
 
+# The reasons nvidia-smi answers as ``--query-gpu`` fields. It has no ``display_clock_setting`` field under
+# either spelling (``--help-query-gpu`` of drivers 470-590 lists supported, active, and these), and it rejects a
+# whole query for one field it does not know (``Field "..." is not a valid field to query.``): asking for it made
+# both spellings fail, so the fallback never answered. The display clock never decides a verdict; without it the
+# reason is ``unknown`` (``data``).
+CSV_REASONS = tuple(name for name in gpus.REASON_BITS if name != "display_clock_setting")
+
+
 def query_fields(prefix: str = EVENT_PREFIX) -> tuple[str, ...]:
     """The fields of the nvidia-smi fallback query, with the newer or the older reason names."""
-    return ("index", "pci.bus_id", *(prefix + name for name in gpus.REASON_BITS))
+    return ("index", "pci.bus_id", *(prefix + name for name in CSV_REASONS))
 
 
 def query_argv(prefix: str = EVENT_PREFIX) -> list[str]:

@@ -66,8 +66,9 @@ design therefore warns.
 
 ``evaluate_text`` reads a saved ``ap-bandwidth`` line, a ``bandwidthTest`` output (text or CSV,
 of one device: a run over several devices at once sums them and is an ``error``),
-or an ``nvidia-smi -q`` report, for which it reports the link state of each GPU (ok unless the
-width is degraded; no bandwidth is judged; a GPU the report says is lost is a fatal ``fail``).
+or an ``nvidia-smi -q`` report or ``--query-gpu=...pcie.link.*`` CSV answer (``links_from_csv``), for which it
+reports the link state of each GPU (ok unless the width is degraded; no bandwidth is judged; a GPU the report
+says is lost, or requires a reset, is a fatal ``fail``).
 """
 
 from __future__ import annotations
@@ -521,9 +522,12 @@ def evaluate(readings: Sequence[GpuReading], rules: Rules, *, tool: str) -> Chec
 
 
 def evaluate_links(
-    links: Sequence[tuple[int | str, gpus.PcieLink | None, str | None]], lost: Mapping[str, str] | None = None
+    links: Sequence[tuple[int | str, gpus.PcieLink | None, str | None]],
+    lost: Mapping[str, str] | None = None,
+    source: str = "nvidia-smi -q",
 ) -> CheckResult:
-    """Link state only (from a saved ``nvidia-smi -q``): ok unless a link's width is below its maximum.
+    """Link state only (from a saved ``nvidia-smi -q`` or ``--query-gpu=pcie.link.*``): ok unless a link's width
+    is below its maximum.
 
     A GPU is named by its index, or by its bus id in a one-GPU capture (``nvsmi.QReport.device_id``).
     ``lost``: id -> nvidia-smi's line, for GPUs it says are lost (``GPU is lost``, NVML_ERROR_GPU_IS_LOST): a
@@ -557,9 +561,65 @@ def evaluate_links(
         NAME,
         devices,
         ok_summary=f"{len(devices)} GPU(s): PCIe links at full width (no bandwidth measured)",
-        data={"source": "nvidia-smi -q", "gpus": per_gpu},
+        data={"source": source, "gpus": per_gpu},
         fatal=bool(gone),
     )
+
+
+# ``--query-gpu`` fields of a link census, by ``gpus.PcieLink`` name. nvidia-smi 535+ also answers
+# ``pcie.link.gen.gpucurrent`` (the same reading as ``pcie.link.gen.current``) and ``pcie.link.gen.gpumax`` /
+# ``pcie.link.gen.hostmax`` (the GPU's and the host's maximum; ``pcie.link.gen.max`` is the lower of the two).
+CSV_LINK_FIELDS: Mapping[str, tuple[str, ...]] = {
+    "current_gen": ("pcie.link.gen.current", "pcie.link.gen.gpucurrent"),
+    "max_gen": ("pcie.link.gen.max",),
+    "current_width": ("pcie.link.width.current",),
+    "max_width": ("pcie.link.width.max",),
+}
+
+
+def links_from_csv(text: str) -> tuple[list[tuple[int | str, gpus.PcieLink | None, str | None]], dict[str, str]]:
+    """The link of each GPU of a saved ``nvidia-smi --query-gpu=...pcie.link.gen.current,pcie.link.gen.max,
+    pcie.link.width.current,pcie.link.width.max --format=csv`` (with its header), and the GPUs it says are lost
+    or require a reset (``evaluate_links``). A GPU nvidia-smi could not open, a bracketed error in place of a
+    value (``[Unknown Error]``, ``[Insufficient Permissions]``), N/A or a field the query lacks: no link read for
+    that GPU (``error``). ``nvsmi.ParseError`` for an answer that is not such a CSV."""
+    links: list[tuple[int | str, gpus.PcieLink | None, str | None]] = []
+    lost: dict[str, str] = {}
+    rows = nvsmi.parse_csv_gpus(text)
+    if not rows:
+        raise nvsmi.ParseError("no GPU row in the CSV answer")
+    for index, row in rows:
+        if isinstance(row, nvsmi.LostGpu):
+            if row.is_lost:
+                lost[str(index)] = row.error
+            links.append((index, None, row.error))
+            continue
+        gone = nvsmi.lost_in_row(row)
+        if gone:
+            lost[str(index)] = gone
+            links.append((index, None, gone))
+            continue
+        values: dict[str, int] = {}
+        problems: list[str] = []
+        for name, fields in CSV_LINK_FIELDS.items():
+            field = next((f for f in fields if f in row), None)
+            if field is None:
+                problems.append(f"the query has no {fields[0]}")
+                continue
+            try:
+                value = nvsmi.integer(row[field], field)
+            except nvsmi.ParseError as exc:
+                problems.append(str(exc))
+                continue
+            if value is None:
+                problems.append(f"{field}: N/A")
+                continue
+            values[name] = value
+        if problems:
+            links.append((index, None, "; ".join(problems)))
+            continue
+        links.append((index, gpus.PcieLink(**values), None))
+    return links, lost
 
 
 def rules_for(params: Mapping[str, Any], settings: Any) -> Rules:
@@ -610,6 +670,13 @@ def evaluate_text(text: str, params: Mapping[str, Any], settings: Any) -> CheckR
                 continue
             links.append((gpu, gpus.PcieLink(*(int(v or 0) for v in values)), None))
         return evaluate_links(links, lost)
+    if "pcie.link." in nvsmi.first_line(text):
+        try:
+            nvsmi.raise_for_invalid_field(text)
+            csv_links, csv_lost = links_from_csv(text)
+        except nvsmi.ParseError as exc:
+            return CheckResult(NAME, Status.ERROR, f"unreadable nvidia-smi --query-gpu answer: {exc}")
+        return evaluate_links(csv_links, csv_lost, source="nvidia-smi --query-gpu")
     if "bandwidthTest" in text or "Bandwidth Test" in text:
         try:
             parsed = parse_bandwidthtest(text)

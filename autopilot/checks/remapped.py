@@ -22,6 +22,10 @@ or from ``nvidia-smi --query-remapped-rows=gpu_uuid,remapped_rows.correctable,..
     gpu_uuid, remapped_rows.correctable, remapped_rows.uncorrectable, remapped_rows.pending, remapped_rows.failure
     GPU-455e672a-..., 0, 1, No, No
 
+(a query of some of the four fields, as health scripts ask, ``gpu_bus_id, remapped_rows.failure`` with
+the flag as ``1``/``0``, is judged on those it holds: a failure or pending remap as below, no fault shown
+without both flags ``error``; ``[N/A]`` throughout, a GPU without row remapping, ``skipped``)
+
 Verdict per GPU (upstream looked at ``Pending`` only and ignored a failed remap):
 
 - ``Remapping Failure Occurred`` -> ``fail``, fatal: the memory has an error that could not be
@@ -98,7 +102,8 @@ def evaluate(
     if not readings:
         return _nvml_fallback.no_gpus(NAME, source)
     devices, per_gpu = _nvml_fallback.fold(readings, data, gpus.RemappedRows, _judge_gpu)
-    fatal = any(isinstance(r, gpus.RemappedRows) and r.failure_occurred for r in readings.values())
+    # From the facts, which every judged GPU's figures reach (a CSV query of some of the figures included).
+    fatal = any(facts.get("failure_occurred") is True for facts in per_gpu.values())
     return from_devices(
         NAME, devices, ok_summary=_ok_summary(devices), fatal=fatal, data={"source": source, "gpus": per_gpu}
     )
@@ -179,7 +184,12 @@ def _parse_csv(text: str) -> tuple[dict[int, Reading], dict[int, dict[str, Any]]
     facts: dict[int, dict[str, Any]] = {}
     # The remapped-rows query has no index field; rows come in nvidia-smi index order, around the
     # GPUs nvidia-smi could not open (``nvsmi.parse_csv_gpus`` places them).
-    for index, row in nvsmi.parse_csv_gpus(text):
+    gpu_rows = nvsmi.parse_csv_gpus(text)
+    if not gpu_rows:
+        # A header alone is no answer: nvidia-smi says "No devices were found" where there is no GPU, and
+        # answers a GPU without row remapping with a row of [N/A].
+        raise nvsmi.ParseError("no GPU row in the CSV answer")
+    for index, row in gpu_rows:
         if isinstance(row, nvsmi.LostGpu):
             facts[index] = {"gpu_bus_id": row.bus_id}
             readings[index] = _nvml_fallback.unopened(index, row.error, row.is_lost, facts[index])
@@ -190,12 +200,37 @@ def _parse_csv(text: str) -> tuple[dict[int, Reading], dict[int, dict[str, Any]]
             readings[index] = _nvml_fallback.unopened(index, gone, True, facts[index])
             continue
         try:
+            if not all(field in row for field in nvsmi.REMAPPED_CSV_FIELDS.values()):
+                readings[index] = _judge_fields(index, nvsmi.remapped_fields_from_csv_row(row), facts[index])
+                continue
             rows = nvsmi.remapped_rows_from_csv_row(row)
         except nvsmi.ParseError as exc:
             readings[index] = DeviceResult(str(index), Status.ERROR, detail=f"unreadable: {exc}")
             continue
         readings[index] = rows if rows is not None else DeviceResult(str(index), Status.SKIPPED, detail=_UNSUPPORTED)
     return readings, facts, "nvidia-smi --query-remapped-rows"
+
+
+def _judge_fields(index: int, values: Mapping[str, int | bool | None], facts: dict[str, Any]) -> DeviceResult:
+    """One GPU of a CSV query that asked for some of the four figures: a failed or pending remap it shows is
+    judged as in a full answer (a failed remap fatal: ``evaluate`` reads ``facts``); with no fault shown, a
+    query without ``remapped_rows.failure`` or ``remapped_rows.pending`` cannot say the GPU is fine (``error``)."""
+    gpu = str(index)
+    facts.update(values)
+    if all(value is None for value in values.values()):
+        return DeviceResult(gpu, Status.SKIPPED, detail=_UNSUPPORTED)
+    lacks = [field for name, field in nvsmi.REMAPPED_CSV_FIELDS.items() if name not in values]
+    note = f" (the query has no {', '.join(lacks)})"
+    if values.get("failure_occurred"):
+        detail = "row remapping failed: an uncorrectable memory error could not be repaired"
+        return DeviceResult(gpu, Status.FAIL, 1, detail=detail + note)
+    if values.get("pending"):
+        return DeviceResult(gpu, Status.WARN, 1, detail="row remap pending: reset the GPU" + note)
+    fields = nvsmi.REMAPPED_CSV_FIELDS
+    unknown = [fields[name] for name in ("pending", "failure_occurred") if values.get(name) is None]
+    if unknown:
+        return DeviceResult(gpu, Status.ERROR, detail=f"cannot judge row remapping: no {' or '.join(unknown)} read")
+    return DeviceResult(gpu, Status.OK, 0, detail="no pending or failed row remap" + note)
 
 
 def evaluate_text(text: str, params: Mapping[str, Any], settings: Any) -> CheckResult:

@@ -3,25 +3,26 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 import pytest
 
-from autopilot import errors, execution, gpus, nvsmi, registry
+from autopilot import errors, execution, nvsmi, registry
 from autopilot.checks import gpupower
+from autopilot.commands import CommandResult
 from autopilot.context import CheckContext
 from autopilot.results import CheckResult, Status
 from autopilot.testing import FakeGpu, FakeRunner, FakeTelemetry
 from tests.conftest import sample_text
 
 MakeCtx = Callable[..., CheckContext]
-REASONS = list(gpus.REASON_BITS)
+REASONS = list(gpupower.CSV_REASONS)
 NEW_ARGV = [
     "nvidia-smi",
     "--query-gpu=index,pci.bus_id,clocks_event_reasons.gpu_idle,clocks_event_reasons.applications_clocks_setting,"
     "clocks_event_reasons.sw_power_cap,clocks_event_reasons.hw_slowdown,clocks_event_reasons.sync_boost,"
     "clocks_event_reasons.sw_thermal_slowdown,clocks_event_reasons.hw_thermal_slowdown,"
-    "clocks_event_reasons.hw_power_brake_slowdown,clocks_event_reasons.display_clock_setting",
+    "clocks_event_reasons.hw_power_brake_slowdown",
     "--format=csv,noheader",
 ]
 OLD_ARGV = [NEW_ARGV[0], NEW_ARGV[1].replace("clocks_event_reasons.", "clocks_throttle_reasons."), NEW_ARGV[2]]
@@ -146,6 +147,42 @@ def test_older_driver_field_names_are_retried(make_ctx: MakeCtx) -> None:
     assert runner.calls == [tuple(NEW_ARGV), tuple(OLD_ARGV)]
     assert result.status is Status.WARN
     assert [(d.id, d.status) for d in result.devices] == [("0", Status.OK), ("1", Status.WARN)]
+    assert result.data["source"] == "nvidia-smi"
+
+
+# The clock event reason fields ``nvidia-smi --help-query-gpu`` lists (drivers 535-590 under
+# ``clocks_event_reasons.``, earlier ones under ``clocks_throttle_reasons.``), written by hand: there is no
+# ``display_clock_setting`` among them, and nvidia-smi refuses a whole query for one field it does not know.
+HELP_QUERY_GPU_REASONS = (
+    "supported", "active", "gpu_idle", "applications_clocks_setting", "sw_power_cap", "hw_slowdown",
+    "hw_thermal_slowdown", "hw_power_brake_slowdown", "sw_thermal_slowdown", "sync_boost",
+)  # fmt: skip
+
+
+class QueryGpuOf535(FakeRunner):
+    """nvidia-smi 535+ answering ``--query-gpu``: ``rows`` for a query of fields it knows, else its refusal."""
+
+    def __init__(self, rows: str) -> None:
+        super().__init__(installed=["nvidia-smi"])
+        self.rows = rows
+
+    def run(self, argv: Sequence[str], *, timeout: float, env: Mapping[str, str] | None = None) -> CommandResult:
+        self.calls.append(tuple(argv))
+        known = {"index", "pci.bus_id", *("clocks_event_reasons." + name for name in HELP_QUERY_GPU_REASONS)}
+        asked = argv[1].removeprefix("--query-gpu=").split(",")
+        unknown = next((field for field in asked if field not in known), None)
+        if unknown is not None:
+            return CommandResult(tuple(argv), 2, f'Field "{unknown}" is not a valid field to query.\n\n', "")
+        return CommandResult(tuple(argv), 0, self.rows, "")
+
+
+def test_the_fallback_asks_only_for_fields_nvidia_smi_knows(make_ctx: MakeCtx) -> None:
+    # Before: the query named clocks_event_reasons.display_clock_setting (and its older spelling), which no
+    # driver knows, so both spellings were refused and the check was an error on every node without NVML.
+    runner = QueryGpuOf535(csv_row(0, "gpu_idle") + csv_row(1, "hw_slowdown", "hw_power_brake_slowdown"))
+    result = gpupower.run(make_ctx(commands=runner, gpus=FakeTelemetry(unavailable="no NVML")), {})
+    assert runner.calls == [tuple(NEW_ARGV)]
+    assert [(d.id, d.status) for d in result.devices] == [("0", Status.OK), ("1", Status.FAIL)]
     assert result.data["source"] == "nvidia-smi"
 
 

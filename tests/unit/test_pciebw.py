@@ -550,6 +550,42 @@ def test_evaluate_text_nvidia_smi_q_narrow_link_warns() -> None:
     assert result.summary == "GPU 0: PCIe link width x4 of x16 (Gen1 (max 4) x4 (max 16))"
 
 
+# ``nvidia-smi --query-gpu=index,pcie.link.gen.current,pcie.link.gen.max,pcie.link.width.current,
+# pcie.link.width.max --format=csv``, written by hand after nvidia-smi 535-595's CSV (header as queried; an
+# 8-GPU L40S node idle at Gen1 of Gen4 is what such a query prints). Before: "not ap-bandwidth, bandwidthTest
+# or nvidia-smi -q output" (error) for every such file, a narrow link and a GPU needing a reset included.
+LINK_CSV_HEAD = "index, pcie.link.gen.current, pcie.link.gen.max, pcie.link.width.current, pcie.link.width.max\n"
+
+
+def test_evaluate_text_link_csv_is_judged_like_the_q_report() -> None:
+    text = LINK_CSV_HEAD + "0, 1, 4, 16, 16\n1, 4, 4, 8, 16\n2, [Unknown Error], 4, 16, 16\n"
+    result = pciebw.evaluate_text(text, {}, settings())
+    assert [(d.id, d.status) for d in result.devices] == [("0", Status.OK), ("1", Status.WARN), ("2", Status.ERROR)]
+    assert "idle power saving" in result.devices[0].detail
+    assert result.devices[1].detail == "PCIe link width x8 of x16 (Gen4 x8 (max 16))"
+    assert result.status is Status.ERROR and result.data["source"] == "nvidia-smi --query-gpu"
+
+
+@pytest.mark.parametrize(
+    ("text", "status", "said"),
+    [
+        (LINK_CSV_HEAD + "0, 5, 5, 16, 16\n1" + ", [GPU requires reset]" * 4 + "\n", Status.FAIL, "requires a reset"),
+        (LINK_CSV_HEAD + "0, 5, 5, 16, 16\nUnable to determine the device handle for GPU1: 0000:3B:00.0: GPU is lost\n",
+         Status.FAIL, "GPU is lost"),
+        (LINK_CSV_HEAD.replace(", pcie.link.width.max", "") + "0, 5, 5, 16\n1, 5, 5, 16\n", Status.ERROR,
+         "the query has no pcie.link.width.max"),
+        ('Field "pcie.link.gen.gpucurrent" is not a valid field to query.\n', Status.ERROR,
+         'does not know the field "pcie.link.gen.gpucurrent"'),
+    ],
+)  # fmt: skip
+def test_evaluate_text_link_csv_lost_gpus_fail_and_what_it_cannot_say_is_an_error(
+    text: str, status: Status, said: str
+) -> None:
+    result = pciebw.evaluate_text(text, {}, settings())
+    assert result.status is status and result.fatal is (status is Status.FAIL)
+    assert said in result.summary
+
+
 def test_evaluate_text_unknown_output_is_an_error() -> None:
     assert pciebw.evaluate_text("hello\n", {}, settings()).status is Status.ERROR
 

@@ -442,3 +442,34 @@ def test_a_lost_csv_row_without_a_bus_id_is_named_by_its_uuid() -> None:
     assert unnamed.devices[0].detail == (
         "GPU is lost, fell off the bus: nvidia-smi answered [GPU is lost] for the GPU (no bus id or UUID in its row)"
     )
+
+
+# Health scripts ask --query-remapped-rows for some of the four figures (the failure flag alone, with the bus id;
+# pending, failure and uncorrectable); the driver prints the flags as Yes/No or 1/0. Written by hand after the
+# CSV of nvidia-smi 470-580 with a header (field names as queried).
+@pytest.mark.parametrize(
+    ("csv", "statuses", "fatal"),
+    [
+        ("gpu_bus_id, remapped_rows.failure\n00000000:1A:00.0, 0\n00000000:3B:00.0, 1\n",
+         [Status.ERROR, Status.FAIL], True),
+        ("remapped_rows.pending, remapped_rows.failure, remapped_rows.uncorrectable\nNo, No, 0\nYes, No, 2\n",
+         [Status.OK, Status.WARN], False),
+        ("gpu_bus_id, remapped_rows.failure\n00000000:1A:00.0, [N/A]\n", [Status.SKIPPED], False),
+    ],
+)  # fmt: skip
+def test_a_csv_query_of_some_of_the_figures_is_judged_on_those_it_holds(
+    csv: str, statuses: list[Status], fatal: bool
+) -> None:
+    # Before: every GPU an error ("remapped rows CSV lacks ..."), a failed remap included (node WARN, not EVICT).
+    result = remapped.evaluate_text(csv, {}, None)
+    assert [d.status for d in result.devices] == statuses
+    # Without the pending flag, a GPU whose failure flag is clear is not known to be fine: error, never ok.
+    assert result.fatal is fatal
+
+
+def test_a_csv_header_without_rows_is_an_error_not_a_node_without_gpus() -> None:
+    # Before: skipped, "no GPUs on this node". nvidia-smi answers a node without GPUs with "No devices were
+    # found" and a GPU without row remapping with a row of [N/A] (Azure azhpc-diagnostics asserts the latter).
+    head = "gpu_bus_id, remapped_rows.correctable, remapped_rows.uncorrectable, remapped_rows.pending\n"
+    result = remapped.evaluate_text(head, {}, None)
+    assert result.status is Status.ERROR and "no GPU row" in result.summary
