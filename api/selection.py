@@ -13,6 +13,9 @@ one (``autopilot up``, a single server) there are no Node objects or pods to ask
 the labels the store knows for each node: the labels its worker announced (``autopilot worker
 --label k=v``) overlaid with the local label store (``autopilot.ibm.com/gpuhealth`` and friends).
 For ``job`` the namespace is then ignored: label the nodes that run the workload instead.
+When the Kubernetes API refuses such a lookup (403: the API's ServiceAccount lacks the grant), the request
+is answered 502 ``cluster_error`` in the server's words; when it does not answer, 503 ``cluster_unavailable``
+with Retry-After. Either names the field, and nothing is sent.
 
 A named node that has no record in the store (no worker ever heartbeated it) cannot answer; it
 is reported as ``unknown`` instead of being enqueued into a queue nobody consumes.
@@ -21,12 +24,17 @@ is reported as ``unknown`` instead of being enqueued into a queue nobody consume
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from api.errors import ApiError
 from autopilot import errors, names
 from workers.runs import RunRequest, Selection, Services
 
 log = logging.getLogger(__name__)
+
+# Retry-After of a 503 when the Kubernetes API did not answer a selection's lookup: the seam has already retried
+# for a few seconds, so a client waits a little more before it asks again.
+CLUSTER_RETRY_AFTER_S = 5
 
 
 def select(svc: Services, req: RunRequest, *, now: float) -> Selection:
@@ -93,11 +101,30 @@ def _store_labels(svc: Services) -> dict[str, dict[str, str]]:
 
 def _by_label(svc: Services, key: str, value: str) -> list[str]:
     if svc.cluster is not None:
-        return _valid([n.name for n in svc.cluster.list_nodes(f"{key}={value}")], "cluster.list_nodes")
+        cluster = svc.cluster
+        found = _asking("nodelabel", lambda: [n.name for n in cluster.list_nodes(f"{key}={value}")])
+        return _valid(found, "cluster.list_nodes")
     return sorted(n for n, labels in _store_labels(svc).items() if labels.get(key) == value)
 
 
 def _by_job(svc: Services, namespace: str, key: str, value: str) -> list[str]:
     if svc.cluster is not None:
-        return _valid(list(svc.cluster.nodes_running(namespace, f"{key}={value}")), "cluster.nodes_running")
+        cluster = svc.cluster
+        found = _asking("job", lambda: list(cluster.nodes_running(namespace, f"{key}={value}")))
+        return _valid(found, "cluster.nodes_running")
     return sorted(n for n, labels in _store_labels(svc).items() if labels.get(key) == value)
+
+
+def _asking(field: str, lookup: Callable[[], list[str]]) -> list[str]:
+    """``lookup`` (a question to the Kubernetes API), its failure answered as one, naming ``field``: 503 with
+    Retry-After while the API server does not answer (after the seam's retries), 502 with the server's own words
+    when it refuses (a 403: the API's ServiceAccount may not list nodes or pods)."""
+    try:
+        return lookup()
+    except errors.Transient as exc:
+        raise ApiError(
+            503, "cluster_unavailable", f"the Kubernetes API did not answer: {exc}", field=field,
+            retry_after_s=CLUSTER_RETRY_AFTER_S,
+        ) from exc  # fmt: skip
+    except errors.ClusterError as exc:
+        raise ApiError(502, "cluster_error", f"the Kubernetes API refused: {exc}", field=field) from exc
