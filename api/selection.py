@@ -3,7 +3,8 @@
 The selection is the union of ``host`` (node names), ``nodelabel`` (``key=value``) and ``job``
 (``namespace:key=value``: the nodes running that workload's pods), as upstream documents; with
 none of them (``host=all``), every node a worker ever registered. A node of that selection that
-is lost (no heartbeat within ``settings.live_after_s``) is in ``lost`` too: it is sent nothing
+is lost (by the reconcile's rule, on the store's clock: no heartbeat within ``settings.live_after_s``,
+or a heartbeat stamped ahead that has stood still) is in ``lost`` too: it is sent nothing
 (nobody would answer) and the answer lists it as ``unreachable``, never leaves it out. A lost node
 named explicitly is sent its work all the same (its worker may be restarting); if it does not
 answer by its deadline it is ``unreachable`` with "no heartbeat since <time>".
@@ -25,9 +26,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from api.errors import ApiError
 from autopilot import errors, names
+from workers import reconcile
 from workers.runs import RunRequest, Selection, Services
 
 log = logging.getLogger(__name__)
@@ -37,10 +40,10 @@ log = logging.getLogger(__name__)
 CLUSTER_RETRY_AFTER_S = 5
 
 
-def select(svc: Services, req: RunRequest, *, now: float) -> Selection:
+def select(svc: Services, req: RunRequest) -> Selection:
     """Resolve ``req``'s selection; raises ``ApiError`` (404) naming the field when it is empty."""
     if not req.explicit:
-        seen = svc.store.last_seen()
+        now, seen = svc.store.seen_and_now()
         if not seen:
             raise ApiError(404, "no_nodes", "no nodes: no worker has registered a node", field="host")
         everyone = tuple(sorted(seen))
@@ -78,8 +81,17 @@ def select(svc: Services, req: RunRequest, *, now: float) -> Selection:
 
 
 def _lost(svc: Services, nodes: tuple[str, ...], seen: dict[str, float], now: float) -> tuple[str, ...]:
-    """The nodes not heard from within ``settings.live_after_s`` (a record without a heartbeat counts as heard)."""
-    return tuple(n for n in nodes if n in seen and now - seen[n] > svc.settings.live_after_s)
+    """The nodes lost at ``now`` (the store's clock, on which the heartbeats are scored) by the reconcile's rule
+    (``reconcile.lost_at``): not heard from within ``settings.live_after_s``, or heard with a stamp that ran ahead
+    and has stood still since (its ``heard_ahead`` mark). Only a stamp ahead by more than ``live_after_s`` can have
+    a mark that matters, so only those nodes' marks are read, in one pipeline: none in a fleet whose clocks agree.
+    A record without a heartbeat counts as heard."""
+    live_after = svc.settings.live_after_s
+    marks = svc.store.heard_ahead([n for n in nodes if n in seen and seen[n] - now > live_after])
+    moment = datetime.fromtimestamp(now, UTC)
+    return tuple(
+        n for n in nodes if n in seen and reconcile.lost_at(seen[n], marks.get(n), moment, svc.settings) is not None
+    )
 
 
 def _valid(found: list[str], source: str) -> list[str]:
