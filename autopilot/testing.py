@@ -739,10 +739,10 @@ class FakeCluster:
         if labels or annotations:
             self._do("patch_node_labels", patch)
 
-    def set_node_condition(self, name: str, condition: NodeCondition) -> NodeCondition:
+    def set_node_condition(self, name: str, condition: NodeCondition, now: datetime | None = None) -> NodeCondition:
         def write() -> NodeCondition:
             node = self.get_node(name)
-            stored = merge_condition(node.condition(condition.type), condition, self._now())
+            stored = merge_condition(node.condition(condition.type), condition, now or self._now())
             self._check_decodes("set_node_condition", "Node", {"status": {"conditions": [stored.to_json()]}})
             others = tuple(c for c in node.conditions if c.type != condition.type)
             self.nodes[name] = dataclasses.replace(node, conditions=(*others, stored))
