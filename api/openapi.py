@@ -73,7 +73,8 @@ STATUS_RESPONSES = {
     "400": _error("a bad parameter; `field` names it; nothing was enqueued"),
     "401": _error("missing or wrong bearer token"),
     "404": _error("no node matched the selection, or the check is not in this build"),
-    "503": _error("Redis (store and broker) unreachable"),
+    "502": _error("the Kubernetes API refused the `nodelabel` or `job` lookup (e.g. 403: RBAC); `field` names it"),
+    "503": _error("Redis (store and broker) unreachable, or the Kubernetes API did not answer a lookup (Retry-After)"),
 }
 
 
@@ -300,7 +301,11 @@ def document(checks: CheckRegistry) -> dict[str, Any]:
                     "404": _error("no node matched the selection"),
                     "408": _error("the body stopped arriving (`autopilot api --client-timeout`)"),
                     "413": _error("a body over AUTOPILOT_API_MAX_BODY"),
-                    "503": _error("Redis (store and broker) unreachable"),
+                    "502": _error("the Kubernetes API refused the `nodelabel` or `job` lookup (e.g. 403: RBAC)"),
+                    "503": _error(
+                        "Redis (store and broker) unreachable, or the Kubernetes API did not answer a lookup "
+                        "(Retry-After)"
+                    ),
                 },
             }
         },

@@ -53,7 +53,7 @@ def _status(fixed_check: str | None) -> Response:
         return json_error(404, "not_found", f"check {fixed_check!r} is not available in this build")
     req, fmt = inputs.from_query(request.args, svc.checks, svc.settings, fixed_check=fixed_check)
     with limits.waits().slot():
-        chosen = selection.select(svc, req, now=svc.clock())
+        chosen = selection.select(svc, req)
         report = runs.gather(svc, req, chosen)
     if fmt == "json":
         return jsonify(report)
@@ -85,7 +85,7 @@ def create_run() -> tuple[Response, int, dict[str, str]]:
     _only()
     svc = services()
     req = inputs.from_json(_json_body(), svc.checks, svc.settings)
-    chosen = selection.select(svc, req, now=svc.clock())
+    chosen = selection.select(svc, req)
     run = runs.start(svc, req, chosen)
     location = url_for("autopilot.get_run", run_id=run.id)
     answer = {

@@ -3,7 +3,8 @@
 The selection is the union of ``host`` (node names), ``nodelabel`` (``key=value``) and ``job``
 (``namespace:key=value``: the nodes running that workload's pods), as upstream documents; with
 none of them (``host=all``), every node a worker ever registered. A node of that selection that
-is lost (no heartbeat within ``settings.live_after_s``) is in ``lost`` too: it is sent nothing
+is lost (by the reconcile's rule, on the store's clock: no heartbeat within ``settings.live_after_s``,
+or a heartbeat stamped ahead that has stood still) is in ``lost`` too: it is sent nothing
 (nobody would answer) and the answer lists it as ``unreachable``, never leaves it out. A lost node
 named explicitly is sent its work all the same (its worker may be restarting); if it does not
 answer by its deadline it is ``unreachable`` with "no heartbeat since <time>".
@@ -13,6 +14,9 @@ one (``autopilot up``, a single server) there are no Node objects or pods to ask
 the labels the store knows for each node: the labels its worker announced (``autopilot worker
 --label k=v``) overlaid with the local label store (``autopilot.ibm.com/gpuhealth`` and friends).
 For ``job`` the namespace is then ignored: label the nodes that run the workload instead.
+When the Kubernetes API refuses such a lookup (403: the API's ServiceAccount lacks the grant), the request
+is answered 502 ``cluster_error`` in the server's words; when it does not answer, 503 ``cluster_unavailable``
+with Retry-After. Either names the field, and nothing is sent.
 
 A named node that has no record in the store (no worker ever heartbeated it) cannot answer; it
 is reported as ``unknown`` instead of being enqueued into a queue nobody consumes.
@@ -21,18 +25,25 @@ is reported as ``unknown`` instead of being enqueued into a queue nobody consume
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
 
 from api.errors import ApiError
 from autopilot import errors, names
+from workers import reconcile
 from workers.runs import RunRequest, Selection, Services
 
 log = logging.getLogger(__name__)
 
+# Retry-After of a 503 when the Kubernetes API did not answer a selection's lookup: the seam has already retried
+# for a few seconds, so a client waits a little more before it asks again.
+CLUSTER_RETRY_AFTER_S = 5
 
-def select(svc: Services, req: RunRequest, *, now: float) -> Selection:
+
+def select(svc: Services, req: RunRequest) -> Selection:
     """Resolve ``req``'s selection; raises ``ApiError`` (404) naming the field when it is empty."""
     if not req.explicit:
-        seen = svc.store.last_seen()
+        now, seen = svc.store.seen_and_now()
         if not seen:
             raise ApiError(404, "no_nodes", "no nodes: no worker has registered a node", field="host")
         everyone = tuple(sorted(seen))
@@ -70,8 +81,17 @@ def select(svc: Services, req: RunRequest, *, now: float) -> Selection:
 
 
 def _lost(svc: Services, nodes: tuple[str, ...], seen: dict[str, float], now: float) -> tuple[str, ...]:
-    """The nodes not heard from within ``settings.live_after_s`` (a record without a heartbeat counts as heard)."""
-    return tuple(n for n in nodes if n in seen and now - seen[n] > svc.settings.live_after_s)
+    """The nodes lost at ``now`` (the store's clock, on which the heartbeats are scored) by the reconcile's rule
+    (``reconcile.lost_at``): not heard from within ``settings.live_after_s``, or heard with a stamp that ran ahead
+    and has stood still since (its ``heard_ahead`` mark). Only a stamp ahead by more than ``live_after_s`` can have
+    a mark that matters, so only those nodes' marks are read, in one pipeline: none in a fleet whose clocks agree.
+    A record without a heartbeat counts as heard."""
+    live_after = svc.settings.live_after_s
+    marks = svc.store.heard_ahead([n for n in nodes if n in seen and seen[n] - now > live_after])
+    moment = datetime.fromtimestamp(now, UTC)
+    return tuple(
+        n for n in nodes if n in seen and reconcile.lost_at(seen[n], marks.get(n), moment, svc.settings) is not None
+    )
 
 
 def _valid(found: list[str], source: str) -> list[str]:
@@ -93,11 +113,30 @@ def _store_labels(svc: Services) -> dict[str, dict[str, str]]:
 
 def _by_label(svc: Services, key: str, value: str) -> list[str]:
     if svc.cluster is not None:
-        return _valid([n.name for n in svc.cluster.list_nodes(f"{key}={value}")], "cluster.list_nodes")
+        cluster = svc.cluster
+        found = _asking("nodelabel", lambda: [n.name for n in cluster.list_nodes(f"{key}={value}")])
+        return _valid(found, "cluster.list_nodes")
     return sorted(n for n, labels in _store_labels(svc).items() if labels.get(key) == value)
 
 
 def _by_job(svc: Services, namespace: str, key: str, value: str) -> list[str]:
     if svc.cluster is not None:
-        return _valid(list(svc.cluster.nodes_running(namespace, f"{key}={value}")), "cluster.nodes_running")
+        cluster = svc.cluster
+        found = _asking("job", lambda: list(cluster.nodes_running(namespace, f"{key}={value}")))
+        return _valid(found, "cluster.nodes_running")
     return sorted(n for n, labels in _store_labels(svc).items() if labels.get(key) == value)
+
+
+def _asking(field: str, lookup: Callable[[], list[str]]) -> list[str]:
+    """``lookup`` (a question to the Kubernetes API), its failure answered as one, naming ``field``: 503 with
+    Retry-After while the API server does not answer (after the seam's retries), 502 with the server's own words
+    when it refuses (a 403: the API's ServiceAccount may not list nodes or pods)."""
+    try:
+        return lookup()
+    except errors.Transient as exc:
+        raise ApiError(
+            503, "cluster_unavailable", f"the Kubernetes API did not answer: {exc}", field=field,
+            retry_after_s=CLUSTER_RETRY_AFTER_S,
+        ) from exc  # fmt: skip
+    except errors.ClusterError as exc:
+        raise ApiError(502, "cluster_error", f"the Kubernetes API refused: {exc}", field=field) from exc

@@ -13,9 +13,11 @@ server in those fields.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -638,6 +640,39 @@ _META = dict.fromkeys(
      "deletionGracePeriodSeconds ownerReferences finalizers managedFields").split()
 ) | {"labels": MAP, "annotations": MAP}  # fmt: skip
 _TYPE = {"apiVersion": ANY, "kind": ANY}
+
+
+@dataclasses.dataclass(frozen=True)
+class TimeLeaf:
+    """A leaf of type ``metav1.Time`` (``micro``: ``metav1.MicroTime``). Its decoder takes a JSON string that Go's
+    ``time.Parse`` reads with ``layout`` (RFC 3339; MicroTime: with exactly six fractional digits) or null; anything
+    else, an empty string included, is a 400 before validation (k8s.io/apimachinery pkg/apis/meta/v1 time.go,
+    micro_time.go)."""
+
+    layout: str
+    pattern: re.Pattern[str]
+
+    def problem(self, value: object) -> str | None:
+        """Why the decoder refuses ``value`` (a JSON value, never null), or None."""
+        if not isinstance(value, str):
+            return f"cannot unmarshal {_json_kind(value)} into a field of type string"
+        found = self.pattern.fullmatch(value)
+        try:
+            if found is None:
+                raise ValueError
+            year, month, day, hour, minute, second = (int(found[g]) for g in ("y", "mo", "d", "h", "mi", "s"))
+            datetime(year, month, day, hour, minute, second)  # noqa: DTZ001 - only its ranges are asked
+            if found["zh"] and (int(found["zh"]) > 23 or int(found["zm"]) > 59):
+                raise ValueError
+        except ValueError:
+            return f'parsing time "{value}" as "{self.layout}"'
+        return None
+
+
+_STAMP = r"(?P<y>\d{4})-(?P<mo>\d{2})-(?P<d>\d{2})T(?P<h>\d{2}):(?P<mi>\d{2}):(?P<s>\d{2})"
+_ZONE = r"(?:Z|[+-](?P<zh>\d{2}):(?P<zm>\d{2}))"
+TIME = TimeLeaf("2006-01-02T15:04:05Z07:00", re.compile(_STAMP + r"(?:\.\d+)?" + _ZONE))
+MICRO_TIME = TimeLeaf("2006-01-02T15:04:05.000000Z07:00", re.compile(_STAMP + r"\.\d{6}" + _ZONE))
 # A leaf that is a type is one the server's decoder holds to its JSON type (Go's encoding/json): a string where an
 # int64 is wanted is a 400 ``json: cannot unmarshal string into Go struct field ...`` before any validation, whatever
 # fieldValidation says. Typed here: the leaves a user's setting can reach (tolerations) and the Job's counts.
@@ -688,7 +723,7 @@ _POD_SPEC: dict[str, Any] = dict.fromkeys(
         "podAntiAffinity": ANY,
     },
 }  # fmt: skip
-_TAINT = {"key": str, "value": str, "effect": str, "timeAdded": str}
+_TAINT = {"key": str, "value": str, "effect": str, "timeAdded": TIME}
 SCHEMAS: dict[str, dict[str, Any]] = {
     "Job": _TYPE | {"metadata": _META, "status": ANY, "spec": dict.fromkeys(
         ("podFailurePolicy successPolicy backoffLimitPerIndex maxFailedIndexes selector manualSelector "
@@ -702,9 +737,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
          "volumeAttributesClassName").split()
     ) | {"resources": {"limits": MAP, "requests": MAP}}},
     "Event": _TYPE | dict.fromkeys(
-        ("reason message firstTimestamp lastTimestamp count type eventTime series action related "
-         "reportingComponent reportingInstance").split()
-    ) | {
+        ("reason message count type series action related reportingComponent reportingInstance").split()
+    ) | {"firstTimestamp": TIME, "lastTimestamp": TIME, "eventTime": MICRO_TIME} | {
         "metadata": _META,
         "involvedObject": dict.fromkeys(("kind namespace name uid apiVersion resourceVersion fieldPath").split()),
         "source": {"component": ANY, "host": ANY},
@@ -714,8 +748,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "spec": dict.fromkeys(("podCIDR podCIDRs providerID unschedulable configSource externalID").split())
         | {"taints": [_TAINT]},
         "status": {"conditions": [dict.fromkeys(
-            ("type status lastHeartbeatTime lastTransitionTime reason message").split()
-        )]} | dict.fromkeys(
+            ("type status reason message").split()
+        ) | {"lastHeartbeatTime": TIME, "lastTransitionTime": TIME}]} | dict.fromkeys(
             ("capacity allocatable phase addresses daemonEndpoints nodeInfo images volumesInUse volumesAttached "
              "config runtimeHandlers features").split()
         ),
@@ -737,7 +771,7 @@ def unknown_fields(kind: str, body: object, version: str = "") -> list[str]:
 
 
 def _unknown(value: object, schema: Any, path: str) -> list[str]:
-    if schema is ANY or schema == MAP or isinstance(schema, type) or value is None:
+    if schema is ANY or schema == MAP or isinstance(schema, type | TimeLeaf) or value is None:
         return []
     if isinstance(schema, list):
         items = value if isinstance(value, list) else []
@@ -778,7 +812,8 @@ def fits(value: object, wanted: type) -> bool:
 
 def wrong_types(kind: str, body: object) -> list[str]:
     """The typed leaves of ``body`` (a ``kind`` or a patch of one) whose JSON type the server cannot decode, each as
-    ``<path>: cannot unmarshal <json> into a field of type <go type>``: the server answers 400 BadRequest."""
+    ``<path>: cannot unmarshal <json> into a field of type <go type>`` (a time: ``parsing time ...``): the server
+    answers 400 BadRequest."""
     return _wrong(body, SCHEMAS[kind], "")
 
 
@@ -789,6 +824,9 @@ def _wrong(value: object, schema: Any, path: str) -> list[str]:
         if fits(value, schema):
             return []
         return [f"{path}: cannot unmarshal {_json_kind(value)} into a field of type {_GO_TYPES[schema]}"]
+    if isinstance(schema, TimeLeaf):
+        problem = schema.problem(value)
+        return [f"{path}: {problem}"] if problem else []
     if isinstance(schema, list):
         items = value if isinstance(value, list) else []
         return [found for i, item in enumerate(items) for found in _wrong(item, schema[0], f"{path}[{i}]")]

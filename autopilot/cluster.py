@@ -272,11 +272,12 @@ class ClusterClient(Protocol):
         """Set (value) or remove (None) only the given keys; others are left alone."""
         ...
 
-    def set_node_condition(self, name: str, condition: NodeCondition) -> NodeCondition:
+    def set_node_condition(self, name: str, condition: NodeCondition, now: datetime | None = None) -> NodeCondition:
         """Write one condition on ``nodes/<name>/status``; other conditions are left alone.
 
         ``lastTransitionTime`` is kept from the stored condition when the status is unchanged and
-        set to ``condition.last_transition_time`` (or now) when it changes. Returns what is stored.
+        set to ``condition.last_transition_time`` (or ``now``) when it changes; ``lastHeartbeatTime`` is ``now``.
+        ``now``: the store's clock, which every writer shares (None: this host's). Returns what is stored.
         """
         ...
 
@@ -790,11 +791,11 @@ class KubeClusterClient:
             content_type="application/merge-patch+json",
         )
 
-    def set_node_condition(self, name: str, condition: NodeCondition) -> NodeCondition:
+    def set_node_condition(self, name: str, condition: NodeCondition, now: datetime | None = None) -> NodeCondition:
         def attempt() -> NodeCondition:
             raw = self._once("GET", f"/api/v1/nodes/{_seg(name)}")
             node = node_from_json(raw)
-            stored = merge_condition(node.condition(condition.type), condition)
+            stored = merge_condition(node.condition(condition.type), condition, now)
             version = str((raw.get("metadata") or {}).get("resourceVersion") or "")
             body: dict[str, Any] = {"status": {"conditions": [stored.to_json()]}}
             if version:

@@ -206,6 +206,12 @@ class MemoryStore:
                 return dict(self._seen)
             return {n: self._seen[n] for n in names if n in self._seen}
 
+    def seen_and_now(self, names: Sequence[str] | None = None) -> tuple[float, dict[str, float]]:
+        return self.server_time(), self.last_seen(names)
+
+    def heard_ahead(self, nodes: Sequence[str]) -> dict[str, str]:
+        return {n: mark for n in nodes if (mark := self.state(n).heard_ahead) is not None}
+
     def forget_node(self, name: str) -> None:
         with self._lock:
             for held in (self._records, self._seen, self._latest, self._history, self._state, self._labels, self._busy):

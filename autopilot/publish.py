@@ -148,7 +148,9 @@ def apply(
         wrote = True
     stored = info.condition(publication.condition.type)
     if not publication.condition.same_state(stored) or _heartbeat_due(stored, now):
-        cluster.set_node_condition(node, publication.condition)
+        # Stamped on the clock the heartbeat's age is judged by (``now``: the store's, from the reconcile), not this
+        # host's: a host 10 min behind wrote a heartbeat that was due again at every reconcile.
+        cluster.set_node_condition(node, publication.condition, now)
         wrote = True
     before = str(previous_verdict) if previous_verdict is not None else info.labels.get(labeling.GPUHEALTH)
     if before == publication.verdict.value:

@@ -663,9 +663,17 @@ class FakeCluster:
             "metadata": {"labels": dict(node.labels), "annotations": dict(node.annotations)},
             "spec": {"unschedulable": node.unschedulable, "taints": [t.to_json() for t in node.taints]},
         }
+        self._check_decodes(op, "Node", as_json)
         problems = apivalidation.node_problems(as_json)
         if problems:
             raise errors.ClusterError(f"{op}: 422 {invalid_message('Node', node.name, problems)}")
+
+    @staticmethod
+    def _check_decodes(op: str, kind: str, body: Mapping[str, Any]) -> None:
+        """The server's decoder refuses a value of the wrong JSON type or a time Go cannot parse: a 400."""
+        wrong = apivalidation.wrong_types(kind, body)
+        if wrong:
+            raise errors.ClusterError(f"{op}: 400 {kind} cannot be handled as a {kind}: {'; '.join(wrong)}")
 
     @staticmethod
     def _check_selector(op: str, selector: str | None) -> None:
@@ -731,10 +739,11 @@ class FakeCluster:
         if labels or annotations:
             self._do("patch_node_labels", patch)
 
-    def set_node_condition(self, name: str, condition: NodeCondition) -> NodeCondition:
+    def set_node_condition(self, name: str, condition: NodeCondition, now: datetime | None = None) -> NodeCondition:
         def write() -> NodeCondition:
             node = self.get_node(name)
-            stored = merge_condition(node.condition(condition.type), condition, self._now())
+            stored = merge_condition(node.condition(condition.type), condition, now or self._now())
+            self._check_decodes("set_node_condition", "Node", {"status": {"conditions": [stored.to_json()]}})
             others = tuple(c for c in node.conditions if c.type != condition.type)
             self.nodes[name] = dataclasses.replace(node, conditions=(*others, stored))
             self._record("set_node_condition", name, stored.to_json())
@@ -747,6 +756,7 @@ class FakeCluster:
         name = str(manifest["metadata"]["name"])
 
         def create() -> None:
+            self._check_decodes("create_node_event", "Event", manifest)
             refusal = event_refusal(manifest)
             if refusal is not None:  # the real API server's 422, which no retry changes
                 raise errors.ClusterError(f"create_node_event: 422 {refusal}")

@@ -586,8 +586,10 @@ def report(
     now = svc.clock()
     expected = len(run.nodes) * len(run.checks)
     have = sum(1 for n in run.nodes for c in run.checks if (n, c) in found)
-    seen = svc.store.last_seen(run.nodes)
-    moment = datetime.fromtimestamp(now, UTC)
+    # Lost is judged on the store's clock, which the heartbeats are scored on (read with them in one round trip);
+    # ``now``, this process's clock, stays for the run's deadline, set on it when the run was made.
+    shared, seen = svc.store.seen_and_now(run.nodes)
+    moment = datetime.fromtimestamp(shared, UTC)
     if timed_out is None:
         # A stored run: every node is out of time at the deadline, and a node lost when the run
         # was made at once (it was sent nothing); the run is complete once the others answered.
@@ -625,7 +627,7 @@ def report(
             entry = {"status": node_status(got)}
         # The reconcile's lost rule, its heard_ahead mark included, as /api/v1/nodes says it.
         entry["verdict"], entry["reasons"] = reconcile.shown(
-            state.verdict, state.reason_list, seen.get(node), now, svc.settings, state.heard_ahead
+            state.verdict, state.reason_list, seen.get(node), shared, svc.settings, state.heard_ahead
         )
         entry["results"] = got
         nodes[node] = entry

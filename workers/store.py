@@ -484,6 +484,34 @@ class ResultsStore:
         scores: list[float | None] = self.r.zmscore(f"{P}nodes", list(names))  # type: ignore[no-untyped-call]  # untyped in redis-py's stubs
         return {n: float(score) for n, score in zip(names, scores, strict=True) if score is not None}
 
+    def seen_and_now(self, names: Sequence[str] | None = None) -> tuple[float, dict[str, float]]:
+        """(the store's clock, ``last_seen(names)``) in one round trip: the heartbeats' scores are on that clock, so
+        whoever judges them lost (``reconcile.lost_at``) reads the clock with them, not its own host's."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.time()
+        if names is None:
+            pipe.zrange(f"{P}nodes", 0, -1, withscores=True)
+        elif names:
+            pipe.zmscore(f"{P}nodes", list(names))  # type: ignore[no-untyped-call]  # untyped in redis-py's stubs
+        told, *scored = pipe.execute()
+        now = self._server_clock() if self._server_clock is not None else _server_seconds(told)
+        if names is None:
+            every = dict(scored[0])
+            return now, {n: float(every[n.encode()]) for n in _node_names(every)}
+        if not names:
+            return now, {}
+        return now, {n: float(score) for n, score in zip(names, scored[0], strict=True) if score is not None}
+
+    def heard_ahead(self, nodes: Sequence[str]) -> dict[str, str]:
+        """Node -> its ``heard_ahead`` state mark (the reconcile's note of a heartbeat stamped ahead), those that have
+        one, in one pipeline: only that field, not the whole state (whose ``gpus`` is the bulk of it)."""
+        if not nodes:
+            return {}
+        pipe = self.r.pipeline(transaction=False)
+        for n in nodes:
+            pipe.hget(f"{P}state:{n}", "heard_ahead")
+        return {n: decoded(raw) for n, raw in zip(nodes, pipe.execute(), strict=True) if raw is not None}
+
     def forget_node(self, name: str) -> None:
         """Drop everything the store holds about ``name`` (a scan of the event counts, then one MULTI)."""
         # The follower's event counts are fields ``<node>|...`` of one hash (``EventStore.COUNTS``):

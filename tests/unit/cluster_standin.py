@@ -11,7 +11,8 @@ values of a JSON type its decoder cannot read (400), and field selectors on fiel
 select, plays the parts of the Job controller (pods owned
 by the Job's uid), scheduler (cordons and taints keep a pod Pending), garbage collector and provisioner
 that our code can observe, admits pods as Pod Security Admission and ResourceQuota's "must specify" rule
-do (403 to a pod's create, ``FailedCreate`` for a Job's pod), and records every request (verb, path,
+do (403 to a pod's create, ``FailedCreate`` for a Job's pod), refuses what RBAC does not grant (``authorize``: 403
+worded as the authorizer words it), and records every request (verb, path,
 query, content type, body).
 
 Its test controls have the same names and meaning as ``FakeCluster``'s (``add_node``,
@@ -124,6 +125,41 @@ class Request:
     body: Any
 
 
+Permission = tuple[str, str, str, str | None]  # (apiGroup, resource[/subresource], verb, namespace; None: cluster-wide)
+
+
+def permission(method: str, path: str) -> Permission | None:
+    """What RBAC asks of a request to ``path`` (the API server's RequestInfo): its group, resource (with its
+    subresource), verb and namespace; None for API discovery (``/apis/<group>[/<version>]``), which every
+    authenticated client may read (``system:discovery``)."""
+    parts = path.strip("/").split("/")
+    if method == "GET" and parts[0] == "apis" and len(parts) <= 3:
+        return None
+    group, rest = ("", parts[2:]) if parts[0] == "api" else (parts[1], parts[3:])
+    namespace = None
+    if rest[0] == "namespaces":
+        namespace, rest = rest[1], rest[2:]
+    resource = rest[0] + (f"/{rest[2]}" if len(rest) > 2 else "")
+    verb = {"POST": "create", "PATCH": "patch", "DELETE": "delete", "PUT": "update"}.get(method)
+    if verb is None:
+        verb = "get" if len(rest) > 1 else "list"
+    return group, resource, verb, namespace
+
+
+def forbidden(user: str, method: str, path: str, want: Permission) -> tuple[int, Any]:
+    """The authorizer's 403 (apiserver's ``forbiddenMessage`` and ``NewForbidden``), worded as the server does."""
+    group, resource, verb, namespace = want
+    parts = path.strip("/").split("/")
+    plural, _, _ = resource.partition("/")
+    name = parts[parts.index(plural) + 1] if method != "POST" and len(parts) > parts.index(plural) + 1 else ""
+    what = f'{plural} "{name}"' if name else plural
+    scope = f'in the namespace "{namespace}"' if namespace else "at the cluster scope"
+    message = f'{what} is forbidden: User "{user}" cannot {verb} resource "{resource}" in API group "{group}" {scope}'
+    body = status_body(403, "Forbidden", message)
+    body["details"] = {"name": name, "group": group, "kind": plural} if name else {"group": group, "kind": plural}
+    return 403, body
+
+
 def status_body(code: int, reason: str, message: str, causes: list[str] | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {
         "kind": "Status",
@@ -207,6 +243,8 @@ class StandInApi:
         self.namespace_labels: dict[str, dict[str, str]] = {}  # pod-security.kubernetes.io/enforce, ...
         self.quotas: dict[str, dict[str, list[str]]] = {}  # namespace -> ResourceQuota name -> resources tracked
         self.limit_ranges: dict[str, dict[str, dict[str, str]]] = {}  # namespace -> LimitRange -> default limits
+        # test control: who is asking and what RBAC grants it (``authorize``); None: everything is allowed
+        self.rbac: tuple[str, frozenset[Permission]] | None = None
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, name="standin-api", daemon=True)
@@ -303,6 +341,13 @@ class StandInApi:
     def _job_pod_refusal(self, namespace: str, spec: Mapping[str, Any], pod: str) -> str:
         labels, quotas = self.namespace_labels.get(namespace, {}), self.quotas.get(namespace, {})
         return job_pod_refusal(pod, labels, quotas, self.limit_ranges.get(namespace, {}), spec)
+
+    def authorize(self, user: str, grants: set[Permission] | frozenset[Permission]) -> None:
+        """Answer as the API server's RBAC authorizer for ``user`` bound to ``grants`` (a grant with namespace None
+        holds everywhere, as a ClusterRole bound by a ClusterRoleBinding): any other request is a 403 Forbidden,
+        before it is decoded or validated."""
+        with self.lock:
+            self.rbac = (user, frozenset(grants))
 
     def add_storage_class(self, name: str, mode: str = "Immediate", *, binds_after: int | None = 1) -> None:
         with self.lock:
@@ -526,6 +571,10 @@ class StandInApi:
             self.requests.append(Request(method, path, query, ctype, body))
             for hook in list(self.hooks):
                 hook(method, path)
+            if self.rbac is not None and (want := permission(method, path)) is not None:
+                user, grants = self.rbac
+                if (*want[:3], None) not in grants and (want[3] is None or want not in grants):
+                    return forbidden(user, method, path, want)
             for i, (fmethod, pattern, status) in enumerate(self._faults):
                 if fmethod == method and re.search(pattern, path):
                     del self._faults[i]

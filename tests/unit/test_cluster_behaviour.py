@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from autopilot import errors
-from autopilot.cluster import CONDITION_TYPE, NODE_EVENT_NAMESPACE, NodeCondition
+from autopilot.cluster import CONDITION_TYPE, NODE_EVENT_NAMESPACE, NodeCondition, NodeTaint
 from tests.unit.cluster_standin import Backend, make_backend
 
 NS = "autopilot"
@@ -100,6 +100,21 @@ def test_label_patch_sets_and_removes_only_the_given_keys(backend: Backend) -> N
     assert node.labels["autopilot.ibm.com/gpuhealth"] == "EVICT"
     assert "autopilot.ibm.com/dcgm.level.1" not in node.labels
     assert node.annotations["autopilot.ibm.com/dcgm.level.3.output"] == "pcie.0"
+
+
+@pytest.mark.parametrize("stamp", ["2026-11-29 22:00:00", "2026-11-29T22:00:00", "2026-02-30T00:00:00Z"])
+def test_a_time_go_cannot_parse_is_refused_by_the_decoder(backend: Backend, stamp: str) -> None:
+    # metav1.Time takes only what time.Parse(RFC3339) reads: the server answers 400 before validation; the fakes
+    # took any string
+    backend.control.add_node("gpu-1", gpus=8)
+    with pytest.raises(errors.ClusterError, match="400.*parsing time"):
+        backend.client.set_node_condition("gpu-1", NodeCondition(CONDITION_TYPE, "True", "AutopilotPass", "", stamp))
+    with pytest.raises(errors.ClusterError, match="400.*parsing time"):
+        backend.client.set_node_taint("gpu-1", NodeTaint("example.com/t", "NoExecute", time_added=stamp), True)
+    assert backend.client.get_node("gpu-1").condition() is None and backend.client.get_node("gpu-1").taints == ()
+    fine = "2026-11-29T22:00:00.5+01:00"
+    backend.client.set_node_condition("gpu-1", NodeCondition(CONDITION_TYPE, "True", "AutopilotPass", "", fine))
+    assert backend.client.set_node_taint("gpu-1", NodeTaint("example.com/t", "NoExecute", time_added=fine), True)
 
 
 def test_condition_keeps_its_transition_time_while_the_status_holds(backend: Backend) -> None:

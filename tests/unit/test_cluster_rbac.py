@@ -27,14 +27,14 @@ from autopilot.results import CheckResult, DeviceResult, Status
 from autopilot.verdict import Decision, Verdict
 from tests.conftest import ROOT
 from tests.unit import deploy_helpers as dh
-from tests.unit.cluster_standin import Backend, Request, make_backend
+from tests.unit.cluster_standin import Backend, Request, make_backend, permission
 from workers import reconcile
 from workers.store import ResultsStore
 
 RBAC = ROOT / "deploy" / "rbac"
 OPTIONAL = RBAC / "optional"
 NS = "autopilot"
-Permission = tuple[str, str, str, str | None]  # (apiGroup, resource, verb, namespace or None for cluster-wide)
+Permission = tuple[str, str, str, str | None]  # (apiGroup, resource, verb, namespace or None)
 
 
 def docs(*, optional: bool = False) -> list[dict[str, Any]]:
@@ -69,16 +69,9 @@ def is_discovery(request: Request) -> bool:
 
 
 def needed(request: Request) -> Permission:
-    parts = request.path.strip("/").split("/")
-    group, rest = ("", parts[2:]) if parts[0] == "api" else (parts[1], parts[3:])
-    namespace = None
-    if rest[0] == "namespaces":
-        namespace, rest = rest[1], rest[2:]
-    resource = rest[0] + (f"/{rest[2]}" if len(rest) > 2 else "")
-    verb = {"POST": "create", "PATCH": "patch", "DELETE": "delete"}.get(request.method)
-    if verb is None:
-        verb = "get" if len(rest) > 1 else "list"
-    return group, resource, verb, namespace
+    want = permission(request.method, request.path)  # the stand-in's authorizer reads a request the same way
+    assert want is not None, f"discovery needs no grant: {request.path}"
+    return want
 
 
 def permits(rules: set[Permission], want: Permission) -> bool:

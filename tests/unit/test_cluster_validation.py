@@ -275,3 +275,25 @@ def test_a_misspelled_field_is_refused_naming_it_not_dropped(backend: Backend) -
     assert 'unknown field "spec.template.spec.containers[0].resource"' in text
     with pytest.raises(errors.NotFound):
         backend.client.get_job(NS, manifest["metadata"]["name"])
+
+
+@pytest.mark.parametrize(
+    ("stamp", "micro", "refused"),
+    [
+        ("2026-11-29T22:00:00Z", False, False),
+        ("2026-11-29T22:00:00.123+05:30", False, False),
+        ("2026-11-29T22:00:00", False, True),  # no zone
+        ("2026-11-29T24:00:00Z", False, True),  # hour out of range
+        ("", False, True),  # an empty string is no zero time: only null is
+        ("2026-11-29T22:00:00.123456Z", True, False),
+        ("2026-11-29T22:00:00Z", True, True),  # events.k8s.io eventTime: MicroTime wants six fractional digits
+        ("2026-11-29T22:00:00.123Z", True, True),
+    ],
+)
+def test_times_are_read_as_go_reads_metav1_time_and_micro_time(stamp: str, micro: bool, refused: bool) -> None:
+    from autopilot import apivalidation
+
+    field = "eventTime" if micro else "lastTimestamp"
+    wrong = apivalidation.wrong_types("Event", {field: stamp})
+    assert bool(wrong) is refused, wrong
+    assert apivalidation.wrong_types("Event", {field: None}) == []  # null decodes: the zero time

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from autopilot import publish, results
-from autopilot.cluster import CONDITION_TYPE
+from autopilot.cluster import CONDITION_TYPE, rfc3339
 from autopilot.results import CheckResult, Status
 from autopilot.verdict import Decision, Verdict
 from tests.unit.cluster_standin import Backend, make_backend
@@ -121,6 +121,21 @@ def test_an_unchanged_condition_gets_its_heartbeat_every_period_and_keeps_its_tr
     second = backend.client.get_node("gpu-1").condition()
     assert second is not None and second.last_transition_time == first.last_transition_time
     assert len(backend.control.events_for("Node", "gpu-1")) == 1
+
+
+def test_the_condition_is_stamped_on_the_clock_its_heartbeat_is_judged_by(backend: Backend) -> None:
+    # The reconcile passes the store's clock as now; here it runs 10 min ahead of this host's. Before, the condition
+    # was stamped with this host's clock, 10 min old by the store's at once: due again at every reconcile.
+    backend.control.add_node("gpu-1", gpus=8)
+    pub = publish.desired(Decision(Verdict.PASS, ()))
+    shared = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=10)
+    publish.apply(backend.client, "gpu-1", pub, now=shared)
+    stored = backend.client.get_node("gpu-1").condition()
+    assert stored is not None
+    assert stored.last_heartbeat_time == stored.last_transition_time == rfc3339(shared)
+    before = writes(backend)
+    assert publish.apply(backend.client, "gpu-1", pub, Verdict.PASS, now=shared + timedelta(seconds=60)).wrote is False
+    assert writes(backend) == before
 
 
 def test_a_verdict_change_emits_one_event(backend: Backend) -> None:

@@ -230,6 +230,40 @@ def test_a_run_report_calls_a_node_lost_by_heard_ahead_unreachable_since_it_was_
     assert (entry["verdict"], entry["reasons"]) == ("UNKNOWN", [gone])
 
 
+def test_a_run_of_every_node_sends_nothing_to_a_node_lost_by_heard_ahead() -> None:
+    # before: the selection judged that node's stamp on the API's clock (an hour ahead: "just now") and sent it
+    # the run's work, which nobody took; it was "unreachable" only at the deadline
+    api = make_api(nodes=("node-a",), deadline_s=30)
+    now = api.store.server_time()
+    api.store.heartbeat(NodeRecord("node-ahead", gpu_count=8, last_seen=now + 3600))
+    first = datetime.fromtimestamp(now - 120, UTC)
+    reconcile.reconcile_node(api.store, "node-ahead", api.settings, first, checks=shipped_checks())
+    report = api.client.get("/status?check=pciebw&format=json").get_json()
+    assert [e.node for e in api.dispatcher.sent] == ["node-a"]
+    gone = f"no heartbeat since {utc_now_iso(first)}"
+    assert (report["nodes"]["node-ahead"]["status"], report["nodes"]["node-ahead"]["detail"]) == ("unreachable", gone)
+    assert report["nodes"]["node-a"]["status"] == "ok"
+
+
+@pytest.mark.parametrize("api_off_s", [3600.0, -3600.0])
+def test_the_api_hosts_clock_does_not_decide_which_nodes_are_lost(api_off_s: float) -> None:
+    # before: the selection and the report judged the heartbeats (scored on the store's clock) on the API host's
+    # clock: an hour ahead, every node was lost, sent nothing and "unreachable"; an hour behind, a node lost for
+    # half an hour was sent work and waited on to the deadline
+    api = make_api(nodes=("node-a",), deadline_s=1)
+    now = api.store.server_time()
+    api.store.heartbeat(NodeRecord("node-gone", gpu_count=8, last_seen=now - 1800))
+    services = api.app.extensions["autopilot"]
+    wall = services.clock
+    services.clock = lambda: wall() + api_off_s
+    report = api.client.get("/status?check=pciebw&format=json").get_json()
+    assert [e.node for e in api.dispatcher.sent] == ["node-a"]
+    assert report["nodes"]["node-a"]["status"] == "ok"
+    gone = f"no heartbeat since {utc_now_iso(datetime.fromtimestamp(now - 1800, UTC))}"
+    assert (report["nodes"]["node-gone"]["status"], report["nodes"]["node-gone"]["detail"]) == ("unreachable", gone)
+    assert (report["nodes"]["node-a"]["verdict"], report["nodes"]["node-a"]["reasons"]) == (None, [])  # not lost
+
+
 def test_metrics_export_the_clock_offset_and_judge_lost_as_the_reconcile() -> None:
     api = make_api()
     now = api.store.server_time()

@@ -95,6 +95,17 @@ def test_heartbeats_name_the_nodes_and_when_they_were_last_seen(store: Store) ->
     assert node is not None and node.gpu_count == 8 and store.node("nope") is None
 
 
+def test_the_stores_clock_is_read_with_the_heartbeats_and_only_the_heard_ahead_mark_on_its_own(store: Store) -> None:
+    store.heartbeat_many([NodeRecord("n1", last_seen=100.0), NodeRecord("n2", last_seen=200.0)])
+    before = store.server_time()
+    now, seen = store.seen_and_now()
+    assert before <= now <= store.server_time() and seen == store.last_seen()
+    assert store.seen_and_now(["n2", "nope"])[1] == {"n2": 200.0} and store.seen_and_now([])[1] == {}
+    store.set_state("n2", {"verdict": "PASS", "heard_ahead": "200.0 150.0"})
+    store.set_state("n1", {"verdict": "PASS"})
+    assert store.heard_ahead(["n1", "n2", "nope"]) == {"n2": "200.0 150.0"} and store.heard_ahead([]) == {}
+
+
 def test_forgetting_a_node_drops_its_record_results_state_and_labels(store: Store) -> None:
     store.heartbeat(NodeRecord("n1", last_seen=100.0))
     store.save_result(result("ping"))
