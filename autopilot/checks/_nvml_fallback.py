@@ -3,7 +3,8 @@
 Shared by ``remapped`` and ``gpupower``. NVML is asked first, GPU by GPU; a GPU that NVML cannot
 read is looked up in one ``nvidia-smi`` query (run at most once per check run); if NVML cannot
 start at all, ``nvidia-smi`` answers for every GPU. A GPU neither can read becomes an ``error``
-device, never a pass. A GPU that NVML calls lost (``GpuLost``) is not asked again: it is a
+device, never a pass. A GPU that NVML calls out of service (``GpuLost``: lost, requires a reset,
+insufficient power) is not asked again: it is a
 ``fail`` device and the check a fatal ``fail``; so is a GPU nvidia-smi could not open because it
 ``is lost`` (its words for the same NVML error), live or in saved output (``unopened``).
 ``GpuUnavailable`` propagates when there is no driver at all (the engine then reports ``skipped``,

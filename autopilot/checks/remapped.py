@@ -38,8 +38,9 @@ Verdict per GPU (upstream looked at ``Pending`` only and ignored a failed remap)
   keeps accumulating remaps can be spotted; correctable remaps are preventive and reported only.
 - a GPU without a row remapper (pre-Ampere: NVML NotSupported, nvidia-smi ``N/A`` or no block)
   -> that device ``skipped``; no GPUs at all -> the check is ``skipped``.
-- a lost GPU (NVML_ERROR_GPU_IS_LOST, or nvidia-smi's ``Unable to determine the device handle for
-  ...: GPU is lost``, or a CSV row of ``[GPU is lost]``) -> ``fail`` at its index, and the check
+- a GPU out of service (NVML_ERROR_GPU_IS_LOST, RESET_REQUIRED or INSUFFICIENT_POWER, ``gpus.OUT_OF_SERVICE``;
+  or nvidia-smi's ``Unable to determine the device handle for ...: GPU is lost`` / ``GPU requires reset`` /
+  ``Insufficient External Power``, or a CSV row of those in brackets) -> ``fail`` at its index, and the check
   fatal; a GPU nvidia-smi could not open for another reason (``Unknown Error``, ``Insufficient
   Permissions``) -> ``error``.
 
