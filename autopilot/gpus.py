@@ -79,6 +79,17 @@ class RemappedRows:
 
 
 @dataclasses.dataclass(frozen=True)
+class RetiredPages:
+    """Dynamic page retirement (pre-Ampere GPUs with ECC on: Kepler to Turing, V100 and T4 among them):
+    pages retired for two single-bit errors at one address, for a double-bit error, and whether a
+    retirement waits for the GPU's next reattach (reset or reboot)."""
+
+    single_bit_ecc: int
+    double_bit_ecc: int
+    pending: bool
+
+
+@dataclasses.dataclass(frozen=True)
 class PcieLink:
     current_gen: int
     max_gen: int
@@ -134,6 +145,8 @@ class GpuTelemetry(Protocol):
     def remapped_rows(self, index: int) -> RemappedRows: ...
 
     def clock_event_reasons(self, index: int) -> frozenset[str]: ...
+
+    def retired_pages(self, index: int) -> RetiredPages: ...
 
     def pcie_link(self, index: int) -> PcieLink: ...
 
@@ -264,6 +277,16 @@ class NvmlTelemetry:
             return RemappedRows(int(corr), int(unc), bool(pending), bool(failure))
 
         return self._call(f"GPU {index} remapped rows", read, index)
+
+    def retired_pages(self, index: int) -> RetiredPages:
+        def read(n: Any) -> RetiredPages:
+            h = self._handle(n, index)
+            single = n.nvmlDeviceGetRetiredPages(h, n.NVML_PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT_ECC_ERRORS)
+            double = n.nvmlDeviceGetRetiredPages(h, n.NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR)
+            pending = n.nvmlDeviceGetRetiredPagesPendingStatus(h) == n.NVML_FEATURE_ENABLED
+            return RetiredPages(len(single), len(double), bool(pending))
+
+        return self._call(f"GPU {index} retired pages", read, index)
 
     def clock_event_reasons(self, index: int) -> frozenset[str]:
         def read(n: Any) -> frozenset[str]:

@@ -163,9 +163,10 @@ def collect(
     smi: SmiQuery[R],
     read_nvml: Callable[[int], R],
     *,
-    on_nvml_error: Callable[[int, errors.GpuError], DeviceResult | None] | None = None,
+    on_nvml_error: Callable[[int, errors.GpuError, dict[str, Any]], DeviceResult | None] | None = None,
 ) -> tuple[dict[int, R | DeviceResult], Facts, str]:
-    """(readings, facts, source) for every GPU; ``on_nvml_error`` may settle a GPU without nvidia-smi."""
+    """(readings, facts, source) for every GPU; ``on_nvml_error`` may settle a GPU without nvidia-smi (and
+    add to that GPU's facts, given to it)."""
     try:
         count = ctx.gpus.count()
     except errors.GpuError as exc:
@@ -199,9 +200,10 @@ def collect(
             continue
         except errors.GpuError as exc:
             nvml_error = exc
-        settled = on_nvml_error(index, nvml_error) if on_nvml_error is not None else None
+        found: dict[str, Any] = {"source": "nvml"}
+        settled = on_nvml_error(index, nvml_error, found) if on_nvml_error is not None else None
         if settled is not None:
-            readings[index], facts[index] = settled, {"source": "nvml"}
+            readings[index], facts[index] = settled, found
             continue
         pair = _fallback(smi, index, nvml_error)
         readings[index], facts[index] = pair

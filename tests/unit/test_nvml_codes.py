@@ -56,6 +56,24 @@ class Driver:
 
     def __init__(self) -> None:
         self.bad: dict[int, int] = {}
+        # index -> (single-bit pages, double-bit pages, pending) of a GPU that retires pages (no row remapper)
+        self.retiring: dict[int, tuple[int, int, int]] = {}
+
+    def remapped_rows(self, index: int) -> Any:
+        if index in self.retiring:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)  # V100, T4: no row remapper
+        return self.answer(index, (0, 0, 0, 0))
+
+    def retired_pages(self, index: int, cause: int) -> list[int]:
+        if index not in self.retiring:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)  # row remapping GPUs retire no pages
+        count = self.retiring[index][cause]
+        return [0x1000 * (n + 1) for n in range(count)]
+
+    def pending(self, index: int) -> int:
+        if index not in self.retiring:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return self.retiring[index][2]
 
     def answer(self, index: int, value: Any) -> Any:
         if index in self.bad:
@@ -69,7 +87,9 @@ def driver(monkeypatch: pytest.MonkeyPatch) -> Iterator[Driver]:
     monkeypatch.setattr(pynvml, "nvmlInit", lambda: None)
     monkeypatch.setattr(pynvml, "nvmlDeviceGetCount", lambda: 2)
     monkeypatch.setattr(pynvml, "nvmlDeviceGetHandleByIndex", lambda i: i)
-    monkeypatch.setattr(pynvml, "nvmlDeviceGetRemappedRows", lambda h: d.answer(h, (0, 0, 0, 0)))
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetRemappedRows", d.remapped_rows)
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetRetiredPages", d.retired_pages)
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetRetiredPagesPendingStatus", d.pending)
     monkeypatch.setattr(pynvml, "nvmlDeviceGetCurrentClocksEventReasons", lambda h: d.answer(h, 0))
     monkeypatch.setattr(pynvml, "nvmlDeviceGetName", lambda h: d.answer(h, "NVIDIA H100 80GB HBM3"))
     monkeypatch.setattr(pynvml, "nvmlDeviceGetUUID", lambda h: d.answer(h, f"GPU-{h:08d}-0000-0000-0000-000000000000"))
@@ -155,3 +175,41 @@ def test_the_serial_alone_out_of_service_is_not_read_as_a_board_without_one(
     assert telemetry.identity(0).serial == ""  # a consumer board without a serial: still identified
     with pytest.raises(errors.GpuLost):
         telemetry.identity(1)
+
+
+# ---------------------------------------------------------------- pre-Ampere GPUs: page retirement
+
+
+@pytest.mark.parametrize(
+    ("sbe", "dbe", "pending", "status"),
+    [
+        (0, 0, 0, Status.OK),
+        (4, 1, 0, Status.OK),  # retired and mapped out: page retirement working as designed
+        (2, 1, 1, Status.WARN),  # pending until the GPU is reset or the node rebooted
+        (40, 23, 0, Status.FAIL),  # 63: at the limit, new bad cells are no longer retired
+        (62, 1, 1, Status.FAIL),
+    ],
+)
+def test_a_gpu_without_row_remapping_is_judged_on_its_retired_pages(
+    driver: Driver, make_ctx: Callable[..., CheckContext], sbe: int, dbe: int, pending: int, status: Status
+) -> None:
+    # Before, a V100/T4 was 'skipped' whatever its page retirement said.
+    driver.retiring[1] = (sbe, dbe, pending)
+    result = _run("remapped", make_ctx)
+    assert [(d.id, d.status) for d in result.devices] == [("0", Status.OK), ("1", status)]
+    assert result.status is status and not result.fatal
+    retired = {"single_bit_ecc": sbe, "double_bit_ecc": dbe, "pending": bool(pending)}
+    assert result.data["gpus"]["1"]["retired_pages"] == retired
+
+
+def test_a_gpu_with_neither_row_remapping_nor_page_retirement_is_skipped(
+    driver: Driver, make_ctx: Callable[..., CheckContext], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    driver.retiring[1] = (0, 0, 0)
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetRetiredPages", lambda h, c: driver.answer(h, []) if h == 0 else _no(h))
+    result = _run("remapped", make_ctx)
+    assert [(d.id, d.status) for d in result.devices] == [("0", Status.OK), ("1", Status.SKIPPED)]
+
+
+def _no(h: int) -> list[int]:
+    raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)  # ECC off: no page retirement either
