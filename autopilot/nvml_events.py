@@ -115,6 +115,8 @@ class NvmlEvents:
         self._s = _Session()
         self._set: Any = None
         self._bus: dict[int, str] = {}  # handle address -> bus id
+        self.out_of_service: dict[int, str] = {}
+        """GPU index -> NVML's words, for GPUs left out of the event set because they are out of service."""
 
     def open(self) -> None:
         def register(n: Any) -> None:
@@ -126,11 +128,18 @@ class NvmlEvents:
                 | _recovery_event_type(n)
             )
             for i in range(n.nvmlDeviceGetCount()):
-                handle = n.nvmlDeviceGetHandleByIndex(i)
-                self._bus[_key(handle)] = gpus.nvml_text(n.nvmlDeviceGetPciInfo(handle).busId)
-                supported = n.nvmlDeviceGetSupportedEventTypes(handle) & wanted
-                if supported:
-                    n.nvmlDeviceRegisterEvents(handle, supported, self._set)
+                try:
+                    handle = n.nvmlDeviceGetHandleByIndex(i)
+                    self._bus[_key(handle)] = gpus.nvml_text(n.nvmlDeviceGetPciInfo(handle).busId)
+                    supported = n.nvmlDeviceGetSupportedEventTypes(handle) & wanted
+                    if supported:
+                        n.nvmlDeviceRegisterEvents(handle, supported, self._set)
+                except n.NVMLError as exc:
+                    if not gpus.out_of_service(exc):
+                        raise
+                    # A GPU out of service sends no events; the counters' poll reports it (gpu.out_of_service).
+                    # Failing here would leave every other GPU's events unread, the source restarting for ever.
+                    self.out_of_service[i] = gpus.nvml_cause(exc)
 
         self._s.call("registering NVML events", register)
 

@@ -332,3 +332,40 @@ def test_a_counter_a_gpu_does_not_support_is_still_no_finding(monkeypatch: pytes
     monkeypatch.setitem(sys.modules, "pynvml", nvml)
     poller = CounterPoller(NvmlCounters().read)  # the stand-in answers NOT_SUPPORTED for the PCIe replays
     assert [e for e in poller.poll() if e.code == "gpu.out_of_service"] == []
+
+
+@pytest.mark.parametrize("code", [15, 16, 8])
+def test_a_gpu_out_of_service_at_registration_leaves_the_others_events_read(
+    monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    # Before, GPU 1 refusing its event types made open() raise: no GPU's events were read, the source
+    # restarting for ever; the counters' poll is what reports that GPU (gpu.out_of_service).
+    nvml = fake_pynvml([(0x2, 0, 0)], supported=0b1010)
+    supported = nvml.nvmlDeviceGetSupportedEventTypes  # type: ignore[attr-defined]
+    second = nvml.nvmlDeviceGetHandleByIndex(1)  # type: ignore[attr-defined]
+
+    def types_of(h: Any) -> int:
+        if h is second:
+            raise NVMLError(code)
+        return int(supported(h))
+
+    nvml.nvmlDeviceGetSupportedEventTypes = types_of  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    source = NvmlEvents()
+    source.open()
+    assert nvml.registered == [(0, 0b1010)]  # type: ignore[attr-defined]
+    assert list(source.out_of_service) == [1]
+    event = source.wait(0.5)
+    assert event is not None and (event.kind, event.bus_id) == (ECC_DBE, "00000000:18:00.0")
+
+
+def test_another_nvml_error_at_registration_still_fails_the_source(monkeypatch: pytest.MonkeyPatch) -> None:
+    nvml = fake_pynvml([])
+
+    def unknown(h: Any) -> int:
+        raise NVMLError(999)
+
+    nvml.nvmlDeviceGetSupportedEventTypes = unknown  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    with pytest.raises(errors.GpuError):
+        NvmlEvents().open()
