@@ -19,7 +19,7 @@ from typing import Any
 import pynvml
 import pytest
 
-from autopilot import errors, gpuident, gpus
+from autopilot import errors, execution, gpuident, gpus, nodeinfo
 from autopilot.checks import gpupower, remapped
 from autopilot.context import CheckContext
 from autopilot.results import Status
@@ -213,3 +213,18 @@ def test_a_gpu_with_neither_row_remapping_nor_page_retirement_is_skipped(
 
 def _no(h: int) -> list[int]:
     raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)  # ECC off: no page retirement either
+
+
+@pytest.mark.parametrize("code", OUT_OF_SERVICE)
+def test_the_engine_with_its_census_fails_every_gpu_check_fatally(
+    driver: Driver, make_ctx: Callable[..., CheckContext], tmp_path: Any, code: int
+) -> None:
+    (tmp_path / "dev").mkdir()
+    probe = nodeinfo.GpuProbe(setting=2, sys_root=str(tmp_path / "none"), dev_root=str(tmp_path / "dev"))
+    driver.bad[1] = code
+    ctx = make_ctx(commands=FakeRunner(), gpus=gpus.NvmlTelemetry(), gpu_probe=probe)
+    for result in execution.run_checks(["remapped", "gpupower"], ctx):
+        assert result.status is Status.FAIL and result.fatal, result.check
+        assert "GPU 1 out of service" in result.summary
+        [device] = [d for d in result.devices if d.id == "1"]
+        assert device.status is Status.FAIL and WORDS[code] in device.detail.lower()
