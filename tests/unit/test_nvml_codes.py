@@ -23,7 +23,7 @@ from autopilot import errors, execution, gpuident, gpus, nodeinfo
 from autopilot.checks import gpupower, remapped
 from autopilot.context import CheckContext
 from autopilot.results import Status
-from autopilot.testing import FakeRunner
+from autopilot.testing import FakeGpu, FakeRunner, FakeTelemetry
 
 OUT_OF_SERVICE = [
     pynvml.NVML_ERROR_GPU_IS_LOST,
@@ -228,3 +228,12 @@ def test_the_engine_with_its_census_fails_every_gpu_check_fatally(
         assert "GPU 1 out of service" in result.summary
         [device] = [d for d in result.devices if d.id == "1"]
         assert device.status is Status.FAIL and WORDS[code] in device.detail.lower()
+
+
+def test_the_heartbeat_keeps_the_gpu_count_and_model_when_gpu_0_is_out_of_service() -> None:
+    # Before, GPU 0 answering GpuLost to its identity made the node's facts read 0 GPUs of no model.
+    telemetry = FakeTelemetry(
+        [FakeGpu(raises=errors.GpuLost(0, "GPU 0 identity: GPU requires a reset", 16)), FakeGpu()]
+    )
+    facts = nodeinfo.collect(FakeRunner([]), telemetry, annotations_path="")
+    assert (facts.gpu_count, facts.gpu_model) == (2, "NVIDIA H100 80GB HBM3")
