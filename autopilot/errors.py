@@ -11,7 +11,8 @@
      |    +-- ToolOutputTooLarge  it printed more than the runner keeps
      +-- GpuError               NVML said no (carries the NVML code when there is one)
      |    +-- GpuUnavailable    NVML could not start: skipped where no GPU is expected, else error
-     |    +-- GpuLost           one GPU answered NVML_ERROR_GPU_IS_LOST: a fatal fail for it
+     |    +-- GpuLost           one GPU is out of service (NVML_ERROR_GPU_IS_LOST, RESET_REQUIRED,
+     |                          INSUFFICIENT_POWER): a fatal fail for it
      +-- ClusterError           the Kubernetes API said no
      |    +-- NotFound, Conflict, Transient
      +-- StoreUnavailable       the results store or broker cannot be reached (API: 503)
@@ -94,10 +95,12 @@ class GpuUnavailable(GpuError):
 
 
 class GpuLost(GpuError):
-    """GPU ``index`` answered ``NVML_ERROR_GPU_IS_LOST``: it fell off the bus (a fatal ``fail`` for it)."""
+    """GPU ``index`` is out of service (a fatal ``fail`` for it): ``code`` is NVML's answer,
+    ``NVML_ERROR_GPU_IS_LOST`` (15, fell off the bus) by default, ``NVML_ERROR_RESET_REQUIRED`` (16) or
+    ``NVML_ERROR_INSUFFICIENT_POWER`` (8); ``gpus.OUT_OF_SERVICE`` says why these."""
 
-    def __init__(self, index: int, message: str) -> None:
-        super().__init__(message, 15)  # NVML_ERROR_GPU_IS_LOST
+    def __init__(self, index: int, message: str, code: int = 15) -> None:
+        super().__init__(message, code)
         self.index = index
 
 

@@ -11,7 +11,8 @@ corrects each GPU check's result:
   engine's ``skipped`` ("no GPU here") stands.
 - fewer GPUs visible to NVML than expected: a fatal ``fail``, with one ``fail`` device per missing
   bus id ("fell off the bus"), or the shortfall in words when no bus ids are known.
-- a GPU answering ``NVML_ERROR_GPU_IS_LOST``: a fatal ``fail``, with a ``fail`` device for that GPU.
+- a GPU out of service (NVML answers ``NVML_ERROR_GPU_IS_LOST``, ``RESET_REQUIRED`` or
+  ``INSUFFICIENT_POWER``, ``gpus.OUT_OF_SERVICE``): a fatal ``fail``, with a ``fail`` device for that GPU.
 
 The census is read again for every sequence (never cached across runs), so a driver that comes
 back, or a GPU that falls off, shows on the next run.
@@ -32,6 +33,8 @@ from autopilot.results import CheckResult, DeviceResult, Status, worst
 FELL_OFF = "expected but not visible to NVML (fell off the bus?)"
 # nvidia-smi's words for NVML_ERROR_RESET_REQUIRED ("GPU requires reset"), NVML's ("GPU requires a reset").
 _RESET_REQUIRED = re.compile(r"\bGPU\s+requires\s+(?:a\s+)?reset\b", re.IGNORECASE)
+# nvidia-smi's and NVML's words for NVML_ERROR_INSUFFICIENT_POWER ("Insufficient External Power").
+_NO_POWER = re.compile(r"\binsufficient\s+external\s+power\b", re.IGNORECASE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +49,7 @@ class Census:
     bus_ids: tuple[str, ...] = ()
     """Bus ids (``names.bus_id`` spelling) of the GPUs NVML identified."""
     lost: Mapping[int, str] = dataclasses.field(default_factory=dict)
-    """GPU index -> NVML's words, for GPUs that answered ``NVML_ERROR_GPU_IS_LOST``."""
+    """GPU index -> NVML's words, for GPUs out of service (``GpuLost``: lost, requires a reset, unpowered)."""
 
     @property
     def shortfall(self) -> int:
@@ -71,12 +74,17 @@ def take(seen: Sighting, expected: ExpectedGpus) -> Census:
 
 
 def lost_device(index: int | str, words: str) -> DeviceResult:
-    """The ``fail`` device of a lost GPU (NVML_ERROR_GPU_IS_LOST, or nvidia-smi's ``GPU is lost`` line, or its
-    ``GPU requires reset``, said in its own words), by its
+    """The ``fail`` device of a GPU out of service (NVML_ERROR_GPU_IS_LOST, RESET_REQUIRED or INSUFFICIENT_POWER,
+    or nvidia-smi's ``GPU is lost``, ``GPU requires reset`` or ``Insufficient External Power``, said in its own
+    words), by its
     index, or by its bus id where the index is not known (a one-GPU capture of ``nvidia-smi -q -i``)."""
     if _RESET_REQUIRED.search(words):
         # NVML_ERROR_RESET_REQUIRED, which the nvidia-smi readers judge as a lost GPU: out of service until reset.
         detail = f"GPU requires a reset before it can be used again: {words}"
+        return DeviceResult(str(index), Status.FAIL, detail=detail)
+    if _NO_POWER.search(words):
+        # NVML_ERROR_INSUFFICIENT_POWER: the board's external power is not connected; the driver runs nothing on it.
+        detail = f"GPU has insufficient external power (check its power cables), it cannot be used: {words}"
         return DeviceResult(str(index), Status.FAIL, detail=detail)
     return DeviceResult(str(index), Status.FAIL, detail=f"GPU is lost, fell off the bus: {words}")
 
@@ -107,7 +115,10 @@ def judge(census: Census, result: CheckResult) -> CheckResult:
     findings: list[str] = []
     added = [lost_device(i, words) for i, words in sorted(census.lost.items())]
     if census.lost:
-        findings.append(f"GPU {', '.join(str(i) for i in sorted(census.lost))} lost (NVML_ERROR_GPU_IS_LOST)")
+        findings.append(
+            f"GPU {', '.join(str(i) for i in sorted(census.lost))} out of service (lost, reset required "
+            "or unpowered: NVML_ERROR_GPU_IS_LOST, RESET_REQUIRED, INSUFFICIENT_POWER)"
+        )
     if census.shortfall:
         shown = expected.count - census.shortfall
         names = census.missing

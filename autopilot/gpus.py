@@ -1,9 +1,10 @@
 """The GPU seam: what the checks ask NVML, behind a Protocol with one real implementation.
 
 Only this module imports ``pynvml`` (nvidia-ml-py). Every NVML error is translated into
-``GpuError`` (with the NVML code and its cause in words), ``GpuLost`` for a GPU that answers
-``NVML_ERROR_GPU_IS_LOST``, or, when NVML cannot start, ``GpuUnavailable`` naming why (library
-not found, driver not loaded, driver/library mismatch, ...). Whether that is "no GPU here"
+``GpuError`` (with the NVML code and its cause in words), ``GpuLost`` for a GPU out of service
+(``OUT_OF_SERVICE``: lost, requires a reset, insufficient external power), or, when NVML cannot
+start, ``GpuUnavailable`` naming why (library not found, driver not loaded, driver/library mismatch,
+...). Whether that is "no GPU here"
 (``skipped``) or a broken GPU node (``error``) is decided by the engine from the node's expected
 GPUs (``autopilot.gpucensus``), not here. A failed start is never remembered: the next call tries
 again, so a driver that comes back is seen on the next run. The records returned here are plain
@@ -78,6 +79,17 @@ class RemappedRows:
 
 
 @dataclasses.dataclass(frozen=True)
+class RetiredPages:
+    """Dynamic page retirement (pre-Ampere GPUs with ECC on: Kepler to Turing, V100 and T4 among them):
+    pages retired for two single-bit errors at one address, for a double-bit error, and whether a
+    retirement waits for the GPU's next reattach (reset or reboot)."""
+
+    single_bit_ecc: int
+    double_bit_ecc: int
+    pending: bool
+
+
+@dataclasses.dataclass(frozen=True)
 class PcieLink:
     current_gen: int
     max_gen: int
@@ -134,6 +146,8 @@ class GpuTelemetry(Protocol):
 
     def clock_event_reasons(self, index: int) -> frozenset[str]: ...
 
+    def retired_pages(self, index: int) -> RetiredPages: ...
+
     def pcie_link(self, index: int) -> PcieLink: ...
 
     def sample(self, index: int) -> GpuSample: ...
@@ -150,7 +164,7 @@ NVML_CAUSES: dict[str, str] = {
     "or reload the driver)",
     "NVMLError_GpuIsLost": "GPU is lost (fell off the bus; reset or reboot needed)",
     "NVMLError_NoPermission": "no permission to use the GPUs",
-    "NVMLError_InsufficientPower": "insufficient external power",
+    "NVMLError_InsufficientPower": "insufficient external power (the GPU's power cables are not properly attached)",
     "NVMLError_IrqIssue": "interrupt request issue with the kernel driver",
     "NVMLError_FunctionNotFound": "NVML function not found (library older than the call)",
     "NVMLError_CorruptedInforom": "corrupted infoROM",
@@ -162,6 +176,26 @@ NVML_CAUSES: dict[str, str] = {
     "NVMLError_GpuNotFound": "GPU not found",
     "NVMLError_Unknown": "unknown NVML error",
 }
+
+
+# NVML's answers that say the GPU itself is out of service, not that a reading failed: each is a fatal
+# ``fail`` for that GPU (``GpuLost``), as nvidia-smi's words for the same codes are (``nvsmi.LostGpu``):
+# GPU_IS_LOST (fell off the bus), RESET_REQUIRED (runs nothing until reset, e.g. after an uncontained
+# error) and INSUFFICIENT_POWER (its external power cables are not attached: the driver will not run it).
+# Every other code is the tool's or the host's (driver not loaded, version mismatch, no permission,
+# uninitialised, timeout, IRQ issue, OS refusal, out of memory, unknown): ``GpuError``, which a check
+# reports as ``error``: never a pass, never an eviction. NOT_SUPPORTED is a field this GPU lacks:
+# each check skips that field (``remapped``: the device ``skipped``), never the whole check.
+OUT_OF_SERVICE: dict[str, int] = {
+    "NVML_ERROR_GPU_IS_LOST": 15,
+    "NVML_ERROR_RESET_REQUIRED": 16,
+    "NVML_ERROR_INSUFFICIENT_POWER": 8,
+}
+
+
+def out_of_service(exc: BaseException) -> bool:
+    """Whether a pynvml error says the GPU is out of service (``OUT_OF_SERVICE``), by its NVML code."""
+    return getattr(exc, "value", None) in OUT_OF_SERVICE.values()
 
 
 def nvml_cause(exc: BaseException) -> str:
@@ -211,8 +245,8 @@ class NvmlTelemetry:
             return fn(nvml)
         except nvml.NVMLError as exc:
             code = getattr(exc, "value", None)
-            if isinstance(exc, nvml.NVMLError_GpuIsLost) and index is not None:
-                raise errors.GpuLost(index, f"{what}: {nvml_cause(exc)}") from exc
+            if out_of_service(exc) and index is not None:
+                raise errors.GpuLost(index, f"{what}: {nvml_cause(exc)}", int(code or 0)) from exc
             raise errors.GpuError(f"{what}: {exc}", code) from exc
 
     def _handle(self, nvml: Any, index: int) -> Any:
@@ -243,6 +277,16 @@ class NvmlTelemetry:
             return RemappedRows(int(corr), int(unc), bool(pending), bool(failure))
 
         return self._call(f"GPU {index} remapped rows", read, index)
+
+    def retired_pages(self, index: int) -> RetiredPages:
+        def read(n: Any) -> RetiredPages:
+            h = self._handle(n, index)
+            single = n.nvmlDeviceGetRetiredPages(h, n.NVML_PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT_ECC_ERRORS)
+            double = n.nvmlDeviceGetRetiredPages(h, n.NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR)
+            pending = n.nvmlDeviceGetRetiredPagesPendingStatus(h) == n.NVML_FEATURE_ENABLED
+            return RetiredPages(len(single), len(double), bool(pending))
+
+        return self._call(f"GPU {index} retired pages", read, index)
 
     def clock_event_reasons(self, index: int) -> frozenset[str]:
         def read(n: Any) -> frozenset[str]:
@@ -306,21 +350,24 @@ def allocated_bytes(nvml: Any, handle: Any) -> int:
 
 
 def _signal(name: str, fn: Callable[[], T], nvml: Any, unknown: list[str]) -> T | None:
-    # One signal NVML cannot give is unknown, never "busy"; a lost GPU still raises (``_call``).
+    # One signal NVML cannot give is unknown, never "busy"; a GPU out of service still raises (``_call``).
     try:
         return fn()
-    except nvml.NVMLError_GpuIsLost:
-        raise
     except nvml.NVMLError as exc:
+        if out_of_service(exc):
+            raise
         unknown.append(f"{name}: {nvml_cause(exc)}")
         return None
 
 
 def _maybe(fn: Callable[[], float], nvml: Any) -> float | None:
-    # A sensor a board does not expose is a missing reading, not a failed check.
+    # A sensor a board does not expose is a missing reading, not a failed check; a GPU out of service
+    # is no missing sensor (``_call`` raises ``GpuLost``).
     try:
         return fn()
-    except nvml.NVMLError:
+    except nvml.NVMLError as exc:
+        if out_of_service(exc):
+            raise
         return None
 
 
@@ -328,7 +375,9 @@ def _maybe_text(fn: Callable[[], bytes | str], nvml: Any) -> str:
     # Consumer boards answer NOT_SUPPORTED for the serial: the GPU is still identified by its UUID.
     try:
         return nvml_text(fn())
-    except nvml.NVMLError:
+    except nvml.NVMLError as exc:
+        if out_of_service(exc):
+            raise
         return ""
 
 

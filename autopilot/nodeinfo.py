@@ -177,9 +177,19 @@ def collect(
         cpu = "unknown"
     try:
         count = gpus.count()
-        model = gpus.identity(0).name if count else ""
     except errors.GpuError:
-        count, model = 0, ""
+        count = 0
+    # The model of the first GPU NVML identifies: GPU 0 out of service (lost, requires a reset) leaves
+    # the node's count and model as they are, not "0 GPUs".
+    model = ""
+    for index in range(count):
+        try:
+            model = gpus.identity(index).name
+        except errors.GpuUnavailable:
+            break
+        except errors.GpuError:
+            continue
+        break
     try:
         driver = gpus.driver_version() if count else ""
     except errors.GpuError:

@@ -10,7 +10,8 @@ for and polls, and owns its own NVML session so neither blocks the other:
 - ``NvmlCounters``: cheap per-GPU counters (volatile uncorrectable ECC, remapped rows pending and
   failed, retired pages pending, PCIe replays, NVLink CRC/replay/recovery and link state) and the
   driver's own states: its recovery action (field ``NVML_FI_DEV_GET_GPU_RECOVERY_ACTION``, R565+) and
-  pending channel/TPC repairs (``nvmlDeviceGetRepairStatus``, Blackwell-era drivers).
+  pending channel/TPC repairs (``nvmlDeviceGetRepairStatus``, Blackwell-era drivers); and a GPU that
+  answers it is out of service (``gpus.OUT_OF_SERVICE``: lost, requires a reset, no external power).
 
 A counter a GPU, driver or binding does not support reads as None. Errors become
 ``GpuError``/``GpuUnavailable``.
@@ -64,6 +65,9 @@ class GpuCounters:
     recovery_action: int | None = None  # nvmlDeviceGpuRecoveryAction_t: 0 NONE, 1 GPU_RESET, 2 NODE_REBOOT, ...
     channel_repair_pending: bool | None = None
     tpc_repair_pending: bool | None = None
+    out_of_service: str | None = None
+    """NVML's words when the GPU answered that it is out of service (``gpus.OUT_OF_SERVICE``: lost,
+    requires a reset, insufficient power); the other readings are then None. None: it answered."""
 
 
 class EventSource(Protocol):
@@ -111,6 +115,8 @@ class NvmlEvents:
         self._s = _Session()
         self._set: Any = None
         self._bus: dict[int, str] = {}  # handle address -> bus id
+        self.out_of_service: dict[int, str] = {}
+        """GPU index -> NVML's words, for GPUs left out of the event set because they are out of service."""
 
     def open(self) -> None:
         def register(n: Any) -> None:
@@ -122,11 +128,18 @@ class NvmlEvents:
                 | _recovery_event_type(n)
             )
             for i in range(n.nvmlDeviceGetCount()):
-                handle = n.nvmlDeviceGetHandleByIndex(i)
-                self._bus[_key(handle)] = gpus.nvml_text(n.nvmlDeviceGetPciInfo(handle).busId)
-                supported = n.nvmlDeviceGetSupportedEventTypes(handle) & wanted
-                if supported:
-                    n.nvmlDeviceRegisterEvents(handle, supported, self._set)
+                try:
+                    handle = n.nvmlDeviceGetHandleByIndex(i)
+                    self._bus[_key(handle)] = gpus.nvml_text(n.nvmlDeviceGetPciInfo(handle).busId)
+                    supported = n.nvmlDeviceGetSupportedEventTypes(handle) & wanted
+                    if supported:
+                        n.nvmlDeviceRegisterEvents(handle, supported, self._set)
+                except n.NVMLError as exc:
+                    if not gpus.out_of_service(exc):
+                        raise
+                    # A GPU out of service sends no events; the counters' poll reports it (gpu.out_of_service).
+                    # Failing here would leave every other GPU's events unread, the source restarting for ever.
+                    self.out_of_service[i] = gpus.nvml_cause(exc)
 
         self._s.call("registering NVML events", register)
 
@@ -176,18 +189,44 @@ class NvmlCounters:
 
     def __init__(self) -> None:
         self._s = _Session()
+        self._bus: dict[int, str] = {}  # index -> bus id, as last read: a GPU out of service may not say it
 
     def read(self) -> list[GpuCounters]:
         def read_all(n: Any) -> list[GpuCounters]:
-            return [_read_one(n, n.nvmlDeviceGetHandleByIndex(i)) for i in range(n.nvmlDeviceGetCount())]
+            found: list[GpuCounters] = []
+            for i in range(n.nvmlDeviceGetCount()):
+                try:
+                    counters = _read_one(n, n.nvmlDeviceGetHandleByIndex(i))
+                except n.NVMLError as exc:
+                    if not gpus.out_of_service(exc):
+                        raise
+                    # A GPU out of service is a finding, as the checks judge it, never a poll that
+                    # failed (every GPU unread) nor a GPU whose counters are merely unsupported.
+                    # Without its bus id the index names it, as the follower names the node's GPUs.
+                    bus = self._bus.get(i) or _bus_of(n, i) or str(i)
+                    found.append(GpuCounters(bus, out_of_service=gpus.nvml_cause(exc)))
+                    continue
+                self._bus[i] = counters.bus_id
+                found.append(counters)
+            return found
 
         return self._s.call("reading GPU counters", read_all)
+
+
+def _bus_of(n: Any, index: int) -> str:
+    """GPU ``index``'s bus id, or '' where NVML will not say it (a GPU out of service may, or may not)."""
+    try:
+        return gpus.nvml_text(n.nvmlDeviceGetPciInfo(n.nvmlDeviceGetHandleByIndex(index)).busId)
+    except n.NVMLError:
+        return ""
 
 
 def _maybe(n: Any, fn: Callable[..., T], *args: Any) -> T | None:
     try:
         return fn(*args)
-    except n.NVMLError:  # not supported on this GPU (or this link): the counter is absent
+    except n.NVMLError as exc:  # not supported on this GPU (or this link): the counter is absent
+        if gpus.out_of_service(exc):
+            raise  # the GPU, not the counter: ``NvmlCounters.read`` reports it
         return None
 
 

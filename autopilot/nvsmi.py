@@ -198,7 +198,11 @@ _NO_HANDLE_INDEX = re.compile(
 # NVML_ERROR_RESET_REQUIRED ("GPU requires reset": the GPU cannot be used again until it is reset, what the driver
 # answers after a fault such as an uncontained ECC error or a GPU that stopped responding). Both say the GPU is out
 # of service, not that it could not be read: a GPU in either state runs no job (``LostGpu.is_lost``).
-_GPU_IS_LOST = re.compile(r"^GPU\s+(?:is\s+lost|requires\s+(?:a\s+)?reset)\b", re.IGNORECASE)
+# NVML_ERROR_INSUFFICIENT_POWER ("Insufficient External Power": its power cables are not attached) is a GPU out of
+# service too, as ``gpus.OUT_OF_SERVICE`` judges NVML's own answer.
+_GPU_IS_LOST = re.compile(
+    r"^(?:GPU\s+(?:is\s+lost|requires\s+(?:a\s+)?reset)|Insufficient\s+External\s+Power)\b", re.IGNORECASE
+)
 # A key never contains ':'; the value starts after ':' and at least one blank, so bus ids such as
 # ``GPU 00000000:07:00.0`` (no blank after their colons) are headings, not key/value lines.
 _KEY_VALUE = re.compile(r"^(?P<key>[^:\s][^:]*?)\s*:(?:\s+(?P<value>.*?))?\s*$")
@@ -276,7 +280,8 @@ class LostGpu:
     def is_lost(self) -> bool:
         """Whether the reason is NVML's ``NVML_ERROR_GPU_IS_LOST`` (``GPU is lost.  Reboot the system to recover
         this GPU``): the GPU fell off the bus, as NVML's own lost GPU; or ``NVML_ERROR_RESET_REQUIRED`` (``GPU
-        requires reset``): out of service until reset, judged alike. Other reasons (``Unknown Error``,
+        requires reset``): out of service until reset, judged alike, as is ``NVML_ERROR_INSUFFICIENT_POWER``
+        (``Insufficient External Power``, ``gpus.OUT_OF_SERVICE``). Other reasons (``Unknown Error``,
         ``Insufficient Permissions``, ...) say only that nvidia-smi could not open it."""
         return _GPU_IS_LOST.match(self.why) is not None
 
@@ -285,7 +290,9 @@ class LostGpu:
 # NVML_ERROR_GPU_IS_LOST for a GPU it had opened (one that fell off the bus since: nvidia-smi still lists it).
 # The ``-q`` report (text and XML) writes the same error without brackets (``Pending : GPU is lost``). So for
 # NVML_ERROR_RESET_REQUIRED: ``[GPU requires reset]`` in a CSV cell, ``GPU requires reset`` in the report.
-_LOST_CELL = re.compile(r"^\[?GPU\s+(?:is\s+lost|requires\s+(?:a\s+)?reset)\b", re.IGNORECASE)
+_LOST_CELL = re.compile(
+    r"^\[?(?:GPU\s+(?:is\s+lost|requires\s+(?:a\s+)?reset)|Insufficient\s+External\s+Power)\b", re.IGNORECASE
+)
 
 
 def lost_in_row(row: Mapping[str, str]) -> str:

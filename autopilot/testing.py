@@ -218,6 +218,8 @@ class FakeGpu:
     sample: gpus.GpuSample = gpus.GpuSample(35.0, 70.0, 1980.0)
     raises: errors.GpuError | None = None
     activity: gpus.GpuActivity = gpus.GpuActivity(0, 0, 0.0)  # idle: nobody else on the GPU
+    retired: gpus.RetiredPages | None = None
+    """Page retirement (pre-Ampere GPUs); None: NVML answers NOT_SUPPORTED, as on GPUs with row remapping."""
 
 
 class FakeTelemetry:
@@ -282,6 +284,12 @@ class FakeTelemetry:
 
     def clock_event_reasons(self, index: int) -> frozenset[str]:
         return self._gpu(index).reasons
+
+    def retired_pages(self, index: int) -> gpus.RetiredPages:
+        retired = self._gpu(index).retired
+        if retired is None:
+            raise errors.GpuError(f"GPU {index} retired pages: Not Supported", 3)  # NVML_ERROR_NOT_SUPPORTED
+        return retired
 
     def pcie_link(self, index: int) -> gpus.PcieLink:
         return self._gpu(index).link

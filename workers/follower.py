@@ -97,12 +97,24 @@ class StoreSink:
 
 
 def _gpu_index(ctx: CheckContext) -> dict[str, str]:
-    """Bus id -> GPU index of a node's GPUs (empty without GPUs: events then name the bus id)."""
+    """Bus id -> GPU index of a node's GPUs (empty without GPUs: events then name the bus id). A GPU NVML
+    will not identify (one out of service) is left out alone: its events name its bus id, the others'
+    still their index."""
     try:
-        return {ctx.gpus.identity(i).pci_bus_id: str(i) for i in range(ctx.gpus.count())}
-    except (errors.GpuUnavailable, errors.GpuError) as exc:
+        count = ctx.gpus.count()
+    except errors.GpuError as exc:
         log.info("events: no GPU list for %s (%s): events name bus ids", ctx.node, exc)
         return {}
+    found: dict[str, str] = {}
+    for i in range(count):
+        try:
+            found[ctx.gpus.identity(i).pci_bus_id] = str(i)
+        except errors.GpuUnavailable as exc:
+            log.info("events: no GPU list for %s (%s): events name bus ids", ctx.node, exc)
+            return {}
+        except errors.GpuError as exc:
+            log.info("events: GPU %d of %s not identified (%s): its events name its bus id", i, ctx.node, exc)
+    return found
 
 
 @dataclasses.dataclass

@@ -3,7 +3,8 @@
 Shared by ``remapped`` and ``gpupower``. NVML is asked first, GPU by GPU; a GPU that NVML cannot
 read is looked up in one ``nvidia-smi`` query (run at most once per check run); if NVML cannot
 start at all, ``nvidia-smi`` answers for every GPU. A GPU neither can read becomes an ``error``
-device, never a pass. A GPU that NVML calls lost (``GpuLost``) is not asked again: it is a
+device, never a pass. A GPU that NVML calls out of service (``GpuLost``: lost, requires a reset,
+insufficient power) is not asked again: it is a
 ``fail`` device and the check a fatal ``fail``; so is a GPU nvidia-smi could not open because it
 ``is lost`` (its words for the same NVML error), live or in saved output (``unopened``).
 ``GpuUnavailable`` propagates when there is no driver at all (the engine then reports ``skipped``,
@@ -162,9 +163,10 @@ def collect(
     smi: SmiQuery[R],
     read_nvml: Callable[[int], R],
     *,
-    on_nvml_error: Callable[[int, errors.GpuError], DeviceResult | None] | None = None,
+    on_nvml_error: Callable[[int, errors.GpuError, dict[str, Any]], DeviceResult | None] | None = None,
 ) -> tuple[dict[int, R | DeviceResult], Facts, str]:
-    """(readings, facts, source) for every GPU; ``on_nvml_error`` may settle a GPU without nvidia-smi."""
+    """(readings, facts, source) for every GPU; ``on_nvml_error`` may settle a GPU without nvidia-smi (and
+    add to that GPU's facts, given to it)."""
     try:
         count = ctx.gpus.count()
     except errors.GpuError as exc:
@@ -198,9 +200,10 @@ def collect(
             continue
         except errors.GpuError as exc:
             nvml_error = exc
-        settled = on_nvml_error(index, nvml_error) if on_nvml_error is not None else None
+        found: dict[str, Any] = {"source": "nvml"}
+        settled = on_nvml_error(index, nvml_error, found) if on_nvml_error is not None else None
         if settled is not None:
-            readings[index], facts[index] = settled, {"source": "nvml"}
+            readings[index], facts[index] = settled, found
             continue
         pair = _fallback(smi, index, nvml_error)
         readings[index], facts[index] = pair

@@ -36,21 +36,31 @@ Verdict per GPU (upstream looked at ``Pending`` only and ignored a failed remap)
   spares at an earlier reset, which is row remapping working as designed (no page retirement,
   no capacity lost). The counts stay visible in the device detail and ``data`` so a GPU that
   keeps accumulating remaps can be spotted; correctable remaps are preventive and reported only.
-- a GPU without a row remapper (pre-Ampere: NVML NotSupported, nvidia-smi ``N/A`` or no block)
-  -> that device ``skipped``; no GPUs at all -> the check is ``skipped``.
-- a lost GPU (NVML_ERROR_GPU_IS_LOST, or nvidia-smi's ``Unable to determine the device handle for
-  ...: GPU is lost``, or a CSV row of ``[GPU is lost]``) -> ``fail`` at its index, and the check
+- a GPU without a row remapper (pre-Ampere, V100 and T4 among them: NVML NotSupported, nvidia-smi
+  ``N/A`` or no block) is judged on its dynamic page retirement instead, where it has one (NVML
+  ``nvmlDeviceGetRetiredPages``/``...PendingStatus``, or a saved ``-q`` report's ``Retired Pages``): at
+  ``RETIRED_PAGES_LIMIT`` (63, DCGM's limit) retired pages, single- and double-bit together -> ``fail``
+  (not fatal: the GPU still runs, but past the driver's limit new bad cells are no longer mapped out:
+  replace it, as DCGM's diagnostic fails it); a retirement pending -> ``warn`` (NVIDIA, Dynamic Page
+  Retirement: the page is mapped out only at the GPU's next reattach, a reset or reboot, and until then
+  applications may hit it again); else ``ok``; the counts in ``data["gpus"][i]["retired_pages"]``. A
+  pending flag not read -> ``error``. Without page retirement either (ECC off) -> that device
+  ``skipped``; no GPUs at all -> the check is ``skipped``.
+- a GPU out of service (NVML_ERROR_GPU_IS_LOST, RESET_REQUIRED or INSUFFICIENT_POWER, ``gpus.OUT_OF_SERVICE``;
+  or nvidia-smi's ``Unable to determine the device handle for ...: GPU is lost`` / ``GPU requires reset`` /
+  ``Insufficient External Power``, or a CSV row of those in brackets) -> ``fail`` at its index, and the check
   fatal; a GPU nvidia-smi could not open for another reason (``Unknown Error``, ``Insufficient
   Permissions``) -> ``error``.
 
 Device ``value`` keeps upstream's ``remapped`` gauge meaning: ``1`` when a remap is pending or
-has failed (the GPU needs attention), else ``0``. ``data["gpus"][<index>]`` carries the counts,
-and, from saved nvidia-smi output, the page retirement counts of GPUs that retire pages instead
-(``retired_pages``, informational).
+has failed (the GPU needs attention; for a GPU that retires pages: a retirement pending or at the
+limit), else ``0``. ``data["gpus"][<index>]`` carries the counts, and the page retirement counts of
+GPUs that retire pages (``retired_pages``; from a full ``-q`` report for every GPU that has the block).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -66,6 +76,13 @@ ROW_REMAPPER_ARGV = (NVIDIA_SMI, "-q", "-d", "ROW_REMAPPER")
 # NVML_ERROR_NOT_SUPPORTED: the GPU has no row remapper (Volta, Turing).
 NVML_NOT_SUPPORTED = 3
 _UNSUPPORTED = "row remapping not supported on this GPU"
+# Retired pages (SBE + DBE) at which a GPU is failed: DCGM's DCGM_LIMIT_MAX_RETIRED_PAGES
+# (dcgm/common/DcgmGpuHardwareLimits.h, "updated to match the field diag"; 60 in older DCGM), the
+# figure its health watch and diagnostic fail a GPU at (DCGM_FR_RETIRED_PAGES_LIMIT). NVIDIA's driver
+# retires at most 64 pages per GPU: past the limit a weak cell is no longer mapped out.
+RETIRED_PAGES_LIMIT = 63
+_RETIRED = "page retirement"
+_NO_RETIRED = f"{_RETIRED}: no retired pages"
 
 # One GPU's reading: the figures, or a result already decided (skipped/error) when there are none.
 Reading = gpus.RemappedRows | DeviceResult
@@ -89,6 +106,40 @@ def judge(gpu: str, rows: gpus.RemappedRows) -> DeviceResult:
     return DeviceResult(gpu, Status.OK, needs_attention, detail="no remapped rows")
 
 
+def judge_retired(gpu: str, retired: Mapping[str, Any]) -> DeviceResult:
+    """The verdict for a GPU without row remapping from its page retirement (the module docstring):
+    at ``RETIRED_PAGES_LIMIT`` retired pages ``fail``; a retirement pending ``warn``; else ``ok``."""
+    sbe, dbe, pending = retired.get("single_bit_ecc"), retired.get("double_bit_ecc"), retired.get("pending")
+    total = (sbe or 0) + (dbe or 0)
+    shown = ["?" if n is None else str(n) for n in (dbe, sbe)]
+    counts = f"{total} retired pages ({shown[0]} double-bit, {shown[1]} single-bit)"
+    if total >= RETIRED_PAGES_LIMIT:
+        limit = f"at the limit of {RETIRED_PAGES_LIMIT}: new bad cells are no longer retired, replace the GPU"
+        detail = f"{_RETIRED}: {counts}, {limit}"
+        return DeviceResult(gpu, Status.FAIL, 1, detail=detail)
+    if pending:
+        detail = f"{_RETIRED}: a retirement is pending: reset the GPU (or reboot) to retire the page ({counts})"
+        return DeviceResult(gpu, Status.WARN, 1, detail=detail)
+    if pending is None:
+        return DeviceResult(gpu, Status.ERROR, detail=f"cannot judge {_RETIRED}: no pending flag read ({counts})")
+    if not total:
+        return DeviceResult(gpu, Status.OK, 0, detail=_NO_RETIRED)
+    return DeviceResult(gpu, Status.OK, 0, detail=f"{_RETIRED}: none pending, {counts}")
+
+
+def _retirement_judged(
+    readings: Mapping[int, Reading], data: Mapping[int, Mapping[str, Any]] | None
+) -> dict[int, Reading]:
+    """``readings`` with each GPU without row remapping whose facts hold its page retirement (a saved
+    ``-q`` report's ``Retired Pages``) judged on that, not ``skipped``."""
+    out = dict(readings)
+    for index, reading in readings.items():
+        retired = (data or {}).get(index, {}).get("retired_pages")
+        if isinstance(reading, DeviceResult) and reading.detail == _UNSUPPORTED and isinstance(retired, Mapping):
+            out[index] = judge_retired(reading.id, retired)
+    return out
+
+
 def evaluate(
     readings: Mapping[int, Reading],
     *,
@@ -101,7 +152,7 @@ def evaluate(
     """
     if not readings:
         return _nvml_fallback.no_gpus(NAME, source)
-    devices, per_gpu = _nvml_fallback.fold(readings, data, gpus.RemappedRows, _judge_gpu)
+    devices, per_gpu = _nvml_fallback.fold(_retirement_judged(readings, data), data, gpus.RemappedRows, _judge_gpu)
     # From the facts, which every judged GPU's figures reach (a CSV query of some of the figures included).
     fatal = any(facts.get("failure_occurred") is True for facts in per_gpu.values())
     return from_devices(
@@ -123,8 +174,14 @@ def _ok_summary(devices: list[DeviceResult]) -> str:
     judged = [d for d in devices if d.status is not Status.SKIPPED]
     if not judged:
         return f"row remapping not supported on any of {len(devices)} GPUs"
-    summary = f"no pending or failed row remaps on {len(judged)} GPUs"
-    counted = [f"GPU {d.id}: {d.detail}" for d in judged if d.detail != "no remapped rows"]
+    retiring = sum(1 for d in judged if d.detail.startswith(_RETIRED))
+    if retiring == len(judged):
+        summary = f"no pending page retirement on {len(judged)} GPUs (no row remapping)"
+    else:
+        summary = f"no pending or failed row remaps on {len(judged) - retiring} GPUs"
+        if retiring:
+            summary += f", no pending page retirement on {retiring}"
+    counted = [f"GPU {d.id}: {d.detail}" for d in judged if d.detail not in ("no remapped rows", _NO_RETIRED)]
     skipped = len(devices) - len(judged)
     if skipped:
         summary += f" ({skipped} without row remapping)"
@@ -152,8 +209,13 @@ def parse_text(text: str) -> tuple[dict[int, Reading], dict[int, dict[str, Any]]
 def _parse_q(text: str, *, whole: bool = False) -> tuple[dict[int, Reading], dict[int, dict[str, Any]], str]:
     """Readings from a ``-q`` report (text or XML); ``whole``: it must answer for every GPU (our own query)."""
     report = nvsmi.parse_q(text, whole=whole)
-    if not report.full and all(g.error is None and g.find("Remapped Rows") is None for g in report.gpus):
-        raise nvsmi.ParseError("no 'Remapped Rows' block in this report (not nvidia-smi -q -d ROW_REMAPPER)")
+    # A pre-Ampere GPU's ``-q -d PAGE_RETIREMENT`` answers for it as ``-d ROW_REMAPPER`` does for later ones.
+    blocks = ("Remapped Rows", "Retired Pages")
+    if not report.full and all(g.error is None and not any(g.find(b) for b in blocks) for g in report.gpus):
+        raise nvsmi.ParseError(
+            "no 'Remapped Rows' or 'Retired Pages' block in this report (not nvidia-smi -q -d ROW_REMAPPER "
+            "or -d PAGE_RETIREMENT)"
+        )
     readings: dict[int, Reading] = {}
     facts: dict[int, dict[str, Any]] = {}
     for section in report.gpus:
@@ -176,6 +238,8 @@ def _parse_q(text: str, *, whole: bool = False) -> tuple[dict[int, Reading], dic
         if histogram:
             facts[section.index]["bank_remap_availability"] = histogram
     source = "nvidia-smi -q" if report.full else "nvidia-smi -q -d ROW_REMAPPER"
+    if not report.full and not any(g.find("Remapped Rows") for g in report.gpus):
+        source = "nvidia-smi -q -d PAGE_RETIREMENT"
     return readings, facts, _nvml_fallback.source_of(report, source)
 
 
@@ -275,8 +339,20 @@ def collect(ctx: CheckContext) -> tuple[dict[int, Reading], dict[int, dict[str, 
     nvidia-smi; returns an empty mapping when nvidia-smi finds no GPU.
     """
 
-    def unsupported(index: int, exc: errors.GpuError) -> DeviceResult | None:
-        return DeviceResult(str(index), Status.SKIPPED, detail=_UNSUPPORTED) if exc.code == NVML_NOT_SUPPORTED else None
+    def unsupported(index: int, exc: errors.GpuError, facts: dict[str, Any]) -> DeviceResult | None:
+        if exc.code != NVML_NOT_SUPPORTED:
+            return None
+        # No row remapper (Volta, Turing): those GPUs retire pages instead, judged on that.
+        try:
+            retired = ctx.gpus.retired_pages(index)
+        except errors.GpuLost:
+            raise
+        except errors.GpuError as page_exc:
+            if page_exc.code == NVML_NOT_SUPPORTED:  # no page retirement either (ECC off, a board without it)
+                return DeviceResult(str(index), Status.SKIPPED, detail=_UNSUPPORTED)
+            return DeviceResult(str(index), Status.ERROR, detail=f"cannot read {_RETIRED}: {page_exc}")
+        facts["retired_pages"] = dataclasses.asdict(retired)
+        return judge_retired(str(index), facts["retired_pages"])
 
     read: Callable[[int], Reading] = ctx.gpus.remapped_rows
     return _nvml_fallback.collect(ctx, _NvidiaSmi(ctx), read, on_nvml_error=unsupported)

@@ -3,7 +3,8 @@
 Totals say little (a GPU may carry ECC counts from last year); a rise since the last poll is news.
 So the first poll of a counter is its baseline, and an event is a counter that rose (its ``count``
 is the rise) or a state that went bad: a remap pending or failed, retired pages pending, a channel or
-TPC repair pending, an NVLink or InfiniBand port that was up and is not. A state is reported once,
+TPC repair pending, a GPU NVML answers is out of service (``gpu.out_of_service``: lost, requires a
+reset, insufficient power), an NVLink or InfiniBand port that was up and is not. A state is reported once,
 again only after it cleared; a state already bad at the first poll is reported then (it may have
 turned bad while no follower ran), except a port or link already down (it may be one no cable uses).
 The driver's recovery action (NVML's ``nvmlDeviceGpuRecoveryAction_t``) is reported at each change,
@@ -163,6 +164,11 @@ class CounterPoller:
             out.extend(self._rise(device, code, getattr(gpu, field), at, field.replace("_", " ")))
         for field, code in _GPU_STATES:
             out.extend(self._state(device, code, getattr(gpu, field), at, field.replace("_", " ")))
+        # A GPU NVML calls out of service (lost, requires a reset, no external power) is a state, held while
+        # it lasts, as the checks judge the same answer (a fatal fail); cleared when the GPU answers again.
+        out.extend(
+            self._state(device, "gpu.out_of_service", gpu.out_of_service is not None, at, gpu.out_of_service or "")
+        )
         out.extend(self._recovery(device, gpu.recovery_action, at))
         for link, up in enumerate(gpu.nvlink_up):
             name = f"{device}/nvlink{link}"

@@ -15,6 +15,8 @@ Lines classified (``classify``):
   id's PCI domain left out (``NVRM: Xid (PCI:3b:00): 79, ...``: domain 0);
 - ``NVRM: GPU 0000:91:00.0: GPU has fallen off the bus.`` and the open driver's
   ``NVRM: The NVIDIA GPU 0000:b3:00.0 ... has fallen off the bus``: Xid 79 for that GPU;
+- ``NVRM: GPU 0000:01:00.0: RmInitAdapter failed! (0x62:0xffff:1863)``: the driver could not initialise
+  that GPU (``driver.init_failed``; older drivers name no GPU: the device is ``kmsg``);
 - ``nvidia-nvswitch0: SXid (PCI:0000:05:00.0): 20034, Fatal, ...``: an NVSwitch SXid;
 - ``pcieport 0000:00:01.0: AER: Uncorrected (Fatal) error received: 0000:01:00.0``: PCIe AER, for
   the device it names (kernels before 4.20: ``error received: id=3b00``, its requester id), the
@@ -58,6 +60,17 @@ _FALLEN = re.compile(
     rf"NVRM: (?:GPU at |The NVIDIA GPU |GPU )(?P<bus>{_ADDR})\b.*?fallen off the bus", re.IGNORECASE | re.DOTALL
 )
 _SXID = re.compile(rf"SXid \((?P<bus>{_ADDR})\): {_CODE}(?P<rest>.*)")
+# The driver could not bring a GPU up (``RmInitAdapter`` failed in the resource manager): the GPU runs
+# nothing until the cause is cleared (a GPU in a bad state, firmware that would not boot, a driver that
+# cannot drive it). Current drivers name the GPU, ``NVRM: GPU 0000:01:00.0: RmInitAdapter failed!
+# (0x62:0xffff:1863)`` (in a VM both addresses: ``GPU 0000:00:07.0 / 0000:00:0b.0: ...``, the first is
+# the one this host's tools show); older ones do not, ``NVRM: RmInitAdapter failed! (0x27:0x38:1193)``.
+# The line that follows (``rm_init_adapter failed, device minor number 0``, or ``rm_init_adapter(0)
+# failed``) repeats the same failure and is not read again. ``RmInitAdapter: Cannot initialize GSP
+# firmware RM`` and the like are the reasons printed before it, not another failure.
+_INIT_FAILED = re.compile(rf"NVRM: (?:GPU (?P<bus>{_ADDR})(?: / {_ADDR})?: )?RmInitAdapter failed\b")
+# The device of a failure whose line names no GPU: the kernel log as a whole says one could not start.
+INIT_FAILED_DEVICE = "kmsg"
 # A PCI domain has four hex digits, or five and more behind an Intel VMD bridge (``10000:e1:00.0``);
 # a digit before the match would make a VMD address read as its last four digits' domain (another device).
 _DEV = r"(?<![0-9a-fA-F])[0-9a-fA-F]{4,8}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]"
@@ -115,6 +128,10 @@ def classify(message: str, *, written_at: float = 0.0) -> list[Event]:
         if fallen:
             entry = catalogue.classify_xid(79, text)
             return [Event("kmsg", entry, bus_id(fallen.group("bus")), text, written_at)]
+        init = _INIT_FAILED.search(text) if "RmInitAdapter failed" in text else None
+        if init:
+            device = bus_id(init.group("bus")) if init.group("bus") else INIT_FAILED_DEVICE
+            return [Event("kmsg", catalogue.lookup("driver", "init_failed"), device, text, written_at)]
         return []
     sxid = _SXID.search(text) if "SXid (" in text else None
     if sxid:

@@ -295,3 +295,77 @@ def test_the_api_exports_the_event_series() -> None:
     text = app.test_client().get("/metrics").get_data(as_text=True)
     assert 'autopilot_gpu_events_total{action="evict",code="xid.79",gpu="3",node="node-a",source="kmsg"} 1.0' in text
     assert 'autopilot_gpu_event_to_label_seconds_bucket{le="+Inf"} 1.0' in text
+
+
+# ---------------------------------------------------------------- a GPU out of service, as the counters read it
+
+
+@pytest.mark.parametrize("code", [15, 16, 8])  # NVML_ERROR_GPU_IS_LOST, RESET_REQUIRED, INSUFFICIENT_POWER
+def test_a_gpu_nvml_calls_out_of_service_is_an_evicting_state_while_it_lasts(
+    monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    # Before, each counter of that GPU read as "not supported": the follower said nothing of it.
+    nvml = fake_pynvml([])
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    rows = nvml.nvmlDeviceGetRemappedRows  # type: ignore[attr-defined]
+    handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(2)]  # type: ignore[attr-defined]
+    broken = {"on": True}
+
+    def remapped_rows(h: Any) -> Any:
+        if broken["on"] and h is handles[1]:
+            raise NVMLError(code)
+        return rows(h)
+
+    nvml.nvmlDeviceGetRemappedRows = remapped_rows  # type: ignore[attr-defined]
+    poller = CounterPoller(NvmlCounters().read)
+    first = [(e.device, e.code, e.action.value) for e in poller.poll() if e.code == "gpu.out_of_service"]
+    assert first == [("0000:19:00.0", "gpu.out_of_service", "evict")]
+    assert [e for e in poller.poll() if e.code == "gpu.out_of_service"] == []  # once, then held as standing
+    assert ("0000:19:00.0", "gpu.out_of_service") in poller.standing
+    broken["on"] = False
+    poller.poll()
+    assert ("0000:19:00.0", "gpu.out_of_service") not in poller.standing
+
+
+def test_a_counter_a_gpu_does_not_support_is_still_no_finding(monkeypatch: pytest.MonkeyPatch) -> None:
+    nvml = fake_pynvml([])
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    poller = CounterPoller(NvmlCounters().read)  # the stand-in answers NOT_SUPPORTED for the PCIe replays
+    assert [e for e in poller.poll() if e.code == "gpu.out_of_service"] == []
+
+
+@pytest.mark.parametrize("code", [15, 16, 8])
+def test_a_gpu_out_of_service_at_registration_leaves_the_others_events_read(
+    monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    # Before, GPU 1 refusing its event types made open() raise: no GPU's events were read, the source
+    # restarting for ever; the counters' poll is what reports that GPU (gpu.out_of_service).
+    nvml = fake_pynvml([(0x2, 0, 0)], supported=0b1010)
+    supported = nvml.nvmlDeviceGetSupportedEventTypes  # type: ignore[attr-defined]
+    second = nvml.nvmlDeviceGetHandleByIndex(1)  # type: ignore[attr-defined]
+
+    def types_of(h: Any) -> int:
+        if h is second:
+            raise NVMLError(code)
+        return int(supported(h))
+
+    nvml.nvmlDeviceGetSupportedEventTypes = types_of  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    source = NvmlEvents()
+    source.open()
+    assert nvml.registered == [(0, 0b1010)]  # type: ignore[attr-defined]
+    assert list(source.out_of_service) == [1]
+    event = source.wait(0.5)
+    assert event is not None and (event.kind, event.bus_id) == (ECC_DBE, "00000000:18:00.0")
+
+
+def test_another_nvml_error_at_registration_still_fails_the_source(monkeypatch: pytest.MonkeyPatch) -> None:
+    nvml = fake_pynvml([])
+
+    def unknown(h: Any) -> int:
+        raise NVMLError(999)
+
+    nvml.nvmlDeviceGetSupportedEventTypes = unknown  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    with pytest.raises(errors.GpuError):
+        NvmlEvents().open()

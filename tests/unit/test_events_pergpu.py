@@ -128,3 +128,12 @@ def test_inject_reaches_a_redis_that_wants_the_stacks_password(monkeypatch: pyte
     monkeypatch.setattr(glue.redis.Redis, "from_url", staticmethod(connect))
     assert glue.inject_main(["sim-1", "xid", "79"]) == 0
     assert (seen["url"], seen["password"]) == ("redis://redis:6379/0", "s3cret-pass")
+
+
+def test_a_gpu_out_of_service_when_the_follower_starts_leaves_the_others_named_by_index() -> None:
+    # Before, one GPU NVML would not identify (lost, requires a reset) emptied the whole map: every GPU's
+    # events were named by bus id while the checks named them by index.
+    telemetry = FakeTelemetry([dataclasses.replace(g) for g in GPUS[:3]])
+    telemetry.devices[1].raises = errors.GpuLost(1, "GPU 1 identity: GPU requires a reset", 16)
+    ctx = CheckContext(NODE, config.Settings(node_name=NODE), FakeRunner(), telemetry, checks=shipped_checks())
+    assert glue._gpu_index(ctx) == {"00000000:18:00.0": "0", "00000000:1A:00.0": "2"}

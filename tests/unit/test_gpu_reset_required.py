@@ -26,6 +26,8 @@ from autopilot.testing import FakeGpu, FakeRunner, FakeTelemetry
 from tests.unit.cuda_helpers import settings
 
 RESET = "GPU requires reset"
+# nvmlErrorString(NVML_ERROR_INSUFFICIENT_POWER): a GPU whose power cables are not attached runs nothing either.
+NO_POWER = "Insufficient External Power"
 Evaluate = Callable[[str, Any, Any], CheckResult]
 
 _HEAD = (
@@ -91,7 +93,9 @@ BUSES = ("00000000:1A:00.0", "00000000:3B:00.0")
 
 
 @pytest.mark.parametrize("check", sorted(_BLOCKS))
-@pytest.mark.parametrize(("why", "status"), [(RESET, Status.FAIL), ("Unknown Error", Status.ERROR)])
+@pytest.mark.parametrize(
+    ("why", "status"), [(RESET, Status.FAIL), (NO_POWER, Status.FAIL), ("Unknown Error", Status.ERROR)]
+)
 def test_a_gpu_nvidia_smi_could_not_open_because_it_requires_reset_fails_fatally(
     check: str, why: str, status: Status
 ) -> None:
@@ -112,7 +116,10 @@ def test_a_q_report_whose_readings_say_gpu_requires_reset_fails_fatally(check: s
 
 
 @pytest.mark.parametrize("check", sorted(_CSV))
-@pytest.mark.parametrize(("cell", "status"), [(f"[{RESET}]", Status.FAIL), ("[Unknown Error]", Status.ERROR)])
+@pytest.mark.parametrize(
+    ("cell", "status"),
+    [(f"[{RESET}]", Status.FAIL), (f"[{NO_POWER}]", Status.FAIL), ("[Unknown Error]", Status.ERROR)],
+)
 def test_a_csv_row_of_gpu_requires_reset_fails_fatally(check: str, cell: str, status: Status) -> None:
     evaluate, head, row, width = _CSV[check]
     bad = ", ".join(["1", BUSES[1]][: 2 if check == "gpupower" else 1] + [cell] * width) + "\n"

@@ -386,9 +386,29 @@ def test_sample_titan_v_has_no_row_remapper() -> None:
     assert [(d.id, d.status) for d in result.devices] == [("0", Status.SKIPPED)]
 
 
-def test_filtered_report_without_remapped_rows_is_an_error() -> None:
-    result = evaluate(sample_text("nvidia-smi-q-d-PAGE_RETIREMENT_8gpu_clean.txt"))
-    assert result.status is Status.ERROR and "no 'Remapped Rows' block" in result.summary
+def test_a_page_retirement_report_is_judged_on_its_retired_pages() -> None:
+    # Pre-Ampere GPUs (V100, T4) retire pages instead of remapping rows: -q -d PAGE_RETIREMENT answers for them.
+    clean = evaluate(sample_text("nvidia-smi-q-d-PAGE_RETIREMENT_8gpu_clean.txt"))
+    assert clean.status is Status.OK and clean.data["source"] == "nvidia-smi -q -d PAGE_RETIREMENT"
+    assert clean.summary == "no pending page retirement on 8 GPUs (no row remapping)"
+    # The retired-pages-pending sample (Azure/azurehpc-health-checks' 'bad' fixture): GPU 0 has 60 + 5
+    # retired pages and GPU 1 2 + 61 (the limit is 63): fail, not fatal; GPU 3 has one pending: warn.
+    bad = evaluate(sample_text("nvidia-smi-q-d-PAGE_RETIREMENT_8gpu_retired-pages-pending.txt"))
+    statuses = {d.id: d.status for d in bad.devices}
+    assert bad.status is Status.FAIL and not bad.fatal
+    assert (statuses["0"], statuses["1"], statuses["2"], statuses["3"]) == (
+        Status.FAIL, Status.FAIL, Status.OK, Status.WARN
+    )  # fmt: skip
+    assert bad.data["gpus"]["1"]["retired_pages"] == {"single_bit_ecc": 2, "double_bit_ecc": 61, "pending": True}
+
+
+def test_a_report_with_neither_remapped_rows_nor_retired_pages_is_an_error() -> None:
+    text = (
+        "==============NVSMI LOG==============\n\nAttached GPUs : 1\nGPU 00000000:3B:00.0\n    Temperature\n"
+        "        GPU Current Temp : 35 C\n"
+    )
+    result = evaluate(text)
+    assert result.status is Status.ERROR and "no 'Remapped Rows' or 'Retired Pages' block" in result.summary
 
 
 def test_registered_with_evaluate_text() -> None:
