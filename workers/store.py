@@ -331,7 +331,7 @@ class ResultsStore:
             _node_state(raw_state),
             _state(raw_labels),
             _history(name, raw_history),
-            _server_seconds(told[0]) if told else self.server_time(),
+            server_seconds(told[0]) if told else self.server_time(),
         )
 
     # ------------------------------------------------------------------ runs
@@ -433,7 +433,7 @@ class ResultsStore:
         """Redis's clock (``TIME``, epoch s): the one clock every worker, beat and API process shares."""
         if self._server_clock is not None:
             return self._server_clock()
-        return _server_seconds(self.r.time())
+        return server_seconds(self.r.time())
 
     def heartbeat(self, record: NodeRecord) -> None:
         pipe = self.r.pipeline(transaction=True)
@@ -456,7 +456,7 @@ class ResultsStore:
             pipe.time()
             pipe.zrange(f"{P}nodes", 0, -1, withscores=True)
             told, scored = pipe.execute()
-            now = self._server_clock() if self._server_clock is not None else _server_seconds(told)
+            now = self._server_clock() if self._server_clock is not None else server_seconds(told)
             low = max(now - heard_within, -math.inf if seen_since is None else seen_since)
             return sorted(_node_names(name for name, score in scored if score >= low))
         low_arg = "-inf" if seen_since is None else seen_since
@@ -494,7 +494,7 @@ class ResultsStore:
         elif names:
             pipe.zmscore(f"{P}nodes", list(names))  # type: ignore[no-untyped-call]  # untyped in redis-py's stubs
         told, *scored = pipe.execute()
-        now = self._server_clock() if self._server_clock is not None else _server_seconds(told)
+        now = self._server_clock() if self._server_clock is not None else server_seconds(told)
         if names is None:
             every = dict(scored[0])
             return now, {n: float(every[n.encode()]) for n in _node_names(every)}
@@ -731,7 +731,7 @@ class ResultsStore:
         """Incidents and sightings per GPU UUID (same client)."""
         from workers import gpustore
 
-        return gpustore.GpuHistory(self.r)
+        return gpustore.GpuHistory(self.r, self._server_clock)
 
     def flights(self) -> dispatch.Flights:
         """The claims that make equal check requests coalesce (through this store)."""
@@ -1041,10 +1041,10 @@ def _view(node: str, replies: Sequence[Any], known: Mapping[bytes, CheckResult] 
     offset = record.clock_offset if record is not None else None
     latest = _latest(node, raw_latest, known)
     labels = _state(raw_labels)
-    return NodeView(latest, state, labels, _score(seen), _pending(pending), offset, _server_seconds(told))
+    return NodeView(latest, state, labels, _score(seen), _pending(pending), offset, server_seconds(told))
 
 
-def _server_seconds(reply: Any) -> float:
+def server_seconds(reply: Any) -> float:
     """Redis's ``TIME`` reply (seconds, microseconds) as epoch seconds."""
     seconds, micros = reply
     return int(seconds) + int(micros) / 1_000_000
