@@ -183,6 +183,17 @@ def answered(store: ResultsStore, run_id: str) -> set[tuple[str, str]]:
     return store.run_answered(run_id)
 
 
+def clock_shifts(svc: Services, nodes: Sequence[str], *, on_store_clock: bool = False) -> dict[str, float]:
+    """Node -> its worker's clock minus the clock this process's deadlines are on (``svc.clock``; the store's with
+    ``on_store_clock``, as beat's ticks make them), for the nodes whose worker measured its offset; the others are
+    left out (0: their messages say the deadline as before). One round trip (``offsets_and_now``), once per run.
+    A message's ``expires`` is judged by Celery on the consuming worker's clock: see ``Envelope.clock_shift_s``."""
+    before = svc.clock()
+    now, offsets = svc.store.offsets_and_now(nodes)
+    own = 0.0 if on_store_clock else (before + svc.clock()) / 2 - now
+    return {n: offset - own for n, offset in offsets.items()}
+
+
 class Gather:
     """Drives one run: sends envelopes as slots free up and notices answers and expired nodes."""
 
@@ -222,6 +233,7 @@ class Gather:
         self.joined: dict[tuple[str, str], Joined] = {}  # (node, check) -> the execution it waits on
         self._leader_cursors: dict[str, int] = {}  # joined run -> entries of its write log read
         self._gave_up: set[tuple[str, str]] = set()  # joined, answered error by a less patient run
+        self._shifts: dict[str, float] | None = None  # node -> its clock minus ours (``clock_shifts``), read once
 
     @property
     def finished(self) -> bool:
@@ -233,6 +245,9 @@ class Gather:
         if not free or not self.waiting:
             return
         nodes = [self.waiting.popleft() for _ in range(min(free, len(self.waiting)))]
+        if self._shifts is None:
+            self._shifts = clock_shifts(self.svc, self.run.nodes)
+        shifts = self._shifts
         # Each node's deadline counts from before its publish (never later than it was sent).
         deadline = self.svc.clock() + self.node_deadline_s
         params = {c: p for c, p in self.run.params.items() if c in self.checks}
@@ -245,7 +260,10 @@ class Gather:
         # producer batch, so 1,000 nodes cost six of each rather than one.
         start, size = 0, SEND_FIRST
         while start < len(nodes):
-            envelopes = [Envelope(self.run.id, n, self.checks, params, deadline) for n in nodes[start : start + size]]
+            envelopes = [
+                Envelope(self.run.id, n, self.checks, params, deadline, shifts.get(n, 0.0))
+                for n in nodes[start : start + size]
+            ]
             envelopes, joined = self.flights.claim(envelopes, now=self.svc.clock())
             self.joined.update(joined)
             send_all(self.svc.dispatcher, envelopes)
@@ -315,6 +333,7 @@ class Gather:
                 tuple(checks),
                 {c: p for c, p in self.run.params.items() if c in checks},
                 self.in_flight[node],
+                (self._shifts or {}).get(node, 0.0),
             )
             for node, checks in lapsed.items()
         ]
@@ -462,7 +481,9 @@ def tick(svc: Services, *, kind: str, now: float) -> Run | None:
     timeout = max(svc.checks.get(c).timeout_s for c in checks)
     run = Run.new(checks, nodes, params, deadline_s=min(interval, timeout + 60), source=kind, now=now)
     svc.store.create_run(run)
-    envelopes = [Envelope(run.id, node, run.checks, params, run.deadline) for node in nodes]
+    # The tick's deadlines are on the store's clock (``now``): each message says its deadline on its worker's.
+    shifts = clock_shifts(svc, nodes, on_store_clock=True)
+    envelopes = [Envelope(run.id, node, run.checks, params, run.deadline, shifts.get(node, 0.0)) for node in nodes]
     svc.store.flights().lead(envelopes, now=now)
     send_all(svc.dispatcher, envelopes)
     log.info("fanout %s: run %s over %d nodes", kind, run.id, len(nodes))

@@ -484,6 +484,19 @@ class ResultsStore:
         scores: list[float | None] = self.r.zmscore(f"{P}nodes", list(names))  # type: ignore[no-untyped-call]  # untyped in redis-py's stubs
         return {n: float(score) for n, score in zip(names, scores, strict=True) if score is not None}
 
+    def offsets_and_now(self, names: Sequence[str]) -> tuple[float, dict[str, float]]:
+        """(the store's clock, node -> its worker's measured ``clock_offset``) in one round trip, for those of
+        ``names`` whose record has one: what a sender adds to a deadline so its message says it on that worker's
+        clock."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.time()
+        if names:
+            pipe.mget([f"{P}node:{n}" for n in names])
+        told, *raws = pipe.execute()
+        now = self._server_clock() if self._server_clock is not None else server_seconds(told)
+        records = (_record(raw, n) for n, raw in zip(names, raws[0] if raws else [], strict=True))
+        return now, {r.name: r.clock_offset for r in records if r is not None and r.clock_offset is not None}
+
     def seen_and_now(self, names: Sequence[str] | None = None) -> tuple[float, dict[str, float]]:
         """(the store's clock, ``last_seen(names)``) in one round trip: the heartbeats' scores are on that clock, so
         whoever judges them lost (``reconcile.lost_at``) reads the clock with them, not its own host's."""

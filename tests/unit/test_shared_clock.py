@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import fakeredis
 import pytest
@@ -17,7 +18,9 @@ from autopilot import config
 from autopilot.registry import shipped as shipped_checks
 from autopilot.results import CheckResult, Status, utc_now_iso
 from tests.unit.api_helpers import make_api
-from workers import main, reconcile, runs
+from workers import main, reconcile, runs, tasks
+from workers.app import create_celery
+from workers.dispatch import CeleryDispatcher, Envelope, FakeDispatcher
 from workers.peers import StorePeers
 from workers.store import NodeRecord, ResultsStore
 
@@ -310,3 +313,57 @@ def test_an_operators_clear_is_recorded_on_the_nodes_clock(skew: timedelta) -> N
     # after the eviction it lifts, on the same clock (the node's), and a fresh task then passes
     assert state.evicted_at is None and state.cleared_at == utc_now_iso(T0 + skew)
     assert fleet.task(settings) == "PASS"
+
+
+# ---------------------------------------------------------------- the deadline a worker reads in its message
+
+
+def _sent(envelope: Envelope) -> Any:
+    """The message the Celery dispatcher publishes for ``envelope`` (memory broker), as a worker reads it."""
+    app = create_celery(config.Settings(node_name="x", redis_url="redis://127.0.0.1:1/0"))
+    app.conf.broker_url = "memory://"
+    try:
+        CeleryDispatcher(app).send_many([envelope])
+        with app.connection_for_read() as conn:
+            simple = conn.SimpleQueue(f"autopilot.node.{envelope.node}")
+            message = simple.get(timeout=1)
+            simple.close()
+        return message
+    finally:
+        app.close()
+
+
+def _left_on_worker_clock(message: Any, worker_now: float) -> tuple[float, float]:
+    """(seconds to ``expires``, seconds to the task's ``deadline``) as the worker's clock reads them: Celery drops
+    the message once its clock passes ``expires`` (``Request.maybe_expire``), the task judges its deadline there."""
+    expires = datetime.fromisoformat(message.headers["expires"]).timestamp()
+    return round(expires - worker_now, 3), round(message.payload[1]["deadline"] - worker_now, 3)
+
+
+@pytest.mark.parametrize("skew_s", [TEN_MINUTES, -TEN_MINUTES])
+def test_a_periodic_message_gives_a_skewed_worker_the_time_the_tick_gave_it(skew_s: float) -> None:
+    # Beat's tick makes its deadlines on the store's clock. Before, the message said that deadline as it was: a
+    # worker 10 min ahead read it as already past and Celery dropped every periodic message unrun (its results went
+    # stale: UNKNOWN, whatever its GPUs), one 10 min behind held GPU checks back 10 min past the run's end.
+    fleet = Fleet(skew_s)
+    fleet.heartbeat()
+    sent = FakeDispatcher()
+    run = tasks.fanout(fleet.store, sent, make_settings(), shipped_checks(), kind="periodic")
+    assert run is not None and [e.node for e in sent.sent] == [NODE]
+    given = round(run.deadline - fleet.at, 3)
+    assert given > 0
+    assert _left_on_worker_clock(_sent(sent.sent[0]), fleet.worker_clock()) == (given, given)
+
+
+def test_a_run_from_the_api_gives_a_skewed_worker_its_node_deadline() -> None:
+    # The API's gather makes deadlines on its own host's clock (here 5 min behind the store's); the node's worker
+    # runs 10 min ahead of the store. Its message must leave it the node deadline by its own clock.
+    fleet = Fleet(TEN_MINUTES)
+    fleet.heartbeat()
+    settings = make_settings(node_name="api-host")
+    svc = runs.Services(settings, fleet.store, FakeDispatcher(), shipped_checks(), clock=lambda: fleet.at - 300.0)
+    run = runs.create_run(svc, runs.RunRequest(("remapped",), hosts=(NODE,), deadline_s=60.0), runs.Selection((NODE,)))
+    runs.Gather(svc, run, node_deadline_s=60.0, batch=None).send_ready()
+    sent = svc.dispatcher.sent  # type: ignore[attr-defined]
+    assert [e.node for e in sent] == [NODE]
+    assert _left_on_worker_clock(_sent(sent[0]), fleet.worker_clock()) == (60.0, 60.0)
