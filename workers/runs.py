@@ -76,6 +76,36 @@ SEND_FIRST = 16
 NODE_STATUSES = ("ok", "skipped", "busy", "pending", "unknown", "unreachable", "error", "warn", "fail")
 
 
+class StoreClock:
+    """This host's clock put on the store's (Redis ``TIME``): its time less its offset to the store, measured with
+    one ``TIME`` at first use and again every ``every_s`` (a round trip a minute, not one per call).
+
+    The API's runs are made with it: their deadlines and stamps are on the clock beat's ticks make theirs on
+    (``store.server_time()``) and every other API replica too, so a claim of another run's execution (``Flights``)
+    and a stored run's deadline are compared on the clock they were made on. On this host's own clock 10 min ahead,
+    a periodic run read through ``/api/v1/runs/<id>`` was over at once, every node ``unreachable``; 10 min behind,
+    a tick's lapsed execution was joined and waited on to the request's deadline."""
+
+    def __init__(self, store: ResultsStore, *, wall: Callable[[], float] = time.time, every_s: float = 60.0) -> None:
+        self._store = store
+        self._wall = wall
+        self._every_s = every_s
+        self._offset = 0.0
+        self._at: float | None = None  # this host's time of the last measure
+
+    def __call__(self) -> float:
+        now = self._wall()
+        if self._at is None or not 0 <= now - self._at < self._every_s:
+            try:
+                shared = self._store.server_time()
+            except errors.StoreUnavailable:
+                # The last offset stands (none: this host's clock); what needs the store fails on its own call.
+                return now - self._offset
+            after = self._wall()
+            self._offset, self._at, now = (now + after) / 2 - shared, after, after
+        return now - self._offset
+
+
 @dataclasses.dataclass
 class Services:
     """What a run needs: settings, store, dispatcher, cluster seam, check registry, clock and sleep.

@@ -5,6 +5,7 @@ worker's task reconcile, beat's tick and the API say the same whatever that work
 from __future__ import annotations
 
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,7 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
 from api import client
-from autopilot import config
+from api.app import create_app
+from autopilot import config, errors
 from autopilot.registry import shipped as shipped_checks
 from autopilot.results import CheckResult, Status, utc_now_iso
 from tests.unit.api_helpers import make_api
@@ -367,3 +369,49 @@ def test_a_run_from_the_api_gives_a_skewed_worker_its_node_deadline() -> None:
     sent = svc.dispatcher.sent  # type: ignore[attr-defined]
     assert [e.node for e in sent] == [NODE]
     assert _left_on_worker_clock(_sent(sent[0]), fleet.worker_clock()) == (60.0, 60.0)
+
+
+@pytest.mark.parametrize(
+    ("api_ahead_s", "after_s", "status"), [(TEN_MINUTES, 0.0, "pending"), (-TEN_MINUTES, 180.0, "unreachable")]
+)
+def test_a_stored_periodic_run_is_read_on_the_clock_its_deadline_was_made_on(
+    api_ahead_s: float, after_s: float, status: str
+) -> None:
+    # Beat's tick makes the run's deadline on the store's clock (2 min ahead here). The API host's clock runs
+    # 10 min ahead of the store's (behind, and the run is read 3 min after the tick). Before, the API read the run
+    # on its own clock: over at once, the node "unreachable" while it had 2 min left (ahead), or still "pending"
+    # a minute after its deadline (behind).
+    fleet = Fleet(0.0)
+    fleet.at = time.time() - api_ahead_s
+    fleet.heartbeat()
+    settings = make_settings()
+    run = tasks.fanout(fleet.store, FakeDispatcher(), settings, shipped_checks(), kind="periodic")
+    assert run is not None and run.deadline - fleet.at == 120.0
+    fleet.at += after_s
+    fleet.heartbeat()
+    app = create_app(settings, store=fleet.store, dispatcher=FakeDispatcher(), checks=shipped_checks())
+    body = app.test_client().get(f"/api/v1/runs/{run.id}").get_json()
+    assert body["nodes"][NODE]["status"] == status
+
+
+def test_the_apis_store_clock_asks_the_store_once_a_minute_and_keeps_its_offset_when_it_is_away() -> None:
+    asked: list[float] = []
+    away = False
+
+    class Store:
+        def server_time(self) -> float:
+            if away:
+                raise errors.StoreUnavailable("redis: connection refused")
+            asked.append(1.0)
+            return 1_000.0 + 60.0 * (len(asked) - 1)  # the store's clock, 600 s behind this host's
+
+    wall = [1_600.0]
+    clock = runs.StoreClock(Store(), wall=lambda: wall[0])  # type: ignore[arg-type]
+    assert [clock(), clock()] == [1_000.0, 1_000.0] and len(asked) == 1
+    wall[0] += 30.0
+    assert clock() == 1_030.0 and len(asked) == 1
+    wall[0] += 30.0
+    assert clock() == 1_060.0 and len(asked) == 2
+    away = True
+    wall[0] += 90.0
+    assert clock() == 1_150.0  # the offset measured last, not this host's clock
