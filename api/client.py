@@ -377,16 +377,22 @@ def _live_cell(node: Mapping[str, Any], now: float) -> str:
     """The LIVE column: ``yes``, ``no``, or how long the node's worker has been wedged (every thread stuck)."""
     wedged = node.get("wedged_since")
     if isinstance(wedged, (int, float)) and not isinstance(wedged, bool) and wedged > 0:
-        return f"[magenta]no: wedged {_age(max(0.0, now - float(wedged)))}[/]"
+        # Stamped on the worker's clock, as last_seen: its offset taken off, as for the LAST SEEN column.
+        return f"[magenta]no: wedged {_age(max(0.0, now - _off_worker_clock(node, float(wedged))))}[/]"
     return "yes" if node.get("live") else "[magenta]no[/]"
 
 
 def _shared_seen(node: Mapping[str, Any]) -> float:
     """The node's last heartbeat with its worker's clock offset taken off (as the reconciles read it)."""
-    offset, seen = node.get("clock_offset"), float(node.get("last_seen") or 0)
+    return _off_worker_clock(node, float(node.get("last_seen") or 0))
+
+
+def _off_worker_clock(node: Mapping[str, Any], stamp: float) -> float:
+    """``stamp`` (epoch s on the node's worker's clock) with that clock's offset to the store's taken off."""
+    offset = node.get("clock_offset")
     if isinstance(offset, (int, float)) and not isinstance(offset, bool) and math.isfinite(offset):
-        return seen - float(offset)
-    return seen
+        return stamp - float(offset)
+    return stamp
 
 
 def _clock_cell(offset: object) -> str:

@@ -292,6 +292,15 @@ def test_autopilot_nodes_shows_the_clock_offset_and_last_seen_on_the_stores_cloc
             {"name": "gpu-1", "verdict": "PASS", "live": True, "last_seen": wall - 600 - 20, "clock_offset": -600.0},
             {"name": "gpu-2", "verdict": "PASS", "live": True, "last_seen": wall + 7200 - 20, "clock_offset": 7200.0},
             {"name": "gpu-3", "verdict": "PASS", "live": True, "last_seen": wall - 20, "clock_offset": None},
+            # wedged 2 min ago by the store's clock, on a worker's clock 10 min ahead (before: "wedged 0s ago")
+            {
+                "name": "gpu-4",
+                "verdict": "UNKNOWN",
+                "live": False,
+                "last_seen": wall + 600 - 120,
+                "wedged_since": wall + 600 - 120,
+                "clock_offset": 600.0,
+            },
         ],
     }
     console = Console(width=200, record=True)
@@ -302,6 +311,7 @@ def test_autopilot_nodes_shows_the_clock_offset_and_last_seen_on_the_stores_cloc
     assert "20s ago" in rows["gpu-1"] and "-10m behind" in rows["gpu-1"]
     assert "20s ago" in rows["gpu-2"] and "+2.0h ahead" in rows["gpu-2"]
     assert "20s ago" in rows["gpu-3"] and " ? " in rows["gpu-3"]
+    assert "no: wedged 2m ago" in rows["gpu-4"]
 
 
 @pytest.mark.parametrize("skew", [timedelta(hours=2), -timedelta(hours=2)])
