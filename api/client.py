@@ -457,6 +457,15 @@ def _measured(gpu: Mapping[str, Any]) -> str:
     return ", ".join(f"{c} {at}" for c, at in sorted(said.items()))
 
 
+def _answered_at(answer: Mapping[str, Any]) -> float:
+    """The store's clock when the API judged ``answer`` (its ``now``; this host's clock from an older API): the
+    ages shown count from it, so a laptop whose clock is off shows them as the reconciles see them."""
+    now = answer.get("now")
+    if isinstance(now, (int, float)) and not isinstance(now, bool) and math.isfinite(now):
+        return float(now)
+    return time.time()
+
+
 def _stdout() -> Console:
     """Tables on stdout: as wide as the terminal, or 160 columns into a pipe or a file."""
     return Console(highlight=False, width=None if sys.stdout.isatty() else 160)
@@ -473,7 +482,7 @@ def nodes_main(argv: Sequence[str]) -> int:
             shown: Any = (
                 json.dumps(answer, indent=2)
                 if args.json
-                else gpus_table(answer) if args.gpus else nodes_table(answer, time.time())
+                else gpus_table(answer) if args.gpus else nodes_table(answer, _answered_at(answer))
             )
     except ClientError as exc:
         print(f"autopilot nodes: {exc}", file=sys.stderr)

@@ -362,6 +362,12 @@ def document(checks: CheckRegistry) -> dict[str, Any]:
                                         "nodes": {"type": "array", "items": {"$ref": "#/components/schemas/Node"}},
                                         "total": {"type": "integer"},
                                         "live": {"type": "integer"},
+                                        "now": {
+                                            "type": "number",
+                                            "description": "epoch s on the results store's clock (Redis TIME) "
+                                            "when the answer was judged: ages of last_seen_at and wedged_since "
+                                            "(less clock_offset) count from it, not from the reader's clock",
+                                        },
                                     },
                                 }
                             }

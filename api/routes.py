@@ -196,7 +196,9 @@ def list_nodes() -> Response:
     if with_gpus:
         for record, item in zip(records, items, strict=True):
             item["gpus"] = _gpus(states.get(record.name, NodeState()), record, now, svc.settings)
-    return jsonify({"nodes": items, "total": len(items), "live": sum(1 for i in items if i["live"])})
+    live = sum(1 for i in items if i["live"])
+    # The clock the answer was judged on, so a reader's ages (``autopilot nodes``) are not its own host's.
+    return jsonify({"nodes": items, "total": len(items), "live": live, "now": now})
 
 
 @bp.get("/api/v1/nodes/<name>")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import fakeredis
@@ -20,6 +21,7 @@ from autopilot import config, errors
 from autopilot.registry import shipped as shipped_checks
 from autopilot.results import CheckResult, Status, utc_now_iso
 from tests.unit.api_helpers import make_api
+from tests.unit.test_api_client import Served
 from workers import main, reconcile, runs, tasks
 from workers.app import create_celery
 from workers.dispatch import CeleryDispatcher, Envelope, FakeDispatcher
@@ -425,3 +427,21 @@ def test_the_apis_store_clock_asks_the_store_once_a_minute_and_keeps_its_offset_
     away = True
     wall[0] += 90.0
     assert clock() == 1_150.0  # the offset measured last, not this host's clock
+
+
+def test_autopilot_nodes_counts_ages_from_the_stores_clock_not_the_readers(capsys: pytest.CaptureFixture[str]) -> None:
+    # The store's clock (and the fleet's) runs an hour behind the laptop that runs ``autopilot nodes``. Before,
+    # LAST SEEN counted from the laptop's clock: a node heard 20 s ago read "1.0h ago".
+    at = time.time() - 3600.0
+    store = ResultsStore(fakeredis.FakeRedis(), server_clock=lambda: at)
+    store.heartbeat(NodeRecord(NODE, gpu_count=8, last_seen=at - 20, clock_offset=0.0))
+    app = create_app(
+        make_settings(node_name="api-host"), store=store, dispatcher=FakeDispatcher(), checks=shipped_checks()
+    )
+    served = Served(SimpleNamespace(app=app))  # type: ignore[arg-type]
+    try:
+        assert client.nodes_main(["--url", served.url]) == 0
+    finally:
+        served.close()
+    row = next(line for line in capsys.readouterr().out.splitlines() if NODE in line)
+    assert "20s ago" in row
