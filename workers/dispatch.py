@@ -35,7 +35,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
@@ -235,6 +235,19 @@ class BatchDispatcher(Protocol):
     """A dispatcher that can send many envelopes in one batch (an optional capability)."""
 
     def send_many(self, envelopes: Sequence[Envelope]) -> None: ...
+
+
+def clock_shifts(
+    store: ResultsStore, clock: Callable[[], float], nodes: Sequence[str], *, on_store_clock: bool = False
+) -> dict[str, float]:
+    """Node -> its worker's clock minus the clock this process's deadlines are on (``clock``; the store's with
+    ``on_store_clock``, as beat's ticks make them), for the nodes whose worker measured its offset; the others are
+    left out (0: their messages say the deadline as before). One round trip (``offsets_and_now``), once per run.
+    A message's ``expires`` is judged by Celery on the consuming worker's clock: see ``Envelope.clock_shift_s``."""
+    before = clock()
+    now, offsets = store.offsets_and_now(nodes)
+    own = 0.0 if on_store_clock else (before + clock()) / 2 - now
+    return {n: offset - own for n, offset in offsets.items()}
 
 
 def send_all(dispatcher: Dispatcher, envelopes: Sequence[Envelope]) -> None:

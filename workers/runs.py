@@ -58,7 +58,7 @@ from autopilot.registry import CheckRegistry
 from autopilot.results import CheckResult, Status, StoredResult
 from autopilot.store import NodeState
 from workers import reconcile, ring
-from workers.dispatch import Dispatcher, Envelope, Joined, TaskSender, send_all, task_sender
+from workers.dispatch import Dispatcher, Envelope, Joined, TaskSender, clock_shifts, send_all, task_sender
 from workers.store import ResultsStore, Run, stored_result
 
 log = logging.getLogger(__name__)
@@ -213,17 +213,6 @@ def answered(store: ResultsStore, run_id: str) -> set[tuple[str, str]]:
     return store.run_answered(run_id)
 
 
-def clock_shifts(svc: Services, nodes: Sequence[str], *, on_store_clock: bool = False) -> dict[str, float]:
-    """Node -> its worker's clock minus the clock this process's deadlines are on (``svc.clock``; the store's with
-    ``on_store_clock``, as beat's ticks make them), for the nodes whose worker measured its offset; the others are
-    left out (0: their messages say the deadline as before). One round trip (``offsets_and_now``), once per run.
-    A message's ``expires`` is judged by Celery on the consuming worker's clock: see ``Envelope.clock_shift_s``."""
-    before = svc.clock()
-    now, offsets = svc.store.offsets_and_now(nodes)
-    own = 0.0 if on_store_clock else (before + svc.clock()) / 2 - now
-    return {n: offset - own for n, offset in offsets.items()}
-
-
 class Gather:
     """Drives one run: sends envelopes as slots free up and notices answers and expired nodes."""
 
@@ -276,7 +265,7 @@ class Gather:
             return
         nodes = [self.waiting.popleft() for _ in range(min(free, len(self.waiting)))]
         if self._shifts is None:
-            self._shifts = clock_shifts(self.svc, self.run.nodes)
+            self._shifts = clock_shifts(self.svc.store, self.svc.clock, self.run.nodes)
         shifts = self._shifts
         # Each node's deadline counts from before its publish (never later than it was sent).
         deadline = self.svc.clock() + self.node_deadline_s
@@ -512,7 +501,7 @@ def tick(svc: Services, *, kind: str, now: float) -> Run | None:
     run = Run.new(checks, nodes, params, deadline_s=min(interval, timeout + 60), source=kind, now=now)
     svc.store.create_run(run)
     # The tick's deadlines are on the store's clock (``now``): each message says its deadline on its worker's.
-    shifts = clock_shifts(svc, nodes, on_store_clock=True)
+    shifts = clock_shifts(svc.store, svc.clock, nodes, on_store_clock=True)
     envelopes = [Envelope(run.id, node, run.checks, params, run.deadline, shifts.get(node, 0.0)) for node in nodes]
     svc.store.flights().lead(envelopes, now=now)
     send_all(svc.dispatcher, envelopes)
