@@ -37,6 +37,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from autopilot import config, errors, network, peers, results
@@ -525,8 +526,8 @@ class Coordinator:
             threshold_gbps=float(params.get("threshold_gbps", 0.0)),
             min_fraction=float(params.get("min_fraction", 0.5)),
         )
-        stamp = results.utc_now_iso()
-        duration = round(self.clock() - started, 3)
+        at = self.clock()
+        duration = round(at - started, 3)
         done: dict[str, CheckResult] = {}
         records = {r.name: r for r in self.store.nodes(list(nodes))}
         # Each node's pairs, sent and received, in one pass: a scan of every pair per node was n^3.
@@ -554,6 +555,8 @@ class Coordinator:
                 result = network.excuse_pairs(
                     result, suspects, by="the ring's suspect", ok_words="every pair fast", what="pair"
                 )
+            # Stamped on the node's clock, as its own results are: its reconciles take its offset off its stamps.
+            stamp = results.utc_now_iso(datetime.fromtimestamp(at + self._shifts.get(node, 0.0), UTC))
             result = dataclasses.replace(result, node=node, params=dict(params), started_at=stamp, duration_s=duration)
             result = fleet.judge_for_record(self.fleet, result, records.get(node))
             self.store.save_result(result, run_id)

@@ -9,6 +9,7 @@ import json
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import fakeredis
@@ -694,7 +695,11 @@ def test_each_ring_task_expires_on_its_members_clock() -> None:
         send_task(task, node, kwargs, expires=expires)
 
     net.dispatcher.send_task = recording  # type: ignore[method-assign]
-    net.ring(duration_s=1)
+    outcome = net.ring(duration_s=1)
+    # Each member's iperf result is stamped on its own clock, as its reconciles read its stamps (before: all on
+    # this host's, so node-b's result read 10 min old at once).
+    stamped = {n: datetime.fromisoformat(outcome.results[n].started_at).timestamp() for n in NODES}
+    assert round(stamped["node-b"] - stamped["node-a"]) == 600 and stamped["node-c"] == stamped["node-a"]
     stops = {node: expires for task, node, expires in sent if task == ring.STOP_TASK}
     assert set(stops) == set(NODES)
     assert round(stops["node-b"] - stops["node-a"], 3) == 600.0
