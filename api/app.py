@@ -28,6 +28,7 @@ from autopilot import cluster as cluster_mod
 from autopilot import config, registry
 from autopilot.cluster import ClusterClient
 from workers.dispatch import CeleryDispatcher, Dispatcher
+from workers.runs import StoreClock
 from workers.store import ResultsStore
 
 log = logging.getLogger(__name__)
@@ -69,8 +70,9 @@ def create_app(
     app.extensions[limits.EXTENSION] = limits.Waits(settings.api_max_waits)
     app.json = FastJSONProvider(app)
     app.json.sort_keys = False  # keep reports in their logical order
+    # The runs' deadlines and stamps on the store's clock, as beat's ticks make theirs (``StoreClock``).
     app.extensions[EXTENSION] = Services(
-        settings=settings, store=store, dispatcher=dispatcher, checks=checks, cluster=cluster
+        settings=settings, store=store, dispatcher=dispatcher, checks=checks, cluster=cluster, clock=StoreClock(store)
     )
     api_errors.register(app)
     app.before_request(lambda: limits.body_limit(settings.api_max_body))

@@ -377,16 +377,22 @@ def _live_cell(node: Mapping[str, Any], now: float) -> str:
     """The LIVE column: ``yes``, ``no``, or how long the node's worker has been wedged (every thread stuck)."""
     wedged = node.get("wedged_since")
     if isinstance(wedged, (int, float)) and not isinstance(wedged, bool) and wedged > 0:
-        return f"[magenta]no: wedged {_age(max(0.0, now - float(wedged)))}[/]"
+        # Stamped on the worker's clock, as last_seen: its offset taken off, as for the LAST SEEN column.
+        return f"[magenta]no: wedged {_age(max(0.0, now - _off_worker_clock(node, float(wedged))))}[/]"
     return "yes" if node.get("live") else "[magenta]no[/]"
 
 
 def _shared_seen(node: Mapping[str, Any]) -> float:
     """The node's last heartbeat with its worker's clock offset taken off (as the reconciles read it)."""
-    offset, seen = node.get("clock_offset"), float(node.get("last_seen") or 0)
+    return _off_worker_clock(node, float(node.get("last_seen") or 0))
+
+
+def _off_worker_clock(node: Mapping[str, Any], stamp: float) -> float:
+    """``stamp`` (epoch s on the node's worker's clock) with that clock's offset to the store's taken off."""
+    offset = node.get("clock_offset")
     if isinstance(offset, (int, float)) and not isinstance(offset, bool) and math.isfinite(offset):
-        return seen - float(offset)
-    return seen
+        return stamp - float(offset)
+    return stamp
 
 
 def _clock_cell(offset: object) -> str:
@@ -451,6 +457,15 @@ def _measured(gpu: Mapping[str, Any]) -> str:
     return ", ".join(f"{c} {at}" for c, at in sorted(said.items()))
 
 
+def _answered_at(answer: Mapping[str, Any]) -> float:
+    """The store's clock when the API judged ``answer`` (its ``now``; this host's clock from an older API): the
+    ages shown count from it, so a laptop whose clock is off shows them as the reconciles see them."""
+    now = answer.get("now")
+    if isinstance(now, (int, float)) and not isinstance(now, bool) and math.isfinite(now):
+        return float(now)
+    return time.time()
+
+
 def _stdout() -> Console:
     """Tables on stdout: as wide as the terminal, or 160 columns into a pipe or a file."""
     return Console(highlight=False, width=None if sys.stdout.isatty() else 160)
@@ -467,7 +482,7 @@ def nodes_main(argv: Sequence[str]) -> int:
             shown: Any = (
                 json.dumps(answer, indent=2)
                 if args.json
-                else gpus_table(answer) if args.gpus else nodes_table(answer, time.time())
+                else gpus_table(answer) if args.gpus else nodes_table(answer, _answered_at(answer))
             )
     except ClientError as exc:
         print(f"autopilot nodes: {exc}", file=sys.stderr)

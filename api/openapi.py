@@ -124,7 +124,12 @@ SCHEMAS: dict[str, Any] = {
             "devices": {"type": "array", "items": {"type": "object"}},
             "data": {"type": "object"},
             "params": {"type": "object"},
-            "started_at": {"type": "string", "format": "date-time"},
+            "started_at": {
+                "type": "string",
+                "format": "date-time",
+                "description": "as the node's worker stamped it, on its own clock (the node's clock_offset in "
+                "/api/v1/nodes puts it on the store's: less the offset); its age is judged that way",
+            },
             "duration_s": {"type": "number"},
         },
     },
@@ -149,8 +154,18 @@ SCHEMAS: dict[str, Any] = {
             "checks": {"type": "array", "items": {"type": "string"}},
             "params": {"type": "object"},
             "source": {"type": "string"},
-            "created_at": {"type": "string", "format": "date-time"},
-            "deadline": {"type": "string", "format": "date-time"},
+            "created_at": {
+                "type": "string",
+                "format": "date-time",
+                "description": "when the run was made, on the results store's clock (Redis TIME), as beat's and "
+                "every API replica's runs are",
+            },
+            "deadline": {
+                "type": "string",
+                "format": "date-time",
+                "description": "the run's deadline on the store's clock; each node's message says it on that "
+                "node's worker's clock (its clock_offset added)",
+            },
             "runtime_s": {"type": "number"},
             "complete": {"type": "boolean"},
             "status": {"type": "string", "enum": ["ok", "skipped", "warn", "fail", "error", "busy", "pending"]},
@@ -209,7 +224,7 @@ SCHEMAS: dict[str, Any] = {
             "checks": {"type": "array", "items": {"type": "string"}},
             "nodes": {"type": "array", "items": {"type": "string"}},
             "unknown": {"type": "array", "items": {"type": "string"}},
-            "deadline": {"type": "string", "format": "date-time"},
+            "deadline": {"type": "string", "format": "date-time", "description": "on the store's clock (Redis TIME)"},
             "deadline_s": {"type": "number", "description": "seconds from creation to the run's deadline"},
         },
     },
@@ -250,7 +265,8 @@ SCHEMAS: dict[str, Any] = {
             "wedged_since": {
                 "type": "number",
                 "description": "epoch s since when every thread of the node's worker has held its task past what "
-                "that task may take (0: not wedged); last_seen stays there meanwhile",
+                "that task may take (0: not wedged); last_seen stays there meanwhile. As the worker stamped it, on "
+                "its own clock, like last_seen: clock_offset less puts it on the store's",
             },
             "clock_offset": {
                 "type": ["number", "null"],
@@ -346,6 +362,12 @@ def document(checks: CheckRegistry) -> dict[str, Any]:
                                         "nodes": {"type": "array", "items": {"$ref": "#/components/schemas/Node"}},
                                         "total": {"type": "integer"},
                                         "live": {"type": "integer"},
+                                        "now": {
+                                            "type": "number",
+                                            "description": "epoch s on the results store's clock (Redis TIME) "
+                                            "when the answer was judged: ages of last_seen_at and wedged_since "
+                                            "(less clock_offset) count from it, not from the reader's clock",
+                                        },
                                     },
                                 }
                             }
@@ -379,6 +401,10 @@ def document(checks: CheckRegistry) -> dict[str, Any]:
         "/api/v1/gpus/{uuid}": {
             "get": {
                 "summary": "one GPU's history: identity, last node, incidents (also under its board serial), verdict",
+                "description": "Incidents older than AUTOPILOT_GPU_HISTORY_RETENTION are left out, their age judged "
+                "on the store's clock (Redis TIME) on the clock of the node that stamped them (its clock_offset "
+                "added), as that node's reconcile judges them; not on the API host's clock. Their 'at' and "
+                "'last_seen' are as that node's reconcile stamped them, on its worker's clock.",
                 "parameters": [
                     _path_param(
                         "uuid",

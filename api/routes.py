@@ -13,7 +13,6 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -197,7 +196,9 @@ def list_nodes() -> Response:
     if with_gpus:
         for record, item in zip(records, items, strict=True):
             item["gpus"] = _gpus(states.get(record.name, NodeState()), record, now, svc.settings)
-    return jsonify({"nodes": items, "total": len(items), "live": sum(1 for i in items if i["live"])})
+    live = sum(1 for i in items if i["live"])
+    # The clock the answer was judged on, so a reader's ages (``autopilot nodes``) are not its own host's.
+    return jsonify({"nodes": items, "total": len(items), "live": live, "now": now})
 
 
 @bp.get("/api/v1/nodes/<name>")
@@ -259,11 +260,9 @@ def get_gpu(uuid: str) -> Response:
     """One GPU's history, wherever it ran: incidents under its UUID (and its board serial's)."""
     _only()
     svc = services()
-    found = svc.store.gpu_history().gpu(
-        inputs.gpu_uuid(uuid),
-        now=datetime.fromtimestamp(svc.clock(), UTC),
-        retention_s=svc.settings.gpu_history_retention_s,
-    )
+    # Retention judged on the store's clock (read with the GPU's history), each incident on the clock of the node that
+    # stamped it, as its reconcile judges it: not on this host's clock, which may be minutes off the workers'.
+    found = svc.store.gpu_history().gpu(inputs.gpu_uuid(uuid), retention_s=svc.settings.gpu_history_retention_s)
     if found is None:
         raise ApiError(404, "not_found", f"no history for GPU {uuid}", field="uuid")
     current = gpuverdict.loads(svc.store.state(found["node"]).gpus).get(uuid) if found["node"] else None

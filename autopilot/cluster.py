@@ -281,11 +281,14 @@ class ClusterClient(Protocol):
         """
         ...
 
-    def create_node_event(self, node: str, *, reason: str, message: str, type_: str, namespace: str) -> None:
+    def create_node_event(
+        self, node: str, *, reason: str, message: str, type_: str, namespace: str, now: datetime | None = None
+    ) -> None:
         """A core/v1 Event about Node ``node`` (``kubectl describe node`` shows it).
 
         ``namespace`` must be ``NODE_EVENT_NAMESPACE``: the API server refuses a Node event
-        anywhere else (``ClusterError``, 422), and so does ``FakeCluster``.
+        anywhere else (``ClusterError``, 422), and so does ``FakeCluster``. ``now``: its
+        ``firstTimestamp``/``lastTimestamp``, the store's clock that every writer shares (None: this host's).
         """
         ...
 
@@ -812,9 +815,11 @@ class KubeClusterClient:
 
         return with_retries(attempt, policy=self.retry, sleep=self._sleep, what=f"condition of node {name}")
 
-    def create_node_event(self, node: str, *, reason: str, message: str, type_: str, namespace: str) -> None:
+    def create_node_event(
+        self, node: str, *, reason: str, message: str, type_: str, namespace: str, now: datetime | None = None
+    ) -> None:
         info = self.get_node(node)
-        body = event_manifest(info, reason=reason, message=message, type_=type_, namespace=namespace)
+        body = event_manifest(info, reason=reason, message=message, type_=type_, namespace=namespace, now=now)
         try:
             self._call("POST", f"/api/v1/namespaces/{_seg(namespace)}/events", body=body, retry_conflict=False)
         except errors.Conflict:

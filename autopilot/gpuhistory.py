@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from autopilot import results
@@ -159,6 +159,21 @@ def _age_s(stamp: str, now: datetime) -> float:
         return float("inf")
 
 
-def retained(found: Iterable[Incident], *, now: datetime, retention_s: float) -> list[Incident]:
-    """The incidents younger than ``retention_s`` (the store trims the rest)."""
-    return [i for i in found if _age_s(i.at, now) <= retention_s]
+def retained(
+    found: Iterable[Incident], *, now: datetime, retention_s: float, offsets: Mapping[str, float | None] | None = None
+) -> list[Incident]:
+    """The incidents younger than ``retention_s`` (the store trims the rest).
+
+    ``offsets``: node -> its worker's clock minus the store's (``clock_offset``), with ``now`` the store's clock: an
+    incident is stamped on the clock of the node that recorded it (its reconcile's), so its age is judged at ``now``
+    on that clock, as that node's reconcile judges it. None: every stamp on ``now``'s clock."""
+    if not offsets:
+        return [i for i in found if _age_s(i.at, now) <= retention_s]
+    return [i for i in found if _age_s(i.at, _on_clock(now, offsets.get(i.node))) <= retention_s]
+
+
+def _on_clock(now: datetime, offset: float | None) -> datetime:
+    try:
+        return now + timedelta(seconds=offset) if offset is not None else now
+    except OverflowError:  # an offset no date can hold (another writer's record): judged as stamped
+        return now

@@ -206,6 +206,10 @@ class MemoryStore:
                 return dict(self._seen)
             return {n: self._seen[n] for n in names if n in self._seen}
 
+    def offsets_and_now(self, names: Sequence[str]) -> tuple[float, dict[str, float]]:
+        offsets = {r.name: r.clock_offset for r in self.nodes(names) if r.clock_offset is not None}
+        return self.server_time(), offsets
+
     def seen_and_now(self, names: Sequence[str] | None = None) -> tuple[float, dict[str, float]]:
         return self.server_time(), self.last_seen(names)
 

@@ -155,7 +155,7 @@ def apply(
     before = str(previous_verdict) if previous_verdict is not None else info.labels.get(labeling.GPUHEALTH)
     if before == publication.verdict.value:
         return Applied(wrote)
-    error = _event(cluster, node, before, publication)
+    error = _event(cluster, node, before, publication, now)
     return Applied(wrote or error is None, before or "", error)
 
 
@@ -198,14 +198,17 @@ def _patch(
         _patch(cluster, node, labels, {})
 
 
-def _event(cluster: ClusterClient, node: str, before: str | None, pub: NodePublication) -> str | None:
+def _event(
+    cluster: ClusterClient, node: str, before: str | None, pub: NodePublication, now: datetime | None
+) -> str | None:
     """Create the verdict-change Event; None when created, else why not (the seam already retried
-    what a retry can fix)."""
+    what a retry can fix). Stamped ``now`` (the reconcile's: the store's clock), as the condition is: a Kubernetes
+    reader sees the change at the same time on the Event and the condition, whichever host wrote them."""
     kind = "Warning" if pub.verdict in (Verdict.WARN, Verdict.EVICT) else "Normal"
     message = f"{labeling.GPUHEALTH} {before or '(none)'} -> {pub.verdict.value}: {pub.condition.message}"
     try:
         cluster.create_node_event(
-            node, reason=EVENT_REASON, message=message, type_=kind, namespace=NODE_EVENT_NAMESPACE
+            node, reason=EVENT_REASON, message=message, type_=kind, namespace=NODE_EVENT_NAMESPACE, now=now
         )
     except errors.ClusterError as exc:
         return f"{type(exc).__name__}: {exc}"

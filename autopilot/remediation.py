@@ -27,6 +27,7 @@ import enum
 import json
 import logging
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 
 from autopilot import errors, results
 from autopilot.cluster import ClusterClient, NodeInfo, NodeTaint
@@ -179,11 +180,21 @@ def plan(policy: Policy, nodes: Sequence[NodeInfo], health: Mapping[str, Health]
 
 
 def apply(
-    cluster: ClusterClient, policy: Policy, the_plan: Plan, *, namespace: str = EVENT_NAMESPACE, now: str | None = None
+    cluster: ClusterClient,
+    policy: Policy,
+    the_plan: Plan,
+    *,
+    namespace: str = EVENT_NAMESPACE,
+    now: datetime | None = None,
+    stamps: Mapping[str, str] | None = None,
 ) -> list[Action]:
     """Carry out ``the_plan`` (dry run: log it); returns the actions done. A refused node is logged and
-    skipped: the next pass tries again."""
-    stamp = now or results.utc_now_iso()
+    skipped: the next pass tries again.
+
+    ``now``: the store's clock, which the Events are stamped with (None: this host's). ``stamps``: per node, ``now``
+    on that node's clock, which the ownership records: the gate compares it with the node's clear and its DCGM
+    pass, both stamped on the node's clock (a node missing here gets ``now``)."""
+    moment = now or datetime.now(UTC)
     done: list[Action] = []
     for action in the_plan.actions:
         if policy.dry_run:
@@ -192,7 +203,8 @@ def apply(
             done.append(action)
             continue
         try:
-            _one(cluster, action, the_plan, namespace, stamp)
+            stamp = (stamps or {}).get(action.node) or results.utc_now_iso(moment)
+            _one(cluster, action, the_plan, namespace, stamp, moment)
         except errors.ClusterError as exc:
             log.warning("remediation: %s of node %s failed: %s", action.kind.value, action.node, exc)
             continue
@@ -200,7 +212,7 @@ def apply(
     return done
 
 
-def _one(cluster: ClusterClient, action: Action, the_plan: Plan, namespace: str, stamp: str) -> None:
+def _one(cluster: ClusterClient, action: Action, the_plan: Plan, namespace: str, stamp: str, now: datetime) -> None:
     node = action.node
     if action.kind is Kind.APPLY:
         # Ownership first: if the cordon or taint is written and the process dies, the Node still says
@@ -212,28 +224,30 @@ def _one(cluster: ClusterClient, action: Action, the_plan: Plan, namespace: str,
         if action.taint:
             cluster.set_node_taint(node, TAINT, True)
         what = " and ".join(w for w, on in (("cordoned", action.cordon), ("tainted", action.taint)) if on)
-        _event(cluster, node, EVENT_APPLIED, f"EVICT: {what} by Autopilot", "Warning", namespace)
+        _event(cluster, node, EVENT_APPLIED, f"EVICT: {what} by Autopilot", "Warning", namespace, now)
     elif action.kind is Kind.RELEASE:
         if action.cordon:
             cluster.set_node_unschedulable(node, False)
         if action.taint:
             cluster.set_node_taint(node, TAINT, False)
         cluster.patch_node_labels(node, {OWNER: None}, {OWNER: None})
-        _event(cluster, node, EVENT_RELEASED, f"validation gate passed: {action.reason}", "Normal", namespace)
+        _event(cluster, node, EVENT_RELEASED, f"validation gate passed: {action.reason}", "Normal", namespace, now)
     elif action.kind is Kind.DEFER:
         cluster.patch_node_labels(node, {OWNER: DEFERRED})
         message = (
             f"EVICT: not cordoned, remediation budget exhausted ({the_plan.budget} nodes at most; "
             f"{action.reason}); labelled only"
         )
-        _event(cluster, node, EVENT_DEFERRED, message, "Warning", namespace)
+        _event(cluster, node, EVENT_DEFERRED, message, "Warning", namespace, now)
     else:
         cluster.patch_node_labels(node, {OWNER: None})
 
 
-def _event(cluster: ClusterClient, node: str, reason: str, message: str, type_: str, namespace: str) -> None:
+def _event(
+    cluster: ClusterClient, node: str, reason: str, message: str, type_: str, namespace: str, now: datetime
+) -> None:
     try:
-        cluster.create_node_event(node, reason=reason, message=message, type_=type_, namespace=namespace)
+        cluster.create_node_event(node, reason=reason, message=message, type_=type_, namespace=namespace, now=now)
     except errors.ClusterError as exc:
         # Events are best effort: the Node already carries the change.
         log.warning("remediation event for node %s not created: %s", node, exc)

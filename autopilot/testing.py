@@ -759,8 +759,13 @@ class FakeCluster:
 
         return self._do("set_node_condition", write)
 
-    def create_node_event(self, node: str, *, reason: str, message: str, type_: str, namespace: str) -> None:
-        manifest = event_manifest(self.get_node(node), reason=reason, message=message, type_=type_, namespace=namespace)
+    def create_node_event(
+        self, node: str, *, reason: str, message: str, type_: str, namespace: str, now: datetime | None = None
+    ) -> None:
+        info = self.get_node(node)
+        manifest = event_manifest(
+            info, reason=reason, message=message, type_=type_, namespace=namespace, now=now or self._now()
+        )
         name = str(manifest["metadata"]["name"])
 
         def create() -> None:

@@ -35,7 +35,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
@@ -60,7 +60,17 @@ class Envelope:
     node: str
     checks: tuple[str, ...]
     params: Mapping[str, Mapping[str, Any]]
-    deadline: float
+    deadline: float  # epoch s on the sender's clock (its gather and claims judge it there)
+    # The target worker's clock minus the sender's (0: not known). Celery drops a message whose ``expires`` has
+    # passed by the consuming worker's clock, and the task judges its deadline on that clock too: the message
+    # carries ``sent_deadline``, the deadline as that worker's clock reads it. Without it a worker 10 min ahead
+    # dropped every message with less than 10 min left (every periodic run: its results went stale, UNKNOWN).
+    clock_shift_s: float = 0.0
+
+    @property
+    def sent_deadline(self) -> float:
+        """``deadline`` on the target worker's clock: what the message says."""
+        return self.deadline + self.clock_shift_s
 
 
 def partition(checks: Sequence[str], registry: CheckRegistry) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -227,6 +237,19 @@ class BatchDispatcher(Protocol):
     def send_many(self, envelopes: Sequence[Envelope]) -> None: ...
 
 
+def clock_shifts(
+    store: ResultsStore, clock: Callable[[], float], nodes: Sequence[str], *, on_store_clock: bool = False
+) -> dict[str, float]:
+    """Node -> its worker's clock minus the clock this process's deadlines are on (``clock``; the store's with
+    ``on_store_clock``, as beat's ticks make them), for the nodes whose worker measured its offset; the others are
+    left out (0: their messages say the deadline as before). One round trip (``offsets_and_now``), once per run.
+    A message's ``expires`` is judged by Celery on the consuming worker's clock: see ``Envelope.clock_shift_s``."""
+    before = clock()
+    now, offsets = store.offsets_and_now(nodes)
+    own = 0.0 if on_store_clock else (before + clock()) / 2 - now
+    return {n: offset - own for n, offset in offsets.items()}
+
+
 def send_all(dispatcher: Dispatcher, envelopes: Sequence[Envelope]) -> None:
     """Send ``envelopes`` in order, in one batch when ``dispatcher`` can (``BatchDispatcher``)."""
     if isinstance(dispatcher, BatchDispatcher):
@@ -343,7 +366,7 @@ class CeleryDispatcher:
             RUN_TASK,
             (),
             kwargs,
-            expires=datetime.fromtimestamp(envelope.deadline, UTC),
+            expires=datetime.fromtimestamp(envelope.sent_deadline, UTC),
             reply_to=reply_to,
             create_sent_event=sent_event,
             ignore_result=None,
@@ -364,7 +387,7 @@ class CeleryDispatcher:
             routing_key=queue,
             # A task still queued at its deadline is dropped by the worker: its run already
             # reported the node unreachable, and a check run that late answers nobody.
-            expires=datetime.fromtimestamp(envelope.deadline, UTC),
+            expires=datetime.fromtimestamp(envelope.sent_deadline, UTC),
             producer=producer,
             declare=[],
         )
@@ -377,7 +400,7 @@ def _run_kwargs(envelope: Envelope) -> dict[str, Any]:
         "node": envelope.node,
         "checks": list(envelope.checks),
         "params": {c: dict(envelope.params.get(c, {})) for c in envelope.checks},
-        "deadline": envelope.deadline,
+        "deadline": envelope.sent_deadline,
     }
 
 

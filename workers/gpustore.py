@@ -15,8 +15,8 @@ UUIDs reaching a key are validated here (``gpuident.valid_uuid``), whatever the 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -24,7 +24,7 @@ import redis
 from autopilot import gpuhistory, gpuident, results
 from autopilot.gpuhistory import Incident
 from autopilot.gpuverdict import GpuState
-from workers.store import decoded, translating
+from workers.store import NodeRecord, decoded, server_seconds, translating
 
 P = "ap:"
 _SERIAL_CHARS = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz-_")
@@ -86,6 +86,28 @@ def incidents_many(
     return out
 
 
+def _retained(
+    client: redis.Redis[bytes], found: list[Incident], *, now: datetime, retention_s: float
+) -> list[Incident]:
+    """``gpuhistory.retained`` at ``now`` (the store's clock), each incident on its node's clock (one MGET)."""
+    offsets = _offsets(client, {i.node for i in found if i.node})
+    return gpuhistory.retained(found, now=now, retention_s=retention_s, offsets=offsets)
+
+
+def _offsets(client: redis.Redis[bytes], nodes: Iterable[str]) -> dict[str, float | None]:
+    """Node -> its worker's last measured clock offset (None: not measured, or no readable record)."""
+    wanted = sorted(nodes)
+    if not wanted:
+        return {}
+    out: dict[str, float | None] = {}
+    for node, raw in zip(wanted, client.mget([f"{P}node:{n}" for n in wanted]), strict=True):
+        try:
+            out[node] = NodeRecord.from_dict(json.loads(raw)).clock_offset if raw else None
+        except (ValueError, TypeError, AttributeError):
+            out[node] = None  # a damaged record: its incidents judged as stamped
+    return out
+
+
 def _decode(raws: Iterable[bytes | str]) -> list[Incident]:
     found = []
     for raw in raws:
@@ -96,12 +118,24 @@ def _decode(raws: Iterable[bytes | str]) -> list[Incident]:
     return found
 
 
-def gpu(client: redis.Redis[bytes], uuid: str, *, now: datetime, retention_s: float) -> dict[str, Any] | None:
+def gpu(
+    client: redis.Redis[bytes], uuid: str, *, retention_s: float, now: datetime | None = None
+) -> dict[str, Any] | None:
     """What ``GET /api/v1/gpus/<uuid>`` serves: identity, last sighting, incidents (and those of the
-    other UUIDs its board serial was seen with); None when the GPU is unknown."""
+    other UUIDs its board serial was seen with); None when the GPU is unknown.
+
+    Retention is judged on the store's clock (``now``; None: Redis ``TIME``, read in the pipeline that reads the
+    GPU), each incident on the clock of the node that stamped it (that node's ``clock_offset``, one MGET), as that
+    node's reconcile judges it: not on the reading host's clock, which may be minutes off."""
     uuid = gpuident.checked_uuid(uuid)
-    info = {decoded(k): decoded(v) for k, v in client.hgetall(f"{P}gpuinfo:{uuid}").items()}
-    own = incidents_many(client, [uuid], now=now, retention_s=retention_s).get(uuid, [])
+    pipe = client.pipeline(transaction=False)
+    pipe.hgetall(f"{P}gpuinfo:{uuid}")
+    pipe.lrange(f"{P}gpu:{uuid}", 0, -1)
+    pipe.time()
+    raw_info, raw_own, told = pipe.execute()
+    shared = now or datetime.fromtimestamp(server_seconds(told), UTC)
+    info = {decoded(k): decoded(v) for k, v in raw_info.items()}
+    own = _retained(client, _decode(raw_own), now=shared, retention_s=retention_s)
     if not info and not own:
         return None
     serial = info.get("serial", "") or next((i.serial for i in own if i.serial), "")
@@ -110,8 +144,11 @@ def gpu(client: redis.Redis[bytes], uuid: str, *, now: datetime, retention_s: fl
         others = sorted(u for u in (decoded(m) for m in client.smembers(f"{P}gpuserial:{serial}")) if u != uuid)
     merged = list(own)
     if others:
-        for found in incidents_many(client, others, now=now, retention_s=retention_s).values():
-            merged.extend(found)
+        pipe = client.pipeline(transaction=False)
+        for other in others:
+            pipe.lrange(f"{P}gpu:{other}", 0, -1)
+        found = [i for raws in pipe.execute() for i in _decode(raws)]
+        merged.extend(_retained(client, found, now=shared, retention_s=retention_s))
         merged.sort(key=lambda i: i.at, reverse=True)
     return {
         "uuid": uuid,
@@ -129,8 +166,9 @@ def gpu(client: redis.Redis[bytes], uuid: str, *, now: datetime, retention_s: fl
 class GpuHistory:
     """The functions above on one client, as ``ResultsStore.gpu_history()`` hands them out."""
 
-    def __init__(self, client: redis.Redis[bytes]) -> None:
+    def __init__(self, client: redis.Redis[bytes], server_clock: Callable[[], float] | None = None) -> None:
         self._r = client
+        self._server_clock = server_clock  # the store's stand-in for ``TIME`` (tests), as ``ResultsStore`` has it
 
     def record(
         self,
@@ -147,7 +185,8 @@ class GpuHistory:
     def incidents_many(self, uuids: Iterable[str], *, now: datetime, retention_s: float) -> dict[str, list[Incident]]:
         return incidents_many(self._r, uuids, now=now, retention_s=retention_s)
 
-    def gpu(self, uuid: str, *, now: datetime, retention_s: float) -> dict[str, Any] | None:
-        return gpu(self._r, uuid, now=now, retention_s=retention_s)
-
-
+    def gpu(self, uuid: str, *, retention_s: float, now: datetime | None = None) -> dict[str, Any] | None:
+        """``gpu`` at ``now``, the store's clock (None: read from it)."""
+        if now is None and self._server_clock is not None:
+            now = datetime.fromtimestamp(self._server_clock(), UTC)
+        return gpu(self._r, uuid, retention_s=retention_s, now=now)

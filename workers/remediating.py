@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
-from autopilot import config, errors, remediation, verdict
+from autopilot import config, errors, remediation, results, verdict
 from autopilot.cluster import ClusterClient
 from autopilot.remediation import Health, Plan
 from autopilot.results import CheckResult
+from workers import reconcile
 from workers.store import NodeState, ResultsStore
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,17 @@ def health(store: ResultsStore, names: Sequence[str], settings: config.Settings)
     return out
 
 
+def _clocks(store: ResultsStore, names: Sequence[str]) -> tuple[datetime, dict[str, str]]:
+    """The store's clock now, and for each of ``names`` that time on its worker's clock (``on_node_clock``, its
+    last measured offset). The ownership a cordon records is compared by the gate with the node's clear and DCGM
+    level-3 pass, which are stamped on the node's clock: stamped on this host's, a node whose clock runs 10 min
+    behind stayed cordoned after a clear and a pass in those 10 min, and one 10 min ahead was released by a pass
+    that began before the cordon. Read only when a pass writes something (two reads, once per tick)."""
+    shared = datetime.fromtimestamp(store.server_time(), UTC)
+    offsets = {r.name: r.clock_offset for r in store.nodes(names)}
+    return shared, {n: results.utc_now_iso(reconcile.on_node_clock(shared, offsets.get(n))) for n in names}
+
+
 def run(store: ResultsStore, cluster: ClusterClient, settings: config.Settings) -> Plan | None:
     """One remediation pass over the fleet; None when remediation is off or the cluster could not be read."""
     pol = policy(settings)
@@ -65,7 +78,10 @@ def run(store: ResultsStore, cluster: ClusterClient, settings: config.Settings) 
         log.warning("remediation: listing nodes failed, nothing done this tick: %s", exc)
         return None
     the_plan = remediation.plan(pol, nodes, health(store, [n.name for n in nodes], settings))
-    remediation.apply(cluster, pol, the_plan)
+    # Nothing to write (or a dry run, which only logs): no clock to read.
+    writes = bool(the_plan.actions) and not pol.dry_run
+    now, stamps = _clocks(store, [a.node for a in the_plan.actions]) if writes else (None, None)
+    remediation.apply(cluster, pol, the_plan, now=now, stamps=stamps)
     if the_plan.deferred:
         log.warning(
             "remediation budget exhausted: %d evicted nodes labelled only (%d of %d held)",

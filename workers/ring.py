@@ -37,6 +37,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from autopilot import config, errors, network, peers, results
@@ -44,7 +45,7 @@ from autopilot.checks import iperf
 from autopilot.commands import Background, CommandResult, CommandRunner
 from autopilot.results import CheckResult, Status
 from workers import fleet
-from workers.dispatch import TaskSender
+from workers.dispatch import TaskSender, clock_shifts
 from workers.peers import StorePeers
 from workers.store import ResultsStore
 
@@ -329,6 +330,10 @@ class Coordinator:
         self.fleet = store.fleet(settings)
         self._renewed = float("-inf")  # self.clock() of the last lease renewal
         self._holding = False  # this coordinator took the ring's lease and has not released it
+        # Node -> its worker's clock minus this one's (``dispatch.clock_shifts``, read once a ring): a task's
+        # ``expires`` is judged by Celery on the worker's clock, so each says it there. Without it a member whose
+        # clock ran ahead by more than a step's wait dropped its server and client tasks unrun.
+        self._shifts: dict[str, float] = {}
 
     def wait_for(self, run_id: str, prefix: str, nodes: Sequence[str], deadline: float) -> dict[str, dict[str, Any]]:
         """The answers of ``nodes`` under ``prefix``, polling until all are in or ``deadline``.
@@ -361,9 +366,10 @@ class Coordinator:
     def send(self, run_id: str, task: str, node: str, kwargs: Mapping[str, Any], wait_s: float) -> None:
         """One task message, dropped unconsumed ``wait_s`` after it is sent; the lease kept meanwhile."""
         self.renew(run_id)
-        self.sender.send_task(task, node, kwargs, expires=self.clock() + wait_s)
+        self.sender.send_task(task, node, kwargs, expires=self.clock() + wait_s + self._shifts.get(node, 0.0))
 
     def run(self, run_id: str, nodes: Sequence[str], params: Mapping[str, Any]) -> RingOutcome:
+        self._shifts = clock_shifts(self.store, self.clock, nodes)
         started = self.clock()
         the_plan = plan(self.store, self.settings, nodes, params)
         lifetime = the_plan.estimate_s() + LIFETIME_SLACK_S
@@ -434,7 +440,10 @@ class Coordinator:
                     try:
                         self.renew(run_id)
                         self.sender.send_task(
-                            STOP_TASK, node, {"run_id": run_id, "node": node}, expires=started + lifetime
+                            STOP_TASK,
+                            node,
+                            {"run_id": run_id, "node": node},
+                            expires=started + lifetime + self._shifts.get(node, 0.0),
                         )
                     except Exception:  # noqa: BLE001 - a broker error must not keep the others' stops
                         log.exception("iperf ring %s: stop for %s not sent", run_id, node)
@@ -517,8 +526,8 @@ class Coordinator:
             threshold_gbps=float(params.get("threshold_gbps", 0.0)),
             min_fraction=float(params.get("min_fraction", 0.5)),
         )
-        stamp = results.utc_now_iso()
-        duration = round(self.clock() - started, 3)
+        at = self.clock()
+        duration = round(at - started, 3)
         done: dict[str, CheckResult] = {}
         records = {r.name: r for r in self.store.nodes(list(nodes))}
         # Each node's pairs, sent and received, in one pass: a scan of every pair per node was n^3.
@@ -546,6 +555,8 @@ class Coordinator:
                 result = network.excuse_pairs(
                     result, suspects, by="the ring's suspect", ok_words="every pair fast", what="pair"
                 )
+            # Stamped on the node's clock, as its own results are: its reconciles take its offset off its stamps.
+            stamp = results.utc_now_iso(datetime.fromtimestamp(at + self._shifts.get(node, 0.0), UTC))
             result = dataclasses.replace(result, node=node, params=dict(params), started_at=stamp, duration_s=duration)
             result = fleet.judge_for_record(self.fleet, result, records.get(node))
             self.store.save_result(result, run_id)

@@ -58,7 +58,7 @@ from autopilot.registry import CheckRegistry
 from autopilot.results import CheckResult, Status, StoredResult
 from autopilot.store import NodeState
 from workers import reconcile, ring
-from workers.dispatch import Dispatcher, Envelope, Joined, TaskSender, send_all, task_sender
+from workers.dispatch import Dispatcher, Envelope, Joined, TaskSender, clock_shifts, send_all, task_sender
 from workers.store import ResultsStore, Run, stored_result
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,36 @@ SEND_FIRST = 16
 # Node statuses in the answer, least to most severe for the totals' "status". "busy": some checks
 # never started (another GPU check held the GPUs until the deadline) and the rest were ok.
 NODE_STATUSES = ("ok", "skipped", "busy", "pending", "unknown", "unreachable", "error", "warn", "fail")
+
+
+class StoreClock:
+    """This host's clock put on the store's (Redis ``TIME``): its time less its offset to the store, measured with
+    one ``TIME`` at first use and again every ``every_s`` (a round trip a minute, not one per call).
+
+    The API's runs are made with it: their deadlines and stamps are on the clock beat's ticks make theirs on
+    (``store.server_time()``) and every other API replica too, so a claim of another run's execution (``Flights``)
+    and a stored run's deadline are compared on the clock they were made on. On this host's own clock 10 min ahead,
+    a periodic run read through ``/api/v1/runs/<id>`` was over at once, every node ``unreachable``; 10 min behind,
+    a tick's lapsed execution was joined and waited on to the request's deadline."""
+
+    def __init__(self, store: ResultsStore, *, wall: Callable[[], float] = time.time, every_s: float = 60.0) -> None:
+        self._store = store
+        self._wall = wall
+        self._every_s = every_s
+        self._offset = 0.0
+        self._at: float | None = None  # this host's time of the last measure
+
+    def __call__(self) -> float:
+        now = self._wall()
+        if self._at is None or not 0 <= now - self._at < self._every_s:
+            try:
+                shared = self._store.server_time()
+            except errors.StoreUnavailable:
+                # The last offset stands (none: this host's clock); what needs the store fails on its own call.
+                return now - self._offset
+            after = self._wall()
+            self._offset, self._at, now = (now + after) / 2 - shared, after, after
+        return now - self._offset
 
 
 @dataclasses.dataclass
@@ -222,6 +252,7 @@ class Gather:
         self.joined: dict[tuple[str, str], Joined] = {}  # (node, check) -> the execution it waits on
         self._leader_cursors: dict[str, int] = {}  # joined run -> entries of its write log read
         self._gave_up: set[tuple[str, str]] = set()  # joined, answered error by a less patient run
+        self._shifts: dict[str, float] | None = None  # node -> its clock minus ours (``clock_shifts``), read once
 
     @property
     def finished(self) -> bool:
@@ -233,6 +264,9 @@ class Gather:
         if not free or not self.waiting:
             return
         nodes = [self.waiting.popleft() for _ in range(min(free, len(self.waiting)))]
+        if self._shifts is None:
+            self._shifts = clock_shifts(self.svc.store, self.svc.clock, self.run.nodes)
+        shifts = self._shifts
         # Each node's deadline counts from before its publish (never later than it was sent).
         deadline = self.svc.clock() + self.node_deadline_s
         params = {c: p for c, p in self.run.params.items() if c in self.checks}
@@ -245,7 +279,10 @@ class Gather:
         # producer batch, so 1,000 nodes cost six of each rather than one.
         start, size = 0, SEND_FIRST
         while start < len(nodes):
-            envelopes = [Envelope(self.run.id, n, self.checks, params, deadline) for n in nodes[start : start + size]]
+            envelopes = [
+                Envelope(self.run.id, n, self.checks, params, deadline, shifts.get(n, 0.0))
+                for n in nodes[start : start + size]
+            ]
             envelopes, joined = self.flights.claim(envelopes, now=self.svc.clock())
             self.joined.update(joined)
             send_all(self.svc.dispatcher, envelopes)
@@ -315,6 +352,7 @@ class Gather:
                 tuple(checks),
                 {c: p for c, p in self.run.params.items() if c in checks},
                 self.in_flight[node],
+                (self._shifts or {}).get(node, 0.0),
             )
             for node, checks in lapsed.items()
         ]
@@ -462,7 +500,9 @@ def tick(svc: Services, *, kind: str, now: float) -> Run | None:
     timeout = max(svc.checks.get(c).timeout_s for c in checks)
     run = Run.new(checks, nodes, params, deadline_s=min(interval, timeout + 60), source=kind, now=now)
     svc.store.create_run(run)
-    envelopes = [Envelope(run.id, node, run.checks, params, run.deadline) for node in nodes]
+    # The tick's deadlines are on the store's clock (``now``): each message says its deadline on its worker's.
+    shifts = clock_shifts(svc.store, svc.clock, nodes, on_store_clock=True)
+    envelopes = [Envelope(run.id, node, run.checks, params, run.deadline, shifts.get(node, 0.0)) for node in nodes]
     svc.store.flights().lead(envelopes, now=now)
     send_all(svc.dispatcher, envelopes)
     log.info("fanout %s: run %s over %d nodes", kind, run.id, len(nodes))

@@ -331,7 +331,7 @@ class ResultsStore:
             _node_state(raw_state),
             _state(raw_labels),
             _history(name, raw_history),
-            _server_seconds(told[0]) if told else self.server_time(),
+            server_seconds(told[0]) if told else self.server_time(),
         )
 
     # ------------------------------------------------------------------ runs
@@ -433,7 +433,7 @@ class ResultsStore:
         """Redis's clock (``TIME``, epoch s): the one clock every worker, beat and API process shares."""
         if self._server_clock is not None:
             return self._server_clock()
-        return _server_seconds(self.r.time())
+        return server_seconds(self.r.time())
 
     def heartbeat(self, record: NodeRecord) -> None:
         pipe = self.r.pipeline(transaction=True)
@@ -456,7 +456,7 @@ class ResultsStore:
             pipe.time()
             pipe.zrange(f"{P}nodes", 0, -1, withscores=True)
             told, scored = pipe.execute()
-            now = self._server_clock() if self._server_clock is not None else _server_seconds(told)
+            now = self._server_clock() if self._server_clock is not None else server_seconds(told)
             low = max(now - heard_within, -math.inf if seen_since is None else seen_since)
             return sorted(_node_names(name for name, score in scored if score >= low))
         low_arg = "-inf" if seen_since is None else seen_since
@@ -484,6 +484,19 @@ class ResultsStore:
         scores: list[float | None] = self.r.zmscore(f"{P}nodes", list(names))  # type: ignore[no-untyped-call]  # untyped in redis-py's stubs
         return {n: float(score) for n, score in zip(names, scores, strict=True) if score is not None}
 
+    def offsets_and_now(self, names: Sequence[str]) -> tuple[float, dict[str, float]]:
+        """(the store's clock, node -> its worker's measured ``clock_offset``) in one round trip, for those of
+        ``names`` whose record has one: what a sender adds to a deadline so its message says it on that worker's
+        clock."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.time()
+        if names:
+            pipe.mget([f"{P}node:{n}" for n in names])
+        told, *raws = pipe.execute()
+        now = self._server_clock() if self._server_clock is not None else server_seconds(told)
+        records = (_record(raw, n) for n, raw in zip(names, raws[0] if raws else [], strict=True))
+        return now, {r.name: r.clock_offset for r in records if r is not None and r.clock_offset is not None}
+
     def seen_and_now(self, names: Sequence[str] | None = None) -> tuple[float, dict[str, float]]:
         """(the store's clock, ``last_seen(names)``) in one round trip: the heartbeats' scores are on that clock, so
         whoever judges them lost (``reconcile.lost_at``) reads the clock with them, not its own host's."""
@@ -494,7 +507,7 @@ class ResultsStore:
         elif names:
             pipe.zmscore(f"{P}nodes", list(names))  # type: ignore[no-untyped-call]  # untyped in redis-py's stubs
         told, *scored = pipe.execute()
-        now = self._server_clock() if self._server_clock is not None else _server_seconds(told)
+        now = self._server_clock() if self._server_clock is not None else server_seconds(told)
         if names is None:
             every = dict(scored[0])
             return now, {n: float(every[n.encode()]) for n in _node_names(every)}
@@ -731,7 +744,7 @@ class ResultsStore:
         """Incidents and sightings per GPU UUID (same client)."""
         from workers import gpustore
 
-        return gpustore.GpuHistory(self.r)
+        return gpustore.GpuHistory(self.r, self._server_clock)
 
     def flights(self) -> dispatch.Flights:
         """The claims that make equal check requests coalesce (through this store)."""
@@ -1041,10 +1054,10 @@ def _view(node: str, replies: Sequence[Any], known: Mapping[bytes, CheckResult] 
     offset = record.clock_offset if record is not None else None
     latest = _latest(node, raw_latest, known)
     labels = _state(raw_labels)
-    return NodeView(latest, state, labels, _score(seen), _pending(pending), offset, _server_seconds(told))
+    return NodeView(latest, state, labels, _score(seen), _pending(pending), offset, server_seconds(told))
 
 
-def _server_seconds(reply: Any) -> float:
+def server_seconds(reply: Any) -> float:
     """Redis's ``TIME`` reply (seconds, microseconds) as epoch seconds."""
     seconds, micros = reply
     return int(seconds) + int(micros) / 1_000_000

@@ -10,11 +10,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from api import client
+from autopilot import gpuhistory
+from autopilot.gpuhistory import Incident
 from autopilot.registry import shipped as shipped_checks
 from autopilot.results import CheckResult, DeviceResult, Status
 from tests.unit.api_helpers import Api, make_api
 from tests.unit.test_api_client import Served
 from workers import reconcile
+from workers.store import NodeRecord
 
 
 def uuid(i: int) -> str:
@@ -87,6 +90,26 @@ def test_gpu_history_route(api: Api) -> None:
     assert [(i["kind"], i["verdict"]) for i in body["incidents"]] == [("verdict", "EVICT")]
     assert body["verdict"]["verdict"] == "EVICT"
     assert api.client.get(f"/api/v1/gpus/{uuid(9)}").status_code == 404
+
+
+@pytest.mark.parametrize(("skew_s", "shown"), [(-600.0, True), (600.0, False)])
+def test_gpu_history_retention_is_judged_on_the_clock_that_stamped_each_incident(
+    api: Api, skew_s: float, shown: bool
+) -> None:
+    # node-a's worker clock runs 10 min behind (ahead of) the store's, which this host shares here; its reconcile
+    # stamped an incident that is, on that clock, 5 min short of (past) retention: that reconcile keeps (drops) it,
+    # and so must the API. Before, the API judged it on its own host's clock: 5 min past (short of) retention.
+    keep = api.settings.gpu_history_retention_s
+    api.store.heartbeat(NodeRecord("node-a", gpu_count=8, last_seen=time.time() + skew_s, clock_offset=skew_s))
+    age = keep - 300 if shown else keep + 300
+    at = datetime.fromtimestamp(time.time() + skew_s - age, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    incident = Incident(at, uuid(2), "node-a", gpuhistory.VERDICT, "EVICT", "PASS")
+    api.store.gpu_history().record("node-a", {}, [incident], now=datetime.now(UTC), history_len=10, retention_s=keep)
+    answer = api.client.get(f"/api/v1/gpus/{uuid(2)}")
+    if shown:
+        assert [i["at"] for i in answer.get_json()["incidents"]] == [at]
+    else:
+        assert answer.status_code == 404  # nothing retained and never sighted: unknown, as to its reconcile
 
 
 @pytest.mark.parametrize("bad", ["GPU-x", "ap:*", "GPU-00000002-0000-4000-8000-00000000000g", "gpu-00000002"])

@@ -9,6 +9,7 @@ import json
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import fakeredis
@@ -673,3 +674,36 @@ def test_a_background_run_whose_coordinator_dies_answers_when_its_lease_lapses(
     for node in ("node-a", "node-b"):
         (result,) = report["nodes"][node]["results"]
         assert result["status"] == "error" and "coordinator lost" in result["summary"]
+
+
+def test_each_ring_task_expires_on_its_members_clock() -> None:
+    # Celery drops a task whose ``expires`` has passed by the consuming worker's clock. node-b's worker measured its
+    # clock 10 min ahead of the store's, the others on time: its tasks must expire 10 min later by the stamps, the
+    # same moment. Before, every task said the coordinator's time: node-b dropped its server and client tasks unrun.
+    net = Net()
+    now = time.time()
+    net.store.heartbeat_many(
+        NodeRecord(n, {"lo": ["127.0.0.1"], "data0": [address(n)]}, last_seen=now + (600.0 if n == "node-b" else 0.0),
+                   clock_offset=600.0 if n == "node-b" else 0.0)
+        for n in net.nodes
+    )  # fmt: skip
+    sent: list[tuple[str, str, float]] = []
+    send_task = net.dispatcher.send_task
+
+    def recording(task: str, node: str, kwargs: Mapping[str, Any], *, expires: float) -> None:
+        sent.append((task, node, expires))
+        send_task(task, node, kwargs, expires=expires)
+
+    net.dispatcher.send_task = recording  # type: ignore[method-assign]
+    outcome = net.ring(duration_s=1)
+    # Each member's iperf result is stamped on its own clock, as its reconciles read its stamps (before: all on
+    # this host's, so node-b's result read 10 min old at once).
+    stamped = {n: datetime.fromisoformat(outcome.results[n].started_at).timestamp() for n in NODES}
+    assert round(stamped["node-b"] - stamped["node-a"]) == 600 and stamped["node-c"] == stamped["node-a"]
+    stops = {node: expires for task, node, expires in sent if task == ring.STOP_TASK}
+    assert set(stops) == set(NODES)
+    assert round(stops["node-b"] - stops["node-a"], 3) == 600.0
+    servers = [(node, expires) for task, node, expires in sent if task == ring.SERVERS_TASK]
+    late = [e for node, e in servers if node == "node-b"]
+    on_time = [e for node, e in servers if node != "node-b"]
+    assert late and on_time and min(late) - max(on_time) > 590.0

@@ -138,6 +138,22 @@ def test_the_condition_is_stamped_on_the_clock_its_heartbeat_is_judged_by(backen
     assert writes(backend) == before
 
 
+def test_the_verdict_change_event_is_stamped_on_the_reconciles_clock() -> None:
+    # The reconcile passes the store's clock as now; this host's runs 10 min behind or ahead of it. The Event a
+    # reader sees beside the condition must carry the same time whichever host wrote it. Before, it carried
+    # datetime.now() of the writing host: 10 min off the condition's lastTransitionTime.
+    for skew in (timedelta(minutes=-10), timedelta(minutes=10)):
+        for kube in make_backend("kube"):
+            assert kube.standin is not None
+            kube.control.add_node("gpu-1", {HEALTH: "PASS"}, gpus=8)
+            shared = datetime.now(UTC).replace(microsecond=0) + skew
+            publish.apply(kube.client, "gpu-1", publish.desired(EVICT), Verdict.PASS, now=shared)
+            events = [o for (kind, _, _), o in kube.standin.objects.items() if kind == "Event"]
+            assert [(e["firstTimestamp"], e["lastTimestamp"]) for e in events] == [(rfc3339(shared),) * 2]
+            condition = kube.client.get_node("gpu-1").condition()
+            assert condition is not None and condition.last_transition_time == rfc3339(shared)
+
+
 def test_a_verdict_change_emits_one_event(backend: Backend) -> None:
     backend.control.add_node("gpu-1", {HEALTH: "PASS"}, gpus=8)
     publish.apply(backend.client, "gpu-1", publish.desired(Decision(Verdict.PASS, ())), Verdict.PASS)

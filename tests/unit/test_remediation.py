@@ -241,6 +241,39 @@ def test_the_validation_gate_needs_both_a_clear_and_a_dcgm_level_3_pass(kube: Ba
     assert OWNER in api.nodes["gpu-1"]["metadata"]["annotations"]
 
 
+@pytest.mark.parametrize(
+    ("skew_s", "dcgm_after_s", "released"),
+    [
+        (-600.0, 60.0, True),  # its clock 10 min behind: a clear and a pass 1 and 2 min after the cordon release it
+        (600.0, -60.0, False),  # 10 min ahead: a pass that began 1 min before the cordon does not
+    ],
+)
+def test_the_gate_compares_the_cordon_with_the_clear_and_the_pass_on_the_nodes_clock(
+    kube: Backend, skew_s: float, dcgm_after_s: float, released: bool
+) -> None:
+    # Beat's host and the store agree (``at``); the node's worker measured its clock ``skew_s`` off the store's, and
+    # its DCGM pass and the operator's clear are stamped on that clock (``reconcile.clear_evict``). Before, the
+    # ownership was stamped with beat's host clock: the node behind stayed cordoned after a clear and a pass that
+    # both came after the cordon, and the node ahead was released by a pass that began before it.
+    api = standin(kube)
+    api.add_node("gpu-1", gpus=8)
+    at = datetime.now(UTC).replace(microsecond=0).timestamp()
+    store = ResultsStore(fakeredis.FakeRedis(), server_clock=lambda: at)
+
+    def on_node(store_s: float) -> str:
+        return results.utc_now_iso(datetime.fromtimestamp(at + store_s + skew_s, UTC))
+
+    store.heartbeat(NodeRecord("gpu-1", gpu_count=8, last_seen=at + skew_s, clock_offset=skew_s))
+    evict(store, "gpu-1")
+    remediating.run(store, kube.client, settings())
+    assert api.nodes["gpu-1"]["spec"]["unschedulable"] is True
+    level3 = CheckResult("dcgm", Status.OK, "level 3", node="gpu-1", started_at=on_node(dcgm_after_s), params={"r": 3})
+    store.save_result(level3)
+    store.set_state("gpu-1", {"verdict": "PASS", "evicted_at": None, "cleared_at": on_node(120), "cleared_by": "ops"})
+    remediating.run(store, kube.client, settings())
+    assert bool(api.nodes["gpu-1"]["spec"].get("unschedulable")) is not released
+
+
 def test_a_level_1_run_after_the_level_3_pass_does_not_hide_it(kube: Backend) -> None:
     api = standin(kube)
     api.add_node("gpu-1", gpus=8)

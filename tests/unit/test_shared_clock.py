@@ -5,7 +5,10 @@ worker's task reconcile, beat's tick and the API say the same whatever that work
 from __future__ import annotations
 
 import threading
+import time
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
 
 import fakeredis
 import pytest
@@ -13,11 +16,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
 from api import client
-from autopilot import config
+from api.app import create_app
+from autopilot import config, errors
 from autopilot.registry import shipped as shipped_checks
 from autopilot.results import CheckResult, Status, utc_now_iso
 from tests.unit.api_helpers import make_api
-from workers import main, reconcile, runs
+from tests.unit.test_api_client import Served
+from workers import main, reconcile, runs, tasks
+from workers.app import create_celery
+from workers.dispatch import CeleryDispatcher, Envelope, FakeDispatcher
 from workers.peers import StorePeers
 from workers.store import NodeRecord, ResultsStore
 
@@ -287,6 +294,15 @@ def test_autopilot_nodes_shows_the_clock_offset_and_last_seen_on_the_stores_cloc
             {"name": "gpu-1", "verdict": "PASS", "live": True, "last_seen": wall - 600 - 20, "clock_offset": -600.0},
             {"name": "gpu-2", "verdict": "PASS", "live": True, "last_seen": wall + 7200 - 20, "clock_offset": 7200.0},
             {"name": "gpu-3", "verdict": "PASS", "live": True, "last_seen": wall - 20, "clock_offset": None},
+            # wedged 2 min ago by the store's clock, on a worker's clock 10 min ahead (before: "wedged 0s ago")
+            {
+                "name": "gpu-4",
+                "verdict": "UNKNOWN",
+                "live": False,
+                "last_seen": wall + 600 - 120,
+                "wedged_since": wall + 600 - 120,
+                "clock_offset": 600.0,
+            },
         ],
     }
     console = Console(width=200, record=True)
@@ -297,6 +313,7 @@ def test_autopilot_nodes_shows_the_clock_offset_and_last_seen_on_the_stores_cloc
     assert "20s ago" in rows["gpu-1"] and "-10m behind" in rows["gpu-1"]
     assert "20s ago" in rows["gpu-2"] and "+2.0h ahead" in rows["gpu-2"]
     assert "20s ago" in rows["gpu-3"] and " ? " in rows["gpu-3"]
+    assert "no: wedged 2m ago" in rows["gpu-4"]
 
 
 @pytest.mark.parametrize("skew", [timedelta(hours=2), -timedelta(hours=2)])
@@ -310,3 +327,121 @@ def test_an_operators_clear_is_recorded_on_the_nodes_clock(skew: timedelta) -> N
     # after the eviction it lifts, on the same clock (the node's), and a fresh task then passes
     assert state.evicted_at is None and state.cleared_at == utc_now_iso(T0 + skew)
     assert fleet.task(settings) == "PASS"
+
+
+# ---------------------------------------------------------------- the deadline a worker reads in its message
+
+
+def _sent(envelope: Envelope) -> Any:
+    """The message the Celery dispatcher publishes for ``envelope`` (memory broker), as a worker reads it."""
+    app = create_celery(config.Settings(node_name="x", redis_url="redis://127.0.0.1:1/0"))
+    app.conf.broker_url = "memory://"
+    try:
+        CeleryDispatcher(app).send_many([envelope])
+        with app.connection_for_read() as conn:
+            simple = conn.SimpleQueue(f"autopilot.node.{envelope.node}")
+            message = simple.get(timeout=1)
+            simple.close()
+        return message
+    finally:
+        app.close()
+
+
+def _left_on_worker_clock(message: Any, worker_now: float) -> tuple[float, float]:
+    """(seconds to ``expires``, seconds to the task's ``deadline``) as the worker's clock reads them: Celery drops
+    the message once its clock passes ``expires`` (``Request.maybe_expire``), the task judges its deadline there."""
+    expires = datetime.fromisoformat(message.headers["expires"]).timestamp()
+    return round(expires - worker_now, 3), round(message.payload[1]["deadline"] - worker_now, 3)
+
+
+@pytest.mark.parametrize("skew_s", [TEN_MINUTES, -TEN_MINUTES])
+def test_a_periodic_message_gives_a_skewed_worker_the_time_the_tick_gave_it(skew_s: float) -> None:
+    # Beat's tick makes its deadlines on the store's clock. Before, the message said that deadline as it was: a
+    # worker 10 min ahead read it as already past and Celery dropped every periodic message unrun (its results went
+    # stale: UNKNOWN, whatever its GPUs), one 10 min behind held GPU checks back 10 min past the run's end.
+    fleet = Fleet(skew_s)
+    fleet.heartbeat()
+    sent = FakeDispatcher()
+    run = tasks.fanout(fleet.store, sent, make_settings(), shipped_checks(), kind="periodic")
+    assert run is not None and [e.node for e in sent.sent] == [NODE]
+    given = round(run.deadline - fleet.at, 3)
+    assert given > 0
+    assert _left_on_worker_clock(_sent(sent.sent[0]), fleet.worker_clock()) == (given, given)
+
+
+def test_a_run_from_the_api_gives_a_skewed_worker_its_node_deadline() -> None:
+    # The API's gather makes deadlines on its own host's clock (here 5 min behind the store's); the node's worker
+    # runs 10 min ahead of the store. Its message must leave it the node deadline by its own clock.
+    fleet = Fleet(TEN_MINUTES)
+    fleet.heartbeat()
+    settings = make_settings(node_name="api-host")
+    svc = runs.Services(settings, fleet.store, FakeDispatcher(), shipped_checks(), clock=lambda: fleet.at - 300.0)
+    run = runs.create_run(svc, runs.RunRequest(("remapped",), hosts=(NODE,), deadline_s=60.0), runs.Selection((NODE,)))
+    runs.Gather(svc, run, node_deadline_s=60.0, batch=None).send_ready()
+    sent = svc.dispatcher.sent  # type: ignore[attr-defined]
+    assert [e.node for e in sent] == [NODE]
+    assert _left_on_worker_clock(_sent(sent[0]), fleet.worker_clock()) == (60.0, 60.0)
+
+
+@pytest.mark.parametrize(
+    ("api_ahead_s", "after_s", "status"), [(TEN_MINUTES, 0.0, "pending"), (-TEN_MINUTES, 180.0, "unreachable")]
+)
+def test_a_stored_periodic_run_is_read_on_the_clock_its_deadline_was_made_on(
+    api_ahead_s: float, after_s: float, status: str
+) -> None:
+    # Beat's tick makes the run's deadline on the store's clock (2 min ahead here). The API host's clock runs
+    # 10 min ahead of the store's (behind, and the run is read 3 min after the tick). Before, the API read the run
+    # on its own clock: over at once, the node "unreachable" while it had 2 min left (ahead), or still "pending"
+    # a minute after its deadline (behind).
+    fleet = Fleet(0.0)
+    fleet.at = time.time() - api_ahead_s
+    fleet.heartbeat()
+    settings = make_settings()
+    run = tasks.fanout(fleet.store, FakeDispatcher(), settings, shipped_checks(), kind="periodic")
+    assert run is not None and run.deadline - fleet.at == 120.0
+    fleet.at += after_s
+    fleet.heartbeat()
+    app = create_app(settings, store=fleet.store, dispatcher=FakeDispatcher(), checks=shipped_checks())
+    body = app.test_client().get(f"/api/v1/runs/{run.id}").get_json()
+    assert body["nodes"][NODE]["status"] == status
+
+
+def test_the_apis_store_clock_asks_the_store_once_a_minute_and_keeps_its_offset_when_it_is_away() -> None:
+    asked: list[float] = []
+    away = False
+
+    class Store:
+        def server_time(self) -> float:
+            if away:
+                raise errors.StoreUnavailable("redis: connection refused")
+            asked.append(1.0)
+            return 1_000.0 + 60.0 * (len(asked) - 1)  # the store's clock, 600 s behind this host's
+
+    wall = [1_600.0]
+    clock = runs.StoreClock(Store(), wall=lambda: wall[0])  # type: ignore[arg-type]
+    assert [clock(), clock()] == [1_000.0, 1_000.0] and len(asked) == 1
+    wall[0] += 30.0
+    assert clock() == 1_030.0 and len(asked) == 1
+    wall[0] += 30.0
+    assert clock() == 1_060.0 and len(asked) == 2
+    away = True
+    wall[0] += 90.0
+    assert clock() == 1_150.0  # the offset measured last, not this host's clock
+
+
+def test_autopilot_nodes_counts_ages_from_the_stores_clock_not_the_readers(capsys: pytest.CaptureFixture[str]) -> None:
+    # The store's clock (and the fleet's) runs an hour behind the laptop that runs ``autopilot nodes``. Before,
+    # LAST SEEN counted from the laptop's clock: a node heard 20 s ago read "1.0h ago".
+    at = time.time() - 3600.0
+    store = ResultsStore(fakeredis.FakeRedis(), server_clock=lambda: at)
+    store.heartbeat(NodeRecord(NODE, gpu_count=8, last_seen=at - 20, clock_offset=0.0))
+    app = create_app(
+        make_settings(node_name="api-host"), store=store, dispatcher=FakeDispatcher(), checks=shipped_checks()
+    )
+    served = Served(SimpleNamespace(app=app))  # type: ignore[arg-type]
+    try:
+        assert client.nodes_main(["--url", served.url]) == 0
+    finally:
+        served.close()
+    row = next(line for line in capsys.readouterr().out.splitlines() if NODE in line)
+    assert "20s ago" in row
