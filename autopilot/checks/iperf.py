@@ -127,6 +127,9 @@ def judge_client(out: CommandResult | errors.AutopilotError) -> Measure:
         return Measure(Status.ERROR, None, str(out))
     try:
         stats = network.parse_iperf3(out.stdout)
+        late = network.iperf3_late_error(out.stderr or "")
+        if late:  # the document is out and iperf3 then failed (its error on stderr): no measurement
+            raise errors.ToolError(f"iperf3: {late}")
     except errors.ToolError as exc:
         message = str(exc)
         if any(word in message.lower() for word in _CONNECT_WORDS):
