@@ -253,6 +253,22 @@ def test_timeouts_missing_tool_and_garbage() -> None:
     assert garbled.status is Status.ERROR and "unreadable" in garbled.detail
 
 
+def test_an_iperf3_too_old_for_our_options_says_so() -> None:
+    # iperf3 3.0/3.1 (Ubuntu 18.04's 3.1.3) predate --connect-timeout (3.2): getopt's complaint, then the
+    # whole usage text on stderr, exit 1 (hand-written, shortened). The complaint is the detail.
+    stderr = (
+        "iperf3: unrecognized option '--connect-timeout'\n"
+        "Usage: iperf [-s|-c host] [options]\n"
+        "       iperf [-h|--help] [-v|--version]\n\n"
+        "Server or Client:\n  -p, --port      #         server port to listen on/connect to\n\n"
+        "iperf3 homepage at: http://software.es.net/iperf/\n"
+        "Report bugs to:     https://github.com/esnet/iperf\n"
+    )
+    m = iperf.judge_client(out("", rc=1, stderr=stderr))
+    assert m.status is Status.ERROR
+    assert m.detail == "iperf3 output unreadable: iperf3: unrecognized option '--connect-timeout'"
+
+
 def test_a_pair_sums_its_clients_and_any_failed_client_decides() -> None:
     m = iperf.judge_pair([out(ok_json(2e9)), out(ok_json(3e9))])
     assert m.status is Status.OK and m.gbps == pytest.approx(5.0)
