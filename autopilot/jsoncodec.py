@@ -80,9 +80,15 @@ def first_document(text: str) -> Any:
     sometimes a second copy or a trailer after it (iperf3 3.16/3.17, dcgmi): neither hides the
     document. A "{" inside a warning line is not the document. Raises ``ValueError`` when there is none.
     """
+    return first_document_and_end(text)[0]
+
+
+def first_document_and_end(text: str) -> tuple[Any, int]:
+    """``first_document`` and the index in ``text`` just past it (where a trailer would start)."""
     start = text.find("{")
     while start > 0 and text[start - 1] != "\n":
         start = text.find("{", start + 1)
     if start < 0:
         raise ValueError(f"no line starts a JSON document: {text.strip()[:200]!r}")
-    return json.JSONDecoder().raw_decode(text, start)[0]
+    doc, end = json.JSONDecoder().raw_decode(text, start)
+    return doc, end

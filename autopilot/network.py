@@ -151,13 +151,16 @@ def parse_iperf3(text: str) -> IperfStats:
     ``ParseError`` for text that is not iperf3 JSON; ``ToolError`` carrying iperf3's own ``error``
     (connection refused, authorization failed, ...).
     """
-    doc = _first_json_object(text)
+    doc, end = _first_json_object(text)
     if not isinstance(doc, dict):
         raise errors.ParseError("iperf3 output is not a JSON object")
     if "event" in doc and "data" in doc:
         doc = _from_stream(text)
-    if doc.get("error"):
-        raise errors.ToolError(f"iperf3: {doc['error']}")
+        error = doc.get("error")
+    else:
+        error = doc.get("error") or iperf3_late_error(text[end:])
+    if error:
+        raise errors.ToolError(f"iperf3: {error}")
     try:
         return _iperf_stats(doc)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -206,14 +209,42 @@ def _from_stream(text: str) -> dict[str, Any]:
     return doc
 
 
-def _first_json_object(text: str) -> Any:
-    """The first JSON document of ``iperf3 -J`` output. iperf3 writes warnings to stdout ahead of
-    the document ("warning: UDP block size ... exceeds TCP MSS", esnet/iperf#1223), and 3.16/3.17
-    print the whole document twice (esnet/iperf#1688, #1716): neither makes a run unreadable."""
+def _first_json_object(text: str) -> tuple[Any, int]:
+    """The first JSON document of ``iperf3 -J`` output and where it ends. iperf3 writes warnings to
+    stdout ahead of the document ("warning: UDP block size ... exceeds TCP MSS", esnet/iperf#1223), and
+    3.16/3.17 print the whole document twice (esnet/iperf#1688, #1716): neither makes a run unreadable."""
     try:
-        return jsoncodec.first_document(text)
+        return jsoncodec.first_document_and_end(text)
     except ValueError as exc:
         raise errors.ParseError(f"iperf3 output is not JSON: {exc}") from None
+
+
+# iperf3's own words for a run that ended on an error, once its -J document is out: iperf_err/iperf_errexit
+# (iperf_error.c) add "error" to the document while it is open, and after it was printed (json_top
+# freed) write "iperf3: error - ..." (or "iperf3: interrupt - ..." on a signal) to stderr or the log.
+_LATE_ERROR = re.compile(r"^\s*iperf3: ((?:error|interrupt) - .*?)\s*$", re.MULTILINE)
+
+
+def iperf3_late_error(text: str) -> str:
+    """The error iperf3 reported after its ``-J`` document, in ``text`` (the rest of stdout, or stderr);
+    "" when none. A later document's ``error`` (3.16/3.17 print the document again, with the error
+    added, when the run fails after it) or an ``iperf3: error - ...`` line: the run failed after its
+    summary was written, so that summary is not a measurement (esnet/iperf#1143: a complete client
+    document, then "iperf3: error - unable to send control message: Broken pipe")."""
+    line = _LATE_ERROR.search(text)
+    if line:
+        return line.group(1)
+    start = text.find("{")
+    while start >= 0:
+        if start == 0 or text[start - 1] == "\n":
+            try:
+                doc = jsoncodec.first_document(text[start:])
+            except ValueError:
+                return ""
+            if isinstance(doc, dict) and doc.get("error"):
+                return str(doc["error"])
+        start = text.find("{", start + 1)
+    return ""
 
 
 def ring_steps(nodes: Sequence[str]) -> list[list[tuple[str, str]]]:

@@ -127,16 +127,22 @@ def judge_client(out: CommandResult | errors.AutopilotError) -> Measure:
         return Measure(Status.ERROR, None, str(out))
     try:
         stats = network.parse_iperf3(out.stdout)
+        late = network.iperf3_late_error(out.stderr or "")
+        if late:  # the document is out and iperf3 then failed (its error on stderr): no measurement
+            raise errors.ToolError(f"iperf3: {late}")
     except errors.ToolError as exc:
         message = str(exc)
         if any(word in message.lower() for word in _CONNECT_WORDS):
             return Measure(Status.FAIL, None, message)
         return Measure(Status.ERROR, None, message)
     except errors.ParseError as exc:
-        said = (out.stderr or "").strip().splitlines()[-1:] or [str(exc)]
-        if any(word in said[0].lower() for word in _CONNECT_WORDS):
-            return Measure(Status.FAIL, None, said[0])
-        return Measure(Status.ERROR, None, f"iperf3 output unreadable: {said[0][:200]}")
+        # iperf3's own line ("iperf3: error - ...", "iperf3: unrecognized option '--connect-timeout'" from
+        # 3.0/3.1, which predate the option) says why; the usage text it prints after it does not.
+        lines = [ln.strip() for ln in (out.stderr or "").splitlines() if ln.strip()]
+        said = next((ln for ln in lines if ln.startswith("iperf3:")), lines[-1] if lines else str(exc))
+        if any(word in said.lower() for word in _CONNECT_WORDS):
+            return Measure(Status.FAIL, None, said)
+        return Measure(Status.ERROR, None, f"iperf3 output unreadable: {said[:200]}")
     if not stats.received_bps > 0:
         if stats.sent_bps > 0:
             # The client sent and the server received nothing (TCP) or lost it all (UDP): the test ran,

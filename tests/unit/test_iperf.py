@@ -138,6 +138,64 @@ def test_warnings_before_the_document_and_a_repeated_document_are_read() -> None
         assert m.status is Status.OK and m.gbps == pytest.approx(4.0)
 
 
+def client_doc(sent_bps: float, received_bps: float, **extra: object) -> str:
+    # A hand-written minimal ``iperf3 -c ... -J`` client document (iperf 3.9+ layout: the end sums carry
+    # "sender"; receiver_tcp_congestion is absent when the server's results never came back).
+    doc = {
+        "start": {"version": "iperf 3.9", "test_start": {"protocol": "TCP", "num_streams": 1}},
+        "intervals": [],
+        "end": {
+            "sum_sent": {"seconds": 5, "bits_per_second": sent_bps, "retransmits": 0, "sender": True},
+            "sum_received": {"seconds": 5, "bits_per_second": received_bps, "sender": True},
+            "sender_tcp_congestion": "cubic",
+        },
+        **extra,
+    }
+    return json.dumps(doc, indent="\t")
+
+
+def test_an_error_iperf3_reports_after_its_document_is_the_result() -> None:
+    # Once the -J document is printed, iperf_errexit (iperf_error.c) has no document to add "error" to
+    # and writes "iperf3: error - ..." to stderr (esnet/iperf#1143: a complete client document, then
+    # "iperf3: error - unable to send control message: Broken pipe", exit 1). The summary is not a
+    # measurement: never ok at its figure, and a receiver side of 0 (the server's results never came)
+    # is no "path drops the data" either.
+    for received in (9.4e9, 0.0):
+        m = iperf.judge_client(
+            out(
+                client_doc(9.4e9, received),
+                rc=1,
+                stderr="iperf3: error - unable to send control message: Broken pipe\n",
+            )
+        )
+        assert m.status is Status.ERROR and m.gbps is None
+        assert m.detail == "iperf3: error - unable to send control message: Broken pipe"
+    # The same words on stdout after the document (iperf3 --logfile, or a runner merging the streams).
+    tail = "iperf3: error - control socket has closed unexpectedly\n"
+    m = iperf.judge_client(out(client_doc(9.4e9, 9.4e9) + "\n" + tail, rc=1))
+    assert m.status is Status.FAIL and "control socket has closed" in m.detail
+    # A signal after the document: "iperf3: interrupt - the client has terminated".
+    m = iperf.judge_client(
+        out(client_doc(9.4e9, 9.4e9), rc=1, stderr="iperf3: interrupt - the client has terminated\n")
+    )
+    assert m.status is Status.ERROR and "interrupt" in m.detail
+    # Other stderr text (a warning) leaves a complete run alone.
+    m = iperf.judge_client(out(client_doc(9.4e9, 9.4e9), stderr="warning: Ignoring nonsense TCP MSS 0\n"))
+    assert m.status is Status.OK and m.gbps == pytest.approx(9.4)
+
+
+def test_a_repeated_document_that_adds_an_error_is_read_for_it() -> None:
+    # 3.16/3.17 print the document again when it is finished twice (esnet/iperf#1688); a run that fails
+    # after the first print adds its "error" to the second copy.
+    first = client_doc(9.4e9, 9.4e9)
+    second = client_doc(9.4e9, 9.4e9, error="unable to receive results: Connection reset by peer")
+    m = iperf.judge_client(out(f"{first}\n{second}\n", rc=1))
+    assert m.status is Status.ERROR and m.detail == "iperf3: unable to receive results: Connection reset by peer"
+    refused = client_doc(0.0, 0.0, error="error - unable to connect to server: Connection refused")
+    m = iperf.judge_client(out(f"{first}\n{refused}\n", rc=1))
+    assert m.status is Status.FAIL and "Connection refused" in m.detail
+
+
 def test_udp_summary_of_iperf3_3_11_keeps_its_loss() -> None:
     # iperf3 3.11+ writes end.sum_sent/sum_received for UDP beside end.sum (esnet/iperf#1174).
     doc = {
@@ -193,6 +251,22 @@ def test_timeouts_missing_tool_and_garbage() -> None:
     assert iperf.judge_client(out("", rc=1, stderr="iperf3: error - unable to connect to server")).status is Status.FAIL
     garbled = iperf.judge_client(out("Segmentation fault", rc=139))
     assert garbled.status is Status.ERROR and "unreadable" in garbled.detail
+
+
+def test_an_iperf3_too_old_for_our_options_says_so() -> None:
+    # iperf3 3.0/3.1 (Ubuntu 18.04's 3.1.3) predate --connect-timeout (3.2): getopt's complaint, then the
+    # whole usage text on stderr, exit 1 (hand-written, shortened). The complaint is the detail.
+    stderr = (
+        "iperf3: unrecognized option '--connect-timeout'\n"
+        "Usage: iperf [-s|-c host] [options]\n"
+        "       iperf [-h|--help] [-v|--version]\n\n"
+        "Server or Client:\n  -p, --port      #         server port to listen on/connect to\n\n"
+        "iperf3 homepage at: http://software.es.net/iperf/\n"
+        "Report bugs to:     https://github.com/esnet/iperf\n"
+    )
+    m = iperf.judge_client(out("", rc=1, stderr=stderr))
+    assert m.status is Status.ERROR
+    assert m.detail == "iperf3 output unreadable: iperf3: unrecognized option '--connect-timeout'"
 
 
 def test_a_pair_sums_its_clients_and_any_failed_client_decides() -> None:
