@@ -17,6 +17,7 @@ send is exactly what the API documentation shows and what the stand-in server of
 from __future__ import annotations
 
 import dataclasses
+import email.utils
 import json
 import logging
 import random
@@ -177,6 +178,9 @@ class JobInfo:
     message: str = ""
     created_at: str = ""
     uid: str = ""  # a Job made again under the same name has another uid; its pods and events name it
+    # The API server's clock when it answered this read (its ``Date`` header), RFC 3339; '' when it said none.
+    # ``created_at`` is stamped on that clock, so the Job's age is judged on it, not on the reader's own.
+    server_time: str = ""
 
     @property
     def finished(self) -> bool:
@@ -686,6 +690,7 @@ class KubeClusterClient:
         body: Any = None,
         content_type: str = "application/json",
         raw: bool = False,
+        date_out: list[str] | None = None,
     ) -> Any:
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError
@@ -717,6 +722,8 @@ class KubeClusterClient:
         except (HTTPError, OSError) as exc:
             raise _RetryableTransient(f"{what}: {type(exc).__name__}: {exc}") from exc
         data: bytes = resp.data
+        if date_out is not None:
+            date_out.append(server_date(getattr(resp, "headers", None)))
         if raw:
             return data.decode("utf-8", errors="replace")
         try:
@@ -879,7 +886,9 @@ class KubeClusterClient:
         return str((data.get("metadata") or {}).get("name") or manifest["metadata"]["name"])
 
     def get_job(self, namespace: str, name: str) -> JobInfo:
-        return job_from_json(self._call("GET", f"/apis/batch/v1/namespaces/{_seg(namespace)}/jobs/{_seg(name)}"))
+        said: list[str] = []
+        raw = self._call("GET", f"/apis/batch/v1/namespaces/{_seg(namespace)}/jobs/{_seg(name)}", date_out=said)
+        return dataclasses.replace(job_from_json(raw), server_time=said[-1] if said else "")
 
     def delete_job(self, namespace: str, name: str) -> bool:
         return self._delete(f"/apis/batch/v1/namespaces/{_seg(namespace)}/jobs/{_seg(name)}", propagation="Background")
@@ -1071,6 +1080,20 @@ def _not_json(body: object) -> str:
         text = title[1]
     text = " ".join(re.sub(r"(?s)<[^>]*>", " ", text).split())
     return f"not a Kubernetes Status (a proxy in front of the API server?): {text[:200]}"
+
+
+def server_date(headers: object) -> str:
+    """The ``Date`` header of an answer (RFC 7231, ``Tue, 01 Dec 2026 03:00:00 GMT``: every Go net/http server,
+    the API server included, sends it) as RFC 3339; '' when there is none or it does not parse."""
+    if not isinstance(headers, Mapping):
+        return ""
+    for key, value in headers.items():
+        if str(key).lower() == "date":
+            try:
+                return rfc3339(email.utils.parsedate_to_datetime(str(value)))
+            except (TypeError, ValueError, IndexError):
+                return ""
+    return ""
 
 
 def _retry_after(headers: object) -> float | None:

@@ -391,7 +391,7 @@ def _judge(
     admission_wait_s: float = 0.0,
 ) -> JobOutcome:
     name, namespace = job.name, job.namespace
-    age = (moment - results.parse_iso(job.created_at)).total_seconds() if job.created_at else None
+    age = job_age_s(job, moment)
 
     def done(state: JobState, reason: str, result: CheckResult | None = None) -> JobOutcome:
         return JobOutcome(state, name, node, reason, result or error_result(node, reason, job=name, now=moment))
@@ -433,6 +433,21 @@ def _judge(
         if age > deadline_s + 60:
             return done(JobState.DEADLINE_EXCEEDED, f"Job {name} still not finished {age:.0f} s after creation")
     return JobOutcome(JobState.RUNNING, name, node, f"Job {name} running ({len(pods)} pod(s))")
+
+
+def job_age_s(job: JobInfo, moment: datetime) -> float | None:
+    """Seconds since the Job was made, on the API server's clock: ``creationTimestamp`` is the server's stamp, and
+    ``server_time`` (the ``Date`` of the answer that read the Job) its clock at the read. A worker whose clock runs
+    10 min ahead would otherwise call a Job past its deadline (or past the admission wait) 10 min early, and one
+    behind hold the node that much longer. ``moment`` (the worker's clock) only where the server said no time."""
+    if not job.created_at:
+        return None
+    try:
+        created = results.parse_iso(job.created_at)
+        reference = results.parse_iso(job.server_time) if job.server_time else moment
+    except ValueError:
+        return None
+    return (reference - created).total_seconds()
 
 
 def _admission_failure(cluster: ClusterClient, namespace: str, job: JobInfo, pods: list[PodInfo]) -> tuple[str, bool]:

@@ -882,9 +882,11 @@ class FakeCluster:
     def get_job(self, namespace: str, name: str) -> JobInfo:
         def get() -> JobInfo:
             try:
-                return self.jobs[(namespace, name)]
+                job = self.jobs[(namespace, name)]
             except KeyError:
                 raise errors.NotFound(f"jobs.batch {name!r} not found") from None
+            # As the real server's Date header: its own clock, the one it stamped creationTimestamp on.
+            return dataclasses.replace(job, server_time=rfc3339(self._now()))
 
         return self._do("get_job", get)
 

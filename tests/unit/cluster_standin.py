@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import email.utils
 import itertools
 import json
 import re
@@ -34,7 +35,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from autopilot import apivalidation
+from autopilot import apivalidation, results
 from autopilot.cluster import (
     EventInfo,
     KubeClusterClient,
@@ -44,6 +45,7 @@ from autopilot.cluster import (
     job_from_json,
     node_from_json,
     pod_from_json,
+    rfc3339,
     selector_matches,
 )
 from autopilot.testing import (
@@ -217,7 +219,10 @@ def merge_patch(target: Any, patch: Any) -> Any:
 class StandInApi:
     """State of the stand-in cluster plus its HTTP server (``url``); ``close()`` stops it."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Any = None) -> None:
+        # The server's own clock (``now()``): it stamps a Job's creationTimestamp and every answer's Date header on
+        # it, as the API server does on its host's. None: a server whose clock stands at STAMP.
+        self.clock = clock
         self.lock = threading.RLock()
         self.requests: list[Request] = []
         self.nodes: dict[str, dict[str, Any]] = {}
@@ -250,6 +255,9 @@ class StandInApi:
         self.thread = threading.Thread(target=self.server.serve_forever, name="standin-api", daemon=True)
         self.thread.start()
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def now_stamp(self) -> str:
+        return rfc3339(self.clock.now()) if self.clock is not None else STAMP
 
     def close(self) -> None:
         self.server.shutdown()
@@ -855,10 +863,10 @@ class StandInApi:
         meta.update(name=name, namespace=ns, uid=uid, resourceVersion=str(next(self._rv)))
         if not ns:
             del meta["namespace"]  # a cluster-scoped object has none
-        meta["creationTimestamp"] = STAMP
+        meta["creationTimestamp"] = self.now_stamp()
         obj = copy.deepcopy(body)
         if kind == "Job":
-            obj["status"] = {"active": 1, "startTime": STAMP}
+            obj["status"] = {"active": 1, "startTime": self.now_stamp()}
             pod_name = f"{name[:57]}-{next(self._seq):05x}"
             message = self._job_pod_refusal(ns, obj["spec"]["template"]["spec"], pod_name)
             if message:  # the Job is admitted, its controller's pod is not (the Job controller keeps trying)
@@ -977,6 +985,10 @@ def _handler(api: StandInApi) -> type[BaseHTTPRequestHandler]:
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
             pass
 
+        def date_time_string(self, timestamp: float | None = None) -> str:
+            # The Date header on the server's clock (Go's net/http sends it on every answer), not this host's.
+            return email.utils.format_datetime(results.parse_iso(api.now_stamp()), usegmt=True)
+
         def _serve(self) -> None:
             url = urlsplit(self.path)
             query = {k: v[-1] for k, v in parse_qs(url.query).items()}
@@ -1014,6 +1026,7 @@ class Backend:
     client: Any  # ClusterClient
     control: Any  # FakeCluster or StandInApi: add_node, add_pod, fail_next, finish_job, ...
     sleeps: list[float]
+    clock: Any = None  # the cluster's clock, when the test gave one: the API server stamps and dates on it
 
     @property
     def standin(self) -> StandInApi | None:
@@ -1024,13 +1037,13 @@ def make_backend(name: str, clock: Any = None) -> Iterator[Backend]:
     """``fake``: a ``FakeCluster``; ``kube``: ``KubeClusterClient`` over HTTP to a ``StandInApi``."""
     if name == "fake":
         fake = FakeCluster(clock=clock)
-        yield Backend("fake", fake, fake, [])
+        yield Backend("fake", fake, fake, [], clock)
         return
-    api = StandInApi()
+    api = StandInApi(clock)
     sleeps: list[float] = []
     client = KubeClusterClient.for_host(api.url, retry=RetryPolicy(attempts=4, base_s=0.0), sleep=sleeps.append)
     try:
-        yield Backend("kube", client, api, sleeps)
+        yield Backend("kube", client, api, sleeps, clock)
     finally:
         client.close()
         api.close()

@@ -5,15 +5,16 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from autopilot import invasive, remediation, results
-from autopilot.cluster import NodeInfo
+from autopilot import cluster, invasive, remediation, results
+from autopilot.cluster import JobInfo, NodeInfo
 from autopilot.config import Settings
 from autopilot.invasive import JobState, StartState
 from autopilot.results import CheckResult, Status
+from autopilot.testing import FakeClock
 from tests.unit.cluster_standin import Backend, make_backend
 from workers import invasive_flow
 
@@ -24,7 +25,7 @@ JOB = "autopilot-dcgm3-gpu-1"
 
 @pytest.fixture(params=["fake", "kube"])
 def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
-    yield from make_backend(request.param)
+    yield from make_backend(request.param, FakeClock())
 
 
 def log_with(result: CheckResult) -> str:
@@ -275,8 +276,11 @@ QUOTA_BUSY = (
 
 
 def at(backend: Backend, seconds: float) -> datetime:
-    """``seconds`` after the Job was made, as the API server stamped it."""
-    return results.parse_iso(backend.client.get_job(NS, JOB).created_at) + timedelta(seconds=seconds)
+    """The cluster's clock moved to ``seconds`` after the Job was made (as the API server stamped it); the worker's
+    clock, returned, agrees with it."""
+    when = results.parse_iso(backend.client.get_job(NS, JOB).created_at) + timedelta(seconds=seconds)
+    backend.clock.advance((when - backend.clock.now()).total_seconds())
+    return when
 
 
 def test_a_quota_refusal_that_clears_is_waited_through_and_the_run_goes_on(backend: Backend) -> None:
@@ -577,3 +581,61 @@ def test_a_pod_left_by_a_deleted_job_is_busy_not_a_running_job(backend: Backend)
     assert outcome.state is StartState.BUSY and "is gone" in outcome.reason and outcome.result is None
     backend.control.collect_garbage()
     assert invasive.start(backend.client, "gpu-1", SETTINGS).state is StartState.STARTED
+
+
+# ---------------------------------------------------------------- the worker's clock is not the API server's
+
+
+@pytest.mark.parametrize(("skew_s", "server_age_s", "state"), [(600.0, 100.0, JobState.RUNNING), (-600.0, 700.0, None)])
+def test_a_jobs_age_is_judged_on_the_api_servers_clock_not_a_skewed_workers(
+    backend: Backend, skew_s: float, server_age_s: float, state: JobState | None
+) -> None:
+    """creationTimestamp is the API server's stamp. Before, the age was the worker's clock less it: a worker 10 min
+    ahead called a Job 100 s old past its 600 s deadline (DEADLINE_EXCEEDED, an error, the run thrown away), and one
+    10 min behind kept a Job 700 s old, past it, running. Now the age is read on the server's clock (its Date)."""
+    started(backend)
+    server_now = at(backend, server_age_s)
+    worker_now = server_now + timedelta(seconds=skew_s)
+    done = invasive.poll(backend.client, JOB, namespace=NS, node="gpu-1", deadline_s=600, now=worker_now)
+    if state is JobState.RUNNING:
+        assert done.state is JobState.RUNNING and not gone(backend)
+    else:
+        assert done.state is JobState.DEADLINE_EXCEEDED and done.result is not None
+        assert done.result.status is Status.ERROR and "700 s after creation" in done.result.summary
+
+
+def test_the_admission_wait_is_counted_on_the_api_servers_clock(backend: Backend) -> None:
+    # A busy quota, 20 s into the wait by the server's clock, read by a worker 10 min ahead: before, the wait was
+    # over at once ("still refused 620 s after"), and the run ended an error while the quota was about to clear.
+    started(backend)
+    backend.control.refuse_job_pod(NS, JOB, QUOTA_BUSY.format(used=8))
+    worker_now = at(backend, 20) + timedelta(minutes=10)
+    waiting = invasive.poll(backend.client, JOB, namespace=NS, now=worker_now, admission_wait_s=300)
+    assert waiting.state is JobState.RUNNING and "(20 s)" in waiting.reason
+
+
+def test_the_job_read_says_the_servers_time_from_its_date_header(backend: Backend) -> None:
+    started(backend)
+    backend.clock.advance(42)
+    job = backend.client.get_job(NS, JOB)
+    assert job.server_time == cluster.rfc3339(backend.clock.now())
+    assert invasive.job_age_s(job, backend.clock.now() + timedelta(hours=1)) == 42
+
+
+@pytest.mark.parametrize(
+    ("headers", "said"),
+    [
+        ({"Date": "Tue, 01 Dec 2026 03:04:05 GMT"}, "2026-12-01T03:04:05Z"),
+        ({"date": "Tue, 01 Dec 2026 03:04:05 GMT"}, "2026-12-01T03:04:05Z"),
+        ({"Date": "yesterday"}, ""),
+        ({}, ""),
+        (None, ""),
+    ],
+)
+def test_server_date(headers: dict[str, str] | None, said: str) -> None:
+    assert cluster.server_date(headers) == said
+
+
+def test_without_a_server_time_the_workers_clock_is_used() -> None:
+    job = JobInfo("j", NS, created_at="2026-11-29T22:00:00Z")
+    assert invasive.job_age_s(job, datetime(2026, 11, 29, 22, 5, tzinfo=UTC)) == 300

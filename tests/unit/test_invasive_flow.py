@@ -117,9 +117,11 @@ def world() -> World:
         cluster="on",
     )
     store = ResultsStore(fakeredis.FakeRedis())
-    cluster = FakeCluster()
-    cluster.add_node(NODE, {"nvidia.com/gpu.present": "true", "team": "ml"}, gpus=2)
     clock = HookClock()
+    # The API server's clock agrees with the worker's here: the Job's age is judged on the server's (its stamps
+    # and Date), so a wait the test drives through the worker's sleeps moves the server's clock too.
+    cluster = FakeCluster(clock=clock)
+    cluster.add_node(NODE, {"nvidia.com/gpu.present": "true", "team": "ml"}, gpus=2)
     runner = FakeRunner()
     runner.add(["dcgmi", "diag", "-r", "1", "-j"], dcgm_json("Pass"))
     ctx = CheckContext(
