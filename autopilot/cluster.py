@@ -181,6 +181,9 @@ class JobInfo:
     # The API server's clock when it answered this read (its ``Date`` header), RFC 3339; '' when it said none.
     # ``created_at`` is stamped on that clock, so the Job's age is judged on it, not on the reader's own.
     server_time: str = ""
+    # spec.suspend (the controller then writes Suspended=True, reason JobSuspended, and keeps no pod): a queueing
+    # controller such as Kueue suspends a Job at creation (its webhook) until it admits it, and may never.
+    suspended: bool = False
 
     @property
     def finished(self) -> bool:
@@ -483,6 +486,8 @@ def job_from_json(raw: Mapping[str, Any]) -> JobInfo:
         message=message,
         created_at=str(meta.get("creationTimestamp") or ""),
         uid=str(meta.get("uid") or ""),
+        suspended=(raw.get("spec") or {}).get("suspend") is True
+        or any(c.get("type") == "Suspended" and c.get("status") == "True" for c in status.get("conditions") or ()),
     )
 
 

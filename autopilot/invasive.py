@@ -424,6 +424,19 @@ def _judge(
         if clears and age is not None and bound > 0:
             refused += f" (still refused {age:.0f} s after the Job was made; the wait is {bound:g} s)"
         return done(JobState.ADMISSION_FAILED, f"the pod of Job {name} could not run: {refused}")
+    if job.suspended and not any(p.phase in ("Running", "Succeeded", "Failed") for p in pods):
+        # Suspended (by a queueing controller such as Kueue) the Job has no pod, and its activeDeadlineSeconds does
+        # not run: it would hold the node TESTING until our own deadline. Waited for as a refusal that can clear.
+        why = (
+            f"Job {name} is suspended (spec.suspend: a queueing controller such as Kueue holds it until it admits"
+            f" it; exempt namespace {namespace} from it, or give the Job a queue)"
+        )
+        bound = admission_wait_s if deadline_s is None else min(admission_wait_s, deadline_s)
+        if age is not None and age < bound:
+            return JobOutcome(JobState.RUNNING, name, node, f"{why}, {age:.0f} s")
+        if age is not None and bound > 0:
+            why += f" still {age:.0f} s after the Job was made; the wait is {bound:g} s"
+        return done(JobState.ADMISSION_FAILED, why)
     if job.failed_reason:
         detail = f"{job.failed_reason}: {job.message}" if job.message else job.failed_reason
         return failed(

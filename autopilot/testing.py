@@ -585,6 +585,19 @@ class FakeCluster:
         self._start_job_pod(namespace, name, job.uid, spec, f"{name[:57]}-{self._seq:05x}")
         self.jobs[(namespace, name)] = dataclasses.replace(job, active=1)
 
+    def suspend_job(self, namespace: str, name: str) -> None:
+        """A queueing controller (Kueue's webhook, at creation) set ``spec.suspend``: the Job controller deletes its
+        pods, counts none active and writes ``Suspended=True`` (reason ``JobSuspended``)."""
+        for pod in self._job_pods(namespace, name):
+            del self._pods[(namespace, pod.info.name)]
+        self.jobs[(namespace, name)] = dataclasses.replace(self.jobs[(namespace, name)], active=0, suspended=True)
+
+    def resume_job(self, namespace: str, name: str) -> None:
+        """The queue admitted the Job (``spec.suspend`` false): the controller makes its pod (``Suspended=False``,
+        ``JobResumed``)."""
+        self.jobs[(namespace, name)] = dataclasses.replace(self.jobs[(namespace, name)], suspended=False)
+        self.admit_job_pod(namespace, name)
+
     def reject_job_pod(self, namespace: str, name: str, reason: str, message: str) -> None:
         """The kubelet refused the pod at admission (e.g. ``UnexpectedAdmissionError``): pod Failed."""
         for pod in self._job_pods(namespace, name):

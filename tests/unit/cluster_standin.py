@@ -442,6 +442,38 @@ class StandInApi:
             self._start_job_pod(namespace, job, f"{name[:57]}-{next(self._seq):05x}")
             job["status"] = {"active": 1, "startTime": STAMP}
 
+    def suspend_job(self, namespace: str, name: str) -> None:
+        """As ``FakeCluster.suspend_job``: ``spec.suspend`` true, no pod, ``Suspended=True`` (the Job controller's
+        words: reason ``JobSuspended``, message ``Job suspended``), ``status.startTime`` cleared."""
+        with self.lock:
+            for pod in self._job_pods(namespace, name):
+                del self.objects[("Pod", namespace, pod["metadata"]["name"])]
+            job = self.objects[("Job", namespace, name)]
+            job["spec"]["suspend"] = True
+            job["status"] = {
+                "active": 0,
+                "ready": 0,
+                "conditions": [
+                    {
+                        "type": "Suspended",
+                        "status": "True",
+                        "reason": "JobSuspended",
+                        "message": "Job suspended",
+                        "lastProbeTime": self.now_stamp(),
+                        "lastTransitionTime": self.now_stamp(),
+                    }
+                ],
+            }
+
+    def resume_job(self, namespace: str, name: str) -> None:
+        """As ``FakeCluster.resume_job``: ``spec.suspend`` false, ``Suspended=False`` (``JobResumed``), a pod."""
+        with self.lock:
+            job = self.objects[("Job", namespace, name)]
+            job["spec"]["suspend"] = False
+            self._start_job_pod(namespace, job, f"{name[:57]}-{next(self._seq):05x}")
+            resumed = {"type": "Suspended", "status": "False", "reason": "JobResumed", "message": "Job resumed"}
+            job["status"] = {"active": 1, "startTime": self.now_stamp(), "conditions": [resumed]}
+
     def reject_job_pod(self, namespace: str, name: str, reason: str, message: str) -> None:
         with self.lock:
             for pod in self._job_pods(namespace, name):

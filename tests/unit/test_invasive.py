@@ -639,3 +639,36 @@ def test_server_date(headers: dict[str, str] | None, said: str) -> None:
 def test_without_a_server_time_the_workers_clock_is_used() -> None:
     job = JobInfo("j", NS, created_at="2026-11-29T22:00:00Z")
     assert invasive.job_age_s(job, datetime(2026, 11, 29, 22, 5, tzinfo=UTC)) == 300
+
+
+# ---------------------------------------------------------------- a Job a queueing controller suspends
+
+
+def test_a_suspended_job_is_waited_for_as_a_refusal_that_can_clear_then_resumes_and_runs(backend: Backend) -> None:
+    started(backend)
+    backend.control.suspend_job(NS, JOB)  # Kueue's webhook: spec.suspend until its queue admits the Job
+    waiting = invasive.poll(backend.client, JOB, namespace=NS, now=at(backend, 20), admission_wait_s=300)
+    assert waiting.state is JobState.RUNNING and "suspended" in waiting.reason and not gone(backend)
+    backend.control.resume_job(NS, JOB)
+    assert invasive.poll(backend.client, JOB, namespace=NS, now=at(backend, 60), admission_wait_s=300).state is (
+        JobState.RUNNING
+    )
+    backend.control.finish_job(NS, JOB, succeeded=True, log=log_with(PASSED))
+    done = invasive.poll(backend.client, JOB, namespace=NS, now=at(backend, 900), admission_wait_s=300)
+    assert done.state is JobState.SUCCEEDED and done.result is not None and done.result.status is Status.OK
+
+
+def test_a_job_left_suspended_ends_the_run_as_an_error_at_the_admission_wait_not_the_hour_long_deadline(
+    backend: Backend,
+) -> None:
+    """A queueing controller (Kueue with manageJobsWithoutQueueName, no queue for Autopilot's namespace) keeps the
+    Job suspended: no pod, and activeDeadlineSeconds does not run. Before, the Job read as running until our own
+    deadline plus 60 s: the node held TESTING an hour, then an error saying only "still not finished"."""
+    started(backend)
+    backend.control.suspend_job(NS, JOB)
+    kwargs = {"namespace": NS, "node": "gpu-1", "deadline_s": 3600.0, "admission_wait_s": 300.0}
+    done = invasive.poll(backend.client, JOB, now=at(backend, 301), **kwargs)
+    assert done.state is JobState.ADMISSION_FAILED and done.result is not None
+    assert done.result.status is Status.ERROR and not done.result.fatal
+    assert "suspended" in done.result.summary and "Kueue" in done.result.summary
+    assert gone(backend)
