@@ -160,6 +160,11 @@ class PodInfo:
     exit_codes: tuple[int, ...] = ()  # exit codes of terminated containers
     labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
     owner_uid: str = ""  # uid of the controller that owns it (its Job), from metadata.ownerReferences
+    # ``reason: message`` of its DisruptionTarget=True condition (1.26+: PreemptionByScheduler, TerminationByKubelet
+    # for a node-pressure eviction, DeletionByTaintManager, EvictionByEvictionAPI, DeletionByPodGC): the cluster, not
+    # the pod's own program, ended it
+    disruption: str = ""
+    terminated: tuple[str, ...] = ()  # reasons of terminated containers (OOMKilled, Error, ContainerStatusUnknown)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -428,18 +433,23 @@ def pod_from_json(raw: Mapping[str, Any]) -> PodInfo:
     spec = raw.get("spec") or {}
     status = raw.get("status") or {}
     unschedulable = ""
+    disruption = ""
     for cond in status.get("conditions") or ():
         if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
             if cond.get("reason") == "Unschedulable":
                 unschedulable = str(cond.get("message") or "Unschedulable")
+        if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True":
+            disruption = f"{cond.get('reason') or ''}: {cond.get('message') or ''}".strip(": ")
     waiting: list[str] = []
     exit_codes: list[int] = []
+    terminated: list[str] = []
     for cs in [*(status.get("initContainerStatuses") or ()), *(status.get("containerStatuses") or ())]:
         state = cs.get("state") or {}
         if "waiting" in state and (state["waiting"] or {}).get("reason"):
             waiting.append(str(state["waiting"]["reason"]))
         if "terminated" in state and state["terminated"] is not None:
             exit_codes.append(int(state["terminated"].get("exitCode", 0)))
+            terminated.append(str(state["terminated"].get("reason") or ""))
     return PodInfo(
         name=str(meta.get("name") or ""),
         namespace=str(meta.get("namespace") or ""),
@@ -453,6 +463,8 @@ def pod_from_json(raw: Mapping[str, Any]) -> PodInfo:
         exit_codes=tuple(exit_codes),
         labels=dict(meta.get("labels") or {}),
         owner_uid=next((str(o.get("uid") or "") for o in meta.get("ownerReferences") or () if o.get("controller")), ""),
+        disruption=disruption,
+        terminated=tuple(terminated),
     )
 
 

@@ -402,6 +402,7 @@ def _judge(
         (the log reads ok, or holds no result) an ``error`` naming the failure, with the pod's exit code."""
         found, why, codes = read
         exited = f" (exit code {', '.join(str(c) for c in codes)})" if any(codes) else ""
+        exited += pod_fate(pods)
         if found is not None and found.status in (Status.FAIL, Status.WARN):
             return done(state, f"{what}{exited}: {found.status.value}: {found.summary}", found)
         said = f"its log reads {found.status.value}: {found.summary}" if found is not None else why
@@ -461,6 +462,25 @@ def job_age_s(job: JobInfo, moment: datetime) -> float | None:
     except ValueError:
         return None
     return (reference - created).total_seconds()
+
+
+def pod_fate(pods: Sequence[PodInfo]) -> str:
+    """What ended the Job's pod when it was not its own program: its DisruptionTarget condition (preempted,
+    evicted), its ``Evicted`` reason, a container ``OOMKilled``; '' otherwise. A run the cluster cut short is an
+    ``error`` either way (its log holds no result); this says it was the cluster, not the GPUs."""
+    ran = [p for p in pods if p.phase in ("Succeeded", "Failed")] or list(pods)
+    if not ran:
+        return ""
+    pod = ran[-1]
+    words = []
+    if pod.disruption:
+        words.append(f"disrupted ({pod.disruption})")
+    if pod.reason and pod.reason not in pod.disruption:
+        words.append(f"{pod.reason}: {pod.message}".strip(": "))
+    killed = sorted({r for r in pod.terminated if r in ("OOMKilled", "ContainerStatusUnknown")})
+    if killed:
+        words.append(f"container {', '.join(killed)}")
+    return f" (its pod {pod.name}: {'; '.join(words)})" if words else ""
 
 
 def _admission_failure(cluster: ClusterClient, namespace: str, job: JobInfo, pods: list[PodInfo]) -> tuple[str, bool]:

@@ -598,6 +598,42 @@ class FakeCluster:
         self.jobs[(namespace, name)] = dataclasses.replace(self.jobs[(namespace, name)], suspended=False)
         self.admit_job_pod(namespace, name)
 
+    def kill_job_pod(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        exit_code: int = 137,
+        terminated: str = "Error",
+        reason: str = "",
+        message: str = "",
+        disruption: tuple[str, str] | None = None,
+        log: str = "",
+    ) -> None:
+        """Something other than its program ended the Job's running pod: preemption or a node-pressure eviction
+        (``disruption``: the DisruptionTarget condition's reason and message; an eviction also sets the pod's
+        ``reason`` ``Evicted`` and ``message``), the OOM killer (``terminated`` ``OOMKilled``). Its container ends
+        with ``exit_code`` (137: SIGKILL) and ``log`` (cut short); the Job fails (``backoffLimit: 0``)."""
+        said = f"{disruption[0]}: {disruption[1]}" if disruption else ""
+        for pod in self._job_pods(namespace, name):
+            pod.info = dataclasses.replace(
+                pod.info,
+                phase="Failed",
+                reason=reason,
+                message=message,
+                exit_codes=(exit_code,),
+                terminated=(terminated,),
+                disruption=said,
+            )
+            pod.log = log
+        self.jobs[(namespace, name)] = dataclasses.replace(
+            self.jobs[(namespace, name)],
+            active=0,
+            failed=1,
+            failed_reason="BackoffLimitExceeded",
+            message="Job has reached the specified backoff limit",
+        )
+
     def reject_job_pod(self, namespace: str, name: str, reason: str, message: str) -> None:
         """The kubelet refused the pod at admission (e.g. ``UnexpectedAdmissionError``): pod Failed."""
         for pod in self._job_pods(namespace, name):

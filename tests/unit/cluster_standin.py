@@ -474,6 +474,50 @@ class StandInApi:
             resumed = {"type": "Suspended", "status": "False", "reason": "JobResumed", "message": "Job resumed"}
             job["status"] = {"active": 1, "startTime": self.now_stamp(), "conditions": [resumed]}
 
+    def kill_job_pod(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        exit_code: int = 137,
+        terminated: str = "Error",
+        reason: str = "",
+        message: str = "",
+        disruption: tuple[str, str] | None = None,
+        log: str = "",
+    ) -> None:
+        """As ``FakeCluster.kill_job_pod``, in the kubelet's and Job controller's JSON: the pod Failed with its
+        DisruptionTarget condition (1.26+) and its container terminated; the Job FailureTarget and Failed."""
+        with self.lock:
+            for pod in self._job_pods(namespace, name):
+                conditions = [{"type": "Ready", "status": "False", "reason": "PodFailed"}]
+                if disruption:
+                    conditions.append(
+                        {
+                            "type": "DisruptionTarget",
+                            "status": "True",
+                            "reason": disruption[0],
+                            "message": disruption[1],
+                        }
+                    )
+                state = {"terminated": {"exitCode": exit_code, "reason": terminated, "finishedAt": self.now_stamp()}}
+                pod["status"] = {
+                    "phase": "Failed",
+                    **({"reason": reason} if reason else {}),
+                    **({"message": message} if message else {}),
+                    "conditions": conditions,
+                    "containerStatuses": [{"name": "main", "ready": False, "restartCount": 0, "state": state}],
+                }
+                self.logs[(namespace, pod["metadata"]["name"])] = log
+            failed = {"status": "True", "reason": "BackoffLimitExceeded"}
+            self.objects[("Job", namespace, name)]["status"] = {
+                "failed": 1,
+                "conditions": [
+                    {"type": "FailureTarget", **failed, "message": "Job has reached the specified backoff limit"},
+                    {"type": "Failed", **failed, "message": "Job has reached the specified backoff limit"},
+                ],
+            }
+
     def reject_job_pod(self, namespace: str, name: str, reason: str, message: str) -> None:
         with self.lock:
             for pod in self._job_pods(namespace, name):

@@ -672,3 +672,50 @@ def test_a_job_left_suspended_ends_the_run_as_an_error_at_the_admission_wait_not
     assert done.result.status is Status.ERROR and not done.result.fatal
     assert "suspended" in done.result.summary and "Kueue" in done.result.summary
     assert gone(backend)
+
+
+# ---------------------------------------------------------------- a pod the cluster ended mid-run
+
+
+CUT = "2026-11-29 22:00:00 INFO starting dcgm\nRunning level 3 diagnostic...\n"
+
+
+@pytest.mark.parametrize(
+    ("kill", "words"),
+    [
+        # Preempted by a higher-priority pod: the scheduler's DisruptionTarget, SIGTERM then SIGKILL.
+        (
+            {
+                "disruption": (
+                    "PreemptionByScheduler",
+                    "default-scheduler: preempting to accommodate a higher priority pod",
+                )
+            },
+            "disrupted (PreemptionByScheduler: default-scheduler: preempting",
+        ),
+        # The kubelet evicted it under node memory pressure (reason Evicted, DisruptionTarget TerminationByKubelet).
+        (
+            {
+                "reason": "Evicted",
+                "message": "The node was low on resource: memory. Threshold quantity: 100Mi, available: 52Mi. ",
+                "disruption": ("TerminationByKubelet", "The node was low on resource: memory. "),
+                "terminated": "ContainerStatusUnknown",
+            },
+            "Evicted: The node was low on resource: memory",
+        ),
+        # The OOM killer took the container (exit 137, reason OOMKilled), no disruption condition.
+        ({"terminated": "OOMKilled"}, "container OOMKilled"),
+    ],
+)
+def test_a_pod_the_cluster_ended_mid_run_is_an_error_that_says_what_ended_it(
+    backend: Backend, kill: dict[str, object], words: str
+) -> None:
+    """Never a pass, never a finding about the GPUs; before, the error said only "exit code 137, and its log holds no
+    DCGM result JSON", which reads as the diagnostics crashing on the node."""
+    started(backend)
+    backend.control.kill_job_pod(NS, JOB, log=CUT, **kill)
+    done = invasive.poll(backend.client, JOB, namespace=NS, node="gpu-1")
+    assert done.state is JobState.FAILED and done.result is not None
+    assert done.result.status is Status.ERROR and not done.result.fatal
+    assert words in done.result.summary and "exit code 137" in done.result.summary
+    assert gone(backend)
