@@ -39,6 +39,7 @@ from typing import Any
 
 from autopilot import apivalidation, errors, names, remediation, results
 from autopilot.cluster import (
+    FINISHED_PHASES,
     GPU_RESOURCE,
     UNSCHEDULABLE_TAINT,
     ClusterClient,
@@ -558,8 +559,13 @@ def _result_from_pods(
     pod = ran[-1]
     try:
         text = cluster.pod_log(namespace, pod.name, CONTAINER)
-    except errors.Transient:
-        raise  # the API server away: the caller asks again, before the Job and its result are deleted
+    except errors.Transient as exc:
+        if pod.phase in FINISHED_PHASES:
+            raise  # the API server away: the caller asks again, before the Job and its result are deleted
+        # The Job is over (a failed Job's pod is read as it is) but its pod never ended as far as the API knows: its
+        # node is lost, and the API server's 500 ("Get https://<node>:10250/containerLogs/...: dial tcp ...: i/o
+        # timeout") comes at every poll. Asked again, it held the node TESTING until the Job's deadline.
+        return None, f"its log could not be read: {exc} (its pod {pod.name} is still {pod.phase}: lost node?)", ()
     except errors.ClusterError as exc:
         return None, f"its log could not be read: {exc}", pod.exit_codes
     found = parse_result_log(text, node)

@@ -609,20 +609,23 @@ class FakeCluster:
         message: str = "",
         disruption: tuple[str, str] | None = None,
         log: str = "",
+        phase: str = "Failed",
     ) -> None:
         """Something other than its program ended the Job's running pod: preemption or a node-pressure eviction
         (``disruption``: the DisruptionTarget condition's reason and message; an eviction also sets the pod's
         ``reason`` ``Evicted`` and ``message``), the OOM killer (``terminated`` ``OOMKilled``). Its container ends
-        with ``exit_code`` (137: SIGKILL) and ``log`` (cut short); the Job fails (``backoffLimit: 0``)."""
+        with ``exit_code`` (137: SIGKILL) and ``log`` (cut short); the Job fails (``backoffLimit: 0``). ``phase``
+        ``Running``: the node was lost, its kubelet never says the pod ended (the taint manager's deletion leaves it
+        terminating, which the Job controller counts as failed)."""
         said = f"{disruption[0]}: {disruption[1]}" if disruption else ""
         for pod in self._job_pods(namespace, name):
             pod.info = dataclasses.replace(
                 pod.info,
-                phase="Failed",
+                phase=phase,
                 reason=reason,
                 message=message,
-                exit_codes=(exit_code,),
-                terminated=(terminated,),
+                exit_codes=(exit_code,) if phase == "Failed" else (),
+                terminated=(terminated,) if phase == "Failed" else (),
                 disruption=said,
             )
             pod.log = log

@@ -485,6 +485,7 @@ class StandInApi:
         message: str = "",
         disruption: tuple[str, str] | None = None,
         log: str = "",
+        phase: str = "Failed",
     ) -> None:
         """As ``FakeCluster.kill_job_pod``, in the kubelet's and Job controller's JSON: the pod Failed with its
         DisruptionTarget condition (1.26+) and its container terminated; the Job FailureTarget and Failed."""
@@ -500,9 +501,14 @@ class StandInApi:
                             "message": disruption[1],
                         }
                     )
-                state = {"terminated": {"exitCode": exit_code, "reason": terminated, "finishedAt": self.now_stamp()}}
+                state: dict[str, Any] = {
+                    "terminated": {"exitCode": exit_code, "reason": terminated, "finishedAt": self.now_stamp()}
+                }
+                if phase != "Failed":  # a lost node: its kubelet's last word was that the container ran
+                    state = {"running": {"startedAt": self.now_stamp()}}
+                    pod["metadata"]["deletionTimestamp"] = self.now_stamp()
                 pod["status"] = {
-                    "phase": "Failed",
+                    "phase": phase,
                     **({"reason": reason} if reason else {}),
                     **({"message": message} if message else {}),
                     "conditions": conditions,

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from autopilot import cluster, invasive, remediation, results
+from autopilot import cluster, errors, invasive, remediation, results
 from autopilot.cluster import JobInfo, NodeInfo
 from autopilot.config import Settings
 from autopilot.invasive import JobState, StartState
@@ -719,3 +719,31 @@ def test_a_pod_the_cluster_ended_mid_run_is_an_error_that_says_what_ended_it(
     assert done.result.status is Status.ERROR and not done.result.fatal
     assert words in done.result.summary and "exit code 137" in done.result.summary
     assert gone(backend)
+
+
+def test_a_failed_job_whose_pod_sits_on_a_lost_node_ends_without_waiting_for_a_log_that_never_comes(
+    backend: Backend,
+) -> None:
+    """The node stopped answering: the taint manager deletes the pod (DisruptionTarget DeletionByTaintManager), which
+    stays terminating in phase Running, and the Job controller counts it failed. The API server answers every read
+    of its log with a 500 (it cannot reach the kubelet). Before, each poll raised Transient and was asked again,
+    holding the node TESTING until the Job's hour-long deadline; now the run ends an error naming it."""
+    started(backend)
+    taint = ("DeletionByTaintManager", "Taint manager: deleting due to NoExecute taint")
+    backend.control.kill_job_pod(NS, JOB, phase="Running", disruption=taint)
+    backend.control.fail_next("pod_log", 500, times=8)
+    done = invasive.poll(backend.client, JOB, namespace=NS, node="gpu-1")
+    assert done.state is JobState.FAILED and done.result is not None
+    assert done.result.status is Status.ERROR and not done.result.fatal
+    assert "still Running" in done.result.summary and "DeletionByTaintManager" in done.result.summary
+    assert gone(backend)
+
+
+def test_a_finished_pods_log_the_api_cannot_give_now_is_asked_again(backend: Backend) -> None:
+    # The pod ended (its kubelet said so): its log holds the run's result, so an API server away is waited out.
+    started(backend)
+    backend.control.finish_job(NS, JOB, succeeded=False, log=log_with(FATAL), exit_code=1)
+    backend.control.fail_next("pod_log", 500, times=8)
+    with pytest.raises(errors.Transient):
+        invasive.poll(backend.client, JOB, namespace=NS, node="gpu-1")
+    assert not gone(backend)
