@@ -164,7 +164,8 @@ class PodInfo:
     # for a node-pressure eviction, DeletionByTaintManager, EvictionByEvictionAPI, DeletionByPodGC): the cluster, not
     # the pod's own program, ended it
     disruption: str = ""
-    terminated: tuple[str, ...] = ()  # reasons of terminated containers (OOMKilled, Error, ContainerStatusUnknown)
+    # ``reason[: message]`` of terminated containers (OOMKilled, Error, ContainerStatusUnknown, StartError: ...)
+    terminated: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -449,7 +450,8 @@ def pod_from_json(raw: Mapping[str, Any]) -> PodInfo:
             waiting.append(str(state["waiting"]["reason"]))
         if "terminated" in state and state["terminated"] is not None:
             exit_codes.append(int(state["terminated"].get("exitCode", 0)))
-            terminated.append(str(state["terminated"].get("reason") or ""))
+            said = str(state["terminated"].get("message") or "").strip()[:300]
+            terminated.append(str(state["terminated"].get("reason") or "") + (f": {said}" if said else ""))
     return PodInfo(
         name=str(meta.get("name") or ""),
         namespace=str(meta.get("namespace") or ""),

@@ -74,6 +74,14 @@ JOB_REQUESTS = {"cpu": "100m", "memory": "512Mi"}
 MIN_JOB_TTL_S = 300
 # Kubelet admission rejections and pod states that never recover on their own.
 _STUCK_WAITING = frozenset({"ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull", "CreateContainerConfigError"})
+# The kubelet's retries of a container it could not create (``CreateContainerError``: the runtime failed, a name in
+# use, a timeout): it may clear, and it may not (a runtime hook that fails every time); the pod stays Pending and
+# the Job's deadline would be the only end. Waited for as a refusal that can clear.
+_RETRIED_WAITING = frozenset({"CreateContainerError"})
+# Reasons of a terminated container that say its program did not end by itself: killed (OOM), lost, or never
+# started (``StartError``: the runtime's hook failed, e.g. nvidia-container-cli's ``nvml error: driver/library
+# version mismatch``; ``ContainerCannotRun`` from dockershim-era runtimes).
+_NOT_ITS_PROGRAM = frozenset({"OOMKilled", "ContainerStatusUnknown", "StartError", "ContainerCannotRun"})
 # ResourceQuota's refusal on usage (plugin/pkg/admission/resourcequota: ``exceeded quota: <quota>, requested: <r>,
 # used: <u>, limited: <l>``, "Exceeded" before Kubernetes 1.9): it clears as other pods of the namespace end, and
 # the Job controller keeps retrying the pod with backoff. Every other refusal (PodSecurity, a quota's ``must
@@ -478,9 +486,9 @@ def pod_fate(pods: Sequence[PodInfo]) -> str:
         words.append(f"disrupted ({pod.disruption})")
     if pod.reason and pod.reason not in pod.disruption:
         words.append(f"{pod.reason}: {pod.message}".strip(": "))
-    killed = sorted({r for r in pod.terminated if r in ("OOMKilled", "ContainerStatusUnknown")})
+    killed = sorted({t for t in pod.terminated if t.partition(":")[0] in _NOT_ITS_PROGRAM})
     if killed:
-        words.append(f"container {', '.join(killed)}")
+        words.append(f"container {'; '.join(killed)}")
     return f" (its pod {pod.name}: {'; '.join(words)})" if words else ""
 
 
@@ -494,6 +502,9 @@ def _admission_failure(cluster: ClusterClient, namespace: str, job: JobInfo, pod
         stuck = [w for w in pod.waiting if w in _STUCK_WAITING]
         if stuck:
             return f"{stuck[0]} ({pod.name})", False
+        retried = [w for w in pod.waiting if w in _RETRIED_WAITING]
+        if retried:
+            return f"{retried[0]} ({pod.name}: the container runtime could not create its container)", True
     if not pods:
         refused = [e for e in cluster.job_events(namespace, job.name, job.uid) if e.reason == "FailedCreate"]
         if refused:

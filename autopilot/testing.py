@@ -610,6 +610,7 @@ class FakeCluster:
         disruption: tuple[str, str] | None = None,
         log: str = "",
         phase: str = "Failed",
+        terminated_message: str = "",
     ) -> None:
         """Something other than its program ended the Job's running pod: preemption or a node-pressure eviction
         (``disruption``: the DisruptionTarget condition's reason and message; an eviction also sets the pod's
@@ -625,7 +626,7 @@ class FakeCluster:
                 reason=reason,
                 message=message,
                 exit_codes=(exit_code,) if phase == "Failed" else (),
-                terminated=(terminated,) if phase == "Failed" else (),
+                terminated=(f"{terminated}: {terminated_message}".rstrip(": "),) if phase == "Failed" else (),
                 disruption=said,
             )
             pod.log = log
@@ -636,6 +637,12 @@ class FakeCluster:
             failed_reason="BackoffLimitExceeded",
             message="Job has reached the specified backoff limit",
         )
+
+    def hold_job_pod(self, namespace: str, name: str, reason: str, message: str = "") -> None:
+        """The kubelet keeps the Job's pod Pending on its node, its container waiting with ``reason``
+        (``ErrImagePull``, ``ImagePullBackOff``, ``CreateContainerError``, ``CreateContainerConfigError``)."""
+        for pod in self._job_pods(namespace, name):
+            pod.info = dataclasses.replace(pod.info, phase="Pending", waiting=(reason,))
 
     def reject_job_pod(self, namespace: str, name: str, reason: str, message: str) -> None:
         """The kubelet refused the pod at admission (e.g. ``UnexpectedAdmissionError``): pod Failed."""

@@ -486,6 +486,7 @@ class StandInApi:
         disruption: tuple[str, str] | None = None,
         log: str = "",
         phase: str = "Failed",
+        terminated_message: str = "",
     ) -> None:
         """As ``FakeCluster.kill_job_pod``, in the kubelet's and Job controller's JSON: the pod Failed with its
         DisruptionTarget condition (1.26+) and its container terminated; the Job FailureTarget and Failed."""
@@ -504,6 +505,8 @@ class StandInApi:
                 state: dict[str, Any] = {
                     "terminated": {"exitCode": exit_code, "reason": terminated, "finishedAt": self.now_stamp()}
                 }
+                if terminated_message:
+                    state["terminated"]["message"] = terminated_message
                 if phase != "Failed":  # a lost node: its kubelet's last word was that the container ran
                     state = {"running": {"startedAt": self.now_stamp()}}
                     pod["metadata"]["deletionTimestamp"] = self.now_stamp()
@@ -523,6 +526,19 @@ class StandInApi:
                     {"type": "Failed", **failed, "message": "Job has reached the specified backoff limit"},
                 ],
             }
+
+    def hold_job_pod(self, namespace: str, name: str, reason: str, message: str = "") -> None:
+        """As ``FakeCluster.hold_job_pod``: Pending, its container ``waiting`` with the kubelet's reason and message."""
+        with self.lock:
+            for pod in self._job_pods(namespace, name):
+                waiting = {"reason": reason, **({"message": message} if message else {})}
+                pod["status"] = {
+                    "phase": "Pending",
+                    "conditions": [{"type": "PodScheduled", "status": "True"}],
+                    "containerStatuses": [
+                        {"name": "main", "ready": False, "restartCount": 0, "state": {"waiting": waiting}}
+                    ],
+                }
 
     def reject_job_pod(self, namespace: str, name: str, reason: str, message: str) -> None:
         with self.lock:

@@ -747,3 +747,49 @@ def test_a_finished_pods_log_the_api_cannot_give_now_is_asked_again(backend: Bac
     with pytest.raises(errors.Transient):
         invasive.poll(backend.client, JOB, namespace=NS, node="gpu-1")
     assert not gone(backend)
+
+
+# ---------------------------------------------------------------- a container the kubelet cannot start
+
+
+def test_an_image_that_cannot_be_pulled_ends_the_run_as_an_error_naming_it(backend: Backend) -> None:
+    started(backend)
+    backend.control.hold_job_pod(NS, JOB, "ErrImagePull", 'failed to pull image "quay.io/autopilot/autopilot:v1"')
+    assert invasive.poll(backend.client, JOB, namespace=NS, now=at(backend, 5)).state is JobState.RUNNING
+    backend.control.hold_job_pod(NS, JOB, "ImagePullBackOff", 'Back-off pulling image "quay.io/autopilot/autopilot:v1"')
+    done = invasive.poll(backend.client, JOB, namespace=NS, now=at(backend, 30), admission_wait_s=300)
+    assert done.state is JobState.ADMISSION_FAILED and done.result is not None
+    assert done.result.status is Status.ERROR and "ImagePullBackOff" in done.result.summary
+    assert gone(backend)
+
+
+def test_a_container_the_runtime_cannot_create_is_waited_for_then_ends_the_run_at_the_admission_wait(
+    backend: Backend,
+) -> None:
+    """The kubelet retries a CreateContainerError with backoff, the pod Pending for ever if it never clears. Before,
+    the Job read as running until our own deadline plus 60 s (the node TESTING an hour), then "still not finished"."""
+    started(backend)
+    backend.control.hold_job_pod(NS, JOB, "CreateContainerError", "context deadline exceeded")
+    kwargs = {"namespace": NS, "deadline_s": 3600.0, "admission_wait_s": 300.0}
+    waiting = invasive.poll(backend.client, JOB, now=at(backend, 20), **kwargs)
+    assert waiting.state is JobState.RUNNING and "CreateContainerError" in waiting.reason
+    done = invasive.poll(backend.client, JOB, now=at(backend, 301), **kwargs)
+    assert done.state is JobState.ADMISSION_FAILED and done.result is not None
+    assert done.result.status is Status.ERROR and "CreateContainerError" in done.result.summary
+    assert gone(backend)
+
+
+def test_a_container_that_never_started_names_the_runtimes_words(backend: Backend) -> None:
+    # restartPolicy Never: a runtime hook that fails (the NVIDIA toolkit's, on a node whose driver and library
+    # differ) ends the container StartError, exit 128, and the Job fails. Before: "exit code 128, and its log holds
+    # no DCGM result JSON", nothing about why.
+    started(backend)
+    hook = (
+        "failed to create containerd task: failed to create shim task: OCI runtime create failed: error running "
+        "hook #0: nvidia-container-cli: initialization error: nvml error: driver/library version mismatch"
+    )
+    backend.control.kill_job_pod(NS, JOB, exit_code=128, terminated="StartError", terminated_message=hook)
+    done = invasive.poll(backend.client, JOB, namespace=NS, node="gpu-1")
+    assert done.state is JobState.FAILED and done.result is not None and done.result.status is Status.ERROR
+    assert "StartError: failed to create containerd task" in done.result.summary
+    assert "driver/library version mismatch" in done.result.summary
