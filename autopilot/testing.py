@@ -422,6 +422,18 @@ def job_pod_refusal(
     return f'Error creating: pods "{pod}" is forbidden: {refusal}' if refusal else ""
 
 
+def log_refusal(pod: str, node: str, phase: str, waiting: Sequence[str], container: str) -> str:
+    """The API server's 400 to a log read of a pod that has none yet ('' when it has one): no node yet (the
+    registry's ``does not have a host assigned``), or Pending with its container not started (the kubelet's
+    ``is waiting to start: <reason>``, ``ContainerCreating`` before it has one). Both fakes answer through it."""
+    if not node:
+        return f"pod {pod} does not have a host assigned"
+    if phase == "Pending":
+        reason = waiting[0] if waiting else "ContainerCreating"
+        return f'container "{container}" in pod "{pod}" is waiting to start: {reason}'
+    return ""
+
+
 class FakeCluster:
     """An in-memory cluster that implements ``ClusterClient`` and records every write in ``writes``.
 
@@ -987,7 +999,14 @@ class FakeCluster:
             raise errors.NotFound(f"pods {name!r} not found in {namespace}") from None
 
     def pod_log(self, namespace: str, pod: str, container: str | None = None) -> str:
-        return self._do("pod_log", lambda: self._pod(namespace, pod).log)
+        def read() -> str:
+            found = self._pod(namespace, pod)
+            refusal = log_refusal(pod, found.info.node, found.info.phase, found.info.waiting, container or "main")
+            if refusal:
+                raise errors.ClusterError(f"pod_log: 400 {refusal}")
+            return found.log
+
+        return self._do("pod_log", read)
 
     # ---------------------------------------------------------- pods and volumes
 

@@ -56,6 +56,7 @@ from autopilot.testing import (
     event_refusal,
     invalid_message,
     job_pod_refusal,
+    log_refusal,
     pod_node,
     unschedulable_reason,
 )
@@ -507,8 +508,10 @@ class StandInApi:
                 }
                 if terminated_message:
                     state["terminated"]["message"] = terminated_message
-                if phase != "Failed":  # a lost node: its kubelet's last word was that the container ran
-                    state = {"running": {"startedAt": self.now_stamp()}}
+                if phase != "Failed":  # a lost node: its kubelet's last word was that the container ran (or waited)
+                    before = (pod.get("status") or {}).get("containerStatuses") or [{}]
+                    state = before[0].get("state") or {} if phase == "Pending" else {}
+                    state = state or {"running": {"startedAt": self.now_stamp()}}
                     pod["metadata"]["deletionTimestamp"] = self.now_stamp()
                 pod["status"] = {
                     "phase": phase,
@@ -914,6 +917,10 @@ class StandInApi:
             raise KeyError(f'{plural[kind]} "{name}"')
         obj = self.objects[key]
         if len(rest) == 2 and rest[1] == "log" and method == "GET":
+            info = pod_from_json(obj)
+            refusal = log_refusal(name, info.node, info.phase, info.waiting, query.get("container") or "main")
+            if refusal:
+                return 400, status_body(400, "BadRequest", refusal)
             return 200, self.logs.get((ns, name), "")
         if method == "GET":
             if kind == "PersistentVolumeClaim":

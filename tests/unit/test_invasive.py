@@ -793,3 +793,25 @@ def test_a_container_that_never_started_names_the_runtimes_words(backend: Backen
     assert done.state is JobState.FAILED and done.result is not None and done.result.status is Status.ERROR
     assert "StartError: failed to create containerd task" in done.result.summary
     assert "driver/library version mismatch" in done.result.summary
+
+
+def test_the_log_of_a_pod_not_yet_started_is_refused_as_the_api_server_refuses_it(backend: Backend) -> None:
+    # Both fakes as the real server: a 400 BadRequest, not an empty log (which reads as "no result" for another
+    # reason than the real one).
+    started(backend)
+    pod = backend.client.job_pods(NS, JOB)[0].name
+    with pytest.raises(errors.ClusterError, match=f'container "main" in pod "{pod}" is waiting to start: Container'):
+        backend.client.pod_log(NS, pod, invasive.CONTAINER)
+    backend.control.hold_job_pod(NS, JOB, "CreateContainerConfigError")
+    with pytest.raises(errors.ClusterError, match="is waiting to start: CreateContainerConfigError"):
+        backend.client.pod_log(NS, pod, invasive.CONTAINER)
+
+
+def test_a_job_failed_before_its_pod_started_is_an_error_saying_its_log_was_refused(backend: Backend) -> None:
+    # The controller failed the Job (a PodFailurePolicy rule, or an operator's kubectl) while its pod still waited.
+    started(backend)
+    backend.control.hold_job_pod(NS, JOB, "ContainerCreating")
+    backend.control.kill_job_pod(NS, JOB, phase="Pending")
+    done = invasive.poll(backend.client, JOB, namespace=NS, node="gpu-1")
+    assert done.state is JobState.FAILED and done.result is not None and done.result.status is Status.ERROR
+    assert "its log could not be read" in done.result.summary and "waiting to start" in done.result.summary
