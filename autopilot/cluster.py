@@ -17,6 +17,7 @@ send is exactly what the API documentation shows and what the stand-in server of
 from __future__ import annotations
 
 import dataclasses
+import email.utils
 import json
 import logging
 import random
@@ -159,6 +160,12 @@ class PodInfo:
     exit_codes: tuple[int, ...] = ()  # exit codes of terminated containers
     labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
     owner_uid: str = ""  # uid of the controller that owns it (its Job), from metadata.ownerReferences
+    # ``reason: message`` of its DisruptionTarget=True condition (1.26+: PreemptionByScheduler, TerminationByKubelet
+    # for a node-pressure eviction, DeletionByTaintManager, EvictionByEvictionAPI, DeletionByPodGC): the cluster, not
+    # the pod's own program, ended it
+    disruption: str = ""
+    # ``reason[: message]`` of terminated containers (OOMKilled, Error, ContainerStatusUnknown, StartError: ...)
+    terminated: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,6 +184,12 @@ class JobInfo:
     message: str = ""
     created_at: str = ""
     uid: str = ""  # a Job made again under the same name has another uid; its pods and events name it
+    # The API server's clock when it answered this read (its ``Date`` header), RFC 3339; '' when it said none.
+    # ``created_at`` is stamped on that clock, so the Job's age is judged on it, not on the reader's own.
+    server_time: str = ""
+    # spec.suspend (the controller then writes Suspended=True, reason JobSuspended, and keeps no pod): a queueing
+    # controller such as Kueue suspends a Job at creation (its webhook) until it admits it, and may never.
+    suspended: bool = False
 
     @property
     def finished(self) -> bool:
@@ -421,18 +434,24 @@ def pod_from_json(raw: Mapping[str, Any]) -> PodInfo:
     spec = raw.get("spec") or {}
     status = raw.get("status") or {}
     unschedulable = ""
+    disruption = ""
     for cond in status.get("conditions") or ():
         if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
             if cond.get("reason") == "Unschedulable":
                 unschedulable = str(cond.get("message") or "Unschedulable")
+        if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True":
+            disruption = f"{cond.get('reason') or ''}: {cond.get('message') or ''}".strip(": ")
     waiting: list[str] = []
     exit_codes: list[int] = []
+    terminated: list[str] = []
     for cs in [*(status.get("initContainerStatuses") or ()), *(status.get("containerStatuses") or ())]:
         state = cs.get("state") or {}
         if "waiting" in state and (state["waiting"] or {}).get("reason"):
             waiting.append(str(state["waiting"]["reason"]))
         if "terminated" in state and state["terminated"] is not None:
             exit_codes.append(int(state["terminated"].get("exitCode", 0)))
+            said = str(state["terminated"].get("message") or "").strip()[:300]
+            terminated.append(str(state["terminated"].get("reason") or "") + (f": {said}" if said else ""))
     return PodInfo(
         name=str(meta.get("name") or ""),
         namespace=str(meta.get("namespace") or ""),
@@ -446,6 +465,8 @@ def pod_from_json(raw: Mapping[str, Any]) -> PodInfo:
         exit_codes=tuple(exit_codes),
         labels=dict(meta.get("labels") or {}),
         owner_uid=next((str(o.get("uid") or "") for o in meta.get("ownerReferences") or () if o.get("controller")), ""),
+        disruption=disruption,
+        terminated=tuple(terminated),
     )
 
 
@@ -479,6 +500,8 @@ def job_from_json(raw: Mapping[str, Any]) -> JobInfo:
         message=message,
         created_at=str(meta.get("creationTimestamp") or ""),
         uid=str(meta.get("uid") or ""),
+        suspended=(raw.get("spec") or {}).get("suspend") is True
+        or any(c.get("type") == "Suspended" and c.get("status") == "True" for c in status.get("conditions") or ()),
     )
 
 
@@ -686,6 +709,7 @@ class KubeClusterClient:
         body: Any = None,
         content_type: str = "application/json",
         raw: bool = False,
+        date_out: list[str] | None = None,
     ) -> Any:
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError
@@ -717,6 +741,8 @@ class KubeClusterClient:
         except (HTTPError, OSError) as exc:
             raise _RetryableTransient(f"{what}: {type(exc).__name__}: {exc}") from exc
         data: bytes = resp.data
+        if date_out is not None:
+            date_out.append(server_date(getattr(resp, "headers", None)))
         if raw:
             return data.decode("utf-8", errors="replace")
         try:
@@ -879,7 +905,9 @@ class KubeClusterClient:
         return str((data.get("metadata") or {}).get("name") or manifest["metadata"]["name"])
 
     def get_job(self, namespace: str, name: str) -> JobInfo:
-        return job_from_json(self._call("GET", f"/apis/batch/v1/namespaces/{_seg(namespace)}/jobs/{_seg(name)}"))
+        said: list[str] = []
+        raw = self._call("GET", f"/apis/batch/v1/namespaces/{_seg(namespace)}/jobs/{_seg(name)}", date_out=said)
+        return dataclasses.replace(job_from_json(raw), server_time=said[-1] if said else "")
 
     def delete_job(self, namespace: str, name: str) -> bool:
         return self._delete(f"/apis/batch/v1/namespaces/{_seg(namespace)}/jobs/{_seg(name)}", propagation="Background")
@@ -1071,6 +1099,20 @@ def _not_json(body: object) -> str:
         text = title[1]
     text = " ".join(re.sub(r"(?s)<[^>]*>", " ", text).split())
     return f"not a Kubernetes Status (a proxy in front of the API server?): {text[:200]}"
+
+
+def server_date(headers: object) -> str:
+    """The ``Date`` header of an answer (RFC 7231, ``Tue, 01 Dec 2026 03:00:00 GMT``: every Go net/http server,
+    the API server included, sends it) as RFC 3339; '' when there is none or it does not parse."""
+    if not isinstance(headers, Mapping):
+        return ""
+    for key, value in headers.items():
+        if str(key).lower() == "date":
+            try:
+                return rfc3339(email.utils.parsedate_to_datetime(str(value)))
+            except (TypeError, ValueError, IndexError):
+                return ""
+    return ""
 
 
 def _retry_after(headers: object) -> float | None:

@@ -39,6 +39,7 @@ from typing import Any
 
 from autopilot import apivalidation, errors, names, remediation, results
 from autopilot.cluster import (
+    FINISHED_PHASES,
     GPU_RESOURCE,
     UNSCHEDULABLE_TAINT,
     ClusterClient,
@@ -73,6 +74,14 @@ JOB_REQUESTS = {"cpu": "100m", "memory": "512Mi"}
 MIN_JOB_TTL_S = 300
 # Kubelet admission rejections and pod states that never recover on their own.
 _STUCK_WAITING = frozenset({"ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull", "CreateContainerConfigError"})
+# The kubelet's retries of a container it could not create (``CreateContainerError``: the runtime failed, a name in
+# use, a timeout): it may clear, and it may not (a runtime hook that fails every time); the pod stays Pending and
+# the Job's deadline would be the only end. Waited for as a refusal that can clear.
+_RETRIED_WAITING = frozenset({"CreateContainerError"})
+# Reasons of a terminated container that say its program did not end by itself: killed (OOM), lost, or never
+# started (``StartError``: the runtime's hook failed, e.g. nvidia-container-cli's ``nvml error: driver/library
+# version mismatch``; ``ContainerCannotRun`` from dockershim-era runtimes).
+_NOT_ITS_PROGRAM = frozenset({"OOMKilled", "ContainerStatusUnknown", "StartError", "ContainerCannotRun"})
 # ResourceQuota's refusal on usage (plugin/pkg/admission/resourcequota: ``exceeded quota: <quota>, requested: <r>,
 # used: <u>, limited: <l>``, "Exceeded" before Kubernetes 1.9): it clears as other pods of the namespace end, and
 # the Job controller keeps retrying the pod with backoff. Every other refusal (PodSecurity, a quota's ``must
@@ -391,7 +400,7 @@ def _judge(
     admission_wait_s: float = 0.0,
 ) -> JobOutcome:
     name, namespace = job.name, job.namespace
-    age = (moment - results.parse_iso(job.created_at)).total_seconds() if job.created_at else None
+    age = job_age_s(job, moment)
 
     def done(state: JobState, reason: str, result: CheckResult | None = None) -> JobOutcome:
         return JobOutcome(state, name, node, reason, result or error_result(node, reason, job=name, now=moment))
@@ -402,6 +411,7 @@ def _judge(
         (the log reads ok, or holds no result) an ``error`` naming the failure, with the pod's exit code."""
         found, why, codes = read
         exited = f" (exit code {', '.join(str(c) for c in codes)})" if any(codes) else ""
+        exited += pod_fate(pods)
         if found is not None and found.status in (Status.FAIL, Status.WARN):
             return done(state, f"{what}{exited}: {found.status.value}: {found.summary}", found)
         said = f"its log reads {found.status.value}: {found.summary}" if found is not None else why
@@ -424,6 +434,19 @@ def _judge(
         if clears and age is not None and bound > 0:
             refused += f" (still refused {age:.0f} s after the Job was made; the wait is {bound:g} s)"
         return done(JobState.ADMISSION_FAILED, f"the pod of Job {name} could not run: {refused}")
+    if job.suspended and not any(p.phase in ("Running", "Succeeded", "Failed") for p in pods):
+        # Suspended (by a queueing controller such as Kueue) the Job has no pod, and its activeDeadlineSeconds does
+        # not run: it would hold the node TESTING until our own deadline. Waited for as a refusal that can clear.
+        why = (
+            f"Job {name} is suspended (spec.suspend: a queueing controller such as Kueue holds it until it admits"
+            f" it; exempt namespace {namespace} from it, or give the Job a queue)"
+        )
+        bound = admission_wait_s if deadline_s is None else min(admission_wait_s, deadline_s)
+        if age is not None and age < bound:
+            return JobOutcome(JobState.RUNNING, name, node, f"{why}, {age:.0f} s")
+        if age is not None and bound > 0:
+            why += f" still {age:.0f} s after the Job was made; the wait is {bound:g} s"
+        return done(JobState.ADMISSION_FAILED, why)
     if job.failed_reason:
         detail = f"{job.failed_reason}: {job.message}" if job.message else job.failed_reason
         return failed(
@@ -433,6 +456,40 @@ def _judge(
         if age > deadline_s + 60:
             return done(JobState.DEADLINE_EXCEEDED, f"Job {name} still not finished {age:.0f} s after creation")
     return JobOutcome(JobState.RUNNING, name, node, f"Job {name} running ({len(pods)} pod(s))")
+
+
+def job_age_s(job: JobInfo, moment: datetime) -> float | None:
+    """Seconds since the Job was made, on the API server's clock: ``creationTimestamp`` is the server's stamp, and
+    ``server_time`` (the ``Date`` of the answer that read the Job) its clock at the read. A worker whose clock runs
+    10 min ahead would otherwise call a Job past its deadline (or past the admission wait) 10 min early, and one
+    behind hold the node that much longer. ``moment`` (the worker's clock) only where the server said no time."""
+    if not job.created_at:
+        return None
+    try:
+        created = results.parse_iso(job.created_at)
+        reference = results.parse_iso(job.server_time) if job.server_time else moment
+    except ValueError:
+        return None
+    return (reference - created).total_seconds()
+
+
+def pod_fate(pods: Sequence[PodInfo]) -> str:
+    """What ended the Job's pod when it was not its own program: its DisruptionTarget condition (preempted,
+    evicted), its ``Evicted`` reason, a container ``OOMKilled``; '' otherwise. A run the cluster cut short is an
+    ``error`` either way (its log holds no result); this says it was the cluster, not the GPUs."""
+    ran = [p for p in pods if p.phase in ("Succeeded", "Failed")] or list(pods)
+    if not ran:
+        return ""
+    pod = ran[-1]
+    words = []
+    if pod.disruption:
+        words.append(f"disrupted ({pod.disruption})")
+    if pod.reason and pod.reason not in pod.disruption:
+        words.append(f"{pod.reason}: {pod.message}".strip(": "))
+    killed = sorted({t for t in pod.terminated if t.partition(":")[0] in _NOT_ITS_PROGRAM})
+    if killed:
+        words.append(f"container {'; '.join(killed)}")
+    return f" (its pod {pod.name}: {'; '.join(words)})" if words else ""
 
 
 def _admission_failure(cluster: ClusterClient, namespace: str, job: JobInfo, pods: list[PodInfo]) -> tuple[str, bool]:
@@ -445,6 +502,9 @@ def _admission_failure(cluster: ClusterClient, namespace: str, job: JobInfo, pod
         stuck = [w for w in pod.waiting if w in _STUCK_WAITING]
         if stuck:
             return f"{stuck[0]} ({pod.name})", False
+        retried = [w for w in pod.waiting if w in _RETRIED_WAITING]
+        if retried:
+            return f"{retried[0]} ({pod.name}: the container runtime could not create its container)", True
     if not pods:
         refused = [e for e in cluster.job_events(namespace, job.name, job.uid) if e.reason == "FailedCreate"]
         if refused:
@@ -510,8 +570,13 @@ def _result_from_pods(
     pod = ran[-1]
     try:
         text = cluster.pod_log(namespace, pod.name, CONTAINER)
-    except errors.Transient:
-        raise  # the API server away: the caller asks again, before the Job and its result are deleted
+    except errors.Transient as exc:
+        if pod.phase in FINISHED_PHASES:
+            raise  # the API server away: the caller asks again, before the Job and its result are deleted
+        # The Job is over (a failed Job's pod is read as it is) but its pod never ended as far as the API knows: its
+        # node is lost, and the API server's 500 ("Get https://<node>:10250/containerLogs/...: dial tcp ...: i/o
+        # timeout") comes at every poll. Asked again, it held the node TESTING until the Job's deadline.
+        return None, f"its log could not be read: {exc} (its pod {pod.name} is still {pod.phase}: lost node?)", ()
     except errors.ClusterError as exc:
         return None, f"its log could not be read: {exc}", pod.exit_codes
     found = parse_result_log(text, node)

@@ -422,6 +422,18 @@ def job_pod_refusal(
     return f'Error creating: pods "{pod}" is forbidden: {refusal}' if refusal else ""
 
 
+def log_refusal(pod: str, node: str, phase: str, waiting: Sequence[str], container: str) -> str:
+    """The API server's 400 to a log read of a pod that has none yet ('' when it has one): no node yet (the
+    registry's ``does not have a host assigned``), or Pending with its container not started (the kubelet's
+    ``is waiting to start: <reason>``, ``ContainerCreating`` before it has one). Both fakes answer through it."""
+    if not node:
+        return f"pod {pod} does not have a host assigned"
+    if phase == "Pending":
+        reason = waiting[0] if waiting else "ContainerCreating"
+        return f'container "{container}" in pod "{pod}" is waiting to start: {reason}'
+    return ""
+
+
 class FakeCluster:
     """An in-memory cluster that implements ``ClusterClient`` and records every write in ``writes``.
 
@@ -584,6 +596,65 @@ class FakeCluster:
         spec = ((self.job_manifests[(namespace, name)].get("spec") or {}).get("template") or {}).get("spec") or {}
         self._start_job_pod(namespace, name, job.uid, spec, f"{name[:57]}-{self._seq:05x}")
         self.jobs[(namespace, name)] = dataclasses.replace(job, active=1)
+
+    def suspend_job(self, namespace: str, name: str) -> None:
+        """A queueing controller (Kueue's webhook, at creation) set ``spec.suspend``: the Job controller deletes its
+        pods, counts none active and writes ``Suspended=True`` (reason ``JobSuspended``)."""
+        for pod in self._job_pods(namespace, name):
+            del self._pods[(namespace, pod.info.name)]
+        self.jobs[(namespace, name)] = dataclasses.replace(self.jobs[(namespace, name)], active=0, suspended=True)
+
+    def resume_job(self, namespace: str, name: str) -> None:
+        """The queue admitted the Job (``spec.suspend`` false): the controller makes its pod (``Suspended=False``,
+        ``JobResumed``)."""
+        self.jobs[(namespace, name)] = dataclasses.replace(self.jobs[(namespace, name)], suspended=False)
+        self.admit_job_pod(namespace, name)
+
+    def kill_job_pod(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        exit_code: int = 137,
+        terminated: str = "Error",
+        reason: str = "",
+        message: str = "",
+        disruption: tuple[str, str] | None = None,
+        log: str = "",
+        phase: str = "Failed",
+        terminated_message: str = "",
+    ) -> None:
+        """Something other than its program ended the Job's running pod: preemption or a node-pressure eviction
+        (``disruption``: the DisruptionTarget condition's reason and message; an eviction also sets the pod's
+        ``reason`` ``Evicted`` and ``message``), the OOM killer (``terminated`` ``OOMKilled``). Its container ends
+        with ``exit_code`` (137: SIGKILL) and ``log`` (cut short); the Job fails (``backoffLimit: 0``). ``phase``
+        ``Running``: the node was lost, its kubelet never says the pod ended (the taint manager's deletion leaves it
+        terminating, which the Job controller counts as failed)."""
+        said = f"{disruption[0]}: {disruption[1]}" if disruption else ""
+        for pod in self._job_pods(namespace, name):
+            pod.info = dataclasses.replace(
+                pod.info,
+                phase=phase,
+                reason=reason,
+                message=message,
+                exit_codes=(exit_code,) if phase == "Failed" else (),
+                terminated=(f"{terminated}: {terminated_message}".rstrip(": "),) if phase == "Failed" else (),
+                disruption=said,
+            )
+            pod.log = log
+        self.jobs[(namespace, name)] = dataclasses.replace(
+            self.jobs[(namespace, name)],
+            active=0,
+            failed=1,
+            failed_reason="BackoffLimitExceeded",
+            message="Job has reached the specified backoff limit",
+        )
+
+    def hold_job_pod(self, namespace: str, name: str, reason: str, message: str = "") -> None:
+        """The kubelet keeps the Job's pod Pending on its node, its container waiting with ``reason``
+        (``ErrImagePull``, ``ImagePullBackOff``, ``CreateContainerError``, ``CreateContainerConfigError``)."""
+        for pod in self._job_pods(namespace, name):
+            pod.info = dataclasses.replace(pod.info, phase="Pending", waiting=(reason,))
 
     def reject_job_pod(self, namespace: str, name: str, reason: str, message: str) -> None:
         """The kubelet refused the pod at admission (e.g. ``UnexpectedAdmissionError``): pod Failed."""
@@ -882,9 +953,11 @@ class FakeCluster:
     def get_job(self, namespace: str, name: str) -> JobInfo:
         def get() -> JobInfo:
             try:
-                return self.jobs[(namespace, name)]
+                job = self.jobs[(namespace, name)]
             except KeyError:
                 raise errors.NotFound(f"jobs.batch {name!r} not found") from None
+            # As the real server's Date header: its own clock, the one it stamped creationTimestamp on.
+            return dataclasses.replace(job, server_time=rfc3339(self._now()))
 
         return self._do("get_job", get)
 
@@ -926,7 +999,14 @@ class FakeCluster:
             raise errors.NotFound(f"pods {name!r} not found in {namespace}") from None
 
     def pod_log(self, namespace: str, pod: str, container: str | None = None) -> str:
-        return self._do("pod_log", lambda: self._pod(namespace, pod).log)
+        def read() -> str:
+            found = self._pod(namespace, pod)
+            refusal = log_refusal(pod, found.info.node, found.info.phase, found.info.waiting, container or "main")
+            if refusal:
+                raise errors.ClusterError(f"pod_log: 400 {refusal}")
+            return found.log
+
+        return self._do("pod_log", read)
 
     # ---------------------------------------------------------- pods and volumes
 

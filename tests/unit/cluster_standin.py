@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import email.utils
 import itertools
 import json
 import re
@@ -34,7 +35,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from autopilot import apivalidation
+from autopilot import apivalidation, results
 from autopilot.cluster import (
     EventInfo,
     KubeClusterClient,
@@ -44,6 +45,7 @@ from autopilot.cluster import (
     job_from_json,
     node_from_json,
     pod_from_json,
+    rfc3339,
     selector_matches,
 )
 from autopilot.testing import (
@@ -54,6 +56,7 @@ from autopilot.testing import (
     event_refusal,
     invalid_message,
     job_pod_refusal,
+    log_refusal,
     pod_node,
     unschedulable_reason,
 )
@@ -217,7 +220,10 @@ def merge_patch(target: Any, patch: Any) -> Any:
 class StandInApi:
     """State of the stand-in cluster plus its HTTP server (``url``); ``close()`` stops it."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Any = None) -> None:
+        # The server's own clock (``now()``): it stamps a Job's creationTimestamp and every answer's Date header on
+        # it, as the API server does on its host's. None: a server whose clock stands at STAMP.
+        self.clock = clock
         self.lock = threading.RLock()
         self.requests: list[Request] = []
         self.nodes: dict[str, dict[str, Any]] = {}
@@ -250,6 +256,9 @@ class StandInApi:
         self.thread = threading.Thread(target=self.server.serve_forever, name="standin-api", daemon=True)
         self.thread.start()
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def now_stamp(self) -> str:
+        return rfc3339(self.clock.now()) if self.clock is not None else STAMP
 
     def close(self) -> None:
         self.server.shutdown()
@@ -433,6 +442,106 @@ class StandInApi:
             job = self.objects[("Job", namespace, name)]
             self._start_job_pod(namespace, job, f"{name[:57]}-{next(self._seq):05x}")
             job["status"] = {"active": 1, "startTime": STAMP}
+
+    def suspend_job(self, namespace: str, name: str) -> None:
+        """As ``FakeCluster.suspend_job``: ``spec.suspend`` true, no pod, ``Suspended=True`` (the Job controller's
+        words: reason ``JobSuspended``, message ``Job suspended``), ``status.startTime`` cleared."""
+        with self.lock:
+            for pod in self._job_pods(namespace, name):
+                del self.objects[("Pod", namespace, pod["metadata"]["name"])]
+            job = self.objects[("Job", namespace, name)]
+            job["spec"]["suspend"] = True
+            job["status"] = {
+                "active": 0,
+                "ready": 0,
+                "conditions": [
+                    {
+                        "type": "Suspended",
+                        "status": "True",
+                        "reason": "JobSuspended",
+                        "message": "Job suspended",
+                        "lastProbeTime": self.now_stamp(),
+                        "lastTransitionTime": self.now_stamp(),
+                    }
+                ],
+            }
+
+    def resume_job(self, namespace: str, name: str) -> None:
+        """As ``FakeCluster.resume_job``: ``spec.suspend`` false, ``Suspended=False`` (``JobResumed``), a pod."""
+        with self.lock:
+            job = self.objects[("Job", namespace, name)]
+            job["spec"]["suspend"] = False
+            self._start_job_pod(namespace, job, f"{name[:57]}-{next(self._seq):05x}")
+            resumed = {"type": "Suspended", "status": "False", "reason": "JobResumed", "message": "Job resumed"}
+            job["status"] = {"active": 1, "startTime": self.now_stamp(), "conditions": [resumed]}
+
+    def kill_job_pod(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        exit_code: int = 137,
+        terminated: str = "Error",
+        reason: str = "",
+        message: str = "",
+        disruption: tuple[str, str] | None = None,
+        log: str = "",
+        phase: str = "Failed",
+        terminated_message: str = "",
+    ) -> None:
+        """As ``FakeCluster.kill_job_pod``, in the kubelet's and Job controller's JSON: the pod Failed with its
+        DisruptionTarget condition (1.26+) and its container terminated; the Job FailureTarget and Failed."""
+        with self.lock:
+            for pod in self._job_pods(namespace, name):
+                conditions = [{"type": "Ready", "status": "False", "reason": "PodFailed"}]
+                if disruption:
+                    conditions.append(
+                        {
+                            "type": "DisruptionTarget",
+                            "status": "True",
+                            "reason": disruption[0],
+                            "message": disruption[1],
+                        }
+                    )
+                state: dict[str, Any] = {
+                    "terminated": {"exitCode": exit_code, "reason": terminated, "finishedAt": self.now_stamp()}
+                }
+                if terminated_message:
+                    state["terminated"]["message"] = terminated_message
+                if phase != "Failed":  # a lost node: its kubelet's last word was that the container ran (or waited)
+                    before = (pod.get("status") or {}).get("containerStatuses") or [{}]
+                    state = before[0].get("state") or {} if phase == "Pending" else {}
+                    state = state or {"running": {"startedAt": self.now_stamp()}}
+                    pod["metadata"]["deletionTimestamp"] = self.now_stamp()
+                pod["status"] = {
+                    "phase": phase,
+                    **({"reason": reason} if reason else {}),
+                    **({"message": message} if message else {}),
+                    "conditions": conditions,
+                    "containerStatuses": [{"name": "main", "ready": False, "restartCount": 0, "state": state}],
+                }
+                self.logs[(namespace, pod["metadata"]["name"])] = log
+            failed = {"status": "True", "reason": "BackoffLimitExceeded"}
+            self.objects[("Job", namespace, name)]["status"] = {
+                "failed": 1,
+                "conditions": [
+                    {"type": "FailureTarget", **failed, "message": "Job has reached the specified backoff limit"},
+                    {"type": "Failed", **failed, "message": "Job has reached the specified backoff limit"},
+                ],
+            }
+
+    def hold_job_pod(self, namespace: str, name: str, reason: str, message: str = "") -> None:
+        """As ``FakeCluster.hold_job_pod``: Pending, its container ``waiting`` with the kubelet's reason and message."""
+        with self.lock:
+            for pod in self._job_pods(namespace, name):
+                waiting = {"reason": reason, **({"message": message} if message else {})}
+                pod["status"] = {
+                    "phase": "Pending",
+                    "conditions": [{"type": "PodScheduled", "status": "True"}],
+                    "containerStatuses": [
+                        {"name": "main", "ready": False, "restartCount": 0, "state": {"waiting": waiting}}
+                    ],
+                }
 
     def reject_job_pod(self, namespace: str, name: str, reason: str, message: str) -> None:
         with self.lock:
@@ -808,6 +917,10 @@ class StandInApi:
             raise KeyError(f'{plural[kind]} "{name}"')
         obj = self.objects[key]
         if len(rest) == 2 and rest[1] == "log" and method == "GET":
+            info = pod_from_json(obj)
+            refusal = log_refusal(name, info.node, info.phase, info.waiting, query.get("container") or "main")
+            if refusal:
+                return 400, status_body(400, "BadRequest", refusal)
             return 200, self.logs.get((ns, name), "")
         if method == "GET":
             if kind == "PersistentVolumeClaim":
@@ -855,10 +968,10 @@ class StandInApi:
         meta.update(name=name, namespace=ns, uid=uid, resourceVersion=str(next(self._rv)))
         if not ns:
             del meta["namespace"]  # a cluster-scoped object has none
-        meta["creationTimestamp"] = STAMP
+        meta["creationTimestamp"] = self.now_stamp()
         obj = copy.deepcopy(body)
         if kind == "Job":
-            obj["status"] = {"active": 1, "startTime": STAMP}
+            obj["status"] = {"active": 1, "startTime": self.now_stamp()}
             pod_name = f"{name[:57]}-{next(self._seq):05x}"
             message = self._job_pod_refusal(ns, obj["spec"]["template"]["spec"], pod_name)
             if message:  # the Job is admitted, its controller's pod is not (the Job controller keeps trying)
@@ -977,6 +1090,10 @@ def _handler(api: StandInApi) -> type[BaseHTTPRequestHandler]:
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
             pass
 
+        def date_time_string(self, timestamp: float | None = None) -> str:
+            # The Date header on the server's clock (Go's net/http sends it on every answer), not this host's.
+            return email.utils.format_datetime(results.parse_iso(api.now_stamp()), usegmt=True)
+
         def _serve(self) -> None:
             url = urlsplit(self.path)
             query = {k: v[-1] for k, v in parse_qs(url.query).items()}
@@ -1014,6 +1131,7 @@ class Backend:
     client: Any  # ClusterClient
     control: Any  # FakeCluster or StandInApi: add_node, add_pod, fail_next, finish_job, ...
     sleeps: list[float]
+    clock: Any = None  # the cluster's clock, when the test gave one: the API server stamps and dates on it
 
     @property
     def standin(self) -> StandInApi | None:
@@ -1024,13 +1142,13 @@ def make_backend(name: str, clock: Any = None) -> Iterator[Backend]:
     """``fake``: a ``FakeCluster``; ``kube``: ``KubeClusterClient`` over HTTP to a ``StandInApi``."""
     if name == "fake":
         fake = FakeCluster(clock=clock)
-        yield Backend("fake", fake, fake, [])
+        yield Backend("fake", fake, fake, [], clock)
         return
-    api = StandInApi()
+    api = StandInApi(clock)
     sleeps: list[float] = []
     client = KubeClusterClient.for_host(api.url, retry=RetryPolicy(attempts=4, base_s=0.0), sleep=sleeps.append)
     try:
-        yield Backend("kube", client, api, sleeps)
+        yield Backend("kube", client, api, sleeps, clock)
     finally:
         client.close()
         api.close()

@@ -141,6 +141,7 @@ def test_job_calls(kube: Backend) -> None:
     kube.client.create_job("ap", manifest)
     kube.client.get_job("ap", "j")
     pod = kube.client.job_pods("ap", "j")[0].name
+    kube.control.finish_job("ap", "j", succeeded=True, log="done")  # a pod not yet started has no log (400)
     kube.client.pod_log("ap", pod, "main")
     kube.client.job_events("ap", "j")
     kube.client.delete_job("ap", "j")

@@ -5,15 +5,16 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from autopilot import invasive, remediation, results
-from autopilot.cluster import NodeInfo
+from autopilot import cluster, errors, invasive, remediation, results
+from autopilot.cluster import JobInfo, NodeInfo
 from autopilot.config import Settings
 from autopilot.invasive import JobState, StartState
 from autopilot.results import CheckResult, Status
+from autopilot.testing import FakeClock
 from tests.unit.cluster_standin import Backend, make_backend
 from workers import invasive_flow
 
@@ -24,7 +25,7 @@ JOB = "autopilot-dcgm3-gpu-1"
 
 @pytest.fixture(params=["fake", "kube"])
 def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
-    yield from make_backend(request.param)
+    yield from make_backend(request.param, FakeClock())
 
 
 def log_with(result: CheckResult) -> str:
@@ -275,8 +276,11 @@ QUOTA_BUSY = (
 
 
 def at(backend: Backend, seconds: float) -> datetime:
-    """``seconds`` after the Job was made, as the API server stamped it."""
-    return results.parse_iso(backend.client.get_job(NS, JOB).created_at) + timedelta(seconds=seconds)
+    """The cluster's clock moved to ``seconds`` after the Job was made (as the API server stamped it); the worker's
+    clock, returned, agrees with it."""
+    when = results.parse_iso(backend.client.get_job(NS, JOB).created_at) + timedelta(seconds=seconds)
+    backend.clock.advance((when - backend.clock.now()).total_seconds())
+    return when
 
 
 def test_a_quota_refusal_that_clears_is_waited_through_and_the_run_goes_on(backend: Backend) -> None:
@@ -577,3 +581,237 @@ def test_a_pod_left_by_a_deleted_job_is_busy_not_a_running_job(backend: Backend)
     assert outcome.state is StartState.BUSY and "is gone" in outcome.reason and outcome.result is None
     backend.control.collect_garbage()
     assert invasive.start(backend.client, "gpu-1", SETTINGS).state is StartState.STARTED
+
+
+# ---------------------------------------------------------------- the worker's clock is not the API server's
+
+
+@pytest.mark.parametrize(("skew_s", "server_age_s", "state"), [(600.0, 100.0, JobState.RUNNING), (-600.0, 700.0, None)])
+def test_a_jobs_age_is_judged_on_the_api_servers_clock_not_a_skewed_workers(
+    backend: Backend, skew_s: float, server_age_s: float, state: JobState | None
+) -> None:
+    """creationTimestamp is the API server's stamp. Before, the age was the worker's clock less it: a worker 10 min
+    ahead called a Job 100 s old past its 600 s deadline (DEADLINE_EXCEEDED, an error, the run thrown away), and one
+    10 min behind kept a Job 700 s old, past it, running. Now the age is read on the server's clock (its Date)."""
+    started(backend)
+    server_now = at(backend, server_age_s)
+    worker_now = server_now + timedelta(seconds=skew_s)
+    done = invasive.poll(backend.client, JOB, namespace=NS, node="gpu-1", deadline_s=600, now=worker_now)
+    if state is JobState.RUNNING:
+        assert done.state is JobState.RUNNING and not gone(backend)
+    else:
+        assert done.state is JobState.DEADLINE_EXCEEDED and done.result is not None
+        assert done.result.status is Status.ERROR and "700 s after creation" in done.result.summary
+
+
+def test_the_admission_wait_is_counted_on_the_api_servers_clock(backend: Backend) -> None:
+    # A busy quota, 20 s into the wait by the server's clock, read by a worker 10 min ahead: before, the wait was
+    # over at once ("still refused 620 s after"), and the run ended an error while the quota was about to clear.
+    started(backend)
+    backend.control.refuse_job_pod(NS, JOB, QUOTA_BUSY.format(used=8))
+    worker_now = at(backend, 20) + timedelta(minutes=10)
+    waiting = invasive.poll(backend.client, JOB, namespace=NS, now=worker_now, admission_wait_s=300)
+    assert waiting.state is JobState.RUNNING and "(20 s)" in waiting.reason
+
+
+def test_the_job_read_says_the_servers_time_from_its_date_header(backend: Backend) -> None:
+    started(backend)
+    backend.clock.advance(42)
+    job = backend.client.get_job(NS, JOB)
+    assert job.server_time == cluster.rfc3339(backend.clock.now())
+    assert invasive.job_age_s(job, backend.clock.now() + timedelta(hours=1)) == 42
+
+
+@pytest.mark.parametrize(
+    ("headers", "said"),
+    [
+        ({"Date": "Tue, 01 Dec 2026 03:04:05 GMT"}, "2026-12-01T03:04:05Z"),
+        ({"date": "Tue, 01 Dec 2026 03:04:05 GMT"}, "2026-12-01T03:04:05Z"),
+        ({"Date": "yesterday"}, ""),
+        ({}, ""),
+        (None, ""),
+    ],
+)
+def test_server_date(headers: dict[str, str] | None, said: str) -> None:
+    assert cluster.server_date(headers) == said
+
+
+def test_without_a_server_time_the_workers_clock_is_used() -> None:
+    job = JobInfo("j", NS, created_at="2026-11-29T22:00:00Z")
+    assert invasive.job_age_s(job, datetime(2026, 11, 29, 22, 5, tzinfo=UTC)) == 300
+
+
+# ---------------------------------------------------------------- a Job a queueing controller suspends
+
+
+def test_a_suspended_job_is_waited_for_as_a_refusal_that_can_clear_then_resumes_and_runs(backend: Backend) -> None:
+    started(backend)
+    backend.control.suspend_job(NS, JOB)  # Kueue's webhook: spec.suspend until its queue admits the Job
+    waiting = invasive.poll(backend.client, JOB, namespace=NS, now=at(backend, 20), admission_wait_s=300)
+    assert waiting.state is JobState.RUNNING and "suspended" in waiting.reason and not gone(backend)
+    backend.control.resume_job(NS, JOB)
+    assert invasive.poll(backend.client, JOB, namespace=NS, now=at(backend, 60), admission_wait_s=300).state is (
+        JobState.RUNNING
+    )
+    backend.control.finish_job(NS, JOB, succeeded=True, log=log_with(PASSED))
+    done = invasive.poll(backend.client, JOB, namespace=NS, now=at(backend, 900), admission_wait_s=300)
+    assert done.state is JobState.SUCCEEDED and done.result is not None and done.result.status is Status.OK
+
+
+def test_a_job_left_suspended_ends_the_run_as_an_error_at_the_admission_wait_not_the_hour_long_deadline(
+    backend: Backend,
+) -> None:
+    """A queueing controller (Kueue with manageJobsWithoutQueueName, no queue for Autopilot's namespace) keeps the
+    Job suspended: no pod, and activeDeadlineSeconds does not run. Before, the Job read as running until our own
+    deadline plus 60 s: the node held TESTING an hour, then an error saying only "still not finished"."""
+    started(backend)
+    backend.control.suspend_job(NS, JOB)
+    kwargs = {"namespace": NS, "node": "gpu-1", "deadline_s": 3600.0, "admission_wait_s": 300.0}
+    done = invasive.poll(backend.client, JOB, now=at(backend, 301), **kwargs)
+    assert done.state is JobState.ADMISSION_FAILED and done.result is not None
+    assert done.result.status is Status.ERROR and not done.result.fatal
+    assert "suspended" in done.result.summary and "Kueue" in done.result.summary
+    assert gone(backend)
+
+
+# ---------------------------------------------------------------- a pod the cluster ended mid-run
+
+
+CUT = "2026-11-29 22:00:00 INFO starting dcgm\nRunning level 3 diagnostic...\n"
+
+
+@pytest.mark.parametrize(
+    ("kill", "words"),
+    [
+        # Preempted by a higher-priority pod: the scheduler's DisruptionTarget, SIGTERM then SIGKILL.
+        (
+            {
+                "disruption": (
+                    "PreemptionByScheduler",
+                    "default-scheduler: preempting to accommodate a higher priority pod",
+                )
+            },
+            "disrupted (PreemptionByScheduler: default-scheduler: preempting",
+        ),
+        # The kubelet evicted it under node memory pressure (reason Evicted, DisruptionTarget TerminationByKubelet).
+        (
+            {
+                "reason": "Evicted",
+                "message": "The node was low on resource: memory. Threshold quantity: 100Mi, available: 52Mi. ",
+                "disruption": ("TerminationByKubelet", "The node was low on resource: memory. "),
+                "terminated": "ContainerStatusUnknown",
+            },
+            "Evicted: The node was low on resource: memory",
+        ),
+        # The OOM killer took the container (exit 137, reason OOMKilled), no disruption condition.
+        ({"terminated": "OOMKilled"}, "container OOMKilled"),
+    ],
+)
+def test_a_pod_the_cluster_ended_mid_run_is_an_error_that_says_what_ended_it(
+    backend: Backend, kill: dict[str, object], words: str
+) -> None:
+    """Never a pass, never a finding about the GPUs; before, the error said only "exit code 137, and its log holds no
+    DCGM result JSON", which reads as the diagnostics crashing on the node."""
+    started(backend)
+    backend.control.kill_job_pod(NS, JOB, log=CUT, **kill)
+    done = invasive.poll(backend.client, JOB, namespace=NS, node="gpu-1")
+    assert done.state is JobState.FAILED and done.result is not None
+    assert done.result.status is Status.ERROR and not done.result.fatal
+    assert words in done.result.summary and "exit code 137" in done.result.summary
+    assert gone(backend)
+
+
+def test_a_failed_job_whose_pod_sits_on_a_lost_node_ends_without_waiting_for_a_log_that_never_comes(
+    backend: Backend,
+) -> None:
+    """The node stopped answering: the taint manager deletes the pod (DisruptionTarget DeletionByTaintManager), which
+    stays terminating in phase Running, and the Job controller counts it failed. The API server answers every read
+    of its log with a 500 (it cannot reach the kubelet). Before, each poll raised Transient and was asked again,
+    holding the node TESTING until the Job's hour-long deadline; now the run ends an error naming it."""
+    started(backend)
+    taint = ("DeletionByTaintManager", "Taint manager: deleting due to NoExecute taint")
+    backend.control.kill_job_pod(NS, JOB, phase="Running", disruption=taint)
+    backend.control.fail_next("pod_log", 500, times=8)
+    done = invasive.poll(backend.client, JOB, namespace=NS, node="gpu-1")
+    assert done.state is JobState.FAILED and done.result is not None
+    assert done.result.status is Status.ERROR and not done.result.fatal
+    assert "still Running" in done.result.summary and "DeletionByTaintManager" in done.result.summary
+    assert gone(backend)
+
+
+def test_a_finished_pods_log_the_api_cannot_give_now_is_asked_again(backend: Backend) -> None:
+    # The pod ended (its kubelet said so): its log holds the run's result, so an API server away is waited out.
+    started(backend)
+    backend.control.finish_job(NS, JOB, succeeded=False, log=log_with(FATAL), exit_code=1)
+    backend.control.fail_next("pod_log", 500, times=8)
+    with pytest.raises(errors.Transient):
+        invasive.poll(backend.client, JOB, namespace=NS, node="gpu-1")
+    assert not gone(backend)
+
+
+# ---------------------------------------------------------------- a container the kubelet cannot start
+
+
+def test_an_image_that_cannot_be_pulled_ends_the_run_as_an_error_naming_it(backend: Backend) -> None:
+    started(backend)
+    backend.control.hold_job_pod(NS, JOB, "ErrImagePull", 'failed to pull image "quay.io/autopilot/autopilot:v1"')
+    assert invasive.poll(backend.client, JOB, namespace=NS, now=at(backend, 5)).state is JobState.RUNNING
+    backend.control.hold_job_pod(NS, JOB, "ImagePullBackOff", 'Back-off pulling image "quay.io/autopilot/autopilot:v1"')
+    done = invasive.poll(backend.client, JOB, namespace=NS, now=at(backend, 30), admission_wait_s=300)
+    assert done.state is JobState.ADMISSION_FAILED and done.result is not None
+    assert done.result.status is Status.ERROR and "ImagePullBackOff" in done.result.summary
+    assert gone(backend)
+
+
+def test_a_container_the_runtime_cannot_create_is_waited_for_then_ends_the_run_at_the_admission_wait(
+    backend: Backend,
+) -> None:
+    """The kubelet retries a CreateContainerError with backoff, the pod Pending for ever if it never clears. Before,
+    the Job read as running until our own deadline plus 60 s (the node TESTING an hour), then "still not finished"."""
+    started(backend)
+    backend.control.hold_job_pod(NS, JOB, "CreateContainerError", "context deadline exceeded")
+    kwargs = {"namespace": NS, "deadline_s": 3600.0, "admission_wait_s": 300.0}
+    waiting = invasive.poll(backend.client, JOB, now=at(backend, 20), **kwargs)
+    assert waiting.state is JobState.RUNNING and "CreateContainerError" in waiting.reason
+    done = invasive.poll(backend.client, JOB, now=at(backend, 301), **kwargs)
+    assert done.state is JobState.ADMISSION_FAILED and done.result is not None
+    assert done.result.status is Status.ERROR and "CreateContainerError" in done.result.summary
+    assert gone(backend)
+
+
+def test_a_container_that_never_started_names_the_runtimes_words(backend: Backend) -> None:
+    # restartPolicy Never: a runtime hook that fails (the NVIDIA toolkit's, on a node whose driver and library
+    # differ) ends the container StartError, exit 128, and the Job fails. Before: "exit code 128, and its log holds
+    # no DCGM result JSON", nothing about why.
+    started(backend)
+    hook = (
+        "failed to create containerd task: failed to create shim task: OCI runtime create failed: error running "
+        "hook #0: nvidia-container-cli: initialization error: nvml error: driver/library version mismatch"
+    )
+    backend.control.kill_job_pod(NS, JOB, exit_code=128, terminated="StartError", terminated_message=hook)
+    done = invasive.poll(backend.client, JOB, namespace=NS, node="gpu-1")
+    assert done.state is JobState.FAILED and done.result is not None and done.result.status is Status.ERROR
+    assert "StartError: failed to create containerd task" in done.result.summary
+    assert "driver/library version mismatch" in done.result.summary
+
+
+def test_the_log_of_a_pod_not_yet_started_is_refused_as_the_api_server_refuses_it(backend: Backend) -> None:
+    # Both fakes as the real server: a 400 BadRequest, not an empty log (which reads as "no result" for another
+    # reason than the real one).
+    started(backend)
+    pod = backend.client.job_pods(NS, JOB)[0].name
+    with pytest.raises(errors.ClusterError, match=f'container "main" in pod "{pod}" is waiting to start: Container'):
+        backend.client.pod_log(NS, pod, invasive.CONTAINER)
+    backend.control.hold_job_pod(NS, JOB, "CreateContainerConfigError")
+    with pytest.raises(errors.ClusterError, match="is waiting to start: CreateContainerConfigError"):
+        backend.client.pod_log(NS, pod, invasive.CONTAINER)
+
+
+def test_a_job_failed_before_its_pod_started_is_an_error_saying_its_log_was_refused(backend: Backend) -> None:
+    # The controller failed the Job (a PodFailurePolicy rule, or an operator's kubectl) while its pod still waited.
+    started(backend)
+    backend.control.hold_job_pod(NS, JOB, "ContainerCreating")
+    backend.control.kill_job_pod(NS, JOB, phase="Pending")
+    done = invasive.poll(backend.client, JOB, namespace=NS, node="gpu-1")
+    assert done.state is JobState.FAILED and done.result is not None and done.result.status is Status.ERROR
+    assert "its log could not be read" in done.result.summary and "waiting to start" in done.result.summary

@@ -117,9 +117,11 @@ def world() -> World:
         cluster="on",
     )
     store = ResultsStore(fakeredis.FakeRedis())
-    cluster = FakeCluster()
-    cluster.add_node(NODE, {"nvidia.com/gpu.present": "true", "team": "ml"}, gpus=2)
     clock = HookClock()
+    # The API server's clock agrees with the worker's here: the Job's age is judged on the server's (its stamps
+    # and Date), so a wait the test drives through the worker's sleeps moves the server's clock too.
+    cluster = FakeCluster(clock=clock)
+    cluster.add_node(NODE, {"nvidia.com/gpu.present": "true", "team": "ml"}, gpus=2)
     runner = FakeRunner()
     runner.add(["dcgmi", "diag", "-r", "1", "-j"], dcgm_json("Pass"))
     ctx = CheckContext(
@@ -339,3 +341,39 @@ def test_one_job_per_node_whoever_asks(world: World) -> None:
     assert len(world.cluster.jobs) <= 1
     creates = [w for w in world.cluster.writes if w[0] == "create_job"]
     assert len(creates) == 1  # the test's own; the second asker watched the running Job
+
+
+@pytest.mark.parametrize("fate", ["suspended", "preempted", "lost node"])
+def test_a_run_the_cluster_never_let_finish_is_an_error_a_warn_never_a_pass_or_eviction_and_testing_ends(
+    world: World, fate: str
+) -> None:
+    """Kueue holding the Job, a higher-priority pod preempting it, its node lost: DCGM could not run to its end. The
+    result is an error (the node WARN, not PASS, not EVICT), and TESTING ends within the admission wait, not the
+    Job's hour-long deadline."""
+    started = world.clock.monotonic()
+
+    def cluster_acts() -> None:
+        if (NS, JOB) not in world.cluster.jobs:
+            return
+        if world.cluster.jobs[(NS, JOB)].finished:
+            if fate == "lost node":  # every read of its log meets the API server's 500, for as long as it is asked
+                world.cluster.fail_next("pod_log", 500, times=world.cluster.retry.attempts)
+            return
+        if fate == "suspended":
+            if not world.cluster.jobs[(NS, JOB)].suspended:
+                world.cluster.suspend_job(NS, JOB)
+        elif fate == "preempted":
+            preempt = ("PreemptionByScheduler", "default-scheduler: preempting to accommodate a higher priority pod")
+            world.cluster.kill_job_pod(NS, JOB, disruption=preempt)
+        else:
+            taint = ("DeletionByTaintManager", "Taint manager: deleting due to NoExecute taint")
+            world.cluster.kill_job_pod(NS, JOB, phase="Running", disruption=taint)
+            world.cluster.fail_next("pod_log", 500, times=world.cluster.retry.attempts)
+
+    world.clock.on_sleep = cluster_acts
+    report = world.run(["dcgm"], {"dcgm": {"r": 3}})
+    result = dcgm_result(report)
+    assert result["status"] == "error" and not result["fatal"]
+    assert world.labels()[GPUHEALTH] == "WARN" and world.verdict() == "WARN"
+    assert world.store.state(NODE).testing_since is None and (NS, JOB) not in world.cluster.jobs
+    assert world.clock.monotonic() - started <= world.host.settings.invasive_admission_wait_s + 2 * invasive_flow.POLL_S
