@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from autopilot import errors
 from autopilot.gpuident import Sighting
@@ -96,6 +96,38 @@ def lost_result(check: str, exc: errors.GpuLost) -> CheckResult:
     )
 
 
+def _out_of_service(indices: Iterable[int]) -> str:
+    return (
+        f"GPU {', '.join(str(i) for i in sorted(indices))} out of service (lost, reset required "
+        "or unpowered: NVML_ERROR_GPU_IS_LOST, RESET_REQUIRED, INSUFFICIENT_POWER)"
+    )
+
+
+def _reported_lost(result: CheckResult) -> set[int]:
+    """The GPUs ``result`` already names out of service (``with_lost``'s ``gpus_lost``)."""
+    raw = result.data.get("gpus_lost")
+    return {i for i in raw if isinstance(i, int) and not isinstance(i, bool)} if isinstance(raw, list) else set()
+
+
+def with_lost(result: CheckResult, lost: Mapping[int, str]) -> CheckResult:
+    """``result`` of a GPU check that itself met GPUs out of service (index -> NVML's words, ``errors.GpuLost``):
+    a fatal ``fail`` with a ``fail`` device for each (``lost_device``, in place of the check's own entry for it), as
+    ``judge`` makes of the GPUs the census finds so. The check's own reading must say it: a context built without a
+    GPU probe takes no census, and a GPU may go out of service after the census was taken."""
+    if not lost:
+        return result
+    added = [lost_device(i, words) for i, words in sorted(lost.items())]
+    replaced = {d.id for d in added}
+    return dataclasses.replace(
+        result,
+        status=Status.FAIL,
+        fatal=True,
+        summary=_joined(_out_of_service(lost), result),
+        devices=(*(d for d in result.devices if d.id not in replaced), *added),
+        data={**result.data, "gpus_lost": sorted(_reported_lost(result) | set(lost))},
+    )
+
+
 def judge(census: Census, result: CheckResult) -> CheckResult:
     """``result`` of a GPU check, corrected by what ``census`` says (the rules above)."""
     expected = census.expected
@@ -114,11 +146,9 @@ def judge(census: Census, result: CheckResult) -> CheckResult:
         return result
     findings: list[str] = []
     added = [lost_device(i, words) for i, words in sorted(census.lost.items())]
-    if census.lost:
-        findings.append(
-            f"GPU {', '.join(str(i) for i in sorted(census.lost))} out of service (lost, reset required "
-            "or unpowered: NVML_ERROR_GPU_IS_LOST, RESET_REQUIRED, INSUFFICIENT_POWER)"
-        )
+    reported = _reported_lost(result)
+    if set(census.lost) - reported:  # the check's own reading (``with_lost``) already says so of the others
+        findings.append(_out_of_service(set(census.lost) - reported))
     if census.shortfall:
         shown = expected.count - census.shortfall
         names = census.missing
@@ -140,7 +170,7 @@ def judge(census: Census, result: CheckResult) -> CheckResult:
             "gpus_expected": expected.count,
             "gpus_visible": census.visible,
             "gpus_missing": list(census.missing),
-            "gpus_lost": sorted(census.lost),
+            "gpus_lost": sorted(set(census.lost) | reported),
         },
     )
 

@@ -6,7 +6,7 @@ Keys keep upstream's names so existing schedulers, dashboards and alerts keep wo
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from autopilot import results
 from autopilot.results import CheckResult, Status
@@ -22,16 +22,24 @@ def dcgm_level_key(level: int) -> str:
 
 
 def timestamp(moment: datetime) -> str:
-    """``2024-10-10_19.12.03UTC``: upstream's label timestamp (label values allow no ``:``)."""
-    return moment.strftime("%Y-%m-%d_%H.%M.%SUTC")
+    """``2024-10-10_19.12.03UTC``: upstream's label timestamp (label values allow no ``:``), always in UTC: the
+    suffix says so, and a label read across nodes must not carry each host's local time."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%d_%H.%M.%SUTC")
 
 
 def verdict_labels(verdict: Verdict) -> dict[str, str]:
     return {GPUHEALTH: verdict.value}
 
 
-def dcgm_labels(result: CheckResult) -> tuple[dict[str, str], dict[str, str]]:
+def dcgm_labels(
+    result: CheckResult, *, offset: float | None = None, now: datetime | None = None
+) -> tuple[dict[str, str], dict[str, str]]:
     """(labels, annotations) for a DCGM result: ``dcgm.level.<r>=PASS_<ts>|ERR_<ts>`` and the failure string.
+
+    ``<ts>`` is when the run started on the store's clock, in UTC: ``started_at`` is stamped on the node's worker's
+    clock, ``offset`` (that clock minus the store's, the reconcile's ``view.clock_offset``; None: not known) is taken
+    off it, so labels read across nodes (a scheduler's selector, a person comparing nodes) are on one clock. A result
+    with no ``started_at`` is stamped ``now`` (the reconcile's store clock; default this host's, in UTC).
 
     An ``error`` or ``skipped`` DCGM run writes nothing: it did not test the GPUs, so it can
     neither pass nor fail them.
@@ -41,7 +49,7 @@ def dcgm_labels(result: CheckResult) -> tuple[dict[str, str], dict[str, str]]:
     level = _level(result.params.get("r", 1))
     if level is None:  # not a level dcgmi runs (another writer's result): no label key of its making
         return {}, {}
-    moment = results.parse_iso(result.started_at) if result.started_at else datetime.now().astimezone()
+    moment = _on_store_clock(result.started_at, offset) if result.started_at else (now or datetime.now(UTC))
     word = "PASS" if result.status is Status.OK else "ERR"
     key = dcgm_level_key(level)
     failure = str(result.data.get("failure_string", "")) if result.status is not Status.OK else ""
@@ -51,6 +59,19 @@ def dcgm_labels(result: CheckResult) -> tuple[dict[str, str], dict[str, str]]:
     if len(failure) > OUTPUT_LIMIT:
         failure = failure[: OUTPUT_LIMIT - 3] + "..."
     return {key: f"{word}_{timestamp(moment)}"}, {f"{key}.output": failure}
+
+
+def _on_store_clock(started_at: str, offset: float | None) -> datetime:
+    """``started_at`` (the worker's stamp) on the store's clock. The offset is taken in whole seconds: it is measured
+    again at every heartbeat with milliseconds of jitter, and the label has second resolution, so a finer one would
+    move the label (a Node patch) between reconciles of the same result."""
+    moment = results.parse_iso(started_at)
+    if not offset:
+        return moment
+    try:
+        return moment - timedelta(seconds=round(offset))
+    except (OverflowError, ValueError):  # an offset no date can hold (another writer's record): as stamped
+        return moment
 
 
 def _level(raw: object) -> int | None:

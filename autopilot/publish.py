@@ -92,8 +92,14 @@ def condition_for(decision: Decision) -> NodeCondition:
 def desired(
     decision: Decision,
     dcgm: CheckResult | Iterable[CheckResult] | None = None,
+    *,
+    offset: float | None = None,
+    now: datetime | None = None,
 ) -> NodePublication:
     """Labels, annotations and condition for ``decision`` and the latest DCGM result(s) of any level.
+
+    ``offset`` (the node's worker's clock minus the store's) and ``now`` (the store's clock) put the ``dcgm.level``
+    labels' times on the store's clock, in UTC (``labeling.dcgm_labels``).
 
     Of several DCGM results of one level the most recent (``started_at``) wins; an ``error`` or
     ``skipped`` DCGM result writes no ``dcgm.level`` label (``labeling.dcgm_labels``).
@@ -102,7 +108,7 @@ def desired(
     labels: dict[str, str] = dict(labeling.verdict_labels(decision.verdict))
     annotations: dict[str, str] = {}
     for result in sorted(found, key=_started):
-        dcgm_labels, dcgm_annotations = labeling.dcgm_labels(result)
+        dcgm_labels, dcgm_annotations = labeling.dcgm_labels(result, offset=offset, now=now)
         labels.update(dcgm_labels)
         annotations.update(dcgm_annotations)
     return NodePublication(decision.verdict, labels, annotations, condition_for(decision))

@@ -4,7 +4,8 @@ Keys (prefix ``ap:``, beside the results store's):
 
 - ``baseline:<cohort key>``  list of the cohort's latest figures, newest first, trimmed to
                              ``baseline_window``
-- ``baselines``              sorted set cohort key -> when it was last added to (epoch s); at most
+- ``baselines``              sorted set cohort key -> when it was last added to (epoch s, the store's clock:
+                             every writer scores it on one clock, whatever its host's reads); at most
                              ``baseline_max_cohorts`` cohorts, the one updated longest ago is dropped
 
 A worker judges each result of a check with fleet figures (``autopilot.baseline``) just before it
@@ -26,7 +27,7 @@ from autopilot import baseline, config, errors
 from autopilot.baseline import Baseline, Cohort, Sample
 from autopilot.context import CheckContext
 from autopilot.results import CheckResult, Status
-from workers.store import NodeRecord, P, decoded, translating
+from workers.store import NodeRecord, P, decoded, server_seconds, translating
 
 INDEX = f"{P}baselines"
 CACHE_S = 30.0
@@ -49,6 +50,9 @@ class FleetBaselines:
         self._clock = clock
         self._lock = threading.Lock()
         self._cache: dict[Cohort, tuple[float, Baseline | None]] = {}
+        # This host's clock minus the store's (Redis ``TIME``), learned from a TIME riding in the baseline reads
+        # (at most one per ``CACHE_S``): the index is scored on the store's clock with no round trip of its own.
+        self._offset: float | None = None
 
     # ------------------------------------------------------------------ baseline.Source
 
@@ -61,10 +65,10 @@ class FleetBaselines:
             pipe = self.r.pipeline(transaction=False)
             for c in stale:
                 pipe.lrange(_key(c), 0, self.policy.window - 1)
-            fresh = {
-                c: baseline.summarize(c, _floats(raw), min_samples)
-                for c, raw in zip(stale, pipe.execute(), strict=True)
-            }
+            pipe.time()
+            *lists, told = pipe.execute()
+            self._learn(told)
+            fresh = {c: baseline.summarize(c, _floats(raw), min_samples) for c, raw in zip(stale, lists, strict=True)}
             with self._lock:
                 self._cache.update({c: (now, b) for c, b in fresh.items()})
         with self._lock:
@@ -87,9 +91,25 @@ class FleetBaselines:
         for cohort, values in by_cohort.items():
             pipe.lpush(_key(cohort), *(repr(v) for v in values))
             pipe.ltrim(_key(cohort), 0, self.policy.window - 1)
-        pipe.zadd(INDEX, {c.key: self._clock() for c in by_cohort})
+        # Scored on the store's clock: each writer's own clock ordered the cohorts by whose clock ran ahead, so
+        # above ``baseline_max_cohorts`` a cohort a fast host fed 10 min ago outlived one fed just now.
+        score = self._store_now()
+        pipe.zadd(INDEX, {c.key: score for c in by_cohort})
         pipe.zcard(INDEX)
         return True
+
+    def _learn(self, told: Any) -> float:
+        """Keep this host's clock minus the store's from a ``TIME`` reply just received (off by at most its trip)."""
+        self._offset = offset = self._clock() - server_seconds(told)
+        return offset
+
+    def _store_now(self) -> float:
+        """The store's clock, from this host's and the learned offset; asked of the store once, when figures are
+        written before any baseline was read (a process's first ``add``), never again on the task's path."""
+        offset = self._offset
+        if offset is None:
+            offset = self._learn(self.r.time())
+        return self._clock() - offset
 
     def added(self, count: Any) -> None:
         """After ``queue_add``'s writes: drop the cohorts updated longest ago beyond ``baseline_max_cohorts``."""
@@ -216,5 +236,3 @@ def _floats(raw: Iterable[bytes | str]) -> list[float]:
         except ValueError:
             continue  # written by something else: not a figure
     return out
-
-

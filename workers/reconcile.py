@@ -212,7 +212,8 @@ def reconcile_node(
     if state.verdict != decision.verdict.value:
         new_state["changed_at"] = results.utc_now_iso(moment)
     dcgm = [r for r in latest.values() if r.check == "dcgm"]
-    publication = publish.desired(decision, dcgm)
+    # The dcgm.level labels' times on the store's clock: the results' stamps are on the node's (its offset off).
+    publication = publish.desired(decision, dcgm, offset=view.clock_offset, now=shared)
     # Per-GPU verdicts, history and device taints (issue 15): their labels ride with the node's.
     # Each GPU's device confirmed by its own samples: a GPU that heals while another still fails is held
     # until its own passes, and a new failure of one GPU is pending while another recovers.

@@ -25,14 +25,15 @@ import statistics
 import threading
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, TypeGuard
+from typing import Any, TypeGuard, TypeVar
 
-from autopilot import errors, gpus, jsoncodec, names
+from autopilot import errors, gpucensus, gpus, jsoncodec, names
 from autopilot.results import CheckResult, DeviceResult, Status
 
 _FIELDS = ("temperature_c", "power_w", "sm_clock_mhz", "utilization_pct")
+R = TypeVar("R")
 
 
 # One parse error for every reader of tool output (kept under this name for callers).
@@ -178,6 +179,21 @@ _own_ends: weakref.WeakKeyDictionary[gpus.GpuTelemetry, dict[str, float]] = weak
 _own_ends_lock = threading.Lock()
 
 
+def measure_each(count: int, measure: Callable[[int], R], judge: Callable[[list[R]], CheckResult]) -> CheckResult:
+    """``judge`` of ``measure`` run on each of the node's ``count`` GPUs, where a GPU NVML answers is out of service
+    (``errors.GpuLost``: lost, reset required, unpowered) met while measuring it is a fatal ``fail`` device
+    (``gpucensus.with_lost``), as the engine's census makes it, not an ``error``: a context built without a GPU probe
+    has no census, and a GPU can go out of service after it. The other GPUs are measured and judged as ever."""
+    readings: list[R] = []
+    lost: dict[int, str] = {}
+    for index in range(count):
+        try:
+            readings.append(measure(index))
+        except errors.GpuLost as exc:
+            lost[index] = str(exc)
+    return gpucensus.with_lost(judge(readings), lost)
+
+
 def own_program_ended(telemetry: gpus.GpuTelemetry, gpu: str) -> None:
     """Note that one of our programs on the node's ``gpu`` (its bus id, else its index) has just ended."""
     with _own_ends_lock:
@@ -190,7 +206,7 @@ def read_activity(telemetry: gpus.GpuTelemetry, index: int, gpu: str = "") -> gp
     else the index) is unknown too: it is ours."""
     try:
         activity = telemetry.activity(index)
-    except errors.GpuUnavailable:
+    except (errors.GpuUnavailable, errors.GpuLost):  # out of service: the check's finding (``measure_each``)
         raise
     except errors.GpuError as exc:
         return gpus.GpuActivity(None, None, None, (f"NVML: {exc}",))

@@ -80,6 +80,7 @@ from autopilot.checks._cuda import (
     hardware_finding,
     in_use_of,
     link_under_load,
+    measure_each,
     numa,
     number_field,
     own_program_ended,
@@ -480,7 +481,7 @@ def _cublas_version(doc: Mapping[str, Any]) -> int | None:
 def _measure(ctx: CheckContext, path: str, index: int, params: Mapping[str, Any]) -> tuple[GpuReading, int | None]:
     try:
         bus = ctx.gpus.identity(index).pci_bus_id
-    except errors.GpuUnavailable:
+    except (errors.GpuUnavailable, errors.GpuLost):  # out of service: a fatal fail of the GPU (``measure_each``)
         raise
     except errors.GpuError as exc:
         return GpuReading(index, error=f"NVML has no PCI bus id for GPU {index}: {exc}"), None
@@ -563,13 +564,16 @@ def run(ctx: CheckContext, params: Mapping[str, Any]) -> CheckResult:
         return CheckResult(
             NAME, Status.ERROR, f"ap-gpumem not found at {path} (set AUTOPILOT_CUDA_BIN_DIR, or build cuda_src)"
         )
-    measured = [_measure(ctx, path, i, params) for i in range(count)]
-    versions = [v for _r, v in measured if v is not None]
-    return evaluate(
-        [r for r, _v in measured],
-        params,
-        overrides,
-        float(ctx.settings.pciebw_threshold_gbps),
-        cv_limit_pct=float(ctx.settings.gpu_cv_threshold_pct),
-        cublas_version=versions[0] if versions else None,
-    )
+
+    def judge(measured: list[tuple[GpuReading, int | None]]) -> CheckResult:
+        versions = [v for _r, v in measured if v is not None]
+        return evaluate(
+            [r for r, _v in measured],
+            params,
+            overrides,
+            float(ctx.settings.pciebw_threshold_gbps),
+            cv_limit_pct=float(ctx.settings.gpu_cv_threshold_pct),
+            cublas_version=versions[0] if versions else None,
+        )
+
+    return measure_each(count, lambda i: _measure(ctx, path, i, params), judge)

@@ -93,6 +93,7 @@ from autopilot.checks._cuda import (
     hardware_finding,
     in_use_of,
     link_under_load,
+    measure_each,
     numa,
     number_field,
     own_program_ended,
@@ -699,7 +700,7 @@ def evaluate_text(text: str, params: Mapping[str, Any], settings: Any) -> CheckR
 def read_link(ctx: CheckContext, index: int) -> tuple[gpus.PcieLink | None, str | None]:
     try:
         return ctx.gpus.pcie_link(index), None
-    except errors.GpuUnavailable:
+    except (errors.GpuUnavailable, errors.GpuLost):  # out of service: a fatal fail of the GPU (``measure_each``)
         raise
     except errors.GpuError as exc:
         return None, f"NVML: {exc}"
@@ -708,7 +709,7 @@ def read_link(ctx: CheckContext, index: int) -> tuple[gpus.PcieLink | None, str 
 def _bus_or_blank(ctx: CheckContext, index: int) -> str:
     try:
         return ctx.gpus.identity(index).pci_bus_id
-    except errors.GpuUnavailable:
+    except (errors.GpuUnavailable, errors.GpuLost):
         raise
     except errors.GpuError:
         return ""
@@ -722,7 +723,7 @@ def _measure(ctx: CheckContext, tool: str, path: str, index: int, params: Mappin
     else:
         try:
             bus = ctx.gpus.identity(index).pci_bus_id
-        except errors.GpuUnavailable:
+        except (errors.GpuUnavailable, errors.GpuLost):
             raise
         except errors.GpuError as exc:
             return GpuReading(index, error=f"NVML has no PCI bus id for GPU {index}: {exc}")
@@ -807,5 +808,6 @@ def run(ctx: CheckContext, params: Mapping[str, Any]) -> CheckResult:
     if ctx.commands.which(path) is None:
         where = "AUTOPILOT_BANDWIDTHTEST_PATH" if tool == "bandwidthTest" else "AUTOPILOT_CUDA_BIN_DIR"
         return CheckResult(NAME, Status.ERROR, f"{tool} not found at {path} (set {where}, or build cuda_src)")
-    readings = [_measure(ctx, tool, path, i, params) for i in range(count)]
-    return evaluate(readings, rules, tool=tool)
+    return measure_each(
+        count, lambda i: _measure(ctx, tool, path, i, params), lambda readings: evaluate(readings, rules, tool=tool)
+    )

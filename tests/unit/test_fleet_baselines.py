@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import random
+from types import SimpleNamespace
 
 import fakeredis
+import pytest
+from fakeredis.commands_mixins import server_mixin
 
 from autopilot import baseline, config, nodeinfo
 from autopilot.baseline import Cohort, Sample
@@ -15,11 +18,12 @@ from autopilot.testing import FakeGpu, FakeRunner, FakeTelemetry
 from tests.unit.api_helpers import make_api
 from workers import fleet, simulate, tasks
 from workers.host import NodeHost
-from workers.store import NodeRecord, ResultsStore, Run
+from workers.store import NodeRecord, ResultsStore, Run, decoded
 
 NODE = "sim-0"
 H100 = simulate.GPU_NAME
 PCIE = Cohort(H100, "550", "pciebw", "h2d_gbps")  # the simulated nodes' GPUs and driver
+TEN_MINUTES = 600.0
 
 
 def seeded(median: float, n: int = 100, **overrides: int) -> NodeHost:
@@ -160,3 +164,39 @@ def test_a_tasks_figures_are_written_in_the_multi_of_its_results_and_only_once_i
     host.store.save_many([(judged, True)], None, figures=judge.figures)
     assert judge.figures.kept == 0 and host.fleet.all()[0]["count"] == 108
     assert host.store.latest(NODE)["pciebw"].status is Status.OK
+
+
+def test_the_cohort_index_is_scored_on_the_stores_clock_whatever_each_writers_reads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Two writers 10 min apart: A's clock runs 10 min ahead of the store's, B's is on time. Before, each scored the
+    # index on its own clock, so the cohort A fed first outranked those B fed after it, and above the bound the
+    # cohort dropped was B's newest-but-one instead of A's, the one fed longest ago.
+    store_at = [1_000_000.0]
+    monkeypatch.setattr(server_mixin, "time", SimpleNamespace(time=lambda: store_at[0]))  # the store's TIME
+    settings = config.Settings(baseline_window=10, baseline_min_samples=5, baseline_max_cohorts=2)
+    client = fakeredis.FakeRedis()
+    ahead = fleet.FleetBaselines(client, settings, clock=lambda: store_at[0] + TEN_MINUTES)
+    on_time = fleet.FleetBaselines(client, settings, clock=lambda: store_at[0])
+
+    def cohort(model: str) -> Cohort:
+        return Cohort(model, "535", "pciebw", "h2d_gbps")
+
+    # A judges first (its baseline read carries the store's TIME), then its task writes the figures
+    ahead.baselines([cohort("A")], 5)
+
+    def no_round_trip() -> None:
+        raise AssertionError("the figures' write asked the store's clock in a round trip of its own")
+
+    monkeypatch.setattr(client, "time", no_round_trip)
+    pipe = client.pipeline(transaction=True)
+    assert ahead.queue_add(pipe, [Sample("0", cohort("A"), 50.0)])
+    ahead.added(pipe.execute()[-1])
+    monkeypatch.undo()
+    monkeypatch.setattr(server_mixin, "time", SimpleNamespace(time=lambda: store_at[0]))
+    for model in ("B", "C"):  # B's worker writes figures with no baseline read before (a process's first add)
+        store_at[0] += 60
+        on_time.add([Sample("0", cohort(model), 50.0)])
+    assert [e["model"] for e in on_time.all()] == ["B", "C"]
+    scores = {decoded(k): s for k, s in client.zrange(fleet.INDEX, 0, -1, withscores=True)}
+    assert scores == {"B|535|pciebw|h2d_gbps": 1_000_060.0, "C|535|pciebw|h2d_gbps": 1_000_120.0}

@@ -11,7 +11,7 @@ import pytest
 from autopilot import errors, registry
 from autopilot.checks import gpumem
 from autopilot.context import CheckContext
-from autopilot.results import Status
+from autopilot.results import CheckResult, Status
 from autopilot.testing import FakeGpu, FakeRunner, FakeTelemetry
 from tests.unit.cuda_helpers import BIN, ctx_for, settings
 
@@ -409,3 +409,34 @@ def test_registered() -> None:
     assert spec.uses_gpu and spec.evaluate_text is gpumem.evaluate_text
     with pytest.raises(errors.BadParameter):
         spec.validate({"dgemm_n": "10"})
+
+
+@pytest.mark.parametrize(
+    ("code", "words"),
+    [(15, "fell off the bus"), (16, "requires a reset"), (8, "insufficient external power")],
+)
+def test_a_gpu_nvml_says_is_out_of_service_is_a_fatal_fail_device_without_a_census(code: int, words: str) -> None:
+    # Before: GPU 1's NVML answer read as "NVML has no PCI bus id" and the check an error, fatal only where the
+    # engine took a census (a context with a GPU probe). GPU 0 is still measured and judged.
+    runner = FakeRunner()
+    runner.add(gpumem.argv_for(TOOL, BUS[0], params()), line(0))
+    lost = FakeGpu(pci_bus_id=BUS[1], raises=errors.GpuLost(1, f"GPU 1 identity: {words}", code))
+    result = gpumem.run(ctx_for(runner, FakeTelemetry([FakeGpu(pci_bus_id=BUS[0]), lost])), params())
+    assert result.status is Status.FAIL and result.fatal
+    assert [(d.id, d.status) for d in result.devices] == [("0", Status.OK), ("1", Status.FAIL)]
+    assert words in result.devices[1].detail.lower()
+    assert result.data["gpus_lost"] == [1] and len(runner.calls) == 1
+
+
+def test_the_census_does_not_say_again_what_the_checks_own_reading_said() -> None:
+    # The engine's census (taken before the check) and the check's own reading both meet GPU 1 out of service:
+    # one finding, one fail device for it, as either alone gives.
+    from autopilot import gpucensus
+    from autopilot.nodeinfo import ExpectedGpus
+
+    own = gpucensus.with_lost(CheckResult("gpumem", Status.OK, "1 GPU(s): fine"), {1: "GPU 1: GPU requires a reset"})
+    census = gpucensus.Census(ExpectedGpus(2, (), ("AUTOPILOT_EXPECT_GPUS=2",)), 2, "", (), {1: "GPU requires a reset"})
+    found = gpucensus.judge(census, own)
+    assert found.status is Status.FAIL and found.fatal
+    assert found.summary.count("out of service") == 1
+    assert [d.id for d in found.devices] == ["1"] and found.data["gpus_lost"] == [1]

@@ -648,3 +648,43 @@ def test_link_data_and_under_load_keep_their_keys_and_order() -> None:
     assert _cuda.under_load(device, "h2d")["power_w"] == {"min": 100.0, "max": 300.5}
     assert _cuda.under_load(device, "d2h") == {} and _cuda.under_load({"telemetry": []}, "h2d") == {}
     assert _cuda.link_under_load(device, "h2d") is None
+
+
+# ---------------------------------------------------------------- a GPU out of service, met by the check itself
+
+
+@pytest.mark.parametrize(
+    ("code", "words"),
+    [(15, "fell off the bus"), (16, "requires a reset"), (8, "insufficient external power")],
+)
+def test_a_gpu_nvml_says_is_out_of_service_is_a_fatal_fail_device_without_a_census(code: int, words: str) -> None:
+    # Before: GPU 1's NVML answer (GPU_IS_LOST / RESET_REQUIRED / INSUFFICIENT_POWER) read as "NVML has no PCI bus
+    # id" and the check an error; only the engine's census (absent from a context built without a GPU probe) made
+    # it fatal. The other GPUs are still measured and judged.
+    runner = FakeRunner()
+    runner.add(argv(0), ap_line(0, 50.0))
+    runner.add(argv(2), ap_line(2, 50.0))
+    lost = FakeGpu(pci_bus_id=BUS[1], raises=errors.GpuLost(1, f"GPU 1 identity: {words}", code))
+    result = pciebw.run(ctx_for(runner, FakeTelemetry([gpu(0), lost, gpu(2)])), params())
+    assert result.status is Status.FAIL and result.fatal
+    assert [(d.id, d.status) for d in result.devices] == [("0", Status.OK), ("2", Status.OK), ("1", Status.FAIL)]
+    assert words in result.devices[2].detail.lower()
+    assert "GPU 1 out of service" in result.summary
+    assert all(call[2] != BUS[1] for call in runner.calls)  # nothing was run on it
+
+
+class _LinkLost(FakeTelemetry):
+    """GPU 0 answers until its program has failed, then NVML says it needs a reset (an uncontained error)."""
+
+    def pcie_link(self, index: int) -> gpus.PcieLink:
+        raise errors.GpuLost(index, f"GPU {index} PCIe link: GPU requires a reset", 16)
+
+
+def test_a_gpu_that_goes_out_of_service_while_measured_is_a_fatal_fail_device() -> None:
+    # Before: the link read after the failed copy gave "NVML: ..." as a link error and the GPU read as an error.
+    runner = FakeRunner()
+    runner.add(argv(0), ap_line(0, 0.0, error="unspecified launch failure", name="cudaErrorLaunchFailure", link=None))
+    result = pciebw.run(ctx_for(runner, _LinkLost([gpu(0)])), params())
+    assert result.status is Status.FAIL and result.fatal
+    assert [(d.id, d.status) for d in result.devices] == [("0", Status.FAIL)]
+    assert "requires a reset" in result.devices[0].detail

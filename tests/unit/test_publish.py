@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from autopilot import publish, results
+from autopilot import labeling, publish, results
 from autopilot.cluster import CONDITION_TYPE, rfc3339
 from autopilot.results import CheckResult, Status
 from autopilot.verdict import Decision, Verdict
@@ -243,3 +243,27 @@ def test_refused_annotations_leave_no_label_stale_nor_stop_the_next_reconcile(ba
     publish.apply(backend.client, "gpu-1", publish.desired(later, failed))
     cond = backend.client.get_node("gpu-1").condition()
     assert cond is not None and "GPUs 3 and 5" in cond.message
+
+
+def test_the_dcgm_label_time_is_the_runs_start_on_the_stores_clock_in_utc() -> None:
+    # before: the label carried the worker's own stamp; a node whose clock runs 10 min ahead labelled its run
+    # 10 min later than a node on time that ran with it, so a reader comparing nodes saw two times for one moment
+    run = [dcgm(3, Status.OK, "2026-11-29T22:10:00Z")]
+    ahead = publish.desired(Decision(Verdict.PASS, ()), run, offset=600.004)
+    behind = publish.desired(Decision(Verdict.PASS, ()), run, offset=-599.996)
+    assert ahead.labels[L3] == "PASS_2026-11-29_22.00.00UTC"
+    assert behind.labels[L3] == "PASS_2026-11-29_22.20.00UTC"
+    # the offset's milliseconds of jitter between heartbeats do not move the label (each move is a Node patch)
+    assert publish.desired(Decision(Verdict.PASS, ()), run, offset=599.998).labels[L3] == ahead.labels[L3]
+    # no offset known: as stamped
+    assert publish.desired(Decision(Verdict.PASS, ()), run).labels[L3] == "PASS_2026-11-29_22.10.00UTC"
+
+
+def test_a_dcgm_result_with_no_start_is_labelled_at_the_stores_now_in_utc() -> None:
+    # before: this host's local time (``datetime.now().astimezone()``) written with a ``UTC`` suffix, so a host
+    # at UTC+2 labelled its run two hours late, and another host's reconcile of the same result another time
+    local = timezone(timedelta(hours=2))
+    now = datetime(2026, 11, 30, 1, 30, 5, tzinfo=local)  # the store's clock, given in another zone
+    pub = publish.desired(Decision(Verdict.WARN, ()), [dcgm(1, Status.FAIL, "", "pcie.0")], now=now)
+    assert pub.labels["autopilot.ibm.com/dcgm.level.1"] == "ERR_2026-11-29_23.30.05UTC"
+    assert labeling.timestamp(now) == "2026-11-29_23.30.05UTC"

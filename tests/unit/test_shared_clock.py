@@ -445,3 +445,17 @@ def test_autopilot_nodes_counts_ages_from_the_stores_clock_not_the_readers(capsy
         served.close()
     row = next(line for line in capsys.readouterr().out.splitlines() if NODE in line)
     assert "20s ago" in row
+
+
+@pytest.mark.parametrize("skew_s", [-TEN_MINUTES, TEN_MINUTES])
+def test_the_dcgm_level_label_is_on_the_stores_clock_whatever_the_nodes_clock_reads(skew_s: float) -> None:
+    # before: the label carried the worker's stamp, 10 min off the store's (and every other node's) clock
+    settings = make_settings(periodic_checks=("dcgm",))
+    fleet = Fleet(skew_s)
+    fleet.heartbeat()
+    started = datetime.fromtimestamp(fleet.worker_clock() - 5, UTC)  # the worker's stamp of its run
+    done = CheckResult("dcgm", Status.OK, "fine", node=NODE, params={"r": 1}, started_at=utc_now_iso(started))
+    view = fleet.store.save_many([(done, True)], view=NODE)
+    reconcile.reconcile_node(fleet.store, NODE, settings, view=view, checks=shipped_checks())
+    on_store = datetime.fromtimestamp(fleet.at - 5, UTC)
+    assert fleet.store.labels(NODE)["autopilot.ibm.com/dcgm.level.1"] == on_store.strftime("PASS_%Y-%m-%d_%H.%M.%SUTC")
