@@ -200,9 +200,8 @@ _NO_HANDLE_INDEX = re.compile(
 # of service, not that it could not be read: a GPU in either state runs no job (``LostGpu.is_lost``).
 # NVML_ERROR_INSUFFICIENT_POWER ("Insufficient External Power": its power cables are not attached) is a GPU out of
 # service too, as ``gpus.OUT_OF_SERVICE`` judges NVML's own answer.
-_GPU_IS_LOST = re.compile(
-    r"^(?:GPU\s+(?:is\s+lost|requires\s+(?:a\s+)?reset)|Insufficient\s+External\s+Power)\b", re.IGNORECASE
-)
+_OUT_OF_SERVICE_WORDS = r"(?:GPU\s+(?:is\s+lost|requires\s+(?:a\s+)?reset)|Insufficient\s+External\s+Power)\b"
+_GPU_IS_LOST = re.compile(rf"^{_OUT_OF_SERVICE_WORDS}", re.IGNORECASE)
 # A key never contains ':'; the value starts after ':' and at least one blank, so bus ids such as
 # ``GPU 00000000:07:00.0`` (no blank after their colons) are headings, not key/value lines.
 _KEY_VALUE = re.compile(r"^(?P<key>[^:\s][^:]*?)\s*:(?:\s+(?P<value>.*?))?\s*$")
@@ -290,9 +289,7 @@ class LostGpu:
 # NVML_ERROR_GPU_IS_LOST for a GPU it had opened (one that fell off the bus since: nvidia-smi still lists it).
 # The ``-q`` report (text and XML) writes the same error without brackets (``Pending : GPU is lost``). So for
 # NVML_ERROR_RESET_REQUIRED: ``[GPU requires reset]`` in a CSV cell, ``GPU requires reset`` in the report.
-_LOST_CELL = re.compile(
-    r"^\[?(?:GPU\s+(?:is\s+lost|requires\s+(?:a\s+)?reset)|Insufficient\s+External\s+Power)\b", re.IGNORECASE
-)
+_LOST_CELL = re.compile(rf"^\[?{_OUT_OF_SERVICE_WORDS}", re.IGNORECASE)
 
 
 def lost_in_row(row: Mapping[str, str]) -> str:
