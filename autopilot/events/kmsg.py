@@ -33,7 +33,6 @@ import select
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
 from typing import Protocol
 
 from autopilot.events import catalogue
@@ -200,14 +199,6 @@ def continues(current: list[str], body: str) -> bool:
         and not _FALLEN.search(body)  # another GPU's own notice is its own message
         and not _FALLEN_HEAD.match(body)  # as is another GPU's headline (this one's other lines were lost)
     )
-
-
-def messages_from_text(text: str) -> Iterator[str]:
-    """Kernel messages from a saved log (raw kmsg, dmesg, journalctl -k in its formats, syslog, a
-    container's log of one): ``logformats.messages_from_text``, where the formats are read."""
-    from autopilot.events import logformats  # it reads this module's patterns: imported when used
-
-    return logformats.messages_from_text(text)
 
 
 class Overrun(Exception):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from autopilot.events import catalogue, kmsg
+from autopilot.events import catalogue, kmsg, logformats
 from autopilot.events.catalogue import Action
 from autopilot.names import bus_id
 from tests.conftest import ROOT, SAMPLES, sample_text
@@ -265,7 +265,7 @@ def test_a_fallen_off_the_bus_headline_that_names_its_pci_id_is_joined_with_its_
         "nvidia: probe of 0000:01:00.0 failed with error -1",
     ]
     text = "".join(f"Jun  1 10:11:12 gpu-7 kernel: {line}\n" for line in lines)
-    events = [e for m in kmsg.messages_from_text(text) for e in kmsg.classify(m)]
+    events = [e for m in logformats.messages_from_text(text) for e in kmsg.classify(m)]
     assert [(e.code, e.device, e.action) for e in events] == [("xid.79", "0000:01:00.0", Action.EVICT)]
 
 
@@ -317,7 +317,7 @@ def test_the_open_drivers_fallen_off_the_bus_notice_one_line_per_log_line_is_one
     # Nor another GPU's three-line notice: its headline starts a message of its own.
     text += f"{prefix}{_FALLEN[0].replace('b3', 'c4')}\n"
     text += "".join(f"{prefix}{line.replace('b3', 'e3')}\n" for line in _FALLEN)
-    events = [e for m in kmsg.messages_from_text(text) for e in kmsg.classify(m)]
+    events = [e for m in logformats.messages_from_text(text) for e in kmsg.classify(m)]
     assert [(e.code, e.device, e.action) for e in events] == [
         ("xid.79", "0000:b3:00.0", Action.EVICT),
         ("xid.13", "0000:3b:00.0", Action.IGNORE),
@@ -347,7 +347,7 @@ def test_the_open_drivers_fallen_off_the_bus_notice_one_line_per_log_line_is_one
 )
 def test_journal_and_syslog_time_formats_leave_the_kernel_message(line: str) -> None:
     xid = "NVRM: Xid (PCI:0000:ab:00): 79, pid='<unknown>', name=<unknown>, GPU has fallen off the bus."
-    assert list(kmsg.messages_from_text(line + xid + "\n")) == [xid]
+    assert list(logformats.messages_from_text(line + xid + "\n")) == [xid]
 
 
 # ---------------------------------------------------------------- every public kernel-log sample
@@ -387,7 +387,7 @@ def _bus(text: str) -> str:
 def test_every_sample_line_gets_the_catalogues_action_for_the_right_device(name: str) -> None:
     text = sample_text(name) if name != "(samples absent)" else pytest.skip("samples absent")
     seen = 0
-    for message in kmsg.messages_from_text(text):
+    for message in logformats.messages_from_text(text):
         expected = _expected(message)
         events = kmsg.classify(message)
         if expected is None:
@@ -402,10 +402,10 @@ def test_every_sample_line_gets_the_catalogues_action_for_the_right_device(name:
 
 def test_the_samples_verdicts() -> None:
     """The sample's own story: Xid 79 evicts GPU 0000:91:00.0, the Xid 13/43 burst is an application's."""
-    events = [e for m in kmsg.messages_from_text(sample_text("kernel-xid_79_sxid_20034_nvswitch.log"))
+    events = [e for m in logformats.messages_from_text(sample_text("kernel-xid_79_sxid_20034_nvswitch.log"))
               for e in kmsg.classify(m)]  # fmt: skip
     assert {(e.device, e.action) for e in events if e.code == "xid.79"} == {("0000:91:00.0", Action.EVICT)}
-    burst = [e for m in kmsg.messages_from_text(sample_text("kernel-xid_13_43_dmesg-iso-decode.log"))
+    burst = [e for m in logformats.messages_from_text(sample_text("kernel-xid_13_43_dmesg-iso-decode.log"))
              for e in kmsg.classify(m)]  # fmt: skip
     assert {e.code for e in burst} == {"xid.13", "xid.43"}
     assert {e.action for e in burst} == {Action.IGNORE}
@@ -426,7 +426,8 @@ def test_the_device_plugins_nvml_xid_maps_to_the_gpu_the_kernel_log_names() -> N
     code, uuid = int(found.group(1)), found.group(2)
     bus_of = {u: b for b, u in re.findall(r"NVRM: GPU at PCI:([0-9a-f:]+): (GPU-[0-9a-f-]+)", kernel)}
     event = nvml_event(NvmlEvent("xid", bus_of[uuid], code), 0.0)
-    kernel_event = next(e for m in kmsg.messages_from_text(kernel) for e in kmsg.classify(m) if e.code == "xid.48")
+    kernel_events = (e for m in logformats.messages_from_text(kernel) for e in kmsg.classify(m))
+    kernel_event = next(e for e in kernel_events if e.code == "xid.48")
     assert (event.code, event.device, event.action) == (kernel_event.code, kernel_event.device, kernel_event.action)
     assert (event.device, event.action) == ("0000:55:00.0", Action.RESET)
 
