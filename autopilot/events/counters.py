@@ -57,6 +57,7 @@ _GPU_STATES = (
     ("tpc_repair_pending", "repair.tpc"),
 )
 _RECOVERY_NONE = 0  # NVML_GPU_RECOVERY_ACTION_NONE
+_RECOVERY_CODE = "xid.154"  # the code of every recovery-action entry (``catalogue.recovery_action``)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,11 +185,12 @@ class CounterPoller:
             return ()
         before = self._action.get(device)
         self._action[device] = value
-        entry = catalogue.recovery_action(value)
         if value != _RECOVERY_NONE:
-            self._seen.add((device, entry.code))
+            self._seen.add((device, _RECOVERY_CODE))
         if value == before or (before is None and value == _RECOVERY_NONE):
             return ()
+        # The entry is built only for an event: every poll of every GPU passes here.
+        entry = catalogue.recovery_action(value)
         now = catalogue.recovery_label(value)
         if before is None:
             what = f"GPU recovery action is {now}"

@@ -448,3 +448,10 @@ def test_a_code_of_thousands_of_digits_is_no_event_and_does_not_raise(line: str)
 def test_a_five_digit_xid_is_still_read() -> None:
     (event,) = kmsg.classify("NVRM: Xid (PCI:0000:3b:00): 12345, pid=1, name=x")
     assert event.entry.code == "xid.12345"
+
+
+def test_every_recovery_action_entry_has_the_code_the_counters_mark_standing() -> None:
+    # The counters mark a standing recovery action by this code without building its entry each poll.
+    from autopilot.events import counters
+
+    assert {catalogue.recovery_action(v).code for v in range(-1, 10)} == {counters._RECOVERY_CODE}
