@@ -68,6 +68,14 @@ def shared_now(store: ResultsStore) -> datetime:
     return datetime.fromtimestamp(store.server_time(), UTC)
 
 
+def _judged_at(store: ResultsStore, view: NodeView, now: datetime | None) -> datetime:
+    """``now`` when the caller gives it; else the store's clock as ``view`` read it in its own round trip; else (a view
+    built without one) read here (``shared_now``)."""
+    if now is not None:
+        return now
+    return datetime.fromtimestamp(view.now, UTC) if view.now is not None else shared_now(store)
+
+
 def lost_at(
     last_seen: float | None, heard_ahead: str | None, now: datetime, settings: config.Settings
 ) -> datetime | None:
@@ -140,7 +148,7 @@ def reconcile_node(
         view = store.view(node)
     # The view's own reading of the store's clock when it has one (read with it, in its round trip): a task's
     # reconcile asks for no TIME of its own.
-    shared = now or (datetime.fromtimestamp(view.now, UTC) if view.now is not None else shared_now(store))
+    shared = _judged_at(store, view, now)
     # The node's stamps (its results, and what its reconciles stamped: an eviction, a change) are on its worker's
     # clock; its heartbeat and the fleet's pings are judged on the shared clock.
     moment = results.on_node_clock(shared, view.clock_offset)
@@ -522,7 +530,7 @@ def clear_evict(
     ``now``: the moment of the clear on the store's clock (default: read from it), for the recompute; the clear is
     recorded on the node's clock, as the eviction it lifts was (``results.on_node_clock``)."""
     view = store.view(node)
-    shared = now or (datetime.fromtimestamp(view.now, UTC) if view.now is not None else shared_now(store))
+    shared = _judged_at(store, view, now)
     state = view.state
     if state.evicted_at:
         store.set_state(
