@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from autopilot import results
@@ -169,11 +169,4 @@ def retained(
     on that clock, as that node's reconcile judges it. None: every stamp on ``now``'s clock."""
     if not offsets:
         return [i for i in found if _age_s(i.at, now) <= retention_s]
-    return [i for i in found if _age_s(i.at, _on_clock(now, offsets.get(i.node))) <= retention_s]
-
-
-def _on_clock(now: datetime, offset: float | None) -> datetime:
-    try:
-        return now + timedelta(seconds=offset) if offset is not None else now
-    except OverflowError:  # an offset no date can hold (another writer's record): judged as stamped
-        return now
+    return [i for i in found if _age_s(i.at, results.on_node_clock(now, offsets.get(i.node))) <= retention_s]

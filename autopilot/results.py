@@ -12,7 +12,7 @@ import enum
 import math
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from autopilot import jsoncodec
@@ -121,6 +121,19 @@ def utc_now_iso(now: datetime | None = None) -> str:
     """``2026-11-29T22:00:00Z``: the one timestamp format of results."""
     moment = (now or datetime.now(UTC)).astimezone(UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def on_node_clock(shared: datetime, offset: float | None) -> datetime:
+    """``shared`` (the store's clock) as the node's worker's clock read it, ``offset`` being that clock minus the
+    store's at its last heartbeat (None: not known, the store's clock as it is). Its results are stamped on that
+    clock: judged against this, a result's age is (shared now) - (stamp - offset). One rule for the reconcile,
+    remediation and GPU incident history alike."""
+    if offset is None:
+        return shared
+    try:
+        return shared + timedelta(seconds=offset)
+    except OverflowError:  # an offset no date can hold (another writer's record): judged as stamped
+        return shared
 
 
 def parse_iso(text: str) -> datetime:

@@ -24,7 +24,7 @@ import redis
 from autopilot import gpuhistory, gpuident, results
 from autopilot.gpuhistory import Incident
 from autopilot.gpuverdict import GpuState
-from workers.store import NodeRecord, decoded, server_seconds, translating
+from workers.store import _record, decoded, server_seconds, translating
 
 P = "ap:"
 _SERIAL_CHARS = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz-_")
@@ -95,17 +95,13 @@ def _retained(
 
 
 def _offsets(client: redis.Redis[bytes], nodes: Iterable[str]) -> dict[str, float | None]:
-    """Node -> its worker's last measured clock offset (None: not measured, or no readable record)."""
+    """Node -> its worker's last measured clock offset (None: not measured, or no readable record: its incidents
+    judged as stamped). The record is read as every other reader reads it (``store._record``)."""
     wanted = sorted(nodes)
     if not wanted:
         return {}
-    out: dict[str, float | None] = {}
-    for node, raw in zip(wanted, client.mget([f"{P}node:{n}" for n in wanted]), strict=True):
-        try:
-            out[node] = NodeRecord.from_dict(json.loads(raw)).clock_offset if raw else None
-        except (ValueError, TypeError, AttributeError):
-            out[node] = None  # a damaged record: its incidents judged as stamped
-    return out
+    records = (_record(raw, n) for n, raw in zip(wanted, client.mget([f"{P}node:{n}" for n in wanted]), strict=True))
+    return {n: r.clock_offset if r is not None else None for n, r in zip(wanted, records, strict=True)}
 
 
 def _decode(raws: Iterable[bytes | str]) -> list[Incident]:

@@ -68,16 +68,12 @@ def shared_now(store: ResultsStore) -> datetime:
     return datetime.fromtimestamp(store.server_time(), UTC)
 
 
-def on_node_clock(shared: datetime, offset: float | None) -> datetime:
-    """``shared`` (the store's clock) as the node's worker's clock read it, ``offset`` being that clock minus the
-    store's at its last heartbeat (None: not known, the store's clock as it is). Its results are stamped on that
-    clock: judged against this, a result's age is (shared now) - (stamp - offset)."""
-    if offset is None:
-        return shared
-    try:
-        return shared + timedelta(seconds=offset)
-    except OverflowError:  # an offset no date can hold (another writer's record): judged as stamped
-        return shared
+def _judged_at(store: ResultsStore, view: NodeView, now: datetime | None) -> datetime:
+    """``now`` when the caller gives it; else the store's clock as ``view`` read it in its own round trip; else (a view
+    built without one) read here (``shared_now``)."""
+    if now is not None:
+        return now
+    return datetime.fromtimestamp(view.now, UTC) if view.now is not None else shared_now(store)
 
 
 def lost_at(
@@ -146,16 +142,16 @@ def reconcile_node(
     are read here. ``suspects``: the fleet's ping suspects when the caller has them (else read
     here if the node's ping is bad). ``now``: the store's clock (default: the view's ``now``, read with it; else
     read here, ``shared_now``); the node's results are judged by it as their worker's clock reads it
-    (``on_node_clock``).
+    (``results.on_node_clock``).
     """
     if view is None:
         view = store.view(node)
     # The view's own reading of the store's clock when it has one (read with it, in its round trip): a task's
     # reconcile asks for no TIME of its own.
-    shared = now or (datetime.fromtimestamp(view.now, UTC) if view.now is not None else shared_now(store))
+    shared = _judged_at(store, view, now)
     # The node's stamps (its results, and what its reconciles stamped: an eviction, a change) are on its worker's
     # clock; its heartbeat and the fleet's pings are judged on the shared clock.
-    moment = on_node_clock(shared, view.clock_offset)
+    moment = results.on_node_clock(shared, view.clock_offset)
     latest, state = view.latest, view.state
     # What confirmation lets count: pending failures wait, recovering checks keep their failure. The
     # node's verdict and its GPUs' verdicts judge the same view, so a noise sample moves neither.
@@ -445,14 +441,14 @@ def fleet_pings(
 
     A result older than ``settings.stale_after_s`` (a lost node's last word), or stamped further ahead (a clock
     gone wrong: ``verdict.is_fresh``), takes no part. ``now`` is the store's clock; each result is judged on its
-    node's clock (``on_node_clock``, its worker's offset from its record), as that node's own verdict is."""
+    node's clock (``results.on_node_clock``, its worker's offset from its record), as that node's own verdict is."""
     names = list(nodes) if nodes is not None else sorted(store.last_seen())
     found = store.latest_of("ping", names)
     offsets = {r.name: r.clock_offset for r in store.nodes(list(found))} if found else {}
     return {
         node: r
         for node, r in found.items()
-        if verdict.is_fresh(r, on_node_clock(now, offsets.get(node)), settings.stale_after_s)
+        if verdict.is_fresh(r, results.on_node_clock(now, offsets.get(node)), settings.stale_after_s)
     }
 
 
@@ -532,12 +528,14 @@ def clear_evict(
     """An operator's clear: forget the eviction (keeping who cleared what, and when), then recompute.
 
     ``now``: the moment of the clear on the store's clock (default: read from it), for the recompute; the clear is
-    recorded on the node's clock, as the eviction it lifts was (``on_node_clock``)."""
+    recorded on the node's clock, as the eviction it lifts was (``results.on_node_clock``)."""
     view = store.view(node)
-    shared = now or (datetime.fromtimestamp(view.now, UTC) if view.now is not None else shared_now(store))
+    shared = _judged_at(store, view, now)
     state = view.state
     if state.evicted_at:
-        store.set_state(node, _cleared(state, by=by, at=_clear_time(state, on_node_clock(shared, view.clock_offset))))
+        store.set_state(
+            node, _cleared(state, by=by, at=_clear_time(state, results.on_node_clock(shared, view.clock_offset)))
+        )
     return reconcile_node(store, node, settings, shared, cluster=cluster, checks=checks)
 
 

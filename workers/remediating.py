@@ -15,7 +15,6 @@ from autopilot import config, errors, remediation, results, verdict
 from autopilot.cluster import ClusterClient
 from autopilot.remediation import Health, Plan
 from autopilot.results import CheckResult
-from workers import reconcile
 from workers.store import NodeState, ResultsStore
 
 log = logging.getLogger(__name__)
@@ -57,14 +56,14 @@ def health(store: ResultsStore, names: Sequence[str], settings: config.Settings)
 
 
 def _clocks(store: ResultsStore, names: Sequence[str]) -> tuple[datetime, dict[str, str]]:
-    """The store's clock now, and for each of ``names`` that time on its worker's clock (``on_node_clock``, its
+    """The store's clock now, and for each of ``names`` that time on its worker's clock (``results.on_node_clock``, its
     last measured offset). The ownership a cordon records is compared by the gate with the node's clear and DCGM
     level-3 pass, which are stamped on the node's clock: stamped on this host's, a node whose clock runs 10 min
     behind stayed cordoned after a clear and a pass in those 10 min, and one 10 min ahead was released by a pass
     that began before the cordon. Read only when a pass writes something (two reads, once per tick)."""
     shared = datetime.fromtimestamp(store.server_time(), UTC)
     offsets = {r.name: r.clock_offset for r in store.nodes(names)}
-    return shared, {n: results.utc_now_iso(reconcile.on_node_clock(shared, offsets.get(n))) for n in names}
+    return shared, {n: results.utc_now_iso(results.on_node_clock(shared, offsets.get(n))) for n in names}
 
 
 def run(store: ResultsStore, cluster: ClusterClient, settings: config.Settings) -> Plan | None:

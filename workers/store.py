@@ -451,14 +451,10 @@ class ResultsStore:
     def node_names(self, *, seen_since: float | None = None, heard_within: float | None = None) -> list[str]:
         if heard_within is not None:
             # The scores are on the store's clock (NodeRecord.shared_seen), which this host's may be off by any
-            # amount: that clock is read with them, in one round trip.
-            pipe = self.r.pipeline(transaction=False)
-            pipe.time()
-            pipe.zrange(f"{P}nodes", 0, -1, withscores=True)
-            told, scored = pipe.execute()
-            now = self._server_clock() if self._server_clock is not None else server_seconds(told)
+            # amount: that clock is read with them, in one round trip (``seen_and_now``).
+            now, seen = self.seen_and_now()
             low = max(now - heard_within, -math.inf if seen_since is None else seen_since)
-            return sorted(_node_names(name for name, score in scored if score >= low))
+            return sorted(name for name, score in seen.items() if score >= low)
         low_arg = "-inf" if seen_since is None else seen_since
         return sorted(_node_names(self.r.zrangebyscore(f"{P}nodes", low_arg, "+inf")))
 
