@@ -480,6 +480,10 @@ class ResultsStore:
         scores: list[float | None] = self.r.zmscore(f"{P}nodes", list(names))  # type: ignore[no-untyped-call]  # untyped in redis-py's stubs
         return {n: float(score) for n, score in zip(names, scores, strict=True) if score is not None}
 
+    def _time_told(self, told: Any) -> float:
+        """The store's clock from a ``TIME`` reply read in a pipeline (a test's ``server_clock`` when given)."""
+        return self._server_clock() if self._server_clock is not None else server_seconds(told)
+
     def offsets_and_now(self, names: Sequence[str]) -> tuple[float, dict[str, float]]:
         """(the store's clock, node -> its worker's measured ``clock_offset``) in one round trip, for those of
         ``names`` whose record has one: what a sender adds to a deadline so its message says it on that worker's
@@ -489,7 +493,7 @@ class ResultsStore:
         if names:
             pipe.mget([f"{P}node:{n}" for n in names])
         told, *raws = pipe.execute()
-        now = self._server_clock() if self._server_clock is not None else server_seconds(told)
+        now = self._time_told(told)
         records = (_record(raw, n) for n, raw in zip(names, raws[0] if raws else [], strict=True))
         return now, {r.name: r.clock_offset for r in records if r is not None and r.clock_offset is not None}
 
@@ -503,7 +507,7 @@ class ResultsStore:
         elif names:
             pipe.zmscore(f"{P}nodes", list(names))  # type: ignore[no-untyped-call]  # untyped in redis-py's stubs
         told, *scored = pipe.execute()
-        now = self._server_clock() if self._server_clock is not None else server_seconds(told)
+        now = self._time_told(told)
         if names is None:
             every = dict(scored[0])
             return now, {n: float(every[n.encode()]) for n in _node_names(every)}
